@@ -1,0 +1,195 @@
+"""Model configuration: a frozen tree of (registry name, flat kwargs), with a JSON round trip.
+
+A `ModelConfig` holds only free choices. Values that follow from other parts (the backbone's
+vocabulary is the tokenizer's codebook size, the aligner's output width is the backbone's width,
+the token grid follows from the window length) are wired in by `controlfoley.model.build_model`,
+so an ablation changes one field without breaking the others.
+
+Overrides (`ModelConfig.override`, and so `build_model(preset, **overrides)`):
+- `aligner="plain1d"`: switch the part, keeping the kwargs the new builder also accepts;
+- `backbone={"depth": 4}`: merge kwargs (a `"name"` key switches the part as well);
+- `aligner=Part("plain1d", {...})`: replace the part whole; `controlnet=None`: remove an optional part;
+- `sampler={"steps": 16}` or `n_frames=512` for the plain fields.
+"""
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Part", "SamplerConfig", "ModelConfig", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be built; the message says which field and how to fix it."""
+
+
+def _check_json(value: Any, where: str) -> None:
+    try:
+        json.dumps(value)
+    except TypeError as e:
+        raise ConfigError(f"{where}: config values must be JSON-serialisable (numbers, strings, lists, dicts): {e}") from None
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part: the registry name of its builder and the flat keyword arguments it is built with."""
+
+    name: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"Part name must be a non-empty string, got {self.name!r}")
+        object.__setattr__(self, "kwargs", dict(self.kwargs))
+        _check_json(self.kwargs, f"part {self.name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kwargs": dict(self.kwargs)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Part":
+        return cls(str(d["name"]), dict(d.get("kwargs", {})))
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """MaskGIT decoding (DESIGN.md section 1; google-research/maskgit)."""
+
+    steps: int = 12  # the paper's default; FAD and DeSync saturate after 12 (Fig. 3)
+    temperature: float = 9.0  # Gumbel "choice" temperature, annealed linearly to 0 over the steps
+    mask_schedule: str = "cosine"  # fraction still masked after step k: cos(pi/2 * (k+1)/K)
+
+    def __post_init__(self) -> None:
+        if not (1 <= int(self.steps) <= 1024):
+            raise ConfigError(f"sampler.steps must be in [1, 1024], got {self.steps}")
+        if self.temperature < 0:
+            raise ConfigError(f"sampler.temperature must be >= 0, got {self.temperature}")
+        if self.mask_schedule not in ("cosine", "linear", "square"):
+            raise ConfigError(f"sampler.mask_schedule must be cosine, linear or square, got {self.mask_schedule!r}")
+
+
+_PART_FIELDS = ("mel", "tokenizer", "backbone", "control_encoder", "aligner", "controlnet", "guidance", "vocoder")
+_OPTIONAL_PARTS = ("control_encoder", "aligner", "controlnet")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The whole composite model. `controlnet=None` gives the backbone alone (SpecMaskGIT)."""
+
+    n_frames: int  # mel frames in one window: 848 = 10 s at 22.05 kHz / hop 256, cropped to a multiple of 16
+    mel: Part
+    tokenizer: Part
+    backbone: Part
+    guidance: Part
+    vocoder: Part
+    control_encoder: Part | None = None
+    aligner: Part | None = None
+    controlnet: Part | None = None  # kwargs: n_blocks (copied from the start), injection rule
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    name: str = "custom"  # preset it came from, for display only
+
+    def __post_init__(self) -> None:
+        if self.n_frames <= 0:
+            raise ConfigError(f"n_frames must be positive, got {self.n_frames}")
+        has = [getattr(self, f) is not None for f in _OPTIONAL_PARTS]
+        if any(has) and not all(has):
+            raise ConfigError(
+                "control_encoder, aligner and controlnet come together: give all three (a video-controlled model) "
+                f"or none (the backbone alone). Got: {dict(zip(_OPTIONAL_PARTS, has))}"
+            )
+
+    @property
+    def has_control(self) -> bool:
+        return self.controlnet is not None
+
+    # -- JSON round trip -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"n_frames": self.n_frames, "name": self.name}
+        for f in _PART_FIELDS:
+            p = getattr(self, f)
+            d[f] = None if p is None else p.to_dict()
+        d["sampler"] = dataclasses.asdict(self.sampler)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config field(s) {unknown}; known: {sorted(known)}")
+        kw: dict[str, Any] = {"n_frames": int(d["n_frames"]), "name": d.get("name", "custom")}
+        for f in _PART_FIELDS:
+            if d.get(f) is not None:
+                kw[f] = Part.from_dict(d[f])
+        kw["sampler"] = SamplerConfig(**d.get("sampler", {}))
+        return cls(**kw)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, s: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(s))
+
+    # -- overrides -----------------------------------------------------------------------------
+    def override(self, **overrides: Any) -> "ModelConfig":
+        """A new config with `overrides` applied (rules in the module docstring)."""
+        from controlfoley._registry import ALIGNERS, BACKBONES, CONTROL_ENCODERS, GUIDANCE, MEL_FRONTENDS, TOKENIZERS, VOCODERS
+
+        registries = {
+            "mel": MEL_FRONTENDS,
+            "tokenizer": TOKENIZERS,
+            "backbone": BACKBONES,
+            "control_encoder": CONTROL_ENCODERS,
+            "aligner": ALIGNERS,
+            "guidance": GUIDANCE,
+            "vocoder": VOCODERS,
+        }
+        changes: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if key in _PART_FIELDS:
+                old: Part | None = getattr(self, key)
+                changes[key] = _override_part(key, old, value, registries.get(key))
+            elif key == "sampler":
+                base = dataclasses.asdict(self.sampler)
+                if isinstance(value, SamplerConfig):
+                    changes[key] = value
+                elif isinstance(value, Mapping):
+                    bad = sorted(set(value) - set(base))
+                    if bad:
+                        raise ConfigError(f"unknown sampler field(s) {bad}; known: {sorted(base)}")
+                    changes[key] = SamplerConfig(**{**base, **value})
+                else:
+                    raise ConfigError(f"sampler override must be a dict or SamplerConfig, got {type(value).__name__}")
+            elif key in ("n_frames", "name"):
+                changes[key] = value
+            else:
+                raise ConfigError(
+                    f"unknown override {key!r}; fields you can override: {sorted((*_PART_FIELDS, 'sampler', 'n_frames'))}"
+                )
+        return dataclasses.replace(self, **changes)
+
+
+def _override_part(key: str, old: Part | None, value: Any, registry: Any) -> Part | None:
+    if value is None:
+        if key not in _OPTIONAL_PARTS:
+            raise ConfigError(f"{key} is required and cannot be removed")
+        return None
+    if isinstance(value, Part):
+        return value
+    if isinstance(value, str):
+        if old is None or value == old.name:
+            return Part(value, {} if old is None else old.kwargs)
+        # A new part: keep the old kwargs the new builder also accepts (widths, kernel sizes, ...).
+        accepted = registry.accepted_args(value) if registry is not None else {}
+        return Part(value, {k: v for k, v in old.kwargs.items() if k in accepted})
+    if isinstance(value, Mapping):
+        value = dict(value)
+        name = value.pop("name", None)
+        base = old if (name is None or (old is not None and name == old.name)) else _override_part(key, old, name, registry)
+        if base is None:
+            raise ConfigError(f"{key} is absent in this config; give a name: {key}={{'name': ..., ...}}")
+        return Part(base.name, {**base.kwargs, **value})
+    raise ConfigError(f"override {key}= must be a name, a dict of kwargs, a Part or None; got {type(value).__name__}")

@@ -1,0 +1,58 @@
+"""Exceptions a user can cause. Each message names the problem and the fix."""
+
+import importlib
+from types import ModuleType
+
+from controlfoley._registry import RegistryError
+from controlfoley.config import ConfigError
+
+__all__ = [
+    "ControlFoleyError",
+    "ShapeError",
+    "CheckpointError",
+    "MissingDependencyError",
+    "MediaError",
+    "DataError",
+    "TrainingError",
+    "ConfigError",
+    "RegistryError",
+    "require",
+]
+
+
+class ControlFoleyError(Exception):
+    """Base of the library's own errors (ConfigError and RegistryError also derive from builtins)."""
+
+
+class ShapeError(ControlFoleyError, ValueError):
+    """A tensor whose shape, dtype or values do not fit (wrong grid, NaN features, token out of range)."""
+
+
+class CheckpointError(ControlFoleyError, ValueError):
+    """A checkpoint that cannot be loaded into the model it is meant for (names the keys)."""
+
+
+class MediaError(ControlFoleyError, ValueError):
+    """An audio or video file that cannot be read or written (missing, corrupt, no stream, codec)."""
+
+
+class DataError(ControlFoleyError, ValueError):
+    """A dataset shard that is missing, corrupt, empty or disagrees with the preset."""
+
+
+class TrainingError(ControlFoleyError, RuntimeError):
+    """Training cannot go on (non-finite loss, resume from a mismatching checkpoint)."""
+
+
+class MissingDependencyError(ControlFoleyError, ImportError):
+    """An optional dependency is not installed; the message gives the pip command."""
+
+
+def require(module: str, extra: str | None = None, purpose: str = "") -> ModuleType:
+    """Import an optional dependency or raise MissingDependencyError naming the install command."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        pkg = f"controlfoley[{extra}]" if extra else module
+        what = f" for {purpose}" if purpose else ""
+        raise MissingDependencyError(f"{module} is needed{what} but is not installed ({e}). Install it: pip install '{pkg}'") from e

@@ -1,0 +1,73 @@
+"""Control encoders: named video feature tensors -> one temporal feature sequence [b, t, d].
+
+- `synchformer_clip` (SpecMaskFoley sec. 3.2): Synchformer features (24 fps, 768-d) carry timing;
+  CLIP features (8 fps, 1024-d) carry semantics, so they are averaged over time, projected to the
+  Synchformer width and added to every Synchformer frame.
+- `sync_only`: the Synchformer stream alone (an ablation without the global semantic term).
+
+Every encoder declares `required_features` (the keys it reads) and `out_dim`.
+"""
+
+import torch
+from torch import nn
+
+from controlfoley._registry import CONTROL_ENCODERS
+from controlfoley.errors import ShapeError
+from controlfoley.typing import Float, Tensor
+
+__all__ = ["SyncClipEncoder", "SyncOnlyEncoder", "check_feature"]
+
+
+def check_feature(features: dict[str, Tensor], key: str, dim: int) -> Float[Tensor, "b t d"]:
+    """Fetch `features[key]` as [b, t, dim], finite; otherwise a ShapeError naming the problem."""
+    if key not in features:
+        raise ShapeError(f"video feature {key!r} is missing; got keys {sorted(features)}. Extract it first (controlfoley extract).")
+    x = features[key]
+    if x.ndim != 3 or x.shape[-1] != dim:
+        raise ShapeError(f"video feature {key!r} must be [batch, frames, {dim}], got {list(x.shape)}")
+    if x.shape[1] < 1:
+        raise ShapeError(f"video feature {key!r} has zero frames")
+    if not torch.isfinite(x).all():
+        raise ShapeError(f"video feature {key!r} contains NaN or inf values; re-extract the features of that clip")
+    return x
+
+
+class SyncClipEncoder(nn.Module):
+    """sync [b, t, ds] + proj(mean_t clip [b, t8, dc]) -> [b, t, ds]."""
+
+    def __init__(self, sync_dim: int, clip_dim: int, sync_key: str = "sync", clip_key: str = "clip") -> None:
+        super().__init__()
+        self.sync_dim, self.clip_dim, self.out_dim = sync_dim, clip_dim, sync_dim
+        self.sync_key, self.clip_key = sync_key, clip_key
+        self.required_features = (sync_key, clip_key)
+        self.clip_proj = nn.Linear(clip_dim, sync_dim)
+
+    def forward(self, features: dict[str, Tensor]) -> Float[Tensor, "b t d"]:
+        sync = check_feature(features, self.sync_key, self.sync_dim)
+        clip = check_feature(features, self.clip_key, self.clip_dim)
+        if clip.shape[0] != sync.shape[0]:
+            raise ShapeError(f"batch sizes of {self.sync_key!r} ({sync.shape[0]}) and {self.clip_key!r} ({clip.shape[0]}) differ")
+        return sync + self.clip_proj(clip.mean(dim=1))[:, None, :].to(sync.dtype)
+
+
+class SyncOnlyEncoder(nn.Module):
+    def __init__(self, sync_dim: int, sync_key: str = "sync") -> None:
+        super().__init__()
+        self.sync_dim = self.out_dim = sync_dim
+        self.sync_key = sync_key
+        self.required_features = (sync_key,)
+
+    def forward(self, features: dict[str, Tensor]) -> Float[Tensor, "b t d"]:
+        return check_feature(features, self.sync_key, self.sync_dim)
+
+
+@CONTROL_ENCODERS.register("synchformer_clip")
+def synchformer_clip(*, sync_dim: int = 768, clip_dim: int = 1024, sync_key: str = "sync", clip_key: str = "clip") -> SyncClipEncoder:
+    """Synchformer + time-averaged CLIP (paper sec. 3.2)."""
+    return SyncClipEncoder(sync_dim, clip_dim, sync_key, clip_key)
+
+
+@CONTROL_ENCODERS.register("sync_only")
+def sync_only(*, sync_dim: int = 768, sync_key: str = "sync") -> SyncOnlyEncoder:
+    """Synchformer features alone (ablation)."""
+    return SyncOnlyEncoder(sync_dim, sync_key)

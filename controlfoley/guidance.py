@@ -1,0 +1,169 @@
+"""Guidance rules and CFG scale schedules.
+
+A rule declares the *condition sets* whose logits it needs; a condition set says whether the
+ControlNet runs (video) and whether the mask is the CLAP-conditional one (text). The sampler
+evaluates every set a rule needs in ONE batched forward per step, then the rule combines them.
+
+- `none`: one condition set, no guidance.
+- `cfg` (+ aliases `cfg_video`, `cfg_text`, `cfg_text_video`): classifier-free guidance on one
+  condition, l = l_u + s (l_c - l_u) (Ho & Salimans 2022).
+- `multi`: SpecMaskFoley eq. 1 (after StemGen): l = l_u + s[(l_tv - l_u) + (l_v - l_u)], where l_u
+  is the backbone alone with the unconditional mask and no ControlNet.
+
+Scale schedules map step k of K to a scale: `linear` rises from 0 at the first step to `scale` at
+the last (the paper's "CFG scale linearly increasing from 0 to 3 across the 12 steps"), `constant`.
+"""
+
+from typing import NamedTuple
+
+from controlfoley._registry import GUIDANCE
+from controlfoley.errors import ConfigError
+from controlfoley.typing import Float, Tensor
+
+__all__ = [
+    "Condition",
+    "UNCOND",
+    "TEXT",
+    "VIDEO",
+    "TEXT_VIDEO",
+    "GuidanceRule",
+    "NoGuidance",
+    "CFG",
+    "MultiCFG",
+    "scale_at",
+    "SCALE_SCHEDULES",
+]
+
+
+class Condition(NamedTuple):
+    """One condition set: run the ControlNet (`video`)? use the CLAP conditional mask (`text`)?"""
+
+    video: bool
+    text: bool
+
+    @property
+    def label(self) -> str:
+        return {(False, False): "uncond", (False, True): "text", (True, False): "video", (True, True): "text_video"}[self]
+
+
+UNCOND = Condition(video=False, text=False)
+TEXT = Condition(video=False, text=True)
+VIDEO = Condition(video=True, text=False)
+TEXT_VIDEO = Condition(video=True, text=True)
+_BY_LABEL = {c.label: c for c in (UNCOND, TEXT, VIDEO, TEXT_VIDEO)}
+
+SCALE_SCHEDULES = ("linear", "constant")
+
+
+def scale_at(step: int, n_steps: int, scale: float, schedule: str) -> float:
+    """CFG scale at `step` (0-based) of `n_steps`."""
+    if schedule == "constant":
+        return float(scale)
+    if schedule == "linear":
+        return float(scale) if n_steps == 1 else float(scale) * step / (n_steps - 1)
+    raise ConfigError(f"unknown CFG scale schedule {schedule!r}; choose one of {SCALE_SCHEDULES}")
+
+
+class GuidanceRule:
+    """Base of guidance rules: `conditions` in a fixed order, `combine` their logits."""
+
+    conditions: tuple[Condition, ...] = ()
+
+    def __init__(self, scale: float = 3.0, schedule: str = "linear") -> None:
+        scale_at(0, 2, scale, schedule)  # validate the schedule name now, not mid-sampling
+        self.scale = float(scale)
+        self.schedule = schedule
+
+    @property
+    def needs_text(self) -> bool:
+        return any(c.text for c in self.conditions)
+
+    @property
+    def needs_video(self) -> bool:
+        return any(c.video for c in self.conditions)
+
+    def scale_at(self, step: int, n_steps: int) -> float:
+        return scale_at(step, n_steps, self.scale, self.schedule)
+
+    def combine(self, logits: tuple[Tensor, ...], scale: float) -> Float[Tensor, "b l v"]:
+        raise NotImplementedError  # abstract
+
+    def __repr__(self) -> str:
+        conds = ", ".join(c.label for c in self.conditions)
+        return f"{type(self).__name__}(scale={self.scale}, schedule={self.schedule!r}, conditions=[{conds}])"
+
+
+class NoGuidance(GuidanceRule):
+    def __init__(self, condition: str = "text_video") -> None:
+        super().__init__(0.0, "constant")
+        self.conditions = (_condition(condition),)
+
+    def combine(self, logits: tuple[Tensor, ...], scale: float) -> Float[Tensor, "b l v"]:
+        return logits[0]
+
+
+class CFG(GuidanceRule):
+    """Single-condition CFG: l_u + s (l_c - l_u)."""
+
+    def __init__(self, condition: str = "video", scale: float = 3.0, schedule: str = "linear") -> None:
+        super().__init__(scale, schedule)
+        cond = _condition(condition)
+        if cond == UNCOND:
+            raise ConfigError("cfg needs a condition other than 'uncond' (video, text or text_video)")
+        self.conditions = (UNCOND, cond)
+
+    def combine(self, logits: tuple[Tensor, ...], scale: float) -> Float[Tensor, "b l v"]:
+        l_u, l_c = logits
+        return l_u + scale * (l_c - l_u)
+
+
+class MultiCFG(GuidanceRule):
+    """SpecMaskFoley eq. 1: l_u + s[(l_tv - l_u) + (l_v - l_u)]."""
+
+    conditions = (UNCOND, VIDEO, TEXT_VIDEO)
+
+    def combine(self, logits: tuple[Tensor, ...], scale: float) -> Float[Tensor, "b l v"]:
+        l_u, l_v, l_tv = logits
+        return l_u + scale * ((l_tv - l_u) + (l_v - l_u))
+
+
+def _condition(label: str) -> Condition:
+    if label not in _BY_LABEL:
+        raise ConfigError(f"unknown condition {label!r}; choose one of {sorted(_BY_LABEL)}")
+    return _BY_LABEL[label]
+
+
+@GUIDANCE.register("none")
+def none(*, condition: str = "text_video") -> NoGuidance:
+    """No guidance: the logits of one condition set."""
+    return NoGuidance(condition)
+
+
+@GUIDANCE.register("cfg")
+def cfg(*, condition: str = "video", scale: float = 3.0, schedule: str = "linear") -> CFG:
+    """Single-condition classifier-free guidance on any one condition set."""
+    return CFG(condition, scale, schedule)
+
+
+@GUIDANCE.register("cfg_video")
+def cfg_video(*, scale: float = 3.0, schedule: str = "linear") -> CFG:
+    """CFG on video alone (the paper's "CFG w/o l_text&video" ablation)."""
+    return CFG("video", scale, schedule)
+
+
+@GUIDANCE.register("cfg_text_video")
+def cfg_text_video(*, scale: float = 3.0, schedule: str = "linear") -> CFG:
+    """CFG on text+video (the paper's "CFG w/o l_video" ablation)."""
+    return CFG("text_video", scale, schedule)
+
+
+@GUIDANCE.register("cfg_text")
+def cfg_text(*, scale: float = 3.0, schedule: str = "linear") -> CFG:
+    """CFG on the CLAP prompt alone (SpecMaskGIT, the backbone without ControlNet)."""
+    return CFG("text", scale, schedule)
+
+
+@GUIDANCE.register("multi")
+def multi(*, scale: float = 3.0, schedule: str = "linear") -> MultiCFG:
+    """Multi-condition CFG of SpecMaskFoley eq. 1 (the paper's default)."""
+    return MultiCFG(scale, schedule)

@@ -1,0 +1,385 @@
+"""The composite model: mel front-end, tokenizer, backbone, optional video ControlNet, guidance,
+MaskGIT sampler and vocoder, built from a `ModelConfig` by `build_model`.
+
+- `forward`: one batched pass; the ControlNet runs only on the rows flagged `control_on`.
+- `loss`: the masked-token objective (MaskGIT): a mask ratio drawn from the cosine schedule,
+  cross-entropy on masked tokens, the CLAP condition replaced by the unconditional mask with
+  probability `uncond_prob` (0.9 in SpecMaskFoley sec. 3.4).
+- `generate`: MaskGIT sampling with every guidance condition set in ONE batched forward per step.
+- `save` / `from_pretrained`: safetensors, the config JSON in the file's metadata.
+"""
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from controlfoley._registry import (
+    ALIGNERS,
+    BACKBONES,
+    CONTROL_ENCODERS,
+    GUIDANCE,
+    MEL_FRONTENDS,
+    PRESETS,
+    TOKENIZERS,
+    VOCODERS,
+    Registry,
+)
+from controlfoley.config import ConfigError, ModelConfig, Part
+from controlfoley.control.controlnet import ControlNet
+from controlfoley.errors import ShapeError
+from controlfoley.guidance import Condition, GuidanceRule, scale_at
+from controlfoley.sampling import MaskGITSampler
+from controlfoley.typing import Bool, Float, Int, Tensor
+
+__all__ = ["SpecMaskFoley", "build_model", "from_pretrained", "masked_token_mask"]
+
+FORMAT_VERSION = "1"
+_CONTROL_PARTS = ("control_encoder", "aligner", "controlnet")
+
+
+def masked_token_mask(batch: int, n_tokens: int, generator: torch.Generator | None, device: torch.device) -> Bool[Tensor, "b l"]:
+    """Training mask: ratio r ~ U(0,1), ceil(cos(pi/2 r) * l) tokens masked (>= 1), chosen uniformly."""
+    r = torch.rand(batch, generator=generator, device=device)
+    n_mask = torch.ceil(torch.cos(math.pi / 2 * r) * n_tokens).long().clamp(1, n_tokens)
+    ranks = torch.rand(batch, n_tokens, generator=generator, device=device).argsort(dim=1).argsort(dim=1)
+    return ranks < n_mask[:, None]
+
+
+class SpecMaskFoley(nn.Module):
+    """Backbone (+ ControlNet branch when video control is configured), ready to train or sample."""
+
+    def __init__(
+        self,
+        *,
+        config: ModelConfig,
+        mel: nn.Module,
+        tokenizer: nn.Module,
+        backbone: nn.Module,
+        guidance: GuidanceRule,
+        sampler: MaskGITSampler,
+        vocoder: nn.Module,
+        control_encoder: nn.Module | None = None,
+        aligner: nn.Module | None = None,
+        controlnet: ControlNet | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.mel, self.tokenizer, self.backbone, self.vocoder = mel, tokenizer, backbone, vocoder
+        self.control_encoder, self.aligner, self.controlnet = control_encoder, aligner, controlnet
+        self.guidance, self.sampler = guidance, sampler
+        self.grid: tuple[int, int] = tuple(tokenizer.grid(config.n_frames))
+        self.n_tokens = self.grid[0] * self.grid[1]
+
+    # -- properties ------------------------------------------------------------------------------
+    @property
+    def has_control(self) -> bool:
+        return self.controlnet is not None
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.pos_emb.device
+
+    @property
+    def n_samples(self) -> int:
+        """Waveform samples of one window."""
+        return self.config.n_frames * self.mel.hop_length
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.mel.sample_rate)
+
+    def control_modules(self) -> list[nn.Module]:
+        return [m for m in (self.control_encoder, self.aligner, self.controlnet) if m is not None]
+
+    def freeze_backbone(self) -> "SpecMaskFoley":
+        """The paper's ControlNet recipe: backbone (and tokenizer, vocoder) frozen, control parts trainable."""
+        self.requires_grad_(False)
+        for m in self.control_modules():
+            m.requires_grad_(True)
+        return self
+
+    # -- the network -----------------------------------------------------------------------------
+    def encode_control(self, features: Mapping[str, Tensor]) -> Float[Tensor, "b l d"]:
+        """Video features -> control encoder -> aligner: [b, F*T, D] in the backbone's token order."""
+        if not self.has_control:
+            raise ConfigError("this model has no ControlNet (a backbone-only preset); it takes no video features")
+        return self.aligner(self.control_encoder(dict(features)))
+
+    def forward(
+        self,
+        codes: Int[Tensor, "b l"],
+        mask: Bool[Tensor, "b l"],
+        *,
+        cond: Float[Tensor, "b c"] | None = None,
+        cond_on: Bool[Tensor, " b"] | None = None,
+        control: Float[Tensor, "b l d"] | None = None,
+        control_on: Bool[Tensor, " b"] | None = None,
+    ) -> Float[Tensor, "b l v"]:
+        """Logits. `control` is the aligned video feature (see `encode_control`); the ControlNet runs
+        on the rows where `control_on` is True (all rows when None)."""
+        x = self.backbone.embed(codes, mask, cond, cond_on)
+        residuals = None
+        if control is not None:
+            if not self.has_control:
+                raise ConfigError("video control given to a model without ControlNet")
+            residuals = self._control_residuals(x, control, control_on)
+        return self.backbone.logits(self.backbone.forward_blocks(x, residuals))
+
+    def _control_residuals(self, x: Tensor, control: Tensor, control_on: Tensor | None) -> list[Tensor | None]:
+        if control_on is None or bool(control_on.all()):
+            return self.controlnet(x, control)
+        rows = control_on.nonzero().squeeze(1)
+        part = self.controlnet(x[rows], control[rows])
+        full: list[Tensor | None] = []
+        for r in part:  # scatter the control rows back; other rows get no residual (exactly zero)
+            full.append(None if r is None else x.new_zeros(x.shape).index_copy(0, rows, r.to(x.dtype)))
+        return full
+
+    # -- training objective ----------------------------------------------------------------------
+    def loss(
+        self,
+        codes: Int[Tensor, "b f t"],
+        *,
+        features: Mapping[str, Tensor] | None = None,
+        cond: Float[Tensor, "b c"] | None = None,
+        uncond_prob: float = 0.9,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Masked-token cross-entropy on masked positions; returns (loss, stats)."""
+        b = codes.shape[0]
+        flat = self._flat_codes(codes)
+        mask = masked_token_mask(b, self.n_tokens, generator, flat.device)
+        cond_on = None
+        if cond is not None:
+            cond_on = torch.rand(b, generator=generator, device=flat.device) >= uncond_prob
+        control = self.encode_control(features) if (self.has_control and features is not None) else None
+        logits = self(flat, mask, cond=cond, cond_on=cond_on, control=control)
+        loss = F.cross_entropy(logits[mask].float(), flat[mask])
+        with torch.no_grad():
+            acc = (logits[mask].argmax(-1) == flat[mask]).float().mean().item()
+        return loss, {"loss": loss.item(), "acc_masked": acc, "mask_frac": mask.float().mean().item()}
+
+    def _flat_codes(self, codes: Tensor) -> Tensor:
+        if codes.ndim != 3 or tuple(codes.shape[1:]) != self.grid:
+            raise ShapeError(f"codes must be [batch, {self.grid[0]}, {self.grid[1]}] for this model, got {list(codes.shape)}")
+        v = self.backbone.vocab_size
+        if codes.numel() and (codes.min() < 0 or codes.max() >= v):
+            raise ShapeError(f"token ids must be in [0, {v}), got range [{int(codes.min())}, {int(codes.max())}]")
+        return codes.reshape(codes.shape[0], -1).long()
+
+    # -- sampling -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        features: Mapping[str, Tensor] | None = None,
+        text: Float[Tensor, "b c"] | None = None,
+        *,
+        batch_size: int | None = None,
+        negative_text: Float[Tensor, "b c"] | None = None,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        temperature: float | None = None,
+        guidance: GuidanceRule | None = None,
+        known_codes: Int[Tensor, "b f t"] | None = None,
+        known_mask: Bool[Tensor, "b f t"] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Int[Tensor, "b f t"]:
+        """Sample token maps. `features`: video features (dict of [b, t, d]); `text`: CLAP-like
+        embeddings; `negative_text` replaces the unconditional mask of the uncond rows."""
+        rule = guidance or self.guidance
+        control = self.encode_control(features) if (features is not None and self.has_control) else None
+        b = _batch_of(control, text, known_codes, batch_size)
+        self._check_rule_inputs(rule, control, text)
+        scale = rule.scale if cfg_scale is None else float(cfg_scale)
+        rows = _RowPlan(rule.conditions, b, text, negative_text, control, self.device)
+
+        def logits_fn(codes: Tensor, mask: Tensor, k: int, n: int) -> Tensor:
+            logits = self(codes.repeat(rows.n_sets, 1), mask.repeat(rows.n_sets, 1), **rows.kwargs)
+            parts = logits.float().chunk(rows.n_sets, dim=0)
+            s = scale_at(k, n, scale, rule.schedule)
+            return rule.combine(tuple(parts), s)
+
+        flat = self.sampler.sample(
+            logits_fn,
+            batch=b,
+            n_tokens=self.n_tokens,
+            vocab_size=self.backbone.vocab_size,
+            device=self.device,
+            known_codes=None if known_codes is None else known_codes.reshape(b, -1),
+            known_mask=None if known_mask is None else known_mask.reshape(b, -1),
+            generator=generator,
+            steps=steps,
+            temperature=temperature,
+        )
+        return flat.view(b, *self.grid)
+
+    def _check_rule_inputs(self, rule: GuidanceRule, control: Tensor | None, text: Tensor | None) -> None:
+        if rule.needs_video and control is None:
+            raise ConfigError(f"guidance {rule} needs video features; pass features=... or use guidance 'cfg_text'")
+        if rule.needs_text and text is None:
+            raise ConfigError(
+                f"guidance {rule} needs a text (CLAP) embedding; pass text=... or use a rule without text, e.g. 'cfg_video'"
+            )
+
+    @torch.no_grad()
+    def decode(self, codes: Int[Tensor, "b f t"]) -> Float[Tensor, "b m n"]:
+        """Token map -> normalised mel."""
+        return self.tokenizer.decode(codes)
+
+    @torch.no_grad()
+    def vocode(self, mel: Float[Tensor, "b m n"]) -> Float[Tensor, "b s"]:
+        return self.vocoder(mel)
+
+    @torch.no_grad()
+    def encode_audio(self, wav: Float[Tensor, "b s"]) -> Int[Tensor, "b f t"]:
+        """Waveform -> mel -> tokens, cropped/padded to the model's window."""
+        mel = self.mel(wav)
+        n = self.config.n_frames
+        mel = mel[..., :n] if mel.shape[-1] >= n else F.pad(mel, (0, n - mel.shape[-1]), value=-1.0)
+        return self.tokenizer.encode(mel)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str], *, extra_metadata: Mapping[str, str] | None = None) -> Path:
+        from controlfoley.checkpoint import save_model
+
+        return save_model(self, path, extra_metadata=extra_metadata)
+
+    def parameter_table(self) -> list[dict[str, Any]]:
+        rows = []
+        for name in ("tokenizer", "backbone", *_CONTROL_PARTS, "vocoder"):
+            m = getattr(self, name)
+            if m is None:
+                continue
+            n = sum(p.numel() for p in m.parameters())
+            t = sum(p.numel() for p in m.parameters() if p.requires_grad)
+            rows.append({"part": name, "params": n, "trainable": t, "frozen": n - t})
+        return rows
+
+
+class _RowPlan:
+    """Stacked rows for one batched forward over all condition sets of a guidance rule."""
+
+    def __init__(
+        self,
+        conditions: tuple[Condition, ...],
+        b: int,
+        text: Tensor | None,
+        negative: Tensor | None,
+        control: Tensor | None,
+        device: torch.device,
+    ) -> None:
+        self.n_sets = len(conditions)
+        cond_rows, cond_on, ctrl_on = [], [], []
+        for c in conditions:
+            use_neg = (not c.text) and negative is not None
+            src = text if c.text else (negative if use_neg else None)
+            cond_rows.append(src if src is not None else _zeros_like_cond(text, negative, b, device))
+            cond_on.append(torch.full((b,), c.text or use_neg, dtype=torch.bool, device=device))
+            ctrl_on.append(torch.full((b,), c.video, dtype=torch.bool, device=device))
+        any_cond = text is not None or negative is not None
+        on = torch.cat(ctrl_on)
+        self.kwargs: dict[str, Any] = {
+            "cond": torch.cat(cond_rows).to(device) if any_cond else None,
+            "cond_on": torch.cat(cond_on) if any_cond else None,
+            "control": None if (control is None or not bool(on.any())) else control.repeat(self.n_sets, 1, 1),
+            "control_on": on,
+        }
+
+
+def _zeros_like_cond(text: Tensor | None, negative: Tensor | None, b: int, device: torch.device) -> Tensor | None:
+    ref = text if text is not None else negative
+    return None if ref is None else ref.new_zeros(b, ref.shape[-1])
+
+
+def _batch_of(control: Tensor | None, text: Tensor | None, known: Tensor | None, batch_size: int | None) -> int:
+    sizes = {t.shape[0] for t in (control, text, known) if t is not None}
+    if batch_size is not None:
+        sizes.add(int(batch_size))
+    if len(sizes) > 1:
+        raise ShapeError(f"batch sizes of features, text, known codes and batch_size disagree: {sorted(sizes)}")
+    if not sizes:
+        raise ShapeError("nothing to condition on: pass features, text, known codes or batch_size")
+    return sizes.pop()
+
+
+# -- building ------------------------------------------------------------------------------------
+def _build_part(registry: Registry[Any], part: Part, **wired: Any) -> Any:
+    """Build `part`, adding the wired values its builder accepts; a conflicting explicit value is an error."""
+    accepted = registry.accepted_args(part.name)
+    kwargs = dict(part.kwargs)
+    for k, v in wired.items():
+        if k not in accepted:
+            continue
+        if k in kwargs and _norm(kwargs[k]) != _norm(v):
+            raise ConfigError(f"{registry.kind} {part.name!r}: {k}={kwargs[k]!r} contradicts the value wired from the other parts ({v!r}); drop it from the config")
+        kwargs[k] = v
+    return registry.build(part.name, **kwargs)
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def build_model(config: "str | ModelConfig", /, **overrides: Any) -> SpecMaskFoley:
+    """Build a model from a preset name or a `ModelConfig`, with optional overrides.
+
+    >>> build_model("specmaskfoley_tiny", aligner="plain1d", guidance="cfg_video")
+    """
+    cfg = _resolve_config(config)
+    if overrides:
+        cfg = cfg.override(**overrides)
+    mel = _build_part(MEL_FRONTENDS, cfg.mel)
+    tokenizer = _build_part(TOKENIZERS, cfg.tokenizer, n_mels=mel.n_mels)
+    grid = tuple(tokenizer.grid(cfg.n_frames))
+    backbone = _build_part(BACKBONES, cfg.backbone, vocab_size=tokenizer.codebook_size, grid=list(grid))
+    parts: dict[str, Any] = {}
+    if cfg.has_control:
+        enc = _build_part(CONTROL_ENCODERS, cfg.control_encoder)
+        parts["control_encoder"] = enc
+        parts["aligner"] = _build_part(ALIGNERS, cfg.aligner, in_dim=enc.out_dim, out_dim=backbone.dim, grid=list(grid))
+        parts["controlnet"] = ControlNet.from_backbone(backbone, **_controlnet_kwargs(cfg.controlnet))
+    s = cfg.sampler
+    return SpecMaskFoley(
+        config=cfg,
+        mel=mel,
+        tokenizer=tokenizer,
+        backbone=backbone,
+        guidance=_build_part(GUIDANCE, cfg.guidance),
+        sampler=MaskGITSampler(s.steps, s.temperature, s.mask_schedule),
+        vocoder=_build_part(VOCODERS, cfg.vocoder, mel=mel),
+        **parts,
+    )
+
+
+def _controlnet_kwargs(part: Part) -> dict[str, Any]:
+    if part.name != "copy":
+        raise ConfigError(f"unknown controlnet {part.name!r}; the ControlNet is built as 'copy' of the first backbone blocks")
+    bad = sorted(set(part.kwargs) - {"n_blocks", "injection"})
+    if bad:
+        raise ConfigError(f"controlnet got unknown argument(s) {bad}; it accepts n_blocks, injection")
+    return {"n_blocks": int(part.kwargs.get("n_blocks", 12)), "injection": str(part.kwargs.get("injection", "aligned"))}
+
+
+def _resolve_config(config: "str | ModelConfig") -> ModelConfig:
+    if isinstance(config, ModelConfig):
+        return config
+    if isinstance(config, str):
+        return PRESETS.build(config)
+    raise ConfigError(f"build_model takes a preset name or a ModelConfig, got {type(config).__name__}")
+
+
+def from_pretrained(
+    path_or_preset: str | os.PathLike[str], /, *, strict: bool = True, map_location: str | torch.device = "cpu", **overrides: Any
+) -> SpecMaskFoley:
+    """Load a model saved with `save` (a .safetensors file or a folder holding model.safetensors),
+    or a preset that ships weights (`controlfoley.presets.PRETRAINED`)."""
+    from controlfoley.checkpoint import load_model
+
+    return load_model(path_or_preset, strict=strict, map_location=map_location, **overrides)
+

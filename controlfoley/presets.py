@@ -1,0 +1,133 @@
+"""Model presets: zero-argument functions of literal numbers returning a `ModelConfig`.
+
+- `specmaskfoley`: the paper's model (sec. 4.2): HiFi-GAN mel 80 x 848, 2-D SpecVQGAN (5 x 53
+  tokens, codebook 1024 x 256), SpecMaskGIT ViT (24 blocks, D 768, 8 heads, FFN 3072, CLAP 512),
+  Synchformer (768) + CLIP (1024) control encoder, FT-Aligner, ControlNet copy of 12 blocks,
+  multi-CFG 0 -> 3 linear, MaskGIT 12 steps with Gumbel temperature 9.
+- `specmaskgit`: the backbone alone, prompted by CLAP through the conditional mask (Table 2).
+- Ablations of Table 2 and sec. 3.3: `*_plain1d`, `*_cfg_video`, `*_cfg_text_video`.
+- `*_tiny`: the same code path with small widths for CPUs and the synthetic world (5.94 s windows
+  of 512 mel frames -> 5 x 32 tokens, 8 synthetic classes, 128-d sync / 64-d clip / 64-d tag features).
+
+Variants are overrides of a base preset, so they cannot drift from it.
+"""
+
+from pathlib import Path
+
+from controlfoley._registry import PRESETS
+from controlfoley.config import ModelConfig, Part, SamplerConfig
+
+__all__ = ["get_preset", "list_presets", "pretrained_path", "PRETRAINED"]
+
+ASSETS = Path(__file__).parent / "assets"
+# Presets whose trained weights ship with the package (trained by `controlfoley experiment synthetic`).
+PRETRAINED = {"specmaskfoley_synthetic": "specmaskfoley_synthetic.safetensors"}
+
+
+@PRESETS.register("specmaskfoley")
+def specmaskfoley() -> ModelConfig:
+    return ModelConfig(
+        name="specmaskfoley",
+        n_frames=848,  # 10 s at 22.05 kHz, hop 256 (860 frames) cropped to a multiple of 16
+        mel=Part("hifigan", {}),
+        tokenizer=Part(
+            "specvqgan",
+            {
+                "ch": 128,
+                "ch_mult": [1, 1, 2, 2, 4],
+                "num_res_blocks": 2,
+                "attn_resolutions": [53],
+                "resolution": 848,
+                "z_channels": 256,
+                "embed_dim": 256,
+                "n_embed": 1024,
+            },
+        ),
+        backbone=Part("specmaskgit", {"dim": 768, "depth": 24, "heads": 8, "ffn_dim": 3072, "cond_dim": 512}),
+        control_encoder=Part("synchformer_clip", {"sync_dim": 768, "clip_dim": 1024}),
+        aligner=Part("ft", {"kernel_size": 3}),
+        controlnet=Part("copy", {"n_blocks": 12, "injection": "aligned"}),
+        guidance=Part("multi", {"scale": 3.0, "schedule": "linear"}),
+        vocoder=Part("griffinlim", {"n_iter": 32}),
+        sampler=SamplerConfig(steps=12, temperature=9.0, mask_schedule="cosine"),
+    )
+
+
+@PRESETS.register("specmaskgit")
+def specmaskgit() -> ModelConfig:
+    return specmaskfoley().override(
+        name="specmaskgit", control_encoder=None, aligner=None, controlnet=None, guidance={"name": "cfg_text"}
+    )
+
+
+@PRESETS.register("specmaskfoley_plain1d")
+def specmaskfoley_plain1d() -> ModelConfig:
+    return specmaskfoley().override(name="specmaskfoley_plain1d", aligner="plain1d")
+
+
+@PRESETS.register("specmaskfoley_cfg_video")
+def specmaskfoley_cfg_video() -> ModelConfig:
+    return specmaskfoley().override(name="specmaskfoley_cfg_video", guidance="cfg_video")
+
+
+@PRESETS.register("specmaskfoley_cfg_text_video")
+def specmaskfoley_cfg_text_video() -> ModelConfig:
+    return specmaskfoley().override(name="specmaskfoley_cfg_text_video", guidance="cfg_text_video")
+
+
+@PRESETS.register("specmaskfoley_tiny")
+def specmaskfoley_tiny() -> ModelConfig:
+    return ModelConfig(
+        name="specmaskfoley_tiny",
+        n_frames=512,  # 5.94 s windows: the synthetic world's clip length
+        mel=Part("hifigan", {}),
+        tokenizer=Part(
+            "specvqgan",
+            {
+                "ch": 32,
+                "ch_mult": [1, 1, 2, 2, 4],
+                "num_res_blocks": 1,
+                "attn_resolutions": [32],
+                "resolution": 512,
+                "z_channels": 64,
+                "embed_dim": 64,
+                "n_embed": 256,
+            },
+        ),
+        backbone=Part("specmaskgit", {"dim": 128, "depth": 6, "heads": 4, "ffn_dim": 512, "cond_dim": 64}),
+        control_encoder=Part("synchformer_clip", {"sync_dim": 128, "clip_dim": 64}),
+        aligner=Part("ft", {"kernel_size": 3}),
+        controlnet=Part("copy", {"n_blocks": 3, "injection": "aligned"}),
+        guidance=Part("multi", {"scale": 3.0, "schedule": "linear"}),
+        vocoder=Part("griffinlim", {"n_iter": 32}),
+        sampler=SamplerConfig(steps=12, temperature=9.0, mask_schedule="cosine"),
+    )
+
+
+@PRESETS.register("specmaskgit_tiny")
+def specmaskgit_tiny() -> ModelConfig:
+    return specmaskfoley_tiny().override(
+        name="specmaskgit_tiny", control_encoder=None, aligner=None, controlnet=None, guidance={"name": "cfg_text"}
+    )
+
+
+@PRESETS.register("specmaskfoley_tiny_plain1d")
+def specmaskfoley_tiny_plain1d() -> ModelConfig:
+    return specmaskfoley_tiny().override(name="specmaskfoley_tiny_plain1d", aligner="plain1d")
+
+
+def get_preset(name: str) -> ModelConfig:
+    return PRESETS.build(name)
+
+
+def list_presets(pattern: str = "*") -> list[str]:
+    return PRESETS.names(pattern)
+
+
+def pretrained_path(name: str) -> Path | None:
+    """Path of the weights shipped for preset `name`, or None if it ships none (or they are absent)."""
+    f = PRETRAINED.get(name)
+    if f is None:
+        return None
+    p = ASSETS / f
+    return p if p.is_file() else None

@@ -1,0 +1,140 @@
+"""MaskGIT iterative parallel decoding (Chang et al. 2022; google-research/maskgit).
+
+At step k of K, with r = (k+1)/K:
+- every still-masked token is sampled from the (guided) logits;
+- confidence = log p(sampled token) + temperature * (1 - r) * Gumbel noise (the "choice"
+  temperature, 9.0 in SpecMaskFoley, annealed linearly to 0); tokens already known have
+  confidence +inf;
+- the number left masked is floor(N * gamma(r)) clamped to [1, masked_now - 1] (0 after the last
+  step), N the number of tokens that were unknown at the start; the least confident are re-masked.
+
+Deterministic given a `torch.Generator`. Tokens given as known (inpainting, continuation of a
+previous window) are never changed. Rows may start with different numbers of known tokens.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from controlfoley.errors import ShapeError
+from controlfoley.typing import Bool, Float, Int, Tensor
+
+__all__ = ["MaskGITSampler", "mask_ratio", "masked_count", "LogitsFn"]
+
+# logits_fn(codes [b, l], mask [b, l], step, n_steps) -> guided logits [b, l, v]
+LogitsFn = Callable[[Tensor, Tensor, int, int], Tensor]
+
+
+def mask_ratio(r: float | Tensor, schedule: str = "cosine") -> float | Tensor:
+    """gamma(r): fraction of tokens still masked at progress r in [0, 1]."""
+    if schedule == "cosine":
+        return math.cos(math.pi / 2 * r) if isinstance(r, float) else torch.cos(math.pi / 2 * r)
+    if schedule == "linear":
+        return 1.0 - r
+    if schedule == "square":
+        return 1.0 - r**2
+    raise ShapeError(f"unknown mask schedule {schedule!r}; choose cosine, linear or square")
+
+
+def masked_count(step: int, n_steps: int, n_unknown: Int[Tensor, " b"], masked_now: Int[Tensor, " b"], schedule: str = "cosine") -> Int[Tensor, " b"]:
+    """How many tokens stay masked after `step` (exact integer rule of the reference decoder)."""
+    if step >= n_steps - 1:
+        return torch.zeros_like(masked_now)
+    ratio = float(mask_ratio((step + 1) / n_steps, schedule))
+    target = torch.floor(n_unknown.double() * ratio).long()
+    return torch.minimum(target.clamp(min=1), (masked_now - 1).clamp(min=0))
+
+
+def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+    return -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+
+
+class MaskGITSampler:
+    """Iterative parallel decoding over a flat sequence of `n_tokens` codes."""
+
+    def __init__(self, steps: int = 12, temperature: float = 9.0, mask_schedule: str = "cosine") -> None:
+        if steps < 1:
+            raise ShapeError(f"steps must be >= 1, got {steps}")
+        mask_ratio(0.5, mask_schedule)
+        self.steps, self.temperature, self.mask_schedule = int(steps), float(temperature), mask_schedule
+
+    def __repr__(self) -> str:
+        return f"MaskGITSampler(steps={self.steps}, temperature={self.temperature}, mask_schedule={self.mask_schedule!r})"
+
+    @torch.no_grad()
+    def sample(
+        self,
+        logits_fn: LogitsFn,
+        *,
+        batch: int,
+        n_tokens: int,
+        vocab_size: int,
+        device: torch.device | str = "cpu",
+        known_codes: Int[Tensor, "b l"] | None = None,
+        known_mask: Bool[Tensor, "b l"] | None = None,
+        generator: torch.Generator | None = None,
+        steps: int | None = None,
+        temperature: float | None = None,
+    ) -> Int[Tensor, "b l"]:
+        steps = self.steps if steps is None else int(steps)
+        temperature = self.temperature if temperature is None else float(temperature)
+        if steps < 1:
+            raise ShapeError(f"steps must be >= 1, got {steps}")
+        device = torch.device(device)
+        codes, mask = self._initial(batch, n_tokens, vocab_size, device, known_codes, known_mask)
+        n_unknown = mask.sum(dim=1)
+        for k in range(steps):
+            if not mask.any():
+                break
+            logits = logits_fn(codes, mask, k, steps)
+            codes, mask = self.step(logits, codes, mask, n_unknown, k, steps, temperature, generator)
+        return codes
+
+    @staticmethod
+    def _initial(
+        batch: int,
+        n_tokens: int,
+        vocab_size: int,
+        device: torch.device,
+        known_codes: Tensor | None,
+        known_mask: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        codes = torch.zeros(batch, n_tokens, dtype=torch.long, device=device)
+        mask = torch.ones(batch, n_tokens, dtype=torch.bool, device=device)
+        if known_mask is None:
+            if known_codes is not None:
+                raise ShapeError("known_codes given without known_mask: say which tokens are known")
+            return codes, mask
+        if known_codes is None or known_codes.shape != (batch, n_tokens) or known_mask.shape != (batch, n_tokens):
+            raise ShapeError(f"known_codes and known_mask must both be [{batch}, {n_tokens}]")
+        known = known_codes[known_mask]
+        if known.numel() and (known.min() < 0 or known.max() >= vocab_size):
+            raise ShapeError(f"known token ids must be in [0, {vocab_size}), got range [{known.min()}, {known.max()}]")
+        codes = torch.where(known_mask.to(device), known_codes.to(device).long(), codes)
+        return codes, ~known_mask.to(device)
+
+    def step(
+        self,
+        logits: Float[Tensor, "b l v"],
+        codes: Int[Tensor, "b l"],
+        mask: Bool[Tensor, "b l"],
+        n_unknown: Int[Tensor, " b"],
+        k: int,
+        n_steps: int,
+        temperature: float,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor]:
+        """One decoding step: sample masked tokens, keep the confident ones, re-mask the rest."""
+        logits = logits.float()
+        logp = logits.log_softmax(dim=-1)
+        sampled = (logp + _gumbel(logp.shape, generator, logp.device)).argmax(dim=-1)  # Gumbel-max = categorical
+        sampled = torch.where(mask, sampled, codes)
+        conf = logp.gather(-1, sampled[..., None]).squeeze(-1)
+        r = (k + 1) / n_steps
+        conf = conf + temperature * (1.0 - r) * _gumbel(conf.shape, generator, conf.device)
+        conf = torch.where(mask, conf, torch.full_like(conf, math.inf))
+        n_next = masked_count(k, n_steps, n_unknown, mask.sum(dim=1), self.mask_schedule)
+        ranks = conf.argsort(dim=-1, stable=True).argsort(dim=-1)
+        return sampled, ranks < n_next[:, None]

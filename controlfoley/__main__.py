@@ -1,0 +1,3 @@
+from controlfoley.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""Config tree: JSON round trip, overrides, errors."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controlfoley import ConfigError, ModelConfig, Part, PRESETS
+from controlfoley.presets import get_preset
+
+
+@pytest.mark.parametrize("name", ["specmaskfoley", "specmaskgit", "specmaskfoley_tiny", "specmaskfoley_plain1d"])
+def test_json_round_trip(name):
+    cfg = get_preset(name)
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_string_override_keeps_compatible_kwargs():
+    cfg = get_preset("specmaskfoley").override(aligner="plain1d", guidance="cfg_video")
+    assert cfg.aligner == Part("plain1d", {"kernel_size": 3})
+    assert cfg.guidance == Part("cfg_video", {"scale": 3.0, "schedule": "linear"})
+
+
+def test_dict_override_merges_and_can_rename():
+    cfg = get_preset("specmaskfoley_tiny").override(backbone={"depth": 2}, guidance={"name": "cfg", "condition": "text_video"})
+    assert cfg.backbone.kwargs["depth"] == 2 and cfg.backbone.kwargs["dim"] == 128
+    assert cfg.guidance.name == "cfg" and cfg.guidance.kwargs["condition"] == "text_video"
+
+
+def test_sampler_override_and_bad_fields():
+    cfg = get_preset("specmaskfoley").override(sampler={"steps": 16})
+    assert cfg.sampler.steps == 16 and cfg.sampler.temperature == 9.0
+    with pytest.raises(ConfigError, match="unknown sampler field"):
+        cfg.override(sampler={"stepz": 3})
+    with pytest.raises(ConfigError, match="unknown override 'bakbone'"):
+        cfg.override(bakbone={})
+    with pytest.raises(ConfigError, match="steps"):
+        cfg.override(sampler={"steps": 0})
+
+
+def test_control_parts_come_together():
+    with pytest.raises(ConfigError, match="come together"):
+        get_preset("specmaskfoley").override(controlnet=None)
+    cfg = get_preset("specmaskfoley").override(controlnet=None, aligner=None, control_encoder=None)
+    assert not cfg.has_control
+
+
+def test_non_json_values_are_refused():
+    with pytest.raises(ConfigError, match="JSON"):
+        Part("ft", {"x": object()})
+
+
+@settings(max_examples=30, deadline=None)
+@given(depth=st.integers(1, 48), steps=st.integers(1, 64), scale=st.floats(0, 10, allow_nan=False))
+def test_round_trip_property(depth, steps, scale):
+    cfg = get_preset("specmaskfoley").override(backbone={"depth": depth}, sampler={"steps": steps}, guidance={"scale": scale})
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_every_preset_builds_a_config():
+    for name in PRESETS.names():
+        assert isinstance(get_preset(name), ModelConfig)

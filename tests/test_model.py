@@ -1,0 +1,173 @@
+"""The composite model: paper shapes, zero-init equivalence, ControlNet training, save/load, bad input."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import micro_inputs, micro_overrides
+from controlfoley import build_model, from_pretrained
+from controlfoley.errors import CheckpointError, ConfigError, ShapeError
+
+
+def _count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_paper_preset_shapes_and_sizes():
+    model = build_model("specmaskfoley")
+    assert model.grid == (5, 53) and model.n_tokens == 265
+    bb = model.backbone
+    assert (len(bb.blocks), bb.dim, bb.heads, bb.ffn_dim, bb.vocab_size) == (24, 768, 8, 3072, 1024)
+    blocks = sum(_count(b) for b in bb.blocks)
+    assert abs(blocks - 170e6) / 170e6 < 0.03, blocks
+    assert len(model.controlnet.blocks) == 12
+    for i in range(12):  # the ControlNet starts as an exact copy of the first 12 blocks
+        for (k, a), (_, b) in zip(model.controlnet.blocks[i].state_dict().items(), bb.blocks[i].state_dict().items()):
+            assert torch.equal(a, b), k
+    assert model.tokenizer.codebook_size == 1024 and model.tokenizer.grid(848) == (5, 53)
+
+
+def test_zero_init_composite_equals_backbone(micro_model):
+    x = micro_inputs(micro_model, b=3)
+    codes = x["codes"].flatten(1)
+    mask = torch.rand(codes.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+    control = micro_model.encode_control(x["features"])
+    with torch.no_grad():
+        full = micro_model(codes, mask, cond=x["text"], control=control)
+        base = micro_model.backbone(codes, mask, x["text"])
+    assert torch.equal(full, base)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), frac=st.floats(0.0, 1.0), b=st.integers(1, 3))
+def test_zero_init_property(seed, frac, b):
+    torch.manual_seed(seed)
+    model = build_model("specmaskfoley_tiny", **micro_overrides()).eval()
+    x = micro_inputs(model, b=b, seed=seed)
+    codes = x["codes"].flatten(1)
+    mask = torch.rand(codes.shape, generator=torch.Generator().manual_seed(seed)) < frac
+    cond_on = torch.rand(b, generator=torch.Generator().manual_seed(seed + 1)) < 0.5
+    with torch.no_grad():
+        full = model(codes, mask, cond=x["text"], cond_on=cond_on, control=model.encode_control(x["features"]))
+        base = model.backbone(codes, mask, x["text"], cond_on)
+    assert torch.equal(full, base)
+
+
+def test_one_controlnet_step_changes_logits_and_only_control_params(micro_model):
+    model = micro_model.train().freeze_backbone()
+    x = micro_inputs(model)
+    frozen = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"control_encoder", "aligner", "controlnet"}
+    opt = torch.optim.AdamW(trainable, lr=1e-3)
+    loss, stats = model.loss(x["codes"], features=x["features"], cond=x["text"], generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and 0 < stats["mask_frac"] <= 1
+    loss.backward()
+    opt.step()
+    model.eval()
+    codes = x["codes"].flatten(1)
+    mask = torch.zeros_like(codes, dtype=torch.bool)
+    with torch.no_grad():
+        full = model(codes, mask, control=model.encode_control(x["features"]))
+        base = model.backbone(codes, mask)
+    assert not torch.equal(full, base)
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, frozen[k]), k
+
+
+def test_control_runs_only_on_flagged_rows(micro_model):
+    x = micro_inputs(micro_model, b=2)
+    with torch.no_grad():
+        for p in micro_model.controlnet.outs.parameters():
+            p.normal_()
+        codes = x["codes"].flatten(1)
+        mask = torch.zeros_like(codes, dtype=torch.bool)
+        control = micro_model.encode_control(x["features"])
+        on = torch.tensor([True, False])
+        mixed = micro_model(codes, mask, control=control, control_on=on)
+        full = micro_model(codes, mask, control=control)
+        base = micro_model.backbone(codes, mask)
+    assert torch.allclose(mixed[0], full[0], atol=1e-5) and torch.equal(mixed[1], base[1])
+    assert not torch.allclose(mixed[0], base[0])
+
+
+def test_loss_uncond_prob_changes_which_rows_use_the_prompt(micro_model, monkeypatch):
+    seen = []
+    orig = micro_model.backbone.embed
+
+    def spy(codes, mask, cond=None, cond_on=None):
+        seen.append(cond_on.clone())
+        return orig(codes, mask, cond, cond_on)
+
+    monkeypatch.setattr(micro_model.backbone, "embed", spy)
+    x = micro_inputs(micro_model, b=2)
+    codes = x["codes"].repeat(200, 1, 1)
+    text = x["text"].repeat(200, 1)
+    micro_model.loss(codes, cond=text, uncond_prob=0.9, generator=torch.Generator().manual_seed(0))
+    frac_on = seen[-1].float().mean().item()
+    assert 0.05 < frac_on < 0.16  # ~10% of rows keep the CLAP conditional mask
+
+
+def test_fused_and_math_attention_agree(micro_model):
+    x = micro_inputs(micro_model)
+    codes = x["codes"].flatten(1)
+    mask = torch.rand(codes.shape) < 0.3
+    with torch.no_grad():
+        a = micro_model.backbone(codes, mask, x["text"])
+        micro_model.backbone.set_fused_attn(False)
+        b = micro_model.backbone(codes, mask, x["text"])
+    assert not micro_model.backbone.blocks[0].attn.fused
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_save_load_round_trip(micro_model, tmp_path):
+    with torch.no_grad():
+        for p in micro_model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    path = micro_model.save(tmp_path / "m.safetensors")
+    loaded = from_pretrained(path).eval()
+    assert loaded.config == micro_model.config
+    x = micro_inputs(micro_model)
+    codes = x["codes"].flatten(1)
+    mask = torch.rand(codes.shape, generator=torch.Generator().manual_seed(3)) < 0.5
+    with torch.no_grad():
+        args = dict(cond=x["text"], control=micro_model.encode_control(x["features"]))
+        a = micro_model(codes, mask, **args)
+        args["control"] = loaded.encode_control(x["features"])
+        b = loaded(codes, mask, **args)
+    assert torch.equal(a, b)
+
+
+def test_mismatching_checkpoint_names_the_keys(micro_model, tmp_path):
+    path = micro_model.save(tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match=r"shape mismatches.*backbone\.pos_emb"):
+        from_pretrained(path, backbone={"dim": 64, "heads": 2, "ffn_dim": 64})
+    with pytest.raises(CheckpointError, match=r"missing keys.*backbone\.blocks\.3"):
+        from_pretrained(path, backbone={"depth": 4})
+    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        from_pretrained(tmp_path / "bad.safetensors")
+
+
+def test_bad_inputs_give_clear_errors(micro_model):
+    x = micro_inputs(micro_model)
+    with pytest.raises(ShapeError, match="codes must be"):
+        micro_model.loss(x["codes"][:, :, :-1])
+    bad = x["codes"].clone()
+    bad[0, 0, 0] = 10_000
+    with pytest.raises(ShapeError, match="token ids must be in"):
+        micro_model.loss(bad)
+    feats = dict(x["features"])
+    feats["sync"] = feats["sync"].clone()
+    feats["sync"][0, 3, 1] = float("nan")
+    with pytest.raises(ShapeError, match="NaN"):
+        micro_model.generate(feats, x["text"])
+    with pytest.raises(ShapeError, match="'clip' is missing"):
+        micro_model.generate({"sync": x["features"]["sync"]}, x["text"])
+    with pytest.raises(ShapeError, match=r"\[batch, frames, 24\]"):
+        micro_model.generate({"sync": torch.randn(2, 40, 7), "clip": x["features"]["clip"]}, x["text"])
+    with pytest.raises(ConfigError, match="needs a text"):
+        micro_model.generate(x["features"])
+    with pytest.raises(ShapeError, match="mel"):
+        micro_model.tokenizer.encode(torch.zeros(1, 80, 100))

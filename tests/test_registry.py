@@ -1,0 +1,76 @@
+"""Registries: names, duplicate and unknown names, user registration usable from build_model."""
+
+import subprocess
+import sys
+
+import pytest
+from torch import nn
+
+import controlfoley
+from controlfoley import ALIGNERS, ALL_REGISTRIES, GUIDANCE, PRESETS, Registry, RegistryError, build_model
+from controlfoley.control.aligners import FTAligner
+
+
+def test_every_registry_has_entries():
+    for kind, reg in ALL_REGISTRIES.items():
+        assert len(reg.names()) >= 1, kind
+
+
+def test_paper_parts_are_registered():
+    assert {"ft", "plain1d"} <= set(ALIGNERS.names())
+    assert {"none", "cfg", "cfg_video", "cfg_text", "cfg_text_video", "multi"} <= set(GUIDANCE.names())
+    assert {"specmaskfoley", "specmaskgit", "specmaskfoley_tiny"} <= set(PRESETS.names())
+    assert PRESETS.names("*_tiny") == sorted(n for n in PRESETS.names() if n.endswith("_tiny"))
+
+
+def test_unknown_name_lists_what_exists():
+    with pytest.raises(RegistryError) as e:
+        ALIGNERS.get("ftt")
+    msg = str(e.value)
+    assert "'ftt'" in msg and "plain1d" in msg and "Did you mean 'ft'" in msg
+
+
+def test_duplicate_registration_is_an_error():
+    reg = Registry("thing", "THINGS")
+    reg.register("a")(lambda: 1)
+    with pytest.raises(RegistryError, match="already registered"):
+        reg.register("a")(lambda: 2)
+    reg.register("a", override=True)(lambda: 3)
+    assert reg.build("a") == 3
+
+
+def test_unknown_and_missing_builder_arguments_are_named():
+    with pytest.raises(RegistryError, match="unknown argument.*'bogus'"):
+        ALIGNERS.build("ft", in_dim=4, out_dim=4, grid=[1, 2], bogus=1)
+    with pytest.raises(RegistryError, match="missing required argument"):
+        ALIGNERS.build("ft", in_dim=4)
+
+
+def test_user_registered_part_is_usable_by_name():
+    calls = []
+
+    @ALIGNERS.register("test_user_aligner")
+    def user_aligner(*, in_dim: int, out_dim: int, grid: list, kernel_size: int = 3) -> nn.Module:
+        calls.append((in_dim, out_dim, tuple(grid)))
+        return FTAligner(in_dim, out_dim, tuple(grid), 1)
+
+    try:
+        m = build_model(
+            "specmaskfoley_tiny",
+            aligner="test_user_aligner",
+            backbone={"dim": 32, "depth": 2, "heads": 2, "ffn_dim": 64},
+            controlnet={"n_blocks": 1},
+            tokenizer={"ch": 8, "z_channels": 8, "embed_dim": 8},
+        )
+        assert calls == [(128, 32, m.grid)]
+        assert isinstance(m.aligner, FTAligner) and m.aligner.proj.conv.kernel_size == (1,)
+    finally:
+        ALIGNERS.unregister("test_user_aligner")
+
+
+def test_import_is_light():
+    code = "import sys, controlfoley; print(any(m in sys.modules for m in ('controlfoley.model', 'controlfoley.tokenizers.specvqgan', 'timm')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
+    with pytest.raises(AttributeError):
+        controlfoley.does_not_exist  # noqa: B018

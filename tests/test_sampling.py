@@ -1,0 +1,163 @@
+"""MaskGIT sampler and guidance: schedule counts, determinism, inpainting, one batched forward per step."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import micro_inputs
+from controlfoley import GUIDANCE
+from controlfoley.guidance import TEXT_VIDEO, UNCOND, VIDEO, scale_at
+from controlfoley.sampling import MaskGITSampler, masked_count
+
+
+def reference_counts(n: int, steps: int) -> list[int]:
+    """DESIGN.md's rule, written out plainly: masked tokens left after each step."""
+    left, out = n, []
+    for k in range(steps):
+        if k == steps - 1:
+            nxt = 0
+        else:
+            nxt = math.floor(n * math.cos(math.pi / 2 * (k + 1) / steps))
+            nxt = min(max(nxt, 1), left - 1)
+        out.append(max(nxt, 0))
+        left = out[-1]
+    return out
+
+
+class Recorder:
+    """A logits function with random logits that records the mask it was called with."""
+
+    def __init__(self, vocab: int, seed: int = 0):
+        self.g = torch.Generator().manual_seed(seed)
+        self.vocab = vocab
+        self.masks: list[torch.Tensor] = []
+        self.codes: list[torch.Tensor] = []
+
+    def __call__(self, codes, mask, k, n):
+        self.masks.append(mask.clone())
+        self.codes.append(codes.clone())
+        return torch.randn(*codes.shape, self.vocab, generator=self.g)
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.integers(1, 64), n=st.integers(2, 300))
+def test_masked_counts_follow_the_reference_rule(steps, n):
+    rec = Recorder(16)
+    out = MaskGITSampler(steps=steps).sample(rec, batch=1, n_tokens=n, vocab_size=16, generator=torch.Generator().manual_seed(0))
+    counts = [int(m.sum()) for m in rec.masks[1:]] + [0]
+    ref = reference_counts(n, steps)
+    ref = ref[: len(counts)]  # the sampler stops once nothing is masked
+    assert counts == ref
+    assert out.shape == (1, n) and out.min() >= 0 and out.max() < 16
+
+
+def test_masked_count_vectorised_matches_scalar():
+    n_unknown = torch.tensor([265, 100, 3])
+    masked_now = n_unknown.clone()
+    for k in range(12):
+        got = masked_count(k, 12, n_unknown, masked_now)
+        for i in range(3):
+            exp = 0 if k == 11 else min(max(math.floor(int(n_unknown[i]) * math.cos(math.pi / 2 * (k + 1) / 12)), 1), int(masked_now[i]) - 1)
+            assert int(got[i]) == max(exp, 0)
+        masked_now = got
+
+
+def test_same_seed_same_tokens_and_different_seed_differs():
+    s = MaskGITSampler(steps=8)
+    a = s.sample(Recorder(32, 1), batch=2, n_tokens=50, vocab_size=32, generator=torch.Generator().manual_seed(5))
+    b = s.sample(Recorder(32, 1), batch=2, n_tokens=50, vocab_size=32, generator=torch.Generator().manual_seed(5))
+    c = s.sample(Recorder(32, 1), batch=2, n_tokens=50, vocab_size=32, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_temperature_is_annealed_linearly_to_zero():
+    # With zero temperature the confidence is log p of the sampled token: the most confident stay.
+    s = MaskGITSampler(steps=4, temperature=9.0)
+    logits = torch.log_softmax(torch.randn(1, 20, 8), -1)
+    codes = torch.zeros(1, 20, dtype=torch.long)
+    mask = torch.ones(1, 20, dtype=torch.bool)
+    n_unknown = torch.tensor([20])
+    _, kept_last = s.step(logits, codes, mask, n_unknown, 3, 4, 9.0, torch.Generator().manual_seed(0))
+    assert not kept_last.any()  # the last step (1 - r = 0) leaves nothing masked
+    sampled, new_mask = s.step(logits, codes, mask, n_unknown, 0, 4, 0.0, torch.Generator().manual_seed(0))
+    conf = logits.gather(-1, sampled[..., None]).squeeze(-1)
+    assert conf[new_mask].max() <= conf[~new_mask].min()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), frac=st.floats(0.0, 0.95), steps=st.integers(1, 16))
+def test_known_tokens_are_never_changed(seed, frac, steps):
+    g = torch.Generator().manual_seed(seed)
+    known_mask = torch.rand(3, 40, generator=g) < frac
+    known = torch.randint(0, 32, (3, 40), generator=g)
+    rec = Recorder(32, seed)
+    out = MaskGITSampler(steps=steps).sample(
+        rec, batch=3, n_tokens=40, vocab_size=32, known_codes=known, known_mask=known_mask, generator=g
+    )
+    assert torch.equal(out[known_mask], known[known_mask])
+    for m in rec.masks:  # a known token is never offered to the model as masked
+        assert not (m & known_mask).any()
+
+
+def test_guidance_scale_zero_gives_uncond_and_multi_is_eq1():
+    l_u, l_v, l_tv = (torch.randn(2, 7, 5) for _ in range(3))
+    multi = GUIDANCE.build("multi")
+    assert multi.conditions == (UNCOND, VIDEO, TEXT_VIDEO)
+    assert torch.equal(multi.combine((l_u, l_v, l_tv), 0.0), l_u)
+    s = 2.5
+    assert torch.equal(multi.combine((l_u, l_v, l_tv), s), l_u + s * ((l_tv - l_u) + (l_v - l_u)))
+    for name in ("cfg_video", "cfg_text_video", "cfg_text"):
+        rule = GUIDANCE.build(name)
+        assert rule.conditions[0] == UNCOND and len(rule.conditions) == 2
+        assert torch.equal(rule.combine((l_u, l_v), 0.0), l_u)
+    assert scale_at(0, 12, 3.0, "linear") == 0.0 and scale_at(11, 12, 3.0, "linear") == 3.0
+    assert scale_at(5, 12, 3.0, "constant") == 3.0
+
+
+@pytest.mark.parametrize("rule", ["multi", "cfg_video", "cfg_text_video", "none"])
+def test_one_batched_forward_per_step(micro_model, rule, monkeypatch):
+    calls = []
+    orig = micro_model.backbone.forward_blocks
+
+    def spy(x, residuals=None):
+        calls.append(x.shape[0])
+        return orig(x, residuals)
+
+    monkeypatch.setattr(micro_model.backbone, "forward_blocks", spy)
+    cn_rows = []
+    orig_cn = micro_model.controlnet.forward
+    monkeypatch.setattr(micro_model.controlnet, "forward", lambda x, c: cn_rows.append(x.shape[0]) or orig_cn(x, c))
+    x = micro_inputs(micro_model, b=2)
+    rule_obj = GUIDANCE.build(rule)
+    out = micro_model.generate(x["features"], x["text"], steps=5, guidance=rule_obj, generator=torch.Generator().manual_seed(0))
+    n_sets = len(rule_obj.conditions)
+    assert calls == [2 * n_sets] * 5  # one forward per step, all condition sets stacked
+    assert cn_rows == [2 * sum(c.video for c in rule_obj.conditions)] * 5  # ControlNet only on video rows
+    assert out.shape == (2, *micro_model.grid) and out.min() >= 0 and out.max() < micro_model.backbone.vocab_size
+
+
+def test_generate_inpainting_and_determinism(micro_model):
+    x = micro_inputs(micro_model, b=2)
+    known_mask = torch.zeros(2, *micro_model.grid, dtype=torch.bool)
+    known_mask[:, :, :5] = True
+    kw = dict(known_codes=x["codes"], known_mask=known_mask, steps=6)
+    a = micro_model.generate(x["features"], x["text"], generator=torch.Generator().manual_seed(1), **kw)
+    b = micro_model.generate(x["features"], x["text"], generator=torch.Generator().manual_seed(1), **kw)
+    assert torch.equal(a, b)
+    assert torch.equal(a[known_mask], x["codes"][known_mask])
+
+
+def test_guided_sampling_step_uses_cfg_scale(micro_model, monkeypatch):
+    seen = []
+    rule = GUIDANCE.build("multi", scale=2.0)
+    orig = rule.combine
+    monkeypatch.setattr(rule, "combine", lambda logits, s: seen.append(s) or orig(logits, s))
+    x = micro_inputs(micro_model)
+    micro_model.generate(x["features"], x["text"], steps=5, guidance=rule, generator=torch.Generator().manual_seed(0))
+    assert seen == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0])
+    seen.clear()
+    micro_model.generate(x["features"], x["text"], steps=3, cfg_scale=4.0, guidance=rule, generator=torch.Generator().manual_seed(0))
+    assert seen == pytest.approx([0.0, 2.0, 4.0])

@@ -1,0 +1,83 @@
+"""Audio file input and output.
+
+Features
+- `load_audio(path, sample_rate, mono=True)`: any format libsndfile reads (WAV, FLAC, OGG, ...), float32
+  samples, channels averaged to mono unless `mono=False`, resampled with soxr (librosa's "soxr_hq") when the
+  file's rate differs. Missing, unreadable or empty files raise MediaError with a one-line reason.
+- `save_audio(path, wav, sample_rate)`: WAV or FLAC chosen by the extension, written atomically (temporary
+  file + rename, `controlfoley._io.atomic_path`), 16-bit PCM by default. Integer PCM cannot hold values past
+  full scale, so samples are clipped to [-1, 1] for PCM subtypes (float WAV keeps them).
+
+References: soundfile (libsndfile bindings); librosa.resample with python-soxr.
+"""
+
+import os
+from pathlib import Path
+
+import librosa
+import numpy as np
+import soundfile as sf
+import torch
+
+from controlfoley._io import atomic_path
+from controlfoley.errors import MediaError
+from controlfoley.typing import Float, Shaped, Tensor
+
+__all__ = ["load_audio", "save_audio", "WRITE_FORMATS"]
+
+# extension -> (libsndfile format, default subtype)
+WRITE_FORMATS: dict[str, tuple[str, str]] = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16")}
+
+
+def load_audio(path: str | os.PathLike[str], sample_rate: int, mono: bool = True) -> Float[Tensor, "*ch s"]:
+    """Read an audio file as float32 at `sample_rate`: [s] when `mono`, else [channels, s]."""
+    path = Path(path)
+    if sample_rate <= 0:
+        raise MediaError(f"load_audio: sample_rate must be positive, got {sample_rate}")
+    if not path.is_file():
+        raise MediaError(f"audio file not found: {path}")
+    try:
+        data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)  # [s, channels]
+    except RuntimeError as e:  # LibsndfileError derives from it
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MediaError(f"cannot decode audio file {path}: {reason}. Is it a valid WAV/FLAC/OGG file?") from e
+    if data.shape[0] == 0:
+        raise MediaError(f"audio file {path} holds no samples; re-export it or drop it from the list")
+    y = data.T  # [channels, s]
+    if mono:
+        y = y.mean(axis=0, keepdims=True)
+    if file_rate != sample_rate:
+        y = librosa.resample(y, orig_sr=file_rate, target_sr=sample_rate, res_type="soxr_hq", axis=-1)
+    out = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+    return out[0] if mono else out
+
+
+def save_audio(
+    path: str | os.PathLike[str], wav: Shaped[Tensor, "*ch s"], sample_rate: int, subtype: str | None = None
+) -> Path:
+    """Write [s] or [channels, s] samples in [-1, 1] to a .wav or .flac file atomically; returns the path.
+
+    `subtype` is a libsndfile subtype name ("PCM_16", "PCM_24", "FLOAT" for WAV); default 16-bit PCM.
+    """
+    path = Path(path)
+    fmt = WRITE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise MediaError(
+            f"cannot write audio to {path}: unknown extension {path.suffix!r}. save_audio writes {', '.join(WRITE_FORMATS)}."
+        )
+    if sample_rate <= 0:
+        raise MediaError(f"save_audio: sample_rate must be positive, got {sample_rate}")
+    if wav.dim() not in (1, 2) or wav.shape[-1] == 0:
+        raise MediaError(f"save_audio expects a non-empty waveform [s] or [channels, s], got shape {tuple(wav.shape)}")
+    if not wav.is_floating_point() or not bool(torch.isfinite(wav).all()):
+        raise MediaError(f"save_audio expects finite float samples in [-1, 1] (got dtype {wav.dtype}); writing {path}")
+    container, default_subtype = fmt
+    subtype = subtype or default_subtype
+    if not sf.check_format(container, subtype):
+        raise MediaError(f"{container} cannot hold subtype {subtype!r}; try one of {sorted(sf.available_subtypes(container))}")
+    y = wav.detach().to("cpu", torch.float32).reshape(-1, wav.shape[-1]).numpy().T  # [s, channels]
+    if subtype.startswith("PCM"):
+        y = np.clip(y, -1.0, 1.0)  # libsndfile would wrap out-of-range values around for integer PCM
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), y, sample_rate, subtype=subtype, format=container)
+    return path

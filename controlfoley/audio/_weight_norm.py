@@ -1,0 +1,132 @@
+"""Weight-normalised convolutions and strict loading of public GAN-vocoder generator checkpoints.
+
+Features
+- `WNConv1d`, `WNConvTranspose1d`: weight norm (Salimans & Kingma, 2016) over dim 0, stored as the
+  parameters `weight_g` (magnitude, [dim0, 1, 1]) and `weight_v` (direction), the names that
+  `torch.nn.utils.weight_norm` gives and that official HiFi-GAN / MelGAN checkpoints carry. The effective
+  weight g * v / ||v|| is recomputed in forward, so a state dict always keeps the public layout.
+- `read_state_dict`: safetensors files, or legacy pickles through `load_legacy_checkpoint` (tensors only
+  unless the caller trusts the file), unwrapping `{"generator": sd}`; a DDP `module.` prefix is dropped.
+- `rename_parametrized`: newer torch's `parametrizations.weight.original0/1` names -> `weight_g/weight_v`.
+- `load_strict`: compares keys and shapes first and raises CheckpointError naming the missing, unexpected
+  and mis-shaped tensors, then loads with `strict=True`.
+
+References: HiFi-GAN (jik876/hifi-gan), MelGAN (descriptinc/melgan-neurips), torch.nn.utils.weight_norm.
+"""
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from controlfoley._legacy import load_legacy_checkpoint
+from controlfoley.errors import CheckpointError
+from controlfoley.typing import Float, Tensor
+
+__all__ = ["WNConv1d", "WNConvTranspose1d", "read_state_dict", "rename_parametrized", "load_strict"]
+
+
+class _WeightNormConv(nn.Module):
+    """Shared parameters of the two weight-normalised convolutions: weight_g, weight_v, bias."""
+
+    def __init__(self, v_shape: tuple[int, int, int], n_bias: int | None, fan_in: int) -> None:
+        super().__init__()
+        v = torch.empty(v_shape)
+        nn.init.kaiming_uniform_(v, a=math.sqrt(5))  # torch's own conv default
+        self.weight_v = nn.Parameter(v)
+        self.weight_g = nn.Parameter(torch.empty(v_shape[0], 1, 1))
+        self.bias = None if n_bias is None else nn.Parameter(torch.empty(n_bias).uniform_(-(fan_in**-0.5), fan_in**-0.5))
+        self.reset_magnitude()
+
+    @torch.no_grad()
+    def reset_magnitude(self) -> None:
+        """Set g = ||v|| so the effective weight equals v (what weight_norm does when applied)."""
+        self.weight_g.copy_(self.weight_v.flatten(1).norm(dim=1).view(-1, 1, 1))
+
+    @property
+    def weight(self) -> Tensor:
+        return self.weight_v * (self.weight_g / self.weight_v.flatten(1).norm(dim=1).view(-1, 1, 1))
+
+
+class WNConv1d(_WeightNormConv):
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, *, dilation: int = 1, padding: int = 0, bias: bool = True
+    ) -> None:
+        fan_in = in_channels * kernel_size
+        super().__init__((out_channels, in_channels, kernel_size), out_channels if bias else None, fan_in)
+        self.dilation, self.padding = dilation, padding
+
+    def forward(self, x: Float[Tensor, "b ci t"]) -> Float[Tensor, "b co u"]:
+        return F.conv1d(x, self.weight, self.bias, 1, self.padding, self.dilation)
+
+
+class WNConvTranspose1d(_WeightNormConv):
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int, padding: int = 0, output_padding: int = 0
+    ) -> None:
+        # a transposed conv's weight is [in, out, k]: weight norm over dim 0 normalises per *input* channel
+        super().__init__((in_channels, out_channels, kernel_size), out_channels, out_channels * kernel_size)
+        self.stride, self.padding, self.output_padding = stride, padding, output_padding
+
+    def forward(self, x: Float[Tensor, "b ci t"]) -> Float[Tensor, "b co u"]:
+        return F.conv_transpose1d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding)
+
+
+def read_state_dict(path: str | os.PathLike[str], *, trust: bool, what: str) -> dict[str, Tensor]:
+    """Tensors of a generator checkpoint: plain state dict, `{"generator": sd}`, or a safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj: Any = load_file(str(path))
+    else:
+        obj = load_legacy_checkpoint(path, trust=trust)
+    if isinstance(obj, Mapping) and "generator" in obj:
+        obj = obj["generator"]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        kind = f"a dict with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(
+            f"{path} is not a {what} state dict: expected tensors (plain or under 'generator'), found {kind}"
+        )
+    sd = {str(k): v for k, v in obj.items()}
+    if all(k.startswith("module.") for k in sd):  # saved from a DistributedDataParallel wrapper
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def rename_parametrized(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Map torch.nn.utils.parametrizations.weight_norm names onto the classic weight_g / weight_v."""
+    renames = {".parametrizations.weight.original0": ".weight_g", ".parametrizations.weight.original1": ".weight_v"}
+    out = {}
+    for key, value in sd.items():
+        for old, new in renames.items():
+            if key.endswith(old):
+                key = key[: -len(old)] + new
+        out[key] = value
+    return out
+
+
+def load_strict(module: nn.Module, sd: Mapping[str, Tensor], *, what: str, source: str) -> None:
+    """Load `sd` into `module` exactly; any disagreement raises CheckpointError naming the tensors."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if items:
+                more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
+                parts.append(f"{label} {items[:8]}{more}")
+        raise CheckpointError(
+            f"{source} does not match the {what} built from its kwargs: {'; '.join(parts)}. "
+            "Build the vocoder with the architecture the checkpoint was trained with (its config.json)."
+        )
+    module.load_state_dict(dict(sd), strict=True)

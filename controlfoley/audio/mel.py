@@ -107,20 +107,21 @@ class MelFrontEnd(nn.Module):
         if x.dtype not in (torch.float32, torch.float64):
             x = x.float()  # the FFT runs in fp32 at least; half precision loses the quiet bins
         x = F.pad(x.unsqueeze(1), (self.stft_pad, self.stft_pad), mode="reflect").squeeze(1)
-        spec = torch.stft(
-            x,
-            self.n_fft,
-            hop_length=self.hop_length,
-            win_length=self.win_length,
-            window=self.window.to(x.dtype),
-            center=False,
-            normalized=False,
-            onesided=True,
-            return_complex=True,
-        )
-        mag = torch.view_as_real(spec).pow(2).sum(-1).add(self.mag_eps).sqrt()  # [b, n_fft/2+1, n]
-        mel = torch.matmul(self.mel_basis.to(x.dtype), mag)
-        out = torch.log(torch.clamp(mel, min=self.clip_val))
+        with torch.autocast(device_type=x.device.type, enabled=False):  # a bf16 filterbank matmul would blur quiet bins
+            spec = torch.stft(
+                x,
+                self.n_fft,
+                hop_length=self.hop_length,
+                win_length=self.win_length,
+                window=self.window.to(x.dtype),
+                center=False,
+                normalized=False,
+                onesided=True,
+                return_complex=True,
+            )
+            mag = torch.view_as_real(spec).pow(2).sum(-1).add(self.mag_eps).sqrt()  # [b, n_fft/2+1, n]
+            mel = torch.matmul(self.mel_basis.to(x.dtype), mag)
+            out = torch.log(torch.clamp(mel, min=self.clip_val))
         return out[0] if squeeze else out
 
     def forward(self, wav: Shaped[Tensor, "*b s"]) -> Float[Tensor, "*b m n"]:

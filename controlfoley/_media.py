@@ -1,0 +1,94 @@
+"""Shared plumbing of `controlfoley.video`: opening media files and turning failures into MediaErrors.
+
+Features
+- `open_input`: existence, folder and empty-file checks before FFmpeg sees the path; FFmpeg errors
+  while the container is open become one-line `MediaError`s naming the file.
+- `atomic_output` / `open_output`: outputs go through `controlfoley._io.atomic_path`; OS and FFmpeg
+  errors become `MediaError`s and the temporary file is removed.
+- `video_stream`, `check_complete`: no video stream, undecodable codec, files cut short.
+
+References: PyAV error classes (av.error), FFmpeg's AVStream.nb_frames.
+"""
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+
+from controlfoley._io import atomic_path
+from controlfoley.errors import MediaError
+
+__all__ = ["PathLike", "open_input", "atomic_output", "open_output", "video_stream", "check_complete", "check_fps"]
+
+PathLike = str | os.PathLike[str]
+
+
+def _reason(e: BaseException) -> str:
+    return str(getattr(e, "strerror", None) or e).replace("\n", " ")
+
+
+@contextlib.contextmanager
+def open_input(path: Path) -> Iterator[av.container.InputContainer]:
+    """Open `path` for reading; FFmpeg errors while it is open become one-line MediaErrors."""
+    if not path.exists():
+        raise MediaError(f"{path}: no such file")
+    if path.is_dir():
+        raise MediaError(f"{path}: is a folder, not a media file")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: empty file (0 bytes), a zero-length video")
+    try:
+        container = av.open(str(path), "r")
+    except av.FFmpegError as e:
+        raise MediaError(f"{path}: cannot be opened as audio/video ({_reason(e)}); it is truncated, corrupt or not a media file") from None
+    try:
+        yield container
+    except av.FFmpegError as e:
+        raise MediaError(f"{path}: decoding failed ({_reason(e)}); the file is truncated or corrupt") from None
+    finally:
+        container.close()
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Atomic output path; OS and FFmpeg errors become one-line MediaErrors and the temp file goes."""
+    try:
+        with atomic_path(path) as tmp:
+            yield tmp
+    except (OSError, av.FFmpegError) as e:
+        raise MediaError(f"cannot write {path}: {_reason(e)}; choose a writable output folder") from None
+
+
+def open_output(tmp: Path, target: Path) -> av.container.OutputContainer:
+    try:
+        return av.open(str(tmp), "w")
+    except ValueError as e:  # PyAV: "Could not determine output format"
+        raise MediaError(f"cannot write {target}: {e} from suffix {target.suffix!r}; use .mp4, .mkv or .mov") from None
+
+
+def video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams})
+        if not kinds:
+            raise MediaError(f"{path}: contains no streams at all (an empty, zero-length container)")
+        raise MediaError(f"{path}: has no video stream (it holds: {', '.join(kinds)})")
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        raise MediaError(f"{path}: unsupported video codec (this FFmpeg build has no decoder for it); re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
+    return stream
+
+
+def check_complete(path: Path, stream: av.video.stream.VideoStream, n: int) -> None:
+    """A file cut short still opens when its index comes first; its header then promises more frames.
+
+    Two frames of slack allow for decoders that drop a frame or two around edit lists.
+    """
+    if stream.frames and n < stream.frames - 2:
+        raise MediaError(f"{path}: truncated or corrupt: only {n} of the {stream.frames} frames its header declares could be read")
+
+
+def check_fps(fps: float) -> None:
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive finite number, got {fps}")

@@ -1,0 +1,177 @@
+"""Writing video files and replacing their audio track (the writing half of `controlfoley.video`).
+
+Features
+- `write_video`: MP4 (libx264 if PyAV has it, else mpeg4; yuv420p; mono AAC audio), packets muxed
+  in time order, written atomically.
+- `mux_audio`: stream remux of the first video stream (packets copied, no re-encode), the new audio
+  encoded as AAC, old audio and other streams dropped; the video is re-encoded only when the output
+  container cannot hold its codec (`MuxResult.video_copied` is then False and a warning is logged).
+
+References: PyAV remuxing (OutputContainer.add_stream_from_template, Packet.stream); FFmpeg's
+AAC encoder (1024-sample frames).
+"""
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from jaxtyping import UInt8
+
+from controlfoley._media import PathLike, atomic_output, check_complete, check_fps, open_input, open_output, video_stream
+from controlfoley.typing import Float, Tensor
+
+__all__ = ["MuxResult", "write_video", "mux_audio"]
+
+log = logging.getLogger("controlfoley.video")
+
+_AUDIO_CODEC = "aac"
+_AAC_FRAME = 1024  # samples per AAC frame; FFmpeg's encoder takes exactly this many per frame
+
+
+@dataclass(frozen=True)
+class MuxResult:
+    path: Path
+    video_copied: bool  # False: the container could not hold the codec, so the video was re-encoded
+    video_codec: str  # codec of the video stream in the output
+
+
+def _video_encoder() -> str:
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def _add_video_stream(c: av.container.OutputContainer, rate: Fraction, width: int, height: int, crf: int) -> av.video.stream.VideoStream:
+    codec = _video_encoder()
+    s = c.add_stream(codec, rate=rate)
+    s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+    s.options = {"crf": str(crf)} if codec == "libx264" else {"qscale": "2"}
+    return s
+
+
+def _add_audio_stream(c: av.container.OutputContainer, sample_rate: int) -> av.audio.stream.AudioStream:
+    s = c.add_stream(_AUDIO_CODEC, rate=sample_rate)
+    s.layout = "mono"
+    return s
+
+
+def _encode_audio(s: av.audio.stream.AudioStream, audio: Float[Tensor, "s"], sample_rate: int) -> list[av.Packet]:
+    wav = audio.detach().to("cpu", torch.float32).numpy()
+    if not np.isfinite(wav).all():
+        raise ValueError("audio holds NaN or infinite samples")
+    wav = np.clip(wav, -1.0, 1.0)[None, :]
+    packets: list[av.Packet] = []
+    for i in range(0, wav.shape[1], _AAC_FRAME):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wav[:, i : i + _AAC_FRAME]), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = sample_rate, i, Fraction(1, sample_rate)
+        packets += s.encode(frame)
+    return packets + s.encode(None)
+
+
+def _packet_time(pkt: av.Packet) -> Fraction:
+    ts = pkt.dts if pkt.dts is not None else pkt.pts
+    return ts * pkt.time_base if ts is not None and pkt.time_base else Fraction(0)
+
+
+def _mux_interleaved(c: av.container.OutputContainer, video: Iterable[av.Packet], audio: list[av.Packet]) -> None:
+    """Mux video packets as they come with the (already encoded) audio packets in time order."""
+    a = 0
+    for pkt in video:
+        while a < len(audio) and _packet_time(audio[a]) <= _packet_time(pkt):
+            c.mux(audio[a])
+            a += 1
+        c.mux(pkt)
+    for pkt in audio[a:]:
+        c.mux(pkt)
+
+
+def _encode_frames(s: av.video.stream.VideoStream, images: np.ndarray) -> Iterator[av.Packet]:
+    for i, img in enumerate(images):
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts = i
+        yield from s.encode(frame)
+    yield from s.encode(None)
+
+
+def write_video(
+    path: PathLike,
+    frames: UInt8[Tensor, "n h w 3"],
+    fps: float,
+    *,
+    audio: Float[Tensor, "s"] | None = None,
+    sample_rate: int | None = None,
+    crf: int = 15,
+) -> Path:
+    """Write frames (and an optional mono audio track) as a video file, atomically.
+
+    The container follows the suffix (.mp4 recommended). yuv420p needs even sizes, so an odd height
+    or width is padded by repeating the last row or column. `crf` is libx264's quality (lower is better).
+    """
+    check_fps(fps)
+    if frames.shape[0] == 0:
+        raise ValueError("write_video needs at least one frame")
+    if (audio is None) != (sample_rate is None):
+        raise ValueError("give audio and sample_rate together")
+    images = frames.detach().cpu().numpy()
+    pad_h, pad_w = images.shape[1] % 2, images.shape[2] % 2
+    images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    target = Path(path)
+    with atomic_output(target) as tmp, open_output(tmp, target) as c:
+        vs = _add_video_stream(c, Fraction(fps).limit_denominator(1_000_000), images.shape[2], images.shape[1], crf)
+        apkts = _encode_audio(_add_audio_stream(c, sample_rate), audio, sample_rate) if audio is not None and sample_rate else []
+        _mux_interleaved(c, _encode_frames(vs, images), apkts)
+    return target
+
+
+def _copied_packets(src: Path, inp: av.container.InputContainer, vin: av.video.stream.VideoStream, vout: av.video.stream.VideoStream) -> Iterator[av.Packet]:
+    n = 0
+    for pkt in inp.demux(vin):
+        if pkt.dts is None:  # the demuxer's empty flush packet
+            continue
+        pkt.stream = vout
+        n += 1
+        yield pkt
+    check_complete(src, vin, n)
+
+
+def _reencoded_packets(src: Path, inp: av.container.InputContainer, vin: av.video.stream.VideoStream, vout: av.video.stream.VideoStream) -> Iterator[av.Packet]:
+    n = 0
+    for frame in inp.decode(vin):
+        frame.pict_type = av.video.frame.PictureType.NONE  # let the encoder choose frame types
+        n += 1
+        yield from vout.encode(frame)
+    check_complete(src, vin, n)
+    yield from vout.encode(None)
+
+
+def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"], sample_rate: int, out_path: PathLike) -> MuxResult:
+    """Replace the audio of `video_path` by `audio` (mono, AAC) and write `out_path` atomically.
+
+    The first video stream is copied packet by packet (no re-encode) when the output container can
+    hold its codec; otherwise it is re-encoded (libx264) and `MuxResult.video_copied` is False.
+    Other streams (old audio, subtitles, data) are dropped. `out_path` may equal `video_path`.
+    """
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    src, target = Path(video_path), Path(out_path)
+    with open_input(src) as inp:
+        vin = video_stream(inp, src)
+        src_codec = vin.codec_context.name
+        with atomic_output(target) as tmp, open_output(tmp, target) as out:
+            copied = src_codec in out.supported_codecs
+            if copied:
+                vout = out.add_stream_from_template(vin)
+            else:
+                rate = vin.guessed_rate or vin.average_rate or Fraction(25)
+                vout = _add_video_stream(out, rate, vin.codec_context.width + vin.codec_context.width % 2, vin.codec_context.height + vin.codec_context.height % 2, 15)
+                vout.codec_context.time_base = vin.time_base
+            apkts = _encode_audio(_add_audio_stream(out, sample_rate), audio, sample_rate)
+            packets = (_copied_packets if copied else _reencoded_packets)(src, inp, vin, vout)
+            _mux_interleaved(out, packets, apkts)
+            codec = src_codec if copied else vout.codec_context.name
+    if not copied:
+        log.warning("%s: %s cannot hold video codec %r, so the video was re-encoded as %s", target, target.suffix, src_codec, codec)
+    return MuxResult(path=target, video_copied=copied, video_codec=codec)

@@ -1,0 +1,261 @@
+"""Video I/O through PyAV: probe, decode frames at fixed rates, read and write audio tracks, mux.
+
+Features
+- `read_frames(path, fps)`: frame k of the output is the source frame *displayed* at time k/fps (the
+  last frame whose presentation timestamp is <= k/fps), for any input rate, constant or variable;
+  n = floor(duration * fps) frames (at least 1), duration = last pts + the median frame gap. Times
+  are exact fractions of the stream's time base (a tie within half a tick counts as displayed).
+  Optional resize by libswscale (area filter).
+- `resample_frames` / `frame_indices`: the same rule for frames already in memory.
+- `read_audio_track(path, sample_rate)`: mono float32, resampled by libswresample.
+- `write_video`: MP4 (libx264, else mpeg4; yuv420p; AAC audio), packets interleaved by time.
+- `mux_audio`: copies the video stream's packets unchanged (stream remux), adds the new audio as
+  AAC, drops the old audio; re-encodes the video only when the output container cannot hold its
+  codec, and says so in the returned `MuxResult` and in a log warning.
+- Every user-caused failure (missing file, no video stream, truncated or corrupt file, zero-length
+  video, unsupported codec, unwritable output) raises a one-line `MediaError`; outputs are written
+  through `controlfoley._io.atomic_path`, so no partial file is ever left behind.
+
+The writers live in `controlfoley._video_write` and the shared opening/error plumbing in
+`controlfoley._media`; this module is the public face of all three.
+
+References: FFmpeg/libav* via PyAV (https://pyav.basswood-io.com); presentation-timestamp semantics
+of the MP4/Matroska containers (ISO/IEC 14496-12).
+"""
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from jaxtyping import UInt8
+
+from controlfoley._media import PathLike, check_complete, check_fps, open_input, video_stream
+from controlfoley._video_write import MuxResult, mux_audio, write_video
+from controlfoley.errors import MediaError
+from controlfoley.typing import Float, Tensor
+
+__all__ = [
+    "VideoInfo",
+    "Frames",
+    "MuxResult",
+    "probe",
+    "read_frames",
+    "resample_frames",
+    "frame_indices",
+    "read_audio_track",
+    "write_video",
+    "mux_audio",
+]
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Header facts about a video file (no decoding; `read_frames` measures the real duration)."""
+
+    path: Path
+    duration_s: float
+    fps: float  # average rate from the container; an estimate for variable-frame-rate files
+    width: int
+    height: int
+    n_frames: int | None  # as declared by the container, None where it declares nothing
+    codec: str
+    has_audio: bool
+    audio_sample_rate: int | None
+
+
+@dataclass(frozen=True)
+class Frames:
+    """Frames resampled to a fixed rate: frames[k] is what the source showed at time k / fps."""
+
+    frames: UInt8[Tensor, "n h w 3"]
+    fps: float
+    duration_s: float  # of the source video stream
+
+
+# -- time resampling ---------------------------------------------------------------------------
+
+
+class _Picker:
+    """Streams output frame counts: output k shows the last source frame with time <= k/fps + tol."""
+
+    def __init__(self, fps: Fraction, tol: Fraction) -> None:
+        self.fps, self.tol, self.k = fps, tol, 0
+
+    def advance(self, next_time: Fraction) -> int:
+        """How many outputs the current source frame fills before a source frame at `next_time`."""
+        upto = max(0, math.ceil((next_time - self.tol) * self.fps))  # outputs k with k/fps < next - tol
+        n = max(0, upto - self.k)
+        self.k += n
+        return n
+
+
+def _total_frames(duration: Fraction, fps: Fraction) -> int:
+    return max(1, math.floor(duration * fps))
+
+
+def _duration(times: Sequence[Fraction], fallback_gap: Fraction) -> Fraction:
+    """Last presentation time plus one frame; the median positive gap stands for the last frame's."""
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False) if b > a]
+    return times[-1] + (statistics.median(gaps) if gaps else fallback_gap)
+
+
+def _pick(times: Sequence[Fraction], duration: Fraction, fps: Fraction, tol: Fraction) -> list[int]:
+    picker, out = _Picker(fps, tol), []
+    for i in range(1, len(times)):
+        out += [i - 1] * picker.advance(times[i])
+    total = _total_frames(duration, fps)
+    out += [len(times) - 1] * max(0, total - len(out))
+    return out[:total]
+
+
+def frame_indices(times_s: Sequence[float], duration_s: float, fps: float, *, tol_s: float = 0.0) -> list[int]:
+    """Source frame index shown at each output time k/fps, k < max(1, floor(duration_s * fps)).
+
+    `times_s` are the source presentation times, non-decreasing; outputs before the first source
+    frame show the first one. Floats are taken as exact binary fractions.
+    """
+    check_fps(fps)
+    if not times_s:
+        raise ValueError("frame_indices needs at least one source frame time")
+    ts = [Fraction(t) for t in times_s]
+    return _pick(ts, Fraction(duration_s), Fraction(fps), Fraction(tol_s))
+
+
+def resample_frames(frames: UInt8[Tensor, "n h w 3"], src_fps: float, fps: float) -> UInt8[Tensor, "m h w 3"]:
+    """Constant-rate frames in memory resampled to `fps` by the rule of `read_frames`."""
+    check_fps(src_fps)
+    check_fps(fps)
+    n, src = frames.shape[0], Fraction(src_fps)
+    idx = _pick([Fraction(i) / src for i in range(n)], Fraction(n) / src, Fraction(fps), Fraction(0))
+    return frames[torch.tensor(idx, dtype=torch.long)]
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def _scan_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Fraction:
+    """Duration from the packets (no decoding), for containers whose headers declare none."""
+    start, end = None, None
+    for pkt in container.demux(stream):
+        if pkt.pts is None:
+            continue
+        start = pkt.pts if start is None else min(start, pkt.pts)
+        end = max(end or pkt.pts, pkt.pts + (pkt.duration or 0))
+    if start is None or end is None:
+        return Fraction(0)
+    return (end - start) * stream.time_base
+
+
+def probe(path: PathLike) -> VideoInfo:
+    """Read a video file's header: duration, average rate, size, codec and audio presence."""
+    p = Path(path)
+    with open_input(p) as c:
+        s = video_stream(c, p)
+        duration = Fraction(0)
+        if s.duration and s.time_base:
+            duration = s.duration * s.time_base
+        elif c.duration:
+            duration = Fraction(c.duration, av.time_base)
+        if duration <= 0:
+            duration = _scan_duration(c, s)
+        if duration <= 0:
+            raise MediaError(f"{p}: zero-length video (the video stream holds no frames)")
+        rate = s.average_rate or s.guessed_rate or s.base_rate
+        audio = c.streams.audio[0] if c.streams.audio else None
+        return VideoInfo(
+            path=p,
+            duration_s=float(duration),
+            fps=float(rate) if rate else 0.0,
+            width=s.codec_context.width,
+            height=s.codec_context.height,
+            n_frames=s.frames or None,
+            codec=s.codec_context.name,
+            has_audio=audio is not None,
+            audio_sample_rate=audio.sample_rate if audio is not None else None,
+        )
+
+
+def _parse_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """(height, width) or None; an int means a square."""
+    if size is None:
+        return None
+    h, w = (size, size) if isinstance(size, int) else size
+    if h <= 0 or w <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    return h, w
+
+
+def _to_rgb(frame: av.VideoFrame, hw: tuple[int, int] | None) -> np.ndarray:
+    if hw is None:
+        return frame.to_ndarray(format="rgb24")
+    # convert colour at the source size first: swscale's combined convert-and-scale path rounds
+    # colours by several levels
+    rgb = frame.reformat(format="rgb24")
+    return rgb.reformat(height=hw[0], width=hw[1], interpolation="AREA").to_ndarray()
+
+
+def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | None = None) -> Frames:
+    """Decode the first video stream at a fixed rate `fps` (see the module docstring for the rule).
+
+    `size`: resize to (size, size) for an int, (height, width) for a tuple; None keeps the source size.
+    Time 0 is the first decoded frame's presentation time.
+    """
+    check_fps(fps)
+    hw, p, rate = _parse_size(size), Path(path), Fraction(fps)
+    with open_input(p) as c:
+        s = video_stream(c, p)
+        s.thread_type = "AUTO"
+        tb = s.time_base or Fraction(1, av.time_base)
+        src_rate = s.guessed_rate or s.average_rate
+        gap = 1 / Fraction(src_rate) if src_rate else 1 / rate  # stands in where a pts is missing
+        picker, out, times = _Picker(rate, tb / 2), [], []
+        pending, first_pts = None, None
+        for frame in c.decode(s):
+            if frame.pts is None:
+                t = times[-1] + gap if times else Fraction(0)
+            else:
+                first_pts = frame.pts if first_pts is None else first_pts
+                t = (frame.pts - first_pts) * tb
+            t = max(t, times[-1]) if times else t  # never step back in time
+            if pending is not None and (n := picker.advance(t)):
+                out += [_to_rgb(pending, hw)] * n
+            pending = frame
+            times.append(t)
+        if pending is None:
+            raise MediaError(f"{p}: zero-length video (the video stream holds no decodable frames)")
+        check_complete(p, s, len(times))
+        duration = _duration(times, gap)
+        total = _total_frames(duration, rate)
+        if total > len(out):
+            out += [_to_rgb(pending, hw)] * (total - len(out))
+    frames = torch.from_numpy(np.stack(out[:total]))
+    return Frames(frames=frames, fps=float(fps), duration_s=float(duration))
+
+
+def read_audio_track(path: PathLike, sample_rate: int) -> Float[Tensor, "s"]:
+    """The first audio stream as mono float32 at `sample_rate` (trimmed to the stream's duration)."""
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    p = Path(path)
+    with open_input(p) as c:
+        if not c.streams.audio:
+            raise MediaError(f"{p}: has no audio track")
+        s = c.streams.audio[0]
+        if s.codec_context is None:
+            raise MediaError(f"{p}: unsupported audio codec (this FFmpeg build has no decoder for it)")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        chunks = [g.to_ndarray().reshape(-1) for f in c.decode(s) for g in resampler.resample(f)]
+        chunks += [g.to_ndarray().reshape(-1) for g in resampler.resample(None)]
+        declared = round(s.duration * s.time_base * sample_rate) if s.duration and s.time_base else 0
+    if not chunks or sum(len(x) for x in chunks) == 0:
+        raise MediaError(f"{p}: the audio track holds no samples")
+    wav = np.concatenate(chunks).astype(np.float32)
+    if declared > 0:
+        wav = wav[:declared]  # AAC decoders emit the padding of the last frame as well
+    return torch.from_numpy(wav)

@@ -47,8 +47,8 @@ def masked_count(step: int, n_steps: int, n_unknown: Int[Tensor, " b"], masked_n
 
 
 def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
-    return -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32).clamp(1e-20, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
 
 
 class MaskGITSampler:

@@ -9,7 +9,7 @@ torch.set_num_threads(2)
 def micro_overrides() -> dict:
     """Overrides that shrink specmaskfoley_tiny further, for fast unit tests (same code path)."""
     return {
-        "tokenizer": {"ch": 8, "num_res_blocks": 1, "z_channels": 16, "embed_dim": 16, "n_embed": 64},
+        "tokenizer": {"ch": 8, "num_res_blocks": 1, "z_channels": 16, "embed_dim": 16, "n_embed": 64, "norm_groups": 8},
         "backbone": {"dim": 32, "depth": 3, "heads": 2, "ffn_dim": 64, "cond_dim": 16},
         "control_encoder": {"sync_dim": 24, "clip_dim": 12},
         "controlnet": {"n_blocks": 2},

@@ -54,7 +54,7 @@ def test_guidance_rules(name):
 
 @pytest.mark.parametrize("name", TOKENIZERS.names())
 def test_tokenizers(name):
-    tok = TOKENIZERS.build(name, ch=8, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=1, attn_resolutions=[4], resolution=64, z_channels=8, embed_dim=8, n_embed=32)
+    tok = TOKENIZERS.build(name, ch=8, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=1, attn_resolutions=[4], resolution=64, z_channels=8, embed_dim=8, n_embed=32, norm_groups=8)
     mel = torch.rand(2, 80, 64) * 2 - 1
     recon, codes, vq = tok(mel)
     assert recon.shape == mel.shape and codes.shape == (2, *tok.grid(64))
@@ -82,7 +82,10 @@ def test_vocoders(name):
 def test_tiny_presets_build_and_train_one_step(name):
     from controlfoley import build_model
 
-    model = build_model(name, backbone={"depth": 2}, tokenizer={"ch": 8})
+    from controlfoley.presets import get_preset
+
+    extra = {"controlnet": {"n_blocks": 1}} if get_preset(name).has_control else {}
+    model = build_model(name, backbone={"depth": 2}, tokenizer={"ch": 8, "norm_groups": 8}, **extra)
     if model.has_control:
         model.freeze_backbone()
     b = 2

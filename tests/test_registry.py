@@ -60,7 +60,7 @@ def test_user_registered_part_is_usable_by_name():
             aligner="test_user_aligner",
             backbone={"dim": 32, "depth": 2, "heads": 2, "ffn_dim": 64},
             controlnet={"n_blocks": 1},
-            tokenizer={"ch": 8, "z_channels": 8, "embed_dim": 8},
+            tokenizer={"ch": 8, "z_channels": 8, "embed_dim": 8, "norm_groups": 8},
         )
         assert calls == [(128, 32, m.grid)]
         assert isinstance(m.aligner, FTAligner) and m.aligner.proj.conv.kernel_size == (1,)

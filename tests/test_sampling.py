@@ -20,7 +20,8 @@ def reference_counts(n: int, steps: int) -> list[int]:
         if k == steps - 1:
             nxt = 0
         else:
-            nxt = math.floor(n * math.cos(math.pi / 2 * (k + 1) / steps))
+            r = (k + 1) / steps
+            nxt = math.floor(n * math.cos(math.pi / 2 * r))
             nxt = min(max(nxt, 1), left - 1)
         out.append(max(nxt, 0))
         left = out[-1]
@@ -60,7 +61,8 @@ def test_masked_count_vectorised_matches_scalar():
     for k in range(12):
         got = masked_count(k, 12, n_unknown, masked_now)
         for i in range(3):
-            exp = 0 if k == 11 else min(max(math.floor(int(n_unknown[i]) * math.cos(math.pi / 2 * (k + 1) / 12)), 1), int(masked_now[i]) - 1)
+            r = (k + 1) / 12
+            exp = 0 if k == 11 else min(max(math.floor(int(n_unknown[i]) * math.cos(math.pi / 2 * r)), 1), int(masked_now[i]) - 1)
             assert int(got[i]) == max(exp, 0)
         masked_now = got
 

@@ -1,0 +1,228 @@
+"""Dataset format: round trip, every bad-input case as a DataError before training, the per-rank
+sampler's partition and determinism, and extraction from the synthetic world."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controlfoley.data.dataset import ShardDataset, ShardedSampler, collate, require_features
+from controlfoley.data.shards import INDEX_FILE, ShardIndex, ShardWriter
+from controlfoley.errors import DataError
+
+
+def write_clips(root: Path, n: int = 10, shard_size: int = 4, grid: tuple[int, int] = (5, 8), seed: int = 0) -> dict[str, list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    clips: dict[str, list[torch.Tensor]] = {"tokens": [], "sync": [], "clap": []}
+    with ShardWriter(root, shard_size=shard_size, info={"grid": list(grid), "codebook_size": 64}) as w:
+        for i in range(n):
+            c = {"tokens": torch.randint(0, 64, grid, generator=g), "sync": torch.randn(12, 6, generator=g), "clap": torch.randn(4, generator=g)}
+            w.add(f"clip-{i}", c)
+            for k, v in c.items():
+                clips[k].append(v)
+    return clips
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    clips = write_clips(tmp_path, n=10, shard_size=4)
+    index = json.loads((tmp_path / INDEX_FILE).read_text())
+    assert index["n_clips"] == 10 and [s["n_clips"] for s in index["shards"]] == [4, 4, 2]
+    assert index["features"]["tokens"] == {"dtype": "int16", "shape": [5, 8]}
+    assert index["features"]["sync"]["dtype"] == "float16" and index["features"]["clap"]["dtype"] == "float32"
+    ds = ShardDataset(tmp_path, verify="sha256")
+    assert len(ds) == 10 and ds.info["grid"] == [5, 8]
+    for i in (0, 3, 4, 9):
+        item = ds[i]
+        assert torch.equal(item["tokens"].long(), clips["tokens"][i])
+        assert torch.equal(item["sync"], clips["sync"][i].half())
+        assert torch.equal(item["clap"], clips["clap"][i])
+        assert ds.clip_id(i) == f"clip-{i}"
+    batch = collate([ds[1], ds[2]])
+    assert batch["sync"].shape == (2, 12, 6)
+    view = ds.subset([9, 0]).with_keys(["tokens"])
+    assert len(view) == 2 and set(view[0]) == {"tokens"} and torch.equal(view[0]["tokens"].long(), clips["tokens"][9])
+    with pytest.raises(IndexError):
+        ds[10]
+
+
+def test_dataset_pickles_for_workers(tmp_path: Path) -> None:
+    import pickle
+
+    write_clips(tmp_path, n=5)
+    ds = ShardDataset(tmp_path)
+    ds[0]  # opens a memory-mapped handle, which must not travel to worker processes
+    copy = pickle.loads(pickle.dumps(ds))
+    assert torch.equal(copy[4]["tokens"], ds[4]["tokens"])
+
+
+def test_missing_shard(tmp_path: Path) -> None:
+    write_clips(tmp_path, n=10)
+    (tmp_path / "shard-00001.safetensors").unlink()
+    with pytest.raises(DataError, match="shard-00001.*missing"):
+        ShardDataset(tmp_path)
+
+
+def test_truncated_shard(tmp_path: Path) -> None:
+    write_clips(tmp_path, n=10)
+    p = tmp_path / "shard-00000.safetensors"
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(DataError, match="truncated"):
+        ShardDataset(tmp_path)
+
+
+def test_corrupt_header(tmp_path: Path) -> None:
+    write_clips(tmp_path, n=10)
+    p = tmp_path / "shard-00002.safetensors"
+    data = bytearray(p.read_bytes())
+    data[8:24] = b"\x00" * 16  # inside the JSON header, same size
+    p.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="shard-00002.*corrupt"):
+        ShardDataset(tmp_path)
+
+
+def test_corrupt_payload_needs_sha256(tmp_path: Path) -> None:
+    write_clips(tmp_path, n=10)
+    p = tmp_path / "shard-00001.safetensors"
+    data = bytearray(p.read_bytes())
+    data[-5] ^= 0xFF  # a tensor byte: the header still parses
+    p.write_bytes(bytes(data))
+    ShardDataset(tmp_path, verify="header")
+    with pytest.raises(DataError, match="sha256"):
+        ShardDataset(tmp_path, verify="sha256")
+
+
+def test_shard_disagreeing_with_index(tmp_path: Path) -> None:
+    write_clips(tmp_path / "a", n=8, grid=(5, 8))
+    write_clips(tmp_path / "b", n=8, grid=(5, 16))
+    # a shard of another dataset with the index's byte size would still have other shapes
+    index = json.loads((tmp_path / "a" / INDEX_FILE).read_text())
+    other = tmp_path / "b" / "shard-00000.safetensors"
+    (tmp_path / "a" / "shard-00000.safetensors").write_bytes(other.read_bytes())
+    index["shards"][0]["bytes"] = other.stat().st_size
+    (tmp_path / "a" / INDEX_FILE).write_text(json.dumps(index))
+    with pytest.raises(DataError, match="tokens"):
+        ShardDataset(tmp_path / "a")
+
+
+def test_empty_and_unfinished(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no clips"):
+        with ShardWriter(tmp_path / "empty"):
+            pass
+    with pytest.raises(DataError, match="extraction did not finish"):
+        ShardDataset(tmp_path / "empty")
+    (tmp_path / "zero").mkdir()
+    (tmp_path / "zero" / INDEX_FILE).write_text(json.dumps({"format": "controlfoley.shards", "version": 1, "n_clips": 0, "features": {}, "shards": []}))
+    with pytest.raises(DataError, match="no clips"):
+        ShardDataset(tmp_path / "zero")
+    with pytest.raises(DataError, match="not found"):
+        ShardDataset(tmp_path / "nowhere")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / INDEX_FILE).write_text("{not json")
+    with pytest.raises(DataError, match="not a valid dataset index"):
+        ShardDataset(tmp_path / "bad")
+
+
+def test_writer_refuses_bad_clips(tmp_path: Path) -> None:
+    w = ShardWriter(tmp_path / "w", shard_size=4)
+    w.add("a", {"tokens": torch.zeros(5, 8, dtype=torch.long), "sync": torch.zeros(3, 2)})
+    with pytest.raises(DataError, match="shape"):
+        w.add("b", {"tokens": torch.zeros(5, 9, dtype=torch.long), "sync": torch.zeros(3, 2)})
+    with pytest.raises(DataError, match="features"):
+        w.add("c", {"tokens": torch.zeros(5, 8, dtype=torch.long)})
+    with pytest.raises(DataError, match="NaN/inf"):
+        w.add("d", {"tokens": torch.zeros(5, 8, dtype=torch.long), "sync": torch.full((3, 2), 1e6)})  # overflows fp16
+    w.close()
+    with pytest.raises(DataError, match="already holds a dataset"):
+        ShardWriter(tmp_path / "w")
+    assert len(ShardDataset(tmp_path / "w")) == 1
+
+
+def test_require_features_names_both_shapes(tmp_path: Path) -> None:
+    write_clips(tmp_path, n=4, grid=(5, 8))
+    ds = ShardDataset(tmp_path)
+    require_features(ds, {"tokens": (5, 8), "clap": (4,), "mel": None}, optional=("mel",))
+    with pytest.raises(DataError, match=r"\[5, 8\].*\[5, 53\]"):
+        require_features(ds, {"tokens": (5, 53)})
+    with pytest.raises(DataError, match="no feature 'mel'"):
+        require_features(ds, {"mel": None})
+
+
+def test_index_load_reports_format_version(tmp_path: Path) -> None:
+    write_clips(tmp_path, n=4)
+    d = json.loads((tmp_path / INDEX_FILE).read_text())
+    d["version"] = 99
+    (tmp_path / INDEX_FILE).write_text(json.dumps(d))
+    with pytest.raises(DataError, match="version 99"):
+        ShardIndex.load(tmp_path)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(8, 60),
+    per_rank=st.integers(1, 3),
+    world=st.sampled_from([1, 2, 4]),
+    accum=st.sampled_from([1, 2]),
+    seed=st.integers(0, 5),
+    step=st.integers(0, 30),
+)
+def test_sampler_ranks_partition_the_global_batch(n: int, per_rank: int, world: int, accum: int, seed: int, step: int) -> None:
+    batch = per_rank * world * accum
+    if batch > n:
+        return
+    single = ShardedSampler(n, batch, seed=seed)
+    ranks = [ShardedSampler(n, batch, world_size=world, rank=r, micro_batches=accum, seed=seed) for r in range(world)]
+    want = single.global_batch_indices(step)
+    assert len(set(want)) == batch
+    got = {}
+    for r, s in enumerate(ranks):
+        for m, idx in enumerate(s.micro_batch_indices(step)):
+            for row, i in zip(s.rows(m), idx):
+                got[row] = i
+    assert [got[j] for j in range(batch)] == want  # each rank takes exactly its rows of the same batch
+
+
+def test_sampler_epochs_and_errors() -> None:
+    s = ShardedSampler(10, 4, seed=3, stop_step=4)
+    assert s.steps_per_epoch == 2
+    e0 = s.global_batch_indices(0) + s.global_batch_indices(1)
+    assert len(set(e0)) == 8
+    assert s.global_batch_indices(2) != s.global_batch_indices(0)  # a new permutation each epoch
+    assert ShardedSampler(10, 4, seed=3).global_batch_indices(2) == s.global_batch_indices(2)
+    assert list(s) == [s.global_batch_indices(k) for k in range(4)] and len(s) == 4
+    assert ShardedSampler(10, 4, shuffle=False).global_batch_indices(1) == [4, 5, 6, 7]
+    with pytest.raises(DataError, match="fewer than one global batch"):
+        ShardedSampler(3, 4)
+    with pytest.raises(DataError, match="divisible"):
+        ShardedSampler(10, 6, world_size=4)
+
+
+def test_extract_synthetic_cli(tmp_path: Path) -> None:
+    from controlfoley.data.extract import extract_main
+
+    out = tmp_path / "syn"
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        rc = extract_main(
+            ["--preset", "specmaskfoley_tiny", "--out", str(out), "--synthetic", "3", "--extractors", "synthetic_sync,synthetic_clip",
+             "--clap", "synthetic_clap", "--mel", "--shard-size", "2", "--batch-size", "2"]
+        )  # fmt: skip
+    assert rc == 0
+    ds = ShardDataset(out, verify="sha256")
+    assert len(ds) == 3 and len(ds.index.shards) == 2
+    shapes = {k: tuple(v.shape) for k, v in ds.index.features.items()}
+    # 5.944 s window: 512 mel frames -> 5 x 32 tokens; 142 frames at 24 fps, 47 at 8 fps
+    assert shapes == {"tokens": (5, 32), "mel": (80, 512), "sync": (142, 128), "clip": (47, 64), "clap": (64,)}
+    assert ds.info["grid"] == [5, 32] and ds.info["features"]["sync"]["extractor"] == "synthetic_sync"
+    assert ds.clip_id(2) == "synthetic-0-2"
+    assert int(ds[0]["tokens"].max()) < ds.info["codebook_size"]
+
+
+def test_extract_refuses_existing_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from controlfoley.data.extract import extract_main
+
+    write_clips(tmp_path, n=2)
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        rc = extract_main(["--preset", "specmaskgit_tiny", "--out", str(tmp_path), "--files", "x.wav"])
+    assert rc == 2 and "already holds a dataset" in capsys.readouterr().err

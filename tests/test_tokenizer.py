@@ -1,0 +1,300 @@
+"""SpecVQGAN tokenizer: official layout (key and parameter counts), shapes, input checks,
+official-checkpoint loading, straight-through gradients, a short learning run, property tests."""
+
+import contextlib
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controlfoley._registry import TOKENIZERS
+from controlfoley.config import ConfigError
+from controlfoley.errors import CheckpointError, ShapeError
+from controlfoley.tokenizers.base import Tokenizer
+from controlfoley.tokenizers.specvqgan import (
+    SpecVQGAN,
+    load_official_checkpoint,
+    read_official_state_dict,
+    specvqgan,
+)
+
+# Small enough for CPU tests, same five-level layout as the official model: (b, 80, n) -> (b, 5, n/16).
+TINY = dict(
+    ch=16, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(4,), resolution=64,
+    z_channels=16, embed_dim=16, n_embed=64, norm_groups=8,
+)
+
+
+class TrainerState:
+    """Stands for the custom objects a Lightning checkpoint may pickle (hyper-parameter holders)."""
+
+    def __init__(self) -> None:
+        self.epoch = 3
+
+
+def smooth_mels(b: int, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(b, 1, 5, max(n // 16, 1), generator=g) * 2 - 1
+    return F.interpolate(coarse, size=(80, n), mode="bilinear", align_corners=False).squeeze(1)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> SpecVQGAN:
+    torch.manual_seed(0)
+    return specvqgan(**TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def full() -> SpecVQGAN:
+    torch.manual_seed(0)
+    return specvqgan().eval()
+
+
+# -- the official layout -----------------------------------------------------------------------
+def test_full_config_matches_official_state_dict(full: SpecVQGAN) -> None:
+    sd = full.state_dict()
+    assert len(sd) == 343
+    count = lambda prefix: sum(v.numel() for k, v in sd.items() if k.startswith(prefix))  # noqa: E731
+    assert count("encoder.") == 29_295_872 and round(count("encoder.") / 1e6, 2) == 29.30
+    assert count("decoder.") == 42_447_489 and round(count("decoder.") / 1e6, 2) == 42.45
+    assert round(sum(v.numel() for v in sd.values()) / 1e6, 2) == 72.14
+    shapes = {
+        "encoder.conv_in.weight": (128, 1, 3, 3),
+        "encoder.down.2.block.0.nin_shortcut.weight": (256, 128, 1, 1),
+        "encoder.down.4.block.0.nin_shortcut.weight": (512, 256, 1, 1),
+        "encoder.down.3.downsample.conv.weight": (256, 256, 3, 3),
+        "encoder.down.4.attn.1.proj_out.weight": (512, 512, 1, 1),
+        "encoder.mid.attn_1.q.weight": (512, 512, 1, 1),
+        "encoder.norm_out.weight": (512,),
+        "encoder.conv_out.weight": (256, 512, 3, 3),
+        "decoder.conv_in.weight": (512, 256, 3, 3),
+        "decoder.up.3.block.0.nin_shortcut.weight": (256, 512, 1, 1),
+        "decoder.up.1.block.0.nin_shortcut.weight": (128, 256, 1, 1),
+        "decoder.up.4.attn.2.k.weight": (512, 512, 1, 1),
+        "decoder.up.0.block.2.conv2.weight": (128, 128, 3, 3),
+        "decoder.up.1.upsample.conv.weight": (128, 128, 3, 3),
+        "decoder.norm_out.weight": (128,),
+        "decoder.conv_out.weight": (1, 128, 3, 3),
+        "quantize.embedding.weight": (1024, 256),
+        "quant_conv.weight": (256, 256, 1, 1),
+        "post_quant_conv.weight": (256, 256, 1, 1),
+    }
+    assert {k: tuple(sd[k].shape) for k in shapes} == shapes
+    assert not any(k.startswith(("encoder.down.4.downsample", "decoder.up.0.upsample")) for k in sd)
+    assert {k.split(".")[4] for k in sd if k.startswith("decoder.up.0.block.")} == {"0", "1", "2"}
+
+
+def test_full_config_round_trip_shapes(full: SpecVQGAN) -> None:
+    mel = smooth_mels(1, 848, seed=1)
+    assert full.grid(848) == (5, 53) and full.downsample == (16, 16) and full.codebook_size == 1024
+    with torch.inference_mode():
+        codes = full.encode(mel)
+        assert codes.shape == (1, 5, 53) and codes.dtype == torch.long
+        assert full.embed_codes(codes).shape == (1, 256, 5, 53)
+        assert full.decode(codes).shape == (1, 80, 848)
+
+
+def test_protocol_registry_and_json_kwargs(tiny: SpecVQGAN) -> None:
+    assert isinstance(tiny, Tokenizer)
+    # looked up without triggering the lazy import of every built-in module
+    assert TOKENIZERS._entries["specvqgan"] is specvqgan
+    kwargs = json.loads(json.dumps(TINY))  # tuples become lists, as in a saved config
+    assert isinstance(kwargs["ch_mult"], list)
+    built = specvqgan(**kwargs)
+    assert built.state_dict().keys() == tiny.state_dict().keys()
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        specvqgan(**{**TINY, "n_mels": 72})
+    with pytest.raises(ConfigError, match="norm_groups"):
+        specvqgan(**{**TINY, "norm_groups": 32})
+    with pytest.raises(ConfigError, match="n_embed"):
+        specvqgan(**{**TINY, "n_embed": 0})
+    with pytest.raises(ConfigError, match="one channel"):
+        specvqgan(**{**TINY, "in_channels": 2})
+
+
+# -- shapes and input checks -----------------------------------------------------------------
+def test_codes_are_row_major_nearest_codebook_entries(tiny: SpecVQGAN) -> None:
+    mel = smooth_mels(2, 64, seed=2)
+    with torch.no_grad():
+        codes = tiny.encode(mel)
+        z = tiny.quant_conv(tiny.encoder(mel.unsqueeze(1)))  # (2, e, 5, 4)
+        w = tiny.quantize.embedding.weight
+        flat = codes.flatten(1)  # index f*T + t
+        for b in range(2):
+            for f in range(5):
+                for t in range(4):
+                    nearest = torch.cdist(z[b, :, f, t][None], w).argmin()
+                    assert flat[b, f * 4 + t] == nearest
+        assert torch.equal(tiny.embed_codes(codes), w[codes].permute(0, 3, 1, 2))
+
+
+def test_encode_rejects_bad_mels(tiny: SpecVQGAN) -> None:
+    with pytest.raises(ShapeError, match="80 mel bins, got 64"):
+        tiny.encode(torch.zeros(1, 64, 64))
+    with pytest.raises(ShapeError, match="crop to 64 or pad to 80"):
+        tiny.encode(torch.zeros(1, 80, 70))
+    bad = torch.zeros(1, 80, 64)
+    bad[0, 3, 5] = float("nan")
+    with pytest.raises(ShapeError, match="NaN"):
+        tiny.encode(bad)
+
+
+def test_decode_rejects_bad_codes(tiny: SpecVQGAN) -> None:
+    codes = torch.zeros(1, 5, 4, dtype=torch.long)
+    codes[0, 0, 0], codes[0, 1, 1] = -1, 64
+    with pytest.raises(ShapeError, match=r"\[0, 64\), got min -1 and max 64"):
+        tiny.decode(codes)
+    with pytest.raises(ShapeError, match="f = 5 rows"):
+        tiny.decode(torch.zeros(1, 4, 4, dtype=torch.long))
+
+
+def test_fused_and_math_attention_agree() -> None:
+    torch.manual_seed(3)
+    model = specvqgan(**TINY).eval()
+    mel = smooth_mels(1, 64, seed=3)
+    with torch.no_grad():
+        fused = model.encode_quantized(mel).z_q
+        for module in model.modules():
+            if hasattr(module, "fused"):
+                module.fused = False
+        math_path = model.encode_quantized(mel).z_q
+    torch.testing.assert_close(fused, math_path, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(min_value=-5, max_value=3000))
+def test_grid_property(tiny: SpecVQGAN, n: int) -> None:
+    if n >= 16 and n % 16 == 0:
+        assert tiny.grid(n) == (5, n // 16)
+    else:
+        with pytest.raises(ShapeError) as err:
+            tiny.grid(n)
+        lower = (n // 16) * 16
+        upper = max(lower + 16, 16)  # the nearest valid lengths either side
+        assert f"pad to {upper}" in str(err.value)
+        assert (f"crop to {lower}" in str(err.value)) == (lower > 0)
+
+
+@settings(max_examples=8, deadline=None)
+@given(b=st.integers(1, 2), t=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_decode_encode_keeps_shape(tiny: SpecVQGAN, b: int, t: int, seed: int) -> None:
+    mel = smooth_mels(b, 16 * t, seed=seed)
+    with torch.no_grad():
+        codes = tiny.encode(mel)
+        assert codes.shape == (b, *tiny.grid(16 * t))
+        assert tiny.decode(codes).shape == mel.shape
+
+
+# -- official checkpoints ----------------------------------------------------------------------
+def _save_official(path: Path, sd: dict[str, torch.Tensor], **extra: object) -> None:
+    # the layout of a Lightning checkpoint: weights plus the loss modules under "state_dict"
+    loss_keys = {
+        "loss.discriminator.main.0.weight": torch.randn(4, 1, 3, 3),
+        "loss.perceptual_loss.scaling_layer.shift": torch.zeros(1, 3, 1, 1),
+    }
+    torch.save({"epoch": 7, "global_step": 1234, "state_dict": {**sd, **loss_keys}, **extra}, path)
+
+
+def test_official_checkpoint_round_trip(tmp_path: Path, tiny: SpecVQGAN) -> None:
+    path = tmp_path / "vggsound_codebook.ckpt"
+    _save_official(path, tiny.state_dict())
+    loaded = load_official_checkpoint(path, **TINY)
+    assert not loaded.training
+    mel = smooth_mels(2, 64, seed=4)
+    with torch.no_grad():
+        codes = tiny.encode(mel)
+        assert torch.equal(loaded.encode(mel), codes)
+        assert torch.equal(loaded.decode(codes), tiny.decode(codes))
+    again = SpecVQGAN.from_official(path, **json.loads(json.dumps(TINY)))
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), tiny.state_dict().values(), strict=True))
+
+
+def test_official_checkpoint_mismatch_names_keys(tmp_path: Path, tiny: SpecVQGAN) -> None:
+    sd = dict(tiny.state_dict())
+    del sd["quantize.embedding.weight"]
+    sd["encoder.extra.weight"] = torch.zeros(1)
+    path = tmp_path / "broken.ckpt"
+    _save_official(path, sd)
+    expected = "1 missing key.*quantize.embedding.weight.*1 unexpected key.*encoder.extra.weight"
+    with pytest.raises(CheckpointError, match=expected):
+        load_official_checkpoint(path, **TINY)
+    path2 = tmp_path / "other_codebook.ckpt"
+    _save_official(path2, tiny.state_dict())
+    with pytest.raises(CheckpointError, match=r"quantize.embedding.weight: checkpoint \(64, 16\) vs model \(32, 16\)"):
+        load_official_checkpoint(path2, **{**TINY, "n_embed": 32})
+
+
+def test_pickled_custom_objects_need_trust(tmp_path: Path, tiny: SpecVQGAN) -> None:
+    path = tmp_path / "with_objects.ckpt"
+    _save_official(path, tiny.state_dict(), hyper_parameters=TrainerState())
+    with pytest.raises(CheckpointError, match="trust=True"):
+        read_official_state_dict(path)
+    loaded = load_official_checkpoint(path, trust=True, **TINY)
+    assert loaded.state_dict().keys() == tiny.state_dict().keys()
+
+
+# -- training ------------------------------------------------------------------------------------
+def test_straight_through_gradient_reaches_encoder() -> None:
+    torch.manual_seed(5)
+    model = specvqgan(**TINY)
+    recon, codes, vq_loss = model(smooth_mels(2, 64, seed=5))
+    F.mse_loss(recon, torch.zeros_like(recon)).backward(retain_graph=True)
+    enc_grad = model.encoder.conv_in.weight.grad
+    assert enc_grad is not None and enc_grad.abs().sum() > 0  # through the quantiser, by straight-through
+    assert model.quantize.embedding.weight.grad is None  # reconstruction alone does not move the codebook
+    vq_loss.backward()
+    assert model.quantize.embedding.weight.grad.abs().sum() > 0
+    assert codes.shape == (2, 5, 4) and vq_loss.ndim == 0
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    # Ops this small gain nothing from a second thread, and thread hand-offs slow down many
+    # times over when other processes share the cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_short_training_lowers_reconstruction_loss() -> None:
+    torch.manual_seed(6)
+    model = specvqgan(**TINY).train()
+    mels = smooth_mels(4, 64, seed=6)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    with one_thread():
+        for _ in range(60):
+            recon, codes, vq_loss = model(mels)
+            rec = F.mse_loss(recon, mels)
+            opt.zero_grad()
+            (rec + vq_loss).backward()
+            opt.step()
+            losses.append(rec.item())
+    assert all(math.isfinite(x) for x in losses)
+    final = sum(losses[-5:]) / 5
+    assert final < 0.5 * losses[0], losses
+    assert final < 0.75 * mels.var(unbiased=False).item(), losses  # better than predicting the mean
+    usage = model.codebook_usage(codes)
+    assert 1 <= usage.used <= 64 and usage.fraction == usage.used / 64 and 1.0 <= usage.perplexity <= usage.used + 1e-4
+
+
+def test_codebook_usage_and_batch_perplexity(tiny: SpecVQGAN) -> None:
+    collapsed = tiny.codebook_usage(torch.zeros(2, 5, 4, dtype=torch.long))
+    assert collapsed.used == 1 and collapsed.fraction == 1 / 64 and collapsed.perplexity == pytest.approx(1.0)
+    even = tiny.codebook_usage(torch.arange(4).repeat(10).view(2, 5, 4))
+    assert even.used == 4 and even.perplexity == pytest.approx(4.0)
+    with torch.no_grad():
+        q = tiny.encode_quantized(smooth_mels(2, 64, seed=7))
+    assert q.perplexity.item() == pytest.approx(tiny.codebook_usage(q.codes).perplexity, rel=1e-5)

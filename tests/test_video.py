@@ -1,0 +1,260 @@
+"""Video I/O: round trips, resampling by presentation time (CFR and VFR), audio tracks, stream remux, bad input."""
+
+import logging
+import math
+import statistics
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controlfoley import video
+from controlfoley.errors import MediaError
+
+W, H = 48, 32
+
+
+def _index_image(i: int) -> np.ndarray:
+    """A grey frame that encodes its index: high nibble on the left half, low nibble on the right."""
+    img = np.empty((H, W, 3), np.uint8)
+    img[:, : W // 2] = 16 * (i // 16) + 8
+    img[:, W // 2 :] = 16 * (i % 16) + 8
+    return img
+
+
+def _decode_index(frame: torch.Tensor) -> int:
+    left = int(frame[:, : W // 4].float().mean()) // 16
+    right = int(frame[:, -W // 4 :].float().mean()) // 16
+    return 16 * left + right
+
+
+def _write_indexed(path: Path, pts: list[int], time_base: Fraction, rate: Fraction, codec: str = "libx264", pix_fmt: str = "yuv420p") -> Path:
+    """Frames 0..len(pts)-1 with the given presentation timestamps, written straight through PyAV."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=rate)
+        s.width, s.height, s.pix_fmt = W, H, pix_fmt
+        s.codec_context.time_base = time_base
+        if codec == "libx264":
+            s.options = {"qp": "0"}
+        for i, p in enumerate(pts):
+            frame = av.VideoFrame.from_ndarray(_index_image(i), format="rgb24")
+            frame.pts, frame.time_base = p, time_base
+            for pkt in s.encode(frame):
+                c.mux(pkt)
+        for pkt in s.encode(None):
+            c.mux(pkt)
+    return path
+
+
+def _video_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as c:
+        return [bytes(p) for p in c.demux(c.streams.video[0]) if p.size]
+
+
+def _blocky_frames(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    small = torch.randint(0, 256, (n, H // 8, W // 8, 3), generator=g, dtype=torch.uint8)
+    return small.repeat_interleave(8, 1).repeat_interleave(8, 2).contiguous()
+
+
+def _bursts(n: int, sr: int) -> torch.Tensor:
+    t = torch.arange(n) / sr
+    return (0.5 * torch.sin(2 * math.pi * 440 * t) * ((t * 4) % 1 < 0.3)).float()
+
+
+def test_write_read_round_trip(tmp_path: Path) -> None:
+    frames = _blocky_frames(36)
+    path = video.write_video(tmp_path / "a.mp4", frames, 24.0)
+    info = video.probe(path)
+    assert (info.width, info.height, info.fps, info.codec, info.has_audio) == (W, H, 24.0, "h264", False)
+    assert info.duration_s == pytest.approx(1.5)
+    out = video.read_frames(path, 24.0)
+    assert out.frames.shape == frames.shape and out.frames.dtype == torch.uint8
+    assert out.fps == 24.0 and out.duration_s == pytest.approx(1.5)
+    assert (out.frames.float() - frames.float()).abs().mean() < 6
+    assert video.read_frames(path, 24.0, size=16).frames.shape == (36, 16, 16, 3)
+    assert video.read_frames(path, 24.0, size=(20, 30)).frames.shape == (36, 20, 30, 3)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_variable_frame_rate_picks_the_displayed_frame(tmp_path: Path, suffix: str) -> None:
+    pts_ms = [0, 40, 50, 120, 300, 310, 500, 900, 1000, 1010, 1400]
+    path = _write_indexed(tmp_path / f"vfr{suffix}", pts_ms, Fraction(1, 1000), Fraction(30))
+    out = video.read_frames(path, 24.0)
+    times = [Fraction(p, 1000) for p in pts_ms]
+    duration = times[-1] + statistics.median(b - a for a, b in zip(times, times[1:], strict=False))
+    assert out.frames.shape[0] == math.floor(duration * 24)
+    expected = [max(i for i, t in enumerate(times) if t <= Fraction(k, 24)) for k in range(out.frames.shape[0])]
+    assert [_decode_index(f) for f in out.frames] == expected
+
+
+@pytest.mark.parametrize("src_fps", [30, 25])
+@pytest.mark.parametrize("fps", [24.0, 8.0])
+def test_constant_rates_are_resampled_in_time(tmp_path: Path, src_fps: int, fps: float) -> None:
+    n_src = 2 * src_fps
+    path = _write_indexed(tmp_path / "cfr.mp4", list(range(n_src)), Fraction(1, src_fps), Fraction(src_fps))
+    out = video.read_frames(path, fps)
+    n = math.floor(Fraction(n_src, src_fps) * Fraction(fps))
+    assert out.frames.shape[0] == n
+    expected = [math.floor(Fraction(k) / Fraction(fps) * src_fps) for k in range(n)]
+    assert [_decode_index(f) for f in out.frames] == expected
+
+
+def _check_indices(times: list[Fraction], duration: Fraction, fps: Fraction, idx: list[int]) -> None:
+    assert len(idx) == max(1, math.floor(duration * fps))
+    assert idx == sorted(idx)
+    for k, i in enumerate(idx):
+        t = Fraction(k) / fps
+        assert i == 0 or times[i] <= t  # shown already
+        assert i + 1 == len(times) or times[i + 1] > t  # not yet replaced
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    gaps_ms=st.lists(st.integers(1, 120), min_size=0, max_size=40),
+    tail_ms=st.integers(1, 200),
+    fps=st.sampled_from([8.0, 23.976, 24.0, 25.0, 29.97, 30.0, 60.0]) | st.floats(0.5, 240.0),
+)
+def test_frame_indices_properties(gaps_ms: list[int], tail_ms: int, fps: float) -> None:
+    times_ms = np.cumsum([0, *gaps_ms]).tolist()
+    times = [t / 1000 for t in times_ms]
+    duration = (times_ms[-1] + tail_ms) / 1000
+    idx = video.frame_indices(times, duration, fps)
+    _check_indices([Fraction(t) for t in times], Fraction(duration), Fraction(fps), idx)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 90), src_fps=st.sampled_from([24.0, 25.0, 30.0, 29.97, 60.0]), fps=st.sampled_from([8.0, 24.0, 25.0]))
+def test_resample_frames_counts_and_order(n: int, src_fps: float, fps: float) -> None:
+    frames = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 2, 2, 3)
+    out = video.resample_frames(frames, src_fps, fps)
+    idx = out[:, 0, 0, 0].long().tolist()
+    times = [Fraction(i) / Fraction(src_fps) for i in range(n)]
+    _check_indices(times, Fraction(n) / Fraction(src_fps), Fraction(fps), idx)
+
+
+def test_audio_track_round_trip(tmp_path: Path) -> None:
+    sr = 22050
+    audio = _bursts(sr * 2, sr)
+    path = video.write_video(tmp_path / "av.mp4", _blocky_frames(48), 24.0, audio=audio, sample_rate=sr)
+    info = video.probe(path)
+    assert info.has_audio and info.audio_sample_rate == sr
+    back = video.read_audio_track(path, sr)
+    assert back.dtype == torch.float32 and abs(back.shape[0] - audio.shape[0]) <= 1024
+    n = min(back.shape[0], audio.shape[0])
+    assert torch.corrcoef(torch.stack([back[:n], audio[:n]]))[0, 1] > 0.95
+    at16k = video.read_audio_track(path, 16000)
+    assert abs(at16k.shape[0] - 32000) <= 1024
+
+
+def test_mux_audio_copies_the_video_stream(tmp_path: Path) -> None:
+    sr = 22050
+    src = video.write_video(tmp_path / "src.mp4", _blocky_frames(48), 24.0, audio=_bursts(sr * 2, sr), sample_rate=sr)
+    new_audio = 0.5 * torch.sin(torch.arange(sr * 2) / sr * 2 * math.pi * 1000).float()
+    result = video.mux_audio(src, new_audio, sr, tmp_path / "out.mp4")
+    assert result.video_copied and result.video_codec == "h264" and result.path == tmp_path / "out.mp4"
+    assert _video_packets(result.path) == _video_packets(src)  # byte-identical: no re-encode
+    with av.open(str(result.path)) as c:
+        assert len(c.streams.audio) == 1 and c.streams.audio[0].codec_context.name == "aac"
+    back = video.read_audio_track(result.path, sr)[: new_audio.shape[0]]
+    assert torch.corrcoef(torch.stack([back, new_audio[: back.shape[0]]]))[0, 1] > 0.95
+    in_place = video.mux_audio(src, new_audio, sr, src)  # replacing a file by its own remux is safe
+    assert in_place.video_copied and _video_packets(src) == _video_packets(result.path)
+
+
+def test_mux_audio_reencodes_when_the_container_cannot_hold_the_codec(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = _write_indexed(tmp_path / "huff.avi", list(range(25)), Fraction(1, 25), Fraction(25), codec="huffyuv", pix_fmt="yuv422p")
+    with caplog.at_level(logging.WARNING, logger="controlfoley.video"):
+        result = video.mux_audio(src, torch.zeros(22050), 22050, tmp_path / "out.mp4")
+    assert not result.video_copied and result.video_codec in ("libx264", "mpeg4")
+    assert "re-encoded" in caplog.text
+    out = video.read_frames(result.path, 25.0)
+    assert [_decode_index(f) for f in out.frames] == list(range(25))
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+def _bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, phrase its MediaError must contain)."""
+    good = video.write_video(tmp / "good.mp4", _blocky_frames(48), 24.0)
+    data = good.read_bytes()
+    (tmp / "truncated.mp4").write_bytes(data[: len(data) // 2])  # index (moov) at the end: lost
+    faststart = _write_indexed(tmp / "fs.mp4", list(range(48)), Fraction(1, 24), Fraction(24))
+    with av.open(str(tmp / "fs2.mp4"), "w", options={"movflags": "faststart"}) as out, av.open(str(faststart)) as inp:
+        vout = out.add_stream_from_template(inp.streams.video[0])
+        for pkt in inp.demux(inp.streams.video[0]):
+            if pkt.dts is not None:
+                pkt.stream = vout
+                out.mux(pkt)
+    fs_data = (tmp / "fs2.mp4").read_bytes()
+    (tmp / "truncated_faststart.mp4").write_bytes(fs_data[: len(fs_data) // 2])  # index first, media cut
+    (tmp / "corrupt.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    (tmp / "empty.mp4").write_bytes(b"")
+    (tmp / "unsupported.mp4").write_bytes(data.replace(b"avc1", b"zzzz"))
+    sf.write(tmp / "audio_only.wav", np.zeros(2205, np.float32), 22050)
+    for name in ("no_streams.mp4", "zero_frames.avi"):  # MP4 drops a track without samples; AVI keeps it
+        with av.open(str(tmp / name), "w") as c:
+            s = c.add_stream("libx264", rate=24)
+            s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+            c.start_encoding()
+    return {
+        "missing": (tmp / "nope.mp4", "no such file"),
+        "no video stream": (tmp / "audio_only.wav", "no video stream"),
+        "truncated": (tmp / "truncated.mp4", "truncated"),
+        "truncated faststart": (tmp / "truncated_faststart.mp4", "truncated"),
+        "corrupt": (tmp / "corrupt.mp4", "corrupt"),
+        "zero bytes": (tmp / "empty.mp4", "zero-length"),
+        "no streams": (tmp / "no_streams.mp4", "zero-length"),
+        "zero frames": (tmp / "zero_frames.avi", "zero-length"),
+        "unsupported codec": (tmp / "unsupported.mp4", "unsupported video codec"),
+    }
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if ".tmp-" in p.name or p.name.startswith("out")]
+
+
+def test_bad_inputs_raise_one_line_media_errors_and_leave_nothing(tmp_path: Path) -> None:
+    for name, (path, phrase) in _bad_files(tmp_path).items():
+        for call in (lambda p: video.read_frames(p, 24.0), video.probe, lambda p: video.mux_audio(p, torch.zeros(2205), 22050, tmp_path / "out.mp4")):
+            with pytest.raises(MediaError) as err:
+                call(path)
+            msg = str(err.value)
+            assert phrase in msg and str(path) in msg and "\n" not in msg, (name, msg)
+        assert _leftovers(tmp_path) == [], name
+
+
+def test_audio_errors(tmp_path: Path) -> None:
+    silent = video.write_video(tmp_path / "silent.mp4", _blocky_frames(4), 24.0)
+    with pytest.raises(MediaError, match="no audio track"):
+        video.read_audio_track(silent, 22050)
+    with pytest.raises(MediaError, match="no such file"):
+        video.read_audio_track(tmp_path / "nope.mp4", 22050)
+
+
+def test_unwritable_outputs_raise_and_leave_nothing(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("not a folder")
+    frames = _blocky_frames(4)
+    with pytest.raises(MediaError, match="cannot write"):
+        video.write_video(tmp_path / "a_file" / "out.mp4", frames, 24.0)
+    with pytest.raises(MediaError, match="suffix"):
+        video.write_video(tmp_path / "out.xyz", frames, 24.0)
+    src = video.write_video(tmp_path / "src.mp4", frames, 24.0)
+    with pytest.raises(MediaError, match="cannot write"):
+        video.mux_audio(src, torch.zeros(100), 22050, tmp_path / "a_file" / "out.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "src.mp4"]
+
+
+def test_argument_errors() -> None:
+    frames = _blocky_frames(2)
+    with pytest.raises(ValueError, match="fps"):
+        video.resample_frames(frames, 24.0, 0.0)
+    with pytest.raises(ValueError, match="together"):
+        video.write_video("x.mp4", frames, 24.0, audio=torch.zeros(10))

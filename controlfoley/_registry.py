@@ -51,12 +51,18 @@ _builtins_loaded = False
 
 
 def _load_builtins() -> None:
+    # Set before importing: the built-in modules look registries up while they load (re-entry).
+    # Reset on failure, so a later lookup retries and reports the real import error again.
     global _builtins_loaded
     if _builtins_loaded:
         return
     _builtins_loaded = True
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(mod)
+    try:
+        for mod in _BUILTIN_MODULES:
+            importlib.import_module(mod)
+    except BaseException:
+        _builtins_loaded = False
+        raise
 
 
 class RegistryError(KeyError):

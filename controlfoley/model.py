@@ -33,7 +33,8 @@ from controlfoley._registry import (
 from controlfoley.config import ConfigError, ModelConfig, Part
 from controlfoley.control.controlnet import ControlNet
 from controlfoley.errors import ShapeError
-from controlfoley.guidance import Condition, GuidanceRule, scale_at
+from controlfoley.fast import GuidedStep, precision, zero_scale_conditions
+from controlfoley.guidance import Condition, GuidanceRule
 from controlfoley.sampling import MaskGITSampler
 from controlfoley.typing import Bool, Float, Int, Tensor
 
@@ -174,7 +175,7 @@ class SpecMaskFoley(nn.Module):
         return codes.reshape(codes.shape[0], -1).long()
 
     # -- sampling -------------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self,
         features: Mapping[str, Tensor] | None = None,
@@ -189,34 +190,42 @@ class SpecMaskFoley(nn.Module):
         known_codes: Int[Tensor, "b f t"] | None = None,
         known_mask: Bool[Tensor, "b f t"] | None = None,
         generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        compile: bool = False,
+        static_shapes: bool | None = None,
+        prune_rows: bool = False,
     ) -> Int[Tensor, "b f t"]:
         """Sample token maps. `features`: video features (dict of [b, t, d]); `text`: CLAP-like
-        embeddings; `negative_text` replaces the unconditional mask of the uncond rows."""
+        embeddings; `negative_text` replaces the unconditional mask of the uncond rows.
+
+        Speed options (see `controlfoley.fast`): `dtype` autocast (default bf16 on CUDA, fp32
+        elsewhere); `compile` torch.compile of the step forward (CUDA graphs on CUDA);
+        `static_shapes=False` vocab head on still-masked positions only (default: static on CUDA
+        or when compiled); `prune_rows` only the uncond rows at steps whose CFG scale is 0."""
         rule = guidance or self.guidance
         control = self.encode_control(features) if (features is not None and self.has_control) else None
         b = _batch_of(control, text, known_codes, batch_size)
         self._check_rule_inputs(rule, control, text)
         scale = rule.scale if cfg_scale is None else float(cfg_scale)
         rows = _RowPlan(rule.conditions, b, text, negative_text, control, self.device)
-
-        def logits_fn(codes: Tensor, mask: Tensor, k: int, n: int) -> Tensor:
-            logits = self(codes.repeat(rows.n_sets, 1), mask.repeat(rows.n_sets, 1), **rows.kwargs)
-            parts = logits.float().chunk(rows.n_sets, dim=0)
-            s = scale_at(k, n, scale, rule.schedule)
-            return rule.combine(tuple(parts), s)
-
-        flat = self.sampler.sample(
-            logits_fn,
-            batch=b,
-            n_tokens=self.n_tokens,
-            vocab_size=self.backbone.vocab_size,
-            device=self.device,
-            known_codes=None if known_codes is None else known_codes.reshape(b, -1),
-            known_mask=None if known_mask is None else known_mask.reshape(b, -1),
-            generator=generator,
-            steps=steps,
-            temperature=temperature,
+        zero = zero_scale_conditions(rule) if prune_rows else None
+        zero_rows = None if zero is None else _RowPlan(zero, b, text, negative_text, control, self.device).kwargs
+        step = GuidedStep(
+            self, rule, scale, rows.kwargs, rows.n_sets, zero_scale_rows=zero_rows, static_shapes=static_shapes, compile=compile
         )
+        with precision(self.device, dtype):  # one autocast context: cast weights are cached across steps
+            flat = self.sampler.sample(
+                step,
+                batch=b,
+                n_tokens=self.n_tokens,
+                vocab_size=self.backbone.vocab_size,
+                device=self.device,
+                known_codes=None if known_codes is None else known_codes.reshape(b, -1),
+                known_mask=None if known_mask is None else known_mask.reshape(b, -1),
+                generator=generator,
+                steps=steps,
+                temperature=temperature,
+            )
         return flat.view(b, *self.grid)
 
     def _check_rule_inputs(self, rule: GuidanceRule, control: Tensor | None, text: Tensor | None) -> None:

@@ -1,0 +1,173 @@
+"""Fast sampling paths: the guided per-step forward, precision, and torch.compile / CUDA-graph helpers.
+
+`GuidedStep` is the logits function that `SpecMaskFoley.generate` hands to the MaskGIT sampler.
+- Every condition set of the guidance rule runs in ONE batched forward, rows laid out set by set
+  ([uncond | video | text+video] for multi-CFG). The ControlNet runs on the video rows only,
+  chosen by an index fixed before sampling, so a step has no data-dependent shapes and no host
+  synchronisation; CUDA-graph capture needs both.
+- `static_shapes=False`: the vocabulary head and the guidance combination run only on the
+  still-masked positions (gathered per row, padded to the longest row). The padded length is read
+  on the host once per step, and the shape changes from step to step, so this is the eager-CPU
+  option; compiled and CUDA runs keep static shapes.
+- `prune_rows=True`: at a step whose CFG scale is exactly 0 (the first step of the paper's linear
+  0 -> 3 schedule) a rule of the form l_u + s * (...) gives l_u exactly (for finite logits), so only
+  the unconditional rows run.
+- `compile=True`: `torch.compile` of the batched forward; on CUDA in "reduce-overhead" mode, which
+  captures CUDA graphs.
+
+`precision(device, dtype)` is generate's autocast context: bf16 by default on CUDA, fp32 elsewhere.
+It wraps the whole sampling loop so autocast's cache of cast weights lives across all steps.
+"""
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from controlfoley.errors import ConfigError
+from controlfoley.guidance import CFG, UNCOND, Condition, GuidanceRule, MultiCFG, scale_at
+from controlfoley.typing import Bool, Float, Int, Tensor
+
+__all__ = [
+    "GuidedStep",
+    "batched_logits",
+    "default_dtype",
+    "masked_index",
+    "precision",
+    "scatter_positions",
+    "zero_scale_conditions",
+]
+
+# Rules whose combination is l_u + s * (...): at s == 0 they return l_u unchanged.
+_LINEAR_IN_SCALE = (CFG.combine, MultiCFG.combine)
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def zero_scale_conditions(rule: GuidanceRule) -> tuple[Condition, ...] | None:
+    """The condition sets a rule needs at scale 0 when they are fewer than all of them, else None."""
+    linear = type(rule).combine in _LINEAR_IN_SCALE and "combine" not in vars(rule)
+    if linear and len(rule.conditions) > 1 and rule.conditions[0] == UNCOND:
+        return (UNCOND,)
+    return None
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA; fp32 elsewhere (bf16 on CPU is opt-in: it changes the sampled tokens)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+@contextlib.contextmanager
+def precision(device: torch.device, dtype: torch.dtype | None = None) -> Iterator[torch.dtype]:
+    """Autocast to `dtype` (default: `default_dtype(device)`); fp32 runs without autocast."""
+    dt = default_dtype(device) if dtype is None else dtype
+    if dt not in _DTYPES:
+        raise ConfigError(f"dtype must be one of {[str(d) for d in _DTYPES]}, got {dt}")
+    if dt == torch.float32:
+        yield dt
+        return
+    with torch.autocast(device.type, dtype=dt):
+        yield dt
+
+
+def masked_index(mask: Bool[Tensor, "b l"]) -> Int[Tensor, "b k"]:
+    """Per row the still-masked positions in position order, padded with unmasked positions up to
+    the row with the most masked tokens (its length is read on the host)."""
+    k = int(mask.sum(dim=1).max())
+    return mask.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :k]
+
+
+def scatter_positions(x: Float[Tensor, "b k v"], index: Int[Tensor, "b k"], n_tokens: int) -> Float[Tensor, "b l v"]:
+    """Place per-position rows back at `index`; other positions get zeros (the sampler ignores
+    the logits of known tokens, and full-size logits keep its random stream unchanged)."""
+    out = x.new_zeros(x.shape[0], n_tokens, x.shape[2])
+    return out.scatter_(1, index[..., None].expand(-1, -1, x.shape[2]), x)
+
+
+def batched_logits(
+    model: nn.Module,
+    n_sets: int,
+    codes: Int[Tensor, "b l"],
+    mask: Bool[Tensor, "b l"],
+    index: Int[Tensor, "b k"] | None,
+    cond: Float[Tensor, "r c"] | None,
+    cond_on: Bool[Tensor, " r"] | None,
+    control: Float[Tensor, "n l d"] | None,
+    control_rows: Int[Tensor, " n"] | None,
+) -> Float[Tensor, "r k v"]:
+    """Logits of `n_sets` condition sets stacked along the batch (r = n_sets * b), at `index` or at
+    every position. `control` holds the aligned video of the rows `control_rows` (all rows if None)."""
+    bb = model.backbone
+    x = bb.embed(codes.repeat(n_sets, 1), mask.repeat(n_sets, 1), cond, cond_on)
+    residuals = None
+    if control is not None and control_rows is None:
+        residuals = model.controlnet(x, control)
+    elif control is not None:
+        part = model.controlnet(x.index_select(0, control_rows), control)
+        # rows without control get an exact zero residual; index_copy keeps the shapes static
+        residuals = [None if r is None else x.new_zeros(x.shape).index_copy(0, control_rows, r.to(x.dtype)) for r in part]
+    h = bb.forward_blocks(x, residuals)
+    return bb.logits(h, None if index is None else index.repeat(n_sets, 1))
+
+
+class _Rows:
+    """Inputs of one stacked forward, prepared once before sampling (no work inside the steps)."""
+
+    def __init__(self, kwargs: Mapping[str, Any], n_sets: int) -> None:
+        self.n_sets = n_sets
+        self.cond, self.cond_on = kwargs["cond"], kwargs["cond_on"]
+        control, on = kwargs["control"], kwargs["control_on"]
+        self.control, self.control_rows = control, None
+        if control is not None and not bool(on.all()):  # one host read, before the loop
+            self.control_rows = on.nonzero().squeeze(1)
+            self.control = control.index_select(0, self.control_rows)
+
+
+_COMPILED: dict[tuple[str | None, bool], Callable[..., Tensor]] = {}
+
+
+def compiled_batched_logits(device: torch.device, static_shapes: bool) -> Callable[..., Tensor]:
+    """`batched_logits` under torch.compile, built once per (mode, static) and reused, so a second
+    `generate` call finds its graphs in dynamo's cache. CUDA: "reduce-overhead" (CUDA graphs)."""
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    key = (mode, static_shapes)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(batched_logits, mode=mode, dynamic=False if static_shapes else None)
+    return _COMPILED[key]
+
+
+class GuidedStep:
+    """Guided logits for one MaskGIT step: `(codes, mask, k, n_steps) -> [b, l, v]`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        rule: GuidanceRule,
+        scale: float,
+        rows: Mapping[str, Any],
+        n_sets: int,
+        *,
+        zero_scale_rows: Mapping[str, Any] | None = None,
+        static_shapes: bool | None = None,
+        compile: bool = False,
+    ) -> None:
+        device = model.device
+        self.model, self.rule, self.scale = model, rule, float(scale)
+        self.rows = _Rows(rows, n_sets)
+        self.zero_rows = None if zero_scale_rows is None else _Rows(zero_scale_rows, 1)
+        self.static_shapes = bool(compile or device.type == "cuda") if static_shapes is None else bool(static_shapes)
+        self.forward = compiled_batched_logits(device, self.static_shapes) if compile else batched_logits
+
+    def _stacked(self, rows: _Rows, codes: Tensor, mask: Tensor, index: Tensor | None) -> tuple[Tensor, ...]:
+        out = self.forward(self.model, rows.n_sets, codes, mask, index, rows.cond, rows.cond_on, rows.control, rows.control_rows)
+        return tuple(out.float().chunk(rows.n_sets, dim=0))
+
+    def __call__(self, codes: Int[Tensor, "b l"], mask: Bool[Tensor, "b l"], k: int, n_steps: int) -> Float[Tensor, "b l v"]:
+        s = scale_at(k, n_steps, self.scale, self.rule.schedule)
+        index = None if self.static_shapes else masked_index(mask)
+        if s == 0.0 and self.zero_rows is not None:
+            guided = self._stacked(self.zero_rows, codes, mask, index)[0]  # l_u: the rule's value at s = 0
+        else:
+            guided = self.rule.combine(self._stacked(self.rows, codes, mask, index), s)
+        return guided if index is None else scatter_positions(guided, index, codes.shape[1])

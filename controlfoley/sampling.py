@@ -85,8 +85,11 @@ class MaskGITSampler:
         device = torch.device(device)
         codes, mask = self._initial(batch, n_tokens, vocab_size, device, known_codes, known_mask)
         n_unknown = mask.sum(dim=1)
+        # On CUDA the loop never reads the device (CUDA-graph and stream friendly): a step with
+        # nothing masked leaves codes and mask unchanged, so running it instead of stopping is exact.
+        read_device = device.type != "cuda"
         for k in range(steps):
-            if not mask.any():
+            if read_device and not mask.any():
                 break
             logits = logits_fn(codes, mask, k, steps)
             codes, mask = self.step(logits, codes, mask, n_unknown, k, steps, temperature, generator)

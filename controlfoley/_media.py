@@ -5,7 +5,8 @@ Features
   while the container is open become one-line `MediaError`s naming the file.
 - `atomic_output` / `open_output`: outputs go through `controlfoley._io.atomic_path`; OS and FFmpeg
   errors become `MediaError`s and the temporary file is removed.
-- `video_stream`, `check_complete`: no video stream, undecodable codec, files cut short.
+- `video_stream`, `check_complete`: no video stream, undecodable codec, files cut short (an index
+  that points past the end of the file, or fewer frames than the header declares).
 
 References: PyAV error classes (av.error), FFmpeg's AVStream.nb_frames.
 """
@@ -14,6 +15,7 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -21,7 +23,7 @@ import av
 from controlfoley._io import atomic_path
 from controlfoley.errors import MediaError
 
-__all__ = ["PathLike", "open_input", "atomic_output", "open_output", "video_stream", "check_complete", "check_fps"]
+__all__ = ["PathLike", "open_input", "atomic_output", "open_output", "video_stream", "check_complete", "check_fps", "rate_fraction"]
 
 PathLike = str | os.PathLike[str]
 
@@ -77,7 +79,16 @@ def video_stream(container: av.container.InputContainer, path: Path) -> av.video
     stream = container.streams.video[0]
     if stream.codec_context is None:
         raise MediaError(f"{path}: unsupported video codec (this FFmpeg build has no decoder for it); re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
+    _check_index(path, stream)
     return stream
+
+
+def _check_index(path: Path, stream: av.video.stream.VideoStream) -> None:
+    """A container index (MP4 sample table, Matroska cues) pointing past the end of the file: cut short."""
+    ends = [e.pos + max(e.size, 0) for e in stream.index_entries if e.pos >= 0]
+    size = path.stat().st_size
+    if ends and max(ends) > size:
+        raise MediaError(f"{path}: truncated: its index points to byte {max(ends)} but the file has only {size} bytes")
 
 
 def check_complete(path: Path, stream: av.video.stream.VideoStream, n: int) -> None:
@@ -85,6 +96,8 @@ def check_complete(path: Path, stream: av.video.stream.VideoStream, n: int) -> N
 
     Two frames of slack allow for decoders that drop a frame or two around edit lists.
     """
+    if n == 0:
+        raise MediaError(f"{path}: zero-length video (the video stream holds no decodable frames)")
     if stream.frames and n < stream.frames - 2:
         raise MediaError(f"{path}: truncated or corrupt: only {n} of the {stream.frames} frames its header declares could be read")
 
@@ -92,3 +105,13 @@ def check_complete(path: Path, stream: av.video.stream.VideoStream, n: int) -> N
 def check_fps(fps: float) -> None:
     if not (math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive finite number, got {fps}")
+
+
+def rate_fraction(fps: float) -> Fraction:
+    """The frame rate a float stands for: 29.97 -> 2997/100, 30000/1001 -> itself, 24.0 -> 24.
+
+    The nearest fraction with a denominator up to 10^6, so binary rounding of the float does not
+    cost a frame in floor(duration * fps).
+    """
+    check_fps(fps)
+    return Fraction(fps).limit_denominator(1_000_000)

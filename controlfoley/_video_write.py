@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from jaxtyping import UInt8
 
-from controlfoley._media import PathLike, atomic_output, check_complete, check_fps, open_input, open_output, video_stream
+from controlfoley._media import PathLike, atomic_output, check_complete, check_fps, open_input, open_output, rate_fraction, video_stream
 from controlfoley.typing import Float, Tensor
 
 __all__ = ["MuxResult", "write_video", "mux_audio"]
@@ -59,6 +59,8 @@ def _add_audio_stream(c: av.container.OutputContainer, sample_rate: int) -> av.a
 
 
 def _encode_audio(s: av.audio.stream.AudioStream, audio: Float[Tensor, "s"], sample_rate: int) -> list[av.Packet]:
+    if audio.ndim != 1 or audio.shape[0] == 0:
+        raise ValueError(f"audio must be a non-empty mono waveform [s], got shape {tuple(audio.shape)}")
     wav = audio.detach().to("cpu", torch.float32).numpy()
     if not np.isfinite(wav).all():
         raise ValueError("audio holds NaN or infinite samples")
@@ -120,7 +122,7 @@ def write_video(
     images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     target = Path(path)
     with atomic_output(target) as tmp, open_output(tmp, target) as c:
-        vs = _add_video_stream(c, Fraction(fps).limit_denominator(1_000_000), images.shape[2], images.shape[1], crf)
+        vs = _add_video_stream(c, rate_fraction(fps), images.shape[2], images.shape[1], crf)
         apkts = _encode_audio(_add_audio_stream(c, sample_rate), audio, sample_rate) if audio is not None and sample_rate else []
         _mux_interleaved(c, _encode_frames(vs, images), apkts)
     return target

@@ -4,7 +4,8 @@ Features
 - `read_frames(path, fps)`: frame k of the output is the source frame *displayed* at time k/fps (the
   last frame whose presentation timestamp is <= k/fps), for any input rate, constant or variable;
   n = floor(duration * fps) frames (at least 1), duration = last pts + the median frame gap. Times
-  are exact fractions of the stream's time base (a tie within half a tick counts as displayed).
+  are exact fractions of the stream's time base (a tie within half a tick counts as displayed), and
+  a float rate is read as the fraction it stands for (29.97 -> 2997/100, 30000/1001 stays itself).
   Optional resize by libswscale (area filter).
 - `resample_frames` / `frame_indices`: the same rule for frames already in memory.
 - `read_audio_track(path, sample_rate)`: mono float32, resampled by libswresample.
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 from jaxtyping import UInt8
 
-from controlfoley._media import PathLike, check_complete, check_fps, open_input, video_stream
+from controlfoley._media import PathLike, check_complete, open_input, rate_fraction, video_stream
 from controlfoley._video_write import MuxResult, mux_audio, write_video
 from controlfoley.errors import MediaError
 from controlfoley.typing import Float, Tensor
@@ -59,7 +60,7 @@ class VideoInfo:
     """Header facts about a video file (no decoding; `read_frames` measures the real duration)."""
 
     path: Path
-    duration_s: float
+    duration_s: float  # as the headers declare it (short for some VFR files with B-frames)
     fps: float  # average rate from the container; an estimate for variable-frame-rate files
     width: int
     height: int
@@ -118,21 +119,21 @@ def frame_indices(times_s: Sequence[float], duration_s: float, fps: float, *, to
     """Source frame index shown at each output time k/fps, k < max(1, floor(duration_s * fps)).
 
     `times_s` are the source presentation times, non-decreasing; outputs before the first source
-    frame show the first one. Floats are taken as exact binary fractions.
+    frame show the first one. Times and duration are taken as exact binary fractions, `fps` as in
+    `read_frames`; `tol_s` lets a frame count as shown that far ahead of its timestamp.
     """
-    check_fps(fps)
     if not times_s:
         raise ValueError("frame_indices needs at least one source frame time")
     ts = [Fraction(t) for t in times_s]
-    return _pick(ts, Fraction(duration_s), Fraction(fps), Fraction(tol_s))
+    return _pick(ts, Fraction(duration_s), rate_fraction(fps), Fraction(tol_s))
 
 
 def resample_frames(frames: UInt8[Tensor, "n h w 3"], src_fps: float, fps: float) -> UInt8[Tensor, "m h w 3"]:
     """Constant-rate frames in memory resampled to `fps` by the rule of `read_frames`."""
-    check_fps(src_fps)
-    check_fps(fps)
-    n, src = frames.shape[0], Fraction(src_fps)
-    idx = _pick([Fraction(i) / src for i in range(n)], Fraction(n) / src, Fraction(fps), Fraction(0))
+    if frames.shape[0] == 0:
+        raise ValueError("resample_frames needs at least one frame")
+    n, src = frames.shape[0], rate_fraction(src_fps)
+    idx = _pick([Fraction(i) / src for i in range(n)], Fraction(n) / src, rate_fraction(fps), Fraction(0))
     return frames[torch.tensor(idx, dtype=torch.long)]
 
 
@@ -206,8 +207,7 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
     `size`: resize to (size, size) for an int, (height, width) for a tuple; None keeps the source size.
     Time 0 is the first decoded frame's presentation time.
     """
-    check_fps(fps)
-    hw, p, rate = _parse_size(size), Path(path), Fraction(fps)
+    hw, p, rate = _parse_size(size), Path(path), rate_fraction(fps)
     with open_input(p) as c:
         s = video_stream(c, p)
         s.thread_type = "AUTO"
@@ -227,9 +227,7 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
                 out += [_to_rgb(pending, hw)] * n
             pending = frame
             times.append(t)
-        if pending is None:
-            raise MediaError(f"{p}: zero-length video (the video stream holds no decodable frames)")
-        check_complete(p, s, len(times))
+        check_complete(p, s, len(times))  # also refuses a stream without frames
         duration = _duration(times, gap)
         total = _total_frames(duration, rate)
         if total > len(out):

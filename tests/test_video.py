@@ -106,6 +106,11 @@ def test_constant_rates_are_resampled_in_time(tmp_path: Path, src_fps: int, fps:
     assert [_decode_index(f) for f in out.frames] == expected
 
 
+def _rate(fps: float) -> Fraction:
+    """The documented reading of a float rate: the nearest fraction with denominator <= 10^6."""
+    return Fraction(fps).limit_denominator(10**6)
+
+
 def _check_indices(times: list[Fraction], duration: Fraction, fps: Fraction, idx: list[int]) -> None:
     assert len(idx) == max(1, math.floor(duration * fps))
     assert idx == sorted(idx)
@@ -126,7 +131,7 @@ def test_frame_indices_properties(gaps_ms: list[int], tail_ms: int, fps: float) 
     times = [t / 1000 for t in times_ms]
     duration = (times_ms[-1] + tail_ms) / 1000
     idx = video.frame_indices(times, duration, fps)
-    _check_indices([Fraction(t) for t in times], Fraction(duration), Fraction(fps), idx)
+    _check_indices([Fraction(t) for t in times], Fraction(duration), _rate(fps), idx)
 
 
 @settings(max_examples=40, deadline=None)
@@ -135,8 +140,8 @@ def test_resample_frames_counts_and_order(n: int, src_fps: float, fps: float) ->
     frames = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 2, 2, 3)
     out = video.resample_frames(frames, src_fps, fps)
     idx = out[:, 0, 0, 0].long().tolist()
-    times = [Fraction(i) / Fraction(src_fps) for i in range(n)]
-    _check_indices(times, Fraction(n) / Fraction(src_fps), Fraction(fps), idx)
+    times = [Fraction(i) / _rate(src_fps) for i in range(n)]
+    _check_indices(times, Fraction(n) / _rate(src_fps), _rate(fps), idx)
 
 
 def test_audio_track_round_trip(tmp_path: Path) -> None:

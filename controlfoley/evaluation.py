@@ -1,0 +1,140 @@
+"""Evaluation of generated foley on held-out synthetic clips, from the generated waveform alone.
+
+Features
+- `evaluate_clip(wav, clip)`: onsets detected in the generated waveform (`detect_onsets`), the class of
+  each (`AudioEventClassifier`, templates of the world's class sounds), scored against the clip's
+  true events by `onset_metrics`: the DeSync analogue `desync_s` (per true event, the distance to the
+  nearest generated onset of its class, capped at 2 s, which is also what a missing class costs),
+  `desync_miss_frac`, onset precision / recall / F1 within 0.1 s (class-agnostic `_any` and
+  class-aware `_cls`), and `class_accuracy` of the matched generated events.
+- `evaluate_clips(generated_wavs, clips, sample_rate)`: the same over a list of clips, pooled as
+  micro averages (counts summed over clips, then ratios), plus `fd`: the Frechet distance between
+  the generated set and the clips' own audio on the fixed `AudioEmbedding` (NaN with fewer than 2 clips).
+  Nothing reads the model's tokens: a tokenizer, sampler or vocoder problem shows up in the scores.
+- `format_table(rows)`: a markdown table of result rows (one dict per system), for RESULTS.md.
+- Definitions in full: controlfoley.metrics.scores (onset scores), controlfoley.metrics.onsets
+  (detector parameters), controlfoley.metrics.classify (templates), controlfoley.metrics.frechet.
+
+References: DeSync (MMAudio, Cheng et al., CVPR 2025; SpecMaskFoley Table 1, measured with Synchformer);
+FAD (Kilgour et al., Interspeech 2019); onset P/R/F as in mir_eval (Raffel et al., ISMIR 2014).
+"""
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from controlfoley.data.synthetic import SyntheticClip, class_sound
+from controlfoley.errors import ShapeError
+from controlfoley.metrics.classify import AudioEventClassifier, classify_events
+from controlfoley.metrics.frechet import AudioEmbedding, frechet_distance
+from controlfoley.metrics.onsets import OnsetParams, detect_onsets
+from controlfoley.metrics.scores import COUNT_KEYS, MAX_OFFSET_S, TOLERANCE_S, onset_metrics, pool_onset_metrics
+from controlfoley.typing import Float, Tensor
+
+__all__ = [
+    "AudioEmbedding",
+    "AudioEventClassifier",
+    "OnsetParams",
+    "classify_events",
+    "detect_onsets",
+    "evaluate_clip",
+    "evaluate_clips",
+    "format_table",
+    "frechet_distance",
+    "onset_metrics",
+    "pool_onset_metrics",
+    "world_classifier",
+    "INTEGER_COLUMNS",
+]
+
+Wave = Float[Tensor, "_"] | Float[np.ndarray, "_"]
+
+
+@functools.lru_cache(maxsize=8)
+def world_classifier(n_classes: int, sample_rate: int) -> AudioEventClassifier:
+    """The template classifier of the synthetic world's first `n_classes` sounds (built once, cached)."""
+    return AudioEventClassifier.from_class_sound(class_sound, n_classes, sample_rate)
+
+
+def evaluate_clip(
+    wav: Wave,
+    clip: SyntheticClip,
+    classifier: AudioEventClassifier | None = None,
+    tolerance: float = TOLERANCE_S,
+    max_offset_s: float = MAX_OFFSET_S,
+) -> dict[str, float]:
+    """Onset scores of one generated waveform (at the clip's sample rate) against the clip's events."""
+    clf = classifier or world_classifier(len(clip.class_names), clip.sample_rate)
+    if clf.sample_rate != clip.sample_rate:
+        raise ShapeError(f"the classifier works at {clf.sample_rate} Hz but the clip is at {clip.sample_rate} Hz")
+    onsets = detect_onsets(wav, clip.sample_rate)
+    classes = clf(wav, onsets)
+    return onset_metrics(list(clip.events), onsets, classes, tolerance=tolerance, max_offset_s=max_offset_s)
+
+
+def evaluate_clips(
+    generated_wavs: Sequence[Wave],
+    clips: Sequence[SyntheticClip],
+    sample_rate: int,
+    *,
+    classifier: AudioEventClassifier | None = None,
+    embedding: AudioEmbedding | None = None,
+    tolerance: float = TOLERANCE_S,
+    max_offset_s: float = MAX_OFFSET_S,
+) -> dict[str, float]:
+    """All metrics over paired (generated waveform, clip) lists, pooled over clips (see module docstring)."""
+    if len(generated_wavs) != len(clips):
+        raise ShapeError(f"got {len(generated_wavs)} generated waveforms for {len(clips)} clips; pair them one to one")
+    if not clips:
+        raise ShapeError("evaluate_clips needs at least one clip")
+    rates = {c.sample_rate for c in clips}
+    if rates != {sample_rate}:
+        raise ShapeError(f"generated audio is at {sample_rate} Hz but the clips are at {sorted(rates)} Hz; resample first")
+    per_clip = [
+        evaluate_clip(w, c, classifier, tolerance=tolerance, max_offset_s=max_offset_s)
+        for w, c in zip(generated_wavs, clips, strict=True)
+    ]
+    pooled = pool_onset_metrics(per_clip)
+    if len(clips) >= 2:
+        emb = embedding or AudioEmbedding(sample_rate)
+        fd = frechet_distance(emb(list(generated_wavs)), emb([c.audio for c in clips]))
+    else:
+        fd = math.nan  # a covariance needs two clips per set
+    scores = {k: v for k, v in pooled.items() if k not in COUNT_KEYS}
+    counts = {k: pooled[k] for k in COUNT_KEYS}
+    return {"n_clips": float(len(clips)), **scores, "fd": fd, **counts}
+
+
+# Metric-dict entries that count things: floats in the dicts, printed as integers in tables.
+INTEGER_COLUMNS = frozenset({"n_clips", "n_true", "n_pred", "matched_any", "matched_cls", "n_desync_miss"})
+
+
+def _cell(value: Any, digits: int, integer: bool) -> str:
+    if value is None or isinstance(value, bool):
+        return "-" if value is None else str(value)
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        if math.isnan(value):
+            return "n/a"
+        return str(round(value)) if integer else f"{float(value):.{digits}f}"
+    return str(value).replace("|", "\\|")  # a pipe would split the markdown cell
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, digits: int = 3) -> str:
+    """Markdown table, one row per dict; columns default to every key, in order of first appearance.
+
+    Floats print with `digits` decimals, except in the count columns of the metric dicts
+    (`INTEGER_COLUMNS`), which print as integers; NaN prints "n/a", a missing key or None "-".
+    """
+    if columns is None:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+    if not columns:
+        raise ShapeError("format_table needs at least one column (the rows are empty)")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c), digits, c in INTEGER_COLUMNS) for c in columns) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""Event-level scores of generated audio against a clip's true events: DeSync analogue, P/R/F1, accuracy.
+
+Definitions (T = true events (t_i, c_i); G = generated onsets (g_j, k_j) with their classified class)
+- Class-aware distance of a true event: d_i = min(max_offset_s, min over j with k_j = c_i of |t_i - g_j|),
+  and d_i = max_offset_s when no generated onset has class c_i: a wrong-class onset does not count.
+  `desync_s` = mean of d_i over true events (0.0 when there are none). max_offset_s defaults to
+  2.0 s, the largest offset Synchformer's offset classifier can report (the DeSync of MMAudio and
+  SpecMaskFoley averages those predictions), so the metric lives on the same [0, 2] s scale and one
+  missing event cannot dominate. `desync_miss_frac` = fraction of true events with d_i = max_offset_s
+  (no onset of their class within max_offset_s; 0.0 when there are no true events), reported so that
+  a capped mean is never read without knowing how much of it was capped.
+- Matching: one-to-one between true events and generated onsets with |t_i - g_j| <= tolerance
+  (inclusive, default 0.1 s), of maximum size. Class-agnostic uses all pairs; class-aware only pairs
+  with k_j = c_i. On a line with one shared tolerance the greedy sweep over both sorted lists finds a
+  maximum matching (each candidate set is an interval whose ends grow with t_i).
+- precision = matches / |G|, recall = matches / |T|, f1 = 2 matches / (|G| + |T|); each is 0.0 when
+  its denominator is 0 (the mir_eval convention). Suffix `_any` = class-agnostic, `_cls` = class-aware.
+- `class_accuracy` = class-aware matches / class-agnostic matches: the share of onset matches that
+  survive requiring the right class (a class-aware matching is also an agnostic one, so it is in [0, 1]);
+  NaN when nothing matched at all (undefined, not zero).
+- `pool_onset_metrics` sums the counts of many clips and recomputes every ratio from the sums (micro
+  average), so clips with more events weigh more and per-clip 0/0 cases disappear.
+
+References: DeSync as in MMAudio (Cheng et al., CVPR 2025) and SpecMaskFoley (Table 1), computed there
+with Synchformer (Iashin et al., ICASSP 2024); onset P/R/F with a tolerance window as in mir_eval.onset
+(Raffel et al., ISMIR 2014) and the MIREX onset task.
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+
+from controlfoley.data.synthetic import Event
+from controlfoley.errors import ShapeError
+
+__all__ = ["MAX_OFFSET_S", "TOLERANCE_S", "count_matches", "onset_metrics", "pool_onset_metrics", "COUNT_KEYS"]
+
+MAX_OFFSET_S = 2.0  # Synchformer's offset range is [-2, 2] s
+TOLERANCE_S = 0.1  # an onset within 100 ms of a true one counts as hitting it
+_EPS = 1e-9  # the tolerance is inclusive despite float error in t - g
+COUNT_KEYS = ("n_true", "n_pred", "matched_any", "matched_cls", "desync_sum_s", "n_desync_miss")
+
+
+def count_matches(true_times: Sequence[float], pred_times: Sequence[float], tolerance: float) -> int:
+    """Size of a maximum one-to-one matching with |t - g| <= tolerance (greedy sweep, both sorted)."""
+    t, g = sorted(true_times), sorted(pred_times)
+    i = j = matched = 0
+    while i < len(t) and j < len(g):
+        if g[j] < t[i] - tolerance - _EPS:
+            j += 1  # too early for this true event, hence for every later one
+        elif g[j] > t[i] + tolerance + _EPS:
+            i += 1  # this true event has no onset left in reach
+        else:
+            matched += 1
+            i += 1
+            j += 1
+    return matched
+
+
+def _class_distance(event: Event, pred_onsets: Sequence[float], pred_classes: Sequence[int], max_offset_s: float) -> float:
+    same = [abs(event.time_s - g) for g, k in zip(pred_onsets, pred_classes, strict=True) if k == event.class_id]
+    return min([max_offset_s, *same])
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else 0.0
+
+
+def _ratios(counts: Mapping[str, float]) -> dict[str, float]:
+    n_true, n_pred = counts["n_true"], counts["n_pred"]
+    # no true events: nothing can be out of sync, and nothing can be missed
+    out = {
+        "desync_s": counts["desync_sum_s"] / n_true if n_true > 0 else 0.0,
+        "desync_miss_frac": counts["n_desync_miss"] / n_true if n_true > 0 else 0.0,
+    }
+    for tag in ("any", "cls"):
+        m = counts[f"matched_{tag}"]
+        out[f"precision_{tag}"] = _ratio(m, n_pred)
+        out[f"recall_{tag}"] = _ratio(m, n_true)
+        out[f"f1_{tag}"] = _ratio(2 * m, n_pred + n_true)
+    any_ = counts["matched_any"]
+    out["class_accuracy"] = counts["matched_cls"] / any_ if any_ > 0 else math.nan
+    return out
+
+
+def onset_metrics(
+    true_events: Sequence[Event],
+    pred_onsets: Sequence[float],
+    pred_classes: Sequence[int],
+    tolerance: float = TOLERANCE_S,
+    max_offset_s: float = MAX_OFFSET_S,
+) -> dict[str, float]:
+    """Scores of one clip (see the module docstring), plus the counts `pool_onset_metrics` sums."""
+    if len(pred_onsets) != len(pred_classes):
+        raise ShapeError(f"{len(pred_onsets)} generated onsets but {len(pred_classes)} classes; give one class per onset")
+    if tolerance < 0 or max_offset_s <= 0:
+        raise ShapeError(f"need tolerance >= 0 and max_offset_s > 0, got {tolerance} and {max_offset_s}")
+    distances = [_class_distance(e, pred_onsets, pred_classes, max_offset_s) for e in true_events]
+    classes = sorted({e.class_id for e in true_events} | set(pred_classes))
+    matched_cls = sum(
+        count_matches(
+            [e.time_s for e in true_events if e.class_id == c],
+            [g for g, k in zip(pred_onsets, pred_classes, strict=True) if k == c],
+            tolerance,
+        )
+        for c in classes
+    )
+    counts: dict[str, float] = {
+        "n_true": float(len(true_events)),
+        "n_pred": float(len(pred_onsets)),
+        "matched_any": float(count_matches([e.time_s for e in true_events], pred_onsets, tolerance)),
+        "matched_cls": float(matched_cls),
+        "desync_sum_s": float(sum(distances)),
+        "n_desync_miss": float(sum(d >= max_offset_s for d in distances)),
+    }
+    return {**_ratios(counts), **counts}
+
+
+def pool_onset_metrics(per_clip: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Micro-average over clips: sum the counts of `onset_metrics` results, recompute the ratios."""
+    totals = {key: float(sum(m[key] for m in per_clip)) for key in COUNT_KEYS}
+    return {**_ratios(totals), **totals}

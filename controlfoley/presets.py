@@ -99,7 +99,7 @@ def specmaskfoley_tiny() -> ModelConfig:
         aligner=Part("ft", {"kernel_size": 3}),
         controlnet=Part("copy", {"n_blocks": 3, "injection": "aligned"}),
         guidance=Part("multi", {"scale": 3.0, "schedule": "linear"}),
-        vocoder=Part("griffinlim", {"n_iter": 32}),
+        vocoder=Part("griffinlim", {"n_iter": 32, "inverse": "pinv"}),
         sampler=SamplerConfig(steps=12, temperature=9.0, mask_schedule="cosine"),
     )
 

@@ -187,13 +187,14 @@ def test_io_errors(tmp_path) -> None:
 
 
 # -- Griffin-Lim -------------------------------------------------------------------------------------
-def test_griffinlim_click_train_timing() -> None:
+@pytest.mark.parametrize("inverse", ["nnls", "pinv"])
+def test_griffinlim_click_train_timing(inverse: str) -> None:
     fe = HifiGanMel()
     clicks = [2000, 7777, 13000, 19001]
     y = torch.zeros(22016)
     for c in clicks:
         y[c : c + 8] = 0.9
-    voc = griffinlim_vocoder(mel=fe)
+    voc = griffinlim_vocoder(mel=fe, inverse=inverse)
     mel = fe(y[None])
     out = voc(mel)
     assert out.shape == (1, fe.n_samples(mel.shape[-1])) == (1, 22016)

@@ -1,0 +1,435 @@
+"""Foley for video files: decode, extract features, sample in overlapping windows, decode, vocode, mux.
+
+Features
+- `FoleyPipeline(model, extractors, text_encoder, vocoder)`: `pipe(video_path, prompt=...)` ->
+  `FoleyResult` (waveform, mel, token map, windows). `FoleyPipeline.from_pretrained(path_or_preset)`
+  picks the extractors a model was trained with (the synthetic presets: synthetic_sync / _clip /
+  _clap, sized to the model); any of them can be replaced by an EXTRACTORS name or object.
+- Frames: `video.read_frames` at each extractor's rate (any input rate, constant or variable: frame
+  k is what the video showed at k / fps), decoded once per (size, rate) group; a rate that divides
+  a decoded one is resampled in memory (the same frames a direct decode gives).
+- Windows (`plan_windows`): the model generates `T` token columns (`model.n_samples` samples) at a
+  time. A clip needing C > T columns is covered by windows starting every T - round(overlap * T)
+  columns (overlap 0.25 by default), the last one moved back to end exactly at column C so that no
+  window runs past the video by more than one column. Window w > 0 is sampled with its first columns
+  (those the previous window generated) given as known tokens: MaskGIT inpainting continues the
+  previous window instead of starting afresh, and known tokens are never changed.
+- Features per window: rows [round(start_s * fps), + n) of each stream, n = floor(window_s * fps)
+  (the row count of a training clip exactly one window long; `feature_frames` overrides it, e.g.
+  {"sync": 240, "clip": 80} for the paper's 10 s clips). The window start is rounded to the nearest
+  feature row: a timing offset of at most half a row (21 ms at 24 fps). Beyond the last frame the
+  video is extended by repeating its last frame (a still picture: no new onsets) before extraction;
+  precomputed features are extended by repeating their last row. The audio is trimmed to the
+  video's duration, round(duration * sample_rate) samples.
+- Joining (`join=`): "crossfade" (default) decodes each window's tokens alone (the context length the
+  tokenizer was trained on) and crossfades consecutive mels over the shared columns with a
+  raised-cosine ramp; "decode_once" decodes the whole token sequence in one pass. The joined mel is
+  vocoded in one pass, so the waveform has no seam of its own.
+- Prompt: a text prompt goes through the CLAP-role `text_encoder`. Without a prompt, a model whose
+  guidance needs text (the paper's multi-CFG) samples with 'cfg_video' at the same scale and
+  schedule (video-only CFG, the paper's "CFG w/o l_text&video" ablation; an unguided 'none' rule
+  moves to the video condition), logged once per pipeline.
+  `negative_prompt` replaces the unconditional mask of the rows without text (model.generate).
+- `controlfoley generate VIDEO... --model M --out DIR` (`generate_main`, in controlfoley.generate_cli).
+
+References: SpecMaskFoley (shared/reference/specmaskfoley-paper.txt), MaskGIT inpainting (Chang et
+al. 2022, sec. 3.2 / image extrapolation), DESIGN.md sections 1-3.
+"""
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from controlfoley._registry import EXTRACTORS, GUIDANCE
+from controlfoley.config import ConfigError
+from controlfoley.errors import ShapeError
+from controlfoley.guidance import GuidanceRule, NoGuidance
+from controlfoley.typing import Float, Int, Tensor
+
+__all__ = [
+    "Window",
+    "WindowPlan",
+    "plan_windows",
+    "FoleyResult",
+    "FoleyPipeline",
+    "default_extractors",
+    "crossfade_join",
+    "generate_main",
+]
+
+log = logging.getLogger(__name__)
+JOINS = ("crossfade", "decode_once")
+ExtractorSpec = str | tuple[str, Mapping[str, Any]] | Any  # a name, (name, kwargs), or a built extractor
+
+
+# -- windows ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """One generation window: `n_known` leading columns are copied from the previous window."""
+
+    index: int
+    start_col: int
+    n_known: int
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    n_samples: int  # output length: the video's duration in samples
+    sample_rate: int
+    window_cols: int  # T, token columns per window
+    col_samples: int  # audio samples per token column
+    windows: tuple[Window, ...]
+
+    @property
+    def total_cols(self) -> int:
+        return self.windows[-1].start_col + self.window_cols
+
+    @property
+    def window_s(self) -> float:
+        return self.window_cols * self.col_samples / self.sample_rate
+
+    def feature_rows(self, window: Window, fps: float, n_rows: int) -> slice:
+        """Rows of a feature stream at `fps` that condition `window` (start rounded to a row)."""
+        start = round(window.start_s * fps)
+        return slice(start, start + n_rows)
+
+
+def plan_windows(duration_s: float, *, sample_rate: int, window_cols: int, col_samples: int, overlap: float = 0.25) -> WindowPlan:
+    """Windows of `window_cols` token columns covering `duration_s` (see the module docstring)."""
+    if not (math.isfinite(duration_s) and duration_s > 0):
+        raise ShapeError(f"duration must be positive, got {duration_s}")
+    if not 0.0 <= overlap < 1.0:
+        raise ConfigError(f"overlap is a fraction of the window in [0, 1), got {overlap}")
+    n_samples = max(1, round(duration_s * sample_rate))
+    needed = math.ceil(n_samples / col_samples)
+    hop = window_cols - min(window_cols - 1, round(overlap * window_cols))
+    starts = list(range(0, max(1, needed - window_cols), hop))
+    if needed > window_cols and starts[-1] != needed - window_cols:
+        starts.append(needed - window_cols)
+    col_s = col_samples / sample_rate
+    windows = tuple(
+        Window(i, s, 0 if i == 0 else starts[i - 1] + window_cols - s, s * col_s, (s + window_cols) * col_s)
+        for i, s in enumerate(starts)
+    )
+    return WindowPlan(n_samples, sample_rate, window_cols, col_samples, windows)
+
+
+def crossfade_join(
+    mels: Sequence[Float[Tensor, "m n"]], plan: WindowPlan, frames_per_col: int
+) -> Float[Tensor, "m total"]:
+    """Place each window's mel at its column; blend the shared columns with a raised-cosine ramp."""
+    out = mels[0].new_zeros(mels[0].shape[0], plan.total_cols * frames_per_col)
+    for w, mel in zip(plan.windows, mels, strict=True):
+        a, k = w.start_col * frames_per_col, w.n_known * frames_per_col
+        if k:
+            ramp = 0.5 - 0.5 * torch.cos(torch.linspace(0.0, math.pi, k + 2, dtype=mel.dtype, device=mel.device)[1:-1])
+            out[:, a : a + k] = out[:, a : a + k] * (1 - ramp) + mel[:, :k] * ramp
+        out[:, a + k : a + mel.shape[1]] = mel[:, k:]
+    return out
+
+
+# -- the pipeline -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FoleyResult:
+    wav: Float[Tensor, "s"]  # mono, the video's duration
+    sample_rate: int
+    mel: Float[Tensor, "m n"]  # the joined, normalised mel, trimmed to the waveform
+    codes: Int[Tensor, "f c"]  # the whole token sequence (all windows, before trimming)
+    duration_s: float  # of the video stream
+    windows: tuple[Window, ...]
+
+
+def _feature_dims(encoder: nn.Module) -> dict[str, int]:
+    """Feature key -> width the control encoder expects (from its `<x>_key` / `<x>_dim` attributes)."""
+    attrs = vars(encoder)
+    dims = {}
+    for attr, key in attrs.items():
+        dim = attrs.get(attr[: -len("_key")] + "_dim") if attr.endswith("_key") else None
+        if isinstance(key, str) and isinstance(dim, int):
+            dims[key] = dim
+    return dims
+
+
+def default_extractors(model: nn.Module) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:
+    """(extractors by feature key, text encoder) a model was trained with, sized to the model."""
+    name = model.config.name
+    if "synthetic" not in name and "tiny" not in name:
+        raise ConfigError(
+            f"no default feature extractors for model {name!r}: real video needs Synchformer and CLIP features. "
+            "Pass extractors={'sync': ('synchformer_precomputed', {'root': DIR}), 'clip': ('clip_openclip', {'weights': FILE})}"
+        )
+    dims = _feature_dims(model.control_encoder)
+    roles = {"sync": "synthetic_sync", "clip": "synthetic_clip"}
+    extractors = {k: (roles[k], {"dim": dims[k]} if k in dims else {}) for k in model.control_encoder.required_features if k in roles}
+    return extractors, ("synthetic_clap", {"dim": int(model.backbone.cond_dim)})
+
+
+def _build_extractor(spec: ExtractorSpec) -> Any:
+    if isinstance(spec, str):
+        return EXTRACTORS.build(spec)
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
+        return EXTRACTORS.build(spec[0], **dict(spec[1]))
+    return spec
+
+
+class FoleyPipeline:
+    """Video file -> foley waveform with a trained SpecMaskFoley model (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        extractors: Mapping[str, Any],
+        text_encoder: Any | None = None,
+        vocoder: nn.Module | None = None,
+        *,
+        overlap: float = 0.25,
+        join: str = "crossfade",
+        frame_size: int = 64,
+        feature_frames: Mapping[str, int] | None = None,
+    ) -> None:
+        if not model.has_control:
+            raise ConfigError(f"model {model.config.name!r} has no ControlNet, so it cannot follow a video; use a SpecMaskFoley model")
+        need = set(model.control_encoder.required_features)
+        if set(extractors) != need:
+            raise ConfigError(f"extractors must cover exactly the model's video features {sorted(need)}, got {sorted(extractors)}")
+        if join not in JOINS:
+            raise ConfigError(f"join must be one of {JOINS}, got {join!r}")
+        self.model = model.eval()
+        self.extractors = {k: _build_extractor(v) for k, v in extractors.items()}
+        self.text_encoder = None if text_encoder is None else _build_extractor(text_encoder)
+        self.vocoder = vocoder if vocoder is not None else model.vocoder
+        self.overlap, self.join, self.frame_size = float(overlap), join, int(frame_size)
+        self.feature_frames = dict(feature_frames or {})
+        _, self.window_cols = model.grid
+        self.frames_per_col = model.config.n_frames // self.window_cols
+        self.col_samples = self.frames_per_col * model.mel.hop_length
+        self._warned_no_prompt = False
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_preset: str | os.PathLike[str],
+        *,
+        extractors: Mapping[str, ExtractorSpec] | None = None,
+        text_encoder: ExtractorSpec | None = None,
+        vocoder: str | Mapping[str, Any] | nn.Module | None = None,
+        map_location: str | torch.device = "cpu",
+        **kwargs: Any,
+    ) -> "FoleyPipeline":
+        """Load a model (checkpoint or preset that ships weights) with its default extractors.
+
+        `extractors` replaces defaults by key; `vocoder` is a VOCODERS name, {"name": ..., **kwargs}
+        or a module (default: the model's own)."""
+        from controlfoley.model import from_pretrained
+
+        model = from_pretrained(path_or_preset, map_location=map_location)
+        given = dict(extractors or {})
+        try:
+            defaults, default_text = default_extractors(model)
+        except ConfigError:
+            if set(given) != set(model.control_encoder.required_features):
+                raise
+            defaults, default_text = {}, None
+        return cls(model, {**defaults, **given}, text_encoder or default_text, _build_vocoder(vocoder, model), **kwargs)
+
+    # -- one video --------------------------------------------------------------------------------
+    def __call__(
+        self,
+        video_path: str | os.PathLike[str],
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        seed: int = 0,
+    ) -> FoleyResult:
+        streams, duration = self.read_features(video_path)
+        return self.generate(streams, duration, prompt, negative_prompt, steps=steps, cfg_scale=cfg_scale, seed=seed)
+
+    @torch.no_grad()
+    def read_features(self, video_path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], float]:
+        """Whole-video feature streams {key: [t, d]} (frames extended to the window plan) and duration."""
+        from controlfoley.video import probe
+
+        video_path = Path(video_path)
+        frame_exts = {k: e for k, e in self.extractors.items() if not hasattr(e, "features_for")}
+        frames, duration = self._decode(video_path, frame_exts) if frame_exts else ({}, probe(video_path).duration_s)
+        plan = self.plan(duration)
+        streams = {}
+        for key, ext in self.extractors.items():
+            rows = self._rows_needed(plan, key, ext.fps)
+            if key in frames:
+                streams[key] = _extend(ext(_extend(frames[key], rows)), rows)
+            else:
+                streams[key] = self._precomputed(ext, video_path, duration, rows)
+        return streams, duration
+
+    def plan(self, duration_s: float) -> WindowPlan:
+        return plan_windows(
+            duration_s, sample_rate=self.model.sample_rate, window_cols=self.window_cols, col_samples=self.col_samples, overlap=self.overlap
+        )
+
+    def rows_per_window(self, key: str, fps: float) -> int:
+        """Feature rows conditioning one window: a training clip's count unless `feature_frames` says."""
+        window_s = self.model.n_samples / self.model.sample_rate
+        return int(self.feature_frames.get(key, max(1, math.floor(window_s * fps + 1e-9))))
+
+    def _rows_needed(self, plan: WindowPlan, key: str, fps: float) -> int:
+        n = self.rows_per_window(key, fps)
+        return max(plan.feature_rows(w, fps, n).stop for w in plan.windows)
+
+    def _decode(self, path: Path, extractors: Mapping[str, Any]) -> tuple[dict[str, Tensor], float]:
+        """Frames per extractor key; one decode per (size, rate), rates dividing it resampled in memory."""
+        from controlfoley.video import read_frames, resample_frames
+
+        groups: dict[int, list[str]] = {}
+        for key, ext in extractors.items():
+            groups.setdefault(int(getattr(ext, "frame_size", self.frame_size)), []).append(key)
+        out, duration = {}, 0.0
+        for size, keys in groups.items():
+            decoded: dict[float, Tensor] = {}
+            for key in sorted(keys, key=lambda k: -float(extractors[k].fps)):
+                fps = float(extractors[key].fps)
+                src = next((r for r in decoded if _divides(fps, r)), None)
+                if src is None:
+                    got = read_frames(path, fps, size=size)
+                    decoded[fps], duration = got.frames, got.duration_s
+                    src = fps
+                out[key] = decoded[src] if src == fps else resample_frames(decoded[src], src, fps)
+        return out, duration
+
+    def _precomputed(self, ext: Any, path: Path, duration: float, rows: int) -> Tensor:
+        feats = ext.features_for(path)
+        covered = feats.shape[0] / ext.fps
+        if covered < duration - 1.0:  # a clip's features, not the whole video's: refuse to invent the rest
+            raise ShapeError(f"{ext.name}: features for {path.name} cover {covered:.2f} s but the video lasts {duration:.2f} s")
+        return _extend(feats, rows)
+
+    # -- sampling ---------------------------------------------------------------------------------
+    def generate(
+        self,
+        streams: Mapping[str, Tensor],
+        duration_s: float,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        *,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        seed: int = 0,
+    ) -> FoleyResult:
+        """Sample all windows from whole-video feature streams {key: [t, d]} (see `read_features`)."""
+        plan = self.plan(duration_s)
+        text, negative, rule = self._conditions(prompt, negative_prompt)
+        codes = self.sample_tokens(plan, streams, text, negative, rule, steps=steps, cfg_scale=cfg_scale, seed=seed)
+        mel = self.decode(codes, plan)
+        wav = self.vocoder(mel[None])[0, : plan.n_samples].float().cpu()
+        n_mel = math.ceil(plan.n_samples / self.model.mel.hop_length)
+        return FoleyResult(wav, plan.sample_rate, mel[:, :n_mel].cpu(), codes.cpu(), float(duration_s), plan.windows)
+
+    def sample_tokens(
+        self,
+        plan: WindowPlan,
+        streams: Mapping[str, Tensor],
+        text: Tensor | None,
+        negative: Tensor | None,
+        rule: GuidanceRule | None,
+        *,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        seed: int = 0,
+    ) -> Int[Tensor, "f c"]:
+        """Token map [F, plan.total_cols]; each window continues the previous one's shared columns."""
+        model, dev = self.model, self.model.device
+        n_f, t = model.grid
+        codes = torch.zeros(n_f, plan.total_cols, dtype=torch.long, device=dev)
+        generator = torch.Generator(device=dev).manual_seed(int(seed))
+        for w in plan.windows:
+            feats = {}
+            for key, x in streams.items():
+                fps = float(self.extractors[key].fps)
+                feats[key] = x[plan.feature_rows(w, fps, self.rows_per_window(key, fps))][None].to(dev)
+            known = {}
+            if w.n_known:
+                mask = torch.zeros(1, n_f, t, dtype=torch.bool, device=dev)
+                mask[..., : w.n_known] = True
+                known = {"known_codes": codes[None, :, w.start_col : w.start_col + t].clone(), "known_mask": mask}
+            out = model.generate(
+                feats, text, negative_text=negative, steps=steps, cfg_scale=cfg_scale, guidance=rule, generator=generator, **known
+            )
+            codes[:, w.start_col : w.start_col + t] = out[0]
+        return codes
+
+    def decode(self, codes: Int[Tensor, "f c"], plan: WindowPlan) -> Float[Tensor, "m n"]:
+        """Token map -> joined normalised mel [m, total_cols * frames_per_col]."""
+        if self.join == "decode_once":
+            return self.model.decode(codes[None])[0]
+        t = self.window_cols
+        mels = [self.model.decode(codes[None, :, w.start_col : w.start_col + t])[0] for w in plan.windows]
+        return crossfade_join(mels, plan, self.frames_per_col)
+
+    def _conditions(self, prompt: str | None, negative_prompt: str | None) -> tuple[Tensor | None, Tensor | None, GuidanceRule | None]:
+        """(text embedding, negative embedding, guidance rule override or None for the model's)."""
+        text = self.encode_text(prompt) if prompt else None
+        negative = self.encode_text(negative_prompt) if negative_prompt else None
+        rule = self.model.guidance
+        if text is None and rule.needs_text:
+            if not self._warned_no_prompt:
+                log.warning("no prompt: guidance %s needs text, so video-only CFG ('cfg_video') samples instead", rule)
+                self._warned_no_prompt = True
+            if isinstance(rule, NoGuidance):  # unguided stays unguided, on the video condition
+                return None, negative, GUIDANCE.build("none", condition="video")
+            return None, negative, GUIDANCE.build("cfg_video", scale=rule.scale, schedule=rule.schedule)
+        return text, negative, None
+
+    def encode_text(self, prompt: str) -> Float[Tensor, "1 c"]:
+        if self.text_encoder is None:
+            raise ConfigError("this pipeline has no text encoder (CLAP role), so it takes no prompt; pass text_encoder=...")
+        emb = self.text_encoder.encode_text([prompt]).float().to(self.model.device)
+        want = int(self.model.backbone.cond_dim)
+        if emb.shape != (1, want):
+            raise ShapeError(f"text encoder {getattr(self.text_encoder, 'name', '?')} gives {list(emb.shape)}, the model needs [1, {want}]")
+        return emb
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _divides(fps: float, decoded: float) -> bool:
+    ratio = decoded / fps
+    return abs(ratio - round(ratio)) < 1e-9
+
+
+def _extend(x: Tensor, n: int) -> Tensor:
+    """First `n` rows of `x`, its last row repeated where `x` is shorter (a still picture / held feature)."""
+    if x.shape[0] >= n:
+        return x[:n]
+    return torch.cat([x, x[-1:].expand(n - x.shape[0], *x.shape[1:])])
+
+
+def _build_vocoder(spec: str | Mapping[str, Any] | nn.Module | None, model: nn.Module) -> nn.Module | None:
+    if spec is None or isinstance(spec, nn.Module):
+        return spec
+    from controlfoley._registry import VOCODERS
+
+    kwargs = {"name": spec} if isinstance(spec, str) else dict(spec)
+    return VOCODERS.build(kwargs.pop("name"), mel=model.mel, **kwargs)
+
+
+def generate_main(argv: Sequence[str]) -> int:
+    """`controlfoley generate VIDEO... --model M --out DIR`; see controlfoley.generate_cli."""
+    from controlfoley.generate_cli import main
+
+    return main(argv)
+

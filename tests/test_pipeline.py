@@ -341,3 +341,21 @@ def test_long_video_has_no_seam_and_onset_error_does_not_grow(tmp_path: Path) ->
     assert 0 in by_window, f"no onset of the first window was found: {m}"
     first, later = by_window[0], [v for k, v in by_window.items() if k > 0]
     assert len(later) >= 5 and max(later) <= max(2 * first, first + 0.04)
+
+
+def test_outputs_are_written_both_or_neither(media: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from controlfoley import generate_cli, video
+    from controlfoley.errors import MediaError
+    from controlfoley.pipeline import FoleyResult
+
+    result = FoleyResult(torch.zeros(SR), SR, torch.zeros(80, 87), torch.zeros(5, T, dtype=torch.long), 1.0, ())
+
+    def failing_mux(*args: object) -> None:
+        raise MediaError("disk full")
+
+    monkeypatch.setattr(video, "mux_audio", failing_mux)
+    with pytest.raises(MediaError, match="disk full"):
+        generate_cli._write(media["tiny"], result, tmp_path / "a.wav", tmp_path / "a.mp4")
+    assert _outputs(tmp_path) == []  # the finished WAV went with the failed MP4
+    with pytest.raises(MediaError, match="replace its own input"):
+        generate_cli._write(media["tiny"], result, tmp_path / "tiny.wav", media["tiny"])

@@ -45,6 +45,7 @@ _BUILTIN_MODULES = (
     "controlfoley.control.aligners",
     "controlfoley.guidance",
     "controlfoley.data.extractors",
+    "controlfoley.data.real_extractors",
     "controlfoley.presets",
 )
 _builtins_loaded = False

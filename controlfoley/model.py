@@ -34,7 +34,7 @@ from controlfoley.config import ConfigError, ModelConfig, Part
 from controlfoley.control.controlnet import ControlNet
 from controlfoley.errors import ShapeError
 from controlfoley.fast import GuidedStep, precision, zero_scale_conditions
-from controlfoley.guidance import Condition, GuidanceRule
+from controlfoley.guidance import UNCOND, Condition, GuidanceRule
 from controlfoley.sampling import MaskGITSampler
 from controlfoley.typing import Bool, Float, Int, Tensor
 
@@ -286,7 +286,7 @@ class _RowPlan:
         self.n_sets = len(conditions)
         cond_rows, cond_on, ctrl_on = [], [], []
         for c in conditions:
-            use_neg = (not c.text) and negative is not None
+            use_neg = c == UNCOND and negative is not None  # the subtracted term of CFG only
             src = text if c.text else (negative if use_neg else None)
             cond_rows.append(src if src is not None else _zeros_like_cond(text, negative, b, device))
             cond_on.append(torch.full((b,), c.text or use_neg, dtype=torch.bool, device=device))

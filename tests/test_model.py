@@ -171,3 +171,32 @@ def test_bad_inputs_give_clear_errors(micro_model):
         micro_model.generate(x["features"])
     with pytest.raises(ShapeError, match="mel"):
         micro_model.tokenizer.encode(torch.zeros(1, 80, 100))
+
+
+def test_negative_prompt_replaces_only_the_unconditional_rows(micro_model, monkeypatch):
+    seen = {}
+    orig = micro_model.backbone.embed
+
+    def spy(codes, mask, cond=None, cond_on=None):
+        seen["cond"], seen["cond_on"] = cond.clone(), cond_on.clone()
+        return orig(codes, mask, cond, cond_on)
+
+    monkeypatch.setattr(micro_model.backbone, "embed", spy)
+    x = micro_inputs(micro_model, b=2)
+    neg = torch.randn_like(x["text"])
+    micro_model.generate(x["features"], x["text"], negative_text=neg, steps=1, generator=torch.Generator().manual_seed(0))
+    # multi-CFG rows: [uncond (b), video (b), text_video (b)]
+    assert seen["cond_on"].tolist() == [True, True, False, False, True, True]
+    assert torch.equal(seen["cond"][:2], neg) and torch.equal(seen["cond"][4:], x["text"])
+
+
+def test_atomic_outputs_have_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from controlfoley._io import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~mask

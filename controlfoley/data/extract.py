@@ -1,0 +1,276 @@
+"""Fill a training dataset (format: `controlfoley.data.shards`) from media files or the synthetic world.
+
+Features
+- Per clip: the audio window of the model (`n_frames` mel frames: 848 = 10 s for `specmaskfoley`)
+  -> mel front-end -> tokenizer codes `tokens` [F, T] (int16); optionally the mel itself (`mel`,
+  fp16, for the tokenizer recipe); one feature sequence per video extractor under its
+  `output_key` (`sync` [t, d], `clip` [t8, d], fp16); optionally a CLAP-like embedding `clap`.
+- Fixed per-clip shapes: audio is cropped or zero-padded to the window; video is cropped to
+  `video_seconds` (default: the audio window), and a shorter video repeats its last frame (a frozen
+  picture), giving floor(video_seconds x fps) frames per extractor. The paper feeds the whole 10 s
+  clip (240 Synchformer and 80 CLIP frames) while its audio window is 848 frames = 9.85 s:
+  `video_seconds=10` (`--video-seconds 10`) reproduces that.
+- Sources: `extract_synthetic` renders clips of `SyntheticWorld` (CLAP-like vector from the clip's
+  class ids, the audio-prompt role); `extract_files` reads video files (PyAV: audio track and frames
+  at each extractor's rate) or audio files (no video features), with optional tags for `clap`.
+- The tokenizer's weights come from a checkpoint (`tokenizer=`: a file, checkpoint folder or run
+  folder of the `tokenizer` recipe); without one the codes of an untrained tokenizer are stored
+  and a warning says so.
+- `extract_main(argv)`: the `controlfoley extract` command (see `build_parser`).
+
+References: SpecMaskFoley sec. 4.2 (10 s at 22.05 kHz -> 848 frames -> 5 x 53 tokens; Synchformer
+240 frames and CLIP 80 frames per 10 s clip).
+"""
+
+import argparse
+import math
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from controlfoley._registry import EXTRACTORS
+from controlfoley.data.shards import ShardIndex, ShardWriter
+from controlfoley.errors import ControlFoleyError, DataError
+from controlfoley.typing import Float, Tensor
+
+__all__ = ["Extraction", "extract_synthetic", "extract_files", "extract_main", "build_parser", "AUDIO_SUFFIXES"]
+
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"})
+FrameSource = Callable[[float], Tensor]  # fps -> uint8 frames [n, h, w, 3]
+Item = tuple[str, Tensor, FrameSource | None, Tensor | None]  # clip id, waveform, frame source, clap vector
+
+
+class Extraction:
+    """A model (for mel + tokenizer) and the extractors, turning raw clips into stored features."""
+
+    def __init__(
+        self,
+        preset: str,
+        *,
+        extractors: Sequence[str] = (),
+        clap: str | None = None,
+        tokenizer: str | None = None,
+        mel: bool = False,
+        video_seconds: float | None = None,
+        device: str = "cpu",
+        model_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        from controlfoley.checkpoint import load_parts
+        from controlfoley.model import build_model
+        from controlfoley.train.checkpoints import resolve_model_file
+
+        self.model = build_model(preset, **(model_overrides or {})).eval().to(device)
+        if tokenizer is not None:
+            load_parts(self.model, resolve_model_file(tokenizer), ["tokenizer"])
+        else:
+            warnings.warn("no tokenizer checkpoint given: tokens come from an untrained tokenizer (train one with the tokenizer recipe)", stacklevel=2)
+        self.video = [EXTRACTORS.build(n) for n in extractors]
+        self.clap = EXTRACTORS.build(clap) if clap is not None else None
+        self.keep_mel, self.device = mel, torch.device(device)
+        self.window_s = self.model.n_samples / self.model.sample_rate
+        self.video_s = self.window_s if video_seconds is None else float(video_seconds)
+        if self.video_s <= 0:
+            raise DataError(f"video_seconds must be positive, got {video_seconds}")
+        self.preset, self.tokenizer_source = preset, tokenizer
+
+    def info(self, source: str) -> dict[str, Any]:
+        m = self.model
+        feats = {e.output_key: {"extractor": e.name, "fps": float(e.fps), "dim": int(e.dim)} for e in self.video}
+        if self.clap is not None:
+            feats[self.clap.output_key] = {"extractor": self.clap.name, "dim": int(self.clap.dim)}
+        return {
+            "preset": self.preset,
+            "grid": list(m.grid),
+            "codebook_size": int(m.tokenizer.codebook_size),
+            "n_frames": int(m.config.n_frames),
+            "sample_rate": int(m.sample_rate),
+            "window_s": self.window_s,
+            "video_s": self.video_s,
+            "tokenizer": self.tokenizer_source,
+            "features": feats,
+            "source": source,
+        }
+
+    def n_video_frames(self, fps: float) -> int:
+        return max(1, math.floor(self.video_s * fps + 1e-6))
+
+    @torch.no_grad()
+    def audio_features(self, wavs: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        """Tokens (and mel) of a batch of mono waveforms at the model's sample rate."""
+        n = self.model.n_samples
+        wav = torch.stack([w[:n] if w.shape[0] >= n else F.pad(w, (0, n - w.shape[0])) for w in wavs]).to(self.device)
+        mel = self.model.mel(wav)
+        frames = self.model.config.n_frames
+        mel = mel[..., :frames] if mel.shape[-1] >= frames else F.pad(mel, (0, frames - mel.shape[-1]), value=-1.0)
+        codes = self.model.tokenizer.encode(mel)
+        out = []
+        for i in range(len(wavs)):
+            d = {"tokens": codes[i].cpu()}
+            if self.keep_mel:
+                d["mel"] = mel[i].cpu()
+            out.append(d)
+        return out
+
+    @torch.no_grad()
+    def video_features(self, frames_at: FrameSource) -> dict[str, Tensor]:
+        out = {}
+        for ext in self.video:
+            want = self.n_video_frames(ext.fps)
+            frames = frames_at(ext.fps)
+            if frames.shape[0] == 0:
+                raise DataError(f"a video gave no frames at {ext.fps} fps")
+            if frames.shape[0] < want:  # a short video holds its last picture
+                frames = torch.cat([frames, frames[-1:].expand(want - frames.shape[0], -1, -1, -1)])
+            out[ext.output_key] = ext(frames[:want].contiguous()).float().cpu()
+        return out
+
+
+def _write(
+    ex: Extraction, out: str | Path, items: Iterable[Item], total: int, *, shard_size: int, batch_size: int, overwrite: bool, source: str
+) -> ShardIndex:
+    """items: (clip id, waveform, frame source or None, clap vector or None); batched for the tokenizer."""
+    writer = ShardWriter(out, shard_size=shard_size, info=ex.info(source), overwrite=overwrite)
+    pending: list[tuple[str, Tensor, dict[str, Tensor]]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        for (cid, _, feats), audio in zip(pending, ex.audio_features([p[1] for p in pending])):
+            writer.add(cid, {**audio, **feats})
+        pending.clear()
+
+    for cid, wav, frames_at, clap in tqdm(items, total=total, desc="extract", dynamic_ncols=True):
+        feats = ex.video_features(frames_at) if frames_at is not None else {}
+        if clap is not None:
+            feats["clap"] = clap.float().cpu()
+        pending.append((cid, wav, feats))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return writer.close()
+
+
+def extract_synthetic(
+    out: str | Path,
+    ex: Extraction,
+    *,
+    n_clips: int,
+    split: str = "train",
+    world_seed: int = 0,
+    shard_size: int = 256,
+    batch_size: int = 16,
+    overwrite: bool = False,
+) -> ShardIndex:
+    """Render `n_clips` clips of split `split` of `SyntheticWorld(seed=world_seed)` into a dataset."""
+    from controlfoley.data.synthetic import SyntheticWorld
+    from controlfoley.video import resample_frames
+
+    world = SyntheticWorld(seed=world_seed, duration_s=ex.window_s)
+
+    def items() -> Iterable[Item]:
+        for i in world.split(split, n_clips):
+            clip = world.clip(i)
+            clap = None
+            if ex.clap is not None:  # the audio-prompt role: the clip's own classes
+                tags = getattr(ex.clap, "encode_tags", None)
+                clap = tags(list(clip.class_ids)) if tags is not None else ex.clap.encode_text([clip.prompt])[0]
+            yield f"synthetic-{world_seed}-{i}", clip.audio, (lambda fps, c=clip: resample_frames(c.frames, c.fps, fps)), clap
+
+    source = f"synthetic world seed {world_seed}, split {split}"
+    return _write(ex, out, items(), n_clips, shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, source=source)
+
+
+def extract_files(
+    out: str | Path,
+    ex: Extraction,
+    files: Sequence[str | Path],
+    *,
+    tags: Sequence[str] | None = None,
+    shard_size: int = 256,
+    batch_size: int = 16,
+    overwrite: bool = False,
+) -> ShardIndex:
+    """Extract video files (audio track + frames) or audio files (no video features).
+
+    `tags[i]` (e.g. "dog, bark") is encoded by the CLAP-like extractor into `clap` for file i."""
+    from controlfoley.audio.io import load_audio
+    from controlfoley.video import read_audio_track, read_frames
+
+    if not files:
+        raise DataError("no input files given to extract")
+    if tags is not None and len(tags) != len(files):
+        raise DataError(f"got {len(tags)} tag strings for {len(files)} files; give one per file")
+    if tags is not None and ex.clap is None:
+        raise DataError("tags were given but no CLAP-like extractor (--clap NAME)")
+    sr = ex.model.sample_rate
+
+    def items() -> Iterable[Item]:
+        for i, f in enumerate(files):
+            p = Path(f)
+            is_audio = p.suffix.lower() in AUDIO_SUFFIXES
+            wav = load_audio(p, sr) if is_audio else read_audio_track(p, sr)
+            frames_at = None if (is_audio or not ex.video) else (lambda fps, p=p: read_frames(p, fps).frames)
+            clap = ex.clap.encode_text([tags[i]])[0] if tags is not None else None
+            yield str(p), wav, frames_at, clap
+
+    return _write(ex, out, items(), len(files), shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, source="files")
+
+
+def _read_list(path: str) -> tuple[list[str], list[str] | None]:
+    """A list file: one media path per line, optionally a TAB and comma-separated tags."""
+    files, tags = [], []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            f, _, t = line.partition("\t")
+            files.append(f.strip())
+            tags.append(t.strip())
+    return files, (tags if any(tags) else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="controlfoley extract", description="Precompute tokens and video features into a sharded dataset (docs/DATA.md).")
+    p.add_argument("--preset", required=True, help="model preset: fixes the window, mel, tokenizer grid")
+    p.add_argument("--out", required=True, help="dataset folder to create")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--synthetic", type=int, metavar="N", help="render N clips of the synthetic world")
+    src.add_argument("--files", nargs="+", help="video or audio files")
+    src.add_argument("--list", dest="list_file", help="text file: one path per line, optional TAB + tags")
+    p.add_argument("--split", default="train", help="synthetic split: train, val or test")
+    p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--tokenizer", default=None, help="checkpoint (file, folder or run) with trained tokenizer weights")
+    p.add_argument("--extractors", default="", help="comma-separated EXTRACTORS names for video features, e.g. synthetic_sync,synthetic_clip")
+    p.add_argument("--clap", default=None, help="EXTRACTORS name of the CLAP-like text extractor, e.g. synthetic_clap")
+    p.add_argument("--mel", action="store_true", help="also store the mel (needed by the tokenizer recipe)")
+    p.add_argument("--video-seconds", type=float, default=None, help="seconds of video per clip (default: the audio window; the paper: 10)")
+    p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16, help="clips per tokenizer batch")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def extract_main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        names = [n for n in args.extractors.split(",") if n]
+        ex = Extraction(
+            args.preset, extractors=names, clap=args.clap, tokenizer=args.tokenizer, mel=args.mel, video_seconds=args.video_seconds, device=args.device
+        )
+        common = dict(shard_size=args.shard_size, batch_size=args.batch_size, overwrite=args.overwrite)
+        if args.synthetic is not None:
+            index = extract_synthetic(args.out, ex, n_clips=args.synthetic, split=args.split, world_seed=args.world_seed, **common)
+        else:
+            files, tags = _read_list(args.list_file) if args.list_file else (args.files, None)
+            index = extract_files(args.out, ex, files, tags=tags, **common)
+    except (ControlFoleyError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    shapes = ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in index.features.items())
+    print(f"wrote {index.n_clips} clips in {len(index.shards)} shards to {index.root}: {shapes}")
+    return 0

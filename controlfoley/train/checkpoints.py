@@ -1,0 +1,180 @@
+"""Training checkpoints of a run folder, in safetensors, written so that a kill at any moment is harmless.
+
+Layout::
+
+    RUN/config.json                          the TrainConfig (JSON)
+    RUN/checkpoints/step-00001000/model.safetensors   whole model (controlfoley.checkpoint format:
+                                                      loads with from_pretrained / load_parts)
+    RUN/checkpoints/step-00001000/state.safetensors   optimizer tensors + RNG states; JSON metadata:
+                                                      step, optimizer param groups, parameter names
+    RUN/checkpoints/latest                   name of the newest complete checkpoint
+    RUN/model.safetensors                    the final model, written when the run ends
+
+- Each file is written atomically (temporary file, fsync, rename) and `latest` is replaced last,
+  so a reader only ever follows `latest` to a complete checkpoint; older ones beyond `keep_last`
+  are deleted after that.
+- RNG states saved: torch CPU, every CUDA device, numpy's global and Python's `random`.
+- `resolve_model_file(path)`: a checkpoint file, a checkpoint folder or a run folder -> model file.
+"""
+
+import json
+import random
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from controlfoley._io import atomic_write_text
+from controlfoley.checkpoint import CONFIG_KEY, read_state_dict, save_model, save_state_dict
+from controlfoley.errors import CheckpointError
+
+__all__ = ["RunDir", "TrainState", "capture_rng", "restore_rng", "resolve_model_file"]
+
+STATE_KEY = "controlfoley_train_state"
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides the model weights."""
+
+    step: int
+    optimizer: dict[str, Any]
+    param_names: list[str]
+    rng: dict[str, Any]
+    path: Path
+
+
+def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, JSON-able values) of every global RNG a training step could touch."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    version, py_state, py_gauss = random.getstate()
+    tensors["rng.python"] = torch.tensor(py_state, dtype=torch.int64)
+    meta = {"numpy": [name, int(pos), int(has_gauss), float(gauss)], "python": [version, py_gauss]}
+    return tensors, meta
+
+
+def restore_rng(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    name, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+    version, py_gauss = meta["python"]
+    random.setstate((int(version), tuple(int(x) for x in tensors["rng.python"].tolist()), py_gauss))
+
+
+def _flatten_optimizer(sd: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[Any]]:
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if not isinstance(v, torch.Tensor):
+                v = torch.tensor(v)
+            tensors[f"optim.{idx}.{k}"] = v
+    return tensors, list(sd["param_groups"])
+
+
+def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], groups: list[Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+def resolve_model_file(path: str | Path) -> Path:
+    """A model file from a checkpoint file, a checkpoint folder, or a run folder (its final model,
+    else its latest checkpoint)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    for cand in (p / "model.safetensors", RunDir(p).latest_dir()):
+        if cand is not None and Path(cand).is_file():
+            return Path(cand)
+        if cand is not None and (Path(cand) / "model.safetensors").is_file():
+            return Path(cand) / "model.safetensors"
+    raise CheckpointError(f"no model checkpoint at {p}: give a .safetensors file, a checkpoint folder or a run folder with checkpoints")
+
+
+class RunDir:
+    """A training run's folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.ckpt_root = self.root / "checkpoints"
+        self.config_path = self.root / "config.json"
+        self.metrics_path = self.root / "metrics.jsonl"
+        self.final_model = self.root / "model.safetensors"
+
+    def latest_dir(self) -> Path | None:
+        pointer = self.ckpt_root / "latest"
+        if not pointer.is_file():
+            return None
+        d = self.ckpt_root / pointer.read_text(encoding="utf-8").strip()
+        if not (d / "model.safetensors").is_file() or not (d / "state.safetensors").is_file():
+            raise CheckpointError(f"{pointer} points to {d}, which is incomplete; delete the pointer to restart, or restore the folder")
+        return d
+
+    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, param_names: list[str], keep_last: int, extra: Mapping[str, Any]) -> Path:
+        """Write checkpoint `step` (model, then state), then move `latest` to it, then prune."""
+        name = f"step-{step:08d}"
+        d = self.ckpt_root / name
+        info = json.dumps({"step": step, **extra})
+        save_model(model, d / "model.safetensors", extra_metadata={STATE_KEY: info})
+        opt_tensors, groups = _flatten_optimizer(optimizer.state_dict())
+        rng_tensors, rng_meta = capture_rng()
+        meta = {STATE_KEY: json.dumps({"step": step, "param_groups": groups, "param_names": param_names, "rng": rng_meta, **extra})}
+        save_state_dict(d / "state.safetensors", {**opt_tensors, **rng_tensors}, meta)
+        atomic_write_text(self.ckpt_root / "latest", name)
+        self._prune(keep_last, keep=name)
+        return d
+
+    def _prune(self, keep_last: int, keep: str) -> None:
+        dirs = sorted(p for p in self.ckpt_root.glob("step-*") if p.is_dir())
+        old = [p for p in dirs if p.name != keep][: max(0, len(dirs) - keep_last)]
+        for p in old:
+            shutil.rmtree(p, ignore_errors=True)
+
+    def drop_after(self, step: int) -> None:
+        """Delete checkpoint folders newer than `step`: left by a killed run, never pointed to."""
+        for p in self.ckpt_root.glob("step-*"):
+            if p.is_dir() and p.name[5:].isdigit() and int(p.name[5:]) > step:
+                shutil.rmtree(p, ignore_errors=True)
+
+    def load_state(self, d: Path) -> TrainState:
+        tensors, meta = read_state_dict(d / "state.safetensors")
+        if STATE_KEY not in meta:
+            raise CheckpointError(f"{d / 'state.safetensors'} holds no training state; it was not written by controlfoley.train")
+        info = json.loads(meta[STATE_KEY])
+        rng_tensors = {k: v for k, v in tensors.items() if k.startswith("rng.")}
+        opt = _unflatten_optimizer(tensors, info["param_groups"])
+        return TrainState(int(info["step"]), opt, list(info["param_names"]), {"tensors": rng_tensors, "meta": info["rng"]}, d)
+
+    def load_model_weights(self, d: Path, model: nn.Module) -> None:
+        """Load a checkpoint's weights, refusing one saved from another model config."""
+        from controlfoley.checkpoint import check_state_dict
+
+        state, meta = read_state_dict(d / "model.safetensors")
+        saved = json.loads(meta.get(CONFIG_KEY, "null"))
+        if saved != model.config.to_dict():
+            name = saved.get("name") if isinstance(saved, dict) else None
+            raise CheckpointError(
+                f"checkpoint {d} was saved from model config {name!r}, which differs from this run's "
+                f"({model.config.name!r}, preset and overrides). Resume with the run's own --preset, or start a new --out."
+            )
+        check_state_dict(model, state, str(d))
+        model.load_state_dict(state, strict=True)

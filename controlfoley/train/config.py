@@ -1,0 +1,177 @@
+"""`TrainConfig`: every knob of a training run, frozen, with a JSON round trip and per-recipe defaults.
+
+- `TrainConfig.for_recipe(recipe, **fields)`: the recipe's defaults, then the given fields.
+  `controlnet` is the SpecMaskFoley recipe (sec. 4.2): 140K steps, batch 64, AdamW, base LR 1e-3
+  scaled by batch / 256, 2.8K linear warm-up steps then cosine, CLAP condition replaced by the
+  unconditional mask on 90% of the steps, cross-entropy only, backbone and tokenizer loaded from
+  `init`. `backbone` (SpecMaskGIT-style masked-token pretraining) and `tokenizer` (SpecVQGAN
+  reconstruction + VQ losses) defaults are controlfoley's choices; the paper does not give them.
+- `to_json` / `from_json`; unknown fields are a ConfigError naming the known ones.
+- `resume_conflicts(other)`: fields that must not change when a run is resumed (everything but
+  the operational ones in `RESUME_MUTABLE`), so that a resumed run is the same run.
+"""
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from controlfoley.config import ConfigError
+from controlfoley.train.schedule import WarmupCosine, scaled_lr
+
+__all__ = ["TrainConfig", "RECIPES", "RECIPE_DEFAULTS", "RESUME_MUTABLE", "PRECISIONS", "VERIFY_LEVELS"]
+
+RECIPES = ("tokenizer", "backbone", "controlnet")
+PRECISIONS = ("auto", "fp32", "bf16")
+VERIFY_LEVELS = ("none", "size", "header", "sha256")
+
+RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tokenizer": {
+        "steps": 100_000,
+        "batch_size": 32,
+        "base_lr": 8e-4,  # 1e-4 at batch 32 after scaling
+        "warmup_steps": 1_000,
+        "betas": (0.5, 0.9),  # the VQGAN optimiser setting (Esser et al. 2021)
+        "weight_decay": 0.0,
+    },
+    "backbone": {
+        "steps": 200_000,
+        "batch_size": 256,
+        "base_lr": 1e-3,
+        "warmup_steps": 5_000,
+        "uncond_prob": 0.1,  # classifier-free-guidance style condition dropout
+        "uncond_per": "sample",
+        "init_parts": ("tokenizer",),
+    },
+    "controlnet": {
+        "steps": 140_000,
+        "batch_size": 64,
+        "base_lr": 1e-3,
+        "warmup_steps": 2_800,
+        "uncond_prob": 0.9,
+        "uncond_per": "step",  # "for 90% of the training steps" (sec. 3.4)
+        "init_parts": ("tokenizer", "backbone"),
+    },
+}
+
+RESUME_MUTABLE = frozenset(
+    {"data", "val_data", "num_workers", "log_every", "val_every", "ckpt_every", "keep_last", "verify_data", "device", "tensorboard", "progress"}
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    recipe: str  # tokenizer | backbone | controlnet
+    preset: str  # model preset (controlfoley.presets), built with `model_overrides`
+    data: str  # dataset folder (controlfoley.data.shards format)
+    out: str  # run folder: config.json, metrics.jsonl, checkpoints/
+    model_overrides: Mapping[str, Any] = field(default_factory=dict)  # build_model(preset, **model_overrides)
+    val_data: str | None = None  # held-out dataset folder; else `val_fraction` of `data`
+    val_fraction: float = 0.0  # last clips of `data` held out for validation (when val_data is None)
+    val_max_clips: int = 1024  # validation reads at most this many clips
+    init: str | None = None  # checkpoint file, checkpoint folder or run folder holding pretrained parts
+    init_parts: tuple[str, ...] = ()  # model parts loaded from `init`
+    steps: int = 140_000  # optimizer steps in the whole run (the schedule's length)
+    batch_size: int = 64  # global batch: all ranks and accumulation micro-batches together
+    grad_accum: int = 1  # micro-batches per optimizer step (per rank)
+    base_lr: float = 1e-3
+    lr_reference_batch: int = 256  # peak LR = base_lr x batch_size / lr_reference_batch
+    warmup_steps: int = 2_800
+    min_lr: float = 0.0  # LR at the end of the cosine
+    weight_decay: float = 0.01  # AdamW, on weights of rank >= 2 only
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    uncond_prob: float = 0.9  # probability the CLAP condition is replaced by the unconditional mask
+    uncond_per: str = "step"  # "step": one draw per optimizer step; "sample": one per clip
+    l1_weight: float = 1.0  # tokenizer: mel reconstruction L1
+    l2_weight: float = 0.0  # tokenizer: mel reconstruction L2
+    vq_weight: float = 1.0  # tokenizer: codebook + commitment loss
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False  # torch.compile the training objective
+    seed: int = 0
+    shuffle: bool = True
+    num_workers: int = 2  # DataLoader worker processes
+    log_every: int = 10
+    val_every: int = 1_000  # 0 disables periodic validation
+    ckpt_every: int = 1_000
+    keep_last: int = 3  # checkpoints kept on disk
+    verify_data: str = "header"  # none | size | header | sha256 (see controlfoley.data.shards)
+    device: str = "auto"  # auto: cuda:LOCAL_RANK when available, else cpu
+    tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
+    progress: bool = True  # tqdm progress bar on rank 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model_overrides", dict(self.model_overrides))
+        object.__setattr__(self, "init_parts", tuple(self.init_parts))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        _check_choice("recipe", self.recipe, RECIPES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("uncond_per", self.uncond_per, ("step", "sample"))
+        _check_choice("verify_data", self.verify_data, VERIFY_LEVELS)
+        for name in ("steps", "batch_size", "grad_accum", "lr_reference_batch", "log_every", "ckpt_every", "keep_last", "val_max_clips"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"train config: {name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ConfigError(f"train config: warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
+        if not 0.0 <= self.uncond_prob <= 1.0 or not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError("train config: uncond_prob must be in [0, 1] and val_fraction in [0, 1)")
+        if self.val_every < 0 or self.num_workers < 0 or self.grad_clip < 0:
+            raise ConfigError("train config: val_every, num_workers and grad_clip must be >= 0")
+        if len(self.betas) != 2:
+            raise ConfigError(f"train config: betas must be two numbers, got {self.betas}")
+
+    # -- derived values ------------------------------------------------------------------------
+    @property
+    def peak_lr(self) -> float:
+        return scaled_lr(self.base_lr, self.batch_size, self.lr_reference_batch)
+
+    def lr_schedule(self) -> WarmupCosine:
+        return WarmupCosine(self.peak_lr, self.warmup_steps, self.steps, self.min_lr)
+
+    # -- construction and JSON -----------------------------------------------------------------
+    @classmethod
+    def for_recipe(cls, recipe: str, **fields: Any) -> "TrainConfig":
+        """The recipe's defaults, overridden by `fields` (which must include preset, data, out)."""
+        _check_choice("recipe", recipe, RECIPES)
+        return cls.from_dict({**RECIPE_DEFAULTS[recipe], **fields, "recipe": recipe})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"], d["init_parts"] = list(self.betas), list(self.init_parts)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown train config field(s) {unknown}; known fields: {sorted(known)}")
+        missing = sorted(k for k in ("recipe", "preset", "data", "out") if d.get(k) is None)
+        if missing:
+            raise ConfigError(f"train config needs {missing} (e.g. --preset, --data, --out on the command line)")
+        kw = dict(d)
+        for name in ("betas", "init_parts"):
+            if name in kw:
+                kw[name] = tuple(kw[name])
+        return cls(**kw)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, s: str) -> "TrainConfig":
+        return cls.from_dict(json.loads(s))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def resume_conflicts(self, other: "TrainConfig") -> dict[str, tuple[Any, Any]]:
+        """Fields (outside RESUME_MUTABLE) whose values differ: {name: (self, other)}."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if k not in RESUME_MUTABLE and a[k] != b[k]}
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"train config: {name} must be one of {choices}, got {value!r}")

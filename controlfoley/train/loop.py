@@ -1,0 +1,298 @@
+"""The training loop shared by the three recipes (`train(cfg)`), on one device or many (torchrun).
+
+Features
+- Everything that can be wrong is checked before the first step: run folder vs --resume, config
+  changes on resume, the checkpoint's model config vs the preset, `init` parts, dataset shards
+  (missing, corrupt, empty) and their shapes vs the preset.
+- AdamW over the trainable parameters only (weight decay on tensors of rank >= 2), the LR set from
+  `WarmupCosine` at every step, gradient accumulation (DDP `no_sync` on all but the last
+  micro-batch), global-norm gradient clipping, bf16 autocast on CUDA, optional torch.compile.
+- A non-finite loss or gradient norm stops the run with a TrainingError before the optimizer
+  step: parameters and the last checkpoint are untouched.
+- Deterministic: data order and random masks are functions of (seed, step) (see `recipes` and
+  `ShardedSampler`), RNG states are saved, so resuming after a kill reproduces an uninterrupted
+  run bit for bit on CPU.
+- Rank 0 alone logs (tqdm bar with loss, LR, clips/s; metrics.jsonl; TensorBoard) and writes
+  checkpoints; validation is sharded over ranks and summed.
+"""
+
+import contextlib
+import math
+import random
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from controlfoley._io import atomic_write_text
+from controlfoley.checkpoint import load_parts
+from controlfoley.data.dataset import ShardDataset, ShardedSampler, collate, epoch_permutation
+from controlfoley.errors import TrainingError
+from controlfoley.model import SpecMaskFoley, build_model
+from controlfoley.train.checkpoints import RunDir, TrainState, resolve_model_file, restore_rng
+from controlfoley.train.config import TrainConfig
+from controlfoley.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from controlfoley.train.metrics import MetricsLogger
+from controlfoley.train.recipes import Recipe, StepPlan, get_recipe
+
+__all__ = ["train", "Trainer"]
+
+_VAL_SPLIT_SEED = 20_240_917  # fixed, so the held-out clips do not change with the training seed
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, stop_at: int | None = None) -> dict[str, Any]:
+    """Run (or resume) a training run; returns the last train and validation metrics.
+
+    `stop_at`: end this invocation after that many optimizer steps (with a checkpoint) without
+    changing the schedule; `--resume` continues later."""
+    started = not torch.distributed.is_initialized()
+    info = init_distributed(cfg.device)
+    try:
+        return Trainer(cfg, info, resume=resume).run(stop_at)
+    finally:
+        if started:
+            shutdown(info)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, info: DistInfo, *, resume: bool = False) -> None:
+        self.info, self.run_dir = info, RunDir(cfg.out)
+        self.cfg = cfg = self._settle_config(cfg, resume)
+        _seed_everything(cfg.seed)
+        self.recipe: Recipe = get_recipe(cfg.recipe)
+        self.model: SpecMaskFoley = build_model(cfg.preset, **cfg.model_overrides)
+        ckpt_dir = self.run_dir.latest_dir() if resume else None
+        self._load_weights(ckpt_dir)
+        self.recipe.prepare(self.model)
+        self.model.to(info.device)
+        self.train_ds, self.val_ds = self._datasets()
+        self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.params:
+            raise TrainingError(f"recipe {cfg.recipe!r} left no trainable parameters in preset {cfg.preset!r}")
+        self.optimizer = self._optimizer()
+        self.start_step = 0
+        if ckpt_dir is not None:
+            self._restore(self.run_dir.load_state(ckpt_dir))
+        self.objective = self.recipe.objective(self.model, cfg)
+        self.module = self._wrap(self.objective)
+        self.sampler = ShardedSampler(
+            len(self.train_ds), cfg.batch_size, world_size=info.world_size, rank=info.rank, micro_batches=cfg.grad_accum,
+            seed=cfg.seed, shuffle=cfg.shuffle, start_step=self.start_step, stop_step=cfg.steps,
+        )  # fmt: skip
+        self.schedule = cfg.lr_schedule()
+        self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and info.device.type == "cuda")
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def _settle_config(self, cfg: TrainConfig, resume: bool) -> TrainConfig:
+        rd = self.run_dir
+        if resume:
+            if not rd.config_path.is_file():
+                raise TrainingError(f"nothing to resume in {rd.root}: it has no config.json. Start the run without --resume.")
+            saved = TrainConfig.from_json(rd.config_path.read_text(encoding="utf-8"))
+            conflicts = saved.resume_conflicts(cfg)
+            if conflicts:
+                lines = ", ".join(f"{k}: run {a!r} vs now {b!r}" for k, (a, b) in conflicts.items())
+                raise TrainingError(
+                    f"--resume continues the run in {rd.root} with its own settings, but these differ: {lines}. "
+                    "Drop those flags, or start a new --out."
+                )
+        elif rd.latest_dir() is not None:
+            raise TrainingError(f"{rd.root} already holds a run with checkpoints; pass --resume to continue it, or choose another --out")
+        if self.info.is_main:
+            atomic_write_text(rd.config_path, cfg.to_json())
+        return cfg
+
+    def _load_weights(self, ckpt_dir: Path | None) -> None:
+        cfg = self.cfg
+        if ckpt_dir is not None:
+            self.run_dir.load_model_weights(ckpt_dir, self.model)
+        elif cfg.init is not None:
+            load_parts(self.model, resolve_model_file(cfg.init), cfg.init_parts)
+        elif cfg.recipe == "controlnet":
+            warnings.warn("controlnet recipe without --init: the ControlNet trains against a randomly initialised backbone", stacklevel=3)
+
+    def _datasets(self) -> tuple[ShardDataset, ShardDataset | None]:
+        cfg = self.cfg
+        full = self._open_dataset(cfg.data)
+        if cfg.val_data is not None:
+            return full, self._open_dataset(cfg.val_data)
+        if cfg.val_fraction <= 0:
+            return full, None
+        order = epoch_permutation(len(full), _VAL_SPLIT_SEED, 0).tolist()
+        n_val = max(1, int(len(full) * cfg.val_fraction))
+        return full.subset(sorted(order[n_val:])), full.subset(sorted(order[:n_val]))
+
+    def _open_dataset(self, root: str) -> ShardDataset:
+        ds = ShardDataset(root, verify=self.cfg.verify_data)
+        self.recipe.check_data(self.model, ds)
+        return ds.with_keys(self.recipe.needed_keys(self.model, ds))
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        decay = [p for p in self.params if p.ndim >= 2]
+        no_decay = [p for p in self.params if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.cfg.peak_lr, betas=self.cfg.betas)
+
+    def _restore(self, state: TrainState) -> None:
+        if state.param_names != self.names:
+            raise TrainingError(f"checkpoint {state.path} trained other parameters than this run's recipe {self.cfg.recipe!r}; start a new --out")
+        self.optimizer.load_state_dict(state.optimizer)
+        restore_rng(state.rng["tensors"], state.rng["meta"])
+        self.start_step = state.step
+        if self.info.is_main:
+            self.run_dir.drop_after(state.step)
+
+    def _wrap(self, objective: nn.Module) -> nn.Module:
+        module: nn.Module = objective
+        if self.info.distributed:
+            ids = [self.info.device.index] if self.info.device.type == "cuda" else None
+            module = DistributedDataParallel(objective, device_ids=ids, broadcast_buffers=False)
+        if self.cfg.compile:
+            module = torch.compile(module)
+        return module
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self, stop_at: int | None = None) -> dict[str, Any]:
+        cfg, info = self.cfg, self.info
+        stop = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+        log = MetricsLogger(self.run_dir.metrics_path, enabled=info.is_main, tensorboard=cfg.tensorboard, resume_step=self.start_step)
+        bar = tqdm(total=cfg.steps, initial=self.start_step, disable=not (info.is_main and cfg.progress), dynamic_ncols=True, desc=cfg.recipe)
+        batches = self._batches()
+        result: dict[str, Any] = {"step": self.start_step, "train": {}, "val": {}}
+        t0, last = time.perf_counter(), self.start_step
+        try:
+            for step in range(self.start_step, stop):
+                values = self._train_step(step, batches)
+                done = step + 1
+                result.update(step=done, train=values)
+                if done % cfg.log_every == 0 or done == stop:
+                    now = time.perf_counter()
+                    values["clips_per_s"] = cfg.batch_size * (done - last) / max(now - t0, 1e-9)
+                    t0, last = now, done
+                    log.log(done, "train", values)
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", clips_s=f"{values['clips_per_s']:.1f}")
+                bar.update(1)
+                if self.val_ds is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.steps):
+                    result["val"] = self.validate()
+                    log.log(done, "val", result["val"])
+                if done % cfg.ckpt_every == 0 or done == stop:
+                    self._checkpoint(done)
+            if stop == cfg.steps and info.is_main:
+                self.model.save(self.run_dir.final_model)
+        finally:
+            bar.close()
+            log.close()
+        barrier(info)
+        return result
+
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        cfg = self.cfg
+        loader = DataLoader(
+            self.train_ds, batch_sampler=self.sampler, collate_fn=collate, num_workers=cfg.num_workers,
+            pin_memory=self.info.device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
+        )  # fmt: skip
+        return iter(loader)
+
+    def _train_step(self, step: int, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, float]:
+        cfg, info = self.cfg, self.info
+        lr = self.schedule(step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        plan = self.recipe.plan(cfg, self.model, step, cfg.batch_size)
+        totals: dict[str, torch.Tensor] = {}
+        for micro in range(cfg.grad_accum):
+            batch = {k: v.to(info.device, non_blocking=True) for k, v in next(batches).items()}
+            args = self._plan_args(plan, self.sampler.rows(micro))
+            sync = micro == cfg.grad_accum - 1 or not info.distributed
+            with contextlib.nullcontext() if sync else self.module.no_sync():
+                with self._autocast():
+                    loss, stats = self.module(batch, *args)
+                (loss * (info.world_size / plan.denom)).backward()
+            _accumulate(totals, stats)
+        values = self.recipe.summarize(self._reduce(totals))
+        norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        values.update(lr=lr, grad_norm=float(norm))
+        if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(self._nonfinite_message(step + 1, values))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return values
+
+    def _plan_args(self, plan: StepPlan, rows: list[int]) -> list[torch.Tensor]:
+        idx = torch.tensor(rows, dtype=torch.long)
+        return [plan.rows[k][idx].to(self.info.device, non_blocking=True) for k in self.recipe.objective_args]
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.autocast(self.info.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    def _reduce(self, totals: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Sum statistics over ranks in one collective (one flat vector)."""
+        keys = sorted(totals)
+        flat = torch.cat([totals[k].reshape(-1).double() for k in keys])
+        flat = all_reduce_sum(flat, self.info).cpu()
+        out, i = {}, 0
+        for k in keys:
+            n = totals[k].numel()
+            out[k] = flat[i : i + n].reshape(totals[k].shape)
+            i += n
+        return out
+
+    def _nonfinite_message(self, step: int, values: dict[str, float]) -> str:
+        latest = self.run_dir.latest_dir()
+        where = f"the last good checkpoint is {latest}" if latest is not None else "no checkpoint was written yet"
+        return (
+            f"non-finite training loss ({values['loss']}) or gradient norm ({values['grad_norm']}) at step {step}: "
+            f"training stopped before the optimizer step; {where}. Lower --base-lr, keep --grad-clip on, or check "
+            "the data for NaN/inf features, then resume with --resume."
+        )
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Validation loss over (at most val_max_clips) held-out clips, sharded over ranks."""
+        cfg, info, ds = self.cfg, self.info, self.val_ds
+        mine = list(range(info.rank, min(len(ds), cfg.val_max_clips), info.world_size))
+        size = max(1, cfg.batch_size // (info.world_size * cfg.grad_accum))
+        chunks = [mine[i : i + size] for i in range(0, len(mine), size)]
+        weight = 1.0
+        if not chunks:  # fewer clips than ranks: still join the collective, with a zero-weighted clip
+            chunks, weight = [[0]], 0.0
+        totals: dict[str, torch.Tensor] = {}
+        self.model.eval()
+        try:
+            for chunk in chunks:
+                batch = {k: v.to(info.device) for k, v in collate([ds[j] for j in chunk]).items()}
+                plan = self.recipe.val_plan(cfg, self.model, chunk)
+                args = [plan.rows[k].to(info.device) for k in self.recipe.objective_args]
+                with self._autocast():
+                    _, stats = self.objective(batch, *args)
+                _accumulate(totals, {k: v * weight for k, v in stats.items()})
+        finally:
+            self.model.train()
+        return self.recipe.summarize(self._reduce(totals))
+
+    def _checkpoint(self, step: int) -> None:
+        if self.info.is_main:
+            extra = {"recipe": self.cfg.recipe, "preset": self.cfg.preset}
+            self.run_dir.save(step, self.model, self.optimizer, self.names, self.cfg.keep_last, extra)
+
+
+def _accumulate(totals: dict[str, torch.Tensor], stats: dict[str, torch.Tensor]) -> None:
+    for k, v in stats.items():
+        v = v.detach().double()
+        totals[k] = totals[k] + v if k in totals else v
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

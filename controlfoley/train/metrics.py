@@ -1,0 +1,80 @@
+"""Training metrics: one JSON object per line in RUN/metrics.jsonl, and TensorBoard events when installed.
+
+- Lines look like `{"step": 100, "split": "train", "loss": 5.41, "lr": 0.00025, "clips_per_s": 812.0, "time": 1.7e9}`.
+- On resume the file is cut back to the checkpoint's step (atomically), so a run that was killed
+  and resumed has the same lines as one that was not.
+- TensorBoard (`RUN/tb/`) through `torch.utils.tensorboard` when the `tensorboard` package is
+  installed (`pip install 'controlfoley[tensorboard]'`); without it, JSONL alone.
+Only rank 0 writes; other ranks hold a disabled logger.
+"""
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from controlfoley._io import atomic_write_text
+from controlfoley.errors import MissingDependencyError, require
+
+__all__ = ["MetricsLogger", "read_metrics"]
+
+
+def read_metrics(path: str | Path, split: str | None = None) -> list[dict[str, Any]]:
+    """Lines of a metrics.jsonl file (optionally one split); a torn last line is skipped."""
+    rows = []
+    p = Path(path)
+    if not p.is_file():
+        return rows
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if split is None or row.get("split") == split:
+            rows.append(row)
+    return rows
+
+
+class MetricsLogger:
+    def __init__(self, path: Path, *, enabled: bool, tensorboard: bool, resume_step: int | None = None) -> None:
+        self.path, self.enabled = path, enabled
+        self._tb: Any = None
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= resume_step]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        elif path.exists():
+            path.unlink()
+        if tensorboard:
+            try:
+                tb = require("torch.utils.tensorboard", extra="tensorboard", purpose="TensorBoard logging")
+                self._tb = tb.SummaryWriter(str(path.parent / "tb"), purge_step=resume_step)
+            except MissingDependencyError:
+                self._tb = None
+        self._file = open(path, "a", encoding="utf-8")
+
+    def log(self, step: int, split: str, values: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "split": split, **{k: _clean(v) for k, v in values.items()}, "time": time.time()}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(f"{split}/{k}", float(v), step)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _clean(v: float) -> float | str:
+    v = float(v)
+    return v if math.isfinite(v) else str(v)  # JSON has no NaN/inf literals

@@ -1,0 +1,251 @@
+"""The three training recipes: what trains, on which inputs, with which loss.
+
+- `tokenizer`: the SpecVQGAN tokenizer alone, on stored mels: L1 (and optionally L2)
+  reconstruction + the VQ loss (codebook + beta x commitment); reports codebook usage and
+  perplexity from the code histogram of the whole global batch.
+- `backbone`: SpecMaskGIT masked-token pretraining (MaskGIT: cosine mask ratio, cross-entropy on
+  masked tokens) with the conditional mask: the CLAP-like `clap` feature, when the dataset has it,
+  is replaced by the unconditional mask with probability `uncond_prob`.
+- `controlnet`: SpecMaskFoley sec. 4.2: backbone frozen (`freeze_backbone`), video features through
+  control encoder -> aligner -> ControlNet, CLAP replaced by the unconditional mask on 90% of steps,
+  cross-entropy only.
+
+Exact global normalisation: the random parts of a step (token masks, condition drops) are drawn
+for the whole global batch from a generator seeded by (seed, step) - the `StepPlan` - and every
+rank and micro-batch takes its rows. Each objective returns a *sum* over its rows; the trainer
+divides by the global count (masked tokens, or clips), so gradients do not depend on how a batch
+is split over ranks and accumulation steps, and a resumed run draws the same masks.
+"""
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from controlfoley.config import ConfigError
+from controlfoley.data.dataset import ShardDataset, require_features
+from controlfoley.errors import DataError, ShapeError
+from controlfoley.model import SpecMaskFoley, masked_token_mask
+from controlfoley.train.config import TrainConfig
+from controlfoley.typing import Bool, Float, Tensor
+
+__all__ = ["Recipe", "StepPlan", "TokenizerObjective", "MaskedTokenObjective", "get_recipe", "step_generator"]
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator that depends only on (seed, step, stream): no state to save for resuming."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) * 7 + int(stream))
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Random choices of one global batch: per-row tensors (first dim = global batch) and the
+    count the summed loss is divided by."""
+
+    rows: dict[str, Tensor]
+    denom: float
+
+
+class TokenizerObjective(nn.Module):
+    """Reconstruction + VQ loss of the tokenizer, summed over the clips of a micro-batch."""
+
+    def __init__(self, tokenizer: nn.Module, l1_weight: float, l2_weight: float, vq_weight: float) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.l1_weight, self.l2_weight, self.vq_weight = l1_weight, l2_weight, vq_weight
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Float[Tensor, ""], dict[str, Tensor]]:
+        mel = batch["mel"].float()
+        recon, codes, vq = self.tokenizer(mel)
+        err = (recon.float() - mel).flatten(1)
+        l1, l2 = err.abs().mean(1), err.pow(2).mean(1)  # per clip
+        b = mel.shape[0]
+        vq_sum = vq.float() * b  # vq is a mean over equally sized clips: x b gives the sum of per-clip means
+        loss = self.l1_weight * l1.sum() + self.l2_weight * l2.sum() + self.vq_weight * vq_sum
+        hist = torch.bincount(codes.flatten(), minlength=self.tokenizer.codebook_size).float()
+        stats = {
+            "loss": loss.detach(),
+            "rec_l1": l1.sum().detach(),
+            "rec_l2": l2.sum().detach(),
+            "vq": vq_sum.detach(),
+            "clips": mel.new_tensor(float(b)),
+            "code_hist": hist,
+        }
+        return loss, stats
+
+
+class MaskedTokenObjective(nn.Module):
+    """Masked-token cross-entropy (summed over the masked tokens of a micro-batch)."""
+
+    def __init__(self, model: SpecMaskFoley, use_control: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.use_control = use_control
+        self.control_keys = tuple(model.control_encoder.required_features) if use_control else ()
+
+    def forward(self, batch: dict[str, Tensor], mask: Bool[Tensor, "b l"], cond_on: Bool[Tensor, " b"]) -> tuple[Float[Tensor, ""], dict[str, Tensor]]:
+        model = self.model
+        codes = batch["tokens"].long()
+        if tuple(codes.shape[1:]) != model.grid:
+            raise ShapeError(f"token maps must be [batch, {model.grid[0]}, {model.grid[1]}], got {list(codes.shape)}")
+        flat = codes.flatten(1)
+        cond = batch["clap"].float() if "clap" in batch else None
+        control = model.encode_control({k: batch[k].float() for k in self.control_keys}) if self.use_control else None
+        logits = model(flat, mask, cond=cond, cond_on=cond_on if cond is not None else None, control=control)
+        picked, target = logits[mask].float(), flat[mask]
+        ce = F.cross_entropy(picked, target, reduction="sum")
+        with torch.no_grad():
+            correct = (picked.argmax(-1) == target).sum().float()
+        stats = {"ce": ce.detach(), "correct": correct, "masked": mask.sum().float(), "clips": ce.new_tensor(float(codes.shape[0]))}
+        return ce, stats
+
+
+class Recipe(abc.ABC):
+    """What one recipe trains and how; subclasses fill in the parts that differ."""
+
+    name = ""
+    objective_args: tuple[str, ...] = ()  # keys of StepPlan.rows passed to the objective
+
+    @abc.abstractmethod
+    def prepare(self, model: SpecMaskFoley) -> None:
+        """Set requires_grad: what trains and what stays frozen."""
+
+    @abc.abstractmethod
+    def needed_keys(self, model: SpecMaskFoley, ds: ShardDataset) -> tuple[str, ...]:
+        """Dataset features this recipe reads."""
+
+    @abc.abstractmethod
+    def check_data(self, model: SpecMaskFoley, ds: ShardDataset) -> None:
+        """DataError before any step when the dataset does not fit this model."""
+
+    @abc.abstractmethod
+    def objective(self, model: SpecMaskFoley, cfg: TrainConfig) -> nn.Module:
+        """The module DDP wraps: forward(batch, *plan rows) -> (summed loss, summed statistics)."""
+
+    @abc.abstractmethod
+    def summarize(self, stats: Mapping[str, Tensor]) -> dict[str, float]:
+        """Metrics from statistics summed over micro-batches and ranks."""
+
+    def plan(self, cfg: TrainConfig, model: SpecMaskFoley, step: int, batch: int) -> StepPlan:
+        """The step's random choices; by default none, and the loss is a mean over clips."""
+        return StepPlan({}, float(batch))
+
+    def val_plan(self, cfg: TrainConfig, model: SpecMaskFoley, clip_indices: list[int]) -> StepPlan:
+        return StepPlan({}, 1.0)
+
+
+class TokenizerRecipe(Recipe):
+    name = "tokenizer"
+
+    def prepare(self, model: SpecMaskFoley) -> None:
+        model.requires_grad_(False)
+        model.tokenizer.requires_grad_(True)
+
+    def needed_keys(self, model: SpecMaskFoley, ds: ShardDataset) -> tuple[str, ...]:
+        return ("mel",)
+
+    def check_data(self, model: SpecMaskFoley, ds: ShardDataset) -> None:
+        want = (int(model.tokenizer.n_mels), int(model.config.n_frames))
+        require_features(ds, {"mel": want}, hint="Extract mels with `controlfoley extract --mel` for this preset.")
+
+    def objective(self, model: SpecMaskFoley, cfg: TrainConfig) -> nn.Module:
+        return TokenizerObjective(model.tokenizer, cfg.l1_weight, cfg.l2_weight, cfg.vq_weight)
+
+    def summarize(self, stats: Mapping[str, Tensor]) -> dict[str, float]:
+        n = float(stats["clips"])
+        hist = stats["code_hist"].double()
+        p = hist / hist.sum().clamp_min(1.0)
+        perplexity = float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
+        used = int((hist > 0).sum())
+        return {
+            "loss": float(stats["loss"]) / n,
+            "rec_l1": float(stats["rec_l1"]) / n,
+            "rec_l2": float(stats["rec_l2"]) / n,
+            "vq": float(stats["vq"]) / n,
+            "codebook_used": float(used),
+            "codebook_frac": used / hist.numel(),
+            "perplexity": perplexity,
+        }
+
+
+class MaskedTokenRecipe(Recipe):
+    name = "backbone"
+    objective_args = ("mask", "cond_on")
+    use_control = False
+
+    def prepare(self, model: SpecMaskFoley) -> None:
+        model.requires_grad_(False)
+        model.backbone.requires_grad_(True)
+
+    def needed_keys(self, model: SpecMaskFoley, ds: ShardDataset) -> tuple[str, ...]:
+        keys = ["tokens", *(k for k in ("clap",) if k in ds.index.features)]
+        if self.use_control:
+            keys += list(model.control_encoder.required_features)
+        return tuple(keys)
+
+    def check_data(self, model: SpecMaskFoley, ds: ShardDataset) -> None:
+        hint = f"Extract the dataset for this preset ({model.config.name}): `controlfoley extract --preset {model.config.name} ...`."
+        require_features(ds, {"tokens": model.grid, "clap": (int(model.backbone.cond_dim),)}, optional=("clap",), hint=hint)
+        dtype = ds.index.features["tokens"].dtype
+        if not dtype.startswith(("int", "uint")):
+            raise DataError(f"dataset {ds.root}: tokens are stored as {dtype}; token maps must be integers. {hint}")
+        size = ds.info.get("codebook_size")
+        if size is not None and int(size) != int(model.backbone.vocab_size):
+            raise DataError(f"dataset {ds.root} was tokenized with a codebook of {size}, this model's has {model.backbone.vocab_size}. {hint}")
+
+    def objective(self, model: SpecMaskFoley, cfg: TrainConfig) -> nn.Module:
+        return MaskedTokenObjective(model, self.use_control)
+
+    def _draw(self, cfg: TrainConfig, n_tokens: int, batch: int, g: torch.Generator) -> dict[str, Tensor]:
+        mask = masked_token_mask(batch, n_tokens, g, torch.device("cpu"))
+        if cfg.uncond_per == "sample":
+            cond_on = torch.rand(batch, generator=g) >= cfg.uncond_prob
+        else:
+            cond_on = (torch.rand(1, generator=g) >= cfg.uncond_prob).expand(batch).clone()
+        return {"mask": mask, "cond_on": cond_on}
+
+    def plan(self, cfg: TrainConfig, model: SpecMaskFoley, step: int, batch: int) -> StepPlan:
+        rows = self._draw(cfg, model.n_tokens, batch, step_generator(cfg.seed, step))
+        return StepPlan(rows, float(rows["mask"].sum()))
+
+    def val_plan(self, cfg: TrainConfig, model: SpecMaskFoley, clip_indices: list[int]) -> StepPlan:
+        # one generator per clip: the validation loss does not depend on batching or rank count
+        parts = [self._draw(cfg.replace(uncond_per="sample"), model.n_tokens, 1, step_generator(cfg.seed, i, stream=1)) for i in clip_indices]
+        return StepPlan({k: torch.cat([p[k] for p in parts]) for k in ("mask", "cond_on")}, 1.0)
+
+    def summarize(self, stats: Mapping[str, Tensor]) -> dict[str, float]:
+        masked = max(float(stats["masked"]), 1.0)
+        return {"loss": float(stats["ce"]) / masked, "acc_masked": float(stats["correct"]) / masked, "masked_per_clip": masked / float(stats["clips"])}
+
+
+class ControlNetRecipe(MaskedTokenRecipe):
+    name = "controlnet"
+    use_control = True
+
+    def prepare(self, model: SpecMaskFoley) -> None:
+        if not model.has_control:
+            raise ConfigError(f"preset {model.config.name!r} has no ControlNet; the controlnet recipe needs one (e.g. specmaskfoley)")
+        model.freeze_backbone()
+
+    def check_data(self, model: SpecMaskFoley, ds: ShardDataset) -> None:
+        super().check_data(model, ds)
+        keys = tuple(model.control_encoder.required_features)
+        require_features(ds, {k: None for k in keys}, hint="Extract the video features with `controlfoley extract`.")
+        first = ds[0]
+        try:  # one clip through the control encoder: feature widths of another preset fail here
+            with torch.no_grad():
+                model.control_encoder({k: first[k].float()[None].to(model.device) for k in keys})
+        except ShapeError as e:
+            raise DataError(f"dataset {ds.root}: its video features do not fit this model: {e}") from e
+
+
+_RECIPES: dict[str, type[Recipe]] = {"tokenizer": TokenizerRecipe, "backbone": MaskedTokenRecipe, "controlnet": ControlNetRecipe}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in _RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose one of {sorted(_RECIPES)}")
+    return _RECIPES[name]()

@@ -1,0 +1,236 @@
+"""Training system: LR schedule, config round trip, the three recipes, resume after SIGKILL (bit
+identical on CPU), NaN stop, and every bad input refused before the first step."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import micro_overrides
+
+from controlfoley.checkpoint import read_state_dict
+from controlfoley.config import ConfigError
+from controlfoley.data.shards import ShardWriter
+from controlfoley.errors import CheckpointError, DataError, TrainingError
+from controlfoley.train import TrainConfig, WarmupCosine, scaled_lr, train
+from controlfoley.train.cli import main as train_main
+from controlfoley.train.metrics import read_metrics
+
+GRID, VOCAB = (5, 32), 64  # specmaskfoley_tiny with micro_overrides: 512 frames -> 5 x 32 tokens, 64 codes
+
+
+def write_data(root: Path, n: int = 16, *, grid: tuple[int, int] = GRID, mel: bool = False, huge_clap: int | None = None, seed: int = 0) -> Path:
+    """Random clips in the shapes of the micro model: tokens, sync [12, 24], clip [4, 12], clap [16]."""
+    g = torch.Generator().manual_seed(seed)
+    with ShardWriter(root, shard_size=5, info={"grid": list(grid), "codebook_size": VOCAB}) as w:
+        for i in range(n):
+            clip = {
+                "tokens": torch.randint(0, VOCAB, grid, generator=g),
+                "sync": torch.randn(12, 24, generator=g),
+                "clip": torch.randn(4, 12, generator=g),
+                "clap": torch.full((16,), 3e38) if i == huge_clap else torch.randn(16, generator=g),
+            }
+            if mel:
+                clip["mel"] = torch.rand(80, 512, generator=g) * 2 - 1
+            w.add(f"c{i}", clip)
+    return root
+
+
+def config(recipe: str, data: Path, out: Path, **kw: Any) -> TrainConfig:
+    base = dict(
+        preset="specmaskfoley_tiny", data=str(data), out=str(out), model_overrides=micro_overrides(), steps=6, batch_size=4,
+        warmup_steps=2, log_every=1, ckpt_every=2, val_every=0, num_workers=0, progress=False, tensorboard=False,
+    )  # fmt: skip
+    return TrainConfig.for_recipe(recipe, **{**base, **kw})
+
+
+def final_state(out: Path) -> dict[str, torch.Tensor]:
+    return read_state_dict(out / "model.safetensors")[0]
+
+
+def losses(out: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(out / "metrics.jsonl", "train")]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_data(tmp_path_factory.mktemp("data") / "ds")
+
+
+# -- schedule and config ---------------------------------------------------------------------------
+def test_paper_lr_schedule() -> None:
+    cfg = TrainConfig.for_recipe("controlnet", preset="specmaskfoley", data="d", out="o")
+    assert (cfg.steps, cfg.batch_size, cfg.warmup_steps, cfg.uncond_prob) == (140_000, 64, 2_800, 0.9)
+    assert cfg.peak_lr == pytest.approx(2.5e-4) == scaled_lr(1e-3, 64)  # 1e-3 x 64 / 256
+    assert scaled_lr(1e-3, 512) == pytest.approx(2e-3)
+    s = cfg.lr_schedule()
+    assert s(0) == pytest.approx(2.5e-4 / 2800)
+    assert s(1399) == pytest.approx(2.5e-4 / 2)
+    assert s(2799) == pytest.approx(2.5e-4) and s(2800) == pytest.approx(2.5e-4)  # warm-up end
+    assert s(2800 + (140_000 - 2800) // 2) == pytest.approx(1.25e-4)  # half way down the cosine
+    assert s(140_000) == 0.0 and s(139_999) < 1e-12  # cosine end
+    values = [s(k) for k in range(2800, 140_001, 997)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert WarmupCosine(1.0, 0, 10, 0.1)(0) == 1.0 and WarmupCosine(1.0, 0, 10, 0.1)(10) == pytest.approx(0.1)
+
+
+def test_config_round_trip_and_errors() -> None:
+    cfg = TrainConfig.for_recipe("backbone", preset="p", data="d", out="o", model_overrides={"backbone": {"depth": 2}}, betas=(0.9, 0.95))
+    again = TrainConfig.from_json(cfg.to_json())
+    assert again == cfg and again.betas == (0.9, 0.95) and again.init_parts == ("tokenizer",)
+    with pytest.raises(ConfigError, match="unknown train config field"):
+        TrainConfig.from_dict({**cfg.to_dict(), "lr_warmup": 3})
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        cfg.replace(warmup_steps=10**9)
+    assert cfg.resume_conflicts(cfg.replace(num_workers=7)) == {}
+    assert set(cfg.resume_conflicts(cfg.replace(seed=1, preset="q"))) == {"seed", "preset"}
+
+
+def test_cli_print_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c.json").write_text(json.dumps({"steps": 50, "grad_clip": 0.5}))
+    rc = train_main(["controlnet", "--preset", "specmaskfoley", "--data", "d", "--out", "o", "--config", str(tmp_path / "c.json"),
+                     "--steps", "7000", "--init-parts", "backbone", "--model", "aligner=plain1d", "--no-shuffle", "--print-config"])  # fmt: skip
+    cfg = TrainConfig.from_json(capsys.readouterr().out)
+    assert rc == 0 and cfg.steps == 7000 and cfg.grad_clip == 0.5 and cfg.base_lr == 1e-3 and cfg.warmup_steps == 2800
+    assert cfg.init_parts == ("backbone",) and cfg.model_overrides == {"aligner": "plain1d"} and cfg.shuffle is False
+
+
+# -- recipes ---------------------------------------------------------------------------------------
+def test_controlnet_recipe_trains_only_control(data: Path, tmp_path: Path) -> None:
+    init = tmp_path / "bb"
+    train(config("backbone", data, init, steps=2))
+    out = tmp_path / "cn"
+    result = train(config("controlnet", data, out, steps=3, init=str(init), val_fraction=0.25, val_every=3))
+    before, after = final_state(init), final_state(out)
+    for k, v in after.items():
+        if k.startswith(("backbone.", "tokenizer.")):
+            assert torch.equal(v, before[k]), k  # frozen, and loaded from the backbone run
+    changed = [k for k in after if k.startswith(("controlnet.", "control_encoder.", "aligner.")) and not torch.equal(after[k], _fresh_state()[k])]
+    assert any(k.startswith("controlnet.outs") for k in changed) and any(k.startswith("aligner.") for k in changed)
+    assert math.isfinite(result["val"]["loss"]) and "acc_masked" in result["train"]
+    rows = read_metrics(out / "metrics.jsonl")
+    assert {r["split"] for r in rows} == {"train", "val"}
+    assert {"loss", "lr", "clips_per_s", "grad_norm"} <= set(rows[0])
+
+
+def _fresh_state() -> dict[str, torch.Tensor]:
+    from controlfoley import build_model
+
+    torch.manual_seed(0)
+    return build_model("specmaskfoley_tiny", **micro_overrides()).state_dict()
+
+
+def test_tokenizer_recipe_reports_codebook(tmp_path: Path) -> None:
+    ds = write_data(tmp_path / "mel", n=6, mel=True)
+    out = tmp_path / "tok"
+    result = train(config("tokenizer", ds, out, steps=2, batch_size=2, val_fraction=0.34, val_every=2))
+    for split in ("train", "val"):
+        v = result[split]
+        assert 1 <= v["codebook_used"] <= VOCAB and 1.0 <= v["perplexity"] <= VOCAB and math.isfinite(v["rec_l1"])
+    before, after = _fresh_state(), final_state(out)
+    assert all(torch.equal(after[k], before[k]) for k in after if k.startswith("backbone."))
+    assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("tokenizer."))
+
+
+def test_grad_accumulation_matches_full_batch(data: Path, tmp_path: Path) -> None:
+    train(config("backbone", data, tmp_path / "a", steps=2))
+    train(config("backbone", data, tmp_path / "b", steps=2, grad_accum=2))
+    a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5) for k in a)
+    assert losses(tmp_path / "a") == pytest.approx(losses(tmp_path / "b"), rel=1e-6)
+
+
+# -- resume ----------------------------------------------------------------------------------------
+def test_resume_after_stop_is_bit_identical(data: Path, tmp_path: Path) -> None:
+    train(config("backbone", data, tmp_path / "full"))
+    cfg = config("backbone", data, tmp_path / "split", keep_last=1)
+    train(cfg, stop_at=3)
+    assert sorted(p.name for p in (tmp_path / "split" / "checkpoints").iterdir()) == ["latest", "step-00000003"]
+    train(cfg, resume=True)
+    full, split = final_state(tmp_path / "full"), final_state(tmp_path / "split")
+    assert all(torch.equal(full[k], split[k]) for k in full)
+    assert losses(tmp_path / "full") == losses(tmp_path / "split") and len(losses(tmp_path / "full")) == 6
+
+
+def test_resume_after_sigkill_is_bit_identical(data: Path, tmp_path: Path) -> None:
+    steps = 40  # long enough that the kill lands mid-run (asserted below), short enough for CI
+    ref = tmp_path / "ref"
+    train(config("backbone", data, ref, steps=steps, ckpt_every=5))
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "controlfoley.train", "backbone", "--preset", "specmaskfoley_tiny", "--data", str(data), "--out", str(out),
+           "--steps", str(steps), "--batch-size", "4", "--warmup-steps", "2", "--log-every", "1", "--ckpt-every", "5", "--val-every", "0",
+           "--num-workers", "0", "--no-progress", "--no-tensorboard"]  # fmt: skip
+    for k, v in micro_overrides().items():
+        cmd += ["--model", f"{k}={json.dumps(v)}"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(losses(out)) < 12:
+        time.sleep(0.02)
+    killed_at = len(losses(out))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 12 <= killed_at < steps, f"the run was not killed mid-run ({killed_at} steps logged): {proc.stderr.read().decode()[-2000:]}"
+    result = train(config("backbone", data, out, steps=steps, ckpt_every=5), resume=True)
+    assert result["step"] == steps
+    a, b = final_state(ref), final_state(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(ref) == losses(out)
+
+
+# -- failures before any step, and NaN ------------------------------------------------------------
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    from controlfoley.model import from_pretrained
+
+    ds = write_data(tmp_path / "nan", n=16, huge_clap=6)  # finite on disk; overflows in the network
+    out = tmp_path / "run"
+    cfg = config("backbone", ds, out, batch_size=2, shuffle=False, uncond_prob=0.0, ckpt_every=2)
+    with pytest.raises(TrainingError, match=r"non-finite training loss .* at step 4.*step-00000002"):
+        train(cfg)
+    assert (out / "checkpoints" / "latest").read_text() == "step-00000002"
+    model = from_pretrained(out / "checkpoints" / "step-00000002")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert len(losses(out)) == 3
+
+
+def test_bad_inputs_fail_before_any_step(data: Path, tmp_path: Path) -> None:
+    wrong = write_data(tmp_path / "wrong", n=8, grid=(5, 16))
+    with pytest.raises(DataError, match=r"\[5, 16\].*\[5, 32\]"):
+        train(config("backbone", wrong, tmp_path / "r1"))
+    with pytest.raises(DataError, match="no feature 'mel'"):
+        train(config("tokenizer", data, tmp_path / "r2"))
+    with pytest.raises(DataError, match="fewer than one global batch"):
+        train(config("backbone", data, tmp_path / "r3", batch_size=32))
+    (tmp_path / "gone").mkdir()
+    with pytest.raises(DataError, match="index.json"):
+        train(config("backbone", tmp_path / "gone", tmp_path / "r4"))
+    for r in ("r1", "r2", "r3", "r4"):
+        assert losses(tmp_path / r) == [] and not (tmp_path / r / "checkpoints").exists()
+
+
+def test_checkpoint_from_another_preset_is_refused(data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(config("backbone", data, run, steps=2))
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(config("backbone", data, run, steps=2))
+    with pytest.raises(TrainingError, match="model_overrides"):
+        train(config("backbone", data, run, steps=2, model_overrides={**micro_overrides(), "backbone": {"dim": 48}}), resume=True)
+    other = {**micro_overrides(), "backbone": {**micro_overrides()["backbone"], "depth": 2}}
+    with pytest.raises(CheckpointError, match="backbone"):
+        train(config("controlnet", data, tmp_path / "cn", model_overrides=other, init=str(run)))
+    # a checkpoint of another model placed in a run folder: refused on resume
+    run2 = tmp_path / "run2"
+    train(config("backbone", data, run2, steps=2, model_overrides=other))
+    latest = (run / "checkpoints" / "latest").read_text()
+    (run / "checkpoints" / latest / "model.safetensors").write_bytes((run2 / "checkpoints" / latest / "model.safetensors").read_bytes())
+    n_before = len(losses(run))
+    with pytest.raises(CheckpointError, match="differs from this run"):
+        train(config("backbone", data, run, steps=2), resume=True)
+    assert len(losses(run)) == n_before

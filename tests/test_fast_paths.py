@@ -1,0 +1,198 @@
+"""Fast sampling paths give the reference path's tokens for the same seed (fp32): stacked rows,
+the masked-only vocabulary head, scale-0 row pruning and torch.compile; bf16 autocast and
+inference mode are in effect when asked for; the sampler's sync-free CUDA loop is exact.
+No timed assertions: speed is measured by benchmarks/sample_speed.py."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import micro_inputs, micro_overrides
+from controlfoley import GUIDANCE, build_model
+from controlfoley.errors import ConfigError
+from controlfoley.fast import GuidedStep, masked_index, scatter_positions, zero_scale_conditions
+from controlfoley.guidance import UNCOND, MultiCFG
+from controlfoley.sampling import MaskGITSampler
+
+
+def live_control(model):
+    """Give the zero-initialised ControlNet connections values, so video rows differ from uncond rows."""
+    with torch.no_grad():
+        for p in [*model.controlnet.outs.parameters(), *model.controlnet.cond_in.parameters()]:
+            p.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(p.numel()))
+    return model
+
+
+@pytest.fixture
+def model(micro_model):
+    return live_control(micro_model)
+
+
+def reference_generate(model, x, rule, steps, seed, known_mask=None):
+    """The plain path: one `model.forward` per condition set, full vocabulary head, fp32, eager."""
+    control = model.encode_control(x["features"])
+    text, b = x["text"], x["text"].shape[0]
+
+    def logits_fn(codes, mask, k, n):
+        parts = [model(codes, mask, cond=text if c.text else None, control=control if c.video else None) for c in rule.conditions]
+        return rule.combine(tuple(p.float() for p in parts), rule.scale_at(k, n))
+
+    known = None if known_mask is None else x["codes"].reshape(b, -1)
+    with torch.no_grad():
+        flat = model.sampler.sample(
+            logits_fn, batch=b, n_tokens=model.n_tokens, vocab_size=model.backbone.vocab_size, steps=steps,
+            known_codes=known, known_mask=None if known_mask is None else known_mask.reshape(b, -1),
+            generator=torch.Generator().manual_seed(seed),
+        )
+    return flat.view(b, *model.grid)
+
+
+def fast_generate(model, x, rule, steps, seed, known_mask=None, **options):
+    known = {} if known_mask is None else {"known_codes": x["codes"], "known_mask": known_mask}
+    return model.generate(x["features"], x["text"], guidance=rule, steps=steps, generator=torch.Generator().manual_seed(seed), **known, **options)
+
+
+def ragged_known_mask(model, b, seed=0):
+    """Rows with different numbers of known tokens, so masked-only gathers need padding."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, *model.grid, generator=g) < torch.linspace(0.0, 0.6, b)[:, None, None]
+
+
+@pytest.mark.parametrize("rule", ["multi", "cfg_video", "cfg_text_video", "cfg_text", "none"])
+def test_default_generate_matches_reference_tokens(model, rule):
+    x = micro_inputs(model, b=2)
+    r = GUIDANCE.build(rule)
+    assert torch.equal(fast_generate(model, x, r, 6, 3), reference_generate(model, x, r, 6, 3))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"static_shapes": True}, {"static_shapes": False}, {"prune_rows": True}, {"prune_rows": True, "static_shapes": False}],
+    ids=["static", "masked_head", "prune", "prune+masked_head"],
+)
+def test_fast_options_give_reference_tokens(model, options):
+    x = micro_inputs(model, b=3)
+    rule = GUIDANCE.build("multi")
+    known = ragged_known_mask(model, 3)
+    ref = reference_generate(model, x, rule, 8, 11, known)
+    assert torch.equal(fast_generate(model, x, rule, 8, 11, known, **options), ref)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), frac=st.floats(0.0, 0.9), steps=st.integers(1, 10), b=st.integers(1, 3))
+def test_fast_path_property(seed, frac, steps, b):
+    torch.manual_seed(seed)
+    m = live_control(build_model("specmaskfoley_tiny", **micro_overrides()).eval())
+    x = micro_inputs(m, b=b, seed=seed)
+    known = torch.rand(b, *m.grid, generator=torch.Generator().manual_seed(seed)) < frac
+    rule = GUIDANCE.build("multi")
+    ref = reference_generate(m, x, rule, steps, seed, known)
+    assert torch.equal(fast_generate(m, x, rule, steps, seed, known, prune_rows=True, static_shapes=False), ref)
+
+
+def test_masked_head_logits_match_full_head(model):
+    x = micro_inputs(model, b=2)
+    rule = GUIDANCE.build("multi")
+    control = model.encode_control(x["features"])
+    from controlfoley.model import _RowPlan  # the row layout generate builds
+
+    rows = _RowPlan(rule.conditions, 2, x["text"], None, control, model.device)
+    codes = x["codes"].flatten(1)
+    mask = ragged_known_mask(model, 2, seed=4).flatten(1)
+    with torch.no_grad():
+        full = GuidedStep(model, rule, 3.0, rows.kwargs, rows.n_sets, static_shapes=True)(codes, mask, 5, 8)
+        part = GuidedStep(model, rule, 3.0, rows.kwargs, rows.n_sets, static_shapes=False)(codes, mask, 5, 8)
+    assert torch.allclose(part[mask], full[mask], rtol=1e-5, atol=1e-5)
+    # known positions (ignored by the sampler) hold zeros, or their true logits where they pad a short row
+    known_part, known_full = part[~mask], full[~mask]
+    zero_or_true = (known_part == 0).all(-1) | torch.isclose(known_part, known_full, rtol=1e-5, atol=1e-5).all(-1)
+    assert zero_or_true.all() and (known_part == 0).all(-1).any()
+
+
+def test_masked_index_and_scatter():
+    mask = torch.tensor([[False, True, False, True, True], [True, False, False, False, False]])
+    idx = masked_index(mask)
+    assert idx.shape == (2, 3)
+    assert idx[0].tolist() == [1, 3, 4] and idx[1, 0].item() == 0  # masked first, in position order
+    assert len(set(idx[1].tolist())) == 3  # padding uses distinct unmasked positions
+    vals = torch.randn(2, 3, 4)
+    out = scatter_positions(vals, idx, 5)
+    assert torch.equal(out.gather(1, idx[..., None].expand(-1, -1, 4)), vals)
+
+
+def test_prune_rows_runs_only_uncond_rows_at_scale_zero(model, monkeypatch):
+    rows, cn_calls = [], []
+    orig, orig_cn = model.backbone.forward_blocks, model.controlnet.forward
+    monkeypatch.setattr(model.backbone, "forward_blocks", lambda x, residuals=None: rows.append(x.shape[0]) or orig(x, residuals))
+    monkeypatch.setattr(model.controlnet, "forward", lambda x, c: cn_calls.append(x.shape[0]) or orig_cn(x, c))
+    x = micro_inputs(model, b=2)
+    fast_generate(model, x, GUIDANCE.build("multi"), 5, 0, prune_rows=True)
+    assert rows == [2, 6, 6, 6, 6] and cn_calls == [4, 4, 4, 4]  # step 0 of the 0 -> 3 schedule: l_u only
+    rows.clear()
+    fast_generate(model, x, GUIDANCE.build("multi", schedule="constant"), 3, 0, prune_rows=True)
+    assert rows == [6, 6, 6]  # the scale is never 0: nothing to prune
+
+
+def test_prune_rows_at_zero_scale_everywhere_equals_reference(model):
+    x = micro_inputs(model, b=2)
+    rule = GUIDANCE.build("multi", scale=0.0, schedule="constant")
+    known = ragged_known_mask(model, 2)
+    assert torch.equal(fast_generate(model, x, rule, 5, 2, known, prune_rows=True), reference_generate(model, x, rule, 5, 2, known))
+
+
+def test_prune_rows_with_negative_prompt_keeps_tokens(model):
+    x = micro_inputs(model, b=2)
+    neg = torch.randn(2, model.backbone.cond_dim, generator=torch.Generator().manual_seed(9))
+    rule = GUIDANCE.build("multi")
+    a = fast_generate(model, x, rule, 6, 1, negative_text=neg)
+    assert torch.equal(fast_generate(model, x, rule, 6, 1, negative_text=neg, prune_rows=True), a)
+
+
+def test_zero_scale_conditions_only_for_rules_linear_in_scale():
+    assert zero_scale_conditions(GUIDANCE.build("multi")) == (UNCOND,)
+    assert zero_scale_conditions(GUIDANCE.build("cfg_video")) == (UNCOND,)
+    assert zero_scale_conditions(GUIDANCE.build("none")) is None
+
+    class Squared(MultiCFG):
+        def combine(self, logits, scale):
+            return super().combine(logits, scale**2 + 1.0)
+
+    assert zero_scale_conditions(Squared()) is None
+    patched = GUIDANCE.build("multi")
+    patched.combine = lambda logits, scale: logits[1]
+    assert zero_scale_conditions(patched) is None
+
+
+def test_autocast_dtype_and_inference_mode(model):
+    seen = []
+    hook = model.backbone.head.register_forward_hook(lambda m, i, o: seen.append((o.dtype, torch.is_inference_mode_enabled())))
+    x = micro_inputs(model, b=1)
+    rule = GUIDANCE.build("multi")
+    out = fast_generate(model, x, rule, 3, 0, dtype=torch.bfloat16)
+    assert set(seen) == {(torch.bfloat16, True)}
+    assert out.shape == (1, *model.grid) and 0 <= out.min() and out.max() < model.backbone.vocab_size
+    seen.clear()
+    fast_generate(model, x, rule, 3, 0)
+    assert set(seen) == {(torch.float32, True)}  # CPU default: fp32
+    hook.remove()
+    with pytest.raises(ConfigError, match="dtype"):
+        fast_generate(model, x, rule, 3, 0, dtype=torch.int8)
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_step_with_nothing_masked_is_a_no_op(last):
+    # The CUDA loop does not stop early (that would read the device); such a step must change nothing.
+    s = MaskGITSampler(steps=6)
+    codes = torch.randint(0, 16, (2, 30), generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(2, 30, dtype=torch.bool)
+    k = 5 if last else 2
+    new_codes, new_mask = s.step(torch.randn(2, 30, 16), codes, mask, torch.tensor([30, 4]), k, 6, 9.0, torch.Generator().manual_seed(1))
+    assert torch.equal(new_codes, codes) and not new_mask.any()
+
+
+def test_compile_gives_eager_tokens(model):
+    x = micro_inputs(model, b=2)
+    rule = GUIDANCE.build("multi")
+    eager = fast_generate(model, x, rule, 4, 5, prune_rows=True)
+    assert torch.equal(fast_generate(model, x, rule, 4, 5, prune_rows=True, compile=True), eager)

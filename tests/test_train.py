@@ -26,7 +26,9 @@ from controlfoley.train.metrics import read_metrics
 GRID, VOCAB = (5, 32), 64  # specmaskfoley_tiny with micro_overrides: 512 frames -> 5 x 32 tokens, 64 codes
 
 
-def write_data(root: Path, n: int = 16, *, grid: tuple[int, int] = GRID, mel: bool = False, huge_clap: int | None = None, seed: int = 0) -> Path:
+def write_data(
+    root: Path, n: int = 16, *, grid: tuple[int, int] = GRID, mel: bool = False, clap: bool = True, huge_clap: int | None = None, seed: int = 0
+) -> Path:
     """Random clips in the shapes of the micro model: tokens, sync [12, 24], clip [4, 12], clap [16]."""
     g = torch.Generator().manual_seed(seed)
     with ShardWriter(root, shard_size=5, info={"grid": list(grid), "codebook_size": VOCAB}) as w:
@@ -39,6 +41,8 @@ def write_data(root: Path, n: int = 16, *, grid: tuple[int, int] = GRID, mel: bo
             }
             if mel:
                 clip["mel"] = torch.rand(80, 512, generator=g) * 2 - 1
+            if not clap:
+                del clip["clap"]
             w.add(f"c{i}", clip)
     return root
 
@@ -147,13 +151,22 @@ def test_grad_accumulation_matches_full_batch(data: Path, tmp_path: Path) -> Non
     assert losses(tmp_path / "a") == pytest.approx(losses(tmp_path / "b"), rel=1e-6)
 
 
+def test_backbone_without_clap_freezes_the_clap_projection(tmp_path: Path) -> None:
+    ds = write_data(tmp_path / "noclap", n=8, clap=False)
+    train(config("backbone", ds, tmp_path / "run", steps=2))
+    before, after = _fresh_state(), final_state(tmp_path / "run")
+    assert torch.equal(before["backbone.cond_proj.weight"], after["backbone.cond_proj.weight"])
+    assert not torch.equal(before["backbone.mask_emb"], after["backbone.mask_emb"])  # the unconditional mask trains
+
+
 # -- resume ----------------------------------------------------------------------------------------
 def test_resume_after_stop_is_bit_identical(data: Path, tmp_path: Path) -> None:
     train(config("backbone", data, tmp_path / "full"))
     cfg = config("backbone", data, tmp_path / "split", keep_last=1)
     train(cfg, stop_at=3)
     assert sorted(p.name for p in (tmp_path / "split" / "checkpoints").iterdir()) == ["latest", "step-00000003"]
-    train(cfg, resume=True)
+    assert train_main(["backbone", "--out", str(tmp_path / "split"), "--resume", "--seed", "1"]) == 2  # would change the run
+    assert train_main(["backbone", "--out", str(tmp_path / "split"), "--resume", "--num-workers", "1"]) == 0
     full, split = final_state(tmp_path / "full"), final_state(tmp_path / "split")
     assert all(torch.equal(full[k], split[k]) for k in full)
     assert losses(tmp_path / "full") == losses(tmp_path / "split") and len(losses(tmp_path / "full")) == 6

@@ -74,6 +74,7 @@ class Trainer:
         self.recipe.prepare(self.model)
         self.model.to(info.device)
         self.train_ds, self.val_ds = self._datasets()
+        self.recipe.fit_to_data(self.model, self.train_ds)
         self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
@@ -123,8 +124,8 @@ class Trainer:
     def _datasets(self) -> tuple[ShardDataset, ShardDataset | None]:
         cfg = self.cfg
         full = self._open_dataset(cfg.data)
-        if cfg.val_data is not None:
-            return full, self._open_dataset(cfg.val_data)
+        if cfg.val_data is not None:  # validation reads what training reads
+            return full, self._open_dataset(cfg.val_data).with_keys(full.keys)
         if cfg.val_fraction <= 0:
             return full, None
         order = epoch_permutation(len(full), _VAL_SPLIT_SEED, 0).tolist()

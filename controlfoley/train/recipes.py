@@ -129,6 +129,9 @@ class Recipe(abc.ABC):
     def summarize(self, stats: Mapping[str, Tensor]) -> dict[str, float]:
         """Metrics from statistics summed over micro-batches and ranks."""
 
+    def fit_to_data(self, model: SpecMaskFoley, ds: ShardDataset) -> None:
+        """Freeze what this dataset cannot train (so DDP sees no parameter without a gradient)."""
+
     def plan(self, cfg: TrainConfig, model: SpecMaskFoley, step: int, batch: int) -> StepPlan:
         """The step's random choices; by default none, and the loss is a mean over clips."""
         return StepPlan({}, float(batch))
@@ -195,6 +198,10 @@ class MaskedTokenRecipe(Recipe):
         size = ds.info.get("codebook_size")
         if size is not None and int(size) != int(model.backbone.vocab_size):
             raise DataError(f"dataset {ds.root} was tokenized with a codebook of {size}, this model's has {model.backbone.vocab_size}. {hint}")
+
+    def fit_to_data(self, model: SpecMaskFoley, ds: ShardDataset) -> None:
+        if "clap" not in ds.keys:  # no condition ever reaches the CLAP projection
+            model.backbone.cond_proj.requires_grad_(False)
 
     def objective(self, model: SpecMaskFoley, cfg: TrainConfig) -> nn.Module:
         return MaskedTokenObjective(model, self.use_control)

@@ -257,13 +257,18 @@ class ShardWriter:
 
     def _check_clip(self, clip_id: str, clip: Mapping[str, torch.Tensor]) -> None:
         if set(clip) != set(self.features):
-            raise DataError(f"clip {clip_id!r} has features {sorted(clip)}, earlier clips have {sorted(self.features)}; every clip needs the same features")
+            raise DataError(
+                f"clip {clip_id!r} has features {sorted(clip)}, earlier clips have {sorted(self.features)}; every clip needs the same features"
+            )
         for k, v in clip.items():
             spec = self.features[k]
             if tuple(v.shape) != spec.shape:
-                raise DataError(f"clip {clip_id!r}: feature {k!r} has shape {list(v.shape)}, earlier clips {list(spec.shape)}; crop or pad features to a fixed length")
+                raise DataError(
+                    f"clip {clip_id!r}: feature {k!r} has shape {list(v.shape)}, earlier clips {list(spec.shape)}; crop or pad features to a fixed length"
+                )
             if v.is_floating_point() and not bool(torch.isfinite(v.to(spec.torch_dtype)).all()):
-                raise DataError(f"clip {clip_id!r}: feature {k!r} has NaN/inf values or values too large for {spec.dtype}; fix the extractor or store it as float32 (dtypes=...)")
+                fix = "fix the extractor" if spec.dtype == "float32" else "fix the extractor or store it as float32 (ShardWriter dtypes=...)"
+                raise DataError(f"clip {clip_id!r}: feature {k!r} has NaN/inf values or values too large for {spec.dtype}; {fix}")
 
     def _flush(self) -> None:
         if not self._buffer:

@@ -5,7 +5,9 @@ Layout::
     RUN/config.json                          the TrainConfig (JSON)
     RUN/checkpoints/step-00001000/model.safetensors   whole model (controlfoley.checkpoint format:
                                                       loads with from_pretrained / load_parts)
-    RUN/checkpoints/step-00001000/state.safetensors   optimizer tensors + RNG states; JSON metadata:
+    RUN/checkpoints/step-00001000/state.safetensors   optimizer tensors, RNG states, `aux.*` weights
+                                                      of trained modules outside the model (the
+                                                      tokenizer's discriminator); JSON metadata:
                                                       step, optimizer param groups, parameter names
     RUN/checkpoints/latest                   name of the newest complete checkpoint
     RUN/model.safetensors                    the final model, written when the run ends
@@ -47,6 +49,7 @@ class TrainState:
     param_names: list[str]
     rng: dict[str, Any]
     path: Path
+    aux: dict[str, torch.Tensor]  # trained modules outside the model (e.g. the discriminator), by name
 
 
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -129,7 +132,17 @@ class RunDir:
             raise CheckpointError(f"{pointer} points to {d}, which is incomplete; delete the pointer to restart, or restore the folder")
         return d
 
-    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, param_names: list[str], keep_last: int, extra: Mapping[str, Any]) -> Path:
+    def save(
+        self,
+        step: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        param_names: list[str],
+        keep_last: int,
+        extra: Mapping[str, Any],
+        *,
+        aux: Mapping[str, torch.Tensor] | None = None,
+    ) -> Path:
         """Write checkpoint `step` (model, then state), then move `latest` to it, then prune."""
         name = f"step-{step:08d}"
         d = self.ckpt_root / name
@@ -138,7 +151,8 @@ class RunDir:
         opt_tensors, groups = _flatten_optimizer(optimizer.state_dict())
         rng_tensors, rng_meta = capture_rng()
         meta = {STATE_KEY: json.dumps({"step": step, "param_groups": groups, "param_names": param_names, "rng": rng_meta, **extra})}
-        save_state_dict(d / "state.safetensors", {**opt_tensors, **rng_tensors}, meta)
+        aux_tensors = {f"aux.{k}": v for k, v in (aux or {}).items()}
+        save_state_dict(d / "state.safetensors", {**opt_tensors, **rng_tensors, **aux_tensors}, meta)
         atomic_write_text(self.ckpt_root / "latest", name)
         self._prune(keep_last, keep=name)
         return d
@@ -162,7 +176,8 @@ class RunDir:
         info = json.loads(meta[STATE_KEY])
         rng_tensors = {k: v for k, v in tensors.items() if k.startswith("rng.")}
         opt = _unflatten_optimizer(tensors, info["param_groups"])
-        return TrainState(int(info["step"]), opt, list(info["param_names"]), {"tensors": rng_tensors, "meta": info["rng"]}, d)
+        aux = {k[4:]: v for k, v in tensors.items() if k.startswith("aux.")}
+        return TrainState(int(info["step"]), opt, list(info["param_names"]), {"tensors": rng_tensors, "meta": info["rng"]}, d, aux)
 
     def load_model_weights(self, d: Path, model: nn.Module) -> None:
         """Load a checkpoint's weights, refusing one saved from another model config."""

@@ -87,6 +87,9 @@ class TrainConfig:
     l1_weight: float = 1.0  # tokenizer: mel reconstruction L1
     l2_weight: float = 0.0  # tokenizer: mel reconstruction L2
     vq_weight: float = 1.0  # tokenizer: codebook + commitment loss
+    adv_weight: float = 0.0  # tokenizer: PatchGAN hinge term; 0 = off (the default)
+    adv_start_step: int = 0  # tokenizer: step from which the adversarial term is on
+    disc_channels: int = 64  # tokenizer: width of the discriminator's first layer
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the training objective
     seed: int = 0
@@ -116,8 +119,10 @@ class TrainConfig:
             raise ConfigError(f"train config: warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
         if not 0.0 <= self.uncond_prob <= 1.0 or not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError("train config: uncond_prob must be in [0, 1] and val_fraction in [0, 1)")
-        if self.val_every < 0 or self.num_workers < 0 or self.grad_clip < 0:
-            raise ConfigError("train config: val_every, num_workers and grad_clip must be >= 0")
+        if min(self.val_every, self.num_workers, self.grad_clip, self.adv_weight, self.adv_start_step) < 0:
+            raise ConfigError("train config: val_every, num_workers, grad_clip, adv_weight and adv_start_step must be >= 0")
+        if self.disc_channels < 1:
+            raise ConfigError(f"train config: disc_channels must be >= 1, got {self.disc_channels}")
         if len(self.betas) != 2:
             raise ConfigError(f"train config: betas must be two numbers, got {self.betas}")
 

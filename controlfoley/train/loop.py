@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from controlfoley._io import atomic_write_text
-from controlfoley.checkpoint import load_parts
+from controlfoley.checkpoint import check_state_dict, load_parts
 from controlfoley.data.dataset import ShardDataset, ShardedSampler, collate, epoch_permutation
 from controlfoley.errors import TrainingError
 from controlfoley.model import SpecMaskFoley, build_model
@@ -75,15 +75,16 @@ class Trainer:
         self.model.to(info.device)
         self.train_ds, self.val_ds = self._datasets()
         self.recipe.fit_to_data(self.model, self.train_ds)
-        self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.objective = self.recipe.objective(self.model, cfg).to(info.device)
+        self.aux = self.recipe.aux_modules(self.objective)
+        self.names = [n for n, p in self.objective.named_parameters() if p.requires_grad]
+        self.params = [p for p in self.objective.parameters() if p.requires_grad]
         if not self.params:
             raise TrainingError(f"recipe {cfg.recipe!r} left no trainable parameters in preset {cfg.preset!r}")
         self.optimizer = self._optimizer()
         self.start_step = 0
         if ckpt_dir is not None:
             self._restore(self.run_dir.load_state(ckpt_dir))
-        self.objective = self.recipe.objective(self.model, cfg)
         self.module = self._wrap(self.objective)
         self.sampler = ShardedSampler(
             len(self.train_ds), cfg.batch_size, world_size=info.world_size, rank=info.rank, micro_batches=cfg.grad_accum,
@@ -146,6 +147,10 @@ class Trainer:
     def _restore(self, state: TrainState) -> None:
         if state.param_names != self.names:
             raise TrainingError(f"checkpoint {state.path} trained other parameters than this run's recipe {self.cfg.recipe!r}; start a new --out")
+        for name, module in self.aux.items():
+            sub = {k[len(name) + 1 :]: v for k, v in state.aux.items() if k.startswith(name + ".")}
+            check_state_dict(module, sub, f"{name} in {state.path}")
+            module.load_state_dict(sub, strict=True)
         self.optimizer.load_state_dict(state.optimizer)
         restore_rng(state.rng["tensors"], state.rng["meta"])
         self.start_step = state.step
@@ -284,7 +289,8 @@ class Trainer:
     def _checkpoint(self, step: int) -> None:
         if self.info.is_main:
             extra = {"recipe": self.cfg.recipe, "preset": self.cfg.preset}
-            self.run_dir.save(step, self.model, self.optimizer, self.names, self.cfg.keep_last, extra)
+            aux = {f"{name}.{k}": v for name, m in self.aux.items() for k, v in m.state_dict().items()}
+            self.run_dir.save(step, self.model, self.optimizer, self.names, self.cfg.keep_last, extra, aux=aux)
 
 
 def _accumulate(totals: dict[str, torch.Tensor], stats: dict[str, torch.Tensor]) -> None:

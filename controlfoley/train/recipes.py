@@ -1,8 +1,9 @@
 """The three training recipes: what trains, on which inputs, with which loss.
 
 - `tokenizer`: the SpecVQGAN tokenizer alone, on stored mels: L1 (and optionally L2)
-  reconstruction + the VQ loss (codebook + beta x commitment); reports codebook usage and
-  perplexity from the code histogram of the whole global batch.
+  reconstruction + the VQ loss (codebook + beta x commitment), and optionally a PatchGAN hinge term
+  (`adv_weight` > 0, off by default; `train.adversarial`); reports codebook usage and perplexity
+  from the code histogram of the whole global batch.
 - `backbone`: SpecMaskGIT masked-token pretraining (MaskGIT: cosine mask ratio, cross-entropy on
   masked tokens) with the conditional mask: the CLAP-like `clap` feature, when the dataset has it,
   is replaced by the unconditional mask with probability `uncond_prob`.
@@ -29,6 +30,7 @@ from controlfoley.config import ConfigError
 from controlfoley.data.dataset import ShardDataset, require_features
 from controlfoley.errors import DataError, ShapeError
 from controlfoley.model import SpecMaskFoley, masked_token_mask
+from controlfoley.train.adversarial import PatchDiscriminator, hinge_losses
 from controlfoley.train.config import TrainConfig
 from controlfoley.typing import Bool, Float, Tensor
 
@@ -50,14 +52,15 @@ class StepPlan:
 
 
 class TokenizerObjective(nn.Module):
-    """Reconstruction + VQ loss of the tokenizer, summed over the clips of a micro-batch."""
+    """Reconstruction + VQ (+ optional adversarial) loss of the tokenizer, summed over the clips of a micro-batch."""
 
-    def __init__(self, tokenizer: nn.Module, l1_weight: float, l2_weight: float, vq_weight: float) -> None:
+    def __init__(self, tokenizer: nn.Module, l1_weight: float, l2_weight: float, vq_weight: float, disc: PatchDiscriminator | None = None) -> None:
         super().__init__()
-        self.tokenizer = tokenizer
+        self.tokenizer, self.disc = tokenizer, disc
         self.l1_weight, self.l2_weight, self.vq_weight = l1_weight, l2_weight, vq_weight
 
-    def forward(self, batch: dict[str, Tensor]) -> tuple[Float[Tensor, ""], dict[str, Tensor]]:
+    def forward(self, batch: dict[str, Tensor], adv_scale: Float[Tensor, " b"]) -> tuple[Float[Tensor, ""], dict[str, Tensor]]:
+        """`adv_scale`: per-clip weight of the adversarial term (0 before `adv_start_step`)."""
         mel = batch["mel"].float()
         recon, codes, vq = self.tokenizer(mel)
         err = (recon.float() - mel).flatten(1)
@@ -65,16 +68,17 @@ class TokenizerObjective(nn.Module):
         b = mel.shape[0]
         vq_sum = vq.float() * b  # vq is a mean over equally sized clips: x b gives the sum of per-clip means
         loss = self.l1_weight * l1.sum() + self.l2_weight * l2.sum() + self.vq_weight * vq_sum
-        hist = torch.bincount(codes.flatten(), minlength=self.tokenizer.codebook_size).float()
-        stats = {
-            "loss": loss.detach(),
-            "rec_l1": l1.sum().detach(),
-            "rec_l2": l2.sum().detach(),
-            "vq": vq_sum.detach(),
-            "clips": mel.new_tensor(float(b)),
-            "code_hist": hist,
-        }
-        return loss, stats
+        stats = {"rec_l1": l1.sum().detach(), "rec_l2": l2.sum().detach(), "vq": vq_sum.detach(), "clips": mel.new_tensor(float(b))}
+        total = loss
+        if self.disc is not None:
+            g, d = hinge_losses(self.disc, mel, recon.float())
+            adv_g, adv_d = (adv_scale * g).sum(), ((adv_scale > 0).float() * d).sum()
+            loss = loss + adv_g
+            total = loss + adv_d  # the discriminator's term trains only the discriminator
+            stats.update(adv_g=g.sum().detach(), adv_d=d.sum().detach())
+        stats["loss"] = loss.detach()
+        stats["code_hist"] = torch.bincount(codes.flatten(), minlength=self.tokenizer.codebook_size).float()
+        return total, stats
 
 
 class MaskedTokenObjective(nn.Module):
@@ -139,9 +143,14 @@ class Recipe(abc.ABC):
     def val_plan(self, cfg: TrainConfig, model: SpecMaskFoley, clip_indices: list[int]) -> StepPlan:
         return StepPlan({}, 1.0)
 
+    def aux_modules(self, objective: nn.Module) -> dict[str, nn.Module]:
+        """Trained modules outside the model (saved in the checkpoint's state file)."""
+        return {}
+
 
 class TokenizerRecipe(Recipe):
     name = "tokenizer"
+    objective_args = ("adv_scale",)
 
     def prepare(self, model: SpecMaskFoley) -> None:
         model.requires_grad_(False)
@@ -155,7 +164,18 @@ class TokenizerRecipe(Recipe):
         require_features(ds, {"mel": want}, hint="Extract mels with `controlfoley extract --mel` for this preset.")
 
     def objective(self, model: SpecMaskFoley, cfg: TrainConfig) -> nn.Module:
-        return TokenizerObjective(model.tokenizer, cfg.l1_weight, cfg.l2_weight, cfg.vq_weight)
+        disc = PatchDiscriminator(cfg.disc_channels) if cfg.adv_weight > 0 else None
+        return TokenizerObjective(model.tokenizer, cfg.l1_weight, cfg.l2_weight, cfg.vq_weight, disc)
+
+    def aux_modules(self, objective: nn.Module) -> dict[str, nn.Module]:
+        return {} if objective.disc is None else {"disc": objective.disc}
+
+    def plan(self, cfg: TrainConfig, model: SpecMaskFoley, step: int, batch: int) -> StepPlan:
+        on = cfg.adv_weight if step >= cfg.adv_start_step else 0.0
+        return StepPlan({"adv_scale": torch.full((batch,), on)}, float(batch))
+
+    def val_plan(self, cfg: TrainConfig, model: SpecMaskFoley, clip_indices: list[int]) -> StepPlan:
+        return StepPlan({"adv_scale": torch.full((len(clip_indices),), cfg.adv_weight)}, 1.0)
 
     def summarize(self, stats: Mapping[str, Tensor]) -> dict[str, float]:
         n = float(stats["clips"])
@@ -163,15 +183,8 @@ class TokenizerRecipe(Recipe):
         p = hist / hist.sum().clamp_min(1.0)
         perplexity = float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
         used = int((hist > 0).sum())
-        return {
-            "loss": float(stats["loss"]) / n,
-            "rec_l1": float(stats["rec_l1"]) / n,
-            "rec_l2": float(stats["rec_l2"]) / n,
-            "vq": float(stats["vq"]) / n,
-            "codebook_used": float(used),
-            "codebook_frac": used / hist.numel(),
-            "perplexity": perplexity,
-        }
+        out = {k: float(stats[k]) / n for k in ("loss", "rec_l1", "rec_l2", "vq", "adv_g", "adv_d") if k in stats}
+        return {**out, "codebook_used": float(used), "codebook_frac": used / hist.numel(), "perplexity": perplexity}
 
 
 class MaskedTokenRecipe(Recipe):

@@ -93,6 +93,8 @@ def test_config_round_trip_and_errors() -> None:
         TrainConfig.from_dict({**cfg.to_dict(), "lr_warmup": 3})
     with pytest.raises(ConfigError, match="warmup_steps"):
         cfg.replace(warmup_steps=10**9)
+    with pytest.raises(ConfigError, match="init_parts is empty"):
+        cfg.replace(init="runs/tok", init_parts=())
     assert cfg.resume_conflicts(cfg.replace(num_workers=7)) == {}
     assert set(cfg.resume_conflicts(cfg.replace(seed=1, preset="q"))) == {"seed", "preset"}
 

@@ -121,6 +121,10 @@ class TrainConfig:
             raise ConfigError("train config: uncond_prob must be in [0, 1] and val_fraction in [0, 1)")
         if min(self.val_every, self.num_workers, self.grad_clip, self.adv_weight, self.adv_start_step) < 0:
             raise ConfigError("train config: val_every, num_workers, grad_clip, adv_weight and adv_start_step must be >= 0")
+        if self.init is not None and not self.init_parts:
+            raise ConfigError(
+                f"train config: init={self.init!r} is given but init_parts is empty; name the parts to load, e.g. --init-parts tokenizer,backbone"
+            )
         if self.disc_channels < 1:
             raise ConfigError(f"train config: disc_channels must be >= 1, got {self.disc_channels}")
         if len(self.betas) != 2:

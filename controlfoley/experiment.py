@@ -49,7 +49,7 @@ class Scale:
 
 
 SCALES = {
-    "full": Scale(1024, 3000, 128, 48, 1500, 16, 3000, 64, 2000, 64),
+    "full": Scale(1024, 1600, 128, 48, 500, 8, 1000, 64, 700, 64),
     "smoke": Scale(
         16, 24, 8, 4, 3, 4, 3, 8, 3, 8,
         (
@@ -133,7 +133,10 @@ def run_synthetic(out: str | Path, scale_name: str = "full", *, results: str | P
     torch.manual_seed(0)
     t0 = time.time()
     mel_data = _extract(out / "data_mel", scale, ov, None, mel_only=True)
-    tok_run = _train("tokenizer", PRESET, mel_data, out / "run_tokenizer", scale.tok_steps, scale.tok_batch, ov)
+    # The recipes' LR rule (base_lr x batch / reference batch) at the small CPU batch of the tokenizer
+    # would give 2.5e-5; base_lr is raised so the peak LR is 2e-4 (the VQGAN range) for a short run.
+    tok_lr = 2e-4 * 32 / scale.tok_batch
+    tok_run = _train("tokenizer", PRESET, mel_data, out / "run_tokenizer", scale.tok_steps, scale.tok_batch, ov, base_lr=tok_lr, lr_reference_batch=32)
     data = _extract(out / "data", scale, ov, tok_run, mel_only=False)
     bb_ov = {k: v for k, v in ov.items() if k in ("tokenizer", "backbone")}
     bb_run = _train("backbone", BACKBONE_PRESET, data, out / "run_backbone", scale.bb_steps, scale.bb_batch, bb_ov, init=str(tok_run))

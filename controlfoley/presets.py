@@ -84,14 +84,15 @@ def specmaskfoley_tiny() -> ModelConfig:
         tokenizer=Part(
             "specvqgan",
             {
-                "ch": 32,
-                "ch_mult": [1, 1, 2, 2, 4],
+                "ch": 16,
+                "ch_mult": [1, 2, 2, 4, 4],
                 "num_res_blocks": 1,
                 "attn_resolutions": [32],
                 "resolution": 512,
                 "z_channels": 64,
                 "embed_dim": 64,
                 "n_embed": 256,
+                "norm_groups": 8,
             },
         ),
         backbone=Part("specmaskgit", {"dim": 128, "depth": 6, "heads": 4, "ffn_dim": 512, "cond_dim": 64}),

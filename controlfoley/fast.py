@@ -17,6 +17,11 @@
 
 `precision(device, dtype)` is generate's autocast context: bf16 by default on CUDA, fp32 elsewhere.
 It wraps the whole sampling loop so autocast's cache of cast weights lives across all steps.
+
+`OneDNNLinear`: fp32 `F.linear` on the CPU through oneDNN instead of MKL's sgemm. MKL runs its
+AVX2 kernels on AMD CPUs; oneDNN picks AVX-512 by instruction set. Measured on the 2-core EPYC
+build machines: 100 vs 230 GFLOP/s per core for a 795 x 768 x 3072 linear, 1.8x for a whole
+paper-size forward. The results are fp32 too, summed in another order (logits differ ~1e-6).
 """
 
 import contextlib
@@ -24,7 +29,9 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from controlfoley.errors import ConfigError
 from controlfoley.guidance import CFG, UNCOND, Condition, GuidanceRule, MultiCFG, scale_at
@@ -32,9 +39,11 @@ from controlfoley.typing import Bool, Float, Int, Tensor
 
 __all__ = [
     "GuidedStep",
+    "OneDNNLinear",
     "batched_logits",
     "default_dtype",
     "masked_index",
+    "onednn_linear",
     "precision",
     "scatter_positions",
     "zero_scale_conditions",
@@ -69,6 +78,45 @@ def precision(device: torch.device, dtype: torch.dtype | None = None) -> Iterato
         return
     with torch.autocast(device.type, dtype=dt):
         yield dt
+
+
+class OneDNNLinear(TorchFunctionMode):
+    """Inside this mode, inference-time fp32 CPU `F.linear` calls run `mkldnn._linear_pointwise`."""
+
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x, w = args[0], args[1]
+            b = args[2] if len(args) > 2 else kwargs.get("bias")
+            if _onednn_fits(x, w, b):
+                return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+        return func(*args, **kwargs)
+
+
+def _onednn_fits(x: Tensor, w: Tensor, b: Tensor | None) -> bool:
+    # no autograd formula for the oneDNN op, and autocast must keep its own (bf16) kernels
+    return (
+        x.device.type == "cpu"
+        and x.dtype == w.dtype == torch.float32
+        and (b is None or b.dtype == torch.float32)
+        and 2 <= x.dim() <= 3
+        and w.dim() == 2
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def onednn_linear(device: torch.device, dtype: torch.dtype, requested: bool | None, compile: bool) -> contextlib.AbstractContextManager[Any]:
+    """The `OneDNNLinear` mode when asked for; by default for eager fp32 sampling on an AVX-512 CPU,
+    where oneDNN beats (AMD) or matches (Intel) MKL's fp32 sgemm."""
+    have = torch.backends.mkldnn.is_available()
+    if requested and not have:
+        raise ConfigError("onednn=True needs a PyTorch build with oneDNN (torch.backends.mkldnn); pass onednn=False")
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    on = (have and avx512 and device.type == "cpu" and dtype == torch.float32 and not compile) if requested is None else requested
+    return OneDNNLinear() if on else contextlib.nullcontext()
 
 
 def masked_index(mask: Bool[Tensor, "b l"]) -> Int[Tensor, "b k"]:

@@ -33,7 +33,7 @@ from controlfoley._registry import (
 from controlfoley.config import ConfigError, ModelConfig, Part
 from controlfoley.control.controlnet import ControlNet
 from controlfoley.errors import ShapeError
-from controlfoley.fast import GuidedStep, precision, zero_scale_conditions
+from controlfoley.fast import GuidedStep, onednn_linear, precision, zero_scale_conditions
 from controlfoley.guidance import UNCOND, Condition, GuidanceRule
 from controlfoley.sampling import MaskGITSampler
 from controlfoley.typing import Bool, Float, Int, Tensor
@@ -194,6 +194,7 @@ class SpecMaskFoley(nn.Module):
         compile: bool = False,
         static_shapes: bool | None = None,
         prune_rows: bool = False,
+        onednn: bool | None = None,
     ) -> Int[Tensor, "b f t"]:
         """Sample token maps. `features`: video features (dict of [b, t, d]); `text`: CLAP-like
         embeddings; `negative_text` replaces the unconditional mask of the uncond rows.
@@ -201,7 +202,8 @@ class SpecMaskFoley(nn.Module):
         Speed options (see `controlfoley.fast`): `dtype` autocast (default bf16 on CUDA, fp32
         elsewhere); `compile` torch.compile of the step forward (CUDA graphs on CUDA);
         `static_shapes=False` vocab head on still-masked positions only (default: static on CUDA
-        or when compiled); `prune_rows` only the uncond rows at steps whose CFG scale is 0."""
+        or when compiled); `prune_rows` only the uncond rows at steps whose CFG scale is 0;
+        `onednn` fp32 CPU linears through oneDNN (default: on for eager fp32 on AVX-512 CPUs)."""
         rule = guidance or self.guidance
         control = self.encode_control(features) if (features is not None and self.has_control) else None
         b = _batch_of(control, text, known_codes, batch_size)
@@ -213,7 +215,8 @@ class SpecMaskFoley(nn.Module):
         step = GuidedStep(
             self, rule, scale, rows.kwargs, rows.n_sets, zero_scale_rows=zero_rows, static_shapes=static_shapes, compile=compile
         )
-        with precision(self.device, dtype):  # one autocast context: cast weights are cached across steps
+        # one autocast context for all steps, so autocast's cache of cast weights is reused
+        with precision(self.device, dtype) as dt, onednn_linear(self.device, dt, onednn, compile):
             flat = self.sampler.sample(
                 step,
                 batch=b,

@@ -1,6 +1,7 @@
 """Fast sampling paths give the reference path's tokens for the same seed (fp32): stacked rows,
-the masked-only vocabulary head, scale-0 row pruning and torch.compile; bf16 autocast and
-inference mode are in effect when asked for; the sampler's sync-free CUDA loop is exact.
+the masked-only vocabulary head, scale-0 row pruning and torch.compile. oneDNN fp32 linears sum in
+another order, so they are checked by logits within tolerance. bf16 autocast and inference mode
+are in effect when asked for; the sampler's sync-free CUDA loop is exact.
 No timed assertions: speed is measured by benchmarks/sample_speed.py."""
 
 import pytest
@@ -11,7 +12,9 @@ from hypothesis import strategies as st
 from conftest import micro_inputs, micro_overrides
 from controlfoley import GUIDANCE, build_model
 from controlfoley.errors import ConfigError
-from controlfoley.fast import GuidedStep, masked_index, scatter_positions, zero_scale_conditions
+import torch.nn.functional as F
+
+from controlfoley.fast import GuidedStep, OneDNNLinear, masked_index, onednn_linear, scatter_positions, zero_scale_conditions
 from controlfoley.guidance import UNCOND, MultiCFG
 from controlfoley.sampling import MaskGITSampler
 
@@ -49,6 +52,8 @@ def reference_generate(model, x, rule, steps, seed, known_mask=None):
 
 
 def fast_generate(model, x, rule, steps, seed, known_mask=None, **options):
+    """`generate`; with MKL's linears (onednn=False) unless asked, so tokens compare exactly."""
+    options.setdefault("onednn", False)
     known = {} if known_mask is None else {"known_codes": x["codes"], "known_mask": known_mask}
     return model.generate(x["features"], x["text"], guidance=rule, steps=steps, generator=torch.Generator().manual_seed(seed), **known, **options)
 
@@ -93,16 +98,11 @@ def test_fast_path_property(seed, frac, steps, b):
 
 def test_masked_head_logits_match_full_head(model):
     x = micro_inputs(model, b=2)
-    rule = GUIDANCE.build("multi")
-    control = model.encode_control(x["features"])
-    from controlfoley.model import _RowPlan  # the row layout generate builds
-
-    rows = _RowPlan(rule.conditions, 2, x["text"], None, control, model.device)
     codes = x["codes"].flatten(1)
     mask = ragged_known_mask(model, 2, seed=4).flatten(1)
     with torch.no_grad():
-        full = GuidedStep(model, rule, 3.0, rows.kwargs, rows.n_sets, static_shapes=True)(codes, mask, 5, 8)
-        part = GuidedStep(model, rule, 3.0, rows.kwargs, rows.n_sets, static_shapes=False)(codes, mask, 5, 8)
+        full = _row_step(model, x, static_shapes=True)(codes, mask, 5, 8)
+        part = _row_step(model, x, static_shapes=False)(codes, mask, 5, 8)
     assert torch.allclose(part[mask], full[mask], rtol=1e-5, atol=1e-5)
     # known positions (ignored by the sampler) hold zeros, or their true logits where they pad a short row
     known_part, known_full = part[~mask], full[~mask]
@@ -196,3 +196,54 @@ def test_compile_gives_eager_tokens(model):
     rule = GUIDANCE.build("multi")
     eager = fast_generate(model, x, rule, 4, 5, prune_rows=True)
     assert torch.equal(fast_generate(model, x, rule, 4, 5, prune_rows=True, compile=True), eager)
+
+
+def _row_step(model, x, static_shapes=True):
+    from controlfoley.model import _RowPlan  # the row layout generate builds
+
+    rule = GUIDANCE.build("multi")
+    rows = _RowPlan(rule.conditions, x["text"].shape[0], x["text"], None, model.encode_control(x["features"]), model.device)
+    return GuidedStep(model, rule, 3.0, rows.kwargs, rows.n_sets, static_shapes=static_shapes)
+
+
+def test_onednn_linear_logits_match_aten(model):
+    x = micro_inputs(model, b=2)
+    codes = x["codes"].flatten(1)
+    mask = ragged_known_mask(model, 2, seed=2).flatten(1)
+    with torch.inference_mode():
+        step = _row_step(model, x)
+        aten = step(codes, mask, 4, 8)
+        with torch.profiler.profile() as prof, OneDNNLinear():
+            fast = step(codes, mask, 4, 8)
+    assert "mkldnn::_linear_pointwise" in {e.name for e in prof.events()}
+    assert torch.allclose(fast, aten, rtol=1e-4, atol=1e-5)
+
+
+def test_onednn_linear_leaves_training_and_autocast_alone():
+    lin = torch.nn.Linear(8, 4)
+    x = torch.randn(3, 8)
+    with OneDNNLinear():
+        y = lin(x)  # grad enabled: the aten kernel, with its autograd formula
+        y.sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            assert lin(x).dtype == torch.bfloat16
+        with torch.no_grad():
+            assert torch.allclose(F.linear(x, lin.weight, lin.bias), y, atol=1e-6)
+    assert lin.weight.grad is not None
+
+
+def test_onednn_default_only_for_eager_fp32_cpu():
+    cpu = torch.device("cpu")
+    capable = torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    assert isinstance(onednn_linear(cpu, torch.float32, None, False), OneDNNLinear) == capable
+    assert not isinstance(onednn_linear(cpu, torch.bfloat16, None, False), OneDNNLinear)
+    assert not isinstance(onednn_linear(cpu, torch.float32, None, True), OneDNNLinear)
+    assert not isinstance(onednn_linear(cpu, torch.float32, False, False), OneDNNLinear)
+
+
+def test_default_generate_with_onednn_is_deterministic_and_valid(model):
+    x = micro_inputs(model, b=2)
+    rule = GUIDANCE.build("multi")
+    a = fast_generate(model, x, rule, 6, 3, onednn=None)
+    assert torch.equal(a, fast_generate(model, x, rule, 6, 3, onednn=None))
+    assert a.shape == (2, *model.grid) and 0 <= a.min() and a.max() < model.backbone.vocab_size

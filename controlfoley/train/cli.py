@@ -15,7 +15,9 @@ invocation after step N with a checkpoint (resume later), without changing the s
 
 import argparse
 import dataclasses
+import inspect
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,26 +26,35 @@ from typing import Any
 from controlfoley._registry import RegistryError
 from controlfoley.config import ConfigError
 from controlfoley.errors import ControlFoleyError
-from controlfoley.train.config import RECIPES, TrainConfig
+from controlfoley.train.config import RECIPE_DEFAULTS, RECIPES, TrainConfig
 
 __all__ = ["main", "build_parser", "add_train_subcommands", "config_from_args", "run_from_args"]
 
 _SKIP = {"recipe", "model_overrides"}
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
+def _field_help() -> dict[str, str]:
+    """The comment after each TrainConfig field in its source: one place documents both."""
+    src = inspect.getsource(TrainConfig)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^    (\w+): [^=\n]+(?:=[^#\n]*)?#(.*)$", src, re.MULTILINE)}
+
+
+def _add_config_flags(p: argparse.ArgumentParser, recipe: str) -> None:
+    helps = _field_help()
     for f in dataclasses.fields(TrainConfig):
         if f.name in _SKIP:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
+        shown = RECIPE_DEFAULTS[recipe].get(f.name, default)
+        text = helps.get(f.name, "") + (f" [default: {shown}]" if shown not in (None, ()) else "")
         if isinstance(default, bool):
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif f.name in ("init_parts", "betas"):
-            p.add_argument(flag, dest=f.name, default=None, metavar="A,B", help="comma-separated")
+            p.add_argument(flag, dest=f.name, default=None, metavar="A,B", help=f"comma-separated; {text}")
         else:
             kind = type(default) if default is not None and not isinstance(default, str) else str
-            p.add_argument(flag, dest=f.name, type=kind, default=None)
+            p.add_argument(flag, dest=f.name, type=kind, default=None, help=text)
     p.add_argument("--config", dest="config_file", default=None, help="JSON file of TrainConfig fields")
     p.add_argument("--model", dest="model_overrides", action="append", default=[], metavar="KEY=JSON", help="model override, e.g. backbone='{\"depth\": 2}'")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
@@ -62,7 +73,7 @@ def _add_recipes(parser: argparse.ArgumentParser) -> None:
     recipes = parser.add_subparsers(dest="recipe", required=True, metavar="{" + ",".join(RECIPES) + "}")
     for name in RECIPES:
         p = recipes.add_parser(name, help=f"the {name} recipe")
-        _add_config_flags(p)
+        _add_config_flags(p, name)
         p.set_defaults(func=run_from_args)
 
 

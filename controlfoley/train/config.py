@@ -68,19 +68,19 @@ class TrainConfig:
     out: str  # run folder: config.json, metrics.jsonl, checkpoints/
     model_overrides: Mapping[str, Any] = field(default_factory=dict)  # build_model(preset, **model_overrides)
     val_data: str | None = None  # held-out dataset folder; else `val_fraction` of `data`
-    val_fraction: float = 0.0  # last clips of `data` held out for validation (when val_data is None)
+    val_fraction: float = 0.0  # fixed pseudo-random fraction of `data` held out for validation (when val_data is None)
     val_max_clips: int = 1024  # validation reads at most this many clips
     init: str | None = None  # checkpoint file, checkpoint folder or run folder holding pretrained parts
     init_parts: tuple[str, ...] = ()  # model parts loaded from `init`
     steps: int = 140_000  # optimizer steps in the whole run (the schedule's length)
     batch_size: int = 64  # global batch: all ranks and accumulation micro-batches together
     grad_accum: int = 1  # micro-batches per optimizer step (per rank)
-    base_lr: float = 1e-3
+    base_lr: float = 1e-3  # LR at batch lr_reference_batch (sec. 4.2: 1e-3)
     lr_reference_batch: int = 256  # peak LR = base_lr x batch_size / lr_reference_batch
-    warmup_steps: int = 2_800
+    warmup_steps: int = 2_800  # linear warm-up steps, then cosine (sec. 4.2: 2.8K of 140K)
     min_lr: float = 0.0  # LR at the end of the cosine
     weight_decay: float = 0.01  # AdamW, on weights of rank >= 2 only
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     uncond_prob: float = 0.9  # probability the CLAP condition is replaced by the unconditional mask
     uncond_per: str = "step"  # "step": one draw per optimizer step; "sample": one per clip

@@ -105,11 +105,11 @@ def resolve_model_file(path: str | Path) -> Path:
     p = Path(path)
     if p.is_file():
         return p
-    for cand in (p / "model.safetensors", RunDir(p).latest_dir()):
-        if cand is not None and Path(cand).is_file():
-            return Path(cand)
-        if cand is not None and (Path(cand) / "model.safetensors").is_file():
-            return Path(cand) / "model.safetensors"
+    if (p / "model.safetensors").is_file():  # a checkpoint folder, or a finished run
+        return p / "model.safetensors"
+    latest = RunDir(p).latest_dir()  # a run still in progress
+    if latest is not None:
+        return latest / "model.safetensors"
     raise CheckpointError(f"no model checkpoint at {p}: give a .safetensors file, a checkpoint folder or a run folder with checkpoints")
 
 

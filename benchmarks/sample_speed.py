@@ -1,0 +1,233 @@
+"""Sampling speed: a naive reference path vs the library's `generate`, measured in the same process.
+
+What is timed
+- token sampling: video features -> aligned control -> MaskGIT steps (12) with multi-CFG -> token
+  map. The library path is `model.generate`; the naive reference, written plainly below, runs the
+  library's MaskGIT sampler (token selection is the same cheap code for both) with three separate
+  forwards per step (uncond backbone alone; backbone + ControlNet with the unconditional mask;
+  backbone + ControlNet with the CLAP mask), math attention, fp32, eager, full vocabulary head.
+- decode (token map -> mel, the SpecVQGAN decoder) and vocoder (mel -> waveform, Griffin-Lim),
+  timed separately once per preset and batch: they are the same code whatever the sampling path.
+
+Warm-up calls run 2 sampling steps (a scale-0 step and a guided one, so every row layout the
+timed runs use is built and, with --paths ..._compile, compiled); the timed calls run all steps.
+Weights are random (speed does not depend on them); the ControlNet's zero-initialised linears get
+small random values so the control rows change the tokens as a trained model's would.
+
+Usage
+  python benchmarks/sample_speed.py --preset specmaskfoley_tiny --batch 1 16
+  python benchmarks/sample_speed.py --preset specmaskfoley --batch 1 --runs 3
+  python benchmarks/sample_speed.py --preset specmaskfoley --paths reference library library_bf16 \\
+      library_masked_head library_noprune library_compile --runs 3
+"""
+
+import argparse
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from _common import environment, fmt, median, print_table, sync, time_interleaved  # first: sets OMP_WAIT_POLICY
+
+import torch
+from controlfoley import build_model
+from controlfoley.backbones.specmaskgit import Attention
+from controlfoley.model import SpecMaskFoley
+
+# MMAudio-S-16k's network on this machine class (DESIGN.md sec. 4): 25 Euler steps with CFG for an
+# 8 s clip take ~12 s in fp32 and ~8 s in bf16 -> seconds of compute per second of audio.
+MMAUDIO_S_CPU = {"fp32": 12.0 / 8.0, "bf16": 8.0 / 8.0}
+
+# name -> generate() keyword arguments; "reference" is the naive path below. "library" is the
+# library's default CPU path plus row pruning; the others switch one feature at a time.
+LIBRARY_PATHS: dict[str, dict[str, Any]] = {
+    "library": {"dtype": torch.float32, "prune_rows": True},
+    "library_bf16": {"dtype": torch.bfloat16, "prune_rows": True},
+    "library_mkl": {"dtype": torch.float32, "prune_rows": True, "onednn": False},
+    "library_static": {"dtype": torch.float32, "prune_rows": True, "static_shapes": True},
+    "library_masked_head": {"dtype": torch.float32, "prune_rows": True, "static_shapes": False},
+    "library_noprune": {"dtype": torch.float32, "prune_rows": False},
+    "library_compile": {"dtype": torch.float32, "prune_rows": True, "compile": True},
+    "library_bf16_compile": {"dtype": torch.bfloat16, "prune_rows": True, "compile": True},
+}
+DEFAULT_PATHS = ("reference", "library", "library_bf16")
+
+
+@contextlib.contextmanager
+def math_attention(model: SpecMaskFoley) -> Iterator[None]:
+    """Every attention layer (backbone and ControlNet copy) on the explicit math path."""
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    before = [m.fused for m in layers]
+    for m in layers:
+        m.fused = False
+    try:
+        yield
+    finally:
+        for m, f in zip(layers, before):
+            m.fused = f
+
+
+def naive_generate(model: SpecMaskFoley, features: dict[str, torch.Tensor], text: torch.Tensor, seed: int, steps: int) -> torch.Tensor:
+    """The reference: three plain forwards per step, multi-CFG l_u + s[(l_tv - l_u) + (l_v - l_u)]."""
+    bb, cn, rule = model.backbone, model.controlnet, model.guidance
+    b = text.shape[0]
+    with torch.no_grad(), math_attention(model):
+        control = model.encode_control(features)
+
+        def logits_fn(codes: torch.Tensor, mask: torch.Tensor, k: int, n: int) -> torch.Tensor:
+            x_u = bb.embed(codes, mask)  # learned unconditional mask
+            x_t = bb.embed(codes, mask, text)  # CLAP conditional mask
+            l_u = bb.logits(bb.forward_blocks(x_u))
+            l_v = bb.logits(bb.forward_blocks(x_u, cn(x_u, control)))
+            l_tv = bb.logits(bb.forward_blocks(x_t, cn(x_t, control)))
+            s = rule.scale_at(k, n)
+            return l_u + s * ((l_tv - l_u) + (l_v - l_u))
+
+        gen = torch.Generator(model.device).manual_seed(seed)
+        flat = model.sampler.sample(
+            logits_fn, batch=b, n_tokens=model.n_tokens, vocab_size=bb.vocab_size, device=model.device, generator=gen, steps=steps
+        )
+    return flat.view(b, *model.grid)
+
+
+def make_model(preset: str, device: torch.device) -> SpecMaskFoley:
+    torch.manual_seed(0)
+    model = build_model(preset).eval().to(device)
+    with torch.no_grad():
+        for p in [*model.controlnet.outs.parameters(), *model.controlnet.cond_in.parameters()]:
+            p.normal_(0.0, 0.02)
+    return model
+
+
+def make_inputs(model: SpecMaskFoley, batch: int, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Random features at the paper's rates: Synchformer 24 fps, CLIP 8 fps, and a CLAP-like vector."""
+    g = torch.Generator().manual_seed(1)
+    seconds = model.n_samples / model.sample_rate
+    enc = model.control_encoder
+    feats = {
+        "sync": torch.randn(batch, round(24 * seconds), enc.sync_dim, generator=g),
+        "clip": torch.randn(batch, round(8 * seconds), enc.clip_dim, generator=g),
+    }
+    text = torch.randn(batch, model.backbone.cond_dim, generator=g)
+    return {k: v.to(device) for k, v in feats.items()}, text.to(device)
+
+
+def sampling_fns(model: SpecMaskFoley, paths: list[str], batch: int, steps: int, device: torch.device, out: dict[str, torch.Tensor]) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], object]]]:
+    """(timed, warm-up) callables per path; each timed call stores its tokens in `out`."""
+    feats, text = make_inputs(model, batch, device)
+    timed: dict[str, Callable[[], object]] = {}
+    warm: dict[str, Callable[[], object]] = {}
+
+    def bind(name: str, n_steps: int) -> Callable[[], object]:
+        if name == "reference":
+            return lambda: out.__setitem__(name, naive_generate(model, feats, text, 0, n_steps))
+        kw = LIBRARY_PATHS[name]
+        return lambda: out.__setitem__(
+            name, model.generate(feats, text, steps=n_steps, generator=torch.Generator(device).manual_seed(0), **kw)
+        )
+
+    for name in paths:
+        timed[name], warm[name] = bind(name, steps), bind(name, 2)
+    return timed, warm
+
+
+def time_decode(model: SpecMaskFoley, codes: torch.Tensor, runs: int, device: torch.device) -> tuple[float, float]:
+    """Median seconds of token map -> mel and of mel -> waveform."""
+    mel = model.decode(codes)
+    t = time_interleaved({"decode": lambda: model.decode(codes), "vocoder": lambda: model.vocode(mel)}, warmup=1, runs=runs, device=device)
+    return median(t["decode"].wall), median(t["vocoder"].wall)
+
+
+def bench_preset(preset: str, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    model = make_model(preset, device)
+    seconds = model.n_samples / model.sample_rate
+    results = []
+    for batch in args.batch:
+        out: dict[str, torch.Tensor] = {}
+        timed, warm = sampling_fns(model, args.paths, batch, args.steps, device, out)
+        time_interleaved(warm, warmup=args.warmup, runs=0, device=device)
+        times = time_interleaved(timed, warmup=0, runs=args.runs, device=device)
+        ref = times.get("reference")
+        dec, voc = (None, None) if args.no_decode else time_decode(model, out[args.paths[-1]], args.decode_runs, device)
+        for name in args.paths:
+            t = times[name]
+            wall, cpu = median(t.wall), median(t.cpu)
+            same = None if "reference" not in out else (out[name] == out["reference"]).float().mean().item()
+            results.append(dict(
+                preset=preset, batch=batch, path=name, seconds=wall, min=min(t.wall), cpu=cpu, per_audio_s=wall / (seconds * batch),
+                speedup=None if ref is None else median(ref.wall) / wall, cpu_speedup=None if ref is None else median(ref.cpu) / cpu,
+                same_tokens=same, decode=dec, vocoder=voc, clip_s=seconds,
+            ))
+        print(f"  {preset} batch {batch}: " + ", ".join(f"{n} {fmt(median(v.wall))} s" for n, v in times.items()), flush=True)
+    return results
+
+
+def targets(results: list[dict[str, Any]], threads: int) -> list[list[str]]:
+    """The CPU targets of issue 6, for the paper preset at batch 1. Wall time on a loaded machine
+    overstates the cost; CPU s / threads estimates the wall time on an idle one (a lower bound)."""
+    rows = []
+    by = {(r["preset"], r["batch"], r["path"]): r for r in results}
+    for path, prec in (("library", "fp32"), ("library_bf16", "bf16")):
+        r = by.get(("specmaskfoley", 1, path))
+        if r is None:
+            continue
+        if r["speedup"] is not None:
+            measured = f"{fmt(r['speedup'])}x (wall), {fmt(r['cpu_speedup'])}x (CPU s)"
+            rows.append([f"{path} vs naive reference, batch 1", measured, ">= 2x", _met(r["speedup"] >= 2, r["cpu_speedup"] >= 2)])
+        mm = MMAUDIO_S_CPU[prec]
+        idle = r["cpu"] / threads / r["clip_s"]
+        measured = f"{fmt(r['per_audio_s'])} wall, {fmt(idle)} idle estimate"
+        rows.append([f"{path}: s per s of audio (MMAudio-S {prec}: {mm:.2f})", measured, f"<= {mm / 2:.2f}", _met(r["per_audio_s"] <= mm / 2, idle <= mm / 2)])
+    return rows
+
+
+def _met(wall_ok: bool, cpu_ok: bool) -> str:
+    return {(True, True): "yes", (False, True): "by CPU s only", (True, False): "by wall only", (False, False): "no"}[(wall_ok, cpu_ok)]
+
+
+def report(results: list[dict[str, Any]], device: torch.device, markdown: bool) -> None:
+    print(f"\n{environment(device)}")
+    print("\nToken sampling (features -> tokens; median of the timed runs)")
+    print_table(
+        ["preset", "batch", "path", "median s", "min s", "CPU s", "s per s audio", "speedup (wall)", "speedup (CPU s)", "tokens = ref"],
+        [[r["preset"], r["batch"], r["path"], fmt(r["seconds"]), fmt(r["min"]), fmt(r["cpu"]), fmt(r["per_audio_s"]), fmt(r["speedup"]),
+          fmt(r["cpu_speedup"]), fmt(r["same_tokens"])] for r in results],
+        markdown=markdown,
+    )
+    print("\nDecode and vocoder (same for every path; median)")
+    seen = {(r["preset"], r["batch"]): r for r in results}
+    print_table(
+        ["preset", "batch", "clip s", "decode s", "vocoder (Griffin-Lim) s", "(decode + vocoder) per s audio"],
+        [[p, b, fmt(r["clip_s"]), fmt(r["decode"]), fmt(r["vocoder"]),
+          fmt(None if r["decode"] is None else (r["decode"] + r["vocoder"]) / (r["clip_s"] * b))] for (p, b), r in seen.items()],
+        markdown=markdown,
+    )
+    rows = targets(results, torch.get_num_threads())
+    if rows:
+        print("\nCPU targets (issue 6), paper preset, token sampling only (MMAudio-S's figures are its network only)")
+        print_table(["check", "measured", "target", "met"], rows, markdown=markdown)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", nargs="+", default=["specmaskfoley_tiny"], help="presets to time (random weights)")
+    ap.add_argument("--batch", nargs="+", type=int, default=[1, 16])
+    ap.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS), choices=["reference", *LIBRARY_PATHS])
+    ap.add_argument("--runs", type=int, default=5, help="timed rounds (median reported)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed 2-step rounds before timing")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--decode-runs", type=int, default=3)
+    ap.add_argument("--no-decode", action="store_true", help="skip the decode and vocoder timing")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--markdown", action="store_true", help="print GitHub tables (for RESULTS.md)")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    print(environment(device), flush=True)
+    results = []
+    for preset in args.preset:
+        results += bench_preset(preset, args, device)
+    sync(device)
+    report(results, device, args.markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -136,7 +136,11 @@ def run_synthetic(out: str | Path, scale_name: str = "full", *, results: str | P
     # The recipes' LR rule (base_lr x batch / reference batch) at the small CPU batch of the tokenizer
     # would give 2.5e-5; base_lr is raised so the peak LR is 2e-4 (the VQGAN range) for a short run.
     tok_lr = 2e-4 * 32 / scale.tok_batch
-    tok_run = _train("tokenizer", PRESET, mel_data, out / "run_tokenizer", scale.tok_steps, scale.tok_batch, ov, base_lr=tok_lr, lr_reference_batch=32)
+    # Codebook restarts every 10 steps over the first 60% keep the small codebook from collapsing.
+    tok_run = _train(
+        "tokenizer", PRESET, mel_data, out / "run_tokenizer", scale.tok_steps, scale.tok_batch, ov,
+        base_lr=tok_lr, lr_reference_batch=32, codebook_restart_every=10, codebook_restart_until=int(0.6 * scale.tok_steps),
+    )  # fmt: skip
     data = _extract(out / "data", scale, ov, tok_run, mel_only=False)
     bb_ov = {k: v for k, v in ov.items() if k in ("tokenizer", "backbone")}
     bb_run = _train("backbone", BACKBONE_PRESET, data, out / "run_backbone", scale.bb_steps, scale.bb_batch, bb_ov, init=str(tok_run))

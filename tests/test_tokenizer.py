@@ -297,3 +297,19 @@ def test_codebook_usage_and_batch_perplexity(tiny: SpecVQGAN) -> None:
     with torch.no_grad():
         q = tiny.encode_quantized(smooth_mels(2, 64, seed=7))
     assert q.perplexity.item() == pytest.approx(tiny.codebook_usage(q.codes).perplexity, rel=1e-5)
+
+
+def test_dead_code_restart_revives_a_collapsed_codebook() -> None:
+    from controlfoley.tokenizers.specvqgan import VectorQuantizer
+
+    vq = VectorQuantizer(32, 4, 0.25)
+    with torch.no_grad():
+        vq.embedding.weight.zero_()
+        vq.embedding.weight[0] = 1.0  # a collapsed codebook: every vector picks code 0 or its twins
+    z = torch.randn(2, 4, 3, 8)
+    before = vq.nearest(z).unique().numel()
+    moved = vq.restart_dead_codes(z, torch.Generator().manual_seed(0))
+    after = vq.nearest(z).unique().numel()
+    assert moved >= 30 and after > before + 10
+    names = set(vq.state_dict())
+    assert names == {"embedding.weight"}  # training-only: the checkpoint layout is unchanged

@@ -85,6 +85,24 @@ class VectorQuantizer(nn.Module):
     def lookup(self, codes: Int[Tensor, "b f t"]) -> Float[Tensor, "b e f t"]:
         return self.embedding(codes).permute(0, 3, 1, 2)
 
+    @torch.no_grad()
+    def restart_dead_codes(self, z: Float[Tensor, "b e f t"], generator: torch.Generator) -> int:
+        """Move the codes no vector of `z` selects onto randomly chosen vectors of `z`.
+
+        Codebook restarts (Jukebox, Dhariwal et al. 2020; SoundStream, Zeghidour et al. 2021) keep a
+        small codebook from collapsing onto a few entries early in training. Training-only: it
+        changes no parameter name or shape. Returns how many codes were moved."""
+        flat = z.detach().permute(0, 2, 3, 1).reshape(-1, self.embed_dim)
+        used = torch.bincount(self.nearest(z.detach()).flatten(), minlength=self.n_embed) > 0
+        dead = (~used).nonzero().squeeze(1)
+        if dead.numel() == 0:
+            return 0
+        pick = torch.randint(0, flat.shape[0], (dead.numel(),), generator=generator).to(flat.device)
+        self.embedding.weight[dead] = flat[pick].to(self.embedding.weight.dtype)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(self.embedding.weight.data, src=0)  # every rank keeps one codebook
+        return int(dead.numel())
+
     def forward(self, z: Float[Tensor, "b e f t"]) -> Quantized:
         codes = self.nearest(z.detach())
         e_q = self.lookup(codes)
@@ -156,7 +174,7 @@ class SpecVQGAN(nn.Module):
             perplexity=float(_histogram_perplexity(codes, self.codebook_size)),
         )
 
-    # -- internals -------------------------------------------------------------------------------
+    # -- internals (`_latent` is also used by the tokenizer recipe's codebook restarts) -----------
     def _latent(self, mel: Float[Tensor, "b m n"]) -> Float[Tensor, "b e f t"]:
         self._check_mel(mel)
         return self.quant_conv(self.encoder(mel.unsqueeze(1)))

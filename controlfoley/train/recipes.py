@@ -32,7 +32,7 @@ from controlfoley.errors import DataError, ShapeError
 from controlfoley.model import SpecMaskFoley, masked_token_mask
 from controlfoley.train.adversarial import PatchDiscriminator, hinge_losses
 from controlfoley.train.config import TrainConfig
-from controlfoley.typing import Bool, Float, Tensor
+from controlfoley.typing import Bool, Float, Int, Tensor
 
 __all__ = ["Recipe", "StepPlan", "TokenizerObjective", "MaskedTokenObjective", "get_recipe", "step_generator"]
 
@@ -59,9 +59,17 @@ class TokenizerObjective(nn.Module):
         self.tokenizer, self.disc = tokenizer, disc
         self.l1_weight, self.l2_weight, self.vq_weight = l1_weight, l2_weight, vq_weight
 
-    def forward(self, batch: dict[str, Tensor], adv_scale: Float[Tensor, " b"]) -> tuple[Float[Tensor, ""], dict[str, Tensor]]:
-        """`adv_scale`: per-clip weight of the adversarial term (0 before `adv_start_step`)."""
+    def forward(
+        self, batch: dict[str, Tensor], adv_scale: Float[Tensor, " b"], restart_seed: Int[Tensor, " b"]
+    ) -> tuple[Float[Tensor, ""], dict[str, Tensor]]:
+        """`adv_scale`: per-clip weight of the adversarial term (0 before `adv_start_step`);
+        `restart_seed`: >= 0 on steps that restart dead codebook entries (seeded for resumability)."""
         mel = batch["mel"].float()
+        restarted = 0
+        if self.training and restart_seed.numel() and int(restart_seed[0]) >= 0:
+            with torch.no_grad():
+                z = self.tokenizer._latent(mel)
+            restarted = self.tokenizer.quantize.restart_dead_codes(z, torch.Generator().manual_seed(int(restart_seed[0])))
         recon, codes, vq = self.tokenizer(mel)
         err = (recon.float() - mel).flatten(1)
         l1, l2 = err.abs().mean(1), err.pow(2).mean(1)  # per clip
@@ -78,6 +86,7 @@ class TokenizerObjective(nn.Module):
             stats.update(adv_g=g.sum().detach(), adv_d=d.sum().detach())
         stats["loss"] = loss.detach()
         stats["code_hist"] = torch.bincount(codes.flatten(), minlength=self.tokenizer.codebook_size).float()
+        stats["codes_restarted"] = mel.new_tensor(float(restarted))
         return total, stats
 
 
@@ -150,7 +159,7 @@ class Recipe(abc.ABC):
 
 class TokenizerRecipe(Recipe):
     name = "tokenizer"
-    objective_args = ("adv_scale",)
+    objective_args = ("adv_scale", "restart_seed")
 
     def prepare(self, model: SpecMaskFoley) -> None:
         model.requires_grad_(False)
@@ -172,10 +181,13 @@ class TokenizerRecipe(Recipe):
 
     def plan(self, cfg: TrainConfig, model: SpecMaskFoley, step: int, batch: int) -> StepPlan:
         on = cfg.adv_weight if step >= cfg.adv_start_step else 0.0
-        return StepPlan({"adv_scale": torch.full((batch,), on)}, float(batch))
+        every = cfg.codebook_restart_every
+        restart = cfg.seed * 1_000_003 + step if every > 0 and step % every == 0 and step < cfg.codebook_restart_until else -1
+        return StepPlan({"adv_scale": torch.full((batch,), on), "restart_seed": torch.full((batch,), restart, dtype=torch.long)}, float(batch))
 
     def val_plan(self, cfg: TrainConfig, model: SpecMaskFoley, clip_indices: list[int]) -> StepPlan:
-        return StepPlan({"adv_scale": torch.full((len(clip_indices),), cfg.adv_weight)}, 1.0)
+        n = len(clip_indices)
+        return StepPlan({"adv_scale": torch.full((n,), cfg.adv_weight), "restart_seed": torch.full((n,), -1, dtype=torch.long)}, 1.0)
 
     def summarize(self, stats: Mapping[str, Tensor]) -> dict[str, float]:
         n = float(stats["clips"])
@@ -184,6 +196,7 @@ class TokenizerRecipe(Recipe):
         perplexity = float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
         used = int((hist > 0).sum())
         out = {k: float(stats[k]) / n for k in ("loss", "rec_l1", "rec_l2", "vq", "adv_g", "adv_d") if k in stats}
+        out["codes_restarted"] = float(stats["codes_restarted"]) if "codes_restarted" in stats else 0.0
         return {**out, "codebook_used": float(used), "codebook_frac": used / hist.numel(), "perplexity": perplexity}
 
 

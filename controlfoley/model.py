@@ -203,7 +203,7 @@ class SpecMaskFoley(nn.Module):
         elsewhere); `compile` torch.compile of the step forward (CUDA graphs on CUDA);
         `static_shapes=False` vocab head on still-masked positions only (default: static on CUDA
         or when compiled); `prune_rows` only the uncond rows at steps whose CFG scale is 0;
-        `onednn` fp32 CPU linears through oneDNN (default: on for eager fp32 on AVX-512 CPUs)."""
+        `onednn` CPU linears through oneDNN, bf16 weights cast once (default: on for eager CPU)."""
         rule = guidance or self.guidance
         control = self.encode_control(features) if (features is not None and self.has_control) else None
         b = _batch_of(control, text, known_codes, batch_size)

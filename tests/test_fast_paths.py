@@ -232,13 +232,26 @@ def test_onednn_linear_leaves_training_and_autocast_alone():
     assert lin.weight.grad is not None
 
 
-def test_onednn_default_only_for_eager_fp32_cpu():
+def test_onednn_default_only_for_eager_cpu():
     cpu = torch.device("cpu")
-    capable = torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-    assert isinstance(onednn_linear(cpu, torch.float32, None, False), OneDNNLinear) == capable
-    assert not isinstance(onednn_linear(cpu, torch.bfloat16, None, False), OneDNNLinear)
+    have = torch.backends.mkldnn.is_available()
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    assert isinstance(onednn_linear(cpu, torch.float32, None, False), OneDNNLinear) == (have and avx512)
+    assert isinstance(onednn_linear(cpu, torch.bfloat16, None, False), OneDNNLinear) == have
     assert not isinstance(onednn_linear(cpu, torch.float32, None, True), OneDNNLinear)
-    assert not isinstance(onednn_linear(cpu, torch.float32, False, False), OneDNNLinear)
+    assert not isinstance(onednn_linear(cpu, torch.bfloat16, False, False), OneDNNLinear)
+
+
+def test_autocast_weights_cast_once_same_tokens(model):
+    x = micro_inputs(model, b=2)
+    rule = GUIDANCE.build("multi")
+    casts = {}
+    for on in (False, True):
+        with torch.profiler.profile() as prof:
+            out = fast_generate(model, x, rule, 4, 7, dtype=torch.bfloat16, onednn=on)
+        casts[on] = (out, sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy"))
+    assert torch.equal(casts[True][0], casts[False][0])  # the same bf16 kernels on the same inputs
+    assert casts[True][1] < casts[False][1]
 
 
 def test_default_generate_with_onednn_is_deterministic_and_valid(model):

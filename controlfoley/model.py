@@ -160,11 +160,28 @@ class SpecMaskFoley(nn.Module):
         if cond is not None:
             cond_on = torch.rand(b, generator=generator, device=flat.device) >= uncond_prob
         control = self.encode_control(features) if (self.has_control and features is not None) else None
+        ce, correct = self.masked_cross_entropy(flat, mask, cond=cond, cond_on=cond_on, control=control)
+        n = mask.sum()
+        loss = ce / n
+        return loss, {"loss": loss.item(), "acc_masked": (correct / n).item(), "mask_frac": mask.float().mean().item()}
+
+    def masked_cross_entropy(
+        self,
+        flat: Int[Tensor, "b l"],
+        mask: Bool[Tensor, "b l"],
+        *,
+        cond: Float[Tensor, "b c"] | None = None,
+        cond_on: Bool[Tensor, " b"] | None = None,
+        control: Float[Tensor, "b l d"] | None = None,
+    ) -> tuple[Float[Tensor, ""], Float[Tensor, ""]]:
+        """Cross-entropy summed over the masked positions, and how many argmax predictions are right.
+        Sums (not means) let a trainer normalise by the masked count of the whole global batch."""
         logits = self(flat, mask, cond=cond, cond_on=cond_on, control=control)
-        loss = F.cross_entropy(logits[mask].float(), flat[mask])
+        picked, target = logits[mask].float(), flat[mask]
+        ce = F.cross_entropy(picked, target, reduction="sum")
         with torch.no_grad():
-            acc = (logits[mask].argmax(-1) == flat[mask]).float().mean().item()
-        return loss, {"loss": loss.item(), "acc_masked": acc, "mask_frac": mask.float().mean().item()}
+            correct = (picked.argmax(-1) == target).sum().float()
+        return ce, correct
 
     def _flat_codes(self, codes: Tensor) -> Tensor:
         if codes.ndim != 3 or tuple(codes.shape[1:]) != self.grid:

@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from controlfoley.config import ConfigError
@@ -107,11 +106,7 @@ class MaskedTokenObjective(nn.Module):
         flat = codes.flatten(1)
         cond = batch["clap"].float() if "clap" in batch else None
         control = model.encode_control({k: batch[k].float() for k in self.control_keys}) if self.use_control else None
-        logits = model(flat, mask, cond=cond, cond_on=cond_on if cond is not None else None, control=control)
-        picked, target = logits[mask].float(), flat[mask]
-        ce = F.cross_entropy(picked, target, reduction="sum")
-        with torch.no_grad():
-            correct = (picked.argmax(-1) == target).sum().float()
+        ce, correct = model.masked_cross_entropy(flat, mask, cond=cond, cond_on=cond_on if cond is not None else None, control=control)
         stats = {"ce": ce.detach(), "correct": correct, "masked": mask.sum().float(), "clips": ce.new_tensor(float(codes.shape[0]))}
         return ce, stats
 

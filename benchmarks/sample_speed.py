@@ -193,14 +193,15 @@ def report(results: list[dict[str, Any]], device: torch.device, markdown: bool) 
           fmt(r["cpu_speedup"]), fmt(r["same_tokens"])] for r in results],
         markdown=markdown,
     )
-    print("\nDecode and vocoder (same for every path; median)")
-    seen = {(r["preset"], r["batch"]): r for r in results}
-    print_table(
-        ["preset", "batch", "clip s", "decode s", "vocoder (Griffin-Lim) s", "(decode + vocoder) per s audio"],
-        [[p, b, fmt(r["clip_s"]), fmt(r["decode"]), fmt(r["vocoder"]),
-          fmt(None if r["decode"] is None else (r["decode"] + r["vocoder"]) / (r["clip_s"] * b))] for (p, b), r in seen.items()],
-        markdown=markdown,
-    )
+    seen = {(r["preset"], r["batch"]): r for r in results if r["decode"] is not None}
+    if seen:
+        print("\nDecode and vocoder (same for every path; median)")
+        print_table(
+            ["preset", "batch", "clip s", "decode s", "vocoder (Griffin-Lim) s", "(decode + vocoder) per s audio"],
+            [[p, b, fmt(r["clip_s"]), fmt(r["decode"]), fmt(r["vocoder"]),
+              fmt((r["decode"] + r["vocoder"]) / (r["clip_s"] * b))] for (p, b), r in seen.items()],
+            markdown=markdown,
+        )
     rows = targets(results, torch.get_num_threads())
     if rows:
         print("\nCPU targets (issue 6), paper preset, token sampling only (MMAudio-S's figures are its network only)")

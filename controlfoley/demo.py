@@ -37,7 +37,7 @@ def _colourise(mel: np.ndarray) -> np.ndarray:
 
 def mel_png(
     path: Path,
-    panels: Sequence[tuple[str, Float[Tensor, "m n"]]],
+    panels: Sequence[tuple[str, Tensor]],  # [m, n] mels; lengths may differ
     events: Sequence[tuple[float, tuple[int, int, int], str]],
     seconds_per_frame: float,
     onsets: Sequence[float] = (),

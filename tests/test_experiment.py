@@ -18,7 +18,8 @@ def test_experiment_smoke_scale_runs_every_stage(tmp_path):
     assert report["rows"][0]["desync_s"] < 0.05  # the metric itself works on true audio
     for run in ("run_tokenizer", "run_backbone", "run_controlnet_ft", "run_controlnet_plain1d"):
         assert (tmp_path / "exp" / run / "done.json").is_file()
-    assert (tmp_path / "table.md").read_text().count("\n") == len(names) + 3
+    table_rows = [ln for ln in (tmp_path / "table.md").read_text().splitlines() if ln.startswith("| ")]
+    assert len(table_rows) == len(names) + 1  # header + one row per variant
     rows = json.loads((tmp_path / "exp" / "results.json").read_text())
     assert len(rows) == len(names)
 

@@ -7,7 +7,6 @@
 Writes are atomic (temporary file + rename).
 """
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -132,6 +131,3 @@ def load_parts(model: nn.Module, path: str | os.PathLike[str], parts: Iterable[s
         model.controlnet.copy_from(model.backbone)
     return parts
 
-
-def metadata_json(meta: Mapping[str, str], key: str) -> Any:
-    return json.loads(meta[key]) if key in meta else None

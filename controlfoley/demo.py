@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from controlfoley.typing import Float, Tensor
+from controlfoley.typing import Tensor
 
 __all__ = ["demo_main", "mel_png"]
 

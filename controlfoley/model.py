@@ -40,7 +40,6 @@ from controlfoley.typing import Bool, Float, Int, Tensor
 
 __all__ = ["SpecMaskFoley", "build_model", "from_pretrained", "masked_token_mask"]
 
-FORMAT_VERSION = "1"
 _CONTROL_PARTS = ("control_encoder", "aligner", "controlnet")
 
 

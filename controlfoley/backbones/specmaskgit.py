@@ -15,7 +15,6 @@ Notable features
 Paper numbers (SpecMaskFoley sec. 4.2): 24 blocks, D=768, 8 heads, FFN 3072, ~170M parameters.
 """
 
-import math
 from collections.abc import Sequence
 from typing import Final
 
@@ -184,11 +183,6 @@ class SpecMaskGIT(nn.Module):
     ) -> Float[Tensor, "b l v"]:
         return self.logits(self.forward_blocks(self.embed(codes, mask, cond, cond_on), block_residuals))
 
-    def flops_per_token(self) -> int:
-        """Approximate forward multiply-adds per token (blocks only; for throughput reports)."""
-        d, f, l = self.dim, self.ffn_dim, self.n_tokens
-        return self.depth * (4 * d * d + 2 * d * f + 2 * l * d)
-
 
 @BACKBONES.register("specmaskgit")
 def specmaskgit(
@@ -205,7 +199,7 @@ def specmaskgit(
     """SpecMaskGIT ViT. Defaults are the paper's (24 blocks, D=768, 8 heads, FFN 3072, CLAP 512)."""
     if len(grid) != 2 or min(grid) < 1:
         raise ShapeError(f"grid must be (F, T) with positive sizes, got {grid}")
-    if math.prod(grid) < 1 or dim % heads:
+    if dim % heads:
         raise ShapeError(f"dim {dim} must be divisible by heads {heads}")
     return SpecMaskGIT(
         vocab_size=vocab_size,

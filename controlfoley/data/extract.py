@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from controlfoley._registry import EXTRACTORS
 from controlfoley.data.shards import ShardIndex, ShardWriter
 from controlfoley.errors import ControlFoleyError, DataError
-from controlfoley.typing import Float, Tensor
+from controlfoley.typing import Tensor
 
 __all__ = ["Extraction", "extract_synthetic", "extract_files", "extract_main", "build_parser", "AUDIO_SUFFIXES"]
 

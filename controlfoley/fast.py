@@ -18,16 +18,25 @@
 `precision(device, dtype)` is generate's autocast context: bf16 by default on CUDA, fp32 elsewhere.
 It wraps the whole sampling loop so autocast's cache of cast weights lives across all steps.
 
-`OneDNNLinear`: inference-time CPU linears for one `generate` call. fp32 runs oneDNN's
-`_linear_pointwise` instead of MKL's sgemm: MKL runs its AVX2 kernels on AMD CPUs, oneDNN picks
-AVX-512 by instruction set (measured on the 2-core EPYC build machines: 100 vs 230 GFLOP/s per
-core for a 795 x 768 x 3072 linear, 1.8x for a paper-size forward; fp32 results summed in another
-order, logits differ ~1e-6). Under autocast the weights are cast once per call and kept: autocast's
-own cache of cast weights is off in inference mode and for frozen parameters (a re-cast of every
-weight at every step was 8% of a bf16 step); the numbers are the same as autocast's.
+`OneDNNLinear`: inference-time CPU kernels for one `generate` call.
+- Every linear runs oneDNN's `_linear_pointwise` on a weight packed once per call into oneDNN's
+  blocked layout (`_reorder_linear_weight`), fp32 or, under autocast, bf16. fp32 would otherwise
+  run MKL's sgemm, which uses its AVX2 kernels on AMD CPUs while oneDNN picks AVX-512 by
+  instruction set (measured on the 2-core EPYC build machines: 100 vs 230 GFLOP/s per core for a
+  795 x 768 x 3072 linear). Packing saves a further 5-15% (fp32) and ~20% (bf16) per linear;
+  the packed product is bit-identical to the unpacked oneDNN one.
+- Under autocast the weights are cast once per call: autocast's own cache of cast weights is off
+  in inference mode and for frozen parameters, so it re-cast every weight at every step. Linears
+  whose input is already low precision (attention's projection, the MLP's second linear) are
+  routed too; before, they fell through to autocast and re-cast their weights.
+- `fused_mlp`: a backbone MLP (linear -> GELU -> linear) asks the active mode for a fused first
+  linear, GELU applied by oneDNN as a post-op on the fp32 accumulator (one rounding to bf16
+  instead of two; fp32 results differ ~1e-6).
+fp32 results are summed in another order than MKL's, so logits differ ~1e-6 from the aten path.
 """
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -45,6 +54,7 @@ __all__ = [
     "OneDNNLinear",
     "batched_logits",
     "default_dtype",
+    "fused_mlp",
     "masked_index",
     "onednn_linear",
     "precision",
@@ -83,13 +93,30 @@ def precision(device: torch.device, dtype: torch.dtype | None = None) -> Iterato
         yield dt
 
 
+_LOWP = (torch.bfloat16, torch.float16)
+_PACKABLE = (torch.float32, torch.bfloat16)  # dtypes oneDNN's packed linear takes on every AVX-512 CPU
+
+
 class OneDNNLinear(TorchFunctionMode):
-    """Inside this mode, inference-time CPU `F.linear` calls run oneDNN fp32 kernels, or under
-    autocast reuse weights cast once. Make one per sampling call: the casts are not refreshed."""
+    """Inside this mode, inference-time CPU `F.linear` calls run oneDNN kernels on weights packed
+    (and under autocast cast) once, and `fused_mlp` fuses the MLP's GELU into its first linear.
+    Make one per sampling call: the packed weights are not refreshed if parameters change."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._cast: dict[tuple[int, int, torch.dtype], tuple[Tensor, Tensor, Tensor | None]] = {}
+        # (id(w), id(b), dtype) -> (w kept alive so its id is not reused, weight for the op, bias, packed?)
+        self._cast: dict[tuple[int, int, torch.dtype], tuple[Tensor, Tensor, Tensor | None, bool]] = {}
+        self._token: contextvars.Token[OneDNNLinear | None] | None = None
+
+    def __enter__(self) -> "OneDNNLinear":
+        self._token = _ACTIVE.set(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._token is not None:
+            _ACTIVE.reset(self._token)
+            self._token = None
+        super().__exit__(*exc)
 
     def __torch_function__(
         self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
@@ -98,29 +125,68 @@ class OneDNNLinear(TorchFunctionMode):
         if func is F.linear and not torch.is_grad_enabled():  # no autograd formula for the oneDNN op
             x, w = args[0], args[1]
             b = args[2] if len(args) > 2 else kwargs.get("bias")
-            if _cpu_fp32(x, w, b) and not torch.is_autocast_enabled("cpu"):
-                return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
-            if _cpu_fp32(x, w, b) and torch.is_autocast_enabled("cpu"):
-                dt = torch.get_autocast_dtype("cpu")
-                lw, lb = self._low(w, b, dt)
-                return func(x.to(dt), lw, lb)  # what autocast would run, minus the weight cast
+            out = self.linear(x, w, b)
+            if out is not None:
+                return out
         return func(*args, **kwargs)
 
-    def _low(self, w: Tensor, b: Tensor | None, dt: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    def _target_dtype(self, x: Tensor, w: Tensor, b: Tensor | None) -> torch.dtype | None:
+        """The dtype the linear runs in, or None when this mode leaves it to aten."""
+        if not (
+            x.device.type == "cpu"
+            and w.dtype == torch.float32
+            and (b is None or b.dtype == torch.float32)
+            and 2 <= x.dim() <= 3
+            and w.dim() == 2
+        ):
+            return None
+        if torch.is_autocast_enabled("cpu"):
+            dt = torch.get_autocast_dtype("cpu")
+            return dt if x.dtype in (torch.float32, dt) else None
+        return torch.float32 if x.dtype == torch.float32 else None
+
+    def _weights(self, w: Tensor, b: Tensor | None, dt: torch.dtype, rows: int) -> tuple[Tensor, Tensor | None, bool]:
         key = (id(w), id(b), dt)
-        if key not in self._cast:  # w is kept in the entry, so its id cannot be reused meanwhile
-            self._cast[key] = (w, w.to(dt), None if b is None else b.to(dt))
+        if key not in self._cast:
+            lw, lb = w.to(dt), None if b is None else b.to(dt)
+            packed = dt in _PACKABLE
+            if packed:
+                try:
+                    lw = torch.ops.mkldnn._reorder_linear_weight(lw, rows)
+                except RuntimeError:  # a build whose oneDNN cannot pack this dtype: unpacked weights
+                    packed = False
+            self._cast[key] = (w, lw, lb, packed)
         return self._cast[key][1:]
 
+    def linear(self, x: Tensor, w: Tensor, b: Tensor | None, post_op: str = "none", algorithm: str = "") -> Tensor | None:
+        """oneDNN linear (+ `post_op`) with the packed weight, or None if this input is not for us."""
+        dt = self._target_dtype(x, w, b)
+        if dt is None:
+            return None
+        lw, lb, packed = self._weights(w, b, dt, x.numel() // x.shape[-1])
+        x = x.to(dt)
+        if packed:
+            return torch.ops.mkldnn._linear_pointwise(x, lw, lb, post_op, [], algorithm)
+        if post_op != "none":
+            return None
+        return F.linear(x, lw, lb)  # fp16: what autocast would run, minus the weight cast
 
-def _cpu_fp32(x: Tensor, w: Tensor, b: Tensor | None) -> bool:
-    return (
-        x.device.type == "cpu"
-        and x.dtype == w.dtype == torch.float32
-        and (b is None or b.dtype == torch.float32)
-        and 2 <= x.dim() <= 3
-        and w.dim() == 2
-    )
+    def mlp(self, fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, x: Tensor) -> Tensor | None:
+        """fc2(GELU(fc1(x))) with the GELU fused into fc1, or None when not applicable."""
+        if torch.is_grad_enabled() or type(act) is not nn.GELU:
+            return None
+        h = self.linear(x, fc1.weight, fc1.bias, "gelu", act.approximate)
+        return None if h is None else fc2(h)
+
+
+_ACTIVE: contextvars.ContextVar[OneDNNLinear | None] = contextvars.ContextVar("controlfoley_onednn", default=None)
+
+
+def fused_mlp(fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, x: Tensor) -> Tensor | None:
+    """The MLP through the active `OneDNNLinear` mode's fused kernels; None outside one (or when
+    it does not apply: training, another activation, another device), so the caller runs eagerly."""
+    mode = _ACTIVE.get()
+    return None if mode is None else mode.mlp(fc1, act, fc2, x)
 
 
 def onednn_linear(device: torch.device, dtype: torch.dtype, requested: bool | None, compile: bool) -> contextlib.AbstractContextManager[Any]:

@@ -209,7 +209,7 @@ class SpecMaskFoley(nn.Module):
         dtype: torch.dtype | None = None,
         compile: bool = False,
         static_shapes: bool | None = None,
-        prune_rows: bool = False,
+        prune_rows: bool = True,
         onednn: bool | None = None,
     ) -> Int[Tensor, "b f t"]:
         """Sample token maps. `features`: video features (dict of [b, t, d]); `text`: CLAP-like
@@ -218,7 +218,8 @@ class SpecMaskFoley(nn.Module):
         Speed options (see `controlfoley.fast`): `dtype` autocast (default bf16 on CUDA, fp32
         elsewhere); `compile` torch.compile of the step forward (CUDA graphs on CUDA);
         `static_shapes=False` vocab head on still-masked positions only (default: static on CUDA
-        or when compiled); `prune_rows` only the uncond rows at steps whose CFG scale is 0;
+        or when compiled); `prune_rows` (default on) only the uncond rows at steps whose CFG scale is 0, which
+        gives the same logits (l_u + 0 * (...) = l_u);
         `onednn` CPU linears through oneDNN, bf16 weights cast once (default: on for eager CPU)."""
         rule = guidance or self.guidance
         control = self.encode_control(features) if (features is not None and self.has_control) else None

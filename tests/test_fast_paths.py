@@ -260,3 +260,70 @@ def test_default_generate_with_onednn_is_deterministic_and_valid(model):
     a = fast_generate(model, x, rule, 6, 3, onednn=None)
     assert torch.equal(a, fast_generate(model, x, rule, 6, 3, onednn=None))
     assert a.shape == (2, *model.grid) and 0 <= a.min() and a.max() < model.backbone.vocab_size
+
+
+def _linear_stats(prof):
+    """{(event name, input shapes)} of a profile, and the number of packing calls."""
+    events = [(e.name, tuple(tuple(s) for s in e.input_shapes if isinstance(s, list))) for e in prof.events()]
+    return events, sum(n == "mkldnn::_reorder_linear_weight" for n, _ in events)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_onednn_mode_packs_each_weight_once_and_casts_no_weight_per_step(model, dtype):
+    """Every linear goes through oneDNN with its weight packed on the first step only; under bf16
+    autocast no weight is re-cast on later steps (the attention projection and the MLP's second
+    linear take bf16 inputs: they used to fall through to autocast, which re-cast their weights)."""
+    x = micro_inputs(model, b=2)
+    codes, mask = x["codes"].flatten(1), ragged_known_mask(model, 2, seed=2).flatten(1)
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in [*model.backbone.blocks.modules(), *model.controlnet.blocks.modules()])
+    weight_shapes = {tuple(p.shape) for p in model.parameters() if p.dim() == 2}
+    mode = OneDNNLinear()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16), mode:
+        step = _row_step(model, x)
+        with torch.profiler.profile(record_shapes=True) as first:
+            step(codes, mask, 4, 8)
+        with torch.profiler.profile(record_shapes=True) as second:
+            step(codes, mask, 5, 8)
+    events1, packed1 = _linear_stats(first)
+    events2, packed2 = _linear_stats(second)
+    assert packed1 >= n_linear and packed2 == 0
+    assert not any(n in ("aten::addmm", "aten::linear") for n, _ in events2)  # every linear is oneDNN's
+    weight_casts = [s for n, s in events2 if n == "aten::_to_copy" and s and s[0] in weight_shapes]
+    assert weight_casts == []
+
+
+def test_fused_mlp_matches_eager_and_is_not_less_accurate_in_bf16():
+    from controlfoley.backbones.specmaskgit import Mlp
+
+    torch.manual_seed(0)
+    mlp = Mlp(64, 256).eval()
+    x = torch.randn(2, 33, 64)
+    with torch.inference_mode():
+        ref = mlp(x)  # eager fp32, no mode
+        with torch.profiler.profile(record_shapes=True) as prof, OneDNNLinear():
+            fused = mlp(x)
+        names = [e.name for e in prof.events()]
+        assert names.count("mkldnn::_linear_pointwise") == 2 and "aten::gelu" not in names  # GELU is fc1's post-op
+        assert torch.allclose(fused, ref, rtol=1e-4, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain = mlp(x)  # autocast: fc1 output rounded to bf16, then GELU, then rounded again
+            with OneDNNLinear():
+                fused16 = mlp(x)  # GELU on the fp32 accumulator, one rounding
+    assert fused16.dtype == plain.dtype == torch.bfloat16
+    err_fused, err_plain = (fused16.float() - ref).abs().mean(), (plain.float() - ref).abs().mean()
+    assert err_fused <= err_plain * 1.05
+
+
+def test_fused_mlp_is_off_outside_the_mode_and_in_training():
+    from controlfoley.backbones.specmaskgit import Mlp
+    from controlfoley.fast import fused_mlp
+
+    mlp = Mlp(16, 32)
+    x = torch.randn(1, 5, 16)
+    assert fused_mlp(mlp.fc1, mlp.act, mlp.fc2, x) is None
+    with OneDNNLinear():
+        assert fused_mlp(mlp.fc1, mlp.act, mlp.fc2, x) is None  # grad enabled: aten, with autograd
+        with torch.no_grad():
+            assert fused_mlp(mlp.fc1, torch.nn.ReLU(), mlp.fc2, x) is None  # only GELU is fused
+            assert fused_mlp(mlp.fc1, mlp.act, mlp.fc2, x) is not None
+    assert fused_mlp(mlp.fc1, mlp.act, mlp.fc2, x) is None  # the mode is gone after its block

@@ -135,9 +135,15 @@ def test_one_batched_forward_per_step(micro_model, rule, monkeypatch):
     x = micro_inputs(micro_model, b=2)
     rule_obj = GUIDANCE.build(rule)
     out = micro_model.generate(x["features"], x["text"], steps=5, guidance=rule_obj, generator=torch.Generator().manual_seed(0))
-    n_sets = len(rule_obj.conditions)
-    assert calls == [2 * n_sets] * 5  # one forward per step, all condition sets stacked
-    assert cn_rows == [2 * sum(c.video for c in rule_obj.conditions)] * 5  # ControlNet only on video rows
+    n_sets, n_video = len(rule_obj.conditions), sum(c.video for c in rule_obj.conditions)
+    if rule == "none":
+        assert calls == [2] * 5 and cn_rows == [2] * 5
+    else:  # default prune_rows: the scale-0 first step of the linear schedule needs only l_u
+        assert calls == [2] + [2 * n_sets] * 4  # one forward per step, all condition sets stacked
+        assert cn_rows == [2 * n_video] * 4  # ControlNet only on video rows, never at the uncond-only step
+    calls.clear(), cn_rows.clear()
+    micro_model.generate(x["features"], x["text"], steps=5, guidance=rule_obj, generator=torch.Generator().manual_seed(0), prune_rows=False)
+    assert calls == [2 * n_sets] * 5 and cn_rows == [2 * n_video] * 5
     assert out.shape == (2, *micro_model.grid) and out.min() >= 0 and out.max() < micro_model.backbone.vocab_size
 
 

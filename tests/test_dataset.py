@@ -226,3 +226,44 @@ def test_extract_refuses_existing_output(tmp_path: Path, capsys: pytest.CaptureF
     with pytest.warns(UserWarning, match="untrained tokenizer"):
         rc = extract_main(["--preset", "specmaskgit_tiny", "--out", str(tmp_path), "--files", "x.wav"])
     assert rc == 2 and "already holds a dataset" in capsys.readouterr().err
+
+
+def test_interrupted_extraction_resumes_to_the_same_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A crash after two full shards keeps them; --resume skips their clips unread and finishes
+    with the dataset an uninterrupted run writes."""
+    from controlfoley.data import extract
+    from controlfoley.data.extract import extract_main
+
+    args = ["--preset", "specmaskfoley_tiny", "--synthetic", "7", "--extractors", "synthetic_sync", "--shard-size", "2", "--batch-size", "1"]
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main([*args, "--out", str(tmp_path / "whole")]) == 0
+    loads: list[int] = []
+    real = extract.Extraction.video_features
+
+    def crash_on_fifth(self: extract.Extraction, frames_at: object) -> dict[str, torch.Tensor]:
+        loads.append(1)
+        if len(loads) == 5:
+            raise RuntimeError("simulated crash")
+        return real(self, frames_at)
+
+    monkeypatch.setattr(extract.Extraction, "video_features", crash_on_fifth)
+    out = tmp_path / "cut"
+    with pytest.warns(UserWarning, match="untrained tokenizer"), pytest.raises(RuntimeError, match="simulated crash"):
+        extract_main([*args, "--out", str(out)])
+    assert not (out / INDEX_FILE).exists() and (out / "progress.json").exists()
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main([*args, "--out", str(out)]) == 2  # neither --resume nor --overwrite
+    assert "interrupted extraction" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main([*args, "--out", str(out), "--world-seed", "1", "--resume"]) == 2  # other settings
+    assert "other settings" in capsys.readouterr().err
+    loads.clear()
+    monkeypatch.setattr(extract.Extraction, "video_features", lambda self, f: (loads.append(1), real(self, f))[1])
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main([*args, "--out", str(out), "--resume"]) == 0
+    assert len(loads) == 3  # clips 0-3 were in the two finished shards
+    assert not (out / "progress.json").exists()
+    a, b = ShardDataset(tmp_path / "whole", verify="sha256"), ShardDataset(out, verify="sha256")
+    assert [a.clip_id(i) for i in range(7)] == [b.clip_id(i) for i in range(7)]
+    for i in range(7):
+        assert [k for k in a.keys if not torch.equal(a[i][k], b[i][k])] == []

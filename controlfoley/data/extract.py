@@ -43,7 +43,8 @@ __all__ = ["Extraction", "extract_synthetic", "extract_files", "extract_main", "
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"})
 FrameSource = Callable[[float], Tensor]  # fps -> uint8 frames [n, h, w, 3]
-Item = tuple[str, Tensor, FrameSource | None, Tensor | None]  # clip id, waveform, frame source, clap vector
+Loaded = tuple[Tensor, FrameSource | None, Tensor | None]  # waveform, frame source, clap vector
+Item = tuple[str, Callable[[], Loaded]]  # clip id, and what reads or renders the clip (skipped on resume)
 
 
 class Extraction:
@@ -65,7 +66,9 @@ class Extraction:
         from controlfoley.model import build_model
         from controlfoley.train.checkpoints import resolve_model_file
 
-        self.model = build_model(preset, **(model_overrides or {})).eval().to(device)
+        with torch.random.fork_rng(devices=[]):  # the same untrained weights in every run: a resumed extraction matches
+            torch.manual_seed(0)
+            self.model = build_model(preset, **(model_overrides or {})).eval().to(device)
         if tokenizer is not None:
             load_parts(self.model, resolve_model_file(tokenizer), ["tokenizer"])
         else:
@@ -132,10 +135,21 @@ class Extraction:
 
 
 def _write(
-    ex: Extraction, out: str | Path, items: Iterable[Item], total: int, *, shard_size: int, batch_size: int, overwrite: bool, source: str
+    ex: Extraction,
+    out: str | Path,
+    items: Iterable[Item],
+    total: int,
+    *,
+    shard_size: int,
+    batch_size: int,
+    overwrite: bool,
+    source: str,
+    resume: bool = False,
 ) -> ShardIndex:
-    """items: (clip id, waveform, frame source or None, clap vector or None); batched for the tokenizer."""
-    writer = ShardWriter(out, shard_size=shard_size, info=ex.info(source), overwrite=overwrite)
+    """items: (clip id, loader of (waveform, frame source or None, clap vector or None)); batched
+    for the tokenizer. With `resume`, the clips of the shards already written are skipped unread,
+    after checking that their ids come in the same order."""
+    writer = ShardWriter(out, shard_size=shard_size, info=ex.info(source), overwrite=overwrite, resume=resume)
     pending: list[tuple[str, Tensor, dict[str, Tensor]]] = []
 
     def flush() -> None:
@@ -145,7 +159,16 @@ def _write(
             writer.add(cid, {**audio, **feats})
         pending.clear()
 
-    for cid, wav, frames_at, clap in tqdm(items, total=total, desc="extract", dynamic_ncols=True):
+    it = iter(items)
+    for k, done_id in enumerate(writer.clip_ids):
+        cid = next(it, (None,))[0]
+        if cid != done_id:
+            raise DataError(
+                f"cannot resume {out}: clip {k} was {done_id!r} in the interrupted extraction and is {cid!r} now; "
+                "the inputs changed. Resume with the same inputs, or start again with --overwrite."
+            )
+    for cid, load in tqdm(it, total=total, initial=len(writer.clip_ids), desc="extract", dynamic_ncols=True):
+        wav, frames_at, clap = load()
         feats = ex.video_features(frames_at) if frames_at is not None else {}
         if clap is not None:
             feats["clap"] = clap.float().cpu()
@@ -166,24 +189,26 @@ def extract_synthetic(
     shard_size: int = 256,
     batch_size: int = 16,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> ShardIndex:
-    """Render `n_clips` clips of split `split` of `SyntheticWorld(seed=world_seed)` into a dataset."""
+    """Render `n_clips` clips of split `split` of `SyntheticWorld(seed=world_seed)` into a dataset
+    (`resume`: continue an interrupted extraction into `out`)."""
     from controlfoley.data.synthetic import SyntheticWorld
     from controlfoley.video import resample_frames
 
     world = SyntheticWorld(seed=world_seed, duration_s=ex.window_s)
 
-    def items() -> Iterable[Item]:
-        for i in world.split(split, n_clips):
-            clip = world.clip(i)
-            clap = None
-            if ex.clap is not None:  # the audio-prompt role: the clip's own classes
-                tags = getattr(ex.clap, "encode_tags", None)
-                clap = tags(list(clip.class_ids)) if tags is not None else ex.clap.encode_text([clip.prompt])[0]
-            yield f"synthetic-{world_seed}-{i}", clip.audio, (lambda fps, c=clip: resample_frames(c.frames, c.fps, fps)), clap
+    def load(i: int) -> Loaded:
+        clip = world.clip(i)
+        clap = None
+        if ex.clap is not None:  # the audio-prompt role: the clip's own classes
+            tags = getattr(ex.clap, "encode_tags", None)
+            clap = tags(list(clip.class_ids)) if tags is not None else ex.clap.encode_text([clip.prompt])[0]
+        return clip.audio, (lambda fps: resample_frames(clip.frames, clip.fps, fps)), clap
 
+    items = ((f"synthetic-{world_seed}-{i}", lambda i=i: load(i)) for i in world.split(split, n_clips))
     source = f"synthetic world seed {world_seed}, split {split}"
-    return _write(ex, out, items(), n_clips, shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, source=source)
+    return _write(ex, out, items, n_clips, shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, source=source, resume=resume)
 
 
 def extract_files(
@@ -195,8 +220,10 @@ def extract_files(
     shard_size: int = 256,
     batch_size: int = 16,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> ShardIndex:
-    """Extract video files (audio track + frames) or audio files (no video features).
+    """Extract video files (audio track + frames) or audio files (no video features); `resume`
+    continues an interrupted extraction of the same file list into `out`.
 
     `tags[i]` (e.g. "dog, bark") is encoded by the CLAP-like extractor into `clap` for file i."""
     from controlfoley.audio.io import load_audio
@@ -210,16 +237,16 @@ def extract_files(
         raise DataError("tags were given but no CLAP-like extractor (--clap NAME)")
     sr = ex.model.sample_rate
 
-    def items() -> Iterable[Item]:
-        for i, f in enumerate(files):
-            p = Path(f)
-            is_audio = p.suffix.lower() in AUDIO_SUFFIXES
-            wav = load_audio(p, sr) if is_audio else read_audio_track(p, sr)
-            frames_at = None if (is_audio or not ex.video) else (lambda fps, p=p: read_frames(p, fps).frames)
-            clap = ex.clap.encode_text([tags[i]])[0] if tags is not None else None
-            yield str(p), wav, frames_at, clap
+    def load(i: int) -> Loaded:
+        p = Path(files[i])
+        is_audio = p.suffix.lower() in AUDIO_SUFFIXES
+        wav = load_audio(p, sr) if is_audio else read_audio_track(p, sr)
+        frames_at = None if (is_audio or not ex.video) else (lambda fps: read_frames(p, fps).frames)
+        clap = ex.clap.encode_text([tags[i]])[0] if tags is not None else None
+        return wav, frames_at, clap
 
-    return _write(ex, out, items(), len(files), shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, source="files")
+    items = ((str(Path(f)), lambda i=i: load(i)) for i, f in enumerate(files))
+    return _write(ex, out, items, len(files), shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, source="files", resume=resume)
 
 
 def _read_list(path: str) -> tuple[list[str], list[str] | None]:
@@ -251,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16, help="clips per tokenizer batch")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset (or an interrupted extraction) in --out")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted extraction in --out (same command otherwise)")
     return p
 
 
@@ -262,7 +290,7 @@ def extract_main(argv: Sequence[str] | None = None) -> int:
         ex = Extraction(
             args.preset, extractors=names, clap=args.clap, tokenizer=args.tokenizer, mel=args.mel, video_seconds=args.video_seconds, device=args.device
         )
-        common = dict(shard_size=args.shard_size, batch_size=args.batch_size, overwrite=args.overwrite)
+        common = dict(shard_size=args.shard_size, batch_size=args.batch_size, overwrite=args.overwrite, resume=args.resume)
         if args.synthetic is not None:
             index = extract_synthetic(args.out, ex, n_clips=args.synthetic, split=args.split, world_seed=args.world_seed, **common)
         else:

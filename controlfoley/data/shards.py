@@ -6,6 +6,7 @@ Features
       DIR/index.json                  written last, atomically: a folder without it is unfinished
       DIR/shard-00000.safetensors     N clips, one tensor per feature stacked on dim 0: [N, *shape]
       DIR/shard-00001.safetensors     ...
+      DIR/progress.json               while writing: the shards finished so far (removed by close())
 
 - `index.json` (format "controlfoley.shards", version 1)::
 
@@ -21,6 +22,9 @@ Features
   (fp16 [t8, dc]), `clap` (fp32 [c]), `mel` (fp16 [m, n]), `label` (int64 []). Any other name is kept.
 - `ShardWriter` buffers clips and writes each full shard atomically (temporary file + rename);
   floating features are stored as fp16 except `clap` (fp32), and a value fp16 cannot hold is a DataError.
+  After each shard it records its progress (`progress.json`, atomically), so an interrupted
+  extraction continues with `resume=True` (`controlfoley extract --resume`) and loses at most the
+  clips of the shard it was filling.
 - `ShardIndex.load(dir).verify(level)` checks before training: "size" (every shard exists with its
   recorded byte size), "header" (also parses each safetensors header and checks keys, dtypes and
   shapes against the index), "sha256" (also hashes every byte). Problems raise DataError naming the shard.
@@ -45,11 +49,12 @@ from safetensors.torch import save_file
 from controlfoley._io import atomic_path, atomic_write_text
 from controlfoley.errors import DataError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "INDEX_FILE", "VERIFY_LEVELS", "FeatureSpec", "ShardInfo", "ShardIndex", "ShardWriter"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "INDEX_FILE", "PROGRESS_FILE", "VERIFY_LEVELS", "FeatureSpec", "ShardInfo", "ShardIndex", "ShardWriter"]
 
 FORMAT = "controlfoley.shards"
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
+PROGRESS_FILE = "progress.json"
 VERIFY_LEVELS = ("none", "size", "header", "sha256")
 FP32_KEYS = frozenset({"clap"})  # small per clip, and cosine geometry of CLAP-like embeddings suffers in fp16
 
@@ -148,6 +153,12 @@ class ShardIndex:
             "info": self.info,
         }
 
+    def fingerprint(self) -> str:
+        """A digest of what the dataset holds (features, and each shard's clip count and sha256 as
+        recorded in the index), independent of where the folder lives."""
+        body = {"features": {k: v.to_dict() for k, v in sorted(self.features.items())}, "shards": [[s.n_clips, s.sha256] for s in self.shards]}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
     # -- verification --------------------------------------------------------------------------
     def verify(self, level: str = "header") -> None:
         """Check every shard at `level` (see module docstring); raise DataError on the first problem."""
@@ -215,12 +226,22 @@ class ShardWriter:
         info: Mapping[str, Any] | None = None,
         dtypes: Mapping[str, torch.dtype] | None = None,
         overwrite: bool = False,
+        resume: bool = False,
     ) -> None:
         if shard_size < 1:
             raise DataError(f"shard_size must be >= 1, got {shard_size}")
+        if overwrite and resume:
+            raise DataError("overwrite and resume exclude each other: overwrite starts the folder again, resume continues it")
         self.root = Path(root)
         if (self.root / INDEX_FILE).exists() and not overwrite:
-            raise DataError(f"{self.root} already holds a dataset ({INDEX_FILE}); choose another folder or pass overwrite=True")
+            done = " (nothing to resume: it is complete)" if resume else ""
+            raise DataError(f"{self.root} already holds a dataset ({INDEX_FILE}){done}; choose another folder or pass overwrite=True")
+        progress = self.root / PROGRESS_FILE
+        if progress.exists() and not (overwrite or resume):
+            raise DataError(
+                f"{self.root} holds an interrupted extraction ({PROGRESS_FILE}); pass resume=True (--resume) to continue it, "
+                "or overwrite=True (--overwrite) to start again"
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / INDEX_FILE).unlink(missing_ok=True)  # an overwritten folder is unfinished until close()
         self.shard_size = shard_size
@@ -228,9 +249,47 @@ class ShardWriter:
         self._dtypes = dict(dtypes or {})
         self.features: dict[str, FeatureSpec] = {}
         self.shards: list[ShardInfo] = []
+        self.clip_ids: list[str] = []  # of the clips in finished shards, in order
         self._buffer: list[dict[str, torch.Tensor]] = []
         self._ids: list[str] = []
         self._closed = False
+        if overwrite:
+            progress.unlink(missing_ok=True)
+        elif resume and progress.exists():
+            self._load_progress(progress)
+
+    def _load_progress(self, path: Path) -> None:
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            features = {str(k): FeatureSpec(str(v["dtype"]), tuple(int(x) for x in v["shape"])) for k, v in d["features"].items()}
+            shards = [ShardInfo(str(s["file"]), int(s["n_clips"]), int(s["bytes"]), str(s["sha256"])) for s in d["shards"]]
+            info = dict(d["info"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{path} is not a valid progress record ({type(e).__name__}: {e}); start again with overwrite=True (--overwrite)") from e
+        mine = json.loads(json.dumps(self.info))  # as it reads back (tuples become lists)
+        if info != mine:
+            diff = sorted(k for k in set(info) | set(mine) if info.get(k) != mine.get(k))
+            raise DataError(
+                f"cannot resume {self.root}: the interrupted extraction had other settings ({', '.join(diff)} differ); "
+                "resume with the same command, or start again with overwrite=True (--overwrite)"
+            )
+        ids: list[str] = []
+        for shard in shards:  # the clip ids live in each shard's header
+            f = self.root / shard.file
+            try:
+                if f.stat().st_size != shard.bytes:
+                    raise OSError("size changed")
+                with safe_open(str(f), framework="pt") as h:
+                    shard_ids = json.loads((h.metadata() or {})["clip_ids"])
+            except (OSError, SafetensorError, KeyError, ValueError) as e:
+                raise DataError(
+                    f"cannot resume {self.root}: shard {f} is missing or changed since it was written ({e}); "
+                    "start again with overwrite=True (--overwrite)"
+                ) from e
+            if len(shard_ids) != shard.n_clips:
+                raise DataError(f"cannot resume {self.root}: shard {f} holds {len(shard_ids)} clip ids for {shard.n_clips} clips")
+            ids += [str(i) for i in shard_ids]
+        self.features, self.shards, self.clip_ids = features, shards, ids
 
     @property
     def n_clips(self) -> int:
@@ -279,7 +338,14 @@ class ShardWriter:
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"format": FORMAT, "clip_ids": json.dumps(self._ids)})
         self.shards.append(ShardInfo(name, len(self._buffer), path.stat().st_size, _sha256(path)))
+        self.clip_ids += self._ids
         self._buffer, self._ids = [], []
+        progress = {
+            "features": {k: v.to_dict() for k, v in self.features.items()},
+            "shards": [vars(s) for s in self.shards],
+            "info": self.info,
+        }
+        atomic_write_text(self.root / PROGRESS_FILE, json.dumps(progress))
 
     def close(self) -> ShardIndex:
         """Write the last shard, then `index.json` (atomically, last). An empty dataset is an error."""
@@ -291,6 +357,7 @@ class ShardWriter:
             raise DataError(f"no clips were added to {self.root}; an empty dataset cannot be trained on")
         index = ShardIndex(self.root, self.features, tuple(self.shards), self.info)
         atomic_write_text(self.root / INDEX_FILE, json.dumps(index.to_dict(), indent=1))
+        (self.root / PROGRESS_FILE).unlink(missing_ok=True)
         return index
 
     def __enter__(self) -> "ShardWriter":

@@ -46,3 +46,50 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
     val_a, val_b = read_metrics(single / "metrics.jsonl", "val"), read_metrics(multi / "metrics.jsonl", "val")
     assert [r["loss"] for r in val_a] == pytest.approx([r["loss"] for r in val_b], rel=1e-5) and len(val_b) == 2
     assert sorted(p.name for p in (multi / "checkpoints").iterdir()) == ["latest", "step-00000002", "step-00000004"]
+
+
+def _restart_worker(rank: int, init_file: str, out_dir: str) -> None:
+    """Rank 0's vectors sit exactly on all 8 codes; rank 1's on codes 0-1 only. A code is dead only
+    where no rank uses it, so here nothing may move (the old per-rank rule made rank 1 alone enter
+    a broadcast, which hung)."""
+    from controlfoley.tokenizers.specvqgan import VectorQuantizer
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        vq = VectorQuantizer(8, 4, 0.25)
+        with torch.no_grad():
+            vq.embedding.weight.copy_(torch.eye(8, 4) * 10 + torch.arange(8.0)[:, None])
+        w = vq.embedding.weight.detach().clone()
+        codes = torch.arange(8) if rank == 0 else torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+        z = w[codes].T.reshape(1, 4, 2, 4)  # [b, e, f, t]: one vector per code listed
+        moved_none = vq.restart_dead_codes(z, torch.Generator().manual_seed(1))
+        unchanged = torch.equal(vq.embedding.weight, w)
+        # now code 7 is unused everywhere: it moves, identically on both ranks
+        z2 = w[torch.tensor([0, 1, 2, 3, 4, 5, 6, 0])].T.reshape(1, 4, 2, 4) + 0.01 * rank
+        moved = vq.restart_dead_codes(z2, torch.Generator().manual_seed(1))
+        torch.save({"moved_none": moved_none, "unchanged": unchanged, "moved": moved, "weight": vq.embedding.weight.detach()},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_codebook_restart_agrees_across_ranks(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_restart_worker, args=(r, str(tmp_path / "init"), str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    alive = [p.is_alive() for p in procs]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert not any(alive), "a rank hung in the codebook restart's collective"
+    assert [p.exitcode for p in procs] == [0, 0]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert r0["moved_none"] == r1["moved_none"] == 0 and r0["unchanged"] and r1["unchanged"]
+    assert r0["moved"] == r1["moved"] == 1
+    assert torch.equal(r0["weight"], r1["weight"])  # one codebook on every rank

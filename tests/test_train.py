@@ -145,6 +145,21 @@ def test_tokenizer_recipe_reports_codebook(tmp_path: Path) -> None:
     assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("tokenizer."))
 
 
+def test_codebook_restarts_are_counted_over_each_log_interval(tmp_path: Path) -> None:
+    """Restarts happen at steps 0, 2, 4 (0-based) and log lines at steps 3 and 6 (1-based): the
+    count logged is the sum since the previous line, so it is the same total whatever log_every
+    is (it used to log only the logging step's own count, which never had a restart)."""
+    ds = write_data(tmp_path / "mel", n=6, mel=True)
+    kw = dict(steps=6, batch_size=2, codebook_restart_every=2)
+    train(config("tokenizer", ds, tmp_path / "every1", log_every=1, **kw))
+    train(config("tokenizer", ds, tmp_path / "every3", log_every=3, **kw))
+    per_step = [r["codes_restarted"] for r in read_metrics(tmp_path / "every1" / "metrics.jsonl", "train")]
+    per_interval = [r["codes_restarted"] for r in read_metrics(tmp_path / "every3" / "metrics.jsonl", "train")]
+    assert len(per_step) == 6 and len(per_interval) == 2
+    assert all(v == 0 for i, v in enumerate(per_step) if i % 2 == 1) and per_step[0] > 0  # restarts only on their steps
+    assert per_interval == [sum(per_step[:3]), sum(per_step[3:])]
+
+
 def test_tokenizer_adversarial_term_resumes_bit_identical(tmp_path: Path) -> None:
     ds = write_data(tmp_path / "mel", n=4, mel=True)
     kw = dict(steps=2, batch_size=2, adv_weight=0.1, adv_start_step=0, disc_channels=8, ckpt_every=1)
@@ -189,6 +204,21 @@ def test_resume_after_stop_is_bit_identical(data: Path, tmp_path: Path) -> None:
     full, split = final_state(tmp_path / "full"), final_state(tmp_path / "split")
     assert all(torch.equal(full[k], split[k]) for k in full)
     assert losses(tmp_path / "full") == losses(tmp_path / "split") and len(losses(tmp_path / "full")) == 6
+
+
+def test_resume_refuses_changed_data_but_follows_moved_data(data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    train(config("backbone", data, out, steps=4), stop_at=2)
+    other = write_data(tmp_path / "other", seed=1)  # same shapes and size, other clips
+    with pytest.raises(TrainingError, match=r"not the data this run trained on: --data \(fingerprint") as err:
+        train(config("backbone", other, out, steps=4), resume=True)
+    assert str(out / "data.json") in str(err.value)
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    result = train(config("backbone", moved, out, steps=4), resume=True)
+    assert result["step"] == 4
 
 
 @pytest.mark.slow  # a 40-step reference run plus a subprocess start: 20-50 s on 2 cores

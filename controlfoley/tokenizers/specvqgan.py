@@ -91,15 +91,22 @@ class VectorQuantizer(nn.Module):
 
         Codebook restarts (Jukebox, Dhariwal et al. 2020; SoundStream, Zeghidour et al. 2021) keep a
         small codebook from collapsing onto a few entries early in training. Training-only: it
-        changes no parameter name or shape. Returns how many codes were moved."""
+        changes no parameter name or shape. Returns how many codes were moved.
+
+        Under torch.distributed a code is dead only if no rank's `z` selects it, so every rank
+        makes the same decision (and all of them, or none, enter the broadcast); rank 0 draws the
+        replacements from its own vectors and broadcasts the codebook."""
         flat = z.detach().permute(0, 2, 3, 1).reshape(-1, self.embed_dim)
-        used = torch.bincount(self.nearest(z.detach()).flatten(), minlength=self.n_embed) > 0
-        dead = (~used).nonzero().squeeze(1)
+        counts = torch.bincount(self.nearest(z.detach()).flatten(), minlength=self.n_embed)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            torch.distributed.all_reduce(counts)  # usage summed over ranks: one dead set everywhere
+        dead = (counts == 0).nonzero().squeeze(1)
         if dead.numel() == 0:
             return 0
         pick = torch.randint(0, flat.shape[0], (dead.numel(),), generator=generator).to(flat.device)
         self.embedding.weight[dead] = flat[pick].to(self.embedding.weight.dtype)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if distributed:
             torch.distributed.broadcast(self.embedding.weight.data, src=0)  # every rank keeps one codebook
         return int(dead.numel())
 

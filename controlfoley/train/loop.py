@@ -3,7 +3,8 @@
 Features
 - Everything that can be wrong is checked before the first step: run folder vs --resume, config
   changes on resume, the checkpoint's model config vs the preset, `init` parts, dataset shards
-  (missing, corrupt, empty) and their shapes vs the preset.
+  (missing, corrupt, empty) and their shapes vs the preset, and on resume that the data is the
+  data the run started on (`data.json`: index fingerprints; the data may move, not change).
 - AdamW over the trainable parameters only (weight decay on tensors of rank >= 2), the LR set from
   `WarmupCosine` at every step, gradient accumulation (DDP `no_sync` on all but the last
   micro-batch), global-norm gradient clipping, bf16 autocast on CUDA, optional torch.compile.
@@ -17,6 +18,7 @@ Features
 """
 
 import contextlib
+import json
 import math
 import random
 import time
@@ -35,6 +37,7 @@ from tqdm.auto import tqdm
 from controlfoley._io import atomic_write_text
 from controlfoley.checkpoint import check_state_dict, load_parts
 from controlfoley.data.dataset import ShardDataset, ShardedSampler, collate, epoch_permutation
+from controlfoley.data.shards import ShardIndex
 from controlfoley.errors import TrainingError
 from controlfoley.model import SpecMaskFoley, build_model
 from controlfoley.train.checkpoints import RunDir, TrainState, resolve_model_file, restore_rng
@@ -74,6 +77,7 @@ class Trainer:
         self.recipe.prepare(self.model)
         self.model.to(info.device)
         self.train_ds, self.val_ds = self._datasets()
+        self._check_same_data(resume)
         self.recipe.fit_to_data(self.model, self.train_ds)
         self.objective = self.recipe.objective(self.model, cfg).to(info.device)
         self.aux = self.recipe.aux_modules(self.objective)
@@ -133,6 +137,26 @@ class Trainer:
         n_val = max(1, int(len(full) * cfg.val_fraction))
         return full.subset(sorted(order[n_val:])), full.subset(sorted(order[:n_val]))
 
+    def _check_same_data(self, resume: bool) -> None:
+        """Record the datasets' fingerprints at the start; on resume refuse data that changed: the
+        sample order, the validation split and the schedule all depend on it."""
+        cfg, path = self.cfg, self.run_dir.root / "data.json"
+        now = {"data": ShardIndex.load(cfg.data).fingerprint()}
+        if cfg.val_data is not None:
+            now["val_data"] = ShardIndex.load(cfg.val_data).fingerprint()
+        if resume and path.is_file():
+            then = json.loads(path.read_text(encoding="utf-8"))
+            changed = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+            if changed:
+                what = ", ".join(f"--{k.replace('_', '-')} (fingerprint {then.get(k)} when the run started, {now.get(k)} now)" for k in changed)
+                raise TrainingError(
+                    f"--resume: the data is not the data this run trained on: {what}. Point the flags at the original "
+                    f"dataset (it may have moved; its contents may not change), or start a new --out. To continue on "
+                    f"the new data on purpose, delete {path}."
+                )
+        if self.info.is_main and (not resume or not path.is_file()):
+            atomic_write_text(path, json.dumps(now, indent=1) + "\n")
+
     def _open_dataset(self, root: str) -> ShardDataset:
         ds = ShardDataset(root, verify=self.cfg.verify_data)
         self.recipe.check_data(self.model, ds)
@@ -175,12 +199,17 @@ class Trainer:
         batches = self._batches()
         result: dict[str, Any] = {"step": self.start_step, "train": {}, "val": {}}
         t0, last = time.perf_counter(), self.start_step
+        events = dict.fromkeys(self.recipe.interval_sums, 0.0)  # counted since the last log line
         try:
             for step in range(self.start_step, stop):
                 values = self._train_step(step, batches)
                 done = step + 1
+                for k in events:
+                    events[k] += values.get(k, 0.0)
                 result.update(step=done, train=values)
                 if done % cfg.log_every == 0 or done == stop:
+                    values.update(events)
+                    events = dict.fromkeys(events, 0.0)
                     now = time.perf_counter()
                     values["clips_per_s"] = cfg.batch_size * (done - last) / max(now - t0, 1e-9)
                     t0, last = now, done

@@ -85,7 +85,9 @@ class TokenizerObjective(nn.Module):
             stats.update(adv_g=g.sum().detach(), adv_d=d.sum().detach())
         stats["loss"] = loss.detach()
         stats["code_hist"] = torch.bincount(codes.flatten(), minlength=self.tokenizer.codebook_size).float()
-        stats["codes_restarted"] = mel.new_tensor(float(restarted))
+        # every rank moved the same codes; count them once in the sum over ranks
+        first = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+        stats["codes_restarted"] = mel.new_tensor(float(restarted if first else 0))
         return total, stats
 
 
@@ -116,6 +118,8 @@ class Recipe(abc.ABC):
 
     name = ""
     objective_args: tuple[str, ...] = ()  # keys of StepPlan.rows passed to the objective
+    # metrics that count events (not averages): the loop logs their sum since the previous log line
+    interval_sums: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def prepare(self, model: SpecMaskFoley) -> None:
@@ -155,6 +159,7 @@ class Recipe(abc.ABC):
 class TokenizerRecipe(Recipe):
     name = "tokenizer"
     objective_args = ("adv_scale", "restart_seed")
+    interval_sums = ("codes_restarted",)
 
     def prepare(self, model: SpecMaskFoley) -> None:
         model.requires_grad_(False)

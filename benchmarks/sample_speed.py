@@ -38,11 +38,12 @@ from controlfoley.model import SpecMaskFoley
 MMAUDIO_S_CPU = {"fp32": 12.0 / 8.0, "bf16": 8.0 / 8.0}
 
 # name -> generate() keyword arguments; "reference" is the naive path below. "library" is the
-# library's default CPU path plus row pruning; the others switch one feature at a time.
+# library's default CPU path (fp32); the others switch one feature at a time.
 LIBRARY_PATHS: dict[str, dict[str, Any]] = {
     "library": {"dtype": torch.float32, "prune_rows": True},
     "library_bf16": {"dtype": torch.bfloat16, "prune_rows": True},
     "library_mkl": {"dtype": torch.float32, "prune_rows": True, "onednn": False},
+    "library_bf16_aten": {"dtype": torch.bfloat16, "prune_rows": True, "onednn": False},
     "library_static": {"dtype": torch.float32, "prune_rows": True, "static_shapes": True},
     "library_masked_head": {"dtype": torch.float32, "prune_rows": True, "static_shapes": False},
     "library_noprune": {"dtype": torch.float32, "prune_rows": False},

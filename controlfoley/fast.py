@@ -95,7 +95,6 @@ def precision(device: torch.device, dtype: torch.dtype | None = None) -> Iterato
         yield dt
 
 
-_LOWP = (torch.bfloat16, torch.float16)
 _ONEDNN = (torch.float32, torch.bfloat16)  # dtypes routed to oneDNN's linear (fp16: aten, weights cast once)
 
 

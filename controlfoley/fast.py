@@ -30,11 +30,12 @@ It wraps the whole sampling loop so autocast's cache of cast weights lives acros
 - `fused_mlp`: a backbone MLP (linear -> GELU -> linear) asks the active mode for a fused first
   linear, GELU applied by oneDNN as a post-op on the fp32 accumulator (one rounding to bf16
   instead of two; fp32 results differ ~1e-6).
-Together these make bf16 sampling 1.12x faster than plain autocast at paper size. oneDNN's packed
-(blocked) weight layout (`_reorder_linear_weight`) was tried: ~20% faster per linear in isolation,
-no measurable difference over a whole sampling run, and in fp32 a second copy of every weight, so
-weights stay in their plain layout. fp32 results are summed in another order than MKL's, so
-logits differ ~1e-6 from the aten path.
+- bf16 weights, a copy in any case, are stored in oneDNN's packed (blocked) layout
+  (`_reorder_linear_weight`; bit-identical products): 12-step paper-size bf16 sampling took
+  6.91-7.07 s packed vs 7.22-7.35 s plain (4 runs each, alternated). fp32 weights are used as
+  they are: packing them bought nothing measurable and would need a second copy of every weight.
+Together these make bf16 sampling faster than plain autocast (see benchmarks/RESULTS.md). fp32
+results are summed in another order than MKL's, so logits differ ~1e-6 from the aten path.
 """
 
 import contextlib
@@ -99,9 +100,9 @@ _ONEDNN = (torch.float32, torch.bfloat16)  # dtypes routed to oneDNN's linear (f
 
 
 class OneDNNLinear(TorchFunctionMode):
-    """Inside this mode, inference-time CPU `F.linear` calls run oneDNN kernels (under autocast on
-    weights cast once), and `fused_mlp` fuses the MLP's GELU into its first linear. Make one per
-    sampling call: the cast weights are not refreshed if parameters change."""
+    """Inside this mode, inference-time CPU `F.linear` calls run oneDNN kernels (under bf16 autocast
+    on weights cast and packed once), and `fused_mlp` fuses the MLP's GELU into its first linear.
+    Make one per sampling call: the cast weights are not refreshed if parameters change."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -146,10 +147,16 @@ class OneDNNLinear(TorchFunctionMode):
             return dt if x.dtype in (torch.float32, dt) else None
         return torch.float32 if x.dtype == torch.float32 else None
 
-    def _weights(self, w: Tensor, b: Tensor | None, dt: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    def _weights(self, w: Tensor, b: Tensor | None, dt: torch.dtype, rows: int) -> tuple[Tensor, Tensor | None]:
         key = (id(w), id(b), dt)
         if key not in self._cast:  # fp32: no copy (`to` returns the parameter itself)
-            self._cast[key] = (w, w.to(dt), None if b is None else b.to(dt))
+            lw = w.to(dt)
+            if dt == torch.bfloat16:  # a copy exists anyway: store it in oneDNN's blocked layout
+                try:
+                    lw = torch.ops.mkldnn._reorder_linear_weight(lw, rows)
+                except RuntimeError:  # a oneDNN build that cannot pack bf16: the plain layout works too
+                    pass
+            self._cast[key] = (w, lw, None if b is None else b.to(dt))
         return self._cast[key][1:]
 
     def linear(self, x: Tensor, w: Tensor, b: Tensor | None, post_op: str = "none", algorithm: str = "") -> Tensor | None:
@@ -158,7 +165,7 @@ class OneDNNLinear(TorchFunctionMode):
         dt = self._target_dtype(x, w, b)
         if dt is None or (dt not in _ONEDNN and post_op != "none"):
             return None
-        lw, lb = self._weights(w, b, dt)
+        lw, lb = self._weights(w, b, dt, x.numel() // x.shape[-1])
         x = x.to(dt)
         if dt in _ONEDNN:
             return torch.ops.mkldnn._linear_pointwise(x, lw, lb, post_op, [], algorithm)

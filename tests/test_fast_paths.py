@@ -287,6 +287,8 @@ def test_onednn_mode_runs_every_linear_and_casts_weights_only_once(model, dtype)
     casts1 = [s for n, s in e1 if n == "aten::_to_copy" and s and s[0] in weight_shapes]
     casts2 = [s for n, s in e2 if n == "aten::_to_copy" and s and s[0] in weight_shapes]
     assert casts2 == [] and (len(casts1) > 0) == (dtype == torch.bfloat16)
+    packs = [sum(n == "mkldnn::_reorder_linear_weight" for n, _ in e) for e in (e1, e2)]
+    assert packs[1] == 0 and (packs[0] > 0) == (dtype == torch.bfloat16)  # bf16 copies are packed once
 
 
 def test_fused_mlp_matches_eager_and_is_not_less_accurate_in_bf16():

@@ -182,6 +182,25 @@ def targets(results: list[dict[str, Any]], threads: int) -> list[list[str]]:
     return rows
 
 
+# Issue 6 on an H100: under 50 ms per 10 s clip at batch 1, over 100 clips/s at batch 64 (12-step
+# multi-CFG token sampling; the paper preset's clip is 9.85 s).
+GPU_BATCH1_S, GPU_BATCH64_CLIPS_S = 0.050, 100.0
+
+
+def gpu_targets(results: list[dict[str, Any]]) -> list[list[str]]:
+    """The GPU targets of issue 6 for every library path of the paper preset measured at batch 1 or 64."""
+    rows = []
+    for r in results:
+        if r["preset"] != "specmaskfoley" or r["path"] == "reference":
+            continue
+        if r["batch"] == 1:
+            rows.append([f"{r['path']}: s per clip, batch 1", fmt(r["seconds"]), f"< {GPU_BATCH1_S}", "yes" if r["seconds"] < GPU_BATCH1_S else "no"])
+        elif r["batch"] == 64:
+            rate = r["batch"] / r["seconds"]
+            rows.append([f"{r['path']}: clips/s, batch 64", fmt(rate), f"> {GPU_BATCH64_CLIPS_S:g}", "yes" if rate > GPU_BATCH64_CLIPS_S else "no"])
+    return rows
+
+
 def _met(wall_ok: bool, cpu_ok: bool) -> str:
     return {(True, True): "yes", (False, True): "by CPU s only", (True, False): "by wall only", (False, False): "no"}[(wall_ok, cpu_ok)]
 
@@ -204,11 +223,13 @@ def report(results: list[dict[str, Any]], device: torch.device, markdown: bool, 
               fmt((r["decode"] + r["vocoder"]) / (r["clip_s"] * b))] for (p, b), r in seen.items()],
             markdown=markdown,
         )
-    rows = targets(results, torch.get_num_threads())
+    cuda = device.type == "cuda"
+    rows = gpu_targets(results) if cuda else targets(results, torch.get_num_threads())
     if rows and steps != TARGET_STEPS:
         rows = [[*r[:3], f"n/a: {steps} steps, the targets are for {TARGET_STEPS}"] for r in rows]
     if rows:
-        print(f"\nCPU targets (issue 6), paper preset, {steps} steps, token sampling only (MMAudio-S's figures are its network only)")
+        what = "GPU targets (issue 6, set for an H100)" if cuda else "CPU targets (issue 6)"
+        print(f"\n{what}, paper preset, {steps} steps, token sampling only (MMAudio-S's figures are its network only)")
         print_table(["check", "measured", "target", "met"], rows, markdown=markdown)
 
 

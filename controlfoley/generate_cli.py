@@ -68,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--extractor", action="append", default=[], metavar="KEY=NAME[,ARG=VALUE...]")
     p.add_argument("--vocoder", default=None, metavar="NAME[,ARG=VALUE...]", help="default: the model's own")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto",
+        help="token sampling precision; auto: bf16 on CUDA, fp32 on CPU (bf16 on a CPU with AVX-512 bf16: ~1.6x faster at paper size, no gain for the tiny presets)",
+    )  # fmt: skip
     return p
 
 
@@ -85,8 +89,9 @@ def _build_pipeline(args: argparse.Namespace) -> Any:
         name, kwargs = parse_spec(args.vocoder)
         vocoder = {"name": name, **kwargs}
     return FoleyPipeline.from_pretrained(
-        args.model, extractors=extractors, vocoder=vocoder, map_location=args.device, overlap=args.overlap, join=args.join
-    )
+        args.model, extractors=extractors, vocoder=vocoder, map_location=args.device, overlap=args.overlap, join=args.join,
+        precision=args.precision,
+    )  # fmt: skip
 
 
 def _one_line(e: BaseException) -> str:

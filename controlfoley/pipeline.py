@@ -66,6 +66,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 JOINS = ("crossfade", "decode_once")
+# sampling precision: "auto" is generate()'s default (bf16 on CUDA, fp32 on CPU); "bf16" on a CPU
+# with AVX-512 bf16 samples the paper-size model ~1.6x faster than fp32 (benchmarks/RESULTS.md; no
+# gain at the tiny presets' 128-d width) and changes a few tokens
+PRECISIONS: dict[str, torch.dtype | None] = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
 ExtractorSpec = str | tuple[str, Mapping[str, Any]] | Any  # a name, (name, kwargs), or a built extractor
 
 
@@ -199,6 +203,7 @@ class FoleyPipeline:
         join: str = "crossfade",
         frame_size: int = 64,
         feature_frames: Mapping[str, int] | None = None,
+        precision: str = "auto",
     ) -> None:
         if not model.has_control:
             raise ConfigError(f"model {model.config.name!r} has no ControlNet, so it cannot follow a video; use a SpecMaskFoley model")
@@ -207,6 +212,9 @@ class FoleyPipeline:
             raise ConfigError(f"extractors must cover exactly the model's video features {sorted(need)}, got {sorted(extractors)}")
         if join not in JOINS:
             raise ConfigError(f"join must be one of {JOINS}, got {join!r}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
         self.model = model.eval()
         self.extractors = {k: _build_extractor(v) for k, v in extractors.items()}
         self.text_encoder = None if text_encoder is None else _build_extractor(text_encoder)
@@ -366,8 +374,9 @@ class FoleyPipeline:
                 mask[..., : w.n_known] = True
                 known = {"known_codes": codes[None, :, w.start_col : w.start_col + t].clone(), "known_mask": mask}
             out = model.generate(
-                feats, text, negative_text=negative, steps=steps, cfg_scale=cfg_scale, guidance=rule, generator=generator, **known
-            )
+                feats, text, negative_text=negative, steps=steps, cfg_scale=cfg_scale, guidance=rule, generator=generator,
+                dtype=PRECISIONS[self.precision], **known,
+            )  # fmt: skip
             codes[:, w.start_col : w.start_col + t] = out[0]
         return codes
 

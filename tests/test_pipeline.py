@@ -113,6 +113,18 @@ def test_short_clip_end_to_end_is_deterministic(pipe: FoleyPipeline, media: dict
     assert torch.equal(a.wav, b.wav) and torch.equal(a.codes, b.codes) and not torch.equal(a.codes, c.codes)
 
 
+def test_precision_reaches_the_sampler_and_bad_values_are_refused(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    p = _pipeline(micro_model(), precision="bf16")
+    seen = []
+    real = p.model.generate
+    monkeypatch.setattr(p.model, "generate", lambda *a, **k: (seen.append(k["dtype"]), real(*a, **k))[1])
+    a, b = p(media["tiny"], steps=3, seed=1), p(media["tiny"], steps=3, seed=1)
+    assert seen == [torch.bfloat16, torch.bfloat16] and torch.equal(a.codes, b.codes) and bool(torch.isfinite(a.wav).all())
+    assert _pipeline(micro_model()).precision == "auto"  # generate's own default: bf16 on CUDA, fp32 on CPU
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        _pipeline(micro_model(), precision="fp8")
+
+
 def test_short_clip_is_padded_with_a_still_picture(pipe: FoleyPipeline, media: dict[str, Path]) -> None:
     streams, duration = pipe.read_features(media["tiny"])
     n_video = math.floor(duration * 24)
@@ -230,7 +242,8 @@ def test_cli_summary_and_repeated_stems(model_file: Path, media: dict[str, Path]
     twin = other / "tiny.mp4"
     twin.write_bytes(media["tiny"].read_bytes())
     out = tmp_path / "out"
-    assert cli.main(["generate", str(media["tiny"]), str(twin), "--model", str(model_file), "--out", str(out), "--steps", "2"]) == 0
+    args = ["generate", str(media["tiny"]), str(twin), "--model", str(model_file), "--out", str(out), "--steps", "2", "--precision", "bf16"]
+    assert cli.main(args) == 0
     assert _outputs(out) == ["tiny-2.mp4", "tiny-2.wav", "tiny.mp4", "tiny.wav"]
     table = capsys.readouterr().out
     assert "file" in table and "windows" in table and "2 of 2 files ok" in table

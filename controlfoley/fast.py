@@ -19,7 +19,8 @@
 It wraps the whole sampling loop so autocast's cache of cast weights lives across all steps.
 
 `OneDNNLinear`: inference-time CPU kernels for one `generate` call.
-- Every linear runs oneDNN's `_linear_pointwise`, fp32 or, under autocast, bf16. fp32 would
+- Every linear runs oneDNN's `_linear_pointwise`, fp32 or, under autocast, bf16 (where the CPU
+  has oneDNN bf16 kernels, `onednn_dtypes()`; elsewhere bf16 runs aten's linear). fp32 would
   otherwise run MKL's sgemm, which uses its AVX2 kernels on AMD CPUs while oneDNN picks AVX-512 by
   instruction set (measured on the 2-core EPYC build machines: 100 vs 230 GFLOP/s per core for a
   795 x 768 x 3072 linear, 1.9x for a paper-size sampling run).
@@ -40,6 +41,7 @@ results are summed in another order than MKL's, so logits differ ~1e-6 from the 
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -58,6 +60,7 @@ __all__ = [
     "batched_logits",
     "default_dtype",
     "fused_mlp",
+    "onednn_dtypes",
     "masked_index",
     "onednn_linear",
     "precision",
@@ -96,7 +99,14 @@ def precision(device: torch.device, dtype: torch.dtype | None = None) -> Iterato
         yield dt
 
 
-_ONEDNN = (torch.float32, torch.bfloat16)  # dtypes routed to oneDNN's linear (fp16: aten, weights cast once)
+@functools.cache
+def onednn_dtypes() -> tuple[torch.dtype, ...]:
+    """Dtypes this CPU runs through oneDNN's linear: fp32 always, bf16 where oneDNN has bf16 kernels
+    (AVX-512 bf16 / AMX; an AVX2-only CPU has none and the op would fail). Others go to aten, with
+    their weights cast once."""
+    bf16 = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return (torch.float32, torch.bfloat16) if bf16 else (torch.float32,)
+
 
 
 class OneDNNLinear(TorchFunctionMode):
@@ -108,16 +118,14 @@ class OneDNNLinear(TorchFunctionMode):
         super().__init__()
         # (id(w), id(b), dtype) -> (w kept alive so its id is not reused, weight for the op, bias)
         self._cast: dict[tuple[int, int, torch.dtype], tuple[Tensor, Tensor, Tensor | None]] = {}
-        self._token: contextvars.Token[OneDNNLinear | None] | None = None
+        self._tokens: list[contextvars.Token[OneDNNLinear | None]] = []  # one per (nested) entry
 
     def __enter__(self) -> "OneDNNLinear":
-        self._token = _ACTIVE.set(self)
+        self._tokens.append(_ACTIVE.set(self))
         return super().__enter__()
 
     def __exit__(self, *exc: Any) -> None:
-        if self._token is not None:
-            _ACTIVE.reset(self._token)
-            self._token = None
+        _ACTIVE.reset(self._tokens.pop())
         super().__exit__(*exc)
 
     def __torch_function__(
@@ -147,11 +155,11 @@ class OneDNNLinear(TorchFunctionMode):
             return dt if x.dtype in (torch.float32, dt) else None
         return torch.float32 if x.dtype == torch.float32 else None
 
-    def _weights(self, w: Tensor, b: Tensor | None, dt: torch.dtype, rows: int) -> tuple[Tensor, Tensor | None]:
+    def _weights(self, w: Tensor, b: Tensor | None, dt: torch.dtype, rows: int, *, pack: bool) -> tuple[Tensor, Tensor | None]:
         key = (id(w), id(b), dt)
         if key not in self._cast:  # fp32: no copy (`to` returns the parameter itself)
             lw = w.to(dt)
-            if dt == torch.bfloat16:  # a copy exists anyway: store it in oneDNN's blocked layout
+            if pack and dt == torch.bfloat16:  # a copy exists anyway: store it in oneDNN's blocked layout
                 try:
                     lw = torch.ops.mkldnn._reorder_linear_weight(lw, rows)
                 except RuntimeError:  # a oneDNN build that cannot pack bf16: the plain layout works too
@@ -163,20 +171,27 @@ class OneDNNLinear(TorchFunctionMode):
         """oneDNN linear (+ `post_op`: "gelu" with `algorithm` "none"/"tanh"), or None if this
         input is not for this mode (training, other devices or dtypes)."""
         dt = self._target_dtype(x, w, b)
-        if dt is None or (dt not in _ONEDNN and post_op != "none"):
+        onednn = dt is not None and dt in onednn_dtypes()
+        if dt is None or (not onednn and post_op != "none"):
             return None
-        lw, lb = self._weights(w, b, dt, x.numel() // x.shape[-1])
+        lw, lb = self._weights(w, b, dt, x.numel() // x.shape[-1], pack=onednn)
         x = x.to(dt)
-        if dt in _ONEDNN:
+        if onednn:
             return torch.ops.mkldnn._linear_pointwise(x, lw, lb, post_op, [], algorithm)
-        return F.linear(x, lw, lb)  # fp16: what autocast would run, minus the weight cast
+        return F.linear(x, lw, lb)  # fp16, or bf16 without oneDNN kernels: what autocast would run, minus the weight cast
 
     def mlp(self, fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, x: Tensor) -> Tensor | None:
         """fc2(GELU(fc1(x))) with the GELU fused into fc1, or None when not applicable."""
-        if torch.is_grad_enabled() or type(act) is not nn.GELU:
+        if torch.is_grad_enabled() or type(act) is not nn.GELU or not _plain_linear(fc1):
             return None
         h = self.linear(x, fc1.weight, fc1.bias, "gelu", act.approximate)
         return None if h is None else fc2(h)
+
+
+def _plain_linear(m: nn.Module) -> bool:
+    """An nn.Linear whose forward nothing else observes or changes (no subclass, no hooks), so
+    reading its weight directly is what calling it would do."""
+    return type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks)
 
 
 _ACTIVE: contextvars.ContextVar[OneDNNLinear | None] = contextvars.ContextVar("controlfoley_onednn", default=None)
@@ -191,7 +206,8 @@ def fused_mlp(fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, x: Tensor) -> Tens
 
 def onednn_linear(device: torch.device, dtype: torch.dtype, requested: bool | None, compile: bool) -> contextlib.AbstractContextManager[Any]:
     """The `OneDNNLinear` mode when asked for; by default for eager CPU sampling with oneDNN, in
-    fp32 only on AVX-512 CPUs, where oneDNN beats (AMD) or matches (Intel) MKL's sgemm."""
+    fp32 only on AVX-512 CPUs, where oneDNN beats (AMD) or matches (Intel) MKL's sgemm. In bf16 it
+    is on everywhere: without oneDNN bf16 kernels it still saves autocast's per-step weight casts."""
     have = torch.backends.mkldnn.is_available()
     if requested and not have:
         raise ConfigError("onednn=True needs a PyTorch build with oneDNN (torch.backends.mkldnn); pass onednn=False")

@@ -220,7 +220,8 @@ class SpecMaskFoley(nn.Module):
         `static_shapes=False` vocab head on still-masked positions only (default: static on CUDA
         or when compiled); `prune_rows` (default on) only the uncond rows at steps whose CFG scale is 0, which
         gives the same logits (l_u + 0 * (...) = l_u);
-        `onednn` CPU linears through oneDNN, bf16 weights cast once (default: on for eager CPU)."""
+        `onednn` CPU linears through oneDNN with the MLP's GELU fused, bf16 weights cast (and
+        packed) once per call (default: eager CPU, fp32 only on AVX-512 CPUs; see `fast.OneDNNLinear`)."""
         rule = guidance or self.guidance
         control = self.encode_control(features) if (features is not None and self.has_control) else None
         b = _batch_of(control, text, known_codes, batch_size)

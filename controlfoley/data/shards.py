@@ -23,8 +23,8 @@ Features
 - `ShardWriter` buffers clips and writes each full shard atomically (temporary file + rename);
   floating features are stored as fp16 except `clap` (fp32), and a value fp16 cannot hold is a DataError.
   After each shard it records its progress (`progress.json`, atomically), so an interrupted
-  extraction continues with `resume=True` (`controlfoley extract --resume`) and loses at most the
-  clips of the shard it was filling.
+  extraction continues with `resume=True` (`controlfoley extract --resume`); what it redoes is the
+  clips not yet in a finished shard (fewer than `shard_size` plus one tokenizer batch).
 - `ShardIndex.load(dir).verify(level)` checks before training: "size" (every shard exists with its
   recorded byte size), "header" (also parses each safetensors header and checks keys, dtypes and
   shapes against the index), "sha256" (also hashes every byte). Problems raise DataError naming the shard.
@@ -36,6 +36,7 @@ Reference: safetensors format (https://github.com/huggingface/safetensors), head
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,6 +258,8 @@ class ShardWriter:
             progress.unlink(missing_ok=True)
         elif resume and progress.exists():
             self._load_progress(progress)
+        elif resume:
+            warnings.warn(f"{self.root}: no interrupted extraction to resume (no {PROGRESS_FILE}); starting from the first clip", stacklevel=2)
 
     def _load_progress(self, path: Path) -> None:
         try:

@@ -37,7 +37,6 @@ from tqdm.auto import tqdm
 from controlfoley._io import atomic_write_text
 from controlfoley.checkpoint import check_state_dict, load_parts
 from controlfoley.data.dataset import ShardDataset, ShardedSampler, collate, epoch_permutation
-from controlfoley.data.shards import ShardIndex
 from controlfoley.errors import TrainingError
 from controlfoley.model import SpecMaskFoley, build_model
 from controlfoley.train.checkpoints import RunDir, TrainState, resolve_model_file, restore_rng
@@ -141,9 +140,9 @@ class Trainer:
         """Record the datasets' fingerprints at the start; on resume refuse data that changed: the
         sample order, the validation split and the schedule all depend on it."""
         cfg, path = self.cfg, self.run_dir.root / "data.json"
-        now = {"data": ShardIndex.load(cfg.data).fingerprint()}
-        if cfg.val_data is not None:
-            now["val_data"] = ShardIndex.load(cfg.val_data).fingerprint()
+        now = {"data": self.train_ds.index.fingerprint()}  # views share their dataset's loaded index
+        if cfg.val_data is not None and self.val_ds is not None:
+            now["val_data"] = self.val_ds.index.fingerprint()
         if resume and path.is_file():
             then = json.loads(path.read_text(encoding="utf-8"))
             changed = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]

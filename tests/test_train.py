@@ -160,6 +160,21 @@ def test_codebook_restarts_are_counted_over_each_log_interval(tmp_path: Path) ->
     assert per_interval == [sum(per_step[:3]), sum(per_step[3:])]
 
 
+def test_codebook_restarts_see_the_whole_step_under_gradient_accumulation(tmp_path: Path) -> None:
+    """A restart step decides dead codes once, on all the step's clips: with grad_accum=2 it moves
+    the same codes as one batch of the same clips (each half-batch alone leaves more codes unused,
+    and restarting per micro-batch moved a different, larger set)."""
+    ds = write_data(tmp_path / "mel", n=8, mel=True)
+    kw = dict(steps=1, warmup_steps=0, batch_size=8, codebook_restart_every=1, log_every=1, ckpt_every=1)
+    one = train(config("tokenizer", ds, tmp_path / "accum1", **kw))
+    two = train(config("tokenizer", ds, tmp_path / "accum2", grad_accum=2, **kw))
+    moved = [read_metrics(tmp_path / run / "metrics.jsonl", "train")[0]["codes_restarted"] for run in ("accum1", "accum2")]
+    assert moved[0] > 0 and moved[0] == moved[1]
+    assert one["train"]["loss"] == pytest.approx(two["train"]["loss"], rel=1e-5)
+    a, b = final_state(tmp_path / "accum1"), final_state(tmp_path / "accum2")
+    assert torch.allclose(a["tokenizer.quantize.embedding.weight"], b["tokenizer.quantize.embedding.weight"], atol=1e-5)
+
+
 def test_tokenizer_adversarial_term_resumes_bit_identical(tmp_path: Path) -> None:
     ds = write_data(tmp_path / "mel", n=4, mel=True)
     kw = dict(steps=2, batch_size=2, adv_weight=0.1, adv_start_step=0, disc_channels=8, ckpt_every=1)

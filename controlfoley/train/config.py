@@ -90,7 +90,7 @@ class TrainConfig:
     adv_weight: float = 0.0  # tokenizer: PatchGAN hinge term; 0 = off (the default)
     adv_start_step: int = 0  # tokenizer: step from which the adversarial term is on
     disc_channels: int = 64  # tokenizer: width of the discriminator's first layer
-    codebook_restart_every: int = 0  # tokenizer: restart unused codebook entries every N steps; 0 = off
+    codebook_restart_every: int = 0  # tokenizer: every N steps, restart the codes no clip of the step (all micro-batches, all ranks) selects; 0 = off
     codebook_restart_until: int = 1_000_000_000  # tokenizer: no restarts from this step on (let codes settle)
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the training objective

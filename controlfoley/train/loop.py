@@ -242,9 +242,10 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         plan = self.recipe.plan(cfg, self.model, step, cfg.batch_size)
-        totals: dict[str, torch.Tensor] = {}
-        for micro in range(cfg.grad_accum):
-            batch = {k: v.to(info.device, non_blocking=True) for k, v in next(batches).items()}
+        micro_batches = [{k: v.to(info.device, non_blocking=True) for k, v in next(batches).items()} for _ in range(cfg.grad_accum)]
+        with self._autocast():
+            totals = {k: v.to(info.device) for k, v in self.recipe.before_step(self.objective, micro_batches, plan).items()}
+        for micro, batch in enumerate(micro_batches):
             args = self._plan_args(plan, self.sampler.rows(micro))
             sync = micro == cfg.grad_accum - 1 or not info.distributed
             with contextlib.nullcontext() if sync else self.module.no_sync():

@@ -58,17 +58,9 @@ class TokenizerObjective(nn.Module):
         self.tokenizer, self.disc = tokenizer, disc
         self.l1_weight, self.l2_weight, self.vq_weight = l1_weight, l2_weight, vq_weight
 
-    def forward(
-        self, batch: dict[str, Tensor], adv_scale: Float[Tensor, " b"], restart_seed: Int[Tensor, " b"]
-    ) -> tuple[Float[Tensor, ""], dict[str, Tensor]]:
-        """`adv_scale`: per-clip weight of the adversarial term (0 before `adv_start_step`);
-        `restart_seed`: >= 0 on steps that restart dead codebook entries (seeded for resumability)."""
+    def forward(self, batch: dict[str, Tensor], adv_scale: Float[Tensor, " b"]) -> tuple[Float[Tensor, ""], dict[str, Tensor]]:
+        """`adv_scale`: per-clip weight of the adversarial term (0 before `adv_start_step`)."""
         mel = batch["mel"].float()
-        restarted = 0
-        if self.training and restart_seed.numel() and int(restart_seed[0]) >= 0:
-            with torch.no_grad():
-                z = self.tokenizer._latent(mel)
-            restarted = self.tokenizer.quantize.restart_dead_codes(z, torch.Generator().manual_seed(int(restart_seed[0])))
         recon, codes, vq = self.tokenizer(mel)
         err = (recon.float() - mel).flatten(1)
         l1, l2 = err.abs().mean(1), err.pow(2).mean(1)  # per clip
@@ -85,10 +77,15 @@ class TokenizerObjective(nn.Module):
             stats.update(adv_g=g.sum().detach(), adv_d=d.sum().detach())
         stats["loss"] = loss.detach()
         stats["code_hist"] = torch.bincount(codes.flatten(), minlength=self.tokenizer.codebook_size).float()
-        # every rank moved the same codes; count them once in the sum over ranks
-        first = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
-        stats["codes_restarted"] = mel.new_tensor(float(restarted if first else 0))
         return total, stats
+
+    @torch.no_grad()
+    def restart_codes(self, batches: list[dict[str, Tensor]], seed: int) -> int:
+        """Restart the codebook entries that no clip of the whole step selects: all of this rank's
+        micro-batches (and, inside `restart_dead_codes`, all ranks), so a step with gradient
+        accumulation makes the same decision as one big batch, once per optimizer step."""
+        z = torch.cat([self.tokenizer._latent(b["mel"].float()) for b in batches])
+        return self.tokenizer.quantize.restart_dead_codes(z, torch.Generator().manual_seed(seed))
 
 
 class MaskedTokenObjective(nn.Module):
@@ -155,10 +152,16 @@ class Recipe(abc.ABC):
         """Trained modules outside the model (saved in the checkpoint's state file)."""
         return {}
 
+    def before_step(self, objective: nn.Module, batches: list[dict[str, Tensor]], plan: StepPlan) -> dict[str, Tensor]:
+        """Runs once per optimizer step, before any forward, with all of this rank's micro-batches:
+        for changes that must see the whole step's data (the tokenizer's codebook restarts). Every
+        rank must return the same keys; the values are summed over ranks with the step's statistics."""
+        return {}
+
 
 class TokenizerRecipe(Recipe):
     name = "tokenizer"
-    objective_args = ("adv_scale", "restart_seed")
+    objective_args = ("adv_scale",)
     interval_sums = ("codes_restarted",)
 
     def prepare(self, model: SpecMaskFoley) -> None:
@@ -187,7 +190,14 @@ class TokenizerRecipe(Recipe):
 
     def val_plan(self, cfg: TrainConfig, model: SpecMaskFoley, clip_indices: list[int]) -> StepPlan:
         n = len(clip_indices)
-        return StepPlan({"adv_scale": torch.full((n,), cfg.adv_weight), "restart_seed": torch.full((n,), -1, dtype=torch.long)}, 1.0)
+        return StepPlan({"adv_scale": torch.full((n,), cfg.adv_weight)}, 1.0)
+
+    def before_step(self, objective: nn.Module, batches: list[dict[str, Tensor]], plan: StepPlan) -> dict[str, Tensor]:
+        seed = int(plan.rows["restart_seed"][0])
+        moved = objective.restart_codes(batches, seed) if seed >= 0 and objective.training else 0
+        # every rank moved the same codes; count them once in the sum over ranks
+        first = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+        return {"codes_restarted": torch.tensor(float(moved if first else 0))}
 
     def summarize(self, stats: Mapping[str, Tensor]) -> dict[str, float]:
         n = float(stats["clips"])

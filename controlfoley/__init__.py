@@ -26,8 +26,10 @@ from controlfoley._registry import (  # noqa: E402  (after the optional type-che
     PRESETS,
     TOKENIZERS,
     VOCODERS,
+    PluginError,
     Registry,
     RegistryError,
+    load_plugins,
 )
 from controlfoley.config import ConfigError, ModelConfig, Part, SamplerConfig  # noqa: E402
 
@@ -39,6 +41,7 @@ _LAZY = {
     "SpecMaskFoley": "controlfoley.model",
     "get_preset": "controlfoley.presets",
     "list_presets": "controlfoley.presets",
+    "Tokenizer": "controlfoley.tokenizers.base",
 }
 
 __all__ = [
@@ -54,6 +57,8 @@ __all__ = [
     "VOCODERS",
     "Registry",
     "RegistryError",
+    "PluginError",
+    "load_plugins",
     "ConfigError",
     "ModelConfig",
     "Part",

@@ -9,12 +9,24 @@ light. User code registers its own parts with the same decorator and uses them b
 
     @ALIGNERS.register("my_aligner")
     def my_aligner(*, in_dim: int, out_dim: int, grid: tuple[int, int]) -> nn.Module: ...
+
+Plugins: the command line (and every torchrun rank, DataLoader worker or subprocess) must import
+the module that registers a part before it can use it by name. `load_plugins("my_parts.py")`
+does that from Python; on the first lookup of any registry, the modules named in the
+`CONTROLFOLEY_PLUGINS` environment variable (module names or .py paths, comma-separated) and the
+entry points of group `controlfoley.plugins` of installed packages are imported too; the
+`controlfoley --plugin X` option sets that variable.
 """
 
 import difflib
 import fnmatch
 import importlib
+import importlib.metadata
+import importlib.util
 import inspect
+import os
+import sys
+from pathlib import Path
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -31,7 +43,14 @@ __all__ = [
     "MEL_FRONTENDS",
     "PRESETS",
     "ALL_REGISTRIES",
+    "PLUGIN_ENV",
+    "PLUGIN_GROUP",
+    "PluginError",
+    "load_plugins",
 ]
+
+PLUGIN_ENV = "CONTROLFOLEY_PLUGINS"  # comma-separated module names or .py paths
+PLUGIN_GROUP = "controlfoley.plugins"  # entry-point group of installed packages
 
 T = TypeVar("T")
 
@@ -61,9 +80,58 @@ def _load_builtins() -> None:
     try:
         for mod in _BUILTIN_MODULES:
             importlib.import_module(mod)
+        for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+            _import_plugin(ep.value, f"entry point {ep.name!r} of group {PLUGIN_GROUP!r}")
+        load_plugins(*_env_plugins(), source=f"the {PLUGIN_ENV} environment variable")
     except BaseException:
         _builtins_loaded = False
         raise
+
+
+class PluginError(ImportError):
+    """A plugin module (one that registers user parts) could not be imported."""
+
+
+def _env_plugins() -> list[str]:
+    return [p.strip() for p in os.environ.get(PLUGIN_ENV, "").split(",") if p.strip()]
+
+
+def load_plugins(*specs: str, source: str = "load_plugins") -> list[str]:
+    """Import the modules that register user parts: each spec is a module name (`my_pkg.parts`,
+    importable from sys.path) or a path to a `.py` file. A module already imported is not run
+    again. Returns the module names; raises PluginError naming the spec and the fix."""
+    _load_builtins()  # built-ins first, so that a plugin's override=True lands on top of them
+    return [_import_plugin(spec, source) for spec in specs]
+
+
+def _import_plugin(spec: str, source: str) -> str:
+    spec = spec.strip()
+    if spec.endswith(".py") or os.sep in spec or "/" in spec:
+        path = Path(spec).expanduser().resolve()
+        name = "controlfoley_plugin_" + "".join(c if c.isalnum() else "_" for c in str(path))
+        if name in sys.modules:
+            return name
+        if not path.is_file():
+            raise PluginError(f"plugin {spec!r} (from {source}) is not a file; give a .py path or an importable module name")
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        assert loader_spec is not None and loader_spec.loader is not None
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[name]
+            raise PluginError(f"plugin file {str(path)!r} (from {source}) failed to import: {type(e).__name__}: {e}") from e
+        return name
+    module_name = spec.split(":")[0]  # entry points may name an attribute: "pkg.mod:obj"
+    try:
+        importlib.import_module(module_name)
+    except ImportError as e:
+        raise PluginError(
+            f"plugin module {module_name!r} (from {source}) cannot be imported: {e}. Install it, add its folder "
+            "to PYTHONPATH, or give the path of its .py file"
+        ) from e
+    return module_name
 
 
 class RegistryError(KeyError):
@@ -87,6 +155,9 @@ class Registry(Generic[T]):
         unless `override=True` (which is how a user deliberately replaces a built-in)."""
         if not isinstance(name, str) or not name:
             raise RegistryError(f"{self.kind} registry: a name must be a non-empty string, got {name!r}")
+
+        if override:
+            _load_builtins()  # an override replaces the built-in, which must be registered first
 
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries and not override and self._entries[name] is not fn:
@@ -113,7 +184,8 @@ class Registry(Generic[T]):
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
             raise RegistryError(
                 f"unknown {self.kind} {name!r}.{hint} Registered {self.kind}s: {', '.join(self.names()) or '(none)'}. "
-                f"Register your own with @controlfoley.{self.attr}.register(name)."
+                f"Register your own with @controlfoley.{self.attr}.register(name); on the command line, load the "
+                f"module that registers it with `controlfoley --plugin my_parts.py ...` (or {PLUGIN_ENV}=my_parts.py)."
             ) from None
 
     def names(self, pattern: str = "*") -> list[str]:

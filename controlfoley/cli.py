@@ -8,11 +8,14 @@
     controlfoley train {tokenizer,backbone,controlnet} ...
     controlfoley experiment synthetic        the learning proof on the synthetic world
 
+    controlfoley --plugin my_parts.py train ...   import a module that registers your own parts first
+
 Subcommands import their heavy modules only when they run.
 """
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -90,12 +93,41 @@ def list_names(kind: str | None) -> str:
     return "\n".join(out)
 
 
+def _take_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Leading `--plugin X` / `--plugin=X` options, and the rest of the command line."""
+    plugins = []
+    while argv and (argv[0] == "--plugin" or argv[0].startswith("--plugin=")):
+        if argv[0] == "--plugin":
+            if len(argv) < 2:
+                raise SystemExit("error: --plugin needs a module name or a .py path")
+            plugins.append(argv[1])
+            argv = argv[2:]
+        else:
+            plugins.append(argv[0].split("=", 1)[1])
+            argv = argv[1:]
+    return plugins, argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    plugins, argv = _take_plugins(list(sys.argv[1:] if argv is None else argv))
+    if plugins:
+        from controlfoley._registry import PLUGIN_ENV, PluginError, load_plugins
+
+        try:
+            load_plugins(*plugins, source="--plugin")
+        except PluginError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        # in the environment too, so that processes this command starts (workers, ranks) import them as well
+        os.environ[PLUGIN_ENV] = ",".join([*filter(None, os.environ.get(PLUGIN_ENV, "").split(",")), *plugins])
     if argv and argv[0] in _DELEGATED:
         mod, fn = _DELEGATED[argv[0]]
         return int(getattr(importlib.import_module(mod), fn)(argv[1:]) or 0)
     parser = argparse.ArgumentParser(prog="controlfoley", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--plugin", action="append", metavar="MODULE|FILE.py",
+        help="import this module first (it registers your own parts); repeatable; before the subcommand",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_info = sub.add_parser("info", help="parameter table of a preset beside the paper's numbers")
     p_info.add_argument("preset")

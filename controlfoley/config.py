@@ -14,15 +14,30 @@ Overrides (`ModelConfig.override`, and so `build_model(preset, **overrides)`):
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Part", "SamplerConfig", "ModelConfig", "ConfigError"]
+__all__ = ["Part", "SamplerConfig", "ModelConfig", "ConfigError", "parse_overrides"]
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be built; the message says which field and how to fix it."""
+
+
+def parse_overrides(items: Sequence[str], flag: str = "--model") -> dict[str, Any]:
+    """Command-line model overrides `KEY=JSON` (`backbone='{"depth": 2}'`) or `KEY=NAME`
+    (`aligner=plain1d`) -> keyword arguments of `build_model` / `ModelConfig.override`."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} expects KEY=JSON or KEY=NAME, e.g. {flag} aligner=plain1d; got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw  # a bare name, e.g. --model aligner=plain1d
+    return out
 
 
 def _check_json(value: Any, where: str) -> None:

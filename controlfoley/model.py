@@ -36,6 +36,7 @@ from controlfoley.errors import ShapeError
 from controlfoley.fast import GuidedStep, onednn_linear, precision, zero_scale_conditions
 from controlfoley.guidance import UNCOND, Condition, GuidanceRule
 from controlfoley.sampling import MaskGITSampler
+from controlfoley.tokenizers.base import Tokenizer
 from controlfoley.typing import Bool, Float, Int, Tensor
 
 __all__ = ["SpecMaskFoley", "build_model", "from_pretrained", "masked_token_mask"]
@@ -352,6 +353,28 @@ def _build_part(registry: Registry[Any], part: Part, **wired: Any) -> Any:
     return registry.build(part.name, **kwargs)
 
 
+def _check_tokenizer(name: str, tok: Any, n_frames: int, n_mels: int) -> tuple[int, int]:
+    """The token grid of a built tokenizer, after checking it keeps the `Tokenizer` contract: a
+    broken user tokenizer fails here, naming what is wrong, not deep inside a forward."""
+    where = f"tokenizer {name!r} ({type(tok).__name__})"
+    if not isinstance(tok, Tokenizer):
+        missing = [m for m in ("codebook_size", "n_mels", "downsample", "grid", "encode", "decode", "embed_codes") if getattr(tok, m, None) is None]
+        raise ConfigError(f"{where} lacks {', '.join(missing)} of the Tokenizer contract (controlfoley.tokenizers.base.Tokenizer)")
+    if int(tok.n_mels) != n_mels:
+        raise ConfigError(f"{where} reads {tok.n_mels} mel bins but the mel front end makes {n_mels}; accept n_mels in its builder")
+    grid = tok.grid(n_frames)
+    ds = tuple(tok.downsample)
+    if not (isinstance(grid, (tuple, list)) and len(grid) == 2 and all(isinstance(g, int) and g > 0 for g in grid)):
+        raise ConfigError(f"{where}.grid({n_frames}) must return (F, T), two positive ints, got {grid!r} (a 1-D tokenizer returns (1, T))")
+    if len(ds) != 2 or tuple(grid) != (n_mels // ds[0], n_frames // ds[1]):
+        raise ConfigError(
+            f"{where}.grid({n_frames}) = {tuple(grid)} does not match its downsample {ds}: expected "
+            f"(n_mels // {ds[0] if ds else '?'}, n_frames // {ds[1] if len(ds) > 1 else '?'}). Grids are (F, T), "
+            "frequency rows first; a 1-D tokenizer has downsample (n_mels, frame factor) and grid (1, T)"
+        )
+    return int(grid[0]), int(grid[1])
+
+
 def _norm(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
@@ -366,7 +389,7 @@ def build_model(config: "str | ModelConfig", /, **overrides: Any) -> SpecMaskFol
         cfg = cfg.override(**overrides)
     mel = _build_part(MEL_FRONTENDS, cfg.mel)
     tokenizer = _build_part(TOKENIZERS, cfg.tokenizer, n_mels=mel.n_mels)
-    grid = tuple(tokenizer.grid(cfg.n_frames))
+    grid = _check_tokenizer(cfg.tokenizer.name, tokenizer, cfg.n_frames, mel.n_mels)
     backbone = _build_part(BACKBONES, cfg.backbone, vocab_size=tokenizer.codebook_size, grid=list(grid))
     parts: dict[str, Any] = {}
     if cfg.has_control:

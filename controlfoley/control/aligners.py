@@ -6,6 +6,9 @@
 - `plain1d`: the same Projection Block pooled straight to F*T steps over the flattened row-major
   order, with no knowledge of frequency: token (f, t) receives a time slice unrelated to its time
   column. The paper reports that without the FT-Aligner SpecMaskFoley does not train.
+
+For a 1-D tokenizer (grid (1, T)) the two are the same module: with one frequency row the flattened
+order is the time order, so the FT-vs-1-D ablation only means something on a 2-D token grid.
 """
 
 from einops import repeat

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from controlfoley._registry import EXTRACTORS
+from controlfoley.config import parse_overrides
 from controlfoley.data.shards import ShardIndex, ShardWriter
 from controlfoley.errors import ControlFoleyError, DataError
 from controlfoley.typing import Tensor
@@ -96,6 +97,7 @@ class Extraction:
             "window_s": self.window_s,
             "video_s": self.video_s,
             "tokenizer": self.tokenizer_source,
+            "model": self.model.config.to_dict(),
             "features": feats,
             "source": source,
         }
@@ -271,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="synthetic split: train, val or test")
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--tokenizer", default=None, help="checkpoint (file, folder or run) with trained tokenizer weights")
+    p.add_argument(
+        "--model", dest="model_overrides", action="append", default=[], metavar="KEY=JSON",
+        help="model override, as for `controlfoley train` (e.g. tokenizer=my_tokenizer, with --plugin before `extract`)",
+    )  # fmt: skip
     p.add_argument("--extractors", default="", help="comma-separated EXTRACTORS names for video features, e.g. synthetic_sync,synthetic_clip")
     p.add_argument("--clap", default=None, help="EXTRACTORS name of the CLAP-like text extractor, e.g. synthetic_clap")
     p.add_argument("--mel", action="store_true", help="also store the mel (needed by the tokenizer recipe)")
@@ -288,8 +294,9 @@ def extract_main(argv: Sequence[str] | None = None) -> int:
     try:
         names = [n for n in args.extractors.split(",") if n]
         ex = Extraction(
-            args.preset, extractors=names, clap=args.clap, tokenizer=args.tokenizer, mel=args.mel, video_seconds=args.video_seconds, device=args.device
-        )
+            args.preset, extractors=names, clap=args.clap, tokenizer=args.tokenizer, mel=args.mel, video_seconds=args.video_seconds,
+            device=args.device, model_overrides=parse_overrides(args.model_overrides),
+        )  # fmt: skip
         common = dict(shard_size=args.shard_size, batch_size=args.batch_size, overwrite=args.overwrite, resume=args.resume)
         if args.synthetic is not None:
             index = extract_synthetic(args.out, ex, n_clips=args.synthetic, split=args.split, world_seed=args.world_seed, **common)

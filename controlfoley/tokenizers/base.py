@@ -6,15 +6,19 @@ Notable features:
 - Token maps are always 3-D `[b, f, t]` in row-major order (token index f*T + t); a 1-D tokenizer
   returns F = 1, so backbones, aligners and samplers need no special case.
 - `embed_codes` gives the dequantised latents `[b, e, f, t]`, for parts that work in latent space.
+- `TrainableTokenizer`: what the `tokenizer` training recipe needs on top (a forward that
+  reconstructs through the quantiser; `restart_dead_codes` only when codebook restarts are on).
 
 Reference: DESIGN.md section 2 (Tokenizer interface).
 """
 
 from typing import Protocol, runtime_checkable
 
+import torch
+
 from controlfoley.typing import Float, Int, Tensor
 
-__all__ = ["Tokenizer"]
+__all__ = ["Tokenizer", "TrainableTokenizer", "RestartableTokenizer"]
 
 
 @runtime_checkable
@@ -47,4 +51,26 @@ class Tokenizer(Protocol):
 
     def embed_codes(self, codes: Int[Tensor, "b f t"]) -> Float[Tensor, "b e f t"]:
         """Token indices -> their codebook vectors (dequantised latents) [b, e, F, T]."""
+        ...
+
+
+@runtime_checkable
+class TrainableTokenizer(Tokenizer, Protocol):
+    """A tokenizer the `tokenizer` training recipe can train (an `nn.Module`)."""
+
+    def forward(self, mel: Float[Tensor, "b m n"]) -> tuple[Float[Tensor, "b m n"], Int[Tensor, "b f t"], Float[Tensor, ""]]:
+        """Reconstruct through the quantiser: (recon mel [b, m, n], codes [b, F, T], scalar VQ
+        loss). Gradients must reach the encoder (e.g. by a straight-through estimator)."""
+        ...
+
+
+@runtime_checkable
+class RestartableTokenizer(TrainableTokenizer, Protocol):
+    """A trainable tokenizer that supports codebook restarts (`codebook_restart_every > 0`)."""
+
+    def restart_dead_codes(self, mel: Float[Tensor, "b m n"], generator: torch.Generator) -> int:
+        """Move the codebook entries that no token of `mel` selects onto randomly chosen latents of
+        `mel`; return how many moved. Called once per restart step with all of the step's clips on
+        this rank; under torch.distributed every rank must reach the same decision (sum usage over
+        ranks) and keep one codebook."""
         ...

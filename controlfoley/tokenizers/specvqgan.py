@@ -173,6 +173,11 @@ class SpecVQGAN(nn.Module):
         """Encoder + quantiser, with the VQ loss and the batch perplexity (no host sync)."""
         return self.quantize(self._latent(mel))
 
+    @torch.no_grad()
+    def restart_dead_codes(self, mel: Float[Tensor, "b m n"], generator: torch.Generator) -> int:
+        """Codebook restarts over the latents of `mel` (see `VectorQuantizer.restart_dead_codes`)."""
+        return self.quantize.restart_dead_codes(self._latent(mel), generator)
+
     def codebook_usage(self, codes: Int[Tensor, "b f t"]) -> CodebookUsage:
         used = int(torch.unique(codes).numel())
         return CodebookUsage(
@@ -181,7 +186,7 @@ class SpecVQGAN(nn.Module):
             perplexity=float(_histogram_perplexity(codes, self.codebook_size)),
         )
 
-    # -- internals (`_latent` is also used by the tokenizer recipe's codebook restarts) -----------
+    # -- internals ----------------------------------------------------------------------------------
     def _latent(self, mel: Float[Tensor, "b m n"]) -> Float[Tensor, "b e f t"]:
         self._check_mel(mel)
         return self.quant_conv(self.encoder(mel.unsqueeze(1)))

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from controlfoley._registry import RegistryError
-from controlfoley.config import ConfigError
+from controlfoley.config import ConfigError, parse_overrides
 from controlfoley.errors import ControlFoleyError
 from controlfoley.train.config import RECIPE_DEFAULTS, RECIPES, TrainConfig
 
@@ -90,16 +90,7 @@ def _parse_value(name: str, raw: str) -> Any:
 
 
 def _model_overrides(items: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--model expects KEY=JSON, got {item!r}")
-        try:
-            out[key] = json.loads(raw)
-        except ValueError:
-            out[key] = raw  # a bare name, e.g. --model aligner=plain1d
-    return out
+    return parse_overrides(items, "--model")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -84,8 +84,8 @@ class TokenizerObjective(nn.Module):
         """Restart the codebook entries that no clip of the whole step selects: all of this rank's
         micro-batches (and, inside `restart_dead_codes`, all ranks), so a step with gradient
         accumulation makes the same decision as one big batch, once per optimizer step."""
-        z = torch.cat([self.tokenizer._latent(b["mel"].float()) for b in batches])
-        return self.tokenizer.quantize.restart_dead_codes(z, torch.Generator().manual_seed(seed))
+        mel = torch.cat([b["mel"].float() for b in batches])
+        return self.tokenizer.restart_dead_codes(mel, torch.Generator().manual_seed(seed))
 
 
 class MaskedTokenObjective(nn.Module):
@@ -176,6 +176,20 @@ class TokenizerRecipe(Recipe):
         require_features(ds, {"mel": want}, hint="Extract mels with `controlfoley extract --mel` for this preset.")
 
     def objective(self, model: SpecMaskFoley, cfg: TrainConfig) -> nn.Module:
+        tok = model.tokenizer
+        name = model.config.tokenizer.name
+        if not isinstance(tok, nn.Module) or type(tok).forward is nn.Module.forward:
+            raise ConfigError(
+                f"the tokenizer recipe trains the tokenizer through its forward(mel) -> (recon, codes, vq_loss), "
+                f"which tokenizer {name!r} ({type(tok).__name__}) does not define; add it "
+                "(see controlfoley.tokenizers.base.TrainableTokenizer) or train this tokenizer elsewhere"
+            )
+        if cfg.codebook_restart_every > 0 and not callable(getattr(tok, "restart_dead_codes", None)):
+            raise ConfigError(
+                f"--codebook-restart-every {cfg.codebook_restart_every} needs tokenizer.restart_dead_codes(mel, generator), "
+                f"which tokenizer {name!r} ({type(tok).__name__}) does not define; add it "
+                "(see controlfoley.tokenizers.base.RestartableTokenizer) or set --codebook-restart-every 0"
+            )
         disc = PatchDiscriminator(cfg.disc_channels) if cfg.adv_weight > 0 else None
         return TokenizerObjective(model.tokenizer, cfg.l1_weight, cfg.l2_weight, cfg.vq_weight, disc)
 

@@ -1,0 +1,198 @@
+"""User parts from outside the package: the 1-D tokenizer of examples/tokenizer_1d.py through the
+model, the training recipe and the command line (`--plugin`, CONTROLFOLEY_PLUGINS), and the
+contract checks that turn a broken user tokenizer into a ConfigError at build time."""
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import micro_inputs, micro_overrides
+from test_train import config, write_data
+from torch import nn
+
+from controlfoley import TOKENIZERS, build_model
+from controlfoley._registry import PLUGIN_ENV, PluginError, load_plugins
+from controlfoley.cli import main as cli_main
+from controlfoley.config import ConfigError
+from controlfoley.data.extract import extract_main
+from controlfoley.data.shards import ShardIndex
+from controlfoley.train import train
+from controlfoley.train.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "tokenizer_1d.py"
+TOK_1D = {"name": "conv1d_vq", "hidden": 16, "embed_dim": 16, "n_embed": 64}
+
+
+def _forget(name: str) -> None:
+    if name in TOKENIZERS:
+        TOKENIZERS.unregister(name)
+    for mod in [m for m, v in sys.modules.items() if getattr(v, "__file__", None) == str(EXAMPLE)]:
+        del sys.modules[mod]
+
+
+@pytest.fixture
+def plugin() -> Iterator[None]:
+    _forget("conv1d_vq")
+    load_plugins(str(EXAMPLE))
+    yield
+    _forget("conv1d_vq")
+
+
+@pytest.fixture
+def scratch_tokenizer() -> Iterator[Any]:
+    """Register a builder under "scratch" for the duration of one test."""
+    names: list[str] = []
+
+    def register(builder: Any) -> str:
+        TOKENIZERS.register("scratch", override=True)(builder)
+        names.append("scratch")
+        return "scratch"
+
+    yield register
+    for n in names:
+        if n in TOKENIZERS:
+            TOKENIZERS.unregister(n)
+
+
+def micro_1d() -> dict:
+    return {**micro_overrides(), "tokenizer": dict(TOK_1D)}
+
+
+def test_a_1d_tokenizer_runs_the_whole_model(plugin: None) -> None:
+    torch.manual_seed(0)
+    model = build_model("specmaskfoley_tiny", **micro_1d()).eval()
+    assert model.grid == (1, 32) and model.backbone.vocab_size == 64
+    inp = micro_inputs(model)
+    assert inp["codes"].shape == (2, 1, 32)
+    loss, _ = model.loss(inp["codes"], features=inp["features"], cond=inp["text"], generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and loss > 0
+    out = model.generate(inp["features"], inp["text"], steps=3, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 1, 32) and int(out.min()) >= 0 and int(out.max()) < 64
+    mel = model.decode(out)
+    assert mel.shape == (2, 80, 512) and torch.isfinite(mel).all()
+    # encode(decode(codes)) round-trips through the tokenizer's own shapes
+    assert model.tokenizer.encode(mel).shape == (2, 1, 32)
+
+
+def test_the_tokenizer_recipe_trains_a_1d_tokenizer_with_restarts(plugin: None, tmp_path: Path) -> None:
+    ds = write_data(tmp_path / "mel", n=8, mel=True)
+    cfg = config("tokenizer", ds, tmp_path / "run", steps=2, warmup_steps=0, batch_size=4, codebook_restart_every=1)
+    cfg = cfg.replace(model_overrides=micro_1d())
+    torch.manual_seed(0)
+    before = {k: v.clone() for k, v in build_model("specmaskfoley_tiny", **micro_1d()).tokenizer.state_dict().items()}
+    result = train(cfg)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl", "train")
+    assert rows[0]["codes_restarted"] > 0 and result["train"]["codebook_used"] >= 1
+    from controlfoley.checkpoint import read_state_dict
+
+    after = read_state_dict(tmp_path / "run" / "model.safetensors")[0]
+    assert any(not torch.equal(after[f"tokenizer.{k}"], v) for k, v in before.items())
+
+
+def test_the_cli_loads_plugins_by_path_and_by_environment(plugin: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _forget("conv1d_vq")  # as in a fresh process: only --plugin can bring the name in
+    assert cli_main(["--plugin", str(EXAMPLE), "list", "tokenizer"]) == 0
+    assert "conv1d_vq" in capsys.readouterr().out
+    assert str(EXAMPLE) in os.environ.get(PLUGIN_ENV, "")
+    os.environ.pop(PLUGIN_ENV)
+    # a fresh interpreter imports what the environment names (as every torchrun rank does)
+    env = {**os.environ, PLUGIN_ENV: str(EXAMPLE)}
+    out = subprocess.run([sys.executable, "-m", "controlfoley", "list", "tokenizer"], env=env, capture_output=True, text=True, check=True)
+    assert "conv1d_vq" in out.stdout
+
+
+def test_extract_takes_model_overrides(plugin: None, tmp_path: Path) -> None:
+    args = ["--preset", "specmaskfoley_tiny", "--synthetic", "4", "--out", str(tmp_path / "d"), "--shard-size", "4"]
+    for k, v in micro_1d().items():
+        args += ["--model", f"{k}={__import__('json').dumps(v)}"]
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main(args) == 0
+    index = ShardIndex.load(tmp_path / "d")
+    assert tuple(index.features["tokens"].shape) == (1, 32)
+    assert index.info["model"]["tokenizer"]["name"] == "conv1d_vq"
+
+
+def test_bad_plugins_are_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(PluginError, match="not a file"):
+        load_plugins(str(tmp_path / "missing.py"))
+    with pytest.raises(PluginError, match="cannot be imported.*PYTHONPATH"):
+        load_plugins("no_such_plugin_module")
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(PluginError, match="broken.py.*RuntimeError: boom"):
+        load_plugins(str(broken))
+    assert cli_main(["--plugin", str(tmp_path / "missing.py"), "list"]) == 2
+    assert "from --plugin" in capsys.readouterr().err
+
+
+def test_an_unknown_name_says_how_the_cli_loads_plugins() -> None:
+    with pytest.raises(Exception, match="--plugin"):
+        build_model("specmaskfoley_tiny", tokenizer="not_registered_anywhere")
+
+
+class _Incomplete(nn.Module):
+    n_mels, codebook_size, downsample = 80, 64, (16, 16)
+
+    def grid(self, n_frames: int) -> Any:
+        return (5, n_frames // 16)
+
+
+def test_build_model_checks_the_tokenizer_contract(scratch_tokenizer: Any) -> None:
+    name = scratch_tokenizer(lambda **kw: _Incomplete())
+    with pytest.raises(ConfigError, match="lacks encode, decode, embed_codes of the Tokenizer contract"):
+        build_model("specmaskfoley_tiny", tokenizer=name)
+
+    class Transposed(_Incomplete):
+        def grid(self, n_frames: int) -> Any:
+            return (n_frames // 16, 5)  # (T, F): frequency rows must come first
+
+        def encode(self, mel: Any) -> Any: ...
+        def decode(self, codes: Any) -> Any: ...
+        def embed_codes(self, codes: Any) -> Any: ...
+
+    scratch_tokenizer(lambda **kw: Transposed())
+    with pytest.raises(ConfigError, match=r"grid\(512\) = \(32, 5\) does not match its downsample"):
+        build_model("specmaskfoley_tiny", tokenizer=name)
+
+    class FlatGrid(Transposed):
+        def grid(self, n_frames: int) -> Any:
+            return n_frames // 16
+
+    scratch_tokenizer(lambda **kw: FlatGrid())
+    with pytest.raises(ConfigError, match="two positive ints"):
+        build_model("specmaskfoley_tiny", tokenizer=name)
+
+
+def test_the_tokenizer_recipe_names_what_a_tokenizer_lacks(plugin: None, scratch_tokenizer: Any, tmp_path: Path) -> None:
+    import importlib
+
+    mod = importlib.import_module(TOKENIZERS.get("conv1d_vq").__module__)
+
+    class NoRestarts(mod.Conv1dVQ):
+        restart_dead_codes = None
+
+    class NoForward(NoRestarts):
+        forward = nn.Module.forward
+
+    ds = write_data(tmp_path / "mel", n=4, mel=True)
+    for cls, flag, match in ((NoRestarts, 1, "--codebook-restart-every 1 needs tokenizer.restart_dead_codes"), (NoForward, 0, "forward\\(mel\\)")):
+        scratch_tokenizer(lambda cls=cls, **kw: cls(80, 16, 16, 64, 4, 0.25))
+        cfg = config("tokenizer", ds, tmp_path / f"run{flag}", steps=1, warmup_steps=0, batch_size=2, codebook_restart_every=flag)
+        cfg = cfg.replace(model_overrides={**micro_overrides(), "tokenizer": {"name": "scratch"}})
+        with pytest.raises(ConfigError, match=match):
+            train(cfg)
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
+def test_every_example_runs(script: str) -> None:
+    """The scripts the README points to run as a user runs them (a fresh interpreter, no test hooks)."""
+    env = {k: v for k, v in os.environ.items() if k != PLUGIN_ENV}
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / script)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip(), f"{script} printed nothing"

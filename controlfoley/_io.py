@@ -24,9 +24,11 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix if suffix is None else suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; give the finished file normal permissions
     try:
         yield tmp_path
+        # mkstemp creates 0600 and some writers (safetensors) replace the file, so the normal
+        # permissions (0666 less the umask, as open() gives) are set on the finished file
+        os.chmod(tmp_path, 0o666 & ~_umask())
         with open(tmp_path, "rb+") as f:
             f.flush()
             os.fsync(f.fileno())

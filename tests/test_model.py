@@ -190,13 +190,22 @@ def test_negative_prompt_replaces_only_the_unconditional_rows(micro_model, monke
     assert torch.equal(seen["cond"][:2], neg) and torch.equal(seen["cond"][4:], x["text"])
 
 
-def test_atomic_outputs_have_normal_permissions(tmp_path):
+def test_atomic_outputs_have_normal_permissions(tmp_path, micro_model):
+    """Text files, and the safetensors files of a saved model and a dataset shard, which safetensors
+    writes by replacing the temporary file (they came out 0600 whatever the umask)."""
     import os
     import stat
 
     from controlfoley._io import atomic_write_text
+    from controlfoley.data.shards import ShardWriter
 
     atomic_write_text(tmp_path / "a.txt", "x")
+    micro_model.save(tmp_path / "m.safetensors")
+    with ShardWriter(tmp_path / "d", shard_size=2) as w:
+        w.add("c0", {"tokens": torch.zeros(5, 32, dtype=torch.long)})
     mask = os.umask(0)
     os.umask(mask)
-    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~mask
+    files = [tmp_path / "a.txt", tmp_path / "m.safetensors", *sorted((tmp_path / "d").iterdir())]
+    assert len(files) >= 4
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f

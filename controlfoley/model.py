@@ -110,7 +110,38 @@ class SpecMaskFoley(nn.Module):
         """Video features -> control encoder -> aligner: [b, F*T, D] in the backbone's token order."""
         if not self.has_control:
             raise ConfigError("this model has no ControlNet (a backbone-only preset); it takes no video features")
-        return self.aligner(self.control_encoder(dict(features)))
+        if not isinstance(features, Mapping):
+            raise ShapeError(f"features must be a dict of name -> [batch, frames, dim] tensors, got {type(features).__name__}")
+        feats = {k: self._as_input(v, f"video feature {k!r}") for k, v in features.items()}
+        out = self.aligner(self.control_encoder(feats))
+        want = (self.n_tokens, self.backbone.dim)
+        if not isinstance(out, Tensor) or out.ndim != 3 or tuple(out.shape[1:]) != want:
+            got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ShapeError(
+                f"aligner {self.config.aligner.name!r} returned {got}; an aligner must return [batch, F*T, D] = "
+                f"[batch, {want[0]}, {want[1]}] for this model (token grid {self.grid[0]}x{self.grid[1]}, backbone width {want[1]})"
+            )
+        return out
+
+    def _as_input(self, x: Any, what: str) -> Tensor:
+        """A float input on the model's device and in its parameter dtype (fp16 dataset features,
+        fp64 numpy arrays); integer or bool tensors are refused."""
+        if not isinstance(x, Tensor):
+            raise ShapeError(f"{what} must be a torch.Tensor, got {type(x).__name__} (torch.as_tensor(...) converts arrays)")
+        if not x.is_floating_point():
+            raise ShapeError(f"{what} must be a float tensor, got {x.dtype}")
+        dtype = next(self.backbone.parameters()).dtype
+        return x.to(device=self.device, dtype=dtype)
+
+    def _as_text(self, text: Tensor | None, what: str = "text") -> Tensor | None:
+        if text is None:
+            return None
+        text = self._as_input(text, what)
+        c = self.backbone.cond_dim
+        if text.ndim != 2 or text.shape[1] != c:
+            hint = f" (one embedding: {what}[None])" if text.ndim == 1 else ""
+            raise ShapeError(f"{what} must be [batch, {c}] CLAP-like embeddings, got {list(text.shape)}{hint}")
+        return text
 
     def forward(
         self,
@@ -157,6 +188,7 @@ class SpecMaskFoley(nn.Module):
         flat = self._flat_codes(codes)
         mask = masked_token_mask(b, self.n_tokens, generator, flat.device)
         cond_on = None
+        cond = self._as_text(cond, "cond")
         if cond is not None:
             cond_on = torch.rand(b, generator=generator, device=flat.device) >= uncond_prob
         control = self.encode_control(features) if (self.has_control and features is not None) else None
@@ -224,6 +256,7 @@ class SpecMaskFoley(nn.Module):
         `onednn` CPU linears through oneDNN with the MLP's GELU fused, bf16 weights cast (and
         packed) once per call (default: eager CPU, fp32 only on AVX-512 CPUs; see `fast.OneDNNLinear`)."""
         rule = guidance or self.guidance
+        text, negative_text = self._as_text(text), self._as_text(negative_text, "negative_text")
         control = self.encode_control(features) if (features is not None and self.has_control) else None
         b = _batch_of(control, text, known_codes, batch_size)
         self._check_rule_inputs(rule, control, text)
@@ -350,7 +383,14 @@ def _build_part(registry: Registry[Any], part: Part, **wired: Any) -> Any:
         if k in kwargs and _norm(kwargs[k]) != _norm(v):
             raise ConfigError(f"{registry.kind} {part.name!r}: {k}={kwargs[k]!r} contradicts the value wired from the other parts ({v!r}); drop it from the config")
         kwargs[k] = v
-    return registry.build(part.name, **kwargs)
+    built = registry.build(part.name, **kwargs)
+    want, label = (GuidanceRule, "controlfoley.guidance.GuidanceRule") if registry is GUIDANCE else (nn.Module, "torch.nn.Module")
+    if not isinstance(built, want):
+        raise ConfigError(
+            f"{registry.kind} {part.name!r}: its builder {getattr(registry.get(part.name), '__qualname__', '?')} returned "
+            f"{type(built).__name__}, not a {label}; a builder must return the built part"
+        )
+    return built
 
 
 def _check_tokenizer(name: str, tok: Any, n_frames: int, n_mels: int) -> tuple[int, int]:

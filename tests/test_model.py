@@ -173,6 +173,48 @@ def test_bad_inputs_give_clear_errors(micro_model):
         micro_model.tokenizer.encode(torch.zeros(1, 80, 100))
 
 
+def test_inputs_in_other_float_dtypes_are_cast_and_others_refused(micro_model):
+    """Dataset features are stored in fp16 and numpy gives fp64: generate casts them to the model's
+    dtype (it died in a matmul before); integer features and wrong text widths are named."""
+    x = micro_inputs(micro_model)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    half = {k: v.half() for k, v in x["features"].items()}
+    want = micro_model.generate({k: v.float() for k, v in half.items()}, x["text"].half().float(), steps=2, generator=g())
+    got = micro_model.generate(half, x["text"].half(), steps=2, generator=g())
+    assert torch.equal(got, want)
+    got64 = micro_model.generate({k: v.double() for k, v in half.items()}, x["text"].half().double(), steps=2, generator=g())
+    assert torch.equal(got64, want)
+    with pytest.raises(ShapeError, match="'sync' must be a float tensor, got torch.int64"):
+        micro_model.generate({**x["features"], "sync": x["features"]["sync"].long()}, x["text"])
+    with pytest.raises(ShapeError, match=r"text must be \[batch, 16\]"):
+        micro_model.generate(x["features"], torch.randn(2, 17))
+    loss, _ = micro_model.loss(x["codes"], features=half, cond=x["text"].half())
+    assert torch.isfinite(loss)
+
+
+def test_a_part_that_breaks_its_contract_is_named(micro_model):
+    from controlfoley import ALIGNERS
+
+    @ALIGNERS.register("returns_none")
+    def returns_none(**kw):
+        return None
+
+    @ALIGNERS.register("wrong_length")
+    def wrong_length(*, in_dim: int, out_dim: int, grid: list):
+        return torch.nn.Linear(in_dim, out_dim)  # [b, t, d] -> [b, t, D]: not F*T tokens
+
+    try:
+        with pytest.raises(ConfigError, match="aligner 'returns_none'.*returned NoneType, not a torch.nn.Module"):
+            build_model("specmaskfoley_tiny", **micro_overrides(), aligner="returns_none")
+        model = build_model("specmaskfoley_tiny", **micro_overrides(), aligner="wrong_length")
+        x = micro_inputs(model)
+        with pytest.raises(ShapeError, match=r"aligner 'wrong_length' returned \[2, 40, 32\].*\[batch, 160, 32\]"):
+            model.generate(x["features"], x["text"], steps=1)
+    finally:
+        ALIGNERS.unregister("returns_none")
+        ALIGNERS.unregister("wrong_length")
+
+
 def test_negative_prompt_replaces_only_the_unconditional_rows(micro_model, monkeypatch):
     seen = {}
     orig = micro_model.backbone.embed

@@ -98,7 +98,14 @@ def load_model(
     if not p.exists():
         bundled = pretrained_path(str(path_or_preset))
         if bundled is None:
-            raise CheckpointError(f"{path_or_preset} is neither a checkpoint file/folder nor a preset that ships weights")
+            from controlfoley._registry import PRESETS
+            from controlfoley.presets import PRETRAINED
+
+            name = str(path_or_preset)
+            hint = f"; build_model({name!r}) gives that preset untrained" if name in PRESETS else ""
+            raise CheckpointError(
+                f"{name} is neither a checkpoint file/folder nor a preset that ships weights ({', '.join(sorted(PRETRAINED))}){hint}"
+            )
         p = bundled
     state, meta = read_state_dict(p, map_location)
     cfg = config_from_metadata(meta, p)

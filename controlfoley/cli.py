@@ -89,7 +89,12 @@ def list_names(kind: str | None) -> str:
     for k in kinds:
         if k not in ALL_REGISTRIES:
             raise SystemExit(f"error: unknown registry {k!r}; choose one of {', '.join(sorted(ALL_REGISTRIES))}")
-        out.append(f"{k}: {', '.join(ALL_REGISTRIES[k].names())}")
+        names = ALL_REGISTRIES[k].names()
+        if k == "preset":
+            from controlfoley.presets import PRETRAINED
+
+            names = [f"{n} (trained weights shipped)" if n in PRETRAINED else n for n in names]
+        out.append(f"{k}: {', '.join(names)}")
     return "\n".join(out)
 
 

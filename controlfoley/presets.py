@@ -117,6 +117,24 @@ def specmaskfoley_tiny_plain1d() -> ModelConfig:
     return specmaskfoley_tiny().override(name="specmaskfoley_tiny_plain1d", aligner="plain1d")
 
 
+def _shipped_config(name: str) -> ModelConfig:
+    """The config stored in the metadata of a preset's shipped weights (read from the header only)."""
+    from safetensors import safe_open
+
+    from controlfoley.checkpoint import CONFIG_KEY
+
+    path = ASSETS / PRETRAINED[name]
+    with safe_open(str(path), framework="pt") as f:
+        return ModelConfig.from_json((f.metadata() or {})[CONFIG_KEY])
+
+
+@PRESETS.register("specmaskfoley_synthetic")
+def specmaskfoley_synthetic() -> ModelConfig:
+    """The model trained on the synthetic world by `controlfoley experiment synthetic` (the tiny
+    architecture at 128 wide); `build_model` gives it untrained, `from_pretrained` with its weights."""
+    return _shipped_config("specmaskfoley_synthetic")
+
+
 def get_preset(name: str) -> ModelConfig:
     return PRESETS.build(name)
 

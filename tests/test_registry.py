@@ -74,3 +74,19 @@ def test_import_is_light():
     assert out == "False"
     with pytest.raises(AttributeError):
         controlfoley.does_not_exist  # noqa: B018
+
+
+def test_the_preset_that_ships_weights_is_a_preset_too() -> None:
+    """specmaskfoley_synthetic builds (untrained) and is listed like any preset; from_pretrained
+    of a preset without weights names the ones that have them."""
+    from controlfoley import build_model, from_pretrained
+    from controlfoley.cli import list_names
+    from controlfoley.errors import CheckpointError
+
+    trained = from_pretrained("specmaskfoley_synthetic")
+    fresh = build_model("specmaskfoley_synthetic")
+    assert fresh.config == trained.config
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in trained.state_dict().items()}
+    assert "specmaskfoley_synthetic (trained weights shipped)" in list_names("preset")
+    with pytest.raises(CheckpointError, match=r"ships weights \(specmaskfoley_synthetic\); build_model\('specmaskfoley_tiny'\)"):
+        from_pretrained("specmaskfoley_tiny")

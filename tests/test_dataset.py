@@ -267,3 +267,53 @@ def test_interrupted_extraction_resumes_to_the_same_dataset(tmp_path: Path, monk
     assert [a.clip_id(i) for i in range(7)] == [b.clip_id(i) for i in range(7)]
     for i in range(7):
         assert [k for k in a.keys if not torch.equal(a[i][k], b[i][k])] == []
+
+
+def test_extract_skip_bad_leaves_out_unreadable_files_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --skip-bad the first unreadable file stops the extraction; with it, the file is
+    listed in skipped.tsv, and a resumed run aligns its clip ids past the skipped file."""
+    import soundfile as sf
+
+    from controlfoley.data import extract
+    from controlfoley.data.extract import SKIPPED_FILE, extract_main
+
+    sr = 22050
+    files = []
+    for name in ("a", "bad", "b", "c"):
+        f = tmp_path / f"{name}.wav"
+        if name == "bad":
+            f.write_bytes(b"RIFF not really a wave file")
+        else:
+            sf.write(f, 0.1 * torch.randn(sr).numpy(), sr)
+        files.append(str(f))
+    args = ["--preset", "specmaskgit_tiny", "--files", *files, "--shard-size", "1", "--batch-size", "1"]
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main([*args, "--out", str(tmp_path / "strict")]) == 2
+    assert "bad.wav" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="skipped 1 clip"):
+        assert extract_main([*args, "--out", str(tmp_path / "whole"), "--skip-bad"]) == 0
+    whole = ShardDataset(tmp_path / "whole")
+    assert [Path(whole.clip_id(i)).name for i in range(len(whole))] == ["a.wav", "b.wav", "c.wav"]
+    assert [line.split("\t")[0] for line in (tmp_path / "whole" / SKIPPED_FILE).read_text().splitlines()] == [files[1]]
+
+    calls: list[int] = []
+    real = extract.Extraction.audio_features
+
+    def crash_on_third(self: extract.Extraction, wavs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return real(self, wavs)
+
+    monkeypatch.setattr(extract.Extraction, "audio_features", crash_on_third)
+    out = tmp_path / "cut"
+    with pytest.warns(UserWarning, match="untrained tokenizer"), pytest.raises(RuntimeError, match="simulated crash"):
+        extract_main([*args, "--out", str(out), "--skip-bad"])
+    monkeypatch.setattr(extract.Extraction, "audio_features", real)
+    with pytest.warns(UserWarning, match="skipped 1 clip"):
+        assert extract_main([*args, "--out", str(out), "--skip-bad", "--resume"]) == 0
+    cut = ShardDataset(out)
+    assert [cut.clip_id(i) for i in range(len(cut))] == [whole.clip_id(i) for i in range(len(whole))]
+    assert (out / SKIPPED_FILE).read_text() == (tmp_path / "whole" / SKIPPED_FILE).read_text()
+    for i in range(len(cut)):
+        assert torch.equal(cut[i]["tokens"], whole[i]["tokens"])

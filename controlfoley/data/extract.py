@@ -37,12 +37,13 @@ from tqdm.auto import tqdm
 from controlfoley._registry import EXTRACTORS
 from controlfoley.config import parse_overrides
 from controlfoley.data.shards import ShardIndex, ShardWriter
-from controlfoley.errors import ControlFoleyError, DataError
+from controlfoley.errors import ControlFoleyError, DataError, MediaError
 from controlfoley.typing import Tensor
 
 __all__ = ["Extraction", "extract_synthetic", "extract_files", "extract_main", "build_parser", "AUDIO_SUFFIXES"]
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"})
+SKIPPED_FILE = "skipped.tsv"  # with skip_bad: the clips left out, one per line: id TAB error
 FrameSource = Callable[[float], Tensor]  # fps -> uint8 frames [n, h, w, 3]
 Loaded = tuple[Tensor, FrameSource | None, Tensor | None]  # waveform, frame source, clap vector
 Item = tuple[str, Callable[[], Loaded]]  # clip id, and what reads or renders the clip (skipped on resume)
@@ -147,11 +148,17 @@ def _write(
     overwrite: bool,
     source: str,
     resume: bool = False,
+    skip_bad: bool = False,
 ) -> ShardIndex:
     """items: (clip id, loader of (waveform, frame source or None, clap vector or None)); batched
     for the tokenizer. With `resume`, the clips of the shards already written are skipped unread,
-    after checking that their ids come in the same order."""
+    after checking that their ids come in the same order. With `skip_bad`, a clip whose media
+    cannot be read is left out and listed in SKIPPED_FILE (id, TAB, error) instead of stopping."""
     writer = ShardWriter(out, shard_size=shard_size, info=ex.info(source), overwrite=overwrite, resume=resume)
+    skipped_file = writer.root / SKIPPED_FILE
+    skipped_before = _read_skipped(skipped_file) if resume else set()
+    if not resume:
+        skipped_file.unlink(missing_ok=True)
     pending: list[tuple[str, Tensor, dict[str, Tensor]]] = []
 
     def flush() -> None:
@@ -164,21 +171,42 @@ def _write(
     it = iter(items)
     for k, done_id in enumerate(writer.clip_ids):
         cid = next(it, (None,))[0]
+        while cid is not None and cid != done_id and cid in skipped_before:  # skipped in the interrupted run
+            cid = next(it, (None,))[0]
         if cid != done_id:
             raise DataError(
                 f"cannot resume {out}: clip {k} was {done_id!r} in the interrupted extraction and is {cid!r} now; "
                 "the inputs changed. Resume with the same inputs, or start again with --overwrite."
             )
-    for cid, load in tqdm(it, total=total, initial=len(writer.clip_ids), desc="extract", dynamic_ncols=True):
-        wav, frames_at, clap = load()
-        feats = ex.video_features(frames_at) if frames_at is not None else {}
+    n_skipped = len(skipped_before)
+    for cid, load in tqdm(it, total=total, initial=len(writer.clip_ids) + n_skipped, desc="extract", dynamic_ncols=True):
+        try:
+            wav, frames_at, clap = load()
+            feats = ex.video_features(frames_at) if frames_at is not None else {}
+        except (MediaError, DataError) as e:
+            if not skip_bad:
+                raise
+            if cid not in skipped_before:
+                with open(skipped_file, "a", encoding="utf-8") as f:
+                    f.write(f"{cid}\t{' '.join(str(e).split())}\n")
+                n_skipped += 1
+            continue
         if clap is not None:
             feats["clap"] = clap.float().cpu()
         pending.append((cid, wav, feats))
         if len(pending) >= batch_size:
             flush()
     flush()
-    return writer.close()
+    index = writer.close()
+    if n_skipped:
+        warnings.warn(f"skipped {n_skipped} clip(s) whose media could not be read; they are listed in {skipped_file}", stacklevel=3)
+    return index
+
+
+def _read_skipped(path: Path) -> set[str]:
+    if not path.is_file():
+        return set()
+    return {line.split("\t", 1)[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
 
 
 def extract_synthetic(
@@ -223,9 +251,11 @@ def extract_files(
     batch_size: int = 16,
     overwrite: bool = False,
     resume: bool = False,
+    skip_bad: bool = False,
 ) -> ShardIndex:
     """Extract video files (audio track + frames) or audio files (no video features); `resume`
-    continues an interrupted extraction of the same file list into `out`.
+    continues an interrupted extraction of the same file list into `out`; `skip_bad` leaves out
+    files that cannot be read (missing, corrupt, no audio track) and lists them in `skipped.tsv`.
 
     `tags[i]` (e.g. "dog, bark") is encoded by the CLAP-like extractor into `clap` for file i."""
     from controlfoley.audio.io import load_audio
@@ -248,7 +278,10 @@ def extract_files(
         return wav, frames_at, clap
 
     items = ((str(Path(f)), lambda i=i: load(i)) for i, f in enumerate(files))
-    return _write(ex, out, items, len(files), shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, source="files", resume=resume)
+    return _write(
+        ex, out, items, len(files), shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, source="files", resume=resume,
+        skip_bad=skip_bad,
+    )  # fmt: skip
 
 
 def _read_list(path: str) -> tuple[list[str], list[str] | None]:
@@ -286,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset (or an interrupted extraction) in --out")
     p.add_argument("--resume", action="store_true", help="continue an interrupted extraction in --out (same command otherwise)")
+    p.add_argument("--skip-bad", action="store_true", help="leave out files that cannot be read and list them in OUT/skipped.tsv")
     return p
 
 
@@ -302,7 +336,7 @@ def extract_main(argv: Sequence[str] | None = None) -> int:
             index = extract_synthetic(args.out, ex, n_clips=args.synthetic, split=args.split, world_seed=args.world_seed, **common)
         else:
             files, tags = _read_list(args.list_file) if args.list_file else (args.files, None)
-            index = extract_files(args.out, ex, files, tags=tags, **common)
+            index = extract_files(args.out, ex, files, tags=tags, skip_bad=args.skip_bad, **common)
     except (ControlFoleyError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -236,7 +236,7 @@ class ShardWriter:
         self.root = Path(root)
         if (self.root / INDEX_FILE).exists() and not overwrite:
             done = " (nothing to resume: it is complete)" if resume else ""
-            raise DataError(f"{self.root} already holds a dataset ({INDEX_FILE}){done}; choose another folder or pass overwrite=True")
+            raise DataError(f"{self.root} already holds a dataset ({INDEX_FILE}){done}; choose another folder or pass overwrite=True (--overwrite)")
         progress = self.root / PROGRESS_FILE
         if progress.exists() and not (overwrite or resume):
             raise DataError(

@@ -317,3 +317,18 @@ def test_extract_skip_bad_leaves_out_unreadable_files_and_resumes(tmp_path: Path
     assert (out / SKIPPED_FILE).read_text() == (tmp_path / "whole" / SKIPPED_FILE).read_text()
     for i in range(len(cut)):
         assert torch.equal(cut[i]["tokens"], whole[i]["tokens"])
+
+
+def test_extract_takes_extractor_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--extractor NAME,ARG=VALUE builds an extractor with arguments (the real ones need weights or
+    a features folder); a missing required argument is named."""
+    from controlfoley.data.extract import extract_main
+
+    base = ["--preset", "specmaskfoley_tiny", "--synthetic", "2", "--extractor", "synthetic_sync"]
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main([*base, "--extractor", "synthetic_clip,dim=32", "--clap", "synthetic_clap,dim=8", "--out", str(tmp_path / "d")]) == 0
+    shapes = {k: tuple(v.shape) for k, v in ShardIndex.load(tmp_path / "d").features.items()}
+    assert shapes["clip"] == (47, 32) and shapes["clap"] == (8,) and shapes["sync"] == (142, 128)
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main([*base, "--extractor", "clip_openclip", "--out", str(tmp_path / "e")]) == 2
+    assert "missing required argument(s) ['weights']" in capsys.readouterr().err

@@ -26,7 +26,7 @@ import argparse
 import math
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,8 @@ class Extraction:
         self,
         preset: str,
         *,
-        extractors: Sequence[str] = (),
-        clap: str | None = None,
+        extractors: Sequence[str | tuple[str, Mapping[str, Any]]] = (),
+        clap: str | tuple[str, Mapping[str, Any]] | None = None,
         tokenizer: str | None = None,
         mel: bool = False,
         video_seconds: float | None = None,
@@ -75,8 +75,8 @@ class Extraction:
             load_parts(self.model, resolve_model_file(tokenizer), ["tokenizer"])
         else:
             warnings.warn("no tokenizer checkpoint given: tokens come from an untrained tokenizer (train one with the tokenizer recipe)", stacklevel=2)
-        self.video = [EXTRACTORS.build(n) for n in extractors]
-        self.clap = EXTRACTORS.build(clap) if clap is not None else None
+        self.video = [_build_extractor(e) for e in extractors]
+        self.clap = _build_extractor(clap) if clap is not None else None
         self.keep_mel, self.device = mel, torch.device(device)
         self.window_s = self.model.n_samples / self.model.sample_rate
         self.video_s = self.window_s if video_seconds is None else float(video_seconds)
@@ -135,6 +135,12 @@ class Extraction:
                 frames = torch.cat([frames, frames[-1:].expand(want - frames.shape[0], -1, -1, -1)])
             out[ext.output_key] = ext(frames[:want].contiguous()).float().cpu()
         return out
+
+
+def _build_extractor(spec: str | tuple[str, Mapping[str, Any]]) -> Any:
+    """An EXTRACTORS entry from a name or (name, builder kwargs)."""
+    name, kwargs = (spec, {}) if isinstance(spec, str) else (spec[0], dict(spec[1]))
+    return EXTRACTORS.build(name, **kwargs)
 
 
 def _write(
@@ -311,7 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="model override, as for `controlfoley train` (e.g. tokenizer=my_tokenizer, with --plugin before `extract`)",
     )  # fmt: skip
     p.add_argument("--extractors", default="", help="comma-separated EXTRACTORS names for video features, e.g. synthetic_sync,synthetic_clip")
-    p.add_argument("--clap", default=None, help="EXTRACTORS name of the CLAP-like text extractor, e.g. synthetic_clap")
+    p.add_argument(
+        "--extractor", action="append", default=[], metavar="NAME[,ARG=VALUE...]",
+        help="one video feature extractor with its arguments, e.g. clip_openclip,weights=/w/clip.safetensors or "
+        "synchformer_precomputed,root=/feats/sync; repeatable, added after --extractors",
+    )  # fmt: skip
+    p.add_argument("--clap", default=None, metavar="NAME[,ARG=VALUE...]", help="the CLAP-like text extractor, e.g. synthetic_clap")
     p.add_argument("--mel", action="store_true", help="also store the mel (needed by the tokenizer recipe)")
     p.add_argument("--video-seconds", type=float, default=None, help="seconds of video per clip (default: the audio window; the paper: 10)")
     p.add_argument("--shard-size", type=int, default=256)
@@ -326,9 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
 def extract_main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        names = [n for n in args.extractors.split(",") if n]
+        from controlfoley.generate_cli import parse_spec
+
+        names: list[Any] = [n for n in args.extractors.split(",") if n]
+        names += [parse_spec(e) for e in args.extractor]
         ex = Extraction(
-            args.preset, extractors=names, clap=args.clap, tokenizer=args.tokenizer, mel=args.mel, video_seconds=args.video_seconds,
+            args.preset, extractors=names, clap=parse_spec(args.clap) if args.clap else None, tokenizer=args.tokenizer, mel=args.mel, video_seconds=args.video_seconds,
             device=args.device, model_overrides=parse_overrides(args.model_overrides),
         )  # fmt: skip
         common = dict(shard_size=args.shard_size, batch_size=args.batch_size, overwrite=args.overwrite, resume=args.resume)

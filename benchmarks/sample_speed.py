@@ -33,7 +33,7 @@ from controlfoley import build_model
 from controlfoley.backbones.specmaskgit import Attention
 from controlfoley.model import SpecMaskFoley
 
-# MMAudio-S-16k's network on this machine class (DESIGN.md sec. 4): 25 Euler steps with CFG for an
+# MMAudio-S-16k's network on this machine class (docs/DESIGN.md sec. 4): 25 Euler steps with CFG for an
 # 8 s clip take ~12 s in fp32 and ~8 s in bf16 -> seconds of compute per second of audio.
 MMAUDIO_S_CPU = {"fp32": 12.0 / 8.0, "bf16": 8.0 / 8.0}
 

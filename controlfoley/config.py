@@ -70,7 +70,7 @@ class Part:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """MaskGIT decoding (DESIGN.md section 1; google-research/maskgit)."""
+    """MaskGIT decoding (docs/DESIGN.md section 1; google-research/maskgit)."""
 
     steps: int = 12  # the paper's default; FAD and DeSync saturate after 12 (Fig. 3)
     temperature: float = 9.0  # Gumbel "choice" temperature, annealed linearly to 0 over the steps

@@ -1,7 +1,7 @@
 """`controlfoley experiment synthetic`: the learning proof on the synthetic audio-visual world.
 
 One command trains every learned part of the tiny SpecMaskFoley with the same recipes as the
-full-size model, then evaluates the paper's claims on held-out clips (DESIGN.md section 3):
+full-size model, then evaluates the paper's claims on held-out clips (docs/DESIGN.md section 3):
 
 1. tokenizer  : SpecVQGAN recipe on mels of rendered clips;
 2. extraction : tokens (with that tokenizer) + sync / clip / tag features of train, val, test clips;

@@ -14,7 +14,7 @@ from controlfoley.sampling import MaskGITSampler, masked_count
 
 
 def reference_counts(n: int, steps: int) -> list[int]:
-    """DESIGN.md's rule, written out plainly: masked tokens left after each step."""
+    """docs/DESIGN.md's rule, written out plainly: masked tokens left after each step."""
     left, out = n, []
     for k in range(steps):
         if k == steps - 1:

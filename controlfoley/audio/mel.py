@@ -6,7 +6,7 @@ Features
   filterbank from `librosa.filters.mel` (htk=False, norm="slaney") kept as a buffer, ln(clamp(x, clip)).
   Normalisation is a fixed affine map of ln-mel sending [log_lo, log_hi] to [-1, 1], optionally clipped;
   `normalize` / `denormalize` are exact inverses wherever no clipping happened.
-- "hifigan" (`HifiGanMel`): the HiFi-GAN mel used by SpecMaskFoley (DESIGN.md section 1): 22.05 kHz,
+- "hifigan" (`HifiGanMel`): the HiFi-GAN mel used by SpecMaskFoley (docs/DESIGN.md section 1): 22.05 kHz,
   n_fft 1024, hop 256, win 1024, 80 mels over 0-8000 Hz, reflect pad (n_fft - hop) / 2 = 384, eps 1e-9,
   clip 1e-5, so n_frames = n_samples // hop. Normalisation constants: log_lo = ln(1e-5) = -11.5129 (the
   clamp floor, so the minimum maps to exactly -1) and log_hi = 2.5. Not clipped: audio within [-1, 1]
@@ -185,7 +185,7 @@ def _check_geometry(
 
 
 class HifiGanMel(MelFrontEnd):
-    """The HiFi-GAN mel (DESIGN.md section 1), normalised by the fixed map [ln clip_val, log_max] -> [-1, 1]."""
+    """The HiFi-GAN mel (docs/DESIGN.md section 1), normalised by the fixed map [ln clip_val, log_max] -> [-1, 1]."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """The synthetic audio-visual world: rendered clips whose objects flash exactly when their sounds start.
 
 No pretrained video or audio model can be downloaded on this project's machines, so controlfoley
-trains and evaluates its small models on a world it renders itself (DESIGN.md, section 3).
+trains and evaluates its small models on a world it renders itself (docs/DESIGN.md, section 3).
 
 The world
 - Classes (up to 8; `n_classes` takes the first ones), each an object of its own colour and shape
@@ -28,7 +28,7 @@ The world
 
 References: "SpecMaskFoley: Steering Pretrained Spectral Masked Generative Transformer Toward
 Synchronized Video-to-audio Synthesis via ControlNet" (shared/reference/specmaskfoley-paper.txt) for
-the roles the world stands in for (VGGSound clips; Synchformer, CLIP and CLAP features); DESIGN.md s. 3.
+the roles the world stands in for (VGGSound clips; Synchformer, CLIP and CLAP features); docs/DESIGN.md s. 3.
 """
 
 import math

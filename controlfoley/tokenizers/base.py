@@ -9,7 +9,7 @@ Notable features:
 - `TrainableTokenizer`: what the `tokenizer` training recipe needs on top (a forward that
   reconstructs through the quantiser; `restart_dead_codes` only when codebook restarts are on).
 
-Reference: DESIGN.md section 2 (Tokenizer interface).
+Reference: docs/DESIGN.md section 2 (Tokenizer interface).
 """
 
 from typing import Protocol, runtime_checkable

@@ -283,7 +283,7 @@ def load_official_checkpoint(path: str | os.PathLike[str], *, trust: bool = Fals
     checkpoint into it strictly. Pickles needing more than tensors are refused unless `trust=True`.
 
     The official weights read SpecVQGAN's own mel (fmin 125, fmax 7600, 20*log10 scaled to [0, 1],
-    then 2x - 1), not the HiFi-GAN mel of DESIGN.md section 1."""
+    then 2x - 1), not the HiFi-GAN mel of docs/DESIGN.md section 1."""
     model = specvqgan(**kwargs)
     model.load_official_state_dict(read_official_state_dict(path, trust=trust), source=str(path))
     return model.eval()

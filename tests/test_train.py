@@ -316,3 +316,30 @@ def test_checkpoint_from_another_preset_is_refused(data: Path, tmp_path: Path) -
     with pytest.raises(CheckpointError, match="differs from this run"):
         train(config("backbone", data, run, steps=2), resume=True)
     assert len(losses(run)) == n_before
+
+
+def test_cli_ctrl_c_says_how_to_resume_and_only_rank_0_prints_the_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import controlfoley.train.loop as loop
+
+    args = ["controlnet", "--preset", "specmaskfoley_tiny", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run")]
+
+    def interrupted(*a: Any, **k: Any) -> dict:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    assert train_main(args) == 130
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.setattr(loop, "train", lambda *a, **k: {"step": 1})
+    monkeypatch.setenv("RANK", "1")
+    assert train_main(args) == 0 and capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    assert train_main(args) == 0 and json.loads(capsys.readouterr().out) == {"step": 1}
+
+
+def test_each_recipe_shows_only_its_own_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    for recipe, shown in (("tokenizer", True), ("controlnet", False)):
+        with pytest.raises(SystemExit):
+            train_main([recipe, "--help"])
+        assert ("--codebook-restart-every" in capsys.readouterr().out) is shown

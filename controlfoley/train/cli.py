@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -44,6 +45,9 @@ def _add_config_flags(p: argparse.ArgumentParser, recipe: str) -> None:
     for f in dataclasses.fields(TrainConfig):
         if f.name in _SKIP:
             continue
+        owner = helps.get(f.name, "").split(":", 1)[0]
+        if owner in RECIPES and owner != recipe:
+            continue  # a field only another recipe reads ("tokenizer: ..." in its comment)
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = RECIPE_DEFAULTS[recipe].get(f.name, default)
@@ -78,7 +82,7 @@ def _add_recipes(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m controlfoley.train", description="Train controlfoley models (SpecMaskFoley recipes).")
+    parser = argparse.ArgumentParser(prog="controlfoley train", description="Train controlfoley models (SpecMaskFoley recipes).")
     _add_recipes(parser)
     return parser
 
@@ -127,8 +131,17 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_json())
         return 0
-    result = train(cfg, resume=args.resume, stop_at=args.stop_at)
-    print(json.dumps(result, default=float))
+    try:
+        result = train(cfg, resume=args.resume, stop_at=args.stop_at)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: checkpoints in {cfg.out} are written atomically, so the latest one is intact; "
+            "continue with the same command and --resume",
+            file=sys.stderr,
+        )
+        return 130
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line for the run, not one per rank
+        print(json.dumps(result, default=float))
     return 0
 
 

@@ -6,6 +6,7 @@ refused with a message; the user may pass `trust=True` after deciding the file's
 """
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,16 @@ import torch
 from controlfoley.errors import CheckpointError
 
 __all__ = ["load_legacy_checkpoint"]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # torch's message bolds part of itself for terminals
+
+
+def _refusal(e: Exception) -> str:
+    """One plain line of torch's refusal: the unpickler's own reason where torch names it."""
+    text = _ANSI.sub("", str(e))
+    found = re.search(r"WeightsUnpickler error: (.*?\.)(?:\s|$)", text)
+    lines = text.strip().splitlines()
+    return found.group(1) if found else (lines[0].strip() if lines else type(e).__name__)
 
 
 def load_legacy_checkpoint(path: str | os.PathLike[str], *, trust: bool = False) -> Any:
@@ -25,10 +36,12 @@ def load_legacy_checkpoint(path: str | os.PathLike[str], *, trust: bool = False)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError or RuntimeError subclasses here
         if not trust:
+            reason = _refusal(e)
             raise CheckpointError(
-                f"{path} cannot be loaded as plain weights (torch.load(weights_only=True) refused: {str(e).splitlines()[0]}). "
-                "It may contain arbitrary Python objects. If you trust its source, pass trust=True "
-                "(CLI: --trust-checkpoint) to unpickle it fully."
+                f"{path} cannot be loaded as plain weights (torch.load(weights_only=True) refused: {reason}). "
+                "It may contain arbitrary Python objects. If you trust its source, unpickle it fully: trust=True "
+                "(SpecVQGAN.from_official), trust_checkpoint=True (the hifigan, melgan and bigvgan vocoder builders); "
+                "on the command line --vocoder hifigan,checkpoint=PATH,trust_checkpoint=true."
             ) from e
     try:
         return torch.load(path, map_location="cpu", weights_only=False)

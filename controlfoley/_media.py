@@ -5,15 +5,18 @@ Features
   while the container is open become one-line `MediaError`s naming the file.
 - `atomic_output` / `open_output`: outputs go through `controlfoley._io.atomic_path`; OS and FFmpeg
   errors become `MediaError`s and the temporary file is removed.
-- `video_stream`, `check_complete`: no video stream, undecodable codec, files cut short (an index
-  that points past the end of the file, or fewer frames than the header declares).
+- `video_stream`, `check_complete`, `check_covered`: no video stream, undecodable codec, files cut
+  short (an index that points past the end of the file, fewer frames than the header declares, or,
+  where it declares no frame count, a decoded video clearly shorter than the duration it states).
 
-References: PyAV error classes (av.error), FFmpeg's AVStream.nb_frames.
+References: PyAV error classes (av.error), FFmpeg's AVStream.nb_frames; the Matroska muxer's
+per-track DURATION tag (HH:MM:SS.nnnnnnnnn).
 """
 
 import contextlib
 import math
 import os
+import re
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -23,7 +26,7 @@ import av
 from controlfoley._io import atomic_path
 from controlfoley.errors import MediaError
 
-__all__ = ["PathLike", "open_input", "atomic_output", "open_output", "video_stream", "check_complete", "check_fps", "rate_fraction"]
+__all__ = ["PathLike", "open_input", "atomic_output", "open_output", "video_stream", "check_complete", "check_covered", "stated_duration", "check_fps", "rate_fraction"]
 
 PathLike = str | os.PathLike[str]
 
@@ -100,6 +103,38 @@ def check_complete(path: Path, stream: av.video.stream.VideoStream, n: int) -> N
         raise MediaError(f"{path}: zero-length video (the video stream holds no decodable frames)")
     if stream.frames and n < stream.frames - 2:
         raise MediaError(f"{path}: truncated or corrupt: only {n} of the {stream.frames} frames its header declares could be read")
+
+
+def stated_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Fraction | None:
+    """The video stream's duration as the file states it, None where it states none.
+
+    The stream header first, then the per-track DURATION tag (Matroska/WebM); the container's
+    duration only when the video is the file's one stream (with an audio track it may be the audio's).
+    """
+    if stream.duration and stream.time_base:
+        return stream.duration * stream.time_base
+    tag = next((v for k, v in stream.metadata.items() if k.upper() == "DURATION"), "")
+    if m := re.fullmatch(r"\s*(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)\s*", tag):
+        return 3600 * int(m[1]) + 60 * int(m[2]) + Fraction(m[3])
+    if container.duration and len(container.streams) == 1:
+        return Fraction(container.duration, av.time_base)
+    return None
+
+
+def check_covered(path: Path, container: av.container.InputContainer, stream: av.video.stream.VideoStream, covered: Fraction) -> None:
+    """A file cut short without a frame count in its header (Matroska, WebM, FLV) still states its duration.
+
+    `covered` is how long the decoded frames last. Only where no frame count is declared: a declared
+    count is the exact witness (`check_complete`), and MP4 headers can understate the duration of
+    variable-frame-rate video with B-frames. Short by more than max(0.5 s, 10 %) fails: a margin no
+    rounding of the last frame's length or of the stated duration comes near.
+    """
+    stated = None if stream.frames else stated_duration(container, stream)
+    if stated is not None and covered < stated - max(Fraction(1, 2), stated / 10):
+        raise MediaError(
+            f"{path}: truncated: the video decodes to {float(covered):.2f} s but its header states {float(stated):.2f} s; "
+            "re-download the file, or re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) to keep the shorter video"
+        )
 
 
 def check_fps(fps: float) -> None:

@@ -16,6 +16,7 @@ __all__ = [
     "TrainingError",
     "ConfigError",
     "RegistryError",
+    "RandomWeightsWarning",
     "require",
 ]
 
@@ -42,6 +43,21 @@ class DataError(ControlFoleyError, ValueError):
 
 class TrainingError(ControlFoleyError, RuntimeError):
     """Training cannot go on (non-finite loss, resume from a mismatching checkpoint)."""
+
+
+class RandomWeightsWarning(UserWarning):
+    """A part that needs trained weights (a GAN vocoder) was built without them: its output is noise."""
+
+
+def warn_random_weights(kind: str, name: str, arg: str) -> None:
+    import warnings
+
+    warnings.warn(
+        f"{kind} {name!r} built without {arg}=: its weights are random (it outputs noise until trained weights "
+        f"are loaded into it); pass {arg}=PATH (CLI: --{kind} {name},{arg}=PATH)",
+        RandomWeightsWarning,
+        stacklevel=3,
+    )
 
 
 class MissingDependencyError(ControlFoleyError, ImportError):

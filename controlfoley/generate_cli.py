@@ -3,27 +3,33 @@
     controlfoley generate VIDEO... --model PATH_OR_PRESET --out DIR [--prompt TEXT]
         [--negative-prompt TEXT] [--steps 12] [--cfg-scale 3] [--seed 0] [--format wav|flac]
         [--overlap 0.25] [--join crossfade|decode_once] [--extractor KEY=NAME[,ARG=VALUE...]]
-        [--vocoder NAME[,ARG=VALUE...]] [--device cpu]
+        [--vocoder NAME[,ARG=VALUE...]] [--device cpu] [--overwrite]
 
 Features
 - Per video: DIR/<stem>.wav (or .flac) and DIR/<stem>.mp4, the original video stream copied packet
   by packet (re-encoded only where MP4 cannot hold its codec) beside the new AAC audio track. Both
   files are written to temporary names and renamed only when both are complete, so a failure leaves
-  no partial file. Two inputs with one stem get `<stem>-2`, ...; an output that would replace its
-  own input is refused.
+  no partial file. Two inputs with one stem get `<stem>-2`, ...
+- Before any sampling: the arguments (once, not per file), the device (`--device cuda` needs a
+  usable GPU), the vocoder (a trained one needs its weights: `--vocoder hifigan,checkpoint=PATH`),
+  and the outputs: one that would replace its own input is refused, and so is one that already
+  exists unless `--overwrite` is given (then it is replaced, atomically).
 - A progress bar over files (tqdm, on a terminal); every failure (missing file, no video stream,
   truncated or corrupt file, zero-length video, unsupported codec, unwritable output folder,
   missing or mis-shaped precomputed features) prints one line `error: FILE: reason` and the run
   goes on; a summary table (file, duration, windows, time, status) ends the run.
-- Exit code: 0 when every file succeeded, 1 when any failed, 2 for a bad command line, model,
-  extractor or prompt (nothing generated).
+- Exit code: 0 when every file succeeded, 1 when any failed, 2 for a bad command line, device,
+  model, extractor, vocoder, prompt or output folder (nothing generated).
 - `--extractor clip=clip_openclip,weights=/w/clip.safetensors` replaces one feature extractor;
-  values are read as JSON where they parse (numbers, true/false), else as strings.
+  values are read as JSON where they parse (numbers, true/false), else as strings; the same for
+  `--vocoder hifigan,checkpoint=g.pt,trust_checkpoint=true`.
 """
 
 import argparse
 import json
 import logging
+import math
+import re
 import sys
 import tempfile
 import time
@@ -33,16 +39,22 @@ from typing import Any
 
 __all__ = ["main", "parse_spec"]
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour codes some libraries put in messages
 
 
 def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
-    """'NAME,ARG=VALUE,...' -> (NAME, {ARG: VALUE}); values parsed as JSON when they can be."""
+    """'NAME,ARG=VALUE,...' -> (NAME, {ARG: VALUE}); values parsed as JSON when they can be.
+
+    true/false are booleans in any case (True, FALSE), so that a flag never arrives as a truthy string."""
     name, *args = [p.strip() for p in text.split(",")]
     kwargs: dict[str, Any] = {}
     for a in args:
         if "=" not in a:
             raise ValueError(f"{text!r}: expected ARG=VALUE after the name, got {a!r}")
         k, v = a.split("=", 1)
+        if v.strip().lower() in ("true", "false"):
+            kwargs[k.strip()] = v.strip().lower() == "true"
+            continue
         try:
             kwargs[k.strip()] = json.loads(v)
         except json.JSONDecodeError:
@@ -67,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--join", choices=("crossfade", "decode_once"), default="crossfade")
     p.add_argument("--extractor", action="append", default=[], metavar="KEY=NAME[,ARG=VALUE...]")
     p.add_argument("--vocoder", default=None, metavar="NAME[,ARG=VALUE...]", help="default: the model's own")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist in --out")
     p.add_argument(
         "--precision", choices=("auto", "fp32", "bf16"), default="auto",
         help="token sampling precision; auto: bf16 on CUDA, fp32 on CPU (bf16 on a CPU with AVX-512 bf16: ~1.6x faster at paper size, no gain for the tiny presets; CPUs without bf16 units may be slower)",
@@ -75,27 +88,75 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _build_pipeline(args: argparse.Namespace) -> Any:
-    from controlfoley.pipeline import FoleyPipeline
+def _check_device(spec: str) -> None:
+    """A device this machine has, checked once before the model loads (no traceback from deep in torch)."""
+    import torch
 
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"--device {spec!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {spec}: no usable CUDA GPU here (no NVIDIA driver or GPU, or a CPU-only torch); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {spec}: this machine has {torch.cuda.device_count()} GPU(s); use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {spec}: Apple MPS is not available here; use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {spec}: generate runs on cpu, cuda or mps")
+
+
+def _vocoder_spec(text: str | None) -> dict[str, Any] | None:
+    """--vocoder NAME,ARG=VALUE... -> {"name": ..., **kwargs}; a trained vocoder without weights is refused."""
+    from controlfoley.audio.vocoders import missing_weights
+
+    if not text:
+        return None
+    name, kwargs = parse_spec(text)
+    if arg := missing_weights(name, kwargs):
+        raise ValueError(
+            f"--vocoder {name} needs its trained weights: without {arg}= it is a random network that outputs noise; "
+            f"give them: --vocoder {name},{arg}=PATH"
+        )
+    return {"name": name, **kwargs}
+
+
+def _extractor_specs(items: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
     extractors = {}
-    for item in args.extractor:
+    for item in items:
         key, sep, spec = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--extractor {item!r}: expected KEY=NAME[,ARG=VALUE...], e.g. clip=clip_openclip,weights=FILE")
         extractors[key] = parse_spec(spec)
-    vocoder = None
-    if args.vocoder:
-        name, kwargs = parse_spec(args.vocoder)
-        vocoder = {"name": name, **kwargs}
-    return FoleyPipeline.from_pretrained(
+    return extractors
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.cfg_scale is not None and not math.isfinite(args.cfg_scale):
+        raise ValueError(f"--cfg-scale must be a finite number, got {args.cfg_scale}")
+    if not 0.0 <= args.overlap < 1.0:
+        raise ValueError(f"--overlap is a fraction of the window in [0, 1), got {args.overlap}")
+
+
+def _build_pipeline(args: argparse.Namespace, extractors: dict[str, Any], vocoder: dict[str, Any] | None) -> Any:
+    """The pipeline; a model, extractor or prompt that cannot work fails here, once, before any file."""
+    from controlfoley.pipeline import FoleyPipeline
+
+    pipe = FoleyPipeline.from_pretrained(
         args.model, extractors=extractors, vocoder=vocoder, map_location=args.device, overlap=args.overlap, join=args.join,
         precision=args.precision,
     )  # fmt: skip
+    if args.prompt:
+        pipe.encode_text(args.prompt)  # a typo in the prompt fails now, not after the first file
+    if args.negative_prompt:
+        pipe.encode_text(args.negative_prompt)
+    return pipe
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
+    text = _ANSI.sub("", str(e)).strip() or type(e).__name__
     return " ".join(text.split())
 
 
@@ -112,26 +173,40 @@ def _check_writable(folder: Path) -> None:
 
 
 def _outputs(videos: Sequence[str], out: Path, fmt: str) -> list[tuple[Path, Path]]:
-    """(audio path, video path) per input; repeated stems get -2, -3, ... suffixes."""
-    seen: dict[str, int] = {}
+    """(audio path, video path) per input; repeated stems get -2, -3, ... (never a name already taken)."""
+    used: set[str] = set()
     pairs = []
     for v in videos:
         stem = Path(v).stem or "video"
-        seen[stem] = seen.get(stem, 0) + 1
-        name = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
+        name, k = stem, 1
+        while name in used:  # also skips "a-2" when an input is itself called a-2
+            k += 1
+            name = f"{stem}-{k}"
+        used.add(name)
         pairs.append((out / f"{name}.{fmt}", out / f"{name}.mp4"))
     return pairs
+
+
+def _check_outputs(videos: Sequence[Path], pairs: Sequence[tuple[Path, Path]], *, overwrite: bool) -> None:
+    """Before any sampling: no output replaces its own input; existing outputs only with --overwrite."""
+    from controlfoley.errors import MediaError
+
+    for video, paths in zip(videos, pairs, strict=True):
+        for path in paths:
+            if path.resolve() == video.resolve():
+                raise MediaError(f"output {path} would replace its own input {video}; choose another --out")
+    existing = [path for paths in pairs for path in paths if path.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise MediaError(f"output {existing[0]} already exists{more}; pass --overwrite to replace it, or choose another --out")
 
 
 def _write(video: Path, result: Any, audio_path: Path, video_path: Path) -> None:
     """Both outputs, or neither: each goes to a temporary name, renamed once both are complete."""
     from controlfoley._io import atomic_path
     from controlfoley.audio.io import save_audio
-    from controlfoley.errors import MediaError
     from controlfoley.video import mux_audio
 
-    if video_path.resolve() == video.resolve():
-        raise MediaError(f"output {video_path} would replace its own input; choose another --out")
     with atomic_path(audio_path) as tmp_audio, atomic_path(video_path) as tmp_video:
         save_audio(tmp_audio, result.wav, result.sample_rate)
         mux_audio(video, result.wav, result.sample_rate, tmp_video)
@@ -181,18 +256,19 @@ def main(argv: Sequence[str]) -> int:
 
     from controlfoley.errors import ControlFoleyError, RegistryError
 
-    try:
-        pipe = _build_pipeline(args)
-        if args.prompt:
-            pipe.encode_text(args.prompt)  # a typo in the prompt fails now, not after the first file
-        if args.negative_prompt:
-            pipe.encode_text(args.negative_prompt)
+    videos = [Path(v) for v in args.videos]
+    pairs = _outputs(args.videos, args.out, args.format)
+    try:  # every check of the command line runs once, cheapest first, before any sampling
+        _check_numbers(args)
+        _check_device(args.device)
+        extractors, vocoder = _extractor_specs(args.extractor), _vocoder_spec(args.vocoder)
+        _check_outputs(videos, pairs, overwrite=args.overwrite)
+        pipe = _build_pipeline(args, extractors, vocoder)
     except (ControlFoleyError, RegistryError, ValueError, OSError) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     rows = []
-    videos = [Path(v) for v in args.videos]
-    for video, paths in tqdm(list(zip(videos, _outputs(args.videos, args.out, args.format), strict=True)), desc="generate", unit="file", disable=None):
+    for video, paths in tqdm(list(zip(videos, pairs, strict=True)), desc="generate", unit="file", disable=None):
         row = _run_one(pipe, args, video, paths)
         if row["status"] != "ok":
             tqdm.write(row["status"], file=sys.stderr)

@@ -25,15 +25,16 @@ Features
   tokenizer was trained on) and crossfades consecutive mels over the shared columns with a
   raised-cosine ramp; "decode_once" decodes the whole token sequence in one pass. The joined mel is
   vocoded in one pass, so the waveform has no seam of its own.
-- Prompt: a text prompt goes through the CLAP-role `text_encoder`. Without a prompt, a model whose
-  guidance needs text (the paper's multi-CFG) samples with 'cfg_video' at the same scale and
-  schedule (video-only CFG, the paper's "CFG w/o l_text&video" ablation; an unguided 'none' rule
-  moves to the video condition), logged once per pipeline.
+- Prompt: a text prompt ("bell, thud" or ["bell", "thud"]) goes through the CLAP-role
+  `text_encoder`. Without a prompt, a model whose guidance needs text (the paper's multi-CFG)
+  samples with 'cfg_video' at the same scale and schedule (video-only CFG, the paper's "CFG w/o
+  l_text&video" ablation; an unguided 'none' rule moves to the video condition), logged once per
+  pipeline.
   `negative_prompt` replaces the unconditional mask of the rows without text (model.generate).
 - `controlfoley generate VIDEO... --model M --out DIR` (`generate_main`, in controlfoley.generate_cli).
 
 References: SpecMaskFoley (shared/reference/specmaskfoley-paper.txt), MaskGIT inpainting (Chang et
-al. 2022, sec. 3.2 / image extrapolation), DESIGN.md sections 1-3.
+al. 2022, sec. 3.2 / image extrapolation), docs/DESIGN.md sections 1-3.
 """
 
 import logging
@@ -61,6 +62,7 @@ __all__ = [
     "FoleyPipeline",
     "default_extractors",
     "crossfade_join",
+    "prompt_text",
     "generate_main",
 ]
 
@@ -71,6 +73,7 @@ JOINS = ("crossfade", "decode_once")
 # gain at the tiny presets' 128-d width) and changes a few tokens
 PRECISIONS: dict[str, torch.dtype | None] = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
 ExtractorSpec = str | tuple[str, Mapping[str, Any]] | Any  # a name, (name, kwargs), or a built extractor
+Prompt = str | Sequence[str]  # "bell, thud" or ["bell", "thud"]
 
 
 # -- windows ------------------------------------------------------------------------------------
@@ -156,6 +159,16 @@ class FoleyResult:
     windows: tuple[Window, ...]
 
 
+def _require_control(model: nn.Module) -> None:
+    """A backbone-only model (no ControlNet, no control encoder) cannot follow a video."""
+    if not model.has_control:
+        raise ConfigError(
+            f"model {model.config.name!r} has no ControlNet/control encoder (a backbone-only checkpoint, e.g. a "
+            "'backbone' training run), so it cannot follow a video; use a 'controlnet' training run or a preset "
+            "that ships weights (specmaskfoley_synthetic)"
+        )
+
+
 def _feature_dims(encoder: nn.Module) -> dict[str, int]:
     """Feature key -> width the control encoder expects (from its `<x>_key` / `<x>_dim` attributes)."""
     attrs = vars(encoder)
@@ -169,6 +182,7 @@ def _feature_dims(encoder: nn.Module) -> dict[str, int]:
 
 def default_extractors(model: nn.Module) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:
     """(extractors by feature key, text encoder) a model was trained with, sized to the model."""
+    _require_control(model)
     name = model.config.name
     if "synthetic" not in name and "tiny" not in name:
         raise ConfigError(
@@ -205,11 +219,12 @@ class FoleyPipeline:
         feature_frames: Mapping[str, int] | None = None,
         precision: str = "auto",
     ) -> None:
-        if not model.has_control:
-            raise ConfigError(f"model {model.config.name!r} has no ControlNet, so it cannot follow a video; use a SpecMaskFoley model")
+        _require_control(model)
         need = set(model.control_encoder.required_features)
         if set(extractors) != need:
             raise ConfigError(f"extractors must cover exactly the model's video features {sorted(need)}, got {sorted(extractors)}")
+        if not 0.0 <= overlap < 1.0:
+            raise ConfigError(f"overlap is a fraction of the window in [0, 1), got {overlap}")
         if join not in JOINS:
             raise ConfigError(f"join must be one of {JOINS}, got {join!r}")
         if precision not in PRECISIONS:
@@ -218,6 +233,7 @@ class FoleyPipeline:
         self.model = model.eval()
         self.extractors = {k: _build_extractor(v) for k, v in extractors.items()}
         self.text_encoder = None if text_encoder is None else _build_extractor(text_encoder)
+        _check_widths(model, self.extractors, self.text_encoder)
         self.vocoder = vocoder if vocoder is not None else model.vocoder
         self.overlap, self.join, self.frame_size = float(overlap), join, int(frame_size)
         self.feature_frames = dict(feature_frames or {})
@@ -244,6 +260,7 @@ class FoleyPipeline:
         from controlfoley.model import from_pretrained
 
         model = from_pretrained(path_or_preset, map_location=map_location)
+        _require_control(model)
         given = dict(extractors or {})
         try:
             defaults, default_text = default_extractors(model)
@@ -257,12 +274,21 @@ class FoleyPipeline:
     def __call__(
         self,
         video_path: str | os.PathLike[str],
-        prompt: str | None = None,
-        negative_prompt: str | None = None,
+        prompt: Prompt | None = None,
+        negative_prompt: Prompt | None = None,
         steps: int | None = None,
         cfg_scale: float | None = None,
         seed: int = 0,
     ) -> FoleyResult:
+        """Foley for one video file: decode, extract features, sample every window, decode, vocode.
+
+        `prompt`: tags for the CLAP-role text encoder, a comma-separated string ("bell, thud") or a
+        list/tuple of tags (["bell", "thud"]); None or empty samples with video-only CFG (see the
+        module docstring). `negative_prompt`: the same forms, text the sampler steers away from.
+        `steps` / `cfg_scale`: MaskGIT steps and final CFG scale (None: the model's own). `seed`
+        makes the run repeatable. Returns a `FoleyResult` whose waveform lasts as long as the video;
+        a bad file raises MediaError, features that do not fit the model ShapeError.
+        """
         streams, duration = self.read_features(video_path)
         return self.generate(streams, duration, prompt, negative_prompt, steps=steps, cfg_scale=cfg_scale, seed=seed)
 
@@ -330,8 +356,8 @@ class FoleyPipeline:
         self,
         streams: Mapping[str, Tensor],
         duration_s: float,
-        prompt: str | None = None,
-        negative_prompt: str | None = None,
+        prompt: Prompt | None = None,
+        negative_prompt: Prompt | None = None,
         *,
         steps: int | None = None,
         cfg_scale: float | None = None,
@@ -388,8 +414,9 @@ class FoleyPipeline:
         mels = [self.model.decode(codes[None, :, w.start_col : w.start_col + t])[0] for w in plan.windows]
         return crossfade_join(mels, plan, self.frames_per_col)
 
-    def _conditions(self, prompt: str | None, negative_prompt: str | None) -> tuple[Tensor | None, Tensor | None, GuidanceRule | None]:
+    def _conditions(self, prompt: Prompt | None, negative_prompt: Prompt | None) -> tuple[Tensor | None, Tensor | None, GuidanceRule | None]:
         """(text embedding, negative embedding, guidance rule override or None for the model's)."""
+        prompt, negative_prompt = prompt_text(prompt), prompt_text(negative_prompt)
         text = self.encode_text(prompt) if prompt else None
         negative = self.encode_text(negative_prompt) if negative_prompt else None
         rule = self.model.guidance
@@ -402,7 +429,9 @@ class FoleyPipeline:
             return None, negative, GUIDANCE.build("cfg_video", scale=rule.scale, schedule=rule.schedule)
         return text, negative, None
 
-    def encode_text(self, prompt: str) -> Float[Tensor, "1 c"]:
+    def encode_text(self, prompt: Prompt) -> Float[Tensor, "1 c"]:
+        """A prompt (comma-separated tags or a list of tags) -> its text embedding [1, cond_dim]."""
+        prompt = prompt_text(prompt) or ""
         if self.text_encoder is None:
             raise ConfigError("this pipeline has no text encoder (CLAP role), so it takes no prompt; pass text_encoder=...")
         emb = self.text_encoder.encode_text([prompt]).float().to(self.model.device)
@@ -413,6 +442,33 @@ class FoleyPipeline:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def prompt_text(prompt: Prompt | None) -> str | None:
+    """A prompt as one comma-separated string: ["bell", "thud"] -> "bell, thud"; a string unchanged."""
+    if prompt is None or isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, (list, tuple)) and all(isinstance(t, str) for t in prompt):
+        return ", ".join(t.strip() for t in prompt if t.strip())
+    raise TypeError(f"a prompt is a comma-separated string or a list of tag strings, got {prompt!r}")
+
+
+def _check_widths(model: nn.Module, extractors: Mapping[str, Any], text_encoder: Any | None) -> None:
+    """Extractor widths the model cannot take fail here, once, instead of at every video."""
+    dims = _feature_dims(model.control_encoder)
+    for key, ext in extractors.items():
+        got = getattr(ext, "dim", None)
+        if isinstance(got, int) and key in dims and got != dims[key]:
+            raise ConfigError(
+                f"extractor {key!r} ({getattr(ext, 'name', type(ext).__name__)}) gives {got}-wide features but the model's "
+                f"control encoder takes {dims[key]}; use an extractor of width {dims[key]} (e.g. dim={dims[key]})"
+            )
+    got, want = getattr(text_encoder, "dim", None), int(model.backbone.cond_dim)
+    if isinstance(got, int) and got != want:
+        raise ConfigError(
+            f"text encoder {getattr(text_encoder, 'name', type(text_encoder).__name__)} gives {got}-wide embeddings but the "
+            f"model takes {want}; use a text encoder of width {want}"
+        )
 
 
 def _divides(fps: float, decoded: float) -> bool:

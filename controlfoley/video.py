@@ -14,8 +14,11 @@ Features
   AAC, drops the old audio; re-encodes the video only when the output container cannot hold its
   codec, and says so in the returned `MuxResult` and in a log warning.
 - Every user-caused failure (missing file, no video stream, truncated or corrupt file, zero-length
-  video, unsupported codec, unwritable output) raises a one-line `MediaError`; outputs are written
-  through `controlfoley._io.atomic_path`, so no partial file is ever left behind.
+  video, unsupported codec, unwritable output) raises a one-line `MediaError`; `read_frames` also
+  refuses a file whose decoded video is clearly shorter than the duration its header states (cut
+  short mid-stream: shorter by more than max(0.5 s, 10 %), checked where the header declares no
+  frame count). Outputs are written through `controlfoley._io.atomic_path`, so no partial file is
+  ever left behind.
 
 The writers live in `controlfoley._video_write` and the shared opening/error plumbing in
 `controlfoley._media`; this module is the public face of all three.
@@ -36,7 +39,7 @@ import numpy as np
 import torch
 from jaxtyping import UInt8
 
-from controlfoley._media import PathLike, check_complete, open_input, rate_fraction, video_stream
+from controlfoley._media import PathLike, check_complete, check_covered, open_input, rate_fraction, video_stream
 from controlfoley._video_write import MuxResult, mux_audio, write_video
 from controlfoley.errors import MediaError
 from controlfoley.typing import Float, Tensor
@@ -229,6 +232,10 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
             times.append(t)
         check_complete(p, s, len(times))  # also refuses a stream without frames
         duration = _duration(times, gap)
+        # what the decoded frames cover, generously: the last frame's own length where the file gives
+        # it (a held last frame of variable-rate video), and time before the first frame
+        held = times[-1] + (getattr(pending, "duration", None) or 0) * tb  # Frame.duration: PyAV >= 14
+        check_covered(p, c, s, max(duration, held) + max(Fraction(first_pts or 0) * tb, Fraction(0)))
         total = _total_frames(duration, rate)
         if total > len(out):
             out += [_to_rgb(pending, hw)] * (total - len(out))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from controlfoley import VOCODERS, build_model
+from controlfoley.video import mux_audio
 
 MICRO = {
     "backbone": {"dim": 32, "depth": 2, "heads": 2, "ffn_dim": 64, "cond_dim": 16},
@@ -100,6 +101,9 @@ def bad_media(folder: Path, good: Path) -> dict[str, Path]:
     files["random"].write_bytes(np.random.default_rng(0).bytes(4096))
     files["truncated"].write_bytes(data[: len(data) // 2])
     files["unsupported_codec"].write_bytes(data[:codec_at] + b"zzzz" + data[codec_at + 4 :])  # a fourcc no decoder knows
+    full_mkv = mux_audio(good, torch.zeros(22050), 22050, folder / "full.mkv").path  # Matroska: a duration, no frame count
+    files["truncated_mkv"] = folder / "midtrunc.mkv"
+    files["truncated_mkv"].write_bytes(full_mkv.read_bytes()[: full_mkv.stat().st_size // 2])  # cut mid-stream
     files["audio_only"] = write_audio_only(folder / "audio_only.m4a")
     files["zero_frames"] = write_zero_frame_video(folder / "zero_frames.mp4")
     return files

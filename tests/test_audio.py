@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 
 import librosa
 import numpy as np
@@ -11,13 +12,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controlfoley import VOCODERS
 from controlfoley.audio.hifigan import HifiGanGenerator, hifigan_vocoder
 from controlfoley.audio.io import load_audio, save_audio
 from controlfoley.audio.mel import HifiGanMel, SpecVQGANMel, hifigan_mel, specvqgan_mel
 from controlfoley.audio.melgan import MelGANGenerator, melgan_vocoder
-from controlfoley.audio.vocoders import GriffinLimVocoder, Vocoder, bigvgan_vocoder, griffinlim_vocoder
+from controlfoley.audio.vocoders import GriffinLimVocoder, RandomWeightsWarning, Vocoder, bigvgan_vocoder, griffinlim_vocoder, missing_weights
 from controlfoley.config import ConfigError
 from controlfoley.errors import CheckpointError, MediaError, MissingDependencyError, ShapeError
+
+# these tests build GAN vocoders without weights on purpose (then save and reload them)
+pytestmark = pytest.mark.filterwarnings("ignore::controlfoley.errors.RandomWeightsWarning")
 
 SR = 22050
 
@@ -276,6 +281,35 @@ def test_hifigan_checkpoint_mismatch_and_trust(tmp_path) -> None:
     assert _tiny_hifigan(str(tmp_path / "pickled.pt"), trust_checkpoint=True) is not None
     with pytest.raises(CheckpointError, match="not found"):
         _tiny_hifigan(str(tmp_path / "nope.pt"))
+
+
+def test_untrusted_pickle_message_names_the_real_options(tmp_path) -> None:
+    torch.save({"generator": _tiny_hifigan().generator.state_dict(), "meta": ConfigError("a custom class")}, tmp_path / "pickled.pt")
+    with pytest.raises(CheckpointError) as err:
+        _tiny_hifigan(str(tmp_path / "pickled.pt"))
+    msg = str(err.value)
+    assert "\x1b" not in msg and "\n" not in msg  # torch bolds part of its own message with terminal codes
+    assert "--trust-checkpoint" not in msg  # no such flag
+    assert "trust_checkpoint=True" in msg and "--vocoder hifigan,checkpoint=PATH,trust_checkpoint=true" in msg
+    assert "Unsupported global" in msg  # torch's actual reason, not its "you have two options" preamble
+
+
+@pytest.mark.parametrize("name", ["hifigan", "melgan"])
+def test_trained_vocoders_without_weights_build_with_a_warning(tmp_path, name: str) -> None:
+    if name == "hifigan":
+        mel, kw = _tiny_hifigan_mel(), _TINY_HIFIGAN
+    else:
+        mel, kw = SpecVQGANMel(sample_rate=8000, n_fft=64, hop_length=16, win_length=64, n_mels=8, fmin=125.0, fmax=3000.0), dict(ngf=4, n_residual_layers=2, ratios=(4, 4))
+    with pytest.warns(RandomWeightsWarning, match=f"{name}.*random.*checkpoint=PATH"):
+        voc = VOCODERS.build(name, mel=mel, **kw)  # still buildable: tests and training start from random weights
+    assert voc(torch.rand(1, 8, 9) * 2 - 1).shape == (1, 9 * 16)
+    torch.save(voc.generator.state_dict(), tmp_path / "g.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # with weights, and for Griffin-Lim, nothing to warn about
+        VOCODERS.build(name, mel=mel, checkpoint=str(tmp_path / "g.pt"), **kw)
+        VOCODERS.build("griffinlim", mel=HifiGanMel())
+    assert missing_weights("bigvgan", {}) == "folder" and missing_weights("hifigan", {"checkpoint": "g.pt"}) is None
+    assert missing_weights("griffinlim", {}) is None
 
 
 def test_hifigan_backward_and_pairing() -> None:

@@ -70,6 +70,7 @@ def test_mel_frontends(name):
     assert y.shape[:2] == (2, mel.n_mels) and torch.isfinite(y).all()
 
 
+@pytest.mark.filterwarnings("ignore::controlfoley.errors.RandomWeightsWarning")  # random GAN vocoders on purpose
 @pytest.mark.parametrize("name", [n for n in VOCODERS.names() if n != "bigvgan"])
 def test_vocoders(name):
     mel = MEL_FRONTENDS.build("specvqgan" if name == "melgan" else "hifigan")

@@ -274,6 +274,119 @@ def test_cli_refuses_bad_model_and_prompt_before_any_file(model_file: Path, medi
     assert _outputs(out) == []
 
 
+def _count_sampling(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every FoleyPipeline call the CLI makes, recorded: a check meant to run before sampling leaves it empty."""
+    calls: list[object] = []
+    real = FoleyPipeline.__call__
+    monkeypatch.setattr(FoleyPipeline, "__call__", lambda self, *a, **k: calls.append(a) or real(self, *a, **k))
+    return calls
+
+
+@pytest.mark.parametrize(
+    "extra, phrase",
+    [
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--overlap", "1.0"], "--overlap is a fraction"),
+        (["--cfg-scale", "nan"], "--cfg-scale must be a finite number"),
+        (["--extractor", "sync=synthetic_sync,dim=64"], "gives 64-wide features but the model's control encoder takes 24"),
+        (["--device", "cuda"], "no usable CUDA GPU"),
+        (["--device", "cuda:x"], "is not a device"),
+        (["--vocoder", "hifigan"], "--vocoder hifigan,checkpoint=PATH"),
+        (["--vocoder", "melgan"], "--vocoder melgan,checkpoint=PATH"),
+    ],
+)
+def test_cli_argument_errors_are_reported_once_before_any_file(
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    extra: list[str], phrase: str,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a machine with a GPU
+    calls = _count_sampling(monkeypatch)
+    out = tmp_path / "out"
+    argv = ["generate", str(media["tiny"]), str(media["short"]), "--model", str(model_file), "--out", str(out), "--steps", "2", *extra]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and phrase in err and "Traceback" not in err, err
+    assert calls == [] and _outputs(out) == []
+
+
+def test_cli_refuses_a_backbone_only_checkpoint(media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from controlfoley import build_model
+    from pipeline_helpers import MICRO
+
+    torch.manual_seed(0)
+    backbone = build_model("specmaskgit_tiny", backbone=MICRO["backbone"], tokenizer=MICRO["tokenizer"], vocoder="test_envelope")
+    path = backbone.save(tmp_path / "backbone.safetensors")
+    with pytest.raises(ConfigError, match="no ControlNet/control encoder.*'controlnet' training run or a preset that ships weights"):
+        FoleyPipeline.from_pretrained(path)
+    assert cli.main(["generate", str(media["tiny"]), "--model", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no ControlNet/control encoder" in err and "vars()" not in err
+
+
+def test_cli_refuses_existing_outputs_unless_overwrite(
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    args = ["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--steps", "2"]
+    assert cli.main([*args, "--seed", "1"]) == 0
+    first = (out / "tiny.wav").read_bytes()
+    calls = _count_sampling(monkeypatch)
+    assert cli.main([*args, "--seed", "2"]) == 2
+    err = capsys.readouterr().err
+    assert str(out / "tiny.wav") in err and "already exists" in err and "--overwrite" in err
+    assert calls == [] and (out / "tiny.wav").read_bytes() == first  # refused before any sampling, nothing touched
+    assert cli.main([*args, "--seed", "2", "--overwrite"]) == 0
+    assert (out / "tiny.wav").read_bytes() != first and _outputs(out) == ["tiny.mp4", "tiny.wav"]  # replaced, no temp left
+
+
+def test_cli_refuses_to_replace_an_input_before_sampling(
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "clip.mp4"
+    src.write_bytes(media["tiny"].read_bytes())
+    calls = _count_sampling(monkeypatch)
+    argv = ["generate", str(media["short"]), str(src), "--model", str(model_file), "--out", str(tmp_path), "--steps", "2", "--overwrite"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "would replace its own input" in err and str(src) in err
+    assert calls == [] and src.read_bytes() == media["tiny"].read_bytes()
+
+
+def test_output_names_never_collide() -> None:
+    from controlfoley.generate_cli import _outputs as outputs
+
+    names = [a.stem for a, _ in outputs(["a/clip1.mp4", "b/clip1.mov", "clip1-2.mp4", "c/clip1.mp4"], Path("out"), "wav")]
+    assert names == ["clip1", "clip1-2", "clip1-2-2", "clip1-3"]
+
+
+def test_cli_trusted_vocoder_checkpoint_and_boolean_values(
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from controlfoley import VOCODERS
+    from controlfoley.generate_cli import parse_spec
+
+    with pytest.warns(UserWarning, match="random"):
+        voc = VOCODERS.build("hifigan", mel=micro_model().mel, upsample_initial_channel=16)
+    torch.save({"generator": voc.generator.state_dict(), "meta": ConfigError("a custom class")}, tmp_path / "g.pt")
+    spec = f"hifigan,checkpoint={tmp_path / 'g.pt'},upsample_initial_channel=16"
+    base = ["generate", str(media["tiny"]), "--model", str(model_file), "--steps", "2"]
+    assert cli.main([*base, "--out", str(tmp_path / "a"), "--vocoder", spec]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "--trust-checkpoint" not in err and "trust_checkpoint=true" in err
+    assert cli.main([*base, "--out", str(tmp_path / "b"), "--vocoder", spec + ",trust_checkpoint=true"]) == 0
+    assert parse_spec("v,a=True,b=false,c=1,d=x") == ("v", {"a": True, "b": False, "c": 1, "d": "x"})  # never a truthy "False"
+
+
+def test_prompt_takes_a_list_of_tags(pipe: FoleyPipeline, media: dict[str, Path]) -> None:
+    assert FoleyPipeline.__call__.__doc__ and "list" in FoleyPipeline.__call__.__doc__
+    as_list = pipe(media["tiny"], prompt=["bell", "thud"], negative_prompt=("buzz",), steps=2, seed=1)
+    as_text = pipe(media["tiny"], prompt="bell, thud", negative_prompt="buzz", steps=2, seed=1)
+    assert torch.equal(as_list.codes, as_text.codes)
+    assert torch.equal(pipe.encode_text(["thud", "bell"]), pipe.encode_text("bell, thud"))
+    with pytest.raises(TypeError):
+        pipe.encode_text(7)  # type: ignore[arg-type]
+
+
 def test_generate_is_wired_into_the_controlfoley_command() -> None:
     done = subprocess.run([sys.executable, "-m", "controlfoley", "generate", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--negative-prompt" in done.stdout and "--cfg-scale" in done.stdout
@@ -373,5 +486,3 @@ def test_outputs_are_written_both_or_neither(media: dict[str, Path], tmp_path: P
     with pytest.raises(MediaError, match="disk full"):
         generate_cli._write(media["tiny"], result, tmp_path / "a.wav", tmp_path / "a.mp4")
     assert _outputs(tmp_path) == []  # the finished WAV went with the failed MP4
-    with pytest.raises(MediaError, match="replace its own input"):
-        generate_cli._write(media["tiny"], result, tmp_path / "tiny.wav", media["tiny"])

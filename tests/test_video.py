@@ -236,6 +236,65 @@ def test_bad_inputs_raise_one_line_media_errors_and_leave_nothing(tmp_path: Path
         assert _leftovers(tmp_path) == [], name
 
 
+def _held_last_frame(src: Path, out: Path, held_ms: int) -> Path:
+    """`src` remuxed with its last frame displayed for `held_ms` (variable-rate video ending on a still)."""
+    with av.open(str(src)) as inp, av.open(str(out), "w") as c:
+        vout = c.add_stream_from_template(inp.streams.video[0])
+        packets = [p for p in inp.demux(inp.streams.video[0]) if p.size]
+        last = max(p.pts for p in packets)
+        for pkt in packets:
+            pkt.duration = held_ms if pkt.pts == last else pkt.duration
+            pkt.stream = vout
+            c.mux(pkt)
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".flv"])
+def test_a_file_cut_short_mid_stream_is_refused(tmp_path: Path, suffix: str) -> None:
+    # Matroska and FLV declare no frame count, only a duration, and a cut Matroska file has lost its
+    # index (cues at the end): the decoded frames stop early while the header still says 4 s.
+    frames = _blocky_frames(96)
+    full = tmp_path / f"full{suffix}"
+    if suffix == ".mkv":  # with an audio track: the video's own DURATION tag is the witness
+        video.write_video(full, frames, 24.0, audio=torch.zeros(4 * 22050), sample_rate=22050)
+    else:
+        _write_indexed(full, [40 * i for i in range(100)], Fraction(1, 1000), Fraction(25), codec="flv")
+    assert video.read_frames(full, 24.0).duration_s == pytest.approx(4.0, abs=0.05)
+    data = full.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MediaError) as err:
+        video.read_frames(cut, 24.0)
+    msg = str(err.value)
+    assert str(cut) in msg and "truncated" in msg and "header states 4.00 s" in msg and "re-download" in msg and "\n" not in msg
+
+
+def test_duration_check_spares_vfr_and_header_quirks(tmp_path: Path) -> None:
+    # A variable-rate Matroska file ending on a frame held 2 s: its header states 4 s, the frame
+    # timestamps end at 2 s, the held frame's own duration covers the rest.
+    pts_ms = [0, 40, 80, 120, 500, 540, 2000]
+    src = _write_indexed(tmp_path / "vfr.mkv", pts_ms, Fraction(1, 1000), Fraction(25))
+    held = _held_last_frame(src, tmp_path / "held.mkv", 2000)
+    with av.open(str(held)) as c:
+        assert c.streams.video[0].metadata["DURATION"].startswith("00:00:04")
+    assert video.read_frames(held, 24.0).duration_s == pytest.approx(2.04)  # no MediaError
+    # An MP4 with B-frames whose header understates the duration of variable-rate video (0.62 s for
+    # 2.04 s): the header's frame count is checked instead, and all frames are there.
+    vfr_mp4 = tmp_path / "vfr.mp4"
+    with av.open(str(vfr_mp4), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(pts_ms):
+            frame = av.VideoFrame.from_ndarray(_index_image(i), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            for pkt in s.encode(frame):
+                c.mux(pkt)
+        for pkt in s.encode(None):
+            c.mux(pkt)
+    assert video.probe(vfr_mp4).duration_s < 1.0 < video.read_frames(vfr_mp4, 24.0).duration_s
+
+
 def test_audio_errors(tmp_path: Path) -> None:
     silent = video.write_video(tmp_path / "silent.mp4", _blocky_frames(4), 24.0)
     with pytest.raises(MediaError, match="no audio track"):

@@ -27,6 +27,7 @@ from controlfoley._registry import VOCODERS
 from controlfoley.audio._weight_norm import WNConv1d, WNConvTranspose1d, load_strict, read_state_dict, rename_parametrized
 from controlfoley.audio.mel import HifiGanMel, MelFrontEnd
 from controlfoley.config import ConfigError
+from controlfoley.errors import warn_random_weights
 from controlfoley.typing import Float, Tensor
 
 __all__ = ["HifiGanGenerator", "HifiGanVocoder", "hifigan_vocoder", "load_hifigan_generator"]
@@ -192,4 +193,6 @@ def hifigan_vocoder(
     )
     if checkpoint is not None:
         load_hifigan_generator(gen, checkpoint, trust=trust_checkpoint)
+    else:
+        warn_random_weights("vocoder", "hifigan", "checkpoint")
     return HifiGanVocoder(mel, gen)

@@ -26,6 +26,7 @@ from controlfoley._registry import VOCODERS
 from controlfoley.audio._weight_norm import WNConv1d, WNConvTranspose1d, load_strict, read_state_dict, rename_parametrized
 from controlfoley.audio.mel import MelFrontEnd, SpecVQGANMel
 from controlfoley.config import ConfigError
+from controlfoley.errors import warn_random_weights
 from controlfoley.typing import Float, Tensor
 
 __all__ = ["MelGANGenerator", "MelGANVocoder", "melgan_vocoder", "load_melgan_generator"]
@@ -124,4 +125,6 @@ def melgan_vocoder(
     gen = MelGANGenerator(n_mels=mel.n_mels, ngf=ngf, n_residual_layers=n_residual_layers, ratios=ratios)
     if checkpoint is not None:
         load_melgan_generator(gen, checkpoint, trust=trust_checkpoint)
+    else:
+        warn_random_weights("vocoder", "melgan", "checkpoint")
     return MelGANVocoder(mel, gen)

@@ -11,7 +11,9 @@ plus its own flat kwargs. Registered names:
   most faithful, ~2 s per 6 s clip on a 2-core CPU) or `inverse="pinv"` (pseudo-inverse clamped at
   zero: ~200x faster, slightly smeared spectra; used by the tiny presets for fast evaluation).
 - "hifigan" (controlfoley.audio.hifigan), "melgan" (controlfoley.audio.melgan): GAN generators with
-  strict loaders for their public checkpoints.
+  strict loaders for their public checkpoints. Built without `checkpoint=` they are random networks
+  (noise out): still buildable (tests, training from scratch), but they warn
+  (`RandomWeightsWarning`), and `controlfoley generate` refuses such a `--vocoder`.
 - "bigvgan" (`BigVGANVocoder`): adapter over the optional `bigvgan` package (pip install
   'controlfoley[bigvgan]') for a LOCAL folder holding config.json and bigvgan_generator.pt. It builds
   bigvgan.BigVGAN(h) from the JSON and loads the `{"generator": sd}` file, instead of
@@ -23,6 +25,8 @@ Lee et al., "BigVGAN" (ICLR 2023), NVIDIA/BigVGAN; shared/reference/checkpoint-f
 
 import json
 import math
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -38,10 +42,28 @@ from controlfoley.audio._weight_norm import load_strict
 from controlfoley.audio.hifigan import check_hifigan_pairing
 from controlfoley.audio.mel import MelFrontEnd
 from controlfoley.config import ConfigError
-from controlfoley.errors import CheckpointError, require
+from controlfoley.errors import CheckpointError, RandomWeightsWarning, require
 from controlfoley.typing import Float, Tensor
 
-__all__ = ["Vocoder", "GriffinLimVocoder", "BigVGANVocoder", "griffinlim_vocoder", "bigvgan_vocoder"]
+__all__ = [
+    "Vocoder",
+    "GriffinLimVocoder",
+    "BigVGANVocoder",
+    "griffinlim_vocoder",
+    "bigvgan_vocoder",
+    "WEIGHTS_ARG",
+    "RandomWeightsWarning",
+    "missing_weights",
+]
+
+# The trained vocoders and the argument that gives them their weights; without it they output noise.
+WEIGHTS_ARG = {"hifigan": "checkpoint", "melgan": "checkpoint", "bigvgan": "folder"}
+
+
+def missing_weights(name: str, kwargs: Mapping[str, Any]) -> str | None:
+    """The weights argument (`checkpoint`, `folder`) that trained vocoder `name` lacks in `kwargs`, else None."""
+    arg = WEIGHTS_ARG.get(name)
+    return arg if arg is not None and kwargs.get(arg) is None else None
 
 
 @runtime_checkable

@@ -332,3 +332,52 @@ def test_extract_takes_extractor_arguments(tmp_path: Path, capsys: pytest.Captur
     with pytest.warns(UserWarning, match="untrained tokenizer"):
         assert extract_main([*base, "--extractor", "clip_openclip", "--out", str(tmp_path / "e")]) == 2
     assert "missing required argument(s) ['weights']" in capsys.readouterr().err
+
+
+def test_extract_reads_precomputed_features_for_video_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A precomputed extractor (features_for(path)) is read per video file, cut or extended to the
+    clip's frames; the README's real-data extraction used to die calling it on frames."""
+    import numpy as np
+
+    from controlfoley.data.extract import extract_main
+    from controlfoley.data.synthetic import SyntheticWorld
+    from controlfoley.video import mux_audio, write_video
+
+    world = SyntheticWorld(seed=0, duration_s=2.0)
+    clip = world.clip(0)
+    silent = write_video(tmp_path / "silent.mp4", clip.frames, clip.fps)
+    video = mux_audio(silent, clip.audio, clip.sample_rate, tmp_path / "v0.mp4").path
+    (tmp_path / "feats").mkdir()
+    rows = np.random.default_rng(0).standard_normal((100, 128)).astype(np.float32)
+    np.save(tmp_path / "feats" / "v0.npy", rows)
+    args = ["--preset", "specmaskfoley_tiny", "--extractor", f"synchformer_precomputed,root={tmp_path / 'feats'},dim=128"]
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main([*args, "--files", str(video), "--out", str(tmp_path / "d")]) == 0
+    sync = ShardDataset(tmp_path / "d")[0]["sync"].float()
+    assert sync.shape == (142, 128)  # 5.94 s at 24 fps: 100 rows, then the last one held
+    assert torch.allclose(sync[:100], torch.from_numpy(rows).half().float())
+    assert torch.equal(sync[100:], sync[99:100].expand(42, -1))
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main([*args, "--synthetic", "1", "--out", str(tmp_path / "e")]) == 2
+    assert "cannot serve rendered clips" in capsys.readouterr().err
+
+
+def test_a_tagged_list_without_clap_stores_no_tags(tmp_path: Path) -> None:
+    """README's step 1 extracts mels from the tagged list with no --clap: the tags are left out
+    with a warning (it was an error); with --clap they become the clips' `clap` vectors."""
+    import soundfile as sf
+
+    from controlfoley.data.extract import extract_main
+
+    for name in ("a", "b"):
+        sf.write(tmp_path / f"{name}.wav", 0.1 * torch.randn(22050).numpy(), 22050)
+    listing = tmp_path / "clips.tsv"
+    listing.write_text(f"{tmp_path / 'a.wav'}\tbell, thud\n{tmp_path / 'b.wav'}\tsnare\n", encoding="utf-8")
+    base = ["--preset", "specmaskgit_tiny", "--list", str(listing), "--mel"]
+    with pytest.warns(UserWarning, match="tags are not stored"):
+        assert extract_main([*base, "--out", str(tmp_path / "mel")]) == 0
+    assert "clap" not in ShardIndex.load(tmp_path / "mel").features
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main([*base, "--clap", "synthetic_clap", "--out", str(tmp_path / "tagged")]) == 0
+    ds = ShardDataset(tmp_path / "tagged")
+    assert ds.index.features["clap"].shape == (64,) and not torch.equal(ds[0]["clap"], ds[1]["clap"])

@@ -27,6 +27,7 @@ import math
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,18 @@ __all__ = ["Extraction", "extract_synthetic", "extract_files", "extract_main", "
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"})
 SKIPPED_FILE = "skipped.tsv"  # with skip_bad: the clips left out, one per line: id TAB error
 FrameSource = Callable[[float], Tensor]  # fps -> uint8 frames [n, h, w, 3]
-Loaded = tuple[Tensor, FrameSource | None, Tensor | None]  # waveform, frame source, clap vector
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """A clip's video: its frames at any rate, decoded on demand, and the file it came from (the
+    key of precomputed features; None for rendered clips)."""
+
+    frames_at: FrameSource
+    path: Path | None = None
+
+
+Loaded = tuple[Tensor, VideoSource | None, Tensor | None]  # waveform, video, clap vector
 Item = tuple[str, Callable[[], Loaded]]  # clip id, and what reads or renders the clip (skipped on resume)
 
 
@@ -124,11 +136,22 @@ class Extraction:
         return out
 
     @torch.no_grad()
-    def video_features(self, frames_at: FrameSource) -> dict[str, Tensor]:
+    def video_features(self, video: VideoSource) -> dict[str, Tensor]:
+        """Each extractor's features over the clip's `video_s` seconds: computed from the frames, or
+        read for the video file from precomputed features (`features_for`); a short video or
+        feature file holds its last frame / row."""
         out = {}
         for ext in self.video:
             want = self.n_video_frames(ext.fps)
-            frames = frames_at(ext.fps)
+            if hasattr(ext, "features_for"):
+                if video.path is None:
+                    raise DataError(f"{ext.name} reads features precomputed for video files; it cannot serve rendered clips")
+                rows = ext.features_for(video.path).float()
+                if rows.shape[0] < want:
+                    rows = torch.cat([rows, rows[-1:].expand(want - rows.shape[0], -1)])
+                out[ext.output_key] = rows[:want].contiguous().cpu()
+                continue
+            frames = video.frames_at(ext.fps)
             if frames.shape[0] == 0:
                 raise DataError(f"a video gave no frames at {ext.fps} fps")
             if frames.shape[0] < want:  # a short video holds its last picture
@@ -187,8 +210,8 @@ def _write(
     n_skipped = len(skipped_before)
     for cid, load in tqdm(it, total=total, initial=len(writer.clip_ids) + n_skipped, desc="extract", dynamic_ncols=True):
         try:
-            wav, frames_at, clap = load()
-            feats = ex.video_features(frames_at) if frames_at is not None else {}
+            wav, video, clap = load()
+            feats = ex.video_features(video) if video is not None else {}
         except (MediaError, DataError) as e:
             if not skip_bad:
                 raise
@@ -240,7 +263,7 @@ def extract_synthetic(
         if ex.clap is not None:  # the audio-prompt role: the clip's own classes
             tags = getattr(ex.clap, "encode_tags", None)
             clap = tags(list(clip.class_ids)) if tags is not None else ex.clap.encode_text([clip.prompt])[0]
-        return clip.audio, (lambda fps: resample_frames(clip.frames, clip.fps, fps)), clap
+        return clip.audio, VideoSource(lambda fps: resample_frames(clip.frames, clip.fps, fps)), clap
 
     items = ((f"synthetic-{world_seed}-{i}", lambda i=i: load(i)) for i in world.split(split, n_clips))
     source = f"synthetic world seed {world_seed}, split {split}"
@@ -271,17 +294,18 @@ def extract_files(
         raise DataError("no input files given to extract")
     if tags is not None and len(tags) != len(files):
         raise DataError(f"got {len(tags)} tag strings for {len(files)} files; give one per file")
-    if tags is not None and ex.clap is None:
-        raise DataError("tags were given but no CLAP-like extractor (--clap NAME)")
+    if tags is not None and ex.clap is None:  # e.g. the mel-only extraction of a tagged list
+        warnings.warn("the tags are not stored: no CLAP-like extractor encodes them (--clap NAME)", stacklevel=2)
+        tags = None
     sr = ex.model.sample_rate
 
     def load(i: int) -> Loaded:
         p = Path(files[i])
         is_audio = p.suffix.lower() in AUDIO_SUFFIXES
         wav = load_audio(p, sr) if is_audio else read_audio_track(p, sr)
-        frames_at = None if (is_audio or not ex.video) else (lambda fps: read_frames(p, fps).frames)
+        video = None if (is_audio or not ex.video) else VideoSource(lambda fps: read_frames(p, fps).frames, p)
         clap = ex.clap.encode_text([tags[i]])[0] if tags is not None else None
-        return wav, frames_at, clap
+        return wav, video, clap
 
     items = ((str(Path(f)), lambda i=i: load(i)) for i, f in enumerate(files))
     return _write(

@@ -104,15 +104,25 @@ def load_plugins(*specs: str, source: str = "load_plugins") -> list[str]:
     return [_import_plugin(spec, source) for spec in specs]
 
 
+def _loaded_from(path: Path) -> str | None:
+    """The name of an imported module whose source is `path` (a plugin also imported by name)."""
+    for name, module in list(sys.modules.items()):
+        f = getattr(module, "__file__", None)
+        if f and not name.startswith("__") and Path(f).resolve() == path:
+            return name
+    return None
+
+
 def _import_plugin(spec: str, source: str) -> str:
     spec = spec.strip()
     if spec.endswith(".py") or os.sep in spec or "/" in spec:
         path = Path(spec).expanduser().resolve()
-        name = "controlfoley_plugin_" + "".join(c if c.isalnum() else "_" for c in str(path))
-        if name in sys.modules:
-            return name
         if not path.is_file():
             raise PluginError(f"plugin {spec!r} (from {source}) is not a file; give a .py path or an importable module name")
+        loaded = _loaded_from(path)
+        if loaded is not None:  # already imported (by path, or by its module name): not run again
+            return loaded
+        name = "controlfoley_plugin_" + "".join(c if c.isalnum() else "_" for c in str(path))
         loader_spec = importlib.util.spec_from_file_location(name, path)
         assert loader_spec is not None and loader_spec.loader is not None
         module = importlib.util.module_from_spec(loader_spec)
@@ -131,6 +141,8 @@ def _import_plugin(spec: str, source: str) -> str:
             f"plugin module {module_name!r} (from {source}) cannot be imported: {e}. Install it, add its folder "
             "to PYTHONPATH, or give the path of its .py file"
         ) from e
+    except Exception as e:
+        raise PluginError(f"plugin module {module_name!r} (from {source}) failed to import: {type(e).__name__}: {e}") from e
     return module_name
 
 
@@ -152,7 +164,8 @@ class Registry(Generic[T]):
     # -- registration ------------------------------------------------------------------------
     def register(self, name: str, *, override: bool = False) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator registering `fn` under `name`. A second registration of a name is an error
-        unless `override=True` (which is how a user deliberately replaces a built-in)."""
+        unless `override=True` (which is how a user deliberately replaces a built-in) or it is the
+        same definition again (same function name, file and line: a re-run notebook cell)."""
         if not isinstance(name, str) or not name:
             raise RegistryError(f"{self.kind} registry: a name must be a non-empty string, got {name!r}")
 
@@ -160,7 +173,7 @@ class Registry(Generic[T]):
             _load_builtins()  # an override replaces the built-in, which must be registered first
 
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
-            if name in self._entries and not override and self._entries[name] is not fn:
+            if name in self._entries and not override and not _same_definition(self._entries[name], fn):
                 raise RegistryError(
                     f"{self.kind} {name!r} is already registered (by {_qualname(self._entries[name])}). "
                     f"Choose another name or pass override=True. Registered: {', '.join(self.names())}"
@@ -227,6 +240,18 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+
+def _same_definition(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    """One builder defined twice at the same place (a notebook cell run again, a module imported
+    under two names): registering it again replaces it instead of failing."""
+    if a is b:
+        return True
+    ca, cb = getattr(a, "__code__", None), getattr(b, "__code__", None)
+    return (
+        ca is not None and cb is not None and getattr(a, "__qualname__", None) == getattr(b, "__qualname__", None)
+        and ca.co_filename == cb.co_filename and ca.co_firstlineno == cb.co_firstlineno
+    )  # fmt: skip
 
 
 def _qualname(fn: Callable[..., Any]) -> str:

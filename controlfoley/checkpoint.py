@@ -8,6 +8,7 @@ Writes are atomic (temporary file + rename).
 """
 
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from torch import nn
 
 from controlfoley._io import atomic_path
 from controlfoley.config import ModelConfig
-from controlfoley.errors import CheckpointError
+from controlfoley.errors import CheckpointError, RandomWeightsWarning
 
 __all__ = ["save_model", "load_model", "load_parts", "save_state_dict", "read_state_dict", "check_state_dict", "CONFIG_KEY"]
 
@@ -109,7 +110,9 @@ def load_model(
         p = bundled
     state, meta = read_state_dict(p, map_location)
     cfg = config_from_metadata(meta, p)
-    model = build_model(cfg, **overrides)
+    with warnings.catch_warnings():  # a GAN vocoder built without its checkpoint gets its weights from this file
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        model = build_model(cfg, **overrides)
     if strict:
         check_state_dict(model, state, str(p))
     model.load_state_dict(state, strict=strict)

@@ -15,8 +15,10 @@ Subcommands import their heavy modules only when they run.
 
 import argparse
 import importlib
+import importlib.metadata
 import os
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 __all__ = ["main"]
@@ -115,16 +117,21 @@ def _take_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     plugins, argv = _take_plugins(list(sys.argv[1:] if argv is None else argv))
-    if plugins:
-        from controlfoley._registry import PLUGIN_ENV, PluginError, load_plugins
+    from controlfoley._registry import PLUGIN_ENV, PLUGIN_GROUP
 
-        try:
+    if plugins or os.environ.get(PLUGIN_ENV) or importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        from controlfoley._registry import PluginError, load_plugins
+
+        try:  # the environment's and installed plugins first (one clear line if one is broken), then --plugin
+            load_plugins()
             load_plugins(*plugins, source="--plugin")
         except PluginError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        # in the environment too, so that processes this command starts (workers, ranks) import them as well
-        os.environ[PLUGIN_ENV] = ",".join([*filter(None, os.environ.get(PLUGIN_ENV, "").split(",")), *plugins])
+        # in the environment too, so that processes this command starts (workers, ranks, in any
+        # working directory) import them as well
+        given = [str(Path(p).resolve()) if p.endswith(".py") or "/" in p else p for p in plugins]
+        os.environ[PLUGIN_ENV] = ",".join([*filter(None, os.environ.get(PLUGIN_ENV, "").split(",")), *given])
     if argv and argv[0] in _DELEGATED:
         mod, fn = _DELEGATED[argv[0]]
         return int(getattr(importlib.import_module(mod), fn)(argv[1:]) or 0)

@@ -10,6 +10,7 @@ MaskGIT sampler and vocoder, built from a `ModelConfig` by `build_model`.
 """
 
 import math
+import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -404,15 +405,17 @@ def _check_tokenizer(name: str, tok: Any, n_frames: int, n_mels: int) -> tuple[i
         raise ConfigError(f"{where} reads {tok.n_mels} mel bins but the mel front end makes {n_mels}; accept n_mels in its builder")
     grid = tok.grid(n_frames)
     ds = tuple(tok.downsample)
-    if not (isinstance(grid, (tuple, list)) and len(grid) == 2 and all(isinstance(g, int) and g > 0 for g in grid)):
+    if not (isinstance(grid, (tuple, list)) and len(grid) == 2 and all(isinstance(g, numbers.Integral) and g > 0 for g in grid)):
         raise ConfigError(f"{where}.grid({n_frames}) must return (F, T), two positive ints, got {grid!r} (a 1-D tokenizer returns (1, T))")
-    if len(ds) != 2 or tuple(grid) != (n_mels // ds[0], n_frames // ds[1]):
+    f, t = int(grid[0]), int(grid[1])
+    # F is exact; T may round up (a tokenizer that pads the last frames)
+    if len(ds) != 2 or f != n_mels // ds[0] or t not in (n_frames // ds[1], -(-n_frames // ds[1])):
         raise ConfigError(
-            f"{where}.grid({n_frames}) = {tuple(grid)} does not match its downsample {ds}: expected "
-            f"(n_mels // {ds[0] if ds else '?'}, n_frames // {ds[1] if len(ds) > 1 else '?'}). Grids are (F, T), "
+            f"{where}.grid({n_frames}) = {(f, t)} does not match its downsample {ds}: expected "
+            f"(n_mels // {ds[0] if ds else '?'}, n_frames / {ds[1] if len(ds) > 1 else '?'}). Grids are (F, T), "
             "frequency rows first; a 1-D tokenizer has downsample (n_mels, frame factor) and grid (1, T)"
         )
-    return int(grid[0]), int(grid[1])
+    return f, t
 
 
 def _norm(v: Any) -> Any:

@@ -8,7 +8,7 @@ sampler, the pipeline and the training recipes need no special case for it.
 
 It also satisfies the two optional training contracts of `controlfoley.tokenizers.base`:
 `forward(mel) -> (recon, codes, vq_loss)` (the `tokenizer` recipe) and
-`restart_dead_codes(mel, generator)` (`--codebook-restart-every`).
+`restart_dead_codes(mels, generator)` (`--codebook-restart-every`).
 
 Run:  python examples/tokenizer_1d.py
 From the command line, load this file with --plugin before the subcommand:
@@ -66,8 +66,9 @@ class Conv1dVQ(nn.Module):
         return self.decoder(q.z_q[:, :, 0]), q.codes, q.loss
 
     @torch.no_grad()
-    def restart_dead_codes(self, mel: torch.Tensor, generator: torch.Generator) -> int:
-        return self.quantize.restart_dead_codes(self._latent(mel), generator)
+    def restart_dead_codes(self, mels: list[torch.Tensor], generator: torch.Generator) -> int:
+        # the step's micro-batches, encoded one at a time; the quantiser sums usage over ranks
+        return self.quantize.restart_dead_codes(torch.cat([self._latent(m) for m in mels]), generator)
 
     def _latent(self, mel: torch.Tensor) -> torch.Tensor:
         if mel.ndim != 3 or mel.shape[1] != self.n_mels:

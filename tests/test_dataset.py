@@ -381,3 +381,41 @@ def test_a_tagged_list_without_clap_stores_no_tags(tmp_path: Path) -> None:
         assert extract_main([*base, "--clap", "synthetic_clap", "--out", str(tmp_path / "tagged")]) == 0
     ds = ShardDataset(tmp_path / "tagged")
     assert ds.index.features["clap"].shape == (64,) and not torch.equal(ds[0]["clap"], ds[1]["clap"])
+
+
+def test_skip_bad_resume_reads_again_what_came_after_the_last_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file skipped after the last finished shard is read again on resume: repaired meanwhile,
+    it is extracted and no longer listed as skipped."""
+    import soundfile as sf
+
+    from controlfoley.data import extract
+    from controlfoley.data.extract import SKIPPED_FILE, extract_main
+
+    files = [tmp_path / f"{n}.wav" for n in ("a", "b", "bad", "c")]
+    for f in files:
+        if f.stem == "bad":
+            f.write_bytes(b"RIFF not really a wave file")
+        else:
+            sf.write(f, 0.1 * torch.randn(22050).numpy(), 22050)
+    args = ["--preset", "specmaskgit_tiny", "--files", *map(str, files), "--shard-size", "1", "--batch-size", "1", "--skip-bad"]
+    calls: list[int] = []
+    real = extract.Extraction.audio_features
+
+    def crash_on_third(self: extract.Extraction, wavs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        calls.append(1)
+        if len(calls) == 3:  # c: after a and b were written and bad was skipped
+            raise RuntimeError("simulated crash")
+        return real(self, wavs)
+
+    monkeypatch.setattr(extract.Extraction, "audio_features", crash_on_third)
+    out = tmp_path / "cut"
+    with pytest.warns(UserWarning, match="untrained tokenizer"), pytest.raises(RuntimeError, match="simulated crash"):
+        extract_main([*args, "--out", str(out)])
+    assert (out / SKIPPED_FILE).read_text().startswith(str(files[2]))
+    monkeypatch.setattr(extract.Extraction, "audio_features", real)
+    sf.write(files[2], 0.1 * torch.randn(22050).numpy(), 22050)  # the file is repaired
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main([*args, "--out", str(out), "--resume"]) == 0
+    ds = ShardDataset(out)
+    assert [Path(ds.clip_id(i)).stem for i in range(len(ds))] == ["a", "b", "bad", "c"]
+    assert (out / SKIPPED_FILE).read_text() == ""

@@ -251,3 +251,19 @@ def test_atomic_outputs_have_normal_permissions(tmp_path, micro_model):
     assert len(files) >= 4
     for f in files:
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f
+
+
+def test_loading_a_model_with_a_gan_vocoder_does_not_warn_of_random_weights(tmp_path):
+    """Its weights come from the checkpoint; building it fresh without checkpoint= does warn."""
+    import warnings
+
+    from controlfoley.errors import RandomWeightsWarning
+
+    ov = {**micro_overrides(), "vocoder": {"name": "hifigan", "upsample_initial_channel": 16}}
+    with pytest.warns(RandomWeightsWarning):
+        model = build_model("specmaskfoley_tiny", **ov)
+    model.save(tmp_path / "m.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RandomWeightsWarning)
+        loaded = from_pretrained(tmp_path / "m.safetensors")
+    assert torch.equal(loaded.vocoder.generator.conv_pre.weight, model.vocoder.generator.conv_pre.weight)

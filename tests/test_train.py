@@ -330,7 +330,15 @@ def test_cli_ctrl_c_says_how_to_resume_and_only_rank_0_prints_the_result(
 
     monkeypatch.setattr(loop, "train", interrupted)
     assert train_main(args) == 130
-    assert "--resume" in capsys.readouterr().err
+    assert "before the first checkpoint" in capsys.readouterr().err
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000002"
+    ckpt.mkdir(parents=True)
+    for f in ("model.safetensors", "state.safetensors"):
+        (ckpt / f).write_bytes(b"")
+    (ckpt.parent / "latest").write_text("step-00000002")
+    assert train_main(args) == 130
+    err = capsys.readouterr().err
+    assert "step-00000002 is intact" in err and "--resume" in err
     monkeypatch.setattr(loop, "train", lambda *a, **k: {"step": 1})
     monkeypatch.setenv("RANK", "1")
     assert train_main(args) == 0 and capsys.readouterr().out == ""

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from controlfoley._io import atomic_write_text
 from controlfoley._registry import EXTRACTORS
 from controlfoley.config import parse_overrides
 from controlfoley.data.shards import ShardIndex, ShardWriter
@@ -198,16 +199,21 @@ def _write(
         pending.clear()
 
     it = iter(items)
+    passed: set[str] = set()  # clips the interrupted run skipped before its last finished shard
     for k, done_id in enumerate(writer.clip_ids):
         cid = next(it, (None,))[0]
         while cid is not None and cid != done_id and cid in skipped_before:  # skipped in the interrupted run
+            passed.add(cid)
             cid = next(it, (None,))[0]
         if cid != done_id:
             raise DataError(
                 f"cannot resume {out}: clip {k} was {done_id!r} in the interrupted extraction and is {cid!r} now; "
                 "the inputs changed. Resume with the same inputs, or start again with --overwrite."
             )
-    n_skipped = len(skipped_before)
+    if skipped_before:  # the clips after the last finished shard are read again: only the passed ones stay listed
+        lines = skipped_file.read_text(encoding="utf-8").splitlines()
+        atomic_write_text(skipped_file, "".join(f"{line}\n" for line in lines if line.split("\t", 1)[0] in passed))
+    n_skipped = len(passed)
     for cid, load in tqdm(it, total=total, initial=len(writer.clip_ids) + n_skipped, desc="extract", dynamic_ncols=True):
         try:
             wav, video, clap = load()
@@ -215,10 +221,9 @@ def _write(
         except (MediaError, DataError) as e:
             if not skip_bad:
                 raise
-            if cid not in skipped_before:
-                with open(skipped_file, "a", encoding="utf-8") as f:
-                    f.write(f"{cid}\t{' '.join(str(e).split())}\n")
-                n_skipped += 1
+            with open(skipped_file, "a", encoding="utf-8") as f:
+                f.write(f"{cid}\t{' '.join(str(e).split())}\n")
+            n_skipped += 1
             continue
         if clap is not None:
             feats["clap"] = clap.float().cpu()

@@ -12,6 +12,7 @@ Notable features:
 Reference: docs/DESIGN.md section 2 (Tokenizer interface).
 """
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -68,9 +69,10 @@ class TrainableTokenizer(Tokenizer, Protocol):
 class RestartableTokenizer(TrainableTokenizer, Protocol):
     """A trainable tokenizer that supports codebook restarts (`codebook_restart_every > 0`)."""
 
-    def restart_dead_codes(self, mel: Float[Tensor, "b m n"], generator: torch.Generator) -> int:
-        """Move the codebook entries that no token of `mel` selects onto randomly chosen latents of
-        `mel`; return how many moved. Called once per restart step with all of the step's clips on
-        this rank; under torch.distributed every rank must reach the same decision (sum usage over
-        ranks) and keep one codebook."""
+    def restart_dead_codes(self, mels: Sequence[Float[Tensor, "b m n"]], generator: torch.Generator) -> int:
+        """Move the codebook entries that no token of `mels` selects onto randomly chosen latents of
+        `mels`; return how many moved. Called once per restart step with the step's micro-batches
+        on this rank (encode them one at a time: accumulation exists to bound memory); under
+        torch.distributed every rank must reach the same decision (sum usage over ranks) and keep
+        one codebook."""
         ...

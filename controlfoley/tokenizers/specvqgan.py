@@ -18,6 +18,7 @@ van den Oord et al., "Neural Discrete Representation Learning" (VQ-VAE), 2017; E
 """
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -174,9 +175,10 @@ class SpecVQGAN(nn.Module):
         return self.quantize(self._latent(mel))
 
     @torch.no_grad()
-    def restart_dead_codes(self, mel: Float[Tensor, "b m n"], generator: torch.Generator) -> int:
-        """Codebook restarts over the latents of `mel` (see `VectorQuantizer.restart_dead_codes`)."""
-        return self.quantize.restart_dead_codes(self._latent(mel), generator)
+    def restart_dead_codes(self, mels: Sequence[Float[Tensor, "b m n"]], generator: torch.Generator) -> int:
+        """Codebook restarts over the latents of all `mels` (micro-batches, encoded one at a time;
+        see `VectorQuantizer.restart_dead_codes`)."""
+        return self.quantize.restart_dead_codes(torch.cat([self._latent(m) for m in mels]), generator)
 
     def codebook_usage(self, codes: Int[Tensor, "b f t"]) -> CodebookUsage:
         used = int(torch.unique(codes).numel())

@@ -134,11 +134,16 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         result = train(cfg, resume=args.resume, stop_at=args.stop_at)
     except KeyboardInterrupt:
-        print(
-            f"\ninterrupted: checkpoints in {cfg.out} are written atomically, so the latest one is intact; "
-            "continue with the same command and --resume",
-            file=sys.stderr,
-        )
+        from controlfoley.train.checkpoints import RunDir
+
+        try:
+            latest = RunDir(cfg.out).latest_dir()
+        except ControlFoleyError:
+            latest = None
+        if latest is None:
+            print("\ninterrupted before the first checkpoint: nothing to resume; the same command starts the run again", file=sys.stderr)
+        else:
+            print(f"\ninterrupted: checkpoints are written atomically, so {latest} is intact; continue with the same command and --resume", file=sys.stderr)
         return 130
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line for the run, not one per rank
         print(json.dumps(result, default=float))

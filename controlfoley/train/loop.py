@@ -242,10 +242,15 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         plan = self.recipe.plan(cfg, self.model, step, cfg.batch_size)
-        micro_batches = [{k: v.to(info.device, non_blocking=True) for k, v in next(batches).items()} for _ in range(cfg.grad_accum)]
-        with self._autocast():
-            totals = {k: v.to(info.device) for k, v in self.recipe.before_step(self.objective, micro_batches, plan).items()}
+        totals: dict[str, torch.Tensor] = {}
+        micro_batches: Iterator[dict[str, torch.Tensor]] = (next(batches) for _ in range(cfg.grad_accum))
+        if type(self.recipe).before_step is not Recipe.before_step:  # it sees the whole step first
+            step_inputs = [{k: v.to(info.device, non_blocking=True) for k, v in b.items()} for b in micro_batches]
+            with self._autocast():
+                totals = {k: v.to(info.device) for k, v in self.recipe.before_step(self.objective, step_inputs, plan).items()}
+            micro_batches = iter(step_inputs)
         for micro, batch in enumerate(micro_batches):
+            batch = {k: v.to(info.device, non_blocking=True) for k, v in batch.items()}
             args = self._plan_args(plan, self.sampler.rows(micro))
             sync = micro == cfg.grad_accum - 1 or not info.distributed
             with contextlib.nullcontext() if sync else self.module.no_sync():

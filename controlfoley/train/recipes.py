@@ -84,8 +84,7 @@ class TokenizerObjective(nn.Module):
         """Restart the codebook entries that no clip of the whole step selects: all of this rank's
         micro-batches (and, inside `restart_dead_codes`, all ranks), so a step with gradient
         accumulation makes the same decision as one big batch, once per optimizer step."""
-        mel = torch.cat([b["mel"].float() for b in batches])
-        return self.tokenizer.restart_dead_codes(mel, torch.Generator().manual_seed(seed))
+        return self.tokenizer.restart_dead_codes([b["mel"].float() for b in batches], torch.Generator().manual_seed(seed))
 
 
 class MaskedTokenObjective(nn.Module):
@@ -186,7 +185,7 @@ class TokenizerRecipe(Recipe):
             )
         if cfg.codebook_restart_every > 0 and not callable(getattr(tok, "restart_dead_codes", None)):
             raise ConfigError(
-                f"--codebook-restart-every {cfg.codebook_restart_every} needs tokenizer.restart_dead_codes(mel, generator), "
+                f"--codebook-restart-every {cfg.codebook_restart_every} needs tokenizer.restart_dead_codes(mels, generator), "
                 f"which tokenizer {name!r} ({type(tok).__name__}) does not define; add it "
                 "(see controlfoley.tokenizers.base.RestartableTokenizer) or set --codebook-restart-every 0"
             )

@@ -8,7 +8,7 @@ Features
 - Frames: `video.read_frames` at each extractor's rate (any input rate, constant or variable: frame
   k is what the video showed at k / fps), decoded once per (size, rate) group; a rate that divides
   a decoded one is resampled in memory (the same frames a direct decode gives).
-- Windows (`plan_windows`): the model generates `T` token columns (`model.n_samples` samples) at a
+- Windows (`plan_windows`, in controlfoley.windows): the model generates `T` token columns (`model.n_samples` samples) at a
   time. A clip needing C > T columns is covered by windows starting every T - round(overlap * T)
   columns (overlap 0.25 by default), the last one moved back to end exactly at column C so that no
   window runs past the video by more than one column. Window w > 0 is sampled with its first columns
@@ -53,6 +53,7 @@ from controlfoley.config import ConfigError
 from controlfoley.errors import ShapeError
 from controlfoley.guidance import GuidanceRule, NoGuidance
 from controlfoley.typing import Float, Int, Tensor
+from controlfoley.windows import Window, WindowPlan, crossfade_join, plan_windows
 
 __all__ = [
     "Window",
@@ -74,76 +75,6 @@ JOINS = ("crossfade", "decode_once")
 PRECISIONS: dict[str, torch.dtype | None] = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
 ExtractorSpec = str | tuple[str, Mapping[str, Any]] | Any  # a name, (name, kwargs), or a built extractor
 Prompt = str | Sequence[str]  # "bell, thud" or ["bell", "thud"]
-
-
-# -- windows ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Window:
-    """One generation window: `n_known` leading columns are copied from the previous window."""
-
-    index: int
-    start_col: int
-    n_known: int
-    start_s: float
-    end_s: float
-
-
-@dataclass(frozen=True)
-class WindowPlan:
-    n_samples: int  # output length: the video's duration in samples
-    sample_rate: int
-    window_cols: int  # T, token columns per window
-    col_samples: int  # audio samples per token column
-    windows: tuple[Window, ...]
-
-    @property
-    def total_cols(self) -> int:
-        return self.windows[-1].start_col + self.window_cols
-
-    @property
-    def window_s(self) -> float:
-        return self.window_cols * self.col_samples / self.sample_rate
-
-    def feature_rows(self, window: Window, fps: float, n_rows: int) -> slice:
-        """Rows of a feature stream at `fps` that condition `window` (start rounded to a row)."""
-        start = round(window.start_s * fps)
-        return slice(start, start + n_rows)
-
-
-def plan_windows(duration_s: float, *, sample_rate: int, window_cols: int, col_samples: int, overlap: float = 0.25) -> WindowPlan:
-    """Windows of `window_cols` token columns covering `duration_s` (see the module docstring)."""
-    if not (math.isfinite(duration_s) and duration_s > 0):
-        raise ShapeError(f"duration must be positive, got {duration_s}")
-    if not 0.0 <= overlap < 1.0:
-        raise ConfigError(f"overlap is a fraction of the window in [0, 1), got {overlap}")
-    n_samples = max(1, round(duration_s * sample_rate))
-    needed = math.ceil(n_samples / col_samples)
-    hop = window_cols - min(window_cols - 1, round(overlap * window_cols))
-    starts = list(range(0, max(1, needed - window_cols), hop))
-    if needed > window_cols and starts[-1] != needed - window_cols:
-        starts.append(needed - window_cols)
-    col_s = col_samples / sample_rate
-    windows = tuple(
-        Window(i, s, 0 if i == 0 else starts[i - 1] + window_cols - s, s * col_s, (s + window_cols) * col_s)
-        for i, s in enumerate(starts)
-    )
-    return WindowPlan(n_samples, sample_rate, window_cols, col_samples, windows)
-
-
-def crossfade_join(
-    mels: Sequence[Float[Tensor, "m n"]], plan: WindowPlan, frames_per_col: int
-) -> Float[Tensor, "m total"]:
-    """Place each window's mel at its column; blend the shared columns with a raised-cosine ramp."""
-    out = mels[0].new_zeros(mels[0].shape[0], plan.total_cols * frames_per_col)
-    for w, mel in zip(plan.windows, mels, strict=True):
-        a, k = w.start_col * frames_per_col, w.n_known * frames_per_col
-        if k:
-            ramp = 0.5 - 0.5 * torch.cos(torch.linspace(0.0, math.pi, k + 2, dtype=mel.dtype, device=mel.device)[1:-1])
-            out[:, a : a + k] = out[:, a : a + k] * (1 - ramp) + mel[:, :k] * ramp
-        out[:, a + k : a + mel.shape[1]] = mel[:, k:]
-    return out
 
 
 # -- the pipeline -------------------------------------------------------------------------------

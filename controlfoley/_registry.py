@@ -24,8 +24,11 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import numbers
 import os
 import sys
+import types
+import typing
 from pathlib import Path
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
@@ -225,6 +228,11 @@ class Registry(Generic[T]):
             missing = [k for k, p in accepted.items() if p.default is p.empty and k not in kwargs]
             if missing:
                 raise RegistryError(f"{self.kind} {name!r} is missing required argument(s) {missing}")
+            for k, v in kwargs.items():
+                want = _simple_types(accepted[k].annotation)
+                if want is not None and not _is_a(v, want):
+                    names = " or ".join(sorted(t.__name__ if t is not type(None) else "None" for t in want))
+                    raise RegistryError(f"{self.kind} {name!r}: {k}={v!r} must be {names} (the annotation of its builder)")
         return fn(**kwargs)
 
     def __contains__(self, name: object) -> bool:
@@ -240,6 +248,36 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+
+_SIMPLE = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}
+
+
+def _simple_types(annotation: Any) -> tuple[type, ...] | None:
+    """The types of an annotation made only of int, float, str, bool and None (also as strings,
+    e.g. under `from __future__ import annotations`); None for anything else (left unchecked)."""
+    if isinstance(annotation, str):
+        parts = [p.strip() for p in annotation.split("|")]
+        return tuple(_SIMPLE[p] for p in parts) if all(p in _SIMPLE for p in parts) else None
+    if annotation in _SIMPLE.values() or annotation is None:
+        return (type(None),) if annotation is None else (annotation,)
+    args = getattr(annotation, "__args__", None)
+    if type(annotation) is types.UnionType or getattr(annotation, "__origin__", None) is typing.Union:
+        return tuple(args) if args and all(a in _SIMPLE.values() for a in args) else None
+    return None
+
+
+def _is_a(value: Any, want: tuple[type, ...]) -> bool:
+    """Lenient where Python is: paths for str, numpy numbers for int/float, an int for a float."""
+    if isinstance(value, bool):
+        return bool in want
+    if isinstance(value, numbers.Integral):
+        return int in want or float in want
+    if isinstance(value, numbers.Real):
+        return float in want
+    if isinstance(value, os.PathLike):
+        return str in want
+    return isinstance(value, want)
 
 
 def _same_definition(a: Callable[..., Any], b: Callable[..., Any]) -> bool:

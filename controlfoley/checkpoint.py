@@ -7,6 +7,7 @@
 Writes are atomic (temporary file + rename).
 """
 
+import json
 import os
 import warnings
 from collections.abc import Iterable, Mapping
@@ -20,11 +21,18 @@ from torch import nn
 
 from controlfoley._io import atomic_path
 from controlfoley.config import ModelConfig
+from controlfoley._registry import RegistryError
 from controlfoley.errors import CheckpointError, RandomWeightsWarning
 
-__all__ = ["save_model", "load_model", "load_parts", "save_state_dict", "read_state_dict", "check_state_dict", "CONFIG_KEY"]
+__all__ = [
+    "save_model", "load_model", "load_parts", "save_state_dict", "read_state_dict", "check_state_dict", "trained_parts", "read_metadata",
+    "CONFIG_KEY", "TRAINED_KEY",
+]  # fmt: skip
 
 CONFIG_KEY = "controlfoley_config"
+TRAINED_KEY = "controlfoley_trained"  # JSON list of the parts holding trained weights (absent: unknown)
+PARTS_KEY = "controlfoley_user_parts"  # JSON {config field: "module (file)"} of parts registered outside the package
+CONTROL_PARTS = ("control_encoder", "aligner", "controlnet")
 FORMAT_KEY = "controlfoley_format"
 FORMAT_VERSION = "1"
 
@@ -49,6 +57,16 @@ def read_state_dict(path: str | os.PathLike[str], map_location: str | torch.devi
     return state, meta
 
 
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A checkpoint's metadata alone (the header; no tensor is read)."""
+    path = _resolve_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}). Is it truncated, or another format?") from e
+
+
 def _resolve_file(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if p.is_dir():
@@ -64,7 +82,38 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, extra_metadata
     if path.suffix != ".safetensors":
         path = path / "model.safetensors"
     meta = {CONFIG_KEY: model.config.to_json(), **dict(extra_metadata or {})}
+    trained = getattr(model, "trained_parts", None)
+    if trained is not None:
+        meta[TRAINED_KEY] = json.dumps(sorted(trained))
+    user = _user_parts(model.config)
+    if user:
+        meta[PARTS_KEY] = json.dumps(user)
     return save_state_dict(path, model.state_dict(), meta)
+
+
+def trained_parts(meta: Mapping[str, str]) -> set[str] | None:
+    """The parts a checkpoint records as trained; None for a checkpoint that records nothing."""
+    return set(json.loads(meta[TRAINED_KEY])) if TRAINED_KEY in meta else None
+
+
+def _user_parts(cfg: ModelConfig) -> dict[str, str]:
+    """Config fields whose builder lives outside the package: where it came from, so that loading
+    the checkpoint elsewhere can say which module to load."""
+    from controlfoley._registry import ALL_REGISTRIES
+
+    kinds = {"mel": "mel_frontend"}
+    out = {}
+    for field in ("mel", "tokenizer", "backbone", "control_encoder", "aligner", "guidance", "vocoder"):
+        part = getattr(cfg, field)
+        registry = ALL_REGISTRIES.get(kinds.get(field, field))
+        if part is None or registry is None or part.name not in registry:
+            continue
+        fn = registry.get(part.name)
+        module = getattr(fn, "__module__", "") or ""
+        if not module.startswith("controlfoley.") and module != "controlfoley":
+            code = getattr(fn, "__code__", None)
+            out[field] = f"{module} ({code.co_filename})" if code is not None else module
+    return out
 
 
 def config_from_metadata(meta: Mapping[str, str], path: Path) -> ModelConfig:
@@ -87,6 +136,24 @@ def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], what:
                 msg.append(f"  {label} ({len(items)}): {', '.join(items[:8])}{more}")
         msg.append("  Was it saved from another preset or config? Build the model from the checkpoint's own config (from_pretrained).")
         raise CheckpointError("\n".join(msg))
+
+
+def _part_config_hint(meta: Mapping[str, str], model: nn.Module, part: str) -> str:
+    """Where a part's weights do not fit because the checkpoint built it differently: the flag
+    that builds it like the checkpoint did."""
+    try:
+        theirs = getattr(config_from_metadata(meta, Path("?")), part, None)
+    except (CheckpointError, ValueError):
+        return ""
+    ours = getattr(getattr(model, "config", None), part, None)
+    if theirs is None or theirs == ours:
+        return ""
+    spec = json.dumps({"name": theirs.name, **theirs.kwargs})
+    return (
+        f"\n  The checkpoint's {part} is {theirs.name!r} {theirs.kwargs}, this model's is "
+        f"{getattr(ours, 'name', None)!r} {getattr(ours, 'kwargs', {})}. Build it like the checkpoint: "
+        f"--model {part}='{spec}' on the command line, build_model(..., {part}={spec}) in Python."
+    )
 
 
 def load_model(
@@ -112,10 +179,19 @@ def load_model(
     cfg = config_from_metadata(meta, p)
     with warnings.catch_warnings():  # a GAN vocoder built without its checkpoint gets its weights from this file
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        model = build_model(cfg, **overrides)
+        try:
+            model = build_model(cfg, **overrides)
+        except RegistryError as e:
+            user = json.loads(meta.get(PARTS_KEY, "{}"))
+            where = "; when it was saved, " + ", ".join(f"its {k} came from {v}" for k, v in user.items()) if user else ""
+            raise CheckpointError(
+                f"{p} needs a part that is not registered here ({str(e).split('. Register your own')[0]}){where}. Load the module that registers it: "
+                "`controlfoley --plugin FILE ...` on the command line, `import` it or controlfoley.load_plugins(FILE) in Python"
+            ) from e
     if strict:
         check_state_dict(model, state, str(p))
     model.load_state_dict(state, strict=strict)
+    model.trained_parts = trained_parts(meta)
     return model.to(map_location)
 
 
@@ -125,7 +201,7 @@ def load_parts(model: nn.Module, path: str | os.PathLike[str], parts: Iterable[s
     Each part must match strictly. If the backbone is loaded and the ControlNet is not, the
     ControlNet is re-copied from the new backbone (it must start as a copy of the *pretrained* blocks).
     """
-    state, _ = read_state_dict(path)
+    state, meta = read_state_dict(path)
     parts = list(parts)
     for part in parts:
         sub = getattr(model, part, None)
@@ -135,8 +211,14 @@ def load_parts(model: nn.Module, path: str | os.PathLike[str], parts: Iterable[s
         sub_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not sub_state:
             raise CheckpointError(f"{path} holds no weights for part {part!r}; it holds: {sorted({k.split('.')[0] for k in state})}")
-        check_state_dict(sub, sub_state, f"{part} in {path}")
+        try:
+            check_state_dict(sub, sub_state, f"{part} in {path}")
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}{_part_config_hint(meta, model, part)}") from None
         sub.load_state_dict(sub_state, strict=True)
+    src = trained_parts(meta)
+    if src is not None or getattr(model, "trained_parts", None) is not None:
+        model.trained_parts = set(getattr(model, "trained_parts", None) or ()) | ((src or set()) & set(parts))
     if "backbone" in parts and "controlnet" not in parts and getattr(model, "controlnet", None) is not None:
         model.controlnet.copy_from(model.backbone)
     return parts

@@ -419,3 +419,37 @@ def test_skip_bad_resume_reads_again_what_came_after_the_last_shard(tmp_path: Pa
     ds = ShardDataset(out)
     assert [Path(ds.clip_id(i)).stem for i in range(len(ds))] == ["a", "b", "bad", "c"]
     assert (out / SKIPPED_FILE).read_text() == ""
+
+
+def test_extract_records_extractor_arguments_and_checks_widths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Resuming with other extractor arguments (or another clip count) is refused: the dataset would
+    mix features; a width the preset cannot take fails before any clip; Ctrl-C says how to resume."""
+    from controlfoley.data import extract
+    from controlfoley.data.extract import extract_main
+
+    out = tmp_path / "d"
+    args = ["--preset", "specmaskfoley_tiny", "--shard-size", "1", "--batch-size", "1", "--out", str(out)]
+    calls: list[int] = []
+    real = extract.Extraction.audio_features
+
+    def interrupt_on_second(self: extract.Extraction, wavs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, wavs)
+
+    monkeypatch.setattr(extract.Extraction, "audio_features", interrupt_on_second)
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main([*args, "--synthetic", "3", "--extractor", "synthetic_sync"]) == 130
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.setattr(extract.Extraction, "audio_features", real)
+    for changed in (["--synthetic", "2", "--extractor", "synthetic_sync"], ["--synthetic", "3", "--extractor", "synthetic_sync,seed=5"]):
+        with pytest.warns(UserWarning, match="untrained tokenizer"):
+            assert extract_main([*args, *changed, "--resume"]) == 2
+        assert "other settings" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main([*args, "--synthetic", "3", "--extractor", "synthetic_sync", "--resume"]) == 0
+    assert ShardIndex.load(out).info["features"]["sync"]["args"] == {}
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main(["--preset", "specmaskfoley_tiny", "--synthetic", "1", "--extractor", "synthetic_sync,dim=96", "--out", str(tmp_path / "e")]) == 2
+    assert "gives 96-wide 'sync' features but preset 'specmaskfoley_tiny' takes 128" in capsys.readouterr().err

@@ -256,3 +256,23 @@ def test_a_broken_plugin_in_the_environment_is_one_line_in_every_command(tmp_pat
     env = {**os.environ, PLUGIN_ENV: str(tmp_path / "nope.py")}
     out = subprocess.run([sys.executable, "-m", "controlfoley", "list"], env=env, capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.startswith("error: plugin") and "Traceback" not in out.stderr
+
+
+def test_a_checkpoint_needing_an_unregistered_part_names_where_it_came_from(plugin: None, tmp_path: Path) -> None:
+    from controlfoley import from_pretrained
+    from controlfoley.errors import CheckpointError
+
+    torch.manual_seed(0)
+    build_model("specmaskfoley_tiny", **micro_1d()).save(tmp_path / "m.safetensors")
+    _forget("conv1d_vq")  # as in a process that did not load the plugin
+    with pytest.raises(CheckpointError, match=r"unknown tokenizer 'conv1d_vq'.*its tokenizer came from .*tokenizer_1d\.py.*--plugin"):
+        from_pretrained(tmp_path / "m.safetensors")
+
+
+def test_builder_arguments_of_the_wrong_simple_type_are_named() -> None:
+    from controlfoley import EXTRACTORS, RegistryError
+
+    with pytest.raises(RegistryError, match="extractor 'synthetic_sync': dim='abc' must be int"):
+        EXTRACTORS.build("synthetic_sync", dim="abc")
+    with pytest.raises(RegistryError, match="fps=True must be float"):
+        EXTRACTORS.build("clip_precomputed", root=".", fps=True)  # a bool is not a number here

@@ -6,6 +6,7 @@ import math
 import os
 import signal
 import subprocess
+import warnings
 import sys
 import time
 from pathlib import Path
@@ -305,7 +306,7 @@ def test_checkpoint_from_another_preset_is_refused(data: Path, tmp_path: Path) -
     with pytest.raises(TrainingError, match="model_overrides"):
         train(config("backbone", data, run, steps=2, model_overrides={**micro_overrides(), "backbone": {"dim": 48}}), resume=True)
     other = {**micro_overrides(), "backbone": {**micro_overrides()["backbone"], "depth": 2}}
-    with pytest.raises(CheckpointError, match="backbone"):
+    with pytest.raises(CheckpointError, match="backbone.*Build it like the checkpoint: --model backbone='"):
         train(config("controlnet", data, tmp_path / "cn", model_overrides=other, init=str(run)))
     # a checkpoint of another model placed in a run folder: refused on resume
     run2 = tmp_path / "run2"
@@ -351,3 +352,21 @@ def test_each_recipe_shows_only_its_own_flags(capsys: pytest.CaptureFixture[str]
         with pytest.raises(SystemExit):
             train_main([recipe, "--help"])
         assert ("--codebook-restart-every" in capsys.readouterr().out) is shown
+
+
+def test_checkpoints_record_what_was_trained_and_init_warns_of_untrained_parts(data: Path, tmp_path: Path) -> None:
+    """A tokenizer run holds a random backbone: a ControlNet initialised from it used to train
+    against that backbone without a word. Runs record their trained parts, cumulatively."""
+    from controlfoley.checkpoint import read_metadata, trained_parts
+
+    mel = write_data(tmp_path / "mel", n=4, mel=True)
+    train(config("tokenizer", mel, tmp_path / "tok", steps=1, warmup_steps=0, batch_size=2))
+    assert trained_parts(read_metadata(tmp_path / "tok" / "model.safetensors")) == {"tokenizer"}
+    with pytest.warns(UserWarning, match="--init .*tok: its backbone was never trained .*records trained: tokenizer"):
+        train(config("controlnet", data, tmp_path / "cn_bad", steps=1, warmup_steps=0, init=str(tmp_path / "tok")))
+    train(config("backbone", data, tmp_path / "bb", steps=1, warmup_steps=0, init=str(tmp_path / "tok")))
+    assert trained_parts(read_metadata(tmp_path / "bb" / "model.safetensors")) == {"tokenizer", "backbone"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(config("controlnet", data, tmp_path / "cn", steps=1, warmup_steps=0, init=str(tmp_path / "bb")))
+    assert trained_parts(read_metadata(tmp_path / "cn" / "model.safetensors")) == {"tokenizer", "backbone", "control_encoder", "aligner", "controlnet"}

@@ -23,6 +23,7 @@ References: SpecMaskFoley sec. 4.2 (10 s at 22.05 kHz -> 848 frames -> 5 x 53 to
 """
 
 import argparse
+import json
 import math
 import sys
 import warnings
@@ -90,18 +91,46 @@ class Extraction:
             warnings.warn("no tokenizer checkpoint given: tokens come from an untrained tokenizer (train one with the tokenizer recipe)", stacklevel=2)
         self.video = [_build_extractor(e) for e in extractors]
         self.clap = _build_extractor(clap) if clap is not None else None
+        keys = [e.output_key for e in self.video]
+        if len(set(keys)) != len(keys):
+            raise DataError(f"two video extractors write the same feature: {sorted(k for k in set(keys) if keys.count(k) > 1)}; give one per feature")
+        self.preset = preset
+        self._args = {id(e): _spec_args(spec) for e, spec in zip([*self.video, self.clap], [*extractors, clap]) if e is not None}
+        self._check_widths()
         self.keep_mel, self.device = mel, torch.device(device)
         self.window_s = self.model.n_samples / self.model.sample_rate
         self.video_s = self.window_s if video_seconds is None else float(video_seconds)
         if self.video_s <= 0:
             raise DataError(f"video_seconds must be positive, got {video_seconds}")
-        self.preset, self.tokenizer_source = preset, tokenizer
+        self.tokenizer_source = None if tokenizer is None else str(Path(tokenizer).resolve())
+
+    def _check_widths(self) -> None:
+        """Feature widths the preset's model cannot take fail now, not at the first training step."""
+        m = self.model
+        if m.has_control:
+            from controlfoley.pipeline import _feature_dims
+
+            dims = _feature_dims(m.control_encoder)
+            for e in self.video:
+                want = dims.get(e.output_key)
+                if want is not None and int(e.dim) != want:
+                    raise DataError(
+                        f"extractor {e.name} gives {e.dim}-wide {e.output_key!r} features but preset {self.preset!r} takes {want}; "
+                        f"use an extractor of width {want} (e.g. {e.name},dim={want})"
+                    )
+        if self.clap is not None and int(self.clap.dim) != int(m.backbone.cond_dim):
+            raise DataError(
+                f"text extractor {self.clap.name} gives {self.clap.dim}-wide embeddings but preset {self.preset!r} takes "
+                f"{m.backbone.cond_dim}; use one of width {m.backbone.cond_dim} (e.g. --clap {self.clap.name},dim={m.backbone.cond_dim})"
+            )
 
     def info(self, source: str) -> dict[str, Any]:
         m = self.model
-        feats = {e.output_key: {"extractor": e.name, "fps": float(e.fps), "dim": int(e.dim)} for e in self.video}
+        feats = {
+            e.output_key: {"extractor": e.name, "args": self._args.get(id(e), {}), "fps": float(e.fps), "dim": int(e.dim)} for e in self.video
+        }
         if self.clap is not None:
-            feats[self.clap.output_key] = {"extractor": self.clap.name, "dim": int(self.clap.dim)}
+            feats[self.clap.output_key] = {"extractor": self.clap.name, "args": self._args.get(id(self.clap), {}), "dim": int(self.clap.dim)}
         return {
             "preset": self.preset,
             "grid": list(m.grid),
@@ -159,6 +188,13 @@ class Extraction:
                 frames = torch.cat([frames, frames[-1:].expand(want - frames.shape[0], -1, -1, -1)])
             out[ext.output_key] = ext(frames[:want].contiguous()).float().cpu()
         return out
+
+
+def _spec_args(spec: Any) -> dict[str, Any]:
+    """An extractor spec's arguments as they read back from JSON (recorded in the dataset's info)."""
+    if isinstance(spec, str) or spec is None:
+        return {}
+    return json.loads(json.dumps(dict(spec[1]), default=str))
 
 
 def _build_extractor(spec: str | tuple[str, Mapping[str, Any]]) -> Any:
@@ -271,7 +307,7 @@ def extract_synthetic(
         return clip.audio, VideoSource(lambda fps: resample_frames(clip.frames, clip.fps, fps)), clap
 
     items = ((f"synthetic-{world_seed}-{i}", lambda i=i: load(i)) for i in world.split(split, n_clips))
-    source = f"synthetic world seed {world_seed}, split {split}"
+    source = f"synthetic world seed {world_seed}, split {split}, {n_clips} clips"
     return _write(ex, out, items, n_clips, shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, source=source, resume=resume)
 
 
@@ -314,7 +350,7 @@ def extract_files(
 
     items = ((str(Path(f)), lambda i=i: load(i)) for i, f in enumerate(files))
     return _write(
-        ex, out, items, len(files), shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, source="files", resume=resume,
+        ex, out, items, len(files), shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, source=f"{len(files)} files", resume=resume,
         skip_bad=skip_bad,
     )  # fmt: skip
 
@@ -383,6 +419,9 @@ def extract_main(argv: Sequence[str] | None = None) -> int:
     except (ControlFoleyError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the finished shards in {args.out} are kept; continue with the same command and --resume", file=sys.stderr)
+        return 130
     shapes = ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in index.features.items())
     print(f"wrote {index.n_clips} clips in {len(index.shards)} shards to {index.root}: {shapes}")
     return 0

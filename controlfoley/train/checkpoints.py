@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from controlfoley._io import atomic_write_text
-from controlfoley.checkpoint import CONFIG_KEY, read_state_dict, save_model, save_state_dict
+from controlfoley.checkpoint import CONFIG_KEY, read_state_dict, save_model, save_state_dict, trained_parts
 from controlfoley.errors import CheckpointError
 
 __all__ = ["RunDir", "TrainState", "capture_rng", "restore_rng", "resolve_model_file"]
@@ -193,3 +193,4 @@ class RunDir:
             )
         check_state_dict(model, state, str(d))
         model.load_state_dict(state, strict=True)
+        model.trained_parts = trained_parts(meta)

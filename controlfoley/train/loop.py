@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from controlfoley._io import atomic_write_text
-from controlfoley.checkpoint import check_state_dict, load_parts
+from controlfoley.checkpoint import check_state_dict, load_parts, read_metadata, trained_parts
 from controlfoley.data.dataset import ShardDataset, ShardedSampler, collate, epoch_permutation
 from controlfoley.errors import TrainingError
 from controlfoley.model import SpecMaskFoley, build_model
@@ -86,6 +86,9 @@ class Trainer:
         self.train_ds, self.val_ds = self._datasets()
         self._check_same_data(resume)
         self.recipe.fit_to_data(self.model, self.train_ds)
+        # what the run's checkpoints record as trained: what it loaded trained, and what it trains
+        here = {n for n, m in self.model.named_children() if any(p.requires_grad for p in m.parameters())}
+        self.model.trained_parts = set(getattr(self.model, "trained_parts", None) or ()) | here
         self.objective = self.recipe.objective(self.model, cfg).to(info.device)
         self.aux = self.recipe.aux_modules(self.objective)
         self.names = [n for n, p in self.objective.named_parameters() if p.requires_grad]
@@ -129,7 +132,17 @@ class Trainer:
         if ckpt_dir is not None:
             self.run_dir.load_model_weights(ckpt_dir, self.model)
         elif cfg.init is not None:
-            load_parts(self.model, resolve_model_file(cfg.init), cfg.init_parts)
+            source = resolve_model_file(cfg.init)
+            load_parts(self.model, source, cfg.init_parts)
+            trained = trained_parts(read_metadata(source))
+            untrained = [p for p in cfg.init_parts if trained is not None and p not in trained]
+            if untrained:
+                warnings.warn(
+                    f"--init {cfg.init}: its {', '.join(untrained)} {'was' if len(untrained) == 1 else 'were'} never trained "
+                    f"(it records trained: {', '.join(sorted(trained)) or 'nothing'}), so this run starts from random "
+                    f"{', '.join(untrained)} weights; init from the run that trained them (e.g. a backbone run for the controlnet recipe)",
+                    stacklevel=3,
+                )
         elif cfg.recipe == "controlnet":
             warnings.warn("controlnet recipe without --init: the ControlNet trains against a randomly initialised backbone", stacklevel=3)
 

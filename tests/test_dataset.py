@@ -326,7 +326,10 @@ def test_extract_takes_extractor_arguments(tmp_path: Path, capsys: pytest.Captur
 
     base = ["--preset", "specmaskfoley_tiny", "--synthetic", "2", "--extractor", "synthetic_sync"]
     with pytest.warns(UserWarning, match="untrained tokenizer"):
-        assert extract_main([*base, "--extractor", "synthetic_clip,dim=32", "--clap", "synthetic_clap,dim=8", "--out", str(tmp_path / "d")]) == 0
+        assert extract_main(
+            [*base, "--extractor", "synthetic_clip,dim=32", "--clap", "synthetic_clap,dim=8", "--out", str(tmp_path / "d"),
+             "--model", 'control_encoder={"clip_dim": 32}', "--model", 'backbone={"cond_dim": 8}']
+        ) == 0  # fmt: skip
     shapes = {k: tuple(v.shape) for k, v in ShardIndex.load(tmp_path / "d").features.items()}
     assert shapes["clip"] == (47, 32) and shapes["clap"] == (8,) and shapes["sync"] == (142, 128)
     with pytest.warns(UserWarning, match="untrained tokenizer"):

@@ -1,18 +1,22 @@
 """controlfoley: video-synchronised foley synthesis by steering masked generative audio models.
 
-    from controlfoley import build_model
+    from controlfoley import build_model, FoleyPipeline
     model = build_model("specmaskfoley")                          # the paper's model (untrained)
     abl = build_model("specmaskfoley", aligner="plain1d", guidance="cfg_video")
+    pipe = FoleyPipeline.from_pretrained("specmaskfoley_synthetic")
 
-Importing the package is light: torch-heavy modules load on first use of an attribute.
+Importing the package is light (no torch): the modules behind `_LAZY` (the model, the pipeline, the
+error classes, ...) load on first use of one of their names; `dir(controlfoley)` lists them too.
 """
 
 import importlib
+import os
 from typing import Any
 
-from controlfoley.typing import install_typecheck_hook, typecheck_requested
+# The test of controlfoley.typing.typecheck_requested, done here because that module imports torch.
+if os.environ.get("CONTROLFOLEY_TYPECHECK", "").strip().lower() in ("1", "true", "yes", "on"):
+    from controlfoley.typing import install_typecheck_hook
 
-if typecheck_requested():
     install_typecheck_hook()
 
 from controlfoley._registry import (  # noqa: E402  (after the optional type-check hook)
@@ -42,6 +46,16 @@ _LAZY = {
     "get_preset": "controlfoley.presets",
     "list_presets": "controlfoley.presets",
     "Tokenizer": "controlfoley.tokenizers.base",
+    "FoleyPipeline": "controlfoley.pipeline",
+    "FoleyResult": "controlfoley.pipeline",
+    "ControlFoleyError": "controlfoley.errors",
+    "ShapeError": "controlfoley.errors",
+    "MediaError": "controlfoley.errors",
+    "CheckpointError": "controlfoley.errors",
+    "DataError": "controlfoley.errors",
+    "TrainingError": "controlfoley.errors",
+    "MissingDependencyError": "controlfoley.errors",
+    "RandomWeightsWarning": "controlfoley.errors",
 }
 
 __all__ = [
@@ -71,3 +85,8 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'controlfoley' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names and the lazy ones (not loaded yet), for dir() and tab completion."""
+    return sorted({*globals(), *_LAZY})

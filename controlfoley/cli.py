@@ -1,6 +1,7 @@
 """The `controlfoley` command.
 
-    controlfoley info specmaskfoley          parameter table per part vs the paper's numbers
+    controlfoley info PRESET_OR_CHECKPOINT   parameter table per part vs the paper's numbers
+                                             (a preset, or a checkpoint file, folder or training run)
     controlfoley list [KIND]                 registered names (presets, aligners, guidance, ...)
     controlfoley demo --out DIR              the embedded demo
     controlfoley generate VIDEO... --out DIR foley for video files
@@ -9,6 +10,7 @@
     controlfoley experiment synthetic        the learning proof on the synthetic world
 
     controlfoley --plugin my_parts.py train ...   import a module that registers your own parts first
+                                                  (--plugin X / --plugin=X may stand anywhere; repeatable)
 
 Subcommands import their heavy modules only when they run.
 """
@@ -36,19 +38,40 @@ _DELEGATED = {
 }
 
 
-def _fmt(n: float) -> str:
+def _fmt(n: int | float) -> str:
     return f"{n / 1e6:8.2f}M"
 
 
-def info(preset: str) -> str:
-    """A parameter table per part (frozen vs trainable under the ControlNet recipe) beside the paper."""
-    from controlfoley import build_model
+def _info_model(preset_or_path: str) -> tuple[object, str]:
+    """(model, label): a registered preset built untrained, or a checkpoint's own model (a .safetensors
+    file, a checkpoint folder, or a training run folder: its final model, else its latest checkpoint)."""
+    from controlfoley import PRESETS, build_model
 
-    model = build_model(preset)
+    if preset_or_path in PRESETS:
+        return build_model(preset_or_path), f"preset {preset_or_path}"
+    if Path(preset_or_path).exists():
+        from controlfoley.model import from_pretrained
+        from controlfoley.train.checkpoints import resolve_model_file
+
+        file = resolve_model_file(preset_or_path)
+        model = from_pretrained(file)
+        return model, f"checkpoint {file} (config {model.config.name})"
+    from controlfoley.errors import ConfigError
+
+    raise ConfigError(
+        f"{preset_or_path!r} is neither a preset nor an existing checkpoint file, folder or training run; "
+        f"give a preset ({', '.join(PRESETS.names())}) or the path of a checkpoint"
+    )
+
+
+def info(preset: str) -> str:
+    """A parameter table per part (frozen vs trainable under the ControlNet recipe) beside the paper,
+    for a preset or a checkpoint (file, folder or training run: the table of its own config)."""
+    model, label = _info_model(preset)
     if model.has_control:
         model.freeze_backbone()
     rows = model.parameter_table()
-    lines = [f"preset {preset}: grid {model.grid[0]}x{model.grid[1]} tokens over {model.config.n_frames} mel frames", ""]
+    lines = [f"{label}: grid {model.grid[0]}x{model.grid[1]} tokens over {model.config.n_frames} mel frames", ""]
     lines.append(f"{'part':<16}{'params':>10}{'trainable':>11}{'frozen':>10}")
     for r in rows:
         lines.append(f"{r['part']:<16}{_fmt(r['params'])}{_fmt(r['trainable']):>11}{_fmt(r['frozen']):>10}")
@@ -83,14 +106,26 @@ def _explain(model: object, trainable: int) -> list[str]:
     ]
 
 
+def registry_kind(kind: str) -> str:
+    """The registry a KIND of `controlfoley list` names: singular or plural, any case, - or _
+    (`presets`, `Vocoders`, `control-encoders`, `MEL_FRONTENDS`)."""
+    from controlfoley import ALL_REGISTRIES
+
+    k = kind.strip().lower().replace("-", "_")
+    for name, reg in ALL_REGISTRIES.items():
+        if k in (name, name + "s", reg.attr.lower()):
+            return name
+    raise SystemExit(
+        f"error: unknown registry kind {kind!r}; choose one of {', '.join(sorted(ALL_REGISTRIES))} (plurals work too, e.g. presets)"
+    )
+
+
 def list_names(kind: str | None) -> str:
     from controlfoley import ALL_REGISTRIES
 
-    kinds = [kind] if kind else sorted(ALL_REGISTRIES)
+    kinds = [registry_kind(kind)] if kind else sorted(ALL_REGISTRIES)
     out = []
     for k in kinds:
-        if k not in ALL_REGISTRIES:
-            raise SystemExit(f"error: unknown registry {k!r}; choose one of {', '.join(sorted(ALL_REGISTRIES))}")
         names = ALL_REGISTRIES[k].names()
         if k == "preset":
             from controlfoley.presets import PRETRAINED
@@ -101,18 +136,30 @@ def list_names(kind: str | None) -> str:
 
 
 def _take_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Leading `--plugin X` / `--plugin=X` options, and the rest of the command line."""
-    plugins = []
-    while argv and (argv[0] == "--plugin" or argv[0].startswith("--plugin=")):
-        if argv[0] == "--plugin":
-            if len(argv) < 2:
-                raise SystemExit("error: --plugin needs a module name or a .py path")
-            plugins.append(argv[1])
-            argv = argv[2:]
+    """The `--plugin X` / `--plugin=X` options found anywhere before a `--` (in order), and the rest
+    of the command line, so that `controlfoley generate ... --plugin my_parts.py` works as well."""
+    plugins: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":  # everything after it is positional, for the subcommand
+            rest += argv[i:]
+            break
+        if a == "--plugin":
+            if i + 1 >= len(argv) or not argv[i + 1]:
+                raise SystemExit("error: --plugin needs a module name or a .py path: --plugin my_parts.py")
+            plugins.append(argv[i + 1])
+            i += 2
+            continue
+        if a.startswith("--plugin="):
+            if not a.split("=", 1)[1]:
+                raise SystemExit("error: --plugin needs a module name or a .py path: --plugin=my_parts.py")
+            plugins.append(a.split("=", 1)[1])
         else:
-            plugins.append(argv[0].split("=", 1)[1])
-            argv = argv[1:]
-    return plugins, argv
+            rest.append(a)
+        i += 1
+    return plugins, rest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,21 +185,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="controlfoley", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--plugin", action="append", metavar="MODULE|FILE.py",
-        help="import this module first (it registers your own parts); repeatable; before the subcommand",
+        help="import this module first (it registers your own parts); repeatable; anywhere on the command line",
     )  # fmt: skip
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p_info = sub.add_parser("info", help="parameter table of a preset beside the paper's numbers")
-    p_info.add_argument("preset")
+    p_info = sub.add_parser("info", help="parameter table of a preset or checkpoint beside the paper's numbers")
+    p_info.add_argument("preset", metavar="PRESET_OR_CHECKPOINT", help="a preset name, or a checkpoint file, folder or training run")
     p_list = sub.add_parser("list", help="registered names")
-    p_list.add_argument("kind", nargs="?")
+    p_list.add_argument("kind", nargs="?", metavar="KIND", help="preset(s), tokenizer(s), backbone(s), aligner(s), guidance, vocoder(s), ...")
     for name in _DELEGATED:
         sub.add_parser(name, help=f"see `controlfoley {name} --help`")
     args = parser.parse_args(argv)
-    from controlfoley.errors import ControlFoleyError, RegistryError
+    from controlfoley.errors import ConfigError, ControlFoleyError, RegistryError
 
     try:
         print(info(args.preset) if args.cmd == "info" else list_names(args.kind))
-    except (ControlFoleyError, RegistryError) as e:
+    except (ControlFoleyError, ConfigError, RegistryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

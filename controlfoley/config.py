@@ -35,7 +35,12 @@ def parse_overrides(items: Sequence[str], flag: str = "--model") -> dict[str, An
             raise ConfigError(f"{flag} expects KEY=JSON or KEY=NAME, e.g. {flag} aligner=plain1d; got {item!r}")
         try:
             out[key] = json.loads(raw)
-        except ValueError:
+        except ValueError as e:
+            if raw.lstrip().startswith(("{", "[")):  # meant as JSON: never read it as a part name
+                raise ConfigError(
+                    f"{flag} {item!r}: the value is malformed JSON ({e}); write valid JSON and quote it whole for the shell, "
+                    f"e.g. {flag} 'backbone={{\"depth\": 2}}'"
+                ) from None
             out[key] = raw  # a bare name, e.g. --model aligner=plain1d
     return out
 

@@ -20,6 +20,9 @@ Features
   goes on; a summary table (file, duration, windows, time, status) ends the run.
 - Exit code: 0 when every file succeeded, 1 when any failed, 2 for a bad command line, device,
   model, extractor, vocoder, prompt or output folder (nothing generated).
+- `--vocoder NAME,...` naming the model's own vocoder keeps the model's settings for it and changes
+  only the given ones (`--vocoder griffinlim,n_iter=4` on a tiny preset keeps inverse="pinv");
+  another name builds that vocoder from the given settings alone.
 - `--extractor clip=clip_openclip,weights=/w/clip.safetensors` replaces one feature extractor;
   values are read as JSON where they parse (numbers, true/false), else as strings; the same for
   `--vocoder hifigan,checkpoint=g.pt,trust_checkpoint=true`.
@@ -108,16 +111,13 @@ def _check_device(spec: str) -> None:
 
 def _vocoder_spec(text: str | None) -> dict[str, Any] | None:
     """--vocoder NAME,ARG=VALUE... -> {"name": ..., **kwargs}; a trained vocoder without weights is refused."""
-    from controlfoley.audio.vocoders import missing_weights
+    from controlfoley.audio.vocoders import missing_weights, missing_weights_message
 
     if not text:
         return None
     name, kwargs = parse_spec(text)
     if arg := missing_weights(name, kwargs):
-        raise ValueError(
-            f"--vocoder {name} needs its trained weights: without {arg}= it is a random network that outputs noise; "
-            f"give them: --vocoder {name},{arg}=PATH"
-        )
+        raise ValueError(missing_weights_message(name, arg))
     return {"name": name, **kwargs}
 
 

@@ -40,7 +40,7 @@ from controlfoley.sampling import MaskGITSampler
 from controlfoley.tokenizers.base import Tokenizer
 from controlfoley.typing import Bool, Float, Int, Tensor
 
-__all__ = ["SpecMaskFoley", "build_model", "from_pretrained", "masked_token_mask"]
+__all__ = ["SpecMaskFoley", "build_model", "from_pretrained", "device_name", "masked_token_mask"]
 
 _CONTROL_PARTS = ("control_encoder", "aligner", "controlnet")
 
@@ -246,8 +246,26 @@ class SpecMaskFoley(nn.Module):
         prune_rows: bool = True,
         onednn: bool | None = None,
     ) -> Int[Tensor, "b f t"]:
-        """Sample token maps. `features`: video features (dict of [b, t, d]); `text`: CLAP-like
-        embeddings; `negative_text` replaces the unconditional mask of the uncond rows.
+        """Sample token maps with MaskGIT; returns an int64 token map [b, F, T] (`model.grid`), which
+        `decode` turns into a normalised mel and `vocode` into a waveform.
+
+        Conditions (give at least one; their batch sizes must agree):
+        - `features`: video features, a dict of [b, t, d] tensors keyed by the control encoder's
+          `required_features` (e.g. {"sync": ..., "clip": ...}); `text`: CLAP-like embeddings [b, c];
+          `negative_text` [b, c] replaces the unconditional mask in the rows without text only.
+        - `batch_size`: the number of maps for unconditional sampling (no features, no text, with
+          `guidance=GUIDANCE.build("none", condition="uncond")`); with other inputs it must equal their batch.
+        - `known_codes` / `known_mask` ([b, F, T] int ids and bool, given together): inpainting; the
+          tokens where `known_mask` is True are kept exactly as given and the others sampled around
+          them (the pipeline continues a long video this way).
+
+        Sampling settings, each defaulting to the model's config (`model.config`):
+        - `guidance`: a `GuidanceRule` replacing the model's (`config.guidance`, e.g. the paper's
+          multi-CFG), e.g. `GUIDANCE.build("cfg_video", scale=2.0)`; it says which of video/text it needs.
+        - `cfg_scale`: the final CFG scale of the rule's schedule (default the rule's own `scale`, 3.0).
+        - `steps`: MaskGIT steps (default `config.sampler.steps`, 12).
+        - `temperature`: Gumbel choice temperature, annealed to 0 (default `config.sampler.temperature`, 9.0).
+        - `generator`: a torch.Generator on the model's device, for repeatable samples.
 
         Speed options (see `controlfoley.fast`): `dtype` autocast (default bf16 on CUDA, fp32
         elsewhere); `compile` torch.compile of the step forward (CUDA graphs on CUDA);
@@ -418,14 +436,66 @@ def _check_tokenizer(name: str, tok: Any, n_frames: int, n_mels: int) -> tuple[i
     return f, t
 
 
+def _check_control_encoder(name: str, enc: Any) -> int:
+    """The feature width a built control encoder gives the aligner, after checking its contract: an
+    int `out_dim` and `required_features`, the feature keys it reads (a collection of strings)."""
+    where = f"control_encoder {name!r} ({type(enc).__name__})"
+    out_dim = getattr(enc, "out_dim", None)
+    if not isinstance(out_dim, numbers.Integral) or isinstance(out_dim, bool) or out_dim <= 0:
+        got = "has none" if out_dim is None else f"has {out_dim!r}"
+        raise ConfigError(f"{where} needs an int attribute out_dim > 0, the width of its output features [b, t, out_dim] ({got}); set self.out_dim in it")
+    keys = getattr(enc, "required_features", None)
+    if isinstance(keys, str) or not isinstance(keys, (tuple, list, set, frozenset)) or not keys or not all(isinstance(k, str) for k in keys):
+        got = "has none" if keys is None else f"has {keys!r}"
+        raise ConfigError(
+            f"{where} needs an attribute required_features, a non-empty tuple of the feature keys it reads, "
+            f"e.g. ('sync', 'clip') ({got}); set self.required_features in it"
+        )
+    return int(out_dim)
+
+
+def _check_vocoder(name: str, vocoder: Any, mel: Any) -> None:
+    """A vocoder keeps the `Vocoder` contract (controlfoley.audio.vocoders): a `sample_rate` equal
+    to the mel front end's (the model's waveforms are read, written and timed at that rate)."""
+    where = f"vocoder {name!r} ({type(vocoder).__name__})"
+    rate = getattr(vocoder, "sample_rate", None)
+    if not isinstance(rate, numbers.Integral) or isinstance(rate, bool):
+        got = "has none" if rate is None else f"has {rate!r}"
+        raise ConfigError(
+            f"{where} needs an int attribute sample_rate, the rate in Hz of the waveforms it returns ({got}); "
+            f"set self.sample_rate = mel.sample_rate in it (the Vocoder protocol, controlfoley.audio.vocoders)"
+        )
+    if rate != mel.sample_rate:
+        raise ConfigError(
+            f"{where} has sample_rate {rate} but the mel front end runs at {mel.sample_rate} Hz; use a vocoder for "
+            f"{mel.sample_rate} Hz (or a mel front end at {rate} Hz), or set sample_rate = mel.sample_rate in it"
+        )
+
+
 def _norm(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
 def build_model(config: "str | ModelConfig", /, **overrides: Any) -> SpecMaskFoley:
-    """Build a model from a preset name or a `ModelConfig`, with optional overrides.
+    """Build an untrained model from a preset name (`controlfoley list presets`) or a `ModelConfig`.
 
-    >>> build_model("specmaskfoley_tiny", aligner="plain1d", guidance="cfg_video")
+    Each override names a config field (mel, tokenizer, backbone, control_encoder, aligner,
+    controlnet, guidance, vocoder, sampler, n_frames):
+    - a part name string switches that part's builder, keeping the old settings the new builder
+      also accepts (kernel sizes, widths; the same name keeps them all);
+    - a dict changes settings and keeps the others; a "name" key switches the builder as well;
+    - a `Part(name, kwargs)` replaces the part whole; None removes the optional video parts
+      (control_encoder, aligner and controlnet together: the backbone alone);
+    - `sampler` takes a dict of `SamplerConfig` fields (steps, temperature, mask_schedule) and
+      `n_frames` an int (mel frames per window).
+    Values that follow from other parts (vocabulary, widths, token grid, the vocoder's mel) are
+    wired in; a part that breaks its contract fails here with a ConfigError naming it.
+
+    >>> m = build_model("specmaskfoley_tiny", aligner="plain1d", guidance="cfg_video")  # kernel_size 3 kept
+    >>> m = build_model("specmaskfoley_tiny", backbone={"depth": 4}, sampler={"steps": 16})
+    >>> m = build_model("specmaskfoley_tiny", guidance={"name": "cfg", "condition": "text_video", "scale": 2.0})
+    >>> m = build_model("specmaskfoley_tiny", aligner=Part("plain1d", {"kernel_size": 5}), n_frames=256)
+    >>> m = build_model("specmaskfoley_tiny", control_encoder=None, aligner=None, controlnet=None)  # backbone alone
     """
     cfg = _resolve_config(config)
     if overrides:
@@ -437,9 +507,12 @@ def build_model(config: "str | ModelConfig", /, **overrides: Any) -> SpecMaskFol
     parts: dict[str, Any] = {}
     if cfg.has_control:
         enc = _build_part(CONTROL_ENCODERS, cfg.control_encoder)
+        enc_dim = _check_control_encoder(cfg.control_encoder.name, enc)
         parts["control_encoder"] = enc
-        parts["aligner"] = _build_part(ALIGNERS, cfg.aligner, in_dim=enc.out_dim, out_dim=backbone.dim, grid=list(grid))
+        parts["aligner"] = _build_part(ALIGNERS, cfg.aligner, in_dim=enc_dim, out_dim=backbone.dim, grid=list(grid))
         parts["controlnet"] = ControlNet.from_backbone(backbone, **_controlnet_kwargs(cfg.controlnet))
+    vocoder = _build_part(VOCODERS, cfg.vocoder, mel=mel)
+    _check_vocoder(cfg.vocoder.name, vocoder, mel)
     s = cfg.sampler
     return SpecMaskFoley(
         config=cfg,
@@ -448,7 +521,7 @@ def build_model(config: "str | ModelConfig", /, **overrides: Any) -> SpecMaskFol
         backbone=backbone,
         guidance=_build_part(GUIDANCE, cfg.guidance),
         sampler=MaskGITSampler(s.steps, s.temperature, s.mask_schedule),
-        vocoder=_build_part(VOCODERS, cfg.vocoder, mel=mel),
+        vocoder=vocoder,
         **parts,
     )
 
@@ -474,8 +547,19 @@ def from_pretrained(
     path_or_preset: str | os.PathLike[str], /, *, strict: bool = True, map_location: str | torch.device = "cpu", **overrides: Any
 ) -> SpecMaskFoley:
     """Load a model saved with `save` (a .safetensors file or a folder holding model.safetensors),
-    or a preset that ships weights (`controlfoley.presets.PRETRAINED`)."""
+    or a preset that ships weights (`controlfoley.presets.PRETRAINED`), onto `map_location` (any
+    torch device: "cpu", "cpu:0", "cuda:1", torch.device(...))."""
     from controlfoley.checkpoint import load_model
 
-    return load_model(path_or_preset, strict=strict, map_location=map_location, **overrides)
+    return load_model(path_or_preset, strict=strict, map_location=device_name(map_location), **overrides)
+
+
+def device_name(device: str | torch.device) -> str:
+    """A device as safetensors names it: "cpu" for every CPU device ("cpu:0" is refused by safe_open),
+    else torch's own spelling ("cuda:1", "mps"). A string that is no device is a ConfigError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{device!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    return "cpu" if dev.type == "cpu" else str(dev)
 

@@ -150,6 +150,26 @@ class FoleyPipeline:
         feature_frames: Mapping[str, int] | None = None,
         precision: str = "auto",
     ) -> None:
+        """A pipeline around `model`, a SpecMaskFoley with video control (`from_pretrained` picks the
+        extractors a checkpoint was trained with; use this to choose them yourself).
+
+        - `extractors`: one per video feature the model's control encoder reads (exactly its
+          `required_features`, e.g. "sync" and "clip"), each given as an EXTRACTORS name
+          ("synthetic_sync"), a (name, kwargs) pair (("clip_openclip", {"weights": FILE})) or a
+          built extractor object (with `fps` and a forward on frames, or `features_for(path)`).
+        - `text_encoder`: the CLAP-role prompt encoder, in the same three forms; None takes no prompt.
+        - `vocoder`: a module replacing the model's own vocoder (None: `model.vocoder`).
+        - `overlap`: fraction of a window in [0, 1) that consecutive windows of a long video share
+          (the later window continues the earlier one's tokens there).
+        - `join`: "crossfade" (decode each window alone, crossfade the mels over the shared columns)
+          or "decode_once" (decode the whole token sequence in one pass).
+        - `frame_size`: side in pixels of the square frames decoded for extractors that have no
+          `frame_size` of their own.
+        - `feature_frames`: feature rows per window by key, overriding the default of a training
+          clip exactly one window long (e.g. {"sync": 240, "clip": 80} for the paper's 10 s clips).
+        - `precision`: token sampling precision, "auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16".
+        Bad values raise ConfigError naming the argument.
+        """
         _require_control(model)
         need = set(model.control_encoder.required_features)
         if set(extractors) != need:
@@ -187,10 +207,12 @@ class FoleyPipeline:
         """Load a model (checkpoint or preset that ships weights) with its default extractors.
 
         `extractors` replaces defaults by key; `vocoder` is a VOCODERS name, {"name": ..., **kwargs}
-        or a module (default: the model's own)."""
-        from controlfoley.model import from_pretrained
+        or a module (default: the model's own); naming the model's own vocoder keeps its config kwargs
+        and changes only the given ones. `map_location`: any torch device ("cpu:0" included)."""
+        from controlfoley.model import device_name, from_pretrained
 
-        model = from_pretrained(path_or_preset, map_location=map_location)
+        # "cpu:0" is a torch device but not a safetensors one: never blame the checkpoint for it
+        model = from_pretrained(path_or_preset, map_location=device_name(map_location))
         _require_control(model)
         given = dict(extractors or {})
         try:
@@ -415,12 +437,20 @@ def _extend(x: Tensor, n: int) -> Tensor:
 
 
 def _build_vocoder(spec: str | Mapping[str, Any] | nn.Module | None, model: nn.Module) -> nn.Module | None:
+    """A vocoder override: a module as is; a name or {"name": ..., **kwargs} built on the model's mel.
+    Naming the model's own vocoder merges: its config kwargs (e.g. inverse="pinv"), then the given ones."""
     if spec is None or isinstance(spec, nn.Module):
         return spec
     from controlfoley._registry import VOCODERS
 
     kwargs = {"name": spec} if isinstance(spec, str) else dict(spec)
-    return VOCODERS.build(kwargs.pop("name"), mel=model.mel, **kwargs)
+    if "name" not in kwargs:
+        raise ConfigError(f"vocoder override {dict(kwargs)!r} has no 'name'; give {{'name': 'griffinlim', ...}} or a VOCODERS name")
+    name = kwargs.pop("name")
+    own = model.config.vocoder
+    if name == own.name:
+        kwargs = {**own.kwargs, **kwargs}
+    return VOCODERS.build(name, mel=model.mel, **kwargs)
 
 
 def generate_main(argv: Sequence[str]) -> int:

@@ -59,3 +59,15 @@ def test_round_trip_property(depth, steps, scale):
 def test_every_preset_builds_a_config():
     for name in PRESETS.names():
         assert isinstance(get_preset(name), ModelConfig)
+
+
+def test_malformed_json_override_is_named_not_read_as_a_part_name():
+    from controlfoley.config import parse_overrides
+
+    assert parse_overrides(["aligner=plain1d", 'backbone={"depth": 2}', "x=[1, 2]"]) == {
+        "aligner": "plain1d", "backbone": {"depth": 2}, "x": [1, 2],
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match=r"""--model 'backbone=\{"depth":2': the value is malformed JSON \(Expecting ','"""):
+        parse_overrides(['backbone={"depth":2'])
+    with pytest.raises(ConfigError, match=r"--set 'grid=\[1,': the value is malformed JSON"):
+        parse_overrides(["grid=[1,"], flag="--set")

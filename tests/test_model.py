@@ -267,3 +267,88 @@ def test_loading_a_model_with_a_gan_vocoder_does_not_warn_of_random_weights(tmp_
         warnings.simplefilter("error", RandomWeightsWarning)
         loaded = from_pretrained(tmp_path / "m.safetensors")
     assert torch.equal(loaded.vocoder.generator.conv_pre.weight, model.vocoder.generator.conv_pre.weight)
+
+
+def test_user_control_encoders_and_vocoders_must_keep_their_contracts():
+    """A control encoder without an int out_dim or without required_features, and a vocoder without
+    a sample_rate or at another rate than the mel front end, fail at build time, naming the part."""
+    from controlfoley import CONTROL_ENCODERS, VOCODERS
+    from controlfoley.control.encoders import SyncOnlyEncoder
+
+    class NoOutDim(torch.nn.Module):
+        required_features = ("sync",)
+
+    class NoKeys(torch.nn.Module):
+        out_dim = 24
+
+    class Voc(torch.nn.Module):
+        def __init__(self, rate):
+            super().__init__()
+            if rate is not None:
+                self.sample_rate = rate
+
+    CONTROL_ENCODERS.register("test_no_out_dim")(lambda: NoOutDim())
+    CONTROL_ENCODERS.register("test_no_keys")(lambda: NoKeys())
+    CONTROL_ENCODERS.register("test_str_out_dim")(lambda: setattr(e := SyncOnlyEncoder(24), "out_dim", "24") or e)
+    VOCODERS.register("test_no_rate")(lambda *, mel: Voc(None))
+    VOCODERS.register("test_wrong_rate")(lambda *, mel: Voc(16000))
+    try:
+        with pytest.raises(ConfigError, match=r"control_encoder 'test_no_out_dim' \(NoOutDim\) needs an int attribute out_dim > 0.*has none"):
+            build_model("specmaskfoley_tiny", **{**micro_overrides(), "control_encoder": "test_no_out_dim"})
+        with pytest.raises(ConfigError, match=r"control_encoder 'test_str_out_dim' .*out_dim.*has '24'"):
+            build_model("specmaskfoley_tiny", **{**micro_overrides(), "control_encoder": "test_str_out_dim"})
+        with pytest.raises(ConfigError, match=r"control_encoder 'test_no_keys' \(NoKeys\) needs an attribute required_features"):
+            build_model("specmaskfoley_tiny", **{**micro_overrides(), "control_encoder": "test_no_keys"})
+        with pytest.raises(ConfigError, match=r"vocoder 'test_no_rate' \(Voc\) needs an int attribute sample_rate.*Vocoder protocol"):
+            build_model("specmaskfoley_tiny", **{**micro_overrides(), "vocoder": "test_no_rate"})
+        with pytest.raises(ConfigError, match=r"vocoder 'test_wrong_rate' \(Voc\) has sample_rate 16000 but the mel front end runs at 22050 Hz"):
+            build_model("specmaskfoley_tiny", **{**micro_overrides(), "vocoder": "test_wrong_rate"})
+    finally:
+        for name in ("test_no_out_dim", "test_no_keys", "test_str_out_dim"):
+            CONTROL_ENCODERS.unregister(name)
+        for name in ("test_no_rate", "test_wrong_rate"):
+            VOCODERS.unregister(name)
+
+
+def test_every_preset_builds_with_the_contract_checks():
+    import warnings
+
+    from controlfoley import PRESETS
+    from controlfoley.cli import list_names
+
+    assert list_names("preset").startswith("preset: ")
+    for name in PRESETS.names("*_tiny*"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_model(name)
+        assert model.vocoder.sample_rate == model.mel.sample_rate
+
+
+def test_api_docs_run_and_the_package_exports_the_pipeline_and_errors():
+    """The build_model docstring's examples run as written; the error classes and FoleyPipeline
+    come from `controlfoley` (lazily: importing the package loads no torch) and dir() lists them."""
+    import subprocess
+    import sys
+
+    import controlfoley
+    from controlfoley import Part, errors, model as model_module, pipeline
+
+    examples = [line.split(">>> ", 1)[1] for line in model_module.build_model.__doc__.splitlines() if ">>> " in line]
+    assert len(examples) >= 4
+    for code in examples:
+        scope = {"build_model": build_model, "Part": Part}
+        exec(code, scope)  # noqa: S102  (the docstring's own examples)
+        assert isinstance(scope["m"], model_module.SpecMaskFoley), code
+    doc = model_module.SpecMaskFoley.generate.__doc__
+    for phrase in ("int64 token map [b, F, T]", "known_mask", "batch_size", "config.sampler.steps", "cfg_scale", "temperature"):
+        assert phrase in doc, phrase
+    init_doc = pipeline.FoleyPipeline.__init__.__doc__
+    for phrase in ("(name, kwargs)", "frame_size", "feature_frames", "overlap", "join", "precision"):
+        assert phrase in init_doc, phrase
+    names = ("FoleyPipeline", "ControlFoleyError", "ShapeError", "MediaError", "CheckpointError", "DataError", "TrainingError", "MissingDependencyError")
+    for name in names:
+        assert name in dir(controlfoley) and name in controlfoley.__all__, name
+        assert getattr(controlfoley, name) is getattr(errors if name != "FoleyPipeline" else pipeline, name)
+    code = "import sys, controlfoley; d = dir(controlfoley); print('torch' in sys.modules, 'ShapeError' in d, 'FoleyPipeline' in d)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "True"]

@@ -486,3 +486,44 @@ def test_outputs_are_written_both_or_neither(media: dict[str, Path], tmp_path: P
     with pytest.raises(MediaError, match="disk full"):
         generate_cli._write(media["tiny"], result, tmp_path / "a.wav", tmp_path / "a.mp4")
     assert _outputs(tmp_path) == []  # the finished WAV went with the failed MP4
+
+
+def test_a_cpu_device_with_an_index_loads_the_checkpoint(
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """safetensors refuses "cpu:0": the loader must not pass it on (and blame the checkpoint)."""
+    from controlfoley import from_pretrained
+
+    for dev in ("cpu:0", torch.device("cpu", 0)):
+        assert from_pretrained(model_file, map_location=dev).device == torch.device("cpu")
+    with pytest.raises(ConfigError, match="'gpu' is not a device; use cpu, cuda"):
+        from_pretrained(model_file, map_location="gpu")
+    argv = ["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(tmp_path / "out"), "--steps", "2", "--device", "cpu:0"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert _outputs(tmp_path / "out") == ["tiny.mp4", "tiny.wav"]
+
+
+def test_a_vocoder_override_naming_the_models_own_keeps_its_settings(tmp_path: Path) -> None:
+    from controlfoley.pipeline import _build_vocoder
+
+    model = micro_model(vocoder="griffinlim")  # the tiny presets' griffinlim: inverse="pinv"
+    assert (model.vocoder.inverse, model.vocoder.n_iter) == ("pinv", 32)
+    path = model.save(tmp_path / "m.safetensors")
+    voc = FoleyPipeline.from_pretrained(path, vocoder={"name": "griffinlim", "n_iter": 4}).vocoder
+    assert (voc.inverse, voc.n_iter) == ("pinv", 4)
+    assert _build_vocoder("griffinlim", model).inverse == "pinv"
+    assert _build_vocoder({"name": "griffinlim", "inverse": "nnls"}, model).inverse == "nnls"  # given settings win
+    assert _build_vocoder({"name": "griffinlim", "n_iter": 4}, micro_model()).inverse == "nnls"  # another vocoder: from scratch
+    with pytest.raises(ConfigError, match="has no 'name'"):
+        _build_vocoder({"n_iter": 4}, model)
+
+
+def test_the_missing_vocoder_weights_message_fits_each_vocoder() -> None:
+    from controlfoley.generate_cli import _vocoder_spec
+
+    with pytest.raises(ValueError, match="cannot be built without one; give it: --vocoder bigvgan,folder=DIR") as e:
+        _vocoder_spec("bigvgan")
+    assert "noise" not in str(e.value)
+    with pytest.raises(ValueError, match="random network that outputs noise; give them: --vocoder hifigan,checkpoint=PATH"):
+        _vocoder_spec("hifigan")
+    assert _vocoder_spec("griffinlim,n_iter=4") == {"name": "griffinlim", "n_iter": 4}

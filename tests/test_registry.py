@@ -90,3 +90,50 @@ def test_the_preset_that_ships_weights_is_a_preset_too() -> None:
     assert "specmaskfoley_synthetic (trained weights shipped)" in list_names("preset")
     with pytest.raises(CheckpointError, match=r"ships weights \(specmaskfoley_synthetic\); build_model\('specmaskfoley_tiny'\)"):
         from_pretrained("specmaskfoley_tiny")
+
+
+def test_list_takes_plural_kinds_and_names_the_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    from controlfoley.cli import list_names, main
+
+    assert list_names("presets") == list_names("preset")
+    assert list_names("Vocoders").startswith("vocoder: ") and "griffinlim" in list_names("vocoders")
+    assert list_names("control-encoders") == list_names("control_encoder")
+    assert list_names("guidance").startswith("guidance: ") and list_names("MEL_FRONTENDS").startswith("mel_frontend: ")
+    with pytest.raises(SystemExit, match=r"unknown registry kind 'presetz'; choose one of aligner, backbone.*plurals work"):
+        list_names("presetz")
+    assert main(["list", "presets"]) == 0 and capsys.readouterr().out.startswith("preset: specmaskfoley")
+
+
+def test_info_of_a_checkpoint_prints_its_own_config(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file, a checkpoint folder and a training run folder (holding model.safetensors) all work."""
+    from conftest import micro_overrides
+
+    from controlfoley.cli import info, main
+
+    model = build_model("specmaskfoley_tiny", **micro_overrides())
+    run = tmp_path / "run"
+    file = model.save(run / "model.safetensors")
+    want_backbone = sum(p.numel() for p in model.backbone.parameters())
+    for target in (file, run):
+        table = info(str(target))
+        assert table.startswith(f"checkpoint {file} (config specmaskfoley_tiny): grid {model.grid[0]}x{model.grid[1]}")
+        assert f"{want_backbone / 1e6:8.2f}M" in table.split("beside the paper")[0]
+    assert info("specmaskfoley_tiny") != info(str(run))  # the tiny preset's own widths differ from the checkpoint's
+    assert main(["info", str(run)]) == 0 and "checkpoint" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "neither a preset nor an existing checkpoint" in err and "specmaskfoley_tiny" in err and "Traceback" not in err
+
+
+def test_plugin_option_is_taken_anywhere_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from controlfoley.cli import _take_plugins, main
+
+    argv = ["generate", "v.mp4", "--plugin", "a.py", "--model", "m", "--plugin=b", "--out", "o"]
+    assert _take_plugins(argv) == (["a.py", "b"], ["generate", "v.mp4", "--model", "m", "--out", "o"])
+    assert _take_plugins(["--plugin", "a", "list", "--", "--plugin", "x"]) == (["a"], ["list", "--", "--plugin", "x"])
+    with pytest.raises(SystemExit, match="--plugin needs a module name"):
+        _take_plugins(["list", "--plugin"])
+    assert main(["list", "presets", "--plugin", "/no/such/parts.py"]) == 2  # loaded (and refused), not "unrecognized arguments"
+    assert "from --plugin" in capsys.readouterr().err
+    done = subprocess.run([sys.executable, "-m", "controlfoley", "--help"], capture_output=True, text=True, check=True)
+    assert "--plugin X / --plugin=X may stand anywhere" in done.stdout

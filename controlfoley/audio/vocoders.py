@@ -54,6 +54,7 @@ __all__ = [
     "WEIGHTS_ARG",
     "RandomWeightsWarning",
     "missing_weights",
+    "missing_weights_message",
 ]
 
 # The trained vocoders and the argument that gives them their weights; without it they output noise.
@@ -64,6 +65,20 @@ def missing_weights(name: str, kwargs: Mapping[str, Any]) -> str | None:
     """The weights argument (`checkpoint`, `folder`) that trained vocoder `name` lacks in `kwargs`, else None."""
     arg = WEIGHTS_ARG.get(name)
     return arg if arg is not None and kwargs.get(arg) is None else None
+
+
+def missing_weights_message(name: str, arg: str, flag: str = "--vocoder") -> str:
+    """Why vocoder `name` needs `arg` and how to give it: the GAN generators build without weights
+    (a random network: noise out), BigVGAN does not build at all without its folder."""
+    if arg == "folder":
+        return (
+            f"{flag} {name} needs {arg}=: it loads a local folder holding config.json and bigvgan_generator.pt "
+            f"and cannot be built without one; give it: {flag} {name},{arg}=DIR"
+        )
+    return (
+        f"{flag} {name} needs its trained weights: without {arg}= it is a random network that outputs noise; "
+        f"give them: {flag} {name},{arg}=PATH"
+    )
 
 
 @runtime_checkable

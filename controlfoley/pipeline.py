@@ -100,6 +100,20 @@ def _require_control(model: nn.Module) -> None:
         )
 
 
+def _require_trained(model: nn.Module, source: object) -> None:
+    """A checkpoint that records its trained parts must have trained the backbone and the
+    ControlNet: a tokenizer or backbone run used for foley gives noise (checkpoints that record
+    nothing, such as older ones, are taken as they are)."""
+    trained = getattr(model, "trained_parts", None)
+    missing = [p for p in ("backbone", "controlnet") if trained is not None and p not in trained]
+    if missing:
+        raise ConfigError(
+            f"{source}: its {' and '.join(missing)} {'was' if len(missing) == 1 else 'were'} never trained "
+            f"(it records trained: {', '.join(sorted(trained)) or 'nothing'}), so it would generate noise; "
+            "use a 'controlnet' training run (trained on a trained backbone) or specmaskfoley_synthetic"
+        )
+
+
 def _feature_dims(encoder: nn.Module) -> dict[str, int]:
     """Feature key -> width the control encoder expects (from its `<x>_key` / `<x>_dim` attributes)."""
     attrs = vars(encoder)
@@ -214,6 +228,7 @@ class FoleyPipeline:
         # "cpu:0" is a torch device but not a safetensors one: never blame the checkpoint for it
         model = from_pretrained(path_or_preset, map_location=device_name(map_location))
         _require_control(model)
+        _require_trained(model, path_or_preset)
         given = dict(extractors or {})
         try:
             defaults, default_text = default_extractors(model)

@@ -527,3 +527,18 @@ def test_the_missing_vocoder_weights_message_fits_each_vocoder() -> None:
     with pytest.raises(ValueError, match="random network that outputs noise; give them: --vocoder hifigan,checkpoint=PATH"):
         _vocoder_spec("hifigan")
     assert _vocoder_spec("griffinlim,n_iter=4") == {"name": "griffinlim", "n_iter": 4}
+
+
+def test_a_checkpoint_that_never_trained_its_backbone_or_controlnet_is_refused(
+    media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tokenizer run holds a random backbone and ControlNet: generate wrote noise and said ok."""
+    model = micro_model()
+    model.trained_parts = {"tokenizer"}  # what a tokenizer run records
+    path = model.save(tmp_path / "tok.safetensors")
+    with pytest.raises(ConfigError, match="its backbone and controlnet were never trained .*records trained: tokenizer"):
+        FoleyPipeline.from_pretrained(path)
+    assert cli.main(["generate", str(media["tiny"]), "--model", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "never trained" in capsys.readouterr().err
+    model.trained_parts = {"tokenizer", "backbone", "control_encoder", "aligner", "controlnet"}
+    assert FoleyPipeline.from_pretrained(model.save(tmp_path / "cn.safetensors")).model.trained_parts == model.trained_parts

@@ -40,7 +40,7 @@ from controlfoley.config import ConfigError, ModelConfig, Part, SamplerConfig  #
 __version__ = "0.1.0"
 
 _LAZY = {
-    "build_model": "controlfoley.model",
+    "build_model": "controlfoley.builder",
     "from_pretrained": "controlfoley.model",
     "SpecMaskFoley": "controlfoley.model",
     "get_preset": "controlfoley.presets",

@@ -159,7 +159,7 @@ def _part_config_hint(meta: Mapping[str, str], model: nn.Module, part: str) -> s
 def load_model(
     path_or_preset: str | os.PathLike[str], *, strict: bool = True, map_location: str | torch.device = "cpu", **overrides: Any
 ) -> nn.Module:
-    from controlfoley.model import build_model
+    from controlfoley.builder import build_model
     from controlfoley.presets import pretrained_path
 
     p = Path(path_or_preset)

@@ -2,7 +2,7 @@
 
 A `ModelConfig` holds only free choices. Values that follow from other parts (the backbone's
 vocabulary is the tokenizer's codebook size, the aligner's output width is the backbone's width,
-the token grid follows from the window length) are wired in by `controlfoley.model.build_model`,
+the token grid follows from the window length) are wired in by `controlfoley.builder.build_model`,
 so an ablation changes one field without breaking the others.
 
 Overrides (`ModelConfig.override`, and so `build_model(preset, **overrides)`):

@@ -75,7 +75,7 @@ def mel_png(
 
 
 def _load_pipeline(model: str) -> tuple[object, bool]:
-    from controlfoley.model import build_model
+    from controlfoley.builder import build_model
     from controlfoley.pipeline import FoleyPipeline, default_extractors
     from controlfoley.presets import pretrained_path
 

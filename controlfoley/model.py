@@ -1,5 +1,5 @@
 """The composite model: mel front-end, tokenizer, backbone, optional video ControlNet, guidance,
-MaskGIT sampler and vocoder, built from a `ModelConfig` by `build_model`.
+MaskGIT sampler and vocoder, built from a `ModelConfig` by `build_model` (controlfoley.builder).
 
 - `forward`: one batched pass; the ControlNet runs only on the rows flagged `control_on`.
 - `loss`: the masked-token objective (MaskGIT): a mask ratio drawn from the cosine schedule,
@@ -7,10 +7,12 @@ MaskGIT sampler and vocoder, built from a `ModelConfig` by `build_model`.
   probability `uncond_prob` (0.9 in SpecMaskFoley sec. 3.4).
 - `generate`: MaskGIT sampling with every guidance condition set in ONE batched forward per step.
 - `save` / `from_pretrained`: safetensors, the config JSON in the file's metadata.
+
+`build_model` (config -> parts -> this model, with the contract checks) lives in
+`controlfoley.builder`; `from controlfoley.model import build_model` still works.
 """
 
 import math
-import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,27 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from controlfoley._registry import (
-    ALIGNERS,
-    BACKBONES,
-    CONTROL_ENCODERS,
-    GUIDANCE,
-    MEL_FRONTENDS,
-    PRESETS,
-    TOKENIZERS,
-    VOCODERS,
-    Registry,
-)
-from controlfoley.config import ConfigError, ModelConfig, Part
+from controlfoley.config import ConfigError, ModelConfig
 from controlfoley.control.controlnet import ControlNet
 from controlfoley.errors import ShapeError
 from controlfoley.fast import GuidedStep, onednn_linear, precision, zero_scale_conditions
 from controlfoley.guidance import UNCOND, Condition, GuidanceRule
 from controlfoley.sampling import MaskGITSampler
-from controlfoley.tokenizers.base import Tokenizer
 from controlfoley.typing import Bool, Float, Int, Tensor
 
-__all__ = ["SpecMaskFoley", "build_model", "from_pretrained", "device_name", "masked_token_mask"]
+__all__ = ["SpecMaskFoley", "from_pretrained", "device_name", "masked_token_mask"]
 
 _CONTROL_PARTS = ("control_encoder", "aligner", "controlnet")
 
@@ -392,157 +382,6 @@ def _batch_of(control: Tensor | None, text: Tensor | None, known: Tensor | None,
 
 
 # -- building ------------------------------------------------------------------------------------
-def _build_part(registry: Registry[Any], part: Part, **wired: Any) -> Any:
-    """Build `part`, adding the wired values its builder accepts; a conflicting explicit value is an error."""
-    accepted = registry.accepted_args(part.name)
-    kwargs = dict(part.kwargs)
-    for k, v in wired.items():
-        if k not in accepted:
-            continue
-        if k in kwargs and _norm(kwargs[k]) != _norm(v):
-            raise ConfigError(f"{registry.kind} {part.name!r}: {k}={kwargs[k]!r} contradicts the value wired from the other parts ({v!r}); drop it from the config")
-        kwargs[k] = v
-    built = registry.build(part.name, **kwargs)
-    want, label = (GuidanceRule, "controlfoley.guidance.GuidanceRule") if registry is GUIDANCE else (nn.Module, "torch.nn.Module")
-    if not isinstance(built, want):
-        raise ConfigError(
-            f"{registry.kind} {part.name!r}: its builder {getattr(registry.get(part.name), '__qualname__', '?')} returned "
-            f"{type(built).__name__}, not a {label}; a builder must return the built part"
-        )
-    return built
-
-
-def _check_tokenizer(name: str, tok: Any, n_frames: int, n_mels: int) -> tuple[int, int]:
-    """The token grid of a built tokenizer, after checking it keeps the `Tokenizer` contract: a
-    broken user tokenizer fails here, naming what is wrong, not deep inside a forward."""
-    where = f"tokenizer {name!r} ({type(tok).__name__})"
-    if not isinstance(tok, Tokenizer):
-        missing = [m for m in ("codebook_size", "n_mels", "downsample", "grid", "encode", "decode", "embed_codes") if getattr(tok, m, None) is None]
-        raise ConfigError(f"{where} lacks {', '.join(missing)} of the Tokenizer contract (controlfoley.tokenizers.base.Tokenizer)")
-    if int(tok.n_mels) != n_mels:
-        raise ConfigError(f"{where} reads {tok.n_mels} mel bins but the mel front end makes {n_mels}; accept n_mels in its builder")
-    grid = tok.grid(n_frames)
-    ds = tuple(tok.downsample)
-    if not (isinstance(grid, (tuple, list)) and len(grid) == 2 and all(isinstance(g, numbers.Integral) and g > 0 for g in grid)):
-        raise ConfigError(f"{where}.grid({n_frames}) must return (F, T), two positive ints, got {grid!r} (a 1-D tokenizer returns (1, T))")
-    f, t = int(grid[0]), int(grid[1])
-    # F is exact; T may round up (a tokenizer that pads the last frames)
-    if len(ds) != 2 or f != n_mels // ds[0] or t not in (n_frames // ds[1], -(-n_frames // ds[1])):
-        raise ConfigError(
-            f"{where}.grid({n_frames}) = {(f, t)} does not match its downsample {ds}: expected "
-            f"(n_mels // {ds[0] if ds else '?'}, n_frames / {ds[1] if len(ds) > 1 else '?'}). Grids are (F, T), "
-            "frequency rows first; a 1-D tokenizer has downsample (n_mels, frame factor) and grid (1, T)"
-        )
-    return f, t
-
-
-def _check_control_encoder(name: str, enc: Any) -> int:
-    """The feature width a built control encoder gives the aligner, after checking its contract: an
-    int `out_dim` and `required_features`, the feature keys it reads (a collection of strings)."""
-    where = f"control_encoder {name!r} ({type(enc).__name__})"
-    out_dim = getattr(enc, "out_dim", None)
-    if not isinstance(out_dim, numbers.Integral) or isinstance(out_dim, bool) or out_dim <= 0:
-        got = "has none" if out_dim is None else f"has {out_dim!r}"
-        raise ConfigError(f"{where} needs an int attribute out_dim > 0, the width of its output features [b, t, out_dim] ({got}); set self.out_dim in it")
-    keys = getattr(enc, "required_features", None)
-    if isinstance(keys, str) or not isinstance(keys, (tuple, list, set, frozenset)) or not keys or not all(isinstance(k, str) for k in keys):
-        got = "has none" if keys is None else f"has {keys!r}"
-        raise ConfigError(
-            f"{where} needs an attribute required_features, a non-empty tuple of the feature keys it reads, "
-            f"e.g. ('sync', 'clip') ({got}); set self.required_features in it"
-        )
-    return int(out_dim)
-
-
-def _check_vocoder(name: str, vocoder: Any, mel: Any) -> None:
-    """A vocoder keeps the `Vocoder` contract (controlfoley.audio.vocoders): a `sample_rate` equal
-    to the mel front end's (the model's waveforms are read, written and timed at that rate)."""
-    where = f"vocoder {name!r} ({type(vocoder).__name__})"
-    rate = getattr(vocoder, "sample_rate", None)
-    if not isinstance(rate, numbers.Integral) or isinstance(rate, bool):
-        got = "has none" if rate is None else f"has {rate!r}"
-        raise ConfigError(
-            f"{where} needs an int attribute sample_rate, the rate in Hz of the waveforms it returns ({got}); "
-            f"set self.sample_rate = mel.sample_rate in it (the Vocoder protocol, controlfoley.audio.vocoders)"
-        )
-    if rate != mel.sample_rate:
-        raise ConfigError(
-            f"{where} has sample_rate {rate} but the mel front end runs at {mel.sample_rate} Hz; use a vocoder for "
-            f"{mel.sample_rate} Hz (or a mel front end at {rate} Hz), or set sample_rate = mel.sample_rate in it"
-        )
-
-
-def _norm(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v
-
-
-def build_model(config: "str | ModelConfig", /, **overrides: Any) -> SpecMaskFoley:
-    """Build an untrained model from a preset name (`controlfoley list presets`) or a `ModelConfig`.
-
-    Each override names a config field (mel, tokenizer, backbone, control_encoder, aligner,
-    controlnet, guidance, vocoder, sampler, n_frames):
-    - a part name string switches that part's builder, keeping the old settings the new builder
-      also accepts (kernel sizes, widths; the same name keeps them all);
-    - a dict changes settings and keeps the others; a "name" key switches the builder as well;
-    - a `Part(name, kwargs)` replaces the part whole; None removes the optional video parts
-      (control_encoder, aligner and controlnet together: the backbone alone);
-    - `sampler` takes a dict of `SamplerConfig` fields (steps, temperature, mask_schedule) and
-      `n_frames` an int (mel frames per window).
-    Values that follow from other parts (vocabulary, widths, token grid, the vocoder's mel) are
-    wired in; a part that breaks its contract fails here with a ConfigError naming it.
-
-    >>> m = build_model("specmaskfoley_tiny", aligner="plain1d", guidance="cfg_video")  # kernel_size 3 kept
-    >>> m = build_model("specmaskfoley_tiny", backbone={"depth": 4}, sampler={"steps": 16})
-    >>> m = build_model("specmaskfoley_tiny", guidance={"name": "cfg", "condition": "text_video", "scale": 2.0})
-    >>> m = build_model("specmaskfoley_tiny", aligner=Part("plain1d", {"kernel_size": 5}), n_frames=256)
-    >>> m = build_model("specmaskfoley_tiny", control_encoder=None, aligner=None, controlnet=None)  # backbone alone
-    """
-    cfg = _resolve_config(config)
-    if overrides:
-        cfg = cfg.override(**overrides)
-    mel = _build_part(MEL_FRONTENDS, cfg.mel)
-    tokenizer = _build_part(TOKENIZERS, cfg.tokenizer, n_mels=mel.n_mels)
-    grid = _check_tokenizer(cfg.tokenizer.name, tokenizer, cfg.n_frames, mel.n_mels)
-    backbone = _build_part(BACKBONES, cfg.backbone, vocab_size=tokenizer.codebook_size, grid=list(grid))
-    parts: dict[str, Any] = {}
-    if cfg.has_control:
-        enc = _build_part(CONTROL_ENCODERS, cfg.control_encoder)
-        enc_dim = _check_control_encoder(cfg.control_encoder.name, enc)
-        parts["control_encoder"] = enc
-        parts["aligner"] = _build_part(ALIGNERS, cfg.aligner, in_dim=enc_dim, out_dim=backbone.dim, grid=list(grid))
-        parts["controlnet"] = ControlNet.from_backbone(backbone, **_controlnet_kwargs(cfg.controlnet))
-    vocoder = _build_part(VOCODERS, cfg.vocoder, mel=mel)
-    _check_vocoder(cfg.vocoder.name, vocoder, mel)
-    s = cfg.sampler
-    return SpecMaskFoley(
-        config=cfg,
-        mel=mel,
-        tokenizer=tokenizer,
-        backbone=backbone,
-        guidance=_build_part(GUIDANCE, cfg.guidance),
-        sampler=MaskGITSampler(s.steps, s.temperature, s.mask_schedule),
-        vocoder=vocoder,
-        **parts,
-    )
-
-
-def _controlnet_kwargs(part: Part) -> dict[str, Any]:
-    if part.name != "copy":
-        raise ConfigError(f"unknown controlnet {part.name!r}; the ControlNet is built as 'copy' of the first backbone blocks")
-    bad = sorted(set(part.kwargs) - {"n_blocks", "injection"})
-    if bad:
-        raise ConfigError(f"controlnet got unknown argument(s) {bad}; it accepts n_blocks, injection")
-    return {"n_blocks": int(part.kwargs.get("n_blocks", 12)), "injection": str(part.kwargs.get("injection", "aligned"))}
-
-
-def _resolve_config(config: "str | ModelConfig") -> ModelConfig:
-    if isinstance(config, ModelConfig):
-        return config
-    if isinstance(config, str):
-        return PRESETS.build(config)
-    raise ConfigError(f"build_model takes a preset name or a ModelConfig, got {type(config).__name__}")
-
-
 def from_pretrained(
     path_or_preset: str | os.PathLike[str], /, *, strict: bool = True, map_location: str | torch.device = "cpu", **overrides: Any
 ) -> SpecMaskFoley:
@@ -563,3 +402,11 @@ def device_name(device: str | torch.device) -> str:
         raise ConfigError(f"{device!r} is not a device; use cpu, cuda, cuda:N or mps") from None
     return "cpu" if dev.type == "cpu" else str(dev)
 
+
+
+def __getattr__(name: str) -> Any:
+    if name == "build_model":  # it moved to controlfoley.builder (which imports this module)
+        from controlfoley.builder import build_model
+
+        return build_model
+    raise AttributeError(f"module 'controlfoley.model' has no attribute {name!r}")

@@ -25,7 +25,6 @@ Lee et al., "BigVGAN" (ICLR 2023), NVIDIA/BigVGAN; shared/reference/checkpoint-f
 
 import json
 import math
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable

@@ -79,7 +79,7 @@ class Extraction:
         model_overrides: dict[str, Any] | None = None,
     ) -> None:
         from controlfoley.checkpoint import load_parts
-        from controlfoley.model import build_model
+        from controlfoley.builder import build_model
         from controlfoley.train.checkpoints import resolve_model_file
 
         with torch.random.fork_rng(devices=[]):  # the same untrained weights in every run: a resumed extraction matches

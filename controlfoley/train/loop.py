@@ -39,7 +39,8 @@ from controlfoley._io import atomic_write_text
 from controlfoley.checkpoint import check_state_dict, load_parts, read_metadata, trained_parts
 from controlfoley.data.dataset import ShardDataset, ShardedSampler, collate, epoch_permutation
 from controlfoley.errors import TrainingError
-from controlfoley.model import SpecMaskFoley, build_model
+from controlfoley.builder import build_model
+from controlfoley.model import SpecMaskFoley
 from controlfoley.train.checkpoints import RunDir, TrainState, resolve_model_file, restore_rng
 from controlfoley.train.config import TrainConfig
 from controlfoley.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown

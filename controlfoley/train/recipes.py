@@ -31,7 +31,7 @@ from controlfoley.errors import DataError, ShapeError
 from controlfoley.model import SpecMaskFoley, masked_token_mask
 from controlfoley.train.adversarial import PatchDiscriminator, hinge_losses
 from controlfoley.train.config import TrainConfig
-from controlfoley.typing import Bool, Float, Int, Tensor
+from controlfoley.typing import Bool, Float, Tensor
 
 __all__ = ["Recipe", "StepPlan", "TokenizerObjective", "MaskedTokenObjective", "get_recipe", "step_generator"]
 

@@ -1,3 +1,3 @@
-from controlfoley.cli import main
+from controlfoley.cli import run
 
-raise SystemExit(main())
+raise SystemExit(run())

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 # The paper's parameter counts (sec. 4.2 and Table 1).
 PAPER_PARAMS = {"backbone": 170e6, "trainable": 126e6, "total": 300e6}
@@ -160,6 +160,19 @@ def _take_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
             rest.append(a)
         i += 1
     return plugins, rest
+
+
+def _plain_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
+    return f"warning: {message}\n"
+
+
+def run() -> int:
+    """The `controlfoley` program: `main` with warnings printed as one plain line each (not the
+    source line of the library call that raised them)."""
+    import warnings
+
+    warnings.formatwarning = _plain_warning
+    return main()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ Features
 
 import contextlib
 import gc
+import inspect
 import json
 import math
 import random
@@ -206,7 +207,10 @@ class Trainer:
         module: nn.Module = objective
         if self.info.distributed:
             ids = [self.info.device.index] if self.info.device.type == "cuda" else None
-            module = DistributedDataParallel(objective, device_ids=ids, broadcast_buffers=False)
+            # buffers (mel filterbanks, frozen statistics) are equal on every rank: no sync per forward;
+            # newer torch names this forward_sync_buffers and deprecates broadcast_buffers
+            no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers"
+            module = DistributedDataParallel(objective, device_ids=ids, **{no_sync: False})
         if self.cfg.compile:
             module = torch.compile(module)
         return module

@@ -91,6 +91,19 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, extra_metadata
     return save_state_dict(path, model.state_dict(), meta)
 
 
+def _registered(cfg: ModelConfig) -> bool:
+    """Whether every part name of `cfg` is registered in this process."""
+    from controlfoley._registry import ALL_REGISTRIES
+
+    kinds = {"mel": "mel_frontend"}
+    for field in ("mel", "tokenizer", "backbone", "control_encoder", "aligner", "guidance", "vocoder"):
+        part = getattr(cfg, field)
+        registry = ALL_REGISTRIES.get(kinds.get(field, field))
+        if part is not None and registry is not None and part.name not in registry:
+            return False
+    return True
+
+
 def trained_parts(meta: Mapping[str, str]) -> set[str] | None:
     """The parts a checkpoint records as trained; None for a checkpoint that records nothing."""
     return set(json.loads(meta[TRAINED_KEY])) if TRAINED_KEY in meta else None
@@ -182,6 +195,8 @@ def load_model(
         try:
             model = build_model(cfg, **overrides)
         except RegistryError as e:
+            if _registered(cfg):  # a bad argument, not a missing plugin
+                raise
             user = json.loads(meta.get(PARTS_KEY, "{}"))
             where = "; when it was saved, " + ", ".join(f"its {k} came from {v}" for k, v in user.items()) if user else ""
             raise CheckpointError(
@@ -217,8 +232,9 @@ def load_parts(model: nn.Module, path: str | os.PathLike[str], parts: Iterable[s
             raise CheckpointError(f"{e}{_part_config_hint(meta, model, part)}") from None
         sub.load_state_dict(sub_state, strict=True)
     src = trained_parts(meta)
-    if src is not None or getattr(model, "trained_parts", None) is not None:
-        model.trained_parts = set(getattr(model, "trained_parts", None) or ()) | ((src or set()) & set(parts))
+    # a checkpoint that records nothing (older ones, converted official weights) is taken as trained
+    loaded = set(parts) if src is None else src & set(parts)
+    model.trained_parts = set(getattr(model, "trained_parts", None) or ()) | loaded
     if "backbone" in parts and "controlnet" not in parts and getattr(model, "controlnet", None) is not None:
         model.controlnet.copy_from(model.backbone)
     return parts

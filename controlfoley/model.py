@@ -30,7 +30,7 @@ from controlfoley.guidance import UNCOND, Condition, GuidanceRule
 from controlfoley.sampling import MaskGITSampler
 from controlfoley.typing import Bool, Float, Int, Tensor
 
-__all__ = ["SpecMaskFoley", "from_pretrained", "device_name", "masked_token_mask"]
+__all__ = ["SpecMaskFoley", "build_model", "from_pretrained", "device_name", "masked_token_mask"]
 
 _CONTROL_PARTS = ("control_encoder", "aligner", "controlnet")
 

@@ -101,14 +101,14 @@ def _require_control(model: nn.Module) -> None:
 
 
 def _require_trained(model: nn.Module, source: object) -> None:
-    """A checkpoint that records its trained parts must have trained the backbone and the
-    ControlNet: a tokenizer or backbone run used for foley gives noise (checkpoints that record
-    nothing, such as older ones, are taken as they are)."""
+    """A checkpoint that records its trained parts must have trained the tokenizer, the backbone
+    and the ControlNet: a tokenizer or backbone run used for foley gives noise (checkpoints that
+    record nothing, such as older ones, are taken as they are)."""
     trained = getattr(model, "trained_parts", None)
-    missing = [p for p in ("backbone", "controlnet") if trained is not None and p not in trained]
+    missing = [p for p in ("tokenizer", "backbone", "controlnet") if trained is not None and p not in trained]
     if missing:
         raise ConfigError(
-            f"{source}: its {' and '.join(missing)} {'was' if len(missing) == 1 else 'were'} never trained "
+            f"{source}: its {', '.join(missing)} {'was' if len(missing) == 1 else 'were'} never trained "
             f"(it records trained: {', '.join(sorted(trained)) or 'nothing'}), so it would generate noise; "
             "use a 'controlnet' training run (trained on a trained backbone) or specmaskfoley_synthetic"
         )

@@ -11,7 +11,7 @@ It also satisfies the two optional training contracts of `controlfoley.tokenizer
 `restart_dead_codes(mels, generator)` (`--codebook-restart-every`).
 
 Run:  python examples/tokenizer_1d.py
-From the command line, load this file with --plugin before the subcommand:
+From the command line, load this file with --plugin:
 
     controlfoley --plugin examples/tokenizer_1d.py extract --preset specmaskfoley_tiny \\
         --model tokenizer=conv1d_vq --synthetic 16 --mel --out data_mel

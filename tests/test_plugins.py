@@ -276,3 +276,11 @@ def test_builder_arguments_of_the_wrong_simple_type_are_named() -> None:
         EXTRACTORS.build("synthetic_sync", dim="abc")
     with pytest.raises(RegistryError, match="fps=True must be float"):
         EXTRACTORS.build("clip_precomputed", root=".", fps=True)  # a bool is not a number here
+
+
+def test_a_bad_override_when_loading_is_not_called_a_missing_plugin(tmp_path: Path) -> None:
+    from controlfoley import RegistryError, from_pretrained
+
+    build_model("specmaskfoley_tiny", **micro_overrides()).save(tmp_path / "m.safetensors")
+    with pytest.raises(RegistryError, match="kernel_size=3.5 must be int"):
+        from_pretrained(tmp_path / "m.safetensors", aligner={"kernel_size": 3.5})

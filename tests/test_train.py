@@ -370,3 +370,30 @@ def test_checkpoints_record_what_was_trained_and_init_warns_of_untrained_parts(d
         warnings.simplefilter("error")
         train(config("controlnet", data, tmp_path / "cn", steps=1, warmup_steps=0, init=str(tmp_path / "bb")))
     assert trained_parts(read_metadata(tmp_path / "cn" / "model.safetensors")) == {"tokenizer", "backbone", "control_encoder", "aligner", "controlnet"}
+
+
+def _strip_record(path: Path) -> None:
+    """The checkpoint as written before trained-parts records existed."""
+    from controlfoley.checkpoint import TRAINED_KEY, read_state_dict, save_state_dict
+
+    state, meta = read_state_dict(path)
+    meta.pop(TRAINED_KEY)
+    meta.pop("controlfoley_format", None)
+    save_state_dict(path, state, meta)
+
+
+def test_checkpoints_without_a_record_are_trusted(data: Path, tmp_path: Path) -> None:
+    """--init from a checkpoint that records nothing (an older one, the shipped weights) takes its
+    parts as trained, and a resume from one keeps recording nothing: generate must not refuse either."""
+    from controlfoley.checkpoint import read_metadata, trained_parts
+
+    train(config("backbone", data, tmp_path / "bb", steps=1, warmup_steps=0))
+    _strip_record(tmp_path / "bb" / "model.safetensors")
+    train(config("controlnet", data, tmp_path / "cn", steps=1, warmup_steps=0, init=str(tmp_path / "bb")))
+    assert {"tokenizer", "backbone", "controlnet"} <= trained_parts(read_metadata(tmp_path / "cn" / "model.safetensors"))
+    cfg = config("controlnet", data, tmp_path / "cn2", steps=2, warmup_steps=0, ckpt_every=1, init=str(tmp_path / "bb"))
+    train(cfg, stop_at=1)
+    latest = tmp_path / "cn2" / "checkpoints" / (tmp_path / "cn2" / "checkpoints" / "latest").read_text()
+    _strip_record(latest / "model.safetensors")
+    train(cfg, resume=True)
+    assert trained_parts(read_metadata(tmp_path / "cn2" / "model.safetensors")) is None

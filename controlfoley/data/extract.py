@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="checkpoint (file, folder or run) with trained tokenizer weights")
     p.add_argument(
         "--model", dest="model_overrides", action="append", default=[], metavar="KEY=JSON",
-        help="model override, as for `controlfoley train` (e.g. tokenizer=my_tokenizer, with --plugin before `extract`)",
+        help="model override, as for `controlfoley train` (e.g. tokenizer=my_tokenizer, with --plugin FILE registering it)",
     )  # fmt: skip
     p.add_argument("--extractors", default="", help="comma-separated EXTRACTORS names for video features, e.g. synthetic_sync,synthetic_clip")
     p.add_argument(
@@ -420,7 +420,8 @@ def extract_main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the finished shards in {args.out} are kept; continue with the same command and --resume", file=sys.stderr)
+        how = "--resume instead of --overwrite" if args.overwrite else "--resume"
+        print(f"\ninterrupted: the finished shards in {args.out} are kept; continue with the same command and {how}", file=sys.stderr)
         return 130
     shapes = ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in index.features.items())
     print(f"wrote {index.n_clips} clips in {len(index.shards)} shards to {index.root}: {shapes}")

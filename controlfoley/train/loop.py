@@ -90,7 +90,9 @@ class Trainer:
         self.recipe.fit_to_data(self.model, self.train_ds)
         # what the run's checkpoints record as trained: what it loaded trained, and what it trains
         here = {n for n, m in self.model.named_children() if any(p.requires_grad for p in m.parameters())}
-        self.model.trained_parts = set(getattr(self.model, "trained_parts", None) or ()) | here
+        if ckpt_dir is None or getattr(self.model, "trained_parts", None) is not None:
+            self.model.trained_parts = set(getattr(self.model, "trained_parts", None) or ()) | here
+        # else: resumed from a checkpoint that records nothing (written before records existed): none now either
         self.objective = self.recipe.objective(self.model, cfg).to(info.device)
         self.aux = self.recipe.aux_modules(self.objective)
         self.names = [n for n, p in self.objective.named_parameters() if p.requires_grad]

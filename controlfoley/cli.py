@@ -69,7 +69,10 @@ def info(preset: str) -> str:
     for a preset or a checkpoint (file, folder or training run: the table of its own config)."""
     model, label = _info_model(preset)
     if model.has_control:
-        model.freeze_backbone()
+        model.freeze_backbone()  # trainable as in the controlnet recipe
+    else:  # as in the backbone recipe: the tokenizer (and vocoder) frozen
+        model.requires_grad_(False)
+        model.backbone.requires_grad_(True)
     rows = model.parameter_table()
     lines = [f"{label}: grid {model.grid[0]}x{model.grid[1]} tokens over {model.config.n_frames} mel frames", ""]
     lines.append(f"{'part':<16}{'params':>10}{'trainable':>11}{'frozen':>10}")
@@ -172,7 +175,11 @@ def run() -> int:
     import warnings
 
     warnings.formatwarning = _plain_warning
-    return main()
+    try:
+        return main()
+    except BrokenPipeError:  # `controlfoley list | head`: the reader left; no traceback (Python docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

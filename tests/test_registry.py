@@ -137,3 +137,11 @@ def test_plugin_option_is_taken_anywhere_on_the_command_line(capsys: pytest.Capt
     assert "from --plugin" in capsys.readouterr().err
     done = subprocess.run([sys.executable, "-m", "controlfoley", "--help"], capture_output=True, text=True, check=True)
     assert "--plugin X / --plugin=X may stand anywhere" in done.stdout
+
+
+def test_info_counts_trainable_parameters_as_the_recipes_train_them(capsys: pytest.CaptureFixture[str]) -> None:
+    from controlfoley.cli import main
+
+    assert main(["info", "specmaskgit_tiny"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("tokenizer", "backbone"))}
+    assert rows["tokenizer"][2] == "0.00M" and rows["backbone"][2] != "0.00M"  # backbone recipe: tokenizer frozen

@@ -13,7 +13,7 @@ import importlib
 import os
 from typing import Any
 
-# The test of controlfoley.typing.typecheck_requested, done here because that module imports torch.
+# Runtime type checks on request (controlfoley.typing; read here because that module imports torch).
 if os.environ.get("CONTROLFOLEY_TYPECHECK", "").strip().lower() in ("1", "true", "yes", "on"):
     from controlfoley.typing import install_typecheck_hook
 

@@ -12,16 +12,13 @@ from typing import Any
 
 import torch
 
-from controlfoley.errors import CheckpointError
+from controlfoley.errors import CheckpointError, strip_ansi
 
 __all__ = ["load_legacy_checkpoint"]
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # torch's message bolds part of itself for terminals
-
-
 def _refusal(e: Exception) -> str:
     """One plain line of torch's refusal: the unpickler's own reason where torch names it."""
-    text = _ANSI.sub("", str(e))
+    text = strip_ansi(str(e))
     found = re.search(r"WeightsUnpickler error: (.*?\.)(?:\s|$)", text)
     lines = text.strip().splitlines()
     return found.group(1) if found else (lines[0].strip() if lines else type(e).__name__)

@@ -29,8 +29,8 @@ import os
 import sys
 import types
 import typing
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 __all__ = [

@@ -20,8 +20,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from controlfoley._io import atomic_path
+from controlfoley._registry import ALL_REGISTRIES, RegistryError
 from controlfoley.config import ModelConfig
-from controlfoley._registry import RegistryError
 from controlfoley.errors import CheckpointError, RandomWeightsWarning
 
 __all__ = [
@@ -32,7 +32,6 @@ __all__ = [
 CONFIG_KEY = "controlfoley_config"
 TRAINED_KEY = "controlfoley_trained"  # JSON list of the parts holding trained weights (absent: unknown)
 PARTS_KEY = "controlfoley_user_parts"  # JSON {config field: "module (file)"} of parts registered outside the package
-CONTROL_PARTS = ("control_encoder", "aligner", "controlnet")
 FORMAT_KEY = "controlfoley_format"
 FORMAT_VERSION = "1"
 
@@ -91,17 +90,19 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, extra_metadata
     return save_state_dict(path, model.state_dict(), meta)
 
 
-def _registered(cfg: ModelConfig) -> bool:
-    """Whether every part name of `cfg` is registered in this process."""
-    from controlfoley._registry import ALL_REGISTRIES
-
-    kinds = {"mel": "mel_frontend"}
+def _registry_parts(cfg: ModelConfig) -> list[tuple[str, str, Any]]:
+    """(config field, part name, its registry) for each part of `cfg` built from a registry."""
+    out = []
     for field in ("mel", "tokenizer", "backbone", "control_encoder", "aligner", "guidance", "vocoder"):
         part = getattr(cfg, field)
-        registry = ALL_REGISTRIES.get(kinds.get(field, field))
-        if part is not None and registry is not None and part.name not in registry:
-            return False
-    return True
+        if part is not None:
+            out.append((field, part.name, ALL_REGISTRIES["mel_frontend" if field == "mel" else field]))
+    return out
+
+
+def _registered(cfg: ModelConfig) -> bool:
+    """Whether every part name of `cfg` is registered in this process."""
+    return all(name in registry for _, name, registry in _registry_parts(cfg))
 
 
 def trained_parts(meta: Mapping[str, str]) -> set[str] | None:
@@ -112,16 +113,11 @@ def trained_parts(meta: Mapping[str, str]) -> set[str] | None:
 def _user_parts(cfg: ModelConfig) -> dict[str, str]:
     """Config fields whose builder lives outside the package: where it came from, so that loading
     the checkpoint elsewhere can say which module to load."""
-    from controlfoley._registry import ALL_REGISTRIES
-
-    kinds = {"mel": "mel_frontend"}
     out = {}
-    for field in ("mel", "tokenizer", "backbone", "control_encoder", "aligner", "guidance", "vocoder"):
-        part = getattr(cfg, field)
-        registry = ALL_REGISTRIES.get(kinds.get(field, field))
-        if part is None or registry is None or part.name not in registry:
+    for field, name, registry in _registry_parts(cfg):
+        if name not in registry:
             continue
-        fn = registry.get(part.name)
+        fn = registry.get(name)
         module = getattr(fn, "__module__", "") or ""
         if not module.startswith("controlfoley.") and module != "controlfoley":
             code = getattr(fn, "__code__", None)

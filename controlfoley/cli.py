@@ -20,8 +20,8 @@ import importlib
 import importlib.metadata
 import os
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main", "run"]
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Part", "SamplerConfig", "ModelConfig", "ConfigError", "parse_overrides"]
+__all__ = ["Part", "SamplerConfig", "ModelConfig", "ConfigError", "parse_overrides", "parse_spec"]
 
 
 class ConfigError(ValueError):
@@ -43,6 +43,28 @@ def parse_overrides(items: Sequence[str], flag: str = "--model") -> dict[str, An
                 ) from None
             out[key] = raw  # a bare name, e.g. --model aligner=plain1d
     return out
+
+
+def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """'NAME,ARG=VALUE,...' -> (NAME, {ARG: VALUE}); values parsed as JSON when they can be.
+
+    true/false are booleans in any case (True, FALSE), so that a flag never arrives as a truthy string."""
+    name, *args = [p.strip() for p in text.split(",")]
+    kwargs: dict[str, Any] = {}
+    for a in args:
+        if "=" not in a:
+            raise ValueError(f"{text!r}: expected ARG=VALUE after the name, got {a!r}")
+        k, v = a.split("=", 1)
+        if v.strip().lower() in ("true", "false"):
+            kwargs[k.strip()] = v.strip().lower() == "true"
+            continue
+        try:
+            kwargs[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            kwargs[k.strip()] = v
+    if not name:
+        raise ValueError(f"{text!r}: a registry name must come first")
+    return name, kwargs
 
 
 def _check_json(value: Any, where: str) -> None:

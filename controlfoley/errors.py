@@ -1,6 +1,7 @@
 """Exceptions a user can cause. Each message names the problem and the fix."""
 
 import importlib
+import re
 from types import ModuleType
 
 from controlfoley._registry import RegistryError
@@ -18,7 +19,15 @@ __all__ = [
     "RegistryError",
     "RandomWeightsWarning",
     "require",
+    "strip_ansi",
 ]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour codes (torch bolds parts of some messages)
+
+
+def strip_ansi(text: str) -> str:
+    """A message without terminal colour codes, for one-line error output."""
+    return _ANSI.sub("", text)
 
 
 class ControlFoleyError(Exception):

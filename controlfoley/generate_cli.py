@@ -29,10 +29,8 @@ Features
 """
 
 import argparse
-import json
 import logging
 import math
-import re
 import sys
 import tempfile
 import time
@@ -40,32 +38,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from controlfoley.config import parse_spec  # re-exported: it lives beside parse_overrides
+
 __all__ = ["main", "parse_spec"]
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour codes some libraries put in messages
-
-
-def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
-    """'NAME,ARG=VALUE,...' -> (NAME, {ARG: VALUE}); values parsed as JSON when they can be.
-
-    true/false are booleans in any case (True, FALSE), so that a flag never arrives as a truthy string."""
-    name, *args = [p.strip() for p in text.split(",")]
-    kwargs: dict[str, Any] = {}
-    for a in args:
-        if "=" not in a:
-            raise ValueError(f"{text!r}: expected ARG=VALUE after the name, got {a!r}")
-        k, v = a.split("=", 1)
-        if v.strip().lower() in ("true", "false"):
-            kwargs[k.strip()] = v.strip().lower() == "true"
-            continue
-        try:
-            kwargs[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            kwargs[k.strip()] = v
-    if not name:
-        raise ValueError(f"{text!r}: a registry name must come first")
-    return name, kwargs
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="controlfoley generate", description="Foley for video files (SpecMaskFoley).")
@@ -156,7 +131,9 @@ def _build_pipeline(args: argparse.Namespace, extractors: dict[str, Any], vocode
 
 
 def _one_line(e: BaseException) -> str:
-    text = _ANSI.sub("", str(e)).strip() or type(e).__name__
+    from controlfoley.errors import strip_ansi
+
+    text = strip_ansi(str(e)).strip() or type(e).__name__
     return " ".join(text.split())
 
 

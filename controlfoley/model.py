@@ -381,7 +381,7 @@ def _batch_of(control: Tensor | None, text: Tensor | None, known: Tensor | None,
     return sizes.pop()
 
 
-# -- building ------------------------------------------------------------------------------------
+# -- loading -------------------------------------------------------------------------------------
 def from_pretrained(
     path_or_preset: str | os.PathLike[str], /, *, strict: bool = True, map_location: str | torch.device = "cpu", **overrides: Any
 ) -> SpecMaskFoley:
@@ -401,7 +401,6 @@ def device_name(device: str | torch.device) -> str:
     except (RuntimeError, TypeError):
         raise ConfigError(f"{device!r} is not a device; use cpu, cuda, cuda:N or mps") from None
     return "cpu" if dev.type == "cpu" else str(dev)
-
 
 
 def __getattr__(name: str) -> Any:

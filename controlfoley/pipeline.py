@@ -48,8 +48,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from controlfoley._registry import EXTRACTORS, GUIDANCE
+from controlfoley._registry import GUIDANCE
 from controlfoley.config import ConfigError
+from controlfoley.data.extractors import ExtractorSpec, build_extractor
 from controlfoley.errors import ShapeError
 from controlfoley.guidance import GuidanceRule, NoGuidance
 from controlfoley.typing import Float, Int, Tensor
@@ -73,7 +74,6 @@ JOINS = ("crossfade", "decode_once")
 # with AVX-512 bf16 samples the paper-size model ~1.6x faster than fp32 (benchmarks/RESULTS.md; no
 # gain at the tiny presets' 128-d width) and changes a few tokens
 PRECISIONS: dict[str, torch.dtype | None] = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
-ExtractorSpec = str | tuple[str, Mapping[str, Any]] | Any  # a name, (name, kwargs), or a built extractor
 Prompt = str | Sequence[str]  # "bell, thud" or ["bell", "thud"]
 
 
@@ -140,14 +140,6 @@ def default_extractors(model: nn.Module) -> tuple[dict[str, ExtractorSpec], Extr
     return extractors, ("synthetic_clap", {"dim": int(model.backbone.cond_dim)})
 
 
-def _build_extractor(spec: ExtractorSpec) -> Any:
-    if isinstance(spec, str):
-        return EXTRACTORS.build(spec)
-    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
-        return EXTRACTORS.build(spec[0], **dict(spec[1]))
-    return spec
-
-
 class FoleyPipeline:
     """Video file -> foley waveform with a trained SpecMaskFoley model (see the module docstring)."""
 
@@ -196,8 +188,8 @@ class FoleyPipeline:
             raise ConfigError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         self.precision = precision
         self.model = model.eval()
-        self.extractors = {k: _build_extractor(v) for k, v in extractors.items()}
-        self.text_encoder = None if text_encoder is None else _build_extractor(text_encoder)
+        self.extractors = {k: build_extractor(v) for k, v in extractors.items()}
+        self.text_encoder = None if text_encoder is None else build_extractor(text_encoder)
         _check_widths(model, self.extractors, self.text_encoder)
         self.vocoder = vocoder if vocoder is not None else model.vocoder
         self.overlap, self.join, self.frame_size = float(overlap), join, int(frame_size)

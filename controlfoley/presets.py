@@ -119,13 +119,10 @@ def specmaskfoley_tiny_plain1d() -> ModelConfig:
 
 def _shipped_config(name: str) -> ModelConfig:
     """The config stored in the metadata of a preset's shipped weights (read from the header only)."""
-    from safetensors import safe_open
-
-    from controlfoley.checkpoint import CONFIG_KEY
+    from controlfoley.checkpoint import config_from_metadata, read_metadata
 
     path = ASSETS / PRETRAINED[name]
-    with safe_open(str(path), framework="pt") as f:
-        return ModelConfig.from_json((f.metadata() or {})[CONFIG_KEY])
+    return config_from_metadata(read_metadata(path), path)
 
 
 @PRESETS.register("specmaskfoley_synthetic")

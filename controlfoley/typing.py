@@ -4,20 +4,14 @@ Dimension names used everywhere: b batch, f frequency tokens, t time tokens or f
 l = f*t tokens, d model width, v vocabulary, m mel bins, n mel frames, s samples, c condition width.
 
 Runtime checking (jaxtyping + beartype) is on under pytest (see `addopts` in pyproject.toml) and
-opt-in elsewhere with `CONTROLFOLEY_TYPECHECK=1`, which installs jaxtyping's import hook before the
-package's modules load. Off by default: no wrappers sit in the hot path.
+opt-in elsewhere with `CONTROLFOLEY_TYPECHECK=1`, which `controlfoley/__init__.py` reads (without
+importing torch) to install jaxtyping's import hook before the package's modules load. Off by default: no wrappers sit in the hot path.
 """
-
-import os
 
 from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor
 
-__all__ = ["Bool", "Float", "Int", "Shaped", "Tensor", "typecheck_requested", "install_typecheck_hook"]
-
-
-def typecheck_requested() -> bool:
-    return os.environ.get("CONTROLFOLEY_TYPECHECK", "").strip().lower() in ("1", "true", "yes", "on")
+__all__ = ["Bool", "Float", "Int", "Shaped", "Tensor", "install_typecheck_hook"]
 
 
 def install_typecheck_hook() -> None:

@@ -2,7 +2,9 @@
 sampler's partition and determinism, and extraction from the synthetic world."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -24,6 +26,24 @@ def write_clips(root: Path, n: int = 10, shard_size: int = 4, grid: tuple[int, i
             for k, v in c.items():
                 clips[k].append(v)
     return clips
+
+
+def fail_on_call(monkeypatch: pytest.MonkeyPatch, method: str, n: int, exc: BaseException) -> Callable[[], None]:
+    """Make `Extraction.<method>` raise `exc` on its n-th call (a crash or a Ctrl-C in the middle
+    of an extraction); returns what puts the real method back."""
+    from controlfoley.data import extract
+
+    real = getattr(extract.Extraction, method)
+    calls: list[int] = []
+
+    def failing(self: Any, *args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == n:
+            raise exc
+        return real(self, *args)
+
+    monkeypatch.setattr(extract.Extraction, method, failing)
+    return lambda: monkeypatch.setattr(extract.Extraction, method, real)
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -237,16 +257,8 @@ def test_interrupted_extraction_resumes_to_the_same_dataset(tmp_path: Path, monk
     args = ["--preset", "specmaskfoley_tiny", "--synthetic", "7", "--extractors", "synthetic_sync", "--shard-size", "2", "--batch-size", "1"]
     with pytest.warns(UserWarning, match="untrained tokenizer"):
         assert extract_main([*args, "--out", str(tmp_path / "whole")]) == 0
-    loads: list[int] = []
     real = extract.Extraction.video_features
-
-    def crash_on_fifth(self: extract.Extraction, frames_at: object) -> dict[str, torch.Tensor]:
-        loads.append(1)
-        if len(loads) == 5:
-            raise RuntimeError("simulated crash")
-        return real(self, frames_at)
-
-    monkeypatch.setattr(extract.Extraction, "video_features", crash_on_fifth)
+    fail_on_call(monkeypatch, "video_features", 5, RuntimeError("simulated crash"))
     out = tmp_path / "cut"
     with pytest.warns(UserWarning, match="untrained tokenizer"), pytest.raises(RuntimeError, match="simulated crash"):
         extract_main([*args, "--out", str(out)])
@@ -257,7 +269,7 @@ def test_interrupted_extraction_resumes_to_the_same_dataset(tmp_path: Path, monk
     with pytest.warns(UserWarning, match="untrained tokenizer"):
         assert extract_main([*args, "--out", str(out), "--world-seed", "1", "--resume"]) == 2  # other settings
     assert "other settings" in capsys.readouterr().err
-    loads.clear()
+    loads: list[int] = []
     monkeypatch.setattr(extract.Extraction, "video_features", lambda self, f: (loads.append(1), real(self, f))[1])
     with pytest.warns(UserWarning, match="untrained tokenizer"):
         assert extract_main([*args, "--out", str(out), "--resume"]) == 0
@@ -274,7 +286,6 @@ def test_extract_skip_bad_leaves_out_unreadable_files_and_resumes(tmp_path: Path
     listed in skipped.tsv, and a resumed run aligns its clip ids past the skipped file."""
     import soundfile as sf
 
-    from controlfoley.data import extract
     from controlfoley.data.extract import SKIPPED_FILE, extract_main
 
     sr = 22050
@@ -296,20 +307,11 @@ def test_extract_skip_bad_leaves_out_unreadable_files_and_resumes(tmp_path: Path
     assert [Path(whole.clip_id(i)).name for i in range(len(whole))] == ["a.wav", "b.wav", "c.wav"]
     assert [line.split("\t")[0] for line in (tmp_path / "whole" / SKIPPED_FILE).read_text().splitlines()] == [files[1]]
 
-    calls: list[int] = []
-    real = extract.Extraction.audio_features
-
-    def crash_on_third(self: extract.Extraction, wavs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("simulated crash")
-        return real(self, wavs)
-
-    monkeypatch.setattr(extract.Extraction, "audio_features", crash_on_third)
+    restore = fail_on_call(monkeypatch, "audio_features", 3, RuntimeError("simulated crash"))
     out = tmp_path / "cut"
     with pytest.warns(UserWarning, match="untrained tokenizer"), pytest.raises(RuntimeError, match="simulated crash"):
         extract_main([*args, "--out", str(out), "--skip-bad"])
-    monkeypatch.setattr(extract.Extraction, "audio_features", real)
+    restore()
     with pytest.warns(UserWarning, match="skipped 1 clip"):
         assert extract_main([*args, "--out", str(out), "--skip-bad", "--resume"]) == 0
     cut = ShardDataset(out)
@@ -391,7 +393,6 @@ def test_skip_bad_resume_reads_again_what_came_after_the_last_shard(tmp_path: Pa
     it is extracted and no longer listed as skipped."""
     import soundfile as sf
 
-    from controlfoley.data import extract
     from controlfoley.data.extract import SKIPPED_FILE, extract_main
 
     files = [tmp_path / f"{n}.wav" for n in ("a", "b", "bad", "c")]
@@ -401,21 +402,13 @@ def test_skip_bad_resume_reads_again_what_came_after_the_last_shard(tmp_path: Pa
         else:
             sf.write(f, 0.1 * torch.randn(22050).numpy(), 22050)
     args = ["--preset", "specmaskgit_tiny", "--files", *map(str, files), "--shard-size", "1", "--batch-size", "1", "--skip-bad"]
-    calls: list[int] = []
-    real = extract.Extraction.audio_features
-
-    def crash_on_third(self: extract.Extraction, wavs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        calls.append(1)
-        if len(calls) == 3:  # c: after a and b were written and bad was skipped
-            raise RuntimeError("simulated crash")
-        return real(self, wavs)
-
-    monkeypatch.setattr(extract.Extraction, "audio_features", crash_on_third)
+    # the third tokenizer call is c's: after a and b were written and bad was skipped
+    restore = fail_on_call(monkeypatch, "audio_features", 3, RuntimeError("simulated crash"))
     out = tmp_path / "cut"
     with pytest.warns(UserWarning, match="untrained tokenizer"), pytest.raises(RuntimeError, match="simulated crash"):
         extract_main([*args, "--out", str(out)])
     assert (out / SKIPPED_FILE).read_text().startswith(str(files[2]))
-    monkeypatch.setattr(extract.Extraction, "audio_features", real)
+    restore()
     sf.write(files[2], 0.1 * torch.randn(22050).numpy(), 22050)  # the file is repaired
     with pytest.warns(UserWarning, match="untrained tokenizer"):
         assert extract_main([*args, "--out", str(out), "--resume"]) == 0
@@ -427,25 +420,15 @@ def test_skip_bad_resume_reads_again_what_came_after_the_last_shard(tmp_path: Pa
 def test_extract_records_extractor_arguments_and_checks_widths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Resuming with other extractor arguments (or another clip count) is refused: the dataset would
     mix features; a width the preset cannot take fails before any clip; Ctrl-C says how to resume."""
-    from controlfoley.data import extract
     from controlfoley.data.extract import extract_main
 
     out = tmp_path / "d"
     args = ["--preset", "specmaskfoley_tiny", "--shard-size", "1", "--batch-size", "1", "--out", str(out)]
-    calls: list[int] = []
-    real = extract.Extraction.audio_features
-
-    def interrupt_on_second(self: extract.Extraction, wavs: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, wavs)
-
-    monkeypatch.setattr(extract.Extraction, "audio_features", interrupt_on_second)
+    restore = fail_on_call(monkeypatch, "audio_features", 2, KeyboardInterrupt())
     with pytest.warns(UserWarning, match="untrained tokenizer"):
         assert extract_main([*args, "--synthetic", "3", "--extractor", "synthetic_sync"]) == 130
     assert "--resume" in capsys.readouterr().err
-    monkeypatch.setattr(extract.Extraction, "audio_features", real)
+    restore()
     for changed in (["--synthetic", "2", "--extractor", "synthetic_sync"], ["--synthetic", "3", "--extractor", "synthetic_sync,seed=5"]):
         with pytest.warns(UserWarning, match="untrained tokenizer"):
             assert extract_main([*args, *changed, "--resume"]) == 2

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from controlfoley._io import atomic_write_text
-from controlfoley._registry import EXTRACTORS
-from controlfoley.config import parse_overrides
+from controlfoley.config import parse_overrides, parse_spec
+from controlfoley.data.extractors import build_extractor
 from controlfoley.data.shards import ShardIndex, ShardWriter
 from controlfoley.errors import ControlFoleyError, DataError, MediaError
 from controlfoley.typing import Tensor
@@ -89,8 +89,8 @@ class Extraction:
             load_parts(self.model, resolve_model_file(tokenizer), ["tokenizer"])
         else:
             warnings.warn("no tokenizer checkpoint given: tokens come from an untrained tokenizer (train one with the tokenizer recipe)", stacklevel=2)
-        self.video = [_build_extractor(e) for e in extractors]
-        self.clap = _build_extractor(clap) if clap is not None else None
+        self.video = [build_extractor(e) for e in extractors]
+        self.clap = build_extractor(clap) if clap is not None else None
         keys = [e.output_key for e in self.video]
         if len(set(keys)) != len(keys):
             raise DataError(f"two video extractors write the same feature: {sorted(k for k in set(keys) if keys.count(k) > 1)}; give one per feature")
@@ -195,12 +195,6 @@ def _spec_args(spec: Any) -> dict[str, Any]:
     if isinstance(spec, str) or spec is None:
         return {}
     return json.loads(json.dumps(dict(spec[1]), default=str))
-
-
-def _build_extractor(spec: str | tuple[str, Mapping[str, Any]]) -> Any:
-    """An EXTRACTORS entry from a name or (name, builder kwargs)."""
-    name, kwargs = (spec, {}) if isinstance(spec, str) else (spec[0], dict(spec[1]))
-    return EXTRACTORS.build(name, **kwargs)
 
 
 def _write(
@@ -402,8 +396,6 @@ def build_parser() -> argparse.ArgumentParser:
 def extract_main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from controlfoley.generate_cli import parse_spec
-
         names: list[Any] = [n for n in args.extractors.split(",") if n]
         names += [parse_spec(e) for e in args.extractor]
         ex = Extraction(

@@ -30,8 +30,8 @@ References: Synchformer (Iashin et al., 2024), CLIP (Radford et al., 2021), CLAP
 """
 
 import math
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,20 @@ __all__ = [
     "synthetic_clip",
     "synthetic_clap",
     "synthetic_features",
+    "ExtractorSpec",
+    "build_extractor",
 ]
+
+ExtractorSpec = str | tuple[str, Mapping[str, Any]] | Any  # a name, (name, kwargs), or a built extractor
+
+
+def build_extractor(spec: ExtractorSpec) -> Any:
+    """An extractor from an EXTRACTORS name, a (name, builder kwargs) pair, or a built object (as is)."""
+    if isinstance(spec, str):
+        return EXTRACTORS.build(spec)
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
+        return EXTRACTORS.build(spec[0], **dict(spec[1]))
+    return spec
 
 
 @runtime_checkable

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from controlfoley._io import atomic_write_text
-from controlfoley.checkpoint import check_state_dict, load_parts, read_metadata, trained_parts
+from controlfoley.checkpoint import check_state_dict, load_parts
 from controlfoley.data.dataset import ShardDataset, ShardedSampler, collate, epoch_permutation
 from controlfoley.errors import TrainingError
 from controlfoley.builder import build_model
@@ -137,13 +137,13 @@ class Trainer:
             self.run_dir.load_model_weights(ckpt_dir, self.model)
         elif cfg.init is not None:
             source = resolve_model_file(cfg.init)
-            load_parts(self.model, source, cfg.init_parts)
-            trained = trained_parts(read_metadata(source))
-            untrained = [p for p in cfg.init_parts if trained is not None and p not in trained]
+            load_parts(self.model, source, cfg.init_parts)  # records which of them were trained
+            trained = self.model.trained_parts
+            untrained = [p for p in cfg.init_parts if p not in trained]
             if untrained:
                 warnings.warn(
                     f"--init {cfg.init}: its {', '.join(untrained)} {'was' if len(untrained) == 1 else 'were'} never trained "
-                    f"(it records trained: {', '.join(sorted(trained)) or 'nothing'}), so this run starts from random "
+                    f"(of those it loads, it records trained: {', '.join(sorted(trained)) or 'nothing'}), so this run starts from random "
                     f"{', '.join(untrained)} weights; init from the run that trained them (e.g. a backbone run for the controlnet recipe)",
                     stacklevel=3,
                 )

@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Issue 6's GPU measurements as ONE command, sized for a 10-minute device call (about 6-8 min on
-# an H100, torch.compile warm-ups included). On the GPU machine, from the repo root:
+# Issue 6's GPU measurements as ONE command, sized for a 10-minute device call. On the GPU
+# machine, from the repo root:
 #     bash benchmarks/gpu_check.sh          # with `.whl` carried (benchmarks/gpu_wheels.sh)
-# Writes $OUT/gpu_results.md (or benchmarks/out/ without $OUT): card, date, commit, then the
-# tables of sample_speed.py (batch 1: naive reference vs library fp32 / bf16 / bf16 + CUDA graphs;
-# batch 64: bf16 eager and compiled) and train_speed.py (batch 64). Each step has its own time
-# limit, so one slow step cannot take the others' results with it.
-# Smoke test on a CPU machine: DEVICE=cpu PRESET=specmaskfoley_tiny BIG_BATCH=4 PY=.venv/bin/python bash benchmarks/gpu_check.sh
+# Writes $OUT/gpu_results.md (or benchmarks/out/ without $OUT) as it goes: card, date, commit, then
+# one section per step. Each step is its own process with its own time limit, ordered by how much
+# its number matters, so a step that fails or runs long (torch.compile warm-ups) costs only its own
+# result; whatever finished is in the log even if the device call itself is cut off.
+#   1. ceilings: bf16/fp32 matrix-product rate and copy bandwidth of this card
+#   2. batch 1, eager: naive reference vs library fp32 / bf16 / bf16 weights (+ decode and Griffin-Lim)
+#   3. batch 64, eager: naive reference vs library bf16 / bf16 weights (no decode: Griffin-Lim runs on the CPU,
+#      ~1 s a clip, and is the same code whatever the sampling path)
+#   4. ControlNet training step at batch 64 (frozen backbone vs all-grad reference)
+#   5. batch 1, compiled (torch.compile "reduce-overhead": CUDA graphs) vs library bf16 eager
+#   6. batch 64, compiled
+# Smoke test on a CPU machine (about 3 min on 2 cores):
+#     DEVICE=cpu PRESET=specmaskfoley_tiny BIG_BATCH=4 PY=.venv/bin/python bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -20,17 +28,29 @@ mkdir -p "$dir"
 log=$dir/gpu_results.md
 {
     echo "# GPU check: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "(no nvidia-smi)"
-    $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || echo "(no nvidia-smi)"
+    $PY -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda)"
 } > "$log" 2>&1
-run() {  # run <seconds> <command...>: its output to the log, its fate noted if it fails
-    local limit=$1; shift
-    echo -e "\n\`\`\`\n$*\n\`\`\`\n" >> "$log"
-    timeout "$limit" "$@" >> "$log" 2>&1 || echo "(exit $? after at most ${limit} s)" >> "$log"
+start=$SECONDS
+step() {  # step <seconds> <title> <command...>: output to the log, its fate noted if it fails
+    local limit=$1 title=$2; shift 2
+    local t0=$SECONDS
+    printf '\n## %s\n\n```\n%s\n```\n\n' "$title" "$*" >> "$log"
+    timeout "$limit" "$@" >> "$log" 2>&1
+    local rc=$?
+    if [ $rc -ne 0 ]; then echo "(step failed: exit $rc, limit ${limit} s)" >> "$log"; fi
+    echo "(step took $((SECONDS - t0)) s; $((SECONDS - start)) s since the first step)" >> "$log"
+    echo "[gpu_check] $title: exit $rc after $((SECONDS - t0)) s" >&2
 }
-run 240 $PY benchmarks/sample_speed.py --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 20 --no-decode --markdown \
-    --paths reference library library_bf16 library_bf16_compile
-run 180 $PY benchmarks/sample_speed.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 5 --markdown \
+S=benchmarks/sample_speed.py
+step 30 "1. ceilings" $PY benchmarks/ceilings.py --device "$DEVICE" --markdown
+step 90 "2. batch 1, eager" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --decode-runs 2 --markdown \
+    --paths reference library library_bf16 library_bf16_weights
+step 80 "3. batch $BIG_BATCH, eager" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
+    --paths reference library_bf16 library_bf16_weights
+step 70 "4. training step, batch $BIG_BATCH" $PY benchmarks/train_speed.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --steps 5 --markdown
+step 160 "5. batch 1, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --no-decode --markdown \
     --paths library_bf16 library_bf16_compile
-run 90 $PY benchmarks/train_speed.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --steps 10 --markdown
+step 130 "6. batch $BIG_BATCH, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
+    --paths library_bf16 library_bf16_compile
 cat "$log"

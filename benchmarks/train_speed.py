@@ -96,7 +96,10 @@ def probe(variant: str, preset: str, batch: int, steps: int, device: torch.devic
 
 def run_probe(variant: str, args: argparse.Namespace, preset: str, batch: int) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--probe", variant, "--preset", preset, "--batch", str(batch), "--steps", str(args.steps), "--device", args.device]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:  # show the probe's own error, not only "non-zero exit status"
+        sys.stderr.write(out.stdout + out.stderr)
+        raise SystemExit(f"train_speed: the {variant!r} probe failed (exit {out.returncode}); its output is above")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Issue 6's GPU measurements as ONE command, sized for a 10-minute device call. On the GPU
 # machine, from the repo root:
-#     bash benchmarks/gpu_check.sh          # with `.whl` carried (benchmarks/gpu_wheels.sh)
+#     bash benchmarks/gpu_check.sh [STEP ...]   # with `.whl` carried (benchmarks/gpu_wheels.sh); default all steps
 # Writes $OUT/gpu_results.md (or benchmarks/out/ without $OUT) as it goes: card, date, commit, then
 # one section per step. Each step is its own process with its own time limit, ordered by how much
 # its number matters, so a step that fails or runs long (torch.compile warm-ups) costs only its own
 # result; whatever finished is in the log even if the device call itself is cut off.
+#   0. the CUDA-only tests (tests/test_graphs.py: captured sampling loop = eager tokens)
 #   1. ceilings: bf16/fp32 matrix-product rate and copy bandwidth of this card
-#   2. batch 1, eager: naive reference vs library fp32 / bf16 / bf16 weights (+ decode and Griffin-Lim)
-#   3. batch 64, eager: naive reference vs library bf16 / bf16 weights (no decode: Griffin-Lim runs on the CPU,
-#      ~1 s a clip, and is the same code whatever the sampling path)
+#   2. batch 1: naive reference vs library fp32 / bf16 / bf16 weights, eager and whole-loop CUDA
+#      graph (cuda_graph=True), + decode and Griffin-Lim
+#   3. batch 64: naive reference vs library bf16 / bf16 weights, eager and whole-loop graph (no
+#      decode: Griffin-Lim runs on the CPU, ~1 s a clip, the same code whatever the sampling path)
 #   4. ControlNet training step at batch 64 (frozen backbone vs all-grad reference)
-#   5. batch 1, compiled (torch.compile "reduce-overhead": CUDA graphs) vs library bf16 eager
+#   5. batch 1, compiled: torch.compile "reduce-overhead" (CUDA graphs of the forward) and compile
+#      inside the whole-loop graph, vs library bf16 eager
 #   6. batch 64, compiled
-# Smoke test on a CPU machine (about 3 min on 2 cores):
-#     DEVICE=cpu PRESET=specmaskfoley_tiny BIG_BATCH=4 PY=.venv/bin/python bash benchmarks/gpu_check.sh
+# Full run: about 4 min on an H200 (2026-11-26), machine start not counted.
+# Smoke test on a CPU machine (about 1 min on 2 cores; no graph paths there):
+#     DEVICE=cpu PRESET=specmaskfoley_tiny BIG_BATCH=4 PY=.venv/bin/python bash benchmarks/gpu_check.sh 1 2 3 4 5 6
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -23,6 +27,10 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PY:-python3} DEVICE=${DEVICE:-cuda} PRESET=${PRESET:-specmaskfoley} BIG_BATCH=${BIG_BATCH:-64}
+GRAPH1="" GRAPH64="" COMPILE_GRAPH=""
+if [ "$DEVICE" != cpu ]; then  # whole-loop CUDA graphs (cuda_graph=True) need a GPU
+    GRAPH1="library_bf16_graph library_bf16_weights_graph" GRAPH64="library_bf16_graph" COMPILE_GRAPH="library_bf16_compile_graph"
+fi
 dir=${OUT:-benchmarks/out}
 mkdir -p "$dir"
 log=$dir/gpu_results.md
@@ -43,14 +51,17 @@ step() {  # step <seconds> <title> <command...>: output to the log, its fate not
     echo "[gpu_check] $title: exit $rc after $((SECONDS - t0)) s" >&2
 }
 S=benchmarks/sample_speed.py
-step 30 "1. ceilings" $PY benchmarks/ceilings.py --device "$DEVICE" --markdown
-step 90 "2. batch 1, eager" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --decode-runs 2 --markdown \
-    --paths reference library library_bf16 library_bf16_weights
-step 80 "3. batch $BIG_BATCH, eager" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
-    --paths reference library_bf16 library_bf16_weights
-step 70 "4. training step, batch $BIG_BATCH" $PY benchmarks/train_speed.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --steps 5 --markdown
-step 160 "5. batch 1, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --no-decode --markdown \
-    --paths library_bf16 library_bf16_compile
-step 130 "6. batch $BIG_BATCH, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
-    --paths library_bf16 library_bf16_compile
+ONLY="${*:-}"  # step numbers to run (default: all)
+want() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
+want 0 && step 120 "0. CUDA tests" $PY -m pytest -q -ra -p no:cacheprovider tests/test_graphs.py
+want 1 && step 30 "1. ceilings" $PY benchmarks/ceilings.py --device "$DEVICE" --markdown
+want 2 && step 80 "2. batch 1, eager and whole-loop graph" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --decode-runs 2 --markdown \
+    --paths reference library library_bf16 library_bf16_weights $GRAPH1
+want 3 && step 80 "3. batch $BIG_BATCH, eager and whole-loop graph" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
+    --paths reference library_bf16 library_bf16_weights $GRAPH64
+want 4 && step 70 "4. training step, batch $BIG_BATCH" $PY benchmarks/train_speed.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --steps 5 --markdown
+want 5 && step 120 "5. batch 1, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --no-decode --markdown \
+    --paths library_bf16 library_bf16_compile $COMPILE_GRAPH
+want 6 && step 120 "6. batch $BIG_BATCH, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
+    --paths library_bf16 library_bf16_compile $COMPILE_GRAPH
 cat "$log"

@@ -11,6 +11,7 @@ What is timed
 
 Warm-up calls run 2 sampling steps (a scale-0 step and a guided one, so every row layout the
 timed runs use is built and, with --paths ..._compile, compiled); the timed calls run all steps.
+The ..._graph paths (CUDA) warm up with all steps: that call captures the loop the timed calls replay.
 Weights are random (speed does not depend on them); the ControlNet's zero-initialised linears get
 small random values so the control rows change the tokens as a trained model's would.
 
@@ -54,6 +55,12 @@ LIBRARY_PATHS: dict[str, dict[str, Any]] = {
     # weight casts under autocast; bf16 weights change the logits a little more than autocast does
     "library_bf16_weights": {"dtype": torch.bfloat16, "prune_rows": True},
     "library_bf16_weights_compile": {"dtype": torch.bfloat16, "prune_rows": True, "compile": True},
+    # CUDA: the whole sampling loop captured as one CUDA graph (controlfoley.graphs), captured in
+    # the warm-up round and replayed in the timed ones
+    "library_graph": {"dtype": torch.float32, "prune_rows": True, "cuda_graph": True},
+    "library_bf16_graph": {"dtype": torch.bfloat16, "prune_rows": True, "cuda_graph": True},
+    "library_bf16_weights_graph": {"dtype": torch.bfloat16, "prune_rows": True, "cuda_graph": True},
+    "library_bf16_compile_graph": {"dtype": torch.bfloat16, "prune_rows": True, "compile": True, "cuda_graph": True},
 }
 DEFAULT_PATHS = ("reference", "library", "library_bf16")
 TARGET_STEPS = 12  # issue 6's targets are for the paper's 12-step multi-CFG sampling
@@ -135,7 +142,9 @@ def sampling_fns(model: SpecMaskFoley, paths: list[str], batch: int, steps: int,
         )
 
     for name in paths:
-        timed[name], warm[name] = bind(name, steps), bind(name, 2)
+        # a captured loop is specific to its step count: warm (capture) it with the timed one's
+        warm_steps = steps if LIBRARY_PATHS.get(name, {}).get("cuda_graph") else 2
+        timed[name], warm[name] = bind(name, steps), bind(name, warm_steps)
     return timed, warm
 
 

@@ -87,15 +87,17 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 @contextlib.contextmanager
-def precision(device: torch.device, dtype: torch.dtype | None = None) -> Iterator[torch.dtype]:
-    """Autocast to `dtype` (default: `default_dtype(device)`); fp32 runs without autocast."""
+def precision(device: torch.device, dtype: torch.dtype | None = None, *, cache: bool = True) -> Iterator[torch.dtype]:
+    """Autocast to `dtype` (default: `default_dtype(device)`); fp32 runs without autocast.
+    `cache=False` turns off autocast's cache of cast weights: a captured CUDA graph must not read
+    cached casts, which autocast frees when its context ends."""
     dt = default_dtype(device) if dtype is None else dtype
     if dt not in _DTYPES:
         raise ConfigError(f"dtype must be one of {[str(d) for d in _DTYPES]}, got {dt}")
     if dt == torch.float32:
         yield dt
         return
-    with torch.autocast(device.type, dtype=dt):
+    with torch.autocast(device.type, dtype=dt, cache_enabled=cache):
         yield dt
 
 
@@ -272,10 +274,11 @@ class _Rows:
 _COMPILED: dict[tuple[str | None, bool], Callable[..., Tensor]] = {}
 
 
-def compiled_batched_logits(device: torch.device, static_shapes: bool) -> Callable[..., Tensor]:
+def compiled_batched_logits(device: torch.device, static_shapes: bool, cudagraphs: bool = True) -> Callable[..., Tensor]:
     """`batched_logits` under torch.compile, built once per (mode, static) and reused, so a second
-    `generate` call finds its graphs in dynamo's cache. CUDA: "reduce-overhead" (CUDA graphs)."""
-    mode = "reduce-overhead" if device.type == "cuda" else None
+    `generate` call finds its graphs in dynamo's cache. CUDA: "reduce-overhead" (CUDA graphs of the
+    forward) unless `cudagraphs=False` (the caller captures a larger graph itself)."""
+    mode = "reduce-overhead" if device.type == "cuda" and cudagraphs else None
     key = (mode, static_shapes)
     if key not in _COMPILED:
         _COMPILED[key] = torch.compile(batched_logits, mode=mode, dynamic=False if static_shapes else None)
@@ -296,16 +299,31 @@ class GuidedStep:
         zero_scale_rows: Mapping[str, Any] | None = None,
         static_shapes: bool | None = None,
         compile: bool = False,
+        captured: bool = False,
     ) -> None:
         device = model.device
         self.model, self.rule, self.scale = model, rule, float(scale)
         self.rows = _Rows(rows, n_sets)
         self.zero_rows = None if zero_scale_rows is None else _Rows(zero_scale_rows, 1)
-        self.static_shapes = bool(compile or device.type == "cuda") if static_shapes is None else bool(static_shapes)
-        self.forward = compiled_batched_logits(device, self.static_shapes) if compile else batched_logits
+        if captured and static_shapes is False:
+            raise ConfigError("static_shapes=False cannot be captured in a CUDA graph (its shapes change every step); drop one of them")
+        self.static_shapes = bool(compile or captured or device.type == "cuda") if static_shapes is None else bool(static_shapes)
+        # `captured`: the whole sampling loop is captured as one CUDA graph (controlfoley.graphs), so
+        # a compiled forward must not capture graphs of its own
+        self.forward = compiled_batched_logits(device, self.static_shapes, cudagraphs=not captured) if compile else batched_logits
         # CUDA graphs reuse their output buffers; each step's logits are consumed before the next
         # step, which is what marking a new step tells the graph tree
-        self.mark_step = compile and device.type == "cuda"
+        self.mark_step = compile and not captured and device.type == "cuda"
+
+    def inputs(self) -> dict[str, Tensor]:
+        """The tensors the steps read besides codes and mask (condition rows, aligned video), by name."""
+        out = {}
+        for prefix, rows in (("", self.rows), ("zero_", self.zero_rows)):
+            for name in ("cond", "cond_on", "control", "control_rows"):
+                t = None if rows is None else getattr(rows, name)
+                if t is not None:
+                    out[prefix + name] = t
+        return out
 
     def _stacked(self, rows: _Rows, codes: Tensor, mask: Tensor, index: Tensor | None) -> tuple[Tensor, ...]:
         if self.mark_step:

@@ -235,6 +235,7 @@ class SpecMaskFoley(nn.Module):
         static_shapes: bool | None = None,
         prune_rows: bool = True,
         onednn: bool | None = None,
+        cuda_graph: bool = False,
     ) -> Int[Tensor, "b f t"]:
         """Sample token maps with MaskGIT; returns an int64 token map [b, F, T] (`model.grid`), which
         `decode` turns into a normalised mel and `vocode` into a waveform.
@@ -263,7 +264,10 @@ class SpecMaskFoley(nn.Module):
         or when compiled); `prune_rows` (default on) only the uncond rows at steps whose CFG scale is 0, which
         gives the same logits (l_u + 0 * (...) = l_u);
         `onednn` CPU linears through oneDNN with the MLP's GELU fused, bf16 weights cast (and
-        packed) once per call (default: eager CPU, fp32 only on AVX-512 CPUs; see `fast.OneDNNLinear`)."""
+        packed) once per call (default: eager CPU, fp32 only on AVX-512 CPUs; see `fast.OneDNNLinear`);
+        `cuda_graph` (CUDA) the whole sampling loop captured as one CUDA graph at the first call of
+        a given shape and settings, then replayed: same tokens for the same generator, far less
+        launch overhead at small batches (see `controlfoley.graphs`)."""
         rule = guidance or self.guidance
         text, negative_text = self._as_text(text), self._as_text(negative_text, "negative_text")
         control = self.encode_control(features) if (features is not None and self.has_control) else None
@@ -274,8 +278,19 @@ class SpecMaskFoley(nn.Module):
         zero = zero_scale_conditions(rule) if prune_rows else None
         zero_rows = None if zero is None else _RowPlan(zero, b, text, negative_text, control, self.device).kwargs
         step = GuidedStep(
-            self, rule, scale, rows.kwargs, rows.n_sets, zero_scale_rows=zero_rows, static_shapes=static_shapes, compile=compile
+            self, rule, scale, rows.kwargs, rows.n_sets, zero_scale_rows=zero_rows, static_shapes=static_shapes, compile=compile,
+            captured=cuda_graph,
         )
+        known = None if known_codes is None else known_codes.reshape(b, -1)
+        known_at = None if known_mask is None else known_mask.reshape(b, -1)
+        if cuda_graph:
+            from controlfoley.graphs import sample_graphed
+
+            flat = sample_graphed(
+                self, step, batch=b, known_codes=known, known_mask=known_at, generator=generator, steps=steps,
+                temperature=temperature, dtype=dtype, compile=compile,
+            )
+            return flat.view(b, *self.grid)
         # one autocast context for all steps, so autocast's cache of cast weights is reused
         with precision(self.device, dtype) as dt, onednn_linear(self.device, dt, onednn, compile):
             flat = self.sampler.sample(
@@ -284,8 +299,8 @@ class SpecMaskFoley(nn.Module):
                 n_tokens=self.n_tokens,
                 vocab_size=self.backbone.vocab_size,
                 device=self.device,
-                known_codes=None if known_codes is None else known_codes.reshape(b, -1),
-                known_mask=None if known_mask is None else known_mask.reshape(b, -1),
+                known_codes=known,
+                known_mask=known_at,
                 generator=generator,
                 steps=steps,
                 temperature=temperature,

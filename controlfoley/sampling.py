@@ -10,6 +10,12 @@ At step k of K, with r = (k+1)/K:
 
 Deterministic given a `torch.Generator`. Tokens given as known (inpainting, continuation of a
 previous window) are never changed. Rows may start with different numbers of known tokens.
+
+The noise is uniform draws turned into Gumbel noise, two per step in a fixed order (the [b, l, v]
+sampling draw, then the [b, l] confidence draw). `PredrawnUniforms` draws all of them ahead, in
+that order, into fixed buffers: a loop that reads them gives the same tokens as one that draws as
+it goes, and, having no random-number calls inside, can be captured as one CUDA graph
+(`controlfoley.graphs`).
 """
 
 import math
@@ -20,10 +26,12 @@ import torch
 from controlfoley.errors import ShapeError
 from controlfoley.typing import Bool, Float, Int, Tensor
 
-__all__ = ["MaskGITSampler", "mask_ratio", "masked_count", "LogitsFn"]
+__all__ = ["MaskGITSampler", "mask_ratio", "masked_count", "LogitsFn", "PredrawnUniforms", "Uniforms"]
 
 # logits_fn(codes [b, l], mask [b, l], step, n_steps) -> guided logits [b, l, v]
 LogitsFn = Callable[[Tensor, Tensor, int, int], Tensor]
+# uniforms(shape) -> float32 uniform [0, 1) draws of that shape (the sampler's only randomness)
+Uniforms = Callable[[torch.Size], Tensor]
 
 
 def mask_ratio(r: float | Tensor, schedule: str = "cosine") -> float | Tensor:
@@ -46,9 +54,41 @@ def masked_count(step: int, n_steps: int, n_unknown: Int[Tensor, " b"], masked_n
     return torch.minimum(target.clamp(min=1), (masked_now - 1).clamp(min=0))
 
 
-def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32).clamp(1e-20, 1.0 - 1e-7)
+def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device, uniforms: Uniforms | None = None) -> Tensor:
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32) if uniforms is None else uniforms(shape)
+    u = u.clamp(1e-20, 1.0 - 1e-7)
     return -torch.log(-torch.log(u))
+
+
+class PredrawnUniforms:
+    """The sampler's uniform draws for `steps` steps of a [batch, n_tokens] x vocab problem, drawn
+    ahead into fixed buffers by `fill(generator)` in the order the sampler asks for them, then
+    handed out in that order (`rewind()` before each sampling loop). The buffers never move, so a
+    captured CUDA graph reads each call's new draws; the numbers equal those of drawing as it goes."""
+
+    def __init__(self, steps: int, batch: int, n_tokens: int, vocab_size: int, device: torch.device) -> None:
+        self.vocab = torch.empty(steps, batch, n_tokens, vocab_size, device=device)
+        self.conf = torch.empty(steps, batch, n_tokens, device=device)
+        self._next = 0
+
+    def fill(self, generator: torch.Generator | None) -> None:
+        """Draw every step's noise, in the sampler's order (per step: sampling, then confidence)."""
+        for k in range(self.vocab.shape[0]):
+            self.vocab[k].uniform_(0.0, 1.0, generator=generator)
+            self.conf[k].uniform_(0.0, 1.0, generator=generator)
+
+    def rewind(self) -> None:
+        self._next = 0
+
+    def __call__(self, shape: torch.Size) -> Tensor:
+        k, which = divmod(self._next, 2)
+        if k >= self.vocab.shape[0]:
+            raise ShapeError(f"the sampler asked for noise of step {k}, but only {self.vocab.shape[0]} steps were drawn")
+        buf = (self.vocab if which == 0 else self.conf)[k]
+        if buf.shape != shape:
+            raise ShapeError(f"the sampler asked for noise of shape {list(shape)}, the drawn noise is {list(buf.shape)}")
+        self._next += 1
+        return buf
 
 
 class MaskGITSampler:
@@ -78,25 +118,44 @@ class MaskGITSampler:
         steps: int | None = None,
         temperature: float | None = None,
     ) -> Int[Tensor, "b l"]:
+        steps, temperature = self.settings(steps, temperature)
+        device = torch.device(device)
+        codes, mask = self.initial(batch, n_tokens, vocab_size, device, known_codes, known_mask)
+        return self.loop(logits_fn, codes, mask, steps=steps, temperature=temperature, generator=generator)
+
+    def settings(self, steps: int | None, temperature: float | None) -> tuple[int, float]:
+        """(steps, temperature) with the sampler's own values for None; steps must be >= 1."""
         steps = self.steps if steps is None else int(steps)
-        temperature = self.temperature if temperature is None else float(temperature)
         if steps < 1:
             raise ShapeError(f"steps must be >= 1, got {steps}")
-        device = torch.device(device)
-        codes, mask = self._initial(batch, n_tokens, vocab_size, device, known_codes, known_mask)
+        return steps, self.temperature if temperature is None else float(temperature)
+
+    def loop(
+        self,
+        logits_fn: LogitsFn,
+        codes: Int[Tensor, "b l"],
+        mask: Bool[Tensor, "b l"],
+        *,
+        steps: int,
+        temperature: float,
+        generator: torch.Generator | None = None,
+        uniforms: Uniforms | None = None,
+    ) -> Int[Tensor, "b l"]:
+        """The decoding loop from a start (`initial`); noise from `generator`, or from `uniforms`
+        (e.g. `PredrawnUniforms`). Leaves `codes` and `mask` unchanged."""
         n_unknown = mask.sum(dim=1)
         # On CUDA the loop never reads the device (CUDA-graph and stream friendly): a step with
         # nothing masked leaves codes and mask unchanged, so running it instead of stopping is exact.
-        read_device = device.type != "cuda"
+        read_device = codes.device.type != "cuda"
         for k in range(steps):
             if read_device and not mask.any():
                 break
             logits = logits_fn(codes, mask, k, steps)
-            codes, mask = self.step(logits, codes, mask, n_unknown, k, steps, temperature, generator)
+            codes, mask = self.step(logits, codes, mask, n_unknown, k, steps, temperature, generator, uniforms)
         return codes
 
     @staticmethod
-    def _initial(
+    def initial(
         batch: int,
         n_tokens: int,
         vocab_size: int,
@@ -104,6 +163,7 @@ class MaskGITSampler:
         known_codes: Tensor | None,
         known_mask: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
+        """Start of decoding: (codes, mask), every token masked except the known ones (checked)."""
         codes = torch.zeros(batch, n_tokens, dtype=torch.long, device=device)
         mask = torch.ones(batch, n_tokens, dtype=torch.bool, device=device)
         if known_mask is None:
@@ -128,15 +188,16 @@ class MaskGITSampler:
         n_steps: int,
         temperature: float,
         generator: torch.Generator | None,
+        uniforms: Uniforms | None = None,
     ) -> tuple[Tensor, Tensor]:
         """One decoding step: sample masked tokens, keep the confident ones, re-mask the rest."""
         logits = logits.float()
         logp = logits.log_softmax(dim=-1)
-        sampled = (logp + _gumbel(logp.shape, generator, logp.device)).argmax(dim=-1)  # Gumbel-max = categorical
+        sampled = (logp + _gumbel(logp.shape, generator, logp.device, uniforms)).argmax(dim=-1)  # Gumbel-max = categorical
         sampled = torch.where(mask, sampled, codes)
         conf = logp.gather(-1, sampled[..., None]).squeeze(-1)
         r = (k + 1) / n_steps
-        conf = conf + temperature * (1.0 - r) * _gumbel(conf.shape, generator, conf.device)
+        conf = conf + temperature * (1.0 - r) * _gumbel(conf.shape, generator, conf.device, uniforms)
         conf = torch.where(mask, conf, torch.full_like(conf, math.inf))
         n_next = masked_count(k, n_steps, n_unknown, mask.sum(dim=1), self.mask_schedule)
         ranks = conf.argsort(dim=-1, stable=True).argsort(dim=-1)

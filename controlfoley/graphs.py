@@ -1,0 +1,191 @@
+"""Whole-loop CUDA graphs: `SpecMaskFoley.generate(..., cuda_graph=True)`.
+
+At batch 1 the paper-size sampler on a GPU is bound by kernel launches, not arithmetic: a step is
+36 blocks of small kernels, and the host issues them slower than an H200 runs them (eager bf16:
+~12 ms a step, for ~1 ms of matrix work; benchmarks/RESULTS.md). `torch.compile(mode=
+"reduce-overhead")` graphs the forward only; the guidance combination and the MaskGIT update between
+forwards stay eager. Here ALL steps of one sampling call (every batched guided forward, the
+guidance combination, the MaskGIT updates) are captured as ONE CUDA graph and replayed.
+
+- Static inputs: the condition rows and aligned video the steps read (`GuidedStep.inputs()`), the
+  start codes and mask (known tokens), and the noise. The noise is drawn before each replay by
+  `sampling.PredrawnUniforms` from the call's generator, in the order an eager call draws it, so
+  the same generator gives the same tokens as `cuda_graph=False` (tested on CUDA).
+- One graph per (weights' storage, batch, shapes, guidance rule and scale, steps, temperature,
+  dtype, compile): kept beside the model (at most `MAX_GRAPHS` per model, the least recently used
+  dropped; `clear_cuda_graphs(model)` frees them). Loading new weights in place
+  (`load_state_dict`) keeps the graphs valid; moving or re-creating parameters drops them.
+- The first call of a kind runs the loop twice on a side stream (cuBLAS workspaces,
+  torch.compile's warm-up) and then captures it: about three eager calls. Later calls copy the
+  inputs in and replay.
+- Inside a graph nothing may read the device or change shape: the built-in parts and rules do
+  neither. A user part that does fails at capture with a `ConfigError` naming the way out.
+- `compile=True` with `cuda_graph=True` compiles the forward without its own CUDA graphs (inductor's
+  fused kernels are captured in the whole-loop graph).
+"""
+
+import itertools
+import weakref
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch import nn
+
+from controlfoley.errors import ConfigError
+from controlfoley.fast import GuidedStep, precision
+from controlfoley.sampling import PredrawnUniforms
+from controlfoley.typing import Bool, Int, Tensor
+
+__all__ = ["MAX_GRAPHS", "SamplingGraph", "clear_cuda_graphs", "sample_graphed"]
+
+MAX_GRAPHS = 4  # captured loops kept per model; each holds its activations' memory
+# Tests on machines without a GPU set this False to run the same static-buffer loop uncaptured.
+REQUIRE_CUDA = True
+
+
+class SamplingGraph:
+    """One sampling loop of fixed shapes and settings, captured (`capture=True`, CUDA) or, for
+    tests on the CPU, run eagerly on the same static buffers (`capture=False`)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        step: GuidedStep,
+        codes: Int[Tensor, "b l"],
+        mask: Bool[Tensor, "b l"],
+        *,
+        steps: int,
+        temperature: float,
+        dtype: torch.dtype,
+        capture: bool,
+    ) -> None:
+        self.model, self.step, self.steps, self.temperature, self.dtype = model, step, steps, temperature, dtype
+        self.codes, self.mask = codes.clone(), mask.clone()
+        self.inputs = step.inputs()  # the step's own tensors: copying into them feeds the graph
+        self.noise = PredrawnUniforms(steps, codes.shape[0], codes.shape[1], model.backbone.vocab_size, codes.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: Tensor | None = None
+        if capture:
+            self._capture()
+
+    def _run(self) -> Int[Tensor, "b l"]:
+        self.noise.rewind()
+        with precision(self.codes.device, self.dtype, cache=False):
+            return self.model.sampler.loop(
+                self.step, self.codes, self.mask, steps=self.steps, temperature=self.temperature, uniforms=self.noise
+            )
+
+    def _capture(self) -> None:
+        device = self.codes.device
+        self.noise.fill(torch.Generator(device).manual_seed(0))  # warm-up draws; each call draws its own
+        try:
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # lazy initialisation (cuBLAS workspaces, compiled kernels) outside the capture
+                    self._run()
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self._run()
+        except RuntimeError as e:
+            raise ConfigError(
+                f"cuda_graph=True: capturing the sampling loop as a CUDA graph failed ({str(e).splitlines()[0]}). "
+                "Something in the model or guidance rule reads the GPU from the host or changes shape while "
+                "sampling (e.g. .item(), nonzero(), a data-dependent branch). Sample with cuda_graph=False "
+                "(compile=True also removes most launch overhead)."
+            ) from e
+        self.graph, self.out = graph, out
+
+    def load(self, step: GuidedStep, codes: Tensor, mask: Tensor) -> None:
+        """Copy a new call's inputs into the static buffers (same names and shapes: the cache key)."""
+        for name, t in step.inputs().items():
+            self.inputs[name].copy_(t)
+        self.codes.copy_(codes)
+        self.mask.copy_(mask)
+
+    def __call__(self, generator: torch.Generator | None) -> Int[Tensor, "b l"]:
+        self.noise.fill(generator)
+        if self.graph is None:
+            return self._run()
+        self.graph.replay()
+        assert self.out is not None
+        return self.out.clone()  # the next replay overwrites the graph's output
+
+
+class _Cache:
+    def __init__(self) -> None:
+        self.weights: tuple[Any, ...] | None = None
+        self.graphs: OrderedDict[tuple[Any, ...], SamplingGraph] = OrderedDict()
+
+
+_CACHES: "weakref.WeakKeyDictionary[nn.Module, _Cache]" = weakref.WeakKeyDictionary()
+
+
+def clear_cuda_graphs(model: nn.Module | None = None) -> None:
+    """Free the captured sampling loops of `model` (of every model when None)."""
+    if model is None:
+        _CACHES.clear()
+    else:
+        _CACHES.pop(model, None)
+
+
+def _weights_key(model: nn.Module) -> tuple[Any, ...]:
+    """Where every parameter and buffer lives: a graph reads these addresses."""
+    return tuple((t.data_ptr(), t.dtype, tuple(t.shape)) for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+def _graph_key(model: nn.Module, step: GuidedStep, codes: Tensor, steps: int, temperature: float, dtype: torch.dtype, compile: bool) -> tuple[Any, ...]:
+    rule = step.rule
+    rule_key = (type(rule), tuple(sorted((k, repr(v)) for k, v in vars(rule).items())))
+    inputs = tuple((k, tuple(v.shape), v.dtype) for k, v in step.inputs().items())
+    sampler = model.sampler
+    return (
+        tuple(codes.shape), steps, temperature, sampler.mask_schedule, dtype, compile, model.training,
+        step.static_shapes, step.scale, rule_key, step.rows.n_sets, step.zero_rows is not None, inputs,
+    )
+
+
+def sample_graphed(
+    model: nn.Module,
+    step: GuidedStep,
+    *,
+    batch: int,
+    known_codes: Int[Tensor, "b l"] | None,
+    known_mask: Bool[Tensor, "b l"] | None,
+    generator: torch.Generator | None,
+    steps: int | None,
+    temperature: float | None,
+    dtype: torch.dtype | None,
+    compile: bool,
+) -> Int[Tensor, "b l"]:
+    """`generate`'s sampling loop through a cached `SamplingGraph` (flat codes [b, l])."""
+    device = model.device
+    capture = device.type == "cuda"
+    if REQUIRE_CUDA and not capture:
+        raise ConfigError(
+            f"cuda_graph=True needs the model on a CUDA device; it is on {device}. Drop cuda_graph "
+            "(on the CPU generate's defaults are already the fast path) or move the model: model.to('cuda')"
+        )
+    sampler = model.sampler
+    steps, temperature = sampler.settings(steps, temperature)
+    with precision(device, dtype) as dt:  # resolves the default and refuses unsupported dtypes
+        pass
+    codes, mask = sampler.initial(batch, model.n_tokens, model.backbone.vocab_size, device, known_codes, known_mask)
+    cache = _CACHES.setdefault(model, _Cache())
+    weights = _weights_key(model)
+    if cache.weights != weights:  # parameters moved or were replaced: old graphs read stale memory
+        cache.graphs.clear()
+        cache.weights = weights
+    key = _graph_key(model, step, codes, steps, temperature, dt, compile)
+    graph = cache.graphs.get(key)
+    if graph is None:
+        graph = SamplingGraph(model, step, codes, mask, steps=steps, temperature=temperature, dtype=dt, capture=capture)
+        cache.graphs[key] = graph
+        while len(cache.graphs) > MAX_GRAPHS:
+            cache.graphs.popitem(last=False)
+    else:
+        graph.load(step, codes, mask)
+        cache.graphs.move_to_end(key)
+    return graph(generator)

@@ -1,0 +1,127 @@
+"""Whole-loop CUDA graphs (`generate(..., cuda_graph=True)`, controlfoley.graphs).
+
+On the CPU: the pre-drawn noise gives the tokens of drawing as it goes, and the graph's static
+buffers (condition rows, video, start codes, noise) carry each new call's inputs (the same loop,
+run uncaptured). On CUDA (skipped without a GPU): the captured graph gives the eager tokens.
+"""
+
+import pytest
+import torch
+
+from conftest import micro_inputs
+from controlfoley import graphs
+from controlfoley.errors import ConfigError, ShapeError
+from controlfoley.sampling import MaskGITSampler, PredrawnUniforms
+from test_fast_paths import live_control
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_predrawn_noise_gives_the_tokens_of_drawing_as_it_goes():
+    b, n, v, steps = 3, 20, 11, 6
+    w = torch.randn(n, v, generator=torch.Generator().manual_seed(0))
+
+    def logits_fn(codes, mask, k, n_steps):  # depends on the codes so far, like a model
+        return w[None] + 0.1 * codes[..., None].float()
+
+    sampler = MaskGITSampler(steps=steps)
+    codes, mask = sampler.initial(b, n, v, torch.device("cpu"), None, None)
+    eager = sampler.loop(logits_fn, codes, mask, steps=steps, temperature=9.0, generator=torch.Generator().manual_seed(5))
+    noise = PredrawnUniforms(steps, b, n, v, torch.device("cpu"))
+    noise.fill(torch.Generator().manual_seed(5))
+    drawn = sampler.loop(logits_fn, codes, mask, steps=steps, temperature=9.0, uniforms=noise)
+    assert torch.equal(eager, drawn)
+    assert mask.all() and not codes.any()  # the loop leaves its start untouched (it is a graph input)
+    noise.fill(torch.Generator().manual_seed(6))
+    noise.rewind()
+    assert not torch.equal(drawn, sampler.loop(logits_fn, codes, mask, steps=steps, temperature=9.0, uniforms=noise))
+
+
+def test_predrawn_noise_refuses_a_request_it_did_not_draw():
+    noise = PredrawnUniforms(1, 2, 5, 7, torch.device("cpu"))
+    with pytest.raises(ShapeError, match=r"shape \[2, 5, 8\]"):
+        noise(torch.Size([2, 5, 8]))
+    noise(torch.Size([2, 5, 7]))
+    noise(torch.Size([2, 5]))
+    with pytest.raises(ShapeError, match="step 1"):
+        noise(torch.Size([2, 5, 7]))
+
+
+def test_cuda_graph_on_the_cpu_names_the_fix(micro_model):
+    x = micro_inputs(micro_model)
+    with pytest.raises(ConfigError, match="needs the model on a CUDA device.*Drop cuda_graph"):
+        micro_model.generate(x["features"], x["text"], cuda_graph=True)
+
+
+@pytest.fixture
+def uncaptured(monkeypatch):
+    """The graph path's static-buffer loop, run without capture (this machine has no GPU)."""
+    monkeypatch.setattr(graphs, "REQUIRE_CUDA", False)
+    yield
+    graphs.clear_cuda_graphs()
+
+
+@pytest.mark.parametrize("prune_rows", [True, False])
+def test_each_call_reaches_the_graph_through_its_static_buffers(micro_model, uncaptured, prune_rows):
+    """Three calls with other features, text, known tokens and seeds reuse ONE cached loop and each
+    gives the eager tokens of its own inputs: a missed copy would repeat the first call's inputs."""
+    model = live_control(micro_model)
+    opts = dict(steps=5, prune_rows=prune_rows, onednn=False)
+    for seed in range(3):
+        x = micro_inputs(model, b=2, seed=seed)
+        known = torch.rand(2, *model.grid, generator=torch.Generator().manual_seed(seed)) < 0.3 * seed
+        kw = dict(known_codes=x["codes"], known_mask=known)
+        eager = model.generate(x["features"], x["text"], generator=torch.Generator().manual_seed(seed), **kw, **opts)
+        graphed = model.generate(x["features"], x["text"], generator=torch.Generator().manual_seed(seed), cuda_graph=True, **kw, **opts)
+        assert torch.equal(eager, graphed), seed
+        assert torch.equal(graphed[known], x["codes"][known])
+    assert len(graphs._CACHES[model].graphs) == 1
+
+
+def test_a_new_shape_or_setting_gets_its_own_loop_and_moved_weights_drop_them(micro_model, uncaptured):
+    model = live_control(micro_model)
+    x2, x3 = micro_inputs(model, b=2), micro_inputs(model, b=3)
+    model.generate(x2["features"], x2["text"], steps=3, cuda_graph=True)
+    model.generate(x3["features"], x3["text"], steps=3, cuda_graph=True)
+    model.generate(x3["features"], x3["text"], steps=4, cuda_graph=True)
+    model.generate(x3["features"], x3["text"], steps=4, cfg_scale=2.0, cuda_graph=True)
+    assert len(graphs._CACHES[model].graphs) == 4
+    model.generate(x3["features"], x3["text"], steps=2, cuda_graph=True)
+    assert len(graphs._CACHES[model].graphs) == graphs.MAX_GRAPHS  # the least recently used went
+    model.to(torch.float64).to(torch.float32)  # new parameter storage: cached loops would read freed memory
+    model.generate(x2["features"], x2["text"], steps=3, cuda_graph=True)
+    assert len(graphs._CACHES[model].graphs) == 1
+    graphs.clear_cuda_graphs(model)
+    assert model not in graphs._CACHES
+
+
+def test_static_shapes_false_cannot_be_captured(micro_model, uncaptured):
+    x = micro_inputs(micro_model)
+    with pytest.raises(ConfigError, match="static_shapes=False cannot be captured"):
+        micro_model.generate(x["features"], x["text"], static_shapes=False, cuda_graph=True)
+
+
+# -- on a GPU -------------------------------------------------------------------------------------
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("compile", [False, True])
+def test_captured_loop_gives_the_eager_tokens_on_cuda(micro_model, dtype, compile):
+    model = live_control(micro_model).cuda()
+    try:
+        for seed in range(3):
+            x = micro_inputs(model, b=2, seed=seed)
+            feats = {k: v.cuda() for k, v in x["features"].items()}
+            text = x["text"].cuda()
+
+            def run(**kw):
+                g = torch.Generator("cuda").manual_seed(seed)
+                return model.generate(feats, text, steps=6, dtype=dtype, compile=compile, generator=g, **kw)
+
+            eager, graphed = run(), run(cuda_graph=True)
+            same = (eager == graphed).float().mean().item()
+            # fp32: the same kernels in the same order, so identical; bf16 autocast may pick other
+            # kernels inside a capture only if cuBLAS does, so allow a few tokens
+            assert same == 1.0 if dtype == torch.float32 and not compile else same >= 0.97, (seed, same)
+        assert len(graphs._CACHES[model].graphs) == 1
+    finally:
+        graphs.clear_cuda_graphs()

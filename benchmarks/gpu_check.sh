@@ -60,7 +60,7 @@ want 2 && step 80 "2. batch 1, eager and whole-loop graph" $PY $S --device "$DEV
 want 3 && step 80 "3. batch $BIG_BATCH, eager and whole-loop graph" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
     --paths reference library_bf16 library_bf16_weights $GRAPH64
 want 4 && step 70 "4. training step, batch $BIG_BATCH" $PY benchmarks/train_speed.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --steps 5 --markdown
-want 5 && step 120 "5. batch 1, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --no-decode --markdown \
+want 5 && step 120 "5. batch 1, compiled" env TORCH_LOGS=perf_hints $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --no-decode --markdown \
     --paths library_bf16 library_bf16_compile $COMPILE_GRAPH
 want 6 && step 120 "6. batch $BIG_BATCH, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
     --paths library_bf16 library_bf16_compile $COMPILE_GRAPH

@@ -16,7 +16,9 @@
 #   5. batch 1, compiled: torch.compile "reduce-overhead" (CUDA graphs of the forward) and compile
 #      inside the whole-loop graph, vs library bf16 eager
 #   6. batch 64, compiled
-# Full run: about 4 min on an H200 (2026-11-26), machine start not counted.
+#   7. torch.profiler of one batch-64 call (library bf16 eager): matrix products / attention / rest
+#   8. batch 64 with attention restricted to the flash, then the memory-efficient SDPA backend
+# Full run: about 7 min on an H200 (2026-11-26), machine start not counted.
 # Smoke test on a CPU machine (about 1 min on 2 cores; no graph paths there):
 #     DEVICE=cpu PRESET=specmaskfoley_tiny BIG_BATCH=4 PY=.venv/bin/python bash benchmarks/gpu_check.sh 1 2 3 4 5 6
 set -uo pipefail
@@ -53,7 +55,9 @@ step() {  # step <seconds> <title> <command...>: output to the log, its fate not
 S=benchmarks/sample_speed.py
 ONLY="${*:-}"  # step numbers to run (default: all)
 want() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
-want 0 && step 120 "0. CUDA tests" $PY -m pytest -q -ra -p no:cacheprovider tests/test_graphs.py
+# -o addopts=-ra: without the suite's runtime type checks (jaxtyping + beartype), which torch 2.11's
+# dynamo cannot trace through (the compiled-forward cases failed there on beartype's wrapper)
+want 0 && step 120 "0. CUDA tests" $PY -m pytest -q -o addopts=-ra -p no:cacheprovider tests/test_graphs.py
 want 1 && step 30 "1. ceilings" $PY benchmarks/ceilings.py --device "$DEVICE" --markdown
 want 2 && step 80 "2. batch 1, eager and whole-loop graph" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --decode-runs 2 --markdown \
     --paths reference library library_bf16 library_bf16_weights $GRAPH1
@@ -64,4 +68,9 @@ want 5 && step 120 "5. batch 1, compiled" env TORCH_LOGS=perf_hints $PY $S --dev
     --paths library_bf16 library_bf16_compile $COMPILE_GRAPH
 want 6 && step 120 "6. batch $BIG_BATCH, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
     --paths library_bf16 library_bf16_compile $COMPILE_GRAPH
+want 7 && step 90 "7. profile, batch $BIG_BATCH, library bf16 eager" $PY benchmarks/profile_sampling.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH"
+for backend in flash efficient; do
+    want 8 && step 60 "8. batch $BIG_BATCH, attention backend $backend" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 \
+        --no-decode --markdown --sdpa $backend --paths library_bf16
+done
 cat "$log"

@@ -34,6 +34,7 @@ import torch
 from controlfoley import build_model
 from controlfoley.backbones.specmaskgit import Attention
 from controlfoley.model import SpecMaskFoley
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # MMAudio-S-16k's network on this machine class (docs/DESIGN.md sec. 4): 25 Euler steps with CFG for an
 # 8 s clip take ~12 s in fp32 and ~8 s in bf16 -> seconds of compute per second of audio.
@@ -63,6 +64,10 @@ LIBRARY_PATHS: dict[str, dict[str, Any]] = {
     "library_bf16_compile_graph": {"dtype": torch.bfloat16, "prune_rows": True, "compile": True, "cuda_graph": True},
 }
 DEFAULT_PATHS = ("reference", "library", "library_bf16")
+SDPA_BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH,
+}
 TARGET_STEPS = 12  # issue 6's targets are for the paper's 12-step multi-CFG sampling
 
 
@@ -261,12 +266,14 @@ def main() -> None:
     ap.add_argument("--no-decode", action="store_true", help="skip the decode and vocoder timing")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--markdown", action="store_true", help="print GitHub tables (for RESULTS.md)")
+    ap.add_argument("--sdpa", choices=sorted(SDPA_BACKENDS), help="restrict the library paths' attention to one SDPA backend")
     args = ap.parse_args()
     device = torch.device(args.device)
-    print(environment(device), flush=True)
+    print(environment(device) + (f" | SDPA backend {args.sdpa}" if args.sdpa else ""), flush=True)
     results = []
-    for preset in args.preset:
-        results += bench_preset(preset, args, device)
+    with sdpa_kernel([SDPA_BACKENDS[args.sdpa]]) if args.sdpa else contextlib.nullcontext():
+        for preset in args.preset:
+            results += bench_preset(preset, args, device)
     sync(device)
     report(results, device, args.markdown, args.steps)
 

@@ -62,7 +62,13 @@ LIBRARY_PATHS: dict[str, dict[str, Any]] = {
     "library_bf16_graph": {"dtype": torch.bfloat16, "prune_rows": True, "cuda_graph": True},
     "library_bf16_weights_graph": {"dtype": torch.bfloat16, "prune_rows": True, "cuda_graph": True},
     "library_bf16_compile_graph": {"dtype": torch.bfloat16, "prune_rows": True, "compile": True, "cuda_graph": True},
+    # bf16 weights run natively, without autocast (dtype=float32 means "no autocast" to generate):
+    # layer norms, residual adds and softmax in bf16 too, so half the activation traffic
+    "library_bf16_native": {"dtype": torch.float32, "prune_rows": True},
+    "library_bf16_native_graph": {"dtype": torch.float32, "prune_rows": True, "cuda_graph": True},
+    "library_bf16_native_compile_graph": {"dtype": torch.float32, "prune_rows": True, "compile": True, "cuda_graph": True},
 }
+BF16_MODEL_PATHS = ("library_bf16_weights", "library_bf16_native")  # prefixes of the paths that use a bf16 copy
 DEFAULT_PATHS = ("reference", "library", "library_bf16")
 SDPA_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
@@ -135,13 +141,13 @@ def sampling_fns(model: SpecMaskFoley, paths: list[str], batch: int, steps: int,
     feats, text = make_inputs(model, batch, device)
     timed: dict[str, Callable[[], object]] = {}
     warm: dict[str, Callable[[], object]] = {}
-    bf16_model = copy.deepcopy(model).to(torch.bfloat16) if any(p.startswith("library_bf16_weights") for p in paths) else None
+    bf16_model = copy.deepcopy(model).to(torch.bfloat16) if any(p.startswith(BF16_MODEL_PATHS) for p in paths) else None
 
     def bind(name: str, n_steps: int) -> Callable[[], object]:
         if name == "reference":
             return lambda: out.__setitem__(name, naive_generate(model, feats, text, 0, n_steps))
         kw = LIBRARY_PATHS[name]
-        m = bf16_model if name.startswith("library_bf16_weights") else model
+        m = bf16_model if name.startswith(BF16_MODEL_PATHS) else model
         return lambda: out.__setitem__(
             name, m.generate(feats, text, steps=n_steps, generator=torch.Generator(device).manual_seed(0), **kw)
         )

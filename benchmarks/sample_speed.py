@@ -62,11 +62,11 @@ LIBRARY_PATHS: dict[str, dict[str, Any]] = {
     "library_bf16_graph": {"dtype": torch.bfloat16, "prune_rows": True, "cuda_graph": True},
     "library_bf16_weights_graph": {"dtype": torch.bfloat16, "prune_rows": True, "cuda_graph": True},
     "library_bf16_compile_graph": {"dtype": torch.bfloat16, "prune_rows": True, "compile": True, "cuda_graph": True},
-    # bf16 weights run natively, without autocast (dtype=float32 means "no autocast" to generate):
+    # bf16 weights run natively, without autocast (generate's default for a bf16 model, dtype=None):
     # layer norms, residual adds and softmax in bf16 too, so half the activation traffic
-    "library_bf16_native": {"dtype": torch.float32, "prune_rows": True},
-    "library_bf16_native_graph": {"dtype": torch.float32, "prune_rows": True, "cuda_graph": True},
-    "library_bf16_native_compile_graph": {"dtype": torch.float32, "prune_rows": True, "compile": True, "cuda_graph": True},
+    "library_bf16_native": {"prune_rows": True},
+    "library_bf16_native_graph": {"prune_rows": True, "cuda_graph": True},
+    "library_bf16_native_compile_graph": {"prune_rows": True, "compile": True, "cuda_graph": True},
 }
 BF16_MODEL_PATHS = ("library_bf16_weights", "library_bf16_native")  # prefixes of the paths that use a bf16 copy
 DEFAULT_PATHS = ("reference", "library", "library_bf16")

@@ -15,7 +15,8 @@
 - `compile=True`: `torch.compile` of the batched forward; on CUDA in "reduce-overhead" mode, which
   captures CUDA graphs.
 
-`precision(device, dtype)` is generate's autocast context: bf16 by default on CUDA, fp32 elsewhere.
+`precision(device, dtype)` is generate's autocast context: bf16 by default on CUDA, fp32 elsewhere,
+and no autocast for a model whose weights are already bf16/fp16 (it runs in its own dtype).
 It wraps the whole sampling loop so autocast's cache of cast weights lives across all steps.
 
 `OneDNNLinear`: inference-time CPU kernels for one `generate` call.
@@ -31,10 +32,12 @@ It wraps the whole sampling loop so autocast's cache of cast weights lives acros
 - `fused_mlp`: a backbone MLP (linear -> GELU -> linear) asks the active mode for a fused first
   linear, GELU applied by oneDNN as a post-op on the fp32 accumulator (one rounding to bf16
   instead of two; fp32 results differ ~1e-6).
-- bf16 weights, a copy in any case, are stored in oneDNN's packed (blocked) layout
+- bf16 weights, a copy in any case under autocast, are stored in oneDNN's packed (blocked) layout
   (`_reorder_linear_weight`; bit-identical products): 12-step paper-size bf16 sampling took
-  6.91-7.07 s packed vs 7.22-7.35 s plain (4 runs each, alternated). fp32 weights are used as
-  they are: packing them bought nothing measurable and would need a second copy of every weight.
+  6.91-7.07 s packed vs 7.22-7.35 s plain (4 runs each, alternated). A bf16 model run natively
+  (`model.to(torch.bfloat16)`, no autocast) is packed the same way, a copy for the call. fp32
+  weights are used as they are: packing them bought nothing measurable and would need a second
+  copy of every weight.
 Together these make bf16 sampling faster than plain autocast (see benchmarks/RESULTS.md). fp32
 results are summed in another order than MKL's, so logits differ ~1e-6 from the aten path.
 """
@@ -81,20 +84,29 @@ def zero_scale_conditions(rule: GuidanceRule) -> tuple[Condition, ...] | None:
     return None
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on CUDA; fp32 elsewhere (bf16 on CPU is opt-in: it changes the sampled tokens)."""
+def default_dtype(device: torch.device, param_dtype: torch.dtype = torch.float32) -> torch.dtype:
+    """The sampling dtype when none is asked for: a bf16/fp16 model's own dtype; for an fp32 model
+    bf16 on CUDA, fp32 elsewhere (bf16 on CPU is opt-in: it changes the sampled tokens)."""
+    if param_dtype in (torch.bfloat16, torch.float16):
+        return param_dtype
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 @contextlib.contextmanager
-def precision(device: torch.device, dtype: torch.dtype | None = None, *, cache: bool = True) -> Iterator[torch.dtype]:
-    """Autocast to `dtype` (default: `default_dtype(device)`); fp32 runs without autocast.
+def precision(
+    device: torch.device, dtype: torch.dtype | None = None, *, cache: bool = True, param_dtype: torch.dtype = torch.float32
+) -> Iterator[torch.dtype]:
+    """Generate's precision context; yields the dtype the linears run in.
+    - `dtype=None` on a bf16/fp16 model (`model.to(torch.bfloat16)`): no autocast, every op in the
+      model's dtype (norms, residual adds and softmax too: half the activation traffic of autocast,
+      which keeps them in fp32; measured faster on an H200, benchmarks/RESULTS.md).
+    - otherwise autocast to `dtype` (default `default_dtype(device)`); fp32 runs without autocast.
     `cache=False` turns off autocast's cache of cast weights: a captured CUDA graph must not read
     cached casts, which autocast frees when its context ends."""
-    dt = default_dtype(device) if dtype is None else dtype
+    dt = default_dtype(device, param_dtype) if dtype is None else dtype
     if dt not in _DTYPES:
         raise ConfigError(f"dtype must be one of {[str(d) for d in _DTYPES]}, got {dt}")
-    if dt == torch.float32:
+    if dt == torch.float32 or (dtype is None and dt == param_dtype):
         yield dt
         return
     with torch.autocast(device.type, dtype=dt, cache_enabled=cache):
@@ -146,20 +158,20 @@ class OneDNNLinear(TorchFunctionMode):
         """The dtype the linear runs in, or None when this mode leaves it to aten."""
         if not (
             x.device.type == "cpu"
-            and w.dtype == torch.float32
-            and (b is None or b.dtype == torch.float32)
+            and w.dtype in (torch.float32, torch.bfloat16)
+            and (b is None or b.dtype == w.dtype)
             and 2 <= x.dim() <= 3
             and w.dim() == 2
         ):
             return None
         if torch.is_autocast_enabled("cpu"):
             dt = torch.get_autocast_dtype("cpu")
-            return dt if x.dtype in (torch.float32, dt) else None
-        return torch.float32 if x.dtype == torch.float32 else None
+            return dt if w.dtype == torch.float32 and x.dtype in (torch.float32, dt) else None
+        return w.dtype if x.dtype == w.dtype else None  # fp32, or a bf16 model run natively
 
     def _weights(self, w: Tensor, b: Tensor | None, dt: torch.dtype, rows: int, *, pack: bool) -> tuple[Tensor, Tensor | None]:
         key = (id(w), id(b), dt)
-        if key not in self._cast:  # fp32: no copy (`to` returns the parameter itself)
+        if key not in self._cast:  # same dtype: no copy (`to` returns the parameter itself)
             lw = w.to(dt)
             if pack and dt == torch.bfloat16:  # a copy exists anyway: store it in oneDNN's blocked layout
                 try:

@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
         "--precision", choices=("auto", "fp32", "bf16"), default="auto",
         help="token sampling precision; auto: bf16 on CUDA, fp32 on CPU (bf16 on a CPU with AVX-512 bf16: ~1.6x faster at paper size, no gain for the tiny presets; CPUs without bf16 units may be slower)",
     )  # fmt: skip
+    p.add_argument(
+        "--cuda-graph", action="store_true",
+        help="(CUDA) capture each window's whole sampling loop as one CUDA graph and replay it for the next windows and files: ~3-4x faster token sampling at batch 1 on an H200",
+    )  # fmt: skip
     return p
 
 
@@ -113,6 +117,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ValueError(f"--cfg-scale must be a finite number, got {args.cfg_scale}")
     if not 0.0 <= args.overlap < 1.0:
         raise ValueError(f"--overlap is a fraction of the window in [0, 1), got {args.overlap}")
+    if args.cuda_graph and not args.device.startswith("cuda"):
+        raise ValueError(f"--cuda-graph needs --device cuda (CUDA graphs), got --device {args.device}; drop --cuda-graph on the CPU")
 
 
 def _build_pipeline(args: argparse.Namespace, extractors: dict[str, Any], vocoder: dict[str, Any] | None) -> Any:
@@ -121,7 +127,7 @@ def _build_pipeline(args: argparse.Namespace, extractors: dict[str, Any], vocode
 
     pipe = FoleyPipeline.from_pretrained(
         args.model, extractors=extractors, vocoder=vocoder, map_location=args.device, overlap=args.overlap, join=args.join,
-        precision=args.precision,
+        precision=args.precision, cuda_graph=args.cuda_graph,
     )  # fmt: skip
     if args.prompt:
         pipe.encode_text(args.prompt)  # a typo in the prompt fails now, not after the first file

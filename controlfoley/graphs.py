@@ -57,10 +57,11 @@ class SamplingGraph:
         *,
         steps: int,
         temperature: float,
-        dtype: torch.dtype,
+        dtype: torch.dtype | None,
         capture: bool,
     ) -> None:
         self.model, self.step, self.steps, self.temperature, self.dtype = model, step, steps, temperature, dtype
+        self.param_dtype = next(model.backbone.parameters()).dtype
         self.codes, self.mask = codes.clone(), mask.clone()
         self.inputs = step.inputs()  # the step's own tensors: copying into them feeds the graph
         self.noise = PredrawnUniforms(steps, codes.shape[0], codes.shape[1], model.backbone.vocab_size, codes.device)
@@ -71,7 +72,7 @@ class SamplingGraph:
 
     def _run(self) -> Int[Tensor, "b l"]:
         self.noise.rewind()
-        with precision(self.codes.device, self.dtype, cache=False):
+        with precision(self.codes.device, self.dtype, cache=False, param_dtype=self.param_dtype):
             return self.model.sampler.loop(
                 self.step, self.codes, self.mask, steps=self.steps, temperature=self.temperature, uniforms=self.noise
             )
@@ -136,7 +137,7 @@ def _weights_key(model: nn.Module) -> tuple[Any, ...]:
     return tuple((t.data_ptr(), t.dtype, tuple(t.shape)) for t in itertools.chain(model.parameters(), model.buffers()))
 
 
-def _graph_key(model: nn.Module, step: GuidedStep, codes: Tensor, steps: int, temperature: float, dtype: torch.dtype, compile: bool) -> tuple[Any, ...]:
+def _graph_key(model: nn.Module, step: GuidedStep, codes: Tensor, steps: int, temperature: float, dtype: Any, compile: bool) -> tuple[Any, ...]:
     rule = step.rule
     rule_key = (type(rule), tuple(sorted((k, repr(v)) for k, v in vars(rule).items())))
     inputs = tuple((k, tuple(v.shape), v.dtype) for k, v in step.inputs().items())
@@ -170,18 +171,18 @@ def sample_graphed(
         )
     sampler = model.sampler
     steps, temperature = sampler.settings(steps, temperature)
-    with precision(device, dtype) as dt:  # resolves the default and refuses unsupported dtypes
-        pass
+    with precision(device, dtype, param_dtype=next(model.backbone.parameters()).dtype) as dt:
+        pass  # resolves the default and refuses unsupported dtypes; `dtype` (maybe None) is what the loop uses
     codes, mask = sampler.initial(batch, model.n_tokens, model.backbone.vocab_size, device, known_codes, known_mask)
     cache = _CACHES.setdefault(model, _Cache())
     weights = _weights_key(model)
     if cache.weights != weights:  # parameters moved or were replaced: old graphs read stale memory
         cache.graphs.clear()
         cache.weights = weights
-    key = _graph_key(model, step, codes, steps, temperature, dt, compile)
+    key = _graph_key(model, step, codes, steps, temperature, (dt, dtype is None), compile)
     graph = cache.graphs.get(key)
     if graph is None:
-        graph = SamplingGraph(model, step, codes, mask, steps=steps, temperature=temperature, dtype=dt, capture=capture)
+        graph = SamplingGraph(model, step, codes, mask, steps=steps, temperature=temperature, dtype=dtype, capture=capture)
         cache.graphs[key] = graph
         while len(cache.graphs) > MAX_GRAPHS:
             cache.graphs.popitem(last=False)

@@ -155,6 +155,7 @@ class FoleyPipeline:
         frame_size: int = 64,
         feature_frames: Mapping[str, int] | None = None,
         precision: str = "auto",
+        cuda_graph: bool = False,
     ) -> None:
         """A pipeline around `model`, a SpecMaskFoley with video control (`from_pretrained` picks the
         extractors a checkpoint was trained with; use this to choose them yourself).
@@ -174,6 +175,9 @@ class FoleyPipeline:
         - `feature_frames`: feature rows per window by key, overriding the default of a training
           clip exactly one window long (e.g. {"sync": 240, "clip": 80} for the paper's 10 s clips).
         - `precision`: token sampling precision, "auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16".
+        - `cuda_graph`: (CUDA) sample each window through a captured whole-loop CUDA graph
+          (`generate(cuda_graph=True)`): the first window captures it, every later window of this
+          and later videos replays it; ~3-4x faster token sampling per window on an H200.
         Bad values raise ConfigError naming the argument.
         """
         _require_control(model)
@@ -186,7 +190,9 @@ class FoleyPipeline:
             raise ConfigError(f"join must be one of {JOINS}, got {join!r}")
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
-        self.precision = precision
+        if cuda_graph and model.device.type != "cuda":
+            raise ConfigError(f"cuda_graph=True needs the model on a CUDA device; it is on {model.device}. Drop cuda_graph or load with map_location='cuda'")
+        self.precision, self.cuda_graph = precision, bool(cuda_graph)
         self.model = model.eval()
         self.extractors = {k: build_extractor(v) for k, v in extractors.items()}
         self.text_encoder = None if text_encoder is None else build_extractor(text_encoder)
@@ -361,7 +367,7 @@ class FoleyPipeline:
                 known = {"known_codes": codes[None, :, w.start_col : w.start_col + t].clone(), "known_mask": mask}
             out = model.generate(
                 feats, text, negative_text=negative, steps=steps, cfg_scale=cfg_scale, guidance=rule, generator=generator,
-                dtype=PRECISIONS[self.precision], **known,
+                dtype=PRECISIONS[self.precision], cuda_graph=self.cuda_graph, **known,
             )  # fmt: skip
             codes[:, w.start_col : w.start_col + t] = out[0]
         return codes

@@ -375,3 +375,42 @@ def test_fused_mlp_respects_hooks_on_fc1():
         hooked = mlp(x)
     assert calls == [1]  # fc1 ran as a module, so its hook ran and applied
     assert torch.allclose(hooked, mlp.fc2(mlp.act(torch.zeros(1, 5, 32))), atol=1e-6) and not torch.allclose(hooked, ref)
+
+
+# -- a bf16 model runs in its own dtype ------------------------------------------------------------
+def test_precision_runs_a_low_precision_model_natively_unless_a_dtype_is_asked():
+    from controlfoley.fast import precision
+
+    cpu = torch.device("cpu")
+    with precision(cpu, None, param_dtype=torch.bfloat16) as dt:
+        assert dt == torch.bfloat16 and not torch.is_autocast_enabled("cpu")
+    with precision(cpu, torch.bfloat16, param_dtype=torch.bfloat16) as dt:  # asked for: autocast, as documented
+        assert dt == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    with precision(cpu, None) as dt:
+        assert dt == torch.float32 and not torch.is_autocast_enabled("cpu")
+    with precision(torch.device("cuda"), None, param_dtype=torch.float32) as dt:  # the CUDA default; no kernel runs here
+        assert dt == torch.bfloat16
+
+
+@pytest.mark.skipif(torch.bfloat16 not in onednn_dtypes(), reason="this CPU's oneDNN has no bf16 kernels")
+def test_onednn_runs_bf16_weights_natively():
+    lin = torch.nn.Linear(48, 40).to(torch.bfloat16)
+    x = torch.randn(2, 7, 48, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    with torch.no_grad():
+        want = F.linear(x.float(), lin.weight.float(), lin.bias.float())
+        with OneDNNLinear():
+            got = lin(x)
+    assert got.dtype == torch.bfloat16
+    assert ((got.float() - want).norm() / want.norm()).item() < 1e-2
+
+
+def test_a_bf16_model_samples_close_to_its_fp32_original(model):
+    x = micro_inputs(model, b=2)
+    rule = MultiCFG()
+    fp32 = fast_generate(model, x, rule, 6, 0)
+    low = model.to(torch.bfloat16)
+    native = fast_generate(low, x, rule, 6, 0, onednn=None)  # oneDNN bf16 linears where the CPU has them
+    aten = fast_generate(low, x, rule, 6, 0)
+    assert native.dtype == torch.long and native.shape == fp32.shape
+    # bf16 rounding flips a few tokens; a broken path agrees at chance (1/64)
+    assert (native == fp32).float().mean() > 0.8 and (aten == fp32).float().mean() > 0.8

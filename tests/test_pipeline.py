@@ -125,6 +125,25 @@ def test_precision_reaches_the_sampler_and_bad_values_are_refused(media: dict[st
         _pipeline(micro_model(), precision="fp8")
 
 
+def test_cuda_graph_windows_replay_one_captured_loop(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every window of a long video (the later ones continuing known tokens) goes through ONE cached
+    loop and gives the eager windows' tokens; run uncaptured here (no GPU), see tests/test_graphs.py."""
+    from controlfoley import graphs
+
+    with pytest.raises(ConfigError, match="cuda_graph=True needs the model on a CUDA device"):
+        _pipeline(micro_model(), cuda_graph=True)
+    monkeypatch.setattr(graphs, "REQUIRE_CUDA", False)
+    p = _pipeline(micro_model())
+    eager = p(media["long"], steps=3, seed=1)
+    p.cuda_graph = True
+    try:
+        graphed = p(media["long"], steps=3, seed=1)
+        assert len(graphed.windows) >= 3 and torch.equal(eager.codes, graphed.codes)
+        assert len(graphs._CACHES[p.model].graphs) == 1
+    finally:
+        graphs.clear_cuda_graphs()
+
+
 def test_short_clip_is_padded_with_a_still_picture(pipe: FoleyPipeline, media: dict[str, Path]) -> None:
     streams, duration = pipe.read_features(media["tiny"])
     n_video = math.floor(duration * 24)
@@ -269,8 +288,9 @@ def test_cli_refuses_bad_model_and_prompt_before_any_file(model_file: Path, medi
     assert cli.main(["generate", str(media["tiny"]), "--model", str(tmp_path / "nope.safetensors"), "--out", str(out)]) == 2
     assert cli.main(["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--prompt", "violin"]) == 2
     assert cli.main(["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--extractor", "nokey"]) == 2
+    assert cli.main(["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--cuda-graph"]) == 2
     err = capsys.readouterr().err
-    assert "nope.safetensors" in err and "unknown tag" in err and "KEY=NAME" in err
+    assert "nope.safetensors" in err and "unknown tag" in err and "KEY=NAME" in err and "--cuda-graph needs --device cuda" in err
     assert _outputs(out) == []
 
 

@@ -31,7 +31,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PY:-python3} DEVICE=${DEVICE:-cuda} PRESET=${PRESET:-specmaskfoley} BIG_BATCH=${BIG_BATCH:-64}
 GRAPH1="" GRAPH64="" COMPILE_GRAPH=""
 if [ "$DEVICE" != cpu ]; then  # whole-loop CUDA graphs (cuda_graph=True) need a GPU
-    GRAPH1="library_bf16_graph library_bf16_weights_graph" GRAPH64="library_bf16_graph" COMPILE_GRAPH="library_bf16_compile_graph"
+    GRAPH1="library_bf16_graph library_bf16_weights_graph library_bf16_native_graph" GRAPH64="library_bf16_graph library_bf16_native"
+    COMPILE_GRAPH="library_bf16_compile_graph library_bf16_native_compile_graph"
 fi
 dir=${OUT:-benchmarks/out}
 mkdir -p "$dir"

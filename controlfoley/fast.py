@@ -16,7 +16,7 @@
   captures CUDA graphs.
 
 `precision(device, dtype)` is generate's autocast context: bf16 by default on CUDA, fp32 elsewhere,
-and no autocast for a model whose weights are already bf16/fp16 (it runs in its own dtype).
+and no autocast for a model whose weights are already bf16 (it runs in bf16 throughout).
 It wraps the whole sampling loop so autocast's cache of cast weights lives across all steps.
 
 `OneDNNLinear`: inference-time CPU kernels for one `generate` call.
@@ -85,9 +85,10 @@ def zero_scale_conditions(rule: GuidanceRule) -> tuple[Condition, ...] | None:
 
 
 def default_dtype(device: torch.device, param_dtype: torch.dtype = torch.float32) -> torch.dtype:
-    """The sampling dtype when none is asked for: a bf16/fp16 model's own dtype; for an fp32 model
-    bf16 on CUDA, fp32 elsewhere (bf16 on CPU is opt-in: it changes the sampled tokens)."""
-    if param_dtype in (torch.bfloat16, torch.float16):
+    """The sampling dtype when none is asked for: a bf16 model's own dtype; otherwise bf16 on CUDA,
+    fp32 elsewhere (bf16 on CPU is opt-in: it changes the sampled tokens). An fp16 model is not run
+    natively: fp16 residual streams can overflow, so it gets autocast like an fp32 one."""
+    if param_dtype == torch.bfloat16:
         return param_dtype
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
@@ -97,9 +98,9 @@ def precision(
     device: torch.device, dtype: torch.dtype | None = None, *, cache: bool = True, param_dtype: torch.dtype = torch.float32
 ) -> Iterator[torch.dtype]:
     """Generate's precision context; yields the dtype the linears run in.
-    - `dtype=None` on a bf16/fp16 model (`model.to(torch.bfloat16)`): no autocast, every op in the
-      model's dtype (norms, residual adds and softmax too: half the activation traffic of autocast,
-      which keeps them in fp32; measured faster on an H200, benchmarks/RESULTS.md).
+    - `dtype=None` on a bf16 model (`model.to(torch.bfloat16)`): no autocast, every op in bf16
+      (norms, residual adds and softmax too: half the activation traffic of autocast, which keeps
+      them in fp32; measured faster on an H200, benchmarks/RESULTS.md).
     - otherwise autocast to `dtype` (default `default_dtype(device)`); fp32 runs without autocast.
     `cache=False` turns off autocast's cache of cast weights: a captured CUDA graph must not read
     cached casts, which autocast frees when its context ends."""

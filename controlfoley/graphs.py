@@ -12,9 +12,11 @@ guidance combination, the MaskGIT updates) are captured as ONE CUDA graph and re
   `sampling.PredrawnUniforms` from the call's generator, in the order an eager call draws it, so
   the same generator gives the same tokens as `cuda_graph=False` (tested on CUDA).
 - One graph per (weights' storage, batch, shapes, guidance rule and scale, steps, temperature,
-  dtype, compile): kept beside the model (at most `MAX_GRAPHS` per model, the least recently used
-  dropped; `clear_cuda_graphs(model)` frees them). Loading new weights in place
-  (`load_state_dict`) keeps the graphs valid; moving or re-creating parameters drops them.
+  dtype, compile): kept on the model (`model._cuda_graphs`, freed with it; at most `MAX_GRAPHS`
+  per model, the least recently used dropped; `clear_cuda_graphs(model)` frees them now).
+  Loading new weights in place (`load_state_dict`) keeps the graphs valid; moving or re-creating
+  parameters drops them. Each graph holds its activations' memory and the noise of all steps
+  (steps x batch x tokens x vocab fp32: ~13 MB a clip at paper size, 0.83 GB at batch 64).
 - The first call of a kind runs the loop twice on a side stream (cuBLAS workspaces,
   torch.compile's warm-up) and then captures it: about three eager calls. Later calls copy the
   inputs in and replay.
@@ -24,6 +26,7 @@ guidance combination, the MaskGIT updates) are captured as ONE CUDA graph and re
   fused kernels are captured in the whole-loop graph).
 """
 
+import contextlib
 import itertools
 import weakref
 from collections import OrderedDict
@@ -80,16 +83,20 @@ class SamplingGraph:
     def _capture(self) -> None:
         device = self.codes.device
         self.noise.fill(torch.Generator(device).manual_seed(0))  # warm-up draws; each call draws its own
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # lazy initialisation (cuBLAS workspaces, compiled kernels) outside the capture
+                self._run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
         try:
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(2):  # lazy initialisation (cuBLAS workspaces, compiled kernels) outside the capture
-                    self._run()
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # the capture stream is made on the model's device (torch's default one belongs to the
+            # device current when it was first made, which may be another GPU)
+            with torch.cuda.graph(graph, stream=torch.cuda.Stream(device)):
                 out = self._run()
+        except torch.cuda.OutOfMemoryError:
+            raise
         except RuntimeError as e:
             raise ConfigError(
                 f"cuda_graph=True: capturing the sampling loop as a CUDA graph failed ({str(e).splitlines()[0]}). "
@@ -116,20 +123,38 @@ class SamplingGraph:
 
 
 class _Cache:
+    """A model's captured loops, stored on the model (`model._cuda_graphs`): they go when it goes
+    (a graph holds the model, so a cache outside it would keep every model alive). Copying or
+    pickling the model gives an empty cache: graphs cannot be copied, and a copy has other weights."""
+
     def __init__(self) -> None:
         self.weights: tuple[Any, ...] | None = None
         self.graphs: OrderedDict[tuple[Any, ...], SamplingGraph] = OrderedDict()
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> "_Cache":
+        return _Cache()
 
-_CACHES: "weakref.WeakKeyDictionary[nn.Module, _Cache]" = weakref.WeakKeyDictionary()
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Cache, ())
+
+
+_ATTR = "_cuda_graphs"
+_MODELS: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # models holding a cache, for clear_cuda_graphs()
+
+
+def _cache_of(model: nn.Module, create: bool = False) -> _Cache | None:
+    cache = model.__dict__.get(_ATTR)
+    if cache is None and create:
+        cache = model.__dict__[_ATTR] = _Cache()
+        _MODELS.add(model)
+    return cache
 
 
 def clear_cuda_graphs(model: nn.Module | None = None) -> None:
     """Free the captured sampling loops of `model` (of every model when None)."""
-    if model is None:
-        _CACHES.clear()
-    else:
-        _CACHES.pop(model, None)
+    for m in list(_MODELS) if model is None else [model]:
+        m.__dict__.pop(_ATTR, None)
+        _MODELS.discard(m)
 
 
 def _weights_key(model: nn.Module) -> tuple[Any, ...]:
@@ -138,13 +163,15 @@ def _weights_key(model: nn.Module) -> tuple[Any, ...]:
 
 
 def _graph_key(model: nn.Module, step: GuidedStep, codes: Tensor, steps: int, temperature: float, dtype: Any, compile: bool) -> tuple[Any, ...]:
+    """Everything besides the copied inputs that the captured loop depends on."""
     rule = step.rule
     rule_key = (type(rule), tuple(sorted((k, repr(v)) for k, v in vars(rule).items())))
     inputs = tuple((k, tuple(v.shape), v.dtype) for k, v in step.inputs().items())
     sampler = model.sampler
+    switches = tuple(m.fused for m in model.modules() if isinstance(getattr(m, "fused", None), bool))  # e.g. math attention
     return (
-        tuple(codes.shape), steps, temperature, sampler.mask_schedule, dtype, compile, model.training,
-        step.static_shapes, step.scale, rule_key, step.rows.n_sets, step.zero_rows is not None, inputs,
+        tuple(codes.shape), steps, temperature, type(sampler), sampler.mask_schedule, dtype, compile, model.training,
+        step.static_shapes, step.scale, rule_key, step.rows.n_sets, step.zero_rows is not None, inputs, switches,
     )
 
 
@@ -174,7 +201,8 @@ def sample_graphed(
     with precision(device, dtype, param_dtype=next(model.backbone.parameters()).dtype) as dt:
         pass  # resolves the default and refuses unsupported dtypes; `dtype` (maybe None) is what the loop uses
     codes, mask = sampler.initial(batch, model.n_tokens, model.backbone.vocab_size, device, known_codes, known_mask)
-    cache = _CACHES.setdefault(model, _Cache())
+    cache = _cache_of(model, create=True)
+    assert cache is not None
     weights = _weights_key(model)
     if cache.weights != weights:  # parameters moved or were replaced: old graphs read stale memory
         cache.graphs.clear()
@@ -182,11 +210,13 @@ def sample_graphed(
     key = _graph_key(model, step, codes, steps, temperature, (dt, dtype is None), compile)
     graph = cache.graphs.get(key)
     if graph is None:
-        graph = SamplingGraph(model, step, codes, mask, steps=steps, temperature=temperature, dtype=dtype, capture=capture)
+        with torch.cuda.device(device) if capture else contextlib.nullcontext():
+            graph = SamplingGraph(model, step, codes, mask, steps=steps, temperature=temperature, dtype=dtype, capture=capture)
         cache.graphs[key] = graph
         while len(cache.graphs) > MAX_GRAPHS:
             cache.graphs.popitem(last=False)
     else:
         graph.load(step, codes, mask)
         cache.graphs.move_to_end(key)
-    return graph(generator)
+    with torch.cuda.device(device) if capture else contextlib.nullcontext():
+        return graph(generator)

@@ -259,8 +259,8 @@ class SpecMaskFoley(nn.Module):
         - `generator`: a torch.Generator on the model's device, for repeatable samples.
 
         Speed options (see `controlfoley.fast`): `dtype` autocast (default bf16 on CUDA, fp32
-        elsewhere; a model already in bf16/fp16, `model.to(torch.bfloat16)`, runs in its own dtype
-        without autocast by default, the fastest GPU setting measured); `compile` torch.compile of the step forward (CUDA graphs on CUDA);
+        elsewhere; a model already in bf16, `model.to(torch.bfloat16)`, runs in bf16 without
+        autocast by default, the fastest GPU setting measured); `compile` torch.compile of the step forward (CUDA graphs on CUDA);
         `static_shapes=False` vocab head on still-masked positions only (default: static on CUDA
         or when compiled); `prune_rows` (default on) only the uncond rows at steps whose CFG scale is 0, which
         gives the same logits (l_u + 0 * (...) = l_u);

@@ -398,10 +398,11 @@ def test_onednn_runs_bf16_weights_natively():
     x = torch.randn(2, 7, 48, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     with torch.no_grad():
         want = F.linear(x.float(), lin.weight.float(), lin.bias.float())
-        with OneDNNLinear():
+        with OneDNNLinear() as mode:
             got = lin(x)
     assert got.dtype == torch.bfloat16
     assert ((got.float() - want).norm() / want.norm()).item() < 1e-2
+    assert [k[2] for k in mode._cast] == [torch.bfloat16]  # it went through oneDNN, not aten
 
 
 def test_a_bf16_model_samples_close_to_its_fp32_original(model):

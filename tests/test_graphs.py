@@ -75,7 +75,7 @@ def test_each_call_reaches_the_graph_through_its_static_buffers(micro_model, unc
         graphed = model.generate(x["features"], x["text"], generator=torch.Generator().manual_seed(seed), cuda_graph=True, **kw, **opts)
         assert torch.equal(eager, graphed), seed
         assert torch.equal(graphed[known], x["codes"][known])
-    assert len(graphs._CACHES[model].graphs) == 1
+    assert len(graphs._cache_of(model).graphs) == 1
 
 
 def test_a_new_shape_or_setting_gets_its_own_loop_and_moved_weights_drop_them(micro_model, uncaptured):
@@ -85,14 +85,53 @@ def test_a_new_shape_or_setting_gets_its_own_loop_and_moved_weights_drop_them(mi
     model.generate(x3["features"], x3["text"], steps=3, cuda_graph=True)
     model.generate(x3["features"], x3["text"], steps=4, cuda_graph=True)
     model.generate(x3["features"], x3["text"], steps=4, cfg_scale=2.0, cuda_graph=True)
-    assert len(graphs._CACHES[model].graphs) == 4
+    assert len(graphs._cache_of(model).graphs) == 4
     model.generate(x3["features"], x3["text"], steps=2, cuda_graph=True)
-    assert len(graphs._CACHES[model].graphs) == graphs.MAX_GRAPHS  # the least recently used went
+    assert len(graphs._cache_of(model).graphs) == graphs.MAX_GRAPHS  # the least recently used went
     model.to(torch.float64).to(torch.float32)  # new parameter storage: cached loops would read freed memory
     model.generate(x2["features"], x2["text"], steps=3, cuda_graph=True)
-    assert len(graphs._CACHES[model].graphs) == 1
+    assert len(graphs._cache_of(model).graphs) == 1
     graphs.clear_cuda_graphs(model)
-    assert model not in graphs._CACHES
+    assert graphs._cache_of(model) is None
+
+
+def test_each_setting_the_loop_bakes_in_gets_its_own_loop(micro_model, uncaptured):
+    """Temperature, the guidance rule and its schedule, and row pruning are fixed inside a captured
+    loop: changing one alone must not replay another's."""
+    from controlfoley import GUIDANCE
+
+    model = live_control(micro_model)
+    x = micro_inputs(model, b=2)
+    variants = [  # each right after one it could be confused with (the cache keeps the last 4)
+        {}, {"guidance": GUIDANCE.build("multi", schedule="constant")}, {"temperature": 2.0},
+        {"guidance": GUIDANCE.build("cfg_video")}, {"guidance": GUIDANCE.build("cfg_text")}, {"prune_rows": False},
+    ]
+    for kw in variants:
+        def run(**extra):
+            return model.generate(x["features"], x["text"], steps=4, onednn=False, generator=torch.Generator().manual_seed(3), **kw, **extra)
+
+        assert torch.equal(run(), run(cuda_graph=True)), kw
+    assert len(graphs._cache_of(model).graphs) == graphs.MAX_GRAPHS  # 6 settings, the oldest dropped
+
+
+def test_the_loops_go_with_the_model_and_a_copy_starts_empty(uncaptured):
+    import copy
+    import gc
+    import weakref
+
+    from conftest import micro_overrides
+    from controlfoley import build_model
+
+    model = live_control(build_model("specmaskfoley_tiny", **micro_overrides()).eval())  # not a fixture: pytest keeps those
+    x = micro_inputs(model)
+    model.generate(x["features"], x["text"], steps=2, cuda_graph=True)
+    twin = copy.deepcopy(model)
+    assert len(graphs._cache_of(model).graphs) == 1 and not graphs._cache_of(twin).graphs
+    twin.generate(x["features"], x["text"], steps=2, cuda_graph=True)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None  # a loop holds its model; the cache must not keep both alive
 
 
 def test_static_shapes_false_cannot_be_captured(micro_model, uncaptured):
@@ -124,6 +163,6 @@ def test_captured_loop_gives_the_eager_tokens_on_cuda(micro_model, dtype, compil
             # fp32: the same kernels in the same order, so identical; bf16 autocast may pick other
             # kernels inside a capture only if cuBLAS does, so allow a few tokens
             assert same == 1.0 if dtype == torch.float32 and not compile else same >= 0.97, (seed, same)
-        assert len(graphs._CACHES[model].graphs) == 1
+        assert len(graphs._cache_of(model).graphs) == 1
     finally:
         graphs.clear_cuda_graphs()

@@ -139,7 +139,7 @@ def test_cuda_graph_windows_replay_one_captured_loop(media: dict[str, Path], mon
     try:
         graphed = p(media["long"], steps=3, seed=1)
         assert len(graphed.windows) >= 3 and torch.equal(eager.codes, graphed.codes)
-        assert len(graphs._CACHES[p.model].graphs) == 1
+        assert len(graphs._cache_of(p.model).graphs) == 1
     finally:
         graphs.clear_cuda_graphs()
 

@@ -177,7 +177,7 @@ class FoleyPipeline:
         - `precision`: token sampling precision, "auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16".
         - `cuda_graph`: (CUDA) sample each window through a captured whole-loop CUDA graph
           (`generate(cuda_graph=True)`): the first window captures it, every later window of this
-          and later videos replays it; ~3-4x faster token sampling per window on an H200.
+          and later videos replays it; 3-5x faster token sampling per window on an H200.
         Bad values raise ConfigError naming the argument.
         """
         _require_control(model)

@@ -70,6 +70,8 @@ LIBRARY_PATHS: dict[str, dict[str, Any]] = {
 }
 BF16_MODEL_PATHS = ("library_bf16_weights", "library_bf16_native")  # prefixes of the paths that use a bf16 copy
 DEFAULT_PATHS = ("reference", "library", "library_bf16")
+# on CUDA also the fastest measured paths (benchmarks/RESULTS.md): whole-loop CUDA graphs, a bf16 model
+DEFAULT_CUDA_PATHS = (*DEFAULT_PATHS, "library_bf16_graph", "library_bf16_native_graph")
 SDPA_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH,
@@ -264,7 +266,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", nargs="+", default=["specmaskfoley_tiny"], help="presets to time (random weights)")
     ap.add_argument("--batch", nargs="+", type=int, default=[1, 16])
-    ap.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS), choices=["reference", *LIBRARY_PATHS])
+    ap.add_argument("--paths", nargs="+", default=None, choices=["reference", *LIBRARY_PATHS],
+                    help=f"default: {' '.join(DEFAULT_PATHS)}; on CUDA also {' '.join(DEFAULT_CUDA_PATHS[len(DEFAULT_PATHS):])}")
     ap.add_argument("--runs", type=int, default=5, help="timed rounds (median reported)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed 2-step rounds before timing")
     ap.add_argument("--steps", type=int, default=12)
@@ -275,6 +278,8 @@ def main() -> None:
     ap.add_argument("--sdpa", choices=sorted(SDPA_BACKENDS), help="restrict the library paths' attention to one SDPA backend")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if args.paths is None:
+        args.paths = list(DEFAULT_CUDA_PATHS if device.type == "cuda" else DEFAULT_PATHS)
     print(environment(device) + (f" | SDPA backend {args.sdpa}" if args.sdpa else ""), flush=True)
     results = []
     with sdpa_kernel([SDPA_BACKENDS[args.sdpa]]) if args.sdpa else contextlib.nullcontext():

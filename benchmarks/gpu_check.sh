@@ -18,7 +18,8 @@
 #   6. batch 64, compiled
 #   7. torch.profiler of one batch-64 call (library bf16 eager): matrix products / attention / rest
 #   8. batch 64 with attention restricted to the flash, then the memory-efficient SDPA backend
-# Full run: about 7 min on an H200 (2026-11-26), machine start not counted.
+# Full run: about 7 min on an H200, estimated from the steps' times in four partial runs (2026-11-26;
+# never run whole), machine start not counted.
 # Smoke test on a CPU machine (about 1 min on 2 cores; no graph paths there):
 #     DEVICE=cpu PRESET=specmaskfoley_tiny BIG_BATCH=4 PY=.venv/bin/python bash benchmarks/gpu_check.sh 1 2 3 4 5 6
 set -uo pipefail

@@ -10,7 +10,8 @@ guidance combination, the MaskGIT updates) are captured as ONE CUDA graph and re
 - Static inputs: the condition rows and aligned video the steps read (`GuidedStep.inputs()`), the
   start codes and mask (known tokens), and the noise. The noise is drawn before each replay by
   `sampling.PredrawnUniforms` from the call's generator, in the order an eager call draws it, so
-  the same generator gives the same tokens as `cuda_graph=False` (tested on CUDA).
+  the same generator gives the eager tokens (`cuda_graph=False`): exactly in fp32, at least 97% of
+  them in bf16 or compiled, as tests/test_graphs.py checks on CUDA.
 - One graph per (weights' storage, batch, shapes, guidance rule and scale, steps, temperature,
   dtype, compile): kept on the model (`model._cuda_graphs`, freed with it; at most `MAX_GRAPHS`
   per model, the least recently used dropped; `clear_cuda_graphs(model)` frees them now).

@@ -267,7 +267,8 @@ class SpecMaskFoley(nn.Module):
         `onednn` CPU linears through oneDNN with the MLP's GELU fused, bf16 weights cast (and
         packed) once per call (default: eager CPU, fp32 only on AVX-512 CPUs; see `fast.OneDNNLinear`);
         `cuda_graph` (CUDA) the whole sampling loop captured as one CUDA graph at the first call of
-        a given shape and settings, then replayed: same tokens for the same generator, far less
+        a given shape and settings, then replayed: the eager tokens for the same generator (exactly in
+        fp32; bf16 kernels may differ on a few), far less
         launch overhead at small batches (see `controlfoley.graphs`)."""
         rule = guidance or self.guidance
         text, negative_text = self._as_text(text), self._as_text(negative_text, "negative_text")

@@ -6,7 +6,8 @@
 # one section per step. Each step is its own process with its own time limit, ordered by how much
 # its number matters, so a step that fails or runs long (torch.compile warm-ups) costs only its own
 # result; whatever finished is in the log even if the device call itself is cut off.
-#   0. the CUDA-only tests (tests/test_graphs.py: captured sampling loop = eager tokens)
+#   0. the CUDA-only tests (tests/test_graphs.py: captured sampling loop = eager tokens; the pipeline and
+#      `generate --cuda-graph` on CUDA in tests/test_pipeline.py)
 #   1. ceilings: bf16/fp32 matrix-product rate and copy bandwidth of this card
 #   2. batch 1: naive reference vs library fp32 / bf16 / bf16 weights, eager and whole-loop CUDA
 #      graph (cuda_graph=True), + decode and Griffin-Lim
@@ -59,7 +60,7 @@ ONLY="${*:-}"  # step numbers to run (default: all)
 want() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
 # -o addopts=-ra: without the suite's runtime type checks (jaxtyping + beartype), which torch 2.11's
 # dynamo cannot trace through (the compiled-forward cases failed there on beartype's wrapper)
-want 0 && step 120 "0. CUDA tests" $PY -m pytest -q -o addopts=-ra -p no:cacheprovider tests/test_graphs.py
+want 0 && step 150 "0. CUDA tests" $PY -m pytest -q -o addopts=-ra -p no:cacheprovider tests/test_graphs.py tests/test_pipeline.py -k "cuda or graph"
 want 1 && step 30 "1. ceilings" $PY benchmarks/ceilings.py --device "$DEVICE" --markdown
 want 2 && step 80 "2. batch 1, eager and whole-loop graph" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --decode-runs 2 --markdown \
     --paths reference library library_bf16 library_bf16_weights $GRAPH1

@@ -144,6 +144,27 @@ def test_cuda_graph_windows_replay_one_captured_loop(media: dict[str, Path], mon
         graphs.clear_cuda_graphs()
 
 
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_cuda_pipeline_windows_through_one_captured_loop_give_the_eager_windows(media: dict[str, Path]) -> None:
+    """On a GPU: the long video's windows (known tokens after the first) replay one captured loop
+    and give the eager tokens in fp32; the default precision (bf16 on CUDA) runs too."""
+    from controlfoley import graphs
+
+    model = micro_model().cuda()
+    try:
+        eager = _pipeline(model, precision="fp32")(media["long"], steps=3, seed=1)
+        graphed = _pipeline(model, precision="fp32", cuda_graph=True)(media["long"], steps=3, seed=1)
+        assert len(graphed.windows) >= 3 and torch.equal(eager.codes, graphed.codes)
+        assert len(graphs._cache_of(model).graphs) == 1
+        auto = _pipeline(model, cuda_graph=True)(media["long"], steps=3, seed=1)
+        assert bool(torch.isfinite(auto.wav).all()) and auto.wav.shape == eager.wav.shape
+    finally:
+        graphs.clear_cuda_graphs()
+
+
 def test_short_clip_is_padded_with_a_still_picture(pipe: FoleyPipeline, media: dict[str, Path]) -> None:
     streams, duration = pipe.read_features(media["tiny"])
     n_video = math.floor(duration * 24)
@@ -266,6 +287,14 @@ def test_cli_summary_and_repeated_stems(model_file: Path, media: dict[str, Path]
     assert _outputs(out) == ["tiny-2.mp4", "tiny-2.wav", "tiny.mp4", "tiny.wav"]
     table = capsys.readouterr().out
     assert "file" in table and "windows" in table and "2 of 2 files ok" in table
+
+
+@cuda
+def test_cuda_cli_generate_with_cuda_graph(model_file: Path, media: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["generate", str(media["tiny"]), str(media["short"]), "--model", str(model_file), "--out", str(out), "--steps", "2"]
+    assert cli.main([*args, "--device", "cuda", "--cuda-graph"]) == 0
+    assert _outputs(out) == ["short.mp4", "short.wav", "tiny.mp4", "tiny.wav"]
 
 
 def test_cli_unwritable_output_folder(model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -50,7 +50,7 @@ def _generate_rows(model: torch.nn.Module, clips: Sequence[Any], batch: int, **k
     for i in range(0, len(clips), batch):
         sl = slice(i, i + batch)
         f = {k: v[sl] for k, v in features.items()} if model.has_control else None
-        codes = model.generate(f, text[sl], generator=torch.Generator().manual_seed(1000 + i), **kw)
+        codes = model.generate(f, text[sl], generator=torch.Generator(model.device).manual_seed(1000 + i), **kw)
         wavs.extend(model.vocode(model.decode(codes)).float())
     return wavs
 

@@ -45,6 +45,7 @@ results are summed in another order than MKL's, so logits differ ~1e-6 from the 
 import contextlib
 import contextvars
 import functools
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -294,7 +295,11 @@ def compiled_batched_logits(device: torch.device, static_shapes: bool, cudagraph
     mode = "reduce-overhead" if device.type == "cuda" and cudagraphs else None
     key = (mode, static_shapes)
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(batched_logits, mode=mode, dynamic=False if static_shapes else None)
+        # the undecorated function: runtime type checks (CONTROLFOLEY_TYPECHECK, the test suite) wrap
+        # it in beartype, which checks nothing useful on traced tensors and which torch 2.11's dynamo
+        # failed to trace (benchmarks/RESULTS.md, GPU correctness)
+        fn = inspect.unwrap(batched_logits)
+        _COMPILED[key] = torch.compile(fn, mode=mode, dynamic=False if static_shapes else None)
     return _COMPILED[key]
 
 

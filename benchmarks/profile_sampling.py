@@ -16,7 +16,7 @@ import time
 from _common import environment, fmt, print_table, sync  # first: sets OMP_WAIT_POLICY
 
 import torch
-from sample_speed import LIBRARY_PATHS, make_inputs, make_model
+from sample_speed import LIBRARY_PATHS, make_inputs, make_model, models_for
 from torch.profiler import ProfilerActivity, profile
 
 GROUPS = (
@@ -43,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     print(environment(device), flush=True)
-    model = make_model(args.preset, device)
+    model = models_for(make_model(args.preset, device), [args.path])[args.path]  # a bf16 copy for the bf16-model paths
     feats, text = make_inputs(model, args.batch, device)
     kw = LIBRARY_PATHS[args.path]
 

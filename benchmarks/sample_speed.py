@@ -53,7 +53,7 @@ LIBRARY_PATHS: dict[str, dict[str, Any]] = {
     "library_compile": {"dtype": torch.float32, "prune_rows": True, "compile": True},
     "library_bf16_compile": {"dtype": torch.bfloat16, "prune_rows": True, "compile": True},
     # the model's weights stored in bf16 (`model.to(torch.bfloat16)`, a copy made once): no per-step
-    # weight casts under autocast; bf16 weights change the logits a little more than autocast does
+    # weight casts under autocast
     "library_bf16_weights": {"dtype": torch.bfloat16, "prune_rows": True},
     "library_bf16_weights_compile": {"dtype": torch.bfloat16, "prune_rows": True, "compile": True},
     # CUDA: the whole sampling loop captured as one CUDA graph (controlfoley.graphs), captured in
@@ -138,23 +138,28 @@ def make_inputs(model: SpecMaskFoley, batch: int, device: torch.device) -> tuple
     return {k: v.to(device) for k, v in feats.items()}, text.to(device)
 
 
-def sampling_fns(model: SpecMaskFoley, paths: list[str], batch: int, steps: int, device: torch.device, out: dict[str, torch.Tensor]) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], object]]]:
+def models_for(model: SpecMaskFoley, paths: list[str]) -> dict[str, SpecMaskFoley]:
+    """The model each path samples with: a bf16 copy (one, shared) for the bf16-weights paths."""
+    bf16 = copy.deepcopy(model).to(torch.bfloat16) if any(p.startswith(BF16_MODEL_PATHS) for p in paths) else None
+    return {p: bf16 if p.startswith(BF16_MODEL_PATHS) else model for p in paths}
+
+
+def sampling_fns(models: dict[str, SpecMaskFoley], batch: int, steps: int, device: torch.device, out: dict[str, torch.Tensor]) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], object]]]:
     """(timed, warm-up) callables per path; each timed call stores its tokens in `out`."""
-    feats, text = make_inputs(model, batch, device)
+    feats, text = make_inputs(next(iter(models.values())), batch, device)
     timed: dict[str, Callable[[], object]] = {}
     warm: dict[str, Callable[[], object]] = {}
-    bf16_model = copy.deepcopy(model).to(torch.bfloat16) if any(p.startswith(BF16_MODEL_PATHS) for p in paths) else None
 
     def bind(name: str, n_steps: int) -> Callable[[], object]:
+        m = models[name]
         if name == "reference":
-            return lambda: out.__setitem__(name, naive_generate(model, feats, text, 0, n_steps))
+            return lambda: out.__setitem__(name, naive_generate(m, feats, text, 0, n_steps))
         kw = LIBRARY_PATHS[name]
-        m = bf16_model if name.startswith(BF16_MODEL_PATHS) else model
         return lambda: out.__setitem__(
             name, m.generate(feats, text, steps=n_steps, generator=torch.Generator(device).manual_seed(0), **kw)
         )
 
-    for name in paths:
+    for name in models:
         # a captured loop is specific to its step count: warm (capture) it with the timed one's
         warm_steps = steps if LIBRARY_PATHS.get(name, {}).get("cuda_graph") else 2
         timed[name], warm[name] = bind(name, steps), bind(name, warm_steps)
@@ -170,11 +175,12 @@ def time_decode(model: SpecMaskFoley, codes: torch.Tensor, runs: int, device: to
 
 def bench_preset(preset: str, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     model = make_model(preset, device)
+    models = models_for(model, args.paths)
     seconds = model.n_samples / model.sample_rate
     results = []
     for batch in args.batch:
         out: dict[str, torch.Tensor] = {}
-        timed, warm = sampling_fns(model, args.paths, batch, args.steps, device, out)
+        timed, warm = sampling_fns(models, batch, args.steps, device, out)
         time_interleaved(warm, warmup=args.warmup, runs=0, device=device)
         times = time_interleaved(timed, warmup=0, runs=args.runs, device=device)
         ref = times.get("reference")

@@ -20,8 +20,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from controlfoley._io import atomic_path
-from controlfoley._registry import ALL_REGISTRIES, RegistryError
-from controlfoley.config import ModelConfig
+from controlfoley._registry import RegistryError
+from controlfoley.config import ModelConfig, part_registries
 from controlfoley.errors import CheckpointError, RandomWeightsWarning
 
 __all__ = [
@@ -92,12 +92,8 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, extra_metadata
 
 def _registry_parts(cfg: ModelConfig) -> list[tuple[str, str, Any]]:
     """(config field, part name, its registry) for each part of `cfg` built from a registry."""
-    out = []
-    for field in ("mel", "tokenizer", "backbone", "control_encoder", "aligner", "guidance", "vocoder"):
-        part = getattr(cfg, field)
-        if part is not None:
-            out.append((field, part.name, ALL_REGISTRIES["mel_frontend" if field == "mel" else field]))
-    return out
+    parts = [(field, getattr(cfg, field), registry) for field, registry in part_registries().items()]
+    return [(field, part.name, registry) for field, part, registry in parts if part is not None]
 
 
 def _registered(cfg: ModelConfig) -> bool:

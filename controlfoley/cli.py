@@ -67,12 +67,10 @@ def _info_model(preset_or_path: str) -> tuple[object, str]:
 def info(preset: str) -> str:
     """A parameter table per part (frozen vs trainable under the ControlNet recipe) beside the paper,
     for a preset or a checkpoint (file, folder or training run: the table of its own config)."""
+    from controlfoley.train.recipes import get_recipe
+
     model, label = _info_model(preset)
-    if model.has_control:
-        model.freeze_backbone()  # trainable as in the controlnet recipe
-    else:  # as in the backbone recipe: the tokenizer (and vocoder) frozen
-        model.requires_grad_(False)
-        model.backbone.requires_grad_(True)
+    get_recipe("controlnet" if model.has_control else "backbone").prepare(model)  # trainable as that recipe trains
     rows = model.parameter_table()
     lines = [f"{label}: grid {model.grid[0]}x{model.grid[1]} tokens over {model.config.n_frames} mel frames", ""]
     lines.append(f"{'part':<16}{'params':>10}{'trainable':>11}{'frozen':>10}")

@@ -113,6 +113,16 @@ class SamplerConfig:
 
 
 _PART_FIELDS = ("mel", "tokenizer", "backbone", "control_encoder", "aligner", "controlnet", "guidance", "vocoder")
+
+
+def part_registries() -> dict[str, Any]:
+    """Config field -> the registry its part is built from (every part field but `controlnet`)."""
+    from controlfoley._registry import ALIGNERS, BACKBONES, CONTROL_ENCODERS, GUIDANCE, MEL_FRONTENDS, TOKENIZERS, VOCODERS
+
+    return {
+        "mel": MEL_FRONTENDS, "tokenizer": TOKENIZERS, "backbone": BACKBONES, "control_encoder": CONTROL_ENCODERS,
+        "aligner": ALIGNERS, "guidance": GUIDANCE, "vocoder": VOCODERS,
+    }
 _OPTIONAL_PARTS = ("control_encoder", "aligner", "controlnet")
 
 
@@ -178,17 +188,7 @@ class ModelConfig:
     # -- overrides -----------------------------------------------------------------------------
     def override(self, **overrides: Any) -> "ModelConfig":
         """A new config with `overrides` applied (rules in the module docstring)."""
-        from controlfoley._registry import ALIGNERS, BACKBONES, CONTROL_ENCODERS, GUIDANCE, MEL_FRONTENDS, TOKENIZERS, VOCODERS
-
-        registries = {
-            "mel": MEL_FRONTENDS,
-            "tokenizer": TOKENIZERS,
-            "backbone": BACKBONES,
-            "control_encoder": CONTROL_ENCODERS,
-            "aligner": ALIGNERS,
-            "guidance": GUIDANCE,
-            "vocoder": VOCODERS,
-        }
+        registries = part_registries()
         changes: dict[str, Any] = {}
         for key, value in overrides.items():
             if key in _PART_FIELDS:

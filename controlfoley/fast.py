@@ -68,6 +68,7 @@ __all__ = [
     "masked_index",
     "onednn_linear",
     "precision",
+    "sampling_dtype",
     "scatter_positions",
     "zero_scale_conditions",
 ]
@@ -94,6 +95,14 @@ def default_dtype(device: torch.device, param_dtype: torch.dtype = torch.float32
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def sampling_dtype(device: torch.device, dtype: torch.dtype | None, param_dtype: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype generate's linears run in: `dtype`, or `default_dtype` when None; checked."""
+    dt = default_dtype(device, param_dtype) if dtype is None else dtype
+    if dt not in _DTYPES:
+        raise ConfigError(f"dtype must be one of {[str(d) for d in _DTYPES]}, got {dt}")
+    return dt
+
+
 @contextlib.contextmanager
 def precision(
     device: torch.device, dtype: torch.dtype | None = None, *, cache: bool = True, param_dtype: torch.dtype = torch.float32
@@ -105,9 +114,7 @@ def precision(
     - otherwise autocast to `dtype` (default `default_dtype(device)`); fp32 runs without autocast.
     `cache=False` turns off autocast's cache of cast weights: a captured CUDA graph must not read
     cached casts, which autocast frees when its context ends."""
-    dt = default_dtype(device, param_dtype) if dtype is None else dtype
-    if dt not in _DTYPES:
-        raise ConfigError(f"dtype must be one of {[str(d) for d in _DTYPES]}, got {dt}")
+    dt = sampling_dtype(device, dtype, param_dtype)
     if dt == torch.float32 or (dtype is None and dt == param_dtype):
         yield dt
         return

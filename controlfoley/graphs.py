@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from controlfoley.errors import ConfigError
-from controlfoley.fast import GuidedStep, precision
+from controlfoley.fast import GuidedStep, precision, sampling_dtype
 from controlfoley.sampling import PredrawnUniforms
 from controlfoley.typing import Bool, Int, Tensor
 
@@ -62,12 +62,13 @@ class SamplingGraph:
         steps: int,
         temperature: float,
         dtype: torch.dtype | None,
+        param_dtype: torch.dtype,
         capture: bool,
     ) -> None:
-        self.model, self.step, self.steps, self.temperature, self.dtype = model, step, steps, temperature, dtype
-        self.param_dtype = next(model.backbone.parameters()).dtype
+        # `step` is kept: its input tensors (`step.inputs()`) are the graph's, `load` copies into them
+        self.model, self.step, self.steps, self.temperature = model, step, steps, temperature
+        self.dtype, self.param_dtype = dtype, param_dtype
         self.codes, self.mask = codes.clone(), mask.clone()
-        self.inputs = step.inputs()  # the step's own tensors: copying into them feeds the graph
         self.noise = PredrawnUniforms(steps, codes.shape[0], codes.shape[1], model.backbone.vocab_size, codes.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: Tensor | None = None
@@ -109,8 +110,9 @@ class SamplingGraph:
 
     def load(self, step: GuidedStep, codes: Tensor, mask: Tensor) -> None:
         """Copy a new call's inputs into the static buffers (same names and shapes: the cache key)."""
+        mine = self.step.inputs()
         for name, t in step.inputs().items():
-            self.inputs[name].copy_(t)
+            mine[name].copy_(t)
         self.codes.copy_(codes)
         self.mask.copy_(mask)
 
@@ -187,6 +189,7 @@ def sample_graphed(
     steps: int | None,
     temperature: float | None,
     dtype: torch.dtype | None,
+    param_dtype: torch.dtype,
     compile: bool,
 ) -> Int[Tensor, "b l"]:
     """`generate`'s sampling loop through a cached `SamplingGraph` (flat codes [b, l])."""
@@ -199,8 +202,7 @@ def sample_graphed(
         )
     sampler = model.sampler
     steps, temperature = sampler.settings(steps, temperature)
-    with precision(device, dtype, param_dtype=next(model.backbone.parameters()).dtype) as dt:
-        pass  # resolves the default and refuses unsupported dtypes; `dtype` (maybe None) is what the loop uses
+    dt = sampling_dtype(device, dtype, param_dtype)  # `dtype` itself (maybe None) is what the loop's precision gets
     codes, mask = sampler.initial(batch, model.n_tokens, model.backbone.vocab_size, device, known_codes, known_mask)
     cache = _cache_of(model, create=True)
     assert cache is not None
@@ -210,14 +212,15 @@ def sample_graphed(
         cache.weights = weights
     key = _graph_key(model, step, codes, steps, temperature, (dt, dtype is None), compile)
     graph = cache.graphs.get(key)
-    if graph is None:
-        with torch.cuda.device(device) if capture else contextlib.nullcontext():
-            graph = SamplingGraph(model, step, codes, mask, steps=steps, temperature=temperature, dtype=dtype, capture=capture)
-        cache.graphs[key] = graph
-        while len(cache.graphs) > MAX_GRAPHS:
-            cache.graphs.popitem(last=False)
-    else:
-        graph.load(step, codes, mask)
-        cache.graphs.move_to_end(key)
-    with torch.cuda.device(device) if capture else contextlib.nullcontext():
+    with torch.cuda.device(device) if capture else contextlib.nullcontext():  # capture and replay on the model's GPU
+        if graph is None:
+            graph = SamplingGraph(
+                model, step, codes, mask, steps=steps, temperature=temperature, dtype=dtype, param_dtype=param_dtype, capture=capture
+            )
+            cache.graphs[key] = graph
+            while len(cache.graphs) > MAX_GRAPHS:
+                cache.graphs.popitem(last=False)
+        else:
+            graph.load(step, codes, mask)
+            cache.graphs.move_to_end(key)
         return graph(generator)

@@ -260,7 +260,8 @@ class SpecMaskFoley(nn.Module):
 
         Speed options (see `controlfoley.fast`): `dtype` autocast (default bf16 on CUDA, fp32
         elsewhere; a model already in bf16, `model.to(torch.bfloat16)`, runs in bf16 without
-        autocast by default, the fastest GPU setting measured); `compile` torch.compile of the step forward (CUDA graphs on CUDA);
+        autocast by default, the fastest GPU setting measured); `compile` torch.compile of the
+        step forward (CUDA graphs on CUDA);
         `static_shapes=False` vocab head on still-masked positions only (default: static on CUDA
         or when compiled); `prune_rows` (default on) only the uncond rows at steps whose CFG scale is 0, which
         gives the same logits (l_u + 0 * (...) = l_u);
@@ -268,8 +269,8 @@ class SpecMaskFoley(nn.Module):
         packed) once per call (default: eager CPU, fp32 only on AVX-512 CPUs; see `fast.OneDNNLinear`);
         `cuda_graph` (CUDA) the whole sampling loop captured as one CUDA graph at the first call of
         a given shape and settings, then replayed: the eager tokens for the same generator (exactly in
-        fp32; bf16 kernels may differ on a few), far less
-        launch overhead at small batches (see `controlfoley.graphs`)."""
+        fp32; bf16 kernels may differ on a few), far less launch overhead at small batches (see
+        `controlfoley.graphs`)."""
         rule = guidance or self.guidance
         text, negative_text = self._as_text(text), self._as_text(negative_text, "negative_text")
         control = self.encode_control(features) if (features is not None and self.has_control) else None
@@ -291,7 +292,7 @@ class SpecMaskFoley(nn.Module):
 
             flat = sample_graphed(
                 self, step, batch=b, known_codes=known, known_mask=known_at, generator=generator, steps=steps,
-                temperature=temperature, dtype=dtype, compile=compile,
+                temperature=temperature, dtype=dtype, param_dtype=param_dtype, compile=compile,
             )
             return flat.view(b, *self.grid)
         # one autocast context for all steps, so autocast's cache of cast weights is reused

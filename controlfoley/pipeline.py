@@ -221,10 +221,9 @@ class FoleyPipeline:
         `extractors` replaces defaults by key; `vocoder` is a VOCODERS name, {"name": ..., **kwargs}
         or a module (default: the model's own); naming the model's own vocoder keeps its config kwargs
         and changes only the given ones. `map_location`: any torch device ("cpu:0" included)."""
-        from controlfoley.model import device_name, from_pretrained
+        from controlfoley.model import from_pretrained
 
-        # "cpu:0" is a torch device but not a safetensors one: never blame the checkpoint for it
-        model = from_pretrained(path_or_preset, map_location=device_name(map_location))
+        model = from_pretrained(path_or_preset, map_location=map_location)  # it maps "cpu:0" to safetensors' "cpu"
         _require_control(model)
         _require_trained(model, path_or_preset)
         given = dict(extractors or {})

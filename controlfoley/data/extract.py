@@ -216,7 +216,8 @@ def _write(
     cannot be read is left out and listed in SKIPPED_FILE (id, TAB, error) instead of stopping."""
     writer = ShardWriter(out, shard_size=shard_size, info=ex.info(source), overwrite=overwrite, resume=resume)
     skipped_file = writer.root / SKIPPED_FILE
-    skipped_before = _read_skipped(skipped_file) if resume else set()
+    skipped_lines = _skipped_lines(skipped_file) if resume else []  # "id<TAB>error" of the interrupted run
+    skipped_before = {line.split("\t", 1)[0] for line in skipped_lines}
     if not resume:
         skipped_file.unlink(missing_ok=True)
     pending: list[tuple[str, Tensor, dict[str, Tensor]]] = []
@@ -241,8 +242,7 @@ def _write(
                 "the inputs changed. Resume with the same inputs, or start again with --overwrite."
             )
     if skipped_before:  # the clips after the last finished shard are read again: only the passed ones stay listed
-        lines = skipped_file.read_text(encoding="utf-8").splitlines()
-        atomic_write_text(skipped_file, "".join(f"{line}\n" for line in lines if line.split("\t", 1)[0] in passed))
+        atomic_write_text(skipped_file, "".join(f"{line}\n" for line in skipped_lines if line.split("\t", 1)[0] in passed))
     n_skipped = len(passed)
     for cid, load in tqdm(it, total=total, initial=len(writer.clip_ids) + n_skipped, desc="extract", dynamic_ncols=True):
         try:
@@ -267,10 +267,10 @@ def _write(
     return index
 
 
-def _read_skipped(path: Path) -> set[str]:
+def _skipped_lines(path: Path) -> list[str]:
     if not path.is_file():
-        return set()
-    return {line.split("\t", 1)[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+        return []
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def extract_synthetic(

@@ -117,10 +117,19 @@ def _loaded_from(path: Path) -> str | None:
     return None
 
 
-def _import_plugin(spec: str, source: str) -> str:
+def plugin_path(spec: str) -> Path | None:
+    """The file a plugin spec names (a `.py` or a path, `~` expanded, made absolute), or None for a
+    module name."""
     spec = spec.strip()
     if spec.endswith(".py") or os.sep in spec or "/" in spec:
-        path = Path(spec).expanduser().resolve()
+        return Path(spec).expanduser().resolve()
+    return None
+
+
+def _import_plugin(spec: str, source: str) -> str:
+    spec = spec.strip()
+    path = plugin_path(spec)
+    if path is not None:
         if not path.is_file():
             raise PluginError(f"plugin {spec!r} (from {source}) is not a file; give a .py path or an importable module name")
         loaded = _loaded_from(path)

@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from controlfoley._registry import PLUGIN_ENV, PLUGIN_GROUP
 
     if plugins or os.environ.get(PLUGIN_ENV) or importlib.metadata.entry_points(group=PLUGIN_GROUP):
-        from controlfoley._registry import PluginError, load_plugins
+        from controlfoley._registry import PluginError, _env_plugins, load_plugins, plugin_path
 
         try:  # the environment's and installed plugins first (one clear line if one is broken), then --plugin
             load_plugins()
@@ -195,8 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         # in the environment too, so that processes this command starts (workers, ranks, in any
         # working directory) import them as well
-        given = [str(Path(p).resolve()) if p.endswith(".py") or "/" in p else p for p in plugins]
-        os.environ[PLUGIN_ENV] = ",".join([*filter(None, os.environ.get(PLUGIN_ENV, "").split(",")), *given])
+        given = [str(path) if (path := plugin_path(p)) is not None else p.strip() for p in plugins]
+        os.environ[PLUGIN_ENV] = ",".join([*_env_plugins(), *given])
     if argv and argv[0] in _DELEGATED:
         mod, fn = _DELEGATED[argv[0]]
         return int(getattr(importlib.import_module(mod), fn)(argv[1:]) or 0)

@@ -105,6 +105,10 @@ def test_the_cli_loads_plugins_by_path_and_by_environment(
     assert "conv1d_vq" in capsys.readouterr().out
     assert os.environ[PLUGIN_ENV] == str(EXAMPLE)  # absolute, for processes started in other folders
     monkeypatch.delenv(PLUGIN_ENV)
+    monkeypatch.setenv("HOME", str(EXAMPLE.parent.parent))  # "--plugin=~/...": no shell expands a ~ after "="
+    assert cli_main([f"--plugin=~/{EXAMPLE.parent.name}/{EXAMPLE.name}", "list", "tokenizer"]) == 0
+    assert os.environ[PLUGIN_ENV] == str(EXAMPLE)  # what the child processes import, ~ expanded
+    monkeypatch.delenv(PLUGIN_ENV)
     # a fresh interpreter imports what the environment names (as every torchrun rank does)
     env = {**os.environ, PLUGIN_ENV: str(EXAMPLE)}
     out = subprocess.run([sys.executable, "-m", "controlfoley", "list", "tokenizer"], env=env, capture_output=True, text=True, check=True)

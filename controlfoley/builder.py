@@ -13,6 +13,7 @@ Features
 """
 
 import numbers
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -84,7 +85,8 @@ def _check_tokenizer(name: str, tok: Any, n_frames: int, n_mels: int) -> tuple[i
 
 def _check_control_encoder(name: str, enc: Any) -> int:
     """The feature width a built control encoder gives the aligner, after checking its contract: an
-    int `out_dim` and `required_features`, the feature keys it reads (a collection of strings)."""
+    int `out_dim`, `required_features`, the feature keys it reads (a collection of strings), and an
+    optional `feature_dims` mapping some of those keys to their widths."""
     where = f"control_encoder {name!r} ({type(enc).__name__})"
     out_dim = getattr(enc, "out_dim", None)
     if not isinstance(out_dim, numbers.Integral) or isinstance(out_dim, bool) or out_dim <= 0:
@@ -96,6 +98,16 @@ def _check_control_encoder(name: str, enc: Any) -> int:
         raise ConfigError(
             f"{where} needs an attribute required_features, a non-empty tuple of the feature keys it reads, "
             f"e.g. ('sync', 'clip') ({got}); set self.required_features in it"
+        )
+    dims = getattr(enc, "feature_dims", None)
+    if dims is not None and not (
+        isinstance(dims, Mapping)
+        and set(dims) <= set(keys)
+        and all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in dims.values())
+    ):
+        raise ConfigError(
+            f"{where} has feature_dims {dims!r}; it must map some of its required_features {tuple(keys)} to "
+            "their widths (positive ints), e.g. {'sync': 768}, or be left out"
         )
     return int(out_dim)
 

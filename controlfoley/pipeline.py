@@ -50,6 +50,7 @@ from torch import nn
 
 from controlfoley._registry import GUIDANCE
 from controlfoley.config import ConfigError
+from controlfoley.control.encoders import check_widths, feature_dims
 from controlfoley.data.extractors import ExtractorSpec, build_extractor
 from controlfoley.errors import ShapeError
 from controlfoley.guidance import GuidanceRule, NoGuidance
@@ -114,17 +115,6 @@ def _require_trained(model: nn.Module, source: object) -> None:
         )
 
 
-def _feature_dims(encoder: nn.Module) -> dict[str, int]:
-    """Feature key -> width the control encoder expects (from its `<x>_key` / `<x>_dim` attributes)."""
-    attrs = vars(encoder)
-    dims = {}
-    for attr, key in attrs.items():
-        dim = attrs.get(attr[: -len("_key")] + "_dim") if attr.endswith("_key") else None
-        if isinstance(key, str) and isinstance(dim, int):
-            dims[key] = dim
-    return dims
-
-
 def default_extractors(model: nn.Module) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:
     """(extractors by feature key, text encoder) a model was trained with, sized to the model."""
     _require_control(model)
@@ -134,7 +124,7 @@ def default_extractors(model: nn.Module) -> tuple[dict[str, ExtractorSpec], Extr
             f"no default feature extractors for model {name!r}: real video needs Synchformer and CLIP features. "
             "Pass extractors={'sync': ('synchformer_precomputed', {'root': DIR}), 'clip': ('clip_openclip', {'weights': FILE})}"
         )
-    dims = _feature_dims(model.control_encoder)
+    dims = feature_dims(model.control_encoder)
     roles = {"sync": "synthetic_sync", "clip": "synthetic_clip"}
     extractors = {k: (roles[k], {"dim": dims[k]} if k in dims else {}) for k in model.control_encoder.required_features if k in roles}
     return extractors, ("synthetic_clap", {"dim": int(model.backbone.cond_dim)})
@@ -419,21 +409,15 @@ def prompt_text(prompt: Prompt | None) -> str | None:
 
 
 def _check_widths(model: nn.Module, extractors: Mapping[str, Any], text_encoder: Any | None) -> None:
-    """Extractor widths the model cannot take fail here, once, instead of at every video."""
-    dims = _feature_dims(model.control_encoder)
-    for key, ext in extractors.items():
-        got = getattr(ext, "dim", None)
-        if isinstance(got, int) and key in dims and got != dims[key]:
-            raise ConfigError(
-                f"extractor {key!r} ({getattr(ext, 'name', type(ext).__name__)}) gives {got}-wide features but the model's "
-                f"control encoder takes {dims[key]}; use an extractor of width {dims[key]} (e.g. dim={dims[key]})"
-            )
-    got, want = getattr(text_encoder, "dim", None), int(model.backbone.cond_dim)
-    if isinstance(got, int) and got != want:
-        raise ConfigError(
-            f"text encoder {getattr(text_encoder, 'name', type(text_encoder).__name__)} gives {got}-wide embeddings but the "
-            f"model takes {want}; use a text encoder of width {want}"
-        )
+    """Extractors of a width the model cannot take fail here, once, instead of at every video (user
+    extractors without an int `dim` are checked when the encoder reads their features)."""
+
+    def declared(e: Any) -> tuple[str, int] | None:
+        dim = getattr(e, "dim", None)
+        return (getattr(e, "name", type(e).__name__), dim) if isinstance(dim, int) else None
+
+    video = {k: d for k, e in extractors.items() if (d := declared(e)) is not None}
+    check_widths(model, video, declared(text_encoder), taker="the model", error=ConfigError)
 
 
 def _divides(fps: float, decoded: float) -> bool:

@@ -290,6 +290,7 @@ def test_user_control_encoders_and_vocoders_must_keep_their_contracts():
     CONTROL_ENCODERS.register("test_no_out_dim")(lambda: NoOutDim())
     CONTROL_ENCODERS.register("test_no_keys")(lambda: NoKeys())
     CONTROL_ENCODERS.register("test_str_out_dim")(lambda: setattr(e := SyncOnlyEncoder(24), "out_dim", "24") or e)
+    CONTROL_ENCODERS.register("test_bad_dims")(lambda: setattr(e := SyncOnlyEncoder(24), "feature_dims", {"clip": 24}) or e)
     VOCODERS.register("test_no_rate")(lambda *, mel: Voc(None))
     VOCODERS.register("test_wrong_rate")(lambda *, mel: Voc(16000))
     try:
@@ -299,12 +300,14 @@ def test_user_control_encoders_and_vocoders_must_keep_their_contracts():
             build_model("specmaskfoley_tiny", **{**micro_overrides(), "control_encoder": "test_str_out_dim"})
         with pytest.raises(ConfigError, match=r"control_encoder 'test_no_keys' \(NoKeys\) needs an attribute required_features"):
             build_model("specmaskfoley_tiny", **{**micro_overrides(), "control_encoder": "test_no_keys"})
+        with pytest.raises(ConfigError, match=r"'test_bad_dims' .*feature_dims \{'clip': 24\}; it must map some of its required_features \('sync',\)"):
+            build_model("specmaskfoley_tiny", **{**micro_overrides(), "control_encoder": "test_bad_dims"})
         with pytest.raises(ConfigError, match=r"vocoder 'test_no_rate' \(Voc\) needs an int attribute sample_rate.*Vocoder protocol"):
             build_model("specmaskfoley_tiny", **{**micro_overrides(), "vocoder": "test_no_rate"})
         with pytest.raises(ConfigError, match=r"vocoder 'test_wrong_rate' \(Voc\) has sample_rate 16000 but the mel front end runs at 22050 Hz"):
             build_model("specmaskfoley_tiny", **{**micro_overrides(), "vocoder": "test_wrong_rate"})
     finally:
-        for name in ("test_no_out_dim", "test_no_keys", "test_str_out_dim"):
+        for name in ("test_no_out_dim", "test_no_keys", "test_str_out_dim", "test_bad_dims"):
             CONTROL_ENCODERS.unregister(name)
         for name in ("test_no_rate", "test_wrong_rate"):
             VOCODERS.unregister(name)

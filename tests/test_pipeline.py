@@ -337,7 +337,7 @@ def _count_sampling(monkeypatch: pytest.MonkeyPatch) -> list[object]:
         (["--steps", "0"], "--steps must be >= 1"),
         (["--overlap", "1.0"], "--overlap is a fraction"),
         (["--cfg-scale", "nan"], "--cfg-scale must be a finite number"),
-        (["--extractor", "sync=synthetic_sync,dim=64"], "gives 64-wide features but the model's control encoder takes 24"),
+        (["--extractor", "sync=synthetic_sync,dim=64"], "gives 64-wide 'sync' features but the model takes 24"),
         (["--device", "cuda"], "no usable CUDA GPU"),
         (["--device", "cuda:x"], "is not a device"),
         (["--vocoder", "hifigan"], "--vocoder hifigan,checkpoint=PATH"),

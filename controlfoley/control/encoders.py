@@ -5,8 +5,12 @@
   Synchformer width and added to every Synchformer frame.
 - `sync_only`: the Synchformer stream alone (an ablation without the global semantic term).
 
-Every encoder declares `required_features` (the keys it reads) and `out_dim`.
+Every encoder declares `required_features` (the keys it reads) and `out_dim`, and may declare
+`feature_dims` (key -> the width it expects): the pipeline and `controlfoley extract` size their
+default extractors from it and refuse an extractor of another width before reading any video.
 """
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -15,7 +19,40 @@ from controlfoley._registry import CONTROL_ENCODERS
 from controlfoley.errors import ShapeError
 from controlfoley.typing import Float, Tensor
 
-__all__ = ["SyncClipEncoder", "SyncOnlyEncoder", "check_feature"]
+__all__ = ["SyncClipEncoder", "SyncOnlyEncoder", "check_feature", "check_widths", "feature_dims"]
+
+
+def feature_dims(encoder: nn.Module) -> dict[str, int]:
+    """Feature key -> width a control encoder expects, from its optional `feature_dims` (empty if it
+    declares none: its features are then checked only when it reads them)."""
+    return {str(k): int(v) for k, v in dict(getattr(encoder, "feature_dims", None) or {}).items()}
+
+
+def check_widths(
+    model: nn.Module,
+    video: Mapping[str, tuple[str, int]],
+    text: tuple[str, int] | None,
+    *,
+    taker: str,
+    error: type[Exception],
+) -> None:
+    """Extractors whose widths `model` cannot take fail here, once, before any video is read.
+    `video`: feature key -> (extractor name, width); `text`: (text extractor name, width);
+    `taker` names the model in the message ("preset 'x'"), `error` is the caller's error class."""
+    dims = feature_dims(model.control_encoder) if getattr(model, "has_control", False) else {}
+    for key, (name, got) in video.items():
+        want = dims.get(key)
+        if want is not None and int(got) != want:
+            raise error(
+                f"extractor {name} gives {got}-wide {key!r} features but {taker} takes {want}; "
+                f"use an extractor of width {want} (e.g. {name},dim={want})"
+            )
+    want = int(model.backbone.cond_dim)
+    if text is not None and int(text[1]) != want:
+        raise error(
+            f"text extractor {text[0]} gives {text[1]}-wide embeddings but {taker} takes {want}; "
+            f"use one of width {want} (e.g. {text[0]},dim={want})"
+        )
 
 
 def check_feature(features: dict[str, Tensor], key: str, dim: int) -> Float[Tensor, "b t d"]:
@@ -40,6 +77,7 @@ class SyncClipEncoder(nn.Module):
         self.sync_dim, self.clip_dim, self.out_dim = sync_dim, clip_dim, sync_dim
         self.sync_key, self.clip_key = sync_key, clip_key
         self.required_features = (sync_key, clip_key)
+        self.feature_dims = {sync_key: sync_dim, clip_key: clip_dim}
         self.clip_proj = nn.Linear(clip_dim, sync_dim)
 
     def forward(self, features: dict[str, Tensor]) -> Float[Tensor, "b t d"]:
@@ -56,6 +94,7 @@ class SyncOnlyEncoder(nn.Module):
         self.sync_dim = self.out_dim = sync_dim
         self.sync_key = sync_key
         self.required_features = (sync_key,)
+        self.feature_dims = {sync_key: sync_dim}
 
     def forward(self, features: dict[str, Tensor]) -> Float[Tensor, "b t d"]:
         return check_feature(features, self.sync_key, self.sync_dim)

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from controlfoley._io import atomic_write_text
 from controlfoley.config import parse_overrides, parse_spec
+from controlfoley.control.encoders import check_widths
 from controlfoley.data.extractors import build_extractor
 from controlfoley.data.shards import ShardIndex, ShardWriter
 from controlfoley.errors import ControlFoleyError, DataError, MediaError
@@ -96,33 +97,19 @@ class Extraction:
             raise DataError(f"two video extractors write the same feature: {sorted(k for k in set(keys) if keys.count(k) > 1)}; give one per feature")
         self.preset = preset
         self._args = {id(e): _spec_args(spec) for e, spec in zip([*self.video, self.clap], [*extractors, clap]) if e is not None}
-        self._check_widths()
+        check_widths(
+            self.model,
+            {e.output_key: (e.name, int(e.dim)) for e in self.video},
+            None if self.clap is None else (self.clap.name, int(self.clap.dim)),
+            taker=f"preset {preset!r}",
+            error=DataError,
+        )
         self.keep_mel, self.device = mel, torch.device(device)
         self.window_s = self.model.n_samples / self.model.sample_rate
         self.video_s = self.window_s if video_seconds is None else float(video_seconds)
         if self.video_s <= 0:
             raise DataError(f"video_seconds must be positive, got {video_seconds}")
         self.tokenizer_source = None if tokenizer is None else str(Path(tokenizer).resolve())
-
-    def _check_widths(self) -> None:
-        """Feature widths the preset's model cannot take fail now, not at the first training step."""
-        m = self.model
-        if m.has_control:
-            from controlfoley.pipeline import _feature_dims
-
-            dims = _feature_dims(m.control_encoder)
-            for e in self.video:
-                want = dims.get(e.output_key)
-                if want is not None and int(e.dim) != want:
-                    raise DataError(
-                        f"extractor {e.name} gives {e.dim}-wide {e.output_key!r} features but preset {self.preset!r} takes {want}; "
-                        f"use an extractor of width {want} (e.g. {e.name},dim={want})"
-                    )
-        if self.clap is not None and int(self.clap.dim) != int(m.backbone.cond_dim):
-            raise DataError(
-                f"text extractor {self.clap.name} gives {self.clap.dim}-wide embeddings but preset {self.preset!r} takes "
-                f"{m.backbone.cond_dim}; use one of width {m.backbone.cond_dim} (e.g. --clap {self.clap.name},dim={m.backbone.cond_dim})"
-            )
 
     def info(self, source: str) -> dict[str, Any]:
         m = self.model

@@ -96,7 +96,7 @@ class Extraction:
         if len(set(keys)) != len(keys):
             raise DataError(f"two video extractors write the same feature: {sorted(k for k in set(keys) if keys.count(k) > 1)}; give one per feature")
         self.preset = preset
-        self._args = {id(e): _spec_args(spec) for e, spec in zip([*self.video, self.clap], [*extractors, clap]) if e is not None}
+        self._args = {e.output_key: _spec_args(spec) for e, spec in zip([*self.video, self.clap], [*extractors, clap]) if e is not None}
         check_widths(
             self.model,
             {e.output_key: (e.name, int(e.dim)) for e in self.video},
@@ -114,10 +114,10 @@ class Extraction:
     def info(self, source: str) -> dict[str, Any]:
         m = self.model
         feats = {
-            e.output_key: {"extractor": e.name, "args": self._args.get(id(e), {}), "fps": float(e.fps), "dim": int(e.dim)} for e in self.video
+            e.output_key: {"extractor": e.name, "args": self._args[e.output_key], "fps": float(e.fps), "dim": int(e.dim)} for e in self.video
         }
         if self.clap is not None:
-            feats[self.clap.output_key] = {"extractor": self.clap.name, "args": self._args.get(id(self.clap), {}), "dim": int(self.clap.dim)}
+            feats[self.clap.output_key] = {"extractor": self.clap.name, "args": self._args[self.clap.output_key], "dim": int(self.clap.dim)}
         return {
             "preset": self.preset,
             "grid": list(m.grid),

@@ -67,6 +67,7 @@ _BUILTIN_MODULES = (
     "controlfoley.guidance",
     "controlfoley.data.extractors",
     "controlfoley.data.real_extractors",
+    "controlfoley.data.clap",
     "controlfoley.presets",
 )
 _builtins_loaded = False

@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap for long videos, fraction of a window")
     p.add_argument("--join", choices=("crossfade", "decode_once"), default="crossfade")
     p.add_argument("--extractor", action="append", default=[], metavar="KEY=NAME[,ARG=VALUE...]")
+    p.add_argument(
+        "--text-encoder", default=None, metavar="NAME[,ARG=VALUE...]",
+        help="the CLAP-role text encoder that embeds --prompt, e.g. clap_transformers,folder=DIR (default: the model's own, synthetic_clap for the synthetic and tiny presets)",
+    )  # fmt: skip
     p.add_argument("--vocoder", default=None, metavar="NAME[,ARG=VALUE...]", help="default: the model's own")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist in --out")
@@ -125,8 +129,9 @@ def _build_pipeline(args: argparse.Namespace, extractors: dict[str, Any], vocode
     """The pipeline; a model, extractor or prompt that cannot work fails here, once, before any file."""
     from controlfoley.pipeline import FoleyPipeline
 
+    text_encoder = parse_spec(args.text_encoder) if args.text_encoder else None
     pipe = FoleyPipeline.from_pretrained(
-        args.model, extractors=extractors, vocoder=vocoder, map_location=args.device, overlap=args.overlap, join=args.join,
+        args.model, extractors=extractors, text_encoder=text_encoder, vocoder=vocoder, map_location=args.device, overlap=args.overlap, join=args.join,
         precision=args.precision, cuda_graph=args.cuda_graph,
     )  # fmt: skip
     if args.prompt:

@@ -388,7 +388,10 @@ class FoleyPipeline:
         """A prompt (comma-separated tags or a list of tags) -> its text embedding [1, cond_dim]."""
         prompt = prompt_text(prompt) or ""
         if self.text_encoder is None:
-            raise ConfigError("this pipeline has no text encoder (CLAP role), so it takes no prompt; pass text_encoder=...")
+            raise ConfigError(
+                "this pipeline has no text encoder (CLAP role), so it takes no prompt; pass text_encoder=('clap_transformers', {'folder': DIR}) "
+                "(command line: --text-encoder clap_transformers,folder=DIR), or drop the prompt for video-only guidance"
+            )
         emb = self.text_encoder.encode_text([prompt]).float().to(self.model.device)
         want = int(self.model.backbone.cond_dim)
         if emb.shape != (1, want):

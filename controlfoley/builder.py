@@ -29,6 +29,7 @@ from controlfoley._registry import (
     VOCODERS,
     Registry,
 )
+from controlfoley.backbones.base import BACKBONE_MEMBERS, CONTROL_MEMBERS
 from controlfoley.config import ConfigError, ModelConfig, Part
 from controlfoley.control.controlnet import ControlNet
 from controlfoley.guidance import GuidanceRule
@@ -81,6 +82,28 @@ def _check_tokenizer(name: str, tok: Any, n_frames: int, n_mels: int) -> tuple[i
             "frequency rows first; a 1-D tokenizer has downsample (n_mels, frame factor) and grid (1, T)"
         )
     return f, t
+
+
+def _check_backbone(name: str, bb: Any, vocab_size: int, control: bool) -> None:
+    """A built backbone keeps the `Backbone` contract (controlfoley.backbones.base): its members
+    exist (the ControlNet's `blocks` and `new_block` only when the model has video control), its
+    widths are positive ints and its vocabulary is the tokenizer's."""
+    where = f"backbone {name!r} ({type(bb).__name__})"
+    members = BACKBONE_MEMBERS + (CONTROL_MEMBERS if control else ())
+    missing = [m for m in members if getattr(bb, m, None) is None]
+    if missing:
+        raise ConfigError(
+            f"{where} lacks {', '.join(missing)} of the Backbone contract (controlfoley.backbones.base.Backbone); "
+            "add them, or build it from controlfoley.backbones.specmaskgit's parts"
+        )
+    for attr in ("vocab_size", "dim", "cond_dim"):
+        v = getattr(bb, attr)
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v <= 0:
+            raise ConfigError(f"{where} has {attr}={v!r}; it must be a positive int")
+    if int(bb.vocab_size) != int(vocab_size):
+        raise ConfigError(f"{where} has vocab_size {bb.vocab_size} but the tokenizer's codebook has {vocab_size}; accept vocab_size in its builder")
+    if control and not (isinstance(bb.blocks, nn.ModuleList) and len(bb.blocks) > 0):
+        raise ConfigError(f"{where}.blocks must be a non-empty nn.ModuleList (the ControlNet copies its first blocks), got {type(bb.blocks).__name__}")
 
 
 def _check_control_encoder(name: str, enc: Any) -> int:
@@ -162,6 +185,7 @@ def build_model(config: "str | ModelConfig", /, **overrides: Any) -> SpecMaskFol
     tokenizer = _build_part(TOKENIZERS, cfg.tokenizer, n_mels=mel.n_mels)
     grid = _check_tokenizer(cfg.tokenizer.name, tokenizer, cfg.n_frames, mel.n_mels)
     backbone = _build_part(BACKBONES, cfg.backbone, vocab_size=tokenizer.codebook_size, grid=list(grid))
+    _check_backbone(cfg.backbone.name, backbone, tokenizer.codebook_size, cfg.has_control)
     parts: dict[str, Any] = {}
     if cfg.has_control:
         enc = _build_part(CONTROL_ENCODERS, cfg.control_encoder)

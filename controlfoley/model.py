@@ -75,7 +75,7 @@ class SpecMaskFoley(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.backbone.pos_emb.device
+        return next(self.backbone.parameters()).device
 
     @property
     def n_samples(self) -> int:

@@ -249,8 +249,9 @@ class MaskedTokenRecipe(Recipe):
             raise DataError(f"dataset {ds.root} was tokenized with a codebook of {size}, this model's has {model.backbone.vocab_size}. {hint}")
 
     def fit_to_data(self, model: SpecMaskFoley, ds: ShardDataset) -> None:
-        if "clap" not in ds.keys:  # no condition ever reaches the CLAP projection
-            model.backbone.cond_proj.requires_grad_(False)
+        proj = getattr(model.backbone, "cond_proj", None)  # optional in the Backbone contract
+        if "clap" not in ds.keys and proj is not None:  # no condition ever reaches the CLAP projection
+            proj.requires_grad_(False)
 
     def objective(self, model: SpecMaskFoley, cfg: TrainConfig) -> nn.Module:
         return MaskedTokenObjective(model, self.use_control)

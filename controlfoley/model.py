@@ -326,7 +326,13 @@ class SpecMaskFoley(nn.Module):
 
     @torch.no_grad()
     def vocode(self, mel: Float[Tensor, "b m n"]) -> Float[Tensor, "b s"]:
-        return self.vocoder(mel)
+        """Normalised mel -> fp32 waveform, whatever the model's dtype (a bf16 model's mel is cast
+        to the vocoder's own parameter dtype, fp32 for a vocoder without weights)."""
+        n_mels = int(self.mel.n_mels)
+        if mel.ndim != 3 or mel.shape[1] != n_mels:
+            raise ShapeError(f"mel must be [batch, {n_mels}, frames] for this model's vocoder, got {list(mel.shape)}")
+        p = next(self.vocoder.parameters(), None)
+        return self.vocoder(mel.to(p.dtype if p is not None and p.is_floating_point() else torch.float32)).float()
 
     @torch.no_grad()
     def encode_audio(self, wav: Float[Tensor, "b s"]) -> Int[Tensor, "b f t"]:
@@ -334,7 +340,8 @@ class SpecMaskFoley(nn.Module):
         mel = self.mel(wav)
         n = self.config.n_frames
         mel = mel[..., :n] if mel.shape[-1] >= n else F.pad(mel, (0, n - mel.shape[-1]), value=-1.0)
-        return self.tokenizer.encode(mel)
+        p = next(self.tokenizer.parameters(), None)  # a bf16 / fp16 model's tokenizer takes its own dtype
+        return self.tokenizer.encode(mel.to(p.dtype) if p is not None and p.is_floating_point() else mel)
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, extra_metadata: Mapping[str, str] | None = None) -> Path:

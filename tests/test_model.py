@@ -355,3 +355,19 @@ def test_api_docs_run_and_the_package_exports_the_pipeline_and_errors():
     code = "import sys, controlfoley; d = dir(controlfoley); print('torch' in sys.modules, 'ShapeError' in d, 'FoleyPipeline' in d)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True", "True"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_makes_fp32_audio_and_reads_audio(micro_model, dtype: torch.dtype) -> None:
+    """model.to(bf16 / fp16): sampling, decoding, vocoding (Griffin-Lim works in numpy float32) and
+    encoding audio all run; waveforms come back fp32. A mel of other bins is a ShapeError."""
+    x = micro_inputs(micro_model, b=1)
+    model = micro_model.to(dtype)
+    codes = model.generate(x["features"], x["text"], steps=2, generator=torch.Generator().manual_seed(0))
+    mel = model.decode(codes)
+    assert mel.dtype == dtype
+    wav = model.vocode(mel)
+    assert wav.dtype == torch.float32 and wav.shape == (1, model.n_samples) and bool(torch.isfinite(wav).all())
+    assert model.encode_audio(wav).shape == (1, *model.grid)
+    with pytest.raises(ShapeError, match=r"mel must be \[batch, 80, frames\] for this model's vocoder, got \[1, 128, 512\]"):
+        model.vocode(torch.zeros(1, 128, 512, dtype=dtype))

@@ -109,7 +109,7 @@ class GriffinLimVocoder(nn.Module):
         # An untrained or diverging decoder can emit values far outside [-1, 1]; exp() of those
         # overflows to inf and Griffin-Lim returns NaN. Real audio stays below ~1.1 (mel.py).
         mags = torch.exp(fe.denormalize(mel.detach().float().nan_to_num(-1.0).clamp(-1.0, 1.5))).cpu().numpy()
-        basis = fe.mel_basis.cpu().numpy()
+        basis = fe.mel_basis.float().cpu().numpy()  # float32 whatever the model's dtype
         pinv = np.linalg.pinv(basis) if self.inverse == "pinv" else None
         n_out = fe.n_samples(mel.shape[-1])
         out = np.zeros((mel.shape[0], n_out), dtype=np.float32)

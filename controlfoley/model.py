@@ -13,6 +13,7 @@ MaskGIT sampler and vocoder, built from a `ModelConfig` by `build_model` (contro
 """
 
 import math
+import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -226,7 +227,7 @@ class SpecMaskFoley(nn.Module):
         steps: int | None = None,
         cfg_scale: float | None = None,
         temperature: float | None = None,
-        guidance: GuidanceRule | None = None,
+        guidance: GuidanceRule | str | None = None,
         known_codes: Int[Tensor, "b f t"] | None = None,
         known_mask: Bool[Tensor, "b f t"] | None = None,
         generator: torch.Generator | None = None,
@@ -252,7 +253,8 @@ class SpecMaskFoley(nn.Module):
 
         Sampling settings, each defaulting to the model's config (`model.config`):
         - `guidance`: a `GuidanceRule` replacing the model's (`config.guidance`, e.g. the paper's
-          multi-CFG), e.g. `GUIDANCE.build("cfg_video", scale=2.0)`; it says which of video/text it needs.
+          multi-CFG), e.g. `GUIDANCE.build("cfg_video", scale=2.0)`, or a GUIDANCE name ("cfg_video")
+          built with its defaults; it says which of video/text it needs.
         - `cfg_scale`: the final CFG scale of the rule's schedule (default the rule's own `scale`, 3.0).
         - `steps`: MaskGIT steps (default `config.sampler.steps`, 12).
         - `temperature`: Gumbel choice temperature, annealed to 0 (default `config.sampler.temperature`, 9.0).
@@ -271,7 +273,8 @@ class SpecMaskFoley(nn.Module):
         a given shape and settings, then replayed: the eager tokens for the same generator (exactly in
         fp32; bf16 kernels may differ on a few), far less launch overhead at small batches (see
         `controlfoley.graphs`)."""
-        rule = guidance or self.guidance
+        rule = self._rule(guidance)
+        _check_settings(steps, cfg_scale, temperature, known_mask)
         text, negative_text = self._as_text(text), self._as_text(negative_text, "negative_text")
         control = self.encode_control(features) if (features is not None and self.has_control) else None
         b = _batch_of(control, text, known_codes, batch_size)
@@ -311,7 +314,20 @@ class SpecMaskFoley(nn.Module):
             )
         return flat.view(b, *self.grid)
 
+    def _rule(self, guidance: Any) -> GuidanceRule:  # a validator: it takes anything
+        if guidance is None:
+            return self.guidance
+        if isinstance(guidance, str):
+            from controlfoley._registry import GUIDANCE
+
+            guidance = GUIDANCE.build(guidance)  # an unknown name: RegistryError listing the rules
+        if not isinstance(guidance, GuidanceRule):
+            raise ConfigError(f"guidance must be a GuidanceRule or a GUIDANCE name, got {type(guidance).__name__}")
+        return guidance
+
     def _check_rule_inputs(self, rule: GuidanceRule, control: Tensor | None, text: Tensor | None) -> None:
+        if rule.needs_video and not self.has_control:
+            raise ConfigError(f"guidance {rule} needs video features, but this model has no video control (a backbone alone); use guidance 'cfg_text'")
         if rule.needs_video and control is None:
             raise ConfigError(f"guidance {rule} needs video features; pass features=... or use guidance 'cfg_text'")
         if rule.needs_text and text is None:
@@ -394,6 +410,20 @@ class _RowPlan:
 def _zeros_like_cond(text: Tensor | None, negative: Tensor | None, b: int, device: torch.device) -> Tensor | None:
     ref = text if text is not None else negative
     return None if ref is None else ref.new_zeros(b, ref.shape[-1])
+
+
+def _check_settings(steps: Any, cfg_scale: Any, temperature: Any, known_mask: Tensor | None) -> None:
+    """Sampling settings out of range fail here, named (not deep in the sampler, nor silently)."""
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1):
+        raise ConfigError(f"steps must be an int >= 1, got {steps!r}")
+    if cfg_scale is not None and (isinstance(cfg_scale, bool) or not isinstance(cfg_scale, numbers.Real) or not math.isfinite(cfg_scale)):
+        raise ConfigError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature < 0
+    ):
+        raise ConfigError(f"temperature must be a finite number >= 0 (0: greedy choice), got {temperature!r}")
+    if known_mask is not None and known_mask.dtype != torch.bool:
+        raise ShapeError(f"known_mask must be a bool tensor (True where a token is kept), got {known_mask.dtype}; pass known_mask.bool()")
 
 
 def _batch_of(control: Tensor | None, text: Tensor | None, known: Tensor | None, batch_size: int | None) -> int:

@@ -39,7 +39,9 @@ al. 2022, sec. 3.2 / image extrapolation), docs/DESIGN.md sections 1-3.
 
 import logging
 import math
+import numbers
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +91,22 @@ class FoleyResult:
     codes: Int[Tensor, "f c"]  # the whole token sequence (all windows, before trimming)
     duration_s: float  # of the video stream
     windows: tuple[Window, ...]
+    seed: int | None = None  # the seed that drew it (pass it back for the same result)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the waveform to a .wav or .flac file, atomically (16-bit PCM); returns the path."""
+        from controlfoley.audio.io import save_audio
+
+        return save_audio(path, self.wav, self.sample_rate)
+
+    def save_video(self, video_path: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> Path:
+        """Write `video_path`'s video with this waveform as its only audio track to `out_path`,
+        atomically: the video packets are copied when the container can hold the codec, otherwise
+        re-encoded (H.264); see `controlfoley.video.mux_audio`. Returns `out_path`."""
+        from controlfoley.video import mux_audio
+
+        mux_audio(video_path, self.wav, self.sample_rate, out_path)
+        return Path(out_path)
 
 
 def _require_control(model: nn.Module) -> None:
@@ -233,7 +251,7 @@ class FoleyPipeline:
         negative_prompt: Prompt | None = None,
         steps: int | None = None,
         cfg_scale: float | None = None,
-        seed: int = 0,
+        seed: int | None = 0,
     ) -> FoleyResult:
         """Foley for one video file: decode, extract features, sample every window, decode, vocode.
 
@@ -241,9 +259,17 @@ class FoleyPipeline:
         list/tuple of tags (["bell", "thud"]); None or empty samples with video-only CFG (see the
         module docstring). `negative_prompt`: the same forms, text the sampler steers away from.
         `steps` / `cfg_scale`: MaskGIT steps and final CFG scale (None: the model's own). `seed`
-        makes the run repeatable. Returns a `FoleyResult` whose waveform lasts as long as the video;
-        a bad file raises MediaError, features that do not fit the model ShapeError.
+        makes the run repeatable (None: a fresh one, kept in the result). Returns a `FoleyResult`
+        whose waveform lasts as long as the video (`result.save("out.wav")`,
+        `result.save_video(video_path, "out.mp4")`); a bad file raises MediaError, features that do
+        not fit the model ShapeError.
         """
+        if not isinstance(video_path, (str, os.PathLike)):
+            raise TypeError(
+                f"a pipeline call takes one video path, got {type(video_path).__name__}; loop over several "
+                "(`[pipe(v) for v in videos]`) or use `controlfoley generate VIDEO...`"
+            )
+        seed = _seed(seed)  # before the video is read
         streams, duration = self.read_features(video_path)
         return self.generate(streams, duration, prompt, negative_prompt, steps=steps, cfg_scale=cfg_scale, seed=seed)
 
@@ -316,16 +342,18 @@ class FoleyPipeline:
         *,
         steps: int | None = None,
         cfg_scale: float | None = None,
-        seed: int = 0,
+        seed: int | None = 0,
     ) -> FoleyResult:
-        """Sample all windows from whole-video feature streams {key: [t, d]} (see `read_features`)."""
+        """Sample all windows from whole-video feature streams {key: [t, d]} (see `read_features`).
+        `seed=None` draws a fresh seed, returned in `FoleyResult.seed`."""
+        seed = _seed(seed)
         plan = self.plan(duration_s)
         text, negative, rule = self._conditions(prompt, negative_prompt)
         codes = self.sample_tokens(plan, streams, text, negative, rule, steps=steps, cfg_scale=cfg_scale, seed=seed)
         mel = self.decode(codes, plan)
         wav = self.vocoder(mel[None])[0, : plan.n_samples].float().cpu()
         n_mel = math.ceil(plan.n_samples / self.model.mel.hop_length)
-        return FoleyResult(wav, plan.sample_rate, mel[:, :n_mel].cpu(), codes.cpu(), float(duration_s), plan.windows)
+        return FoleyResult(wav, plan.sample_rate, mel[:, :n_mel].cpu(), codes.cpu(), float(duration_s), plan.windows, seed)
 
     def sample_tokens(
         self,
@@ -400,6 +428,15 @@ class FoleyPipeline:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _seed(seed: Any) -> int:
+    """A seed checked (a validator: it takes anything), or a fresh one for None."""
+    if seed is None:
+        return secrets.randbits(63)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ConfigError(f"seed must be an int (or None for a fresh one), got {seed!r}")
+    return int(seed)
 
 
 def prompt_text(prompt: Prompt | None) -> str | None:

@@ -371,3 +371,38 @@ def test_a_half_precision_model_makes_fp32_audio_and_reads_audio(micro_model, dt
     assert model.encode_audio(wav).shape == (1, *model.grid)
     with pytest.raises(ShapeError, match=r"mel must be \[batch, 80, frames\] for this model's vocoder, got \[1, 128, 512\]"):
         model.vocode(torch.zeros(1, 128, 512, dtype=dtype))
+
+
+def test_generate_takes_a_guidance_name_and_names_bad_settings(micro_model) -> None:
+    import inspect
+
+    from controlfoley.errors import RegistryError
+
+    x = micro_inputs(micro_model, b=1)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    by_name = micro_model.generate(x["features"], guidance="cfg_video", steps=2, generator=g())
+    from controlfoley import GUIDANCE
+
+    assert torch.equal(by_name, micro_model.generate(x["features"], guidance=GUIDANCE.build("cfg_video"), steps=2, generator=g()))
+    generate = inspect.unwrap(type(micro_model).generate)  # past the suite's runtime type checks: what users meet
+    with pytest.raises(RegistryError, match="unknown guidance 'nosuch'"):
+        generate(micro_model, x["features"], guidance="nosuch")
+    for kwargs, phrase in [
+        ({"steps": 2.5}, "steps must be an int >= 1"),
+        ({"steps": 0}, "steps must be an int >= 1"),
+        ({"temperature": -1.0}, "temperature must be a finite number >= 0"),
+        ({"cfg_scale": float("nan")}, "cfg_scale must be a finite number"),
+        ({"guidance": 3}, "guidance must be a GuidanceRule or a GUIDANCE name"),
+    ]:
+        with pytest.raises(ConfigError, match=phrase):
+            generate(micro_model, x["features"], x["text"], **kwargs)
+    codes = x["codes"][:1]
+    with pytest.raises(ShapeError, match=r"known_mask must be a bool tensor .*pass known_mask.bool\(\)"):
+        generate(micro_model, x["features"], x["text"], known_codes=codes, known_mask=torch.ones(codes.shape))
+    alone = build_model("specmaskgit_tiny", tokenizer=micro_overrides()["tokenizer"])
+    with pytest.raises(ConfigError, match="this model has no video control"):
+        alone.generate(None, torch.randn(1, alone.backbone.cond_dim), guidance="cfg_video")
+    # a backbone alone still builds with a video rule (to train it, say); sampling names the way out
+    video_rule = build_model("specmaskgit_tiny", tokenizer=micro_overrides()["tokenizer"], guidance="cfg_video")
+    with pytest.raises(ConfigError, match="no video control .*use guidance 'cfg_text'"):
+        video_rule.generate(None, torch.randn(1, video_rule.backbone.cond_dim))

@@ -1,6 +1,7 @@
 """Foley pipeline: window plans and time mapping, continuation by inpainting, input frame rates,
 the `generate` CLI with bad input, and (slow, with shipped weights) seams and onsets on a long video."""
 
+import inspect
 import logging
 import math
 import os
@@ -111,6 +112,26 @@ def test_short_clip_end_to_end_is_deterministic(pipe: FoleyPipeline, media: dict
     assert abs(a.wav.shape[0] - a.duration_s * SR) < HOP and bool(torch.isfinite(a.wav).all())
     assert a.mel.shape == (80, math.ceil(a.wav.shape[0] / HOP)) and a.codes.shape == (5, T) and len(a.windows) == 1
     assert torch.equal(a.wav, b.wav) and torch.equal(a.codes, b.codes) and not torch.equal(a.codes, c.codes)
+
+
+def test_a_fresh_seed_is_returned_and_results_save_themselves(pipe: FoleyPipeline, media: dict[str, Path], tmp_path: Path) -> None:
+    """seed=None draws a seed that reproduces the result; `save` / `save_video` write the audio
+    and the video with its new track; a list of videos or a float seed is refused, named."""
+    from controlfoley.audio.io import load_audio
+
+    r = pipe(media["tiny"], steps=2, seed=None)
+    assert isinstance(r.seed, int) and torch.equal(pipe(media["tiny"], steps=2, seed=r.seed).codes, r.codes)
+    assert pipe(media["tiny"], steps=2, seed=5).seed == 5
+    wav = load_audio(r.save(tmp_path / "a.wav"), SR)
+    assert wav.shape == r.wav.shape and float((wav - r.wav).abs().max()) < 1e-3  # 16-bit PCM
+    out = r.save_video(media["tiny"], tmp_path / "a.mp4")
+    with av.open(str(out)) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"] and c.streams.audio[0].rate == SR
+    call = inspect.unwrap(FoleyPipeline.__call__)  # past the suite's runtime type checks: what users meet
+    with pytest.raises(TypeError, match="takes one video path, got list"):
+        call(pipe, [media["tiny"], media["tiny"]])
+    with pytest.raises(ConfigError, match="seed must be an int"):
+        call(pipe, media["tiny"], steps=2, seed=1.5)
 
 
 def test_precision_reaches_the_sampler_and_bad_values_are_refused(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

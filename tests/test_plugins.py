@@ -231,6 +231,7 @@ def test_the_readme_python_blocks_run(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "readme ok (1, 5, 32)" in out.stdout
+    assert (tmp_path / "clip.wav").stat().st_size > 0 and (tmp_path / "clip-foley.mp4").stat().st_size > 0
 
 
 def test_one_plugin_by_path_and_by_module_name_registers_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

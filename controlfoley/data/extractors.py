@@ -39,6 +39,7 @@ from jaxtyping import UInt8
 from torch import nn
 
 from controlfoley._registry import EXTRACTORS
+from controlfoley.config import ConfigError
 from controlfoley.data.synthetic import CLASS_NAMES, SyntheticClip
 from controlfoley.typing import Float, Tensor
 
@@ -153,7 +154,7 @@ class TagEncoder(nn.Module):
         super().__init__()
         self.dim, self.tags = dim, tuple(t.lower() for t in tags)
         if len(set(self.tags)) != len(self.tags):
-            raise ValueError(f"tags must be unique, got {list(tags)}")
+            raise ConfigError(f"tags must be unique, got {list(tags)}")
         g = torch.Generator().manual_seed(seed)
         vectors = torch.randn(dim, len(self.tags), generator=g)
         if len(self.tags) <= dim:
@@ -164,7 +165,7 @@ class TagEncoder(nn.Module):
         words = [w.strip().lower() for w in text.split(",")]
         unknown = [w for w in words if w and w not in self.tags]
         if unknown:
-            raise ValueError(f"unknown tag(s) {unknown} in prompt {text!r}; known tags: {', '.join(self.tags)}")
+            raise ConfigError(f"unknown tag(s) {unknown} in prompt {text!r}; known tags: {', '.join(self.tags)}")
         return [self.tags.index(w) for w in words if w]
 
     def _embed(self, ids: Sequence[int]) -> Float[Tensor, "c"]:
@@ -180,7 +181,7 @@ class TagEncoder(nn.Module):
         """The embedding of the classes that sound in a clip (the audio prompt at training time)."""
         bad = [c for c in class_ids if not 0 <= c < len(self.tags)]
         if bad:
-            raise ValueError(f"class ids {bad} out of range: there are {len(self.tags)} tags ({', '.join(self.tags)})")
+            raise ConfigError(f"class ids {bad} out of range: there are {len(self.tags)} tags ({', '.join(self.tags)})")
         return self._embed(class_ids)
 
     def forward(self, texts: list[str]) -> Float[Tensor, "b c"]:

@@ -84,6 +84,12 @@ def test_paper_lr_schedule() -> None:
     values = [s(k) for k in range(2800, 140_001, 997)]
     assert all(a >= b for a, b in zip(values, values[1:]))
     assert WarmupCosine(1.0, 0, 10, 0.1)(0) == 1.0 and WarmupCosine(1.0, 0, 10, 0.1)(10) == pytest.approx(0.1)
+    # a shorter run keeps the recipe's warm-up fraction, a longer one its warm-up steps; given ones win
+    short = {"preset": "p", "data": "d", "out": "o"}
+    assert TrainConfig.for_recipe("controlnet", **short, steps=1_000).warmup_steps == 20
+    assert TrainConfig.for_recipe("tokenizer", **short, steps=20).warmup_steps == 0  # 1% of 20 rounds to 0
+    assert TrainConfig.for_recipe("controlnet", **short, steps=500_000).warmup_steps == 2_800
+    assert TrainConfig.for_recipe("controlnet", **short, steps=1_000, warmup_steps=7).warmup_steps == 7
 
 
 def test_config_round_trip_and_errors() -> None:
@@ -92,12 +98,37 @@ def test_config_round_trip_and_errors() -> None:
     assert again == cfg and again.betas == (0.9, 0.95) and again.init_parts == ("tokenizer",)
     with pytest.raises(ConfigError, match="unknown train config field"):
         TrainConfig.from_dict({**cfg.to_dict(), "lr_warmup": 3})
-    with pytest.raises(ConfigError, match="warmup_steps"):
+    with pytest.raises(ConfigError, match="warmup_steps .*set --warmup-steps"):
         cfg.replace(warmup_steps=10**9)
+    # tuples given in Python are the lists config.json stores: a resumed run compares equal
+    tup = cfg.replace(model_overrides={"tokenizer": {"ch_mult": (1, 2, 2)}})
+    assert tup.model_overrides == {"tokenizer": {"ch_mult": [1, 2, 2]}} and TrainConfig.from_json(tup.to_json()) == tup
     with pytest.raises(ConfigError, match="init_parts is empty"):
         cfg.replace(init="runs/tok", init_parts=())
     assert cfg.resume_conflicts(cfg.replace(num_workers=7)) == {}
     assert set(cfg.resume_conflicts(cfg.replace(seed=1, preset="q"))) == {"seed", "preset"}
+
+
+def test_a_config_file_of_wrong_types_is_named(tmp_path: Path) -> None:
+    """Run as users run it (no test-suite type checks): `"steps": "3"` in a --config file is a
+    one-line error naming the field, not a TypeError traceback."""
+    import subprocess
+    import sys
+
+    for bad, phrase in [
+        ('{"steps": "3"}', "steps must be int, got '3' (str)"),
+        ('{"shuffle": 1}', "shuffle must be bool, got 1 (int)"),
+        ('{"steps": 3,', "is not valid JSON"),
+        ("[1]", "holds a list, not a JSON object"),
+    ]:
+        (tmp_path / "c.json").write_text(bad)
+        argv = ["train", "controlnet", "--preset", "specmaskfoley", "--data", "d", "--out", "o", "--config", str(tmp_path / "c.json"), "--print-config"]
+        out = subprocess.run([sys.executable, "-m", "controlfoley", *argv], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and phrase in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    (tmp_path / "c.json").write_text(json.dumps({"base_lr": 1}))  # an int where a float is expected is that float
+    argv = ["train", "controlnet", "--preset", "specmaskfoley", "--data", "d", "--out", "o", "--config", str(tmp_path / "c.json"), "--print-config"]
+    out = subprocess.run([sys.executable, "-m", "controlfoley", *argv], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and json.loads(out.stdout)["base_lr"] == 1.0 and '"base_lr": 1.0' in out.stdout
 
 
 def test_cli_print_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -105,7 +136,8 @@ def test_cli_print_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     rc = train_main(["controlnet", "--preset", "specmaskfoley", "--data", "d", "--out", "o", "--config", str(tmp_path / "c.json"),
                      "--steps", "7000", "--init-parts", "backbone", "--model", "aligner=plain1d", "--no-shuffle", "--print-config"])  # fmt: skip
     cfg = TrainConfig.from_json(capsys.readouterr().out)
-    assert rc == 0 and cfg.steps == 7000 and cfg.grad_clip == 0.5 and cfg.base_lr == 1e-3 and cfg.warmup_steps == 2800
+    assert rc == 0 and cfg.steps == 7000 and cfg.grad_clip == 0.5 and cfg.base_lr == 1e-3
+    assert cfg.warmup_steps == 140  # the recipe's 2% of the run (2,800 of 140,000)
     assert cfg.init_parts == ("backbone",) and cfg.model_overrides == {"aligner": "plain1d"} and cfg.shuffle is False
 
 

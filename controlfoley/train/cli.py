@@ -119,7 +119,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         return TrainConfig.from_dict({**base, **given})
     file_fields = {}
     if args.config_file:
-        file_fields = json.loads(Path(args.config_file).read_text(encoding="utf-8"))
+        path = Path(args.config_file)
+        try:
+            file_fields = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"--config {path}: cannot read it ({e.strerror or e})") from e
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--config {path} is not valid JSON ({e}); write a JSON object of TrainConfig fields, e.g. --print-config's output") from e
+        if not isinstance(file_fields, dict):
+            raise ConfigError(f"--config {path} holds a {type(file_fields).__name__}, not a JSON object of TrainConfig fields")
         file_fields.pop("recipe", None)
     return TrainConfig.for_recipe(args.recipe, **{**file_fields, **given})
 

@@ -31,9 +31,15 @@ def load_legacy_checkpoint(path: str | os.PathLike[str], *, trust: bool = False)
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError or RuntimeError subclasses here
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, KeyError, EOFError... here
+        reason = _refusal(e)
+        if "Unsupported global" not in strip_ansi(str(e)):  # not a refusal of objects: the bytes are broken
+            first = strip_ansi(str(e)).strip().split(". ")[0].splitlines()[0] if str(e).strip() else ""
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint: truncated, corrupt or another format "
+                f"({type(e).__name__}{': ' + first if first else ''}); re-download or re-export it"
+            ) from e
         if not trust:
-            reason = _refusal(e)
             raise CheckpointError(
                 f"{path} cannot be loaded as plain weights (torch.load(weights_only=True) refused: {reason}). "
                 "It may contain arbitrary Python objects. If you trust its source, unpickle it fully: trust=True "

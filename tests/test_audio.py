@@ -375,3 +375,21 @@ def test_bigvgan_error_paths(tmp_path) -> None:
     except ImportError:
         with pytest.raises(MissingDependencyError, match=r"controlfoley\[bigvgan\]"):
             bigvgan_vocoder(mel=HifiGanMel(fmax=None), folder=folder)
+
+
+def test_a_broken_pickle_is_called_broken_not_untrusted(tmp_path) -> None:
+    """Truncated, corrupt or non-checkpoint files are named as such; unpickling them fully (trust)
+    is never suggested, since it could not help."""
+    from controlfoley._legacy import load_legacy_checkpoint
+
+    torch.save({"a": torch.zeros(3)}, tmp_path / "ok.pt")
+    data = (tmp_path / "ok.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.pt").write_text("hello\n")
+    torch.save({"a": torch.zeros(3)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    (tmp_path / "oldcut.pt").write_bytes((tmp_path / "old.pt").read_bytes()[:200])
+    for name in ("cut.pt", "text.pt", "oldcut.pt"):
+        with pytest.raises(CheckpointError, match="is not a readable PyTorch checkpoint: truncated, corrupt or another format") as err:
+            load_legacy_checkpoint(tmp_path / name)
+        assert "trust" not in str(err.value), name
+    assert torch.equal(load_legacy_checkpoint(tmp_path / "old.pt")["a"], torch.zeros(3))

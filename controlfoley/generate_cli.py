@@ -76,20 +76,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_device(spec: str) -> None:
     """A device this machine has, checked once before the model loads (no traceback from deep in torch)."""
-    import torch
+    from controlfoley.model import device_name
 
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise ValueError(f"--device {spec!r} is not a device; use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {spec}: no usable CUDA GPU here (no NVIDIA driver or GPU, or a CPU-only torch); use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {spec}: this machine has {torch.cuda.device_count()} GPU(s); use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {spec}: Apple MPS is not available here; use --device cpu")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device {spec}: generate runs on cpu, cuda or mps")
+    device_name(spec, arg="--device")
 
 
 def _vocoder_spec(text: str | None) -> dict[str, Any] | None:

@@ -449,13 +449,24 @@ def from_pretrained(
     return load_model(path_or_preset, strict=strict, map_location=device_name(map_location), **overrides)
 
 
-def device_name(device: str | torch.device) -> str:
+def device_name(device: str | torch.device, *, arg: str = "map_location") -> str:
     """A device as safetensors names it: "cpu" for every CPU device ("cpu:0" is refused by safe_open),
-    else torch's own spelling ("cuda:1", "mps"). A string that is no device is a ConfigError."""
+    else torch's own spelling ("cuda:1", "mps"). A string that is no device, or a device this
+    machine does not have, is a ConfigError naming `arg` (the caller's argument) and the fix."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"{device!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+        raise ConfigError(f"{arg} {device!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    cpu = f"{arg} cpu" if arg.startswith("--") else f"{arg}='cpu'"
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{arg} {device}: no usable CUDA GPU here (no NVIDIA driver or GPU, or a CPU-only torch); use {cpu}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise ConfigError(f"{arg} {device}: this machine has {n} GPU(s); use cuda:0 to cuda:{n - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{arg} {device}: Apple MPS is not available here; use {cpu}")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{arg} {device}: controlfoley runs on cpu, cuda or mps")
     return "cpu" if dev.type == "cpu" else str(dev)
 
 

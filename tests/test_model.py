@@ -406,3 +406,12 @@ def test_generate_takes_a_guidance_name_and_names_bad_settings(micro_model) -> N
     video_rule = build_model("specmaskgit_tiny", tokenizer=micro_overrides()["tokenizer"], guidance="cfg_video")
     with pytest.raises(ConfigError, match="no video control .*use guidance 'cfg_text'"):
         video_rule.generate(None, torch.randn(1, video_rule.backbone.cond_dim))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_loading_onto_a_missing_gpu_names_the_fix(micro_model, tmp_path) -> None:
+    path = micro_model.save(tmp_path / "m.safetensors")
+    with pytest.raises(ConfigError, match=r"map_location cuda: no usable CUDA GPU here .*use map_location='cpu'"):
+        from_pretrained(path, map_location="cuda")
+    with pytest.raises(ConfigError, match=r"map_location 'gpu' is not a device"):
+        from_pretrained(path, map_location="gpu")

@@ -199,7 +199,7 @@ def _run_one(pipe: Any, args: argparse.Namespace, video: Path, paths: tuple[Path
         result = pipe(video, args.prompt, args.negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed)
         row.update(duration=result.duration_s, windows=len(result.windows))
         _write(video, result, *paths)
-        row["status"] = "ok"
+        row["status"], row["output"] = "ok", f"{paths[0].name}, {paths[1].name}"
     except (ControlFoleyError, RegistryError, OSError, ValueError) as e:
         msg = _one_line(e)
         row["status"] = "error: " + (msg if msg.startswith(str(video)) else f"{video}: {msg}")
@@ -209,7 +209,7 @@ def _run_one(pipe: Any, args: argparse.Namespace, video: Path, paths: tuple[Path
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The end-of-run summary: one row per input file."""
-    head = ("file", "duration", "windows", "time", "status")
+    head = ("file", "duration", "windows", "time", "status", "written")
     body = [
         (
             r["file"],
@@ -217,6 +217,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             "-" if r["windows"] is None else str(r["windows"]),
             f"{r['time']:.1f} s",
             "ok" if r["status"] == "ok" else "error",
+            r.get("output", "-"),  # a repeated stem is written as <stem>-2, <stem>-3, ...
         )
         for r in rows
     ]
@@ -239,8 +240,8 @@ def main(argv: Sequence[str]) -> int:
         _check_numbers(args)
         _check_device(args.device)
         extractors, vocoder = _extractor_specs(args.extractor), _vocoder_spec(args.vocoder)
+        pipe = _build_pipeline(args, extractors, vocoder)  # a bad name or file is reported before a clash of outputs
         _check_outputs(videos, pairs, overwrite=args.overwrite)
-        pipe = _build_pipeline(args, extractors, vocoder)
     except (ControlFoleyError, RegistryError, ValueError, OSError) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2

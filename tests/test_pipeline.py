@@ -308,6 +308,7 @@ def test_cli_summary_and_repeated_stems(model_file: Path, media: dict[str, Path]
     assert _outputs(out) == ["tiny-2.mp4", "tiny-2.wav", "tiny.mp4", "tiny.wav"]
     table = capsys.readouterr().out
     assert "file" in table and "windows" in table and "2 of 2 files ok" in table
+    assert "tiny.wav, tiny.mp4" in table and "tiny-2.wav, tiny-2.mp4" in table  # where each input's outputs went
 
 
 @cuda
@@ -405,6 +406,8 @@ def test_cli_refuses_existing_outputs_unless_overwrite(
     err = capsys.readouterr().err
     assert str(out / "tiny.wav") in err and "already exists" in err and "--overwrite" in err
     assert calls == [] and (out / "tiny.wav").read_bytes() == first  # refused before any sampling, nothing touched
+    assert cli.main([*args, "--vocoder", "nosuch"]) == 2  # a bad argument is named first, not hidden behind the clash
+    assert "unknown vocoder 'nosuch'" in capsys.readouterr().err
     assert cli.main([*args, "--seed", "2", "--overwrite"]) == 0
     assert (out / "tiny.wav").read_bytes() != first and _outputs(out) == ["tiny.mp4", "tiny.wav"]  # replaced, no temp left
 

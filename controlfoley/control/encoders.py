@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from controlfoley._registry import CONTROL_ENCODERS
+from controlfoley._registry import CONTROL_ENCODERS, EXTRACTORS, RegistryError
 from controlfoley.errors import ShapeError
 from controlfoley.typing import Float, Tensor
 
@@ -26,6 +26,16 @@ def feature_dims(encoder: nn.Module) -> dict[str, int]:
     """Feature key -> width a control encoder expects, from its optional `feature_dims` (empty if it
     declares none: its features are then checked only when it reads them)."""
     return {str(k): int(v) for k, v in dict(getattr(encoder, "feature_dims", None) or {}).items()}
+
+
+def _dim_hint(name: str, want: int) -> str:
+    """" (e.g. NAME,dim=N)" where the extractor's builder takes a width; nothing for one whose
+    width is its weights' (a real CLIP or CLAP model)."""
+    try:
+        takes_dim = "dim" in EXTRACTORS.accepted_args(name)
+    except (RegistryError, TypeError, ValueError):  # a built object passed directly, not a registered name
+        takes_dim = False
+    return f" (e.g. {name},dim={want})" if takes_dim else " (its width is fixed by its weights: another checkpoint is needed)"
 
 
 def check_widths(
@@ -45,13 +55,13 @@ def check_widths(
         if want is not None and int(got) != want:
             raise error(
                 f"extractor {name} gives {got}-wide {key!r} features but {taker} takes {want}; "
-                f"use an extractor of width {want} (e.g. {name},dim={want})"
+                f"use an extractor of width {want}{_dim_hint(name, want)}"
             )
     want = int(model.backbone.cond_dim)
     if text is not None and int(text[1]) != want:
         raise error(
             f"text extractor {text[0]} gives {text[1]}-wide embeddings but {taker} takes {want}; "
-            f"use one of width {want} (e.g. {text[0]},dim={want})"
+            f"use one of width {want}{_dim_hint(text[0], want)}"
         )
 
 

@@ -7,6 +7,7 @@
 Writes are atomic (temporary file + rename).
 """
 
+import dataclasses
 import json
 import os
 import warnings
@@ -21,7 +22,7 @@ from torch import nn
 
 from controlfoley._io import atomic_path
 from controlfoley._registry import RegistryError
-from controlfoley.config import ModelConfig, part_registries
+from controlfoley.config import ModelConfig, Part, part_registries
 from controlfoley.errors import CheckpointError, RandomWeightsWarning
 
 __all__ = [
@@ -185,7 +186,8 @@ def load_model(
     with warnings.catch_warnings():  # a GAN vocoder built without its checkpoint gets its weights from this file
         warnings.simplefilter("ignore", RandomWeightsWarning)
         try:
-            model = build_model(cfg, **overrides)
+            model = build_model(_without_weight_files(cfg), **overrides)
+            model.config = dataclasses.replace(model.config, **{k: getattr(cfg, k) for k in _weight_file_parts(cfg) if k not in overrides})
         except RegistryError as e:
             if _registered(cfg):  # a bad argument, not a missing plugin
                 raise
@@ -200,6 +202,33 @@ def load_model(
     model.load_state_dict(state, strict=strict)
     model.trained_parts = trained_parts(meta)
     return model.to(map_location)
+
+
+def _weight_file_parts(cfg: ModelConfig) -> list[str]:
+    """Config fields whose builder reads a weights file (declared by the builder's `weight_args`)."""
+    from controlfoley.config import part_registries
+
+    out = []
+    for field_name, registry in part_registries().items():
+        part = getattr(cfg, field_name, None)
+        if part is not None and part.name in registry:
+            args = getattr(registry.get(part.name), "weight_args", ())
+            if any(a in part.kwargs for a in args):
+                out.append(field_name)
+    return out
+
+
+def _without_weight_files(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` with the weights-file arguments (a HiFi-GAN `checkpoint=`...) left out: the model's own
+    file holds those weights (checked strictly), so it loads without the original file, anywhere."""
+    from controlfoley.config import part_registries
+
+    changes = {}
+    for field_name in _weight_file_parts(cfg):
+        part = getattr(cfg, field_name)
+        args = getattr(part_registries()[field_name].get(part.name), "weight_args", ())
+        changes[field_name] = Part(part.name, {k: v for k, v in part.kwargs.items() if k not in args})
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def load_parts(model: nn.Module, path: str | os.PathLike[str], parts: Iterable[str]) -> list[str]:

@@ -1,5 +1,7 @@
 """The composite model: paper shapes, zero-init equivalence, ControlNet training, save/load, bad input."""
 
+import os
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -267,6 +269,25 @@ def test_loading_a_model_with_a_gan_vocoder_does_not_warn_of_random_weights(tmp_
         warnings.simplefilter("error", RandomWeightsWarning)
         loaded = from_pretrained(tmp_path / "m.safetensors")
     assert torch.equal(loaded.vocoder.generator.conv_pre.weight, model.vocoder.generator.conv_pre.weight)
+
+
+def test_a_model_built_from_a_vocoder_file_loads_without_that_file(tmp_path, monkeypatch):
+    """The saved model holds the HiFi-GAN weights: it loads from another folder after the original
+    generator file is gone (the config still records where the weights came from)."""
+    ov = {**micro_overrides(), "vocoder": {"name": "hifigan", "upsample_initial_channel": 16}}
+    with pytest.warns(Warning):
+        gen = build_model("specmaskfoley_tiny", **ov).vocoder.generator
+    monkeypatch.chdir(tmp_path)
+    torch.save({"generator": gen.state_dict()}, "g_00000001")  # a relative path, as users pass it
+    model = build_model("specmaskfoley_tiny", **{**ov, "vocoder": {**ov["vocoder"], "checkpoint": "g_00000001"}})
+    model.save("m.safetensors")
+    os.remove("g_00000001")
+    monkeypatch.chdir(tmp_path.parent)
+    loaded = from_pretrained(tmp_path / "m.safetensors")
+    assert torch.equal(loaded.vocoder.generator.conv_pre.weight, gen.conv_pre.weight)
+    assert loaded.config.vocoder.kwargs["checkpoint"] == "g_00000001"
+    loaded.save(tmp_path / "again.safetensors")  # and again, from the re-saved file
+    assert torch.equal(from_pretrained(tmp_path / "again.safetensors").vocoder.generator.conv_pre.weight, gen.conv_pre.weight)
 
 
 def test_user_control_encoders_and_vocoders_must_keep_their_contracts():

@@ -196,3 +196,6 @@ def hifigan_vocoder(
     else:
         warn_random_weights("vocoder", "hifigan", "checkpoint")
     return HifiGanVocoder(mel, gen)
+
+
+hifigan_vocoder.weight_args = ("checkpoint", "trust_checkpoint")  # a saved model holds these weights (checkpoint.load_model)

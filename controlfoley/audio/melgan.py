@@ -128,3 +128,6 @@ def melgan_vocoder(
     else:
         warn_random_weights("vocoder", "melgan", "checkpoint")
     return MelGANVocoder(mel, gen)
+
+
+melgan_vocoder.weight_args = ("checkpoint", "trust_checkpoint")  # a saved model holds these weights (checkpoint.load_model)

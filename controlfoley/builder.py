@@ -30,7 +30,7 @@ from controlfoley._registry import (
     Registry,
 )
 from controlfoley.backbones.base import BACKBONE_MEMBERS, CONTROL_MEMBERS
-from controlfoley.config import ConfigError, ModelConfig, Part
+from controlfoley.config import ConfigError, ModelConfig, Part, part_registries
 from controlfoley.control.controlnet import ControlNet
 from controlfoley.guidance import GuidanceRule
 from controlfoley.model import SpecMaskFoley
@@ -196,7 +196,7 @@ def build_model(config: "str | ModelConfig", /, **overrides: Any) -> SpecMaskFol
     vocoder = _build_part(VOCODERS, cfg.vocoder, mel=mel)
     _check_vocoder(cfg.vocoder.name, vocoder, mel)
     s = cfg.sampler
-    return SpecMaskFoley(
+    model = SpecMaskFoley(
         config=cfg,
         mel=mel,
         tokenizer=tokenizer,
@@ -206,6 +206,23 @@ def build_model(config: "str | ModelConfig", /, **overrides: Any) -> SpecMaskFol
         vocoder=vocoder,
         **parts,
     )
+    loaded = weight_file_parts(cfg)  # their builders loaded trained weights
+    if loaded:
+        model.trained_parts = set(loaded)
+    return model
+
+
+def weight_file_parts(cfg: ModelConfig) -> list[str]:
+    """Config fields whose part is built from a weights file: its builder declares `weight_args`
+    (e.g. ("checkpoint", "trust_checkpoint")) and the part's kwargs give one of them."""
+    out = []
+    for field_name, registry in part_registries().items():
+        part = getattr(cfg, field_name, None)
+        if part is not None and part.name in registry:
+            args = getattr(registry.get(part.name), "weight_args", ())
+            if any(a in part.kwargs for a in args):
+                out.append(field_name)
+    return out
 
 
 def _controlnet_kwargs(part: Part) -> dict[str, Any]:

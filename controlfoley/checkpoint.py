@@ -53,8 +53,25 @@ def read_state_dict(path: str | os.PathLike[str], map_location: str | torch.devi
             meta = dict(f.metadata() or {})
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
+        if _is_torch_pickle(path):
+            raise CheckpointError(
+                f"{path} is a PyTorch pickle (.ckpt / .pt), not a controlfoley (safetensors) checkpoint. An official SpecVQGAN "
+                f"codebook is loaded by the tokenizer's builder: build_model(..., tokenizer={{'checkpoint': '{path}'}}), on the "
+                f"command line --model 'tokenizer={{\"checkpoint\": \"{path}\"}}'; HiFi-GAN / MelGAN generators by the "
+                "vocoder's (vocoder={'name': 'hifigan', 'checkpoint': ...})"
+            ) from e
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}). Is it truncated, or another format?") from e
     return state, meta
+
+
+def _is_torch_pickle(path: Path) -> bool:
+    """torch.save's zip archive, or a bare pickle (protocol 2+ starts with 0x80)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -64,6 +81,13 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:
+        if _is_torch_pickle(path):
+            raise CheckpointError(
+                f"{path} is a PyTorch pickle (.ckpt / .pt), not a controlfoley (safetensors) checkpoint. An official SpecVQGAN "
+                f"codebook is loaded by the tokenizer's builder: build_model(..., tokenizer={{'checkpoint': '{path}'}}), on the "
+                f"command line --model 'tokenizer={{\"checkpoint\": \"{path}\"}}'; HiFi-GAN / MelGAN generators by the "
+                "vocoder's (vocoder={'name': 'hifigan', 'checkpoint': ...})"
+            ) from e
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}). Is it truncated, or another format?") from e
 
 
@@ -165,7 +189,7 @@ def _part_config_hint(meta: Mapping[str, str], model: nn.Module, part: str) -> s
 def load_model(
     path_or_preset: str | os.PathLike[str], *, strict: bool = True, map_location: str | torch.device = "cpu", **overrides: Any
 ) -> nn.Module:
-    from controlfoley.builder import build_model
+    from controlfoley.builder import build_model, weight_file_parts
     from controlfoley.presets import pretrained_path
 
     p = Path(path_or_preset)
@@ -187,7 +211,7 @@ def load_model(
         warnings.simplefilter("ignore", RandomWeightsWarning)
         try:
             model = build_model(_without_weight_files(cfg), **overrides)
-            model.config = dataclasses.replace(model.config, **{k: getattr(cfg, k) for k in _weight_file_parts(cfg) if k not in overrides})
+            model.config = dataclasses.replace(model.config, **{k: getattr(cfg, k) for k in weight_file_parts(cfg) if k not in overrides})
         except RegistryError as e:
             if _registered(cfg):  # a bad argument, not a missing plugin
                 raise
@@ -204,27 +228,13 @@ def load_model(
     return model.to(map_location)
 
 
-def _weight_file_parts(cfg: ModelConfig) -> list[str]:
-    """Config fields whose builder reads a weights file (declared by the builder's `weight_args`)."""
-    from controlfoley.config import part_registries
-
-    out = []
-    for field_name, registry in part_registries().items():
-        part = getattr(cfg, field_name, None)
-        if part is not None and part.name in registry:
-            args = getattr(registry.get(part.name), "weight_args", ())
-            if any(a in part.kwargs for a in args):
-                out.append(field_name)
-    return out
-
-
 def _without_weight_files(cfg: ModelConfig) -> ModelConfig:
     """`cfg` with the weights-file arguments (a HiFi-GAN `checkpoint=`...) left out: the model's own
     file holds those weights (checked strictly), so it loads without the original file, anywhere."""
-    from controlfoley.config import part_registries
+    from controlfoley.builder import weight_file_parts
 
     changes = {}
-    for field_name in _weight_file_parts(cfg):
+    for field_name in weight_file_parts(cfg):
         part = getattr(cfg, field_name)
         args = getattr(part_registries()[field_name].get(part.name), "weight_args", ())
         changes[field_name] = Part(part.name, {k: v for k, v in part.kwargs.items() if k not in args})

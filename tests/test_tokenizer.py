@@ -313,3 +313,26 @@ def test_dead_code_restart_revives_a_collapsed_codebook() -> None:
     assert moved >= 30 and after > before + 10
     names = set(vq.state_dict())
     assert names == {"embedding.weight"}  # training-only: the checkpoint layout is unchanged
+
+
+def test_an_official_codebook_through_the_builder_loads_and_saves_self_contained(tmp_path: Path, tiny: SpecVQGAN) -> None:
+    """`tokenizer={"checkpoint": PATH}` loads an official .ckpt at build time, marks the tokenizer
+    trained, and the saved model no longer needs the file; a .ckpt given where a controlfoley
+    checkpoint is expected says how to load it."""
+    from controlfoley import build_model, from_pretrained
+    from controlfoley.checkpoint import load_parts
+    from controlfoley.config import Part
+
+    path = tmp_path / "vggsound_codebook.ckpt"
+    _save_official(path, tiny.state_dict())
+    model = build_model("specmaskfoley_tiny", tokenizer=Part("specvqgan", {**TINY, "checkpoint": str(path)}))
+    for k, v in tiny.state_dict().items():
+        assert torch.equal(model.tokenizer.state_dict()[k], v), k
+    assert model.trained_parts == {"tokenizer"}
+    saved = model.save(tmp_path / "m.safetensors")
+    path.unlink()
+    again = from_pretrained(saved)
+    assert torch.equal(again.tokenizer.quantize.embedding.weight, tiny.quantize.embedding.weight)
+    _save_official(path, tiny.state_dict())
+    with pytest.raises(CheckpointError, match=r"is a PyTorch pickle .*tokenizer=\{'checkpoint'"):
+        load_parts(build_model("specmaskfoley_tiny"), path, ["tokenizer"])

@@ -88,7 +88,7 @@ class Extraction:
             self.model = build_model(preset, **(model_overrides or {})).eval().to(device)
         if tokenizer is not None:
             load_parts(self.model, resolve_model_file(tokenizer), ["tokenizer"])
-        else:
+        elif "tokenizer" not in (getattr(self.model, "trained_parts", None) or ()):  # its builder loaded none (an official .ckpt)
             warnings.warn("no tokenizer checkpoint given: tokens come from an untrained tokenizer (train one with the tokenizer recipe)", stacklevel=2)
         self.video = [build_extractor(e) for e in extractors]
         self.clap = build_extractor(clap) if clap is not None else None
@@ -109,7 +109,9 @@ class Extraction:
         self.video_s = self.window_s if video_seconds is None else float(video_seconds)
         if self.video_s <= 0:
             raise DataError(f"video_seconds must be positive, got {video_seconds}")
-        self.tokenizer_source = None if tokenizer is None else str(Path(tokenizer).resolve())
+        built_from = self.model.config.tokenizer.kwargs.get("checkpoint")  # e.g. an official SpecVQGAN codebook
+        source = tokenizer if tokenizer is not None else built_from
+        self.tokenizer_source = None if source is None else str(Path(source).resolve())
 
     def info(self, source: str) -> dict[str, Any]:
         m = self.model

@@ -332,6 +332,8 @@ def specvqgan(
     beta: float = 0.25,
     double_z: bool = False,
     norm_groups: int = 32,
+    checkpoint: str | None = None,
+    trust_checkpoint: bool = False,
 ) -> SpecVQGAN:
     """SpecVQGAN tokenizer; defaults are the official VGGSound codebook (configs/vggsound_codebook.yaml).
 
@@ -339,6 +341,10 @@ def specvqgan(
     whose time length (resolution halved per level) is listed. `norm_groups` (32 officially) lets
     small test models use fewer channels; it changes no parameter shape. `double_z` doubles the
     encoder's output channels (as in the VQGAN code base; `quant_conv` then reads 2 * z_channels).
+    `checkpoint`: an official SpecVQGAN codebook `.ckpt` (Lightning; `loss.*` dropped), loaded
+    strictly at build time (`trust_checkpoint=True` to unpickle more than tensors); it reads
+    SpecVQGAN's own mel, so build it with the "specvqgan" mel front end. A saved model holds these
+    weights and loads without the file.
     """
     ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
     _check_config(
@@ -351,4 +357,10 @@ def specvqgan(
     encoder = Encoder(in_channels=in_channels, double_z=double_z, **shared)
     decoder = Decoder(out_ch=out_ch, **shared)
     quantize = VectorQuantizer(n_embed, embed_dim, beta)
-    return SpecVQGAN(encoder, decoder, quantize, n_mels=n_mels, z_channels=z_channels)
+    model = SpecVQGAN(encoder, decoder, quantize, n_mels=n_mels, z_channels=z_channels)
+    if checkpoint is not None:
+        model.load_official_state_dict(read_official_state_dict(checkpoint, trust=trust_checkpoint), source=str(checkpoint))
+    return model
+
+
+specvqgan.weight_args = ("checkpoint", "trust_checkpoint")  # a saved model holds these weights (checkpoint.load_model)

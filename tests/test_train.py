@@ -254,6 +254,36 @@ def test_resume_after_stop_is_bit_identical(data: Path, tmp_path: Path) -> None:
     assert losses(tmp_path / "full") == losses(tmp_path / "split") and len(losses(tmp_path / "full")) == 6
 
 
+def test_resume_falls_back_to_the_newest_complete_checkpoint(data: Path, tmp_path: Path) -> None:
+    """A newest checkpoint that lost a file, or a deleted `latest` pointer: --resume continues from
+    the newest complete checkpoint, says so, and ends bit-identical to an uninterrupted run; with
+    nothing complete to fall back on it is refused, naming the ways out."""
+    import warnings
+
+    train(config("backbone", data, tmp_path / "full"))
+    cfg = config("backbone", data, tmp_path / "split", keep_last=3)
+    train(cfg, stop_at=4)
+    ckpts = tmp_path / "split" / "checkpoints"
+    (ckpts / "step-00000004" / "state.safetensors").unlink()
+    with pytest.warns(UserWarning, match="points to step-00000004, which is missing or incomplete; resuming from step-00000002"):
+        train(cfg, resume=True, stop_at=5)
+    (ckpts / "latest").unlink()
+    with pytest.warns(UserWarning, match="no 'latest' pointer; resuming from step-00000005"):
+        train(cfg, resume=True)
+    full, split = final_state(tmp_path / "full"), final_state(tmp_path / "split")
+    assert all(torch.equal(full[k], split[k]) for k in full)
+    assert losses(tmp_path / "full") == losses(tmp_path / "split")
+    lone = config("backbone", data, tmp_path / "lone", keep_last=1)
+    train(lone, stop_at=2)
+    (tmp_path / "lone" / "checkpoints" / "step-00000002" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no complete checkpoint precedes it; restore the folder, or start a new run"):
+        train(lone, resume=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an ordinary resume says nothing
+        train(config("backbone", data, tmp_path / "quiet"), stop_at=2)
+        train(config("backbone", data, tmp_path / "quiet"), resume=True, stop_at=4)
+
+
 def test_resume_refuses_changed_data_but_follows_moved_data(data: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -22,6 +22,7 @@ Layout::
 import json
 import random
 import shutil
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,13 +125,32 @@ class RunDir:
         self.final_model = self.root / "model.safetensors"
 
     def latest_dir(self) -> Path | None:
+        """The checkpoint a resume continues from: the one `latest` points to; if that one is gone
+        or incomplete, or the pointer is missing, the newest complete checkpoint (with a warning);
+        None when the run has none."""
         pointer = self.ckpt_root / "latest"
-        if not pointer.is_file():
-            return None
-        d = self.ckpt_root / pointer.read_text(encoding="utf-8").strip()
-        if not (d / "model.safetensors").is_file() or not (d / "state.safetensors").is_file():
-            raise CheckpointError(f"{pointer} points to {d}, which is incomplete; delete the pointer to restart, or restore the folder")
-        return d
+        complete = self._complete_dirs()
+        if pointer.is_file():
+            d = self.ckpt_root / pointer.read_text(encoding="utf-8").strip()
+            if d in complete:
+                return d
+            older = [c for c in complete if c.name < d.name]
+            if not older:
+                raise CheckpointError(
+                    f"{pointer} points to {d}, which is missing or incomplete, and no complete checkpoint precedes it; "
+                    f"restore the folder, or start a new run (another --out, or delete {self.ckpt_root})"
+                )
+            warnings.warn(f"{pointer} points to {d.name}, which is missing or incomplete; resuming from {older[-1].name}, the newest complete checkpoint", stacklevel=2)
+            return older[-1]
+        if complete:
+            warnings.warn(f"{self.ckpt_root} has no 'latest' pointer; resuming from {complete[-1].name}, the newest complete checkpoint", stacklevel=2)
+            return complete[-1]
+        return None
+
+    def _complete_dirs(self) -> list[Path]:
+        """step-* folders holding both files (each written atomically), oldest first."""
+        dirs = [p for p in self.ckpt_root.glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
+        return sorted(p for p in dirs if (p / "model.safetensors").is_file() and (p / "state.safetensors").is_file())
 
     def save(
         self,

@@ -82,6 +82,8 @@ class Trainer:
         self.recipe: Recipe = get_recipe(cfg.recipe)
         self.model: SpecMaskFoley = build_model(cfg.preset, **cfg.model_overrides)
         ckpt_dir = self.run_dir.latest_dir() if resume else None
+        if resume and ckpt_dir is None and info.is_main:
+            warnings.warn(f"--resume: {self.run_dir.root} has no checkpoint yet (killed before its first); starting it from step 0", stacklevel=2)
         self._load_weights(ckpt_dir)
         self.recipe.prepare(self.model)
         self.model.to(info.device)

@@ -284,6 +284,21 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(data: Path, tmp_pat
         train(config("backbone", data, tmp_path / "quiet"), resume=True, stop_at=4)
 
 
+def test_two_trainers_cannot_share_a_run_folder(data: Path, tmp_path: Path) -> None:
+    """While one trainer holds the run folder (an OS lock, released even on SIGKILL), another one,
+    resuming or not, is refused before it writes anything; once it is released the run goes on."""
+    from controlfoley.train.checkpoints import RunDir
+
+    cfg = config("backbone", data, tmp_path / "run")
+    train(cfg, stop_at=2)
+    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    with RunDir(tmp_path / "run").lock():
+        with pytest.raises(TrainingError, match=r"is in use by another training process \(pid \d+ on .*\); wait for it"):
+            train(cfg, resume=True)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+    assert train(cfg, resume=True)["step"] == 6
+
+
 def test_resume_refuses_changed_data_but_follows_moved_data(data: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -19,11 +19,15 @@ Layout::
 - `resolve_model_file(path)`: a checkpoint file, a checkpoint folder or a run folder -> model file.
 """
 
+import contextlib
+import fcntl
 import json
+import os
 import random
 import shutil
+import socket
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +38,7 @@ from torch import nn
 
 from controlfoley._io import atomic_write_text
 from controlfoley.checkpoint import CONFIG_KEY, read_state_dict, save_model, save_state_dict, trained_parts
-from controlfoley.errors import CheckpointError
+from controlfoley.errors import CheckpointError, TrainingError
 
 __all__ = ["RunDir", "TrainState", "capture_rng", "restore_rng", "resolve_model_file"]
 
@@ -123,6 +127,31 @@ class RunDir:
         self.config_path = self.root / "config.json"
         self.metrics_path = self.root / "metrics.jsonl"
         self.final_model = self.root / "model.safetensors"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold `ROOT/.lock` (an OS file lock: released when the process ends, SIGKILL included)
+        while a trainer uses the run; a second trainer on the same folder is refused."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / ".lock"
+        with open(path, "a+", encoding="utf-8") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise TrainingError(
+                    f"{self.root} is in use by another training process ({holder}); wait for it to end or stop it, "
+                    "or train into another --out"
+                ) from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def latest_dir(self) -> Path | None:
         """The checkpoint a resume continues from: the one `latest` points to; if that one is gone

@@ -62,8 +62,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_at: int | None = None)
     info = init_distributed(cfg.device)
     trainer = None
     try:
-        trainer = Trainer(cfg, info, resume=resume)
-        return trainer.run(stop_at)
+        with RunDir(cfg.out).lock() if info.is_main else contextlib.nullcontext():
+            trainer = Trainer(cfg, info, resume=resume)
+            return trainer.run(stop_at)
     finally:
         # DDP's reducer and the gloo work objects it holds go now, while the process group and the
         # interpreter are alive: left to interpreter shutdown they can abort the process (SIGABRT,

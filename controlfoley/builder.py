@@ -231,7 +231,10 @@ def _controlnet_kwargs(part: Part) -> dict[str, Any]:
     bad = sorted(set(part.kwargs) - {"n_blocks", "injection"})
     if bad:
         raise ConfigError(f"controlnet got unknown argument(s) {bad}; it accepts n_blocks, injection")
-    return {"n_blocks": int(part.kwargs.get("n_blocks", 12)), "injection": str(part.kwargs.get("injection", "aligned"))}
+    n_blocks, injection = part.kwargs.get("n_blocks", 12), part.kwargs.get("injection", "aligned")
+    if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or not isinstance(injection, str):
+        raise ConfigError(f"controlnet: n_blocks must be an int and injection a string, got n_blocks={n_blocks!r}, injection={injection!r}")
+    return {"n_blocks": n_blocks, "injection": injection}
 
 
 def _resolve_config(config: "str | ModelConfig") -> ModelConfig:

@@ -84,15 +84,23 @@ class Part:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"Part name must be a non-empty string, got {self.name!r}")
-        object.__setattr__(self, "kwargs", dict(self.kwargs))
-        _check_json(self.kwargs, f"part {self.name!r}")
+        if not isinstance(self.kwargs, Mapping):
+            raise ConfigError(f"part {self.name!r}: kwargs must be a dict of builder arguments, got {type(self.kwargs).__name__}")
+        _check_json(dict(self.kwargs), f"part {self.name!r}")
+        # JSON values, as a saved config holds them: a tuple given in Python equals its reloaded list
+        object.__setattr__(self, "kwargs", json.loads(json.dumps(dict(self.kwargs))))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kwargs": dict(self.kwargs)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Part":
-        return cls(str(d["name"]), dict(d.get("kwargs", {})))
+        if not isinstance(d, Mapping) or "name" not in d or set(d) - {"name", "kwargs"}:
+            extra = sorted(set(d) - {"name", "kwargs"}) if isinstance(d, Mapping) else None
+            raise ConfigError(
+                f"a part is {{'name': NAME, 'kwargs': {{...}}}}, got {d!r}" + (f" (unknown key(s) {extra})" if extra else "")
+            )
+        return cls(d["name"], d.get("kwargs", {}))
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,10 @@ class SamplerConfig:
     mask_schedule: str = "cosine"  # fraction still masked after step k: cos(pi/2 * (k+1)/K)
 
     def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int):
+            raise ConfigError(f"sampler.steps must be an int, got {self.steps!r}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):
+            raise ConfigError(f"sampler.temperature must be a number, got {self.temperature!r}")
         if not (1 <= int(self.steps) <= 1024):
             raise ConfigError(f"sampler.steps must be in [1, 1024], got {self.steps}")
         if self.temperature < 0:
@@ -143,8 +155,8 @@ class ModelConfig:
     name: str = "custom"  # preset it came from, for display only
 
     def __post_init__(self) -> None:
-        if self.n_frames <= 0:
-            raise ConfigError(f"n_frames must be positive, got {self.n_frames}")
+        if isinstance(self.n_frames, bool) or not isinstance(self.n_frames, int) or self.n_frames <= 0:
+            raise ConfigError(f"n_frames must be a positive int (mel frames per window), got {self.n_frames!r}")
         has = [getattr(self, f) is not None for f in _OPTIONAL_PARTS]
         if any(has) and not all(has):
             raise ConfigError(
@@ -171,11 +183,18 @@ class ModelConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown model config field(s) {unknown}; known: {sorted(known)}")
-        kw: dict[str, Any] = {"n_frames": int(d["n_frames"]), "name": d.get("name", "custom")}
+        missing = sorted({"n_frames", "mel", "tokenizer", "backbone", "guidance", "vocoder"} - {k for k in d if d[k] is not None})
+        if missing:
+            raise ConfigError(f"model config lacks {missing}; a whole config is what ModelConfig.to_dict() writes")
+        kw: dict[str, Any] = {"n_frames": d["n_frames"], "name": d.get("name", "custom")}
         for f in _PART_FIELDS:
             if d.get(f) is not None:
                 kw[f] = Part.from_dict(d[f])
-        kw["sampler"] = SamplerConfig(**d.get("sampler", {}))
+        sampler = dict(d.get("sampler", {}))
+        bad = sorted(set(sampler) - {f.name for f in dataclasses.fields(SamplerConfig)})
+        if bad:
+            raise ConfigError(f"unknown sampler field(s) {bad}; known: steps, temperature, mask_schedule")
+        kw["sampler"] = SamplerConfig(**sampler)
         return cls(**kw)
 
     def to_json(self) -> str:

@@ -71,3 +71,48 @@ def test_malformed_json_override_is_named_not_read_as_a_part_name():
         parse_overrides(['backbone={"depth":2'])
     with pytest.raises(ConfigError, match=r"--set 'grid=\[1,': the value is malformed JSON"):
         parse_overrides(["grid=[1,"], flag="--set")
+
+
+def test_config_values_of_the_wrong_type_are_named_as_users_meet_them(tmp_path) -> None:
+    """Run without the suite's runtime type checks (a fresh interpreter, as users run it): each bad
+    value is a ConfigError naming the field, not a TypeError / ValueError / ZeroDivisionError from
+    deep inside a builder; a config with tuples survives its JSON round trip."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "bad.py"
+    script.write_text(
+        """
+from controlfoley import build_model
+from controlfoley.config import ConfigError, ModelConfig
+cases = [dict(sampler={"steps": "12"}), dict(sampler={"temperature": "hot"}), dict(n_frames="512"), dict(n_frames=512.0),
+         dict(controlnet={"n_blocks": "x"}), dict(backbone={"depth": -1}), dict(backbone={"dim": 0, "heads": 1}),
+         dict(tokenizer={"ch_mult": "1,2"})]
+for c in cases:
+    try:
+        build_model("specmaskfoley_tiny", **c)
+        print("NO ERROR", c)
+    except ConfigError as e:
+        print("ConfigError:", str(e).split(";")[0])
+d = build_model("specmaskfoley_tiny").config.to_dict()
+for bad in [{**d, "backbone": {"name": "specmaskgit", "kwarg": {}}}, {k: v for k, v in d.items() if k != "n_frames"}, {**d, "sampler": {"stepz": 3}}]:
+    try:
+        ModelConfig.from_dict(bad)
+        print("NO ERROR")
+    except ConfigError as e:
+        print("ConfigError:", str(e)[:120])
+cfg = build_model("specmaskfoley_tiny", tokenizer={"ch_mult": (1, 1, 2, 2, 4)}).config
+print("round trip", ModelConfig.from_json(cfg.to_json()) == cfg)
+""",
+        encoding="utf-8",
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert "NO ERROR" not in out.stdout and len(lines) == 12 and lines[-1] == "round trip True", out.stdout
+    for phrase in [
+        "sampler.steps must be an int", "sampler.temperature must be a number", "n_frames must be a positive int",
+        "controlnet: n_blocks must be an int", "specmaskgit: depth=-1", "specmaskgit: dim=0", "specvqgan: ch_mult must be a list of ints",
+        "unknown key(s) ['kwarg']", "model config lacks ['n_frames']", "unknown sampler field(s) ['stepz']",
+    ]:  # fmt: skip
+        assert phrase in out.stdout, phrase

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from controlfoley._registry import BACKBONES
+from controlfoley.config import ConfigError
 from controlfoley.errors import ShapeError
 from controlfoley.fast import fused_mlp
 from controlfoley.typing import Bool, Float, Int, Tensor
@@ -199,6 +200,10 @@ def specmaskgit(
     fused_attn: bool = True,
 ) -> SpecMaskGIT:
     """SpecMaskGIT ViT. Defaults are the paper's (24 blocks, D=768, 8 heads, FFN 3072, CLAP 512)."""
+    sizes = {"dim": dim, "depth": depth, "heads": heads, "ffn_dim": ffn_dim, "cond_dim": cond_dim}
+    bad = {k: v for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+    if bad:
+        raise ConfigError(f"specmaskgit: {', '.join(f'{k}={v!r}' for k, v in bad.items())}; each must be a positive int")
     if len(grid) != 2 or min(grid) < 1:
         raise ShapeError(f"grid must be (F, T) with positive sizes, got {grid}")
     if dim % heads:

@@ -346,6 +346,9 @@ def specvqgan(
     SpecVQGAN's own mel, so build it with the "specvqgan" mel front end. A saved model holds these
     weights and loads without the file.
     """
+    for name, seq in (("ch_mult", ch_mult), ("attn_resolutions", attn_resolutions)):
+        if isinstance(seq, str) or not isinstance(seq, (tuple, list)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in seq):
+            raise ConfigError(f"specvqgan: {name} must be a list of ints, e.g. [1, 1, 2, 2, 4], got {seq!r}")
     ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
     _check_config(
         ch_mult, dropout, beta, n_mels=n_mels, ch=ch, num_res_blocks=num_res_blocks, resolution=resolution,

@@ -221,11 +221,39 @@ def load_model(
                 f"{p} needs a part that is not registered here ({str(e).split('. Register your own')[0]}){where}. Load the module that registers it: "
                 "`controlfoley --plugin FILE ...` on the command line, `import` it or controlfoley.load_plugins(FILE) in Python"
             ) from e
+    for key in overrides:  # a part switched to another builder whose weights fit the old one's names and shapes
+        old, new = getattr(cfg, key, None), getattr(model.config, key, None)
+        if isinstance(old, Part) and isinstance(new, Part) and old.name != new.name and any(k.startswith(key + ".") for k in state):
+            warnings.warn(
+                f"from_pretrained({p}): {key} is now {new.name!r} but the checkpoint trained {old.name!r}; its weights "
+                f"load into the new part where names and shapes agree, which may not mean the same thing",
+                stacklevel=3,
+            )
     if strict:
         check_state_dict(model, state, str(p))
+    else:
+        state = _loose_state(model, state, str(p))
     model.load_state_dict(state, strict=strict)
     model.trained_parts = trained_parts(meta)
     return model.to(map_location)
+
+
+def _loose_state(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    """strict=False: the weights that fit, and a warning counting what keeps the built model's own
+    weights (missing or mis-shaped keys) and what the checkpoint holds that the model has not."""
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    kept = sorted(k for k in own if k not in fits)
+    unused = sorted(k for k in state if k not in fits)
+    if kept or unused:
+        parts = sorted({k.split(".")[0] for k in kept})
+        warnings.warn(
+            f"{what} loaded with strict=False: {len(fits)} tensors loaded; {len(kept)} of the model's keep their built "
+            f"(untrained) weights{' (in ' + ', '.join(parts) + ')' if parts else ''}, e.g. {', '.join(kept[:3]) or '-'}; "
+            f"{len(unused)} of the checkpoint's are not used, e.g. {', '.join(unused[:3]) or '-'}",
+            stacklevel=3,
+        )
+    return fits
 
 
 def _without_weight_files(cfg: ModelConfig) -> ModelConfig:

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from controlfoley.errors import ConfigError
+from controlfoley.errors import ConfigError, ShapeError
 from controlfoley.guidance import CFG, UNCOND, Condition, GuidanceRule, MultiCFG, scale_at
 from controlfoley.typing import Bool, Float, Int, Tensor
 
@@ -362,5 +362,12 @@ class GuidedStep:
         if s == 0.0 and self.zero_rows is not None:
             guided = self._stacked(self.zero_rows, codes, mask, index)[0]  # l_u: the rule's value at s = 0
         else:
-            guided = self.rule.combine(self._stacked(self.rows, codes, mask, index), s)
+            stacked = self._stacked(self.rows, codes, mask, index)
+            guided = self.rule.combine(stacked, s)
+            if not isinstance(guided, Tensor) or guided.shape != stacked[0].shape:  # shapes only: no host sync
+                got = list(guided.shape) if isinstance(guided, Tensor) else type(guided).__name__
+                raise ShapeError(
+                    f"guidance {self.rule}.combine returned {got}; it must return logits shaped like each condition's, "
+                    f"{list(stacked[0].shape)} ([batch, positions, vocab])"
+                )
         return guided if index is None else scatter_positions(guided, index, codes.shape[1])

@@ -436,3 +436,14 @@ def test_loading_onto_a_missing_gpu_names_the_fix(micro_model, tmp_path) -> None
         from_pretrained(path, map_location="cuda")
     with pytest.raises(ConfigError, match=r"map_location 'gpu' is not a device"):
         from_pretrained(path, map_location="gpu")
+
+
+def test_loose_loading_and_switched_parts_say_what_they_did(micro_model, tmp_path) -> None:
+    """strict=False loads what fits and counts what keeps its built weights; switching a part to
+    another builder whose weights happen to fit (FT -> plain 1-D aligner) warns."""
+    path = micro_model.save(tmp_path / "m.safetensors")
+    with pytest.warns(UserWarning, match=r"strict=False: \d+ tensors loaded; \d+ of the model's keep their built \(untrained\) weights \(in backbone\), e.g. backbone.blocks.3"):
+        deeper = from_pretrained(path, strict=False, backbone={"depth": 4})
+    assert torch.equal(deeper.backbone.blocks[0].mlp.fc1.weight, micro_model.backbone.blocks[0].mlp.fc1.weight)
+    with pytest.warns(UserWarning, match="aligner is now 'plain1d' but the checkpoint trained 'ft'"):
+        from_pretrained(path, aligner="plain1d")

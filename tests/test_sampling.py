@@ -169,3 +169,22 @@ def test_guided_sampling_step_uses_cfg_scale(micro_model, monkeypatch):
     seen.clear()
     micro_model.generate(x["features"], x["text"], steps=3, cfg_scale=4.0, guidance=rule, generator=torch.Generator().manual_seed(0))
     assert seen == pytest.approx([0.0, 2.0, 4.0])
+
+
+def test_a_user_rule_whose_combine_returns_another_shape_is_named() -> None:
+    """A GuidanceRule.combine that drops the vocabulary axis fails at the first guided step, named,
+    instead of sampling from the wrong logits."""
+    from conftest import micro_inputs, micro_overrides
+
+    from controlfoley import build_model
+    from controlfoley.errors import ShapeError
+    from controlfoley.guidance import CFG
+
+    class Truncating(CFG):
+        def combine(self, logits, scale):
+            return super().combine(logits, scale)[..., :10]
+
+    model = build_model("specmaskfoley_tiny", **micro_overrides()).eval()
+    x = micro_inputs(model, b=1)
+    with pytest.raises(ShapeError, match=r"combine returned \[1, \d+, 10\]; it must return logits shaped like each condition's"):
+        model.generate(x["features"], guidance=Truncating("video"), steps=3)

@@ -187,6 +187,8 @@ class Registry(Generic[T]):
             _load_builtins()  # an override replaces the built-in, which must be registered first
 
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
+            if not callable(fn):
+                raise RegistryError(f"{self.kind} {name!r}: register a builder (a function or class returning the part), got {type(fn).__name__} {fn!r}")
             if name in self._entries and not override and not _same_definition(self._entries[name], fn):
                 raise RegistryError(
                     f"{self.kind} {name!r} is already registered (by {_qualname(self._entries[name])}). "

@@ -13,7 +13,9 @@ Features
 """
 
 import numbers
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -157,8 +159,10 @@ def _norm(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-def build_model(config: "str | ModelConfig", /, **overrides: Any) -> SpecMaskFoley:
-    """Build an untrained model from a preset name (`controlfoley list presets`) or a `ModelConfig`.
+def build_model(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConfig", /, **overrides: Any) -> SpecMaskFoley:
+    """Build an untrained model from a preset name (`controlfoley list presets`), a `ModelConfig`,
+    its dict (`config.to_dict()`) or a `.json` file of it (`config.to_json()`, what a checkpoint's
+    metadata holds).
 
     Each override names a config field (mel, tokenizer, backbone, control_encoder, aligner,
     controlnet, guidance, vocoder, sampler, n_frames):
@@ -237,9 +241,21 @@ def _controlnet_kwargs(part: Part) -> dict[str, Any]:
     return {"n_blocks": n_blocks, "injection": injection}
 
 
-def _resolve_config(config: "str | ModelConfig") -> ModelConfig:
+def _resolve_config(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConfig") -> ModelConfig:
     if isinstance(config, ModelConfig):
         return config
+    if isinstance(config, Mapping):
+        return ModelConfig.from_dict(config)
+    path = Path(config) if isinstance(config, (str, os.PathLike)) else None
+    if path is not None and path.suffix == ".json":
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"model config {path}: cannot read it ({e.strerror or e})") from e
+        try:
+            return ModelConfig.from_json(text)
+        except ValueError as e:  # ConfigError is one; so is a JSONDecodeError
+            raise ConfigError(f"model config {path}: {e}") from e
     if isinstance(config, str):
         return PRESETS.build(config)
-    raise ConfigError(f"build_model takes a preset name or a ModelConfig, got {type(config).__name__}")
+    raise ConfigError(f"build_model takes a preset name, a .json config file, a config dict or a ModelConfig, got {type(config).__name__}")

@@ -116,3 +116,28 @@ print("round trip", ModelConfig.from_json(cfg.to_json()) == cfg)
         "unknown key(s) ['kwarg']", "model config lacks ['n_frames']", "unknown sampler field(s) ['stepz']",
     ]:  # fmt: skip
         assert phrase in out.stdout, phrase
+
+
+def test_build_model_from_a_config_file_or_dict(tmp_path) -> None:
+    from controlfoley import build_model
+
+    cfg = build_model("specmaskfoley_tiny", backbone={"depth": 4}, sampler={"steps": 4}).config
+    (tmp_path / "cfg.json").write_text(cfg.to_json(), encoding="utf-8")
+    assert build_model(tmp_path / "cfg.json").config == cfg == build_model(str(tmp_path / "cfg.json")).config
+    assert build_model(cfg.to_dict(), aligner="plain1d").config == cfg.override(aligner="plain1d")
+    (tmp_path / "bad.json").write_text("{", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"model config .*bad.json: Expecting"):
+        build_model(tmp_path / "bad.json")
+    with pytest.raises(ConfigError, match=r"model config .*none.json: cannot read it"):
+        build_model(tmp_path / "none.json")
+
+
+def test_a_registered_builder_must_be_callable() -> None:
+    from controlfoley import ALIGNERS
+    from controlfoley._registry import RegistryError
+
+    import inspect
+
+    with pytest.raises(RegistryError, match="register a builder .*got int 42"):
+        inspect.unwrap(ALIGNERS.register("test_not_callable"))(42)  # past the suite's runtime type checks
+    assert "test_not_callable" not in ALIGNERS

@@ -26,6 +26,7 @@ import inspect
 import numbers
 import os
 import sys
+import traceback
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -145,7 +146,7 @@ def _import_plugin(spec: str, source: str) -> str:
             loader_spec.loader.exec_module(module)
         except Exception as e:
             del sys.modules[name]
-            raise PluginError(f"plugin file {str(path)!r} (from {source}) failed to import: {type(e).__name__}: {e}") from e
+            raise PluginError(f"plugin file {str(path)!r} (from {source}) failed to import{_where(e)}: {type(e).__name__}: {e}") from e
         return name
     module_name = spec.split(":")[0]  # entry points may name an attribute: "pkg.mod:obj"
     try:
@@ -156,8 +157,14 @@ def _import_plugin(spec: str, source: str) -> str:
             "to PYTHONPATH, or give the path of its .py file"
         ) from e
     except Exception as e:
-        raise PluginError(f"plugin module {module_name!r} (from {source}) failed to import: {type(e).__name__}: {e}") from e
+        raise PluginError(f"plugin module {module_name!r} (from {source}) failed to import{_where(e)}: {type(e).__name__}: {e}") from e
     return module_name
+
+
+def _where(e: BaseException) -> str:
+    """" at FILE:LINE" of the innermost frame outside Python's import machinery (the failing line)."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "importlib" not in f.filename and not f.filename.startswith("<frozen")]
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames and frames[-1].filename != __file__ else ""
 
 
 class RegistryError(KeyError):

@@ -439,3 +439,28 @@ def test_extract_records_extractor_arguments_and_checks_widths(tmp_path: Path, m
     with pytest.warns(UserWarning, match="untrained tokenizer"):
         assert extract_main(["--preset", "specmaskfoley_tiny", "--synthetic", "1", "--extractor", "synthetic_sync,dim=96", "--out", str(tmp_path / "e")]) == 2
     assert "gives 96-wide 'sync' features but preset 'specmaskfoley_tiny' takes 128" in capsys.readouterr().err
+
+
+def test_list_paths_are_read_from_the_list_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Relative paths in --list are taken from the list file's folder, whatever the current folder;
+    a missing file names where it was looked for, and --skip-bad."""
+    import soundfile as sf
+
+    from controlfoley.data.extract import extract_main
+
+    media = tmp_path / "media"
+    media.mkdir()
+    sf.write(media / "a.wav", 0.1 * torch.randn(22050).numpy(), 22050)
+    (media / "clips.tsv").write_text("a.wav\n", encoding="utf-8")
+    (media / "missing.tsv").write_text("a.wav\nnope.wav\n", encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    base = ["--preset", "specmaskgit_tiny", "--mel"]
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main([*base, "--list", "../media/clips.tsv", "--out", "ok"]) == 0
+    assert ShardIndex.load(elsewhere / "ok").n_clips == 1
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main([*base, "--list", "../media/missing.tsv", "--out", "bad"]) == 2
+    err = capsys.readouterr().err
+    assert "media/nope.wav" in err and "--skip-bad leaves out files that cannot be read" in err

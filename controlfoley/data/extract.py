@@ -339,12 +339,19 @@ def extract_files(
 
 
 def _read_list(path: str) -> tuple[list[str], list[str] | None]:
-    """A list file: one media path per line, optionally a TAB and comma-separated tags."""
+    """A list file: one media path per line, optionally a TAB and comma-separated tags. Relative
+    paths are read from the list file's folder (a list travels with its media)."""
     files, tags = [], []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    listing = Path(path)
+    try:
+        text = listing.read_text(encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"--list {listing}: cannot read it ({e.strerror or e})") from e
+    for line in text.splitlines():
         if line.strip() and not line.startswith("#"):
             f, _, t = line.partition("\t")
-            files.append(f.strip())
+            media = Path(f.strip()).expanduser()
+            files.append(str(media if media.is_absolute() else listing.parent / media))
             tags.append(t.strip())
     return files, (tags if any(tags) else None)
 
@@ -356,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic", type=int, metavar="N", help="render N clips of the synthetic world")
     src.add_argument("--files", nargs="+", help="video or audio files")
-    src.add_argument("--list", dest="list_file", help="text file: one path per line, optional TAB + tags")
+    src.add_argument("--list", dest="list_file", help="text file: one path per line (relative ones from the list's folder), optional TAB + tags")
     p.add_argument("--split", default="train", help="synthetic split: train, val or test")
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--tokenizer", default=None, help="checkpoint (file, folder or run) with trained tokenizer weights")
@@ -398,7 +405,8 @@ def extract_main(argv: Sequence[str] | None = None) -> int:
             files, tags = _read_list(args.list_file) if args.list_file else (args.files, None)
             index = extract_files(args.out, ex, files, tags=tags, skip_bad=args.skip_bad, **common)
     except (ControlFoleyError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        hint = " (--skip-bad leaves out files that cannot be read and lists them in OUT/skipped.tsv)" if isinstance(e, MediaError) and not args.skip_bad else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         how = "--resume instead of --overwrite" if args.overwrite else "--resume"

@@ -175,5 +175,6 @@ def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"], sample_rate: int,
             _mux_interleaved(out, packets, apkts)
             codec = src_codec if copied else vout.codec_context.name
     if not copied:
-        log.warning("%s: %s cannot hold video codec %r, so the video was re-encoded as %s", target, target.suffix, src_codec, codec)
+        # named by its input: `target` may be a temporary name (the CLI renames both outputs at once)
+        log.warning("%s: an %s file cannot hold its video codec %r, so the video was re-encoded as %s", src, target.suffix, src_codec, codec)
     return MuxResult(path=target, video_copied=copied, video_codec=codec)

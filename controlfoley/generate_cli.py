@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", default=None, help="text the sampler steers away from")
     p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: the model's, 12)")
     p.add_argument("--cfg-scale", type=float, default=None, help="final CFG scale (default: the model's, 3)")
+    p.add_argument(
+        "--guidance", default=None, metavar="NAME[,ARG=VALUE...]",
+        help="a GUIDANCE rule replacing the model's, e.g. cfg_video or cfg,condition=text_video (default: the model's multi-CFG)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("wav", "flac"), default="wav")
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap for long videos, fraction of a window")
@@ -123,6 +127,14 @@ def _build_pipeline(args: argparse.Namespace, extractors: dict[str, Any], vocode
         args.model, extractors=extractors, text_encoder=text_encoder, vocoder=vocoder, map_location=args.device, overlap=args.overlap, join=args.join,
         precision=args.precision, cuda_graph=args.cuda_graph,
     )  # fmt: skip
+    args.rule = None
+    if args.guidance:
+        from controlfoley._registry import GUIDANCE
+
+        name, kwargs = parse_spec(args.guidance)
+        args.rule = GUIDANCE.build(name, **kwargs)  # an unknown rule or argument fails now, named
+        if args.rule.needs_text and not args.prompt:
+            raise ValueError(f"--guidance {args.guidance} needs text: give --prompt, or a rule without text (cfg_video)")
     if args.prompt:
         pipe.encode_text(args.prompt)  # a typo in the prompt fails now, not after the first file
     if args.negative_prompt:
@@ -196,7 +208,7 @@ def _run_one(pipe: Any, args: argparse.Namespace, video: Path, paths: tuple[Path
     t0 = time.perf_counter()
     try:
         _check_writable(args.out)
-        result = pipe(video, args.prompt, args.negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed)
+        result = pipe(video, args.prompt, args.negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed, guidance=args.rule)
         row.update(duration=result.duration_s, windows=len(result.windows))
         _write(video, result, *paths)
         row["status"], row["output"] = "ok", f"{paths[0].name}, {paths[1].name}"

@@ -213,6 +213,18 @@ class FoleyPipeline:
         self.col_samples = self.frames_per_col * model.mel.hop_length
         self._warned_no_prompt = False
 
+    def to(self, device: str | torch.device) -> "FoleyPipeline":
+        """Move the model, the vocoder and the extractors that are modules to `device`; returns self."""
+        from controlfoley.model import device_name
+
+        dev = torch.device(device_name(device, arg="device"))
+        if self.cuda_graph and dev.type != "cuda":
+            raise ConfigError(f"this pipeline samples through CUDA graphs (cuda_graph=True); it cannot move to {dev}")
+        for part in (self.model, self.vocoder, self.text_encoder, *self.extractors.values()):
+            if isinstance(part, nn.Module):
+                part.to(dev)
+        return self
+
     @classmethod
     def from_pretrained(
         cls,
@@ -252,6 +264,8 @@ class FoleyPipeline:
         steps: int | None = None,
         cfg_scale: float | None = None,
         seed: int | None = 0,
+        guidance: GuidanceRule | str | None = None,
+        temperature: float | None = None,
     ) -> FoleyResult:
         """Foley for one video file: decode, extract features, sample every window, decode, vocode.
 
@@ -259,7 +273,10 @@ class FoleyPipeline:
         list/tuple of tags (["bell", "thud"]); None or empty samples with video-only CFG (see the
         module docstring). `negative_prompt`: the same forms, text the sampler steers away from.
         `steps` / `cfg_scale`: MaskGIT steps and final CFG scale (None: the model's own). `seed`
-        makes the run repeatable (None: a fresh one, kept in the result). Returns a `FoleyResult`
+        makes the run repeatable (None: a fresh one, kept in the result). `guidance`: a GuidanceRule
+        or GUIDANCE name replacing the model's rule (default: the model's; without a prompt a rule
+        that needs text falls back to video-only CFG); `temperature`: the sampler's Gumbel
+        temperature (None: the model's). Returns a `FoleyResult`
         whose waveform lasts as long as the video (`result.save("out.wav")`,
         `result.save_video(video_path, "out.mp4")`); a bad file raises MediaError, features that do
         not fit the model ShapeError.
@@ -271,7 +288,9 @@ class FoleyPipeline:
             )
         seed = _seed(seed)  # before the video is read
         streams, duration = self.read_features(video_path)
-        return self.generate(streams, duration, prompt, negative_prompt, steps=steps, cfg_scale=cfg_scale, seed=seed)
+        return self.generate(
+            streams, duration, prompt, negative_prompt, steps=steps, cfg_scale=cfg_scale, seed=seed, guidance=guidance, temperature=temperature
+        )
 
     @torch.no_grad()
     def read_features(self, video_path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], float]:
@@ -343,13 +362,15 @@ class FoleyPipeline:
         steps: int | None = None,
         cfg_scale: float | None = None,
         seed: int | None = 0,
+        guidance: GuidanceRule | str | None = None,
+        temperature: float | None = None,
     ) -> FoleyResult:
         """Sample all windows from whole-video feature streams {key: [t, d]} (see `read_features`).
-        `seed=None` draws a fresh seed, returned in `FoleyResult.seed`."""
+        `seed=None` draws a fresh seed, returned in `FoleyResult.seed`; the other settings as in `__call__`."""
         seed = _seed(seed)
         plan = self.plan(duration_s)
-        text, negative, rule = self._conditions(prompt, negative_prompt)
-        codes = self.sample_tokens(plan, streams, text, negative, rule, steps=steps, cfg_scale=cfg_scale, seed=seed)
+        text, negative, rule = self._conditions(prompt, negative_prompt, guidance)
+        codes = self.sample_tokens(plan, streams, text, negative, rule, steps=steps, cfg_scale=cfg_scale, seed=seed, temperature=temperature)
         mel = self.decode(codes, plan)
         wav = self.vocoder(mel[None])[0, : plan.n_samples].float().cpu()
         n_mel = math.ceil(plan.n_samples / self.model.mel.hop_length)
@@ -366,6 +387,7 @@ class FoleyPipeline:
         steps: int | None = None,
         cfg_scale: float | None = None,
         seed: int = 0,
+        temperature: float | None = None,
     ) -> Int[Tensor, "f c"]:
         """Token map [F, plan.total_cols]; each window continues the previous one's shared columns."""
         model, dev = self.model, self.model.device
@@ -383,7 +405,7 @@ class FoleyPipeline:
                 mask[..., : w.n_known] = True
                 known = {"known_codes": codes[None, :, w.start_col : w.start_col + t].clone(), "known_mask": mask}
             out = model.generate(
-                feats, text, negative_text=negative, steps=steps, cfg_scale=cfg_scale, guidance=rule, generator=generator,
+                feats, text, negative_text=negative, steps=steps, cfg_scale=cfg_scale, temperature=temperature, guidance=rule, generator=generator,
                 dtype=PRECISIONS[self.precision], cuda_graph=self.cuda_graph, **known,
             )  # fmt: skip
             codes[:, w.start_col : w.start_col + t] = out[0]
@@ -397,11 +419,15 @@ class FoleyPipeline:
         mels = [self.model.decode(codes[None, :, w.start_col : w.start_col + t])[0] for w in plan.windows]
         return crossfade_join(mels, plan, self.frames_per_col)
 
-    def _conditions(self, prompt: Prompt | None, negative_prompt: Prompt | None) -> tuple[Tensor | None, Tensor | None, GuidanceRule | None]:
+    def _conditions(
+        self, prompt: Prompt | None, negative_prompt: Prompt | None, guidance: GuidanceRule | str | None = None
+    ) -> tuple[Tensor | None, Tensor | None, GuidanceRule | None]:
         """(text embedding, negative embedding, guidance rule override or None for the model's)."""
         prompt, negative_prompt = prompt_text(prompt), prompt_text(negative_prompt)
         text = self.encode_text(prompt) if prompt else None
         negative = self.encode_text(negative_prompt) if negative_prompt else None
+        if guidance is not None:  # the caller's choice, as is (a rule that needs text then needs a prompt)
+            return text, negative, self.model._rule(guidance)
         rule = self.model.guidance
         if text is None and rule.needs_text:
             if not self._warned_no_prompt:

@@ -615,3 +615,32 @@ def test_a_checkpoint_that_never_trained_its_backbone_or_controlnet_is_refused(
     assert "never trained" in capsys.readouterr().err
     model.trained_parts = {"tokenizer", "backbone", "control_encoder", "aligner", "controlnet"}
     assert FoleyPipeline.from_pretrained(model.save(tmp_path / "cn.safetensors")).model.trained_parts == model.trained_parts
+
+
+def test_guidance_and_temperature_reach_the_sampler_and_the_pipeline_moves(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from controlfoley import GUIDANCE
+
+    p = _pipeline(micro_model())
+    seen = []
+    real = p.model.generate
+    monkeypatch.setattr(p.model, "generate", lambda *a, **k: seen.append((k["guidance"], k["temperature"])) or real(*a, **k))
+    p(media["tiny"], steps=2, guidance="cfg_video", temperature=0.5)
+    rule, temp = seen[-1]
+    assert type(rule).__name__ == "CFG" and [c.label for c in rule.conditions] == ["uncond", "video"] and temp == 0.5
+    p(media["tiny"], prompt="bell", steps=2, guidance=GUIDANCE.build("cfg", condition="text_video", scale=2.0))
+    assert seen[-1][0].scale == 2.0 and [c.label for c in seen[-1][0].conditions] == ["uncond", "text_video"]
+    with pytest.raises(ConfigError, match="needs a text"):
+        p(media["tiny"], steps=2, guidance="multi")  # the caller's rule is kept as given: it needs a prompt
+    assert p.to("cpu") is p and p.model.device.type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no usable CUDA GPU"):
+            p.to("cuda")
+
+
+def test_cli_guidance_flag(model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(tmp_path / "o"), "--steps", "2"]
+    assert cli.main([*args, "--guidance", "cfg,condition=video,scale=2.0"]) == 0
+    assert cli.main([*args, "--guidance", "multi", "--overwrite"]) == 2
+    assert "--guidance multi needs text: give --prompt" in capsys.readouterr().err
+    assert cli.main([*args, "--guidance", "nosuch", "--overwrite"]) == 2
+    assert "unknown guidance 'nosuch'" in capsys.readouterr().err

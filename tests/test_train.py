@@ -299,6 +299,31 @@ def test_two_trainers_cannot_share_a_run_folder(data: Path, tmp_path: Path) -> N
     assert train(cfg, resume=True)["step"] == 6
 
 
+def test_a_killed_trainer_frees_the_run_even_while_its_forked_workers_live(tmp_path: Path) -> None:
+    """A trainer holding the lock forks a worker (as the DataLoader does) and is SIGKILLed: the
+    orphaned worker does not keep the run folder locked."""
+    import subprocess
+    import sys
+
+    from controlfoley.train.checkpoints import RunDir
+
+    script = tmp_path / "holder.py"
+    script.write_text(
+        "import os, signal, sys, time\n"
+        "from controlfoley.train.checkpoints import RunDir\n"
+        "with RunDir(sys.argv[1]).lock():\n"
+        "    if os.fork() == 0:\n"
+        "        os.close(1); os.close(2); time.sleep(20); os._exit(0)\n"
+        "    print('locked', flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n",
+        encoding="utf-8",
+    )
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "locked" and out.returncode == -9, out.stderr[-2000:]
+    with RunDir(tmp_path / "run").lock():  # free at once, though the forked child still sleeps
+        pass
+
+
 def test_resume_refuses_changed_data_but_follows_moved_data(data: Path, tmp_path: Path) -> None:
     import shutil
 

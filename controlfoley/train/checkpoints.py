@@ -43,6 +43,21 @@ from controlfoley.errors import CheckpointError, TrainingError
 __all__ = ["RunDir", "TrainState", "capture_rng", "restore_rng", "resolve_model_file"]
 
 STATE_KEY = "controlfoley_train_state"
+_HELD_LOCKS: set[int] = set()  # run-folder lock descriptors this process holds
+
+
+def _drop_locks_in_child() -> None:
+    """In a forked child (a DataLoader worker): close the inherited lock descriptors, so the lock
+    lives exactly as long as the trainer process (flock is shared by every copy of a descriptor)."""
+    for fd in list(_HELD_LOCKS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
 
 
 @dataclass
@@ -131,27 +146,35 @@ class RunDir:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold `ROOT/.lock` (an OS file lock: released when the process ends, SIGKILL included)
-        while a trainer uses the run; a second trainer on the same folder is refused."""
+        while a trainer uses the run; a second trainer on the same folder is refused. Forked
+        children (DataLoader workers) close their copy at once, so a killed trainer's orphaned
+        workers do not keep the run locked. On a file system without locks it warns and goes on."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / ".lock"
-        with open(path, "a+", encoding="utf-8") as f:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
             try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "another process"
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
                 raise TrainingError(
                     f"{self.root} is in use by another training process ({holder}); wait for it to end or stop it, "
                     "or train into another --out"
                 ) from None
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-            f.flush()
+            except OSError as e:  # e.g. ENOSYS / EOPNOTSUPP: a network file system mounted without locks
+                warnings.warn(f"cannot lock {path} ({e.strerror or e}); nothing stops a second trainer on this run folder", stacklevel=3)
+                yield
+                return
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            _HELD_LOCKS.add(fd)
             try:
                 yield
             finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                _HELD_LOCKS.discard(fd)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def latest_dir(self) -> Path | None:
         """The checkpoint a resume continues from: the one `latest` points to; if that one is gone

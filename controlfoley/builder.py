@@ -182,9 +182,7 @@ def build_model(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConfi
     >>> m = build_model("specmaskfoley_tiny", aligner=Part("plain1d", {"kernel_size": 5}), n_frames=256)
     >>> m = build_model("specmaskfoley_tiny", control_encoder=None, aligner=None, controlnet=None)  # backbone alone
     """
-    cfg = _resolve_config(config)
-    if overrides:
-        cfg = cfg.override(**overrides)
+    cfg = model_config(config, **overrides)
     mel = _build_part(MEL_FRONTENDS, cfg.mel)
     tokenizer = _build_part(TOKENIZERS, cfg.tokenizer, n_mels=mel.n_mels)
     grid = _check_tokenizer(cfg.tokenizer.name, tokenizer, cfg.n_frames, mel.n_mels)
@@ -200,7 +198,7 @@ def build_model(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConfi
     vocoder = _build_part(VOCODERS, cfg.vocoder, mel=mel)
     _check_vocoder(cfg.vocoder.name, vocoder, mel)
     s = cfg.sampler
-    model = SpecMaskFoley(
+    return SpecMaskFoley(
         config=cfg,
         mel=mel,
         tokenizer=tokenizer,
@@ -210,22 +208,23 @@ def build_model(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConfi
         vocoder=vocoder,
         **parts,
     )
-    loaded = weight_file_parts(cfg)  # their builders loaded trained weights
-    if loaded:
-        model.trained_parts = set(loaded)
-    return model
+
+
+def weight_args(registry: Any, part: Part) -> tuple[str, ...]:
+    """The builder's `weight_args`: its weights-file argument first (e.g. "checkpoint"), then the
+    arguments that only matter while reading it ("trust_checkpoint"); () if it declares none."""
+    return tuple(getattr(registry.get(part.name), "weight_args", ())) if part.name in registry else ()
 
 
 def weight_file_parts(cfg: ModelConfig) -> list[str]:
     """Config fields whose part is built from a weights file: its builder declares `weight_args`
-    (e.g. ("checkpoint", "trust_checkpoint")) and the part's kwargs give one of them."""
+    and the part's kwargs give a file (not None) for the first of them."""
     out = []
     for field_name, registry in part_registries().items():
         part = getattr(cfg, field_name, None)
-        if part is not None and part.name in registry:
-            args = getattr(registry.get(part.name), "weight_args", ())
-            if any(a in part.kwargs for a in args):
-                out.append(field_name)
+        args = () if part is None else weight_args(registry, part)
+        if args and part.kwargs.get(args[0]) is not None:
+            out.append(field_name)
     return out
 
 
@@ -239,6 +238,12 @@ def _controlnet_kwargs(part: Part) -> dict[str, Any]:
     if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or not isinstance(injection, str):
         raise ConfigError(f"controlnet: n_blocks must be an int and injection a string, got n_blocks={n_blocks!r}, injection={injection!r}")
     return {"n_blocks": n_blocks, "injection": injection}
+
+
+def model_config(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConfig", /, **overrides: Any) -> ModelConfig:
+    """The config `build_model(config, **overrides)` builds, without building it."""
+    cfg = _resolve_config(config)
+    return cfg.override(**overrides) if overrides else cfg
 
 
 def _resolve_config(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConfig") -> ModelConfig:

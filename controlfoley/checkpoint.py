@@ -189,7 +189,6 @@ def _part_config_hint(meta: Mapping[str, str], model: nn.Module, part: str) -> s
 def load_model(
     path_or_preset: str | os.PathLike[str], *, strict: bool = True, map_location: str | torch.device = "cpu", **overrides: Any
 ) -> nn.Module:
-    from controlfoley.builder import build_model, weight_file_parts
     from controlfoley.presets import pretrained_path
 
     p = Path(path_or_preset)
@@ -210,8 +209,7 @@ def load_model(
     with warnings.catch_warnings():  # a GAN vocoder built without its checkpoint gets its weights from this file
         warnings.simplefilter("ignore", RandomWeightsWarning)
         try:
-            model = build_model(_without_weight_files(cfg), **overrides)
-            model.config = dataclasses.replace(model.config, **{k: getattr(cfg, k) for k in weight_file_parts(cfg) if k not in overrides})
+            model = build_without_weight_files(cfg, **overrides)
         except RegistryError as e:
             if _registered(cfg):  # a bad argument, not a missing plugin
                 raise
@@ -259,14 +257,27 @@ def _loose_state(model: nn.Module, state: Mapping[str, torch.Tensor], what: str)
 def _without_weight_files(cfg: ModelConfig) -> ModelConfig:
     """`cfg` with the weights-file arguments (a HiFi-GAN `checkpoint=`...) left out: the model's own
     file holds those weights (checked strictly), so it loads without the original file, anywhere."""
-    from controlfoley.builder import weight_file_parts
+    from controlfoley.builder import weight_args
 
     changes = {}
-    for field_name in weight_file_parts(cfg):
-        part = getattr(cfg, field_name)
-        args = getattr(part_registries()[field_name].get(part.name), "weight_args", ())
-        changes[field_name] = Part(part.name, {k: v for k, v in part.kwargs.items() if k not in args})
+    for field_name, registry in part_registries().items():
+        part = getattr(cfg, field_name, None)
+        args = () if part is None else weight_args(registry, part)
+        if any(a in part.kwargs for a in args):
+            changes[field_name] = Part(part.name, {k: v for k, v in part.kwargs.items() if k not in args})
     return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def build_without_weight_files(cfg: ModelConfig, **overrides: Any) -> nn.Module:
+    """The model of `cfg` (plus overrides) built without reading its parts' weights files, its
+    config still naming them: for loading weights that a checkpoint holds (from_pretrained, resume)."""
+    from controlfoley.builder import build_model
+
+    model = build_model(_without_weight_files(cfg), **overrides)
+    kept = {f: getattr(cfg, f) for f in part_registries() if f not in overrides and getattr(cfg, f) != getattr(model.config, f)}
+    if kept:
+        model.config = dataclasses.replace(model.config, **kept)
+    return model
 
 
 def load_parts(model: nn.Module, path: str | os.PathLike[str], parts: Iterable[str]) -> list[str]:

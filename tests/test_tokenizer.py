@@ -328,7 +328,10 @@ def test_an_official_codebook_through_the_builder_loads_and_saves_self_contained
     model = build_model("specmaskfoley_tiny", tokenizer=Part("specvqgan", {**TINY, "checkpoint": str(path)}))
     for k, v in tiny.state_dict().items():
         assert torch.equal(model.tokenizer.state_dict()[k], v), k
-    assert model.trained_parts == {"tokenizer"}
+    from controlfoley.builder import weight_file_parts
+
+    assert weight_file_parts(model.config) == ["tokenizer"] and getattr(model, "trained_parts", None) is None
+    assert weight_file_parts(build_model("specmaskfoley_tiny", tokenizer={"trust_checkpoint": False}).config) == []  # no file given
     saved = model.save(tmp_path / "m.safetensors")
     path.unlink()
     again = from_pretrained(saved)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from conftest import micro_overrides
@@ -84,11 +85,13 @@ def test_paper_lr_schedule() -> None:
     values = [s(k) for k in range(2800, 140_001, 997)]
     assert all(a >= b for a, b in zip(values, values[1:]))
     assert WarmupCosine(1.0, 0, 10, 0.1)(0) == 1.0 and WarmupCosine(1.0, 0, 10, 0.1)(10) == pytest.approx(0.1)
-    # a shorter run keeps the recipe's warm-up fraction, a longer one its warm-up steps; given ones win
+    # a run shorter than the recipe's warm-up keeps its warm-up fraction, others its steps; given ones win
     short = {"preset": "p", "data": "d", "out": "o"}
     assert TrainConfig.for_recipe("controlnet", **short, steps=1_000).warmup_steps == 20
     assert TrainConfig.for_recipe("tokenizer", **short, steps=20).warmup_steps == 0  # 1% of 20 rounds to 0
     assert TrainConfig.for_recipe("controlnet", **short, steps=500_000).warmup_steps == 2_800
+    assert TrainConfig.for_recipe("controlnet", **short, steps=7_000).warmup_steps == 2_800
+    assert TrainConfig.for_recipe("controlnet", **short, base_lr=np.float64(2e-3)).base_lr == 2e-3  # numpy numbers are numbers
     assert TrainConfig.for_recipe("controlnet", **short, steps=1_000, warmup_steps=7).warmup_steps == 7
 
 
@@ -137,7 +140,7 @@ def test_cli_print_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
                      "--steps", "7000", "--init-parts", "backbone", "--model", "aligner=plain1d", "--no-shuffle", "--print-config"])  # fmt: skip
     cfg = TrainConfig.from_json(capsys.readouterr().out)
     assert rc == 0 and cfg.steps == 7000 and cfg.grad_clip == 0.5 and cfg.base_lr == 1e-3
-    assert cfg.warmup_steps == 140  # the recipe's 2% of the run (2,800 of 140,000)
+    assert cfg.warmup_steps == 2800  # the recipe's, which fits in 7,000 steps
     assert cfg.init_parts == ("backbone",) and cfg.model_overrides == {"aligner": "plain1d"} and cfg.shuffle is False
 
 
@@ -276,12 +279,29 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(data: Path, tmp_pat
     lone = config("backbone", data, tmp_path / "lone", keep_last=1)
     train(lone, stop_at=2)
     (tmp_path / "lone" / "checkpoints" / "step-00000002" / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="no complete checkpoint precedes it; restore the folder, or start a new run"):
+    with pytest.raises(CheckpointError, match="no other checkpoint is complete; restore the folder, or start a new run"):
         train(lone, resume=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an ordinary resume says nothing
         train(config("backbone", data, tmp_path / "quiet"), stop_at=2)
         train(config("backbone", data, tmp_path / "quiet"), resume=True, stop_at=4)
+
+
+def test_a_tokenizer_from_an_official_file_counts_as_trained_and_resumes_without_it(data: Path, tmp_path: Path) -> None:
+    """tokenizer={"checkpoint": X}: the run records the tokenizer as trained (its builder loaded
+    trained weights), and --resume rebuilds from the run's checkpoint without reading X again."""
+    from controlfoley import build_model
+    from controlfoley.checkpoint import read_metadata, trained_parts
+
+    tok = micro_overrides()["tokenizer"]
+    official = tmp_path / "codebook.ckpt"
+    torch.save({"state_dict": build_model("specmaskfoley_tiny", **micro_overrides()).tokenizer.state_dict()}, official)
+    overrides = {**micro_overrides(), "tokenizer": {**tok, "checkpoint": str(official)}}
+    cfg = config("backbone", data, tmp_path / "run", model_overrides=overrides)
+    train(cfg, stop_at=2)
+    official.unlink()
+    assert train(cfg, resume=True)["step"] == 6
+    assert trained_parts(read_metadata(tmp_path / "run" / "model.safetensors")) == {"tokenizer", "backbone"}
 
 
 def test_two_trainers_cannot_share_a_run_folder(data: Path, tmp_path: Path) -> None:

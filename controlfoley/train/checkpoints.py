@@ -176,26 +176,27 @@ class RunDir:
         finally:
             os.close(fd)
 
-    def latest_dir(self) -> Path | None:
+    def latest_dir(self, *, say: bool = False) -> Path | None:
         """The checkpoint a resume continues from: the one `latest` points to; if that one is gone
-        or incomplete, or the pointer is missing, the newest complete checkpoint (with a warning);
-        None when the run has none."""
+        or incomplete, or the pointer is missing, the newest complete checkpoint (with a warning
+        when `say`: the caller resumes from it); None when the run has none."""
         pointer = self.ckpt_root / "latest"
         complete = self._complete_dirs()
         if pointer.is_file():
             d = self.ckpt_root / pointer.read_text(encoding="utf-8").strip()
             if d in complete:
                 return d
-            older = [c for c in complete if c.name < d.name]
-            if not older:
+            if not complete:
                 raise CheckpointError(
-                    f"{pointer} points to {d}, which is missing or incomplete, and no complete checkpoint precedes it; "
+                    f"{pointer} points to {d}, which is missing or incomplete, and no other checkpoint is complete; "
                     f"restore the folder, or start a new run (another --out, or delete {self.ckpt_root})"
                 )
-            warnings.warn(f"{pointer} points to {d.name}, which is missing or incomplete; resuming from {older[-1].name}, the newest complete checkpoint", stacklevel=2)
-            return older[-1]
+            if say:
+                warnings.warn(f"{pointer} points to {d.name}, which is missing or incomplete; resuming from {complete[-1].name}, the newest complete checkpoint", stacklevel=2)
+            return complete[-1]
         if complete:
-            warnings.warn(f"{self.ckpt_root} has no 'latest' pointer; resuming from {complete[-1].name}, the newest complete checkpoint", stacklevel=2)
+            if say:
+                warnings.warn(f"{self.ckpt_root} has no 'latest' pointer; resuming from {complete[-1].name}, the newest complete checkpoint", stacklevel=2)
             return complete[-1]
         return None
 

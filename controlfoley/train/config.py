@@ -13,9 +13,12 @@
 
 import dataclasses
 import json
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from controlfoley.config import ConfigError
 from controlfoley.train.schedule import WarmupCosine, scaled_lr
@@ -148,15 +151,16 @@ class TrainConfig:
     # -- construction and JSON -----------------------------------------------------------------
     @classmethod
     def for_recipe(cls, recipe: str, **fields: Any) -> "TrainConfig":
-        """The recipe's defaults, overridden by `fields` (which must include preset, data, out). With
-        `steps` below the recipe's and no `warmup_steps`, the warm-up keeps the recipe's fraction of
-        the run (ControlNet: 2,800 of 140,000 steps, so 20 of 1,000)."""
+        """The recipe's defaults, overridden by `fields` (which must include preset, data, out). A run
+        shorter than the recipe's warm-up, with no `warmup_steps` given, keeps the recipe's warm-up
+        fraction (ControlNet: 2,800 of 140,000 steps, so 20 of 1,000); longer runs keep its steps."""
         _check_choice("recipe", recipe, RECIPES)
         defaults = dict(RECIPE_DEFAULTS[recipe])
         steps = fields.get("steps")
-        if fields.get("warmup_steps") is None and isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1:
-            # a shorter run keeps the recipe's warm-up fraction (2% for the ControlNet), never more steps
-            defaults["warmup_steps"] = min(defaults["warmup_steps"], round(steps * defaults["warmup_steps"] / defaults["steps"]))
+        warmup = defaults["warmup_steps"]
+        if fields.get("warmup_steps") is None and isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps < warmup:
+            # a run shorter than the recipe's warm-up keeps its warm-up fraction (2% for the ControlNet)
+            defaults["warmup_steps"] = round(steps * warmup / defaults["steps"])
         fields = {k: v for k, v in fields.items() if not (k == "warmup_steps" and v is None)}
         return cls.from_dict({**defaults, **fields, "recipe": recipe})
 
@@ -210,10 +214,16 @@ def _check_types(cfg: "TrainConfig") -> None:
         want = [_SCALARS[k] for k in kinds if k in _SCALARS]
         if not want or len(want) != len([k for k in kinds if k != "None"]):
             continue  # containers are checked where they are used
-        if float in want and isinstance(value, int) and not isinstance(value, bool):
+        is_bool = isinstance(value, (bool, np.bool_))
+        if float in want and isinstance(value, numbers.Real) and not is_bool:  # numpy floats, ints: that float
             object.__setattr__(cfg, f.name, float(value))
-            continue
-        if not any(type(value) is t for t in want):
+        elif int in want and isinstance(value, numbers.Integral) and not is_bool:
+            object.__setattr__(cfg, f.name, int(value))
+        elif bool in want and is_bool:
+            object.__setattr__(cfg, f.name, bool(value))
+        elif str in want and isinstance(value, str):
+            pass
+        else:
             raise ConfigError(f"train config: {f.name} must be {' or '.join(kinds)}, got {value!r} ({type(value).__name__})")
 
 

@@ -37,10 +37,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from controlfoley._io import atomic_write_text
-from controlfoley.checkpoint import check_state_dict, load_parts
+from controlfoley.checkpoint import build_without_weight_files, check_state_dict, load_parts
 from controlfoley.data.dataset import ShardDataset, ShardedSampler, collate, epoch_permutation
 from controlfoley.errors import TrainingError
-from controlfoley.builder import build_model
+from controlfoley.builder import build_model, model_config, weight_file_parts
 from controlfoley.model import SpecMaskFoley
 from controlfoley.train.checkpoints import RunDir, TrainState, resolve_model_file, restore_rng
 from controlfoley.train.config import TrainConfig
@@ -81,8 +81,11 @@ class Trainer:
         self.cfg = cfg = self._settle_config(cfg, resume)
         _seed_everything(cfg.seed)
         self.recipe: Recipe = get_recipe(cfg.recipe)
-        self.model: SpecMaskFoley = build_model(cfg.preset, **cfg.model_overrides)
-        ckpt_dir = self.run_dir.latest_dir() if resume else None
+        ckpt_dir = self.run_dir.latest_dir(say=info.is_main) if resume else None
+        if ckpt_dir is not None:  # its checkpoint holds every weight: no part's weights file is read again
+            self.model: SpecMaskFoley = build_without_weight_files(model_config(cfg.preset, **cfg.model_overrides))
+        else:
+            self.model = build_model(cfg.preset, **cfg.model_overrides)
         if resume and ckpt_dir is None and info.is_main:
             warnings.warn(f"--resume: {self.run_dir.root} has no checkpoint yet (killed before its first); starting it from step 0", stacklevel=2)
         self._load_weights(ckpt_dir)
@@ -93,6 +96,7 @@ class Trainer:
         self.recipe.fit_to_data(self.model, self.train_ds)
         # what the run's checkpoints record as trained: what it loaded trained, and what it trains
         here = {n for n, m in self.model.named_children() if any(p.requires_grad for p in m.parameters())}
+        here |= set(weight_file_parts(self.model.config))  # parts whose builder loaded trained weights (an official codebook)
         if ckpt_dir is None or getattr(self.model, "trained_parts", None) is not None:
             self.model.trained_parts = set(getattr(self.model, "trained_parts", None) or ()) | here
         # else: resumed from a checkpoint that records nothing (written before records existed): none now either

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import warnings
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -65,13 +66,16 @@ def read_state_dict(path: str | os.PathLike[str], map_location: str | torch.devi
 
 
 def _is_torch_pickle(path: Path) -> bool:
-    """torch.save's zip archive, or a bare pickle (protocol 2+ starts with 0x80)."""
+    """torch.save's zip archive (it holds a data.pkl), or a bare pickle (0x80, protocol 2 to 5)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
+            head = f.read(2)
+        if head == b"PK":
+            with zipfile.ZipFile(path) as z:
+                return any(n.endswith("data.pkl") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
         return False
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -178,7 +178,9 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: Any) -> "ModelConfig":  # a validator: it takes any JSON value
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a model config is a JSON object (what ModelConfig.to_dict() writes), got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -190,11 +192,13 @@ class ModelConfig:
         for f in _PART_FIELDS:
             if d.get(f) is not None:
                 kw[f] = Part.from_dict(d[f])
-        sampler = dict(d.get("sampler", {}))
+        sampler = d.get("sampler") or {}
+        if not isinstance(sampler, Mapping):
+            raise ConfigError(f"sampler must be an object of steps, temperature, mask_schedule, got {sampler!r}")
         bad = sorted(set(sampler) - {f.name for f in dataclasses.fields(SamplerConfig)})
         if bad:
             raise ConfigError(f"unknown sampler field(s) {bad}; known: steps, temperature, mask_schedule")
-        kw["sampler"] = SamplerConfig(**sampler)
+        kw["sampler"] = SamplerConfig(**dict(sampler))
         return cls(**kw)
 
     def to_json(self) -> str:

@@ -130,6 +130,10 @@ def test_build_model_from_a_config_file_or_dict(tmp_path) -> None:
         build_model(tmp_path / "bad.json")
     with pytest.raises(ConfigError, match=r"model config .*none.json: cannot read it"):
         build_model(tmp_path / "none.json")
+    for text in ("5", "null", '"abc"'):
+        (tmp_path / "odd.json").write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError, match="a model config is a JSON object"):
+            build_model(tmp_path / "odd.json")
 
 
 def test_a_registered_builder_must_be_callable() -> None:

@@ -464,3 +464,35 @@ def test_list_paths_are_read_from_the_list_folder(tmp_path: Path, monkeypatch: p
         assert extract_main([*base, "--list", "../media/missing.tsv", "--out", "bad"]) == 2
     err = capsys.readouterr().err
     assert "media/nope.wav" in err and "--skip-bad leaves out files that cannot be read" in err
+
+
+def test_list_clip_ids_do_not_depend_on_how_the_list_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clip ids are the list's entries as written: an extraction started with a relative --list
+    path resumes with an absolute one."""
+    import soundfile as sf
+
+    from controlfoley.data import extract
+
+    (tmp_path / "media").mkdir()
+    for n in ("a", "b", "c"):
+        sf.write(tmp_path / "media" / f"{n}.wav", 0.1 * torch.randn(22050).numpy(), 22050)
+    (tmp_path / "media" / "l.tsv").write_text("a.wav\nb.wav\nc.wav\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    base = ["--preset", "specmaskgit_tiny", "--mel", "--shard-size", "1", "--out", "ds"]
+    real = extract.ShardWriter.add
+    calls = []
+
+    def add_then_stop(self, *a, **k):  # a crash after the first clip's shard
+        calls.append(a[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(extract.ShardWriter, "add", add_then_stop)
+    with pytest.warns(UserWarning):
+        assert extract.extract_main([*base, "--list", "media/l.tsv"]) == 130
+    monkeypatch.setattr(extract.ShardWriter, "add", real)
+    with pytest.warns(UserWarning):
+        assert extract.extract_main([*base, "--list", str(tmp_path / "media" / "l.tsv"), "--resume"]) == 0
+    ds = ShardDataset(tmp_path / "ds")
+    assert [ds.clip_id(i) for i in range(len(ds))] == ["a.wav", "b.wav", "c.wav"] and calls[0] == "a.wav"

@@ -339,3 +339,6 @@ def test_an_official_codebook_through_the_builder_loads_and_saves_self_contained
     _save_official(path, tiny.state_dict())
     with pytest.raises(CheckpointError, match=r"is a PyTorch pickle .*tokenizer=\{'checkpoint'"):
         load_parts(build_model("specmaskfoley_tiny"), path, ["tokenizer"])
+    (tmp_path / "cut.safetensors").write_bytes(b"\x80" + b"\x00" * 7)  # a damaged file that merely starts like a pickle
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_parts(build_model("specmaskfoley_tiny"), tmp_path / "cut.safetensors", ["tokenizer"])

@@ -302,6 +302,7 @@ def extract_files(
     files: Sequence[str | Path],
     *,
     tags: Sequence[str] | None = None,
+    ids: Sequence[str] | None = None,
     shard_size: int = 256,
     batch_size: int = 16,
     overwrite: bool = False,
@@ -312,7 +313,8 @@ def extract_files(
     continues an interrupted extraction of the same file list into `out`; `skip_bad` leaves out
     files that cannot be read (missing, corrupt, no audio track) and lists them in `skipped.tsv`.
 
-    `tags[i]` (e.g. "dog, bark") is encoded by the CLAP-like extractor into `clap` for file i."""
+    `tags[i]` (e.g. "dog, bark") is encoded by the CLAP-like extractor into `clap` for file i;
+    `ids[i]` names clip i in the dataset (default: the path as given)."""
     from controlfoley.audio.io import load_audio
     from controlfoley.video import read_audio_track, read_frames
 
@@ -333,17 +335,21 @@ def extract_files(
         clap = ex.clap.encode_text([tags[i]])[0] if tags is not None else None
         return wav, video, clap
 
-    items = ((str(Path(f)), lambda i=i: load(i)) for i, f in enumerate(files))
+    if ids is not None and len(ids) != len(files):
+        raise DataError(f"got {len(ids)} clip ids for {len(files)} files; give one per file")
+    names = [str(Path(f)) for f in files] if ids is None else [str(i) for i in ids]
+    items = ((names[i], lambda i=i: load(i)) for i in range(len(files)))
     return _write(
         ex, out, items, len(files), shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, source=f"{len(files)} files", resume=resume,
         skip_bad=skip_bad,
     )  # fmt: skip
 
 
-def _read_list(path: str) -> tuple[list[str], list[str] | None]:
+def _read_list(path: str) -> tuple[list[str], list[str] | None, list[str]]:
     """A list file: one media path per line, optionally a TAB and comma-separated tags. Relative
-    paths are read from the list file's folder (a list travels with its media)."""
-    files, tags = [], []
+    paths are read from the list file's folder (a list travels with its media); the clip ids are
+    the paths as written, whichever way the list itself is named. Returns (files, tags, ids)."""
+    files, tags, ids = [], [], []
     listing = Path(path)
     try:
         text = listing.read_text(encoding="utf-8")
@@ -355,7 +361,8 @@ def _read_list(path: str) -> tuple[list[str], list[str] | None]:
             media = Path(f.strip()).expanduser()
             files.append(str(media if media.is_absolute() else listing.parent / media))
             tags.append(t.strip())
-    return files, (tags if any(tags) else None)
+            ids.append(f.strip())
+    return files, (tags if any(tags) else None), ids
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -404,8 +411,8 @@ def extract_main(argv: Sequence[str] | None = None) -> int:
         if args.synthetic is not None:
             index = extract_synthetic(args.out, ex, n_clips=args.synthetic, split=args.split, world_seed=args.world_seed, **common)
         else:
-            files, tags = _read_list(args.list_file) if args.list_file else (args.files, None)
-            index = extract_files(args.out, ex, files, tags=tags, skip_bad=args.skip_bad, **common)
+            files, tags, ids = _read_list(args.list_file) if args.list_file else (args.files, None, None)
+            index = extract_files(args.out, ex, files, tags=tags, ids=ids, skip_bad=args.skip_bad, **common)
     except (ControlFoleyError, KeyError, ValueError) as e:
         hint = " (--skip-bad leaves out files that cannot be read and lists them in OUT/skipped.tsv)" if isinstance(e, MediaError) and not args.skip_bad else ""
         print(f"error: {e}{hint}", file=sys.stderr)

@@ -156,9 +156,10 @@ def config_from_metadata(meta: Mapping[str, str], path: Path) -> ModelConfig:
     return ModelConfig.from_json(meta[CONFIG_KEY])
 
 
-def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
-    """Raise a CheckpointError naming missing, unexpected and mis-shaped keys (strict loading)."""
-    own = module.state_dict()
+def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, own: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Raise a CheckpointError naming missing, unexpected and mis-shaped keys (strict loading);
+    `own`: the module's keys to check against (default: all of its state dict)."""
+    own = module.state_dict() if own is None else own
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k}: checkpoint {list(state[k].shape)} vs model {list(own[k].shape)}" for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
@@ -193,6 +194,7 @@ def _part_config_hint(meta: Mapping[str, str], model: nn.Module, part: str) -> s
 def load_model(
     path_or_preset: str | os.PathLike[str], *, strict: bool = True, map_location: str | torch.device = "cpu", **overrides: Any
 ) -> nn.Module:
+    from controlfoley.builder import weight_file_parts
     from controlfoley.presets import pretrained_path
 
     p = Path(path_or_preset)
@@ -223,27 +225,35 @@ def load_model(
                 f"{p} needs a part that is not registered here ({str(e).split('. Register your own')[0]}){where}. Load the module that registers it: "
                 "`controlfoley --plugin FILE ...` on the command line, `import` it or controlfoley.load_plugins(FILE) in Python"
             ) from e
+    # a part given a new weights file by the overrides keeps those weights, not the checkpoint's
+    fresh = [f for f in weight_file_parts(model.config) if f in overrides]
+    state = {k: v for k, v in state.items() if k.split(".")[0] not in fresh}
+    own = {k: v for k, v in model.state_dict().items() if k.split(".")[0] not in fresh}
+    if strict:
+        check_state_dict(model, state, str(p), own=own)
+    else:
+        state = _loose_state(model, state, str(p), own=own)
     for key in overrides:  # a part switched to another builder whose weights fit the old one's names and shapes
         old, new = getattr(cfg, key, None), getattr(model.config, key, None)
-        if isinstance(old, Part) and isinstance(new, Part) and old.name != new.name and any(k.startswith(key + ".") for k in state):
+        if isinstance(old, Part) and isinstance(new, Part) and old.name != new.name and key not in fresh and any(k.startswith(key + ".") for k in state):
             warnings.warn(
                 f"from_pretrained({p}): {key} is now {new.name!r} but the checkpoint trained {old.name!r}; its weights "
                 f"load into the new part where names and shapes agree, which may not mean the same thing",
                 stacklevel=3,
             )
-    if strict:
-        check_state_dict(model, state, str(p))
-    else:
-        state = _loose_state(model, state, str(p))
-    model.load_state_dict(state, strict=strict)
-    model.trained_parts = trained_parts(meta)
+    model.load_state_dict(state, strict=False)  # every key was checked above (strict), or chosen (loose)
+    recorded = trained_parts(meta)
+    if recorded is not None:  # parts that kept their built weights are not the checkpoint's trained ones
+        loaded = {k.split(".")[0] for k in state}
+        recorded = {part for part in recorded if part in loaded} | set(fresh)
+    model.trained_parts = recorded
     return model.to(map_location)
 
 
-def _loose_state(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+def _loose_state(model: nn.Module, state: Mapping[str, torch.Tensor], what: str, own: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """strict=False: the weights that fit, and a warning counting what keeps the built model's own
     weights (missing or mis-shaped keys) and what the checkpoint holds that the model has not."""
-    own = model.state_dict()
+    own = model.state_dict() if own is None else own
     fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     kept = sorted(k for k in own if k not in fits)
     unused = sorted(k for k in state if k not in fits)

@@ -347,8 +347,7 @@ class SpecMaskFoley(nn.Module):
         n_mels = int(self.mel.n_mels)
         if mel.ndim != 3 or mel.shape[1] != n_mels:
             raise ShapeError(f"mel must be [batch, {n_mels}, frames] for this model's vocoder, got {list(mel.shape)}")
-        p = next(self.vocoder.parameters(), None)
-        return self.vocoder(mel.to(p.dtype if p is not None and p.is_floating_point() else torch.float32)).float()
+        return run_vocoder(self.vocoder, mel)
 
     @torch.no_grad()
     def encode_audio(self, wav: Float[Tensor, "b s"]) -> Int[Tensor, "b f t"]:
@@ -410,6 +409,13 @@ class _RowPlan:
 def _zeros_like_cond(text: Tensor | None, negative: Tensor | None, b: int, device: torch.device) -> Tensor | None:
     ref = text if text is not None else negative
     return None if ref is None else ref.new_zeros(b, ref.shape[-1])
+
+
+def run_vocoder(vocoder: nn.Module, mel: Float[Tensor, "b m n"]) -> Float[Tensor, "b s"]:
+    """`vocoder(mel)` as fp32, the mel cast to the vocoder's parameter dtype (fp32 for one without
+    weights, such as Griffin-Lim): a bf16 model's mel goes through an fp32 vocoder and back."""
+    p = next(vocoder.parameters(), None)
+    return vocoder(mel.to(p.dtype if p is not None and p.is_floating_point() else torch.float32)).float()
 
 
 def _check_settings(steps: Any, cfg_scale: Any, temperature: Any, known_mask: Tensor | None) -> None:

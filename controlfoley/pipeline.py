@@ -56,6 +56,7 @@ from controlfoley.control.encoders import check_widths, feature_dims
 from controlfoley.data.extractors import ExtractorSpec, build_extractor
 from controlfoley.errors import ShapeError
 from controlfoley.guidance import GuidanceRule, NoGuidance
+from controlfoley.model import run_vocoder
 from controlfoley.typing import Float, Int, Tensor
 from controlfoley.windows import Window, WindowPlan, crossfade_join, plan_windows
 
@@ -372,7 +373,7 @@ class FoleyPipeline:
         text, negative, rule = self._conditions(prompt, negative_prompt, guidance)
         codes = self.sample_tokens(plan, streams, text, negative, rule, steps=steps, cfg_scale=cfg_scale, seed=seed, temperature=temperature)
         mel = self.decode(codes, plan)
-        wav = self.vocoder(mel[None])[0, : plan.n_samples].float().cpu()
+        wav = run_vocoder(self.vocoder, mel[None])[0, : plan.n_samples].cpu()
         n_mel = math.ceil(plan.n_samples / self.model.mel.hop_length)
         return FoleyResult(wav, plan.sample_rate, mel[:, :n_mel].cpu(), codes.cpu(), float(duration_s), plan.windows, seed)
 

@@ -139,7 +139,7 @@ def test_prompt_through_the_pipeline_and_generate(clap_dirs: dict[str, Path], cl
     with_prompt = pipe(clip_video, prompt="a dog barks", steps=2, seed=3)
     without = pipe(clip_video, steps=2, seed=3)
     assert with_prompt.wav.shape == without.wav.shape and not torch.equal(with_prompt.wav, without.wav)  # the prompt reaches the sampler
-    with pytest.raises(ConfigError, match=r"gives 16-wide embeddings but the model takes 24; use one of width 24 \(its width is fixed by its weights"):
+    with pytest.raises(ConfigError, match=r"gives 16-wide embeddings but the model takes 24; use one of width 24 \(its width is fixed by its weights: use another CLAP checkpoint\)"):
         FoleyPipeline(micro_model(backbone={**MICRO["backbone"], "cond_dim": 24}), video, ("clap_transformers", {"folder": str(clap_dirs["full"])}))
     with pytest.raises(ConfigError, match=r"--text-encoder clap_transformers,folder=DIR"):
         FoleyPipeline(model, video).encode_text("a dog barks")

@@ -288,6 +288,13 @@ def test_a_model_built_from_a_vocoder_file_loads_without_that_file(tmp_path, mon
     assert loaded.config.vocoder.kwargs["checkpoint"] == "g_00000001"
     loaded.save(tmp_path / "again.safetensors")  # and again, from the re-saved file
     assert torch.equal(from_pretrained(tmp_path / "again.safetensors").vocoder.generator.conv_pre.weight, gen.conv_pre.weight)
+    # a new generator file given on load is what the vocoder then holds, and what the config says
+    other = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in gen.state_dict().items()}
+    torch.save({"generator": other}, tmp_path / "g_new")
+    swapped = from_pretrained(tmp_path / "m.safetensors", vocoder={"checkpoint": str(tmp_path / "g_new")})
+    assert not torch.equal(swapped.vocoder.generator.conv_pre.weight, gen.conv_pre.weight)
+    assert swapped.config.vocoder.kwargs["checkpoint"] == str(tmp_path / "g_new")
+    assert torch.equal(swapped.backbone.blocks[0].mlp.fc1.weight, loaded.backbone.blocks[0].mlp.fc1.weight)  # the rest from the file
 
 
 def test_user_control_encoders_and_vocoders_must_keep_their_contracts():
@@ -390,6 +397,13 @@ def test_a_half_precision_model_makes_fp32_audio_and_reads_audio(micro_model, dt
     wav = model.vocode(mel)
     assert wav.dtype == torch.float32 and wav.shape == (1, model.n_samples) and bool(torch.isfinite(wav).all())
     assert model.encode_audio(wav).shape == (1, *model.grid)
+    from controlfoley import VOCODERS
+    from controlfoley.model import run_vocoder
+
+    with pytest.warns(Warning):  # random weights: only the dtypes matter here
+        fp32_vocoder = VOCODERS.build("hifigan", mel=model.mel.float(), upsample_initial_channel=16)
+    out = run_vocoder(fp32_vocoder, mel)  # a bf16 model's mel through an fp32 vocoder (a pipeline override)
+    assert out.dtype == torch.float32 and out.shape == (1, model.n_samples)
     with pytest.raises(ShapeError, match=r"mel must be \[batch, 80, frames\] for this model's vocoder, got \[1, 128, 512\]"):
         model.vocode(torch.zeros(1, 128, 512, dtype=dtype))
 
@@ -447,3 +461,10 @@ def test_loose_loading_and_switched_parts_say_what_they_did(micro_model, tmp_pat
     assert torch.equal(deeper.backbone.blocks[0].mlp.fc1.weight, micro_model.backbone.blocks[0].mlp.fc1.weight)
     with pytest.warns(UserWarning, match="aligner is now 'plain1d' but the checkpoint trained 'ft'"):
         from_pretrained(path, aligner="plain1d")
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError):  # the switch cannot load: an error, and no warning first
+            from_pretrained(path, control_encoder="sync_only")
+    assert not [w for w in seen if "is now" in str(w.message)]

@@ -29,13 +29,16 @@ def feature_dims(encoder: nn.Module) -> dict[str, int]:
 
 
 def _dim_hint(name: str, want: int) -> str:
-    """" (e.g. NAME,dim=N)" where the extractor's builder takes a width; nothing for one whose
-    width is its weights' (a real CLIP or CLAP model)."""
+    """How to get width `want` from extractor `name`: " (e.g. NAME,dim=N)" where its builder takes a
+    width, else what fixes it (the builder's `width_from`: a real model's weights, precomputed files)."""
     try:
-        takes_dim = "dim" in EXTRACTORS.accepted_args(name)
+        builder = EXTRACTORS.get(name)
     except (RegistryError, TypeError, ValueError):  # a built object passed directly, not a registered name
-        takes_dim = False
-    return f" (e.g. {name},dim={want})" if takes_dim else " (its width is fixed by its weights: another checkpoint is needed)"
+        return ""
+    fixed = getattr(builder, "width_from", None)
+    if fixed:
+        return f" (its width is fixed by {fixed})"
+    return f" (e.g. {name},dim={want})" if "dim" in EXTRACTORS.accepted_args(name) else ""
 
 
 def check_widths(

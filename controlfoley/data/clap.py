@@ -131,3 +131,6 @@ def clap_transformers(
             "transformers would initialise them at random. Give a complete CLAP checkpoint folder"
         )
     return ClapTextEncoder(model.to(device), tokenizer, normalize=normalize, max_length=max_length, output_key=output_key)
+
+
+clap_transformers.width_from = "its weights: use another CLAP checkpoint"  # named by width errors (control.encoders.check_widths)

@@ -166,6 +166,9 @@ def clip_openclip(
     return OpenClipExtractor(model, fps=fps, output_key=output_key, normalize=normalize, batch_size=batch_size)
 
 
+clip_openclip.width_from = "its weights: use another CLIP checkpoint"  # named by width errors (control.encoders.check_widths)
+
+
 # -- precomputed features ------------------------------------------------------------------------
 
 
@@ -298,6 +301,9 @@ def synchformer_precomputed(
     return PrecomputedFeatures(root, name="synchformer_precomputed", key=key, output_key=output_key, fps=fps, dim=dim, ids_tsv=ids_tsv)
 
 
+synchformer_precomputed.width_from = "its feature files: extract features of that width"  # named by width errors (control.encoders.check_widths)
+
+
 @EXTRACTORS.register("clip_precomputed")
 def clip_precomputed(
     *,
@@ -310,3 +316,6 @@ def clip_precomputed(
 ) -> PrecomputedFeatures:
     """Precomputed CLIP image features (8 per second, 1024-d) per video file."""
     return PrecomputedFeatures(root, name="clip_precomputed", key=key, output_key=output_key, fps=fps, dim=dim, ids_tsv=ids_tsv)
+
+
+clip_precomputed.width_from = "its feature files: extract features of that width"  # named by width errors (control.encoders.check_widths)

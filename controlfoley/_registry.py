@@ -242,8 +242,11 @@ class Registry(Generic[T]):
             accepted = self.accepted_args(name)
             bad = sorted(set(kwargs) - set(accepted))
             if bad:
+                close = {b: difflib.get_close_matches(b, list(accepted), n=1) for b in bad}
+                hint = "; ".join(f"{b!r}: did you mean {c[0]!r}?" for b, c in close.items() if c)
                 raise RegistryError(
-                    f"{self.kind} {name!r} got unknown argument(s) {bad}. It accepts: {', '.join(accepted) or '(none)'}"
+                    f"{self.kind} {name!r} got unknown argument(s) {bad}{' (' + hint + ')' if hint else ''}. "
+                    f"It accepts: {', '.join(accepted) or '(none)'}"
                 )
             missing = [k for k, p in accepted.items() if p.default is p.empty and k not in kwargs]
             if missing:

@@ -42,6 +42,8 @@ def test_duplicate_registration_is_an_error():
 def test_unknown_and_missing_builder_arguments_are_named():
     with pytest.raises(RegistryError, match="unknown argument.*'bogus'"):
         ALIGNERS.build("ft", in_dim=4, out_dim=4, grid=[1, 2], bogus=1)
+    with pytest.raises(RegistryError, match="'kernal_size': did you mean 'kernel_size'"):
+        ALIGNERS.build("ft", in_dim=4, out_dim=4, grid=[1, 2], kernal_size=5)
     with pytest.raises(RegistryError, match="missing required argument"):
         ALIGNERS.build("ft", in_dim=4)
 

@@ -93,3 +93,39 @@ def test_codebook_restart_agrees_across_ranks(tmp_path: Path) -> None:
     assert r0["moved_none"] == r1["moved_none"] == 0 and r0["unchanged"] and r1["unchanged"]
     assert r0["moved"] == r1["moved"] == 1
     assert torch.equal(r0["weight"], r1["weight"])  # one codebook on every rank
+
+
+def _lock_worker(rank: int, init_file: str, run_dir: str, out_dir: str) -> None:
+    from controlfoley.errors import TrainingError
+    from controlfoley.train.distributed import DistInfo
+    from controlfoley.train.loop import _run_lock
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        try:
+            with _run_lock(run_dir, DistInfo(rank, 2, rank, torch.device("cpu"))):
+                result = "entered"
+        except TrainingError as e:
+            result = str(e)
+        Path(out_dir, f"rank{rank}.txt").write_text(result, encoding="utf-8")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_locked_run_stops_every_rank(tmp_path: Path) -> None:
+    """While another trainer holds the run folder, rank 0 is refused the lock and every rank stops
+    with the same error (the others must not go on into DDP set-up and wait there)."""
+    import multiprocessing as mp
+
+    from controlfoley.train.checkpoints import RunDir
+
+    ctx = mp.get_context("spawn")
+    with RunDir(tmp_path / "run").lock():
+        procs = [ctx.Process(target=_lock_worker, args=(r, str(tmp_path / "init"), str(tmp_path / "run"), str(tmp_path))) for r in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    results = [(tmp_path / f"rank{r}.txt").read_text(encoding="utf-8") for r in range(2)]
+    assert results[0] == results[1] and "is in use by another training process" in results[0]

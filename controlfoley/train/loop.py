@@ -37,10 +37,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from controlfoley._io import atomic_write_text
+from controlfoley.builder import build_model, model_config, weight_file_parts
 from controlfoley.checkpoint import build_without_weight_files, check_state_dict, load_parts
 from controlfoley.data.dataset import ShardDataset, ShardedSampler, collate, epoch_permutation
 from controlfoley.errors import TrainingError
-from controlfoley.builder import build_model, model_config, weight_file_parts
 from controlfoley.model import SpecMaskFoley
 from controlfoley.train.checkpoints import RunDir, TrainState, resolve_model_file, restore_rng
 from controlfoley.train.config import TrainConfig
@@ -62,7 +62,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_at: int | None = None)
     info = init_distributed(cfg.device)
     trainer = None
     try:
-        with RunDir(cfg.out).lock() if info.is_main else contextlib.nullcontext():
+        with _run_lock(cfg.out, info):
             trainer = Trainer(cfg, info, resume=resume)
             return trainer.run(stop_at)
     finally:
@@ -73,6 +73,26 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_at: int | None = None)
         gc.collect()
         if started:
             shutdown(info)
+
+
+@contextlib.contextmanager
+def _run_lock(out: str, info: DistInfo) -> Iterator[None]:
+    """Rank 0 holds the run folder's lock; every rank learns whether it got it, so a refused run
+    stops on all ranks at once (not only under torchrun, whose agent would stop the others)."""
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if info.is_main:
+            try:
+                stack.enter_context(RunDir(out).lock())
+            except TrainingError as e:
+                refused = str(e)
+        if info.distributed:
+            box = [refused]
+            torch.distributed.broadcast_object_list(box, src=0)
+            refused = box[0]
+        if refused is not None:
+            raise TrainingError(refused)
+        yield
 
 
 class Trainer:

@@ -212,19 +212,18 @@ def load_model(
         p = bundled
     state, meta = read_state_dict(p, map_location)
     cfg = config_from_metadata(meta, p)
-    with warnings.catch_warnings():  # a GAN vocoder built without its checkpoint gets its weights from this file
-        warnings.simplefilter("ignore", RandomWeightsWarning)
-        try:
-            model = build_without_weight_files(cfg, **overrides)
-        except RegistryError as e:
-            if _registered(cfg):  # a bad argument, not a missing plugin
-                raise
-            user = json.loads(meta.get(PARTS_KEY, "{}"))
-            where = "; when it was saved, " + ", ".join(f"its {k} came from {v}" for k, v in user.items()) if user else ""
-            raise CheckpointError(
-                f"{p} needs a part that is not registered here ({str(e).split('. Register your own')[0]}){where}. Load the module that registers it: "
-                "`controlfoley --plugin FILE ...` on the command line, `import` it or controlfoley.load_plugins(FILE) in Python"
-            ) from e
+    # build_without_weight_files silences the random-weights warning of the parts this file fills
+    try:
+        model = build_without_weight_files(cfg, **overrides)
+    except RegistryError as e:
+        if _registered(cfg):  # a bad argument, not a missing plugin
+            raise
+        user = json.loads(meta.get(PARTS_KEY, "{}"))
+        where = "; when it was saved, " + ", ".join(f"its {k} came from {v}" for k, v in user.items()) if user else ""
+        raise CheckpointError(
+            f"{p} needs a part that is not registered here ({str(e).split('. Register your own')[0]}){where}. Load the module that registers it: "
+            "`controlfoley --plugin FILE ...` on the command line, `import` it or controlfoley.load_plugins(FILE) in Python"
+        ) from e
     # a part given a new weights file by the overrides keeps those weights, not the checkpoint's
     fresh = [f for f in weight_file_parts(model.config) if f in overrides]
     state = {k: v for k, v in state.items() if k.split(".")[0] not in fresh}
@@ -243,9 +242,9 @@ def load_model(
             )
     model.load_state_dict(state, strict=False)  # every key was checked above (strict), or chosen (loose)
     recorded = trained_parts(meta)
-    if recorded is not None:  # parts that kept their built weights are not the checkpoint's trained ones
-        loaded = {k.split(".")[0] for k in state}
-        recorded = {part for part in recorded if part in loaded} | set(fresh)
+    if recorded is not None:  # a part with any key left at its built weights is not the checkpoint's trained one
+        kept = {k.split(".")[0] for k in own if k not in state}
+        recorded = (set(recorded) - kept) | set(fresh)
     model.trained_parts = recorded
     return model.to(map_location)
 
@@ -268,15 +267,16 @@ def _loose_state(model: nn.Module, state: Mapping[str, torch.Tensor], what: str,
     return fits
 
 
-def _without_weight_files(cfg: ModelConfig) -> ModelConfig:
+def _without_weight_files(cfg: ModelConfig, keep: Iterable[str] = ()) -> ModelConfig:
     """`cfg` with the weights-file arguments (a HiFi-GAN `checkpoint=`...) left out: the model's own
-    file holds those weights (checked strictly), so it loads without the original file, anywhere."""
+    file holds those weights (checked strictly), so it loads without the original file, anywhere.
+    Parts in `keep` are left whole (an override gives them a new file, read with their settings)."""
     from controlfoley.builder import weight_args
 
     changes = {}
     for field_name, registry in part_registries().items():
         part = getattr(cfg, field_name, None)
-        args = () if part is None else weight_args(registry, part)
+        args = () if part is None or field_name in keep else weight_args(registry, part)
         if any(a in part.kwargs for a in args):
             changes[field_name] = Part(part.name, {k: v for k, v in part.kwargs.items() if k not in args})
     return dataclasses.replace(cfg, **changes) if changes else cfg
@@ -284,11 +284,22 @@ def _without_weight_files(cfg: ModelConfig) -> ModelConfig:
 
 def build_without_weight_files(cfg: ModelConfig, **overrides: Any) -> nn.Module:
     """The model of `cfg` (plus overrides) built without reading its parts' weights files, its
-    config still naming them: for loading weights that a checkpoint holds (from_pretrained, resume)."""
-    from controlfoley.builder import build_model
+    config still naming them: for loading weights that a checkpoint holds (from_pretrained, resume).
+    A part whose override names a new weights file is built from that file."""
+    from controlfoley.builder import build_model, weight_args
 
-    model = build_model(_without_weight_files(cfg), **overrides)
-    kept = {f: getattr(cfg, f) for f in part_registries() if f not in overrides and getattr(cfg, f) != getattr(model.config, f)}
+    registries = part_registries()
+    new_file = []
+    for f, v in overrides.items():
+        part = getattr(cfg, f, None) if f in registries else None
+        args = () if part is None else weight_args(registries[f], part)
+        given = v.kwargs if isinstance(v, Part) else v if isinstance(v, Mapping) else {}
+        if args and given.get(args[0]) is not None:
+            new_file.append(f)
+    with warnings.catch_warnings():  # a GAN vocoder built without its checkpoint gets its weights from the caller's file
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        model = build_model(_without_weight_files(cfg, keep=new_file), **overrides)
+    kept = {f: getattr(cfg, f) for f in registries if f not in overrides and getattr(cfg, f) != getattr(model.config, f)}
     if kept:
         model.config = dataclasses.replace(model.config, **kept)
     return model

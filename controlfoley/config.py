@@ -192,7 +192,7 @@ class ModelConfig:
         for f in _PART_FIELDS:
             if d.get(f) is not None:
                 kw[f] = Part.from_dict(d[f])
-        sampler = d.get("sampler") or {}
+        sampler = {} if d.get("sampler") is None else d["sampler"]
         if not isinstance(sampler, Mapping):
             raise ConfigError(f"sampler must be an object of steps, temperature, mask_schedule, got {sampler!r}")
         bad = sorted(set(sampler) - {f.name for f in dataclasses.fields(SamplerConfig)})

@@ -476,7 +476,7 @@ def test_list_clip_ids_do_not_depend_on_how_the_list_is_named(tmp_path: Path, mo
     (tmp_path / "media").mkdir()
     for n in ("a", "b", "c"):
         sf.write(tmp_path / "media" / f"{n}.wav", 0.1 * torch.randn(22050).numpy(), 22050)
-    (tmp_path / "media" / "l.tsv").write_text("a.wav\nb.wav\nc.wav\n", encoding="utf-8")
+    (tmp_path / "media" / "l.tsv").write_text("./a.wav\nb.wav\nc.wav\n", encoding="utf-8")  # ./a.wav: a.wav, as on the command line
     monkeypatch.chdir(tmp_path)
     base = ["--preset", "specmaskgit_tiny", "--mel", "--shard-size", "1", "--out", "ds"]
     real = extract.ShardWriter.add

@@ -129,3 +129,12 @@ def test_a_locked_run_stops_every_rank(tmp_path: Path) -> None:
     assert [p.exitcode for p in procs] == [0, 0]
     results = [(tmp_path / f"rank{r}.txt").read_text(encoding="utf-8") for r in range(2)]
     assert results[0] == results[1] and "is in use by another training process" in results[0]
+    # any failure of rank 0 stops both: here the run folder's path is a file
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    procs = [ctx.Process(target=_lock_worker, args=(r, str(tmp_path / "init2"), str(tmp_path / "afile"), str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert procs[1].exitcode == 0 and procs[0].exitcode != 0  # rank 0 re-raises its own error
+    assert "rank 0 could not open the run folder" in (tmp_path / "rank1.txt").read_text(encoding="utf-8")

@@ -295,6 +295,13 @@ def test_a_model_built_from_a_vocoder_file_loads_without_that_file(tmp_path, mon
     assert not torch.equal(swapped.vocoder.generator.conv_pre.weight, gen.conv_pre.weight)
     assert swapped.config.vocoder.kwargs["checkpoint"] == str(tmp_path / "g_new")
     assert torch.equal(swapped.backbone.blocks[0].mlp.fc1.weight, loaded.backbone.blocks[0].mlp.fc1.weight)  # the rest from the file
+    # a saved trust_checkpoint=True stays with the part when a new file is given on load
+    torch.save({"generator": gen.state_dict(), "meta": ConfigError("a custom object")}, tmp_path / "g_trusted")
+    torch.save({"generator": other, "meta": ConfigError("a custom object")}, tmp_path / "g_trusted_new")
+    trusted = {**ov["vocoder"], "checkpoint": str(tmp_path / "g_trusted"), "trust_checkpoint": True}
+    build_model("specmaskfoley_tiny", **{**ov, "vocoder": trusted}).save(tmp_path / "t.safetensors")
+    renewed = from_pretrained(tmp_path / "t.safetensors", vocoder={"checkpoint": str(tmp_path / "g_trusted_new")})
+    assert torch.equal(renewed.vocoder.generator.conv_pre.weight, swapped.vocoder.generator.conv_pre.weight)
 
 
 def test_user_control_encoders_and_vocoders_must_keep_their_contracts():
@@ -459,6 +466,11 @@ def test_loose_loading_and_switched_parts_say_what_they_did(micro_model, tmp_pat
     with pytest.warns(UserWarning, match=r"strict=False: \d+ tensors loaded; \d+ of the model's keep their built \(untrained\) weights \(in backbone\), e.g. backbone.blocks.3"):
         deeper = from_pretrained(path, strict=False, backbone={"depth": 4})
     assert torch.equal(deeper.backbone.blocks[0].mlp.fc1.weight, micro_model.backbone.blocks[0].mlp.fc1.weight)
+    micro_model.trained_parts = {"tokenizer", "backbone", "controlnet"}
+    recorded = micro_model.save(tmp_path / "trained.safetensors")
+    with pytest.warns(UserWarning, match="strict=False"):
+        wider = from_pretrained(recorded, strict=False, backbone={"ffn_dim": 128})  # every block's MLP keeps built weights
+    assert wider.trained_parts == {"tokenizer"}  # the backbone and its ControlNet copy are no longer "trained"
     with pytest.warns(UserWarning, match="aligner is now 'plain1d' but the checkpoint trained 'ft'"):
         from_pretrained(path, aligner="plain1d")
     import warnings

@@ -92,6 +92,7 @@ def test_paper_lr_schedule() -> None:
     assert TrainConfig.for_recipe("controlnet", **short, steps=500_000).warmup_steps == 2_800
     assert TrainConfig.for_recipe("controlnet", **short, steps=7_000).warmup_steps == 2_800
     assert TrainConfig.for_recipe("controlnet", **short, base_lr=np.float64(2e-3)).base_lr == 2e-3  # numpy numbers are numbers
+    assert TrainConfig.for_recipe("controlnet", **short, steps=np.int64(1_000)).warmup_steps == 20
     assert TrainConfig.for_recipe("controlnet", **short, steps=1_000, warmup_steps=7).warmup_steps == 7
 
 
@@ -342,6 +343,22 @@ def test_a_killed_trainer_frees_the_run_even_while_its_forked_workers_live(tmp_p
     assert out.stdout.strip() == "locked" and out.returncode == -9, out.stderr[-2000:]
     with RunDir(tmp_path / "run").lock():  # free at once, though the forked child still sleeps
         pass
+    # a forked child that leaves the lock's block normally touches neither the lock nor its own files
+    child = tmp_path / "child.py"
+    child.write_text(
+        "import os, sys\n"
+        "from controlfoley.train.checkpoints import RunDir\n"
+        "with RunDir(sys.argv[1]).lock():\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        f = open(sys.argv[2], 'w')\n"
+        "if pid == 0:\n"
+        "    f.write('child ok'); f.close(); os._exit(0)\n"
+        "os.waitpid(pid, 0)\n",
+        encoding="utf-8",
+    )
+    out = subprocess.run([sys.executable, str(child), str(tmp_path / "run2"), str(tmp_path / "child.txt")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and (tmp_path / "child.txt").read_text(encoding="utf-8") == "child ok", out.stderr[-2000:]
 
 
 def test_resume_refuses_changed_data_but_follows_moved_data(data: Path, tmp_path: Path) -> None:

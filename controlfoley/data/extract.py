@@ -361,7 +361,7 @@ def _read_list(path: str) -> tuple[list[str], list[str] | None, list[str]]:
             media = Path(f.strip()).expanduser()
             files.append(str(media if media.is_absolute() else listing.parent / media))
             tags.append(t.strip())
-            ids.append(f.strip())
+            ids.append(str(Path(f.strip())))  # as written, normalised like a path given on the command line
     return files, (tags if any(tags) else None), ids
 
 

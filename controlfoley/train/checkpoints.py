@@ -151,7 +151,7 @@ class RunDir:
         workers do not keep the run locked. On a file system without locks it warns and goes on."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd, owner = os.open(path, os.O_RDWR | os.O_CREAT, 0o644), os.getpid()
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -171,10 +171,12 @@ class RunDir:
             try:
                 yield
             finally:
-                _HELD_LOCKS.discard(fd)
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                if os.getpid() == owner:  # a forked child closed its copy at fork: the number may be another file's now
+                    _HELD_LOCKS.discard(fd)
+                    fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            os.close(fd)
+            if os.getpid() == owner:
+                os.close(fd)
 
     def latest_dir(self, *, say: bool = False) -> Path | None:
         """The checkpoint a resume continues from: the one `latest` points to; if that one is gone

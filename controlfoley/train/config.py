@@ -158,9 +158,9 @@ class TrainConfig:
         defaults = dict(RECIPE_DEFAULTS[recipe])
         steps = fields.get("steps")
         warmup = defaults["warmup_steps"]
-        if fields.get("warmup_steps") is None and isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps < warmup:
+        if fields.get("warmup_steps") is None and isinstance(steps, numbers.Integral) and not isinstance(steps, (bool, np.bool_)) and 1 <= steps < warmup:
             # a run shorter than the recipe's warm-up keeps its warm-up fraction (2% for the ControlNet)
-            defaults["warmup_steps"] = round(steps * warmup / defaults["steps"])
+            defaults["warmup_steps"] = round(int(steps) * warmup / defaults["steps"])
         fields = {k: v for k, v in fields.items() if not (k == "warmup_steps" and v is None)}
         return cls.from_dict({**defaults, **fields, "recipe": recipe})
 
@@ -178,7 +178,7 @@ class TrainConfig:
         missing = sorted(k for k in ("recipe", "preset", "data", "out") if d.get(k) is None)
         if missing:
             raise ConfigError(f"train config needs {missing} (e.g. --preset, --data, --out on the command line)")
-        kw = dict(d)
+        kw = {k: v.item() if isinstance(v, np.generic) else v for k, v in d.items()}  # numpy scalars: Python numbers
         for name in ("betas", "init_parts"):
             if name in kw:
                 kw[name] = tuple(kw[name])

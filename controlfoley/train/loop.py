@@ -80,16 +80,19 @@ def _run_lock(out: str, info: DistInfo) -> Iterator[None]:
     """Rank 0 holds the run folder's lock; every rank learns whether it got it, so a refused run
     stops on all ranks at once (not only under torchrun, whose agent would stop the others)."""
     with contextlib.ExitStack() as stack:
-        refused = None
+        refused: str | None = None
+        failure: BaseException | None = None
         if info.is_main:
             try:
                 stack.enter_context(RunDir(out).lock())
-            except TrainingError as e:
-                refused = str(e)
+            except BaseException as e:  # any failure (a file where the folder should be, no permission...): tell every rank
+                failure, refused = e, (str(e) if isinstance(e, TrainingError) else f"rank 0 could not open the run folder {out}: {type(e).__name__}: {e}")
         if info.distributed:
             box = [refused]
             torch.distributed.broadcast_object_list(box, src=0)
             refused = box[0]
+        if failure is not None:
+            raise failure
         if refused is not None:
             raise TrainingError(refused)
         yield

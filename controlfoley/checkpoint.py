@@ -246,6 +246,7 @@ def load_model(
         kept = {k.split(".")[0] for k in own if k not in state}
         recorded = (set(recorded) - kept) | set(fresh)
     model.trained_parts = recorded
+    model.loaded_from = str(p)  # a checkpoint's weights, even one that records no trained parts (older files)
     return model.to(map_location)
 
 

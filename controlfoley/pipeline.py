@@ -42,6 +42,7 @@ import math
 import numbers
 import os
 import secrets
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ from controlfoley._registry import GUIDANCE
 from controlfoley.config import ConfigError
 from controlfoley.control.encoders import check_widths, feature_dims
 from controlfoley.data.extractors import ExtractorSpec, build_extractor
-from controlfoley.errors import ShapeError
+from controlfoley.errors import RandomWeightsWarning, ShapeError
 from controlfoley.guidance import GuidanceRule, NoGuidance
 from controlfoley.model import run_vocoder
 from controlfoley.typing import Float, Int, Tensor
@@ -190,6 +191,14 @@ class FoleyPipeline:
         Bad values raise ConfigError naming the argument.
         """
         _require_control(model)
+        if getattr(model, "trained_parts", None) is None and getattr(model, "loaded_from", None) is None:
+            warnings.warn(
+                f"FoleyPipeline: model {model.config.name!r} was built (build_model), not loaded, and records no trained parts: "
+                "unless you set its weights yourself they are random and the foley is noise. Load a trained model with "
+                "FoleyPipeline.from_pretrained(PATH) or controlfoley.from_pretrained(PATH)",
+                RandomWeightsWarning,
+                stacklevel=2,
+            )
         need = set(model.control_encoder.required_features)
         if set(extractors) != need:
             raise ConfigError(f"extractors must cover exactly the model's video features {sorted(need)}, got {sorted(extractors)}")

@@ -17,6 +17,9 @@ from controlfoley.data.synthetic import SyntheticWorld, write_clip_mp4
 from controlfoley.errors import CheckpointError, MissingDependencyError
 from controlfoley.pipeline import FoleyPipeline
 
+# the pipelines here run small models built untrained, on purpose
+pytestmark = pytest.mark.filterwarnings("ignore::controlfoley.errors.RandomWeightsWarning")
+
 PROJ = 16  # the micro model's text width (backbone cond_dim)
 TEXTS = ["a dog barks", "glass breaks, thud", "bell rings", "footsteps on gravel", "rain"]
 

@@ -23,6 +23,9 @@ from controlfoley.data.synthetic import SyntheticWorld, write_clip_mp4
 from controlfoley.errors import ConfigError
 from controlfoley.pipeline import FoleyPipeline, crossfade_join, default_extractors, plan_windows
 
+# the pipelines here run small models built untrained, on purpose
+pytestmark = pytest.mark.filterwarnings("ignore::controlfoley.errors.RandomWeightsWarning")
+
 SR, HOP, COL, T = 22050, 256, 4096, 32  # the tiny presets: 16 mel frames of hop 256 per token column
 
 
@@ -644,3 +647,19 @@ def test_cli_guidance_flag(model_file: Path, media: dict[str, Path], tmp_path: P
     assert "--guidance multi needs text: give --prompt" in capsys.readouterr().err
     assert cli.main([*args, "--guidance", "nosuch", "--overwrite"]) == 2
     assert "unknown guidance 'nosuch'" in capsys.readouterr().err
+
+
+def test_a_pipeline_on_a_built_untrained_model_warns(model_file: Path) -> None:
+    import warnings
+
+    from controlfoley.errors import RandomWeightsWarning
+
+    video = {"sync": ("synthetic_sync", {"dim": 24}), "clip": ("synthetic_clip", {"dim": 12})}
+    with pytest.warns(RandomWeightsWarning, match="was built \\(build_model\\), not loaded"):
+        FoleyPipeline(micro_model(), video)
+    trained = micro_model()
+    trained.trained_parts = {"tokenizer", "backbone", "controlnet"}  # what a training run records in memory
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RandomWeightsWarning)
+        FoleyPipeline(trained, video)
+        FoleyPipeline.from_pretrained(model_file, extractors=video)  # loaded: its weights are the file's

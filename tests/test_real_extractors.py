@@ -20,6 +20,9 @@ from controlfoley.data.synthetic import SyntheticWorld, write_clip_mp4
 from controlfoley.errors import CheckpointError, ConfigError, DataError, MissingDependencyError, ShapeError
 from controlfoley.pipeline import FoleyPipeline
 
+# the pipelines here run small models built untrained, on purpose
+pytestmark = pytest.mark.filterwarnings("ignore::controlfoley.errors.RandomWeightsWarning")
+
 TINY_CLIP = {
     "embed_dim": 12,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},

@@ -39,9 +39,7 @@ al. 2022, sec. 3.2 / image extrapolation), docs/DESIGN.md sections 1-3.
 
 import logging
 import math
-import numbers
 import os
-import secrets
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -53,12 +51,21 @@ from torch import nn
 
 from controlfoley._registry import GUIDANCE
 from controlfoley.config import ConfigError
-from controlfoley.control.encoders import check_widths, feature_dims
 from controlfoley.data.extractors import ExtractorSpec, build_extractor
 from controlfoley.errors import RandomWeightsWarning, ShapeError
 from controlfoley.guidance import GuidanceRule, NoGuidance
 from controlfoley.model import run_vocoder
 from controlfoley.typing import Float, Int, Tensor
+from controlfoley.pipeline_parts import (
+    Prompt,
+    build_vocoder,
+    check_extractor_widths,
+    checked_seed,
+    default_extractors,
+    prompt_text,
+    require_control,
+    require_trained,
+)
 from controlfoley.windows import Window, WindowPlan, crossfade_join, plan_windows
 
 __all__ = [
@@ -79,7 +86,6 @@ JOINS = ("crossfade", "decode_once")
 # with AVX-512 bf16 samples the paper-size model ~1.6x faster than fp32 (benchmarks/RESULTS.md; no
 # gain at the tiny presets' 128-d width) and changes a few tokens
 PRECISIONS: dict[str, torch.dtype | None] = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
-Prompt = str | Sequence[str]  # "bell, thud" or ["bell", "thud"]
 
 
 # -- the pipeline -------------------------------------------------------------------------------
@@ -109,45 +115,6 @@ class FoleyResult:
 
         mux_audio(video_path, self.wav, self.sample_rate, out_path)
         return Path(out_path)
-
-
-def _require_control(model: nn.Module) -> None:
-    """A backbone-only model (no ControlNet, no control encoder) cannot follow a video."""
-    if not model.has_control:
-        raise ConfigError(
-            f"model {model.config.name!r} has no ControlNet/control encoder (a backbone-only checkpoint, e.g. a "
-            "'backbone' training run), so it cannot follow a video; use a 'controlnet' training run or a preset "
-            "that ships weights (specmaskfoley_synthetic)"
-        )
-
-
-def _require_trained(model: nn.Module, source: object) -> None:
-    """A checkpoint that records its trained parts must have trained the tokenizer, the backbone
-    and the ControlNet: a tokenizer or backbone run used for foley gives noise (checkpoints that
-    record nothing, such as older ones, are taken as they are)."""
-    trained = getattr(model, "trained_parts", None)
-    missing = [p for p in ("tokenizer", "backbone", "controlnet") if trained is not None and p not in trained]
-    if missing:
-        raise ConfigError(
-            f"{source}: its {', '.join(missing)} {'was' if len(missing) == 1 else 'were'} never trained "
-            f"(it records trained: {', '.join(sorted(trained)) or 'nothing'}), so it would generate noise; "
-            "use a 'controlnet' training run (trained on a trained backbone) or specmaskfoley_synthetic"
-        )
-
-
-def default_extractors(model: nn.Module) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:
-    """(extractors by feature key, text encoder) a model was trained with, sized to the model."""
-    _require_control(model)
-    name = model.config.name
-    if "synthetic" not in name and "tiny" not in name:
-        raise ConfigError(
-            f"no default feature extractors for model {name!r}: real video needs Synchformer and CLIP features. "
-            "Pass extractors={'sync': ('synchformer_precomputed', {'root': DIR}), 'clip': ('clip_openclip', {'weights': FILE})}"
-        )
-    dims = feature_dims(model.control_encoder)
-    roles = {"sync": "synthetic_sync", "clip": "synthetic_clip"}
-    extractors = {k: (roles[k], {"dim": dims[k]} if k in dims else {}) for k in model.control_encoder.required_features if k in roles}
-    return extractors, ("synthetic_clap", {"dim": int(model.backbone.cond_dim)})
 
 
 class FoleyPipeline:
@@ -190,7 +157,7 @@ class FoleyPipeline:
           and later videos replays it; 3-5x faster token sampling per window on an H200.
         Bad values raise ConfigError naming the argument.
         """
-        _require_control(model)
+        require_control(model)
         if getattr(model, "trained_parts", None) is None and getattr(model, "loaded_from", None) is None:
             warnings.warn(
                 f"FoleyPipeline: model {model.config.name!r} was built (build_model), not loaded, and records no trained parts: "
@@ -214,7 +181,7 @@ class FoleyPipeline:
         self.model = model.eval()
         self.extractors = {k: build_extractor(v) for k, v in extractors.items()}
         self.text_encoder = None if text_encoder is None else build_extractor(text_encoder)
-        _check_widths(model, self.extractors, self.text_encoder)
+        check_extractor_widths(model, self.extractors, self.text_encoder)
         self.vocoder = vocoder if vocoder is not None else model.vocoder
         self.overlap, self.join, self.frame_size = float(overlap), join, int(frame_size)
         self.feature_frames = dict(feature_frames or {})
@@ -254,8 +221,8 @@ class FoleyPipeline:
         from controlfoley.model import from_pretrained
 
         model = from_pretrained(path_or_preset, map_location=map_location)  # it maps "cpu:0" to safetensors' "cpu"
-        _require_control(model)
-        _require_trained(model, path_or_preset)
+        require_control(model)
+        require_trained(model, path_or_preset)
         given = dict(extractors or {})
         try:
             defaults, default_text = default_extractors(model)
@@ -263,7 +230,7 @@ class FoleyPipeline:
             if set(given) != set(model.control_encoder.required_features):
                 raise
             defaults, default_text = {}, None
-        return cls(model, {**defaults, **given}, text_encoder or default_text, _build_vocoder(vocoder, model), **kwargs)
+        return cls(model, {**defaults, **given}, text_encoder or default_text, build_vocoder(vocoder, model), **kwargs)
 
     # -- one video --------------------------------------------------------------------------------
     def __call__(
@@ -296,7 +263,7 @@ class FoleyPipeline:
                 f"a pipeline call takes one video path, got {type(video_path).__name__}; loop over several "
                 "(`[pipe(v) for v in videos]`) or use `controlfoley generate VIDEO...`"
             )
-        seed = _seed(seed)  # before the video is read
+        seed = checked_seed(seed)  # before the video is read
         streams, duration = self.read_features(video_path)
         return self.generate(
             streams, duration, prompt, negative_prompt, steps=steps, cfg_scale=cfg_scale, seed=seed, guidance=guidance, temperature=temperature
@@ -377,7 +344,7 @@ class FoleyPipeline:
     ) -> FoleyResult:
         """Sample all windows from whole-video feature streams {key: [t, d]} (see `read_features`).
         `seed=None` draws a fresh seed, returned in `FoleyResult.seed`; the other settings as in `__call__`."""
-        seed = _seed(seed)
+        seed = checked_seed(seed)
         plan = self.plan(duration_s)
         text, negative, rule = self._conditions(prompt, negative_prompt, guidance)
         codes = self.sample_tokens(plan, streams, text, negative, rule, steps=steps, cfg_scale=cfg_scale, seed=seed, temperature=temperature)
@@ -466,36 +433,6 @@ class FoleyPipeline:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _seed(seed: Any) -> int:
-    """A seed checked (a validator: it takes anything), or a fresh one for None."""
-    if seed is None:
-        return secrets.randbits(63)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ConfigError(f"seed must be an int (or None for a fresh one), got {seed!r}")
-    return int(seed)
-
-
-def prompt_text(prompt: Prompt | None) -> str | None:
-    """A prompt as one comma-separated string: ["bell", "thud"] -> "bell, thud"; a string unchanged."""
-    if prompt is None or isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, (list, tuple)) and all(isinstance(t, str) for t in prompt):
-        return ", ".join(t.strip() for t in prompt if t.strip())
-    raise TypeError(f"a prompt is a comma-separated string or a list of tag strings, got {prompt!r}")
-
-
-def _check_widths(model: nn.Module, extractors: Mapping[str, Any], text_encoder: Any | None) -> None:
-    """Extractors of a width the model cannot take fail here, once, instead of at every video (user
-    extractors without an int `dim` are checked when the encoder reads their features)."""
-
-    def declared(e: Any) -> tuple[str, int] | None:
-        dim = getattr(e, "dim", None)
-        return (getattr(e, "name", type(e).__name__), dim) if isinstance(dim, int) else None
-
-    video = {k: d for k, e in extractors.items() if (d := declared(e)) is not None}
-    check_widths(model, video, declared(text_encoder), taker="the model", error=ConfigError)
-
-
 def _divides(fps: float, decoded: float) -> bool:
     ratio = decoded / fps
     return abs(ratio - round(ratio)) < 1e-9
@@ -506,23 +443,6 @@ def _extend(x: Tensor, n: int) -> Tensor:
     if x.shape[0] >= n:
         return x[:n]
     return torch.cat([x, x[-1:].expand(n - x.shape[0], *x.shape[1:])])
-
-
-def _build_vocoder(spec: str | Mapping[str, Any] | nn.Module | None, model: nn.Module) -> nn.Module | None:
-    """A vocoder override: a module as is; a name or {"name": ..., **kwargs} built on the model's mel.
-    Naming the model's own vocoder merges: its config kwargs (e.g. inverse="pinv"), then the given ones."""
-    if spec is None or isinstance(spec, nn.Module):
-        return spec
-    from controlfoley._registry import VOCODERS
-
-    kwargs = {"name": spec} if isinstance(spec, str) else dict(spec)
-    if "name" not in kwargs:
-        raise ConfigError(f"vocoder override {dict(kwargs)!r} has no 'name'; give {{'name': 'griffinlim', ...}} or a VOCODERS name")
-    name = kwargs.pop("name")
-    own = model.config.vocoder
-    if name == own.name:
-        kwargs = {**own.kwargs, **kwargs}
-    return VOCODERS.build(name, mel=model.mel, **kwargs)
 
 
 def generate_main(argv: Sequence[str]) -> int:

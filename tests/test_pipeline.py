@@ -580,7 +580,7 @@ def test_a_cpu_device_with_an_index_loads_the_checkpoint(
 
 
 def test_a_vocoder_override_naming_the_models_own_keeps_its_settings(tmp_path: Path) -> None:
-    from controlfoley.pipeline import _build_vocoder
+    from controlfoley.pipeline_parts import build_vocoder as _build_vocoder
 
     model = micro_model(vocoder="griffinlim")  # the tiny presets' griffinlim: inverse="pinv"
     assert (model.vocoder.inverse, model.vocoder.n_iter) == ("pinv", 32)

@@ -1,0 +1,110 @@
+"""What a FoleyPipeline is built from, and checks once before it runs (controlfoley.pipeline).
+
+- `default_extractors(model)`: the extractors a synthetic or tiny model was trained with, sized to it.
+- `require_control` / `require_trained`: a backbone-only model, or a checkpoint that never trained its
+  tokenizer, backbone or ControlNet, is refused (it would follow no video, or make noise).
+- `check_extractor_widths`: extractors of a width the model cannot take fail once, at construction.
+- `build_vocoder`: a vocoder override (a VOCODERS name, {"name": ..., **kwargs} or a module).
+- `prompt_text` / `checked_seed`: prompts as one comma-separated string; seeds checked or drawn.
+"""
+
+import numbers
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from controlfoley.config import ConfigError
+from controlfoley.control.encoders import check_widths, feature_dims
+from controlfoley.data.extractors import ExtractorSpec
+
+__all__ = ["default_extractors", "require_control", "require_trained", "check_extractor_widths", "build_vocoder", "prompt_text", "checked_seed"]
+
+Prompt = str | Sequence[str]  # "bell, thud" or ["bell", "thud"]
+
+
+def require_control(model: nn.Module) -> None:
+    """A backbone-only model (no ControlNet, no control encoder) cannot follow a video."""
+    if not model.has_control:
+        raise ConfigError(
+            f"model {model.config.name!r} has no ControlNet/control encoder (a backbone-only checkpoint, e.g. a "
+            "'backbone' training run), so it cannot follow a video; use a 'controlnet' training run or a preset "
+            "that ships weights (specmaskfoley_synthetic)"
+        )
+
+
+def require_trained(model: nn.Module, source: object) -> None:
+    """A checkpoint that records its trained parts must have trained the tokenizer, the backbone
+    and the ControlNet: a tokenizer or backbone run used for foley gives noise (checkpoints that
+    record nothing, such as older ones, are taken as they are)."""
+    trained = getattr(model, "trained_parts", None)
+    missing = [p for p in ("tokenizer", "backbone", "controlnet") if trained is not None and p not in trained]
+    if missing:
+        raise ConfigError(
+            f"{source}: its {', '.join(missing)} {'was' if len(missing) == 1 else 'were'} never trained "
+            f"(it records trained: {', '.join(sorted(trained)) or 'nothing'}), so it would generate noise; "
+            "use a 'controlnet' training run (trained on a trained backbone) or specmaskfoley_synthetic"
+        )
+
+
+def default_extractors(model: nn.Module) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:
+    """(extractors by feature key, text encoder) a model was trained with, sized to the model."""
+    require_control(model)
+    name = model.config.name
+    if "synthetic" not in name and "tiny" not in name:
+        raise ConfigError(
+            f"no default feature extractors for model {name!r}: real video needs Synchformer and CLIP features. "
+            "Pass extractors={'sync': ('synchformer_precomputed', {'root': DIR}), 'clip': ('clip_openclip', {'weights': FILE})}"
+        )
+    dims = feature_dims(model.control_encoder)
+    roles = {"sync": "synthetic_sync", "clip": "synthetic_clip"}
+    extractors = {k: (roles[k], {"dim": dims[k]} if k in dims else {}) for k in model.control_encoder.required_features if k in roles}
+    return extractors, ("synthetic_clap", {"dim": int(model.backbone.cond_dim)})
+
+
+def checked_seed(seed: Any) -> int:
+    """A seed checked (a validator: it takes anything), or a fresh one for None."""
+    if seed is None:
+        return secrets.randbits(63)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ConfigError(f"seed must be an int (or None for a fresh one), got {seed!r}")
+    return int(seed)
+
+
+def prompt_text(prompt: Prompt | None) -> str | None:
+    """A prompt as one comma-separated string: ["bell", "thud"] -> "bell, thud"; a string unchanged."""
+    if prompt is None or isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, (list, tuple)) and all(isinstance(t, str) for t in prompt):
+        return ", ".join(t.strip() for t in prompt if t.strip())
+    raise TypeError(f"a prompt is a comma-separated string or a list of tag strings, got {prompt!r}")
+
+
+def check_extractor_widths(model: nn.Module, extractors: Mapping[str, Any], text_encoder: Any | None) -> None:
+    """Extractors of a width the model cannot take fail here, once, instead of at every video (user
+    extractors without an int `dim` are checked when the encoder reads their features)."""
+
+    def declared(e: Any) -> tuple[str, int] | None:
+        dim = getattr(e, "dim", None)
+        return (getattr(e, "name", type(e).__name__), dim) if isinstance(dim, int) else None
+
+    video = {k: d for k, e in extractors.items() if (d := declared(e)) is not None}
+    check_widths(model, video, declared(text_encoder), taker="the model", error=ConfigError)
+
+
+def build_vocoder(spec: str | Mapping[str, Any] | nn.Module | None, model: nn.Module) -> nn.Module | None:
+    """A vocoder override: a module as is; a name or {"name": ..., **kwargs} built on the model's mel.
+    Naming the model's own vocoder merges: its config kwargs (e.g. inverse="pinv"), then the given ones."""
+    if spec is None or isinstance(spec, nn.Module):
+        return spec
+    from controlfoley._registry import VOCODERS
+
+    kwargs = {"name": spec} if isinstance(spec, str) else dict(spec)
+    if "name" not in kwargs:
+        raise ConfigError(f"vocoder override {dict(kwargs)!r} has no 'name'; give {{'name': 'griffinlim', ...}} or a VOCODERS name")
+    name = kwargs.pop("name")
+    own = model.config.vocoder
+    if name == own.name:
+        kwargs = {**own.kwargs, **kwargs}
+    return VOCODERS.build(name, mel=model.mel, **kwargs)

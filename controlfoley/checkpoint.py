@@ -54,15 +54,20 @@ def read_state_dict(path: str | os.PathLike[str], map_location: str | torch.devi
             meta = dict(f.metadata() or {})
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        if _is_torch_pickle(path):
-            raise CheckpointError(
-                f"{path} is a PyTorch pickle (.ckpt / .pt), not a controlfoley (safetensors) checkpoint. An official SpecVQGAN "
-                f"codebook is loaded by the tokenizer's builder: build_model(..., tokenizer={{'checkpoint': '{path}'}}), on the "
-                f"command line --model 'tokenizer={{\"checkpoint\": \"{path}\"}}'; HiFi-GAN / MelGAN generators by the "
-                "vocoder's (vocoder={'name': 'hifigan', 'checkpoint': ...})"
-            ) from e
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e}). Is it truncated, or another format?") from e
+        raise _unreadable(path, e) from e
     return state, meta
+
+
+def _unreadable(path: Path, e: Exception) -> CheckpointError:
+    """The error for a file safetensors cannot read: a PyTorch pickle is named, with how to load one."""
+    if _is_torch_pickle(path):
+        return CheckpointError(
+            f"{path} is a PyTorch pickle (.ckpt / .pt), not a controlfoley (safetensors) checkpoint. An official SpecVQGAN "
+            f"codebook is loaded by the tokenizer's builder: build_model(..., tokenizer={{'checkpoint': '{path}'}}), on the "
+            f"command line --model 'tokenizer={{\"checkpoint\": \"{path}\"}}'; HiFi-GAN / MelGAN generators by the "
+            "vocoder's (vocoder={'name': 'hifigan', 'checkpoint': ...})"
+        )
+    return CheckpointError(f"{path} is not a readable safetensors file ({e}). Is it truncated, or another format?")
 
 
 def _is_torch_pickle(path: Path) -> bool:
@@ -85,14 +90,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:
-        if _is_torch_pickle(path):
-            raise CheckpointError(
-                f"{path} is a PyTorch pickle (.ckpt / .pt), not a controlfoley (safetensors) checkpoint. An official SpecVQGAN "
-                f"codebook is loaded by the tokenizer's builder: build_model(..., tokenizer={{'checkpoint': '{path}'}}), on the "
-                f"command line --model 'tokenizer={{\"checkpoint\": \"{path}\"}}'; HiFi-GAN / MelGAN generators by the "
-                "vocoder's (vocoder={'name': 'hifigan', 'checkpoint': ...})"
-            ) from e
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e}). Is it truncated, or another format?") from e
+        raise _unreadable(path, e) from e
 
 
 def _resolve_file(path: str | os.PathLike[str]) -> Path:

@@ -291,73 +291,37 @@ def test_a_bad_override_when_loading_is_not_called_a_missing_plugin(tmp_path: Pa
         from_pretrained(tmp_path / "m.safetensors", aligner={"kernel_size": 3.5})
 
 
-class EncoderLayerBackbone(nn.Module):
-    """A user backbone on torch's own nn.TransformerEncoderLayer, keeping the Backbone contract
-    (controlfoley.backbones.base) without inheriting anything from the library."""
-
-    def __init__(self, *, vocab_size: int, grid: list, dim: int = 32, depth: int = 3, cond_dim: int = 16) -> None:
-        super().__init__()
-        self.vocab_size, self.dim, self.cond_dim, self._depth = vocab_size, dim, cond_dim, depth
-        self.tok = nn.Embedding(vocab_size + 1, dim)  # the last id is the mask token
-        self.pos = nn.Parameter(0.02 * torch.randn(1, grid[0] * grid[1], dim))
-        self.text = nn.Linear(cond_dim, dim)
-        self.blocks = nn.ModuleList(self.new_block() for _ in range(depth))
-        self.head = nn.Linear(dim, vocab_size)
-
-    def new_block(self) -> nn.Module:
-        return nn.TransformerEncoderLayer(self.dim, 2, 2 * self.dim, dropout=0.0, batch_first=True, norm_first=True)
-
-    def embed(self, codes, mask, cond=None, cond_on=None):
-        x = self.tok(codes.masked_fill(mask, self.vocab_size)) + self.pos
-        if cond is not None:
-            on = torch.ones(codes.shape[0], dtype=torch.bool) if cond_on is None else cond_on
-            x = x + torch.where(on[:, None, None], self.text(cond)[:, None, :], 0.0)
-        return x
-
-    def forward_blocks(self, x, residuals=None):
-        for i, blk in enumerate(self.blocks):
-            x = blk(x)
-            if residuals is not None and i < len(residuals) and residuals[i] is not None:
-                x = x + residuals[i]
-        return x
-
-    def logits(self, h, index=None):
-        if index is not None:
-            h = h.gather(1, index[..., None].expand(-1, -1, h.shape[-1]))
-        return self.head(h)
-
-
-class NoEmbedBackbone(EncoderLayerBackbone):
-    embed = None
-
-
-class ListBlocksBackbone(EncoderLayerBackbone):
-    def __init__(self, *, vocab_size: int, grid: list, dim: int = 32, depth: int = 3, cond_dim: int = 16) -> None:
-        super().__init__(vocab_size=vocab_size, grid=grid, dim=dim, depth=depth, cond_dim=cond_dim)
-        blocks = list(self.blocks)
-        del self.blocks
-        self.blocks = blocks  # a plain list: the ControlNet cannot copy it (nor would the optimizer see it)
-
-
 def test_a_user_backbone_trains_and_samples_and_a_broken_one_is_named() -> None:
+    """examples/custom_backbone.py's backbone (torch's nn.TransformerEncoderLayer), loaded as a
+    plugin: it trains and samples with its ControlNet copy; broken variants are named at build."""
     from controlfoley import BACKBONES
     from controlfoley.backbones.base import Backbone
 
-    BACKBONES.register("test_encoder_layers")(EncoderLayerBackbone)  # dim, depth, cond_dim kept from the config
-    BACKBONES.register("test_no_embed")(NoEmbedBackbone)
-    BACKBONES.register("test_vocab")(lambda *, vocab_size, grid: EncoderLayerBackbone(vocab_size=vocab_size + 1, grid=grid))
-    BACKBONES.register("test_no_blocks")(ListBlocksBackbone)
+    example = ROOT / "examples" / "custom_backbone.py"
+    load_plugins(str(example))
+    base = BACKBONES.get("encoder_layers")
+
+    class ListBlocks(base):  # a plain list of blocks: the ControlNet cannot copy it (nor would an optimizer see it)
+        def __init__(self, *, vocab_size: int, grid: list, dim: int = 32, depth: int = 3, heads: int = 2, cond_dim: int = 16) -> None:
+            super().__init__(vocab_size=vocab_size, grid=grid, dim=dim, depth=depth, heads=heads, cond_dim=cond_dim)
+            blocks = list(self.blocks)
+            del self.blocks
+            self.blocks = blocks
+
+    BACKBONES.register("test_vocab")(lambda *, vocab_size, grid: base(vocab_size=vocab_size + 1, grid=grid))
+    BACKBONES.register("test_no_blocks")(ListBlocks)
     try:
-        model = build_model("specmaskfoley_tiny", **{**micro_overrides(), "backbone": "test_encoder_layers"})
-        assert isinstance(model.backbone, Backbone)
+        small = {"name": "encoder_layers", "dim": 32, "depth": 3, "heads": 2, "cond_dim": 16}
+        model = build_model("specmaskfoley_tiny", **{**micro_overrides(), "backbone": small})
+        assert isinstance(model.backbone, Backbone) and model.backbone.dim == 32
         x = micro_inputs(model)
         loss, _ = model.loss(x["codes"], features=x["features"], cond=x["text"], generator=torch.Generator().manual_seed(0))
         loss.backward()
         assert model.controlnet.blocks[0].linear1.weight.grad is not None  # the ControlNet copied torch's layers
         codes = model.generate(x["features"], x["text"], steps=2, generator=torch.Generator().manual_seed(0))
         assert codes.shape == (2, *model.grid) and int(codes.max()) < model.backbone.vocab_size
-        with pytest.raises(ConfigError, match=r"backbone 'test_no_embed' \(NoEmbedBackbone\) lacks embed of the Backbone contract"):
-            build_model("specmaskfoley_tiny", **{**micro_overrides(), "backbone": "test_no_embed"})
+        with pytest.raises(ConfigError, match=r"backbone 'no_logits' \(NoLogits\) lacks logits of the Backbone contract"):
+            build_model("specmaskfoley_tiny", **{**micro_overrides(), "backbone": "no_logits"})
         with pytest.raises(ConfigError, match=r"has vocab_size 65 but the tokenizer's codebook has 64"):
             build_model("specmaskfoley_tiny", **{**micro_overrides(), "backbone": "test_vocab"})
         with pytest.raises(ConfigError, match=r"\.blocks must be a non-empty nn.ModuleList"):
@@ -366,5 +330,7 @@ def test_a_user_backbone_trains_and_samples_and_a_broken_one_is_named() -> None:
         alone = build_model("specmaskgit_tiny", tokenizer=micro_overrides()["tokenizer"], backbone="test_no_blocks")
         assert alone.generate(None, torch.randn(1, alone.backbone.cond_dim), steps=2).shape == (1, *alone.grid)
     finally:
-        for name in ("test_encoder_layers", "test_no_embed", "test_vocab", "test_no_blocks"):
+        for name in ("encoder_layers", "no_logits", "test_vocab", "test_no_blocks"):
             BACKBONES.unregister(name)
+        for mod in [m for m, v in sys.modules.items() if getattr(v, "__file__", None) == str(example)]:
+            del sys.modules[mod]

@@ -5,7 +5,8 @@ Features
   in time order, written atomically.
 - `mux_audio`: stream remux of the first video stream (packets copied, no re-encode), the new audio
   encoded as AAC, old audio and other streams dropped; the video is re-encoded only when the output
-  container cannot hold its codec (`MuxResult.video_copied` is then False and a warning is logged).
+  container cannot hold its codec, or is an MP4 whose codec common players do not read from MP4
+  (FFV1, HuffYUV...; `MuxResult.video_copied` is then False and a warning is logged).
 
 References: PyAV remuxing (OutputContainer.add_stream_from_template, Packet.stream); FFmpeg's
 AAC encoder (1024-sample frames).
@@ -28,6 +29,7 @@ from controlfoley.typing import Float, Tensor
 __all__ = ["MuxResult", "write_video", "mux_audio"]
 
 log = logging.getLogger("controlfoley.video")
+_MP4_PLAYABLE = frozenset({"h264", "hevc", "mpeg4", "av1", "vp9"})  # video codecs common players decode from MP4
 
 _AUDIO_CODEC = "aac"
 _AAC_FRAME = 1024  # samples per AAC frame; FFmpeg's encoder takes exactly this many per frame
@@ -163,7 +165,8 @@ def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"], sample_rate: int,
         vin = video_stream(inp, src)
         src_codec = vin.codec_context.name
         with atomic_output(target) as tmp, open_output(tmp, target) as out:
-            copied = src_codec in out.supported_codecs
+            # copy only what players read in that container: FFmpeg would also mux e.g. FFV1 into .mp4
+            copied = src_codec in out.supported_codecs and (target.suffix.lower() != ".mp4" or src_codec in _MP4_PLAYABLE)
             if copied:
                 vout = out.add_stream_from_template(vin)
             else:
@@ -176,5 +179,5 @@ def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"], sample_rate: int,
             codec = src_codec if copied else vout.codec_context.name
     if not copied:
         # named by its input: `target` may be a temporary name (the CLI renames both outputs at once)
-        log.warning("%s: an %s file cannot hold its video codec %r, so the video was re-encoded as %s", src, target.suffix, src_codec, codec)
+        log.warning("%s: its video codec %r does not play from an %s file, so the video was re-encoded as %s", src, src_codec, target.suffix, codec)
     return MuxResult(path=target, video_copied=copied, video_codec=codec)

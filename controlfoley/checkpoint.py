@@ -102,9 +102,18 @@ def _resolve_file(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+_OTHER_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".npz", ".h5")
+
+
 def save_model(model: nn.Module, path: str | os.PathLike[str], *, extra_metadata: Mapping[str, str] | None = None) -> Path:
-    """Save a SpecMaskFoley model: all parameters and persistent buffers, config in metadata."""
+    """Save a SpecMaskFoley model: all parameters and persistent buffers, config in metadata, to
+    `path` (a .safetensors file) or `path/model.safetensors` (any other path is a folder)."""
     path = Path(path)
+    if path.suffix.lower() in _OTHER_WEIGHT_SUFFIXES:  # it would become a folder named like a file
+        raise CheckpointError(
+            f"cannot save to {path}: controlfoley checkpoints are safetensors files; give a .safetensors path, "
+            f"or a folder (it gets model.safetensors), e.g. {path.with_suffix('.safetensors')}"
+        )
     if path.suffix != ".safetensors":
         path = path / "model.safetensors"
     meta = {CONFIG_KEY: model.config.to_json(), **dict(extra_metadata or {})}

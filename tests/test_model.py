@@ -480,3 +480,10 @@ def test_loose_loading_and_switched_parts_say_what_they_did(micro_model, tmp_pat
         with pytest.raises(CheckpointError):  # the switch cannot load: an error, and no warning first
             from_pretrained(path, control_encoder="sync_only")
     assert not [w for w in seen if "is now" in str(w.message)]
+
+
+def test_saving_to_another_weights_format_is_refused(micro_model, tmp_path) -> None:
+    with pytest.raises(CheckpointError, match=r"cannot save to .*m.bin: controlfoley checkpoints are safetensors files.*m.safetensors"):
+        micro_model.save(tmp_path / "m.bin")
+    assert not (tmp_path / "m.bin").exists()
+    assert micro_model.save(tmp_path / "run.v2") == tmp_path / "run.v2" / "model.safetensors"  # any other suffix: a folder

@@ -173,12 +173,23 @@ def test_mux_audio_copies_the_video_stream(tmp_path: Path) -> None:
     assert in_place.video_copied and _video_packets(src) == _video_packets(result.path)
 
 
+def test_mux_audio_reencodes_a_codec_players_do_not_read_from_mp4(tmp_path: Path) -> None:
+    """FFmpeg muxes FFV1 into .mp4, but players refuse it there: MP4 output gets H.264 (or mpeg4),
+    while a .mkv output keeps the FFV1 packets."""
+    src = _write_indexed(tmp_path / "ffv1.mkv", list(range(25)), Fraction(1, 25), Fraction(25), codec="ffv1", pix_fmt="yuv420p")
+    result = video.mux_audio(src, torch.zeros(22050), 22050, tmp_path / "out.mp4")
+    assert not result.video_copied and result.video_codec in ("libx264", "mpeg4")
+    assert [_decode_index(f) for f in video.read_frames(result.path, 25.0).frames] == list(range(25))
+    kept = video.mux_audio(src, torch.zeros(22050), 22050, tmp_path / "out.mkv")
+    assert kept.video_copied and kept.video_codec == "ffv1"
+
+
 def test_mux_audio_reencodes_when_the_container_cannot_hold_the_codec(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     src = _write_indexed(tmp_path / "huff.avi", list(range(25)), Fraction(1, 25), Fraction(25), codec="huffyuv", pix_fmt="yuv422p")
     with caplog.at_level(logging.WARNING, logger="controlfoley.video"):
         result = video.mux_audio(src, torch.zeros(22050), 22050, tmp_path / "out.mp4")
     assert not result.video_copied and result.video_codec in ("libx264", "mpeg4")
-    assert f"{src}: an .mp4 file cannot hold its video codec 'huffyuv', so the video was re-encoded" in caplog.text
+    assert f"{src}: its video codec 'huffyuv' does not play from an .mp4 file, so the video was re-encoded" in caplog.text
     out = video.read_frames(result.path, 25.0)
     assert [_decode_index(f) for f in out.frames] == list(range(25))
 

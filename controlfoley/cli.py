@@ -111,13 +111,14 @@ def registry_kind(kind: str) -> str:
     """The registry a KIND of `controlfoley list` names: singular or plural, any case, - or _
     (`presets`, `Vocoders`, `control-encoders`, `MEL_FRONTENDS`)."""
     from controlfoley import ALL_REGISTRIES
+    from controlfoley.errors import ConfigError
 
     k = kind.strip().lower().replace("-", "_")
     for name, reg in ALL_REGISTRIES.items():
         if k in (name, name + "s", reg.attr.lower()):
             return name
-    raise SystemExit(
-        f"error: unknown registry kind {kind!r}; choose one of {', '.join(sorted(ALL_REGISTRIES))} (plurals work too, e.g. presets)"
+    raise ConfigError(
+        f"unknown registry kind {kind!r}; choose one of {', '.join(sorted(ALL_REGISTRIES))} (plurals work too, e.g. presets)"
     )
 
 

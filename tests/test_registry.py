@@ -8,6 +8,7 @@ from torch import nn
 
 import controlfoley
 from controlfoley import ALIGNERS, ALL_REGISTRIES, GUIDANCE, PRESETS, Registry, RegistryError, build_model
+from controlfoley.config import ConfigError
 from controlfoley.control.aligners import FTAligner
 
 
@@ -101,8 +102,10 @@ def test_list_takes_plural_kinds_and_names_the_valid_ones(capsys: pytest.Capture
     assert list_names("Vocoders").startswith("vocoder: ") and "griffinlim" in list_names("vocoders")
     assert list_names("control-encoders") == list_names("control_encoder")
     assert list_names("guidance").startswith("guidance: ") and list_names("MEL_FRONTENDS").startswith("mel_frontend: ")
-    with pytest.raises(SystemExit, match=r"unknown registry kind 'presetz'; choose one of aligner, backbone.*plurals work"):
+    with pytest.raises(ConfigError, match=r"unknown registry kind 'presetz'; choose one of aligner, backbone.*plurals work"):
         list_names("presetz")
+    assert main(["list", "presetz"]) == 2  # an argument error, as everywhere else
+    capsys.readouterr()
     assert main(["list", "presets"]) == 0 and capsys.readouterr().out.startswith("preset: specmaskfoley")
 
 

@@ -350,6 +350,13 @@ class FoleyPipeline:
         codes = self.sample_tokens(plan, streams, text, negative, rule, steps=steps, cfg_scale=cfg_scale, seed=seed, temperature=temperature)
         mel = self.decode(codes, plan)
         wav = run_vocoder(self.vocoder, mel[None])[0, : plan.n_samples].cpu()
+        peak = float(wav.abs().max()) if wav.numel() else 0.0
+        if peak > 1.0:  # 16-bit files clip it: say so rather than write a square wave silently
+            log.warning(
+                "the waveform peaks at %.3g, beyond full scale: 16-bit outputs clip it (%.0f%% of samples); an under-trained "
+                "decoder or vocoder? (FoleyResult.wav keeps the values; save to float WAV with controlfoley.audio.io.save_audio(..., subtype='FLOAT'))",
+                peak, 100.0 * float((wav.abs() > 1.0).float().mean()),
+            )
         n_mel = math.ceil(plan.n_samples / self.model.mel.hop_length)
         return FoleyResult(wav, plan.sample_rate, mel[:, :n_mel].cpu(), codes.cpu(), float(duration_s), plan.windows, seed)
 

@@ -5,6 +5,7 @@ import inspect
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -663,3 +664,19 @@ def test_a_pipeline_on_a_built_untrained_model_warns(model_file: Path) -> None:
         warnings.simplefilter("error", RandomWeightsWarning)
         FoleyPipeline(trained, video)
         FoleyPipeline.from_pretrained(model_file, extractors=video)  # loaded: its weights are the file's
+
+
+def test_a_waveform_beyond_full_scale_is_reported(media: dict[str, Path], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """16-bit files clip samples beyond [-1, 1]: the pipeline says so (a barely trained model can
+    write a square wave), and says nothing for a waveform within full scale."""
+    p = _pipeline(micro_model())
+    real = p.vocoder.forward
+    monkeypatch.setattr(p.vocoder, "forward", lambda mel: 0.5 * torch.tanh(real(mel)))  # within full scale
+    with caplog.at_level(logging.WARNING, logger="controlfoley.pipeline"):
+        p(media["tiny"], steps=2)
+    assert "beyond full scale" not in caplog.text
+    monkeypatch.setattr(p.vocoder, "forward", lambda mel: 3.0 * real(mel) + 2.0)  # an over-loud vocoder
+    with caplog.at_level(logging.WARNING, logger="controlfoley.pipeline"):
+        out = p(media["tiny"], steps=2)
+    assert float(out.wav.abs().max()) > 1.0
+    assert re.search(r"peaks at [\d.]+, beyond full scale: 16-bit outputs clip it \(\d+% of samples\)", caplog.text)

@@ -12,9 +12,11 @@ Features
   here, named, not deep inside a forward.
 """
 
+import dataclasses
 import numbers
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from controlfoley._registry import (
 from controlfoley.backbones.base import BACKBONE_MEMBERS, CONTROL_MEMBERS
 from controlfoley.config import ConfigError, ModelConfig, Part, part_registries
 from controlfoley.control.controlnet import ControlNet
+from controlfoley.errors import RandomWeightsWarning
 from controlfoley.guidance import GuidanceRule
 from controlfoley.model import SpecMaskFoley
 from controlfoley.sampling import MaskGITSampler
@@ -216,16 +219,46 @@ def weight_args(registry: Any, part: Part) -> tuple[str, ...]:
     return tuple(getattr(registry.get(part.name), "weight_args", ())) if part.name in registry else ()
 
 
-def weight_file_parts(cfg: ModelConfig) -> list[str]:
-    """Config fields whose part is built from a weights file: its builder declares `weight_args`
-    and the part's kwargs give a file (not None) for the first of them."""
-    out = []
+def _weight_parts(cfg: ModelConfig) -> Iterator[tuple[str, Part, tuple[str, ...]]]:
+    """(config field, part, its builder's weight_args) for each part whose builder declares some."""
     for field_name, registry in part_registries().items():
         part = getattr(cfg, field_name, None)
         args = () if part is None else weight_args(registry, part)
-        if args and part.kwargs.get(args[0]) is not None:
-            out.append(field_name)
-    return out
+        if args:
+            yield field_name, part, args
+
+
+def weight_file_parts(cfg: ModelConfig) -> list[str]:
+    """Config fields whose part is built from a weights file: its builder declares `weight_args`
+    and the part's kwargs give a file (not None) for the first of them."""
+    return [f for f, part, args in _weight_parts(cfg) if part.kwargs.get(args[0]) is not None]
+
+
+def build_without_weight_files(cfg: ModelConfig, overrides: Mapping[str, Any] | None = None) -> tuple[SpecMaskFoley, list[str]]:
+    """The model of `cfg` (plus `overrides`) built without reading its parts' weights files, its
+    config still naming them: for loading weights that a checkpoint holds (from_pretrained,
+    resume). Returns it and the fields whose override gives a new weights file: those parts are
+    built from that file, with their other saved settings (trust_checkpoint...)."""
+    overrides = dict(overrides or {})
+    merged = cfg.override(**overrides) if overrides else cfg
+    fresh = []
+    for f, part, args in _weight_parts(merged):
+        given = overrides.get(f)
+        given = given.kwargs if isinstance(given, Part) else given if isinstance(given, Mapping) else {}
+        if given.get(args[0]) is not None:
+            fresh.append(f)
+    stripped = {
+        f: Part(part.name, {k: v for k, v in part.kwargs.items() if k not in args})
+        for f, part, args in _weight_parts(cfg)
+        if f not in fresh and any(a in part.kwargs for a in args)
+    }
+    with warnings.catch_warnings():  # a GAN vocoder built without its file gets its weights from the caller's
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        model = build_model(dataclasses.replace(cfg, **stripped), **overrides)
+    kept = {f: getattr(cfg, f) for f in stripped if f not in overrides}  # the config still names the files
+    if kept:
+        model.config = dataclasses.replace(model.config, **kept)
+    return model, fresh
 
 
 def _controlnet_kwargs(part: Part) -> dict[str, Any]:

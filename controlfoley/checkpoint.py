@@ -7,7 +7,6 @@
 Writes are atomic (temporary file + rename).
 """
 
-import dataclasses
 import json
 import os
 import warnings
@@ -24,7 +23,7 @@ from torch import nn
 from controlfoley._io import atomic_path
 from controlfoley._registry import RegistryError
 from controlfoley.config import ModelConfig, Part, part_registries
-from controlfoley.errors import CheckpointError, RandomWeightsWarning
+from controlfoley.errors import CheckpointError
 
 __all__ = [
     "save_model", "load_model", "load_parts", "save_state_dict", "read_state_dict", "check_state_dict", "trained_parts", "read_metadata",
@@ -201,7 +200,7 @@ def _part_config_hint(meta: Mapping[str, str], model: nn.Module, part: str) -> s
 def load_model(
     path_or_preset: str | os.PathLike[str], *, strict: bool = True, map_location: str | torch.device = "cpu", **overrides: Any
 ) -> nn.Module:
-    from controlfoley.builder import weight_file_parts
+    from controlfoley.builder import build_without_weight_files
     from controlfoley.presets import pretrained_path
 
     p = Path(path_or_preset)
@@ -219,9 +218,10 @@ def load_model(
         p = bundled
     state, meta = read_state_dict(p, map_location)
     cfg = config_from_metadata(meta, p)
-    # build_without_weight_files silences the random-weights warning of the parts this file fills
+    # built without reading the parts' weights files (this file holds their weights), except the
+    # parts (`fresh`) given a new weights file by the overrides: those keep that file's weights
     try:
-        model = build_without_weight_files(cfg, **overrides)
+        model, fresh = build_without_weight_files(cfg, overrides)
     except RegistryError as e:
         if _registered(cfg):  # a bad argument, not a missing plugin
             raise
@@ -231,14 +231,12 @@ def load_model(
             f"{p} needs a part that is not registered here ({str(e).split('. Register your own')[0]}){where}. Load the module that registers it: "
             "`controlfoley --plugin FILE ...` on the command line, `import` it or controlfoley.load_plugins(FILE) in Python"
         ) from e
-    # a part given a new weights file by the overrides keeps those weights, not the checkpoint's
-    fresh = [f for f in weight_file_parts(model.config) if f in overrides]
     state = {k: v for k, v in state.items() if k.split(".")[0] not in fresh}
     own = {k: v for k, v in model.state_dict().items() if k.split(".")[0] not in fresh}
     if strict:
         check_state_dict(model, state, str(p), own=own)
     else:
-        state = _loose_state(model, state, str(p), own=own)
+        state = _loose_state(state, str(p), own)
     for key in overrides:  # a part switched to another builder whose weights fit the old one's names and shapes
         old, new = getattr(cfg, key, None), getattr(model.config, key, None)
         if isinstance(old, Part) and isinstance(new, Part) and old.name != new.name and key not in fresh and any(k.startswith(key + ".") for k in state):
@@ -257,10 +255,10 @@ def load_model(
     return model.to(map_location)
 
 
-def _loose_state(model: nn.Module, state: Mapping[str, torch.Tensor], what: str, own: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """strict=False: the weights that fit, and a warning counting what keeps the built model's own
-    weights (missing or mis-shaped keys) and what the checkpoint holds that the model has not."""
-    own = model.state_dict() if own is None else own
+def _loose_state(state: Mapping[str, torch.Tensor], what: str, own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """strict=False: the weights of `state` that fit the model's `own`, and a warning counting what
+    keeps the built model's weights (missing or mis-shaped keys) and what the checkpoint holds that
+    the model has not."""
     fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     kept = sorted(k for k in own if k not in fits)
     unused = sorted(k for k in state if k not in fits)
@@ -273,44 +271,6 @@ def _loose_state(model: nn.Module, state: Mapping[str, torch.Tensor], what: str,
             stacklevel=3,
         )
     return fits
-
-
-def _without_weight_files(cfg: ModelConfig, keep: Iterable[str] = ()) -> ModelConfig:
-    """`cfg` with the weights-file arguments (a HiFi-GAN `checkpoint=`...) left out: the model's own
-    file holds those weights (checked strictly), so it loads without the original file, anywhere.
-    Parts in `keep` are left whole (an override gives them a new file, read with their settings)."""
-    from controlfoley.builder import weight_args
-
-    changes = {}
-    for field_name, registry in part_registries().items():
-        part = getattr(cfg, field_name, None)
-        args = () if part is None or field_name in keep else weight_args(registry, part)
-        if any(a in part.kwargs for a in args):
-            changes[field_name] = Part(part.name, {k: v for k, v in part.kwargs.items() if k not in args})
-    return dataclasses.replace(cfg, **changes) if changes else cfg
-
-
-def build_without_weight_files(cfg: ModelConfig, **overrides: Any) -> nn.Module:
-    """The model of `cfg` (plus overrides) built without reading its parts' weights files, its
-    config still naming them: for loading weights that a checkpoint holds (from_pretrained, resume).
-    A part whose override names a new weights file is built from that file."""
-    from controlfoley.builder import build_model, weight_args
-
-    registries = part_registries()
-    new_file = []
-    for f, v in overrides.items():
-        part = getattr(cfg, f, None) if f in registries else None
-        args = () if part is None else weight_args(registries[f], part)
-        given = v.kwargs if isinstance(v, Part) else v if isinstance(v, Mapping) else {}
-        if args and given.get(args[0]) is not None:
-            new_file.append(f)
-    with warnings.catch_warnings():  # a GAN vocoder built without its checkpoint gets its weights from the caller's file
-        warnings.simplefilter("ignore", RandomWeightsWarning)
-        model = build_model(_without_weight_files(cfg, keep=new_file), **overrides)
-    kept = {f: getattr(cfg, f) for f in registries if f not in overrides and getattr(cfg, f) != getattr(model.config, f)}
-    if kept:
-        model.config = dataclasses.replace(model.config, **kept)
-    return model
 
 
 def load_parts(model: nn.Module, path: str | os.PathLike[str], parts: Iterable[str]) -> list[str]:

@@ -274,7 +274,8 @@ class SpecMaskFoley(nn.Module):
         fp32; bf16 kernels may differ on a few), far less launch overhead at small batches (see
         `controlfoley.graphs`)."""
         rule = self._rule(guidance)
-        _check_settings(steps, cfg_scale, temperature, known_mask)
+        self.sampler.settings(steps, temperature)  # bad settings fail now, before any work
+        _check_inputs(cfg_scale, known_mask)
         text, negative_text = self._as_text(text), self._as_text(negative_text, "negative_text")
         control = self.encode_control(features) if (features is not None and self.has_control) else None
         b = _batch_of(control, text, known_codes, batch_size)
@@ -289,17 +290,17 @@ class SpecMaskFoley(nn.Module):
         )
         known = None if known_codes is None else known_codes.reshape(b, -1)
         known_at = None if known_mask is None else known_mask.reshape(b, -1)
-        param_dtype = next(self.backbone.parameters()).dtype
+        weights = param_dtype(self.backbone, torch.float32)
         if cuda_graph:
             from controlfoley.graphs import sample_graphed
 
             flat = sample_graphed(
                 self, step, batch=b, known_codes=known, known_mask=known_at, generator=generator, steps=steps,
-                temperature=temperature, dtype=dtype, param_dtype=param_dtype, compile=compile,
+                temperature=temperature, dtype=dtype, param_dtype=weights, compile=compile,
             )
             return flat.view(b, *self.grid)
         # one autocast context for all steps, so autocast's cache of cast weights is reused
-        with precision(self.device, dtype, param_dtype=param_dtype) as dt, onednn_linear(self.device, dt, onednn, compile):
+        with precision(self.device, dtype, param_dtype=weights) as dt, onednn_linear(self.device, dt, onednn, compile):
             flat = self.sampler.sample(
                 step,
                 batch=b,
@@ -355,8 +356,7 @@ class SpecMaskFoley(nn.Module):
         mel = self.mel(wav)
         n = self.config.n_frames
         mel = mel[..., :n] if mel.shape[-1] >= n else F.pad(mel, (0, n - mel.shape[-1]), value=-1.0)
-        p = next(self.tokenizer.parameters(), None)  # a bf16 / fp16 model's tokenizer takes its own dtype
-        return self.tokenizer.encode(mel.to(p.dtype) if p is not None and p.is_floating_point() else mel)
+        return self.tokenizer.encode(mel.to(param_dtype(self.tokenizer, mel.dtype)))  # a bf16 / fp16 model's own dtype
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, extra_metadata: Mapping[str, str] | None = None) -> Path:
@@ -414,20 +414,20 @@ def _zeros_like_cond(text: Tensor | None, negative: Tensor | None, b: int, devic
 def run_vocoder(vocoder: nn.Module, mel: Float[Tensor, "b m n"]) -> Float[Tensor, "b s"]:
     """`vocoder(mel)` as fp32, the mel cast to the vocoder's parameter dtype (fp32 for one without
     weights, such as Griffin-Lim): a bf16 model's mel goes through an fp32 vocoder and back."""
-    p = next(vocoder.parameters(), None)
-    return vocoder(mel.to(p.dtype if p is not None and p.is_floating_point() else torch.float32)).float()
+    return vocoder(mel.to(param_dtype(vocoder, torch.float32))).float()
 
 
-def _check_settings(steps: Any, cfg_scale: Any, temperature: Any, known_mask: Tensor | None) -> None:
-    """Sampling settings out of range fail here, named (not deep in the sampler, nor silently)."""
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1):
-        raise ConfigError(f"steps must be an int >= 1, got {steps!r}")
+def param_dtype(module: nn.Module, default: torch.dtype) -> torch.dtype:
+    """The dtype of `module`'s first floating-point parameter; `default` for a module without one."""
+    p = next((p for p in module.parameters() if p.is_floating_point()), None)
+    return default if p is None else p.dtype
+
+
+def _check_inputs(cfg_scale: Any, known_mask: Tensor | None) -> None:
+    """A non-finite CFG scale or a non-bool inpainting mask fails here, named (the sampler checks
+    steps and temperature: MaskGITSampler.settings)."""
     if cfg_scale is not None and (isinstance(cfg_scale, bool) or not isinstance(cfg_scale, numbers.Real) or not math.isfinite(cfg_scale)):
         raise ConfigError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
-    if temperature is not None and (
-        isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature < 0
-    ):
-        raise ConfigError(f"temperature must be a finite number >= 0 (0: greedy choice), got {temperature!r}")
     if known_mask is not None and known_mask.dtype != torch.bool:
         raise ShapeError(f"known_mask must be a bool tensor (True where a token is kept), got {known_mask.dtype}; pass known_mask.bool()")
 

@@ -19,11 +19,13 @@ it goes, and, having no random-number calls inside, can be captured as one CUDA 
 """
 
 import math
+import numbers
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from controlfoley.errors import ShapeError
+from controlfoley.errors import ConfigError, ShapeError
 from controlfoley.typing import Bool, Float, Int, Tensor
 
 __all__ = ["MaskGITSampler", "mask_ratio", "masked_count", "LogitsFn", "PredrawnUniforms", "Uniforms"]
@@ -123,12 +125,16 @@ class MaskGITSampler:
         codes, mask = self.initial(batch, n_tokens, vocab_size, device, known_codes, known_mask)
         return self.loop(logits_fn, codes, mask, steps=steps, temperature=temperature, generator=generator)
 
-    def settings(self, steps: int | None, temperature: float | None) -> tuple[int, float]:
-        """(steps, temperature) with the sampler's own values for None; steps must be >= 1."""
-        steps = self.steps if steps is None else int(steps)
-        if steps < 1:
-            raise ShapeError(f"steps must be >= 1, got {steps}")
-        return steps, self.temperature if temperature is None else float(temperature)
+    def settings(self, steps: Any, temperature: Any) -> tuple[int, float]:  # a validator: it takes anything
+        """(steps, temperature) with the sampler's own values for None, checked: steps an int >= 1,
+        temperature a finite number >= 0 (0: greedy choice)."""
+        steps = self.steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ConfigError(f"steps must be an int >= 1, got {steps!r}")
+        temperature = self.temperature if temperature is None else temperature
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature < 0:
+            raise ConfigError(f"temperature must be a finite number >= 0 (0: greedy choice), got {temperature!r}")
+        return int(steps), float(temperature)
 
     def loop(
         self,

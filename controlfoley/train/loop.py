@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from controlfoley._io import atomic_write_text
-from controlfoley.builder import build_model, model_config, weight_file_parts
-from controlfoley.checkpoint import build_without_weight_files, check_state_dict, load_parts
+from controlfoley.builder import build_model, build_without_weight_files, model_config, weight_file_parts
+from controlfoley.checkpoint import check_state_dict, load_parts
 from controlfoley.data.dataset import ShardDataset, ShardedSampler, collate, epoch_permutation
 from controlfoley.errors import TrainingError
 from controlfoley.model import SpecMaskFoley
@@ -106,7 +106,7 @@ class Trainer:
         self.recipe: Recipe = get_recipe(cfg.recipe)
         ckpt_dir = self.run_dir.latest_dir(say=info.is_main) if resume else None
         if ckpt_dir is not None:  # its checkpoint holds every weight: no part's weights file is read again
-            self.model: SpecMaskFoley = build_without_weight_files(model_config(cfg.preset, **cfg.model_overrides))
+            self.model: SpecMaskFoley = build_without_weight_files(model_config(cfg.preset, **cfg.model_overrides))[0]
         else:
             self.model = build_model(cfg.preset, **cfg.model_overrides)
         if resume and ckpt_dir is None and info.is_main:

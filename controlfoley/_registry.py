@@ -252,8 +252,8 @@ class Registry(Generic[T]):
             if missing:
                 raise RegistryError(f"{self.kind} {name!r} is missing required argument(s) {missing}")
             for k, v in kwargs.items():
-                want = _simple_types(accepted[k].annotation)
-                if want is not None and not _is_a(v, want):
+                want = simple_types(accepted[k].annotation)
+                if want is not None and not is_a(v, want):
                     names = " or ".join(sorted(t.__name__ if t is not type(None) else "None" for t in want))
                     raise RegistryError(f"{self.kind} {name!r}: {k}={v!r} must be {names} (the annotation of its builder)")
         return fn(**kwargs)
@@ -276,7 +276,7 @@ class Registry(Generic[T]):
 _SIMPLE = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}
 
 
-def _simple_types(annotation: Any) -> tuple[type, ...] | None:
+def simple_types(annotation: Any) -> tuple[type, ...] | None:
     """The types of an annotation made only of int, float, str, bool and None (also as strings,
     e.g. under `from __future__ import annotations`); None for anything else (left unchecked)."""
     if isinstance(annotation, str):
@@ -290,7 +290,7 @@ def _simple_types(annotation: Any) -> tuple[type, ...] | None:
     return None
 
 
-def _is_a(value: Any, want: tuple[type, ...]) -> bool:
+def is_a(value: Any, want: tuple[type, ...]) -> bool:
     """Lenient where Python is: paths for str, numpy numbers for int/float, an int for a float."""
     if isinstance(value, bool):
         return bool in want

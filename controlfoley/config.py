@@ -123,6 +123,16 @@ class SamplerConfig:
         if self.mask_schedule not in ("cosine", "linear", "square"):
             raise ConfigError(f"sampler.mask_schedule must be cosine, linear or square, got {self.mask_schedule!r}")
 
+    @classmethod
+    def from_dict(cls, d: Any) -> "SamplerConfig":  # a validator: it takes any JSON value
+        """A SamplerConfig from {steps, temperature, mask_schedule} (missing ones: the defaults)."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"sampler must be an object of steps, temperature, mask_schedule, got {d!r}")
+        bad = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if bad:
+            raise ConfigError(f"unknown sampler field(s) {bad}; known: steps, temperature, mask_schedule")
+        return cls(**dict(d))
+
 
 _PART_FIELDS = ("mel", "tokenizer", "backbone", "control_encoder", "aligner", "controlnet", "guidance", "vocoder")
 
@@ -192,13 +202,7 @@ class ModelConfig:
         for f in _PART_FIELDS:
             if d.get(f) is not None:
                 kw[f] = Part.from_dict(d[f])
-        sampler = {} if d.get("sampler") is None else d["sampler"]
-        if not isinstance(sampler, Mapping):
-            raise ConfigError(f"sampler must be an object of steps, temperature, mask_schedule, got {sampler!r}")
-        bad = sorted(set(sampler) - {f.name for f in dataclasses.fields(SamplerConfig)})
-        if bad:
-            raise ConfigError(f"unknown sampler field(s) {bad}; known: steps, temperature, mask_schedule")
-        kw["sampler"] = SamplerConfig(**dict(sampler))
+        kw["sampler"] = SamplerConfig.from_dict({} if d.get("sampler") is None else d["sampler"])
         return cls(**kw)
 
     def to_json(self) -> str:
@@ -218,14 +222,10 @@ class ModelConfig:
                 old: Part | None = getattr(self, key)
                 changes[key] = _override_part(key, old, value, registries.get(key))
             elif key == "sampler":
-                base = dataclasses.asdict(self.sampler)
                 if isinstance(value, SamplerConfig):
                     changes[key] = value
                 elif isinstance(value, Mapping):
-                    bad = sorted(set(value) - set(base))
-                    if bad:
-                        raise ConfigError(f"unknown sampler field(s) {bad}; known: {sorted(base)}")
-                    changes[key] = SamplerConfig(**{**base, **value})
+                    changes[key] = SamplerConfig.from_dict({**dataclasses.asdict(self.sampler), **value})  # unknown fields named
                 else:
                     raise ConfigError(f"sampler override must be a dict or SamplerConfig, got {type(value).__name__}")
             elif key in ("n_frames", "name"):

@@ -14,12 +14,14 @@
 import dataclasses
 import json
 import numbers
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from controlfoley._registry import is_a, simple_types
 from controlfoley.config import ConfigError
 from controlfoley.train.schedule import WarmupCosine, scaled_lr
 
@@ -200,31 +202,26 @@ class TrainConfig:
         return {k: (a[k], b[k]) for k in a if k not in RESUME_MUTABLE and a[k] != b[k]}
 
 
-_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
-
-
 def _check_types(cfg: "TrainConfig") -> None:
-    """Scalar fields of the wrong type (`"steps": "3"` in a --config file) are named here; an int
-    where a float is expected becomes that float."""
+    """Scalar fields of the wrong type (`"steps": "3"` in a --config file) are named here, by the
+    check the registries apply to builder arguments (`_registry.is_a`); accepted values become
+    plain Python ones (an int or a numpy number where a float is expected: that float; a path: str)."""
     for f in dataclasses.fields(cfg):
-        kinds = [f.type.__name__] if isinstance(f.type, type) else [k.strip() for k in str(f.type).split("|")]
-        value = getattr(cfg, f.name)
-        if value is None and "None" in kinds:
-            continue
-        want = [_SCALARS[k] for k in kinds if k in _SCALARS]
-        if not want or len(want) != len([k for k in kinds if k != "None"]):
+        want = simple_types(f.type)
+        if want is None:
             continue  # containers are checked where they are used
-        is_bool = isinstance(value, (bool, np.bool_))
-        if float in want and isinstance(value, numbers.Real) and not is_bool:  # numpy floats, ints: that float
+        value = getattr(cfg, f.name)
+        if not is_a(value, want):
+            names = " or ".join(t.__name__ if t is not type(None) else "None" for t in want)
+            raise ConfigError(f"train config: {f.name} must be {names}, got {value!r} ({type(value).__name__})")
+        if value is None or isinstance(value, bool):
+            continue
+        if float in want and isinstance(value, numbers.Real):
             object.__setattr__(cfg, f.name, float(value))
-        elif int in want and isinstance(value, numbers.Integral) and not is_bool:
+        elif int in want and isinstance(value, numbers.Integral):
             object.__setattr__(cfg, f.name, int(value))
-        elif bool in want and is_bool:
-            object.__setattr__(cfg, f.name, bool(value))
-        elif str in want and isinstance(value, str):
-            pass
-        else:
-            raise ConfigError(f"train config: {f.name} must be {' or '.join(kinds)}, got {value!r} ({type(value).__name__})")
+        elif str in want and isinstance(value, os.PathLike):
+            object.__setattr__(cfg, f.name, os.fspath(value))
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -234,6 +234,11 @@ def weight_file_parts(cfg: ModelConfig) -> list[str]:
     return [f for f, part, args in _weight_parts(cfg) if part.kwargs.get(args[0]) is not None]
 
 
+def weight_file(cfg: ModelConfig, field_name: str) -> Any | None:
+    """The weights file the part in `field_name` is built from (e.g. an official SpecVQGAN codebook), or None."""
+    return next((part.kwargs.get(args[0]) for f, part, args in _weight_parts(cfg) if f == field_name), None)
+
+
 def build_without_weight_files(cfg: ModelConfig, overrides: Mapping[str, Any] | None = None) -> tuple[SpecMaskFoley, list[str]]:
     """The model of `cfg` (plus `overrides`) built without reading its parts' weights files, its
     config still naming them: for loading weights that a checkpoint holds (from_pretrained,

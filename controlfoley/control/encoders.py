@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from controlfoley._registry import CONTROL_ENCODERS, EXTRACTORS, RegistryError
+from controlfoley._registry import CONTROL_ENCODERS, EXTRACTORS
 from controlfoley.errors import ShapeError
 from controlfoley.typing import Float, Tensor
 
@@ -31,11 +31,9 @@ def feature_dims(encoder: nn.Module) -> dict[str, int]:
 def _dim_hint(name: str, want: int) -> str:
     """How to get width `want` from extractor `name`: " (e.g. NAME,dim=N)" where its builder takes a
     width, else what fixes it (the builder's `width_from`: a real model's weights, precomputed files)."""
-    try:
-        builder = EXTRACTORS.get(name)
-    except (RegistryError, TypeError, ValueError):  # a built object passed directly, not a registered name
+    if name not in EXTRACTORS:  # a built object passed directly, not a registered name
         return ""
-    fixed = getattr(builder, "width_from", None)
+    fixed = getattr(EXTRACTORS.get(name), "width_from", None)
     if fixed:
         return f" (its width is fixed by {fixed})"
     return f" (e.g. {name},dim={want})" if "dim" in EXTRACTORS.accepted_args(name) else ""

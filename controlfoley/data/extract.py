@@ -79,17 +79,17 @@ class Extraction:
         device: str = "cpu",
         model_overrides: dict[str, Any] | None = None,
     ) -> None:
+        from controlfoley.builder import build_model, weight_file
         from controlfoley.checkpoint import load_parts
-        from controlfoley._registry import TOKENIZERS
-        from controlfoley.builder import build_model, weight_args, weight_file_parts
         from controlfoley.train.checkpoints import resolve_model_file
 
         with torch.random.fork_rng(devices=[]):  # the same untrained weights in every run: a resumed extraction matches
             torch.manual_seed(0)
             self.model = build_model(preset, **(model_overrides or {})).eval().to(device)
+        built_from = weight_file(self.model.config, "tokenizer")  # e.g. an official SpecVQGAN codebook
         if tokenizer is not None:
             load_parts(self.model, resolve_model_file(tokenizer), ["tokenizer"])
-        elif "tokenizer" not in weight_file_parts(self.model.config):  # nor did its builder load any (an official .ckpt)
+        elif built_from is None:  # nor did its builder load trained weights
             warnings.warn("no tokenizer checkpoint given: tokens come from an untrained tokenizer (train one with the tokenizer recipe)", stacklevel=2)
         self.video = [build_extractor(e) for e in extractors]
         self.clap = build_extractor(clap) if clap is not None else None
@@ -110,9 +110,7 @@ class Extraction:
         self.video_s = self.window_s if video_seconds is None else float(video_seconds)
         if self.video_s <= 0:
             raise DataError(f"video_seconds must be positive, got {video_seconds}")
-        part = self.model.config.tokenizer
-        built_from = part.kwargs[weight_args(TOKENIZERS, part)[0]] if "tokenizer" in weight_file_parts(self.model.config) else None
-        source = tokenizer if tokenizer is not None else built_from  # e.g. an official SpecVQGAN codebook
+        source = tokenizer if tokenizer is not None else built_from
         self.tokenizer_source = None if source is None else str(Path(source).resolve())
 
     def info(self, source: str) -> dict[str, Any]:

@@ -33,11 +33,11 @@ def load_legacy_checkpoint(path: str | os.PathLike[str], *, trust: bool = False)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, KeyError, EOFError... here
         reason = _refusal(e)
-        if "Unsupported global" not in strip_ansi(str(e)):  # not a refusal of objects: the bytes are broken
-            first = strip_ansi(str(e)).strip().split(". ")[0].splitlines()[0] if str(e).strip() else ""
+        if "Unsupported global" not in reason:  # not a refusal of objects: the bytes are broken
+            detail = "" if reason == type(e).__name__ else ": " + reason.split(". ")[0]
             raise CheckpointError(
                 f"{path} is not a readable PyTorch checkpoint: truncated, corrupt or another format "
-                f"({type(e).__name__}{': ' + first if first else ''}); re-download or re-export it"
+                f"({type(e).__name__}{detail}); re-download or re-export it"
             ) from e
         if not trust:
             raise CheckpointError(

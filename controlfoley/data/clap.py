@@ -87,17 +87,17 @@ def _quiet_transformers(transformers: Any) -> Iterator[None]:
             logging.enable_progress_bar()
 
 
-def _model_type(folder: Path) -> str:
+def _check_model_type(folder: Path) -> None:
+    """The folder holds a CLAP model (a full ClapModel or its text tower), by its config.json."""
     config = folder / "config.json"
     if not config.is_file():
         raise CheckpointError(f"clap_transformers: {folder} has no config.json; give a folder written by save_pretrained (a copy of e.g. laion/clap-htsat-unfused)")
     try:
-        model_type = json.loads(config.read_text()).get("model_type")
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
         raise CheckpointError(f"clap_transformers: {config} is not a JSON object ({e}); re-copy the checkpoint folder") from e
     if model_type not in _MODEL_TYPES:
         raise CheckpointError(f"clap_transformers: {folder} holds a {model_type!r} model, not CLAP (model_type {' or '.join(_MODEL_TYPES)})")
-    return str(model_type)
 
 
 @EXTRACTORS.register("clap_transformers")
@@ -116,7 +116,7 @@ def clap_transformers(
         raise CheckpointError(f"clap_transformers: folder {path} not found; this encoder loads a local save_pretrained folder only")
     if max_length < 1:
         raise ConfigError(f"clap_transformers: max_length must be >= 1, got {max_length}")
-    _model_type(path)
+    _check_model_type(path)
     with _quiet_transformers(transformers):
         try:
             model, info = transformers.ClapTextModelWithProjection.from_pretrained(str(path), local_files_only=True, output_loading_info=True)

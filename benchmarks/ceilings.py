@@ -1,7 +1,8 @@
 """The two ceilings a speed number is read against, measured on this machine: dense matrix-product
 rate and device-memory copy bandwidth (docs: ../.library/device/METHOD.md "two numbers first").
 
-- CUDA: an n x n x n bf16 (and fp32, TF32 off) matrix product on random data, median of timed runs
+- CUDA: an n x n x n bf16 (and fp32, TF32 off; fp8 e4m3 through `torch._scaled_mm` on compute
+  capability >= 8.9, tensor-wise and row-wise scales) matrix product on random data, median of timed runs
   with CUDA events after warm-up; a device-to-device copy of `--copy-gib` GiB, counting bytes read
   plus bytes written.
 - CPU: the same matrix products at a smaller n (the build machines have 2 cores).
@@ -57,6 +58,17 @@ def main() -> None:
         b = torch.randn(n, n, device=device, dtype=dtype)
         s = timed(functools.partial(torch.mm, a, b), device, runs=10 if device.type == "cuda" else 3)
         rows.append([f"{str(dtype).removeprefix('torch.')} matmul {n}^3", fmt(2 * n**3 / s / 1e12), "TFLOP/s"])
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9):  # fp8 tensor cores (Ada, Hopper)
+        a8 = torch.randn(n, n, device=device).to(torch.float8_e4m3fn)
+        b8 = torch.randn(n, n, device=device).to(torch.float8_e4m3fn).t()  # column-major, as _scaled_mm wants
+        one = torch.ones((), device=device)
+        for label, sa, sb in (("tensor-wise", one, one), ("row-wise", torch.ones(n, 1, device=device), torch.ones(1, n, device=device))):
+            fn = functools.partial(torch._scaled_mm, a8, b8, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+            try:
+                s = timed(fn, device)
+                rows.append([f"fp8 e4m3 matmul {n}^3, {label} scales", fmt(2 * n**3 / s / 1e12), "TFLOP/s"])
+            except RuntimeError as e:
+                rows.append([f"fp8 e4m3 matmul {n}^3, {label} scales", f"failed: {str(e).splitlines()[0][:80]}", "-"])
     if device.type == "cuda":
         x = torch.empty(int(args.copy_gib * 2**30) // 4, device=device, dtype=torch.float32).uniform_()
         y = torch.empty_like(x)

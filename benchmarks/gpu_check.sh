@@ -1,28 +1,30 @@
 #!/usr/bin/env bash
 # Issue 6's GPU measurements as ONE command, sized for a 10-minute device call. On the GPU
 # machine, from the repo root:
-#     bash benchmarks/gpu_check.sh [STEP ...]   # with `.whl` carried (benchmarks/gpu_wheels.sh); default all steps
+#     COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_check.sh [STEP ...]
+# with `.whl` carried (benchmarks/gpu_wheels.sh). COMMIT: the device's copy of the working tree may
+# carry a stale .git, so say which commit the code is.
 # Writes $OUT/gpu_results.md (or benchmarks/out/ without $OUT) as it goes: card, date, commit, then
-# one section per step. Each step is its own process with its own time limit, ordered by how much
-# its number matters, so a step that fails or runs long (torch.compile warm-ups) costs only its own
-# result; whatever finished is in the log even if the device call itself is cut off.
-#   0. the CUDA-only tests (tests/test_graphs.py: captured sampling loop = eager tokens; the pipeline and
-#      `generate --cuda-graph` on CUDA in tests/test_pipeline.py)
-#   1. ceilings: bf16/fp32 matrix-product rate and copy bandwidth of this card
-#   2. batch 1: naive reference vs library fp32 / bf16 / bf16 weights, eager and whole-loop CUDA
-#      graph (cuda_graph=True), + decode and Griffin-Lim
-#   3. batch 64: naive reference vs library bf16 / bf16 weights, eager and whole-loop graph (no
-#      decode: Griffin-Lim runs on the CPU, ~1 s a clip, the same code whatever the sampling path)
+# one section per step. Each step is its own process with its own time limit, run in the order
+# below (most important number first), so a step that fails or runs long (torch.compile warm-ups)
+# costs only its own result; whatever finished is in the log even if the device call is cut off.
+# Within a step, a sampling path that fails in its warm-up (e.g. fp8 on a GPU without fp8) is
+# reported and skipped; the others are still timed.
+#   1. ceilings: bf16 / fp32 / fp8 matrix-product rate and copy bandwidth of this card
+#   2. batch 1: naive reference vs library bf16 eager and whole-loop CUDA graph (cuda_graph=True),
+#      bf16 model and fp8 model in a graph, + decode and Griffin-Lim
+#   3. batch 64: naive reference vs library bf16 (autocast, bf16 model), whole-loop graph, fp8 model
+#      (row-wise and tensor-wise scales); no decode (Griffin-Lim runs on the CPU, ~1 s a clip)
+#   6. batch 64, compiled inside the whole-loop graph: bf16 model, fp8 models
+#   0. the CUDA-only tests (captured loop = eager tokens for fp32 / bf16 / fp8 / compiled; the
+#      pipeline and `generate --cuda-graph` on CUDA)
+#   5. batch 1, compiled inside the whole-loop graph: bf16 model, fp8 model
 #   4. ControlNet training step at batch 64 (frozen backbone vs all-grad reference)
-#   5. batch 1, compiled: torch.compile "reduce-overhead" (CUDA graphs of the forward) and compile
-#      inside the whole-loop graph, vs library bf16 eager
-#   6. batch 64, compiled
-#   7. torch.profiler of one batch-64 call (library bf16 eager): matrix products / attention / rest
+#   7. torch.profiler of one batch-64 call: bf16 model eager, fp8 model eager
 #   8. batch 64 with attention restricted to the flash, then the memory-efficient SDPA backend
-# Full run: about 7 min on an H200, estimated from the steps' times in four partial runs (2026-11-26;
-# never run whole), machine start not counted.
-# Smoke test on a CPU machine (about 1 min on 2 cores; no graph paths there):
-#     DEVICE=cpu PRESET=specmaskfoley_tiny BIG_BATCH=4 PY=.venv/bin/python bash benchmarks/gpu_check.sh 1 2 3 4 5 6
+# Full run (steps 1-7): about 8.5 min on an H100 estimated from earlier H200 step times; step 8 is
+# not in the default list. Smoke test on a CPU machine (no graph or fp8-graph paths there):
+#     DEVICE=cpu PRESET=specmaskfoley_tiny BIG_BATCH=4 PY=.venv/bin/python bash benchmarks/gpu_check.sh 1 2 3 4 6 7
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -31,16 +33,18 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PY:-python3} DEVICE=${DEVICE:-cuda} PRESET=${PRESET:-specmaskfoley} BIG_BATCH=${BIG_BATCH:-64}
-GRAPH1="" GRAPH64="" COMPILE_GRAPH=""
+GRAPH1="" GRAPH64="" COMPILED="library_bf16_compile" FP8_1="" FP8_64="library_fp8" FP8_COMPILED=""  # CPU smoke test
 if [ "$DEVICE" != cpu ]; then  # whole-loop CUDA graphs (cuda_graph=True) need a GPU
-    GRAPH1="library_bf16_graph library_bf16_weights_graph library_bf16_native_graph" GRAPH64="library_bf16_graph library_bf16_native"
-    COMPILE_GRAPH="library_bf16_compile_graph library_bf16_native_compile_graph"
+    GRAPH1="library_bf16_graph library_bf16_native_graph" GRAPH64="library_bf16_graph library_bf16_native_graph"
+    COMPILED="library_bf16_native_compile_graph"
+    FP8_1="library_fp8_graph" FP8_64="library_fp8 library_fp8_graph library_fp8_tensor_graph"
+    FP8_COMPILED="library_fp8_compile_graph library_fp8_tensor_compile_graph"
 fi
 dir=${OUT:-benchmarks/out}
 mkdir -p "$dir"
 log=$dir/gpu_results.md
 {
-    echo "# GPU check: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "# GPU check: $(date -u '+%Y-%m-%d %H:%M UTC'), commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || echo "(no nvidia-smi)"
     $PY -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda)"
 } > "$log" 2>&1
@@ -56,24 +60,29 @@ step() {  # step <seconds> <title> <command...>: output to the log, its fate not
     echo "[gpu_check] $title: exit $rc after $((SECONDS - t0)) s" >&2
 }
 S=benchmarks/sample_speed.py
-ONLY="${*:-}"  # step numbers to run (default: all)
-want() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
-# with the suite's runtime type checks (jaxtyping + beartype, carried as a wheel), as CI runs: on
-# 2026-11-26 torch 2.11's dynamo failed on beartype's wrapper; compile now takes the unwrapped function
-want 0 && step 150 "0. CUDA tests" $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_pipeline.py -k "cuda or graph"
-want 1 && step 30 "1. ceilings" $PY benchmarks/ceilings.py --device "$DEVICE" --markdown
-want 2 && step 80 "2. batch 1, eager and whole-loop graph" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --decode-runs 2 --markdown \
-    --paths reference library library_bf16 library_bf16_weights $GRAPH1
-want 3 && step 80 "3. batch $BIG_BATCH, eager and whole-loop graph" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
-    --paths reference library_bf16 library_bf16_weights $GRAPH64
-want 4 && step 70 "4. training step, batch $BIG_BATCH" $PY benchmarks/train_speed.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --steps 5 --markdown
-want 5 && step 120 "5. batch 1, compiled" env TORCH_LOGS=perf_hints $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --no-decode --markdown \
-    --paths library_bf16 library_bf16_compile $COMPILE_GRAPH
-want 6 && step 120 "6. batch $BIG_BATCH, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
-    --paths library_bf16 library_bf16_compile $COMPILE_GRAPH
-want 7 && step 90 "7. profile, batch $BIG_BATCH, library bf16 eager" $PY benchmarks/profile_sampling.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH"
-for backend in flash efficient; do
-    want 8 && step 60 "8. batch $BIG_BATCH, attention backend $backend" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 \
-        --no-decode --markdown --sdpa $backend --paths library_bf16
+ONLY="${*:-1 2 3 6 0 5 4 7}"  # the steps to run, in this order
+for n in $ONLY; do
+    case $n in
+    0) # with the suite's runtime type checks (jaxtyping + beartype, carried as a wheel), as CI runs them
+       step 150 "0. CUDA tests" $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_pipeline.py tests/test_quantize.py -k "cuda or graph" ;;
+    1) step 40 "1. ceilings" $PY benchmarks/ceilings.py --device "$DEVICE" --markdown ;;
+    2) step 100 "2. batch 1, eager and whole-loop graph" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --decode-runs 2 --markdown \
+           --paths reference library library_bf16 $GRAPH1 $FP8_1 ;;
+    3) step 130 "3. batch $BIG_BATCH, eager and whole-loop graph" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
+           --paths reference library_bf16 library_bf16_native $GRAPH64 $FP8_64 ;;
+    4) step 70 "4. training step, batch $BIG_BATCH" $PY benchmarks/train_speed.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --steps 5 --markdown ;;
+    5) step 120 "5. batch 1, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --no-decode --markdown \
+           --paths library_bf16_native $COMPILED ${FP8_COMPILED%% *} ;;
+    6) step 180 "6. batch $BIG_BATCH, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
+           --paths library_bf16_native $COMPILED $FP8_COMPILED ;;
+    7) for path in library_bf16_native library_fp8; do
+           step 60 "7. profile, batch $BIG_BATCH, $path" $PY benchmarks/profile_sampling.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --path $path
+       done ;;
+    8) for backend in flash efficient; do
+           step 60 "8. batch $BIG_BATCH, attention backend $backend" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 \
+               --no-decode --markdown --sdpa $backend --paths library_bf16_native
+       done ;;
+    *) echo "unknown step $n (steps: 0-8)" >&2 ;;
+    esac
 done
 cat "$log"

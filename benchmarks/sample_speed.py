@@ -34,6 +34,7 @@ import torch
 from controlfoley import build_model
 from controlfoley.backbones.specmaskgit import Attention
 from controlfoley.model import SpecMaskFoley
+from controlfoley.quantize import quantize_fp8
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # MMAudio-S-16k's network on this machine class (docs/DESIGN.md sec. 4): 25 Euler steps with CFG for an
@@ -67,6 +68,15 @@ LIBRARY_PATHS: dict[str, dict[str, Any]] = {
     "library_bf16_native": {"prune_rows": True},
     "library_bf16_native_graph": {"prune_rows": True, "cuda_graph": True},
     "library_bf16_native_compile_graph": {"prune_rows": True, "compile": True, "cuda_graph": True},
+    # the bf16 model with its block linears in fp8 (controlfoley.quantize.quantize_fp8), run natively:
+    # row-wise scales (default) or tensor-wise ("_tensor"); needs compute capability >= 8.9 on CUDA
+    "library_fp8": {"prune_rows": True},
+    "library_fp8_graph": {"prune_rows": True, "cuda_graph": True},
+    "library_fp8_compile": {"prune_rows": True, "compile": True},
+    "library_fp8_compile_graph": {"prune_rows": True, "compile": True, "cuda_graph": True},
+    "library_fp8_tensor": {"prune_rows": True},
+    "library_fp8_tensor_graph": {"prune_rows": True, "cuda_graph": True},
+    "library_fp8_tensor_compile_graph": {"prune_rows": True, "compile": True, "cuda_graph": True},
 }
 BF16_MODEL_PATHS = ("library_bf16_weights", "library_bf16_native")  # prefixes of the paths that use a bf16 copy
 DEFAULT_PATHS = ("reference", "library", "library_bf16")
@@ -139,9 +149,20 @@ def make_inputs(model: SpecMaskFoley, batch: int, device: torch.device) -> tuple
 
 
 def models_for(model: SpecMaskFoley, paths: list[str]) -> dict[str, SpecMaskFoley]:
-    """The model each path samples with: a bf16 copy (one, shared) for the bf16-weights paths."""
-    bf16 = copy.deepcopy(model).to(torch.bfloat16) if any(p.startswith(BF16_MODEL_PATHS) for p in paths) else None
-    return {p: bf16 if p.startswith(BF16_MODEL_PATHS) else model for p in paths}
+    """The model each path samples with: a bf16 copy (one, shared) for the bf16-weights paths, an
+    fp8-quantized bf16 copy per granularity for the fp8 paths."""
+    bf16 = copy.deepcopy(model).to(torch.bfloat16) if any(p.startswith(BF16_MODEL_PATHS + ("library_fp8",)) for p in paths) else None
+    fp8: dict[str, SpecMaskFoley] = {}
+
+    def pick(p: str) -> SpecMaskFoley:
+        if p.startswith("library_fp8"):
+            g = "tensor" if p.startswith("library_fp8_tensor") else "row"
+            if g not in fp8:
+                fp8[g] = quantize_fp8(copy.deepcopy(bf16), granularity=g)
+            return fp8[g]
+        return bf16 if p.startswith(BF16_MODEL_PATHS) else model
+
+    return {p: pick(p) for p in paths}
 
 
 def sampling_fns(models: dict[str, SpecMaskFoley], batch: int, steps: int, device: torch.device, out: dict[str, torch.Tensor]) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], object]]]:
@@ -166,6 +187,22 @@ def sampling_fns(models: dict[str, SpecMaskFoley], batch: int, steps: int, devic
     return timed, warm
 
 
+def failing(warm: dict[str, Callable[[], object]], rounds: int, device: torch.device) -> list[str]:
+    """Run the warm-up rounds path by path; the paths that raise, each reported with its error."""
+    bad: list[str] = []
+    for _ in range(rounds):
+        for name, fn in warm.items():
+            if name in bad:
+                continue
+            try:
+                fn()
+                sync(device)
+            except Exception as e:  # noqa: BLE001  (reported, and the other paths go on)
+                print(f"  {name} FAILED in warm-up, not timed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
+                bad.append(name)
+    return bad
+
+
 def time_decode(model: SpecMaskFoley, codes: torch.Tensor, runs: int, device: torch.device) -> tuple[float, float]:
     """Median seconds of token map -> mel and of mel -> waveform."""
     mel = model.decode(codes)
@@ -181,11 +218,15 @@ def bench_preset(preset: str, args: argparse.Namespace, device: torch.device) ->
     for batch in args.batch:
         out: dict[str, torch.Tensor] = {}
         timed, warm = sampling_fns(models, batch, args.steps, device, out)
-        time_interleaved(warm, warmup=args.warmup, runs=0, device=device)
+        for name in failing(warm, args.warmup, device):  # a path that fails (e.g. fp8 on an older GPU) costs only itself
+            del timed[name]
         times = time_interleaved(timed, warmup=0, runs=args.runs, device=device)
         ref = times.get("reference")
-        dec, voc = (None, None) if args.no_decode else time_decode(model, out[args.paths[-1]], args.decode_runs, device)
+        last = [p for p in args.paths if p in out][-1]
+        dec, voc = (None, None) if args.no_decode else time_decode(model, out[last], args.decode_runs, device)
         for name in args.paths:
+            if name not in times:
+                continue
             t = times[name]
             wall, cpu = median(t.wall), median(t.cpu)
             same = None if "reference" not in out else (out[name] == out["reference"]).float().mean().item()

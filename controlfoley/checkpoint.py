@@ -113,6 +113,13 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, extra_metadata
             f"cannot save to {path}: controlfoley checkpoints are safetensors files; give a .safetensors path, "
             f"or a folder (it gets model.safetensors), e.g. {path.with_suffix('.safetensors')}"
         )
+    from controlfoley.quantize import is_quantized
+
+    if is_quantized(model):
+        raise CheckpointError(
+            "this model's block linears are fp8 (quantize_fp8), a lossy copy for sampling that a checkpoint cannot hold: "
+            "save the model before quantizing, and quantize after loading"
+        )
     if path.suffix != ".safetensors":
         path = path / "model.safetensors"
     meta = {CONFIG_KEY: model.config.to_json(), **dict(extra_metadata or {})}

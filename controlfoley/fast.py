@@ -203,7 +203,7 @@ class OneDNNLinear(TorchFunctionMode):
             return torch.ops.mkldnn._linear_pointwise(x, lw, lb, post_op, [], algorithm)
         return F.linear(x, lw, lb)  # fp16, or bf16 without oneDNN kernels: what autocast would run, minus the weight cast
 
-    def mlp(self, fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, x: Tensor) -> Tensor | None:
+    def mlp(self, fc1: nn.Module, act: nn.Module, fc2: nn.Module, x: Tensor) -> Tensor | None:
         """fc2(GELU(fc1(x))) with the GELU fused into fc1, or None when not applicable."""
         if torch.is_grad_enabled() or type(act) is not nn.GELU or not _plain_linear(fc1):
             return None
@@ -220,7 +220,7 @@ def _plain_linear(m: nn.Module) -> bool:
 _ACTIVE: contextvars.ContextVar[OneDNNLinear | None] = contextvars.ContextVar("controlfoley_onednn", default=None)
 
 
-def fused_mlp(fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, x: Tensor) -> Tensor | None:
+def fused_mlp(fc1: nn.Module, act: nn.Module, fc2: nn.Module, x: Tensor) -> Tensor | None:
     """The MLP through the active `OneDNNLinear` mode's fused kernels; None outside one (or when
     it does not apply: training, another activation, another device), so the caller runs eagerly."""
     mode = _ACTIVE.get()

@@ -1,0 +1,177 @@
+"""FP8 (e4m3) linears for sampling: `quantize_fp8(model)`.
+
+At batch 64 on a Hopper GPU the paper-size sampler spends about half its time in the matrix
+products of the transformer blocks (benchmarks/RESULTS.md), which run near the card's bf16 peak.
+FP8 tensor cores have twice that peak. `quantize_fp8` swaps every `nn.Linear` inside the blocks
+(backbone and ControlNet copy: attention qkv / projection, MLP fc1 / fc2) for an `Fp8Linear`:
+- weights stored once in float8_e4m3fn with a scale per output channel ("row") or one scale
+  ("tensor");
+- activations quantized on the fly, per row (one scale per token) or per tensor, with
+  power-of-two scales: the multiply by 1 / scale is exact in bf16 and fp32, so the largest value
+  lands on at most 448 (e4m3's largest) and nothing saturates;
+- the product by `torch._scaled_mm` (cuBLASLt / CUTLASS fp8 kernels on CUDA), bias added in its
+  epilogue, output in bf16.
+
+Everything else (embeddings, layer norms, attention itself, the vocabulary head, the ControlNet's
+zero linears, tokenizer, vocoder) keeps its dtype. This is a lossy copy for sampling only:
+the sampled tokens differ from bf16 ones on some positions (`benchmarks/sample_speed.py` reports
+the share equal to the fp32 reference), a quantized model cannot be trained or saved, and
+quantizing is done after loading.
+
+Hardware: fp8 matrix products need an NVIDIA GPU of compute capability 8.9 or later (Ada, Hopper,
+Blackwell). PyTorch's CPU kernel also runs (the tests use it), but it is slower than fp32 there.
+"""
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from controlfoley.errors import ConfigError
+from controlfoley.typing import Float, Tensor
+
+__all__ = ["Fp8Linear", "quantize_fp8", "is_quantized", "FP8_GRANULARITIES", "fp8_supported", "fp8_sampling_device"]
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8).max)  # 448
+FP8_GRANULARITIES = ("row", "tensor")
+_TINY = 2.0**-100  # floor of an all-zero row's scale (any power of two works: its products are 0)
+
+
+def _pow2_scale(amax: Tensor) -> Tensor:
+    """The smallest power of two s with amax / s <= FP8_MAX, as fp32."""
+    return torch.exp2(torch.ceil(torch.log2(amax.float().clamp(min=_TINY) / FP8_MAX)))
+
+
+def fp8_supported(device: torch.device | str) -> bool:
+    """Whether `device` runs fp8 matrix products: CUDA of compute capability >= 8.9, or the CPU."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 9)
+    return False
+
+
+def fp8_sampling_device(device: torch.device | str) -> bool:
+    """Whether fp8 sampling pays on `device`: a CUDA GPU with fp8 tensor cores (not the CPU, where
+    the fp8 kernel is slower than fp32). The pipeline's precision="fp8" asks this."""
+    device = torch.device(device)
+    return device.type == "cuda" and fp8_supported(device)
+
+
+class Fp8Linear(nn.Module):
+    """`y = x W^T + b` with W in float8_e4m3fn and x quantized per call; inference only.
+
+    Build it from a linear with `Fp8Linear.from_linear(linear, granularity)`. Buffers:
+    `weight` [out, in] fp8, `weight_scale` fp32 ([1, out] for "row", a scalar for "tensor"),
+    `bias` [out] bf16 or None."""
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True, granularity: str = "row", device: torch.device | None = None) -> None:
+        super().__init__()
+        if granularity not in FP8_GRANULARITIES:
+            raise ConfigError(f"fp8 granularity must be one of {FP8_GRANULARITIES}, got {granularity!r}")
+        if in_features % 16 or out_features % 16:
+            raise ConfigError(
+                f"fp8 linears need in and out features that are multiples of 16 (the fp8 kernels' tile), "
+                f"got {in_features} -> {out_features}; leave this layer unquantized"
+            )
+        self.in_features, self.out_features, self.granularity = in_features, out_features, granularity
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=FP8, device=device))
+        shape = (1, out_features) if granularity == "row" else ()
+        self.register_buffer("weight_scale", torch.ones(shape, dtype=torch.float32, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=torch.bfloat16, device=device) if bias else None)
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear, granularity: str = "row") -> "Fp8Linear":
+        w = linear.weight.detach()
+        q = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, granularity=granularity, device=w.device)
+        amax = w.abs().amax(dim=1, keepdim=True) if granularity == "row" else w.abs().amax()
+        scale = _pow2_scale(amax)  # [out, 1] or scalar
+        q.weight.copy_((w.float() / scale).to(FP8))
+        q.weight_scale.copy_(scale.reshape(q.weight_scale.shape))
+        if linear.bias is not None:
+            q.bias.copy_(linear.bias.detach())
+        return q
+
+    def forward(self, x: Float[Tensor, "*lead i"]) -> Float[Tensor, "*lead o"]:
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise ConfigError(
+                "Fp8Linear is for sampling only (no gradients through fp8 products); train the bf16/fp32 model "
+                "and quantize a copy for sampling (controlfoley.quantize.quantize_fp8)"
+            )
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if self.granularity == "row":
+            amax = torch.linalg.vector_norm(x2, ord=float("inf"), dim=1, keepdim=True)  # one pass: max |x| per row
+        else:
+            amax = torch.linalg.vector_norm(x2, ord=float("inf"))
+        scale = _pow2_scale(amax)
+        xq = (x2 * scale.reciprocal().to(x2.dtype)).to(FP8)  # exact: a power-of-two multiply
+        y = torch._scaled_mm(xq, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias, out_dtype=torch.bfloat16)
+        y = y.reshape(*lead, self.out_features)
+        # the dtype an nn.Linear would give: autocast's inside autocast, else x's
+        dev = x.device.type
+        want = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        return y if want == torch.bfloat16 else y.to(want)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, fp8 e4m3, {self.granularity}-wise scales"
+
+
+def _block_lists(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The transformer blocks of a SpecMaskFoley (backbone, then ControlNet copy), by dotted name."""
+    out = []
+    for part in ("backbone", "controlnet"):
+        m = getattr(model, part, None)
+        blocks = getattr(m, "blocks", None) if m is not None else None
+        if blocks is not None:
+            out.append((f"{part}.blocks", blocks))
+    return out
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether `model` holds fp8 linears (`quantize_fp8`)."""
+    return any(isinstance(m, Fp8Linear) for m in model.modules())
+
+
+@torch.no_grad()
+def quantize_fp8(model: nn.Module, *, granularity: str = "row", skip: Iterable[str] = ()) -> nn.Module:
+    """Replace the linears of `model`'s transformer blocks (backbone and ControlNet) by `Fp8Linear`,
+    in place; returns `model`, now for sampling only (see the module docstring).
+
+    - `granularity`: "row" (a scale per output channel of W and per token of x; the default, the
+      more accurate) or "tensor" (one scale each; cuBLASLt's tensor-wise kernels).
+    - `skip`: dotted names (as in `model.named_modules()`) of linears to leave as they are.
+    Raises ConfigError on a GPU without fp8 tensor cores, on a model with no blocks to quantize, or
+    on one already quantized."""
+    if granularity not in FP8_GRANULARITIES:
+        raise ConfigError(f"fp8 granularity must be one of {FP8_GRANULARITIES}, got {granularity!r}")
+    if is_quantized(model):
+        raise ConfigError("this model is already quantized to fp8 (quantize_fp8 was called on it); quantize once, after loading")
+    lists = _block_lists(model)
+    if not lists:
+        raise ConfigError(
+            f"quantize_fp8 found no transformer blocks in {type(model).__name__} (it looks for backbone.blocks and "
+            "controlnet.blocks); pass a SpecMaskFoley model"
+        )
+    device = next(iter(model.parameters())).device
+    if not fp8_supported(device):
+        cap = ".".join(map(str, torch.cuda.get_device_capability(device))) if device.type == "cuda" else device.type
+        raise ConfigError(
+            f"fp8 sampling needs an NVIDIA GPU of compute capability 8.9 or later (Ada, Hopper); this model is on "
+            f"{device} ({cap}). Sample in bf16 instead (model.to(torch.bfloat16) or precision='bf16')"
+        )
+    skip = set(skip)
+    count = 0
+    for prefix, blocks in lists:
+        for name, parent in list(blocks.named_modules(prefix=prefix)):
+            for child_name, child in list(parent.named_children()):
+                full = f"{name}.{child_name}"
+                if type(child) is nn.Linear and full not in skip:
+                    setattr(parent, child_name, Fp8Linear.from_linear(child, granularity))
+                    count += 1
+    if count == 0:
+        raise ConfigError("quantize_fp8 found no nn.Linear in the model's blocks (all skipped?); nothing was quantized")
+    return model

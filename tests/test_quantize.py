@@ -1,0 +1,140 @@
+"""FP8 linears for sampling (controlfoley.quantize): numerics against nn.Linear, the swap inside a
+model, sampling with it, and the refusals (training, saving, twice, unsupported GPU). PyTorch's
+CPU fp8 kernel runs these here; the CUDA case (captured loop = eager tokens) needs an Ada/Hopper GPU."""
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import micro_inputs
+from controlfoley import quantize
+from controlfoley.errors import CheckpointError, ConfigError
+from controlfoley.quantize import FP8_MAX, Fp8Linear, is_quantized, quantize_fp8
+from test_fast_paths import live_control
+
+fp8_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)), reason="needs a CUDA GPU with fp8 (compute capability >= 8.9)"
+)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("granularity", ["row", "tensor"])
+def test_fp8_linear_is_close_to_the_linear_it_replaces(granularity):
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 96)
+    q = Fp8Linear.from_linear(lin, granularity)
+    x = torch.randn(3, 10, 64) * torch.logspace(-2, 2, 10)[:, None]  # rows of very different size
+    with torch.no_grad():
+        ref = lin(x)
+        out = q(x)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    # e4m3 keeps 3 mantissa bits: ~2-4% relative error per product is the expected size
+    assert rel_err(out, ref) < 0.06
+    if granularity == "row":  # per-token scales keep small rows as accurate as large ones
+        small = slice(0, 3)
+        assert rel_err(out[:, small], ref[:, small]) < 0.06
+    # a broken scale (e.g. applied twice, or the weight's per-channel scale on the wrong axis) is far off
+    wrong = Fp8Linear.from_linear(lin, granularity)
+    wrong.weight_scale.mul_(2.0)
+    with torch.no_grad():
+        assert rel_err(wrong(x), ref) > 0.5
+
+
+def test_fp8_weights_use_power_of_two_scales_that_never_saturate():
+    lin = nn.Linear(32, 48)
+    with torch.no_grad():
+        lin.weight[0].mul_(1000.0)  # one output channel much larger than the others
+        lin.weight[1].zero_()
+    q = Fp8Linear.from_linear(lin, "row")
+    s = q.weight_scale.flatten()
+    assert torch.equal(torch.exp2(torch.log2(s).round()), s)  # powers of two
+    w = q.weight.float()
+    assert torch.isfinite(w).all() and w.abs().max() <= FP8_MAX
+    deq = w * s[:, None]
+    keep = torch.ones(48, dtype=torch.bool)
+    keep[1] = False
+    assert rel_err(deq[keep], lin.weight[keep]) < 0.05
+    assert (deq[1] == 0).all()
+
+
+def test_fp8_linear_output_dtype_follows_its_input_like_a_linear():
+    q = Fp8Linear.from_linear(nn.Linear(32, 32))
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        assert q(x).dtype == torch.float32
+        assert q(x.bfloat16()).dtype == torch.bfloat16
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert q(x).dtype == torch.bfloat16
+        zero = q(torch.zeros(2, 32))  # an all-zero row: its scale is floored, the output is the bias
+    assert torch.allclose(zero, q.bias.float().expand(2, -1))
+
+
+def test_fp8_linear_refuses_sizes_its_kernels_do_not_take_and_gradients():
+    with pytest.raises(ConfigError, match="multiples of 16.*unquantized"):
+        Fp8Linear.from_linear(nn.Linear(30, 32))
+    with pytest.raises(ConfigError, match="granularity"):
+        Fp8Linear(32, 32, granularity="channel")
+    q = Fp8Linear.from_linear(nn.Linear(32, 32))
+    with pytest.raises(ConfigError, match="sampling only.*quantize a copy"):
+        q(torch.randn(2, 32, requires_grad=True))
+
+
+def test_quantize_fp8_swaps_the_block_linears_and_samples_close_to_bf16(micro_model):
+    model = live_control(micro_model).to(torch.bfloat16)
+    x = micro_inputs(model, b=4)
+    bf16 = model.generate(x["features"], x["text"], generator=torch.Generator().manual_seed(3))
+    n_blocks = len(model.backbone.blocks) + len(model.controlnet.blocks)
+    assert quantize_fp8(model) is model and is_quantized(model)
+    fp8 = [n for n, m in model.named_modules() if isinstance(m, Fp8Linear)]
+    assert len(fp8) == 4 * n_blocks  # qkv, proj, fc1, fc2 per block
+    assert all(n.startswith(("backbone.blocks.", "controlnet.blocks.")) for n in fp8)
+    assert type(model.backbone.head) is nn.Linear and type(model.backbone.cond_proj) is nn.Linear  # outside the blocks
+    assert not any(isinstance(m, Fp8Linear) for m in model.controlnet.outs.modules())  # zero linears stay
+    out = model.generate(x["features"], x["text"], generator=torch.Generator().manual_seed(3))
+    same = (out == bf16).float().mean().item()
+    assert same > 0.8, same  # lossy, but most tokens agree; broken scales agree on ~1/vocab of them
+    again = model.generate(x["features"], x["text"], generator=torch.Generator().manual_seed(3))
+    assert torch.equal(out, again)
+
+
+def test_quantize_fp8_skip_leaves_named_linears(micro_model):
+    quantize_fp8(micro_model, skip=["backbone.blocks.0.mlp.fc2"])
+    assert type(micro_model.backbone.blocks[0].mlp.fc2) is nn.Linear
+    assert isinstance(micro_model.backbone.blocks[0].mlp.fc1, Fp8Linear)
+
+
+def test_quantize_fp8_refusals_name_the_fix(micro_model, monkeypatch, tmp_path):
+    with pytest.raises(ConfigError, match="no transformer blocks.*SpecMaskFoley"):
+        quantize_fp8(nn.Sequential(nn.Linear(16, 16)))
+    with pytest.raises(ConfigError, match="granularity"):
+        quantize_fp8(micro_model, granularity="block")
+    monkeypatch.setattr(quantize, "fp8_supported", lambda device: False)
+    with pytest.raises(ConfigError, match=r"compute capability 8\.9.*bf16"):
+        quantize_fp8(micro_model)
+    monkeypatch.undo()
+    quantize_fp8(micro_model)
+    with pytest.raises(ConfigError, match="already quantized"):
+        quantize_fp8(micro_model)
+    with pytest.raises(CheckpointError, match="fp8.*save the model before quantizing"):
+        micro_model.save(tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@fp8_cuda
+@pytest.mark.parametrize("compile", [False, True])
+def test_fp8_captured_loop_gives_the_eager_tokens_on_cuda(micro_model, compile):
+    model = quantize_fp8(live_control(micro_model).cuda().to(torch.bfloat16))
+    x = micro_inputs(model, b=2)
+    feats = {k: v.cuda() for k, v in x["features"].items()}
+    text = x["text"].cuda()
+
+    def run(**kw):
+        return model.generate(feats, text, steps=4, generator=torch.Generator("cuda").manual_seed(1), compile=compile, **kw)
+
+    eager = run()
+    run(cuda_graph=True)  # captures
+    graphed = run(cuda_graph=True)  # replays
+    assert (graphed == eager).float().mean().item() >= 0.97

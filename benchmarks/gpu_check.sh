@@ -22,7 +22,8 @@
 #   4. ControlNet training step at batch 64 (frozen backbone vs all-grad reference)
 #   7. torch.profiler of one batch-64 call: bf16 model eager, fp8 model eager
 #   8. batch 64 with attention restricted to the flash, then the memory-efficient SDPA backend
-# Full run (steps 1-7): about 8.5 min on an H100 estimated from earlier H200 step times; step 8 is
+#   9. torch.profiler of one batch-64 call, compiled: bf16 model, fp8 model
+# Full run (the default steps 1 2 3 6 0 5 4 7): 443 s on an H100 (2026-11-27); steps 8 and 9 are
 # not in the default list. Smoke test on a CPU machine (no graph or fp8-graph paths there):
 #     DEVICE=cpu PRESET=specmaskfoley_tiny BIG_BATCH=4 PY=.venv/bin/python bash benchmarks/gpu_check.sh 1 2 3 4 6 7
 set -uo pipefail
@@ -78,11 +79,14 @@ for n in $ONLY; do
     7) for path in library_bf16_native library_fp8; do
            step 60 "7. profile, batch $BIG_BATCH, $path" $PY benchmarks/profile_sampling.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --path $path
        done ;;
+    9) for path in library_bf16_native_compile library_fp8_compile; do  # compiled ("reduce-overhead"), kernels inside the graphs
+           step 90 "9. profile, batch $BIG_BATCH, $path" $PY benchmarks/profile_sampling.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --path $path
+       done ;;
     8) for backend in flash efficient; do
            step 60 "8. batch $BIG_BATCH, attention backend $backend" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 \
                --no-decode --markdown --sdpa $backend --paths library_bf16_native
        done ;;
-    *) echo "unknown step $n (steps: 0-8)" >&2 ;;
+    *) echo "unknown step $n (steps: 0-9)" >&2 ;;
     esac
 done
 cat "$log"

@@ -66,6 +66,7 @@ LIBRARY_PATHS: dict[str, dict[str, Any]] = {
     # bf16 weights run natively, without autocast (generate's default for a bf16 model, dtype=None):
     # layer norms, residual adds and softmax in bf16 too, so half the activation traffic
     "library_bf16_native": {"prune_rows": True},
+    "library_bf16_native_compile": {"prune_rows": True, "compile": True},
     "library_bf16_native_graph": {"prune_rows": True, "cuda_graph": True},
     "library_bf16_native_compile_graph": {"prune_rows": True, "compile": True, "cuda_graph": True},
     # the bf16 model with its block linears in fp8 (controlfoley.quantize.quantize_fp8), run natively:

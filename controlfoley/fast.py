@@ -306,8 +306,28 @@ def compiled_batched_logits(device: torch.device, static_shapes: bool, cudagraph
         # it in beartype, which checks nothing useful on traced tensors and which torch 2.11's dynamo
         # failed to trace (benchmarks/RESULTS.md, GPU correctness)
         fn = inspect.unwrap(batched_logits)
-        _COMPILED[key] = torch.compile(fn, mode=mode, dynamic=False if static_shapes else None)
+        _COMPILED[key] = _without_typechecks(torch.compile(fn, mode=mode, dynamic=False if static_shapes else None))
     return _COMPILED[key]
+
+
+def _without_typechecks(compiled: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """`compiled` run with jaxtyping's runtime checks switched off. They are on only in the test
+    suite or with CONTROLFOLEY_TYPECHECK, and wrap every function the compiled one calls (embed,
+    the blocks, ...); dynamo traces those wrappers, and under torch 2.11 on CUDA beartype's checks
+    of traced tensors failed (an H100 run, 2026-11-27). Switched off for every call, not only the
+    tracing one, so the guard dynamo puts on the switch always holds."""
+    from jaxtyping import config
+
+    @functools.wraps(compiled)
+    def call(*args: Any, **kwargs: Any) -> Tensor:
+        before = config.jaxtyping_disable
+        config.update("jaxtyping_disable", True)
+        try:
+            return compiled(*args, **kwargs)
+        finally:
+            config.update("jaxtyping_disable", before)
+
+    return call
 
 
 class GuidedStep:

@@ -30,7 +30,7 @@ class EnvelopeVocoder(nn.Module):
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         env = self.mel.denormalize(mel).exp().pow(2).mean(1).sqrt()  # b n
         env = env.repeat_interleave(self.hop, dim=-1)
-        noise = torch.randn(env.shape, generator=torch.Generator().manual_seed(0))
+        noise = torch.randn(env.shape, generator=torch.Generator().manual_seed(0)).to(env.device)
         return (env * noise).clamp(-1, 1)
 
 

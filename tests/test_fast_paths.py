@@ -415,3 +415,21 @@ def test_a_bf16_model_samples_close_to_its_fp32_original(model):
     assert native.dtype == torch.long and native.shape == fp32.shape
     # bf16 rounding flips a few tokens; a broken path agrees at chance (1/64)
     assert (native == fp32).float().mean() > 0.8 and (aten == fp32).float().mean() > 0.8
+
+
+def test_compiled_calls_switch_runtime_type_checks_off_and_back():
+    """jaxtyping's checks are off inside a compiled call (dynamo would trace them) and restored
+    after it, also when it raises, so eager code stays checked in the suite."""
+    from jaxtyping import config
+
+    from controlfoley.fast import _without_typechecks
+
+    before, seen = config.jaxtyping_disable, []
+    _without_typechecks(lambda: seen.append(config.jaxtyping_disable))()
+
+    def boom():
+        raise RuntimeError("x")
+
+    with pytest.raises(RuntimeError):
+        _without_typechecks(boom)()
+    assert seen == [True] and config.jaxtyping_disable == before

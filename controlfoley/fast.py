@@ -319,7 +319,7 @@ def _without_typechecks(compiled: Callable[..., Tensor]) -> Callable[..., Tensor
     from jaxtyping import config
 
     @functools.wraps(compiled)
-    def call(*args: Any, **kwargs: Any) -> Tensor:
+    def call(*args: Any, **kwargs: Any) -> Any:
         before = config.jaxtyping_disable
         config.update("jaxtyping_disable", True)
         try:

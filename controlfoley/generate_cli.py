@@ -68,8 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist in --out")
     p.add_argument(
-        "--precision", choices=("auto", "fp32", "bf16", "fp8"), default="auto",
-        help="token sampling precision; auto: bf16 on CUDA, fp32 on CPU (bf16 on a CPU with AVX-512 bf16: ~1.6x faster at paper size, no gain for the tiny presets; CPUs without bf16 units may be slower); fp8: a bf16 model with fp8 linears in its transformer blocks, lossy, CUDA GPUs of compute capability >= 8.9 only",
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto",
+        help="token sampling precision; auto: bf16 on CUDA, fp32 on CPU (bf16 on a CPU with AVX-512 bf16: ~1.6x faster at paper size, no gain for the tiny presets; CPUs without bf16 units may be slower)",
     )  # fmt: skip
     p.add_argument(
         "--cuda-graph", action="store_true",

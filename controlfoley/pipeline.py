@@ -49,7 +49,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from controlfoley import quantize
 from controlfoley._registry import GUIDANCE
 from controlfoley.config import ConfigError
 from controlfoley.data.extractors import ExtractorSpec, build_extractor
@@ -85,20 +84,8 @@ log = logging.getLogger(__name__)
 JOINS = ("crossfade", "decode_once")
 # sampling precision: "auto" is generate()'s default (bf16 on CUDA, fp32 on CPU); "bf16" on a CPU
 # with AVX-512 bf16 samples the paper-size model ~1.6x faster than fp32 (benchmarks/RESULTS.md; no
-# gain at the tiny presets' 128-d width) and changes a few tokens. "fp8": the model in bf16 with its
-# block linears in fp8 (controlfoley.quantize), run natively; GPUs with fp8 tensor cores only
-PRECISIONS: dict[str, torch.dtype | None] = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp8": None}
-
-
-def _to_fp8(model: nn.Module) -> None:
-    """precision="fp8": the model in bf16 with fp8 block linears, in place (once)."""
-    if not quantize.fp8_sampling_device(model.device):
-        raise ConfigError(
-            f"precision='fp8' needs the model on an NVIDIA GPU of compute capability 8.9 or later (Ada, Hopper); it is on "
-            f"{model.device}. Use precision='bf16', or load the model with map_location='cuda' on such a GPU"
-        )
-    if not quantize.is_quantized(model):
-        quantize.quantize_fp8(model.to(torch.bfloat16))
+# gain at the tiny presets' 128-d width) and changes a few tokens
+PRECISIONS: dict[str, torch.dtype | None] = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 # -- the pipeline -------------------------------------------------------------------------------
@@ -164,9 +151,7 @@ class FoleyPipeline:
           `frame_size` of their own.
         - `feature_frames`: feature rows per window by key, overriding the default of a training
           clip exactly one window long (e.g. {"sync": 240, "clip": 80} for the paper's 10 s clips).
-        - `precision`: token sampling precision, "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16" or
-          "fp8" (CUDA, compute capability >= 8.9: converts `model` in place to bf16 with fp8 linears in
-          its transformer blocks, `controlfoley.quantize.quantize_fp8`; lossy, for sampling only).
+        - `precision`: token sampling precision, "auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16".
         - `cuda_graph`: (CUDA) sample each window through a captured whole-loop CUDA graph
           (`generate(cuda_graph=True)`): the first window captures it, every later window of this
           and later videos replays it; 3-5x faster token sampling per window on an H200.
@@ -192,8 +177,6 @@ class FoleyPipeline:
             raise ConfigError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         if cuda_graph and model.device.type != "cuda":
             raise ConfigError(f"cuda_graph=True needs the model on a CUDA device; it is on {model.device}. Drop cuda_graph or load with map_location='cuda'")
-        if precision == "fp8":
-            _to_fp8(model)
         self.precision, self.cuda_graph = precision, bool(cuda_graph)
         self.model = model.eval()
         self.extractors = {k: build_extractor(v) for k, v in extractors.items()}
@@ -214,8 +197,6 @@ class FoleyPipeline:
         dev = torch.device(device_name(device, arg="device"))
         if self.cuda_graph and dev.type != "cuda":
             raise ConfigError(f"this pipeline samples through CUDA graphs (cuda_graph=True); it cannot move to {dev}")
-        if self.precision == "fp8" and not quantize.fp8_sampling_device(dev):
-            raise ConfigError(f"this pipeline samples in fp8 (precision='fp8'); {dev} has no fp8 tensor cores, it cannot move there")
         for part in (self.model, self.vocoder, self.text_encoder, *self.extractors.values()):
             if isinstance(part, nn.Module):
                 part.to(dev)

@@ -1,9 +1,12 @@
-"""FP8 (e4m3) linears for sampling: `quantize_fp8(model)`.
+"""FP8 (e4m3) linears for sampling: `quantize_fp8(model)`. EXPERIMENTAL: on an H100 it is slower
+than bf16 in every setting measured (benchmarks/RESULTS.md, 2026-11-27), so nothing in the library
+uses it by default and neither the pipeline nor the CLI offers it.
 
-At batch 64 on a Hopper GPU the paper-size sampler spends about half its time in the matrix
-products of the transformer blocks (benchmarks/RESULTS.md), which run near the card's bf16 peak.
-FP8 tensor cores have twice that peak. `quantize_fp8` swaps every `nn.Linear` inside the blocks
-(backbone and ControlNet copy: attention qkv / projection, MLP fc1 / fc2) for an `Fp8Linear`:
+Why it was tried: at batch 64 the paper-size sampler spends half its GPU time in the matrix
+products of the transformer blocks, near the card's bf16 peak, and fp8 tensor cores measured 1.75x
+that peak (1351-1380 vs 769 TFLOP/s on the H100). `quantize_fp8` swaps every `nn.Linear` inside
+the blocks (backbone and ControlNet copy: attention qkv / projection, MLP fc1 / fc2) for an
+`Fp8Linear`:
 - weights stored once in float8_e4m3fn with a scale per output channel ("row") or one scale
   ("tensor");
 - activations quantized on the fly, per row (one scale per token) or per tensor, with
@@ -12,11 +15,18 @@ FP8 tensor cores have twice that peak. `quantize_fp8` swaps every `nn.Linear` in
 - the product by `torch._scaled_mm` (cuBLASLt / CUTLASS fp8 kernels on CUDA), bias added in its
   epilogue, output in bf16.
 
+What was measured (H100, paper preset, batch 64, 12 steps): the fp8 products took 0.273 s against
+0.395 s in bf16, but quantizing the activations cost more than that. Eagerly it is three extra
+passes over every linear's input (0.46 s); compiled, inductor fuses it into the layer norms
+cheaply but makes the MLP's GELU + quantize a looping reduction over the 3072-wide rows, 0.236 s
+against 0.085 s for the bf16 GELU. Net: 1.11 vs 0.80 s (CUDA graph) and 0.77 vs 0.73 s (compiled),
+with 83% of tokens equal to the fp32 reference against 95% for bf16. What would make it pay: the
+quantization fused into the kernels that produce each input (layer norm, GELU, attention output),
+not a separate pass.
+
 Everything else (embeddings, layer norms, attention itself, the vocabulary head, the ControlNet's
-zero linears, tokenizer, vocoder) keeps its dtype. This is a lossy copy for sampling only:
-the sampled tokens differ from bf16 ones on some positions (`benchmarks/sample_speed.py` reports
-the share equal to the fp32 reference), a quantized model cannot be trained or saved, and
-quantizing is done after loading.
+zero linears, tokenizer, vocoder) keeps its dtype. A quantized model is a lossy copy for sampling
+only: it cannot be trained or saved; quantize after loading.
 
 Hardware: fp8 matrix products need an NVIDIA GPU of compute capability 8.9 or later (Ada, Hopper,
 Blackwell). PyTorch's CPU kernel also runs (the tests use it), but it is slower than fp32 there.
@@ -30,7 +40,7 @@ from torch import nn
 from controlfoley.errors import ConfigError
 from controlfoley.typing import Float, Tensor
 
-__all__ = ["Fp8Linear", "quantize_fp8", "is_quantized", "FP8_GRANULARITIES", "fp8_supported", "fp8_sampling_device"]
+__all__ = ["Fp8Linear", "quantize_fp8", "is_quantized", "FP8_GRANULARITIES", "fp8_supported"]
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
@@ -51,13 +61,6 @@ def fp8_supported(device: torch.device | str) -> bool:
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device) >= (8, 9)
     return False
-
-
-def fp8_sampling_device(device: torch.device | str) -> bool:
-    """Whether fp8 sampling pays on `device`: a CUDA GPU with fp8 tensor cores (not the CPU, where
-    the fp8 kernel is slower than fp32). The pipeline's precision="fp8" asks this."""
-    device = torch.device(device)
-    return device.type == "cuda" and fp8_supported(device)
 
 
 class Fp8Linear(nn.Module):

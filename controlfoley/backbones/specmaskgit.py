@@ -66,7 +66,9 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Float[Tensor, "b l d"]) -> Float[Tensor, "b l d"]:
-        fused = fused_mlp(self.fc1, self.act, self.fc2, x)  # CPU sampling: GELU fused into fc1 by oneDNN
+        # eager CPU sampling: GELU fused into fc1 by oneDNN. Not looked up under torch.compile: it reads
+        # a ContextVar, where dynamo may break the graph (and it never applies to compiled code)
+        fused = None if torch.compiler.is_compiling() else fused_mlp(self.fc1, self.act, self.fc2, x)
         return fused if fused is not None else self.fc2(self.act(self.fc1(x)))
 
 

@@ -130,11 +130,36 @@ def write_video(
     return target
 
 
+def _with_dts(packets: Iterable[av.Packet], step: int) -> Iterator[av.Packet]:
+    """Set the dts a demuxer left unset, so the muxer gets complete timestamps.
+
+    Matroska/WebM store no dts: with B-frames the first packets (the keyframe among them) demux
+    without one. Those count back from the first known dts, `step` (one frame, in the stream's time
+    base) apart and never after their own pts; a later one follows the previous dts.
+    """
+    held: list[av.Packet] = []
+    last: int | None = None
+    for pkt in packets:
+        if pkt.dts is None:
+            if last is None:
+                held.append(pkt)
+                continue
+            pkt.dts = last + step if pkt.pts is None else max(last + 1, min(pkt.pts, last + step))
+        d = pkt.dts
+        for h in reversed(held):
+            d = d - step if h.pts is None else min(d - step, h.pts)
+            h.dts = d
+        yield from held
+        held, last = [], pkt.dts
+        yield pkt
+    yield from held  # no dts anywhere: left to the muxer
+
+
 def _copied_packets(src: Path, inp: av.container.InputContainer, vin: av.video.stream.VideoStream, vout: av.video.stream.VideoStream) -> Iterator[av.Packet]:
     n = 0
-    for pkt in inp.demux(vin):
-        if pkt.dts is None:  # the demuxer's empty flush packet
-            continue
+    rate = vin.guessed_rate or vin.average_rate or Fraction(25)
+    step = max(1, round(1 / (rate * vin.time_base))) if vin.time_base else 1
+    for pkt in _with_dts((p for p in inp.demux(vin) if p.size), step):  # size 0: the demuxer's flush packet
         pkt.stream = vout
         n += 1
         yield pkt

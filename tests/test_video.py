@@ -34,14 +34,16 @@ def _decode_index(frame: torch.Tensor) -> int:
     return 16 * left + right
 
 
-def _write_indexed(path: Path, pts: list[int], time_base: Fraction, rate: Fraction, codec: str = "libx264", pix_fmt: str = "yuv420p") -> Path:
-    """Frames 0..len(pts)-1 with the given presentation timestamps, written straight through PyAV."""
+def _write_indexed(path: Path, pts: list[int], time_base: Fraction, rate: Fraction, codec: str = "libx264", pix_fmt: str = "yuv420p", *, bframes: bool = False) -> Path:
+    """Frames 0..len(pts)-1 with the given presentation timestamps, written straight through PyAV.
+
+    libx264 writes them losslessly (no B-frames), or with `bframes` at a high quality with B-frames."""
     with av.open(str(path), "w") as c:
         s = c.add_stream(codec, rate=rate)
         s.width, s.height, s.pix_fmt = W, H, pix_fmt
         s.codec_context.time_base = time_base
         if codec == "libx264":
-            s.options = {"qp": "0"}
+            s.options = {"crf": "10", "x264-params": "bframes=2:b-adapt=0"} if bframes else {"qp": "0"}
         for i, p in enumerate(pts):
             frame = av.VideoFrame.from_ndarray(_index_image(i), format="rgb24")
             frame.pts, frame.time_base = p, time_base
@@ -171,6 +173,26 @@ def test_mux_audio_copies_the_video_stream(tmp_path: Path) -> None:
     assert torch.corrcoef(torch.stack([back, new_audio[: back.shape[0]]]))[0, 1] > 0.95
     in_place = video.mux_audio(src, new_audio, sr, src)  # replacing a file by its own remux is safe
     assert in_place.video_copied and _video_packets(src) == _video_packets(result.path)
+
+
+def _decoded(path: Path) -> list[tuple[Fraction, int]]:
+    """(presentation time, index) of every frame the video stream decodes to."""
+    with av.open(str(path)) as c:
+        return [(f.pts * f.time_base, _decode_index(torch.from_numpy(f.to_ndarray(format="rgb24")))) for f in c.decode(c.streams.video[0])]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_mux_audio_keeps_the_leading_packets_matroska_gives_no_dts(tmp_path: Path, suffix: str) -> None:
+    """Matroska stores no dts: with B-frames its first packets (the keyframe among them) demux
+    without one, and the copy must keep them with their timestamps, not drop them as the flush packet."""
+    pts_ms = [round(1000 * i / 60) for i in range(40)]  # 60 fps on Matroska's millisecond clock
+    src = _write_indexed(tmp_path / "bframes.mkv", pts_ms, Fraction(1, 1000), Fraction(60), bframes=True)
+    with av.open(str(src)) as c:
+        assert any(p.dts is None and p.size for p in c.demux(c.streams.video[0]))  # the case under test
+    result = video.mux_audio(src, torch.zeros(44100), 44100, tmp_path / f"out{suffix}")
+    assert result.video_copied
+    assert _video_packets(result.path) == _video_packets(src)  # every packet, byte for byte
+    assert _decoded(result.path) == _decoded(src) == [(Fraction(p, 1000), i) for i, p in enumerate(pts_ms)]
 
 
 def test_mux_audio_reencodes_a_codec_players_do_not_read_from_mp4(tmp_path: Path) -> None:

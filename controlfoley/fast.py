@@ -315,7 +315,9 @@ def _without_typechecks(compiled: Callable[..., Tensor]) -> Callable[..., Tensor
     suite or with CONTROLFOLEY_TYPECHECK, and wrap every function the compiled one calls (embed,
     the blocks, ...); dynamo traces those wrappers, and under torch 2.11 on CUDA beartype's checks
     of traced tensors failed (an H100 run, 2026-11-27). Switched off for every call, not only the
-    tracing one, so the guard dynamo puts on the switch always holds."""
+    tracing one, so the guard dynamo puts on the switch always holds. The switch is one global:
+    two threads sampling compiled at once with checks on could leave them off; checks are a
+    test-suite / debugging setting, where that does not happen."""
     from jaxtyping import config
 
     @functools.wraps(compiled)

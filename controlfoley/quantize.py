@@ -4,7 +4,7 @@ uses it by default and neither the pipeline nor the CLI offers it.
 
 Why it was tried: at batch 64 the paper-size sampler spends half its GPU time in the matrix
 products of the transformer blocks, near the card's bf16 peak, and fp8 tensor cores measured 1.75x
-that peak (1351-1380 vs 769 TFLOP/s on the H100). `quantize_fp8` swaps every `nn.Linear` inside
+that peak (1351-1380 vs 769 TFLOP/s on the H100, 1.76-1.79x). `quantize_fp8` swaps every `nn.Linear` inside
 the blocks (backbone and ControlNet copy: attention qkv / projection, MLP fc1 / fc2) for an
 `Fp8Linear`:
 - weights stored once in float8_e4m3fn with a scale per output channel ("row") or one scale
@@ -15,8 +15,8 @@ the blocks (backbone and ControlNet copy: attention qkv / projection, MLP fc1 / 
 - the product by `torch._scaled_mm` (cuBLASLt / CUTLASS fp8 kernels on CUDA), bias added in its
   epilogue, output in bf16.
 
-What was measured (H100, paper preset, batch 64, 12 steps): the fp8 products took 0.273 s against
-0.395 s in bf16, but quantizing the activations cost more than that. Eagerly it is three extra
+What was measured (H100, paper preset, batch 64, 12 steps): the matrix products took 0.284 s
+with the block linears in fp8 against 0.395 s all in bf16, but quantizing the activations cost more than that. Eagerly it is three extra
 passes over every linear's input (0.46 s); compiled, inductor fuses it into the layer norms
 cheaply but makes the MLP's GELU + quantize a looping reduction over the 3072-wide rows, 0.236 s
 against 0.085 s for the bf16 GELU. Net: 1.11 vs 0.80 s (CUDA graph) and 0.77 vs 0.73 s (compiled),
@@ -111,13 +111,27 @@ class Fp8Linear(nn.Module):
         else:
             amax = torch.linalg.vector_norm(x2, ord=float("inf"))
         scale = _pow2_scale(amax)
-        xq = (x2 * scale.reciprocal().to(x2.dtype)).to(FP8)  # exact: a power-of-two multiply
+        # exact: a power-of-two multiply, in x's dtype for bf16 / fp32 (their exponent range holds
+        # 1 / scale); fp16's does not (1 / scale overflows for rows below ~0.007), so fp16 goes via fp32
+        xs = x2.float() if x2.dtype == torch.float16 else x2
+        xq = (xs * scale.reciprocal().to(xs.dtype)).to(FP8)
         y = torch._scaled_mm(xq, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias, out_dtype=torch.bfloat16)
         y = y.reshape(*lead, self.out_features)
         # the dtype an nn.Linear would give: autocast's inside autocast, else x's
         dev = x.device.type
         want = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         return y if want == torch.bfloat16 else y.to(want)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  (nn.Module's own signature)
+        """`.to(device)` moves the buffers; a dtype cast (`model.to(torch.bfloat16)`, `.half()`),
+        which would turn the fp8 weight into bf16, is undone: every fp8 value and power-of-two scale
+        survives the round trip through bf16 / fp16 / fp32 exactly."""
+        super()._apply(fn, recurse)
+        self.weight = self.weight.to(FP8)
+        self.weight_scale = self.weight_scale.float()
+        if self.bias is not None:
+            self.bias = self.bias.to(torch.bfloat16)
+        return self
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, fp8 e4m3, {self.granularity}-wise scales"
@@ -167,6 +181,10 @@ def quantize_fp8(model: nn.Module, *, granularity: str = "row", skip: Iterable[s
             f"{device} ({cap}). Sample in bf16 instead (model.to(torch.bfloat16) or precision='bf16')"
         )
     skip = set(skip)
+    linears = {f"{prefix}.{n}" for prefix, blocks in lists for n, m in blocks.named_modules() if type(m) is nn.Linear}
+    unknown = sorted(skip - linears)
+    if unknown:
+        raise ConfigError(f"quantize_fp8: skip names {unknown} are not linears in the model's blocks; e.g. {sorted(linears)[:3]}")
     count = 0
     for prefix, blocks in lists:
         for name, parent in list(blocks.named_modules(prefix=prefix)):

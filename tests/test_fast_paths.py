@@ -417,15 +417,16 @@ def test_a_bf16_model_samples_close_to_its_fp32_original(model):
     assert (native == fp32).float().mean() > 0.8 and (aten == fp32).float().mean() > 0.8
 
 
-def test_compiled_calls_switch_runtime_type_checks_off_and_back():
+def test_compiled_calls_switch_runtime_type_checks_off_and_back(monkeypatch):
     """jaxtyping's checks are off inside a compiled call (dynamo would trace them) and restored
     after it, also when it raises, so eager code stays checked in the suite."""
     from jaxtyping import config
 
     from controlfoley.fast import _without_typechecks
 
+    monkeypatch.setattr(config, "jaxtyping_disable", False)  # checks on, whatever the environment says
     before, seen = config.jaxtyping_disable, []
-    _without_typechecks(lambda: seen.append(config.jaxtyping_disable))()
+    assert _without_typechecks(lambda: seen.append(config.jaxtyping_disable) or 7)() == 7  # passes the result through
 
     def boom():
         raise RuntimeError("x")

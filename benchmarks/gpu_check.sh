@@ -8,8 +8,8 @@
 # one section per step. Each step is its own process with its own time limit, run in the order
 # below (most important number first), so a step that fails or runs long (torch.compile warm-ups)
 # costs only its own result; whatever finished is in the log even if the device call is cut off.
-# Within a step, a sampling path that fails in its warm-up (e.g. fp8 on a GPU without fp8) is
-# reported and skipped; the others are still timed.
+# Within a step, a sampling path that cannot be built or fails in its warm-up (e.g. fp8 on a GPU
+# without fp8) is reported and skipped; the others are still timed.
 #   1. ceilings: bf16 / fp32 / fp8 matrix-product rate and copy bandwidth of this card
 #   2. batch 1: naive reference vs library bf16 eager and whole-loop CUDA graph (cuda_graph=True),
 #      bf16 model and fp8 model in a graph, + decode and Griffin-Lim
@@ -23,7 +23,7 @@
 #   7. torch.profiler of one batch-64 call: bf16 model eager, fp8 model eager
 #   8. batch 64 with attention restricted to the flash, then the memory-efficient SDPA backend
 #   9. torch.profiler of one batch-64 call, compiled: bf16 model, fp8 model
-# Full run (the default steps 1 2 3 6 0 5 4 7): 443 s on an H100 (2026-11-27); steps 8 and 9 are
+# Full run (the default steps 1 2 3 6 0 5 4 7): 452 s on an H100 (2026-11-27, run E in RESULTS.md); steps 8 and 9 are
 # not in the default list. Smoke test on a CPU machine (no graph or fp8-graph paths there):
 #     DEVICE=cpu PRESET=specmaskfoley_tiny BIG_BATCH=4 PY=.venv/bin/python bash benchmarks/gpu_check.sh 1 2 3 4 6 7
 set -uo pipefail

@@ -33,6 +33,7 @@ from _common import environment, fmt, median, print_table, sync, time_interleave
 import torch
 from controlfoley import build_model
 from controlfoley.backbones.specmaskgit import Attention
+from controlfoley.errors import ConfigError
 from controlfoley.model import SpecMaskFoley
 from controlfoley.quantize import quantize_fp8
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -155,15 +156,20 @@ def models_for(model: SpecMaskFoley, paths: list[str]) -> dict[str, SpecMaskFole
     bf16 = copy.deepcopy(model).to(torch.bfloat16) if any(p.startswith(BF16_MODEL_PATHS + ("library_fp8",)) for p in paths) else None
     fp8: dict[str, SpecMaskFoley] = {}
 
-    def pick(p: str) -> SpecMaskFoley:
+    def pick(p: str) -> SpecMaskFoley | None:
         if p.startswith("library_fp8"):
             g = "tensor" if p.startswith("library_fp8_tensor") else "row"
             if g not in fp8:
-                fp8[g] = quantize_fp8(copy.deepcopy(bf16), granularity=g)
+                try:
+                    fp8[g] = quantize_fp8(copy.deepcopy(bf16), granularity=g)
+                except ConfigError as e:  # e.g. a GPU without fp8: reported, the other paths go on
+                    print(f"  {p} FAILED, not timed: {e}", flush=True)
+                    fp8[g] = None
             return fp8[g]
         return bf16 if p.startswith(BF16_MODEL_PATHS) else model
 
-    return {p: pick(p) for p in paths}
+    picked = {p: pick(p) for p in paths}
+    return {p: m for p, m in picked.items() if m is not None}
 
 
 def sampling_fns(models: dict[str, SpecMaskFoley], batch: int, steps: int, device: torch.device, out: dict[str, torch.Tensor]) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], object]]]:
@@ -219,12 +225,14 @@ def bench_preset(preset: str, args: argparse.Namespace, device: torch.device) ->
     for batch in args.batch:
         out: dict[str, torch.Tensor] = {}
         timed, warm = sampling_fns(models, batch, args.steps, device, out)
-        for name in failing(warm, args.warmup, device):  # a path that fails (e.g. fp8 on an older GPU) costs only itself
+        for name in failing(warm, args.warmup, device):  # a path that fails in its warm-up costs only itself
             del timed[name]
+        out.clear()  # only the timed calls' tokens are compared and decoded
         times = time_interleaved(timed, warmup=0, runs=args.runs, device=device)
         ref = times.get("reference")
-        last = [p for p in args.paths if p in out][-1]
-        dec, voc = (None, None) if args.no_decode else time_decode(model, out[last], args.decode_runs, device)
+        dec, voc = None, None
+        if not args.no_decode and out:
+            dec, voc = time_decode(model, out[[p for p in args.paths if p in out][-1]], args.decode_runs, device)
         for name in args.paths:
             if name not in times:
                 continue
@@ -317,7 +325,7 @@ def main() -> None:
     ap.add_argument("--paths", nargs="+", default=None, choices=["reference", *LIBRARY_PATHS],
                     help=f"default: {' '.join(DEFAULT_PATHS)}; on CUDA also {' '.join(DEFAULT_CUDA_PATHS[len(DEFAULT_PATHS):])}")
     ap.add_argument("--runs", type=int, default=5, help="timed rounds (median reported)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed 2-step rounds before timing")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed 2-step rounds before timing (they also find the paths that fail, which are then left out; with 0 a failing path stops the run)")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--decode-runs", type=int, default=3)
     ap.add_argument("--no-decode", action="store_true", help="skip the decode and vocoder timing")

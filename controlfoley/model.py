@@ -273,7 +273,7 @@ class SpecMaskFoley(nn.Module):
         a given shape and settings, then replayed: the eager tokens for the same generator (exactly in
         fp32; bf16 kernels may differ on a few), far less launch overhead at small batches (see
         `controlfoley.graphs`)."""
-        rule = self._rule(guidance)
+        rule = self.resolve_guidance(guidance)
         self.sampler.settings(steps, temperature)  # bad settings fail now, before any work
         _check_inputs(cfg_scale, known_mask)
         text, negative_text = self._as_text(text), self._as_text(negative_text, "negative_text")
@@ -315,7 +315,9 @@ class SpecMaskFoley(nn.Module):
             )
         return flat.view(b, *self.grid)
 
-    def _rule(self, guidance: Any) -> GuidanceRule:  # a validator: it takes anything
+    def resolve_guidance(self, guidance: Any = None) -> GuidanceRule:  # a validator: it takes anything
+        """The rule `generate(guidance=...)` samples with: the model's own for None, a GUIDANCE name
+        built with its defaults, or a GuidanceRule as given; anything else is a ConfigError."""
         if guidance is None:
             return self.guidance
         if isinstance(guidance, str):

@@ -411,7 +411,7 @@ class FoleyPipeline:
         text = self.encode_text(prompt) if prompt else None
         negative = self.encode_text(negative_prompt) if negative_prompt else None
         if guidance is not None:  # the caller's choice, as is (a rule that needs text then needs a prompt)
-            return text, negative, self.model._rule(guidance)
+            return text, negative, self.model.resolve_guidance(guidance)
         rule = self.model.guidance
         if text is None and rule.needs_text:
             if not self._warned_no_prompt:

@@ -487,3 +487,15 @@ def test_saving_to_another_weights_format_is_refused(micro_model, tmp_path) -> N
         micro_model.save(tmp_path / "m.bin")
     assert not (tmp_path / "m.bin").exists()
     assert micro_model.save(tmp_path / "run.v2") == tmp_path / "run.v2" / "model.safetensors"  # any other suffix: a folder
+
+
+def test_resolve_guidance_is_what_generate_samples_with(micro_model):
+    from controlfoley.guidance import CFG
+
+    assert micro_model.resolve_guidance() is micro_model.guidance
+    rule = micro_model.resolve_guidance("cfg_video")
+    assert isinstance(rule, CFG) and rule.needs_video and not rule.needs_text
+    mine = CFG(condition="text", scale=2.0)
+    assert micro_model.resolve_guidance(mine) is mine
+    with pytest.raises(ConfigError, match="guidance must be a GuidanceRule or a GUIDANCE name, got int"):
+        micro_model.resolve_guidance(3)

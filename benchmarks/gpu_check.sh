@@ -12,17 +12,17 @@
 # without fp8) is reported and skipped; the others are still timed.
 #   1. ceilings: bf16 / fp32 / fp8 matrix-product rate and copy bandwidth of this card
 #   2. batch 1: naive reference vs library bf16 eager and whole-loop CUDA graph (cuda_graph=True),
-#      bf16 model and fp8 model in a graph, + decode and Griffin-Lim
+#      bf16 model and fp8 model (static scales) in a graph, + decode and Griffin-Lim
 #   3. batch 64: naive reference vs library bf16 (autocast, bf16 model), whole-loop graph, fp8 model
-#      (row-wise and tensor-wise scales); no decode (Griffin-Lim runs on the CPU, ~1 s a clip)
-#   6. batch 64, compiled inside the whole-loop graph: bf16 model, fp8 models
+#      (row-wise and static scales) in a graph; no decode (Griffin-Lim runs on the CPU, ~1 s a clip)
+#   6. batch 64, compiled inside the whole-loop graph: bf16 model, fp8 models (static, row-wise)
 #   0. the CUDA-only tests (captured loop = eager tokens for fp32 / bf16 / fp8 / compiled; the
 #      pipeline and `generate --cuda-graph` on CUDA)
 #   5. batch 1, compiled inside the whole-loop graph: bf16 model, fp8 model
 #   4. ControlNet training step at batch 64 (frozen backbone vs all-grad reference)
-#   7. torch.profiler of one batch-64 call: bf16 model eager, fp8 model eager
+#   7. torch.profiler of one batch-64 call: bf16 model eager, fp8 model (static scales) eager
 #   8. batch 64 with attention restricted to the flash, then the memory-efficient SDPA backend
-#   9. torch.profiler of one batch-64 call, compiled: bf16 model, fp8 model
+#   9. torch.profiler of one batch-64 call, compiled: bf16 model, fp8 model (static scales)
 # Full run (the default steps 1 2 3 6 0 5 4 7): 452 s on an H100 (2026-11-27, run E in RESULTS.md); steps 8 and 9 are
 # not in the default list. Smoke test on a CPU machine (no graph or fp8-graph paths there):
 #     DEVICE=cpu PRESET=specmaskfoley_tiny BIG_BATCH=4 PY=.venv/bin/python bash benchmarks/gpu_check.sh 1 2 3 4 6 7
@@ -38,8 +38,8 @@ GRAPH1="" GRAPH64="" COMPILED="library_bf16_compile" FP8_1="" FP8_64="library_fp
 if [ "$DEVICE" != cpu ]; then  # whole-loop CUDA graphs (cuda_graph=True) need a GPU
     GRAPH1="library_bf16_graph library_bf16_native_graph" GRAPH64="library_bf16_graph library_bf16_native_graph"
     COMPILED="library_bf16_native_compile_graph"
-    FP8_1="library_fp8_graph" FP8_64="library_fp8 library_fp8_graph library_fp8_tensor_graph"
-    FP8_COMPILED="library_fp8_compile_graph library_fp8_tensor_compile_graph"
+    FP8_1="library_fp8_static_graph" FP8_64="library_fp8_graph library_fp8_static_graph"
+    FP8_COMPILED="library_fp8_static_compile_graph library_fp8_compile_graph"  # step 5 times the first
 fi
 dir=${OUT:-benchmarks/out}
 mkdir -p "$dir"
@@ -76,10 +76,10 @@ for n in $ONLY; do
            --paths library_bf16_native $COMPILED ${FP8_COMPILED%% *} ;;
     6) step 180 "6. batch $BIG_BATCH, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
            --paths library_bf16_native $COMPILED $FP8_COMPILED ;;
-    7) for path in library_bf16_native library_fp8; do
+    7) for path in library_bf16_native library_fp8_static; do
            step 60 "7. profile, batch $BIG_BATCH, $path" $PY benchmarks/profile_sampling.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --path $path
        done ;;
-    9) for path in library_bf16_native_compile library_fp8_compile; do  # compiled ("reduce-overhead"), kernels inside the graphs
+    9) for path in library_bf16_native_compile library_fp8_static_compile; do  # compiled ("reduce-overhead"), kernels inside the graphs
            step 90 "9. profile, batch $BIG_BATCH, $path" $PY benchmarks/profile_sampling.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --path $path
        done ;;
     8) for backend in flash efficient; do

@@ -76,6 +76,11 @@ LIBRARY_PATHS: dict[str, dict[str, Any]] = {
     "library_fp8_graph": {"prune_rows": True, "cuda_graph": True},
     "library_fp8_compile": {"prune_rows": True, "compile": True},
     "library_fp8_compile_graph": {"prune_rows": True, "compile": True, "cuda_graph": True},
+    # "static": x's scale fixed from a bound on the block's inputs, no reduction (fuses when compiled)
+    "library_fp8_static": {"prune_rows": True},
+    "library_fp8_static_graph": {"prune_rows": True, "cuda_graph": True},
+    "library_fp8_static_compile": {"prune_rows": True, "compile": True},
+    "library_fp8_static_compile_graph": {"prune_rows": True, "compile": True, "cuda_graph": True},
     "library_fp8_tensor": {"prune_rows": True},
     "library_fp8_tensor_graph": {"prune_rows": True, "cuda_graph": True},
     "library_fp8_tensor_compile_graph": {"prune_rows": True, "compile": True, "cuda_graph": True},
@@ -158,7 +163,7 @@ def models_for(model: SpecMaskFoley, paths: list[str]) -> dict[str, SpecMaskFole
 
     def pick(p: str) -> SpecMaskFoley | None:
         if p.startswith("library_fp8"):
-            g = "tensor" if p.startswith("library_fp8_tensor") else "row"
+            g = "tensor" if p.startswith("library_fp8_tensor") else "static" if p.startswith("library_fp8_static") else "row"
             if g not in fp8:
                 try:
                     fp8[g] = quantize_fp8(copy.deepcopy(bf16), granularity=g)

@@ -24,6 +24,15 @@ with 83% of tokens equal to the fp32 reference against 95% for bf16. What would 
 quantization fused into the kernels that produce each input (layer norm, GELU, attention output),
 not a separate pass.
 
+`granularity="static"` (added after those measurements; NOT yet timed on a GPU) is built for that
+fusion: x's scale is a fixed power of two from a bound that no input can exceed, computed from the
+block's weights (`block_input_bounds`: a layer norm's output is bounded by sqrt(d - 1) |gamma| +
+|beta|; a linear of it by Cauchy-Schwarz; attention's output by the value projection's bound;
+GELU's by its input's). Quantizing is then one multiply and cast with no reduction over x, which
+torch.compile folds into the layer norm / GELU / attention-output kernel. Because e4m3 is a
+floating-point format, a bound a few times above the typical maximum costs a few of its ~15
+binades of range, not precision. `benchmarks/gpu_check.sh` times it by default.
+
 Everything else (embeddings, layer norms, attention itself, the vocabulary head, the ControlNet's
 zero linears, tokenizer, vocoder) keeps its dtype. A quantized model is a lossy copy for sampling
 only: it cannot be trained or saved; quantize after loading.
@@ -32,6 +41,7 @@ Hardware: fp8 matrix products need an NVIDIA GPU of compute capability 8.9 or la
 Blackwell). PyTorch's CPU kernel also runs (the tests use it), but it is slower than fp32 there.
 """
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -40,11 +50,12 @@ from torch import nn
 from controlfoley.errors import ConfigError
 from controlfoley.typing import Float, Tensor
 
-__all__ = ["Fp8Linear", "quantize_fp8", "is_quantized", "FP8_GRANULARITIES", "fp8_supported"]
+__all__ = ["Fp8Linear", "quantize_fp8", "is_quantized", "FP8_GRANULARITIES", "fp8_supported", "block_input_bounds"]
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
-FP8_GRANULARITIES = ("row", "tensor")
+FP8_GRANULARITIES = ("row", "tensor", "static")
+_BOUND_MARGIN = 1.05  # covers bf16 rounding of the bounded quantities (2^-8 relative)
 _TINY = 2.0**-100  # floor of an all-zero row's scale (any power of two works: its products are 0)
 
 
@@ -67,8 +78,10 @@ class Fp8Linear(nn.Module):
     """`y = x W^T + b` with W in float8_e4m3fn and x quantized per call; inference only.
 
     Build it from a linear with `Fp8Linear.from_linear(linear, granularity)`. Buffers:
-    `weight` [out, in] fp8, `weight_scale` fp32 ([1, out] for "row", a scalar for "tensor"),
-    `bias` [out] bf16 or None."""
+    `weight` [out, in] fp8, `weight_scale` fp32 ([1, out] for "row", a scalar otherwise),
+    `bias` [out] bf16 or None, and for "static" `input_scale` (a scalar): x is quantized with a
+    fixed power-of-two scale, no reduction over x, so quantizing is one element-wise step that
+    torch.compile fuses into the op producing x (see `block_input_bounds`)."""
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True, granularity: str = "row", device: torch.device | None = None) -> None:
         super().__init__()
@@ -84,10 +97,13 @@ class Fp8Linear(nn.Module):
         shape = (1, out_features) if granularity == "row" else ()
         self.register_buffer("weight_scale", torch.ones(shape, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.bfloat16, device=device) if bias else None)
+        static = granularity == "static"
+        self.register_buffer("input_scale", torch.ones((), dtype=torch.float32, device=device) if static else None)
 
     @classmethod
     @torch.no_grad()
-    def from_linear(cls, linear: nn.Linear, granularity: str = "row") -> "Fp8Linear":
+    def from_linear(cls, linear: nn.Linear, granularity: str = "row", *, input_bound: float | None = None) -> "Fp8Linear":
+        """`input_bound` ("static" only, required there): a bound on |x| that no input exceeds."""
         w = linear.weight.detach()
         q = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, granularity=granularity, device=w.device)
         amax = w.abs().amax(dim=1, keepdim=True) if granularity == "row" else w.abs().amax()
@@ -96,6 +112,12 @@ class Fp8Linear(nn.Module):
         q.weight_scale.copy_(scale.reshape(q.weight_scale.shape))
         if linear.bias is not None:
             q.bias.copy_(linear.bias.detach())
+        if granularity == "static":
+            if input_bound is None or not math.isfinite(input_bound) or input_bound <= 0:
+                raise ConfigError(f"static fp8 scales need a finite positive bound on the input, got {input_bound}")
+            q.input_scale.copy_(_pow2_scale(torch.tensor(input_bound * _BOUND_MARGIN)))
+        elif input_bound is not None:
+            raise ConfigError(f"input_bound is for granularity 'static' only, not {granularity!r}")
         return q
 
     def forward(self, x: Float[Tensor, "*lead i"]) -> Float[Tensor, "*lead o"]:
@@ -106,11 +128,12 @@ class Fp8Linear(nn.Module):
             )
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if self.granularity == "row":
-            amax = torch.linalg.vector_norm(x2, ord=float("inf"), dim=1, keepdim=True)  # one pass: max |x| per row
+        if self.input_scale is not None:  # "static": fixed, no pass over x to find it
+            scale = self.input_scale
+        elif self.granularity == "row":
+            scale = _pow2_scale(torch.linalg.vector_norm(x2, ord=float("inf"), dim=1, keepdim=True))  # one pass: max |x| per row
         else:
-            amax = torch.linalg.vector_norm(x2, ord=float("inf"))
-        scale = _pow2_scale(amax)
+            scale = _pow2_scale(torch.linalg.vector_norm(x2, ord=float("inf")))
         # exact: a power-of-two multiply, in x's dtype for bf16 / fp32 (their exponent range holds
         # 1 / scale); fp16's does not (1 / scale overflows for rows below ~0.007), so fp16 goes via fp32
         xs = x2.float() if x2.dtype == torch.float16 else x2
@@ -129,6 +152,8 @@ class Fp8Linear(nn.Module):
         super()._apply(fn, recurse)
         self.weight = self.weight.to(FP8)
         self.weight_scale = self.weight_scale.float()
+        if self.input_scale is not None:
+            self.input_scale = self.input_scale.float()
         if self.bias is not None:
             self.bias = self.bias.to(torch.bfloat16)
         return self
@@ -148,6 +173,63 @@ def _block_lists(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
+def _layer_norm_bound(norm: nn.LayerNorm) -> tuple[float, Tensor | None, Tensor | None, float]:
+    """(bound on any output element, gamma, beta, bound on the normalised row's L2 norm).
+
+    A normalised row z of width d has mean 0 and (biased) variance var / (var + eps) <= 1, so
+    ||z||_2 <= sqrt(d) and any one |z_k| <= sqrt(d - 1) (all other entries equal)."""
+    d = norm.normalized_shape[-1]
+    g = None if norm.weight is None else norm.weight.detach().float().abs()
+    b = None if norm.bias is None else norm.bias.detach().float()
+    elem = math.sqrt(d - 1) * (1.0 if g is None else float(g.max())) + (0.0 if b is None else float(b.abs().max()))
+    return elem, (None if norm.weight is None else norm.weight.detach().float()), b, math.sqrt(d)
+
+
+def _linear_of_norm_bound(w: Tensor, bias: Tensor | None, gamma: Tensor | None, beta: Tensor | None, z_norm: float) -> float:
+    """Bound on |(gamma * z + beta) W^T + bias| over every z with ||z||_2 <= z_norm:
+    Cauchy-Schwarz per output channel j, |(W_j * gamma) . z| <= ||W_j * gamma||_2 ||z||_2, plus
+    the constant W_j . beta + bias_j."""
+    w = w.detach().float()
+    wg = w if gamma is None else w * gamma
+    const = torch.zeros(w.shape[0], device=w.device) if beta is None else w @ beta
+    if bias is not None:
+        const = const + bias.detach().float()
+    return float((wg.norm(dim=1) * z_norm + const.abs()).max())
+
+
+def block_input_bounds(block: nn.Module) -> dict[str, float]:
+    """Bounds on |x| at the input of each linear of a pre-norm transformer block (SpecMaskGIT's
+    `Block`: norm1 -> attn.qkv -> attention -> attn.proj; norm2 -> mlp.fc1 -> GELU -> mlp.fc2),
+    from its weights alone, valid for every input of the block:
+    - attn.qkv, mlp.fc1: a layer norm's output, `_layer_norm_bound`;
+    - attn.proj: attention's output, a convex combination of value rows, so at most the bound on
+      the value projection (the last third of qkv) of a layer-normalised row;
+    - mlp.fc2: GELU of fc1's output; GELU(h) lies in [-0.17, max(h, 0)].
+    Used by quantize_fp8(granularity="static"); a ConfigError for another block layout."""
+    try:
+        n1, qkv, proj, n2, fc1, fc2, act = (
+            block.norm1, block.attn.qkv, block.attn.proj, block.norm2, block.mlp.fc1, block.mlp.fc2, block.mlp.act
+        )
+    except AttributeError as e:
+        raise ConfigError(f"static fp8 scales need SpecMaskGIT-style blocks (norm1, attn.qkv/proj, norm2, mlp.fc1/act/fc2): {e}") from None
+    if not (isinstance(n1, nn.LayerNorm) and isinstance(n2, nn.LayerNorm) and type(act) is nn.GELU):
+        raise ConfigError("static fp8 scales need layer norms before attention and MLP and a GELU MLP; use granularity 'row'")
+    d = qkv.in_features
+    if qkv.out_features != 3 * d or proj.in_features != d or fc2.in_features != fc1.out_features:
+        raise ConfigError(f"static fp8 scales: unexpected block shapes (qkv {d} -> {qkv.out_features}, proj {proj.in_features}, fc2 {fc2.in_features})")
+    e1, g1, b1, z1 = _layer_norm_bound(n1)
+    e2, g2, b2, z2 = _layer_norm_bound(n2)
+    v_rows = slice(2 * d, 3 * d)  # qkv's output is [q | k | v] (Attention's view(b, l, 3, heads, head_dim))
+    v_bias = None if qkv.bias is None else qkv.bias[v_rows]
+    h = _linear_of_norm_bound(fc1.weight, fc1.bias, g2, b2, z2)
+    return {
+        "attn.qkv": e1,
+        "attn.proj": _linear_of_norm_bound(qkv.weight[v_rows], v_bias, g1, b1, z1),
+        "mlp.fc1": e2,
+        "mlp.fc2": max(h, 0.17),
+    }
+
+
 def is_quantized(model: nn.Module) -> bool:
     """Whether `model` holds fp8 linears (`quantize_fp8`)."""
     return any(isinstance(m, Fp8Linear) for m in model.modules())
@@ -159,7 +241,10 @@ def quantize_fp8(model: nn.Module, *, granularity: str = "row", skip: Iterable[s
     in place; returns `model`, now for sampling only (see the module docstring).
 
     - `granularity`: "row" (a scale per output channel of W and per token of x; the default, the
-      more accurate) or "tensor" (one scale each; cuBLASLt's tensor-wise kernels).
+      more accurate), "tensor" (one scale each; cuBLASLt's tensor-wise kernels) or "static"
+      (one scale for W; x's scale fixed from a bound that no input can exceed,
+      `block_input_bounds`: quantizing needs no reduction, so compiled it fuses into the layer
+      norm / GELU / attention output that produces x; SpecMaskGIT-style blocks only).
     - `skip`: dotted names (as in `model.named_modules()`) of linears to leave as they are.
     Raises ConfigError on a GPU without fp8 tensor cores, on a model with no blocks to quantize, or
     on one already quantized."""
@@ -187,11 +272,14 @@ def quantize_fp8(model: nn.Module, *, granularity: str = "row", skip: Iterable[s
         raise ConfigError(f"quantize_fp8: skip names {unknown} are not linears in the model's blocks; e.g. {sorted(linears)[:3]}")
     count = 0
     for prefix, blocks in lists:
+        bounds = {}
+        if granularity == "static":  # every bound first: nothing is swapped if a block does not fit
+            bounds = {f"{prefix}.{i}.{k}": v for i, blk in enumerate(blocks) for k, v in block_input_bounds(blk).items()}
         for name, parent in list(blocks.named_modules(prefix=prefix)):
             for child_name, child in list(parent.named_children()):
                 full = f"{name}.{child_name}"
                 if type(child) is nn.Linear and full not in skip:
-                    setattr(parent, child_name, Fp8Linear.from_linear(child, granularity))
+                    setattr(parent, child_name, Fp8Linear.from_linear(child, granularity, input_bound=bounds.get(full)))
                     count += 1
     if count == 0:
         raise ConfigError("quantize_fp8 found no nn.Linear in the model's blocks (all skipped?); nothing was quantized")

@@ -2,8 +2,12 @@
 model, sampling with it, and the refusals (training, saving, twice, unsupported GPU). PyTorch's
 CPU fp8 kernel runs these here; the CUDA case (captured loop = eager tokens) needs an Ada/Hopper GPU."""
 
+import math
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from conftest import micro_inputs
@@ -172,9 +176,10 @@ def test_quantize_fp8_refusals_name_the_fix(micro_model, monkeypatch, tmp_path):
 
 
 @fp8_cuda
+@pytest.mark.parametrize("granularity", ["row", "static"])
 @pytest.mark.parametrize("compile", [False, True])
-def test_fp8_captured_loop_gives_the_eager_tokens_on_cuda(micro_model, compile):
-    model = quantize_fp8(live_control(micro_model).cuda().to(torch.bfloat16))
+def test_fp8_captured_loop_gives_the_eager_tokens_on_cuda(micro_model, compile, granularity):
+    model = quantize_fp8(live_control(micro_model).cuda().to(torch.bfloat16), granularity=granularity)
     x = micro_inputs(model, b=2)
     feats = {k: v.cuda() for k, v in x["features"].items()}
     text = x["text"].cuda()
@@ -186,3 +191,89 @@ def test_fp8_captured_loop_gives_the_eager_tokens_on_cuda(micro_model, compile):
     run(cuda_graph=True)  # captures
     graphed = run(cuda_graph=True)  # replays
     assert (graphed == eager).float().mean().item() >= 0.97
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), log_scale=st.floats(-3, 3), spike=st.booleans(), shift=st.sampled_from([0.0, 20.0]))
+def test_static_bounds_hold_for_every_input(seed, log_scale, spike, shift):
+    """block_input_bounds is a bound from the weights alone: no input of the block, however large,
+    small or spiky (one entry per row, which makes a layer norm's output element its largest,
+    sqrt(d - 1)), with small or large biases, gives a linear an input above it."""
+    from controlfoley.backbones.specmaskgit import Block
+    from controlfoley.quantize import block_input_bounds
+
+    g = torch.Generator().manual_seed(seed)
+    blk = Block(32, 2, 64).eval()
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() == 1 else 0.3))
+        blk.norm1.weight.add_(1.0)
+        blk.norm2.weight.add_(1.0)
+        for name, p in blk.named_parameters():
+            if name.endswith("bias"):  # large shifts (beta, biases): the bound's constant part dominates
+                p.add_(shift)
+    bounds = block_input_bounds(blk)
+    seen: dict[str, float] = {}
+
+    def hook(name):
+        return lambda mod, args: seen.__setitem__(name, max(seen.get(name, 0.0), float(args[0].abs().max())))
+
+    for name in bounds:
+        blk.get_submodule(name).register_forward_pre_hook(hook(name))
+    x = torch.randn(3, 20, 32, generator=g) * 10**log_scale
+    if spike:
+        x = torch.zeros_like(x)
+        x[..., seed % 32] = 10**log_scale
+    with torch.no_grad():
+        blk(x)
+    assert set(seen) == set(bounds)
+    for name, bound in bounds.items():
+        assert seen[name] <= bound * 1.001, (name, seen[name], bound)
+
+
+def test_static_fp8_samples_close_to_bf16_and_keeps_its_scales(micro_model):
+    model = live_control(micro_model).to(torch.bfloat16)
+    x = micro_inputs(model, b=4)
+    bf16 = model.generate(x["features"], x["text"], generator=torch.Generator().manual_seed(3))
+    quantize_fp8(model, granularity="static")
+    qkv = model.controlnet.blocks[0].attn.qkv
+    assert qkv.granularity == "static" and qkv.input_scale.dim() == 0 and qkv.weight_scale.dim() == 0
+    s = float(qkv.input_scale)
+    assert s == 2.0 ** round(math.log2(s))  # a power of two
+    out = model.generate(x["features"], x["text"], generator=torch.Generator().manual_seed(3))
+    same = (out == bf16).float().mean().item()
+    assert same > 0.8, same
+    model.half()
+    assert qkv.input_scale.dtype == torch.float32 and qkv.weight.dtype == torch.float8_e4m3fn
+
+
+def test_static_fp8_linear_is_close_within_its_bound_and_refuses_a_missing_one():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 96)
+    x = torch.randn(50, 64)
+    q = Fp8Linear.from_linear(lin, "static", input_bound=float(x.abs().max()) * 4)  # a loose bound costs little
+    with torch.no_grad():
+        assert rel_err(q(x), lin(x)) < 0.06
+    with pytest.raises(ConfigError, match="need a finite positive bound"):
+        Fp8Linear.from_linear(lin, "static")
+    with pytest.raises(ConfigError, match="input_bound is for granularity 'static' only"):
+        Fp8Linear.from_linear(lin, "row", input_bound=1.0)
+
+
+def test_static_scales_refuse_a_block_they_cannot_bound():
+    from controlfoley.quantize import block_input_bounds
+
+    with pytest.raises(ConfigError, match="SpecMaskGIT-style blocks"):
+        block_input_bounds(nn.TransformerEncoderLayer(32, 2, 64))
+
+
+def test_static_fp8_compiles_to_the_eager_tokens(micro_model):
+    """The static path is the one meant to be compiled (its quantizing fuses into the producing op)."""
+    model = quantize_fp8(live_control(micro_model).to(torch.bfloat16), granularity="static")
+    x = micro_inputs(model, b=2)
+
+    def run(**kw):
+        return model.generate(x["features"], x["text"], steps=4, generator=torch.Generator().manual_seed(2), **kw)
+
+    eager, compiled = run(), run(compile=True)
+    assert (compiled == eager).float().mean().item() >= 0.97

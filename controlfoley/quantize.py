@@ -55,7 +55,8 @@ __all__ = ["Fp8Linear", "quantize_fp8", "is_quantized", "FP8_GRANULARITIES", "fp
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
 FP8_GRANULARITIES = ("row", "tensor", "static")
-_BOUND_MARGIN = 1.05  # covers bf16 rounding of the bounded quantities (2^-8 relative)
+_BOUND_MARGIN = 1.05  # bf16 / fp32-accumulation rounding of each bounded quantity itself
+_ROUND = 2.0**-4  # relative rounding of one fp8 e4m3 value (3 mantissa bits); covers bf16's 2^-9 too
 _TINY = 2.0**-100  # floor of an all-zero row's scale (any power of two works: its products are 0)
 
 
@@ -147,8 +148,9 @@ class Fp8Linear(nn.Module):
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  (nn.Module's own signature)
         """`.to(device)` moves the buffers; a dtype cast (`model.to(torch.bfloat16)`, `.half()`),
-        which would turn the fp8 weight into bf16, is undone: every fp8 value and power-of-two scale
-        survives the round trip through bf16 / fp16 / fp32 exactly."""
+        which would turn the fp8 weight into bf16, is undone: every fp8 value survives the round
+        trip through bf16 / fp16 / fp32 exactly, and so does every power-of-two scale through bf16
+        and fp32 (through fp16 only scales of at least 2^-24, which are all but degenerate weights)."""
         super()._apply(fn, recurse)
         self.weight = self.weight.to(FP8)
         self.weight_scale = self.weight_scale.float()
@@ -177,7 +179,8 @@ def _layer_norm_bound(norm: nn.LayerNorm) -> tuple[float, Tensor | None, Tensor 
     """(bound on any output element, gamma, beta, bound on the normalised row's L2 norm).
 
     A normalised row z of width d has mean 0 and (biased) variance var / (var + eps) <= 1, so
-    ||z||_2 <= sqrt(d) and any one |z_k| <= sqrt(d - 1) (all other entries equal)."""
+    ||z||_2 <= sqrt(d) and any one |z_k| <= sqrt(d - 1) (all other entries equal). The output's
+    own rounding (bf16: 2^-9 relative) is within _BOUND_MARGIN."""
     d = norm.normalized_shape[-1]
     g = None if norm.weight is None else norm.weight.detach().float().abs()
     b = None if norm.bias is None else norm.bias.detach().float()
@@ -186,15 +189,20 @@ def _layer_norm_bound(norm: nn.LayerNorm) -> tuple[float, Tensor | None, Tensor 
 
 
 def _linear_of_norm_bound(w: Tensor, bias: Tensor | None, gamma: Tensor | None, beta: Tensor | None, z_norm: float) -> float:
-    """Bound on |(gamma * z + beta) W^T + bias| over every z with ||z||_2 <= z_norm:
-    Cauchy-Schwarz per output channel j, |(W_j * gamma) . z| <= ||W_j * gamma||_2 ||z||_2, plus
-    the constant W_j . beta + bias_j."""
-    w = w.detach().float()
-    wg = w if gamma is None else w * gamma
-    const = torch.zeros(w.shape[0], device=w.device) if beta is None else w @ beta
-    if bias is not None:
-        const = const + bias.detach().float()
-    return float((wg.norm(dim=1) * z_norm + const.abs()).max())
+    """Bound on |y' W'^T + bias| for y = gamma * z + beta over every z with ||z||_2 <= z_norm, where
+    y' and W' are y and W each rounded element by element (to bf16, or to fp8 in a quantized
+    model: relative error <= _ROUND each). Per output channel j:
+    |sum_k W'_jk y'_k| <= (1 + r)^2 sum_k |W_jk| (|gamma_k| |z_k| + |beta_k|)
+                       <= (1 + r)^2 (||W_j * gamma||_2 ||z||_2 + sum_k |W_jk beta_k|)   (Cauchy-Schwarz),
+    plus |bias_j|. No cancellation between the beta terms is assumed: rounding errors, relative to
+    each |y_k|, do not cancel (a review built bf16 inputs that broke a bound that assumed it)."""
+    w = w.detach().float().abs()
+    wg = w if gamma is None else w * gamma.abs()
+    spread = wg.norm(dim=1) * z_norm
+    if beta is not None:
+        spread = spread + w @ beta.abs()
+    b = 0.0 if bias is None else bias.detach().float().abs()
+    return float(((1 + _ROUND) ** 2 * spread + b).max())
 
 
 def block_input_bounds(block: nn.Module) -> dict[str, float]:
@@ -205,7 +213,10 @@ def block_input_bounds(block: nn.Module) -> dict[str, float]:
     - attn.proj: attention's output, a convex combination of value rows, so at most the bound on
       the value projection (the last third of qkv) of a layer-normalised row;
     - mlp.fc2: GELU of fc1's output; GELU(h) lies in [-0.17, max(h, 0)].
-    Used by quantize_fp8(granularity="static"); a ConfigError for another block layout."""
+    The linear bounds allow for each element being rounded (bf16, or fp8 in the quantized model),
+    so they hold for the quantized block too, not only in exact arithmetic. They matter: a value
+    above 448 * scale saturates to 448 in current PyTorch and became NaN in releases before
+    2026-04. Used by quantize_fp8(granularity="static"); a ConfigError for another block layout."""
     try:
         n1, qkv, proj, n2, fc1, fc2, act = (
             block.norm1, block.attn.qkv, block.attn.proj, block.norm2, block.mlp.fc1, block.mlp.fc2, block.mlp.act

@@ -209,6 +209,7 @@ def test_static_bounds_hold_for_every_input(seed, log_scale, spike, shift):
             p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() == 1 else 0.3))
         blk.norm1.weight.add_(1.0)
         blk.norm2.weight.add_(1.0)
+        blk.attn.qkv.weight[64:].mul_(4.0)  # value rows larger than q / k rows: a bound on the wrong rows fails
         for name, p in blk.named_parameters():
             if name.endswith("bias"):  # large shifts (beta, biases): the bound's constant part dominates
                 p.add_(shift)
@@ -277,3 +278,39 @@ def test_static_fp8_compiles_to_the_eager_tokens(micro_model):
 
     eager, compiled = run(), run(compile=True)
     assert (compiled == eager).float().mean().item() >= 0.97
+
+
+def _one_block_model(blk: nn.Module) -> nn.Module:
+    m = nn.Module()
+    m.backbone = nn.Module()
+    m.backbone.blocks = nn.ModuleList([blk])
+    return m
+
+
+@pytest.mark.parametrize("gamma, beta, v_bias", [(1.0703125, 0.0, 16.0), (1.078125, 0.0, 48.0), (18.5, 384.0, 0.0)])
+def test_static_scales_hold_for_aligned_inputs_of_a_quantized_bf16_block(gamma, beta, v_bias):
+    """Inputs built to push attention's output to its bound in a bf16, quantized block (value rows
+    aligned with the normalised input, large biases): rounding of each element (bf16 layer norm,
+    fp8 weights and inputs) must stay inside the fixed scale: nothing reaches 448 * input_scale,
+    where e4m3 would saturate. A review broke a bound that ignored that rounding with these cases."""
+    from controlfoley.backbones.specmaskgit import Block
+
+    d = 64
+    sign = torch.tensor([1.0, -1.0] * (d // 2))
+    blk = Block(d, 2, 128).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.zero_()
+        blk.norm1.weight.fill_(gamma)
+        blk.norm1.bias.fill_(beta)
+        blk.norm2.weight.fill_(1.0)
+        blk.attn.qkv.weight[2 * d :] = sign * 1.0703125
+        blk.attn.qkv.weight[0, 0] = 1.75
+        blk.attn.qkv.bias[2 * d :] = v_bias
+        blk.attn.proj.weight.copy_(torch.eye(d))
+    quantize_fp8(_one_block_model(blk), granularity="static")
+    seen = {}
+    blk.attn.proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("in", float(a[0].float().abs().max())))
+    with torch.no_grad():
+        blk((sign * 1000.0).expand(2, 8, d).bfloat16().contiguous())
+    assert seen["in"] < FP8_MAX * float(blk.attn.proj.input_scale)

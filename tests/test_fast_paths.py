@@ -434,3 +434,30 @@ def test_compiled_calls_switch_runtime_type_checks_off_and_back(monkeypatch):
     with pytest.raises(RuntimeError):
         _without_typechecks(boom)()
     assert seen == [True] and config.jaxtyping_disable == before
+
+
+def test_compiled_step_forward_is_one_graph(model, monkeypatch):
+    """torch.compile sees the whole guided forward (embedding, ControlNet on the video rows, blocks,
+    head) as ONE graph: a graph break (a ContextVar read, a host sync, a Python-side branch on a
+    tensor) would split it into frames compiled one by one, each with its own shape guards, which
+    on torch 2.11 hit dynamo's recompile limit and fell back to eager (an H100 run, RESULTS.md)."""
+    import inspect
+
+    from jaxtyping import config
+
+    from controlfoley.fast import _Rows, batched_logits
+
+    monkeypatch.setattr(config, "jaxtyping_disable", True)  # as compiled calls run (fast._without_typechecks)
+    x = micro_inputs(model, b=2)
+    control = model.encode_control(x["features"])
+    n = model.n_tokens
+    rows = _Rows({"cond": x["text"].repeat(2, 1), "cond_on": torch.tensor([False, False, True, True]),
+                  "control": control.repeat(2, 1, 1), "control_on": torch.tensor([False, False, True, True])}, 2)
+    codes = torch.zeros(2, n, dtype=torch.long)
+    mask = torch.ones(2, n, dtype=torch.bool)
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        ex = torch._dynamo.explain(inspect.unwrap(batched_logits))(
+            model, 2, codes, mask, None, rows.cond, rows.cond_on, rows.control, rows.control_rows
+        )
+    assert ex.graph_break_count == 0 and ex.graph_count == 1, [r.reason for r in ex.break_reasons]

@@ -436,7 +436,8 @@ def test_compiled_calls_switch_runtime_type_checks_off_and_back(monkeypatch):
     assert seen == [True] and config.jaxtyping_disable == before
 
 
-def test_compiled_step_forward_is_one_graph(model, monkeypatch):
+@pytest.mark.parametrize("fp8", [None, "static", "row"])
+def test_compiled_step_forward_is_one_graph(model, monkeypatch, fp8):
     """torch.compile sees the whole guided forward (embedding, ControlNet on the video rows, blocks,
     head) as ONE graph: a graph break (a ContextVar read, a host sync, a Python-side branch on a
     tensor) would split it into frames compiled one by one, each with its own shape guards, which
@@ -448,10 +449,15 @@ def test_compiled_step_forward_is_one_graph(model, monkeypatch):
     from controlfoley.fast import _Rows, batched_logits
 
     monkeypatch.setattr(config, "jaxtyping_disable", True)  # as compiled calls run (fast._without_typechecks)
+    if fp8 is not None:  # the fp8 linears too (controlfoley.quantize)
+        from controlfoley.quantize import quantize_fp8
+
+        model = quantize_fp8(model.to(torch.bfloat16), granularity=fp8)
     x = micro_inputs(model, b=2)
     control = model.encode_control(x["features"])
     n = model.n_tokens
-    rows = _Rows({"cond": x["text"].repeat(2, 1), "cond_on": torch.tensor([False, False, True, True]),
+    text = x["text"].to(control.dtype)
+    rows = _Rows({"cond": text.repeat(2, 1), "cond_on": torch.tensor([False, False, True, True]),
                   "control": control.repeat(2, 1, 1), "control_on": torch.tensor([False, False, True, True])}, 2)
     codes = torch.zeros(2, n, dtype=torch.long)
     mask = torch.ones(2, n, dtype=torch.bool)

@@ -306,8 +306,30 @@ def compiled_batched_logits(device: torch.device, static_shapes: bool, cudagraph
         # it in beartype, which checks nothing useful on traced tensors and which torch 2.11's dynamo
         # failed to trace (benchmarks/RESULTS.md, GPU correctness)
         fn = inspect.unwrap(batched_logits)
-        _COMPILED[key] = _without_typechecks(torch.compile(fn, mode=mode, dynamic=False if static_shapes else None))
+        _COMPILED[key] = _with_room_to_recompile(_without_typechecks(torch.compile(fn, mode=mode, dynamic=False if static_shapes else None)))
     return _COMPILED[key]
+
+
+# Graphs dynamo may keep for the one compiled forward. Static shapes give one graph per (batch,
+# condition-set layout), two layouts per generate call (the pruned first step), and dynamo's
+# default limit of 8 per function made the 5th batch size a process sampled with fall back to eager
+# for good (measured: batch sizes 1-4 compiled, 5 and 6 eager).
+RECOMPILE_LIMIT = 64
+
+
+def _with_room_to_recompile(compiled: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """`compiled` called with dynamo's per-function recompile limit raised to RECOMPILE_LIMIT (for
+    this call only; the process-wide setting is left as it is)."""
+    import torch._dynamo.config as dynamo_config
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+
+    @functools.wraps(compiled)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with dynamo_config.patch(**{name: max(RECOMPILE_LIMIT, getattr(dynamo_config, name))}):
+            return compiled(*args, **kwargs)
+
+    return call
 
 
 def _without_typechecks(compiled: Callable[..., Tensor]) -> Callable[..., Tensor]:

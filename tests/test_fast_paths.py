@@ -467,3 +467,20 @@ def test_compiled_step_forward_is_one_graph(model, monkeypatch, fp8):
             model, 2, codes, mask, None, rows.cond, rows.cond_on, rows.control, rows.control_rows
         )
     assert ex.graph_break_count == 0 and ex.graph_count == 1, [r.reason for r in ex.break_reasons]
+
+
+def test_compiled_sampling_keeps_compiling_new_batch_sizes(model):
+    """Static shapes give one graph per batch size and row layout (two per call); dynamo's default
+    limit of 8 graphs per function would send the 5th batch size to eager for good. The compiled
+    call raises that limit for itself and leaves the process-wide one alone."""
+    import torch._dynamo.config as dynamo_config
+    from torch._dynamo.utils import counters
+
+    limit = dynamo_config.recompile_limit
+    torch._dynamo.reset()
+    counters.clear()
+    for b in range(1, 6):
+        x = micro_inputs(model, b=b)
+        model.generate(x["features"], x["text"], steps=2, compile=True)
+    assert counters["frames"]["ok"] == counters["frames"]["total"] == 10  # every layout of every batch size compiled
+    assert dynamo_config.recompile_limit == limit

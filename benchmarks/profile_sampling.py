@@ -43,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     print(environment(device), flush=True)
-    model = models_for(make_model(args.preset, device), [args.path])[args.path]  # a bf16 copy for the bf16-model paths
+    model = models_for(make_model(args.preset, device), [args.path])[args.path]  # the path's copy (bf16, fp8) if it has one
     feats, text = make_inputs(model, args.batch, device)
     kw = LIBRARY_PATHS[args.path]
 

@@ -64,28 +64,23 @@ LIBRARY_PATHS: dict[str, dict[str, Any]] = {
     "library_bf16_graph": {"dtype": torch.bfloat16, "prune_rows": True, "cuda_graph": True},
     "library_bf16_weights_graph": {"dtype": torch.bfloat16, "prune_rows": True, "cuda_graph": True},
     "library_bf16_compile_graph": {"dtype": torch.bfloat16, "prune_rows": True, "compile": True, "cuda_graph": True},
-    # bf16 weights run natively, without autocast (generate's default for a bf16 model, dtype=None):
-    # layer norms, residual adds and softmax in bf16 too, so half the activation traffic
-    "library_bf16_native": {"prune_rows": True},
-    "library_bf16_native_compile": {"prune_rows": True, "compile": True},
-    "library_bf16_native_graph": {"prune_rows": True, "cuda_graph": True},
-    "library_bf16_native_compile_graph": {"prune_rows": True, "compile": True, "cuda_graph": True},
-    # the bf16 model with its block linears in fp8 (controlfoley.quantize.quantize_fp8), run natively:
-    # row-wise scales (default) or tensor-wise ("_tensor"); needs compute capability >= 8.9 on CUDA
-    "library_fp8": {"prune_rows": True},
-    "library_fp8_graph": {"prune_rows": True, "cuda_graph": True},
-    "library_fp8_compile": {"prune_rows": True, "compile": True},
-    "library_fp8_compile_graph": {"prune_rows": True, "compile": True, "cuda_graph": True},
-    # "static": x's scale fixed from a bound on the block's inputs, no reduction (fuses when compiled)
-    "library_fp8_static": {"prune_rows": True},
-    "library_fp8_static_graph": {"prune_rows": True, "cuda_graph": True},
-    "library_fp8_static_compile": {"prune_rows": True, "compile": True},
-    "library_fp8_static_compile_graph": {"prune_rows": True, "compile": True, "cuda_graph": True},
-    "library_fp8_tensor": {"prune_rows": True},
-    "library_fp8_tensor_graph": {"prune_rows": True, "cuda_graph": True},
-    "library_fp8_tensor_compile_graph": {"prune_rows": True, "compile": True, "cuda_graph": True},
 }
-BF16_MODEL_PATHS = ("library_bf16_weights", "library_bf16_native")  # prefixes of the paths that use a bf16 copy
+# Model copies some paths sample with, by the longest matching path prefix: "bf16" a bf16 copy made
+# once (`model.to(torch.bfloat16)`); "row" / "static" / "tensor" that copy with its block linears in
+# fp8 (controlfoley.quantize.quantize_fp8, that granularity; compute capability >= 8.9 on CUDA).
+MODEL_COPIES = {
+    "library_bf16_weights": "bf16",
+    "library_bf16_native": "bf16",
+    "library_fp8": "row",
+    "library_fp8_static": "static",  # x's scale fixed from a bound on the block's inputs: no reduction, fuses when compiled
+    "library_fp8_tensor": "tensor",
+}
+# The copies sampled natively (their own dtype, no autocast; generate's default for a bf16 model:
+# layer norms, residual adds and softmax in bf16 too), eager, compiled, in a whole-loop graph, or both
+RUN_MODES = {"": {}, "_compile": {"compile": True}, "_graph": {"cuda_graph": True}, "_compile_graph": {"compile": True, "cuda_graph": True}}
+for _prefix in ("library_bf16_native", "library_fp8", "library_fp8_static", "library_fp8_tensor"):
+    for _suffix, _mode in RUN_MODES.items():
+        LIBRARY_PATHS[_prefix + _suffix] = {"prune_rows": True, **_mode}
 DEFAULT_PATHS = ("reference", "library", "library_bf16")
 # on CUDA also the fastest measured paths (benchmarks/RESULTS.md): whole-loop CUDA graphs, a bf16 model
 DEFAULT_CUDA_PATHS = (*DEFAULT_PATHS, "library_bf16_graph", "library_bf16_native_graph")
@@ -155,25 +150,32 @@ def make_inputs(model: SpecMaskFoley, batch: int, device: torch.device) -> tuple
     return {k: v.to(device) for k, v in feats.items()}, text.to(device)
 
 
+def copy_of(path: str) -> str | None:
+    """The model copy `path` samples with (MODEL_COPIES), None for the model itself."""
+    prefix = max((p for p in MODEL_COPIES if path.startswith(p)), key=len, default=None)
+    return None if prefix is None else MODEL_COPIES[prefix]
+
+
 def models_for(model: SpecMaskFoley, paths: list[str]) -> dict[str, SpecMaskFoley]:
-    """The model each path samples with: a bf16 copy (one, shared) for the bf16-weights paths, an
-    fp8-quantized bf16 copy per granularity for the fp8 paths."""
-    bf16 = copy.deepcopy(model).to(torch.bfloat16) if any(p.startswith(BF16_MODEL_PATHS + ("library_fp8",)) for p in paths) else None
-    fp8: dict[str, SpecMaskFoley] = {}
+    """The model each path samples with, each copy made once. A copy that cannot be made (fp8 on a
+    GPU without it) is reported and its paths left out; the others go on."""
+    copies: dict[str, SpecMaskFoley | None] = {}
 
-    def pick(p: str) -> SpecMaskFoley | None:
-        if p.startswith("library_fp8"):
-            g = "tensor" if p.startswith("library_fp8_tensor") else "static" if p.startswith("library_fp8_static") else "row"
-            if g not in fp8:
+    def get(kind: str | None) -> SpecMaskFoley | None:
+        if kind is None:
+            return model
+        if kind not in copies:
+            if kind == "bf16":
+                copies[kind] = copy.deepcopy(model).to(torch.bfloat16)
+            else:
                 try:
-                    fp8[g] = quantize_fp8(copy.deepcopy(bf16), granularity=g)
-                except ConfigError as e:  # e.g. a GPU without fp8: reported, the other paths go on
-                    print(f"  {p} FAILED, not timed: {e}", flush=True)
-                    fp8[g] = None
-            return fp8[g]
-        return bf16 if p.startswith(BF16_MODEL_PATHS) else model
+                    copies[kind] = quantize_fp8(copy.deepcopy(get("bf16")), granularity=kind)
+                except ConfigError as e:
+                    print(f"  the fp8 ({kind}) model FAILED, its paths not timed: {e}", flush=True)
+                    copies[kind] = None
+        return copies[kind]
 
-    picked = {p: pick(p) for p in paths}
+    picked = {p: get(copy_of(p)) for p in paths}
     return {p: m for p, m in picked.items() if m is not None}
 
 

@@ -176,31 +176,31 @@ def _block_lists(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _layer_norm_bound(norm: nn.LayerNorm) -> tuple[float, Tensor | None, Tensor | None, float]:
-    """(bound on any output element, gamma, beta, bound on the normalised row's L2 norm).
+    """(bound on any output element, |gamma|, |beta|, bound on the normalised row's L2 norm).
 
     A normalised row z of width d has mean 0 and (biased) variance var / (var + eps) <= 1, so
     ||z||_2 <= sqrt(d) and any one |z_k| <= sqrt(d - 1) (all other entries equal). The output's
     own rounding (bf16: 2^-9 relative) is within _BOUND_MARGIN."""
     d = norm.normalized_shape[-1]
     g = None if norm.weight is None else norm.weight.detach().float().abs()
-    b = None if norm.bias is None else norm.bias.detach().float()
-    elem = math.sqrt(d - 1) * (1.0 if g is None else float(g.max())) + (0.0 if b is None else float(b.abs().max()))
-    return elem, (None if norm.weight is None else norm.weight.detach().float()), b, math.sqrt(d)
+    b = None if norm.bias is None else norm.bias.detach().float().abs()
+    elem = math.sqrt(d - 1) * (1.0 if g is None else float(g.max())) + (0.0 if b is None else float(b.max()))
+    return elem, g, b, math.sqrt(d)
 
 
 def _linear_of_norm_bound(w: Tensor, bias: Tensor | None, gamma: Tensor | None, beta: Tensor | None, z_norm: float) -> float:
     """Bound on |y' W'^T + bias| for y = gamma * z + beta over every z with ||z||_2 <= z_norm, where
     y' and W' are y and W each rounded element by element (to bf16, or to fp8 in a quantized
-    model: relative error <= _ROUND each). Per output channel j:
+    model: relative error <= _ROUND each); `gamma` and `beta` are given as absolute values. Per
+    output channel j:
     |sum_k W'_jk y'_k| <= (1 + r)^2 sum_k |W_jk| (|gamma_k| |z_k| + |beta_k|)
                        <= (1 + r)^2 (||W_j * gamma||_2 ||z||_2 + sum_k |W_jk beta_k|)   (Cauchy-Schwarz),
     plus |bias_j|. No cancellation between the beta terms is assumed: rounding errors, relative to
     each |y_k|, do not cancel (a review built bf16 inputs that broke a bound that assumed it)."""
     w = w.detach().float().abs()
-    wg = w if gamma is None else w * gamma.abs()
-    spread = wg.norm(dim=1) * z_norm
+    spread = (w if gamma is None else w * gamma).norm(dim=1) * z_norm
     if beta is not None:
-        spread = spread + w @ beta.abs()
+        spread = spread + w @ beta
     b = 0.0 if bias is None else bias.detach().float().abs()
     return float(((1 + _ROUND) ** 2 * spread + b).max())
 
@@ -281,17 +281,14 @@ def quantize_fp8(model: nn.Module, *, granularity: str = "row", skip: Iterable[s
     unknown = sorted(skip - linears)
     if unknown:
         raise ConfigError(f"quantize_fp8: skip names {unknown} are not linears in the model's blocks; e.g. {sorted(linears)[:3]}")
-    count = 0
-    for prefix, blocks in lists:
-        bounds = {}
-        if granularity == "static":  # every bound first: nothing is swapped if a block does not fit
-            bounds = {f"{prefix}.{i}.{k}": v for i, blk in enumerate(blocks) for k, v in block_input_bounds(blk).items()}
-        for name, parent in list(blocks.named_modules(prefix=prefix)):
-            for child_name, child in list(parent.named_children()):
-                full = f"{name}.{child_name}"
-                if type(child) is nn.Linear and full not in skip:
-                    setattr(parent, child_name, Fp8Linear.from_linear(child, granularity, input_bound=bounds.get(full)))
-                    count += 1
-    if count == 0:
+    if not linears - skip:
         raise ConfigError("quantize_fp8 found no nn.Linear in the model's blocks (all skipped?); nothing was quantized")
+    bounds: dict[str, float] = {}
+    if granularity == "static":  # every bound first: nothing is swapped if one block does not fit
+        for prefix, blocks in lists:
+            bounds |= {f"{prefix}.{i}.{k}": v for i, blk in enumerate(blocks) for k, v in block_input_bounds(blk).items()}
+    for name in sorted(linears - skip):
+        parent, child = name.rsplit(".", 1)
+        owner = model.get_submodule(parent)
+        setattr(owner, child, Fp8Linear.from_linear(getattr(owner, child), granularity, input_bound=bounds.get(name)))
     return model

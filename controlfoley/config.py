@@ -74,6 +74,32 @@ def _check_json(value: Any, where: str) -> None:
         raise ConfigError(f"{where}: config values must be JSON-serialisable (numbers, strings, lists, dicts): {e}") from None
 
 
+class FrozenKwargs(dict):
+    """A part's kwargs: a plain dict for reading (JSON, `**kwargs`, pickling), refusing writes.
+
+    `ModelConfig` is frozen, so a part's kwargs must not change under it either (a model built
+    from a config would silently stop matching it). To change one, make a new config:
+    `cfg.override(backbone={"depth": 4})`.
+    """
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise ConfigError(
+            "a part's kwargs are read-only (the config is frozen); make a new config instead, "
+            "e.g. cfg.override(backbone={'depth': 4}) or Part(name, {**part.kwargs, 'depth': 4})"
+        )
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse  # type: ignore[assignment]
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(json.dumps(self, sort_keys=True))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickle / deepcopy without going through __setitem__
+        return (FrozenKwargs, (dict(self),))
+
+    def __repr__(self) -> str:
+        return dict.__repr__(self)
+
+
 @dataclass(frozen=True)
 class Part:
     """One part: the registry name of its builder and the flat keyword arguments it is built with."""
@@ -88,10 +114,10 @@ class Part:
             raise ConfigError(f"part {self.name!r}: kwargs must be a dict of builder arguments, got {type(self.kwargs).__name__}")
         _check_json(dict(self.kwargs), f"part {self.name!r}")
         # JSON values, as a saved config holds them: a tuple given in Python equals its reloaded list
-        object.__setattr__(self, "kwargs", json.loads(json.dumps(dict(self.kwargs))))
+        object.__setattr__(self, "kwargs", FrozenKwargs(json.loads(json.dumps(dict(self.kwargs)))))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kwargs": dict(self.kwargs)}
+        return {"name": self.name, "kwargs": json.loads(json.dumps(self.kwargs))}  # a copy the caller may edit
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Part":

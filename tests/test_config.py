@@ -145,3 +145,26 @@ def test_a_registered_builder_must_be_callable() -> None:
     with pytest.raises(RegistryError, match="register a builder .*got int 42"):
         inspect.unwrap(ALIGNERS.register("test_not_callable"))(42)  # past the suite's runtime type checks
     assert "test_not_callable" not in ALIGNERS
+
+
+def test_part_kwargs_are_read_only_but_copy_pickle_and_hash() -> None:
+    import copy
+    import pickle
+
+    cfg = get_preset("specmaskfoley_tiny")
+    depth = cfg.backbone.kwargs["depth"]
+    with pytest.raises(ConfigError, match="read-only.*override"):
+        cfg.backbone.kwargs["depth"] = depth + 1
+    with pytest.raises(ConfigError, match="read-only"):
+        cfg.backbone.kwargs.update(depth=depth + 1)
+    assert cfg.backbone.kwargs["depth"] == depth
+    # the way to change it
+    assert cfg.override(backbone={"depth": depth + 1}).backbone.kwargs["depth"] == depth + 1
+    # a frozen config is a value: it hashes, pickles (DataLoader workers, torchrun) and deep-copies
+    assert hash(cfg) == hash(ModelConfig.from_json(cfg.to_json()))
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    assert copy.deepcopy(cfg) == cfg
+    # to_dict hands out a copy the caller may edit without touching the config
+    d = cfg.to_dict()
+    d["backbone"]["kwargs"]["depth"] = depth + 1
+    assert cfg.backbone.kwargs["depth"] == depth

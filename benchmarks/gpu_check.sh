@@ -23,8 +23,10 @@
 #   7. torch.profiler of one batch-64 call: bf16 model eager, fp8 model (static scales) eager
 #   8. batch 64 with attention restricted to the flash, then the memory-efficient SDPA backend
 #   9. torch.profiler of one batch-64 call, compiled: bf16 model, fp8 model (static scales)
-# Full run (the default steps 1 2 3 6 0 5 4 7): 452 s on an H100 (2026-11-27, run E in RESULTS.md); steps 8 and 9 are
-# not in the default list. Smoke test on a CPU machine (no graph or fp8-graph paths there):
+#  10. batch 64, compiled inside the whole-loop graph with inductor's max-autotune (untried on a GPU;
+#      autotuning compiles for minutes: run it alone, `... gpu_check.sh 10`)
+# Full run (the default steps 1 2 3 6 0 5 4 7): 452 s on an H100 (2026-11-27, run E in RESULTS.md); steps 8, 9 and 10
+# are not in the default list. Smoke test on a CPU machine (no graph or fp8-graph paths there):
 #     DEVICE=cpu PRESET=specmaskfoley_tiny BIG_BATCH=4 PY=.venv/bin/python bash benchmarks/gpu_check.sh 1 2 3 4 6 7
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -86,7 +88,10 @@ for n in $ONLY; do
            step 60 "8. batch $BIG_BATCH, attention backend $backend" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 \
                --no-decode --markdown --sdpa $backend --paths library_bf16_native
        done ;;
-    *) echo "unknown step $n (steps: 0-9)" >&2 ;;
+    10) # inductor's max-autotune GEMMs (bias + GELU as the GEMM's epilogue): the element-wise work is ~30% of batch 64
+       step 420 "10. batch $BIG_BATCH, compiled with max-autotune" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
+           --max-autotune --paths library_bf16_native $COMPILED ;;
+    *) echo "unknown step $n (steps: 0-10)" >&2 ;;
     esac
 done
 cat "$log"

@@ -339,11 +339,21 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--markdown", action="store_true", help="print GitHub tables (for RESULTS.md)")
     ap.add_argument("--sdpa", choices=sorted(SDPA_BACKENDS), help="restrict the library paths' attention to one SDPA backend")
+    ap.add_argument("--max-autotune", action="store_true",
+                    help="the _compile paths with inductor's max-autotune GEMMs (Triton templates that can take the bias + GELU "
+                         "as an epilogue) and coordinate-descent tuning; compiling takes minutes")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if args.max_autotune:  # process-wide inductor settings, read when the compiled forward is first built
+        import torch._inductor.config as inductor_config
+
+        inductor_config.max_autotune = True
+        inductor_config.max_autotune_gemm = True
+        inductor_config.coordinate_descent_tuning = True
+        inductor_config.epilogue_fusion = True
     if args.paths is None:
         args.paths = list(DEFAULT_CUDA_PATHS if device.type == "cuda" else DEFAULT_PATHS)
-    print(environment(device) + (f" | SDPA backend {args.sdpa}" if args.sdpa else ""), flush=True)
+    print(environment(device) + (f" | SDPA backend {args.sdpa}" if args.sdpa else "") + (" | inductor max-autotune" if args.max_autotune else ""), flush=True)
     results = []
     with sdpa_kernel([SDPA_BACKENDS[args.sdpa]]) if args.sdpa else contextlib.nullcontext():
         for preset in args.preset:

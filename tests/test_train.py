@@ -85,12 +85,15 @@ def test_paper_lr_schedule() -> None:
     values = [s(k) for k in range(2800, 140_001, 997)]
     assert all(a >= b for a, b in zip(values, values[1:]))
     assert WarmupCosine(1.0, 0, 10, 0.1)(0) == 1.0 and WarmupCosine(1.0, 0, 10, 0.1)(10) == pytest.approx(0.1)
-    # a run shorter than the recipe's warm-up keeps its warm-up fraction, others its steps; given ones win
+    # a run shorter than the recipe keeps its warm-up fraction, longer ones its steps; given ones win
     short = {"preset": "p", "data": "d", "out": "o"}
     assert TrainConfig.for_recipe("controlnet", **short, steps=1_000).warmup_steps == 20
     assert TrainConfig.for_recipe("tokenizer", **short, steps=20).warmup_steps == 0  # 1% of 20 rounds to 0
     assert TrainConfig.for_recipe("controlnet", **short, steps=500_000).warmup_steps == 2_800
-    assert TrainConfig.for_recipe("controlnet", **short, steps=7_000).warmup_steps == 2_800
+    assert TrainConfig.for_recipe("controlnet", **short, steps=7_000).warmup_steps == 140
+    # no jump where the run's length crosses the recipe's warm-up: the fraction holds up to the recipe's length
+    warmups = [TrainConfig.for_recipe("controlnet", **short, steps=n).warmup_steps for n in (2_799, 2_800, 2_801, 139_999, 140_000)]
+    assert warmups == [56, 56, 56, 2_800, 2_800]
     assert TrainConfig.for_recipe("controlnet", **short, base_lr=np.float64(2e-3)).base_lr == 2e-3  # numpy numbers are numbers
     assert TrainConfig.for_recipe("controlnet", **short, steps=np.int64(1_000)).warmup_steps == 20
     assert TrainConfig.for_recipe("controlnet", **short, steps=1_000, warmup_steps=7).warmup_steps == 7

@@ -154,14 +154,16 @@ class TrainConfig:
     @classmethod
     def for_recipe(cls, recipe: str, **fields: Any) -> "TrainConfig":
         """The recipe's defaults, overridden by `fields` (which must include preset, data, out). A run
-        shorter than the recipe's warm-up, with no `warmup_steps` given, keeps the recipe's warm-up
-        fraction (ControlNet: 2,800 of 140,000 steps, so 20 of 1,000); longer runs keep its steps."""
+        shorter than the recipe, with no `warmup_steps` given, keeps the recipe's warm-up fraction
+        (ControlNet: 2,800 of 140,000 steps, so 20 of 1,000 and 140 of 7,000); longer runs keep its
+        warm-up steps. (Scaling only runs shorter than the warm-up itself made a 2,800-step run all
+        warm-up while 2,799 steps warmed up for 56.)"""
         _check_choice("recipe", recipe, RECIPES)
         defaults = dict(RECIPE_DEFAULTS[recipe])
         steps = fields.get("steps")
         warmup = defaults["warmup_steps"]
-        if fields.get("warmup_steps") is None and isinstance(steps, numbers.Integral) and not isinstance(steps, (bool, np.bool_)) and 1 <= steps < warmup:
-            # a run shorter than the recipe's warm-up keeps its warm-up fraction (2% for the ControlNet)
+        if fields.get("warmup_steps") is None and isinstance(steps, numbers.Integral) and not isinstance(steps, (bool, np.bool_)) and 1 <= steps < defaults["steps"]:
+            # a run shorter than the recipe keeps its warm-up fraction (2% for the ControlNet)
             defaults["warmup_steps"] = round(int(steps) * warmup / defaults["steps"])
         fields = {k: v for k, v in fields.items() if not (k == "warmup_steps" and v is None)}
         return cls.from_dict({**defaults, **fields, "recipe": recipe})

@@ -12,15 +12,16 @@
 # without fp8) is reported and skipped; the others are still timed.
 #   1. ceilings: bf16 / fp32 / fp8 matrix-product rate and copy bandwidth of this card
 #   2. batch 1: naive reference vs library bf16 eager and whole-loop CUDA graph (cuda_graph=True),
-#      bf16 model and fp8 model (static scales) in a graph, + decode and Griffin-Lim
-#   3. batch 64: naive reference vs library bf16 (autocast, bf16 model), whole-loop graph, fp8 model
+#      bf16 model, bf16 model with the GELU in fc1's epilogue (fuse_gelu_epilogue) and fp8 model
+#      (static scales) in a graph, + decode and Griffin-Lim
+#   3. batch 64: naive reference vs library bf16 (autocast, bf16 model, GELU epilogue), whole-loop graph, fp8 model
 #      (row-wise and static scales) in a graph; no decode (Griffin-Lim runs on the CPU, ~1 s a clip)
-#   6. batch 64, compiled inside the whole-loop graph: bf16 model, fp8 models (static, row-wise)
+#   6. batch 64, compiled inside the whole-loop graph: bf16 model (plain, GELU epilogue), fp8 models (static, row-wise)
 #   0. the CUDA-only tests (captured loop = eager tokens for fp32 / bf16 / fp8 / compiled; the
 #      pipeline and `generate --cuda-graph` on CUDA)
 #   5. batch 1, compiled inside the whole-loop graph: bf16 model, fp8 model
 #   4. ControlNet training step at batch 64 (frozen backbone vs all-grad reference)
-#   7. torch.profiler of one batch-64 call: bf16 model eager, fp8 model (static scales) eager
+#   7. torch.profiler of one batch-64 call, eager: bf16 model (plain, GELU epilogue), fp8 model (static scales)
 #   8. batch 64 with attention restricted to the flash, then the memory-efficient SDPA backend
 #   9. torch.profiler of one batch-64 call, compiled: bf16 model, fp8 model (static scales)
 #  10. batch 64, compiled inside the whole-loop graph with inductor's max-autotune (untried on a GPU;
@@ -38,8 +39,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PY:-python3} DEVICE=${DEVICE:-cuda} PRESET=${PRESET:-specmaskfoley} BIG_BATCH=${BIG_BATCH:-64}
 GRAPH1="" GRAPH64="" COMPILED="library_bf16_compile" FP8_1="" FP8_64="library_fp8" FP8_COMPILED=""  # CPU smoke test
 if [ "$DEVICE" != cpu ]; then  # whole-loop CUDA graphs (cuda_graph=True) need a GPU
-    GRAPH1="library_bf16_graph library_bf16_native_graph" GRAPH64="library_bf16_graph library_bf16_native_graph"
-    COMPILED="library_bf16_native_compile_graph"
+    GRAPH1="library_bf16_graph library_bf16_native_graph library_bf16_gelu_graph" GRAPH64="library_bf16_graph library_bf16_native_graph library_bf16_gelu_graph"
+    COMPILED="library_bf16_native_compile_graph library_bf16_gelu_compile_graph"
     FP8_1="library_fp8_static_graph" FP8_64="library_fp8_graph library_fp8_static_graph"
     FP8_COMPILED="library_fp8_static_compile_graph library_fp8_compile_graph"  # step 5 times the first
 fi
@@ -67,7 +68,8 @@ ONLY="${*:-1 2 3 6 0 5 4 7}"  # the steps to run, in this order
 for n in $ONLY; do
     case $n in
     0) # with the suite's runtime type checks (jaxtyping + beartype, carried as a wheel), as CI runs them
-       step 150 "0. CUDA tests" $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_pipeline.py tests/test_quantize.py -k "cuda or graph" ;;
+       step 150 "0. CUDA tests" $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_pipeline.py tests/test_quantize.py \
+           tests/test_fast_paths.py::test_gelu_epilogue_logits_stay_within_bf16_noise_on_cuda -k "cuda or graph" ;;
     1) step 40 "1. ceilings" $PY benchmarks/ceilings.py --device "$DEVICE" --markdown ;;
     2) step 100 "2. batch 1, eager and whole-loop graph" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --decode-runs 2 --markdown \
            --paths reference library library_bf16 $GRAPH1 $FP8_1 ;;
@@ -76,9 +78,9 @@ for n in $ONLY; do
     4) step 70 "4. training step, batch $BIG_BATCH" $PY benchmarks/train_speed.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --steps 5 --markdown ;;
     5) step 120 "5. batch 1, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --no-decode --markdown \
            --paths library_bf16_native $COMPILED ${FP8_COMPILED%% *} ;;
-    6) step 180 "6. batch $BIG_BATCH, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
+    6) step 240 "6. batch $BIG_BATCH, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
            --paths library_bf16_native $COMPILED $FP8_COMPILED ;;
-    7) for path in library_bf16_native library_fp8_static; do
+    7) for path in library_bf16_native library_bf16_gelu library_fp8_static; do
            step 60 "7. profile, batch $BIG_BATCH, $path" $PY benchmarks/profile_sampling.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --path $path
        done ;;
     9) for path in library_bf16_native_compile library_fp8_static_compile; do  # compiled ("reduce-overhead"), kernels inside the graphs

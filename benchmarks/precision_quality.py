@@ -1,5 +1,6 @@
 """What sampling precision does to the output: the trained synthetic model (`specmaskfoley_synthetic`)
-sampled in fp32, bf16 and the experimental fp8 linears (`controlfoley.quantize`: row-wise,
+sampled in fp32, bf16, bf16 with the tanh GELU (what `controlfoley.fast.fuse_gelu_epilogue`
+computes on CUDA) and the experimental fp8 linears (`controlfoley.quantize`: row-wise,
 tensor-wise and static scales), scored on held-out clips of the synthetic world with the same
 metrics as benchmarks/SYNTHETIC.md, plus the share of tokens equal to the fp32 sample (same seeds).
 
@@ -7,7 +8,7 @@ Only the sampling parts (backbone, ControlNet, control encoder, aligner) change 
 tokenizer decoder and the vocoder stay fp32, so the differences are the sampler's. Runs on the CPU
 (PyTorch's fp8 kernel there is slow but exact to the format); speed is not the point here.
 
-Usage: python benchmarks/precision_quality.py [--n-test 40] [--batch 8] [--markdown]
+Usage: python benchmarks/precision_quality.py [--n-test 40] [--batch 8] [--markdown] [--variants bf16 "bf16 tanh GELU"]
 """
 
 import argparse
@@ -24,6 +25,7 @@ from controlfoley.evaluation_runs import clip_inputs
 from controlfoley.quantize import quantize_fp8
 
 SAMPLING_PARTS = ("backbone", "controlnet", "control_encoder", "aligner")
+VARIANTS = ("fp32", "bf16", "bf16 tanh GELU", "fp8 row-wise", "fp8 tensor-wise", "fp8 static")
 
 
 def in_bf16(model: torch.nn.Module) -> torch.nn.Module:
@@ -31,6 +33,19 @@ def in_bf16(model: torch.nn.Module) -> torch.nn.Module:
     m = copy.deepcopy(model)
     for part in SAMPLING_PARTS:
         getattr(m, part).to(torch.bfloat16)
+    return m
+
+
+def with_tanh_gelu(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy whose ViT MLPs use the tanh GELU: the numerics of `fuse_gelu_epilogue` on CUDA
+    (cuBLASLt's GELU epilogue), emulated on the CPU. With the CPU's oneDNN sampling path the GELU
+    is applied to fc1's fp32 accumulator and rounded to bf16 once, as the epilogue does."""
+    from controlfoley.backbones.specmaskgit import Mlp
+
+    m = copy.deepcopy(model)
+    for mlp in m.modules():
+        if isinstance(mlp, Mlp):
+            mlp.act = torch.nn.GELU(approximate="tanh")
     return m
 
 
@@ -52,19 +67,26 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=40, help="held-out clips (the synthetic benchmark uses 40)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--variants", nargs="+", default=None, help=f"a subset of: {', '.join(VARIANTS)} (default all; fp32 always runs, as the reference)")
     args = ap.parse_args()
     print(environment(torch.device("cpu")), flush=True)
     model = from_pretrained("specmaskfoley_synthetic").eval()
     world = SyntheticWorld(seed=0, duration_s=model.n_samples / model.sample_rate)
     clips = [world.clip(i) for i in world.split("test", args.n_test)]
     bf16 = in_bf16(model)
-    variants = {
-        "fp32": model,
-        "bf16": bf16,
-        "fp8 row-wise": quantize_fp8(copy.deepcopy(bf16), granularity="row"),
-        "fp8 tensor-wise": quantize_fp8(copy.deepcopy(bf16), granularity="tensor"),
-        "fp8 static": quantize_fp8(copy.deepcopy(bf16), granularity="static"),
+    make = {
+        "fp32": lambda: model,
+        "bf16": lambda: bf16,
+        "bf16 tanh GELU": lambda: with_tanh_gelu(bf16),
+        "fp8 row-wise": lambda: quantize_fp8(copy.deepcopy(bf16), granularity="row"),
+        "fp8 tensor-wise": lambda: quantize_fp8(copy.deepcopy(bf16), granularity="tensor"),
+        "fp8 static": lambda: quantize_fp8(copy.deepcopy(bf16), granularity="static"),
     }
+    assert tuple(make) == VARIANTS
+    unknown = set(args.variants or ()) - set(VARIANTS)
+    if unknown:
+        ap.error(f"unknown variant(s) {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+    variants = {name: make[name]() for name in VARIANTS if args.variants is None or name in (*args.variants, "fp32")}
     rows, ref = [], None
     for name, m in variants.items():
         codes, wavs, sec = sample(m, clips, args.batch)

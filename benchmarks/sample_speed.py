@@ -35,6 +35,7 @@ from controlfoley import build_model
 from controlfoley.backbones.specmaskgit import Attention
 from controlfoley.errors import ConfigError
 from controlfoley.model import SpecMaskFoley
+from controlfoley.fast import fuse_gelu_epilogue
 from controlfoley.quantize import quantize_fp8
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -74,11 +75,14 @@ MODEL_COPIES = {
     "library_fp8": "row",
     "library_fp8_static": "static",  # x's scale fixed from a bound on the block's inputs: no reduction, fuses when compiled
     "library_fp8_tensor": "tensor",
+    # the bf16 copy with each MLP's first linear + GELU as one GEMM with a GELU epilogue
+    # (controlfoley.fast.fuse_gelu_epilogue; on CUDA cuBLASLt's tanh GELU)
+    "library_bf16_gelu": "bf16_gelu",
 }
 # The copies sampled natively (their own dtype, no autocast; generate's default for a bf16 model:
 # layer norms, residual adds and softmax in bf16 too), eager, compiled, in a whole-loop graph, or both
 RUN_MODES = {"": {}, "_compile": {"compile": True}, "_graph": {"cuda_graph": True}, "_compile_graph": {"compile": True, "cuda_graph": True}}
-for _prefix in ("library_bf16_native", "library_fp8", "library_fp8_static", "library_fp8_tensor"):
+for _prefix in ("library_bf16_native", "library_bf16_gelu", "library_fp8", "library_fp8_static", "library_fp8_tensor"):
     for _suffix, _mode in RUN_MODES.items():
         LIBRARY_PATHS[_prefix + _suffix] = {"prune_rows": True, **_mode}
 DEFAULT_PATHS = ("reference", "library", "library_bf16")
@@ -167,6 +171,8 @@ def models_for(model: SpecMaskFoley, paths: list[str]) -> dict[str, SpecMaskFole
         if kind not in copies:
             if kind == "bf16":
                 copies[kind] = copy.deepcopy(model).to(torch.bfloat16)
+            elif kind == "bf16_gelu":
+                copies[kind] = fuse_gelu_epilogue(copy.deepcopy(get("bf16")))
             else:
                 try:
                     copies[kind] = quantize_fp8(copy.deepcopy(get("bf16")), granularity=kind)

@@ -64,6 +64,8 @@ __all__ = [
     "batched_logits",
     "default_dtype",
     "fused_mlp",
+    "fuse_gelu_epilogue",
+    "gelu_linear",
     "onednn_dtypes",
     "masked_index",
     "onednn_linear",
@@ -225,6 +227,52 @@ def fused_mlp(fc1: nn.Module, act: nn.Module, fc2: nn.Module, x: Tensor) -> Tens
     it does not apply: training, another activation, another device), so the caller runs eagerly."""
     mode = _ACTIVE.get()
     return None if mode is None else mode.mlp(fc1, act, fc2, x)
+
+
+def gelu_linear(fc1: nn.Module, act: nn.Module, x: Tensor) -> Tensor | None:
+    """GELU(fc1(x)) as ONE op, `torch._addmm_activation(bias, x, W^T, use_gelu=True)`: on CUDA a
+    cuBLASLt GEMM with the bias and the GELU in its epilogue, so the (rows x 3072) activation is
+    written once instead of written, read and written again. cuBLASLt's epilogue is the tanh
+    approximation of GELU (at most 5e-4 from the exact one, at x = 2.7, where a bf16 step is
+    0.016); on the CPU the op computes the exact GELU. None where it does not apply (training,
+    autocast, a dtype mismatch, no bias, another activation, hooks), and the caller runs eagerly."""
+    if (
+        torch.is_grad_enabled()
+        or type(act) is not nn.GELU
+        or (act.approximate != "none" and x.device.type != "cuda")  # the CPU op is the exact GELU
+        or not _plain_linear(fc1)
+        or fc1.bias is None
+        or x.dtype != fc1.weight.dtype
+        or torch.is_autocast_enabled(x.device.type)
+    ):
+        return None
+    h = torch._addmm_activation(fc1.bias, x.reshape(-1, x.shape[-1]), fc1.weight.t(), use_gelu=True)
+    return h.view(*x.shape[:-1], h.shape[-1])
+
+
+def fuse_gelu_epilogue(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Experimental: make every ViT block MLP of `model` (backbone and ControlNet) compute its
+    first linear and GELU as one GEMM with a GELU epilogue (`gelu_linear`), in inference with a
+    model whose weights are in the compute dtype (`model.to(torch.bfloat16)`). Changes `model` in
+    place and returns it; `enabled=False` undoes it. Training, autocast and CPU oneDNN sampling
+    keep the exact, unfused GELU.
+
+    Aimed at batch-64 sampling on a GPU, where the separate GELU pass is the largest element-wise
+    cost (benchmarks/RESULTS.md). On CUDA the GELU becomes its tanh approximation: a model change
+    below bf16's resolution, but a change; `benchmarks/precision_quality.py` measures what it
+    does to the output. Not measured on a GPU yet: `benchmarks/sample_speed.py --paths
+    library_bf16_gelu_graph`."""
+    from controlfoley.backbones.specmaskgit import Mlp
+
+    mlps = [m for m in model.modules() if isinstance(m, Mlp)]
+    if not mlps:
+        raise ConfigError(
+            f"fuse_gelu_epilogue found no controlfoley ViT MLP (controlfoley.backbones.specmaskgit.Mlp) in "
+            f"{type(model).__name__}; it applies to the built-in backbones and their ControlNet copies"
+        )
+    for m in mlps:
+        m.gelu_epilogue = bool(enabled)
+    return model
 
 
 def onednn_linear(device: torch.device, dtype: torch.dtype, requested: bool | None, compile: bool) -> contextlib.AbstractContextManager[Any]:

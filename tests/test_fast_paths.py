@@ -4,6 +4,9 @@ another order, so they are checked by logits within tolerance. bf16 autocast and
 are in effect when asked for; the sampler's sync-free CUDA loop is exact.
 No timed assertions: speed is measured by benchmarks/sample_speed.py."""
 
+import copy
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -13,6 +16,7 @@ from conftest import micro_inputs, micro_overrides
 from controlfoley import GUIDANCE, build_model
 from controlfoley.errors import ConfigError
 import torch.nn.functional as F
+from torch import nn
 
 from controlfoley.fast import GuidedStep, OneDNNLinear, masked_index, onednn_dtypes, onednn_linear, scatter_positions, zero_scale_conditions
 from controlfoley.guidance import UNCOND, MultiCFG
@@ -436,7 +440,7 @@ def test_compiled_calls_switch_runtime_type_checks_off_and_back(monkeypatch):
     assert seen == [True] and config.jaxtyping_disable == before
 
 
-@pytest.mark.parametrize("fp8", [None, "static", "row"])
+@pytest.mark.parametrize("fp8", [None, "static", "row", "gelu_epilogue"])
 def test_compiled_step_forward_is_one_graph(model, monkeypatch, fp8):
     """torch.compile sees the whole guided forward (embedding, ControlNet on the video rows, blocks,
     head) as ONE graph: a graph break (a ContextVar read, a host sync, a Python-side branch on a
@@ -449,7 +453,11 @@ def test_compiled_step_forward_is_one_graph(model, monkeypatch, fp8):
     from controlfoley.fast import _Rows, batched_logits
 
     monkeypatch.setattr(config, "jaxtyping_disable", True)  # as compiled calls run (fast._without_typechecks)
-    if fp8 is not None:  # the fp8 linears too (controlfoley.quantize)
+    if fp8 == "gelu_epilogue":  # and the MLPs with their GELU in the GEMM epilogue
+        from controlfoley.fast import fuse_gelu_epilogue
+
+        model = fuse_gelu_epilogue(copy.deepcopy(model).to(torch.bfloat16))
+    elif fp8 is not None:  # the fp8 linears too (controlfoley.quantize)
         from controlfoley.quantize import quantize_fp8
 
         model = quantize_fp8(model.to(torch.bfloat16), granularity=fp8)
@@ -484,3 +492,79 @@ def test_compiled_sampling_keeps_compiling_new_batch_sizes(model):
         model.generate(x["features"], x["text"], steps=2, compile=True)
     assert counters["frames"]["ok"] == counters["frames"]["total"] == 10  # every layout of every batch size compiled
     assert dynamo_config.recompile_limit == limit
+
+
+def test_gelu_linear_is_fc1_then_gelu_in_one_op_and_only_where_it_applies():
+    """`gelu_linear` (fuse_gelu_epilogue's MLP path): on the CPU the op is the exact GELU, so it
+    must give GELU(fc1(x)) to the last bit of the fp32 product, and the bf16 result within one
+    rounding (it rounds once, the unfused path twice)."""
+    from controlfoley.fast import gelu_linear
+
+    torch.manual_seed(0)
+    fc1, act = nn.Linear(32, 96), nn.GELU()
+    x = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(gelu_linear(fc1, act, x), act(fc1(x)), rtol=1e-6, atol=1e-6)
+        fc1b, xb = copy.deepcopy(fc1).to(torch.bfloat16), x.to(torch.bfloat16)
+        exact = act(fc1(x))
+        fused, unfused = gelu_linear(fc1b, act, xb).float(), act(fc1b(xb)).float()
+        assert fused.shape == (2, 7, 96)
+        assert (fused - exact).abs().max() <= (unfused - exact).abs().max() + 1e-2
+        # where it does not apply it says so, and the MLP runs as written
+        assert gelu_linear(fc1, act, xb) is None  # dtype mismatch
+        assert gelu_linear(fc1, nn.ReLU(), x) is None
+        assert gelu_linear(fc1, nn.GELU(approximate="tanh"), x) is None  # the CPU op is the exact GELU
+        assert gelu_linear(nn.Linear(32, 96, bias=False), act, x) is None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert gelu_linear(fc1, act, x) is None
+    assert gelu_linear(fc1, act, x) is None  # training: autograd keeps the plain ops
+
+
+def test_fuse_gelu_epilogue_gives_the_plain_tokens_on_cpu(model):
+    """On the CPU the fused op is the exact GELU: fp32 sampling with every MLP fused gives the
+    plain path's tokens (aten path, onednn=False, so the epilogue branch is the one that runs)."""
+    from controlfoley.backbones.specmaskgit import Mlp
+    from controlfoley.fast import fuse_gelu_epilogue
+
+    x = micro_inputs(model, b=2)
+    fused = fuse_gelu_epilogue(copy.deepcopy(model))
+    mlps = [m for m in fused.modules() if isinstance(m, Mlp)]
+    assert mlps and all(m.gelu_epilogue for m in mlps)
+    assert any(".controlnet." in f".{name}." for name, m in fused.named_modules() if isinstance(m, Mlp))
+    calls = []
+    orig = torch._addmm_activation
+    with mock.patch.object(torch, "_addmm_activation", lambda *a, **k: calls.append(1) or orig(*a, **k)):
+        got = fast_generate(fused, x, "multi", 4, seed=3, onednn=False)
+    assert len(calls) >= len(mlps)  # the epilogue branch ran
+    want = fast_generate(model, x, "multi", 4, seed=3, onednn=False)
+    assert torch.equal(got, want)
+    assert not any(m.gelu_epilogue for m in fuse_gelu_epilogue(fused, enabled=False).modules() if isinstance(m, Mlp))
+    with pytest.raises(ConfigError, match="no controlfoley ViT MLP"):
+        fuse_gelu_epilogue(nn.Sequential(nn.Linear(4, 4), nn.GELU()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the cuBLASLt GELU epilogue is CUDA's")
+def test_gelu_epilogue_logits_stay_within_bf16_noise_on_cuda(model):
+    """On CUDA the epilogue is the tanh GELU. Its bf16 logits must sit as close to the fp32 model's
+    as the plain bf16 model's do (within a margin): the approximation is below bf16's resolution."""
+    from controlfoley.fast import _Rows, batched_logits, fuse_gelu_epilogue
+
+    dev = torch.device("cuda")
+    ref = copy.deepcopy(model).to(dev)
+    x = micro_inputs(ref, b=2)
+    x = {k: (v.to(dev) if torch.is_tensor(v) else {kk: vv.to(dev) for kk, vv in v.items()}) for k, v in x.items()}
+
+    def logits(m):
+        control = m.encode_control(x["features"])
+        text = x["text"].to(control.dtype)
+        on = torch.tensor([False, False, True, True], device=dev)
+        rows = _Rows({"cond": text.repeat(2, 1), "cond_on": on, "control": control.repeat(2, 1, 1), "control_on": on}, 2)
+        codes = torch.zeros(2, m.n_tokens, dtype=torch.long, device=dev)
+        mask = torch.rand(2, m.n_tokens, generator=torch.Generator().manual_seed(0)).to(dev) < 0.5
+        with torch.inference_mode():
+            return batched_logits(m, 2, codes, mask, None, rows.cond, rows.cond_on, rows.control, rows.control_rows).float()
+
+    exact = logits(ref)
+    plain = (logits(copy.deepcopy(ref).to(torch.bfloat16)) - exact).abs()
+    fused = (logits(fuse_gelu_epilogue(copy.deepcopy(ref).to(torch.bfloat16))) - exact).abs()
+    assert fused.mean() <= 1.5 * plain.mean() and fused.max() <= 2 * plain.max() + 1e-3

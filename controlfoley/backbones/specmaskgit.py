@@ -25,7 +25,7 @@ from torch import nn
 from controlfoley._registry import BACKBONES
 from controlfoley.config import ConfigError
 from controlfoley.errors import ShapeError
-from controlfoley.fast import fused_mlp
+from controlfoley.fast import fused_mlp, gelu_linear
 from controlfoley.typing import Bool, Float, Int, Tensor
 
 __all__ = ["Attention", "Block", "SpecMaskGIT", "specmaskgit"]
@@ -64,12 +64,19 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
+        self.gelu_epilogue = False  # set by controlfoley.fast.fuse_gelu_epilogue (experimental, inference)
 
     def forward(self, x: Float[Tensor, "b l d"]) -> Float[Tensor, "b l d"]:
         # eager CPU sampling: GELU fused into fc1 by oneDNN. Not looked up under torch.compile: it reads
         # a ContextVar, where dynamo may break the graph (and it never applies to compiled code)
         fused = None if torch.compiler.is_compiling() else fused_mlp(self.fc1, self.act, self.fc2, x)
-        return fused if fused is not None else self.fc2(self.act(self.fc1(x)))
+        if fused is not None:
+            return fused
+        if self.gelu_epilogue:
+            h = gelu_linear(self.fc1, self.act, x)
+            if h is not None:
+                return self.fc2(h)
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):

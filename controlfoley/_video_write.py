@@ -60,7 +60,8 @@ def _add_audio_stream(c: av.container.OutputContainer, sample_rate: int) -> av.a
     return s
 
 
-def _encode_audio(s: av.audio.stream.AudioStream, audio: Float[Tensor, "s"], sample_rate: int) -> list[av.Packet]:
+def _encode_audio(s: av.audio.stream.AudioStream, audio: Float[Tensor, "s"], sample_rate: int, start: int = 0) -> list[av.Packet]:
+    """AAC packets of `audio`, its first sample presented at `start` (in samples)."""
     if audio.ndim != 1 or audio.shape[0] == 0:
         raise ValueError(f"audio must be a non-empty mono waveform [s], got shape {tuple(audio.shape)}")
     wav = audio.detach().to("cpu", torch.float32).numpy()
@@ -70,7 +71,7 @@ def _encode_audio(s: av.audio.stream.AudioStream, audio: Float[Tensor, "s"], sam
     packets: list[av.Packet] = []
     for i in range(0, wav.shape[1], _AAC_FRAME):
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wav[:, i : i + _AAC_FRAME]), format="fltp", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = sample_rate, i, Fraction(1, sample_rate)
+        frame.sample_rate, frame.pts, frame.time_base = sample_rate, start + i, Fraction(1, sample_rate)
         packets += s.encode(frame)
     return packets + s.encode(None)
 
@@ -176,16 +177,32 @@ def _reencoded_packets(src: Path, inp: av.container.InputContainer, vin: av.vide
     yield from vout.encode(None)
 
 
+def _first_frame_time(src: Path) -> Fraction:
+    """Presentation time of the first decoded video frame with a timestamp: `read_frames`' time 0,
+    where the pipeline's waveform starts. Not 0 for MPEG-TS (~1.4 s), stream-copied cuts, many
+    phone and WebM files; a negative start (an edit list) counts as 0, as `read_frames` does."""
+    with open_input(src) as inp:
+        vin = video_stream(inp, src)
+        tb = vin.time_base or Fraction(1, av.time_base)
+        for frame in inp.decode(vin):
+            if frame.pts is not None:
+                return max(Fraction(frame.pts) * tb, Fraction(0))
+    return Fraction(0)
+
+
 def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"], sample_rate: int, out_path: PathLike) -> MuxResult:
     """Replace the audio of `video_path` by `audio` (mono, AAC) and write `out_path` atomically.
 
     The first video stream is copied packet by packet (no re-encode) when the output container can
     hold its codec; otherwise it is re-encoded (libx264) and `MuxResult.video_copied` is False.
     Other streams (old audio, subtitles, data) are dropped. `out_path` may equal `video_path`.
+    The video keeps its timestamps, and the audio starts with its first frame (time 0 of
+    `read_frames`, where the generated waveform starts), also when that is not at 0 s.
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     src, target = Path(video_path), Path(out_path)
+    start = round(_first_frame_time(src) * sample_rate)
     with open_input(src) as inp:
         vin = video_stream(inp, src)
         src_codec = vin.codec_context.name
@@ -198,7 +215,7 @@ def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"], sample_rate: int,
                 rate = vin.guessed_rate or vin.average_rate or Fraction(25)
                 vout = _add_video_stream(out, rate, vin.codec_context.width + vin.codec_context.width % 2, vin.codec_context.height + vin.codec_context.height % 2, 15)
                 vout.codec_context.time_base = vin.time_base
-            apkts = _encode_audio(_add_audio_stream(out, sample_rate), audio, sample_rate)
+            apkts = _encode_audio(_add_audio_stream(out, sample_rate), audio, sample_rate, start)
             packets = (_copied_packets if copied else _reencoded_packets)(src, inp, vin, vout)
             _mux_interleaved(out, packets, apkts)
             codec = src_codec if copied else vout.codec_context.name

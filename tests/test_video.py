@@ -195,6 +195,33 @@ def test_mux_audio_keeps_the_leading_packets_matroska_gives_no_dts(tmp_path: Pat
     assert _decoded(result.path) == _decoded(src) == [(Fraction(p, 1000), i) for i, p in enumerate(pts_ms)]
 
 
+def _click_time(path: Path) -> float:
+    """Presentation time (s) of the loudest sample of the first audio stream."""
+    with av.open(str(path)) as c:
+        best, when = -1.0, 0.0
+        for f in c.decode(c.streams.audio[0]):
+            x = np.abs(f.to_ndarray()[0])
+            if x.max() > best:
+                best, when = float(x.max()), float(f.pts * f.time_base) + int(x.argmax()) / f.sample_rate
+    return when
+
+
+@pytest.mark.parametrize("codec", ["libx264", "ffv1"])  # copied / re-encoded video
+def test_mux_audio_starts_the_audio_with_the_first_video_frame(tmp_path: Path, codec: str) -> None:
+    """A video whose first frame is at 0.5 s (a stream-copied cut, MPEG-TS): the generated waveform
+    starts at that frame (read_frames' time 0), so a click at sample 0 must play with it, not 0.5 s early."""
+    src = _write_indexed(tmp_path / f"late.{'mp4' if codec == 'libx264' else 'mkv'}", [12 + i for i in range(48)], Fraction(1, 24), Fraction(24), codec=codec)
+    first = _decoded(src)[0][0]
+    assert first == Fraction(1, 2)  # the case under test
+    sr = 22050
+    wav = torch.zeros(2 * sr)
+    wav[:64] = 0.9
+    result = video.mux_audio(src, wav, sr, tmp_path / "out.mp4")
+    assert result.video_copied == (codec == "libx264")
+    assert _decoded(result.path)[0][0] == first  # the video keeps its timing
+    assert abs(_click_time(result.path) - 0.5) < 0.01
+
+
 def test_mux_audio_reencodes_a_codec_players_do_not_read_from_mp4(tmp_path: Path) -> None:
     """FFmpeg muxes FFV1 into .mp4, but players refuse it there: MP4 output gets H.264 (or mpeg4),
     while a .mkv output keeps the FFV1 packets."""

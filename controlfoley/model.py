@@ -288,6 +288,12 @@ class SpecMaskFoley(nn.Module):
             self, rule, scale, rows.kwargs, rows.n_sets, zero_scale_rows=zero_rows, static_shapes=static_shapes, compile=compile,
             captured=cuda_graph,
         )
+        for name, t in (("known_codes", known_codes), ("known_mask", known_mask)):
+            if t is not None and tuple(t.shape) != (b, *self.grid):
+                raise ShapeError(
+                    f"{name} must be a token map [batch, F, T] = {[b, *self.grid]} (the tokenizer's grid, as decode/encode "
+                    f"use it), got {list(t.shape)}" + ("; it looks transposed: pass .transpose(1, 2)" if tuple(t.shape) == (b, *self.grid[::-1]) else "")
+                )
         known = None if known_codes is None else known_codes.reshape(b, -1)
         known_at = None if known_mask is None else known_mask.reshape(b, -1)
         weights = param_dtype(self.backbone, torch.float32)

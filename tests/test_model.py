@@ -441,6 +441,12 @@ def test_generate_takes_a_guidance_name_and_names_bad_settings(micro_model) -> N
     codes = x["codes"][:1]
     with pytest.raises(ShapeError, match=r"known_mask must be a bool tensor .*pass known_mask.bool\(\)"):
         generate(micro_model, x["features"], x["text"], known_codes=codes, known_mask=torch.ones(codes.shape))
+    # a transposed token map has as many elements per row: it must not pin tokens at the wrong places
+    keep = torch.ones(codes.shape, dtype=torch.bool)
+    with pytest.raises(ShapeError, match=r"known_codes must be a token map \[batch, F, T\].*looks transposed"):
+        generate(micro_model, x["features"], x["text"], known_codes=codes.transpose(1, 2), known_mask=keep.transpose(1, 2))
+    with pytest.raises(ShapeError, match=r"known_mask must be a token map"):
+        generate(micro_model, x["features"], x["text"], known_codes=codes, known_mask=keep.reshape(1, -1))
     alone = build_model("specmaskgit_tiny", tokenizer=micro_overrides()["tokenizer"])
     with pytest.raises(ConfigError, match="this model has no video control"):
         alone.generate(None, torch.randn(1, alone.backbone.cond_dim), guidance="cfg_video")

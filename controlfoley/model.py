@@ -421,8 +421,12 @@ def _zeros_like_cond(text: Tensor | None, negative: Tensor | None, b: int, devic
 
 def run_vocoder(vocoder: nn.Module, mel: Float[Tensor, "b m n"]) -> Float[Tensor, "b s"]:
     """`vocoder(mel)` as fp32, the mel cast to the vocoder's parameter dtype (fp32 for one without
-    weights, such as Griffin-Lim): a bf16 model's mel goes through an fp32 vocoder and back."""
-    return vocoder(mel.to(param_dtype(vocoder, torch.float32))).float()
+    weights, such as Griffin-Lim): a bf16 model's mel goes through an fp32 vocoder and back. A
+    vocoder with weights gets the mel on its own device (one kept on the CPU beside a CUDA model,
+    say); the waveform comes back on the mel's device."""
+    p = next((p for p in vocoder.parameters() if p.is_floating_point()), None)
+    on = mel.device if p is None else p.device
+    return vocoder(mel.to(on, param_dtype(vocoder, torch.float32))).float().to(mel.device)
 
 
 def param_dtype(module: nn.Module, default: torch.dtype) -> torch.dtype:

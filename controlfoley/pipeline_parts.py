@@ -94,7 +94,8 @@ def check_extractor_widths(model: nn.Module, extractors: Mapping[str, Any], text
 
 
 def build_vocoder(spec: str | Mapping[str, Any] | nn.Module | None, model: nn.Module) -> nn.Module | None:
-    """A vocoder override: a module as is; a name or {"name": ..., **kwargs} built on the model's mel.
+    """A vocoder override: a module as is; a name or {"name": ..., **kwargs} built on the model's mel,
+    on the model's device.
     Naming the model's own vocoder merges: its config kwargs (e.g. inverse="pinv"), then the given ones."""
     if spec is None or isinstance(spec, nn.Module):
         return spec
@@ -107,4 +108,4 @@ def build_vocoder(spec: str | Mapping[str, Any] | nn.Module | None, model: nn.Mo
     own = model.config.vocoder
     if name == own.name:
         kwargs = {**own.kwargs, **kwargs}
-    return VOCODERS.build(name, mel=model.mel, **kwargs)
+    return VOCODERS.build(name, mel=model.mel, **kwargs).to(model.device)  # beside the model it decodes for

@@ -680,3 +680,18 @@ def test_a_waveform_beyond_full_scale_is_reported(media: dict[str, Path], caplog
         out = p(media["tiny"], steps=2)
     assert float(out.wav.abs().max()) > 1.0
     assert re.search(r"peaks at [\d.]+, beyond full scale: 16-bit outputs clip it \(\d+% of samples\)", caplog.text)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_vocoder_on_the_cpu_beside_a_cuda_model_gets_the_mel_on_its_device() -> None:
+    """A vocoder kept on the CPU beside a CUDA model (or built on the CPU by a plug-in) is handed
+    the mel on its device; the waveform comes back on the mel's device."""
+    from controlfoley.model import run_vocoder
+
+    torch.manual_seed(0)
+    voc = torch.nn.Sequential(torch.nn.Conv1d(8, 4, 3, padding=1), torch.nn.Flatten(1))
+    mel = torch.randn(2, 8, 10)
+    want = run_vocoder(voc, mel)
+    got = run_vocoder(voc, mel.cuda())
+    assert got.device.type == "cuda"
+    torch.testing.assert_close(got.cpu(), want)

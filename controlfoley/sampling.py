@@ -52,7 +52,10 @@ def masked_count(step: int, n_steps: int, n_unknown: Int[Tensor, " b"], masked_n
     if step >= n_steps - 1:
         return torch.zeros_like(masked_now)
     ratio = float(mask_ratio((step + 1) / n_steps, schedule))
-    target = torch.floor(n_unknown.double() * ratio).long()
+    if n_unknown.device.type == "mps":  # no float64 on Apple GPUs: the same exact rule on the host
+        target = torch.floor(n_unknown.cpu().double() * ratio).long().to(n_unknown.device)
+    else:
+        target = torch.floor(n_unknown.double() * ratio).long()
     return torch.minimum(target.clamp(min=1), (masked_now - 1).clamp(min=0))
 
 

@@ -336,7 +336,7 @@ class Trainer:
     def _reduce(self, totals: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Sum statistics over ranks in one collective (one flat vector)."""
         keys = sorted(totals)
-        flat = torch.cat([totals[k].reshape(-1).double() for k in keys])
+        flat = torch.cat([totals[k].reshape(-1).to(_wide(totals[k].device)) for k in keys])
         flat = all_reduce_sum(flat, self.info).cpu()
         out, i = {}, 0
         for k in keys:
@@ -385,9 +385,14 @@ class Trainer:
             self.run_dir.save(step, self.model, self.optimizer, self.names, self.cfg.keep_last, extra, aux=aux)
 
 
+def _wide(device: torch.device) -> torch.dtype:
+    """The dtype running statistics are summed in: float64, float32 on Apple GPUs (no float64 there)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def _accumulate(totals: dict[str, torch.Tensor], stats: dict[str, torch.Tensor]) -> None:
     for k, v in stats.items():
-        v = v.detach().double()
+        v = v.detach().to(_wide(v.device))
         totals[k] = totals[k] + v if k in totals else v
 
 

@@ -12,6 +12,7 @@ MaskGIT sampler and vocoder, built from a `ModelConfig` by `build_model` (contro
 `controlfoley.builder`; `from controlfoley.model import build_model` still works.
 """
 
+import logging
 import math
 import numbers
 import os
@@ -30,6 +31,8 @@ from controlfoley.fast import GuidedStep, onednn_linear, precision, zero_scale_c
 from controlfoley.guidance import UNCOND, Condition, GuidanceRule
 from controlfoley.sampling import MaskGITSampler
 from controlfoley.typing import Bool, Float, Int, Tensor
+
+log = logging.getLogger("controlfoley.model")
 
 __all__ = ["SpecMaskFoley", "build_model", "from_pretrained", "device_name", "masked_token_mask"]
 
@@ -244,7 +247,10 @@ class SpecMaskFoley(nn.Module):
         Conditions (give at least one; their batch sizes must agree):
         - `features`: video features, a dict of [b, t, d] tensors keyed by the control encoder's
           `required_features` (e.g. {"sync": ..., "clip": ...}); `text`: CLAP-like embeddings [b, c];
-          `negative_text` [b, c] replaces the unconditional mask in the rows without text only.
+          `negative_text` [b, c] replaces the unconditional mask in the unconditional rows of a
+          guided rule (cfg, multi): the term guidance steers away from. At a step whose CFG scale
+          is 0 (the first of the paper's 0 -> 3 schedule) there is no guidance, and the tokens
+          come from the unconditional model, not from the negative prompt.
         - `batch_size`: the number of maps for unconditional sampling (no features, no text, with
           `guidance=GUIDANCE.build("none", condition="uncond")`); with other inputs it must equal their batch.
         - `known_codes` / `known_mask` ([b, F, T] int ids and bool, given together): inpainting; the
@@ -278,11 +284,15 @@ class SpecMaskFoley(nn.Module):
         _check_inputs(cfg_scale, known_mask)
         text, negative_text = self._as_text(text), self._as_text(negative_text, "negative_text")
         control = self.encode_control(features) if (features is not None and self.has_control) else None
-        b = _batch_of(control, text, known_codes, batch_size)
+        b = _batch_of(control, text, known_codes, batch_size, negative_text)
         self._check_rule_inputs(rule, control, text)
         scale = rule.scale if cfg_scale is None else float(cfg_scale)
         rows = _RowPlan(rule.conditions, b, text, negative_text, control, self.device)
-        zero = zero_scale_conditions(rule) if prune_rows else None
+        if negative_text is not None and len(rule.conditions) < 2:
+            log.warning("negative_text is ignored: guidance %s has no unconditional term to replace (use cfg or multi)", rule)
+        # a negative prompt makes the scale-0 rows a need, not a saving: at s = 0 the rule's value is
+        # its unconditional term, which must be the unconditional model's, not the negative prompt's
+        zero = zero_scale_conditions(rule) if (prune_rows or negative_text is not None) else None
         zero_rows = None if zero is None else _RowPlan(zero, b, text, negative_text, control, self.device).kwargs
         step = GuidedStep(
             self, rule, scale, rows.kwargs, rows.n_sets, zero_scale_rows=zero_rows, static_shapes=static_shapes, compile=compile,
@@ -399,7 +409,9 @@ class _RowPlan:
         self.n_sets = len(conditions)
         cond_rows, cond_on, ctrl_on = [], [], []
         for c in conditions:
-            use_neg = c == UNCOND and negative is not None  # the subtracted term of CFG only
+            # the subtracted term of a guided rule only: alone (no guidance, or a scale-0 step) the
+            # unconditional rows stay unconditional rather than sampling toward the negative prompt
+            use_neg = c == UNCOND and negative is not None and len(conditions) > 1
             src = text if c.text else (negative if use_neg else None)
             cond_rows.append(src if src is not None else _zeros_like_cond(text, negative, b, device))
             cond_on.append(torch.full((b,), c.text or use_neg, dtype=torch.bool, device=device))
@@ -444,12 +456,12 @@ def _check_inputs(cfg_scale: Any, known_mask: Tensor | None) -> None:
         raise ShapeError(f"known_mask must be a bool tensor (True where a token is kept), got {known_mask.dtype}; pass known_mask.bool()")
 
 
-def _batch_of(control: Tensor | None, text: Tensor | None, known: Tensor | None, batch_size: int | None) -> int:
-    sizes = {t.shape[0] for t in (control, text, known) if t is not None}
+def _batch_of(control: Tensor | None, text: Tensor | None, known: Tensor | None, batch_size: int | None, negative: Tensor | None = None) -> int:
+    sizes = {t.shape[0] for t in (control, text, known, negative) if t is not None}
     if batch_size is not None:
         sizes.add(int(batch_size))
     if len(sizes) > 1:
-        raise ShapeError(f"batch sizes of features, text, known codes and batch_size disagree: {sorted(sizes)}")
+        raise ShapeError(f"batch sizes of features, text, negative text, known codes and batch_size disagree: {sorted(sizes)}")
     if not sizes:
         raise ShapeError("nothing to condition on: pass features, text, known codes or batch_size")
     return sizes.pop()

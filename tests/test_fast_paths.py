@@ -153,6 +153,26 @@ def test_prune_rows_with_negative_prompt_keeps_tokens(model):
     assert torch.equal(fast_generate(model, x, rule, 6, 1, negative_text=neg, prune_rows=True), a)
 
 
+@pytest.mark.parametrize("prune_rows", [True, False])
+def test_a_negative_prompt_does_not_steer_unguided_steps(model, prune_rows, caplog):
+    """At CFG scale 0 there is no guidance: the tokens are the unconditional model's, with or
+    without a negative prompt (which would otherwise BE the sampled condition at those steps), and
+    a rule without guidance ignores it, saying so."""
+    import logging
+
+    x = micro_inputs(model, b=2)
+    neg = torch.randn(2, model.backbone.cond_dim, generator=torch.Generator().manual_seed(9))
+    plain = fast_generate(model, x, "multi", 4, 1, cfg_scale=0.0, prune_rows=prune_rows)
+    assert torch.equal(fast_generate(model, x, "multi", 4, 1, cfg_scale=0.0, prune_rows=prune_rows, negative_text=neg), plain)
+    # at guided steps it does change the tokens (the check above is not vacuous)
+    assert not torch.equal(fast_generate(model, x, "multi", 4, 1, negative_text=neg), fast_generate(model, x, "multi", 4, 1))
+    alone = GUIDANCE.build("none", condition="uncond")
+    with caplog.at_level(logging.WARNING, logger="controlfoley.model"):
+        got = model.generate(None, None, negative_text=neg, batch_size=2, guidance=alone, steps=3, generator=torch.Generator().manual_seed(0))
+    assert "negative_text is ignored" in caplog.text
+    assert torch.equal(got, model.generate(None, None, batch_size=2, guidance=alone, steps=3, generator=torch.Generator().manual_seed(0)))
+
+
 def test_zero_scale_conditions_only_for_rules_linear_in_scale():
     assert zero_scale_conditions(GUIDANCE.build("multi")) == (UNCOND,)
     assert zero_scale_conditions(GUIDANCE.build("cfg_video")) == (UNCOND,)

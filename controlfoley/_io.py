@@ -40,10 +40,27 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
         raise
 
 
-def _umask() -> int:
+def _swap_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK_AT_IMPORT = _swap_umask()  # reading the umask means setting it: done once, at import
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux: /proc/self/status): setting it to read
+    it would give files another thread creates in between world-writable permissions. Elsewhere
+    the value at import."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK_AT_IMPORT
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -505,3 +505,22 @@ def test_resolve_guidance_is_what_generate_samples_with(micro_model):
     assert micro_model.resolve_guidance(mine) is mine
     with pytest.raises(ConfigError, match="guidance must be a GuidanceRule or a GUIDANCE name, got int"):
         micro_model.resolve_guidance(3)
+
+
+def test_atomic_writes_read_the_umask_without_setting_it(monkeypatch):
+    """Setting the umask to read it (os.umask(0), then back) gives files that another thread
+    creates in between world-writable permissions: the current umask is read from /proc."""
+    import os
+    import sys
+
+    from controlfoley import _io
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc/self/status is Linux's")
+    old = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda *_: (_ for _ in ()).throw(AssertionError("os.umask called")))
+        assert _io._umask() == 0o027
+    finally:
+        monkeypatch.undo()
+        os.umask(old)

@@ -191,14 +191,38 @@ def _check_outputs(videos: Sequence[Path], pairs: Sequence[tuple[Path, Path]], *
 
 
 def _write(video: Path, result: Any, audio_path: Path, video_path: Path) -> None:
-    """Both outputs, or neither: each goes to a temporary name, renamed once both are complete."""
+    """Both outputs, or neither: each goes to a temporary name; once both are complete the video is
+    renamed into place, then the audio. If the audio's rename fails, the video's is undone: a new
+    video is removed, a replaced one restored from a hard link kept until both are in place."""
+    import os
+    import secrets
+
     from controlfoley._io import atomic_path
     from controlfoley.audio.io import save_audio
     from controlfoley.video import mux_audio
 
-    with atomic_path(audio_path) as tmp_audio, atomic_path(video_path) as tmp_video:
-        save_audio(tmp_audio, result.wav, result.sample_rate)
-        mux_audio(video, result.wav, result.sample_rate, tmp_video)
+    existed, backup, video_in_place = video_path.exists(), None, False
+    try:
+        with atomic_path(audio_path) as tmp_audio:
+            with atomic_path(video_path) as tmp_video:
+                save_audio(tmp_audio, result.wav, result.sample_rate)
+                mux_audio(video, result.wav, result.sample_rate, tmp_video)
+                if existed:
+                    backup = video_path.with_name(f".{video_path.name}.old-{secrets.token_hex(4)}")
+                    try:
+                        os.link(video_path, backup)
+                    except OSError:  # no hard links on this file system: a failed audio rename leaves the new video
+                        backup = None
+            video_in_place = True
+    except BaseException:
+        if video_in_place and backup is not None:
+            os.replace(backup, video_path)
+        elif video_in_place and not existed:
+            video_path.unlink(missing_ok=True)
+        raise
+    finally:
+        if backup is not None:
+            backup.unlink(missing_ok=True)
 
 
 def _run_one(pipe: Any, args: argparse.Namespace, video: Path, paths: tuple[Path, Path]) -> dict[str, Any]:

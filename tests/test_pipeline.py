@@ -565,6 +565,36 @@ def test_outputs_are_written_both_or_neither(media: dict[str, Path], tmp_path: P
     assert _outputs(tmp_path) == []  # the finished WAV went with the failed MP4
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_failed_audio_rename_undoes_the_video_rename(media: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overwrite: bool) -> None:
+    """The video is renamed into place first; if the audio's rename then fails, the new video goes
+    (or, with --overwrite, the one it replaced comes back), and no temporary file is left."""
+    import os
+
+    from controlfoley import generate_cli
+    from controlfoley.pipeline import FoleyResult
+
+    result = FoleyResult(torch.zeros(SR), SR, torch.zeros(80, 87), torch.zeros(5, T, dtype=torch.long), 1.0, ())
+    audio, vid = tmp_path / "a.wav", tmp_path / "a.mp4"
+    if overwrite:
+        audio.write_bytes(b"old audio")
+        vid.write_bytes(b"old video")
+    real = os.replace
+
+    def replace(src: object, dst: object) -> None:
+        if Path(dst) == audio:
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="No space left"):
+        generate_cli._write(media["tiny"], result, audio, vid)
+    monkeypatch.undo()
+    if overwrite:
+        assert (audio.read_bytes(), vid.read_bytes()) == (b"old audio", b"old video")
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["a.mp4", "a.wav"] if overwrite else [])
+
+
 def test_a_cpu_device_with_an_index_loads_the_checkpoint(
     model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -144,7 +144,7 @@ def test_cli_print_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
                      "--steps", "7000", "--init-parts", "backbone", "--model", "aligner=plain1d", "--no-shuffle", "--print-config"])  # fmt: skip
     cfg = TrainConfig.from_json(capsys.readouterr().out)
     assert rc == 0 and cfg.steps == 7000 and cfg.grad_clip == 0.5 and cfg.base_lr == 1e-3
-    assert cfg.warmup_steps == 2800  # the recipe's, which fits in 7,000 steps
+    assert cfg.warmup_steps == 140  # the recipe's 2% warm-up fraction of 7,000 steps
     assert cfg.init_parts == ("backbone",) and cfg.model_overrides == {"aligner": "plain1d"} and cfg.shuffle is False
 
 

@@ -201,7 +201,7 @@ def build_model(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConfi
     vocoder = _build_part(VOCODERS, cfg.vocoder, mel=mel)
     _check_vocoder(cfg.vocoder.name, vocoder, mel)
     s = cfg.sampler
-    return SpecMaskFoley(
+    model = SpecMaskFoley(
         config=cfg,
         mel=mel,
         tokenizer=tokenizer,
@@ -211,6 +211,10 @@ def build_model(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConfi
         vocoder=vocoder,
         **parts,
     )
+    # built: only the parts made from a weights file (an official codebook) are trained; a checkpoint
+    # saved from it says so, and the pipeline / CLI refuse it for foley (loaders set their own record)
+    model.trained_parts = set(weight_file_parts(cfg))
+    return model
 
 
 def weight_args(registry: Any, part: Part) -> tuple[str, ...]:

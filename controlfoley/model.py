@@ -72,6 +72,14 @@ class SpecMaskFoley(nn.Module):
         self.grid: tuple[int, int] = tuple(tokenizer.grid(config.n_frames))
         self.n_tokens = self.grid[0] * self.grid[1]
 
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """`nn.Module.load_state_dict`; weights set this way come from elsewhere, so what they
+        trained is unknown: `trained_parts` becomes None (a checkpoint saved next records nothing
+        and is taken as it is). `from_pretrained` and the training loop set their own record."""
+        out = super().load_state_dict(*args, **kwargs)
+        self.trained_parts: set[str] | None = None
+        return out
+
     # -- properties ------------------------------------------------------------------------------
     @property
     def has_control(self) -> bool:

@@ -158,10 +158,10 @@ class FoleyPipeline:
         Bad values raise ConfigError naming the argument.
         """
         require_control(model)
-        if getattr(model, "trained_parts", None) is None and getattr(model, "loaded_from", None) is None:
+        if getattr(model, "trained_parts", None) is not None and not {"backbone", "controlnet"} <= model.trained_parts and getattr(model, "loaded_from", None) is None:
             warnings.warn(
-                f"FoleyPipeline: model {model.config.name!r} was built (build_model), not loaded, and records no trained parts: "
-                "unless you set its weights yourself they are random and the foley is noise. Load a trained model with "
+                f"FoleyPipeline: model {model.config.name!r} was built (build_model), not loaded, and its backbone / ControlNet "
+                "are untrained: the foley is noise. Load a trained model with "
                 "FoleyPipeline.from_pretrained(PATH) or controlfoley.from_pretrained(PATH)",
                 RandomWeightsWarning,
                 stacklevel=2,

@@ -44,7 +44,8 @@ def require_trained(model: nn.Module, source: object) -> None:
         raise ConfigError(
             f"{source}: its {', '.join(missing)} {'was' if len(missing) == 1 else 'were'} never trained "
             f"(it records trained: {', '.join(sorted(trained)) or 'nothing'}), so it would generate noise; "
-            "use a 'controlnet' training run (trained on a trained backbone) or specmaskfoley_synthetic"
+            "use a 'controlnet' training run (trained on a trained backbone) or specmaskfoley_synthetic. If you trained "
+            "these weights another way, record it before saving: model.trained_parts = {'tokenizer', 'backbone', 'controlnet'}"
         )
 
 

@@ -43,6 +43,13 @@ def micro_model(seed: int = 0, **overrides: object) -> nn.Module:
     return build_model("specmaskfoley_tiny", **{**MICRO, **overrides}).eval()
 
 
+def as_trained(model: nn.Module) -> nn.Module:
+    """Record a test model's parts as trained: it stands in for a trained checkpoint (a built
+    model records none, and the pipeline / CLI refuse it for foley)."""
+    model.trained_parts = {"tokenizer", "backbone", "controlnet"}
+    return model
+
+
 def write_frames(path: Path, frames: np.ndarray, pts: list[int], time_base: Fraction, rate: Fraction) -> Path:
     """uint8 frames [n, h, w, 3] with explicit presentation timestamps (constant or variable rate)."""
     with av.open(str(path), "w") as c:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from pipeline_helpers import MICRO, micro_model
+from pipeline_helpers import MICRO, as_trained, micro_model
 from safetensors.torch import load_file, save_file
 
 from controlfoley import EXTRACTORS, cli
@@ -146,7 +146,7 @@ def test_prompt_through_the_pipeline_and_generate(clap_dirs: dict[str, Path], cl
         FoleyPipeline(micro_model(backbone={**MICRO["backbone"], "cond_dim": 24}), video, ("clap_transformers", {"folder": str(clap_dirs["full"])}))
     with pytest.raises(ConfigError, match=r"--text-encoder clap_transformers,folder=DIR"):
         FoleyPipeline(model, video).encode_text("a dog barks")
-    model_file = model.save(tmp_path / "m.safetensors")
+    model_file = as_trained(model).save(tmp_path / "m.safetensors")
     out = tmp_path / "out"
     argv = ["generate", str(clip_video), "--model", str(model_file), "--out", str(out), "--steps", "2", "--prompt", "a dog barks"]
     assert cli.main([*argv, "--text-encoder", f"clap_transformers,folder={clap_dirs['text']}"]) == 0

@@ -17,7 +17,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pipeline_helpers import bad_media, micro_model, write_frames
+from pipeline_helpers import as_trained, bad_media, micro_model, write_frames
 
 from controlfoley import cli
 from controlfoley.data.synthetic import SyntheticWorld, write_clip_mp4
@@ -53,7 +53,7 @@ def pipe() -> FoleyPipeline:
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return micro_model().save(tmp_path_factory.mktemp("model") / "micro.safetensors")
+    return as_trained(micro_model()).save(tmp_path_factory.mktemp("model") / "micro.safetensors")
 
 
 # -- window plans -------------------------------------------------------------------------------
@@ -615,7 +615,7 @@ def test_a_vocoder_override_naming_the_models_own_keeps_its_settings(tmp_path: P
 
     model = micro_model(vocoder="griffinlim")  # the tiny presets' griffinlim: inverse="pinv"
     assert (model.vocoder.inverse, model.vocoder.n_iter) == ("pinv", 32)
-    path = model.save(tmp_path / "m.safetensors")
+    path = as_trained(model).save(tmp_path / "m.safetensors")
     voc = FoleyPipeline.from_pretrained(path, vocoder={"name": "griffinlim", "n_iter": 4}).vocoder
     assert (voc.inverse, voc.n_iter) == ("pinv", 4)
     assert _build_vocoder("griffinlim", model).inverse == "pinv"
@@ -649,6 +649,23 @@ def test_a_checkpoint_that_never_trained_its_backbone_or_controlnet_is_refused(
     assert "never trained" in capsys.readouterr().err
     model.trained_parts = {"tokenizer", "backbone", "control_encoder", "aligner", "controlnet"}
     assert FoleyPipeline.from_pretrained(model.save(tmp_path / "cn.safetensors")).model.trained_parts == model.trained_parts
+
+
+def test_a_built_model_saved_untouched_is_refused_but_one_given_weights_is_taken(
+    media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """build_model(...).save(...) is a random model: it records that nothing was trained, and
+    generate refuses it (it said '1 of 1 files ok' and wrote noise). Weights a user loads with
+    load_state_dict are of unknown training: the saved file records nothing and is taken."""
+    built = micro_model()
+    assert built.trained_parts == set()
+    path = built.save(tmp_path / "built.safetensors")
+    assert cli.main(["generate", str(media["tiny"]), "--model", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "were never trained (it records trained: nothing)" in capsys.readouterr().err
+    given = micro_model(seed=1)
+    given.load_state_dict(as_trained(micro_model()).state_dict())  # e.g. weights converted by the user
+    assert given.trained_parts is None
+    FoleyPipeline.from_pretrained(given.save(tmp_path / "given.safetensors"))  # no error
 
 
 def test_guidance_and_temperature_reach_the_sampler_and_the_pipeline_moves(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

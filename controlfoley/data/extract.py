@@ -12,7 +12,12 @@ Features
   `video_seconds=10` (`--video-seconds 10`) reproduces that.
 - Sources: `extract_synthetic` renders clips of `SyntheticWorld` (CLAP-like vector from the clip's
   class ids, the audio-prompt role); `extract_files` reads video files (PyAV: audio track and frames
-  at each extractor's rate) or audio files (no video features), with optional tags for `clap`.
+  at each extractor's rate) or audio files (no video features, so refused, or with `skip_bad`
+  skipped, when video extractors are given), with optional tags for `clap`.
+- Checked before any clip is read: an audio file among the inputs of video extractors, a clip id
+  given twice, tags a fixed-vocabulary text extractor cannot encode (each named with its list
+  file and line). Extractors that give only some of the preset's control features are warned about
+  up front, and `extract_main` ends by saying which recipes the dataset serves for the preset.
 - The tokenizer's weights come from a checkpoint (`tokenizer=`: a file, checkpoint folder or run
   folder of the `tokenizer` recipe); without one the codes of an untrained tokenizer are stored
   and a warning says so.
@@ -23,6 +28,7 @@ References: SpecMaskFoley sec. 4.2 (10 s at 22.05 kHz -> 848 frames -> 5 x 53 to
 """
 
 import argparse
+import inspect
 import json
 import math
 import sys
@@ -37,6 +43,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from controlfoley._io import atomic_write_text
+from controlfoley._registry import EXTRACTORS
 from controlfoley.config import parse_overrides, parse_spec
 from controlfoley.control.encoders import check_widths
 from controlfoley.data.extractors import build_extractor
@@ -62,6 +69,36 @@ class VideoSource:
 
 Loaded = tuple[Tensor, VideoSource | None, Tensor | None]  # waveform, video, clap vector
 Item = tuple[str, Callable[[], Loaded]]  # clip id, and what reads or renders the clip (skipped on resume)
+
+
+class ListError(DataError):
+    """A wrong entry of the input list (tags the text extractor cannot encode): the list is fixed,
+    so `skip_bad`, which leaves out unreadable media, does not skip it."""
+
+
+def extractors_writing(key: str) -> list[str]:
+    """Registered EXTRACTORS whose features go under `key` by default (the builder's `output_key`
+    default, or the `output_key` of the class it returns), for hints."""
+    names = []
+    for name in EXTRACTORS.names():
+        try:
+            sig = inspect.signature(EXTRACTORS.get(name))
+        except (TypeError, ValueError):
+            continue
+        p = sig.parameters.get("output_key")
+        out = p.default if p is not None and isinstance(p.default, str) else getattr(sig.return_annotation, "output_key", None)
+        if out == key:
+            names.append(name)
+    return names
+
+
+def _extractor_hint(keys: Sequence[str]) -> str:
+    """"an extractor writing 'clip' (clip_openclip, clip_precomputed or synthetic_clip) ...", per key."""
+    parts = []
+    for k in keys:
+        names = extractors_writing(k)
+        parts.append(f"{k!r} ({', '.join(names[:-1]) + ' or ' + names[-1] if len(names) > 1 else names[0]})" if names else repr(k))
+    return f"an extractor writing {' and one writing '.join(parts)} (--extractors NAME or --extractor NAME,ARG=VALUE)"
 
 
 class Extraction:
@@ -105,6 +142,15 @@ class Extraction:
             taker=f"preset {preset!r}",
             error=DataError,
         )
+        has_control = bool(getattr(self.model, "has_control", False))
+        self.control_keys: tuple[str, ...] = tuple(str(k) for k in self.model.control_encoder.required_features) if has_control else ()
+        missing = self.missing_control_features(keys)
+        if self.video and missing:  # some video features, not all: meant for the controlnet recipe, which would refuse it
+            warnings.warn(
+                f"preset {preset!r} reads the video features {list(self.control_keys)} (its control encoder) but the extractors "
+                f"write only {keys}: without {missing} the dataset serves the backbone recipe, not controlnet; add {_extractor_hint(missing)}",
+                stacklevel=2,
+            )
         self.keep_mel, self.device = mel, torch.device(device)
         self.window_s = self.model.n_samples / self.model.sample_rate
         self.video_s = self.window_s if video_seconds is None else float(video_seconds)
@@ -133,6 +179,24 @@ class Extraction:
             "features": feats,
             "source": source,
         }
+
+    def missing_control_features(self, keys: Iterable[str]) -> list[str]:
+        """The features the preset's control encoder reads that `keys` lack (empty without a ControlNet)."""
+        have = set(keys)
+        return [k for k in self.control_keys if k not in have]
+
+    def served_recipes(self, keys: Iterable[str]) -> str:
+        """Which training recipes of this preset a dataset holding features `keys` serves, and what
+        the others lack, in one line."""
+        have = set(keys)
+        served = [*(["tokenizer"] if "mel" in have else []), *(["backbone"] if "tokens" in have else [])]
+        missing = self.missing_control_features(have)
+        if self.control_keys and "tokens" in have and not missing:
+            served.append("controlnet")
+        line = f"for preset {self.preset!r} it serves the recipes: {', '.join(served) or 'none'}"
+        if self.control_keys and missing:
+            line += f"; not controlnet, which also reads {missing}: extract again with {_extractor_hint(missing)}"
+        return line
 
     def n_video_frames(self, fps: float) -> int:
         return max(1, math.floor(self.video_s * fps + 1e-6))
@@ -202,7 +266,8 @@ def _write(
     """items: (clip id, loader of (waveform, frame source or None, clap vector or None)); batched
     for the tokenizer. With `resume`, the clips of the shards already written are skipped unread,
     after checking that their ids come in the same order. With `skip_bad`, a clip whose media
-    cannot be read is left out and listed in SKIPPED_FILE (id, TAB, error) instead of stopping."""
+    cannot be read (or cannot give the video features) is left out and listed in SKIPPED_FILE (id,
+    TAB, error) instead of stopping; a ListError (a wrong list entry) stops it even so."""
     writer = ShardWriter(out, shard_size=shard_size, info=ex.info(source), overwrite=overwrite, resume=resume)
     skipped_file = writer.root / SKIPPED_FILE
     skipped_lines = _skipped_lines(skipped_file) if resume else []  # "id<TAB>error" of the interrupted run
@@ -238,7 +303,7 @@ def _write(
             wav, video, clap = load()
             feats = ex.video_features(video) if video is not None else {}
         except (MediaError, DataError) as e:
-            if not skip_bad:
+            if not skip_bad or isinstance(e, ListError):
                 raise
             with open(skipped_file, "a", encoding="utf-8") as f:
                 f.write(f"{cid}\t{' '.join(str(e).split())}\n")
@@ -252,7 +317,10 @@ def _write(
     flush()
     index = writer.close()
     if n_skipped:
-        warnings.warn(f"skipped {n_skipped} clip(s) whose media could not be read; they are listed in {skipped_file}", stacklevel=3)
+        warnings.warn(
+            f"skipped {n_skipped} clip(s) whose media could not be read or cannot give the video features; they are listed in {skipped_file}",
+            stacklevel=3,
+        )
     return index
 
 
@@ -301,6 +369,7 @@ def extract_files(
     *,
     tags: Sequence[str] | None = None,
     ids: Sequence[str] | None = None,
+    where: Sequence[str] | None = None,
     shard_size: int = 256,
     batch_size: int = 16,
     overwrite: bool = False,
@@ -309,33 +378,91 @@ def extract_files(
 ) -> ShardIndex:
     """Extract video files (audio track + frames) or audio files (no video features); `resume`
     continues an interrupted extraction of the same file list into `out`; `skip_bad` leaves out
-    files that cannot be read (missing, corrupt, no audio track) and lists them in `skipped.tsv`.
+    files that cannot be read (missing, corrupt, no audio track) or cannot give the video features
+    (audio files, when `ex` has video extractors) and lists them in `skipped.tsv`.
 
     `tags[i]` (e.g. "dog, bark") is encoded by the CLAP-like extractor into `clap` for file i;
-    `ids[i]` names clip i in the dataset (default: the path as given)."""
+    `ids[i]` names clip i in the dataset (default: the path as given); `where[i]` says where file i
+    was named (e.g. "clips.tsv:3"), for messages. Before any file is read: an audio file among the
+    inputs of video extractors (without `skip_bad`), a clip id given twice, and tags that an
+    extractor with a fixed vocabulary (a `tags` attribute) cannot encode are DataErrors naming the
+    files and where they were named; `skip_bad` does not skip list errors (fix the list)."""
     from controlfoley.audio.io import load_audio
     from controlfoley.video import read_audio_track, read_frames
 
     if not files:
         raise DataError("no input files given to extract")
-    if tags is not None and len(tags) != len(files):
-        raise DataError(f"got {len(tags)} tag strings for {len(files)} files; give one per file")
+    for what, seq in (("tag strings", tags), ("clip ids", ids), ("locations", where)):
+        if seq is not None and len(seq) != len(files):
+            raise DataError(f"got {len(seq)} {what} for {len(files)} files; give one per file")
     if tags is not None and ex.clap is None:  # e.g. the mel-only extraction of a tagged list
         warnings.warn("the tags are not stored: no CLAP-like extractor encodes them (--clap NAME)", stacklevel=2)
         tags = None
     sr = ex.model.sample_rate
+    names = [str(Path(f)) for f in files] if ids is None else [str(i) for i in ids]
+
+    def pos(i: int) -> str:
+        return where[i] if where is not None else f"file {i + 1}"
+
+    def label(i: int) -> str:
+        return f"{names[i]!r} ({pos(i)})"
+
+    def listing(idx: Sequence[int]) -> str:
+        return ", ".join(label(i) for i in idx[:5]) + (f" and {len(idx) - 5} more" if len(idx) > 5 else "")
+
+    first: dict[str, int] = {}
+    twice = []
+    for i, n in enumerate(names):
+        if n in first:
+            twice.append(f"{label(first[n])} and again as {pos(i)}")
+        first.setdefault(n, i)
+    if twice:
+        raise DataError(
+            f"{len(twice)} clip id(s) are given more than once: {'; '.join(twice[:5])}{' ...' if len(twice) > 5 else ''}; "
+            "every clip needs its own id (ids name clips in the dataset, skipped.tsv and --resume): remove the repeated entries"
+        )
+    feature_keys = [e.output_key for e in ex.video]
+    is_audio = [Path(f).suffix.lower() in AUDIO_SUFFIXES for f in files]
+    audio_only = [i for i, a in enumerate(is_audio) if a] if ex.video else []
+    no_video = (
+        f"an audio file has no video for the features {feature_keys} the video extractors write; extract audio files into "
+        "a dataset of their own without --extractors"
+    )
+    if audio_only and not skip_bad:
+        raise DataError(
+            f"{len(audio_only)} input(s) are audio files: {listing(audio_only)}; {no_video}, remove them from the inputs, "
+            "or pass skip_bad=True (--skip-bad) to leave them out (listed in skipped.tsv)"
+        )
+    if tags is not None and getattr(ex.clap, "tags", None) is not None:  # a fixed vocabulary: check every line now
+        bad: dict[str, str] = {}
+        for t in dict.fromkeys(tags):
+            try:
+                ex.clap.encode_text([t])
+            except (ControlFoleyError, ValueError, KeyError) as e:
+                bad[t] = " ".join(str(e).split())
+        lines = [i for i, t in enumerate(tags) if t in bad]
+        if lines:
+            shown = "; ".join(f"{label(i)}: {bad[tags[i]]}" for i in lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")
+            raise ListError(
+                f"{len(lines)} input(s) have tags that {ex.clap.name} cannot encode: {shown}. Fix the tags of those lines "
+                "(--skip-bad leaves out unreadable media, not wrong list entries)"
+            )
+
+    def encode_tags(i: int) -> Tensor:
+        try:
+            return ex.clap.encode_text([tags[i]])[0]
+        except (ControlFoleyError, ValueError, KeyError) as e:  # an open-vocabulary extractor, checked only here
+            raise ListError(f"{label(i)}: {ex.clap.name} cannot encode its tags {tags[i]!r} ({e}); fix the tags of that line") from e
 
     def load(i: int) -> Loaded:
         p = Path(files[i])
-        is_audio = p.suffix.lower() in AUDIO_SUFFIXES
-        wav = load_audio(p, sr) if is_audio else read_audio_track(p, sr)
-        video = None if (is_audio or not ex.video) else VideoSource(lambda fps: read_frames(p, fps).frames, p)
-        clap = ex.clap.encode_text([tags[i]])[0] if tags is not None else None
+        clap = encode_tags(i) if tags is not None else None
+        if is_audio[i] and ex.video:  # only with skip_bad: listed in skipped.tsv, unread
+            raise DataError(f"{no_video}, or remove it from the inputs")
+        wav = load_audio(p, sr) if is_audio[i] else read_audio_track(p, sr)
+        video = None if (is_audio[i] or not ex.video) else VideoSource(lambda fps: read_frames(p, fps).frames, p)
         return wav, video, clap
 
-    if ids is not None and len(ids) != len(files):
-        raise DataError(f"got {len(ids)} clip ids for {len(files)} files; give one per file")
-    names = [str(Path(f)) for f in files] if ids is None else [str(i) for i in ids]
     items = ((names[i], lambda i=i: load(i)) for i in range(len(files)))
     return _write(
         ex, out, items, len(files), shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, source=f"{len(files)} files", resume=resume,
@@ -343,24 +470,26 @@ def extract_files(
     )  # fmt: skip
 
 
-def _read_list(path: str) -> tuple[list[str], list[str] | None, list[str]]:
+def _read_list(path: str) -> tuple[list[str], list[str] | None, list[str], list[str]]:
     """A list file: one media path per line, optionally a TAB and comma-separated tags. Relative
     paths are read from the list file's folder (a list travels with its media); the clip ids are
-    the paths as written, whichever way the list itself is named. Returns (files, tags, ids)."""
-    files, tags, ids = [], [], []
+    the paths as written, whichever way the list itself is named. Returns (files, tags, ids, where),
+    `where` naming each entry's line ("LIST:LINE") for messages."""
+    files, tags, ids, where = [], [], [], []
     listing = Path(path)
     try:
         text = listing.read_text(encoding="utf-8")
     except OSError as e:
         raise DataError(f"--list {listing}: cannot read it ({e.strerror or e})") from e
-    for line in text.splitlines():
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip() and not line.startswith("#"):
             f, _, t = line.partition("\t")
             media = Path(f.strip()).expanduser()
             files.append(str(media if media.is_absolute() else listing.parent / media))
             tags.append(t.strip())
             ids.append(str(Path(f.strip())))  # as written, normalised like a path given on the command line
-    return files, (tags if any(tags) else None), ids
+            where.append(f"{listing}:{n}")
+    return files, (tags if any(tags) else None), ids, where
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -392,7 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset (or an interrupted extraction) in --out")
     p.add_argument("--resume", action="store_true", help="continue an interrupted extraction in --out (same command otherwise)")
-    p.add_argument("--skip-bad", action="store_true", help="leave out files that cannot be read and list them in OUT/skipped.tsv")
+    p.add_argument(
+        "--skip-bad", action="store_true",
+        help="leave out files that cannot be read, or cannot give the video features (audio files with --extractors), "
+        "and list them in OUT/skipped.tsv",
+    )  # fmt: skip
     return p
 
 
@@ -409,8 +542,8 @@ def extract_main(argv: Sequence[str] | None = None) -> int:
         if args.synthetic is not None:
             index = extract_synthetic(args.out, ex, n_clips=args.synthetic, split=args.split, world_seed=args.world_seed, **common)
         else:
-            files, tags, ids = _read_list(args.list_file) if args.list_file else (args.files, None, None)
-            index = extract_files(args.out, ex, files, tags=tags, ids=ids, skip_bad=args.skip_bad, **common)
+            files, tags, ids, where = _read_list(args.list_file) if args.list_file else (args.files, None, None, None)
+            index = extract_files(args.out, ex, files, tags=tags, ids=ids, where=where, skip_bad=args.skip_bad, **common)
     except (ControlFoleyError, KeyError, ValueError) as e:
         hint = " (--skip-bad leaves out files that cannot be read and lists them in OUT/skipped.tsv)" if isinstance(e, MediaError) and not args.skip_bad else ""
         print(f"error: {e}{hint}", file=sys.stderr)
@@ -421,4 +554,5 @@ def extract_main(argv: Sequence[str] | None = None) -> int:
         return 130
     shapes = ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in index.features.items())
     print(f"wrote {index.n_clips} clips in {len(index.shards)} shards to {index.root}: {shapes}")
+    print(ex.served_recipes(index.features))
     return 0

@@ -25,6 +25,9 @@ Features
   After each shard it records its progress (`progress.json`, atomically), so an interrupted
   extraction continues with `resume=True` (`controlfoley extract --resume`); what it redoes is the
   clips not yet in a finished shard (fewer than `shard_size` plus one tokenizer batch).
+- Clip ids are unique in a dataset (they name clips in `skipped.tsv`, in resume's order check and
+  in evaluation): `add` refuses an id already added, also one of the shards a resumed writer
+  found.
 - `ShardIndex.load(dir).verify(level)` checks before training: "size" (every shard exists with its
   recorded byte size), "header" (also parses each safetensors header and checks keys, dtypes and
   shapes against the index), "sha256" (also hashes every byte). Problems raise DataError naming the shard.
@@ -253,6 +256,7 @@ class ShardWriter:
         self.clip_ids: list[str] = []  # of the clips in finished shards, in order
         self._buffer: list[dict[str, torch.Tensor]] = []
         self._ids: list[str] = []
+        self._seen: set[str] = set()  # every id added: finished shards (also those found on resume) and the buffer
         self._closed = False
         if overwrite:
             progress.unlink(missing_ok=True)
@@ -293,23 +297,42 @@ class ShardWriter:
                 raise DataError(f"cannot resume {self.root}: shard {f} holds {len(shard_ids)} clip ids for {shard.n_clips} clips")
             ids += [str(i) for i in shard_ids]
         self.features, self.shards, self.clip_ids = features, shards, ids
+        self._seen = set(ids)
 
     @property
     def n_clips(self) -> int:
         return sum(s.n_clips for s in self.shards) + len(self._buffer)
 
     def add(self, clip_id: str, features: Mapping[str, torch.Tensor]) -> None:
-        """Buffer one clip; the first clip fixes the feature names, dtypes and shapes."""
+        """Buffer one clip; the first clip fixes the feature names, dtypes and shapes; an id
+        already added is refused."""
         if self._closed:
             raise DataError("ShardWriter is closed")
+        if str(clip_id) in self._seen:
+            raise DataError(
+                f"clip id {str(clip_id)!r} was already added to {self.root} ({self._where(str(clip_id))}); every clip needs its own id "
+                "(ids name clips in skipped.tsv, resume and evaluation): give this clip another id, or leave out the repeated clip"
+            )
         clip = {k: v.detach().to("cpu") for k, v in features.items()}
         if not self.features:
             self.features = {k: self._spec(k, v) for k, v in clip.items()}
         self._check_clip(clip_id, clip)
         self._buffer.append({k: v.to(self.features[k].torch_dtype) for k, v in clip.items()})
         self._ids.append(str(clip_id))
+        self._seen.add(str(clip_id))
         if len(self._buffer) >= self.shard_size:
             self._flush()
+
+    def _where(self, clip_id: str) -> str:
+        """Where an added clip is: 'clip 3 of shard-00001.safetensors' or 'clip 2 of the shard being filled'."""
+        if clip_id in self._ids:
+            return f"clip {self._ids.index(clip_id)} of the shard being filled"
+        k = self.clip_ids.index(clip_id)
+        for shard in self.shards:
+            if k < shard.n_clips:
+                return f"clip {k} of {shard.file}"
+            k -= shard.n_clips
+        return "an earlier clip"
 
     def _spec(self, key: str, value: torch.Tensor) -> FeatureSpec:
         dtype = self._dtypes.get(key) or storage_dtype(key, value)

@@ -1,0 +1,171 @@
+"""`controlfoley extract` on user mistakes: each is refused before any clip is read (or, where it is
+a bad input, skipped with --skip-bad) with a message naming the file, its list line and the fix."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from controlfoley.data.dataset import ShardDataset
+from controlfoley.data.shards import ShardIndex, ShardWriter
+from controlfoley.errors import ConfigError, DataError
+
+
+def _wav(path: Path, seconds: float = 1.0) -> Path:
+    import soundfile as sf
+
+    sf.write(path, 0.1 * torch.randn(int(22050 * seconds), generator=torch.Generator().manual_seed(0)).numpy(), 22050)
+    return path
+
+
+def _video_with_audio(path: Path) -> Path:
+    from controlfoley.data.synthetic import SyntheticWorld
+    from controlfoley.video import mux_audio, write_video
+
+    clip = SyntheticWorld(seed=0, duration_s=1.0).clip(0)
+    silent = write_video(path.with_name("silent-" + path.name), clip.frames, clip.fps)
+    return mux_audio(silent, clip.audio, clip.sample_rate, path).path
+
+
+def _no_media_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any read of audio or video fails the test: the checks must come first."""
+    import controlfoley.audio.io
+    import controlfoley.video
+
+    def refuse(*a: object, **k: object) -> None:
+        raise AssertionError("media was read before the inputs were checked")
+
+    for mod, name in ((controlfoley.audio.io, "load_audio"), (controlfoley.video, "read_audio_track"), (controlfoley.video, "read_frames")):
+        monkeypatch.setattr(mod, name, refuse)
+
+
+def test_audio_files_with_video_extractors_are_refused_up_front_or_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A list mixing audio files and videos with --extractors used to die at the first video with
+    'clip has features [...], earlier clips have [...]', --skip-bad or not."""
+    from controlfoley.data.extract import SKIPPED_FILE, extract_main
+
+    _wav(tmp_path / "a.wav")
+    _video_with_audio(tmp_path / "withaudio.mp4")
+    (tmp_path / "clips.tsv").write_text("# media\na.wav\tbell\nwithaudio.mp4\tthud\n", encoding="utf-8")
+    base = ["--preset", "specmaskfoley_tiny", "--list", str(tmp_path / "clips.tsv"), "--extractors", "synthetic_sync,synthetic_clip"]
+    base += ["--clap", "synthetic_clap", "--shard-size", "1", "--batch-size", "1"]
+    with monkeypatch.context() as m:
+        _no_media_reads(m)
+        with pytest.warns(UserWarning, match="untrained tokenizer"):
+            assert extract_main([*base, "--out", str(tmp_path / "strict")]) == 2
+    err = capsys.readouterr().err
+    assert "'a.wav' (" in err and "clips.tsv:2" in err and "--skip-bad" in err and "without --extractors" in err
+    assert not (tmp_path / "strict").exists()  # refused before anything was written
+
+    with pytest.warns(UserWarning, match="skipped 1 clip"):
+        assert extract_main([*base, "--out", str(tmp_path / "d"), "--skip-bad"]) == 0
+    ds = ShardDataset(tmp_path / "d")
+    assert [ds.clip_id(i) for i in range(len(ds))] == ["withaudio.mp4"] and {"sync", "clip", "clap"} <= set(ds.keys)
+    skipped = (tmp_path / "d" / SKIPPED_FILE).read_text().splitlines()
+    assert [line.split("\t")[0] for line in skipped] == ["a.wav"] and "no video" in skipped[0]
+
+
+def test_some_but_not_all_control_features_are_named_up_front_and_in_the_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only `sync` for a preset whose control encoder reads sync and clip: a warning before any clip
+    names the missing feature and extractors that write it; the last line says which recipes the
+    dataset serves."""
+    from controlfoley.data.extract import extract_main
+
+    base = ["--preset", "specmaskfoley_tiny", "--synthetic", "1"]
+    with pytest.warns(UserWarning, match=r"without \['clip'\] the dataset serves the backbone recipe, not controlnet") as rec:
+        assert extract_main([*base, "--extractors", "synthetic_sync", "--out", str(tmp_path / "part")]) == 0
+    assert any("synthetic_clip" in str(w.message) for w in rec)
+    out = capsys.readouterr().out.splitlines()[-1]
+    assert "serves the recipes: backbone;" in out and "not controlnet" in out and "'clip'" in out and "synthetic_clip" in out
+
+    with pytest.warns(UserWarning) as rec:
+        assert extract_main([*base, "--extractors", "synthetic_sync,synthetic_clip", "--mel", "--out", str(tmp_path / "all")]) == 0
+    assert not any("not controlnet" in str(w.message) for w in rec)
+    assert capsys.readouterr().out.splitlines()[-1] == "for preset 'specmaskfoley_tiny' it serves the recipes: tokenizer, backbone, controlnet"
+
+
+def test_unknown_tags_name_the_list_line_before_any_read_even_with_skip_bad(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tag typo is a list error, not a bad input: every wrong line is named (file:line) before any
+    media is read, with or without --skip-bad."""
+    from controlfoley.data.extract import extract_main
+
+    for n in ("a", "b", "c"):
+        _wav(tmp_path / f"{n}.wav")
+    (tmp_path / "clips.tsv").write_text("a.wav\tbell\n\n# b has a typo\nb.wav\tbel, thud\nc.wav\tsnarre\n", encoding="utf-8")
+    base = ["--preset", "specmaskgit_tiny", "--list", str(tmp_path / "clips.tsv"), "--clap", "synthetic_clap"]
+    for extra in ([], ["--skip-bad"]):
+        with monkeypatch.context() as m:
+            _no_media_reads(m)
+            with pytest.warns(UserWarning, match="untrained tokenizer"):
+                assert extract_main([*base, *extra, "--out", str(tmp_path / "d")]) == 2
+        err = capsys.readouterr().err
+        assert "2 input(s) have tags" in err and "clips.tsv:4" in err and "'bel'" in err and "clips.tsv:5" in err and "'snarre'" in err
+        assert "clips.tsv:1" not in err and "Fix the tags" in err
+        assert not (tmp_path / "d").exists()
+
+
+class _OpenVocabulary:
+    """A text extractor without a fixed vocabulary (nothing to check up front) that rejects one word."""
+
+    name, output_key, dim = "open_vocab", "clap", 64
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        if any("zzz" in t for t in texts):
+            raise ConfigError(f"cannot encode {texts}")
+        return torch.ones(len(texts), self.dim)
+
+
+def test_a_late_tag_error_names_its_line_and_is_not_skipped(tmp_path: Path) -> None:
+    from controlfoley.data.extract import Extraction, ListError, extract_files
+
+    files = [str(_wav(tmp_path / f"{n}.wav")) for n in ("a", "b")]
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        ex = Extraction("specmaskgit_tiny", clap="synthetic_clap")
+    ex.clap = _OpenVocabulary()  # as a plugin's open-vocabulary text encoder would be
+    with pytest.raises(ListError, match=r"'b.wav' \(l.tsv:7\): open_vocab cannot encode its tags 'zzz'"):
+        extract_files(tmp_path / "d", ex, files, tags=["x", "zzz"], ids=["a.wav", "b.wav"], where=["l.tsv:3", "l.tsv:7"], skip_bad=True)
+
+
+def test_a_repeated_list_entry_is_refused_before_any_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from controlfoley.data.extract import extract_main
+
+    _wav(tmp_path / "a.wav")
+    _wav(tmp_path / "b.wav")
+    (tmp_path / "l.tsv").write_text("a.wav\nb.wav\n./a.wav\n", encoding="utf-8")  # ./a.wav is a.wav, as on the command line
+    _no_media_reads(monkeypatch)
+    with pytest.warns(UserWarning, match="untrained tokenizer"):
+        assert extract_main(["--preset", "specmaskgit_tiny", "--list", str(tmp_path / "l.tsv"), "--skip-bad", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "'a.wav' (" in err and "l.tsv:1) and again as " in err and "l.tsv:3" in err and "remove the repeated" in err
+    assert not (tmp_path / "d").exists()
+
+
+def _clip(v: float) -> dict[str, torch.Tensor]:
+    return {"tokens": torch.full((5, 8), int(v)), "sync": torch.full((3, 2), v)}
+
+
+def test_writer_refuses_a_duplicate_id_also_after_resume(tmp_path: Path) -> None:
+    w = ShardWriter(tmp_path / "w", shard_size=2)
+    for i, cid in enumerate(["a", "b", "c"]):
+        w.add(cid, _clip(i))
+    with pytest.raises(DataError, match=r"clip id 'a' was already added to .* \(clip 0 of shard-00000.safetensors\)"):
+        w.add("a", _clip(9))
+    with pytest.raises(DataError, match=r"'c' was already added .*clip 0 of the shard being filled"):
+        w.add("c", _clip(9))
+    # interrupted here (never closed): the first shard (a, b) is kept, c is redone on resume
+    r = ShardWriter(tmp_path / "w", shard_size=2, resume=True)
+    assert r.clip_ids == ["a", "b"]
+    with pytest.raises(DataError, match=r"'b' was already added .*clip 1 of shard-00000"):
+        r.add("b", _clip(9))
+    r.add("c", _clip(2))
+    r.add("d", _clip(3))
+    index = r.close()
+    ds = ShardDataset(tmp_path / "w")
+    assert [ds.clip_id(i) for i in range(index.n_clips)] == ["a", "b", "c", "d"]
+    assert [int(ds[i]["tokens"][0, 0]) for i in range(4)] == [0, 1, 2, 3]
+    assert json.loads((tmp_path / "w" / "index.json").read_text())["n_clips"] == 4 == ShardIndex.load(tmp_path / "w").n_clips

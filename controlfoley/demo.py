@@ -7,11 +7,15 @@
 3. Write the WAV, the video with its new sound track (MP4), and a PNG with the generated and the
    true mel spectrograms and the true event times marked; print where they are and the onset error.
 
-If the shipped weights are missing (a checkout without `controlfoley/assets/`), the demo says so
-and runs the same pipeline with an untrained tiny model: the output is then noise, as it says.
+If the shipped weights are missing (a checkout without `controlfoley/assets/`) and no --model is
+given, the demo says so and runs the same pipeline with an untrained tiny model: the output is then
+noise, as it says. A --model that cannot be found or loaded, an --index outside the test split and
+an --out that cannot be written are one-line errors (exit status 2).
 """
 
 import argparse
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from controlfoley.errors import ConfigError, ControlFoleyError, MediaError, RegistryError, strip_ansi
 from controlfoley.typing import Tensor
 
 __all__ = ["demo_main", "mel_png"]
@@ -74,32 +79,66 @@ def mel_png(
     return path
 
 
-def _load_pipeline(model: str) -> tuple[object, bool]:
+SHIPPED = "specmaskfoley_synthetic"  # the preset whose shipped weights the demo runs by default
+
+
+def _load_pipeline(model: str | None) -> tuple[object, bool]:
+    """(pipeline, trained). `model` None: the shipped weights, or an untrained tiny model when they are
+    missing (a checkout without controlfoley/assets/). A `model` given is loaded or is an error."""
     from controlfoley.builder import build_model
     from controlfoley.pipeline import FoleyPipeline, default_extractors
-    from controlfoley.presets import pretrained_path
+    from controlfoley.presets import PRETRAINED, pretrained_path
 
-    if Path(model).exists() or pretrained_path(model) is not None:
-        return FoleyPipeline.from_pretrained(model), True
-    print(f"NOTE: no trained weights found for {model!r} (controlfoley/assets/ is missing?).")
+    name = SHIPPED if model is None else model
+    if Path(name).exists() or pretrained_path(name) is not None:
+        return FoleyPipeline.from_pretrained(name), True
+    if model is not None:
+        if model in PRETRAINED:
+            raise ConfigError(
+                f"--model {model}: its shipped weights are missing (controlfoley/assets/{PRETRAINED[model]}); reinstall "
+                "controlfoley, or leave --model out to run the demo with an untrained model"
+            )
+        raise ConfigError(
+            f"--model {model!r} is neither an existing checkpoint (file, folder or training run) nor a preset that ships "
+            f"weights ({', '.join(sorted(PRETRAINED))}); check the name or path, or leave --model out for the shipped {SHIPPED}"
+        )
+    print(f"NOTE: no trained weights found for {name!r} (controlfoley/assets/ is missing?).")
     print("      Running the same pipeline with an UNTRAINED specmaskfoley_tiny: the audio will be noise.")
     untrained = build_model("specmaskfoley_tiny").eval()
     extractors, text = default_extractors(untrained)
     return FoleyPipeline(untrained, extractors, text), False
 
 
-def run_demo(out: Path, model: str = "specmaskfoley_synthetic", index: int = 7, seed: int = 0) -> dict[str, object]:
+def _check_index(index: int) -> None:
+    from controlfoley.data.synthetic import _SPLIT_SIZE
+
+    if not 0 <= index < _SPLIT_SIZE:
+        raise ConfigError(f"--index {index}: the test split's clips are numbered 0 to {_SPLIT_SIZE - 1}; give one in that range (default 7)")
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise MediaError(f"output folder {out} cannot be written ({e.strerror or e}); choose another --out") from None
+
+
+def run_demo(out: Path, model: str | None = None, index: int = 7, seed: int = 0) -> dict[str, object]:
+    """`model` None: the shipped specmaskfoley_synthetic weights (an untrained model if they are missing)."""
     from controlfoley.audio.io import save_audio
     from controlfoley.data.synthetic import SyntheticWorld
     from controlfoley.evaluation import detect_onsets, evaluate_clip, world_classifier
     from controlfoley.video import mux_audio, write_video
 
     t0 = time.time()
+    _check_index(index)  # the cheap checks first, before the model loads
+    _check_writable(out)
     pipe, trained = _load_pipeline(model)
     m = pipe.model
     world = SyntheticWorld(seed=0, duration_s=m.n_samples / m.sample_rate)
     clip = world.clip(world.split("test", index + 1)[index])
-    out.mkdir(parents=True, exist_ok=True)
     video_in = write_video(out / "input_silent.mp4", clip.frames, clip.fps)
     print(f"rendered held-out clip {index} of the test split: {len(clip.events)} events ({clip.prompt}), {clip.duration_s:.2f} s")
     result = pipe(video_in, prompt=clip.prompt, seed=seed)
@@ -122,10 +161,14 @@ def run_demo(out: Path, model: str = "specmaskfoley_synthetic", index: int = 7, 
 def demo_main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="controlfoley demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="outputs/demo", help="folder for the WAV, MP4 and PNG")
-    ap.add_argument("--model", default="specmaskfoley_synthetic", help="preset with shipped weights, or a checkpoint path")
+    ap.add_argument("--model", default=None, help=f"preset with shipped weights, or a checkpoint path (default: the shipped {SHIPPED})")
     ap.add_argument("--index", type=int, default=7, help="which held-out test clip to render")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
-    run_demo(Path(args.out), args.model, args.index, args.seed)
+    try:
+        run_demo(Path(args.out), args.model, args.index, args.seed)
+    except (ControlFoleyError, ConfigError, RegistryError, ValueError, OSError) as e:
+        print("error: " + " ".join((strip_ansi(str(e)).strip() or type(e).__name__).split()), file=sys.stderr)
+        return 2
     return 0

@@ -17,11 +17,15 @@ there (benchmarks/SYNTHETIC.md in the repository), and `--install-weights` store
 shipped `specmaskfoley_synthetic` preset weights (fp16, under 20 MB).
 
 Scales: `--scale full` is what produced the committed results; `--scale smoke` runs every stage in
-about a minute (used by the tests; its numbers mean nothing).
+about a minute (used by the tests; its numbers mean nothing). A folder holds one scale: a finished
+stage is reused only when it was made with the settings this run would use (otherwise the command
+stops and says so: use another --out, or delete the folder), and `--install-weights` needs `--scale full`.
 """
 
 import argparse
 import json
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from controlfoley._io import atomic_write_text
+from controlfoley.errors import ConfigError, ControlFoleyError, RegistryError, strip_ansi
 
 __all__ = ["SCALES", "Scale", "run_synthetic", "experiment_main"]
 
@@ -63,19 +70,100 @@ SCALES = {
 PRESET = "specmaskfoley_tiny"
 BACKBONE_PRESET = "specmaskgit_tiny"
 EXTRACTORS = ("synthetic_sync", "synthetic_clip")
+MARKER = "experiment.json"  # <out>/experiment.json: the scale of the experiment in that folder (written when it finishes)
+# Train-config fields that do not decide what a run makes: operational ones (as on --resume) and the
+# folders, so that a moved --out folder is still recognised (the stages in it are checked one by one).
+_PLACE_FIELDS = ("out", "init")
 
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _train(recipe: str, preset: str, data: Path, out: Path, steps: int, batch: int, overrides: dict[str, Any], **extra: Any) -> Path:
+def _differences(made: Any, want: Any, key: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, recorded value, value now) for every leaf value that differs."""
+    if isinstance(made, dict) and isinstance(want, dict):
+        out = []
+        for k in sorted(set(made) | set(want), key=str):
+            out += _differences(made.get(k), want.get(k), f"{key}.{k}" if key else str(k))
+        return out
+    return [] if made == want else [(key, made, want)]
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = "(none)" if value is None else json.dumps(value, default=str)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _refuse(folder: Path, what: str, made_with: str, diffs: list[tuple[str, Any, Any]], root: Path, scale_name: str) -> ConfigError:
+    shown = ", ".join(f"{k} {_short(a)} (now {_short(b)})" for k, a, b in diffs[:4])
+    more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+    why = f": {shown}{more}" if diffs else ""
+    return ConfigError(
+        f"{folder} holds {what} made with {made_with}, not with the settings of --scale {scale_name}{why}; it cannot be "
+        f"reused. Use another --out, or delete {root} to run every stage again at --scale {scale_name}"
+    )
+
+
+def _check_same(folder: Path, what: str, made: dict[str, Any] | None, want: dict[str, Any], *, recorded_scale: str | None, root: Path, scale_name: str) -> None:
+    """Refuse a stage made with other settings. Only the fields both sides know are compared (a field
+    added to the code later is not a difference); `made` None means nothing readable was recorded."""
+    if made is None:
+        raise _refuse(folder, what, "settings it does not record", [], root, scale_name)
+    common = [k for k in made if k in want]
+    diffs = _differences({k: made[k] for k in common}, {k: want[k] for k in common})
+    if diffs or (recorded_scale is not None and recorded_scale != scale_name):
+        made_with = f"--scale {recorded_scale}" if recorded_scale is not None else "other settings"
+        raise _refuse(folder, what, made_with, diffs, root, scale_name)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _run_settings(cfg_json: str) -> dict[str, Any]:
+    """What decides a training run's model (shapes included) and its training: every TrainConfig field
+    but the operational ones and the folders."""
+    from controlfoley.train.config import RESUME_MUTABLE
+
+    return {k: v for k, v in json.loads(cfg_json).items() if k not in RESUME_MUTABLE and k not in _PLACE_FIELDS}
+
+
+def _check_run(out: Path, recipe: str, want: dict[str, Any], root: Path, scale_name: str) -> bool:
+    """True when `out` holds this run finished; False when it is to be (re)started or resumed; a
+    ConfigError when it holds a run made with other settings."""
+    from controlfoley.train.config import TrainConfig
+
+    done, config = out / "done.json", out / "config.json"
+    if not done.is_file() and not config.is_file():
+        return False
+    marker = _read_json(done) if done.is_file() else None
+    if isinstance(marker, dict) and isinstance(marker.get("settings"), dict):
+        made, scale = marker["settings"], marker.get("scale")
+    else:
+        # An unfinished run, or one finished before done.json recorded its settings: its config.json
+        # (written when the run starts) holds every field that decides it, so it is compared as exactly
+        # as a new marker; only without a readable config.json are its settings unknown (refused).
+        made, scale = None, None
+        if config.is_file():
+            try:
+                made = _run_settings(TrainConfig.from_json(config.read_text(encoding="utf-8")).to_json())
+            except (OSError, ValueError):  # ConfigError is a ValueError
+                made = None
+    what = f"a {recipe} run" if done.is_file() else f"an unfinished {recipe} run"
+    _check_same(out, what, made, want, recorded_scale=scale, root=root, scale_name=scale_name)
+    return done.is_file()
+
+
+def _train(
+    recipe: str, preset: str, data: Path, out: Path, steps: int, batch: int, overrides: dict[str, Any], *, scale_name: str, **extra: Any
+) -> Path:
     from controlfoley.train.config import TrainConfig
     from controlfoley.train.loop import train
 
-    if (out / "done.json").is_file():
-        _log(f"{recipe} run in {out} already finished; reusing it")
-        return out
     cfg = TrainConfig.for_recipe(
         recipe,
         preset=preset,
@@ -93,14 +181,35 @@ def _train(recipe: str, preset: str, data: Path, out: Path, steps: int, batch: i
         num_workers=0,
         **extra,
     )
+    settings = _run_settings(cfg.to_json())
+    if _check_run(out, recipe, settings, out.parent, scale_name):
+        _log(f"{recipe} run in {out} already finished (same settings); reusing it")
+        return out
     resume = (out / "config.json").is_file()
     _log(f"training {recipe} ({preset}) for {steps} steps at batch {batch}{' (resuming)' if resume else ''}")
     metrics = train(cfg, resume=resume)
-    (out / "done.json").write_text(json.dumps(metrics, default=str), encoding="utf-8")
+    # what made the run, so that a later command reuses it only with the same settings
+    atomic_write_text(out / "done.json", json.dumps({"scale": scale_name, "settings": settings, "metrics": metrics}, default=str))
     return out
 
 
-def _extract(out: Path, scale: Scale, overrides: dict[str, Any], tokenizer: Path | None, mel_only: bool) -> Path:
+# index.json fields that do not decide the data: where the tokenizer was (its run is checked itself)
+# and the source line (its clip count is compared as n_clips)
+_DATA_PLACE_FIELDS = ("tokenizer", "source")
+
+
+def _check_data(folder: Path, ex: Any, n: int, root: Path, scale_name: str) -> None:
+    """Refuse a finished extraction made with other settings. index.json records the model config (the
+    token grid and codebook included), the features and the clip count, whenever it was written."""
+    index = _read_json(folder / "index.json")
+    made = None
+    if isinstance(index, dict) and isinstance(index.get("info"), dict):
+        made = {k: v for k, v in index["info"].items() if k not in _DATA_PLACE_FIELDS} | {"n_clips": index.get("n_clips")}
+    want = json.loads(json.dumps({k: v for k, v in ex.info("").items() if k not in _DATA_PLACE_FIELDS}, default=str)) | {"n_clips": n}
+    _check_same(folder, "a dataset", made, want, recorded_scale=None, root=root, scale_name=scale_name)
+
+
+def _extract(out: Path, scale: Scale, overrides: dict[str, Any], tokenizer: Path | None, mel_only: bool, *, scale_name: str) -> Path:
     from controlfoley.data.extract import Extraction, extract_synthetic
 
     ex = Extraction(
@@ -114,25 +223,57 @@ def _extract(out: Path, scale: Scale, overrides: dict[str, Any], tokenizer: Path
     splits = {"train": scale.n_tok_clips if mel_only else scale.n_train, "val": scale.n_val}
     for split, n in splits.items():
         if (out / split / "index.json").is_file():
+            _check_data(out / split, ex, n, out.parent, scale_name)
             continue
         _log(f"extracting {n} {split} clips into {out / split}")
         extract_synthetic(out / split, ex, n_clips=n, split=split, batch_size=16)
     return out
 
 
+def _check_folder(out: Path, scale_name: str) -> None:
+    """Before any stage: --out can be written, and holds no experiment finished at another scale."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise ConfigError(f"output folder {out} cannot be written ({e.strerror or e}); choose another --out") from None
+    marker = _read_json(out / MARKER) if (out / MARKER).is_file() else None
+    made = marker.get("scale") if isinstance(marker, dict) else None
+    if made is not None and made != scale_name:
+        raise ConfigError(
+            f"{out} holds the synthetic experiment at --scale {made}; its stages have other model shapes and sizes than "
+            f"--scale {scale_name} needs and cannot be reused. Use another --out, or delete {out} to start again at --scale {scale_name}"
+        )
+
+
 def run_synthetic(out: str | Path, scale_name: str = "full", *, results: str | Path | None = None, install_weights: bool = False) -> dict[str, Any]:
-    """Run every stage (each resumes or is skipped when its output exists) and return the results."""
+    """Run every stage (each resumes or is skipped when its output exists) and return the results.
+
+    A stage found in `out` is reused only if it was made with the settings of this scale; one made
+    with others is a ConfigError naming the folder (use another `out`, or delete it)."""
     import warnings
 
     from controlfoley.evaluation_runs import evaluate_variants, write_results
 
+    if scale_name not in SCALES:
+        raise ConfigError(f"unknown scale {scale_name!r}; choose one of {', '.join(sorted(SCALES))}")
+    if install_weights and scale_name != "full":
+        from controlfoley.presets import ASSETS, PRETRAINED
+
+        raise ConfigError(
+            f"--install-weights replaces the shipped specmaskfoley_synthetic weights ({ASSETS / PRETRAINED['specmaskfoley_synthetic']}), "
+            f"which the demo and from_pretrained load, with the FT model this run trains; a --scale {scale_name} model is too "
+            "small and short-trained to replace them. Drop --install-weights, or use --scale full"
+        )
     warnings.filterwarnings("ignore", message="no tokenizer checkpoint given")
     scale = SCALES[scale_name]
     out = Path(out)
+    _check_folder(out, scale_name)
     ov = dict(scale.model_overrides)
     torch.manual_seed(0)
     t0 = time.time()
-    mel_data = _extract(out / "data_mel", scale, ov, None, mel_only=True)
+    mel_data = _extract(out / "data_mel", scale, ov, None, mel_only=True, scale_name=scale_name)
     # The recipes' LR rule (base_lr x batch / reference batch) at the small CPU batch of the tokenizer
     # would give 2.5e-5; base_lr is raised so the peak LR is 2e-4 (the VQGAN range) for a short run.
     tok_lr = 2e-4 * 32 / scale.tok_batch
@@ -140,15 +281,16 @@ def run_synthetic(out: str | Path, scale_name: str = "full", *, results: str | P
     tok_run = _train(
         "tokenizer", PRESET, mel_data, out / "run_tokenizer", scale.tok_steps, scale.tok_batch, ov,
         base_lr=tok_lr, lr_reference_batch=32, codebook_restart_every=10, codebook_restart_until=int(0.6 * scale.tok_steps),
+        scale_name=scale_name,
     )  # fmt: skip
-    data = _extract(out / "data", scale, ov, tok_run, mel_only=False)
+    data = _extract(out / "data", scale, ov, tok_run, mel_only=False, scale_name=scale_name)
     bb_ov = {k: v for k, v in ov.items() if k in ("tokenizer", "backbone")}
-    bb_run = _train("backbone", BACKBONE_PRESET, data, out / "run_backbone", scale.bb_steps, scale.bb_batch, bb_ov, init=str(tok_run))
+    bb_run = _train("backbone", BACKBONE_PRESET, data, out / "run_backbone", scale.bb_steps, scale.bb_batch, bb_ov, init=str(tok_run), scale_name=scale_name)
     cn_runs = {}
     for aligner in ("ft", "plain1d"):
         cn_runs[aligner] = _train(
             "controlnet", PRESET, data, out / f"run_controlnet_{aligner}", scale.cn_steps, scale.cn_batch,
-            {**ov, "aligner": aligner}, init=str(bb_run),
+            {**ov, "aligner": aligner}, init=str(bb_run), scale_name=scale_name,
         )  # fmt: skip
     train_s = time.time() - t0
     _log(f"training done in {train_s / 60:.1f} min; evaluating on {scale.n_test} held-out clips")
@@ -156,6 +298,7 @@ def run_synthetic(out: str | Path, scale_name: str = "full", *, results: str | P
     report["train_minutes"] = round(train_s / 60, 1)
     report["scale"] = scale_name
     write_results(report, out, results)
+    atomic_write_text(out / MARKER, json.dumps({"experiment": "synthetic", "scale": scale_name}))
     if install_weights:
         from controlfoley.evaluation_runs import install_shipped_weights
 
@@ -172,6 +315,10 @@ def experiment_main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--results", default=None, help="also write the markdown results table here")
     ap.add_argument("--install-weights", action="store_true", help="store the trained FT model as the shipped preset weights")
     args = ap.parse_args(argv)
-    report = run_synthetic(args.out, args.scale, results=args.results, install_weights=args.install_weights)
+    try:
+        report = run_synthetic(args.out, args.scale, results=args.results, install_weights=args.install_weights)
+    except (ControlFoleyError, ConfigError, RegistryError, OSError) as e:
+        print("error: " + " ".join((strip_ansi(str(e)).strip() or type(e).__name__).split()), file=sys.stderr)
+        return 2
     print(report["table"])
     return 0

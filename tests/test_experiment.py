@@ -1,10 +1,13 @@
 """The learning-proof experiment and the demo, end to end at smoke scale, and the shipped weights."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from controlfoley import cli
+from controlfoley.errors import ConfigError
 from controlfoley.presets import pretrained_path
 
 
@@ -17,11 +20,128 @@ def test_experiment_smoke_scale_runs_every_stage(tmp_path):
     assert names[0] == "reference: true audio" and any("plain 1-D" in n for n in names)
     assert report["rows"][0]["desync_s"] < 0.05  # the metric itself works on true audio
     for run in ("run_tokenizer", "run_backbone", "run_controlnet_ft", "run_controlnet_plain1d"):
-        assert (tmp_path / "exp" / run / "done.json").is_file()
+        done = json.loads((tmp_path / "exp" / run / "done.json").read_text())
+        assert done["scale"] == "smoke" and done["settings"]["steps"] == 3 and "train" in done["metrics"]
+    assert json.loads((tmp_path / "exp" / "experiment.json").read_text())["scale"] == "smoke"
     table_rows = [ln for ln in (tmp_path / "table.md").read_text().splitlines() if ln.startswith("| ")]
     assert len(table_rows) == len(names) + 1  # header + one row per variant
     rows = json.loads((tmp_path / "exp" / "results.json").read_text())
     assert len(rows) == len(names)
+
+
+def _no_stage(monkeypatch):
+    """Make any stage of the experiment fail at once: a check that should come first cannot hide behind
+    an hour of extraction and training (or, for --install-weights, replace the shipped weights)."""
+    from controlfoley import experiment
+
+    def stage(*args, **kwargs):
+        raise AssertionError("a stage of the experiment ran")
+
+    monkeypatch.setattr(experiment, "_extract", stage)
+    monkeypatch.setattr(experiment, "_train", stage)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_experiment_refuses_a_folder_made_at_another_scale(tmp_path, capsys, monkeypatch):
+    _no_stage(monkeypatch)
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "experiment.json").write_text(json.dumps({"experiment": "synthetic", "scale": "smoke"}))
+    assert cli.main(["experiment", "synthetic", "--scale", "full", "--out", str(out)]) == 2
+    err = _one_error_line(capsys)
+    assert f"{out} holds the synthetic experiment at --scale smoke" in err and "another --out" in err and f"delete {out}" in err
+
+
+def test_experiment_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    _no_stage(monkeypatch)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert cli.main(["experiment", "synthetic", "--scale", "smoke", "--out", str(afile / "sub")]) == 2
+    assert f"output folder {afile / 'sub'} cannot be written" in _one_error_line(capsys)
+
+
+def test_install_weights_needs_the_full_scale(tmp_path, capsys, monkeypatch):
+    _no_stage(monkeypatch)
+    shipped_file = pretrained_path("specmaskfoley_synthetic")
+    before = shipped_file.stat().st_mtime_ns if shipped_file is not None else None
+    out = tmp_path / "exp"
+    assert cli.main(["experiment", "synthetic", "--scale", "smoke", "--install-weights", "--out", str(out)]) == 2
+    err = _one_error_line(capsys)
+    assert "replaces the shipped specmaskfoley_synthetic weights" in err and "--scale full" in err
+    assert not out.exists()  # refused before anything was made
+    if shipped_file is not None:
+        assert shipped_file.stat().st_mtime_ns == before
+
+
+def test_training_stage_is_reused_only_with_its_own_settings(tmp_path, monkeypatch):
+    """done.json records the scale and settings (atomically); a run made with other settings is refused
+    with the folder, what made it and the fix; a done.json from before (no settings) is judged by the
+    run's config.json, and refused when that is missing too."""
+    from controlfoley import experiment
+    from controlfoley.train import loop
+
+    calls, written = [], []
+
+    def fake_train(cfg, resume=False):  # writes config.json at the start, as the real loop does
+        calls.append(cfg.steps)
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out) / "config.json").write_text(cfg.to_json())
+        return {"step": cfg.steps, "train": {"loss": 1.0}}
+
+    def spy(path, text):
+        written.append(Path(path).name)
+        real_atomic(path, text)
+
+    real_atomic = experiment.atomic_write_text
+    monkeypatch.setattr(loop, "train", fake_train)
+    monkeypatch.setattr(experiment, "atomic_write_text", spy)
+    run = tmp_path / "exp" / "run_tokenizer"
+    smoke = dict(experiment.SCALES["smoke"].model_overrides)
+
+    def stage(scale_name, steps, overrides):
+        return experiment._train("tokenizer", experiment.PRESET, tmp_path / "data", run, steps, 4, overrides, scale_name=scale_name, base_lr=0.0016)
+
+    stage("smoke", 3, smoke)
+    done = json.loads((run / "done.json").read_text())
+    assert written == ["done.json"] and done["scale"] == "smoke" and done["metrics"]["step"] == 3
+    assert done["settings"]["steps"] == 3 and done["settings"]["model_overrides"]["tokenizer"]["ch"] == 8
+    stage("smoke", 3, smoke)
+    assert calls == [3]  # reused
+    with pytest.raises(ConfigError, match=rf"{run} holds a tokenizer run made with --scale smoke, not with the settings of --scale full: .*steps 3 \(now 500\).*Use another --out, or delete {tmp_path / 'exp'}"):
+        stage("full", 500, {})
+    # a done.json written before it recorded settings: the run's config.json decides
+    (run / "done.json").write_text(json.dumps({"step": 3}))
+    stage("smoke", 3, smoke)
+    assert calls == [3]
+    with pytest.raises(ConfigError, match=r'made with other settings, not with the settings of --scale full: .*model_overrides.tokenizer \{"ch": 8, .*\(now \(none\)\)'):
+        stage("full", 3, {})
+    (run / "config.json").unlink()
+    with pytest.raises(ConfigError, match=r"made with settings it does not record.*Use another --out"):
+        stage("smoke", 3, smoke)
+    assert calls == [3]
+
+
+@pytest.mark.filterwarnings("ignore:no tokenizer checkpoint given")  # a mel-only extraction, as the experiment's first stage
+def test_dataset_stage_is_reused_only_with_its_own_settings(tmp_path):
+    from controlfoley import experiment
+    from controlfoley.data.extract import Extraction
+
+    smoke = dict(experiment.SCALES["smoke"].model_overrides)
+    ex = Extraction(experiment.PRESET, extractors=(), clap=None, tokenizer=None, mel=True, model_overrides=smoke)
+    folder = tmp_path / "exp" / "data_mel" / "train"
+    folder.mkdir(parents=True)
+    (folder / "index.json").write_text(json.dumps({"n_clips": 16, "info": ex.info("synthetic world seed 0, split train, 16 clips")}))
+    experiment._check_data(folder, ex, 16, tmp_path / "exp", "smoke")  # the same: reused
+    with pytest.raises(ConfigError, match=rf"{folder} holds a dataset made with other settings.*n_clips 16 \(now 1024\)"):
+        experiment._check_data(folder, ex, 1024, tmp_path / "exp", "full")
+    full = Extraction(experiment.PRESET, extractors=(), clap=None, tokenizer=None, mel=True)
+    with pytest.raises(ConfigError, match=r"codebook_size 64 \(now 256\).*delete"):
+        experiment._check_data(folder, full, 16, tmp_path / "exp", "full")
 
 
 def test_demo_writes_wav_mp4_png(tmp_path, capsys):
@@ -33,6 +153,41 @@ def test_demo_writes_wav_mp4_png(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "onset error" in printed and str(out["png"]) in printed
     assert 0.0 <= out["scores"]["desync_s"] <= 2.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "phrase"),
+    [
+        (["--index", "-1"], "--index -1: the test split's clips are numbered 0 to 999999"),
+        (["--index", "1000000"], "--index 1000000: the test split's clips"),
+        (["--model", "nope"], "--model 'nope' is neither an existing checkpoint"),
+        (["--model", "specmaskfoley_tiny"], "nor a preset that ships weights"),
+        (["--out", "{afile}/sub"], "cannot be written"),
+    ],
+)
+def test_demo_argument_errors_are_one_line(tmp_path, capsys, monkeypatch, argv, phrase):
+    from controlfoley import demo
+
+    monkeypatch.setattr(demo, "mel_png", lambda *a, **k: pytest.fail("the demo ran"))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    argv = [a.format(afile=afile) for a in argv]
+    out = ["--out", str(tmp_path / "demo")] if "--out" not in argv else []
+    assert cli.main(["demo", *out, *argv]) == 2
+    assert phrase in _one_error_line(capsys)
+
+
+def test_demo_falls_back_to_an_untrained_model_only_by_default(monkeypatch, capsys):
+    """Without the shipped weights the default runs untrained (and says so); naming them is an error."""
+    from controlfoley import demo, presets
+    from controlfoley.errors import RandomWeightsWarning
+
+    monkeypatch.setattr(presets, "pretrained_path", lambda name: None)
+    with pytest.raises(ConfigError, match="its shipped weights are missing.*leave --model out"):
+        demo._load_pipeline("specmaskfoley_synthetic")
+    with pytest.warns(RandomWeightsWarning):
+        _, trained = demo._load_pipeline(None)
+    assert not trained and "UNTRAINED" in capsys.readouterr().out
 
 
 shipped = pytest.mark.skipif(pretrained_path("specmaskfoley_synthetic") is None, reason="shipped weights absent")

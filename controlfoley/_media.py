@@ -56,14 +56,29 @@ def open_input(path: Path) -> Iterator[av.container.InputContainer]:
         container.close()
 
 
+VIDEO_OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")  # containers that hold H.264 (or the input's codec) + AAC
+
+
+def check_video_output(path: Path) -> None:
+    """A video output must be a container this module writes (H.264 or the copied codec, AAC audio)."""
+    if path.suffix.lower() not in VIDEO_OUTPUT_SUFFIXES:
+        raise MediaError(
+            f"cannot write {path}: controlfoley writes videos as {', '.join(VIDEO_OUTPUT_SUFFIXES)} (H.264 or the input's "
+            f"own codec, AAC audio); {path.suffix or 'no suffix'!r} needs other codecs. Write an .mp4 and convert it "
+            "(e.g. ffmpeg -i out.mp4 out.webm)"
+        )
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """Atomic output path; OS and FFmpeg errors become one-line MediaErrors and the temp file goes."""
     try:
         with atomic_path(path) as tmp:
             yield tmp
-    except (OSError, av.FFmpegError) as e:
+    except OSError as e:
         raise MediaError(f"cannot write {path}: {_reason(e)}; choose a writable output folder") from None
+    except av.FFmpegError as e:
+        raise MediaError(f"cannot write {path}: FFmpeg failed while muxing ({_reason(e)}); try an .mp4 output") from None
 
 
 def open_output(tmp: Path, target: Path) -> av.container.OutputContainer:

@@ -23,7 +23,17 @@ import numpy as np
 import torch
 from jaxtyping import UInt8
 
-from controlfoley._media import PathLike, atomic_output, check_complete, check_fps, open_input, open_output, rate_fraction, video_stream
+from controlfoley._media import (
+    PathLike,
+    atomic_output,
+    check_complete,
+    check_fps,
+    check_video_output,
+    open_input,
+    open_output,
+    rate_fraction,
+    video_stream,
+)
 from controlfoley.typing import Float, Tensor
 
 __all__ = ["MuxResult", "write_video", "mux_audio"]
@@ -112,7 +122,7 @@ def write_video(
 ) -> Path:
     """Write frames (and an optional mono audio track) as a video file, atomically.
 
-    The container follows the suffix (.mp4 recommended). yuv420p needs even sizes, so an odd height
+    The container follows the suffix (.mp4, .m4v, .mov or .mkv). yuv420p needs even sizes, so an odd height
     or width is padded by repeating the last row or column. `crf` is libx264's quality (lower is better).
     """
     check_fps(fps)
@@ -124,6 +134,7 @@ def write_video(
     pad_h, pad_w = images.shape[1] % 2, images.shape[2] % 2
     images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     target = Path(path)
+    check_video_output(target)
     with atomic_output(target) as tmp, open_output(tmp, target) as c:
         vs = _add_video_stream(c, rate_fraction(fps), images.shape[2], images.shape[1], crf)
         apkts = _encode_audio(_add_audio_stream(c, sample_rate), audio, sample_rate) if audio is not None and sample_rate else []
@@ -202,6 +213,7 @@ def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"], sample_rate: int,
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     src, target = Path(video_path), Path(out_path)
+    check_video_output(target)
     start = round(_first_frame_time(src) * sample_rate)
     with open_input(src) as inp:
         vin = video_stream(inp, src)

@@ -107,14 +107,30 @@ class FoleyResult:
 
         return save_audio(path, self.wav, self.sample_rate)
 
-    def save_video(self, video_path: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> Path:
-        """Write `video_path`'s video with this waveform as its only audio track to `out_path`,
-        atomically: the video packets are copied when the container can hold the codec, otherwise
-        re-encoded (H.264); see `controlfoley.video.mux_audio`. Returns `out_path`."""
-        from controlfoley.video import mux_audio
+    def save_video(self, video_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, replace_input: bool = False) -> Path:
+        """Write `video_path`'s video with this waveform as its only audio track to `out_path`
+        (.mp4, .m4v, .mov or .mkv), atomically: the video packets are copied when the container
+        can hold the codec, otherwise re-encoded (H.264); see `controlfoley.video.mux_audio`.
+        Writing over `video_path` itself (its own audio lost) needs `replace_input=True`. A video
+        whose duration differs from this result's by more than 0.5 s (another video than the one
+        it was made from?) is logged as a warning. Returns `out_path`."""
+        from controlfoley.errors import MediaError
+        from controlfoley.video import mux_audio, probe
 
-        mux_audio(video_path, self.wav, self.sample_rate, out_path)
-        return Path(out_path)
+        src, out = Path(video_path), Path(out_path)
+        if not replace_input and out.exists() and src.exists() and out.resolve() == src.resolve():
+            raise MediaError(
+                f"save_video would write over its input {src}, losing its own audio track; write to another path, "
+                "or pass replace_input=True"
+            )
+        info = probe(src)
+        if info.duration_s is not None and abs(info.duration_s - self.duration_s) > 0.5:
+            log.warning(
+                "%s is %.2f s long but this result is %.2f s: its audio track will %s (was the result made from another video?)",
+                src, info.duration_s, self.duration_s, "end early" if info.duration_s > self.duration_s else "run past the picture",
+            )  # fmt: skip
+        mux_audio(src, self.wav, self.sample_rate, out)
+        return out
 
 
 class FoleyPipeline:

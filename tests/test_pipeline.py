@@ -742,3 +742,29 @@ def test_a_vocoder_on_the_cpu_beside_a_cuda_model_gets_the_mel_on_its_device() -
     got = run_vocoder(voc, mel.cuda())
     assert got.device.type == "cuda"
     torch.testing.assert_close(got.cpu(), want)
+
+
+def test_result_outputs_name_what_is_wrong(media: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """FoleyResult.save / save_video: an unwritable folder, a container it does not write, its own
+    input as the output, and a video of another length are each named, not raw tracebacks or silent."""
+    from controlfoley.errors import MediaError
+    from controlfoley.pipeline import FoleyResult
+
+    result = FoleyResult(torch.zeros(2 * SR), SR, torch.zeros(80, 87), torch.zeros(5, T, dtype=torch.long), 2.0, ())
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(MediaError, match="cannot write .*choose a writable output folder"):
+        result.save(blocker / "a.wav")
+    for suffix in (".webm", ".avi"):
+        with pytest.raises(MediaError, match=r"writes videos as \.mp4, \.m4v, \.mov, \.mkv .*convert it"):
+            result.save_video(media["tiny"], tmp_path / f"o{suffix}")
+    own = tmp_path / "own.mp4"
+    own.write_bytes(media["tiny"].read_bytes())
+    with pytest.raises(MediaError, match="would write over its input .*replace_input=True"):
+        result.save_video(own, own)
+    assert result.save_video(own, own, replace_input=True) == own
+    longer = FoleyResult(torch.zeros(6 * SR), SR, torch.zeros(80, 87), torch.zeros(5, T, dtype=torch.long), 6.0, ())
+    with caplog.at_level(logging.WARNING, logger="controlfoley.pipeline"):
+        longer.save_video(media["tiny"], tmp_path / "long.mp4")
+    assert "is 2.00 s long but this result is 6.00 s" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "long.mp4", "own.mp4"]  # nothing half-written

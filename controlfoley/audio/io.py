@@ -78,6 +78,9 @@ def save_audio(
     y = wav.detach().to("cpu", torch.float32).reshape(-1, wav.shape[-1]).numpy().T  # [s, channels]
     if subtype.startswith("PCM"):
         y = np.clip(y, -1.0, 1.0)  # libsndfile would wrap out-of-range values around for integer PCM
-    with atomic_path(path) as tmp:
-        sf.write(str(tmp), y, sample_rate, subtype=subtype, format=container)
+    try:
+        with atomic_path(path) as tmp:
+            sf.write(str(tmp), y, sample_rate, subtype=subtype, format=container)
+    except OSError as e:
+        raise MediaError(f"cannot write {path}: {e.strerror or e}; choose a writable output folder") from None
     return path

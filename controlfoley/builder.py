@@ -288,6 +288,22 @@ def model_config(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConf
     return cfg.override(**overrides) if overrides else cfg
 
 
+def _preset_config(name: str) -> ModelConfig:
+    """The config a preset builder returns: a ModelConfig, or its dict (what `to_dict` writes)."""
+    cfg = PRESETS.build(name)
+    if isinstance(cfg, ModelConfig):
+        return cfg
+    if isinstance(cfg, Mapping):
+        try:
+            return ModelConfig.from_dict(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"preset {name!r} returned a dict that is not a model config: {e}") from None
+    raise ConfigError(
+        f"preset {name!r} returned a {type(cfg).__name__}; a preset builder returns a ModelConfig (e.g. "
+        "get_preset('specmaskfoley_tiny').override(...)) or its dict"
+    )
+
+
 def _resolve_config(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConfig") -> ModelConfig:
     if isinstance(config, ModelConfig):
         return config
@@ -303,6 +319,11 @@ def _resolve_config(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelC
             return ModelConfig.from_json(text)
         except ValueError as e:  # ConfigError is one; so is a JSONDecodeError
             raise ConfigError(f"model config {path}: {e}") from e
+    if path is not None and (path.suffix == ".safetensors" or path.is_dir() or path.is_file()):
+        raise ConfigError(
+            f"build_model({str(config)!r}): that is a file or folder, not a preset or a .json config; build_model builds an "
+            "untrained model, to load a checkpoint's weights use controlfoley.from_pretrained(path)"
+        )
     if isinstance(config, str):
-        return PRESETS.build(config)
+        return _preset_config(config)
     raise ConfigError(f"build_model takes a preset name, a .json config file, a config dict or a ModelConfig, got {type(config).__name__}")

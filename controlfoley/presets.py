@@ -133,7 +133,9 @@ def specmaskfoley_synthetic() -> ModelConfig:
 
 
 def get_preset(name: str) -> ModelConfig:
-    return PRESETS.build(name)
+    from controlfoley.builder import _preset_config  # checks what a (user) preset builder returned
+
+    return _preset_config(name)
 
 
 def list_presets(pattern: str = "*") -> list[str]:

@@ -168,3 +168,22 @@ def test_part_kwargs_are_read_only_but_copy_pickle_and_hash() -> None:
     d = cfg.to_dict()
     d["backbone"]["kwargs"]["depth"] = depth + 1
     assert cfg.backbone.kwargs["depth"] == depth
+
+
+def test_preset_builders_returning_a_dict_or_the_wrong_thing_and_checkpoints_given_to_build_model(tmp_path) -> None:
+    from controlfoley import PRESETS, build_model
+
+    PRESETS.register("test_as_dict")(lambda: get_preset("specmaskfoley_tiny").to_dict())
+    PRESETS.register("test_returns_int")(lambda: 42)
+    try:
+        assert build_model("test_as_dict").config == get_preset("specmaskfoley_tiny")  # its dict is a config too
+        with pytest.raises(ConfigError, match="preset 'test_returns_int' returned a int; a preset builder returns a ModelConfig"):
+            build_model("test_returns_int")
+    finally:
+        PRESETS.unregister("test_as_dict")
+        PRESETS.unregister("test_returns_int")
+    ckpt = tmp_path / "run"
+    ckpt.mkdir()
+    for given in (ckpt, str(tmp_path / "m.safetensors")):
+        with pytest.raises(ConfigError, match=r"not a preset or a \.json config.*controlfoley\.from_pretrained\(path\)"):
+            build_model(given)

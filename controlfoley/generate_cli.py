@@ -50,7 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=None, help="text prompt (CLAP role); without it, video-only CFG")
     p.add_argument("--negative-prompt", default=None, help="text the sampler steers away from")
     p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: the model's, 12)")
-    p.add_argument("--cfg-scale", type=float, default=None, help="final CFG scale (default: the model's, 3)")
+    p.add_argument(
+        "--cfg-scale", type=float, default=None,
+        help="final CFG scale (default: the model's, 3); 0 samples unguided, and a negative scale steers away from the conditions",
+    )  # fmt: skip
     p.add_argument(
         "--guidance", default=None, metavar="NAME[,ARG=VALUE...]",
         help="a GUIDANCE rule replacing the model's, e.g. cfg_video or cfg,condition=text_video (default: the model's multi-CFG)",
@@ -153,6 +156,8 @@ def _check_writable(folder: Path) -> None:
     """Fail early (before minutes of sampling) when the output folder cannot take new files."""
     from controlfoley.errors import MediaError
 
+    if folder.exists() and not folder.is_dir():
+        raise MediaError(f"--out {folder} is a file, not a folder; --out names the folder the outputs go to: choose another")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -274,6 +279,8 @@ def main(argv: Sequence[str]) -> int:
     pairs = _outputs(args.videos, args.out, args.format)
     try:  # every check of the command line runs once, cheapest first, before any sampling
         _check_numbers(args)
+        if args.out.exists() and not args.out.is_dir():  # before the model loads (writability is checked per file)
+            _check_writable(args.out)
         _check_device(args.device)
         extractors, vocoder = _extractor_specs(args.extractor), _vocoder_spec(args.vocoder)
         pipe = _build_pipeline(args, extractors, vocoder)  # a bad name or file is reported before a clash of outputs

@@ -269,7 +269,8 @@ class SpecMaskFoley(nn.Module):
         - `guidance`: a `GuidanceRule` replacing the model's (`config.guidance`, e.g. the paper's
           multi-CFG), e.g. `GUIDANCE.build("cfg_video", scale=2.0)`, or a GUIDANCE name ("cfg_video")
           built with its defaults; it says which of video/text it needs.
-        - `cfg_scale`: the final CFG scale of the rule's schedule (default the rule's own `scale`, 3.0).
+        - `cfg_scale`: the final CFG scale of the rule's schedule (default the rule's own `scale`, 3.0); 0
+          samples unguided, and a negative scale steers away from the conditions (allowed: a research knob).
         - `steps`: MaskGIT steps (default `config.sampler.steps`, 12).
         - `temperature`: Gumbel choice temperature, annealed to 0 (default `config.sampler.temperature`, 9.0).
         - `generator`: a torch.Generator on the model's device, for repeatable samples.
@@ -289,6 +290,11 @@ class SpecMaskFoley(nn.Module):
         `controlfoley.graphs`)."""
         rule = self.resolve_guidance(guidance)
         self.sampler.settings(steps, temperature)  # bad settings fail now, before any work
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ConfigError(
+                f"generator must be a torch.Generator (or None), got {type(generator).__name__}; for a seed pass "
+                f"generator=torch.Generator({str(self.device)!r}).manual_seed({generator!r})"
+            )
         _check_inputs(cfg_scale, known_mask)
         text, negative_text = self._as_text(text), self._as_text(negative_text, "negative_text")
         control = self.encode_control(features) if (features is not None and self.has_control) else None
@@ -378,7 +384,10 @@ class SpecMaskFoley(nn.Module):
 
     @torch.no_grad()
     def encode_audio(self, wav: Float[Tensor, "b s"]) -> Int[Tensor, "b f t"]:
-        """Waveform -> mel -> tokens, cropped/padded to the model's window."""
+        """Waveform [b, s] at `model.sample_rate` -> mel -> tokens, cropped/padded to the model's window."""
+        if not isinstance(wav, torch.Tensor) or wav.ndim != 2 or not wav.is_floating_point():
+            got = f"a {wav.ndim}-D {wav.dtype} tensor of shape {list(wav.shape)}" if isinstance(wav, torch.Tensor) else type(wav).__name__
+            raise ShapeError(f"encode_audio takes float waveforms [batch, samples] at {self.sample_rate} Hz, got {got}; for one clip pass wav[None]")
         mel = self.mel(wav)
         n = self.config.n_frames
         mel = mel[..., :n] if mel.shape[-1] >= n else F.pad(mel, (0, n - mel.shape[-1]), value=-1.0)

@@ -524,3 +524,18 @@ def test_atomic_writes_read_the_umask_without_setting_it(monkeypatch):
     finally:
         monkeypatch.undo()
         os.umask(old)
+
+
+def test_a_seed_for_a_generator_and_a_1d_waveform_are_named(micro_model) -> None:
+    """What users meet (past the suite's runtime type checks): a seed passed as `generator` and
+    one waveform without its batch axis."""
+    import inspect
+
+    generate = inspect.unwrap(type(micro_model).generate)
+    x = micro_inputs(micro_model, b=1)
+    with pytest.raises(ConfigError, match=r"generator must be a torch.Generator .*generator=torch.Generator\('cpu'\).manual_seed\(5\)"):
+        generate(micro_model, x["features"], x["text"], steps=2, generator=5)
+    encode = inspect.unwrap(type(micro_model).encode_audio)
+    with pytest.raises(ShapeError, match=r"encode_audio takes float waveforms \[batch, samples\].*got a 1-D .*pass wav\[None\]"):
+        encode(micro_model, torch.zeros(micro_model.n_samples))
+    assert encode(micro_model, torch.zeros(1, micro_model.n_samples)).shape == (1, *micro_model.grid)

@@ -768,3 +768,18 @@ def test_result_outputs_name_what_is_wrong(media: dict[str, Path], tmp_path: Pat
         longer.save_video(media["tiny"], tmp_path / "long.mp4")
     assert "is 2.00 s long but this result is 6.00 s" in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "long.mp4", "own.mp4"]  # nothing half-written
+
+
+def test_a_prompt_the_guidance_does_not_use_is_reported(media: dict[str, Path], caplog: pytest.LogCaptureFixture, tmp_path: Path, capsys: pytest.CaptureFixture[str], model_file: Path) -> None:
+    p = _pipeline(micro_model())
+    with caplog.at_level(logging.WARNING, logger="controlfoley.pipeline"):
+        p(media["tiny"], prompt="bell", steps=1, guidance="cfg_video")
+    assert "the prompt is not used: guidance" in caplog.text and "no text condition" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="controlfoley.pipeline"):
+        p(media["tiny"], prompt="bell", steps=1)  # the model's multi-CFG reads it
+    assert "not used" not in caplog.text
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    assert cli.main(["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(blocker)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -72,6 +72,12 @@ class SpecMaskFoley(nn.Module):
         self.grid: tuple[int, int] = tuple(tokenizer.grid(config.n_frames))
         self.n_tokens = self.grid[0] * self.grid[1]
 
+    @classmethod
+    def from_pretrained(cls, path_or_preset: str | os.PathLike[str], /, **kwargs: Any) -> "SpecMaskFoley":
+        """`controlfoley.from_pretrained` (a checkpoint file or folder, or a preset that ships
+        weights; `strict`, `map_location` and config overrides as there)."""
+        return from_pretrained(path_or_preset, **kwargs)
+
     def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
         """`nn.Module.load_state_dict`; weights set this way come from elsewhere, so what they
         trained is unknown: `trained_parts` becomes None (a checkpoint saved next records nothing

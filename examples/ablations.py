@@ -37,7 +37,9 @@ def main() -> None:
             status = ""
         else:
             try:
-                model = from_pretrained(args.weights, **overrides)  # strict: every key and shape must match
+                # strict: every key and shape must match; a part switched to another builder whose weights
+                # still fit loads them, with a warning (they were trained for the other part)
+                model = from_pretrained(args.weights, **overrides)
                 retrain = [k for k in ("aligner", "controlnet") if k in overrides]
                 status = "weights loaded" + (f", but trained for another {retrain[0]}: retrain it" if retrain else "")
             except CheckpointError:

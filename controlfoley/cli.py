@@ -79,6 +79,10 @@ def info(preset: str) -> str:
     by = {r["part"]: r for r in rows}
     bb = by["backbone"]["params"]
     blocks = sum(p.numel() for p in model.backbone.blocks.parameters())
+    dim = int(getattr(model.backbone, "dim", 768))
+    if dim != 768:  # a scaled-down (or up) model: the paper's counts say nothing about it
+        lines += ["", f"(the paper's ~170M / ~126M / ~300M are for its 768-wide ViT; this backbone is {dim} wide: not compared)"]
+        return "\n".join(lines)
     lines += ["", "beside the paper (sec. 4.2, Table 1):"]
     lines.append(f"  backbone          {_fmt(bb)} (blocks alone {_fmt(blocks)})   paper ~170M")
     if model.has_control:

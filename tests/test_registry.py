@@ -150,3 +150,13 @@ def test_info_counts_trainable_parameters_as_the_recipes_train_them(capsys: pyte
     assert main(["info", "specmaskgit_tiny"]) == 0
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("tokenizer", "backbone"))}
     assert rows["tokenizer"][2] == "0.00M" and rows["backbone"][2] != "0.00M"  # backbone recipe: tokenizer frozen
+
+
+def test_info_compares_with_the_paper_only_at_the_papers_width(capsys: pytest.CaptureFixture[str]) -> None:
+    from controlfoley.cli import main
+
+    assert main(["info", "specmaskfoley_tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "this backbone is 128 wide: not compared" in out and "fewer" not in out
+    assert main(["info", "specmaskfoley"]) == 0
+    assert "beside the paper (sec. 4.2, Table 1):" in capsys.readouterr().out

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from pipeline_helpers import micro_model
+from pipeline_helpers import as_trained, micro_model
 from safetensors.torch import save_file
 
 from controlfoley import EXTRACTORS, cli
@@ -176,7 +176,7 @@ def test_pipeline_and_cli_with_precomputed_features(tmp_path: Path, clip_video: 
     save_file({"sync_features": torch.zeros(10, 24)}, str(feats / "short.safetensors"))
     with pytest.raises(ShapeError, match="cover 0.42 s"):
         pre._precomputed(pre.extractors["sync"], Path("short.mp4"), duration, 142)
-    model_file = model.save(tmp_path / "m.safetensors")
+    model_file = as_trained(model).save(tmp_path / "m.safetensors")
     orphan = tmp_path / "orphan.mp4"
     orphan.write_bytes(clip_video.read_bytes())
     out = tmp_path / "out"

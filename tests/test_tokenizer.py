@@ -330,12 +330,13 @@ def test_an_official_codebook_through_the_builder_loads_and_saves_self_contained
         assert torch.equal(model.tokenizer.state_dict()[k], v), k
     from controlfoley.builder import weight_file_parts
 
-    assert weight_file_parts(model.config) == ["tokenizer"] and getattr(model, "trained_parts", None) is None
+    assert weight_file_parts(model.config) == ["tokenizer"] and model.trained_parts == {"tokenizer"}  # built from official weights
     assert weight_file_parts(build_model("specmaskfoley_tiny", tokenizer={"trust_checkpoint": False}).config) == []  # no file given
     saved = model.save(tmp_path / "m.safetensors")
     path.unlink()
     again = from_pretrained(saved)
     assert torch.equal(again.tokenizer.quantize.embedding.weight, tiny.quantize.embedding.weight)
+    assert again.trained_parts == {"tokenizer"}  # the record travels with the file
     _save_official(path, tiny.state_dict())
     with pytest.raises(CheckpointError, match=r"is a PyTorch pickle .*tokenizer=\{'checkpoint'"):
         load_parts(build_model("specmaskfoley_tiny"), path, ["tokenizer"])

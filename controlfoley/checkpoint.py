@@ -253,6 +253,12 @@ def load_model(
                 stacklevel=3,
             )
     model.load_state_dict(state, strict=False)  # every key was checked above (strict), or chosen (loose)
+    cn = getattr(model, "controlnet", None)
+    if cn is not None and not any(k.startswith("controlnet.") for k in state) and any(k.startswith("backbone.") for k in state):
+        # ControlNet parts added to a backbone checkpoint: it was copied from the built (random)
+        # backbone; it must start as a copy of the loaded, pretrained one (its zero-initialised
+        # linears keep the model's output unchanged until it trains)
+        cn.copy_from(model.backbone)
     recorded = trained_parts(meta)
     if recorded is not None:  # a part with any key left at its built weights is not the checkpoint's trained one
         kept = {k.split(".")[0] for k in own if k not in state}

@@ -539,3 +539,26 @@ def test_a_seed_for_a_generator_and_a_1d_waveform_are_named(micro_model) -> None
     with pytest.raises(ShapeError, match=r"encode_audio takes float waveforms \[batch, samples\].*got a 1-D .*pass wav\[None\]"):
         encode(micro_model, torch.zeros(micro_model.n_samples))
     assert encode(micro_model, torch.zeros(1, micro_model.n_samples)).shape == (1, *micro_model.grid)
+
+
+def test_control_parts_added_to_a_backbone_checkpoint_copy_the_loaded_backbone(tmp_path) -> None:
+    """from_pretrained(backbone checkpoint, strict=False, control parts added): the ControlNet must
+    start as a copy of the LOADED backbone's first blocks, not of the randomly built one."""
+    import warnings
+
+    from controlfoley.presets import get_preset
+
+    torch.manual_seed(1)
+    bb = build_model("specmaskgit_tiny")
+    with torch.no_grad():
+        for p in bb.backbone.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # a "pretrained" backbone, unlike any built one
+    path = bb.save(tmp_path / "bb.safetensors")
+    full = get_preset("specmaskfoley_tiny")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the strict=False count of parts left at their built weights
+        m = from_pretrained(path, strict=False, control_encoder=full.control_encoder, aligner=full.aligner, controlnet=full.controlnet, guidance=full.guidance)
+    for i, blk in enumerate(m.controlnet.blocks):
+        for k, v in blk.state_dict().items():
+            assert torch.equal(v, m.backbone.blocks[i].state_dict()[k]), (i, k)
+    assert torch.equal(m.backbone.blocks[0].attn.qkv.weight, bb.backbone.blocks[0].attn.qkv.weight)

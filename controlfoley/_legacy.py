@@ -1,8 +1,10 @@
 """Loading legacy pickled checkpoints (.ckpt / .pt / .pth) safely.
 
 Pickles can run code. They load with `torch.load(weights_only=True)`, which unpickles only tensors
-and plain containers. A file that needs more (a Lightning checkpoint holding custom objects) is
-refused with a message; the user may pass `trust=True` after deciding the file's source is trusted.
+and plain containers. Training-framework classes (Lightning callbacks, OmegaConf hyper-parameters)
+are unpickled as inert stand-ins, so a Lightning checkpoint's weights load without Lightning and
+without trust. A file that needs other objects is refused with a message; the user may pass
+`trust=True` after deciding the file's source is trusted.
 """
 
 import os
@@ -15,6 +17,54 @@ import torch
 from controlfoley.errors import CheckpointError, strip_ansi
 
 __all__ = ["load_legacy_checkpoint"]
+
+# Training-framework classes a checkpoint may pickle beside its weights (a Lightning checkpoint keys
+# its callbacks' state by the callback class; hyper-parameters may be OmegaConf containers with
+# typing annotations). Under these names an inert stand-in is unpickled instead: no code of the
+# framework runs, or is needed, to read the tensors.
+_FRAMEWORK_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.", "typing.")
+
+
+class _Inert:
+    """Stands in for a training-framework class named in a checkpoint: takes any arguments and
+    state, runs nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _stand_ins(path: Path) -> list[tuple[type, str]] | None:
+    """(inert class, name) for each non-tensor global `path` names, when every one is a training
+    framework's (_FRAMEWORK_PREFIXES); None otherwise, or on a torch without the API (< 2.5)."""
+    find = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if find is None:
+        return None
+    try:
+        names = find(str(path))
+    except Exception:
+        return None
+    if not names or not all(n.startswith(_FRAMEWORK_PREFIXES) for n in names):
+        return None
+    out = []
+    for name in names:
+        module, _, qual = name.rpartition(".")
+        out.append((type(qual, (_Inert,), {"__module__": module, "__qualname__": qual}), name))
+    return out
+
+
+def _load_with_stand_ins(path: Path) -> Any | None:
+    """`torch.load(weights_only=True)` with inert stand-ins for framework classes; None if it still fails."""
+    stand_ins = _stand_ins(path)
+    if stand_ins is None:
+        return None
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
 
 def _refusal(e: Exception) -> str:
     """One plain line of torch's refusal: the unpickler's own reason where torch names it."""
@@ -39,14 +89,23 @@ def load_legacy_checkpoint(path: str | os.PathLike[str], *, trust: bool = False)
                 f"{path} is not a readable PyTorch checkpoint: truncated, corrupt or another format "
                 f"({type(e).__name__}{detail}); re-download or re-export it"
             ) from e
+        loaded = _load_with_stand_ins(path)  # a Lightning checkpoint: its weights, safely
+        if loaded is not None:
+            return loaded
         if not trust:
             raise CheckpointError(
                 f"{path} cannot be loaded as plain weights (torch.load(weights_only=True) refused: {reason}). "
                 "It may contain arbitrary Python objects. If you trust its source, unpickle it fully: trust=True "
-                "(SpecVQGAN.from_official), trust_checkpoint=True (the hifigan, melgan and bigvgan vocoder builders); "
-                "on the command line --vocoder hifigan,checkpoint=PATH,trust_checkpoint=true."
+                "(SpecVQGAN.from_official), trust_checkpoint=True (the specvqgan tokenizer and the hifigan, melgan and bigvgan "
+                "vocoder builders); on the command line --vocoder hifigan,checkpoint=PATH,trust_checkpoint=true or "
+                "--model tokenizer='{\"checkpoint\": PATH, \"trust_checkpoint\": true}'."
             ) from e
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as e:
+        raise CheckpointError(
+            f"{path} pickles objects of the package {e.name!r}, which is not installed: unpickling it fully needs it "
+            f"(pip install {e.name}), or export the weights alone from where it is (torch.save(ckpt['state_dict'], ...))"
+        ) from e
     except Exception as e:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from e

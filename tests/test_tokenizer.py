@@ -343,3 +343,45 @@ def test_an_official_codebook_through_the_builder_loads_and_saves_self_contained
     (tmp_path / "cut.safetensors").write_bytes(b"\x80" + b"\x00" * 7)  # a damaged file that merely starts like a pickle
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         load_parts(build_model("specmaskfoley_tiny"), tmp_path / "cut.safetensors", ["tokenizer"])
+
+
+def test_a_lightning_checkpoint_loads_without_lightning_and_without_trust(tmp_path: Path, tiny: SpecVQGAN) -> None:
+    """A Lightning checkpoint keys its callbacks' state by the callback class and may hold OmegaConf
+    hyper-parameters: those load as inert stand-ins (no framework code runs, none is needed), so the
+    official codebook reads safely where Lightning is not installed. Other objects still need trust."""
+    import subprocess
+    import sys
+
+    pkg = tmp_path / "fake" / "pytorch_lightning" / "callbacks"
+    pkg.mkdir(parents=True)
+    (tmp_path / "fake" / "pytorch_lightning" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("class ModelCheckpoint:\n    def __init__(self):\n        self.best = 0.5\n")
+    torch.save(tiny.state_dict(), tmp_path / "sd.pt")
+    path = tmp_path / "lightning.ckpt"
+    subprocess.run(
+        [sys.executable, "-c",
+         "import sys, torch; sys.path.insert(0, sys.argv[1]); from pytorch_lightning.callbacks import ModelCheckpoint as M\n"
+         "torch.save({'epoch': 3, 'state_dict': torch.load(sys.argv[2]), 'callbacks': {M: {'best_model_score': torch.tensor(0.1)}},"
+         " 'hyper_parameters': M()}, sys.argv[3])",
+         str(tmp_path / "fake"), str(tmp_path / "sd.pt"), str(path)],
+        check=True,
+    )  # fmt: skip
+    assert "pytorch_lightning" not in sys.modules
+    sd = read_official_state_dict(path)  # no trust needed
+    assert sd.keys() == tiny.state_dict().keys() and all(torch.equal(sd[k], v) for k, v in tiny.state_dict().items())
+    assert "pytorch_lightning" not in sys.modules  # nothing was imported
+    # a class of any other package is no stand-in: it needs trust, and trust then needs the package
+    other_pkg = tmp_path / "fake2" / "thing_pkg"
+    other_pkg.mkdir(parents=True)
+    (other_pkg / "__init__.py").write_text("class Thing:\n    pass\n")
+    other = tmp_path / "other.ckpt"
+    subprocess.run(
+        [sys.executable, "-c",
+         "import sys, torch; sys.path.insert(0, sys.argv[1]); from thing_pkg import Thing\n"
+         "torch.save({'state_dict': {}, 'x': Thing()}, sys.argv[2])", str(tmp_path / "fake2"), str(other)],
+        check=True,
+    )  # fmt: skip
+    with pytest.raises(CheckpointError, match="trust=True"):
+        read_official_state_dict(other)
+    with pytest.raises(CheckpointError, match=r"the package 'thing_pkg', which is not installed.*pip install thing_pkg"):
+        read_official_state_dict(other, trust=True)

@@ -189,6 +189,14 @@ def build_model(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConfi
     mel = _build_part(MEL_FRONTENDS, cfg.mel)
     tokenizer = _build_part(TOKENIZERS, cfg.tokenizer, n_mels=mel.n_mels)
     grid = _check_tokenizer(cfg.tokenizer.name, tokenizer, cfg.n_frames, mel.n_mels)
+    own_mel = getattr(TOKENIZERS.get(cfg.tokenizer.name), "weights_mel", None)  # the mel its weights file was trained on
+    if own_mel is not None and own_mel != cfg.mel.name and "tokenizer" in weight_file_parts(cfg):
+        warnings.warn(
+            f"tokenizer {cfg.tokenizer.name!r} loads weights trained on the {own_mel!r} mel, but the model's mel front-end is "
+            f"{cfg.mel.name!r}: its tokens will not mean what they were trained to; build with mel={own_mel!r} (unless this "
+            "file was trained on this mel)",
+            stacklevel=2,
+        )
     backbone = _build_part(BACKBONES, cfg.backbone, vocab_size=tokenizer.codebook_size, grid=list(grid))
     _check_backbone(cfg.backbone.name, backbone, tokenizer.codebook_size, cfg.has_control)
     parts: dict[str, Any] = {}

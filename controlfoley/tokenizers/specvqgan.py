@@ -367,3 +367,4 @@ def specvqgan(
 
 
 specvqgan.weight_args = ("checkpoint", "trust_checkpoint")  # a saved model holds these weights (checkpoint.load_model)
+specvqgan.weights_mel = "specvqgan"  # the official codebooks were trained on SpecVQGAN's own mel (build_model warns otherwise)

@@ -386,3 +386,20 @@ def test_a_lightning_checkpoint_loads_without_lightning_and_without_trust(tmp_pa
         read_official_state_dict(other)
     with pytest.raises(CheckpointError, match=r"the package 'thing_pkg', which is not installed.*pip install thing_pkg"):
         read_official_state_dict(other, trust=True)
+
+
+def test_codebook_lookup_ignores_autocast() -> None:
+    """Training runs the tokenizer under bf16 autocast (on CUDA): the nearest-code search must still
+    be fp32, or training and extraction (fp32) pick different codes on near-ties."""
+    torch.manual_seed(0)
+    vq = specvqgan(**TINY).quantize
+    z = torch.randn(2, vq.embed_dim, 5, 16)
+    want = vq.nearest(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = vq.nearest(z)
+    assert torch.equal(got, want)
+    # and it is a real check: the same search in bf16 picks other codes for some vectors
+    flat = z.permute(0, 2, 3, 1).reshape(-1, vq.embed_dim).bfloat16()
+    w = vq.embedding.weight.bfloat16()
+    in_bf16 = ((w * w).sum(1)[None, :] - 2.0 * flat @ w.t()).argmin(dim=1).view_as(want)
+    assert not torch.equal(in_bf16, want)

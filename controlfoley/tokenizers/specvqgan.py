@@ -77,10 +77,13 @@ class VectorQuantizer(nn.Module):
 
     def nearest(self, z: Float[Tensor, "b e f t"]) -> Int[Tensor, "b f t"]:
         b, e, f, t = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, e)  # (b*f*t, e), row-major over (f, t)
-        w = self.embedding.weight
-        # |z - w|^2 = |z|^2 - 2 z.w + |w|^2; |z|^2 does not change the argmin
-        dist = (w * w).sum(1)[None, :] - 2.0 * flat @ w.t()
+        # in fp32 whatever autocast says: under bf16 autocast (training on CUDA) the distances' matmul
+        # ran in bf16 and picked other codes than extraction (fp32) on near-ties (~1% of codes)
+        with torch.autocast(z.device.type, enabled=False):
+            flat = z.permute(0, 2, 3, 1).reshape(-1, e).float()  # (b*f*t, e), row-major over (f, t)
+            w = self.embedding.weight.float()
+            # |z - w|^2 = |z|^2 - 2 z.w + |w|^2; |z|^2 does not change the argmin
+            dist = (w * w).sum(1)[None, :] - 2.0 * flat @ w.t()
         return dist.argmin(dim=1).view(b, f, t)
 
     def lookup(self, codes: Int[Tensor, "b f t"]) -> Float[Tensor, "b e f t"]:

@@ -200,6 +200,21 @@ def test_codebook_restarts_are_counted_over_each_log_interval(tmp_path: Path) ->
     assert per_interval == [sum(per_step[:3]), sum(per_step[3:])]
 
 
+def test_codebook_restarts_happen_for_a_negative_seed_too() -> None:
+    """The restart seed marks "no restart" with -1: a negative --seed made every step's seed
+    negative, and restarts never ran."""
+    from controlfoley.train.recipes import get_recipe
+
+    recipe = get_recipe("tokenizer")
+    from controlfoley import build_model
+
+    model = build_model("specmaskgit_tiny")
+    for seed in (-1, -7, 0, 3):
+        cfg = TrainConfig.for_recipe("tokenizer", preset="p", data="d", out="o", seed=seed, codebook_restart_every=2)
+        seeds = [int(recipe.plan(cfg, model, step, 1).rows["restart_seed"][0]) for step in range(4)]
+        assert seeds[0] >= 0 and seeds[2] >= 0 and seeds[1] == seeds[3] == -1, (seed, seeds)
+
+
 def test_codebook_restarts_see_the_whole_step_under_gradient_accumulation(tmp_path: Path) -> None:
     """A restart step decides dead codes once, on all the step's clips: with grad_accum=2 it moves
     the same codes as one batch of the same clips (each half-batch alone leaves more codes unused,

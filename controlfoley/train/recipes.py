@@ -198,7 +198,9 @@ class TokenizerRecipe(Recipe):
     def plan(self, cfg: TrainConfig, model: SpecMaskFoley, step: int, batch: int) -> StepPlan:
         on = cfg.adv_weight if step >= cfg.adv_start_step else 0.0
         every = cfg.codebook_restart_every
-        restart = cfg.seed * 1_000_003 + step if every > 0 and step % every == 0 and step < cfg.codebook_restart_until else -1
+        # >= 0 for any seed (a negative --seed turned restarts off: -1 marks "no restart this step");
+        # seeds in [0, 2**31) keep their streams
+        restart = (cfg.seed % 2**31) * 1_000_003 + step if every > 0 and step % every == 0 and step < cfg.codebook_restart_until else -1
         return StepPlan({"adv_scale": torch.full((batch,), on), "restart_seed": torch.full((batch,), restart, dtype=torch.long)}, float(batch))
 
     def val_plan(self, cfg: TrainConfig, model: SpecMaskFoley, clip_indices: list[int]) -> StepPlan:

@@ -233,6 +233,20 @@ def test_frechet_needs_two_rows():
         frechet_distance(torch.zeros(1, 3), torch.zeros(4, 3))
 
 
+def test_frechet_and_onsets_name_wrong_shapes(clips, monkeypatch):
+    """With the suite's runtime type checks off, as users run: embedding sets of two widths and a
+    [1, s] waveform were a raw torch size error and a librosa ParameterError."""
+    from jaxtyping import config
+
+    from controlfoley.evaluation import evaluate_clip
+
+    monkeypatch.setattr(config, "jaxtyping_disable", True)
+    with pytest.raises(ShapeError, match=r"two embedding sets \[n, d\] of one width d, got \[5, 3\] and \[5, 4\]"):
+        frechet_distance(torch.randn(5, 3), torch.randn(5, 4))
+    with pytest.raises(ShapeError, match=r"one mono waveform \[samples\], got shape \[1, .*pass wav\[0\]"):
+        evaluate_clip(clips[0].audio[None], clips[0])
+
+
 # -- plumbing -------------------------------------------------------------------------------------
 
 

@@ -17,6 +17,9 @@ def as_numpy_wave(wav: Float[Tensor, "s"] | Float[np.ndarray, "s"]) -> Float[np.
     if isinstance(wav, torch.Tensor):
         wav = wav.detach().to("cpu", torch.float32).numpy()
     out = np.ascontiguousarray(wav, dtype=np.float32)
+    if out.ndim != 1:
+        hint = "; for one clip pass wav[0]" if out.ndim == 2 and out.shape[0] == 1 else "; evaluate one waveform at a time"
+        raise ShapeError(f"the evaluation takes one mono waveform [samples], got shape {list(out.shape)}{hint}")
     if not np.isfinite(out).all():
         raise ShapeError("the evaluation got a waveform containing NaN or Inf samples; clean the audio first")
     return out

@@ -84,6 +84,11 @@ def frechet_distance(
 ) -> float:
     """Frechet distance between Gaussians fitted to two embedding sets (see the module docstring)."""
     a, b = (torch.as_tensor(x).detach().to("cpu", torch.float64) for x in (emb_a, emb_b))
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ShapeError(
+            f"frechet_distance takes two embedding sets [n, d] of one width d, got {list(a.shape)} and {list(b.shape)}; "
+            "embed both with the same AudioEmbedding"
+        )
     if a.shape[0] < 2 or b.shape[0] < 2:
         raise ShapeError(f"frechet_distance needs at least 2 embeddings per set (for a covariance), got {a.shape[0]} and {b.shape[0]}")
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable_folder"]
 
 
 @contextlib.contextmanager
@@ -79,3 +79,18 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_writable_folder(folder: Path, flag: str = "--out") -> None:
+    """Fail early (before minutes of work) when `folder` cannot take new files: it is a file, or
+    creating it or a file in it fails. Raises MediaError naming `flag`."""
+    from controlfoley.errors import MediaError
+
+    if folder.exists() and not folder.is_dir():
+        raise MediaError(f"{flag} {folder} is a file, not a folder; {flag} names the folder the outputs go to: choose another")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise MediaError(f"output folder {folder} cannot be written ({e.strerror or e}); choose another {flag}") from None

@@ -15,7 +15,6 @@ an --out that cannot be written are one-line errors (exit status 2).
 
 import argparse
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from controlfoley.errors import ConfigError, ControlFoleyError, MediaError, RegistryError, strip_ansi
+from controlfoley.errors import ConfigError, ControlFoleyError, RegistryError, strip_ansi
 from controlfoley.typing import Tensor
 
 __all__ = ["demo_main", "mel_png"]
@@ -117,12 +116,9 @@ def _check_index(index: int) -> None:
 
 
 def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        raise MediaError(f"output folder {out} cannot be written ({e.strerror or e}); choose another --out") from None
+    from controlfoley._io import check_writable_folder
+
+    check_writable_folder(out, "--out")
 
 
 def run_demo(out: Path, model: str | None = None, index: int = 7, seed: int = 0) -> dict[str, object]:

@@ -25,7 +25,6 @@ stops and says so: use another --out, or delete the folder), and `--install-weig
 import argparse
 import json
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Any
 
 import torch
 
-from controlfoley._io import atomic_write_text
+from controlfoley._io import atomic_write_text, check_writable_folder
 from controlfoley.errors import ConfigError, ControlFoleyError, RegistryError, strip_ansi
 
 __all__ = ["SCALES", "Scale", "run_synthetic", "experiment_main"]
@@ -232,12 +231,7 @@ def _extract(out: Path, scale: Scale, overrides: dict[str, Any], tokenizer: Path
 
 def _check_folder(out: Path, scale_name: str) -> None:
     """Before any stage: --out can be written, and holds no experiment finished at another scale."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        raise ConfigError(f"output folder {out} cannot be written ({e.strerror or e}); choose another --out") from None
+    check_writable_folder(out, "--out")
     marker = _read_json(out / MARKER) if (out / MARKER).is_file() else None
     made = marker.get("scale") if isinstance(marker, dict) else None
     if made is not None and made != scale_name:

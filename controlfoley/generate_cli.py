@@ -32,7 +32,6 @@ import argparse
 import logging
 import math
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -154,16 +153,9 @@ def _one_line(e: BaseException) -> str:
 
 def _check_writable(folder: Path) -> None:
     """Fail early (before minutes of sampling) when the output folder cannot take new files."""
-    from controlfoley.errors import MediaError
+    from controlfoley._io import check_writable_folder
 
-    if folder.exists() and not folder.is_dir():
-        raise MediaError(f"--out {folder} is a file, not a folder; --out names the folder the outputs go to: choose another")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise MediaError(f"output folder {folder} is not writable ({e.strerror or e}); choose another --out") from None
+    check_writable_folder(folder, "--out")
 
 
 def _outputs(videos: Sequence[str], out: Path, fmt: str) -> list[tuple[Path, Path]]:

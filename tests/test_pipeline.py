@@ -334,7 +334,7 @@ def test_cli_unwritable_output_folder(model_file: Path, media: dict[str, Path], 
         out.chmod(0o555)
     assert cli.main(["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--steps", "2"]) == 1
     err = capsys.readouterr().err
-    assert "not writable" in err and str(media["tiny"]) in err
+    assert "cannot be written" in err and str(media["tiny"]) in err
     assert _outputs(out) == []
 
 

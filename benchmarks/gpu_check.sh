@@ -26,8 +26,9 @@
 #   9. torch.profiler of one batch-64 call, compiled: bf16 model, fp8 model (static scales)
 #  10. batch 64, compiled inside the whole-loop graph with inductor's max-autotune (untried on a GPU;
 #      autotuning compiles for minutes: run it alone, `... gpu_check.sh 10`)
-# Full run (the default steps 1 2 3 6 0 5 4 7): 452 s on an H100 (2026-11-27, run E in RESULTS.md); steps 8, 9 and 10
-# are not in the default list. Smoke test on a CPU machine (no graph or fp8-graph paths there):
+# Full run (the default steps 1 2 3 6 0 5 4 7): 452 s on an H100 (2026-11-27, run E in RESULTS.md) before the
+# GELU-epilogue paths were added (estimate now ~520-560 s: if the device budget is tight, run `1 2 3 6 0` and
+# then `5 4 7` on the still-warm machine); steps 8, 9 and 10 are not in the default list. Smoke test on a CPU machine (no graph or fp8-graph paths there):
 #     DEVICE=cpu PRESET=specmaskfoley_tiny BIG_BATCH=4 PY=.venv/bin/python bash benchmarks/gpu_check.sh 1 2 3 4 6 7
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -265,7 +265,7 @@ def load_model(
         recorded = (set(recorded) - kept) | set(fresh)
     model.trained_parts = recorded
     model.loaded_from = str(p)  # a checkpoint's weights, even one that records no trained parts (older files)
-    return model.to(map_location)
+    return model.to(map_location).eval()  # for inference, as loaded models are (call .train() to fine-tune)
 
 
 def _loose_state(state: Mapping[str, torch.Tensor], what: str, own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

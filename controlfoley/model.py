@@ -12,6 +12,7 @@ MaskGIT sampler and vocoder, built from a `ModelConfig` by `build_model` (contro
 `controlfoley.builder`; `from controlfoley.model import build_model` still works.
 """
 
+import functools
 import logging
 import math
 import numbers
@@ -33,6 +34,27 @@ from controlfoley.sampling import MaskGITSampler
 from controlfoley.typing import Bool, Float, Int, Tensor
 
 log = logging.getLogger("controlfoley.model")
+
+
+def _in_eval_mode(fn: Any) -> Any:
+    """Run a sampling method with every submodule in eval mode (dropout off, whatever a user part
+    has), putting each module's own mode back afterwards: a model fresh from build_model, or in a
+    training loop, samples as it does after .eval()."""
+
+    @functools.wraps(fn)
+    def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        modes = [(m, m.training) for m in self.modules() if m.training]
+        if not modes:
+            return fn(self, *args, **kwargs)
+        for m, _ in modes:
+            m.training = False
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            for m, mode in modes:
+                m.training = mode
+
+    return wrapper
 
 __all__ = ["SpecMaskFoley", "build_model", "from_pretrained", "device_name", "masked_token_mask"]
 
@@ -233,6 +255,7 @@ class SpecMaskFoley(nn.Module):
         return codes.reshape(codes.shape[0], -1).long()
 
     # -- sampling -------------------------------------------------------------------------------
+    @_in_eval_mode
     @torch.inference_mode()
     def generate(
         self,
@@ -496,7 +519,7 @@ def from_pretrained(
 ) -> SpecMaskFoley:
     """Load a model saved with `save` (a .safetensors file or a folder holding model.safetensors),
     or a preset that ships weights (`controlfoley.presets.PRETRAINED`), onto `map_location` (any
-    torch device: "cpu", "cpu:0", "cuda:1", torch.device(...))."""
+    torch device: "cpu", "cpu:0", "cuda:1", torch.device(...)), in eval mode (`.train()` to fine-tune)."""
     from controlfoley.checkpoint import load_model
 
     return load_model(path_or_preset, strict=strict, map_location=device_name(map_location), **overrides)

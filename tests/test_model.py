@@ -562,3 +562,22 @@ def test_control_parts_added_to_a_backbone_checkpoint_copy_the_loaded_backbone(t
         for k, v in blk.state_dict().items():
             assert torch.equal(v, m.backbone.blocks[i].state_dict()[k]), (i, k)
     assert torch.equal(m.backbone.blocks[0].attn.qkv.weight, bb.backbone.blocks[0].attn.qkv.weight)
+
+
+def test_sampling_runs_in_eval_mode_and_loading_gives_an_eval_model(tmp_path) -> None:
+    """A part with dropout (a user's plugin, say) must not make sampling random beyond its
+    generator: generate runs every module in eval mode and puts each one's mode back; from_pretrained
+    returns an eval model, as diffusers' does."""
+    from conftest import micro_overrides
+    from torch import nn
+
+    torch.manual_seed(0)
+    m = build_model("specmaskfoley_tiny", **micro_overrides())
+    assert m.training and not from_pretrained(m.save(tmp_path / "m.safetensors")).training
+    blk = m.backbone.blocks[0].attn
+    blk.proj = nn.Sequential(blk.proj, nn.Dropout(0.5))  # stands in for a plugin part with dropout
+    m.tokenizer.eval()  # a frozen part kept in eval by its trainer: its mode must come back as it was
+    x = micro_inputs(m, b=1)
+    a, b = (m.generate(x["features"], x["text"], steps=2, generator=torch.Generator().manual_seed(0)) for _ in range(2))
+    assert torch.equal(a, b)
+    assert m.training and blk.proj.training and not m.tokenizer.training

@@ -190,8 +190,10 @@ class Registry(Generic[T]):
         if not isinstance(name, str) or not name:
             raise RegistryError(f"{self.kind} registry: a name must be a non-empty string, got {name!r}")
 
-        if override:
-            _load_builtins()  # an override replaces the built-in, which must be registered first
+        # the built-ins first, always: a user part registered under a built-in's name before they
+        # loaded took the name, and the built-in's own registration then failed inside every later
+        # build_model, blaming the library; now the user's registration is the one refused, named
+        _load_builtins()
 
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
             if not callable(fn):

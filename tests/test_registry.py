@@ -1,5 +1,6 @@
 """Registries: names, duplicate and unknown names, user registration usable from build_model."""
 
+import os
 import subprocess
 import sys
 
@@ -160,3 +161,23 @@ def test_info_compares_with_the_paper_only_at_the_papers_width(capsys: pytest.Ca
     assert "this backbone is 128 wide: not compared" in out and "fewer" not in out
     assert main(["info", "specmaskfoley"]) == 0
     assert "beside the paper (sec. 4.2, Table 1):" in capsys.readouterr().out
+
+
+def test_a_user_part_under_a_builtin_name_is_refused_even_before_the_builtins_load() -> None:
+    """In a fresh process, registering a built-in's name first took the name; the built-in's own
+    registration then failed inside every later build_model, blaming the library."""
+    script = (
+        "from controlfoley import VOCODERS, build_model\n"
+        "from controlfoley.errors import RegistryError\n"
+        "try:\n"
+        "    VOCODERS.register('hifigan')(lambda **kw: None)\n"
+        "    print('accepted')\n"
+        "except RegistryError as e:\n"
+        "    print('refused:', e)\n"
+        "print('built', type(build_model('specmaskfoley_tiny').vocoder).__name__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CONTROLFOLEY_PLUGINS"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "refused: vocoder 'hifigan' is already registered (by controlfoley." in out.stdout and "override=True" in out.stdout
+    assert "built GriffinLimVocoder" in out.stdout

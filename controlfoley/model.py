@@ -144,7 +144,18 @@ class SpecMaskFoley(nn.Module):
         if not isinstance(features, Mapping):
             raise ShapeError(f"features must be a dict of name -> [batch, frames, dim] tensors, got {type(features).__name__}")
         feats = {k: self._as_input(v, f"video feature {k!r}") for k, v in features.items()}
-        out = self.aligner(self.control_encoder(feats))
+        enc_name = self.config.control_encoder.name if self.config.control_encoder is not None else "?"
+        try:
+            encoded = self.control_encoder(feats)
+        except RuntimeError as e:  # the built-ins check their inputs; a user encoder may not: name the part and what it got
+            if isinstance(e, torch.OutOfMemoryError) or not any(w in str(e) for w in ("shape", "size")):
+                raise
+            shapes = {k: list(v.shape) for k, v in feats.items()}
+            raise ShapeError(
+                f"control encoder {enc_name!r} failed on video features {shapes}: {str(e).splitlines()[0]}; do the feature widths "
+                "match what it was built for? (declare them as its `feature_dims` to have them checked up front)"
+            ) from e
+        out = self.aligner(encoded)
         want = (self.n_tokens, self.backbone.dim)
         if not isinstance(out, Tensor) or out.ndim != 3 or tuple(out.shape[1:]) != want:
             got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__

@@ -334,3 +334,29 @@ def test_a_user_backbone_trains_and_samples_and_a_broken_one_is_named() -> None:
             BACKBONES.unregister(name)
         for mod in [m for m, v in sys.modules.items() if getattr(v, "__file__", None) == str(example)]:
             del sys.modules[mod]
+
+
+def test_a_user_control_encoder_fed_the_wrong_width_is_named() -> None:
+    """A plugin encoder that declares no feature widths, given features of another width, failed in
+    generate with torch's bare 'mat1 and mat2 shapes cannot be multiplied'."""
+    from torch import nn
+
+    from controlfoley import CONTROL_ENCODERS, build_model
+    from controlfoley.errors import ShapeError
+
+    class WideSync(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.required_features, self.out_dim = ("sync",), 16
+            self.proj = nn.Linear(768, 16)
+
+        def forward(self, features):
+            return self.proj(features["sync"])
+
+    CONTROL_ENCODERS.register("test_wide_sync")(lambda: WideSync())
+    try:
+        m = build_model("specmaskfoley_tiny", control_encoder="test_wide_sync")
+        with pytest.raises(ShapeError, match=r"control encoder 'test_wide_sync' failed on video features \{'sync': \[1, 20, 128\]\}.*feature_dims"):
+            m.encode_control({"sync": torch.randn(1, 20, 128)})
+    finally:
+        CONTROL_ENCODERS.unregister("test_wide_sync")

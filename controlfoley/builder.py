@@ -13,6 +13,8 @@ Features
 """
 
 import dataclasses
+import inspect
+import json
 import numbers
 import os
 import warnings
@@ -229,6 +231,37 @@ def weight_args(registry: Any, part: Part) -> tuple[str, ...]:
     """The builder's `weight_args`: its weights-file argument first (e.g. "checkpoint"), then the
     arguments that only matter while reading it ("trust_checkpoint"); () if it declares none."""
     return tuple(getattr(registry.get(part.name), "weight_args", ())) if part.name in registry else ()
+
+
+WIRED_ARGS = frozenset({"n_mels", "vocab_size", "grid", "in_dim", "out_dim", "mel"})  # set by build_model from other parts
+
+
+def builder_defaults(cfg: ModelConfig) -> dict[str, dict[str, Any]]:
+    """Config field -> {argument: default} of the arguments its builder takes that the config
+    leaves to the builder's defaults (JSON values only; wired and weight-file arguments left out).
+    A checkpoint records them, so a builder whose defaults change later still rebuilds the saved
+    model (checkpoint.load_model)."""
+    out: dict[str, dict[str, Any]] = {}
+    for field_name, registry in part_registries().items():
+        part = getattr(cfg, field_name, None)
+        if part is None or part.name not in registry:
+            continue
+        skip = WIRED_ARGS | set(part.kwargs) | set(weight_args(registry, part))
+        try:
+            params = inspect.signature(registry.get(part.name)).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        found = {}
+        for prm in params:
+            if prm.name in skip or prm.default is inspect.Parameter.empty or prm.kind in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD):
+                continue
+            try:
+                found[prm.name] = json.loads(json.dumps(prm.default))
+            except (TypeError, ValueError):
+                continue  # an object default: not recorded
+        if found:
+            out[field_name] = found
+    return out
 
 
 def _weight_parts(cfg: ModelConfig) -> Iterator[tuple[str, Part, tuple[str, ...]]]:

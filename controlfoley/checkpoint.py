@@ -34,6 +34,7 @@ CONFIG_KEY = "controlfoley_config"
 TRAINED_KEY = "controlfoley_trained"  # JSON list of the parts holding trained weights (absent: unknown)
 PARTS_KEY = "controlfoley_user_parts"  # JSON {config field: "module (file)"} of parts registered outside the package
 FORMAT_KEY = "controlfoley_format"
+DEFAULTS_KEY = "controlfoley_builder_defaults"  # JSON {field: {arg: value}}: builder defaults the config relied on
 FORMAT_VERSION = "1"
 
 
@@ -129,6 +130,11 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, extra_metadata
     user = _user_parts(model.config)
     if user:
         meta[PARTS_KEY] = json.dumps(user)
+    from controlfoley.builder import builder_defaults
+
+    defaults = builder_defaults(model.config)
+    if defaults:
+        meta[DEFAULTS_KEY] = json.dumps(defaults, sort_keys=True)
     return save_state_dict(path, model.state_dict(), meta)
 
 
@@ -204,6 +210,39 @@ def _part_config_hint(meta: Mapping[str, str], model: nn.Module, part: str) -> s
     )
 
 
+def _with_saved_defaults(cfg: ModelConfig, meta: Mapping[str, str], where: Path) -> ModelConfig:
+    """`cfg` with the builder defaults recorded at save time made explicit where a builder's default
+    has changed since (a plugin edited, a library update): the checkpoint's model is rebuilt, and a
+    warning names each change. Parts whose builder is not registered are left to the loader's error."""
+    from controlfoley.builder import builder_defaults
+
+    try:
+        saved = json.loads(meta.get(DEFAULTS_KEY, "{}"))
+    except ValueError:
+        return cfg
+    if not isinstance(saved, dict) or not saved:
+        return cfg
+    if not _registered(cfg):
+        return cfg
+    now = builder_defaults(cfg)
+    changes: dict[str, dict[str, Any]] = {}
+    for field_name, args in saved.items():
+        part = getattr(cfg, field_name, None)
+        if part is None or not isinstance(args, dict):
+            continue
+        current = now.get(field_name, {})
+        changed = {a: v for a, v in args.items() if a in current and current[a] != v and a not in part.kwargs}
+        if changed:
+            changes[field_name] = changed
+            told = ", ".join(f"{a}={current[a]!r} (saved with {v!r})" for a, v in changed.items())
+            warnings.warn(
+                f"{where}: the {field_name} builder {part.name!r} now defaults to {told}; the checkpoint's model is built with "
+                f"the saved values (pass {field_name}={{...}} to from_pretrained to choose others)",
+                stacklevel=4,
+            )
+    return cfg.override(**changes) if changes else cfg
+
+
 def load_model(
     path_or_preset: str | os.PathLike[str], *, strict: bool = True, map_location: str | torch.device = "cpu", **overrides: Any
 ) -> nn.Module:
@@ -224,7 +263,7 @@ def load_model(
             )
         p = bundled
     state, meta = read_state_dict(p, map_location)
-    cfg = config_from_metadata(meta, p)
+    cfg = _with_saved_defaults(config_from_metadata(meta, p), meta, p)
     # built without reading the parts' weights files (this file holds their weights), except the
     # parts (`fresh`) given a new weights file by the overrides: those keep that file's weights
     try:

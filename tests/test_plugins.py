@@ -360,3 +360,29 @@ def test_a_user_control_encoder_fed_the_wrong_width_is_named() -> None:
             m.encode_control({"sync": torch.randn(1, 20, 128)})
     finally:
         CONTROL_ENCODERS.unregister("test_wide_sync")
+
+
+def test_a_builder_default_changed_after_saving_rebuilds_the_saved_model(tmp_path: Path) -> None:
+    """A checkpoint records the builder defaults its config relied on: a plugin whose default changes
+    later (or a library update) still rebuilds the saved model, with a warning naming the change,
+    where it silently built another one (here: a different guidance scale, no weight to notice)."""
+    import warnings
+
+    from controlfoley import GUIDANCE, Part, build_model, from_pretrained
+    from controlfoley.guidance import CFG
+
+    GUIDANCE.register("test_cfg_default")(lambda condition="video", scale=2.0: CFG(condition, scale))
+    try:
+        model = build_model("specmaskfoley_tiny", guidance=Part("test_cfg_default", {}))  # the builder's defaults
+        assert model.config.guidance.kwargs == {} and model.guidance.scale == 2.0
+        path = model.save(tmp_path / "m.safetensors")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert from_pretrained(path).guidance.scale == 2.0  # unchanged builder: no warning
+        GUIDANCE.register("test_cfg_default", override=True)(lambda condition="video", scale=5.0: CFG(condition, scale))
+        with pytest.warns(UserWarning, match=r"guidance builder 'test_cfg_default' now defaults to scale=5.0 \(saved with 2.0\)"):
+            loaded = from_pretrained(path)
+        assert loaded.guidance.scale == 2.0 and loaded.config.guidance.kwargs == {"scale": 2.0}
+        assert build_model("specmaskfoley_tiny", guidance=Part("test_cfg_default", {})).guidance.scale == 5.0  # new builds: the new default
+    finally:
+        GUIDANCE.unregister("test_cfg_default")

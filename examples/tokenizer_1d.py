@@ -16,7 +16,7 @@ From the command line, load this file with --plugin:
     controlfoley --plugin examples/tokenizer_1d.py extract --preset specmaskfoley_tiny \\
         --model tokenizer=conv1d_vq --synthetic 64 --mel --out data_mel
     controlfoley --plugin examples/tokenizer_1d.py train tokenizer --preset specmaskfoley_tiny \\
-        --model tokenizer=conv1d_vq --data data_mel --out run_tok1d --steps 20
+        --model tokenizer=conv1d_vq --data data_mel --out run_tok1d --steps 20 --codebook-restart-every 5
 """
 
 import torch

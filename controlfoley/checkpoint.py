@@ -336,7 +336,8 @@ def load_parts(model: nn.Module, path: str | os.PathLike[str], parts: Iterable[s
     for part in parts:
         sub = getattr(model, part, None)
         if not isinstance(sub, nn.Module):
-            raise CheckpointError(f"model has no part {part!r}")
+            have = [n for n, _ in model.named_children()]
+            raise CheckpointError(f"model has no part {part!r}; its parts are {', '.join(have)} (e.g. --init-parts tokenizer,backbone)")
         prefix = part + "."
         sub_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not sub_state:

@@ -581,3 +581,12 @@ def test_sampling_runs_in_eval_mode_and_loading_gives_an_eval_model(tmp_path) ->
     a, b = (m.generate(x["features"], x["text"], steps=2, generator=torch.Generator().manual_seed(0)) for _ in range(2))
     assert torch.equal(a, b)
     assert m.training and blk.proj.training and not m.tokenizer.training
+
+
+def test_loading_an_unknown_part_lists_the_parts(tmp_path) -> None:
+    from controlfoley.checkpoint import load_parts
+
+    m = build_model("specmaskgit_tiny")
+    path = m.save(tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match=r"model has no part 'foo'; its parts are mel, tokenizer, backbone.*--init-parts"):
+        load_parts(build_model("specmaskgit_tiny"), path, ["tokenizer", "foo"])

@@ -17,6 +17,8 @@ Layout::
   are deleted after that.
 - RNG states saved: torch CPU, every CUDA device, numpy's global and Python's `random`.
 - `resolve_model_file(path)`: a checkpoint file, a checkpoint folder or a run folder -> model file.
+- `nothing_to_resume_message`, `longer_run_hint`: what to say when --resume has no step left to run
+  (a run's length is part of the run, so training longer is a new run initialised from it).
 """
 
 import contextlib
@@ -40,7 +42,7 @@ from controlfoley._io import atomic_write_text
 from controlfoley.checkpoint import CONFIG_KEY, read_state_dict, save_model, save_state_dict, trained_parts
 from controlfoley.errors import CheckpointError, TrainingError
 
-__all__ = ["RunDir", "TrainState", "capture_rng", "restore_rng", "resolve_model_file"]
+__all__ = ["RunDir", "TrainState", "capture_rng", "restore_rng", "resolve_model_file", "longer_run_hint", "nothing_to_resume_message", "checkpoint_step"]
 
 STATE_KEY = "controlfoley_train_state"
 _HELD_LOCKS: set[int] = set()  # run-folder lock descriptors this process holds
@@ -131,6 +133,37 @@ def resolve_model_file(path: str | Path) -> Path:
     if latest is not None:
         return latest / "model.safetensors"
     raise CheckpointError(f"no model checkpoint at {p}: give a .safetensors file, a checkpoint folder or a run folder with checkpoints")
+
+
+# what a new run loads from a finished one to go on training it: what the recipe loads and trains
+_CONTINUE_PARTS = {"tokenizer": ("tokenizer",), "backbone": ("tokenizer", "backbone"), "controlnet": ("tokenizer", "backbone", "control_encoder", "aligner", "controlnet")}
+
+
+def longer_run_hint(root: str | Path, recipe: str) -> str:
+    parts = ",".join(_CONTINUE_PARTS.get(recipe, ()))
+    return (
+        f"start a new run from this one: `controlfoley train {recipe} --init {root} --init-parts {parts} --steps N --out NEW_RUN` "
+        "with the run's --data and other settings (a new run: its learning rate warms up and decays again)"
+    )
+
+
+def nothing_to_resume_message(root: str | Path, recipe: str, step: int, steps: int, stop_at: int | None) -> str:
+    """--resume found the run at `step`, where this invocation would stop: nothing to train."""
+    if step >= steps:
+        return (
+            f"the run in {root} already finished at step {step} (its --steps {steps}): nothing to resume; its model is "
+            f"{Path(root) / 'model.safetensors'}. --resume cannot lengthen a run (--steps is part of its schedule); to train longer, "
+            f"{longer_run_hint(root, recipe)}"
+        )
+    return (
+        f"the run in {root} is at step {step}, at or past --stop-at {stop_at}: nothing to do in this invocation; continue with "
+        f"--resume and a later --stop-at (or none, to run to step {steps})"
+    )
+
+
+def checkpoint_step(d: Path) -> int:
+    """The step of checkpoint folder `step-00001000`."""
+    return int(d.name[5:])
 
 
 class RunDir:

@@ -9,8 +9,14 @@ Every `TrainConfig` field is a flag (`--batch-size`, `--warmup-steps`, `--no-shu
 Precedence: the recipe's defaults < `--config file.json` < flags. With `--resume` the run's own
 config.json replaces the first two, and a flag that would change the run is refused.
 `--model KEY=JSON` passes a model override (`--model backbone='{"depth": 2}'`).
-`--print-config` prints the resolved config as JSON and exits; `--stop-at N` ends this
-invocation after step N with a checkpoint (resume later), without changing the schedule.
+`--print-config` prints the resolved config as JSON and exits; values derived from others (the
+warm-up, from --steps) carry a note under "_derived", and a --config file with that note derives
+them again, so the printed config reused with another --steps warms up for that run's length.
+`--stop-at N` ends this invocation after step N with a checkpoint (resume later), without
+changing the schedule; `--resume` on a run already there says so and how to train longer.
+Ctrl-C and SIGTERM (a scheduler's preemption) stop the run alike: the message names the intact
+checkpoint and --resume, and the exit status is 128 + the signal (130, 143). Under torchrun the
+run's messages come once, from rank 0; an error is printed by the lowest rank that hit it.
 """
 
 import argparse
@@ -19,6 +25,7 @@ import inspect
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +34,7 @@ from typing import Any
 from controlfoley._registry import RegistryError
 from controlfoley.config import ConfigError, parse_overrides
 from controlfoley.errors import ControlFoleyError
-from controlfoley.train.config import RECIPE_DEFAULTS, RECIPES, TrainConfig
+from controlfoley.train.config import DERIVED_KEY, RECIPE_DEFAULTS, RECIPES, TrainConfig
 
 __all__ = ["main", "build_parser", "add_train_subcommands", "config_from_args", "run_from_args"]
 
@@ -52,6 +59,8 @@ def _add_config_flags(p: argparse.ArgumentParser, recipe: str) -> None:
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = RECIPE_DEFAULTS[recipe].get(f.name, default)
         text = helps.get(f.name, "") + (f" [default: {shown}]" if shown not in (None, ()) else "")
+        if f.name == "warmup_steps":
+            text = helps[f.name] + f" [default: {_warmup_default(recipe)}]".replace("%", "%%")  # argparse formats help with %
         if isinstance(default, bool):
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif f.name in ("init_parts", "betas"):
@@ -64,6 +73,14 @@ def _add_config_flags(p: argparse.ArgumentParser, recipe: str) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--stop-at", type=int, default=None, help="stop this invocation after that step (with a checkpoint)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def _warmup_default(recipe: str) -> str:
+    d = RECIPE_DEFAULTS[recipe]
+    return (
+        f"{d['warmup_steps']} for the recipe's {d['steps']} steps; a shorter --steps keeps that fraction "
+        f"({100 * d['warmup_steps'] / d['steps']:g}% of --steps), a longer one {d['warmup_steps']}"
+    )
 
 
 def add_train_subcommands(subparsers: Any) -> argparse.ArgumentParser:
@@ -129,33 +146,104 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not isinstance(file_fields, dict):
             raise ConfigError(f"--config {path} holds a {type(file_fields).__name__}, not a JSON object of TrainConfig fields")
         file_fields.pop("recipe", None)
+        if "warmup_steps" in _derived(file_fields):  # --print-config's note: it follows the steps
+            file_fields.pop("warmup_steps", None)
     return TrainConfig.for_recipe(args.recipe, **{**file_fields, **given})
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     from controlfoley.train.loop import train
 
-    cfg = config_from_args(args)
+    try:
+        cfg = config_from_args(args)
+    except (ConfigError, RegistryError, ControlFoleyError) as e:
+        # from the flags and files alone: every rank of a node hits it alike; one per node prints it
+        raise e if _local_rank() == 0 else _mark_reported(e, 0)
     if args.print_config:
-        print(cfg.to_json())
+        print(_printed_config(cfg, args))
         return 0
+    rank0 = _rank() == 0  # under torchrun, messages of the whole run come once, from rank 0
+    if args.resume:
+        done = _nothing_to_resume(cfg, args.stop_at)
+        if done is not None:
+            if rank0:
+                print(done, file=sys.stderr)
+            return 0
     try:
         result = train(cfg, resume=args.resume, stop_at=args.stop_at)
-    except KeyboardInterrupt:
-        from controlfoley.train.checkpoints import RunDir
-
-        try:
-            latest = RunDir(cfg.out).latest_dir()
-        except ControlFoleyError:
-            latest = None
-        if latest is None:
-            print("\ninterrupted before the first checkpoint: nothing to resume; the same command starts the run again", file=sys.stderr)
-        else:
-            print(f"\ninterrupted: checkpoints are written atomically, so {latest} is intact; continue with the same command and --resume", file=sys.stderr)
-        return 130
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line for the run, not one per rank
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (TrainingInterrupted): every rank gets it
+        signum = getattr(e, "signum", signal.SIGINT)
+        if rank0:
+            _say_interrupted(cfg, "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}")
+        return 128 + int(signum)
+    if rank0:
         print(json.dumps(result, default=float))
     return 0
+
+
+def _say_interrupted(cfg: TrainConfig, how: str) -> None:
+    from controlfoley.train.checkpoints import RunDir
+
+    try:
+        latest = RunDir(cfg.out).latest_dir()
+    except ControlFoleyError:
+        latest = None
+    if latest is None:
+        print(f"\ninterrupted{how} before the first checkpoint: nothing to resume; the same command starts the run again", file=sys.stderr)
+    else:
+        print(f"\ninterrupted{how}: checkpoints are written atomically, so {latest} is intact; continue with the same command and --resume", file=sys.stderr)
+
+
+def _nothing_to_resume(cfg: TrainConfig, stop_at: int | None) -> str | None:
+    """The message when the run is already where this invocation would stop (and, if finished, has
+    its final model), said before building anything; None: train() goes on."""
+    from controlfoley.train.checkpoints import RunDir, checkpoint_step, nothing_to_resume_message
+
+    run = RunDir(cfg.out)
+    try:
+        latest = run.latest_dir()
+    except ControlFoleyError:
+        return None  # train() names what is wrong with the checkpoints
+    step = -1 if latest is None else checkpoint_step(latest)
+    finished = step >= cfg.steps and run.final_model.is_file()
+    if finished or (stop_at is not None and stop_at <= step < cfg.steps):
+        return nothing_to_resume_message(cfg.out, cfg.recipe, step, cfg.steps, stop_at)
+    return None
+
+
+def _printed_config(cfg: TrainConfig, args: argparse.Namespace) -> str:
+    """The resolved config; values derived from others get a note under DERIVED_KEY, and a
+    --config file that holds it derives them again from its other values and the flags (a
+    printed config reused with another --steps gets that run's warm-up, not this one's)."""
+    d = json.loads(cfg.to_json())
+    if args.resume or args.warmup_steps is not None:  # the run's own value, or one given: nothing derived
+        return json.dumps(d, indent=2, sort_keys=True)
+    file_fields = json.loads(Path(args.config_file).read_text(encoding="utf-8")) if args.config_file else {}
+    if "warmup_steps" not in file_fields or "warmup_steps" in _derived(file_fields):
+        d[DERIVED_KEY] = {
+            "warmup_steps": f"derived from steps: {_warmup_default(cfg.recipe)}. Read back with --config, it is derived again from "
+            f"that run's steps; delete this {DERIVED_KEY!r} entry to keep it at {cfg.warmup_steps}"
+        }
+    return json.dumps(d, indent=2, sort_keys=True)
+
+
+def _mark_reported(error: BaseException, rank: int) -> BaseException:
+    from controlfoley.train.distributed import mark_reported
+
+    return mark_reported(error, rank)
+
+
+def _derived(fields: dict[str, Any]) -> dict[str, Any]:
+    note = fields.pop(DERIVED_KEY, None)
+    return note if isinstance(note, dict) else {}
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,5 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (ControlFoleyError, ConfigError, RegistryError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        by, rank = getattr(e, "controlfoley_reported_by", None), _rank()  # distributed.mark_reported (importing it imports torch)
+        if by is None or by == rank:  # under torchrun each message once, by the lowest rank that hit it
+            print(f"error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
         return 2

@@ -7,11 +7,15 @@
   `init`. `backbone` (SpecMaskGIT-style masked-token pretraining) and `tokenizer` (SpecVQGAN
   reconstruction + VQ losses) defaults are controlfoley's choices; the paper does not give them.
 - `to_json` / `from_json`; unknown fields are a ConfigError naming the known ones.
+- `model_overrides` holds JSON values (config.json stores them): a `Part` becomes the dict that
+  builds the same part, a `SamplerConfig` its fields (`_json_overrides`).
+- `from_dict` skips the `_derived` note that `--print-config` adds (see `controlfoley.train.cli`).
 - `resume_conflicts(other)`: fields that must not change when a run is resumed (everything but
   the operational ones in `RESUME_MUTABLE`), so that a resumed run is the same run.
 """
 
 import dataclasses
+import inspect
 import json
 import numbers
 import os
@@ -21,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from controlfoley._registry import is_a, simple_types
-from controlfoley.config import ConfigError
+from controlfoley._registry import RegistryError, is_a, simple_types
+from controlfoley.config import ConfigError, Part, SamplerConfig
 from controlfoley.train.schedule import WarmupCosine, scaled_lr
 
-__all__ = ["TrainConfig", "RECIPES", "RECIPE_DEFAULTS", "RESUME_MUTABLE", "PRECISIONS", "VERIFY_LEVELS"]
+__all__ = ["TrainConfig", "RECIPES", "RECIPE_DEFAULTS", "RESUME_MUTABLE", "PRECISIONS", "VERIFY_LEVELS", "DERIVED_KEY"]
 
 RECIPES = ("tokenizer", "backbone", "controlnet")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -59,6 +63,8 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
         "init_parts": ("tokenizer", "backbone"),
     },
 }
+
+DERIVED_KEY = "_derived"  # --print-config: {field: why} for values derived from others (not fields)
 
 RESUME_MUTABLE = frozenset(
     {"data", "val_data", "num_workers", "log_every", "val_every", "ckpt_every", "keep_last", "verify_data", "device", "tensorboard", "progress"}
@@ -114,7 +120,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         try:  # JSON values, as config.json stores them: a tuple given in Python compares equal on resume
-            overrides = json.loads(json.dumps(dict(self.model_overrides)))
+            overrides = json.loads(json.dumps(_json_overrides(self.preset, self.model_overrides)))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"train config: model_overrides must hold JSON values (numbers, strings, lists, dicts): {e}") from e
         object.__setattr__(self, "model_overrides", overrides)
@@ -131,8 +137,10 @@ class TrainConfig:
             raise ConfigError(f"train config: warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}; set --warmup-steps")
         if not 0.0 <= self.uncond_prob <= 1.0 or not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError("train config: uncond_prob must be in [0, 1] and val_fraction in [0, 1)")
-        if min(self.val_every, self.num_workers, self.grad_clip, self.adv_weight, self.adv_start_step) < 0:
-            raise ConfigError("train config: val_every, num_workers, grad_clip, adv_weight and adv_start_step must be >= 0")
+        negative = [k for k in ("val_every", "num_workers", "grad_clip", "adv_weight", "adv_start_step") if getattr(self, k) < 0]
+        if negative:
+            what = ", ".join(f"{k} (--{k.replace('_', '-')}) is {getattr(self, k)}" for k in negative)
+            raise ConfigError(f"train config: {what}; {'it' if len(negative) == 1 else 'each'} must be 0 or more")
         if self.init is not None and not self.init_parts:
             raise ConfigError(
                 f"train config: init={self.init!r} is given but init_parts is empty; name the parts to load, e.g. --init-parts tokenizer,backbone"
@@ -176,6 +184,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k != DERIVED_KEY}  # --print-config's note on derived values
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown train config field(s) {unknown}; known fields: {sorted(known)}")
@@ -224,6 +233,54 @@ def _check_types(cfg: "TrainConfig") -> None:
             object.__setattr__(cfg, f.name, int(value))
         elif str in want and isinstance(value, os.PathLike):
             object.__setattr__(cfg, f.name, os.fspath(value))
+
+
+def _json_overrides(preset: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`model_overrides` in JSON values. A `SamplerConfig` becomes its fields; a `Part(name, kwargs)`,
+    which build_model takes as "replace the part whole", becomes the dict that builds the same part
+    (`_part_as_dict`): a training config is JSON, and a dict override merges into the preset's part."""
+    out = {}
+    for key, value in dict(overrides).items():
+        if isinstance(value, SamplerConfig):
+            value = dataclasses.asdict(value)
+        elif isinstance(value, Part):
+            value = _part_as_dict(preset, str(key), value)
+        out[key] = value
+    return out
+
+
+def _part_as_dict(preset: str, key: str, part: Part) -> dict[str, Any]:
+    """{"name": ..., **kwargs}, plus the builder's defaults for the preset's settings of that part
+    that the Part leaves out (a dict would keep them; the Part resets them to those defaults)."""
+    as_dict = {"name": part.name, **part.kwargs}
+    from controlfoley.builder import model_config
+    from controlfoley.config import part_registries
+
+    try:
+        merged = getattr(model_config(preset, **{key: as_dict}), key)
+        registry = part_registries().get(key)
+        params = registry.accepted_args(part.name) if registry is not None else {}
+    except (ConfigError, RegistryError):  # an unknown preset or part: named when the run builds its model
+        return as_dict
+    dropped = sorted(k for k in merged.kwargs if k not in part.kwargs)
+    defaults = {k: params[k].default for k in dropped if k in params and params[k].default is not inspect.Parameter.empty}
+    unset = [k for k in dropped if k not in defaults or not _jsonable(defaults[k])]
+    if unset:
+        raise ConfigError(
+            f"model_overrides[{key!r}]: a training config stores JSON, where Part({part.name!r}, ...) is the dict "
+            f"{json.dumps(as_dict)}; but a dict keeps the rest of preset {preset!r}'s {key} settings, here {unset}, which "
+            f"your Part drops. Pass the dict, adding the values you want for {unset}: "
+            f"model_overrides={{{key!r}: {json.dumps({**as_dict, **dict.fromkeys(unset, '...')})}}}"
+        )
+    return {"name": part.name, **defaults, **part.kwargs}
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

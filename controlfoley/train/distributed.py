@@ -6,6 +6,10 @@
 - `all_reduce_sum`: sums tensors over ranks (identity in a single process).
 - Only rank 0 logs and writes checkpoints (`DistInfo.is_main`); `barrier` keeps ranks together
   around those writes.
+- `agree_before_training(info, failure)`: after the pre-flight checks every rank learns whether any
+  rank failed, so all stop together. Each message is printed once, by the lowest rank that hit it:
+  an error the others share is marked `mark_reported(error, rank)` and the CLI stays quiet about
+  it on the other ranks (`reported_by`), while an error only one rank hits is still printed there.
 """
 
 import os
@@ -16,7 +20,9 @@ import torch.distributed as tdist
 
 from controlfoley.errors import TrainingError
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "barrier", "shutdown"]
+__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "barrier", "shutdown", "agree_before_training", "mark_reported", "reported_by"]
+
+_REPORTED_BY = "controlfoley_reported_by"  # attribute of an exception: the rank that prints it
 
 
 @dataclass(frozen=True)
@@ -75,3 +81,42 @@ def barrier(info: DistInfo) -> None:
 def shutdown(info: DistInfo) -> None:
     if info.distributed and tdist.is_initialized():
         tdist.destroy_process_group()
+
+
+def mark_reported(error: BaseException, rank: int) -> BaseException:
+    """Mark `error` as printed by rank `rank` (which hit it too); returns it."""
+    setattr(error, _REPORTED_BY, rank)
+    return error
+
+
+def reported_by(error: BaseException) -> int | None:
+    """The rank that prints `error` when another rank than this one does; None: this rank prints it."""
+    return getattr(error, _REPORTED_BY, None)
+
+
+def agree_before_training(info: DistInfo, failure: Exception | None) -> None:
+    """Raise on every rank when any rank's pre-flight checks failed (`failure`: this rank's). A rank
+    that did not fail raises a TrainingError naming the first that did; a rank left going on would
+    wait forever in DDP's first broadcast for ranks that had stopped."""
+    if not info.distributed:
+        if failure is not None:
+            raise failure
+        return
+    mine = None if failure is None else _describe(failure)
+    box: list[str | None] = [None] * info.world_size
+    tdist.all_gather_object(box, mine)
+    failed = [(r, m) for r, m in enumerate(box) if m is not None]
+    if failure is not None:
+        first = next(r for r, m in failed if m == mine)
+        raise failure if first == info.rank else mark_reported(failure, first)
+    if failed:
+        r, m = failed[0]
+        raise mark_reported(TrainingError(f"rank {r} stopped before training: {m}"), r)
+
+
+def _describe(error: Exception) -> str:
+    from controlfoley._registry import RegistryError
+    from controlfoley.config import ConfigError
+    from controlfoley.errors import ControlFoleyError
+
+    return str(error) if isinstance(error, (ControlFoleyError, ConfigError, RegistryError)) else f"{type(error).__name__}: {error}"

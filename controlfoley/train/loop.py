@@ -5,6 +5,11 @@ Features
   changes on resume, the checkpoint's model config vs the preset, `init` parts, dataset shards
   (missing, corrupt, empty) and their shapes vs the preset, and on resume that the data is the
   data the run started on (`data.json`: index fingerprints; the data may move, not change).
+  config.json and data.json are written only once every check passed (a refused --resume leaves
+  the run as it was); under torchrun every rank learns that a rank failed and all stop together.
+  Backbone and ControlNet runs warn when the tokens came from an untrained or another tokenizer
+  (`provenance`). A --resume with no step left says so, and how to train longer.
+- SIGTERM (a scheduler's preemption) stops the run as Ctrl-C does (`interrupt`).
 - AdamW over the trainable parameters only (weight decay on tensors of rank >= 2), the LR set from
   `WarmupCosine` at every step, gradient accumulation (DDP `no_sync` on all but the last
   micro-batch), global-norm gradient clipping, bf16 autocast on CUDA, optional torch.compile.
@@ -23,6 +28,7 @@ import inspect
 import json
 import math
 import random
+import signal
 import time
 import warnings
 from collections.abc import Iterator
@@ -39,18 +45,19 @@ from tqdm.auto import tqdm
 from controlfoley._io import atomic_write_text
 from controlfoley.builder import build_model, build_without_weight_files, model_config, weight_file_parts
 from controlfoley.checkpoint import check_state_dict, load_parts
-from controlfoley.data.dataset import ShardDataset, ShardedSampler, collate, epoch_permutation
+from controlfoley.data.dataset import ShardedSampler, collate
 from controlfoley.errors import TrainingError
 from controlfoley.model import SpecMaskFoley
-from controlfoley.train.checkpoints import RunDir, TrainState, resolve_model_file, restore_rng
+from controlfoley.train.checkpoints import RunDir, TrainState, longer_run_hint, nothing_to_resume_message, resolve_model_file, restore_rng
 from controlfoley.train.config import TrainConfig
-from controlfoley.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from controlfoley.train.datasets import DATA_RECORD, check_batch_fits, check_same_data, open_datasets
+from controlfoley.train.distributed import DistInfo, agree_before_training, all_reduce_sum, barrier, init_distributed, mark_reported, shutdown
+from controlfoley.train.interrupt import TrainingInterrupted, interrupt_pending, terminate_as_interrupt
 from controlfoley.train.metrics import MetricsLogger
+from controlfoley.train.provenance import warn_token_provenance
 from controlfoley.train.recipes import Recipe, StepPlan, get_recipe
 
 __all__ = ["train", "Trainer"]
-
-_VAL_SPLIT_SEED = 20_240_917  # fixed, so the held-out clips do not change with the training seed
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, stop_at: int | None = None) -> dict[str, Any]:
@@ -62,7 +69,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_at: int | None = None)
     info = init_distributed(cfg.device)
     trainer = None
     try:
-        with _run_lock(cfg.out, info):
+        with terminate_as_interrupt(deferred=info.distributed), _run_lock(cfg.out, info):
             trainer = Trainer(cfg, info, resume=resume)
             return trainer.run(stop_at)
     finally:
@@ -93,14 +100,27 @@ def _run_lock(out: str, info: DistInfo) -> Iterator[None]:
             refused = box[0]
         if failure is not None:
             raise failure
-        if refused is not None:
-            raise TrainingError(refused)
+        if refused is not None:  # rank 0 reports it (its own error); the others stop without repeating it
+            raise mark_reported(TrainingError(refused), 0)
         yield
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, info: DistInfo, *, resume: bool = False) -> None:
         self.info, self.run_dir = info, RunDir(cfg.out)
+        failure: Exception | None = None
+        try:  # every check before the first step; the run folder records nothing until all passed
+            self._preflight(cfg, resume)
+        except Exception as e:
+            failure = e
+        agree_before_training(info, failure)  # any rank failed: all stop here (none waits in DDP's broadcast)
+        self._record_run()
+        self.module = self._wrap(self.objective)
+        self.schedule = self.cfg.lr_schedule()
+        self.use_bf16 = self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and info.device.type == "cuda")
+
+    def _preflight(self, cfg: TrainConfig, resume: bool) -> None:
+        info = self.info
         self.cfg = cfg = self._settle_config(cfg, resume)
         _seed_everything(cfg.seed)
         self.recipe: Recipe = get_recipe(cfg.recipe)
@@ -110,12 +130,14 @@ class Trainer:
         else:
             self.model = build_model(cfg.preset, **cfg.model_overrides)
         if resume and ckpt_dir is None and info.is_main:
-            warnings.warn(f"--resume: {self.run_dir.root} has no checkpoint yet (killed before its first); starting it from step 0", stacklevel=2)
+            warnings.warn(f"--resume: {self.run_dir.root} has no checkpoint yet (killed before its first); starting it from step 0", stacklevel=3)
         self._load_weights(ckpt_dir)
         self.recipe.prepare(self.model)
         self.model.to(info.device)
-        self.train_ds, self.val_ds = self._datasets()
-        self._check_same_data(resume)
+        self.train_ds, self.val_ds = open_datasets(cfg, self.recipe, self.model)
+        self._data_record = check_same_data(cfg, self.run_dir.root, self.train_ds, self.val_ds, resume)
+        if info.is_main and cfg.recipe != "tokenizer":  # the recipes that train on stored tokens
+            warn_token_provenance(cfg, self.model.config, [self.train_ds, self.val_ds], stacklevel=4)
         self.recipe.fit_to_data(self.model, self.train_ds)
         # what the run's checkpoints record as trained: what it loaded trained, and what it trains
         here = {n for n, m in self.model.named_children() if any(p.requires_grad for p in m.parameters())}
@@ -133,13 +155,11 @@ class Trainer:
         self.start_step = 0
         if ckpt_dir is not None:
             self._restore(self.run_dir.load_state(ckpt_dir))
-        self.module = self._wrap(self.objective)
+        check_batch_fits(cfg, self.train_ds, self.val_ds)
         self.sampler = ShardedSampler(
             len(self.train_ds), cfg.batch_size, world_size=info.world_size, rank=info.rank, micro_batches=cfg.grad_accum,
             seed=cfg.seed, shuffle=cfg.shuffle, start_step=self.start_step, stop_step=cfg.steps,
         )  # fmt: skip
-        self.schedule = cfg.lr_schedule()
-        self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and info.device.type == "cuda")
 
     # -- set-up ----------------------------------------------------------------------------------
     def _settle_config(self, cfg: TrainConfig, resume: bool) -> TrainConfig:
@@ -151,15 +171,25 @@ class Trainer:
             conflicts = saved.resume_conflicts(cfg)
             if conflicts:
                 lines = ", ".join(f"{k}: run {a!r} vs now {b!r}" for k, (a, b) in conflicts.items())
+                longer = f" To train longer, {longer_run_hint(rd.root, cfg.recipe)}." if "steps" in conflicts else ""
                 raise TrainingError(
                     f"--resume continues the run in {rd.root} with its own settings, but these differ: {lines}. "
-                    "Drop those flags, or start a new --out."
+                    f"Drop those flags, or start a new --out.{longer}"
                 )
         elif rd.latest_dir() is not None:
-            raise TrainingError(f"{rd.root} already holds a run with checkpoints; pass --resume to continue it, or choose another --out")
+            raise TrainingError(
+                f"{rd.root} already holds a run with checkpoints; pass --resume to continue it (Python: train(cfg, resume=True)), "
+                "or choose another --out"
+            )
+        return cfg  # written to config.json once every check passed (`_record_run`): a refused run changes nothing
+
+    def _record_run(self) -> None:
+        """The run's config.json (on resume: with the flags it may change, such as a moved --data)
+        and, at its start, data.json; written after every pre-flight check passed."""
         if self.info.is_main:
-            atomic_write_text(rd.config_path, cfg.to_json())
-        return cfg
+            atomic_write_text(self.run_dir.config_path, self.cfg.to_json())
+            if self._data_record is not None:
+                atomic_write_text(self.run_dir.root / DATA_RECORD, json.dumps(self._data_record, indent=1) + "\n")
 
     def _load_weights(self, ckpt_dir: Path | None) -> None:
         cfg = self.cfg
@@ -170,51 +200,22 @@ class Trainer:
             load_parts(self.model, source, cfg.init_parts)  # records which of them were trained
             trained = self.model.trained_parts
             untrained = [p for p in cfg.init_parts if p not in trained]
-            if untrained:
+            if untrained and self.info.is_main:
+                fix = "init from the run that trained them (e.g. a backbone run for the controlnet recipe)"
+                if untrained == ["tokenizer"] and "backbone" in trained:  # a backbone run that started without --init
+                    fix = (
+                        f"{cfg.init}'s backbone learned the codes of that random tokenizer (its run had no --init): train the backbone "
+                        "again with --init TOKENIZER_RUN (a tokenizer-recipe run) on data extracted with `controlfoley extract "
+                        "--tokenizer TOKENIZER_RUN`, and init from that run"
+                    )
                 warnings.warn(
                     f"--init {cfg.init}: its {', '.join(untrained)} {'was' if len(untrained) == 1 else 'were'} never trained "
                     f"(of those it loads, it records trained: {', '.join(sorted(trained)) or 'nothing'}), so this run starts from random "
-                    f"{', '.join(untrained)} weights; init from the run that trained them (e.g. a backbone run for the controlnet recipe)",
-                    stacklevel=3,
+                    f"{', '.join(untrained)} weights; {fix}",
+                    stacklevel=4,
                 )
-        elif cfg.recipe == "controlnet":
-            warnings.warn("controlnet recipe without --init: the ControlNet trains against a randomly initialised backbone", stacklevel=3)
-
-    def _datasets(self) -> tuple[ShardDataset, ShardDataset | None]:
-        cfg = self.cfg
-        full = self._open_dataset(cfg.data)
-        if cfg.val_data is not None:  # validation reads what training reads
-            return full, self._open_dataset(cfg.val_data).with_keys(full.keys)
-        if cfg.val_fraction <= 0:
-            return full, None
-        order = epoch_permutation(len(full), _VAL_SPLIT_SEED, 0).tolist()
-        n_val = max(1, int(len(full) * cfg.val_fraction))
-        return full.subset(sorted(order[n_val:])), full.subset(sorted(order[:n_val]))
-
-    def _check_same_data(self, resume: bool) -> None:
-        """Record the datasets' fingerprints at the start; on resume refuse data that changed: the
-        sample order, the validation split and the schedule all depend on it."""
-        cfg, path = self.cfg, self.run_dir.root / "data.json"
-        now = {"data": self.train_ds.index.fingerprint()}  # views share their dataset's loaded index
-        if cfg.val_data is not None and self.val_ds is not None:
-            now["val_data"] = self.val_ds.index.fingerprint()
-        if resume and path.is_file():
-            then = json.loads(path.read_text(encoding="utf-8"))
-            changed = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
-            if changed:
-                what = ", ".join(f"--{k.replace('_', '-')} (fingerprint {then.get(k)} when the run started, {now.get(k)} now)" for k in changed)
-                raise TrainingError(
-                    f"--resume: the data is not the data this run trained on: {what}. Point the flags at the original "
-                    f"dataset (it may have moved; its contents may not change), or start a new --out. To continue on "
-                    f"the new data on purpose, delete {path}."
-                )
-        if self.info.is_main and (not resume or not path.is_file()):
-            atomic_write_text(path, json.dumps(now, indent=1) + "\n")
-
-    def _open_dataset(self, root: str) -> ShardDataset:
-        ds = ShardDataset(root, verify=self.cfg.verify_data)
-        self.recipe.check_data(self.model, ds)
-        return ds.with_keys(self.recipe.needed_keys(self.model, ds))
+        elif cfg.recipe == "controlnet" and self.info.is_main:
+            warnings.warn("controlnet recipe without --init: the ControlNet trains against a randomly initialised backbone", stacklevel=4)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         decay = [p for p in self.params if p.ndim >= 2]
@@ -251,10 +252,12 @@ class Trainer:
     def run(self, stop_at: int | None = None) -> dict[str, Any]:
         cfg, info = self.cfg, self.info
         stop = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+        result: dict[str, Any] = {"step": self.start_step, "train": {}, "val": {}}
+        if self.start_step >= stop:
+            return self._nothing_to_do(stop_at, result)
         log = MetricsLogger(self.run_dir.metrics_path, enabled=info.is_main, tensorboard=cfg.tensorboard, resume_step=self.start_step)
         bar = tqdm(total=cfg.steps, initial=self.start_step, disable=not (info.is_main and cfg.progress), dynamic_ncols=True, desc=cfg.recipe)
         batches = self._batches()
-        result: dict[str, Any] = {"step": self.start_step, "train": {}, "val": {}}
         t0, last = time.perf_counter(), self.start_step
         events = dict.fromkeys(self.recipe.interval_sums, 0.0)  # counted since the last log line
         try:
@@ -283,6 +286,17 @@ class Trainer:
         finally:
             bar.close()
             log.close()
+        barrier(info)
+        return result
+
+    def _nothing_to_do(self, stop_at: int | None, result: dict[str, Any]) -> dict[str, Any]:
+        """Resumed at or past where this invocation stops: say so (a run that finished has no
+        more steps; --resume cannot lengthen it) and write the final model if a kill lost it."""
+        cfg, info = self.cfg, self.info
+        if info.is_main:
+            if self.start_step >= cfg.steps and not self.run_dir.final_model.is_file():
+                self.model.save(self.run_dir.final_model)  # killed between the last checkpoint and the final save
+            warnings.warn(nothing_to_resume_message(self.run_dir.root, cfg.recipe, self.start_step, cfg.steps, stop_at), stacklevel=3)
         barrier(info)
         return result
 
@@ -316,12 +330,18 @@ class Trainer:
                     loss, stats = self.module(batch, *args)
                 (loss * (info.world_size / plan.denom)).backward()
             _accumulate(totals, stats)
-        values = self.recipe.summarize(self._reduce(totals))
+        if info.distributed:  # a SIGTERM any rank received: every rank stops after this same collective
+            totals["_interrupt"] = torch.tensor(float(interrupt_pending()), device=info.device)
+        reduced = self._reduce(totals)
+        if float(reduced.pop("_interrupt", 0.0)) > 0:
+            raise TrainingInterrupted(signal.SIGTERM)
+        values = self.recipe.summarize(reduced)
         norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         values.update(lr=lr, grad_norm=float(norm))
         if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingError(self._nonfinite_message(step + 1, values))
+            error = TrainingError(self._nonfinite_message(step + 1, values))
+            raise error if info.is_main else mark_reported(error, 0)  # the values are summed over ranks: all stop alike
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return values

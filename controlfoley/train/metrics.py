@@ -1,6 +1,7 @@
 """Training metrics: one JSON object per line in RUN/metrics.jsonl, and TensorBoard events when installed.
 
 - Lines look like `{"step": 100, "split": "train", "loss": 5.41, "lr": 0.00025, "clips_per_s": 812.0, "time": 1.7e9}`.
+- `read_metrics(run_or_file, split)`: the lines back, from the run folder or the file itself.
 - On resume the file is cut back to the checkpoint's step (atomically), so a run that was killed
   and resumed has the same lines as one that was not.
 - TensorBoard (`RUN/tb/`) through `torch.utils.tensorboard` when the `tensorboard` package is
@@ -16,15 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from controlfoley._io import atomic_write_text
-from controlfoley.errors import MissingDependencyError, require
+from controlfoley.errors import MissingDependencyError, TrainingError, require
 
-__all__ = ["MetricsLogger", "read_metrics"]
+__all__ = ["MetricsLogger", "read_metrics", "METRICS_FILE"]
+
+METRICS_FILE = "metrics.jsonl"
+_RUN_MARKS = ("config.json", "checkpoints", "model.safetensors")  # what a run folder holds besides metrics
 
 
 def read_metrics(path: str | Path, split: str | None = None) -> list[dict[str, Any]]:
-    """Lines of a metrics.jsonl file (optionally one split); a torn last line is skipped."""
+    """Lines of a run's metrics (optionally one split); a torn last line is skipped. `path` is the
+    run folder or its metrics.jsonl; a run that has logged nothing yet, or a .jsonl file not written
+    yet, gives []. Anything else (a folder that is no run, another file, a missing folder) is a
+    TrainingError."""
+    p = _metrics_file(Path(path))
     rows = []
-    p = Path(path)
     if not p.is_file():
         return rows
     for line in p.read_text(encoding="utf-8").splitlines():
@@ -35,6 +42,21 @@ def read_metrics(path: str | Path, split: str | None = None) -> list[dict[str, A
         if split is None or row.get("split") == split:
             rows.append(row)
     return rows
+
+
+def _metrics_file(p: Path) -> Path:
+    hint = "give a training run folder (the --out of `controlfoley train`) or its metrics.jsonl"
+    if p.is_dir():
+        if (p / METRICS_FILE).is_file() or any((p / m).exists() for m in _RUN_MARKS):
+            return p / METRICS_FILE  # a run that has not logged yet has none: no rows
+        raise TrainingError(f"{p} is a folder but not a training run (no {METRICS_FILE}, config.json or checkpoints/ in it); {hint}")
+    if p.is_file():
+        if p.suffix != ".jsonl":
+            raise TrainingError(f"{p} is not a metrics file (metrics are JSON lines, {METRICS_FILE}); {hint}")
+        return p
+    if p.suffix == ".jsonl":
+        return p  # not written yet (a run that has not logged, or not started): no rows
+    raise TrainingError(f"{p} does not exist; {hint}")
 
 
 class MetricsLogger:

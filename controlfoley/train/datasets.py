@@ -1,0 +1,85 @@
+"""The datasets of a run, opened and checked before its first step (used by `loop.Trainer`).
+
+- `open_datasets(cfg, recipe, model)`: --data, and --val-data or a fixed pseudo-random
+  `val_fraction` of --data (the split does not change with the training seed); a file given where
+  a dataset folder belongs is named as such; each dataset is checked against the recipe and model.
+- `check_same_data(cfg, run_root, train_ds, val_ds, resume)`: the datasets' fingerprints (index
+  contents, not paths: data may move, not change); on resume, data that changed is refused.
+  Returns the record to write as data.json once every check passed (None: keep the run's).
+- `check_batch_fits(cfg, train_ds, val_ds)`: one global batch must fit in the training clips; the
+  error says how many the validation split took.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from controlfoley.data.dataset import ShardDataset, epoch_permutation
+from controlfoley.errors import DataError, TrainingError
+from controlfoley.model import SpecMaskFoley
+from controlfoley.train.config import TrainConfig
+from controlfoley.train.recipes import Recipe
+
+__all__ = ["open_datasets", "check_same_data", "check_batch_fits", "DATA_RECORD"]
+
+VAL_SPLIT_SEED = 20_240_917  # fixed, so the held-out clips do not change with the training seed
+DATA_RECORD = "data.json"
+
+
+def open_datasets(cfg: TrainConfig, recipe: Recipe, model: SpecMaskFoley) -> tuple[ShardDataset, ShardDataset | None]:
+    full = _open(cfg, recipe, model, cfg.data, "--data")
+    if cfg.val_data is not None:  # validation reads what training reads
+        return full, _open(cfg, recipe, model, cfg.val_data, "--val-data").with_keys(full.keys)
+    if cfg.val_fraction <= 0:
+        return full, None
+    order = epoch_permutation(len(full), VAL_SPLIT_SEED, 0).tolist()
+    n_val = max(1, int(len(full) * cfg.val_fraction))
+    return full.subset(sorted(order[n_val:])), full.subset(sorted(order[:n_val]))
+
+
+def _open(cfg: TrainConfig, recipe: Recipe, model: SpecMaskFoley, root: str, flag: str) -> ShardDataset:
+    path = Path(root)
+    if path.is_file():
+        which = f"; give its folder: {flag} {path.parent}" if path.name == "index.json" else ""
+        raise DataError(
+            f"{flag} {root} is a file, not a dataset folder{which}. {flag} names a dataset folder written by "
+            "`controlfoley extract --out FOLDER` (the folder that holds index.json and the shards)"
+        )
+    ds = ShardDataset(root, verify=cfg.verify_data)
+    recipe.check_data(model, ds)
+    return ds.with_keys(recipe.needed_keys(model, ds))
+
+
+def check_same_data(cfg: TrainConfig, run_root: Path, train_ds: ShardDataset, val_ds: ShardDataset | None, resume: bool) -> dict[str, Any] | None:
+    """The sample order, the validation split and the schedule all depend on the data: on resume
+    refuse data that changed since the run started."""
+    path = run_root / DATA_RECORD
+    now = {"data": train_ds.index.fingerprint()}  # views share their dataset's loaded index
+    if cfg.val_data is not None and val_ds is not None:
+        now["val_data"] = val_ds.index.fingerprint()
+    if resume and path.is_file():
+        then = json.loads(path.read_text(encoding="utf-8"))
+        changed = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+        if changed:
+            what = ", ".join(f"--{k.replace('_', '-')} (fingerprint {then.get(k)} when the run started, {now.get(k)} now)" for k in changed)
+            raise TrainingError(
+                f"--resume: the data is not the data this run trained on: {what}. Point the flags at the original "
+                f"dataset (it may have moved; its contents may not change), or start a new --out. To continue on "
+                f"the new data on purpose, delete {path}."
+            )
+        return None
+    return now
+
+
+def check_batch_fits(cfg: TrainConfig, train_ds: ShardDataset, val_ds: ShardDataset | None) -> None:
+    n = len(train_ds)
+    if n >= cfg.batch_size:
+        return
+    if cfg.val_data is None and val_ds is not None:
+        n_val = len(val_ds)
+        raise DataError(
+            f"dataset {cfg.data} has {n + n_val} clips and --val-fraction {cfg.val_fraction} holds {n_val} of them out for "
+            f"validation, which leaves {n} to train on, fewer than one global batch of {cfg.batch_size}; lower --val-fraction "
+            "(or give a separate --val-data), lower --batch-size, or add data"
+        )
+    raise DataError(f"dataset {cfg.data} has {n} clips, fewer than one global batch of {cfg.batch_size}; lower --batch-size or add data")

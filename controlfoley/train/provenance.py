@@ -1,0 +1,184 @@
+"""Where a dataset's tokens came from, against the tokenizer a backbone or ControlNet run holds.
+
+`controlfoley extract` records in index.json's info `tokenizer`: the resolved path of the tokenizer
+checkpoint it was given (--tokenizer: a file, checkpoint folder or run folder), else of the weights
+file the preset's tokenizer is built from (an official SpecVQGAN codebook), else null: the tokens
+came from an untrained tokenizer. A model trained on tokens decodes them with its own tokenizer, so
+training on an untrained tokenizer's tokens, or on another tokenizer's, gives a model whose output
+is noise, and nothing fails on the way. `warn_token_provenance` says so, once per run
+(`TokenProvenanceWarning`, a UserWarning; a warning, since tests and smoke runs do this on purpose).
+
+The run's tokenizer: --init when it loads the tokenizer, else the preset's weights file, else random.
+Two sources are the same tokenizer when their paths meet: the path as given, the model file it
+resolves to, and, for a run that loaded its tokenizer (config.json: --init with `tokenizer` in
+--init-parts, not the tokenizer recipe) or built it from a weights file, where that came from, and
+so on back; else when both model files hold equal tokenizer tensors. A path the index records that
+no longer exists can only be compared by path, and the warning says so. A dataset whose index
+records no `tokenizer` at all (written by ShardWriter directly, as the tests do) is not checked.
+"""
+
+import json
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from controlfoley.config import ModelConfig
+from controlfoley.errors import ControlFoleyError
+
+__all__ = ["TokenProvenanceWarning", "warn_token_provenance", "token_provenance_problems"]
+
+_MAX_HOPS = 8  # runs initialised from runs: a chain this long is a loop
+
+
+class TokenProvenanceWarning(UserWarning):
+    """A backbone or ControlNet run trains on tokens of an untrained or another tokenizer."""
+
+
+def warn_token_provenance(cfg: Any, model_config: ModelConfig, datasets: Iterable[Any], *, stacklevel: int = 2) -> None:
+    """One warning naming every dataset whose tokens do not come from the run's tokenizer."""
+    seen, problems = set(), []
+    for ds in datasets:
+        if ds is None or ds.root in seen:
+            continue
+        seen.add(ds.root)
+        problems += token_provenance_problems(cfg, model_config, ds.root, ds.info)
+    if problems:
+        warnings.warn(" Also: ".join(problems), TokenProvenanceWarning, stacklevel=stacklevel + 1)
+
+
+def token_provenance_problems(cfg: Any, model_config: ModelConfig, root: Path, info: Mapping[str, Any]) -> list[str]:
+    """What is wrong with where dataset `root`'s tokens came from, for run config `cfg` (empty: nothing)."""
+    if "tokenizer" not in info:
+        return []
+    made_by, mine = info["tokenizer"], _run_tokenizer(cfg, model_config)
+    extract = "`controlfoley extract --tokenizer TOKENIZER_RUN ...` (a run of the tokenizer recipe)"
+    if made_by is None:
+        also = "" if mine is None else f", not the tokenizer this run loads from {mine}"
+        return [
+            f"dataset {root}: its tokens came from an untrained tokenizer (its index.json records \"tokenizer\": null: it was "
+            f"extracted without --tokenizer{also}), so this {cfg.recipe} run learns codes that decode to noise. Re-extract it "
+            f"with {extract} and train with --init TOKENIZER_RUN."
+        ]
+    init_fix = f"--init {made_by}" if cfg.recipe == "backbone" else f"--init from a backbone run trained on these tokens (--init {made_by})"
+    if mine is None or _never_trained(mine):
+        why = "no --init that loads a tokenizer" if mine is None else f"{mine} records its tokenizer as never trained"
+        return [
+            f"dataset {root}: its tokens came from the tokenizer in {made_by}, but this run's tokenizer is random ({why}) "
+            f"and its model.safetensors will hold that random tokenizer, which decodes the tokens to noise. Train with {init_fix}."
+        ]
+    same, how = _same_tokenizer(mine, made_by)
+    if same:
+        return []
+    return [
+        f"dataset {root}: its tokens came from the tokenizer in {made_by}, but this run's tokenizer comes from {mine} "
+        f"({how}); a model decodes tokens only with the tokenizer that made them. Train with {init_fix}, or re-extract "
+        f"the dataset with `controlfoley extract --tokenizer {mine} ...`."
+    ]
+
+
+def _run_tokenizer(cfg: Any, model_config: ModelConfig) -> str | None:
+    """Where this run's tokenizer weights come from; None: random."""
+    from controlfoley.builder import weight_file
+
+    if cfg.init is not None and "tokenizer" in cfg.init_parts:
+        return str(cfg.init)
+    source = weight_file(model_config, "tokenizer")
+    return None if source is None else str(source)
+
+
+def _never_trained(source: str) -> bool:
+    """A controlfoley checkpoint that records its trained parts, without the tokenizer."""
+    from controlfoley.checkpoint import read_metadata, trained_parts
+
+    model = _model_file(Path(source))
+    try:
+        trained = None if model is None else trained_parts(read_metadata(model))
+    except (ControlFoleyError, ValueError, OSError):
+        return False
+    return trained is not None and "tokenizer" not in trained
+
+
+def _same_tokenizer(a: str, b: str) -> tuple[bool, str]:
+    """(same?, how it was decided: for the warning)."""
+    if _origins(Path(a)) & _origins(Path(b)):
+        return True, "same path"
+    files = [_model_file(Path(p)) for p in (a, b)]
+    if None in files:
+        gone = b if files[1] is None else a
+        return False, f"compared by path only: {gone} no longer holds a model, so the weights could not be compared"
+    if all(f.suffix == ".safetensors" for f in files) and _equal_tokenizers(files[0], files[1]):
+        return True, "equal weights"
+    return False, "other paths, and other tokenizer weights"
+
+
+def _origins(path: Path, hops: int = 0) -> set[Path]:
+    """Paths naming the tokenizer `path` holds: itself, its model file, and where a run got it."""
+    out = {path.expanduser().resolve()}
+    model = _model_file(path)
+    if model is None or hops >= _MAX_HOPS:
+        return out
+    out.add(model)
+    cfg = _run_config(model)
+    if cfg is not None and cfg.get("recipe") != "tokenizer":  # a tokenizer run's tokenizer is its own
+        if cfg.get("init") and "tokenizer" in (cfg.get("init_parts") or ()):
+            out |= _origins(Path(cfg["init"]), hops + 1)
+        else:
+            built = _built_from(model)
+            if built is not None:
+                out |= _origins(Path(built), hops + 1)
+    return out
+
+
+def _model_file(path: Path) -> Path | None:
+    from controlfoley.train.checkpoints import resolve_model_file
+
+    try:
+        return resolve_model_file(path.expanduser()).resolve()
+    except (ControlFoleyError, OSError):
+        return None
+
+
+def _run_config(model: Path) -> dict[str, Any] | None:
+    """config.json of the run holding `model` (RUN/model.safetensors or RUN/checkpoints/step-N/model.safetensors)."""
+    for run in (model.parent, model.parent.parent.parent):
+        path = run / "config.json"
+        if path.is_file() and (run / "checkpoints").is_dir():
+            try:
+                cfg = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            return cfg if isinstance(cfg, dict) else None
+    return None
+
+
+def _built_from(model: Path) -> str | None:
+    """The weights file a checkpoint's tokenizer was built from (its saved model config names it)."""
+    from controlfoley.builder import weight_file
+    from controlfoley.checkpoint import config_from_metadata, read_metadata
+
+    try:
+        source = weight_file(config_from_metadata(read_metadata(model), model), "tokenizer")
+    except (ControlFoleyError, ValueError, OSError):
+        return None
+    return None if source is None else str(source)
+
+
+def _equal_tokenizers(a: Path, b: Path) -> bool:
+    """Both checkpoints hold the same `tokenizer.*` tensors (read alone, memory-mapped)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(a), framework="pt") as fa, safe_open(str(b), framework="pt") as fb:
+            keys = sorted(k for k in fa.keys() if k.startswith("tokenizer."))
+            if not keys or keys != sorted(k for k in fb.keys() if k.startswith("tokenizer.")):
+                return False
+            return all(_equal(fa.get_tensor(k), fb.get_tensor(k)) for k in keys)
+    except (SafetensorError, OSError, RuntimeError):  # unreadable: not comparable
+        return False
+
+
+def _equal(x: torch.Tensor, y: torch.Tensor) -> bool:
+    return x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)

@@ -1,0 +1,376 @@
+"""Training as a user meets it: a refused --resume changes nothing, tokens of another (or an
+untrained) tokenizer are named, a finished run says how to train longer, derived defaults are
+explained, errors name their cause, SIGTERM stops like Ctrl-C (under torchrun too, without a
+hang), the Python API takes what the README shows, and torchrun prints each message once."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import micro_overrides
+from test_train import config, write_data
+
+from controlfoley.config import ConfigError, Part
+from controlfoley.errors import DataError, TrainingError
+from controlfoley.train import TrainConfig, train
+from controlfoley.train.cli import main as train_main
+from controlfoley.train.interrupt import TrainingInterrupted, interrupt_pending, terminate_as_interrupt
+from controlfoley.train.metrics import read_metrics
+from controlfoley.train.provenance import TokenProvenanceWarning
+
+
+def cli_args(recipe: str, data: Path, out: Path, *extra: str, steps: int = 6, ckpt_every: int = 2) -> list[str]:
+    """The command line of test_train.config's run."""
+    args = [recipe, "--preset", "specmaskfoley_tiny", "--data", str(data), "--out", str(out), "--steps", str(steps), "--batch-size", "4",
+            "--warmup-steps", "2", "--log-every", "1", "--ckpt-every", str(ckpt_every), "--val-every", "0", "--num-workers", "0",
+            "--no-progress", "--no-tensorboard", *extra]  # fmt: skip
+    for k, v in micro_overrides().items():
+        args += ["--model", f"{k}={json.dumps(v)}"]
+    return args
+
+
+def with_tokenizer(ds: Path, source: str | None) -> Path:
+    """Record in the index where the tokens came from, as `controlfoley extract` does (the
+    fingerprint covers features and shards, not this record)."""
+    index = json.loads((ds / "index.json").read_text(encoding="utf-8"))
+    index["info"]["tokenizer"] = source
+    (ds / "index.json").write_text(json.dumps(index), encoding="utf-8")
+    return ds
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_data(tmp_path_factory.mktemp("data") / "ds")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two tokenizer runs with different weights."""
+    root = tmp_path_factory.mktemp("tok")
+    mel = write_data(root / "mel", n=4, mel=True)
+    for name, seed in (("tok", 0), ("tok2", 1)):
+        train(config("tokenizer", mel, root / name, steps=1, warmup_steps=0, batch_size=2, seed=seed))
+    return root / "tok", root / "tok2"
+
+
+# -- 1. a refused --resume changes nothing ---------------------------------------------------------
+def test_a_refused_resume_leaves_the_run_config_as_it_was(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert train_main(cli_args("backbone", data, run, "--stop-at", "2")) == 0
+    saved = (run / "config.json").read_bytes()
+    assert train_main(["backbone", "--out", str(run), "--resume", "--data", str(tmp_path / "trian")]) == 2
+    assert "dataset folder not found" in capsys.readouterr().err
+    assert (run / "config.json").read_bytes() == saved
+    other = write_data(tmp_path / "other", seed=1)
+    assert train_main(["backbone", "--out", str(run), "--resume", "--data", str(other)]) == 2
+    assert "not the data this run trained on" in capsys.readouterr().err
+    assert (run / "config.json").read_bytes() == saved
+    assert train_main(["backbone", "--out", str(run), "--resume", "--stop-at", "4"]) == 0  # the plain resume works
+    # data that moved is taken, and recorded once the checks passed
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    assert train_main(["backbone", "--out", str(run), "--resume", "--data", str(moved)]) == 0
+    assert json.loads((run / "config.json").read_text())["data"] == str(moved)
+    # a fresh run refused before its first step records nothing
+    with pytest.raises(DataError):
+        train(config("backbone", tmp_path / "gone", tmp_path / "fresh"))
+    assert not (tmp_path / "fresh" / "config.json").exists() and not (tmp_path / "fresh" / "data.json").exists()
+
+
+# -- 2. where the tokens came from -------------------------------------------------------------------
+def test_tokens_of_an_untrained_tokenizer_are_named(tmp_path: Path) -> None:
+    ds = with_tokenizer(write_data(tmp_path / "mel", n=8), None)
+    pattern = rf"dataset {re.escape(str(ds))}: its tokens came from an untrained tokenizer .*\"tokenizer\": null.*--tokenizer TOKENIZER_RUN"
+    with pytest.warns(TokenProvenanceWarning, match=pattern) as rec:
+        train(config("backbone", ds, tmp_path / "bb", steps=1, warmup_steps=0, val_data=str(ds)))
+    assert sum(isinstance(w.message, TokenProvenanceWarning) for w in rec) == 1  # once per run, train and val alike
+
+
+def test_tokens_of_another_tokenizer_are_named_and_the_same_one_is_quiet(tokenizer_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    tok, tok2 = tokenizer_runs
+    ds = with_tokenizer(write_data(tmp_path / "ds", n=8), str(tok.resolve()))
+    short = {"steps": 1, "warmup_steps": 0}
+    copy = tmp_path / "copy.safetensors"
+    shutil.copy(tok / "model.safetensors", copy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TokenProvenanceWarning)
+        train(config("backbone", ds, tmp_path / "bb", init=str(tok), **short))  # the same path
+        train(config("controlnet", ds, tmp_path / "cn", init=str(tmp_path / "bb"), **short))  # through bb's own --init
+        train(config("backbone", ds, tmp_path / "bb_copy", init=str(copy), **short))  # equal weights elsewhere
+    with pytest.warns(TokenProvenanceWarning, match=r"this run's tokenizer is random .*Train with --init .*tok"):
+        train(config("backbone", ds, tmp_path / "bb_noinit", **short))
+    with pytest.warns(TokenProvenanceWarning, match=r"comes from .*tok2 \(other paths, and other tokenizer weights\).*--init .*tok"):
+        train(config("backbone", ds, tmp_path / "bb2", init=str(tok2), **short))
+    gone = with_tokenizer(write_data(tmp_path / "ds_gone", n=8), str(tmp_path / "deleted_run"))
+    with pytest.warns(TokenProvenanceWarning, match=r"compared by path only: .*deleted_run no longer holds a model"):
+        train(config("backbone", gone, tmp_path / "bb3", init=str(tok), **short))
+    # a ControlNet from the backbone run that had no --init: both warnings say what that run lacked
+    untrained_init = r"bb_noinit's backbone learned the codes of that random tokenizer .*--init TOKENIZER_RUN"
+    random_tokens = r"tokenizer is random \(.*bb_noinit records its tokenizer as never trained\)"
+    with pytest.warns(UserWarning, match=untrained_init), pytest.warns(TokenProvenanceWarning, match=random_tokens):
+        train(config("controlnet", ds, tmp_path / "cn2", init=str(tmp_path / "bb_noinit"), **short))
+
+
+# -- 3. a finished run ------------------------------------------------------------------------------
+def test_resuming_a_finished_run_says_so_and_how_to_train_longer(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert train_main(cli_args("backbone", data, run, steps=2)) == 0
+    capsys.readouterr()
+    assert train_main(["backbone", "--out", str(run), "--resume"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and f"the run in {run} already finished at step 2" in out.err
+    hint = f"--init {run} --init-parts tokenizer,backbone --steps N --out NEW_RUN"
+    assert hint in out.err
+    assert train_main(["backbone", "--out", str(run), "--resume", "--steps", "4"]) == 2
+    assert f"To train longer, start a new run from this one: `controlfoley train backbone {hint}" in capsys.readouterr().err
+    # the hint works
+    assert train_main(cli_args("backbone", data, tmp_path / "longer", "--init", str(run), "--init-parts", "tokenizer,backbone", steps=4)) == 0
+    # the Python API says it too, and writes the final model a kill between the last checkpoint and it lost
+    (run / "model.safetensors").unlink()
+    cfg = TrainConfig.from_json((run / "config.json").read_text(encoding="utf-8"))
+    with pytest.warns(UserWarning, match="already finished at step 2"):
+        assert train(cfg, resume=True)["train"] == {}
+    assert (run / "model.safetensors").is_file()
+    # --stop-at at or before the checkpoint
+    assert train_main(cli_args("backbone", data, tmp_path / "part", "--stop-at", "2")) == 0
+    capsys.readouterr()
+    assert train_main(["backbone", "--out", str(tmp_path / "part"), "--resume", "--stop-at", "2"]) == 0
+    assert "is at step 2, at or past --stop-at 2" in capsys.readouterr().err
+
+
+# -- 4. the warm-up default -------------------------------------------------------------------------
+def test_help_and_print_config_explain_the_derived_warm_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        train_main(["controlnet", "--help"])
+    assert "[default: 2800 for the recipe's 140000 steps; a shorter --steps keeps that fraction (2% of --steps)" in " ".join(capsys.readouterr().out.split())
+    base = ["controlnet", "--preset", "p", "--data", "d", "--out", "o"]
+    assert train_main([*base, "--steps", "1000", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    d = json.loads(printed)
+    assert d["warmup_steps"] == 20 and "derived from steps" in d["_derived"]["warmup_steps"]
+    assert TrainConfig.from_json(printed).warmup_steps == 20  # the Python API reads it as printed
+    file = tmp_path / "cfg.json"
+    file.write_text(printed, encoding="utf-8")
+    assert train_main(["controlnet", "--config", str(file), "--steps", "5000", "--print-config"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["warmup_steps"] == 100 and "_derived" in again  # 2% of the new --steps, not the old 20
+    assert train_main([*base, "--steps", "1000", "--warmup-steps", "7", "--print-config"]) == 0
+    assert "_derived" not in json.loads(capsys.readouterr().out)  # given: nothing derived
+    del d["_derived"]
+    file.write_text(json.dumps(d), encoding="utf-8")  # the note deleted: the file fixes the warm-up
+    assert train_main(["controlnet", "--config", str(file), "--steps", "5000", "--print-config"]) == 0
+    fixed = json.loads(capsys.readouterr().out)
+    assert fixed["warmup_steps"] == 20 and "_derived" not in fixed
+
+
+# -- 5. error wording -------------------------------------------------------------------------------
+def test_errors_name_their_cause(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"has 16 clips and --val-fraction 0.5 holds 8 of them out for validation, which leaves 8 to train on, fewer than one global batch of 12"):
+        train(config("backbone", data, tmp_path / "r1", batch_size=12, val_fraction=0.5))
+    with pytest.raises(ConfigError, match=r"^train config: num_workers \(--num-workers\) is -1; it must be 0 or more$"):
+        config("backbone", data, tmp_path / "r2", num_workers=-1)
+    with pytest.raises(DataError, match=rf"--data {re.escape(str(data / 'index.json'))} is a file, not a dataset folder; give its folder: --data {re.escape(str(data))}\. .*`controlfoley extract"):
+        train(config("backbone", data / "index.json", tmp_path / "r3"))
+    afile = tmp_path / "clips.txt"
+    afile.write_text("x", encoding="utf-8")
+    with pytest.raises(DataError, match=r"--val-data .*clips.txt is a file, not a dataset folder\. --val-data names a dataset folder written by"):
+        train(config("backbone", data, tmp_path / "r4", val_data=str(afile)))
+
+
+# -- 6. SIGTERM -------------------------------------------------------------------------------------
+def test_sigterm_stops_training_like_ctrl_c_and_the_handler_is_restored(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import controlfoley.train.loop as loop
+
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("this process already handles SIGTERM")
+    checkpoint = loop.Trainer._checkpoint
+
+    def then_terminate(self: Any, step: int) -> None:
+        checkpoint(self, step)
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, "training left SIGTERM to kill the process"
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop.Trainer, "_checkpoint", then_terminate)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(config("backbone", data, tmp_path / "run"))
+    assert isinstance(caught.value, TrainingInterrupted) and caught.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step-00000002" and not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_deferred_sigterm_waits_for_the_step_and_a_callers_handler_stays() -> None:
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("this process already handles SIGTERM")
+    with terminate_as_interrupt(deferred=True):  # under torchrun: every rank stops after the same step
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        assert interrupt_pending()
+        with pytest.raises(TrainingInterrupted):  # a second one stops at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+    assert not interrupt_pending() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    calls: list[int] = []
+
+    def mine(signum: int, frame: Any) -> None:
+        calls.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with terminate_as_interrupt():
+            assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, run: Path) -> None:
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not (run / "checkpoints" / "latest").is_file():
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+
+
+def test_sigterm_to_the_cli_names_the_intact_checkpoint(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "controlfoley.train", *cli_args("backbone", data, run, steps=5000, ckpt_every=1)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        _wait_for_checkpoint(proc, run)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert re.search(r"interrupted by SIGTERM: checkpoints are written atomically, so .*step-\d+ is intact; continue with the same command and --resume", err)
+    assert "Traceback" not in err
+    step = int((run / "checkpoints" / "latest").read_text()[5:])
+    assert train_main(["backbone", "--out", str(run), "--resume", "--stop-at", str(step + 1)]) == 0
+
+
+@pytest.mark.distributed
+def test_sigterm_and_preflight_errors_under_torchrun_stop_every_rank_with_one_message(data: Path, tmp_path: Path) -> None:
+    """As SLURM preempts: every process of the job gets SIGTERM. Each rank stops after the same
+    step (none left waiting in a collective), and the message comes once. A pre-flight error every
+    rank hits is printed once too."""
+    run = tmp_path / "run"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "controlfoley.train"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*torchrun, *cli_args("backbone", data, run, steps=5000, ckpt_every=1)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)  # fmt: skip
+    try:
+        _wait_for_checkpoint(proc, run)
+        os.killpg(proc.pid, signal.SIGTERM)
+        t0 = time.time()
+        _, err = proc.communicate(timeout=120)
+        took = time.time() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert err.count("interrupted by SIGTERM") == 1, err[-4000:]
+    assert took < 25, f"the ranks took {took:.0f} s to stop (torchrun kills them after 30): {err[-3000:]}"
+    bad = subprocess.run([*torchrun, *cli_args("backbone", tmp_path / "missing", tmp_path / "r2")], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode != 0 and bad.stderr.count("dataset folder not found") == 1, bad.stderr[-4000:]
+
+
+# -- 7. the Python API ------------------------------------------------------------------------------
+def test_read_metrics_takes_the_run_folder_and_a_second_train_names_resume_true(data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(config("backbone", data, run, steps=2))
+    rows = read_metrics(run, "train")
+    assert len(rows) == 2 and rows == read_metrics(run / "metrics.jsonl", "train")
+    with pytest.raises(TrainingError, match="is a folder but not a training run"):
+        read_metrics(data)
+    with pytest.raises(TrainingError, match="is not a metrics file"):
+        read_metrics(run / "model.safetensors")
+    with pytest.raises(TrainingError, match="does not exist; give a training run folder"):
+        read_metrics(tmp_path / "typo")
+    assert read_metrics(tmp_path / "later" / "metrics.jsonl") == []  # not written yet, as while polling a starting run
+    with pytest.raises(TrainingError, match=r"pass --resume to continue it \(Python: train\(cfg, resume=True\)\)"):
+        train(config("backbone", data, run, steps=2))
+
+
+def test_model_overrides_take_a_part() -> None:
+    from controlfoley import build_model
+    from controlfoley.builder import model_config
+
+    part = Part("plain1d", {})  # replaces the preset's aligner whole: plain1d's own default kernel size
+    cfg = config("controlnet", Path("d"), Path("o"), model_overrides={**micro_overrides(), "aligner": part})
+    assert cfg.model_overrides["aligner"] == {"name": "plain1d", "kernel_size": 3}
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+    assert model_config("specmaskfoley_tiny", **cfg.model_overrides).aligner.name == "plain1d"
+    torch.manual_seed(0)
+    a = build_model("specmaskfoley_tiny", **{**micro_overrides(), "aligner": part}).aligner.state_dict()
+    torch.manual_seed(0)
+    b = build_model("specmaskfoley_tiny", **cfg.model_overrides).aligner.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- 8. torchrun prints each message once -------------------------------------------------------------
+def test_cli_messages_come_once_under_torchrun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import controlfoley.train.loop as loop
+    from controlfoley.train.distributed import mark_reported
+
+    args = cli_args("backbone", tmp_path / "d", tmp_path / "run")
+
+    def raising(error: BaseException) -> Any:
+        def fake(*a: Any, **k: Any) -> dict:
+            raise error
+
+        return fake
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(loop, "train", raising(KeyboardInterrupt()))
+    assert train_main(args) == 130 and capsys.readouterr().err == ""  # Ctrl-C reaches every rank: rank 0 says it
+    monkeypatch.setattr(loop, "train", raising(mark_reported(DataError("every rank hit this"), 0)))
+    assert train_main(args) == 2 and capsys.readouterr().err == ""
+    monkeypatch.setattr(loop, "train", raising(DataError("only rank 1 hit this")))
+    assert train_main(args) == 2 and "error (rank 1): only rank 1 hit this" in capsys.readouterr().err
+    assert train_main([*args, "--num-workers", "-1"]) == 2 and capsys.readouterr().err == ""  # flags: local rank 0 of each node says it
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert train_main([*args, "--num-workers", "-1"]) == 2 and "num_workers (--num-workers) is -1" in capsys.readouterr().err
+
+
+def _agree_worker(rank: int, init_file: str, out_dir: str) -> None:
+    from controlfoley.train.distributed import DistInfo, agree_before_training, reported_by
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    info, results = DistInfo(rank, 2, rank, torch.device("cpu")), []
+    try:
+        for failing in ((1,), (0, 1), ()):
+            try:
+                agree_before_training(info, DataError("bad shard") if rank in failing else None)
+                results.append("ok")
+            except Exception as e:
+                results.append(f"{type(e).__name__}|{e}|{reported_by(e)}")
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results), encoding="utf-8")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_a_preflight_failure_stops_every_rank_and_is_printed_by_the_lowest_rank_that_hit_it(tmp_path: Path) -> None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_agree_worker, args=(r, str(tmp_path / "init"), str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text(encoding="utf-8")) for r in range(2))
+    # only rank 1 failed: it prints its own error; rank 0 stops too, quietly
+    assert r1[0] == "DataError|bad shard|None" and r0[0] == "TrainingError|rank 1 stopped before training: bad shard|1"
+    # both failed alike: rank 0 prints it, rank 1 does not repeat it
+    assert r0[1] == "DataError|bad shard|None" and r1[1] == "DataError|bad shard|0"
+    assert r0[2] == r1[2] == "ok"

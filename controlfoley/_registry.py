@@ -190,14 +190,18 @@ class Registry(Generic[T]):
         if not isinstance(name, str) or not name:
             raise RegistryError(f"{self.kind} registry: a name must be a non-empty string, got {name!r}")
 
-        # the built-ins first, always: a user part registered under a built-in's name before they
-        # loaded took the name, and the built-in's own registration then failed inside every later
-        # build_model, blaming the library; now the user's registration is the one refused, named
-        _load_builtins()
+        if override:
+            _load_builtins()  # an override replaces the built-in, which must be registered first
 
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
             if not callable(fn):
                 raise RegistryError(f"{self.kind} {name!r}: register a builder (a function or class returning the part), got {type(fn).__name__} {fn!r}")
+            if not str(getattr(fn, "__module__", "")).startswith("controlfoley."):
+                # a user part: the built-ins first, so a name they hold is refused here, named; before,
+                # the user's part took the name and the built-in's own registration then failed inside
+                # every later build_model, blaming the library. (A built-in registering itself while
+                # its module imports must not load the others: that import would be circular.)
+                _load_builtins()
             if name in self._entries and not override and not _same_definition(self._entries[name], fn):
                 raise RegistryError(
                     f"{self.kind} {name!r} is already registered (by {_qualname(self._entries[name])}). "

@@ -181,3 +181,13 @@ def test_a_user_part_under_a_builtin_name_is_refused_even_before_the_builtins_lo
     assert out.returncode == 0, out.stderr[-2000:]
     assert "refused: vocoder 'hifigan' is already registered (by controlfoley." in out.stdout and "override=True" in out.stdout
     assert "built GriffinLimVocoder" in out.stdout
+
+
+@pytest.mark.parametrize("first", ["controlfoley.audio.hifigan", "controlfoley.audio.vocoders", "controlfoley.control.aligners", "controlfoley.data.clap"])
+def test_importing_a_builtin_module_first_then_building_works(first: str) -> None:
+    """A fresh process (as CI's first test file) importing one built-in module before anything
+    else: its own registrations must not pull the other built-ins in mid-import (circular)."""
+    env = {k: v for k, v in os.environ.items() if k != "CONTROLFOLEY_PLUGINS"}
+    code = f"import {first}\nfrom controlfoley import build_model\nprint(type(build_model('specmaskfoley_tiny')).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and "SpecMaskFoley" in out.stdout, out.stderr[-2000:]

@@ -365,7 +365,8 @@ class FoleyPipeline:
         text, negative, rule = self._conditions(prompt, negative_prompt, guidance)
         codes = self.sample_tokens(plan, streams, text, negative, rule, steps=steps, cfg_scale=cfg_scale, seed=seed, temperature=temperature)
         mel = self.decode(codes, plan)
-        wav = run_vocoder(self.vocoder, mel[None])[0, : plan.n_samples].cpu()
+        with torch.no_grad():  # a vocoder override is called directly: no autograd graph through it (not inference_mode: users get a plain tensor)
+            wav = run_vocoder(self.vocoder, mel[None])[0, : plan.n_samples].cpu()
         peak = float(wav.abs().max()) if wav.numel() else 0.0
         if peak > 1.0:  # 16-bit files clip it: say so rather than write a square wave silently
             log.warning(

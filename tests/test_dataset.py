@@ -496,3 +496,13 @@ def test_list_clip_ids_do_not_depend_on_how_the_list_is_named(tmp_path: Path, mo
         assert extract.extract_main([*base, "--list", str(tmp_path / "media" / "l.tsv"), "--resume"]) == 0
     ds = ShardDataset(tmp_path / "ds")
     assert [ds.clip_id(i) for i in range(len(ds))] == ["a.wav", "b.wav", "c.wav"] and calls[0] == "a.wav"
+
+
+def test_a_file_given_as_the_dataset_is_named(tmp_path: Path) -> None:
+    from controlfoley.data.shards import ShardIndex
+
+    (tmp_path / "index.json").write_text("{}")
+    with pytest.raises(DataError, match=r"index.json is a file, not a dataset folder .*: pass its folder"):
+        ShardIndex.load(tmp_path / "index.json")
+    with pytest.raises(DataError, match="dataset folder not found"):
+        ShardIndex.load(tmp_path / "missing")

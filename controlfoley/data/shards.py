@@ -117,6 +117,9 @@ class ShardIndex:
     def load(cls, root: str | os.PathLike[str]) -> "ShardIndex":
         root = Path(root)
         path = root / INDEX_FILE
+        if root.is_file():
+            hint = f": pass its folder, {root.parent}" if root.name == INDEX_FILE else ""
+            raise DataError(f"{root} is a file, not a dataset folder (what `controlfoley extract --out DIR` writes){hint}")
         if not root.is_dir():
             raise DataError(f"dataset folder not found: {root}. Create it with `controlfoley extract --out {root} ...`")
         if not path.is_file():

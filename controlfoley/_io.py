@@ -4,6 +4,7 @@ A reader (or a resumed run) never sees a torn file: either the old file or the c
 """
 
 import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -40,19 +41,18 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
         raise
 
 
-def _swap_umask() -> int:
+@functools.cache
+def _swapped_umask() -> int:
+    """Where /proc cannot tell: read by setting it and back, once per process."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-_UMASK_AT_IMPORT = _swap_umask()  # reading the umask means setting it: done once, at import
-
-
 def _umask() -> int:
     """The process umask, read without changing it (Linux: /proc/self/status): setting it to read
     it would give files another thread creates in between world-writable permissions. Elsewhere
-    the value at import."""
+    it is swapped once and remembered."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -60,7 +60,7 @@ def _umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    return _UMASK_AT_IMPORT
+    return _swapped_umask()
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -66,6 +66,7 @@ def _load_with_stand_ins(path: Path) -> Any | None:
     except Exception:
         return None
 
+
 def _refusal(e: Exception) -> str:
     """One plain line of torch's refusal: the unpickler's own reason where torch names it."""
     text = strip_ansi(str(e))

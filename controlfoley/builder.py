@@ -13,7 +13,6 @@ Features
 """
 
 import dataclasses
-import inspect
 import json
 import numbers
 import os
@@ -30,7 +29,6 @@ from controlfoley._registry import (
     CONTROL_ENCODERS,
     GUIDANCE,
     MEL_FRONTENDS,
-    PRESETS,
     TOKENIZERS,
     VOCODERS,
     Registry,
@@ -41,6 +39,7 @@ from controlfoley.control.controlnet import ControlNet
 from controlfoley.errors import RandomWeightsWarning
 from controlfoley.guidance import GuidanceRule
 from controlfoley.model import SpecMaskFoley
+from controlfoley.presets import get_preset
 from controlfoley.sampling import MaskGITSampler
 from controlfoley.tokenizers.base import Tokenizer
 
@@ -248,12 +247,12 @@ def builder_defaults(cfg: ModelConfig) -> dict[str, dict[str, Any]]:
             continue
         skip = WIRED_ARGS | set(part.kwargs) | set(weight_args(registry, part))
         try:
-            params = inspect.signature(registry.get(part.name)).parameters.values()
-        except (TypeError, ValueError):
+            params = registry.accepted_args(part.name).values()
+        except (TypeError, ValueError):  # a builder without a signature
             continue
         found = {}
         for prm in params:
-            if prm.name in skip or prm.default is inspect.Parameter.empty or prm.kind in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD):
+            if prm.name in skip or prm.default is prm.empty:
                 continue
             try:
                 found[prm.name] = json.loads(json.dumps(prm.default))
@@ -329,22 +328,6 @@ def model_config(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConf
     return cfg.override(**overrides) if overrides else cfg
 
 
-def _preset_config(name: str) -> ModelConfig:
-    """The config a preset builder returns: a ModelConfig, or its dict (what `to_dict` writes)."""
-    cfg = PRESETS.build(name)
-    if isinstance(cfg, ModelConfig):
-        return cfg
-    if isinstance(cfg, Mapping):
-        try:
-            return ModelConfig.from_dict(cfg)
-        except ConfigError as e:
-            raise ConfigError(f"preset {name!r} returned a dict that is not a model config: {e}") from None
-    raise ConfigError(
-        f"preset {name!r} returned a {type(cfg).__name__}; a preset builder returns a ModelConfig (e.g. "
-        "get_preset('specmaskfoley_tiny').override(...)) or its dict"
-    )
-
-
 def _resolve_config(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConfig") -> ModelConfig:
     if isinstance(config, ModelConfig):
         return config
@@ -366,5 +349,5 @@ def _resolve_config(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelC
             "untrained model, to load a checkpoint's weights use controlfoley.from_pretrained(path)"
         )
     if isinstance(config, str):
-        return _preset_config(config)
+        return get_preset(config)
     raise ConfigError(f"build_model takes a preset name, a .json config file, a config dict or a ModelConfig, got {type(config).__name__}")

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from controlfoley.errors import ConfigError, ControlFoleyError, RegistryError, strip_ansi
+from controlfoley._io import check_writable_folder
+from controlfoley.errors import ConfigError, ControlFoleyError, RegistryError, one_line
 from controlfoley.typing import Tensor
 
 __all__ = ["demo_main", "mel_png"]
@@ -115,12 +116,6 @@ def _check_index(index: int) -> None:
         raise ConfigError(f"--index {index}: the test split's clips are numbered 0 to {_SPLIT_SIZE - 1}; give one in that range (default 7)")
 
 
-def _check_writable(out: Path) -> None:
-    from controlfoley._io import check_writable_folder
-
-    check_writable_folder(out, "--out")
-
-
 def run_demo(out: Path, model: str | None = None, index: int = 7, seed: int = 0) -> dict[str, object]:
     """`model` None: the shipped specmaskfoley_synthetic weights (an untrained model if they are missing)."""
     from controlfoley.audio.io import save_audio
@@ -130,7 +125,7 @@ def run_demo(out: Path, model: str | None = None, index: int = 7, seed: int = 0)
 
     t0 = time.time()
     _check_index(index)  # the cheap checks first, before the model loads
-    _check_writable(out)
+    check_writable_folder(out, "--out")
     pipe, trained = _load_pipeline(model)
     m = pipe.model
     world = SyntheticWorld(seed=0, duration_s=m.n_samples / m.sample_rate)
@@ -165,6 +160,6 @@ def demo_main(argv: Sequence[str] | None = None) -> int:
     try:
         run_demo(Path(args.out), args.model, args.index, args.seed)
     except (ControlFoleyError, ConfigError, RegistryError, ValueError, OSError) as e:
-        print("error: " + " ".join((strip_ansi(str(e)).strip() or type(e).__name__).split()), file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0

@@ -30,6 +30,25 @@ def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
 
+_REPORTED_BY = "controlfoley_reported_by"  # attribute of an exception: the rank that prints it
+
+
+def mark_reported(error: BaseException, rank: int) -> BaseException:
+    """Mark `error` as printed by rank `rank` of a torchrun job (which hit it too); returns it."""
+    setattr(error, _REPORTED_BY, rank)
+    return error
+
+
+def reported_by(error: BaseException) -> int | None:
+    """The rank that prints `error` when another rank than this one does; None: this rank prints it."""
+    return getattr(error, _REPORTED_BY, None)
+
+
+def one_line(e: BaseException) -> str:
+    """An error as the CLIs print it: one line, no terminal codes (its type's name if it says nothing)."""
+    return " ".join((strip_ansi(str(e)).strip() or type(e).__name__).split())
+
+
 class ControlFoleyError(Exception):
     """Base of the library's own errors (ConfigError and RegistryError also derive from builtins)."""
 

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from controlfoley._io import atomic_write_text, check_writable_folder
-from controlfoley.errors import ConfigError, ControlFoleyError, RegistryError, strip_ansi
+from controlfoley.errors import ConfigError, ControlFoleyError, RegistryError, one_line
 
 __all__ = ["SCALES", "Scale", "run_synthetic", "experiment_main"]
 
@@ -312,7 +312,7 @@ def experiment_main(argv: Sequence[str] | None = None) -> int:
     try:
         report = run_synthetic(args.out, args.scale, results=args.results, install_weights=args.install_weights)
     except (ControlFoleyError, ConfigError, RegistryError, OSError) as e:
-        print("error: " + " ".join((strip_ansi(str(e)).strip() or type(e).__name__).split()), file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     print(report["table"])
     return 0

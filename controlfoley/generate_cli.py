@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from controlfoley._io import check_writable_folder
 from controlfoley.config import parse_spec  # re-exported: it lives beside parse_overrides
 
 __all__ = ["main", "parse_spec"]
@@ -144,20 +145,6 @@ def _build_pipeline(args: argparse.Namespace, extractors: dict[str, Any], vocode
     return pipe
 
 
-def _one_line(e: BaseException) -> str:
-    from controlfoley.errors import strip_ansi
-
-    text = strip_ansi(str(e)).strip() or type(e).__name__
-    return " ".join(text.split())
-
-
-def _check_writable(folder: Path) -> None:
-    """Fail early (before minutes of sampling) when the output folder cannot take new files."""
-    from controlfoley._io import check_writable_folder
-
-    check_writable_folder(folder, "--out")
-
-
 def _outputs(videos: Sequence[str], out: Path, fmt: str) -> list[tuple[Path, Path]]:
     """(audio path, video path) per input; repeated stems get -2, -3, ... (never a name already taken)."""
     used: set[str] = set()
@@ -223,18 +210,18 @@ def _write(video: Path, result: Any, audio_path: Path, video_path: Path) -> None
 
 
 def _run_one(pipe: Any, args: argparse.Namespace, video: Path, paths: tuple[Path, Path]) -> dict[str, Any]:
-    from controlfoley.errors import ControlFoleyError, RegistryError
+    from controlfoley.errors import ControlFoleyError, RegistryError, one_line
 
     row: dict[str, Any] = {"file": str(video), "duration": None, "windows": None}
     t0 = time.perf_counter()
     try:
-        _check_writable(args.out)
+        check_writable_folder(args.out, "--out")
         result = pipe(video, args.prompt, args.negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed, guidance=args.rule)
         row.update(duration=result.duration_s, windows=len(result.windows))
         _write(video, result, *paths)
         row["status"], row["output"] = "ok", f"{paths[0].name}, {paths[1].name}"
     except (ControlFoleyError, RegistryError, OSError, ValueError) as e:
-        msg = _one_line(e)
+        msg = one_line(e)
         row["status"] = "error: " + (msg if msg.startswith(str(video)) else f"{video}: {msg}")
     row["time"] = time.perf_counter() - t0
     return row
@@ -265,20 +252,20 @@ def main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     from tqdm import tqdm
 
-    from controlfoley.errors import ControlFoleyError, RegistryError
+    from controlfoley.errors import ControlFoleyError, RegistryError, one_line
 
     videos = [Path(v) for v in args.videos]
     pairs = _outputs(args.videos, args.out, args.format)
     try:  # every check of the command line runs once, cheapest first, before any sampling
         _check_numbers(args)
         if args.out.exists() and not args.out.is_dir():  # before the model loads (writability is checked per file)
-            _check_writable(args.out)
+            check_writable_folder(args.out, "--out")
         _check_device(args.device)
         extractors, vocoder = _extractor_specs(args.extractor), _vocoder_spec(args.vocoder)
         pipe = _build_pipeline(args, extractors, vocoder)  # a bad name or file is reported before a clash of outputs
         _check_outputs(videos, pairs, overwrite=args.overwrite)
     except (ControlFoleyError, RegistryError, ValueError, OSError) as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     rows = []
     for video, paths in tqdm(list(zip(videos, pairs, strict=True)), desc="generate", unit="file", disable=None):

@@ -144,13 +144,13 @@ class SpecMaskFoley(nn.Module):
         if not isinstance(features, Mapping):
             raise ShapeError(f"features must be a dict of name -> [batch, frames, dim] tensors, got {type(features).__name__}")
         feats = {k: self._as_input(v, f"video feature {k!r}") for k, v in features.items()}
-        enc_name = self.config.control_encoder.name if self.config.control_encoder is not None else "?"
         try:
             encoded = self.control_encoder(feats)
         except RuntimeError as e:  # the built-ins check their inputs; a user encoder may not: name the part and what it got
             if isinstance(e, torch.OutOfMemoryError) or not any(w in str(e) for w in ("shape", "size")):
                 raise
             shapes = {k: list(v.shape) for k, v in feats.items()}
+            enc_name = self.config.control_encoder.name if self.config.control_encoder is not None else "?"
             raise ShapeError(
                 f"control encoder {enc_name!r} failed on video features {shapes}: {str(e).splitlines()[0]}; do the feature widths "
                 "match what it was built for? (declare them as its `feature_dims` to have them checked up front)"
@@ -339,6 +339,12 @@ class SpecMaskFoley(nn.Module):
         text, negative_text = self._as_text(text), self._as_text(negative_text, "negative_text")
         control = self.encode_control(features) if (features is not None and self.has_control) else None
         b = _batch_of(control, text, known_codes, batch_size, negative_text)
+        for name, t in (("known_codes", known_codes), ("known_mask", known_mask)):
+            if t is not None and tuple(t.shape) != (b, *self.grid):
+                raise ShapeError(
+                    f"{name} must be a token map [batch, F, T] = {[b, *self.grid]} (the tokenizer's grid, as decode/encode "
+                    f"use it), got {list(t.shape)}" + ("; it looks transposed: pass .transpose(1, 2)" if tuple(t.shape) == (b, *self.grid[::-1]) else "")
+                )
         self._check_rule_inputs(rule, control, text)
         scale = rule.scale if cfg_scale is None else float(cfg_scale)
         rows = _RowPlan(rule.conditions, b, text, negative_text, control, self.device)
@@ -352,12 +358,6 @@ class SpecMaskFoley(nn.Module):
             self, rule, scale, rows.kwargs, rows.n_sets, zero_scale_rows=zero_rows, static_shapes=static_shapes, compile=compile,
             captured=cuda_graph,
         )
-        for name, t in (("known_codes", known_codes), ("known_mask", known_mask)):
-            if t is not None and tuple(t.shape) != (b, *self.grid):
-                raise ShapeError(
-                    f"{name} must be a token map [batch, F, T] = {[b, *self.grid]} (the tokenizer's grid, as decode/encode "
-                    f"use it), got {list(t.shape)}" + ("; it looks transposed: pass .transpose(1, 2)" if tuple(t.shape) == (b, *self.grid[::-1]) else "")
-                )
         known = None if known_codes is None else known_codes.reshape(b, -1)
         known_at = None if known_mask is None else known_mask.reshape(b, -1)
         weights = param_dtype(self.backbone, torch.float32)
@@ -494,8 +494,8 @@ def run_vocoder(vocoder: nn.Module, mel: Float[Tensor, "b m n"]) -> Float[Tensor
     vocoder with weights gets the mel on its own device (one kept on the CPU beside a CUDA model,
     say); the waveform comes back on the mel's device."""
     p = next((p for p in vocoder.parameters() if p.is_floating_point()), None)
-    on = mel.device if p is None else p.device
-    return vocoder(mel.to(on, param_dtype(vocoder, torch.float32))).float().to(mel.device)
+    on, dtype = (mel.device, torch.float32) if p is None else (p.device, p.dtype)
+    return vocoder(mel.to(on, dtype)).float().to(mel.device)
 
 
 def param_dtype(module: nn.Module, default: torch.dtype) -> torch.dtype:

@@ -427,14 +427,11 @@ class FoleyPipeline:
         prompt, negative_prompt = prompt_text(prompt), prompt_text(negative_prompt)
         text = self.encode_text(prompt) if prompt else None
         negative = self.encode_text(negative_prompt) if negative_prompt else None
+        rule = self.model.resolve_guidance(guidance)  # the model's own for None
+        if text is not None and not rule.needs_text:
+            log.warning("the prompt is not used: guidance %s has no text condition (pass guidance='multi' or 'cfg_text_video' to follow it)", rule)
         if guidance is not None:  # the caller's choice, as is (a rule that needs text then needs a prompt)
-            chosen = self.model.resolve_guidance(guidance)
-            if text is not None and not any(c.text for c in chosen.conditions):
-                log.warning("the prompt is not used: guidance %s has no text condition (use multi or cfg_text_video to follow it)", chosen)
-            return text, negative, chosen
-        rule = self.model.guidance
-        if text is not None and not any(c.text for c in rule.conditions):
-            log.warning("the prompt is not used: the model's guidance %s has no text condition (pass guidance='multi' to follow it)", rule)
+            return text, negative, rule
         if text is None and rule.needs_text:
             if not self._warned_no_prompt:
                 log.warning("no prompt: guidance %s needs text, so video-only CFG ('cfg_video') samples instead", rule)

@@ -12,10 +12,11 @@
 Variants are overrides of a base preset, so they cannot drift from it.
 """
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from controlfoley._registry import PRESETS
-from controlfoley.config import ModelConfig, Part, SamplerConfig
+from controlfoley.config import ConfigError, ModelConfig, Part, SamplerConfig
 
 __all__ = ["get_preset", "list_presets", "pretrained_path", "PRETRAINED"]
 
@@ -133,9 +134,20 @@ def specmaskfoley_synthetic() -> ModelConfig:
 
 
 def get_preset(name: str) -> ModelConfig:
-    from controlfoley.builder import _preset_config  # checks what a (user) preset builder returned
-
-    return _preset_config(name)
+    """The config preset `name` gives: its builder returns a ModelConfig, or its dict (what `to_dict`
+    writes); anything else is a ConfigError naming the preset (a user preset's mistake)."""
+    cfg = PRESETS.build(name)
+    if isinstance(cfg, ModelConfig):
+        return cfg
+    if isinstance(cfg, Mapping):
+        try:
+            return ModelConfig.from_dict(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"preset {name!r} returned a dict that is not a model config: {e}") from None
+    raise ConfigError(
+        f"preset {name!r} returned a {type(cfg).__name__}; a preset builder returns a ModelConfig (e.g. "
+        "get_preset('specmaskfoley_tiny').override(...)) or its dict"
+    )
 
 
 def list_presets(pattern: str = "*") -> list[str]:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controlfoley import ConfigError, ModelConfig, Part, PRESETS
+from controlfoley import PRESETS, ConfigError, ModelConfig, Part, build_model
 from controlfoley.presets import get_preset
 
 
@@ -119,8 +119,6 @@ print("round trip", ModelConfig.from_json(cfg.to_json()) == cfg)
 
 
 def test_build_model_from_a_config_file_or_dict(tmp_path) -> None:
-    from controlfoley import build_model
-
     cfg = build_model("specmaskfoley_tiny", backbone={"depth": 4}, sampler={"steps": 4}).config
     (tmp_path / "cfg.json").write_text(cfg.to_json(), encoding="utf-8")
     assert build_model(tmp_path / "cfg.json").config == cfg == build_model(str(tmp_path / "cfg.json")).config
@@ -171,8 +169,6 @@ def test_part_kwargs_are_read_only_but_copy_pickle_and_hash() -> None:
 
 
 def test_preset_builders_returning_a_dict_or_the_wrong_thing_and_checkpoints_given_to_build_model(tmp_path) -> None:
-    from controlfoley import PRESETS, build_model
-
     PRESETS.register("test_as_dict")(lambda: get_preset("specmaskfoley_tiny").to_dict())
     PRESETS.register("test_returns_int")(lambda: 42)
     try:
@@ -184,6 +180,6 @@ def test_preset_builders_returning_a_dict_or_the_wrong_thing_and_checkpoints_giv
         PRESETS.unregister("test_returns_int")
     ckpt = tmp_path / "run"
     ckpt.mkdir()
-    for given in (ckpt, str(tmp_path / "m.safetensors")):
+    for path in (ckpt, str(tmp_path / "m.safetensors")):
         with pytest.raises(ConfigError, match=r"not a preset or a \.json config.*controlfoley\.from_pretrained\(path\)"):
-            build_model(given)
+            build_model(path)

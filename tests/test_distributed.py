@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from conftest import micro_overrides
 from test_train import config, final_state, losses, write_data
 
+from controlfoley.errors import DataError
 from controlfoley.train import train
 from controlfoley.train.metrics import read_metrics
 
@@ -22,6 +24,25 @@ def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "controlfoley.train", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CONTROLFOLEY_TYPECHECK": "1"}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def run_ranks(target: Any, *args: Any, n: int = 2, timeout: float = 120) -> list[int | None]:
+    """Run `target(rank, *args)` in `n` spawned processes; their exit codes. A rank still alive
+    after `timeout` (stuck in a collective) is killed and fails the test."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=(r, *args)) for r in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+    hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert not hung, f"rank(s) {hung} hung (in a collective?)"
+    return [p.exitcode for p in procs]
 
 
 def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
@@ -75,20 +96,7 @@ def _restart_worker(rank: int, init_file: str, out_dir: str) -> None:
 
 
 def test_codebook_restart_agrees_across_ranks(tmp_path: Path) -> None:
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_restart_worker, args=(r, str(tmp_path / "init"), str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    alive = [p.is_alive() for p in procs]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    assert not any(alive), "a rank hung in the codebook restart's collective"
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert run_ranks(_restart_worker, str(tmp_path / "init"), str(tmp_path)) == [0, 0]  # none hung in the restart's collective
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert r0["moved_none"] == r1["moved_none"] == 0 and r0["unchanged"] and r1["unchanged"]
     assert r0["moved"] == r1["moved"] == 1
@@ -115,26 +123,41 @@ def _lock_worker(rank: int, init_file: str, run_dir: str, out_dir: str) -> None:
 def test_a_locked_run_stops_every_rank(tmp_path: Path) -> None:
     """While another trainer holds the run folder, rank 0 is refused the lock and every rank stops
     with the same error (the others must not go on into DDP set-up and wait there)."""
-    import multiprocessing as mp
-
     from controlfoley.train.checkpoints import RunDir
 
-    ctx = mp.get_context("spawn")
     with RunDir(tmp_path / "run").lock():
-        procs = [ctx.Process(target=_lock_worker, args=(r, str(tmp_path / "init"), str(tmp_path / "run"), str(tmp_path))) for r in range(2)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0]
+        assert run_ranks(_lock_worker, str(tmp_path / "init"), str(tmp_path / "run"), str(tmp_path)) == [0, 0]
     results = [(tmp_path / f"rank{r}.txt").read_text(encoding="utf-8") for r in range(2)]
     assert results[0] == results[1] and "is in use by another training process" in results[0]
     # any failure of rank 0 stops both: here the run folder's path is a file
     (tmp_path / "afile").write_text("x", encoding="utf-8")
-    procs = [ctx.Process(target=_lock_worker, args=(r, str(tmp_path / "init2"), str(tmp_path / "afile"), str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert procs[1].exitcode == 0 and procs[0].exitcode != 0  # rank 0 re-raises its own error
+    codes = run_ranks(_lock_worker, str(tmp_path / "init2"), str(tmp_path / "afile"), str(tmp_path))
+    assert codes[1] == 0 and codes[0] != 0  # rank 0 re-raises its own error
     assert "rank 0 could not open the run folder" in (tmp_path / "rank1.txt").read_text(encoding="utf-8")
+
+
+def _agree_worker(rank: int, init_file: str, out_dir: str) -> None:
+    from controlfoley.train.distributed import DistInfo, agree_before_training, reported_by
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    info, results = DistInfo(rank, 2, rank, torch.device("cpu")), []
+    try:
+        for failing in ((1,), (0, 1), ()):
+            try:
+                agree_before_training(info, DataError("bad shard") if rank in failing else None)
+                results.append("ok")
+            except Exception as e:
+                results.append(f"{type(e).__name__}|{e}|{reported_by(e)}")
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results), encoding="utf-8")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_preflight_failure_stops_every_rank_and_is_printed_by_the_lowest_rank_that_hit_it(tmp_path: Path) -> None:
+    assert run_ranks(_agree_worker, str(tmp_path / "init"), str(tmp_path)) == [0, 0]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text(encoding="utf-8")) for r in range(2))
+    # only rank 1 failed: it prints its own error; rank 0 stops too, quietly
+    assert r1[0] == "DataError|bad shard|None" and r0[0] == "TrainingError|rank 1 stopped before training: bad shard|1"
+    # both failed alike: rank 0 prints it, rank 1 does not repeat it
+    assert r0[1] == "DataError|bad shard|None" and r1[1] == "DataError|bad shard|0"
+    assert r0[2] == r1[2] == "ok"

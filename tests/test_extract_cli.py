@@ -12,20 +12,17 @@ from controlfoley.data.shards import ShardIndex, ShardWriter
 from controlfoley.errors import ConfigError, DataError
 
 
-def _wav(path: Path, seconds: float = 1.0) -> Path:
+def _wav(path: Path) -> Path:
     import soundfile as sf
 
-    sf.write(path, 0.1 * torch.randn(int(22050 * seconds), generator=torch.Generator().manual_seed(0)).numpy(), 22050)
+    sf.write(path, 0.1 * torch.randn(22050, generator=torch.Generator().manual_seed(0)).numpy(), 22050)
     return path
 
 
 def _video_with_audio(path: Path) -> Path:
-    from controlfoley.data.synthetic import SyntheticWorld
-    from controlfoley.video import mux_audio, write_video
+    from controlfoley.data.synthetic import SyntheticWorld, write_clip_mp4
 
-    clip = SyntheticWorld(seed=0, duration_s=1.0).clip(0)
-    silent = write_video(path.with_name("silent-" + path.name), clip.frames, clip.fps)
-    return mux_audio(silent, clip.audio, clip.sample_rate, path).path
+    return write_clip_mp4(SyntheticWorld(seed=0, duration_s=1.0).clip(0), path)
 
 
 def _no_media_reads(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -154,18 +154,22 @@ def test_prune_rows_with_negative_prompt_keeps_tokens(model):
 
 
 @pytest.mark.parametrize("prune_rows", [True, False])
-def test_a_negative_prompt_does_not_steer_unguided_steps(model, prune_rows, caplog):
+def test_a_negative_prompt_does_not_steer_unguided_steps(model, prune_rows):
     """At CFG scale 0 there is no guidance: the tokens are the unconditional model's, with or
-    without a negative prompt (which would otherwise BE the sampled condition at those steps), and
-    a rule without guidance ignores it, saying so."""
-    import logging
-
+    without a negative prompt (which would otherwise BE the sampled condition at those steps)."""
     x = micro_inputs(model, b=2)
     neg = torch.randn(2, model.backbone.cond_dim, generator=torch.Generator().manual_seed(9))
     plain = fast_generate(model, x, "multi", 4, 1, cfg_scale=0.0, prune_rows=prune_rows)
     assert torch.equal(fast_generate(model, x, "multi", 4, 1, cfg_scale=0.0, prune_rows=prune_rows, negative_text=neg), plain)
     # at guided steps it does change the tokens (the check above is not vacuous)
-    assert not torch.equal(fast_generate(model, x, "multi", 4, 1, negative_text=neg), fast_generate(model, x, "multi", 4, 1))
+    guided = fast_generate(model, x, "multi", 4, 1, prune_rows=prune_rows)
+    assert not torch.equal(fast_generate(model, x, "multi", 4, 1, prune_rows=prune_rows, negative_text=neg), guided)
+
+
+def test_a_rule_without_guidance_ignores_a_negative_prompt_and_says_so(model, caplog):
+    import logging
+
+    neg = torch.randn(2, model.backbone.cond_dim, generator=torch.Generator().manual_seed(9))
     alone = GUIDANCE.build("none", condition="uncond")
     with caplog.at_level(logging.WARNING, logger="controlfoley.model"):
         got = model.generate(None, None, negative_text=neg, batch_size=2, guidance=alone, steps=3, generator=torch.Generator().manual_seed(0))

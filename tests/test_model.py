@@ -544,8 +544,6 @@ def test_a_seed_for_a_generator_and_a_1d_waveform_are_named(micro_model) -> None
 def test_control_parts_added_to_a_backbone_checkpoint_copy_the_loaded_backbone(tmp_path) -> None:
     """from_pretrained(backbone checkpoint, strict=False, control parts added): the ControlNet must
     start as a copy of the LOADED backbone's first blocks, not of the randomly built one."""
-    import warnings
-
     from controlfoley.presets import get_preset
 
     torch.manual_seed(1)
@@ -555,8 +553,7 @@ def test_control_parts_added_to_a_backbone_checkpoint_copy_the_loaded_backbone(t
             p.add_(0.1 * torch.randn_like(p))  # a "pretrained" backbone, unlike any built one
     path = bb.save(tmp_path / "bb.safetensors")
     full = get_preset("specmaskfoley_tiny")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the strict=False count of parts left at their built weights
+    with pytest.warns(UserWarning, match=r"loaded with strict=False: .* keep their built \(untrained\) weights"):
         m = from_pretrained(path, strict=False, control_encoder=full.control_encoder, aligner=full.aligner, controlnet=full.controlnet, guidance=full.guidance)
     for i, blk in enumerate(m.controlnet.blocks):
         for k, v in blk.state_dict().items():
@@ -568,7 +565,6 @@ def test_sampling_runs_in_eval_mode_and_loading_gives_an_eval_model(tmp_path) ->
     """A part with dropout (a user's plugin, say) must not make sampling random beyond its
     generator: generate runs every module in eval mode and puts each one's mode back; from_pretrained
     returns an eval model, as diffusers' does."""
-    from conftest import micro_overrides
     from torch import nn
 
     torch.manual_seed(0)

@@ -770,7 +770,7 @@ def test_result_outputs_name_what_is_wrong(media: dict[str, Path], tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "long.mp4", "own.mp4"]  # nothing half-written
 
 
-def test_a_prompt_the_guidance_does_not_use_is_reported(media: dict[str, Path], caplog: pytest.LogCaptureFixture, tmp_path: Path, capsys: pytest.CaptureFixture[str], model_file: Path) -> None:
+def test_a_prompt_the_guidance_does_not_use_is_reported(media: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
     p = _pipeline(micro_model())
     with caplog.at_level(logging.WARNING, logger="controlfoley.pipeline"):
         p(media["tiny"], prompt="bell", steps=1, guidance="cfg_video")
@@ -779,6 +779,9 @@ def test_a_prompt_the_guidance_does_not_use_is_reported(media: dict[str, Path], 
     with caplog.at_level(logging.WARNING, logger="controlfoley.pipeline"):
         p(media["tiny"], prompt="bell", steps=1)  # the model's multi-CFG reads it
     assert "not used" not in caplog.text
+
+
+def test_cli_out_naming_a_file_is_refused_before_the_model_loads(model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "taken"
     blocker.write_text("")
     assert cli.main(["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(blocker)]) == 2

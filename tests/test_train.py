@@ -203,11 +203,10 @@ def test_codebook_restarts_are_counted_over_each_log_interval(tmp_path: Path) ->
 def test_codebook_restarts_happen_for_a_negative_seed_too() -> None:
     """The restart seed marks "no restart" with -1: a negative --seed made every step's seed
     negative, and restarts never ran."""
+    from controlfoley import build_model
     from controlfoley.train.recipes import get_recipe
 
     recipe = get_recipe("tokenizer")
-    from controlfoley import build_model
-
     model = build_model("specmaskgit_tiny")
     for seed in (-1, -7, 0, 3):
         cfg = TrainConfig.for_recipe("tokenizer", preset="p", data="d", out="o", seed=seed, codebook_restart_every=2)

@@ -48,7 +48,7 @@ from controlfoley.config import parse_overrides, parse_spec
 from controlfoley.control.encoders import check_widths
 from controlfoley.data.extractors import build_extractor
 from controlfoley.data.shards import ShardIndex, ShardWriter
-from controlfoley.errors import ControlFoleyError, DataError, MediaError
+from controlfoley.errors import ControlFoleyError, DataError, MediaError, one_line
 from controlfoley.typing import Tensor
 
 __all__ = ["Extraction", "extract_synthetic", "extract_files", "extract_main", "build_parser", "AUDIO_SUFFIXES"]
@@ -142,7 +142,7 @@ class Extraction:
             taker=f"preset {preset!r}",
             error=DataError,
         )
-        has_control = bool(getattr(self.model, "has_control", False))
+        has_control = self.model.has_control
         self.control_keys: tuple[str, ...] = tuple(str(k) for k in self.model.control_encoder.required_features) if has_control else ()
         missing = self.missing_control_features(keys)
         if self.video and missing:  # some video features, not all: meant for the controlnet recipe, which would refuse it
@@ -433,13 +433,14 @@ def extract_files(
             f"{len(audio_only)} input(s) are audio files: {listing(audio_only)}; {no_video}, remove them from the inputs, "
             "or pass skip_bad=True (--skip-bad) to leave them out (listed in skipped.tsv)"
         )
+    encoded: dict[str, Tensor] = {}  # tag string -> its vector, when a fixed vocabulary let them all be encoded up front
     if tags is not None and getattr(ex.clap, "tags", None) is not None:  # a fixed vocabulary: check every line now
         bad: dict[str, str] = {}
         for t in dict.fromkeys(tags):
             try:
-                ex.clap.encode_text([t])
+                encoded[t] = ex.clap.encode_text([t])[0]
             except (ControlFoleyError, ValueError, KeyError) as e:
-                bad[t] = " ".join(str(e).split())
+                bad[t] = one_line(e)
         lines = [i for i, t in enumerate(tags) if t in bad]
         if lines:
             shown = "; ".join(f"{label(i)}: {bad[tags[i]]}" for i in lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")
@@ -449,6 +450,8 @@ def extract_files(
             )
 
     def encode_tags(i: int) -> Tensor:
+        if tags[i] in encoded:
+            return encoded[tags[i]]
         try:
             return ex.clap.encode_text([tags[i]])[0]
         except (ControlFoleyError, ValueError, KeyError) as e:  # an open-vocabulary extractor, checked only here

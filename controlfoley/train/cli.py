@@ -33,7 +33,7 @@ from typing import Any
 
 from controlfoley._registry import RegistryError
 from controlfoley.config import ConfigError, parse_overrides
-from controlfoley.errors import ControlFoleyError
+from controlfoley.errors import ControlFoleyError, mark_reported, reported_by
 from controlfoley.train.config import DERIVED_KEY, RECIPE_DEFAULTS, RECIPES, TrainConfig
 
 __all__ = ["main", "build_parser", "add_train_subcommands", "config_from_args", "run_from_args"]
@@ -158,7 +158,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
     except (ConfigError, RegistryError, ControlFoleyError) as e:
         # from the flags and files alone: every rank of a node hits it alike; one per node prints it
-        raise e if _local_rank() == 0 else _mark_reported(e, 0)
+        raise e if _local_rank() == 0 else mark_reported(e, 0)
     if args.print_config:
         print(_printed_config(cfg, args))
         return 0
@@ -227,12 +227,6 @@ def _printed_config(cfg: TrainConfig, args: argparse.Namespace) -> str:
     return json.dumps(d, indent=2, sort_keys=True)
 
 
-def _mark_reported(error: BaseException, rank: int) -> BaseException:
-    from controlfoley.train.distributed import mark_reported
-
-    return mark_reported(error, rank)
-
-
 def _derived(fields: dict[str, Any]) -> dict[str, Any]:
     note = fields.pop(DERIVED_KEY, None)
     return note if isinstance(note, dict) else {}
@@ -251,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (ControlFoleyError, ConfigError, RegistryError) as e:
-        by, rank = getattr(e, "controlfoley_reported_by", None), _rank()  # distributed.mark_reported (importing it imports torch)
+        by, rank = reported_by(e), _rank()
         if by is None or by == rank:  # under torchrun each message once, by the lowest rank that hit it
             print(f"error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
         return 2

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
-from controlfoley.errors import TrainingError
+from controlfoley.errors import TrainingError, mark_reported, reported_by  # re-exported here
 
 __all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "barrier", "shutdown", "agree_before_training", "mark_reported", "reported_by"]
 
-_REPORTED_BY = "controlfoley_reported_by"  # attribute of an exception: the rank that prints it
 
 
 @dataclass(frozen=True)
@@ -81,17 +80,6 @@ def barrier(info: DistInfo) -> None:
 def shutdown(info: DistInfo) -> None:
     if info.distributed and tdist.is_initialized():
         tdist.destroy_process_group()
-
-
-def mark_reported(error: BaseException, rank: int) -> BaseException:
-    """Mark `error` as printed by rank `rank` (which hit it too); returns it."""
-    setattr(error, _REPORTED_BY, rank)
-    return error
-
-
-def reported_by(error: BaseException) -> int | None:
-    """The rank that prints `error` when another rank than this one does; None: this rank prints it."""
-    return getattr(error, _REPORTED_BY, None)
 
 
 def agree_before_training(info: DistInfo, failure: Exception | None) -> None:

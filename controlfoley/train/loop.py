@@ -331,7 +331,7 @@ class Trainer:
                 (loss * (info.world_size / plan.denom)).backward()
             _accumulate(totals, stats)
         if info.distributed:  # a SIGTERM any rank received: every rank stops after this same collective
-            totals["_interrupt"] = torch.tensor(float(interrupt_pending()), device=info.device)
+            totals["_interrupt"] = torch.full((), float(interrupt_pending()), device=info.device)  # a fill, not a host copy
         reduced = self._reduce(totals)
         if float(reduced.pop("_interrupt", 0.0)) > 0:
             raise TrainingInterrupted(signal.SIGTERM)

@@ -143,11 +143,12 @@ def _model_file(path: Path) -> Path | None:
 
 def _run_config(model: Path) -> dict[str, Any] | None:
     """config.json of the run holding `model` (RUN/model.safetensors or RUN/checkpoints/step-N/model.safetensors)."""
-    for run in (model.parent, model.parent.parent.parent):
-        path = run / "config.json"
-        if path.is_file() and (run / "checkpoints").is_dir():
+    from controlfoley.train.checkpoints import RunDir
+
+    for run in (RunDir(model.parent), RunDir(model.parent.parent.parent)):
+        if run.config_path.is_file() and run.ckpt_root.is_dir():
             try:
-                cfg = json.loads(path.read_text(encoding="utf-8"))
+                cfg = json.loads(run.config_path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 return None
             return cfg if isinstance(cfg, dict) else None

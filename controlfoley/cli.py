@@ -7,6 +7,7 @@
     controlfoley generate VIDEO... --out DIR foley for video files
     controlfoley extract ...                 fill a feature dataset
     controlfoley train {tokenizer,backbone,controlnet} ...
+    controlfoley evaluate GEN --reference REF  score generated foley against the original soundtracks
     controlfoley experiment synthetic        the learning proof on the synthetic world
 
     controlfoley --plugin my_parts.py train ...   import a module that registers your own parts first
@@ -33,6 +34,7 @@ _DELEGATED = {
     "train": ("controlfoley.train.__main__", "main"),
     "extract": ("controlfoley.data.extract", "extract_main"),
     "generate": ("controlfoley.pipeline", "generate_main"),
+    "evaluate": ("controlfoley.evaluate_cli", "evaluate_main"),
     "experiment": ("controlfoley.experiment", "experiment_main"),
     "demo": ("controlfoley.demo", "demo_main"),
 }

@@ -11,6 +11,12 @@ Features
   micro averages (counts summed over clips, then ratios), plus `fd`: the Frechet distance between
   the generated set and the clips' own audio on the fixed `AudioEmbedding` (NaN with fewer than 2 clips).
   Nothing reads the model's tokens: a tokenizer, sampler or vocoder problem shows up in the scores.
+- `evaluate_against_reference(generated_wavs, reference_wavs, sample_rate)`: for audio without known
+  events (real videos): the reference's own detected onsets stand for the true events, so the
+  scores say how well the generated onsets line up with the original soundtrack's (class-agnostic:
+  `desync_s`, `desync_miss_frac`, `precision_any` / `recall_any` / `f1_any`), plus `fd` against the
+  reference set. Each pair is cut to its shorter length first. `controlfoley evaluate` runs it on
+  folders of files.
 - `format_table(rows)`: a markdown table of result rows (one dict per system), for RESULTS.md.
 - Definitions in full: controlfoley.metrics.scores (onset scores), controlfoley.metrics.onsets
   (detector parameters), controlfoley.metrics.classify (templates), controlfoley.metrics.frechet.
@@ -26,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from controlfoley.data.synthetic import SyntheticClip, class_sound
+from controlfoley.data.synthetic import Event, SyntheticClip, class_sound
 from controlfoley.errors import ShapeError
 from controlfoley.metrics.classify import AudioEventClassifier, classify_events
+from controlfoley.metrics._common import as_numpy_wave
 from controlfoley.metrics.frechet import AudioEmbedding, frechet_distance
 from controlfoley.metrics.onsets import OnsetParams, detect_onsets
 from controlfoley.metrics.scores import COUNT_KEYS, MAX_OFFSET_S, TOLERANCE_S, onset_metrics, pool_onset_metrics
@@ -40,12 +47,15 @@ __all__ = [
     "OnsetParams",
     "classify_events",
     "detect_onsets",
+    "evaluate_against_reference",
     "evaluate_clip",
     "evaluate_clips",
+    "reference_pair_metrics",
     "format_table",
     "frechet_distance",
     "onset_metrics",
     "pool_onset_metrics",
+    "pool_reference_metrics",
     "world_classifier",
     "INTEGER_COLUMNS",
 ]
@@ -106,6 +116,73 @@ def evaluate_clips(
     scores = {k: v for k, v in pooled.items() if k not in COUNT_KEYS}
     counts = {k: pooled[k] for k in COUNT_KEYS}
     return {"n_clips": float(len(clips)), **scores, "fd": fd, **counts}
+
+
+# Scores that need classes; a reference comparison has none (every onset is "class 0"), so
+# `evaluate_against_reference` leaves them out rather than repeat the class-agnostic ones.
+_CLASS_KEYS = ("precision_cls", "recall_cls", "f1_cls", "class_accuracy", "matched_cls")
+
+
+def _common_length(generated: Wave, reference: Wave) -> tuple[np.ndarray, np.ndarray]:
+    g, r = as_numpy_wave(generated), as_numpy_wave(reference)
+    n = min(g.size, r.size)
+    return g[:n], r[:n]
+
+
+def reference_pair_metrics(
+    generated: Wave,
+    reference: Wave,
+    sample_rate: int,
+    tolerance: float = TOLERANCE_S,
+    max_offset_s: float = MAX_OFFSET_S,
+) -> dict[str, float]:
+    """Onset scores of one generated waveform against a reference waveform (both at `sample_rate`).
+
+    The reference's detected onsets play the true events; both are cut to the shorter length first.
+    """
+    if sample_rate <= 0:
+        raise ShapeError(f"sample_rate must be positive, got {sample_rate}")
+    g, r = _common_length(generated, reference)
+    true = [Event(t, 0) for t in detect_onsets(r, sample_rate)]
+    pred = detect_onsets(g, sample_rate)
+    scores = onset_metrics(true, pred, [0] * len(pred), tolerance=tolerance, max_offset_s=max_offset_s)
+    return {k: v for k, v in scores.items() if k not in _CLASS_KEYS}
+
+
+def evaluate_against_reference(
+    generated_wavs: Sequence[Wave],
+    reference_wavs: Sequence[Wave],
+    sample_rate: int,
+    *,
+    embedding: AudioEmbedding | None = None,
+    tolerance: float = TOLERANCE_S,
+    max_offset_s: float = MAX_OFFSET_S,
+) -> dict[str, float]:
+    """`reference_pair_metrics` pooled over paired lists (micro averages), plus `fd` between the sets.
+
+    `n_true` counts the reference onsets, `n_pred` the generated ones. `fd` is NaN with fewer than
+    two pairs (a covariance needs two clips per set).
+    """
+    if len(generated_wavs) != len(reference_wavs):
+        raise ShapeError(f"got {len(generated_wavs)} generated waveforms for {len(reference_wavs)} references; pair them one to one")
+    if not generated_wavs:
+        raise ShapeError("evaluate_against_reference needs at least one pair")
+    pairs = [_common_length(g, r) for g, r in zip(generated_wavs, reference_wavs, strict=True)]
+    per_pair = [reference_pair_metrics(g, r, sample_rate, tolerance, max_offset_s) for g, r in pairs]
+    fd = math.nan
+    if len(pairs) >= 2:
+        emb = embedding or AudioEmbedding(sample_rate)
+        fd = frechet_distance(emb([g for g, _ in pairs]), emb([r for _, r in pairs]))
+    return {**pool_reference_metrics(per_pair), "fd": fd}
+
+
+def pool_reference_metrics(per_pair: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Micro averages of `reference_pair_metrics` results (their counts summed, ratios recomputed),
+    with `n_clips` first; `evaluate_against_reference` adds `fd`."""
+    pooled = pool_onset_metrics([{**m, "matched_cls": 0.0} for m in per_pair])
+    scores = {k: v for k, v in pooled.items() if k not in COUNT_KEYS and k not in _CLASS_KEYS}
+    counts = {k: pooled[k] for k in COUNT_KEYS if k not in _CLASS_KEYS}
+    return {"n_clips": float(len(per_pair)), **scores, **counts}
 
 
 # Metric-dict entries that count things: floats in the dicts, printed as integers in tables.

@@ -1,0 +1,184 @@
+"""`controlfoley evaluate` and `evaluate_against_reference`: generated audio scored against the
+original soundtracks, with files paired by name, read from audio or video files, and every bad file
+reported on its own line while the others are still scored."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from controlfoley.audio.io import save_audio
+from controlfoley.cli import main as cli_main
+from controlfoley.data.synthetic import SyntheticWorld, write_clip_mp4
+from controlfoley.errors import ShapeError
+from controlfoley.evaluate_cli import pair_files
+from controlfoley.evaluation import evaluate_against_reference, reference_pair_metrics
+from controlfoley.metrics.onsets import detect_onsets
+
+SR = 22050
+
+
+@pytest.fixture(scope="module")
+def clips():
+    world = SyntheticWorld(seed=0)
+    return [world.clip(i) for i in world.split("test", 4)]
+
+
+def _delayed(wav: torch.Tensor, seconds: float) -> torch.Tensor:
+    """The same sound, starting `seconds` later (silence in front, same length)."""
+    k = round(seconds * SR)
+    return torch.cat([wav.new_zeros(k), wav[:-k]])
+
+
+# -- the API ---------------------------------------------------------------------------------
+
+
+def test_reference_itself_scores_perfectly(clips):
+    refs = [c.audio for c in clips]
+    m = evaluate_against_reference(refs, refs, SR)
+    assert m["n_clips"] == 4 and m["n_true"] == m["n_pred"] == m["matched_any"] > 0
+    assert m["desync_s"] == 0.0 and m["f1_any"] == 1.0 and m["desync_miss_frac"] == 0.0
+    assert m["fd"] == pytest.approx(0.0, abs=1e-6)
+    assert not any(k.endswith("_cls") or k == "class_accuracy" for k in m)  # no classes to score
+
+
+def test_a_delay_shows_as_desync_and_misses(clips):
+    refs = [torch.as_tensor(c.audio) for c in clips]
+    late = [_delayed(r, 0.3) for r in refs]
+    m = evaluate_against_reference(late, refs, SR)
+    assert m["f1_any"] < 0.3  # 0.3 s is outside the 0.1 s window (a few events are 0.3 s apart)
+    # every onset moved by 0.3 s, except where the nearest generated onset is another event's
+    assert 0.05 < m["desync_s"] <= 0.3 + 0.01
+    within = evaluate_against_reference(late, refs, SR, tolerance=0.35)
+    assert within["f1_any"] > 0.8
+    assert m["fd"] > 0.0
+
+
+def test_pairs_are_cut_to_the_shorter_length(clips):
+    ref = torch.as_tensor(clips[1].audio)
+    half = ref[: ref.numel() // 2]
+    m = reference_pair_metrics(half, ref, SR)
+    assert m["n_true"] == len(detect_onsets(half, SR))  # reference onsets past the end are not counted
+    assert m["f1_any"] == 1.0 or m["n_true"] == 0
+
+
+def test_api_names_wrong_input(clips):
+    with pytest.raises(ShapeError, match="pair them one to one"):
+        evaluate_against_reference([clips[0].audio], [], SR)
+    with pytest.raises(ShapeError, match="at least one pair"):
+        evaluate_against_reference([], [], SR)
+    with pytest.raises(ShapeError, match="sample_rate"):
+        reference_pair_metrics(clips[0].audio, clips[0].audio, 0)
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def folders(clips, tmp_path_factory):
+    """References as MP4 videos; generated files as `generate` writes them (<stem>.wav and an MP4 of
+    another soundtrack under the same stem, to show the audio file is the one read)."""
+    root = tmp_path_factory.mktemp("evaluate")
+    ref, gen = root / "ref", root / "gen"
+    ref.mkdir()
+    gen.mkdir()
+    for name, c in zip(("a", "b", "c"), clips, strict=False):
+        write_clip_mp4(c, ref / f"{name}.mp4")
+    save_audio(gen / "a.wav", torch.as_tensor(clips[0].audio), SR)  # the original soundtrack: perfect
+    write_clip_mp4(clips[3], gen / "a.mp4")  # same stem, other audio: must not be read
+    save_audio(gen / "b.wav", _delayed(torch.as_tensor(clips[1].audio), 0.3), SR)  # late by 0.3 s
+    return root
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = cli_main(["evaluate", *argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_evaluate_folders(folders, capsys):
+    out_json = folders / "results.json"
+    rc, out, err = _run(capsys, str(folders / "gen"), "--reference", str(folders / "ref"), "--out", str(out_json))
+    assert rc == 0, err
+    report = json.loads(out_json.read_text())
+    rows = {r["file"]: r for r in report["files"]}
+    assert set(rows) == {"a", "b"} and all(r["status"] == "ok" for r in rows.values())
+    assert rows["a"]["generated"].endswith("a.wav")  # the audio file, not a.mp4
+    # a.wav went through 16-bit PCM, the reference through AAC: the onsets still agree
+    assert rows["a"]["f1_any"] == 1.0 and rows["a"]["desync_s"] < 0.02
+    assert rows["b"]["f1_any"] < 0.5 and rows["b"]["desync_s"] > 0.05
+    s = report["summary"]
+    assert s["n_clips"] == 2 and s["n_failed"] == 0 and s["n_reference_unused"] == 1  # c.mp4
+    assert s["fd"] is not None and s["fd"] > 0
+    assert report["settings"] == {"sample_rate": SR, "tolerance_s": 0.1, "max_offset_s": 2.0}
+    assert "| a |" in out and "1 reference file(s) had no generated file" in out
+
+
+def test_bad_files_are_reported_and_the_rest_scored(folders, tmp_path, capsys):
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    for f in ("a.wav", "b.wav"):
+        (gen / f).write_bytes((folders / "gen" / f).read_bytes())
+    (gen / "b.flac").write_bytes((folders / "gen" / "b.wav").read_bytes())  # two audio files for 'b'
+    (gen / "broken.wav").write_bytes(b"RIFF not really a wav")
+    (gen / "ref_missing.wav").write_bytes((folders / "gen" / "a.wav").read_bytes())
+    (tmp_path / "ref").mkdir()
+    for f in ("a.mp4", "b.mp4"):
+        (tmp_path / "ref" / f).write_bytes((folders / "ref" / f).read_bytes())
+    (tmp_path / "ref" / "broken.mp4").write_bytes((folders / "ref" / "c.mp4").read_bytes())
+    out_json = tmp_path / "r.json"
+    rc, out, err = _run(capsys, str(gen), "--reference", str(tmp_path / "ref"), "--out", str(out_json))
+    assert rc == 1
+    rows = {r["file"]: r for r in json.loads(out_json.read_text())["files"]}
+    assert rows["a"]["status"] == "ok"
+    assert "several files for 'b'" in rows["b"]["status"] and "keep one" in rows["b"]["status"]
+    assert "cannot decode audio file" in rows["broken"]["status"]
+    assert "no reference 'ref_missing.*'" in rows["ref_missing"]["status"]
+    assert err.count("error: ") == 3
+
+
+def test_two_single_files_pair_whatever_their_names(folders, capsys):
+    rc, out, err = _run(capsys, str(folders / "gen" / "a.wav"), "--reference", str(folders / "ref" / "a.mp4"))
+    assert rc == 0, err
+    assert "| a | 5.9" in out  # one row, named after the generated file
+    rows, unused = pair_files(folders / "gen" / "b.wav", folders / "ref" / "c.mp4")
+    assert [(r[0], r[3]) for r in rows] == [("b", None)] and unused == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing_folder", "--reference", "REF"], "GENERATED missing_folder does not exist"),
+        (["GEN", "--reference", "REF/a.mp4"], "the same kind"),
+        (["GEN", "--reference", "REF", "--out", "REF"], "is a folder; name a file"),
+        (["GEN", "--reference", "REF", "--tolerance", "-1"], "--tolerance >= 0"),
+        (["GEN/a.wav", "--reference", "REF/../results.json"], "not an audio or video file"),
+    ],
+)
+def test_command_line_errors_exit_2(folders, capsys, args, message):
+    (folders / "results.json").touch()
+    args = [a.replace("GEN", str(folders / "gen")).replace("REF", str(folders / "ref")) for a in args]
+    rc, _, err = _run(capsys, *args)
+    assert rc == 2 and message in err
+
+
+def test_nothing_scored_exits_2(tmp_path, capsys):
+    (tmp_path / "gen").mkdir()
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "gen" / "x.wav").write_bytes(b"junk")
+    rc, _, err = _run(capsys, str(tmp_path / "gen"), "--reference", str(tmp_path / "ref"))
+    assert rc == 2 and "no generated file could be scored" in err
+    (tmp_path / "gen" / "x.wav").unlink()
+    rc, _, err = _run(capsys, str(tmp_path / "gen"), "--reference", str(tmp_path / "ref"))
+    assert rc == 2 and "no audio or video files in" in err
+
+
+def test_single_pair_has_no_fd(folders, capsys, tmp_path):
+    out_json = tmp_path / "one.json"
+    rc, _, err = _run(capsys, str(folders / "gen" / "a.wav"), "--reference", str(folders / "ref" / "a.mp4"), "--out", str(out_json))
+    assert rc == 0, err
+    fd = json.loads(out_json.read_text())["summary"]["fd"]
+    assert fd is None  # NaN (one clip per set) is written as null
+    assert math.isnan(evaluate_against_reference([np.zeros(SR, np.float32)], [np.zeros(SR, np.float32)], SR)["fd"])

@@ -9,6 +9,7 @@
     controlfoley train {tokenizer,backbone,controlnet} ...
     controlfoley evaluate GEN --reference REF  score generated foley against the original soundtracks
     controlfoley experiment synthetic        the learning proof on the synthetic world
+    controlfoley bench [PRESET_OR_CHECKPOINT] sampling speed on this machine (--device, --precision, ...)
 
     controlfoley --plugin my_parts.py train ...   import a module that registers your own parts first
                                                   (--plugin X / --plugin=X may stand anywhere; repeatable)
@@ -24,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main", "run"]
+__all__ = ["main", "model_from_arg", "run"]
 
 # The paper's parameter counts (sec. 4.2 and Table 1).
 PAPER_PARAMS = {"backbone": 170e6, "trainable": 126e6, "total": 300e6}
@@ -35,6 +36,7 @@ _DELEGATED = {
     "extract": ("controlfoley.data.extract", "extract_main"),
     "generate": ("controlfoley.pipeline", "generate_main"),
     "evaluate": ("controlfoley.evaluate_cli", "evaluate_main"),
+    "bench": ("controlfoley.bench", "bench_main"),
     "experiment": ("controlfoley.experiment", "experiment_main"),
     "demo": ("controlfoley.demo", "demo_main"),
 }
@@ -44,7 +46,7 @@ def _fmt(n: int | float) -> str:
     return f"{n / 1e6:8.2f}M"
 
 
-def _info_model(preset_or_path: str) -> tuple[object, str]:
+def model_from_arg(preset_or_path: str) -> tuple[object, str]:
     """(model, label): a registered preset built untrained, or a checkpoint's own model (a .safetensors
     file, a checkpoint folder, or a training run folder: its final model, else its latest checkpoint)."""
     from controlfoley import PRESETS, build_model
@@ -71,7 +73,7 @@ def info(preset: str) -> str:
     for a preset or a checkpoint (file, folder or training run: the table of its own config)."""
     from controlfoley.train.recipes import get_recipe
 
-    model, label = _info_model(preset)
+    model, label = model_from_arg(preset)
     get_recipe("controlnet" if model.has_control else "backbone").prepare(model)  # trainable as that recipe trains
     rows = model.parameter_table()
     lines = [f"{label}: grid {model.grid[0]}x{model.grid[1]} tokens over {model.config.n_frames} mel frames", ""]

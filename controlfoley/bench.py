@@ -1,0 +1,281 @@
+"""`controlfoley bench`: how fast a model samples on this machine, with the settings you would use.
+
+    controlfoley bench [PRESET_OR_CHECKPOINT] [--batch 1 16] [--device cuda] [--precision auto]
+        [--compile] [--cuda-graph] [--steps 12] [--runs 5] [--warmup 1] [--decode] [--markdown]
+
+Times `model.generate` (video features -> token map: the MaskGIT steps with the model's guidance)
+on random inputs of the model's own shapes: features of every key its control encoder reads, at 24
+frames per second of its window, and a CLAP-like vector where the guidance needs text. A preset is
+built with random weights (speed does not depend on them); a checkpoint, file, folder or training
+run is loaded. Each batch size gets `--warmup` untimed calls (they also compile or capture, with
+`--compile` / `--cuda-graph`), then `--runs` timed ones; the table gives the median and the fastest,
+seconds per clip, clips per second and seconds of compute per second of audio. `--decode` also
+times token map -> mel -> waveform (the model's own decoder and vocoder).
+
+This answers "how fast on my card, with my settings". The comparisons behind the project's speed
+claims (against a naive reference path, in the same process) are `benchmarks/sample_speed.py`.
+
+Library helpers (used by `benchmarks/` too): `time_interleaved` (warm-up rounds, then timed rounds
+that call every function in turn, so ratios compare runs made at nearly the same moment; wall and
+process CPU time), `environment` (one line: date, torch, CPU, threads, load, GPU), `median`, `sync`,
+`fmt` and `print_table`.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["Timings", "bench_main", "cpu_model", "environment", "fmt", "median", "print_table", "random_inputs", "sync", "time_interleaved"]
+
+FEATURE_FPS = 24  # frames per second of the random features: the Synchformer rate, the highest a preset reads
+
+
+def sync(device: Any) -> None:
+    """Wait for queued GPU work, so a wall-clock interval covers the work it launched."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclasses.dataclass
+class Timings:
+    """Seconds per call: wall clock, and CPU time of the whole process (all threads)."""
+
+    wall: list[float] = dataclasses.field(default_factory=list)
+    cpu: list[float] = dataclasses.field(default_factory=list)
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, runs: int, device: Any) -> dict[str, Timings]:
+    """Time every function: `warmup` untimed rounds, then `runs` timed rounds (each round calls every
+    function once, in turn)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+            sync(device)
+    times = {name: Timings() for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            sync(device)
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            sync(device)
+            times[name].wall.append(time.perf_counter() - w0)
+            times[name].cpu.append(time.process_time() - c0)
+    return times
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def environment(device: Any) -> str:
+    """One line saying where and when the numbers were measured."""
+    import torch
+
+    parts = [
+        datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        f"torch {torch.__version__}",
+        f"CPU {cpu_model()} ({os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)",
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}",
+    ]
+    if hasattr(os, "getloadavg"):
+        parts.append("load avg %.1f/%.1f/%.1f" % os.getloadavg())
+    if torch.device(device).type == "cuda":
+        parts.append(f"GPU {torch.cuda.get_device_name(device)}")
+    return " | ".join(parts)
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    """`digits` significant digits, without switching to exponent notation for large values."""
+    if x is None:
+        return "-"
+    return f"{x:.{digits}g}" if abs(x) < 10**digits else f"{x:.0f}"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, markdown: bool = False) -> str:
+    """Print (and return) an aligned table; `markdown=True` gives a GitHub table."""
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+    if markdown:
+        lines = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    else:
+        line = "  ".join("{:<%d}" % w for w in widths)
+        lines = [line.format(*headers), line.format(*("-" * w for w in widths))]
+        lines += [line.format(*(str(c) for c in r)) for r in rows]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def random_inputs(model: Any, batch: int, *, seed: int = 1) -> tuple[dict[str, Any], Any]:
+    """(features, text) of the model's shapes, random, on its device: every feature key its control
+    encoder reads at `FEATURE_FPS` frames per second of the window, and a CLAP-like [batch, c] vector."""
+    import torch
+
+    from controlfoley.control.encoders import feature_dims
+    from controlfoley.errors import ConfigError
+
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randn(batch, int(model.backbone.cond_dim), generator=g).to(model.device)
+    if not model.has_control:
+        return {}, text
+    dims = feature_dims(model.control_encoder)
+    keys = tuple(model.control_encoder.required_features)
+    missing = [k for k in keys if k not in dims]
+    if missing:
+        raise ConfigError(
+            f"the control encoder {type(model.control_encoder).__name__} does not say how wide its features "
+            f"{missing} are, so no inputs can be made for it; give it a `feature_dims` mapping (key -> width)"
+        )
+    frames = max(2, round(FEATURE_FPS * model.n_samples / model.sample_rate))
+    feats = {k: torch.randn(batch, frames, dims[k], generator=g).to(model.device) for k in keys}
+    return feats, text
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="controlfoley bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="?", default="specmaskfoley", metavar="PRESET_OR_CHECKPOINT", help="default: specmaskfoley (random weights)")
+    p.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes to time (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16", "bf16-weights"), default="auto",
+        help="auto: bf16 on CUDA, fp32 elsewhere; bf16: autocast; bf16-weights: a bf16 copy of the model, sampled natively (fastest on an H100)",
+    )  # fmt: skip
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward (generate(compile=True))")
+    p.add_argument("--cuda-graph", action="store_true", help="(CUDA) capture the whole sampling loop as one CUDA graph")
+    p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: the model's)")
+    p.add_argument("--guidance", default=None, help="a GUIDANCE rule name replacing the model's (default: the model's)")
+    p.add_argument("--runs", type=int, default=5, help="timed calls per batch size (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls first (compiling and graph capture happen there)")
+    p.add_argument("--decode", action="store_true", help="also time token map -> mel -> waveform")
+    p.add_argument("--markdown", action="store_true", help="print GitHub tables")
+    return p
+
+
+def _check(args: argparse.Namespace) -> None:
+    from controlfoley.errors import ConfigError
+
+    bad = [f"--batch {b}" for b in args.batch if b < 1]
+    bad += [f"--{k} {v}" for k, v in (("runs", args.runs), ("steps", args.steps)) if v is not None and v < 1]
+    bad += [f"--warmup {args.warmup}"] if args.warmup < 0 else []
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: batch sizes, runs and steps must be >= 1 and warmup >= 0")
+
+
+def _device(spec: str) -> Any:
+    import torch
+
+    from controlfoley.errors import ConfigError
+
+    try:
+        device = torch.device(spec)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {spec!r} is not a torch device ({e}); use cpu, cuda, cuda:N or mps") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda, but torch sees no usable CUDA GPU here; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps, but MPS is not available here; use --device cpu")
+    return device
+
+
+def bench_main(argv: Sequence[str]) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: steadier CPU timings
+    args = _parser().parse_args(list(argv))
+    from controlfoley.errors import ConfigError, ControlFoleyError, RegistryError, one_line
+
+    try:
+        _check(args)
+        device = _device(args.device)
+        if args.cuda_graph and device.type != "cuda":
+            raise ConfigError("--cuda-graph needs a CUDA device (--device cuda)")
+        model, label = _load(args.model)
+        settings = _settings(args, device, model)
+        rows = _run(model.to(device), args, device)
+    except (ControlFoleyError, ConfigError, RegistryError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    print(f"{environment(device)}\n{label}: {settings}", flush=True)
+    headers = ["batch", "median s", "min s", "CPU s", "s per clip", "clips/s", "s per s audio"]
+    if args.decode:
+        headers += ["decode s", "vocoder s"]
+    print_table(headers, rows, markdown=args.markdown)
+    return 0
+
+
+def _load(spec: str) -> tuple[Any, str]:
+    from controlfoley.cli import model_from_arg
+
+    model, label = model_from_arg(spec)
+    return model.eval(), label
+
+
+def _dtype(args: argparse.Namespace, device: Any) -> Any:
+    import torch
+
+    if args.precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.float32 if args.precision == "fp32" else torch.bfloat16
+
+
+def _settings(args: argparse.Namespace, device: Any, model: Any) -> str:
+    steps = args.steps or model.sampler.steps
+    parts = [f"{steps} steps", f"guidance {model.resolve_guidance(args.guidance)}"]
+    parts.append(f"precision {args.precision} ({str(_dtype(args, device)).removeprefix('torch.')})")
+    parts += [name for name, on in (("compile", args.compile), ("cuda graph", args.cuda_graph)) if on]
+    parts.append(f"median of {args.runs} after {args.warmup} warm-up call(s)")
+    return ", ".join(parts)
+
+
+def _run(model: Any, args: argparse.Namespace, device: Any) -> list[list[str]]:
+    import torch
+
+    if args.precision == "bf16-weights":
+        model = model.to(torch.bfloat16)
+    guidance = model.resolve_guidance(args.guidance)
+    steps = args.steps or model.sampler.steps
+    seconds = model.n_samples / model.sample_rate
+    kw: dict[str, Any] = {"steps": steps, "guidance": guidance, "compile": args.compile, "cuda_graph": args.cuda_graph}
+    if args.precision != "bf16-weights":
+        kw["dtype"] = _dtype(args, device)
+    rows = []
+    for batch in args.batch:
+        feats, text = random_inputs(model, batch)
+        feats = feats or None
+        text = text if guidance.needs_text else None
+        out: dict[str, Any] = {}
+
+        def call(feats: Any = feats, text: Any = text, batch: int = batch) -> None:
+            size = None if feats is not None or text is not None else batch
+            gen = torch.Generator(device).manual_seed(0)
+            out["codes"] = model.generate(feats, text, batch_size=size, generator=gen, **kw)
+
+        t = time_interleaved({"generate": call}, warmup=args.warmup, runs=args.runs, device=device)["generate"]
+        wall = median(t.wall)
+        row = [str(batch), fmt(wall), fmt(min(t.wall)), fmt(median(t.cpu)), fmt(wall / batch), fmt(batch / wall), fmt(wall / (batch * seconds))]
+        if args.decode:
+            codes = out["codes"]
+            mel = model.decode(codes)
+            with torch.inference_mode():
+                d = time_interleaved({"decode": lambda: model.decode(codes), "vocoder": lambda: model.vocode(mel)}, warmup=1, runs=args.runs, device=device)
+            row += [fmt(median(d["decode"].wall)), fmt(median(d["vocoder"].wall))]
+        rows.append(row)
+    return rows

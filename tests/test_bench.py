@@ -1,0 +1,101 @@
+"""`controlfoley bench`: it runs the model it is given with the settings it is given, reports one row
+per batch size, and names every bad argument before timing anything. No timed assertions: only the
+shape of the report and the calls made are checked."""
+
+import pytest
+import torch
+
+from controlfoley import build_model
+from controlfoley.bench import random_inputs, time_interleaved
+from controlfoley.cli import main as cli_main
+from controlfoley.errors import ConfigError
+
+
+def _bench(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = cli_main(["bench", *argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _table_rows(out: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
+
+
+def test_bench_a_preset_at_two_batch_sizes(capsys):
+    rc, out, err = _bench(capsys, "specmaskfoley_tiny", "--batch", "1", "3", "--runs", "1", "--warmup", "0", "--steps", "2", "--decode", "--markdown")
+    assert rc == 0, err
+    header, *rows = _table_rows(out)
+    assert header == ["batch", "median s", "min s", "CPU s", "s per clip", "clips/s", "s per s audio", "decode s", "vocoder s"]
+    assert [r[0] for r in rows] == ["1", "3"]
+    for r in rows:
+        wall, per_clip, rate = float(r[1]), float(r[4]), float(r[5])
+        assert wall > 0 and per_clip == pytest.approx(wall / int(r[0]), rel=0.01) and rate == pytest.approx(int(r[0]) / wall, rel=0.01)
+    assert "preset specmaskfoley_tiny: 2 steps, guidance MultiCFG" in out and "precision auto (float32)" in out
+
+
+def test_bench_a_saved_checkpoint_and_a_backbone(tmp_path, capsys):
+    model = build_model("specmaskfoley_tiny")
+    model.save(tmp_path / "m.safetensors")
+    rc, out, err = _bench(capsys, str(tmp_path / "m.safetensors"), "--runs", "1", "--steps", "2", "--guidance", "cfg_video")
+    assert rc == 0, err
+    assert f"checkpoint {tmp_path / 'm.safetensors'}" in out and "guidance CFG" in out
+    # a backbone alone: no video features, its text-only guidance
+    rc, out, err = _bench(capsys, "specmaskgit_tiny", "--runs", "1", "--steps", "2", "--precision", "bf16-weights")
+    assert rc == 0, err
+    assert "(bfloat16)" in out
+
+
+def test_bench_calls_generate_with_the_settings(monkeypatch, capsys):
+    calls = []
+    original = type(build_model("specmaskfoley_tiny")).generate
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(build_model("specmaskfoley_tiny")), "generate", spy)
+    rc, _, err = _bench(capsys, "specmaskfoley_tiny", "--runs", "2", "--warmup", "1", "--steps", "3", "--precision", "bf16", "--batch", "2")
+    assert rc == 0, err
+    assert len(calls) == 3  # one warm-up, two timed
+    assert all(c["steps"] == 3 and c["dtype"] == torch.bfloat16 and not c["compile"] and not c["cuda_graph"] for c in calls)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["specmaskfoley_tiny", "--batch", "0"], "--batch 0"),
+        (["specmaskfoley_tiny", "--runs", "0"], "--runs 0"),
+        (["specmaskfoley_tiny", "--cuda-graph"], "--cuda-graph needs a CUDA device"),
+        (["no_such_model"], "neither a preset nor an existing checkpoint"),
+        (["specmaskfoley_tiny", "--guidance", "bogus"], "unknown guidance 'bogus'"),
+        (["specmaskfoley_tiny", "--device", "gpu0"], "is not a torch device"),
+    ],
+)
+def test_bench_errors_exit_2(capsys, args, message):
+    rc, out, err = _bench(capsys, *args)
+    assert rc == 2 and message in err and "| batch" not in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_bench_cuda_without_gpu(capsys):
+    rc, _, err = _bench(capsys, "specmaskfoley_tiny", "--device", "cuda")
+    assert rc == 2 and "no usable CUDA GPU" in err
+
+
+def test_random_inputs_follow_the_model():
+    model = build_model("specmaskfoley_tiny")
+    feats, text = random_inputs(model, 2)
+    assert set(feats) == set(model.control_encoder.required_features)
+    assert all(v.shape[0] == 2 and v.shape[2] == model.control_encoder.feature_dims[k] for k, v in feats.items())
+    assert text.shape == (2, model.backbone.cond_dim)
+    model.generate(feats, text, steps=1)  # shapes the model accepts
+    del model.control_encoder.feature_dims
+    with pytest.raises(ConfigError, match="give it a `feature_dims` mapping"):
+        random_inputs(model, 1)
+
+
+def test_time_interleaved_rounds():
+    order = []
+    t = time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1, runs=2, device="cpu")
+    assert order == ["a", "b"] * 3
+    assert len(t["a"].wall) == len(t["b"].cpu) == 2 and all(x >= 0 for x in t["a"].wall)

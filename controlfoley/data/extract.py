@@ -20,7 +20,8 @@ Features
   up front, and `extract_main` ends by saying which recipes the dataset serves for the preset.
 - The tokenizer's weights come from a checkpoint (`tokenizer=`: a file, checkpoint folder or run
   folder of the `tokenizer` recipe); without one the codes of an untrained tokenizer are stored
-  and a warning says so.
+  and a warning says so, except with `mel=True` (mels for the tokenizer recipe, where that is
+  expected; the tokens' provenance still records it, and training a backbone on them warns).
 - `extract_main(argv)`: the `controlfoley extract` command (see `build_parser`).
 
 References: SpecMaskFoley sec. 4.2 (10 s at 22.05 kHz -> 848 frames -> 5 x 53 tokens; Synchformer
@@ -30,6 +31,7 @@ References: SpecMaskFoley sec. 4.2 (10 s at 22.05 kHz -> 848 frames -> 5 x 53 to
 import argparse
 import inspect
 import json
+import logging
 import math
 import sys
 import warnings
@@ -50,6 +52,8 @@ from controlfoley.data.extractors import build_extractor
 from controlfoley.data.shards import ShardIndex, ShardWriter
 from controlfoley.errors import ControlFoleyError, DataError, MediaError, one_line
 from controlfoley.typing import Tensor
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Extraction", "extract_synthetic", "extract_files", "extract_main", "build_parser", "AUDIO_SUFFIXES"]
 
@@ -126,8 +130,10 @@ class Extraction:
         built_from = weight_file(self.model.config, "tokenizer")  # e.g. an official SpecVQGAN codebook
         if tokenizer is not None:
             load_parts(self.model, resolve_model_file(tokenizer), ["tokenizer"])
-        elif built_from is None:  # nor did its builder load trained weights
+        elif built_from is None and not mel:  # nor did its builder load trained weights
             warnings.warn("no tokenizer checkpoint given: tokens come from an untrained tokenizer (train one with the tokenizer recipe)", stacklevel=2)
+        elif built_from is None:  # `--mel` for the tokenizer recipe (README step 1): expected, so no warning
+            log.info("no tokenizer checkpoint: the stored tokens are an untrained tokenizer's (train backbones on a re-extraction with --tokenizer)")
         self.video = [build_extractor(e) for e in extractors]
         self.clap = build_extractor(clap) if clap is not None else None
         keys = [e.output_key for e in self.video]

@@ -84,7 +84,11 @@ def test_a_refused_resume_leaves_the_run_config_as_it_was(data: Path, tmp_path: 
     # a fresh run refused before its first step records nothing
     with pytest.raises(DataError):
         train(config("backbone", tmp_path / "gone", tmp_path / "fresh"))
-    assert not (tmp_path / "fresh" / "config.json").exists() and not (tmp_path / "fresh" / "data.json").exists()
+    assert not (tmp_path / "fresh").exists()  # not even an empty folder with the lock file: a retry starts clean
+    (tmp_path / "kept").mkdir()  # a folder that was there before is left in place
+    with pytest.raises(DataError):
+        train(config("backbone", tmp_path / "gone", tmp_path / "kept"))
+    assert (tmp_path / "kept").is_dir()
 
 
 # -- 2. where the tokens came from -------------------------------------------------------------------

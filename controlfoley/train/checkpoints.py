@@ -181,7 +181,10 @@ class RunDir:
         """Hold `ROOT/.lock` (an OS file lock: released when the process ends, SIGKILL included)
         while a trainer uses the run; a second trainer on the same folder is refused. Forked
         children (DataLoader workers) close their copy at once, so a killed trainer's orphaned
-        workers do not keep the run locked. On a file system without locks it warns and goes on."""
+        workers do not keep the run locked. On a file system without locks it warns and goes on.
+        A folder this call created that holds nothing but the lock when the trainer ends (a run
+        refused by its checks before recording anything) is removed again."""
+        created = not self.root.exists()
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / ".lock"
         fd, owner = os.open(path, os.O_RDWR | os.O_CREAT, 0o644), os.getpid()
@@ -206,10 +209,18 @@ class RunDir:
             finally:
                 if os.getpid() == owner:  # a forked child closed its copy at fork: the number may be another file's now
                     _HELD_LOCKS.discard(fd)
+                    if created:
+                        self._remove_if_unused(path)  # while still locked: no other trainer holds it meanwhile
                     fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             if os.getpid() == owner:
                 os.close(fd)
+
+    def _remove_if_unused(self, lock_path: Path) -> None:
+        with contextlib.suppress(OSError):
+            if [p.name for p in self.root.iterdir()] == [lock_path.name]:
+                lock_path.unlink()
+                self.root.rmdir()
 
     def latest_dir(self, *, say: bool = False) -> Path | None:
         """The checkpoint a resume continues from: the one `latest` points to; if that one is gone

@@ -210,6 +210,7 @@ def _check_data(folder: Path, ex: Any, n: int, root: Path, scale_name: str) -> N
 
 def _extract(out: Path, scale: Scale, overrides: dict[str, Any], tokenizer: Path | None, mel_only: bool, *, scale_name: str) -> Path:
     from controlfoley.data.extract import Extraction, extract_synthetic
+    from controlfoley.data.shards import INDEX_FILE, PROGRESS_FILE
 
     ex = Extraction(
         PRESET,
@@ -221,11 +222,12 @@ def _extract(out: Path, scale: Scale, overrides: dict[str, Any], tokenizer: Path
     )
     splits = {"train": scale.n_tok_clips if mel_only else scale.n_train, "val": scale.n_val}
     for split, n in splits.items():
-        if (out / split / "index.json").is_file():
+        if (out / split / INDEX_FILE).is_file():
             _check_data(out / split, ex, n, out.parent, scale_name)
             continue
-        _log(f"extracting {n} {split} clips into {out / split}")
-        extract_synthetic(out / split, ex, n_clips=n, split=split, batch_size=16)
+        resume = (out / split / PROGRESS_FILE).is_file()  # an interrupted extraction continues from its last shard
+        _log(f"extracting {n} {split} clips into {out / split}{' (resuming)' if resume else ''}")
+        extract_synthetic(out / split, ex, n_clips=n, split=split, batch_size=16, resume=resume)
     return out
 
 

@@ -126,7 +126,6 @@ def test_training_stage_is_reused_only_with_its_own_settings(tmp_path, monkeypat
     assert calls == [3]
 
 
-@pytest.mark.filterwarnings("ignore:no tokenizer checkpoint given")  # a mel-only extraction, as the experiment's first stage
 def test_dataset_stage_is_reused_only_with_its_own_settings(tmp_path):
     from controlfoley import experiment
     from controlfoley.data.extract import Extraction
@@ -214,3 +213,36 @@ def test_shipped_model_follows_the_video():
     # f1_any 0.47 vs 0.03, desync 1.25 s vs 1.63 s; the class of each sound is still often wrong.)
     assert matched["f1_any"] > 0.25 and matched["f1_any"] > 4 * shuffled["f1_any"], (matched, shuffled)
     assert matched["desync_s"] < shuffled["desync_s"] - 0.15, (matched, shuffled)
+
+
+def test_an_interrupted_extraction_stage_resumes(tmp_path, monkeypatch):
+    """A Ctrl-C during the experiment's extraction: the next run continues from the last finished
+    shard instead of stopping with 'pass --resume' (a flag `experiment` does not have)."""
+    from controlfoley import experiment
+    from controlfoley.data import extract
+    from controlfoley.data.dataset import ShardDataset
+    from controlfoley.data.shards import PROGRESS_FILE
+
+    smoke = experiment.SCALES["smoke"]
+    overrides = dict(smoke.model_overrides)
+    ex = extract.Extraction(experiment.PRESET, extractors=(), clap=None, tokenizer=None, mel=True, model_overrides=overrides)
+    folder = tmp_path / "exp" / "data_mel"
+    real_add, added, stop = extract.ShardWriter.add, [], [10]
+
+    def add(self, clip_id, *a, **k):
+        added.append(clip_id)
+        if len(added) == stop[0]:
+            stop[0] = 0
+            raise KeyboardInterrupt  # after two finished shards of 4
+        return real_add(self, clip_id, *a, **k)
+
+    monkeypatch.setattr(extract.ShardWriter, "add", add)
+    with pytest.raises(KeyboardInterrupt):
+        extract.extract_synthetic(folder / "train", ex, n_clips=smoke.n_tok_clips, split="train", shard_size=4, batch_size=16)
+    assert (folder / "train" / PROGRESS_FILE).is_file()
+    added.clear()
+    experiment._extract(folder, smoke, overrides, None, mel_only=True, scale_name="smoke")
+    assert added[: smoke.n_tok_clips - 8] == [f"synthetic-0-{i}" for i in range(8, smoke.n_tok_clips)]  # train: only the rest
+    ds = ShardDataset(folder / "train")
+    assert [ds.clip_id(i) for i in range(len(ds))] == [f"synthetic-0-{i}" for i in range(smoke.n_tok_clips)]
+    assert len(ShardDataset(folder / "val")) == smoke.n_val

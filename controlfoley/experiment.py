@@ -243,13 +243,28 @@ def _check_folder(out: Path, scale_name: str) -> None:
         )
 
 
+def _check_results_target(results: str | Path | None, scale_name: str) -> None:
+    """Before any stage: `--results` may not replace a table of another scale (the committed
+    benchmarks/SYNTHETIC.md is `full`; a smoke run's numbers mean nothing)."""
+    if results is None or not Path(results).is_file():
+        return
+    try:
+        first = Path(results).read_text(encoding="utf-8").split("\n", 1)[0]
+    except (OSError, UnicodeDecodeError):
+        return  # not one of ours: written over as asked
+    for other in SCALES:
+        if other != scale_name and f"scale `{other}`" in first:
+            raise ConfigError(
+                f"--results {results} holds the --scale {other} results; this --scale {scale_name} run would replace them. "
+                f"Write them elsewhere (--results another.md), or delete {results} first"
+            )
+
+
 def run_synthetic(out: str | Path, scale_name: str = "full", *, results: str | Path | None = None, install_weights: bool = False) -> dict[str, Any]:
     """Run every stage (each resumes or is skipped when its output exists) and return the results.
 
     A stage found in `out` is reused only if it was made with the settings of this scale; one made
     with others is a ConfigError naming the folder (use another `out`, or delete it)."""
-    import warnings
-
     from controlfoley.evaluation_runs import evaluate_variants, write_results
 
     if scale_name not in SCALES:
@@ -262,9 +277,9 @@ def run_synthetic(out: str | Path, scale_name: str = "full", *, results: str | P
             f"which the demo and from_pretrained load, with the FT model this run trains; a --scale {scale_name} model is too "
             "small and short-trained to replace them. Drop --install-weights, or use --scale full"
         )
-    warnings.filterwarnings("ignore", message="no tokenizer checkpoint given")
     scale = SCALES[scale_name]
     out = Path(out)
+    _check_results_target(results, scale_name)
     _check_folder(out, scale_name)
     ov = dict(scale.model_overrides)
     torch.manual_seed(0)

@@ -65,6 +65,18 @@ def test_experiment_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert f"output folder {afile / 'sub'} cannot be written" in _one_error_line(capsys)
 
 
+def test_results_of_another_scale_are_not_replaced(tmp_path, capsys, monkeypatch):
+    _no_stage(monkeypatch)
+    table = tmp_path / "SYNTHETIC.md"
+    table.write_text("Synthetic world (seed 0), 40 held-out test clips, scale `full`, training 48.0 min.\n\n| a |\n")
+    before = table.read_text()
+    out = tmp_path / "exp"
+    assert cli.main(["experiment", "synthetic", "--scale", "smoke", "--results", str(table), "--out", str(out)]) == 2
+    err = _one_error_line(capsys)
+    assert "holds the --scale full results; this --scale smoke run would replace them" in err
+    assert table.read_text() == before and not out.exists()  # refused before anything ran
+
+
 def test_install_weights_needs_the_full_scale(tmp_path, capsys, monkeypatch):
     _no_stage(monkeypatch)
     shipped_file = pretrained_path("specmaskfoley_synthetic")

@@ -88,7 +88,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step (per rank)
     base_lr: float = 1e-3  # LR at batch lr_reference_batch (sec. 4.2: 1e-3)
     lr_reference_batch: int = 256  # peak LR = base_lr x batch_size / lr_reference_batch
-    warmup_steps: int = 2_800  # linear warm-up steps, then cosine (sec. 4.2: 2.8K of 140K)
+    warmup_steps: int = 2_800  # linear warm-up steps, then cosine (the paper's ControlNet recipe, sec. 4.2: 2.8K of 140K)
     min_lr: float = 0.0  # LR at the end of the cosine
     weight_decay: float = 0.01  # AdamW, on weights of rank >= 2 only
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW

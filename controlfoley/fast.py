@@ -46,6 +46,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -385,21 +386,39 @@ def _without_typechecks(compiled: Callable[..., Tensor]) -> Callable[..., Tensor
     suite or with CONTROLFOLEY_TYPECHECK, and wrap every function the compiled one calls (embed,
     the blocks, ...); dynamo traces those wrappers, and under torch 2.11 on CUDA beartype's checks
     of traced tensors failed (an H100 run, 2026-11-27). Switched off for every call, not only the
-    tracing one, so the guard dynamo puts on the switch always holds. The switch is one global:
-    two threads sampling compiled at once with checks on could leave them off; checks are a
-    test-suite / debugging setting, where that does not happen."""
-    from jaxtyping import config
+    tracing one, so the guard dynamo puts on the switch always holds (`_typechecks_off`)."""
 
     @functools.wraps(compiled)
     def call(*args: Any, **kwargs: Any) -> Any:
-        before = config.jaxtyping_disable
-        config.update("jaxtyping_disable", True)
-        try:
+        with _typechecks_off():
             return compiled(*args, **kwargs)
-        finally:
-            config.update("jaxtyping_disable", before)
 
     return call
+
+
+_OFF_LOCK = threading.Lock()
+_off_state = {"depth": 0, "before": False}
+
+
+@contextlib.contextmanager
+def _typechecks_off() -> Iterator[None]:
+    """jaxtyping's checks off while any thread is inside; the first to enter saves the setting and
+    the last to leave restores it, so two threads sampling at once cannot leave checks off (the
+    switch is one process-wide flag: meanwhile, checks are off in other threads' code too)."""
+    from jaxtyping import config
+
+    with _OFF_LOCK:
+        if _off_state["depth"] == 0:
+            _off_state["before"] = config.jaxtyping_disable
+            config.update("jaxtyping_disable", True)
+        _off_state["depth"] += 1
+    try:
+        yield
+    finally:
+        with _OFF_LOCK:
+            _off_state["depth"] -= 1
+            if _off_state["depth"] == 0:
+                config.update("jaxtyping_disable", _off_state["before"])
 
 
 class GuidedStep:

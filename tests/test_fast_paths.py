@@ -464,6 +464,37 @@ def test_compiled_calls_switch_runtime_type_checks_off_and_back(monkeypatch):
     assert seen == [True] and config.jaxtyping_disable == before
 
 
+def test_overlapping_compiled_calls_in_two_threads_restore_the_checks(monkeypatch):
+    """Thread A enters, B enters, A leaves, B leaves: checks stay off until the last one leaves and
+    are then restored (saving and restoring per call left them off: B saved A's 'off')."""
+    import threading
+
+    from jaxtyping import config
+
+    from controlfoley.fast import _without_typechecks
+
+    monkeypatch.setattr(config, "jaxtyping_disable", False)
+    b_in, a_out = threading.Event(), threading.Event()
+    seen = {}
+
+    def b():
+        b_in.set()
+        a_out.wait(5)
+        seen["b after a left"] = config.jaxtyping_disable
+
+    tb = threading.Thread(target=_without_typechecks(b))
+
+    def a():  # A is inside when B enters
+        tb.start()
+        b_in.wait(5)
+
+    _without_typechecks(a)()
+    a_out.set()
+    tb.join(10)
+    assert seen == {"b after a left": True}  # still inside b: off
+    assert config.jaxtyping_disable is False  # both left: the checks are back on
+
+
 @pytest.mark.parametrize("fp8", [None, "static", "row", "gelu_epilogue"])
 def test_compiled_step_forward_is_one_graph(model, monkeypatch, fp8):
     """torch.compile sees the whole guided forward (embedding, ControlNet on the video rows, blocks,

@@ -10,7 +10,7 @@ built with random weights (speed does not depend on them); a checkpoint, file, f
 run is loaded. Each batch size gets `--warmup` untimed calls (they also compile or capture, with
 `--compile` / `--cuda-graph`), then `--runs` timed ones; the table gives the median and the fastest,
 seconds per clip, clips per second and seconds of compute per second of audio. `--decode` also
-times token map -> mel -> waveform (the model's own decoder and vocoder).
+times token map -> mel -> waveform (the model's own decoder and vocoder), per clip.
 
 This answers "how fast on my card, with my settings". The comparisons behind the project's speed
 claims (against a naive reference path, in the same process) are `benchmarks/sample_speed.py`.
@@ -216,7 +216,7 @@ def bench_main(argv: Sequence[str]) -> int:
     print(f"{environment(device)}\n{label}: {settings}", flush=True)
     headers = ["batch", "median s", "min s", "CPU s", "s per clip", "clips/s", "s per s audio"]
     if args.decode:
-        headers += ["decode s", "vocoder s"]
+        headers += ["decode s per clip", "vocoder s per clip"]
     print_table(headers, rows, markdown=args.markdown)
     return 0
 
@@ -276,6 +276,6 @@ def _run(model: Any, args: argparse.Namespace, device: Any) -> list[list[str]]:
             mel = model.decode(codes)
             with torch.inference_mode():
                 d = time_interleaved({"decode": lambda: model.decode(codes), "vocoder": lambda: model.vocode(mel)}, warmup=1, runs=args.runs, device=device)
-            row += [fmt(median(d["decode"].wall)), fmt(median(d["vocoder"].wall))]
+            row += [fmt(median(d["decode"].wall) / batch), fmt(median(d["vocoder"].wall) / batch)]
         rows.append(row)
     return rows

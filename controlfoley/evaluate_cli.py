@@ -7,8 +7,9 @@ GENERATED and REFERENCE are folders (or two single files). Files pair up by name
 `controlfoley generate clips/*.mp4 --out gen` writes `gen/<stem>.wav` and `gen/<stem>.mp4`, so
 `controlfoley evaluate gen --reference clips` scores every generated clip against the audio track
 of the video it was made for. Audio files (.wav .flac .ogg .mp3 ...) are read with soundfile,
-video files (.mp4 .mov .mkv .webm ...) through their first audio track; where a folder holds both
-for one stem (as `generate` writes them), the audio file is read.
+video files (.mp4 .mov .mkv .webm ...) and .m4a / .aac / .opus through their first audio track
+(PyAV); where a folder holds both for one stem (as `generate` writes them), the audio file is read.
+A pair whose lengths differ by more than 0.5 s is scored on the overlap, with a warning line.
 
 What is measured (`controlfoley.evaluation.evaluate_against_reference`; each pair cut to its shorter
 length): onsets are detected in both waveforms and the reference's stand for the true events:
@@ -21,7 +22,8 @@ length): onsets are detected in both waveforms and the reference's stand for the
 Output: a markdown table per file and a summary table on stdout; `--out FILE.json` also writes both
 (written atomically; NaN as null). A file that cannot be read, or a generated file with no
 reference, is reported on its own line and the others are still scored. Exit code: 0 when every
-generated file was scored, 1 when any was not, 2 for a bad command line or nothing to score.
+generated file was scored, 1 when any was not, 2 for a bad command line (an unwritable --out
+included, checked before any file is read), or nothing to score.
 """
 
 import argparse
@@ -34,8 +36,11 @@ from typing import Any
 
 __all__ = ["evaluate_main", "pair_files", "AUDIO_SUFFIXES", "VIDEO_SUFFIXES"]
 
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff"})
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mpg", ".mpeg"})
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff"})  # read with soundfile
+# read through their first audio track with PyAV: videos, and audio containers libsndfile cannot open
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mpg", ".mpeg", ".m4a", ".aac", ".opus"})
+MIN_RATE = 16000  # the evaluation mel's fmax is 8 kHz
+LENGTH_WARN_S = 0.5  # a pair whose lengths differ by more is scored on the overlap, with a warning
 _SUMMARY_COLUMNS = ("n_clips", "desync_s", "desync_miss_frac", "precision_any", "recall_any", "f1_any", "fd", "n_true", "n_pred")
 _FILE_COLUMNS = ("file", "seconds", "n_true", "n_pred", "desync_s", "f1_any", "status")
 
@@ -74,6 +79,9 @@ def pair_files(generated: Path, reference: Path) -> tuple[list[tuple[str, Path, 
     """(name, generated file, reference file or None, problem or None) per generated clip, and the
     number of reference clips nothing was generated for. Two single files pair whatever their names."""
     generated, reference = _side(generated, "GENERATED"), _side(reference, "--reference")
+    if generated.resolve() == reference.resolve():
+        raise _Usage(f"GENERATED and --reference are the same {'file' if generated.is_file() else 'folder'} ({generated}); "
+                     "give the folder of the original videos or soundtracks as --reference")
     if generated.is_file() != reference.is_file():
         raise _Usage("give two folders, or two files: GENERATED and --reference must be the same kind")
     if generated.is_file():
@@ -128,7 +136,7 @@ def _json_safe(x: Any) -> Any:
 
 def evaluate_main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
-    from controlfoley._io import atomic_write_text
+    from controlfoley._io import atomic_write_text, check_writable_folder
     from controlfoley.errors import ControlFoleyError, one_line
     from controlfoley.evaluation import AudioEmbedding, format_table, frechet_distance, pool_reference_metrics, reference_pair_metrics
     from controlfoley.metrics.scores import MAX_OFFSET_S, TOLERANCE_S
@@ -136,13 +144,18 @@ def evaluate_main(argv: Sequence[str]) -> int:
     tolerance = TOLERANCE_S if args.tolerance is None else args.tolerance
     max_offset = MAX_OFFSET_S if args.max_offset is None else args.max_offset
     try:
-        if args.sample_rate <= 0 or tolerance < 0 or max_offset <= 0:
-            raise _Usage(f"need --sample-rate > 0, --tolerance >= 0 and --max-offset > 0; got {args.sample_rate}, {tolerance}, {max_offset}")
+        if tolerance < 0 or max_offset <= 0:
+            raise _Usage(f"need --tolerance >= 0 and --max-offset > 0; got {tolerance} and {max_offset}")
+        if args.sample_rate < MIN_RATE:
+            raise _Usage(f"--sample-rate must be at least {MIN_RATE} (the evaluation's mel reaches 8 kHz), got {args.sample_rate}")
         if args.out is not None and args.out.is_dir():
             raise _Usage(f"--out {args.out} is a folder; name a file, e.g. {args.out / 'results.json'}")
+        if args.out is not None:
+            check_writable_folder(args.out.parent.resolve(), "--out")
+        embedding = AudioEmbedding(args.sample_rate)
         rows, unused = pair_files(args.generated, args.reference)
-    except _Usage as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (_Usage, ControlFoleyError) as e:  # ControlFoleyError: an unwritable --out folder
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
 
     from tqdm import tqdm
@@ -157,10 +170,16 @@ def evaluate_main(argv: Sequence[str]) -> int:
                 raise ControlFoleyError(problem)
             assert ref_path is not None
             g, r = _read(gen_path, args.sample_rate), _read(ref_path, args.sample_rate)
-            n = min(g.shape[-1], r.shape[-1])
+            sr, g_len, r_len = args.sample_rate, g.shape[-1], r.shape[-1]
+            n = min(g_len, r_len)
+            if abs(g_len - r_len) > LENGTH_WARN_S * sr:
+                tqdm.write(
+                    f"warning: {name}: generated {g_len / sr:.2f} s, reference {r_len / sr:.2f} s; scored on the first {n / sr:.2f} s only",
+                    file=sys.stderr,
+                )
             g, r = g[:n], r[:n]
-            metrics = reference_pair_metrics(g, r, args.sample_rate, tolerance, max_offset)
-            row.update(seconds=n / args.sample_rate, **metrics, status="ok")
+            metrics = reference_pair_metrics(g, r, sr, tolerance, max_offset)
+            row.update(seconds=n / sr, generated_s=g_len / sr, reference_s=r_len / sr, **metrics, status="ok")
             scored.append((g, r))
             per_pair.append(metrics)
         except (ControlFoleyError, OSError, ValueError) as e:
@@ -172,9 +191,12 @@ def evaluate_main(argv: Sequence[str]) -> int:
     summary: dict[str, Any] = {"n_files": len(files), "n_failed": len(files) - len(scored), "n_reference_unused": unused}
     if scored:
         fd = math.nan
-        if len(scored) >= 2:  # a covariance needs two clips per set
-            emb = AudioEmbedding(args.sample_rate)
-            fd = frechet_distance(emb([g for g, _ in scored]), emb([r for _, r in scored]))
+        # the embedding's mel needs a few hundred samples; shorter pairs are scored but left out of FD
+        long_enough = [(g, r) for g, r in scored if g.shape[-1] >= embedding.mel.min_samples]
+        if len(long_enough) < len(scored):
+            print(f"note: {len(scored) - len(long_enough)} pair(s) shorter than {embedding.mel.min_samples} samples are left out of fd", file=sys.stderr)
+        if len(long_enough) >= 2:  # a covariance needs two clips per set
+            fd = frechet_distance(embedding([g for g, _ in long_enough]), embedding([r for _, r in long_enough]))
         pooled = {**pool_reference_metrics(per_pair), "fd": fd}
         summary.update(pooled)
         print()

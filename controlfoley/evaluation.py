@@ -172,6 +172,8 @@ def evaluate_against_reference(
     fd = math.nan
     if len(pairs) >= 2:
         emb = embedding or AudioEmbedding(sample_rate)
+        if emb.sample_rate != sample_rate:
+            raise ShapeError(f"the embedding works at {emb.sample_rate} Hz but the audio is at {sample_rate} Hz; build AudioEmbedding({sample_rate})")
         fd = frechet_distance(emb([g for g, _ in pairs]), emb([r for _, r in pairs]))
     return {**pool_reference_metrics(per_pair), "fd": fd}
 

@@ -208,6 +208,17 @@ def _check_data(folder: Path, ex: Any, n: int, root: Path, scale_name: str) -> N
     _check_same(folder, "a dataset", made, want, recorded_scale=None, root=root, scale_name=scale_name)
 
 
+def _check_interrupted(folder: Path, ex: Any, source: str, root: Path, scale_name: str) -> None:
+    """Refuse to resume an interrupted extraction made with other settings (e.g. at another scale),
+    naming the folder, before the shard writer refuses it with advice for `controlfoley extract`."""
+    from controlfoley.data.shards import PROGRESS_FILE
+
+    progress = _read_json(folder / PROGRESS_FILE)
+    made = progress.get("info") if isinstance(progress, dict) and isinstance(progress.get("info"), dict) else None
+    want = json.loads(json.dumps(ex.info(source), default=str))
+    _check_same(folder, "an interrupted extraction", made, want, recorded_scale=None, root=root, scale_name=scale_name)
+
+
 def _extract(out: Path, scale: Scale, overrides: dict[str, Any], tokenizer: Path | None, mel_only: bool, *, scale_name: str) -> Path:
     from controlfoley.data.extract import Extraction, extract_synthetic
     from controlfoley.data.shards import INDEX_FILE, PROGRESS_FILE
@@ -226,6 +237,8 @@ def _extract(out: Path, scale: Scale, overrides: dict[str, Any], tokenizer: Path
             _check_data(out / split, ex, n, out.parent, scale_name)
             continue
         resume = (out / split / PROGRESS_FILE).is_file()  # an interrupted extraction continues from its last shard
+        if resume:
+            _check_interrupted(out / split, ex, f"synthetic world seed 0, split {split}, {n} clips", out.parent, scale_name)
         _log(f"extracting {n} {split} clips into {out / split}{' (resuming)' if resume else ''}")
         extract_synthetic(out / split, ex, n_clips=n, split=split, batch_size=16, resume=resume)
     return out

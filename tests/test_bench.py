@@ -25,7 +25,7 @@ def test_bench_a_preset_at_two_batch_sizes(capsys):
     rc, out, err = _bench(capsys, "specmaskfoley_tiny", "--batch", "1", "3", "--runs", "1", "--warmup", "0", "--steps", "2", "--decode", "--markdown")
     assert rc == 0, err
     header, *rows = _table_rows(out)
-    assert header == ["batch", "median s", "min s", "CPU s", "s per clip", "clips/s", "s per s audio", "decode s", "vocoder s"]
+    assert header == ["batch", "median s", "min s", "CPU s", "s per clip", "clips/s", "s per s audio", "decode s per clip", "vocoder s per clip"]
     assert [r[0] for r in rows] == ["1", "3"]
     for r in rows:
         wall, per_clip, rate = float(r[1]), float(r[4]), float(r[5])
@@ -58,6 +58,23 @@ def test_bench_calls_generate_with_the_settings(monkeypatch, capsys):
     assert rc == 0, err
     assert len(calls) == 3  # one warm-up, two timed
     assert all(c["steps"] == 3 and c["dtype"] == torch.bfloat16 and not c["compile"] and not c["cuda_graph"] for c in calls)
+
+
+def test_bf16_weights_sample_a_bf16_model_natively(monkeypatch, capsys):
+    """--precision bf16-weights: the model itself in bf16 (a ControlNet model fed fp32 features),
+    sampled without autocast (no dtype passed)."""
+    seen = []
+    cls = type(build_model("specmaskfoley_tiny"))
+    original = cls.generate
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs, {p.dtype for p in self.parameters()}))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "generate", spy)
+    rc, _, err = _bench(capsys, "specmaskfoley_tiny", "--runs", "1", "--warmup", "0", "--steps", "2", "--precision", "bf16-weights")
+    assert rc == 0, err
+    assert len(seen) == 1 and "dtype" not in seen[0][0] and seen[0][1] == {torch.bfloat16}
 
 
 @pytest.mark.parametrize(

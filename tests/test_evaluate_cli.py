@@ -14,7 +14,7 @@ from controlfoley.cli import main as cli_main
 from controlfoley.data.synthetic import SyntheticWorld, write_clip_mp4
 from controlfoley.errors import ShapeError
 from controlfoley.evaluate_cli import pair_files
-from controlfoley.evaluation import evaluate_against_reference, reference_pair_metrics
+from controlfoley.evaluation import AudioEmbedding, evaluate_against_reference, reference_pair_metrics
 from controlfoley.metrics.onsets import detect_onsets
 
 SR = 22050
@@ -71,6 +71,8 @@ def test_api_names_wrong_input(clips):
         evaluate_against_reference([], [], SR)
     with pytest.raises(ShapeError, match="sample_rate"):
         reference_pair_metrics(clips[0].audio, clips[0].audio, 0)
+    with pytest.raises(ShapeError, match=r"embedding works at 16000 Hz but the audio is at 22050 Hz"):
+        evaluate_against_reference([c.audio for c in clips], [c.audio for c in clips], SR, embedding=AudioEmbedding(16000))
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -155,6 +157,9 @@ def test_two_single_files_pair_whatever_their_names(folders, capsys):
         (["GEN", "--reference", "REF", "--out", "REF"], "is a folder; name a file"),
         (["GEN", "--reference", "REF", "--tolerance", "-1"], "--tolerance >= 0"),
         (["GEN/a.wav", "--reference", "REF/../results.json"], "not an audio or video file"),
+        (["GEN", "--reference", "GEN"], "are the same folder"),
+        (["GEN", "--reference", "REF", "--sample-rate", "8000"], "--sample-rate must be at least 16000"),
+        (["GEN", "--reference", "REF", "--out", "REF/../results.json/r.json"], "is a file, not a folder"),
     ],
 )
 def test_command_line_errors_exit_2(folders, capsys, args, message):
@@ -182,3 +187,28 @@ def test_single_pair_has_no_fd(folders, capsys, tmp_path):
     fd = json.loads(out_json.read_text())["summary"]["fd"]
     assert fd is None  # NaN (one clip per set) is written as null
     assert math.isnan(evaluate_against_reference([np.zeros(SR, np.float32)], [np.zeros(SR, np.float32)], SR)["fd"])
+
+
+def test_short_and_unequal_pairs_and_audio_containers(folders, tmp_path, capsys):
+    """A pair too short for the FD embedding is still scored (and left out of fd, with a note); a
+    length mismatch over 0.5 s is scored on the overlap with a warning; .m4a is read through PyAV."""
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    audio = [torch.as_tensor(c.audio) for c in (SyntheticWorld(seed=0).clip(i) for i in SyntheticWorld(seed=0).split("test", 3))]
+    save_audio(gen / "a.wav", audio[0], SR)
+    save_audio(gen / "b.wav", audio[1][: SR * 2], SR)  # 2 s of a 5.9 s original
+    save_audio(gen / "tiny.wav", audio[2][:300], SR)
+    (ref / "a.m4a").write_bytes((folders / "ref" / "a.mp4").read_bytes())  # an MP4 under an audio name
+    save_audio(ref / "b.wav", audio[1], SR)
+    save_audio(ref / "tiny.wav", audio[2][:300], SR)
+    out_json = tmp_path / "r.json"
+    rc, out, err = _run(capsys, str(gen), "--reference", str(ref), "--out", str(out_json))
+    assert rc == 0, err
+    report = json.loads(out_json.read_text())
+    rows = {r["file"]: r for r in report["files"]}
+    assert rows["a"]["f1_any"] == 1.0 and rows["a"]["reference"].endswith("a.m4a")
+    assert rows["b"]["seconds"] == pytest.approx(2.0) and rows["b"]["reference_s"] == pytest.approx(audio[1].numel() / SR, abs=1e-3)
+    assert "warning: b: generated 2.00 s, reference 5.9" in err and "scored on the first 2.00 s only" in err
+    assert rows["tiny"]["status"] == "ok" and "1 pair(s) shorter than" in err
+    assert report["summary"]["n_clips"] == 3 and report["summary"]["fd"] is not None  # from a and b

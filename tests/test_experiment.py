@@ -258,3 +258,20 @@ def test_an_interrupted_extraction_stage_resumes(tmp_path, monkeypatch):
     ds = ShardDataset(folder / "train")
     assert [ds.clip_id(i) for i in range(len(ds))] == [f"synthetic-0-{i}" for i in range(smoke.n_tok_clips)]
     assert len(ShardDataset(folder / "val")) == smoke.n_val
+
+
+def test_an_interrupted_extraction_of_other_settings_is_refused_by_name(tmp_path):
+    """An interrupted smoke-scale extraction met by a full-scale run: the experiment's own message
+    (another --out, or delete the folder), not the extract command's '--overwrite' advice."""
+    from controlfoley import experiment
+    from controlfoley.data import extract
+    from controlfoley.data.shards import PROGRESS_FILE
+
+    smoke = experiment.SCALES["smoke"]
+    ex = extract.Extraction(experiment.PRESET, extractors=(), clap=None, tokenizer=None, mel=True, model_overrides=dict(smoke.model_overrides))
+    folder = tmp_path / "exp" / "data_mel" / "train"
+    folder.mkdir(parents=True)
+    (folder / PROGRESS_FILE).write_text(json.dumps({"info": ex.info("synthetic world seed 0, split train, 16 clips"), "features": {}, "shards": []}))
+    full = experiment.SCALES["full"]
+    with pytest.raises(ConfigError, match=rf"{folder} holds an interrupted extraction made with other settings.*codebook_size 64 \(now 256\).*delete"):
+        experiment._extract(folder.parent, full, {}, None, mel_only=True, scale_name="full")

@@ -337,6 +337,32 @@ def test_two_trainers_cannot_share_a_run_folder(data: Path, tmp_path: Path) -> N
     assert train(cfg, resume=True)["step"] == 6
 
 
+def test_a_lock_file_removed_between_open_and_lock_is_taken_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused trainer removes the run folder it created, lock file included, while it still holds
+    the lock. A trainer that opened the file just before must not then 'hold' a lock on a removed
+    file (which locks nothing): it opens the lock file again."""
+    from controlfoley.train.checkpoints import RunDir
+
+    real_open, opened = os.open, []
+
+    def open_then_removed(path: Any, *a: Any, **k: Any) -> int:
+        fd = real_open(path, *a, **k)
+        opened.append(str(path))
+        if len(opened) == 1:
+            os.unlink(path)  # what the previous holder's clean-up does at that moment
+        return fd
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(os, "open", open_then_removed)
+    with RunDir(run).lock():
+        monkeypatch.setattr(os, "open", real_open)
+        assert opened == [str(run / ".lock")] * 2
+        with pytest.raises(TrainingError, match="is in use by another training process"):
+            with RunDir(run).lock():  # the lock held is the one on the file at the path
+                pass
+    assert not run.exists()  # made by this lock, holding nothing else: removed again
+
+
 def test_a_killed_trainer_frees_the_run_even_while_its_forked_workers_live(tmp_path: Path) -> None:
     """A trainer holding the lock forks a worker (as the DataLoader does) and is SIGKILLed: the
     orphaned worker does not keep the run folder locked."""

@@ -182,25 +182,16 @@ class RunDir:
         while a trainer uses the run; a second trainer on the same folder is refused. Forked
         children (DataLoader workers) close their copy at once, so a killed trainer's orphaned
         workers do not keep the run locked. On a file system without locks it warns and goes on.
-        A folder this call created that holds nothing but the lock when the trainer ends (a run
-        refused by its checks before recording anything) is removed again."""
+        The run folder itself, when this call created it and it holds nothing but the lock when the
+        trainer ends (a run refused by its checks before recording anything), is removed again
+        (parent folders created with it are kept)."""
         created = not self.root.exists()
-        self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / ".lock"
-        fd, owner = os.open(path, os.O_RDWR | os.O_CREAT, 0o644), os.getpid()
+        fd, owner = self._open_locked(path), os.getpid()
+        if fd is None:  # no locking on this file system (warned)
+            yield
+            return
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-                raise TrainingError(
-                    f"{self.root} is in use by another training process ({holder}); wait for it to end or stop it, "
-                    "or train into another --out"
-                ) from None
-            except OSError as e:  # e.g. ENOSYS / EOPNOTSUPP: a network file system mounted without locks
-                warnings.warn(f"cannot lock {path} ({e.strerror or e}); nothing stops a second trainer on this run folder", stacklevel=3)
-                yield
-                return
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
             _HELD_LOCKS.add(fd)
@@ -210,11 +201,45 @@ class RunDir:
                 if os.getpid() == owner:  # a forked child closed its copy at fork: the number may be another file's now
                     _HELD_LOCKS.discard(fd)
                     if created:
-                        self._remove_if_unused(path)  # while still locked: no other trainer holds it meanwhile
+                        self._remove_if_unused(path)  # while still locked; a trainer that opened it meanwhile retries
                     fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             if os.getpid() == owner:
                 os.close(fd)
+
+    def _open_locked(self, path: Path) -> int | None:
+        """A descriptor of `path` holding its exclusive lock; None where the file system has no locks.
+        A lock file can be removed by its holder (`_remove_if_unused`) between our open and our lock:
+        then the lock is on a file no longer at `path` and locks nothing, so it is taken again."""
+        for _ in range(100):
+            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # the folder went between mkdir and open: again
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                raise TrainingError(
+                    f"{self.root} is in use by another training process ({holder}); wait for it to end or stop it, "
+                    "or train into another --out"
+                ) from None
+            except OSError as e:  # e.g. ENOSYS / EOPNOTSUPP: a network file system mounted without locks
+                os.close(fd)
+                warnings.warn(f"cannot lock {path} ({e.strerror or e}); nothing stops a second trainer on this run folder", stacklevel=4)
+                return None
+            held = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                return fd
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        raise TrainingError(f"cannot lock {path}: the file kept being removed while it was opened; is another program deleting {self.root}?")
 
     def _remove_if_unused(self, lock_path: Path) -> None:
         with contextlib.suppress(OSError):

@@ -5,6 +5,8 @@ Features
   while the container is open become one-line `MediaError`s naming the file.
 - `atomic_output` / `open_output`: outputs go through `controlfoley._io.atomic_path`; OS and FFmpeg
   errors become `MediaError`s and the temporary file is removed.
+- `VIDEO_SUFFIXES` / `video_files(folder)`: the video files directly in a folder (what `generate` and
+  `evaluate` take a folder argument to mean).
 - `video_stream`, `check_complete`, `check_covered`: no video stream, undecodable codec, files cut
   short (an index that points past the end of the file, fewer frames than the header declares, or,
   where it declares no frame count, a decoded video clearly shorter than the duration it states).
@@ -26,9 +28,17 @@ import av
 from controlfoley._io import atomic_path
 from controlfoley.errors import MediaError
 
-__all__ = ["PathLike", "open_input", "atomic_output", "open_output", "video_stream", "check_complete", "check_covered", "stated_duration", "check_fps", "rate_fraction"]
+__all__ = ["PathLike", "VIDEO_SUFFIXES", "video_files", "open_input", "atomic_output", "open_output", "video_stream", "check_complete", "check_covered", "stated_duration", "check_fps", "rate_fraction"]
 
 PathLike = str | os.PathLike[str]
+
+# video containers FFmpeg reads that a folder argument picks up (compared in lower case)
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mpg", ".mpeg"})
+
+
+def video_files(folder: Path) -> list[Path]:
+    """The video files directly in `folder` (not in subfolders; hidden files left out), sorted by name."""
+    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in VIDEO_SUFFIXES)
 
 
 def _reason(e: BaseException) -> str:

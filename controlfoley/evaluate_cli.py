@@ -34,11 +34,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from controlfoley import _media
+
 __all__ = ["evaluate_main", "pair_files", "AUDIO_SUFFIXES", "VIDEO_SUFFIXES"]
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff"})  # read with soundfile
 # read through their first audio track with PyAV: videos, and audio containers libsndfile cannot open
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mpg", ".mpeg", ".m4a", ".aac", ".opus"})
+VIDEO_SUFFIXES = _media.VIDEO_SUFFIXES | {".m4a", ".aac", ".opus"}
 MIN_RATE = 16000  # the evaluation mel's fmax is 8 kHz
 LENGTH_WARN_S = 0.5  # a pair whose lengths differ by more is scored on the overlap, with a warning
 _SUMMARY_COLUMNS = ("n_clips", "desync_s", "desync_miss_frac", "precision_any", "recall_any", "f1_any", "fd", "n_true", "n_pred")

@@ -1,11 +1,12 @@
 """`controlfoley generate`: foley for a list of video files, one bad file never stopping the others.
 
-    controlfoley generate VIDEO... --model PATH_OR_PRESET --out DIR [--prompt TEXT]
+    controlfoley generate VIDEO_OR_FOLDER... --model PATH_OR_PRESET --out DIR [--prompt TEXT]
         [--negative-prompt TEXT] [--steps 12] [--cfg-scale 3] [--seed 0] [--format wav|flac]
         [--overlap 0.25] [--join crossfade|decode_once] [--extractor KEY=NAME[,ARG=VALUE...]]
         [--vocoder NAME[,ARG=VALUE...]] [--device cpu] [--overwrite]
 
 Features
+- A folder among the inputs stands for the video files directly in it (.mp4 .mov .mkv .webm ...).
 - Per video: DIR/<stem>.wav (or .flac) and DIR/<stem>.mp4, the original video stream copied packet
   by packet (re-encoded only where MP4 cannot hold its codec) beside the new AAC audio track. Both
   files are written to temporary names and renamed only when both are complete, so a failure leaves
@@ -44,7 +45,7 @@ __all__ = ["main", "parse_spec"]
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="controlfoley generate", description="Foley for video files (SpecMaskFoley).")
-    p.add_argument("videos", nargs="+", metavar="VIDEO", help="input video files (any container/codec FFmpeg decodes)")
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="input video files (any container/codec FFmpeg decodes), or folders of them")
     p.add_argument("--model", required=True, help="checkpoint (.safetensors or folder) or a preset that ships weights")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--prompt", default=None, help="text prompt (CLAP role); without it, video-only CFG")
@@ -143,6 +144,22 @@ def _build_pipeline(args: argparse.Namespace, extractors: dict[str, Any], vocode
     if args.negative_prompt:
         pipe.encode_text(args.negative_prompt)
     return pipe
+
+
+def _expand_folders(items: Sequence[str]) -> list[str]:
+    """A folder among the inputs stands for the video files directly in it (sorted by name)."""
+    from controlfoley._media import VIDEO_SUFFIXES, video_files
+
+    out: list[str] = []
+    for item in items:
+        if not Path(item).is_dir():
+            out.append(item)
+            continue
+        found = video_files(Path(item))
+        if not found:
+            raise ValueError(f"{item} is a folder with no video files in it ({' '.join(sorted(VIDEO_SUFFIXES))}); give video files or a folder of them")
+        out += [str(f) for f in found]
+    return out
 
 
 def _outputs(videos: Sequence[str], out: Path, fmt: str) -> list[tuple[Path, Path]]:
@@ -254,9 +271,10 @@ def main(argv: Sequence[str]) -> int:
 
     from controlfoley.errors import ControlFoleyError, RegistryError, one_line
 
-    videos = [Path(v) for v in args.videos]
-    pairs = _outputs(args.videos, args.out, args.format)
     try:  # every check of the command line runs once, cheapest first, before any sampling
+        args.videos = _expand_folders(args.videos)
+        videos = [Path(v) for v in args.videos]
+        pairs = _outputs(args.videos, args.out, args.format)
         _check_numbers(args)
         if args.out.exists() and not args.out.is_dir():  # before the model loads (writability is checked per file)
             check_writable_folder(args.out, "--out")

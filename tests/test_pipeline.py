@@ -315,6 +315,24 @@ def test_cli_summary_and_repeated_stems(model_file: Path, media: dict[str, Path]
     assert "tiny.wav, tiny.mp4" in table and "tiny-2.wav, tiny-2.mp4" in table  # where each input's outputs went
 
 
+def test_cli_takes_a_folder_of_videos(model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder stands for the video files directly in it (any case of suffix; not subfolders, hidden
+    files or other files); a folder without videos is refused before the model loads."""
+    folder = tmp_path / "clips"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "A.MP4").write_bytes(media["tiny"].read_bytes())
+    (folder / "sub" / "deeper.mp4").write_bytes(media["tiny"].read_bytes())
+    (folder / ".hidden.mp4").write_bytes(b"")
+    (folder / "notes.txt").write_text("not a video")
+    out = tmp_path / "out"
+    assert cli.main(["generate", str(folder), "--model", str(model_file), "--out", str(out), "--steps", "2"]) == 0
+    assert _outputs(out) == ["A.mp4", "A.wav"] and "1 of 1 files ok" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["generate", str(empty), "--model", "no_such_model", "--out", str(out)]) == 2
+    assert f"{empty} is a folder with no video files in it" in capsys.readouterr().err  # not the model's error: checked first
+
+
 @cuda
 def test_cuda_cli_generate_with_cuda_graph(model_file: Path, media: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"

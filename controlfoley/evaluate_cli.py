@@ -1,35 +1,48 @@
 """`controlfoley evaluate`: score generated foley against the original soundtracks.
 
     controlfoley evaluate GENERATED --reference REFERENCE [--out RESULTS.json]
-        [--sample-rate 22050] [--tolerance 0.1] [--max-offset 2.0]
+        [--tolerance 0.1] [--max-offset 2.0]
 
 GENERATED and REFERENCE are folders (or two single files). Files pair up by name without suffix:
-`controlfoley generate clips/*.mp4 --out gen` writes `gen/<stem>.wav` and `gen/<stem>.mp4`, so
+`controlfoley generate clips/ --out gen` writes `gen/<stem>.wav` and `gen/<stem>.mp4`, so
 `controlfoley evaluate gen --reference clips` scores every generated clip against the audio track
-of the video it was made for. Audio files (.wav .flac .ogg .mp3 ...) are read with soundfile,
-video files (.mp4 .mov .mkv .webm ...) and .m4a / .aac / .opus through their first audio track
-(PyAV); where a folder holds both for one stem (as `generate` writes them), the audio file is read.
-A pair whose lengths differ by more than 0.5 s is scored on the overlap, with a warning line.
+of the video it was made for. Only the files directly in each folder are read (not subfolders).
+Audio files (.wav .flac .ogg .mp3 ...) are read with soundfile; video files (.mp4 .mov .mkv .webm
+...) and .m4a / .aac / .opus through their first audio track (PyAV). Where a folder holds both an
+audio and a video file for one stem (as `generate` writes them), the audio file is read. Both sides
+are mixed to mono (the mean of the channels) and resampled to 22.05 kHz, the rate the onset
+detector and the embedding are tuned for; each pair is cut to its shorter length, with a warning
+when the lengths differ by more than 0.5 s.
 
-What is measured (`controlfoley.evaluation.evaluate_against_reference`; each pair cut to its shorter
-length): onsets are detected in both waveforms and the reference's stand for the true events:
-- `desync_s`: per reference onset, the distance to the nearest generated onset, capped at 2 s, averaged
-  (the DeSync analogue of the paper's Table 1, measured on the audio instead of by Synchformer);
+What is measured (`controlfoley.evaluation.evaluate_against_reference`): onsets are detected in both
+waveforms and the reference's stand for the true events:
+- `desync_s`: per reference onset, the distance to the nearest generated onset, capped at 2 s,
+  averaged over all reference onsets of all files (the DeSync analogue of the paper's Table 1,
+  measured on the audio instead of by Synchformer); `desync_miss_frac`: the share of reference
+  onsets with no generated onset within the cap;
 - `precision_any` / `recall_any` / `f1_any`: onsets matched one-to-one within `--tolerance` seconds;
 - `fd`: the Frechet distance between the generated and reference sets on the fixed `AudioEmbedding`
-  (needs two pairs or more). It is not FD_PaSST: the numbers compare runs of this command, not papers.
+  (two pairs or more; with fewer clips than its 48 dimensions it is a rough number). It is not
+  FD_PaSST: compare runs of this command with each other, not with papers;
+- `generated_dbfs` / `reference_dbfs`: RMS levels. The scores depend on level, as FAD does: onsets
+  quieter than -45 dBFS are not detected and the embedding reads log-mel levels. A mean level
+  difference over 10 dB gets a warning.
+Per file, a score with nothing to measure (no onsets in the reference) prints "n/a".
 
 Output: a markdown table per file and a summary table on stdout; `--out FILE.json` also writes both
-(written atomically; NaN as null). A file that cannot be read, or a generated file with no
-reference, is reported on its own line and the others are still scored. Exit code: 0 when every
-generated file was scored, 1 when any was not, 2 for a bad command line (an unwritable --out
-included, checked before any file is read), or nothing to score.
+(written atomically; NaN as null, counts as integers). A file that cannot be read, or a generated
+file with no reference, is reported on its own line and the others are still scored. Exit code: 0
+when every generated file was scored, 1 when any was not, 2 for a bad command line (an unwritable
+--out included, checked before any file is read) or nothing to score.
 """
 
 import argparse
+import difflib
 import json
 import math
+import os
 import sys
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,31 +54,49 @@ __all__ = ["evaluate_main", "pair_files", "AUDIO_SUFFIXES", "VIDEO_SUFFIXES"]
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff"})  # read with soundfile
 # read through their first audio track with PyAV: videos, and audio containers libsndfile cannot open
 VIDEO_SUFFIXES = _media.VIDEO_SUFFIXES | {".m4a", ".aac", ".opus"}
-MIN_RATE = 16000  # the evaluation mel's fmax is 8 kHz
 LENGTH_WARN_S = 0.5  # a pair whose lengths differ by more is scored on the overlap, with a warning
-_SUMMARY_COLUMNS = ("n_clips", "desync_s", "desync_miss_frac", "precision_any", "recall_any", "f1_any", "fd", "n_true", "n_pred")
-_FILE_COLUMNS = ("file", "seconds", "n_true", "n_pred", "desync_s", "f1_any", "status")
+LEVEL_WARN_DB = 10.0  # mean levels further apart than this get a warning
+_SUMMARY_COLUMNS = ("n_clips", "desync_s", "desync_miss_frac", "precision_any", "recall_any", "f1_any", "fd", "n_true", "n_pred", "generated_dbfs", "reference_dbfs")
+_FILE_COLUMNS = ("file", "seconds", "n_true", "n_pred", "desync_s", "f1_any", "generated_dbfs", "reference_dbfs", "status")
+_COUNTS = ("n_clips", "n_true", "n_pred", "matched_any", "n_desync_miss", "n_files", "n_failed", "n_reference_unused")
 
 
 class _Usage(Exception):
     """A bad command line or nothing to score: exit code 2."""
 
 
-def _media_files(folder: Path) -> tuple[dict[str, Path], dict[str, str]]:
-    """stem -> file to read, and stem -> why it cannot be paired (two audio files for one stem, ...)."""
-    by_stem: dict[str, list[Path]] = {}
-    for f in sorted(folder.iterdir()):
-        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in AUDIO_SUFFIXES | VIDEO_SUFFIXES:
-            by_stem.setdefault(f.stem, []).append(f)
-    files, problems = {}, {}
-    for stem, found in by_stem.items():
-        audio = [f for f in found if f.suffix.lower() in AUDIO_SUFFIXES]
-        pick = audio or found  # generate writes <stem>.wav beside <stem>.mp4: the audio is the same
-        if len(pick) > 1:
-            problems[stem] = f"several files for '{stem}' in {folder}: {', '.join(f.name for f in pick)}; keep one"
-        else:
-            files[stem] = pick[0]
-    return files, problems
+class _Folder:
+    """The media files directly in a folder, by stem (names compared as written, and NFC-normalised)."""
+
+    def __init__(self, folder: Path) -> None:
+        by_stem: dict[str, list[Path]] = {}
+        for f in sorted(folder.iterdir()):
+            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in AUDIO_SUFFIXES | VIDEO_SUFFIXES:
+                by_stem.setdefault(unicodedata.normalize("NFC", f.stem), []).append(f)
+        self.folder = folder
+        self.files: dict[str, Path] = {}
+        self.problems: dict[str, str] = {}
+        self.both = 0  # stems with an audio file and a video file: the layout `generate` writes
+        for stem, found in by_stem.items():
+            audio = [f for f in found if f.suffix.lower() in AUDIO_SUFFIXES]
+            self.both += bool(audio) and len(audio) < len(found)
+            pick = audio or found  # generate writes <stem>.wav beside <stem>.mp4: the audio is the same
+            if len(pick) > 1:
+                self.problems[stem] = f"several files for '{stem}' in {folder}: {', '.join(f.name for f in pick)}; keep one"
+            else:
+                self.files[stem] = pick[0]
+        self.has_subfolders = any(f.is_dir() and not f.name.startswith(".") for f in folder.iterdir())
+
+    def stems(self) -> set[str]:
+        return self.files.keys() | self.problems.keys()
+
+    def missing(self, stem: str) -> str:
+        """Why `stem` has no file here, with the nearest names and where files were not looked for."""
+        near = difflib.get_close_matches(stem, sorted(self.stems()), n=1, cutoff=0.8)
+        near += [s for s in sorted(self.stems()) if s.casefold() == stem.casefold() and s not in near]
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        sub = " (files in subfolders are not read)" if self.has_subfolders else ""
+        return f"no reference '{stem}.*' in {self.folder}{sub}{hint}"
 
 
 def _side(path: Path, flag: str) -> Path:
@@ -80,39 +111,70 @@ def _side(path: Path, flag: str) -> Path:
 def pair_files(generated: Path, reference: Path) -> tuple[list[tuple[str, Path, Path | None, str | None]], int]:
     """(name, generated file, reference file or None, problem or None) per generated clip, and the
     number of reference clips nothing was generated for. Two single files pair whatever their names."""
-    generated, reference = _side(generated, "GENERATED"), _side(reference, "--reference")
-    if generated.resolve() == reference.resolve():
-        raise _Usage(f"GENERATED and --reference are the same {'file' if generated.is_file() else 'folder'} ({generated}); "
-                     "give the folder of the original videos or soundtracks as --reference")
-    if generated.is_file() != reference.is_file():
-        raise _Usage("give two folders, or two files: GENERATED and --reference must be the same kind")
-    if generated.is_file():
-        return [(generated.stem, generated, reference, None)], 0
-    gen, gen_problems = _media_files(generated)
-    ref, ref_problems = _media_files(reference)
-    if not gen and not gen_problems:
-        raise _Usage(f"no audio or video files in {generated}")
-    rows: list[tuple[str, Path, Path | None, str | None]] = []
-    for stem in sorted(gen.keys() | gen_problems.keys()):
-        if stem in gen_problems:
-            rows.append((stem, generated / stem, None, gen_problems[stem]))
-        elif stem in ref_problems:
-            rows.append((stem, gen[stem], None, ref_problems[stem]))
-        elif stem not in ref:
-            rows.append((stem, gen[stem], None, f"no reference '{stem}.*' in {reference}"))
-        else:
-            rows.append((stem, gen[stem], ref[stem], None))
-    unused = len((ref.keys() | ref_problems.keys()) - gen.keys() - gen_problems.keys())
+    rows, unused, _ = _pairs(generated, reference)
     return rows, unused
 
 
-def _read(path: Path, sample_rate: int) -> Any:
+def _pairs(generated: Path, reference: Path) -> tuple[list[tuple[str, Path, Path | None, str | None]], int, str | None]:
+    generated, reference = _side(generated, "GENERATED"), _side(reference, "--reference")
+    if generated.resolve() == reference.resolve():
+        raise _Usage(
+            f"GENERATED and --reference are the same {'file' if generated.is_file() else 'folder'} ({generated}); "
+            "give the folder of the original videos or soundtracks as --reference"
+        )
+    if generated.is_file() != reference.is_file():
+        raise _Usage("give two folders, or two files: GENERATED and --reference must be the same kind")
+    if generated.is_file():
+        return [(generated.stem, generated, reference, None)], 0, None
+    gen, ref = _Folder(generated), _Folder(reference)
+    if not gen.stems():
+        sub = "; files in subfolders are not read" if gen.has_subfolders else ""
+        raise _Usage(f"no audio or video files in {generated}{sub}")
+    rows: list[tuple[str, Path, Path | None, str | None]] = []
+    for stem in sorted(gen.stems()):
+        if stem in gen.problems:
+            rows.append((stem, generated / stem, None, gen.problems[stem]))
+        elif stem in ref.problems:
+            rows.append((stem, gen.files[stem], None, ref.problems[stem]))
+        elif stem not in ref.files:
+            rows.append((stem, gen.files[stem], None, ref.missing(stem)))
+        else:
+            rows.append((stem, gen.files[stem], ref.files[stem], None))
+    unused = len(ref.stems() - gen.stems())
+    swapped = None
+    if ref.both and not gen.both:
+        swapped = (
+            f"{reference} looks like `controlfoley generate` output (<name>.wav beside <name>.mp4) and {generated} does not: "
+            "are the arguments swapped? (controlfoley evaluate GENERATED --reference ORIGINALS)"
+        )
+    return rows, unused, swapped
+
+
+def _read(path: Path, sample_rate: int, side: str) -> Any:
     from controlfoley.audio.io import load_audio
+    from controlfoley.errors import MediaError, one_line
     from controlfoley.video import read_audio_track
 
-    if path.suffix.lower() in AUDIO_SUFFIXES:
-        return load_audio(path, sample_rate)
-    return read_audio_track(path, sample_rate)
+    try:
+        wav = load_audio(path, sample_rate) if path.suffix.lower() in AUDIO_SUFFIXES else read_audio_track(path, sample_rate)
+    except MediaError as e:
+        raise MediaError(f"{side}: {one_line(e)}") from e
+    if not bool(wav.isfinite().all()):
+        raise MediaError(f"{side} {path} holds NaN or Inf samples; re-export it")
+    return wav
+
+
+def _check_out(out: Path) -> None:
+    """--out names a file whose folder exists or can be made (nothing is created before the run)."""
+    if out.is_dir():
+        raise _Usage(f"--out {out} is a folder; name a file, e.g. {out / 'results.json'}")
+    parent = out.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise _Usage(f"--out {out}: {parent} is a file, so the results cannot be written under it; name another file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise _Usage(f"--out {out}: {parent} is not writable; name a file in a folder you can write")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,17 +182,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("generated", type=Path, metavar="GENERATED", help="folder of generated audio or video files (or one file)")
     p.add_argument("--reference", required=True, type=Path, help="folder of the original videos or audio files (or one file)")
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
-    p.add_argument("--sample-rate", type=int, default=22050, help="rate both sides are resampled to (default 22050, the model's)")
     p.add_argument("--tolerance", type=float, default=None, help="onset match window in seconds (default 0.1)")
     p.add_argument("--max-offset", type=float, default=None, help="cap of the per-onset distance in seconds (default 2.0)")
     return p
 
 
-def _json_safe(x: Any) -> Any:
+def _json_safe(x: Any, key: str = "") -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
+    if isinstance(x, float) and key in _COUNTS:
+        return int(x)
     if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
+        return {k: _json_safe(v, k) for k, v in x.items()}
     if isinstance(x, list):
         return [_json_safe(v) for v in x]
     return x
@@ -138,9 +201,9 @@ def _json_safe(x: Any) -> Any:
 
 def evaluate_main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
-    from controlfoley._io import atomic_write_text, check_writable_folder
+    from controlfoley._io import atomic_write_text
     from controlfoley.errors import ControlFoleyError, one_line
-    from controlfoley.evaluation import AudioEmbedding, format_table, frechet_distance, pool_reference_metrics, reference_pair_metrics
+    from controlfoley.evaluation import EVAL_RATE, AudioEmbedding, format_table, pool_reference_metrics, reference_fd, reference_pair_metrics
     from controlfoley.metrics.scores import MAX_OFFSET_S, TOLERANCE_S
 
     tolerance = TOLERANCE_S if args.tolerance is None else args.tolerance
@@ -148,20 +211,18 @@ def evaluate_main(argv: Sequence[str]) -> int:
     try:
         if tolerance < 0 or max_offset <= 0:
             raise _Usage(f"need --tolerance >= 0 and --max-offset > 0; got {tolerance} and {max_offset}")
-        if args.sample_rate < MIN_RATE:
-            raise _Usage(f"--sample-rate must be at least {MIN_RATE} (the evaluation's mel reaches 8 kHz), got {args.sample_rate}")
-        if args.out is not None and args.out.is_dir():
-            raise _Usage(f"--out {args.out} is a folder; name a file, e.g. {args.out / 'results.json'}")
         if args.out is not None:
-            check_writable_folder(args.out.parent.resolve(), "--out")
-        embedding = AudioEmbedding(args.sample_rate)
-        rows, unused = pair_files(args.generated, args.reference)
-    except (_Usage, ControlFoleyError) as e:  # ControlFoleyError: an unwritable --out folder
-        print(f"error: {one_line(e)}", file=sys.stderr)
+            _check_out(args.out)
+        rows, unused, swapped = _pairs(args.generated, args.reference)
+    except _Usage as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
+    if swapped:
+        print(f"warning: {swapped}", file=sys.stderr)
 
     from tqdm import tqdm
 
+    sr = EVAL_RATE
     files: list[dict[str, Any]] = []
     scored: list[tuple[Any, Any]] = []
     per_pair: list[dict[str, float]] = []
@@ -171,15 +232,12 @@ def evaluate_main(argv: Sequence[str]) -> int:
             if problem is not None:
                 raise ControlFoleyError(problem)
             assert ref_path is not None
-            g, r = _read(gen_path, args.sample_rate), _read(ref_path, args.sample_rate)
-            sr, g_len, r_len = args.sample_rate, g.shape[-1], r.shape[-1]
+            g, r = _read(gen_path, sr, "generated file"), _read(ref_path, sr, "reference")
+            g_len, r_len = g.shape[-1], r.shape[-1]
             n = min(g_len, r_len)
             if abs(g_len - r_len) > LENGTH_WARN_S * sr:
-                tqdm.write(
-                    f"warning: {name}: generated {g_len / sr:.2f} s, reference {r_len / sr:.2f} s; scored on the first {n / sr:.2f} s only",
-                    file=sys.stderr,
-                )
-            g, r = g[:n], r[:n]
+                tqdm.write(f"warning: {name}: generated {g_len / sr:.2f} s, reference {r_len / sr:.2f} s; scored on the first {n / sr:.2f} s only", file=sys.stderr)
+            g, r = g[:n].numpy(), r[:n].numpy()
             metrics = reference_pair_metrics(g, r, sr, tolerance, max_offset)
             row.update(seconds=n / sr, generated_s=g_len / sr, reference_s=r_len / sr, **metrics, status="ok")
             scored.append((g, r))
@@ -192,21 +250,27 @@ def evaluate_main(argv: Sequence[str]) -> int:
     print(format_table(files, _FILE_COLUMNS))
     summary: dict[str, Any] = {"n_files": len(files), "n_failed": len(files) - len(scored), "n_reference_unused": unused}
     if scored:
-        fd = math.nan
-        # the embedding's mel needs a few hundred samples; shorter pairs are scored but left out of FD
-        long_enough = [(g, r) for g, r in scored if g.shape[-1] >= embedding.mel.min_samples]
-        if len(long_enough) < len(scored):
-            print(f"note: {len(scored) - len(long_enough)} pair(s) shorter than {embedding.mel.min_samples} samples are left out of fd", file=sys.stderr)
-        if len(long_enough) >= 2:  # a covariance needs two clips per set
-            fd = frechet_distance(embedding([g for g, _ in long_enough]), embedding([r for _, r in long_enough]))
-        pooled = {**pool_reference_metrics(per_pair), "fd": fd}
+        embedding = AudioEmbedding(sr)
+        short = sum(min(len(g), len(r)) < embedding.mel.min_samples for g, r in scored)
+        if short:
+            print(f"note: {short} pair(s) shorter than {embedding.mel.min_samples} samples are left out of fd", file=sys.stderr)
+        pooled = {**pool_reference_metrics(per_pair), "fd": reference_fd(scored, embedding)}
         summary.update(pooled)
         print()
         print(format_table([pooled], _SUMMARY_COLUMNS))
+        gap = pooled["reference_dbfs"] - pooled["generated_dbfs"]
+        if abs(gap) > LEVEL_WARN_DB:
+            print(
+                f"warning: the generated audio is {abs(gap):.1f} dB {'quieter' if gap > 0 else 'louder'} than the references on average; "
+                "the scores depend on level (quiet onsets are not detected, fd reads log-mel levels)",
+                file=sys.stderr,
+            )
+        if len(scored) < embedding.dim:
+            print(f"note: fd over {len(scored)} clips (fewer than the embedding's {embedding.dim} dimensions) is a rough number", file=sys.stderr)
     if unused:
         print(f"\n{unused} reference file(s) had no generated file; they were not scored.")
     if args.out is not None:
-        settings = {"sample_rate": args.sample_rate, "tolerance_s": tolerance, "max_offset_s": max_offset}
+        settings = {"sample_rate": sr, "tolerance_s": tolerance, "max_offset_s": max_offset}
         report = {"settings": settings, "summary": summary, "files": files}
         try:
             atomic_write_text(args.out, json.dumps(_json_safe(report), indent=2) + "\n")

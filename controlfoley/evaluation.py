@@ -15,8 +15,10 @@ Features
   events (real videos): the reference's own detected onsets stand for the true events, so the
   scores say how well the generated onsets line up with the original soundtrack's (class-agnostic:
   `desync_s`, `desync_miss_frac`, `precision_any` / `recall_any` / `f1_any`), plus `fd` against the
-  reference set. Each pair is cut to its shorter length first. `controlfoley evaluate` runs it on
-  folders of files.
+  reference set and both sides' RMS levels. Both sides are resampled to `EVAL_RATE` (22.05 kHz, the
+  rate the detector is tuned for) and each pair is cut to its shorter length. The scores depend on
+  level, as FAD does: onsets quieter than -45 dBFS are not detected and the embedding reads log-mel
+  levels, so compare levels too. `controlfoley evaluate` runs it on folders of files.
 - `format_table(rows)`: a markdown table of result rows (one dict per system), for RESULTS.md.
 - Definitions in full: controlfoley.metrics.scores (onset scores), controlfoley.metrics.onsets
   (detector parameters), controlfoley.metrics.classify (templates), controlfoley.metrics.frechet.
@@ -30,6 +32,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import librosa
 import numpy as np
 
 from controlfoley.data.synthetic import Event, SyntheticClip, class_sound
@@ -50,7 +53,10 @@ __all__ = [
     "evaluate_against_reference",
     "evaluate_clip",
     "evaluate_clips",
+    "reference_fd",
     "reference_pair_metrics",
+    "level_dbfs",
+    "EVAL_RATE",
     "format_table",
     "frechet_distance",
     "onset_metrics",
@@ -121,12 +127,30 @@ def evaluate_clips(
 # Scores that need classes; a reference comparison has none (every onset is "class 0"), so
 # `evaluate_against_reference` leaves them out rather than repeat the class-agnostic ones.
 _CLASS_KEYS = ("precision_cls", "recall_cls", "f1_cls", "class_accuracy", "matched_cls")
+# The rate a reference comparison runs at: the onset detector's windows are counted in samples
+# (n_fft 512 = 23 ms, hop 64 = 2.9 ms at this rate) and the embedding's mel is the model's.
+EVAL_RATE = 22050
 
 
-def _common_length(generated: Wave, reference: Wave) -> tuple[np.ndarray, np.ndarray]:
-    g, r = as_numpy_wave(generated), as_numpy_wave(reference)
+def _at_eval_rate(wav: Wave, sample_rate: int) -> np.ndarray:
+    y = as_numpy_wave(wav)
+    if sample_rate <= 0:
+        raise ShapeError(f"sample_rate must be positive, got {sample_rate}")
+    if sample_rate == EVAL_RATE:
+        return y
+    return librosa.resample(y, orig_sr=sample_rate, target_sr=EVAL_RATE, res_type="soxr_hq").astype(np.float32)
+
+
+def _common_length(generated: Wave, reference: Wave, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    g, r = _at_eval_rate(generated, sample_rate), _at_eval_rate(reference, sample_rate)
     n = min(g.size, r.size)
     return g[:n], r[:n]
+
+
+def level_dbfs(wav: Wave) -> float:
+    """RMS level in dB relative to full scale (a full-scale sine is -3 dBFS; silence about -240)."""
+    y = as_numpy_wave(wav).astype(np.float64)
+    return float(20.0 * np.log10(np.sqrt(np.mean(y * y)) + 1e-12)) if y.size else math.nan
 
 
 def reference_pair_metrics(
@@ -138,15 +162,24 @@ def reference_pair_metrics(
 ) -> dict[str, float]:
     """Onset scores of one generated waveform against a reference waveform (both at `sample_rate`).
 
-    The reference's detected onsets play the true events; both are cut to the shorter length first.
+    Both are resampled to `EVAL_RATE` and cut to the shorter length; the reference's detected onsets
+    play the true events. A score with nothing to measure is NaN here (desync and recall without
+    reference onsets, precision without generated ones), not the 0.0 the pooled ratios use; the
+    counts are kept for pooling. `generated_dbfs` / `reference_dbfs`: their RMS levels (the scores
+    depend on level: onsets quieter than -45 dBFS are not detected, see `OnsetParams`).
     """
-    if sample_rate <= 0:
-        raise ShapeError(f"sample_rate must be positive, got {sample_rate}")
-    g, r = _common_length(generated, reference)
-    true = [Event(t, 0) for t in detect_onsets(r, sample_rate)]
-    pred = detect_onsets(g, sample_rate)
+    g, r = _common_length(generated, reference, sample_rate)
+    true = [Event(t, 0) for t in detect_onsets(r, EVAL_RATE)]
+    pred = detect_onsets(g, EVAL_RATE)
     scores = onset_metrics(true, pred, [0] * len(pred), tolerance=tolerance, max_offset_s=max_offset_s)
-    return {k: v for k, v in scores.items() if k not in _CLASS_KEYS}
+    out = {k: v for k, v in scores.items() if k not in _CLASS_KEYS}
+    if not true:
+        out.update(desync_s=math.nan, desync_miss_frac=math.nan, recall_any=math.nan)
+    if not pred:
+        out["precision_any"] = math.nan
+    if not true and not pred:
+        out["f1_any"] = math.nan
+    return {**out, "generated_dbfs": level_dbfs(g), "reference_dbfs": level_dbfs(r)}
 
 
 def evaluate_against_reference(
@@ -161,30 +194,39 @@ def evaluate_against_reference(
     """`reference_pair_metrics` pooled over paired lists (micro averages), plus `fd` between the sets.
 
     `n_true` counts the reference onsets, `n_pred` the generated ones. `fd` is NaN with fewer than
-    two pairs (a covariance needs two clips per set).
+    two pairs (a covariance needs two clips per set); pairs shorter than the embedding's mel window
+    are left out of it. `embedding` must work at `EVAL_RATE`.
     """
     if len(generated_wavs) != len(reference_wavs):
         raise ShapeError(f"got {len(generated_wavs)} generated waveforms for {len(reference_wavs)} references; pair them one to one")
     if not generated_wavs:
         raise ShapeError("evaluate_against_reference needs at least one pair")
-    pairs = [_common_length(g, r) for g, r in zip(generated_wavs, reference_wavs, strict=True)]
-    per_pair = [reference_pair_metrics(g, r, sample_rate, tolerance, max_offset_s) for g, r in pairs]
-    fd = math.nan
-    if len(pairs) >= 2:
-        emb = embedding or AudioEmbedding(sample_rate)
-        if emb.sample_rate != sample_rate:
-            raise ShapeError(f"the embedding works at {emb.sample_rate} Hz but the audio is at {sample_rate} Hz; build AudioEmbedding({sample_rate})")
-        fd = frechet_distance(emb([g for g, _ in pairs]), emb([r for _, r in pairs]))
-    return {**pool_reference_metrics(per_pair), "fd": fd}
+    emb = embedding or AudioEmbedding(EVAL_RATE)
+    if emb.sample_rate != EVAL_RATE:
+        raise ShapeError(f"the embedding works at {emb.sample_rate} Hz but the comparison runs at {EVAL_RATE} Hz; build AudioEmbedding({EVAL_RATE})")
+    pairs = [_common_length(g, r, sample_rate) for g, r in zip(generated_wavs, reference_wavs, strict=True)]
+    per_pair = [reference_pair_metrics(g, r, EVAL_RATE, tolerance, max_offset_s) for g, r in pairs]
+    return {**pool_reference_metrics(per_pair), "fd": reference_fd(pairs, emb)}
+
+
+def reference_fd(pairs: Sequence[tuple[np.ndarray, np.ndarray]], embedding: AudioEmbedding) -> float:
+    """FD between the generated and the reference sides of (generated, reference) pairs at the
+    embedding's rate; pairs shorter than its mel window are left out; NaN with fewer than two left."""
+    usable = [(g, r) for g, r in pairs if min(len(g), len(r)) >= embedding.mel.min_samples]
+    if len(usable) < 2:
+        return math.nan
+    return frechet_distance(embedding([g for g, _ in usable]), embedding([r for _, r in usable]))
 
 
 def pool_reference_metrics(per_pair: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """Micro averages of `reference_pair_metrics` results (their counts summed, ratios recomputed),
-    with `n_clips` first; `evaluate_against_reference` adds `fd`."""
+    """Micro averages of `reference_pair_metrics` results (their counts summed, ratios recomputed,
+    so `desync_s` is the mean over all reference onsets, not over files), the mean levels, with
+    `n_clips` first; `evaluate_against_reference` adds `fd`."""
     pooled = pool_onset_metrics([{**m, "matched_cls": 0.0} for m in per_pair])
     scores = {k: v for k, v in pooled.items() if k not in COUNT_KEYS and k not in _CLASS_KEYS}
     counts = {k: pooled[k] for k in COUNT_KEYS if k not in _CLASS_KEYS}
-    return {"n_clips": float(len(per_pair)), **scores, **counts}
+    levels = {k: float(np.mean([m[k] for m in per_pair])) for k in ("generated_dbfs", "reference_dbfs") if per_pair and all(k in m for m in per_pair)}
+    return {"n_clips": float(len(per_pair)), **scores, **levels, **counts}
 
 
 # Metric-dict entries that count things: floats in the dicts, printed as integers in tables.

@@ -244,7 +244,8 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
 
 
 def read_audio_track(path: PathLike, sample_rate: int) -> Float[Tensor, "s"]:
-    """The first audio stream as mono float32 at `sample_rate` (trimmed to the stream's duration)."""
+    """The first audio stream as mono float32 at `sample_rate` (the mean of its channels, as
+    `controlfoley.audio.io.load_audio` mixes files; trimmed to the stream's duration)."""
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     p = Path(path)
@@ -254,9 +255,12 @@ def read_audio_track(path: PathLike, sample_rate: int) -> Float[Tensor, "s"]:
         s = c.streams.audio[0]
         if s.codec_context is None:
             raise MediaError(f"{p}: unsupported audio codec (this FFmpeg build has no decoder for it)")
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        chunks = [g.to_ndarray().reshape(-1) for f in c.decode(s) for g in resampler.resample(f)]
-        chunks += [g.to_ndarray().reshape(-1) for g in resampler.resample(None)]
+        # planar float in the stream's own channel layout, then the mean of the channels: the same
+        # mono mix soundfile-read audio gets (FFmpeg's own mono downmix is 3 dB louder for stereo)
+        layout = s.codec_context.layout.name if s.codec_context.layout is not None else None
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
+        chunks = [g.to_ndarray().mean(axis=0) for f in c.decode(s) for g in resampler.resample(f)]
+        chunks += [g.to_ndarray().mean(axis=0) for g in resampler.resample(None)]
         declared = round(s.duration * s.time_base * sample_rate) if s.duration and s.time_base else 0
     if not chunks or sum(len(x) for x in chunks) == 0:
         raise MediaError(f"{p}: the audio track holds no samples")

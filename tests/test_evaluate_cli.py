@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from controlfoley.audio.io import save_audio
+from controlfoley.audio.io import load_audio, save_audio
 from controlfoley.cli import main as cli_main
 from controlfoley.data.synthetic import SyntheticWorld, write_clip_mp4
 from controlfoley.errors import ShapeError
@@ -56,6 +56,31 @@ def test_a_delay_shows_as_desync_and_misses(clips):
     assert m["fd"] > 0.0
 
 
+def test_other_rates_are_scored_at_the_detectors_rate(clips):
+    """Audio at 44.1 kHz is resampled to 22.05 kHz first: the detector's windows are counted in
+    samples, and at 44.1 kHz they found 17 onsets where a clip has 5."""
+    import librosa
+
+    refs = [np.asarray(c.audio) for c in clips]
+    at44 = [librosa.resample(r, orig_sr=SR, target_sr=44100) for r in refs]
+    direct = evaluate_against_reference(refs, refs, SR)
+    resampled = evaluate_against_reference(at44, at44, 44100)
+    assert resampled["n_true"] == direct["n_true"] == sum(len(c.events) for c in clips)
+    assert resampled["f1_any"] == 1.0
+
+
+def test_undefined_scores_are_nan_per_pair_and_levels_are_reported(clips):
+    silent = np.zeros(SR, np.float32)
+    m = reference_pair_metrics(silent, silent, SR)
+    assert m["n_true"] == m["n_pred"] == 0
+    assert all(math.isnan(m[k]) for k in ("desync_s", "recall_any", "precision_any", "f1_any"))
+    loud = torch.as_tensor(clips[0].audio)
+    m = reference_pair_metrics(loud * 0.5, loud, SR)
+    assert m["reference_dbfs"] - m["generated_dbfs"] == pytest.approx(20 * math.log10(2), abs=1e-3)
+    pooled = evaluate_against_reference([loud * 0.5, silent], [loud, silent], SR)
+    assert pooled["n_clips"] == 2 and not math.isnan(pooled["desync_s"])  # pooled over onsets: defined
+
+
 def test_pairs_are_cut_to_the_shorter_length(clips):
     ref = torch.as_tensor(clips[1].audio)
     half = ref[: ref.numel() // 2]
@@ -71,7 +96,7 @@ def test_api_names_wrong_input(clips):
         evaluate_against_reference([], [], SR)
     with pytest.raises(ShapeError, match="sample_rate"):
         reference_pair_metrics(clips[0].audio, clips[0].audio, 0)
-    with pytest.raises(ShapeError, match=r"embedding works at 16000 Hz but the audio is at 22050 Hz"):
+    with pytest.raises(ShapeError, match=r"embedding works at 16000 Hz but the comparison runs at 22050 Hz"):
         evaluate_against_reference([c.audio for c in clips], [c.audio for c in clips], SR, embedding=AudioEmbedding(16000))
 
 
@@ -158,8 +183,7 @@ def test_two_single_files_pair_whatever_their_names(folders, capsys):
         (["GEN", "--reference", "REF", "--tolerance", "-1"], "--tolerance >= 0"),
         (["GEN/a.wav", "--reference", "REF/../results.json"], "not an audio or video file"),
         (["GEN", "--reference", "GEN"], "are the same folder"),
-        (["GEN", "--reference", "REF", "--sample-rate", "8000"], "--sample-rate must be at least 16000"),
-        (["GEN", "--reference", "REF", "--out", "REF/../results.json/r.json"], "is a file, not a folder"),
+        (["GEN", "--reference", "REF", "--out", "REF/../results.json/r.json"], "is a file, so the results cannot be written under it"),
     ],
 )
 def test_command_line_errors_exit_2(folders, capsys, args, message):
@@ -212,3 +236,61 @@ def test_short_and_unequal_pairs_and_audio_containers(folders, tmp_path, capsys)
     assert "warning: b: generated 2.00 s, reference 5.9" in err and "scored on the first 2.00 s only" in err
     assert rows["tiny"]["status"] == "ok" and "1 pair(s) shorter than" in err
     assert report["summary"]["n_clips"] == 3 and report["summary"]["fd"] is not None  # from a and b
+
+
+def test_swapped_arguments_near_names_and_subfolders_are_pointed_out(folders, tmp_path, capsys):
+    rc, _, err = _run(capsys, str(folders / "ref"), "--reference", str(folders / "gen"))
+    assert "are the arguments swapped?" in err  # gen holds <name>.wav beside <name>.mp4, as generate writes
+    ref = tmp_path / "ref"
+    (ref / "nested").mkdir(parents=True)
+    (ref / "A.mp4").write_bytes((folders / "ref" / "a.mp4").read_bytes())
+    (ref / "nested" / "b.mp4").write_bytes((folders / "ref" / "b.mp4").read_bytes())
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    for f in ("a.wav", "b.wav"):
+        (gen / f).write_bytes((folders / "gen" / f).read_bytes())
+    out_json = tmp_path / "r.json"
+    rc, _, err = _run(capsys, str(gen), "--reference", str(ref), "--out", str(out_json))
+    assert rc == 2  # nothing could be scored
+    rows = {r["file"]: r["status"] for r in json.loads(out_json.read_text())["files"]}
+    assert "did you mean 'A'?" in rows["a"] and "(files in subfolders are not read)" in rows["b"]
+
+
+def test_json_counts_are_integers_and_levels_are_reported(folders, tmp_path, capsys):
+    out_json = tmp_path / "r.json"
+    rc, out, err = _run(capsys, str(folders / "gen"), "--reference", str(folders / "ref"), "--out", str(out_json))
+    assert rc == 0, err
+    summary = json.loads(out_json.read_text())["summary"]
+    assert all(isinstance(summary[k], int) for k in ("n_clips", "n_true", "n_pred", "n_files", "n_failed"))
+    assert summary["generated_dbfs"] < 0 and summary["reference_dbfs"] < 0
+    assert "generated_dbfs" in out and "fd over 2 clips" in err
+
+
+def test_quiet_generated_audio_gets_a_level_warning(folders, tmp_path, capsys):
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    wav = load_audio(folders / "gen" / "a.wav", SR)
+    save_audio(gen / "a.wav", wav * 0.1, SR)  # 20 dB down
+    rc, _, err = _run(capsys, str(gen), "--reference", str(folders / "ref"))
+    assert rc == 0 and "the generated audio is 20.0 dB quieter than the references" in err
+
+
+def test_stereo_video_and_stereo_wav_read_alike(tmp_path):
+    """A video's audio track and an audio file are mixed to mono the same way (the mean of the
+    channels), so an original scores the same whichever container holds it."""
+    import av
+
+    from controlfoley.evaluate_cli import _read
+
+    x = (0.3 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR)).astype(np.float32)
+    stereo = np.stack([x, 0.5 * x])
+    with av.open(str(tmp_path / "s.mkv"), "w") as c:
+        stream = c.add_stream("pcm_s16le", rate=SR, layout="stereo")
+        frame = av.AudioFrame.from_ndarray((stereo.T.reshape(1, -1) * 32767).astype(np.int16), format="s16", layout="stereo")
+        frame.sample_rate = SR
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            c.mux(packet)
+    save_audio(tmp_path / "s.wav", torch.from_numpy(stereo), SR)
+    from_video, from_file = _read(tmp_path / "s.mkv", SR, "reference"), _read(tmp_path / "s.wav", SR, "reference")
+    assert from_video.shape == from_file.shape
+    assert torch.allclose(from_video, from_file, atol=2e-4)

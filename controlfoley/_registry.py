@@ -257,11 +257,13 @@ class Registry(Generic[T]):
             missing = [k for k, p in accepted.items() if p.default is p.empty and k not in kwargs]
             if missing:
                 raise RegistryError(f"{self.kind} {name!r} is missing required argument(s) {missing}")
-            for k, v in kwargs.items():
+            for k, v in list(kwargs.items()):
                 want = simple_types(accepted[k].annotation)
                 if want is not None and not is_a(v, want):
                     names = " or ".join(sorted(t.__name__ if t is not type(None) else "None" for t in want))
                     raise RegistryError(f"{self.kind} {name!r}: {k}={v!r} must be {names} (the annotation of its builder)")
+                if want is not None and float in want and int not in want and isinstance(v, numbers.Integral) and not isinstance(v, bool):
+                    kwargs[k] = float(v)  # `scale=5` from a command line or JSON: the builder gets the float it declares
         return fn(**kwargs)
 
     def __contains__(self, name: object) -> bool:

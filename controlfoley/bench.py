@@ -15,6 +15,9 @@ times token map -> mel -> waveform (the model's own decoder and vocoder), per cl
 This answers "how fast on my card, with my settings". The comparisons behind the project's speed
 claims (against a naive reference path, in the same process) are `benchmarks/sample_speed.py`.
 
+The command leaves the OpenMP settings as the environment has them (`benchmarks/` sets
+OMP_WAIT_POLICY=PASSIVE for steadier ratios on shared machines, which slows small models).
+
 Library helpers (used by `benchmarks/` too): `time_interleaved` (warm-up rounds, then timed rounds
 that call every function in turn, so ratios compare runs made at nearly the same moment; wall and
 process CPU time), `environment` (one line: date, torch, CPU, threads, load, GPU), `median`, `sync`,
@@ -163,12 +166,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the forward (generate(compile=True))")
     p.add_argument("--cuda-graph", action="store_true", help="(CUDA) capture the whole sampling loop as one CUDA graph")
     p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: the model's)")
-    p.add_argument("--guidance", default=None, help="a GUIDANCE rule name replacing the model's (default: the model's)")
+    p.add_argument("--guidance", default=None, metavar="NAME[,ARG=VALUE...]", help="a GUIDANCE rule replacing the model's, as `generate --guidance` takes it (default: the model's)")
+    p.add_argument("--cfg-scale", type=float, default=None, help="final CFG scale (default: the model's; 0 samples unguided, one row per step)")
     p.add_argument("--runs", type=int, default=5, help="timed calls per batch size (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls first (compiling and graph capture happen there)")
     p.add_argument("--decode", action="store_true", help="also time token map -> mel -> waveform")
     p.add_argument("--markdown", action="store_true", help="print GitHub tables")
     return p
+
+
+def _model_last(argv: list[str]) -> list[str]:
+    """`bench --batch 1 16 PRESET`: argparse gives PRESET to --batch (nargs "+"); it is the model."""
+    if "--batch" not in argv:
+        return argv
+    i = argv.index("--batch") + 1
+    j = i
+    while j < len(argv) and not argv[j].startswith("-"):
+        j += 1
+    values = argv[i:j]
+    extra = [v for v in values if not v.lstrip("+").isdigit()]
+    if len(extra) == 1 and values[-1] == extra[0] and j - i > 1:
+        return [extra[0], *argv[: j - 1], *argv[j:]]
+    return argv
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -191,15 +210,18 @@ def _device(spec: str) -> Any:
     except RuntimeError as e:
         raise ConfigError(f"--device {spec!r} is not a torch device ({e}); use cpu, cuda, cuda:N or mps") from e
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda, but torch sees no usable CUDA GPU here; use --device cpu")
+        raise ConfigError(f"--device {spec}, but torch sees no usable CUDA GPU here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA GPU(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps, but MPS is not available here; use --device cpu")
     return device
 
 
 def bench_main(argv: Sequence[str]) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: steadier CPU timings
-    args = _parser().parse_args(list(argv))
+    # The process runs as the user's would: no OMP_WAIT_POLICY of its own (benchmarks/ sets PASSIVE
+    # for steadier ratios on shared machines; that made small models up to 1.7x slower here).
+    args = _parser().parse_args(_model_last(list(argv)))
     from controlfoley.errors import ConfigError, ControlFoleyError, RegistryError, one_line
 
     try:
@@ -214,6 +236,8 @@ def bench_main(argv: Sequence[str]) -> int:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     print(f"{environment(device)}\n{label}: {settings}", flush=True)
+    if args.warmup == 0 and (args.compile or args.cuda_graph):
+        print("note: --warmup 0 with --compile / --cuda-graph: the first timed call compiles or captures, and min s is the steady state", flush=True)
     headers = ["batch", "median s", "min s", "CPU s", "s per clip", "clips/s", "s per s audio"]
     if args.decode:
         headers += ["decode s per clip", "vocoder s per clip"]
@@ -236,9 +260,25 @@ def _dtype(args: argparse.Namespace, device: Any) -> Any:
     return torch.float32 if args.precision == "fp32" else torch.bfloat16
 
 
+def _rule(model: Any, spec: str | None) -> Any:
+    """The model's guidance rule, or `NAME[,ARG=VALUE...]` built from the GUIDANCE registry."""
+    if spec is None:
+        return model.resolve_guidance(None)
+    from controlfoley._registry import GUIDANCE
+    from controlfoley.config import parse_spec
+    from controlfoley.errors import ConfigError
+
+    try:
+        name, kwargs = parse_spec(spec)
+    except ValueError as e:
+        raise ConfigError(f"--guidance {e}") from e
+    return GUIDANCE.build(name, **kwargs)
+
+
 def _settings(args: argparse.Namespace, device: Any, model: Any) -> str:
     steps = args.steps or model.sampler.steps
-    parts = [f"{steps} steps", f"guidance {model.resolve_guidance(args.guidance)}"]
+    scale = "" if args.cfg_scale is None else f", final scale {args.cfg_scale:g}"
+    parts = [f"{steps} steps", f"guidance {_rule(model, args.guidance)}{scale}"]
     parts.append(f"precision {args.precision} ({str(_dtype(args, device)).removeprefix('torch.')})")
     parts += [name for name, on in (("compile", args.compile), ("cuda graph", args.cuda_graph)) if on]
     parts.append(f"median of {args.runs} after {args.warmup} warm-up call(s)")
@@ -250,10 +290,10 @@ def _run(model: Any, args: argparse.Namespace, device: Any) -> list[list[str]]:
 
     if args.precision == "bf16-weights":
         model = model.to(torch.bfloat16)
-    guidance = model.resolve_guidance(args.guidance)
+    guidance = _rule(model, args.guidance)
     steps = args.steps or model.sampler.steps
     seconds = model.n_samples / model.sample_rate
-    kw: dict[str, Any] = {"steps": steps, "guidance": guidance, "compile": args.compile, "cuda_graph": args.cuda_graph}
+    kw: dict[str, Any] = {"steps": steps, "guidance": guidance, "cfg_scale": args.cfg_scale, "compile": args.compile, "cuda_graph": args.cuda_graph}
     if args.precision != "bf16-weights":
         kw["dtype"] = _dtype(args, device)
     rows = []

@@ -99,6 +99,33 @@ def test_bench_cuda_without_gpu(capsys):
     assert rc == 2 and "no usable CUDA GPU" in err
 
 
+def test_guidance_spec_cfg_scale_and_a_model_after_the_batch_sizes(monkeypatch, capsys):
+    calls = []
+    cls = type(build_model("specmaskfoley_tiny"))
+    original = cls.generate
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "generate", spy)
+    # the model after --batch's values (argparse would take it as a batch size)
+    rc, out, err = _bench(capsys, "--batch", "1", "2", "specmaskfoley_tiny", "--runs", "1", "--warmup", "0", "--steps", "2",
+                          "--guidance", "cfg,scale=5", "--cfg-scale", "2")  # fmt: skip
+    assert rc == 0, err
+    assert "preset specmaskfoley_tiny: 2 steps, guidance CFG(scale=5.0" in out and "final scale 2" in out
+    assert all(c["cfg_scale"] == 2.0 and type(c["guidance"]).__name__ == "CFG" and c["guidance"].scale == 5.0 for c in calls)
+    assert len(calls) == 2  # batch 1 and batch 2, one timed call each
+    rc, _, err = _bench(capsys, "specmaskfoley_tiny", "--guidance", "cfg,scale")
+    assert rc == 2 and "expected ARG=VALUE after the name" in err
+
+
+def test_bench_leaves_openmp_as_the_environment_has_it(monkeypatch, capsys):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    rc, out, _ = _bench(capsys, "specmaskfoley_tiny", "--runs", "1", "--warmup", "0", "--steps", "1")
+    assert rc == 0 and "OMP_WAIT_POLICY=unset" in out
+
+
 def test_random_inputs_follow_the_model():
     model = build_model("specmaskfoley_tiny")
     feats, text = random_inputs(model, 2)

@@ -50,6 +50,15 @@ def test_unknown_and_missing_builder_arguments_are_named():
         ALIGNERS.build("ft", in_dim=4)
 
 
+def test_an_int_for_a_float_argument_reaches_the_builder_as_a_float():
+    """`--guidance cfg,scale=5` parses 5 as an int; the builder declares a float and gets one (with
+    runtime type checks on, as in this suite, an int would fail inside the builder)."""
+    rule = GUIDANCE.build("cfg", scale=5)
+    assert rule.scale == 5.0 and isinstance(rule.scale, float)
+    with pytest.raises(RegistryError, match=r"scale=True must be float"):
+        GUIDANCE.build("cfg", scale=True)  # a bool is not a number here
+
+
 def test_user_registered_part_is_usable_by_name():
     calls = []
 

@@ -337,6 +337,25 @@ def test_two_trainers_cannot_share_a_run_folder(data: Path, tmp_path: Path) -> N
     assert train(cfg, resume=True)["step"] == 6
 
 
+def test_a_model_is_found_from_any_part_of_a_run_folder(tmp_path: Path) -> None:
+    """The run, its checkpoints folder, the `latest` pointer inside it, or a step folder all name
+    the run's latest model (the pointer holds a folder name, not a model)."""
+    from controlfoley.train.checkpoints import resolve_model_file
+
+    run = tmp_path / "run"
+    for step in (2, 3):
+        d = run / "checkpoints" / f"step-{step:08d}"
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"m")
+        (d / "state.safetensors").write_bytes(b"s")
+    (run / "checkpoints" / "latest").write_text("step-00000003")
+    want = run / "checkpoints" / "step-00000003" / "model.safetensors"
+    for given in (run, run / "checkpoints", run / "checkpoints" / "latest", want.parent, want):
+        assert resolve_model_file(given) == want, given
+    (run / "model.safetensors").write_bytes(b"final")  # a finished run: its final model
+    assert resolve_model_file(run / "checkpoints" / "latest") == run / "model.safetensors"
+
+
 def test_a_lock_file_removed_between_open_and_lock_is_taken_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A refused trainer removes the run folder it created, lock file included, while it still holds
     the lock. A trainer that opened the file just before must not then 'hold' a lock on a removed

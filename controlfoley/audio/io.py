@@ -39,10 +39,10 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int, mono: bool = True
     try:
         data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)  # [s, channels]
     except RuntimeError as e:  # LibsndfileError derives from it
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = (str(e).splitlines()[0] if str(e) else type(e).__name__).rstrip(". ")
         raise MediaError(f"cannot decode audio file {path}: {reason}. Is it a valid WAV/FLAC/OGG file?") from e
     if data.shape[0] == 0:
-        raise MediaError(f"audio file {path} holds no samples; re-export it or drop it from the list")
+        raise MediaError(f"audio file {path} holds no samples; re-export it or leave it out")
     y = data.T  # [channels, s]
     if mono:
         y = y.mean(axis=0, keepdims=True)

@@ -123,10 +123,14 @@ def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], groups: list[Any])
 
 def resolve_model_file(path: str | Path) -> Path:
     """A model file from a checkpoint file, a checkpoint folder, or a run folder (its final model,
-    else its latest checkpoint)."""
+    else its latest checkpoint); also a run's `checkpoints` folder or its `latest` pointer file."""
     p = Path(path)
-    if p.is_file():
+    if p.is_file() and p.name == "latest" and p.parent.name == "checkpoints":  # the pointer, not a model
+        p = p.parent.parent
+    elif p.is_file():
         return p
+    elif p.name == "checkpoints" and p.is_dir():
+        p = p.parent
     if (p / "model.safetensors").is_file():  # a checkpoint folder, or a finished run
         return p / "model.safetensors"
     latest = RunDir(p).latest_dir()  # a run still in progress

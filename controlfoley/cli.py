@@ -1,15 +1,15 @@
 """The `controlfoley` command.
 
-    controlfoley info PRESET_OR_CHECKPOINT   parameter table per part vs the paper's numbers
-                                             (a preset, or a checkpoint file, folder or training run)
-    controlfoley list [KIND]                 registered names (presets, aligners, guidance, ...)
-    controlfoley demo --out DIR              the embedded demo
-    controlfoley generate VIDEO... --out DIR foley for video files
-    controlfoley extract ...                 fill a feature dataset
+    controlfoley info PRESET_OR_CHECKPOINT        parameter table per part vs the paper's numbers
+                                                  (a preset, or a checkpoint file, folder or training run)
+    controlfoley list [KIND]                      registered names (presets, aligners, guidance, ...)
+    controlfoley demo --out DIR                   the embedded demo
+    controlfoley generate VIDEO|FOLDER... --out DIR   foley for video files
+    controlfoley evaluate GENERATED --reference ORIGINALS   score foley against the original soundtracks
+    controlfoley extract ...                      fill a feature dataset
     controlfoley train {tokenizer,backbone,controlnet} ...
-    controlfoley evaluate GEN --reference REF  score generated foley against the original soundtracks
-    controlfoley experiment synthetic        the learning proof on the synthetic world
-    controlfoley bench [PRESET_OR_CHECKPOINT] sampling speed on this machine (--device, --precision, ...)
+    controlfoley experiment synthetic             the learning proof on the synthetic world
+    controlfoley bench [PRESET_OR_CHECKPOINT]     sampling speed on this machine, with your settings
 
     controlfoley --plugin my_parts.py train ...   import a module that registers your own parts first
                                                   (--plugin X / --plugin=X may stand anywhere; repeatable)

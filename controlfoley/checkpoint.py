@@ -63,8 +63,9 @@ def _unreadable(path: Path, e: Exception) -> CheckpointError:
     if _is_torch_pickle(path):
         return CheckpointError(
             f"{path} is a PyTorch pickle (.ckpt / .pt), not a controlfoley (safetensors) checkpoint. An official SpecVQGAN "
-            f"codebook is loaded by the tokenizer's builder: build_model(..., tokenizer={{'checkpoint': '{path}'}}), on the "
-            f"command line --model 'tokenizer={{\"checkpoint\": \"{path}\"}}'; HiFi-GAN / MelGAN generators by the "
+            f"codebook is loaded by the tokenizer's builder, with SpecVQGAN's own mel: build_model(..., mel='specvqgan', "
+            f"tokenizer={{'checkpoint': '{path}'}}), on the command line --model 'mel=\"specvqgan\"' "
+            f"--model 'tokenizer={{\"checkpoint\": \"{path}\"}}'; HiFi-GAN / MelGAN generators by the "
             "vocoder's (vocoder={'name': 'hifigan', 'checkpoint': ...})"
         )
     return CheckpointError(f"{path} is not a readable safetensors file ({e}). Is it truncated, or another format?")

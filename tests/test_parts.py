@@ -98,3 +98,28 @@ def test_tiny_presets_build_and_train_one_step(name):
     loss, _ = model.loss(codes, features=feats, cond=torch.randn(b, model.backbone.cond_dim))
     loss.backward()
     assert any(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_backbone_block_is_timms_vit_block(fused):
+    """SpecMaskGIT's block is timm's `vision_transformer.Block` (pre-norm, qkv with bias, GELU MLP,
+    LayerNorm eps 1e-6) parameter for parameter: timm's block loads our weights strictly and gives the
+    same output, on the fused (SDPA) and the math attention path. Weights converted from timm ViTs,
+    or written for them, carry over."""
+    import functools
+
+    from timm.models.vision_transformer import Block as TimmBlock
+
+    from controlfoley import build_model
+
+    backbone = build_model("specmaskgit_tiny").backbone.eval()
+    backbone.set_fused_attn(fused)
+    ours = backbone.blocks[0]
+    theirs = TimmBlock(
+        backbone.dim, backbone.heads, mlp_ratio=backbone.ffn_dim / backbone.dim, qkv_bias=True,
+        norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
+    ).eval()  # fmt: skip
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(2, backbone.n_tokens, backbone.dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)

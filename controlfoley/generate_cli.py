@@ -72,8 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist in --out")
     p.add_argument(
-        "--precision", choices=("auto", "fp32", "bf16"), default="auto",
-        help="token sampling precision; auto: bf16 on CUDA, fp32 on CPU (bf16 on a CPU with AVX-512 bf16: ~1.6x faster at paper size, no gain for the tiny presets; CPUs without bf16 units may be slower)",
+        "--precision", choices=("auto", "fp32", "bf16", "bf16-weights"), default="auto",
+        help="token sampling precision; auto: bf16 (autocast) on CUDA, fp32 on CPU (bf16 on a CPU with AVX-512 bf16: ~1.6x faster at paper size, "
+             "no gain for the tiny presets; CPUs without bf16 units may be slower); bf16-weights: the sampling parts stored in bf16 and run "
+             "natively, the fastest CUDA path with --cuda-graph",
     )  # fmt: skip
     p.add_argument(
         "--cuda-graph", action="store_true",

@@ -84,8 +84,11 @@ log = logging.getLogger(__name__)
 JOINS = ("crossfade", "decode_once")
 # sampling precision: "auto" is generate()'s default (bf16 on CUDA, fp32 on CPU); "bf16" on a CPU
 # with AVX-512 bf16 samples the paper-size model ~1.6x faster than fp32 (benchmarks/RESULTS.md; no
-# gain at the tiny presets' 128-d width) and changes a few tokens
-PRECISIONS: dict[str, torch.dtype | None] = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
+# gain at the tiny presets' 128-d width) and changes a few tokens; "bf16-weights" stores the sampling
+# parts (backbone, control encoder, aligner, ControlNet) in bf16 and samples them natively, without
+# autocast: the fastest measured CUDA path (37 ms per clip with cuda_graph on an H100, against 54 ms
+# for autocast; benchmarks/RESULTS.md); the tokenizer and vocoder keep their precision
+PRECISIONS: dict[str, torch.dtype | None] = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "bf16-weights": None}
 
 
 # -- the pipeline -------------------------------------------------------------------------------
@@ -167,7 +170,10 @@ class FoleyPipeline:
           `frame_size` of their own.
         - `feature_frames`: feature rows per window by key, overriding the default of a training
           clip exactly one window long (e.g. {"sync": 240, "clip": 80} for the paper's 10 s clips).
-        - `precision`: token sampling precision, "auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16".
+        - `precision`: token sampling precision, "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16"
+          (autocast), or "bf16-weights": the model's backbone and control parts are converted to bf16
+          in place and sampled natively (fastest with `cuda_graph` on a GPU; the tokenizer and
+          vocoder keep their precision).
         - `cuda_graph`: (CUDA) sample each window through a captured whole-loop CUDA graph
           (`generate(cuda_graph=True)`): the first window captures it, every later window of this
           and later videos replays it; 3-5x faster token sampling per window on an H200.
@@ -194,6 +200,9 @@ class FoleyPipeline:
         if cuda_graph and model.device.type != "cuda":
             raise ConfigError(f"cuda_graph=True needs the model on a CUDA device; it is on {model.device}. Drop cuda_graph or load with map_location='cuda'")
         self.precision, self.cuda_graph = precision, bool(cuda_graph)
+        if precision == "bf16-weights":
+            for part in (model.backbone, *model.control_modules()):
+                part.to(torch.bfloat16)
         self.model = model.eval()
         self.extractors = {k: build_extractor(v) for k, v in extractors.items()}
         self.text_encoder = None if text_encoder is None else build_extractor(text_encoder)

@@ -150,6 +150,20 @@ def test_precision_reaches_the_sampler_and_bad_values_are_refused(media: dict[st
         _pipeline(micro_model(), precision="fp8")
 
 
+def test_bf16_weights_sample_the_sampling_parts_natively(media: dict[str, Path]) -> None:
+    """precision="bf16-weights": backbone and control parts stored in bf16 (tokenizer and vocoder
+    kept), sampled without autocast; the tokens are those of the whole model converted to bf16."""
+    p = _pipeline(micro_model(), precision="bf16-weights")
+    m = p.model
+    assert {q.dtype for part in (m.backbone, *m.control_modules()) for q in part.parameters()} == {torch.bfloat16}
+    assert {q.dtype for q in m.tokenizer.parameters()} == {torch.float32}
+    a = p(media["tiny"], steps=3, seed=1)
+    assert bool(torch.isfinite(a.wav).all()) and a.wav.dtype == torch.float32
+    whole = micro_model().to(torch.bfloat16)
+    codes = _pipeline(whole)(media["tiny"], steps=3, seed=1).codes  # generate's default for a bf16 model: native bf16
+    assert torch.equal(a.codes, codes)
+
+
 def test_cuda_graph_windows_replay_one_captured_loop(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Every window of a long video (the later ones continuing known tokens) goes through ONE cached
     loop and gives the eager windows' tokens; run uncaptured here (no GPU), see tests/test_graphs.py."""
@@ -315,6 +329,12 @@ def test_cli_summary_and_repeated_stems(model_file: Path, media: dict[str, Path]
     assert "tiny.wav, tiny.mp4" in table and "tiny-2.wav, tiny-2.mp4" in table  # where each input's outputs went
 
 
+def test_cli_bf16_weights(model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert cli.main(["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--steps", "2", "--precision", "bf16-weights"]) == 0
+    assert _outputs(out) == ["tiny.mp4", "tiny.wav"] and "1 of 1 files ok" in capsys.readouterr().out
+
+
 def test_cli_takes_a_folder_of_videos(model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A folder stands for the video files directly in it (any case of suffix; not subfolders, hidden
     files or other files); a folder without videos is refused before the model loads."""
@@ -334,10 +354,11 @@ def test_cli_takes_a_folder_of_videos(model_file: Path, media: dict[str, Path], 
 
 
 @cuda
-def test_cuda_cli_generate_with_cuda_graph(model_file: Path, media: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["auto", "bf16-weights"])
+def test_cuda_cli_generate_with_cuda_graph(model_file: Path, media: dict[str, Path], tmp_path: Path, precision: str) -> None:
     out = tmp_path / "out"
     args = ["generate", str(media["tiny"]), str(media["short"]), "--model", str(model_file), "--out", str(out), "--steps", "2"]
-    assert cli.main([*args, "--device", "cuda", "--cuda-graph"]) == 0
+    assert cli.main([*args, "--device", "cuda", "--cuda-graph", "--precision", precision]) == 0
     assert _outputs(out) == ["short.mp4", "short.wav", "tiny.mp4", "tiny.wav"]
 
 

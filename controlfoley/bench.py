@@ -4,8 +4,9 @@
         [--compile] [--cuda-graph] [--steps 12] [--runs 5] [--warmup 1] [--decode] [--markdown]
 
 Times `model.generate` (video features -> token map: the MaskGIT steps with the model's guidance)
-on random inputs of the model's own shapes: features of every key its control encoder reads, at 24
-frames per second of its window, and a CLAP-like vector where the guidance needs text. A preset is
+on random inputs of the model's own shapes: features of every key its control encoder reads, at the
+rates it declares (`feature_fps`: Synchformer 24, CLIP 8 per second; 24 where it declares none),
+and a CLAP-like vector where the guidance needs text. A preset is
 built with random weights (speed does not depend on them); a checkpoint, file, folder or training
 run is loaded. Each batch size gets `--warmup` untimed calls (they also compile or capture, with
 `--compile` / `--cuda-graph`), then `--runs` timed ones; the table gives the median and the fastest,
@@ -37,7 +38,7 @@ from typing import Any
 
 __all__ = ["Timings", "bench_main", "cpu_model", "environment", "fmt", "median", "print_table", "random_inputs", "sync", "time_interleaved"]
 
-FEATURE_FPS = 24  # frames per second of the random features: the Synchformer rate, the highest a preset reads
+FEATURE_FPS = 24.0  # frames per second of a feature whose control encoder declares no `feature_fps`
 
 
 def sync(device: Any) -> None:
@@ -131,7 +132,8 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, markdo
 
 def random_inputs(model: Any, batch: int, *, seed: int = 1) -> tuple[dict[str, Any], Any]:
     """(features, text) of the model's shapes, random, on its device: every feature key its control
-    encoder reads at `FEATURE_FPS` frames per second of the window, and a CLAP-like [batch, c] vector."""
+    encoder reads, at its declared `feature_fps` (else `FEATURE_FPS`) over the window, and a CLAP-like
+    [batch, c] vector."""
     import torch
 
     from controlfoley.control.encoders import feature_dims
@@ -149,8 +151,10 @@ def random_inputs(model: Any, batch: int, *, seed: int = 1) -> tuple[dict[str, A
             f"the control encoder {type(model.control_encoder).__name__} does not say how wide its features "
             f"{missing} are, so no inputs can be made for it; give it a `feature_dims` mapping (key -> width)"
         )
-    frames = max(2, round(FEATURE_FPS * model.n_samples / model.sample_rate))
-    feats = {k: torch.randn(batch, frames, dims[k], generator=g).to(model.device) for k in keys}
+    fps = {str(k): float(v) for k, v in dict(getattr(model.control_encoder, "feature_fps", None) or {}).items()}
+    seconds = model.n_samples / model.sample_rate
+    frames = {k: max(2, round(fps.get(k, FEATURE_FPS) * seconds)) for k in keys}
+    feats = {k: torch.randn(batch, frames[k], dims[k], generator=g).to(model.device) for k in keys}
     return feats, text
 
 

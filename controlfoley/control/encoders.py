@@ -8,6 +8,8 @@
 Every encoder declares `required_features` (the keys it reads) and `out_dim`, and may declare
 `feature_dims` (key -> the width it expects): the pipeline and `controlfoley extract` size their
 default extractors from it and refuse an extractor of another width before reading any video.
+`feature_fps` (key -> frames per second it was trained at) is descriptive: `controlfoley bench`
+makes inputs of those lengths (24 fps where an encoder declares none).
 """
 
 from collections.abc import Mapping
@@ -19,7 +21,9 @@ from controlfoley._registry import CONTROL_ENCODERS, EXTRACTORS
 from controlfoley.errors import ShapeError
 from controlfoley.typing import Float, Tensor
 
-__all__ = ["SyncClipEncoder", "SyncOnlyEncoder", "check_feature", "check_widths", "feature_dims"]
+__all__ = ["SyncClipEncoder", "SyncOnlyEncoder", "check_feature", "check_widths", "feature_dims", "SYNC_FPS", "CLIP_FPS"]
+
+SYNC_FPS, CLIP_FPS = 24.0, 8.0  # the paper's feature rates (sec. 3.2); `feature_fps` declares them
 
 
 def feature_dims(encoder: nn.Module) -> dict[str, int]:
@@ -89,6 +93,7 @@ class SyncClipEncoder(nn.Module):
         self.sync_key, self.clip_key = sync_key, clip_key
         self.required_features = (sync_key, clip_key)
         self.feature_dims = {sync_key: sync_dim, clip_key: clip_dim}
+        self.feature_fps = {sync_key: SYNC_FPS, clip_key: CLIP_FPS}
         self.clip_proj = nn.Linear(clip_dim, sync_dim)
 
     def forward(self, features: dict[str, Tensor]) -> Float[Tensor, "b t d"]:
@@ -106,6 +111,7 @@ class SyncOnlyEncoder(nn.Module):
         self.sync_key = sync_key
         self.required_features = (sync_key,)
         self.feature_dims = {sync_key: sync_dim}
+        self.feature_fps = {sync_key: SYNC_FPS}
 
     def forward(self, features: dict[str, Tensor]) -> Float[Tensor, "b t d"]:
         return check_feature(features, self.sync_key, self.sync_dim)

@@ -165,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument(
         "--precision", choices=("auto", "fp32", "bf16", "bf16-weights"), default="auto",
-        help="auto: bf16 on CUDA, fp32 elsewhere; bf16: autocast; bf16-weights: a bf16 copy of the model, sampled natively (fastest on an H100)",
+        help="auto: bf16 on CUDA, fp32 elsewhere; bf16: autocast; bf16-weights: the backbone and control parts stored in bf16 and sampled natively, as generate --precision bf16-weights (fastest on an H100)",
     )  # fmt: skip
     p.add_argument("--compile", action="store_true", help="torch.compile the forward (generate(compile=True))")
     p.add_argument("--cuda-graph", action="store_true", help="(CUDA) capture the whole sampling loop as one CUDA graph")
@@ -292,8 +292,9 @@ def _settings(args: argparse.Namespace, device: Any, model: Any) -> str:
 def _run(model: Any, args: argparse.Namespace, device: Any) -> list[list[str]]:
     import torch
 
-    if args.precision == "bf16-weights":
-        model = model.to(torch.bfloat16)
+    if args.precision == "bf16-weights":  # as FoleyPipeline(precision="bf16-weights"): the tokenizer and vocoder stay fp32
+        for part in (model.backbone, *model.control_modules()):
+            part.to(torch.bfloat16)
     guidance = _rule(model, args.guidance)
     steps = args.steps or model.sampler.steps
     seconds = model.n_samples / model.sample_rate

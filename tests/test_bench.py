@@ -61,20 +61,20 @@ def test_bench_calls_generate_with_the_settings(monkeypatch, capsys):
 
 
 def test_bf16_weights_sample_a_bf16_model_natively(monkeypatch, capsys):
-    """--precision bf16-weights: the model itself in bf16 (a ControlNet model fed fp32 features),
-    sampled without autocast (no dtype passed)."""
+    """--precision bf16-weights: the sampling parts in bf16 (a ControlNet model fed fp32 features),
+    sampled without autocast (no dtype passed); the tokenizer stays fp32, as in the pipeline."""
     seen = []
     cls = type(build_model("specmaskfoley_tiny"))
     original = cls.generate
 
     def spy(self, *args, **kwargs):
-        seen.append((kwargs, {p.dtype for p in self.parameters()}))
+        seen.append((kwargs, {p.dtype for part in (self.backbone, *self.control_modules()) for p in part.parameters()}, {p.dtype for p in self.tokenizer.parameters()}))
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(cls, "generate", spy)
     rc, _, err = _bench(capsys, "specmaskfoley_tiny", "--runs", "1", "--warmup", "0", "--steps", "2", "--precision", "bf16-weights")
     assert rc == 0, err
-    assert len(seen) == 1 and "dtype" not in seen[0][0] and seen[0][1] == {torch.bfloat16}
+    assert len(seen) == 1 and "dtype" not in seen[0][0] and seen[0][1] == {torch.bfloat16} and seen[0][2] == {torch.float32}
 
 
 @pytest.mark.parametrize(

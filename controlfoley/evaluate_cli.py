@@ -27,7 +27,8 @@ waveforms and the reference's stand for the true events:
 - `generated_dbfs` / `reference_dbfs`: RMS levels. The scores depend on level, as FAD does: onsets
   quieter than -45 dBFS are not detected and the embedding reads log-mel levels. A mean level
   difference over 10 dB gets a warning.
-Per file, a score with nothing to measure (no onsets in the reference) prints "n/a".
+A score with nothing to measure (no onsets in the reference) prints "n/a", per file and pooled;
+the pooled levels are those of the pooled energy (a silent file does not drag them to -240 dB).
 
 Output: a markdown table per file and a summary table on stdout; `--out FILE.json` also writes both
 (written atomically; NaN as null, counts as integers). A file that cannot be read, or a generated
@@ -252,6 +253,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
     if scored:
         embedding = AudioEmbedding(sr)
         short = sum(min(len(g), len(r)) < embedding.mel.min_samples for g, r in scored)
+        n_fd = len(scored) - short
         if short:
             print(f"note: {short} pair(s) shorter than {embedding.mel.min_samples} samples are left out of fd", file=sys.stderr)
         pooled = {**pool_reference_metrics(per_pair), "fd": reference_fd(scored, embedding)}
@@ -259,14 +261,14 @@ def evaluate_main(argv: Sequence[str]) -> int:
         print()
         print(format_table([pooled], _SUMMARY_COLUMNS))
         gap = pooled["reference_dbfs"] - pooled["generated_dbfs"]
-        if abs(gap) > LEVEL_WARN_DB:
+        if abs(gap) > LEVEL_WARN_DB:  # (NaN, from only empty pairs, compares False)
             print(
                 f"warning: the generated audio is {abs(gap):.1f} dB {'quieter' if gap > 0 else 'louder'} than the references on average; "
                 "the scores depend on level (quiet onsets are not detected, fd reads log-mel levels)",
                 file=sys.stderr,
             )
-        if len(scored) < embedding.dim:
-            print(f"note: fd over {len(scored)} clips (fewer than the embedding's {embedding.dim} dimensions) is a rough number", file=sys.stderr)
+        if 2 <= n_fd < embedding.dim:
+            print(f"note: fd over {n_fd} clips (fewer than the embedding's {embedding.dim} dimensions) is a rough number", file=sys.stderr)
     if unused:
         print(f"\n{unused} reference file(s) had no generated file; they were not scored.")
     if args.out is not None:

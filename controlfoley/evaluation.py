@@ -173,12 +173,7 @@ def reference_pair_metrics(
     pred = detect_onsets(g, EVAL_RATE)
     scores = onset_metrics(true, pred, [0] * len(pred), tolerance=tolerance, max_offset_s=max_offset_s)
     out = {k: v for k, v in scores.items() if k not in _CLASS_KEYS}
-    if not true:
-        out.update(desync_s=math.nan, desync_miss_frac=math.nan, recall_any=math.nan)
-    if not pred:
-        out["precision_any"] = math.nan
-    if not true and not pred:
-        out["f1_any"] = math.nan
+    _undefined_as_nan(out, len(true), len(pred))
     return {**out, "generated_dbfs": level_dbfs(g), "reference_dbfs": level_dbfs(r)}
 
 
@@ -220,13 +215,32 @@ def reference_fd(pairs: Sequence[tuple[np.ndarray, np.ndarray]], embedding: Audi
 
 def pool_reference_metrics(per_pair: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """Micro averages of `reference_pair_metrics` results (their counts summed, ratios recomputed,
-    so `desync_s` is the mean over all reference onsets, not over files), the mean levels, with
-    `n_clips` first; `evaluate_against_reference` adds `fd`."""
+    so `desync_s` is the mean over all reference onsets, not over files; NaN where nothing was
+    there to measure), the levels of the pooled energy, with `n_clips` first;
+    `evaluate_against_reference` adds `fd`."""
     pooled = pool_onset_metrics([{**m, "matched_cls": 0.0} for m in per_pair])
     scores = {k: v for k, v in pooled.items() if k not in COUNT_KEYS and k not in _CLASS_KEYS}
     counts = {k: pooled[k] for k in COUNT_KEYS if k not in _CLASS_KEYS}
-    levels = {k: float(np.mean([m[k] for m in per_pair])) for k in ("generated_dbfs", "reference_dbfs") if per_pair and all(k in m for m in per_pair)}
+    _undefined_as_nan(scores, counts["n_true"], counts["n_pred"])
+    levels = {k: _pooled_level([m[k] for m in per_pair]) for k in ("generated_dbfs", "reference_dbfs") if per_pair and all(k in m for m in per_pair)}
     return {"n_clips": float(len(per_pair)), **scores, **levels, **counts}
+
+
+def _undefined_as_nan(scores: dict[str, float], n_true: float | int, n_pred: float | int) -> None:
+    """Scores with nothing to measure as NaN ("n/a"), not the 0.0 of the mir_eval convention."""
+    if n_true == 0:
+        scores.update(desync_s=math.nan, desync_miss_frac=math.nan, recall_any=math.nan)
+    if n_pred == 0:
+        scores["precision_any"] = math.nan
+    if n_true == 0 and n_pred == 0:
+        scores["f1_any"] = math.nan
+
+
+def _pooled_level(levels_db: Sequence[float]) -> float:
+    """The level of the pooled energy (mean of the mean squares): a silent file adds no energy
+    instead of pulling a mean of dB values towards -240."""
+    power = [10.0 ** (x / 10.0) for x in levels_db if not math.isnan(x)]
+    return float(10.0 * np.log10(np.mean(power) + 1e-24)) if power else math.nan
 
 
 # Metric-dict entries that count things: floats in the dicts, printed as integers in tables.

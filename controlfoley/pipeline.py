@@ -200,13 +200,13 @@ class FoleyPipeline:
         if cuda_graph and model.device.type != "cuda":
             raise ConfigError(f"cuda_graph=True needs the model on a CUDA device; it is on {model.device}. Drop cuda_graph or load with map_location='cuda'")
         self.precision, self.cuda_graph = precision, bool(cuda_graph)
-        if precision == "bf16-weights":
-            for part in (model.backbone, *model.control_modules()):
-                part.to(torch.bfloat16)
-        self.model = model.eval()
         self.extractors = {k: build_extractor(v) for k, v in extractors.items()}
         self.text_encoder = None if text_encoder is None else build_extractor(text_encoder)
         check_extractor_widths(model, self.extractors, self.text_encoder)
+        if precision == "bf16-weights":  # after every check: a refused pipeline leaves the model as it was
+            for part in (model.backbone, *model.control_modules()):
+                part.to(torch.bfloat16)
+        self.model = model.eval()
         self.vocoder = vocoder if vocoder is not None else model.vocoder
         self.overlap, self.join, self.frame_size = float(overlap), join, int(frame_size)
         self.feature_frames = dict(feature_frames or {})

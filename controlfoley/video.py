@@ -255,12 +255,17 @@ def read_audio_track(path: PathLike, sample_rate: int) -> Float[Tensor, "s"]:
         s = c.streams.audio[0]
         if s.codec_context is None:
             raise MediaError(f"{p}: unsupported audio codec (this FFmpeg build has no decoder for it)")
-        # planar float in the stream's own channel layout, then the mean of the channels: the same
-        # mono mix soundfile-read audio gets (FFmpeg's own mono downmix is 3 dB louder for stereo)
-        layout = s.codec_context.layout.name if s.codec_context.layout is not None else None
-        resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
-        chunks = [g.to_ndarray().mean(axis=0) for f in c.decode(s) for g in resampler.resample(f)]
-        chunks += [g.to_ndarray().mean(axis=0) for g in resampler.resample(None)]
+        # packed float in each frame's own channel layout, then the mean of the channels: the same
+        # mono mix soundfile-read audio gets (FFmpeg's own mono downmix is 3 dB louder for stereo).
+        # Packed, not planar: PyAV 18's planar frames of 8+ channels report a plane too many, and
+        # to_ndarray then reads past the last one (a segfault).
+        resampler = av.AudioResampler(format="flt", layout=None, rate=sample_rate)
+
+        def mono(g: av.AudioFrame) -> np.ndarray:
+            return g.to_ndarray().reshape(-1, g.layout.nb_channels).mean(axis=1)
+
+        chunks = [mono(g) for f in c.decode(s) for g in resampler.resample(f)]
+        chunks += [mono(g) for g in resampler.resample(None)]
         declared = round(s.duration * s.time_base * sample_rate) if s.duration and s.time_base else 0
     if not chunks or sum(len(x) for x in chunks) == 0:
         raise MediaError(f"{p}: the audio track holds no samples")

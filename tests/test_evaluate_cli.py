@@ -79,6 +79,11 @@ def test_undefined_scores_are_nan_per_pair_and_levels_are_reported(clips):
     assert m["reference_dbfs"] - m["generated_dbfs"] == pytest.approx(20 * math.log10(2), abs=1e-3)
     pooled = evaluate_against_reference([loud * 0.5, silent], [loud, silent], SR)
     assert pooled["n_clips"] == 2 and not math.isnan(pooled["desync_s"])  # pooled over onsets: defined
+    # levels pool by energy: a silent pair adds none (a mean of dB values sank towards -240 dB)
+    assert pooled["reference_dbfs"] - pooled["generated_dbfs"] == pytest.approx(20 * math.log10(2), abs=1e-3)
+    assert pooled["reference_dbfs"] == pytest.approx(m["reference_dbfs"] - 10 * math.log10(2), abs=1e-3)
+    nothing = evaluate_against_reference([silent, silent], [silent, silent], SR)  # no onsets anywhere: n/a, not 0
+    assert all(math.isnan(nothing[k]) for k in ("desync_s", "recall_any", "precision_any", "f1_any"))
 
 
 def test_pairs_are_cut_to_the_shorter_length(clips):
@@ -275,18 +280,20 @@ def test_quiet_generated_audio_gets_a_level_warning(folders, tmp_path, capsys):
     assert rc == 0 and "the generated audio is 20.0 dB quieter than the references" in err
 
 
-def test_stereo_video_and_stereo_wav_read_alike(tmp_path):
+@pytest.mark.parametrize(("n", "layout"), [(2, "stereo"), (6, "5.1"), (8, "7.1")])
+def test_multichannel_video_and_wav_read_alike(tmp_path, n, layout):
     """A video's audio track and an audio file are mixed to mono the same way (the mean of the
-    channels), so an original scores the same whichever container holds it."""
+    channels), so an original scores the same whichever container holds it. 7.1 crashed the process
+    (a segfault in PyAV's planar frames of 8+ channels) while the mix was read planar."""
     import av
 
     from controlfoley.evaluate_cli import _read
 
     x = (0.3 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR)).astype(np.float32)
-    stereo = np.stack([x, 0.5 * x])
+    stereo = np.stack([x * (1.0 - 0.1 * k) for k in range(n)])
     with av.open(str(tmp_path / "s.mkv"), "w") as c:
-        stream = c.add_stream("pcm_s16le", rate=SR, layout="stereo")
-        frame = av.AudioFrame.from_ndarray((stereo.T.reshape(1, -1) * 32767).astype(np.int16), format="s16", layout="stereo")
+        stream = c.add_stream("pcm_s16le", rate=SR, layout=layout)
+        frame = av.AudioFrame.from_ndarray((stereo.T.reshape(1, -1) * 32767).astype(np.int16), format="s16", layout=layout)
         frame.sample_rate = SR
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             c.mux(packet)

@@ -22,6 +22,7 @@ from pipeline_helpers import as_trained, bad_media, micro_model, write_frames
 from controlfoley import cli
 from controlfoley.data.synthetic import SyntheticWorld, write_clip_mp4
 from controlfoley.errors import ConfigError
+from controlfoley._registry import RegistryError
 from controlfoley.pipeline import FoleyPipeline, crossfade_join, default_extractors, plan_windows
 
 # the pipelines here run small models built untrained, on purpose
@@ -159,6 +160,10 @@ def test_bf16_weights_sample_the_sampling_parts_natively(media: dict[str, Path])
     assert {q.dtype for q in m.tokenizer.parameters()} == {torch.float32}
     a = p(media["tiny"], steps=3, seed=1)
     assert bool(torch.isfinite(a.wav).all()) and a.wav.dtype == torch.float32
+    shared = micro_model()
+    with pytest.raises(RegistryError):  # a refused pipeline leaves the caller's model as it was
+        FoleyPipeline(shared, {"sync": "no_such_extractor", "clip": "no_such_extractor"}, precision="bf16-weights")
+    assert {q.dtype for q in shared.parameters()} == {torch.float32}
     whole = micro_model().to(torch.bfloat16)
     codes = _pipeline(whole)(media["tiny"], steps=3, seed=1).codes  # generate's default for a bf16 model: native bf16
     assert torch.equal(a.codes, codes)

@@ -354,6 +354,13 @@ def test_a_model_is_found_from_any_part_of_a_run_folder(tmp_path: Path) -> None:
         assert resolve_model_file(given) == want, given
     (run / "model.safetensors").write_bytes(b"final")  # a finished run: its final model
     assert resolve_model_file(run / "checkpoints" / "latest") == run / "model.safetensors"
+    # a user's own folder called checkpoints, and a model file called latest, are taken as they are
+    mine = tmp_path / "mine" / "checkpoints"
+    mine.mkdir(parents=True)
+    (mine / "model.safetensors").write_bytes(b"m")
+    assert resolve_model_file(mine) == mine / "model.safetensors"
+    (mine / "latest").write_bytes(b"\x80\x00 not text, a model")
+    assert resolve_model_file(mine / "latest") == mine / "latest"
 
 
 def test_a_lock_file_removed_between_open_and_lock_is_taken_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -125,18 +125,29 @@ def resolve_model_file(path: str | Path) -> Path:
     """A model file from a checkpoint file, a checkpoint folder, or a run folder (its final model,
     else its latest checkpoint); also a run's `checkpoints` folder or its `latest` pointer file."""
     p = Path(path)
-    if p.is_file() and p.name == "latest" and p.parent.name == "checkpoints":  # the pointer, not a model
+    if _is_latest_pointer(p):  # a run's pointer file (it names a step folder), not a model
         p = p.parent.parent
     elif p.is_file():
         return p
-    elif p.name == "checkpoints" and p.is_dir():
-        p = p.parent
+    elif p.name == "checkpoints" and p.is_dir() and not (p / "model.safetensors").is_file() and (p / "latest").is_file():
+        p = p.parent  # a run's checkpoints folder
     if (p / "model.safetensors").is_file():  # a checkpoint folder, or a finished run
         return p / "model.safetensors"
     latest = RunDir(p).latest_dir()  # a run still in progress
     if latest is not None:
         return latest / "model.safetensors"
     raise CheckpointError(f"no model checkpoint at {p}: give a .safetensors file, a checkpoint folder or a run folder with checkpoints")
+
+
+def _is_latest_pointer(p: Path) -> bool:
+    """`RUN/checkpoints/latest` as `RunDir.save` writes it: a short text naming a sibling step folder."""
+    if p.name != "latest" or p.parent.name != "checkpoints" or not p.is_file() or p.stat().st_size > 256:
+        return False
+    try:
+        name = p.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return name.startswith("step-") and (p.parent / name).is_dir()
 
 
 # what a new run loads from a finished one to go on training it: what the recipe loads and trains

@@ -236,13 +236,13 @@ class Registry(Generic[T]):
         return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
 
     def accepted_args(self, name: str) -> dict[str, inspect.Parameter]:
-        sig = inspect.signature(self.get(name))
+        sig = _signature(self.get(name))
         return {k: p for k, p in sig.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
     def build(self, name: str, /, **kwargs: Any) -> T:
         """Build entry `name` with keyword arguments; unknown arguments are named in the error."""
         fn = self.get(name)
-        sig = inspect.signature(fn)
+        sig = _signature(fn)
         takes_var_kw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
         if not takes_var_kw:
             accepted = self.accepted_args(name)
@@ -279,6 +279,15 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    """The builder's signature with string annotations (a plugin written with `from __future__ import
+    annotations`) evaluated where they can be, so their types are checked and converted too."""
+    try:
+        return inspect.signature(fn, eval_str=True)
+    except Exception:  # noqa: BLE001  (a name only imported under TYPE_CHECKING, ...): the annotations as written
+        return inspect.signature(fn)
 
 
 _SIMPLE = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}

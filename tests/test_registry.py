@@ -59,6 +59,30 @@ def test_an_int_for_a_float_argument_reaches_the_builder_as_a_float():
         GUIDANCE.build("cfg", scale=True)  # a bool is not a number here
 
 
+def test_string_annotations_of_a_plugin_builder_are_checked_and_converted(tmp_path, monkeypatch):
+    """A plugin written with `from __future__ import annotations` has string annotations
+    ("Optional[float]"): its float argument still gets a float for an int, and a wrong type is
+    still named."""
+    import importlib.util
+
+    (tmp_path / "future_parts.py").write_text(
+        "from __future__ import annotations\n"
+        "from typing import Optional\n"
+        "from controlfoley.guidance import CFG\n"
+        "def build(*, scale: Optional[float] = 3.0, condition: str | None = None) -> CFG:\n"
+        "    assert isinstance(scale, float), type(scale)\n"
+        "    return CFG(scale=scale)\n"
+    )
+    spec = importlib.util.spec_from_file_location("future_parts", tmp_path / "future_parts.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    reg = Registry("thing", "THINGS")
+    reg.register("future_cfg")(mod.build)
+    assert reg.build("future_cfg", scale=5).scale == 5.0
+    with pytest.raises(RegistryError, match=r"scale='x' must be None or float"):
+        reg.build("future_cfg", scale="x")
+
+
 def test_user_registered_part_is_usable_by_name():
     calls = []
 

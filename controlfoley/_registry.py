@@ -235,9 +235,12 @@ class Registry(Generic[T]):
         _load_builtins()
         return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
 
+    def signature(self, name: str) -> inspect.Signature:
+        """Entry `name`'s builder signature, string annotations evaluated where they can be."""
+        return _signature(self.get(name))
+
     def accepted_args(self, name: str) -> dict[str, inspect.Parameter]:
-        sig = _signature(self.get(name))
-        return {k: p for k, p in sig.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        return _keyword_args(_signature(self.get(name)))
 
     def build(self, name: str, /, **kwargs: Any) -> T:
         """Build entry `name` with keyword arguments; unknown arguments are named in the error."""
@@ -245,7 +248,7 @@ class Registry(Generic[T]):
         sig = _signature(fn)
         takes_var_kw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
         if not takes_var_kw:
-            accepted = self.accepted_args(name)
+            accepted = _keyword_args(sig)
             bad = sorted(set(kwargs) - set(accepted))
             if bad:
                 close = {b: difflib.get_close_matches(b, list(accepted), n=1) for b in bad}
@@ -288,6 +291,10 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature:
         return inspect.signature(fn, eval_str=True)
     except Exception:  # noqa: BLE001  (a name only imported under TYPE_CHECKING, ...): the annotations as written
         return inspect.signature(fn)
+
+
+def _keyword_args(sig: inspect.Signature) -> dict[str, inspect.Parameter]:
+    return {k: p for k, p in sig.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
 _SIMPLE = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}

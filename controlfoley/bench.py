@@ -233,9 +233,10 @@ def bench_main(argv: Sequence[str]) -> int:
         device = _device(args.device)
         if args.cuda_graph and device.type != "cuda":
             raise ConfigError("--cuda-graph needs a CUDA device (--device cuda)")
-        model, label = _load(args.model)
-        settings = _settings(args, device, model)
-        rows = _run(model.to(device), args, device)
+        model, label = _load(args.model, args.precision, device)
+        guidance = _rule(model, args.guidance)
+        settings = _settings(args, device, model, guidance)
+        rows = _run(model, args, device, guidance)
     except (ControlFoleyError, ConfigError, RegistryError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
@@ -249,19 +250,16 @@ def bench_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _load(spec: str) -> tuple[Any, str]:
+def _load(spec: str, precision: str, device: Any) -> tuple[Any, str]:
+    """The model on `device`; with bf16-weights its sampling parts in bf16, as the pipeline does."""
     from controlfoley.cli import model_from_arg
+    from controlfoley.pipeline import sampling_parts_to_bf16
 
     model, label = model_from_arg(spec)
-    return model.eval(), label
-
-
-def _dtype(args: argparse.Namespace, device: Any) -> Any:
-    import torch
-
-    if args.precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return torch.float32 if args.precision == "fp32" else torch.bfloat16
+    model = model.eval().to(device)
+    if precision == "bf16-weights":
+        sampling_parts_to_bf16(model)
+    return model, label
 
 
 def _rule(model: Any, spec: str | None) -> Any:
@@ -279,28 +277,33 @@ def _rule(model: Any, spec: str | None) -> Any:
     return GUIDANCE.build(name, **kwargs)
 
 
-def _settings(args: argparse.Namespace, device: Any, model: Any) -> str:
+def _settings(args: argparse.Namespace, device: Any, model: Any, guidance: Any) -> str:
+    import torch
+
+    from controlfoley.fast import sampling_dtype
+    from controlfoley.model import param_dtype
+    from controlfoley.pipeline import PRECISIONS
+
     steps = args.steps or model.sampler.steps
     scale = "" if args.cfg_scale is None else f", final scale {args.cfg_scale:g}"
-    parts = [f"{steps} steps", f"guidance {_rule(model, args.guidance)}{scale}"]
-    parts.append(f"precision {args.precision} ({str(_dtype(args, device)).removeprefix('torch.')})")
+    parts = [f"{steps} steps", f"guidance {guidance}{scale}"]
+    dt = sampling_dtype(device, PRECISIONS[args.precision], param_dtype(model.backbone, torch.float32))  # what generate will run in
+    parts.append(f"precision {args.precision} ({str(dt).removeprefix('torch.')})")
     parts += [name for name, on in (("compile", args.compile), ("cuda graph", args.cuda_graph)) if on]
     parts.append(f"median of {args.runs} after {args.warmup} warm-up call(s)")
     return ", ".join(parts)
 
 
-def _run(model: Any, args: argparse.Namespace, device: Any) -> list[list[str]]:
+def _run(model: Any, args: argparse.Namespace, device: Any, guidance: Any) -> list[list[str]]:
     import torch
 
-    if args.precision == "bf16-weights":  # as FoleyPipeline(precision="bf16-weights"): the tokenizer and vocoder stay fp32
-        for part in (model.backbone, *model.control_modules()):
-            part.to(torch.bfloat16)
-    guidance = _rule(model, args.guidance)
+    from controlfoley.pipeline import PRECISIONS
+
     steps = args.steps or model.sampler.steps
     seconds = model.n_samples / model.sample_rate
     kw: dict[str, Any] = {"steps": steps, "guidance": guidance, "cfg_scale": args.cfg_scale, "compile": args.compile, "cuda_graph": args.cuda_graph}
-    if args.precision != "bf16-weights":
-        kw["dtype"] = _dtype(args, device)
+    if PRECISIONS[args.precision] is not None:  # None (auto, bf16-weights): generate's own default for this model
+        kw["dtype"] = PRECISIONS[args.precision]
     rows = []
     for batch in args.batch:
         feats, text = random_inputs(model, batch)

@@ -232,7 +232,7 @@ def _with_saved_defaults(cfg: ModelConfig, meta: Mapping[str, str], where: Path)
         if part is None or not isinstance(args, dict):
             continue
         current = now.get(field_name, {})
-        changed = {a: v for a, v in args.items() if a in current and current[a] != v and a not in part.kwargs}
+        changed = {a: v for a, v in args.items() if a in current and current[a] != v}  # (builder_defaults leaves out set arguments)
         if changed:
             changes[field_name] = changed
             told = ", ".join(f"{a}={current[a]!r} (saved with {v!r})" for a, v in changed.items())
@@ -293,12 +293,7 @@ def load_model(
                 stacklevel=3,
             )
     model.load_state_dict(state, strict=False)  # every key was checked above (strict), or chosen (loose)
-    cn = getattr(model, "controlnet", None)
-    if cn is not None and not any(k.startswith("controlnet.") for k in state) and any(k.startswith("backbone.") for k in state):
-        # ControlNet parts added to a backbone checkpoint: it was copied from the built (random)
-        # backbone; it must start as a copy of the loaded, pretrained one (its zero-initialised
-        # linears keep the model's output unchanged until it trains)
-        cn.copy_from(model.backbone)
+    _recopy_controlnet(model, {k.split(".")[0] for k in state})
     recorded = trained_parts(meta)
     if recorded is not None:  # a part with any key left at its built weights is not the checkpoint's trained one
         kept = {k.split(".")[0] for k in own if k not in state}
@@ -352,7 +347,14 @@ def load_parts(model: nn.Module, path: str | os.PathLike[str], parts: Iterable[s
     # a checkpoint that records nothing (older ones, converted official weights) is taken as trained
     loaded = set(parts) if src is None else src & set(parts)
     model.trained_parts = set(getattr(model, "trained_parts", None) or ()) | loaded
-    if "backbone" in parts and "controlnet" not in parts and getattr(model, "controlnet", None) is not None:
-        model.controlnet.copy_from(model.backbone)
+    _recopy_controlnet(model, set(parts))
     return parts
+
+
+def _recopy_controlnet(model: nn.Module, loaded: set[str]) -> None:
+    """A backbone loaded without its ControlNet: the ControlNet was copied from the built (random)
+    backbone and must start as a copy of the loaded one (its zero-initialised linears keep the
+    model's output unchanged until it trains)."""
+    if "backbone" in loaded and "controlnet" not in loaded and getattr(model, "controlnet", None) is not None:
+        model.controlnet.copy_from(model.backbone)
 

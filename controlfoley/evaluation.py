@@ -168,7 +168,11 @@ def reference_pair_metrics(
     counts are kept for pooling. `generated_dbfs` / `reference_dbfs`: their RMS levels (the scores
     depend on level: onsets quieter than -45 dBFS are not detected, see `OnsetParams`).
     """
-    g, r = _common_length(generated, reference, sample_rate)
+    return _pair_scores(*_common_length(generated, reference, sample_rate), tolerance, max_offset_s)
+
+
+def _pair_scores(g: np.ndarray, r: np.ndarray, tolerance: float, max_offset_s: float) -> dict[str, float]:
+    """`reference_pair_metrics` of a pair already at `EVAL_RATE`, cut to one length."""
     true = [Event(t, 0) for t in detect_onsets(r, EVAL_RATE)]
     pred = detect_onsets(g, EVAL_RATE)
     scores = onset_metrics(true, pred, [0] * len(pred), tolerance=tolerance, max_offset_s=max_offset_s)
@@ -200,7 +204,7 @@ def evaluate_against_reference(
     if emb.sample_rate != EVAL_RATE:
         raise ShapeError(f"the embedding works at {emb.sample_rate} Hz but the comparison runs at {EVAL_RATE} Hz; build AudioEmbedding({EVAL_RATE})")
     pairs = [_common_length(g, r, sample_rate) for g, r in zip(generated_wavs, reference_wavs, strict=True)]
-    per_pair = [reference_pair_metrics(g, r, EVAL_RATE, tolerance, max_offset_s) for g, r in pairs]
+    per_pair = [_pair_scores(g, r, tolerance, max_offset_s) for g, r in pairs]
     return {**pool_reference_metrics(per_pair), "fd": reference_fd(pairs, emb)}
 
 

@@ -220,7 +220,7 @@ def _check_interrupted(folder: Path, ex: Any, source: str, root: Path, scale_nam
 
 
 def _extract(out: Path, scale: Scale, overrides: dict[str, Any], tokenizer: Path | None, mel_only: bool, *, scale_name: str) -> Path:
-    from controlfoley.data.extract import Extraction, extract_synthetic
+    from controlfoley.data.extract import Extraction, extract_synthetic, synthetic_source
     from controlfoley.data.shards import INDEX_FILE, PROGRESS_FILE
 
     ex = Extraction(
@@ -238,7 +238,7 @@ def _extract(out: Path, scale: Scale, overrides: dict[str, Any], tokenizer: Path
             continue
         resume = (out / split / PROGRESS_FILE).is_file()  # an interrupted extraction continues from its last shard
         if resume:
-            _check_interrupted(out / split, ex, f"synthetic world seed 0, split {split}, {n} clips", out.parent, scale_name)
+            _check_interrupted(out / split, ex, synthetic_source(0, split, n), out.parent, scale_name)
         _log(f"extracting {n} {split} clips into {out / split}{' (resuming)' if resume else ''}")
         extract_synthetic(out / split, ex, n_clips=n, split=split, batch_size=16, resume=resume)
     return out

@@ -91,6 +91,13 @@ JOINS = ("crossfade", "decode_once")
 PRECISIONS: dict[str, torch.dtype | None] = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "bf16-weights": None}
 
 
+def sampling_parts_to_bf16(model: nn.Module) -> None:
+    """precision "bf16-weights": the parts `generate` runs (backbone, control encoder, aligner,
+    ControlNet) stored in bf16, in place; the tokenizer and vocoder keep their precision."""
+    for part in (model.backbone, *model.control_modules()):
+        part.to(torch.bfloat16)
+
+
 # -- the pipeline -------------------------------------------------------------------------------
 
 
@@ -204,8 +211,7 @@ class FoleyPipeline:
         self.text_encoder = None if text_encoder is None else build_extractor(text_encoder)
         check_extractor_widths(model, self.extractors, self.text_encoder)
         if precision == "bf16-weights":  # after every check: a refused pipeline leaves the model as it was
-            for part in (model.backbone, *model.control_modules()):
-                part.to(torch.bfloat16)
+            sampling_parts_to_bf16(model)
         self.model = model.eval()
         self.vocoder = vocoder if vocoder is not None else model.vocoder
         self.overlap, self.join, self.frame_size = float(overlap), join, int(frame_size)

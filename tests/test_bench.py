@@ -143,4 +143,4 @@ def test_time_interleaved_rounds():
     order = []
     t = time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1, runs=2, device="cpu")
     assert order == ["a", "b"] * 3
-    assert len(t["a"].wall) == len(t["b"].cpu) == 2 and all(x >= 0 for x in t["a"].wall)
+    assert len(t["a"].wall) == len(t["b"].cpu) == 2  # the warm-up round is not timed

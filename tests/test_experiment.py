@@ -8,6 +8,7 @@ import torch
 
 from controlfoley import cli
 from controlfoley.errors import ConfigError
+from controlfoley.data.extract import synthetic_source
 from controlfoley.presets import pretrained_path
 
 
@@ -146,7 +147,7 @@ def test_dataset_stage_is_reused_only_with_its_own_settings(tmp_path):
     ex = Extraction(experiment.PRESET, extractors=(), clap=None, tokenizer=None, mel=True, model_overrides=smoke)
     folder = tmp_path / "exp" / "data_mel" / "train"
     folder.mkdir(parents=True)
-    (folder / "index.json").write_text(json.dumps({"n_clips": 16, "info": ex.info("synthetic world seed 0, split train, 16 clips")}))
+    (folder / "index.json").write_text(json.dumps({"n_clips": 16, "info": ex.info(synthetic_source(0, "train", 16))}))
     experiment._check_data(folder, ex, 16, tmp_path / "exp", "smoke")  # the same: reused
     with pytest.raises(ConfigError, match=rf"{folder} holds a dataset made with other settings.*n_clips 16 \(now 1024\)"):
         experiment._check_data(folder, ex, 1024, tmp_path / "exp", "full")
@@ -271,7 +272,7 @@ def test_an_interrupted_extraction_of_other_settings_is_refused_by_name(tmp_path
     ex = extract.Extraction(experiment.PRESET, extractors=(), clap=None, tokenizer=None, mel=True, model_overrides=dict(smoke.model_overrides))
     folder = tmp_path / "exp" / "data_mel" / "train"
     folder.mkdir(parents=True)
-    (folder / PROGRESS_FILE).write_text(json.dumps({"info": ex.info("synthetic world seed 0, split train, 16 clips"), "features": {}, "shards": []}))
+    (folder / PROGRESS_FILE).write_text(json.dumps({"info": ex.info(synthetic_source(0, "train", 16)), "features": {}, "shards": []}))
     full = experiment.SCALES["full"]
     with pytest.raises(ConfigError, match=rf"{folder} holds an interrupted extraction made with other settings.*codebook_size 64 \(now 256\).*delete"):
         experiment._extract(folder.parent, full, {}, None, mel_only=True, scale_name="full")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import micro_overrides
-from test_train import config, write_data
+from test_train import config, data, write_data  # noqa: F401  (data: a fixture)
 
 from controlfoley.config import ConfigError, Part
 from controlfoley.errors import DataError, TrainingError
@@ -46,11 +46,6 @@ def with_tokenizer(ds: Path, source: str | None) -> Path:
     index["info"]["tokenizer"] = source
     (ds / "index.json").write_text(json.dumps(index), encoding="utf-8")
     return ds
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_data(tmp_path_factory.mktemp("data") / "ds")
 
 
 @pytest.fixture(scope="module")

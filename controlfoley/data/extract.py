@@ -29,7 +29,6 @@ References: SpecMaskFoley sec. 4.2 (10 s at 22.05 kHz -> 848 frames -> 5 x 53 to
 """
 
 import argparse
-import inspect
 import json
 import logging
 import math
@@ -86,7 +85,7 @@ def extractors_writing(key: str) -> list[str]:
     names = []
     for name in EXTRACTORS.names():
         try:
-            sig = inspect.signature(EXTRACTORS.get(name))
+            sig = EXTRACTORS.signature(name)
         except (TypeError, ValueError):
             continue
         p = sig.parameters.get("output_key")
@@ -336,6 +335,11 @@ def _skipped_lines(path: Path) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def synthetic_source(world_seed: int, split: str, n_clips: int) -> str:
+    """The `source` a synthetic extraction records (compared when a dataset is reused or resumed)."""
+    return f"synthetic world seed {world_seed}, split {split}, {n_clips} clips"
+
+
 def extract_synthetic(
     out: str | Path,
     ex: Extraction,
@@ -364,7 +368,7 @@ def extract_synthetic(
         return clip.audio, VideoSource(lambda fps: resample_frames(clip.frames, clip.fps, fps)), clap
 
     items = ((f"synthetic-{world_seed}-{i}", lambda i=i: load(i)) for i in world.split(split, n_clips))
-    source = f"synthetic world seed {world_seed}, split {split}, {n_clips} clips"
+    source = synthetic_source(world_seed, split, n_clips)
     return _write(ex, out, items, n_clips, shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, source=source, resume=resume)
 
 
@@ -459,9 +463,10 @@ def extract_files(
         if tags[i] in encoded:
             return encoded[tags[i]]
         try:
-            return ex.clap.encode_text([tags[i]])[0]
+            encoded[tags[i]] = ex.clap.encode_text([tags[i]])[0]  # an open-vocabulary text: encoded once, reused for repeats
         except (ControlFoleyError, ValueError, KeyError) as e:  # an open-vocabulary extractor, checked only here
             raise ListError(f"{label(i)}: {ex.clap.name} cannot encode its tags {tags[i]!r} ({e}); fix the tags of that line") from e
+        return encoded[tags[i]]
 
     def load(i: int) -> Loaded:
         p = Path(files[i])

@@ -27,8 +27,10 @@
 #  10. batch 64, compiled inside the whole-loop graph with inductor's max-autotune (untried on a GPU;
 #      autotuning compiles for minutes: run it alone, `... gpu_check.sh 10`)
 # Full run (the default steps 1 2 3 6 0 5 4 7): 452 s on an H100 (2026-11-27, run E in RESULTS.md) before the
-# GELU-epilogue paths were added (estimate now ~520-560 s: if the device budget is tight, run `1 2 3 6 0` and
-# then `5 4 7` on the still-warm machine); steps 8, 9 and 10 are not in the default list. Smoke test on a CPU machine (no graph or fp8-graph paths there):
+# GELU-epilogue and static-fp8 paths were added. Run G (same card, 61855a4): step 3 74 s, step 6 240 s
+# (five compiled paths), step 0 ~150 s; so the default list now needs more than one 600-s call: run
+# `3 6 0` first and the rest on the still-warm machine. Steps 8, 9 and 10 are not in the default list;
+# step 10 autotunes ~21 s per GEMM shape and did not finish in the ~125 s run G left it. Smoke test on a CPU machine (no graph or fp8-graph paths there):
 #     DEVICE=cpu PRESET=specmaskfoley_tiny BIG_BATCH=4 PY=.venv/bin/python bash benchmarks/gpu_check.sh 1 2 3 4 6 7
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -69,7 +71,7 @@ ONLY="${*:-1 2 3 6 0 5 4 7}"  # the steps to run, in this order
 for n in $ONLY; do
     case $n in
     0) # with the suite's runtime type checks (jaxtyping + beartype, carried as a wheel), as CI runs them
-       step 150 "0. CUDA tests" $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_pipeline.py tests/test_quantize.py \
+       step 200 "0. CUDA tests" $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_pipeline.py tests/test_quantize.py \
            tests/test_fast_paths.py::test_gelu_epilogue_logits_stay_within_bf16_noise_on_cuda -k "cuda or graph" ;;
     1) step 40 "1. ceilings" $PY benchmarks/ceilings.py --device "$DEVICE" --markdown ;;
     2) step 100 "2. batch 1, eager and whole-loop graph" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --decode-runs 2 --markdown \
@@ -79,7 +81,7 @@ for n in $ONLY; do
     4) step 70 "4. training step, batch $BIG_BATCH" $PY benchmarks/train_speed.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --steps 5 --markdown ;;
     5) step 120 "5. batch 1, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --no-decode --markdown \
            --paths library_bf16_native $COMPILED ${FP8_COMPILED%% *} ;;
-    6) step 240 "6. batch $BIG_BATCH, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
+    6) step 300 "6. batch $BIG_BATCH, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
            --paths library_bf16_native $COMPILED $FP8_COMPILED ;;
     7) for path in library_bf16_native library_bf16_gelu library_fp8_static; do
            step 60 "7. profile, batch $BIG_BATCH, $path" $PY benchmarks/profile_sampling.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --path $path

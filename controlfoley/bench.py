@@ -1,6 +1,6 @@
 """`controlfoley bench`: how fast a model samples on this machine, with the settings you would use.
 
-    controlfoley bench [PRESET_OR_CHECKPOINT] [--batch 1 16] [--device cuda] [--precision auto]
+    controlfoley bench [PRESET_OR_CHECKPOINT] [--batch 1 16] [--device cuda] [--precision auto|fp32|bf16|bf16-weights|fp8]
         [--compile] [--cuda-graph] [--steps 12] [--runs 5] [--warmup 1] [--decode] [--markdown]
 
 Times `model.generate` (video features -> token map: the MaskGIT steps with the model's guidance)
@@ -38,6 +38,8 @@ from typing import Any
 
 __all__ = ["Timings", "bench_main", "cpu_model", "environment", "fmt", "median", "print_table", "random_inputs", "sync", "time_interleaved"]
 
+# generate's sampling precisions (controlfoley.pipeline.PRECISIONS) and, for throughput studies, "fp8"
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "bf16-weights", "fp8")
 FEATURE_FPS = 24.0  # frames per second of a feature whose control encoder declares no `feature_fps`
 
 
@@ -164,8 +166,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes to time (default 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument(
-        "--precision", choices=("auto", "fp32", "bf16", "bf16-weights"), default="auto",
-        help="auto: bf16 on CUDA, fp32 elsewhere; bf16: autocast; bf16-weights: the backbone and control parts stored in bf16 and sampled natively, as generate --precision bf16-weights (fastest on an H100)",
+        "--precision", choices=PRECISION_CHOICES, default="auto",
+        help="auto: bf16 on CUDA, fp32 elsewhere; bf16: autocast; bf16-weights: the backbone and control parts stored in bf16 and sampled natively, as generate --precision bf16-weights (fastest on an H100 at batch 1); "
+        "fp8: bf16-weights with the transformer blocks' linears in fp8 with static scales (controlfoley.quantize, experimental; Ada/Hopper GPUs; pays only with --compile at large batches: 107 clips/s at batch 64 on an H100 with --compile --cuda-graph)",
     )  # fmt: skip
     p.add_argument("--compile", action="store_true", help="torch.compile the forward (generate(compile=True))")
     p.add_argument("--cuda-graph", action="store_true", help="(CUDA) capture the whole sampling loop as one CUDA graph")
@@ -251,14 +254,18 @@ def bench_main(argv: Sequence[str]) -> int:
 
 
 def _load(spec: str, precision: str, device: Any) -> tuple[Any, str]:
-    """The model on `device`; with bf16-weights its sampling parts in bf16, as the pipeline does."""
+    """The model on `device`; with bf16-weights its sampling parts in bf16, as the pipeline does; with
+    fp8 those parts' block linears then swapped for static-scale fp8 ones (`quantize_fp8`)."""
     from controlfoley.cli import model_from_arg
     from controlfoley.pipeline import sampling_parts_to_bf16
+    from controlfoley.quantize import quantize_fp8
 
     model, label = model_from_arg(spec)
     model = model.eval().to(device)
-    if precision == "bf16-weights":
+    if precision in ("bf16-weights", "fp8"):
         sampling_parts_to_bf16(model)
+    if precision == "fp8":  # a ConfigError (exit 2) on a GPU without fp8 tensor cores
+        quantize_fp8(model, granularity="static")
     return model, label
 
 
@@ -287,8 +294,9 @@ def _settings(args: argparse.Namespace, device: Any, model: Any, guidance: Any) 
     steps = args.steps or model.sampler.steps
     scale = "" if args.cfg_scale is None else f", final scale {args.cfg_scale:g}"
     parts = [f"{steps} steps", f"guidance {guidance}{scale}"]
-    dt = sampling_dtype(device, PRECISIONS[args.precision], param_dtype(model.backbone, torch.float32))  # what generate will run in
-    parts.append(f"precision {args.precision} ({str(dt).removeprefix('torch.')})")
+    dt = sampling_dtype(device, PRECISIONS.get(args.precision), param_dtype(model.backbone, torch.float32))  # what generate will run in
+    dt_name = str(dt).removeprefix("torch.")
+    parts.append(f"precision {args.precision} (" + (f"float8_e4m3fn block linears, static scales; {dt_name} elsewhere)" if args.precision == "fp8" else f"{dt_name})"))
     parts += [name for name, on in (("compile", args.compile), ("cuda graph", args.cuda_graph)) if on]
     parts.append(f"median of {args.runs} after {args.warmup} warm-up call(s)")
     return ", ".join(parts)
@@ -302,7 +310,7 @@ def _run(model: Any, args: argparse.Namespace, device: Any, guidance: Any) -> li
     steps = args.steps or model.sampler.steps
     seconds = model.n_samples / model.sample_rate
     kw: dict[str, Any] = {"steps": steps, "guidance": guidance, "cfg_scale": args.cfg_scale, "compile": args.compile, "cuda_graph": args.cuda_graph}
-    if PRECISIONS[args.precision] is not None:  # None (auto, bf16-weights): generate's own default for this model
+    if PRECISIONS.get(args.precision) is not None:  # None (auto, bf16-weights, fp8): generate's own default for this model
         kw["dtype"] = PRECISIONS[args.precision]
     rows = []
     for batch in args.batch:

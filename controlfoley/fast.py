@@ -261,8 +261,9 @@ def fuse_gelu_epilogue(model: nn.Module, enabled: bool = True) -> nn.Module:
     Aimed at batch-64 sampling on a GPU, where the separate GELU pass is the largest element-wise
     cost (benchmarks/RESULTS.md). On CUDA the GELU becomes its tanh approximation: a model change
     below bf16's resolution, but a change; `benchmarks/precision_quality.py` measures what it
-    does to the output. Not measured on a GPU yet: `benchmarks/sample_speed.py --paths
-    library_bf16_gelu_graph`."""
+    does to the output. Measured on an H100 (benchmarks/RESULTS.md, run G; paper preset, batch 64):
+    88 clips/s in a CUDA graph against 81 for the plain bf16 model, 95 against 87 compiled in the
+    graph, with as many tokens equal to the fp32 reference as plain bf16 (95%)."""
     from controlfoley.backbones.specmaskgit import Mlp
 
     mlps = [m for m in model.modules() if isinstance(m, Mlp)]

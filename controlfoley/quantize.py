@@ -1,6 +1,10 @@
-"""FP8 (e4m3) linears for sampling: `quantize_fp8(model)`. EXPERIMENTAL: on an H100 it is slower
-than bf16 in every setting measured (benchmarks/RESULTS.md, 2026-11-27), so nothing in the library
-uses it by default and neither the pipeline nor the CLI offers it.
+"""FP8 (e4m3) linears for sampling: `quantize_fp8(model)`. EXPERIMENTAL and opt-in: nothing in the
+library uses it by default, and the pipeline and `generate` do not offer it. On an H100
+(benchmarks/RESULTS.md, 2026-11-27) the default row-wise scales are slower than bf16 in every
+setting measured; `granularity="static"` on a bf16 model, compiled, with the whole loop in a CUDA
+graph, is the fastest batch-64 path measured: 107-108 clips/s against 87 for bf16 (run G), at the
+cost of more changed tokens (83% equal to the fp32 reference against 95% for bf16, random
+weights). `controlfoley bench --precision fp8 --compile --cuda-graph` times it.
 
 Why it was tried: at batch 64 the paper-size sampler spends half its GPU time in the matrix
 products of the transformer blocks, near the card's bf16 peak, and fp8 tensor cores measured 1.75x
@@ -24,14 +28,14 @@ with 83% of tokens equal to the fp32 reference against 95% for bf16. What would 
 quantization fused into the kernels that produce each input (layer norm, GELU, attention output),
 not a separate pass.
 
-`granularity="static"` (added after those measurements; NOT yet timed on a GPU) is built for that
-fusion: x's scale is a fixed power of two from a bound that no input can exceed, computed from the
+`granularity="static"` (added after those measurements; timed in run G: 0.595 s per batch-64 call
+compiled in a graph, 0.958 s eager in a graph) is built for that fusion: x's scale is a fixed power of two from a bound that no input can exceed, computed from the
 block's weights (`block_input_bounds`: a layer norm's output is bounded by sqrt(d - 1) |gamma| +
 |beta|; a linear of it by Cauchy-Schwarz; attention's output by the value projection's bound;
 GELU's by its input's). Quantizing is then one multiply and cast with no reduction over x, which
 torch.compile folds into the layer norm / GELU / attention-output kernel. Because e4m3 is a
 floating-point format, a bound a few times above the typical maximum costs a few of its ~15
-binades of range, not precision. `benchmarks/gpu_check.sh` times it by default.
+binades of range, not precision. `benchmarks/gpu_check.sh` times it by default (steps 2, 3, 5, 6).
 
 Everything else (embeddings, layer norms, attention itself, the vocabulary head, the ControlNet's
 zero linears, tokenizer, vocoder) keeps its dtype. A quantized model is a lossy copy for sampling

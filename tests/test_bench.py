@@ -77,6 +77,29 @@ def test_bf16_weights_sample_a_bf16_model_natively(monkeypatch, capsys):
     assert len(seen) == 1 and "dtype" not in seen[0][0] and seen[0][1] == {torch.bfloat16} and seen[0][2] == {torch.float32}
 
 
+def test_fp8_samples_static_fp8_block_linears_in_a_bf16_model(monkeypatch, capsys):
+    """--precision fp8: the sampling parts in bf16, then every block linear (backbone and ControlNet
+    copy) an Fp8Linear with static scales, sampled natively (no dtype passed); tokenizer fp32."""
+    from controlfoley.quantize import Fp8Linear
+
+    seen = []
+    cls = type(build_model("specmaskfoley_tiny"))
+    original = cls.generate
+
+    def spy(self, *args, **kwargs):
+        fp8 = [m for m in self.modules() if isinstance(m, Fp8Linear)]
+        plain = [n for part in ("backbone", "controlnet") for n, m in getattr(self, part).blocks.named_modules() if type(m) is torch.nn.Linear]
+        seen.append((kwargs, {m.granularity for m in fp8}, len(fp8), plain, {p.dtype for p in self.tokenizer.parameters()}))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "generate", spy)
+    rc, out, err = _bench(capsys, "specmaskfoley_tiny", "--runs", "1", "--warmup", "0", "--steps", "2", "--precision", "fp8")
+    assert rc == 0, err
+    kwargs, granularities, n_fp8, plain, tok_dtypes = seen[0]
+    assert "dtype" not in kwargs and granularities == {"static"} and n_fp8 > 0 and plain == [] and tok_dtypes == {torch.float32}
+    assert "precision fp8 (float8_e4m3fn block linears, static scales; bfloat16 elsewhere)" in out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

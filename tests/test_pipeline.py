@@ -506,6 +506,14 @@ def test_prompt_takes_a_list_of_tags(pipe: FoleyPipeline, media: dict[str, Path]
     assert torch.equal(pipe.encode_text(["thud", "bell"]), pipe.encode_text("bell, thud"))
     with pytest.raises(TypeError):
         pipe.encode_text(7)  # type: ignore[arg-type]
+    # the message users get (the suite's runtime type checks raise their own TypeError first above)
+    import inspect
+
+    from controlfoley.pipeline_parts import prompt_text
+
+    for bad in (7, ["bell", 3]):
+        with pytest.raises(TypeError, match="a prompt is a comma-separated string or a list of tag strings"):
+            inspect.unwrap(prompt_text)(bad)
 
 
 def test_generate_is_wired_into_the_controlfoley_command() -> None:

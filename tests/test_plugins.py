@@ -16,7 +16,7 @@ from test_train import config, write_data
 from torch import nn
 
 from controlfoley import ALIGNERS, TOKENIZERS, build_model
-from controlfoley._registry import PLUGIN_ENV, PluginError, load_plugins
+from controlfoley._registry import PLUGIN_ENV, PluginError, RegistryError, load_plugins
 from controlfoley.cli import main as cli_main
 from controlfoley.config import ConfigError
 from controlfoley.data.extract import extract_main
@@ -146,7 +146,7 @@ def test_bad_plugins_are_named(capsys: pytest.CaptureFixture[str], tmp_path: Pat
 
 
 def test_an_unknown_name_says_how_the_cli_loads_plugins() -> None:
-    with pytest.raises(Exception, match="--plugin"):
+    with pytest.raises(RegistryError, match="--plugin"):
         build_model("specmaskfoley_tiny", tokenizer="not_registered_anywhere")
 
 
@@ -249,7 +249,7 @@ def test_one_plugin_by_path_and_by_module_name_registers_once(tmp_path: Path, mo
 
         assert load_plugins("my_parts_x", str(tmp_path / "my_parts_x.py"))[1] in sys.modules
         assert "my_al_x" in ALIGNERS
-        with pytest.raises(Exception, match="already registered"):  # a different builder under the name still fails
+        with pytest.raises(RegistryError, match="already registered"):  # a different builder under the name still fails
             ALIGNERS.register("my_al_x")(lambda **kw: None)
     finally:
         ALIGNERS.unregister("my_al_x")

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from conftest import micro_inputs
 from controlfoley import GUIDANCE
 from controlfoley.guidance import TEXT_VIDEO, UNCOND, VIDEO, scale_at
+from controlfoley.errors import ShapeError
 from controlfoley.sampling import MaskGITSampler, masked_count
 
 
@@ -67,12 +68,55 @@ def test_masked_count_vectorised_matches_scalar():
         masked_now = got
 
 
+@pytest.mark.parametrize(("schedule", "gamma"), [("cosine", lambda r: math.cos(math.pi / 2 * r)), ("linear", lambda r: 1.0 - r), ("square", lambda r: 1.0 - r * r)])
+def test_each_mask_schedule_keeps_its_fraction_masked(schedule, gamma):
+    """gamma(r) for every schedule the sampler takes: the sampler leaves floor(n gamma((k + 1) / n_steps))
+    masked after step k (at least 1, fewer than before), and nothing after the last."""
+    n, steps = 200, 8
+    rec = Recorder(16)
+    MaskGITSampler(steps=steps, mask_schedule=schedule).sample(rec, batch=1, n_tokens=n, vocab_size=16, generator=torch.Generator().manual_seed(0))
+    counts, masked = [int(m.sum()) for m in rec.masks[1:]], n
+    want = []
+    for k in range(steps - 1):
+        masked = min(max(math.floor(n * gamma((k + 1) / steps)), 1), masked - 1)
+        want.append(masked)
+    assert counts == want[: len(counts)] and len(counts) == steps - 1
+    with pytest.raises(ShapeError, match="unknown mask schedule 'cubic'; choose cosine, linear or square"):
+        masked_count(0, 4, torch.tensor([10]), torch.tensor([10]), "cubic")
+
+
 def test_same_seed_same_tokens_and_different_seed_differs():
     s = MaskGITSampler(steps=8)
     a = s.sample(Recorder(32, 1), batch=2, n_tokens=50, vocab_size=32, generator=torch.Generator().manual_seed(5))
     b = s.sample(Recorder(32, 1), batch=2, n_tokens=50, vocab_size=32, generator=torch.Generator().manual_seed(5))
     c = s.sample(Recorder(32, 1), batch=2, n_tokens=50, vocab_size=32, generator=torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("n_steps", [4, 12])
+def test_confidence_noise_is_scaled_by_temperature_times_one_minus_r(monkeypatch, n_steps):
+    """Step k ranks tokens by log p(sampled) + T (1 - (k + 1) / n) g. Two masked tokens, one to
+    re-mask: token 0 has log p ~0, token 1 log p -1.31 plus noise g. Token 1 outranks token 0 exactly
+    when T (1 - r) g > 1.31, so noise just below and just above 1.31 / (T (1 - r)) pins the factor at
+    every step: an unannealed or wrongly annealed factor flips at least one of them."""
+    import controlfoley.sampling as sampling
+
+    temperature = 9.0
+    logits = torch.tensor([[[0.0, -50.0], [0.0, -1.0]]])
+    sample_noise = torch.tensor([[[0.0, 0.0], [0.0, 5.0]]])  # the token draw picks token 0 at 0 and token 1 at 1
+    logp_sel = torch.log_softmax(logits, -1)[0, [0, 1], [0, 1]]  # ~0 and -1.31
+    codes, mask, n_unknown = torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool), torch.tensor([2])
+    monkeypatch.setattr(sampling, "masked_count", lambda *a, **k: torch.tensor([1]))
+    s = MaskGITSampler(steps=n_steps, temperature=temperature)
+    for k in range(n_steps - 1):
+        factor = temperature * (1.0 - (k + 1) / n_steps)
+        threshold = float(logp_sel[0] - logp_sel[1]) / factor  # g where token 1's confidence equals token 0's
+        for g, remasked in ((0.98 * threshold, 1), (1.02 * threshold, 0)):
+            noise = iter([sample_noise, torch.tensor([[0.0, g]])])  # Gumbel draws: token sampling, then confidence
+            monkeypatch.setattr(sampling, "_gumbel", lambda *a, _n=noise, **kw: next(_n))
+            sampled, new_mask = s.step(logits, codes, mask, n_unknown, k, n_steps, temperature, None)
+            assert sampled.tolist() == [[0, 1]]
+            assert new_mask[0].nonzero().flatten().tolist() == [remasked], (k, g, factor)
 
 
 def test_temperature_is_annealed_linearly_to_zero():
@@ -115,6 +159,8 @@ def test_guidance_scale_zero_gives_uncond_and_multi_is_eq1():
         rule = GUIDANCE.build(name)
         assert rule.conditions[0] == UNCOND and len(rule.conditions) == 2
         assert torch.equal(rule.combine((l_u, l_v), 0.0), l_u)
+        assert torch.allclose(rule.combine((l_u, l_v), s), l_u + s * (l_v - l_u), atol=1e-6)  # l_u + s (l_c - l_u)
+        assert torch.allclose(rule.combine((l_u, l_v), 1.0), l_v, atol=1e-6)
     assert scale_at(0, 12, 3.0, "linear") == 0.0 and scale_at(11, 12, 3.0, "linear") == 3.0
     assert scale_at(5, 12, 3.0, "constant") == 3.0
 

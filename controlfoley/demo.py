@@ -141,7 +141,7 @@ def run_demo(out: Path, model: str | None = None, index: int = 7, seed: int = 0)
     true_mel = m.mel(clip.audio[None])[0]
     events = [(e.time_s, world.class_colors[e.class_id], clip.class_names[e.class_id]) for e in clip.events]
     png = mel_png(out / "foley.png", [("generated", result.mel), ("true audio", true_mel)], events, m.mel.hop_length / sr, onsets)
-    print(f"wrote {wav_path}\n      {mp4_path}\n      {png}")
+    print(f"wrote {wav_path}\n      {mp4_path}\n      {png}\n      {video_in} (the rendered input, silent)")
     print("true events:      " + ", ".join(f"{e.time_s:.2f}s {clip.class_names[e.class_id]}" for e in clip.events))
     print("generated onsets: " + ", ".join(f"{t:.2f}s" for t in onsets))
     print(f"onset error (DeSync analogue, s): {scores['desync_s']:.3f}; class-aware F1 {scores['f1_cls']:.2f}; "
@@ -151,7 +151,7 @@ def run_demo(out: Path, model: str | None = None, index: int = 7, seed: int = 0)
 
 def demo_main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="controlfoley demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="outputs/demo", help="folder for the WAV, MP4 and PNG")
+    ap.add_argument("--out", default="outputs/demo", help="folder for the WAV, the MP4 with sound, the PNG and the silent input MP4")
     ap.add_argument("--model", default=None, help=f"preset with shipped weights, or a checkpoint path (default: the shipped {SHIPPED})")
     ap.add_argument("--index", type=int, default=7, help="which held-out test clip to render")
     ap.add_argument("--seed", type=int, default=0)

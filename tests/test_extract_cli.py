@@ -83,7 +83,15 @@ def test_some_but_not_all_control_features_are_named_up_front_and_in_the_summary
         warnings.simplefilter("always")
         assert extract_main([*base, "--extractors", "synthetic_sync,synthetic_clip", "--mel", "--out", str(tmp_path / "all")]) == 0
     assert not any("not controlnet" in str(w.message) for w in rec)
-    assert capsys.readouterr().out.splitlines()[-1] == "for preset 'specmaskfoley_tiny' it serves the recipes: tokenizer, backbone, controlnet"
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "for preset 'specmaskfoley_tiny' it serves the recipes: tokenizer, backbone, controlnet (its tokens are an untrained "
+        "tokenizer's: for a backbone or controlnet worth sampling, train the tokenizer recipe and extract again with --tokenizer RUN)"
+    )
+    from controlfoley import build_model
+
+    build_model("specmaskfoley_tiny").save(tmp_path / "tok.safetensors")  # a tokenizer checkpoint given: no such note
+    assert extract_main([*base, "--extractors", "synthetic_sync,synthetic_clip", "--tokenizer", str(tmp_path / "tok.safetensors"), "--out", str(tmp_path / "tok")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "for preset 'specmaskfoley_tiny' it serves the recipes: backbone, controlnet"
 
 
 def test_unknown_tags_name_the_list_line_before_any_read_even_with_skip_bad(

@@ -591,7 +591,10 @@ def test_long_video_has_no_seam_and_onset_error_does_not_grow(tmp_path: Path) ->
     path = write_clip_mp4(clip, tmp_path / "long.mp4")
     m = _seam_and_onsets(FoleyPipeline.from_pretrained("specmaskfoley_synthetic"), clip, path)
     print(m)
-    assert m["ours_boundary_db"] <= m["naive_boundary_db"] and m["ours_boundary_db"] <= 1.5 * m["typical_step_db"] + 1.0
+    # The level step across window boundaries: below the naive join's (each window sampled on its
+    # own; measured 0.48 vs 0.52 dB; with continuation switched off ours was 0.54, so this catches
+    # it, narrowly) and no larger than a typical frame-to-frame step inside a window (0.82 dB).
+    assert m["ours_boundary_db"] < m["naive_boundary_db"] and m["ours_boundary_db"] <= m["typical_step_db"], m
     # Onset error of the events found, per window: it must not grow along the video. (Measured at
     # commit time on this 42 s clip: windows 1, 2, 5, 6 had found events, errors 19-37 ms; the
     # small trained model misses many events, which the class/onset evaluation counts, not this.)

@@ -201,6 +201,8 @@ class Extraction:
         line = f"for preset {self.preset!r} it serves the recipes: {', '.join(served) or 'none'}"
         if self.control_keys and missing:
             line += f"; not controlnet, which also reads {missing}: extract again with {_extractor_hint(missing)}"
+        if "tokens" in have and self.tokenizer_source is None:
+            line += " (its tokens are an untrained tokenizer's: for a backbone or controlnet worth sampling, train the tokenizer recipe and extract again with --tokenizer RUN)"
         return line
 
     def n_video_frames(self, fps: float) -> int:

@@ -556,10 +556,13 @@ def test_cli_ctrl_c_says_how_to_resume_and_only_rank_0_prints_the_result(
 
 
 def test_each_recipe_shows_only_its_own_flags(capsys: pytest.CaptureFixture[str]) -> None:
-    for recipe, shown in (("tokenizer", True), ("controlnet", False)):
+    for recipe, tokenizer_flag in (("tokenizer", True), ("backbone", False), ("controlnet", False)):
         with pytest.raises(SystemExit):
             train_main([recipe, "--help"])
-        assert ("--codebook-restart-every" in capsys.readouterr().out) is shown
+        out = capsys.readouterr().out
+        assert ("--codebook-restart-every" in out) is tokenizer_flag
+        assert ("--uncond-prob" in out) is not tokenizer_flag  # backbone/controlnet only
+        assert "--steps" in out
 
 
 def test_checkpoints_record_what_was_trained_and_init_warns_of_untrained_parts(data: Path, tmp_path: Path) -> None:

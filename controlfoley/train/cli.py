@@ -52,9 +52,9 @@ def _add_config_flags(p: argparse.ArgumentParser, recipe: str) -> None:
     for f in dataclasses.fields(TrainConfig):
         if f.name in _SKIP:
             continue
-        owner = helps.get(f.name, "").split(":", 1)[0]
-        if owner in RECIPES and owner != recipe:
-            continue  # a field only another recipe reads ("tokenizer: ..." in its comment)
+        owners = helps.get(f.name, "").split(":", 1)[0].split("/")
+        if all(o in RECIPES for o in owners) and recipe not in owners:
+            continue  # a field only other recipes read ("tokenizer: ..." or "backbone/controlnet: ..." in its comment)
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = RECIPE_DEFAULTS[recipe].get(f.name, default)

@@ -93,8 +93,8 @@ class TrainConfig:
     weight_decay: float = 0.01  # AdamW, on weights of rank >= 2 only
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    uncond_prob: float = 0.9  # probability the CLAP condition is replaced by the unconditional mask
-    uncond_per: str = "step"  # "step": one draw per optimizer step; "sample": one per clip
+    uncond_prob: float = 0.9  # backbone/controlnet: probability the CLAP condition is replaced by the unconditional mask
+    uncond_per: str = "step"  # backbone/controlnet: "step": one draw per optimizer step; "sample": one per clip
     l1_weight: float = 1.0  # tokenizer: mel reconstruction L1
     l2_weight: float = 0.0  # tokenizer: mel reconstruction L2
     vq_weight: float = 1.0  # tokenizer: codebook + commitment loss

@@ -586,3 +586,41 @@ def test_loading_an_unknown_part_lists_the_parts(tmp_path) -> None:
     path = m.save(tmp_path / "m.safetensors")
     with pytest.raises(CheckpointError, match=r"model has no part 'foo'; its parts are mel, tokenizer, backbone.*--init-parts"):
         load_parts(build_model("specmaskgit_tiny"), path, ["tokenizer", "foo"])
+
+
+def test_the_controlnet_branch_computes_blocks_over_embedding_plus_control(micro_model) -> None:
+    """Each residual is out_i(block_i(...block_1(emb + cond_in(control)))): the copy sees the
+    backbone's embedding and the aligned video (the zero-init tests alone pass if it drops either)."""
+    x = micro_inputs(micro_model, b=2)
+    cn = micro_model.controlnet
+    with torch.no_grad():
+        for p in cn.outs.parameters():
+            p.normal_(generator=torch.Generator().manual_seed(p.numel()))
+        control = micro_model.encode_control(x["features"])
+        codes = x["codes"].flatten(1)
+        emb = micro_model.backbone.embed(codes, torch.zeros_like(codes, dtype=torch.bool))
+        got = cn(emb, control)
+        h = emb + cn.cond_in(control)
+        want = []
+        for blk, out in zip(cn.blocks, cn.outs):
+            h = blk(h)
+            want.append(out(h))
+        # one entry per backbone block: the copy's i-th output where the map injects it, else None
+        assert len(got) == len(micro_model.backbone.blocks) and len(cn.map) == len(got)
+        assert sorted(i for i in cn.map if i is not None) == list(range(len(cn.blocks)))
+        for g, i in zip(got, cn.map):
+            if i is None:
+                assert g is None
+            else:
+                torch.testing.assert_close(g, want[i])
+
+
+def test_mask_vectors_are_the_projected_prompt_where_on_and_the_learned_mask_elsewhere(micro_model) -> None:
+    bb = micro_model.backbone
+    with torch.no_grad():
+        bb.mask_emb.normal_(generator=torch.Generator().manual_seed(0))
+        cond = torch.randn(2, bb.cond_dim, generator=torch.Generator().manual_seed(1))
+        v = bb.mask_vectors(cond, torch.tensor([True, False]), 2)
+        torch.testing.assert_close(v[0], bb.cond_proj(cond[0]))
+        torch.testing.assert_close(v[1], bb.mask_emb.reshape(-1))
+        torch.testing.assert_close(bb.mask_vectors(None, None, 2), bb.mask_emb.reshape(1, -1).expand(2, -1))

@@ -608,3 +608,32 @@ def test_checkpoints_without_a_record_are_trusted(data: Path, tmp_path: Path) ->
     _strip_record(latest / "model.safetensors")
     train(cfg, resume=True)
     assert trained_parts(read_metadata(tmp_path / "cn2" / "model.safetensors")) is None
+
+
+def test_resume_restores_the_global_random_state(tmp_path: Path) -> None:
+    """A part that draws from the global generators (here the tokenizer's dropout) resumes
+    bit-identical only if the checkpoint's RNG state is restored: no built-in step draws from them
+    otherwise, so without this test skipping the restore went unnoticed."""
+    ds = write_data(tmp_path / "mel", n=4, mel=True)
+    ov = micro_overrides()
+    ov["tokenizer"] = {**ov["tokenizer"], "dropout": 0.5}
+    kw: dict[str, Any] = {"steps": 3, "batch_size": 2, "ckpt_every": 1, "model_overrides": ov}
+    train(config("tokenizer", ds, tmp_path / "full", **kw))
+    cfg = config("tokenizer", ds, tmp_path / "split", **kw)
+    train(cfg, stop_at=1)
+    train(cfg, resume=True)
+    assert losses(tmp_path / "full") == losses(tmp_path / "split")
+    a, b = final_state(tmp_path / "full"), final_state(tmp_path / "split")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_without_the_latest_pointer_the_newest_complete_checkpoint_is_resumed(tmp_path: Path) -> None:
+    """Resuming from an older checkpoint re-runs the later steps to the same weights, so only the
+    folder chosen shows the difference."""
+    from controlfoley.train.checkpoints import RunDir
+
+    ds = write_data(tmp_path / "ds")
+    train(config("backbone", ds, tmp_path / "run", keep_last=3), stop_at=5)
+    ckpts = tmp_path / "run" / "checkpoints"
+    (ckpts / "latest").unlink()
+    assert RunDir(tmp_path / "run").latest_dir() == ckpts / "step-00000005"

@@ -183,3 +183,11 @@ def test_preset_builders_returning_a_dict_or_the_wrong_thing_and_checkpoints_giv
     for path in (ckpt, str(tmp_path / "m.safetensors")):
         with pytest.raises(ConfigError, match=r"not a preset or a \.json config.*controlfoley\.from_pretrained\(path\)"):
             build_model(path)
+
+
+def test_a_spec_value_may_contain_an_equals_sign() -> None:
+    from controlfoley.config import parse_spec
+
+    assert parse_spec("clip_openclip,weights=/w/run=3/clip.safetensors,n=2") == (
+        "clip_openclip", {"weights": "/w/run=3/clip.safetensors", "n": 2},
+    )

@@ -4,6 +4,8 @@ reported on its own line while the others are still scored."""
 
 import json
 import math
+import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -301,3 +303,17 @@ def test_multichannel_video_and_wav_read_alike(tmp_path, n, layout):
     from_video, from_file = _read(tmp_path / "s.mkv", SR, "reference"), _read(tmp_path / "s.wav", SR, "reference")
     assert from_video.shape == from_file.shape
     assert torch.allclose(from_video, from_file, atol=2e-4)
+
+
+def test_files_pair_by_stem_across_unicode_normalisation(tmp_path: Path) -> None:
+    from controlfoley.evaluate_cli import pair_files
+
+    nfd, nfc = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
+    assert nfd != nfc
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    (gen / f"{nfd}.wav").write_bytes(b"")  # a macOS-written name
+    (ref / f"{nfc}.mp4").write_bytes(b"")
+    rows, unused = pair_files(gen, ref)
+    assert [(r[2], r[3]) for r in rows] == [(ref / f"{nfc}.mp4", None)] and unused == 0

@@ -176,3 +176,37 @@ def test_writer_refuses_a_duplicate_id_also_after_resume(tmp_path: Path) -> None
     assert [ds.clip_id(i) for i in range(index.n_clips)] == ["a", "b", "c", "d"]
     assert [int(ds[i]["tokens"][0, 0]) for i in range(4)] == [0, 1, 2, 3]
     assert json.loads((tmp_path / "w" / "index.json").read_text())["n_clips"] == 4 == ShardIndex.load(tmp_path / "w").n_clips
+
+
+def test_resume_refuses_a_list_with_a_new_clip_before_the_finished_ones(tmp_path: Path) -> None:
+    from controlfoley.data.extract import Extraction, _write
+    from controlfoley.data.shards import PROGRESS_FILE
+
+    class Stub(Extraction):  # the parts of Extraction that _write uses, without a model
+        def __init__(self) -> None:
+            pass
+
+        def info(self, source: str) -> dict:
+            return {"source": source}
+
+        def audio_features(self, wavs):
+            return [{"tokens": w[:6].long().view(2, 3)} for w in wavs]
+
+        def video_features(self, video):
+            return {}
+
+    def item(cid: str, crash: bool = False):
+        def load():
+            if crash:
+                raise RuntimeError("simulated crash")
+            return torch.full((6,), float(ord(cid[0]))), None, None
+        return cid, load
+
+    out = tmp_path / "ds"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _write(Stub(), out, [item("a"), item("b"), item("c", crash=True)], 3, shard_size=2, batch_size=1, overwrite=False, source="s")
+    assert (out / PROGRESS_FILE).exists()  # shard 0 (a, b) finished
+    with pytest.raises(DataError, match="cannot resume.*inputs changed"):
+        _write(Stub(), out, [item("new"), item("a"), item("b"), item("c")], 4, shard_size=2, batch_size=1, overwrite=False, source="s", resume=True)
+    index = _write(Stub(), out, [item("a"), item("b"), item("c")], 3, shard_size=2, batch_size=1, overwrite=False, source="s", resume=True)
+    assert index.n_clips == 3

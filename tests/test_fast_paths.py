@@ -652,3 +652,15 @@ def test_gelu_epilogue_logits_stay_within_bf16_noise_on_cuda(model):
     plain = (logits(copy.deepcopy(ref).to(torch.bfloat16)) - exact).abs()
     fused = (logits(fuse_gelu_epilogue(copy.deepcopy(ref).to(torch.bfloat16))) - exact).abs()
     assert fused.mean() <= 1.5 * plain.mean() and fused.max() <= 2 * plain.max() + 1e-3
+
+
+CPU = torch.device("cpu")
+
+
+def test_an_fp16_model_gets_autocast_like_an_fp32_one() -> None:
+    from controlfoley.fast import default_dtype, sampling_dtype
+
+    assert default_dtype(CPU, torch.float16) == torch.float32
+    assert default_dtype(torch.device("cuda"), torch.float16) == torch.bfloat16
+    assert sampling_dtype(CPU, None, torch.float16) == torch.float32
+    assert default_dtype(CPU, torch.bfloat16) == torch.bfloat16  # a bf16 model runs natively

@@ -166,3 +166,33 @@ def test_captured_loop_gives_the_eager_tokens_on_cuda(micro_model, dtype, compil
         assert len(graphs._cache_of(model).graphs) == 1
     finally:
         graphs.clear_cuda_graphs()
+
+
+def test_the_least_recently_used_loop_is_the_one_dropped(micro_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(graphs, "REQUIRE_CUDA", False)
+    built: list[int] = []
+    real = graphs.SamplingGraph
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            built.append(kwargs["steps"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(graphs, "SamplingGraph", Counting)
+    model = live_control(micro_model)
+    x = micro_inputs(model, b=1)
+
+    def run(steps: int) -> None:
+        model.generate(x["features"], x["text"], steps=steps, cuda_graph=True, onednn=False)
+
+    try:
+        for s in (1, 2, 3, 4, 1, 5):  # 1 reused (now the most recent), 5 pushes out 2
+            run(s)
+        assert built == [1, 2, 3, 4, 5]
+        for s in (5, 1, 3, 4):  # all still cached: replayed, not captured again
+            run(s)
+        assert built == [1, 2, 3, 4, 5]
+        run(2)
+        assert built == [1, 2, 3, 4, 5, 2]
+    finally:
+        graphs.clear_cuda_graphs()

@@ -21,7 +21,7 @@ from pipeline_helpers import as_trained, bad_media, micro_model, write_frames
 
 from controlfoley import cli
 from controlfoley.data.synthetic import SyntheticWorld, write_clip_mp4
-from controlfoley.errors import ConfigError
+from controlfoley.errors import ConfigError, MediaError
 from controlfoley._registry import RegistryError
 from controlfoley.pipeline import FoleyPipeline, crossfade_join, default_extractors, plan_windows
 
@@ -606,7 +606,6 @@ def test_long_video_has_no_seam_and_onset_error_does_not_grow(tmp_path: Path) ->
 
 def test_outputs_are_written_both_or_neither(media: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from controlfoley import generate_cli, video
-    from controlfoley.errors import MediaError
     from controlfoley.pipeline import FoleyResult
 
     result = FoleyResult(torch.zeros(SR), SR, torch.zeros(80, 87), torch.zeros(5, T, dtype=torch.long), 1.0, ())
@@ -841,3 +840,26 @@ def test_cli_out_naming_a_file_is_refused_before_the_model_loads(model_file: Pat
     blocker.write_text("")
     assert cli.main(["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(blocker)]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_fresh_seed_is_drawn_anew_each_time() -> None:
+    from controlfoley.pipeline_parts import checked_seed
+
+    seeds = [checked_seed(None) for _ in range(4)]
+    assert len(set(seeds)) == 4 and all(0 <= s < 2**63 for s in seeds)  # collision odds ~2^-60
+    assert checked_seed(7) == 7
+
+
+def test_an_existing_video_output_alone_is_refused_without_overwrite(tmp_path: Path) -> None:
+    from controlfoley.generate_cli import _check_outputs, _outputs
+
+    video = tmp_path / "in" / "clip.mp4"
+    video.parent.mkdir()
+    video.write_bytes(b"input")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "clip.mp4").write_bytes(b"an earlier result")  # no clip.wav
+    pairs = _outputs([str(video)], out, "wav")
+    with pytest.raises(MediaError, match=r"clip\.mp4 already exists.*--overwrite"):
+        _check_outputs([video], pairs, overwrite=False)
+    _check_outputs([video], pairs, overwrite=True)

@@ -234,3 +234,35 @@ def test_a_user_rule_whose_combine_returns_another_shape_is_named() -> None:
     x = micro_inputs(model, b=1)
     with pytest.raises(ShapeError, match=r"combine returned \[1, \d+, 10\]; it must return logits shaped like each condition's"):
         model.generate(x["features"], guidance=Truncating("video"), steps=3)
+
+
+CPU = torch.device("cpu")
+
+
+def test_a_known_token_equal_to_the_vocab_size_is_refused() -> None:
+    sampler = MaskGITSampler(steps=2)
+    known = torch.ones(1, 4, dtype=torch.bool)
+    with pytest.raises(ShapeError, match=r"known token ids must be in \[0, 7\)"):
+        sampler.initial(1, 4, 7, CPU, torch.full((1, 4), 7), known)
+    codes, mask = sampler.initial(1, 4, 7, CPU, torch.full((1, 4), 6), known)
+    assert codes.eq(6).all() and not mask.any()
+
+
+def test_the_mask_schedule_counts_only_the_tokens_unknown_at_the_start() -> None:
+    """N in floor(N * gamma(r)) is each row's number of unknown tokens at the start, not the row length."""
+    n, v, steps = 16, 5, 4
+    known = torch.zeros(2, n, dtype=torch.bool)
+    known[0, :8] = True  # 8 unknown
+    known[1, :4] = True  # 12 unknown
+    seen: list[list[int]] = []
+
+    def logits_fn(codes, mask, k, n_steps):
+        seen.append(mask.sum(dim=1).tolist())
+        return torch.zeros(codes.shape[0], n, v)
+
+    sampler = MaskGITSampler(steps=steps, temperature=1.0, mask_schedule="cosine")
+    out = sampler.sample(logits_fn, batch=2, n_tokens=n, vocab_size=v, known_codes=torch.zeros(2, n, dtype=torch.long),
+                         known_mask=known, generator=torch.Generator().manual_seed(0))
+    # cos(pi/2 * r) at r = 1/4, 2/4, 3/4: 0.924, 0.707, 0.383 -> floor(8 g) = 7, 5, 3; floor(12 g) = 11, 8, 4
+    assert seen == [[8, 12], [7, 11], [5, 8], [3, 4]]
+    assert out.shape == (2, n)

@@ -403,3 +403,42 @@ def test_codebook_lookup_ignores_autocast() -> None:
     w = vq.embedding.weight.bfloat16()
     in_bf16 = ((w * w).sum(1)[None, :] - 2.0 * flat @ w.t()).argmin(dim=1).view_as(want)
     assert not torch.equal(in_bf16, want)
+
+
+def test_vq_loss_weights_the_commitment_term_by_beta() -> None:
+    from controlfoley.tokenizers.specvqgan import VectorQuantizer
+
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 4, beta=0.25)
+    z = torch.randn(2, 4, 3, 5, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    q = vq(z)
+    q.loss.backward()
+    e_q, n = vq.lookup(q.codes).detach(), z.numel()
+    # only beta * mse(z, sg(e_q)) depends on z: the encoder is pulled towards its codes with weight beta
+    torch.testing.assert_close(z.grad, 0.25 * 2 * (z.detach() - e_q) / n)
+    # mse(sg(z), e_q) with weight 1 moves the codebook
+    expected = torch.zeros_like(vq.embedding.weight)
+    expected.index_add_(0, q.codes.flatten(), (2 * (e_q - z.detach()) / n).permute(0, 2, 3, 1).reshape(-1, 4))
+    torch.testing.assert_close(vq.embedding.weight.grad, expected)
+
+
+def test_restarted_codes_take_vectors_the_generator_draws() -> None:
+    from controlfoley.tokenizers.specvqgan import VectorQuantizer
+
+    z = torch.randn(2, 4, 3, 8, generator=torch.Generator().manual_seed(1))
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
+
+    def restart(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        vq = VectorQuantizer(32, 4, 0.25)
+        with torch.no_grad():
+            vq.embedding.weight.zero_()
+            vq.embedding.weight[0] = 1.0
+        dead = (torch.bincount(vq.nearest(z).flatten(), minlength=32) == 0).nonzero().squeeze(1)
+        assert vq.restart_dead_codes(z, torch.Generator().manual_seed(seed)) == dead.numel() >= 20
+        return vq.embedding.weight.detach()[dead], dead
+
+    a, dead_a = restart(0)
+    b, dead_b = restart(1)
+    assert torch.equal(dead_a, dead_b)
+    assert all(any(torch.equal(row, v) for v in flat) for row in a)  # each moved onto a vector of z
+    assert (a != b).any(dim=1).sum() >= len(dead_a) // 2  # which vectors: the generator's draw

@@ -161,3 +161,30 @@ def test_a_preflight_failure_stops_every_rank_and_is_printed_by_the_lowest_rank_
     # both failed alike: rank 0 prints it, rank 1 does not repeat it
     assert r0[1] == "DataError|bad shard|None" and r1[1] == "DataError|bad shard|0"
     assert r0[2] == r1[2] == "ok"
+
+
+def test_only_global_rank_zero_is_main_on_every_node() -> None:
+    """Local rank 0 of a second node (global rank 4 of 8) must not write checkpoints or metrics."""
+    from controlfoley.train.distributed import DistInfo
+
+    cpu = torch.device("cpu")
+    assert DistInfo(rank=0, world_size=8, local_rank=0, device=cpu).is_main
+    assert not DistInfo(rank=4, world_size=8, local_rank=0, device=cpu).is_main
+    assert not DistInfo(rank=1, world_size=8, local_rank=1, device=cpu).is_main
+
+
+def test_a_rank_that_did_not_fail_names_the_lowest_failing_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranks 1 and 2 of 3 failed their checks, differently: rank 0 names rank 1 (the 2-rank
+    subprocess test only ever has one failing rank)."""
+    from controlfoley.errors import TrainingError
+    from controlfoley.train import distributed as dist_mod
+    from controlfoley.train.distributed import DistInfo, agree_before_training, reported_by
+
+    def fake_gather(box: list, mine: object) -> None:
+        box[:] = [None, "DataError: bad shard 1", "DataError: bad shard 2"]
+
+    monkeypatch.setattr(dist_mod.tdist, "all_gather_object", fake_gather)
+    info = DistInfo(rank=0, world_size=3, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(TrainingError, match="rank 1 stopped before training.*bad shard 1") as e:
+        agree_before_training(info, None)
+    assert reported_by(e.value) == 1

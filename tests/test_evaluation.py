@@ -271,3 +271,13 @@ def test_format_table():
         "| a\\|b | 0.123 | 10 | 0.000 | - |\n"
         "| c | n/a | - | - | 8 |"
     )
+
+
+def test_precision_is_nan_when_the_generated_audio_has_no_onsets() -> None:
+    """Nothing generated: precision is undefined (NaN), recall 0 (only a silent reference was tested)."""
+    from controlfoley.evaluation import reference_pair_metrics
+
+    clip = SyntheticWorld(seed=0).clip(0)
+    m = reference_pair_metrics(torch.zeros_like(clip.audio), clip.audio, clip.sample_rate)
+    assert m["n_true"] > 0 and m["n_pred"] == 0
+    assert math.isnan(m["precision_any"]) and m["recall_any"] == 0.0

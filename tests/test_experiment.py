@@ -286,3 +286,43 @@ def test_an_interrupted_extraction_of_other_settings_is_refused_by_name(tmp_path
     full = experiment.SCALES["full"]
     with pytest.raises(ConfigError, match=rf"{folder} holds an interrupted extraction made with other settings.*codebook_size 64 \(now 256\).*delete"):
         experiment._extract(folder.parent, full, {}, None, mel_only=True, scale_name="full")
+
+
+def test_an_interrupted_training_stage_is_resumed_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from controlfoley import experiment
+    from controlfoley.train import loop
+
+    calls = []
+
+    def fake_train(cfg, resume=False):  # writes config.json at the start, as the real loop does
+        calls.append(resume)
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out) / "config.json").write_text(cfg.to_json())
+        return {"step": cfg.steps}
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    run = tmp_path / "exp" / "run_tokenizer"
+    smoke = dict(experiment.SCALES["smoke"].model_overrides)
+
+    def stage():
+        return experiment._train("tokenizer", experiment.PRESET, tmp_path / "data", run, 3, 4, smoke, scale_name="smoke", base_lr=0.0016)
+
+    stage()
+    (run / "done.json").unlink()  # killed after it started: config.json only
+    stage()
+    assert calls == [False, True] and (run / "done.json").is_file()
+    stage()
+    assert calls == [False, True]  # finished now: reused
+
+
+def test_evaluation_row_reports_seconds_per_clip(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from controlfoley import evaluation, evaluation_runs
+
+    clock = iter([100.0, 108.0])
+    monkeypatch.setattr(evaluation_runs.time, "time", lambda: next(clock))
+    monkeypatch.setattr(evaluation, "evaluate_clips", lambda wavs, clips, sr: {"desync_s": 0.0, "f1_cls": 1.0, "fd": 0.0})
+    clips = [types.SimpleNamespace(sample_rate=16000)] * 4
+    row = evaluation_runs._row("v", lambda: [torch.zeros(10)] * 4, clips)
+    assert row["sec_per_clip"] == pytest.approx(2.0)  # 8 s over 4 clips

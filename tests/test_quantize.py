@@ -329,3 +329,18 @@ def test_static_scales_hold_for_aligned_inputs_of_a_quantized_bf16_block(gamma, 
     with torch.no_grad():
         blk((sign * 1000.0).expand(2, 8, d).bfloat16().contiguous())
     assert seen["in"] < FP8_MAX * float(blk.attn.proj.input_scale)
+
+
+def test_layer_norm_bound_covers_a_single_spike_with_plain_weights() -> None:
+    from controlfoley.backbones.specmaskgit import Block
+    from controlfoley.quantize import block_input_bounds
+
+    blk = Block(32, 2, 64).eval()
+    with torch.no_grad():
+        blk.norm1.weight.fill_(1.0)
+        blk.norm1.bias.zero_()
+        x = torch.zeros(1, 4, 32)
+        x[..., 5] = 100.0
+        seen = float(blk.norm1(x).abs().max())
+    assert seen == pytest.approx(31**0.5, rel=1e-4)
+    assert block_input_bounds(blk)["attn.qkv"] >= seen

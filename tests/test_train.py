@@ -637,3 +637,23 @@ def test_without_the_latest_pointer_the_newest_complete_checkpoint_is_resumed(tm
     ckpts = tmp_path / "run" / "checkpoints"
     (ckpts / "latest").unlink()
     assert RunDir(tmp_path / "run").latest_dir() == ckpts / "step-00000005"
+
+
+def test_hinge_losses_have_the_vqgan_signs() -> None:
+    """D: relu(1 - D(real)) + relu(1 + D(fake)); G: -D(fake), checked by hand with D(x) = x."""
+    from torch import nn
+
+    from controlfoley.train.adversarial import PatchDiscriminator, hinge_losses
+
+    class ScaleDisc(PatchDiscriminator):  # a PatchDiscriminator: hinge_losses' argument is type-checked
+        def __init__(self) -> None:
+            nn.Module.__init__(self)
+            self.w = nn.Parameter(torch.ones(()))
+
+        def forward(self, mel: torch.Tensor) -> torch.Tensor:
+            return (mel * self.w).flatten(1)
+
+    real, fake = torch.full((2, 3, 4), 0.5), torch.full((2, 3, 4), -0.5)
+    g, d = hinge_losses(ScaleDisc(), real, fake)
+    torch.testing.assert_close(d, torch.full((2,), 1.0))  # relu(1 - 0.5) + relu(1 - 0.5)
+    torch.testing.assert_close(g, torch.full((2,), 0.5))  # -(-0.5)

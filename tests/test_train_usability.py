@@ -340,3 +340,17 @@ def test_cli_messages_come_once_under_torchrun(tmp_path: Path, monkeypatch: pyte
     assert train_main([*args, "--num-workers", "-1"]) == 2 and capsys.readouterr().err == ""  # flags: local rank 0 of each node says it
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert train_main([*args, "--num-workers", "-1"]) == 2 and "num_workers (--num-workers) is -1" in capsys.readouterr().err
+
+
+def test_tokenizer_origin_follows_a_backbone_runs_init_when_the_tokenizer_run_is_gone(tmp_path: Path) -> None:
+    import json
+
+    from controlfoley.train.provenance import _same_tokenizer
+
+    tok = tmp_path / "tok"  # deleted since: it holds no model any more
+    bb = tmp_path / "bb"
+    (bb / "checkpoints").mkdir(parents=True)
+    (bb / "model.safetensors").write_bytes(b"not read")
+    (bb / "config.json").write_text(json.dumps({"recipe": "backbone", "init": str(tok), "init_parts": ["tokenizer"]}))
+    same, how = _same_tokenizer(str(bb), str(tok))
+    assert same and how == "same path"

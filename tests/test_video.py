@@ -382,3 +382,12 @@ def test_argument_errors() -> None:
         video.resample_frames(frames, 24.0, 0.0)
     with pytest.raises(ValueError, match="together"):
         video.write_video("x.mp4", frames, 24.0, audio=torch.zeros(10))
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc (no file can be made there, even as root)")
+def test_check_writable_folder_probes_the_folder_itself() -> None:
+    """The probe file goes into the folder checked, not the system temp folder."""
+    from controlfoley._io import check_writable_folder
+
+    with pytest.raises(MediaError, match="cannot be written"):
+        check_writable_folder(Path("/proc/self"))

@@ -624,3 +624,17 @@ def test_mask_vectors_are_the_projected_prompt_where_on_and_the_learned_mask_els
         torch.testing.assert_close(v[0], bb.cond_proj(cond[0]))
         torch.testing.assert_close(v[1], bb.mask_emb.reshape(-1))
         torch.testing.assert_close(bb.mask_vectors(None, None, 2), bb.mask_emb.reshape(1, -1).expand(2, -1))
+
+
+@pytest.mark.parametrize("name, kwargs", [("synchformer_clip", {"sync_dim": 8, "clip_dim": 6}), ("sync_only", {"sync_dim": 8})])
+def test_control_encoders_refuse_a_feature_stream_with_zero_frames(name, kwargs):
+    from controlfoley import CONTROL_ENCODERS
+    from controlfoley.errors import ShapeError
+
+    enc = CONTROL_ENCODERS.build(name, **kwargs)
+    feats = {"sync": torch.zeros(2, 0, 8), "clip": torch.zeros(2, 3, 6)}
+    with pytest.raises(ShapeError, match="'sync' has zero frames"):
+        enc(feats)
+    if name == "synchformer_clip":  # the semantic stream too: its time mean would be NaN
+        with pytest.raises(ShapeError, match="'clip' has zero frames"):
+            enc({"sync": torch.zeros(2, 4, 8), "clip": torch.zeros(2, 0, 6)})

@@ -863,3 +863,31 @@ def test_an_existing_video_output_alone_is_refused_without_overwrite(tmp_path: P
     with pytest.raises(MediaError, match=r"clip\.mp4 already exists.*--overwrite"):
         _check_outputs([video], pairs, overwrite=False)
     _check_outputs([video], pairs, overwrite=True)
+
+
+def test_pipeline_to_moves_the_text_encoder_and_extractors(monkeypatch):
+    from pipeline_helpers import micro_model
+
+    from controlfoley.pipeline import FoleyPipeline, default_extractors
+
+    model = micro_model()
+    extractors, text = default_extractors(model)
+    p = FoleyPipeline(model, extractors, text)
+    assert isinstance(p.text_encoder, torch.nn.Module)
+    moved = []
+    for name, part in [("text", p.text_encoder), *p.extractors.items()]:
+        if isinstance(part, torch.nn.Module):
+            monkeypatch.setattr(part, "to", lambda *a, _n=name, _p=part, **k: moved.append(_n) or _p, raising=False)
+    assert p.to("cpu") is p
+    assert "text" in moved and set(p.extractors) <= set(moved)
+
+
+@pytest.mark.parametrize("window_cols, overlap", [(2, 0.75), (2, 0.9), (4, 0.95)])
+def test_an_overlap_rounding_to_the_whole_window_still_advances_one_column(window_cols, overlap):
+    from controlfoley.windows import plan_windows
+
+    plan = plan_windows(1.0, sample_rate=100, window_cols=window_cols, col_samples=10, overlap=overlap)
+    starts = [w.start_col for w in plan.windows]
+    assert starts == list(range(0, 10 - window_cols + 1))  # hop of one column, the last ending at column 10
+    assert all(w.n_known == window_cols - 1 for w in plan.windows[1:]) and plan.windows[0].n_known == 0
+    assert plan.total_cols == 10

@@ -386,3 +386,32 @@ def test_a_builder_default_changed_after_saving_rebuilds_the_saved_model(tmp_pat
         assert build_model("specmaskfoley_tiny", guidance=Part("test_cfg_default", {})).guidance.scale == 5.0  # new builds: the new default
     finally:
         GUIDANCE.unregister("test_cfg_default")
+
+
+def test_a_broken_env_plugin_is_reported_again_on_the_next_lookup(tmp_path, monkeypatch):
+    import controlfoley._registry as registry
+    from controlfoley import ALIGNERS
+    from controlfoley._registry import PLUGIN_ENV, PluginError
+
+    ALIGNERS.get("ft")  # built-ins loaded for real first
+    monkeypatch.setattr(registry, "_builtins_loaded", False)
+    monkeypatch.setenv(PLUGIN_ENV, str(tmp_path / "missing_parts.py"))
+    for _ in range(2):
+        with pytest.raises(PluginError, match="missing_parts.py"):
+            ALIGNERS.get("ft")
+    monkeypatch.delenv(PLUGIN_ENV)
+    assert ALIGNERS.get("ft") is not None  # fixed: the next lookup loads again and works
+
+
+def test_the_1d_example_tokenizer_refuses_a_mel_shorter_than_one_token():
+    from pathlib import Path
+
+    from controlfoley import TOKENIZERS, load_plugins
+    from controlfoley.errors import ShapeError
+
+    load_plugins(str(Path(__file__).resolve().parents[1] / "examples" / "tokenizer_1d.py"))
+    tok = TOKENIZERS.build("conv1d_vq", n_mels=8, hidden=8, embed_dim=4, n_embed=16, n_down=2)
+    assert tok.grid(8) == (1, 2)
+    for n in (0, 3, 6):
+        with pytest.raises(ShapeError, match="positive multiple of 4"):
+            tok.grid(n)

@@ -224,3 +224,12 @@ def test_importing_a_builtin_module_first_then_building_works(first: str) -> Non
     code = f"import {first}\nfrom controlfoley import build_model\nprint(type(build_model('specmaskfoley_tiny')).__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and "SpecMaskFoley" in out.stdout, out.stderr[-2000:]
+
+
+def test_every_registry_kind_is_listed_by_its_singular_and_plural_name():
+    from controlfoley import ALL_REGISTRIES
+    from controlfoley.cli import registry_kind
+
+    for kind in ALL_REGISTRIES:
+        for given in (kind, kind + "s", kind.upper() + "S", kind.replace("_", "-") + "s"):
+            assert registry_kind(given) == kind, given

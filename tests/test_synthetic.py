@@ -230,3 +230,14 @@ def test_long_clips() -> None:
     assert clip.events == WORLD.events(2_000_000, duration_s=40.0)
     with pytest.raises(ValueError, match="longer"):
         render_long(WORLD, 0, 3.0)
+
+
+def test_a_repeated_tag_counts_once():
+    from controlfoley import EXTRACTORS
+
+    tags = EXTRACTORS.build("synthetic_clap")
+    a, b = tags.tags[0], tags.tags[1]
+    once, twice = tags.encode_text([f"{a}, {b}", f"{a}, {b}, {a}, {a}"])
+    assert torch.allclose(once, twice)
+    assert torch.allclose(tags.encode_tags([0, 1]), tags.encode_tags([0, 0, 0, 1]))
+    assert not torch.allclose(once, tags.encode_text([a])[0])

@@ -442,3 +442,17 @@ def test_restarted_codes_take_vectors_the_generator_draws() -> None:
     assert torch.equal(dead_a, dead_b)
     assert all(any(torch.equal(row, v) for v in flat) for row in a)  # each moved onto a vector of z
     assert (a != b).any(dim=1).sum() >= len(dead_a) // 2  # which vectors: the generator's draw
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_bare_pickle_of_any_protocol_is_named_a_pytorch_pickle(tmp_path, protocol):
+    import pickle
+
+    from controlfoley.checkpoint import read_metadata, read_state_dict
+    from controlfoley.errors import CheckpointError
+
+    path = tmp_path / "weights.ckpt"
+    path.write_bytes(pickle.dumps({"state_dict": {"w": [1.0, 2.0]}}, protocol=protocol))
+    for read in (read_state_dict, read_metadata):
+        with pytest.raises(CheckpointError, match=r"is a PyTorch pickle \(\.ckpt / \.pt\)"):
+            read(path)

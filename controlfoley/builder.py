@@ -39,7 +39,7 @@ from controlfoley.control.controlnet import ControlNet
 from controlfoley.errors import RandomWeightsWarning
 from controlfoley.guidance import GuidanceRule
 from controlfoley.model import SpecMaskFoley
-from controlfoley.presets import get_preset
+from controlfoley.presets import PRESETS, get_preset
 from controlfoley.sampling import MaskGITSampler
 from controlfoley.tokenizers.base import Tokenizer
 
@@ -333,6 +333,8 @@ def _resolve_config(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelC
         return config
     if isinstance(config, Mapping):
         return ModelConfig.from_dict(config)
+    if isinstance(config, str) and config in PRESETS:  # a registered name is the preset, also where a folder of that name exists
+        return get_preset(config)
     path = Path(config) if isinstance(config, (str, os.PathLike)) else None
     if path is not None and path.suffix == ".json":
         try:

@@ -191,3 +191,19 @@ def test_a_spec_value_may_contain_an_equals_sign() -> None:
     assert parse_spec("clip_openclip,weights=/w/run=3/clip.safetensors,n=2") == (
         "clip_openclip", {"weights": "/w/run=3/clip.safetensors", "n": 2},
     )
+
+
+def test_a_preset_name_builds_the_preset_beside_a_folder_of_that_name_and_a_path_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    """build_model("specmaskfoley_tiny") where the working folder holds a folder of that name (a run
+    trained into --out specmaskfoley_tiny, say) is the preset, as in `controlfoley info`; a
+    checkpoint's path is refused with the way to load it."""
+    from controlfoley.cli import main as cli_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "specmaskfoley_tiny").mkdir()
+    assert build_model("specmaskfoley_tiny").config == get_preset("specmaskfoley_tiny")
+    assert cli_main(["info", "specmaskfoley_tiny"]) == 0 and "specmaskfoley_tiny" in capsys.readouterr().out
+    (tmp_path / "m.safetensors").write_bytes(b"")
+    for path in ("m.safetensors", str(tmp_path / "specmaskfoley_tiny"), "./specmaskfoley_tiny"):
+        with pytest.raises(ConfigError, match=r"that is a file or folder, not a preset.*from_pretrained\(path\)"):
+            build_model(path)

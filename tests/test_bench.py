@@ -167,3 +167,16 @@ def test_time_interleaved_rounds():
     t = time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1, runs=2, device="cpu")
     assert order == ["a", "b"] * 3
     assert len(t["a"].wall) == len(t["b"].cpu) == 2  # the warm-up round is not timed
+
+
+def test_the_command_lines_offer_the_pipelines_precisions():
+    """`generate` and `bench` list their --precision choices without importing torch (fast --help);
+    they must stay the pipeline's PRECISIONS (bench adds fp8, for throughput studies only)."""
+    from controlfoley import bench, generate_cli
+    from controlfoley.pipeline import PRECISIONS
+
+    def choices(parser):
+        return tuple(next(a for a in parser._actions if a.dest == "precision").choices)
+
+    assert choices(generate_cli._parser()) == tuple(PRECISIONS)
+    assert choices(bench._parser()) == (*PRECISIONS, "fp8") == bench.PRECISION_CHOICES

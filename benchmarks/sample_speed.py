@@ -85,6 +85,12 @@ RUN_MODES = {"": {}, "_compile": {"compile": True}, "_graph": {"cuda_graph": Tru
 for _prefix in ("library_bf16_native", "library_bf16_gelu", "library_fp8", "library_fp8_static", "library_fp8_tensor"):
     for _suffix, _mode in RUN_MODES.items():
         LIBRARY_PATHS[_prefix + _suffix] = {"prune_rows": True, **_mode}
+# `generate(guidance_every=N)`, an approximation (all condition sets at every N-th guided step only;
+# what it does to quality: benchmarks/sampler_quality.py): "<path>_everyN"
+EVERY = (2, 3)
+for _base in ("library", "library_bf16", "library_bf16_native_graph", "library_bf16_native_compile_graph", "library_fp8_static_compile_graph"):
+    for _n in EVERY:
+        LIBRARY_PATHS[f"{_base}_every{_n}"] = {**LIBRARY_PATHS[_base], "guidance_every": _n}
 DEFAULT_PATHS = ("reference", "library", "library_bf16")
 # on CUDA also the fastest measured paths (benchmarks/RESULTS.md): whole-loop CUDA graphs, a bf16 model
 DEFAULT_CUDA_PATHS = (*DEFAULT_PATHS, "library_bf16_graph", "library_bf16_native_graph")
@@ -266,10 +272,14 @@ def targets(results: list[dict[str, Any]], threads: int) -> list[list[str]]:
     overstates the cost; CPU s / threads estimates the wall time on an idle one (a lower bound)."""
     rows = []
     by = {(r["preset"], r["batch"], r["path"]): r for r in results}
-    for path, prec in (("library", "fp32"), ("library_bf16", "bf16")):
+    paths = [("library", "fp32"), ("library_bf16", "bf16")]
+    paths += [(f"{p}_every{n}", prec) for p, prec in paths for n in EVERY]  # approximations: labelled as such
+    for path, prec in paths:
         r = by.get(("specmaskfoley", 1, path))
         if r is None:
             continue
+        if "_every" in path:
+            path += f" (guidance_every={path.rsplit('_every', 1)[1]}: an approximation, not the paper's sampler)"
         if r["speedup"] is not None:
             measured = f"{fmt(r['speedup'])}x (wall), {fmt(r['cpu_speedup'])}x (CPU s)"
             rows.append([f"{path} vs naive reference, batch 1", measured, ">= 2x", _met(r["speedup"] >= 2, r["cpu_speedup"] >= 2)])

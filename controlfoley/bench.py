@@ -1,7 +1,7 @@
 """`controlfoley bench`: how fast a model samples on this machine, with the settings you would use.
 
     controlfoley bench [PRESET_OR_CHECKPOINT] [--batch 1 16] [--device cuda] [--precision auto|fp32|bf16|bf16-weights|fp8]
-        [--compile] [--cuda-graph] [--steps 12] [--runs 5] [--warmup 1] [--decode] [--markdown]
+        [--compile] [--cuda-graph] [--steps 12] [--guidance-every 1] [--runs 5] [--warmup 1] [--decode] [--markdown]
 
 Times `model.generate` (video features -> token map: the MaskGIT steps with the model's guidance)
 on random inputs of the model's own shapes: features of every key its control encoder reads, at the
@@ -175,6 +175,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: the model's)")
     p.add_argument("--guidance", default=None, metavar="NAME[,ARG=VALUE...]", help="a GUIDANCE rule replacing the model's, as `generate --guidance` takes it (default: the model's)")
     p.add_argument("--cfg-scale", type=float, default=None, help="final CFG scale (default: the model's; 0 samples unguided, one row per step)")
+    p.add_argument(
+        "--guidance-every", type=int, default=1, metavar="N",
+        help="every condition set of the guidance rule at every N-th step only (generate(guidance_every=N), an approximation; default 1: the paper's sampler)",
+    )  # fmt: skip
     p.add_argument("--runs", type=int, default=5, help="timed calls per batch size (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls first (compiling and graph capture happen there)")
     p.add_argument("--decode", action="store_true", help="also time token map -> mel -> waveform")
@@ -201,10 +205,10 @@ def _check(args: argparse.Namespace) -> None:
     from controlfoley.errors import ConfigError
 
     bad = [f"--batch {b}" for b in args.batch if b < 1]
-    bad += [f"--{k} {v}" for k, v in (("runs", args.runs), ("steps", args.steps)) if v is not None and v < 1]
+    bad += [f"--{k} {v}" for k, v in (("runs", args.runs), ("steps", args.steps), ("guidance-every", args.guidance_every)) if v is not None and v < 1]
     bad += [f"--warmup {args.warmup}"] if args.warmup < 0 else []
     if bad:
-        raise ConfigError(f"{', '.join(bad)}: batch sizes, runs and steps must be >= 1 and warmup >= 0")
+        raise ConfigError(f"{', '.join(bad)}: batch sizes, runs, steps and guidance-every must be >= 1 and warmup >= 0")
 
 
 def _device(spec: str) -> Any:
@@ -294,6 +298,8 @@ def _settings(args: argparse.Namespace, device: Any, model: Any, guidance: Any) 
     steps = args.steps or model.sampler.steps
     scale = "" if args.cfg_scale is None else f", final scale {args.cfg_scale:g}"
     parts = [f"{steps} steps", f"guidance {guidance}{scale}"]
+    if args.guidance_every > 1:
+        parts.append(f"guidance_every={args.guidance_every} (every condition set at one guided step in {args.guidance_every})")
     dt = sampling_dtype(device, PRECISIONS.get(args.precision), param_dtype(model.backbone, torch.float32))  # what generate will run in
     dt_name = str(dt).removeprefix("torch.")
     parts.append(f"precision {args.precision} (" + (f"float8_e4m3fn block linears, static scales; {dt_name} elsewhere)" if args.precision == "fp8" else f"{dt_name})"))
@@ -309,7 +315,9 @@ def _run(model: Any, args: argparse.Namespace, device: Any, guidance: Any) -> li
 
     steps = args.steps or model.sampler.steps
     seconds = model.n_samples / model.sample_rate
-    kw: dict[str, Any] = {"steps": steps, "guidance": guidance, "cfg_scale": args.cfg_scale, "compile": args.compile, "cuda_graph": args.cuda_graph}
+    kw: dict[str, Any] = {"steps": steps, "guidance": guidance, "cfg_scale": args.cfg_scale, "compile": args.compile, "cuda_graph": args.cuda_graph,
+        "guidance_every": args.guidance_every,
+    }  # fmt: skip
     if PRECISIONS.get(args.precision) is not None:  # None (auto, bf16-weights, fp8): generate's own default for this model
         kw["dtype"] = PRECISIONS[args.precision]
     rows = []

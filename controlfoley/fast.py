@@ -12,6 +12,15 @@
 - `prune_rows=True`: at a step whose CFG scale is exactly 0 (the first step of the paper's linear
   0 -> 3 schedule) a rule of the form l_u + s * (...) gives l_u exactly (for finite logits), so only
   the unconditional rows run.
+- `guidance_every=N` (N > 1; an approximation, opt-in): all condition sets run at every N-th
+  guided step only. At the steps between, only the rule's last condition set (the fully
+  conditioned one, `anchor_rows`) runs, and each other set's logits are taken as its logits at the
+  last full step plus the anchor's change since: l_i(k) ~ l_a(k) + [l_i(k0) - l_a(k0)]. For a rule
+  whose combination is affine with weights summing to 1 (CFG, multi-CFG) this is the rule's value
+  with the guidance term l(k0) - l_a(k0) held at its last computed value, combined at the current
+  scale. The offsets are kept per position in full [b, l, v] layout, so they are there for every
+  position still masked (a subset of those masked at k0). Multi-CFG on the paper preset: a full
+  step runs 96 block-rows, an anchor step 36.
 - `compile=True`: `torch.compile` of the batched forward; on CUDA in "reduce-overhead" mode, which
   captures CUDA graphs.
 
@@ -434,6 +443,8 @@ class GuidedStep:
         n_sets: int,
         *,
         zero_scale_rows: Mapping[str, Any] | None = None,
+        anchor_rows: Mapping[str, Any] | None = None,
+        guidance_every: int = 1,
         static_shapes: bool | None = None,
         compile: bool = False,
         captured: bool = False,
@@ -442,6 +453,12 @@ class GuidedStep:
         self.model, self.rule, self.scale = model, rule, float(scale)
         self.rows = _Rows(rows, n_sets)
         self.zero_rows = None if zero_scale_rows is None else _Rows(zero_scale_rows, 1)
+        if isinstance(guidance_every, bool) or not isinstance(guidance_every, int) or guidance_every < 1:
+            raise ConfigError(f"guidance_every must be an int >= 1, got {guidance_every!r}")
+        self.every = guidance_every
+        self.anchor_rows = None if anchor_rows is None or self.every == 1 else _Rows(anchor_rows, 1)
+        self._offsets: tuple[Tensor, ...] | None = None  # per set: its logits minus the anchor's, [b, l, v]
+        self._age = 0  # guided steps since the last one that ran every set
         if captured and static_shapes is False:
             raise ConfigError("static_shapes=False cannot be captured in a CUDA graph (its shapes change every step); drop one of them")
         self.static_shapes = bool(compile or captured or device.type == "cuda") if static_shapes is None else bool(static_shapes)
@@ -455,7 +472,7 @@ class GuidedStep:
     def inputs(self) -> dict[str, Tensor]:
         """The tensors the steps read besides codes and mask (condition rows, aligned video), by name."""
         out = {}
-        for prefix, rows in (("", self.rows), ("zero_", self.zero_rows)):
+        for prefix, rows in (("", self.rows), ("zero_", self.zero_rows), ("anchor_", self.anchor_rows)):
             for name in ("cond", "cond_on", "control", "control_rows"):
                 t = None if rows is None else getattr(rows, name)
                 if t is not None:
@@ -468,13 +485,31 @@ class GuidedStep:
         out = self.forward(self.model, rows.n_sets, codes, mask, index, rows.cond, rows.cond_on, rows.control, rows.control_rows)
         return tuple(out.float().chunk(rows.n_sets, dim=0))
 
+    @staticmethod
+    def _full(x: Tensor, index: Tensor | None, n_tokens: int) -> Tensor:
+        return x if index is None else scatter_positions(x, index, n_tokens)
+
+    @staticmethod
+    def _at(x: Tensor, index: Tensor | None) -> Tensor:
+        return x if index is None else x.gather(1, index[..., None].expand(-1, -1, x.shape[2]))
+
     def __call__(self, codes: Int[Tensor, "b l"], mask: Bool[Tensor, "b l"], k: int, n_steps: int) -> Float[Tensor, "b l v"]:
         s = scale_at(k, n_steps, self.scale, self.rule.schedule)
         index = None if self.static_shapes else masked_index(mask)
+        if k == 0:
+            self._offsets, self._age = None, 0
         if s == 0.0 and self.zero_rows is not None:
             guided = self._stacked(self.zero_rows, codes, mask, index)[0]  # l_u: the rule's value at s = 0
         else:
-            stacked = self._stacked(self.rows, codes, mask, index)
+            if self.anchor_rows is not None and self._offsets is not None and self._age < self.every - 1:
+                self._age += 1
+                anchor = self._stacked(self.anchor_rows, codes, mask, index)[0]
+                stacked = tuple(anchor + self._at(o, index) for o in self._offsets)
+            else:
+                stacked = self._stacked(self.rows, codes, mask, index)
+                if self.anchor_rows is not None:
+                    self._age = 0
+                    self._offsets = tuple(self._full(t - stacked[-1], index, codes.shape[1]) for t in stacked)
             guided = self.rule.combine(stacked, s)
             if not isinstance(guided, Tensor) or guided.shape != stacked[0].shape:  # shapes only: no host sync
                 got = list(guided.shape) if isinstance(guided, Tensor) else type(guided).__name__

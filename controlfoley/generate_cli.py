@@ -1,7 +1,7 @@
 """`controlfoley generate`: foley for a list of video files, one bad file never stopping the others.
 
     controlfoley generate VIDEO_OR_FOLDER... --model PATH_OR_PRESET --out DIR [--prompt TEXT]
-        [--negative-prompt TEXT] [--steps 12] [--cfg-scale 3] [--seed 0] [--format wav|flac]
+        [--negative-prompt TEXT] [--steps 12] [--cfg-scale 3] [--guidance-every 1] [--seed 0] [--format wav|flac]
         [--overlap 0.25] [--join crossfade|decode_once] [--extractor KEY=NAME[,ARG=VALUE...]]
         [--vocoder NAME[,ARG=VALUE...]] [--device cpu] [--overwrite]
 
@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--guidance", default=None, metavar="NAME[,ARG=VALUE...]",
         help="a GUIDANCE rule replacing the model's, e.g. cfg_video or cfg,condition=text_video (default: the model's multi-CFG)",
+    )  # fmt: skip
+    p.add_argument(
+        "--guidance-every", type=int, default=1, metavar="N",
+        help="run every condition set of the guidance rule at every N-th step only, in between the fully conditioned one alone "
+             "(an approximation: N=3 runs 61%% of the paper model's block arithmetic; quality in benchmarks/RESULTS.md). Default 1: the paper's sampler",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("wav", "flac"), default="wav")
@@ -116,6 +121,8 @@ def _extractor_specs(items: Sequence[str]) -> dict[str, tuple[str, dict[str, Any
 def _check_numbers(args: argparse.Namespace) -> None:
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.guidance_every < 1:
+        raise ValueError(f"--guidance-every must be >= 1 (1: the paper's sampler), got {args.guidance_every}")
     if args.cfg_scale is not None and not math.isfinite(args.cfg_scale):
         raise ValueError(f"--cfg-scale must be a finite number, got {args.cfg_scale}")
     if not 0.0 <= args.overlap < 1.0:
@@ -235,7 +242,9 @@ def _run_one(pipe: Any, args: argparse.Namespace, video: Path, paths: tuple[Path
     t0 = time.perf_counter()
     try:
         check_writable_folder(args.out, "--out")
-        result = pipe(video, args.prompt, args.negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed, guidance=args.rule)
+        result = pipe(video, args.prompt, args.negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed, guidance=args.rule,
+            guidance_every=args.guidance_every,
+        )
         row.update(duration=result.duration_s, windows=len(result.windows))
         _write(video, result, *paths)
         row["status"], row["output"] = "ok", f"{paths[0].name}, {paths[1].name}"

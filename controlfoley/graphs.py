@@ -171,10 +171,13 @@ def _graph_key(model: nn.Module, step: GuidedStep, codes: Tensor, steps: int, te
     rule_key = (type(rule), tuple(sorted((k, repr(v)) for k, v in vars(rule).items())))
     inputs = tuple((k, tuple(v.shape), v.dtype) for k, v in step.inputs().items())
     sampler = model.sampler
-    switches = tuple(m.fused for m in model.modules() if isinstance(getattr(m, "fused", None), bool))  # e.g. math attention
+    # module switches a captured graph bakes in: math attention (`fused`), fc1 + GELU as one GEMM (`gelu_epilogue`)
+    switches = tuple(
+        (name, getattr(m, name)) for m in model.modules() for name in ("fused", "gelu_epilogue") if isinstance(getattr(m, name, None), bool)
+    )
     return (
         tuple(codes.shape), steps, temperature, type(sampler), sampler.mask_schedule, dtype, compile, model.training,
-        step.static_shapes, step.scale, rule_key, step.rows.n_sets, step.zero_rows is not None, inputs, switches,
+        step.static_shapes, step.scale, rule_key, step.rows.n_sets, step.zero_rows is not None, step.every, inputs, switches,
     )
 
 

@@ -10,6 +10,9 @@ evaluates every set a rule needs in ONE batched forward per step, then the rule 
 - `multi`: SpecMaskFoley eq. 1 (after StemGen): l = l_u + s[(l_tv - l_u) + (l_v - l_u)], where l_u
   is the backbone alone with the unconditional mask and no ControlNet.
 
+A rule lists its fully conditioned set LAST: `generate(guidance_every=N)` runs that set alone at
+the steps between full ones and reuses the others' offsets from it (controlfoley.fast.GuidedStep).
+
 Scale schedules map step k of K to a scale: `linear` rises from 0 at the first step to `scale` at
 the last (the paper's "CFG scale linearly increasing from 0 to 3 across the 12 steps"), `constant`.
 """

@@ -288,6 +288,7 @@ class SpecMaskFoley(nn.Module):
         prune_rows: bool = True,
         onednn: bool | None = None,
         cuda_graph: bool = False,
+        guidance_every: int = 1,
     ) -> Int[Tensor, "b f t"]:
         """Sample token maps with MaskGIT; returns an int64 token map [b, F, T] (`model.grid`), which
         `decode` turns into a normalised mel and `vocode` into a waveform.
@@ -327,7 +328,15 @@ class SpecMaskFoley(nn.Module):
         `cuda_graph` (CUDA) the whole sampling loop captured as one CUDA graph at the first call of
         a given shape and settings, then replayed: the eager tokens for the same generator (exactly in
         fp32; bf16 kernels may differ on a few), far less launch overhead at small batches (see
-        `controlfoley.graphs`)."""
+        `controlfoley.graphs`).
+
+        `guidance_every` (default 1, the paper's sampler): an approximation that trades quality for
+        arithmetic. With N > 1, all of the rule's condition sets run only at every N-th guided step;
+        at the steps between, only its last, fully conditioned set runs (text+video for multi-CFG)
+        and the other sets' logits are those of the last step that ran them, shifted by how much the
+        conditioned set's logits changed since (`controlfoley.fast.GuidedStep`). For the paper's
+        preset N = 3 runs 61% of the block arithmetic; what it does to quality is measured in
+        benchmarks/RESULTS.md (`benchmarks/sampler_quality.py`)."""
         rule = self.resolve_guidance(guidance)
         self.sampler.settings(steps, temperature)  # bad settings fail now, before any work
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -335,7 +344,7 @@ class SpecMaskFoley(nn.Module):
                 f"generator must be a torch.Generator (or None), got {type(generator).__name__}; for a seed pass "
                 f"generator=torch.Generator({str(self.device)!r}).manual_seed({generator!r})"
             )
-        _check_inputs(cfg_scale, known_mask)
+        _check_inputs(cfg_scale, known_mask, guidance_every)
         text, negative_text = self._as_text(text), self._as_text(negative_text, "negative_text")
         control = self.encode_control(features) if (features is not None and self.has_control) else None
         b = _batch_of(control, text, known_codes, batch_size, negative_text)
@@ -354,9 +363,12 @@ class SpecMaskFoley(nn.Module):
         # its unconditional term, which must be the unconditional model's, not the negative prompt's
         zero = zero_scale_conditions(rule) if (prune_rows or negative_text is not None) else None
         zero_rows = None if zero is None else _RowPlan(zero, b, text, negative_text, control, self.device).kwargs
+        anchor_rows = None
+        if guidance_every > 1 and len(rule.conditions) > 1:
+            anchor_rows = _RowPlan(rule.conditions[-1:], b, text, negative_text, control, self.device).kwargs
         step = GuidedStep(
-            self, rule, scale, rows.kwargs, rows.n_sets, zero_scale_rows=zero_rows, static_shapes=static_shapes, compile=compile,
-            captured=cuda_graph,
+            self, rule, scale, rows.kwargs, rows.n_sets, zero_scale_rows=zero_rows, anchor_rows=anchor_rows,
+            guidance_every=guidance_every, static_shapes=static_shapes, compile=compile, captured=cuda_graph,
         )
         known = None if known_codes is None else known_codes.reshape(b, -1)
         known_at = None if known_mask is None else known_mask.reshape(b, -1)
@@ -504,9 +516,17 @@ def param_dtype(module: nn.Module, default: torch.dtype) -> torch.dtype:
     return default if p is None else p.dtype
 
 
-def _check_inputs(cfg_scale: Any, known_mask: Tensor | None) -> None:
-    """A non-finite CFG scale or a non-bool inpainting mask fails here, named (the sampler checks
-    steps and temperature: MaskGITSampler.settings)."""
+def checked_guidance_every(value: Any) -> int:  # a validator: it takes anything
+    """`generate`'s guidance_every as an int >= 1, or a ConfigError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"guidance_every must be an int >= 1 (1: every condition set at every step, the paper's sampler), got {value!r}")
+    return int(value)
+
+
+def _check_inputs(cfg_scale: Any, known_mask: Tensor | None, guidance_every: Any = 1) -> None:
+    """A non-finite CFG scale, a non-bool inpainting mask or a guidance_every that is not an int
+    >= 1 fails here, named (the sampler checks steps and temperature: MaskGITSampler.settings)."""
+    checked_guidance_every(guidance_every)
     if cfg_scale is not None and (isinstance(cfg_scale, bool) or not isinstance(cfg_scale, numbers.Real) or not math.isfinite(cfg_scale)):
         raise ConfigError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
     if known_mask is not None and known_mask.dtype != torch.bool:

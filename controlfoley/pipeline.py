@@ -54,7 +54,7 @@ from controlfoley.config import ConfigError
 from controlfoley.data.extractors import ExtractorSpec, build_extractor
 from controlfoley.errors import RandomWeightsWarning, ShapeError
 from controlfoley.guidance import GuidanceRule, NoGuidance
-from controlfoley.model import run_vocoder
+from controlfoley.model import checked_guidance_every, run_vocoder
 from controlfoley.typing import Float, Int, Tensor
 from controlfoley.pipeline_parts import (
     Prompt,
@@ -274,6 +274,7 @@ class FoleyPipeline:
         seed: int | None = 0,
         guidance: GuidanceRule | str | None = None,
         temperature: float | None = None,
+        guidance_every: int = 1,
     ) -> FoleyResult:
         """Foley for one video file: decode, extract features, sample every window, decode, vocode.
 
@@ -284,7 +285,9 @@ class FoleyPipeline:
         makes the run repeatable (None: a fresh one, kept in the result). `guidance`: a GuidanceRule
         or GUIDANCE name replacing the model's rule (default: the model's; without a prompt a rule
         that needs text falls back to video-only CFG); `temperature`: the sampler's Gumbel
-        temperature (None: the model's). Returns a `FoleyResult`
+        temperature (None: the model's); `guidance_every`: every condition set of the rule at every
+        N-th step only, the paper's sampler at 1 (an approximation that saves arithmetic, see
+        `SpecMaskFoley.generate`). Returns a `FoleyResult`
         whose waveform lasts as long as the video (`result.save("out.wav")`,
         `result.save_video(video_path, "out.mp4")`); a bad file raises MediaError, features that do
         not fit the model ShapeError.
@@ -295,9 +298,11 @@ class FoleyPipeline:
                 "(`[pipe(v) for v in videos]`) or use `controlfoley generate VIDEO...`"
             )
         seed = checked_seed(seed)  # before the video is read
+        checked_guidance_every(guidance_every)
         streams, duration = self.read_features(video_path)
         return self.generate(
-            streams, duration, prompt, negative_prompt, steps=steps, cfg_scale=cfg_scale, seed=seed, guidance=guidance, temperature=temperature
+            streams, duration, prompt, negative_prompt, steps=steps, cfg_scale=cfg_scale, seed=seed, guidance=guidance, temperature=temperature,
+            guidance_every=guidance_every,
         )
 
     @torch.no_grad()
@@ -372,13 +377,16 @@ class FoleyPipeline:
         seed: int | None = 0,
         guidance: GuidanceRule | str | None = None,
         temperature: float | None = None,
+        guidance_every: int = 1,
     ) -> FoleyResult:
         """Sample all windows from whole-video feature streams {key: [t, d]} (see `read_features`).
         `seed=None` draws a fresh seed, returned in `FoleyResult.seed`; the other settings as in `__call__`."""
         seed = checked_seed(seed)
         plan = self.plan(duration_s)
         text, negative, rule = self._conditions(prompt, negative_prompt, guidance)
-        codes = self.sample_tokens(plan, streams, text, negative, rule, steps=steps, cfg_scale=cfg_scale, seed=seed, temperature=temperature)
+        codes = self.sample_tokens(
+            plan, streams, text, negative, rule, steps=steps, cfg_scale=cfg_scale, seed=seed, temperature=temperature, guidance_every=guidance_every
+        )
         mel = self.decode(codes, plan)
         with torch.no_grad():  # a vocoder override is called directly: no autograd graph through it (not inference_mode: users get a plain tensor)
             wav = run_vocoder(self.vocoder, mel[None])[0, : plan.n_samples].cpu()
@@ -404,6 +412,7 @@ class FoleyPipeline:
         cfg_scale: float | None = None,
         seed: int = 0,
         temperature: float | None = None,
+        guidance_every: int = 1,
     ) -> Int[Tensor, "f c"]:
         """Token map [F, plan.total_cols]; each window continues the previous one's shared columns."""
         model, dev = self.model, self.model.device
@@ -422,7 +431,7 @@ class FoleyPipeline:
                 known = {"known_codes": codes[None, :, w.start_col : w.start_col + t].clone(), "known_mask": mask}
             out = model.generate(
                 feats, text, negative_text=negative, steps=steps, cfg_scale=cfg_scale, temperature=temperature, guidance=rule, generator=generator,
-                dtype=PRECISIONS[self.precision], cuda_graph=self.cuda_graph, **known,
+                dtype=PRECISIONS[self.precision], cuda_graph=self.cuda_graph, guidance_every=guidance_every, **known,
             )  # fmt: skip
             codes[:, w.start_col : w.start_col + t] = out[0]
         return codes

@@ -57,7 +57,11 @@ def test_bench_calls_generate_with_the_settings(monkeypatch, capsys):
     rc, _, err = _bench(capsys, "specmaskfoley_tiny", "--runs", "2", "--warmup", "1", "--steps", "3", "--precision", "bf16", "--batch", "2")
     assert rc == 0, err
     assert len(calls) == 3  # one warm-up, two timed
-    assert all(c["steps"] == 3 and c["dtype"] == torch.bfloat16 and not c["compile"] and not c["cuda_graph"] for c in calls)
+    assert all(c["steps"] == 3 and c["dtype"] == torch.bfloat16 and not c["compile"] and not c["cuda_graph"] and c["guidance_every"] == 1 for c in calls)
+    calls.clear()
+    rc, out, err = _bench(capsys, "specmaskfoley_tiny", "--runs", "1", "--warmup", "0", "--steps", "3", "--guidance-every", "2")
+    assert rc == 0, err
+    assert [c["guidance_every"] for c in calls] == [2] and "guidance_every=2 (every condition set at one guided step in 2)" in out
 
 
 def test_bf16_weights_sample_a_bf16_model_natively(monkeypatch, capsys):
@@ -105,6 +109,7 @@ def test_fp8_samples_static_fp8_block_linears_in_a_bf16_model(monkeypatch, capsy
     [
         (["specmaskfoley_tiny", "--batch", "0"], "--batch 0"),
         (["specmaskfoley_tiny", "--runs", "0"], "--runs 0"),
+        (["specmaskfoley_tiny", "--guidance-every", "0"], "--guidance-every 0"),
         (["specmaskfoley_tiny", "--cuda-graph"], "--cuda-graph needs a CUDA device"),
         (["no_such_model"], "neither a preset nor an existing checkpoint"),
         (["specmaskfoley_tiny", "--guidance", "bogus"], "unknown guidance 'bogus'"),

@@ -105,13 +105,48 @@ def test_each_setting_the_loop_bakes_in_gets_its_own_loop(micro_model, uncapture
     variants = [  # each right after one it could be confused with (the cache keeps the last 4)
         {}, {"guidance": GUIDANCE.build("multi", schedule="constant")}, {"temperature": 2.0},
         {"guidance": GUIDANCE.build("cfg_video")}, {"guidance": GUIDANCE.build("cfg_text")}, {"prune_rows": False},
+        {"guidance_every": 2}, {"guidance_every": 3},
     ]
     for kw in variants:
         def run(**extra):
             return model.generate(x["features"], x["text"], steps=4, onednn=False, generator=torch.Generator().manual_seed(3), **kw, **extra)
 
         assert torch.equal(run(), run(cuda_graph=True)), kw
-    assert len(graphs._cache_of(model).graphs) == graphs.MAX_GRAPHS  # 6 settings, the oldest dropped
+    assert len(graphs._cache_of(model).graphs) == graphs.MAX_GRAPHS  # 8 settings, the oldest dropped
+
+
+def test_module_switches_the_loop_bakes_in_get_their_own_loop(micro_model, uncaptured, monkeypatch):
+    """Math attention and fc1 + GELU as one GEMM (`fuse_gelu_epilogue`) are module switches a
+    captured loop bakes in: flipping one must capture anew, not replay the loop without it."""
+    from controlfoley.fast import fuse_gelu_epilogue
+
+    built: list[int] = []
+    real = graphs.SamplingGraph
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            built.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(graphs, "SamplingGraph", Counting)
+    model = live_control(micro_model)
+    x = micro_inputs(model, b=1)
+
+    def run() -> None:
+        model.generate(x["features"], x["text"], steps=2, cuda_graph=True, onednn=False)
+
+    run(), run()
+    assert len(built) == 1
+    fuse_gelu_epilogue(model)
+    run()
+    assert len(built) == 2
+    fuse_gelu_epilogue(model, enabled=False)
+    run()
+    assert len(built) == 2  # the first loop again
+    attn = next(m for m in model.modules() if isinstance(getattr(m, "fused", None), bool))
+    attn.fused = not attn.fused
+    run()
+    assert len(built) == 3
 
 
 def test_the_loops_go_with_the_model_and_a_copy_starts_empty(uncaptured):
@@ -163,6 +198,27 @@ def test_captured_loop_gives_the_eager_tokens_on_cuda(micro_model, dtype, compil
             # fp32: the same kernels in the same order, so identical; bf16 autocast may pick other
             # kernels inside a capture only if cuBLAS does, so allow a few tokens
             assert same == 1.0 if dtype == torch.float32 and not compile else same >= 0.97, (seed, same)
+        assert len(graphs._cache_of(model).graphs) == 1
+    finally:
+        graphs.clear_cuda_graphs()
+
+
+@cuda
+@pytest.mark.parametrize("compile", [False, True])
+def test_captured_loop_with_guidance_every_gives_the_eager_tokens_on_cuda(micro_model, compile):
+    """The reused offsets live inside the captured loop (allocated in capture, rewritten each replay)."""
+    model = live_control(micro_model).cuda()
+    try:
+        for seed in range(2):
+            x = micro_inputs(model, b=2, seed=seed)
+            feats, text = {k: v.cuda() for k, v in x["features"].items()}, x["text"].cuda()
+
+            def run(**kw):
+                g = torch.Generator("cuda").manual_seed(seed)
+                return model.generate(feats, text, steps=7, dtype=torch.float32, compile=compile, guidance_every=3, generator=g, **kw)
+
+            same = (run() == run(cuda_graph=True)).float().mean().item()
+            assert same == 1.0 if not compile else same >= 0.97, (seed, same)
         assert len(graphs._cache_of(model).graphs) == 1
     finally:
         graphs.clear_cuda_graphs()

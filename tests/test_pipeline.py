@@ -340,6 +340,19 @@ def test_cli_bf16_weights(model_file: Path, media: dict[str, Path], tmp_path: Pa
     assert _outputs(out) == ["tiny.mp4", "tiny.wav"] and "1 of 1 files ok" in capsys.readouterr().out
 
 
+def test_cli_guidance_every_reaches_the_sampler(
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controlfoley.model import SpecMaskFoley
+
+    seen = []
+    real = SpecMaskFoley.generate
+    monkeypatch.setattr(SpecMaskFoley, "generate", lambda self, *a, **k: seen.append(k["guidance_every"]) or real(self, *a, **k))
+    out = tmp_path / "out"
+    assert cli.main(["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--steps", "4", "--guidance-every", "2"]) == 0
+    assert seen and set(seen) == {2} and "1 of 1 files ok" in capsys.readouterr().out
+
+
 def test_cli_takes_a_folder_of_videos(model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A folder stands for the video files directly in it (any case of suffix; not subfolders, hidden
     files or other files); a folder without videos is refused before the model loads."""
@@ -407,6 +420,7 @@ def _count_sampling(monkeypatch: pytest.MonkeyPatch) -> list[object]:
         (["--steps", "0"], "--steps must be >= 1"),
         (["--overlap", "1.0"], "--overlap is a fraction"),
         (["--cfg-scale", "nan"], "--cfg-scale must be a finite number"),
+        (["--guidance-every", "0"], "--guidance-every must be >= 1"),
         (["--extractor", "sync=synthetic_sync,dim=64"], "gives 64-wide 'sync' features but the model takes 24"),
         (["--device", "cuda"], "no usable CUDA GPU"),
         (["--device", "cuda:x"], "is not a device"),
@@ -728,10 +742,14 @@ def test_guidance_and_temperature_reach_the_sampler_and_the_pipeline_moves(media
     p = _pipeline(micro_model())
     seen = []
     real = p.model.generate
-    monkeypatch.setattr(p.model, "generate", lambda *a, **k: seen.append((k["guidance"], k["temperature"])) or real(*a, **k))
-    p(media["tiny"], steps=2, guidance="cfg_video", temperature=0.5)
-    rule, temp = seen[-1]
-    assert type(rule).__name__ == "CFG" and [c.label for c in rule.conditions] == ["uncond", "video"] and temp == 0.5
+    monkeypatch.setattr(p.model, "generate", lambda *a, **k: seen.append((k["guidance"], k["temperature"], k["guidance_every"])) or real(*a, **k))
+    p(media["tiny"], steps=2, guidance="cfg_video", temperature=0.5, guidance_every=3)
+    rule, temp, every = seen[-1]
+    assert type(rule).__name__ == "CFG" and [c.label for c in rule.conditions] == ["uncond", "video"] and temp == 0.5 and every == 3
+    n = len(seen)
+    with pytest.raises(ConfigError, match="guidance_every must be an int >= 1"):
+        p(media["tiny"], steps=2, guidance_every=0)
+    assert len(seen) == n  # refused before the video was read and sampled
     p(media["tiny"], prompt="bell", steps=2, guidance=GUIDANCE.build("cfg", condition="text_video", scale=2.0))
     assert seen[-1][0].scale == 2.0 and [c.label for c in seen[-1][0].conditions] == ["uncond", "text_video"]
     with pytest.raises(ConfigError, match="needs a text"):

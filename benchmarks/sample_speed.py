@@ -10,7 +10,8 @@ What is timed
   timed separately once per preset and batch: they are the same code whatever the sampling path.
 
 Warm-up calls run 2 sampling steps (a scale-0 step and a guided one, so every row layout the
-timed runs use is built and, with --paths ..._compile, compiled); the timed calls run all steps.
+timed runs use is built and, with --paths ..._compile, compiled; 3 for the ..._everyN paths, whose
+third step runs the text+video rows alone); the timed calls run all steps.
 The ..._graph paths (CUDA) warm up with all steps: that call captures the loop the timed calls replay.
 Weights are random (speed does not depend on them); the ControlNet's zero-initialised linears get
 small random values so the control rows change the tokens as a trained model's would.
@@ -87,7 +88,7 @@ for _prefix in ("library_bf16_native", "library_bf16_gelu", "library_fp8", "libr
         LIBRARY_PATHS[_prefix + _suffix] = {"prune_rows": True, **_mode}
 # `generate(guidance_every=N)`, an approximation (all condition sets at every N-th guided step only;
 # what it does to quality: benchmarks/sampler_quality.py): "<path>_everyN"
-EVERY = (2, 3)
+EVERY = (2, 3, 4)
 for _base in ("library", "library_bf16", "library_bf16_native_graph", "library_bf16_native_compile_graph", "library_fp8_static_compile_graph"):
     for _n in EVERY:
         LIBRARY_PATHS[f"{_base}_every{_n}"] = {**LIBRARY_PATHS[_base], "guidance_every": _n}
@@ -208,7 +209,9 @@ def sampling_fns(models: dict[str, SpecMaskFoley], batch: int, steps: int, devic
 
     for name in models:
         # a captured loop is specific to its step count: warm (capture) it with the timed one's
-        warm_steps = steps if LIBRARY_PATHS.get(name, {}).get("cuda_graph") else 2
+        # (2 steps: a scale-0 and a full one; with guidance_every also a third, the anchor-only layout)
+        kw = LIBRARY_PATHS.get(name, {})
+        warm_steps = steps if kw.get("cuda_graph") else min(steps, 3 if kw.get("guidance_every", 1) > 1 else 2)
         timed[name], warm[name] = bind(name, steps), bind(name, warm_steps)
     return timed, warm
 

@@ -4,7 +4,9 @@ library uses it by default, and the pipeline and `generate` do not offer it. On 
 setting measured; `granularity="static"` on a bf16 model, compiled, with the whole loop in a CUDA
 graph, is the fastest batch-64 path measured: 107-108 clips/s against 87 for bf16 (run G), at the
 cost of more changed tokens (83% equal to the fp32 reference against 95% for bf16, random
-weights). `controlfoley bench --precision fp8 --compile --cuda-graph` times it.
+weights). `controlfoley bench --precision fp8 --compile --cuda-graph` times it (112 clips/s at batch
+64 on an H200, run H). At batch 1 it does not pay: 38.9 ms compiled in the graph against 36.3 for
+the bf16 model (H200, run H).
 
 Why it was tried: at batch 64 the paper-size sampler spends half its GPU time in the matrix
 products of the transformer blocks, near the card's bf16 peak, and fp8 tensor cores measured 1.75x

@@ -55,6 +55,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import numbers
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -370,7 +371,8 @@ def compiled_batched_logits(device: torch.device, static_shapes: bool, cudagraph
 
 
 # Graphs dynamo may keep for the one compiled forward. Static shapes give one graph per (batch,
-# condition-set layout), two layouts per generate call (the pruned first step), and dynamo's
+# condition-set layout), two layouts per generate call (the pruned first step; three with
+# guidance_every, whose reuse steps run the anchor set alone), and dynamo's
 # default limit of 8 per function made the 5th batch size a process sampled with fall back to eager
 # for good (measured: batch sizes 1-4 compiled, 5 and 6 eager).
 RECOMPILE_LIMIT = 64
@@ -453,11 +455,13 @@ class GuidedStep:
         self.model, self.rule, self.scale = model, rule, float(scale)
         self.rows = _Rows(rows, n_sets)
         self.zero_rows = None if zero_scale_rows is None else _Rows(zero_scale_rows, 1)
-        if isinstance(guidance_every, bool) or not isinstance(guidance_every, int) or guidance_every < 1:
+        if isinstance(guidance_every, bool) or not isinstance(guidance_every, numbers.Integral) or guidance_every < 1:
             raise ConfigError(f"guidance_every must be an int >= 1, got {guidance_every!r}")
-        self.every = guidance_every
-        self.anchor_rows = None if anchor_rows is None or self.every == 1 else _Rows(anchor_rows, 1)
-        self._offsets: tuple[Tensor, ...] | None = None  # per set: its logits minus the anchor's, [b, l, v]
+        # without anchor rows (a rule of one condition set) every step is a full one: say so, so that
+        # a captured loop is keyed as the every-step loop it is
+        self.every = int(guidance_every) if anchor_rows is not None else 1
+        self.anchor_rows = None if self.every == 1 else _Rows(anchor_rows, 1)
+        self._offsets: tuple[Tensor, ...] | None = None  # per set but the anchor: its logits minus the anchor's, [b, l, v]
         self._age = 0  # guided steps since the last one that ran every set
         if captured and static_shapes is False:
             raise ConfigError("static_shapes=False cannot be captured in a CUDA graph (its shapes change every step); drop one of them")
@@ -504,12 +508,12 @@ class GuidedStep:
             if self.anchor_rows is not None and self._offsets is not None and self._age < self.every - 1:
                 self._age += 1
                 anchor = self._stacked(self.anchor_rows, codes, mask, index)[0]
-                stacked = tuple(anchor + self._at(o, index) for o in self._offsets)
+                stacked = (*(anchor + self._at(o, index) for o in self._offsets), anchor)
             else:
                 stacked = self._stacked(self.rows, codes, mask, index)
                 if self.anchor_rows is not None:
                     self._age = 0
-                    self._offsets = tuple(self._full(t - stacked[-1], index, codes.shape[1]) for t in stacked)
+                    self._offsets = tuple(self._full(t - stacked[-1], index, codes.shape[1]) for t in stacked[:-1])
             guided = self.rule.combine(stacked, s)
             if not isinstance(guided, Tensor) or guided.shape != stacked[0].shape:  # shapes only: no host sync
                 got = list(guided.shape) if isinstance(guided, Tensor) else type(guided).__name__

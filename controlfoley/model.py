@@ -335,7 +335,8 @@ class SpecMaskFoley(nn.Module):
         at the steps between, only its last, fully conditioned set runs (text+video for multi-CFG)
         and the other sets' logits are those of the last step that ran them, shifted by how much the
         conditioned set's logits changed since (`controlfoley.fast.GuidedStep`). For the paper's
-        preset N = 3 runs 61% of the block arithmetic; what it does to quality is measured in
+        preset's multi-CFG, N = 3 runs 61% of the block arithmetic of the default sampler (75% for
+        video-only CFG); a rule of one condition set is unchanged. What it does to quality is measured in
         benchmarks/RESULTS.md (`benchmarks/sampler_quality.py`)."""
         rule = self.resolve_guidance(guidance)
         self.sampler.settings(steps, temperature)  # bad settings fail now, before any work
@@ -344,7 +345,8 @@ class SpecMaskFoley(nn.Module):
                 f"generator must be a torch.Generator (or None), got {type(generator).__name__}; for a seed pass "
                 f"generator=torch.Generator({str(self.device)!r}).manual_seed({generator!r})"
             )
-        _check_inputs(cfg_scale, known_mask, guidance_every)
+        _check_inputs(cfg_scale, known_mask)
+        guidance_every = checked_guidance_every(guidance_every)  # a plain int from here (numpy ints too)
         text, negative_text = self._as_text(text), self._as_text(negative_text, "negative_text")
         control = self.encode_control(features) if (features is not None and self.has_control) else None
         b = _batch_of(control, text, known_codes, batch_size, negative_text)
@@ -365,7 +367,9 @@ class SpecMaskFoley(nn.Module):
         zero_rows = None if zero is None else _RowPlan(zero, b, text, negative_text, control, self.device).kwargs
         anchor_rows = None
         if guidance_every > 1 and len(rule.conditions) > 1:
-            anchor_rows = _RowPlan(rule.conditions[-1:], b, text, negative_text, control, self.device).kwargs
+            anchor_rows = rows.last_set(b)  # the very rows the full steps run for it (negative prompt and all)
+        elif guidance_every > 1:
+            log.warning("guidance_every=%d does nothing: guidance %s has one condition set, which runs at every step", guidance_every, rule)
         step = GuidedStep(
             self, rule, scale, rows.kwargs, rows.n_sets, zero_scale_rows=zero_rows, anchor_rows=anchor_rows,
             guidance_every=guidance_every, static_shapes=static_shapes, compile=compile, captured=cuda_graph,
@@ -494,6 +498,17 @@ class _RowPlan:
             "control_on": on,
         }
 
+    def last_set(self, b: int) -> dict[str, Any]:
+        """The rows of the last condition set alone (the last `b` of each stacked input), as kwargs."""
+        kw = self.kwargs
+        on = kw["control_on"][-b:]
+        return {
+            "cond": None if kw["cond"] is None else kw["cond"][-b:],
+            "cond_on": None if kw["cond_on"] is None else kw["cond_on"][-b:],
+            "control": None if kw["control"] is None or not bool(on.any()) else kw["control"][-b:],
+            "control_on": on,
+        }
+
 
 def _zeros_like_cond(text: Tensor | None, negative: Tensor | None, b: int, device: torch.device) -> Tensor | None:
     ref = text if text is not None else negative
@@ -523,10 +538,9 @@ def checked_guidance_every(value: Any) -> int:  # a validator: it takes anything
     return int(value)
 
 
-def _check_inputs(cfg_scale: Any, known_mask: Tensor | None, guidance_every: Any = 1) -> None:
-    """A non-finite CFG scale, a non-bool inpainting mask or a guidance_every that is not an int
-    >= 1 fails here, named (the sampler checks steps and temperature: MaskGITSampler.settings)."""
-    checked_guidance_every(guidance_every)
+def _check_inputs(cfg_scale: Any, known_mask: Tensor | None) -> None:
+    """A non-finite CFG scale or a non-bool inpainting mask fails here, named (the sampler checks
+    steps and temperature: MaskGITSampler.settings; `checked_guidance_every` guidance_every)."""
     if cfg_scale is not None and (isinstance(cfg_scale, bool) or not isinstance(cfg_scale, numbers.Real) or not math.isfinite(cfg_scale)):
         raise ConfigError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
     if known_mask is not None and known_mask.dtype != torch.bool:

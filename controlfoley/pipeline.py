@@ -298,7 +298,7 @@ class FoleyPipeline:
                 "(`[pipe(v) for v in videos]`) or use `controlfoley generate VIDEO...`"
             )
         seed = checked_seed(seed)  # before the video is read
-        checked_guidance_every(guidance_every)
+        guidance_every = checked_guidance_every(guidance_every)
         streams, duration = self.read_features(video_path)
         return self.generate(
             streams, duration, prompt, negative_prompt, steps=steps, cfg_scale=cfg_scale, seed=seed, guidance=guidance, temperature=temperature,

@@ -61,12 +61,13 @@ def uncaptured(monkeypatch):
     graphs.clear_cuda_graphs()
 
 
-@pytest.mark.parametrize("prune_rows", [True, False])
-def test_each_call_reaches_the_graph_through_its_static_buffers(micro_model, uncaptured, prune_rows):
+@pytest.mark.parametrize(("prune_rows", "guidance_every"), [(True, 1), (False, 1), (True, 2)])
+def test_each_call_reaches_the_graph_through_its_static_buffers(micro_model, uncaptured, prune_rows, guidance_every):
     """Three calls with other features, text, known tokens and seeds reuse ONE cached loop and each
-    gives the eager tokens of its own inputs: a missed copy would repeat the first call's inputs."""
+    gives the eager tokens of its own inputs: a missed copy (of the guidance_every anchor rows, say)
+    would repeat the first call's inputs."""
     model = live_control(micro_model)
-    opts = dict(steps=5, prune_rows=prune_rows, onednn=False)
+    opts = dict(steps=5, prune_rows=prune_rows, onednn=False, guidance_every=guidance_every)
     for seed in range(3):
         x = micro_inputs(model, b=2, seed=seed)
         known = torch.rand(2, *model.grid, generator=torch.Generator().manual_seed(seed)) < 0.3 * seed

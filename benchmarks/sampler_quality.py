@@ -37,6 +37,9 @@ VARIANTS: dict[str, dict] = {
     "8 steps": {"steps": 8},
     "12 steps, guidance_every=4": {"guidance_every": 4},
     "7 steps": {"steps": 7},
+    # the settings of the CPU bf16 numbers in RESULTS.md (bf16 autocast, as sample_speed's library_bf16)
+    "12 steps (paper), bf16": {"dtype": torch.bfloat16},
+    "12 steps, bf16, guidance_every=3": {"dtype": torch.bfloat16, "guidance_every": 3},
 }
 
 

@@ -736,7 +736,9 @@ def test_a_built_model_saved_untouched_is_refused_but_one_given_weights_is_taken
     FoleyPipeline.from_pretrained(given.save(tmp_path / "given.safetensors"))  # no error
 
 
-def test_guidance_and_temperature_reach_the_sampler_and_the_pipeline_moves(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_guidance_and_temperature_reach_the_sampler_and_the_pipeline_moves(
+    media: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from controlfoley import GUIDANCE
 
     p = _pipeline(micro_model())
@@ -750,6 +752,9 @@ def test_guidance_and_temperature_reach_the_sampler_and_the_pipeline_moves(media
     with pytest.raises(ConfigError, match="guidance_every must be an int >= 1"):
         p(media["tiny"], steps=2, guidance_every=0)
     assert len(seen) == n  # refused before the video was read and sampled
+    with caplog.at_level("WARNING"):
+        long = p(media["long"], steps=2, guidance=GUIDANCE.build("none", condition="video"), guidance_every=3)  # one set: nothing to reuse
+    assert len(long.windows) > 1 and seen[-1][2] == 1 and caplog.text.count("guidance_every=3 does nothing") == 1  # once, not per window
     p(media["tiny"], prompt="bell", steps=2, guidance=GUIDANCE.build("cfg", condition="text_video", scale=2.0))
     assert seen[-1][0].scale == 2.0 and [c.label for c in seen[-1][0].conditions] == ["uncond", "text_video"]
     with pytest.raises(ConfigError, match="needs a text"):

@@ -346,7 +346,7 @@ class SpecMaskFoley(nn.Module):
                 f"generator=torch.Generator({str(self.device)!r}).manual_seed({generator!r})"
             )
         _check_inputs(cfg_scale, known_mask)
-        guidance_every = checked_guidance_every(guidance_every)  # a plain int from here (numpy ints too)
+        guidance_every = checked_guidance_every(guidance_every, rule)  # a plain int from here (numpy ints too)
         text, negative_text = self._as_text(text), self._as_text(negative_text, "negative_text")
         control = self.encode_control(features) if (features is not None and self.has_control) else None
         b = _batch_of(control, text, known_codes, batch_size, negative_text)
@@ -365,11 +365,8 @@ class SpecMaskFoley(nn.Module):
         # its unconditional term, which must be the unconditional model's, not the negative prompt's
         zero = zero_scale_conditions(rule) if (prune_rows or negative_text is not None) else None
         zero_rows = None if zero is None else _RowPlan(zero, b, text, negative_text, control, self.device).kwargs
-        anchor_rows = None
-        if guidance_every > 1 and len(rule.conditions) > 1:
-            anchor_rows = rows.last_set(b)  # the very rows the full steps run for it (negative prompt and all)
-        elif guidance_every > 1:
-            log.warning("guidance_every=%d does nothing: guidance %s has one condition set, which runs at every step", guidance_every, rule)
+        # the anchor: the very rows the full steps run for the last set (negative prompt and all)
+        anchor_rows = rows.last_set(b) if guidance_every > 1 else None
         step = GuidedStep(
             self, rule, scale, rows.kwargs, rows.n_sets, zero_scale_rows=zero_rows, anchor_rows=anchor_rows,
             guidance_every=guidance_every, static_shapes=static_shapes, compile=compile, captured=cuda_graph,
@@ -531,10 +528,14 @@ def param_dtype(module: nn.Module, default: torch.dtype) -> torch.dtype:
     return default if p is None else p.dtype
 
 
-def checked_guidance_every(value: Any) -> int:  # a validator: it takes anything
-    """`generate`'s guidance_every as an int >= 1, or a ConfigError naming it."""
+def checked_guidance_every(value: Any, rule: GuidanceRule | None = None) -> int:  # a validator: it takes anything
+    """`generate`'s guidance_every as an int >= 1, or a ConfigError naming it. With `rule`: 1 for a
+    rule of one condition set, which runs at every step anyway (with a warning when more was asked)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ConfigError(f"guidance_every must be an int >= 1 (1: every condition set at every step, the paper's sampler), got {value!r}")
+    if rule is not None and value > 1 and len(rule.conditions) < 2:
+        log.warning("guidance_every=%d does nothing: guidance %s has one condition set, which runs at every step", value, rule)
+        return 1
     return int(value)
 
 

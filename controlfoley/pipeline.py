@@ -384,10 +384,7 @@ class FoleyPipeline:
         seed = checked_seed(seed)
         plan = self.plan(duration_s)
         text, negative, rule = self._conditions(prompt, negative_prompt, guidance)
-        guidance_every = checked_guidance_every(guidance_every)
-        if guidance_every > 1 and len((rule or self.model.guidance).conditions) < 2:  # said once here, not once per window
-            log.warning("guidance_every=%d does nothing: guidance %s has one condition set, which runs at every step", guidance_every, rule or self.model.guidance)
-            guidance_every = 1
+        guidance_every = checked_guidance_every(guidance_every, rule or self.model.guidance)  # a warning once here, not per window
         codes = self.sample_tokens(
             plan, streams, text, negative, rule, steps=steps, cfg_scale=cfg_scale, seed=seed, temperature=temperature, guidance_every=guidance_every
         )

@@ -62,12 +62,18 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def reference_generate(model, x, rule, steps, seed, known_mask=None):
     """The plain path: one `model.forward` per condition set, full vocabulary head, fp32, eager."""
     control = model.encode_control(x["features"])
-    text, b = x["text"], x["text"].shape[0]
+    text = x["text"]
 
     def logits_fn(codes, mask, k, n):
         parts = [model(codes, mask, cond=text if c.text else None, control=control if c.video else None) for c in rule.conditions]
         return rule.combine(tuple(p.float() for p in parts), rule.scale_at(k, n))
 
+    return sample_plainly(model, logits_fn, x, steps, seed, known_mask)
+
+
+def sample_plainly(model, logits_fn, x, steps, seed, known_mask=None):
+    """The model's MaskGIT sampler over `logits_fn`, with `x`'s codes kept where `known_mask` is True."""
+    b = x["text"].shape[0]
     known = None if known_mask is None else x["codes"].reshape(b, -1)
     with torch.no_grad():
         flat = model.sampler.sample(

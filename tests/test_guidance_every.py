@@ -14,7 +14,7 @@ from controlfoley.fast import GuidedStep
 from controlfoley.guidance import UNCOND
 from controlfoley.model import _RowPlan
 from controlfoley.sampling import MaskGITSampler
-from test_fast_paths import fast_generate, live_control, ragged_known_mask, reference_generate
+from test_fast_paths import fast_generate, live_control, ragged_known_mask, reference_generate, sample_plainly
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ def approx_generate(model, x, rule, steps, seed, every, known_mask=None, negativ
     steps between full ones the anchor set (the rule's last) alone, each other set's logits taken
     as the anchor's plus that set's offset from it at the last full step."""
     control = model.encode_control(x["features"])
-    text, b = x["text"], x["text"].shape[0]
+    text = x["text"]
     state = {"offsets": None, "age": 0}
 
     def one(c, codes, mask, guided=True):
@@ -126,14 +126,7 @@ def approx_generate(model, x, rule, steps, seed, every, known_mask=None, negativ
             state["offsets"], state["age"] = tuple(p - parts[-1] for p in parts[:-1]), 0
         return rule.combine(parts, s)
 
-    known = None if known_mask is None else x["codes"].reshape(b, -1)
-    with torch.no_grad():
-        flat = model.sampler.sample(
-            logits_fn, batch=b, n_tokens=model.n_tokens, vocab_size=model.backbone.vocab_size, steps=steps,
-            known_codes=known, known_mask=None if known_mask is None else known_mask.reshape(b, -1),
-            generator=torch.Generator().manual_seed(seed),
-        )
-    return flat.view(b, *model.grid)
+    return sample_plainly(model, logits_fn, x, steps, seed, known_mask)
 
 
 @pytest.mark.parametrize("rule", ["multi", "cfg_video", "cfg_text"])

@@ -234,6 +234,7 @@ def bench_main(argv: Sequence[str]) -> int:
     # for steadier ratios on shared machines; that made small models up to 1.7x slower here).
     args = _parser().parse_args(_model_last(list(argv)))
     from controlfoley.errors import ConfigError, ControlFoleyError, RegistryError, one_line
+    from controlfoley.model import checked_guidance_every
 
     try:
         _check(args)
@@ -242,6 +243,8 @@ def bench_main(argv: Sequence[str]) -> int:
             raise ConfigError("--cuda-graph needs a CUDA device (--device cuda)")
         model, label = _load(args.model, args.precision, device)
         guidance = _rule(model, args.guidance)
+        # 1, with one warning, for a rule of one condition set: the label then says what runs
+        args.guidance_every = checked_guidance_every(args.guidance_every, guidance)
         settings = _settings(args, device, model, guidance)
         rows = _run(model, args, device, guidance)
     except (ControlFoleyError, ConfigError, RegistryError) as e:

@@ -2,6 +2,8 @@
 per batch size, and names every bad argument before timing anything. No timed assertions: only the
 shape of the report and the calls made are checked."""
 
+import logging
+
 import pytest
 import torch
 
@@ -45,7 +47,7 @@ def test_bench_a_saved_checkpoint_and_a_backbone(tmp_path, capsys):
     assert "(bfloat16)" in out
 
 
-def test_bench_calls_generate_with_the_settings(monkeypatch, capsys):
+def test_bench_calls_generate_with_the_settings(monkeypatch, capsys, caplog):
     calls = []
     original = type(build_model("specmaskfoley_tiny")).generate
 
@@ -62,6 +64,14 @@ def test_bench_calls_generate_with_the_settings(monkeypatch, capsys):
     rc, out, err = _bench(capsys, "specmaskfoley_tiny", "--runs", "1", "--warmup", "0", "--steps", "3", "--guidance-every", "2")
     assert rc == 0, err
     assert [c["guidance_every"] for c in calls] == [2] and "guidance_every=2 (every condition set at one guided step in 2)" in out
+    # a rule of one condition set runs it at every step anyway: generate gets 1, the label does not
+    # claim the approximation, and the warning comes once, not once per call
+    calls.clear()
+    with caplog.at_level(logging.WARNING, logger="controlfoley"):
+        rc, out, err = _bench(capsys, "specmaskfoley_tiny", "--runs", "2", "--warmup", "1", "--steps", "3", "--guidance", "none", "--guidance-every", "2")
+    assert rc == 0, err
+    assert [c["guidance_every"] for c in calls] == [1, 1, 1] and "guidance_every" not in out
+    assert sum("guidance_every=2 does nothing" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_bf16_weights_sample_a_bf16_model_natively(monkeypatch, capsys):

@@ -188,3 +188,31 @@ def test_a_rank_that_did_not_fail_names_the_lowest_failing_rank(monkeypatch: pyt
     with pytest.raises(TrainingError, match="rank 1 stopped before training.*bad shard 1") as e:
         agree_before_training(info, None)
     assert reported_by(e.value) == 1
+
+
+def test_torchrun_variables_are_read_once_and_named_when_wrong(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """One parser for the CLI's who-prints logic and the process group; a stray or malformed
+    variable is named before anything is built (a RANK left in the shell would otherwise make a
+    one-process run that never logs or saves)."""
+    from controlfoley.errors import TrainingError
+    from controlfoley.train.cli import _ranks
+    from controlfoley.train.distributed import init_distributed, torchrun_env
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert torchrun_env() == (0, 1, 0)
+    assert init_distributed("cpu").is_main
+    monkeypatch.setenv("RANK", "3")
+    assert torchrun_env() == (3, 1, 3)  # LOCAL_RANK follows RANK when unset
+    with pytest.raises(TrainingError, match=r"RANK=3 but WORLD_SIZE=1.*unset RANK"):
+        init_distributed("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(TrainingError, match=r"WORLD_SIZE='two' is not a whole number"):
+        torchrun_env()
+    assert _ranks() == (0, 0)  # the CLI still prints the error, which training names
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "-1")
+    with pytest.raises(TrainingError, match=r"LOCAL_RANK='-1'"):
+        init_distributed("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert torchrun_env() == (3, 4, 1) and _ranks() == (3, 1)

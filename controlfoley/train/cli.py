@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import inspect
 import json
-import os
 import re
 import signal
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 
 from controlfoley._registry import RegistryError
 from controlfoley.config import ConfigError, parse_overrides
-from controlfoley.errors import ControlFoleyError, mark_reported, reported_by
+from controlfoley.errors import ControlFoleyError, TrainingError, mark_reported, reported_by
 from controlfoley.train.config import DERIVED_KEY, RECIPE_DEFAULTS, RECIPES, TrainConfig
 
 __all__ = ["main", "build_parser", "add_train_subcommands", "config_from_args", "run_from_args"]
@@ -116,6 +115,11 @@ def _model_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Resolve the run's TrainConfig: defaults (or the run's config.json on --resume) < file < flags."""
+    return _resolve(args)[0]
+
+
+def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
+    """The TrainConfig, and the --config file's fields as used (read once; {} without a file)."""
     given = {}
     for f in dataclasses.fields(TrainConfig):
         v = getattr(args, f.name, None)
@@ -133,8 +137,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         base = TrainConfig.from_json(saved.read_text(encoding="utf-8")).to_dict()
         if base["recipe"] != args.recipe:
             raise ConfigError(f"--resume: the run in {given['out']} uses recipe {base['recipe']!r}, not {args.recipe!r}")
-        return TrainConfig.from_dict({**base, **given})
-    file_fields = {}
+        return TrainConfig.from_dict({**base, **given}), {}
+    file_fields: dict[str, Any] = {}
     if args.config_file:
         path = Path(args.config_file)
         try:
@@ -148,19 +152,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         file_fields.pop("recipe", None)
         if "warmup_steps" in _derived(file_fields):  # --print-config's note: it follows the steps
             file_fields.pop("warmup_steps", None)
-    return TrainConfig.for_recipe(args.recipe, **{**file_fields, **given})
+    return TrainConfig.for_recipe(args.recipe, **{**file_fields, **given}), file_fields
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     from controlfoley.train.loop import train
 
     try:
-        cfg = config_from_args(args)
+        cfg, file_fields = _resolve(args)
     except (ConfigError, RegistryError, ControlFoleyError) as e:
         # from the flags and files alone: every rank of a node hits it alike; one per node prints it
         raise e if _local_rank() == 0 else mark_reported(e, 0)
     if args.print_config:
-        print(_printed_config(cfg, args))
+        print(_printed_config(cfg, args, file_fields))
         return 0
     rank0 = _rank() == 0  # under torchrun, messages of the whole run come once, from rank 0
     if args.resume:
@@ -211,15 +215,15 @@ def _nothing_to_resume(cfg: TrainConfig, stop_at: int | None) -> str | None:
     return None
 
 
-def _printed_config(cfg: TrainConfig, args: argparse.Namespace) -> str:
+def _printed_config(cfg: TrainConfig, args: argparse.Namespace, file_fields: dict[str, Any]) -> str:
     """The resolved config; values derived from others get a note under DERIVED_KEY, and a
     --config file that holds it derives them again from its other values and the flags (a
-    printed config reused with another --steps gets that run's warm-up, not this one's)."""
+    printed config reused with another --steps gets that run's warm-up, not this one's).
+    `file_fields`: the --config file as `_resolve` used it (a derived warmup_steps already dropped)."""
     d = json.loads(cfg.to_json())
     if args.resume or args.warmup_steps is not None:  # the run's own value, or one given: nothing derived
         return json.dumps(d, indent=2, sort_keys=True)
-    file_fields = json.loads(Path(args.config_file).read_text(encoding="utf-8")) if args.config_file else {}
-    if "warmup_steps" not in file_fields or "warmup_steps" in _derived(file_fields):
+    if "warmup_steps" not in file_fields:  # not in the file, or there only as derived: derived here too
         d[DERIVED_KEY] = {
             "warmup_steps": f"derived from steps: {_warmup_default(cfg.recipe)}. Read back with --config, it is derived again from "
             f"that run's steps; delete this {DERIVED_KEY!r} entry to keep it at {cfg.warmup_steps}"
@@ -233,11 +237,23 @@ def _derived(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    return _ranks()[0]
 
 
 def _local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    return _ranks()[1]
+
+
+def _ranks() -> tuple[int, int]:
+    """(rank, local rank) for deciding who prints; a malformed variable counts as 0 here, and
+    training names it (`init_distributed`)."""
+    from controlfoley.train.distributed import torchrun_env
+
+    try:
+        rank, _, local_rank = torchrun_env()
+    except TrainingError:
+        return 0, 0
+    return rank, local_rank
 
 
 def main(argv: Sequence[str] | None = None) -> int:

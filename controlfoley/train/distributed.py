@@ -1,6 +1,8 @@
 """torch.distributed set-up for `torchrun --nproc_per_node=N -m controlfoley.train ...`.
 
-- `init_distributed(device)`: reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK; with WORLD_SIZE > 1
+- `torchrun_env()`: torchrun's RANK / WORLD_SIZE / LOCAL_RANK as ints (one parser for the CLI's
+  messages and the process group), a TrainingError naming a variable that is not a whole number.
+- `init_distributed(device)`: reads them (and checks RANK < WORLD_SIZE); with WORLD_SIZE > 1
   it starts a process group (NCCL on CUDA, gloo on CPU) and pins each rank to cuda:LOCAL_RANK.
   Without those variables it is a single process and starts nothing.
 - `all_reduce_sum`: sums tensors over ranks (identity in a single process).
@@ -20,7 +22,7 @@ import torch.distributed as tdist
 
 from controlfoley.errors import TrainingError, mark_reported, reported_by  # re-exported here
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "barrier", "shutdown", "agree_before_training", "mark_reported", "reported_by"]
+__all__ = ["DistInfo", "torchrun_env", "init_distributed", "all_reduce_sum", "barrier", "shutdown", "agree_before_training", "mark_reported", "reported_by"]
 
 
 
@@ -52,11 +54,34 @@ def _pick_device(pref: str, local_rank: int) -> torch.device:
     return dev
 
 
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise TrainingError(f"environment variable {name}={raw!r} is not a whole number >= 0; torchrun sets it: unset it to train in one process")
+    return value
+
+
+def torchrun_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's RANK / WORLD_SIZE / LOCAL_RANK: 0, 1 and RANK
+    when unset."""
+    rank = _env_int("RANK", 0)
+    return rank, _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", rank)
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group torchrun describes (if any) and choose this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    rank, world, local_rank = torchrun_env()
+    if rank >= world:  # e.g. a RANK left in the shell: this process would never log or save (rank 0 does)
+        raise TrainingError(
+            f"RANK={rank} but WORLD_SIZE={world}: a rank must be below the world size; launch with torchrun, "
+            "or unset RANK / WORLD_SIZE / LOCAL_RANK to train in one process"
+        )
     dev = _pick_device(device, local_rank)
     if world > 1 and not tdist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"

@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from controlfoley._errorbase import ControlFoleyError
+
 __all__ = [
     "Registry",
     "RegistryError",
@@ -167,7 +169,7 @@ def _where(e: BaseException) -> str:
     return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames and frames[-1].filename != __file__ else ""
 
 
-class RegistryError(KeyError):
+class RegistryError(ControlFoleyError, KeyError):
     """Unknown or duplicate registry name, or bad builder arguments. The message lists what exists."""
 
     def __str__(self) -> str:  # KeyError would repr() the message; show it plainly

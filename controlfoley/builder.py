@@ -36,7 +36,7 @@ from controlfoley._registry import (
 from controlfoley.backbones.base import BACKBONE_MEMBERS, CONTROL_MEMBERS
 from controlfoley.config import ConfigError, ModelConfig, Part, part_registries
 from controlfoley.control.controlnet import ControlNet
-from controlfoley.errors import RandomWeightsWarning
+from controlfoley.errors import ControlFoleyError, RandomWeightsWarning, ShapeError, one_line
 from controlfoley.guidance import GuidanceRule
 from controlfoley.model import SpecMaskFoley
 from controlfoley.presets import PRESETS, get_preset
@@ -56,7 +56,13 @@ def _build_part(registry: Registry[Any], part: Part, **wired: Any) -> Any:
         if k in kwargs and _norm(kwargs[k]) != _norm(v):
             raise ConfigError(f"{registry.kind} {part.name!r}: {k}={kwargs[k]!r} contradicts the value wired from the other parts ({v!r}); drop it from the config")
         kwargs[k] = v
-    built = registry.build(part.name, **kwargs)
+    try:
+        built = registry.build(part.name, **kwargs)
+    except ValueError as e:  # a setting the part cannot take (heads that do not divide the width): name the part
+        if isinstance(e, ControlFoleyError) and not isinstance(e, ShapeError):
+            raise  # already names its part (config, registry, checkpoint errors)
+        given = ", ".join(f"{k}={v!r}" for k, v in part.kwargs.items()) or "its defaults"
+        raise ConfigError(f"{registry.kind} {part.name!r} cannot be built with {given}: {one_line(e)}; change the setting it names") from e
     want, label = (GuidanceRule, "controlfoley.guidance.GuidanceRule") if registry is GUIDANCE else (nn.Module, "torch.nn.Module")
     if not isinstance(built, want):
         raise ConfigError(
@@ -75,7 +81,10 @@ def _check_tokenizer(name: str, tok: Any, n_frames: int, n_mels: int) -> tuple[i
         raise ConfigError(f"{where} lacks {', '.join(missing)} of the Tokenizer contract (controlfoley.tokenizers.base.Tokenizer)")
     if int(tok.n_mels) != n_mels:
         raise ConfigError(f"{where} reads {tok.n_mels} mel bins but the mel front end makes {n_mels}; accept n_mels in its builder")
-    grid = tok.grid(n_frames)
+    try:
+        grid = tok.grid(n_frames)
+    except ShapeError as e:  # a window length the tokenizer cannot tile: the fix is the config's n_frames
+        raise ConfigError(f"n_frames={n_frames} does not fit {where}: {one_line(e)} (build_model(..., n_frames=N))") from e
     ds = tuple(tok.downsample)
     if not (isinstance(grid, (tuple, list)) and len(grid) == 2 and all(isinstance(g, numbers.Integral) and g > 0 for g in grid)):
         raise ConfigError(f"{where}.grid({n_frames}) must return (F, T), two positive ints, got {grid!r} (a 1-D tokenizer returns (1, T))")

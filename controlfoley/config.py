@@ -18,10 +18,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from controlfoley._errorbase import ControlFoleyError
+
 __all__ = ["Part", "SamplerConfig", "ModelConfig", "ConfigError", "parse_overrides", "parse_spec"]
 
 
-class ConfigError(ValueError):
+class ConfigError(ControlFoleyError, ValueError):
     """A configuration that cannot be built; the message says which field and how to fix it."""
 
 

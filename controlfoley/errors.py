@@ -4,6 +4,7 @@ import importlib
 import re
 from types import ModuleType
 
+from controlfoley._errorbase import ControlFoleyError
 from controlfoley._registry import RegistryError
 from controlfoley.config import ConfigError
 
@@ -47,10 +48,6 @@ def reported_by(error: BaseException) -> int | None:
 def one_line(e: BaseException) -> str:
     """An error as the CLIs print it: one line, no terminal codes (its type's name if it says nothing)."""
     return " ".join((strip_ansi(str(e)).strip() or type(e).__name__).split())
-
-
-class ControlFoleyError(Exception):
-    """Base of the library's own errors (ConfigError and RegistryError also derive from builtins)."""
 
 
 class ShapeError(ControlFoleyError, ValueError):

@@ -207,3 +207,22 @@ def test_a_preset_name_builds_the_preset_beside_a_folder_of_that_name_and_a_path
     for path in ("m.safetensors", str(tmp_path / "specmaskfoley_tiny"), "./specmaskfoley_tiny"):
         with pytest.raises(ConfigError, match=r"that is a file or folder, not a preset.*from_pretrained\(path\)"):
             build_model(path)
+
+
+def test_every_error_the_library_names_is_a_controlfoleyerror_and_build_model_names_the_part() -> None:
+    """One base to catch (`except ControlFoleyError`), each error still its builtin (ValueError,
+    KeyError) for older code; a setting a part's constructor refuses (a ShapeError or ValueError
+    inside it) comes out of build_model as a ConfigError naming the part, its settings and the fix."""
+    from controlfoley.errors import ControlFoleyError, RegistryError
+
+    assert issubclass(ConfigError, ControlFoleyError) and issubclass(ConfigError, ValueError)
+    assert issubclass(RegistryError, ControlFoleyError) and issubclass(RegistryError, KeyError)
+    with pytest.raises(ControlFoleyError, match="unknown preset 'nope'"):
+        build_model("nope")
+    with pytest.raises(ConfigError, match=r"backbone 'specmaskgit' cannot be built with .*heads=3.*divisible by heads 3") as e:
+        build_model("specmaskfoley_tiny", backbone={"heads": 3})
+    assert type(e.value.__cause__).__name__ == "ShapeError"  # the part's own message kept as the cause
+    with pytest.raises(ConfigError, match=r"aligner 'ft' cannot be built with kernel_size=0: kernel_size must be odd"):
+        build_model("specmaskfoley_tiny", aligner={"kernel_size": 0})
+    with pytest.raises(ConfigError, match=r"n_frames=100 does not fit tokenizer 'specvqgan'.*divisible by 16.*n_frames=N"):
+        build_model("specmaskfoley_tiny", n_frames=100)

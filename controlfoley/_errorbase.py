@@ -1,0 +1,12 @@
+"""The base of every error the library raises on purpose (`controlfoley.errors` re-exports it).
+
+Its own module so that the lowest-level modules (`_registry`, `config`) can derive their errors
+from it without importing `controlfoley.errors`, which imports them."""
+
+__all__ = ["ControlFoleyError"]
+
+
+class ControlFoleyError(Exception):
+    """Base of the library's own errors: `except ControlFoleyError` catches every mistake the
+    library names (config, registry, shape, media, checkpoint, data, training). Each also derives
+    from the builtin it refines (ValueError, KeyError, RuntimeError), so older `except` clauses hold."""

@@ -46,11 +46,13 @@ def clip_inputs(clips: Sequence[Any]) -> tuple[dict[str, torch.Tensor], torch.Te
 
 def _generate_rows(model: torch.nn.Module, clips: Sequence[Any], batch: int, **kw: Any) -> list[torch.Tensor]:
     features, text = clip_inputs(clips)
+    rule = model.resolve_guidance(kw.get("guidance"))  # only the inputs it reads (generate says so of the others)
     wavs: list[torch.Tensor] = []
     for i in range(0, len(clips), batch):
         sl = slice(i, i + batch)
-        f = {k: v[sl] for k, v in features.items()} if model.has_control else None
-        codes = model.generate(f, text[sl], generator=torch.Generator(model.device).manual_seed(1000 + i), **kw)
+        f = {k: v[sl] for k, v in features.items()} if (model.has_control and rule.needs_video) else None
+        t = text[sl] if rule.needs_text else None
+        codes = model.generate(f, t, batch_size=len(text[sl]), generator=torch.Generator(model.device).manual_seed(1000 + i), **kw)
         wavs.extend(model.vocode(model.decode(codes)).float())
     return wavs
 

@@ -148,7 +148,8 @@ def _build_pipeline(args: argparse.Namespace, extractors: dict[str, Any], vocode
         name, kwargs = parse_spec(args.guidance)
         args.rule = GUIDANCE.build(name, **kwargs)  # an unknown rule or argument fails now, named
         if args.rule.needs_text and not args.prompt:
-            raise ValueError(f"--guidance {args.guidance} needs text: give --prompt, or a rule without text (cfg_video)")
+            other = "none,condition=video (unguided, following the video)" if name == "none" else "cfg_video (video-only guidance)"
+            raise ValueError(f"--guidance {args.guidance} = {args.rule} needs text: give --prompt, or use --guidance {other}")
     if args.prompt:
         pipe.encode_text(args.prompt)  # a typo in the prompt fails now, not after the first file
     if args.negative_prompt:

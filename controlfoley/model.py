@@ -356,7 +356,7 @@ class SpecMaskFoley(nn.Module):
                     f"{name} must be a token map [batch, F, T] = {[b, *self.grid]} (the tokenizer's grid, as decode/encode "
                     f"use it), got {list(t.shape)}" + ("; it looks transposed: pass .transpose(1, 2)" if tuple(t.shape) == (b, *self.grid[::-1]) else "")
                 )
-        self._check_rule_inputs(rule, control, text)
+        self._check_rule_inputs(rule, features, control, text)
         scale = rule.scale if cfg_scale is None else float(cfg_scale)
         rows = _RowPlan(rule.conditions, b, text, negative_text, control, self.device)
         if negative_text is not None and len(rule.conditions) < 2:
@@ -411,15 +411,25 @@ class SpecMaskFoley(nn.Module):
             raise ConfigError(f"guidance must be a GuidanceRule or a GUIDANCE name, got {type(guidance).__name__}")
         return guidance
 
-    def _check_rule_inputs(self, rule: GuidanceRule, control: Tensor | None, text: Tensor | None) -> None:
+    def _check_rule_inputs(self, rule: GuidanceRule, features: Any, control: Tensor | None, text: Tensor | None) -> None:
+        """A condition the rule needs and was not given fails, naming the rule that fits what was
+        given; an input the rule (or the model) does not use is said, not silently dropped."""
+        uncond = "GUIDANCE.build('none', condition='uncond') (unconditional)"
         if rule.needs_video and not self.has_control:
-            raise ConfigError(f"guidance {rule} needs video features, but this model has no video control (a backbone alone); use guidance 'cfg_text'")
+            fits = "'cfg_text' (with text=...)" if text is None else "'cfg_text'"
+            raise ConfigError(f"guidance {rule} needs video features, but this model has no video control (a backbone alone); use guidance {fits} or {uncond}")
         if rule.needs_video and control is None:
-            raise ConfigError(f"guidance {rule} needs video features; pass features=... or use guidance 'cfg_text'")
+            fits = "'cfg_text' (text-only guidance)" if text is not None else uncond
+            raise ConfigError(f"guidance {rule} needs video features; pass features=..., or use guidance {fits}")
         if rule.needs_text and text is None:
-            raise ConfigError(
-                f"guidance {rule} needs a text (CLAP) embedding; pass text=... or use a rule without text, e.g. 'cfg_video'"
-            )
+            fits = "'cfg_video' (video-only guidance)" if control is not None else uncond
+            raise ConfigError(f"guidance {rule} needs a text (CLAP) embedding; pass text=..., or use guidance {fits}")
+        if features is not None and not self.has_control:
+            log.warning("features are ignored: this model has no video control (a backbone alone); drop them, or sample a model with a ControlNet")
+        elif features is not None and not rule.needs_video:
+            log.warning("features are ignored: guidance %s has no video condition (use 'multi' or 'cfg_video' to follow the video)", rule)
+        if text is not None and not rule.needs_text:
+            log.warning("text is ignored: guidance %s has no text condition (use 'multi' or 'cfg_text_video' to follow it)", rule)
 
     @torch.no_grad()
     def decode(self, codes: Int[Tensor, "b f t"]) -> Float[Tensor, "b m n"]:

@@ -420,9 +420,10 @@ class FoleyPipeline:
         n_f, t = model.grid
         codes = torch.zeros(n_f, plan.total_cols, dtype=torch.long, device=dev)
         generator = torch.Generator(device=dev).manual_seed(int(seed))
+        use_video = (rule or model.guidance).needs_video  # a rule without video (cfg_text): features not passed, not warned about per window
         for w in plan.windows:
             feats = {}
-            for key, x in streams.items():
+            for key, x in streams.items() if use_video else ():
                 fps = float(self.extractors[key].fps)
                 feats[key] = x[plan.feature_rows(w, fps, self.rows_per_window(key, fps))][None].to(dev)
             known = {}
@@ -431,7 +432,7 @@ class FoleyPipeline:
                 mask[..., : w.n_known] = True
                 known = {"known_codes": codes[None, :, w.start_col : w.start_col + t].clone(), "known_mask": mask}
             out = model.generate(
-                feats, text, negative_text=negative, steps=steps, cfg_scale=cfg_scale, temperature=temperature, guidance=rule, generator=generator,
+                feats or None, text, negative_text=negative, batch_size=1, steps=steps, cfg_scale=cfg_scale, temperature=temperature, guidance=rule, generator=generator,
                 dtype=PRECISIONS[self.precision], cuda_graph=self.cuda_graph, guidance_every=guidance_every, **known,
             )  # fmt: skip
             codes[:, w.start_col : w.start_col + t] = out[0]
@@ -455,6 +456,7 @@ class FoleyPipeline:
         rule = self.model.resolve_guidance(guidance)  # the model's own for None
         if text is not None and not rule.needs_text:
             log.warning("the prompt is not used: guidance %s has no text condition (pass guidance='multi' or 'cfg_text_video' to follow it)", rule)
+            text = None  # said once here, not again by generate at every window
         if guidance is not None:  # the caller's choice, as is (a rule that needs text then needs a prompt)
             return text, negative, rule
         if text is None and rule.needs_text:

@@ -638,3 +638,36 @@ def test_control_encoders_refuse_a_feature_stream_with_zero_frames(name, kwargs)
     if name == "synchformer_clip":  # the semantic stream too: its time mean would be NaN
         with pytest.raises(ShapeError, match="'clip' has zero frames"):
             enc({"sync": torch.zeros(2, 4, 8), "clip": torch.zeros(2, 0, 6)})
+
+
+def test_a_missing_condition_names_the_rule_that_fits_and_an_unused_input_is_said(micro_model, caplog) -> None:
+    """Each 'needs ...' error points to a rule that fits what was given (unconditional when nothing
+    was); features or text a rule (or a backbone alone) does not read are warned about, not dropped
+    silently, and the tokens are those of the call without them."""
+    import logging
+
+    x = micro_inputs(micro_model, b=1)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    with pytest.raises(ConfigError, match=r"needs video features; pass features=\.\.\., or use guidance GUIDANCE.build\('none', condition='uncond'\)"):
+        micro_model.generate(batch_size=1, steps=2)
+    with pytest.raises(ConfigError, match=r"needs video features; pass features=\.\.\., or use guidance 'cfg_text' \(text-only"):
+        micro_model.generate(None, x["text"], guidance="cfg_text_video", steps=2)
+    with pytest.raises(ConfigError, match=r"needs a text \(CLAP\) embedding; pass text=\.\.\., or use guidance 'cfg_video' \(video-only"):
+        micro_model.generate(x["features"], steps=2)
+    with pytest.raises(ConfigError, match=r"needs video features; .*condition='uncond'"):
+        micro_model.generate(batch_size=1, guidance="none", steps=2)  # 'none' follows text+video by default
+    with caplog.at_level(logging.WARNING, logger="controlfoley"):
+        with_text = micro_model.generate(x["features"], x["text"], guidance="cfg_video", steps=2, generator=g())
+        assert sum("text is ignored: guidance CFG" in r.getMessage() for r in caplog.records) == 1
+        assert torch.equal(with_text, micro_model.generate(x["features"], guidance="cfg_video", steps=2, generator=g()))
+        caplog.clear()
+        micro_model.generate(x["features"], x["text"], guidance="cfg_text", steps=2)
+        assert [r.getMessage().split(":")[0] for r in caplog.records] == ["features are ignored"]
+        alone = build_model("specmaskgit_tiny", tokenizer=micro_overrides()["tokenizer"])
+        caplog.clear()
+        with_feats = alone.generate(x["features"], torch.randn(1, alone.backbone.cond_dim), guidance="cfg_text", steps=2, generator=g())
+        assert any("features are ignored: this model has no video control" in r.getMessage() for r in caplog.records)
+        assert with_feats.shape == (1, *alone.grid)
+        caplog.clear()
+        micro_model.generate(x["features"], x["text"], steps=2)  # the rule reads both: nothing said
+        assert not caplog.records

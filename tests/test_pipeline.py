@@ -769,7 +769,8 @@ def test_cli_guidance_flag(model_file: Path, media: dict[str, Path], tmp_path: P
     args = ["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(tmp_path / "o"), "--steps", "2"]
     assert cli.main([*args, "--guidance", "cfg,condition=video,scale=2.0"]) == 0
     assert cli.main([*args, "--guidance", "multi", "--overwrite"]) == 2
-    assert "--guidance multi needs text: give --prompt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--guidance multi = MultiCFG" in err and "needs text: give --prompt, or use --guidance cfg_video" in err
     assert cli.main([*args, "--guidance", "nosuch", "--overwrite"]) == 2
     assert "unknown guidance 'nosuch'" in capsys.readouterr().err
 
@@ -848,10 +849,20 @@ def test_result_outputs_name_what_is_wrong(media: dict[str, Path], tmp_path: Pat
 
 
 def test_a_prompt_the_guidance_does_not_use_is_reported(media: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """Said once per video, not again by generate at each window; a rule without video (cfg_text)
+    is not handed the features, so nothing is said per window either."""
     p = _pipeline(micro_model())
-    with caplog.at_level(logging.WARNING, logger="controlfoley.pipeline"):
-        p(media["tiny"], prompt="bell", steps=1, guidance="cfg_video")
-    assert "the prompt is not used: guidance" in caplog.text and "no text condition" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="controlfoley"):
+        with_prompt = p(media["long"], prompt="bell", steps=1, guidance="cfg_video", seed=3)
+    assert len(with_prompt.windows) > 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("the prompt is not used: guidance" in m and "no text condition" in m for m in messages) == 1
+    assert not any("is ignored" in m for m in messages)
+    assert torch.equal(with_prompt.codes, p(media["long"], steps=1, guidance="cfg_video", seed=3).codes)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="controlfoley"):
+        p(media["long"], prompt="bell", steps=1, guidance="cfg_text")
+    assert not any("is ignored" in r.getMessage() for r in caplog.records)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="controlfoley.pipeline"):
         p(media["tiny"], prompt="bell", steps=1)  # the model's multi-CFG reads it

@@ -11,11 +11,16 @@ importing torch) to install jaxtyping's import hook before the package's modules
 from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor
 
-__all__ = ["Bool", "Float", "Int", "Shaped", "Tensor", "install_typecheck_hook"]
+__all__ = ["Bool", "Float", "Int", "Shaped", "Tensor", "TYPECHECKER", "install_typecheck_hook"]
+
+# jaxtyping's checker, as the expression it evaluates (also in pyproject.toml's pytest addopts):
+# beartype with PEP 484's numeric tower, so an int passes where a float is annotated
+# (`generate(cfg_scale=3)`), as static type checkers allow
+TYPECHECKER = "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))"
 
 
 def install_typecheck_hook() -> None:
     """Install jaxtyping's import hook for controlfoley modules imported after this call."""
     from jaxtyping import install_import_hook
 
-    install_import_hook("controlfoley", "beartype.beartype")
+    install_import_hook("controlfoley", TYPECHECKER)

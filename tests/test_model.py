@@ -671,3 +671,20 @@ def test_a_missing_condition_names_the_rule_that_fits_and_an_unused_input_is_sai
         caplog.clear()
         micro_model.generate(x["features"], x["text"], steps=2)  # the rule reads both: nothing said
         assert not caplog.records
+
+
+def test_an_int_passes_where_a_float_is_annotated_under_the_runtime_checks(micro_model) -> None:
+    """The suite runs with jaxtyping + beartype (PEP 484's numeric tower, controlfoley.typing.TYPECHECKER),
+    as users with CONTROLFOLEY_TYPECHECK=1 do: cfg_scale=3 is 3.0, as static checkers allow; a str
+    is still refused."""
+    import jaxtyping
+
+    from controlfoley.typing import TYPECHECKER
+
+    assert "is_pep484_tower=True" in TYPECHECKER
+    x = micro_inputs(micro_model, b=1)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    as_int = micro_model.generate(x["features"], x["text"], steps=2, cfg_scale=3, temperature=1, generator=g())
+    assert torch.equal(as_int, micro_model.generate(x["features"], x["text"], steps=2, cfg_scale=3.0, temperature=1.0, generator=g()))
+    with pytest.raises((jaxtyping.TypeCheckError, ConfigError)):
+        micro_model.generate(x["features"], x["text"], steps=2, cfg_scale="3")

@@ -9,12 +9,12 @@ Importing the package is light (no torch): the modules behind `_LAZY` (the model
 error classes, ...) load on first use of one of their names; `dir(controlfoley)` lists them too.
 """
 
-import importlib
-import os
-from typing import Any
+import importlib as _importlib  # private names: dir(controlfoley) lists the library, not its imports
+import os as _os
+from typing import Any as _Any
 
 # Runtime type checks on request (controlfoley.typing; read here because that module imports torch).
-if os.environ.get("CONTROLFOLEY_TYPECHECK", "").strip().lower() in ("1", "true", "yes", "on"):
+if _os.environ.get("CONTROLFOLEY_TYPECHECK", "").strip().lower() in ("1", "true", "yes", "on"):
     from controlfoley.typing import install_typecheck_hook
 
     install_typecheck_hook()
@@ -84,9 +84,9 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(_importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'controlfoley' has no attribute {name!r}")
 
 

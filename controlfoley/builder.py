@@ -39,7 +39,7 @@ from controlfoley.control.controlnet import ControlNet
 from controlfoley.errors import ControlFoleyError, RandomWeightsWarning, ShapeError, one_line
 from controlfoley.guidance import GuidanceRule
 from controlfoley.model import SpecMaskFoley
-from controlfoley.presets import PRESETS, get_preset
+from controlfoley.presets import PRESETS, PRETRAINED, get_preset
 from controlfoley.sampling import MaskGITSampler
 from controlfoley.tokenizers.base import Tokenizer
 
@@ -232,6 +232,13 @@ def build_model(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConfi
     # built: only the parts made from a weights file (an official codebook) are trained; a checkpoint
     # saved from it says so, and the pipeline / CLI refuse it for foley (loaders set their own record)
     model.trained_parts = set(weight_file_parts(cfg))
+    if isinstance(config, str) and config in PRETRAINED:  # the name of shipped weights: say they are not loaded
+        warnings.warn(
+            f"build_model({config!r}) builds the architecture with random weights; its trained weights load with "
+            f"controlfoley.from_pretrained({config!r}) (or FoleyPipeline.from_pretrained({config!r}))",
+            RandomWeightsWarning,
+            stacklevel=2,
+        )
     return model
 
 

@@ -21,6 +21,7 @@ import argparse
 import importlib
 import importlib.metadata
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,18 +131,25 @@ def registry_kind(kind: str) -> str:
     )
 
 
-def list_names(kind: str | None) -> str:
+def list_names(kind: str | None, describe: bool = False) -> str:
+    """The registered names of one kind (or of all), one line per kind; with `describe`, one line per
+    name with the first sentence of its builder's docstring."""
     from controlfoley import ALL_REGISTRIES
+    from controlfoley.presets import PRETRAINED
 
     kinds = [registry_kind(kind)] if kind else sorted(ALL_REGISTRIES)
     out = []
     for k in kinds:
-        names = ALL_REGISTRIES[k].names()
-        if k == "preset":
-            from controlfoley.presets import PRETRAINED
-
-            names = [f"{n} (trained weights shipped)" if n in PRETRAINED else n for n in names]
-        out.append(f"{k}: {', '.join(names)}")
+        registry = ALL_REGISTRIES[k]
+        shipped = {n: " (trained weights shipped)" if k == "preset" and n in PRETRAINED else "" for n in registry.names()}
+        if not describe:
+            out.append(f"{k}: {', '.join(n + note for n, note in shipped.items())}")
+            continue
+        out.append(f"{k}:")
+        for n, note in shipped.items():
+            doc = " ".join((getattr(registry.get(n), "__doc__", None) or "").split())
+            first = re.split(r"\.\s+(?=[A-Z])", doc)[0].rstrip(".") if doc else "(no docstring)"  # not at "sec. 4.2"
+            out.append(f"  {n}{note}: {first}")
     return "\n".join(out)
 
 
@@ -219,13 +227,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_info.add_argument("preset", metavar="PRESET_OR_CHECKPOINT", help="a preset name, or a checkpoint file, folder or training run")
     p_list = sub.add_parser("list", help="registered names")
     p_list.add_argument("kind", nargs="?", metavar="KIND", help="preset(s), tokenizer(s), backbone(s), aligner(s), guidance, vocoder(s), ...")
+    p_list.add_argument("-v", "--describe", action="store_true", help="one line per name, from its builder's docstring")
     for name in _DELEGATED:
         sub.add_parser(name, help=f"see `controlfoley {name} --help`")
     args = parser.parse_args(argv)
     from controlfoley.errors import ConfigError, ControlFoleyError, RegistryError
 
     try:
-        print(info(args.preset) if args.cmd == "info" else list_names(args.kind))
+        print(info(args.preset) if args.cmd == "info" else list_names(args.kind, args.describe))
     except (ControlFoleyError, ConfigError, RegistryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,7 +8,8 @@ so an ablation changes one field without breaking the others.
 Overrides (`ModelConfig.override`, and so `build_model(preset, **overrides)`):
 - `aligner="plain1d"`: switch the part, keeping the kwargs the new builder also accepts;
 - `backbone={"depth": 4}`: merge kwargs (a `"name"` key switches the part as well);
-- `aligner=Part("plain1d", {...})`: replace the part whole; `controlnet=None`: remove an optional part;
+- `aligner=Part("plain1d", {...})`: replace the part whole; `control_encoder=None, aligner=None,
+  controlnet=None` (together): remove the optional video parts, leaving the backbone alone;
 - `sampler={"steps": 16}` or `n_frames=512` for the plain fields.
 """
 
@@ -178,7 +179,8 @@ _OPTIONAL_PARTS = ("control_encoder", "aligner", "controlnet")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The whole composite model. `controlnet=None` gives the backbone alone (SpecMaskGIT)."""
+    """The whole composite model. The video parts (control_encoder, aligner, controlnet) are all set
+    or all None; None gives the backbone alone (SpecMaskGIT)."""
 
     n_frames: int  # mel frames in one window: 848 = 10 s at 22.05 kHz / hop 256, cropped to a multiple of 16
     mel: Part

@@ -117,11 +117,16 @@ def write_results(report: dict[str, Any], out: Path, results: str | Path | None)
 
 def install_shipped_weights(ft_run: Path) -> Path:
     """Store the FT model (fp16, with its config) as the `specmaskfoley_synthetic` preset weights."""
-    from controlfoley.checkpoint import save_state_dict
+    from controlfoley.checkpoint import TRAINED_KEY, save_state_dict
     from controlfoley.presets import ASSETS, PRETRAINED
 
     model = load_run_model(ft_run)
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     path = ASSETS / PRETRAINED["specmaskfoley_synthetic"]
     meta = {"controlfoley_config": model.config.override(name="specmaskfoley_synthetic").to_json(), "dtype": "float16"}
+    # the run's record of what was trained (the FT run: its ControlNet over the backbone and tokenizer
+    # runs it was built from), so generate's untrained-part check reads it as for any checkpoint
+    trained = getattr(model, "trained_parts", None)
+    if trained is not None:
+        meta[TRAINED_KEY] = json.dumps(sorted(trained))
     return save_state_dict(path, state, meta)

@@ -124,9 +124,12 @@ class SpecMaskFoley(nn.Module):
 
     @property
     def sample_rate(self) -> int:
+        """Waveform sample rate in Hz (the mel front-end's: 22,050 for the paper's presets)."""
         return int(self.mel.sample_rate)
 
     def control_modules(self) -> list[nn.Module]:
+        """The video-control parts (control encoder, aligner, ControlNet): what the ControlNet recipe
+        trains; [] for a backbone alone."""
         return [m for m in (self.control_encoder, self.aligner, self.controlnet) if m is not None]
 
     def freeze_backbone(self) -> "SpecMaskFoley":
@@ -458,6 +461,12 @@ class SpecMaskFoley(nn.Module):
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, extra_metadata: Mapping[str, str] | None = None) -> Path:
+        """Write the model to `path` (a .safetensors file; any other path is a folder that gets
+        model.safetensors), atomically: an interrupted save leaves the old file intact. The file holds
+        every parameter and persistent buffer, and in its metadata the config (`from_pretrained`
+        rebuilds the model from it), the parts recorded as trained (`trained_parts`) and where user
+        parts came from. `extra_metadata`: more string pairs to store. Returns the file's path.
+        A model with fp8 block linears (`quantize_fp8`) cannot be saved: save before quantizing."""
         from controlfoley.checkpoint import save_model
 
         return save_model(self, path, extra_metadata=extra_metadata)

@@ -103,6 +103,10 @@ def sampling_parts_to_bf16(model: nn.Module) -> None:
 
 @dataclass(frozen=True)
 class FoleyResult:
+    """What a pipeline call returns: the waveform for the whole video, its mel and tokens, the
+    window plan and the seed. `save(path)` writes the audio (.wav / .flac), `save_video(video, path)`
+    the video with this audio as its soundtrack; both atomically."""
+
     wav: Float[Tensor, "s"]  # mono, the video's duration
     sample_rate: int
     mel: Float[Tensor, "m n"]  # the joined, normalised mel, trimmed to the waveform

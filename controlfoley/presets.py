@@ -27,6 +27,8 @@ PRETRAINED = {"specmaskfoley_synthetic": "specmaskfoley_synthetic.safetensors"}
 
 @PRESETS.register("specmaskfoley")
 def specmaskfoley() -> ModelConfig:
+    """The paper's model (sec. 4.2): 2-D SpecVQGAN (5 x 53 tokens of 1024), SpecMaskGIT ViT 24 x 768,
+    FT-Aligner, ControlNet copy of 12 blocks, multi-CFG 0 -> 3, 12 MaskGIT steps; 10 s windows."""
     return ModelConfig(
         name="specmaskfoley",
         n_frames=848,  # 10 s at 22.05 kHz, hop 256 (860 frames) cropped to a multiple of 16
@@ -56,6 +58,7 @@ def specmaskfoley() -> ModelConfig:
 
 @PRESETS.register("specmaskgit")
 def specmaskgit() -> ModelConfig:
+    """The backbone alone (SpecMaskGIT), prompted by text (CLAP) through the conditional mask."""
     return specmaskfoley().override(
         name="specmaskgit", control_encoder=None, aligner=None, controlnet=None, guidance={"name": "cfg_text"}
     )
@@ -63,21 +66,26 @@ def specmaskgit() -> ModelConfig:
 
 @PRESETS.register("specmaskfoley_plain1d")
 def specmaskfoley_plain1d() -> ModelConfig:
+    """Ablation (sec. 3.3): the plain 1-D temporal aligner instead of the FT-Aligner."""
     return specmaskfoley().override(name="specmaskfoley_plain1d", aligner="plain1d")
 
 
 @PRESETS.register("specmaskfoley_cfg_video")
 def specmaskfoley_cfg_video() -> ModelConfig:
+    """Ablation (Table 2): standard CFG on the video condition only."""
     return specmaskfoley().override(name="specmaskfoley_cfg_video", guidance="cfg_video")
 
 
 @PRESETS.register("specmaskfoley_cfg_text_video")
 def specmaskfoley_cfg_text_video() -> ModelConfig:
+    """Ablation (Table 2): standard CFG on the text+video condition (no video-only term)."""
     return specmaskfoley().override(name="specmaskfoley_cfg_text_video", guidance="cfg_text_video")
 
 
 @PRESETS.register("specmaskfoley_tiny")
 def specmaskfoley_tiny() -> ModelConfig:
+    """The paper's architecture at CPU size (128 wide, 6 + 3 blocks; 5.94 s windows of 5 x 32 tokens),
+    sized for the synthetic world and the tests."""
     return ModelConfig(
         name="specmaskfoley_tiny",
         n_frames=512,  # 5.94 s windows: the synthetic world's clip length
@@ -108,6 +116,7 @@ def specmaskfoley_tiny() -> ModelConfig:
 
 @PRESETS.register("specmaskgit_tiny")
 def specmaskgit_tiny() -> ModelConfig:
+    """The tiny backbone alone (text-prompted, no video control)."""
     return specmaskfoley_tiny().override(
         name="specmaskgit_tiny", control_encoder=None, aligner=None, controlnet=None, guidance={"name": "cfg_text"}
     )
@@ -115,6 +124,7 @@ def specmaskgit_tiny() -> ModelConfig:
 
 @PRESETS.register("specmaskfoley_tiny_plain1d")
 def specmaskfoley_tiny_plain1d() -> ModelConfig:
+    """The tiny model with the plain 1-D aligner (the FT-Aligner ablation at CPU size)."""
     return specmaskfoley_tiny().override(name="specmaskfoley_tiny_plain1d", aligner="plain1d")
 
 
@@ -151,6 +161,7 @@ def get_preset(name: str) -> ModelConfig:
 
 
 def list_presets(pattern: str = "*") -> list[str]:
+    """Registered preset names matching the glob `pattern` (e.g. "*tiny*"), sorted."""
     return PRESETS.names(pattern)
 
 

@@ -238,6 +238,27 @@ def test_shipped_model_follows_the_video():
     assert matched["desync_s"] < shuffled["desync_s"] - 0.15, (matched, shuffled)
 
 
+@shipped
+def test_shipped_weights_record_what_was_trained(tmp_path, monkeypatch):
+    """The committed file says which parts hold trained weights (generate's untrained-part check
+    reads it), and the experiment's installer writes that record from the FT run's model."""
+    import json
+
+    from controlfoley import build_model, presets
+    from controlfoley.checkpoint import TRAINED_KEY, read_metadata
+    from controlfoley.evaluation_runs import install_shipped_weights
+    from controlfoley.model import from_pretrained
+
+    assert from_pretrained("specmaskfoley_synthetic").trained_parts == {"tokenizer", "backbone", "controlnet"}
+    run = build_model("specmaskfoley_tiny")
+    run.trained_parts = {"tokenizer", "backbone", "controlnet"}
+    run.save(tmp_path / "ft")
+    monkeypatch.setattr(presets, "ASSETS", tmp_path / "assets")
+    path = install_shipped_weights(tmp_path / "ft")
+    assert path.parent == tmp_path / "assets"
+    assert json.loads(read_metadata(path)[TRAINED_KEY]) == ["backbone", "controlnet", "tokenizer"]
+
+
 def test_an_interrupted_extraction_stage_resumes(tmp_path, monkeypatch):
     """A Ctrl-C during the experiment's extraction: the next run continues from the last finished
     shard instead of stopping with 'pass --resume' (a flag `experiment` does not have)."""

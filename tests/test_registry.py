@@ -120,8 +120,11 @@ def test_the_preset_that_ships_weights_is_a_preset_too() -> None:
     from controlfoley.cli import list_names
     from controlfoley.errors import CheckpointError
 
+    from controlfoley.errors import RandomWeightsWarning
+
     trained = from_pretrained("specmaskfoley_synthetic")
-    fresh = build_model("specmaskfoley_synthetic")
+    with pytest.warns(RandomWeightsWarning, match=r"random weights; its trained weights load with controlfoley.from_pretrained\('specmaskfoley_synthetic'\)"):
+        fresh = build_model("specmaskfoley_synthetic")  # the name of weights: says they are not loaded
     assert fresh.config == trained.config
     assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in trained.state_dict().items()}
     assert "specmaskfoley_synthetic (trained weights shipped)" in list_names("preset")
@@ -233,3 +236,26 @@ def test_every_registry_kind_is_listed_by_its_singular_and_plural_name():
     for kind in ALL_REGISTRIES:
         for given in (kind, kind + "s", kind.upper() + "S", kind.replace("_", "-") + "s"):
             assert registry_kind(given) == kind, given
+
+
+def test_list_describe_gives_every_builtin_part_a_line_of_its_docstring(capsys: pytest.CaptureFixture[str]) -> None:
+    """`controlfoley list -v`: one line per registered name from its builder's docstring; every
+    built-in part has one (a user part without a docstring says so)."""
+    from controlfoley import ALIGNERS
+    from controlfoley.cli import list_names, main
+
+    described = list_names(None, describe=True)
+    assert "(no docstring)" not in described, described
+    assert "  specmaskfoley: The paper's model (sec. 4.2)" in described  # not cut at "sec."
+    assert main(["list", "presets", "--describe"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("preset:\n") and "  specmaskfoley_synthetic (trained weights shipped): The model trained" in out
+
+    @ALIGNERS.register("undocumented_test_aligner")
+    def undocumented(**kw):  # noqa: ANN003, ANN202
+        raise AssertionError("not built")
+
+    try:
+        assert "  undocumented_test_aligner: (no docstring)" in list_names("aligner", describe=True)
+    finally:
+        ALIGNERS.unregister("undocumented_test_aligner")

@@ -354,3 +354,17 @@ def test_tokenizer_origin_follows_a_backbone_runs_init_when_the_tokenizer_run_is
     (bb / "config.json").write_text(json.dumps({"recipe": "backbone", "init": str(tok), "init_parts": ["tokenizer"]}))
     same, how = _same_tokenizer(str(bb), str(tok))
     assert same and how == "same path"
+
+
+def test_tensorboard_asked_for_by_name_but_missing_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--tensorboard` without the package stops before anything is built, with the pip command;
+    the default (TensorBoard when installed) stays quiet and writes metrics.jsonl alone."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    args = cli_args("backbone", tmp_path / "no-data", tmp_path / "run")
+    args.remove("--no-tensorboard")
+    assert train_main([*args, "--tensorboard"]) == 2
+    err = capsys.readouterr().err
+    assert "needed for --tensorboard but is not installed" in err and "pip install 'controlfoley[tensorboard]'" in err
+    assert "leave --tensorboard out" in err and not (tmp_path / "run").exists()

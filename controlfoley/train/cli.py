@@ -166,6 +166,13 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.print_config:
         print(_printed_config(cfg, args, file_fields))
         return 0
+    if args.tensorboard:  # asked for by name: missing, it is an error, not the default's quiet JSONL-only
+        from controlfoley.errors import require
+
+        try:
+            require("torch.utils.tensorboard", extra="tensorboard", purpose="--tensorboard")
+        except ControlFoleyError as e:
+            raise ConfigError(f"{e}; or leave --tensorboard out (metrics are written to metrics.jsonl either way)") from e
     rank0 = _rank() == 0  # under torchrun, messages of the whole run come once, from rank 0
     if args.resume:
         done = _nothing_to_resume(cfg, args.stop_at)

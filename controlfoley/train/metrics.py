@@ -5,7 +5,8 @@
 - On resume the file is cut back to the checkpoint's step (atomically), so a run that was killed
   and resumed has the same lines as one that was not.
 - TensorBoard (`RUN/tb/`) through `torch.utils.tensorboard` when the `tensorboard` package is
-  installed (`pip install 'controlfoley[tensorboard]'`); without it, JSONL alone.
+  installed (`pip install 'controlfoley[tensorboard]'`); without it, JSONL alone (but
+  `--tensorboard` given by name on the command line is an error naming the install command).
 Only rank 0 writes; other ranks hold a disabled logger.
 """
 

@@ -51,7 +51,12 @@ def model_from_arg(preset_or_path: str) -> tuple[object, str]:
     """(model, label): a registered preset built untrained, or a checkpoint's own model (a .safetensors
     file, a checkpoint folder, or a training run folder: its final model, else its latest checkpoint)."""
     from controlfoley import PRESETS, build_model
+    from controlfoley.presets import PRETRAINED
 
+    if preset_or_path in PRETRAINED:  # the name of shipped weights: those weights
+        from controlfoley.model import from_pretrained
+
+        return from_pretrained(preset_or_path), f"preset {preset_or_path} (its shipped weights)"
     if preset_or_path in PRESETS:
         return build_model(preset_or_path), f"preset {preset_or_path}"
     if Path(preset_or_path).exists():
@@ -75,10 +80,14 @@ def info(preset: str) -> str:
     from controlfoley.train.recipes import get_recipe
 
     model, label = model_from_arg(preset)
-    get_recipe("controlnet" if model.has_control else "backbone").prepare(model)  # trainable as that recipe trains
+    recorded = getattr(model, "trained_parts", None)
+    recipe = "controlnet" if model.has_control else "backbone"
+    if recorded and "controlnet" not in recorded:  # a tokenizer or backbone run's checkpoint: that recipe's split
+        recipe = "backbone" if "backbone" in recorded else "tokenizer"
+    get_recipe(recipe).prepare(model)  # trainable as that recipe trains
     rows = model.parameter_table()
-    lines = [f"{label}: grid {model.grid[0]}x{model.grid[1]} tokens over {model.config.n_frames} mel frames", ""]
-    lines.append(f"{'part':<16}{'params':>10}{'trainable':>11}{'frozen':>10}")
+    lines = [f"{label}: grid {model.grid[0]}x{model.grid[1]} tokens over {model.config.n_frames} mel frames", _trained_line(label, recorded), ""]
+    lines.append(f"{'part':<16}{'params':>10}{'trainable':>11}{'frozen':>10}   (trainable / frozen: as the {recipe} recipe trains it)")
     for r in rows:
         lines.append(f"{r['part']:<16}{_fmt(r['params'])}{_fmt(r['trainable']):>11}{_fmt(r['frozen']):>10}")
     by = {r["part"]: r for r in rows}
@@ -97,6 +106,20 @@ def info(preset: str) -> str:
         lines.append(f"  backbone+control  {_fmt(total)}   paper ~300M (tokenizer and vocoder not counted, as in the paper)")
         lines += ["", *_explain(model, trainable)]
     return "\n".join(lines)
+
+
+def _trained_line(label: str, recorded: set[str] | None) -> str:
+    """What the weights are: the parts a checkpoint records as trained (what generate checks)."""
+    if label.startswith("preset ") and not label.endswith("(its shipped weights)"):
+        return "weights: untrained (a preset's architecture; " + (
+            f"made from weights files: {', '.join(sorted(recorded))})" if recorded else "train it, or load a checkpoint)"
+        )
+    if recorded is None:
+        return "trained parts: not recorded (a file from before the record; generate takes it as trained)"
+    if not {"tokenizer", "backbone", "controlnet"} <= recorded:
+        missing = ", ".join(p for p in ("tokenizer", "backbone", "controlnet") if p not in recorded)
+        return f"trained parts: {', '.join(sorted(recorded)) or 'none'} (not {missing}: generate refuses it for foley)"
+    return f"trained parts: {', '.join(sorted(recorded))}"
 
 
 def _explain(model: object, trainable: int) -> list[str]:

@@ -167,6 +167,25 @@ def test_info_of_a_checkpoint_prints_its_own_config(tmp_path, capsys: pytest.Cap
     assert "neither a preset nor an existing checkpoint" in err and "specmaskfoley_tiny" in err and "Traceback" not in err
 
 
+def test_info_says_what_the_weights_are(tmp_path) -> None:
+    """The parts a checkpoint records as trained (what generate checks), the split of the recipe
+    that trained it (a tokenizer run's: the tokenizer trainable), untrained for a preset, and the
+    shipped weights for the preset that has them."""
+    from controlfoley.cli import info
+
+    model = build_model("specmaskfoley_tiny")
+    model.trained_parts = {"tokenizer"}
+    table = info(str(model.save(tmp_path / "tok.safetensors")))
+    assert "trained parts: tokenizer (not backbone, controlnet: generate refuses it for foley)" in table
+    rows = {line.split()[0]: line.split() for line in table.splitlines() if line.startswith(("tokenizer ", "controlnet "))}
+    assert rows["tokenizer"][2] != "0.00M" and rows["controlnet"][2] == "0.00M" and "as the tokenizer recipe trains it" in table
+    model.trained_parts = None
+    assert "trained parts: not recorded" in info(str(model.save(tmp_path / "old.safetensors")))
+    assert "weights: untrained" in info("specmaskfoley_tiny")
+    shipped = info("specmaskfoley_synthetic")
+    assert shipped.startswith("preset specmaskfoley_synthetic (its shipped weights)") and "trained parts: backbone, controlnet, tokenizer" in shipped
+
+
 def test_plugin_option_is_taken_anywhere_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     from controlfoley.cli import _take_plugins, main
 

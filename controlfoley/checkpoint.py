@@ -42,8 +42,13 @@ def save_state_dict(path: str | os.PathLike[str], state: Mapping[str, torch.Tens
     """Atomically write tensors (made contiguous, on CPU) with string metadata."""
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={FORMAT_KEY: FORMAT_VERSION, **dict(metadata)})
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={FORMAT_KEY: FORMAT_VERSION, **dict(metadata)})
+    except OSError as e:  # a folder that cannot be made or written, a full disk: the target named, not the temporary file
+        raise CheckpointError(
+            f"cannot write {path}: {e.strerror or e}; save to a folder you can write to (nothing was written, an existing file there is unchanged)"
+        ) from e
     return path
 
 
@@ -176,9 +181,12 @@ def config_from_metadata(meta: Mapping[str, str], path: Path) -> ModelConfig:
     return ModelConfig.from_json(meta[CONFIG_KEY])
 
 
-def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, own: Mapping[str, torch.Tensor] | None = None) -> None:
+def check_state_dict(
+    module: nn.Module, state: Mapping[str, torch.Tensor], what: str, own: Mapping[str, torch.Tensor] | None = None, fix: str | None = None
+) -> None:
     """Raise a CheckpointError naming missing, unexpected and mis-shaped keys (strict loading);
-    `own`: the module's keys to check against (default: all of its state dict)."""
+    `own`: the module's keys to check against (default: all of its state dict); `fix`: the last
+    line's advice (default: build from the checkpoint's own config)."""
     own = module.state_dict() if own is None else own
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -189,7 +197,7 @@ def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], what:
             if items:
                 more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
                 msg.append(f"  {label} ({len(items)}): {', '.join(items[:8])}{more}")
-        msg.append("  Was it saved from another preset or config? Build the model from the checkpoint's own config (from_pretrained).")
+        msg.append(fix or "  Was it saved from another preset or config? Build the model from the checkpoint's own config (from_pretrained).")
         raise CheckpointError("\n".join(msg))
 
 
@@ -281,7 +289,13 @@ def load_model(
     state = {k: v for k, v in state.items() if k.split(".")[0] not in fresh}
     own = {k: v for k, v in model.state_dict().items() if k.split(".")[0] not in fresh}
     if strict:
-        check_state_dict(model, state, str(p), own=own)
+        fix = None
+        if overrides:  # the user's own overrides changed the shapes: building from the file's config is not the fix
+            fix = (
+                f"  The override(s) {', '.join(sorted(overrides))} build parts the checkpoint's weights do not fit: drop them to load it "
+                "as saved, or pass strict=False to load what fits and keep the rest as built"
+            )
+        check_state_dict(model, state, str(p), own=own, fix=fix)
     else:
         state = _loose_state(state, str(p), own)
     for key in overrides:  # a part switched to another builder whose weights fit the old one's names and shapes

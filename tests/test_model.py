@@ -688,3 +688,24 @@ def test_an_int_passes_where_a_float_is_annotated_under_the_runtime_checks(micro
     assert torch.equal(as_int, micro_model.generate(x["features"], x["text"], steps=2, cfg_scale=3.0, temperature=1.0, generator=g()))
     with pytest.raises((jaxtyping.TypeCheckError, ConfigError)):
         micro_model.generate(x["features"], x["text"], steps=2, cfg_scale="3")
+
+
+def test_a_save_that_cannot_be_written_names_the_target(micro_model, tmp_path) -> None:
+    """Not a raw OSError naming the hidden temporary file: a CheckpointError naming the path asked for."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(CheckpointError, match=rf"cannot write {blocker}/m.safetensors: .*nothing was written") as e:
+        micro_model.save(blocker / "m.safetensors")
+    assert isinstance(e.value.__cause__, OSError) and ".tmp-" not in str(e.value)
+    assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_an_override_that_breaks_the_fit_is_named_as_the_cause(micro_model, tmp_path) -> None:
+    """from_pretrained(file, backbone={...}) whose shapes the file cannot fill: the advice is to drop
+    the override (or strict=False), not 'build from the checkpoint's own config', which the user did."""
+    path = micro_model.save(tmp_path / "m.safetensors")
+    depth = micro_model.config.backbone.kwargs["depth"]
+    with pytest.raises(CheckpointError, match=r"(?s)unexpected keys .*The override\(s\) backbone build parts .*drop them .*strict=False") as e:
+        from_pretrained(path, backbone={"depth": depth - 1})
+    assert "own config" not in str(e.value)
+    assert len(from_pretrained(path, strict=False, backbone={"depth": depth - 1}).backbone.blocks) == depth - 1

@@ -28,6 +28,7 @@ process CPU time), `environment` (one line: date, torch, CPU, threads, load, GPU
 import argparse
 import dataclasses
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -155,7 +156,8 @@ def random_inputs(model: Any, batch: int, *, seed: int = 1) -> tuple[dict[str, A
         )
     fps = {str(k): float(v) for k, v in dict(getattr(model.control_encoder, "feature_fps", None) or {}).items()}
     seconds = model.n_samples / model.sample_rate
-    frames = {k: max(2, round(fps.get(k, FEATURE_FPS) * seconds)) for k in keys}
+    # a training clip's count, as the pipeline conditions one window (FoleyPipeline.rows_per_window)
+    frames = {k: max(2, math.floor(fps.get(k, FEATURE_FPS) * seconds + 1e-9)) for k in keys}
     feats = {k: torch.randn(batch, frames[k], dims[k], generator=g).to(model.device) for k in keys}
     return feats, text
 

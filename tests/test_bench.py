@@ -169,7 +169,7 @@ def test_random_inputs_follow_the_model():
     feats, text = random_inputs(model, 2)
     assert set(feats) == set(model.control_encoder.required_features)
     assert all(v.shape[0] == 2 and v.shape[2] == model.control_encoder.feature_dims[k] for k, v in feats.items())
-    assert {k: v.shape[1] for k, v in feats.items()} == {"sync": 143, "clip": 48}  # 5.94 s at 24 and 8 per second
+    assert {k: v.shape[1] for k, v in feats.items()} == {"sync": 142, "clip": 47}  # 5.94 s at 24 and 8 per second, as the pipeline feeds a window
     assert text.shape == (2, model.backbone.cond_dim)
     model.generate(feats, text, steps=1)  # shapes the model accepts
     del model.control_encoder.feature_dims

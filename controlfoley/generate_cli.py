@@ -14,10 +14,11 @@ Features
 - Before any sampling: the arguments (once, not per file), the device (`--device cuda` needs a
   usable GPU), the vocoder (a trained one needs its weights: `--vocoder hifigan,checkpoint=PATH`),
   and the outputs: one that would replace its own input is refused, and so is one that already
-  exists unless `--overwrite` is given (then it is replaced, atomically).
+  exists unless `--overwrite` is given (then it is replaced, atomically); last, that `--out` can
+  take files.
 - A progress bar over files (tqdm, on a terminal); every failure (missing file, no video stream,
-  truncated or corrupt file, zero-length video, unsupported codec, unwritable output folder,
-  missing or mis-shaped precomputed features) prints one line `error: FILE: reason` and the run
+  truncated or corrupt file, zero-length video, unsupported codec, an output folder that stops
+  taking files mid-run, missing or mis-shaped precomputed features) prints one line `error: FILE: reason` and the run
   goes on; a summary table (file, duration, windows, time, status) ends the run.
 - Exit code: 0 when every file succeeded, 1 when any failed, 2 for a bad command line, device,
   model, extractor, vocoder, prompt or output folder (nothing generated).
@@ -289,12 +290,15 @@ def main(argv: Sequence[str]) -> int:
         videos = [Path(v) for v in args.videos]
         pairs = _outputs(args.videos, args.out, args.format)
         _check_numbers(args)
-        if args.out.exists() and not args.out.is_dir():  # before the model loads (writability is checked per file)
+        if args.out.exists() and not args.out.is_dir():  # before the model loads
             check_writable_folder(args.out, "--out")
         _check_device(args.device)
         extractors, vocoder = _extractor_specs(args.extractor), _vocoder_spec(args.vocoder)
         pipe = _build_pipeline(args, extractors, vocoder)  # a bad name or file is reported before a clash of outputs
         _check_outputs(videos, pairs, overwrite=args.overwrite)
+        # last, as nothing else failed: a folder no file can be written to fails every file alike (exit 2, no
+        # sampling); it is made here if missing, and checked again per file (a disk can fill mid-run)
+        check_writable_folder(args.out, "--out")
     except (ControlFoleyError, RegistryError, ValueError, OSError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2

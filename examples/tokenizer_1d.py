@@ -79,7 +79,8 @@ class Conv1dVQ(nn.Module):
 
 @TOKENIZERS.register("conv1d_vq")
 def conv1d_vq(*, n_mels: int = 80, hidden: int = 128, embed_dim: int = 64, n_embed: int = 256, n_down: int = 4, beta: float = 0.25) -> Conv1dVQ:
-    # Switching a preset's tokenizer to this name keeps the preset's settings this builder also
+    """A 1-D VQ tokenizer: all mel bins as channels, time downsampled 2**n_down, grid (1, T)."""
+    # The docstring's first sentence is what `controlfoley list tokenizers -v` shows. Switching a preset's tokenizer to this name keeps the preset's settings this builder also
     # accepts (n_embed, embed_dim, beta): pass {"name": "conv1d_vq", "n_embed": ...} to change them.
     return Conv1dVQ(n_mels, hidden, embed_dim, n_embed, n_down, beta)
 

@@ -96,7 +96,7 @@ def _load_builtins() -> None:
         raise
 
 
-class PluginError(ImportError):
+class PluginError(ControlFoleyError, ImportError):
     """A plugin module (one that registers user parts) could not be imported."""
 
 

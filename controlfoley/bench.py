@@ -6,9 +6,9 @@
 Times `model.generate` (video features -> token map: the MaskGIT steps with the model's guidance)
 on random inputs of the model's own shapes: features of every key its control encoder reads, at the
 rates it declares (`feature_fps`: Synchformer 24, CLIP 8 per second; 24 where it declares none),
-and a CLAP-like vector where the guidance needs text. A preset is
-built with random weights (speed does not depend on them); a checkpoint, file, folder or training
-run is loaded. Each batch size gets `--warmup` untimed calls (they also compile or capture, with
+and a CLAP-like vector where the guidance needs text (features only where it reads video). A preset
+is built with random weights (speed does not depend on them; one that ships weights, such as
+specmaskfoley_synthetic, loads them); a checkpoint, file, folder or training run is loaded. Each batch size gets `--warmup` untimed calls (they also compile or capture, with
 `--compile` / `--cuda-graph`), then `--runs` timed ones; the table gives the median and the fastest,
 seconds per clip, clips per second and seconds of compute per second of audio. `--decode` also
 times token map -> mel -> waveform (the model's own decoder and vocoder), per clip.
@@ -328,7 +328,7 @@ def _run(model: Any, args: argparse.Namespace, device: Any, guidance: Any) -> li
     rows = []
     for batch in args.batch:
         feats, text = random_inputs(model, batch)
-        feats = feats or None
+        feats = (feats or None) if guidance.needs_video else None  # only what the rule reads (generate warns of the rest)
         text = text if guidance.needs_text else None
         out: dict[str, Any] = {}
 

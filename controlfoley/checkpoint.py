@@ -45,9 +45,9 @@ def save_state_dict(path: str | os.PathLike[str], state: Mapping[str, torch.Tens
     try:
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={FORMAT_KEY: FORMAT_VERSION, **dict(metadata)})
-    except OSError as e:  # a folder that cannot be made or written, a full disk: the target named, not the temporary file
+    except (OSError, SafetensorError) as e:  # a folder that cannot be made or written, a full disk: the target named, not the temporary file
         raise CheckpointError(
-            f"cannot write {path}: {e.strerror or e}; save to a folder you can write to (nothing was written, an existing file there is unchanged)"
+            f"cannot write {path}: {getattr(e, 'strerror', None) or e}; save to a folder you can write to (nothing was written, an existing file there is unchanged)"
         ) from e
     return path
 
@@ -201,6 +201,16 @@ def check_state_dict(
         raise CheckpointError("\n".join(msg))
 
 
+def _blamed_overrides(overrides: Mapping[str, Any], state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> list[str]:
+    """The overrides behind a mismatch: a part whose keys are among the missing, unexpected or
+    mis-shaped ones, or a field that sizes several parts (n_frames, mel) when anything mismatches."""
+    bad = (set(own) ^ set(state)) | {k for k in set(own) & set(state) if own[k].shape != state[k].shape}
+    if not bad:
+        return []
+    parts = {k.split(".")[0] for k in bad}
+    return sorted(k for k in overrides if k in parts or k in ("n_frames", "mel"))
+
+
 def _part_config_hint(meta: Mapping[str, str], model: nn.Module, part: str) -> str:
     """Where a part's weights do not fit because the checkpoint built it differently: the flag
     that builds it like the checkpoint did."""
@@ -289,10 +299,11 @@ def load_model(
     state = {k: v for k, v in state.items() if k.split(".")[0] not in fresh}
     own = {k: v for k, v in model.state_dict().items() if k.split(".")[0] not in fresh}
     if strict:
+        blamed = _blamed_overrides(overrides, state, own)
         fix = None
-        if overrides:  # the user's own overrides changed the shapes: building from the file's config is not the fix
+        if blamed:  # the user's own overrides changed the shapes: building from the file's config is not the fix
             fix = (
-                f"  The override(s) {', '.join(sorted(overrides))} build parts the checkpoint's weights do not fit: drop them to load it "
+                f"  The override(s) {', '.join(blamed)} build parts the checkpoint's weights do not fit: drop them to load it "
                 "as saved, or pass strict=False to load what fits and keep the rest as built"
             )
         check_state_dict(model, state, str(p), own=own, fix=fix)

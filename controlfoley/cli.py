@@ -48,8 +48,9 @@ def _fmt(n: int | float) -> str:
 
 
 def model_from_arg(preset_or_path: str) -> tuple[object, str]:
-    """(model, label): a registered preset built untrained, or a checkpoint's own model (a .safetensors
-    file, a checkpoint folder, or a training run folder: its final model, else its latest checkpoint)."""
+    """(model, label): a registered preset built untrained (one that ships weights: with them), or a
+    checkpoint's own model (a .safetensors file, a checkpoint folder, or a training run folder: its
+    final model, else its latest checkpoint)."""
     from controlfoley import PRESETS, build_model
     from controlfoley.presets import PRETRAINED
 
@@ -75,14 +76,16 @@ def model_from_arg(preset_or_path: str) -> tuple[object, str]:
 
 
 def info(preset: str) -> str:
-    """A parameter table per part (frozen vs trainable under the ControlNet recipe) beside the paper,
-    for a preset or a checkpoint (file, folder or training run: the table of its own config)."""
+    """A parameter table per part (frozen vs trainable under the ControlNet recipe, or for a tokenizer
+    or backbone run's checkpoint under its recipe) beside the paper, for a preset or a checkpoint
+    (file, folder or training run: the table of its own config), with the parts it records as trained."""
     from controlfoley.train.recipes import get_recipe
 
     model, label = model_from_arg(preset)
     recorded = getattr(model, "trained_parts", None)
     recipe = "controlnet" if model.has_control else "backbone"
-    if recorded and "controlnet" not in recorded:  # a tokenizer or backbone run's checkpoint: that recipe's split
+    loaded = not label.startswith("preset ") or label.endswith("(its shipped weights)")  # a preset's record: its weights files
+    if loaded and recorded and "controlnet" not in recorded:  # a tokenizer or backbone run's checkpoint: that recipe's split
         recipe = "backbone" if "backbone" in recorded else "tokenizer"
     get_recipe(recipe).prepare(model)  # trainable as that recipe trains
     rows = model.parameter_table()

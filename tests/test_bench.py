@@ -72,6 +72,13 @@ def test_bench_calls_generate_with_the_settings(monkeypatch, capsys, caplog):
     assert rc == 0, err
     assert [c["guidance_every"] for c in calls] == [1, 1, 1] and "guidance_every" not in out
     assert sum("guidance_every=2 does nothing" in r.getMessage() for r in caplog.records) == 1
+    # a rule without video gets no features (generate would warn at every timed call that they are ignored)
+    calls.clear()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="controlfoley"):
+        rc, out, err = _bench(capsys, "specmaskfoley_tiny", "--runs", "1", "--warmup", "1", "--steps", "1", "--guidance", "cfg_text")
+    assert rc == 0, err
+    assert not any("is ignored" in r.getMessage() for r in caplog.records)
 
 
 def test_bf16_weights_sample_a_bf16_model_natively(monkeypatch, capsys):

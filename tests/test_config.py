@@ -217,6 +217,11 @@ def test_every_error_the_library_names_is_a_controlfoleyerror_and_build_model_na
 
     assert issubclass(ConfigError, ControlFoleyError) and issubclass(ConfigError, ValueError)
     assert issubclass(RegistryError, ControlFoleyError) and issubclass(RegistryError, KeyError)
+    from controlfoley import PluginError, load_plugins
+
+    assert issubclass(PluginError, ControlFoleyError) and issubclass(PluginError, ImportError)
+    with pytest.raises(ControlFoleyError, match="no_such_plugin_module"):
+        load_plugins("no_such_plugin_module")
     with pytest.raises(ControlFoleyError, match="unknown preset 'nope'"):
         build_model("nope")
     with pytest.raises(ConfigError, match=r"backbone 'specmaskgit' cannot be built with .*heads=3.*divisible by heads 3") as e:

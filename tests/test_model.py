@@ -686,11 +686,11 @@ def test_an_int_passes_where_a_float_is_annotated_under_the_runtime_checks(micro
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     as_int = micro_model.generate(x["features"], x["text"], steps=2, cfg_scale=3, temperature=1, generator=g())
     assert torch.equal(as_int, micro_model.generate(x["features"], x["text"], steps=2, cfg_scale=3.0, temperature=1.0, generator=g()))
-    with pytest.raises((jaxtyping.TypeCheckError, ConfigError)):
+    with pytest.raises(jaxtyping.TypeCheckError):  # the checker is on (generate's own check would raise a ConfigError)
         micro_model.generate(x["features"], x["text"], steps=2, cfg_scale="3")
 
 
-def test_a_save_that_cannot_be_written_names_the_target(micro_model, tmp_path) -> None:
+def test_a_save_that_cannot_be_written_names_the_target(micro_model, tmp_path, monkeypatch) -> None:
     """Not a raw OSError naming the hidden temporary file: a CheckpointError naming the path asked for."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -698,6 +698,18 @@ def test_a_save_that_cannot_be_written_names_the_target(micro_model, tmp_path) -
         micro_model.save(blocker / "m.safetensors")
     assert isinstance(e.value.__cause__, OSError) and ".tmp-" not in str(e.value)
     assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+    # a write that fails inside safetensors (a full disk: its SafetensorError, not an OSError) is named alike
+    from safetensors import SafetensorError
+
+    import controlfoley.checkpoint as checkpoint
+
+    def full_disk(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    with pytest.raises(CheckpointError, match=rf"cannot write {tmp_path}/m.safetensors: .*No space left"):
+        micro_model.save(tmp_path / "m.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # the temporary file removed
 
 
 def test_an_override_that_breaks_the_fit_is_named_as_the_cause(micro_model, tmp_path) -> None:
@@ -709,3 +721,29 @@ def test_an_override_that_breaks_the_fit_is_named_as_the_cause(micro_model, tmp_
         from_pretrained(path, backbone={"depth": depth - 1})
     assert "own config" not in str(e.value)
     assert len(from_pretrained(path, strict=False, backbone={"depth": depth - 1}).backbone.blocks) == depth - 1
+    # a file missing a tensor, loaded with an override that has nothing to do with it: not blamed
+    from controlfoley.checkpoint import FORMAT_KEY, read_state_dict, save_state_dict
+
+    state, meta = read_state_dict(path)
+    del state[next(k for k in state if k.startswith("aligner."))]
+    meta.pop(FORMAT_KEY)
+    save_state_dict(path, state, meta)
+    with pytest.raises(CheckpointError, match=r"(?s)missing keys \(1\): aligner\..*own config") as e:
+        from_pretrained(path, guidance="cfg_video")
+    assert "The override" not in str(e.value)
+
+
+def test_the_opt_in_type_checks_use_the_same_checker(tmp_path) -> None:
+    """CONTROLFOLEY_TYPECHECK=1 outside pytest: a str for a float is refused by the checker, an int passes."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, jaxtyping, controlfoley\n"
+        "from controlfoley.guidance import scale_at\n"
+        "assert scale_at(1, 4, 3, 'linear') == scale_at(1, 4, 3.0, 'linear')\n"
+        "try:\n    scale_at(1, 4, '3', 'linear')\nexcept jaxtyping.TypeCheckError:\n    print('checked')\n"
+    )
+    env = {**os.environ, "CONTROLFOLEY_TYPECHECK": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "checked", done.stderr[-2000:]

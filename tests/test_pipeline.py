@@ -772,6 +772,8 @@ def test_cli_guidance_flag(model_file: Path, media: dict[str, Path], tmp_path: P
     assert cli.main([*args, "--guidance", "multi", "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "--guidance multi = MultiCFG" in err and "needs text: give --prompt, or use --guidance cfg_video" in err
+    assert cli.main([*args, "--guidance", "none", "--overwrite"]) == 2  # unguided, but on text+video by default
+    assert "or use --guidance none,condition=video (unguided, following the video)" in capsys.readouterr().err
     assert cli.main([*args, "--guidance", "nosuch", "--overwrite"]) == 2
     assert "unknown guidance 'nosuch'" in capsys.readouterr().err
 

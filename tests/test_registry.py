@@ -111,6 +111,9 @@ def test_import_is_light():
     assert out == "False"
     with pytest.raises(AttributeError):
         controlfoley.does_not_exist  # noqa: B018
+    public = [n for n in dir(controlfoley) if not n.startswith("_")]
+    assert {"build_model", "FoleyPipeline", "ControlFoleyError"} <= set(public)
+    assert not {"os", "importlib", "Any"} & set(public)  # the package's own imports are not its API
 
 
 def test_the_preset_that_ships_weights_is_a_preset_too() -> None:
@@ -182,6 +185,12 @@ def test_info_says_what_the_weights_are(tmp_path) -> None:
     model.trained_parts = None
     assert "trained parts: not recorded" in info(str(model.save(tmp_path / "old.safetensors")))
     assert "weights: untrained" in info("specmaskfoley_tiny")
+    import controlfoley.builder as builder
+
+    with pytest.MonkeyPatch.context() as mp:  # a user preset built with an official codebook: still the ControlNet split
+        mp.setattr(builder, "weight_file_parts", lambda cfg: ["tokenizer"])
+        preset = info("specmaskfoley_tiny")
+    assert "made from weights files: tokenizer" in preset and "as the controlnet recipe trains it" in preset
     shipped = info("specmaskfoley_synthetic")
     assert shipped.startswith("preset specmaskfoley_synthetic (its shipped weights)") and "trained parts: backbone, controlnet, tokenizer" in shipped
 

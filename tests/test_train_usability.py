@@ -368,3 +368,6 @@ def test_tensorboard_asked_for_by_name_but_missing_is_an_error(tmp_path: Path, m
     err = capsys.readouterr().err
     assert "needed for --tensorboard but is not installed" in err and "pip install 'controlfoley[tensorboard]'" in err
     assert "leave --tensorboard out" in err and not (tmp_path / "run").exists()
+    monkeypatch.setenv("RANK", "1")  # under torchrun every rank of a node hits it: local rank 0 says it
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert train_main([*args, "--tensorboard"]) == 2 and capsys.readouterr().err == ""

@@ -119,13 +119,13 @@ class Extraction:
         device: str = "cpu",
         model_overrides: dict[str, Any] | None = None,
     ) -> None:
-        from controlfoley.builder import build_model, weight_file
+        from controlfoley.builder import build_model, model_config, weight_file
         from controlfoley.checkpoint import load_parts
         from controlfoley.train.checkpoints import resolve_model_file
 
         with torch.random.fork_rng(devices=[]):  # the same untrained weights in every run: a resumed extraction matches
             torch.manual_seed(0)
-            self.model = build_model(preset, **(model_overrides or {})).eval().to(device)
+            self.model = build_model(model_config(preset, **(model_overrides or {}))).eval().to(device)  # untrained on purpose
         built_from = weight_file(self.model.config, "tokenizer")  # e.g. an official SpecVQGAN codebook
         if tokenizer is not None:
             load_parts(self.model, resolve_model_file(tokenizer), ["tokenizer"])

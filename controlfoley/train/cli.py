@@ -172,7 +172,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         try:
             require("torch.utils.tensorboard", extra="tensorboard", purpose="--tensorboard")
         except ControlFoleyError as e:
-            raise ConfigError(f"{e}; or leave --tensorboard out (metrics are written to metrics.jsonl either way)") from e
+            error = ConfigError(f"{e}; or leave --tensorboard out (metrics are written to metrics.jsonl either way)")
+            raise (error if _local_rank() == 0 else mark_reported(error, 0)) from e  # every rank of a node alike: one prints it
     rank0 = _rank() == 0  # under torchrun, messages of the whole run come once, from rank 0
     if args.resume:
         done = _nothing_to_resume(cfg, args.stop_at)

@@ -128,7 +128,7 @@ class Trainer:
         if ckpt_dir is not None:  # its checkpoint holds every weight: no part's weights file is read again
             self.model: SpecMaskFoley = build_without_weight_files(model_config(cfg.preset, **cfg.model_overrides))[0]
         else:
-            self.model = build_model(cfg.preset, **cfg.model_overrides)
+            self.model = build_model(model_config(cfg.preset, **cfg.model_overrides))  # a config: untrained on purpose, no advice
         if resume and ckpt_dir is None and info.is_main:
             warnings.warn(f"--resume: {self.run_dir.root} has no checkpoint yet (killed before its first); starting it from step 0", stacklevel=3)
         self._load_weights(ckpt_dir)

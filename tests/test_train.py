@@ -445,6 +445,17 @@ def test_resume_refuses_changed_data_but_follows_moved_data(data: Path, tmp_path
     assert result["step"] == 4
 
 
+def test_resume_takes_the_run_folder_however_it_is_spelled_or_moved(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out is the run's folder: a trailing slash, a relative spelling or a moved folder resumes it."""
+    train(config("backbone", data, tmp_path / "run", steps=4), stop_at=2)
+    (tmp_path / "run").rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    assert train_main(["backbone", "--out", "moved/", "--resume", "--stop-at", "3"]) == 0
+    assert train_main(["backbone", "--out", str(tmp_path / "moved"), "--resume"]) == 0
+    assert json.loads((tmp_path / "moved" / "config.json").read_text(encoding="utf-8"))["out"] == str(tmp_path / "moved")
+    assert len(losses(tmp_path / "moved")) == 4 and (tmp_path / "moved" / "model.safetensors").is_file()
+
+
 @pytest.mark.slow  # a 40-step reference run plus a subprocess start: 20-50 s on 2 cores
 def test_resume_after_sigkill_is_bit_identical(data: Path, tmp_path: Path) -> None:
     steps = 40  # long enough that the kill lands mid-run (asserted below), short enough for CI

@@ -66,8 +66,10 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 DERIVED_KEY = "_derived"  # --print-config: {field: why} for values derived from others (not fields)
 
+# `out` is the run's folder itself, however it is spelled (runs/a, runs/a/, an absolute path, the
+# folder after a move): never a conflict
 RESUME_MUTABLE = frozenset(
-    {"data", "val_data", "num_workers", "log_every", "val_every", "ckpt_every", "keep_last", "verify_data", "device", "tensorboard", "progress"}
+    {"out", "data", "val_data", "num_workers", "log_every", "val_every", "ckpt_every", "keep_last", "verify_data", "device", "tensorboard", "progress"}
 )
 
 

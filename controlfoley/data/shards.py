@@ -365,7 +365,9 @@ class ShardWriter:
         tensors = {k: torch.stack([c[k] for c in self._buffer]).contiguous() for k in self.features}
         path = self.root / name
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": FORMAT, "clip_ids": json.dumps(self._ids)})
+            # one metadata key: safetensors writes several in an order that changes from run to run, which
+            # would make the same data's bytes (its sha256, the dataset's fingerprint) differ
+            save_file(tensors, str(tmp), metadata={"clip_ids": json.dumps(self._ids)})
         self.shards.append(ShardInfo(name, len(self._buffer), path.stat().st_size, _sha256(path)))
         self.clip_ids += self._ids
         self._buffer, self._ids = [], []

@@ -170,6 +170,14 @@ def test_help_and_print_config_explain_the_derived_warm_up(tmp_path: Path, capsy
     assert train_main(["controlnet", "--config", str(file), "--steps", "5000", "--print-config"]) == 0
     fixed = json.loads(capsys.readouterr().out)
     assert fixed["warmup_steps"] == 20 and "_derived" not in fixed
+    # a config printed for another recipe would carry that recipe's defaults into this one: refused
+    assert train_main(["backbone", "--config", str(file), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "was written for the 'controlnet' recipe (its 'recipe' field), not 'backbone'" in err and "delete its 'recipe' field" in err
+    del d["recipe"]
+    file.write_text(json.dumps(d), encoding="utf-8")  # the user's choice: its values taken as given
+    assert train_main(["backbone", "--config", str(file), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["uncond_prob"] == d["uncond_prob"]
 
 
 # -- 5. error wording -------------------------------------------------------------------------------

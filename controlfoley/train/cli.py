@@ -149,7 +149,13 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
             raise ConfigError(f"--config {path} is not valid JSON ({e}); write a JSON object of TrainConfig fields, e.g. --print-config's output") from e
         if not isinstance(file_fields, dict):
             raise ConfigError(f"--config {path} holds a {type(file_fields).__name__}, not a JSON object of TrainConfig fields")
-        file_fields.pop("recipe", None)
+        theirs = file_fields.pop("recipe", args.recipe)
+        if theirs != args.recipe:  # its values hold that recipe's defaults (lr, betas, uncond_prob, ...): they would replace this one's
+            raise ConfigError(
+                f"--config {path} was written for the {theirs!r} recipe (its 'recipe' field), not {args.recipe!r}: its values "
+                f"include that recipe's defaults, which would replace the {args.recipe} recipe's. Use a config printed by "
+                f"`train {args.recipe} ... --print-config`, or delete its 'recipe' field to take its values anyway"
+            )
         if "warmup_steps" in _derived(file_fields):  # --print-config's note: it follows the steps
             file_fields.pop("warmup_steps", None)
     return TrainConfig.for_recipe(args.recipe, **{**file_fields, **given}), file_fields

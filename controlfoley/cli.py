@@ -223,23 +223,34 @@ def run() -> int:
         return 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    plugins, argv = _take_plugins(list(sys.argv[1:] if argv is None else argv))
+def load_command_line_plugins(argv: Sequence[str]) -> list[str]:
+    """Import the plugins of the environment, of installed packages and of `--plugin X` anywhere in
+    `argv` (a PluginError names a broken one); returns the command line without the --plugin options.
+    The `controlfoley` command and `python -m controlfoley.train` (torchrun's entry point) call it."""
+    plugins, rest = _take_plugins(list(argv))
     from controlfoley._registry import PLUGIN_ENV, PLUGIN_GROUP
 
     if plugins or os.environ.get(PLUGIN_ENV) or importlib.metadata.entry_points(group=PLUGIN_GROUP):
-        from controlfoley._registry import PluginError, _env_plugins, load_plugins, plugin_path
+        from controlfoley._registry import _env_plugins, load_plugins, plugin_path
 
-        try:  # the environment's and installed plugins first (one clear line if one is broken), then --plugin
-            load_plugins()
-            load_plugins(*plugins, source="--plugin")
-        except PluginError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        # the environment's and installed plugins first (one clear line if one is broken), then --plugin
+        load_plugins()
+        load_plugins(*plugins, source="--plugin")
         # in the environment too, so that processes this command starts (workers, ranks, in any
         # working directory) import them as well
         given = [str(path) if (path := plugin_path(p)) is not None else p.strip() for p in plugins]
         os.environ[PLUGIN_ENV] = ",".join([*_env_plugins(), *given])
+    return rest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from controlfoley._registry import PluginError
+
+    try:
+        argv = load_command_line_plugins(sys.argv[1:] if argv is None else argv)
+    except PluginError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if argv and argv[0] in _DELEGATED:
         mod, fn = _DELEGATED[argv[0]]
         return int(getattr(importlib.import_module(mod), fn)(argv[1:]) or 0)

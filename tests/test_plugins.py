@@ -2,6 +2,7 @@
 model, the training recipe and the command line (`--plugin`, CONTROLFOLEY_PLUGINS), and the
 contract checks that turn a broken user tokenizer into a ConfigError at build time."""
 
+import json
 import os
 import subprocess
 import sys
@@ -113,6 +114,24 @@ def test_the_cli_loads_plugins_by_path_and_by_environment(
     env = {**os.environ, PLUGIN_ENV: str(EXAMPLE)}
     out = subprocess.run([sys.executable, "-m", "controlfoley", "list", "tokenizer"], env=env, capture_output=True, text=True, check=True)
     assert "conv1d_vq" in out.stdout
+
+
+def test_the_torchrun_entry_point_takes_plugin_options(plugin: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m controlfoley.train ... --plugin X` (what torchrun runs) loads X as `controlfoley
+    --plugin X train ...` does; a missing one is one line, exit 2, said by local rank 0 only."""
+    from controlfoley.train.cli import main as train_main
+
+    _forget("conv1d_vq")
+    monkeypatch.delenv(PLUGIN_ENV, raising=False)
+    argv = ["backbone", "--preset", "specmaskfoley_tiny", "--data", "d", "--out", "o", "--model", "tokenizer=conv1d_vq", "--print-config"]
+    assert train_main([*argv, "--plugin", str(EXAMPLE)]) == 0
+    assert "conv1d_vq" in TOKENIZERS and os.environ[PLUGIN_ENV] == str(EXAMPLE)
+    assert json.loads(capsys.readouterr().out)["model_overrides"]["tokenizer"] == "conv1d_vq"
+    monkeypatch.delenv(PLUGIN_ENV)
+    assert train_main([*argv, "--plugin", "/no/such/parts.py"]) == 2
+    assert "from --plugin" in capsys.readouterr().err
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert train_main([*argv, "--plugin", "/no/such/parts.py"]) == 2 and capsys.readouterr().err == ""
 
 
 def test_extract_takes_model_overrides(plugin: None, tmp_path: Path) -> None:

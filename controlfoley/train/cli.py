@@ -271,6 +271,15 @@ def _ranks() -> tuple[int, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from controlfoley._registry import PluginError
+    from controlfoley.cli import load_command_line_plugins
+
+    try:  # `--plugin X` here too: `torchrun ... -m controlfoley.train controlnet --plugin my_parts.py ...`
+        argv = load_command_line_plugins(sys.argv[1:] if argv is None else argv)
+    except PluginError as e:
+        if _local_rank() == 0:  # every rank of a node hits it alike
+            print(f"error: {e}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -132,8 +132,9 @@ def test_a_locked_run_stops_every_rank(tmp_path: Path) -> None:
     # any failure of rank 0 stops both: here the run folder's path is a file
     (tmp_path / "afile").write_text("x", encoding="utf-8")
     codes = run_ranks(_lock_worker, str(tmp_path / "init2"), str(tmp_path / "afile"), str(tmp_path))
-    assert codes[1] == 0 and codes[0] != 0  # rank 0 re-raises its own error
-    assert "rank 0 could not open the run folder" in (tmp_path / "rank1.txt").read_text(encoding="utf-8")
+    assert codes == [0, 0]  # a TrainingError on both ranks, the same one-line message
+    results = [(tmp_path / f"rank{r}.txt").read_text(encoding="utf-8") for r in range(2)]
+    assert results[0] == results[1] and f"cannot use {tmp_path / 'afile'} as the run folder (--out)" in results[0]
 
 
 def _agree_worker(rank: int, init_file: str, out_dir: str) -> None:

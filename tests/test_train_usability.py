@@ -379,3 +379,13 @@ def test_tensorboard_asked_for_by_name_but_missing_is_an_error(tmp_path: Path, m
     monkeypatch.setenv("RANK", "1")  # under torchrun every rank of a node hits it: local rank 0 says it
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert train_main([*args, "--tensorboard"]) == 2 and capsys.readouterr().err == ""
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--out` naming a file (or a path below one): exit 2 with one line naming --out, no traceback."""
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        assert train_main(cli_args("backbone", data, out)) == 2
+        err = capsys.readouterr().err
+        assert f"cannot use {out} as the run folder (--out)" in err and "Traceback" not in err
+    assert (tmp_path / "afile").read_text(encoding="utf-8") == "x"

@@ -92,7 +92,10 @@ def _run_lock(out: str, info: DistInfo) -> Iterator[None]:
         if info.is_main:
             try:
                 stack.enter_context(RunDir(out).lock())
-            except BaseException as e:  # any failure (a file where the folder should be, no permission...): tell every rank
+            except OSError as e:  # a file where the folder should be, no permission, a read-only disk: named, one line
+                failure = TrainingError(f"cannot use {out} as the run folder (--out): {e.strerror or e}; choose a folder you can write to")
+                refused = str(failure)
+            except BaseException as e:  # any other failure: tell every rank
                 failure, refused = e, (str(e) if isinstance(e, TrainingError) else f"rank 0 could not open the run folder {out}: {type(e).__name__}: {e}")
         if info.distributed:
             box = [refused]

@@ -100,7 +100,21 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def _resolve_file(path: str | os.PathLike[str]) -> Path:
+    """The model file of a .safetensors path, a checkpoint folder, or a training run (its final model;
+    a run still in progress, or stopped with --stop-at: its latest checkpoint, with a warning)."""
     p = Path(path)
+    if p.is_dir() and not (p / "model.safetensors").is_file():
+        from controlfoley.train.checkpoints import resolve_model_file
+
+        try:
+            found = resolve_model_file(p)
+        except CheckpointError:
+            raise CheckpointError(
+                f"checkpoint not found: {p / 'model.safetensors'} does not exist, and {p} is not a training run with "
+                "checkpoints; give a .safetensors file, a checkpoint folder or a run folder"
+            ) from None
+        warnings.warn(f"{p} has no final model (a run not finished yet, or stopped with --stop-at): loading its latest checkpoint, {found.parent.name}", stacklevel=3)
+        return found
     if p.is_dir():
         p = p / "model.safetensors"
     if not p.is_file():

@@ -389,3 +389,20 @@ def test_an_out_folder_that_cannot_be_made_is_one_line(data: Path, tmp_path: Pat
         err = capsys.readouterr().err
         assert f"cannot use {out} as the run folder (--out)" in err and "Traceback" not in err
     assert (tmp_path / "afile").read_text(encoding="utf-8") == "x"
+
+
+def test_an_unfinished_run_loads_its_latest_checkpoint_with_a_warning(data: Path, tmp_path: Path) -> None:
+    """from_pretrained (so generate, the pipeline) takes a run stopped with --stop-at, as info, bench
+    and --init do: its latest checkpoint, said; a folder that is not a run is named."""
+    from controlfoley import from_pretrained
+    from controlfoley.checkpoint import read_state_dict
+    from controlfoley.errors import CheckpointError
+
+    train(config("backbone", data, tmp_path / "run", steps=4), stop_at=2)
+    with pytest.warns(UserWarning, match=r"has no final model .*loading its latest checkpoint, step-00000002"):
+        model = from_pretrained(tmp_path / "run")
+    saved = read_state_dict(tmp_path / "run" / "checkpoints" / "step-00000002" / "model.safetensors")[0]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"checkpoint not found: .*empty.*not a training run with checkpoints"):
+        from_pretrained(tmp_path / "empty")

@@ -516,3 +516,29 @@ def test_the_same_clips_make_the_same_bytes_and_fingerprint(tmp_path: Path) -> N
     assert [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards] and len(a.shards) == 12
     assert a.fingerprint() == b.fingerprint()
     assert ShardDataset(tmp_path / "a", verify="sha256").clip_id(11) == "clip-11"
+
+
+def test_values_the_writer_never_stores_are_named_with_the_clip(tmp_path: Path) -> None:
+    """Bytes changed on disk after writing (the default header check cannot see them): tokens outside
+    the codebook, NaN in a feature. A DataError naming the clip and shard and the way out, not an
+    index error (or a NaN loss) inside a training step."""
+    import struct
+
+    write_clips(tmp_path, n=4, shard_size=4)
+    shard = tmp_path / "shard-00000.safetensors"
+    raw = bytearray(shard.read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    tokens_at = 8 + n + header["tokens"]["data_offsets"][0]  # int16 [4, 5, 8]: clip 0 first
+    sync_at = 8 + n + header["sync"]["data_offsets"][0] + 2 * (12 * 6)  # fp16 [4, 12, 6]: clip 1's first value
+    raw[tokens_at : tokens_at + 2] = struct.pack("<h", 500)  # codebook 64
+    raw[sync_at : sync_at + 2] = b"\xff\x7f"  # a float16 NaN
+    shard.write_bytes(bytes(raw))
+    ds = ShardDataset(tmp_path)  # the header check passes
+    with pytest.raises(DataError, match=r"clip 'clip-0' \(row 0 of shard .*shard-00000.safetensors\) has tokens outside the codebook \[0, 64\) \(min .*max 500\).*--verify-data sha256.*--resume"):
+        ds[0]
+    with pytest.raises(DataError, match=r"clip 'clip-1' .* has NaN or inf values in feature 'sync'"):
+        ds[1]
+    assert torch.isfinite(ds[2]["sync"]).all()
+    with pytest.raises(DataError, match="sha256"):
+        ShardDataset(tmp_path, verify="sha256")

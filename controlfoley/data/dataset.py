@@ -119,10 +119,30 @@ class ShardDataset(Dataset[dict[str, torch.Tensor]]):
         shard, row = self._locate(int(i))
         h = self._handle(shard)
         try:
-            return {k: h.get_slice(k)[row : row + 1][0] for k in self.keys}
+            item = {k: h.get_slice(k)[row : row + 1][0] for k in self.keys}
         except (SafetensorError, OSError, ValueError) as e:
             path = self.root / self.index.shards[shard].file
             raise DataError(f"cannot read clip {row} of shard {path} ({e}); the shard is corrupt. Re-extract it.") from e
+        self._check_values(item, i, shard, row)
+        return item
+
+    def _check_values(self, item: dict[str, torch.Tensor], i: int, shard: int, row: int) -> None:
+        """Values the writer never stores (it refuses NaN, and tokens come from the codebook): bytes
+        changed on disk since, which the default header check cannot see. Named here, with the clip,
+        rather than as an index error or a NaN loss deep inside a training step."""
+        size = self.info.get("codebook_size")
+        for k, v in item.items():
+            if k == "tokens" and size is not None and v.numel() and (int(v.min()) < 0 or int(v.max()) >= int(size)):
+                bad = f"tokens outside the codebook [0, {int(size)}) (min {int(v.min())}, max {int(v.max())})"
+            elif v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                bad = f"NaN or inf values in feature {k!r}"
+            else:
+                continue
+            path = self.root / self.index.shards[shard].file
+            raise DataError(
+                f"clip {self.clip_id(i)!r} (row {row} of shard {path}) has {bad}: the shard is corrupt. Find every such shard "
+                "with --verify-data sha256, re-extract them, and continue the run with --resume"
+            )
 
     def clip_id(self, i: int) -> str:
         shard, row = self._locate(int(i))

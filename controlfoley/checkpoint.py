@@ -7,6 +7,7 @@
 Writes are atomic (temporary file + rename).
 """
 
+import errno
 import json
 import os
 import warnings
@@ -46,8 +47,10 @@ def save_state_dict(path: str | os.PathLike[str], state: Mapping[str, torch.Tens
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={FORMAT_KEY: FORMAT_VERSION, **dict(metadata)})
     except (OSError, SafetensorError) as e:  # a folder that cannot be made or written, a full disk: the target named, not the temporary file
+        full = getattr(e, "errno", None) == errno.ENOSPC or "os error 28" in str(e)  # safetensors' own error carries the OS's text
+        fix = "the disk is full: free space, then save again" if full else "save to a folder you can write to"
         raise CheckpointError(
-            f"cannot write {path}: {getattr(e, 'strerror', None) or e}; save to a folder you can write to (nothing was written, an existing file there is unchanged)"
+            f"cannot write {path}: {getattr(e, 'strerror', None) or e}; {fix} (nothing was written, an existing file there is unchanged)"
         ) from e
     return path
 

@@ -406,3 +406,25 @@ def test_an_unfinished_run_loads_its_latest_checkpoint_with_a_warning(data: Path
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match=r"checkpoint not found: .*empty.*not a training run with checkpoints"):
         from_pretrained(tmp_path / "empty")
+
+
+def test_a_full_disk_at_a_checkpoint_says_what_is_intact_and_how_to_go_on(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The third checkpoint's write fails for want of space: the run stops with the last complete
+    checkpoint named, the advice is to free space and --resume, and the resumed run finishes."""
+    import controlfoley.checkpoint as checkpoint
+    from safetensors import SafetensorError
+
+    real, calls = checkpoint.save_file, []
+
+    def filling(*a: Any, **k: Any) -> None:
+        calls.append(1)
+        if len(calls) == 5:  # model and state of steps 2 and 4 written; step 6's model write fails
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        real(*a, **k)
+
+    monkeypatch.setattr(checkpoint, "save_file", filling)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"(?s)checkpoint 6 could not be written: .*the disk is full: free space.*step-00000004, is intact.*--resume"):
+        train(config("backbone", data, out, steps=8))
+    monkeypatch.setattr(checkpoint, "save_file", real)
+    assert train(config("backbone", data, out, steps=8), resume=True)["step"] == 8

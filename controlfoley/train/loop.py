@@ -46,7 +46,7 @@ from controlfoley._io import atomic_write_text
 from controlfoley.builder import build_model, build_without_weight_files, model_config, weight_file_parts
 from controlfoley.checkpoint import check_state_dict, load_parts
 from controlfoley.data.dataset import ShardedSampler, collate
-from controlfoley.errors import TrainingError
+from controlfoley.errors import CheckpointError, TrainingError
 from controlfoley.model import SpecMaskFoley
 from controlfoley.train.checkpoints import RunDir, TrainState, longer_run_hint, nothing_to_resume_message, resolve_model_file, restore_rng
 from controlfoley.train.config import TrainConfig
@@ -405,7 +405,15 @@ class Trainer:
         if self.info.is_main:
             extra = {"recipe": self.cfg.recipe, "preset": self.cfg.preset}
             aux = {f"{name}.{k}": v for name, m in self.aux.items() for k, v in m.state_dict().items()}
-            self.run_dir.save(step, self.model, self.optimizer, self.names, self.cfg.keep_last, extra, aux=aux)
+            try:
+                self.run_dir.save(step, self.model, self.optimizer, self.names, self.cfg.keep_last, extra, aux=aux)
+            except CheckpointError as e:  # a full disk mid-run: what is intact, and how to go on
+                latest = self.run_dir.latest_dir()  # the pointer moves only after a complete checkpoint
+                intact = f"the last complete checkpoint, {latest}, is intact" if latest is not None else "there is no earlier checkpoint"
+                raise TrainingError(
+                    f"checkpoint {step} could not be written: {e}. {intact}; free space (or fix the folder), then continue "
+                    "with the same command and --resume (old checkpoints are removed only after a new one is complete)"
+                ) from e
 
 
 def _wide(device: torch.device) -> torch.dtype:

@@ -145,6 +145,13 @@ def test_resuming_a_finished_run_says_so_and_how_to_train_longer(data: Path, tmp
     capsys.readouterr()
     assert train_main(["backbone", "--out", str(tmp_path / "part"), "--resume", "--stop-at", "2"]) == 0
     assert "is at step 2, at or past --stop-at 2" in capsys.readouterr().err
+    # flags the run would refuse are refused, not waved through by "nothing to do"
+    assert train_main(["backbone", "--out", str(tmp_path / "part"), "--resume", "--stop-at", "2", "--batch-size", "8"]) == 2
+    assert "these differ: batch_size" in capsys.readouterr().err
+    assert train_main(["backbone", "--out", str(tmp_path / "part"), "--resume", "--stop-at", "-1"]) == 2
+    assert "--stop-at) must be a step >= 1" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="must be a step >= 1"):
+        train(cfg, resume=True, stop_at=0)
 
 
 # -- 4. the warm-up default -------------------------------------------------------------------------

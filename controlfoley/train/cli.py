@@ -181,6 +181,9 @@ def run_from_args(args: argparse.Namespace) -> int:
             error = ConfigError(f"{e}; or leave --tensorboard out (metrics are written to metrics.jsonl either way)")
             raise (error if _local_rank() == 0 else mark_reported(error, 0)) from e  # every rank of a node alike: one prints it
     rank0 = _rank() == 0  # under torchrun, messages of the whole run come once, from rank 0
+    from controlfoley.train.loop import checked_stop_at
+
+    checked_stop_at(args.stop_at)  # before "nothing to do" can be said of it
     if args.resume:
         done = _nothing_to_resume(cfg, args.stop_at)
         if done is not None:
@@ -220,8 +223,11 @@ def _nothing_to_resume(cfg: TrainConfig, stop_at: int | None) -> str | None:
     run = RunDir(cfg.out)
     try:
         latest = run.latest_dir()
-    except ControlFoleyError:
-        return None  # train() names what is wrong with the checkpoints
+        saved = TrainConfig.from_json(run.config_path.read_text(encoding="utf-8")) if run.config_path.is_file() else None
+    except (ControlFoleyError, OSError):
+        return None  # train() names what is wrong with the checkpoints or the config
+    if saved is not None and saved.resume_conflicts(cfg):
+        return None  # flags the run would refuse: train() names them, rather than "nothing to do" accepting them
     step = -1 if latest is None else checkpoint_step(latest)
     finished = step >= cfg.steps and run.final_model.is_file()
     if finished or (stop_at is not None and stop_at <= step < cfg.steps):

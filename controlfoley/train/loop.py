@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from controlfoley._io import atomic_write_text
 from controlfoley.builder import build_model, build_without_weight_files, model_config, weight_file_parts
 from controlfoley.checkpoint import check_state_dict, load_parts
+from controlfoley.config import ConfigError
 from controlfoley.data.dataset import ShardedSampler, collate
 from controlfoley.errors import CheckpointError, TrainingError
 from controlfoley.model import SpecMaskFoley
@@ -60,11 +61,18 @@ from controlfoley.train.recipes import Recipe, StepPlan, get_recipe
 __all__ = ["train", "Trainer"]
 
 
+def checked_stop_at(stop_at: Any) -> None:  # a validator: it takes anything
+    """`stop_at` is None or a step >= 1 (the step this invocation ends after), else a ConfigError."""
+    if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int) or stop_at < 1):
+        raise ConfigError(f"stop_at (--stop-at) must be a step >= 1 (this invocation ends after it, with a checkpoint), got {stop_at!r}")
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, stop_at: int | None = None) -> dict[str, Any]:
     """Run (or resume) a training run; returns the last train and validation metrics.
 
     `stop_at`: end this invocation after that many optimizer steps (with a checkpoint) without
     changing the schedule; `--resume` continues later."""
+    checked_stop_at(stop_at)
     started = not torch.distributed.is_initialized()
     info = init_distributed(cfg.device)
     trainer = None

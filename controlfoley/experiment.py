@@ -185,7 +185,7 @@ def _train(
         _log(f"{recipe} run in {out} already finished (same settings); reusing it")
         return out
     resume = (out / "config.json").is_file()
-    _log(f"training {recipe} ({preset}) for {steps} steps at batch {batch}{' (resuming)' if resume else ''}")
+    _log(f"training {recipe} ({preset}) into {out} for {steps} steps at batch {batch}{' (resuming)' if resume else ''}")
     metrics = train(cfg, resume=resume)
     # what made the run, so that a later command reuses it only with the same settings
     atomic_write_text(out / "done.json", json.dumps({"scale": scale_name, "settings": settings, "metrics": metrics}, default=str))

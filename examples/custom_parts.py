@@ -30,6 +30,7 @@ class GatedFT(nn.Module):
 
 @ALIGNERS.register("gated_ft")
 def gated_ft(*, in_dim: int, out_dim: int, grid: list, kernel_size: int = 3) -> GatedFT:
+    """The FT-Aligner with a learned gate per frequency row (the first sentence: `controlfoley list -v`)."""
     return GatedFT(in_dim, out_dim, (int(grid[0]), int(grid[1])), kernel_size)
 
 
@@ -47,6 +48,7 @@ class WeightedMultiCFG(GuidanceRule):
 
 @GUIDANCE.register("multi_weighted")
 def multi_weighted(*, scale: float = 3.0, schedule: str = "linear", video_weight: float = 1.0, text_video_weight: float = 0.5) -> WeightedMultiCFG:
+    """Multi-condition CFG with separate weights on the video and the text+video terms."""
     return WeightedMultiCFG(scale, schedule, video_weight, text_video_weight)
 
 

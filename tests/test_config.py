@@ -231,3 +231,5 @@ def test_every_error_the_library_names_is_a_controlfoleyerror_and_build_model_na
         build_model("specmaskfoley_tiny", aligner={"kernel_size": 0})
     with pytest.raises(ConfigError, match=r"n_frames=100 does not fit tokenizer 'specvqgan'.*divisible by 16.*n_frames=N"):
         build_model("specmaskfoley_tiny", n_frames=100)
+    with pytest.raises(ConfigError, match=r"n_blocks must be in \[1, 2\].*got 3; set it with build_model\(\.\.\., controlnet=\{'n_blocks': 2\}\)"):
+        build_model("specmaskfoley_tiny", backbone={"depth": 2})  # the ControlNet copies 3 blocks of 2

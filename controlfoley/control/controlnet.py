@@ -30,7 +30,10 @@ def injection_map(n_control: int, n_backbone: int, rule: str = "aligned") -> lis
       block j receives residual j // ceil(n_backbone / n_control).
     """
     if not 1 <= n_control <= n_backbone:
-        raise ConfigError(f"controlnet.n_blocks must be in [1, {n_backbone}] (the backbone depth), got {n_control}")
+        raise ConfigError(
+            f"controlnet.n_blocks must be in [1, {n_backbone}] (the backbone depth), got {n_control}; set it with "
+            f"build_model(..., controlnet={{'n_blocks': {max(1, min(n_control, n_backbone))}}}) (command line: --model controlnet='{{\"n_blocks\": {max(1, min(n_control, n_backbone))}}}')"
+        )
     if rule == "aligned":
         return [j if j < n_control else None for j in range(n_backbone)]
     if rule == "interval":

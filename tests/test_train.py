@@ -112,6 +112,11 @@ def test_config_round_trip_and_errors() -> None:
     assert tup.model_overrides == {"tokenizer": {"ch_mult": [1, 2, 2]}} and TrainConfig.from_json(tup.to_json()) == tup
     with pytest.raises(ConfigError, match="init_parts is empty"):
         cfg.replace(init="runs/tok", init_parts=())
+    with pytest.raises(ConfigError, match=r"val_fraction \(--val-fraction\) must be in \[0, 1\) .*got 1.0") as e:
+        cfg.replace(val_fraction=1.0)
+    assert "uncond_prob" not in str(e.value)  # the one field at fault, not both
+    with pytest.raises(ConfigError, match=r"uncond_prob \(--uncond-prob\) must be in \[0, 1\], got 1.5"):
+        cfg.replace(uncond_prob=1.5)
     assert cfg.resume_conflicts(cfg.replace(num_workers=7)) == {}
     assert set(cfg.resume_conflicts(cfg.replace(seed=1, preset="q"))) == {"seed", "preset"}
 

@@ -137,8 +137,10 @@ class TrainConfig:
                 raise ConfigError(f"train config: {name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_steps <= self.steps:
             raise ConfigError(f"train config: warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}; set --warmup-steps")
-        if not 0.0 <= self.uncond_prob <= 1.0 or not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError("train config: uncond_prob must be in [0, 1] and val_fraction in [0, 1)")
+        if not 0.0 <= self.uncond_prob <= 1.0:
+            raise ConfigError(f"train config: uncond_prob (--uncond-prob) must be in [0, 1], got {self.uncond_prob}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"train config: val_fraction (--val-fraction) must be in [0, 1) (some data must be left to train on), got {self.val_fraction}")
         negative = [k for k in ("val_every", "num_workers", "grad_clip", "adv_weight", "adv_start_step") if getattr(self, k) < 0]
         if negative:
             what = ", ".join(f"{k} (--{k.replace('_', '-')}) is {getattr(self, k)}" for k in negative)

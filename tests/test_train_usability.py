@@ -435,3 +435,12 @@ def test_a_full_disk_at_a_checkpoint_says_what_is_intact_and_how_to_go_on(data: 
         train(config("backbone", data, out, steps=8))
     monkeypatch.setattr(checkpoint, "save_file", real)
     assert train(config("backbone", data, out, steps=8), resume=True)["step"] == 8
+
+
+def test_without_the_bar_each_log_step_is_a_plain_line(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--no-progress (a batch job's log): one line per --log-every step on stderr, and validation."""
+    assert train_main(cli_args("backbone", data, tmp_path / "run", "--log-every", "2", "--val-fraction", "0.25", steps=4)) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("backbone ")]
+    assert [line.split(":")[0] for line in lines if "step" in line and "validation" not in line] == ["backbone step 2/4", "backbone step 4/4"]
+    assert re.search(r"backbone step 2/4: loss \d+\.\d{4}, lr \d\.\d\de-\d\d, \d+\.\d clips/s", lines[0])
+    assert any(line.startswith("backbone validation at step 4: ") and "loss" in line for line in lines)

@@ -117,7 +117,7 @@ class TrainConfig:
     verify_data: str = "header"  # none | size | header | sha256 (see controlfoley.data.shards)
     device: str = "auto"  # auto: cuda:LOCAL_RANK when available, else cpu
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
-    progress: bool = True  # tqdm progress bar on rank 0
+    progress: bool = True  # tqdm progress bar on rank 0; off (--no-progress, batch jobs): a plain line per log step
 
     def __post_init__(self) -> None:
         _check_types(self)

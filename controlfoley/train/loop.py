@@ -18,7 +18,8 @@ Features
 - Deterministic: data order and random masks are functions of (seed, step) (see `recipes` and
   `ShardedSampler`), RNG states are saved, so resuming after a kill reproduces an uninterrupted
   run bit for bit on CPU.
-- Rank 0 alone logs (tqdm bar with loss, LR, clips/s; metrics.jsonl; TensorBoard) and writes
+- Rank 0 alone logs (tqdm bar with loss, LR, clips/s, or with `progress=False` a plain line per
+  log step for batch jobs; metrics.jsonl; TensorBoard) and writes
   checkpoints; validation is sharded over ranks and summed.
 """
 
@@ -29,6 +30,7 @@ import json
 import math
 import random
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -268,6 +270,7 @@ class Trainer:
             return self._nothing_to_do(stop_at, result)
         log = MetricsLogger(self.run_dir.metrics_path, enabled=info.is_main, tensorboard=cfg.tensorboard, resume_step=self.start_step)
         bar = tqdm(total=cfg.steps, initial=self.start_step, disable=not (info.is_main and cfg.progress), dynamic_ncols=True, desc=cfg.recipe)
+        plain = info.is_main and not cfg.progress
         batches = self._batches()
         t0, last = time.perf_counter(), self.start_step
         events = dict.fromkeys(self.recipe.interval_sums, 0.0)  # counted since the last log line
@@ -285,11 +288,19 @@ class Trainer:
                     values["clips_per_s"] = cfg.batch_size * (done - last) / max(now - t0, 1e-9)
                     t0, last = now, done
                     log.log(done, "train", values)
+                    if plain:  # no bar (a batch job's log): one line per log step instead
+                        print(
+                            f"{cfg.recipe} step {done}/{cfg.steps}: loss {values['loss']:.4f}, lr {values['lr']:.2e}, "
+                            f"{values['clips_per_s']:.1f} clips/s", file=sys.stderr, flush=True,
+                        )  # fmt: skip
                     bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", clips_s=f"{values['clips_per_s']:.1f}")
                 bar.update(1)
                 if self.val_ds is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.steps):
                     result["val"] = self.validate()
                     log.log(done, "val", result["val"])
+                    if plain:
+                        shown = ", ".join(f"{k} {v:.4g}" for k, v in result["val"].items() if isinstance(v, (int, float)))
+                        print(f"{cfg.recipe} validation at step {done}: {shown}", file=sys.stderr, flush=True)
                 if done % cfg.ckpt_every == 0 or done == stop:
                     self._checkpoint(done)
             if stop == cfg.steps and info.is_main:

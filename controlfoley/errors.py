@@ -1,6 +1,7 @@
 """Exceptions a user can cause. Each message names the problem and the fix."""
 
 import importlib
+import os
 import re
 from types import ModuleType
 
@@ -72,6 +73,39 @@ class TrainingError(ControlFoleyError, RuntimeError):
 
 class RandomWeightsWarning(UserWarning):
     """A part that needs trained weights (a GAN vocoder) was built without them: its output is noise."""
+
+
+def user_stacklevel() -> int:
+    """The `stacklevel` that points a warning at the first frame outside this package: the user's
+    own line (`train(cfg)` in their script), however deep inside the library it is issued. Call
+    it in the function that calls `warnings.warn`."""
+    import inspect
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    caller = inspect.currentframe()
+    caller = caller.f_back if caller is not None else None  # past this function's own frame...
+    while caller is not None and _is_wrapper(caller.f_code.co_filename):  # ...and the type checks' wrappers of it
+        caller = caller.f_back
+    if caller is None:
+        return 1
+    # warn(stacklevel=1) names `caller`; each frame outward adds one, up to the first outside the package
+    frame, level = caller.f_back, 2
+    while frame is not None and (_is_wrapper(frame.f_code.co_filename) or os.path.abspath(frame.f_code.co_filename).startswith(package)):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _is_wrapper(filename: str) -> bool:
+    """A frame of a decorator's wrapper between two of the package's frames: the runtime type checks'
+    (jaxtyping, beartype's generated code), torch.no_grad's, contextlib's, functools'."""
+    if filename.startswith("<@beartype"):
+        return True
+    path = os.path.normpath(filename)
+    parts = path.split(os.sep)
+    return (
+        "jaxtyping" in parts or "beartype" in parts or os.path.basename(path) in ("contextlib.py", "functools.py")
+        or path.endswith(os.path.join("torch", "utils", "_contextlib.py"))
+    )  # fmt: skip
 
 
 def warn_random_weights(kind: str, name: str, arg: str) -> None:

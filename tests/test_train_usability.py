@@ -444,3 +444,12 @@ def test_without_the_bar_each_log_step_is_a_plain_line(data: Path, tmp_path: Pat
     assert [line.split(":")[0] for line in lines if "step" in line and "validation" not in line] == ["backbone step 2/4", "backbone step 4/4"]
     assert re.search(r"backbone step 2/4: loss \d+\.\d{4}, lr \d\.\d\de-\d\d, \d+\.\d clips/s", lines[0])
     assert any(line.startswith("backbone validation at step 4: ") and "loss" in line for line in lines)
+
+
+def test_training_warnings_point_at_the_callers_line(data: Path, tmp_path: Path) -> None:
+    """A warning from deep inside train() names the user's own line (its file), not loop.py."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(config("controlnet", data, tmp_path / "run", steps=2))
+    ours = [w for w in caught if "without --init" in str(w.message)]
+    assert ours and all(w.filename == __file__ for w in ours), [(w.filename, w.lineno) for w in ours]

@@ -40,7 +40,7 @@ from torch import nn
 
 from controlfoley._io import atomic_write_text
 from controlfoley.checkpoint import CONFIG_KEY, read_state_dict, save_model, save_state_dict, trained_parts
-from controlfoley.errors import CheckpointError, TrainingError
+from controlfoley.errors import CheckpointError, TrainingError, user_stacklevel
 
 __all__ = ["RunDir", "TrainState", "capture_rng", "restore_rng", "resolve_model_file", "longer_run_hint", "nothing_to_resume_message", "checkpoint_step"]
 
@@ -243,7 +243,7 @@ class RunDir:
                 ) from None
             except OSError as e:  # e.g. ENOSYS / EOPNOTSUPP: a network file system mounted without locks
                 os.close(fd)
-                warnings.warn(f"cannot lock {path} ({e.strerror or e}); nothing stops a second trainer on this run folder", stacklevel=4)
+                warnings.warn(f"cannot lock {path} ({e.strerror or e}); nothing stops a second trainer on this run folder", stacklevel=user_stacklevel())
                 return None
             held = os.fstat(fd)
             try:
@@ -278,11 +278,11 @@ class RunDir:
                     f"restore the folder, or start a new run (another --out, or delete {self.ckpt_root})"
                 )
             if say:
-                warnings.warn(f"{pointer} points to {d.name}, which is missing or incomplete; resuming from {complete[-1].name}, the newest complete checkpoint", stacklevel=2)
+                warnings.warn(f"{pointer} points to {d.name}, which is missing or incomplete; resuming from {complete[-1].name}, the newest complete checkpoint", stacklevel=user_stacklevel())
             return complete[-1]
         if complete:
             if say:
-                warnings.warn(f"{self.ckpt_root} has no 'latest' pointer; resuming from {complete[-1].name}, the newest complete checkpoint", stacklevel=2)
+                warnings.warn(f"{self.ckpt_root} has no 'latest' pointer; resuming from {complete[-1].name}, the newest complete checkpoint", stacklevel=user_stacklevel())
             return complete[-1]
         return None
 

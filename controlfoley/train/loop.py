@@ -49,7 +49,7 @@ from controlfoley.builder import build_model, build_without_weight_files, model_
 from controlfoley.checkpoint import check_state_dict, load_parts
 from controlfoley.config import ConfigError
 from controlfoley.data.dataset import ShardedSampler, collate
-from controlfoley.errors import CheckpointError, TrainingError
+from controlfoley.errors import CheckpointError, TrainingError, user_stacklevel
 from controlfoley.model import SpecMaskFoley
 from controlfoley.train.checkpoints import RunDir, TrainState, longer_run_hint, nothing_to_resume_message, resolve_model_file, restore_rng
 from controlfoley.train.config import TrainConfig
@@ -143,14 +143,14 @@ class Trainer:
         else:
             self.model = build_model(model_config(cfg.preset, **cfg.model_overrides))  # a config: untrained on purpose, no advice
         if resume and ckpt_dir is None and info.is_main:
-            warnings.warn(f"--resume: {self.run_dir.root} has no checkpoint yet (killed before its first); starting it from step 0", stacklevel=3)
+            warnings.warn(f"--resume: {self.run_dir.root} has no checkpoint yet (killed before its first); starting it from step 0", stacklevel=user_stacklevel())
         self._load_weights(ckpt_dir)
         self.recipe.prepare(self.model)
         self.model.to(info.device)
         self.train_ds, self.val_ds = open_datasets(cfg, self.recipe, self.model)
         self._data_record = check_same_data(cfg, self.run_dir.root, self.train_ds, self.val_ds, resume)
         if info.is_main and cfg.recipe != "tokenizer":  # the recipes that train on stored tokens
-            warn_token_provenance(cfg, self.model.config, [self.train_ds, self.val_ds], stacklevel=4)
+            warn_token_provenance(cfg, self.model.config, [self.train_ds, self.val_ds], stacklevel=user_stacklevel())
         self.recipe.fit_to_data(self.model, self.train_ds)
         # what the run's checkpoints record as trained: what it loaded trained, and what it trains
         here = {n for n, m in self.model.named_children() if any(p.requires_grad for p in m.parameters())}
@@ -225,10 +225,10 @@ class Trainer:
                     f"--init {cfg.init}: its {', '.join(untrained)} {'was' if len(untrained) == 1 else 'were'} never trained "
                     f"(of those it loads, it records trained: {', '.join(sorted(trained)) or 'nothing'}), so this run starts from random "
                     f"{', '.join(untrained)} weights; {fix}",
-                    stacklevel=4,
+                    stacklevel=user_stacklevel(),
                 )
         elif cfg.recipe == "controlnet" and self.info.is_main:
-            warnings.warn("controlnet recipe without --init: the ControlNet trains against a randomly initialised backbone", stacklevel=4)
+            warnings.warn("controlnet recipe without --init: the ControlNet trains against a randomly initialised backbone", stacklevel=user_stacklevel())
 
     def _optimizer(self) -> torch.optim.Optimizer:
         decay = [p for p in self.params if p.ndim >= 2]
@@ -318,7 +318,7 @@ class Trainer:
         if info.is_main:
             if self.start_step >= cfg.steps and not self.run_dir.final_model.is_file():
                 self.model.save(self.run_dir.final_model)  # killed between the last checkpoint and the final save
-            warnings.warn(nothing_to_resume_message(self.run_dir.root, cfg.recipe, self.start_step, cfg.steps, stop_at), stacklevel=3)
+            warnings.warn(nothing_to_resume_message(self.run_dir.root, cfg.recipe, self.start_step, cfg.steps, stop_at), stacklevel=user_stacklevel())
         barrier(info)
         return result
 

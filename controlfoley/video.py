@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from jaxtyping import UInt8
 
-from controlfoley._media import PathLike, check_complete, check_covered, open_input, rate_fraction, video_stream
+from controlfoley._media import PathLike, check_complete, check_covered, open_input, rate_fraction, stated_duration, video_stream
 from controlfoley._video_write import MuxResult, mux_audio, write_video
 from controlfoley.errors import MediaError
 from controlfoley.typing import Float, Tensor
@@ -161,11 +161,8 @@ def probe(path: PathLike) -> VideoInfo:
     p = Path(path)
     with open_input(p) as c:
         s = video_stream(c, p)
-        duration = Fraction(0)
-        if s.duration and s.time_base:
-            duration = s.duration * s.time_base
-        elif c.duration:
-            duration = Fraction(c.duration, av.time_base)
+        # the video stream's own duration (a container's may be its longer audio track's), else its packets'
+        duration = stated_duration(c, s) or Fraction(0)
         if duration <= 0:
             duration = _scan_duration(c, s)
         if duration <= 0:
@@ -232,9 +229,14 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
             times.append(t)
         check_complete(p, s, len(times))  # also refuses a stream without frames
         duration = _duration(times, gap)
-        # what the decoded frames cover, generously: the last frame's own length where the file gives
-        # it (a held last frame of variable-rate video), and time before the first frame
+        # the last frame's own length where the file gives it: a held last frame of variable-rate
+        # video (screen recordings, slideshows) plays on, and the audio must cover it too; never past
+        # what the header states for the stream (plus a frame), where it states it
         held = times[-1] + (getattr(pending, "duration", None) or 0) * tb  # Frame.duration: PyAV >= 14
+        stated = stated_duration(c, s)
+        if held > duration and (stated is None or held <= stated + gap):
+            duration = held
+        # what the decoded frames cover, generously (the held frame's whole length), with the time before the first frame
         check_covered(p, c, s, max(duration, held) + max(Fraction(first_pts or 0) * tb, Fraction(0)))
         total = _total_frames(duration, rate)
         if total > len(out):
@@ -245,7 +247,9 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
 
 def read_audio_track(path: PathLike, sample_rate: int) -> Float[Tensor, "s"]:
     """The first audio stream as mono float32 at `sample_rate` (the mean of its channels, as
-    `controlfoley.audio.io.load_audio` mixes files; trimmed to the stream's duration)."""
+    `controlfoley.audio.io.load_audio` mixes files; trimmed to the stream's duration). In a file
+    with video, time 0 is the first video frame: audio that starts later is preceded by silence,
+    audio before the first frame is dropped."""
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     p = Path(path)
@@ -264,12 +268,26 @@ def read_audio_track(path: PathLike, sample_rate: int) -> Float[Tensor, "s"]:
         def mono(g: av.AudioFrame) -> np.ndarray:
             return g.to_ndarray().reshape(-1, g.layout.nb_channels).mean(axis=1)
 
-        chunks = [mono(g) for f in c.decode(s) for g in resampler.resample(f)]
+        chunks, first = [], None
+        for f in c.decode(s):
+            if first is None and f.pts is not None and f.time_base:
+                first = Fraction(f.pts) * f.time_base
+            chunks += [mono(g) for g in resampler.resample(f)]
         chunks += [mono(g) for g in resampler.resample(None)]
         declared = round(s.duration * s.time_base * sample_rate) if s.duration and s.time_base else 0
+        # time 0 is the first video frame, as read_frames and generate's outputs count it: an audio
+        # stream that starts later (cut or re-muxed files, MPEG-TS) is shifted to match
+        video = c.streams.video[0] if c.streams.video else None
+        shift = 0
+        if video is not None and video.start_time is not None and video.time_base and first is not None:
+            shift = round((first - video.start_time * video.time_base) * sample_rate)
     if not chunks or sum(len(x) for x in chunks) == 0:
         raise MediaError(f"{p}: the audio track holds no samples")
     wav = np.concatenate(chunks).astype(np.float32)
     if declared > 0:
         wav = wav[:declared]  # AAC decoders emit the padding of the last frame as well
+    if shift > 0:  # starts after the first frame: silence before it
+        wav = np.concatenate([np.zeros(shift, np.float32), wav])
+    elif shift < 0:  # starts before the first frame: what comes before it is not part of the video
+        wav = wav[-shift:]
     return torch.from_numpy(wav)

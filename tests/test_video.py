@@ -337,7 +337,12 @@ def test_duration_check_spares_vfr_and_header_quirks(tmp_path: Path) -> None:
     held = _held_last_frame(src, tmp_path / "held.mkv", 2000)
     with av.open(str(held)) as c:
         assert c.streams.video[0].metadata["DURATION"].startswith("00:00:04")
-    assert video.read_frames(held, 24.0).duration_s == pytest.approx(2.04)  # no MediaError
+    # no MediaError, and the held frame counts: the video plays 4 s, so the audio made for it must too
+    held_frames = video.read_frames(held, 24.0)
+    assert held_frames.duration_s == pytest.approx(4.0) and held_frames.frames.shape[0] == 96
+    assert torch.equal(held_frames.frames[-1], held_frames.frames[50])  # the still, repeated to the end
+    assert video.probe(held).duration_s == pytest.approx(4.0)  # the header's, with precomputed features
+    assert video.read_frames(src, 24.0).duration_s == pytest.approx(2.04)  # not held: timestamps + a frame
     # An MP4 with B-frames whose header understates the duration of variable-rate video (0.62 s for
     # 2.04 s): the header's frame count is checked instead, and all frames are there.
     vfr_mp4 = tmp_path / "vfr.mp4"
@@ -391,3 +396,46 @@ def test_check_writable_folder_probes_the_folder_itself() -> None:
 
     with pytest.raises(MediaError, match="cannot be written"):
         check_writable_folder(Path("/proc/self"))
+
+
+def _with_audio(path: Path, video_s: float, audio_start_s: float, audio_s: float, click_s: float, sr: int = 22050) -> Path:
+    """An .mkv: 10 fps FFV1 video from t=0 for `video_s`, PCM audio whose stream starts at
+    `audio_start_s` and lasts `audio_s`, one click `click_s` into the audio stream."""
+    wav = np.zeros(int(audio_s * sr), dtype=np.int16)
+    wav[int(click_s * sr) : int(click_s * sr) + 32] = 30000
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("ffv1", rate=10)
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        a = c.add_stream("pcm_s16le", rate=sr)
+        a.layout = "mono"
+        for i in range(int(video_s * 10)):
+            frame = av.VideoFrame.from_ndarray(_index_image(i), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 10)
+            for pkt in v.encode(frame):
+                c.mux(pkt)
+        for pkt in v.encode(None):
+            c.mux(pkt)
+        step = 1024
+        for k in range(0, len(wav), step):
+            chunk = av.AudioFrame.from_ndarray(wav[None, k : k + step], format="s16", layout="mono")
+            chunk.sample_rate, chunk.pts, chunk.time_base = sr, int(audio_start_s * sr) + k, Fraction(1, sr)
+            for pkt in a.encode(chunk):
+                c.mux(pkt)
+        for pkt in a.encode(None):
+            c.mux(pkt)
+    return path
+
+
+def test_audio_is_read_on_the_video_clock_and_durations_are_the_videos(tmp_path: Path) -> None:
+    """An audio stream that starts 0.5 s after the first frame: its click, 0.3 s into the stream,
+    is at 0.8 s of the video (as generate writes and evaluate must read it); one that starts 0.2 s
+    before the first frame loses those 0.2 s. A video with a longer audio track lasts its own length."""
+    sr = 22050
+    late = _with_audio(tmp_path / "late.mkv", 2.0, 0.5, 1.0, 0.3)
+    wav = video.read_audio_track(late, sr)
+    assert abs(int(wav.abs().argmax()) / sr - 0.8) < 0.002
+    early = _with_audio(tmp_path / "early.mkv", 2.0, -0.2, 1.5, 0.5)
+    wav = video.read_audio_track(early, sr)
+    assert abs(int(wav.abs().argmax()) / sr - 0.3) < 0.002
+    longer = _with_audio(tmp_path / "longer.mkv", 1.0, 0.0, 3.0, 0.1)
+    assert video.probe(longer).duration_s == pytest.approx(1.0, abs=0.11)

@@ -210,8 +210,8 @@ def evaluate_main(argv: Sequence[str]) -> int:
     tolerance = TOLERANCE_S if args.tolerance is None else args.tolerance
     max_offset = MAX_OFFSET_S if args.max_offset is None else args.max_offset
     try:
-        if tolerance < 0 or max_offset <= 0:
-            raise _Usage(f"need --tolerance >= 0 and --max-offset > 0; got {tolerance} and {max_offset}")
+        if not (math.isfinite(tolerance) and tolerance >= 0 and math.isfinite(max_offset) and max_offset > 0):  # NaN compares False
+            raise _Usage(f"need a finite --tolerance >= 0 and a finite --max-offset > 0; got {tolerance} and {max_offset}")
         if args.out is not None:
             _check_out(args.out)
         rows, unused, swapped = _pairs(args.generated, args.reference)

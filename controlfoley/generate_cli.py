@@ -44,6 +44,8 @@ from controlfoley.config import parse_spec  # re-exported: it lives beside parse
 
 __all__ = ["main", "parse_spec"]
 
+log = logging.getLogger("controlfoley.generate")
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="controlfoley generate", description="Foley for video files (SpecMaskFoley).")
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="input video files (any container/codec FFmpeg decodes), or folders of them")
@@ -254,6 +256,9 @@ def _run_one(pipe: Any, args: argparse.Namespace, video: Path, paths: tuple[Path
     except (ControlFoleyError, RegistryError, OSError, ValueError) as e:
         msg = one_line(e)
         row["status"] = "error: " + (msg if msg.startswith(str(video)) else f"{video}: {msg}")
+    except Exception as e:  # noqa: BLE001  a bug on one file must not cost the rest of a long run
+        log.exception("unexpected error on %s (a bug: please report it with this traceback)", video)
+        row["status"] = f"error: {video}: unexpected {type(e).__name__}: {one_line(e)} (a bug; the traceback is above)"
     row["time"] = time.perf_counter() - t0
     return row
 

@@ -366,6 +366,12 @@ class FoleyPipeline:
         covered = feats.shape[0] / ext.fps
         if covered < duration - 1.0:  # a clip's features, not the whole video's: refuse to invent the rest
             raise ShapeError(f"{ext.name}: features for {path.name} cover {covered:.2f} s but the video lasts {duration:.2f} s")
+        if covered > duration + max(1.0, 0.1 * duration):  # padded, another clip's, or another rate: say it, use the start
+            log.warning(
+                "%s: features for %s cover %.2f s at fps=%g but the video lasts %.2f s; the first %.2f s are used. If they were "
+                "extracted at another rate, give it (%s,fps=RATE), or they belong to another video",
+                ext.name, path.name, covered, ext.fps, duration, duration, ext.name,
+            )
         return _extend(feats, rows)
 
     # -- sampling ---------------------------------------------------------------------------------

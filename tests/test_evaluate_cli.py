@@ -187,7 +187,9 @@ def test_two_single_files_pair_whatever_their_names(folders, capsys):
         (["missing_folder", "--reference", "REF"], "GENERATED missing_folder does not exist"),
         (["GEN", "--reference", "REF/a.mp4"], "the same kind"),
         (["GEN", "--reference", "REF", "--out", "REF"], "is a folder; name a file"),
-        (["GEN", "--reference", "REF", "--tolerance", "-1"], "--tolerance >= 0"),
+        (["GEN", "--reference", "REF", "--tolerance", "-1"], "a finite --tolerance >= 0"),
+        (["GEN", "--reference", "REF", "--tolerance", "nan"], "a finite --tolerance >= 0"),  # NaN compared as "not below 0"
+        (["GEN", "--reference", "REF", "--max-offset", "inf"], "a finite --max-offset > 0"),
         (["GEN/a.wav", "--reference", "REF/../results.json"], "not an audio or video file"),
         (["GEN", "--reference", "GEN"], "are the same folder"),
         (["GEN", "--reference", "REF", "--out", "REF/../results.json/r.json"], "is a file, so the results cannot be written under it"),

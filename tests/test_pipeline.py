@@ -10,6 +10,7 @@ import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -928,3 +929,25 @@ def test_an_overlap_rounding_to_the_whole_window_still_advances_one_column(windo
     assert starts == list(range(0, 10 - window_cols + 1))  # hop of one column, the last ending at column 10
     assert all(w.n_known == window_cols - 1 for w in plan.windows[1:]) and plan.windows[0].n_known == 0
     assert plan.total_cols == 10
+
+
+def test_an_unexpected_error_on_one_file_does_not_stop_the_others(
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug that raises something unforeseen on one video: that file's row says so (with the
+    traceback logged), the other files are still written, exit code 1."""
+    real = FoleyPipeline.__call__
+
+    def flaky(self: FoleyPipeline, video: Any, *a: Any, **k: Any) -> Any:
+        if Path(video).name == "tiny.mp4":
+            raise TypeError("something the library did not foresee")
+        return real(self, video, *a, **k)
+
+    monkeypatch.setattr(FoleyPipeline, "__call__", flaky)
+    out = tmp_path / "o"
+    assert cli.main(["generate", str(media["tiny"]), str(media["short"]), "--model", str(model_file), "--out", str(out), "--steps", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "unexpected TypeError: something the library did not foresee (a bug" in err
+    assert any(r.exc_info and "tiny.mp4" in r.getMessage() for r in caplog.records)  # the traceback, logged
+    assert sorted(p.name for p in out.iterdir()) == ["short.mp4", "short.wav"]

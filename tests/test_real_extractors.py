@@ -2,6 +2,7 @@
 and precomputed Synchformer / CLIP features (per-clip files and MMAudio's memmap layout)."""
 
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -159,7 +160,9 @@ def test_per_clip_files_and_their_errors(tmp_path: Path) -> None:
         EXTRACTORS.build("synchformer_precomputed", root=str(tmp_path / "nowhere"))
 
 
-def test_pipeline_and_cli_with_precomputed_features(tmp_path: Path, clip_video: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pipeline_and_cli_with_precomputed_features(
+    tmp_path: Path, clip_video: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     model = micro_model()
     frame_pipe = FoleyPipeline(model, {"sync": ("synthetic_sync", {"dim": 24}), "clip": ("synthetic_clip", {"dim": 12})})
     streams, duration = frame_pipe.read_features(clip_video)
@@ -176,6 +179,18 @@ def test_pipeline_and_cli_with_precomputed_features(tmp_path: Path, clip_video: 
     save_file({"sync_features": torch.zeros(10, 24)}, str(feats / "short.safetensors"))
     with pytest.raises(ShapeError, match="cover 0.42 s"):
         pre._precomputed(pre.extractors["sync"], Path("short.mp4"), duration, 142)
+    # far more rows than the video lasts (another rate, or another clip's): said, and the start used
+    save_file({"sync_features": torch.randn(24 * 20, 24)}, str(feats / "long.safetensors"))
+    with caplog.at_level(logging.WARNING, logger="controlfoley"):
+        rows = pre._precomputed(pre.extractors["sync"], Path("long.mp4"), duration, 142)
+    assert rows.shape == (142, 24) and any("cover 20.00 s at fps=24 but the video lasts" in r.getMessage() for r in caplog.records)
+    # a rate or width that cannot be: named when the pipeline is built, not a ZeroDivisionError per file
+    for bad, phrase in (({"fps": 0}, "fps must be a positive number"), ({"fps": float("nan")}, "fps must be"), ({"dim": 0}, "dim must be a positive int")):
+        with pytest.raises(ConfigError, match=phrase):
+            FoleyPipeline(model, {**spec, "sync": ("synchformer_precomputed", {"root": str(feats), "dim": 24, **bad})})
+    # the wrong width: the fix is the dim= argument (its files must match)
+    with pytest.raises(ConfigError, match=r"e\.g\. synchformer_precomputed,dim=24; its feature files must hold features of that width"):
+        FoleyPipeline(model, {**spec, "sync": ("synchformer_precomputed", {"root": str(feats)})})
     model_file = as_trained(model).save(tmp_path / "m.safetensors")
     orphan = tmp_path / "orphan.mp4"
     orphan.write_bytes(clip_video.read_bytes())

@@ -38,9 +38,12 @@ def _dim_hint(name: str, want: int) -> str:
     if name not in EXTRACTORS:  # a built object passed directly, not a registered name
         return ""
     fixed = getattr(EXTRACTORS.get(name), "width_from", None)
+    takes_dim = "dim" in EXTRACTORS.accepted_args(name)
+    if fixed and takes_dim:  # precomputed features: the argument says the width, the files must hold it
+        return f" (e.g. {name},dim={want}; {fixed} must hold features of that width)"
     if fixed:
         return f" (its width is fixed by {fixed})"
-    return f" (e.g. {name},dim={want})" if "dim" in EXTRACTORS.accepted_args(name) else ""
+    return f" (e.g. {name},dim={want})" if takes_dim else ""
 
 
 def check_widths(

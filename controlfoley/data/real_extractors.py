@@ -37,6 +37,7 @@ tensordict `memmap_` folder layout (meta.json + one .memmap file per key).
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -244,6 +245,10 @@ class PrecomputedFeatures:
         if not self.root.is_dir():
             raise DataError(f"{name}: feature folder {self.root} does not exist")
         self.name, self.key, self.output_key = name, key, output_key
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+            raise ConfigError(f"{name}: fps must be a positive number (feature rows per second of video), got {fps!r}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+            raise ConfigError(f"{name}: dim must be a positive int (the features' width), got {dim!r}")
         self.fps, self.dim = float(fps), int(dim)
         self.store = MMAudioFeatures(self.root, ids_tsv) if (self.root / "meta.json").is_file() else None
 
@@ -301,7 +306,7 @@ def synchformer_precomputed(
     return PrecomputedFeatures(root, name="synchformer_precomputed", key=key, output_key=output_key, fps=fps, dim=dim, ids_tsv=ids_tsv)
 
 
-synchformer_precomputed.width_from = "its feature files: extract features of that width"  # named by width errors (control.encoders.check_widths)
+synchformer_precomputed.width_from = "its feature files"  # named by width errors (control.encoders.check_widths)
 
 
 @EXTRACTORS.register("clip_precomputed")
@@ -318,4 +323,4 @@ def clip_precomputed(
     return PrecomputedFeatures(root, name="clip_precomputed", key=key, output_key=output_key, fps=fps, dim=dim, ids_tsv=ids_tsv)
 
 
-clip_precomputed.width_from = "its feature files: extract features of that width"  # named by width errors (control.encoders.check_widths)
+clip_precomputed.width_from = "its feature files"  # named by width errors (control.encoders.check_widths)

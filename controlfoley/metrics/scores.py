@@ -92,8 +92,8 @@ def onset_metrics(
     """Scores of one clip (see the module docstring), plus the counts `pool_onset_metrics` sums."""
     if len(pred_onsets) != len(pred_classes):
         raise ShapeError(f"{len(pred_onsets)} generated onsets but {len(pred_classes)} classes; give one class per onset")
-    if tolerance < 0 or max_offset_s <= 0:
-        raise ShapeError(f"need tolerance >= 0 and max_offset_s > 0, got {tolerance} and {max_offset_s}")
+    if not (math.isfinite(tolerance) and tolerance >= 0 and math.isfinite(max_offset_s) and max_offset_s > 0):  # NaN compares False
+        raise ShapeError(f"need a finite tolerance >= 0 and a finite max_offset_s > 0, got {tolerance} and {max_offset_s}")
     distances = [_class_distance(e, pred_onsets, pred_classes, max_offset_s) for e in true_events]
     classes = sorted({e.class_id for e in true_events} | set(pred_classes))
     matched_cls = sum(

@@ -193,11 +193,17 @@ def _parse_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
 
 
 def _to_rgb(frame: av.VideoFrame, hw: tuple[int, int] | None) -> np.ndarray:
+    """The frame as players show it, [h, w, 3] uint8: turned by its display rotation (phone video
+    stored landscape and tagged to display portrait), then resized to `hw` if given."""
+    turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # counterclockwise quarter turns, as np.rot90 counts
     if hw is None:
-        return frame.to_ndarray(format="rgb24")
+        rgb = frame.to_ndarray(format="rgb24")
+        return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
     # convert colour at the source size first: swscale's combined convert-and-scale path rounds
     # colours by several levels
     rgb = frame.reformat(format="rgb24")
+    if turns:
+        rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(rgb.to_ndarray(), turns)), format="rgb24")
     return rgb.reformat(height=hw[0], width=hw[1], interpolation="AREA").to_ndarray()
 
 

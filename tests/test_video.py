@@ -439,3 +439,32 @@ def test_audio_is_read_on_the_video_clock_and_durations_are_the_videos(tmp_path:
     assert abs(int(wav.abs().argmax()) / sr - 0.3) < 0.002
     longer = _with_audio(tmp_path / "longer.mkv", 1.0, 0.0, 3.0, 0.1)
     assert video.probe(longer).duration_s == pytest.approx(1.0, abs=0.11)
+
+
+@pytest.mark.skipif(not hasattr(av.video.stream.VideoStream, "set_display_rotation"), reason="writing a display rotation needs a PyAV with VideoStream.set_display_rotation")
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_frames_are_read_as_players_show_them(tmp_path: Path, degrees: int) -> None:
+    """A video stored 32 wide x 16 high and tagged to display turned (a phone's portrait video):
+    the extractors get the picture the way a player shows it, at the source size and resized."""
+    img = np.zeros((16, 32, 3), np.uint8)
+    img[:4, :8] = 255  # a white block in the stored picture's top-left corner
+    path = tmp_path / f"rot{degrees}.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 16, "yuv444p"
+        s.set_display_rotation(degrees)
+        for i in range(5):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            for pkt in s.encode(frame):
+                c.mux(pkt)
+        for pkt in s.encode(None):
+            c.mux(pkt)
+    shown = np.rot90(img, degrees // 90)  # counterclockwise, as the display matrix says
+    got = video.read_frames(path, 10.0).frames[0].numpy()
+    assert got.shape == shown.shape and np.abs(got.astype(int) - shown.astype(int)).mean() < 8
+    resized = video.read_frames(path, 10.0, size=(8, 12)).frames[0].numpy()
+    assert resized.shape == (8, 12, 3)
+    bright = np.unravel_index(resized[..., 0].argmax(), resized.shape[:2])
+    corner = np.unravel_index(shown[..., 0].argmax(), shown.shape[:2])  # the block's corner, scaled
+    assert abs(bright[0] / 8 - corner[0] / shown.shape[0]) < 0.3 and abs(bright[1] / 12 - corner[1] / shown.shape[1]) < 0.3

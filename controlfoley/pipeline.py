@@ -265,6 +265,14 @@ class FoleyPipeline:
             if set(given) != set(model.control_encoder.required_features):
                 raise
             defaults, default_text = {}, None
+        stand_ins = sorted(set(defaults) - set(given)) + (["text"] if text_encoder is None and default_text is not None else [])
+        if stand_ins and "synthetic" not in model.config.name:  # chosen by the name: say so, a real-data model would get noise
+            log.warning(
+                "%s: no extractor given for %s, so the synthetic world's stand-ins are used (what this repository's tiny models "
+                "are trained on). A model trained on real video features needs those extractors: --extractor KEY=NAME,... / "
+                "FoleyPipeline.from_pretrained(..., extractors={...}, text_encoder=...)",
+                path_or_preset, ", ".join(stand_ins),
+            )
         return cls(model, {**defaults, **given}, text_encoder or default_text, build_vocoder(vocoder, model), **kwargs)
 
     # -- one video --------------------------------------------------------------------------------

@@ -951,3 +951,19 @@ def test_an_unexpected_error_on_one_file_does_not_stop_the_others(
     assert "unexpected TypeError: something the library did not foresee (a bug" in err
     assert any(r.exc_info and "tiny.mp4" in r.getMessage() for r in caplog.records)  # the traceback, logged
     assert sorted(p.name for p in out.iterdir()) == ["short.mp4", "short.wav"]
+
+
+def test_stand_in_extractors_chosen_by_the_models_name_are_said(model_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A tiny-preset checkpoint (it may have been trained on real features) gets the synthetic
+    stand-ins only with a warning naming them; the shipped synthetic model, or extractors given for
+    every key, get none."""
+    with caplog.at_level(logging.WARNING, logger="controlfoley"):
+        FoleyPipeline.from_pretrained(model_file)
+    said = [r.getMessage() for r in caplog.records if "stand-ins" in r.getMessage()]
+    assert len(said) == 1 and "no extractor given for clip, sync, text" in said[0] and "--extractor" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="controlfoley"):
+        FoleyPipeline.from_pretrained("specmaskfoley_synthetic")
+        own = {"sync": ("synthetic_sync", {"dim": 24}), "clip": ("synthetic_clip", {"dim": 12})}
+        FoleyPipeline.from_pretrained(model_file, extractors=own, text_encoder=("synthetic_clap", {"dim": 16}))
+    assert not any("stand-ins" in r.getMessage() for r in caplog.records)

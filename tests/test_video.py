@@ -5,6 +5,7 @@ import math
 import statistics
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -34,6 +35,21 @@ def _decode_index(frame: torch.Tensor) -> int:
     return 16 * left + right
 
 
+def _encode_all(c: Any, stream: Any, frames: Any) -> None:
+    """Encode `frames` into `stream` of the open container `c`, then flush the encoder."""
+    for frame in frames:
+        for pkt in stream.encode(frame):
+            c.mux(pkt)
+    for pkt in stream.encode(None):
+        c.mux(pkt)
+
+
+def _indexed_frame(i: int, pts: int, time_base: Fraction) -> av.VideoFrame:
+    frame = av.VideoFrame.from_ndarray(_index_image(i), format="rgb24")
+    frame.pts, frame.time_base = pts, time_base
+    return frame
+
+
 def _write_indexed(path: Path, pts: list[int], time_base: Fraction, rate: Fraction, codec: str = "libx264", pix_fmt: str = "yuv420p", *, bframes: bool = False) -> Path:
     """Frames 0..len(pts)-1 with the given presentation timestamps, written straight through PyAV.
 
@@ -44,13 +60,7 @@ def _write_indexed(path: Path, pts: list[int], time_base: Fraction, rate: Fracti
         s.codec_context.time_base = time_base
         if codec == "libx264":
             s.options = {"crf": "10", "x264-params": "bframes=2:b-adapt=0"} if bframes else {"qp": "0"}
-        for i, p in enumerate(pts):
-            frame = av.VideoFrame.from_ndarray(_index_image(i), format="rgb24")
-            frame.pts, frame.time_base = p, time_base
-            for pkt in s.encode(frame):
-                c.mux(pkt)
-        for pkt in s.encode(None):
-            c.mux(pkt)
+        _encode_all(c, s, (_indexed_frame(i, p, time_base) for i, p in enumerate(pts)))
     return path
 
 
@@ -350,13 +360,7 @@ def test_duration_check_spares_vfr_and_header_quirks(tmp_path: Path) -> None:
         s = c.add_stream("libx264", rate=25)
         s.width, s.height, s.pix_fmt = W, H, "yuv420p"
         s.codec_context.time_base = Fraction(1, 1000)
-        for i, t in enumerate(pts_ms):
-            frame = av.VideoFrame.from_ndarray(_index_image(i), format="rgb24")
-            frame.pts, frame.time_base = t, Fraction(1, 1000)
-            for pkt in s.encode(frame):
-                c.mux(pkt)
-        for pkt in s.encode(None):
-            c.mux(pkt)
+        _encode_all(c, s, (_indexed_frame(i, t, Fraction(1, 1000)) for i, t in enumerate(pts_ms)))
     assert video.probe(vfr_mp4).duration_s < 1.0 < video.read_frames(vfr_mp4, 24.0).duration_s
 
 
@@ -408,21 +412,14 @@ def _with_audio(path: Path, video_s: float, audio_start_s: float, audio_s: float
         v.width, v.height, v.pix_fmt = W, H, "yuv420p"
         a = c.add_stream("pcm_s16le", rate=sr)
         a.layout = "mono"
-        for i in range(int(video_s * 10)):
-            frame = av.VideoFrame.from_ndarray(_index_image(i), format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, 10)
-            for pkt in v.encode(frame):
-                c.mux(pkt)
-        for pkt in v.encode(None):
-            c.mux(pkt)
-        step = 1024
-        for k in range(0, len(wav), step):
-            chunk = av.AudioFrame.from_ndarray(wav[None, k : k + step], format="s16", layout="mono")
-            chunk.sample_rate, chunk.pts, chunk.time_base = sr, int(audio_start_s * sr) + k, Fraction(1, sr)
-            for pkt in a.encode(chunk):
-                c.mux(pkt)
-        for pkt in a.encode(None):
-            c.mux(pkt)
+        _encode_all(c, v, (_indexed_frame(i, i, Fraction(1, 10)) for i in range(int(video_s * 10))))
+
+        def chunk(k: int) -> av.AudioFrame:
+            f = av.AudioFrame.from_ndarray(wav[None, k : k + 1024], format="s16", layout="mono")
+            f.sample_rate, f.pts, f.time_base = sr, int(audio_start_s * sr) + k, Fraction(1, sr)
+            return f
+
+        _encode_all(c, a, (chunk(k) for k in range(0, len(wav), 1024)))
     return path
 
 
@@ -453,13 +450,10 @@ def test_frames_are_read_as_players_show_them(tmp_path: Path, degrees: int) -> N
         s = c.add_stream("libx264", rate=10)
         s.width, s.height, s.pix_fmt = 32, 16, "yuv444p"
         s.set_display_rotation(degrees)
-        for i in range(5):
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frames = [av.VideoFrame.from_ndarray(img, format="rgb24") for _ in range(5)]
+        for i, frame in enumerate(frames):
             frame.pts = i
-            for pkt in s.encode(frame):
-                c.mux(pkt)
-        for pkt in s.encode(None):
-            c.mux(pkt)
+        _encode_all(c, s, frames)
     shown = np.rot90(img, degrees // 90)  # counterclockwise, as the display matrix says
     got = video.read_frames(path, 10.0).frames[0].numpy()
     assert got.shape == shown.shape and np.abs(got.astype(int) - shown.astype(int)).mean() < 8

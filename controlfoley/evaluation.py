@@ -141,8 +141,8 @@ def _at_eval_rate(wav: Wave, sample_rate: int) -> np.ndarray:
     return librosa.resample(y, orig_sr=sample_rate, target_sr=EVAL_RATE, res_type="soxr_hq").astype(np.float32)
 
 
-def _common_length(generated: Wave, reference: Wave, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
-    g, r = _at_eval_rate(generated, sample_rate), _at_eval_rate(reference, sample_rate)
+def _common_length(generated: Wave, reference: Wave, sample_rate: int, reference_rate: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    g, r = _at_eval_rate(generated, sample_rate), _at_eval_rate(reference, sample_rate if reference_rate is None else reference_rate)
     n = min(g.size, r.size)
     return g[:n], r[:n]
 
@@ -159,8 +159,11 @@ def reference_pair_metrics(
     sample_rate: int,
     tolerance: float = TOLERANCE_S,
     max_offset_s: float = MAX_OFFSET_S,
+    *,
+    reference_sample_rate: int | None = None,
 ) -> dict[str, float]:
-    """Onset scores of one generated waveform against a reference waveform (both at `sample_rate`).
+    """Onset scores of one generated waveform against a reference waveform (both at `sample_rate`,
+    or the reference at `reference_sample_rate` where given: a 44.1 kHz original beside 22.05 kHz output).
 
     Both are resampled to `EVAL_RATE` and cut to the shorter length; the reference's detected onsets
     play the true events. A score with nothing to measure is NaN here (desync and recall without
@@ -168,7 +171,7 @@ def reference_pair_metrics(
     counts are kept for pooling. `generated_dbfs` / `reference_dbfs`: their RMS levels (the scores
     depend on level: onsets quieter than -45 dBFS are not detected, see `OnsetParams`).
     """
-    return _pair_scores(*_common_length(generated, reference, sample_rate), tolerance, max_offset_s)
+    return _pair_scores(*_common_length(generated, reference, sample_rate, reference_sample_rate), tolerance, max_offset_s)
 
 
 def _pair_scores(g: np.ndarray, r: np.ndarray, tolerance: float, max_offset_s: float) -> dict[str, float]:
@@ -189,8 +192,10 @@ def evaluate_against_reference(
     embedding: AudioEmbedding | None = None,
     tolerance: float = TOLERANCE_S,
     max_offset_s: float = MAX_OFFSET_S,
+    reference_sample_rate: int | None = None,
 ) -> dict[str, float]:
     """`reference_pair_metrics` pooled over paired lists (micro averages), plus `fd` between the sets.
+    The references are at `sample_rate` too unless `reference_sample_rate` says otherwise.
 
     `n_true` counts the reference onsets, `n_pred` the generated ones. `fd` is NaN with fewer than
     two pairs (a covariance needs two clips per set); pairs shorter than the embedding's mel window
@@ -203,7 +208,7 @@ def evaluate_against_reference(
     emb = embedding or AudioEmbedding(EVAL_RATE)
     if emb.sample_rate != EVAL_RATE:
         raise ShapeError(f"the embedding works at {emb.sample_rate} Hz but the comparison runs at {EVAL_RATE} Hz; build AudioEmbedding({EVAL_RATE})")
-    pairs = [_common_length(g, r, sample_rate) for g, r in zip(generated_wavs, reference_wavs, strict=True)]
+    pairs = [_common_length(g, r, sample_rate, reference_sample_rate) for g, r in zip(generated_wavs, reference_wavs, strict=True)]
     per_pair = [_pair_scores(g, r, tolerance, max_offset_s) for g, r in pairs]
     return {**pool_reference_metrics(per_pair), "fd": reference_fd(pairs, emb)}
 

@@ -69,6 +69,13 @@ def test_other_rates_are_scored_at_the_detectors_rate(clips):
     resampled = evaluate_against_reference(at44, at44, 44100)
     assert resampled["n_true"] == direct["n_true"] == sum(len(c.events) for c in clips)
     assert resampled["f1_any"] == 1.0
+    # a 44.1 kHz original beside 22.05 kHz output: each side at its own rate lines them up
+    mixed = evaluate_against_reference(refs, at44, SR, reference_sample_rate=44100)
+    assert mixed["n_true"] == direct["n_true"] and mixed["f1_any"] == 1.0 and mixed["desync_s"] < 0.01
+    pair = reference_pair_metrics(refs[0], at44[0], SR, reference_sample_rate=44100)
+    assert pair["f1_any"] == 1.0
+    wrong = evaluate_against_reference(refs, at44, SR)  # one rate for both: the reference read at half speed
+    assert wrong["f1_any"] < 0.5
 
 
 def test_undefined_scores_are_nan_per_pair_and_levels_are_reported(clips):

@@ -24,7 +24,7 @@ from torch import nn
 from controlfoley._io import atomic_path
 from controlfoley._registry import RegistryError
 from controlfoley.config import ModelConfig, Part, part_registries
-from controlfoley.errors import CheckpointError
+from controlfoley.errors import CheckpointError, user_stacklevel
 
 __all__ = [
     "save_model", "load_model", "load_parts", "save_state_dict", "read_state_dict", "check_state_dict", "trained_parts", "read_metadata",
@@ -116,7 +116,7 @@ def _resolve_file(path: str | os.PathLike[str]) -> Path:
                 f"checkpoint not found: {p / 'model.safetensors'} does not exist, and {p} is not a training run with "
                 "checkpoints; give a .safetensors file, a checkpoint folder or a run folder"
             ) from None
-        warnings.warn(f"{p} has no final model (a run not finished yet, or stopped with --stop-at): loading its latest checkpoint, {found.parent.name}", stacklevel=3)
+        warnings.warn(f"{p} has no final model (a run not finished yet, or stopped with --stop-at): loading its latest checkpoint, {found.parent.name}", stacklevel=user_stacklevel())
         return found
     if p.is_dir():
         p = p / "model.safetensors"
@@ -205,9 +205,8 @@ def check_state_dict(
     `own`: the module's keys to check against (default: all of its state dict); `fix`: the last
     line's advice (default: build from the checkpoint's own config)."""
     own = module.state_dict() if own is None else own
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {list(state[k].shape)} vs model {list(own[k].shape)}" for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
+    missing, unexpected, mis_shaped = _mismatch(own, state)
+    shapes = [f"{k}: checkpoint {list(state[k].shape)} vs model {list(own[k].shape)}" for k in mis_shaped]
     if missing or unexpected or shapes:
         msg = [f"{what} does not match the model:"]
         for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
@@ -218,10 +217,16 @@ def check_state_dict(
         raise CheckpointError("\n".join(msg))
 
 
+def _mismatch(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, mis-shaped) keys of `state` against the model's `own`, sorted."""
+    shared = sorted(set(own) & set(state))
+    return sorted(set(own) - set(state)), sorted(set(state) - set(own)), [k for k in shared if own[k].shape != state[k].shape]
+
+
 def _blamed_overrides(overrides: Mapping[str, Any], state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> list[str]:
     """The overrides behind a mismatch: a part whose keys are among the missing, unexpected or
     mis-shaped ones, or a field that sizes several parts (n_frames, mel) when anything mismatches."""
-    bad = (set(own) ^ set(state)) | {k for k in set(own) & set(state) if own[k].shape != state[k].shape}
+    bad = [k for keys in _mismatch(own, state) for k in keys]
     if not bad:
         return []
     parts = {k.split(".")[0] for k in bad}

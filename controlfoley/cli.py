@@ -84,12 +84,12 @@ def info(preset: str) -> str:
     model, label = model_from_arg(preset)
     recorded = getattr(model, "trained_parts", None)
     recipe = "controlnet" if model.has_control else "backbone"
-    loaded = not label.startswith("preset ") or label.endswith("(its shipped weights)")  # a preset's record: its weights files
+    loaded = not label.startswith("preset ") or label.endswith("(its shipped weights)")  # else a preset's record: its weights files
     if loaded and recorded and "controlnet" not in recorded:  # a tokenizer or backbone run's checkpoint: that recipe's split
         recipe = "backbone" if "backbone" in recorded else "tokenizer"
     get_recipe(recipe).prepare(model)  # trainable as that recipe trains
     rows = model.parameter_table()
-    lines = [f"{label}: grid {model.grid[0]}x{model.grid[1]} tokens over {model.config.n_frames} mel frames", _trained_line(label, recorded), ""]
+    lines = [f"{label}: grid {model.grid[0]}x{model.grid[1]} tokens over {model.config.n_frames} mel frames", _trained_line(loaded, recorded), ""]
     lines.append(f"{'part':<16}{'params':>10}{'trainable':>11}{'frozen':>10}   (trainable / frozen: as the {recipe} recipe trains it)")
     for r in rows:
         lines.append(f"{r['part']:<16}{_fmt(r['params'])}{_fmt(r['trainable']):>11}{_fmt(r['frozen']):>10}")
@@ -111,9 +111,9 @@ def info(preset: str) -> str:
     return "\n".join(lines)
 
 
-def _trained_line(label: str, recorded: set[str] | None) -> str:
+def _trained_line(loaded: bool, recorded: set[str] | None) -> str:
     """What the weights are: the parts a checkpoint records as trained (what generate checks)."""
-    if label.startswith("preset ") and not label.endswith("(its shipped weights)"):
+    if not loaded:
         return "weights: untrained (a preset's architecture; " + (
             f"made from weights files: {', '.join(sorted(recorded))})" if recorded else "train it, or load a checkpoint)"
         )

@@ -433,6 +433,13 @@ def _typechecks_off() -> Iterator[None]:
                 config.update("jaxtyping_disable", _off_state["before"])
 
 
+def checked_every(value: Any) -> int:  # a validator: it takes anything
+    """guidance_every as a plain int >= 1 (numpy ints too), or a ConfigError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"guidance_every must be an int >= 1 (1: every condition set at every step, the paper's sampler), got {value!r}")
+    return int(value)
+
+
 class GuidedStep:
     """Guided logits for one MaskGIT step: `(codes, mask, k, n_steps) -> [b, l, v]`."""
 
@@ -455,8 +462,7 @@ class GuidedStep:
         self.model, self.rule, self.scale = model, rule, float(scale)
         self.rows = _Rows(rows, n_sets)
         self.zero_rows = None if zero_scale_rows is None else _Rows(zero_scale_rows, 1)
-        if isinstance(guidance_every, bool) or not isinstance(guidance_every, numbers.Integral) or guidance_every < 1:
-            raise ConfigError(f"guidance_every must be an int >= 1, got {guidance_every!r}")
+        guidance_every = checked_every(guidance_every)
         # without anchor rows (a rule of one condition set) every step is a full one: say so, so that
         # a captured loop is keyed as the every-step loop it is
         self.every = int(guidance_every) if anchor_rows is not None else 1

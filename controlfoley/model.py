@@ -28,7 +28,7 @@ from torch import nn
 from controlfoley.config import ConfigError, ModelConfig
 from controlfoley.control.controlnet import ControlNet
 from controlfoley.errors import ShapeError
-from controlfoley.fast import GuidedStep, onednn_linear, precision, zero_scale_conditions
+from controlfoley.fast import GuidedStep, checked_every, onednn_linear, precision, zero_scale_conditions
 from controlfoley.guidance import UNCOND, Condition, GuidanceRule
 from controlfoley.sampling import MaskGITSampler
 from controlfoley.typing import Bool, Float, Int, Tensor
@@ -550,12 +550,11 @@ def param_dtype(module: nn.Module, default: torch.dtype) -> torch.dtype:
 def checked_guidance_every(value: Any, rule: GuidanceRule | None = None) -> int:  # a validator: it takes anything
     """`generate`'s guidance_every as an int >= 1, or a ConfigError naming it. With `rule`: 1 for a
     rule of one condition set, which runs at every step anyway (with a warning when more was asked)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ConfigError(f"guidance_every must be an int >= 1 (1: every condition set at every step, the paper's sampler), got {value!r}")
+    value = checked_every(value)
     if rule is not None and value > 1 and len(rule.conditions) < 2:
         log.warning("guidance_every=%d does nothing: guidance %s has one condition set, which runs at every step", value, rule)
         return 1
-    return int(value)
+    return value
 
 
 def _check_inputs(cfg_scale: Any, known_mask: Tensor | None) -> None:

@@ -1,12 +1,16 @@
 """`controlfoley evaluate`: score generated foley against the original soundtracks.
 
-    controlfoley evaluate GENERATED --reference REFERENCE [--out RESULTS.json]
+    controlfoley evaluate GENERATED [--reference REFERENCE] [--out RESULTS.json]
         [--tolerance 0.1] [--max-offset 2.0]
 
-GENERATED and REFERENCE are folders (or two single files). Files pair up by name without suffix:
-`controlfoley generate clips/ --out gen` writes `gen/<stem>.wav` and `gen/<stem>.mp4`, so
-`controlfoley evaluate gen --reference clips` scores every generated clip against the audio track
-of the video it was made for. Only the files directly in each folder are read (not subfolders).
+Without --reference, GENERATED is a folder `controlfoley generate` wrote: its `generate.json`
+names the video each output was made from, and each is scored against that video's audio track
+(two inputs with one name, written as `<stem>` and `<stem>-2`, each against its own source).
+With --reference, GENERATED and REFERENCE are folders (or two single files) whose files pair up by
+name without suffix: `controlfoley generate clips/ --out gen` writes `gen/<stem>.wav` and
+`gen/<stem>.mp4`, so `controlfoley evaluate gen --reference clips` scores every generated clip
+against the audio track of the video of the same name in `clips`. Only the files directly in each
+folder are read (not subfolders).
 Audio files (.wav .flac .ogg .mp3 ...) are read with soundfile; video files (.mp4 .mov .mkv .webm
 ...) and .m4a / .aac / .opus through their first audio track (PyAV). Where a folder holds both an
 audio and a video file for one stem (as `generate` writes them), the audio file is read. Both sides
@@ -116,7 +120,43 @@ def pair_files(generated: Path, reference: Path) -> tuple[list[tuple[str, Path, 
     return rows, unused
 
 
-def _pairs(generated: Path, reference: Path) -> tuple[list[tuple[str, Path, Path | None, str | None]], int, str | None]:
+def _pairs_from_record(generated: Path) -> tuple[list[tuple[str, Path, Path | None, str | None]], int, str | None]:
+    """Pairs from GENERATED/generate.json: each output with the video `generate` made it from."""
+    from controlfoley.errors import MediaError
+    from controlfoley.generate_cli import MANIFEST, read_manifest
+
+    generated = _side(generated, "GENERATED")
+    if generated.is_file():
+        raise _Usage(f"GENERATED {generated} is a file: give --reference, the original it is scored against")
+    try:
+        record = read_manifest(generated)
+    except MediaError as e:
+        raise _Usage(f"{e}; or give --reference") from None
+    gen = _Folder(generated)
+    if not record:
+        raise _Usage(
+            f"{generated} has no {MANIFEST}, the record `controlfoley generate` writes of each output's source: "
+            "give --reference, the folder of the original videos or soundtracks"
+        )
+    if not gen.stems():
+        raise _Usage(f"no audio or video files in {generated}")
+    rows: list[tuple[str, Path, Path | None, str | None]] = []
+    for stem in sorted(gen.stems()):
+        entry = record.get(stem)
+        if stem in gen.problems:
+            rows.append((stem, generated / stem, None, gen.problems[stem]))
+        elif entry is None:
+            rows.append((stem, gen.files[stem], None, f"{stem} is not in {generated / MANIFEST}; score it with --reference"))
+        elif not Path(entry["source"]).is_file():
+            rows.append((stem, gen.files[stem], None, f"its source {entry['source']} (from {MANIFEST}) is gone; score it with --reference"))
+        else:
+            rows.append((stem, gen.files[stem], Path(entry["source"]), None))
+    return rows, 0, None
+
+
+def _pairs(generated: Path, reference: Path | None) -> tuple[list[tuple[str, Path, Path | None, str | None]], int, str | None]:
+    if reference is None:
+        return _pairs_from_record(generated)
     generated, reference = _side(generated, "GENERATED"), _side(reference, "--reference")
     if generated.resolve() == reference.resolve():
         raise _Usage(
@@ -128,6 +168,7 @@ def _pairs(generated: Path, reference: Path) -> tuple[list[tuple[str, Path, Path
     if generated.is_file():
         return [(generated.stem, generated, reference, None)], 0, None
     gen, ref = _Folder(generated), _Folder(reference)
+    record = _record_or_empty(generated)
     if not gen.stems():
         sub = "; files in subfolders are not read" if gen.has_subfolders else ""
         raise _Usage(f"no audio or video files in {generated}{sub}")
@@ -138,7 +179,7 @@ def _pairs(generated: Path, reference: Path) -> tuple[list[tuple[str, Path, Path
         elif stem in ref.problems:
             rows.append((stem, gen.files[stem], None, ref.problems[stem]))
         elif stem not in ref.files:
-            rows.append((stem, gen.files[stem], None, ref.missing(stem)))
+            rows.append((stem, gen.files[stem], None, ref.missing(stem) + _record_hint(record, stem)))
         else:
             rows.append((stem, gen.files[stem], ref.files[stem], None))
     unused = len(ref.stems() - gen.stems())
@@ -149,6 +190,26 @@ def _pairs(generated: Path, reference: Path) -> tuple[list[tuple[str, Path, Path
             "are the arguments swapped? (controlfoley evaluate GENERATED --reference ORIGINALS)"
         )
     return rows, unused, swapped
+
+
+def _record_or_empty(generated: Path) -> dict[str, dict[str, Any]]:
+    from controlfoley.errors import ControlFoleyError
+    from controlfoley.generate_cli import read_manifest
+
+    try:
+        return read_manifest(generated)
+    except ControlFoleyError:  # with --reference the record only adds hints
+        return {}
+
+
+def _record_hint(record: dict[str, dict[str, Any]], stem: str) -> str:
+    """For an output `generate` recorded: where it came from, and how to pair it by that."""
+    from controlfoley.generate_cli import MANIFEST
+
+    entry = record.get(stem)
+    if entry is None:
+        return ""
+    return f" ({stem} was made from {entry['source']}; without --reference, {MANIFEST} pairs each output with its own source)"
 
 
 def _read(path: Path, sample_rate: int, side: str) -> Any:
@@ -181,7 +242,10 @@ def _check_out(out: Path) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="controlfoley evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("generated", type=Path, metavar="GENERATED", help="folder of generated audio or video files (or one file)")
-    p.add_argument("--reference", required=True, type=Path, help="folder of the original videos or audio files (or one file)")
+    p.add_argument(
+        "--reference", type=Path, default=None,
+        help="folder of the original videos or audio files (or one file); default: the sources GENERATED/generate.json names",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     p.add_argument("--tolerance", type=float, default=None, help="onset match window in seconds (default 0.1)")
     p.add_argument("--max-offset", type=float, default=None, help="cap of the per-onset distance in seconds (default 2.0)")

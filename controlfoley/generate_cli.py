@@ -11,6 +11,10 @@ Features
   by packet (re-encoded only where MP4 cannot hold its codec) beside the new AAC audio track. Both
   files are written to temporary names and renamed only when both are complete, so a failure leaves
   no partial file. Two inputs with one stem get `<stem>-2`, ...
+- DIR/generate.json records, per output, the video it was made from and the settings that made it
+  (model, prompt, steps, CFG scale, guidance, seed, precision, ...), so `controlfoley evaluate DIR`
+  scores each output against its own source without `--reference`, repeated stems included. It is
+  rewritten atomically after each file and keeps the entries of earlier runs into the same DIR.
 - Before any sampling: the arguments (once, not per file), the device (`--device cuda` needs a
   usable GPU), the vocoder (a trained one needs its weights: `--vocoder hifigan,checkpoint=PATH`),
   and the outputs: one that would replace its own input is refused, and so is one that already
@@ -42,7 +46,10 @@ from typing import Any
 from controlfoley._io import check_writable_folder
 from controlfoley.config import parse_spec  # re-exported: it lives beside parse_overrides
 
-__all__ = ["main", "parse_spec"]
+__all__ = ["main", "parse_spec", "MANIFEST", "read_manifest"]
+
+MANIFEST = "generate.json"  # DIR/generate.json: output name -> source video and settings
+_MANIFEST_FORMAT = "controlfoley.generate/1"
 
 log = logging.getLogger("controlfoley.generate")
 
@@ -253,6 +260,7 @@ def _run_one(pipe: Any, args: argparse.Namespace, video: Path, paths: tuple[Path
         row.update(duration=result.duration_s, windows=len(result.windows))
         _write(video, result, *paths)
         row["status"], row["output"] = "ok", f"{paths[0].name}, {paths[1].name}"
+        _record(args, video, paths, result.duration_s)
     except (ControlFoleyError, RegistryError, OSError, ValueError) as e:
         msg = one_line(e)
         row["status"] = "error: " + (msg if msg.startswith(str(video)) else f"{video}: {msg}")
@@ -261,6 +269,64 @@ def _run_one(pipe: Any, args: argparse.Namespace, video: Path, paths: tuple[Path
         row["status"] = f"error: {video}: unexpected {type(e).__name__}: {one_line(e)} (a bug; the traceback is above)"
     row["time"] = time.perf_counter() - t0
     return row
+
+
+def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """The entries of FOLDER/generate.json (output stem -> {"source", "audio", "video", "settings", ...});
+    {} when there is none. An unreadable or foreign file raises MediaError naming it."""
+    import json
+
+    from controlfoley.errors import MediaError
+
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MediaError(f"{path} cannot be read as JSON ({e}); delete or repair it (controlfoley generate rewrites it)") from None
+    outputs = data.get("outputs") if isinstance(data, dict) and data.get("format") == _MANIFEST_FORMAT else None
+    if not isinstance(outputs, dict) or not all(isinstance(v, dict) and isinstance(v.get("source"), str) for v in outputs.values()):
+        raise MediaError(f"{path} is not a controlfoley generate record (format {_MANIFEST_FORMAT!r}); rename it, it is not read")
+    return outputs
+
+
+def _record(args: argparse.Namespace, video: Path, paths: tuple[Path, Path], duration_s: float) -> None:
+    """Add this output to DIR/generate.json (atomically). A record that cannot be written costs a
+    warning, not the file: the outputs are already in place. An unreadable record is kept aside."""
+    import datetime
+    import json
+    import os
+
+    from controlfoley import __version__
+    from controlfoley._io import atomic_write_text
+    from controlfoley.errors import MediaError, one_line
+
+    path = args.out / MANIFEST
+    try:
+        entries = read_manifest(args.out)
+    except MediaError as e:
+        aside = path.with_name(f"{MANIFEST}.unreadable-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        log.warning("%s; it is kept as %s and a new record is started", one_line(e), aside.name)
+        try:
+            os.replace(path, aside)
+        except OSError:
+            pass
+        entries = {}
+    settings = {
+        "model": args.model, "prompt": args.prompt, "negative_prompt": args.negative_prompt, "steps": args.steps, "cfg_scale": args.cfg_scale,
+        "guidance": args.guidance, "guidance_every": args.guidance_every, "seed": args.seed, "precision": args.precision,
+        "overlap": args.overlap, "join": args.join, "extractor": list(args.extractor), "text_encoder": args.text_encoder, "vocoder": args.vocoder,
+    }  # fmt: skip  (None: the model's own setting)
+    entries[paths[1].stem] = {
+        "source": str(video.resolve()), "audio": paths[0].name, "video": paths[1].name, "duration_s": duration_s, "settings": settings,
+        "controlfoley": __version__, "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    text = json.dumps({"format": _MANIFEST_FORMAT, "outputs": dict(sorted(entries.items()))}, indent=2, ensure_ascii=False) + "\n"
+    try:
+        atomic_write_text(path, text)
+    except OSError as e:
+        log.warning("cannot write %s (%s): the outputs for %s are complete, but `controlfoley evaluate` will need --reference", path, one_line(e), video)
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:

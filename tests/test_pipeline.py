@@ -315,7 +315,7 @@ def test_cli_processes_good_files_and_reports_each_bad_one(
     assert len(err_lines) == len(bad)
     for name, path in bad.items():
         assert sum(str(path) in line for line in err_lines) == 1, name
-    assert _outputs(out) == ["tiny.flac", "tiny.mp4"]  # nothing partial, no temporary file left
+    assert _outputs(out) == ["generate.json", "tiny.flac", "tiny.mp4"]  # nothing partial, no temporary file left
     with av.open(str(out / "tiny.mp4")) as c, av.open(str(media["tiny"])) as src:
         assert [bytes(p) for p in c.demux(c.streams.video[0]) if p.size] == [bytes(p) for p in src.demux(src.streams.video[0]) if p.size]
         assert c.streams.audio[0].codec_context.name == "aac"
@@ -329,16 +329,85 @@ def test_cli_summary_and_repeated_stems(model_file: Path, media: dict[str, Path]
     out = tmp_path / "out"
     args = ["generate", str(media["tiny"]), str(twin), "--model", str(model_file), "--out", str(out), "--steps", "2", "--precision", "bf16"]
     assert cli.main(args) == 0
-    assert _outputs(out) == ["tiny-2.mp4", "tiny-2.wav", "tiny.mp4", "tiny.wav"]
+    assert _outputs(out) == ["generate.json", "tiny-2.mp4", "tiny-2.wav", "tiny.mp4", "tiny.wav"]
     table = capsys.readouterr().out
     assert "file" in table and "windows" in table and "2 of 2 files ok" in table
     assert "tiny.wav, tiny.mp4" in table and "tiny-2.wav, tiny-2.mp4" in table  # where each input's outputs went
 
 
+def test_cli_records_each_outputs_source_and_evaluate_pairs_by_it(
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two inputs named tiny.mp4 from two folders: generate.json says which made `tiny` and which
+    `tiny-2`, and `evaluate` without --reference scores each against its own source's soundtrack."""
+    import json
+
+    from controlfoley.generate_cli import MANIFEST, read_manifest
+
+    other = tmp_path / "b"
+    other.mkdir()
+    twin = other / "tiny.mp4"
+    twin.write_bytes(media["short"].read_bytes())  # same name, another video (and soundtrack)
+    out = tmp_path / "out"
+    assert cli.main(["generate", str(media["tiny"]), str(twin), "--model", str(model_file), "--out", str(out), "--steps", "2", "--seed", "7"]) == 0
+    record = read_manifest(out)
+    assert set(record) == {"tiny", "tiny-2"}
+    assert record["tiny"]["source"] == str(media["tiny"].resolve()) and record["tiny-2"]["source"] == str(twin.resolve())
+    assert record["tiny-2"]["audio"] == "tiny-2.wav" and record["tiny-2"]["video"] == "tiny-2.mp4"
+    assert record["tiny"]["settings"]["seed"] == 7 and record["tiny"]["settings"]["steps"] == 2 and record["tiny"]["settings"]["model"] == str(model_file)
+    # a later run into the same folder adds its entry and keeps the others
+    assert cli.main(["generate", str(media["short"]), "--model", str(model_file), "--out", str(out), "--steps", "2"]) == 0
+    assert set(read_manifest(out)) == {"tiny", "tiny-2", "short"}
+    capsys.readouterr()
+
+    scores = tmp_path / "scores.json"
+    assert cli.main(["evaluate", str(out), "--out", str(scores)]) == 0
+    files = {f["file"]: f for f in json.loads(scores.read_text())["files"]}
+    assert {k: v["reference"] for k, v in files.items()} == {"tiny": str(media["tiny"].resolve()), "tiny-2": str(twin.resolve()), "short": str(media["short"].resolve())}
+    # each scored on its own source's length (2 s and 6 s), not on one shared name
+    assert files["tiny"]["reference_s"] == pytest.approx(2.0, abs=0.05) and files["tiny-2"]["reference_s"] == pytest.approx(files["short"]["reference_s"])
+    assert files["tiny-2"]["reference_s"] > 4.0
+
+    # pairing by name instead cannot find tiny-2; the error says where it came from and how to pair it
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    (ref / "tiny.mp4").write_bytes(media["tiny"].read_bytes())
+    (ref / "short.mp4").write_bytes(media["short"].read_bytes())
+    assert cli.main(["evaluate", str(out), "--reference", str(ref)]) == 1
+    err = capsys.readouterr().err
+    assert f"tiny-2 was made from {twin.resolve()}" in err and "without --reference" in err
+
+    # a source that is gone, and an output the record does not know, are error rows; the rest are scored
+    twin.unlink()
+    (out / "stray.wav").write_bytes((out / "tiny.wav").read_bytes())
+    assert cli.main(["evaluate", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"its source {twin.resolve()} (from {MANIFEST}) is gone" in err and f"stray is not in {out / MANIFEST}" in err
+
+    # an unreadable record: evaluate says so; the next generate keeps it aside and starts a new one
+    (out / MANIFEST).write_text("{not json")
+    assert cli.main(["evaluate", str(out)]) == 2
+    assert "cannot be read as JSON" in capsys.readouterr().err
+    assert cli.main(["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--steps", "2", "--overwrite"]) == 0
+    assert set(read_manifest(out)) == {"tiny"}
+    assert [p.read_text() for p in out.glob(f"{MANIFEST}.unreadable-*")] == ["{not json"]
+
+
+def test_evaluate_without_reference_needs_a_generate_record(media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    (gen / "tiny.mp4").write_bytes(media["tiny"].read_bytes())
+    assert cli.main(["evaluate", str(gen)]) == 2
+    err = capsys.readouterr().err
+    assert f"{gen} has no generate.json" in err and "give --reference" in err
+    assert cli.main(["evaluate", str(gen / "tiny.mp4")]) == 2
+    assert "is a file: give --reference" in capsys.readouterr().err
+
+
 def test_cli_bf16_weights(model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     assert cli.main(["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--steps", "2", "--precision", "bf16-weights"]) == 0
-    assert _outputs(out) == ["tiny.mp4", "tiny.wav"] and "1 of 1 files ok" in capsys.readouterr().out
+    assert _outputs(out) == ["generate.json", "tiny.mp4", "tiny.wav"] and "1 of 1 files ok" in capsys.readouterr().out
 
 
 def test_cli_guidance_every_reaches_the_sampler(
@@ -365,7 +434,7 @@ def test_cli_takes_a_folder_of_videos(model_file: Path, media: dict[str, Path], 
     (folder / "notes.txt").write_text("not a video")
     out = tmp_path / "out"
     assert cli.main(["generate", str(folder), "--model", str(model_file), "--out", str(out), "--steps", "2"]) == 0
-    assert _outputs(out) == ["A.mp4", "A.wav"] and "1 of 1 files ok" in capsys.readouterr().out
+    assert _outputs(out) == ["A.mp4", "A.wav", "generate.json"] and "1 of 1 files ok" in capsys.readouterr().out
     empty = tmp_path / "empty"
     empty.mkdir()
     assert cli.main(["generate", str(empty), "--model", "no_such_model", "--out", str(out)]) == 2
@@ -378,7 +447,7 @@ def test_cuda_cli_generate_with_cuda_graph(model_file: Path, media: dict[str, Pa
     out = tmp_path / "out"
     args = ["generate", str(media["tiny"]), str(media["short"]), "--model", str(model_file), "--out", str(out), "--steps", "2"]
     assert cli.main([*args, "--device", "cuda", "--cuda-graph", "--precision", precision]) == 0
-    assert _outputs(out) == ["short.mp4", "short.wav", "tiny.mp4", "tiny.wav"]
+    assert _outputs(out) == ["generate.json", "short.mp4", "short.wav", "tiny.mp4", "tiny.wav"]
 
 
 def test_cli_unwritable_output_folder(model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -473,7 +542,7 @@ def test_cli_refuses_existing_outputs_unless_overwrite(
     assert cli.main([*args, "--vocoder", "nosuch"]) == 2  # a bad argument is named first, not hidden behind the clash
     assert "unknown vocoder 'nosuch'" in capsys.readouterr().err
     assert cli.main([*args, "--seed", "2", "--overwrite"]) == 0
-    assert (out / "tiny.wav").read_bytes() != first and _outputs(out) == ["tiny.mp4", "tiny.wav"]  # replaced, no temp left
+    assert (out / "tiny.wav").read_bytes() != first and _outputs(out) == ["generate.json", "tiny.mp4", "tiny.wav"]  # replaced, no temp left
 
 
 def test_cli_refuses_to_replace_an_input_before_sampling(

@@ -248,7 +248,14 @@ def weight_args(registry: Any, part: Part) -> tuple[str, ...]:
     return tuple(getattr(registry.get(part.name), "weight_args", ())) if part.name in registry else ()
 
 
-WIRED_ARGS = frozenset({"n_mels", "vocab_size", "grid", "in_dim", "out_dim", "mel"})  # set by build_model from other parts
+# config field -> the arguments build_model sets in that part's builder from the other parts (the
+# same names in another part's builder, e.g. a control encoder's own out_dim, are that part's settings)
+WIRED_ARGS: Mapping[str, frozenset[str]] = {
+    "tokenizer": frozenset({"n_mels"}),
+    "backbone": frozenset({"vocab_size", "grid"}),
+    "aligner": frozenset({"in_dim", "out_dim", "grid"}),
+    "vocoder": frozenset({"mel"}),
+}
 
 
 def builder_defaults(cfg: ModelConfig) -> dict[str, dict[str, Any]]:
@@ -261,7 +268,7 @@ def builder_defaults(cfg: ModelConfig) -> dict[str, dict[str, Any]]:
         part = getattr(cfg, field_name, None)
         if part is None or part.name not in registry:
             continue
-        skip = WIRED_ARGS | set(part.kwargs) | set(weight_args(registry, part))
+        skip = WIRED_ARGS.get(field_name, frozenset()) | set(part.kwargs) | set(weight_args(registry, part))
         try:
             params = registry.accepted_args(part.name).values()
         except (TypeError, ValueError):  # a builder without a signature

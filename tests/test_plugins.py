@@ -407,6 +407,39 @@ def test_a_builder_default_changed_after_saving_rebuilds_the_saved_model(tmp_pat
         GUIDANCE.unregister("test_cfg_default")
 
 
+def test_a_part_default_named_like_a_wired_argument_is_recorded(tmp_path: Path) -> None:
+    """`out_dim` is wired into the aligner, but a control encoder's own `out_dim` is its setting: a
+    checkpoint records its default, so a changed default still rebuilds the saved widths. Before,
+    every argument called out_dim / in_dim / n_mels / grid was skipped in every part, and loading
+    failed with shape mismatches whose advice was the from_pretrained the user had just called."""
+    import warnings
+
+    from controlfoley import CONTROL_ENCODERS, build_model, from_pretrained
+
+    class Proj(nn.Module):
+        required_features = ("sync",)
+
+        def __init__(self, out_dim: int) -> None:
+            super().__init__()
+            self.out_dim = out_dim
+            self.proj = nn.Linear(768, out_dim)
+
+        def forward(self, features):
+            return self.proj(features["sync"])
+
+    CONTROL_ENCODERS.register("test_proj_default")(lambda out_dim=96: Proj(out_dim))
+    try:
+        path = build_model("specmaskfoley_tiny", control_encoder="test_proj_default").save(tmp_path / "m.safetensors")
+        CONTROL_ENCODERS.register("test_proj_default", override=True)(lambda out_dim=80: Proj(out_dim))
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            loaded = from_pretrained(path)
+        assert loaded.control_encoder.out_dim == 96 and loaded.aligner is not None
+        assert any("now defaults to out_dim=80 (saved with 96)" in str(w.message) for w in seen)
+    finally:
+        CONTROL_ENCODERS.unregister("test_proj_default")
+
+
 def test_a_broken_env_plugin_is_reported_again_on_the_next_lookup(tmp_path, monkeypatch):
     import controlfoley._registry as registry
     from controlfoley import ALIGNERS

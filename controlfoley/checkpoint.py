@@ -69,6 +69,12 @@ def read_state_dict(path: str | os.PathLike[str], map_location: str | torch.devi
 def _unreadable(path: Path, e: Exception) -> CheckpointError:
     """The error for a file safetensors cannot read: a PyTorch pickle is named, with how to load one."""
     if _is_torch_pickle(path):
+        known = _pickle_kind(path)
+        if known is not None:
+            return CheckpointError(
+                f"{path} is a PyTorch pickle, not a controlfoley (safetensors) checkpoint: it is {known.label}; "
+                + known.advice(path)
+            )
         return CheckpointError(
             f"{path} is a PyTorch pickle (.ckpt / .pt), not a controlfoley (safetensors) checkpoint. An official SpecVQGAN "
             f"codebook is loaded by the tokenizer's builder, with SpecVQGAN's own mel: build_model(..., mel='specvqgan', "
@@ -77,6 +83,17 @@ def _unreadable(path: Path, e: Exception) -> CheckpointError:
             "vocoder's (vocoder={'name': 'hifigan', 'checkpoint': ...})"
         )
     return CheckpointError(f"{path} is not a readable safetensors file ({e}). Is it truncated, or another format?")
+
+
+def _pickle_kind(path: Path) -> Any:
+    """What a pickled weights file is (`_ckpt_kind.Kind`), read with weights_only; None if unknown or unreadable."""
+    from controlfoley._ckpt_kind import identify_container
+    from controlfoley._legacy import load_legacy_checkpoint
+
+    try:
+        return identify_container(load_legacy_checkpoint(path, trust=False))
+    except Exception:  # noqa: BLE001  only for a better message: the generic one stands
+        return None
 
 
 def _is_torch_pickle(path: Path) -> bool:

@@ -260,11 +260,60 @@ def test_hifigan_official_checkpoint_roundtrip(tmp_path, resblock: str) -> None:
         assert torch.equal(loaded(mel), ref)
 
 
+def test_hifigan_generator_files_in_other_namings_load_to_the_same_output(tmp_path) -> None:
+    """A DDP `module.` prefix, fp16 tensors, and weight norm removed before saving (a plain
+    `weight` per conv, as `remove_weight_norm` exports for inference): all the same generator."""
+    torch.manual_seed(0)
+    voc = _tiny_hifigan()
+    sd = voc.generator.state_dict()
+    mel = torch.rand(2, 8, 12) * 2 - 1
+    ref = voc(mel)
+    plain = {}
+    for k, v in sd.items():
+        if k.endswith(".weight_v"):
+            plain[k[: -len("_v")]] = voc.generator.get_submodule(k[: -len(".weight_v")]).weight.detach()
+        elif not k.endswith(".weight_g"):
+            plain[k] = v
+    files = {
+        "ddp": {"generator": {f"module.{k}": v for k, v in sd.items()}},
+        "fp16": {"generator": {k: v.half() for k, v in sd.items()}},
+        "folded": {"generator": plain},
+    }
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / name)
+        torch.manual_seed(1)  # another init: only the file can make the outputs agree
+        out = _tiny_hifigan(str(tmp_path / name))(mel)
+        tol = 5e-3 if name == "fp16" else 1e-5
+        assert torch.allclose(out, ref, atol=tol), name
+
+
+def test_a_weights_file_for_another_part_is_named_with_where_it_loads(tmp_path) -> None:
+    """A MelGAN file given as HiFi-GAN (and back), HiFi-GAN's discriminator file (do_...) instead of
+    its generator, and a vocoder file given to from_pretrained: the error says what the file is and
+    the call that loads it, not "build the vocoder with another architecture"."""
+    from controlfoley import from_pretrained
+
+    torch.manual_seed(0)
+    fe = SpecVQGANMel(sample_rate=8000, n_fft=64, hop_length=16, win_length=64, n_mels=8, fmin=125.0, fmax=3000.0)
+    melgan = melgan_vocoder(mel=fe, ngf=4, n_residual_layers=2, ratios=(4, 4))
+    torch.save(melgan.generator.state_dict(), tmp_path / "best_netG.pt")
+    torch.save({"generator": _tiny_hifigan().generator.state_dict()}, tmp_path / "g_00000001")
+    with pytest.raises(CheckpointError, match=r"best_netG.pt is a MelGAN generator \(a vocoder\), not a HiFi-GAN generator.*'name': 'melgan', 'checkpoint'"):
+        _tiny_hifigan(str(tmp_path / "best_netG.pt"))
+    with pytest.raises(CheckpointError, match=r"g_00000001 is a HiFi-GAN generator \(a vocoder\), not a MelGAN generator.*'name': 'hifigan', 'checkpoint'"):
+        melgan_vocoder(mel=fe, checkpoint=str(tmp_path / "g_00000001"), ngf=4, n_residual_layers=2, ratios=(4, 4))
+    torch.save({"mpd": {"w": torch.zeros(1)}, "msd": {"w": torch.zeros(1)}, "optim_g": {}, "optim_d": {}, "steps": 1, "epoch": 0}, tmp_path / "do_00000001")
+    with pytest.raises(CheckpointError, match=r"discriminator and optimizer state.*not its generator; give the generator file saved beside it instead \(g_XXXXXXXX"):
+        _tiny_hifigan(str(tmp_path / "do_00000001"))
+    with pytest.raises(CheckpointError, match=r"g_00000001 is a PyTorch pickle, not a controlfoley \(safetensors\) checkpoint: it is a HiFi-GAN generator"):
+        from_pretrained(tmp_path / "g_00000001")
+
+
 def test_hifigan_checkpoint_mismatch_and_trust(tmp_path) -> None:
     sd = _tiny_hifigan().generator.state_dict()
     extra = {**sd, "conv_post.extra": torch.zeros(1)}
     torch.save({"generator": extra}, tmp_path / "extra.pt")
-    with pytest.raises(CheckpointError, match=r"unexpected keys \['conv_post.extra'\]"):
+    with pytest.raises(CheckpointError, match=r"holds every tensor of the HiFi-GAN generator and 1 more: \['conv_post.extra'\]; drop those keys"):
         _tiny_hifigan(str(tmp_path / "extra.pt"))
     fewer = {k: v for k, v in sd.items() if k != "ups.1.bias"}
     torch.save({"generator": fewer}, tmp_path / "fewer.pt")

@@ -232,6 +232,29 @@ def test_official_checkpoint_mismatch_names_keys(tmp_path: Path, tiny: SpecVQGAN
         load_official_checkpoint(path2, **{**TINY, "n_embed": 32})
 
 
+def test_official_codebook_variants_and_other_files(tmp_path: Path, tiny: SpecVQGAN) -> None:
+    """A DDP `module.` prefix and a `{"model": sd}` wrapper load; a controlfoley checkpoint, a
+    vocoder file, or extra state beside the weights are each named, with what to do."""
+    from controlfoley import build_model
+
+    sd = tiny.state_dict()
+    _save_official(tmp_path / "ddp.ckpt", {f"module.{k}": v for k, v in sd.items()})
+    torch.save({"model": dict(sd)}, tmp_path / "wrapped.pt")
+    for name in ("ddp.ckpt", "wrapped.pt"):
+        loaded = load_official_checkpoint(tmp_path / name, **TINY)
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), sd.values(), strict=True)), name
+    _save_official(tmp_path / "ema.ckpt", {**sd, "model_ema.decay": torch.tensor(0.999)})
+    with pytest.raises(CheckpointError, match=r"holds every tensor of the SpecVQGAN model and 1 more \(model_ema.decay\): drop those keys"):
+        load_official_checkpoint(tmp_path / "ema.ckpt", **TINY)
+    ours = build_model("specmaskfoley_tiny").save(tmp_path / "ours.safetensors")
+    with pytest.raises(CheckpointError, match=r"ours.safetensors is a controlfoley model checkpoint, not an official SpecVQGAN codebook.*from_pretrained"):
+        load_official_checkpoint(ours, **TINY)
+    hifigan_keys = {"conv_pre.weight_v": torch.zeros(1), "conv_pre.weight_g": torch.zeros(1), "resblocks.0.convs1.0.weight_v": torch.zeros(1)}
+    torch.save({"generator": hifigan_keys}, tmp_path / "g_00000001")
+    with pytest.raises(CheckpointError, match=r"it is a HiFi-GAN generator \(a vocoder\): build_model\(\.\.\., vocoder="):
+        load_official_checkpoint(tmp_path / "g_00000001", **TINY)
+
+
 def test_pickled_custom_objects_need_trust(tmp_path: Path, tiny: SpecVQGAN) -> None:
     path = tmp_path / "with_objects.ckpt"
     _save_official(path, tiny.state_dict(), hyper_parameters=TrainerState())
@@ -339,7 +362,7 @@ def test_an_official_codebook_through_the_builder_loads_and_saves_self_contained
     assert torch.equal(again.tokenizer.quantize.embedding.weight, tiny.quantize.embedding.weight)
     assert again.trained_parts == {"tokenizer"}  # the record travels with the file
     _save_official(path, tiny.state_dict())
-    with pytest.raises(CheckpointError, match=r"is a PyTorch pickle .*mel='specvqgan', tokenizer=\{'checkpoint'.*--model 'mel=\"specvqgan\"'"):
+    with pytest.raises(CheckpointError, match=r"is a PyTorch pickle.*it is an official SpecVQGAN codebook.*mel='specvqgan', tokenizer=\{'checkpoint'.*--model 'mel=\"specvqgan\"'"):
         load_parts(build_model("specmaskfoley_tiny"), path, ["tokenizer"])
     (tmp_path / "cut.safetensors").write_bytes(b"\x80" + b"\x00" * 7)  # a damaged file that merely starts like a pickle
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):

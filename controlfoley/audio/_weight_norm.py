@@ -8,8 +8,10 @@ Features
 - `read_state_dict`: safetensors files, or legacy pickles through `load_legacy_checkpoint` (tensors only
   unless the caller trusts the file), unwrapping `{"generator": sd}`; a DDP `module.` prefix is dropped.
 - `rename_parametrized`: newer torch's `parametrizations.weight.original0/1` names -> `weight_g/weight_v`.
-- `load_strict`: compares keys and shapes first and raises CheckpointError naming the missing, unexpected
-  and mis-shaped tensors, then loads with `strict=True`.
+- `load_strict`: takes the naming variants of the module's own layout (`_ckpt_kind.adapt_names`: a
+  `module.` prefix, either weight-norm naming, weight norm removed into a plain `weight`), compares keys
+  and shapes and raises CheckpointError naming the missing, unexpected and mis-shaped tensors (or, for
+  another kind of weights file, what it is and where it loads), then loads with `strict=True`.
 
 References: HiFi-GAN (jik876/hifi-gan), MelGAN (descriptinc/melgan-neurips), torch.nn.utils.weight_norm.
 """
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from controlfoley._ckpt_kind import adapt_names, identify_container, mismatch_advice
 from controlfoley._legacy import load_legacy_checkpoint
 from controlfoley.errors import CheckpointError
 from controlfoley.typing import Float, Tensor
@@ -88,12 +91,15 @@ def read_state_dict(path: str | os.PathLike[str], *, trust: bool, what: str) -> 
         obj: Any = load_file(str(path))
     else:
         obj = load_legacy_checkpoint(path, trust=trust)
+    whole = obj
     if isinstance(obj, Mapping) and "generator" in obj:
         obj = obj["generator"]
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         kind = f"a dict with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else type(obj).__name__
+        known = identify_container(whole)
+        fix = f": it is {known.label}; {known.advice(path)}" if known else ""
         raise CheckpointError(
-            f"{path} is not a {what} state dict: expected tensors (plain or under 'generator'), found {kind}"
+            f"{path} is not a {what} state dict: expected tensors (plain or under 'generator'), found {kind}{fix}"
         )
     sd = {str(k): v for k, v in obj.items()}
     if all(k.startswith("module.") for k in sd):  # saved from a DistributedDataParallel wrapper
@@ -113,20 +119,31 @@ def rename_parametrized(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def load_strict(module: nn.Module, sd: Mapping[str, Tensor], *, what: str, source: str) -> None:
-    """Load `sd` into `module` exactly; any disagreement raises CheckpointError naming the tensors."""
+def load_strict(
+    module: nn.Module, sd: Mapping[str, Tensor], *, what: str, source: str, kind: str | None = None, built_from: str = "its kwargs",
+    fix: str = "Build the vocoder with the architecture the checkpoint was trained with (its config.json).",
+) -> None:
+    """Load `sd` (in any naming `adapt_names` maps) into `module` exactly; a disagreement raises
+    CheckpointError naming the tensors, or, when the keys are another kind of weights file than
+    `kind` (a `_ckpt_kind.Kind` key: "hifigan", "melgan", "bigvgan"), what the file is."""
     own = module.state_dict()
+    sd = adapt_names(sd, own)
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    if (missing or unexpected) and kind is not None and (advice := mismatch_advice(sd, kind, source)):
+        raise CheckpointError(advice)
+    if unexpected and not missing and not shapes:
+        more = f" (+{len(unexpected) - 8} more)" if len(unexpected) > 8 else ""
+        raise CheckpointError(
+            f"{source} holds every tensor of the {what} and {len(unexpected)} more: {unexpected[:8]}{more}; drop those keys "
+            "from the state dict (state saved beside the weights) and load it again"
+        )
     if missing or unexpected or shapes:
         parts = []
         for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
             if items:
                 more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
                 parts.append(f"{label} {items[:8]}{more}")
-        raise CheckpointError(
-            f"{source} does not match the {what} built from its kwargs: {'; '.join(parts)}. "
-            "Build the vocoder with the architecture the checkpoint was trained with (its config.json)."
-        )
+        raise CheckpointError(f"{source} does not match the {what} built from {built_from}: {'; '.join(parts)}. {fix}")
     module.load_state_dict(dict(sd), strict=True)

@@ -143,7 +143,7 @@ def _check_arch(
 def load_hifigan_generator(generator: HifiGanGenerator, path: str, *, trust: bool = False) -> None:
     """Load an official `{"generator": sd}` file (weight_g/v or parametrised names) strictly."""
     sd = rename_parametrized(read_state_dict(path, trust=trust, what="HiFi-GAN generator"))
-    load_strict(generator, sd, what="HiFi-GAN generator", source=str(path))
+    load_strict(generator, sd, what="HiFi-GAN generator", source=str(path), kind="hifigan")
 
 
 class HifiGanVocoder(nn.Module):

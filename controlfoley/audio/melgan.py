@@ -91,7 +91,7 @@ class MelGANGenerator(nn.Module):
 def load_melgan_generator(generator: MelGANGenerator, path: str, *, trust: bool = False) -> None:
     """Load a MelGAN generator state dict (`model.N.{weight_g,weight_v,bias}`) strictly."""
     sd = rename_parametrized(read_state_dict(path, trust=trust, what="MelGAN generator"))
-    load_strict(generator, sd, what="MelGAN generator", source=str(path))
+    load_strict(generator, sd, what="MelGAN generator", source=str(path), kind="melgan")
 
 
 class MelGANVocoder(nn.Module):

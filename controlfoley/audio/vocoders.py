@@ -37,6 +37,7 @@ from torch import nn
 from controlfoley._legacy import load_legacy_checkpoint
 from controlfoley._registry import VOCODERS
 from controlfoley.audio import hifigan, melgan  # noqa: F401  (their modules register "hifigan" and "melgan")
+from controlfoley._ckpt_kind import identify_container
 from controlfoley.audio._weight_norm import load_strict
 from controlfoley.audio.hifigan import check_hifigan_pairing
 from controlfoley.audio.mel import MelFrontEnd
@@ -205,6 +206,8 @@ def _bigvgan_config(folder: Path, mel: MelFrontEnd) -> dict[str, Any]:
 def bigvgan_vocoder(*, mel: MelFrontEnd, folder: str, trust_checkpoint: bool = False, use_cuda_kernel: bool = False) -> BigVGANVocoder:
     """BigVGAN from a local folder (config.json + bigvgan_generator.pt); needs the `bigvgan` package."""
     path = Path(folder)
+    if path.is_file():
+        raise CheckpointError(f"BigVGAN folder={path} is a file; give the folder holding it and config.json: folder={str(path.parent)!r}")
     if not path.is_dir():
         raise CheckpointError(f"BigVGAN folder not found: {path}. Give a local folder holding config.json and bigvgan_generator.pt.")
     missing = [name for name in ("config.json", "bigvgan_generator.pt") if not (path / name).is_file()]
@@ -215,8 +218,14 @@ def bigvgan_vocoder(*, mel: MelFrontEnd, folder: str, trust_checkpoint: bool = F
     pkg = require("bigvgan", extra="bigvgan", purpose="the BigVGAN vocoder")
     generator = pkg.BigVGAN(hparams, use_cuda_kernel=use_cuda_kernel)
     state = load_legacy_checkpoint(path / "bigvgan_generator.pt", trust=trust_checkpoint)
-    if not isinstance(state, dict) or "generator" not in state:
-        raise CheckpointError(f"{path / 'bigvgan_generator.pt'} must hold {{'generator': state_dict}}")
-    load_strict(generator, state["generator"], what="BigVGAN generator", source=str(path / "bigvgan_generator.pt"))
+    source = str(path / "bigvgan_generator.pt")
+    if not isinstance(state, dict) or not isinstance(state.get("generator"), dict):
+        known = identify_container(state)
+        fix = f"; it is {known.label}: {known.advice(source)}" if known else ""
+        raise CheckpointError(f"{source} must hold {{'generator': state_dict}}{fix}")
+    load_strict(
+        generator, state["generator"], what="BigVGAN generator", source=source, kind="bigvgan", built_from="the folder's config.json",
+        fix="Put the config.json the checkpoint was trained with beside it (a BigVGAN release folder holds both).",
+    )  # fmt: skip
     generator.remove_weight_norm()  # inference only: fold g * v / ||v|| into plain weights once
     return BigVGANVocoder(mel, generator.eval())

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from controlfoley._ckpt_kind import identify_container, mismatch_advice, strip_prefix
 from controlfoley._legacy import load_legacy_checkpoint
 from controlfoley._registry import TOKENIZERS
 from controlfoley.config import ConfigError
@@ -262,6 +263,13 @@ def _check_keys(expected: dict[str, Tensor], got: dict[str, Tensor], source: str
         problems.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatch(es): {_first(mismatched, 3)}")
+    if (missing or unexpected) and (advice := mismatch_advice(got, "specvqgan", source)):
+        raise CheckpointError(advice)
+    if unexpected and not missing and not mismatched:
+        raise CheckpointError(
+            f"{source} holds every tensor of the SpecVQGAN model and {len(unexpected)} more ({_first(unexpected)}): "
+            "drop those keys from the state dict (e.g. EMA or optimizer state saved beside the weights) and load it again"
+        )
     if problems:
         raise CheckpointError(
             f"{source} does not match the SpecVQGAN model: " + "; ".join(problems)
@@ -274,12 +282,18 @@ def read_official_state_dict(path: str | os.PathLike[str], *, trust: bool = Fals
     """Read an official SpecVQGAN Lightning `.ckpt` (weights under "state_dict"; a bare state dict
     is accepted too) and drop the training-loss modules (`loss.*`: LPIPS and discriminator)."""
     obj = load_legacy_checkpoint(path, trust=trust)
-    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+    sd = None
+    if isinstance(obj, dict):  # Lightning's "state_dict"; a re-saved {"model": sd}; or the state dict itself
+        sd = next((obj[w] for w in ("state_dict", "model") if isinstance(obj.get(w), dict)), obj)
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, Tensor) for v in sd.values()):
         found = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
+        known = identify_container(obj)
+        fix = f"; it is {known.label}: {known.advice(path)}" if known and known.key != "specvqgan" else ""
         raise CheckpointError(
-            f"{path} is not a SpecVQGAN checkpoint: expected a dict of tensors under 'state_dict', found {found}"
+            f"{path} is not a SpecVQGAN checkpoint: expected a dict of tensors under 'state_dict' (or 'model', or the tensors "
+            f"themselves), found {found}{fix}"
         )
+    sd = strip_prefix({k: v for k, v in sd.items() if not k.startswith("loss.")})  # saved from a DistributedDataParallel wrapper
     return {k: v for k, v in sd.items() if not k.startswith("loss.")}
 
 

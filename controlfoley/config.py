@@ -9,7 +9,9 @@ Overrides (`ModelConfig.override`, and so `build_model(preset, **overrides)`):
 - `aligner="plain1d"`: switch the part, keeping the kwargs the new builder also accepts;
 - `backbone={"depth": 4}`: merge kwargs (a `"name"` key switches the part as well);
 - `aligner=Part("plain1d", {...})`: replace the part whole; `control_encoder=None, aligner=None,
-  controlnet=None` (together): remove the optional video parts, leaving the backbone alone;
+  controlnet=None` (together): remove the optional video parts, leaving the backbone alone (a
+  guidance rule that reads video then becomes 'cfg_text' at its scale and schedule, as in the
+  backbone-alone presets, unless `guidance=` is given in the same call);
 - `sampler={"steps": 16}` or `n_frames=512` for the plain fields.
 """
 
@@ -264,7 +266,29 @@ class ModelConfig:
                 raise ConfigError(
                     f"unknown override {key!r}; fields you can override: {sorted((*_PART_FIELDS, 'sampler', 'n_frames'))}"
                 )
+        removed = [f for f in _OPTIONAL_PARTS if f in changes and changes[f] is None]
+        if removed and len(removed) < len(_OPTIONAL_PARTS) and all(getattr(self, f) is not None for f in _OPTIONAL_PARTS):
+            rest = ", ".join(f"{f}=None" for f in _OPTIONAL_PARTS if f not in removed)
+            raise ConfigError(
+                f"{', '.join(removed)} removed alone: control_encoder, aligner and controlnet come together; for the backbone alone "
+                f"remove all three (add {rest}: build_model(..., control_encoder=None, aligner=None, controlnet=None))"
+            )
+        if removed and "guidance" not in overrides and self.has_control:
+            changes["guidance"] = _guidance_without_video(self.guidance, registries.get("guidance"))
         return dataclasses.replace(self, **changes)
+
+
+def _guidance_without_video(part: Part, registry: Any) -> Part:
+    """The guidance of a config whose video parts were just removed: the same part where its rule
+    reads no video; text-only CFG at the same scale and schedule where it does (multi-CFG, cfg_video:
+    the backbone-alone presets' rule), since a model without a ControlNet cannot sample those."""
+    try:
+        rule = registry.build(part.name, **part.kwargs)
+    except Exception:  # noqa: BLE001  a broken rule fails, named, when the model is built
+        return part
+    if not getattr(rule, "needs_video", False):
+        return part
+    return Part("cfg_text", {k: part.kwargs[k] for k in ("scale", "schedule") if k in part.kwargs})
 
 
 def _override_part(key: str, old: Part | None, value: Any, registry: Any) -> Part | None:

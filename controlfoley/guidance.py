@@ -91,6 +91,12 @@ class GuidanceRule:
     def combine(self, logits: tuple[Tensor, ...], scale: float) -> Float[Tensor, "b l v"]:
         raise NotImplementedError  # abstract
 
+    def without_text(self) -> "GuidanceRule":
+        """The rule `FoleyPipeline` samples with when this model rule needs text and no prompt is
+        given: video-only CFG at the same scale and schedule (the paper's "CFG w/o l_tv"). A rule
+        of one's own may return another; it must not need text."""
+        return CFG("video", self.scale, self.schedule)
+
     def __repr__(self) -> str:
         conds = ", ".join(c.label for c in self.conditions)
         return f"{type(self).__name__}(scale={self.scale}, schedule={self.schedule!r}, conditions=[{conds}])"
@@ -103,6 +109,9 @@ class NoGuidance(GuidanceRule):
 
     def combine(self, logits: tuple[Tensor, ...], scale: float) -> Float[Tensor, "b l v"]:
         return logits[0]
+
+    def without_text(self) -> GuidanceRule:
+        return NoGuidance("video")  # unguided stays unguided, on the video condition
 
 
 class CFG(GuidanceRule):

@@ -158,6 +158,14 @@ class SpecMaskFoley(nn.Module):
                 f"control encoder {enc_name!r} failed on video features {shapes}: {str(e).splitlines()[0]}; do the feature widths "
                 "match what it was built for? (declare them as its `feature_dims` to have them checked up front)"
             ) from e
+        width = int(self.control_encoder.out_dim)
+        if not isinstance(encoded, Tensor) or encoded.ndim != 3 or encoded.shape[-1] != width:
+            got = list(encoded.shape) if isinstance(encoded, Tensor) else type(encoded).__name__
+            enc_name = self.config.control_encoder.name if self.config.control_encoder is not None else "?"
+            raise ShapeError(
+                f"control encoder {enc_name!r} returned {got}, but it declares out_dim={width}: it must return [batch, frames, {width}] "
+                "(the aligner was built for that width); make out_dim the width its forward gives"
+            )
         out = self.aligner(encoded)
         want = (self.n_tokens, self.backbone.dim)
         if not isinstance(out, Tensor) or out.ndim != 3 or tuple(out.shape[1:]) != want:
@@ -457,7 +465,28 @@ class SpecMaskFoley(nn.Module):
         mel = self.mel(wav)
         n = self.config.n_frames
         mel = mel[..., :n] if mel.shape[-1] >= n else F.pad(mel, (0, n - mel.shape[-1]), value=-1.0)
-        return self.tokenizer.encode(mel.to(param_dtype(self.tokenizer, mel.dtype)))  # a bf16 / fp16 model's own dtype
+        return self.encode_mel(mel)
+
+    @torch.no_grad()
+    def encode_mel(self, mel: Float[Tensor, "b m n"]) -> Int[Tensor, "b f t"]:
+        """Mel windows [b, n_mels, n_frames] -> tokens [b, F, T] through the tokenizer, checked: a
+        tokenizer whose codes are not [b, F, T] of this model's grid, integers in its codebook, fails
+        here naming it (not later as data "extracted for another preset")."""
+        codes = self.tokenizer.encode(mel.to(param_dtype(self.tokenizer, mel.dtype)))  # a bf16 / fp16 model's own dtype
+        want = (mel.shape[0], *self.grid)
+        name = self.config.tokenizer.name
+        if not isinstance(codes, Tensor) or tuple(codes.shape) != want or codes.is_floating_point() or codes.dtype == torch.bool:
+            got = f"{list(codes.shape)} {codes.dtype}" if isinstance(codes, Tensor) else type(codes).__name__
+            raise ShapeError(
+                f"tokenizer {name!r} encoded mel {list(mel.shape)} to {got}; a tokenizer's encode must return integer codes "
+                f"[batch, F, T] = {list(want)} for this model's token grid {self.grid} (a 1-D tokenizer keeps F = 1: codes[:, None])"
+            )
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.tokenizer.codebook_size):
+            raise ShapeError(
+                f"tokenizer {name!r} gave codes in [{int(codes.min())}, {int(codes.max())}], outside its codebook of "
+                f"{self.tokenizer.codebook_size}; codes must be in [0, codebook_size)"
+            )
+        return codes
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, extra_metadata: Mapping[str, str] | None = None) -> Path:

@@ -29,7 +29,8 @@ Features
   `text_encoder`. Without a prompt, a model whose guidance needs text (the paper's multi-CFG)
   samples with 'cfg_video' at the same scale and schedule (video-only CFG, the paper's "CFG w/o
   l_text&video" ablation; an unguided 'none' rule moves to the video condition), logged once per
-  pipeline.
+  pipeline. That fallback is the rule's `without_text()`: a guidance rule of one's own overrides
+  it to choose its own.
   `negative_prompt` replaces the unconditional mask of the rows without text (model.generate).
 - `controlfoley generate VIDEO... --model M --out DIR` (`generate_main`, in controlfoley.generate_cli).
 
@@ -49,11 +50,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from controlfoley._registry import GUIDANCE
 from controlfoley.config import ConfigError
 from controlfoley.data.extractors import ExtractorSpec, build_extractor
 from controlfoley.errors import RandomWeightsWarning, ShapeError
-from controlfoley.guidance import GuidanceRule, NoGuidance
+from controlfoley.guidance import GuidanceRule
 from controlfoley.model import checked_guidance_every, run_vocoder
 from controlfoley.typing import Float, Int, Tensor
 from controlfoley.pipeline_parts import (
@@ -478,12 +478,16 @@ class FoleyPipeline:
         if guidance is not None:  # the caller's choice, as is (a rule that needs text then needs a prompt)
             return text, negative, rule
         if text is None and rule.needs_text:
+            fallback = rule.without_text()  # video-only CFG for the built-ins; a rule of one's own may choose
+            if not isinstance(fallback, GuidanceRule) or fallback.needs_text:
+                raise ConfigError(
+                    f"no prompt, and guidance {rule}.without_text() returned {fallback!r}, which is not a rule without a text "
+                    "condition; give a prompt, or return one from without_text()"
+                )
             if not self._warned_no_prompt:
-                log.warning("no prompt: guidance %s needs text, so video-only CFG ('cfg_video') samples instead", rule)
+                log.warning("no prompt: guidance %s needs text, so %s (its without_text()) samples instead", rule, fallback)
                 self._warned_no_prompt = True
-            if isinstance(rule, NoGuidance):  # unguided stays unguided, on the video condition
-                return None, negative, GUIDANCE.build("none", condition="video")
-            return None, negative, GUIDANCE.build("cfg_video", scale=rule.scale, schedule=rule.schedule)
+            return None, negative, fallback
         return text, negative, None
 
     def encode_text(self, prompt: Prompt) -> Float[Tensor, "1 c"]:

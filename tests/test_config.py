@@ -40,8 +40,25 @@ def test_sampler_override_and_bad_fields():
 def test_control_parts_come_together():
     with pytest.raises(ConfigError, match="come together"):
         get_preset("specmaskfoley").override(controlnet=None)
+    with pytest.raises(ConfigError, match=r"controlnet removed alone.*add control_encoder=None, aligner=None"):
+        get_preset("specmaskfoley").override(controlnet=None)
     cfg = get_preset("specmaskfoley").override(controlnet=None, aligner=None, control_encoder=None)
     assert not cfg.has_control
+
+
+def test_removing_the_video_parts_moves_a_video_rule_to_text_cfg():
+    """The backbone alone cannot sample multi-CFG or cfg_video (no ControlNet): removing the video
+    parts makes such a rule text-only CFG at its scale and schedule, as the backbone-alone presets
+    have it; a rule without video, or guidance= given in the same call, is kept."""
+    base = get_preset("specmaskfoley").override(guidance={"scale": 2.5})
+    alone = base.override(controlnet=None, aligner=None, control_encoder=None)
+    assert alone.guidance == Part("cfg_text", {"scale": 2.5, "schedule": base.guidance.kwargs["schedule"]})
+    assert alone.guidance.name == get_preset("specmaskgit").guidance.name
+    kept = base.override(guidance="none", controlnet=None, aligner=None, control_encoder=None)
+    assert kept.guidance.name == "none"
+    text_only = get_preset("specmaskfoley").override(guidance="cfg_text", controlnet=None, aligner=None, control_encoder=None)
+    assert text_only.guidance == Part("cfg_text", {"scale": 3.0, "schedule": "linear"})  # as given (the old settings it accepts)
+    assert get_preset("specmaskfoley").override(sampler={"steps": 4}).guidance == get_preset("specmaskfoley").guidance  # untouched otherwise
 
 
 def test_non_json_values_are_refused():

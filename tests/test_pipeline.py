@@ -229,13 +229,37 @@ def test_without_prompt_multi_cfg_falls_back_to_video_cfg(media: dict[str, Path]
         p(media["tiny"], steps=2)
         p(media["tiny"], steps=2)
     assert [type(r).__name__ for r in rules] == ["CFG", "CFG"] and rules[0].conditions[1].label == "video"
-    assert sum("cfg_video" in r.message for r in caplog.records) == 1  # said once, not per file
+    assert sum("no prompt" in r.message and "conditions=[uncond, video]" in r.message for r in caplog.records) == 1  # said once, not per file
     p(media["tiny"], prompt="bell, thud", negative_prompt="buzz", steps=2)
     assert rules[-1] is None  # the model's own rule (multi-CFG) with the prompt
     with pytest.raises(ValueError, match="unknown tag"):
         p.encode_text("trumpet")
     unguided = _pipeline(micro_model(guidance="none"))._conditions(None, None)[2]
     assert [c.label for c in unguided.conditions] == ["video"]  # not CFG at scale 0, which would drop the video
+
+
+def test_a_rule_of_ones_own_chooses_its_fallback_without_a_prompt() -> None:
+    """Without a prompt the pipeline samples with the rule's `without_text()`: video-only CFG for the
+    built-ins, whatever a user's rule returns for it (it used to be cfg_video for every rule)."""
+    from controlfoley.guidance import UNCOND, VIDEO, CFG, MultiCFG
+
+    class Damped(MultiCFG):
+        def without_text(self):
+            return CFG("video", self.scale / 2, "constant")
+
+    class Broken(MultiCFG):
+        def without_text(self):
+            return self  # still needs text
+
+    p = _pipeline(micro_model())
+    rule = p._conditions(None, None, None)[2]
+    assert rule.conditions == (UNCOND, VIDEO) and rule.scale == 3.0
+    p.model.guidance = Damped(scale=3.0)
+    rule = p._conditions(None, None, None)[2]
+    assert rule.conditions == (UNCOND, VIDEO) and rule.scale == 1.5 and rule.schedule == "constant"
+    p.model.guidance = Broken()
+    with pytest.raises(ConfigError, match=r"without_text\(\) returned .* not a rule without a text condition"):
+        p._conditions(None, None, None)
 
 
 def test_long_video_windows_continue_the_previous_tokens(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -381,6 +381,47 @@ def test_a_user_control_encoder_fed_the_wrong_width_is_named() -> None:
         CONTROL_ENCODERS.unregister("test_wide_sync")
 
 
+def test_a_parts_output_that_breaks_its_declared_shape_is_blamed_on_that_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A control encoder whose output width is not its out_dim is named (the error blamed the
+    aligner, or was torch's bare matmul message); a tokenizer whose codes are not [b, F, T] is named
+    where audio is tokenized (it used to reach training, blamed on the data)."""
+    from controlfoley import CONTROL_ENCODERS
+    from controlfoley.errors import ShapeError
+
+    class Liar(nn.Module):
+        required_features = ("sync",)
+        out_dim = 96
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(768, 128)
+
+        def forward(self, features):
+            return self.proj(features["sync"])
+
+    CONTROL_ENCODERS.register("test_liar")(lambda: Liar())
+    try:
+        m = build_model("specmaskfoley_tiny", control_encoder="test_liar")
+        with pytest.raises(ShapeError, match=r"control encoder 'test_liar' returned \[1, 20, 128\], but it declares out_dim=96"):
+            m.encode_control({"sync": torch.randn(1, 20, 768)})
+    finally:
+        CONTROL_ENCODERS.unregister("test_liar")
+
+    m = build_model("specmaskfoley_tiny")
+    wav = torch.randn(2, m.n_samples)
+    assert m.encode_audio(wav).shape == (2, *m.grid)
+    real = m.tokenizer.encode
+    monkeypatch.setattr(m.tokenizer, "encode", lambda mel: real(mel)[:, 0])  # [b, T]: the row dimension dropped
+    with pytest.raises(ShapeError, match=rf"tokenizer 'specvqgan' encoded mel \[2, {m.mel.n_mels}, {m.config.n_frames}\] to \[2, {m.grid[1]}\].*\[batch, F, T\]"):
+        m.encode_audio(wav)
+    monkeypatch.setattr(m.tokenizer, "encode", lambda mel: real(mel).float())
+    with pytest.raises(ShapeError, match="integer codes"):
+        m.encode_audio(wav)
+    monkeypatch.setattr(m.tokenizer, "encode", lambda mel: real(mel) + m.tokenizer.codebook_size)
+    with pytest.raises(ShapeError, match="outside its codebook"):
+        m.encode_audio(wav)
+
+
 def test_a_builder_default_changed_after_saving_rebuilds_the_saved_model(tmp_path: Path) -> None:
     """A checkpoint records the builder defaults its config relied on: a plugin whose default changes
     later (or a library update) still rebuilds the saved model, with a warning naming the change,

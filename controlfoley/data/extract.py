@@ -216,7 +216,7 @@ class Extraction:
         mel = self.model.mel(wav)
         frames = self.model.config.n_frames
         mel = mel[..., :frames] if mel.shape[-1] >= frames else F.pad(mel, (0, frames - mel.shape[-1]), value=-1.0)
-        codes = self.model.tokenizer.encode(mel)
+        codes = self.model.encode_mel(mel)  # checked: [b, F, T] integer codes of the model's grid
         out = []
         for i in range(len(wavs)):
             d = {"tokens": codes[i].cpu()}

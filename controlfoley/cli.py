@@ -25,6 +25,10 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from controlfoley.config import ModelConfig
 
 __all__ = ["main", "model_from_arg", "run"]
 
@@ -93,6 +97,7 @@ def info(preset: str) -> str:
     lines.append(f"{'part':<16}{'params':>10}{'trainable':>11}{'frozen':>10}   (trainable / frozen: as the {recipe} recipe trains it)")
     for r in rows:
         lines.append(f"{r['part']:<16}{_fmt(r['params'])}{_fmt(r['trainable']):>11}{_fmt(r['frozen']):>10}")
+    lines += ["", *_parts_lines(model.config)]
     by = {r["part"]: r for r in rows}
     bb = by["backbone"]["params"]
     blocks = sum(p.numel() for p in model.backbone.blocks.parameters())
@@ -109,6 +114,33 @@ def info(preset: str) -> str:
         lines.append(f"  backbone+control  {_fmt(total)}   paper ~300M (tokenizer and vocoder not counted, as in the paper)")
         lines += ["", *_explain(model, trainable)]
     return "\n".join(lines)
+
+
+def _parts_lines(cfg: "ModelConfig") -> list[str]:
+    """Each part's builder and settings (the config's kwargs), marked where they differ from the
+    preset the config was made from, and the sampler: what a checkpoint was built with."""
+    import dataclasses
+
+    from controlfoley.config import _PART_FIELDS
+    from controlfoley.presets import PRESETS, get_preset
+
+    base = get_preset(cfg.name) if cfg.name in PRESETS else None
+    changed = [f for f in (*_PART_FIELDS, "n_frames", "sampler") if base is not None and getattr(base, f) != getattr(cfg, f)]
+    head = "parts (builder and settings"
+    head += f"; * changed from the {cfg.name} preset)" if changed else (f": the {cfg.name} preset's)" if base is not None else ")")
+    out = [head]
+    for f in _PART_FIELDS:
+        part = getattr(cfg, f)
+        if part is None:
+            continue
+        kw = ", ".join(f"{k}={v!r}" for k, v in part.kwargs.items())
+        kw = kw if len(kw) <= 100 else kw[:97] + "..."
+        out.append(f"{'*' if f in changed else ' '} {f:<16}{part.name}({kw})")
+    if base is not None and any(getattr(base, f) is not None and getattr(cfg, f) is None for f in _PART_FIELDS):
+        out.append("* " + ", ".join(f for f in _PART_FIELDS if getattr(base, f) is not None and getattr(cfg, f) is None) + ": removed")
+    sampler = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(cfg.sampler).items())
+    out.append(f"{'*' if 'sampler' in changed else ' '} {'sampler':<16}{sampler}; n_frames={cfg.n_frames}{' *' if 'n_frames' in changed else ''}")
+    return out
 
 
 def _trained_line(loaded: bool, recorded: set[str] | None) -> str:

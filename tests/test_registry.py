@@ -164,6 +164,15 @@ def test_info_of_a_checkpoint_prints_its_own_config(tmp_path, capsys: pytest.Cap
         assert table.startswith(f"checkpoint {file} (config specmaskfoley_tiny): grid {model.grid[0]}x{model.grid[1]}")
         assert f"{want_backbone / 1e6:8.2f}M" in table.split("beside the paper")[0]
     assert info("specmaskfoley_tiny") != info(str(run))  # the tiny preset's own widths differ from the checkpoint's
+    # the parts it was built with, marked where they differ from its preset
+    ablation = build_model("specmaskfoley_tiny", aligner="plain1d", guidance="cfg_video").save(tmp_path / "ablation.safetensors")
+    table = info(str(ablation))
+    assert "* changed from the specmaskfoley_tiny preset" in table
+    assert "* aligner         plain1d(kernel_size=3)" in table and "* guidance        cfg_video(scale=3.0, schedule='linear')" in table
+    assert "  backbone        specmaskgit(" in table  # unchanged: no mark
+    assert "the specmaskfoley_tiny preset's)" in info("specmaskfoley_tiny") and "*" not in info("specmaskfoley_tiny").split("parts (")[1]
+    alone = info(str(build_model("specmaskfoley_tiny", control_encoder=None, aligner=None, controlnet=None).save(tmp_path / "alone.safetensors")))
+    assert "* control_encoder, aligner, controlnet: removed" in alone and "* guidance        cfg_text(" in alone
     assert main(["info", str(run)]) == 0 and "checkpoint" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err

@@ -159,7 +159,14 @@ def test_help_and_print_config_explain_the_derived_warm_up(tmp_path: Path, capsy
     with pytest.raises(SystemExit):
         train_main(["controlnet", "--help"])
     assert "[default: 2800 for the recipe's 140000 steps; a shorter --steps keeps that fraction (2% of --steps)" in " ".join(capsys.readouterr().out.split())
-    base = ["controlnet", "--preset", "p", "--data", "d", "--out", "o"]
+    base = ["controlnet", "--preset", "specmaskfoley_tiny", "--data", "d", "--out", "o"]
+    # what it prints is checked as a run checks it first: the preset, part names and overrides
+    assert train_main(["controlnet", "--preset", "specmaskfoley_tni", "--data", "d", "--out", "o", "--print-config"]) == 2
+    assert "specmaskfoley_tiny" in capsys.readouterr().err  # did you mean
+    assert train_main([*base, "--model", 'aligner="plian1d"', "--print-config"]) == 2
+    assert "plain1d" in capsys.readouterr().err
+    assert train_main([*base, "--model", "control_encoder=null", "--print-config"]) == 2
+    assert "add aligner=None, controlnet=None" in capsys.readouterr().err
     assert train_main([*base, "--steps", "1000", "--print-config"]) == 0
     printed = capsys.readouterr().out
     d = json.loads(printed)

@@ -166,6 +166,10 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     try:
         cfg, file_fields = _resolve(args)
+        if args.print_config:  # the model config it names resolves (part names, overrides), as a real run checks first
+            from controlfoley.builder import model_config
+
+            model_config(cfg.preset, **cfg.model_overrides)
     except (ConfigError, RegistryError, ControlFoleyError) as e:
         # from the flags and files alone: every rank of a node hits it alike; one per node prints it
         raise e if _local_rank() == 0 else mark_reported(e, 0)

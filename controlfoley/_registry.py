@@ -29,15 +29,16 @@ import sys
 import traceback
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from controlfoley._errorbase import ControlFoleyError
+from controlfoley._errorbase import ConfigError, ControlFoleyError
 
 __all__ = [
     "Registry",
     "RegistryError",
+    "ArgumentError",
     "TOKENIZERS",
     "BACKBONES",
     "CONTROL_ENCODERS",
@@ -165,8 +166,13 @@ def _import_plugin(spec: str, source: str) -> str:
 
 def _where(e: BaseException) -> str:
     """" at FILE:LINE" of the innermost frame outside Python's import machinery (the failing line)."""
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if "importlib" not in f.filename and not f.filename.startswith("<frozen")]
-    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames and frames[-1].filename != __file__ else ""
+    from controlfoley.errors import _is_wrapper  # (imported late: controlfoley.errors imports this module)
+
+    frames = [
+        f for f in traceback.extract_tb(e.__traceback__)
+        if "importlib" not in f.filename and not f.filename.startswith("<frozen") and f.filename != __file__ and not _is_wrapper(f.filename)
+    ]  # fmt: skip  (a duplicate name is raised in this file, maybe under type-check wrappers: the plugin's line is meant)
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 class RegistryError(ControlFoleyError, KeyError):
@@ -174,6 +180,11 @@ class RegistryError(ControlFoleyError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message; show it plainly
         return str(self.args[0]) if self.args else ""
+
+
+class ArgumentError(RegistryError, ConfigError):
+    """A builder argument that is unknown, missing or of the wrong type: a setting the part refuses,
+    so a ConfigError (ValueError), and a RegistryError (KeyError) as before."""
 
 
 class Registry(Generic[T]):
@@ -244,8 +255,10 @@ class Registry(Generic[T]):
     def accepted_args(self, name: str) -> dict[str, inspect.Parameter]:
         return _keyword_args(_signature(self.get(name)))
 
-    def build(self, name: str, /, **kwargs: Any) -> T:
-        """Build entry `name` with keyword arguments; unknown arguments are named in the error."""
+    def build(self, name: str, wired: Collection[str] = (), /, **kwargs: Any) -> T:
+        """Build entry `name` with keyword arguments; an unknown, missing or mistyped argument is an
+        ArgumentError naming it. `wired`: arguments the caller fills in from other parts (build_model's
+        n_mels, grid, ...), left out of the settings the error lists as accepted."""
         fn = self.get(name)
         sig = _signature(fn)
         takes_var_kw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
@@ -253,20 +266,22 @@ class Registry(Generic[T]):
             accepted = _keyword_args(sig)
             bad = sorted(set(kwargs) - set(accepted))
             if bad:
-                close = {b: difflib.get_close_matches(b, list(accepted), n=1) for b in bad}
+                settable = [k for k in accepted if k not in wired]
+                close = {b: difflib.get_close_matches(b, settable, n=1) for b in bad}
                 hint = "; ".join(f"{b!r}: did you mean {c[0]!r}?" for b, c in close.items() if c)
-                raise RegistryError(
+                filled = f" ({', '.join(k for k in accepted if k in wired)} filled in from the other parts)" if len(settable) < len(accepted) else ""
+                raise ArgumentError(
                     f"{self.kind} {name!r} got unknown argument(s) {bad}{' (' + hint + ')' if hint else ''}. "
-                    f"It accepts: {', '.join(accepted) or '(none)'}"
+                    f"It accepts: {', '.join(settable) or '(none)'}{filled}"
                 )
             missing = [k for k, p in accepted.items() if p.default is p.empty and k not in kwargs]
             if missing:
-                raise RegistryError(f"{self.kind} {name!r} is missing required argument(s) {missing}")
+                raise ArgumentError(f"{self.kind} {name!r} is missing required argument(s) {missing}")
             for k, v in list(kwargs.items()):
                 want = simple_types(accepted[k].annotation)
                 if want is not None and not is_a(v, want):
                     names = " or ".join(sorted(t.__name__ if t is not type(None) else "None" for t in want))
-                    raise RegistryError(f"{self.kind} {name!r}: {k}={v!r} must be {names} (the annotation of its builder)")
+                    raise ArgumentError(f"{self.kind} {name!r}: {k}={v!r} must be {names} (the annotation of its builder)")
                 if want is not None and float in want and int not in want and isinstance(v, numbers.Integral) and not isinstance(v, bool):
                     kwargs[k] = float(v)  # `scale=5` from a command line or JSON: the builder gets the float it declares
         return fn(**kwargs)

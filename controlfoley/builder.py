@@ -57,7 +57,7 @@ def _build_part(registry: Registry[Any], part: Part, **wired: Any) -> Any:
             raise ConfigError(f"{registry.kind} {part.name!r}: {k}={kwargs[k]!r} contradicts the value wired from the other parts ({v!r}); drop it from the config")
         kwargs[k] = v
     try:
-        built = registry.build(part.name, **kwargs)
+        built = registry.build(part.name, tuple(k for k in wired if k in accepted), **kwargs)
     except ValueError as e:  # a setting the part cannot take (heads that do not divide the width): name the part
         if isinstance(e, ControlFoleyError) and not isinstance(e, ShapeError):
             raise  # already names its part (config, registry, checkpoint errors)
@@ -83,7 +83,7 @@ def _check_tokenizer(name: str, tok: Any, n_frames: int, n_mels: int) -> tuple[i
         raise ConfigError(f"{where} reads {tok.n_mels} mel bins but the mel front end makes {n_mels}; accept n_mels in its builder")
     try:
         grid = tok.grid(n_frames)
-    except ShapeError as e:  # a window length the tokenizer cannot tile: the fix is the config's n_frames
+    except ValueError as e:  # a window length the tokenizer cannot tile (ShapeError, or a plain ValueError): the fix is the config's n_frames
         raise ConfigError(f"n_frames={n_frames} does not fit {where}: {one_line(e)} (build_model(..., n_frames=N))") from e
     ds = tuple(tok.downsample)
     if not (isinstance(grid, (tuple, list)) and len(grid) == 2 and all(isinstance(g, numbers.Integral) and g > 0 for g in grid)):

@@ -205,7 +205,10 @@ def _user_parts(cfg: ModelConfig) -> dict[str, str]:
         module = getattr(fn, "__module__", "") or ""
         if not module.startswith("controlfoley.") and module != "controlfoley":
             code = getattr(fn, "__code__", None)
-            out[field] = f"{module} ({code.co_filename})" if code is not None else module
+            if code is not None and module.startswith("controlfoley_plugin_"):  # a plugin loaded by path: its name is made up
+                out[field] = f"the plugin file {code.co_filename}"
+            else:
+                out[field] = f"{module} ({code.co_filename})" if code is not None else module
     return out
 
 

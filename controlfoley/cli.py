@@ -20,6 +20,7 @@ Subcommands import their heavy modules only when they run.
 import argparse
 import importlib
 import importlib.metadata
+import inspect
 import os
 import re
 import sys
@@ -205,8 +206,10 @@ def list_names(kind: str | None, describe: bool = False) -> str:
             continue
         out.append(f"{k}:")
         for n, note in shipped.items():
-            doc = " ".join((getattr(registry.get(n), "__doc__", None) or "").split())
-            first = re.split(r"\.\s+(?=[A-Z])", doc)[0].rstrip(".") if doc else "(no docstring)"  # not at "sec. 4.2"
+            raw = inspect.cleandoc(getattr(registry.get(n), "__doc__", None) or "")
+            doc = " ".join(raw.split("\n\n")[0].split())  # the first paragraph
+            # its first sentence: a period before a capital, a backquote or a quote (not "sec. 4.2", "e.g. X")
+            first = re.split(r"(?<!\be\.g)(?<!\bi\.e)(?<!\bsec)\.\s+(?=[A-Z`\"'])", doc)[0].rstrip(".") if doc else "(no docstring)"
             out.append(f"  {n}{note}: {first}")
     return "\n".join(out)
 

@@ -21,13 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlfoley._errorbase import ControlFoleyError
+from controlfoley._errorbase import ConfigError
 
 __all__ = ["Part", "SamplerConfig", "ModelConfig", "ConfigError", "parse_overrides", "parse_spec"]
-
-
-class ConfigError(ControlFoleyError, ValueError):
-    """A configuration that cannot be built; the message says which field and how to fix it."""
 
 
 def parse_overrides(items: Sequence[str], flag: str = "--model") -> dict[str, Any]:

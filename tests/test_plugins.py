@@ -4,6 +4,7 @@ contract checks that turn a broken user tokenizer into a ConfigError at build ti
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -289,8 +290,18 @@ def test_a_checkpoint_needing_an_unregistered_part_names_where_it_came_from(plug
     torch.manual_seed(0)
     build_model("specmaskfoley_tiny", **micro_1d()).save(tmp_path / "m.safetensors")
     _forget("conv1d_vq")  # as in a process that did not load the plugin
-    with pytest.raises(CheckpointError, match=r"unknown tokenizer 'conv1d_vq'.*its tokenizer came from .*tokenizer_1d\.py.*--plugin"):
+    with pytest.raises(CheckpointError, match=r"unknown tokenizer 'conv1d_vq'.*its tokenizer came from the plugin file .*tokenizer_1d\.py.*--plugin") as e:
         from_pretrained(tmp_path / "m.safetensors")
+    assert "controlfoley_plugin_" not in str(e.value)  # the made-up module name of a plugin loaded by path
+
+
+def test_a_plugin_registering_a_taken_name_is_named_at_its_own_line(tmp_path: Path) -> None:
+    """A duplicate name raised inside the registry: the error points at the plugin's line that
+    registered it, as other plugin errors do (it had no file and line)."""
+    f = tmp_path / "dup_parts.py"
+    f.write_text("from controlfoley import ALIGNERS\n\n\n@ALIGNERS.register('ft')\ndef mine(**kw):\n    return None\n")
+    with pytest.raises(PluginError, match=rf"{re.escape(str(f))}' \(from load_plugins\) failed to import at {re.escape(str(f))}:4: .*'ft' is already registered"):
+        load_plugins(str(f))
 
 
 def test_builder_arguments_of_the_wrong_simple_type_are_named() -> None:

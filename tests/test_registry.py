@@ -50,6 +50,24 @@ def test_unknown_and_missing_builder_arguments_are_named():
         ALIGNERS.build("ft", in_dim=4)
 
 
+def test_a_setting_a_part_refuses_is_a_config_error_and_wired_arguments_are_not_offered():
+    """An unknown, missing or mistyped builder argument is a ConfigError (ValueError) as the README
+    says of a refused setting, and still a RegistryError (KeyError); through build_model, the
+    arguments it fills in (n_mels, grid, ...) are not listed as settable nor suggested."""
+    from controlfoley import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        build_model("specmaskfoley_tiny", tokenizer={"n_embd": 64})
+    assert isinstance(e.value, RegistryError) and isinstance(e.value, ValueError) and isinstance(e.value, KeyError)
+    msg = str(e.value)
+    assert "'n_embd': did you mean 'n_embed'?" in msg and "(n_mels filled in from the other parts)" in msg
+    assert "It accepts: ch, " in msg and ", n_mels," not in msg.split("It accepts:")[1].split("(")[0]
+    with pytest.raises(ConfigError, match=r"did you mean 'heads'\?.*\(vocab_size, grid filled in from the other parts\)"):
+        build_model("specmaskfoley_tiny", backbone={"hedas": 2})
+    with pytest.raises(ConfigError, match="must be float"):
+        GUIDANCE.build("cfg", scale="high")
+
+
 def test_an_int_for_a_float_argument_reaches_the_builder_as_a_float():
     """`--guidance cfg,scale=5` parses 5 as an int; the builder declares a float and gets one (with
     runtime type checks on, as in this suite, an int would fail inside the builder)."""
@@ -290,6 +308,8 @@ def test_list_describe_gives_every_builtin_part_a_line_of_its_docstring(capsys: 
                 assert f"  {name}: (no docstring)" not in list_names(kind, describe=True), (kind, name)
     described = list_names(None, describe=True)
     assert "  specmaskfoley: The paper's model (sec. 4.2)" in described  # not cut at "sec."
+    # the first sentence, also where the next one starts with `code` (it printed the whole paragraph)
+    assert "  specvqgan: SpecVQGAN tokenizer; defaults are the official VGGSound codebook (configs/vggsound_codebook.yaml)\n" in described + "\n"
     assert main(["list", "presets", "--describe"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("preset:\n") and "  specmaskfoley_synthetic (trained weights shipped): The model trained" in out

@@ -4,7 +4,9 @@ MaskGIT sampler and vocoder, built from a `ModelConfig` by `build_model` (contro
 - `forward`: one batched pass; the ControlNet runs only on the rows flagged `control_on`.
 - `loss`: the masked-token objective (MaskGIT): a mask ratio drawn from the cosine schedule,
   cross-entropy on masked tokens, the CLAP condition replaced by the unconditional mask with
-  probability `uncond_prob` (0.9 in SpecMaskFoley sec. 3.4).
+  probability `uncond_prob` (0.9 in SpecMaskFoley sec. 3.4), drawn per sample here; the paper
+  drops it on 90% of the training *steps*, which the training recipes do (`uncond_per="step"`,
+  one draw per step passed to `masked_cross_entropy` as `cond_on`).
 - `generate`: MaskGIT sampling with every guidance condition set in ONE batched forward per step.
 - `save` / `from_pretrained`: safetensors, the config JSON in the file's metadata.
 

@@ -45,12 +45,14 @@ def clap_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=40, projection_dim=PROJ,
     )  # fmt: skip
-    audio_cfg = transformers.ClapAudioConfig(depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], hidden_size=32, patch_embeds_hidden_size=8, projection_dim=PROJ)
+    # stages of 4, 8, 16, 32 channels: the last is hidden_size, what the audio projection reads
+    audio_cfg = transformers.ClapAudioConfig(depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], hidden_size=32, patch_embeds_hidden_size=4, projection_dim=PROJ)
     torch.manual_seed(0)
     full = transformers.ClapModel(transformers.ClapConfig(text_config=text_cfg.to_dict(), audio_config=audio_cfg.to_dict(), projection_dim=PROJ)).eval()
     dirs = {name: root / name for name in ("full", "text", "other")}
     full.save_pretrained(dirs["full"])
     tok.save_pretrained(dirs["full"])
+    transformers.ClapFeatureExtractor(truncation="rand_trunc").save_pretrained(dirs["full"])  # an unfused model's setting
     text = transformers.ClapTextModelWithProjection(text_cfg)
     text.text_model.load_state_dict(full.text_model.state_dict())
     text.text_projection.load_state_dict(full.text_projection.state_dict())
@@ -150,7 +152,7 @@ def test_prompt_through_the_pipeline_and_generate(clap_dirs: dict[str, Path], cl
     out = tmp_path / "out"
     argv = ["generate", str(clip_video), "--model", str(model_file), "--out", str(out), "--steps", "2", "--prompt", "a dog barks"]
     assert cli.main([*argv, "--text-encoder", f"clap_transformers,folder={clap_dirs['text']}"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["bell.mp4", "bell.wav"]
+    assert sorted(p.name for p in out.iterdir()) == ["bell.mp4", "bell.wav", "generate.json"]
     assert cli.main([*argv, "--overwrite", "--text-encoder", f"clap_transformers,folder={tmp_path / 'none'}"]) == 2
     assert "clap_transformers: folder" in capsys.readouterr().err
 
@@ -178,3 +180,67 @@ def test_extraction_stores_clap_embeddings_of_the_tags(clap_dirs: dict[str, Path
     got = torch.stack([ds[i]["clap"].float() for i in range(2)])
     assert torch.allclose(got, want, atol=1e-3)  # stored as fp16
     assert ds.index.info["features"]["clap"] == {"extractor": "clap_transformers", "args": {"folder": str(clap_dirs["full"])}, "dim": 16}
+
+
+def _reference_audio(folder: Path, wavs_48k: list) -> torch.Tensor:
+    """transformers' own CLAP audio features (ClapModel.get_audio_features, unit-normalised)."""
+    import transformers
+
+    model = transformers.ClapModel.from_pretrained(str(folder), local_files_only=True).eval()
+    features = transformers.ClapFeatureExtractor.from_pretrained(str(folder), local_files_only=True)
+    with torch.no_grad():
+        out = model.get_audio_features(**features(wavs_48k, sampling_rate=48000, return_tensors="pt"))
+    out = out if isinstance(out, torch.Tensor) else out.pooler_output
+    return F.normalize(out, dim=-1)
+
+
+def test_clap_audio_encoder_gives_transformers_audio_features(clap_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """`clap_audio_transformers`: the audio tower of the same folder, resampled to 48 kHz first;
+    it embeds no text, and a folder without the feature extractor's settings is refused."""
+    import librosa
+
+    enc = EXTRACTORS.build("clap_audio_transformers", folder=str(clap_dirs["full"]))
+    assert (enc.name, enc.output_key, enc.fps, enc.dim, enc.sample_rate) == ("clap_audio_transformers", "clap", None, PROJ, 48000)
+    torch.manual_seed(0)
+    wavs = 0.1 * torch.randn(2, 22050 * 2)
+    got = enc.encode_audio(wavs, 22050)
+    want = _reference_audio(clap_dirs["full"], [librosa.resample(w.numpy(), orig_sr=22050, target_sr=48000) for w in wavs])
+    assert got.shape == (2, PROJ) and torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got[0], got[1], atol=1e-3)  # each clip its own
+    with pytest.raises(ConfigError, match="embeds audio .* not text; embed prompts with clap_transformers"):
+        enc.encode_text(["a dog barks"])
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in clap_dirs["full"].iterdir():
+        if f.name != "preprocessor_config.json":
+            (bare / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(CheckpointError, match="has no preprocessor_config.json"):
+        EXTRACTORS.build("clap_audio_transformers", folder=str(bare))
+    with pytest.raises(CheckpointError, match="holds a 'clap_text_model' model, not CLAP"):
+        EXTRACTORS.build("clap_audio_transformers", folder=str(clap_dirs["text"]))
+
+
+def test_extraction_with_the_audio_tower_embeds_each_clips_own_audio(clap_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """The paper's training prompt: `--clap clap_audio_transformers,folder=DIR` stores the CLAP audio
+    embedding of each clip's audio over the model's window; tags are not needed (and not used)."""
+    import soundfile as sf
+
+    from controlfoley.data.dataset import ShardDataset
+    from controlfoley.data.extract import extract_main
+
+    torch.manual_seed(1)
+    audio = {name: 0.1 * torch.randn(22050 * 8) for name in ("a", "b")}  # longer than the tiny window: cut to it
+    for name, wav in audio.items():
+        sf.write(tmp_path / f"{name}.wav", wav.numpy(), 22050)
+    listing = tmp_path / "clips.tsv"
+    listing.write_text(f"{tmp_path / 'a.wav'}\tbell\n{tmp_path / 'b.wav'}\tdog\n", encoding="utf-8")
+    argv = ["--preset", "specmaskgit_tiny", "--model", 'backbone={"cond_dim": 16}', "--list", str(listing), "--out", str(tmp_path / "ds")]
+    with pytest.warns(UserWarning, match="the tags are not used: clap_audio_transformers embeds each clip's own audio"):
+        assert extract_main([*argv, "--clap", f"clap_audio_transformers,folder={clap_dirs['full']}"]) == 0
+    ds = ShardDataset(tmp_path / "ds")
+    enc = EXTRACTORS.build("clap_audio_transformers", folder=str(clap_dirs["full"]))
+    n = round(512 * 256)  # the tiny preset's window: 512 mel frames of hop 256
+    want = enc.encode_audio(torch.stack([audio["a"][:n], audio["b"][:n]]), 22050)
+    got = torch.stack([ds[i]["clap"].float() for i in range(2)])
+    assert torch.allclose(got, want, atol=2e-3)  # stored as fp16
+    assert ds.index.info["features"]["clap"]["extractor"] == "clap_audio_transformers"

@@ -770,7 +770,7 @@ def test_a_cpu_device_with_an_index_loads_the_checkpoint(
         from_pretrained(model_file, map_location="gpu")
     argv = ["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(tmp_path / "out"), "--steps", "2", "--device", "cpu:0"]
     assert cli.main(argv) == 0, capsys.readouterr().err
-    assert _outputs(tmp_path / "out") == ["tiny.mp4", "tiny.wav"]
+    assert _outputs(tmp_path / "out") == ["generate.json", "tiny.mp4", "tiny.wav"]
 
 
 def test_a_vocoder_override_naming_the_models_own_keeps_its_settings(tmp_path: Path) -> None:
@@ -1043,7 +1043,7 @@ def test_an_unexpected_error_on_one_file_does_not_stop_the_others(
     err = capsys.readouterr().err
     assert "unexpected TypeError: something the library did not foresee (a bug" in err
     assert any(r.exc_info and "tiny.mp4" in r.getMessage() for r in caplog.records)  # the traceback, logged
-    assert sorted(p.name for p in out.iterdir()) == ["short.mp4", "short.wav"]
+    assert sorted(p.name for p in out.iterdir()) == ["generate.json", "short.mp4", "short.wav"]
 
 
 def test_stand_in_extractors_chosen_by_the_models_name_are_said(model_file: Path, caplog: pytest.LogCaptureFixture) -> None:

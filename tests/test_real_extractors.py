@@ -200,4 +200,4 @@ def test_pipeline_and_cli_with_precomputed_features(
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "orphan.mp4" in err and "no features for video orphan.mp4" in err
-    assert sorted(p.name for p in out.iterdir()) == ["clipvid.mp4", "clipvid.wav"]
+    assert sorted(p.name for p in out.iterdir()) == ["clipvid.mp4", "clipvid.wav", "generate.json"]

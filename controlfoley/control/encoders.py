@@ -23,7 +23,9 @@ from controlfoley.typing import Float, Tensor
 
 __all__ = ["SyncClipEncoder", "SyncOnlyEncoder", "check_feature", "check_widths", "feature_dims", "SYNC_FPS", "CLIP_FPS"]
 
-SYNC_FPS, CLIP_FPS = 24.0, 8.0  # the paper's feature rates (sec. 3.2); `feature_fps` declares them
+# the paper's feature rates: sec. 4.2's 240 Synchformer and 80 CLIP frames per 10 s clip (sec. 3.2
+# says "25 Hz" for Synchformer; 24 is what the frame counts give, as in MMAudio); `feature_fps` declares them
+SYNC_FPS, CLIP_FPS = 24.0, 8.0
 
 
 def feature_dims(encoder: nn.Module) -> dict[str, int]:

@@ -16,6 +16,14 @@ paper's CLAP width). Texts are tokenised with padding and truncated at `max_leng
 LAION-CLAP's setting). An empty prompt is encoded as the empty string; the pipeline passes no text
 at all for video-only guidance, so an empty prompt is never the "no text" condition.
 
+"clap_audio_transformers" (`ClapAudioEncoder`, key "clap") is the audio tower of the same kind of
+folder (`ClapAudioModelWithProjection` and the folder's `ClapFeatureExtractor`): the paper trains
+its backbone on the CLAP *audio* embedding of each clip (sec. 3.4; "audio prompts during training
+and text prompts during inference", Fig. 2), so `controlfoley extract --clap
+clap_audio_transformers,folder=DIR` embeds every clip's own audio (cut to the model's window and
+resampled to the feature extractor's 48 kHz) and needs no tags; prompts at generation are then
+embedded by `clap_transformers` from the same folder, into the same joint space.
+
 Needs `pip install 'controlfoley[clap]'`.
 
 References: Wu et al., "Large-scale Contrastive Language-Audio Pretraining with Feature Fusion and
@@ -34,12 +42,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from controlfoley._registry import EXTRACTORS
-from controlfoley.errors import CheckpointError, ConfigError, require
+from controlfoley.errors import CheckpointError, ConfigError, ShapeError, require
 from controlfoley.typing import Float, Tensor
 
-__all__ = ["ClapTextEncoder", "clap_transformers"]
+__all__ = ["ClapTextEncoder", "clap_transformers", "ClapAudioEncoder", "clap_audio_transformers"]
 
 _MODEL_TYPES = ("clap", "clap_text_model")  # a full ClapModel folder, or a text tower saved alone
+_AUDIO_MODEL_TYPES = ("clap", "clap_audio_model")  # a full ClapModel folder, or an audio tower saved alone
 
 
 class ClapTextEncoder(nn.Module):
@@ -87,17 +96,17 @@ def _quiet_transformers(transformers: Any) -> Iterator[None]:
             logging.enable_progress_bar()
 
 
-def _check_model_type(folder: Path) -> None:
-    """The folder holds a CLAP model (a full ClapModel or its text tower), by its config.json."""
+def _check_model_type(folder: Path, name: str = "clap_transformers", types: tuple[str, ...] = _MODEL_TYPES) -> None:
+    """The folder holds a CLAP model (a full ClapModel or the tower `name` reads), by its config.json."""
     config = folder / "config.json"
     if not config.is_file():
-        raise CheckpointError(f"clap_transformers: {folder} has no config.json; give a folder written by save_pretrained (a copy of e.g. laion/clap-htsat-unfused)")
+        raise CheckpointError(f"{name}: {folder} has no config.json; give a folder written by save_pretrained (a copy of e.g. laion/clap-htsat-unfused)")
     try:
         model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        raise CheckpointError(f"clap_transformers: {config} is not a JSON object ({e}); re-copy the checkpoint folder") from e
-    if model_type not in _MODEL_TYPES:
-        raise CheckpointError(f"clap_transformers: {folder} holds a {model_type!r} model, not CLAP (model_type {' or '.join(_MODEL_TYPES)})")
+        raise CheckpointError(f"{name}: {config} is not a JSON object ({e}); re-copy the checkpoint folder") from e
+    if model_type not in types:
+        raise CheckpointError(f"{name}: {folder} holds a {model_type!r} model, not CLAP (model_type {' or '.join(types)})")
 
 
 @EXTRACTORS.register("clap_transformers")
@@ -134,3 +143,89 @@ def clap_transformers(
 
 
 clap_transformers.width_from = "its weights: use another CLAP checkpoint"  # named by width errors (control.encoders.check_widths)
+
+
+class ClapAudioEncoder(nn.Module):
+    """Waveforms -> CLAP audio embeddings [b, c], the training-time prompt (see the module docstring)."""
+
+    name = "clap_audio_transformers"
+    fps = None
+
+    def __init__(self, model: nn.Module, feature_extractor: Any, *, normalize: bool = True, output_key: str = "clap") -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.feature_extractor = feature_extractor
+        self.dim = int(model.config.projection_dim)
+        self.sample_rate = int(feature_extractor.sampling_rate)
+        self.normalize, self.output_key = bool(normalize), output_key
+
+    @torch.no_grad()
+    def encode_audio(self, wavs: Float[Tensor, "b s"], sample_rate: int) -> Float[Tensor, "b c"]:
+        """Mono waveforms at `sample_rate` -> embeddings; resampled to the feature extractor's rate first."""
+        import librosa
+
+        if not isinstance(wavs, Tensor) or wavs.ndim != 2 or wavs.shape[-1] == 0:
+            got = list(wavs.shape) if isinstance(wavs, Tensor) else type(wavs).__name__
+            raise ShapeError(f"{self.name}: encode_audio takes mono waveforms [batch, samples], got {got}")
+        arrays = [w.detach().float().cpu().numpy() for w in wavs]
+        if int(sample_rate) != self.sample_rate:
+            arrays = [librosa.resample(a, orig_sr=int(sample_rate), target_sr=self.sample_rate) for a in arrays]
+        inputs = self.feature_extractor(arrays, sampling_rate=self.sample_rate, return_tensors="pt")
+        device = next(self.model.parameters()).device
+        out = self.model(**{k: v.to(device) for k, v in inputs.items() if k in ("input_features", "is_longer")})
+        emb = out.audio_embeds.float()
+        return F.normalize(emb, dim=-1) if self.normalize else emb
+
+    def encode_text(self, texts: Sequence[str]) -> Float[Tensor, "b c"]:
+        raise ConfigError(
+            f"{self.name} embeds audio (each clip's own, the training prompt), not text; embed prompts with "
+            "clap_transformers,folder=<the same folder> (generate --text-encoder), or drop the tags"
+        )
+
+    def forward(self, wavs: Float[Tensor, "b s"], sample_rate: int) -> Float[Tensor, "b c"]:
+        return self.encode_audio(wavs, sample_rate)
+
+
+@EXTRACTORS.register("clap_audio_transformers")
+def clap_audio_transformers(
+    *,
+    folder: str | os.PathLike[str],
+    normalize: bool = True,
+    output_key: str = "clap",
+    device: str = "cpu",
+) -> ClapAudioEncoder:
+    """CLAP audio embeddings of each clip's audio (the paper's training prompt), from a LOCAL checkpoint folder."""
+    transformers = require("transformers", extra="clap", purpose="the clap_audio_transformers audio encoder")
+    name = "clap_audio_transformers"
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise CheckpointError(f"{name}: folder {path} not found; this encoder loads a local save_pretrained folder only")
+    _check_model_type(path, name, _AUDIO_MODEL_TYPES)
+    if not (path / "preprocessor_config.json").is_file():
+        raise CheckpointError(
+            f"{name}: {path} has no preprocessor_config.json, the ClapFeatureExtractor settings the audio tower was trained with; "
+            "copy the whole checkpoint folder (ClapProcessor.save_pretrained writes it)"
+        )
+    with _quiet_transformers(transformers):
+        try:
+            model, info = transformers.ClapAudioModelWithProjection.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
+            features = transformers.ClapFeatureExtractor.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"{name}: {path} does not load as a CLAP audio model with its feature extractor ({first})") from e
+    missing = sorted(info.get("missing_keys") or ()) + sorted(str(k) for k in info.get("mismatched_keys") or ())
+    if missing:
+        raise CheckpointError(
+            f"{name}: {path} lacks {len(missing)} weight(s) of the CLAP audio tower (e.g. {', '.join(missing[:3])}); "
+            "transformers would initialise them at random. Give a complete CLAP checkpoint folder"
+        )
+    fused = bool(getattr(model.config, "enable_fusion", False))
+    if fused != (getattr(features, "truncation", None) == "fusion"):
+        raise CheckpointError(
+            f"{name}: {path}'s audio tower has enable_fusion={fused} but its feature extractor truncation={features.truncation!r}; "
+            "a fused model needs truncation='fusion' and an unfused one another (e.g. 'rand_trunc'): re-copy the folder"
+        )
+    return ClapAudioEncoder(model.to(device), features, normalize=normalize, output_key=output_key)
+
+
+clap_audio_transformers.width_from = "its weights: use another CLAP checkpoint"

@@ -257,6 +257,18 @@ def _spec_args(spec: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dict(spec[1]), default=str))
 
 
+def _embeds_audio(clap: Any) -> bool:
+    """A CLAP-like extractor that embeds audio (`encode_audio`, e.g. clap_audio_transformers), not text."""
+    return callable(getattr(clap, "encode_audio", None))
+
+
+def _audio_prompt(ex: "Extraction", wav: Tensor) -> Tensor:
+    """The CLAP audio embedding of a clip's audio over the model's window (what its tokens cover)."""
+    if wav.numel() == 0:
+        raise DataError("the audio is empty: there is nothing for the CLAP audio tower to embed")
+    return ex.clap.encode_audio(wav[: ex.model.n_samples].float()[None], ex.model.sample_rate)[0]
+
+
 def _write(
     ex: Extraction,
     out: str | Path,
@@ -364,7 +376,9 @@ def extract_synthetic(
     def load(i: int) -> Loaded:
         clip = world.clip(i)
         clap = None
-        if ex.clap is not None:  # the audio-prompt role: the clip's own classes
+        if ex.clap is not None and _embeds_audio(ex.clap):  # a CLAP audio tower: the clip's own audio
+            clap = _audio_prompt(ex, torch.as_tensor(clip.audio))
+        elif ex.clap is not None:  # the audio-prompt role: the clip's own classes
             tags = getattr(ex.clap, "encode_tags", None)
             clap = tags(list(clip.class_ids)) if tags is not None else ex.clap.encode_text([clip.prompt])[0]
         return clip.audio, VideoSource(lambda fps: resample_frames(clip.frames, clip.fps, fps)), clap
@@ -409,6 +423,9 @@ def extract_files(
             raise DataError(f"got {len(seq)} {what} for {len(files)} files; give one per file")
     if tags is not None and ex.clap is None:  # e.g. the mel-only extraction of a tagged list
         warnings.warn("the tags are not stored: no CLAP-like extractor encodes them (--clap NAME)", stacklevel=2)
+        tags = None
+    if tags is not None and _embeds_audio(ex.clap):
+        warnings.warn(f"the tags are not used: {ex.clap.name} embeds each clip's own audio (the paper's training prompt)", stacklevel=2)
         tags = None
     sr = ex.model.sample_rate
     names = [str(Path(f)) for f in files] if ids is None else [str(i) for i in ids]
@@ -476,6 +493,8 @@ def extract_files(
         if is_audio[i] and ex.video:  # only with skip_bad: listed in skipped.tsv, unread
             raise DataError(f"{no_video}, or remove it from the inputs")
         wav = load_audio(p, sr) if is_audio[i] else read_audio_track(p, sr)
+        if ex.clap is not None and _embeds_audio(ex.clap):
+            clap = _audio_prompt(ex, wav)
         video = None if (is_audio[i] or not ex.video) else VideoSource(lambda fps: read_frames(p, fps).frames, p)
         return wav, video, clap
 
@@ -529,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one video feature extractor with its arguments, e.g. clip_openclip,weights=/w/clip.safetensors or "
         "synchformer_precomputed,root=/feats/sync; repeatable, added after --extractors",
     )  # fmt: skip
-    p.add_argument("--clap", default=None, metavar="NAME[,ARG=VALUE...]", help="the CLAP-like text extractor, e.g. synthetic_clap")
+    p.add_argument("--clap", default=None, metavar="NAME[,ARG=VALUE...]", help="the CLAP-like extractor: text (the tags of --list), e.g. clap_transformers,folder=DIR or synthetic_clap; or audio, each clip's own (the paper's training prompt), clap_audio_transformers,folder=DIR")
     p.add_argument("--mel", action="store_true", help="also store the mel (needed by the tokenizer recipe)")
     p.add_argument("--video-seconds", type=float, default=None, help="seconds of video per clip (default: the audio window; the paper: 10)")
     p.add_argument("--shard-size", type=int, default=256)

@@ -4,8 +4,10 @@
   `controlnet` is the SpecMaskFoley recipe (sec. 4.2): 140K steps, batch 64, AdamW, base LR 1e-3
   scaled by batch / 256, 2.8K linear warm-up steps then cosine, CLAP condition replaced by the
   unconditional mask on 90% of the steps, cross-entropy only, backbone and tokenizer loaded from
-  `init`. `backbone` (SpecMaskGIT-style masked-token pretraining) and `tokenizer` (SpecVQGAN
-  reconstruction + VQ losses) defaults are controlfoley's choices; the paper does not give them.
+  `init`. The paper gives those numbers; what it does not give is controlfoley's choice: AdamW
+  betas (0.9, 0.999) and weight decay 0.01 on tensors of rank >= 2, gradient clipping at norm 1,
+  a cosine decay to 0. `backbone` (SpecMaskGIT-style masked-token pretraining) and `tokenizer`
+  (SpecVQGAN reconstruction + VQ losses) defaults are all controlfoley's choices.
 - `to_json` / `from_json`; unknown fields are a ConfigError naming the known ones.
 - `model_overrides` holds JSON values (config.json stores them): a `Part` becomes the dict that
   builds the same part, a `SamplerConfig` its fields (`_json_overrides`).

@@ -502,6 +502,13 @@ class SpecMaskFoley(nn.Module):
 
         return save_model(self, path, extra_metadata=extra_metadata)
 
+    def save_pretrained(self, folder: str | os.PathLike[str], *, extra_metadata: Mapping[str, str] | None = None) -> Path:
+        """`save` under the name transformers and diffusers use: FOLDER/model.safetensors, which
+        `from_pretrained(FOLDER)` loads. Returns the file's path."""
+        if str(folder).endswith(".safetensors"):
+            raise ConfigError(f"save_pretrained takes a folder (it writes FOLDER/model.safetensors), got {folder}; use save() for a file")
+        return self.save(folder, extra_metadata=extra_metadata)
+
     def parameter_table(self) -> list[dict[str, Any]]:
         rows = []
         for name in ("tokenizer", "backbone", *_CONTROL_PARTS, "vocoder"):

@@ -139,6 +139,13 @@ def test_save_load_round_trip(micro_model, tmp_path):
         args["control"] = loaded.encode_control(x["features"])
         b = loaded(codes, mask, **args)
     assert torch.equal(a, b)
+    # save_pretrained(FOLDER), as transformers / diffusers spell it: FOLDER/model.safetensors
+    file = micro_model.save_pretrained(tmp_path / "folder")
+    assert file == tmp_path / "folder" / "model.safetensors"
+    again = from_pretrained(tmp_path / "folder")
+    assert all(torch.equal(x, y) for x, y in zip(again.state_dict().values(), loaded.state_dict().values(), strict=True))
+    with pytest.raises(ConfigError, match="save_pretrained takes a folder"):
+        micro_model.save_pretrained(tmp_path / "m2.safetensors")
 
 
 def test_mismatching_checkpoint_names_the_keys(micro_model, tmp_path):

@@ -23,6 +23,8 @@ References: Griffin & Lim (1984); Perraudin et al. fast Griffin-Lim (momentum 0.
 Lee et al., "BigVGAN" (ICLR 2023), NVIDIA/BigVGAN; shared/reference/checkpoint-formats.md.
 """
 
+import contextlib
+import io
 import json
 import math
 from collections.abc import Mapping
@@ -227,5 +229,6 @@ def bigvgan_vocoder(*, mel: MelFrontEnd, folder: str, trust_checkpoint: bool = F
         generator, state["generator"], what="BigVGAN generator", source=source, kind="bigvgan", built_from="the folder's config.json",
         fix="Put the config.json the checkpoint was trained with beside it (a BigVGAN release folder holds both).",
     )  # fmt: skip
-    generator.remove_weight_norm()  # inference only: fold g * v / ||v|| into plain weights once
+    with contextlib.redirect_stdout(io.StringIO()):  # bigvgan prints "Removing weight norm..." on stdout, every load
+        generator.remove_weight_norm()  # inference only: fold g * v / ||v|| into plain weights once
     return BigVGANVocoder(mel, generator.eval())

@@ -96,6 +96,25 @@ def _quiet_transformers(transformers: Any) -> Iterator[None]:
             logging.enable_progress_bar()
 
 
+def _load_tower(transformers: Any, path: Path, name: str, tower: str, model_cls: Any, helper_cls: Any, helper: str) -> tuple[nn.Module, Any]:
+    """One CLAP tower (`model_cls`) and its tokenizer or feature extractor (`helper_cls`) from a local
+    folder, quietly; a folder that does not load, or lacks a weight of the tower, is a CheckpointError."""
+    with _quiet_transformers(transformers):
+        try:
+            model, info = model_cls.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
+            extra = helper_cls.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"{name}: {path} does not load as a CLAP {tower} model with {helper} ({first})") from e
+    missing = sorted(info.get("missing_keys") or ()) + sorted(str(k) for k in info.get("mismatched_keys") or ())
+    if missing:
+        raise CheckpointError(
+            f"{name}: {path} lacks {len(missing)} weight(s) of the CLAP {tower} tower (e.g. {', '.join(missing[:3])}); "
+            "transformers would initialise them at random. Give a complete CLAP checkpoint folder"
+        )
+    return model, extra
+
+
 def _check_model_type(folder: Path, name: str = "clap_transformers", types: tuple[str, ...] = _MODEL_TYPES) -> None:
     """The folder holds a CLAP model (a full ClapModel or the tower `name` reads), by its config.json."""
     config = folder / "config.json"
@@ -126,19 +145,9 @@ def clap_transformers(
     if max_length < 1:
         raise ConfigError(f"clap_transformers: max_length must be >= 1, got {max_length}")
     _check_model_type(path)
-    with _quiet_transformers(transformers):
-        try:
-            model, info = transformers.ClapTextModelWithProjection.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
-            tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CheckpointError(f"clap_transformers: {path} does not load as a CLAP text model with its tokenizer ({first})") from e
-    missing = sorted(info.get("missing_keys") or ()) + sorted(str(k) for k in info.get("mismatched_keys") or ())
-    if missing:
-        raise CheckpointError(
-            f"clap_transformers: {path} lacks {len(missing)} weight(s) of the CLAP text tower (e.g. {', '.join(missing[:3])}); "
-            "transformers would initialise them at random. Give a complete CLAP checkpoint folder"
-        )
+    model, tokenizer = _load_tower(
+        transformers, path, "clap_transformers", "text", transformers.ClapTextModelWithProjection, transformers.AutoTokenizer, "its tokenizer"
+    )
     return ClapTextEncoder(model.to(device), tokenizer, normalize=normalize, max_length=max_length, output_key=output_key)
 
 
@@ -206,19 +215,9 @@ def clap_audio_transformers(
             f"{name}: {path} has no preprocessor_config.json, the ClapFeatureExtractor settings the audio tower was trained with; "
             "copy the whole checkpoint folder (ClapProcessor.save_pretrained writes it)"
         )
-    with _quiet_transformers(transformers):
-        try:
-            model, info = transformers.ClapAudioModelWithProjection.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
-            features = transformers.ClapFeatureExtractor.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CheckpointError(f"{name}: {path} does not load as a CLAP audio model with its feature extractor ({first})") from e
-    missing = sorted(info.get("missing_keys") or ()) + sorted(str(k) for k in info.get("mismatched_keys") or ())
-    if missing:
-        raise CheckpointError(
-            f"{name}: {path} lacks {len(missing)} weight(s) of the CLAP audio tower (e.g. {', '.join(missing[:3])}); "
-            "transformers would initialise them at random. Give a complete CLAP checkpoint folder"
-        )
+    model, features = _load_tower(
+        transformers, path, name, "audio", transformers.ClapAudioModelWithProjection, transformers.ClapFeatureExtractor, "its feature extractor"
+    )
     fused = bool(getattr(model.config, "enable_fusion", False))
     if fused != (getattr(features, "truncation", None) == "fusion"):
         raise CheckpointError(

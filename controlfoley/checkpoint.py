@@ -28,6 +28,7 @@ from controlfoley.errors import CheckpointError, user_stacklevel
 
 __all__ = [
     "save_model", "load_model", "load_parts", "save_state_dict", "read_state_dict", "check_state_dict", "trained_parts", "read_metadata",
+    "feature_record",
     "CONFIG_KEY", "TRAINED_KEY",
 ]  # fmt: skip
 
@@ -36,6 +37,7 @@ TRAINED_KEY = "controlfoley_trained"  # JSON list of the parts holding trained w
 PARTS_KEY = "controlfoley_user_parts"  # JSON {config field: "module (file)"} of parts registered outside the package
 FORMAT_KEY = "controlfoley_format"
 DEFAULTS_KEY = "controlfoley_builder_defaults"  # JSON {field: {arg: value}}: builder defaults the config relied on
+FEATURES_KEY = "controlfoley_features"  # JSON {feature key: {"extractor", "args", "dim"}}: what the training data's features came from
 FORMAT_VERSION = "1"
 
 
@@ -167,6 +169,9 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, extra_metadata
     trained = getattr(model, "trained_parts", None)
     if trained is not None:
         meta[TRAINED_KEY] = json.dumps(sorted(trained))
+    features = getattr(model, "feature_record", None)
+    if features:
+        meta[FEATURES_KEY] = json.dumps(features, sort_keys=True)
     user = _user_parts(model.config)
     if user:
         meta[PARTS_KEY] = json.dumps(user)
@@ -187,6 +192,24 @@ def _registry_parts(cfg: ModelConfig) -> list[tuple[str, str, Any]]:
 def _registered(cfg: ModelConfig) -> bool:
     """Whether every part name of `cfg` is registered in this process."""
     return all(name in registry for _, name, registry in _registry_parts(cfg))
+
+
+def feature_record(meta: Mapping[str, str] | Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """{feature key: {"extractor": NAME, "args": {...}, "dim": D}}: the extractors that made the
+    features a model was trained on, from a checkpoint's metadata or a dataset's index info
+    ("features"); entries without an extractor name (tokens, mel) are left out. {} when none."""
+    raw = meta.get(FEATURES_KEY, "{}") if FEATURES_KEY in meta else meta.get("features", {})
+    try:
+        found = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return {}
+    if not isinstance(found, Mapping):
+        return {}
+    return {
+        str(k): {"extractor": v["extractor"], "args": dict(v.get("args") or {}), "dim": v.get("dim")}
+        for k, v in found.items()
+        if isinstance(v, Mapping) and isinstance(v.get("extractor"), str) and isinstance(v.get("args", {}) or {}, Mapping)
+    }
 
 
 def trained_parts(meta: Mapping[str, str]) -> set[str] | None:
@@ -366,6 +389,7 @@ def load_model(
         kept = {k.split(".")[0] for k in own if k not in state}
         recorded = (set(recorded) - kept) | set(fresh)
     model.trained_parts = recorded
+    model.feature_record = feature_record(meta)
     model.loaded_from = str(p)  # a checkpoint's weights, even one that records no trained parts (older files)
     return model.to(map_location).eval()  # for inference, as loaded models are (call .train() to fine-tune)
 

@@ -63,6 +63,7 @@ from controlfoley.pipeline_parts import (
     checked_seed,
     default_extractors,
     prompt_text,
+    recorded_text_encoder,
     require_control,
     require_trained,
 )
@@ -264,8 +265,10 @@ class FoleyPipeline:
         except ConfigError:
             if set(given) != set(model.control_encoder.required_features):
                 raise
-            defaults, default_text = {}, None
-        stand_ins = sorted(set(defaults) - set(given)) + (["text"] if text_encoder is None and default_text is not None else [])
+            defaults, default_text = {}, recorded_text_encoder(model)
+        recorded = getattr(model, "feature_record", None) or {}
+        stand_ins = sorted(k for k in set(defaults) - set(given) if k not in recorded)
+        stand_ins += ["text"] if text_encoder is None and default_text is not None and "clap" not in recorded else []
         if stand_ins and "synthetic" not in model.config.name:  # chosen by the name: say so, a real-data model would get noise
             log.warning(
                 "%s: no extractor given for %s, so the synthetic world's stand-ins are used (what this repository's tiny models "

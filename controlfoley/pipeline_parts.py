@@ -1,6 +1,8 @@
 """What a FoleyPipeline is built from, and checks once before it runs (controlfoley.pipeline).
 
-- `default_extractors(model)`: the extractors a synthetic or tiny model was trained with, sized to it.
+- `default_extractors(model)`: the extractors a model was trained with: those its checkpoint records
+  (`recorded_extractors`, written by training from the dataset's extraction record), else the
+  synthetic world's for a synthetic or tiny model, sized to it.
 - `require_control` / `require_trained`: a backbone-only model, or a checkpoint that never trained its
   tokenizer, backbone or ControlNet, is refused (it would follow no video, or make noise).
 - `check_extractor_widths`: extractors of a width the model cannot take fail once, at construction.
@@ -19,7 +21,7 @@ from controlfoley.config import ConfigError
 from controlfoley.control.encoders import check_widths, feature_dims
 from controlfoley.data.extractors import ExtractorSpec
 
-__all__ = ["default_extractors", "require_control", "require_trained", "check_extractor_widths", "build_vocoder", "prompt_text", "checked_seed"]
+__all__ = ["default_extractors", "recorded_extractors", "recorded_text_encoder", "require_control", "require_trained", "check_extractor_widths", "build_vocoder", "prompt_text", "checked_seed"]
 
 Prompt = str | Sequence[str]  # "bell, thud" or ["bell", "thud"]
 
@@ -49,9 +51,54 @@ def require_trained(model: nn.Module, source: object) -> None:
         )
 
 
+def recorded_extractors(model: nn.Module) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:
+    """(extractors by feature key, text encoder) from the record a trained checkpoint keeps of the
+    extractors that made its training features (`model.feature_record`); ({}, None) without one.
+    A feature that was precomputed for the training clips (`*_precomputed`) cannot be a default for
+    new videos: a ConfigError names the extractor, its training root and the flag that gives these
+    videos' features. The CLAP audio tower (the training prompt) becomes the text tower of its folder."""
+    record = getattr(model, "feature_record", None) or {}
+    extractors: dict[str, ExtractorSpec] = {}
+    precomputed = []
+    for key in model.control_encoder.required_features:
+        rec = record.get(key)
+        if rec is None:
+            continue
+        if "precomputed" in rec["extractor"]:
+            root = rec["args"].get("root")
+            precomputed.append(f"{key!r} from {rec['extractor']}" + (f" (root={root})" if root else ""))
+            continue
+        extractors[key] = (rec["extractor"], dict(rec["args"]))
+    if precomputed:
+        keys = [p.split("'")[1] for p in precomputed]
+        flags = " ".join(f"--extractor {k}={record[k]['extractor']},root=DIR" for k in keys)
+        raise ConfigError(
+            f"this model was trained on {', '.join(precomputed)}: features precomputed for its training clips, not for new videos; "
+            f"give these videos' features ({flags}; in Python extractors={{...}})"
+        )
+    return extractors, recorded_text_encoder(model)
+
+
+def recorded_text_encoder(model: nn.Module) -> ExtractorSpec | None:
+    """The text encoder of the CLAP embeddings a checkpoint records its training data had (None
+    without a record): the same extractor, or for the CLAP audio tower (the paper's training
+    prompt) the text tower of the same folder."""
+    text = (getattr(model, "feature_record", None) or {}).get("clap")
+    if text is None:
+        return None
+    if text["extractor"] == "clap_audio_transformers":  # trained on audio prompts: prompts go through the same folder's text tower
+        return ("clap_transformers", {k: v for k, v in text["args"].items() if k in ("folder", "device")})
+    return (text["extractor"], dict(text["args"]))
+
+
 def default_extractors(model: nn.Module) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:
-    """(extractors by feature key, text encoder) a model was trained with, sized to the model."""
+    """(extractors by feature key, text encoder) a model was trained with, sized to the model: the
+    checkpoint's record of its training features where it keeps one (`recorded_extractors`), else,
+    for the synthetic and tiny presets, the synthetic world's extractors."""
     require_control(model)
+    recorded, recorded_text = recorded_extractors(model)
+    if recorded and set(recorded) == set(model.control_encoder.required_features):
+        return recorded, recorded_text
     name = model.config.name
     if "synthetic" not in name and "tiny" not in name:
         raise ConfigError(
@@ -61,7 +108,7 @@ def default_extractors(model: nn.Module) -> tuple[dict[str, ExtractorSpec], Extr
     dims = feature_dims(model.control_encoder)
     roles = {"sync": "synthetic_sync", "clip": "synthetic_clip"}
     extractors = {k: (roles[k], {"dim": dims[k]} if k in dims else {}) for k in model.control_encoder.required_features if k in roles}
-    return extractors, ("synthetic_clap", {"dim": int(model.backbone.cond_dim)})
+    return {**extractors, **recorded}, recorded_text or ("synthetic_clap", {"dim": int(model.backbone.cond_dim)})
 
 
 def checked_seed(seed: Any) -> int:

@@ -2,6 +2,7 @@
 the `generate` CLI with bad input, and (slow, with shipped weights) seams and onsets on a long video."""
 
 import inspect
+import json
 import logging
 import math
 import os
@@ -994,6 +995,49 @@ def test_an_existing_video_output_alone_is_refused_without_overwrite(tmp_path: P
     with pytest.raises(MediaError, match=r"clip\.mp4 already exists.*--overwrite"):
         _check_outputs([video], pairs, overwrite=False)
     _check_outputs([video], pairs, overwrite=True)
+
+
+def test_a_checkpoint_records_its_training_features_and_the_pipeline_uses_them(media: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`feature_record` (written by training from the dataset's extraction record) travels in the
+    checkpoint; FoleyPipeline.from_pretrained takes those extractors by default, whatever the model's
+    name (the defaults were chosen by name: stand-ins, or an error, for a model trained on real
+    features); precomputed features cannot serve new videos, and the error names the flag."""
+    import dataclasses
+
+    from pipeline_helpers import as_trained, micro_model
+
+    from controlfoley import from_pretrained
+    from controlfoley.checkpoint import FEATURES_KEY, read_metadata
+
+    model = as_trained(micro_model())
+    model.config = dataclasses.replace(model.config, name="my_real_model")  # nothing to choose by name
+    record = {
+        "sync": {"extractor": "synthetic_sync", "args": {"dim": 24}, "dim": 24},
+        "clip": {"extractor": "synthetic_clip", "args": {"dim": 12}, "dim": 12},
+        "clap": {"extractor": "synthetic_clap", "args": {"dim": 16}, "dim": 16},
+    }
+    model.feature_record = record
+    path = model.save(tmp_path / "m.safetensors")
+    assert json.loads(read_metadata(path)[FEATURES_KEY]) == record
+    assert from_pretrained(path).feature_record == record
+    with caplog.at_level(logging.WARNING, logger="controlfoley.pipeline"):
+        pipe = FoleyPipeline.from_pretrained(path)
+    assert not any("stand-ins" in r.message for r in caplog.records)  # what it was trained with, not a guess
+    assert {k: e.name for k, e in pipe.extractors.items()} == {"sync": "synthetic_sync", "clip": "synthetic_clip"}
+    assert pipe.text_encoder.name == "synthetic_clap"
+    assert pipe(media["tiny"], prompt="bell", steps=2).wav.numel() > 0
+
+    model.feature_record = {**record, "sync": {"extractor": "synchformer_precomputed", "args": {"root": "/data/train_feats"}, "dim": 24}}
+    path = model.save(tmp_path / "pre.safetensors")
+    with pytest.raises(ConfigError, match=r"trained on 'sync' from synchformer_precomputed \(root=/data/train_feats\).*--extractor sync=synchformer_precomputed,root=DIR"):
+        FoleyPipeline.from_pretrained(path)
+    given = {"sync": ("synthetic_sync", {"dim": 24}), "clip": ("synthetic_clip", {"dim": 12})}
+    assert FoleyPipeline.from_pretrained(path, extractors=given).text_encoder.name == "synthetic_clap"  # the recorded text encoder kept
+
+    from controlfoley.pipeline_parts import recorded_text_encoder
+
+    model.feature_record = {"clap": {"extractor": "clap_audio_transformers", "args": {"folder": "/clap"}, "dim": 16}}
+    assert recorded_text_encoder(model) == ("clap_transformers", {"folder": "/clap"})  # audio prompts in training, text at sampling
 
 
 def test_pipeline_to_moves_the_text_encoder_and_extractors(monkeypatch):

@@ -29,11 +29,12 @@ GRID, VOCAB = (5, 32), 64  # specmaskfoley_tiny with micro_overrides: 512 frames
 
 
 def write_data(
-    root: Path, n: int = 16, *, grid: tuple[int, int] = GRID, mel: bool = False, clap: bool = True, huge_clap: int | None = None, seed: int = 0
+    root: Path, n: int = 16, *, grid: tuple[int, int] = GRID, mel: bool = False, clap: bool = True, huge_clap: int | None = None, seed: int = 0,
+    info: dict[str, Any] | None = None,
 ) -> Path:
     """Random clips in the shapes of the micro model: tokens, sync [12, 24], clip [4, 12], clap [16]."""
     g = torch.Generator().manual_seed(seed)
-    with ShardWriter(root, shard_size=5, info={"grid": list(grid), "codebook_size": VOCAB}) as w:
+    with ShardWriter(root, shard_size=5, info={"grid": list(grid), "codebook_size": VOCAB, **(info or {})}) as w:
         for i in range(n):
             clip = {
                 "tokens": torch.randint(0, VOCAB, grid, generator=g),
@@ -169,6 +170,25 @@ def test_controlnet_recipe_trains_only_control(data: Path, tmp_path: Path) -> No
     rows = read_metrics(out / "metrics.jsonl")
     assert {r["split"] for r in rows} == {"train", "val"}
     assert {"loss", "lr", "clips_per_s", "grad_norm"} <= set(rows[0])
+
+
+def test_a_run_records_the_extractors_of_its_training_features(tmp_path: Path) -> None:
+    """The dataset's extraction record (which extractor made each feature) goes into the run's
+    checkpoints, for generate to use the same extractors; only the features the model reads."""
+    from controlfoley.checkpoint import FEATURES_KEY, read_metadata
+
+    record = {
+        "sync": {"extractor": "synthetic_sync", "args": {"dim": 24}, "dim": 24},
+        "clip": {"extractor": "clip_openclip", "args": {"weights": "/w/clip.safetensors"}, "dim": 12},
+        "clap": {"extractor": "clap_audio_transformers", "args": {"folder": "/w/clap"}, "dim": 16},
+        "other": {"extractor": "synthetic_sync", "args": {}, "dim": 3},
+    }
+    ds = write_data(tmp_path / "ds", n=8, info={"features": record})
+    out = tmp_path / "cn"
+    train(config("controlnet", ds, out, steps=2))
+    want = {k: v for k, v in record.items() if k != "other"}
+    assert json.loads(read_metadata(out / "model.safetensors")[FEATURES_KEY]) == want
+    assert json.loads(read_metadata(out / "checkpoints" / "step-00000002" / "model.safetensors")[FEATURES_KEY]) == want
 
 
 def _fresh_state() -> dict[str, torch.Tensor]:

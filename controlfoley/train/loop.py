@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from controlfoley._io import atomic_write_text
 from controlfoley.builder import build_model, build_without_weight_files, model_config, weight_file_parts
-from controlfoley.checkpoint import check_state_dict, load_parts
+from controlfoley.checkpoint import check_state_dict, feature_record, load_parts
 from controlfoley.config import ConfigError
 from controlfoley.data.dataset import ShardedSampler, collate
 from controlfoley.errors import CheckpointError, TrainingError, user_stacklevel
@@ -152,6 +152,9 @@ class Trainer:
         if info.is_main and cfg.recipe != "tokenizer":  # the recipes that train on stored tokens
             warn_token_provenance(cfg, self.model.config, [self.train_ds, self.val_ds], stacklevel=user_stacklevel())
         self.recipe.fit_to_data(self.model, self.train_ds)
+        # the checkpoints record which extractors made the features it reads, so that generate can use the same ones
+        reads = {"clap", *(self.model.control_encoder.required_features if self.model.has_control else ())}
+        self.model.feature_record = {k: v for k, v in feature_record(self.train_ds.index.info).items() if k in reads}
         # what the run's checkpoints record as trained: what it loaded trained, and what it trains
         here = {n for n, m in self.model.named_children() if any(p.requires_grad for p in m.parameters())}
         here |= set(weight_file_parts(self.model.config))  # parts whose builder loaded trained weights (an official codebook)

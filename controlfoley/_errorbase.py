@@ -9,7 +9,7 @@ __all__ = ["ControlFoleyError", "ConfigError"]
 class ControlFoleyError(Exception):
     """Base of the library's own errors: `except ControlFoleyError` catches every mistake the
     library names (config, registry, shape, media, checkpoint, data, training). Each also derives
-    from the builtin it refines (ValueError, KeyError, RuntimeError), so older `except` clauses hold."""
+    from the builtin it refines (ValueError, KeyError, RuntimeError, ImportError), so older `except` clauses hold."""
 
 
 class ConfigError(ControlFoleyError, ValueError):

@@ -8,7 +8,7 @@ light. User code registers its own parts with the same decorator and uses them b
     from controlfoley import ALIGNERS
 
     @ALIGNERS.register("my_aligner")
-    def my_aligner(*, in_dim: int, out_dim: int, grid: tuple[int, int]) -> nn.Module: ...
+    def my_aligner(*, in_dim: int, out_dim: int, grid: list) -> nn.Module: ...  # grid [F, T], a list
 
 Plugins: the command line (and every torchrun rank, DataLoader worker or subprocess) must import
 the module that registers a part before it can use it by name. `load_plugins("my_parts.py")`

@@ -170,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision", choices=PRECISION_CHOICES, default="auto",
         help="auto: bf16 on CUDA, fp32 elsewhere; bf16: autocast; bf16-weights: the backbone and control parts stored in bf16 and sampled natively, as generate --precision bf16-weights (fastest on an H100 at batch 1); "
-        "fp8: bf16-weights with the transformer blocks' linears in fp8 with static scales (controlfoley.quantize, experimental; Ada/Hopper GPUs; pays only with --compile at large batches: 107 clips/s at batch 64 on an H100 with --compile --cuda-graph)",
+        "fp8: bf16-weights with the transformer blocks' linears in fp8 with static scales (controlfoley.quantize, experimental; Ada/Hopper GPUs; pays only with --compile at large batches: 112 clips/s at batch 64 on an H200 with --compile --cuda-graph; benchmarks/sample_speed.py measured 107-108 on an H100)",
     )  # fmt: skip
     p.add_argument("--compile", action="store_true", help="torch.compile the forward (generate(compile=True))")
     p.add_argument("--cuda-graph", action="store_true", help="(CUDA) capture the whole sampling loop as one CUDA graph")

@@ -1,11 +1,13 @@
 """The `controlfoley` command.
 
-    controlfoley info PRESET_OR_CHECKPOINT        parameter table per part vs the paper's numbers
+    controlfoley info PRESET_OR_CHECKPOINT        parameter table per part vs the paper's numbers, each part's
+                                                  builder and settings (* where they differ from the preset)
                                                   (a preset, or a checkpoint file, folder or training run)
     controlfoley list [KIND]                      registered names (presets, aligners, guidance, ...)
-    controlfoley demo --out DIR                   the embedded demo
+    controlfoley demo [--out DIR]                 the embedded demo (default outputs/demo)
     controlfoley generate VIDEO|FOLDER... --out DIR   foley for video files
-    controlfoley evaluate GENERATED --reference ORIGINALS   score foley against the original soundtracks
+    controlfoley evaluate GENERATED [--reference ORIGINALS]   score foley against the original soundtracks
+                                                  (default: the sources GENERATED/generate.json records)
     controlfoley extract ...                      fill a feature dataset
     controlfoley train {tokenizer,backbone,controlnet} ...
     controlfoley experiment synthetic             the learning proof on the synthetic world
@@ -295,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="import this module first (it registers your own parts); repeatable; anywhere on the command line",
     )  # fmt: skip
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p_info = sub.add_parser("info", help="parameter table of a preset or checkpoint beside the paper's numbers")
+    p_info = sub.add_parser("info", help="parameter table of a preset or checkpoint beside the paper's numbers, and each part's builder and settings")
     p_info.add_argument("preset", metavar="PRESET_OR_CHECKPOINT", help="a preset name, or a checkpoint file, folder or training run")
     p_list = sub.add_parser("list", help="registered names")
     p_list.add_argument("kind", nargs="?", metavar="KIND", help="preset(s), tokenizer(s), backbone(s), aligner(s), guidance, vocoder(s), ...")

@@ -151,9 +151,9 @@ def run_demo(out: Path, model: str | None = None, index: int = 7, seed: int = 0)
 
 def demo_main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="controlfoley demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="outputs/demo", help="folder for the WAV, the MP4 with sound, the PNG and the silent input MP4")
+    ap.add_argument("--out", default="outputs/demo", help="folder for the WAV, the MP4 with sound, the PNG and the silent input MP4 (default: outputs/demo)")
     ap.add_argument("--model", default=None, help=f"preset with shipped weights, or a checkpoint path (default: the shipped {SHIPPED})")
-    ap.add_argument("--index", type=int, default=7, help="which held-out test clip to render")
+    ap.add_argument("--index", type=int, default=7, help="which held-out test clip to render (default: 7)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)

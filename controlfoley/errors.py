@@ -6,7 +6,7 @@ import re
 from types import ModuleType
 
 from controlfoley._errorbase import ControlFoleyError
-from controlfoley._registry import RegistryError
+from controlfoley._registry import ArgumentError, PluginError, RegistryError
 from controlfoley.config import ConfigError
 
 __all__ = [
@@ -19,6 +19,8 @@ __all__ = [
     "TrainingError",
     "ConfigError",
     "RegistryError",
+    "ArgumentError",
+    "PluginError",
     "RandomWeightsWarning",
     "require",
     "strip_ansi",

@@ -1,9 +1,11 @@
 """`controlfoley generate`: foley for a list of video files, one bad file never stopping the others.
 
     controlfoley generate VIDEO_OR_FOLDER... --model PATH_OR_PRESET --out DIR [--prompt TEXT]
-        [--negative-prompt TEXT] [--steps 12] [--cfg-scale 3] [--guidance-every 1] [--seed 0] [--format wav|flac]
-        [--overlap 0.25] [--join crossfade|decode_once] [--extractor KEY=NAME[,ARG=VALUE...]]
-        [--vocoder NAME[,ARG=VALUE...]] [--device cpu] [--overwrite]
+        [--negative-prompt TEXT] [--steps 12] [--cfg-scale 3] [--guidance NAME[,ARG=VALUE...]]
+        [--guidance-every 1] [--seed 0] [--format wav|flac] [--overlap 0.25] [--join crossfade|decode_once]
+        [--extractor KEY=NAME[,ARG=VALUE...]] [--text-encoder NAME[,ARG=VALUE...]]
+        [--vocoder NAME[,ARG=VALUE...]] [--device cpu] [--precision auto|fp32|bf16|bf16-weights]
+        [--cuda-graph] [--overwrite]
 
 Features
 - A folder among the inputs stands for the video files directly in it (.mp4 .mov .mkv .webm ...).
@@ -23,7 +25,7 @@ Features
 - A progress bar over files (tqdm, on a terminal); every failure (missing file, no video stream,
   truncated or corrupt file, zero-length video, unsupported codec, an output folder that stops
   taking files mid-run, missing or mis-shaped precomputed features) prints one line `error: FILE: reason` and the run
-  goes on; a summary table (file, duration, windows, time, status) ends the run.
+  goes on; a summary table (file, duration, windows, time, status, written) ends the run.
 - Exit code: 0 when every file succeeded, 1 when any failed, 2 for a bad command line, device,
   model, extractor, vocoder, prompt or output folder (nothing generated).
 - `--vocoder NAME,...` naming the model's own vocoder keeps the model's settings for it and changes
@@ -57,8 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="controlfoley generate", description="Foley for video files (SpecMaskFoley).")
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="input video files (any container/codec FFmpeg decodes), or folders of them")
     p.add_argument("--model", required=True, help="checkpoint (.safetensors or folder) or a preset that ships weights")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--prompt", default=None, help="text prompt (CLAP role); without it, video-only CFG")
+    p.add_argument("--out", required=True, type=Path, help="output folder: <name>.wav, <name>.mp4 per video, and generate.json (each output's source and settings)")
+    p.add_argument(
+        "--prompt", default=None,
+        help="text prompt (CLAP role); without it, a rule that needs text samples with its without_text() (video-only CFG for the built-ins)",
+    )  # fmt: skip
     p.add_argument("--negative-prompt", default=None, help="text the sampler steers away from")
     p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: the model's, 12)")
     p.add_argument(
@@ -67,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--guidance", default=None, metavar="NAME[,ARG=VALUE...]",
-        help="a GUIDANCE rule replacing the model's, e.g. cfg_video or cfg,condition=text_video (default: the model's multi-CFG)",
+        help="a GUIDANCE rule replacing the model's, e.g. cfg_video or cfg,condition=text_video (default: the model's own; the paper's multi-CFG for its presets)",
     )  # fmt: skip
     p.add_argument(
         "--guidance-every", type=int, default=1, metavar="N",
@@ -75,14 +80,22 @@ def _parser() -> argparse.ArgumentParser:
              "(an approximation: with a prompt, multi-CFG at 12 steps, N=3 runs 61%% of the paper model's block arithmetic, 75%% without one; "
              "quality in benchmarks/RESULTS.md). Default 1: the paper's sampler",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0); the same seed and settings give the same audio")
     p.add_argument("--format", choices=("wav", "flac"), default="wav")
-    p.add_argument("--overlap", type=float, default=0.25, help="window overlap for long videos, fraction of a window")
-    p.add_argument("--join", choices=("crossfade", "decode_once"), default="crossfade")
-    p.add_argument("--extractor", action="append", default=[], metavar="KEY=NAME[,ARG=VALUE...]")
+    p.add_argument("--overlap", type=float, default=0.25, help="window overlap for long videos, fraction of a window (default: 0.25)")
+    p.add_argument(
+        "--join", choices=("crossfade", "decode_once"), default="crossfade",
+        help="how windows of a long video meet: crossfade the decoded mels (default) or decode the whole token sequence once",
+    )  # fmt: skip
+    p.add_argument(
+        "--extractor", action="append", default=[], metavar="KEY=NAME[,ARG=VALUE...]",
+        help="a video feature extractor replacing the default for KEY (the ones the checkpoint records, else the synthetic world's), "
+             "e.g. sync=synchformer_precomputed,root=DIR or clip=clip_openclip,weights=FILE; repeatable",
+    )  # fmt: skip
     p.add_argument(
         "--text-encoder", default=None, metavar="NAME[,ARG=VALUE...]",
-        help="the CLAP-role text encoder that embeds --prompt, e.g. clap_transformers,folder=DIR (default: the model's own, synthetic_clap for the synthetic and tiny presets)",
+        help="the CLAP-role text encoder that embeds --prompt, e.g. clap_transformers,folder=DIR (default: the one the checkpoint records "
+             "for its training data, else synthetic_clap for the synthetic and tiny presets)",
     )  # fmt: skip
     p.add_argument("--vocoder", default=None, metavar="NAME[,ARG=VALUE...]", help="default: the model's own")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")

@@ -8,7 +8,7 @@ MaskGIT sampler and vocoder, built from a `ModelConfig` by `build_model` (contro
   drops it on 90% of the training *steps*, which the training recipes do (`uncond_per="step"`,
   one draw per step passed to `masked_cross_entropy` as `cond_on`).
 - `generate`: MaskGIT sampling with every guidance condition set in ONE batched forward per step.
-- `save` / `from_pretrained`: safetensors, the config JSON in the file's metadata.
+- `save` / `save_pretrained` / `from_pretrained`: safetensors, the config JSON in the file's metadata.
 
 `build_model` (config -> parts -> this model, with the contract checks) lives in
 `controlfoley.builder`; `from controlfoley.model import build_model` still works.

@@ -294,12 +294,12 @@ class FoleyPipeline:
         """Foley for one video file: decode, extract features, sample every window, decode, vocode.
 
         `prompt`: tags for the CLAP-role text encoder, a comma-separated string ("bell, thud") or a
-        list/tuple of tags (["bell", "thud"]); None or empty samples with video-only CFG (see the
-        module docstring). `negative_prompt`: the same forms, text the sampler steers away from.
+        list/tuple of tags (["bell", "thud"]); None or empty samples with the rule's `without_text()`,
+        video-only CFG for the built-in rules (see the module docstring). `negative_prompt`: the same forms, text the sampler steers away from.
         `steps` / `cfg_scale`: MaskGIT steps and final CFG scale (None: the model's own). `seed`
         makes the run repeatable (None: a fresh one, kept in the result). `guidance`: a GuidanceRule
-        or GUIDANCE name replacing the model's rule (default: the model's; without a prompt a rule
-        that needs text falls back to video-only CFG); `temperature`: the sampler's Gumbel
+        or GUIDANCE name replacing the model's rule (default: the model's; without a prompt, a model
+        rule that needs text samples with its `without_text()`); `temperature`: the sampler's Gumbel
         temperature (None: the model's); `guidance_every`: every condition set of the rule at every
         N-th step only, the paper's sampler at 1 (an approximation that saves arithmetic, see
         `SpecMaskFoley.generate`). Returns a `FoleyResult`

@@ -1,4 +1,4 @@
-"""The CLAP text encoder for real prompts, through Hugging Face `transformers`, from a LOCAL folder.
+"""The CLAP text and audio encoders, through Hugging Face `transformers`, from a LOCAL folder.
 
 SpecMaskFoley conditions its backbone on CLAP text embeddings (paper sec. 3.1, 3.4: the text&video
 guidance row). "clap_transformers" (`ClapTextEncoder`, text extractor, key "clap") loads the text

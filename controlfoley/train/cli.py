@@ -9,7 +9,8 @@ Every `TrainConfig` field is a flag (`--batch-size`, `--warmup-steps`, `--no-shu
 Precedence: the recipe's defaults < `--config file.json` < flags. With `--resume` the run's own
 config.json replaces the first two, and a flag that would change the run is refused.
 `--model KEY=JSON` passes a model override (`--model backbone='{"depth": 2}'`).
-`--print-config` prints the resolved config as JSON and exits; values derived from others (the
+`--print-config` prints the resolved config as JSON and exits, after checking that the model config
+it names resolves (preset, part names, --model overrides); values derived from others (the
 warm-up, from --steps) carry a note under "_derived", and a --config file with that note derives
 them again, so the printed config reused with another --steps warms up for that run's length.
 `--stop-at N` ends this invocation after step N with a checkpoint (resume later), without
@@ -71,7 +72,7 @@ def _add_config_flags(p: argparse.ArgumentParser, recipe: str) -> None:
     p.add_argument("--model", dest="model_overrides", action="append", default=[], metavar="KEY=JSON", help="model override, e.g. backbone='{\"depth\": 2}'")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--stop-at", type=int, default=None, help="stop this invocation after that step (with a checkpoint)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit (the preset, part names and --model overrides are checked first)")
 
 
 def _warmup_default(recipe: str) -> str:

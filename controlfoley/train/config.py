@@ -107,7 +107,7 @@ class TrainConfig:
     disc_channels: int = 64  # tokenizer: width of the discriminator's first layer
     codebook_restart_every: int = 0  # tokenizer: every N steps, restart the codes no clip of the step (all micro-batches, all ranks) selects; 0 = off
     codebook_restart_until: int = 1_000_000_000  # tokenizer: no restarts from this step on (let codes settle)
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto, fp32 or bf16; auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the training objective
     seed: int = 0
     shuffle: bool = True

@@ -180,8 +180,19 @@ def _build_pipeline(args: argparse.Namespace, extractors: dict[str, Any], vocode
     return pipe
 
 
+def _record_or_empty(folder: Path) -> dict[str, dict[str, Any]]:
+    """FOLDER/generate.json's entries, or {} when there is none or it cannot be read."""
+    from controlfoley.errors import MediaError
+
+    try:
+        return read_manifest(folder)
+    except MediaError:
+        return {}
+
+
 def _expand_folders(items: Sequence[str]) -> list[str]:
-    """A folder among the inputs stands for the video files directly in it (sorted by name)."""
+    """A folder among the inputs stands for the video files directly in it (sorted by name), less
+    the ones its generate.json records as outputs of an earlier run into it."""
     from controlfoley._media import VIDEO_SUFFIXES, video_files
 
     out: list[str] = []
@@ -190,6 +201,11 @@ def _expand_folders(items: Sequence[str]) -> list[str]:
             out.append(item)
             continue
         found = video_files(Path(item))
+        made = {e.get("video") for e in _record_or_empty(Path(item)).values()}
+        ours = [f for f in found if f.name in made]
+        if ours:
+            log.warning("%s: skipping %d video(s) its %s records as generated (%s); give them by name to use them as inputs", item, len(ours), MANIFEST, ", ".join(f.name for f in ours[:3]) + (" ..." if len(ours) > 3 else ""))
+            found = [f for f in found if f.name not in made]
         if not found:
             raise ValueError(f"{item} is a folder with no video files in it ({' '.join(sorted(VIDEO_SUFFIXES))}); give video files or a folder of them")
         out += [str(f) for f in found]
@@ -197,32 +213,47 @@ def _expand_folders(items: Sequence[str]) -> list[str]:
 
 
 def _outputs(videos: Sequence[str], out: Path, fmt: str) -> list[tuple[Path, Path]]:
-    """(audio path, video path) per input; repeated stems get -2, -3, ... (never a name already taken)."""
+    """(audio path, video path) per input. A video that OUT/generate.json records keeps its recorded
+    name (a re-run replaces its own outputs); another gets its stem, or -2, -3, ... where the name
+    is taken in this run or recorded for another source (runs into one OUT never share a name)."""
+    record = _record_or_empty(out)
+    recorded_as = {}
+    for name, entry in record.items():
+        recorded_as.setdefault(entry["source"], name)
     used: set[str] = set()
     pairs = []
     for v in videos:
-        stem = Path(v).stem or "video"
-        name, k = stem, 1
-        while name in used:  # also skips "a-2" when an input is itself called a-2
-            k += 1
-            name = f"{stem}-{k}"
+        source = str(Path(v).resolve())
+        name = recorded_as.get(source)
+        if name is None or name in used:
+            stem = Path(v).stem or "video"
+            name, k = stem, 1
+            while name in used or (name in record and record[name]["source"] != source):  # also skips "a-2" when an input is called a-2
+                k += 1
+                name = f"{stem}-{k}"
         used.add(name)
         pairs.append((out / f"{name}.{fmt}", out / f"{name}.mp4"))
     return pairs
 
 
 def _check_outputs(videos: Sequence[Path], pairs: Sequence[tuple[Path, Path]], *, overwrite: bool) -> None:
-    """Before any sampling: no output replaces its own input; existing outputs only with --overwrite."""
+    """Before any sampling: no output replaces an input (its own or another's: --overwrite does not
+    allow that); existing outputs only with --overwrite, naming what made them."""
     from controlfoley.errors import MediaError
 
+    inputs = {video.resolve(): video for video in videos}
     for video, paths in zip(videos, pairs, strict=True):
         for path in paths:
-            if path.resolve() == video.resolve():
-                raise MediaError(f"output {path} would replace its own input {video}; choose another --out")
+            hit = inputs.get(path.resolve())
+            if hit is not None:
+                whose = "its own input" if hit == video else f"the input video {hit} (given in this run)"
+                raise MediaError(f"output {path} (for {video}) would replace {whose}; choose another --out")
     existing = [path for paths in pairs for path in paths if path.exists()]
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise MediaError(f"output {existing[0]} already exists{more}; pass --overwrite to replace it, or choose another --out")
+        entry = _record_or_empty(existing[0].parent).get(existing[0].stem)
+        made = f", made from {entry['source']} by an earlier run" if entry else ", not recorded as generate's output"
+        raise MediaError(f"output {existing[0]} already exists{made}{more}; pass --overwrite to replace it, or choose another --out")
 
 
 def _write(video: Path, result: Any, audio_path: Path, video_path: Path) -> None:

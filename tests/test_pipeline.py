@@ -418,6 +418,48 @@ def test_cli_records_each_outputs_source_and_evaluate_pairs_by_it(
     assert [p.read_text() for p in out.glob(f"{MANIFEST}.unreadable-*")] == ["{not json"]
 
 
+def test_runs_into_one_folder_keep_their_names_and_never_replace_an_input(
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two runs into one --out with same-named sources: the second gets `clip-2` (it was told to
+    --overwrite, which replaced the first's outputs); a re-run of a source keeps its recorded name.
+    An output that would replace any input video is refused even with --overwrite (--out = the input
+    folder: tiny.mov's output tiny.mp4 is the input tiny.mp4), and a folder input skips the videos
+    its generate.json records as generated."""
+    from controlfoley.generate_cli import read_manifest
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "clip.mp4").write_bytes(media["tiny"].read_bytes())
+    (b / "clip.mp4").write_bytes(media["short"].read_bytes())
+    out = tmp_path / "out"
+    base = ["--model", str(model_file), "--out", str(out), "--steps", "1"]
+    assert cli.main(["generate", str(a / "clip.mp4"), *base]) == 0
+    first = (out / "clip.wav").read_bytes()
+    assert cli.main(["generate", str(b / "clip.mp4"), *base]) == 0  # no --overwrite needed: a name of its own
+    assert (out / "clip.wav").read_bytes() == first
+    record = read_manifest(out)
+    assert {k: v["source"] for k, v in record.items()} == {"clip": str((a / "clip.mp4").resolve()), "clip-2": str((b / "clip.mp4").resolve())}
+    assert cli.main(["generate", str(b / "clip.mp4"), *base]) == 2  # its own earlier outputs: named, --overwrite to replace
+    assert f"clip-2.wav already exists, made from {(b / 'clip.mp4').resolve()} by an earlier run" in capsys.readouterr().err
+    assert cli.main(["generate", str(b / "clip.mp4"), *base, "--overwrite"]) == 0
+    assert set(read_manifest(out)) == {"clip", "clip-2"} and (out / "clip.wav").read_bytes() == first
+
+    inplace = tmp_path / "inplace"
+    inplace.mkdir()
+    (inplace / "tiny.mp4").write_bytes(media["tiny"].read_bytes())
+    (inplace / "tiny.mov").write_bytes(media["short"].read_bytes())
+    before = (inplace / "tiny.mp4").read_bytes()
+    assert cli.main(["generate", str(inplace), "--model", str(model_file), "--out", str(inplace), "--steps", "1", "--overwrite"]) == 2
+    assert "would replace" in capsys.readouterr().err and (inplace / "tiny.mp4").read_bytes() == before
+    # a folder of generate's outputs given as input: its recorded outputs are not inputs again
+    with caplog.at_level(logging.WARNING, logger="controlfoley.generate"):
+        assert cli.main(["generate", str(out), "--model", str(model_file), "--out", str(tmp_path / "again"), "--steps", "1"]) == 2
+    assert any("skipping 2 video(s) its generate.json records as generated" in r.message for r in caplog.records)
+    assert "is a folder with no video files" in capsys.readouterr().err
+
+
 def test_evaluate_without_reference_needs_a_generate_record(media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gen = tmp_path / "gen"
     gen.mkdir()

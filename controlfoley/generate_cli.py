@@ -411,6 +411,9 @@ def main(argv: Sequence[str]) -> int:
         extractors, vocoder = _extractor_specs(args.extractor), _vocoder_spec(args.vocoder)
         pipe = _build_pipeline(args, extractors, vocoder)  # a bad name or file is reported before a clash of outputs
         _check_outputs(videos, pairs, overwrite=args.overwrite)
+        from controlfoley.data.real_extractors import check_unique_stems
+
+        check_unique_stems(list(pipe.extractors.values()), videos)  # precomputed features are found by file stem
         # last, as nothing else failed: a folder no file can be written to fails every file alike (exit 2, no
         # sampling); it is made here if missing, and checked again per file (a disk can fill mid-run)
         check_writable_folder(args.out, "--out")

@@ -201,3 +201,33 @@ def test_pipeline_and_cli_with_precomputed_features(
     err = capsys.readouterr().err
     assert "orphan.mp4" in err and "no features for video orphan.mp4" in err
     assert sorted(p.name for p in out.iterdir()) == ["clipvid.mp4", "clipvid.wav", "generate.json"]
+    # two inputs with one file stem would get one feature file: refused before any file is read
+    other = tmp_path / "other"
+    other.mkdir()
+    twin = other / "clipvid.mp4"
+    twin.write_bytes(clip_video.read_bytes())
+    argv = ["generate", str(clip_video), str(twin), "--model", str(model_file), "--out", str(tmp_path / "out2"), "--steps", "2", *argv[9:]]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"share one: {clip_video} and {twin}" in err and "would get the same features" in err
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())
+
+
+def test_extraction_refuses_inputs_whose_precomputed_features_would_be_one_file(tmp_path: Path, clip_video: Path) -> None:
+    """`extract --list` with precomputed features: a/clip.mp4 and b/clip.mp4 (or clip.mp4 and
+    clip.mov) find one feature file; a ConfigError names the pair before any file is read."""
+    from controlfoley.data.extract import Extraction, extract_files
+
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for d in (a, b):
+        (d / "clipvid.mp4").write_bytes(clip_video.read_bytes())
+    ex = Extraction(
+        "specmaskfoley_tiny", extractors=[("synchformer_precomputed", {"root": str(feats), "dim": 128}), ("synthetic_clip", {})]
+    )
+    with pytest.raises(ConfigError, match=rf"share one: {a / 'clipvid.mp4'} and {b / 'clipvid.mp4'}"):
+        extract_files(tmp_path / "ds", ex, [str(a / "clipvid.mp4"), str(b / "clipvid.mp4")])
+    assert not (tmp_path / "ds").exists()

@@ -450,6 +450,9 @@ def extract_files(
             f"{len(twice)} clip id(s) are given more than once: {'; '.join(twice[:5])}{' ...' if len(twice) > 5 else ''}; "
             "every clip needs its own id (ids name clips in the dataset, skipped.tsv and --resume): remove the repeated entries"
         )
+    from controlfoley.data.real_extractors import check_unique_stems
+
+    check_unique_stems(ex.video, files)  # precomputed features are found by file stem
     feature_keys = [e.output_key for e in ex.video]
     is_audio = [Path(f).suffix.lower() in AUDIO_SUFFIXES for f in files]
     audio_only = [i for i, a in enumerate(is_audio) if a] if ex.video else []

@@ -39,6 +39,7 @@ import csv
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from controlfoley.errors import CheckpointError, ConfigError, DataError, ShapeEr
 from controlfoley.typing import Float, Tensor
 
 __all__ = [
+    "check_unique_stems",
     "OpenClipExtractor",
     "PrecomputedFeatures",
     "MMAudioFeatures",
@@ -225,6 +227,29 @@ def _read_ids(tsv: Path) -> list[str]:
     if not rows or "id" not in rows[0]:
         raise DataError(f"{tsv}: expected a tab-separated table with an 'id' column")
     return [str(r["id"]) for r in rows]
+
+
+def check_unique_stems(extractors: Sequence[Any], videos: Sequence[str | os.PathLike[str]]) -> None:
+    """Precomputed features are found by the video's file name without its suffix: two inputs with
+    one stem (a/clip.mp4 and b/clip.mp4, clip.mp4 and clip.mov) would silently get the same
+    features. A ConfigError names them, before any file is read."""
+    keyed = [e for e in extractors if isinstance(e, PrecomputedFeatures)]
+    if not keyed:
+        return
+    seen: dict[str, str] = {}
+    clashes = []
+    for v in videos:
+        stem = Path(v).stem
+        if stem in seen:
+            clashes.append(f"{seen[stem]} and {v}")
+        seen.setdefault(stem, str(v))
+    if clashes:
+        names = ", ".join(sorted({e.name for e in keyed}))
+        raise ConfigError(
+            f"{names} find features by file name without suffix ({keyed[0].root}/<name>.npy), and {len(clashes)} pair(s) of inputs "
+            f"share one: {'; '.join(clashes[:3])}{' ...' if len(clashes) > 3 else ''}. They would get the same features: rename one "
+            "(and its feature file), or run them separately with their own feature folders"
+        )
 
 
 class PrecomputedFeatures:

@@ -147,11 +147,26 @@ def _pairs_from_record(generated: Path) -> tuple[list[tuple[str, Path, Path | No
             rows.append((stem, generated / stem, None, gen.problems[stem]))
         elif entry is None:
             rows.append((stem, gen.files[stem], None, f"{stem} is not in {generated / MANIFEST}; score it with --reference"))
+        elif "problem" in entry:
+            rows.append((stem, gen.files[stem], None, f"{entry['problem']}; repair it, or score the file with --reference"))
+        elif Path(entry["source"]).is_dir():
+            rows.append((stem, gen.files[stem], None, f"its source {entry['source']} (from {MANIFEST}) is a folder, not a video; repair the entry"))
         elif not Path(entry["source"]).is_file():
             rows.append((stem, gen.files[stem], None, f"its source {entry['source']} (from {MANIFEST}) is gone; score it with --reference"))
         else:
             rows.append((stem, gen.files[stem], Path(entry["source"]), None))
+            if _changed_since(entry):
+                print(f"warning: {stem}: its source {entry['source']} changed since it was generated (size or time); the scores compare against the file as it is now", file=sys.stderr)
     return rows, 0, None
+
+
+def _changed_since(entry: dict[str, Any]) -> bool:
+    """Whether the source's size or modification time differ from what generate recorded."""
+    stamp = entry.get("source_stamp")
+    if not isinstance(stamp, dict):
+        return False
+    st = Path(entry["source"]).stat()
+    return stamp.get("bytes") != st.st_size or (isinstance(stamp.get("mtime"), (int, float)) and abs(stamp["mtime"] - st.st_mtime) > 1e-2)
 
 
 def _pairs(generated: Path, reference: Path | None) -> tuple[list[tuple[str, Path, Path | None, str | None]], int, str | None]:

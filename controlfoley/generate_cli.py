@@ -304,7 +304,7 @@ def _run_one(pipe: Any, args: argparse.Namespace, video: Path, paths: tuple[Path
         row.update(duration=result.duration_s, windows=len(result.windows))
         _write(video, result, *paths)
         row["status"], row["output"] = "ok", f"{paths[0].name}, {paths[1].name}"
-        _record(args, video, paths, result.duration_s)
+        _record(args, pipe, video, paths, result.duration_s)
     except (ControlFoleyError, RegistryError, OSError, ValueError) as e:
         msg = one_line(e)
         row["status"] = "error: " + (msg if msg.startswith(str(video)) else f"{video}: {msg}")
@@ -315,9 +315,11 @@ def _run_one(pipe: Any, args: argparse.Namespace, video: Path, paths: tuple[Path
     return row
 
 
-def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+def read_manifest(folder: Path, *, raw: bool = False) -> dict[str, Any]:
     """The entries of FOLDER/generate.json (output stem -> {"source", "audio", "video", "settings", ...});
-    {} when there is none. An unreadable or foreign file raises MediaError naming it."""
+    {} when there is none. A file that is not JSON, or not this record, raises MediaError naming it;
+    a bad entry does not spoil the others: its "problem" says what is wrong with it, and a relative
+    source is read from FOLDER. `raw`: the entries as written (for rewriting the record)."""
     import json
 
     from controlfoley.errors import MediaError
@@ -330,14 +332,32 @@ def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise MediaError(f"{path} cannot be read as JSON ({e}); delete or repair it (controlfoley generate rewrites it)") from None
     outputs = data.get("outputs") if isinstance(data, dict) and data.get("format") == _MANIFEST_FORMAT else None
-    if not isinstance(outputs, dict) or not all(isinstance(v, dict) and isinstance(v.get("source"), str) for v in outputs.values()):
-        raise MediaError(f"{path} is not a controlfoley generate record (format {_MANIFEST_FORMAT!r}); rename it, it is not read")
-    return outputs
+    if not isinstance(outputs, dict):
+        raise MediaError(f"{path} is not a controlfoley generate record (format {_MANIFEST_FORMAT!r}, an 'outputs' object); rename it, it is not read")
+    if raw:
+        return dict(outputs)
+    entries: dict[str, dict[str, Any]] = {}
+    for name, entry in outputs.items():
+        if not isinstance(entry, dict):
+            entries[name] = {"source": None, "problem": f"its entry in {path} is not an object"}
+        elif not isinstance(entry.get("source"), str) or not entry["source"]:
+            entries[name] = {**entry, "source": None, "problem": f"its entry in {path} has no source path"}
+        else:  # a relative path (a hand-edited record) is read from the record's folder
+            entries[name] = {**entry, "source": str(Path(folder) / entry["source"]) if not Path(entry["source"]).is_absolute() else entry["source"]}
+    return entries
 
 
-def _record(args: argparse.Namespace, video: Path, paths: tuple[Path, Path], duration_s: float) -> None:
-    """Add this output to DIR/generate.json (atomically). A record that cannot be written costs a
-    warning, not the file: the outputs are already in place. An unreadable record is kept aside."""
+def _file_stamp(path: Path) -> dict[str, Any]:
+    """Size and modification time of a file: a source replaced since generation is noticed."""
+    st = path.stat()
+    return {"bytes": st.st_size, "mtime": round(st.st_mtime, 3)}
+
+
+def _record(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path, Path], duration_s: float) -> None:
+    """Add this output to DIR/generate.json (atomically), with the settings that made it as resolved
+    (the model's own steps, scale and rule where none was given; the extractors and text encoder
+    used; the model file). A record that cannot be written costs a warning, not the file: the
+    outputs are already in place. An unreadable record is kept aside."""
     import datetime
     import json
     import os
@@ -348,7 +368,7 @@ def _record(args: argparse.Namespace, video: Path, paths: tuple[Path, Path], dur
 
     path = args.out / MANIFEST
     try:
-        entries = read_manifest(args.out)
+        entries = read_manifest(args.out, raw=True)  # other entries are kept as written, hand edits included
     except MediaError as e:
         aside = path.with_name(f"{MANIFEST}.unreadable-{datetime.datetime.now():%Y%m%d-%H%M%S}")
         log.warning("%s; it is kept as %s and a new record is started", one_line(e), aside.name)
@@ -357,14 +377,24 @@ def _record(args: argparse.Namespace, video: Path, paths: tuple[Path, Path], dur
         except OSError:
             pass
         entries = {}
+    model = pipe.model
+    rule = pipe._conditions(args.prompt, args.negative_prompt, args.rule)[2] or model.guidance  # what sampled (a no-prompt fallback included)
+    model_file = getattr(model, "loaded_from", None)
     settings = {
-        "model": args.model, "prompt": args.prompt, "negative_prompt": args.negative_prompt, "steps": args.steps, "cfg_scale": args.cfg_scale,
-        "guidance": args.guidance, "guidance_every": args.guidance_every, "seed": args.seed, "precision": args.precision,
-        "overlap": args.overlap, "join": args.join, "extractor": list(args.extractor), "text_encoder": args.text_encoder, "vocoder": args.vocoder,
-    }  # fmt: skip  (None: the model's own setting)
+        "model": args.model, "model_file": model_file, "model_file_stamp": _file_stamp(Path(model_file)) if model_file and Path(model_file).is_file() else None,
+        "prompt": args.prompt, "negative_prompt": args.negative_prompt,
+        "steps": args.steps or model.sampler.steps, "cfg_scale": args.cfg_scale if args.cfg_scale is not None else rule.scale,
+        "guidance": repr(rule), "guidance_every": args.guidance_every, "seed": args.seed, "precision": args.precision,
+        "overlap": args.overlap, "join": args.join,
+        "extractors": {k: getattr(e, "name", type(e).__name__) for k, e in pipe.extractors.items()},
+        "text_encoder": getattr(pipe.text_encoder, "name", None) if pipe.text_encoder is not None else None,
+        "vocoder": args.vocoder or model.config.vocoder.name,
+        "command_line": {"extractor": list(args.extractor), "text_encoder": args.text_encoder, "guidance": args.guidance},
+    }  # fmt: skip
     entries[paths[1].stem] = {
-        "source": str(video.resolve()), "audio": paths[0].name, "video": paths[1].name, "duration_s": duration_s, "settings": settings,
-        "controlfoley": __version__, "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "source": str(video.resolve()), "source_stamp": _file_stamp(video), "audio": paths[0].name, "video": paths[1].name,
+        "duration_s": duration_s, "settings": settings, "controlfoley": __version__,
+        "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }  # fmt: skip
     text = json.dumps({"format": _MANIFEST_FORMAT, "outputs": dict(sorted(entries.items()))}, indent=2, ensure_ascii=False) + "\n"
     try:

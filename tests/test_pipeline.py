@@ -460,6 +460,44 @@ def test_runs_into_one_folder_keep_their_names_and_never_replace_an_input(
     assert "is a folder with no video files" in capsys.readouterr().err
 
 
+def test_the_generate_record_holds_the_resolved_settings_and_a_bad_entry_spoils_only_itself(
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import os
+
+    from controlfoley.generate_cli import MANIFEST, read_manifest
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a", "b", "c"):
+        (src / f"{name}.mp4").write_bytes(media["tiny"].read_bytes())
+    out = tmp_path / "out"
+    assert cli.main(["generate", str(src), "--model", str(model_file), "--out", str(out), "--steps", "1"]) == 0
+    settings = read_manifest(out)["a"]["settings"]
+    assert settings["steps"] == 1 and settings["cfg_scale"] == 3.0  # the model's own scale, not null
+    assert "conditions=[uncond, video]" in settings["guidance"]  # no prompt: the rule that sampled, not the model's multi-CFG
+    assert settings["extractors"] == {"sync": "synthetic_sync", "clip": "synthetic_clip"} and settings["model_file"] == str(model_file.resolve())
+    assert settings["model_file_stamp"]["bytes"] == model_file.stat().st_size
+    # hand edits: one entry without a source, one with a source relative to the record's folder
+    data = json.loads((out / MANIFEST).read_text())
+    data["outputs"]["a"]["source"] = None
+    data["outputs"]["b"]["source"] = os.path.relpath(src / "b.mp4", out)
+    (out / MANIFEST).write_text(json.dumps(data))
+    os.utime(src / "c.mp4", (1, 1))  # c's source touched since: scored, with a warning
+    scores = tmp_path / "scores.json"
+    assert cli.main(["evaluate", str(out), "--out", str(scores)]) == 1
+    err = capsys.readouterr().err
+    assert "has no source path; repair it, or score the file with --reference" in err
+    assert "c: its source" in err and "changed since it was generated" in err
+    status = {f["file"]: f["status"] for f in json.loads(scores.read_text())["files"]}
+    assert status["b"] == "ok" and status["c"] == "ok" and status["a"].startswith("error")
+    # the next run rewrites the record keeping the hand-edited entries as written
+    assert cli.main(["generate", str(media["short"]), "--model", str(model_file), "--out", str(out), "--steps", "1"]) == 0
+    kept = json.loads((out / MANIFEST).read_text())["outputs"]
+    assert kept["a"]["source"] is None and kept["b"]["source"] == os.path.relpath(src / "b.mp4", out) and "short" in kept
+
+
 def test_evaluate_without_reference_needs_a_generate_record(media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gen = tmp_path / "gen"
     gen.mkdir()

@@ -136,8 +136,13 @@ def _extractor_specs(items: Sequence[str]) -> dict[str, tuple[str, dict[str, Any
     extractors = {}
     for item in items:
         key, sep, spec = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--extractor {item!r}: expected KEY=NAME[,ARG=VALUE...], e.g. clip=clip_openclip,weights=FILE")
+        if not sep or not key or not key.isidentifier():  # "synchformer_precomputed,root=DIR": extract's form, without the key
+            name = item.split(",")[0]
+            hint = f"; for the '{name}' extractor give its feature key first, e.g. --extractor sync={item}" if name and "=" not in name else ""
+            raise ValueError(
+                f"--extractor {item!r}: generate expects KEY=NAME[,ARG=VALUE...] (KEY: the feature it replaces, e.g. sync or clip), "
+                f"e.g. clip=clip_openclip,weights=FILE{hint}"
+            )
         extractors[key] = parse_spec(spec)
     return extractors
 

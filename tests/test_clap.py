@@ -244,3 +244,23 @@ def test_extraction_with_the_audio_tower_embeds_each_clips_own_audio(clap_dirs: 
     got = torch.stack([ds[i]["clap"].float() for i in range(2)])
     assert torch.allclose(got, want, atol=2e-3)  # stored as fp16
     assert ds.index.info["features"]["clap"]["extractor"] == "clap_audio_transformers"
+
+
+def test_an_untagged_line_of_a_tagged_list_is_stored_without_a_prompt(clap_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """It was stored as the embedding of "" and trained as a text condition; now as an all-zero
+    vector, which the recipes train with the unconditional mask (tests/test_train.py), with a warning."""
+    import soundfile as sf
+
+    from controlfoley.data.dataset import ShardDataset
+    from controlfoley.data.extract import extract_main
+
+    for name in ("a", "b"):
+        sf.write(tmp_path / f"{name}.wav", 0.1 * torch.randn(22050).numpy(), 22050)
+    listing = tmp_path / "clips.tsv"
+    listing.write_text(f"{tmp_path / 'a.wav'}\tbell, thud\n{tmp_path / 'b.wav'}\n", encoding="utf-8")
+    argv = ["--preset", "specmaskgit_tiny", "--model", 'backbone={"cond_dim": 16}', "--list", str(listing), "--out", str(tmp_path / "ds")]
+    with pytest.warns(UserWarning, match=r"1 of 2 inputs have no tags .*stored without a prompt"):
+        assert extract_main([*argv, "--clap", f"clap_transformers,folder={clap_dirs['full']}"]) == 0
+    ds = ShardDataset(tmp_path / "ds")
+    vectors = [ds[i]["clap"].float() for i in range(2)]
+    assert sum(bool((v == 0).all()) for v in vectors) == 1 and sum(bool(v.abs().sum() > 0) for v in vectors) == 1

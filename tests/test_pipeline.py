@@ -580,6 +580,10 @@ def test_cli_refuses_bad_model_and_prompt_before_any_file(model_file: Path, medi
     err = capsys.readouterr().err
     assert "nope.safetensors" in err and "unknown tag" in err and "KEY=NAME" in err and "--cuda-graph needs --device cuda" in err
     assert _outputs(out) == []
+    # extract's form (NAME,ARG=VALUE) given to generate: the key to put first is named
+    argv = ["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--extractor", "synchformer_precomputed,root=/feats"]
+    assert cli.main(argv) == 2
+    assert "e.g. --extractor sync=synchformer_precomputed,root=/feats" in capsys.readouterr().err
 
 
 def _count_sampling(monkeypatch: pytest.MonkeyPatch) -> list[object]:

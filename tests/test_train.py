@@ -693,3 +693,22 @@ def test_hinge_losses_have_the_vqgan_signs() -> None:
     g, d = hinge_losses(ScaleDisc(), real, fake)
     torch.testing.assert_close(d, torch.full((2,), 1.0))  # relu(1 - 0.5) + relu(1 - 0.5)
     torch.testing.assert_close(g, torch.full((2,), 0.5))  # -(-0.5)
+
+
+def test_a_clip_stored_without_a_prompt_always_trains_with_the_unconditional_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An all-zero clap vector (an untagged line of a tagged list) is no prompt: its rows train with
+    the unconditional mask whatever the step's draw; the others follow the draw."""
+    from controlfoley import build_model
+    from controlfoley.train.recipes import MaskedTokenObjective
+
+    model = build_model("specmaskfoley_tiny", **micro_overrides())
+    seen = []
+    real = model.masked_cross_entropy
+    monkeypatch.setattr(model, "masked_cross_entropy", lambda *a, **k: seen.append(k["cond_on"].clone()) or real(*a, **k))
+    objective = MaskedTokenObjective(model, use_control=False)
+    clap = torch.randn(3, 16)
+    clap[1] = 0.0
+    batch = {"tokens": torch.randint(0, VOCAB, (3, *model.grid)), "clap": clap}
+    mask = torch.ones(3, model.n_tokens, dtype=torch.bool)
+    objective(batch, mask, torch.tensor([True, True, False]))
+    assert seen[-1].tolist() == [True, False, False]

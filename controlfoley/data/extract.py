@@ -466,9 +466,18 @@ def extract_files(
             "or pass skip_bad=True (--skip-bad) to leave them out (listed in skipped.tsv)"
         )
     encoded: dict[str, Tensor] = {}  # tag string -> its vector, when a fixed vocabulary let them all be encoded up front
+    if tags is not None:  # an untagged line of a tagged list: no prompt (a zero vector: the recipes use the unconditional mask)
+        untagged = [i for i, t in enumerate(tags) if not t.strip()]
+        if untagged:
+            warnings.warn(
+                f"{len(untagged)} of {len(tags)} inputs have no tags (e.g. {label(untagged[0])}): they are stored without a prompt "
+                "(an all-zero clap vector), and training always uses the unconditional mask for them",
+                stacklevel=2,
+            )
+            encoded[""] = torch.zeros(int(ex.clap.dim))
     if tags is not None and getattr(ex.clap, "tags", None) is not None:  # a fixed vocabulary: check every line now
         bad: dict[str, str] = {}
-        for t in dict.fromkeys(tags):
+        for t in dict.fromkeys(t for t in tags if t.strip()):
             try:
                 encoded[t] = ex.clap.encode_text([t])[0]
             except (ControlFoleyError, ValueError, KeyError) as e:
@@ -482,6 +491,8 @@ def extract_files(
             )
 
     def encode_tags(i: int) -> Tensor:
+        if not tags[i].strip():
+            return encoded[""]
         if tags[i] in encoded:
             return encoded[tags[i]]
         try:

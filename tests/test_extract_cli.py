@@ -210,3 +210,21 @@ def test_resume_refuses_a_list_with_a_new_clip_before_the_finished_ones(tmp_path
         _write(Stub(), out, [item("new"), item("a"), item("b"), item("c")], 4, shard_size=2, batch_size=1, overwrite=False, source="s", resume=True)
     index = _write(Stub(), out, [item("a"), item("b"), item("c")], 3, shard_size=2, batch_size=1, overwrite=False, source="s", resume=True)
     assert index.n_clips == 3
+
+
+def test_extract_takes_generates_key_form_of_extractor(tmp_path: Path) -> None:
+    """`--extractor KEY=NAME,...` (how generate spells it) works in extract too: KEY becomes the
+    extractor's output_key where it takes one; the plain NAME,... form is unchanged."""
+    from controlfoley.data.extract import _extractor_spec, extract_main
+
+    assert _extractor_spec("clip=clip_precomputed,root=/f,dim=12") == ("clip_precomputed", {"root": "/f", "dim": 12, "output_key": "clip"})
+    assert _extractor_spec("clip_precomputed,root=/f") == ("clip_precomputed", {"root": "/f"})
+    assert _extractor_spec("sync=synthetic_sync") == ("synthetic_sync", {})  # a fixed key: nothing to pass
+    video = _video_with_audio(tmp_path / "v.mp4")
+    listing = tmp_path / "list.tsv"
+    listing.write_text(f"{video}\n", encoding="utf-8")
+    argv = ["--preset", "specmaskfoley_tiny", "--list", str(listing), "--out", str(tmp_path / "ds"), "--extractor", "sync=synthetic_sync", "--extractor", "clip=synthetic_clip"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the untrained tokenizer's warning
+        assert extract_main(argv) == 0
+    assert {"sync", "clip"} <= set(ShardDataset(tmp_path / "ds").keys)

@@ -558,9 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--extractors", default="", help="comma-separated EXTRACTORS names for video features, e.g. synthetic_sync,synthetic_clip")
     p.add_argument(
-        "--extractor", action="append", default=[], metavar="NAME[,ARG=VALUE...]",
+        "--extractor", action="append", default=[], metavar="[KEY=]NAME[,ARG=VALUE...]",
         help="one video feature extractor with its arguments, e.g. clip_openclip,weights=/w/clip.safetensors or "
-        "synchformer_precomputed,root=/feats/sync; repeatable, added after --extractors",
+        "synchformer_precomputed,root=/feats/sync; with KEY= (generate's form) it writes that feature; repeatable, added after --extractors",
     )  # fmt: skip
     p.add_argument("--clap", default=None, metavar="NAME[,ARG=VALUE...]", help="the CLAP-like extractor: text (the tags of --list), e.g. clap_transformers,folder=DIR or synthetic_clap; or audio, each clip's own (the paper's training prompt), clap_audio_transformers,folder=DIR")
     p.add_argument("--mel", action="store_true", help="also store the mel (needed by the tokenizer recipe)")
@@ -578,11 +578,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _extractor_spec(item: str) -> tuple[str, dict[str, Any]]:
+    """--extractor NAME[,ARG=VALUE...], or generate's form KEY=NAME[,ARG=VALUE...] (KEY: the feature
+    it writes, passed on as output_key), so that one spelling works in both commands."""
+    from controlfoley._registry import EXTRACTORS
+
+    head, _, rest = item.partition(",")
+    key, sep, name = head.partition("=")
+    if sep and key.isidentifier() and name in EXTRACTORS:
+        name, kwargs = parse_spec(name + ("," + rest if rest else ""))
+        if "output_key" in EXTRACTORS.accepted_args(name):  # (the synthetic ones write their one fixed key)
+            kwargs = {**kwargs, "output_key": key}
+        return name, kwargs
+    return parse_spec(item)
+
+
 def extract_main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         names: list[Any] = [n for n in args.extractors.split(",") if n]
-        names += [parse_spec(e) for e in args.extractor]
+        names += [_extractor_spec(e) for e in args.extractor]
         ex = Extraction(
             args.preset, extractors=names, clap=parse_spec(args.clap) if args.clap else None, tokenizer=args.tokenizer, mel=args.mel, video_seconds=args.video_seconds,
             device=args.device, model_overrides=parse_overrides(args.model_overrides),

@@ -120,8 +120,8 @@ def evaluate_clips(
     else:
         fd = math.nan  # a covariance needs two clips per set
     scores = {k: v for k, v in pooled.items() if k not in COUNT_KEYS}
-    counts = {k: pooled[k] for k in COUNT_KEYS}
-    return {"n_clips": float(len(clips)), **scores, "fd": fd, **counts}
+    counts = {k: int(pooled[k]) for k in COUNT_KEYS}  # counts as ints (the scores are floats)
+    return {"n_clips": len(clips), **scores, "fd": fd, **counts}
 
 
 # Scores that need classes; a reference comparison has none (every onset is "class 0"), so
@@ -232,7 +232,7 @@ def pool_reference_metrics(per_pair: Sequence[Mapping[str, float]]) -> dict[str,
     counts = {k: pooled[k] for k in COUNT_KEYS if k not in _CLASS_KEYS}
     _undefined_as_nan(scores, counts["n_true"], counts["n_pred"])
     levels = {k: _pooled_level([m[k] for m in per_pair]) for k in ("generated_dbfs", "reference_dbfs") if per_pair and all(k in m for m in per_pair)}
-    return {"n_clips": float(len(per_pair)), **scores, **levels, **counts}
+    return {"n_clips": len(per_pair), **scores, **levels, **{k: int(v) for k, v in counts.items()}}
 
 
 def _undefined_as_nan(scores: dict[str, float], n_true: float | int, n_pred: float | int) -> None:

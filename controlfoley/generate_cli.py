@@ -257,7 +257,7 @@ def _check_outputs(videos: Sequence[Path], pairs: Sequence[tuple[Path, Path]], *
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         entry = _record_or_empty(existing[0].parent).get(existing[0].stem)
-        made = f", made from {entry['source']} by an earlier run" if entry else ", not recorded as generate's output"
+        made = f", made from {entry['source']} by an earlier run" if entry and entry.get("source") else ", not recorded as generate's output"
         raise MediaError(f"output {existing[0]} already exists{made}{more}; pass --overwrite to replace it, or choose another --out")
 
 

@@ -68,7 +68,7 @@ def recorded_extractors(model: nn.Module) -> tuple[dict[str, ExtractorSpec], Ext
             root = rec["args"].get("root")
             precomputed.append(f"{key!r} from {rec['extractor']}" + (f" (root={root})" if root else ""))
             continue
-        extractors[key] = (rec["extractor"], dict(rec["args"]))
+        extractors[key] = (rec["extractor"], _portable(rec["args"]))
     if precomputed:
         keys = [p.split("'")[1] for p in precomputed]
         flags = " ".join(f"--extractor {k}={record[k]['extractor']},root=DIR" for k in keys)
@@ -87,8 +87,14 @@ def recorded_text_encoder(model: nn.Module) -> ExtractorSpec | None:
     if text is None:
         return None
     if text["extractor"] == "clap_audio_transformers":  # trained on audio prompts: prompts go through the same folder's text tower
-        return ("clap_transformers", {k: v for k, v in text["args"].items() if k in ("folder", "device")})
-    return (text["extractor"], dict(text["args"]))
+        return ("clap_transformers", {k: v for k, v in text["args"].items() if k == "folder"})
+    return (text["extractor"], _portable(text["args"]))
+
+
+def _portable(args: dict[str, Any]) -> dict[str, Any]:
+    """Recorded extractor arguments less the device the extraction ran on (the pipeline places its
+    parts on its own device: `pipe.to(...)`)."""
+    return {k: v for k, v in args.items() if k != "device"}
 
 
 def default_extractors(model: nn.Module) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:

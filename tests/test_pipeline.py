@@ -1122,6 +1122,10 @@ def test_a_checkpoint_records_its_training_features_and_the_pipeline_uses_them(m
 
     model.feature_record = {"clap": {"extractor": "clap_audio_transformers", "args": {"folder": "/clap"}, "dim": 16}}
     assert recorded_text_encoder(model) == ("clap_transformers", {"folder": "/clap"})  # audio prompts in training, text at sampling
+    from controlfoley.pipeline_parts import recorded_extractors
+
+    model.feature_record = {"clip": {"extractor": "clip_openclip", "args": {"weights": "/w/clip.safetensors", "device": "cuda:1"}, "dim": 12}}
+    assert recorded_extractors(model)[0] == {"clip": ("clip_openclip", {"weights": "/w/clip.safetensors"})}  # not the extraction's GPU
 
 
 def test_pipeline_to_moves_the_text_encoder_and_extractors(monkeypatch):

@@ -16,7 +16,8 @@ Features
 - DIR/generate.json records, per output, the video it was made from and the settings that made it
   (model, prompt, steps, CFG scale, guidance, seed, precision, ...), so `controlfoley evaluate DIR`
   scores each output against its own source without `--reference`, repeated stems included. It is
-  rewritten atomically after each file and keeps the entries of earlier runs into the same DIR.
+  rewritten atomically after each file, under a lock on DIR (runs writing into one DIR at once keep
+  each other's entries), and keeps the entries of earlier runs into the same DIR.
 - Before any sampling: the arguments (once, not per file), the device (`--device cuda` needs a
   usable GPU), the vocoder (a trained one needs its weights: `--vocoder hifigan,checkpoint=PATH`),
   and the outputs: one that would replace its own input is refused, and so is one that already
@@ -37,11 +38,12 @@ Features
 """
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -359,29 +361,15 @@ def _file_stamp(path: Path) -> dict[str, Any]:
 
 
 def _record(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path, Path], duration_s: float) -> None:
-    """Add this output to DIR/generate.json (atomically), with the settings that made it as resolved
-    (the model's own steps, scale and rule where none was given; the extractors and text encoder
-    used; the model file). A record that cannot be written costs a warning, not the file: the
-    outputs are already in place. An unreadable record is kept aside."""
+    """Add this output to DIR/generate.json, with the settings that made it as resolved (the
+    model's own steps, scale and rule where none was given; the extractors and text encoder used;
+    the model file). A record that cannot be written costs a warning, not the file: the outputs
+    are already in place."""
     import datetime
-    import json
-    import os
 
     from controlfoley import __version__
-    from controlfoley._io import atomic_write_text
-    from controlfoley.errors import MediaError, one_line
+    from controlfoley.errors import one_line
 
-    path = args.out / MANIFEST
-    try:
-        entries = read_manifest(args.out, raw=True)  # other entries are kept as written, hand edits included
-    except MediaError as e:
-        aside = path.with_name(f"{MANIFEST}.unreadable-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-        log.warning("%s; it is kept as %s and a new record is started", one_line(e), aside.name)
-        try:
-            os.replace(path, aside)
-        except OSError:
-            pass
-        entries = {}
     model = pipe.model
     rule = pipe._conditions(args.prompt, args.negative_prompt, args.rule)[2] or model.guidance  # what sampled (a no-prompt fallback included)
     model_file = getattr(model, "loaded_from", None)
@@ -396,16 +384,60 @@ def _record(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path,
         "vocoder": args.vocoder or model.config.vocoder.name,
         "command_line": {"extractor": list(args.extractor), "text_encoder": args.text_encoder, "guidance": args.guidance},
     }  # fmt: skip
-    entries[paths[1].stem] = {
+    entry = {
         "source": str(video.resolve()), "source_stamp": _file_stamp(video), "audio": paths[0].name, "video": paths[1].name,
         "duration_s": duration_s, "settings": settings, "controlfoley": __version__,
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }  # fmt: skip
-    text = json.dumps({"format": _MANIFEST_FORMAT, "outputs": dict(sorted(entries.items()))}, indent=2, ensure_ascii=False) + "\n"
     try:
-        atomic_write_text(path, text)
+        update_record(args.out, paths[1].stem, entry)
     except OSError as e:
-        log.warning("cannot write %s (%s): the outputs for %s are complete, but `controlfoley evaluate` will need --reference", path, one_line(e), video)
+        log.warning("cannot write %s (%s): the outputs for %s are complete, but `controlfoley evaluate` will need --reference", args.out / MANIFEST, one_line(e), video)
+
+
+def update_record(folder: Path, name: str, entry: dict[str, Any]) -> None:
+    """Set FOLDER/generate.json's entry `name`, keeping the others as written: read, change and
+    rewrite (atomically) under an exclusive lock on FOLDER itself (flock on the directory, no lock
+    file left behind), so that generate runs writing into one folder at once keep each other's
+    entries (POSIX; elsewhere unlocked). An unreadable record is kept aside and a new one started."""
+    import datetime
+    import json
+    import os
+
+    from controlfoley._io import atomic_write_text
+    from controlfoley.errors import MediaError, one_line
+
+    path = Path(folder) / MANIFEST
+    with _folder_lock(Path(folder)):
+        try:
+            entries = read_manifest(folder, raw=True)  # other entries are kept as written, hand edits included
+        except MediaError as e:
+            aside = path.with_name(f"{MANIFEST}.unreadable-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+            log.warning("%s; it is kept as %s and a new record is started", one_line(e), aside.name)
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
+            entries = {}
+        entries[name] = entry
+        text = json.dumps({"format": _MANIFEST_FORMAT, "outputs": dict(sorted(entries.items()))}, indent=2, ensure_ascii=False) + "\n"
+        atomic_write_text(path, text)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive flock on the directory itself while the block runs (no-op without fcntl)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: unlocked
+        yield
+        return
+    import os
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:

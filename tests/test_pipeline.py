@@ -1192,3 +1192,23 @@ def test_stand_in_extractors_chosen_by_the_models_name_are_said(model_file: Path
         own = {"sync": ("synthetic_sync", {"dim": 24}), "clip": ("synthetic_clip", {"dim": 12})}
         FoleyPipeline.from_pretrained(model_file, extractors=own, text_encoder=("synthetic_clap", {"dim": 16}))
     assert not any("stand-ins" in r.getMessage() for r in caplog.records)
+
+
+def test_generate_records_written_at_once_into_one_folder_keep_every_entry(tmp_path: Path) -> None:
+    """Several processes (here threads, each opening the folder itself) updating one generate.json:
+    the read-change-write runs under a lock on the folder, so no entry is lost to another's write."""
+    import threading
+
+    from controlfoley.generate_cli import read_manifest, update_record
+
+    def writer(t: int) -> None:
+        for i in range(15):
+            update_record(tmp_path, f"t{t}-{i}", {"source": f"/videos/t{t}-{i}.mp4"})
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(read_manifest(tmp_path)) == 6 * 15
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["generate.json"]  # no lock file, no temporary file left

@@ -276,15 +276,20 @@ class ModelConfig:
 
 def _guidance_without_video(part: Part, registry: Any) -> Part:
     """The guidance of a config whose video parts were just removed: the same part where its rule
-    reads no video; text-only CFG at the same scale and schedule where it does (multi-CFG, cfg_video:
-    the backbone-alone presets' rule), since a model without a ControlNet cannot sample those."""
+    reads no video; text-only CFG at the rule's scale and schedule where it does (multi-CFG,
+    cfg_video: the backbone-alone presets' rule), and 'none' on the text condition for an unguided
+    rule, since a model without a ControlNet cannot sample those."""
     try:
         rule = registry.build(part.name, **part.kwargs)
     except Exception:  # noqa: BLE001  a broken rule fails, named, when the model is built
         return part
     if not getattr(rule, "needs_video", False):
         return part
-    return Part("cfg_text", {k: part.kwargs[k] for k in ("scale", "schedule") if k in part.kwargs})
+    from controlfoley.guidance import NoGuidance
+
+    if isinstance(rule, NoGuidance):  # unguided stays unguided, on the condition left (text)
+        return Part("none", {"condition": "text"})
+    return Part("cfg_text", {"scale": float(rule.scale), "schedule": str(rule.schedule)})  # the built rule's, defaults included
 
 
 def _override_part(key: str, old: Part | None, value: Any, registry: Any) -> Part | None:

@@ -56,6 +56,17 @@ def test_removing_the_video_parts_moves_a_video_rule_to_text_cfg():
     assert alone.guidance.name == get_preset("specmaskgit").guidance.name
     kept = base.override(guidance="none", controlnet=None, aligner=None, control_encoder=None)
     assert kept.guidance.name == "none"
+    unguided = base.override(guidance=Part("none", {"condition": "video"})).override(controlnet=None, aligner=None, control_encoder=None)
+    assert unguided.guidance == Part("none", {"condition": "text"})  # unguided stays unguided (not CFG at scale 3)
+    from controlfoley import GUIDANCE
+    from controlfoley.guidance import MultiCFG
+
+    GUIDANCE.register("test_multi_scale5")(lambda: MultiCFG(scale=5.0))
+    try:  # a rule whose scale is its builder's default: the built rule's scale is kept, not 3
+        mine = base.override(guidance=Part("test_multi_scale5", {})).override(controlnet=None, aligner=None, control_encoder=None)
+        assert mine.guidance == Part("cfg_text", {"scale": 5.0, "schedule": "linear"})
+    finally:
+        GUIDANCE.unregister("test_multi_scale5")
     text_only = get_preset("specmaskfoley").override(guidance="cfg_text", controlnet=None, aligner=None, control_encoder=None)
     assert text_only.guidance == Part("cfg_text", {"scale": 3.0, "schedule": "linear"})  # as given (the old settings it accepts)
     assert get_preset("specmaskfoley").override(sampler={"steps": 4}).guidance == get_preset("specmaskfoley").guidance  # untouched otherwise

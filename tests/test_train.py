@@ -712,3 +712,28 @@ def test_a_clip_stored_without_a_prompt_always_trains_with_the_unconditional_mas
     mask = torch.ones(3, model.n_tokens, dtype=torch.bool)
     objective(batch, mask, torch.tensor([True, True, False]))
     assert seen[-1].tolist() == [True, False, False]
+
+
+def test_a_checkpoint_whose_guidance_resolves_differently_still_resumes(tmp_path: Path) -> None:
+    """The guidance rule and sampler are sampling-time settings: a run whose config now resolves them
+    differently (removing the video parts used to keep multi-CFG, now gives cfg_text) resumes; a
+    difference in the weights' architecture is still refused."""
+    import dataclasses
+
+    from controlfoley import Part, build_model
+    from controlfoley.checkpoint import save_model
+    from controlfoley.errors import CheckpointError
+    from controlfoley.train.checkpoints import RunDir
+
+    alone = {**micro_overrides(), "control_encoder": None, "aligner": None, "controlnet": None}
+    model = build_model("specmaskfoley_tiny", **alone)
+    assert model.config.guidance.name == "cfg_text"
+    old = build_model("specmaskfoley_tiny", **alone)
+    old.config = dataclasses.replace(old.config, guidance=Part("multi", {"scale": 3.0, "schedule": "linear"}))  # as saved before
+    d = tmp_path / "step-00000002"
+    save_model(old, d / "model.safetensors")
+    RunDir(tmp_path).load_model_weights(d, model)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), old.state_dict().values(), strict=True))
+    other = build_model("specmaskfoley_tiny", **{**alone, "backbone": {**alone["backbone"], "depth": 2}})
+    with pytest.raises(CheckpointError, match="differs from this run's"):
+        RunDir(tmp_path).load_model_weights(d, other)

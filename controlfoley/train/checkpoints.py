@@ -344,7 +344,12 @@ class RunDir:
 
         state, meta = read_state_dict(d / "model.safetensors")
         saved = json.loads(meta.get(CONFIG_KEY, "null"))
-        if saved != model.config.to_dict():
+        # the guidance rule and sampler settings are sampling-time choices, not weights: a run whose
+        # config resolves them differently (a newer library's defaults) resumes; anything else must match
+        sampling_only = ("guidance", "sampler")
+        if not isinstance(saved, dict) or {k: v for k, v in saved.items() if k not in sampling_only} != {
+            k: v for k, v in model.config.to_dict().items() if k not in sampling_only
+        }:
             name = saved.get("name") if isinstance(saved, dict) else None
             raise CheckpointError(
                 f"checkpoint {d} was saved from model config {name!r}, which differs from this run's "

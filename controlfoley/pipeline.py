@@ -261,7 +261,7 @@ class FoleyPipeline:
         require_trained(model, path_or_preset)
         given = dict(extractors or {})
         try:
-            defaults, default_text = default_extractors(model)
+            defaults, default_text = default_extractors(model, given=set(given))
         except ConfigError:
             if set(given) != set(model.control_encoder.required_features):
                 raise

@@ -11,15 +11,16 @@
 """
 
 import numbers
+import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
 from controlfoley.config import ConfigError
 from controlfoley.control.encoders import check_widths, feature_dims
-from controlfoley.data.extractors import ExtractorSpec
+from controlfoley.data.extractors import PATH_ARGS, ExtractorSpec
 
 __all__ = ["default_extractors", "recorded_extractors", "recorded_text_encoder", "require_control", "require_trained", "check_extractor_widths", "build_vocoder", "prompt_text", "checked_seed"]
 
@@ -51,30 +52,39 @@ def require_trained(model: nn.Module, source: object) -> None:
         )
 
 
-def recorded_extractors(model: nn.Module) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:
+def recorded_extractors(model: nn.Module, given: Collection[str] = ()) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:
     """(extractors by feature key, text encoder) from the record a trained checkpoint keeps of the
     extractors that made its training features (`model.feature_record`); ({}, None) without one.
-    A feature that was precomputed for the training clips (`*_precomputed`) cannot be a default for
-    new videos: a ConfigError names the extractor, its training root and the flag that gives these
-    videos' features. The CLAP audio tower (the training prompt) becomes the text tower of its folder."""
+    Keys in `given` (the caller's own extractors) are left out. A feature precomputed for the
+    training clips (a builder marked `precomputed`) cannot be a default for new videos, nor can an
+    extractor whose recorded file is not here: a ConfigError names the feature, what the checkpoint
+    records and the flag that replaces it. The CLAP audio tower (the training prompt) becomes the
+    text tower of its folder."""
+    from controlfoley._registry import EXTRACTORS
+
     record = getattr(model, "feature_record", None) or {}
     extractors: dict[str, ExtractorSpec] = {}
-    precomputed = []
+    problems, flags = [], []
     for key in model.control_encoder.required_features:
         rec = record.get(key)
-        if rec is None:
+        if rec is None or key in given:
             continue
-        if "precomputed" in rec["extractor"]:
-            root = rec["args"].get("root")
-            precomputed.append(f"{key!r} from {rec['extractor']}" + (f" (root={root})" if root else ""))
+        name, args = rec["extractor"], _portable(rec["args"])
+        builder = EXTRACTORS.get(name) if name in EXTRACTORS else None
+        if getattr(builder, "precomputed", "precomputed" in name):
+            root = args.get("root")
+            problems.append(f"'{key}' features precomputed by {name}" + (f" (root={root})" if root else "") + " for its training clips, not for new videos")
+            flags.append(f"--extractor {key}={name},root=DIR")
             continue
-        extractors[key] = (rec["extractor"], _portable(rec["args"]))
-    if precomputed:
-        keys = [p.split("'")[1] for p in precomputed]
-        flags = " ".join(f"--extractor {k}={record[k]['extractor']},root=DIR" for k in keys)
+        missing = [(a, v) for a, v in args.items() if a in PATH_ARGS and isinstance(v, str) and not os.path.exists(v)]
+        if missing:
+            problems.append(f"'{key}' from {name} with {', '.join(f'{a}={v}' for a, v in missing)}, which is not on this machine")
+            flags.append(f"--extractor {key}={name},{missing[0][0]}=PATH")
+            continue
+        extractors[key] = (name, args)
+    if problems:
         raise ConfigError(
-            f"this model was trained on {', '.join(precomputed)}: features precomputed for its training clips, not for new videos; "
-            f"give these videos' features ({flags}; in Python extractors={{...}})"
+            f"the checkpoint records {'; '.join(problems)}: give these videos' extractors ({' '.join(flags)}; in Python extractors={{...}})"
         )
     return extractors, recorded_text_encoder(model)
 
@@ -97,13 +107,14 @@ def _portable(args: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in args.items() if k != "device"}
 
 
-def default_extractors(model: nn.Module) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:
+def default_extractors(model: nn.Module, given: Collection[str] = ()) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:
     """(extractors by feature key, text encoder) a model was trained with, sized to the model: the
     checkpoint's record of its training features where it keeps one (`recorded_extractors`), else,
-    for the synthetic and tiny presets, the synthetic world's extractors."""
+    for the synthetic and tiny presets, the synthetic world's extractors. Keys in `given` (the
+    caller's own extractors) are neither chosen nor checked."""
     require_control(model)
-    recorded, recorded_text = recorded_extractors(model)
-    if recorded and set(recorded) == set(model.control_encoder.required_features):
+    recorded, recorded_text = recorded_extractors(model, given)
+    if recorded and set(recorded) | set(given) >= set(model.control_encoder.required_features):
         return recorded, recorded_text
     name = model.config.name
     if "synthetic" not in name and "tiny" not in name:

@@ -228,3 +228,15 @@ def test_extract_takes_generates_key_form_of_extractor(tmp_path: Path) -> None:
         warnings.simplefilter("ignore")  # the untrained tokenizer's warning
         assert extract_main(argv) == 0
     assert {"sync", "clip"} <= set(ShardDataset(tmp_path / "ds").keys)
+
+
+def test_recorded_extractor_paths_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dataset's (and so the checkpoint's) record of an extractor's files holds absolute paths:
+    `generate` run from another folder still finds them."""
+    import os
+
+    from controlfoley.data.extract import _spec_args
+
+    monkeypatch.chdir(tmp_path)
+    args = _spec_args(("clip_precomputed", {"root": "feats", "dim": 12, "ids_tsv": "~/ids.tsv"}))
+    assert args == {"root": str(tmp_path / "feats"), "dim": 12, "ids_tsv": os.path.expanduser("~/ids.tsv")}

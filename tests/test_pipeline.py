@@ -1113,10 +1113,18 @@ def test_a_checkpoint_records_its_training_features_and_the_pipeline_uses_them(m
 
     model.feature_record = {**record, "sync": {"extractor": "synchformer_precomputed", "args": {"root": "/data/train_feats"}, "dim": 24}}
     path = model.save(tmp_path / "pre.safetensors")
-    with pytest.raises(ConfigError, match=r"trained on 'sync' from synchformer_precomputed \(root=/data/train_feats\).*--extractor sync=synchformer_precomputed,root=DIR"):
+    with pytest.raises(ConfigError, match=r"'sync' features precomputed by synchformer_precomputed \(root=/data/train_feats\) for its training clips.*--extractor sync=synchformer_precomputed,root=DIR"):
         FoleyPipeline.from_pretrained(path)
     given = {"sync": ("synthetic_sync", {"dim": 24}), "clip": ("synthetic_clip", {"dim": 12})}
     assert FoleyPipeline.from_pretrained(path, extractors=given).text_encoder.name == "synthetic_clap"  # the recorded text encoder kept
+    # replacing only the precomputed one keeps the recorded others (it was refused as "give sync", which was given)
+    only_sync = FoleyPipeline.from_pretrained(path, extractors={"sync": given["sync"]})
+    assert {k: e.name for k, e in only_sync.extractors.items()} == {"sync": "synthetic_sync", "clip": "synthetic_clip"}
+    # a recorded file that is not on this machine is named, with the flag that replaces it
+    model.feature_record = {**record, "clip": {"extractor": "clip_openclip", "args": {"weights": "/nowhere/clip.safetensors"}, "dim": 12}}
+    path = model.save(tmp_path / "gone.safetensors")
+    with pytest.raises(ConfigError, match=r"'clip' from clip_openclip with weights=/nowhere/clip.safetensors, which is not on this machine.*--extractor clip=clip_openclip,weights=PATH"):
+        FoleyPipeline.from_pretrained(path)
 
     from controlfoley.pipeline_parts import recorded_text_encoder
 
@@ -1124,8 +1132,10 @@ def test_a_checkpoint_records_its_training_features_and_the_pipeline_uses_them(m
     assert recorded_text_encoder(model) == ("clap_transformers", {"folder": "/clap"})  # audio prompts in training, text at sampling
     from controlfoley.pipeline_parts import recorded_extractors
 
-    model.feature_record = {"clip": {"extractor": "clip_openclip", "args": {"weights": "/w/clip.safetensors", "device": "cuda:1"}, "dim": 12}}
-    assert recorded_extractors(model)[0] == {"clip": ("clip_openclip", {"weights": "/w/clip.safetensors"})}  # not the extraction's GPU
+    weights = tmp_path / "clip.safetensors"
+    weights.write_bytes(b"")  # only its existence is checked here
+    model.feature_record = {"clip": {"extractor": "clip_openclip", "args": {"weights": str(weights), "device": "cuda:1"}, "dim": 12}}
+    assert recorded_extractors(model)[0] == {"clip": ("clip_openclip", {"weights": str(weights)})}  # not the extraction's GPU
 
 
 def test_pipeline_to_moves_the_text_encoder_and_extractors(monkeypatch):

@@ -32,6 +32,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,7 +48,7 @@ from controlfoley._io import atomic_write_text
 from controlfoley._registry import EXTRACTORS
 from controlfoley.config import parse_overrides, parse_spec
 from controlfoley.control.encoders import check_widths
-from controlfoley.data.extractors import build_extractor
+from controlfoley.data.extractors import PATH_ARGS, build_extractor
 from controlfoley.data.shards import ShardIndex, ShardWriter
 from controlfoley.errors import ControlFoleyError, DataError, MediaError, one_line
 from controlfoley.typing import Tensor
@@ -251,10 +252,13 @@ class Extraction:
 
 
 def _spec_args(spec: Any) -> dict[str, Any]:
-    """An extractor spec's arguments as they read back from JSON (recorded in the dataset's info)."""
+    """An extractor spec's arguments as they read back from JSON (recorded in the dataset's info,
+    and from there in the checkpoints trained on it); paths made absolute, so that a record read
+    from another working directory still finds its files."""
     if isinstance(spec, str) or spec is None:
         return {}
-    return json.loads(json.dumps(dict(spec[1]), default=str))
+    args = {k: os.path.abspath(os.path.expanduser(v)) if k in PATH_ARGS and isinstance(v, str) and v else v for k, v in dict(spec[1]).items()}
+    return json.loads(json.dumps(args, default=str))
 
 
 def _embeds_audio(clap: Any) -> bool:

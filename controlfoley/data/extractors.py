@@ -57,6 +57,8 @@ __all__ = [
     "build_extractor",
 ]
 
+PATH_ARGS = ("root", "weights", "folder", "checkpoint", "ids_tsv")  # extractor arguments naming files (recorded absolute)
+
 ExtractorSpec = str | tuple[str, Mapping[str, Any]] | Any  # a name, (name, kwargs), or a built extractor
 
 

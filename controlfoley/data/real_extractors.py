@@ -332,6 +332,7 @@ def synchformer_precomputed(
 
 
 synchformer_precomputed.width_from = "its feature files"  # named by width errors (control.encoders.check_widths)
+synchformer_precomputed.precomputed = True  # features of given files only: never a default for new videos (pipeline_parts)
 
 
 @EXTRACTORS.register("clip_precomputed")
@@ -349,3 +350,4 @@ def clip_precomputed(
 
 
 clip_precomputed.width_from = "its feature files"  # named by width errors (control.encoders.check_widths)
+clip_precomputed.precomputed = True

@@ -183,7 +183,9 @@ def _pairs(generated: Path, reference: Path | None) -> tuple[list[tuple[str, Pat
     if generated.is_file():
         return [(generated.stem, generated, reference, None)], 0, None
     gen, ref = _Folder(generated), _Folder(reference)
-    record = _record_or_empty(generated)
+    from controlfoley.generate_cli import read_manifest_or_empty
+
+    record = read_manifest_or_empty(generated)  # with --reference the record only adds hints
     if not gen.stems():
         sub = "; files in subfolders are not read" if gen.has_subfolders else ""
         raise _Usage(f"no audio or video files in {generated}{sub}")
@@ -207,14 +209,6 @@ def _pairs(generated: Path, reference: Path | None) -> tuple[list[tuple[str, Pat
     return rows, unused, swapped
 
 
-def _record_or_empty(generated: Path) -> dict[str, dict[str, Any]]:
-    from controlfoley.errors import ControlFoleyError
-    from controlfoley.generate_cli import read_manifest
-
-    try:
-        return read_manifest(generated)
-    except ControlFoleyError:  # with --reference the record only adds hints
-        return {}
 
 
 def _record_hint(record: dict[str, dict[str, Any]], stem: str) -> str:
@@ -222,7 +216,7 @@ def _record_hint(record: dict[str, dict[str, Any]], stem: str) -> str:
     from controlfoley.generate_cli import MANIFEST
 
     entry = record.get(stem)
-    if entry is None:
+    if entry is None or not entry.get("source"):
         return ""
     return f" ({stem} was made from {entry['source']}; without --reference, {MANIFEST} pairs each output with its own source)"
 

@@ -100,7 +100,7 @@ def evaluate_clips(
     embedding: AudioEmbedding | None = None,
     tolerance: float = TOLERANCE_S,
     max_offset_s: float = MAX_OFFSET_S,
-) -> dict[str, float]:
+) -> dict[str, float | int]:
     """All metrics over paired (generated waveform, clip) lists, pooled over clips (see module docstring)."""
     if len(generated_wavs) != len(clips):
         raise ShapeError(f"got {len(generated_wavs)} generated waveforms for {len(clips)} clips; pair them one to one")
@@ -193,7 +193,7 @@ def evaluate_against_reference(
     tolerance: float = TOLERANCE_S,
     max_offset_s: float = MAX_OFFSET_S,
     reference_sample_rate: int | None = None,
-) -> dict[str, float]:
+) -> dict[str, float | int]:
     """`reference_pair_metrics` pooled over paired lists (micro averages), plus `fd` between the sets.
     The references are at `sample_rate` too unless `reference_sample_rate` says otherwise.
 
@@ -222,7 +222,7 @@ def reference_fd(pairs: Sequence[tuple[np.ndarray, np.ndarray]], embedding: Audi
     return frechet_distance(embedding([g for g, _ in usable]), embedding([r for _, r in usable]))
 
 
-def pool_reference_metrics(per_pair: Sequence[Mapping[str, float]]) -> dict[str, float]:
+def pool_reference_metrics(per_pair: Sequence[Mapping[str, float]]) -> dict[str, float | int]:
     """Micro averages of `reference_pair_metrics` results (their counts summed, ratios recomputed,
     so `desync_s` is the mean over all reference onsets, not over files; NaN where nothing was
     there to measure), the levels of the pooled energy, with `n_clips` first;

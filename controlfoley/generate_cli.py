@@ -50,7 +50,7 @@ from typing import Any
 from controlfoley._io import check_writable_folder
 from controlfoley.config import parse_spec  # re-exported: it lives beside parse_overrides
 
-__all__ = ["main", "parse_spec", "MANIFEST", "read_manifest"]
+__all__ = ["main", "parse_spec", "MANIFEST", "read_manifest", "read_manifest_or_empty", "update_record"]
 
 MANIFEST = "generate.json"  # DIR/generate.json: output name -> source video and settings
 _MANIFEST_FORMAT = "controlfoley.generate/1"
@@ -187,7 +187,7 @@ def _build_pipeline(args: argparse.Namespace, extractors: dict[str, Any], vocode
     return pipe
 
 
-def _record_or_empty(folder: Path) -> dict[str, dict[str, Any]]:
+def read_manifest_or_empty(folder: Path) -> dict[str, dict[str, Any]]:
     """FOLDER/generate.json's entries, or {} when there is none or it cannot be read."""
     from controlfoley.errors import MediaError
 
@@ -208,7 +208,7 @@ def _expand_folders(items: Sequence[str]) -> list[str]:
             out.append(item)
             continue
         found = video_files(Path(item))
-        made = {e.get("video") for e in _record_or_empty(Path(item)).values()}
+        made = {e.get("video") for e in read_manifest_or_empty(Path(item)).values()}
         ours = [f for f in found if f.name in made]
         if ours:
             log.warning("%s: skipping %d video(s) its %s records as generated (%s); give them by name to use them as inputs", item, len(ours), MANIFEST, ", ".join(f.name for f in ours[:3]) + (" ..." if len(ours) > 3 else ""))
@@ -223,7 +223,7 @@ def _outputs(videos: Sequence[str], out: Path, fmt: str) -> list[tuple[Path, Pat
     """(audio path, video path) per input. A video that OUT/generate.json records keeps its recorded
     name (a re-run replaces its own outputs); another gets its stem, or -2, -3, ... where the name
     is taken in this run or recorded for another source (runs into one OUT never share a name)."""
-    record = _record_or_empty(out)
+    record = read_manifest_or_empty(out)
     recorded_as = {}
     for name, entry in record.items():
         recorded_as.setdefault(entry["source"], name)
@@ -258,7 +258,7 @@ def _check_outputs(videos: Sequence[Path], pairs: Sequence[tuple[Path, Path]], *
     existing = [path for paths in pairs for path in paths if path.exists()]
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        entry = _record_or_empty(existing[0].parent).get(existing[0].stem)
+        entry = read_manifest_or_empty(existing[0].parent).get(existing[0].stem)
         made = f", made from {entry['source']} by an earlier run" if entry and entry.get("source") else ", not recorded as generate's output"
         raise MediaError(f"output {existing[0]} already exists{made}{more}; pass --overwrite to replace it, or choose another --out")
 
@@ -350,7 +350,8 @@ def read_manifest(folder: Path, *, raw: bool = False) -> dict[str, Any]:
         elif not isinstance(entry.get("source"), str) or not entry["source"]:
             entries[name] = {**entry, "source": None, "problem": f"its entry in {path} has no source path"}
         else:  # a relative path (a hand-edited record) is read from the record's folder
-            entries[name] = {**entry, "source": str(Path(folder) / entry["source"]) if not Path(entry["source"]).is_absolute() else entry["source"]}
+            src = Path(entry["source"])
+            entries[name] = {**entry, "source": entry["source"] if src.is_absolute() else str((Path(folder) / src).resolve())}
     return entries
 
 
@@ -371,8 +372,9 @@ def _record(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path,
     from controlfoley.errors import one_line
 
     model = pipe.model
-    rule = pipe._conditions(args.prompt, args.negative_prompt, args.rule)[2] or model.guidance  # what sampled (a no-prompt fallback included)
+    rule = args.sampled_rule  # what sampled (a no-prompt fallback included), worked out once in main
     model_file = getattr(model, "loaded_from", None)
+    model_file = str(Path(model_file).resolve()) if model_file else None
     settings = {
         "model": args.model, "model_file": model_file, "model_file_stamp": _file_stamp(Path(model_file)) if model_file and Path(model_file).is_file() else None,
         "prompt": args.prompt, "negative_prompt": args.negative_prompt,
@@ -412,7 +414,7 @@ def update_record(folder: Path, name: str, entry: dict[str, Any]) -> None:
         try:
             entries = read_manifest(folder, raw=True)  # other entries are kept as written, hand edits included
         except MediaError as e:
-            aside = path.with_name(f"{MANIFEST}.unreadable-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+            aside = path.with_name(f"{MANIFEST}.unreadable-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}")
             log.warning("%s; it is kept as %s and a new record is started", one_line(e), aside.name)
             with contextlib.suppress(OSError):
                 os.replace(path, aside)
@@ -478,6 +480,7 @@ def main(argv: Sequence[str]) -> int:
         extractors, vocoder = _extractor_specs(args.extractor), _vocoder_spec(args.vocoder)
         pipe = _build_pipeline(args, extractors, vocoder)  # a bad name or file is reported before a clash of outputs
         _check_outputs(videos, pairs, overwrite=args.overwrite)
+        args.sampled_rule = pipe._conditions(args.prompt, args.negative_prompt, args.rule)[2] or pipe.model.guidance  # for the record
         from controlfoley.data.real_extractors import check_unique_stems
 
         check_unique_stems(list(pipe.extractors.values()), videos)  # precomputed features are found by file stem

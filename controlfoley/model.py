@@ -262,7 +262,12 @@ class SpecMaskFoley(nn.Module):
         control: Float[Tensor, "b l d"] | None = None,
     ) -> tuple[Float[Tensor, ""], Float[Tensor, ""]]:
         """Cross-entropy summed over the masked positions, and how many argmax predictions are right.
-        Sums (not means) let a trainer normalise by the masked count of the whole global batch."""
+        Sums (not means) let a trainer normalise by the masked count of the whole global batch. A row
+        whose `cond` is all zeros is a clip stored without a prompt (an untagged line of a tagged
+        list): it takes the unconditional mask whatever `cond_on` says."""
+        if cond is not None:
+            prompted = cond.abs().amax(-1) > 0
+            cond_on = prompted if cond_on is None else cond_on & prompted
         logits = self(flat, mask, cond=cond, cond_on=cond_on, control=control)
         picked, target = logits[mask].float(), flat[mask]
         ce = F.cross_entropy(picked, target, reduction="sum")

@@ -220,6 +220,8 @@ def test_extract_takes_generates_key_form_of_extractor(tmp_path: Path) -> None:
     assert _extractor_spec("clip=clip_precomputed,root=/f,dim=12") == ("clip_precomputed", {"root": "/f", "dim": 12, "output_key": "clip"})
     assert _extractor_spec("clip_precomputed,root=/f") == ("clip_precomputed", {"root": "/f"})
     assert _extractor_spec("sync=synthetic_sync") == ("synthetic_sync", {})  # a fixed key: nothing to pass
+    with pytest.raises(ConfigError, match=r"synthetic_sync always writes its own feature, not 'clip'.*an extractor writing 'clip' \("):
+        _extractor_spec("clip=synthetic_sync,dim=4")  # it would write sync, not clip
     video = _video_with_audio(tmp_path / "v.mp4")
     listing = tmp_path / "list.tsv"
     listing.write_text(f"{video}\n", encoding="utf-8")

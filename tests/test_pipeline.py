@@ -496,6 +496,9 @@ def test_the_generate_record_holds_the_resolved_settings_and_a_bad_entry_spoils_
     assert cli.main(["generate", str(media["short"]), "--model", str(model_file), "--out", str(out), "--steps", "1"]) == 0
     kept = json.loads((out / MANIFEST).read_text())["outputs"]
     assert kept["a"]["source"] is None and kept["b"]["source"] == os.path.relpath(src / "b.mp4", out) and "short" in kept
+    # the source recorded relatively is the same file: a re-run keeps its name (not b-2)
+    assert cli.main(["generate", str(src / "b.mp4"), "--model", str(model_file), "--out", str(out), "--steps", "1", "--overwrite"]) == 0
+    assert "b-2" not in read_manifest(out) and read_manifest(out)["b"]["source"] == str((src / "b.mp4").resolve())
 
 
 def test_evaluate_without_reference_needs_a_generate_record(media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -702,16 +702,20 @@ def test_a_clip_stored_without_a_prompt_always_trains_with_the_unconditional_mas
     from controlfoley.train.recipes import MaskedTokenObjective
 
     model = build_model("specmaskfoley_tiny", **micro_overrides())
-    seen = []
-    real = model.masked_cross_entropy
-    monkeypatch.setattr(model, "masked_cross_entropy", lambda *a, **k: seen.append(k["cond_on"].clone()) or real(*a, **k))
     objective = MaskedTokenObjective(model, use_control=False)
     clap = torch.randn(3, 16)
     clap[1] = 0.0
     batch = {"tokens": torch.randint(0, VOCAB, (3, *model.grid)), "clap": clap}
     mask = torch.ones(3, model.n_tokens, dtype=torch.bool)
     objective(batch, mask, torch.tensor([True, True, False]))
-    assert seen[-1].tolist() == [True, False, False]
+    # the model decides (model.loss and the recipes alike): rows with a zero clap take the unconditional mask
+    forward = []
+    real_forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: forward.append(k["cond_on"].clone()) or real_forward(*a, **k))
+    objective(batch, mask, torch.tensor([True, True, False]))
+    assert forward[-1].tolist() == [True, False, False]
+    model.loss(batch["tokens"], cond=clap, uncond_prob=0.0)  # every prompt on, except the one there is not
+    assert forward[-1].tolist() == [True, False, True]
 
 
 def test_a_checkpoint_whose_guidance_resolves_differently_still_resumes(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from controlfoley._io import atomic_write_text
 from controlfoley._registry import EXTRACTORS
-from controlfoley.config import parse_overrides, parse_spec
+from controlfoley.config import ConfigError, parse_overrides, parse_spec
 from controlfoley.control.encoders import check_widths
 from controlfoley.data.extractors import PATH_ARGS, build_extractor
 from controlfoley.data.shards import ShardIndex, ShardWriter
@@ -591,8 +591,10 @@ def _extractor_spec(item: str) -> tuple[str, dict[str, Any]]:
     key, sep, name = head.partition("=")
     if sep and key.isidentifier() and name in EXTRACTORS:
         name, kwargs = parse_spec(name + ("," + rest if rest else ""))
-        if "output_key" in EXTRACTORS.accepted_args(name):  # (the synthetic ones write their one fixed key)
-            kwargs = {**kwargs, "output_key": key}
+        if "output_key" in EXTRACTORS.accepted_args(name):
+            return name, {**kwargs, "output_key": key}
+        if name not in extractors_writing(key):  # a fixed key (the synthetic ones), and not this one
+            raise ConfigError(f"--extractor {item!r}: {name} always writes its own feature, not {key!r}; drop '{key}=', or use {_extractor_hint([key])}")
         return name, kwargs
     return parse_spec(item)
 

@@ -246,7 +246,7 @@ def check_unique_stems(extractors: Sequence[Any], videos: Sequence[str | os.Path
     if clashes:
         names = ", ".join(sorted({e.name for e in keyed}))
         raise ConfigError(
-            f"{names} find features by file name without suffix ({keyed[0].root}/<name>.npy), and {len(clashes)} pair(s) of inputs "
+            f"{names} find each video's features by its file name without suffix (in {keyed[0].root}), and {len(clashes)} pair(s) of inputs "
             f"share one: {'; '.join(clashes[:3])}{' ...' if len(clashes) > 3 else ''}. They would get the same features: rename one "
             "(and its feature file), or run them separately with their own feature folders"
         )

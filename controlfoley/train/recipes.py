@@ -103,8 +103,6 @@ class MaskedTokenObjective(nn.Module):
             raise ShapeError(f"token maps must be [batch, {model.grid[0]}, {model.grid[1]}], got {list(codes.shape)}")
         flat = codes.flatten(1)
         cond = batch["clap"].float() if "clap" in batch else None
-        if cond is not None:  # an all-zero clap vector is a clip stored without a prompt: the unconditional mask, always
-            cond_on = cond_on & (cond.abs().amax(-1) > 0)
         control = model.encode_control({k: batch[k].float() for k in self.control_keys}) if self.use_control else None
         ce, correct = model.masked_cross_entropy(flat, mask, cond=cond, cond_on=cond_on if cond is not None else None, control=control)
         stats = {"ce": ce.detach(), "correct": correct, "masked": mask.sum().float(), "clips": ce.new_tensor(float(codes.shape[0]))}

@@ -70,7 +70,7 @@ def plan_windows(duration_s: float, *, sample_rate: int, window_cols: int, col_s
     needed = math.ceil(n_samples / col_samples)
     hop = window_cols - min(window_cols - 1, round(overlap * window_cols))
     starts = list(range(0, max(1, needed - window_cols), hop))
-    if needed > window_cols and starts[-1] != needed - window_cols:
+    if needed > window_cols:  # the range stops short of needed - window_cols: the last window ends with the video
         starts.append(needed - window_cols)
     col_s = col_samples / sample_rate
     windows = tuple(

@@ -439,3 +439,19 @@ def test_a_broken_pickle_is_called_broken_not_untrusted(tmp_path) -> None:
             load_legacy_checkpoint(tmp_path / name)
         assert "trust" not in str(err.value), name
     assert torch.equal(load_legacy_checkpoint(tmp_path / "old.pt")["a"], torch.zeros(3))
+
+
+def test_identify_and_adapt_names_directly() -> None:
+    """What a file is, from its keys (two controlfoley parts, a DDP prefix on a HiFi-GAN file), and
+    the parametrised weight-norm names landing on the classic ones the right way round (original0
+    is the magnitude g, original1 the direction v)."""
+    from controlfoley._ckpt_kind import adapt_names, identify
+
+    assert identify(["tokenizer.encoder.w", "mel.fb"]).key == "controlfoley"
+    assert identify(["module.conv_pre.weight_v", "module.resblocks.0.convs1.0.weight_v"]).key == "hifigan"
+    own = {"conv.weight_g": torch.zeros(2, 1, 1), "conv.weight_v": torch.zeros(2, 3, 4)}
+    g, v = torch.rand(2, 1, 1), torch.rand(2, 3, 4)
+    got = adapt_names({"conv.parametrizations.weight.original0": g, "conv.parametrizations.weight.original1": v}, own)
+    assert got.keys() == own.keys() and torch.equal(got["conv.weight_g"], g) and torch.equal(got["conv.weight_v"], v)
+    back = adapt_names({"conv.weight_g": g, "conv.weight_v": v}, {"conv.parametrizations.weight.original0": g, "conv.parametrizations.weight.original1": v})
+    assert torch.equal(back["conv.parametrizations.weight.original0"], g)

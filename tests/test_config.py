@@ -261,3 +261,15 @@ def test_every_error_the_library_names_is_a_controlfoleyerror_and_build_model_na
         build_model("specmaskfoley_tiny", n_frames=100)
     with pytest.raises(ConfigError, match=r"n_blocks must be in \[1, 2\].*got 3; set it with build_model\(\.\.\., controlnet=\{'n_blocks': 2\}\)"):
         build_model("specmaskfoley_tiny", backbone={"depth": 2})  # the ControlNet copies 3 blocks of 2
+
+
+def test_builder_defaults_and_wired_values_at_their_edges():
+    """A checkpoint records only the defaults its config relied on (not what the config gives), and
+    a value the config gives for a wired argument that contradicts the wired one is refused."""
+    from controlfoley.builder import builder_defaults
+
+    cfg = get_preset("specmaskfoley_tiny").override(backbone={"depth": 3})
+    recorded = builder_defaults(cfg)
+    assert "depth" not in recorded.get("backbone", {}) and "vocab_size" not in recorded.get("backbone", {})
+    with pytest.raises(ConfigError, match=r"vocab_size=7 contradicts the value wired from the other parts"):
+        build_model("specmaskfoley_tiny", backbone={"vocab_size": 7})

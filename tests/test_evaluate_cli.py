@@ -326,3 +326,44 @@ def test_files_pair_by_stem_across_unicode_normalisation(tmp_path: Path) -> None
     (ref / f"{nfc}.mp4").write_bytes(b"")
     rows, unused = pair_files(gen, ref)
     assert [(r[2], r[3]) for r in rows] == [(ref / f"{nfc}.mp4", None)] and unused == 0
+
+
+def test_record_pairing_edges(tmp_path: Path, clips) -> None:
+    """Pairing at its edges: a source changed since generation (2 s newer, or other bytes at the
+    same time), two files for one name in a record-paired folder, the same folder reached by
+    another path, and two generate-layout folders (not 'swapped')."""
+    import os
+
+    from controlfoley.evaluate_cli import _changed_since, _pairs, _Usage
+    from controlfoley.generate_cli import _file_stamp, update_record
+
+    src = tmp_path / "a.mp4"
+    write_clip_mp4(clips[0], src)
+    entry = {"source": str(src), "source_stamp": _file_stamp(src)}
+    assert not _changed_since(entry)
+    st = src.stat()
+    os.utime(src, (st.st_atime, st.st_mtime + 2))
+    assert _changed_since(entry)  # newer by 2 s
+    data = src.read_bytes()
+    src.write_bytes(data + b"\0")
+    os.utime(src, (st.st_atime, st.st_mtime))
+    assert _changed_since(entry)  # other bytes at the recorded time
+    src.write_bytes(data)
+    os.utime(src, (st.st_atime, st.st_mtime))
+
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    save_audio(gen / "b.wav", torch.as_tensor(clips[0].audio), SR)
+    save_audio(gen / "b.flac", torch.as_tensor(clips[0].audio), SR)
+    update_record(gen, "b", {"source": str(src)})
+    rows, _, _ = _pairs(gen, None)
+    assert [(r[0], r[3] is not None and "several files for 'b'" in r[3]) for r in rows] == [("b", True)]
+    with pytest.raises(_Usage, match="are the same folder"):
+        _pairs(gen, gen / ".." / "gen")
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for folder in (gen, ref):
+        (folder / "b.flac").unlink(missing_ok=True)
+        write_clip_mp4(clips[0], folder / "b.mp4")
+    save_audio(ref / "b.wav", torch.as_tensor(clips[0].audio), SR)
+    assert _pairs(gen, ref)[2] is None  # both in generate's layout: no "arguments swapped?" warning

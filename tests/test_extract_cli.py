@@ -242,3 +242,18 @@ def test_recorded_extractor_paths_are_absolute(tmp_path: Path, monkeypatch: pyte
     monkeypatch.chdir(tmp_path)
     args = _spec_args(("clip_precomputed", {"root": "feats", "dim": 12, "ids_tsv": "~/ids.tsv"}))
     assert args == {"root": str(tmp_path / "feats"), "dim": 12, "ids_tsv": os.path.expanduser("~/ids.tsv")}
+
+
+def test_whitespace_tags_are_no_prompt(tmp_path: Path) -> None:
+    """Tags of only spaces (the Python API takes them as given) are an untagged line: a warning and
+    the all-zero clap vector, not a lookup of '' in the vocabulary."""
+    from controlfoley.data.extract import Extraction, extract_files
+
+    files = [str(_wav(tmp_path / "a.wav")), str(_wav(tmp_path / "b.wav"))]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        extract_files(tmp_path / "ds", Extraction("specmaskgit_tiny", clap="synthetic_clap"), files, tags=["   ", "bell"])
+    assert any("1 of 2 inputs have no tags" in str(w.message) for w in seen)
+    ds = ShardDataset(tmp_path / "ds")
+    vectors = [ds[i]["clap"].float() for i in range(2)]
+    assert sorted(bool(v.abs().sum() > 0) for v in vectors) == [False, True]

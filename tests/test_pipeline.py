@@ -1139,6 +1139,10 @@ def test_a_checkpoint_records_its_training_features_and_the_pipeline_uses_them(m
     weights.write_bytes(b"")  # only its existence is checked here
     model.feature_record = {"clip": {"extractor": "clip_openclip", "args": {"weights": str(weights), "device": "cuda:1"}, "dim": 12}}
     assert recorded_extractors(model)[0] == {"clip": ("clip_openclip", {"weights": str(weights)})}  # not the extraction's GPU
+    # an extractor the checkpoint names but this process has not registered: precomputed by its name
+    model.feature_record = {"sync": {"extractor": "my_precomputed", "args": {"root": "/f"}, "dim": 24}}
+    with pytest.raises(ConfigError, match="'sync' features precomputed by my_precomputed .*not for new videos"):
+        recorded_extractors(model)
 
 
 def test_pipeline_to_moves_the_text_encoder_and_extractors(monkeypatch):
@@ -1225,3 +1229,34 @@ def test_generate_records_written_at_once_into_one_folder_keep_every_entry(tmp_p
         th.join()
     assert len(read_manifest(tmp_path)) == 6 * 15
     assert sorted(p.name for p in tmp_path.iterdir()) == ["generate.json"]  # no lock file, no temporary file left
+
+
+
+def test_output_names_and_checks_hold_for_repeated_and_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The naming and the pre-run checks at their edges: one source given twice, a relative input
+    path after a chdir, a relative --out that is the input's own folder, a video output alone
+    already there, and a record of another format."""
+    from controlfoley.errors import MediaError
+    from controlfoley.generate_cli import _check_outputs, _outputs, read_manifest, update_record
+
+    src = tmp_path / "src"
+    src.mkdir()
+    v = src / "clip.mp4"
+    v.write_bytes(b"x")
+    out = tmp_path / "out"
+    out.mkdir()
+    update_record(out, "clip-7", {"source": str(v.resolve())})
+    names = [a.stem for a, _ in _outputs([str(v), str(v)], out, "wav")]
+    assert names[0] == "clip-7" and names[1] != "clip-7" and len(set(names)) == 2  # given twice: two names
+    monkeypatch.chdir(src)
+    assert _outputs(["clip.mp4"], out, "wav")[0][0].stem == "clip-7"  # a relative input is the same source
+    pairs = _outputs(["clip.mp4"], Path("."), "wav")  # --out . is the input's own folder
+    with pytest.raises(MediaError, match="would replace its own input"):
+        _check_outputs([Path("clip.mp4")], pairs, overwrite=True)
+    monkeypatch.chdir(tmp_path)
+    (out / "clip-7.mp4").write_bytes(b"old")  # only the video output exists
+    with pytest.raises(MediaError, match="clip-7.mp4 already exists, made from"):
+        _check_outputs([v], _outputs([str(v)], out, "wav"), overwrite=False)
+    (out / "generate.json").write_text('{"format": "other/1", "outputs": {}}')
+    with pytest.raises(MediaError, match="is not a controlfoley generate record"):
+        read_manifest(out)

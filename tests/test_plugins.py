@@ -428,9 +428,11 @@ def test_a_parts_output_that_breaks_its_declared_shape_is_blamed_on_that_part(mo
     monkeypatch.setattr(m.tokenizer, "encode", lambda mel: real(mel).float())
     with pytest.raises(ShapeError, match="integer codes"):
         m.encode_audio(wav)
-    monkeypatch.setattr(m.tokenizer, "encode", lambda mel: real(mel) + m.tokenizer.codebook_size)
+    monkeypatch.setattr(m.tokenizer, "encode", lambda mel: torch.full_like(real(mel), m.tokenizer.codebook_size))  # one past the last code
     with pytest.raises(ShapeError, match="outside its codebook"):
         m.encode_audio(wav)
+    monkeypatch.setattr(m.tokenizer, "encode", lambda mel: torch.full_like(real(mel), m.tokenizer.codebook_size - 1))  # the last code: fine
+    assert int(m.encode_audio(wav).max()) == m.tokenizer.codebook_size - 1
 
 
 def test_a_builder_default_changed_after_saving_rebuilds_the_saved_model(tmp_path: Path) -> None:

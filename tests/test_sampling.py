@@ -266,3 +266,10 @@ def test_the_mask_schedule_counts_only_the_tokens_unknown_at_the_start() -> None
     # cos(pi/2 * r) at r = 1/4, 2/4, 3/4: 0.924, 0.707, 0.383 -> floor(8 g) = 7, 5, 3; floor(12 g) = 11, 8, 4
     assert seen == [[8, 12], [7, 11], [5, 8], [3, 4]]
     assert out.shape == (2, n)
+
+
+def test_a_step_whose_target_rounds_to_zero_still_keeps_one_token_masked():
+    """Before the last step at least one token stays masked (the reference's clamp): with 3 unknown
+    tokens, step 10 of 12 has floor(3 * 0.13) = 0 as its target, and keeps 1."""
+    assert masked_count(10, 12, torch.tensor([3]), torch.tensor([3])).tolist() == [1]
+    assert masked_count(11, 12, torch.tensor([3]), torch.tensor([1])).tolist() == [0]  # the last step unmasks all

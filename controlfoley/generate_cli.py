@@ -50,7 +50,7 @@ from typing import Any
 from controlfoley._io import check_writable_folder
 from controlfoley.config import parse_spec  # re-exported: it lives beside parse_overrides
 
-__all__ = ["main", "parse_spec", "MANIFEST", "read_manifest", "read_manifest_or_empty", "update_record"]
+__all__ = ["main", "parse_spec", "MANIFEST", "read_manifest", "read_manifest_or_empty", "update_record", "claim_outputs"]
 
 MANIFEST = "generate.json"  # DIR/generate.json: output name -> source video and settings
 _MANIFEST_FORMAT = "controlfoley.generate/1"
@@ -243,6 +243,35 @@ def _outputs(videos: Sequence[str], out: Path, fmt: str) -> list[tuple[Path, Pat
     return pairs
 
 
+def claim_outputs(out: Path, video: Path, paths: tuple[Path, Path]) -> tuple[Path, Path]:
+    """Reserve the planned output name for `video` in OUT/generate.json, under the folder's lock,
+    before its outputs are sampled: where a run writing into OUT at the same time recorded that name
+    for another source since this run planned it, the next free `<stem>-k` is taken instead (one
+    neither recorded for another source nor already on disk). The reservation is an entry with the
+    source and "pending": true, completed by `update_record` once the outputs are written (a file
+    that fails keeps its name reserved for its source). Returns the (audio, video) paths to write."""
+    source = str(video.resolve())
+    audio_path, video_path = paths
+    with _folder_lock(out):
+        record = read_manifest_or_empty(out)
+        name = video_path.stem
+        taken = record.get(name)
+        if taken is not None and taken.get("source") != source:
+            base, k = (video.stem or "video"), 1
+            while True:
+                k += 1
+                name = f"{base}-{k}"
+                other = record.get(name)
+                if other is not None and other.get("source") == source:
+                    break
+                if other is None and not (out / f"{name}{audio_path.suffix}").exists() and not (out / f"{name}.mp4").exists():
+                    break
+            log.warning("%s: its planned output name %s was taken by another run into %s since; writing %s instead", video, video_path.stem, out, name)
+        if record.get(name, {}).get("source") != source:
+            _write_record(out, name, {"source": source, "pending": True})
+    return out / f"{name}{audio_path.suffix}", out / f"{name}.mp4"
+
+
 def _check_outputs(videos: Sequence[Path], pairs: Sequence[tuple[Path, Path]], *, overwrite: bool) -> None:
     """Before any sampling: no output replaces an input (its own or another's: --overwrite does not
     allow that); existing outputs only with --overwrite, naming what made them."""
@@ -305,6 +334,7 @@ def _run_one(pipe: Any, args: argparse.Namespace, video: Path, paths: tuple[Path
     t0 = time.perf_counter()
     try:
         check_writable_folder(args.out, "--out")
+        paths = claim_outputs(args.out, video, paths)  # another run into --out may have taken the planned name since
         result = pipe(video, args.prompt, args.negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed, guidance=args.rule,
             guidance_every=args.guidance_every,
         )
@@ -402,6 +432,12 @@ def update_record(folder: Path, name: str, entry: dict[str, Any]) -> None:
     rewrite (atomically) under an exclusive lock on FOLDER itself (flock on the directory, no lock
     file left behind), so that generate runs writing into one folder at once keep each other's
     entries (POSIX; elsewhere unlocked). An unreadable record is kept aside and a new one started."""
+    with _folder_lock(Path(folder)):
+        _write_record(Path(folder), name, entry)
+
+
+def _write_record(folder: Path, name: str, entry: dict[str, Any]) -> None:
+    """update_record's read-change-write, for a caller that holds the folder's lock."""
     import datetime
     import json
     import os
@@ -409,19 +445,18 @@ def update_record(folder: Path, name: str, entry: dict[str, Any]) -> None:
     from controlfoley._io import atomic_write_text
     from controlfoley.errors import MediaError, one_line
 
-    path = Path(folder) / MANIFEST
-    with _folder_lock(Path(folder)):
-        try:
-            entries = read_manifest(folder, raw=True)  # other entries are kept as written, hand edits included
-        except MediaError as e:
-            aside = path.with_name(f"{MANIFEST}.unreadable-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}")
-            log.warning("%s; it is kept as %s and a new record is started", one_line(e), aside.name)
-            with contextlib.suppress(OSError):
-                os.replace(path, aside)
-            entries = {}
-        entries[name] = entry
-        text = json.dumps({"format": _MANIFEST_FORMAT, "outputs": dict(sorted(entries.items()))}, indent=2, ensure_ascii=False) + "\n"
-        atomic_write_text(path, text)
+    path = folder / MANIFEST
+    try:
+        entries = read_manifest(folder, raw=True)  # other entries are kept as written, hand edits included
+    except MediaError as e:
+        aside = path.with_name(f"{MANIFEST}.unreadable-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}")
+        log.warning("%s; it is kept as %s and a new record is started", one_line(e), aside.name)
+        with contextlib.suppress(OSError):
+            os.replace(path, aside)
+        entries = {}
+    entries[name] = entry
+    text = json.dumps({"format": _MANIFEST_FORMAT, "outputs": dict(sorted(entries.items()))}, indent=2, ensure_ascii=False) + "\n"
+    atomic_write_text(path, text)
 
 
 @contextlib.contextmanager

@@ -1260,3 +1260,23 @@ def test_output_names_and_checks_hold_for_repeated_and_relative_paths(tmp_path: 
     (out / "generate.json").write_text('{"format": "other/1", "outputs": {}}')
     with pytest.raises(MediaError, match="is not a controlfoley generate record"):
         read_manifest(out)
+
+
+def test_a_name_taken_by_another_run_since_planning_is_not_written_over(tmp_path: Path) -> None:
+    """Two runs into one --out at once, with sources of one name: both plan `clip`; the first to
+    claim it keeps it, the other writes `clip-2` (it wrote over the first's outputs)."""
+    from controlfoley.generate_cli import _outputs, claim_outputs, read_manifest
+
+    a, b = tmp_path / "a" / "clip.mp4", tmp_path / "b" / "clip.mp4"
+    for v in (a, b):
+        v.parent.mkdir()
+        v.write_bytes(b"x")
+    out = tmp_path / "out"
+    out.mkdir()
+    plan_a, plan_b = _outputs([str(a)], out, "wav")[0], _outputs([str(b)], out, "wav")[0]
+    assert plan_a[1].name == plan_b[1].name == "clip.mp4"  # planned before either claimed
+    assert claim_outputs(out, a, plan_a)[1].name == "clip.mp4"
+    assert claim_outputs(out, b, plan_b)[1].name == "clip-2.mp4"
+    record = read_manifest(out)
+    assert record["clip"]["source"] == str(a.resolve()) and record["clip-2"]["source"] == str(b.resolve()) and record["clip-2"]["pending"]
+    assert claim_outputs(out, b, plan_b)[1].name == "clip-2.mp4"  # claimed again (a retry): its own reservation

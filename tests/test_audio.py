@@ -2,6 +2,7 @@
 
 import json
 import math
+import sys
 import warnings
 
 import librosa
@@ -455,3 +456,67 @@ def test_identify_and_adapt_names_directly() -> None:
     assert got.keys() == own.keys() and torch.equal(got["conv.weight_g"], g) and torch.equal(got["conv.weight_v"], v)
     back = adapt_names({"conv.weight_g": g, "conv.weight_v": v}, {"conv.parametrizations.weight.original0": g, "conv.parametrizations.weight.original1": v})
     assert torch.equal(back["conv.parametrizations.weight.original0"], g)
+
+
+class _StandInBigVGAN(torch.nn.Module):
+    """Stands in for the `bigvgan` package's BigVGAN (not installed in CI) with its parameter naming:
+    classic weight-norm convolutions (weight_g / weight_v), Snake-style `activation_post` parameters,
+    a `remove_weight_norm()` that prints as the package does; built from the config's hop size."""
+
+    def __init__(self, h, use_cuda_kernel: bool = False) -> None:
+        super().__init__()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's classic weight_norm is deprecated; the package still uses it
+            self.conv_pre = torch.nn.utils.weight_norm(torch.nn.Conv1d(h["num_mels"], 8, 3, padding=1))
+            self.conv_post = torch.nn.utils.weight_norm(torch.nn.Conv1d(8, h["hop_size"], 1))
+        self.activation_post = torch.nn.Module()
+        self.activation_post.alpha = torch.nn.Parameter(torch.ones(8))
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = torch.sin(self.conv_pre(mel) * self.activation_post.alpha[:, None])
+        return self.conv_post(x).transpose(1, 2).reshape(mel.shape[0], 1, -1)  # [b, 1, n * hop]
+
+    def remove_weight_norm(self) -> None:
+        print("Removing weight norm...")
+        for m in (self.conv_pre, self.conv_post):
+            torch.nn.utils.remove_weight_norm(m)
+
+
+def test_bigvgan_folders_load_through_the_adapter(tmp_path, monkeypatch, capsys) -> None:
+    """The BigVGAN adapter with a stand-in for the package: the release layout, a DDP prefix and
+    torch's newer weight-norm names give the same waveform as the generator saved; the package's
+    print stays off stdout; a bare state dict is named as a BigVGAN generator with the layout to use."""
+    import types
+
+    fake = types.ModuleType("bigvgan")
+    fake.BigVGAN = _StandInBigVGAN
+    monkeypatch.setitem(sys.modules, "bigvgan", fake)
+    mel_fe = HifiGanMel(sample_rate=8000, n_fft=64, hop_length=16, win_length=64, n_mels=8, fmax=4000.0)
+    cfg = {"num_mels": 8, "sampling_rate": 8000, "hop_size": 16, "n_fft": 64, "win_size": 64, "fmin": 0, "fmax": 4000.0}
+    torch.manual_seed(0)
+    gen = _StandInBigVGAN(cfg)
+    sd = gen.state_dict()
+    mel = torch.rand(2, 8, 10) * 2 - 1
+    with torch.no_grad():
+        want = gen(mel_fe.denormalize(mel))[:, 0]
+    variants = {
+        "release": {"generator": sd},
+        "ddp": {"generator": {f"module.{k}": v for k, v in sd.items()}},
+        "parametrized": {"generator": {k.replace(".weight_g", ".parametrizations.weight.original0").replace(".weight_v", ".parametrizations.weight.original1"): v for k, v in sd.items()}},
+    }
+    for name, obj in variants.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(cfg))
+        torch.save(obj, folder / "bigvgan_generator.pt")
+        torch.manual_seed(1)  # another init: only the file can make the outputs agree
+        voc = bigvgan_vocoder(mel=mel_fe, folder=str(folder))
+        with torch.no_grad():
+            assert torch.allclose(voc(mel), want, atol=1e-5), name
+    assert "Removing weight norm" not in capsys.readouterr().out
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text(json.dumps(cfg))
+    torch.save(sd, bare / "bigvgan_generator.pt")
+    with pytest.raises(CheckpointError, match=r"must hold \{'generator': state_dict\}; it is a BigVGAN generator"):
+        bigvgan_vocoder(mel=mel_fe, folder=str(bare))

@@ -39,6 +39,8 @@ Features
 
 import argparse
 import contextlib
+import functools
+import hashlib
 import logging
 import math
 import sys
@@ -391,6 +393,24 @@ def _file_stamp(path: Path) -> dict[str, Any]:
     return {"bytes": st.st_size, "mtime": round(st.st_mtime, 3)}
 
 
+def _model_stamp(model_file: str | None) -> dict[str, Any] | None:
+    """Size, time and SHA-256 of the checkpoint that sampled (None for a preset without a file)."""
+    if not model_file or not Path(model_file).is_file():
+        return None
+    stamp = _file_stamp(Path(model_file))
+    return {**stamp, "sha256": _sha256(model_file, stamp["bytes"], stamp["mtime"])}
+
+
+@functools.lru_cache(maxsize=4)
+def _sha256(path: str, size: int, mtime: float) -> str:
+    """The file's SHA-256 (the model checkpoint's: read once per run, cached by size and time)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _record(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path, Path], duration_s: float) -> None:
     """Add this output to DIR/generate.json, with the settings that made it as resolved (the
     model's own steps, scale and rule where none was given; the extractors and text encoder used;
@@ -406,7 +426,7 @@ def _record(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path,
     model_file = getattr(model, "loaded_from", None)
     model_file = str(Path(model_file).resolve()) if model_file else None
     settings = {
-        "model": args.model, "model_file": model_file, "model_file_stamp": _file_stamp(Path(model_file)) if model_file and Path(model_file).is_file() else None,
+        "model": args.model, "model_file": model_file, "model_file_stamp": _model_stamp(model_file),
         "prompt": args.prompt, "negative_prompt": args.negative_prompt,
         "steps": args.steps or model.sampler.steps, "cfg_scale": args.cfg_scale if args.cfg_scale is not None else rule.scale,
         "guidance": repr(rule), "guidance_every": args.guidance_every, "seed": args.seed, "precision": args.precision,

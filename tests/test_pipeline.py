@@ -479,6 +479,9 @@ def test_the_generate_record_holds_the_resolved_settings_and_a_bad_entry_spoils_
     assert "conditions=[uncond, video]" in settings["guidance"]  # no prompt: the rule that sampled, not the model's multi-CFG
     assert settings["extractors"] == {"sync": "synthetic_sync", "clip": "synthetic_clip"} and settings["model_file"] == str(model_file.resolve())
     assert settings["model_file_stamp"]["bytes"] == model_file.stat().st_size
+    import hashlib
+
+    assert settings["model_file_stamp"]["sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
     # hand edits: one entry without a source, one with a source relative to the record's folder
     data = json.loads((out / MANIFEST).read_text())
     data["outputs"]["a"]["source"] = None

@@ -366,24 +366,28 @@ def test_a_user_backbone_trains_and_samples_and_a_broken_one_is_named() -> None:
             del sys.modules[mod]
 
 
+class _SyncProjection(nn.Module):
+    """A user control encoder reading 768-wide 'sync' features: it declares `out_dim` and its
+    projection gives `width` (the same, or not, for the shape checks)."""
+
+    required_features = ("sync",)
+
+    def __init__(self, out_dim: int, width: int) -> None:
+        super().__init__()
+        self.out_dim = out_dim
+        self.proj = nn.Linear(768, width)
+
+    def forward(self, features):
+        return self.proj(features["sync"])
+
+
 def test_a_user_control_encoder_fed_the_wrong_width_is_named() -> None:
     """A plugin encoder that declares no feature widths, given features of another width, failed in
     generate with torch's bare 'mat1 and mat2 shapes cannot be multiplied'."""
-    from torch import nn
-
     from controlfoley import CONTROL_ENCODERS, build_model
     from controlfoley.errors import ShapeError
 
-    class WideSync(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.required_features, self.out_dim = ("sync",), 16
-            self.proj = nn.Linear(768, 16)
-
-        def forward(self, features):
-            return self.proj(features["sync"])
-
-    CONTROL_ENCODERS.register("test_wide_sync")(lambda: WideSync())
+    CONTROL_ENCODERS.register("test_wide_sync")(lambda: _SyncProjection(out_dim=16, width=16))
     try:
         m = build_model("specmaskfoley_tiny", control_encoder="test_wide_sync")
         with pytest.raises(ShapeError, match=r"control encoder 'test_wide_sync' failed on video features \{'sync': \[1, 20, 128\]\}.*feature_dims"):
@@ -399,18 +403,7 @@ def test_a_parts_output_that_breaks_its_declared_shape_is_blamed_on_that_part(mo
     from controlfoley import CONTROL_ENCODERS
     from controlfoley.errors import ShapeError
 
-    class Liar(nn.Module):
-        required_features = ("sync",)
-        out_dim = 96
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.proj = nn.Linear(768, 128)
-
-        def forward(self, features):
-            return self.proj(features["sync"])
-
-    CONTROL_ENCODERS.register("test_liar")(lambda: Liar())
+    CONTROL_ENCODERS.register("test_liar")(lambda: _SyncProjection(out_dim=96, width=128))  # declares 96, gives 128
     try:
         m = build_model("specmaskfoley_tiny", control_encoder="test_liar")
         with pytest.raises(ShapeError, match=r"control encoder 'test_liar' returned \[1, 20, 128\], but it declares out_dim=96"):

@@ -2,7 +2,7 @@
 
 Loaders use it when a file does not fit the part it was given for: a HiFi-GAN generator handed to
 the tokenizer, a controlfoley checkpoint handed to a vocoder, HiFi-GAN's discriminator file
-(`do_XXXXXXXX`) in place of its generator (`g_XXXXXXXX`). The error then names what the file is
+(`do_<step>`, e.g. do_02500000) in place of its generator (`g_<step>`). The error then names what the file is
 and the call that loads it, instead of advising another architecture. Also `adapt_names`: the
 naming variants of one layout that loaders accept (a DDP `module.` prefix, torch's newer
 weight-norm parametrisation names, weight norm folded into a plain `weight`).
@@ -49,8 +49,8 @@ _KINDS = {
         "build_model(..., vocoder={'name': 'bigvgan', 'folder': <the folder holding it and its config.json>})",
     ),  # fmt: skip
     "gan_training_state": Kind(
-        "gan_training_state", "a GAN vocoder's discriminator and optimizer state (HiFi-GAN / BigVGAN's do_XXXXXXXX), not its generator",
-        "give the generator file saved beside it instead (g_XXXXXXXX; BigVGAN: bigvgan_generator.pt)",
+        "gan_training_state", "a GAN vocoder's discriminator and optimizer state (HiFi-GAN / BigVGAN's do_<step> file, e.g. do_02500000), not its generator",
+        "give the generator file saved beside it instead (g_<step>, e.g. g_02500000; BigVGAN: bigvgan_generator.pt)",
     ),  # fmt: skip
 }
 

@@ -45,7 +45,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -234,15 +234,21 @@ def _outputs(videos: Sequence[str], out: Path, fmt: str) -> list[tuple[Path, Pat
     for v in videos:
         source = str(Path(v).resolve())
         name = recorded_as.get(source)
-        if name is None or name in used:
-            stem = Path(v).stem or "video"
-            name, k = stem, 1
-            while name in used or (name in record and record[name]["source"] != source):  # also skips "a-2" when an input is called a-2
-                k += 1
-                name = f"{stem}-{k}"
+        if name is None or name in used:  # (skips "a-2" when an input is itself called a-2)
+            name = _free_name(Path(v).stem or "video", source, record, lambda n: n in used)
         used.add(name)
         pairs.append((out / f"{name}.{fmt}", out / f"{name}.mp4"))
     return pairs
+
+
+def _free_name(stem: str, source: str, record: dict[str, dict[str, Any]], blocked: Callable[[str], bool]) -> str:
+    """The first of stem, stem-2, stem-3, ... that is not `blocked` and is recorded for no source or
+    for this `source`."""
+    name, k = stem, 1
+    while blocked(name) or record.get(name, {"source": source}).get("source") != source:
+        k += 1
+        name = f"{stem}-{k}"
+    return name
 
 
 def claim_outputs(out: Path, video: Path, paths: tuple[Path, Path]) -> tuple[Path, Path]:
@@ -259,15 +265,8 @@ def claim_outputs(out: Path, video: Path, paths: tuple[Path, Path]) -> tuple[Pat
         name = video_path.stem
         taken = record.get(name)
         if taken is not None and taken.get("source") != source:
-            base, k = (video.stem or "video"), 1
-            while True:
-                k += 1
-                name = f"{base}-{k}"
-                other = record.get(name)
-                if other is not None and other.get("source") == source:
-                    break
-                if other is None and not (out / f"{name}{audio_path.suffix}").exists() and not (out / f"{name}.mp4").exists():
-                    break
+            on_disk = lambda n: n not in record and ((out / f"{n}{audio_path.suffix}").exists() or (out / f"{n}.mp4").exists())  # noqa: E731
+            name = _free_name(video.stem or "video", source, record, on_disk)
             log.warning("%s: its planned output name %s was taken by another run into %s since; writing %s instead", video, video_path.stem, out, name)
         if record.get(name, {}).get("source") != source:
             _write_record(out, name, {"source": source, "pending": True})

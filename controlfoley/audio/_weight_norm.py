@@ -7,7 +7,6 @@ Features
   weight g * v / ||v|| is recomputed in forward, so a state dict always keeps the public layout.
 - `read_state_dict`: safetensors files, or legacy pickles through `load_legacy_checkpoint` (tensors only
   unless the caller trusts the file), unwrapping `{"generator": sd}`; a DDP `module.` prefix is dropped.
-- `rename_parametrized`: newer torch's `parametrizations.weight.original0/1` names -> `weight_g/weight_v`.
 - `load_strict`: takes the naming variants of the module's own layout (`_ckpt_kind.adapt_names`: a
   `module.` prefix, either weight-norm naming, weight norm removed into a plain `weight`), compares keys
   and shapes and raises CheckpointError naming the missing, unexpected and mis-shaped tensors (or, for
@@ -26,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from controlfoley._ckpt_kind import adapt_names, identify_container, mismatch_advice
+from controlfoley._ckpt_kind import adapt_names, identify_container, mismatch_advice, strip_prefix
 from controlfoley._legacy import load_legacy_checkpoint
 from controlfoley.errors import CheckpointError
 from controlfoley.typing import Float, Tensor
 
-__all__ = ["WNConv1d", "WNConvTranspose1d", "read_state_dict", "rename_parametrized", "load_strict"]
+__all__ = ["WNConv1d", "WNConvTranspose1d", "read_state_dict", "load_strict"]
 
 
 class _WeightNormConv(nn.Module):
@@ -101,22 +100,7 @@ def read_state_dict(path: str | os.PathLike[str], *, trust: bool, what: str) -> 
         raise CheckpointError(
             f"{path} is not a {what} state dict: expected tensors (plain or under 'generator'), found {kind}{fix}"
         )
-    sd = {str(k): v for k, v in obj.items()}
-    if all(k.startswith("module.") for k in sd):  # saved from a DistributedDataParallel wrapper
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return sd
-
-
-def rename_parametrized(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Map torch.nn.utils.parametrizations.weight_norm names onto the classic weight_g / weight_v."""
-    renames = {".parametrizations.weight.original0": ".weight_g", ".parametrizations.weight.original1": ".weight_v"}
-    out = {}
-    for key, value in sd.items():
-        for old, new in renames.items():
-            if key.endswith(old):
-                key = key[: -len(old)] + new
-        out[key] = value
-    return out
+    return strip_prefix({str(k): v for k, v in obj.items()})  # saved from a DistributedDataParallel wrapper
 
 
 def load_strict(

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from controlfoley._registry import VOCODERS
-from controlfoley.audio._weight_norm import WNConv1d, WNConvTranspose1d, load_strict, read_state_dict, rename_parametrized
+from controlfoley.audio._weight_norm import WNConv1d, WNConvTranspose1d, load_strict, read_state_dict
 from controlfoley.audio.mel import HifiGanMel, MelFrontEnd
 from controlfoley.config import ConfigError
 from controlfoley.errors import warn_random_weights
@@ -142,7 +142,7 @@ def _check_arch(
 
 def load_hifigan_generator(generator: HifiGanGenerator, path: str, *, trust: bool = False) -> None:
     """Load an official `{"generator": sd}` file (weight_g/v or parametrised names) strictly."""
-    sd = rename_parametrized(read_state_dict(path, trust=trust, what="HiFi-GAN generator"))
+    sd = read_state_dict(path, trust=trust, what="HiFi-GAN generator")  # load_strict takes either weight-norm naming
     load_strict(generator, sd, what="HiFi-GAN generator", source=str(path), kind="hifigan")
 
 

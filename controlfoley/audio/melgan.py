@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from controlfoley._registry import VOCODERS
-from controlfoley.audio._weight_norm import WNConv1d, WNConvTranspose1d, load_strict, read_state_dict, rename_parametrized
+from controlfoley.audio._weight_norm import WNConv1d, WNConvTranspose1d, load_strict, read_state_dict
 from controlfoley.audio.mel import MelFrontEnd, SpecVQGANMel
 from controlfoley.config import ConfigError
 from controlfoley.errors import warn_random_weights
@@ -90,7 +90,7 @@ class MelGANGenerator(nn.Module):
 
 def load_melgan_generator(generator: MelGANGenerator, path: str, *, trust: bool = False) -> None:
     """Load a MelGAN generator state dict (`model.N.{weight_g,weight_v,bias}`) strictly."""
-    sd = rename_parametrized(read_state_dict(path, trust=trust, what="MelGAN generator"))
+    sd = read_state_dict(path, trust=trust, what="MelGAN generator")  # load_strict takes either weight-norm naming
     load_strict(generator, sd, what="MelGAN generator", source=str(path), kind="melgan")
 
 

@@ -38,7 +38,7 @@ from torch import nn
 
 from controlfoley.errors import ConfigError
 from controlfoley.fast import GuidedStep, precision, sampling_dtype
-from controlfoley.sampling import PredrawnUniforms
+from controlfoley.sampling import Generators, PredrawnUniforms
 from controlfoley.typing import Bool, Int, Tensor
 
 __all__ = ["MAX_GRAPHS", "SamplingGraph", "clear_cuda_graphs", "sample_graphed"]
@@ -116,7 +116,7 @@ class SamplingGraph:
         self.codes.copy_(codes)
         self.mask.copy_(mask)
 
-    def __call__(self, generator: torch.Generator | None) -> Int[Tensor, "b l"]:
+    def __call__(self, generator: Generators) -> Int[Tensor, "b l"]:
         self.noise.fill(generator)
         if self.graph is None:
             return self._run()
@@ -188,7 +188,7 @@ def sample_graphed(
     batch: int,
     known_codes: Int[Tensor, "b l"] | None,
     known_mask: Bool[Tensor, "b l"] | None,
-    generator: torch.Generator | None,
+    generator: Generators,
     steps: int | None,
     temperature: float | None,
     dtype: torch.dtype | None,

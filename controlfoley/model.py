@@ -32,7 +32,7 @@ from controlfoley.control.controlnet import ControlNet
 from controlfoley.errors import ShapeError
 from controlfoley.fast import GuidedStep, checked_every, onednn_linear, precision, zero_scale_conditions
 from controlfoley.guidance import UNCOND, Condition, GuidanceRule
-from controlfoley.sampling import MaskGITSampler
+from controlfoley.sampling import Generators, MaskGITSampler, check_generators
 from controlfoley.typing import Bool, Float, Int, Tensor
 
 log = logging.getLogger("controlfoley.model")
@@ -299,7 +299,7 @@ class SpecMaskFoley(nn.Module):
         guidance: GuidanceRule | str | None = None,
         known_codes: Int[Tensor, "b f t"] | None = None,
         known_mask: Bool[Tensor, "b f t"] | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         dtype: torch.dtype | None = None,
         compile: bool = False,
         static_shapes: bool | None = None,
@@ -332,7 +332,10 @@ class SpecMaskFoley(nn.Module):
           samples unguided, and a negative scale steers away from the conditions (allowed: a research knob).
         - `steps`: MaskGIT steps (default `config.sampler.steps`, 12).
         - `temperature`: Gumbel choice temperature, annealed to 0 (default `config.sampler.temperature`, 9.0).
-        - `generator`: a torch.Generator on the model's device, for repeatable samples.
+        - `generator`: a torch.Generator on the model's device, for repeatable samples; or a list of
+          them, one per row: row i then draws only from generator i and is the sample it gives at
+          batch 1 (the same tokens up to the rounding of batched matrix products), as diffusers'
+          lists of generators. One generator for a batch gives other samples than at batch 1.
 
         Speed options (see `controlfoley.fast`): `dtype` autocast (default bf16 on CUDA, fp32
         elsewhere; a model already in bf16, `model.to(torch.bfloat16)`, runs in bf16 without
@@ -358,16 +361,13 @@ class SpecMaskFoley(nn.Module):
         benchmarks/RESULTS.md (`benchmarks/sampler_quality.py`)."""
         rule = self.resolve_guidance(guidance)
         self.sampler.settings(steps, temperature)  # bad settings fail now, before any work
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ConfigError(
-                f"generator must be a torch.Generator (or None), got {type(generator).__name__}; for a seed pass "
-                f"generator=torch.Generator({str(self.device)!r}).manual_seed({generator!r})"
-            )
+        check_generators(generator, None, self.device)  # the kind now; a list's length once the batch is known
         _check_inputs(cfg_scale, known_mask)
         guidance_every = checked_guidance_every(guidance_every, rule)  # a plain int from here (numpy ints too)
         text, negative_text = self._as_text(text), self._as_text(negative_text, "negative_text")
         control = self.encode_control(features) if (features is not None and self.has_control) else None
         b = _batch_of(control, text, known_codes, batch_size, negative_text)
+        generator = check_generators(generator, b, self.device)
         for name, t in (("known_codes", known_codes), ("known_mask", known_mask)):
             if t is not None and tuple(t.shape) != (b, *self.grid):
                 raise ShapeError(

@@ -8,7 +8,9 @@ At step k of K, with r = (k+1)/K:
 - the number left masked is floor(N * gamma(r)) clamped to [1, masked_now - 1] (0 after the last
   step), N the number of tokens that were unknown at the start; the least confident are re-masked.
 
-Deterministic given a `torch.Generator`. Tokens given as known (inpainting, continuation of a
+Deterministic given a `torch.Generator`, or a list of them, one per row (`Generators`): then row
+i draws only from generator i, so it is the sample that generator gives at batch 1 (batch
+invariance, up to the rounding of batched matrix products). Tokens given as known (inpainting, continuation of a
 previous window) are never changed. Rows may start with different numbers of known tokens.
 
 The noise is uniform draws turned into Gumbel noise, two per step in a fixed order (the [b, l, v]
@@ -20,7 +22,7 @@ it goes, and, having no random-number calls inside, can be captured as one CUDA 
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -28,12 +30,60 @@ import torch
 from controlfoley.errors import ConfigError, ShapeError
 from controlfoley.typing import Bool, Float, Int, Tensor
 
-__all__ = ["MaskGITSampler", "mask_ratio", "masked_count", "LogitsFn", "PredrawnUniforms", "Uniforms"]
+__all__ = ["MaskGITSampler", "mask_ratio", "masked_count", "LogitsFn", "PredrawnUniforms", "Uniforms", "Generators", "check_generators"]
 
 # logits_fn(codes [b, l], mask [b, l], step, n_steps) -> guided logits [b, l, v]
 LogitsFn = Callable[[Tensor, Tensor, int, int], Tensor]
 # uniforms(shape) -> float32 uniform [0, 1) draws of that shape (the sampler's only randomness)
 Uniforms = Callable[[torch.Size], Tensor]
+# the sampler's noise source: one generator for the whole batch, one per row, or the global one (None)
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def check_generators(generator: Any, batch: int | None, device: torch.device | str) -> Generators:  # a validator: it takes anything
+    """`generator` checked for a batch of `batch` rows on `device`: None, a torch.Generator, or a
+    list/tuple of exactly `batch` of them (one per row; any length for batch None); each on the
+    device's type. Returns it, a list as a tuple."""
+    device = torch.device(device)
+    if generator is None or isinstance(generator, torch.Generator):
+        gens: list[Any] = [] if generator is None else [generator]
+    elif isinstance(generator, Sequence) and not isinstance(generator, (str, bytes)):
+        gens = list(generator)
+        bad = [type(g).__name__ for g in gens if not isinstance(g, torch.Generator)]
+        if bad:
+            raise ConfigError(f"generator: a list must hold torch.Generator objects, one per row; got {', '.join(sorted(set(bad)))}")
+        if batch is not None and len(gens) != batch:
+            raise ConfigError(
+                f"generator: a list needs one torch.Generator per row of the batch ({batch}), got {len(gens)}; "
+                "pass one generator for the whole batch, or one per row"
+            )
+    else:
+        seed = generator if isinstance(generator, numbers.Integral) and not isinstance(generator, bool) else "SEED"
+        raise ConfigError(
+            f"generator must be a torch.Generator, a list of them (one per row) or None, got {type(generator).__name__}; "
+            f"for a seed pass generator=torch.Generator({str(device)!r}).manual_seed({seed})"
+        )
+    for g in gens:
+        if g.device.type != device.type:
+            raise ConfigError(
+                f"generator is on {g.device.type} but the model samples on {device}: make it there, "
+                f"torch.Generator({device.type!r}).manual_seed(SEED)"
+            )
+    return generator if generator is None or isinstance(generator, torch.Generator) else tuple(generator)
+
+
+def draw_uniform(shape: torch.Size, generator: Generators, device: torch.device, out: Tensor | None = None) -> Tensor:
+    """float32 uniform [0, 1) draws of `shape` from `generator`; with one generator per row, row i
+    (the first dimension) comes from generator i alone. Written into `out` when given."""
+    if out is None:
+        out = torch.empty(shape, device=device, dtype=torch.float32)
+    if generator is None or isinstance(generator, torch.Generator):
+        return out.uniform_(0.0, 1.0, generator=generator)
+    if len(generator) != shape[0]:
+        raise ShapeError(f"{len(generator)} generators for {shape[0]} rows: give one per row")
+    for row, g in zip(out, generator, strict=True):
+        row.uniform_(0.0, 1.0, generator=g)
+    return out
 
 
 def mask_ratio(r: float | Tensor, schedule: str = "cosine") -> float | Tensor:
@@ -59,8 +109,8 @@ def masked_count(step: int, n_steps: int, n_unknown: Int[Tensor, " b"], masked_n
     return torch.minimum(target.clamp(min=1), (masked_now - 1).clamp(min=0))
 
 
-def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device, uniforms: Uniforms | None = None) -> Tensor:
-    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32) if uniforms is None else uniforms(shape)
+def _gumbel(shape: torch.Size, generator: Generators, device: torch.device, uniforms: Uniforms | None = None) -> Tensor:
+    u = draw_uniform(shape, generator, device) if uniforms is None else uniforms(shape)
     u = u.clamp(1e-20, 1.0 - 1e-7)
     return -torch.log(-torch.log(u))
 
@@ -76,11 +126,12 @@ class PredrawnUniforms:
         self.conf = torch.empty(steps, batch, n_tokens, device=device)
         self._next = 0
 
-    def fill(self, generator: torch.Generator | None) -> None:
-        """Draw every step's noise, in the sampler's order (per step: sampling, then confidence)."""
+    def fill(self, generator: Generators) -> None:
+        """Draw every step's noise, in the sampler's order (per step: sampling, then confidence);
+        one generator per row draws that row's noise."""
         for k in range(self.vocab.shape[0]):
-            self.vocab[k].uniform_(0.0, 1.0, generator=generator)
-            self.conf[k].uniform_(0.0, 1.0, generator=generator)
+            draw_uniform(self.vocab[k].shape, generator, self.vocab.device, out=self.vocab[k])
+            draw_uniform(self.conf[k].shape, generator, self.conf.device, out=self.conf[k])
 
     def rewind(self) -> None:
         self._next = 0
@@ -119,7 +170,7 @@ class MaskGITSampler:
         device: torch.device | str = "cpu",
         known_codes: Int[Tensor, "b l"] | None = None,
         known_mask: Bool[Tensor, "b l"] | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         steps: int | None = None,
         temperature: float | None = None,
     ) -> Int[Tensor, "b l"]:
@@ -147,7 +198,7 @@ class MaskGITSampler:
         *,
         steps: int,
         temperature: float,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         uniforms: Uniforms | None = None,
     ) -> Int[Tensor, "b l"]:
         """The decoding loop from a start (`initial`); noise from `generator`, or from `uniforms`
@@ -196,7 +247,7 @@ class MaskGITSampler:
         k: int,
         n_steps: int,
         temperature: float,
-        generator: torch.Generator | None,
+        generator: Generators,
         uniforms: Uniforms | None = None,
     ) -> tuple[Tensor, Tensor]:
         """One decoding step: sample masked tokens, keep the confident ones, re-mask the rest."""

@@ -540,7 +540,7 @@ def test_a_seed_for_a_generator_and_a_1d_waveform_are_named(micro_model) -> None
 
     generate = inspect.unwrap(type(micro_model).generate)
     x = micro_inputs(micro_model, b=1)
-    with pytest.raises(ConfigError, match=r"generator must be a torch.Generator .*generator=torch.Generator\('cpu'\).manual_seed\(5\)"):
+    with pytest.raises(ConfigError, match=r"generator must be a torch.Generator, a list of them \(one per row\) or None, got int.*generator=torch.Generator\('cpu'\).manual_seed\(5\)"):
         generate(micro_model, x["features"], x["text"], steps=2, generator=5)
     encode = inspect.unwrap(type(micro_model).encode_audio)
     with pytest.raises(ShapeError, match=r"encode_audio takes float waveforms \[batch, samples\].*got a 1-D .*pass wav\[None\]"):
@@ -754,3 +754,48 @@ def test_the_opt_in_type_checks_use_the_same_checker(tmp_path) -> None:
     env = {**os.environ, "CONTROLFOLEY_TYPECHECK": "1"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "checked", done.stderr[-2000:]
+
+
+def test_one_generator_per_row_makes_each_row_its_batch_1_sample(micro_model) -> None:
+    """generate(generator=[g0, g1, g2]): row i draws from generator i only, so it is the sample that
+    generator gives alone (diffusers' lists of generators), and one row's seed can be re-made."""
+    x = micro_inputs(micro_model, b=3, seed=4)
+    seeds = (11, 12, 13)
+    batch = micro_model.generate(x["features"], x["text"], steps=3, generator=[torch.Generator().manual_seed(s) for s in seeds])
+    for i, s in enumerate(seeds):
+        feats = {k: v[i : i + 1] for k, v in x["features"].items()}
+        alone = micro_model.generate(feats, x["text"][i : i + 1], steps=3, generator=torch.Generator().manual_seed(s))
+        assert torch.equal(alone[0], batch[i]), f"row {i}"
+    # one generator for the batch is a different draw: row 1 is not its seed's batch-1 sample
+    shared = micro_model.generate(x["features"], x["text"], steps=3, generator=torch.Generator().manual_seed(12))
+    feats = {k: v[1:2] for k, v in x["features"].items()}
+    alone = micro_model.generate(feats, x["text"][1:2], steps=3, generator=torch.Generator().manual_seed(12))
+    assert not torch.equal(shared[1], alone[0])
+
+
+def test_a_list_of_generators_is_checked_against_the_batch(micro_model) -> None:
+    import inspect
+
+    generate = inspect.unwrap(type(micro_model).generate)  # the library's own messages, past the suite's type checks
+    x = micro_inputs(micro_model, b=2)
+    with pytest.raises(ConfigError, match=r"one torch.Generator per row of the batch \(2\), got 1"):
+        generate(micro_model, x["features"], x["text"], steps=2, generator=[torch.Generator()])
+    with pytest.raises(ConfigError, match=r"a list must hold torch.Generator objects, one per row; got int"):
+        generate(micro_model, x["features"], x["text"], steps=2, generator=[1, 2])
+    with pytest.raises(ConfigError, match=r"manual_seed\(SEED\)"):  # no repr of a list in the advice
+        generate(micro_model, x["features"], x["text"], steps=2, generator={"a": 1})
+
+
+def test_predrawn_noise_with_one_generator_per_row_equals_drawing_as_it_goes() -> None:
+    from controlfoley.sampling import PredrawnUniforms
+
+    noise = PredrawnUniforms(2, 3, 5, 7, torch.device("cpu"))
+    noise.fill([torch.Generator().manual_seed(s) for s in (1, 2, 3)])
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    for k in range(2):
+        assert torch.equal(noise(torch.Size([3, 5, 7])), _uniform_rows((3, 5, 7), gens))
+        assert torch.equal(noise(torch.Size([3, 5])), _uniform_rows((3, 5), gens))
+
+
+def _uniform_rows(shape, gens) -> torch.Tensor:
+    return torch.stack([torch.rand(shape[1:], generator=g) for g in gens])

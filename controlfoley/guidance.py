@@ -17,6 +17,8 @@ Scale schedules map step k of K to a scale: `linear` rises from 0 at the first s
 the last (the paper's "CFG scale linearly increasing from 0 to 3 across the 12 steps"), `constant`.
 """
 
+import math
+import numbers
 from typing import NamedTuple
 
 from controlfoley._registry import GUIDANCE
@@ -73,6 +75,8 @@ class GuidanceRule:
     conditions: tuple[Condition, ...] = ()
 
     def __init__(self, scale: float = 3.0, schedule: str = "linear") -> None:
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
+            raise ConfigError(f"a guidance rule's scale must be a finite number, got {scale!r}")
         scale_at(0, 2, scale, schedule)  # validate the schedule name now, not mid-sampling
         self.scale = float(scale)
         self.schedule = schedule

@@ -196,6 +196,9 @@ class SpecMaskFoley(nn.Module):
         if text.ndim != 2 or text.shape[1] != c:
             hint = f" (one embedding: {what}[None])" if text.ndim == 1 else ""
             raise ShapeError(f"{what} must be [batch, {c}] CLAP-like embeddings, got {list(text.shape)}{hint}")
+        if not bool(torch.isfinite(text).all()):  # NaN conditions turn every logit NaN: all-zero tokens, silently
+            rows = torch.nonzero(~torch.isfinite(text).all(-1)).flatten().tolist()
+            raise ShapeError(f"{what} holds NaN or inf values (rows {rows}); an embedding of a zero vector normalised? check the text encoder's output")
         return text
 
     def forward(
@@ -238,15 +241,38 @@ class SpecMaskFoley(nn.Module):
         uncond_prob: float = 0.9,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
-        """Masked-token cross-entropy on masked positions; returns (loss, stats)."""
+        """Masked-token cross-entropy on masked positions; returns (loss, stats).
+
+        `codes` [b, F, T] int token maps (`encode_audio` / a dataset's "tokens"); `features` the
+        video features as for `generate`; `cond` [b, c] CLAP-like embeddings, each row kept with
+        probability 1 - `uncond_prob` (the rest train the unconditional mask); `generator` a
+        torch.Generator for the masks. A model with a ControlNet and no `features` trains without
+        video (the backbone's loss), with a warning."""
+        if isinstance(codes, Mapping):
+            raise ShapeError(
+                "loss takes the token map, not a batch dict: loss(batch['tokens'], features={'sync': ..., 'clip': ...}, cond=batch['clap'])"
+            )
+        if not isinstance(codes, Tensor):
+            raise ShapeError(f"codes must be a torch.Tensor of int token ids [b, F, T], got {type(codes).__name__} (torch.as_tensor(...) converts arrays)")
+        if codes.is_floating_point() or codes.dtype == torch.bool:
+            raise ShapeError(f"codes must be integer token ids, got {codes.dtype}; tokens come from model.encode_audio / a dataset's 'tokens'")
+        if isinstance(uncond_prob, bool) or not isinstance(uncond_prob, numbers.Real) or not 0.0 <= uncond_prob <= 1.0:
+            raise ConfigError(f"uncond_prob is the probability of dropping the text condition, in [0, 1]; got {uncond_prob!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ConfigError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         b = codes.shape[0]
+        if b == 0:
+            raise ShapeError("codes hold an empty batch (0 token maps)")
         flat = self._flat_codes(codes)
+        cond = self._as_text(cond, "cond")
+        control = self.encode_control(features) if (self.has_control and features is not None) else None
+        if features is None and self.has_control:
+            log.warning("loss: no features given, so the ControlNet gets no video and this is the backbone's loss; pass features=...")
+        _batch_of(control, cond, codes, None)  # every input's batch agrees with the codes'
         mask = masked_token_mask(b, self.n_tokens, generator, flat.device)
         cond_on = None
-        cond = self._as_text(cond, "cond")
         if cond is not None:
             cond_on = torch.rand(b, generator=generator, device=flat.device) >= uncond_prob
-        control = self.encode_control(features) if (self.has_control and features is not None) else None
         ce, correct = self.masked_cross_entropy(flat, mask, cond=cond, cond_on=cond_on, control=control)
         n = mask.sum()
         loss = ce / n
@@ -362,7 +388,7 @@ class SpecMaskFoley(nn.Module):
         rule = self.resolve_guidance(guidance)
         self.sampler.settings(steps, temperature)  # bad settings fail now, before any work
         check_generators(generator, None, self.device)  # the kind now; a list's length once the batch is known
-        _check_inputs(cfg_scale, known_mask)
+        _check_inputs(cfg_scale, known_codes, known_mask)
         guidance_every = checked_guidance_every(guidance_every, rule)  # a plain int from here (numpy ints too)
         text, negative_text = self._as_text(text), self._as_text(negative_text, "negative_text")
         control = self.encode_control(features) if (features is not None and self.has_control) else None
@@ -452,6 +478,7 @@ class SpecMaskFoley(nn.Module):
     @torch.no_grad()
     def decode(self, codes: Int[Tensor, "b f t"]) -> Float[Tensor, "b m n"]:
         """Token map -> normalised mel."""
+        _require_tensor(codes, "codes", "[batch, F, T] int token ids")
         return self.tokenizer.decode(codes)
 
     @torch.no_grad()
@@ -459,16 +486,47 @@ class SpecMaskFoley(nn.Module):
         """Normalised mel -> fp32 waveform, whatever the model's dtype (a bf16 model's mel is cast
         to the vocoder's own parameter dtype, fp32 for a vocoder without weights)."""
         n_mels = int(self.mel.n_mels)
+        _require_tensor(mel, "mel", f"[batch, {n_mels}, frames] normalised mel")
         if mel.ndim != 3 or mel.shape[1] != n_mels:
             raise ShapeError(f"mel must be [batch, {n_mels}, frames] for this model's vocoder, got {list(mel.shape)}")
+        if not mel.is_floating_point():
+            raise ShapeError(f"mel must be a float tensor (a normalised mel, model.decode's output), got {mel.dtype}")
+        if mel.shape[-1] < 1:
+            raise ShapeError("mel has 0 frames: nothing to vocode")
+        if not bool(torch.isfinite(mel).all()):
+            raise ShapeError("mel holds NaN or inf values: the vocoder would return silence; check what made it")
         return run_vocoder(self.vocoder, mel)
 
     @torch.no_grad()
-    def encode_audio(self, wav: Float[Tensor, "b s"]) -> Int[Tensor, "b f t"]:
-        """Waveform [b, s] at `model.sample_rate` -> mel -> tokens, cropped/padded to the model's window."""
+    def encode_audio(self, wav: Float[Tensor, "b s"], sample_rate: int | None = None) -> Int[Tensor, "b f t"]:
+        """Waveform [b, s] in [-1, 1] at `model.sample_rate` -> mel -> tokens, cropped/padded to the
+        model's window. `sample_rate`: the waveform's rate when it is another (resampled with soxr,
+        as `controlfoley.audio.io.load_audio` does); leaving it out means the model's rate."""
         if not isinstance(wav, torch.Tensor) or wav.ndim != 2 or not wav.is_floating_point():
             got = f"a {wav.ndim}-D {wav.dtype} tensor of shape {list(wav.shape)}" if isinstance(wav, torch.Tensor) else type(wav).__name__
-            raise ShapeError(f"encode_audio takes float waveforms [batch, samples] at {self.sample_rate} Hz, got {got}; for one clip pass wav[None]")
+            hint = "for one clip pass wav[None]"
+            if isinstance(wav, torch.Tensor) and wav.ndim == 2 and wav.shape[1] <= 2 < wav.shape[0]:
+                hint = "this looks like [samples, channels] (soundfile's layout): pass wav.T for channels as the batch, or wav.mean(-1)[None] for mono"
+            raise ShapeError(f"encode_audio takes float waveforms [batch, samples] at {self.sample_rate} Hz, got {got}; {hint}")
+        if wav.ndim == 2 and wav.shape[1] <= 2 < wav.shape[0]:
+            raise ShapeError(
+                f"encode_audio takes [batch, samples], got {list(wav.shape)}: this looks like [samples, channels] (soundfile's "
+                "layout); pass wav.T for channels as the batch, or wav.mean(-1)[None] for mono"
+            )
+        if sample_rate is not None:
+            if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate < 1:
+                raise ConfigError(f"sample_rate must be a positive int (Hz), got {sample_rate!r}")
+            if int(sample_rate) != self.sample_rate:
+                import librosa
+
+                y = librosa.resample(wav.detach().cpu().float().numpy(), orig_sr=int(sample_rate), target_sr=self.sample_rate, res_type="soxr_hq", axis=-1)
+                wav = torch.from_numpy(y).to(wav.device, wav.dtype)
+        peak = float(wav.abs().max()) if wav.numel() else 0.0
+        if peak > 2.0:  # a little over 1 is real audio (inter-sample peaks); 32767 is int16 scale
+            log.warning(
+                "encode_audio: the waveform peaks at %.4g; it should lie in [-1, 1] (float audio). Integer PCM scale? divide by 32768%s",
+                peak, "" if sample_rate is not None else f"; and give sample_rate= when it is not {self.sample_rate} Hz",
+            )
         mel = self.mel(wav)
         n = self.config.n_frames
         mel = mel[..., :n] if mel.shape[-1] >= n else F.pad(mel, (0, n - mel.shape[-1]), value=-1.0)
@@ -479,6 +537,7 @@ class SpecMaskFoley(nn.Module):
         """Mel windows [b, n_mels, n_frames] -> tokens [b, F, T] through the tokenizer, checked: a
         tokenizer whose codes are not [b, F, T] of this model's grid, integers in its codebook, fails
         here naming it (not later as data "extracted for another preset")."""
+        _require_tensor(mel, "mel", f"[batch, {int(self.mel.n_mels)}, frames] normalised mel")
         codes = self.tokenizer.encode(mel.to(param_dtype(self.tokenizer, mel.dtype)))  # a bf16 / fp16 model's own dtype
         want = (mel.shape[0], *self.grid)
         name = self.config.tokenizer.name
@@ -600,21 +659,41 @@ def checked_guidance_every(value: Any, rule: GuidanceRule | None = None) -> int:
     return value
 
 
-def _check_inputs(cfg_scale: Any, known_mask: Tensor | None) -> None:
-    """A non-finite CFG scale or a non-bool inpainting mask fails here, named (the sampler checks
+def _check_inputs(cfg_scale: Any, known_codes: Any, known_mask: Any) -> None:
+    """A non-finite CFG scale or bad inpainting inputs fail here, named (the sampler checks
     steps and temperature: MaskGITSampler.settings; `checked_guidance_every` guidance_every)."""
     if cfg_scale is not None and (isinstance(cfg_scale, bool) or not isinstance(cfg_scale, numbers.Real) or not math.isfinite(cfg_scale)):
         raise ConfigError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
+    for name, t in (("known_codes", known_codes), ("known_mask", known_mask)):
+        if t is not None and not isinstance(t, Tensor):
+            raise ShapeError(f"{name} must be a torch.Tensor [batch, F, T], got {type(t).__name__} (torch.as_tensor(...) converts arrays)")
+    for name, t in (("known_codes", known_codes), ("known_mask", known_mask)):
+        if t is not None and t.ndim != 3:
+            raise ShapeError(f"{name} must be a token map [batch, F, T], got {t.ndim}-D {list(t.shape)}" + (f"; for one map pass {name}[None]" if t.ndim == 2 else ""))
     if known_mask is not None and known_mask.dtype != torch.bool:
         raise ShapeError(f"known_mask must be a bool tensor (True where a token is kept), got {known_mask.dtype}; pass known_mask.bool()")
+    if known_codes is not None and (known_codes.is_floating_point() or known_codes.dtype == torch.bool):
+        raise ShapeError(f"known_codes must be integer token ids, got {known_codes.dtype}; token maps come from generate / encode_audio")
+    if (known_codes is None) != (known_mask is None):
+        given, missing = ("known_mask", "known_codes") if known_codes is None else ("known_codes", "known_mask")
+        raise ShapeError(f"{given} given without {missing}: inpainting takes both, the tokens (known_codes) and where they are kept (known_mask)")
+
+
+def _require_tensor(x: Any, what: str, shape: str) -> None:
+    if not isinstance(x, Tensor):
+        raise ShapeError(f"{what} must be a torch.Tensor {shape}, got {type(x).__name__} (torch.as_tensor(...) converts arrays)")
 
 
 def _batch_of(control: Tensor | None, text: Tensor | None, known: Tensor | None, batch_size: int | None, negative: Tensor | None = None) -> int:
     sizes = {t.shape[0] for t in (control, text, known, negative) if t is not None}
     if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
         sizes.add(int(batch_size))
     if len(sizes) > 1:
-        raise ShapeError(f"batch sizes of features, text, negative text, known codes and batch_size disagree: {sorted(sizes)}")
+        named = ", ".join(f"{n} {t.shape[0]}" for n, t in (("features", control), ("text", text), ("known codes", known), ("negative text", negative)) if t is not None)
+        given = named + (f", batch_size {batch_size}" if batch_size is not None else "")
+        raise ShapeError(f"batch sizes disagree ({given}): every input needs the same batch")
     if not sizes:
         raise ShapeError("nothing to condition on: pass features, text, known codes or batch_size")
     return sizes.pop()

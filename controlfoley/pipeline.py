@@ -52,7 +52,7 @@ from torch import nn
 
 from controlfoley.config import ConfigError
 from controlfoley.data.extractors import ExtractorSpec, build_extractor
-from controlfoley.errors import RandomWeightsWarning, ShapeError
+from controlfoley.errors import MediaError, RandomWeightsWarning, ShapeError
 from controlfoley.guidance import GuidanceRule
 from controlfoley.model import checked_guidance_every, run_vocoder
 from controlfoley.typing import Float, Int, Tensor
@@ -61,9 +61,9 @@ from controlfoley.pipeline_parts import (
     build_vocoder,
     check_extractor_widths,
     checked_seed,
+    choose_extractors,
     default_extractors,
     prompt_text,
-    recorded_text_encoder,
     require_control,
     require_trained,
 )
@@ -154,9 +154,9 @@ class FoleyPipeline:
     def __init__(
         self,
         model: nn.Module,
-        extractors: Mapping[str, Any],
+        extractors: Mapping[str, Any] | None = None,
         text_encoder: Any | None = None,
-        vocoder: nn.Module | None = None,
+        vocoder: str | Mapping[str, Any] | nn.Module | None = None,
         *,
         overlap: float = 0.25,
         join: str = "crossfade",
@@ -172,8 +172,13 @@ class FoleyPipeline:
           `required_features`, e.g. "sync" and "clip"), each given as an EXTRACTORS name
           ("synthetic_sync"), a (name, kwargs) pair (("clip_openclip", {"weights": FILE})) or a
           built extractor object (with `fps` and a forward on frames, or `features_for(path)`).
-        - `text_encoder`: the CLAP-role prompt encoder, in the same three forms; None takes no prompt.
-        - `vocoder`: a module replacing the model's own vocoder (None: `model.vocoder`).
+          None: the model's defaults, as `from_pretrained` chooses them (the extractors its
+          checkpoint records, else the synthetic world's for the synthetic and tiny presets), and
+          then its default text encoder too unless `text_encoder` is given.
+        - `text_encoder`: the CLAP-role prompt encoder, in the same three forms; None takes no
+          prompt (when `extractors` is given).
+        - `vocoder`: replacing the model's own vocoder (None: `model.vocoder`): a module, a
+          VOCODERS name or {"name": ..., **kwargs}, as in `from_pretrained`.
         - `overlap`: fraction of a window in [0, 1) that consecutive windows of a long video share
           (the later window continues the earlier one's tokens there).
         - `join`: "crossfade" (decode each window alone, crossfade the mels over the shared columns)
@@ -192,6 +197,9 @@ class FoleyPipeline:
         Bad values raise ConfigError naming the argument.
         """
         require_control(model)
+        if extractors is None:
+            extractors, default_text = choose_extractors(model, {}, getattr(model, "loaded_from", None) or model.config.name)
+            text_encoder = default_text if text_encoder is None else text_encoder
         if getattr(model, "trained_parts", None) is not None and not {"backbone", "controlnet"} <= model.trained_parts and getattr(model, "loaded_from", None) is None:
             warnings.warn(
                 f"FoleyPipeline: model {model.config.name!r} was built (build_model), not loaded, and its backbone / ControlNet "
@@ -201,8 +209,17 @@ class FoleyPipeline:
                 stacklevel=2,
             )
         need = set(model.control_encoder.required_features)
+        if not isinstance(extractors, Mapping):
+            raise ConfigError(f"extractors is a dict {{feature key: extractor}} for {sorted(need)}, got {type(extractors).__name__}")
         if set(extractors) != need:
             raise ConfigError(f"extractors must cover exactly the model's video features {sorted(need)}, got {sorted(extractors)}")
+        if isinstance(frame_size, bool) or not isinstance(frame_size, int) or frame_size < 1:
+            raise ConfigError(f"frame_size is the side of the decoded square frames in pixels, an int >= 1; got {frame_size!r}")
+        for key, n in (feature_frames or {}).items():
+            if key not in need:
+                raise ConfigError(f"feature_frames names {key!r}, not a video feature of this model ({sorted(need)})")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ConfigError(f"feature_frames[{key!r}] is a number of feature rows per window, an int >= 1; got {n!r}")
         if not 0.0 <= overlap < 1.0:
             raise ConfigError(f"overlap is a fraction of the window in [0, 1), got {overlap}")
         if join not in JOINS:
@@ -218,6 +235,7 @@ class FoleyPipeline:
         if precision == "bf16-weights":  # after every check: a refused pipeline leaves the model as it was
             sampling_parts_to_bf16(model)
         self.model = model.eval()
+        vocoder = build_vocoder(vocoder, model)
         self.vocoder = vocoder if vocoder is not None else model.vocoder
         self.overlap, self.join, self.frame_size = float(overlap), join, int(frame_size)
         self.feature_frames = dict(feature_frames or {})
@@ -241,7 +259,7 @@ class FoleyPipeline:
     @classmethod
     def from_pretrained(
         cls,
-        path_or_preset: str | os.PathLike[str],
+        path_or_preset: str | os.PathLike[str] | nn.Module,
         *,
         extractors: Mapping[str, ExtractorSpec] | None = None,
         text_encoder: ExtractorSpec | None = None,
@@ -249,34 +267,23 @@ class FoleyPipeline:
         map_location: str | torch.device = "cpu",
         **kwargs: Any,
     ) -> "FoleyPipeline":
-        """Load a model (checkpoint or preset that ships weights) with its default extractors.
+        """Load a model (checkpoint or preset that ships weights) with its default extractors; a model
+        already in memory (a fine-tuned one, say) is taken as it is.
 
         `extractors` replaces defaults by key; `vocoder` is a VOCODERS name, {"name": ..., **kwargs}
         or a module (default: the model's own); naming the model's own vocoder keeps its config kwargs
         and changes only the given ones. `map_location`: any torch device ("cpu:0" included)."""
         from controlfoley.model import from_pretrained
 
-        model = from_pretrained(path_or_preset, map_location=map_location)  # it maps "cpu:0" to safetensors' "cpu"
-        require_control(model)
-        require_trained(model, path_or_preset)
-        given = dict(extractors or {})
-        try:
-            defaults, default_text = default_extractors(model, given=set(given))
-        except ConfigError:
-            if set(given) != set(model.control_encoder.required_features):
-                raise
-            defaults, default_text = {}, recorded_text_encoder(model)
-        recorded = getattr(model, "feature_record", None) or {}
-        stand_ins = sorted(k for k in set(defaults) - set(given) if k not in recorded)
-        stand_ins += ["text"] if text_encoder is None and default_text is not None and "clap" not in recorded else []
-        if stand_ins and "synthetic" not in model.config.name:  # chosen by the name: say so, a real-data model would get noise
-            log.warning(
-                "%s: no extractor given for %s, so the synthetic world's stand-ins are used (what this repository's tiny models "
-                "are trained on). A model trained on real video features needs those extractors: --extractor KEY=NAME,... / "
-                "FoleyPipeline.from_pretrained(..., extractors={...}, text_encoder=...)",
-                path_or_preset, ", ".join(stand_ins),
-            )
-        return cls(model, {**defaults, **given}, text_encoder or default_text, build_vocoder(vocoder, model), **kwargs)
+        if isinstance(path_or_preset, nn.Module):
+            model, source = path_or_preset, getattr(path_or_preset, "loaded_from", None) or getattr(getattr(path_or_preset, "config", None), "name", "model")
+            require_control(model)
+        else:
+            model, source = from_pretrained(path_or_preset, map_location=map_location), path_or_preset  # it maps "cpu:0" to safetensors' "cpu"
+            require_control(model)
+            require_trained(model, path_or_preset)
+        chosen, default_text = choose_extractors(model, dict(extractors or {}), source, text_encoder is not None)
+        return cls(model, chosen, text_encoder or default_text, vocoder, **kwargs)
 
     # -- one video --------------------------------------------------------------------------------
     def __call__(
@@ -328,6 +335,12 @@ class FoleyPipeline:
         video_path = Path(video_path)
         frame_exts = {k: e for k, e in self.extractors.items() if not hasattr(e, "features_for")}
         frames, duration = self._decode(video_path, frame_exts) if frame_exts else ({}, probe(video_path).duration_s)
+        col_s = self.col_samples / self.model.sample_rate
+        if duration < col_s:  # a still image (one frame, 0.04 s) decodes as a "video": say so rather than make 0.04 s of foley
+            raise MediaError(
+                f"{video_path}: lasts {duration:.3f} s, less than one token column ({col_s:.3f} s) of audio; "
+                "a still image or a one-frame video? foley needs a moving picture"
+            )
         plan = self.plan(duration)
         streams = {}
         for key, ext in self.extractors.items():

@@ -10,6 +10,7 @@
 - `prompt_text` / `checked_seed`: prompts as one comma-separated string; seeds checked or drawn.
 """
 
+import logging
 import numbers
 import os
 import secrets
@@ -22,13 +23,18 @@ from controlfoley.config import ConfigError
 from controlfoley.control.encoders import check_widths, feature_dims
 from controlfoley.data.extractors import PATH_ARGS, ExtractorSpec
 
-__all__ = ["default_extractors", "recorded_extractors", "recorded_text_encoder", "require_control", "require_trained", "check_extractor_widths", "build_vocoder", "prompt_text", "checked_seed"]
+log = logging.getLogger("controlfoley.pipeline")
+
+__all__ = ["choose_extractors", "default_extractors", "recorded_extractors", "recorded_text_encoder", "require_control", "require_trained", "check_extractor_widths", "build_vocoder", "prompt_text", "checked_seed"]
 
 Prompt = str | Sequence[str]  # "bell, thud" or ["bell", "thud"]
 
 
-def require_control(model: nn.Module) -> None:
+def require_control(model: Any) -> None:  # a validator: it takes anything
     """A backbone-only model (no ControlNet, no control encoder) cannot follow a video."""
+    if not isinstance(model, nn.Module) or not hasattr(model, "has_control"):
+        hint = f"FoleyPipeline.from_pretrained({model!r})" if isinstance(model, (str, os.PathLike)) else "FoleyPipeline.from_pretrained(PATH)"
+        raise ConfigError(f"FoleyPipeline takes a SpecMaskFoley model, got {type(model).__name__}; to load one by name or path use {hint}")
     if not model.has_control:
         raise ConfigError(
             f"model {model.config.name!r} has no ControlNet/control encoder (a backbone-only checkpoint, e.g. a "
@@ -126,6 +132,32 @@ def default_extractors(model: nn.Module, given: Collection[str] = ()) -> tuple[d
     roles = {"sync": "synthetic_sync", "clip": "synthetic_clip"}
     extractors = {k: (roles[k], {"dim": dims[k]} if k in dims else {}) for k in model.control_encoder.required_features if k in roles}
     return {**extractors, **recorded}, recorded_text or ("synthetic_clap", {"dim": int(model.backbone.cond_dim)})
+
+
+def choose_extractors(
+    model: nn.Module, given: Mapping[str, ExtractorSpec], source: object, text_given: bool = False
+) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:
+    """(extractors, default text encoder) for a pipeline around `model`: `given` by key, the rest
+    the model's defaults (`default_extractors`). Synthetic stand-ins chosen for a model that is not
+    a synthetic one are warned about (a model trained on real video features would get noise);
+    `source` names the model in that warning, `text_given` says the caller has its own text encoder."""
+    try:
+        defaults, default_text = default_extractors(model, given=set(given))
+    except ConfigError:
+        if set(given) != set(model.control_encoder.required_features):
+            raise
+        defaults, default_text = {}, recorded_text_encoder(model)
+    recorded = getattr(model, "feature_record", None) or {}
+    stand_ins = sorted(k for k in set(defaults) - set(given) if k not in recorded)
+    stand_ins += ["text"] if not text_given and default_text is not None and "clap" not in recorded else []
+    if stand_ins and "synthetic" not in model.config.name:  # chosen by the name: say so, a real-data model would get noise
+        log.warning(
+            "%s: no extractor given for %s, so the synthetic world's stand-ins are used (what this repository's tiny models "
+            "are trained on). A model trained on real video features needs those extractors: --extractor KEY=NAME,... / "
+            "FoleyPipeline.from_pretrained(..., extractors={...}, text_encoder=...)",
+            source, ", ".join(stand_ins),
+        )
+    return {**defaults, **given}, default_text
 
 
 def checked_seed(seed: Any) -> int:

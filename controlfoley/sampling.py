@@ -230,8 +230,13 @@ class MaskGITSampler:
             if known_codes is not None:
                 raise ShapeError("known_codes given without known_mask: say which tokens are known")
             return codes, mask
-        if known_codes is None or known_codes.shape != (batch, n_tokens) or known_mask.shape != (batch, n_tokens):
-            raise ShapeError(f"known_codes and known_mask must both be [{batch}, {n_tokens}]")
+        if known_codes is None:
+            raise ShapeError("known_mask given without known_codes: pass the tokens to keep as known_codes")
+        if known_codes.shape != (batch, n_tokens) or known_mask.shape != (batch, n_tokens):
+            raise ShapeError(
+                f"known_codes and known_mask must both be [{batch}, {n_tokens}] (flat token sequences), "
+                f"got {list(known_codes.shape)} and {list(known_mask.shape)}"
+            )
         known = known_codes[known_mask]
         if known.numel() and (known.min() < 0 or known.max() >= vocab_size):
             raise ShapeError(f"known token ids must be in [0, {vocab_size}), got range [{known.min()}, {known.max()}]")

@@ -1,5 +1,6 @@
 """The composite model: paper shapes, zero-init equivalence, ControlNet training, save/load, bad input."""
 
+import functools
 import os
 
 import pytest
@@ -799,3 +800,94 @@ def test_predrawn_noise_with_one_generator_per_row_equals_drawing_as_it_goes() -
 
 def _uniform_rows(shape, gens) -> torch.Tensor:
     return torch.stack([torch.rand(shape[1:], generator=g) for g in gens])
+
+
+def test_wrong_inputs_to_generate_loss_and_audio_calls_are_named(micro_model, caplog) -> None:
+    """Inputs users get wrong, each refused with what to do (past the suite's runtime type checks,
+    which would otherwise answer first): found by an audit of the public API."""
+    import inspect
+    import logging
+
+    import numpy as np
+
+    m = micro_model
+    unwrap = lambda name: functools.partial(inspect.unwrap(getattr(type(m), name)), m)  # noqa: E731
+    generate, loss, decode, vocode, encode_audio = (unwrap(n) for n in ("generate", "loss", "decode", "vocode", "encode_audio"))
+    x = micro_inputs(m, b=2)
+    f, t, codes = x["features"], x["text"], x["codes"]
+    with pytest.raises(ShapeError, match=r"text holds NaN or inf values \(rows \[1\]\)"):
+        generate(f, torch.cat([t[:1], torch.full_like(t[:1], float("nan"))]), steps=2)
+    with pytest.raises(ShapeError, match=r"known_codes must be integer token ids, got torch.float32"):
+        generate(f, t, steps=2, known_codes=codes.float(), known_mask=torch.ones_like(codes, dtype=torch.bool))
+    with pytest.raises(ShapeError, match=r"known_mask given without known_codes"):
+        generate(f, t, steps=2, known_mask=torch.ones_like(codes, dtype=torch.bool))
+    with pytest.raises(ShapeError, match=r"known_codes must be a torch.Tensor .*torch.as_tensor"):
+        generate(f, t, steps=2, known_codes=codes.numpy(), known_mask=torch.ones_like(codes, dtype=torch.bool))
+    with pytest.raises(ShapeError, match=r"known_codes must be a token map \[batch, F, T\], got 2-D .*known_codes\[None\]"):
+        generate(f, t, steps=2, known_codes=codes[0], known_mask=torch.ones_like(codes[0], dtype=torch.bool))
+    with pytest.raises(ConfigError, match=r"batch_size must be an int >= 1, got -1"):
+        generate(batch_size=-1, guidance="none", steps=2)
+    with pytest.raises(ShapeError, match=r"batch sizes disagree \(features 2, text 1\)"):
+        generate(f, t[:1], steps=2)
+    # loss
+    with pytest.raises(ShapeError, match=r"loss takes the token map, not a batch dict: loss\(batch\['tokens'\]"):
+        loss({"tokens": codes})
+    with pytest.raises(ShapeError, match=r"codes must be integer token ids, got torch.float32"):
+        loss(codes.float(), features=f)
+    with pytest.raises(ShapeError, match=r"batch sizes disagree \(features 2, text 1, known codes 2\)"):
+        loss(codes, features=f, cond=t[:1])
+    with pytest.raises(ConfigError, match=r"uncond_prob .* in \[0, 1\]; got 1.5"):
+        loss(codes, features=f, cond=t, uncond_prob=1.5)
+    with pytest.raises(ConfigError, match=r"generator must be a torch.Generator or None, got int"):
+        loss(codes, features=f, generator=0)
+    with caplog.at_level(logging.WARNING, logger="controlfoley.model"):
+        loss(codes, cond=t)
+    assert "no features given, so the ControlNet gets no video" in caplog.text
+    # decode / vocode / encode_audio
+    with pytest.raises(ShapeError, match=r"codes must be a torch.Tensor .*torch.as_tensor"):
+        decode(codes.numpy())
+    mel = decode(codes)
+    with pytest.raises(ShapeError, match=r"mel holds NaN or inf values"):
+        vocode(torch.full_like(mel, float("nan")))
+    with pytest.raises(ShapeError, match=r"mel has 0 frames"):
+        vocode(mel[..., :0])
+    with pytest.raises(ShapeError, match=r"mel must be a float tensor"):
+        vocode(mel.long())
+    wav = 0.1 * torch.randn(m.n_samples, 2)
+    with pytest.raises(ShapeError, match=r"looks like \[samples, channels\].*wav.T"):
+        encode_audio(wav)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="controlfoley.model"):
+        encode_audio(wav.T[:1] * 32767)
+    assert "the waveform peaks at 1.4" in caplog.text and "divide by 32768" in caplog.text
+
+
+def test_encode_audio_resamples_a_waveform_at_another_rate(micro_model) -> None:
+    """encode_audio(wav, sample_rate=48000) gives the tokens of the same sound at the model's rate."""
+    import math
+
+    m = micro_model
+    sr = m.sample_rate
+    n = m.n_samples
+    t = torch.arange(n, dtype=torch.float32) / sr
+    tone = 0.3 * torch.sin(2 * math.pi * 440.0 * t) * (t < t[-1] / 2)
+    t48 = torch.arange(round(n * 48000 / sr), dtype=torch.float32) / 48000
+    tone48 = 0.3 * torch.sin(2 * math.pi * 440.0 * t48) * (t48 < t[-1] / 2)
+    native = m.encode_audio(tone[None])
+    resampled = m.encode_audio(tone48[None], sample_rate=48000)
+    wrong = m.encode_audio(tone48[None])  # read as if at the model's rate: another sound
+    same = (resampled == native).float().mean().item()
+    assert same > 0.8, same
+    assert (wrong == native).float().mean().item() < same
+    with pytest.raises(ConfigError, match="sample_rate must be a positive int"):
+        m.encode_audio(tone[None], sample_rate=0)
+
+
+def test_a_guidance_rule_with_a_nan_scale_is_refused() -> None:
+    from controlfoley import GUIDANCE
+
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="a guidance rule's scale must be a finite number"):
+            GUIDANCE.build("multi", scale=bad)
+    with pytest.raises(ConfigError, match="a guidance rule's scale must be a finite number"):
+        build_model("specmaskfoley_tiny", guidance={"scale": float("nan")})

@@ -1283,3 +1283,43 @@ def test_a_name_taken_by_another_run_since_planning_is_not_written_over(tmp_path
     record = read_manifest(out)
     assert record["clip"]["source"] == str(a.resolve()) and record["clip-2"]["source"] == str(b.resolve()) and record["clip-2"]["pending"]
     assert claim_outputs(out, b, plan_b)[1].name == "clip-2.mp4"  # claimed again (a retry): its own reservation
+
+
+def test_a_pipeline_around_a_model_in_memory_takes_its_defaults_and_vocoder_names(media: dict[str, Path]) -> None:
+    """FoleyPipeline(model) (after fine-tuning, say) chooses the extractors and text encoder
+    from_pretrained would; vocoder= takes a name as from_pretrained does; from_pretrained(model)
+    wraps the model as it is. Before, FoleyPipeline(model) needed extractors, a vocoder name was
+    accepted and failed at every video, and from_pretrained(model) was a TypeError."""
+    m = micro_model()
+    extractors, text = default_extractors(m)
+    p = FoleyPipeline(m)
+    assert set(p.extractors) == set(extractors) and type(p.text_encoder).__name__ == type(_pipeline(m).text_encoder).__name__
+    assert p.text_encoder is not None
+    assert FoleyPipeline(m, extractors).text_encoder is None  # given extractors and no text encoder: no prompt, as before
+    named = FoleyPipeline(m, vocoder="griffinlim")
+    assert type(named.vocoder).__name__ == "GriffinLimVocoder" and named.vocoder is not m.vocoder
+    assert named(media["tiny"], seed=1).wav.shape[-1] == round(2.0 * SR)
+    wrapped = FoleyPipeline.from_pretrained(m)
+    assert wrapped.model is m
+    assert torch.equal(wrapped(media["tiny"], seed=2).codes, _pipeline(m)(media["tiny"], seed=2).codes)
+
+
+def test_pipeline_arguments_are_checked_when_it_is_made() -> None:
+    m = micro_model()
+    with pytest.raises(ConfigError, match=r"FoleyPipeline takes a SpecMaskFoley model, got str; .*FoleyPipeline.from_pretrained\('specmaskfoley_synthetic'\)"):
+        # past the suite's runtime type checks, to the library's own message that users meet
+        inspect.unwrap(FoleyPipeline.__init__)(FoleyPipeline.__new__(FoleyPipeline), "specmaskfoley_synthetic")
+    with pytest.raises(ConfigError, match=r"frame_size is the side .* got 0"):
+        _pipeline(m, frame_size=0)
+    with pytest.raises(ConfigError, match=r"feature_frames\['sync'\] is a number of feature rows .* got -3"):
+        _pipeline(m, feature_frames={"sync": -3})
+    with pytest.raises(ConfigError, match=r"feature_frames names 'synk', not a video feature"):
+        _pipeline(m, feature_frames={"synk": 10})
+
+
+def test_a_still_image_is_refused_not_given_a_blip_of_foley(pipe: FoleyPipeline, tmp_path: Path) -> None:
+    """A one-frame video (a still image, or a PNG renamed .mp4) decodes as 0.04 s: less than one
+    token column. It used to get 0.04 s of foley and an "ok"."""
+    still = write_frames(tmp_path / "still.mp4", np.zeros((1, 32, 32, 3), np.uint8), [0], Fraction(1, 25), Fraction(25))
+    with pytest.raises(MediaError, match=r"less than one token column .* a still image or a one-frame video"):
+        pipe(still)

@@ -19,7 +19,7 @@ import logging
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +333,7 @@ class SpecMaskFoley(nn.Module):
         onednn: bool | None = None,
         cuda_graph: bool = False,
         guidance_every: int = 1,
+        callback: Callable[[int, int, Tensor, Tensor], None] | None = None,
     ) -> Int[Tensor, "b f t"]:
         """Sample token maps with MaskGIT; returns an int64 token map [b, F, T] (`model.grid`), which
         `decode` turns into a normalised mel and `vocode` into a waveform.
@@ -358,6 +359,9 @@ class SpecMaskFoley(nn.Module):
           samples unguided, and a negative scale steers away from the conditions (allowed: a research knob).
         - `steps`: MaskGIT steps (default `config.sampler.steps`, 12).
         - `temperature`: Gumbel choice temperature, annealed to 0 (default `config.sampler.temperature`, 9.0).
+        - `callback(step, n_steps, codes, mask)`: called after each step with the token maps so far
+          (`codes` [b, F, T]) and `mask` ([b, F, T], True where a token is still to be sampled), to
+          watch or log decoding; not with `cuda_graph` (the loop is one captured graph).
         - `generator`: a torch.Generator on the model's device, for repeatable samples; or a list of
           them, one per row: row i then draws only from generator i and is the sample it gives at
           batch 1 (the same tokens up to the rounding of batched matrix products), as diffusers'
@@ -387,6 +391,10 @@ class SpecMaskFoley(nn.Module):
         benchmarks/RESULTS.md (`benchmarks/sampler_quality.py`)."""
         rule = self.resolve_guidance(guidance)
         self.sampler.settings(steps, temperature)  # bad settings fail now, before any work
+        if callback is not None and not callable(callback):
+            raise ConfigError(f"callback must be a function (step, n_steps, codes, mask), got {type(callback).__name__}")
+        if callback is not None and cuda_graph:
+            raise ConfigError("callback cannot run inside a captured CUDA graph: drop cuda_graph=True to watch the steps")
         check_generators(generator, None, self.device)  # the kind now; a list's length once the batch is known
         _check_inputs(cfg_scale, known_codes, known_mask)
         guidance_every = checked_guidance_every(guidance_every, rule)  # a plain int from here (numpy ints too)
@@ -439,6 +447,7 @@ class SpecMaskFoley(nn.Module):
                 generator=generator,
                 steps=steps,
                 temperature=temperature,
+                callback=None if callback is None else (lambda k, n, c, m: callback(k, n, c.view(b, *self.grid), m.view(b, *self.grid))),
             )
         return flat.view(b, *self.grid)
 

@@ -148,6 +148,18 @@ class FoleyResult:
         return out
 
 
+def _progress_bar(progress: bool | None, total: int) -> Any:
+    """A tqdm bar over `total` sampling steps, or None when it would not show (progress False, or
+    None off a terminal)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="sampling", unit="step", disable=None if progress is None else not progress, leave=False, dynamic_ncols=True)
+    if bar.disable:
+        bar.close()
+        return None
+    return bar
+
+
 class FoleyPipeline:
     """Video file -> foley waveform with a trained SpecMaskFoley model (see the module docstring)."""
 
@@ -164,6 +176,7 @@ class FoleyPipeline:
         feature_frames: Mapping[str, int] | None = None,
         precision: str = "auto",
         cuda_graph: bool = False,
+        progress: bool | None = None,
     ) -> None:
         """A pipeline around `model`, a SpecMaskFoley with video control (`from_pretrained` picks the
         extractors a checkpoint was trained with; use this to choose them yourself).
@@ -194,6 +207,8 @@ class FoleyPipeline:
         - `cuda_graph`: (CUDA) sample each window through a captured whole-loop CUDA graph
           (`generate(cuda_graph=True)`): the first window captures it, every later window of this
           and later videos replays it; 3-5x faster token sampling per window on an H200.
+        - `progress`: a progress bar over the sampling steps of all windows (tqdm, on stderr):
+          True, False, or None (default) for "on a terminal only"; `pipe.progress` can be changed.
         Bad values raise ConfigError naming the argument.
         """
         require_control(model)
@@ -228,7 +243,9 @@ class FoleyPipeline:
             raise ConfigError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         if cuda_graph and model.device.type != "cuda":
             raise ConfigError(f"cuda_graph=True needs the model on a CUDA device; it is on {model.device}. Drop cuda_graph or load with map_location='cuda'")
-        self.precision, self.cuda_graph = precision, bool(cuda_graph)
+        if progress is not None and not isinstance(progress, bool):
+            raise ConfigError(f"progress is True, False or None (a terminal only), got {progress!r}")
+        self.precision, self.cuda_graph, self.progress = precision, bool(cuda_graph), progress
         self.extractors = {k: build_extractor(v) for k, v in extractors.items()}
         self.text_encoder = None if text_encoder is None else build_extractor(text_encoder)
         check_extractor_widths(model, self.extractors, self.text_encoder)
@@ -455,6 +472,9 @@ class FoleyPipeline:
         codes = torch.zeros(n_f, plan.total_cols, dtype=torch.long, device=dev)
         generator = torch.Generator(device=dev).manual_seed(int(seed))
         use_video = (rule or model.guidance).needs_video  # a rule without video (cfg_text): features not passed, not warned about per window
+        n_steps = model.sampler.settings(steps, temperature)[0]
+        bar = _progress_bar(self.progress, len(plan.windows) * n_steps)
+        on_step = None if self.cuda_graph or bar is None else (lambda k, n, c, m: bar.update(1))
         for w in plan.windows:
             feats = {}
             for key, x in streams.items() if use_video else ():
@@ -467,9 +487,13 @@ class FoleyPipeline:
                 known = {"known_codes": codes[None, :, w.start_col : w.start_col + t].clone(), "known_mask": mask}
             out = model.generate(
                 feats or None, text, negative_text=negative, batch_size=1, steps=steps, cfg_scale=cfg_scale, temperature=temperature, guidance=rule, generator=generator,
-                dtype=PRECISIONS[self.precision], cuda_graph=self.cuda_graph, guidance_every=guidance_every, **known,
+                dtype=PRECISIONS[self.precision], cuda_graph=self.cuda_graph, guidance_every=guidance_every, callback=on_step, **known,
             )  # fmt: skip
             codes[:, w.start_col : w.start_col + t] = out[0]
+            if bar is not None:  # a window that stopped early (nothing left masked), or one sampled as a captured graph
+                bar.update((w.index + 1) * n_steps - bar.n)
+        if bar is not None:
+            bar.close()
         return codes
 
     def decode(self, codes: Int[Tensor, "f c"], plan: WindowPlan) -> Float[Tensor, "m n"]:

@@ -30,12 +30,14 @@ import torch
 from controlfoley.errors import ConfigError, ShapeError
 from controlfoley.typing import Bool, Float, Int, Tensor
 
-__all__ = ["MaskGITSampler", "mask_ratio", "masked_count", "LogitsFn", "PredrawnUniforms", "Uniforms", "Generators", "check_generators"]
+__all__ = ["MaskGITSampler", "mask_ratio", "masked_count", "LogitsFn", "PredrawnUniforms", "Uniforms", "Generators", "StepCallback", "check_generators"]
 
 # logits_fn(codes [b, l], mask [b, l], step, n_steps) -> guided logits [b, l, v]
 LogitsFn = Callable[[Tensor, Tensor, int, int], Tensor]
 # uniforms(shape) -> float32 uniform [0, 1) draws of that shape (the sampler's only randomness)
 Uniforms = Callable[[torch.Size], Tensor]
+# callback(step, n_steps, codes [b, l], mask [b, l]) after each step run: the tokens so far, True where still masked
+StepCallback = Callable[[int, int, Tensor, Tensor], None]
 # the sampler's noise source: one generator for the whole batch, one per row, or the global one (None)
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
@@ -173,11 +175,12 @@ class MaskGITSampler:
         generator: Generators = None,
         steps: int | None = None,
         temperature: float | None = None,
+        callback: StepCallback | None = None,
     ) -> Int[Tensor, "b l"]:
         steps, temperature = self.settings(steps, temperature)
         device = torch.device(device)
         codes, mask = self.initial(batch, n_tokens, vocab_size, device, known_codes, known_mask)
-        return self.loop(logits_fn, codes, mask, steps=steps, temperature=temperature, generator=generator)
+        return self.loop(logits_fn, codes, mask, steps=steps, temperature=temperature, generator=generator, callback=callback)
 
     def settings(self, steps: Any, temperature: Any) -> tuple[int, float]:  # a validator: it takes anything
         """(steps, temperature) with the sampler's own values for None, checked: steps an int >= 1,
@@ -200,9 +203,11 @@ class MaskGITSampler:
         temperature: float,
         generator: Generators = None,
         uniforms: Uniforms | None = None,
+        callback: StepCallback | None = None,
     ) -> Int[Tensor, "b l"]:
         """The decoding loop from a start (`initial`); noise from `generator`, or from `uniforms`
-        (e.g. `PredrawnUniforms`). Leaves `codes` and `mask` unchanged."""
+        (e.g. `PredrawnUniforms`). Leaves `codes` and `mask` unchanged. `callback(k, steps, codes,
+        mask)` runs after each step (not after the steps skipped once nothing is masked)."""
         n_unknown = mask.sum(dim=1)
         # On CUDA the loop never reads the device (CUDA-graph and stream friendly): a step with
         # nothing masked leaves codes and mask unchanged, so running it instead of stopping is exact.
@@ -212,6 +217,8 @@ class MaskGITSampler:
                 break
             logits = logits_fn(codes, mask, k, steps)
             codes, mask = self.step(logits, codes, mask, n_unknown, k, steps, temperature, generator, uniforms)
+            if callback is not None:
+                callback(k, steps, codes, mask)
         return codes
 
     @staticmethod

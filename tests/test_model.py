@@ -891,3 +891,28 @@ def test_a_guidance_rule_with_a_nan_scale_is_refused() -> None:
             GUIDANCE.build("multi", scale=bad)
     with pytest.raises(ConfigError, match="a guidance rule's scale must be a finite number"):
         build_model("specmaskfoley_tiny", guidance={"scale": float("nan")})
+
+
+def test_a_step_callback_sees_each_step_s_tokens_and_mask(micro_model) -> None:
+    """generate(callback=fn): fn(step, n_steps, codes [b, F, T], mask [b, F, T]) after each step;
+    the mask shrinks to nothing and the last codes are the result."""
+    x = micro_inputs(micro_model, b=2)
+    seen = []
+    out = micro_model.generate(
+        x["features"], x["text"], steps=4, generator=torch.Generator().manual_seed(0),
+        callback=lambda k, n, c, m: seen.append((k, n, c.clone(), m.clone())),
+    )  # fmt: skip
+    assert [(k, n) for k, n, _, _ in seen] == [(0, 4), (1, 4), (2, 4), (3, 4)]
+    masked = [int(m.sum()) for _, _, _, m in seen]
+    assert all(c.shape == m.shape == (2, *micro_model.grid) for _, _, c, m in seen)
+    assert masked == sorted(masked, reverse=True) and masked[0] < 2 * micro_model.n_tokens and masked[-1] == 0
+    assert torch.equal(seen[-1][2], out)
+    plain = micro_model.generate(x["features"], x["text"], steps=4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plain, out)  # watching changes nothing
+    import inspect
+
+    generate = inspect.unwrap(type(micro_model).generate)  # past the suite's type checks, to the library's message
+    with pytest.raises(ConfigError, match="callback must be a function"):
+        generate(micro_model, x["features"], x["text"], steps=2, callback=3)
+    with pytest.raises(ConfigError, match="callback cannot run inside a captured CUDA graph"):
+        micro_model.generate(x["features"], x["text"], steps=2, callback=print, cuda_graph=True)

@@ -1323,3 +1323,16 @@ def test_a_still_image_is_refused_not_given_a_blip_of_foley(pipe: FoleyPipeline,
     still = write_frames(tmp_path / "still.mp4", np.zeros((1, 32, 32, 3), np.uint8), [0], Fraction(1, 25), Fraction(25))
     with pytest.raises(MediaError, match=r"less than one token column .* a still image or a one-frame video"):
         pipe(still)
+
+
+def test_a_progress_bar_counts_the_sampling_steps_of_every_window(media: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    m = micro_model()
+    _pipeline(m, progress=True)(media["long"], steps=3)
+    err = capsys.readouterr().err
+    n = len(_pipeline(m).plan(14.0).windows)
+    assert n > 1 and f"/{3 * n} " in err and "sampling" in err, err[-300:]  # a bar over every window's steps
+    _pipeline(m, progress=False)(media["tiny"], steps=2)
+    assert "sampling" not in capsys.readouterr().err
+    extractors, text = default_extractors(m)
+    with pytest.raises(ConfigError, match="progress is True, False or None"):  # past the suite's type checks
+        inspect.unwrap(FoleyPipeline.__init__)(FoleyPipeline.__new__(FoleyPipeline), m, extractors, text, progress="yes")

@@ -165,6 +165,10 @@ def random_inputs(model: Any, batch: int, *, seed: int = 1) -> tuple[dict[str, A
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="controlfoley bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", default="specmaskfoley", metavar="PRESET_OR_CHECKPOINT", help="default: specmaskfoley (random weights)")
+    p.add_argument(
+        "--model", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="a build_model override of the model timed, as train takes it: backbone.depth=12, controlnet.n_blocks=6; repeatable",
+    )  # fmt: skip
     p.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes to time (default 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument(
@@ -243,7 +247,7 @@ def bench_main(argv: Sequence[str]) -> int:
         device = _device(args.device)
         if args.cuda_graph and device.type != "cuda":
             raise ConfigError("--cuda-graph needs a CUDA device (--device cuda)")
-        model, label = _load(args.model, args.precision, device)
+        model, label = _load(args.model, args.precision, device, args.overrides)
         guidance = _rule(model, args.guidance)
         # 1, with one warning, for a rule of one condition set: the label then says what runs
         args.guidance_every = checked_guidance_every(args.guidance_every, guidance)
@@ -262,14 +266,16 @@ def bench_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _load(spec: str, precision: str, device: Any) -> tuple[Any, str]:
+def _load(spec: str, precision: str, device: Any, overrides: list[str] | None = None) -> tuple[Any, str]:
     """The model on `device`; with bf16-weights its sampling parts in bf16, as the pipeline does; with
     fp8 those parts' block linears then swapped for static-scale fp8 ones (`quantize_fp8`)."""
     from controlfoley.cli import model_from_arg
     from controlfoley.pipeline import sampling_parts_to_bf16
     from controlfoley.quantize import quantize_fp8
 
-    model, label = model_from_arg(spec)
+    from controlfoley.config import parse_overrides
+
+    model, label = model_from_arg(spec, parse_overrides(overrides or []))
     model = model.eval().to(device)
     if precision in ("bf16-weights", "fp8"):
         sampling_parts_to_bf16(model)

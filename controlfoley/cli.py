@@ -26,9 +26,9 @@ import inspect
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from controlfoley.config import ModelConfig
@@ -54,26 +54,33 @@ def _fmt(n: int | float) -> str:
     return f"{n / 1e6:8.2f}M"
 
 
-def model_from_arg(preset_or_path: str) -> tuple[object, str]:
-    """(model, label): a registered preset built untrained (one that ships weights: with them), or a
-    checkpoint's own model (a .safetensors file, a checkpoint folder, or a training run folder: its
-    final model, else its latest checkpoint)."""
+def model_from_arg(preset_or_path: str, overrides: Mapping[str, Any] | None = None) -> tuple[object, str]:
+    """(model, label): a registered preset built untrained (one that ships weights: with them), a
+    .json model config built untrained, or a checkpoint's own model (a .safetensors file, a
+    checkpoint folder, or a training run folder: its final model, else its latest checkpoint).
+    `overrides`: `build_model` overrides (`parse_overrides` of `--model KEY=VALUE` flags); on
+    weights, as `from_pretrained(..., **overrides)` takes them (settings that fit the weights)."""
     from controlfoley import PRESETS, build_model
     from controlfoley.presets import PRETRAINED
 
+    overrides = dict(overrides or {})
+    shown = f" with {', '.join(f'{k}={v!r}' for k, v in overrides.items())}" if overrides else ""
     if preset_or_path in PRETRAINED:  # the name of shipped weights: those weights
         from controlfoley.model import from_pretrained
 
-        return from_pretrained(preset_or_path), f"preset {preset_or_path} (its shipped weights)"
+        return from_pretrained(preset_or_path, **overrides), f"preset {preset_or_path} (its shipped weights){shown}"
     if preset_or_path in PRESETS:
-        return build_model(preset_or_path), f"preset {preset_or_path}"
+        return build_model(preset_or_path, **overrides), f"preset {preset_or_path}{shown}"
+    if preset_or_path.lower().endswith(".json") and Path(preset_or_path).is_file():
+        model = build_model(preset_or_path, **overrides)
+        return model, f"config {preset_or_path} (built untrained){shown}"
     if Path(preset_or_path).exists():
         from controlfoley.model import from_pretrained
         from controlfoley.train.checkpoints import resolve_model_file
 
         file = resolve_model_file(preset_or_path)
-        model = from_pretrained(file)
-        return model, f"checkpoint {file} (config {model.config.name})"
+        model = from_pretrained(file, **overrides)
+        return model, f"checkpoint {file} (config {model.config.name}){shown}"
     from controlfoley.errors import ConfigError
 
     raise ConfigError(
@@ -82,13 +89,13 @@ def model_from_arg(preset_or_path: str) -> tuple[object, str]:
     )
 
 
-def info(preset: str) -> str:
+def info(preset: str, overrides: Mapping[str, Any] | None = None) -> str:
     """A parameter table per part (frozen vs trainable under the ControlNet recipe, or for a tokenizer
     or backbone run's checkpoint under its recipe) beside the paper, for a preset or a checkpoint
     (file, folder or training run: the table of its own config), with the parts it records as trained."""
     from controlfoley.train.recipes import get_recipe
 
-    model, label = model_from_arg(preset)
+    model, label = model_from_arg(preset, overrides)
     recorded = getattr(model, "trained_parts", None)
     recipe = "controlnet" if model.has_control else "backbone"
     loaded = not label.startswith("preset ") or label.endswith("(its shipped weights)")  # else a preset's record: its weights files
@@ -298,7 +305,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_info = sub.add_parser("info", help="parameter table of a preset or checkpoint beside the paper's numbers, and each part's builder and settings")
-    p_info.add_argument("preset", metavar="PRESET_OR_CHECKPOINT", help="a preset name, or a checkpoint file, folder or training run")
+    p_info.add_argument("preset", metavar="PRESET_OR_CHECKPOINT", help="a preset name, a .json model config, or a checkpoint file, folder or training run")
+    p_info.add_argument(
+        "--model", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="a build_model override, as train takes it: controlnet.n_blocks=6, aligner=plain1d, backbone='{\"depth\": 8}'; repeatable",
+    )  # fmt: skip
     p_list = sub.add_parser("list", help="registered names")
     p_list.add_argument("kind", nargs="?", metavar="KIND", help="preset(s), tokenizer(s), backbone(s), aligner(s), guidance, vocoder(s), ...")
     p_list.add_argument("-v", "--describe", action="store_true", help="one line per name, from its builder's docstring")
@@ -308,7 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from controlfoley.errors import ConfigError, ControlFoleyError, RegistryError
 
     try:
-        print(info(args.preset) if args.cmd == "info" else list_names(args.kind, args.describe))
+        if args.cmd == "info":
+            from controlfoley.config import parse_overrides
+
+            print(info(args.preset, parse_overrides(args.overrides)))
+        else:
+            print(list_names(args.kind, args.describe))
     except (ControlFoleyError, ConfigError, RegistryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,22 +27,46 @@ __all__ = ["Part", "SamplerConfig", "ModelConfig", "ConfigError", "parse_overrid
 
 
 def parse_overrides(items: Sequence[str], flag: str = "--model") -> dict[str, Any]:
-    """Command-line model overrides `KEY=JSON` (`backbone='{"depth": 2}'`) or `KEY=NAME`
-    (`aligner=plain1d`) -> keyword arguments of `build_model` / `ModelConfig.override`."""
+    """Command-line model overrides `KEY=JSON` (`backbone='{"depth": 2}'`), `KEY=NAME`
+    (`aligner=plain1d`) or dotted `PART.SETTING=VALUE` (`backbone.depth=2`, `sampler.steps=16`,
+    which is `backbone='{"depth": 2}'`) -> keyword arguments of `build_model` / `ModelConfig.override`.
+    Dotted settings of one part merge with each other and with that part's `KEY=` value (a name
+    becomes the dict's "name")."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"{flag} expects KEY=JSON or KEY=NAME, e.g. {flag} aligner=plain1d; got {item!r}")
+            raise ConfigError(f"{flag} expects KEY=JSON, KEY=NAME or PART.SETTING=VALUE, e.g. {flag} aligner=plain1d; got {item!r}")
         try:
-            out[key] = json.loads(raw)
+            value = json.loads(raw)
         except ValueError as e:
             if raw.lstrip().startswith(("{", "[")):  # meant as JSON: never read it as a part name
                 raise ConfigError(
                     f"{flag} {item!r}: the value is malformed JSON ({e}); write valid JSON and quote it whole for the shell, "
                     f"e.g. {flag} 'backbone={{\"depth\": 2}}'"
                 ) from None
-            out[key] = raw  # a bare name, e.g. --model aligner=plain1d
+            value = raw  # a bare name, e.g. --model aligner=plain1d
+        *path, leaf = key.split(".")
+        if any(not k for k in (*path, leaf)):
+            raise ConfigError(f"{flag} {item!r}: an empty name in {key!r}; write PART.SETTING=VALUE, e.g. {flag} backbone.depth=2")
+        where, trail = out, []
+        for k in path:  # backbone.depth=2: out["backbone"]["depth"] = 2
+            trail.append(k)
+            got = where.get(k)
+            if isinstance(got, str):  # backbone=NAME given before: the part's name
+                got = where[k] = {"name": got}
+            elif got is None:
+                got = where[k] = {}
+            elif not isinstance(got, dict):
+                raise ConfigError(f"{flag} {item!r}: {'.'.join(trail)} was given as {got!r}, which has no settings to set")
+            where = got
+        if path and isinstance(where.get(leaf), dict) and isinstance(value, dict):
+            where[leaf] = {**where[leaf], **value}
+        elif not path and isinstance(where.get(leaf), dict):  # settings given first, now the whole part
+            merged = where[leaf]
+            where[leaf] = {**merged, "name": value} if isinstance(value, str) else ({**merged, **value} if isinstance(value, dict) else value)
+        else:
+            where[leaf] = value
     return out
 
 

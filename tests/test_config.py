@@ -273,3 +273,23 @@ def test_builder_defaults_and_wired_values_at_their_edges():
     assert "depth" not in recorded.get("backbone", {}) and "vocab_size" not in recorded.get("backbone", {})
     with pytest.raises(ConfigError, match=r"vocab_size=7 contradicts the value wired from the other parts"):
         build_model("specmaskfoley_tiny", backbone={"vocab_size": 7})
+
+
+def test_dotted_overrides_set_one_setting_of_a_part() -> None:
+    """`--model backbone.depth=2` (torchtune / Hydra style) is `backbone='{"depth": 2}'`; settings of
+    one part merge, and with a part's name given before or after them."""
+    from controlfoley.config import parse_overrides
+
+    assert parse_overrides(["backbone.depth=2", "backbone.heads=4", "sampler.steps=16"]) == {
+        "backbone": {"depth": 2, "heads": 4},
+        "sampler": {"steps": 16},
+    }
+    assert parse_overrides(["aligner=plain1d", "aligner.kernel_size=5"]) == {"aligner": {"name": "plain1d", "kernel_size": 5}}
+    assert parse_overrides(["aligner.kernel_size=5", "aligner=plain1d"]) == {"aligner": {"kernel_size": 5, "name": "plain1d"}}
+    assert parse_overrides(["backbone.depth=2", 'backbone={"heads": 4}']) == {"backbone": {"depth": 2, "heads": 4}}
+    with pytest.raises(ConfigError, match=r"an empty name in 'backbone\.'"):
+        parse_overrides(["backbone.=2"])
+    with pytest.raises(ConfigError, match=r"guidance was given as 3, which has no settings to set"):
+        parse_overrides(["guidance=3", "guidance.scale=2"])
+    m = build_model("specmaskfoley_tiny", **parse_overrides(["backbone.depth=3", "controlnet.n_blocks=2", "sampler.steps=4"]))
+    assert len(m.backbone.blocks) == 3 and m.config.sampler.steps == 4

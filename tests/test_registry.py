@@ -322,3 +322,27 @@ def test_list_describe_gives_every_builtin_part_a_line_of_its_docstring(capsys: 
         assert "  undocumented_test_aligner: (no docstring)" in list_names("aligner", describe=True)
     finally:
         ALIGNERS.unregister("undocumented_test_aligner")
+
+
+def test_info_and_bench_take_model_overrides_and_json_configs(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`controlfoley info PRESET --model controlnet.n_blocks=2`: the variant's table without writing
+    code; a .json config (what build_model and train --preset take) is read as one, not as a broken
+    checkpoint; bench times the variant the same way."""
+    from controlfoley.bench import bench_main
+    from controlfoley.cli import main
+
+    assert main(["info", "specmaskfoley_tiny", "--model", "controlnet.n_blocks=2", "--model", "aligner=plain1d"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("preset specmaskfoley_tiny with controlnet={'n_blocks': 2}, aligner='plain1d': ")
+    assert "* controlnet      copy(n_blocks=2" in out and "* aligner         plain1d(" in out
+    cfg = build_model("specmaskfoley_tiny", backbone={"depth": 3}).config
+    path = tmp_path / "variant.json"
+    path.write_text(cfg.to_json())
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"config {path} (built untrained)") and "depth=3" in out
+    assert main(["info", "specmaskfoley_tiny", "--model", "backbone.depht=2"]) == 2
+    assert "depht" in capsys.readouterr().err
+    rc = bench_main(["specmaskfoley_tiny", "--model", "backbone.depth=2", "--model", "controlnet.n_blocks=1", "--runs", "1", "--warmup", "0", "--steps", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "preset specmaskfoley_tiny with backbone={'depth': 2}, controlnet={'n_blocks': 1}" in out

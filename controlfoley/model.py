@@ -14,12 +14,13 @@ MaskGIT sampler and vocoder, built from a `ModelConfig` by `build_model` (contro
 `controlfoley.builder`; `from controlfoley.model import build_model` still works.
 """
 
+import contextlib
 import functools
 import logging
 import math
 import numbers
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +335,7 @@ class SpecMaskFoley(nn.Module):
         cuda_graph: bool = False,
         guidance_every: int = 1,
         callback: Callable[[int, int, Tensor, Tensor], None] | None = None,
+        control_scale: float | None = None,
     ) -> Int[Tensor, "b f t"]:
         """Sample token maps with MaskGIT; returns an int64 token map [b, F, T] (`model.grid`), which
         `decode` turns into a normalised mel and `vocode` into a waveform.
@@ -359,6 +361,9 @@ class SpecMaskFoley(nn.Module):
           samples unguided, and a negative scale steers away from the conditions (allowed: a research knob).
         - `steps`: MaskGIT steps (default `config.sampler.steps`, 12).
         - `temperature`: Gumbel choice temperature, annealed to 0 (default `config.sampler.temperature`, 9.0).
+        - `control_scale`: multiplies every ControlNet residual (diffusers'
+          `controlnet_conditioning_scale`; default 1.0, the paper's model): below 1 the video steers
+          less, 0 leaves the backbone alone, above 1 more. A sampling knob, not saved with the model.
         - `callback(step, n_steps, codes, mask)`: called after each step with the token maps so far
           (`codes` [b, F, T]) and `mask` ([b, F, T], True where a token is still to be sampled), to
           watch or log decoding; not with `cuda_graph` (the loop is one captured graph).
@@ -395,6 +400,10 @@ class SpecMaskFoley(nn.Module):
             raise ConfigError(f"callback must be a function (step, n_steps, codes, mask), got {type(callback).__name__}")
         if callback is not None and cuda_graph:
             raise ConfigError("callback cannot run inside a captured CUDA graph: drop cuda_graph=True to watch the steps")
+        control_scale = checked_control_scale(control_scale)
+        if control_scale is not None and control_scale != 1.0 and not hasattr(self.controlnet, "conditioning_scale"):
+            what = "has no ControlNet" if self.controlnet is None else f"has a ControlNet ({type(self.controlnet).__name__}) without conditioning_scale"
+            raise ConfigError(f"control_scale={control_scale}: this model {what}; leave control_scale out")
         check_generators(generator, None, self.device)  # the kind now; a list's length once the batch is known
         _check_inputs(cfg_scale, known_codes, known_mask)
         guidance_every = checked_guidance_every(guidance_every, rule)  # a plain int from here (numpy ints too)
@@ -425,6 +434,14 @@ class SpecMaskFoley(nn.Module):
         )
         known = None if known_codes is None else known_codes.reshape(b, -1)
         known_at = None if known_mask is None else known_mask.reshape(b, -1)
+        with _conditioning_scale(self.controlnet, control_scale):
+            return self._sample(step, b, known, known_at, generator, steps, temperature, dtype, compile, onednn, cuda_graph, callback)
+
+    def _sample(
+        self, step: GuidedStep, b: int, known: Tensor | None, known_at: Tensor | None, generator: Generators, steps: int | None,
+        temperature: float | None, dtype: torch.dtype | None, compile: bool, onednn: bool | None, cuda_graph: bool, callback: Any,
+    ) -> Int[Tensor, "b f t"]:
+        """`generate`'s sampling loop, once the inputs are checked and the rows planned."""
         weights = param_dtype(self.backbone, torch.float32)
         if cuda_graph:
             from controlfoley.graphs import sample_graphed
@@ -668,6 +685,13 @@ def checked_guidance_every(value: Any, rule: GuidanceRule | None = None) -> int:
     return value
 
 
+def checked_control_scale(value: Any) -> float | None:  # a validator: it takes anything
+    """`generate`'s control_scale as a float (None stays None), or a ConfigError naming it."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)):
+        raise ConfigError(f"control_scale must be a finite number (1.0: the ControlNet as trained), got {value!r}")
+    return None if value is None else float(value)
+
+
 def _check_inputs(cfg_scale: Any, known_codes: Any, known_mask: Any) -> None:
     """A non-finite CFG scale or bad inpainting inputs fail here, named (the sampler checks
     steps and temperature: MaskGITSampler.settings; `checked_guidance_every` guidance_every)."""
@@ -686,6 +710,19 @@ def _check_inputs(cfg_scale: Any, known_codes: Any, known_mask: Any) -> None:
     if (known_codes is None) != (known_mask is None):
         given, missing = ("known_mask", "known_codes") if known_codes is None else ("known_codes", "known_mask")
         raise ShapeError(f"{given} given without {missing}: inpainting takes both, the tokens (known_codes) and where they are kept (known_mask)")
+
+
+@contextlib.contextmanager
+def _conditioning_scale(controlnet: nn.Module | None, scale: float | None) -> Iterator[None]:
+    """The ControlNet's residuals multiplied by `scale` inside the block (unchanged for None)."""
+    if scale is None or controlnet is None or not hasattr(controlnet, "conditioning_scale"):
+        yield
+        return
+    old, controlnet.conditioning_scale = controlnet.conditioning_scale, float(scale)
+    try:
+        yield
+    finally:
+        controlnet.conditioning_scale = old
 
 
 def _require_tensor(x: Any, what: str, shape: str) -> None:

@@ -54,7 +54,7 @@ from controlfoley.config import ConfigError
 from controlfoley.data.extractors import ExtractorSpec, build_extractor
 from controlfoley.errors import MediaError, RandomWeightsWarning, ShapeError
 from controlfoley.guidance import GuidanceRule
-from controlfoley.model import checked_guidance_every, run_vocoder
+from controlfoley.model import checked_control_scale, checked_guidance_every, run_vocoder
 from controlfoley.typing import Float, Int, Tensor
 from controlfoley.pipeline_parts import (
     Prompt,
@@ -314,6 +314,7 @@ class FoleyPipeline:
         guidance: GuidanceRule | str | None = None,
         temperature: float | None = None,
         guidance_every: int = 1,
+        control_scale: float | None = None,
     ) -> FoleyResult:
         """Foley for one video file: decode, extract features, sample every window, decode, vocode.
 
@@ -326,7 +327,8 @@ class FoleyPipeline:
         rule that needs text samples with its `without_text()`); `temperature`: the sampler's Gumbel
         temperature (None: the model's); `guidance_every`: every condition set of the rule at every
         N-th step only, the paper's sampler at 1 (an approximation that saves arithmetic, see
-        `SpecMaskFoley.generate`). Returns a `FoleyResult`
+        `SpecMaskFoley.generate`); `control_scale`: the ControlNet's residuals multiplied by it (1:
+        as trained; less follows the video less; see `SpecMaskFoley.generate`). Returns a `FoleyResult`
         whose waveform lasts as long as the video (`result.save("out.wav")`,
         `result.save_video(video_path, "out.mp4")`); a bad file raises MediaError, features that do
         not fit the model ShapeError.
@@ -338,10 +340,11 @@ class FoleyPipeline:
             )
         seed = checked_seed(seed)  # before the video is read
         guidance_every = checked_guidance_every(guidance_every)
+        checked_control_scale(control_scale)
         streams, duration = self.read_features(video_path)
         return self.generate(
             streams, duration, prompt, negative_prompt, steps=steps, cfg_scale=cfg_scale, seed=seed, guidance=guidance, temperature=temperature,
-            guidance_every=guidance_every,
+            guidance_every=guidance_every, control_scale=control_scale,
         )
 
     @torch.no_grad()
@@ -429,6 +432,7 @@ class FoleyPipeline:
         guidance: GuidanceRule | str | None = None,
         temperature: float | None = None,
         guidance_every: int = 1,
+        control_scale: float | None = None,
     ) -> FoleyResult:
         """Sample all windows from whole-video feature streams {key: [t, d]} (see `read_features`).
         `seed=None` draws a fresh seed, returned in `FoleyResult.seed`; the other settings as in `__call__`."""
@@ -437,7 +441,8 @@ class FoleyPipeline:
         text, negative, rule = self._conditions(prompt, negative_prompt, guidance)
         guidance_every = checked_guidance_every(guidance_every, rule or self.model.guidance)  # a warning once here, not per window
         codes = self.sample_tokens(
-            plan, streams, text, negative, rule, steps=steps, cfg_scale=cfg_scale, seed=seed, temperature=temperature, guidance_every=guidance_every
+            plan, streams, text, negative, rule, steps=steps, cfg_scale=cfg_scale, seed=seed, temperature=temperature, guidance_every=guidance_every,
+            control_scale=control_scale,
         )
         mel = self.decode(codes, plan)
         with torch.no_grad():  # a vocoder override is called directly: no autograd graph through it (not inference_mode: users get a plain tensor)
@@ -465,6 +470,7 @@ class FoleyPipeline:
         seed: int = 0,
         temperature: float | None = None,
         guidance_every: int = 1,
+        control_scale: float | None = None,
     ) -> Int[Tensor, "f c"]:
         """Token map [F, plan.total_cols]; each window continues the previous one's shared columns."""
         model, dev = self.model, self.model.device
@@ -487,7 +493,7 @@ class FoleyPipeline:
                 known = {"known_codes": codes[None, :, w.start_col : w.start_col + t].clone(), "known_mask": mask}
             out = model.generate(
                 feats or None, text, negative_text=negative, batch_size=1, steps=steps, cfg_scale=cfg_scale, temperature=temperature, guidance=rule, generator=generator,
-                dtype=PRECISIONS[self.precision], cuda_graph=self.cuda_graph, guidance_every=guidance_every, callback=on_step, **known,
+                dtype=PRECISIONS[self.precision], cuda_graph=self.cuda_graph, guidance_every=guidance_every, callback=on_step, control_scale=control_scale, **known,
             )  # fmt: skip
             codes[:, w.start_col : w.start_col + t] = out[0]
             if bar is not None:  # a window that stopped early (nothing left masked), or one sampled as a captured graph

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import micro_inputs, micro_overrides
-from controlfoley import build_model, from_pretrained
+from controlfoley import GUIDANCE, build_model, from_pretrained
 from controlfoley.errors import CheckpointError, ConfigError, ShapeError
 
 
@@ -916,3 +916,31 @@ def test_a_step_callback_sees_each_step_s_tokens_and_mask(micro_model) -> None:
         generate(micro_model, x["features"], x["text"], steps=2, callback=3)
     with pytest.raises(ConfigError, match="callback cannot run inside a captured CUDA graph"):
         micro_model.generate(x["features"], x["text"], steps=2, callback=print, cuda_graph=True)
+
+
+def test_control_scale_weighs_the_controlnet_residuals(micro_model) -> None:
+    """generate(control_scale=s) multiplies every ControlNet residual by s: 1 is the model as
+    trained, 0 removes the video (multi-CFG then equals text-only CFG, token for token), and the
+    ControlNet is left as it was after the call."""
+    m = micro_model
+    with torch.no_grad():  # an untrained ControlNet's zero linears give no residual at all: give it some
+        for out in m.controlnet.outs:
+            out.weight.normal_(0.0, 0.05)
+    x = micro_inputs(m, b=2)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    try:
+        base = m.generate(x["features"], x["text"], steps=4, generator=g())
+        assert torch.equal(m.generate(x["features"], x["text"], steps=4, generator=g(), control_scale=1.0), base)
+        strong = m.generate(x["features"], x["text"], steps=4, generator=g(), control_scale=3.0)
+        assert not torch.equal(strong, base)
+        off = m.generate(x["features"], x["text"], steps=4, generator=g(), control_scale=0.0)
+        text_only = m.generate(x["features"], x["text"], steps=4, generator=g(), guidance=GUIDANCE.build("cfg_text", scale=m.guidance.scale))
+        assert torch.equal(off, text_only)
+        assert m.controlnet.conditioning_scale == 1.0
+        with pytest.raises(ConfigError, match="control_scale must be a finite number"):
+            m.generate(x["features"], x["text"], steps=2, control_scale=float("nan"))
+    finally:
+        with torch.no_grad():
+            for out in m.controlnet.outs:
+                out.weight.zero_()
+

@@ -1336,3 +1336,16 @@ def test_a_progress_bar_counts_the_sampling_steps_of_every_window(media: dict[st
     extractors, text = default_extractors(m)
     with pytest.raises(ConfigError, match="progress is True, False or None"):  # past the suite's type checks
         inspect.unwrap(FoleyPipeline.__init__)(FoleyPipeline.__new__(FoleyPipeline), m, extractors, text, progress="yes")
+
+
+def test_control_scale_reaches_every_window_and_is_checked_before_the_video_is_read(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    m = micro_model()
+    p = _pipeline(m)
+    seen = []
+    real = type(m).generate
+    monkeypatch.setattr(type(m), "generate", lambda self, *a, **kw: seen.append(kw["control_scale"]) or real(self, *a, **kw))
+    p(media["long"], steps=2, control_scale=0.5)
+    assert seen == [0.5] * len(p.plan(14.0).windows)
+    monkeypatch.setattr(FoleyPipeline, "read_features", lambda *a: pytest.fail("the video was read before control_scale was checked"))
+    with pytest.raises(ConfigError, match="control_scale must be a finite number"):
+        p(media["tiny"], control_scale=float("inf"))

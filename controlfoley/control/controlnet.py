@@ -59,6 +59,9 @@ class ControlNet(nn.Module):
         self.map = injection_map(len(blocks), n_backbone_blocks, injection)
         self.cond_in = zero_linear(dim, dim)  # aligned video features -> added to the embedding
         self.outs = nn.ModuleList(zero_linear(dim, dim) for _ in blocks)
+        # every residual multiplied by this at sampling time (diffusers' controlnet_conditioning_scale);
+        # set per call by generate(control_scale=...), not a weight: not saved
+        self.conditioning_scale = 1.0
 
     @classmethod
     def from_backbone(cls, backbone: nn.Module, n_blocks: int, injection: str = "aligned") -> "ControlNet":
@@ -79,7 +82,8 @@ class ControlNet(nn.Module):
         """Residuals per backbone block (None where nothing is injected)."""
         h = x + self.cond_in(control)
         outs: list[Tensor] = []
+        s = self.conditioning_scale
         for blk, out in zip(self.blocks, self.outs):
             h = blk(h)
-            outs.append(out(h))
+            outs.append(out(h) if s == 1.0 else out(h) * s)
         return [None if i is None else outs[i] for i in self.map]

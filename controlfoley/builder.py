@@ -172,10 +172,13 @@ def _norm(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-def build_model(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConfig", /, **overrides: Any) -> SpecMaskFoley:
+def build_model(
+    config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConfig", /, *, pretrained: bool = False, **overrides: Any
+) -> SpecMaskFoley:
     """Build an untrained model from a preset name (`controlfoley list presets`), a `ModelConfig`,
     its dict (`config.to_dict()`) or a `.json` file of it (`config.to_json()`, what a checkpoint's
-    metadata holds).
+    metadata holds). `pretrained=True` (timm's spelling) loads a preset's shipped weights instead:
+    `from_pretrained(name, **overrides)` (`list_presets(pretrained=True)` names those presets).
 
     Each override names a config field (mel, tokenizer, backbone, control_encoder, aligner,
     controlnet, guidance, vocoder, sampler, n_frames):
@@ -196,6 +199,18 @@ def build_model(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConfi
     >>> m = build_model("specmaskfoley_tiny", aligner=Part("plain1d", {"kernel_size": 5}), n_frames=256)
     >>> m = build_model("specmaskfoley_tiny", control_encoder=None, aligner=None, controlnet=None)  # backbone alone
     """
+    if not isinstance(pretrained, bool):
+        raise ConfigError(f"pretrained is True or False, got {pretrained!r}")
+    if pretrained:
+        if not (isinstance(config, str) and config in PRETRAINED):
+            shipped = ", ".join(sorted(PRETRAINED)) or "none"
+            raise ConfigError(
+                f"build_model({config!r}, pretrained=True): no weights ship for it (presets with weights: {shipped}); "
+                "build it untrained (pretrained=False), or load a checkpoint file with controlfoley.from_pretrained(PATH)"
+            )
+        from controlfoley.model import from_pretrained
+
+        return from_pretrained(config, **overrides)
     cfg = model_config(config, **overrides)
     mel = _build_part(MEL_FRONTENDS, cfg.mel)
     tokenizer = _build_part(TOKENIZERS, cfg.tokenizer, n_mels=mel.n_mels)
@@ -236,7 +251,7 @@ def build_model(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelConfi
     if isinstance(config, str) and config in PRETRAINED:  # the name of shipped weights: say they are not loaded
         warnings.warn(
             f"build_model({config!r}) builds the architecture with random weights; its trained weights load with "
-            f"controlfoley.from_pretrained({config!r}) (or FoleyPipeline.from_pretrained({config!r}))",
+            f"build_model({config!r}, pretrained=True) or controlfoley.from_pretrained({config!r}) (or FoleyPipeline.from_pretrained({config!r}))",
             RandomWeightsWarning,
             stacklevel=2,
         )

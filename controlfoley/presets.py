@@ -163,9 +163,11 @@ def get_preset(name: str) -> ModelConfig:
     )
 
 
-def list_presets(pattern: str = "*") -> list[str]:
-    """Registered preset names matching the glob `pattern` (e.g. "*tiny*"), sorted."""
-    return PRESETS.names(pattern)
+def list_presets(pattern: str = "*", *, pretrained: bool = False) -> list[str]:
+    """Registered preset names matching the glob `pattern` (e.g. "*tiny*"), sorted; with
+    `pretrained=True` only those that ship weights (`build_model(name, pretrained=True)`)."""
+    names = PRESETS.names(pattern)
+    return [n for n in names if pretrained_path(n) is not None] if pretrained else names
 
 
 def pretrained_path(name: str) -> Path | None:

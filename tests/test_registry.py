@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from torch import nn
 
 import controlfoley
@@ -346,3 +347,19 @@ def test_info_and_bench_take_model_overrides_and_json_configs(tmp_path, capsys: 
     rc = bench_main(["specmaskfoley_tiny", "--model", "backbone.depth=2", "--model", "controlnet.n_blocks=1", "--runs", "1", "--warmup", "0", "--steps", "1"])
     out = capsys.readouterr().out
     assert rc == 0 and "preset specmaskfoley_tiny with backbone={'depth': 2}, controlnet={'n_blocks': 1}" in out
+
+
+def test_build_model_pretrained_loads_shipped_weights_as_timm_does() -> None:
+    """build_model(name, pretrained=True) is from_pretrained(name); list_presets(pretrained=True)
+    names the presets that ship weights; a preset without weights says which have them."""
+    from controlfoley import from_pretrained, list_presets
+
+    assert list_presets(pretrained=True) == ["specmaskfoley_synthetic"]
+    assert set(list_presets(pretrained=True)) < set(list_presets())
+    built = build_model("specmaskfoley_synthetic", pretrained=True)
+    loaded = from_pretrained("specmaskfoley_synthetic")
+    assert {"backbone", "controlnet"} <= built.trained_parts
+    for (k, a), (_, b) in zip(built.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    with pytest.raises(ConfigError, match=r"no weights ship for it \(presets with weights: specmaskfoley_synthetic\)"):
+        build_model("specmaskfoley_tiny", pretrained=True)

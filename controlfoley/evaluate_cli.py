@@ -30,7 +30,7 @@ waveforms and the reference's stand for the true events:
   FD_PaSST: compare runs of this command with each other, not with papers;
 - `generated_dbfs` / `reference_dbfs`: RMS levels. The scores depend on level, as FAD does: onsets
   quieter than -45 dBFS are not detected and the embedding reads log-mel levels. A mean level
-  difference over 10 dB gets a warning.
+  difference over 10 dB gets a warning, and a silent side (below -90 dBFS) a warning naming it.
 A score with nothing to measure (no onsets in the reference) prints "n/a", per file and pooled;
 the pooled levels are those of the pooled energy (a silent file does not drag them to -240 dB).
 
@@ -45,8 +45,8 @@ import argparse
 import difflib
 import json
 import math
-import os
 import sys
+import tempfile
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +61,7 @@ AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".a
 VIDEO_SUFFIXES = _media.VIDEO_SUFFIXES | {".m4a", ".aac", ".opus"}
 LENGTH_WARN_S = 0.5  # a pair whose lengths differ by more is scored on the overlap, with a warning
 LEVEL_WARN_DB = 10.0  # mean levels further apart than this get a warning
+SILENT_DBFS = -90.0  # a side whose pooled level is below this is silent: it gets that warning instead (no level gap)
 _SUMMARY_COLUMNS = ("n_clips", "desync_s", "desync_miss_frac", "precision_any", "recall_any", "f1_any", "fd", "n_true", "n_pred", "generated_dbfs", "reference_dbfs")
 _FILE_COLUMNS = ("file", "seconds", "n_true", "n_pred", "desync_s", "f1_any", "generated_dbfs", "reference_dbfs", "status")
 _COUNTS = ("n_clips", "n_true", "n_pred", "matched_any", "n_desync_miss", "n_files", "n_failed", "n_reference_unused")
@@ -244,8 +245,11 @@ def _check_out(out: Path) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise _Usage(f"--out {out}: {parent} is a file, so the results cannot be written under it; name another file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise _Usage(f"--out {out}: {parent} is not writable; name a file in a folder you can write")
+    try:  # a nameless file, gone when closed: the check leaves nothing behind (os.access says yes to root, even on /proc)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise _Usage(f"--out {out}: {parent} cannot take new files ({e.strerror or e}); name a file in a folder you can write") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -334,7 +338,19 @@ def evaluate_main(argv: Sequence[str]) -> int:
         print()
         print(format_table([pooled], _SUMMARY_COLUMNS))
         gap = pooled["reference_dbfs"] - pooled["generated_dbfs"]
-        if abs(gap) > LEVEL_WARN_DB:  # (NaN, from only empty pairs, compares False)
+        if pooled["reference_dbfs"] < SILENT_DBFS:  # (NaN, from only empty pairs, compares False)
+            print(
+                f"warning: the reference audio is silent (below {SILENT_DBFS:.0f} dBFS): it has no onsets to score against, "
+                "so desync and recall are n/a; check that the references hold the original soundtracks",
+                file=sys.stderr,
+            )
+        elif pooled["generated_dbfs"] < SILENT_DBFS:
+            print(
+                f"warning: the generated audio is silent (below {SILENT_DBFS:.0f} dBFS): no onsets can be detected in it; "
+                "check the model and vocoder that made it",
+                file=sys.stderr,
+            )
+        elif abs(gap) > LEVEL_WARN_DB:  # (NaN, from only empty pairs, compares False)
             print(
                 f"warning: the generated audio is {abs(gap):.1f} dB {'quieter' if gap > 0 else 'louder'} than the references on average; "
                 "the scores depend on level (quiet onsets are not detected, fd reads log-mel levels)",

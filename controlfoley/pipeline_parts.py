@@ -28,6 +28,7 @@ log = logging.getLogger("controlfoley.pipeline")
 __all__ = ["choose_extractors", "default_extractors", "recorded_extractors", "recorded_text_encoder", "require_control", "require_trained", "check_extractor_widths", "build_vocoder", "prompt_text", "checked_seed"]
 
 Prompt = str | Sequence[str]  # "bell, thud" or ["bell", "thud"]
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # the seeds torch.Generator.manual_seed takes (a negative one wraps modulo 2**64)
 
 
 def require_control(model: Any) -> None:  # a validator: it takes anything
@@ -166,6 +167,8 @@ def checked_seed(seed: Any) -> int:
         return secrets.randbits(63)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ConfigError(f"seed must be an int (or None for a fresh one), got {seed!r}")
+    if not SEED_MIN <= int(seed) <= SEED_MAX:
+        raise ConfigError(f"seed must be in [-2**63, 2**64 - 1] (what torch.Generator.manual_seed takes), got {int(seed)}; pick a smaller seed")
     return int(seed)
 
 

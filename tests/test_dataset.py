@@ -542,3 +542,28 @@ def test_values_the_writer_never_stores_are_named_with_the_clip(tmp_path: Path) 
     assert torch.isfinite(ds[2]["sync"]).all()
     with pytest.raises(DataError, match="sha256"):
         ShardDataset(tmp_path, verify="sha256")
+
+
+def test_shard_writer_takes_numpy_arrays(tmp_path: Path) -> None:
+    """docs/DATA.md's example invites plain arrays: they were "'ndarray' has no attribute 'detach'"."""
+    import inspect
+
+    import numpy as np
+
+    tokens = np.arange(40, dtype=np.int64).reshape(5, 8)
+    sync = np.random.default_rng(0).standard_normal((12, 6))[::-1]  # float64, negative strides
+    with ShardWriter(tmp_path / "np", shard_size=4) as w:
+        w.add("a", {"tokens": tokens, "sync": sync})
+        w.add("b", {"tokens": torch.as_tensor(tokens), "sync": torch.as_tensor(sync.copy())})  # tensors and arrays mix
+    ds = ShardDataset(tmp_path / "np")
+    assert ds.index.features["tokens"].dtype == "int16" and ds.index.features["sync"].dtype == "float16"
+    for i in range(2):
+        assert torch.equal(ds[i]["tokens"].long(), torch.as_tensor(tokens))
+        assert torch.equal(ds[i]["sync"], torch.as_tensor(sync.copy()).half())
+    add = inspect.unwrap(ShardWriter.add)
+    with ShardWriter(tmp_path / "bad", shard_size=4) as w:
+        with pytest.raises(DataError, match=r"clip 'a': feature 'tokens' is list, not a tensor; give torch tensors or numpy arrays of numbers"):
+            add(w, "a", {"tokens": [1, 2, 3]})
+        with pytest.raises(DataError, match=r"feature 'tags' is ndarray of dtype <U4, not a tensor"):
+            add(w, "a", {"tags": np.array(["bell"])})
+        w.add("a", {"tokens": tokens})

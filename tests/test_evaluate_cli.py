@@ -367,3 +367,32 @@ def test_record_pairing_edges(tmp_path: Path, clips) -> None:
         write_clip_mp4(clips[0], folder / "b.mp4")
     save_audio(ref / "b.wav", torch.as_tensor(clips[0].audio), SR)
     assert _pairs(gen, ref)[2] is None  # both in generate's layout: no "arguments swapped?" warning
+
+
+def test_an_unwritable_out_is_refused_before_scoring(folders, tmp_path, capsys):
+    """os.access says yes to root even on /proc: --out /proc/x.json failed only after the scoring.
+    The check leaves no file behind."""
+    if not Path("/proc").is_dir():
+        pytest.skip("needs Linux's /proc")
+    rc, out, err = _run(capsys, str(folders / "gen"), "--reference", str(folders / "ref"), "--out", "/proc/x.json")
+    assert rc == 2 and "--out /proc/x.json: /proc cannot take new files" in err and "name a file in a folder you can write" in err
+    assert "| a |" not in out  # nothing was scored
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    rc, _, err = _run(capsys, str(tmp_path / "missing"), "--reference", str(folders / "ref"), "--out", str(fresh / "sub" / "r.json"))
+    assert rc == 2 and "does not exist" in err and list(fresh.iterdir()) == []
+
+
+def test_a_silent_reference_is_named_not_given_a_level_gap(folders, tmp_path, capsys):
+    """A silent reference soundtrack gave "the generated audio is 194.7 dB louder than the references"."""
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    wav = load_audio(folders / "gen" / "a.wav", SR)
+    save_audio(gen / "a.wav", wav, SR)
+    save_audio(ref / "a.wav", torch.zeros_like(wav), SR)
+    rc, _, err = _run(capsys, str(gen), "--reference", str(ref))
+    assert rc == 0 and "warning: the reference audio is silent (below -90 dBFS)" in err and "check that the references hold the original soundtracks" in err
+    assert "louder" not in err
+    rc, _, err = _run(capsys, str(ref), "--reference", str(gen))  # the other way round: the generated side is silent
+    assert "warning: the generated audio is silent (below -90 dBFS)" in err and "quieter" not in err

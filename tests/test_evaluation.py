@@ -281,3 +281,93 @@ def test_precision_is_nan_when_the_generated_audio_has_no_onsets() -> None:
     m = reference_pair_metrics(torch.zeros_like(clip.audio), clip.audio, clip.sample_rate)
     assert m["n_true"] > 0 and m["n_pred"] == 0
     assert math.isnan(m["precision_any"]) and m["recall_any"] == 0.0
+
+
+# -- inputs users get wrong (past the suite's runtime type checks: what users meet) ---------------
+
+
+def test_frechet_refuses_raw_waveforms_and_a_bad_ridge(monkeypatch):
+    """A [n, 44100] set of raw waveforms built a 44100 x 44100 covariance and was OOM-killed; a
+    negative ridge returned 0.0 and a NaN one a LinAlgError."""
+    import controlfoley.metrics.frechet as frechet_module
+
+    monkeypatch.setattr(frechet_module, "MAX_WIDTH", 64)
+    with pytest.raises(ShapeError, match=r"width d <= 64, got d = 65 \(raw waveforms\?\).*embed each clip first, e\.g\. AudioEmbedding"):
+        frechet_distance(np.zeros((3, 65)), np.zeros((4, 65)))
+    monkeypatch.undo()
+    with pytest.raises(ShapeError, match=r"width d <= 8192, got d = 44100"):
+        frechet_distance(np.zeros((2, 44100), np.float32), np.zeros((2, 44100), np.float32))
+    a, b = _gaussian(10, 8, 0), _gaussian(12, 8, 1)
+    for ridge in (-1.0, math.nan, math.inf):
+        with pytest.raises(ShapeError, match=r"needs a finite ridge >= 0 \(default 1e-06\), got"):
+            frechet_distance(a, b, ridge=ridge)
+    assert frechet_distance(a, b, ridge=0.0) > 0
+
+
+def test_audio_embedding_names_one_array_given_for_a_list():
+    import inspect
+
+    emb = AudioEmbedding(SR)
+    call = inspect.unwrap(AudioEmbedding.__call__)
+    with pytest.raises(ShapeError, match=r"takes a list of mono waveforms \[samples\], got one ndarray of shape \[22050\]; pass \[wav\]"):
+        call(emb, np.zeros(SR, np.float32))
+    with pytest.raises(ShapeError, match=r"got one Tensor of shape \[3, 22050\]; pass list\(wavs\) for a batch"):
+        call(emb, torch.zeros(3, SR))
+    assert emb(list(torch.zeros(3, SR))).shape == (3, emb.dim)
+
+
+def test_onset_scores_refuse_nan_onsets_floats_for_events_and_bare_ratios():
+    """A NaN onset matched a true event (precision 1.0); floats for Events were an AttributeError;
+    dicts without the counts a KeyError 'n_true'."""
+    import inspect
+
+    events = [Event(0.5, 1), Event(1.0, 2)]
+    with pytest.raises(ShapeError, match="generated onset 0 is nan: onset times must be finite seconds"):
+        onset_metrics(events, [math.nan], [1])
+    with pytest.raises(ShapeError, match="generated onset 1 is inf"):
+        count_matches([0.5], [0.5, math.inf], 0.1)
+    with pytest.raises(ShapeError, match="true event 1 is nan"):
+        onset_metrics([Event(0.5, 1), Event(math.nan, 1)], [], [])
+    with pytest.raises(ShapeError, match=r"count_matches needs a finite tolerance >= 0"):
+        count_matches([0.5], [0.5], -1.0)
+    with pytest.raises(
+        ShapeError, match=r"takes the true events as Event\(time_s, class_id\) objects, got float 0\.5 at position 0; .*\[Event\(t, 0\) for t in times\]"
+    ):
+        inspect.unwrap(onset_metrics)([0.5, 1.0], [0.5, 1.0], [1, 2])
+    with pytest.raises(ShapeError, match=r"clip 1 lacks n_true, n_pred, .*; pass the dicts onset_metrics returns, whole"):
+        pool_onset_metrics([onset_metrics(events, [0.5], [1]), {"f1_any": 1.0}])
+
+
+def test_classify_events_takes_numpy_templates_and_names_bad_ones(clips, classifier):
+    import inspect
+
+    from controlfoley.metrics.classify import classify_events
+
+    clip = clips[0]
+    onsets = [e.time_s for e in clip.events]
+    assert classify_events(clip.audio, SR, onsets, classifier.templates.numpy()) == classifier(clip.audio, onsets)
+    with pytest.raises(ShapeError, match=r"templates are one band profile per class \[classes, 80\], got shape \[80\]; .*profile\[None\]"):
+        inspect.unwrap(classify_events)(clip.audio, SR, onsets, classifier.templates[0])
+    with pytest.raises(ShapeError, match="onset 1 is nan: onset times must be finite seconds"):
+        classifier(clip.audio, [0.5, math.nan])
+    sounds = [world_sound.numpy() for world_sound in _class_sounds(classifier.n_classes)]
+    assert torch.equal(AudioEventClassifier.from_sounds(sounds, SR).templates, classifier.templates)  # numpy sounds too
+
+
+def _class_sounds(n: int) -> list[torch.Tensor]:
+    from controlfoley.data.synthetic import class_sound
+
+    return [torch.as_tensor(class_sound(c, SR)) for c in range(n)]
+
+
+def test_detect_onsets_names_a_missing_or_swapped_sample_rate():
+    import inspect
+
+    detect = inspect.unwrap(detect_onsets)
+    wav = np.zeros(SR, np.float32)
+    with pytest.raises(ShapeError, match=r"sample_rate must be a positive number of samples per second \(e\.g\. 22050\), got None"):
+        detect(wav, None)
+    with pytest.raises(ShapeError, match=r"takes \(wav, sample_rate\), got the waveform second and 22050 first; swap them"):
+        detect(SR, wav)
+    with pytest.raises(ShapeError, match="got -1"):
+        detect(wav, -1)

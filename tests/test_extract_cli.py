@@ -257,3 +257,21 @@ def test_whitespace_tags_are_no_prompt(tmp_path: Path) -> None:
     ds = ShardDataset(tmp_path / "ds")
     vectors = [ds[i]["clap"].float() for i in range(2)]
     assert sorted(bool(v.abs().sum() > 0) for v in vectors) == [False, True]
+
+
+def test_a_synthetic_count_below_one_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """--synthetic -3 was "a split holds at most 1000000 clips, asked for -3", after the tokenizer was built."""
+    import inspect
+
+    from controlfoley.data import extract
+
+    def no_tokenizer(*args, **kwargs):
+        raise AssertionError("the extraction was built before --synthetic was checked")
+
+    monkeypatch.setattr(extract, "Extraction", no_tokenizer)
+    for n in ("-3", "0"):
+        assert extract.extract_main(["--preset", "specmaskfoley_tiny", "--synthetic", n, "--out", str(tmp_path / "ds")]) == 2
+        assert f"--synthetic N renders N clips of the synthetic world: N must be positive, got {n}" in capsys.readouterr().err
+    with pytest.raises(DataError, match="n_clips is the number of clips to render and must be positive, got -3"):
+        inspect.unwrap(extract.extract_synthetic)(tmp_path / "ds", None, n_clips=-3)
+    assert not (tmp_path / "ds").exists()

@@ -1325,6 +1325,27 @@ def test_a_still_image_is_refused_not_given_a_blip_of_foley(pipe: FoleyPipeline,
         pipe(still)
 
 
+def test_a_seed_torch_cannot_take_is_refused_up_front(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A seed outside what torch.Generator.manual_seed takes ([-2**63, 2**64 - 1]) was "Overflow when
+    unpacking long long", in the CLI per file after the model had loaded."""
+    from controlfoley.pipeline_parts import checked_seed
+
+    for seed in (-(2**63), 2**64 - 1):  # the ends torch takes
+        torch.Generator().manual_seed(checked_seed(seed))
+    for seed in (2**64, 2**70, -(2**63) - 1):
+        with pytest.raises(ConfigError, match=r"seed must be in \[-2\*\*63, 2\*\*64 - 1\] \(what torch.Generator.manual_seed takes\), got"):
+            checked_seed(seed)
+
+    def no_model(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model was loaded before --seed was checked")
+
+    monkeypatch.setattr(FoleyPipeline, "from_pretrained", no_model)
+    argv = ["generate", str(tmp_path / "clip.mp4"), "--model", "specmaskfoley_synthetic", "--out", str(tmp_path / "out"), "--seed", str(2**70)]
+    assert cli.main(argv) == 2
+    assert f"--seed must be in [-2**63, 2**64 - 1] (what torch.Generator.manual_seed takes), got {2**70}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_progress_bar_counts_the_sampling_steps_of_every_window(media: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     m = micro_model()
     _pipeline(m, progress=True)(media["long"], steps=3)

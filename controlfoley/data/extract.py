@@ -375,6 +375,8 @@ def extract_synthetic(
     from controlfoley.data.synthetic import SyntheticWorld
     from controlfoley.video import resample_frames
 
+    if isinstance(n_clips, bool) or not isinstance(n_clips, int) or n_clips < 1:
+        raise DataError(f"n_clips is the number of clips to render and must be positive, got {n_clips!r}")
     world = SyntheticWorld(seed=world_seed, duration_s=ex.window_s)
 
     def load(i: int) -> Loaded:
@@ -602,6 +604,8 @@ def _extractor_spec(item: str) -> tuple[str, dict[str, Any]]:
 def extract_main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.synthetic is not None and args.synthetic < 1:  # before the tokenizer is built
+            raise DataError(f"--synthetic N renders N clips of the synthetic world: N must be positive, got {args.synthetic}")
         names: list[Any] = [n for n in args.extractors.split(",") if n]
         names += [_extractor_spec(e) for e in args.extractor]
         ex = Extraction(

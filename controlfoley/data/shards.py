@@ -20,8 +20,9 @@ Features
   safetensors metadata (`clip_ids`, a JSON list), so the index stays small at VGGSound scale.
 - Feature names the recipes read: `tokens` (int16/int32 [F, T]), `sync` (fp16 [t, ds]), `clip`
   (fp16 [t8, dc]), `clap` (fp32 [c]), `mel` (fp16 [m, n]), `label` (int64 []). Any other name is kept.
-- `ShardWriter` buffers clips and writes each full shard atomically (temporary file + rename);
-  floating features are stored as fp16 except `clap` (fp32), and a value fp16 cannot hold is a DataError.
+- `ShardWriter` buffers clips (features as torch tensors or numpy arrays) and writes each full shard
+  atomically (temporary file + rename); floating features are stored as fp16 except `clap` (fp32),
+  and a value fp16 cannot hold is a DataError.
   After each shard it records its progress (`progress.json`, atomically), so an interrupted
   extraction continues with `resume=True` (`controlfoley extract --resume`); what it redoes is the
   clips not yet in a finished shard (fewer than `shard_size` plus one tokenizer batch).
@@ -46,6 +47,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -218,6 +220,19 @@ def storage_dtype(key: str, value: torch.Tensor) -> torch.dtype:
     return value.dtype
 
 
+def _as_tensor(clip_id: str, key: str, value: Any) -> torch.Tensor:
+    """A feature as a CPU tensor: tensors are detached, numpy arrays (and numpy scalars) converted."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu")
+    if isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in "biuf":
+        return torch.from_numpy(np.array(value))  # a copy: C-contiguous, writable, the caller's array left alone
+    raise DataError(
+        f"clip {clip_id!r}: feature {key!r} is {type(value).__name__}"
+        f"{f' of dtype {value.dtype}' if isinstance(value, (np.ndarray, np.generic)) else ''}, not a tensor; "
+        "give torch tensors or numpy arrays of numbers (bool, int or float)"
+    )
+
+
 class ShardWriter:
     """Write clips into shards of `shard_size`; `close()` flushes the last shard and writes the index.
 
@@ -306,9 +321,9 @@ class ShardWriter:
     def n_clips(self) -> int:
         return sum(s.n_clips for s in self.shards) + len(self._buffer)
 
-    def add(self, clip_id: str, features: Mapping[str, torch.Tensor]) -> None:
-        """Buffer one clip; the first clip fixes the feature names, dtypes and shapes; an id
-        already added is refused."""
+    def add(self, clip_id: str, features: Mapping[str, torch.Tensor | np.ndarray]) -> None:
+        """Buffer one clip (features as tensors or numpy arrays); the first clip fixes the feature
+        names, dtypes and shapes; an id already added is refused."""
         if self._closed:
             raise DataError("ShardWriter is closed")
         if str(clip_id) in self._seen:
@@ -316,7 +331,7 @@ class ShardWriter:
                 f"clip id {str(clip_id)!r} was already added to {self.root} ({self._where(str(clip_id))}); every clip needs its own id "
                 "(ids name clips in skipped.tsv, resume and evaluation): give this clip another id, or leave out the repeated clip"
             )
-        clip = {k: v.detach().to("cpu") for k, v in features.items()}
+        clip = {k: _as_tensor(clip_id, k, v) for k, v in features.items()}
         if not self.features:
             self.features = {k: self._spec(k, v) for k, v in clip.items()}
         self._check_clip(clip_id, clip)

@@ -19,6 +19,7 @@ envelopes (e.g. Herrera-Boyer, Peeters & Dubnov, "Automatic Classification of Mu
 Sounds", J. New Music Research 2003); HiFi-GAN mel (Kong et al., 2020).
 """
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -68,15 +69,26 @@ def classify_events(
     wav: Float[Tensor, "s"] | Float[np.ndarray, "s"],
     sample_rate: int,
     onsets: Sequence[float],
-    templates: Float[Tensor, "k m"],
+    templates: Float[Tensor, "k m"] | Float[np.ndarray, "k m"],
     window_s: float = WINDOW_S,
 ) -> list[int]:
     """Class index (row of `templates`) of the sound starting at each onset, by cosine similarity."""
     mel = evaluation_mel(sample_rate)
+    if isinstance(templates, np.ndarray):
+        templates = torch.from_numpy(np.asarray(templates, dtype=np.float32))
+    if not isinstance(templates, torch.Tensor) or templates.ndim != 2:
+        got = f"shape {list(templates.shape)}" if isinstance(templates, torch.Tensor) else type(templates).__name__
+        raise ShapeError(
+            f"templates are one band profile per class [classes, {mel.n_mels}], got {got}; "
+            "build them with AudioEventClassifier.from_sounds (its .templates), or pass one profile as profile[None]"
+        )
     if templates.shape[-1] != mel.n_mels:
         raise ShapeError(f"templates have {templates.shape[-1]} bands but the mel has {mel.n_mels}; build them with the same mel")
-    if not onsets:
+    if len(onsets) == 0:
         return []
+    for i, t in enumerate(onsets):
+        if not math.isfinite(t):
+            raise ShapeError(f"onset {i} is {t}: onset times must be finite seconds; drop the NaN/Inf onsets or fix what produced them")
     y = torch.from_numpy(as_numpy_wave(wav))
     if y.numel() < mel.min_samples:
         raise ShapeError(f"classify_events needs at least {mel.min_samples} samples, got {y.numel()}")
@@ -100,18 +112,19 @@ class AudioEventClassifier:
 
     @classmethod
     def from_sounds(
-        cls, sounds: Sequence[Float[Tensor, "_"]], sample_rate: int, window_s: float = WINDOW_S
+        cls, sounds: Sequence[Float[Tensor, "_"] | Float[np.ndarray, "_"]], sample_rate: int, window_s: float = WINDOW_S
     ) -> "AudioEventClassifier":
         """Templates from one clean sound per class (index = class id), through the evaluation's mel path."""
-        if not sounds:
+        if len(sounds) == 0:
             raise ShapeError("AudioEventClassifier needs at least one class sound")
         mel = evaluation_mel(sample_rate)
         lead = round(_LEAD_S * sample_rate)
         window = max(1, round(window_s * sample_rate / mel.hop_length))
         rows = []
         for sound in sounds:
+            sound = torch.from_numpy(as_numpy_wave(sound))  # one mono waveform, tensor or array
             # silence before and after, so the template goes through exactly the path an event in a clip does
-            padded = torch.cat([sound.new_zeros(lead), sound.float(), sound.new_zeros(2 * lead + mel.n_fft)])
+            padded = torch.cat([sound.new_zeros(lead), sound, sound.new_zeros(2 * lead + mel.n_fft)])
             rows.append(_profiles(mel.log_mel(padded), [lead / sample_rate], mel.hop_length, sample_rate, window)[0])
         return cls(torch.stack(rows), sample_rate, window_s)
 

@@ -15,13 +15,16 @@ Features
   clamped to 0), which is the symmetric form of sqrtm(C_a C_b). A ridge of `ridge` x (mean variance)
   is added to both covariances: with fewer clips than dimensions (n <= d) the covariances are singular
   and the ridge keeps the square roots well conditioned; identical sets still score exactly the same
-  matrices, so their distance stays ~0. The result is clamped at 0.
+  matrices, so their distance stays ~0. The result is clamped at 0. Widths above `MAX_WIDTH` (8192)
+  are refused before any covariance is made: raw waveforms are not embeddings.
 
 References: Frechet (1957); Dowson & Landau, "The Frechet distance between multivariate normal
 distributions" (1982); Heusel et al., FID (NeurIPS 2017); Kilgour et al., "Frechet Audio Distance"
 (Interspeech 2019); Koutini et al., PaSST (FD_PaSST in MMAudio / SpecMaskFoley).
 """
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,6 +37,9 @@ from controlfoley.typing import Float, Tensor
 __all__ = ["AudioEmbedding", "frechet_distance"]
 
 RIDGE = 1e-6
+# Widest embedding frechet_distance takes: far above audio embeddings (VGGish 128, PaSST 768, OpenL3 6144)
+# and below raw waveforms, whose d x d covariance (44100 samples: 15 GB in float64) would exhaust memory.
+MAX_WIDTH = 8192
 
 
 class AudioEmbedding:
@@ -66,7 +72,11 @@ class AudioEmbedding:
 
     def __call__(self, wavs: Sequence[Float[Tensor, "_"] | Float[np.ndarray, "_"]]) -> Float[Tensor, "b d"]:
         """Embedding of mono waveforms at `sample_rate` (lengths may differ; each is summarised alone)."""
-        if not wavs:
+        if isinstance(wavs, (torch.Tensor, np.ndarray)):
+            shape = list(wavs.shape)
+            fix = "pass list(wavs) for a batch [clips, samples]" if len(shape) == 2 else "pass [wav] for one clip"
+            raise ShapeError(f"AudioEmbedding takes a list of mono waveforms [samples], got one {type(wavs).__name__} of shape {shape}; {fix}")
+        if len(wavs) == 0:
             raise ShapeError("AudioEmbedding needs at least one waveform")
         rows = [self.embed_log_mel(self.mel.log_mel(torch.from_numpy(as_numpy_wave(w)))[None]) for w in wavs]
         return torch.cat(rows)
@@ -83,12 +93,25 @@ def frechet_distance(
     ridge: float = RIDGE,
 ) -> float:
     """Frechet distance between Gaussians fitted to two embedding sets (see the module docstring)."""
-    a, b = (torch.as_tensor(x).detach().to("cpu", torch.float64) for x in (emb_a, emb_b))
+    if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real) or not (math.isfinite(ridge) and ridge >= 0):  # NaN compares False
+        raise ShapeError(f"frechet_distance needs a finite ridge >= 0 (default {RIDGE}), got {ridge!r}")
+    try:  # no copy yet: the widths are checked before anything of size d x d is made
+        a, b = (torch.as_tensor(x).detach() for x in (emb_a, emb_b))
+    except (TypeError, ValueError, RuntimeError):
+        raise ShapeError(
+            f"frechet_distance takes two embedding sets [n, d] as tensors or arrays, got {type(emb_a).__name__} and {type(emb_b).__name__}"
+        ) from None
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ShapeError(
             f"frechet_distance takes two embedding sets [n, d] of one width d, got {list(a.shape)} and {list(b.shape)}; "
             "embed both with the same AudioEmbedding"
         )
+    if a.shape[1] > MAX_WIDTH:
+        raise ShapeError(
+            f"frechet_distance takes embeddings of width d <= {MAX_WIDTH}, got d = {a.shape[1]} (raw waveforms?), whose d x d covariance "
+            f"would take {a.shape[1] ** 2 * 8 / 1e9:.1f} GB; embed each clip first, e.g. AudioEmbedding(sample_rate)(wavs) -> [n, 48]"
+        )
+    a, b = a.to("cpu", torch.float64), b.to("cpu", torch.float64)
     if a.shape[0] < 2 or b.shape[0] < 2:
         raise ShapeError(f"frechet_distance needs at least 2 embeddings per set (for a covariance), got {a.shape[0]} and {b.shape[0]}")
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):

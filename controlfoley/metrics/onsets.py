@@ -15,10 +15,13 @@ Boeck, Krebs & Schedl, "Evaluating the Online Capabilities of Onset Detection Me
 the peak-picking rule behind `librosa.onset.onset_detect`; McFee et al., librosa.
 """
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import librosa
 import numpy as np
+import torch
 
 from controlfoley.errors import ShapeError
 from controlfoley.metrics._common import as_numpy_wave
@@ -70,8 +73,11 @@ def detect_onsets(
     with no spurious onset; through the mel and Griffin-Lim about 5 ms late. Two hits closer than
     `params.wait_s` are reported as one onset.
     """
-    if sample_rate <= 0:
-        raise ShapeError(f"detect_onsets: sample_rate must be positive, got {sample_rate}")
+    if isinstance(sample_rate, (np.ndarray, torch.Tensor)) and not isinstance(wav, (np.ndarray, torch.Tensor)):
+        raise ShapeError(f"detect_onsets takes (wav, sample_rate), got the waveform second and {wav!r} first; swap them: detect_onsets(wav, sample_rate)")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real) or not (math.isfinite(sample_rate) and sample_rate > 0):
+        got = repr(sample_rate) if isinstance(sample_rate, numbers.Real) or sample_rate is None else type(sample_rate).__name__
+        raise ShapeError(f"detect_onsets: sample_rate must be a positive number of samples per second (e.g. 22050), got {got}")
     y = as_numpy_wave(wav)
     hop = params.hop_length
     if y.size < params.n_fft:

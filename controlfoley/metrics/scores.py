@@ -40,8 +40,23 @@ _EPS = 1e-9  # the tolerance is inclusive despite float error in t - g
 COUNT_KEYS = ("n_true", "n_pred", "matched_any", "matched_cls", "desync_sum_s", "n_desync_miss")
 
 
+def _check_times(times: Sequence[float], what: str) -> None:
+    """Every onset a finite number of seconds (a NaN compares False with everything and would match)."""
+    for i, t in enumerate(times):
+        try:
+            finite = math.isfinite(t)
+        except TypeError:
+            raise ShapeError(f"{what} {i} is {type(t).__name__} {t!r}, not a time in seconds; give onset times as floats") from None
+        if not finite:
+            raise ShapeError(f"{what} {i} is {t}: onset times must be finite seconds; drop the NaN/Inf onsets or fix what produced them")
+
+
 def count_matches(true_times: Sequence[float], pred_times: Sequence[float], tolerance: float) -> int:
     """Size of a maximum one-to-one matching with |t - g| <= tolerance (greedy sweep, both sorted)."""
+    if not (math.isfinite(tolerance) and tolerance >= 0):  # NaN compares False
+        raise ShapeError(f"count_matches needs a finite tolerance >= 0 (seconds), got {tolerance}")
+    _check_times(true_times, "true onset")
+    _check_times(pred_times, "generated onset")
     t, g = sorted(true_times), sorted(pred_times)
     i = j = matched = 0
     while i < len(t) and j < len(g):
@@ -94,6 +109,14 @@ def onset_metrics(
         raise ShapeError(f"{len(pred_onsets)} generated onsets but {len(pred_classes)} classes; give one class per onset")
     if not (math.isfinite(tolerance) and tolerance >= 0 and math.isfinite(max_offset_s) and max_offset_s > 0):  # NaN compares False
         raise ShapeError(f"need a finite tolerance >= 0 and a finite max_offset_s > 0, got {tolerance} and {max_offset_s}")
+    for i, e in enumerate(true_events):
+        if not isinstance(e, Event):
+            raise ShapeError(
+                f"onset_metrics takes the true events as Event(time_s, class_id) objects, got {type(e).__name__} {e!r} at position {i}; "
+                "make them with controlfoley.data.synthetic.Event, e.g. [Event(t, 0) for t in times] (one class: class-agnostic)"
+            )
+    _check_times([e.time_s for e in true_events], "true event")
+    _check_times(pred_onsets, "generated onset")
     distances = [_class_distance(e, pred_onsets, pred_classes, max_offset_s) for e in true_events]
     classes = sorted({e.class_id for e in true_events} | set(pred_classes))
     matched_cls = sum(
@@ -117,5 +140,12 @@ def onset_metrics(
 
 def pool_onset_metrics(per_clip: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """Micro-average over clips: sum the counts of `onset_metrics` results, recompute the ratios."""
+    for i, m in enumerate(per_clip):
+        missing = [key for key in COUNT_KEYS if key not in m] if isinstance(m, Mapping) else list(COUNT_KEYS)
+        if missing:
+            raise ShapeError(
+                f"pool_onset_metrics sums the counts of onset_metrics results, but clip {i} lacks {', '.join(missing)}; "
+                "pass the dicts onset_metrics returns, whole (not only their ratios)"
+            )
     totals = {key: float(sum(m[key] for m in per_clip)) for key in COUNT_KEYS}
     return {**_ratios(totals), **totals}

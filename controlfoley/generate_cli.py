@@ -84,7 +84,15 @@ def _parser() -> argparse.ArgumentParser:
              "(an approximation: with a prompt, multi-CFG at 12 steps, N=3 runs 61%% of the paper model's block arithmetic, 75%% without one; "
              "quality in benchmarks/RESULTS.md). Default 1: the paper's sampler",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0); the same seed and settings give the same audio")
+    p.add_argument(
+        "--control-scale", type=float, default=None, metavar="S",
+        help="multiply every ControlNet residual by S (default 1: as trained; below 1 the video steers less, 0 the backbone alone)",
+    )  # fmt: skip
+    p.add_argument(
+        "--seed", type=int, default=0,
+        help="sampling seed (default: 0); the same seed and settings give the same tokens on the same device and precision "
+             "(generate.json records them; the waveform's last bits can vary with the CPU thread count)",
+    )  # fmt: skip
     p.add_argument("--format", choices=("wav", "flac"), default="wav")
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap for long videos, fraction of a window (default: 0.25)")
     p.add_argument(
@@ -158,6 +166,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ValueError(f"--guidance-every must be >= 1 (1: the paper's sampler), got {args.guidance_every}")
     if args.cfg_scale is not None and not math.isfinite(args.cfg_scale):
         raise ValueError(f"--cfg-scale must be a finite number, got {args.cfg_scale}")
+    if args.control_scale is not None and not math.isfinite(args.control_scale):
+        raise ValueError(f"--control-scale must be a finite number (1: the ControlNet as trained), got {args.control_scale}")
     if not 0.0 <= args.overlap < 1.0:
         raise ValueError(f"--overlap is a fraction of the window in [0, 1), got {args.overlap}")
     from controlfoley.pipeline_parts import SEED_MAX, SEED_MIN
@@ -175,7 +185,7 @@ def _build_pipeline(args: argparse.Namespace, extractors: dict[str, Any], vocode
     text_encoder = parse_spec(args.text_encoder) if args.text_encoder else None
     pipe = FoleyPipeline.from_pretrained(
         args.model, extractors=extractors, text_encoder=text_encoder, vocoder=vocoder, map_location=args.device, overlap=args.overlap, join=args.join,
-        precision=args.precision, cuda_graph=args.cuda_graph,
+        precision=args.precision, cuda_graph=args.cuda_graph, progress=False,  # the command has its own bar, over files
     )  # fmt: skip
     args.rule = None
     if args.guidance:
@@ -341,7 +351,7 @@ def _run_one(pipe: Any, args: argparse.Namespace, video: Path, paths: tuple[Path
         check_writable_folder(args.out, "--out")
         paths = claim_outputs(args.out, video, paths)  # another run into --out may have taken the planned name since
         result = pipe(video, args.prompt, args.negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed, guidance=args.rule,
-            guidance_every=args.guidance_every,
+            guidance_every=args.guidance_every, control_scale=args.control_scale,
         )
         row.update(duration=result.duration_s, windows=len(result.windows))
         _write(video, result, *paths)
@@ -414,12 +424,28 @@ def _sha256(path: str, size: int, mtime: float) -> str:
     return h.hexdigest()
 
 
+def _sampled_dtype(pipe: Any) -> str:
+    """The dtype the pipeline's token sampling runs in ("float32", "bfloat16"), as `precision`
+    resolves on the model's device (the "auto" of the command line made concrete)."""
+    import torch
+
+    from controlfoley.fast import sampling_dtype
+    from controlfoley.model import param_dtype
+    from controlfoley.pipeline import PRECISIONS
+
+    model = pipe.model
+    dt = sampling_dtype(model.device, PRECISIONS[pipe.precision], param_dtype(model.backbone, torch.float32))
+    return str(dt).removeprefix("torch.")
+
+
 def _record(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path, Path], duration_s: float) -> None:
     """Add this output to DIR/generate.json, with the settings that made it as resolved (the
     model's own steps, scale and rule where none was given; the extractors and text encoder used;
     the model file). A record that cannot be written costs a warning, not the file: the outputs
     are already in place."""
     import datetime
+
+    import torch
 
     from controlfoley import __version__
     from controlfoley.errors import one_line
@@ -433,7 +459,10 @@ def _record(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path,
         "prompt": args.prompt, "negative_prompt": args.negative_prompt,
         "steps": args.steps or model.sampler.steps, "cfg_scale": args.cfg_scale if args.cfg_scale is not None else rule.scale,
         "guidance": repr(rule), "guidance_every": args.guidance_every, "seed": args.seed, "precision": args.precision,
+        "control_scale": 1.0 if args.control_scale is None else args.control_scale,
         "overlap": args.overlap, "join": args.join,
+        # what a seed's tokens depend on besides the settings: the device and the precision that sampled
+        "device": str(model.device), "sampled_dtype": _sampled_dtype(pipe), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
         "extractors": {k: getattr(e, "name", type(e).__name__) for k, e in pipe.extractors.items()},
         "text_encoder": getattr(pipe.text_encoder, "name", None) if pipe.text_encoder is not None else None,
         "vocoder": args.vocoder or model.config.vocoder.name,

@@ -479,6 +479,9 @@ def test_the_generate_record_holds_the_resolved_settings_and_a_bad_entry_spoils_
     assert "conditions=[uncond, video]" in settings["guidance"]  # no prompt: the rule that sampled, not the model's multi-CFG
     assert settings["extractors"] == {"sync": "synthetic_sync", "clip": "synthetic_clip"} and settings["model_file"] == str(model_file.resolve())
     assert settings["model_file_stamp"]["bytes"] == model_file.stat().st_size
+    # what a seed's tokens depend on besides the settings: the device and the dtype that sampled
+    assert settings["device"] == "cpu" and settings["sampled_dtype"] == "float32" and settings["control_scale"] == 1.0
+    assert settings["torch"] == torch.__version__ and settings["cpu_threads"] >= 1
     import hashlib
 
     assert settings["model_file_stamp"]["sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
@@ -1370,3 +1373,17 @@ def test_control_scale_reaches_every_window_and_is_checked_before_the_video_is_r
     monkeypatch.setattr(FoleyPipeline, "read_features", lambda *a: pytest.fail("the video was read before control_scale was checked"))
     with pytest.raises(ConfigError, match="control_scale must be a finite number"):
         p(media["tiny"], control_scale=float("inf"))
+
+
+def test_generate_control_scale_reaches_the_pipeline_and_is_recorded(model_file: Path, media: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from controlfoley.generate_cli import read_manifest
+
+    seen = []
+    real = FoleyPipeline.__call__
+    monkeypatch.setattr(FoleyPipeline, "__call__", lambda self, *a, **kw: seen.append((kw["control_scale"], self.progress)) or real(self, *a, **kw))
+    out = tmp_path / "out"
+    assert cli.main(["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--steps", "1", "--control-scale", "0.5"]) == 0
+    assert seen == [(0.5, False)]  # the command's own bar is over files: the pipeline's is off
+    assert read_manifest(out)["tiny"]["settings"]["control_scale"] == 0.5
+    assert cli.main(["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--control-scale", "nan"]) == 2
+    assert "--control-scale must be a finite number" in capsys.readouterr().err

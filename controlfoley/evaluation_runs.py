@@ -17,7 +17,7 @@ import torch
 
 from controlfoley._io import atomic_write_text
 
-__all__ = ["evaluate_variants", "write_results", "install_shipped_weights", "load_run_model", "clip_inputs", "TABLE_COLUMNS"]
+__all__ = ["score_synthetic", "evaluate_variants", "write_results", "install_shipped_weights", "load_run_model", "clip_inputs", "TABLE_COLUMNS"]
 
 TABLE_COLUMNS = ("variant", "desync_s", "desync_miss_frac", "recall_any", "precision_any", "f1_cls", "class_accuracy", "fd", "sec_per_clip")
 
@@ -73,6 +73,38 @@ def _row(name: str, make: Callable[[], list[torch.Tensor]], clips: Sequence[Any]
     scores = evaluate_clips([w[:n] for w in wavs], clips, clips[0].sample_rate)
     print(f"  {name:<44} desync {scores['desync_s']:.3f} s  f1_cls {scores['f1_cls']:.3f}  fd {scores['fd']:.2f}", flush=True)
     return {"variant": name, **scores, "sec_per_clip": dt}
+
+
+def score_synthetic(model: torch.nn.Module, n_clips: int = 40, *, batch: int = 16, world_seed: int = 0, **generate_kwargs: Any) -> dict[str, Any]:
+    """Score `model` on `n_clips` held-out clips of the synthetic world (the test split the shipped
+    model and `controlfoley experiment` use, at the model's window): generate (each batch seeded
+    1000 + its first index, so variants meet the same noise), decode, vocode, then the metrics of
+    `controlfoley.evaluation.evaluate_clips` (desync, onset precision / recall / F1, class scores,
+    FD). `generate_kwargs` go to `model.generate`: guidance=, steps=, cfg_scale=, control_scale=...
+    Returns those scores plus `sec_per_clip`; `format_table([row, ...])` prints several.
+
+    >>> from controlfoley import from_pretrained
+    >>> m = from_pretrained("specmaskfoley_synthetic")
+    >>> rows = [{"variant": g, **score_synthetic(m, 16, guidance=g)} for g in ("multi", "cfg_video")]
+    """
+    import numbers
+
+    from controlfoley.data.synthetic import SyntheticWorld
+    from controlfoley.errors import ConfigError
+    from controlfoley.evaluation import evaluate_clips
+
+    for name, v, low in (("n_clips", n_clips, 2), ("batch", batch, 1)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+            raise ConfigError(f"{name} must be an int >= {low}, got {v!r}" + (" (the FD compares two sets of clips)" if name == "n_clips" else ""))
+    if not getattr(model, "has_control", False):
+        raise ConfigError("score_synthetic scores a model that follows video (with a ControlNet); this one is a backbone alone")
+    world = SyntheticWorld(seed=world_seed, duration_s=model.n_samples / model.sample_rate, sample_rate=model.sample_rate)
+    clips = [world.clip(i) for i in world.split("test", int(n_clips))]
+    t0 = time.time()
+    wavs = _generate_rows(model.eval(), clips, int(batch), **generate_kwargs)
+    dt = (time.time() - t0) / len(clips)
+    n = min(w.shape[0] for w in wavs)
+    return {**evaluate_clips([w[:n].cpu() for w in wavs], clips, model.sample_rate), "sec_per_clip": dt}
 
 
 def evaluate_variants(out: Path, bb_run: Path, cn_runs: dict[str, Path], *, n_test: int, batch: int = 16) -> dict[str, Any]:

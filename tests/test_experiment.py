@@ -249,7 +249,8 @@ def test_shipped_weights_record_what_was_trained(tmp_path, monkeypatch):
     from controlfoley.evaluation_runs import install_shipped_weights
     from controlfoley.model import from_pretrained
 
-    assert from_pretrained("specmaskfoley_synthetic").trained_parts == {"tokenizer", "backbone", "controlnet"}
+    # the parts the FT run trained (its aligner and control encoder too) and those it started from
+    assert from_pretrained("specmaskfoley_synthetic").trained_parts == {"tokenizer", "backbone", "control_encoder", "aligner", "controlnet"}
     run = build_model("specmaskfoley_tiny")
     run.trained_parts = {"tokenizer", "backbone", "controlnet"}
     run.save(tmp_path / "ft")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import av
 
-from controlfoley._io import atomic_path
+from controlfoley._io import atomic_path, final_path, write_failure
 from controlfoley.errors import MediaError
 
 __all__ = ["PathLike", "VIDEO_SUFFIXES", "video_files", "open_input", "atomic_output", "open_output", "video_stream", "check_complete", "check_covered", "stated_duration", "check_fps", "rate_fraction"]
@@ -72,6 +72,7 @@ VIDEO_OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")  # containers that hold
 def check_video_output(path: Path) -> None:
     """A video output must be a container this module writes (H.264 or the copied codec, AAC audio)."""
     if path.suffix.lower() not in VIDEO_OUTPUT_SUFFIXES:
+        path = final_path(path)
         raise MediaError(
             f"cannot write {path}: controlfoley writes videos as {', '.join(VIDEO_OUTPUT_SUFFIXES)} (H.264 or the input's "
             f"own codec, AAC audio); {path.suffix or 'no suffix'!r} needs other codecs. Write an .mp4 and convert it "
@@ -85,16 +86,17 @@ def atomic_output(path: Path) -> Iterator[Path]:
     try:
         with atomic_path(path) as tmp:
             yield tmp
-    except OSError as e:
-        raise MediaError(f"cannot write {path}: {_reason(e)}; choose a writable output folder") from None
+    except OSError as e:  # named by the file it becomes (`path` may be another atomic_path's temporary file)
+        raise MediaError(write_failure(path, e, fix="choose a writable output folder")) from None
     except av.FFmpegError as e:
-        raise MediaError(f"cannot write {path}: FFmpeg failed while muxing ({_reason(e)}); try an .mp4 output") from None
+        raise MediaError(f"cannot write {final_path(path)}: FFmpeg failed while muxing ({_reason(e)}); try an .mp4 output") from None
 
 
 def open_output(tmp: Path, target: Path) -> av.container.OutputContainer:
     try:
         return av.open(str(tmp), "w")
     except ValueError as e:  # PyAV: "Could not determine output format"
+        target = final_path(target)
         raise MediaError(f"cannot write {target}: {e} from suffix {target.suffix!r}; use .mp4, .mkv or .mov") from None
 
 

@@ -7,7 +7,6 @@
 Writes are atomic (temporary file + rename).
 """
 
-import errno
 import json
 import os
 import warnings
@@ -21,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from controlfoley._io import atomic_path
+from controlfoley._io import atomic_path, write_failure
 from controlfoley._registry import RegistryError
 from controlfoley.config import ModelConfig, Part, part_registries
 from controlfoley.errors import CheckpointError, user_stacklevel
@@ -49,11 +48,9 @@ def save_state_dict(path: str | os.PathLike[str], state: Mapping[str, torch.Tens
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={FORMAT_KEY: FORMAT_VERSION, **dict(metadata)})
     except (OSError, SafetensorError) as e:  # a folder that cannot be made or written, a full disk: the target named, not the temporary file
-        full = getattr(e, "errno", None) == errno.ENOSPC or "os error 28" in str(e)  # safetensors' own error carries the OS's text
-        fix = "the disk is full: free space, then save again" if full else "save to a folder you can write to"
-        raise CheckpointError(
-            f"cannot write {path}: {getattr(e, 'strerror', None) or e}; {fix} (nothing was written, an existing file there is unchanged)"
-        ) from e
+        # (safetensors' own error carries the OS's text, "os error 28", which write_failure reads as a full disk)
+        reason = write_failure(path, e, fix="save to a folder you can write to")
+        raise CheckpointError(f"{reason} (nothing was written, an existing file there is unchanged)") from e
     return path
 
 
@@ -163,7 +160,7 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, extra_metadata
             "this model's block linears are fp8 (quantize_fp8), a lossy copy for sampling that a checkpoint cannot hold: "
             "save the model before quantizing, and quantize after loading"
         )
-    if path.suffix != ".safetensors":
+    if path.suffix.lower() != ".safetensors":  # any case, as the check above: "Model.SAFETENSORS" is a file, not a folder
         path = path / "model.safetensors"
     meta = {CONFIG_KEY: model.config.to_json(), **dict(extra_metadata or {})}
     trained = getattr(model, "trained_parts", None)

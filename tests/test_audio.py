@@ -520,3 +520,56 @@ def test_bigvgan_folders_load_through_the_adapter(tmp_path, monkeypatch, capsys)
     torch.save(sd, bare / "bigvgan_generator.pt")
     with pytest.raises(CheckpointError, match=r"must hold \{'generator': state_dict\}; it is a BigVGAN generator"):
         bigvgan_vocoder(mel=mel_fe, folder=str(bare))
+
+
+def test_save_audio_on_a_full_disk_names_the_file_it_writes_and_says_the_disk_is_full(tmp_path, monkeypatch) -> None:
+    """libsndfile reports a full disk as a bare "System error." (a LibsndfileError, not an OSError):
+    a MediaError naming the output (also when the path given is another writer's temporary file,
+    as generate's is), saying the disk is full when it has less room than the file needs; nothing left."""
+    import shutil
+    from types import SimpleNamespace
+
+    import controlfoley.audio.io as audio_io
+    from controlfoley._io import atomic_path
+
+    def full(file, *a, **k):
+        with open(file, "wb") as f:
+            f.write(b"RIFF")
+        raise sf.LibsndfileError(2)  # SFE_SYSTEM: "System error."
+
+    monkeypatch.setattr(audio_io.sf, "write", full)
+    free = {"bytes": 100}
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(total=10**9, used=10**9, free=free["bytes"]))
+    wav = torch.zeros(SR)
+    out = tmp_path / "foley.wav"
+    with pytest.raises(MediaError, match=rf"^cannot write {out}: System error.*; the disk is full: free space$"):
+        save_audio(out, wav, SR)
+    with pytest.raises(MediaError, match=rf"^cannot write {out}: System error.*; the disk is full: free space$") as e:
+        with atomic_path(out) as tmp:  # generate: both outputs go to temporary names first
+            save_audio(tmp, wav, SR)
+    assert ".tmp-" not in str(e.value)
+    free["bytes"] = 10**9  # room enough: some other failure, not a full disk
+    with pytest.raises(MediaError, match=rf"^cannot write {out}: System error; choose a writable output folder$"):
+        save_audio(out, wav, SR)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_overwritten_file_keeps_its_permission_bits(tmp_path) -> None:
+    """atomic writes replace a file by a new one: it keeps the old one's mode (a private 0600 file
+    stays private); a new file gets the usual 0666 less the umask."""
+    import os
+    import stat
+
+    from controlfoley._io import _umask, atomic_write_text
+
+    out = tmp_path / "a.wav"
+    save_audio(out, torch.zeros(100), SR)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~_umask()
+    os.chmod(out, 0o600)
+    save_audio(out, torch.zeros(200), SR)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and sf.info(str(out)).frames == 200
+    text = tmp_path / "notes.txt"
+    text.write_text("x")
+    os.chmod(text, 0o640)
+    atomic_write_text(text, "y")
+    assert stat.S_IMODE(text.stat().st_mode) == 0o640 and text.read_text() == "y"

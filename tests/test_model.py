@@ -944,3 +944,11 @@ def test_control_scale_weighs_the_controlnet_residuals(micro_model) -> None:
             for out in m.controlnet.outs:
                 out.weight.zero_()
 
+
+def test_a_safetensors_suffix_in_any_case_is_a_file_not_a_folder(micro_model, tmp_path) -> None:
+    """save_model("lib/Model.SAFETENSORS") writes that file (as the other suffix check reads it,
+    case-blind), not a folder of that name holding model.safetensors."""
+    path = micro_model.save(tmp_path / "lib" / "Model.SAFETENSORS")
+    assert path == tmp_path / "lib" / "Model.SAFETENSORS" and path.is_file()
+    reloaded = from_pretrained(path)
+    assert all(torch.equal(v, micro_model.state_dict()[k]) for k, v in reloaded.state_dict().items())

@@ -460,3 +460,115 @@ def test_training_warnings_point_at_the_callers_line(data: Path, tmp_path: Path)
         train(config("controlnet", data, tmp_path / "run", steps=2))
     ours = [w for w in caught if "without --init" in str(w.message)]
     assert ours and all(w.filename == __file__ for w in ours), [(w.filename, w.lineno) for w in ours]
+
+
+# -- a run file that cannot be written: one line naming it, the fix, and how to go on -------------
+def _failing_replace(monkeypatch: pytest.MonkeyPatch, name: str, nth: int, code: int) -> None:
+    """The `nth` atomic rename onto a file called `name` raises OSError `code` (a full disk at the
+    last moment: the temporary file's data written, not yet in place)."""
+    real, seen = os.replace, []
+
+    def replace(src: Any, dst: Any, *a: Any, **k: Any) -> None:
+        if Path(dst).name == name:
+            seen.append(dst)
+            if len(seen) == nth:
+                raise OSError(code, os.strerror(code), str(src), str(dst))
+        real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+@pytest.mark.parametrize(
+    ("name", "nth", "code", "what", "then"),
+    [
+        ("config.json", 1, 28, "the run's config", "nothing was recorded yet; then run the same command again"),
+        ("data.json", 1, 28, "the run's data record", "no checkpoint was written yet; then continue with the same command and --resume"),
+        ("latest", 2, 28, "checkpoint 4", "step-00000002, is intact; then continue with the same command and --resume"),
+        ("config.json", 1, 13, "the run's config", "nothing was recorded yet"),
+    ],
+)
+def test_a_run_file_that_cannot_be_written_is_one_line_naming_it_and_the_run_goes_on(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str, nth: int, code: int, what: str,
+    then: str,
+) -> None:
+    """config.json, data.json and the checkpoints/latest pointer: not a raw OSError traceback but
+    the CLI's one-line error (exit 2) naming the file (not its temporary name), the fix (a full
+    disk: free space; no permission: a writable folder), what is intact; the advice then works."""
+    run = tmp_path / "run"
+    _failing_replace(monkeypatch, name, nth, code)
+    assert train_main(cli_args("backbone", data, run, steps=4)) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(lines) == 1, err
+    target = run / "checkpoints" / "latest" if name == "latest" else run / name
+    fix = "the disk is full: free space" if code == 28 else "choose a writable folder"
+    assert lines[0].startswith(f"error: {what} could not be written: cannot write {target}: {os.strerror(code)}; {fix}"), lines[0]
+    assert then in lines[0].lower() and ".tmp-" not in lines[0], lines[0]
+    monkeypatch.undo()
+    resume = ("--resume",) if "--resume" in then else ()
+    assert train_main(cli_args("backbone", data, run, *resume, steps=4)) == 0
+    assert (run / "model.safetensors").is_file() and [r["step"] for r in read_metrics(run, "train")] == [1, 2, 3, 4]
+    assert not [p for p in run.rglob("*") if ".tmp-" in p.name]
+
+
+def test_a_full_disk_while_logging_metrics_or_saving_the_final_model_says_how_to_go_on(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A metrics.jsonl line that cannot be written, and the final model: TrainingErrors naming the
+    file and the full disk, saying which checkpoint is intact; --resume finishes the run."""
+    import io
+
+    import controlfoley.train.metrics as metrics
+
+    lines = []
+
+    class Full(io.StringIO):
+        def write(self, text: str) -> int:
+            lines.append(text)
+            if len(lines) == 3:
+                raise OSError(28, os.strerror(28))
+            return len(text)
+
+    monkeypatch.setattr(metrics, "open", lambda *a, **k: Full(), raising=False)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=rf"^the training metrics could not be written: cannot write {run / 'metrics.jsonl'}: No space left on device; "
+                       r"the disk is full: free space\. The last complete checkpoint, .*step-00000002, is intact; then continue .*--resume"):  # fmt: skip
+        train(config("backbone", data, run, steps=4))
+    monkeypatch.undo()
+    import controlfoley.checkpoint as checkpoint
+
+    real = checkpoint.save_file
+
+    def full_at_the_end(tensors: Any, file: str, *a: Any, **k: Any) -> None:
+        if Path(file).parent == run:  # the final model, not a checkpoint's
+            raise OSError(28, os.strerror(28))
+        real(tensors, file, *a, **k)
+
+    monkeypatch.setattr(checkpoint, "save_file", full_at_the_end)
+    with pytest.raises(TrainingError, match=rf"^the final model could not be written: cannot write {run / 'model.safetensors'}: No space left on device; "
+                       r"the disk is full: free space.*The last complete checkpoint, .*step-00000004, is intact; then continue .*--resume"):  # fmt: skip
+        train(config("backbone", data, run, steps=4), resume=True)
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="already finished"):
+        train(config("backbone", data, run, steps=4), resume=True)
+    assert (run / "model.safetensors").is_file()
+
+
+def test_resume_removes_the_temporary_files_of_killed_writes_and_only_those(data: Path, tmp_path: Path) -> None:
+    """A kill between writing a temporary file and renaming it leaves `.NAME.tmp-XXXXXXXX.EXT`
+    (as large as the model): a resumed run removes exactly those, in the run folder and its
+    checkpoint folders, and only while it holds the run's lock."""
+    from controlfoley.train.checkpoints import RunDir
+
+    run = tmp_path / "run"
+    train(config("backbone", data, run, steps=4), stop_at=2)
+    step = run / "checkpoints" / "step-00000002"
+    stale = [step / ".model.tmp-k2_9zq0a.safetensors", run / ".config.tmp-abcdefgh.json", run / "checkpoints" / ".latest.tmp-0123abcd"]
+    kept = [step / ".model.tmp-short.safetensors", run / "notes.tmp-abcdefgh.txt", run / ".mine.tmp-ABCDEFGH.json", run / "keep.safetensors"]
+    for p in stale + kept:
+        p.write_bytes(b"x" * 100)
+    (run / ".dir.tmp-abcdefgh").mkdir()
+    assert RunDir(run).remove_stale_temps() == [] and all(p.exists() for p in stale)  # not locked here: nothing removed
+    train(config("backbone", data, run, steps=4), resume=True)
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in kept) and (run / ".dir.tmp-abcdefgh").is_dir()

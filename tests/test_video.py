@@ -462,3 +462,63 @@ def test_frames_are_read_as_players_show_them(tmp_path: Path, degrees: int) -> N
     bright = np.unravel_index(resized[..., 0].argmax(), resized.shape[:2])
     corner = np.unravel_index(shown[..., 0].argmax(), shown.shape[:2])  # the block's corner, scaled
     assert abs(bright[0] / 8 - corner[0] / shown.shape[0]) < 0.3 and abs(bright[1] / 12 - corner[1] / shown.shape[1]) < 0.3
+
+
+def _failing_temp_replace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Renaming a temporary file of atomic_path raises ENOSPC (its data written, then no room)."""
+    import errno
+    import os
+
+    real = os.replace
+
+    def replace(src: Any, dst: Any, *a: Any, **k: Any) -> None:
+        if ".tmp-" in Path(src).name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src), str(dst))
+        real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_a_full_disk_names_the_output_not_its_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_video / mux_audio on a full disk: a MediaError naming the file asked for (also when
+    that is another writer's temporary file, as generate hands mux_audio) and saying the disk is
+    full, not "choose a writable output folder"; no temporary file stays."""
+    from controlfoley._io import atomic_path
+
+    src = video.write_video(tmp_path / "src.mp4", _blocky_frames(4), 24.0)
+    _failing_temp_replace(monkeypatch)
+    out = tmp_path / "out.mp4"
+    full = rf"^cannot write {out}: No space left on device; the disk is full: free space$"
+    with pytest.raises(MediaError, match=full):
+        video.write_video(out, _blocky_frames(4), 24.0)
+    with pytest.raises(MediaError, match=full):
+        video.mux_audio(src, torch.zeros(2205), 22050, out)
+    with pytest.raises(MediaError, match=full):
+        with atomic_path(out) as tmp:
+            video.mux_audio(src, torch.zeros(2205), 22050, tmp)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.mp4"]
+
+
+def test_an_os_error_inside_atomic_path_names_the_target(tmp_path: Path) -> None:
+    """An OSError raised while writing the temporary file (none named, or the temporary one) is
+    raised naming the target, followed through nested atomic_paths; its kind (errno) is kept."""
+    import errno
+
+    from controlfoley._io import atomic_path, final_path
+
+    out = tmp_path / "clip.mp4"
+    with pytest.raises(OSError, match=r"No space left on device: '.*clip\.mp4'$") as e:
+        with atomic_path(out) as tmp:
+            assert final_path(tmp) == out
+            with atomic_path(tmp) as inner:
+                assert final_path(inner) == out
+                raise OSError(errno.ENOSPC, "No space left on device")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(out)
+    with pytest.raises(PermissionError) as e:
+        with atomic_path(out) as tmp:
+            raise PermissionError(errno.EACCES, "Permission denied", str(tmp))
+    assert e.value.filename == str(out)
+    with pytest.raises(FileNotFoundError) as e:  # another file named: left as it is
+        with atomic_path(out):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "input.mp4"))
+    assert e.value.filename == str(tmp_path / "input.mp4") and list(tmp_path.iterdir()) == []

@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from controlfoley._io import atomic_path
+from controlfoley._io import atomic_path, write_failure
 from controlfoley.errors import MediaError
 from controlfoley.typing import Float, Shaped, Tensor
 
@@ -27,6 +27,7 @@ __all__ = ["load_audio", "save_audio", "WRITE_FORMATS"]
 
 # extension -> (libsndfile format, default subtype)
 WRITE_FORMATS: dict[str, tuple[str, str]] = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16")}
+_SAMPLE_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
 
 
 def load_audio(path: str | os.PathLike[str], sample_rate: int, mono: bool = True) -> Float[Tensor, "*ch s"]:
@@ -81,6 +82,10 @@ def save_audio(
     try:
         with atomic_path(path) as tmp:
             sf.write(str(tmp), y, sample_rate, subtype=subtype, format=container)
-    except OSError as e:
-        raise MediaError(f"cannot write {path}: {e.strerror or e}; choose a writable output folder") from None
+    except (OSError, sf.SoundFileError) as e:
+        # libsndfile says only "System error." for a failed write (a full disk among them): the disk
+        # counts as full when it has less room than the file needs (its samples uncompressed, a header).
+        # Named by the file it becomes: `path` may be another atomic_path's temporary file.
+        need = y.size * _SAMPLE_BYTES.get(subtype, 2) + 4096
+        raise MediaError(write_failure(path, e, fix="choose a writable output folder", folder=path.parent, need=need)) from None
     return path

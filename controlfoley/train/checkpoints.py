@@ -19,6 +19,10 @@ Layout::
 - `resolve_model_file(path)`: a checkpoint file, a checkpoint folder or a run folder -> model file.
 - `nothing_to_resume_message`, `longer_run_hint`: what to say when --resume has no step left to run
   (a run's length is part of the run, so training longer is a new run initialised from it).
+- `RunDir.write_failed`: the TrainingError of a run file that could not be written (a full disk):
+  the file, the fix, what is intact and how to go on (--resume).
+- `RunDir.remove_stale_temps`: temporary files of writes a kill interrupted, removed while the run's
+  lock is held (a resumed run does it).
 """
 
 import contextlib
@@ -38,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from controlfoley._io import atomic_write_text
+from controlfoley._io import atomic_write_text, remove_stale_temps, write_failure
 from controlfoley.checkpoint import CONFIG_KEY, read_state_dict, save_model, save_state_dict, trained_parts
 from controlfoley.errors import CheckpointError, TrainingError, user_stacklevel
 
@@ -46,6 +50,8 @@ __all__ = ["RunDir", "TrainState", "capture_rng", "restore_rng", "resolve_model_
 
 STATE_KEY = "controlfoley_train_state"
 _HELD_LOCKS: set[int] = set()  # run-folder lock descriptors this process holds
+_LOCKED_ROOTS: set[str] = set()  # the run folders (real paths) whose lock this process holds
+_WRITABLE = "choose a writable folder (another --out), or make this one writable again"  # a run file's fix when not a full disk
 
 
 def _drop_locks_in_child() -> None:
@@ -210,11 +216,13 @@ class RunDir:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
             _HELD_LOCKS.add(fd)
+            _LOCKED_ROOTS.add(os.path.realpath(self.root))
             try:
                 yield
             finally:
                 if os.getpid() == owner:  # a forked child closed its copy at fork: the number may be another file's now
                     _HELD_LOCKS.discard(fd)
+                    _LOCKED_ROOTS.discard(os.path.realpath(self.root))
                     if created:
                         self._remove_if_unused(path)  # while still locked; a trainer that opened it meanwhile retries
                     fcntl.flock(fd, fcntl.LOCK_UN)
@@ -261,6 +269,41 @@ class RunDir:
             if [p.name for p in self.root.iterdir()] == [lock_path.name]:
                 lock_path.unlink()
                 self.root.rmdir()
+
+    def remove_stale_temps(self) -> list[Path]:
+        """Remove what killed writes left: `atomic_path`'s temporary files (named exactly
+        `.NAME.tmp-XXXXXXXX.EXT`) in the run folder, `checkpoints/` and each `checkpoints/step-*/`
+        (a model's is as large as the model). Only while this process holds the run's lock (no
+        other trainer can be writing them); without it (a file system without locks) nothing is
+        removed. Returns the files removed."""
+        if os.path.realpath(self.root) not in _LOCKED_ROOTS:
+            return []
+        folders = [self.root, self.ckpt_root, *(p for p in sorted(self.ckpt_root.glob("step-*")) if p.is_dir() and not p.is_symlink())]
+        return [f for folder in folders for f in remove_stale_temps(folder)]
+
+    def write_failed(self, what: str, path: Path, error: BaseException) -> TrainingError:
+        """The error for a run file (`what`, at `path`) that could not be written: the file and why,
+        the fix (a full disk: free space), what is intact, and how to go on."""
+        return self.write_stopped(what, write_failure(path, error, fix=_WRITABLE))
+
+    def write_stopped(self, what: str, reason: str) -> TrainingError:
+        """`what` could not be written (`reason` names the file and the fix): what is intact and how
+        to go on. --resume continues from the last complete checkpoint; a run without a config.json
+        yet is started again by the same command."""
+        try:
+            latest = self.latest_dir()
+        except CheckpointError:
+            latest = None
+        if latest is not None:
+            then = (
+                f"the last complete checkpoint, {latest}, is intact; then continue with the same command and --resume, which continues "
+                "from the last complete checkpoint (old checkpoints are removed only after a new one is complete)"
+            )
+        elif self.config_path.is_file():
+            then = "no checkpoint was written yet; then continue with the same command and --resume, which starts the run from step 0"
+        else:
+            then = "nothing was recorded yet; then run the same command again"
+        return TrainingError(f"{what} could not be written: {reason}. {then[0].upper()}{then[1:]}")
 
     def latest_dir(self, *, say: bool = False) -> Path | None:
         """The checkpoint a resume continues from: the one `latest` points to; if that one is gone
@@ -312,7 +355,11 @@ class RunDir:
         meta = {STATE_KEY: json.dumps({"step": step, "param_groups": groups, "param_names": param_names, "rng": rng_meta, **extra})}
         aux_tensors = {f"aux.{k}": v for k, v in (aux or {}).items()}
         save_state_dict(d / "state.safetensors", {**opt_tensors, **rng_tensors, **aux_tensors}, meta)
-        atomic_write_text(self.ckpt_root / "latest", name)
+        pointer = self.ckpt_root / "latest"
+        try:
+            atomic_write_text(pointer, name)
+        except OSError as e:  # both files are complete: a resume finds this checkpoint without the pointer
+            raise CheckpointError(write_failure(pointer, e, fix=_WRITABLE)) from e
         self._prune(keep_last, keep=name)
         return d
 

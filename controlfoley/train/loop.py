@@ -201,11 +201,29 @@ class Trainer:
 
     def _record_run(self) -> None:
         """The run's config.json (on resume: with the flags it may change, such as a moved --data)
-        and, at its start, data.json; written after every pre-flight check passed."""
+        and, at its start, data.json; written after every pre-flight check passed. A folder that
+        already holds a run (a resume, or a run killed before its first checkpoint started again)
+        first loses the temporary files of writes a kill interrupted (under the run's lock)."""
         if self.info.is_main:
-            atomic_write_text(self.run_dir.config_path, self.cfg.to_json())
+            rd = self.run_dir
+            if rd.config_path.is_file():
+                rd.remove_stale_temps()
+            self._write_text("the run's config", rd.config_path, self.cfg.to_json())
             if self._data_record is not None:
-                atomic_write_text(self.run_dir.root / DATA_RECORD, json.dumps(self._data_record, indent=1) + "\n")
+                self._write_text("the run's data record", rd.root / DATA_RECORD, json.dumps(self._data_record, indent=1) + "\n")
+
+    def _write_text(self, what: str, path: Path, text: str) -> None:
+        try:
+            atomic_write_text(path, text)
+        except OSError as e:  # a full disk, a folder made read-only: the file, the fix, how to go on
+            raise self.run_dir.write_failed(what, path, e) from e
+
+    def _save_final(self) -> None:
+        """The final model; a full disk is a TrainingError saying how to go on (--resume writes it)."""
+        try:
+            self.model.save(self.run_dir.final_model)
+        except CheckpointError as e:
+            raise self.run_dir.write_stopped("the final model", str(e)) from e
 
     def _load_weights(self, ckpt_dir: Path | None) -> None:
         cfg = self.cfg
@@ -307,7 +325,7 @@ class Trainer:
                 if done % cfg.ckpt_every == 0 or done == stop:
                     self._checkpoint(done)
             if stop == cfg.steps and info.is_main:
-                self.model.save(self.run_dir.final_model)
+                self._save_final()
         finally:
             bar.close()
             log.close()
@@ -320,7 +338,7 @@ class Trainer:
         cfg, info = self.cfg, self.info
         if info.is_main:
             if self.start_step >= cfg.steps and not self.run_dir.final_model.is_file():
-                self.model.save(self.run_dir.final_model)  # killed between the last checkpoint and the final save
+                self._save_final()  # killed between the last checkpoint and the final save
             warnings.warn(nothing_to_resume_message(self.run_dir.root, cfg.recipe, self.start_step, cfg.steps, stop_at), stacklevel=user_stacklevel())
         barrier(info)
         return result
@@ -430,12 +448,7 @@ class Trainer:
             try:
                 self.run_dir.save(step, self.model, self.optimizer, self.names, self.cfg.keep_last, extra, aux=aux)
             except CheckpointError as e:  # a full disk mid-run: what is intact, and how to go on
-                latest = self.run_dir.latest_dir()  # the pointer moves only after a complete checkpoint
-                intact = f"the last complete checkpoint, {latest}, is intact" if latest is not None else "there is no earlier checkpoint"
-                raise TrainingError(
-                    f"checkpoint {step} could not be written: {e}. {intact}; free space (or fix the folder), then continue "
-                    "with the same command and --resume (old checkpoints are removed only after a new one is complete)"
-                ) from e
+                raise self.run_dir.write_stopped(f"checkpoint {step}", str(e)) from e
 
 
 def _wide(device: torch.device) -> torch.dtype:

@@ -7,9 +7,11 @@
 - TensorBoard (`RUN/tb/`) through `torch.utils.tensorboard` when the `tensorboard` package is
   installed (`pip install 'controlfoley[tensorboard]'`); without it, JSONL alone (but
   `--tensorboard` given by name on the command line is an error naming the install command).
-Only rank 0 writes; other ranks hold a disabled logger.
+Only rank 0 writes; other ranks hold a disabled logger. A line that cannot be written (a full disk)
+stops the run with a TrainingError naming the file, the fix and how to go on (--resume).
 """
 
+import contextlib
 import json
 import math
 import time
@@ -66,34 +68,46 @@ class MetricsLogger:
         self._tb: Any = None
         if not enabled:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None:
-            kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= resume_step]
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-        elif path.exists():
-            path.unlink()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if resume_step is not None:
+                kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= resume_step]
+                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+            elif path.exists():
+                path.unlink()
+            self._file = open(path, "a", encoding="utf-8")
+        except OSError as e:
+            raise self._failed(e) from e
         if tensorboard:
             try:
                 tb = require("torch.utils.tensorboard", extra="tensorboard", purpose="TensorBoard logging")
                 self._tb = tb.SummaryWriter(str(path.parent / "tb"), purge_step=resume_step)
             except MissingDependencyError:
                 self._tb = None
-        self._file = open(path, "a", encoding="utf-8")
 
     def log(self, step: int, split: str, values: Mapping[str, float]) -> None:
         if not self.enabled:
             return
         row = {"step": step, "split": split, **{k: _clean(v) for k, v in values.items()}, "time": time.time()}
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+        except OSError as e:  # a torn last line is skipped when read, and a resume cuts the file back to its checkpoint
+            raise self._failed(e) from e
         if self._tb is not None:
             for k, v in values.items():
                 self._tb.add_scalar(f"{split}/{k}", float(v), step)
 
+    def _failed(self, error: OSError) -> TrainingError:
+        from controlfoley.train.checkpoints import RunDir  # the run folder is the file's
+
+        return RunDir(self.path.parent).write_failed("the training metrics", self.path, error)
+
     def close(self) -> None:
         if not self.enabled:
             return
-        self._file.close()
+        with contextlib.suppress(OSError):  # the flush of a line already reported (a full disk)
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 

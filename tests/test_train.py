@@ -741,3 +741,32 @@ def test_a_checkpoint_whose_guidance_resolves_differently_still_resumes(tmp_path
     other = build_model("specmaskfoley_tiny", **{**alone, "backbone": {**alone["backbone"], "depth": 2}})
     with pytest.raises(CheckpointError, match="differs from this run's"):
         RunDir(tmp_path).load_model_weights(d, other)
+
+
+def test_fine_tune_from_the_shipped_weights_by_name(tmp_path: Path) -> None:
+    """--init specmaskfoley_synthetic (the name from_pretrained, generate and info take) starts a
+    run from the weights in the package; it used to be 'no model checkpoint at specmaskfoley_synthetic'.
+    The frozen backbone stays the shipped one, and no part is called untrained."""
+    from controlfoley.model import from_pretrained
+    from controlfoley.train.checkpoints import resolve_model_file
+
+    shipped = from_pretrained("specmaskfoley_synthetic")
+    assert resolve_model_file("specmaskfoley_synthetic").name == "specmaskfoley_synthetic.safetensors"
+    enc, f, t = shipped.control_encoder, *shipped.grid
+    g = torch.Generator().manual_seed(0)
+    with ShardWriter(tmp_path / "ds", shard_size=4, info={"grid": [f, t], "codebook_size": shipped.tokenizer.codebook_size}) as w:
+        for i in range(4):
+            w.add(f"c{i}", {
+                "tokens": torch.randint(0, shipped.tokenizer.codebook_size, (f, t), generator=g),
+                "sync": torch.randn(140, enc.sync_dim, generator=g), "clip": torch.randn(46, enc.clip_dim, generator=g),
+                "clap": torch.randn(shipped.backbone.cond_dim, generator=g),
+            })  # fmt: skip
+    cfg = config("controlnet", tmp_path / "ds", tmp_path / "ft", preset="specmaskfoley_synthetic", model_overrides={}, steps=1, batch_size=2,
+                 warmup_steps=0, init="specmaskfoley_synthetic")  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg)
+    assert not [w for w in caught if "never trained" in str(w.message)], [str(w.message) for w in caught]
+    tuned = final_state(tmp_path / "ft")
+    for k, v in shipped.backbone.state_dict().items():
+        assert torch.equal(tuned[f"backbone.{k}"].to(v.dtype), v), k

@@ -45,6 +45,7 @@ from torch import nn
 from controlfoley._io import atomic_write_text, remove_stale_temps, write_failure
 from controlfoley.checkpoint import CONFIG_KEY, read_state_dict, save_model, save_state_dict, trained_parts
 from controlfoley.errors import CheckpointError, TrainingError, user_stacklevel
+from controlfoley.presets import PRETRAINED, pretrained_path
 
 __all__ = ["RunDir", "TrainState", "capture_rng", "restore_rng", "resolve_model_file", "longer_run_hint", "nothing_to_resume_message", "checkpoint_step"]
 
@@ -129,8 +130,15 @@ def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], groups: list[Any])
 
 def resolve_model_file(path: str | Path) -> Path:
     """A model file from a checkpoint file, a checkpoint folder, or a run folder (its final model,
-    else its latest checkpoint); also a run's `checkpoints` folder or its `latest` pointer file."""
+    else its latest checkpoint); also a run's `checkpoints` folder or its `latest` pointer file, and
+    the name of a preset that ships weights (`specmaskfoley_synthetic`: `--init` and `extract
+    --tokenizer` fine-tune from or tokenize with them), where no file or folder has that name."""
     p = Path(path)
+    if not p.exists() and str(path) in PRETRAINED:
+        shipped = pretrained_path(str(path))
+        if shipped is None:
+            raise CheckpointError(f"the weights of preset {path} are missing from this installation ({PRETRAINED[str(path)]}); reinstall controlfoley")
+        return shipped
     if _is_latest_pointer(p):  # a run's pointer file (it names a step folder), not a model
         p = p.parent.parent
     elif p.is_file():

@@ -22,6 +22,7 @@ from controlfoley.config import ConfigError
 from controlfoley.data.shards import ShardWriter
 from controlfoley.errors import CheckpointError, DataError, TrainingError
 from controlfoley.train import TrainConfig, WarmupCosine, scaled_lr, train
+from controlfoley.train.cli import build_parser, config_from_args
 from controlfoley.train.cli import main as train_main
 from controlfoley.train.metrics import read_metrics
 
@@ -770,3 +771,34 @@ def test_fine_tune_from_the_shipped_weights_by_name(tmp_path: Path) -> None:
     tuned = final_state(tmp_path / "ft")
     for k, v in shipped.backbone.state_dict().items():
         assert torch.equal(tuned[f"backbone.{k}"].to(v.dtype), v), k
+
+
+def test_trainable_replaces_the_recipes_choice_of_parts(data: Path, tmp_path: Path) -> None:
+    """TrainConfig(trainable=...) / --trainable: the aligner alone of a ControlNet run, or the
+    backbone unfrozen with the ControlNet; the checkpoint records what trained."""
+    from controlfoley.checkpoint import read_metadata, trained_parts
+
+    train(config("backbone", data, tmp_path / "bb", steps=1, warmup_steps=0))
+    start = final_state(tmp_path / "bb")
+    run = lambda name, parts: train(config("controlnet", data, tmp_path / name, steps=2, warmup_steps=0, init=str(tmp_path / "bb"), trainable=parts))  # noqa: E731
+    run("al", ("aligner",))
+    run("cn", ("controlnet",))
+    al, cn = final_state(tmp_path / "al"), final_state(tmp_path / "cn")
+    for k in start:
+        if k.startswith(("tokenizer.", "backbone.")):
+            assert torch.equal(al[k], start[k]), k  # loaded, frozen
+    zero = [k for k in al if k.startswith(("controlnet.outs.", "controlnet.cond_in."))]
+    assert zero and all(not al[k].any() for k in zero)  # the ControlNet's zero linears never moved: it did not train
+    assert not all(not cn[k].any() for k in zero)  # (they do move when it trains)
+    aligner = [k for k in al if k.startswith("aligner.")]
+    assert any(not torch.equal(al[k], cn[k]) for k in aligner)  # same seed, same start: trained in one run only
+    assert trained_parts(read_metadata(tmp_path / "al" / "model.safetensors")) == {"backbone", "aligner"}  # what it loaded trained, and the aligner
+    run("both", ("backbone", "controlnet"))
+    both = final_state(tmp_path / "both")
+    assert any(not torch.equal(both[k], start[k]) for k in start if k.startswith("backbone."))
+    with pytest.raises(ConfigError, match="the controlnet recipe reads stored tokens, so the tokenizer gets no gradient"):
+        config("controlnet", data, tmp_path / "x", trainable=("tokenizer", "controlnet"))
+    with pytest.raises(ConfigError, match="trainable names model parts"):
+        config("controlnet", data, tmp_path / "x", trainable=("alinger",))
+    args = build_parser().parse_args(["controlnet", "--preset", "specmaskfoley_tiny", "--data", str(data), "--out", str(tmp_path / "y"), "--trainable", "aligner, controlnet"])
+    assert config_from_args(args).trainable == ("aligner", "controlnet")

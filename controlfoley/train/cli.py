@@ -63,7 +63,7 @@ def _add_config_flags(p: argparse.ArgumentParser, recipe: str) -> None:
             text = helps[f.name] + f" [default: {_warmup_default(recipe)}]".replace("%", "%%")  # argparse formats help with %
         if isinstance(default, bool):
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif f.name in ("init_parts", "betas"):
+        elif f.name in ("init_parts", "betas", "trainable"):
             p.add_argument(flag, dest=f.name, default=None, metavar="A,B", help=f"comma-separated; {text}")
         else:
             kind = type(default) if default is not None and not isinstance(default, str) else str
@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse_value(name: str, raw: str) -> Any:
-    if name == "init_parts":
-        return tuple(x for x in raw.split(",") if x)
+    if name in ("init_parts", "trainable"):
+        return tuple(x.strip() for x in raw.split(",") if x.strip())
     return tuple(float(x) for x in raw.split(","))
 
 
@@ -126,7 +126,7 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
         v = getattr(args, f.name, None)
         if f.name in _SKIP or v is None:
             continue
-        given[f.name] = _parse_value(f.name, v) if f.name in ("init_parts", "betas") else v
+        given[f.name] = _parse_value(f.name, v) if f.name in ("init_parts", "betas", "trainable") else v
     if args.model_overrides:
         given["model_overrides"] = _model_overrides(args.model_overrides)
     if args.resume:

@@ -87,6 +87,7 @@ class TrainConfig:
     val_max_clips: int = 1024  # validation reads at most this many clips
     init: str | None = None  # checkpoint file, checkpoint folder or run folder holding pretrained parts
     init_parts: tuple[str, ...] = ()  # model parts loaded from `init`
+    trainable: tuple[str, ...] | None = None  # backbone/controlnet: the parts this run trains instead of the recipe's (e.g. aligner alone, or backbone,controlnet to unfreeze the backbone)
     steps: int = 140_000  # optimizer steps in the whole run (the schedule's length)
     batch_size: int = 64  # global batch: all ranks and accumulation micro-batches together
     grad_accum: int = 1  # micro-batches per optimizer step (per rank)
@@ -129,6 +130,19 @@ class TrainConfig:
             raise ConfigError(f"train config: model_overrides must hold JSON values (numbers, strings, lists, dicts): {e}") from e
         object.__setattr__(self, "model_overrides", overrides)
         object.__setattr__(self, "init_parts", tuple(self.init_parts))
+        if self.trainable is not None:
+            object.__setattr__(self, "trainable", tuple(self.trainable))
+            parts = ("tokenizer", "backbone", "control_encoder", "aligner", "controlnet")
+            unknown = [p for p in self.trainable if p not in parts]
+            if unknown or not self.trainable:
+                raise ConfigError(f"train config: trainable names model parts, some of {', '.join(parts)}; got {list(self.trainable)}")
+            if self.recipe == "tokenizer":
+                raise ConfigError("train config: trainable is for the backbone and controlnet recipes; the tokenizer recipe trains the tokenizer")
+            if "tokenizer" in self.trainable:
+                raise ConfigError(
+                    f"train config: the {self.recipe} recipe reads stored tokens, so the tokenizer gets no gradient; drop it from trainable "
+                    "(train it with the tokenizer recipe)"
+                )
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         _check_choice("recipe", self.recipe, RECIPES)
         _check_choice("precision", self.precision, PRECISIONS)

@@ -146,6 +146,13 @@ class Trainer:
             warnings.warn(f"--resume: {self.run_dir.root} has no checkpoint yet (killed before its first); starting it from step 0", stacklevel=user_stacklevel())
         self._load_weights(ckpt_dir)
         self.recipe.prepare(self.model)
+        if cfg.trainable is not None:  # the user's choice of parts replaces the recipe's
+            missing = [p for p in cfg.trainable if getattr(self.model, p, None) is None]
+            if missing:
+                raise ConfigError(f"trainable names {', '.join(missing)}, which this model ({cfg.preset}) does not have")
+            self.model.requires_grad_(False)
+            for p in cfg.trainable:
+                getattr(self.model, p).requires_grad_(True)
         self.model.to(info.device)
         self.train_ds, self.val_ds = open_datasets(cfg, self.recipe, self.model)
         self._data_record = check_same_data(cfg, self.run_dir.root, self.train_ds, self.val_ds, resume)

@@ -567,3 +567,136 @@ def test_shard_writer_takes_numpy_arrays(tmp_path: Path) -> None:
         with pytest.raises(DataError, match=r"feature 'tags' is ndarray of dtype <U4, not a tensor"):
             add(w, "a", {"tags": np.array(["bell"])})
         w.add("a", {"tokens": tokens})
+
+
+def _clip(i: int) -> dict[str, torch.Tensor]:
+    return {"tokens": torch.full((5, 8), i % 64, dtype=torch.long), "sync": torch.full((3, 2), float(i))}
+
+
+def test_a_failed_overwrite_keeps_the_old_dataset_and_resume_finishes_the_new_one(tmp_path: Path) -> None:
+    """--overwrite used to delete index.json (and progress.json) before reading a clip: any failure
+    left a folder that neither loaded nor resumed. The old dataset now loads until the new one's
+    index is swapped in; an interrupted replacement resumes, and then the old shards are gone."""
+    root = tmp_path / "ds"
+    write_clips(root, n=16, shard_size=4)
+    old = ShardIndex.load(root)
+    w = ShardWriter(root, shard_size=4, overwrite=True)
+    for i in range(6):
+        w.add(f"new-{i}", _clip(i))  # one new shard finished, then a crash (never closed)
+    still = ShardIndex.load(root)
+    assert still.fingerprint() == old.fingerprint() and still.n_clips == 16
+    still.verify("sha256")
+    assert len(ShardDataset(root)) == 16 and ShardDataset(root).clip_id(15) == "clip-15"
+    assert w.shards[0].file not in {s.file for s in old.shards}  # the new shards have names of their own
+    with pytest.raises(DataError, match="holds a dataset .*still loads.* interrupted extraction replacing it.*--resume"):
+        ShardWriter(root, shard_size=4)
+    r = ShardWriter(root, shard_size=4, resume=True)
+    assert r.clip_ids == [f"new-{i}" for i in range(4)]
+    assert ShardIndex.load(root).n_clips == 16  # resuming changes nothing until it completes
+    for i in range(4, 8):
+        r.add(f"new-{i}", _clip(i))
+    index = r.close()
+    assert index.n_clips == 8 and ShardIndex.load(root).n_clips == 8
+    ds = ShardDataset(root, verify="sha256")
+    assert [ds.clip_id(i) for i in range(8)] == [f"new-{i}" for i in range(8)] and int(ds[7]["tokens"][0, 0]) == 7
+    assert sorted(p.name for p in root.iterdir()) == sorted([INDEX_FILE, *(s.file for s in index.shards)])  # no old shard, no progress
+
+
+def test_overwrite_with_fewer_clips_leaves_no_stale_shards(tmp_path: Path) -> None:
+    """16 clips then 8 used to leave the first dataset's shard-00002/00003 behind; replacing twice
+    goes back to the first names."""
+    root = tmp_path / "ds"
+    write_clips(root, n=16, shard_size=4)
+    for n in (8, 3):
+        with ShardWriter(root, shard_size=4, overwrite=True) as w:
+            for i in range(n):
+                w.add(f"c{i}", _clip(i))
+        index = ShardIndex.load(root)
+        assert index.n_clips == n
+        assert sorted(p.name for p in root.iterdir()) == sorted([INDEX_FILE, *(s.file for s in index.shards)])
+    assert [s.file for s in index.shards] == ["shard-00000.safetensors"]
+
+
+def test_overwrite_discards_an_interrupted_extraction_at_once(tmp_path: Path) -> None:
+    """Without a finished dataset, --overwrite starts afresh: the interrupted run's shards and
+    progress go, and its names are reused."""
+    root = tmp_path / "ds"
+    w = ShardWriter(root, shard_size=2)
+    for i in range(5):
+        w.add(f"a{i}", _clip(i))  # two shards, never closed
+    w2 = ShardWriter(root, shard_size=2, overwrite=True)
+    assert sorted(p.name for p in root.iterdir()) == []
+    w2.add("b0", _clip(0))
+    assert [s.file for s in w2.close().shards] == ["shard-00000.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "where, error, expect",
+    [
+        ("shard", OSError(28, "No space left on device"), r"cannot write .*shard-00001\.safetensors: No space left on device; the disk is full: "
+         r"free space, then re-run the same command with --resume\. The 1 finished shard of this extraction is kept"),
+        ("shard", "safetensors", r"shard-00001\.safetensors: No space left on device; the disk is full: free space"),
+        ("progress", OSError(30, "Read-only file system"), r"cannot write .*progress\.json: Read-only file system; choose a folder you can write"),
+        ("index", OSError(28, "No space left on device"), r"cannot write .*index\.json: .*the disk is full: free space, then re-run the same command with --resume"),
+    ],
+)  # fmt: skip
+def test_a_failed_write_names_the_file_and_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, error: Any, expect: str) -> None:
+    """A full disk used to surface as safetensors' own error (no path, no --resume hint); every
+    write of the writer now raises DataError naming the file and the fix, and keeps what is done."""
+    from safetensors import SafetensorError
+
+    from controlfoley.data import shards
+
+    if error == "safetensors":
+        error = SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    root = tmp_path / "ds"
+    target = {"shard": ("save_file", 2), "progress": ("atomic_write_text", 2), "index": ("atomic_write_text", 3)}[where]
+    real = getattr(shards, target[0])
+    calls: list[int] = []
+
+    def failing(*a: Any, **k: Any) -> Any:
+        calls.append(1)
+        if len(calls) == target[1]:
+            raise error
+        return real(*a, **k)
+
+    monkeypatch.setattr(shards, target[0], failing)
+    w = ShardWriter(root, shard_size=2)
+    with pytest.raises(DataError, match=expect):
+        for i in range(4):
+            w.add(f"c{i}", _clip(i))
+        w.close()
+    monkeypatch.setattr(shards, target[0], real)
+    r = ShardWriter(root, shard_size=2, resume=True)
+    assert r.clip_ids == ["c0", "c1"] or (where == "index" and len(r.clip_ids) == 4)
+    for i in range(len(r.clip_ids), 4):
+        r.add(f"c{i}", _clip(i))
+    assert r.close().n_clips == 4
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_resume_removes_the_temporary_files_a_killed_writer_left(tmp_path: Path) -> None:
+    """A SIGKILL between writing a shard's temporary file and its rename left
+    `.shard-00001.tmp-XXXXXXXX.safetensors`, which survived a successful --resume."""
+    import os
+    import time
+
+    root = tmp_path / "ds"
+    w = ShardWriter(root, shard_size=2)
+    for i in range(3):
+        w.add(f"c{i}", _clip(i))
+    progress = time.time() - 10  # the last progress write, 10 s ago
+    os.utime(root / "progress.json", (progress, progress))
+    older = root / ".shard-00000.tmp-abcd_123.safetensors"  # from an earlier kill, before the last progress write
+    killed = root / ".shard-00001.tmp-x1y2z3w4.safetensors"  # the kill's own: newer than progress.json
+    other = root / ".notes.tmp-abcdefgh.txt"  # not a name the writer gives
+    for p, t in ((older, progress - 60), (killed, progress + 1), (other, progress - 60)):
+        p.write_bytes(b"partial")
+        os.utime(p, (t, t))
+    r = ShardWriter(root, shard_size=2, resume=True)
+    assert not older.exists() and killed.exists()  # a newer one could be a live writer's: left until close
+    for i in range(2, 4):
+        r.add(f"c{i}", _clip(i))
+    r.close()
+    assert not killed.exists() and other.exists()
+    assert sorted(p.name for p in root.iterdir()) == sorted([".notes.tmp-abcdefgh.txt", INDEX_FILE, "shard-00000.safetensors", "shard-00001.safetensors"])

@@ -275,3 +275,180 @@ def test_a_synthetic_count_below_one_is_named(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(DataError, match="n_clips is the number of clips to render and must be positive, got -3"):
         inspect.unwrap(extract.extract_synthetic)(tmp_path / "ds", None, n_clips=-3)
     assert not (tmp_path / "ds").exists()
+
+
+def test_an_unwritable_out_is_refused_before_the_model_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """--out naming a file, a folder under a file, or a folder nobody can write used to fail with a
+    FileExistsError / NotADirectoryError / OSError traceback after the model was built."""
+    import re
+
+    from controlfoley.data import extract
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before --out was checked")
+
+    monkeypatch.setattr(extract, "Extraction", no_model)
+    (tmp_path / "afile").write_text("")
+    cases = {
+        str(tmp_path / "afile"): "is a file, not a folder",
+        str(tmp_path / "afile" / "ds"): r"output folder .*afile/ds cannot be written \(Not a directory\); choose another --out",
+        "/proc/self/ds": r"output folder /proc/self/ds cannot be written .*choose another --out",
+    }
+    for out, expect in cases.items():
+        assert extract.extract_main(["--preset", "specmaskfoley_tiny", "--synthetic", "2", "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert re.search(expect, err) and "--skip-bad" not in err, err
+
+
+def test_a_full_disk_is_a_one_line_error_naming_the_shard_and_resume_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ENOSPC used to be a raw `SafetensorError: ... No space left on device (os error 28)`
+    traceback, with no path and no --resume hint."""
+    import re
+
+    from safetensors import SafetensorError
+
+    from controlfoley.data import extract, shards
+
+    real, calls = shards.save_file, []
+
+    def full_at_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(*a, **k)
+
+    out = tmp_path / "ds"
+    args = ["--preset", "specmaskgit_tiny", "--mel", "--synthetic", "5", "--shard-size", "2", "--batch-size", "2", "--out", str(out)]
+    monkeypatch.setattr(shards, "save_file", full_at_second)
+    assert extract.extract_main(args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and re.fullmatch(
+        rf"error: cannot write {re.escape(str(out / 'shard-00001.safetensors'))}: No space left on device; the disk is full: free space, "
+        r"then re-run the same command with --resume\. The 1 finished shard of this extraction is kept \(progress\.json\): --resume continues after it\.",
+        errors[0],
+    ), errors
+    monkeypatch.setattr(shards, "save_file", real)
+    assert extract.extract_main([*args, "--resume"]) == 0
+    assert ShardIndex.load(out).n_clips == 5
+
+
+def test_an_interrupted_overwrite_keeps_the_dataset_and_says_how_to_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C in `extract --overwrite`: before the first new shard, the old dataset is untouched
+    and the same command starts again (--resume would find nothing to resume); after it, --resume
+    finishes the replacement, and only then does the old dataset go."""
+    from controlfoley.data import extract
+
+    out = tmp_path / "ds"
+    base = ["--preset", "specmaskgit_tiny", "--mel", "--shard-size", "2", "--batch-size", "1", "--out", str(out)]
+    assert extract.extract_main([*base, "--synthetic", "5"]) == 0
+    before = ShardIndex.load(out).fingerprint()
+    real, calls = extract.Extraction.audio_features, []
+
+    def stop_at(n):
+        calls.clear()
+
+        def stopping(self, wavs):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(self, wavs)
+
+        monkeypatch.setattr(extract.Extraction, "audio_features", stopping)
+
+    new = [*base, "--synthetic", "3", "--world-seed", "1"]
+    stop_at(1)
+    assert extract.extract_main([*new, "--overwrite"]) == 130
+    err = capsys.readouterr().err
+    assert "before the first shard was finished" in err and "unchanged and still loads" in err and "--resume" not in err
+    assert ShardIndex.load(out).fingerprint() == before
+    stop_at(3)
+    assert extract.extract_main([*new, "--overwrite"]) == 130
+    assert "unchanged and still loads; continue with the same command and --resume instead of --overwrite" in capsys.readouterr().err
+    assert ShardIndex.load(out).fingerprint() == before
+    ShardDataset(out, verify="sha256")
+    monkeypatch.setattr(extract.Extraction, "audio_features", real)
+    assert extract.extract_main([*new, "--resume"]) == 0
+    ds = ShardDataset(out, verify="sha256")
+    assert [ds.clip_id(i) for i in range(len(ds))] == [f"synthetic-1-{i}" for i in range(3)]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["index.json", *(s.file for s in ds.index.shards)])
+
+
+def _stub():
+    """What _write uses of an Extraction, without a model."""
+    from controlfoley.data.extract import Extraction
+
+    class Stub(Extraction):
+        def __init__(self) -> None:
+            pass
+
+        def info(self, source: str) -> dict:
+            return {"source": source}
+
+        def audio_features(self, wavs):
+            return [{"tokens": w[:6].long().view(2, 3)} for w in wavs]
+
+        def video_features(self, video):
+            return {}
+
+    return Stub()
+
+
+def _items(ids, bad=(), crash=None):
+    from controlfoley.errors import MediaError
+
+    def item(cid):
+        def load():
+            if cid in bad:
+                raise MediaError(f"{cid}: cannot be read")
+            if cid == crash:
+                raise RuntimeError("simulated crash")
+            return torch.full((6,), float(len(cid))), None, None
+
+        return cid, load
+
+    return [item(c) for c in ids]
+
+
+def test_an_overwrite_keeps_the_old_skipped_list_until_it_completes(tmp_path: Path) -> None:
+    """skipped.tsv belongs to the dataset it lists the left-out clips of: a replacement writes its
+    own as skipped.new.tsv, moved into place with the new index."""
+    from controlfoley.data.extract import SKIPPED_FILE, _write
+
+    out = tmp_path / "ds"
+    common = dict(shard_size=2, batch_size=1, source="s", skip_bad=True)
+    with pytest.warns(UserWarning, match="skipped 1 clip"):
+        _write(_stub(), out, _items(["a", "x", "b"], bad={"x"}), 3, overwrite=False, **common)
+    old = (out / SKIPPED_FILE).read_text()
+    assert old.startswith("x\t")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _write(_stub(), out, _items(["c", "y", "d", "ee", "f"], bad={"y"}, crash="f"), 5, overwrite=True, **common)
+    assert (out / SKIPPED_FILE).read_text() == old and (out / "skipped.new.tsv").read_text().startswith("y\t")
+    assert ShardIndex.load(out).n_clips == 2
+    with pytest.warns(UserWarning, match="skipped 1 clip"):
+        index = _write(_stub(), out, _items(["c", "y", "d", "ee", "f"], bad={"y"}), 5, overwrite=False, resume=True, **common)
+    assert index.n_clips == 4 and (out / SKIPPED_FILE).read_text().startswith("y\t") and not (out / "skipped.new.tsv").exists()
+    index = _write(_stub(), out, _items(["g"]), 1, overwrite=True, **common)  # a replacement that skips nothing: no list
+    assert index.n_clips == 1 and not (out / SKIPPED_FILE).exists()
+
+
+def test_resume_drops_a_skipped_line_a_kill_cut_short(tmp_path: Path) -> None:
+    """A kill in the middle of appending to skipped.tsv leaves a line without its newline; resume
+    used to read it as a clip id, and the next append would continue it."""
+    from controlfoley.data.extract import SKIPPED_FILE, _skipped_lines, _write
+
+    out = tmp_path / "ds"
+    common = dict(shard_size=2, batch_size=1, source="s", skip_bad=True, overwrite=False)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _write(_stub(), out, _items(["a", "x", "b", "c", "y"], bad={"x"}, crash="y"), 5, **common)
+    with open(out / SKIPPED_FILE, "ab") as f:
+        f.write(b"y\tcann\xc3")  # killed in the middle of y's line (and of a UTF-8 character)
+    assert [line.split("\t")[0] for line in _skipped_lines(out / SKIPPED_FILE)] == ["x"]
+    with pytest.warns(UserWarning, match="skipped 2 clip"):
+        index = _write(_stub(), out, _items(["a", "x", "b", "c", "y", "d"], bad={"x", "y"}), 6, resume=True, **common)
+    assert index.n_clips == 4
+    assert [line.split("\t")[0] for line in (out / SKIPPED_FILE).read_text().splitlines()] == ["x", "y"]

@@ -44,12 +44,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from controlfoley._io import atomic_write_text
+from controlfoley._io import atomic_write_text, check_writable_folder
 from controlfoley._registry import EXTRACTORS
 from controlfoley.config import ConfigError, parse_overrides, parse_spec
 from controlfoley.control.encoders import check_widths
 from controlfoley.data.extractors import PATH_ARGS, build_extractor
-from controlfoley.data.shards import ShardIndex, ShardWriter
+from controlfoley.data.shards import INDEX_FILE, PROGRESS_FILE, ShardIndex, ShardWriter
 from controlfoley.errors import ControlFoleyError, DataError, MediaError, one_line
 from controlfoley.typing import Tensor
 
@@ -292,7 +292,7 @@ def _write(
     cannot be read (or cannot give the video features) is left out and listed in SKIPPED_FILE (id,
     TAB, error) instead of stopping; a ListError (a wrong list entry) stops it even so."""
     writer = ShardWriter(out, shard_size=shard_size, info=ex.info(source), overwrite=overwrite, resume=resume)
-    skipped_file = writer.root / SKIPPED_FILE
+    skipped_file = writer.staged(SKIPPED_FILE)  # skipped.new.tsv while a finished dataset (and its list) is being replaced
     skipped_lines = _skipped_lines(skipped_file) if resume else []  # "id<TAB>error" of the interrupted run
     skipped_before = {line.split("\t", 1)[0] for line in skipped_lines}
     if not resume:
@@ -318,8 +318,11 @@ def _write(
                 f"cannot resume {out}: clip {k} was {done_id!r} in the interrupted extraction and is {cid!r} now; "
                 "the inputs changed. Resume with the same inputs, or start again with --overwrite."
             )
-    if skipped_before:  # the clips after the last finished shard are read again: only the passed ones stay listed
-        atomic_write_text(skipped_file, "".join(f"{line}\n" for line in skipped_lines if line.split("\t", 1)[0] in passed))
+    if resume and skipped_file.is_file():  # the clips after the last finished shard are read again: only the passed ones stay listed
+        try:  # (also drops a line a kill cut short, which the next append would otherwise continue)
+            atomic_write_text(skipped_file, "".join(f"{line}\n" for line in skipped_lines if line.split("\t", 1)[0] in passed))
+        except OSError as e:
+            raise writer.write_error(skipped_file, e) from None
     n_skipped = len(passed)
     for cid, load in tqdm(it, total=total, initial=len(writer.clip_ids) + n_skipped, desc="extract", dynamic_ncols=True):
         try:
@@ -328,8 +331,11 @@ def _write(
         except (MediaError, DataError) as e:
             if not skip_bad or isinstance(e, ListError):
                 raise
-            with open(skipped_file, "a", encoding="utf-8") as f:
-                f.write(f"{cid}\t{' '.join(str(e).split())}\n")
+            try:
+                with open(skipped_file, "a", encoding="utf-8") as f:
+                    f.write(f"{cid}\t{' '.join(str(e).split())}\n")
+            except OSError as err:
+                raise writer.write_error(skipped_file, err) from None
             n_skipped += 1
             continue
         if clap is not None:
@@ -341,16 +347,20 @@ def _write(
     index = writer.close()
     if n_skipped:
         warnings.warn(
-            f"skipped {n_skipped} clip(s) whose media could not be read or cannot give the video features; they are listed in {skipped_file}",
+            f"skipped {n_skipped} clip(s) whose media could not be read or cannot give the video features; they are listed in {writer.root / SKIPPED_FILE}",
             stacklevel=3,
         )
     return index
 
 
 def _skipped_lines(path: Path) -> list[str]:
+    """The complete lines of a skipped list: a last line without its newline (a kill in the middle
+    of an append) is left out; that clip came after the last finished shard, so it is read again."""
     if not path.is_file():
         return []
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    data = path.read_bytes()
+    data = data[: data.rfind(b"\n") + 1]  # up to the last newline (nothing when there is none)
+    return [line for line in data.decode("utf-8", errors="replace").splitlines() if line.strip()]
 
 
 def synthetic_source(world_seed: int, split: str, n_clips: int) -> str:
@@ -603,9 +613,25 @@ def _extractor_spec(item: str) -> tuple[str, dict[str, Any]]:
 
 def extract_main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    made = [p for p in (Path(args.out), *Path(args.out).parents) if not p.exists()]  # folders the up-front check creates
+    try:
+        return _extract_main(args)
+    finally:
+        for folder in made:  # a run refused before writing anything leaves no empty folder behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # it holds something (or was never made)
+
+
+def _extract_main(args: argparse.Namespace) -> int:
     try:
         if args.synthetic is not None and args.synthetic < 1:  # before the tokenizer is built
             raise DataError(f"--synthetic N renders N clips of the synthetic world: N must be positive, got {args.synthetic}")
+        try:  # before the model is built: a file, a read-only or unreachable --out fails now, not after minutes
+            check_writable_folder(Path(args.out), "--out")
+        except MediaError as e:
+            raise DataError(str(e)) from None  # (not a media input: no --skip-bad hint)
         names: list[Any] = [n for n in args.extractors.split(",") if n]
         names += [_extractor_spec(e) for e in args.extractor]
         ex = Extraction(
@@ -623,8 +649,13 @@ def extract_main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        how = "--resume instead of --overwrite" if args.overwrite else "--resume"
-        print(f"\ninterrupted: the finished shards in {args.out} are kept; continue with the same command and {how}", file=sys.stderr)
+        out = Path(args.out)
+        old = f"; the dataset already in {out} is unchanged and still loads" if (out / INDEX_FILE).is_file() else ""
+        if args.overwrite and not (out / PROGRESS_FILE).is_file():  # no shard of the new dataset finished: nothing to resume
+            print(f"\ninterrupted before the first shard was finished{old}; start again with the same command", file=sys.stderr)
+        else:
+            how = "--resume instead of --overwrite" if args.overwrite else "--resume"
+            print(f"\ninterrupted: the finished shards in {out} are kept{old}; continue with the same command and {how}", file=sys.stderr)
         return 130
     shapes = ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in index.features.items())
     print(f"wrote {index.n_clips} clips in {len(index.shards)} shards to {index.root}: {shapes}")

@@ -7,6 +7,7 @@ Features
       DIR/shard-00000.safetensors     N clips, one tensor per feature stacked on dim 0: [N, *shape]
       DIR/shard-00001.safetensors     ...
       DIR/progress.json               while writing: the shards finished so far (removed by close())
+      DIR/skipped.tsv                 `controlfoley extract --skip-bad`: the clips left out (id TAB error)
 
 - `index.json` (format "controlfoley.shards", version 1)::
 
@@ -26,6 +27,24 @@ Features
   After each shard it records its progress (`progress.json`, atomically), so an interrupted
   extraction continues with `resume=True` (`controlfoley extract --resume`); what it redoes is the
   clips not yet in a finished shard (fewer than `shard_size` plus one tokenizer batch).
+- Replacing a dataset (`overwrite=True`, `--overwrite`) loses nothing until the new one is complete:
+  the old `index.json`, its shards and its `skipped.tsv` stay in place (the folder still loads as
+  the old dataset) while the new shards are written under names no old shard has
+  (`shard-g1-00000.safetensors`, then `shard-00000...` again for the next replacement) and the
+  new skipped list as `skipped.new.tsv`. `close()` swaps the new `index.json` in atomically (the
+  one moment the dataset changes), then moves `skipped.new.tsv` into place, removes
+  `progress.json` and the old dataset's shards (also orphans an earlier writer left). So a
+  replacement that fails (a bad input, a full disk, Ctrl-C, a kill) leaves the old dataset
+  loadable, and it needs room for both datasets until it ends. An interrupted replacement
+  (`index.json` and `progress.json` together) continues with `resume=True` (`--resume`), the old
+  dataset still loading until that run completes; `overwrite=True` again discards it (an unfinished
+  extraction, its shards and `progress.json`, is discarded at once by `overwrite`, not only at the end).
+- A write that fails (a full disk, a read-only folder) raises DataError naming the file and the fix
+  ("the disk is full: free space, then re-run the same command with --resume"); the finished
+  shards are kept. Temporary files a killed writer left (`.shard-00001.tmp-XXXXXXXX.safetensors`,
+  atomic_path's naming) are removed by a resumed writer: at the start those older than
+  `progress.json`'s last write, at `close()` those older than its own last progress write (the
+  writer holds no lock on the folder: one folder takes one writer at a time).
 - Clip ids are unique in a dataset (they name clips in `skipped.tsv`, in resume's order check and
   in evaluation): `add` refuses an id already added, also one of the shards a resumed writer
   found.
@@ -37,9 +56,11 @@ Features
 Reference: safetensors format (https://github.com/huggingface/safetensors), header = 8-byte length + JSON.
 """
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,16 +73,23 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from controlfoley._io import atomic_path, atomic_write_text
+from controlfoley._io import atomic_path, atomic_write_text, disk_full
 from controlfoley.errors import DataError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "INDEX_FILE", "PROGRESS_FILE", "VERIFY_LEVELS", "FeatureSpec", "ShardInfo", "ShardIndex", "ShardWriter"]
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "INDEX_FILE", "PROGRESS_FILE", "VERIFY_LEVELS", "FeatureSpec", "ShardInfo", "ShardIndex", "ShardWriter",
+]  # fmt: skip
 
 FORMAT = "controlfoley.shards"
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
 PROGRESS_FILE = "progress.json"
 VERIFY_LEVELS = ("none", "size", "header", "sha256")
+SHARD_PREFIX = "shard-"  # a dataset's first shards: shard-00000.safetensors, ...
+# every shard name a ShardWriter gives: shard-NNNNN.safetensors, or shard-gG-NNNNN.safetensors while it replaces a dataset
+SHARD_NAME = re.compile(r"\Ashard-(?:g[0-9]+-)?[0-9]{5,}\.safetensors\Z")
+# atomic_path's temporary files of what a ShardWriter writes: "." + stem + ".tmp-" + mkstemp's 8 characters + suffix
+_TEMP_NAME = re.compile(r"\A\.(?:shard-(?:g[0-9]+-)?[0-9]{5,}|progress|index|skipped(?:\.new)?)\.tmp-[a-z0-9_]{8}\.(?:safetensors|json|tsv)\Z")
 FP32_KEYS = frozenset({"clap"})  # small per clip, and cosine geometry of CLAP-like embeddings suffers in fp16
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -202,6 +230,12 @@ class ShardIndex:
                 raise DataError(f"shard {path}: feature {k!r} is {layout[k]}, the index says {want} (dtype, shape). Re-extract it.")
 
 
+def _staged_name(name: str) -> str:
+    """skipped.tsv -> skipped.new.tsv: where a build replacing a dataset keeps its own copy until close()."""
+    p = Path(name)
+    return f"{p.stem}.new{p.suffix}"
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -255,17 +289,27 @@ class ShardWriter:
         if overwrite and resume:
             raise DataError("overwrite and resume exclude each other: overwrite starts the folder again, resume continues it")
         self.root = Path(root)
-        if (self.root / INDEX_FILE).exists() and not overwrite:
+        if self.root.exists() and not self.root.is_dir():
+            raise DataError(f"{self.root} is a file, not a folder: a dataset is a folder of shards; choose another folder (--out)")
+        progress = self.root / PROGRESS_FILE
+        has_index, has_progress = (self.root / INDEX_FILE).exists(), progress.exists()
+        if has_index and has_progress and not (overwrite or resume):
+            raise DataError(
+                f"{self.root} holds a dataset ({INDEX_FILE}, which still loads) and an interrupted extraction replacing it "
+                f"({PROGRESS_FILE}); pass resume=True (--resume) to continue the replacement, or overwrite=True (--overwrite) to start it again"
+            )
+        if has_index and not overwrite and not (resume and has_progress):
             done = " (nothing to resume: it is complete)" if resume else ""
             raise DataError(f"{self.root} already holds a dataset ({INDEX_FILE}){done}; choose another folder or pass overwrite=True (--overwrite)")
-        progress = self.root / PROGRESS_FILE
-        if progress.exists() and not (overwrite or resume):
+        if has_progress and not (overwrite or resume):
             raise DataError(
                 f"{self.root} holds an interrupted extraction ({PROGRESS_FILE}); pass resume=True (--resume) to continue it, "
                 "or overwrite=True (--overwrite) to start again"
             )
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / INDEX_FILE).unlink(missing_ok=True)  # an overwritten folder is unfinished until close()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"cannot create the dataset folder {self.root}: {e.strerror or e}; choose a folder you can write (--out)") from None
         self.shard_size = shard_size
         self.info = dict(info or {})
         self._dtypes = dict(dtypes or {})
@@ -276,12 +320,78 @@ class ShardWriter:
         self._ids: list[str] = []
         self._seen: set[str] = set()  # every id added: finished shards (also those found on resume) and the buffer
         self._closed = False
+        self._overwrite = overwrite
+        self._recorded = 0  # finished shards recorded in progress.json (what a resumed run keeps)
+        # the finished dataset this writer replaces (its index stays until close() swaps in the new one)
+        self.replacing = has_index
+        self._old_files = self._dataset_files() if has_index else set()  # None: an index that cannot be read (its shards are kept)
+        self._staged: set[str] = set()  # names given by staged(), moved into place by close()
+        self._prefix = SHARD_PREFIX
         if overwrite:
-            progress.unlink(missing_ok=True)
-        elif resume and progress.exists():
+            self._discard_unfinished()
+            self._prefix = self._free_prefix()
+        elif resume and has_progress:
             self._load_progress(progress)
+            self._remove_stale_temps(before=progress.stat().st_mtime)  # a live writer's temporary files are newer
         elif resume:
             warnings.warn(f"{self.root}: no interrupted extraction to resume (no {PROGRESS_FILE}); starting from the first clip", stacklevel=2)
+
+    def _dataset_files(self) -> set[str] | None:
+        """The shard files the finished dataset's index lists (plain `*.safetensors` names in the
+        folder only: what close() may remove); None when the index cannot be read."""
+        try:
+            index = ShardIndex.load(self.root)
+        except DataError:
+            return None
+        return {s.file for s in index.shards if Path(s.file).name == s.file and s.file.endswith(".safetensors")}
+
+    def _shard_files_on_disk(self) -> set[str]:
+        try:
+            return {e.name for e in os.scandir(self.root) if SHARD_NAME.match(e.name) and e.is_file(follow_symlinks=False)}
+        except OSError:
+            return set()
+
+    def _discard_unfinished(self) -> None:
+        """overwrite: remove an interrupted extraction (progress.json, its shards, its staged files);
+        a finished dataset's index, shards and files stay until close()."""
+        keep = self._shard_files_on_disk() if self._old_files is None else self._old_files
+        for name in sorted(self._shard_files_on_disk() - keep):
+            with contextlib.suppress(OSError):
+                (self.root / name).unlink()
+        with contextlib.suppress(OSError):
+            (self.root / PROGRESS_FILE).unlink()
+
+    def _free_prefix(self) -> str:
+        """A shard-name prefix none of the kept shards has: shard-, else shard-g1-, shard-g2-, ..."""
+        taken = self._shard_files_on_disk() | (self._old_files or set())
+        for g in range(10_000):
+            prefix = SHARD_PREFIX if g == 0 else f"{SHARD_PREFIX}g{g}-"
+            if not any(re.fullmatch(re.escape(prefix) + r"[0-9]{5,}\.safetensors", name) for name in taken):
+                return prefix
+        raise DataError(f"{self.root} holds too many shard files to name new ones; remove the unused shard-*.safetensors files")
+
+    def staged(self, name: str) -> Path:
+        """Where this build writes a dataset file of its own beside the shards (e.g. `skipped.tsv`):
+        `DIR/NAME`, or, while it replaces a finished dataset, `DIR/STEM.new.SUFFIX`, which `close()`
+        moves to `DIR/NAME` right after swapping in the new index (the old dataset's `NAME` is
+        removed then when the new build wrote none)."""
+        self._staged.add(name)
+        return self.root / name if not self.replacing else self.root / _staged_name(name)
+
+    def write_error(self, path: str | os.PathLike[str], e: BaseException) -> DataError:
+        """The DataError for a write of `path` that failed with `e`: the file, why, the fix (a full
+        disk: free space), what is kept and how to go on."""
+        full = disk_full(e)
+        reason = getattr(e, "strerror", None) or ("No space left on device" if full else " ".join(str(e).split()).rstrip(". ") or type(e).__name__)
+        n = self._recorded
+        if n:
+            go_on = "re-run the same command with --resume" + (" instead of --overwrite" if self._overwrite else "")
+            kept = f"The {n} finished shard{'s' if n > 1 else ''} of this extraction {'are' if n > 1 else 'is'} kept ({PROGRESS_FILE}): --resume continues after {'them' if n > 1 else 'it'}"
+        else:
+            go_on, kept = "re-run the same command", "No shard of this extraction was finished yet"
+        fix = f"the disk is full: free space, then {go_on}" if full else f"choose a folder you can write (another --out), or make this one writable and {go_on}"
+        old = f"; the dataset already in {self.root} is unchanged and still loads" if self.replacing else ""
+        return DataError(f"cannot write {path}: {reason}; {fix}. {kept}{old}.")
 
     def _load_progress(self, path: Path) -> None:
         try:
@@ -289,6 +399,7 @@ class ShardWriter:
             features = {str(k): FeatureSpec(str(v["dtype"]), tuple(int(x) for x in v["shape"])) for k, v in d["features"].items()}
             shards = [ShardInfo(str(s["file"]), int(s["n_clips"]), int(s["bytes"]), str(s["sha256"])) for s in d["shards"]]
             info = dict(d["info"])
+            prefix = str(d.get("prefix", SHARD_PREFIX))  # older records: the first shards' names
         except (ValueError, KeyError, TypeError) as e:
             raise DataError(f"{path} is not a valid progress record ({type(e).__name__}: {e}); start again with overwrite=True (--overwrite)") from e
         mine = json.loads(json.dumps(self.info))  # as it reads back (tuples become lists)
@@ -316,6 +427,7 @@ class ShardWriter:
             ids += [str(i) for i in shard_ids]
         self.features, self.shards, self.clip_ids = features, shards, ids
         self._seen = set(ids)
+        self._prefix, self._recorded = prefix, len(shards)
 
     @property
     def n_clips(self) -> int:
@@ -376,13 +488,16 @@ class ShardWriter:
     def _flush(self) -> None:
         if not self._buffer:
             return
-        name = f"shard-{len(self.shards):05d}.safetensors"
+        name = f"{self._prefix}{len(self.shards):05d}.safetensors"
         tensors = {k: torch.stack([c[k] for c in self._buffer]).contiguous() for k in self.features}
         path = self.root / name
-        with atomic_path(path) as tmp:
-            # one metadata key: safetensors writes several in an order that changes from run to run, which
-            # would make the same data's bytes (its sha256, the dataset's fingerprint) differ
-            save_file(tensors, str(tmp), metadata={"clip_ids": json.dumps(self._ids)})
+        try:
+            with atomic_path(path) as tmp:
+                # one metadata key: safetensors writes several in an order that changes from run to run, which
+                # would make the same data's bytes (its sha256, the dataset's fingerprint) differ
+                save_file(tensors, str(tmp), metadata={"clip_ids": json.dumps(self._ids)})
+        except (OSError, SafetensorError) as e:  # safetensors' own error carries the OS's text ("os error 28")
+            raise self.write_error(path, e) from None
         self.shards.append(ShardInfo(name, len(self._buffer), path.stat().st_size, _sha256(path)))
         self.clip_ids += self._ids
         self._buffer, self._ids = [], []
@@ -390,11 +505,18 @@ class ShardWriter:
             "features": {k: v.to_dict() for k, v in self.features.items()},
             "shards": [vars(s) for s in self.shards],
             "info": self.info,
+            "prefix": self._prefix,
         }
-        atomic_write_text(self.root / PROGRESS_FILE, json.dumps(progress))
+        try:
+            atomic_write_text(self.root / PROGRESS_FILE, json.dumps(progress))
+        except OSError as e:
+            raise self.write_error(self.root / PROGRESS_FILE, e) from None
+        self._recorded = len(self.shards)
 
     def close(self) -> ShardIndex:
-        """Write the last shard, then `index.json` (atomically, last). An empty dataset is an error."""
+        """Write the last shard, then `index.json` (atomically, last: the moment a replaced dataset
+        changes), then move staged files into place and remove `progress.json`, the replaced
+        dataset's shards and what killed writers left. An empty dataset is an error."""
         if self._closed:
             return ShardIndex.load(self.root)
         self._flush()
@@ -402,9 +524,46 @@ class ShardWriter:
         if not self.shards:
             raise DataError(f"no clips were added to {self.root}; an empty dataset cannot be trained on")
         index = ShardIndex(self.root, self.features, tuple(self.shards), self.info)
-        atomic_write_text(self.root / INDEX_FILE, json.dumps(index.to_dict(), indent=1))
-        (self.root / PROGRESS_FILE).unlink(missing_ok=True)
+        progress = self.root / PROGRESS_FILE
+        last_write = progress.stat().st_mtime if progress.exists() else None
+        try:
+            atomic_write_text(self.root / INDEX_FILE, json.dumps(index.to_dict(), indent=1))
+        except OSError as e:
+            raise self.write_error(self.root / INDEX_FILE, e) from None
+        # the new dataset is in place: the rest only tidies (a kill here leaves progress.json; --resume finishes it)
+        for name in sorted(self._staged):
+            if self.replacing:
+                with contextlib.suppress(OSError):
+                    if (self.root / _staged_name(name)).exists():
+                        os.replace(self.root / _staged_name(name), self.root / name)
+                    else:
+                        (self.root / name).unlink(missing_ok=True)  # the replaced dataset's; this one has none
+        progress.unlink(missing_ok=True)
+        mine = {s.file for s in self.shards}
+        for name in sorted(((self._old_files or set()) | self._shard_files_on_disk()) - mine):
+            with contextlib.suppress(OSError):
+                (self.root / name).unlink()
+        if last_write is not None:
+            self._remove_stale_temps(before=last_write)
         return index
+
+    def _remove_stale_temps(self, before: float) -> list[Path]:
+        """Remove atomic_path's temporary files of this writer's outputs (shards, progress, index,
+        staged files) last written before `before`: ones a killed writer left (no lock guards the
+        folder, so a live writer's newer ones are left alone). Returns those removed."""
+        removed = []
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError:
+            return removed
+        for entry in entries:
+            if not _TEMP_NAME.match(entry.name):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < before:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+        return removed
 
     def __enter__(self) -> "ShardWriter":
         return self

@@ -235,6 +235,13 @@ def _user_parts(cfg: ModelConfig) -> dict[str, str]:
 def config_from_metadata(meta: Mapping[str, str], path: Path) -> ModelConfig:
     if CONFIG_KEY not in meta:
         raise CheckpointError(f"{path} has no controlfoley config in its metadata; it was not written by controlfoley.save")
+    try:
+        json.loads(meta[CONFIG_KEY])
+    except ValueError as e:
+        raise CheckpointError(
+            f"{path}: its controlfoley config (metadata {CONFIG_KEY!r}) is not valid JSON ({e}); the file was edited or damaged: "
+            "save the model again, or give the config yourself (build_model(CONFIG) then load_state_dict)"
+        ) from None
     return ModelConfig.from_json(meta[CONFIG_KEY])
 
 
@@ -330,6 +337,8 @@ def load_model(
     from controlfoley.builder import build_without_weight_files
     from controlfoley.presets import pretrained_path
 
+    if not isinstance(path_or_preset, (str, os.PathLike)):
+        raise CheckpointError(f"from_pretrained takes a checkpoint path or the name of a preset that ships weights, got {type(path_or_preset).__name__}")
     p = Path(path_or_preset)
     if not p.exists():
         bundled = pretrained_path(str(path_or_preset))

@@ -179,21 +179,10 @@ def test_writer_refuses_a_duplicate_id_also_after_resume(tmp_path: Path) -> None
 
 
 def test_resume_refuses_a_list_with_a_new_clip_before_the_finished_ones(tmp_path: Path) -> None:
-    from controlfoley.data.extract import Extraction, _write
+    from controlfoley.data.extract import _write
     from controlfoley.data.shards import PROGRESS_FILE
 
-    class Stub(Extraction):  # the parts of Extraction that _write uses, without a model
-        def __init__(self) -> None:
-            pass
-
-        def info(self, source: str) -> dict:
-            return {"source": source}
-
-        def audio_features(self, wavs):
-            return [{"tokens": w[:6].long().view(2, 3)} for w in wavs]
-
-        def video_features(self, video):
-            return {}
+    Stub = _stub  # the parts of Extraction that _write uses, without a model
 
     def item(cid: str, crash: bool = False):
         def load():

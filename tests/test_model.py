@@ -952,3 +952,21 @@ def test_a_safetensors_suffix_in_any_case_is_a_file_not_a_folder(micro_model, tm
     assert path == tmp_path / "lib" / "Model.SAFETENSORS" and path.is_file()
     reloaded = from_pretrained(path)
     assert all(torch.equal(v, micro_model.state_dict()[k]) for k, v in reloaded.state_dict().items())
+
+
+def test_a_damaged_config_in_a_checkpoint_and_a_non_path_are_named(micro_model, tmp_path) -> None:
+    import inspect
+
+    from safetensors.torch import load_file, save_file
+
+    from controlfoley.checkpoint import CONFIG_KEY, load_model, read_metadata
+    from controlfoley.errors import CheckpointError
+
+    path = micro_model.save(tmp_path / "m.safetensors")
+    meta = read_metadata(path)
+    meta[CONFIG_KEY] = meta[CONFIG_KEY][:-7]  # cut short, as a hand edit or a damaged copy leaves it
+    save_file(load_file(path), tmp_path / "bad.safetensors", metadata=meta)
+    with pytest.raises(CheckpointError, match=r"bad.safetensors: its controlfoley config .* is not valid JSON"):
+        from_pretrained(tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError, match="from_pretrained takes a checkpoint path or the name of a preset that ships weights, got NoneType"):
+        inspect.unwrap(load_model)(None)  # past the suite's type checks, to the library's own message

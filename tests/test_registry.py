@@ -145,7 +145,7 @@ def test_the_preset_that_ships_weights_is_a_preset_too() -> None:
     from controlfoley.errors import RandomWeightsWarning
 
     trained = from_pretrained("specmaskfoley_synthetic")
-    with pytest.warns(RandomWeightsWarning, match=r"random weights; its trained weights load with controlfoley.from_pretrained\('specmaskfoley_synthetic'\)"):
+    with pytest.warns(RandomWeightsWarning, match=r"random weights; its trained weights load with build_model\('specmaskfoley_synthetic', pretrained=True\) or controlfoley.from_pretrained\('specmaskfoley_synthetic'\)"):
         fresh = build_model("specmaskfoley_synthetic")  # the name of weights: says they are not loaded
     assert fresh.config == trained.config
     assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in trained.state_dict().items()}
@@ -220,7 +220,7 @@ def test_info_says_what_the_weights_are(tmp_path) -> None:
         preset = info("specmaskfoley_tiny")
     assert "made from weights files: tokenizer" in preset and "as the controlnet recipe trains it" in preset
     shipped = info("specmaskfoley_synthetic")
-    assert shipped.startswith("preset specmaskfoley_synthetic (its shipped weights)") and "trained parts: backbone, controlnet, tokenizer" in shipped
+    assert shipped.startswith("preset specmaskfoley_synthetic (its shipped weights)") and "trained parts: aligner, backbone, control_encoder, controlnet, tokenizer" in shipped
 
 
 def test_plugin_option_is_taken_anywhere_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -323,16 +323,19 @@ def batched_logits(
     cond_on: Bool[Tensor, " r"] | None,
     control: Float[Tensor, "n l d"] | None,
     control_rows: Int[Tensor, " n"] | None,
+    control_scale: float = 1.0,
 ) -> Float[Tensor, "r k v"]:
     """Logits of `n_sets` condition sets stacked along the batch (r = n_sets * b), at `index` or at
-    every position. `control` holds the aligned video of the rows `control_rows` (all rows if None)."""
+    every position. `control` holds the aligned video of the rows `control_rows` (all rows if None);
+    the ControlNet's residuals are multiplied by `control_scale`."""
     bb = model.backbone
     x = bb.embed(codes.repeat(n_sets, 1), mask.repeat(n_sets, 1), cond, cond_on)
     residuals = None
+    net = model.controlnet if control_scale == 1.0 else functools.partial(model.controlnet, scale=control_scale)
     if control is not None and control_rows is None:
-        residuals = model.controlnet(x, control)
+        residuals = net(x, control)
     elif control is not None:
-        part = model.controlnet(x.index_select(0, control_rows), control)
+        part = net(x.index_select(0, control_rows), control)
         # rows without control get an exact zero residual; index_copy keeps the shapes static
         residuals = [None if r is None else x.new_zeros(x.shape).index_copy(0, control_rows, r.to(x.dtype)) for r in part]
     h = bb.forward_blocks(x, residuals)
@@ -457,9 +460,11 @@ class GuidedStep:
         static_shapes: bool | None = None,
         compile: bool = False,
         captured: bool = False,
+        control_scale: float = 1.0,
     ) -> None:
         device = model.device
         self.model, self.rule, self.scale = model, rule, float(scale)
+        self.control_scale = float(control_scale)  # the ControlNet's residuals times this (1: as trained)
         self.rows = _Rows(rows, n_sets)
         self.zero_rows = None if zero_scale_rows is None else _Rows(zero_scale_rows, 1)
         guidance_every = checked_every(guidance_every)
@@ -492,7 +497,7 @@ class GuidedStep:
     def _stacked(self, rows: _Rows, codes: Tensor, mask: Tensor, index: Tensor | None) -> tuple[Tensor, ...]:
         if self.mark_step:
             torch.compiler.cudagraph_mark_step_begin()
-        out = self.forward(self.model, rows.n_sets, codes, mask, index, rows.cond, rows.cond_on, rows.control, rows.control_rows)
+        out = self.forward(self.model, rows.n_sets, codes, mask, index, rows.cond, rows.cond_on, rows.control, rows.control_rows, self.control_scale)
         return tuple(out.float().chunk(rows.n_sets, dim=0))
 
     @staticmethod

@@ -178,7 +178,7 @@ def _graph_key(model: nn.Module, step: GuidedStep, codes: Tensor, steps: int, te
     return (
         tuple(codes.shape), steps, temperature, type(sampler), sampler.mask_schedule, dtype, compile, model.training,
         step.static_shapes, step.scale, rule_key, step.rows.n_sets, step.zero_rows is not None, step.every, inputs, switches,
-        getattr(model.controlnet, "conditioning_scale", 1.0),  # baked into the captured residuals
+        step.control_scale,  # baked into the captured residuals
     )
 
 

@@ -14,13 +14,13 @@ MaskGIT sampler and vocoder, built from a `ModelConfig` by `build_model` (contro
 `controlfoley.builder`; `from controlfoley.model import build_model` still works.
 """
 
-import contextlib
 import functools
+import inspect
 import logging
 import math
 import numbers
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -269,7 +269,9 @@ class SpecMaskFoley(nn.Module):
         control = self.encode_control(features) if (self.has_control and features is not None) else None
         if features is None and self.has_control:
             log.warning("loss: no features given, so the ControlNet gets no video and this is the backbone's loss; pass features=...")
-        _batch_of(control, cond, codes, None)  # every input's batch agrees with the codes'
+        sizes = {n: t.shape[0] for n, t in (("codes", codes), ("features", control), ("cond", cond)) if t is not None}
+        if len(set(sizes.values())) > 1:
+            raise ShapeError(f"batch sizes disagree ({', '.join(f'{n} {v}' for n, v in sizes.items())}): every input needs the codes' batch")
         mask = masked_token_mask(b, self.n_tokens, generator, flat.device)
         cond_on = None
         if cond is not None:
@@ -401,8 +403,8 @@ class SpecMaskFoley(nn.Module):
         if callback is not None and cuda_graph:
             raise ConfigError("callback cannot run inside a captured CUDA graph: drop cuda_graph=True to watch the steps")
         control_scale = checked_control_scale(control_scale)
-        if control_scale is not None and control_scale != 1.0 and not hasattr(self.controlnet, "conditioning_scale"):
-            what = "has no ControlNet" if self.controlnet is None else f"has a ControlNet ({type(self.controlnet).__name__}) without conditioning_scale"
+        if control_scale is not None and control_scale != 1.0 and not _takes_scale(self.controlnet):
+            what = "has no ControlNet" if self.controlnet is None else f"has a ControlNet ({type(self.controlnet).__name__}) whose forward takes no scale="
             raise ConfigError(f"control_scale={control_scale}: this model {what}; leave control_scale out")
         check_generators(generator, None, self.device)  # the kind now; a list's length once the batch is known
         _check_inputs(cfg_scale, known_codes, known_mask)
@@ -431,11 +433,11 @@ class SpecMaskFoley(nn.Module):
         step = GuidedStep(
             self, rule, scale, rows.kwargs, rows.n_sets, zero_scale_rows=zero_rows, anchor_rows=anchor_rows,
             guidance_every=guidance_every, static_shapes=static_shapes, compile=compile, captured=cuda_graph,
+            control_scale=1.0 if control_scale is None else control_scale,
         )
         known = None if known_codes is None else known_codes.reshape(b, -1)
         known_at = None if known_mask is None else known_mask.reshape(b, -1)
-        with _conditioning_scale(self.controlnet, control_scale):
-            return self._sample(step, b, known, known_at, generator, steps, temperature, dtype, compile, onednn, cuda_graph, callback)
+        return self._sample(step, b, known, known_at, generator, steps, temperature, dtype, compile, onednn, cuda_graph, callback)
 
     def _sample(
         self, step: GuidedStep, b: int, known: Tensor | None, known_at: Tensor | None, generator: Generators, steps: int | None,
@@ -712,17 +714,14 @@ def _check_inputs(cfg_scale: Any, known_codes: Any, known_mask: Any) -> None:
         raise ShapeError(f"{given} given without {missing}: inpainting takes both, the tokens (known_codes) and where they are kept (known_mask)")
 
 
-@contextlib.contextmanager
-def _conditioning_scale(controlnet: nn.Module | None, scale: float | None) -> Iterator[None]:
-    """The ControlNet's residuals multiplied by `scale` inside the block (unchanged for None)."""
-    if scale is None or controlnet is None or not hasattr(controlnet, "conditioning_scale"):
-        yield
-        return
-    old, controlnet.conditioning_scale = controlnet.conditioning_scale, float(scale)
+def _takes_scale(controlnet: nn.Module | None) -> bool:
+    """Whether `controlnet`'s forward takes `scale=` (the library's does; a replacement may not)."""
+    if controlnet is None:
+        return False
     try:
-        yield
-    finally:
-        controlnet.conditioning_scale = old
+        return "scale" in inspect.signature(controlnet.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _require_tensor(x: Any, what: str, shape: str) -> None:

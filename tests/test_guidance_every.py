@@ -59,7 +59,7 @@ def test_a_reused_step_is_the_anchor_plus_the_last_full_steps_offsets():
     b, n, v = 2, 6, 5
     calls: list[torch.Tensor] = []
 
-    def forward(model, n_sets, codes, mask, index, cond, cond_on, control, control_rows):
+    def forward(model, n_sets, codes, mask, index, cond, cond_on, control, control_rows, control_scale=1.0):
         out = torch.randn(n_sets * b, n, v)
         calls.append(out)
         return out

@@ -834,7 +834,7 @@ def test_wrong_inputs_to_generate_loss_and_audio_calls_are_named(micro_model, ca
         loss({"tokens": codes})
     with pytest.raises(ShapeError, match=r"codes must be integer token ids, got torch.float32"):
         loss(codes.float(), features=f)
-    with pytest.raises(ShapeError, match=r"batch sizes disagree \(features 2, text 1, known codes 2\)"):
+    with pytest.raises(ShapeError, match=r"batch sizes disagree \(codes 2, features 2, cond 1\)"):
         loss(codes, features=f, cond=t[:1])
     with pytest.raises(ConfigError, match=r"uncond_prob .* in \[0, 1\]; got 1.5"):
         loss(codes, features=f, cond=t, uncond_prob=1.5)
@@ -936,7 +936,18 @@ def test_control_scale_weighs_the_controlnet_residuals(micro_model) -> None:
         off = m.generate(x["features"], x["text"], steps=4, generator=g(), control_scale=0.0)
         text_only = m.generate(x["features"], x["text"], steps=4, generator=g(), guidance=GUIDANCE.build("cfg_text", scale=m.guidance.scale))
         assert torch.equal(off, text_only)
-        assert m.controlnet.conditioning_scale == 1.0
+        # the scale travels with the call, not on the shared model: two threads at other scales
+        # each get their own call's tokens, and the model is left as it was
+        import threading
+
+        got = {}
+        calls = [threading.Thread(target=lambda s=s: got.__setitem__(s, m.generate(x["features"], x["text"], steps=4, generator=g(), control_scale=s))) for s in (0.0, 3.0)]
+        for t in calls:
+            t.start()
+        for t in calls:
+            t.join()
+        assert torch.equal(got[0.0], off) and torch.equal(got[3.0], strong)
+        assert torch.equal(m.generate(x["features"], x["text"], steps=4, generator=g()), base)
         with pytest.raises(ConfigError, match="control_scale must be a finite number"):
             m.generate(x["features"], x["text"], steps=2, control_scale=float("nan"))
     finally:

@@ -59,9 +59,6 @@ class ControlNet(nn.Module):
         self.map = injection_map(len(blocks), n_backbone_blocks, injection)
         self.cond_in = zero_linear(dim, dim)  # aligned video features -> added to the embedding
         self.outs = nn.ModuleList(zero_linear(dim, dim) for _ in blocks)
-        # every residual multiplied by this at sampling time (diffusers' controlnet_conditioning_scale);
-        # set per call by generate(control_scale=...), not a weight: not saved
-        self.conditioning_scale = 1.0
 
     @classmethod
     def from_backbone(cls, backbone: nn.Module, n_blocks: int, injection: str = "aligned") -> "ControlNet":
@@ -78,12 +75,12 @@ class ControlNet(nn.Module):
         for i, blk in enumerate(self.blocks):
             blk.load_state_dict(backbone.blocks[i].state_dict(), strict=True)
 
-    def forward(self, x: Float[Tensor, "b l d"], control: Float[Tensor, "b l d"]) -> list[Tensor | None]:
-        """Residuals per backbone block (None where nothing is injected)."""
+    def forward(self, x: Float[Tensor, "b l d"], control: Float[Tensor, "b l d"], scale: float = 1.0) -> list[Tensor | None]:
+        """Residuals per backbone block (None where nothing is injected), each times `scale`
+        (`generate(control_scale=...)`, diffusers' controlnet_conditioning_scale; 1: as trained)."""
         h = x + self.cond_in(control)
         outs: list[Tensor] = []
-        s = self.conditioning_scale
         for blk, out in zip(self.blocks, self.outs):
             h = blk(h)
-            outs.append(out(h) if s == 1.0 else out(h) * s)
+            outs.append(out(h) if scale == 1.0 else out(h) * scale)
         return [None if i is None else outs[i] for i in self.map]

@@ -138,6 +138,12 @@ class TrainConfig:
                 raise ConfigError(f"train config: trainable names model parts, some of {', '.join(parts)}; got {list(self.trainable)}")
             if self.recipe == "tokenizer":
                 raise ConfigError("train config: trainable is for the backbone and controlnet recipes; the tokenizer recipe trains the tokenizer")
+            video = [p for p in self.trainable if p in ("control_encoder", "aligner", "controlnet")]
+            if self.recipe == "backbone" and video:
+                raise ConfigError(
+                    f"train config: the backbone recipe reads no video, so {', '.join(video)} would get no gradient; "
+                    "train them with the controlnet recipe"
+                )
             if "tokenizer" in self.trainable:
                 raise ConfigError(
                     f"train config: the {self.recipe} recipe reads stored tokens, so the tokenizer gets no gradient; drop it from trainable "

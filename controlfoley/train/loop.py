@@ -153,6 +153,15 @@ class Trainer:
             self.model.requires_grad_(False)
             for p in cfg.trainable:
                 getattr(self.model, p).requires_grad_(True)
+            upstream = [p for p in ("control_encoder", "aligner") if p in cfg.trainable]
+            loaded = getattr(self.model, "trained_parts", None)
+            if upstream and "controlnet" not in cfg.trainable and loaded is not None and "controlnet" not in loaded and info.is_main:
+                warnings.warn(
+                    f"trainable {', '.join(upstream)}: their gradient reaches the loss only through the ControlNet, which this run "
+                    "neither trains nor loaded trained; its zero-initialised output layers pass no gradient, so they will not learn. "
+                    "Add controlnet to trainable, or --init a run that trained it (--init-parts ...,controlnet)",
+                    stacklevel=user_stacklevel(),
+                )
         self.model.to(info.device)
         self.train_ds, self.val_ds = open_datasets(cfg, self.recipe, self.model)
         self._data_record = check_same_data(cfg, self.run_dir.root, self.train_ds, self.val_ds, resume)

@@ -55,6 +55,8 @@ def parse_overrides(items: Sequence[str], flag: str = "--model") -> dict[str, An
             got = where.get(k)
             if isinstance(got, str):  # backbone=NAME given before: the part's name
                 got = where[k] = {"name": got}
+            elif got is None and k in where:  # aligner=null (removed) given before: no settings to set
+                raise ConfigError(f"{flag} {item!r}: {'.'.join(trail)} was removed (null) by an earlier {flag}; drop one of them")
             elif got is None:
                 got = where[k] = {}
             elif not isinstance(got, dict):

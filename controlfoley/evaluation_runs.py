@@ -98,10 +98,17 @@ def score_synthetic(model: torch.nn.Module, n_clips: int = 40, *, batch: int = 1
             raise ConfigError(f"{name} must be an int >= {low}, got {v!r}" + (" (the FD compares two sets of clips)" if name == "n_clips" else ""))
     if not getattr(model, "has_control", False):
         raise ConfigError("score_synthetic scores a model that follows video (with a ControlNet); this one is a backbone alone")
+    taken = sorted({"generator", "batch_size", "features", "text"} & set(generate_kwargs))
+    if taken:
+        raise ConfigError(f"score_synthetic sets {', '.join(taken)} itself (the held-out clips, their seeds); leave them out")
     world = SyntheticWorld(seed=world_seed, duration_s=model.n_samples / model.sample_rate, sample_rate=model.sample_rate)
     clips = [world.clip(i) for i in world.split("test", int(n_clips))]
     t0 = time.time()
-    wavs = _generate_rows(model.eval(), clips, int(batch), **generate_kwargs)
+    was_training = model.training
+    try:
+        wavs = _generate_rows(model.eval(), clips, int(batch), **generate_kwargs)
+    finally:
+        model.train(was_training)  # scored mid-training: dropout and the rest as they were
     dt = (time.time() - t0) / len(clips)
     n = min(w.shape[0] for w in wavs)
     return {**evaluate_clips([w[:n].cpu() for w in wavs], clips, model.sample_rate), "sec_per_clip": dt}

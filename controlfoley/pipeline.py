@@ -213,7 +213,7 @@ class FoleyPipeline:
         """
         require_control(model)
         if extractors is None:
-            extractors, default_text = choose_extractors(model, {}, getattr(model, "loaded_from", None) or model.config.name)
+            extractors, default_text = choose_extractors(model, {}, getattr(model, "loaded_from", None) or model.config.name, text_encoder is not None)
             text_encoder = default_text if text_encoder is None else text_encoder
         if getattr(model, "trained_parts", None) is not None and not {"backbone", "controlnet"} <= model.trained_parts and getattr(model, "loaded_from", None) is None:
             warnings.warn(
@@ -249,10 +249,10 @@ class FoleyPipeline:
         self.extractors = {k: build_extractor(v) for k, v in extractors.items()}
         self.text_encoder = None if text_encoder is None else build_extractor(text_encoder)
         check_extractor_widths(model, self.extractors, self.text_encoder)
+        vocoder = build_vocoder(vocoder, model)  # a refused vocoder fails here, before the model is touched
         if precision == "bf16-weights":  # after every check: a refused pipeline leaves the model as it was
             sampling_parts_to_bf16(model)
         self.model = model.eval()
-        vocoder = build_vocoder(vocoder, model)
         self.vocoder = vocoder if vocoder is not None else model.vocoder
         self.overlap, self.join, self.frame_size = float(overlap), join, int(frame_size)
         self.feature_frames = dict(feature_frames or {})
@@ -281,7 +281,7 @@ class FoleyPipeline:
         extractors: Mapping[str, ExtractorSpec] | None = None,
         text_encoder: ExtractorSpec | None = None,
         vocoder: str | Mapping[str, Any] | nn.Module | None = None,
-        map_location: str | torch.device = "cpu",
+        map_location: str | torch.device | None = None,
         **kwargs: Any,
     ) -> "FoleyPipeline":
         """Load a model (checkpoint or preset that ships weights) with its default extractors; a model
@@ -289,14 +289,19 @@ class FoleyPipeline:
 
         `extractors` replaces defaults by key; `vocoder` is a VOCODERS name, {"name": ..., **kwargs}
         or a module (default: the model's own); naming the model's own vocoder keeps its config kwargs
-        and changes only the given ones. `map_location`: any torch device ("cpu:0" included)."""
+        and changes only the given ones. `map_location`: any torch device ("cpu:0" included); default
+        the CPU for a file, a model in memory stays where it is unless one is given."""
         from controlfoley.model import from_pretrained
 
         if isinstance(path_or_preset, nn.Module):
             model, source = path_or_preset, getattr(path_or_preset, "loaded_from", None) or getattr(getattr(path_or_preset, "config", None), "name", "model")
             require_control(model)
+            if map_location is not None:
+                from controlfoley.model import device_name
+
+                model.to(torch.device(device_name(map_location)))
         else:
-            model, source = from_pretrained(path_or_preset, map_location=map_location), path_or_preset  # it maps "cpu:0" to safetensors' "cpu"
+            model, source = from_pretrained(path_or_preset, map_location=map_location or "cpu"), path_or_preset  # it maps "cpu:0" to safetensors' "cpu"
             require_control(model)
             require_trained(model, path_or_preset)
         chosen, default_text = choose_extractors(model, dict(extractors or {}), source, text_encoder is not None)
@@ -473,13 +478,25 @@ class FoleyPipeline:
         control_scale: float | None = None,
     ) -> Int[Tensor, "f c"]:
         """Token map [F, plan.total_cols]; each window continues the previous one's shared columns."""
+        n_steps = self.model.sampler.settings(steps, temperature)[0]
+        bar = _progress_bar(self.progress, len(plan.windows) * n_steps)
+        try:
+            return self._sample_windows(plan, streams, text, negative, rule, bar, n_steps, steps, cfg_scale, seed, temperature, guidance_every, control_scale)
+        finally:
+            if bar is not None:  # also on an error or Ctrl-C: no bar left behind on the terminal
+                bar.close()
+
+    def _sample_windows(
+        self, plan: WindowPlan, streams: Mapping[str, Tensor], text: Tensor | None, negative: Tensor | None, rule: GuidanceRule | None,
+        bar: Any, n_steps: int, steps: int | None, cfg_scale: float | None, seed: int, temperature: float | None, guidance_every: int,
+        control_scale: float | None,
+    ) -> Int[Tensor, "f c"]:
+        """`sample_tokens`' loop over the windows, its progress shown on `bar` (or not, for None)."""
         model, dev = self.model, self.model.device
         n_f, t = model.grid
         codes = torch.zeros(n_f, plan.total_cols, dtype=torch.long, device=dev)
         generator = torch.Generator(device=dev).manual_seed(int(seed))
         use_video = (rule or model.guidance).needs_video  # a rule without video (cfg_text): features not passed, not warned about per window
-        n_steps = model.sampler.settings(steps, temperature)[0]
-        bar = _progress_bar(self.progress, len(plan.windows) * n_steps)
         on_step = None if self.cuda_graph or bar is None else (lambda k, n, c, m: bar.update(1))
         for w in plan.windows:
             feats = {}
@@ -498,8 +515,6 @@ class FoleyPipeline:
             codes[:, w.start_col : w.start_col + t] = out[0]
             if bar is not None:  # a window that stopped early (nothing left masked), or one sampled as a captured graph
                 bar.update((w.index + 1) * n_steps - bar.n)
-        if bar is not None:
-            bar.close()
         return codes
 
     def decode(self, codes: Int[Tensor, "f c"], plan: WindowPlan) -> Float[Tensor, "m n"]:

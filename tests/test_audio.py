@@ -573,3 +573,19 @@ def test_an_overwritten_file_keeps_its_permission_bits(tmp_path) -> None:
     os.chmod(text, 0o640)
     atomic_write_text(text, "y")
     assert stat.S_IMODE(text.stat().st_mode) == 0o640 and text.read_text() == "y"
+
+
+def test_a_format_libsndfile_refuses_is_named_not_called_a_full_disk(tmp_path) -> None:
+    """FLAC at a rate it cannot hold: libsndfile refuses the data, not the write. The message names
+    the file (not its temporary), the reason, and no 'writable folder' advice."""
+    import torch
+
+    from controlfoley.audio.io import save_audio
+    from controlfoley.errors import MediaError
+
+    with pytest.raises(MediaError) as e:
+        save_audio(tmp_path / "x.flac", torch.zeros(1000), 700_000)
+    msg = str(e.value)
+    assert f"cannot write {tmp_path / 'x.flac'} as FLAC" in msg and "sample rate" in msg
+    assert ".tmp-" not in msg and "writable" not in msg and "disk is full" not in msg
+    assert list(tmp_path.iterdir()) == []

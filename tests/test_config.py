@@ -293,3 +293,10 @@ def test_dotted_overrides_set_one_setting_of_a_part() -> None:
         parse_overrides(["guidance=3", "guidance.scale=2"])
     m = build_model("specmaskfoley_tiny", **parse_overrides(["backbone.depth=3", "controlnet.n_blocks=2", "sampler.steps=4"]))
     assert len(m.backbone.blocks) == 3 and m.config.sampler.steps == 4
+
+
+def test_a_setting_of_a_removed_part_is_refused() -> None:
+    from controlfoley.config import parse_overrides
+
+    with pytest.raises(ConfigError, match=r"aligner was removed \(null\) by an earlier --model; drop one of them"):
+        parse_overrides(["aligner=null", "aligner.kernel_size=5"])

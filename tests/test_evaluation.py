@@ -395,3 +395,8 @@ def test_score_synthetic_scores_a_model_in_code_repeatably() -> None:
     assert seen == [0.0]
     with pytest.raises(ConfigError, match="n_clips must be an int >= 2"):
         score_synthetic(m, 1)
+    with pytest.raises(ConfigError, match="score_synthetic sets generator itself"):
+        score_synthetic(m, 2, generator=None)
+    m.train()
+    score_synthetic(m, 2, steps=1)
+    assert m.training  # scored mid-training: the mode is given back

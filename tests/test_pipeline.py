@@ -1387,3 +1387,25 @@ def test_generate_control_scale_reaches_the_pipeline_and_is_recorded(model_file:
     assert read_manifest(out)["tiny"]["settings"]["control_scale"] == 0.5
     assert cli.main(["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--control-scale", "nan"]) == 2
     assert "--control-scale must be a finite number" in capsys.readouterr().err
+
+
+def test_a_refused_vocoder_leaves_the_users_model_as_it_was() -> None:
+    """FoleyPipeline(model, precision="bf16-weights", vocoder=BAD) fails before the model is
+    converted to bf16 (it used to be converted, then the vocoder refused)."""
+    m = micro_model()
+    with pytest.raises(RegistryError):
+        _pipeline(m, precision="bf16-weights", vocoder="no_such_vocoder")
+    assert next(m.backbone.parameters()).dtype == torch.float32
+
+
+def test_the_progress_bar_is_closed_when_sampling_fails(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import tqdm.auto
+
+    closed = []
+    real_close = tqdm.auto.tqdm.close
+    monkeypatch.setattr(tqdm.auto.tqdm, "close", lambda self: closed.append(self.desc) or real_close(self))
+    m = micro_model()
+    monkeypatch.setattr(type(m), "generate", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        _pipeline(m, progress=True)(media["tiny"], steps=2)
+    assert "sampling" in closed

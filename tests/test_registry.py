@@ -363,3 +363,15 @@ def test_build_model_pretrained_loads_shipped_weights_as_timm_does() -> None:
         assert torch.equal(a, b), k
     with pytest.raises(ConfigError, match=r"no weights ship for it \(presets with weights: specmaskfoley_synthetic\)"):
         build_model("specmaskfoley_tiny", pretrained=True)
+
+
+def test_info_with_overrides_still_says_what_the_weights_are(tmp_path) -> None:
+    """`info NAME --model ...` on shipped weights reads them as loaded (the label grew a suffix and
+    the table said 'untrained'); a .json config is built untrained."""
+    from controlfoley.cli import info
+
+    shipped = info("specmaskfoley_synthetic", {"sampler": {"steps": 16}})
+    assert "trained parts: aligner, backbone" in shipped and "untrained" not in shipped.splitlines()[1]
+    path = tmp_path / "v.json"
+    path.write_text(build_model("specmaskfoley_tiny").config.to_json())
+    assert info(str(path)).splitlines()[1].startswith("weights: untrained")

@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from controlfoley._io import atomic_path, write_failure
+from controlfoley._io import atomic_path, final_path, write_failure
 from controlfoley.errors import MediaError
 from controlfoley.typing import Float, Shaped, Tensor
 
@@ -83,6 +83,10 @@ def save_audio(
         with atomic_path(path) as tmp:
             sf.write(str(tmp), y, sample_rate, subtype=subtype, format=container)
     except (OSError, sf.SoundFileError) as e:
+        if isinstance(e, sf.SoundFileError) and not isinstance(e, OSError) and "System error" not in str(e):
+            # libsndfile refusing the data itself (a rate FLAC cannot hold, say): not a failed write
+            reason = " ".join(str(e).split()).replace(str(tmp), str(final_path(path)))
+            raise MediaError(f"cannot write {final_path(path)} as {container} {subtype}: {reason}") from None
         # libsndfile says only "System error." for a failed write (a full disk among them): the disk
         # counts as full when it has less room than the file needs (its samples uncompressed, a header).
         # Named by the file it becomes: `path` may be another atomic_path's temporary file.

@@ -22,7 +22,7 @@ from torch import nn
 
 from controlfoley._io import atomic_path, write_failure
 from controlfoley._registry import RegistryError
-from controlfoley.config import ModelConfig, Part, part_registries
+from controlfoley.config import ConfigError, ModelConfig, Part, part_registries
 from controlfoley.errors import CheckpointError, user_stacklevel
 
 __all__ = [
@@ -366,6 +366,15 @@ def load_model(
         raise CheckpointError(
             f"{p} needs a part that is not registered here ({str(e).split('. Register your own')[0]}){where}. Load the module that registers it: "
             "`controlfoley --plugin FILE ...` on the command line, `import` it or controlfoley.load_plugins(FILE) in Python"
+        ) from e
+    except ConfigError as e:
+        if not overrides:
+            raise
+        # the advice of a build error (set another part to fit) would build parts the weights do not fit either
+        raise ConfigError(
+            f"{p}: the override(s) {', '.join(overrides)} cannot build a model for this checkpoint ({e}). Its weights fit the "
+            "parts it was saved with: drop the override(s) to load it as saved, or build the variant with build_model and "
+            "load the parts that fit with controlfoley.checkpoint.load_parts"
         ) from e
     state = {k: v for k, v in state.items() if k.split(".")[0] not in fresh}
     own = {k: v for k, v in model.state_dict().items() if k.split(".")[0] not in fresh}

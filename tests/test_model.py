@@ -981,3 +981,13 @@ def test_a_damaged_config_in_a_checkpoint_and_a_non_path_are_named(micro_model, 
         from_pretrained(tmp_path / "bad.safetensors")
     with pytest.raises(CheckpointError, match="from_pretrained takes a checkpoint path or the name of a preset that ships weights, got NoneType"):
         inspect.unwrap(load_model)(None)  # past the suite's type checks, to the library's own message
+
+
+def test_an_override_that_cannot_build_the_checkpoints_model_says_to_drop_it(micro_model, tmp_path) -> None:
+    """from_pretrained(FILE, backbone={"depth": 2}) on a model with a 3-block ControlNet: the build
+    error's own advice (set controlnet n_blocks 2) would build parts the weights do not fit either;
+    the message says to drop the override or build the variant and load what fits."""
+    path = micro_model.save(tmp_path / "m.safetensors")
+    n = micro_model.config.controlnet.kwargs.get("n_blocks", 3)
+    with pytest.raises(ConfigError, match=r"the override\(s\) backbone cannot build a model for this checkpoint .*drop the override\(s\) to load it as saved"):
+        from_pretrained(path, backbone={"depth": max(1, n - 1)})

@@ -8,7 +8,8 @@ A reader (or a resumed run) never sees a torn file: either the old file or the c
   `atomic_path`s: a writer handed another writer's temporary path).
 - `write_failure`: "cannot write TARGET: REASON; FIX", the one wording of a failed write (a full disk
   says so: "the disk is full: free space").
-- `remove_stale_temps`: the temporary files a killed writer left in a folder (`.NAME.tmp-XXXXXXXX.EXT`).
+- `remove_stale_temps`: the temporary files a killed writer left in a folder (`.NAME.tmp-` + mkstemp's
+  8 random characters + `.EXT`, e.g. `.model.tmp-k3f9a2bq.safetensors`).
 """
 
 import contextlib
@@ -67,7 +68,9 @@ def write_failure(
     TARGET) that raised `e`. A full disk (see `disk_full`) gets "the disk is full: free space"
     rather than `fix`."""
     target = final_path(path)
-    reason = getattr(e, "strerror", None) or " ".join(str(e).split()).rstrip(". ") or type(e).__name__
+    text = " ".join(str(e).split()).rstrip(". ")
+    # a library's error carrying the OS's text (safetensors: "... No space left on device (os error 28)"): that text
+    reason = getattr(e, "strerror", None) or ("No space left on device" if "No space left on device" in text else text) or type(e).__name__
     full = disk_full(e, target.parent if folder is None else folder, need)
     if full and "No space left" not in reason:
         reason = f"{reason} (no space left on the device)"
@@ -132,21 +135,24 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
         _TARGETS.pop(key, None)
 
 
-def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+def remove_stale_temps(
+    folder: str | os.PathLike[str], *, pattern: re.Pattern[str] = TEMP_NAME, before: float | None = None
+) -> list[Path]:
     """Remove the temporary files of `atomic_path` directly in `folder` (a killed writer's: they
-    match its naming exactly, `.NAME.tmp-XXXXXXXX.EXT`, and are plain files); returns those removed.
-    Only for a folder no other writer uses now (e.g. under a lock held on it): a live writer's
-    temporary file looks the same."""
+    match its naming exactly, e.g. `.model.tmp-k3f9a2bq.safetensors`, or the narrower `pattern` of
+    one writer's files, and are plain files); returns those removed. Only for a folder no other
+    writer uses now (e.g. under a lock held on it): a live writer's temporary file looks the same;
+    without a lock, `before` keeps those last written at that time (a `time.time()`) or later."""
     removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
     for entry in entries:
-        if not TEMP_NAME.match(entry.name) or entry.path in _TARGETS or os.path.abspath(entry.path) in _TARGETS:
+        if not pattern.match(entry.name) or entry.path in _TARGETS or os.path.abspath(entry.path) in _TARGETS:
             continue  # another name, or a temporary file this process is writing now
         try:
-            if entry.is_file(follow_symlinks=False):
+            if entry.is_file(follow_symlinks=False) and (before is None or entry.stat(follow_symlinks=False).st_mtime < before):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
         except OSError:

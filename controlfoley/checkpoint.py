@@ -236,13 +236,13 @@ def config_from_metadata(meta: Mapping[str, str], path: Path) -> ModelConfig:
     if CONFIG_KEY not in meta:
         raise CheckpointError(f"{path} has no controlfoley config in its metadata; it was not written by controlfoley.save")
     try:
-        json.loads(meta[CONFIG_KEY])
+        saved = json.loads(meta[CONFIG_KEY])
     except ValueError as e:
         raise CheckpointError(
             f"{path}: its controlfoley config (metadata {CONFIG_KEY!r}) is not valid JSON ({e}); the file was edited or damaged: "
             "save the model again, or give the config yourself (build_model(CONFIG) then load_state_dict)"
         ) from None
-    return ModelConfig.from_json(meta[CONFIG_KEY])
+    return ModelConfig.from_dict(saved)
 
 
 def check_state_dict(

@@ -93,15 +93,12 @@ def info(preset: str, overrides: Mapping[str, Any] | None = None) -> str:
     """A parameter table per part (frozen vs trainable under the ControlNet recipe, or for a tokenizer
     or backbone run's checkpoint under its recipe) beside the paper, for a preset or a checkpoint
     (file, folder or training run: the table of its own config), with the parts it records as trained."""
-    from controlfoley.presets import PRESETS, PRETRAINED
     from controlfoley.train.recipes import get_recipe
 
     model, label = model_from_arg(preset, overrides)
     recorded = getattr(model, "trained_parts", None)
     recipe = "controlnet" if model.has_control else "backbone"
-    # built untrained (a preset's record is its weights files): as model_from_arg chose, in its order
-    built = preset not in PRETRAINED and (preset in PRESETS or (preset.lower().endswith(".json") and Path(preset).is_file()))
-    loaded = not built
+    loaded = getattr(model, "loaded_from", None) is not None  # else built untrained: a preset's record is its weights files
     if loaded and recorded and "controlnet" not in recorded:  # a tokenizer or backbone run's checkpoint: that recipe's split
         recipe = "backbone" if "backbone" in recorded else "tokenizer"
     get_recipe(recipe).prepare(model)  # trainable as that recipe trains

@@ -63,16 +63,22 @@ def _reconstruct(model: torch.nn.Module, clips: Sequence[Any]) -> list[torch.Ten
         return list(model.vocode(model.decode(model.encode_audio(wav))).float())
 
 
-def _row(name: str, make: Callable[[], list[torch.Tensor]], clips: Sequence[Any]) -> dict[str, Any]:
+def _scored(make: Callable[[], list[torch.Tensor]], clips: Sequence[Any]) -> dict[str, Any]:
+    """The metrics of the waveforms `make()` returns for `clips` (cut to the shortest), and the
+    seconds per clip it took."""
     from controlfoley.evaluation import evaluate_clips
 
     t0 = time.time()
     wavs = make()
     dt = (time.time() - t0) / len(clips)
     n = min(w.shape[0] for w in wavs)
-    scores = evaluate_clips([w[:n] for w in wavs], clips, clips[0].sample_rate)
+    return {**evaluate_clips([w[:n].cpu() for w in wavs], clips, clips[0].sample_rate), "sec_per_clip": dt}
+
+
+def _row(name: str, make: Callable[[], list[torch.Tensor]], clips: Sequence[Any]) -> dict[str, Any]:
+    scores = _scored(make, clips)
     print(f"  {name:<44} desync {scores['desync_s']:.3f} s  f1_cls {scores['f1_cls']:.3f}  fd {scores['fd']:.2f}", flush=True)
-    return {"variant": name, **scores, "sec_per_clip": dt}
+    return {"variant": name, **scores}
 
 
 def score_synthetic(model: torch.nn.Module, n_clips: int = 40, *, batch: int = 16, world_seed: int = 0, **generate_kwargs: Any) -> dict[str, Any]:
@@ -91,7 +97,6 @@ def score_synthetic(model: torch.nn.Module, n_clips: int = 40, *, batch: int = 1
 
     from controlfoley.data.synthetic import SyntheticWorld
     from controlfoley.errors import ConfigError
-    from controlfoley.evaluation import evaluate_clips
 
     for name, v, low in (("n_clips", n_clips, 2), ("batch", batch, 1)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
@@ -103,15 +108,11 @@ def score_synthetic(model: torch.nn.Module, n_clips: int = 40, *, batch: int = 1
         raise ConfigError(f"score_synthetic sets {', '.join(taken)} itself (the held-out clips, their seeds); leave them out")
     world = SyntheticWorld(seed=world_seed, duration_s=model.n_samples / model.sample_rate, sample_rate=model.sample_rate)
     clips = [world.clip(i) for i in world.split("test", int(n_clips))]
-    t0 = time.time()
     was_training = model.training
     try:
-        wavs = _generate_rows(model.eval(), clips, int(batch), **generate_kwargs)
+        return _scored(lambda: _generate_rows(model.eval(), clips, int(batch), **generate_kwargs), clips)
     finally:
         model.train(was_training)  # scored mid-training: dropout and the rest as they were
-    dt = (time.time() - t0) / len(clips)
-    n = min(w.shape[0] for w in wavs)
-    return {**evaluate_clips([w[:n].cpu() for w in wavs], clips, model.sample_rate), "sec_per_clip": dt}
 
 
 def evaluate_variants(out: Path, bb_run: Path, cn_runs: dict[str, Path], *, n_test: int, batch: int = 16) -> dict[str, Any]:

@@ -170,10 +170,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ValueError(f"--control-scale must be a finite number (1: the ControlNet as trained), got {args.control_scale}")
     if not 0.0 <= args.overlap < 1.0:
         raise ValueError(f"--overlap is a fraction of the window in [0, 1), got {args.overlap}")
-    from controlfoley.pipeline_parts import SEED_MAX, SEED_MIN
+    from controlfoley.pipeline_parts import checked_seed
 
-    if not SEED_MIN <= args.seed <= SEED_MAX:
-        raise ValueError(f"--seed must be in [-2**63, 2**64 - 1] (what torch.Generator.manual_seed takes), got {args.seed}; pick a smaller seed")
+    checked_seed(args.seed, "--seed")  # a ConfigError is a ValueError: reported as the other argument errors
     if args.cuda_graph and not args.device.startswith("cuda"):
         raise ValueError(f"--cuda-graph needs --device cuda (CUDA graphs), got --device {args.device}; drop --cuda-graph on the CPU")
 

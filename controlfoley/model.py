@@ -20,7 +20,7 @@ import logging
 import math
 import numbers
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from controlfoley.control.controlnet import ControlNet
 from controlfoley.errors import ShapeError
 from controlfoley.fast import GuidedStep, checked_every, onednn_linear, precision, zero_scale_conditions
 from controlfoley.guidance import UNCOND, Condition, GuidanceRule
-from controlfoley.sampling import Generators, MaskGITSampler, check_generators
+from controlfoley.sampling import Generators, MaskGITSampler, StepCallback, check_generators
 from controlfoley.typing import Bool, Float, Int, Tensor
 
 log = logging.getLogger("controlfoley.model")
@@ -269,9 +269,7 @@ class SpecMaskFoley(nn.Module):
         control = self.encode_control(features) if (self.has_control and features is not None) else None
         if features is None and self.has_control:
             log.warning("loss: no features given, so the ControlNet gets no video and this is the backbone's loss; pass features=...")
-        sizes = {n: t.shape[0] for n, t in (("codes", codes), ("features", control), ("cond", cond)) if t is not None}
-        if len(set(sizes.values())) > 1:
-            raise ShapeError(f"batch sizes disagree ({', '.join(f'{n} {v}' for n, v in sizes.items())}): every input needs the codes' batch")
+        _same_batch({"codes": codes, "features": control, "cond": cond})
         mask = masked_token_mask(b, self.n_tokens, generator, flat.device)
         cond_on = None
         if cond is not None:
@@ -336,7 +334,7 @@ class SpecMaskFoley(nn.Module):
         onednn: bool | None = None,
         cuda_graph: bool = False,
         guidance_every: int = 1,
-        callback: Callable[[int, int, Tensor, Tensor], None] | None = None,
+        callback: StepCallback | None = None,
         control_scale: float | None = None,
     ) -> Int[Tensor, "b f t"]:
         """Sample token maps with MaskGIT; returns an int64 token map [b, F, T] (`model.grid`), which
@@ -530,17 +528,13 @@ class SpecMaskFoley(nn.Module):
         """Waveform [b, s] in [-1, 1] at `model.sample_rate` -> mel -> tokens, cropped/padded to the
         model's window. `sample_rate`: the waveform's rate when it is another (resampled with soxr,
         as `controlfoley.audio.io.load_audio` does); leaving it out means the model's rate."""
-        if not isinstance(wav, torch.Tensor) or wav.ndim != 2 or not wav.is_floating_point():
+        channels_last = isinstance(wav, torch.Tensor) and wav.ndim == 2 and wav.shape[1] <= 2 < wav.shape[0]
+        if not isinstance(wav, torch.Tensor) or wav.ndim != 2 or not wav.is_floating_point() or channels_last:
             got = f"a {wav.ndim}-D {wav.dtype} tensor of shape {list(wav.shape)}" if isinstance(wav, torch.Tensor) else type(wav).__name__
             hint = "for one clip pass wav[None]"
-            if isinstance(wav, torch.Tensor) and wav.ndim == 2 and wav.shape[1] <= 2 < wav.shape[0]:
+            if channels_last:
                 hint = "this looks like [samples, channels] (soundfile's layout): pass wav.T for channels as the batch, or wav.mean(-1)[None] for mono"
             raise ShapeError(f"encode_audio takes float waveforms [batch, samples] at {self.sample_rate} Hz, got {got}; {hint}")
-        if wav.ndim == 2 and wav.shape[1] <= 2 < wav.shape[0]:
-            raise ShapeError(
-                f"encode_audio takes [batch, samples], got {list(wav.shape)}: this looks like [samples, channels] (soundfile's "
-                "layout); pass wav.T for channels as the batch, or wav.mean(-1)[None] for mono"
-            )
         if sample_rate is not None:
             if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate < 1:
                 raise ConfigError(f"sample_rate must be a positive int (Hz), got {sample_rate!r}")
@@ -700,9 +694,8 @@ def _check_inputs(cfg_scale: Any, known_codes: Any, known_mask: Any) -> None:
     if cfg_scale is not None and (isinstance(cfg_scale, bool) or not isinstance(cfg_scale, numbers.Real) or not math.isfinite(cfg_scale)):
         raise ConfigError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
     for name, t in (("known_codes", known_codes), ("known_mask", known_mask)):
-        if t is not None and not isinstance(t, Tensor):
-            raise ShapeError(f"{name} must be a torch.Tensor [batch, F, T], got {type(t).__name__} (torch.as_tensor(...) converts arrays)")
-    for name, t in (("known_codes", known_codes), ("known_mask", known_mask)):
+        if t is not None:
+            _require_tensor(t, name, "[batch, F, T]")
         if t is not None and t.ndim != 3:
             raise ShapeError(f"{name} must be a token map [batch, F, T], got {t.ndim}-D {list(t.shape)}" + (f"; for one map pass {name}[None]" if t.ndim == 2 else ""))
     if known_mask is not None and known_mask.dtype != torch.bool:
@@ -729,16 +722,23 @@ def _require_tensor(x: Any, what: str, shape: str) -> None:
         raise ShapeError(f"{what} must be a torch.Tensor {shape}, got {type(x).__name__} (torch.as_tensor(...) converts arrays)")
 
 
-def _batch_of(control: Tensor | None, text: Tensor | None, known: Tensor | None, batch_size: int | None, negative: Tensor | None = None) -> int:
-    sizes = {t.shape[0] for t in (control, text, known, negative) if t is not None}
-    if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        sizes.add(int(batch_size))
-    if len(sizes) > 1:
-        named = ", ".join(f"{n} {t.shape[0]}" for n, t in (("features", control), ("text", text), ("known codes", known), ("negative text", negative)) if t is not None)
-        given = named + (f", batch_size {batch_size}" if batch_size is not None else "")
+def _same_batch(named: Mapping[str, Tensor | int | None]) -> set[int]:
+    """The batch sizes of the named inputs (tensors, or an int batch_size), which must agree: a
+    ShapeError names each input's."""
+    sizes = {n: (v if isinstance(v, int) else v.shape[0]) for n, v in named.items() if v is not None}
+    if len(set(sizes.values())) > 1:
+        given = ", ".join(f"{n} {v}" for n, v in sizes.items())
         raise ShapeError(f"batch sizes disagree ({given}): every input needs the same batch")
+    return set(sizes.values())
+
+
+def _batch_of(control: Tensor | None, text: Tensor | None, known: Tensor | None, batch_size: int | None, negative: Tensor | None = None) -> int:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1):
+        raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    sizes = _same_batch({
+        "features": control, "text": text, "known codes": known, "negative text": negative,
+        "batch_size": None if batch_size is None else int(batch_size),
+    })  # fmt: skip
     if not sizes:
         raise ShapeError("nothing to condition on: pass features, text, known codes or batch_size")
     return sizes.pop()

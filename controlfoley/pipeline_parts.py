@@ -161,14 +161,15 @@ def choose_extractors(
     return {**defaults, **given}, default_text
 
 
-def checked_seed(seed: Any) -> int:
-    """A seed checked (a validator: it takes anything), or a fresh one for None."""
+def checked_seed(seed: Any, arg: str = "seed") -> int:
+    """A seed checked (a validator: it takes anything), or a fresh one for None; `arg` names it in
+    the error (the command line's "--seed")."""
     if seed is None:
         return secrets.randbits(63)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ConfigError(f"seed must be an int (or None for a fresh one), got {seed!r}")
+        raise ConfigError(f"{arg} must be an int (or None for a fresh one), got {seed!r}")
     if not SEED_MIN <= int(seed) <= SEED_MAX:
-        raise ConfigError(f"seed must be in [-2**63, 2**64 - 1] (what torch.Generator.manual_seed takes), got {int(seed)}; pick a smaller seed")
+        raise ConfigError(f"{arg} must be in [-2**63, 2**64 - 1] (what torch.Generator.manual_seed takes), got {int(seed)}; pick a smaller seed")
     return int(seed)
 
 

@@ -1,4 +1,12 @@
-"""Shared fixtures: small models built from the registries, seeded generators."""
+"""Shared fixtures: small models built from the registries, seeded generators; a builder registered
+for a block; renames that fail."""
+
+import contextlib
+import errno
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -32,3 +40,28 @@ def micro_inputs(model, b: int = 2, seed: int = 0) -> dict:
         "text": torch.randn(b, model.backbone.cond_dim, generator=g),
         "codes": torch.randint(0, model.backbone.vocab_size, (b, *model.grid), generator=g),
     }
+
+
+@contextlib.contextmanager
+def registered(registry: Any, name: str, builder: Any) -> Iterator[None]:
+    """`builder` registered under `name` for the block, unregistered after."""
+    registry.register(name)(builder)
+    try:
+        yield
+    finally:
+        registry.unregister(name)
+
+
+def failing_replace(monkeypatch: pytest.MonkeyPatch, fails: Callable[[Path, Path], bool], *, nth: int | None = None, code: int = errno.ENOSPC) -> None:
+    """`os.replace(src, dst)` raises OSError `code` (ENOSPC: a full disk at the last moment, the data
+    written, not yet in place) where `fails(src, dst)`: every such rename, or only the `nth`."""
+    real, seen = os.replace, []
+
+    def replace(src: Any, dst: Any, *a: Any, **k: Any) -> None:
+        if fails(Path(src), Path(dst)):
+            seen.append(dst)
+            if nth is None or len(seen) == nth:
+                raise OSError(code, os.strerror(code), str(src), str(dst))
+        real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace)

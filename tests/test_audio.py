@@ -455,7 +455,7 @@ def test_identify_and_adapt_names_directly() -> None:
     got = adapt_names({"conv.parametrizations.weight.original0": g, "conv.parametrizations.weight.original1": v}, own)
     assert got.keys() == own.keys() and torch.equal(got["conv.weight_g"], g) and torch.equal(got["conv.weight_v"], v)
     back = adapt_names({"conv.weight_g": g, "conv.weight_v": v}, {"conv.parametrizations.weight.original0": g, "conv.parametrizations.weight.original1": v})
-    assert torch.equal(back["conv.parametrizations.weight.original0"], g)
+    assert torch.equal(back["conv.parametrizations.weight.original0"], g) and torch.equal(back["conv.parametrizations.weight.original1"], v)
 
 
 class _StandInBigVGAN(torch.nn.Module):

@@ -3,6 +3,7 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from conftest import registered
 
 from controlfoley import PRESETS, ConfigError, ModelConfig, Part, build_model
 from controlfoley.presets import get_preset
@@ -61,12 +62,9 @@ def test_removing_the_video_parts_moves_a_video_rule_to_text_cfg():
     from controlfoley import GUIDANCE
     from controlfoley.guidance import MultiCFG
 
-    GUIDANCE.register("test_multi_scale5")(lambda: MultiCFG(scale=5.0))
-    try:  # a rule whose scale is its builder's default: the built rule's scale is kept, not 3
+    with registered(GUIDANCE, "test_multi_scale5", lambda: MultiCFG(scale=5.0)):  # a rule whose scale is its builder's default
         mine = base.override(guidance=Part("test_multi_scale5", {})).override(controlnet=None, aligner=None, control_encoder=None)
-        assert mine.guidance == Part("cfg_text", {"scale": 5.0, "schedule": "linear"})
-    finally:
-        GUIDANCE.unregister("test_multi_scale5")
+        assert mine.guidance == Part("cfg_text", {"scale": 5.0, "schedule": "linear"})  # the built rule's scale is kept, not 3
     text_only = get_preset("specmaskfoley").override(guidance="cfg_text", controlnet=None, aligner=None, control_encoder=None)
     assert text_only.guidance == Part("cfg_text", {"scale": 3.0, "schedule": "linear"})  # as given (the old settings it accepts)
     assert get_preset("specmaskfoley").override(sampler={"steps": 4}).guidance == get_preset("specmaskfoley").guidance  # untouched otherwise
@@ -270,7 +268,8 @@ def test_builder_defaults_and_wired_values_at_their_edges():
 
     cfg = get_preset("specmaskfoley_tiny").override(backbone={"depth": 3})
     recorded = builder_defaults(cfg)
-    assert "depth" not in recorded.get("backbone", {}) and "vocab_size" not in recorded.get("backbone", {})
+    assert recorded["backbone"] == {"fused_attn": True}  # its one default the config relied on; not depth, which it gives
+    assert "n_mels" not in recorded["tokenizer"] and recorded["tokenizer"]["beta"] == 0.25  # wired (default 80): left out
     with pytest.raises(ConfigError, match=r"vocab_size=7 contradicts the value wired from the other parts"):
         build_model("specmaskfoley_tiny", backbone={"vocab_size": 7})
 

@@ -677,7 +677,7 @@ def test_a_failed_write_names_the_file_and_the_fix(tmp_path: Path, monkeypatch: 
 
 def test_resume_removes_the_temporary_files_a_killed_writer_left(tmp_path: Path) -> None:
     """A SIGKILL between writing a shard's temporary file and its rename left
-    `.shard-00001.tmp-XXXXXXXX.safetensors`, which survived a successful --resume."""
+    `.shard-00001.tmp-<8 random characters>.safetensors`, which survived a successful --resume."""
     import os
     import time
 

@@ -182,22 +182,13 @@ def test_resume_refuses_a_list_with_a_new_clip_before_the_finished_ones(tmp_path
     from controlfoley.data.extract import _write
     from controlfoley.data.shards import PROGRESS_FILE
 
-    Stub = _stub  # the parts of Extraction that _write uses, without a model
-
-    def item(cid: str, crash: bool = False):
-        def load():
-            if crash:
-                raise RuntimeError("simulated crash")
-            return torch.full((6,), float(ord(cid[0]))), None, None
-        return cid, load
-
     out = tmp_path / "ds"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _write(Stub(), out, [item("a"), item("b"), item("c", crash=True)], 3, shard_size=2, batch_size=1, overwrite=False, source="s")
+        _write(_stub(), out, _items(["a", "b", "c"], crash="c"), 3, shard_size=2, batch_size=1, overwrite=False, source="s")
     assert (out / PROGRESS_FILE).exists()  # shard 0 (a, b) finished
     with pytest.raises(DataError, match="cannot resume.*inputs changed"):
-        _write(Stub(), out, [item("new"), item("a"), item("b"), item("c")], 4, shard_size=2, batch_size=1, overwrite=False, source="s", resume=True)
-    index = _write(Stub(), out, [item("a"), item("b"), item("c")], 3, shard_size=2, batch_size=1, overwrite=False, source="s", resume=True)
+        _write(_stub(), out, _items(["new", "a", "b", "c"]), 4, shard_size=2, batch_size=1, overwrite=False, source="s", resume=True)
+    index = _write(_stub(), out, _items(["a", "b", "c"]), 3, shard_size=2, batch_size=1, overwrite=False, source="s", resume=True)
     assert index.n_clips == 3
 
 

@@ -1393,7 +1393,7 @@ def test_a_refused_vocoder_leaves_the_users_model_as_it_was() -> None:
     """FoleyPipeline(model, precision="bf16-weights", vocoder=BAD) fails before the model is
     converted to bf16 (it used to be converted, then the vocoder refused)."""
     m = micro_model()
-    with pytest.raises(RegistryError):
+    with pytest.raises(RegistryError, match="no_such_vocoder"):
         _pipeline(m, precision="bf16-weights", vocoder="no_such_vocoder")
     assert next(m.backbone.parameters()).dtype == torch.float32
 
@@ -1404,6 +1404,7 @@ def test_the_progress_bar_is_closed_when_sampling_fails(media: dict[str, Path], 
     closed = []
     real_close = tqdm.auto.tqdm.close
     monkeypatch.setattr(tqdm.auto.tqdm, "close", lambda self: closed.append(self.desc) or real_close(self))
+    monkeypatch.setattr(tqdm.auto.tqdm, "__del__", lambda self: None)  # a collected bar closes itself: only an explicit close counts
     m = micro_model()
     monkeypatch.setattr(type(m), "generate", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):

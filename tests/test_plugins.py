@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import micro_inputs, micro_overrides
+from conftest import micro_inputs, micro_overrides, registered
 from test_train import config, write_data
 from torch import nn
 
@@ -367,16 +367,6 @@ def test_a_user_backbone_trains_and_samples_and_a_broken_one_is_named() -> None:
             del sys.modules[mod]
 
 
-@contextlib.contextmanager
-def _registered(registry: Any, name: str, builder: Any) -> Iterator[None]:
-    """`builder` registered under `name` for the block, unregistered after."""
-    registry.register(name)(builder)
-    try:
-        yield
-    finally:
-        registry.unregister(name)
-
-
 class _SyncProjection(nn.Module):
     """A user control encoder reading 768-wide 'sync' features: it declares `out_dim` and its
     projection gives `width` (the same, or not, for the shape checks)."""
@@ -398,7 +388,7 @@ def test_a_user_control_encoder_fed_the_wrong_width_is_named() -> None:
     from controlfoley import CONTROL_ENCODERS, build_model
     from controlfoley.errors import ShapeError
 
-    with _registered(CONTROL_ENCODERS, "test_wide_sync", lambda: _SyncProjection(out_dim=16, width=16)):
+    with registered(CONTROL_ENCODERS, "test_wide_sync", lambda: _SyncProjection(out_dim=16, width=16)):
         m = build_model("specmaskfoley_tiny", control_encoder="test_wide_sync")
         with pytest.raises(ShapeError, match=r"control encoder 'test_wide_sync' failed on video features \{'sync': \[1, 20, 128\]\}.*feature_dims"):
             m.encode_control({"sync": torch.randn(1, 20, 128)})
@@ -411,7 +401,7 @@ def test_a_parts_output_that_breaks_its_declared_shape_is_blamed_on_that_part(mo
     from controlfoley import CONTROL_ENCODERS
     from controlfoley.errors import ShapeError
 
-    with _registered(CONTROL_ENCODERS, "test_liar", lambda: _SyncProjection(out_dim=96, width=128)):  # declares 96, gives 128
+    with registered(CONTROL_ENCODERS, "test_liar", lambda: _SyncProjection(out_dim=96, width=128)):  # declares 96, gives 128
         m = build_model("specmaskfoley_tiny", control_encoder="test_liar")
         with pytest.raises(ShapeError, match=r"control encoder 'test_liar' returned \[1, 20, 128\], but it declares out_dim=96"):
             m.encode_control({"sync": torch.randn(1, 20, 768)})

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import micro_overrides
+from conftest import failing_replace, micro_overrides
 from test_train import config, data, write_data  # noqa: F401  (data: a fixture)
 
 from controlfoley.config import ConfigError, Part
@@ -463,21 +463,6 @@ def test_training_warnings_point_at_the_callers_line(data: Path, tmp_path: Path)
 
 
 # -- a run file that cannot be written: one line naming it, the fix, and how to go on -------------
-def _failing_replace(monkeypatch: pytest.MonkeyPatch, name: str, nth: int, code: int) -> None:
-    """The `nth` atomic rename onto a file called `name` raises OSError `code` (a full disk at the
-    last moment: the temporary file's data written, not yet in place)."""
-    real, seen = os.replace, []
-
-    def replace(src: Any, dst: Any, *a: Any, **k: Any) -> None:
-        if Path(dst).name == name:
-            seen.append(dst)
-            if len(seen) == nth:
-                raise OSError(code, os.strerror(code), str(src), str(dst))
-        real(src, dst, *a, **k)
-
-    monkeypatch.setattr(os, "replace", replace)
-
-
 @pytest.mark.parametrize(
     ("name", "nth", "code", "what", "then"),
     [
@@ -495,7 +480,7 @@ def test_a_run_file_that_cannot_be_written_is_one_line_naming_it_and_the_run_goe
     the CLI's one-line error (exit 2) naming the file (not its temporary name), the fix (a full
     disk: free space; no permission: a writable folder), what is intact; the advice then works."""
     run = tmp_path / "run"
-    _failing_replace(monkeypatch, name, nth, code)
+    failing_replace(monkeypatch, lambda src, dst: dst.name == name, nth=nth, code=code)
     assert train_main(cli_args("backbone", data, run, steps=4)) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error")]
@@ -555,7 +540,7 @@ def test_a_full_disk_while_logging_metrics_or_saving_the_final_model_says_how_to
 
 
 def test_resume_removes_the_temporary_files_of_killed_writes_and_only_those(data: Path, tmp_path: Path) -> None:
-    """A kill between writing a temporary file and renaming it leaves `.NAME.tmp-XXXXXXXX.EXT`
+    """A kill between writing a temporary file and renaming it leaves `.NAME.tmp-<8 random characters>.EXT`
     (as large as the model): a resumed run removes exactly those, in the run folder and its
     checkpoint folders, and only while it holds the run's lock."""
     from controlfoley.train.checkpoints import RunDir

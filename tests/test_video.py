@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from conftest import failing_replace
 
 from controlfoley import video
 from controlfoley.errors import MediaError
@@ -464,21 +465,6 @@ def test_frames_are_read_as_players_show_them(tmp_path: Path, degrees: int) -> N
     assert abs(bright[0] / 8 - corner[0] / shown.shape[0]) < 0.3 and abs(bright[1] / 12 - corner[1] / shown.shape[1]) < 0.3
 
 
-def _failing_temp_replace(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Renaming a temporary file of atomic_path raises ENOSPC (its data written, then no room)."""
-    import errno
-    import os
-
-    real = os.replace
-
-    def replace(src: Any, dst: Any, *a: Any, **k: Any) -> None:
-        if ".tmp-" in Path(src).name:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src), str(dst))
-        real(src, dst, *a, **k)
-
-    monkeypatch.setattr(os, "replace", replace)
-
-
 def test_a_full_disk_names_the_output_not_its_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """write_video / mux_audio on a full disk: a MediaError naming the file asked for (also when
     that is another writer's temporary file, as generate hands mux_audio) and saying the disk is
@@ -486,7 +472,7 @@ def test_a_full_disk_names_the_output_not_its_temporary_file(tmp_path: Path, mon
     from controlfoley._io import atomic_path
 
     src = video.write_video(tmp_path / "src.mp4", _blocky_frames(4), 24.0)
-    _failing_temp_replace(monkeypatch)
+    failing_replace(monkeypatch, lambda src, dst: ".tmp-" in src.name)  # every atomic rename: no room
     out = tmp_path / "out.mp4"
     full = rf"^cannot write {out}: No space left on device; the disk is full: free space$"
     with pytest.raises(MediaError, match=full):

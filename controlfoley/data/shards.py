@@ -41,8 +41,8 @@ Features
   extraction, its shards and `progress.json`, is discarded at once by `overwrite`, not only at the end).
 - A write that fails (a full disk, a read-only folder) raises DataError naming the file and the fix
   ("the disk is full: free space, then re-run the same command with --resume"); the finished
-  shards are kept. Temporary files a killed writer left (`.shard-00001.tmp-XXXXXXXX.safetensors`,
-  atomic_path's naming) are removed by a resumed writer: at the start those older than
+  shards are kept. Temporary files a killed writer left (`.shard-00001.tmp-k3f9a2bq.safetensors`,
+  atomic_path's naming: 8 random characters) are removed by a resumed writer: at the start those older than
   `progress.json`'s last write, at `close()` those older than its own last progress write (the
   writer holds no lock on the folder: one folder takes one writer at a time).
 - Clip ids are unique in a dataset (they name clips in `skipped.tsv`, in resume's order check and
@@ -73,7 +73,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from controlfoley._io import atomic_path, atomic_write_text, disk_full
+from controlfoley._io import atomic_path, atomic_write_text, disk_full, remove_stale_temps, write_failure
 from controlfoley.errors import DataError
 
 __all__ = [
@@ -332,7 +332,7 @@ class ShardWriter:
             self._prefix = self._free_prefix()
         elif resume and has_progress:
             self._load_progress(progress)
-            self._remove_stale_temps(before=progress.stat().st_mtime)  # a live writer's temporary files are newer
+            remove_stale_temps(self.root, pattern=_TEMP_NAME, before=progress.stat().st_mtime)  # a live writer's temporary files are newer
         elif resume:
             warnings.warn(f"{self.root}: no interrupted extraction to resume (no {PROGRESS_FILE}); starting from the first clip", stacklevel=2)
 
@@ -381,17 +381,16 @@ class ShardWriter:
     def write_error(self, path: str | os.PathLike[str], e: BaseException) -> DataError:
         """The DataError for a write of `path` that failed with `e`: the file, why, the fix (a full
         disk: free space), what is kept and how to go on."""
-        full = disk_full(e)
-        reason = getattr(e, "strerror", None) or ("No space left on device" if full else " ".join(str(e).split()).rstrip(". ") or type(e).__name__)
         n = self._recorded
         if n:
             go_on = "re-run the same command with --resume" + (" instead of --overwrite" if self._overwrite else "")
             kept = f"The {n} finished shard{'s' if n > 1 else ''} of this extraction {'are' if n > 1 else 'is'} kept ({PROGRESS_FILE}): --resume continues after {'them' if n > 1 else 'it'}"
         else:
             go_on, kept = "re-run the same command", "No shard of this extraction was finished yet"
-        fix = f"the disk is full: free space, then {go_on}" if full else f"choose a folder you can write (another --out), or make this one writable and {go_on}"
+        failed = write_failure(path, e, fix=f"choose a folder you can write (another --out), or make this one writable and {go_on}")
+        then = f", then {go_on}" if disk_full(e) else ""  # after "the disk is full: free space"
         old = f"; the dataset already in {self.root} is unchanged and still loads" if self.replacing else ""
-        return DataError(f"cannot write {path}: {reason}; {fix}. {kept}{old}.")
+        return DataError(f"{failed}{then}. {kept}{old}.")
 
     def _load_progress(self, path: Path) -> None:
         try:
@@ -544,26 +543,8 @@ class ShardWriter:
             with contextlib.suppress(OSError):
                 (self.root / name).unlink()
         if last_write is not None:
-            self._remove_stale_temps(before=last_write)
+            remove_stale_temps(self.root, pattern=_TEMP_NAME, before=last_write)
         return index
-
-    def _remove_stale_temps(self, before: float) -> list[Path]:
-        """Remove atomic_path's temporary files of this writer's outputs (shards, progress, index,
-        staged files) last written before `before`: ones a killed writer left (no lock guards the
-        folder, so a live writer's newer ones are left alone). Returns those removed."""
-        removed = []
-        try:
-            entries = list(os.scandir(self.root))
-        except OSError:
-            return removed
-        for entry in entries:
-            if not _TEMP_NAME.match(entry.name):
-                continue
-            with contextlib.suppress(OSError):
-                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < before:
-                    os.unlink(entry.path)
-                    removed.append(Path(entry.path))
-        return removed
 
     def __enter__(self) -> "ShardWriter":
         return self

@@ -280,7 +280,7 @@ class RunDir:
 
     def remove_stale_temps(self) -> list[Path]:
         """Remove what killed writes left: `atomic_path`'s temporary files (named exactly
-        `.NAME.tmp-XXXXXXXX.EXT`) in the run folder, `checkpoints/` and each `checkpoints/step-*/`
+        `.NAME.tmp-` + 8 random characters + `.EXT`) in the run folder, `checkpoints/` and each `checkpoints/step-*/`
         (a model's is as large as the model). Only while this process holds the run's lock (no
         other trainer can be writing them); without it (a file system without locks) nothing is
         removed. Returns the files removed."""

@@ -30,7 +30,8 @@ waveforms and the reference's stand for the true events:
   FD_PaSST: compare runs of this command with each other, not with papers;
 - `generated_dbfs` / `reference_dbfs`: RMS levels. The scores depend on level, as FAD does: onsets
   quieter than -45 dBFS are not detected and the embedding reads log-mel levels. A mean level
-  difference over 10 dB gets a warning, and a silent side (below -90 dBFS) a warning naming it.
+  difference over 10 dB gets a warning, and a silent side (below -90 dBFS) a warning naming it, and
+  naming each silent file (the first five, then a count) when only some are.
 A score with nothing to measure (no onsets in the reference) prints "n/a", per file and pooled;
 the pooled levels are those of the pooled energy (a silent file does not drag them to -240 dB).
 
@@ -61,7 +62,6 @@ AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".a
 VIDEO_SUFFIXES = _media.VIDEO_SUFFIXES | {".m4a", ".aac", ".opus"}
 LENGTH_WARN_S = 0.5  # a pair whose lengths differ by more is scored on the overlap, with a warning
 LEVEL_WARN_DB = 10.0  # mean levels further apart than this get a warning
-SILENT_DBFS = -90.0  # a side whose pooled level is below this is silent: it gets that warning instead (no level gap)
 _SUMMARY_COLUMNS = ("n_clips", "desync_s", "desync_miss_frac", "precision_any", "recall_any", "f1_any", "fd", "n_true", "n_pred", "generated_dbfs", "reference_dbfs")
 _FILE_COLUMNS = ("file", "seconds", "n_true", "n_pred", "desync_s", "f1_any", "generated_dbfs", "reference_dbfs", "status")
 _COUNTS = ("n_clips", "n_true", "n_pred", "matched_any", "n_desync_miss", "n_files", "n_failed", "n_reference_unused")
@@ -281,7 +281,9 @@ def evaluate_main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     from controlfoley._io import atomic_write_text
     from controlfoley.errors import ControlFoleyError, one_line
-    from controlfoley.evaluation import EVAL_RATE, AudioEmbedding, format_table, pool_reference_metrics, reference_fd, reference_pair_metrics
+    from controlfoley.evaluation import (
+        EVAL_RATE, SILENT_DBFS, AudioEmbedding, format_table, pool_reference_metrics, reference_fd, reference_pair_metrics, silence_warnings,
+    )  # fmt: skip
     from controlfoley.metrics.scores import MAX_OFFSET_S, TOLERANCE_S
 
     tolerance = TOLERANCE_S if args.tolerance is None else args.tolerance
@@ -304,6 +306,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
     files: list[dict[str, Any]] = []
     scored: list[tuple[Any, Any]] = []
     per_pair: list[dict[str, float]] = []
+    scored_names: list[str] = []
     for name, gen_path, ref_path, problem in tqdm(rows, desc="evaluate", unit="file", disable=None):
         row: dict[str, Any] = {"file": name, "generated": str(gen_path), "reference": None if ref_path is None else str(ref_path)}
         try:
@@ -320,6 +323,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
             row.update(seconds=n / sr, generated_s=g_len / sr, reference_s=r_len / sr, **metrics, status="ok")
             scored.append((g, r))
             per_pair.append(metrics)
+            scored_names.append(name)
         except (ControlFoleyError, OSError, ValueError) as e:
             row["status"] = f"error: {one_line(e)}"
             tqdm.write(f"error: {name}: {one_line(e)}", file=sys.stderr)
@@ -337,20 +341,11 @@ def evaluate_main(argv: Sequence[str]) -> int:
         summary.update(pooled)
         print()
         print(format_table([pooled], _SUMMARY_COLUMNS))
+        for message in silence_warnings(per_pair, scored_names):  # each silent file named: one line per side
+            print(f"warning: {message}", file=sys.stderr)
         gap = pooled["reference_dbfs"] - pooled["generated_dbfs"]
-        if pooled["reference_dbfs"] < SILENT_DBFS:  # (NaN, from only empty pairs, compares False)
-            print(
-                f"warning: the reference audio is silent (below {SILENT_DBFS:.0f} dBFS): it has no onsets to score against, "
-                "so desync and recall are n/a; check that the references hold the original soundtracks",
-                file=sys.stderr,
-            )
-        elif pooled["generated_dbfs"] < SILENT_DBFS:
-            print(
-                f"warning: the generated audio is silent (below {SILENT_DBFS:.0f} dBFS): no onsets can be detected in it; "
-                "check the model and vocoder that made it",
-                file=sys.stderr,
-            )
-        elif abs(gap) > LEVEL_WARN_DB:  # (NaN, from only empty pairs, compares False)
+        silent_side = pooled["reference_dbfs"] < SILENT_DBFS or pooled["generated_dbfs"] < SILENT_DBFS  # said above
+        if not silent_side and abs(gap) > LEVEL_WARN_DB:  # a gap against silence means nothing (NaN compares False)
             print(
                 f"warning: the generated audio is {abs(gap):.1f} dB {'quieter' if gap > 0 else 'louder'} than the references on average; "
                 "the scores depend on level (quiet onsets are not detected, fd reads log-mel levels)",

@@ -18,7 +18,9 @@ Features
   reference set and both sides' RMS levels. Both sides are resampled to `EVAL_RATE` (22.05 kHz, the
   rate the detector is tuned for) and each pair is cut to its shorter length. The scores depend on
   level, as FAD does: onsets quieter than -45 dBFS are not detected and the embedding reads log-mel
-  levels, so compare levels too. `controlfoley evaluate` runs it on folders of files.
+  levels, so compare levels too. A silent side (below `SILENT_DBFS`, -90 dBFS) is warned about,
+  naming its pairs (`silence_warnings`: one line per side, the first five names and a count).
+  `controlfoley evaluate` runs it on folders of files.
 - `format_table(rows)`: a markdown table of result rows (one dict per system), for RESULTS.md.
 - Definitions in full: controlfoley.metrics.scores (onset scores), controlfoley.metrics.onsets
   (detector parameters), controlfoley.metrics.classify (templates), controlfoley.metrics.frechet.
@@ -29,6 +31,7 @@ FAD (Kilgour et al., Interspeech 2019); onset P/R/F as in mir_eval (Raffel et al
 
 import functools
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,7 +39,7 @@ import librosa
 import numpy as np
 
 from controlfoley.data.synthetic import Event, SyntheticClip, class_sound
-from controlfoley.errors import ShapeError
+from controlfoley.errors import ShapeError, user_stacklevel
 from controlfoley.metrics.classify import AudioEventClassifier, classify_events
 from controlfoley.metrics._common import as_numpy_wave
 from controlfoley.metrics.frechet import AudioEmbedding, frechet_distance
@@ -62,6 +65,8 @@ __all__ = [
     "onset_metrics",
     "pool_onset_metrics",
     "pool_reference_metrics",
+    "silence_warnings",
+    "SILENT_DBFS",
     "world_classifier",
     "INTEGER_COLUMNS",
 ]
@@ -210,7 +215,50 @@ def evaluate_against_reference(
         raise ShapeError(f"the embedding works at {emb.sample_rate} Hz but the comparison runs at {EVAL_RATE} Hz; build AudioEmbedding({EVAL_RATE})")
     pairs = [_common_length(g, r, sample_rate, reference_sample_rate) for g, r in zip(generated_wavs, reference_wavs, strict=True)]
     per_pair = [_pair_scores(g, r, tolerance, max_offset_s) for g, r in pairs]
+    for message in silence_warnings(per_pair, [f"pair {i}" for i in range(len(per_pair))]):
+        warnings.warn(message, stacklevel=user_stacklevel())
     return {**pool_reference_metrics(per_pair), "fd": reference_fd(pairs, emb)}
+
+
+# A side quieter than this (RMS) is silent: no onset can be detected in it (the detector's gate is
+# -45 dBFS), and a level gap against it means nothing.
+SILENT_DBFS = -90.0
+_NAMED = 5  # silent pairs named in a warning; the rest are counted
+
+
+def silence_warnings(per_pair: Sequence[Mapping[str, float]], names: Sequence[str]) -> list[str]:
+    """The warnings for silent references and silent generated audio among `reference_pair_metrics`
+    results (`names[i]` names pair i: a file name, or "pair i"): at most one per side, naming each
+    silent pair (the first five, then a count); [] when none is silent. When every pair's side is
+    silent the line says so of the whole set."""
+    n, out = len(per_pair), []
+    for key, whole, some in (
+        (
+            "reference_dbfs",
+            "the reference audio is silent (below {db} dBFS): it has no onsets to score against, so desync and recall are n/a; "
+            "check that the references hold the original soundtracks",
+            "{k} of {n} references {is_} silent (below {db} dBFS): {names}; {they} no onsets to score against, so {its} desync and "
+            "recall are n/a and the generated onsets beside {them} count against precision_any; check that {these}",
+        ),
+        (
+            "generated_dbfs",
+            "the generated audio is silent (below {db} dBFS): no onsets can be detected in it; check the model and vocoder that made it",
+            "{k} of {n} generated clips {is_} silent (below {db} dBFS): {names}; no onsets can be detected in {them}, so the reference "
+            "onsets beside {them} count as missed (recall, desync); check the model and vocoder that made {them}",
+        ),
+    ):
+        silent = [name for name, m in zip(names, per_pair, strict=True) if m.get(key, math.nan) < SILENT_DBFS]  # NaN compares False
+        if not silent:
+            continue
+        k = len(silent)
+        listed = ", ".join(silent[:_NAMED]) + (f" and {k - _NAMED} more" if k > _NAMED else "")
+        one = k == 1
+        out.append((whole if k == n else some).format(
+            db=f"{SILENT_DBFS:.0f}", k=k, n=n, names=listed, is_="is" if one else "are", they="it has" if one else "they have",
+            its="its" if one else "their", them="it" if one else "them",
+            these="it holds the original soundtrack" if one else "they hold the original soundtracks",
+        ))  # fmt: skip
+    return out
 
 
 def reference_fd(pairs: Sequence[tuple[np.ndarray, np.ndarray]], embedding: AudioEmbedding) -> float:

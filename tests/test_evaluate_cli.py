@@ -86,12 +86,18 @@ def test_undefined_scores_are_nan_per_pair_and_levels_are_reported(clips):
     loud = torch.as_tensor(clips[0].audio)
     m = reference_pair_metrics(loud * 0.5, loud, SR)
     assert m["reference_dbfs"] - m["generated_dbfs"] == pytest.approx(20 * math.log10(2), abs=1e-3)
-    pooled = evaluate_against_reference([loud * 0.5, silent], [loud, silent], SR)
+    with pytest.warns(UserWarning) as said:  # the silent pair is named, once per side
+        pooled = evaluate_against_reference([loud * 0.5, silent], [loud, silent], SR)
+    assert [str(w.message).split(";")[0] for w in said] == [
+        "1 of 2 references is silent (below -90 dBFS): pair 1", "1 of 2 generated clips is silent (below -90 dBFS): pair 1"
+    ]  # fmt: skip
     assert pooled["n_clips"] == 2 and not math.isnan(pooled["desync_s"])  # pooled over onsets: defined
     # levels pool by energy: a silent pair adds none (a mean of dB values sank towards -240 dB)
     assert pooled["reference_dbfs"] - pooled["generated_dbfs"] == pytest.approx(20 * math.log10(2), abs=1e-3)
     assert pooled["reference_dbfs"] == pytest.approx(m["reference_dbfs"] - 10 * math.log10(2), abs=1e-3)
-    nothing = evaluate_against_reference([silent, silent], [silent, silent], SR)  # no onsets anywhere: n/a, not 0
+    with pytest.warns(UserWarning) as said:  # every pair silent: said of the whole set, once per side
+        nothing = evaluate_against_reference([silent, silent], [silent, silent], SR)  # no onsets anywhere: n/a, not 0
+    assert [str(w.message).split(" (")[0] for w in said] == ["the reference audio is silent", "the generated audio is silent"]
     assert all(math.isnan(nothing[k]) for k in ("desync_s", "recall_any", "precision_any", "f1_any"))
 
 
@@ -226,7 +232,9 @@ def test_single_pair_has_no_fd(folders, capsys, tmp_path):
     assert rc == 0, err
     fd = json.loads(out_json.read_text())["summary"]["fd"]
     assert fd is None  # NaN (one clip per set) is written as null
-    assert math.isnan(evaluate_against_reference([np.zeros(SR, np.float32)], [np.zeros(SR, np.float32)], SR)["fd"])
+    with pytest.warns(UserWarning) as said:
+        assert math.isnan(evaluate_against_reference([np.zeros(SR, np.float32)], [np.zeros(SR, np.float32)], SR)["fd"])
+    assert all("silent (below -90 dBFS)" in str(w.message) for w in said)
 
 
 def test_short_and_unequal_pairs_and_audio_containers(folders, tmp_path, capsys):
@@ -396,3 +404,36 @@ def test_a_silent_reference_is_named_not_given_a_level_gap(folders, tmp_path, ca
     assert "louder" not in err
     rc, _, err = _run(capsys, str(ref), "--reference", str(gen))  # the other way round: the generated side is silent
     assert rc == 0 and "warning: the generated audio is silent (below -90 dBFS)" in err and "quieter" not in err
+
+
+def test_each_silent_file_is_named_when_only_some_are(clips, tmp_path, capsys):
+    """One silent reference among loud ones had no warning (only a silent pooled level was warned
+    about): its n/a row was the only sign. Now each side's silent files are named on one line."""
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    for name, c in zip("abc", clips, strict=False):
+        wav = torch.as_tensor(c.audio)
+        save_audio(gen / f"{name}.wav", torch.zeros_like(wav) if name == "c" else wav, SR)
+        save_audio(ref / f"{name}.wav", torch.zeros_like(wav) if name == "b" else wav, SR)
+    rc, _, err = _run(capsys, str(gen), "--reference", str(ref))
+    assert rc == 0
+    said = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(said) == 2, err
+    assert said[0].startswith("warning: 1 of 3 references is silent (below -90 dBFS): b; it has no onsets to score against")
+    assert said[1].startswith("warning: 1 of 3 generated clips is silent (below -90 dBFS): c; no onsets can be detected in it")
+
+
+def test_silence_warnings_name_a_few_and_count_the_rest():
+    from controlfoley.evaluation import silence_warnings
+
+    loud, quiet = {"reference_dbfs": -20.0, "generated_dbfs": -20.0}, {"reference_dbfs": -240.0, "generated_dbfs": -20.0}
+    names = [f"clip{i}" for i in range(9)]
+    said = silence_warnings([loud, *[quiet] * 8], names)
+    assert said == [
+        "8 of 9 references are silent (below -90 dBFS): clip1, clip2, clip3, clip4, clip5 and 3 more; they have no onsets to score "
+        "against, so their desync and recall are n/a and the generated onsets beside them count against precision_any; "
+        "check that they hold the original soundtracks"
+    ]  # fmt: skip
+    assert silence_warnings([loud] * 3, names[:3]) == []
+    assert silence_warnings([{"reference_dbfs": math.nan, "generated_dbfs": math.nan}], ["empty"]) == []  # an empty pair: no level

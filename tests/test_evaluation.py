@@ -304,16 +304,26 @@ def test_frechet_refuses_raw_waveforms_and_a_bad_ridge(monkeypatch):
     assert frechet_distance(a, b, ridge=0.0) > 0
 
 
-def test_audio_embedding_names_one_array_given_for_a_list():
+def test_audio_embedding_takes_a_batch_and_names_one_array_given_for_a_list(clips):
+    """A batch [clips, samples] (what a vocoder or torch.stack gives) was refused; it is the same as
+    the list of its rows. One waveform, or a batch with a channel axis, is named with its fix."""
     import inspect
 
     emb = AudioEmbedding(SR)
     call = inspect.unwrap(AudioEmbedding.__call__)
-    with pytest.raises(ShapeError, match=r"takes a list of mono waveforms \[samples\], got one ndarray of shape \[22050\]; pass \[wav\]"):
+    n = min(len(c.audio) for c in clips[:3])
+    batch = torch.stack([torch.as_tensor(c.audio[:n]) for c in clips[:3]])
+    assert emb(batch).shape == (3, emb.dim)
+    assert torch.equal(emb(batch), emb(list(batch))) and torch.equal(emb(batch.numpy()), emb(list(batch)))
+    one = r"takes mono waveforms: a list of \[samples\] or a batch \[clips, samples\], got one ndarray of shape \[22050\]; pass \[wav\]"
+    with pytest.raises(ShapeError, match=one):
         call(emb, np.zeros(SR, np.float32))
-    with pytest.raises(ShapeError, match=r"got one Tensor of shape \[3, 22050\]; pass list\(wavs\) for a batch"):
-        call(emb, torch.zeros(3, SR))
-    assert emb(list(torch.zeros(3, SR))).shape == (3, emb.dim)
+    with pytest.raises(ShapeError, match=r"got one Tensor of shape \[3, 1, 22050\]; a batch is \[clips, samples\] of mono audio \(wavs\[:, 0\] drops"):
+        call(emb, torch.zeros(3, 1, SR))
+    with pytest.raises(ShapeError, match=r"shape \[3, 2, 22050\]; .*\(wavs\.mean\(1\) mixes the 2 channels to mono\)"):
+        call(emb, torch.zeros(3, 2, SR))
+    with pytest.raises(ShapeError, match="needs at least one waveform"):
+        emb(torch.zeros(0, SR))
 
 
 def test_onset_scores_refuse_nan_onsets_floats_for_events_and_bare_ratios():
@@ -352,6 +362,21 @@ def test_classify_events_takes_numpy_templates_and_names_bad_ones(clips, classif
         classifier(clip.audio, [0.5, math.nan])
     sounds = [world_sound.numpy() for world_sound in _class_sounds(classifier.n_classes)]
     assert torch.equal(AudioEventClassifier.from_sounds(sounds, SR).templates, classifier.templates)  # numpy sounds too
+
+
+def test_classify_events_refuses_onsets_outside_the_audio(clips, classifier):
+    """An onset before the start or past the end was clamped into the first or last frame and given
+    that frame's class, silently (onsets in samples read as seconds all became the last frame's)."""
+    clip = clips[0]
+    duration = len(clip.audio) / SR
+    with pytest.raises(ShapeError, match=rf"2 of 3 onsets lie outside the audio, which lasts {duration:.3f} s \({len(clip.audio)} samples at {SR} Hz\): "
+                       r"onsets 0 \(-0\.1 s\), 2 \(11025 s\); onsets are seconds from the waveform's start.*not samples or frames"):  # fmt: skip
+        classifier(clip.audio, [-0.1, 0.5, 11025.0])
+    with pytest.raises(ShapeError, match=r"1 of 1 onsets .*: onset 0 \("):
+        classifier(clip.audio, [duration])  # the end itself: no sound after it
+    with pytest.raises(ShapeError, match=r"7 of 7 onsets .*onsets 0 \(.*4 \(.* s\) and 2 more;"):
+        classifier(clip.audio, [duration + k for k in range(7)])
+    assert len(classifier(clip.audio, [0.0, (len(clip.audio) - 1) / SR])) == 2  # the first and last sample are inside
 
 
 def _class_sounds(n: int) -> list[torch.Tensor]:

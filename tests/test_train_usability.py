@@ -395,6 +395,82 @@ def test_tensorboard_asked_for_by_name_but_missing_is_an_error(tmp_path: Path, m
     assert train_main([*args, "--tensorboard"]) == 2 and capsys.readouterr().err == ""
 
 
+class _FakeSummaryWriter:
+    """torch.utils.tensorboard's SummaryWriter as MetricsLogger uses it; `fail` names the call that
+    raises the OSError a full disk gives (`init`: the folder cannot be made, as a file named tb)."""
+
+    fail = "add_scalar"
+    calls: dict[str, int] = {}
+
+    def __init__(self, logdir: str, purge_step: int | None = None) -> None:
+        self.logdir = logdir
+        self._call("init")
+        os.makedirs(logdir, exist_ok=True)  # what the real one does first
+
+    def _call(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if name == self.fail:
+            raise OSError(28, "No space left on device", os.path.join(self.logdir, "events.out.tfevents.0"))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self._call("add_scalar")
+
+    def close(self) -> None:
+        self._call("close")
+
+
+def _fake_tensorboard(monkeypatch: pytest.MonkeyPatch, fail: str) -> dict[str, int]:
+    import types
+
+    monkeypatch.setattr(_FakeSummaryWriter, "fail", fail)
+    monkeypatch.setattr(_FakeSummaryWriter, "calls", {})
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = _FakeSummaryWriter  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
+    return _FakeSummaryWriter.calls
+
+
+def test_tensorboard_events_that_cannot_be_written_are_one_warning_and_the_run_goes_on(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk under RUN/tb raised a bare OSError out of train() at the next log line (the steps
+    since the last checkpoint lost, for a second view of metrics.jsonl): now one warning naming the
+    folder, the reason and metrics.jsonl, TensorBoard off for the rest of the run, every step trained."""
+    calls = _fake_tensorboard(monkeypatch, "add_scalar")
+    out = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(config("backbone", data, out, tensorboard=True))
+    said = [str(w.message) for w in caught if "TensorBoard" in str(w.message)]
+    assert len(said) == 1 and calls["add_scalar"] == 1 and calls.get("close", 0) == 0  # off after the first failure
+    assert said[0].startswith("TensorBoard events could not be written at step 1: ")
+    assert f"cannot write {out / 'tb'}: No space left on device; the disk is full: free space" in said[0]
+    assert f"{out / 'metrics.jsonl'} still has every number" in said[0]
+    assert [r["step"] for r in read_metrics(out, "train")] == list(range(1, 7)) and (out / "model.safetensors").is_file()
+
+
+def test_tensorboard_that_cannot_start_or_close_is_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RUN/tb a file (the writer cannot make its folder), or the last events failing at close: a
+    warning, not an OSError; metrics.jsonl is written either way."""
+    from controlfoley.train.metrics import MetricsLogger
+
+    _fake_tensorboard(monkeypatch, "none")
+    (tmp_path / "tb").write_text("not a folder", encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"TensorBoard events could not be written: cannot write .*tb: File exists; check that .*tb is a writable folder"):
+        log = MetricsLogger(tmp_path / "metrics.jsonl", enabled=True, tensorboard=True)
+    log.log(1, "train", {"loss": 1.0})
+    log.close()
+    (tmp_path / "tb").unlink()
+    calls = _fake_tensorboard(monkeypatch, "close")
+    log = MetricsLogger(tmp_path / "metrics.jsonl", enabled=True, tensorboard=True, resume_step=1)
+    log.log(2, "train", {"loss": 0.5})
+    last = r"could not be written: cannot write .*tb: No space left on device; the disk is full: free space\. Its last events may be missing: "
+    with pytest.warns(UserWarning, match=last + r".*metrics\.jsonl still has every number"):
+        log.close()
+    assert calls == {"init": 1, "add_scalar": 1, "close": 1}
+    assert [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1.0, 0.5]
+
+
 def test_an_out_folder_that_cannot_be_made_is_one_line(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--out` naming a file (or a path below one): exit 2 with one line naming --out, no traceback."""
     (tmp_path / "afile").write_text("x", encoding="utf-8")

@@ -8,7 +8,9 @@ Features
   (60 dB) and shifted to be non-negative: level-invariant, and the silent bands weigh nothing.
 - `classify_events(wav, sample_rate, onsets, templates)`: for each onset the class whose template
   profile has the highest cosine similarity with the onset's profile. No learning: the templates are
-  the class sounds themselves passed through the same mel and the same profile.
+  the class sounds themselves passed through the same mel and the same profile. Onsets are seconds
+  inside the waveform, [0, duration); a NaN one, or one outside, is a ShapeError naming it (and the
+  duration), as the onset scores refuse NaN onsets, rather than the nearest frame's class.
 - `AudioEventClassifier`: templates built once from one clean sound per class (`from_sounds`,
   `from_class_sound(fn, n_classes, sample_rate)`, or `from_world(SyntheticWorld)`), then `clf(wav, onsets)`.
 - The mel is the model's own: the HiFi-GAN mel of controlfoley.audio.mel (n_fft 1024, hop 256,
@@ -65,6 +67,25 @@ def _cosine(a: Tensor, b: Tensor) -> Tensor:
     return a @ b.T
 
 
+_SHOWN = 5  # out-of-range onsets named in an error; the rest are counted
+
+
+def _check_inside(onsets: Sequence[float], n_samples: int, sample_rate: int) -> None:
+    """Every onset within the waveform: [0, duration). One outside has no sound to classify (it was
+    classified as whatever the first or last frames held)."""
+    duration = n_samples / sample_rate
+    outside = [(i, t) for i, t in enumerate(onsets) if not 0.0 <= t < duration]
+    if not outside:
+        return
+    shown = ", ".join(f"{i} ({t:g} s)" for i, t in outside[:_SHOWN])
+    more = f" and {len(outside) - _SHOWN} more" if len(outside) > _SHOWN else ""
+    raise ShapeError(
+        f"{len(outside)} of {len(onsets)} onsets lie outside the audio, which lasts {duration:.3f} s ({n_samples} samples at "
+        f"{sample_rate} Hz): onset{'s' if len(outside) > 1 else ''} {shown}{more}; onsets are seconds from the waveform's start, "
+        f"in [0, {duration:.3f}): drop those outside it, or check sample_rate and that the onsets are in seconds (not samples or frames)"
+    )
+
+
 def classify_events(
     wav: Float[Tensor, "s"] | Float[np.ndarray, "s"],
     sample_rate: int,
@@ -72,7 +93,8 @@ def classify_events(
     templates: Float[Tensor, "k m"] | Float[np.ndarray, "k m"],
     window_s: float = WINDOW_S,
 ) -> list[int]:
-    """Class index (row of `templates`) of the sound starting at each onset, by cosine similarity."""
+    """Class index (row of `templates`) of the sound starting at each onset, by cosine similarity.
+    Onsets are seconds in [0, duration of `wav`); one outside it is a ShapeError naming it."""
     mel = evaluation_mel(sample_rate)
     if isinstance(templates, np.ndarray):
         templates = torch.from_numpy(np.asarray(templates, dtype=np.float32))
@@ -92,6 +114,7 @@ def classify_events(
     y = torch.from_numpy(as_numpy_wave(wav))
     if y.numel() < mel.min_samples:
         raise ShapeError(f"classify_events needs at least {mel.min_samples} samples, got {y.numel()}")
+    _check_inside(onsets, y.numel(), sample_rate)
     log_mel = mel.log_mel(y)
     window = max(1, round(window_s * sample_rate / mel.hop_length))
     profiles = _profiles(log_mel, onsets, mel.hop_length, sample_rate, window)

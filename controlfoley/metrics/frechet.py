@@ -70,12 +70,25 @@ class AudioEmbedding:
         delta = (g[..., 1:] - g[..., :-1]).abs().mean(dim=-1)
         return torch.cat([g.mean(dim=-1), g.std(dim=-1), delta], dim=1).float()
 
-    def __call__(self, wavs: Sequence[Float[Tensor, "_"] | Float[np.ndarray, "_"]]) -> Float[Tensor, "b d"]:
-        """Embedding of mono waveforms at `sample_rate` (lengths may differ; each is summarised alone)."""
+    def __call__(
+        self, wavs: Sequence[Float[Tensor, "_"] | Float[np.ndarray, "_"]] | Float[Tensor, "b s"] | Float[np.ndarray, "b s"]
+    ) -> Float[Tensor, "b d"]:
+        """Embedding of mono waveforms at `sample_rate`, one row per clip: a list (lengths may differ;
+        each is summarised alone) or a batch [clips, samples] of equal-length ones (a row is a clip:
+        mix channels to mono first)."""
         if isinstance(wavs, (torch.Tensor, np.ndarray)):
             shape = list(wavs.shape)
-            fix = "pass list(wavs) for a batch [clips, samples]" if len(shape) == 2 else "pass [wav] for one clip"
-            raise ShapeError(f"AudioEmbedding takes a list of mono waveforms [samples], got one {type(wavs).__name__} of shape {shape}; {fix}")
+            if len(shape) != 2:
+                fix = "pass [wav] for one clip" if len(shape) == 1 else "a batch is [clips, samples] of mono audio"
+                if len(shape) == 3 and shape[1] == 1:
+                    fix += f" (wavs[:, 0] drops the channel axis of {shape})"
+                elif len(shape) == 3:
+                    fix += f" (wavs.mean(1) mixes the {shape[1]} channels to mono)"
+                raise ShapeError(
+                    f"AudioEmbedding takes mono waveforms: a list of [samples] or a batch [clips, samples], got one {type(wavs).__name__} "
+                    f"of shape {shape}; {fix}"
+                )
+            wavs = list(wavs)  # each row a clip, summarised alone as in a list
         if len(wavs) == 0:
             raise ShapeError("AudioEmbedding needs at least one waveform")
         rows = [self.embed_log_mel(self.mel.log_mel(torch.from_numpy(as_numpy_wave(w)))[None]) for w in wavs]

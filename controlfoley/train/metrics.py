@@ -7,6 +7,9 @@
 - TensorBoard (`RUN/tb/`) through `torch.utils.tensorboard` when the `tensorboard` package is
   installed (`pip install 'controlfoley[tensorboard]'`); without it, JSONL alone (but
   `--tensorboard` given by name on the command line is an error naming the install command).
+  TensorBoard is a second view of metrics.jsonl: events that cannot be written (a full disk, a
+  `tb` that is a file) are warned about once, naming the folder and the reason, and TensorBoard is
+  off for the rest of the run, which goes on (a full disk stops it at the next line or checkpoint).
 Only rank 0 writes; other ranks hold a disabled logger. A line that cannot be written (a full disk)
 stops the run with a TrainingError naming the file, the fix and how to go on (--resume).
 """
@@ -15,12 +18,13 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from controlfoley._io import atomic_write_text
-from controlfoley.errors import MissingDependencyError, TrainingError, require
+from controlfoley._io import atomic_write_text, write_failure
+from controlfoley.errors import MissingDependencyError, TrainingError, require, user_stacklevel
 
 __all__ = ["MetricsLogger", "read_metrics", "METRICS_FILE"]
 
@@ -81,9 +85,18 @@ class MetricsLogger:
         if tensorboard:
             try:
                 tb = require("torch.utils.tensorboard", extra="tensorboard", purpose="TensorBoard logging")
-                self._tb = tb.SummaryWriter(str(path.parent / "tb"), purge_step=resume_step)
             except MissingDependencyError:
-                self._tb = None
+                tb = None  # the default: JSONL alone (--tensorboard by name was refused before the run)
+            if tb is not None:
+                try:
+                    self._tb = tb.SummaryWriter(str(self.tb_dir), purge_step=resume_step)
+                except OSError as e:  # tb/ is a file, or cannot be made
+                    self._tensorboard_failed(e, resume_step)
+
+    @property
+    def tb_dir(self) -> Path:
+        """The folder of the TensorBoard events: RUN/tb."""
+        return self.path.parent / "tb"
 
     def log(self, step: int, split: str, values: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -95,8 +108,25 @@ class MetricsLogger:
         except OSError as e:  # a torn last line is skipped when read, and a resume cuts the file back to its checkpoint
             raise self._failed(e) from e
         if self._tb is not None:
-            for k, v in values.items():
-                self._tb.add_scalar(f"{split}/{k}", float(v), step)
+            try:  # the writer's background thread raises its own failed write here, at the next event
+                for k, v in values.items():
+                    self._tb.add_scalar(f"{split}/{k}", float(v), step)
+            except OSError as e:
+                self._tensorboard_failed(e, step)
+
+    def _tensorboard_failed(self, error: OSError, step: int | None, *, closing: bool = False) -> None:
+        """Events that cannot be written: said once, and TensorBoard off for the rest of the run (it is
+        a second view of metrics.jsonl, which has every number); training goes on."""
+        # not closed: a writer whose background thread died can block in close() on its full queue
+        self._tb = None
+        when = "" if step is None else f" at step {step}"
+        reason = write_failure(self.tb_dir, error, fix=f"check that {self.tb_dir} is a writable folder")
+        then = "its last events may be missing" if closing else "TensorBoard logging is off for the rest of this run, which goes on"
+        warnings.warn(
+            f"TensorBoard events could not be written{when}: {reason}. {then[0].upper()}{then[1:]}: "
+            f"{self.path} still has every number (controlfoley.train.read_metrics reads it)",
+            stacklevel=user_stacklevel(),
+        )
 
     def _failed(self, error: OSError) -> TrainingError:
         from controlfoley.train.checkpoints import RunDir  # the run folder is the file's
@@ -109,7 +139,10 @@ class MetricsLogger:
         with contextlib.suppress(OSError):  # the flush of a line already reported (a full disk)
             self._file.close()
         if self._tb is not None:
-            self._tb.close()
+            try:  # writes the last events
+                self._tb.close()
+            except OSError as e:
+                self._tensorboard_failed(e, None, closing=True)
 
 
 def _clean(v: float) -> float | str:

@@ -1,9 +1,11 @@
 """Registries: one per kind of part, a plain dict behind a decorator (timm style).
 
 Every entry is a *builder*: a callable taking flat, typed keyword arguments and returning a built
-part. Builders never receive config objects. Built-in parts register themselves when their module
-is imported; the registries import them lazily on first lookup so that `import controlfoley` stays
-light. User code registers its own parts with the same decorator and uses them by name::
+part. Builders never receive config objects. (The one exception, MASK_SCHEDULES, holds MaskGIT's
+mask schedules themselves: functions gamma(r), looked up by `controlfoley.sampling`.) Built-in
+parts register themselves when their module is imported; the registries import them lazily on
+first lookup so that `import controlfoley` stays light. User code registers its own parts with
+the same decorator and uses them by name::
 
     from controlfoley import ALIGNERS
 
@@ -48,6 +50,7 @@ __all__ = [
     "EXTRACTORS",
     "MEL_FRONTENDS",
     "PRESETS",
+    "MASK_SCHEDULES",
     "ALL_REGISTRIES",
     "PLUGIN_ENV",
     "PLUGIN_GROUP",
@@ -69,6 +72,7 @@ _BUILTIN_MODULES = (
     "controlfoley.control.encoders",
     "controlfoley.control.aligners",
     "controlfoley.guidance",
+    "controlfoley.sampling",
     "controlfoley.data.extractors",
     "controlfoley.data.real_extractors",
     "controlfoley.data.clap",
@@ -369,8 +373,11 @@ VOCODERS: Registry[Any] = Registry("vocoder", "VOCODERS")
 EXTRACTORS: Registry[Any] = Registry("extractor", "EXTRACTORS")
 MEL_FRONTENDS: Registry[Any] = Registry("mel_frontend", "MEL_FRONTENDS")
 PRESETS: Registry[Any] = Registry("preset", "PRESETS")
+# MaskGIT mask schedules: entries are the functions gamma(r) themselves (a float or a Tensor of
+# progress r in [0, 1] -> the fraction of tokens still masked), not builders (controlfoley.sampling)
+MASK_SCHEDULES: Registry[Any] = Registry("mask_schedule", "MASK_SCHEDULES")
 
 ALL_REGISTRIES: dict[str, Registry[Any]] = {
     r.kind: r
-    for r in (TOKENIZERS, BACKBONES, CONTROL_ENCODERS, ALIGNERS, GUIDANCE, VOCODERS, EXTRACTORS, MEL_FRONTENDS, PRESETS)
+    for r in (TOKENIZERS, BACKBONES, CONTROL_ENCODERS, ALIGNERS, GUIDANCE, VOCODERS, EXTRACTORS, MEL_FRONTENDS, PRESETS, MASK_SCHEDULES)
 }

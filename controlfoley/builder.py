@@ -212,6 +212,8 @@ def build_model(
 
         return from_pretrained(config, **overrides)
     cfg = model_config(config, **overrides)
+    s = cfg.sampler
+    sampler = MaskGITSampler(s.steps, s.temperature, s.mask_schedule)  # first: an unknown or broken schedule fails before the parts build
     mel = _build_part(MEL_FRONTENDS, cfg.mel)
     tokenizer = _build_part(TOKENIZERS, cfg.tokenizer, n_mels=mel.n_mels)
     grid = _check_tokenizer(cfg.tokenizer.name, tokenizer, cfg.n_frames, mel.n_mels)
@@ -234,14 +236,13 @@ def build_model(
         parts["controlnet"] = ControlNet.from_backbone(backbone, **_controlnet_kwargs(cfg.controlnet))
     vocoder = _build_part(VOCODERS, cfg.vocoder, mel=mel)
     _check_vocoder(cfg.vocoder.name, vocoder, mel)
-    s = cfg.sampler
     model = SpecMaskFoley(
         config=cfg,
         mel=mel,
         tokenizer=tokenizer,
         backbone=backbone,
         guidance=_build_part(GUIDANCE, cfg.guidance),
-        sampler=MaskGITSampler(s.steps, s.temperature, s.mask_schedule),
+        sampler=sampler,
         vocoder=vocoder,
         **parts,
     )

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from controlfoley._io import atomic_path, write_failure
-from controlfoley._registry import RegistryError
+from controlfoley._registry import MASK_SCHEDULES, RegistryError
 from controlfoley.config import ConfigError, ModelConfig, Part, part_registries
 from controlfoley.errors import CheckpointError, user_stacklevel
 
@@ -181,9 +181,11 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, extra_metadata
 
 
 def _registry_parts(cfg: ModelConfig) -> list[tuple[str, str, Any]]:
-    """(config field, part name, its registry) for each part of `cfg` built from a registry."""
+    """(config field, part name, its registry) for each part of `cfg` built from a registry, and the
+    sampler's mask schedule (a registered name too, maybe a plugin's)."""
     parts = [(field, getattr(cfg, field), registry) for field, registry in part_registries().items()]
-    return [(field, part.name, registry) for field, part, registry in parts if part is not None]
+    named = [(field, part.name, registry) for field, part, registry in parts if part is not None]
+    return [*named, ("sampler.mask_schedule", cfg.sampler.mask_schedule, MASK_SCHEDULES)]
 
 
 def _registered(cfg: ModelConfig) -> bool:

@@ -162,7 +162,7 @@ class SamplerConfig:
 
     steps: int = 12  # the paper's default; FAD and DeSync saturate after 12 (Fig. 3)
     temperature: float = 9.0  # Gumbel "choice" temperature, annealed linearly to 0 over the steps
-    mask_schedule: str = "cosine"  # fraction still masked after step k: cos(pi/2 * (k+1)/K)
+    mask_schedule: str = "cosine"  # fraction still masked after step k: cos(pi/2 * (k+1)/K); a MASK_SCHEDULES name
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int):
@@ -173,8 +173,13 @@ class SamplerConfig:
             raise ConfigError(f"sampler.steps must be in [1, 1024], got {self.steps}")
         if self.temperature < 0:
             raise ConfigError(f"sampler.temperature must be >= 0, got {self.temperature}")
-        if self.mask_schedule not in ("cosine", "linear", "square"):
-            raise ConfigError(f"sampler.mask_schedule must be cosine, linear or square, got {self.mask_schedule!r}")
+        if not isinstance(self.mask_schedule, str) or not self.mask_schedule:
+            # the name itself is looked up in MASK_SCHEDULES when the sampler is built (build_model), so a
+            # schedule a plugin registers after this config is made works, and an unknown one lists them all
+            raise ConfigError(
+                f"sampler.mask_schedule must be the name of a registered mask schedule (controlfoley.MASK_SCHEDULES: "
+                f"cosine, linear, square, cubic or your own), got {self.mask_schedule!r}"
+            )
 
     @classmethod
     def from_dict(cls, d: Any) -> "SamplerConfig":  # a validator: it takes any JSON value

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from controlfoley._registry import MASK_SCHEDULES
 from controlfoley.errors import ConfigError
 from controlfoley.fast import GuidedStep, precision, sampling_dtype
 from controlfoley.sampling import Generators, PredrawnUniforms
@@ -175,8 +176,10 @@ def _graph_key(model: nn.Module, step: GuidedStep, codes: Tensor, steps: int, te
     switches = tuple(
         (name, getattr(m, name)) for m in model.modules() for name in ("fused", "gelu_epilogue") if isinstance(getattr(m, name, None), bool)
     )
+    # the schedule's function as well as its name: the masked counts are baked in, and a name may be re-registered (override=True)
+    schedule = (sampler.mask_schedule, MASK_SCHEDULES.get(sampler.mask_schedule))
     return (
-        tuple(codes.shape), steps, temperature, type(sampler), sampler.mask_schedule, dtype, compile, model.training,
+        tuple(codes.shape), steps, temperature, type(sampler), schedule, dtype, compile, model.training,
         step.static_shapes, step.scale, rule_key, step.rows.n_sets, step.zero_rows is not None, step.every, inputs, switches,
         step.control_scale,  # baked into the captured residuals
     )

@@ -2,11 +2,11 @@
 MaskGIT sampler and vocoder, built from a `ModelConfig` by `build_model` (controlfoley.builder).
 
 - `forward`: one batched pass; the ControlNet runs only on the rows flagged `control_on`.
-- `loss`: the masked-token objective (MaskGIT): a mask ratio drawn from the cosine schedule,
-  cross-entropy on masked tokens, the CLAP condition replaced by the unconditional mask with
-  probability `uncond_prob` (0.9 in SpecMaskFoley sec. 3.4), drawn per sample here; the paper
-  drops it on 90% of the training *steps*, which the training recipes do (`uncond_per="step"`,
-  one draw per step passed to `masked_cross_entropy` as `cond_on`).
+- `loss`: the masked-token objective (MaskGIT): a mask ratio drawn from the sampler's mask
+  schedule (cosine in the presets), cross-entropy on masked tokens, the CLAP condition replaced by
+  the unconditional mask with probability `uncond_prob` (0.9 in SpecMaskFoley sec. 3.4), drawn
+  per sample here; the paper drops it on 90% of the training *steps*, which the training recipes
+  do (`uncond_per="step"`, one draw per step passed to `masked_cross_entropy` as `cond_on`).
 - `generate`: MaskGIT sampling with every guidance condition set in ONE batched forward per step.
 - `save` / `save_pretrained` / `from_pretrained`: safetensors, the config JSON in the file's metadata.
 
@@ -33,7 +33,7 @@ from controlfoley.control.controlnet import ControlNet
 from controlfoley.errors import ShapeError
 from controlfoley.fast import GuidedStep, checked_every, onednn_linear, precision, zero_scale_conditions
 from controlfoley.guidance import UNCOND, Condition, GuidanceRule
-from controlfoley.sampling import Generators, MaskGITSampler, StepCallback, check_generators
+from controlfoley.sampling import Generators, MaskGITSampler, StepCallback, check_generators, get_mask_schedule
 from controlfoley.typing import Bool, Float, Int, Tensor
 
 log = logging.getLogger("controlfoley.model")
@@ -64,10 +64,15 @@ __all__ = ["SpecMaskFoley", "build_model", "from_pretrained", "device_name", "ma
 _CONTROL_PARTS = ("control_encoder", "aligner", "controlnet")
 
 
-def masked_token_mask(batch: int, n_tokens: int, generator: torch.Generator | None, device: torch.device) -> Bool[Tensor, "b l"]:
-    """Training mask: ratio r ~ U(0,1), ceil(cos(pi/2 r) * l) tokens masked (>= 1), chosen uniformly."""
+def masked_token_mask(
+    batch: int, n_tokens: int, generator: torch.Generator | None, device: torch.device, schedule: str = "cosine"
+) -> Bool[Tensor, "b l"]:
+    """Training mask (MaskGIT): ratio r ~ U(0,1), ceil(gamma(r) * l) tokens masked (clamped to [1, l]),
+    chosen uniformly; gamma the mask schedule registered as `schedule` (`MASK_SCHEDULES`; cosine:
+    cos(pi/2 r)), the one the model samples with."""
+    gamma = get_mask_schedule(schedule)
     r = torch.rand(batch, generator=generator, device=device)
-    n_mask = torch.ceil(torch.cos(math.pi / 2 * r) * n_tokens).long().clamp(1, n_tokens)
+    n_mask = torch.ceil(gamma(r) * n_tokens).long().clamp(1, n_tokens)
     ranks = torch.rand(batch, n_tokens, generator=generator, device=device).argsort(dim=1).argsort(dim=1)
     return ranks < n_mask[:, None]
 
@@ -241,14 +246,17 @@ class SpecMaskFoley(nn.Module):
         cond: Float[Tensor, "b c"] | None = None,
         uncond_prob: float = 0.9,
         generator: torch.Generator | None = None,
+        mask_schedule: str | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """Masked-token cross-entropy on masked positions; returns (loss, stats).
 
         `codes` [b, F, T] int token maps (`encode_audio` / a dataset's "tokens"); `features` the
         video features as for `generate`; `cond` [b, c] CLAP-like embeddings, each row kept with
         probability 1 - `uncond_prob` (the rest train the unconditional mask); `generator` a
-        torch.Generator for the masks. A model with a ControlNet and no `features` trains without
-        video (the backbone's loss), with a warning."""
+        torch.Generator for the masks; `mask_schedule` the name of the schedule the masked fraction is
+        drawn from (`masked_token_mask`), by default the sampler's (`model.sampler.mask_schedule`), as
+        MaskGIT trains with the schedule it samples with. A model with a ControlNet and no `features`
+        trains without video (the backbone's loss), with a warning."""
         if isinstance(codes, Mapping):
             raise ShapeError(
                 "loss takes the token map, not a batch dict: loss(batch['tokens'], features={'sync': ..., 'clip': ...}, cond=batch['clap'])"
@@ -270,7 +278,8 @@ class SpecMaskFoley(nn.Module):
         if features is None and self.has_control:
             log.warning("loss: no features given, so the ControlNet gets no video and this is the backbone's loss; pass features=...")
         _same_batch({"codes": codes, "features": control, "cond": cond})
-        mask = masked_token_mask(b, self.n_tokens, generator, flat.device)
+        schedule = self.sampler.mask_schedule if mask_schedule is None else mask_schedule
+        mask = masked_token_mask(b, self.n_tokens, generator, flat.device, schedule)
         cond_on = None
         if cond is not None:
             cond_on = torch.rand(b, generator=generator, device=flat.device) >= uncond_prob

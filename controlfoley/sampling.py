@@ -7,6 +7,8 @@ At step k of K, with r = (k+1)/K:
   confidence +inf;
 - the number left masked is floor(N * gamma(r)) clamped to [1, masked_now - 1] (0 after the last
   step), N the number of tokens that were unknown at the start; the least confident are re-masked.
+  gamma is the mask schedule, a function registered by name in `MASK_SCHEDULES` (cosine by default;
+  linear, square, cubic, or your own), the same one the masked-token training objective draws from.
 
 Deterministic given a `torch.Generator`, or a list of them, one per row (`Generators`): then row
 i draws only from generator i, so it is the sample that generator gives at batch 1 (batch
@@ -27,10 +29,14 @@ from typing import Any
 
 import torch
 
+from controlfoley._registry import MASK_SCHEDULES
 from controlfoley.errors import ConfigError, ShapeError
 from controlfoley.typing import Bool, Float, Int, Tensor
 
-__all__ = ["MaskGITSampler", "mask_ratio", "masked_count", "LogitsFn", "PredrawnUniforms", "Uniforms", "Generators", "StepCallback", "check_generators"]
+__all__ = [
+    "MaskGITSampler", "get_mask_schedule", "mask_ratio", "masked_count", "cosine_schedule", "linear_schedule", "square_schedule",
+    "cubic_schedule", "LogitsFn", "PredrawnUniforms", "Uniforms", "Generators", "StepCallback", "check_generators",
+]  # fmt: skip
 
 # logits_fn(codes [b, l], mask [b, l], step, n_steps) -> guided logits [b, l, v]
 LogitsFn = Callable[[Tensor, Tensor, int, int], Tensor]
@@ -88,15 +94,99 @@ def draw_uniform(shape: torch.Size, generator: Generators, device: torch.device,
     return out
 
 
+# -- mask schedules ------------------------------------------------------------------------------
+# gamma(r): the fraction of tokens still masked at progress r in [0, 1], for a float r (the sampler's
+# (k + 1) / K) and for a Tensor of them (the training mask's draws). gamma(0) = 1, gamma(1) = 0,
+# non-increasing. MaskGIT's ablation of mask schedules (Chang et al. 2022) compares cosine, square,
+# cubic, linear, square root, log and exp; cosine is its default and SpecMaskFoley's. Register your
+# own with @controlfoley.MASK_SCHEDULES.register(name) and name it in SamplerConfig.mask_schedule.
+
+
+@MASK_SCHEDULES.register("cosine")
+def cosine_schedule(r: float | Tensor) -> float | Tensor:
+    """cos(pi/2 r), MaskGIT's and SpecMaskFoley's schedule: few tokens are decided in the first steps."""
+    return torch.cos(math.pi / 2 * r) if isinstance(r, Tensor) else math.cos(math.pi / 2 * r)
+
+
+@MASK_SCHEDULES.register("linear")
+def linear_schedule(r: float | Tensor) -> float | Tensor:
+    """1 - r: the same number of tokens decided at every step."""
+    return 1.0 - r
+
+
+@MASK_SCHEDULES.register("square")
+def square_schedule(r: float | Tensor) -> float | Tensor:
+    """1 - r^2: concave, between linear and cubic (MaskGIT's ablation)."""
+    return 1.0 - r**2
+
+
+@MASK_SCHEDULES.register("cubic")
+def cubic_schedule(r: float | Tensor) -> float | Tensor:
+    """1 - r^3: concave, the fewest tokens decided early of the built-ins (MaskGIT's ablation)."""
+    return 1.0 - r**3
+
+
+_RULE = "gamma(0) = 1, gamma(1) = 0, non-increasing in between and within [0, 1]"
+_CHECK_POINTS = tuple(i / 16 for i in range(17))  # r where a schedule is checked (exact in binary)
+_CHECK_TOL = 1e-6
+
+
+def get_mask_schedule(name: str) -> Callable[[float | Tensor], float | Tensor]:
+    """The mask schedule registered as `name` (`MASK_SCHEDULES`), checked: on floats and on a Tensor,
+    at r = 0, 1/16, ..., 1, it must give gamma(0) = 1, gamma(1) = 0, non-increasing values in
+    [0, 1]. An unknown name is a RegistryError listing the registered ones; a schedule that breaks
+    the rule is a ConfigError naming it and the rule. The check runs once per function registered."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a mask schedule is the name of one in controlfoley.MASK_SCHEDULES (e.g. 'cosine'), got {name!r}")
+    gamma = MASK_SCHEDULES.get(name)
+    if _CHECKED.get(name) is not gamma:  # first use, or the name re-registered (override=True)
+        _check_schedule(name, gamma)
+        _CHECKED[name] = gamma
+    return gamma
+
+
+_CHECKED: dict[str, Callable[..., Any]] = {}  # name -> the function last checked under it
+
+
+def _check_schedule(name: str, gamma: Callable[..., Any]) -> None:
+    where = f"mask schedule {name!r} ({getattr(gamma, '__module__', '?')}.{getattr(gamma, '__qualname__', repr(gamma))})"
+    fix = f"gamma(r) is the fraction of tokens still masked at progress r, so {_RULE}; fix the function registered as {name!r}"
+    values: list[float] = []
+    for r in _CHECK_POINTS:
+        try:
+            v = float(gamma(r))
+        except Exception as e:  # noqa: BLE001  a user function: named with its error
+            raise ConfigError(f"{where} failed at r = {r}: {type(e).__name__}: {e}; it must take a float r in [0, 1]") from e
+        if not math.isfinite(v) or not -_CHECK_TOL <= v <= 1.0 + _CHECK_TOL:
+            raise ConfigError(f"{where} gives gamma({r}) = {v:.6g}, outside [0, 1]; {fix}")
+        if values and v > values[-1] + _CHECK_TOL:
+            raise ConfigError(f"{where} increases: gamma({_CHECK_POINTS[len(values) - 1]}) = {values[-1]:.6g} < gamma({r}) = {v:.6g}; {fix}")
+        values.append(v)
+    if abs(values[0] - 1.0) > _CHECK_TOL or abs(values[-1]) > _CHECK_TOL:
+        raise ConfigError(f"{where} gives gamma(0) = {values[0]:.6g} and gamma(1) = {values[-1]:.6g}; {fix}")
+    rs = torch.tensor(_CHECK_POINTS, dtype=torch.float32)
+    try:
+        out = gamma(rs)
+    except Exception as e:  # noqa: BLE001  a user function: named with its error
+        raise ConfigError(
+            f"{where} failed on a Tensor of ratios: {type(e).__name__}: {e}; it must take a Tensor as well as a float "
+            "(the training mask draws one ratio per clip): use torch functions, e.g. torch.cos, for tensors"
+        ) from e
+    if not isinstance(out, Tensor) or out.shape != rs.shape:
+        got = f"a Tensor of shape {list(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+        raise ConfigError(
+            f"{where} must map a Tensor of ratios to a Tensor of the same shape (the training mask draws one ratio per "
+            f"clip); for shape {list(rs.shape)} it gave {got}: use torch functions, e.g. torch.cos, on tensors"
+        )
+    if not torch.allclose(out.double(), torch.tensor(values, dtype=torch.float64), atol=1e-4):
+        shown = ", ".join(f"{float(a):.4g} (float: {b:.4g})" for a, b in zip(out.tolist(), values, strict=True))
+        raise ConfigError(f"{where} gives other values on a Tensor of ratios than on floats at r = 0, 1/16, ..., 1: {shown}; {fix}")
+
+
 def mask_ratio(r: float | Tensor, schedule: str = "cosine") -> float | Tensor:
-    """gamma(r): fraction of tokens still masked at progress r in [0, 1]."""
-    if schedule == "cosine":
-        return math.cos(math.pi / 2 * r) if isinstance(r, float) else torch.cos(math.pi / 2 * r)
-    if schedule == "linear":
-        return 1.0 - r
-    if schedule == "square":
-        return 1.0 - r**2
-    raise ShapeError(f"unknown mask schedule {schedule!r}; choose cosine, linear or square")
+    """gamma(r): fraction of tokens still masked at progress r in [0, 1], by the schedule registered
+    as `schedule` in `MASK_SCHEDULES`."""
+    return get_mask_schedule(schedule)(r)
 
 
 def masked_count(step: int, n_steps: int, n_unknown: Int[Tensor, " b"], masked_now: Int[Tensor, " b"], schedule: str = "cosine") -> Int[Tensor, " b"]:
@@ -155,7 +245,7 @@ class MaskGITSampler:
     def __init__(self, steps: int = 12, temperature: float = 9.0, mask_schedule: str = "cosine") -> None:
         if steps < 1:
             raise ShapeError(f"steps must be >= 1, got {steps}")
-        mask_ratio(0.5, mask_schedule)
+        get_mask_schedule(mask_schedule)  # registered, and keeping the rule: refused here, not while sampling
         self.steps, self.temperature, self.mask_schedule = int(steps), float(temperature), mask_schedule
 
     def __repr__(self) -> str:

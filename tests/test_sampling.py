@@ -1,6 +1,7 @@
 """MaskGIT sampler and guidance: schedule counts, determinism, inpainting, one batched forward per step."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -68,7 +69,10 @@ def test_masked_count_vectorised_matches_scalar():
         masked_now = got
 
 
-@pytest.mark.parametrize(("schedule", "gamma"), [("cosine", lambda r: math.cos(math.pi / 2 * r)), ("linear", lambda r: 1.0 - r), ("square", lambda r: 1.0 - r * r)])
+@pytest.mark.parametrize(
+    ("schedule", "gamma"),
+    [("cosine", lambda r: math.cos(math.pi / 2 * r)), ("linear", lambda r: 1.0 - r), ("square", lambda r: 1.0 - r * r), ("cubic", lambda r: 1.0 - r**3)],
+)
 def test_each_mask_schedule_keeps_its_fraction_masked(schedule, gamma):
     """gamma(r) for every schedule the sampler takes: the sampler leaves floor(n gamma((k + 1) / n_steps))
     masked after step k (at least 1, fewer than before), and nothing after the last."""
@@ -81,8 +85,6 @@ def test_each_mask_schedule_keeps_its_fraction_masked(schedule, gamma):
         masked = min(max(math.floor(n * gamma((k + 1) / steps)), 1), masked - 1)
         want.append(masked)
     assert counts == want[: len(counts)] and len(counts) == steps - 1
-    with pytest.raises(ShapeError, match="unknown mask schedule 'cubic'; choose cosine, linear or square"):
-        masked_count(0, 4, torch.tensor([10]), torch.tensor([10]), "cubic")
 
 
 def test_same_seed_same_tokens_and_different_seed_differs():
@@ -273,3 +275,213 @@ def test_a_step_whose_target_rounds_to_zero_still_keeps_one_token_masked():
     tokens, step 10 of 12 has floor(3 * 0.13) = 0 as its target, and keeps 1."""
     assert masked_count(10, 12, torch.tensor([3]), torch.tensor([3])).tolist() == [1]
     assert masked_count(11, 12, torch.tensor([3]), torch.tensor([1])).tolist() == [0]  # the last step unmasks all
+
+
+# -- mask schedules: a registry -------------------------------------------------------------------
+def sqrt_schedule(r):
+    """1 - sqrt(r): convex (MaskGIT's ablation), far from cosine: most tokens decided early."""
+    return 1.0 - r**0.5
+
+
+def dipping_schedule(r):
+    """gamma(0) = 1, gamma(1) = 0, within [0, 1], but it rises again after r = 0.5 (0.05 -> 0.14 at 0.75)."""
+    sin = torch.sin if isinstance(r, torch.Tensor) else math.sin
+    return (1.0 - r) * (1.0 - 0.9 * sin(math.pi * r) ** 2)
+
+
+def old_training_mask(batch: int, n_tokens: int, generator: torch.Generator) -> torch.Tensor:
+    """masked_token_mask as it was before mask schedules were a registry (the cosine rule, written in)."""
+    r = torch.rand(batch, generator=generator)
+    n_mask = torch.ceil(torch.cos(math.pi / 2 * r) * n_tokens).long().clamp(1, n_tokens)
+    ranks = torch.rand(batch, n_tokens, generator=generator).argsort(dim=1).argsort(dim=1)
+    return ranks < n_mask[:, None]
+
+
+def old_masked_count(step, n_steps, n_unknown, masked_now, schedule="cosine"):
+    """masked_count as it was, with the cosine rule written in."""
+    if step >= n_steps - 1:
+        return torch.zeros_like(masked_now)
+    target = torch.floor(n_unknown.double() * math.cos(math.pi / 2 * ((step + 1) / n_steps))).long()
+    return torch.minimum(target.clamp(min=1), (masked_now - 1).clamp(min=0))
+
+
+def test_a_registered_mask_schedule_is_built_by_name_and_sets_the_masked_counts() -> None:
+    """A user's schedule, named in the sampler settings, is what build_model's sampler decodes with:
+    after step k of K, floor(N gamma((k + 1) / K)) tokens stay masked (at least 1, fewer than before),
+    which for 1 - sqrt(r) is not what cosine leaves."""
+    from conftest import micro_overrides, registered
+
+    from controlfoley import MASK_SCHEDULES, build_model
+
+    with registered(MASK_SCHEDULES, "test_sqrt", sqrt_schedule):
+        assert "test_sqrt" in MASK_SCHEDULES.names()
+        model = build_model("specmaskfoley_tiny", **micro_overrides(), sampler={"mask_schedule": "test_sqrt"}).eval()
+        assert model.sampler.mask_schedule == "test_sqrt" and model.config.sampler.mask_schedule == "test_sqrt"
+        x = micro_inputs(model, b=2)
+        steps, n = 6, model.n_tokens
+        seen: list[list[int]] = []
+        model.generate(x["features"], x["text"], steps=steps, generator=torch.Generator().manual_seed(0),
+                       callback=lambda k, n_steps, codes, mask: seen.append(mask.flatten(1).sum(1).tolist()))
+
+    def want(gamma):
+        left, out = n, []
+        for k in range(steps):
+            left = 0 if k == steps - 1 else min(max(math.floor(n * gamma((k + 1) / steps)), 1), left - 1)
+            out.append([left, left])
+        return out
+
+    assert seen == want(sqrt_schedule)
+    assert seen != want(lambda r: math.cos(math.pi / 2 * r))  # the schedule changed the counts
+
+
+def test_a_schedule_name_is_looked_up_when_the_sampler_is_built_and_an_unknown_one_is_the_registry_error() -> None:
+    """The config takes any name (a plugin may register it later); the sampler looks it up: an unknown
+    name is the registry's error, with the names registered and how to register one."""
+    from conftest import micro_overrides, registered
+
+    from controlfoley import MASK_SCHEDULES, RegistryError, SamplerConfig, build_model
+    from controlfoley.config import ConfigError
+
+    later = SamplerConfig(mask_schedule="test_later")  # not registered yet: fine for a config
+    with pytest.raises(RegistryError, match=r"unknown mask_schedule 'test_later'\. Registered mask_schedules: cosine, cubic, linear, square\. "
+                                            r"Register your own with @controlfoley\.MASK_SCHEDULES\.register\(name\)"):
+        MaskGITSampler(later.steps, later.temperature, later.mask_schedule)
+    with registered(MASK_SCHEDULES, "test_later", sqrt_schedule):
+        assert MaskGITSampler(later.steps, later.temperature, later.mask_schedule).mask_schedule == "test_later"
+    with pytest.raises(RegistryError, match=r"unknown mask_schedule 'cubc'\. Did you mean 'cubic'\?"):
+        build_model("specmaskfoley_tiny", **micro_overrides(), sampler={"mask_schedule": "cubc"})
+    with pytest.raises(RegistryError, match="unknown mask_schedule 'cubc'"):
+        masked_count(0, 4, torch.tensor([10]), torch.tensor([10]), "cubc")
+    with pytest.raises(ConfigError, match=r"sampler\.mask_schedule must be the name of a registered mask schedule .*got ''"):
+        SamplerConfig(mask_schedule="")
+
+
+@pytest.mark.parametrize(
+    ("gamma", "match"),
+    [
+        (dipping_schedule, r"increases: gamma\(0\.5\) = 0\.05 < gamma\(0\.5625\) = 0\.0587362;"),
+        (lambda r: 1.5 * (1.0 - r), r"gives gamma\(0\.0\) = 1\.5, outside \[0, 1\]"),
+        (lambda r: 1.0 - 2.0 * r, r"gives gamma\(0\.5625\) = -0\.125, outside \[0, 1\]"),
+        (lambda r: 0.9 * (1.0 - r), r"gives gamma\(0\) = 0\.9 and gamma\(1\) = 0;"),
+    ],
+    ids=["increasing", "above_one", "negative", "not_one_at_zero"],
+)
+def test_a_schedule_that_breaks_the_rule_is_refused_when_the_sampler_is_made(gamma, match) -> None:
+    """gamma(r) is a fraction still masked: a schedule that leaves [0, 1], misses gamma(0) = 1 or
+    gamma(1) = 0, or rises is a ConfigError naming it and the rule, before anything is sampled."""
+    from conftest import micro_overrides, registered
+
+    from controlfoley import MASK_SCHEDULES, build_model
+    from controlfoley.config import ConfigError
+
+    rule = r"gamma\(0\) = 1, gamma\(1\) = 0, non-increasing in between and within \[0, 1\]; fix the function registered as 'test_bad'"
+    with registered(MASK_SCHEDULES, "test_bad", gamma):
+        with pytest.raises(ConfigError, match=r"mask schedule 'test_bad' \(test_sampling\.") as e:
+            MaskGITSampler(steps=8, mask_schedule="test_bad")
+        assert re.search(match, str(e.value)) and re.search(rule, str(e.value)), str(e.value)
+        with pytest.raises(ConfigError, match=match):
+            build_model("specmaskfoley_tiny", **micro_overrides(), sampler={"mask_schedule": "test_bad"})
+
+
+def test_a_schedule_that_takes_only_floats_is_refused_for_the_training_mask() -> None:
+    from conftest import registered
+
+    from controlfoley import MASK_SCHEDULES
+    from controlfoley.config import ConfigError
+
+    with registered(MASK_SCHEDULES, "test_floats", lambda r: math.cos(math.pi / 2 * r)):
+        with pytest.raises(ConfigError, match=r"mask schedule 'test_floats' .*failed on a Tensor of ratios.*use torch functions, e\.g\. torch\.cos"):
+            MaskGITSampler(mask_schedule="test_floats")
+
+
+def test_the_default_cosine_schedule_gives_the_same_counts_tokens_and_training_masks_as_before(monkeypatch) -> None:
+    """Cosine through the registry is the old arithmetic exactly: math.cos on floats (the sampler's
+    counts), torch.cos on tensors (the training mask), so sampling and training draw as before."""
+    import controlfoley.sampling as sampling
+    from controlfoley import MASK_SCHEDULES
+    from controlfoley.model import masked_token_mask
+
+    cosine = MASK_SCHEDULES.get("cosine")
+    for n_steps in (1, 7, 12, 64):
+        for k in range(n_steps + 1):
+            assert cosine(k / n_steps) == math.cos(math.pi / 2 * (k / n_steps))
+    r = torch.rand(1000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(cosine(r), torch.cos(math.pi / 2 * r))
+    for seed in range(3):
+        for b, n in ((1, 1), (5, 265), (64, 37)):
+            old = old_training_mask(b, n, torch.Generator().manual_seed(seed))
+            assert torch.equal(masked_token_mask(b, n, torch.Generator().manual_seed(seed), CPU), old)
+            assert torch.equal(masked_token_mask(b, n, torch.Generator().manual_seed(seed), CPU, schedule="cosine"), old)
+
+    def sample() -> torch.Tensor:
+        return MaskGITSampler(steps=12).sample(Recorder(32, 1), batch=3, n_tokens=265, vocab_size=32, generator=torch.Generator().manual_seed(4))
+
+    new = sample()
+    monkeypatch.setattr(sampling, "masked_count", old_masked_count)
+    assert torch.equal(new, sample())
+
+
+def expected_masked_fraction(gamma, n_tokens: int) -> float:
+    """E[ceil(gamma(r) l) / l] for r ~ U(0, 1) and a decreasing gamma: the count is >= k exactly when
+    gamma(r) > (k - 1) / l, i.e. r < gamma^-1((k - 1) / l), so E[count] = sum_k gamma^-1((k - 1) / l)."""
+    inverse = {"linear": lambda x: 1.0 - x, "cosine": lambda x: 2.0 / math.pi * math.acos(x)}[gamma]
+    return sum(inverse((k - 1) / n_tokens) for k in range(1, n_tokens + 1)) / n_tokens
+
+
+@pytest.mark.parametrize(("schedule", "near"), [("linear", 0.5), ("cosine", 2 / math.pi)])
+def test_the_training_mask_follows_its_schedule(schedule: str, near: float) -> None:
+    """r ~ U(0, 1), ceil(gamma(r) l) of l tokens masked: linear masks (l + 1) / 2l on average (0.505 for
+    l = 100), cosine 2/pi + ~1/2l (0.642); 20,000 draws put the mean within ~0.002 (one standard error)."""
+    from controlfoley.model import masked_token_mask
+
+    n = 100
+    want = expected_masked_fraction(schedule, n)
+    assert abs(want - near) < 0.006  # the expectation, next to its continuous limit
+    mask = masked_token_mask(20_000, n, torch.Generator().manual_seed(0), CPU, schedule=schedule)
+    counts = mask.sum(1)
+    assert counts.min() >= 1 and counts.max() <= n
+    assert abs(mask.float().mean().item() - want) < 0.01
+
+
+def test_loss_and_the_training_recipe_mask_with_the_samplers_schedule(monkeypatch) -> None:
+    """model.loss draws its mask from the model's sampler schedule unless told another; the backbone
+    and controlnet recipes' step plans do too (MaskGIT trains with the gamma it samples with)."""
+    from conftest import micro_overrides
+
+    from controlfoley import build_model
+    from controlfoley.model import masked_token_mask
+    from controlfoley.train import TrainConfig
+    from controlfoley.train.recipes import get_recipe, step_generator
+
+    model = build_model("specmaskfoley_tiny", **micro_overrides(), sampler={"mask_schedule": "linear"})
+    x = micro_inputs(model, b=8)
+    masks: list[torch.Tensor] = []
+    real = model.masked_cross_entropy
+    monkeypatch.setattr(model, "masked_cross_entropy", lambda flat, mask, **kw: masks.append(mask) or real(flat, mask, **kw))
+    for schedule in (None, "cosine"):
+        model.loss(x["codes"], features=x["features"], cond=x["text"], generator=torch.Generator().manual_seed(3), mask_schedule=schedule)
+    linear, cosine = (masked_token_mask(8, model.n_tokens, torch.Generator().manual_seed(3), CPU, s) for s in ("linear", "cosine"))
+    assert torch.equal(masks[0], linear) and torch.equal(masks[1], cosine) and not torch.equal(linear, cosine)
+
+    for recipe_name in ("backbone", "controlnet"):
+        recipe, cfg = get_recipe(recipe_name), TrainConfig.for_recipe(recipe_name, preset="p", data="d", out="o", seed=5)
+        got = recipe.plan(cfg, model, 2, 8).rows["mask"]
+        assert torch.equal(got, masked_token_mask(8, model.n_tokens, step_generator(5, 2), CPU, "linear"))
+        default = build_model("specmaskfoley_tiny", **micro_overrides())  # cosine: the masks of before
+        assert torch.equal(recipe.plan(cfg, default, 2, 8).rows["mask"], old_training_mask(8, default.n_tokens, step_generator(5, 2)))
+
+
+def test_a_checkpoint_with_a_plugin_schedule_names_where_it_came_from(tmp_path) -> None:
+    """A model saved with a user's schedule, loaded where it is not registered, says which module
+    registered it (as for a plugin's part); registered again, it loads with that schedule."""
+    from conftest import micro_overrides, registered
+
+    from controlfoley import MASK_SCHEDULES, build_model, from_pretrained
+    from controlfoley.errors import CheckpointError
+
+    with registered(MASK_SCHEDULES, "test_saved", sqrt_schedule):
+        build_model("specmaskfoley_tiny", **micro_overrides(), sampler={"mask_schedule": "test_saved"}).save(tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match=r"unknown mask_schedule 'test_saved'.*its sampler\.mask_schedule came from test_sampling \(.*test_sampling\.py\)"):
+        from_pretrained(tmp_path / "m.safetensors")
+    with registered(MASK_SCHEDULES, "test_saved", sqrt_schedule):
+        assert from_pretrained(tmp_path / "m.safetensors").sampler.mask_schedule == "test_saved"

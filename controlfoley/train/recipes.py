@@ -4,9 +4,10 @@
   reconstruction + the VQ loss (codebook + beta x commitment), and optionally a PatchGAN hinge term
   (`adv_weight` > 0, off by default; `train.adversarial`); reports codebook usage and perplexity
   from the code histogram of the whole global batch.
-- `backbone`: SpecMaskGIT masked-token pretraining (MaskGIT: cosine mask ratio, cross-entropy on
-  masked tokens) with the conditional mask: the CLAP-like `clap` feature, when the dataset has it,
-  is replaced by the unconditional mask with probability `uncond_prob`.
+- `backbone`: SpecMaskGIT masked-token pretraining (MaskGIT: mask ratio from the model's sampler
+  schedule, cosine in the presets; cross-entropy on masked tokens) with the conditional mask: the
+  CLAP-like `clap` feature, when the dataset has it, is replaced by the unconditional mask with
+  probability `uncond_prob`.
 - `controlnet`: SpecMaskFoley sec. 4.2: backbone frozen (`freeze_backbone`), video features through
   control encoder -> aligner -> ControlNet, CLAP replaced by the unconditional mask on 90% of steps,
   cross-entropy only.
@@ -258,8 +259,9 @@ class MaskedTokenRecipe(Recipe):
     def objective(self, model: SpecMaskFoley, cfg: TrainConfig) -> nn.Module:
         return MaskedTokenObjective(model, self.use_control)
 
-    def _draw(self, cfg: TrainConfig, n_tokens: int, batch: int, g: torch.Generator) -> dict[str, Tensor]:
-        mask = masked_token_mask(batch, n_tokens, g, torch.device("cpu"))
+    def _draw(self, cfg: TrainConfig, model: SpecMaskFoley, batch: int, g: torch.Generator) -> dict[str, Tensor]:
+        # the masked fraction follows the schedule the model samples with (MaskGIT), as in model.loss
+        mask = masked_token_mask(batch, model.n_tokens, g, torch.device("cpu"), model.sampler.mask_schedule)
         if cfg.uncond_per == "sample":
             cond_on = torch.rand(batch, generator=g) >= cfg.uncond_prob
         else:
@@ -267,12 +269,12 @@ class MaskedTokenRecipe(Recipe):
         return {"mask": mask, "cond_on": cond_on}
 
     def plan(self, cfg: TrainConfig, model: SpecMaskFoley, step: int, batch: int) -> StepPlan:
-        rows = self._draw(cfg, model.n_tokens, batch, step_generator(cfg.seed, step))
+        rows = self._draw(cfg, model, batch, step_generator(cfg.seed, step))
         return StepPlan(rows, float(rows["mask"].sum()))
 
     def val_plan(self, cfg: TrainConfig, model: SpecMaskFoley, clip_indices: list[int]) -> StepPlan:
         # one generator per clip: the validation loss does not depend on batching or rank count
-        parts = [self._draw(cfg.replace(uncond_per="sample"), model.n_tokens, 1, step_generator(cfg.seed, i, stream=1)) for i in clip_indices]
+        parts = [self._draw(cfg.replace(uncond_per="sample"), model, 1, step_generator(cfg.seed, i, stream=1)) for i in clip_indices]
         return StepPlan({k: torch.cat([p[k] for p in parts]) for k in ("mask", "cond_on")}, 1.0)
 
     def summarize(self, stats: Mapping[str, Tensor]) -> dict[str, float]:

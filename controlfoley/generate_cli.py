@@ -119,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
              "natively, the fastest CUDA path with --cuda-graph",
     )  # fmt: skip
     p.add_argument(
+        "--batch-size", type=int, default=None, metavar="N",
+        help="videos sampled together, window by window (default: 16 on CUDA, 8 elsewhere); each video's output is the one it gets "
+             "alone, and a file that fails fails alone",
+    )  # fmt: skip
+    p.add_argument(
         "--cuda-graph", action="store_true",
         help="(CUDA) capture each window's whole sampling loop as one CUDA graph and replay it for the next windows and files: 3-5x faster token sampling at batch 1 on an H200",
     )  # fmt: skip
@@ -168,6 +173,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ValueError(f"--cfg-scale must be a finite number, got {args.cfg_scale}")
     if args.control_scale is not None and not math.isfinite(args.control_scale):
         raise ValueError(f"--control-scale must be a finite number (1: the ControlNet as trained), got {args.control_scale}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1 (videos sampled together), got {args.batch_size}")
     if not 0.0 <= args.overlap < 1.0:
         raise ValueError(f"--overlap is a fraction of the window in [0, 1), got {args.overlap}")
     from controlfoley.pipeline_parts import checked_seed
@@ -341,29 +348,58 @@ def _write(video: Path, result: Any, audio_path: Path, video_path: Path) -> None
             backup.unlink(missing_ok=True)
 
 
-def _run_one(pipe: Any, args: argparse.Namespace, video: Path, paths: tuple[Path, Path]) -> dict[str, Any]:
+def _failed(row: dict[str, Any], video: Path, e: BaseException) -> None:
+    """A file's error into its summary row: a library error in one line, anything else as a bug
+    (with its traceback logged): a bug on one file must not cost the rest of a long run."""
     from controlfoley.errors import ControlFoleyError, RegistryError, one_line
 
-    row: dict[str, Any] = {"file": str(video), "duration": None, "windows": None}
-    t0 = time.perf_counter()
-    try:
-        check_writable_folder(args.out, "--out")
-        paths = claim_outputs(args.out, video, paths)  # another run into --out may have taken the planned name since
-        result = pipe(video, args.prompt, args.negative_prompt, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed, guidance=args.rule,
-            guidance_every=args.guidance_every, control_scale=args.control_scale,
-        )
-        row.update(duration=result.duration_s, windows=len(result.windows))
-        _write(video, result, *paths)
-        row["status"], row["output"] = "ok", f"{paths[0].name}, {paths[1].name}"
-        _record(args, pipe, video, paths, result.duration_s)
-    except (ControlFoleyError, RegistryError, OSError, ValueError) as e:
+    if isinstance(e, (ControlFoleyError, RegistryError, OSError, ValueError)):
         msg = one_line(e)
         row["status"] = "error: " + (msg if msg.startswith(str(video)) else f"{video}: {msg}")
-    except Exception as e:  # noqa: BLE001  a bug on one file must not cost the rest of a long run
-        log.exception("unexpected error on %s (a bug: please report it with this traceback)", video)
+    else:
+        log.error("unexpected error on %s (a bug: please report it with this traceback)", video, exc_info=e)
         row["status"] = f"error: {video}: unexpected {type(e).__name__}: {one_line(e)} (a bug; the traceback is above)"
-    row["time"] = time.perf_counter() - t0
-    return row
+
+
+def _run_batch(pipe: Any, args: argparse.Namespace, items: Sequence[tuple[Path, tuple[Path, Path]]]) -> list[dict[str, Any]]:
+    """Foley for a batch of files, one summary row each: every file's features are read (a file
+    that fails there fails alone), the rest sample together (`FoleyPipeline.generate_many`; if that
+    fails, each samples alone, so that only the file at fault fails), then each is written and
+    recorded. A row's time is its own reading and writing plus its share of the batch's sampling."""
+    rows, ready = [], []
+    settings = dict(steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed, guidance=args.rule, guidance_every=args.guidance_every, control_scale=args.control_scale)
+    for video, paths in items:
+        row: dict[str, Any] = {"file": str(video), "duration": None, "windows": None, "time": 0.0}
+        rows.append(row)
+        t0 = time.perf_counter()
+        try:
+            check_writable_folder(args.out, "--out")
+            paths = claim_outputs(args.out, video, paths)  # another run into --out may have taken the planned name since
+            ready.append((row, video, paths, pipe.read_features(video)))
+        except Exception as e:  # noqa: BLE001  (sorted by _failed)
+            _failed(row, video, e)
+        row["time"] += time.perf_counter() - t0
+    results: list[Any] | None = None
+    if len(ready) > 1:
+        t0 = time.perf_counter()
+        try:
+            results = pipe.generate_many([r[3] for r in ready], args.prompt, args.negative_prompt, batch_size=len(ready), **settings)
+        except Exception:  # noqa: BLE001  each file alone below: the error then names the file at fault
+            log.info("sampling the batch failed; sampling each file alone", exc_info=True)
+        for r in ready:
+            r[0]["time"] += (time.perf_counter() - t0) / len(ready)
+    for k, (row, video, paths, (streams, duration)) in enumerate(ready):
+        t0 = time.perf_counter()
+        try:
+            result = results[k] if results is not None else pipe.generate(streams, duration, args.prompt, args.negative_prompt, **settings)
+            row.update(duration=result.duration_s, windows=len(result.windows))
+            _write(video, result, *paths)
+            row["status"], row["output"] = "ok", f"{paths[0].name}, {paths[1].name}"
+            _record(args, pipe, video, paths, result.duration_s)
+        except Exception as e:  # noqa: BLE001  (sorted by _failed)
+            _failed(row, video, e)
+        row["time"] += time.perf_counter() - t0
+    return rows
 
 
 def read_manifest(folder: Path, *, raw: bool = False) -> dict[str, Any]:
@@ -576,12 +612,16 @@ def main(argv: Sequence[str]) -> int:
     except (ControlFoleyError, RegistryError, ValueError, OSError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    rows = []
-    for video, paths in tqdm(list(zip(videos, pairs, strict=True)), desc="generate", unit="file", disable=None):
-        row = _run_one(pipe, args, video, paths)
-        if row["status"] != "ok":
-            tqdm.write(row["status"], file=sys.stderr)
-        rows.append(row)
+    rows: list[dict[str, Any]] = []
+    items = list(zip(videos, pairs, strict=True))
+    batch = pipe._batch_size(args.batch_size)
+    with tqdm(total=len(items), desc="generate", unit="file", disable=None) as bar:
+        for c in range(0, len(items), batch):
+            for row in _run_batch(pipe, args, items[c : c + batch]):
+                if row["status"] != "ok":
+                    tqdm.write(row["status"], file=sys.stderr)
+                rows.append(row)
+                bar.update(1)
     print(format_table(rows))
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 

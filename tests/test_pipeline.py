@@ -123,7 +123,7 @@ def test_short_clip_end_to_end_is_deterministic(pipe: FoleyPipeline, media: dict
 
 def test_a_fresh_seed_is_returned_and_results_save_themselves(pipe: FoleyPipeline, media: dict[str, Path], tmp_path: Path) -> None:
     """seed=None draws a seed that reproduces the result; `save` / `save_video` write the audio
-    and the video with its new track; a list of videos or a float seed is refused, named."""
+    and the video with its new track; something not a path (or list of them) or a float seed is refused, named."""
     from controlfoley.audio.io import load_audio
 
     r = pipe(media["tiny"], steps=2, seed=None)
@@ -135,8 +135,10 @@ def test_a_fresh_seed_is_returned_and_results_save_themselves(pipe: FoleyPipelin
     with av.open(str(out)) as c:
         assert [s.type for s in c.streams] == ["video", "audio"] and c.streams.audio[0].rate == SR
     call = inspect.unwrap(FoleyPipeline.__call__)  # past the suite's runtime type checks: what users meet
-    with pytest.raises(TypeError, match="takes one video path, got list"):
-        call(pipe, [media["tiny"], media["tiny"]])
+    with pytest.raises(TypeError, match="takes a video path or a list of them, got int"):
+        call(pipe, 3)
+    with pytest.raises(TypeError, match="list of video paths .* holding Tensor"):
+        call(pipe, [media["tiny"], torch.zeros(3)])
     with pytest.raises(ConfigError, match="seed must be an int"):
         call(pipe, media["tiny"], steps=2, seed=1.5)
 
@@ -596,10 +598,12 @@ def test_cli_refuses_bad_model_and_prompt_before_any_file(model_file: Path, medi
 
 
 def _count_sampling(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """Every FoleyPipeline call the CLI makes, recorded: a check meant to run before sampling leaves it empty."""
+    """Every video the CLI's pipeline reads or samples, recorded: a check meant to run before any
+    file leaves it empty (the CLI reads each file's features, then samples them)."""
     calls: list[object] = []
-    real = FoleyPipeline.__call__
-    monkeypatch.setattr(FoleyPipeline, "__call__", lambda self, *a, **k: calls.append(a) or real(self, *a, **k))
+    read, sample = FoleyPipeline.read_features, FoleyPipeline._generate
+    monkeypatch.setattr(FoleyPipeline, "read_features", lambda self, *a, **k: calls.append(("read", a)) or read(self, *a, **k))
+    monkeypatch.setattr(FoleyPipeline, "_generate", lambda self, *a, **k: calls.append(("sample", a)) or sample(self, *a, **k))
     return calls
 
 
@@ -661,6 +665,7 @@ def test_cli_refuses_existing_outputs_unless_overwrite(
     assert "unknown vocoder 'nosuch'" in capsys.readouterr().err
     assert cli.main([*args, "--seed", "2", "--overwrite"]) == 0
     assert (out / "tiny.wav").read_bytes() != first and _outputs(out) == ["generate.json", "tiny.mp4", "tiny.wav"]  # replaced, no temp left
+    assert [c[0] for c in calls] == ["read", "sample"]  # the spy sees a run that samples: its emptiness above means something
 
 
 def test_cli_refuses_to_replace_an_input_before_sampling(
@@ -1179,24 +1184,37 @@ def test_an_overlap_rounding_to_the_whole_window_still_advances_one_column(windo
     assert plan.total_cols == 10
 
 
+@pytest.mark.parametrize(("stage", "batch"), [("read", "1"), ("sample", "1"), ("sample", "2")])
 def test_an_unexpected_error_on_one_file_does_not_stop_the_others(
     model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, stage: str, batch: str,
 ) -> None:
-    """A bug that raises something unforeseen on one video: that file's row says so (with the
-    traceback logged), the other files are still written, exit code 1."""
-    real = FoleyPipeline.__call__
+    """A bug that raises something unforeseen on one video, while its features are read or while
+    it samples (alone, or in a batch with another: the batch then samples each alone): that file's
+    row says so (with the traceback logged), the other files are still written, exit code 1."""
+    if stage == "read":
+        real = FoleyPipeline.read_features
 
-    def flaky(self: FoleyPipeline, video: Any, *a: Any, **k: Any) -> Any:
-        if Path(video).name == "tiny.mp4":
-            raise TypeError("something the library did not foresee")
-        return real(self, video, *a, **k)
+        def flaky(self: FoleyPipeline, video: Any) -> Any:
+            if Path(video).name == "tiny.mp4":
+                raise TypeError("something the library did not foresee")
+            return real(self, video)
 
-    monkeypatch.setattr(FoleyPipeline, "__call__", flaky)
+        monkeypatch.setattr(FoleyPipeline, "read_features", flaky)
+    else:
+        real_finish = FoleyPipeline._finish
+
+        def flaky_finish(self: FoleyPipeline, job: Any, codes: torch.Tensor) -> Any:
+            if job.duration_s < 3.0:  # tiny.mp4 lasts 2 s, short.mp4 6 s
+                raise TypeError("something the library did not foresee")
+            return real_finish(self, job, codes)
+
+        monkeypatch.setattr(FoleyPipeline, "_finish", flaky_finish)
     out = tmp_path / "o"
-    assert cli.main(["generate", str(media["tiny"]), str(media["short"]), "--model", str(model_file), "--out", str(out), "--steps", "1"]) == 1
+    argv = ["generate", str(media["tiny"]), str(media["short"]), "--model", str(model_file), "--out", str(out), "--steps", "1", "--batch-size", batch]
+    assert cli.main(argv) == 1
     err = capsys.readouterr().err
-    assert "unexpected TypeError: something the library did not foresee (a bug" in err
+    assert "tiny.mp4: unexpected TypeError: something the library did not foresee (a bug" in err and "short.mp4" not in err
     assert any(r.exc_info and "tiny.mp4" in r.getMessage() for r in caplog.records)  # the traceback, logged
     assert sorted(p.name for p in out.iterdir()) == ["generate.json", "short.mp4", "short.wav"]
 
@@ -1379,8 +1397,8 @@ def test_generate_control_scale_reaches_the_pipeline_and_is_recorded(model_file:
     from controlfoley.generate_cli import read_manifest
 
     seen = []
-    real = FoleyPipeline.__call__
-    monkeypatch.setattr(FoleyPipeline, "__call__", lambda self, *a, **kw: seen.append((kw["control_scale"], self.progress)) or real(self, *a, **kw))
+    real = FoleyPipeline._generate
+    monkeypatch.setattr(FoleyPipeline, "_generate", lambda self, *a, **kw: seen.append((kw["control_scale"], self.progress)) or real(self, *a, **kw))
     out = tmp_path / "out"
     assert cli.main(["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--steps", "1", "--control-scale", "0.5"]) == 0
     assert seen == [(0.5, False)]  # the command's own bar is over files: the pipeline's is off
@@ -1410,3 +1428,73 @@ def test_the_progress_bar_is_closed_when_sampling_fails(media: dict[str, Path], 
     with pytest.raises(KeyboardInterrupt):
         _pipeline(m, progress=True)(media["tiny"], steps=2)
     assert "sampling" in closed
+
+
+# -- several videos at once ---------------------------------------------------------------------
+
+
+def test_a_list_of_videos_samples_together_and_each_is_what_it_gets_alone(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """pipe([v...]) groups the videos by the conditions their rows share (with or without a
+    prompt here), samples each group's window k of every video in one generate call, each video
+    from its own seed's generator: every result is the one the video gets alone, token for token;
+    a progress bar counts every video's window steps."""
+    p = _pipeline(micro_model(), progress=True)
+    videos = [media["short"], media["long"], media["tiny"], media["short"]]
+    prompts, seeds = [None, "bell, thud", ["bell", "thud"], None], [1, 2, 3, 4]
+    alone = [p(v, q, seed=s, steps=2) for v, q, s in zip(videos, prompts, seeds, strict=True)]
+    capsys.readouterr()
+    batches = []
+    real = p.model.generate
+    monkeypatch.setattr(p.model, "generate", lambda *a, **kw: batches.append(len(kw["generator"])) or real(*a, **kw))
+    together = p(videos, prompts, seed=seeds, steps=2, batch_size=3)
+    n_long = len(p.plan(14.0).windows)
+    assert n_long > 1 and batches == [2] + [2] + [1] * (n_long - 1)  # (short, short), then (long, tiny) and long's later windows
+    assert f"/{2 * (3 + n_long)} " in capsys.readouterr().err  # the bar: 2 steps of every video's windows
+    for a, b, v in zip(alone, together, videos, strict=True):
+        assert torch.equal(a.codes, b.codes) and torch.allclose(a.wav, b.wav, atol=1e-6), v
+        assert (a.seed, a.duration_s, a.windows) == (b.seed, b.duration_s, b.windows)
+    assert torch.equal(together[0].codes, p(videos[0], seed=1, steps=2).codes) and not torch.equal(together[0].codes, together[3].codes)  # seeds 1 and 4 differ
+    fresh = p(videos[:2], seed=None, steps=1)  # None: a fresh seed for each video, kept in its result
+    assert fresh[0].seed != fresh[1].seed and torch.equal(p(videos[1], seed=fresh[1].seed, steps=1).codes, fresh[1].codes)
+    streams = [p.read_features(v) for v in videos[:2]]  # decoded features: generate_many
+    many = p.generate_many(streams, [None, "bell, thud"], seed=[1, 2], steps=2, batch_size=2)
+    assert all(torch.equal(a.codes, b.codes) for a, b in zip(alone[:2], many, strict=True))
+
+
+def test_a_list_of_videos_is_checked_before_any_video_samples(media: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = _pipeline(micro_model())
+    monkeypatch.setattr(p.model, "generate", lambda *a, **kw: pytest.fail("sampled before the arguments were checked"))
+    call = inspect.unwrap(FoleyPipeline.__call__)  # past the suite's runtime type checks: what users meet
+    two = [media["tiny"], media["short"]]
+    with pytest.raises(ConfigError, match=r"prompt: with 2 videos, give one prompt for all of them or a list of 2 .* got a list of 3 .*'bell, thud'"):
+        call(p, two, ["bell", "thud", "dog"])
+    with pytest.raises(ConfigError, match=r"seed\[1\] must be an int"):
+        call(p, two, seed=[1, 2.5])
+    with pytest.raises(ConfigError, match="seed: with 2 videos, .* got a list of 1"):
+        call(p, two, seed=[1])
+    with pytest.raises(ConfigError, match=r"negative_prompt\[0\]: a prompt is a comma-separated string"):
+        call(p, two, negative_prompt=[3, None])
+    with pytest.raises(ConfigError, match="batch_size is how many videos sample together"):
+        call(p, two, batch_size=0)
+    with pytest.raises(ConfigError, match="the list of videos is empty"):
+        call(p, [])
+    with pytest.raises(MediaError, match="nosuch.mp4"):  # the last file is missing: nothing sampled first
+        call(p, [*two, tmp_path / "nosuch.mp4"])
+    with pytest.raises(ConfigError, match="list of .streams, duration_s. pairs"):
+        inspect.unwrap(FoleyPipeline.generate_many)(p, p.read_features(media["tiny"]))  # one pair, not a list of them
+
+
+def test_cli_batches_give_the_files_each_gets_alone(model_file: Path, media: dict[str, Path], tmp_path: Path) -> None:
+    """--batch-size 2 over three files (a batch of two, then one) writes the very audio that
+    --batch-size 1 writes, and records each file as before."""
+    from controlfoley.generate_cli import read_manifest
+
+    videos = [str(media["tiny"]), str(media["long"]), str(media["short"])]
+    outs = {}
+    for batch in ("1", "2"):
+        out = tmp_path / f"b{batch}"
+        assert cli.main(["generate", *videos, "--model", str(model_file), "--out", str(out), "--steps", "2", "--seed", "5", "--batch-size", batch]) == 0
+        outs[batch] = {name: (out / f"{name}.wav").read_bytes() for name in ("tiny", "long", "short")}
+        assert sorted(read_manifest(out)) == ["long", "short", "tiny"]
+    assert outs["1"] == outs["2"]
+    assert cli.main(["generate", videos[0], "--model", str(model_file), "--out", str(tmp_path / "x"), "--batch-size", "0"]) == 2

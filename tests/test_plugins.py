@@ -235,7 +235,7 @@ def test_every_example_runs(script: str) -> None:
 
 def test_the_readme_python_blocks_run(tmp_path: Path) -> None:
     """Every ```python block of the README, in order, as one script (later blocks use names the
-    first defines), in a folder holding the `clip.mp4` the pipeline block reads."""
+    first defines), in a folder holding the `clip.mp4` (and `a.mp4`, `b.mp4`, `c.mp4`) the pipeline block reads."""
     import re
 
     from controlfoley.data.synthetic import SyntheticWorld
@@ -246,12 +246,15 @@ def test_the_readme_python_blocks_run(tmp_path: Path) -> None:
     world = SyntheticWorld(seed=0, duration_s=3.0)
     clip = world.clip(0)
     write_video(tmp_path / "clip.mp4", clip.frames, clip.fps)
+    for name, i in (("a", 1), ("b", 2), ("c", 3)):  # the videos of the batched pipeline call
+        other = world.clip(i)
+        write_video(tmp_path / f"{name}.mp4", other.frames, other.fps)
     script = tmp_path / "readme.py"
-    script.write_text("\n".join(blocks) + "\nprint('readme ok', tuple(out.shape), tuple(result.wav.shape))\n", encoding="utf-8")
+    script.write_text("\n".join(blocks) + "\nprint('readme ok', tuple(out.shape), tuple(result.wav.shape), len(results))\n", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != PLUGIN_ENV}
     out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "readme ok (1, 5, 32)" in out.stdout
+    assert "readme ok (1, 5, 32)" in out.stdout and out.stdout.rstrip().endswith(" 3")
     assert (tmp_path / "clip.wav").stat().st_size > 0 and (tmp_path / "clip-foley.mp4").stat().st_size > 0
 
 

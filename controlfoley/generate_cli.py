@@ -113,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist in --out")
     p.add_argument(
+        "--skip-existing", action="store_true",
+        help="keep the outputs that --out's generate.json records as made from the same, unchanged video with the same settings "
+             "(the model file, prompt, seed, steps, ...), and generate the rest: an interrupted run goes on where it stopped. "
+             "An existing output made otherwise is still refused unless --overwrite is given too",
+    )  # fmt: skip
+    p.add_argument(
         "--precision", choices=("auto", "fp32", "bf16", "bf16-weights"), default="auto",
         help="token sampling precision; auto: bf16 (autocast) on CUDA, fp32 on CPU (bf16 on a CPU with AVX-512 bf16: ~1.6x faster at paper size, "
              "no gain for the tiny presets; CPUs without bf16 units may be slower); bf16-weights: the sampling parts stored in bf16 and run "
@@ -293,9 +299,12 @@ def claim_outputs(out: Path, video: Path, paths: tuple[Path, Path]) -> tuple[Pat
     return out / f"{name}{audio_path.suffix}", out / f"{name}.mp4"
 
 
-def _check_outputs(videos: Sequence[Path], pairs: Sequence[tuple[Path, Path]], *, overwrite: bool) -> None:
+def _check_outputs(
+    videos: Sequence[Path], pairs: Sequence[tuple[Path, Path]], *, overwrite: bool, why: Callable[[Path, tuple[Path, Path]], str] | None = None
+) -> None:
     """Before any sampling: no output replaces an input (its own or another's: --overwrite does not
-    allow that); existing outputs only with --overwrite, naming what made them."""
+    allow that); existing outputs only with --overwrite, naming what made them (and, with
+    --skip-existing, `why(video, paths)` it was not kept)."""
     from controlfoley.errors import MediaError
 
     inputs = {video.resolve(): video for video in videos}
@@ -305,12 +314,18 @@ def _check_outputs(videos: Sequence[Path], pairs: Sequence[tuple[Path, Path]], *
             if hit is not None:
                 whose = "its own input" if hit == video else f"the input video {hit} (given in this run)"
                 raise MediaError(f"output {path} (for {video}) would replace {whose}; choose another --out")
-    existing = [path for paths in pairs for path in paths if path.exists()]
+    existing = [(video, paths, path) for video, paths in zip(videos, pairs, strict=True) for path in paths if path.exists()]
     if existing and not overwrite:
+        video, paths, first = existing[0]
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        entry = read_manifest_or_empty(existing[0].parent).get(existing[0].stem)
+        if why is not None:
+            raise MediaError(f"output {first} already exists and --skip-existing does not keep it: {why(video, paths)}{more}; pass --overwrite to replace it, or choose another --out")
+        entry = read_manifest_or_empty(first.parent).get(first.stem)
         made = f", made from {entry['source']} by an earlier run" if entry and entry.get("source") else ", not recorded as generate's output"
-        raise MediaError(f"output {existing[0]} already exists{made}{more}; pass --overwrite to replace it, or choose another --out")
+        raise MediaError(
+            f"output {first} already exists{made}{more}; pass --overwrite to replace it, --skip-existing to keep what an interrupted run "
+            "with these settings made, or choose another --out"
+        )
 
 
 def _write(video: Path, result: Any, audio_path: Path, video_path: Path) -> None:
@@ -480,10 +495,24 @@ def _record(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path,
     are already in place."""
     import datetime
 
-    import torch
-
     from controlfoley import __version__
     from controlfoley.errors import one_line
+
+    entry = {
+        "source": str(video.resolve()), "source_stamp": _file_stamp(video), "audio": paths[0].name, "video": paths[1].name,
+        "duration_s": duration_s, "settings": _settings(args, pipe), "controlfoley": __version__,
+        "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    try:
+        update_record(args.out, paths[1].stem, entry)
+    except OSError as e:
+        log.warning("cannot write %s (%s): the outputs for %s are complete, but `controlfoley evaluate` will need --reference", args.out / MANIFEST, one_line(e), video)
+
+
+def _settings(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
+    """The settings an output is recorded with, as resolved (the model's own steps, scale and rule
+    where none was given; the extractors and text encoder used; the model file's stamp)."""
+    import torch
 
     model = pipe.model
     rule = args.sampled_rule  # what sampled (a no-prompt fallback included), worked out once in main
@@ -503,15 +532,47 @@ def _record(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path,
         "vocoder": args.vocoder or model.config.vocoder.name,
         "command_line": {"extractor": list(args.extractor), "text_encoder": args.text_encoder, "guidance": args.guidance},
     }  # fmt: skip
-    entry = {
-        "source": str(video.resolve()), "source_stamp": _file_stamp(video), "audio": paths[0].name, "video": paths[1].name,
-        "duration_s": duration_s, "settings": settings, "controlfoley": __version__,
-        "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }  # fmt: skip
-    try:
-        update_record(args.out, paths[1].stem, entry)
-    except OSError as e:
-        log.warning("cannot write %s (%s): the outputs for %s are complete, but `controlfoley evaluate` will need --reference", args.out / MANIFEST, one_line(e), video)
+    return settings
+
+
+# settings recorded for information, not compared by --skip-existing: how they were spelled on the
+# command line, and the CPU thread count (it changes the waveform's last bits at most)
+_NOT_COMPARED = ("command_line", "cpu_threads")
+
+
+def _already_made(args: argparse.Namespace, pipe: Any, videos: Sequence[Path], pairs: Sequence[tuple[Path, Path]]) -> list[bool]:
+    """--skip-existing: for each input, whether OUT/generate.json records its planned outputs as
+    complete, both on disk, made from this very source (same path, size and time) with the
+    settings this run would use. An output that exists otherwise is left to `_check_outputs`."""
+    record = read_manifest_or_empty(args.out)
+    now = {k: v for k, v in _settings(args, pipe).items() if k not in _NOT_COMPARED}
+    done = []
+    for video, (audio_path, video_path) in zip(videos, pairs, strict=True):
+        entry = record.get(video_path.stem) or {}
+        ok = (
+            not entry.get("pending") and "problem" not in entry and entry.get("source") == str(video.resolve())
+            and entry.get("audio") == audio_path.name and entry.get("video") == video_path.name
+            and audio_path.is_file() and video_path.is_file() and video.is_file() and entry.get("source_stamp") == _file_stamp(video)
+            and {k: v for k, v in (entry.get("settings") or {}).items() if k not in _NOT_COMPARED} == now
+        )  # fmt: skip
+        done.append(bool(ok))
+    return done
+
+
+def _differs(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path, Path]) -> str:
+    """Why --skip-existing does not keep an existing output: what differs from this run."""
+    entry = read_manifest_or_empty(args.out).get(paths[1].stem) or {}
+    if not entry or entry.get("pending"):
+        return "its record in generate.json is missing or unfinished"
+    if entry.get("source") != str(video.resolve()):
+        return f"it was made from {entry.get('source')}"
+    if not video.is_file() or entry.get("source_stamp") != _file_stamp(video):
+        return f"{video} changed since it was made"
+    if not (paths[0].is_file() and paths[1].is_file()):
+        return "one of its two outputs is missing"
+    was, now = entry.get("settings") or {}, _settings(args, pipe)
+    keys = sorted(k for k in set(was) | set(now) if k not in _NOT_COMPARED and was.get(k) != now.get(k))
+    return "it was made with other settings (" + ", ".join(f"{k}: {was.get(k)!r} then, {now.get(k)!r} now" for k in keys[:3]) + (", ..." if len(keys) > 3 else "") + ")"
 
 
 def update_record(folder: Path, name: str, entry: dict[str, Any]) -> None:
@@ -573,15 +634,16 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             "-" if r["duration"] is None else f"{r['duration']:.2f} s",
             "-" if r["windows"] is None else str(r["windows"]),
             f"{r['time']:.1f} s",
-            "ok" if r["status"] == "ok" else "error",
+            r["status"] if r["status"] in ("ok", "kept") else "error",
             r.get("output", "-"),  # a repeated stem is written as <stem>-2, <stem>-3, ...
         )
         for r in rows
     ]
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in (head, *body)]
-    ok = sum(r["status"] == "ok" for r in rows)
-    return "\n".join([*lines, f"{ok} of {len(rows)} files ok"])
+    ok = sum(r["status"] in ("ok", "kept") for r in rows)
+    kept = sum(r["status"] == "kept" for r in rows)
+    return "\n".join([*lines, f"{ok} of {len(rows)} files ok" + (f" ({kept} kept from an earlier run)" if kept else "")])
 
 
 def main(argv: Sequence[str]) -> int:
@@ -601,8 +663,13 @@ def main(argv: Sequence[str]) -> int:
         _check_device(args.device)
         extractors, vocoder = _extractor_specs(args.extractor), _vocoder_spec(args.vocoder)
         pipe = _build_pipeline(args, extractors, vocoder)  # a bad name or file is reported before a clash of outputs
-        _check_outputs(videos, pairs, overwrite=args.overwrite)
         args.sampled_rule = pipe._conditions(args.prompt, args.negative_prompt, args.rule)[2] or pipe.model.guidance  # for the record
+        kept: list[dict[str, Any]] = []
+        if args.skip_existing:  # outputs this very run would make, already made: kept, not made again
+            done = _already_made(args, pipe, videos, pairs)
+            kept = [_kept_row(args.out, v, p) for v, p, d in zip(videos, pairs, done, strict=True) if d]
+            videos, pairs = [v for v, d in zip(videos, done, strict=True) if not d], [p for p, d in zip(pairs, done, strict=True) if not d]
+        _check_outputs(videos, pairs, overwrite=args.overwrite, why=(lambda v, p: _differs(args, pipe, v, p)) if args.skip_existing else None)
         from controlfoley.data.real_extractors import check_unique_stems
 
         check_unique_stems(list(pipe.extractors.values()), videos)  # precomputed features are found by file stem
@@ -612,7 +679,9 @@ def main(argv: Sequence[str]) -> int:
     except (ControlFoleyError, RegistryError, ValueError, OSError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = list(kept)
+    if kept:
+        print(f"{len(kept)} of {len(kept) + len(videos)} files already made with these settings (--skip-existing): kept", file=sys.stderr)
     items = list(zip(videos, pairs, strict=True))
     batch = pipe._batch_size(args.batch_size)
     with tqdm(total=len(items), desc="generate", unit="file", disable=None) as bar:
@@ -623,7 +692,13 @@ def main(argv: Sequence[str]) -> int:
                 rows.append(row)
                 bar.update(1)
     print(format_table(rows))
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+    return 0 if all(r["status"] in ("ok", "kept") for r in rows) else 1
+
+
+def _kept_row(out: Path, video: Path, paths: tuple[Path, Path]) -> dict[str, Any]:
+    """The summary row of a file --skip-existing keeps."""
+    entry = read_manifest_or_empty(out).get(paths[1].stem) or {}
+    return {"file": str(video), "duration": entry.get("duration_s"), "windows": None, "time": 0.0, "status": "kept", "output": f"{paths[0].name}, {paths[1].name}"}
 
 
 if __name__ == "__main__":

@@ -442,8 +442,9 @@ class SpecMaskFoley(nn.Module):
             guidance_every=guidance_every, static_shapes=static_shapes, compile=compile, captured=cuda_graph,
             control_scale=1.0 if control_scale is None else control_scale,
         )
-        known = None if known_codes is None else known_codes.reshape(b, -1)
-        known_at = None if known_mask is None else known_mask.reshape(b, -1)
+        # on the model's device, both: the sampler indexes one with the other (CPU tokens and a CUDA mask would not mix)
+        known = None if known_codes is None else known_codes.reshape(b, -1).to(self.device)
+        known_at = None if known_mask is None else known_mask.reshape(b, -1).to(self.device)
         return self._sample(step, b, known, known_at, generator, steps, temperature, dtype, compile, onednn, cuda_graph, callback)
 
     def _sample(

@@ -1498,3 +1498,35 @@ def test_cli_batches_give_the_files_each_gets_alone(model_file: Path, media: dic
         assert sorted(read_manifest(out)) == ["long", "short", "tiny"]
     assert outs["1"] == outs["2"]
     assert cli.main(["generate", videos[0], "--model", str(model_file), "--out", str(tmp_path / "x"), "--batch-size", "0"]) == 2
+
+
+def test_skip_existing_goes_on_where_an_interrupted_run_stopped(
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--skip-existing keeps the outputs the record says this very command made (same source,
+    same settings) and makes the rest; an output made otherwise is refused, naming what differs,
+    and --overwrite with it remakes only those."""
+    out = tmp_path / "out"
+    tiny, short = str(media["tiny"]), str(media["short"])
+    base = ["generate", tiny, short, "--model", str(model_file), "--out", str(out), "--steps", "1", "--batch-size", "1"]
+    real_finish = FoleyPipeline._finish
+    with monkeypatch.context() as m:  # the first run makes tiny, then stops at short (a failure stands in for a kill)
+        m.setattr(FoleyPipeline, "_finish", lambda self, job, codes: pytest.fail("killed") if job.duration_s > 3.0 else real_finish(self, job, codes))
+        with pytest.raises(pytest.fail.Exception):
+            cli.main(base)
+    made = (out / "tiny.wav").stat().st_mtime_ns, (out / "tiny.wav").read_bytes()
+    assert not (out / "short.wav").exists()
+    assert cli.main(base) == 2 and "--skip-existing to keep what an interrupted run" in capsys.readouterr().err  # the hint
+    calls = _count_sampling(monkeypatch)
+    assert cli.main([*base, "--skip-existing"]) == 0
+    captured = capsys.readouterr()
+    assert "1 of 2 files already made with these settings" in captured.err and "2 of 2 files ok (1 kept from an earlier run)" in captured.out
+    assert [(c[0], Path(c[1][0]).name) for c in calls if c[0] == "read"] == [("read", "short.mp4")]  # tiny neither read nor sampled
+    assert ((out / "tiny.wav").stat().st_mtime_ns, (out / "tiny.wav").read_bytes()) == made and (out / "short.wav").is_file()
+    calls.clear()
+    assert cli.main([*base, "--skip-existing"]) == 0 and calls == []  # all made: nothing to do
+    assert cli.main([*base, "--skip-existing", "--seed", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--skip-existing does not keep it: it was made with other settings (seed: 0 then, 3 now)" in err and calls == []
+    assert cli.main([*base, "--skip-existing", "--overwrite", "--seed", "3"]) == 0 and len([c for c in calls if c[0] == "read"]) == 2
+    assert (out / "tiny.wav").read_bytes() != made[1]

@@ -399,8 +399,16 @@ def _run_batch(pipe: Any, args: argparse.Namespace, items: Sequence[tuple[Path, 
         t0 = time.perf_counter()
         try:
             results = pipe.generate_many([r[3] for r in ready], args.prompt, args.negative_prompt, batch_size=len(ready), **settings)
-        except Exception:  # noqa: BLE001  each file alone below: the error then names the file at fault
-            log.info("sampling the batch failed; sampling each file alone", exc_info=True)
+        except Exception as e:  # noqa: BLE001  each file alone below: the error then names the file at fault
+            from controlfoley.errors import one_line
+
+            if not getattr(args, "warned_batch", False):  # once: a batch too large for the GPU would fail every time
+                log.warning(
+                    "sampling %d files together failed (%s: %s); each is sampled alone instead, so only a file at fault fails. "
+                    "If the batch does not fit in memory, a smaller --batch-size is faster", len(ready), type(e).__name__, one_line(e),
+                )
+                args.warned_batch = True
+            log.info("the batch's error", exc_info=True)
         for r in ready:
             r[0]["time"] += (time.perf_counter() - t0) / len(ready)
     for k, (row, video, paths, (streams, duration)) in enumerate(ready):
@@ -524,7 +532,7 @@ def _settings(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
         "steps": args.steps or model.sampler.steps, "cfg_scale": args.cfg_scale if args.cfg_scale is not None else rule.scale,
         "guidance": repr(rule), "guidance_every": args.guidance_every, "seed": args.seed, "precision": args.precision,
         "control_scale": 1.0 if args.control_scale is None else args.control_scale,
-        "overlap": args.overlap, "join": args.join,
+        "overlap": args.overlap, "join": args.join, "batch_size": pipe._batch_size(args.batch_size),
         # what a seed's tokens depend on besides the settings: the device and the precision that sampled
         "device": str(model.device), "sampled_dtype": _sampled_dtype(pipe), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
         "extractors": {k: getattr(e, "name", type(e).__name__) for k, e in pipe.extractors.items()},
@@ -536,8 +544,9 @@ def _settings(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
 
 
 # settings recorded for information, not compared by --skip-existing: how they were spelled on the
-# command line, and the CPU thread count (it changes the waveform's last bits at most)
-_NOT_COMPARED = ("command_line", "cpu_threads")
+# command line, the CPU thread count (it changes the waveform's last bits at most) and the batch size
+# (the same tokens on the CPU; a GPU's batched products may round a few differently)
+_NOT_COMPARED = ("command_line", "cpu_threads", "batch_size")
 
 
 def _already_made(args: argparse.Namespace, pipe: Any, videos: Sequence[Path], pairs: Sequence[tuple[Path, Path]]) -> list[bool]:

@@ -46,9 +46,10 @@ al. 2022, sec. 3.2 / image extrapolation), docs/DESIGN.md sections 1-3.
 import functools
 import logging
 import math
+import numbers
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -324,7 +325,7 @@ class FoleyPipeline:
 
     @overload
     def __call__(
-        self, video_path: Sequence[str | os.PathLike[str]], prompt: Prompt | Sequence[Prompt | None] | None = None,
+        self, video_path: list[str | os.PathLike[str]] | tuple[str | os.PathLike[str], ...], prompt: Prompt | Sequence[Prompt | None] | None = None,
         negative_prompt: Prompt | Sequence[Prompt | None] | None = None, steps: int | None = None, cfg_scale: float | None = None,
         seed: int | Sequence[int | None] | None = 0, guidance: GuidanceRule | str | None = None, temperature: float | None = None,
         guidance_every: int = 1, control_scale: float | None = None, *, batch_size: int | None = None,
@@ -366,16 +367,24 @@ class FoleyPipeline:
 
         Several videos, `pipe([a, b, c], ...)`: up to `batch_size` of them sample together, window
         by window (one batched forward per step across videos and guidance rows: far more clips per
-        second on a GPU; default 16 on CUDA, 8 elsewhere: on this project's 2-core CPU a batch of 8
-        gave the shipped synthetic model 1.3x the videos per second, benchmarks/RESULTS.md). Each result is the one `pipe(video, prompt, seed=...)` gives alone, token
-        for token: every video draws from its own generator seeded with its seed (up to the
-        rounding of batched matrix products, equal in the tests). `prompt`, `negative_prompt` and
-        `seed` are one value for every video (a string, a list of tags, an int, None) or a list
-        with one entry per video (`prompt=["bell", None, "dog, bark"]`; with several videos a list
-        is always one entry per video). Every file is probed before any sampling, so a missing or
-        unreadable one fails at once, naming it; only the features of one batch are held at a time.
+        second on a GPU; default 16 on CUDA, 1 with `cuda_graph`, 8 elsewhere: on this project's
+        2-core CPU a batch of 8 gave the shipped synthetic model 1.3-1.6x the videos per second,
+        benchmarks/RESULTS.md). Each result is the one `pipe(video, prompt, seed=...)` gives alone:
+        every video draws from its own generator seeded with its seed, so the tokens are the same up
+        to the rounding of batched matrix products (equal on the CPU in the tests; a GPU's kernels
+        may round a few differently at another batch size, not measured yet). `prompt`,
+        `negative_prompt` and `seed` are one value for every video (a string, a list of tags, an
+        int, None) or a list with one entry per video (`prompt=["bell", None, "dog, bark"]`; with
+        several videos a list is always one entry per video). Every file is probed, and every
+        video's conditions checked, before any sampling: a missing, unreadable, audio-only or
+        one-frame file fails at once, naming it. Only the features of one batch are held at a time;
+        the results of all are kept until the call returns, and a file that fails while being
+        decoded raises then, losing the results of the batches before it: for long lists use
+        `iterate` (each result as its batch finishes) or the `controlfoley generate` command (a bad
+        file fails alone).
         """
         if isinstance(video_path, (str, os.PathLike)):
+            self._batch_size(batch_size)  # checked, though one video has nothing to batch
             seed = checked_seed(seed)  # before the video is read
             guidance_every = checked_guidance_every(guidance_every)
             checked_control_scale(control_scale)
@@ -384,21 +393,64 @@ class FoleyPipeline:
                 streams, duration, prompt, negative_prompt, steps=steps, cfg_scale=cfg_scale, seed=seed, guidance=guidance, temperature=temperature,
                 guidance_every=guidance_every, control_scale=control_scale,
             )
-        videos = _video_list(video_path)
-        prompts, negatives, seeds = _per_video_conditions(len(videos), prompt, negative_prompt, seed)
-        guidance_every = checked_guidance_every(guidance_every)
-        checked_control_scale(control_scale)
-        batch_size = self._batch_size(batch_size)
-        self.model.sampler.settings(steps, temperature)
+        args, settings = self._plan_videos(
+            video_path, prompt, negative_prompt, seed, guidance, batch_size, steps=steps, cfg_scale=cfg_scale, temperature=temperature,
+            guidance_every=guidance_every, control_scale=control_scale,
+        )  # fmt: skip
+        return self._generate(*args, **settings)
+
+    def iterate(
+        self,
+        videos: Sequence[str | os.PathLike[str]],
+        prompt: Prompt | Sequence[Prompt | None] | None = None,
+        negative_prompt: Prompt | Sequence[Prompt | None] | None = None,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        seed: int | Sequence[int | None] | None = 0,
+        guidance: GuidanceRule | str | None = None,
+        temperature: float | None = None,
+        guidance_every: int = 1,
+        control_scale: float | None = None,
+        *,
+        batch_size: int | None = None,
+    ) -> Iterator[tuple[int, FoleyResult]]:
+        """`pipe(videos, ...)` for long lists: yields `(index, result)` for each video as its batch
+        finishes (not in the list's order: videos sample grouped by their conditions, longest first),
+        so that each can be saved and dropped at once and a file that fails to decode costs only
+        itself and what follows, not the results before it. The arguments and results are those of
+        `__call__` with a list::
+
+            for i, result in pipe.iterate(videos, seed=0):
+                result.save(f"out/{Path(videos[i]).stem}.wav")
+        """
+        args, settings = self._plan_videos(
+            videos, prompt, negative_prompt, seed, guidance, batch_size, steps=steps, cfg_scale=cfg_scale, temperature=temperature,
+            guidance_every=guidance_every, control_scale=control_scale,
+        )  # fmt: skip
+        return self._iterate(*args, **settings)
+
+    def _plan_videos(
+        self, videos: Any, prompt: Any, negative_prompt: Any, seed: Any, guidance: Any, batch_size: Any, **settings: Any
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """A list call's arguments checked and every file probed (missing, unreadable, audio-only or
+        a still image: refused before anything samples): `_iterate`'s arguments and settings."""
         from controlfoley.video import probe
 
-        for v in videos:  # a missing, unreadable or audio-only file fails now, not after the videos before it sampled
-            probe(Path(v))
+        videos = _video_list(videos)
+        prompts, negatives, seeds = _per_video_conditions(len(videos), prompt, negative_prompt, seed)
+        settings["guidance_every"] = checked_guidance_every(settings["guidance_every"])
+        checked_control_scale(settings["control_scale"])
+        batch_size = self._batch_size(batch_size)
+        self.model.sampler.settings(settings["steps"], settings["temperature"])
+        col_s = self.col_samples / self.model.sample_rate
+        durations = []
+        for v in videos:  # a file that cannot work fails now, not after the videos before it sampled
+            duration = probe(Path(v)).duration_s
+            if duration is not None and duration < col_s:
+                raise MediaError(f"{v}: lasts {duration:.3f} s, less than one token column ({col_s:.3f} s) of audio; a still image or a one-frame video?")
+            durations.append(duration)
         loaders = [functools.partial(self.read_features, v) for v in videos]
-        return self._generate(
-            loaders, prompts, negatives, seeds, guidance, batch_size, steps=steps, cfg_scale=cfg_scale, temperature=temperature,
-            guidance_every=guidance_every, control_scale=control_scale,
-        )
+        return (loaders, prompts, negatives, seeds, guidance, batch_size, durations), settings
 
     @torch.no_grad()
     def read_features(self, video_path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], float]:
@@ -491,7 +543,7 @@ class FoleyPipeline:
         `seed=None` draws a fresh seed, returned in `FoleyResult.seed`; the other settings as in `__call__`."""
         seed = checked_seed(seed)
         return self._generate(
-            [lambda: (streams, duration_s)], [prompt], [negative_prompt], [seed], guidance, 1, steps=steps, cfg_scale=cfg_scale,
+            [lambda: (streams, duration_s)], [prompt], [negative_prompt], [seed], guidance, 1, [float(duration_s)], steps=steps, cfg_scale=cfg_scale,
             temperature=temperature, guidance_every=guidance_every, control_scale=control_scale,
         )[0]
 
@@ -518,11 +570,16 @@ class FoleyPipeline:
         prompts, negatives, seeds = _per_video_conditions(len(inputs), prompt, negative_prompt, seed)
         loaders = [lambda x=x: x for x in inputs]
         return self._generate(
-            loaders, prompts, negatives, seeds, guidance, self._batch_size(batch_size), steps=steps, cfg_scale=cfg_scale,
-            temperature=temperature, guidance_every=guidance_every, control_scale=control_scale,
+            loaders, prompts, negatives, seeds, guidance, self._batch_size(batch_size), [float(d) for _, d in inputs], steps=steps,
+            cfg_scale=cfg_scale, temperature=temperature, guidance_every=guidance_every, control_scale=control_scale,
         )
 
-    def _generate(
+    def _generate(self, *args: Any, **kwargs: Any) -> list[FoleyResult]:
+        """`_iterate`'s results in the order of the videos."""
+        results: dict[int, FoleyResult] = dict(self._iterate(*args, **kwargs))
+        return [results[i] for i in range(len(results))]
+
+    def _iterate(
         self,
         loaders: Sequence[Callable[[], tuple[Mapping[str, Tensor], float]]],
         prompts: Sequence[Prompt | None],
@@ -530,11 +587,18 @@ class FoleyPipeline:
         seeds: Sequence[int],
         guidance: GuidanceRule | str | None,
         batch_size: int,
+        durations: Sequence[float | None] | None = None,
         **settings: Any,
-    ) -> list[FoleyResult]:
-        """The videos grouped by what their rows of a batch must share (the guidance rule; text
-        or none; a negative prompt or none), each group sampled `batch_size` videos at a time,
-        the features of a batch loaded (`loaders[i]()`) just before it samples."""
+    ) -> Iterator[tuple[int, FoleyResult]]:
+        """(index, result) of each video as its batch finishes. The videos are grouped by what
+        their rows of a batch must share (the guidance rule; text or none; a negative prompt or
+        none), longest first within a group where `durations` (expected, e.g. probed) are known (so
+        that a batch's later windows keep their rows), and sampled `batch_size` at a time, the
+        features of a batch loaded (`loaders[i]()`) just before it samples. Every video's
+        conditions are checked before anything loads."""
+        from controlfoley.model import _check_inputs
+
+        _check_inputs(settings["cfg_scale"], None, None)
         n_steps = self.model.sampler.settings(settings["steps"], settings["temperature"])[0]
         rule_arg = None if guidance is None else self.model.resolve_guidance(guidance)  # one rule object for every video
         conditions: dict[tuple[str | None, str | None], tuple[Tensor | None, Tensor | None, GuidanceRule | None]] = {}
@@ -544,41 +608,56 @@ class FoleyPipeline:
             if key not in conditions:  # a prompt shared by many videos is encoded (and warned about) once
                 conditions[key] = self._conditions(key[0], key[1], rule_arg)
             text, negative, rule = conditions[key]
+            if text is None and (rule or self.model.guidance).needs_text:  # a rule given by the caller that needs text, and no prompt
+                which = f"video {i} has none (prompt[{i}] is {p!r})" if len(prompts) > 1 else "none was given"
+                raise ConfigError(
+                    f"guidance {rule or self.model.guidance} needs a text prompt, and {which}; give one, or a guidance rule without "
+                    "text such as 'cfg_video'"
+                )
             groups.setdefault((None if rule is None else id(rule), text is None, negative is None), []).append(i)
-        results: list[FoleyResult | None] = [None] * len(loaders)
-        bar = None
+        windows = [None if d is None else len(self.plan(d).windows) for d in (durations or [None] * len(loaders))]
+        expected = sum(w or 0 for w in windows) * n_steps
+        everies: dict[int, int] = {}
+        bar = _progress_bar(self.progress, expected) if expected else None
         try:
             for idx in groups.values():
+                idx = sorted(idx, key=lambda i: -(windows[i] or 0))  # stable: the given order where lengths tie or are unknown
                 text, negative, rule = conditions[(prompt_text(prompts[idx[0]]), prompt_text(negatives[idx[0]]))]
-                every = checked_guidance_every(settings["guidance_every"], rule or self.model.guidance)  # a warning once per rule, not per window
+                r = rule or self.model.guidance
+                if id(r) not in everies:  # a warning once per rule, not per group or window
+                    everies[id(r)] = checked_guidance_every(settings["guidance_every"], r)
                 for c in range(0, len(idx), batch_size):
                     jobs = []
                     for i in idx[c : c + batch_size]:
                         streams, duration = loaders[i]()
+                        plan = self.plan(duration)
                         key = (prompt_text(prompts[i]), prompt_text(negatives[i]))
-                        jobs.append(_Job(self.plan(duration), streams, float(duration), conditions[key][0], conditions[key][1], seeds[i]))
+                        # every window's rows there (features given shorter than the video hold their last row, as read_features does)
+                        streams = {k: _extend(x, self._rows_needed(plan, k, float(self.extractors[k].fps))) if k in self.extractors else x for k, x in streams.items()}
+                        jobs.append(_Job(plan, streams, float(duration), conditions[key][0], conditions[key][1], seeds[i]))
                     steps_here = sum(len(j.plan.windows) for j in jobs) * n_steps
+                    planned = sum(windows[i] or 0 for i in idx[c : c + batch_size]) * n_steps
                     if bar is None:
                         bar = _progress_bar(self.progress, steps_here)
-                    else:
-                        bar.total += steps_here
+                    elif steps_here != planned:  # a decoded duration other than the probed one
+                        bar.total += steps_here - planned
                         bar.refresh()
-                    codes = self._sample_jobs(jobs, rule, bar, n_steps, **{**settings, "guidance_every": every})
+                    codes = self._sample_jobs(jobs, rule, bar, n_steps, **{**settings, "guidance_every": everies[id(r)]})
                     for i, job, job_codes in zip(idx[c : c + batch_size], jobs, codes, strict=True):
-                        results[i] = self._finish(job, job_codes)
+                        yield i, self._finish(job, job_codes)
         finally:
-            if bar is not None:  # also on an error or Ctrl-C: no bar left behind on the terminal
+            if bar is not None:  # also on an error, Ctrl-C or an iteration left early: no bar left behind on the terminal
                 bar.close()
-        return [r for r in results if r is not None]
 
     def _batch_size(self, batch_size: Any) -> int:  # a validator: it takes anything
         """How many videos sample together: `batch_size` checked, or for None 16 on CUDA and 8
-        elsewhere (benchmarks/pipeline_batch.py)."""
+        elsewhere (benchmarks/pipeline_batch.py), and 1 with `cuda_graph` (a graph is captured per
+        batch shape: one video at a time replays one graph for every window)."""
         if batch_size is None:
-            return 16 if self.model.device.type == "cuda" else 8
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            return 1 if self.cuda_graph else 16 if self.model.device.type == "cuda" else 8
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ConfigError(f"batch_size is how many videos sample together, an int >= 1 (None: 16 on CUDA, 8 elsewhere); got {batch_size!r}")
-        return batch_size
+        return int(batch_size)
 
     def _finish(self, job: "_Job", codes: Int[Tensor, "f c"]) -> FoleyResult:
         """One video's tokens -> its FoleyResult: decode, vocode, trim to the video."""

@@ -951,7 +951,7 @@ def test_guidance_and_temperature_reach_the_sampler_and_the_pipeline_moves(
     assert len(long.windows) > 1 and seen[-1][2] == 1 and caplog.text.count("guidance_every=3 does nothing") == 1  # once, not per window
     p(media["tiny"], prompt="bell", steps=2, guidance=GUIDANCE.build("cfg", condition="text_video", scale=2.0))
     assert seen[-1][0].scale == 2.0 and [c.label for c in seen[-1][0].conditions] == ["uncond", "text_video"]
-    with pytest.raises(ConfigError, match="needs a text"):
+    with pytest.raises(ConfigError, match="needs a text prompt, and none was given"):
         p(media["tiny"], steps=2, guidance="multi")  # the caller's rule is kept as given: it needs a prompt
     assert p.to("cpu") is p and p.model.device.type == "cpu"
     if not torch.cuda.is_available():
@@ -1217,6 +1217,8 @@ def test_an_unexpected_error_on_one_file_does_not_stop_the_others(
     assert "tiny.mp4: unexpected TypeError: something the library did not foresee (a bug" in err and "short.mp4" not in err
     assert any(r.exc_info and "tiny.mp4" in r.getMessage() for r in caplog.records)  # the traceback, logged
     assert sorted(p.name for p in out.iterdir()) == ["generate.json", "short.mp4", "short.wav"]
+    fell_back = [r for r in caplog.records if "sampling 2 files together failed" in r.getMessage() and "--batch-size" in r.getMessage()]
+    assert len(fell_back) == (1 if (stage, batch) == ("sample", "2") else 0)  # said once, with the way out
 
 
 def test_stand_in_extractors_chosen_by_the_models_name_are_said(model_file: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -1449,7 +1451,8 @@ def test_a_list_of_videos_samples_together_and_each_is_what_it_gets_alone(media:
     together = p(videos, prompts, seed=seeds, steps=2, batch_size=3)
     n_long = len(p.plan(14.0).windows)
     assert n_long > 1 and batches == [2] + [2] + [1] * (n_long - 1)  # (short, short), then (long, tiny) and long's later windows
-    assert f"/{2 * (3 + n_long)} " in capsys.readouterr().err  # the bar: 2 steps of every video's windows
+    totals = set(re.findall(r"/(\d+) ", capsys.readouterr().err))
+    assert totals == {str(2 * (3 + n_long))}  # the bar: 2 steps of every video's windows, known from the start
     for a, b, v in zip(alone, together, videos, strict=True):
         assert torch.equal(a.codes, b.codes) and torch.allclose(a.wav, b.wav, atol=1e-6), v
         assert (a.seed, a.duration_s, a.windows) == (b.seed, b.duration_s, b.windows)
@@ -1459,6 +1462,11 @@ def test_a_list_of_videos_samples_together_and_each_is_what_it_gets_alone(media:
     streams = [p.read_features(v) for v in videos[:2]]  # decoded features: generate_many
     many = p.generate_many(streams, [None, "bell, thud"], seed=[1, 2], steps=2, batch_size=2)
     assert all(torch.equal(a.codes, b.codes) for a, b in zip(alone[:2], many, strict=True))
+    short_feats = ({k: x[:50] for k, x in streams[0][0].items()}, streams[0][1])  # features shorter than the video: the last row holds
+    one, two = p.generate(*short_feats, seed=1, steps=2), p.generate_many([short_feats, streams[0]], seed=1, steps=2, batch_size=2)
+    assert torch.equal(one.codes, two[0].codes) and torch.equal(two[1].codes, p.generate(*streams[0], seed=1, steps=2).codes)
+    got = dict(p.iterate(videos[:3], prompts[:3], seed=seeds[:3], steps=2, batch_size=2))  # as each batch finishes
+    assert sorted(got) == [0, 1, 2] and all(torch.equal(got[i].codes, alone[i].codes) for i in range(3))
 
 
 def test_a_list_of_videos_is_checked_before_any_video_samples(media: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1480,6 +1488,16 @@ def test_a_list_of_videos_is_checked_before_any_video_samples(media: dict[str, P
         call(p, [])
     with pytest.raises(MediaError, match="nosuch.mp4"):  # the last file is missing: nothing sampled first
         call(p, [*two, tmp_path / "nosuch.mp4"])
+    still = write_frames(tmp_path / "still.mp4", np.zeros((1, 32, 32, 3), np.uint8), [0], Fraction(1, 25), Fraction(25))
+    with pytest.raises(MediaError, match="still.mp4: lasts 0.040 s, less than one token column"):  # found by the probe, before sampling
+        call(p, [*two, still])
+    with pytest.raises(ConfigError, match=r"needs a text prompt, and video 1 has none \(prompt\[1\] is None\)"):  # before the prompted video samples
+        call(p, two, ["bell", None], guidance="multi")
+    with pytest.raises(ConfigError, match="cfg_scale must be a finite number"):
+        call(p, two, cfg_scale=float("nan"))
+    with pytest.raises(ConfigError, match="batch_size is how many videos"):  # one video: still checked
+        call(p, media["tiny"], batch_size=0)
+    assert p._batch_size(np.int64(2)) == 2 and p._batch_size(None) == 8  # numpy ints; the CPU default
     with pytest.raises(ConfigError, match="list of .streams, duration_s. pairs"):
         inspect.unwrap(FoleyPipeline.generate_many)(p, p.read_features(media["tiny"]))  # one pair, not a list of them
 

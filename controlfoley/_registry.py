@@ -1,11 +1,12 @@
 """Registries: one per kind of part, a plain dict behind a decorator (timm style).
 
 Every entry is a *builder*: a callable taking flat, typed keyword arguments and returning a built
-part. Builders never receive config objects. (The one exception, MASK_SCHEDULES, holds MaskGIT's
-mask schedules themselves: functions gamma(r), looked up by `controlfoley.sampling`.) Built-in
-parts register themselves when their module is imported; the registries import them lazily on
-first lookup so that `import controlfoley` stays light. User code registers its own parts with
-the same decorator and uses them by name::
+part. Builders never receive config objects. (Two exceptions: MASK_SCHEDULES holds MaskGIT's
+mask schedules themselves, functions gamma(r) looked up by `controlfoley.sampling`; RECIPES holds
+the training recipes, `controlfoley.train.recipes.Recipe` subclasses, which `TrainConfig.recipe`
+and `controlfoley train NAME` name.) Built-in parts register themselves when their module is
+imported; the registries import them lazily on first lookup so that `import controlfoley` stays
+light. User code registers its own parts with the same decorator and uses them by name::
 
     from controlfoley import ALIGNERS
 
@@ -51,6 +52,7 @@ __all__ = [
     "MEL_FRONTENDS",
     "PRESETS",
     "MASK_SCHEDULES",
+    "RECIPES",
     "ALL_REGISTRIES",
     "PLUGIN_ENV",
     "PLUGIN_GROUP",
@@ -192,12 +194,33 @@ class ArgumentError(RegistryError, ConfigError):
 
 
 class Registry(Generic[T]):
-    """A named collection of builders for one kind of part."""
+    """A named collection of builders for one kind of part.
 
-    def __init__(self, kind: str, attr: str) -> None:
+    `modules`: this registry's own built-in modules, imported on its first lookup (after the shared
+    ones): entries that other lookups need not load (the training recipes). `check(name, entry)`:
+    raises a RegistryError naming what is wrong when `entry` cannot be registered under `name`
+    (instead of the default check, that it is callable)."""
+
+    def __init__(self, kind: str, attr: str, *, modules: tuple[str, ...] = (), check: Callable[[str, Any], None] | None = None) -> None:
         self.kind = kind
         self.attr = attr  # the name users import, for error messages
         self._entries: dict[str, Callable[..., T]] = {}
+        self._modules = tuple(modules)
+        self._modules_loaded = not self._modules
+        self._check = check
+
+    def _load(self) -> None:
+        """The built-in entries (and the plugins of the environment) before any lookup."""
+        _load_builtins()
+        if self._modules_loaded:
+            return
+        self._modules_loaded = True  # set first: the modules register (and may look up) while they import
+        try:
+            for mod in self._modules:
+                importlib.import_module(mod)
+        except BaseException:
+            self._modules_loaded = False
+            raise
 
     # -- registration ------------------------------------------------------------------------
     def register(self, name: str, *, override: bool = False) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -208,17 +231,22 @@ class Registry(Generic[T]):
             raise RegistryError(f"{self.kind} registry: a name must be a non-empty string, got {name!r}")
 
         if override:
-            _load_builtins()  # an override replaces the built-in, which must be registered first
+            self._load()  # an override replaces the built-in, which must be registered first
 
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
-            if not callable(fn):
+            if self._check is not None:
+                try:
+                    self._check(name, fn)
+                except RegistryError as e:  # raised again here: a plugin's import error names its own line (`_where`)
+                    raise type(e)(*e.args) from None
+            elif not callable(fn):
                 raise RegistryError(f"{self.kind} {name!r}: register a builder (a function or class returning the part), got {type(fn).__name__} {fn!r}")
             if not str(getattr(fn, "__module__", "")).startswith("controlfoley."):
                 # a user part: the built-ins first, so a name they hold is refused here, named; before,
                 # the user's part took the name and the built-in's own registration then failed inside
                 # every later build_model, blaming the library. (A built-in registering itself while
                 # its module imports must not load the others: that import would be circular.)
-                _load_builtins()
+                self._load()
             if name in self._entries and not override and not _same_definition(self._entries[name], fn):
                 raise RegistryError(
                     f"{self.kind} {name!r} is already registered (by {_qualname(self._entries[name])}). "
@@ -235,7 +263,7 @@ class Registry(Generic[T]):
 
     # -- lookup ------------------------------------------------------------------------------
     def get(self, name: str) -> Callable[..., T]:
-        _load_builtins()
+        self._load()
         try:
             return self._entries[name]
         except KeyError:
@@ -249,7 +277,7 @@ class Registry(Generic[T]):
 
     def names(self, pattern: str = "*") -> list[str]:
         """Sorted registered names, optionally filtered by a shell-style wildcard (`"*_tiny"`)."""
-        _load_builtins()
+        self._load()
         return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
 
     def signature(self, name: str) -> inspect.Signature:
@@ -291,14 +319,14 @@ class Registry(Generic[T]):
         return fn(**kwargs)
 
     def __contains__(self, name: object) -> bool:
-        _load_builtins()
+        self._load()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
-        _load_builtins()
+        self._load()
         return len(self._entries)
 
     def __repr__(self) -> str:
@@ -353,11 +381,21 @@ def _same_definition(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
     under two names): registering it again replaces it instead of failing."""
     if a is b:
         return True
+    if isinstance(a, type) and isinstance(b, type):  # a class (a recipe): its source file and line
+        site_a, site_b = _class_site(a), _class_site(b)
+        return site_a is not None and site_a == site_b and a.__qualname__ == b.__qualname__
     ca, cb = getattr(a, "__code__", None), getattr(b, "__code__", None)
     return (
         ca is not None and cb is not None and getattr(a, "__qualname__", None) == getattr(b, "__qualname__", None)
         and ca.co_filename == cb.co_filename and ca.co_firstlineno == cb.co_firstlineno
     )  # fmt: skip
+
+
+def _class_site(cls: type) -> tuple[str, int] | None:
+    try:
+        return str(Path(inspect.getsourcefile(cls) or "").resolve()), inspect.getsourcelines(cls)[1]
+    except (OSError, TypeError):  # defined where no source is kept (an interactive prompt)
+        return None
 
 
 def _qualname(fn: Callable[..., Any]) -> str:
@@ -377,7 +415,18 @@ PRESETS: Registry[Any] = Registry("preset", "PRESETS")
 # progress r in [0, 1] -> the fraction of tokens still masked), not builders (controlfoley.sampling)
 MASK_SCHEDULES: Registry[Any] = Registry("mask_schedule", "MASK_SCHEDULES")
 
+
+def _check_recipe(name: str, entry: Any) -> None:
+    from controlfoley.train.recipes import check_recipe  # (here: the recipes import torch)
+
+    check_recipe(name, entry)
+
+
+# Training recipes: entries are `controlfoley.train.recipes.Recipe` subclasses (checked when
+# registered), not builders; their module loads on the first lookup of this registry only
+RECIPES: Registry[Any] = Registry("recipe", "RECIPES", modules=("controlfoley.train.recipes",), check=_check_recipe)
+
 ALL_REGISTRIES: dict[str, Registry[Any]] = {
     r.kind: r
-    for r in (TOKENIZERS, BACKBONES, CONTROL_ENCODERS, ALIGNERS, GUIDANCE, VOCODERS, EXTRACTORS, MEL_FRONTENDS, PRESETS, MASK_SCHEDULES)
+    for r in (TOKENIZERS, BACKBONES, CONTROL_ENCODERS, ALIGNERS, GUIDANCE, VOCODERS, EXTRACTORS, MEL_FRONTENDS, PRESETS, MASK_SCHEDULES, RECIPES)
 }

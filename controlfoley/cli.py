@@ -9,7 +9,7 @@
     controlfoley evaluate GENERATED [--reference ORIGINALS]   score foley against the original soundtracks
                                                   (default: the sources GENERATED/generate.json records)
     controlfoley extract ...                      fill a feature dataset
-    controlfoley train {tokenizer,backbone,controlnet} ...
+    controlfoley train RECIPE ...                 tokenizer, backbone, controlnet, or a recipe a plugin registers
     controlfoley experiment synthetic             the learning proof on the synthetic world
     controlfoley bench [PRESET_OR_CHECKPOINT]     sampling speed on this machine, with your settings
 

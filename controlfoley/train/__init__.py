@@ -5,15 +5,18 @@
     train(cfg)                 # or: python -m controlfoley.train controlnet --preset ... (see controlfoley.train.cli)
 
 Modules: `config` (TrainConfig, recipe defaults), `schedule` (LR scaling, warm-up + cosine),
-`recipes` (what trains and its loss), `loop` (the Trainer), `checkpoints` (run folder, atomic
-checkpoints, RNG state), `metrics` (JSONL / TensorBoard), `distributed` (torchrun / DDP), `cli`.
-Heavy modules load on first use of their names.
+`recipes` (what trains and its loss: `Recipe`, to subclass, and the built-ins of the `RECIPES`
+registry, which plugins extend: examples/custom_recipe.py), `loop` (the Trainer), `checkpoints`
+(run folder, atomic checkpoints, RNG state), `metrics` (JSONL / TensorBoard), `distributed`
+(torchrun / DDP), `cli`. Heavy modules load on first use of their names.
 """
 
 import importlib
 from typing import Any
 
-__all__ = ["TrainConfig", "train", "Trainer", "WarmupCosine", "scaled_lr", "main", "add_train_subcommands", "RunDir", "read_metrics"]
+__all__ = [
+    "TrainConfig", "train", "Trainer", "WarmupCosine", "scaled_lr", "main", "add_train_subcommands", "RunDir", "read_metrics", "RECIPES", "Recipe",
+]  # fmt: skip
 
 _LAZY = {
     "TrainConfig": "controlfoley.train.config",
@@ -25,6 +28,8 @@ _LAZY = {
     "add_train_subcommands": "controlfoley.train.cli",
     "RunDir": "controlfoley.train.checkpoints",
     "read_metrics": "controlfoley.train.metrics",
+    "RECIPES": "controlfoley._registry",
+    "Recipe": "controlfoley.train.recipes",
 }
 
 

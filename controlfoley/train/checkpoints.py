@@ -169,7 +169,10 @@ _CONTINUE_PARTS = {"tokenizer": ("tokenizer",), "backbone": ("tokenizer", "backb
 
 
 def longer_run_hint(root: str | Path, recipe: str) -> str:
-    parts = ",".join(_CONTINUE_PARTS.get(recipe, ()))
+    from controlfoley.train.config import RECIPES, recipe_base
+
+    base = recipe_base(recipe) if recipe in RECIPES else recipe  # a user recipe: the parts of the built-in it is based on
+    parts = ",".join(_CONTINUE_PARTS.get(base or "", ()))
     return (
         f"start a new run from this one: `controlfoley train {recipe} --init {root} --init-parts {parts} --steps N --out NEW_RUN` "
         "with the run's --data and other settings (a new run: its learning rate warms up and decays again)"

@@ -4,6 +4,7 @@
         --out runs/cn --init runs/backbone [--config cn.json] [--steps 140000] [--batch-size 64]
     python -m controlfoley.train controlnet --out runs/cn --resume          # after a kill
     torchrun --nproc_per_node=4 -m controlfoley.train backbone --preset specmaskgit --data ... --out ...
+    python -m controlfoley.train my_recipe --plugin my_recipe.py --preset ...   # a plugin's recipe
 
 Every `TrainConfig` field is a flag (`--batch-size`, `--warmup-steps`, `--no-shuffle`, ...).
 Precedence: the recipe's defaults < `--config file.json` < flags. With `--resume` the run's own
@@ -18,6 +19,11 @@ changing the schedule; `--resume` on a run already there says so and how to trai
 Ctrl-C and SIGTERM (a scheduler's preemption) stop the run alike: the message names the intact
 checkpoint and --resume, and the exit status is 128 + the signal (130, 143). Under torchrun the
 run's messages come once, from rank 0; an error is printed by the lowest rank that hit it.
+Each registered recipe (`controlfoley.RECIPES`) is a subcommand: the built-ins, and those of the
+plugins (`--plugin X` anywhere on the line, CONTROLFOLEY_PLUGINS), loaded before the subcommands
+are made, in every torchrun rank; a user recipe has the flags of its `base` recipe. A name no
+loaded plugin registers gets the registry's error (the registered names, how to load a plugin),
+not argparse's "invalid choice".
 """
 
 import argparse
@@ -34,7 +40,7 @@ from typing import Any
 from controlfoley._registry import RegistryError
 from controlfoley.config import ConfigError, parse_overrides
 from controlfoley.errors import ControlFoleyError, TrainingError, mark_reported, reported_by
-from controlfoley.train.config import DERIVED_KEY, RECIPE_DEFAULTS, RECIPES, TrainConfig
+from controlfoley.train.config import BUILTIN_RECIPES, DERIVED_KEY, RECIPES, RecipeError, TrainConfig, recipe_base, recipe_class, recipe_defaults
 
 __all__ = ["main", "build_parser", "add_train_subcommands", "config_from_args", "run_from_args"]
 
@@ -49,15 +55,16 @@ def _field_help() -> dict[str, str]:
 
 def _add_config_flags(p: argparse.ArgumentParser, recipe: str) -> None:
     helps = _field_help()
+    base, defaults = recipe_base(recipe), recipe_defaults(recipe)  # a user recipe: those of the built-in it is based on
     for f in dataclasses.fields(TrainConfig):
         if f.name in _SKIP:
             continue
         owners = helps.get(f.name, "").split(":", 1)[0].split("/")
-        if all(o in RECIPES for o in owners) and recipe not in owners:
+        if all(o in BUILTIN_RECIPES for o in owners) and base not in owners:
             continue  # a field only other recipes read ("tokenizer: ..." or "backbone/controlnet: ..." in its comment)
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
-        shown = RECIPE_DEFAULTS[recipe].get(f.name, default)
+        shown = defaults.get(f.name, default)
         text = helps.get(f.name, "") + (f" [default: {shown}]" if shown not in (None, ()) else "")
         if f.name == "warmup_steps":
             text = helps[f.name] + f" [default: {_warmup_default(recipe)}]".replace("%", "%%")  # argparse formats help with %
@@ -76,7 +83,7 @@ def _add_config_flags(p: argparse.ArgumentParser, recipe: str) -> None:
 
 
 def _warmup_default(recipe: str) -> str:
-    d = RECIPE_DEFAULTS[recipe]
+    d = recipe_defaults(recipe)
     return (
         f"{d['warmup_steps']} for the recipe's {d['steps']} steps; a shorter --steps keeps that fraction "
         f"({100 * d['warmup_steps'] / d['steps']:g}% of --steps), a longer one {d['warmup_steps']}"
@@ -91,11 +98,27 @@ def add_train_subcommands(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _add_recipes(parser: argparse.ArgumentParser) -> None:
-    recipes = parser.add_subparsers(dest="recipe", required=True, metavar="{" + ",".join(RECIPES) + "}")
-    for name in RECIPES:
-        p = recipes.add_parser(name, help=f"the {name} recipe")
+    names = _recipe_names()
+    recipes = parser.add_subparsers(dest="recipe", required=True, metavar="{" + ",".join(names) + "}")
+    for name in names:
+        p = recipes.add_parser(name, help=_recipe_help(name))
         _add_config_flags(p, name)
         p.set_defaults(func=run_from_args)
+
+
+def _recipe_names() -> list[str]:
+    """The registered recipes: the built-ins in their order, then those of plugins (sorted)."""
+    return [n for n in BUILTIN_RECIPES if n in RECIPES] + [n for n in RECIPES.names() if n not in BUILTIN_RECIPES]
+
+
+def _recipe_help(name: str) -> str:
+    """A built-in's "the NAME recipe"; a user recipe's first paragraph of its class docstring, and its base."""
+    cls = recipe_class(name)
+    if str(cls.__module__).startswith("controlfoley."):
+        return f"the {name} recipe"
+    doc = " ".join(inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].split()).rstrip(".")  # its own, not inherited
+    base = getattr(cls, "base", None)
+    return f"{doc or f'the {name} recipe'} (a user recipe{f', based on {base}' if base else ''})".replace("%", "%%")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,7 +158,10 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
         saved = Path(given["out"]) / "config.json"
         if not saved.is_file():
             raise ConfigError(f"--resume: {saved} does not exist; there is no run to continue in {given['out']}")
-        base = TrainConfig.from_json(saved.read_text(encoding="utf-8")).to_dict()
+        try:
+            base = TrainConfig.from_json(saved.read_text(encoding="utf-8")).to_dict()
+        except RecipeError as e:  # a plugin's recipe whose plugin is not loaded now
+            raise RecipeError(f"--resume: the run in {given['out']} names a recipe that is not registered: {e}") from None
         if base["recipe"] != args.recipe:
             raise ConfigError(f"--resume: the run in {given['out']} uses recipe {base['recipe']!r}, not {args.recipe!r}")
         return TrainConfig.from_dict({**base, **given}), {}
@@ -291,6 +317,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _local_rank() == 0:  # every rank of a node hits it alike
             print(f"error: {e}", file=sys.stderr)
         return 2
+    if argv and not argv[0].startswith("-") and argv[0] not in RECIPES:  # a typo, or a recipe whose plugin is not loaded
+        try:
+            recipe_class(argv[0])
+        except RecipeError as e:  # the registry's message (the names, how to load a plugin), not argparse's "invalid choice"
+            if _local_rank() == 0:  # every rank of a node hits it alike
+                print(f"error: {e}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -8,6 +8,12 @@
   betas (0.9, 0.999) and weight decay 0.01 on tensors of rank >= 2, gradient clipping at norm 1,
   a cosine decay to 0. `backbone` (SpecMaskGIT-style masked-token pretraining) and `tokenizer`
   (SpecVQGAN reconstruction + VQ losses) defaults are all controlfoley's choices.
+- `recipe` names an entry of the `RECIPES` registry (`controlfoley.train.recipes`): the three
+  built-ins or a user's `Recipe` subclass, registered by a plugin. Its defaults (`recipe_defaults`)
+  are its `base` recipe's RECIPE_DEFAULTS, then the `defaults` of its class and of the classes it
+  derives from; the recipe-specific checks below (`trainable`) follow its `base`. A name that is
+  not registered (a run's config.json whose plugin is not loaded) is a `RecipeError` naming the
+  registered ones and how to load a plugin.
 - `to_json` / `from_json`; unknown fields are a ConfigError naming the known ones.
 - `model_overrides` holds JSON values (config.json stores them): a `Part` becomes the dict that
   builds the same part, a `SamplerConfig` its fields (`_json_overrides`).
@@ -27,13 +33,18 @@ from typing import Any
 
 import numpy as np
 
-from controlfoley._registry import RegistryError, is_a, simple_types
+from controlfoley._registry import RECIPES, RegistryError, is_a, simple_types
 from controlfoley.config import ConfigError, Part, SamplerConfig
 from controlfoley.train.schedule import WarmupCosine, scaled_lr
 
-__all__ = ["TrainConfig", "RECIPES", "RECIPE_DEFAULTS", "RESUME_MUTABLE", "PRECISIONS", "VERIFY_LEVELS", "DERIVED_KEY"]
+__all__ = [
+    "TrainConfig", "RECIPES", "BUILTIN_RECIPES", "RECIPE_DEFAULTS", "RecipeError", "recipe_class", "recipe_base", "recipe_defaults",
+    "RESUME_MUTABLE", "PRECISIONS", "VERIFY_LEVELS", "DERIVED_KEY",
+]  # fmt: skip
 
-RECIPES = ("tokenizer", "backbone", "controlnet")
+# RECIPES (imported above) is the registry of recipe classes; these are the built-in ones, whose
+# names a recipe's `base` takes (the flags and checks of that recipe) and RECIPE_DEFAULTS keys
+BUILTIN_RECIPES = ("tokenizer", "backbone", "controlnet")
 PRECISIONS = ("auto", "fp32", "bf16")
 VERIFY_LEVELS = ("none", "size", "header", "sha256")
 
@@ -66,6 +77,38 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
+
+class RecipeError(RegistryError, ConfigError):
+    """A recipe name that is not registered: the RECIPES registry's message (the registered names, and
+    how to load the plugin that registers one); a ConfigError, as a refused setting, and a RegistryError."""
+
+
+def recipe_class(name: str) -> type:
+    """The Recipe subclass registered as `name` (RecipeError when none is)."""
+    try:
+        return RECIPES.get(name)
+    except RegistryError as e:
+        raise RecipeError(str(e)) from None
+
+
+def recipe_base(name: str) -> str | None:
+    """The built-in recipe whose flags and checks recipe `name` takes (its `base`), or None."""
+    return getattr(recipe_class(name), "base", None)
+
+
+def recipe_defaults(name: str) -> dict[str, Any]:
+    """Recipe `name`'s TrainConfig defaults: its base's RECIPE_DEFAULTS, then the `defaults` of the
+    classes it derives from and its own (the nearest last); always with `steps` and `warmup_steps`
+    (TrainConfig's where none sets them), the schedule a shorter run keeps the warm-up fraction of."""
+    cls = recipe_class(name)
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, Any] = {"steps": fields["steps"], "warmup_steps": fields["warmup_steps"]}
+    out.update(RECIPE_DEFAULTS.get(getattr(cls, "base", None) or "", {}))
+    for klass in reversed(cls.__mro__):
+        out.update(vars(klass).get("defaults") or {})
+    return out
+
+
 DERIVED_KEY = "_derived"  # --print-config: {field: why} for values derived from others (not fields)
 
 # `out` is the run's folder itself, however it is spelled (runs/a, runs/a/, an absolute path, the
@@ -77,7 +120,7 @@ RESUME_MUTABLE = frozenset(
 
 @dataclass(frozen=True)
 class TrainConfig:
-    recipe: str  # tokenizer | backbone | controlnet
+    recipe: str  # tokenizer | backbone | controlnet | a recipe a plugin registers (RECIPES)
     preset: str  # model preset (controlfoley.presets), built with `model_overrides`
     data: str  # dataset folder (controlfoley.data.shards format)
     out: str  # run folder: config.json, metrics.jsonl, checkpoints/
@@ -136,21 +179,22 @@ class TrainConfig:
             unknown = [p for p in self.trainable if p not in parts]
             if unknown or not self.trainable:
                 raise ConfigError(f"train config: trainable names model parts, some of {', '.join(parts)}; got {list(self.trainable)}")
-            if self.recipe == "tokenizer":
-                raise ConfigError("train config: trainable is for the backbone and controlnet recipes; the tokenizer recipe trains the tokenizer")
+            base = recipe_base(self.recipe)  # a recipe based on a built-in one: that recipe's checks
+            if base == "tokenizer":
+                raise ConfigError(f"train config: trainable is for the backbone and controlnet recipes; the {self.recipe} recipe trains the tokenizer")
             video = [p for p in self.trainable if p in ("control_encoder", "aligner", "controlnet")]
-            if self.recipe == "backbone" and video:
+            if base == "backbone" and video:
                 raise ConfigError(
-                    f"train config: the backbone recipe reads no video, so {', '.join(video)} would get no gradient; "
+                    f"train config: the {self.recipe} recipe reads no video, so {', '.join(video)} would get no gradient; "
                     "train them with the controlnet recipe"
                 )
-            if "tokenizer" in self.trainable:
+            if base in ("backbone", "controlnet") and "tokenizer" in self.trainable:
                 raise ConfigError(
                     f"train config: the {self.recipe} recipe reads stored tokens, so the tokenizer gets no gradient; drop it from trainable "
                     "(train it with the tokenizer recipe)"
                 )
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        _check_choice("recipe", self.recipe, RECIPES)
+        recipe_class(self.recipe)  # registered (else RecipeError: the registered names, how to load a plugin)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("uncond_per", self.uncond_per, ("step", "sample"))
         _check_choice("verify_data", self.verify_data, VERIFY_LEVELS)
@@ -192,8 +236,7 @@ class TrainConfig:
         (ControlNet: 2,800 of 140,000 steps, so 20 of 1,000 and 140 of 7,000); longer runs keep its
         warm-up steps. (Scaling only runs shorter than the warm-up itself made a 2,800-step run all
         warm-up while 2,799 steps warmed up for 56.)"""
-        _check_choice("recipe", recipe, RECIPES)
-        defaults = dict(RECIPE_DEFAULTS[recipe])
+        defaults = recipe_defaults(recipe)
         steps = fields.get("steps")
         warmup = defaults["warmup_steps"]
         if fields.get("warmup_steps") is None and isinstance(steps, numbers.Integral) and not isinstance(steps, (bool, np.bool_)) and 1 <= steps < defaults["steps"]:

@@ -165,7 +165,7 @@ class Trainer:
         self.model.to(info.device)
         self.train_ds, self.val_ds = open_datasets(cfg, self.recipe, self.model)
         self._data_record = check_same_data(cfg, self.run_dir.root, self.train_ds, self.val_ds, resume)
-        if info.is_main and cfg.recipe != "tokenizer":  # the recipes that train on stored tokens
+        if info.is_main and "tokens" in self.recipe.needed_keys(self.model, self.train_ds):  # the recipes that train on stored tokens
             warn_token_provenance(cfg, self.model.config, [self.train_ds, self.val_ds], stacklevel=user_stacklevel())
         self.recipe.fit_to_data(self.model, self.train_ds)
         # the checkpoints record which extractors made the features it reads, so that generate can use the same ones
@@ -264,7 +264,7 @@ class Trainer:
                     f"{', '.join(untrained)} weights; {fix}",
                     stacklevel=user_stacklevel(),
                 )
-        elif cfg.recipe == "controlnet" and self.info.is_main:
+        elif self.recipe.base == "controlnet" and self.info.is_main:  # the controlnet recipe, or one based on it
             warnings.warn("controlnet recipe without --init: the ControlNet trains against a randomly initialised backbone", stacklevel=user_stacklevel())
 
     def _optimizer(self) -> torch.optim.Optimizer:

@@ -1,4 +1,11 @@
-"""The three training recipes: what trains, on which inputs, with which loss.
+"""The training recipes: what trains, on which inputs, with which loss.
+
+Recipes are the entries of the `RECIPES` registry (`controlfoley.RECIPES`): `Recipe` subclasses,
+looked up by name (`TrainConfig.recipe`, `controlfoley train NAME`). Three are built in; a user
+recipe is a subclass registered by a plugin (`--plugin my_recipe.py`), checked when registered
+(`check_recipe`). It takes the command-line flags, defaults and checks of its `base` built-in
+recipe (inherited: a subclass of ControlNetRecipe is based on "controlnet"), its own `defaults`
+over them; see examples/custom_recipe.py. The built-ins:
 
 - `tokenizer`: the SpecVQGAN tokenizer alone, on stored mels: L1 (and optionally L2)
   reconstruction + the VQ loss (codebook + beta x commitment), and optionally a PatchGAN hinge term
@@ -20,21 +27,28 @@ is split over ranks and accumulation steps, and a resumed run draws the same mas
 """
 
 import abc
+import dataclasses
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from controlfoley._registry import RECIPES, RegistryError
 from controlfoley.config import ConfigError
 from controlfoley.data.dataset import ShardDataset, require_features
 from controlfoley.errors import DataError, ShapeError
 from controlfoley.model import SpecMaskFoley, masked_token_mask
 from controlfoley.train.adversarial import PatchDiscriminator, hinge_losses
-from controlfoley.train.config import TrainConfig
+from controlfoley.train.config import BUILTIN_RECIPES, TrainConfig, recipe_class
 from controlfoley.typing import Bool, Float, Tensor
 
-__all__ = ["Recipe", "StepPlan", "TokenizerObjective", "MaskedTokenObjective", "get_recipe", "step_generator"]
+__all__ = [
+    "Recipe", "TokenizerRecipe", "MaskedTokenRecipe", "ControlNetRecipe", "StepPlan", "TokenizerObjective", "MaskedTokenObjective",
+    "RECIPES", "get_recipe", "check_recipe", "step_generator",
+]  # fmt: skip
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
@@ -113,7 +127,16 @@ class MaskedTokenObjective(nn.Module):
 class Recipe(abc.ABC):
     """What one recipe trains and how; subclasses fill in the parts that differ."""
 
-    name = ""
+    name = ""  # the name it is registered under (set by get_recipe)
+    # The built-in recipe this one is based on: "tokenizer", "backbone", "controlnet", or None (a
+    # recipe of your own from scratch: only the flags every recipe has). It gives the recipe that
+    # recipe's command-line flags, RECIPE_DEFAULTS and checks (TrainConfig.trainable, the warning
+    # of a controlnet run without --init). Inherited: a subclass of ControlNetRecipe is "controlnet".
+    base: str | None = None
+    # TrainConfig fields this recipe sets, over its base's RECIPE_DEFAULTS and the `defaults` of the
+    # classes it derives from (nearest last; `controlfoley.train.config.recipe_defaults`): defaults
+    # of the Python API and the command line, which --config files and flags override
+    defaults: Mapping[str, Any] = {}
     objective_args: tuple[str, ...] = ()  # keys of StepPlan.rows passed to the objective
     # metrics that count events (not averages): the loop logs their sum since the previous log line
     interval_sums: tuple[str, ...] = ()
@@ -159,8 +182,46 @@ class Recipe(abc.ABC):
         return {}
 
 
+def check_recipe(name: str, entry: Any) -> None:
+    """A RegistryError naming what is wrong when `entry` cannot be registered as recipe `name`: it
+    must be a Recipe subclass that defines every abstract method, with a known `base` and
+    `defaults` that name TrainConfig fields. (The RECIPES registry calls it at registration.)"""
+    what = f"recipe {name!r}"
+    if not (isinstance(entry, type) and issubclass(entry, Recipe)):
+        got = f"class {entry.__qualname__}" if isinstance(entry, type) else f"{type(entry).__name__} {entry!r}"
+        raise RegistryError(
+            f"{what}: register a subclass of controlfoley.train.recipes.Recipe (e.g. of ControlNetRecipe, to change the "
+            f"controlnet recipe), got {got}"
+        )
+    what = f"{what} ({entry.__qualname__})"
+    missing = sorted(getattr(entry, "__abstractmethods__", ()))
+    if missing:
+        raise RegistryError(
+            f"{what} does not define {', '.join(missing)}: a Recipe subclass must define {', '.join(sorted(Recipe.__abstractmethods__))} "
+            "(or derive from a recipe that does, such as ControlNetRecipe)"
+        )
+    base = getattr(entry, "base", None)
+    if base is not None and base not in BUILTIN_RECIPES:
+        raise RegistryError(f"{what}: base = {base!r}; it must be one of {', '.join(map(repr, BUILTIN_RECIPES))} or None (its flags and defaults)")
+    known = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "recipe"]
+    unknown: list[str] = []
+    for klass in entry.__mro__:
+        d = vars(klass).get("defaults")
+        if d is not None and not isinstance(d, Mapping):
+            raise RegistryError(f"{what}: {klass.__qualname__}.defaults must be a dict of TrainConfig fields, got {type(d).__name__} {d!r}")
+        unknown += [k for k in d or {} if k not in known and k not in unknown]
+    if unknown:
+        close = {k: difflib.get_close_matches(str(k), known, n=1) for k in unknown}
+        hint = "".join(f" ({k!r}: did you mean {c[0]!r}?)" for k, c in close.items() if c)
+        raise RegistryError(f"{what}: defaults name unknown TrainConfig field(s) {unknown}{hint}; the fields: {', '.join(known)}")
+
+
+@RECIPES.register("tokenizer")
 class TokenizerRecipe(Recipe):
+    """The SpecVQGAN tokenizer alone, on stored mels: reconstruction + VQ loss (+ optional PatchGAN term)."""
+
     name = "tokenizer"
+    base = "tokenizer"
     objective_args = ("adv_scale",)
     interval_sums = ("codes_restarted",)
 
@@ -226,8 +287,12 @@ class TokenizerRecipe(Recipe):
         return {**out, "codebook_used": float(used), "codebook_frac": used / hist.numel(), "perplexity": perplexity}
 
 
+@RECIPES.register("backbone")
 class MaskedTokenRecipe(Recipe):
+    """SpecMaskGIT masked-token pretraining of the backbone on stored tokens (and CLAP-like conditions)."""
+
     name = "backbone"
+    base = "backbone"
     objective_args = ("mask", "cond_on")
     use_control = False
 
@@ -282,8 +347,12 @@ class MaskedTokenRecipe(Recipe):
         return {"loss": float(stats["ce"]) / masked, "acc_masked": float(stats["correct"]) / masked, "masked_per_clip": masked / float(stats["clips"])}
 
 
+@RECIPES.register("controlnet")
 class ControlNetRecipe(MaskedTokenRecipe):
+    """The paper's ControlNet recipe (sec. 4.2): backbone frozen, video features through the control path, masked-token cross-entropy."""
+
     name = "controlnet"
+    base = "controlnet"
     use_control = True
 
     def prepare(self, model: SpecMaskFoley) -> None:
@@ -303,10 +372,8 @@ class ControlNetRecipe(MaskedTokenRecipe):
             raise DataError(f"dataset {ds.root}: its video features do not fit this model: {e}") from e
 
 
-_RECIPES: dict[str, type[Recipe]] = {"tokenizer": TokenizerRecipe, "backbone": MaskedTokenRecipe, "controlnet": ControlNetRecipe}
-
-
 def get_recipe(name: str) -> Recipe:
-    if name not in _RECIPES:
-        raise ConfigError(f"unknown recipe {name!r}; choose one of {sorted(_RECIPES)}")
-    return _RECIPES[name]()
+    """A new instance of the recipe registered as `name` (a RecipeError, the registry's message, when none is)."""
+    recipe = recipe_class(name)()
+    recipe.name = name
+    return recipe

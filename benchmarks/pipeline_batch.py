@@ -33,6 +33,9 @@ def _pipeline(args: argparse.Namespace):  # noqa: ANN202
 
     if args.preset is None:
         return FoleyPipeline.from_pretrained(args.model, map_location=args.device, progress=False, precision=args.precision)
+    import logging
+
+    logging.getLogger("controlfoley.pipeline").setLevel(logging.ERROR)  # random weights: "the waveform peaks beyond full scale" per video
     torch.manual_seed(0)
     model = build_model(args.preset).to(args.device).eval()
     dims = feature_dims(model.control_encoder)  # the synthetic world's extractors, sized to the model (random weights: speed only)

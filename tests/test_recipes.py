@@ -219,3 +219,28 @@ def test_a_recipe_plugin_imported_by_path_and_by_name_registers_once(tmp_path: P
             RECIPES.register("my_recipe_x")(MyRecipe)
     finally:
         _forget("my_recipe_x", tmp_path / "my_recipe_x.py")
+
+
+def test_token_provenance_advice_follows_a_user_recipes_base(scratch_recipes: list[str]) -> None:
+    """A user recipe based on `backbone` gets the backbone recipe's advice (--init the tokenizer's
+    run), one based on `controlnet` the controlnet recipe's (--init a backbone run), as the built-ins."""
+    from controlfoley import build_model
+    from controlfoley.train.provenance import token_provenance_problems
+
+    class MyBackbone(MaskedTokenRecipe):
+        base = "backbone"
+
+    class MyControl(ControlNetRecipe):
+        pass
+
+    for name, cls in (("my_bb_prov", MyBackbone), ("my_cn_prov", MyControl)):
+        RECIPES.register(name)(cls)
+        scratch_recipes.append(name)
+    config = build_model("specmaskfoley_tiny").config
+    advice = {}
+    for recipe in ("backbone", "my_bb_prov", "controlnet", "my_cn_prov"):
+        cfg = TrainConfig.for_recipe(recipe, preset="specmaskfoley_tiny", data="d", out="o")
+        (problem,) = token_provenance_problems(cfg, config, Path("d"), {"tokenizer": "runs/tok"})
+        advice[recipe] = problem.split("Train with ")[-1]
+    assert advice["my_bb_prov"] == advice["backbone"] == "--init runs/tok."
+    assert advice["my_cn_prov"] == advice["controlnet"] != advice["backbone"]

@@ -244,3 +244,24 @@ def test_token_provenance_advice_follows_a_user_recipes_base(scratch_recipes: li
         advice[recipe] = problem.split("Train with ")[-1]
     assert advice["my_bb_prov"] == advice["backbone"] == "--init runs/tok."
     assert advice["my_cn_prov"] == advice["controlnet"] != advice["backbone"]
+
+
+def test_the_train_longer_hint_names_the_parts_of_a_recipes_base(scratch_recipes: list[str]) -> None:
+    from controlfoley.train.checkpoints import longer_run_hint
+
+    class Mine(Recipe):  # from scratch: no base, so no parts the library could name
+        def prepare(self, model): ...  # noqa: ANN001, ANN201
+        def needed_keys(self, model, ds): return ("tokens",)  # noqa: ANN001, ANN201, E704
+        def check_data(self, model, ds): ...  # noqa: ANN001, ANN201
+        def objective(self, model, cfg): ...  # noqa: ANN001, ANN201
+        def summarize(self, stats): return {}  # noqa: ANN001, ANN201, E704
+
+    class MyControl(ControlNetRecipe):
+        pass
+
+    for name, cls in (("mine_hint", Mine), ("my_cn_hint", MyControl)):
+        RECIPES.register(name)(cls)
+        scratch_recipes.append(name)
+    assert "--init-parts tokenizer,backbone,control_encoder,aligner,controlnet " in longer_run_hint("runs/a", "my_cn_hint")
+    hint = longer_run_hint("runs/a", "mine_hint")
+    assert "--init-parts PARTS --steps N" in hint and "(PARTS: the model parts it trains" in hint

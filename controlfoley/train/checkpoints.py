@@ -172,9 +172,10 @@ def longer_run_hint(root: str | Path, recipe: str) -> str:
     from controlfoley.train.config import RECIPES, recipe_base
 
     base = recipe_base(recipe) if recipe in RECIPES else recipe  # a user recipe: the parts of the built-in it is based on
-    parts = ",".join(_CONTINUE_PARTS.get(base or "", ()))
+    parts = ",".join(_CONTINUE_PARTS.get(base or "", ())) or "PARTS"  # a recipe from scratch: the parts it trains are its own to say
+    which = " (PARTS: the model parts it trains, comma-separated, e.g. tokenizer,backbone)" if parts == "PARTS" else ""
     return (
-        f"start a new run from this one: `controlfoley train {recipe} --init {root} --init-parts {parts} --steps N --out NEW_RUN` "
+        f"start a new run from this one: `controlfoley train {recipe} --init {root} --init-parts {parts} --steps N --out NEW_RUN`{which} "
         "with the run's --data and other settings (a new run: its learning rate warms up and decays again)"
     )
 

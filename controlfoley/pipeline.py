@@ -694,6 +694,8 @@ class FoleyPipeline:
         n_steps = self.model.sampler.settings(steps, temperature)[0]
         bar = _progress_bar(self.progress, len(plan.windows) * n_steps)
         try:
+            if seed is None:  # checked_seed would draw one, and the tokens returned cannot carry it
+                raise ConfigError("sample_tokens needs an int seed (the tokens it returns cannot carry a fresh one); generate(seed=None) draws one and returns it")
             job = _Job(plan, streams, plan.n_samples / plan.sample_rate, text, negative, checked_seed(seed))
             return self._sample_jobs(
                 [job], rule, bar, n_steps, steps=steps, cfg_scale=cfg_scale, temperature=temperature, guidance_every=guidance_every,

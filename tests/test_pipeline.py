@@ -1498,6 +1498,9 @@ def test_a_list_of_videos_is_checked_before_any_video_samples(media: dict[str, P
     with pytest.raises(ConfigError, match="batch_size is how many videos"):  # one video: still checked
         call(p, media["tiny"], batch_size=0)
     assert p._batch_size(np.int64(2)) == 2 and p._batch_size(None) == 8  # numpy ints; the CPU default
+    streams, duration = p.read_features(media["tiny"])
+    with pytest.raises(ConfigError, match="sample_tokens needs an int seed"):
+        inspect.unwrap(FoleyPipeline.sample_tokens)(p, p.plan(duration), streams, None, None, None, seed=None)
     with pytest.raises(ConfigError, match="list of .streams, duration_s. pairs"):
         inspect.unwrap(FoleyPipeline.generate_many)(p, p.read_features(media["tiny"]))  # one pair, not a list of them
 

@@ -416,7 +416,16 @@ def _run_batch(pipe: Any, args: argparse.Namespace, items: Sequence[tuple[Path, 
         try:
             result = results[k] if results is not None else pipe.generate(streams, duration, args.prompt, args.negative_prompt, **settings)
             row.update(duration=result.duration_s, windows=len(result.windows))
-            _write(video, result, *paths)
+            try:
+                _write(video, result, *paths)
+            except OSError as e:  # a full disk, a folder gone read-only: named, with how to go on
+                from controlfoley._io import write_failure
+                from controlfoley.errors import MediaError
+
+                raise MediaError(
+                    write_failure(e.filename or paths[0], e, fix="choose a writable --out", folder=args.out)
+                    + "; the outputs written so far are kept: run the same command again with --skip-existing to make the rest"
+                ) from e
             row["status"], row["output"] = "ok", f"{paths[0].name}, {paths[1].name}"
             _record(args, pipe, video, paths, result.duration_s)
         except Exception as e:  # noqa: BLE001  (sorted by _failed)

@@ -1551,3 +1551,24 @@ def test_skip_existing_goes_on_where_an_interrupted_run_stopped(
     assert "--skip-existing does not keep it: it was made with other settings (seed: 0 then, 3 now)" in err and calls == []
     assert cli.main([*base, "--skip-existing", "--overwrite", "--seed", "3"]) == 0 and len([c for c in calls if c[0] == "read"]) == 2
     assert (out / "tiny.wav").read_bytes() != made[1]
+
+
+def test_a_write_that_fails_mid_run_says_how_to_go_on(
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills while the second file's audio is renamed into place: that file's row names the
+    file, the full disk and --skip-existing; the first file's outputs stay, and the rerun with
+    --skip-existing makes only the second."""
+    from conftest import failing_replace
+
+    out = tmp_path / "out"
+    argv = ["generate", str(media["tiny"]), str(media["short"]), "--model", str(model_file), "--out", str(out), "--steps", "1", "--batch-size", "1"]
+    with monkeypatch.context() as m:
+        failing_replace(m, lambda src, dst: dst == out / "short.wav")
+        assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write {out / 'short.wav'}: No space left on device; the disk is full: free space" in err
+    assert "run the same command again with --skip-existing to make the rest" in err
+    assert _outputs(out) == ["generate.json", "tiny.mp4", "tiny.wav"]
+    calls = _count_sampling(monkeypatch)
+    assert cli.main([*argv, "--skip-existing"]) == 0 and [Path(c[1][0]).name for c in calls if c[0] == "read"] == ["short.mp4"]

@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--batch-size", type=int, default=None, metavar="N",
-        help="videos sampled together, window by window (default: 16 on CUDA, 8 elsewhere); each video's output is the one it gets "
+        help="videos sampled together, window by window (default: 16 on CUDA, 1 with --cuda-graph, 8 elsewhere); each video's output is the one it gets "
              "alone, and a file that fails fails alone",
     )  # fmt: skip
     p.add_argument(
@@ -319,7 +319,10 @@ def _check_outputs(
         video, paths, first = existing[0]
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         if why is not None:
-            raise MediaError(f"output {first} already exists and --skip-existing does not keep it: {why(video, paths)}{more}; pass --overwrite to replace it, or choose another --out")
+            raise MediaError(
+                f"output {first} already exists and --skip-existing does not keep it: {why(video, paths)}{more}; add --overwrite "
+                "(with --skip-existing: only the outputs not kept are made again), or choose another --out"
+            )
         entry = read_manifest_or_empty(first.parent).get(first.stem)
         made = f", made from {entry['source']} by an earlier run" if entry and entry.get("source") else ", not recorded as generate's output"
         raise MediaError(
@@ -473,6 +476,26 @@ def _file_stamp(path: Path) -> dict[str, Any]:
     return {"bytes": st.st_size, "mtime": round(st.st_mtime, 3)}
 
 
+def _source_stamp(path: Path) -> dict[str, Any]:
+    """Size, time and SHA-256 of a source video: --skip-existing knows it again after a copy or a
+    checkout that changed only its time."""
+    stamp = _file_stamp(path)
+    return {**stamp, "sha256": _sha256(str(path), stamp["bytes"], stamp["mtime"])}
+
+
+def _same_source(entry: dict[str, Any], video: Path) -> bool:
+    """Whether `video` is the file `entry` was made from: the same size, and the same time or (where
+    the record has it) the same SHA-256."""
+    if not video.is_file():
+        return False
+    was, now = entry.get("source_stamp") or {}, _file_stamp(video)
+    if was.get("bytes") != now["bytes"]:
+        return False
+    if was.get("mtime") == now["mtime"]:
+        return True
+    return bool(was.get("sha256")) and was["sha256"] == _sha256(str(video), now["bytes"], now["mtime"])
+
+
 def _model_stamp(model_file: str | None) -> dict[str, Any] | None:
     """Size, time and SHA-256 of the checkpoint that sampled (None for a preset without a file)."""
     if not model_file or not Path(model_file).is_file():
@@ -516,7 +539,7 @@ def _record(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path,
     from controlfoley.errors import one_line
 
     entry = {
-        "source": str(video.resolve()), "source_stamp": _file_stamp(video), "audio": paths[0].name, "video": paths[1].name,
+        "source": str(video.resolve()), "source_stamp": _source_stamp(video), "audio": paths[0].name, "video": paths[1].name,
         "duration_s": duration_s, "settings": _settings(args, pipe), "controlfoley": __version__,
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }  # fmt: skip
@@ -570,7 +593,7 @@ def _already_made(args: argparse.Namespace, pipe: Any, videos: Sequence[Path], p
         ok = (
             not entry.get("pending") and "problem" not in entry and entry.get("source") == str(video.resolve())
             and entry.get("audio") == audio_path.name and entry.get("video") == video_path.name
-            and audio_path.is_file() and video_path.is_file() and video.is_file() and entry.get("source_stamp") == _file_stamp(video)
+            and audio_path.is_file() and video_path.is_file() and _same_source(entry, video)
             and {k: v for k, v in (entry.get("settings") or {}).items() if k not in _NOT_COMPARED} == now
         )  # fmt: skip
         done.append(bool(ok))
@@ -584,8 +607,8 @@ def _differs(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path
         return "its record in generate.json is missing or unfinished"
     if entry.get("source") != str(video.resolve()):
         return f"it was made from {entry.get('source')}"
-    if not video.is_file() or entry.get("source_stamp") != _file_stamp(video):
-        return f"{video} changed since it was made"
+    if not _same_source(entry, video):
+        return f"{video} changed since it was made (its size or content)"
     if not (paths[0].is_file() and paths[1].is_file()):
         return "one of its two outputs is missing"
     was, now = entry.get("settings") or {}, _settings(args, pipe)

@@ -1546,9 +1546,17 @@ def test_skip_existing_goes_on_where_an_interrupted_run_stopped(
     assert ((out / "tiny.wav").stat().st_mtime_ns, (out / "tiny.wav").read_bytes()) == made and (out / "short.wav").is_file()
     calls.clear()
     assert cli.main([*base, "--skip-existing"]) == 0 and calls == []  # all made: nothing to do
+    # the source touched (a copy without its time, a checkout): the same content, still kept
+    before = os.stat(media["tiny"])
+    os.utime(media["tiny"], ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    try:
+        assert cli.main([*base, "--skip-existing"]) == 0 and calls == []
+    finally:  # the module's media as they were
+        os.utime(media["tiny"], ns=(before.st_atime_ns, before.st_mtime_ns))
     assert cli.main([*base, "--skip-existing", "--seed", "3"]) == 2
     err = capsys.readouterr().err
     assert "--skip-existing does not keep it: it was made with other settings (seed: 0 then, 3 now)" in err and calls == []
+    assert "add --overwrite (with --skip-existing: only the outputs not kept are made again)" in err
     assert cli.main([*base, "--skip-existing", "--overwrite", "--seed", "3"]) == 0 and len([c for c in calls if c[0] == "read"]) == 2
     assert (out / "tiny.wav").read_bytes() != made[1]
 

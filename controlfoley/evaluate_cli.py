@@ -75,6 +75,11 @@ class _Folder:
     """The media files directly in a folder, by stem (names compared as written, and NFC-normalised)."""
 
     def __init__(self, folder: Path) -> None:
+        from controlfoley.generate_cli import read_manifest_or_empty
+
+        # generate's record names each output's audio file: among several for a stem (a re-run with
+        # another --format leaves the old one), that is the one
+        recorded = {unicodedata.normalize("NFC", stem): e.get("audio") for stem, e in read_manifest_or_empty(folder).items()}
         by_stem: dict[str, list[Path]] = {}
         for f in sorted(folder.iterdir()):
             if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in AUDIO_SUFFIXES | VIDEO_SUFFIXES:
@@ -87,6 +92,8 @@ class _Folder:
             audio = [f for f in found if f.suffix.lower() in AUDIO_SUFFIXES]
             self.both += bool(audio) and len(audio) < len(found)
             pick = audio or found  # generate writes <stem>.wav beside <stem>.mp4: the audio is the same
+            if len(pick) > 1 and recorded.get(stem) in {f.name for f in pick}:
+                pick = [f for f in pick if f.name == recorded[stem]]
             if len(pick) > 1:
                 self.problems[stem] = f"several files for '{stem}' in {folder}: {', '.join(f.name for f in pick)}; keep one"
             else:

@@ -394,6 +394,11 @@ def test_cli_records_each_outputs_source_and_evaluate_pairs_by_it(
     # each scored on its own source's length (2 s and 6 s), not on one shared name
     assert files["tiny"]["reference_s"] == pytest.approx(2.0, abs=0.05) and files["tiny-2"]["reference_s"] == pytest.approx(files["short"]["reference_s"])
     assert files["tiny-2"]["reference_s"] > 4.0
+    # a re-run with another --format leaves the old audio beside the new: the record says which is the output
+    assert cli.main(["generate", str(media["short"]), "--model", str(model_file), "--out", str(out), "--steps", "2", "--format", "flac", "--overwrite"]) == 0
+    assert (out / "short.wav").is_file() and (out / "short.flac").is_file()
+    assert cli.main(["evaluate", str(out), "--out", str(scores)]) == 0
+    assert Path({f["file"]: f for f in json.loads(scores.read_text())["files"]}["short"]["generated"]).name == "short.flac"
 
     # pairing by name instead cannot find tiny-2; the error says where it came from and how to pair it
     ref = tmp_path / "ref"

@@ -89,7 +89,8 @@ def test_a_user_recipe_trains_by_name_logs_its_statistic_and_resumes_only_with_i
     assert f"unknown recipe {NAME!r}" in err and "--plugin" in err and PLUGIN_ENV in err and "Traceback" not in err
     assert train_main(["controlnet", "--out", str(run), "--resume"]) == 2  # another recipe's name: its config.json is read
     err = capsys.readouterr().err
-    assert f"--resume: the run in {run} names a recipe that is not registered: unknown recipe {NAME!r}" in err and "--plugin" in err
+    assert f"--resume: the run in {run} uses recipe {NAME!r}, which is not registered (load the plugin that registered it): unknown recipe {NAME!r}" in err
+    assert "--plugin" in err and "Did you mean" not in err  # not the name just typed
     with pytest.raises(RecipeError, match=rf"unknown recipe '{NAME}'.*--plugin"):  # the Python API's resume reads the same file
         TrainConfig.from_json((run / "config.json").read_text())
     assert cli_main(["--plugin", str(EXAMPLE), "train", NAME, "--out", str(run), "--resume"]) == 0  # with it: nothing left to do
@@ -243,7 +244,7 @@ def test_token_provenance_advice_follows_a_user_recipes_base(scratch_recipes: li
         (problem,) = token_provenance_problems(cfg, config, Path("d"), {"tokenizer": "runs/tok"})
         advice[recipe] = problem.split("Train with ")[-1]
     assert advice["my_bb_prov"] == advice["backbone"] == "--init runs/tok."
-    assert advice["my_cn_prov"] == advice["controlnet"] != advice["backbone"]
+    assert advice["my_cn_prov"] == advice["controlnet"] == "--init BACKBONE_RUN, a backbone run trained on these tokens (its tokenizer from runs/tok)."
 
 
 def test_the_train_longer_hint_names_the_parts_of_a_recipes_base(scratch_recipes: list[str]) -> None:

@@ -161,7 +161,16 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
         try:
             base = TrainConfig.from_json(saved.read_text(encoding="utf-8")).to_dict()
         except RecipeError as e:  # a plugin's recipe whose plugin is not loaded now
-            raise RecipeError(f"--resume: the run in {given['out']} names a recipe that is not registered: {e}") from None
+            import json
+            import re
+
+            try:
+                named = json.loads(saved.read_text(encoding="utf-8")).get("recipe")
+            except (OSError, ValueError, AttributeError):
+                named = None
+            text = re.sub(r" Did you mean [^?]*\?", "", str(e)) if named else str(e)  # its "did you mean" would offer the name just typed
+            what = f"recipe {named!r}, which is not registered" if named else "a recipe that is not registered"
+            raise RecipeError(f"--resume: the run in {given['out']} uses {what} (load the plugin that registered it): {text}") from None
         if base["recipe"] != args.recipe:
             raise ConfigError(f"--resume: the run in {given['out']} uses recipe {base['recipe']!r}, not {args.recipe!r}")
         return TrainConfig.from_dict({**base, **given}), {}

@@ -62,7 +62,7 @@ def token_provenance_problems(cfg: Any, model_config: ModelConfig, root: Path, i
             f"extracted without --tokenizer{also}), so this {cfg.recipe} run learns codes that decode to noise. Re-extract it "
             f"with {extract} and train with --init TOKENIZER_RUN."
         ]
-    init_fix = f"--init {made_by}" if _base(cfg.recipe) == "backbone" else f"--init from a backbone run trained on these tokens (--init {made_by})"
+    init_fix = f"--init {made_by}" if _base(cfg.recipe) == "backbone" else f"--init BACKBONE_RUN, a backbone run trained on these tokens (its tokenizer from {made_by})"
     if mine is None or _never_trained(mine):
         why = "no --init that loads a tokenizer" if mine is None else f"{mine} records its tokenizer as never trained"
         return [

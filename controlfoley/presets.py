@@ -28,7 +28,7 @@ PRETRAINED = {"specmaskfoley_synthetic": "specmaskfoley_synthetic.safetensors"}
 @PRESETS.register("specmaskfoley")
 def specmaskfoley() -> ModelConfig:
     """The paper's model (sec. 4.2): 2-D SpecVQGAN (5 x 53 tokens of 1024), SpecMaskGIT ViT 24 x 768,
-    FT-Aligner, ControlNet copy of 12 blocks, multi-CFG 0 -> 3, 12 MaskGIT steps; 10 s windows.
+    FT-Aligner, ControlNet copy of 12 blocks, multi-CFG 0 -> 3, 12 MaskGIT steps; 9.85 s windows (848 mel frames; the paper's 10 s clips).
 
     The vocoder is Griffin-Lim (no weights to download here); the paper's mel is HiFi-GAN's, so a
     trained HiFi-GAN or BigVGAN plugs in with `vocoder={"name": "hifigan", "checkpoint": PATH}`."""

@@ -704,7 +704,7 @@ def main(argv: Sequence[str]) -> int:
         _check_device(args.device)
         extractors, vocoder = _extractor_specs(args.extractor), _vocoder_spec(args.vocoder)
         pipe = _build_pipeline(args, extractors, vocoder)  # a bad name or file is reported before a clash of outputs
-        args.sampled_rule = pipe._conditions(args.prompt, args.negative_prompt, args.rule)[2] or pipe.model.guidance  # for the record
+        args.sampled_rule = _quietly_sampled_rule(pipe, args)  # for the record (its warnings come when sampling, not before a refusal)
         kept: list[dict[str, Any]] = []
         if args.skip_existing:  # outputs this very run would make, already made: kept, not made again
             done = _already_made(args, pipe, videos, pairs)
@@ -734,6 +734,19 @@ def main(argv: Sequence[str]) -> int:
                 bar.update(1)
     print(format_table(rows))
     return 0 if all(r["status"] in ("ok", "kept") for r in rows) else 1
+
+
+def _quietly_sampled_rule(pipe: Any, args: argparse.Namespace) -> Any:
+    """The rule that samples (a no-prompt fallback included), worked out without its warnings, which
+    the first sampling gives (before, they were printed above a refusal of the command line)."""
+    plog = logging.getLogger("controlfoley.pipeline")
+    level, warned = plog.level, pipe._warned_no_prompt
+    plog.setLevel(logging.ERROR)
+    try:
+        return pipe._conditions(args.prompt, args.negative_prompt, args.rule)[2] or pipe.model.guidance
+    finally:
+        plog.setLevel(level)
+        pipe._warned_no_prompt = warned
 
 
 def _kept_row(out: Path, video: Path, paths: tuple[Path, Path]) -> dict[str, Any]:

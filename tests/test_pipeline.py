@@ -1585,3 +1585,16 @@ def test_a_write_that_fails_mid_run_says_how_to_go_on(
     assert _outputs(out) == ["generate.json", "tiny.mp4", "tiny.wav"]
     calls = _count_sampling(monkeypatch)
     assert cli.main([*argv, "--skip-existing"]) == 0 and [Path(c[1][0]).name for c in calls if c[0] == "read"] == ["short.mp4"]
+
+
+def test_a_refused_command_line_prints_no_sampling_warning(
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The no-prompt fallback is said when sampling starts, not above a refusal of the command line."""
+    out = tmp_path / "out"
+    argv = ["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--steps", "1"]
+    assert cli.main(argv) == 0
+    assert "no prompt: guidance" in caplog.text  # said when it sampled
+    caplog.clear()
+    assert cli.main(argv) == 2 and "already exists" in capsys.readouterr().err  # refused: nothing samples
+    assert "no prompt" not in caplog.text

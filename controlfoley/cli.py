@@ -54,6 +54,23 @@ def _fmt(n: int | float) -> str:
     return f"{n / 1e6:8.2f}M"
 
 
+def _refuse_run_config(path: Path) -> None:
+    """A training run's config.json given where a model config goes: say what it is and what to give."""
+    import json
+
+    from controlfoley.errors import ConfigError
+
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the model config's own reading says what is wrong with it
+    if isinstance(d, dict) and {"recipe", "preset", "data", "out"} <= d.keys():
+        raise ConfigError(
+            f"{path} is a training run's config (recipe {d.get('recipe')!r}), not a model config: give the run folder "
+            f"({path.parent}) for its trained model, or a model config as model.config.to_json() writes it"
+        )
+
+
 def model_from_arg(preset_or_path: str, overrides: Mapping[str, Any] | None = None) -> tuple[object, str]:
     """(model, label): a registered preset built untrained (one that ships weights: with them), a
     .json model config built untrained, or a checkpoint's own model (a .safetensors file, a
@@ -72,6 +89,7 @@ def model_from_arg(preset_or_path: str, overrides: Mapping[str, Any] | None = No
     if preset_or_path in PRESETS:
         return build_model(preset_or_path, **overrides), f"preset {preset_or_path}{shown}"
     if preset_or_path.lower().endswith(".json") and Path(preset_or_path).is_file():
+        _refuse_run_config(Path(preset_or_path))
         model = build_model(preset_or_path, **overrides)
         return model, f"config {preset_or_path} (built untrained){shown}"
     if Path(preset_or_path).exists():

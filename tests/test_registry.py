@@ -331,6 +331,7 @@ def test_info_and_bench_take_model_overrides_and_json_configs(tmp_path, capsys: 
     checkpoint; bench times the variant the same way."""
     from controlfoley.bench import bench_main
     from controlfoley.cli import main
+    from controlfoley.train import TrainConfig
 
     assert main(["info", "specmaskfoley_tiny", "--model", "controlnet.n_blocks=2", "--model", "aligner=plain1d"]) == 0
     out = capsys.readouterr().out
@@ -342,6 +343,12 @@ def test_info_and_bench_take_model_overrides_and_json_configs(tmp_path, capsys: 
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"config {path} (built untrained)") and "depth=3" in out
+    run = tmp_path / "run"  # a training run's config.json is not a model config: named, with what to give instead
+    run.mkdir()
+    (run / "config.json").write_text(TrainConfig.for_recipe("controlnet", preset="specmaskfoley_tiny", data="d", out=str(run)).to_json())
+    assert main(["info", str(run / "config.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"is a training run's config (recipe 'controlnet'), not a model config: give the run folder ({run})" in err and "known:" not in err
     assert main(["info", "specmaskfoley_tiny", "--model", "backbone.depht=2"]) == 2
     assert "depht" in capsys.readouterr().err
     rc = bench_main(["specmaskfoley_tiny", "--model", "backbone.depth=2", "--model", "controlnet.n_blocks=1", "--runs", "1", "--warmup", "0", "--steps", "1"])

@@ -44,6 +44,7 @@ when every generated file was scored, 1 when any was not, 2 for a bad command li
 
 import argparse
 import difflib
+import re
 import json
 import math
 import sys
@@ -105,8 +106,9 @@ class _Folder:
 
     def missing(self, stem: str) -> str:
         """Why `stem` has no file here, with the nearest names and where files were not looked for."""
-        near = difflib.get_close_matches(stem, sorted(self.stems()), n=1, cutoff=0.8)
-        near += [s for s in sorted(self.stems()) if s.casefold() == stem.casefold() and s not in near]
+        numbered = lambda s: re.sub(r"\d+", "#", s)  # noqa: E731  clip_0001 and clip_0002: other clips, not typos of each other
+        near = [s for s in difflib.get_close_matches(stem, sorted(self.stems()), n=3, cutoff=0.8) if numbered(s) != numbered(stem)][:1]
+        near = [s for s in sorted(self.stems()) if s.casefold() == stem.casefold()] or near
         hint = f"; did you mean '{near[0]}'?" if near else ""
         sub = " (files in subfolders are not read)" if self.has_subfolders else ""
         return f"no reference '{stem}.*' in {self.folder}{sub}{hint}"

@@ -273,11 +273,14 @@ def test_swapped_arguments_near_names_and_subfolders_are_pointed_out(folders, tm
     gen.mkdir()
     for f in ("a.wav", "b.wav"):
         (gen / f).write_bytes((folders / "gen" / f).read_bytes())
+    (gen / "take_12.wav").write_bytes((folders / "gen" / "a.wav").read_bytes())  # numbered clips: take_11 is another clip, not a typo
+    (ref / "take_11.mp4").write_bytes((folders / "ref" / "a.mp4").read_bytes())
     out_json = tmp_path / "r.json"
     rc, _, err = _run(capsys, str(gen), "--reference", str(ref), "--out", str(out_json))
     assert rc == 2  # nothing could be scored
     rows = {r["file"]: r["status"] for r in json.loads(out_json.read_text())["files"]}
     assert "did you mean 'A'?" in rows["a"] and "(files in subfolders are not read)" in rows["b"]
+    assert "no reference 'take_12.*'" in rows["take_12"] and "did you mean" not in rows["take_12"]
 
 
 def test_json_counts_are_integers_and_levels_are_reported(folders, tmp_path, capsys):

@@ -71,6 +71,7 @@ def test_a_refused_resume_leaves_the_run_config_as_it_was(data: Path, tmp_path: 
     assert "not the data this run trained on" in capsys.readouterr().err
     assert (run / "config.json").read_bytes() == saved
     assert train_main(["backbone", "--out", str(run), "--resume", "--stop-at", "4"]) == 0  # the plain resume works
+    assert f"backbone: resuming {run} at step 2 of " in capsys.readouterr().err  # and says where it goes on
     # data that moved is taken, and recorded once the checks passed
     moved = tmp_path / "moved"
     shutil.copytree(data, moved)

@@ -142,6 +142,7 @@ class Trainer:
             self.model: SpecMaskFoley = build_without_weight_files(model_config(cfg.preset, **cfg.model_overrides))[0]
         else:
             self.model = build_model(model_config(cfg.preset, **cfg.model_overrides))  # a config: untrained on purpose, no advice
+        self._resumed_from = ckpt_dir
         if resume and ckpt_dir is None and info.is_main:
             warnings.warn(f"--resume: {self.run_dir.root} has no checkpoint yet (killed before its first); starting it from step 0", stacklevel=user_stacklevel())
         self._load_weights(ckpt_dir)
@@ -305,6 +306,8 @@ class Trainer:
         result: dict[str, Any] = {"step": self.start_step, "train": {}, "val": {}}
         if self.start_step >= stop:
             return self._nothing_to_do(stop_at, result)
+        if info.is_main and getattr(self, "_resumed_from", None) is not None:  # say where it goes on (after a kill, nothing else does)
+            print(f"{cfg.recipe}: resuming {self.run_dir.root} at step {self.start_step} of {cfg.steps}, from {self._resumed_from}", file=sys.stderr, flush=True)
         log = MetricsLogger(self.run_dir.metrics_path, enabled=info.is_main, tensorboard=cfg.tensorboard, resume_step=self.start_step)
         bar = tqdm(total=cfg.steps, initial=self.start_step, disable=not (info.is_main and cfg.progress), dynamic_ncols=True, desc=cfg.recipe)
         plain = info.is_main and not cfg.progress

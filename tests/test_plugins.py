@@ -2,7 +2,6 @@
 model, the training recipe and the command line (`--plugin`, CONTROLFOLEY_PLUGINS), and the
 contract checks that turn a broken user tokenizer into a ConfigError at build time."""
 
-import contextlib
 import json
 import os
 import re

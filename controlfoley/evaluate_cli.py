@@ -44,13 +44,13 @@ when every generated file was scored, 1 when any was not, 2 for a bad command li
 
 import argparse
 import difflib
-import re
 import json
 import math
+import re
 import sys
 import tempfile
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +75,11 @@ class _Usage(Exception):
 class _Folder:
     """The media files directly in a folder, by stem (names compared as written, and NFC-normalised)."""
 
-    def __init__(self, folder: Path) -> None:
-        from controlfoley.generate_cli import read_manifest_or_empty
-
-        # generate's record names each output's audio file: among several for a stem (a re-run with
-        # another --format leaves the old one), that is the one
-        recorded = {unicodedata.normalize("NFC", stem): e.get("audio") for stem, e in read_manifest_or_empty(folder).items()}
+    def __init__(self, folder: Path, record: Mapping[str, Any] | None = None) -> None:
+        """`record`: the folder's generate.json entries (read_manifest), which name each output's
+        audio file: among several for a stem (a re-run with another --format leaves the old one),
+        that is the one."""
+        recorded = {unicodedata.normalize("NFC", stem): e.get("audio") for stem, e in (record or {}).items()}
         by_stem: dict[str, list[Path]] = {}
         for f in sorted(folder.iterdir()):
             if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in AUDIO_SUFFIXES | VIDEO_SUFFIXES:
@@ -142,7 +141,7 @@ def _pairs_from_record(generated: Path) -> tuple[list[tuple[str, Path, Path | No
         record = read_manifest(generated)
     except MediaError as e:
         raise _Usage(f"{e}; or give --reference") from None
-    gen = _Folder(generated)
+    gen = _Folder(generated, record)
     if not record:
         raise _Usage(
             f"{generated} has no {MANIFEST}, the record `controlfoley generate` writes of each output's source: "
@@ -192,10 +191,10 @@ def _pairs(generated: Path, reference: Path | None) -> tuple[list[tuple[str, Pat
         raise _Usage("give two folders, or two files: GENERATED and --reference must be the same kind")
     if generated.is_file():
         return [(generated.stem, generated, reference, None)], 0, None
-    gen, ref = _Folder(generated), _Folder(reference)
     from controlfoley.generate_cli import read_manifest_or_empty
 
-    record = read_manifest_or_empty(generated)  # with --reference the record only adds hints
+    record = read_manifest_or_empty(generated)  # with --reference the record only adds hints, and picks among a stem's audio files
+    gen, ref = _Folder(generated, record), _Folder(reference)
     if not gen.stems():
         sub = "; files in subfolders are not read" if gen.has_subfolders else ""
         raise _Usage(f"no audio or video files in {generated}{sub}")

@@ -581,38 +581,22 @@ def _settings(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
 _NOT_COMPARED = ("command_line", "cpu_threads", "batch_size")
 
 
-def _already_made(args: argparse.Namespace, pipe: Any, videos: Sequence[Path], pairs: Sequence[tuple[Path, Path]]) -> list[bool]:
-    """--skip-existing: for each input, whether OUT/generate.json records its planned outputs as
-    complete, both on disk, made from this very source (same path, size and time) with the
-    settings this run would use. An output that exists otherwise is left to `_check_outputs`."""
-    record = read_manifest_or_empty(args.out)
-    now = {k: v for k, v in _settings(args, pipe).items() if k not in _NOT_COMPARED}
-    done = []
-    for video, (audio_path, video_path) in zip(videos, pairs, strict=True):
-        entry = record.get(video_path.stem) or {}
-        ok = (
-            not entry.get("pending") and "problem" not in entry and entry.get("source") == str(video.resolve())
-            and entry.get("audio") == audio_path.name and entry.get("video") == video_path.name
-            and audio_path.is_file() and video_path.is_file() and _same_source(entry, video)
-            and {k: v for k, v in (entry.get("settings") or {}).items() if k not in _NOT_COMPARED} == now
-        )  # fmt: skip
-        done.append(bool(ok))
-    return done
-
-
-def _differs(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path, Path]) -> str:
-    """Why --skip-existing does not keep an existing output: what differs from this run."""
-    entry = read_manifest_or_empty(args.out).get(paths[1].stem) or {}
-    if not entry or entry.get("pending"):
+def _not_kept(entry: dict[str, Any], video: Path, paths: tuple[Path, Path], now: dict[str, Any]) -> str | None:
+    """--skip-existing: why the outputs `entry` (OUT/generate.json's record of `paths`) records are
+    not kept for `video` with settings `now`, or None when they are: complete, both on disk, made
+    from this very source (same path; same size, and same time or SHA-256) with these settings."""
+    if not entry or entry.get("pending") or "problem" in entry:
         return "its record in generate.json is missing or unfinished"
     if entry.get("source") != str(video.resolve()):
         return f"it was made from {entry.get('source')}"
     if not _same_source(entry, video):
         return f"{video} changed since it was made (its size or content)"
-    if not (paths[0].is_file() and paths[1].is_file()):
+    if (entry.get("audio"), entry.get("video")) != (paths[0].name, paths[1].name) or not (paths[0].is_file() and paths[1].is_file()):
         return "one of its two outputs is missing"
-    was, now = entry.get("settings") or {}, _settings(args, pipe)
+    was = entry.get("settings") or {}
     keys = sorted(k for k in set(was) | set(now) if k not in _NOT_COMPARED and was.get(k) != now.get(k))
+    if not keys:
+        return None
     return "it was made with other settings (" + ", ".join(f"{k}: {was.get(k)!r} then, {now.get(k)!r} now" for k in keys[:3]) + (", ..." if len(keys) > 3 else "") + ")"
 
 
@@ -706,11 +690,17 @@ def main(argv: Sequence[str]) -> int:
         pipe = _build_pipeline(args, extractors, vocoder)  # a bad name or file is reported before a clash of outputs
         args.sampled_rule = _quietly_sampled_rule(pipe, args)  # for the record (its warnings come when sampling, not before a refusal)
         kept: list[dict[str, Any]] = []
+        why: Callable[[Path, tuple[Path, Path]], str] | None = None
         if args.skip_existing:  # outputs this very run would make, already made: kept, not made again
-            done = _already_made(args, pipe, videos, pairs)
-            kept = [_kept_row(args.out, v, p) for v, p, d in zip(videos, pairs, done, strict=True) if d]
-            videos, pairs = [v for v, d in zip(videos, done, strict=True) if not d], [p for p, d in zip(pairs, done, strict=True) if not d]
-        _check_outputs(videos, pairs, overwrite=args.overwrite, why=(lambda v, p: _differs(args, pipe, v, p)) if args.skip_existing else None)
+            record, now = read_manifest_or_empty(args.out), _settings(args, pipe)
+            entries = [record.get(p[1].stem) or {} for p in pairs]
+            reasons = [_not_kept(e, v, p, now) for e, v, p in zip(entries, videos, pairs, strict=True)]
+            kept = [_kept_row(e, v, p) for e, v, p, r in zip(entries, videos, pairs, reasons, strict=True) if r is None]
+            not_kept = {(v, p[1]): r for v, p, r in zip(videos, pairs, reasons, strict=True) if r is not None}
+            left = [(v, p) for v, p, r in zip(videos, pairs, reasons, strict=True) if r is not None]
+            videos, pairs = [v for v, _ in left], [p for _, p in left]
+            why = lambda v, p: not_kept[(v, p[1])]  # noqa: E731  (what _check_outputs says of an existing output not kept)
+        _check_outputs(videos, pairs, overwrite=args.overwrite, why=why)
         from controlfoley.data.real_extractors import check_unique_stems
 
         check_unique_stems(list(pipe.extractors.values()), videos)  # precomputed features are found by file stem
@@ -749,9 +739,8 @@ def _quietly_sampled_rule(pipe: Any, args: argparse.Namespace) -> Any:
         pipe._warned_no_prompt = warned
 
 
-def _kept_row(out: Path, video: Path, paths: tuple[Path, Path]) -> dict[str, Any]:
-    """The summary row of a file --skip-existing keeps."""
-    entry = read_manifest_or_empty(out).get(paths[1].stem) or {}
+def _kept_row(entry: dict[str, Any], video: Path, paths: tuple[Path, Path]) -> dict[str, Any]:
+    """The summary row of a file --skip-existing keeps (`entry`: its record)."""
     return {"file": str(video), "duration": entry.get("duration_s"), "windows": None, "time": 0.0, "status": "kept", "output": f"{paths[0].name}, {paths[1].name}"}
 
 

@@ -70,6 +70,7 @@ from controlfoley.pipeline_parts import (
     checked_seed,
     choose_extractors,
     default_extractors,
+    is_prompt,
     prompt_text,
     require_control,
     require_trained,
@@ -442,12 +443,11 @@ class FoleyPipeline:
         checked_control_scale(settings["control_scale"])
         batch_size = self._batch_size(batch_size)
         self.model.sampler.settings(settings["steps"], settings["temperature"])
-        col_s = self.col_samples / self.model.sample_rate
         durations = []
         for v in videos:  # a file that cannot work fails now, not after the videos before it sampled
             duration = probe(Path(v)).duration_s
-            if duration is not None and duration < col_s:
-                raise MediaError(f"{v}: lasts {duration:.3f} s, less than one token column ({col_s:.3f} s) of audio; a still image or a one-frame video?")
+            if duration is not None:
+                self._check_long_enough(v, duration)
             durations.append(duration)
         loaders = [functools.partial(self.read_features, v) for v in videos]
         return (loaders, prompts, negatives, seeds, guidance, batch_size, durations), settings
@@ -460,12 +460,7 @@ class FoleyPipeline:
         video_path = Path(video_path)
         frame_exts = {k: e for k, e in self.extractors.items() if not hasattr(e, "features_for")}
         frames, duration = self._decode(video_path, frame_exts) if frame_exts else ({}, probe(video_path).duration_s)
-        col_s = self.col_samples / self.model.sample_rate
-        if duration < col_s:  # a still image (one frame, 0.04 s) decodes as a "video": say so rather than make 0.04 s of foley
-            raise MediaError(
-                f"{video_path}: lasts {duration:.3f} s, less than one token column ({col_s:.3f} s) of audio; "
-                "a still image or a one-frame video? foley needs a moving picture"
-            )
+        self._check_long_enough(video_path, duration)
         plan = self.plan(duration)
         streams = {}
         for key, ext in self.extractors.items():
@@ -475,6 +470,15 @@ class FoleyPipeline:
             else:
                 streams[key] = self._precomputed(ext, video_path, duration, rows)
         return streams, duration
+
+    def _check_long_enough(self, video_path: str | os.PathLike[str], duration: float) -> None:
+        """A still image (one frame, 0.04 s) decodes as a "video": say so rather than make 0.04 s of foley."""
+        col_s = self.col_samples / self.model.sample_rate
+        if duration < col_s:
+            raise MediaError(
+                f"{video_path}: lasts {duration:.3f} s, less than one token column ({col_s:.3f} s) of audio; "
+                "a still image or a one-frame video? foley needs a moving picture"
+            )
 
     def plan(self, duration_s: float) -> WindowPlan:
         return plan_windows(
@@ -603,8 +607,8 @@ class FoleyPipeline:
         rule_arg = None if guidance is None else self.model.resolve_guidance(guidance)  # one rule object for every video
         conditions: dict[tuple[str | None, str | None], tuple[Tensor | None, Tensor | None, GuidanceRule | None]] = {}
         groups: dict[tuple[int | None, bool, bool], list[int]] = {}
-        for i, (p, q) in enumerate(zip(prompts, negatives, strict=True)):
-            key = (prompt_text(p), prompt_text(q))
+        keys = [(prompt_text(p), prompt_text(q)) for p, q in zip(prompts, negatives, strict=True)]  # each video's conditions
+        for i, (p, key) in enumerate(zip(prompts, keys, strict=True)):
             if key not in conditions:  # a prompt shared by many videos is encoded (and warned about) once
                 conditions[key] = self._conditions(key[0], key[1], rule_arg)
             text, negative, rule = conditions[key]
@@ -622,7 +626,7 @@ class FoleyPipeline:
         try:
             for idx in groups.values():
                 idx = sorted(idx, key=lambda i: -(windows[i] or 0))  # stable: the given order where lengths tie or are unknown
-                text, negative, rule = conditions[(prompt_text(prompts[idx[0]]), prompt_text(negatives[idx[0]]))]
+                text, negative, rule = conditions[keys[idx[0]]]
                 r = rule or self.model.guidance
                 if id(r) not in everies:  # a warning once per rule, not per group or window
                     everies[id(r)] = checked_guidance_every(settings["guidance_every"], r)
@@ -631,10 +635,9 @@ class FoleyPipeline:
                     for i in idx[c : c + batch_size]:
                         streams, duration = loaders[i]()
                         plan = self.plan(duration)
-                        key = (prompt_text(prompts[i]), prompt_text(negatives[i]))
                         # every window's rows there (features given shorter than the video hold their last row, as read_features does)
                         streams = {k: _extend(x, self._rows_needed(plan, k, float(self.extractors[k].fps))) if k in self.extractors else x for k, x in streams.items()}
-                        jobs.append(_Job(plan, streams, float(duration), conditions[key][0], conditions[key][1], seeds[i]))
+                        jobs.append(_Job(plan, streams, float(duration), conditions[keys[i]][0], conditions[keys[i]][1], seeds[i]))
                     steps_here = sum(len(j.plan.windows) for j in jobs) * n_steps
                     planned = sum(windows[i] or 0 for i in idx[c : c + batch_size]) * n_steps
                     if bar is None:
@@ -847,11 +850,11 @@ def _per_video(value: Any, n: int, name: str, one: Callable[[Any], bool]) -> lis
 
 def _per_video_conditions(n: int, prompt: Any, negative_prompt: Any, seed: Any) -> tuple[list[Any], list[Any], list[int]]:
     """(prompts, negative prompts, seeds), one per video, checked; a None seed becomes a fresh one per video."""
-    is_prompt = lambda p: p is None or isinstance(p, str)  # noqa: E731  (a list is one entry per video)
-    prompts, negatives = _per_video(prompt, n, "prompt", is_prompt), _per_video(negative_prompt, n, "negative_prompt", is_prompt)
+    one_for_all = lambda p: p is None or isinstance(p, str)  # noqa: E731  (a list is one entry per video)
+    prompts, negatives = _per_video(prompt, n, "prompt", one_for_all), _per_video(negative_prompt, n, "negative_prompt", one_for_all)
     for name, items in (("prompt", prompts), ("negative_prompt", negatives)):
         for i, p in enumerate(items):
-            if not (p is None or isinstance(p, str) or (isinstance(p, (list, tuple)) and all(isinstance(t, str) for t in p))):
+            if not (p is None or is_prompt(p)):
                 raise ConfigError(f"{name}[{i}]: a prompt is a comma-separated string, a list of tag strings or None, got {p!r}")
     seeds = _per_video(seed, n, "seed", lambda s: not isinstance(s, (list, tuple)))
     return prompts, negatives, [checked_seed(s, "seed" if not isinstance(seed, (list, tuple)) else f"seed[{i}]") for i, s in enumerate(seeds)]

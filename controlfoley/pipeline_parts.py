@@ -25,7 +25,7 @@ from controlfoley.data.extractors import PATH_ARGS, ExtractorSpec
 
 log = logging.getLogger("controlfoley.pipeline")
 
-__all__ = ["choose_extractors", "default_extractors", "recorded_extractors", "recorded_text_encoder", "require_control", "require_trained", "check_extractor_widths", "build_vocoder", "prompt_text", "checked_seed"]
+__all__ = ["choose_extractors", "default_extractors", "recorded_extractors", "recorded_text_encoder", "require_control", "require_trained", "check_extractor_widths", "build_vocoder", "is_prompt", "prompt_text", "checked_seed"]
 
 Prompt = str | Sequence[str]  # "bell, thud" or ["bell", "thud"]
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # the seeds torch.Generator.manual_seed takes (a negative one wraps modulo 2**64)
@@ -173,11 +173,16 @@ def checked_seed(seed: Any, arg: str = "seed") -> int:
     return int(seed)
 
 
+def is_prompt(value: Any) -> bool:  # a validator: it takes anything
+    """Whether `value` is a prompt: a string, or a list/tuple of tag strings."""
+    return isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(t, str) for t in value))
+
+
 def prompt_text(prompt: Prompt | None) -> str | None:
     """A prompt as one comma-separated string: ["bell", "thud"] -> "bell, thud"; a string unchanged."""
     if prompt is None or isinstance(prompt, str):
         return prompt
-    if isinstance(prompt, (list, tuple)) and all(isinstance(t, str) for t in prompt):
+    if is_prompt(prompt):
         return ", ".join(t.strip() for t in prompt if t.strip())
     raise TypeError(f"a prompt is a comma-separated string or a list of tag strings, got {prompt!r}")
 

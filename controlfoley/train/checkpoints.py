@@ -169,10 +169,10 @@ _CONTINUE_PARTS = {"tokenizer": ("tokenizer",), "backbone": ("tokenizer", "backb
 
 
 def longer_run_hint(root: str | Path, recipe: str) -> str:
-    from controlfoley.train.config import RECIPES, recipe_base
+    from controlfoley.train.config import known_base
 
-    base = recipe_base(recipe) if recipe in RECIPES else recipe  # a user recipe: the parts of the built-in it is based on
-    parts = ",".join(_CONTINUE_PARTS.get(base or "", ())) or "PARTS"  # a recipe from scratch: the parts it trains are its own to say
+    # a user recipe: the parts of the built-in it is based on; one from scratch says its own (PARTS)
+    parts = ",".join(_CONTINUE_PARTS.get(known_base(recipe) or "", ())) or "PARTS"
     which = " (PARTS: the model parts it trains, comma-separated, e.g. tokenizer,backbone)" if parts == "PARTS" else ""
     return (
         f"start a new run from this one: `controlfoley train {recipe} --init {root} --init-parts {parts} --steps N --out NEW_RUN`{which} "

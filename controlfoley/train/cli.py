@@ -161,14 +161,11 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
         try:
             base = TrainConfig.from_json(saved.read_text(encoding="utf-8")).to_dict()
         except RecipeError as e:  # a plugin's recipe whose plugin is not loaded now
-            import json as json_  # (a plain `import json` here would make the name local to the whole function)
-            import re as re_
-
             try:
-                named = json_.loads(saved.read_text(encoding="utf-8")).get("recipe")
+                named = json.loads(saved.read_text(encoding="utf-8")).get("recipe")
             except (OSError, ValueError, AttributeError):
                 named = None
-            text = re_.sub(r" Did you mean [^?]*\?", "", str(e)) if named else str(e)  # its "did you mean" would offer the name just typed
+            text = re.sub(r" Did you mean [^?]*\?", "", str(e)) if named else str(e)  # its "did you mean" would offer the name just typed
             what = f"recipe {named!r}, which is not registered" if named else "a recipe that is not registered"
             raise RecipeError(f"--resume: the run in {given['out']} uses {what} (load the plugin that registered it): {text}") from None
         if base["recipe"] != args.recipe:

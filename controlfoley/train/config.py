@@ -38,7 +38,7 @@ from controlfoley.config import ConfigError, Part, SamplerConfig
 from controlfoley.train.schedule import WarmupCosine, scaled_lr
 
 __all__ = [
-    "TrainConfig", "RECIPES", "BUILTIN_RECIPES", "RECIPE_DEFAULTS", "RecipeError", "recipe_class", "recipe_base", "recipe_defaults",
+    "TrainConfig", "RECIPES", "BUILTIN_RECIPES", "RECIPE_DEFAULTS", "RecipeError", "recipe_class", "recipe_base", "known_base", "recipe_defaults",
     "RESUME_MUTABLE", "PRECISIONS", "VERIFY_LEVELS", "DERIVED_KEY",
 ]  # fmt: skip
 
@@ -94,6 +94,15 @@ def recipe_class(name: str) -> type:
 def recipe_base(name: str) -> str | None:
     """The built-in recipe whose flags and checks recipe `name` takes (its `base`), or None."""
     return getattr(recipe_class(name), "base", None)
+
+
+def known_base(name: Any) -> str | None:
+    """`recipe_base` for a name read from a run folder: None also where no loaded plugin registers
+    it (advice for it then is that of a recipe of one's own)."""
+    try:
+        return recipe_base(name)
+    except RecipeError:
+        return None
 
 
 def recipe_defaults(name: str) -> dict[str, Any]:

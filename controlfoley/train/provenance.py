@@ -27,6 +27,7 @@ import torch
 
 from controlfoley.config import ModelConfig
 from controlfoley.errors import ControlFoleyError
+from controlfoley.train.config import known_base
 
 __all__ = ["TokenProvenanceWarning", "warn_token_provenance", "token_provenance_problems"]
 
@@ -62,7 +63,7 @@ def token_provenance_problems(cfg: Any, model_config: ModelConfig, root: Path, i
             f"extracted without --tokenizer{also}), so this {cfg.recipe} run learns codes that decode to noise. Re-extract it "
             f"with {extract} and train with --init TOKENIZER_RUN."
         ]
-    init_fix = f"--init {made_by}" if _base(cfg.recipe) == "backbone" else f"--init BACKBONE_RUN, a backbone run trained on these tokens (its tokenizer from {made_by})"
+    init_fix = f"--init {made_by}" if known_base(cfg.recipe) == "backbone" else f"--init BACKBONE_RUN, a backbone run trained on these tokens (its tokenizer from {made_by})"
     if mine is None or _never_trained(mine):
         why = "no --init that loads a tokenizer" if mine is None else f"{mine} records its tokenizer as never trained"
         return [
@@ -77,19 +78,6 @@ def token_provenance_problems(cfg: Any, model_config: ModelConfig, root: Path, i
         f"({how}); a model decodes tokens only with the tokenizer that made them. Train with {init_fix}, or re-extract "
         f"the dataset with `controlfoley extract --tokenizer {mine} ...`."
     ]
-
-
-def _base(recipe: Any) -> str | None:
-    """The built-in recipe `recipe` is (or is based on: a user recipe's `base`); None for a recipe
-    of one's own from scratch, or one whose plugin is not loaded (a run folder read for its record)."""
-    from controlfoley.train.config import BUILTIN_RECIPES, RecipeError, recipe_base
-
-    if recipe in BUILTIN_RECIPES:
-        return str(recipe)
-    try:
-        return recipe_base(recipe)
-    except RecipeError:
-        return None
 
 
 def _run_tokenizer(cfg: Any, model_config: ModelConfig) -> str | None:
@@ -135,7 +123,7 @@ def _origins(path: Path, hops: int = 0) -> set[Path]:
         return out
     out.add(model)
     cfg = _run_config(model)
-    if cfg is not None and _base(cfg.get("recipe")) != "tokenizer":  # a tokenizer run's tokenizer is its own
+    if cfg is not None and known_base(cfg.get("recipe")) != "tokenizer":  # a tokenizer run's tokenizer is its own
         if cfg.get("init") and "tokenizer" in (cfg.get("init_parts") or ()):
             out |= _origins(Path(cfg["init"]), hops + 1)
         else:

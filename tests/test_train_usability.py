@@ -1,8 +1,9 @@
 """Training as a user meets it: a refused --resume changes nothing, tokens of another (or an
 untrained) tokenizer are named, a finished run says how to train longer, derived defaults are
-explained, errors name their cause, SIGTERM stops like Ctrl-C (under torchrun too, without a
-hang), the Python API takes what the README shows, and torchrun prints each message once."""
+explained, errors name their cause, SIGTERM checkpoints the step in progress and stops like
+Ctrl-C (under torchrun too, without a hang), the Python API takes what the README shows, and torchrun prints each message once."""
 
+import contextlib
 import json
 import os
 import re
@@ -18,13 +19,13 @@ from typing import Any
 import pytest
 import torch
 from conftest import failing_replace, micro_overrides
-from test_train import config, data, write_data  # noqa: F401  (data: a fixture)
+from test_train import config, data, final_state, losses, write_data  # noqa: F401  (data: a fixture)
 
 from controlfoley.config import ConfigError, Part
 from controlfoley.errors import DataError, TrainingError
 from controlfoley.train import TrainConfig, train
 from controlfoley.train.cli import main as train_main
-from controlfoley.train.interrupt import TrainingInterrupted, interrupt_pending, terminate_as_interrupt
+from controlfoley.train.interrupt import TrainingInterrupted, interrupt_pending, steps_running, terminate_as_interrupt
 from controlfoley.train.metrics import read_metrics
 from controlfoley.train.provenance import TokenProvenanceWarning
 
@@ -210,7 +211,12 @@ def test_errors_name_their_cause(data: Path, tmp_path: Path) -> None:
 
 
 # -- 6. SIGTERM -------------------------------------------------------------------------------------
-def test_sigterm_stops_training_like_ctrl_c_and_the_handler_is_restored(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sigterm_checkpoints_the_step_in_progress_and_resuming_ends_as_an_uninterrupted_run(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A preemption between periodic checkpoints loses no step: the step running when SIGTERM came
+    finishes, is checkpointed (step 3, with checkpoints every 2), the run stops as with Ctrl-C and the
+    handler is restored; --resume from there ends bit-identical to a run never stopped."""
     import controlfoley.train.loop as loop
 
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
@@ -222,24 +228,39 @@ def test_sigterm_stops_training_like_ctrl_c_and_the_handler_is_restored(data: Pa
         assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, "training left SIGTERM to kill the process"
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(loop.Trainer, "_checkpoint", then_terminate)
+    monkeypatch.setattr(loop.Trainer, "_checkpoint", then_terminate)  # SIGTERM while step 3 is due
     with pytest.raises(KeyboardInterrupt) as caught:
         train(config("backbone", data, tmp_path / "run"))
+    monkeypatch.setattr(loop.Trainer, "_checkpoint", checkpoint)
+    ckpts = tmp_path / "run" / "checkpoints"
     assert isinstance(caught.value, TrainingInterrupted) and caught.value.signum == signal.SIGTERM
+    assert caught.value.checkpoint == ckpts / "step-00000003"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step-00000002" and not (tmp_path / "run" / "model.safetensors").exists()
+    assert (ckpts / "latest").read_text() == "step-00000003" and not (tmp_path / "run" / "model.safetensors").exists()
+    assert [r["step"] for r in read_metrics(tmp_path / "run", "train")] == [1, 2, 3]
+    train(config("backbone", data, tmp_path / "run"), resume=True)
+    train(config("backbone", data, tmp_path / "full"))
+    full, resumed = final_state(tmp_path / "full"), final_state(tmp_path / "run")
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+    assert losses(tmp_path / "run") == losses(tmp_path / "full") and len(losses(tmp_path / "full")) == 6
 
 
 def test_deferred_sigterm_waits_for_the_step_and_a_callers_handler_stays() -> None:
+    """While steps run (and always under torchrun) SIGTERM is recorded, a second one too (torchrun's
+    workers get it twice: from the process group and from the agent); before the steps, one
+    process stops at once."""
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         pytest.skip("this process already handles SIGTERM")
-    with terminate_as_interrupt(deferred=True):  # under torchrun: every rank stops after the same step
+    for deferred in (True, False):
+        with terminate_as_interrupt(deferred=deferred), steps_running() if not deferred else contextlib.nullcontext():
+            for _ in range(2):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.01)
+                assert interrupt_pending()
+        assert not interrupt_pending() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with pytest.raises(TrainingInterrupted), terminate_as_interrupt():  # building the model: nothing to save
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.01)
-        assert interrupt_pending()
-        with pytest.raises(TrainingInterrupted):  # a second one stops at once
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.01)
     assert not interrupt_pending() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     calls: list[int] = []
 
@@ -257,42 +278,48 @@ def test_deferred_sigterm_waits_for_the_step_and_a_callers_handler_stays() -> No
         signal.signal(signal.SIGTERM, previous)
 
 
-def _wait_for_checkpoint(proc: subprocess.Popen, run: Path) -> None:
+def _wait_for_steps(proc: subprocess.Popen, run: Path) -> None:
+    """Until the run has logged a step (it is in its loop)."""
     deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None and not (run / "checkpoints" / "latest").is_file():
+    while time.time() < deadline and proc.poll() is None and not read_metrics(run / "metrics.jsonl", "train"):
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
 
 
-def test_sigterm_to_the_cli_names_the_intact_checkpoint(data: Path, tmp_path: Path) -> None:
+def test_sigterm_to_the_cli_checkpoints_the_step_in_progress_and_names_it(data: Path, tmp_path: Path) -> None:
+    """Checkpoints every 1000 steps, SIGTERM after a few: the step it came in is written, the message
+    names it and --resume; the resumed run goes on from that step."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "controlfoley.train", *cli_args("backbone", data, run, steps=5000, ckpt_every=1)]
+    cmd = [sys.executable, "-m", "controlfoley.train", *cli_args("backbone", data, run, steps=5000, ckpt_every=1000)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        _wait_for_checkpoint(proc, run)
+        _wait_for_steps(proc, run)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
-    assert re.search(r"interrupted by SIGTERM: checkpoints are written atomically, so .*step-\d+ is intact; continue with the same command and --resume", err)
+    step = read_metrics(run, "train")[-1]["step"]
+    assert (run / "checkpoints" / "latest").read_text() == f"step-{step:08d}"
+    assert re.search(rf"interrupted by SIGTERM: the step in progress finished and \S*step-{step:08d} was written; continue with the same command and --resume", err), err[-2000:]
     assert "Traceback" not in err
-    step = int((run / "checkpoints" / "latest").read_text()[5:])
     assert train_main(["backbone", "--out", str(run), "--resume", "--stop-at", str(step + 1)]) == 0
+    assert read_metrics(run, "train")[-1]["step"] == step + 1
 
 
 @pytest.mark.distributed
 def test_sigterm_and_preflight_errors_under_torchrun_stop_every_rank_with_one_message(data: Path, tmp_path: Path) -> None:
-    """As SLURM preempts: every process of the job gets SIGTERM. Each rank stops after the same
-    step (none left waiting in a collective), and the message comes once. A pre-flight error every
-    rank hits is printed once too."""
+    """As SLURM preempts: every process of the job gets SIGTERM (the workers twice: torchrun's agent
+    forwards it). Each rank stops after the same step (none left waiting in a collective), that
+    step is checkpointed, and the message comes once. A pre-flight error every rank hits is
+    printed once too."""
     run = tmp_path / "run"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "controlfoley.train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*torchrun, *cli_args("backbone", data, run, steps=5000, ckpt_every=1)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*torchrun, *cli_args("backbone", data, run, steps=5000, ckpt_every=1000)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)  # fmt: skip
     try:
-        _wait_for_checkpoint(proc, run)
+        _wait_for_steps(proc, run)
         os.killpg(proc.pid, signal.SIGTERM)
         t0 = time.time()
         _, err = proc.communicate(timeout=120)
@@ -301,6 +328,8 @@ def test_sigterm_and_preflight_errors_under_torchrun_stop_every_rank_with_one_me
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert err.count("interrupted by SIGTERM") == 1, err[-4000:]
+    step = read_metrics(run, "train")[-1]["step"]
+    assert (run / "checkpoints" / "latest").read_text() == f"step-{step:08d}", err[-4000:]
     assert took < 25, f"the ranks took {took:.0f} s to stop (torchrun kills them after 30): {err[-3000:]}"
     bad = subprocess.run([*torchrun, *cli_args("backbone", tmp_path / "missing", tmp_path / "r2")], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode != 0 and bad.stderr.count("dataset folder not found") == 1, bad.stderr[-4000:]

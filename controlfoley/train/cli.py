@@ -16,8 +16,9 @@ warm-up, from --steps) carry a note under "_derived", and a --config file with t
 them again, so the printed config reused with another --steps warms up for that run's length.
 `--stop-at N` ends this invocation after step N with a checkpoint (resume later), without
 changing the schedule; `--resume` on a run already there says so and how to train longer.
-Ctrl-C and SIGTERM (a scheduler's preemption) stop the run alike: the message names the intact
-checkpoint and --resume, and the exit status is 128 + the signal (130, 143). Under torchrun the
+Ctrl-C stops at once; SIGTERM (a scheduler's preemption) lets the step in progress finish and
+writes a checkpoint of it first. Either way the message names the checkpoint to go on from and
+--resume, and the exit status is 128 + the signal (130, 143). Under torchrun the
 run's messages come once, from rank 0; an error is printed by the lowest rank that hit it.
 Each registered recipe (`controlfoley.RECIPES`) is a subcommand: the built-ins, and those of the
 plugins (`--plugin X` anywhere on the line, CONTROLFOLEY_PLUGINS), loaded before the subcommands
@@ -232,16 +233,19 @@ def run_from_args(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (TrainingInterrupted): every rank gets it
         signum = getattr(e, "signum", signal.SIGINT)
         if rank0:
-            _say_interrupted(cfg, "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}")
+            _say_interrupted(cfg, "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}", getattr(e, "checkpoint", None))
         return 128 + int(signum)
     if rank0:
         print(json.dumps(result, default=float))
     return 0
 
 
-def _say_interrupted(cfg: TrainConfig, how: str) -> None:
+def _say_interrupted(cfg: TrainConfig, how: str, written: Path | None = None) -> None:
     from controlfoley.train.checkpoints import RunDir
 
+    if written is not None:
+        print(f"\ninterrupted{how}: the step in progress finished and {written} was written; continue with the same command and --resume", file=sys.stderr)
+        return
     try:
         latest = RunDir(cfg.out).latest_dir()
     except ControlFoleyError:

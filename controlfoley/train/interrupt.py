@@ -1,13 +1,21 @@
-"""SIGTERM, the way SLURM, Kubernetes and torchrun's agent stop a job, handled like Ctrl-C.
+"""SIGTERM, the way SLURM, Kubernetes and torchrun's agent stop a job: finish the step, checkpoint, stop.
 
-- `terminate_as_interrupt(deferred)`: while a run trains, SIGTERM raises `TrainingInterrupted`, a
-  KeyboardInterrupt: what handles Ctrl-C handles it (the CLI names the intact checkpoint and the
-  --resume command, and exits 128 + 15). Nothing more is written, as with Ctrl-C: checkpoints are
-  atomic, so the latest one is whole.
-- In one process it raises at once, as SIGINT does. Under torchrun (`deferred`) every rank is sent
-  the signal, but a rank that stopped at once could leave the others waiting in a collective for
-  ever; there the handler only records it (`interrupt_pending`), the loop sums the record with the
-  step's statistics, and every rank stops after the same step. A second SIGTERM raises at once.
+- `terminate_as_interrupt(deferred)`: while a run trains, SIGTERM ends it with
+  `TrainingInterrupted`, a KeyboardInterrupt: what handles Ctrl-C handles it (the CLI names the
+  checkpoint and the --resume command, and exits 128 + 15).
+- While steps run (`steps_running()`, which the loop enters) the handler only records the signal
+  (`interrupt_pending`): the step in progress finishes, the loop writes a checkpoint of it and then
+  raises. A preempted run so loses nothing, not even the steps since the last periodic
+  checkpoint, provided the scheduler's grace period (SLURM's KillWait, Kubernetes'
+  terminationGracePeriodSeconds, torchrun's 30 s before SIGKILL) covers one step and one
+  checkpoint write. Every SIGTERM is deferred alike: under torchrun each worker gets the signal
+  twice (from the job's process group and from the agent that forwards it), so a second SIGTERM
+  cannot mean "hurry". Ctrl-C (SIGINT) still stops at once, with nothing written: the latest
+  checkpoint is intact (checkpoints are written atomically).
+- Outside the steps (building the model, reading data) one process stops at once; nothing is lost.
+  Under torchrun (`deferred`) a rank never stops on its own, since the others could wait in a
+  collective for ever: the loop sums the record with each step's statistics and every rank stops
+  after the same step.
 - Once SIGTERM arrived, any error on the way out (a DataLoader worker the same signal killed, a
   peer that left a collective) is reported as the interruption it is.
 - Installed from the main thread only, and only over the default handler (a caller's own, such as
@@ -20,25 +28,41 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 
-__all__ = ["TrainingInterrupted", "terminate_as_interrupt", "interrupt_pending"]
+__all__ = ["TrainingInterrupted", "terminate_as_interrupt", "interrupt_pending", "steps_running"]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped by a signal (`signum`: SIGTERM); a KeyboardInterrupt, so Ctrl-C handling applies."""
+    """Training stopped by a signal (`signum`: SIGTERM); a KeyboardInterrupt, so Ctrl-C handling applies.
 
-    def __init__(self, signum: int) -> None:
+    `checkpoint`: the checkpoint written on the way out (the step that was running when the signal
+    came), or None when the run stopped before its first step."""
+
+    def __init__(self, signum: int, checkpoint: Path | None = None) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
+        self.checkpoint = checkpoint
 
 
 _received: list[int] = []  # SIGTERMs received while a handler of ours is installed
+_deferring: list[bool] = []  # non-empty while the loop's steps run (`steps_running`)
 
 
 def interrupt_pending() -> bool:
-    """Whether a SIGTERM arrived that the run has not stopped for yet (deferred mode)."""
+    """Whether a SIGTERM arrived that the run has not stopped for yet."""
     return bool(_received)
+
+
+@contextlib.contextmanager
+def steps_running() -> Iterator[None]:
+    """While inside, a SIGTERM is recorded for the loop to act on after the step, not raised."""
+    _deferring.append(True)
+    try:
+        yield
+    finally:
+        _deferring.pop()
 
 
 @contextlib.contextmanager
@@ -52,7 +76,7 @@ def terminate_as_interrupt(*, deferred: bool = False) -> Iterator[None]:
         if os.getpid() != owner:  # a forked DataLoader worker: the trainer stops it
             return
         _received.append(signum)
-        if not deferred or len(_received) > 1:
+        if not (deferred or _deferring):
             raise TrainingInterrupted(signum)
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)

@@ -9,7 +9,8 @@ Features
   the run as it was); under torchrun every rank learns that a rank failed and all stop together.
   Backbone and ControlNet runs warn when the tokens came from an untrained or another tokenizer
   (`provenance`). A --resume with no step left says so, and how to train longer.
-- SIGTERM (a scheduler's preemption) stops the run as Ctrl-C does (`interrupt`).
+- SIGTERM (a scheduler's preemption) lets the step in progress finish, writes a checkpoint of it
+  and stops the run as Ctrl-C does (`interrupt`); --resume goes on from that very step.
 - AdamW over the trainable parameters only (weight decay on tensors of rank >= 2), the LR set from
   `WarmupCosine` at every step, gradient accumulation (DDP `no_sync` on all but the last
   micro-batch), global-norm gradient clipping, bf16 autocast on CUDA, optional torch.compile.
@@ -55,7 +56,7 @@ from controlfoley.train.checkpoints import RunDir, TrainState, longer_run_hint, 
 from controlfoley.train.config import TrainConfig
 from controlfoley.train.datasets import DATA_RECORD, check_batch_fits, check_same_data, open_datasets
 from controlfoley.train.distributed import DistInfo, agree_before_training, all_reduce_sum, barrier, init_distributed, mark_reported, shutdown
-from controlfoley.train.interrupt import TrainingInterrupted, interrupt_pending, terminate_as_interrupt
+from controlfoley.train.interrupt import TrainingInterrupted, interrupt_pending, steps_running, terminate_as_interrupt
 from controlfoley.train.metrics import MetricsLogger
 from controlfoley.train.provenance import warn_token_provenance
 from controlfoley.train.recipes import Recipe, StepPlan, get_recipe
@@ -314,35 +315,39 @@ class Trainer:
         batches = self._batches()
         t0, last = time.perf_counter(), self.start_step
         events = dict.fromkeys(self.recipe.interval_sums, 0.0)  # counted since the last log line
+        self._terminated = False  # under torchrun: set by _train_step when any rank received SIGTERM
         try:
-            for step in range(self.start_step, stop):
-                values = self._train_step(step, batches)
-                done = step + 1
-                for k in events:
-                    events[k] += values.get(k, 0.0)
-                result.update(step=done, train=values)
-                if done % cfg.log_every == 0 or done == stop:
-                    values.update(events)
-                    events = dict.fromkeys(events, 0.0)
-                    now = time.perf_counter()
-                    values["clips_per_s"] = cfg.batch_size * (done - last) / max(now - t0, 1e-9)
-                    t0, last = now, done
-                    log.log(done, "train", values)
-                    if plain:  # no bar (a batch job's log): one line per log step instead
-                        print(
-                            f"{cfg.recipe} step {done}/{cfg.steps}: loss {values['loss']:.4f}, lr {values['lr']:.2e}, "
-                            f"{values['clips_per_s']:.1f} clips/s", file=sys.stderr, flush=True,
-                        )  # fmt: skip
-                    bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", clips_s=f"{values['clips_per_s']:.1f}")
-                bar.update(1)
-                if self.val_ds is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.steps):
-                    result["val"] = self.validate()
-                    log.log(done, "val", result["val"])
-                    if plain:
-                        shown = ", ".join(f"{k} {v:.4g}" for k, v in result["val"].items() if isinstance(v, (int, float)))
-                        print(f"{cfg.recipe} validation at step {done}: {shown}", file=sys.stderr, flush=True)
-                if done % cfg.ckpt_every == 0 or done == stop:
-                    self._checkpoint(done)
+            with steps_running():  # a SIGTERM from here on is acted on after its step: checkpoint, then stop
+                for step in range(self.start_step, stop):
+                    values = self._train_step(step, batches)
+                    done = step + 1
+                    for k in events:
+                        events[k] += values.get(k, 0.0)
+                    result.update(step=done, train=values)
+                    if done % cfg.log_every == 0 or done == stop:
+                        values.update(events)
+                        events = dict.fromkeys(events, 0.0)
+                        now = time.perf_counter()
+                        values["clips_per_s"] = cfg.batch_size * (done - last) / max(now - t0, 1e-9)
+                        t0, last = now, done
+                        log.log(done, "train", values)
+                        if plain:  # no bar (a batch job's log): one line per log step instead
+                            print(
+                                f"{cfg.recipe} step {done}/{cfg.steps}: loss {values['loss']:.4f}, lr {values['lr']:.2e}, "
+                                f"{values['clips_per_s']:.1f} clips/s", file=sys.stderr, flush=True,
+                            )  # fmt: skip
+                        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", clips_s=f"{values['clips_per_s']:.1f}")
+                    bar.update(1)
+                    if done < stop and (self._terminated or (not info.distributed and interrupt_pending())):
+                        self._stop_for_signal(done)  # before the validation due now: the grace period is short
+                    if self.val_ds is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.steps):
+                        result["val"] = self.validate()
+                        log.log(done, "val", result["val"])
+                        if plain:
+                            shown = ", ".join(f"{k} {v:.4g}" for k, v in result["val"].items() if isinstance(v, (int, float)))
+                            print(f"{cfg.recipe} validation at step {done}: {shown}", file=sys.stderr, flush=True)
+                    if done % cfg.ckpt_every == 0 or done == stop:
+                        self._checkpoint(done)
             if stop == cfg.steps and info.is_main:
                 self._save_final()
         finally:
@@ -350,6 +355,13 @@ class Trainer:
             log.close()
         barrier(info)
         return result
+
+    def _stop_for_signal(self, done: int) -> None:
+        """A SIGTERM arrived during step `done`: checkpoint that step (rank 0 writes, the others wait
+        for it, so that torchrun's agent does not kill rank 0 mid-write when they exit) and stop."""
+        self._checkpoint(done)
+        barrier(self.info)
+        raise TrainingInterrupted(signal.SIGTERM, checkpoint=self.run_dir.ckpt_root / f"step-{done:08d}")
 
     def _nothing_to_do(self, stop_at: int | None, result: dict[str, Any]) -> dict[str, Any]:
         """Resumed at or past where this invocation stops: say so (a run that finished has no
@@ -396,7 +408,7 @@ class Trainer:
             totals["_interrupt"] = torch.full((), float(interrupt_pending()), device=info.device)  # a fill, not a host copy
         reduced = self._reduce(totals)
         if float(reduced.pop("_interrupt", 0.0)) > 0:
-            raise TrainingInterrupted(signal.SIGTERM)
+            self._terminated = True  # every rank sees the same sum: all finish this step and stop after it
         values = self.recipe.summarize(reduced)
         norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         values.update(lr=lr, grad_norm=float(norm))

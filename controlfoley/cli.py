@@ -66,9 +66,37 @@ def _refuse_run_config(path: Path) -> None:
         return  # the model config's own reading says what is wrong with it
     if isinstance(d, dict) and {"recipe", "preset", "data", "out"} <= d.keys():
         raise ConfigError(
-            f"{path} is a training run's config (recipe {d.get('recipe')!r}), not a model config: give the run folder "
-            f"({path.parent}) for its trained model, or a model config as model.config.to_json() writes it"
+            f"{path} is a training run's config (recipe {d.get('recipe')!r}{_run_recipe_origin(d)}), not a model config: give the run "
+            f"folder ({path.parent}) for its trained model, or a model config as model.config.to_json() writes it"
         )
+
+
+def _run_recipe_origin(d: Mapping[str, Any]) -> str:
+    """", from plugin FILE (as recorded | changed since | gone), options {...}" for a run's config
+    (`TrainConfig.plugins`, `recipe_options`): what `--resume` will load, and whether it still can."""
+    import hashlib
+
+    out = ""
+    records = d.get("plugins")
+    if isinstance(records, list):
+        shown = []
+        for r in records:
+            if not (isinstance(r, dict) and isinstance(r.get("path"), str)):
+                continue
+            file = Path(r["path"])
+            if not file.is_file():
+                state = "gone: --resume needs --plugin NEW/PATH.py"
+            elif hashlib.sha256(file.read_bytes()).hexdigest() != r.get("sha256"):
+                state = "changed since the run recorded it"
+            else:
+                state = "as recorded"
+            shown.append(f"{file} ({state})")
+        if shown:
+            out += f", from plugin {', '.join(shown)}"
+    options = d.get("recipe_options")
+    if isinstance(options, dict) and options:
+        out += f", options {', '.join(f'{k}={v!r}' for k, v in options.items())}"
+    return out
 
 
 def model_from_arg(preset_or_path: str, overrides: Mapping[str, Any] | None = None) -> tuple[object, str]:

@@ -2,7 +2,9 @@
 
 The recipe "controlnet_smoothed" is the paper's ControlNet recipe with two changes:
 - label smoothing on the masked-token cross-entropy (the loss it trains on: each masked token's
-  target puts `smoothing` of its mass uniformly over the codebook);
+  target puts `label_smoothing` of its mass uniformly over the codebook), a setting of the
+  recipe's own: a field of its `Options` dataclass, so a flag (`--label-smoothing 0.2`), checked
+  (a float in [0, 1)) and recorded in the run's config.json (`recipe_options`);
 - an extra logged statistic, `entropy_masked`: the mean entropy (nats) of the model's prediction
   at the masked tokens, which label smoothing keeps from collapsing towards 0.
 `loss` stays the plain cross-entropy, so runs of both recipes compare on the same number.
@@ -12,7 +14,8 @@ It subclasses ControlNetRecipe, so it is based on "controlnet": that recipe's fl
 every torchrun rank, load this file with --plugin:
 
     controlfoley train controlnet_smoothed --plugin examples/custom_recipe.py \\
-        --preset specmaskfoley_tiny --data data/train --out runs/cn_smoothed --init runs/bb
+        --preset specmaskfoley_tiny --data data/train --out runs/cn_smoothed --init runs/bb --label-smoothing 0.2
+    controlfoley train controlnet_smoothed --out runs/cn_smoothed --resume   # its config.json records this file
 
 Run:  python examples/custom_recipe.py   (a few steps on a tiny synthetic dataset in a temp folder)
 """
@@ -20,6 +23,7 @@ Run:  python examples/custom_recipe.py   (a few steps on a tiny synthetic datase
 import tempfile
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -66,11 +70,19 @@ class SmoothedObjective(MaskedTokenObjective):
 class SmoothedControlNet(ControlNetRecipe):
     """The ControlNet recipe with label smoothing on the masked-token cross-entropy; logs the predictions' entropy."""
 
-    smoothing = 0.1
-    defaults = {"warmup_steps": 1_400}  # over the controlnet recipe's: half its warm-up (of 140K steps)
+    @dataclass(frozen=True)
+    class Options:  # the recipe's own settings: each field a flag (--label-smoothing), recorded in config.json
+        label_smoothing: float = 0.1  # share of each masked token's target spread uniformly over the codebook (0: the plain cross-entropy)
+
+        def __post_init__(self) -> None:  # run when the config is made: a bad value stops the run before it starts
+            if not 0.0 <= self.label_smoothing < 1.0:
+                raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    defaults = {"warmup_steps": 1_400}  # TrainConfig fields, over the controlnet recipe's: half its warm-up (of 140K steps)
 
     def objective(self, model: nn.Module, cfg: TrainConfig) -> nn.Module:
-        return SmoothedObjective(model, self.use_control, self.smoothing)
+        opts: SmoothedControlNet.Options = self.options(cfg)  # this run's values (cfg.recipe_options)
+        return SmoothedObjective(model, self.use_control, opts.label_smoothing)
 
     def summarize(self, stats: Mapping[str, torch.Tensor]) -> dict[str, float]:
         out = super().summarize(stats)  # loss (the plain cross-entropy), acc_masked, masked_per_clip
@@ -92,9 +104,9 @@ def main() -> None:
         extract_synthetic(data, ex, n_clips=8)
         cfg = TrainConfig.for_recipe(
             "controlnet_smoothed", preset="specmaskfoley_tiny", data=str(data), out=str(run), steps=4, batch_size=4,
-            log_every=1, num_workers=0, progress=False, tensorboard=False,
+            log_every=1, num_workers=0, progress=False, tensorboard=False, recipe_options={"label_smoothing": 0.2},
         )  # fmt: skip
-        print(f"recipe {cfg.recipe}: uncond_prob {cfg.uncond_prob}, peak LR {cfg.peak_lr:.2e} (the controlnet recipe's defaults)")
+        print(f"recipe {cfg.recipe}: uncond_prob {cfg.uncond_prob}, peak LR {cfg.peak_lr:.2e} (the controlnet recipe's defaults), {cfg.recipe_options}")
         train(cfg)
         for row in read_metrics(run, split="train"):
             print(f"step {row['step']}: loss {row['loss']:.3f}, smoothed {row['loss_smoothed']:.3f}, entropy_masked {row['entropy_masked']:.3f} nats")

@@ -1,12 +1,21 @@
 """Training recipes as a registry: a user recipe (examples/custom_recipe.py, loaded as a plugin)
 trains by name through the command line, logs its own statistic, resumes, and without its plugin
-is named with how to load it; unknown names list the registered ones; bad registrations are refused."""
+is named with how to load it; unknown names list the registered ones; bad registrations are refused.
+A run records its recipe's plugin (resumed without --plugin, on every torchrun rank; a changed or
+gone file named); a recipe's `Options` are typed flags, recorded in the run and read by the recipe."""
 
+import hashlib
 import json
 import os
+import re
+import shutil
+import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from test_train import write_data
@@ -18,7 +27,7 @@ from controlfoley.cli import main as cli_main
 from controlfoley.config import ConfigError
 from controlfoley.train import TrainConfig
 from controlfoley.train.cli import main as train_main
-from controlfoley.train.config import RECIPE_DEFAULTS, RecipeError
+from controlfoley.train.config import RECIPE_DEFAULTS, PluginChangedWarning, RecipeError
 from controlfoley.train.metrics import read_metrics
 from controlfoley.train.recipes import ControlNetRecipe, MaskedTokenRecipe, Recipe, TokenizerRecipe, get_recipe
 
@@ -42,8 +51,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def no_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The example's recipe not loaded, and no plugin in the environment (the command line sets it)."""
-    monkeypatch.delenv(PLUGIN_ENV, raising=False)
+    """The example's recipe not loaded, and no plugin in the environment (the command line sets it;
+    set first here, so that monkeypatch restores the variable as it was before the test)."""
+    monkeypatch.setenv(PLUGIN_ENV, "")
+    monkeypatch.delenv(PLUGIN_ENV)
     _forget(NAME, EXAMPLE)
     yield
     _forget(NAME, EXAMPLE)
@@ -81,9 +92,12 @@ def test_a_user_recipe_trains_by_name_logs_its_statistic_and_resumes_only_with_i
         k: v for k, v in RECIPE_DEFAULTS["controlnet"].items() if k != "warmup_steps"
     }
     assert cfg.warmup_steps == 1_400 and TrainConfig.from_json(cfg.to_json()) == cfg
-    # a process without the plugin: the run's recipe is named, with how to load it
+    # a process without the plugin, resuming a run whose config.json records none (written before
+    # runs recorded their plugins): the run's recipe is named, with how to load it
     _forget(NAME, EXAMPLE)
     monkeypatch.delenv(PLUGIN_ENV)
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "plugins"}))
     assert train_main([NAME, "--out", str(run), "--resume"]) == 2
     err = capsys.readouterr().err
     assert f"unknown recipe {NAME!r}" in err and "--plugin" in err and PLUGIN_ENV in err and "Traceback" not in err
@@ -266,3 +280,250 @@ def test_the_train_longer_hint_names_the_parts_of_a_recipes_base(scratch_recipes
     assert "--init-parts tokenizer,backbone,control_encoder,aligner,controlnet " in longer_run_hint("runs/a", "my_cn_hint")
     hint = longer_run_hint("runs/a", "mine_hint")
     assert "--init-parts PARTS --steps N" in hint and "(PARTS: the model parts it trains" in hint
+
+
+# -- a run remembers its plugin ------------------------------------------------------------------------
+@pytest.fixture
+def plugin_copy(tmp_path: Path, no_plugin: None) -> Iterator[Path]:
+    """A copy of the example's plugin, to edit, move and delete; forgotten after the test."""
+    plugin = (tmp_path / "mine" / "smoothed.py").resolve()
+    plugin.parent.mkdir()
+    shutil.copy(EXAMPLE, plugin)
+    yield plugin
+    for file in (plugin, tmp_path.resolve() / "smoothed.py"):
+        _forget(NAME, file)
+
+
+def _new_process(plugin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in a new shell: the recipe not registered, CONTROLFOLEY_PLUGINS unset."""
+    _forget(NAME, plugin)
+    monkeypatch.delenv(PLUGIN_ENV, raising=False)
+
+
+def test_a_resumed_run_loads_the_plugin_its_config_records_and_warns_when_it_changed(
+    data: Path, tmp_path: Path, plugin_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plugin, run = plugin_copy, tmp_path / "run"
+    with pytest.warns(UserWarning, match="controlnet recipe without --init"):
+        assert train_main([*cli_args(NAME, data, run, "--plugin", str(plugin), steps=4), "--stop-at", "1"]) == 0
+    sha = hashlib.sha256(plugin.read_bytes()).hexdigest()
+    assert json.loads((run / "config.json").read_text())["plugins"] == [{"path": str(plugin), "sha256": sha}]
+    _new_process(plugin, monkeypatch)
+    capsys.readouterr()
+    assert train_main([NAME, "--out", str(run), "--resume", "--stop-at", "2"]) == 0  # no --plugin: the recorded one, said in one line
+    err = capsys.readouterr().err
+    assert f"--resume: loading plugin {plugin}, which {run / 'config.json'} records for recipe {NAME!r}\n" in err
+    assert read_metrics(run, "train")[-1]["step"] == 2 and os.environ[PLUGIN_ENV] == str(plugin)  # and the processes it starts load it
+    # edited since: a warning naming the file; the run goes on, and config.json records the code it ran with now
+    plugin.write_text(plugin.read_text() + "\n# edited after the run began\n")
+    _new_process(plugin, monkeypatch)
+    changed = rf"the code of recipe '{NAME}' is not what \S+config.json recorded: {re.escape(str(plugin))} changed since \(sha256 {sha[:12]}\.\.\. then"
+    with pytest.warns(PluginChangedWarning, match=changed):
+        assert train_main([NAME, "--out", str(run), "--resume", "--stop-at", "3"]) == 0
+    assert read_metrics(run, "train")[-1]["step"] == 3
+    new_sha = hashlib.sha256(plugin.read_bytes()).hexdigest()
+    assert json.loads((run / "config.json").read_text())["plugins"] == [{"path": str(plugin), "sha256": new_sha}]
+    # --plugin given explicitly is compared too: the same code is quiet
+    _new_process(plugin, monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginChangedWarning)
+        assert train_main([NAME, "--out", str(run), "--resume", "--stop-at", "4", "--plugin", str(plugin)]) == 0
+    assert read_metrics(run, "train")[-1]["step"] == 4
+    capsys.readouterr()
+
+
+def test_a_resumed_run_whose_plugin_is_gone_names_the_recorded_file_and_the_fix(
+    data: Path, tmp_path: Path, plugin_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plugin, run = plugin_copy, tmp_path / "run"
+    args = [NAME, "--preset", "specmaskfoley_tiny", "--data", str(data), "--out", str(run), "--plugin", str(plugin)]
+    (run / "config.json").parent.mkdir()
+    assert train_main([*args, "--print-config"]) == 0
+    (run / "config.json").write_text(capsys.readouterr().out)  # as a run writes it (a run killed before its first checkpoint)
+    moved = plugin.rename(tmp_path.resolve() / "smoothed.py")
+    _new_process(plugin, monkeypatch)
+    assert train_main([NAME, "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --resume: the run in {run} uses recipe {NAME!r}, which plugin file {plugin} registered ({run / 'config.json'} records it)" in err
+    assert f"controlfoley train {NAME} --out {run} --resume --plugin NEW/PATH.py (or set {PLUGIN_ENV})" in err and "Traceback" not in err
+    monkeypatch.setenv("LOCAL_RANK", "1")  # under torchrun: every rank stops, one per node says it
+    assert train_main([NAME, "--out", str(run), "--resume"]) == 2 and capsys.readouterr().err == ""
+    monkeypatch.delenv("LOCAL_RANK")
+    # `controlfoley info` of the run's config says where its recipe came from, and that it is gone
+    assert cli_main(["info", str(run / "config.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"is a training run's config (recipe {NAME!r}, from plugin {plugin} (gone: --resume needs --plugin NEW/PATH.py), options label_smoothing=0.1)" in err
+    # moved with its contents: given its new place, quiet (the same code), and recorded there
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginChangedWarning)
+        assert train_main([NAME, "--out", str(run), "--resume", "--print-config", "--plugin", str(moved)]) == 0
+    assert json.loads(capsys.readouterr().out)["plugins"] == [{"path": str(moved), "sha256": hashlib.sha256(moved.read_bytes()).hexdigest()}]
+    assert cli_main(["info", str(run / "config.json")]) == 2  # the file as written: still the old place
+    assert "(gone: --resume needs --plugin" in capsys.readouterr().err
+
+
+@pytest.mark.distributed
+def test_every_torchrun_rank_of_a_resumed_run_loads_its_recorded_plugin(
+    data: Path, tmp_path: Path, no_plugin: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`torchrun ... -m controlfoley.train NAME --out RUN --resume` without --plugin: each rank reads
+    the plugin from the run's config.json before its subcommands are made (a rank without it would
+    refuse NAME), the line saying so comes once, and the run goes on on both ranks."""
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="controlnet recipe without --init"):
+        assert train_main([*cli_args(NAME, data, run, "--plugin", str(EXAMPLE), steps=2, ckpt_every=1), "--stop-at", "1"]) == 0
+    env = {k: v for k, v in os.environ.items() if k != PLUGIN_ENV}
+    env["OMP_NUM_THREADS"] = "1"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "controlfoley.train"]
+    proc = subprocess.run([*torchrun, NAME, "--out", str(run), "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stderr.count(f"--resume: loading plugin {EXAMPLE}") == 1, proc.stderr[-4000:]
+    rows = read_metrics(run, "train")
+    assert [r["step"] for r in rows] == [1, 2] and rows[-1]["entropy_masked"] > 0
+
+
+# -- a recipe's own settings ---------------------------------------------------------------------------
+def test_a_recipe_option_is_a_typed_flag_recorded_in_the_run_and_read_by_the_recipe(
+    data: Path, tmp_path: Path, no_plugin: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = [NAME, "--plugin", str(EXAMPLE), "--preset", "specmaskfoley_tiny", "--data", str(data), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit):
+        train_main([*base, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "options of the controlnet_smoothed recipe:" in out
+    assert "--label-smoothing LABEL_SMOOTHING share of each masked token's target spread uniformly over the codebook" in out and "[default: 0.1]" in out
+
+    def printed(*extra: str) -> dict:
+        assert train_main([*base, *extra, "--print-config"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    assert printed()["recipe_options"] == {"label_smoothing": 0.1}  # every option, its default filled in
+    assert printed("--label-smoothing", "0.25")["recipe_options"] == {"label_smoothing": 0.25}
+    file = tmp_path / "cfg.json"
+    file.write_text(json.dumps({**printed("--label-smoothing", "0.3"), "steps": 7}))  # --config: the file's options, flags over them
+    assert printed("--config", str(file))["recipe_options"] == {"label_smoothing": 0.3}
+    assert printed("--config", str(file), "--label-smoothing", "0")["recipe_options"] == {"label_smoothing": 0.0}
+    # a bad value: named by argparse (the type), or by the recipe's own check, before anything runs
+    with pytest.raises(SystemExit):
+        train_main([*base, "--label-smoothing", "high"])
+    assert "argument --label-smoothing: invalid float value: 'high'" in capsys.readouterr().err
+    assert train_main([*base, "--label-smoothing", "1.5"]) == 2
+    assert f"error: train config: recipe {NAME!r} refuses --label-smoothing 1.5: label_smoothing must be in [0, 1), got 1.5" in capsys.readouterr().err
+    for options, message in (({"label_smothing": 0.3}, "has no option(s) ['label_smothing'] ('label_smothing': did you mean 'label_smoothing'?); "
+                              "its options: label_smoothing (--label-smoothing)"),
+                             ({"label_smoothing": "0.3"}, "option label_smoothing (--label-smoothing) of recipe 'controlnet_smoothed' must be float, got '0.3' (str)")):  # fmt: skip
+        file.write_text(json.dumps({"recipe_options": options}))
+        assert train_main([*base, "--config", str(file)]) == 2
+        assert message in capsys.readouterr().err
+    # the recipe reads it: with no smoothing the loss it trains on is the plain cross-entropy (with
+    # its default, 0.1, they differ)
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="without --init"):
+        assert train_main([*cli_args(NAME, data, run, "--plugin", str(EXAMPLE), "--label-smoothing", "0", steps=2), "--stop-at", "1"]) == 0
+    row = read_metrics(run, "train")[-1]
+    assert row["loss_smoothed"] == pytest.approx(row["loss"], rel=1e-6)
+    assert json.loads((run / "config.json").read_text())["recipe_options"] == {"label_smoothing": 0.0}
+    capsys.readouterr()
+    # --resume keeps it; a flag that would change it is refused like any other setting
+    assert train_main([NAME, "--out", str(run), "--resume", "--label-smoothing", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "these differ: recipe_options.label_smoothing: run 0.0 vs now 0.2. Drop those flags, or start a new --out" in err
+    assert train_main([NAME, "--out", str(run), "--resume", "--label-smoothing", "0"]) == 0
+    assert json.loads((run / "config.json").read_text())["recipe_options"] == {"label_smoothing": 0.0}
+    assert len(read_metrics(run, "train")) == 2
+
+
+def test_recipe_options_are_declared_checked_and_reach_the_recipe(scratch_recipes: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    class Opts(ControlNetRecipe):
+        @dataclass(frozen=True)
+        class Options:
+            temperature: float = 1.0  # softmax temperature
+            mode: Literal["sum", "mean"] = "sum"
+            extra_loss: bool = False
+            every: int | None = None
+            note: str = field(default="x", metadata={"help": "a note"})
+
+    RECIPES.register("opts_recipe")(Opts)
+    scratch_recipes.append("opts_recipe")
+    cfg = TrainConfig.for_recipe("opts_recipe", preset="p", data="d", out="o", recipe_options={"temperature": 2, "every": 5})
+    assert cfg.recipe_options == {"temperature": 2.0, "mode": "sum", "extra_loss": False, "every": 5, "note": "x"}
+    assert isinstance(cfg.recipe_options["temperature"], float)  # an int given for a float: that float, in config.json too
+    opts = get_recipe("opts_recipe").options(cfg)
+    assert isinstance(opts, Opts.Options) and (opts.temperature, opts.every) == (2.0, 5)
+    assert get_recipe("controlnet").options(TrainConfig.for_recipe("controlnet", preset="p", data="d", out="o")) is None
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+    assert cfg.resume_conflicts(cfg.replace(recipe_options={**cfg.recipe_options, "mode": "mean"})) == {"recipe_options.mode": ("sum", "mean")}
+    with pytest.raises(ConfigError, match=r"option mode \(--mode\) of recipe 'opts_recipe' must be one of 'sum', 'mean', got 'avg'"):
+        cfg.replace(recipe_options={"mode": "avg"})
+    with pytest.raises(ConfigError, match=r"option extra_loss \(--extra-loss\) of recipe 'opts_recipe' must be bool, got 1 \(int\)"):
+        cfg.replace(recipe_options={"extra_loss": 1})
+    with pytest.raises(ConfigError, match=r"recipe 'controlnet' has no option\(s\) \['temperature'\]; its options: none \(its class declares no Options\)"):
+        TrainConfig.for_recipe("controlnet", preset="p", data="d", out="o", recipe_options={"temperature": 1.0})
+    # each is a flag of its type: choices, --x/--no-x, "none" for None, metadata["help"] or the comment
+    args = ["opts_recipe", "--preset", "specmaskfoley_tiny", "--data", "d", "--out", "o", "--print-config"]
+    assert train_main([*args, "--mode", "mean", "--extra-loss", "--every", "none", "--temperature", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["recipe_options"] == {"temperature": 3.0, "mode": "mean", "extra_loss": True, "every": None, "note": "x"}
+    with pytest.raises(SystemExit):
+        train_main([*args, "--mode", "avg"])
+    assert "argument --mode: invalid choice: 'avg' (choose from" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_main([*args, "--every", "2.5"])
+    assert "argument --every: invalid int or none value: '2.5'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_main(["opts_recipe", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--temperature TEMPERATURE softmax temperature [default: 1.0]" in out and "--mode {sum,mean}" in out
+    assert "--extra-loss, --no-extra-loss" in out and "--note NOTE a note [default: x]" in out
+
+
+def test_options_a_command_line_cannot_take_are_refused_when_registered(scratch_recipes: list[str]) -> None:
+    def recipe(options: object) -> type:
+        return type("Bad", (ControlNetRecipe,), {"Options": options})
+
+    @dataclass
+    class NoDefault:
+        rate: float
+
+    @dataclass
+    class ListOption:
+        sizes: list[int] = field(default_factory=list)
+
+    @dataclass
+    class Clash:
+        steps: int = 3
+
+    @dataclass
+    class Reserved:
+        resume: bool = False
+
+    @dataclass
+    class BadDefault:
+        rate: float = "high"  # type: ignore[assignment]
+
+    @dataclass
+    class Refuses:
+        rate: float = 2.0
+
+        def __post_init__(self) -> None:
+            if self.rate > 1:
+                raise ValueError("rate must be <= 1")
+
+    cases = [
+        ({"rate": 0.1}, r"recipe 'bad' \(Bad\): Options must be a dataclass of the recipe's settings .* or None, got \{'rate': 0.1\}"),
+        (NoDefault, r"option rate has no default; every option needs one"),
+        (ListOption, r"option sizes: list\[int\] is not a type a flag can take; declare it int, float, str or bool"),
+        (Clash, r"option steps would take the flag --steps of a TrainConfig field; give the option another name"),
+        (Reserved, r"option resume would take the flag --resume of an option of the command line"),
+        (BadDefault, r"option rate: its default 'high' is not float"),
+        (Refuses, r"Options\(\) refuses its own defaults: ValueError: rate must be <= 1"),
+    ]
+    for options, message in cases:
+        with pytest.raises(RegistryError, match=message):
+            RECIPES.register("bad")(recipe(options))
+    assert "bad" not in RECIPES
+
+    class Defaults(ControlNetRecipe):
+        defaults = {"recipe_options": {"x": 1}}
+
+    with pytest.raises(RegistryError, match=r"unknown TrainConfig field\(s\) \['recipe_options'\].*the fields of its Options dataclass"):
+        RECIPES.register("bad")(Defaults)

@@ -6,7 +6,9 @@
     torchrun --nproc_per_node=4 -m controlfoley.train backbone --preset specmaskgit --data ... --out ...
     python -m controlfoley.train my_recipe --plugin my_recipe.py --preset ...   # a plugin's recipe
 
-Every `TrainConfig` field is a flag (`--batch-size`, `--warmup-steps`, `--no-shuffle`, ...).
+Every `TrainConfig` field is a flag (`--batch-size`, `--warmup-steps`, `--no-shuffle`, ...), and
+so is every option a recipe declares in its `Options` dataclass (`--label-smoothing 0.1`: parsed
+to the option's type, a bad value named; `recipe_options` in the config).
 Precedence: the recipe's defaults < `--config file.json` < flags. With `--resume` the run's own
 config.json replaces the first two, and a flag that would change the run is refused.
 `--model KEY=JSON` passes a model override (`--model backbone='{"depth": 2}'`).
@@ -25,12 +27,18 @@ plugins (`--plugin X` anywhere on the line, CONTROLFOLEY_PLUGINS), loaded before
 are made, in every torchrun rank; a user recipe has the flags of its `base` recipe. A name no
 loaded plugin registers gets the registry's error (the registered names, how to load a plugin),
 not argparse's "invalid choice".
+A run's config.json records the plugin files its recipe came from (`TrainConfig.plugins`): `--resume`
+of a run whose recipe no loaded plugin registers loads them (saying so in one line; every torchrun
+rank alike, each from the same config.json), or, where one is gone, names it and the `--plugin`
+fix. A recorded file whose contents changed since is a warning, not a refusal: the run goes on
+with the code as it is now (`controlfoley.train.loop`'s resume warns, naming the file).
 """
 
 import argparse
 import dataclasses
 import inspect
 import json
+import os
 import re
 import signal
 import sys
@@ -41,11 +49,15 @@ from typing import Any
 from controlfoley._registry import RegistryError
 from controlfoley.config import ConfigError, parse_overrides
 from controlfoley.errors import ControlFoleyError, TrainingError, mark_reported, reported_by
-from controlfoley.train.config import BUILTIN_RECIPES, DERIVED_KEY, RECIPES, RecipeError, TrainConfig, recipe_base, recipe_class, recipe_defaults
+from controlfoley.train.config import (
+    BUILTIN_RECIPES, DERIVED_KEY, RECIPES, RecipeError, RecipeOption, TrainConfig, recipe_base, recipe_class,
+    recipe_defaults, recipe_option_specs,
+)  # fmt: skip
 
 __all__ = ["main", "build_parser", "add_train_subcommands", "config_from_args", "run_from_args"]
 
-_SKIP = {"recipe", "model_overrides"}
+_SKIP = {"recipe", "model_overrides", "recipe_options", "plugins"}
+OPTION_DEST = "recipe_option:"  # argparse dest of a recipe option's flag: this prefix, then its name
 
 
 def _field_help() -> dict[str, str]:
@@ -76,11 +88,55 @@ def _add_config_flags(p: argparse.ArgumentParser, recipe: str) -> None:
         else:
             kind = type(default) if default is not None and not isinstance(default, str) else str
             p.add_argument(flag, dest=f.name, type=kind, default=None, help=text)
+    _add_option_flags(p, recipe)
     p.add_argument("--config", dest="config_file", default=None, help="JSON file of TrainConfig fields")
     p.add_argument("--model", dest="model_overrides", action="append", default=[], metavar="KEY=JSON", help="model override, e.g. backbone='{\"depth\": 2}'")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--stop-at", type=int, default=None, help="stop this invocation after that step (with a checkpoint)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit (the preset, part names and --model overrides are checked first)")
+
+
+def _add_option_flags(p: argparse.ArgumentParser, recipe: str) -> None:
+    """A flag per option of the recipe's `Options` dataclass, in a group of their own in --help."""
+    specs = recipe_option_specs(recipe)
+    if not specs:
+        return
+    group = p.add_argument_group(f"options of the {recipe} recipe", "its own settings (its Options dataclass); config.json records them")
+    for spec in specs.values():
+        text = (spec.help + f" [default: {spec.default}]").replace("%", "%%")  # argparse formats help with %
+        dest = OPTION_DEST + spec.name
+        if spec.types == (bool,) and spec.choices is None:
+            group.add_argument(spec.flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            metavar = None if spec.choices is not None else spec.name.upper()
+            group.add_argument(spec.flag, dest=dest, type=_option_parser(spec), default=None, choices=spec.choices, metavar=metavar, help=text)
+
+
+def _option_parser(spec: RecipeOption) -> Any:
+    """The argparse `type` of an option: its declared types tried in turn ("none" for None where it
+    takes None); argparse names a value none of them takes: "argument --x: invalid float value: 'a'"."""
+
+    def parse(raw: str) -> Any:
+        if type(None) in spec.types and str not in spec.types and raw.strip().lower() == "none":
+            return None
+        for kind in spec.types:
+            if kind is bool:
+                if raw.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+                    return raw.strip().lower() in ("true", "1", "yes")
+            elif kind is not type(None):
+                try:
+                    return kind(raw)
+                except ValueError:
+                    continue
+        raise ValueError(raw)
+
+    parse.__name__ = " or ".join(t.__name__ for t in spec.types if t is not type(None)) + (" or none" if type(None) in spec.types else "")
+    return parse
+
+
+def _flag_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe options given as flags, by name."""
+    return {k[len(OPTION_DEST) :]: v for k, v in vars(args).items() if k.startswith(OPTION_DEST) and v is not None}
 
 
 def _warmup_default(recipe: str) -> str:
@@ -153,6 +209,7 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
         given[f.name] = _parse_value(f.name, v) if f.name in ("init_parts", "betas", "trainable") else v
     if args.model_overrides:
         given["model_overrides"] = _model_overrides(args.model_overrides)
+    options = _flag_options(args)  # merged into the run's or the --config file's options, one by one
     if args.resume:
         if "out" not in given:
             raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
@@ -171,6 +228,9 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
             raise RecipeError(f"--resume: the run in {given['out']} uses {what} (load the plugin that registered it): {text}") from None
         if base["recipe"] != args.recipe:
             raise ConfigError(f"--resume: the run in {given['out']} uses recipe {base['recipe']!r}, not {args.recipe!r}")
+        del base["plugins"]  # recorded anew: where the recipe's code is now (train() warns when it changed)
+        if options:
+            given["recipe_options"] = {**base["recipe_options"], **options}
         return TrainConfig.from_dict({**base, **given}), {}
     file_fields: dict[str, Any] = {}
     if args.config_file:
@@ -192,6 +252,9 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
             )
         if "warmup_steps" in _derived(file_fields):  # --print-config's note: it follows the steps
             file_fields.pop("warmup_steps", None)
+    if options:
+        in_file = file_fields.get("recipe_options")
+        given["recipe_options"] = {**(in_file if isinstance(in_file, dict) else {}), **options}
     return TrainConfig.for_recipe(args.recipe, **{**file_fields, **given}), file_fields
 
 
@@ -327,6 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _local_rank() == 0:  # every rank of a node hits it alike
             print(f"error: {e}", file=sys.stderr)
         return 2
+    try:  # before the subcommands are made from the registered recipes
+        _load_run_plugins(argv)
+    except (PluginError, RecipeError) as e:
+        if _local_rank() == 0:  # every rank of a node hits it alike
+            print(f"error: {e}", file=sys.stderr)
+        return 2
     if argv and not argv[0].startswith("-") and argv[0] not in RECIPES:  # a typo, or a recipe whose plugin is not loaded
         try:
             recipe_class(argv[0])
@@ -342,3 +411,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         if by is None or by == rank:  # under torchrun each message once, by the lowest rank that hit it
             print(f"error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
         return 2
+
+
+def _resume_out(argv: Sequence[str]) -> str | None:
+    """The --out of a command line with --resume (before any `--`), else None."""
+    argv = list(argv)[: argv.index("--")] if "--" in argv else list(argv)
+    if "--resume" not in argv:
+        return None
+    for i, a in enumerate(argv):
+        if a == "--out" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--out="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _load_run_plugins(argv: Sequence[str]) -> None:
+    """`--resume` of a run whose recipe no loaded plugin registers: import the plugin files its
+    config.json records (one line on stderr from rank 0 says which; every rank imports them, each
+    reading the same config.json, so all run the same code), and put them in CONTROLFOLEY_PLUGINS
+    for the processes the run starts, as --plugin does. A recorded file that is gone is a
+    RecipeError naming it and the --plugin fix. Anything else (no --resume, no config.json, a run
+    that records no plugin) is left to the checks that follow, which name it."""
+    from controlfoley._registry import PLUGIN_ENV, _env_plugins, load_plugins
+
+    out = _resume_out(argv)
+    if out is None:
+        return
+    saved = Path(out) / "config.json"
+    try:
+        d = json.loads(saved.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    name, records = (d.get("recipe"), d.get("plugins")) if isinstance(d, dict) else (None, None)
+    if not isinstance(name, str) or name in RECIPES or not isinstance(records, list):
+        return
+    paths = [r["path"] for r in records if isinstance(r, dict) and isinstance(r.get("path"), str)]
+    if not paths:
+        return
+    gone = [p for p in paths if not Path(p).is_file()]
+    if gone:
+        raise RecipeError(
+            f"--resume: the run in {out} uses recipe {name!r}, which plugin file {', '.join(gone)} registered ({saved} records it), and "
+            f"{'that file is' if len(gone) == 1 else 'those files are'} gone. Give {'its' if len(gone) == 1 else 'their'} new place: "
+            f"controlfoley train {name} --out {out} --resume --plugin NEW/PATH.py (or set {PLUGIN_ENV})"
+        )
+    if _rank() == 0:
+        print(f"--resume: loading plugin {', '.join(paths)}, which {saved} records for recipe {name!r}", file=sys.stderr, flush=True)
+    load_plugins(*paths, source=f"the plugins {saved} records")
+    os.environ[PLUGIN_ENV] = ",".join([*_env_plugins(), *(p for p in paths if p not in _env_plugins())])
+    if name not in RECIPES:
+        raise RecipeError(
+            f"--resume: the run in {out} uses recipe {name!r}; the plugin {saved} records for it ({', '.join(paths)}) loaded, but "
+            f"registers no recipe of that name now (renamed?). Registered: {', '.join(_recipe_names())}. Load the plugin that "
+            "registers it with --plugin FILE.py"
+        )

@@ -19,17 +19,33 @@
   builds the same part, a `SamplerConfig` its fields (`_json_overrides`).
 - `from_dict` skips the `_derived` note that `--print-config` adds (see `controlfoley.train.cli`).
 - `resume_conflicts(other)`: fields that must not change when a run is resumed (everything but
-  the operational ones in `RESUME_MUTABLE`), so that a resumed run is the same run.
+  the operational ones in `RESUME_MUTABLE`), so that a resumed run is the same run; a recipe
+  option is named on its own (`recipe_options.NAME`).
+- `recipe_options`: the recipe's own settings, declared by its `Options` dataclass
+  (`recipe_option_specs`): typed, each with a default, each a `controlfoley train` flag. The
+  config holds every one of them (defaults filled in, values checked: by type, then by the
+  dataclass's own `__post_init__`), so config.json, `--print-config`, `--config` and `--resume`
+  carry them like the other fields.
+- `plugins`: where the recipe's code came from, recorded so that a run remembers it: the file and
+  SHA-256 of every class of the recipe outside the library (`recipe_plugins`), filled in when the
+  config is made (a config read back keeps its record). `controlfoley train NAME --out RUN --resume`
+  without `--plugin` loads those files (`controlfoley.train.cli`).
 """
 
 import dataclasses
+import difflib
+import hashlib
 import inspect
 import json
 import numbers
 import os
-from collections.abc import Mapping
+import re
+import sys
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -39,7 +55,8 @@ from controlfoley.train.schedule import WarmupCosine, scaled_lr
 
 __all__ = [
     "TrainConfig", "RECIPES", "BUILTIN_RECIPES", "RECIPE_DEFAULTS", "RecipeError", "recipe_class", "recipe_base", "known_base", "recipe_defaults",
-    "RESUME_MUTABLE", "PRECISIONS", "VERIFY_LEVELS", "DERIVED_KEY",
+    "RESUME_MUTABLE", "PRECISIONS", "VERIFY_LEVELS", "DERIVED_KEY", "RecipeOption", "recipe_option_specs", "option_specs",
+    "recipe_plugins", "plugin_changes", "PluginChangedWarning", "RESERVED_OPTION_NAMES",
 ]  # fmt: skip
 
 # RECIPES (imported above) is the registry of recipe classes; these are the built-in ones, whose
@@ -118,13 +135,214 @@ def recipe_defaults(name: str) -> dict[str, Any]:
     return out
 
 
+# -- a recipe's own settings (its `Options` dataclass) -----------------------------------------------
+# flags of `controlfoley train` that are not TrainConfig fields: an option of that name would take them
+RESERVED_OPTION_NAMES = frozenset({"config", "config_file", "model", "resume", "stop_at", "print_config", "plugin", "help"})
+
+
+@dataclass(frozen=True)
+class RecipeOption:
+    """One field of a recipe's `Options` dataclass, as the command line and TrainConfig use it:
+    `types` the ones it accepts (int, float, str, bool, None), `choices` those of a `Literal`,
+    `help` the field's `metadata["help"]`, else the comment after it in the source (as for TrainConfig)."""
+
+    name: str
+    types: tuple[type, ...]
+    choices: tuple[Any, ...] | None
+    default: Any
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def type_names(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(map(repr, self.choices))
+        return " or ".join(t.__name__ if t is not type(None) else "None" for t in self.types)
+
+    def check(self, recipe: str, value: Any) -> Any:
+        """`value` as the option holds it (an int where a float is declared: that float; a numpy
+        number: a Python one), or a ConfigError naming the option, its flag and what it takes."""
+        ok = is_a(value, self.types) and (self.choices is None or any(value == c and is_a(value, (type(c),)) for c in self.choices))
+        if not ok:
+            raise ConfigError(
+                f"train config: option {self.name} ({self.flag}) of recipe {recipe!r} must be {self.type_names()}, "
+                f"got {value!r} ({type(value).__name__})"
+            )
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, numbers.Integral) and int in self.types:
+            return int(value)
+        if isinstance(value, numbers.Real) and float in self.types:
+            return float(value)
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _option_types(annotation: Any) -> tuple[tuple[type, ...], tuple[Any, ...] | None] | None:
+    """(types, choices) of an option's annotation: int, float, str, bool, X | None, or a Literal of
+    such values; None for anything else (a flag could not take it)."""
+    if typing.get_origin(annotation) is Literal:
+        choices = typing.get_args(annotation)
+        if choices and all(type(c) in (int, float, str, bool) for c in choices):
+            return tuple(dict.fromkeys(type(c) for c in choices)), choices
+        return None
+    want = simple_types(annotation)
+    return None if want is None or want == (type(None),) else (want, None)
+
+
+def option_specs(options: Any, owner: str) -> dict[str, RecipeOption]:
+    """The options a recipe's `Options` declares, by name; a RegistryError (raised when the recipe
+    is registered, `check_recipe`) naming what a command line could not take: not a dataclass, an
+    option without a default or of another type, a name that another flag holds, defaults its own
+    `__post_init__` refuses. `owner`: how messages name the class ("recipe 'x' (MyRecipe)")."""
+    if options is None:
+        return {}
+    if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+        raise RegistryError(
+            f"{owner}: Options must be a dataclass of the recipe's settings (@dataclass class Options: label_smoothing: float = 0.1) "
+            f"or None, got {options!r}"
+        )
+    try:
+        hints = typing.get_type_hints(options)
+    except Exception:  # noqa: BLE001  (a name only imported under TYPE_CHECKING): the annotations as written
+        hints = {}
+    comments = _option_comments(options)
+    taken = {f.name for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, RecipeOption] = {}
+    for f in dataclasses.fields(options):
+        if not f.init:
+            continue
+        what = f"{owner}: option {f.name}"
+        if f.name in taken or f.name in RESERVED_OPTION_NAMES:
+            held = "a TrainConfig field" if f.name in taken else "an option of the command line"
+            raise RegistryError(f"{what} would take the flag --{f.name.replace('_', '-')} of {held}; give the option another name")
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            raise RegistryError(f"{what} has no default; every option needs one (the value of a run that does not set it), e.g. {f.name}: float = 0.1")
+        kind = _option_types(hints.get(f.name, f.type))
+        if kind is None:
+            raise RegistryError(
+                f"{what}: {f.type!r} is not a type a flag can take; declare it int, float, str or bool (or X | None), "
+                "or a Literal of such values (its choices)"
+            )
+        spec = RecipeOption(f.name, kind[0], kind[1], default, str(f.metadata.get("help", "")) or comments.get(f.name, ""))
+        try:
+            out[f.name] = dataclasses.replace(spec, default=spec.check("?", default))
+        except ConfigError:
+            raise RegistryError(f"{what}: its default {default!r} is not {spec.type_names()}") from None
+    try:
+        options(**{k: s.default for k, s in out.items()})
+    except (ValueError, TypeError) as e:
+        raise RegistryError(f"{owner}: Options() refuses its own defaults: {type(e).__name__}: {e}") from None
+    return out
+
+
+def _option_comments(options: type) -> dict[str, str]:
+    """The comment after each field of an Options class in its source (empty where there is none)."""
+    try:
+        src = inspect.getsource(options)
+    except (OSError, TypeError):  # defined where no source is kept
+        return {}
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+): [^=\n]+(?:=[^#\n]*)?#(.*)$", src, re.MULTILINE)}
+
+
+_SPECS: dict[tuple[Any, str], dict[str, RecipeOption]] = {}  # option_specs of a class, read once (each TrainConfig.replace checks its options)
+
+
+def recipe_option_specs(name: str) -> dict[str, RecipeOption]:
+    """The options recipe `name` declares (its class's `Options`; {} for none, as the built-ins)."""
+    cls = recipe_class(name)
+    key = (getattr(cls, "Options", None), f"recipe {name!r} ({cls.__qualname__})")
+    if key not in _SPECS:
+        _SPECS[key] = option_specs(*key)
+    return dict(_SPECS[key])
+
+
+def _checked_options(recipe: str, given: Any) -> dict[str, Any]:
+    """Every option of the recipe: the given values, checked, over the declared defaults; then the
+    Options dataclass built from them, so that its own checks (`__post_init__`) refuse a bad value
+    here, before any step, rather than in the middle of a run."""
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"train config: recipe_options must be a dict of the recipe's options, got {type(given).__name__} {given!r}")
+    specs = recipe_option_specs(recipe)
+    unknown = [k for k in given if k not in specs]
+    if unknown:
+        close = {k: difflib.get_close_matches(str(k), specs, n=1) for k in unknown}
+        hint = "".join(f" ({k!r}: did you mean {c[0]!r}?)" for k, c in close.items() if c)
+        declared = ", ".join(f"{s.name} ({s.flag})" for s in specs.values()) or "none (its class declares no Options)"
+        raise ConfigError(f"train config: recipe {recipe!r} has no option(s) {unknown}{hint}; its options: {declared}")
+    values = {k: s.check(recipe, given.get(k, s.default)) for k, s in specs.items()}
+    if specs:
+        try:
+            recipe_class(recipe).Options(**values)
+        except (ValueError, TypeError) as e:
+            shown = ", ".join(f"{specs[k].flag} {given[k]!r}" for k in given) or "its defaults"
+            raise ConfigError(f"train config: recipe {recipe!r} refuses {shown}: {e}") from None
+    return values
+
+
+# -- where a recipe's code came from (a run's record of its plugins) ------------------------------
+class PluginChangedWarning(UserWarning):
+    """A resumed run's recipe code is not what the run recorded (a plugin file edited since)."""
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def recipe_plugins(name: str) -> tuple[dict[str, str], ...]:
+    """{"path", "sha256"} of each file that defines a class of recipe `name` outside the library
+    (its plugin, and the plugins of the recipes it derives from, those first: the order to load
+    them); () for the built-ins. A class without a source file (typed at a prompt) adds nothing."""
+    out: list[dict[str, str]] = []
+    for klass in reversed(recipe_class(name).__mro__):
+        if klass.__module__.split(".")[0] in ("controlfoley", "builtins", "abc"):
+            continue
+        file = getattr(sys.modules.get(klass.__module__), "__file__", None)
+        if not file:
+            continue
+        path = Path(file).resolve()
+        if path.is_file() and all(r["path"] != str(path) for r in out):
+            out.append({"path": str(path), "sha256": _sha256(path)})
+    return tuple(out)
+
+
+def plugin_changes(recorded: Any, now: Sequence[Mapping[str, str]]) -> list[str]:
+    """How the recipe's code now (`recipe_plugins`) differs from a run's record of it: one phrase
+    per recorded file whose contents are not among those loaded now; [] when none (a file moved
+    with its contents unchanged is the same code). `recorded`: config.json's "plugins" (any value:
+    a config written before the record existed has none, and nothing is said)."""
+    if not isinstance(recorded, (list, tuple)):
+        return []
+    here = {r.get("sha256") for r in now}
+    out = []
+    for r in recorded:
+        if not isinstance(r, Mapping) or r.get("sha256") in here:
+            continue
+        path, old = r.get("path"), str(r.get("sha256", ""))[:12]
+        same_place = [n for n in now if n.get("path") == path]
+        if same_place:
+            out.append(f"{path} changed since (sha256 {old}... then, {str(same_place[0].get('sha256'))[:12]}... now)")
+        else:
+            loaded = ", ".join(str(n.get("path")) for n in now) or "the library"
+            out.append(f"{path} (sha256 {old}...) is not the code loaded now ({loaded})")
+    return out
+
+
 DERIVED_KEY = "_derived"  # --print-config: {field: why} for values derived from others (not fields)
 
 # `out` is the run's folder itself, however it is spelled (runs/a, runs/a/, an absolute path, the
 # folder after a move): never a conflict
+# `plugins` is a record of where the recipe's code is now, not a setting: a resume whose plugin moved
+# (or changed: `plugin_changes`, a warning) records the new one
 RESUME_MUTABLE = frozenset(
-    {"out", "data", "val_data", "num_workers", "log_every", "val_every", "ckpt_every", "keep_last", "verify_data", "device", "tensorboard", "progress"}
-)
+    {"out", "data", "val_data", "num_workers", "log_every", "val_every", "ckpt_every", "keep_last", "verify_data", "device", "tensorboard", "progress",
+     "plugins"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -134,6 +352,7 @@ class TrainConfig:
     data: str  # dataset folder (controlfoley.data.shards format)
     out: str  # run folder: config.json, metrics.jsonl, checkpoints/
     model_overrides: Mapping[str, Any] = field(default_factory=dict)  # build_model(preset, **model_overrides)
+    recipe_options: Mapping[str, Any] = field(default_factory=dict)  # the recipe's own settings (its Options dataclass), each a flag; all of them, defaults filled in
     val_data: str | None = None  # held-out dataset folder; else `val_fraction` of `data`
     val_fraction: float = 0.0  # fixed pseudo-random fraction of `data` held out for validation (when val_data is None)
     val_max_clips: int = 1024  # validation reads at most this many clips
@@ -173,6 +392,7 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda:LOCAL_RANK when available, else cpu
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
     progress: bool = True  # tqdm progress bar on rank 0; off (--no-progress, batch jobs): a plain line per log step
+    plugins: Sequence[Mapping[str, str]] | None = None  # record: {"path", "sha256"} of the files the recipe's code came from (None: those of the recipe registered now)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -204,6 +424,8 @@ class TrainConfig:
                 )
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         recipe_class(self.recipe)  # registered (else RecipeError: the registered names, how to load a plugin)
+        object.__setattr__(self, "recipe_options", _checked_options(self.recipe, self.recipe_options))
+        object.__setattr__(self, "plugins", _checked_plugins(self.plugins) if self.plugins is not None else recipe_plugins(self.recipe))
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("uncond_per", self.uncond_per, ("step", "sample"))
         _check_choice("verify_data", self.verify_data, VERIFY_LEVELS)
@@ -252,11 +474,14 @@ class TrainConfig:
             # a run shorter than the recipe keeps its warm-up fraction (2% for the ControlNet)
             defaults["warmup_steps"] = round(int(steps) * warmup / defaults["steps"])
         fields = {k: v for k, v in fields.items() if not (k == "warmup_steps" and v is None)}
+        # `plugins` records the recipe registered now (a --config file printed by another process holds that one's)
+        fields.pop("plugins", None)
         return cls.from_dict({**defaults, **fields, "recipe": recipe})
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["betas"], d["init_parts"] = list(self.betas), list(self.init_parts)
+        d["plugins"] = [dict(r) for r in self.plugins or ()]
         return d
 
     @classmethod
@@ -286,9 +511,15 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def resume_conflicts(self, other: "TrainConfig") -> dict[str, tuple[Any, Any]]:
-        """Fields (outside RESUME_MUTABLE) whose values differ: {name: (self, other)}."""
+        """Fields (outside RESUME_MUTABLE) whose values differ: {name: (self, other)}; a recipe
+        option as "recipe_options.NAME", so that the message names the one that differs."""
         a, b = self.to_dict(), other.to_dict()
-        return {k: (a[k], b[k]) for k in a if k not in RESUME_MUTABLE and a[k] != b[k]}
+        out = {k: (a[k], b[k]) for k in a if k not in RESUME_MUTABLE and k != "recipe_options" and a[k] != b[k]}
+        mine, theirs = a["recipe_options"], b["recipe_options"]
+        for k in sorted(set(mine) | set(theirs)):
+            if mine.get(k) != theirs.get(k):
+                out[f"recipe_options.{k}"] = (mine.get(k), theirs.get(k))
+        return out
 
 
 def _check_types(cfg: "TrainConfig") -> None:
@@ -311,6 +542,19 @@ def _check_types(cfg: "TrainConfig") -> None:
             object.__setattr__(cfg, f.name, int(value))
         elif str in want and isinstance(value, os.PathLike):
             object.__setattr__(cfg, f.name, os.fspath(value))
+
+
+def _checked_plugins(records: Any) -> tuple[dict[str, str], ...]:
+    """A plugins record as config.json holds it: a list of {"path": str, "sha256": str}."""
+    ok = isinstance(records, (list, tuple)) and all(
+        isinstance(r, Mapping) and isinstance(r.get("path"), str) and isinstance(r.get("sha256"), str) for r in records
+    )
+    if not ok:
+        raise ConfigError(
+            f"train config: plugins is a record of the recipe's files, a list of {{\"path\": ..., \"sha256\": ...}}, got {records!r}; "
+            "delete it (the run records the plugin it loads)"
+        )
+    return tuple({"path": r["path"], "sha256": r["sha256"]} for r in records)
 
 
 def _json_overrides(preset: str, overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -53,7 +53,7 @@ from controlfoley.data.dataset import ShardedSampler, collate
 from controlfoley.errors import CheckpointError, TrainingError, user_stacklevel
 from controlfoley.model import SpecMaskFoley
 from controlfoley.train.checkpoints import RunDir, TrainState, longer_run_hint, nothing_to_resume_message, resolve_model_file, restore_rng
-from controlfoley.train.config import TrainConfig
+from controlfoley.train.config import PluginChangedWarning, TrainConfig, plugin_changes
 from controlfoley.train.datasets import DATA_RECORD, check_batch_fits, check_same_data, open_datasets
 from controlfoley.train.distributed import DistInfo, agree_before_training, all_reduce_sum, barrier, init_distributed, mark_reported, shutdown
 from controlfoley.train.interrupt import TrainingInterrupted, interrupt_pending, steps_running, terminate_as_interrupt
@@ -210,12 +210,29 @@ class Trainer:
                     f"--resume continues the run in {rd.root} with its own settings, but these differ: {lines}. "
                     f"Drop those flags, or start a new --out.{longer}"
                 )
+            self._warn_changed_plugins(saved, cfg)
         elif rd.latest_dir() is not None:
             raise TrainingError(
                 f"{rd.root} already holds a run with checkpoints; pass --resume to continue it (Python: train(cfg, resume=True)), "
                 "or choose another --out"
             )
         return cfg  # written to config.json once every check passed (`_record_run`): a refused run changes nothing
+
+    def _warn_changed_plugins(self, saved: TrainConfig, cfg: TrainConfig) -> None:
+        """One warning (rank 0) when the recipe's code loaded now is not what the run recorded. A
+        warning, not a refusal: a plugin is edited between resumes for reasons that leave training as
+        it was (a logged statistic, a message, a bug elsewhere in the file), and code cannot be
+        compared as settings can: refusing would leave, for every such edit, only a hand-edited
+        config.json or a new run. The checkpoints then hold training by both versions, which the
+        warning says, naming the file; config.json records the code loaded now (`_record_run`)."""
+        changes = plugin_changes(saved.plugins, cfg.plugins)
+        if changes and self.info.is_main:
+            warnings.warn(
+                f"--resume: the code of recipe {cfg.recipe!r} is not what {self.run_dir.config_path} recorded: {'; '.join(changes)}. The run "
+                "goes on with the code as it is now (its checkpoints so far were trained with the earlier one); config.json now records this code",
+                PluginChangedWarning,
+                stacklevel=user_stacklevel(),
+            )
 
     def _record_run(self) -> None:
         """The run's config.json (on resume: with the flags it may change, such as a moved --data)

@@ -5,7 +5,9 @@ looked up by name (`TrainConfig.recipe`, `controlfoley train NAME`). Three are b
 recipe is a subclass registered by a plugin (`--plugin my_recipe.py`), checked when registered
 (`check_recipe`). It takes the command-line flags, defaults and checks of its `base` built-in
 recipe (inherited: a subclass of ControlNetRecipe is based on "controlnet"), its own `defaults`
-over them; see examples/custom_recipe.py. The built-ins:
+over them; its own settings are the fields of its `Options` dataclass, each a flag of its own
+(`--label-smoothing 0.1`), held in `TrainConfig.recipe_options` and read with `self.options(cfg)`;
+see examples/custom_recipe.py. The built-ins:
 
 - `tokenizer`: the SpecVQGAN tokenizer alone, on stored mels: L1 (and optionally L2)
   reconstruction + the VQ loss (codebook + beta x commitment), and optionally a PatchGAN hinge term
@@ -42,7 +44,7 @@ from controlfoley.data.dataset import ShardDataset, require_features
 from controlfoley.errors import DataError, ShapeError
 from controlfoley.model import SpecMaskFoley, masked_token_mask
 from controlfoley.train.adversarial import PatchDiscriminator, hinge_losses
-from controlfoley.train.config import BUILTIN_RECIPES, TrainConfig, recipe_class
+from controlfoley.train.config import BUILTIN_RECIPES, TrainConfig, option_specs, recipe_class
 from controlfoley.typing import Bool, Float, Tensor
 
 __all__ = [
@@ -137,9 +139,25 @@ class Recipe(abc.ABC):
     # classes it derives from (nearest last; `controlfoley.train.config.recipe_defaults`): defaults
     # of the Python API and the command line, which --config files and flags override
     defaults: Mapping[str, Any] = {}
+    # The recipe's own settings: None, or a dataclass whose fields (typed int, float, str, bool,
+    # X | None or a Literal of choices; each with a default; its help the field's comment or
+    # metadata["help"]) become flags (`label_smoothing` -> `--label-smoothing`), checked by type and
+    # by the dataclass's own __post_init__, recorded in config.json (TrainConfig.recipe_options),
+    # so --print-config, --config and --resume carry them. A dataclass rather than a dict of
+    # defaults: each option has a declared type (checked; flags parse to it) and `self.options(cfg)`
+    # is an object a type checker knows the attributes of. Inherited, as `defaults`; a subclass
+    # adds options by deriving its Options from its parent's.
+    Options: type | None = None
     objective_args: tuple[str, ...] = ()  # keys of StepPlan.rows passed to the objective
     # metrics that count events (not averages): the loop logs their sum since the previous log line
     interval_sums: tuple[str, ...] = ()
+
+    def options(self, cfg: TrainConfig) -> Any:
+        """This run's settings of the recipe: its `Options` built from `cfg.recipe_options` (checked
+        when the config was made), or None for a recipe that declares none. The methods that get
+        `cfg` (objective, plan, val_plan) read them; annotate for a type checker:
+        `opts: MyRecipe.Options = self.options(cfg)`."""
+        return None if self.Options is None else self.Options(**cfg.recipe_options)
 
     @abc.abstractmethod
     def prepare(self, model: SpecMaskFoley) -> None:
@@ -184,8 +202,9 @@ class Recipe(abc.ABC):
 
 def check_recipe(name: str, entry: Any) -> None:
     """A RegistryError naming what is wrong when `entry` cannot be registered as recipe `name`: it
-    must be a Recipe subclass that defines every abstract method, with a known `base` and
-    `defaults` that name TrainConfig fields. (The RECIPES registry calls it at registration.)"""
+    must be a Recipe subclass that defines every abstract method, with a known `base`, `defaults`
+    that name TrainConfig fields and `Options` a command line can take (`option_specs`). (The
+    RECIPES registry calls it at registration.)"""
     what = f"recipe {name!r}"
     if not (isinstance(entry, type) and issubclass(entry, Recipe)):
         got = f"class {entry.__qualname__}" if isinstance(entry, type) else f"{type(entry).__name__} {entry!r}"
@@ -203,7 +222,8 @@ def check_recipe(name: str, entry: Any) -> None:
     base = getattr(entry, "base", None)
     if base is not None and base not in BUILTIN_RECIPES:
         raise RegistryError(f"{what}: base = {base!r}; it must be one of {', '.join(map(repr, BUILTIN_RECIPES))} or None (its flags and defaults)")
-    known = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "recipe"]
+    option_specs(getattr(entry, "Options", None), what)  # a command line can take its options (RegistryError naming the one it cannot)
+    known = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("recipe", "recipe_options", "plugins")]
     unknown: list[str] = []
     for klass in entry.__mro__:
         d = vars(klass).get("defaults")
@@ -213,7 +233,8 @@ def check_recipe(name: str, entry: Any) -> None:
     if unknown:
         close = {k: difflib.get_close_matches(str(k), known, n=1) for k in unknown}
         hint = "".join(f" ({k!r}: did you mean {c[0]!r}?)" for k, c in close.items() if c)
-        raise RegistryError(f"{what}: defaults name unknown TrainConfig field(s) {unknown}{hint}; the fields: {', '.join(known)}")
+        own = " (the recipe's own settings are the fields of its Options dataclass)" if {"recipe_options", "plugins"} & set(unknown) else ""
+        raise RegistryError(f"{what}: defaults name unknown TrainConfig field(s) {unknown}{hint}; the fields: {', '.join(known)}{own}")
 
 
 @RECIPES.register("tokenizer")

@@ -7,9 +7,10 @@ Features
   errors become `MediaError`s and the temporary file is removed.
 - `VIDEO_SUFFIXES` / `video_files(folder)`: the video files directly in a folder (what `generate` and
   `evaluate` take a folder argument to mean).
-- `video_stream`, `check_complete`, `check_covered`: no video stream, undecodable codec, files cut
-  short (an index that points past the end of the file, fewer frames than the header declares, or,
-  where it declares no frame count, a decoded video clearly shorter than the duration it states).
+- `video_stream`, `check_complete`, `check_covered`: no video stream (an audio file's cover picture
+  does not count: `moving_video`), undecodable codec, files cut short (an index that points past
+  the end of the file, fewer frames than the header declares, or, where it declares no frame count,
+  a decoded video clearly shorter than the duration it states).
 
 References: PyAV error classes (av.error), FFmpeg's AVStream.nb_frames; the Matroska muxer's
 per-track DURATION tag (HH:MM:SS.nnnnnnnnn).
@@ -28,7 +29,7 @@ import av
 from controlfoley._io import atomic_path, final_path, write_failure
 from controlfoley.errors import MediaError
 
-__all__ = ["PathLike", "VIDEO_SUFFIXES", "video_files", "open_input", "atomic_output", "open_output", "video_stream", "check_complete", "check_covered", "stated_duration", "check_fps", "rate_fraction"]
+__all__ = ["PathLike", "VIDEO_SUFFIXES", "video_files", "open_input", "atomic_output", "open_output", "moving_video", "video_stream", "check_complete", "check_covered", "stated_duration", "check_fps", "rate_fraction"]
 
 PathLike = str | os.PathLike[str]
 
@@ -100,13 +101,30 @@ def open_output(tmp: Path, target: Path) -> av.container.OutputContainer:
         raise MediaError(f"cannot write {target}: {e} from suffix {target.suffix!r}; use .mp4, .mkv or .mov") from None
 
 
+def _is_picture(stream: av.stream.Stream) -> bool:
+    """A still picture stored as a video stream: cover art (an .m4a's or .mp3's album art, a
+    Matroska attachment), which decodes to one frame, or none, and has no timeline."""
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)
+
+
+def moving_video(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """The first video stream that is not a still cover picture, None where there is none."""
+    return next((s for s in container.streams.video if not _is_picture(s)), None)
+
+
 def video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
-    if not container.streams.video:
+    stream = moving_video(container)
+    if stream is None:
         kinds = sorted({s.type for s in container.streams})
         if not kinds:
             raise MediaError(f"{path}: contains no streams at all (an empty, zero-length container)")
+        if container.streams.video:  # only cover art: an audio file, not a video
+            held = sorted({s.type for s in container.streams if not _is_picture(s)}) + ["a cover picture"]
+            raise MediaError(
+                f"{path}: has no video stream (it holds: {', '.join(held)}): an audio file with album art, not a video; "
+                "foley needs a moving picture"
+            )
         raise MediaError(f"{path}: has no video stream (it holds: {', '.join(kinds)})")
-    stream = container.streams.video[0]
     if stream.codec_context is None:
         raise MediaError(f"{path}: unsupported video codec (this FFmpeg build has no decoder for it); re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
     _check_index(path, stream)

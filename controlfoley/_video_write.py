@@ -6,7 +6,9 @@ Features
 - `mux_audio`: stream remux of the first video stream (packets copied, no re-encode), the new audio
   encoded as AAC, old audio and other streams dropped; the video is re-encoded only when the output
   container cannot hold its codec, or is an MP4 whose codec common players do not read from MP4
-  (FFV1, HuffYUV...; `MuxResult.video_copied` is then False and a warning is logged).
+  (FFV1, HuffYUV...; `MuxResult.video_copied` is then False and a warning is logged). A re-encoded
+  video keeps each frame's time, the display rotation and the pixel aspect ratio, and is converted
+  to limited-range YUV (a full-range MJPEG source would otherwise play with clipped, strong colours).
 
 References: PyAV remuxing (OutputContainer.add_stream_from_template, Packet.stream); FFmpeg's
 AAC encoder (1024-sample frames).
@@ -21,6 +23,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from av.video.reformatter import ColorRange
 from jaxtyping import UInt8
 
 from controlfoley._media import (
@@ -181,6 +184,10 @@ def _copied_packets(src: Path, inp: av.container.InputContainer, vin: av.video.s
 def _reencoded_packets(src: Path, inp: av.container.InputContainer, vin: av.video.stream.VideoStream, vout: av.video.stream.VideoStream) -> Iterator[av.Packet]:
     n = 0
     for frame in inp.decode(vin):
+        # to the encoder's format at limited (MPEG) range, which an untagged H.264 stream is played
+        # as: a full-range source (MJPEG's yuvj420p) passed through as it is plays with its blacks
+        # and whites clipped and its colours too strong
+        frame = frame.reformat(format=vout.codec_context.pix_fmt, dst_color_range=ColorRange.MPEG)
         frame.pict_type = av.video.frame.PictureType.NONE  # let the encoder choose frame types
         n += 1
         yield from vout.encode(frame)
@@ -188,17 +195,32 @@ def _reencoded_packets(src: Path, inp: av.container.InputContainer, vin: av.vide
     yield from vout.encode(None)
 
 
-def _first_frame_time(src: Path) -> Fraction:
+def _first_frame(src: Path) -> tuple[Fraction, int]:
     """Presentation time of the first decoded video frame with a timestamp: `read_frames`' time 0,
     where the pipeline's waveform starts. Not 0 for MPEG-TS (~1.4 s), stream-copied cuts, many
-    phone and WebM files; a negative start (an edit list) counts as 0, as `read_frames` does."""
+    phone and WebM files; a negative start (an edit list) counts as 0, as `read_frames` does.
+    With it, the display rotation its frames are tagged with (degrees counterclockwise; 0: none),
+    which a re-encoded video must keep (PyAV shows it on frames, not on the stream)."""
     with open_input(src) as inp:
         vin = video_stream(inp, src)
         tb = vin.time_base or Fraction(1, av.time_base)
+        rotation = None
         for frame in inp.decode(vin):
+            rotation = round(getattr(frame, "rotation", 0) or 0) if rotation is None else rotation
             if frame.pts is not None:
-                return max(Fraction(frame.pts) * tb, Fraction(0))
-    return Fraction(0)
+                return max(Fraction(frame.pts) * tb, Fraction(0)), rotation
+    return Fraction(0), rotation or 0
+
+
+def _keep_display(vin: av.video.stream.VideoStream, vout: av.video.stream.VideoStream, rotation: int) -> None:
+    """A re-encoded video shown as its source is: the display rotation (a phone's portrait video
+    stored landscape) and the pixel aspect ratio (anamorphic DV, 16:9 DVD) go with it; a copied
+    stream keeps both in its parameters already."""
+    if rotation % 360 and hasattr(vout, "set_display_rotation"):  # PyAV >= 14
+        vout.set_display_rotation(rotation)
+    sar = vin.sample_aspect_ratio or vin.codec_context.sample_aspect_ratio
+    if sar and sar != 1:
+        vout.codec_context.sample_aspect_ratio = sar
 
 
 def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"], sample_rate: int, out_path: PathLike) -> MuxResult:
@@ -214,7 +236,8 @@ def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"], sample_rate: int,
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     src, target = Path(video_path), Path(out_path)
     check_video_output(target)
-    start = round(_first_frame_time(src) * sample_rate)
+    first, rotation = _first_frame(src)
+    start = round(first * sample_rate)
     with open_input(src) as inp:
         vin = video_stream(inp, src)
         src_codec = vin.codec_context.name
@@ -227,6 +250,7 @@ def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"], sample_rate: int,
                 rate = vin.guessed_rate or vin.average_rate or Fraction(25)
                 vout = _add_video_stream(out, rate, vin.codec_context.width + vin.codec_context.width % 2, vin.codec_context.height + vin.codec_context.height % 2, 15)
                 vout.codec_context.time_base = vin.time_base
+                _keep_display(vin, vout, rotation)
             apkts = _encode_audio(_add_audio_stream(out, sample_rate), audio, sample_rate, start)
             packets = (_copied_packets if copied else _reencoded_packets)(src, inp, vin, vout)
             _mux_interleaved(out, packets, apkts)

@@ -3,7 +3,9 @@
 Features
 - `read_frames(path, fps)`: frame k of the output is the source frame *displayed* at time k/fps (the
   last frame whose presentation timestamp is <= k/fps), for any input rate, constant or variable;
-  n = floor(duration * fps) frames (at least 1), duration = last pts + the median frame gap. Times
+  n = floor(duration * fps) frames (at least 1), duration = last pts + the median frame gap, or + the
+  last frame's own length where the file gives it (longer: a held frame; shorter: only where the
+  header's duration agrees, as for a slideshow's last slide). Times
   are exact fractions of the stream's time base (a tie within half a tick counts as displayed), and
   a float rate is read as the fraction it stands for (29.97 -> 2997/100, 30000/1001 stays itself).
   Optional resize by libswscale (area filter).
@@ -12,7 +14,9 @@ Features
 - `write_video`: MP4 (libx264, else mpeg4; yuv420p; AAC audio), packets interleaved by time.
 - `mux_audio`: copies the video stream's packets unchanged (stream remux), adds the new audio as
   AAC, drops the old audio; re-encodes the video only when the output container cannot hold its
-  codec, and says so in the returned `MuxResult` and in a log warning.
+  codec (keeping its frame times, display rotation, pixel aspect ratio and colours), and says so in
+  the returned `MuxResult` and in a log warning. A still cover picture (an audio file's album art)
+  is not a video stream.
 - Every user-caused failure (missing file, no video stream, truncated or corrupt file, zero-length
   video, unsupported codec, unwritable output) raises a one-line `MediaError`; `read_frames` also
   refuses a file whose decoded video is clearly shorter than the duration its header states (cut
@@ -39,7 +43,7 @@ import numpy as np
 import torch
 from jaxtyping import UInt8
 
-from controlfoley._media import PathLike, check_complete, check_covered, open_input, rate_fraction, stated_duration, video_stream
+from controlfoley._media import PathLike, check_complete, check_covered, moving_video, open_input, rate_fraction, stated_duration, video_stream
 from controlfoley._video_write import MuxResult, mux_audio, write_video
 from controlfoley.errors import MediaError
 from controlfoley.typing import Float, Tensor
@@ -238,10 +242,18 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
         # the last frame's own length where the file gives it: a held last frame of variable-rate
         # video (screen recordings, slideshows) plays on, and the audio must cover it too; never past
         # what the header states for the stream (plus a frame), where it states it
-        held = times[-1] + (getattr(pending, "duration", None) or 0) * tb  # Frame.duration: PyAV >= 14
+        last = getattr(pending, "duration", None) or 0  # Frame.duration: PyAV >= 14
+        held = times[-1] + last * tb
         stated = stated_duration(c, s)
         if held > duration and (stated is None or held <= stated + gap):
             duration = held
+        # and a last frame shorter than the median gap (a slideshow's frames 5 s apart, its last shown
+        # for 40 ms) ends the video there where the header's duration says so too (from the first
+        # frame, or from 0 where it counts the time before it): the audio must not run on past the picture
+        elif last and held < duration and stated is not None:
+            start = max(Fraction(first_pts or 0) * tb, Fraction(0))
+            if min(abs(held - stated), abs(held + start - stated)) <= max(tb, Fraction(1, 1000)):
+                duration = held
         # what the decoded frames cover, generously (the held frame's whole length), with the time before the first frame
         check_covered(p, c, s, max(duration, held) + max(Fraction(first_pts or 0) * tb, Fraction(0)))
         total = _total_frames(duration, rate)
@@ -283,7 +295,7 @@ def read_audio_track(path: PathLike, sample_rate: int) -> Float[Tensor, "s"]:
         declared = round(s.duration * s.time_base * sample_rate) if s.duration and s.time_base else 0
         # time 0 is the first video frame, as read_frames and generate's outputs count it: an audio
         # stream that starts later (cut or re-muxed files, MPEG-TS) is shifted to match
-        video = c.streams.video[0] if c.streams.video else None
+        video = moving_video(c)  # (not an audio file's cover picture)
         shift = 0
         if video is not None and video.start_time is not None and video.time_base and first is not None:
             shift = round((first - video.start_time * video.time_base) * sample_rate)

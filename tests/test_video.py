@@ -2,7 +2,6 @@
 
 import logging
 import math
-import statistics
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -101,8 +100,8 @@ def test_variable_frame_rate_picks_the_displayed_frame(tmp_path: Path, suffix: s
     path = _write_indexed(tmp_path / f"vfr{suffix}", pts_ms, Fraction(1, 1000), Fraction(30))
     out = video.read_frames(path, 24.0)
     times = [Fraction(p, 1000) for p in pts_ms]
-    duration = times[-1] + statistics.median(b - a for a, b in zip(times, times[1:], strict=False))
-    assert out.frames.shape[0] == math.floor(duration * 24)
+    duration = times[-1] + Fraction(1, 30)  # the last frame lasts what the file says (the encoder's 1/30 s), as its header states
+    assert out.frames.shape[0] == math.floor(duration * 24) == 34
     expected = [max(i for i, t in enumerate(times) if t <= Fraction(k, 24)) for k in range(out.frames.shape[0])]
     assert [_decode_index(f) for f in out.frames] == expected
 
@@ -254,7 +253,66 @@ def test_mux_audio_reencodes_when_the_container_cannot_hold_the_codec(tmp_path: 
     assert [_decode_index(f) for f in out.frames] == list(range(25))
 
 
+@pytest.mark.skipif(not hasattr(av.video.stream.VideoStream, "set_display_rotation"), reason="writing a display rotation needs a PyAV with VideoStream.set_display_rotation")
+def test_a_reencoded_video_keeps_its_display_rotation_and_pixel_aspect(tmp_path: Path) -> None:
+    """A portrait video stored landscape and tagged to display turned 90 degrees (as phones write
+    it), with non-square pixels (anamorphic): MP4 output re-encodes its MJPEG, and players must still
+    show it upright and at its shape, as the source plays."""
+    src = tmp_path / "portrait.mov"
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("mjpeg", rate=10)
+        s.width, s.height, s.pix_fmt = W, H, "yuvj420p"
+        s.codec_context.sample_aspect_ratio = Fraction(16, 11)
+        s.set_display_rotation(90)
+        _encode_all(c, s, (_indexed_frame(i, i, Fraction(1, 10)) for i in range(10)))
+    result = video.mux_audio(src, torch.zeros(22050), 22050, tmp_path / "out.mp4")
+    assert not result.video_copied
+    with av.open(str(result.path)) as c:
+        v = c.streams.video[0]
+        assert v.sample_aspect_ratio == Fraction(16, 11)
+        assert [f.rotation for f in c.decode(v)] == [90] * 10
+    assert [t for t, _ in _decoded(result.path)] == [Fraction(i, 10) for i in range(10)]  # every frame at its time
+
+
+def test_a_reencoded_full_range_video_keeps_its_colours(tmp_path: Path) -> None:
+    """MJPEG stores full-range (JPEG) YUV; H.264 in MP4 is played as limited range unless tagged:
+    re-encoded as it is, a dark grey turned black and the colours went too strong."""
+    colours = np.array([[40, 40, 40], [200, 200, 200], [180, 60, 90]], np.uint8)
+    img = np.repeat(colours, 16, axis=0)[:, None, :].repeat(W, axis=1)  # three flat bands, 48 rows
+    src = tmp_path / "phone.avi"
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("mjpeg", rate=10)
+        s.width, s.height, s.pix_fmt = W, 48, "yuvj420p"
+        _encode_all(c, s, [av.VideoFrame.from_ndarray(img, format="rgb24") for _ in range(5)])
+    result = video.mux_audio(src, torch.zeros(22050), 22050, tmp_path / "out.mp4")
+    assert not result.video_copied
+    for path in (src, result.path):
+        shown = video.read_frames(path, 10.0).frames[2].numpy().astype(float)
+        bands = [shown[16 * k + 4 : 16 * k + 12].reshape(-1, 3).mean(axis=0) for k in range(3)]
+        assert np.abs(np.array(bands) - colours).max() < 6, (path.name, np.round(bands))
+
+
 # -- bad input -----------------------------------------------------------------------------------
+
+
+def _audio_with_cover(path: Path, sr: int = 22050) -> Path:
+    """An .m4a: 0.5 s of AAC audio and a cover picture (a one-packet MJPEG video stream marked
+    attached_pic, as phones and music stores write album art)."""
+    with av.open(str(path), "w", format="mp4") as c:
+        a = c.add_stream("aac", rate=sr)
+        a.layout = "mono"
+        cover = c.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 16, 16, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        _encode_all(c, cover, [av.VideoFrame.from_ndarray(np.full((16, 16, 3), 200, np.uint8), format="rgb24")])
+
+        def chunk(k: int) -> av.AudioFrame:
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            f.sample_rate, f.pts, f.time_base = sr, k, Fraction(1, sr)
+            return f
+
+        _encode_all(c, a, (chunk(k) for k in range(0, sr // 2, 1024)))
+    return path
 
 
 def _bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
@@ -275,6 +333,7 @@ def _bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
     (tmp / "empty.mp4").write_bytes(b"")
     (tmp / "unsupported.mp4").write_bytes(data.replace(b"avc1", b"zzzz"))
     sf.write(tmp / "audio_only.wav", np.zeros(2205, np.float32), 22050)
+    _audio_with_cover(tmp / "song.m4a")
     for name in ("no_streams.mp4", "zero_frames.avi"):  # MP4 drops a track without samples; AVI keeps it
         with av.open(str(tmp / name), "w") as c:
             s = c.add_stream("libx264", rate=24)
@@ -283,6 +342,7 @@ def _bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
     return {
         "missing": (tmp / "nope.mp4", "no such file"),
         "no video stream": (tmp / "audio_only.wav", "no video stream"),
+        "audio with album art": (tmp / "song.m4a", "no video stream (it holds: audio, a cover picture): an audio file with album art"),
         "truncated": (tmp / "truncated.mp4", "truncated"),
         "truncated faststart": (tmp / "truncated_faststart.mp4", "truncated"),
         "corrupt": (tmp / "corrupt.mp4", "corrupt"),
@@ -338,6 +398,17 @@ def test_a_file_cut_short_mid_stream_is_refused(tmp_path: Path, suffix: str) -> 
         video.read_frames(cut, 24.0)
     msg = str(err.value)
     assert str(cut) in msg and "truncated" in msg and "header states 4.00 s" in msg and "re-download" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_slideshow_ends_with_its_last_frame(tmp_path: Path, suffix: str) -> None:
+    """Frames 2 s apart whose last one is shown for 40 ms, as the file and its header say: the video
+    lasts 4.04 s, and the audio made for it must not run on to 6 s (the last time + the median gap)."""
+    path = _write_indexed(tmp_path / f"slides{suffix}", [0, 2000, 4000], Fraction(1, 1000), Fraction(25))
+    out = video.read_frames(path, 10.0)
+    assert out.duration_s == pytest.approx(4.04) and out.frames.shape[0] == 40
+    assert video.probe(path).duration_s == pytest.approx(4.04)  # as the pipeline plans before decoding
+    assert [_decode_index(f) for f in out.frames] == [0] * 20 + [1] * 20
 
 
 def test_duration_check_spares_vfr_and_header_quirks(tmp_path: Path) -> None:

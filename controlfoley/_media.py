@@ -68,16 +68,20 @@ def open_input(path: Path) -> Iterator[av.container.InputContainer]:
 
 
 VIDEO_OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")  # containers that hold H.264 (or the input's codec) + AAC
+AUDIO_SUFFIXES = (".wav", ".flac")  # the audio formats written (FoleyResult.save, generate --format): a video output named so meant the audio alone
 
 
 def check_video_output(path: Path) -> None:
     """A video output must be a container this module writes (H.264 or the copied codec, AAC audio)."""
     if path.suffix.lower() not in VIDEO_OUTPUT_SUFFIXES:
         path = final_path(path)
+        if path.suffix.lower() in AUDIO_SUFFIXES:  # the audio alone was meant
+            fix = f"for the audio alone, write it as audio (a FoleyResult's .save({path.name!r}), or `generate --format {path.suffix[1:].lower()}`)"
+        else:
+            fix = "write an .mp4 and convert it (e.g. ffmpeg -i out.mp4 out.webm)"
         raise MediaError(
             f"cannot write {path}: controlfoley writes videos as {', '.join(VIDEO_OUTPUT_SUFFIXES)} (H.264 or the input's "
-            f"own codec, AAC audio); {path.suffix or 'no suffix'!r} needs other codecs. Write an .mp4 and convert it "
-            "(e.g. ffmpeg -i out.mp4 out.webm)"
+            f"own codec, AAC audio); {path.suffix or 'no suffix'!r} is not one of them: {fix}"
         )
 
 

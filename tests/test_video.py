@@ -449,8 +449,10 @@ def test_unwritable_outputs_raise_and_leave_nothing(tmp_path: Path) -> None:
     frames = _blocky_frames(4)
     with pytest.raises(MediaError, match="cannot write"):
         video.write_video(tmp_path / "a_file" / "out.mp4", frames, 24.0)
-    with pytest.raises(MediaError, match=r"writes videos as .*'.xyz' needs other codecs"):
+    with pytest.raises(MediaError, match=r"writes videos as .*'.xyz' is not one of them: write an .mp4 and convert it"):
         video.write_video(tmp_path / "out.xyz", frames, 24.0)
+    with pytest.raises(MediaError, match=r"'.wav' is not one of them: for the audio alone, write it as audio \(a FoleyResult's .save\('out.wav'\)"):
+        video.write_video(tmp_path / "out.wav", frames, 24.0)  # (save_video(video, "out.wav") meant the audio)
     src = video.write_video(tmp_path / "src.mp4", frames, 24.0)
     with pytest.raises(MediaError, match="cannot write"):
         video.mux_audio(src, torch.zeros(100), 22050, tmp_path / "a_file" / "out.mp4")

@@ -37,7 +37,7 @@ from controlfoley.backbones.base import BACKBONE_MEMBERS, CONTROL_MEMBERS
 from controlfoley.config import ConfigError, ModelConfig, Part, part_registries
 from controlfoley.control.controlnet import ControlNet
 from controlfoley.errors import ControlFoleyError, RandomWeightsWarning, ShapeError, one_line
-from controlfoley.guidance import GuidanceRule
+from controlfoley.guidance import GuidanceRule, check_rule
 from controlfoley.model import SpecMaskFoley
 from controlfoley.presets import PRESETS, PRETRAINED, get_preset
 from controlfoley.sampling import MaskGITSampler
@@ -69,6 +69,8 @@ def _build_part(registry: Registry[Any], part: Part, **wired: Any) -> Any:
             f"{registry.kind} {part.name!r}: its builder {getattr(registry.get(part.name), '__qualname__', '?')} returned "
             f"{type(built).__name__}, not a {label}; a builder must return the built part"
         )
+    if registry is GUIDANCE:
+        check_rule(built, f"guidance {part.name!r}")
     return built
 
 
@@ -150,6 +152,24 @@ def _check_control_encoder(name: str, enc: Any) -> int:
     return int(out_dim)
 
 
+def _check_mel(name: str, mel: Any) -> None:
+    """A mel front end has the attributes the other parts are sized and timed from: positive int
+    `n_mels` (the tokenizer's input), `sample_rate` (the vocoder's and the model's) and
+    `hop_length` (samples per mel frame: the window's length in samples)."""
+    where = f"mel_frontend {name!r} ({type(mel).__name__})"
+    bad = {}
+    for attr in ("n_mels", "sample_rate", "hop_length"):
+        v = getattr(mel, attr, None)
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v <= 0:
+            bad[attr] = "none" if v is None else repr(v)
+    if bad:
+        got = ", ".join(f"{k}: {v}" for k, v in bad.items())
+        raise ConfigError(
+            f"{where} needs positive int attributes n_mels, sample_rate and hop_length (mel bins, Hz, samples per frame), "
+            f"which the tokenizer, the vocoder and the window length are built from ({got}); set them in it"
+        )
+
+
 def _check_vocoder(name: str, vocoder: Any, mel: Any) -> None:
     """A vocoder keeps the `Vocoder` contract (controlfoley.audio.vocoders): a `sample_rate` equal
     to the mel front end's (the model's waveforms are read, written and timed at that rate)."""
@@ -215,6 +235,7 @@ def build_model(
     s = cfg.sampler
     sampler = MaskGITSampler(s.steps, s.temperature, s.mask_schedule)  # first: an unknown or broken schedule fails before the parts build
     mel = _build_part(MEL_FRONTENDS, cfg.mel)
+    _check_mel(cfg.mel.name, mel)
     tokenizer = _build_part(TOKENIZERS, cfg.tokenizer, n_mels=mel.n_mels)
     grid = _check_tokenizer(cfg.tokenizer.name, tokenizer, cfg.n_frames, mel.n_mels)
     own_mel = getattr(TOKENIZERS.get(cfg.tokenizer.name), "weights_mel", None)  # the mel its weights file was trained on

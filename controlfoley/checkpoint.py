@@ -350,6 +350,10 @@ def load_model(
 
             name = str(path_or_preset)
             hint = f"; build_model({name!r}) gives that preset untrained" if name in PRESETS else ""
+            if name not in PRESETS and (p.suffix or os.sep in name or "/" in name):  # meant as a path: say which is missing
+                near = sorted(q.name for q in p.parent.glob("*.safetensors"))[:5] if p.parent.is_dir() else []
+                where = f"; {p.parent} holds {', '.join(near)}" if near else ("" if p.parent.is_dir() else f"; its folder {p.parent} does not exist either")
+                raise CheckpointError(f"checkpoint not found: {p} does not exist{where}")
             raise CheckpointError(
                 f"{name} is neither a checkpoint file/folder nor a preset that ships weights ({', '.join(sorted(PRETRAINED))}){hint}"
             )

@@ -291,7 +291,7 @@ class ModelConfig:
                 changes[key] = value
             else:
                 raise ConfigError(
-                    f"unknown override {key!r}; fields you can override: {sorted((*_PART_FIELDS, 'sampler', 'n_frames'))}"
+                    f"unknown override {key!r}; fields you can override: {sorted((*_PART_FIELDS, 'sampler', 'n_frames', 'name'))}"
                 )
         removed = [f for f in _OPTIONAL_PARTS if f in changes and changes[f] is None]
         if removed and len(removed) < len(_OPTIONAL_PARTS) and all(getattr(self, f) is not None for f in _OPTIONAL_PARTS):

@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from controlfoley.backbones.base import check_logits
 from controlfoley.errors import ConfigError, ShapeError
 from controlfoley.guidance import CFG, UNCOND, Condition, GuidanceRule, MultiCFG, scale_at
 from controlfoley.typing import Bool, Float, Int, Tensor
@@ -339,7 +340,16 @@ def batched_logits(
         # rows without control get an exact zero residual; index_copy keeps the shapes static
         residuals = [None if r is None else x.new_zeros(x.shape).index_copy(0, control_rows, r.to(x.dtype)) for r in part]
     h = bb.forward_blocks(x, residuals)
-    return bb.logits(h, None if index is None else index.repeat(n_sets, 1))
+    logits = bb.logits(h, None if index is None else index.repeat(n_sets, 1))
+    positions = codes.shape[1] if index is None else index.shape[1]
+    check_logits(bb, _backbone_name(model), logits, n_sets * codes.shape[0], positions, indexed=index is not None)
+    return logits
+
+
+def _backbone_name(model: nn.Module) -> str:
+    """The registry name of `model`'s backbone, for error messages ("?" for a model without a config)."""
+    part = getattr(getattr(model, "config", None), "backbone", None)
+    return str(getattr(part, "name", "?"))
 
 
 class _Rows:

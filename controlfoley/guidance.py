@@ -37,6 +37,7 @@ __all__ = [
     "MultiCFG",
     "scale_at",
     "SCALE_SCHEDULES",
+    "check_rule",
 ]
 
 
@@ -104,6 +105,32 @@ class GuidanceRule:
     def __repr__(self) -> str:
         conds = ", ".join(c.label for c in self.conditions)
         return f"{type(self).__name__}(scale={self.scale}, schedule={self.schedule!r}, conditions=[{conds}])"
+
+
+def check_rule(rule: GuidanceRule, where: str) -> None:
+    """A guidance rule keeps the `GuidanceRule` contract, or a ConfigError naming `where` (e.g.
+    "guidance 'my_rule'") and what is wrong: `conditions` a non-empty tuple of `Condition`s,
+    `combine` overridden, a finite `scale` and a known `schedule` (set by `GuidanceRule.__init__`).
+    Checked when a model is built and when `generate` is given a rule, so that a broken user rule
+    fails there, named, not inside the first sampling step (an AttributeError on a string
+    condition, an empty NotImplementedError, or torch.cat of no rows)."""
+    where = f"{where} ({type(rule).__name__})"
+    conds = getattr(rule, "conditions", None)
+    if not isinstance(conds, (tuple, list)) or not conds or not all(isinstance(c, Condition) for c in conds):
+        bad = next((c for c in conds if not isinstance(c, Condition)), None) if isinstance(conds, (tuple, list)) else None
+        got = f"holds {bad!r}" if bad is not None else f"is {conds!r}"
+        raise ConfigError(
+            f"{where}: conditions must be a non-empty tuple of controlfoley.Condition (UNCOND, TEXT, VIDEO, TEXT_VIDEO from "
+            f"controlfoley.guidance), the fully conditioned set last; it {got}"
+        )
+    if getattr(type(rule), "combine", None) is GuidanceRule.combine:
+        raise ConfigError(f"{where} does not define combine(logits, scale): the logits of its {len(conds)} condition set(s), in order, -> guided logits")
+    scale, schedule = getattr(rule, "scale", None), getattr(rule, "schedule", None)
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or schedule not in SCALE_SCHEDULES:
+        raise ConfigError(
+            f"{where} has scale={scale!r}, schedule={schedule!r}; it needs a finite scale and a schedule in {SCALE_SCHEDULES}: "
+            "call GuidanceRule.__init__(self, scale, schedule) in its __init__ (super().__init__(scale, schedule))"
+        )
 
 
 class NoGuidance(GuidanceRule):

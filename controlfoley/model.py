@@ -28,11 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from controlfoley.backbones.base import check_logits
 from controlfoley.config import ConfigError, ModelConfig
 from controlfoley.control.controlnet import ControlNet
+from controlfoley.control.encoders import feature_dims
 from controlfoley.errors import ShapeError
 from controlfoley.fast import GuidedStep, checked_every, onednn_linear, precision, zero_scale_conditions
-from controlfoley.guidance import UNCOND, Condition, GuidanceRule
+from controlfoley.guidance import UNCOND, Condition, GuidanceRule, check_rule
 from controlfoley.sampling import Generators, MaskGITSampler, StepCallback, check_generators, get_mask_schedule
 from controlfoley.typing import Bool, Float, Int, Tensor
 
@@ -155,6 +157,7 @@ class SpecMaskFoley(nn.Module):
         if not isinstance(features, Mapping):
             raise ShapeError(f"features must be a dict of name -> [batch, frames, dim] tensors, got {type(features).__name__}")
         feats = {k: self._as_input(v, f"video feature {k!r}") for k, v in features.items()}
+        self._check_features(feats)
         try:
             encoded = self.control_encoder(feats)
         except RuntimeError as e:  # the built-ins check their inputs; a user encoder may not: name the part and what it got
@@ -183,6 +186,29 @@ class SpecMaskFoley(nn.Module):
                 f"[batch, {want[0]}, {want[1]}] for this model (token grid {self.grid[0]}x{self.grid[1]}, backbone width {want[1]})"
             )
         return out
+
+    def _check_features(self, feats: Mapping[str, Tensor]) -> None:
+        """Every key the control encoder reads is given, [b, t, d] with the width it declares in
+        `feature_dims`: checked here for any encoder, so that a user encoder gets what the built-ins
+        check themselves (it got a bare KeyError for a missing key, and features of another width
+        reached its forward, where a mean or a pooling may take them without an error)."""
+        enc = self.control_encoder
+        enc_name = self.config.control_encoder.name if self.config.control_encoder is not None else "?"
+        need = tuple(enc.required_features)
+        missing = [k for k in need if k not in feats]
+        if missing:
+            what = f"video feature {missing[0]!r} is" if len(missing) == 1 else f"video features {missing} are"
+            raise ShapeError(
+                f"{what} missing; got keys {sorted(feats)}, and control encoder {enc_name!r} reads {list(need)}. "
+                "Extract it first (controlfoley extract), or pass it under that key"
+            )
+        for key, dim in feature_dims(enc).items():
+            x = feats[key]
+            if x.ndim != 3 or x.shape[-1] != dim:
+                raise ShapeError(
+                    f"video feature {key!r} must be [batch, frames, {dim}] for control encoder {enc_name!r} (its feature_dims), "
+                    f"got {list(x.shape)}" + (f"; for one clip pass features[{key!r}][None]" if x.ndim == 2 and x.shape[-1] == dim else "")
+                )
 
     def _as_input(self, x: Any, what: str) -> Tensor:
         """A float input on the model's device and in its parameter dtype (fp16 dataset features,
@@ -225,7 +251,9 @@ class SpecMaskFoley(nn.Module):
             if not self.has_control:
                 raise ConfigError("video control given to a model without ControlNet")
             residuals = self._control_residuals(x, control, control_on)
-        return self.backbone.logits(self.backbone.forward_blocks(x, residuals))
+        logits = self.backbone.logits(self.backbone.forward_blocks(x, residuals))
+        check_logits(self.backbone, self.config.backbone.name, logits, codes.shape[0], codes.shape[1], indexed=False)
+        return logits
 
     def _control_residuals(self, x: Tensor, control: Tensor, control_on: Tensor | None) -> list[Tensor | None]:
         if control_on is None or bool(control_on.all()):
@@ -489,6 +517,7 @@ class SpecMaskFoley(nn.Module):
             guidance = GUIDANCE.build(guidance)  # an unknown name: RegistryError listing the rules
         if not isinstance(guidance, GuidanceRule):
             raise ConfigError(f"guidance must be a GuidanceRule or a GUIDANCE name, got {type(guidance).__name__}")
+        check_rule(guidance, "guidance")
         return guidance
 
     def _check_rule_inputs(self, rule: GuidanceRule, features: Any, control: Tensor | None, text: Tensor | None) -> None:
@@ -606,6 +635,9 @@ class SpecMaskFoley(nn.Module):
         return self.save(folder, extra_metadata=extra_metadata)
 
     def parameter_table(self) -> list[dict[str, Any]]:
+        """One row per part (tokenizer, backbone, the video parts, vocoder): {"part", "params",
+        "trainable", "frozen"}, counted from `requires_grad` as the model stands now (after
+        `freeze_backbone()`: the ControlNet recipe's split). `controlfoley info` prints these rows."""
         rows = []
         for name in ("tokenizer", "backbone", *_CONTROL_PARTS, "vocoder"):
             m = getattr(self, name)
@@ -672,7 +704,17 @@ def run_vocoder(vocoder: nn.Module, mel: Float[Tensor, "b m n"]) -> Float[Tensor
     say); the waveform comes back on the mel's device."""
     p = next((p for p in vocoder.parameters() if p.is_floating_point()), None)
     on, dtype = (mel.device, torch.float32) if p is None else (p.device, p.dtype)
-    return vocoder(mel.to(on, dtype)).float().to(mel.device)
+    wav = vocoder(mel.to(on, dtype))
+    if not isinstance(wav, Tensor) or wav.ndim != 2 or wav.shape[0] != mel.shape[0] or not wav.is_floating_point():
+        # a user vocoder returning [b, 1, s] (a GAN's channel axis) or the mel itself went on to be
+        # written as a wrong WAV or failed far away; the Vocoder contract is [b, s]
+        got = f"{list(wav.shape)} {wav.dtype}" if isinstance(wav, Tensor) else type(wav).__name__
+        hint = "; drop the channel axis (wav[:, 0] or wav.squeeze(1)) in its forward" if isinstance(wav, Tensor) and wav.ndim == 3 and wav.shape[1] == 1 else ""
+        raise ShapeError(
+            f"vocoder {type(vocoder).__name__} turned mel {list(mel.shape)} into {got}; a vocoder must return float waveforms "
+            f"[batch, samples] = [{mel.shape[0]}, samples] (the Vocoder protocol, controlfoley.audio.vocoders){hint}"
+        )
+    return wav.float().to(mel.device)
 
 
 def param_dtype(module: nn.Module, default: torch.dtype) -> torch.dtype:

@@ -991,3 +991,18 @@ def test_an_override_that_cannot_build_the_checkpoints_model_says_to_drop_it(mic
     n = micro_model.config.controlnet.kwargs.get("n_blocks", 3)
     with pytest.raises(ConfigError, match=r"the override\(s\) backbone cannot build a model for this checkpoint .*drop the override\(s\) to load it as saved"):
         from_pretrained(path, backbone={"depth": max(1, n - 1)})
+
+
+def test_a_mistyped_checkpoint_path_is_called_missing_and_its_neighbours_listed(micro_model, tmp_path) -> None:
+    """from_pretrained("runs/modle.safetensors") said it was "neither a checkpoint file/folder nor a
+    preset that ships weights", as if the name were meant as a preset; a path is said to be missing,
+    with the checkpoints beside it (the typo is then plain)."""
+    from controlfoley.errors import CheckpointError
+
+    micro_model.save(tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"checkpoint not found: .*modle.safetensors does not exist; .* holds model.safetensors"):
+        from_pretrained(tmp_path / "modle.safetensors")
+    with pytest.raises(CheckpointError, match=r"checkpoint not found: .*x.safetensors does not exist; its folder .*nowhere does not exist either"):
+        from_pretrained(tmp_path / "nowhere" / "x.safetensors")
+    with pytest.raises(CheckpointError, match=r"specmaskfoley_tiny is neither a checkpoint file/folder nor a preset that ships weights.*build_model"):
+        from_pretrained("specmaskfoley_tiny")  # a preset name keeps its own advice

@@ -511,3 +511,139 @@ def test_the_1d_example_tokenizer_refuses_a_mel_shorter_than_one_token():
     for n in (0, 3, 6):
         with pytest.raises(ShapeError, match="positive multiple of 4"):
             tok.grid(n)
+
+
+def _example_backbone() -> Any:
+    """The backbone class of examples/custom_backbone.py (imported as a module, not registered)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("custom_backbone_for_tests", ROOT / "examples" / "custom_backbone.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        return module.EncoderLayerBackbone
+    finally:
+        from controlfoley import BACKBONES
+
+        for name in ("encoder_layers", "no_logits"):
+            if name in BACKBONES:
+                BACKBONES.unregister(name)
+        del sys.modules[spec.name]
+
+
+def test_a_user_backbone_whose_logits_do_not_fit_is_named_not_sampled() -> None:
+    """A backbone whose head is one token short, or whose logits(h, index) ignores `index`, sampled
+    and trained without an error: the sampler drew from a smaller vocabulary, or scattered the logits
+    of the first positions onto the still-masked ones (silently wrong tokens)."""
+    from controlfoley import BACKBONES
+    from controlfoley.errors import ShapeError
+
+    base = _example_backbone()
+    small = {"dim": 32, "depth": 3, "heads": 2, "cond_dim": 16}
+
+    class ShortHead(base):
+        def logits(self, h, index=None):
+            return super().logits(h, index)[..., :-1]
+
+    class NoIndex(base):
+        def logits(self, h, index=None):
+            return self.head(self.norm(h))  # every position, whatever index asks for
+
+    for name, cls in (("test_short_head", ShortHead), ("test_no_index", NoIndex)):
+        with registered(BACKBONES, name, cls):
+            m = build_model("specmaskfoley_tiny", **{**micro_overrides(), "backbone": {"name": name, **small}}).eval()
+            x = micro_inputs(m)
+            # static_shapes=False: the sampler asks for the still-masked positions only (the CPU default)
+            gen = lambda: m.generate(x["features"], x["text"], steps=3, static_shapes=False, generator=torch.Generator().manual_seed(0))  # noqa: E731
+            if cls is ShortHead:
+                with pytest.raises(ShapeError, match=rf"backbone 'test_short_head' \(ShortHead\)\.logits returned \[2, {m.n_tokens}, 63\].*vocab_size is 64"):
+                    m.loss(x["codes"], features=x["features"], cond=x["text"])
+                with pytest.raises(ShapeError, match=r"'test_short_head'.*its vocabulary head gives 63 logits per position"):
+                    gen()
+            else:
+                m.loss(x["codes"], features=x["features"], cond=x["text"])  # every position asked: it fits
+                with pytest.raises(ShapeError, match=r"backbone 'test_no_index' \(NoIndex\)\.logits returned .*must gather those positions"):
+                    gen()
+
+
+def test_a_user_control_encoder_gets_its_features_checked_by_key_and_declared_width() -> None:
+    """A user encoder that declares `required_features` and `feature_dims` (which the docs say are
+    checked up front) got a bare KeyError for a missing key, and features of another width reached
+    its forward, where a pooling took them without an error."""
+    from controlfoley import CONTROL_ENCODERS
+    from controlfoley.errors import ShapeError
+
+    class Pooled(nn.Module):  # reads 'flow' [b, t, 8]; its mean over the width hides a wrong width
+        required_features, feature_dims, out_dim = ("flow",), {"flow": 8}, 4
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(1, 4)
+
+        def forward(self, features):
+            return self.proj(features["flow"].mean(-1, keepdim=True))
+
+    with registered(CONTROL_ENCODERS, "test_pooled", Pooled):
+        m = build_model("specmaskfoley_tiny", **{**micro_overrides(), "control_encoder": "test_pooled"})
+        text = torch.randn(2, m.backbone.cond_dim)
+        assert m.generate({"flow": torch.randn(2, 20, 8)}, text, steps=2).shape == (2, *m.grid)
+        with pytest.raises(ShapeError, match=r"video feature 'flow' is missing; got keys \['sync'\], and control encoder 'test_pooled' reads \['flow'\]"):
+            m.generate({"sync": torch.randn(2, 20, 8)}, text, steps=2)
+        with pytest.raises(ShapeError, match=r"video feature 'flow' must be \[batch, frames, 8\] for control encoder 'test_pooled' \(its feature_dims\), got \[2, 20, 5\]"):
+            m.generate({"flow": torch.randn(2, 20, 5)}, text, steps=2)
+
+
+def test_user_guidance_rules_mel_front_ends_and_vocoders_must_keep_their_contracts() -> None:
+    """A guidance rule with string conditions, none, or no combine; a mel front end without n_mels;
+    and a vocoder returning [b, 1, s] failed inside sampling or building with AttributeError,
+    NotImplementedError, torch.cat of nothing, or (the vocoder) not at all."""
+    from controlfoley import GUIDANCE, MEL_FRONTENDS, VOCODERS
+    from controlfoley.errors import ShapeError
+    from controlfoley.guidance import TEXT_VIDEO, UNCOND, GuidanceRule
+
+    class StrConds(GuidanceRule):
+        conditions = ("uncond", "video")
+
+        def combine(self, logits, scale):
+            return logits[-1]
+
+    class NoConds(StrConds):
+        conditions = ()
+
+    class NoCombine(GuidanceRule):
+        conditions = (UNCOND, TEXT_VIDEO)
+
+    class NoInit(StrConds):
+        conditions = (UNCOND, TEXT_VIDEO)
+
+        def __init__(self) -> None:  # GuidanceRule.__init__ not called: no scale, no schedule
+            pass
+
+    class NoMels(nn.Module):
+        sample_rate, hop_length = 22050, 256
+
+    class ChannelVoc(nn.Module):
+        sample_rate = 22050
+
+        def forward(self, mel):
+            return mel.new_zeros(mel.shape[0], 1, mel.shape[-1] * 256)
+
+    rules = {"test_str": (StrConds, r"holds 'uncond'"), "test_empty": (NoConds, r"it is \(\)"), "test_nocomb": (NoCombine, r"does not define combine"), "test_noinit": (NoInit, r"scale=None.*super\(\)\.__init__")}
+    for name, (cls, why) in rules.items():
+        with registered(GUIDANCE, name, lambda cls=cls: cls()):
+            with pytest.raises(ConfigError, match=rf"guidance '{name}' \({cls.__name__}\).*{why}"):
+                build_model("specmaskfoley_tiny", **{**micro_overrides(), "guidance": name})
+    m = build_model("specmaskfoley_tiny", **micro_overrides())
+    x = micro_inputs(m)
+    with pytest.raises(ConfigError, match=r"guidance \(StrConds\): conditions must be a non-empty tuple of controlfoley.Condition"):
+        m.generate(x["features"], x["text"], steps=2, guidance=StrConds())
+    with registered(MEL_FRONTENDS, "test_no_mels", NoMels):
+        with pytest.raises(ConfigError, match=r"mel_frontend 'test_no_mels' \(NoMels\) needs positive int attributes n_mels.*\(n_mels: none\)"):
+            build_model("specmaskfoley_tiny", **{**micro_overrides(), "mel": "test_no_mels"})
+    with registered(VOCODERS, "test_channel", lambda *, mel: ChannelVoc()):
+        m = build_model("specmaskfoley_tiny", **{**micro_overrides(), "vocoder": "test_channel"})
+        mel = m.decode(x["codes"])
+        with pytest.raises(ShapeError, match=r"vocoder ChannelVoc turned mel \[2, 80, 512\] into \[2, 1, 131072\].*\[batch, samples\].*wav\[:, 0\]"):
+            m.vocode(mel)

@@ -19,13 +19,14 @@ Builders receive `vocab_size` (the tokenizer's codebook) and `grid` (its token g
 """
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
+from controlfoley.errors import ShapeError
 from controlfoley.typing import Bool, Float, Int, Tensor
 
-__all__ = ["Backbone", "BACKBONE_MEMBERS", "CONTROL_MEMBERS"]
+__all__ = ["Backbone", "BACKBONE_MEMBERS", "CONTROL_MEMBERS", "check_logits"]
 
 BACKBONE_MEMBERS = ("vocab_size", "dim", "cond_dim", "embed", "forward_blocks", "logits")
 CONTROL_MEMBERS = ("blocks", "new_block")  # what the ControlNet copies
@@ -70,3 +71,27 @@ class Backbone(Protocol):
     def logits(self, h: Float[Tensor, "b l d"], index: Int[Tensor, "b k"] | None = None) -> Float[Tensor, "b k v"]:
         """Vocabulary logits at every position, or only at `index` (positions gathered per row)."""
         ...
+
+
+def check_logits(backbone: Any, name: str, logits: Any, rows: int, positions: int, indexed: bool) -> None:
+    """`backbone.logits` gave [rows, positions, vocab_size], or a ShapeError naming the backbone.
+
+    Shapes only (no host sync: the sampler calls it at every step, also inside a captured graph).
+    A user backbone whose head has another width, or whose `logits` ignores `index`, used to sample
+    without an error: the sampler drew tokens of a smaller vocabulary, or scattered the logits of
+    the first positions onto the masked ones."""
+    want = (rows, positions, int(backbone.vocab_size))
+    if isinstance(logits, Tensor) and tuple(logits.shape) == want:
+        return
+    got = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+    where = f"backbone {name!r} ({type(backbone).__name__})"
+    if isinstance(logits, Tensor) and logits.ndim == 3 and indexed and logits.shape[1] != positions:
+        hint = (
+            f"; it was asked for the {positions} positions in `index` and gave {logits.shape[1]}: logits(h, index) must "
+            "gather those positions of h, per row, when index is given (h.gather(1, index[..., None].expand(-1, -1, h.shape[-1])))"
+        )
+    elif isinstance(logits, Tensor) and logits.ndim == 3 and logits.shape[-1] != want[2]:
+        hint = f"; its vocabulary head gives {logits.shape[-1]} logits per position, but vocab_size is {want[2]} (the tokenizer's codebook)"
+    else:
+        hint = ""
+    raise ShapeError(f"{where}.logits returned {got}; it must return [rows, positions, vocab_size] = {list(want)}{hint}")

@@ -248,7 +248,7 @@ def test_extract_refuses_existing_output(tmp_path: Path, capsys: pytest.CaptureF
 
     write_clips(tmp_path, n=2)
     with pytest.warns(UserWarning, match="untrained tokenizer"):
-        rc = extract_main(["--preset", "specmaskgit_tiny", "--out", str(tmp_path), "--files", "x.wav"])
+        rc = extract_main(["--preset", "specmaskgit_tiny", "--out", str(tmp_path), "--files", str(tmp_path / INDEX_FILE)])  # (an input that exists)
     assert rc == 2 and "already holds a dataset" in capsys.readouterr().err
 
 
@@ -700,3 +700,43 @@ def test_resume_removes_the_temporary_files_a_killed_writer_left(tmp_path: Path)
     r.close()
     assert not killed.exists() and other.exists()
     assert sorted(p.name for p in root.iterdir()) == sorted([".notes.tmp-abcdefgh.txt", INDEX_FILE, "shard-00000.safetensors", "shard-00001.safetensors"])
+
+
+def _tokens_dataset(root: Path, clips: dict[str, int], tokenizer: str | None = "runs/tok") -> Path:
+    """A dataset of `{clip id: seed}`: clips of one seed have the same tokens (the same audio)."""
+    with ShardWriter(root, shard_size=2, info={"tokenizer": tokenizer}) as w:
+        for cid, seed in clips.items():
+            w.add(cid, {"tokens": torch.randint(0, 64, (5, 8), generator=torch.Generator().manual_seed(seed))})
+    return root
+
+
+def test_val_data_sharing_clips_with_the_training_data_is_named(tmp_path: Path) -> None:
+    """--val-data holding training clips (the same video in both lists, or --val-data = --data)
+    trained silently, its validation loss measuring memorisation. Shared audio is found by the tokens
+    (whatever the clips are called); two different videos that two lists both call `a.mp4` are not
+    the same clip; datasets of other tokenizers fall back to the clip ids."""
+    from controlfoley.train.datasets import warn_shared_clips
+
+    train = ShardDataset(_tokens_dataset(tmp_path / "train", {"a.mp4": 1, "b.mp4": 2, "c.mp4": 3}))
+    val = ShardDataset(_tokens_dataset(tmp_path / "val", {"../train/b.mp4": 2, "a.mp4": 11, "v.mp4": 12}))
+    with pytest.warns(UserWarning, match=r"--val-data .*val: 1 of its 3 clips have the same audio \(identical tokens\) as clips of --data, e\.g\. '\.\./train/b\.mp4' = 'b\.mp4'\. .*memorisation") as seen:
+        warn_shared_clips(train, val)
+    assert len(seen) == 1
+    with pytest.warns(UserWarning, match=r"3 of its 3 clips have the same audio"):
+        warn_shared_clips(train, train.subset([2, 0, 1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_shared_clips(train, ShardDataset(_tokens_dataset(tmp_path / "new", {"x.mp4": 21, "y.mp4": 22})))  # disjoint: quiet
+    other = ShardDataset(_tokens_dataset(tmp_path / "other", {"a.mp4": 31, "z.mp4": 32}, tokenizer="runs/tok2"))
+    with pytest.warns(UserWarning, match=r"1 of its 2 clips have the same clip ids \(paths as the lists wrote them\) as clips of --data, e\.g\. 'a\.mp4'\."):
+        warn_shared_clips(train, other)
+
+
+def test_training_with_val_data_that_is_the_training_data_warns(tmp_path: Path) -> None:
+    from test_train import config, write_data
+
+    from controlfoley.train import train
+
+    ds = write_data(tmp_path / "ds", n=8)
+    with pytest.warns(UserWarning, match=r"--val-data .*: 8 of its 8 clips have the same audio"):
+        train(config("backbone", ds, tmp_path / "bb", steps=1, warmup_steps=0, val_data=str(ds)))

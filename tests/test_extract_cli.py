@@ -4,6 +4,7 @@ a bad input, skipped with --skip-bad) with a message naming the file, its list l
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -363,6 +364,9 @@ def _stub():
     from controlfoley.data.extract import Extraction
 
     class Stub(Extraction):
+        video: list = []  # noqa: RUF012
+        window_samples, window_s = 6, 1.0  # the items' 6-sample waveforms fill the window
+
         def __init__(self) -> None:
             pass
 
@@ -432,3 +436,117 @@ def test_resume_drops_a_skipped_line_a_kill_cut_short(tmp_path: Path) -> None:
         index = _write(_stub(), out, _items(["a", "x", "b", "c", "y", "d"], bad={"x", "y"}), 6, resume=True, **common)
     assert index.n_clips == 4
     assert [line.split("\t")[0] for line in (out / SKIPPED_FILE).read_text().splitlines()] == ["x", "y"]
+
+
+def _wav_s(path: Path, seconds: float, seed: int = 0) -> Path:
+    import soundfile as sf
+
+    sf.write(path, 0.1 * torch.randn(int(22050 * seconds), generator=torch.Generator().manual_seed(seed)).numpy(), 22050)
+    return path
+
+
+def test_a_list_saved_with_a_byte_order_mark_reads_its_first_line(tmp_path: Path) -> None:
+    """A list exported by a spreadsheet starts with a UTF-8 byte-order mark; its first path was
+    '\\ufeffa.wav', 'no such file' (with --skip-bad: silently one clip fewer)."""
+    from controlfoley.data.extract import extract_main
+
+    _wav(tmp_path / "a.wav")
+    _wav(tmp_path / "b.wav")
+    (tmp_path / "clips.tsv").write_bytes("a.wav\nb.wav\n".encode("utf-8-sig"))
+    assert extract_main(["--preset", "specmaskgit_tiny", "--mel", "--list", str(tmp_path / "clips.tsv"), "--out", str(tmp_path / "ds"), "--skip-bad"]) == 0
+    ds = ShardDataset(tmp_path / "ds")
+    assert [ds.clip_id(i) for i in range(len(ds))] == ["a.wav", "b.wav"] and not (tmp_path / "ds" / "skipped.tsv").exists()
+
+
+def test_missing_files_are_named_before_any_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo on line 9000 of a list stopped the extraction there, hours in (and fixing the list then
+    changes the inputs, which --resume refuses): every missing file is named up front, with its line
+    and where it was looked for."""
+    from controlfoley.data.extract import SKIPPED_FILE, extract_main
+
+    _wav(tmp_path / "a.wav")
+    (tmp_path / "clips.tsv").write_text("a.wav\nsub/nope.wav\nb.wav\n", encoding="utf-8")
+    base = ["--preset", "specmaskgit_tiny", "--mel", "--list", str(tmp_path / "clips.tsv")]
+    with monkeypatch.context() as m:
+        _no_media_reads(m)
+        assert extract_main([*base, "--out", str(tmp_path / "strict")]) == 2
+    err = capsys.readouterr().err
+    assert "2 input(s) do not exist: 'sub/nope.wav' (" in err and "clips.tsv:2" in err and "'b.wav' (" in err and "clips.tsv:3" in err
+    assert f"looked for as {tmp_path / 'sub' / 'nope.wav'}" in err and "--skip-bad" in err
+    assert not (tmp_path / "strict").exists()
+    with pytest.warns(UserWarning, match="skipped 2 clip"):
+        assert extract_main([*base, "--out", str(tmp_path / "lax"), "--skip-bad"]) == 0
+    assert [line.split("\t")[0] for line in (tmp_path / "lax" / SKIPPED_FILE).read_text().splitlines()] == ["sub/nope.wav", "b.wav"]
+
+
+def test_resume_refuses_a_list_whose_tags_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the clip ids were compared on resume: tags changed after an interruption gave a dataset
+    whose finished shards held the old tags and the rest the new ones."""
+    from controlfoley.data import extract
+    from controlfoley.data.extract import Extraction, extract_files
+
+    files = [str(_wav(tmp_path / f"{c}.wav")) for c in "abc"]
+    ex = Extraction("specmaskgit_tiny", clap="synthetic_clap", mel=True)
+    real = extract.Extraction.audio_features
+    calls: list[int] = []
+
+    def crash_on_second(self: Any, wavs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return real(self, wavs)
+
+    out = tmp_path / "ds"
+    with monkeypatch.context() as m:
+        m.setattr(extract.Extraction, "audio_features", crash_on_second)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            extract_files(out, ex, files, tags=["bell", "thud", "ping"], shard_size=1, batch_size=1)
+    with pytest.raises(DataError, match=r"cannot resume .*these differ: source: '3 files \(ids and tags digest [0-9a-f]{12}\)' then, '3 files \(ids and tags digest [0-9a-f]{12}\)' now"):
+        extract_files(out, ex, files, tags=["knock", "thud", "ping"], shard_size=1, batch_size=1, resume=True)  # a.wav's tags changed
+    index = extract_files(out, ex, files, tags=["bell", "thud", "ping"], shard_size=1, batch_size=1, resume=True)
+    assert index.n_clips == 3
+
+
+def test_clips_much_longer_or_shorter_than_the_window_are_counted(tmp_path: Path) -> None:
+    """A 30 s video gave one clip of its first window and a 1 s one a clip of mostly padding, both
+    silently: one warning each at the end names how many, which, and what was stored."""
+    from controlfoley.data.extract import Extraction, extract_files
+
+    ex = Extraction("specmaskgit_tiny", mel=True)
+    window = ex.window_s
+    files = [_wav_s(tmp_path / "long.wav", 3 * window), _wav_s(tmp_path / "short.wav", 0.5 * window), _wav_s(tmp_path / "fits.wav", window - 0.05)]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        extract_files(tmp_path / "ds", ex, [str(f) for f in files], ids=["long.wav", "short.wav", "fits.wav"])
+    texts = [str(w.message) for w in seen]
+    long = [t for t in texts if "windows long or longer" in t]
+    short = [t for t in texts if "shorter than 90%" in t]
+    assert len(long) == 1 and long[0].startswith("1 clip(s)") and f"'long.wav' ({3 * window:.1f} s)" in long[0] and "cut it into window-long pieces" in long[0]
+    assert len(short) == 1 and short[0].startswith("1 clip(s)") and "'short.wav'" in short[0] and "zero-padded to the window" in short[0]
+    assert "fits.wav" not in " ".join(long + short)
+
+
+def test_files_takes_folders_and_all_skipped_names_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--files FOLDER` (generate's form) was one unreadable input ('is a folder'), with a hint to
+    use --skip-bad, which then ended in 'no clips were added': now a folder stands for the media
+    files in it; an input list that is skipped entirely says why."""
+    from controlfoley.data.extract import extract_main
+
+    media = tmp_path / "media"
+    media.mkdir()
+    for name in ("b.wav", "a.wav"):
+        _wav(media / name)
+    (media / "notes.txt").write_text("not media", encoding="utf-8")
+    (media / "sub").mkdir()
+    base = ["--preset", "specmaskgit_tiny", "--mel"]
+    assert extract_main([*base, "--files", str(media), "--out", str(tmp_path / "ds")]) == 0
+    ds = ShardDataset(tmp_path / "ds")
+    assert [Path(ds.clip_id(i)).name for i in range(len(ds))] == ["a.wav", "b.wav"]
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()
+    assert extract_main([*base, "--files", str(tmp_path / "empty"), "--out", str(tmp_path / "e")]) == 2
+    assert "a folder with no video or audio files directly in it" in capsys.readouterr().err
+    (media / "bad.wav").write_bytes(b"not audio")
+    assert extract_main([*base, "--files", str(media / "bad.wav"), "--out", str(tmp_path / "bad"), "--skip-bad"]) == 2
+    err = capsys.readouterr().err
+    assert "all 1 input(s) were skipped" in err and "bad.wav" in err and "skipped.tsv" in err

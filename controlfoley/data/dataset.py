@@ -16,6 +16,7 @@ Features
 """
 
 import bisect
+import hashlib
 import json
 import os
 from collections import OrderedDict
@@ -143,6 +144,25 @@ class ShardDataset(Dataset[dict[str, torch.Tensor]]):
                 f"clip {self.clip_id(i)!r} (row {row} of shard {path}) has {bad}: the shard is corrupt. Find every such shard "
                 "with --verify-data sha256, re-extract them, and continue the run with --resume"
             )
+
+    def clip_ids(self) -> list[str]:
+        """The id of every clip of this view, in order (from each shard's metadata: no feature is read)."""
+        ids: list[str] = []
+        for k, shard in enumerate(self.index.shards):
+            stored = json.loads((self._handle(k).metadata() or {}).get("clip_ids", "[]"))
+            ids += [str(stored[r]) if r < len(stored) else f"{shard.file}:{r}" for r in range(shard.n_clips)]
+        return [ids[r] for r in self._rows]
+
+    def row_digests(self, key: str) -> list[str]:
+        """A SHA-256 of each clip's stored feature `key`, in order (one shard's feature read at a
+        time): equal digests are equal stored values, e.g. the same audio's tokens."""
+        if key not in self.index.features:
+            raise DataError(f"dataset {self.root} has no feature {key!r} (it holds {sorted(self.index.features)})")
+        digests: list[str] = []
+        for k in range(len(self.index.shards)):
+            values = self._handle(k).get_tensor(key).contiguous()
+            digests += [hashlib.sha256(values[r].numpy().tobytes()).hexdigest() for r in range(values.shape[0])]
+        return [digests[r] for r in self._rows]
 
     def clip_id(self, i: int) -> str:
         shard, row = self._locate(int(i))

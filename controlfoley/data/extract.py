@@ -9,13 +9,14 @@ Features
   `video_seconds` (default: the audio window), and a shorter video repeats its last frame (a frozen
   picture), giving floor(video_seconds x fps) frames per extractor. The paper feeds the whole 10 s
   clip (240 Synchformer and 80 CLIP frames) while its audio window is 848 frames = 9.85 s:
-  `video_seconds=10` (`--video-seconds 10`) reproduces that.
+  `video_seconds=10` (`--video-seconds 10`) reproduces that. Clips 1.5 windows long or longer (only
+  their first window stored) and shorter than 90% of it (mostly padding) are counted in a warning.
 - Sources: `extract_synthetic` renders clips of `SyntheticWorld` (CLAP-like vector from the clip's
   class ids, the audio-prompt role); `extract_files` reads video files (PyAV: audio track and frames
   at each extractor's rate) or audio files (no video features, so refused, or with `skip_bad`
   skipped, when video extractors are given), with optional tags for `clap`.
-- Checked before any clip is read: an audio file among the inputs of video extractors, a clip id
-  given twice, tags a fixed-vocabulary text extractor cannot encode (each named with its list
+- Checked before any clip is read: inputs that do not exist (without `skip_bad`), an audio file
+  among the inputs of video extractors, a clip id given twice, tags a fixed-vocabulary text extractor cannot encode (each named with its list
   file and line). Extractors that give only some of the preset's control features are warned about
   up front, and `extract_main` ends by saying which recipes the dataset serves for the preset.
 - The tokenizer's weights come from a checkpoint (`tokenizer=`: a file, checkpoint folder or run
@@ -29,6 +30,7 @@ References: SpecMaskFoley sec. 4.2 (10 s at 22.05 kHz -> 848 frames -> 5 x 53 to
 """
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -50,7 +52,7 @@ from controlfoley.config import ConfigError, parse_overrides, parse_spec
 from controlfoley.control.encoders import check_widths
 from controlfoley.data.extractors import PATH_ARGS, build_extractor
 from controlfoley.data.shards import INDEX_FILE, PROGRESS_FILE, ShardIndex, ShardWriter
-from controlfoley.errors import ControlFoleyError, DataError, MediaError, one_line
+from controlfoley.errors import ControlFoleyError, DataError, MediaError, one_line, user_stacklevel
 from controlfoley.typing import Tensor
 
 log = logging.getLogger(__name__)
@@ -158,6 +160,7 @@ class Extraction:
                 stacklevel=2,
             )
         self.keep_mel, self.device = mel, torch.device(device)
+        self.window_samples = int(self.model.n_samples)  # the audio of a clip: cropped or zero-padded to this
         self.window_s = self.model.n_samples / self.model.sample_rate
         self.video_s = self.window_s if video_seconds is None else float(video_seconds)
         if self.video_s <= 0:
@@ -324,10 +327,12 @@ def _write(
         except OSError as e:
             raise writer.write_error(skipped_file, e) from None
     n_skipped = len(passed)
+    lengths = _Lengths(ex.window_samples)
     for cid, load in tqdm(it, total=total, initial=len(writer.clip_ids) + n_skipped, desc="extract", dynamic_ncols=True):
         try:
             wav, video, clap = load()
             feats = ex.video_features(video) if video is not None else {}
+            lengths.add(cid, wav.shape[0])
         except (MediaError, DataError) as e:
             if not skip_bad or isinstance(e, ListError):
                 raise
@@ -344,13 +349,62 @@ def _write(
         if len(pending) >= batch_size:
             flush()
     flush()
+    if n_skipped and not writer.n_clips:  # every input was left out: say why, not only that the dataset is empty
+        reason = _skipped_lines(skipped_file)[:1]
+        raise DataError(
+            f"all {n_skipped} input(s) were skipped, so there is nothing to write to {writer.root}"
+            + (f" (e.g. {reason[0].split(chr(9), 1)[-1]})" if reason else "")
+            + f"; see {skipped_file} for each file and why, fix the inputs and run the command again"
+        )
     index = writer.close()
+    lengths.warn(ex.window_s, video=bool(ex.video))
     if n_skipped:
         warnings.warn(
             f"skipped {n_skipped} clip(s) whose media could not be read or cannot give the video features; they are listed in {writer.root / SKIPPED_FILE}",
             stacklevel=3,
         )
     return index
+
+
+class _Lengths:
+    """The clips whose audio is far from the model's window, for one warning at the end: much longer
+    (only the first window is stored: the rest of a long video is not trained on) or much shorter
+    (zero-padded: mostly silence is learnt)."""
+
+    LONG, SHORT = 1.5, 0.9  # in windows: half a window or more unused; a tenth of the window or more padded
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.long: list[tuple[str, int]] = []
+        self.short: list[tuple[str, int]] = []
+
+    def add(self, clip_id: str, n_samples: int) -> None:
+        if n_samples >= self.LONG * self.window:
+            self.long.append((clip_id, n_samples))
+        elif n_samples < self.SHORT * self.window:
+            self.short.append((clip_id, n_samples))
+
+    def warn(self, window_s: float, *, video: bool) -> None:
+        rate = self.window / window_s
+
+        def shown(clips: list[tuple[str, int]]) -> str:
+            return ", ".join(f"{c!r} ({n / rate:.1f} s)" for c, n in clips[:3]) + (f" and {len(clips) - 3} more" if len(clips) > 3 else "")
+
+        if self.long:
+            warnings.warn(
+                f"{len(self.long)} clip(s) are {self.LONG:g} windows long or longer, e.g. {shown(self.long)}: only their first "
+                f"{window_s:.2f} s (the model's window) are stored, the rest is not trained on. To train on all of a long video, "
+                "cut it into window-long pieces first (e.g. `ffmpeg -i IN -c copy -f segment -segment_time SECONDS OUT%03d.mp4`) "
+                "and list each piece",
+                stacklevel=user_stacklevel(),
+            )
+        if self.short:
+            warnings.warn(
+                f"{len(self.short)} clip(s) are shorter than {self.SHORT:.0%} of the model's {window_s:.2f} s window, e.g. "
+                f"{shown(self.short)}: their audio is zero-padded{' (and their last video frame held)' if video else ''} to the window, so the "
+                "model also learns the silence after them; leave out clips much shorter than the window if that is not wanted",
+                stacklevel=user_stacklevel(),
+            )
 
 
 def _skipped_lines(path: Path) -> list[str]:
@@ -466,6 +520,12 @@ def extract_files(
             f"{len(twice)} clip id(s) are given more than once: {'; '.join(twice[:5])}{' ...' if len(twice) > 5 else ''}; "
             "every clip needs its own id (ids name clips in the dataset, skipped.tsv and --resume): remove the repeated entries"
         )
+    missing = [i for i, f in enumerate(files) if not Path(f).exists()]
+    if missing and not skip_bad:  # a typo in the list: named now, not after hours of extraction
+        raise MediaError(  # (the command line adds how --skip-bad leaves them out)
+            f"{len(missing)} input(s) do not exist: {listing(missing)} (the first looked for as {os.path.abspath(files[missing[0]])}); "
+            "fix the paths (a list's relative paths are read from the list's own folder) or leave them out (skip_bad=True)"
+        )
     from controlfoley.data.real_extractors import check_unique_stems
 
     check_unique_stems(ex.video, files)  # precomputed features are found by file stem
@@ -529,8 +589,12 @@ def extract_files(
         return wav, video, clap
 
     items = ((names[i], lambda i=i: load(i)) for i in range(len(files)))
+    # the inputs in the record a resume compares: another list (a changed tag included) is refused,
+    # rather than its clips mixed with those of the finished shards
+    digest = hashlib.sha256(json.dumps([names, tags]).encode()).hexdigest()[:12]
+    source = f"{len(files)} files (ids and tags digest {digest})"
     return _write(
-        ex, out, items, len(files), shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, source=f"{len(files)} files", resume=resume,
+        ex, out, items, len(files), shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, source=source, resume=resume,
         skip_bad=skip_bad,
     )  # fmt: skip
 
@@ -543,7 +607,7 @@ def _read_list(path: str) -> tuple[list[str], list[str] | None, list[str], list[
     files, tags, ids, where = [], [], [], []
     listing = Path(path)
     try:
-        text = listing.read_text(encoding="utf-8")
+        text = listing.read_text(encoding="utf-8-sig")  # a spreadsheet's export starts with a byte-order mark
     except OSError as e:
         raise DataError(f"--list {listing}: cannot read it ({e.strerror or e})") from e
     for n, line in enumerate(text.splitlines(), 1):
@@ -557,13 +621,36 @@ def _read_list(path: str) -> tuple[list[str], list[str] | None, list[str], list[
     return files, (tags if any(tags) else None), ids, where
 
 
+def _expand_folders(items: Sequence[str]) -> list[str]:
+    """--files: a folder stands for the media files directly in it (video and audio files, sorted
+    by name, hidden ones left out), as `generate` reads a folder; files are kept as given."""
+    from controlfoley._media import VIDEO_SUFFIXES
+
+    out: list[str] = []
+    for item in items:
+        folder = Path(item)
+        if not folder.is_dir():
+            out.append(item)
+            continue
+        media = sorted(
+            f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in VIDEO_SUFFIXES | AUDIO_SUFFIXES
+        )
+        if not media:
+            raise DataError(
+                f"--files {item}: a folder with no video or audio files directly in it ({' '.join(sorted(VIDEO_SUFFIXES | AUDIO_SUFFIXES))}); "
+                "give media files or folders of them, or a list (--list FILE) for files in subfolders"
+            )
+        out += [str(f) for f in media]
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="controlfoley extract", description="Precompute tokens and video features into a sharded dataset (docs/DATA.md).")
     p.add_argument("--preset", required=True, help="model preset: fixes the window, mel, tokenizer grid")
     p.add_argument("--out", required=True, help="dataset folder to create")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic", type=int, metavar="N", help="render N clips of the synthetic world")
-    src.add_argument("--files", nargs="+", help="video or audio files")
+    src.add_argument("--files", nargs="+", help="video or audio files, or folders of them (the media files directly in each)")
     src.add_argument("--list", dest="list_file", help="text file: one path per line (relative ones from the list's folder), optional TAB + tags")
     p.add_argument("--split", default="train", help="synthetic split: train, val or test")
     p.add_argument("--world-seed", type=int, default=0)
@@ -642,7 +729,7 @@ def _extract_main(args: argparse.Namespace) -> int:
         if args.synthetic is not None:
             index = extract_synthetic(args.out, ex, n_clips=args.synthetic, split=args.split, world_seed=args.world_seed, **common)
         else:
-            files, tags, ids, where = _read_list(args.list_file) if args.list_file else (args.files, None, None, None)
+            files, tags, ids, where = _read_list(args.list_file) if args.list_file else (_expand_folders(args.files), None, None, None)
             index = extract_files(args.out, ex, files, tags=tags, ids=ids, where=where, skip_bad=args.skip_bad, **common)
     except (ControlFoleyError, KeyError, ValueError) as e:
         hint = " (--skip-bad leaves out files that cannot be read and lists them in OUT/skipped.tsv)" if isinstance(e, MediaError) and not args.skip_bad else ""

@@ -404,8 +404,12 @@ class ShardWriter:
         mine = json.loads(json.dumps(self.info))  # as it reads back (tuples become lists)
         if info != mine:
             diff = sorted(k for k in set(info) | set(mine) if info.get(k) != mine.get(k))
+            shown = [  # a short value is shown then and now (e.g. the inputs: "27 files (ids and tags digest ...)"), a long one named
+                f"{k}: {info.get(k)!r} then, {mine.get(k)!r} now" if all(isinstance(v, (str, int, float, type(None))) for v in (info.get(k), mine.get(k))) else k
+                for k in diff
+            ]
             raise DataError(
-                f"cannot resume {self.root}: the interrupted extraction had other settings ({', '.join(diff)} differ); "
+                f"cannot resume {self.root}: the interrupted extraction had other settings (these differ: {'; '.join(shown)}); "
                 "resume with the same command, or start again with overwrite=True (--overwrite)"
             )
         ids: list[str] = []

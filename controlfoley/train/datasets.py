@@ -11,16 +11,17 @@
 """
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 from controlfoley.data.dataset import ShardDataset, epoch_permutation
-from controlfoley.errors import DataError, TrainingError
+from controlfoley.errors import DataError, TrainingError, user_stacklevel
 from controlfoley.model import SpecMaskFoley
 from controlfoley.train.config import TrainConfig
 from controlfoley.train.recipes import Recipe
 
-__all__ = ["open_datasets", "check_same_data", "check_batch_fits", "DATA_RECORD"]
+__all__ = ["open_datasets", "check_same_data", "check_batch_fits", "warn_shared_clips", "DATA_RECORD"]
 
 VAL_SPLIT_SEED = 20_240_917  # fixed, so the held-out clips do not change with the training seed
 DATA_RECORD = "data.json"
@@ -35,6 +36,33 @@ def open_datasets(cfg: TrainConfig, recipe: Recipe, model: SpecMaskFoley) -> tup
     order = epoch_permutation(len(full), VAL_SPLIT_SEED, 0).tolist()
     n_val = max(1, int(len(full) * cfg.val_fraction))
     return full.subset(sorted(order[n_val:])), full.subset(sorted(order[:n_val]))
+
+
+def warn_shared_clips(train_ds: ShardDataset, val_ds: ShardDataset) -> None:
+    """Warn when --val-data holds clips of --data, whose validation loss measures memorisation. Two
+    datasets of tokens from one tokenizer are compared by content (identical tokens: the same audio,
+    whatever the clips' names: lists in two folders can both say `a.mp4` for different videos);
+    others by clip id (the path as the list wrote it)."""
+    t_spec, v_spec = train_ds.index.features.get("tokens"), val_ds.index.features.get("tokens")
+    by_audio = t_spec is not None and t_spec == v_spec and train_ds.info.get("tokenizer") == val_ds.info.get("tokenizer")
+    train_ids, val_ids = train_ds.clip_ids(), val_ds.clip_ids()
+    train_keys = train_ds.row_digests("tokens") if by_audio else train_ids
+    val_keys = val_ds.row_digests("tokens") if by_audio else val_ids
+    first = dict(zip(reversed(train_keys), reversed(train_ids)))  # key -> the first train clip with it
+    shared = [i for i, k in enumerate(val_keys) if k in first]
+    if not shared:
+        return
+    if by_audio:
+        how, shown = "the same audio (identical tokens) as clips of --data", [f"{val_ids[i]!r} = {first[val_keys[i]]!r}" for i in shared[:3]]
+    else:
+        how, shown = "the same clip ids (paths as the lists wrote them) as clips of --data", [repr(val_ids[i]) for i in shared[:3]]
+    warnings.warn(
+        f"--val-data {val_ds.root}: {len(shared)} of its {len(val_ds)} clips have {how}, e.g. {', '.join(shown)}"
+        f"{f' and {len(shared) - 3} more' if len(shared) > 3 else ''}. Validation on clips the model trains on measures memorisation, not how it does "
+        f"on new videos; extract the validation videos from a list that leaves out the training ones (or drop --val-data "
+        f"for a --val-fraction split of --data {train_ds.root})",
+        stacklevel=user_stacklevel(),
+    )
 
 
 def _open(cfg: TrainConfig, recipe: Recipe, model: SpecMaskFoley, root: str, flag: str) -> ShardDataset:

@@ -54,7 +54,7 @@ from controlfoley.errors import CheckpointError, TrainingError, user_stacklevel
 from controlfoley.model import SpecMaskFoley
 from controlfoley.train.checkpoints import RunDir, TrainState, longer_run_hint, nothing_to_resume_message, resolve_model_file, restore_rng
 from controlfoley.train.config import PluginChangedWarning, TrainConfig, plugin_changes
-from controlfoley.train.datasets import DATA_RECORD, check_batch_fits, check_same_data, open_datasets
+from controlfoley.train.datasets import DATA_RECORD, check_batch_fits, check_same_data, open_datasets, warn_shared_clips
 from controlfoley.train.distributed import DistInfo, agree_before_training, all_reduce_sum, barrier, init_distributed, mark_reported, shutdown
 from controlfoley.train.interrupt import TrainingInterrupted, interrupt_pending, steps_running, terminate_as_interrupt
 from controlfoley.train.metrics import MetricsLogger
@@ -169,6 +169,8 @@ class Trainer:
         self._data_record = check_same_data(cfg, self.run_dir.root, self.train_ds, self.val_ds, resume)
         if info.is_main and "tokens" in self.recipe.needed_keys(self.model, self.train_ds):  # the recipes that train on stored tokens
             warn_token_provenance(cfg, self.model.config, [self.train_ds, self.val_ds], stacklevel=user_stacklevel())
+        if info.is_main and cfg.val_data is not None and self.val_ds is not None:  # once, from rank 0 (it reads every clip's tokens)
+            warn_shared_clips(self.train_ds, self.val_ds)
         self.recipe.fit_to_data(self.model, self.train_ds)
         # the checkpoints record which extractors made the features it reads, so that generate can use the same ones
         reads = {"clap", *(self.model.control_encoder.required_features if self.model.has_control else ())}

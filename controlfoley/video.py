@@ -211,13 +211,20 @@ def _to_rgb(frame: av.VideoFrame, hw: tuple[int, int] | None) -> np.ndarray:
     return rgb.reformat(height=hw[0], width=hw[1], interpolation="AREA").to_ndarray()
 
 
-def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | None = None) -> Frames:
+def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | None = None, max_seconds: float | None = None) -> Frames:
     """Decode the first video stream at a fixed rate `fps` (see the module docstring for the rule).
 
     `size`: resize to (size, size) for an int, (height, width) for a tuple; None keeps the source size.
     Time 0 is the first decoded frame's presentation time.
+    `max_seconds`: decode only that much from the start (a dataset clip's window of a long video):
+    a longer video gives floor(max_seconds x fps) frames and `duration_s` = max_seconds, and is
+    read no further (memory and time bounded by the window, not the video; the end of the file is
+    then not checked for truncation). A shorter one is read whole, as without it.
     """
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
     hw, p, rate = _parse_size(size), Path(path), rate_fraction(fps)
+    limit = None if max_seconds is None else Fraction(max_seconds)
     with open_input(p) as c:
         s = video_stream(c, p)
         s.thread_type = "AUTO"
@@ -235,6 +242,9 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
             t = max(t, times[-1]) if times else t  # never step back in time
             if pending is not None and (n := picker.advance(t)):
                 out += [_to_rgb(pending, hw)] * n
+            if limit is not None and t > limit:  # every output frame up to the limit is picked (displayed before t)
+                total = _total_frames(limit, rate)
+                return Frames(frames=torch.from_numpy(np.stack(out[:total])), fps=float(fps), duration_s=float(limit))
             pending = frame
             times.append(t)
         check_complete(p, s, len(times))  # also refuses a stream without frames

@@ -400,6 +400,24 @@ def test_a_file_cut_short_mid_stream_is_refused(tmp_path: Path, suffix: str) -> 
     assert str(cut) in msg and "truncated" in msg and "header states 4.00 s" in msg and "re-download" in msg and "\n" not in msg
 
 
+def test_max_seconds_reads_only_the_start_of_a_long_video(tmp_path: Path) -> None:
+    """A dataset clip of a long video needs its first window only: the frames are those of a whole
+    read, and the file is read no further (its cut second half is never reached)."""
+    frames = _blocky_frames(96)
+    full = video.write_video(tmp_path / "full.mkv", frames, 24.0, audio=torch.zeros(4 * 22050), sample_rate=22050)
+    whole = video.read_frames(full, 10.0)
+    start = video.read_frames(full, 10.0, max_seconds=1.25)
+    assert start.frames.shape[0] == 12 and start.duration_s == 1.25 and torch.equal(start.frames, whole.frames[:12])
+    assert torch.equal(video.read_frames(full, 10.0, max_seconds=60.0).frames, whole.frames)  # shorter than the limit: read whole
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(MediaError, match="truncated"):
+        video.read_frames(cut, 10.0)
+    assert torch.equal(video.read_frames(cut, 10.0, max_seconds=1.0).frames, whole.frames[:10])
+    with pytest.raises(ValueError, match="max_seconds must be positive"):
+        video.read_frames(full, 10.0, max_seconds=0)
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
 def test_a_slideshow_ends_with_its_last_frame(tmp_path: Path, suffix: str) -> None:
     """Frames 2 s apart whose last one is shown for 40 ms, as the file and its header say: the video

@@ -585,7 +585,7 @@ def extract_files(
         wav = load_audio(p, sr) if is_audio[i] else read_audio_track(p, sr)
         if ex.clap is not None and _embeds_audio(ex.clap):
             clap = _audio_prompt(ex, wav)
-        video = None if (is_audio[i] or not ex.video) else VideoSource(lambda fps: read_frames(p, fps).frames, p)
+        video = None if (is_audio[i] or not ex.video) else VideoSource(lambda fps: read_frames(p, fps, max_seconds=ex.video_s).frames, p)
         return wav, video, clap
 
     items = ((names[i], lambda i=i: load(i)) for i in range(len(files)))

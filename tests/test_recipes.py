@@ -25,7 +25,7 @@ from controlfoley import RECIPES, RegistryError
 from controlfoley._registry import PLUGIN_ENV, PluginError, load_plugins
 from controlfoley.cli import main as cli_main
 from controlfoley.config import ConfigError
-from controlfoley.train import TrainConfig
+from controlfoley.train import TrainConfig, train
 from controlfoley.train.cli import main as train_main
 from controlfoley.train.config import RECIPE_DEFAULTS, PluginChangedWarning, RecipeError
 from controlfoley.train.metrics import read_metrics
@@ -305,7 +305,7 @@ def test_a_resumed_run_loads_the_plugin_its_config_records_and_warns_when_it_cha
 ) -> None:
     plugin, run = plugin_copy, tmp_path / "run"
     with pytest.warns(UserWarning, match="controlnet recipe without --init"):
-        assert train_main([*cli_args(NAME, data, run, "--plugin", str(plugin), steps=4), "--stop-at", "1"]) == 0
+        assert train_main([*cli_args(NAME, data, run, "--plugin", str(plugin), steps=5), "--stop-at", "1"]) == 0
     sha = hashlib.sha256(plugin.read_bytes()).hexdigest()
     assert json.loads((run / "config.json").read_text())["plugins"] == [{"path": str(plugin), "sha256": sha}]
     _new_process(plugin, monkeypatch)
@@ -330,6 +330,14 @@ def test_a_resumed_run_loads_the_plugin_its_config_records_and_warns_when_it_cha
         assert train_main([NAME, "--out", str(run), "--resume", "--stop-at", "4", "--plugin", str(plugin)]) == 0
     assert read_metrics(run, "train")[-1]["step"] == 4
     capsys.readouterr()
+    # the Python API, with the config read back from the run: compared and recorded anew alike
+    plugin.write_text(plugin.read_text() + "# edited again\n")
+    _new_process(plugin, monkeypatch)
+    load_plugins(str(plugin))
+    with pytest.warns(PluginChangedWarning, match=rf"changed since \(sha256 {new_sha[:12]}\.\.\. then"):
+        train(TrainConfig.from_json((run / "config.json").read_text()), resume=True)
+    assert read_metrics(run, "train")[-1]["step"] == 5
+    assert json.loads((run / "config.json").read_text())["plugins"][0]["sha256"] == hashlib.sha256(plugin.read_bytes()).hexdigest()
 
 
 def test_a_resumed_run_whose_plugin_is_gone_names_the_recorded_file_and_the_fix(
@@ -527,3 +535,43 @@ def test_options_a_command_line_cannot_take_are_refused_when_registered(scratch_
 
     with pytest.raises(RegistryError, match=r"unknown TrainConfig field\(s\) \['recipe_options'\].*the fields of its Options dataclass"):
         RECIPES.register("bad")(Defaults)
+
+
+def test_a_recipe_derived_from_a_recipe_with_options_adds_its_own_and_keeps_the_inherited_help(
+    scratch_recipes: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A subclass adds options by deriving its Options from its parent's: it has both, and the
+    inherited ones keep the help written in the parent's source (not an empty one)."""
+
+    class Parent(ControlNetRecipe):
+        @dataclass(frozen=True)
+        class Options:
+            alpha: float = 0.5  # weight of the parent's extra term
+
+    class Child(Parent):
+        @dataclass(frozen=True)
+        class Options(Parent.Options):
+            beta: int = 2  # the child's own count
+
+    RECIPES.register("parent_recipe")(Parent)
+    scratch_recipes.append("parent_recipe")
+    RECIPES.register("child_recipe")(Child)
+    scratch_recipes.append("child_recipe")
+    cfg = TrainConfig.for_recipe("child_recipe", preset="p", data="d", out="o", recipe_options={"alpha": 0.25})
+    assert cfg.recipe_options == {"alpha": 0.25, "beta": 2}
+    with pytest.raises(SystemExit):
+        train_main(["child_recipe", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--alpha ALPHA weight of the parent's extra term [default: 0.5]" in out and "--beta BETA the child's own count [default: 2]" in out
+
+    class Replacing(Parent):  # its own Options, not derived: Parent's code would miss `alpha`
+        @dataclass(frozen=True)
+        class Options:
+            beta: int = 2
+
+    class Dropping(Parent):
+        Options = None
+
+    for klass in (Replacing, Dropping):
+        with pytest.raises(RegistryError, match=r"replaces Parent.Options instead of deriving from it.*class Options\(Parent.Options\)"):
+            RECIPES.register(f"{klass.__name__.lower()}_recipe")(klass)

@@ -221,17 +221,18 @@ def test_sigterm_checkpoints_the_step_in_progress_and_resuming_ends_as_an_uninte
 
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         pytest.skip("this process already handles SIGTERM")
-    checkpoint = loop.Trainer._checkpoint
+    train_step = loop.Trainer._train_step
 
-    def then_terminate(self: Any, step: int) -> None:
-        checkpoint(self, step)
-        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, "training left SIGTERM to kill the process"
-        os.kill(os.getpid(), signal.SIGTERM)
+    def terminated_in_step_3(self: Any, step: int, batches: Any) -> dict[str, float]:
+        if step == 2:
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, "training left SIGTERM to kill the process"
+            os.kill(os.getpid(), signal.SIGTERM)
+        return train_step(self, step, batches)
 
-    monkeypatch.setattr(loop.Trainer, "_checkpoint", then_terminate)  # SIGTERM while step 3 is due
+    monkeypatch.setattr(loop.Trainer, "_train_step", terminated_in_step_3)  # SIGTERM while step 3 runs
     with pytest.raises(KeyboardInterrupt) as caught:
         train(config("backbone", data, tmp_path / "run"))
-    monkeypatch.setattr(loop.Trainer, "_checkpoint", checkpoint)
+    monkeypatch.setattr(loop.Trainer, "_train_step", train_step)
     ckpts = tmp_path / "run" / "checkpoints"
     assert isinstance(caught.value, TrainingInterrupted) and caught.value.signum == signal.SIGTERM
     assert caught.value.checkpoint == ckpts / "step-00000003"
@@ -243,6 +244,47 @@ def test_sigterm_checkpoints_the_step_in_progress_and_resuming_ends_as_an_uninte
     full, resumed = final_state(tmp_path / "full"), final_state(tmp_path / "run")
     assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
     assert losses(tmp_path / "run") == losses(tmp_path / "full") and len(losses(tmp_path / "full")) == 6
+
+
+def test_sigterm_during_a_validation_or_a_checkpoint_write_stops_the_run_there(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In one process a SIGTERM that comes after the step's training, during its validation (which
+    can outlast a scheduler's grace period) or its periodic checkpoint write, stops the run at that
+    step: the validation is left unfinished, the step is checkpointed once, and no further step (and
+    checkpoint write) runs first."""
+    import controlfoley.train.loop as loop
+    from controlfoley.train.recipes import MaskedTokenRecipe
+
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("this process already handles SIGTERM")
+    checkpoint, val_plan = loop.Trainer._checkpoint, MaskedTokenRecipe.val_plan
+    writes: list[int] = []
+
+    def recorded(self: Any, step: int) -> None:
+        writes.append(step)
+        checkpoint(self, step)
+
+    def terminated_in_write_2(self: Any, step: int) -> None:
+        recorded(self, step)
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop.Trainer, "_checkpoint", terminated_in_write_2)
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(config("backbone", data, tmp_path / "ckpt"))
+    assert caught.value.checkpoint == tmp_path / "ckpt" / "checkpoints" / "step-00000002" and writes == [2]
+    assert [r["step"] for r in read_metrics(tmp_path / "ckpt", "train")] == [1, 2]
+
+    def terminated_in_validation(self: Any, cfg: TrainConfig, model: Any, clip_indices: list[int]) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)  # during the first of its 4 batches of 4 clips
+        return val_plan(self, cfg, model, clip_indices)
+
+    writes.clear()
+    monkeypatch.setattr(loop.Trainer, "_checkpoint", recorded)
+    monkeypatch.setattr(MaskedTokenRecipe, "val_plan", terminated_in_validation)
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(config("backbone", data, tmp_path / "val", val_data=str(write_data(tmp_path / "held_out", seed=1)), val_every=2, ckpt_every=100))
+    assert caught.value.checkpoint == tmp_path / "val" / "checkpoints" / "step-00000002" and writes == [2]
+    assert [r["step"] for r in read_metrics(tmp_path / "val", "train")] == [1, 2] and not read_metrics(tmp_path / "val", "val")
 
 
 def test_deferred_sigterm_waits_for_the_step_and_a_callers_handler_stays() -> None:

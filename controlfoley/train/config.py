@@ -242,12 +242,19 @@ def option_specs(options: Any, owner: str) -> dict[str, RecipeOption]:
 
 
 def _option_comments(options: type) -> dict[str, str]:
-    """The comment after each field of an Options class in its source (empty where there is none)."""
-    try:
-        src = inspect.getsource(options)
-    except (OSError, TypeError):  # defined where no source is kept
-        return {}
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+): [^=\n]+(?:=[^#\n]*)?#(.*)$", src, re.MULTILINE)}
+    """The comment after each field of an Options class in its source (empty where there is none),
+    also of the fields it inherits (a subclass's Options derived from its parent's: those are
+    written in the parent's source, and the nearest class's comment wins)."""
+    out: dict[str, str] = {}
+    for klass in reversed(options.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            src = inspect.getsource(klass)
+        except (OSError, TypeError):  # defined where no source is kept
+            continue
+        out.update({m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+): [^=\n]+(?:=[^#\n]*)?#(.*)$", src, re.MULTILINE)})
+    return out
 
 
 _SPECS: dict[tuple[Any, str], dict[str, RecipeOption]] = {}  # option_specs of a class, read once (each TrainConfig.replace checks its options)

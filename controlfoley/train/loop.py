@@ -10,7 +10,10 @@ Features
   Backbone and ControlNet runs warn when the tokens came from an untrained or another tokenizer
   (`provenance`). A --resume with no step left says so, and how to train longer.
 - SIGTERM (a scheduler's preemption) lets the step in progress finish, writes a checkpoint of it
-  and stops the run as Ctrl-C does (`interrupt`); --resume goes on from that very step.
+  and stops the run as Ctrl-C does (`interrupt`); --resume goes on from that very step. In one
+  process a SIGTERM during a validation or a checkpoint write stops the run there (the validation
+  left unfinished), not after another step; under torchrun, after the next step (the ranks agree
+  in its collective).
 - AdamW over the trainable parameters only (weight decay on tensors of rank >= 2), the LR set from
   `WarmupCosine` at every step, gradient accumulation (DDP `no_sync` on all but the last
   micro-batch), global-norm gradient clipping, bf16 autocast on CUDA, optional torch.compile.
@@ -36,7 +39,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -212,6 +215,7 @@ class Trainer:
                     f"--resume continues the run in {rd.root} with its own settings, but these differ: {lines}. "
                     f"Drop those flags, or start a new --out.{longer}"
                 )
+            cfg = cfg.replace(plugins=None)  # recorded anew from the code loaded now (a config read back from config.json holds the old record)
             self._warn_changed_plugins(saved, cfg)
         elif rd.latest_dir() is not None:
             raise TrainingError(
@@ -360,13 +364,18 @@ class Trainer:
                     if done < stop and (self._terminated or (not info.distributed and interrupt_pending())):
                         self._stop_for_signal(done)  # before the validation due now: the grace period is short
                     if self.val_ds is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.steps):
-                        result["val"] = self.validate()
-                        log.log(done, "val", result["val"])
+                        val = self.validate(stop_on_signal=not info.distributed)
+                        if val is None:  # one process: a SIGTERM came during it (it can outlast a grace period)
+                            self._stop_for_signal(done)
+                        result["val"] = val
+                        log.log(done, "val", val)
                         if plain:
-                            shown = ", ".join(f"{k} {v:.4g}" for k, v in result["val"].items() if isinstance(v, (int, float)))
+                            shown = ", ".join(f"{k} {v:.4g}" for k, v in val.items() if isinstance(v, (int, float)))
                             print(f"{cfg.recipe} validation at step {done}: {shown}", file=sys.stderr, flush=True)
                     if done % cfg.ckpt_every == 0 or done == stop:
                         self._checkpoint(done)
+                    if done < stop and not info.distributed and interrupt_pending():  # it came during the validation or the checkpoint write
+                        self._stop_for_signal(done, written=done % cfg.ckpt_every == 0)  # not another step (and checkpoint) first
             if stop == cfg.steps and info.is_main:
                 self._save_final()
         finally:
@@ -375,10 +384,14 @@ class Trainer:
         barrier(info)
         return result
 
-    def _stop_for_signal(self, done: int) -> None:
-        """A SIGTERM arrived during step `done`: checkpoint that step (rank 0 writes, the others wait
-        for it, so that torchrun's agent does not kill rank 0 mid-write when they exit) and stop."""
-        self._checkpoint(done)
+    def _stop_for_signal(self, done: int, *, written: bool = False) -> NoReturn:
+        """A SIGTERM arrived during step `done` (or, in one process, after it: during its validation
+        or its checkpoint write): checkpoint that step unless it is `written` already (rank 0 writes,
+        the others wait for it, so that torchrun's agent does not kill rank 0 mid-write when they
+        exit) and stop. Under torchrun only `_train_step`'s collective tells every rank alike, so a
+        signal that came after it is acted on after the next step."""
+        if not written:
+            self._checkpoint(done)
         barrier(self.info)
         raise TrainingInterrupted(signal.SIGTERM, checkpoint=self.run_dir.ckpt_root / f"step-{done:08d}")
 
@@ -468,8 +481,12 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """Validation loss over (at most val_max_clips) held-out clips, sharded over ranks."""
+    def validate(self, *, stop_on_signal: bool = False) -> dict[str, float] | None:
+        """Validation loss over (at most val_max_clips) held-out clips, sharded over ranks.
+
+        `stop_on_signal` (one process only: under torchrun a rank that left early would leave the
+        others in the collective): None as soon as a SIGTERM is pending, so that a preempted run
+        checkpoints and stops within its grace period instead of finishing a long validation first."""
         cfg, info, ds = self.cfg, self.info, self.val_ds
         mine = list(range(info.rank, min(len(ds), cfg.val_max_clips), info.world_size))
         size = max(1, cfg.batch_size // (info.world_size * cfg.grad_accum))
@@ -481,6 +498,8 @@ class Trainer:
         self.model.eval()
         try:
             for chunk in chunks:
+                if stop_on_signal and interrupt_pending():
+                    return None
                 batch = {k: v.to(info.device) for k, v in collate([ds[j] for j in chunk]).items()}
                 plan = self.recipe.val_plan(cfg, self.model, chunk)
                 args = [plan.rows[k].to(info.device) for k in self.recipe.objective_args]

@@ -223,6 +223,17 @@ def check_recipe(name: str, entry: Any) -> None:
     if base is not None and base not in BUILTIN_RECIPES:
         raise RegistryError(f"{what}: base = {base!r}; it must be one of {', '.join(map(repr, BUILTIN_RECIPES))} or None (its flags and defaults)")
     option_specs(getattr(entry, "Options", None), what)  # a command line can take its options (RegistryError naming the one it cannot)
+    own = getattr(entry, "Options", None)
+    for klass in entry.__mro__[1:]:  # a parent's options are read by the parent's code, which the recipe inherits
+        theirs = vars(klass).get("Options")
+        if theirs is not None:
+            if not (isinstance(own, type) and isinstance(theirs, type) and issubclass(own, theirs)):
+                raise RegistryError(
+                    f"{what}: its Options ({getattr(own, '__qualname__', own)!r}) replaces {klass.__name__}.Options instead of deriving "
+                    f"from it, so the code it inherits from {klass.__name__} would not find those settings; declare "
+                    f"`@dataclass(frozen=True) class Options({klass.__name__}.Options): ...` to add options"
+                )
+            break
     known = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("recipe", "recipe_options", "plugins")]
     unknown: list[str] = []
     for klass in entry.__mro__:

@@ -257,10 +257,13 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
         stated = stated_duration(c, s)
         if held > duration and (stated is None or held <= stated + gap):
             duration = held
-        # and a last frame shorter than the median gap (a slideshow's frames 5 s apart, its last shown
-        # for 40 ms) ends the video there where the header's duration says so too (from the first
-        # frame, or from 0 where it counts the time before it): the audio must not run on past the picture
-        elif last and held < duration and stated is not None:
+        # and a last frame much shorter than the median gap (a slideshow's frames 5 s apart, its last
+        # shown for 40 ms) ends the video there where the header's duration says so too (from the
+        # first frame, or from 0 where it counts the time before it): the audio must not run on past
+        # the picture. Only when the difference is large (the margin check_covered allows a
+        # header): an ordinary clip whose last sample is short (a trim, a muxer's rounding) keeps
+        # its last frame, as a whole frame
+        elif last and duration - held > max(Fraction(1, 2), duration / 10) and stated is not None:
             start = max(Fraction(first_pts or 0) * tb, Fraction(0))
             if min(abs(held - stated), abs(held + start - stated)) <= max(tb, Fraction(1, 1000)):
                 duration = held

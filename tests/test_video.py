@@ -429,6 +429,23 @@ def test_a_slideshow_ends_with_its_last_frame(tmp_path: Path, suffix: str) -> No
     assert [_decode_index(f) for f in out.frames] == [0] * 20 + [1] * 20
 
 
+def test_a_clip_whose_last_sample_is_short_keeps_its_last_frame(tmp_path: Path) -> None:
+    """30 frames at 30 fps whose last MP4 sample lasts one tick (a trim, a muxer's rounding): the
+    slideshow rule must not take it for a picture that ends early; all 30 frames are read."""
+    tb, path = Fraction(1, 15360), tmp_path / "short_last.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.codec_context.time_base = tb
+        s.options = {"qp": "0"}
+        packets = [q for i in range(30) for q in s.encode(_indexed_frame(i, i * 512, tb))] + list(s.encode(None))
+        max(packets, key=lambda q: q.pts).duration = 1
+        for q in packets:
+            c.mux(q)
+    out = video.read_frames(path, 30.0)
+    assert out.frames.shape[0] == 30 and [_decode_index(f) for f in out.frames] == list(range(30))
+
+
 def test_duration_check_spares_vfr_and_header_quirks(tmp_path: Path) -> None:
     # A variable-rate Matroska file ending on a frame held 2 s: its header states 4 s, the frame
     # timestamps end at 2 s, the held frame's own duration covers the rest.

@@ -303,6 +303,14 @@ def test_deferred_sigterm_waits_for_the_step_and_a_callers_handler_stays() -> No
     with pytest.raises(TrainingInterrupted), terminate_as_interrupt():  # building the model: nothing to save
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.01)
+    with pytest.raises(TrainingInterrupted), terminate_as_interrupt(deferred=True):  # what the signal caused: the interruption
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        raise RuntimeError("a peer left the collective")
+    with pytest.raises(TrainingError, match="non-finite"), terminate_as_interrupt(deferred=True):  # a real error of the last step keeps its message
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        raise TrainingError("non-finite training loss at step 3")
     assert not interrupt_pending() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     calls: list[int] = []
 

@@ -16,8 +16,10 @@
   Under torchrun (`deferred`) a rank never stops on its own, since the others could wait in a
   collective for ever: the loop sums the record with each step's statistics and every rank stops
   after the same step.
-- Once SIGTERM arrived, any error on the way out (a DataLoader worker the same signal killed, a
-  peer that left a collective) is reported as the interruption it is.
+- Once SIGTERM arrived, an error on the way out (a DataLoader worker the same signal killed, a
+  peer that left a collective) is reported as the interruption it is; the library's own errors
+  (a non-finite loss, a full disk: `ControlFoleyError`) are not, since the step that finishes
+  after the signal can meet a real one, which must keep its message.
 - Installed from the main thread only, and only over the default handler (a caller's own, such as
   submitit's, stays in charge); the previous handler is restored afterwards. Forked children
   (DataLoader workers) ignore it: their trainer stops them.
@@ -30,6 +32,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+
+from controlfoley.errors import ControlFoleyError
 
 __all__ = ["TrainingInterrupted", "terminate_as_interrupt", "interrupt_pending", "steps_running"]
 
@@ -85,7 +89,7 @@ def terminate_as_interrupt(*, deferred: bool = False) -> Iterator[None]:
     except TrainingInterrupted:
         raise
     except Exception as e:
-        if _received:  # an error the termination caused
+        if _received and not isinstance(e, ControlFoleyError):  # an error the termination caused
             raise TrainingInterrupted(_received[0]) from e
         raise
     finally:

@@ -139,6 +139,45 @@ def _lock_worker(rank: int, init_file: str, run_dir: str, out_dir: str) -> None:
         torch.distributed.destroy_process_group()
 
 
+def _sigterm_worker(rank: int, init_file: str, data: str, out: str) -> None:
+    """Rank 0 gets SIGTERM while it writes the step-2 checkpoint (rank 1 waits for it in the next step's collective)."""
+    import signal
+
+    import controlfoley.train.loop as loop
+    from controlfoley.train.interrupt import TrainingInterrupted
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    checkpoint = loop.Trainer._checkpoint
+
+    def then_terminate(self: Any, step: int) -> None:
+        checkpoint(self, step)
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    loop.Trainer._checkpoint = then_terminate  # type: ignore[method-assign]
+    try:
+        train(config("backbone", Path(data), Path(out), steps=6, ckpt_every=2, progress=False))
+        result = "finished"
+    except TrainingInterrupted as e:
+        result = f"interrupted, {e.checkpoint}"
+    finally:
+        torch.distributed.destroy_process_group()
+    Path(out).parent.joinpath(f"rank{rank}.txt").write_text(result, encoding="utf-8")
+
+
+def test_a_sigterm_during_a_checkpoint_write_stops_every_rank_at_that_step(tmp_path: Path) -> None:
+    """Under torchrun a signal that came after the step's collective (here while rank 0 writes
+    the step-2 checkpoint) is agreed on at once: every rank stops at step 2, with its checkpoint,
+    not after another step and another checkpoint."""
+    data, run = write_data(tmp_path / "ds", n=8), tmp_path / "run"
+    assert run_ranks(_sigterm_worker, str(tmp_path / "init"), str(data), str(run)) == [0, 0]
+    results = {(tmp_path / f"rank{r}.txt").read_text(encoding="utf-8") for r in range(2)}
+    assert results == {f"interrupted, {run / 'checkpoints' / 'step-00000002'}"}
+    assert (run / "checkpoints" / "latest").read_text() == "step-00000002"
+    assert [r["step"] for r in read_metrics(run, "train")] == [1, 2]
+
+
 def test_a_locked_run_stops_every_rank(tmp_path: Path) -> None:
     """While another trainer holds the run folder, rank 0 is refused the lock and every rank stops
     with the same error (the others must not go on into DDP set-up and wait there)."""

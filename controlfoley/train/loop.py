@@ -10,10 +10,10 @@ Features
   Backbone and ControlNet runs warn when the tokens came from an untrained or another tokenizer
   (`provenance`). A --resume with no step left says so, and how to train longer.
 - SIGTERM (a scheduler's preemption) lets the step in progress finish, writes a checkpoint of it
-  and stops the run as Ctrl-C does (`interrupt`); --resume goes on from that very step. In one
-  process a SIGTERM during a validation or a checkpoint write stops the run there (the validation
-  left unfinished), not after another step; under torchrun, after the next step (the ranks agree
-  in its collective).
+  and stops the run as Ctrl-C does (`interrupt`); --resume goes on from that very step. A SIGTERM
+  during a validation or a checkpoint write stops the run there, not after another step (in one
+  process the validation is left unfinished at once; under torchrun it finishes, since the ranks
+  are in its collectives).
 - AdamW over the trainable parameters only (weight decay on tensors of rank >= 2), the LR set from
   `WarmupCosine` at every step, gradient accumulation (DDP `no_sync` on all but the last
   micro-batch), global-norm gradient clipping, bf16 autocast on CUDA, optional torch.compile.
@@ -363,7 +363,8 @@ class Trainer:
                     bar.update(1)
                     if done < stop and (self._terminated or (not info.distributed and interrupt_pending())):
                         self._stop_for_signal(done)  # before the validation due now: the grace period is short
-                    if self.val_ds is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.steps):
+                    validating = self.val_ds is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == cfg.steps)
+                    if validating:
                         val = self.validate(stop_on_signal=not info.distributed)
                         if val is None:  # one process: a SIGTERM came during it (it can outlast a grace period)
                             self._stop_for_signal(done)
@@ -372,10 +373,13 @@ class Trainer:
                         if plain:
                             shown = ", ".join(f"{k} {v:.4g}" for k, v in val.items() if isinstance(v, (int, float)))
                             print(f"{cfg.recipe} validation at step {done}: {shown}", file=sys.stderr, flush=True)
-                    if done % cfg.ckpt_every == 0 or done == stop:
+                    written = done % cfg.ckpt_every == 0 or done == stop
+                    if written:
                         self._checkpoint(done)
-                    if done < stop and not info.distributed and interrupt_pending():  # it came during the validation or the checkpoint write
-                        self._stop_for_signal(done, written=done % cfg.ckpt_every == 0)  # not another step (and checkpoint) first
+                    # a signal during the validation or the checkpoint write: stop now, not after another step
+                    # (and checkpoint); under torchrun the ranks agree on it in one more collective, at these steps only
+                    if done < stop and (validating or written) and self._signalled_anywhere():
+                        self._stop_for_signal(done, written=written)
             if stop == cfg.steps and info.is_main:
                 self._save_final()
         finally:
@@ -384,12 +388,20 @@ class Trainer:
         barrier(info)
         return result
 
+    def _signalled_anywhere(self) -> bool:
+        """Whether a SIGTERM is pending in this process, or under torchrun in any rank (a collective:
+        every rank must call it at the same step)."""
+        if not self.info.distributed:
+            return interrupt_pending()
+        flag = torch.full((), float(interrupt_pending()), device=self.info.device)
+        return float(all_reduce_sum(flag, self.info)) > 0
+
     def _stop_for_signal(self, done: int, *, written: bool = False) -> NoReturn:
         """A SIGTERM arrived during step `done` (or, in one process, after it: during its validation
         or its checkpoint write): checkpoint that step unless it is `written` already (rank 0 writes,
         the others wait for it, so that torchrun's agent does not kill rank 0 mid-write when they
-        exit) and stop. Under torchrun only `_train_step`'s collective tells every rank alike, so a
-        signal that came after it is acted on after the next step."""
+        exit) and stop. Under torchrun the ranks learn it alike in `_train_step`'s collective, or, at
+        a step with a validation or a checkpoint, in `_signalled_anywhere`'s."""
         if not written:
             self._checkpoint(done)
         barrier(self.info)

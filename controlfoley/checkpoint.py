@@ -22,6 +22,7 @@ from torch import nn
 
 from controlfoley._io import atomic_path, write_failure
 from controlfoley._registry import MASK_SCHEDULES, RegistryError
+from controlfoley._static import ModelModule
 from controlfoley.config import ConfigError, ModelConfig, Part, part_registries
 from controlfoley.errors import CheckpointError, user_stacklevel
 
@@ -144,7 +145,7 @@ def _resolve_file(path: str | os.PathLike[str]) -> Path:
 _OTHER_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".npz", ".h5")
 
 
-def save_model(model: nn.Module, path: str | os.PathLike[str], *, extra_metadata: Mapping[str, str] | None = None) -> Path:
+def save_model(model: ModelModule, path: str | os.PathLike[str], *, extra_metadata: Mapping[str, str] | None = None) -> Path:
     """Save a SpecMaskFoley model: all parameters and persistent buffers, config in metadata, to
     `path` (a .safetensors file) or `path/model.safetensors` (any other path is a folder)."""
     path = Path(path)
@@ -282,7 +283,7 @@ def _blamed_overrides(overrides: Mapping[str, Any], state: Mapping[str, torch.Te
     return sorted(k for k in overrides if k in parts or k in ("n_frames", "mel"))
 
 
-def _part_config_hint(meta: Mapping[str, str], model: nn.Module, part: str) -> str:
+def _part_config_hint(meta: Mapping[str, str], model: ModelModule, part: str) -> str:
     """Where a part's weights do not fit because the checkpoint built it differently: the flag
     that builds it like the checkpoint did."""
     try:
@@ -335,7 +336,7 @@ def _with_saved_defaults(cfg: ModelConfig, meta: Mapping[str, str], where: Path)
 
 def load_model(
     path_or_preset: str | os.PathLike[str], *, strict: bool = True, map_location: str | torch.device = "cpu", **overrides: Any
-) -> nn.Module:
+) -> ModelModule:
     from controlfoley.builder import build_without_weight_files
     from controlfoley.presets import pretrained_path
 
@@ -433,7 +434,7 @@ def _loose_state(state: Mapping[str, torch.Tensor], what: str, own: Mapping[str,
     return fits
 
 
-def load_parts(model: nn.Module, path: str | os.PathLike[str], parts: Iterable[str]) -> list[str]:
+def load_parts(model: ModelModule, path: str | os.PathLike[str], parts: Iterable[str]) -> list[str]:
     """Load the named parts (top-level submodules such as 'tokenizer', 'backbone') from a checkpoint.
 
     Each part must match strictly. If the backbone is loaded and the ControlNet is not, the
@@ -463,10 +464,11 @@ def load_parts(model: nn.Module, path: str | os.PathLike[str], parts: Iterable[s
     return parts
 
 
-def _recopy_controlnet(model: nn.Module, loaded: set[str]) -> None:
+def _recopy_controlnet(model: ModelModule, loaded: set[str]) -> None:
     """A backbone loaded without its ControlNet: the ControlNet was copied from the built (random)
     backbone and must start as a copy of the loaded one (its zero-initialised linears keep the
     model's output unchanged until it trains)."""
-    if "backbone" in loaded and "controlnet" not in loaded and getattr(model, "controlnet", None) is not None:
-        model.controlnet.copy_from(model.backbone)
+    controlnet = getattr(model, "controlnet", None)
+    if "backbone" in loaded and "controlnet" not in loaded and controlnet is not None:
+        controlnet.copy_from(model.backbone)
 

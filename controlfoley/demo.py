@@ -56,7 +56,7 @@ def mel_png(
     imgs = []
     for title, mel in panels:
         rgb = _colourise(mel.float().cpu().numpy())
-        im = Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
+        im = Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.Resampling.NEAREST)
         canvas = Image.new("RGB", (im.width, im.height + label_h), (255, 255, 255))
         canvas.paste(im, (0, label_h))
         draw = ImageDraw.Draw(canvas)

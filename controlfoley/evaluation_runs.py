@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from controlfoley._io import atomic_write_text
+from controlfoley._static import ModelModule
 
 __all__ = ["score_synthetic", "evaluate_variants", "write_results", "install_shipped_weights", "load_run_model", "clip_inputs", "TABLE_COLUMNS"]
 
@@ -44,7 +45,7 @@ def clip_inputs(clips: Sequence[Any]) -> tuple[dict[str, torch.Tensor], torch.Te
     return features, text
 
 
-def _generate_rows(model: torch.nn.Module, clips: Sequence[Any], batch: int, **kw: Any) -> list[torch.Tensor]:
+def _generate_rows(model: ModelModule, clips: Sequence[Any], batch: int, **kw: Any) -> list[torch.Tensor]:
     features, text = clip_inputs(clips)
     rule = model.resolve_guidance(kw.get("guidance"))  # only the inputs it reads (generate says so of the others)
     wavs: list[torch.Tensor] = []
@@ -57,7 +58,7 @@ def _generate_rows(model: torch.nn.Module, clips: Sequence[Any], batch: int, **k
     return wavs
 
 
-def _reconstruct(model: torch.nn.Module, clips: Sequence[Any]) -> list[torch.Tensor]:
+def _reconstruct(model: ModelModule, clips: Sequence[Any]) -> list[torch.Tensor]:
     wav = torch.stack([c.audio[: model.n_samples] for c in clips])
     with torch.no_grad():
         return list(model.vocode(model.decode(model.encode_audio(wav))).float())
@@ -81,7 +82,7 @@ def _row(name: str, make: Callable[[], list[torch.Tensor]], clips: Sequence[Any]
     return {"variant": name, **scores}
 
 
-def score_synthetic(model: torch.nn.Module, n_clips: int = 40, *, batch: int = 16, world_seed: int = 0, **generate_kwargs: Any) -> dict[str, Any]:
+def score_synthetic(model: ModelModule, n_clips: int = 40, *, batch: int = 16, world_seed: int = 0, **generate_kwargs: Any) -> dict[str, Any]:
     """Score `model` on `n_clips` held-out clips of the synthetic world (the test split the shipped
     model and `controlfoley experiment` use, at the model's window): generate (each batch seeded
     1000 + its first index, so variants meet the same noise), decode, vocode, then the metrics of

@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from controlfoley._static import ModelModule
 from controlfoley.backbones.base import check_logits
 from controlfoley.errors import ConfigError, ShapeError
 from controlfoley.guidance import CFG, UNCOND, Condition, GuidanceRule, MultiCFG, scale_at
@@ -315,7 +316,7 @@ def scatter_positions(x: Float[Tensor, "b k v"], index: Int[Tensor, "b k"], n_to
 
 
 def batched_logits(
-    model: nn.Module,
+    model: ModelModule,
     n_sets: int,
     codes: Int[Tensor, "b l"],
     mask: Bool[Tensor, "b l"],
@@ -346,7 +347,7 @@ def batched_logits(
     return logits
 
 
-def _backbone_name(model: nn.Module) -> str:
+def _backbone_name(model: ModelModule) -> str:
     """The registry name of `model`'s backbone, for error messages ("?" for a model without a config)."""
     part = getattr(getattr(model, "config", None), "backbone", None)
     return str(getattr(part, "name", "?"))
@@ -458,7 +459,7 @@ class GuidedStep:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: ModelModule,
         rule: GuidanceRule,
         scale: float,
         rows: Mapping[str, Any],

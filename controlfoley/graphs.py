@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from controlfoley._registry import MASK_SCHEDULES
+from controlfoley._static import ModelModule
 from controlfoley.errors import ConfigError
 from controlfoley.fast import GuidedStep, precision, sampling_dtype
 from controlfoley.sampling import Generators, PredrawnUniforms
@@ -55,7 +56,7 @@ class SamplingGraph:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: ModelModule,
         step: GuidedStep,
         codes: Int[Tensor, "b l"],
         mask: Bool[Tensor, "b l"],
@@ -146,7 +147,7 @@ _ATTR = "_cuda_graphs"
 _MODELS: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # models holding a cache, for clear_cuda_graphs()
 
 
-def _cache_of(model: nn.Module, create: bool = False) -> _Cache | None:
+def _cache_of(model: ModelModule, create: bool = False) -> _Cache | None:
     cache = model.__dict__.get(_ATTR)
     if cache is None and create:
         cache = model.__dict__[_ATTR] = _Cache()
@@ -154,19 +155,19 @@ def _cache_of(model: nn.Module, create: bool = False) -> _Cache | None:
     return cache
 
 
-def clear_cuda_graphs(model: nn.Module | None = None) -> None:
+def clear_cuda_graphs(model: ModelModule | None = None) -> None:
     """Free the captured sampling loops of `model` (of every model when None)."""
     for m in list(_MODELS) if model is None else [model]:
         m.__dict__.pop(_ATTR, None)
         _MODELS.discard(m)
 
 
-def _weights_key(model: nn.Module) -> tuple[Any, ...]:
+def _weights_key(model: ModelModule) -> tuple[Any, ...]:
     """Where every parameter and buffer lives: a graph reads these addresses."""
     return tuple((t.data_ptr(), t.dtype, tuple(t.shape)) for t in itertools.chain(model.parameters(), model.buffers()))
 
 
-def _graph_key(model: nn.Module, step: GuidedStep, codes: Tensor, steps: int, temperature: float, dtype: Any, compile: bool) -> tuple[Any, ...]:
+def _graph_key(model: ModelModule, step: GuidedStep, codes: Tensor, steps: int, temperature: float, dtype: Any, compile: bool) -> tuple[Any, ...]:
     """Everything besides the copied inputs that the captured loop depends on."""
     rule = step.rule
     rule_key = (type(rule), tuple(sorted((k, repr(v)) for k, v in vars(rule).items())))
@@ -186,7 +187,7 @@ def _graph_key(model: nn.Module, step: GuidedStep, codes: Tensor, steps: int, te
 
 
 def sample_graphed(
-    model: nn.Module,
+    model: ModelModule,
     step: GuidedStep,
     *,
     batch: int,

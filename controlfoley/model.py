@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from controlfoley._static import BackboneModule, ControlEncoderModule, MelModule, TokenizerModule, VocoderModule
 from controlfoley.backbones.base import check_logits
 from controlfoley.config import ConfigError, ModelConfig
 from controlfoley.control.controlnet import ControlNet
@@ -86,13 +87,13 @@ class SpecMaskFoley(nn.Module):
         self,
         *,
         config: ModelConfig,
-        mel: nn.Module,
-        tokenizer: nn.Module,
-        backbone: nn.Module,
+        mel: MelModule,
+        tokenizer: TokenizerModule,
+        backbone: BackboneModule,
         guidance: GuidanceRule,
         sampler: MaskGITSampler,
-        vocoder: nn.Module,
-        control_encoder: nn.Module | None = None,
+        vocoder: VocoderModule,
+        control_encoder: ControlEncoderModule | None = None,
         aligner: nn.Module | None = None,
         controlnet: ControlNet | None = None,
     ) -> None:

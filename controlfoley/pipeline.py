@@ -57,6 +57,7 @@ from typing import Any, overload
 import torch
 from torch import nn
 
+from controlfoley._static import ModelModule
 from controlfoley.config import ConfigError
 from controlfoley.data.extractors import ExtractorSpec, build_extractor
 from controlfoley.errors import MediaError, RandomWeightsWarning, ShapeError
@@ -100,7 +101,7 @@ JOINS = ("crossfade", "decode_once")
 PRECISIONS: dict[str, torch.dtype | None] = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "bf16-weights": None}
 
 
-def sampling_parts_to_bf16(model: nn.Module) -> None:
+def sampling_parts_to_bf16(model: ModelModule) -> None:
     """precision "bf16-weights": the parts `generate` runs (backbone, control encoder, aligner,
     ControlNet) stored in bf16, in place; the tokenizer and vocoder keep their precision."""
     for part in (model.backbone, *model.control_modules()):
@@ -173,7 +174,7 @@ class FoleyPipeline:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: ModelModule,
         extractors: Mapping[str, Any] | None = None,
         text_encoder: Any | None = None,
         vocoder: str | Mapping[str, Any] | nn.Module | None = None,

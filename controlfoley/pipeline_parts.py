@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from controlfoley._static import ModelModule
 from controlfoley.config import ConfigError
 from controlfoley.control.encoders import check_widths, feature_dims
 from controlfoley.data.extractors import PATH_ARGS, ExtractorSpec
@@ -44,7 +45,7 @@ def require_control(model: Any) -> None:  # a validator: it takes anything
         )
 
 
-def require_trained(model: nn.Module, source: object) -> None:
+def require_trained(model: ModelModule, source: object) -> None:
     """A checkpoint that records its trained parts must have trained the tokenizer, the backbone
     and the ControlNet: a tokenizer or backbone run used for foley gives noise (checkpoints that
     record nothing, such as older ones, are taken as they are)."""
@@ -59,7 +60,7 @@ def require_trained(model: nn.Module, source: object) -> None:
         )
 
 
-def recorded_extractors(model: nn.Module, given: Collection[str] = ()) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:
+def recorded_extractors(model: ModelModule, given: Collection[str] = ()) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:
     """(extractors by feature key, text encoder) from the record a trained checkpoint keeps of the
     extractors that made its training features (`model.feature_record`); ({}, None) without one.
     Keys in `given` (the caller's own extractors) are left out. A feature precomputed for the
@@ -96,7 +97,7 @@ def recorded_extractors(model: nn.Module, given: Collection[str] = ()) -> tuple[
     return extractors, recorded_text_encoder(model)
 
 
-def recorded_text_encoder(model: nn.Module) -> ExtractorSpec | None:
+def recorded_text_encoder(model: ModelModule) -> ExtractorSpec | None:
     """The text encoder of the CLAP embeddings a checkpoint records its training data had (None
     without a record): the same extractor, or for the CLAP audio tower (the paper's training
     prompt) the text tower of the same folder."""
@@ -114,7 +115,7 @@ def _portable(args: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in args.items() if k != "device"}
 
 
-def default_extractors(model: nn.Module, given: Collection[str] = ()) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:
+def default_extractors(model: ModelModule, given: Collection[str] = ()) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:
     """(extractors by feature key, text encoder) a model was trained with, sized to the model: the
     checkpoint's record of its training features where it keeps one (`recorded_extractors`), else,
     for the synthetic and tiny presets, the synthetic world's extractors. Keys in `given` (the
@@ -136,7 +137,7 @@ def default_extractors(model: nn.Module, given: Collection[str] = ()) -> tuple[d
 
 
 def choose_extractors(
-    model: nn.Module, given: Mapping[str, ExtractorSpec], source: object, text_given: bool = False
+    model: ModelModule, given: Mapping[str, ExtractorSpec], source: object, text_given: bool = False
 ) -> tuple[dict[str, ExtractorSpec], ExtractorSpec | None]:
     """(extractors, default text encoder) for a pipeline around `model`: `given` by key, the rest
     the model's defaults (`default_extractors`). Synthetic stand-ins chosen for a model that is not
@@ -187,7 +188,7 @@ def prompt_text(prompt: Prompt | None) -> str | None:
     raise TypeError(f"a prompt is a comma-separated string or a list of tag strings, got {prompt!r}")
 
 
-def check_extractor_widths(model: nn.Module, extractors: Mapping[str, Any], text_encoder: Any | None) -> None:
+def check_extractor_widths(model: ModelModule, extractors: Mapping[str, Any], text_encoder: Any | None) -> None:
     """Extractors of a width the model cannot take fail here, once, instead of at every video (user
     extractors without an int `dim` are checked when the encoder reads their features)."""
 
@@ -199,7 +200,7 @@ def check_extractor_widths(model: nn.Module, extractors: Mapping[str, Any], text
     check_widths(model, video, declared(text_encoder), taker="the model", error=ConfigError)
 
 
-def build_vocoder(spec: str | Mapping[str, Any] | nn.Module | None, model: nn.Module) -> nn.Module | None:
+def build_vocoder(spec: str | Mapping[str, Any] | nn.Module | None, model: ModelModule) -> nn.Module | None:
     """A vocoder override: a module as is; a name or {"name": ..., **kwargs} built on the model's mel,
     on the model's device.
     Naming the model's own vocoder merges: its config kwargs (e.g. inverse="pinv"), then the given ones."""

@@ -152,7 +152,7 @@ class Fp8Linear(nn.Module):
         want = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         return y if want == torch.bfloat16 else y.to(want)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  (nn.Module's own signature)
+    def _apply(self, fn, recurse=True):  # unannotated: nn.Module's own signature
         """`.to(device)` moves the buffers; a dtype cast (`model.to(torch.bfloat16)`, `.half()`),
         which would turn the fp8 weight into bf16, is undone: every fp8 value survives the round
         trip through bf16 / fp16 / fp32 exactly, and so does every power-of-two scale through bf16

@@ -175,8 +175,9 @@ class SpecMaskGIT(nn.Module):
         """Run the blocks; `residuals[i]` (if not None) is added to the hidden state after block i."""
         for i, blk in enumerate(self.blocks):
             x = blk(x)
-            if residuals is not None and i < len(residuals) and residuals[i] is not None:
-                x = x + residuals[i]
+            r = residuals[i] if residuals is not None and i < len(residuals) else None
+            if r is not None:
+                x = x + r
         return x
 
     def logits(self, h: Float[Tensor, "b l d"], index: Int[Tensor, "b k"] | None = None) -> Float[Tensor, "b k v"]:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from controlfoley._registry import CONTROL_ENCODERS, EXTRACTORS
+from controlfoley._static import ModelModule
 from controlfoley.errors import ShapeError
 from controlfoley.typing import Float, Tensor
 
@@ -49,7 +50,7 @@ def _dim_hint(name: str, want: int) -> str:
 
 
 def check_widths(
-    model: nn.Module,
+    model: ModelModule,
     video: Mapping[str, tuple[str, int]],
     text: tuple[str, int] | None,
     *,

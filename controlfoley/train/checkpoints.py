@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from controlfoley._io import atomic_write_text, remove_stale_temps, write_failure
+from controlfoley._static import ModelModule
 from controlfoley.checkpoint import CONFIG_KEY, read_state_dict, save_model, save_state_dict, trained_parts
 from controlfoley.errors import CheckpointError, TrainingError, user_stacklevel
 from controlfoley.presets import PRETRAINED, pretrained_path
@@ -349,7 +350,7 @@ class RunDir:
     def save(
         self,
         step: int,
-        model: nn.Module,
+        model: ModelModule,
         optimizer: torch.optim.Optimizer,
         param_names: list[str],
         keep_last: int,
@@ -397,7 +398,7 @@ class RunDir:
         aux = {k[4:]: v for k, v in tensors.items() if k.startswith("aux.")}
         return TrainState(int(info["step"]), opt, list(info["param_names"]), {"tensors": rng_tensors, "meta": info["rng"]}, d, aux)
 
-    def load_model_weights(self, d: Path, model: nn.Module) -> None:
+    def load_model_weights(self, d: Path, model: ModelModule) -> None:
         """Load a checkpoint's weights, refusing one saved from another model config."""
         from controlfoley.checkpoint import check_state_dict
 

@@ -4,7 +4,7 @@ VENV    ?= .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-fast venv clean bench
+.PHONY: demo test test-fast typecheck venv clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -17,8 +17,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VPY) -m controlfoley demo --out outputs/demo
 
-test: $(STAMP)
+# static types first (mypy, configured in pyproject.toml: ~1 s warm, 15-60 s cold), then the suite
+test: $(STAMP) typecheck
 	$(VPY) -m pytest -q tests
+
+typecheck: $(STAMP)
+	$(VPY) -m mypy
 
 test-fast: $(STAMP)
 	$(VPY) -m pytest -q -m "not slow" tests
@@ -27,4 +31,4 @@ bench: $(STAMP)
 	$(VPY) benchmarks/sample_speed.py --preset specmaskfoley_tiny
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .hypothesis
+	rm -rf $(VENV) outputs .pytest_cache .hypothesis .mypy_cache

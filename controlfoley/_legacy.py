@@ -61,7 +61,7 @@ def _load_with_stand_ins(path: Path) -> Any | None:
     if stand_ins is None:
         return None
     try:
-        with torch.serialization.safe_globals(stand_ins):
+        with torch.serialization.safe_globals(list(stand_ins)):  # list(): a list of its element type to mypy (lists are invariant)
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         return None

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Final, Literal
 
 import av
 import numpy as np
@@ -44,7 +45,7 @@ __all__ = ["MuxResult", "write_video", "mux_audio"]
 log = logging.getLogger("controlfoley.video")
 _MP4_PLAYABLE = frozenset({"h264", "hevc", "mpeg4", "av1", "vp9"})  # video codecs common players decode from MP4
 
-_AUDIO_CODEC = "aac"
+_AUDIO_CODEC: Final = "aac"  # Final: a Literal to type checkers, so PyAV's add_stream types the stream as audio
 _AAC_FRAME = 1024  # samples per AAC frame; FFmpeg's encoder takes exactly this many per frame
 
 
@@ -55,7 +56,7 @@ class MuxResult:
     video_codec: str  # codec of the video stream in the output
 
 
-def _video_encoder() -> str:
+def _video_encoder() -> Literal["libx264", "mpeg4"]:  # Literal: add_stream then types its stream as video
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
@@ -249,7 +250,7 @@ def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"], sample_rate: int,
             else:
                 rate = vin.guessed_rate or vin.average_rate or Fraction(25)
                 vout = _add_video_stream(out, rate, vin.codec_context.width + vin.codec_context.width % 2, vin.codec_context.height + vin.codec_context.height % 2, 15)
-                vout.codec_context.time_base = vin.time_base
+                vout.codec_context.time_base = vin.time_base or Fraction(1, av.time_base)  # None never from a demuxer; as _first_frame
                 _keep_display(vin, vout, rotation)
             apkts = _encode_audio(_add_audio_stream(out, sample_rate), audio, sample_rate, start)
             packets = (_copied_packets if copied else _reencoded_packets)(src, inp, vin, vout)

@@ -35,7 +35,10 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from controlfoley.model import SpecMaskFoley
 
 __all__ = ["Timings", "bench_main", "cpu_model", "environment", "fmt", "median", "print_table", "random_inputs", "sync", "time_interleaved"]
 
@@ -275,8 +278,8 @@ def _load(spec: str, precision: str, device: Any, overrides: list[str] | None = 
 
     from controlfoley.config import parse_overrides
 
-    model, label = model_from_arg(spec, parse_overrides(overrides or []))
-    model = model.eval().to(device)
+    built, label = model_from_arg(spec, parse_overrides(overrides or []))
+    model = cast("SpecMaskFoley", built).eval().to(device)  # model_from_arg's model (`object` there: light imports)
     if precision in ("bf16-weights", "fp8"):
         sampling_parts_to_bf16(model)
     if precision == "fp8":  # a ConfigError (exit 2) on a GPU without fp8 tensor cores
@@ -333,8 +336,8 @@ def _run(model: Any, args: argparse.Namespace, device: Any, guidance: Any) -> li
         kw["dtype"] = PRECISIONS[args.precision]
     rows = []
     for batch in args.batch:
-        feats, text = random_inputs(model, batch)
-        feats = (feats or None) if guidance.needs_video else None  # only what the rule reads (generate warns of the rest)
+        all_feats, text = random_inputs(model, batch)
+        feats = (all_feats or None) if guidance.needs_video else None  # only what the rule reads (generate warns of the rest)
         text = text if guidance.needs_text else None
         out: dict[str, Any] = {}
 

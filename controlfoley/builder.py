@@ -69,7 +69,7 @@ def _build_part(registry: Registry[Any], part: Part, **wired: Any) -> Any:
             f"{registry.kind} {part.name!r}: its builder {getattr(registry.get(part.name), '__qualname__', '?')} returned "
             f"{type(built).__name__}, not a {label}; a builder must return the built part"
         )
-    if registry is GUIDANCE:
+    if registry is GUIDANCE and isinstance(built, GuidanceRule):  # (checked just above for the guidance registry)
         check_rule(built, f"guidance {part.name!r}")
     return built
 
@@ -143,7 +143,7 @@ def _check_control_encoder(name: str, enc: Any) -> int:
     if dims is not None and not (
         isinstance(dims, Mapping)
         and set(dims) <= set(keys)
-        and all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in dims.values())
+        and all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and int(d) > 0 for d in dims.values())
     ):
         raise ConfigError(
             f"{where} has feature_dims {dims!r}; it must map some of its required_features {tuple(keys)} to "
@@ -249,12 +249,13 @@ def build_model(
     backbone = _build_part(BACKBONES, cfg.backbone, vocab_size=tokenizer.codebook_size, grid=list(grid))
     _check_backbone(cfg.backbone.name, backbone, tokenizer.codebook_size, cfg.has_control)
     parts: dict[str, Any] = {}
-    if cfg.has_control:
-        enc = _build_part(CONTROL_ENCODERS, cfg.control_encoder)
-        enc_dim = _check_control_encoder(cfg.control_encoder.name, enc)
+    enc_part, aligner_part, controlnet_part = cfg.control_encoder, cfg.aligner, cfg.controlnet
+    if enc_part is not None and aligner_part is not None and controlnet_part is not None:  # cfg.has_control: ModelConfig gives all three or none
+        enc = _build_part(CONTROL_ENCODERS, enc_part)
+        enc_dim = _check_control_encoder(enc_part.name, enc)
         parts["control_encoder"] = enc
-        parts["aligner"] = _build_part(ALIGNERS, cfg.aligner, in_dim=enc_dim, out_dim=backbone.dim, grid=list(grid))
-        parts["controlnet"] = ControlNet.from_backbone(backbone, **_controlnet_kwargs(cfg.controlnet))
+        parts["aligner"] = _build_part(ALIGNERS, aligner_part, in_dim=enc_dim, out_dim=backbone.dim, grid=list(grid))
+        parts["controlnet"] = ControlNet.from_backbone(backbone, **_controlnet_kwargs(controlnet_part))
     vocoder = _build_part(VOCODERS, cfg.vocoder, mel=mel)
     _check_vocoder(cfg.vocoder.name, vocoder, mel)
     model = SpecMaskFoley(
@@ -329,7 +330,7 @@ def _weight_parts(cfg: ModelConfig) -> Iterator[tuple[str, Part, tuple[str, ...]
     for field_name, registry in part_registries().items():
         part = getattr(cfg, field_name, None)
         args = () if part is None else weight_args(registry, part)
-        if args:
+        if part is not None and args:
             yield field_name, part, args
 
 
@@ -357,7 +358,7 @@ def build_without_weight_files(cfg: ModelConfig, overrides: Mapping[str, Any] | 
         given = given.kwargs if isinstance(given, Part) else given if isinstance(given, Mapping) else {}
         if given.get(args[0]) is not None:
             fresh.append(f)
-    stripped = {
+    stripped: dict[str, Any] = {  # field -> Part, for dataclasses.replace
         f: Part(part.name, {k: v for k, v in part.kwargs.items() if k not in args})
         for f, part, args in _weight_parts(cfg)
         if f not in fresh and any(a in part.kwargs for a in args)

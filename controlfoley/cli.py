@@ -28,10 +28,11 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (annotations here stay `object` where the runtime checker would have to import these: torch at `--help`)
     from controlfoley.config import ModelConfig
+    from controlfoley.model import SpecMaskFoley
 
 __all__ = ["main", "model_from_arg", "run"]
 
@@ -141,7 +142,8 @@ def info(preset: str, overrides: Mapping[str, Any] | None = None) -> str:
     (file, folder or training run: the table of its own config), with the parts it records as trained."""
     from controlfoley.train.recipes import get_recipe
 
-    model, label = model_from_arg(preset, overrides)
+    built, label = model_from_arg(preset, overrides)
+    model = cast("SpecMaskFoley", built)  # what model_from_arg gives (`object` only to keep this module's imports light)
     recorded = getattr(model, "trained_parts", None)
     recipe = "controlnet" if model.has_control else "backbone"
     loaded = getattr(model, "loaded_from", None) is not None  # else built untrained: a preset's record is its weights files
@@ -214,7 +216,8 @@ def _trained_line(loaded: bool, recorded: set[str] | None) -> str:
 
 
 def _explain(model: object, trainable: int) -> list[str]:
-    cn = model.controlnet
+    cn = cast("SpecMaskFoley", model).controlnet
+    assert cn is not None  # info explains a model with video control only
     copies = sum(p.numel() for p in cn.blocks.parameters())
     zero = sum(p.numel() for p in cn.cond_in.parameters()) + sum(p.numel() for p in cn.outs.parameters())
     rest = trainable - copies - zero

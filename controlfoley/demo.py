@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from PIL import Image, ImageDraw
 from controlfoley._io import check_writable_folder
 from controlfoley.errors import ConfigError, ControlFoleyError, RegistryError, one_line
 from controlfoley.typing import Tensor
+
+if TYPE_CHECKING:
+    from controlfoley.pipeline import FoleyPipeline
 
 __all__ = ["demo_main", "mel_png"]
 
@@ -126,7 +130,8 @@ def run_demo(out: Path, model: str | None = None, index: int = 7, seed: int = 0)
     t0 = time.time()
     _check_index(index)  # the cheap checks first, before the model loads
     check_writable_folder(out, "--out")
-    pipe, trained = _load_pipeline(model)
+    loaded, trained = _load_pipeline(model)
+    pipe = cast("FoleyPipeline", loaded)  # what _load_pipeline gives (`object` there: the runtime checker need not import it)
     m = pipe.model
     world = SyntheticWorld(seed=0, duration_s=m.n_samples / m.sample_rate)
     clip = world.clip(world.split("test", index + 1)[index])

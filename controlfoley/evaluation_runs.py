@@ -23,7 +23,7 @@ __all__ = ["score_synthetic", "evaluate_variants", "write_results", "install_shi
 TABLE_COLUMNS = ("variant", "desync_s", "desync_miss_frac", "recall_any", "precision_any", "f1_cls", "class_accuracy", "fd", "sec_per_clip")
 
 
-def load_run_model(run: str | Path, **overrides: Any) -> torch.nn.Module:
+def load_run_model(run: str | Path, **overrides: Any) -> ModelModule:
     from controlfoley.model import from_pretrained
     from controlfoley.train.checkpoints import resolve_model_file
 
@@ -135,10 +135,19 @@ def evaluate_variants(out: Path, bb_run: Path, cn_runs: dict[str, Path], *, n_te
     ]
     from controlfoley import GUIDANCE
 
+    # defs, not lambdas with a default argument (which a type checker cannot match to a zero-argument callable)
     for label, rule in (("CFG video only (w/o l_tv)", "cfg_video"), ("CFG text&video only (w/o l_v)", "cfg_text_video"), ("no guidance (l_tv)", "none")):
-        rows.append(_row(f"FT, {label}", lambda r=rule: _generate_rows(ft, clips, batch, guidance=GUIDANCE.build(r)), clips))
+
+        def with_rule(r: str = rule) -> list[torch.Tensor]:
+            return _generate_rows(ft, clips, batch, guidance=GUIDANCE.build(r))
+
+        rows.append(_row(f"FT, {label}", with_rule, clips))
     for steps in (4, 8, 16):
-        rows.append(_row(f"FT, multi-CFG, {steps} steps", lambda s=steps: _generate_rows(ft, clips, batch, steps=s), clips))
+
+        def with_steps(s: int = steps) -> list[torch.Tensor]:
+            return _generate_rows(ft, clips, batch, steps=s)
+
+        rows.append(_row(f"FT, multi-CFG, {steps} steps", with_steps, clips))
     table = format_table(rows, TABLE_COLUMNS)
     return {"rows": rows, "table": table, "n_test": n_test, "world_seed": 0}
 

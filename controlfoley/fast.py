@@ -58,7 +58,7 @@ import inspect
 import numbers
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -226,7 +226,7 @@ class OneDNNLinear(TorchFunctionMode):
         return None if h is None else fc2(h)
 
 
-def _plain_linear(m: nn.Module) -> bool:
+def _plain_linear(m: nn.Module) -> TypeGuard[nn.Linear]:
     """An nn.Linear whose forward nothing else observes or changes (no subclass, no hooks), so
     reading its weight directly is what calling it would do."""
     return type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks)
@@ -333,13 +333,18 @@ def batched_logits(
     bb = model.backbone
     x = bb.embed(codes.repeat(n_sets, 1), mask.repeat(n_sets, 1), cond, cond_on)
     residuals = None
-    net = model.controlnet if control_scale == 1.0 else functools.partial(model.controlnet, scale=control_scale)
-    if control is not None and control_rows is None:
-        residuals = net(x, control)
-    elif control is not None:
-        part = net(x.index_select(0, control_rows), control)
-        # rows without control get an exact zero residual; index_copy keeps the shapes static
-        residuals = [None if r is None else x.new_zeros(x.shape).index_copy(0, control_rows, r.to(x.dtype)) for r in part]
+    if control is not None:
+        controlnet = model.controlnet
+        assert controlnet is not None  # video is encoded for a model with a ControlNet only (encode_control checks)
+        net: Callable[..., list[Tensor | None]] = (
+            controlnet if control_scale == 1.0 else functools.partial(controlnet, scale=control_scale)
+        )
+        if control_rows is None:
+            residuals = net(x, control)
+        else:
+            part = net(x.index_select(0, control_rows), control)
+            # rows without control get an exact zero residual; index_copy keeps the shapes static
+            residuals = [None if r is None else x.new_zeros(x.shape).index_copy(0, control_rows, r.to(x.dtype)) for r in part]
     h = bb.forward_blocks(x, residuals)
     logits = bb.logits(h, None if index is None else index.repeat(n_sets, 1))
     positions = codes.shape[1] if index is None else index.shape[1]
@@ -482,7 +487,7 @@ class GuidedStep:
         # without anchor rows (a rule of one condition set) every step is a full one: say so, so that
         # a captured loop is keyed as the every-step loop it is
         self.every = int(guidance_every) if anchor_rows is not None else 1
-        self.anchor_rows = None if self.every == 1 else _Rows(anchor_rows, 1)
+        self.anchor_rows = None if (self.every == 1 or anchor_rows is None) else _Rows(anchor_rows, 1)  # (every > 1 has anchors)
         self._offsets: tuple[Tensor, ...] | None = None  # per set but the anchor: its logits minus the anchor's, [b, l, v]
         self._age = 0  # guided steps since the last one that ran every set
         if captured and static_shapes is False:

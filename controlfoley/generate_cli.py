@@ -252,9 +252,9 @@ def _outputs(videos: Sequence[str], out: Path, fmt: str) -> list[tuple[Path, Pat
     name (a re-run replaces its own outputs); another gets its stem, or -2, -3, ... where the name
     is taken in this run or recorded for another source (runs into one OUT never share a name)."""
     record = read_manifest_or_empty(out)
-    recorded_as = {}
-    for name, entry in record.items():
-        recorded_as.setdefault(entry["source"], name)
+    recorded_as: dict[str, str] = {}
+    for recorded_name, entry in record.items():
+        recorded_as.setdefault(entry["source"], recorded_name)
     used: set[str] = set()
     pairs = []
     for v in videos:

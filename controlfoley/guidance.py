@@ -79,8 +79,8 @@ class GuidanceRule:
         if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
             raise ConfigError(f"a guidance rule's scale must be a finite number, got {scale!r}")
         scale_at(0, 2, scale, schedule)  # validate the schedule name now, not mid-sampling
-        self.scale = float(scale)
-        self.schedule = schedule
+        self.scale: float = float(scale)
+        self.schedule: str = schedule
 
     @property
     def needs_text(self) -> bool:

@@ -22,7 +22,7 @@ import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -75,13 +75,22 @@ def masked_token_mask(
     cos(pi/2 r)), the one the model samples with."""
     gamma = get_mask_schedule(schedule)
     r = torch.rand(batch, generator=generator, device=device)
-    n_mask = torch.ceil(gamma(r) * n_tokens).long().clamp(1, n_tokens)
+    g = gamma(r)
+    assert isinstance(g, Tensor)  # get_mask_schedule checked that a Tensor of ratios gives a Tensor
+    n_mask = torch.ceil(g * n_tokens).long().clamp(1, n_tokens)
     ranks = torch.rand(batch, n_tokens, generator=generator, device=device).argsort(dim=1).argsort(dim=1)
     return ranks < n_mask[:, None]
 
 
 class SpecMaskFoley(nn.Module):
     """Backbone (+ ControlNet branch when video control is configured), ready to train or sample."""
+
+    # set after building, read with getattr (a model built here has none of them): which parts were
+    # trained (None: unknown), by the checkpoint loader, load_state_dict and the training loop; the
+    # extractors that made the training features; the file the weights came from (checkpoint.load_model)
+    trained_parts: set[str] | None
+    feature_record: dict[str, dict[str, Any]]
+    loaded_from: str
 
     def __init__(
         self,
@@ -102,7 +111,8 @@ class SpecMaskFoley(nn.Module):
         self.mel, self.tokenizer, self.backbone, self.vocoder = mel, tokenizer, backbone, vocoder
         self.control_encoder, self.aligner, self.controlnet = control_encoder, aligner, controlnet
         self.guidance, self.sampler = guidance, sampler
-        self.grid: tuple[int, int] = tuple(tokenizer.grid(config.n_frames))
+        f, t = tokenizer.grid(config.n_frames)  # (F, T): build_model checked it is two ints
+        self.grid: tuple[int, int] = (f, t)
         self.n_tokens = self.grid[0] * self.grid[1]
 
     @classmethod
@@ -116,7 +126,7 @@ class SpecMaskFoley(nn.Module):
         trained is unknown: `trained_parts` becomes None (a checkpoint saved next records nothing
         and is taken as it is). `from_pretrained` and the training loop set their own record."""
         out = super().load_state_dict(*args, **kwargs)
-        self.trained_parts: set[str] | None = None
+        self.trained_parts = None
         return out
 
     # -- properties ------------------------------------------------------------------------------
@@ -138,6 +148,18 @@ class SpecMaskFoley(nn.Module):
         """Waveform sample rate in Hz (the mel front-end's: 22,050 for the paper's presets)."""
         return int(self.mel.sample_rate)
 
+    def _control_parts(self) -> tuple[ControlEncoderModule, nn.Module, ControlNet]:
+        """The control encoder, aligner and ControlNet of a model with video control: build_model
+        makes the three together; a model missing one (set to None after building) is refused, named."""
+        enc, aligner, net = self.control_encoder, self.aligner, self.controlnet
+        if enc is None or aligner is None or net is None:
+            missing = [n for n, m in zip(_CONTROL_PARTS, (enc, aligner, net), strict=True) if m is None]
+            raise ConfigError(
+                f"this model's video control is incomplete: it has no {' or '.join(missing)} (the control encoder, aligner "
+                "and ControlNet go together: build_model makes all three, or none for a backbone alone)"
+            )
+        return enc, aligner, net
+
     def control_modules(self) -> list[nn.Module]:
         """The video-control parts (control encoder, aligner, ControlNet): what the ControlNet recipe
         trains; [] for a backbone alone."""
@@ -158,9 +180,10 @@ class SpecMaskFoley(nn.Module):
         if not isinstance(features, Mapping):
             raise ShapeError(f"features must be a dict of name -> [batch, frames, dim] tensors, got {type(features).__name__}")
         feats = {k: self._as_input(v, f"video feature {k!r}") for k, v in features.items()}
+        enc, aligner, _ = self._control_parts()
         self._check_features(feats)
         try:
-            encoded = self.control_encoder(feats)
+            encoded = enc(feats)
         except RuntimeError as e:  # the built-ins check their inputs; a user encoder may not: name the part and what it got
             if isinstance(e, torch.OutOfMemoryError) or not any(w in str(e) for w in ("shape", "size")):
                 raise
@@ -170,7 +193,7 @@ class SpecMaskFoley(nn.Module):
                 f"control encoder {enc_name!r} failed on video features {shapes}: {str(e).splitlines()[0]}; do the feature widths "
                 "match what it was built for? (declare them as its `feature_dims` to have them checked up front)"
             ) from e
-        width = int(self.control_encoder.out_dim)
+        width = int(enc.out_dim)
         if not isinstance(encoded, Tensor) or encoded.ndim != 3 or encoded.shape[-1] != width:
             got = list(encoded.shape) if isinstance(encoded, Tensor) else type(encoded).__name__
             enc_name = self.config.control_encoder.name if self.config.control_encoder is not None else "?"
@@ -178,12 +201,13 @@ class SpecMaskFoley(nn.Module):
                 f"control encoder {enc_name!r} returned {got}, but it declares out_dim={width}: it must return [batch, frames, {width}] "
                 "(the aligner was built for that width); make out_dim the width its forward gives"
             )
-        out = self.aligner(encoded)
+        out = aligner(encoded)
         want = (self.n_tokens, self.backbone.dim)
         if not isinstance(out, Tensor) or out.ndim != 3 or tuple(out.shape[1:]) != want:
             got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            aligner_name = self.config.aligner.name if self.config.aligner is not None else "?"
             raise ShapeError(
-                f"aligner {self.config.aligner.name!r} returned {got}; an aligner must return [batch, F*T, D] = "
+                f"aligner {aligner_name!r} returned {got}; an aligner must return [batch, F*T, D] = "
                 f"[batch, {want[0]}, {want[1]}] for this model (token grid {self.grid[0]}x{self.grid[1]}, backbone width {want[1]})"
             )
         return out
@@ -193,7 +217,7 @@ class SpecMaskFoley(nn.Module):
         `feature_dims`: checked here for any encoder, so that a user encoder gets what the built-ins
         check themselves (it got a bare KeyError for a missing key, and features of another width
         reached its forward, where a mean or a pooling may take them without an error)."""
-        enc = self.control_encoder
+        enc = self._control_parts()[0]
         enc_name = self.config.control_encoder.name if self.config.control_encoder is not None else "?"
         need = tuple(enc.required_features)
         missing = [k for k in need if k not in feats]
@@ -257,10 +281,12 @@ class SpecMaskFoley(nn.Module):
         return logits
 
     def _control_residuals(self, x: Tensor, control: Tensor, control_on: Tensor | None) -> list[Tensor | None]:
+        net = self.controlnet
+        assert net is not None  # forward, the only caller, checked has_control
         if control_on is None or bool(control_on.all()):
-            return self.controlnet(x, control)
+            return net(x, control)
         rows = control_on.nonzero().squeeze(1)
-        part = self.controlnet(x[rows], control[rows])
+        part = net(x[rows], control[rows])
         full: list[Tensor | None] = []
         for r in part:  # scatter the control rows back; other rows get no residual (exactly zero)
             full.append(None if r is None else x.new_zeros(x.shape).index_copy(0, rows, r.to(x.dtype)))
@@ -675,7 +701,8 @@ class _RowPlan:
         any_cond = text is not None or negative is not None
         on = torch.cat(ctrl_on)
         self.kwargs: dict[str, Any] = {
-            "cond": torch.cat(cond_rows).to(device) if any_cond else None,
+            # with a text or a negative every row is a Tensor (_zeros_like_cond gives one from either)
+            "cond": torch.cat(cast("list[Tensor]", cond_rows)).to(device) if any_cond else None,
             "cond_on": torch.cat(cond_on) if any_cond else None,
             "control": None if (control is None or not bool(on.any())) else control.repeat(self.n_sets, 1, 1),
             "control_on": on,

@@ -52,13 +52,14 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import torch
 from torch import nn
 
 from controlfoley._static import ModelModule
 from controlfoley.config import ConfigError
+from controlfoley.control.encoders import control_encoder_of
 from controlfoley.data.extractors import ExtractorSpec, build_extractor
 from controlfoley.errors import MediaError, RandomWeightsWarning, ShapeError
 from controlfoley.guidance import GuidanceRule
@@ -224,7 +225,8 @@ class FoleyPipeline:
         if extractors is None:
             extractors, default_text = choose_extractors(model, {}, getattr(model, "loaded_from", None) or model.config.name, text_encoder is not None)
             text_encoder = default_text if text_encoder is None else text_encoder
-        if getattr(model, "trained_parts", None) is not None and not {"backbone", "controlnet"} <= model.trained_parts and getattr(model, "loaded_from", None) is None:
+        trained = getattr(model, "trained_parts", None)
+        if trained is not None and not {"backbone", "controlnet"} <= trained and getattr(model, "loaded_from", None) is None:
             warnings.warn(
                 f"FoleyPipeline: model {model.config.name!r} was built (build_model), not loaded, and its backbone / ControlNet "
                 "are untrained: the foley is noise. Load a trained model with "
@@ -232,7 +234,7 @@ class FoleyPipeline:
                 RandomWeightsWarning,
                 stacklevel=2,
             )
-        need = set(model.control_encoder.required_features)
+        need = set(control_encoder_of(model).required_features)
         if not isinstance(extractors, Mapping):
             raise ConfigError(f"extractors is a dict {{feature key: extractor}} for {sorted(need)}, got {type(extractors).__name__}")
         if set(extractors) != need:
@@ -304,8 +306,9 @@ class FoleyPipeline:
         from controlfoley.model import from_pretrained
 
         if isinstance(path_or_preset, nn.Module):
-            model, source = path_or_preset, getattr(path_or_preset, "loaded_from", None) or getattr(getattr(path_or_preset, "config", None), "name", "model")
-            require_control(model)
+            source = getattr(path_or_preset, "loaded_from", None) or getattr(getattr(path_or_preset, "config", None), "name", "model")
+            require_control(path_or_preset)
+            model = cast(ModelModule, path_or_preset)  # require_control checked it is a model with video control
             if map_location is not None:
                 from controlfoley.model import device_name
 
@@ -739,8 +742,9 @@ class FoleyPipeline:
                     mask[r, :, : w.n_known] = True
                     given[r] = codes[i][:, w.start_col : w.start_col + t]
                 known = {"known_codes": given, "known_mask": mask}
-            text = None if jobs[0].text is None else torch.cat([j.text for _, j, _ in rows])
-            negative = None if jobs[0].negative is None else torch.cat([j.negative for _, j, _ in rows])
+            # a batch's jobs all have a text or none, a negative or none (_iterate groups them so)
+            text = None if jobs[0].text is None else torch.cat([cast(Tensor, j.text) for _, j, _ in rows])
+            negative = None if jobs[0].negative is None else torch.cat([cast(Tensor, j.negative) for _, j, _ in rows])
             out = model.generate(
                 feats or None, text, negative_text=negative, batch_size=len(rows), steps=steps, cfg_scale=cfg_scale, temperature=temperature, guidance=rule,
                 generator=[generators[i] for i, _, _ in rows], dtype=PRECISIONS[self.precision], cuda_graph=self.cuda_graph,

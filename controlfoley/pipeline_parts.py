@@ -21,7 +21,7 @@ from torch import nn
 
 from controlfoley._static import ModelModule
 from controlfoley.config import ConfigError
-from controlfoley.control.encoders import check_widths, feature_dims
+from controlfoley.control.encoders import check_widths, control_encoder_of, feature_dims
 from controlfoley.data.extractors import PATH_ARGS, ExtractorSpec
 
 log = logging.getLogger("controlfoley.pipeline")
@@ -38,8 +38,9 @@ def require_control(model: Any) -> None:  # a validator: it takes anything
         hint = f"FoleyPipeline.from_pretrained({model!r})" if isinstance(model, (str, os.PathLike)) else "FoleyPipeline.from_pretrained(PATH)"
         raise ConfigError(f"FoleyPipeline takes a SpecMaskFoley model, got {type(model).__name__}; to load one by name or path use {hint}")
     if not model.has_control:
+        config: Any = model.config  # its ModelConfig (`model` is known here only as an nn.Module)
         raise ConfigError(
-            f"model {model.config.name!r} has no ControlNet/control encoder (a backbone-only checkpoint, e.g. a "
+            f"model {config.name!r} has no ControlNet/control encoder (a backbone-only checkpoint, e.g. a "
             "'backbone' training run), so it cannot follow a video; use a 'controlnet' training run or a preset "
             "that ships weights (specmaskfoley_synthetic)"
         )
@@ -51,7 +52,7 @@ def require_trained(model: ModelModule, source: object) -> None:
     record nothing, such as older ones, are taken as they are)."""
     trained = getattr(model, "trained_parts", None)
     missing = [p for p in ("tokenizer", "backbone", "controlnet") if trained is not None and p not in trained]
-    if missing:
+    if missing and trained is not None:  # (missing implies a record)
         raise ConfigError(
             f"{source}: its {', '.join(missing)} {'was' if len(missing) == 1 else 'were'} never trained "
             f"(it records trained: {', '.join(sorted(trained)) or 'nothing'}), so it would generate noise; "
@@ -73,7 +74,7 @@ def recorded_extractors(model: ModelModule, given: Collection[str] = ()) -> tupl
     record = getattr(model, "feature_record", None) or {}
     extractors: dict[str, ExtractorSpec] = {}
     problems, flags = [], []
-    for key in model.control_encoder.required_features:
+    for key in control_encoder_of(model).required_features:
         rec = record.get(key)
         if rec is None or key in given:
             continue
@@ -122,7 +123,7 @@ def default_extractors(model: ModelModule, given: Collection[str] = ()) -> tuple
     caller's own extractors) are neither chosen nor checked."""
     require_control(model)
     recorded, recorded_text = recorded_extractors(model, given)
-    if recorded and set(recorded) | set(given) >= set(model.control_encoder.required_features):
+    if recorded and set(recorded) | set(given) >= set(control_encoder_of(model).required_features):
         return recorded, recorded_text
     name = model.config.name
     if "synthetic" not in name and "tiny" not in name:
@@ -130,9 +131,9 @@ def default_extractors(model: ModelModule, given: Collection[str] = ()) -> tuple
             f"no default feature extractors for model {name!r}: real video needs Synchformer and CLIP features. "
             "Pass extractors={'sync': ('synchformer_precomputed', {'root': DIR}), 'clip': ('clip_openclip', {'weights': FILE})}"
         )
-    dims = feature_dims(model.control_encoder)
+    dims = feature_dims(control_encoder_of(model))
     roles = {"sync": "synthetic_sync", "clip": "synthetic_clip"}
-    extractors = {k: (roles[k], {"dim": dims[k]} if k in dims else {}) for k in model.control_encoder.required_features if k in roles}
+    extractors = {k: (roles[k], {"dim": dims[k]} if k in dims else {}) for k in control_encoder_of(model).required_features if k in roles}
     return {**extractors, **recorded}, recorded_text or ("synthetic_clap", {"dim": int(model.backbone.cond_dim)})
 
 
@@ -146,7 +147,7 @@ def choose_extractors(
     try:
         defaults, default_text = default_extractors(model, given=set(given))
     except ConfigError:
-        if set(given) != set(model.control_encoder.required_features):
+        if set(given) != set(control_encoder_of(model).required_features):
             raise
         defaults, default_text = {}, recorded_text_encoder(model)
     recorded = getattr(model, "feature_record", None) or {}

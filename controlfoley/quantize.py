@@ -49,6 +49,7 @@ Blackwell). PyTorch's CPU kernel also runs (the tests use it), but it is slower 
 
 import math
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 from torch import nn
@@ -225,12 +226,16 @@ def block_input_bounds(block: nn.Module) -> dict[str, float]:
     2026-04. Used by quantize_fp8(granularity="static"); a ConfigError for another block layout."""
     try:
         n1, qkv, proj, n2, fc1, fc2, act = (
-            block.norm1, block.attn.qkv, block.attn.proj, block.norm2, block.mlp.fc1, block.mlp.fc2, block.mlp.act
+            block.get_submodule(n) for n in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2", "mlp.act")
         )
     except AttributeError as e:
         raise ConfigError(f"static fp8 scales need SpecMaskGIT-style blocks (norm1, attn.qkv/proj, norm2, mlp.fc1/act/fc2): {e}") from None
     if not (isinstance(n1, nn.LayerNorm) and isinstance(n2, nn.LayerNorm) and type(act) is nn.GELU):
         raise ConfigError("static fp8 scales need layer norms before attention and MLP and a GELU MLP; use granularity 'row'")
+    # the bounds read each projection's weight and bias: a plain nn.Linear's (quantize_fp8 swaps only those)
+    if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)):
+        kinds = {k: type(m).__name__ for k, m in zip(("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"), (qkv, proj, fc1, fc2))}
+        raise ConfigError(f"static fp8 scales need nn.Linear projections in the blocks, got {kinds}; use granularity 'row'")
     d = qkv.in_features
     if qkv.out_features != 3 * d or proj.in_features != d or fc2.in_features != fc1.out_features:
         raise ConfigError(f"static fp8 scales: unexpected block shapes (qkv {d} -> {qkv.out_features}, proj {proj.in_features}, fc2 {fc2.in_features})")
@@ -292,7 +297,8 @@ def quantize_fp8(model: nn.Module, *, granularity: str = "row", skip: Iterable[s
     bounds: dict[str, float] = {}
     if granularity == "static":  # every bound first: nothing is swapped if one block does not fit
         for prefix, blocks in lists:
-            bounds |= {f"{prefix}.{i}.{k}": v for i, blk in enumerate(blocks) for k, v in block_input_bounds(blk).items()}
+            # `blocks` is an nn.ModuleList (or Sequential): iterable, which plain nn.Module's type does not say
+            bounds |= {f"{prefix}.{i}.{k}": v for i, blk in enumerate(cast("Iterable[nn.Module]", blocks)) for k, v in block_input_bounds(blk).items()}
     for name in sorted(linears - skip):
         parent, child = name.rsplit(".", 1)
         owner = model.get_submodule(parent)

@@ -157,7 +157,7 @@ def _scan_duration(container: av.container.InputContainer, stream: av.video.stre
         end = max(end or pkt.pts, pkt.pts + (pkt.duration or 0))
     if start is None or end is None:
         return Fraction(0)
-    return (end - start) * stream.time_base
+    return (end - start) * (stream.time_base or Fraction(1, av.time_base))  # as read_frames, where a stream has none
 
 
 def probe(path: PathLike) -> VideoInfo:
@@ -205,10 +205,10 @@ def _to_rgb(frame: av.VideoFrame, hw: tuple[int, int] | None) -> np.ndarray:
         return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
     # convert colour at the source size first: swscale's combined convert-and-scale path rounds
     # colours by several levels
-    rgb = frame.reformat(format="rgb24")
+    rgb_frame = frame.reformat(format="rgb24")
     if turns:
-        rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(rgb.to_ndarray(), turns)), format="rgb24")
-    return rgb.reformat(height=hw[0], width=hw[1], interpolation="AREA").to_ndarray()
+        rgb_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(rgb_frame.to_ndarray(), turns), dtype=np.uint8), format="rgb24")
+    return rgb_frame.reformat(height=hw[0], width=hw[1], interpolation="AREA").to_ndarray()
 
 
 def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | None = None, max_seconds: float | None = None) -> Frames:
@@ -231,8 +231,11 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
         tb = s.time_base or Fraction(1, av.time_base)
         src_rate = s.guessed_rate or s.average_rate
         gap = 1 / Fraction(src_rate) if src_rate else 1 / rate  # stands in where a pts is missing
-        picker, out, times = _Picker(rate, tb / 2), [], []
-        pending, first_pts = None, None
+        picker = _Picker(rate, tb / 2)
+        out: list[np.ndarray] = []
+        times: list[Fraction] = []
+        pending: av.VideoFrame | None = None
+        first_pts: int | None = None
         for frame in c.decode(s):
             if frame.pts is None:
                 t = times[-1] + gap if times else Fraction(0)
@@ -248,6 +251,7 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
             pending = frame
             times.append(t)
         check_complete(p, s, len(times))  # also refuses a stream without frames
+        assert pending is not None  # so a frame was decoded: the last one
         duration = _duration(times, gap)
         # the last frame's own length where the file gives it: a held last frame of variable-rate
         # video (screen recordings, slideshows) plays on, and the audio must cover it too; never past

@@ -1006,3 +1006,18 @@ def test_a_mistyped_checkpoint_path_is_called_missing_and_its_neighbours_listed(
         from_pretrained(tmp_path / "nowhere" / "x.safetensors")
     with pytest.raises(CheckpointError, match=r"specmaskfoley_tiny is neither a checkpoint file/folder nor a preset that ships weights.*build_model"):
         from_pretrained("specmaskfoley_tiny")  # a preset name keeps its own advice
+
+
+def test_a_model_whose_control_encoder_was_removed_says_so(micro_model):
+    """has_control follows the ControlNet; with the control encoder set to None after building,
+    encode_control raised "'NoneType' object is not callable" and pipeline / recipe code an
+    AttributeError. Now a ConfigError naming the missing part (mypy found the unguarded None)."""
+    from controlfoley.control.encoders import control_encoder_of
+
+    x = micro_inputs(micro_model)
+    micro_model.control_encoder = None
+    assert micro_model.has_control
+    with pytest.raises(ConfigError, match="incomplete: it has no control_encoder"):
+        micro_model.encode_control(x["features"])
+    with pytest.raises(ConfigError, match="has no control encoder"):
+        control_encoder_of(micro_model)

@@ -283,6 +283,19 @@ def test_static_scales_refuse_a_block_they_cannot_bound():
         block_input_bounds(nn.TransformerEncoderLayer(32, 2, 64))
 
 
+def test_static_scales_refuse_a_block_whose_projection_is_not_a_linear():
+    """The bounds read each projection's weight and bias as an nn.Linear's: a SpecMaskGIT-style
+    block with another module there (a wrapped or custom projection) is a ConfigError naming it,
+    not an AttributeError from deep inside the bound (mypy found the missing check)."""
+    from controlfoley.backbones.specmaskgit import Block
+    from controlfoley.quantize import block_input_bounds
+
+    blk = Block(32, 2, 64)
+    blk.mlp.fc2 = nn.Sequential(blk.mlp.fc2)
+    with pytest.raises(ConfigError, match=r"need nn.Linear projections.*'mlp.fc2': 'Sequential'"):
+        block_input_bounds(blk)
+
+
 def test_static_fp8_compiles_to_the_eager_tokens(micro_model):
     """The static path is the one meant to be compiled (its quantizing fuses into the producing op)."""
     model = quantize_fp8(live_control(micro_model).to(torch.bfloat16), granularity="static")

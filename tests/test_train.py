@@ -805,3 +805,16 @@ def test_trainable_replaces_the_recipes_choice_of_parts(data: Path, tmp_path: Pa
         config("controlnet", data, tmp_path / "x", trainable=("alinger",))
     args = build_parser().parse_args(["controlnet", "--preset", "specmaskfoley_tiny", "--data", str(data), "--out", str(tmp_path / "y"), "--trainable", "aligner, controlnet"])
     assert config_from_args(args).trainable == ("aligner", "controlnet")
+
+
+def test_validate_without_validation_data_is_a_config_error(tmp_path):
+    """Trainer.validate (public) on a run with no validation split (val_fraction 0, no val_data)
+    named the problem with a TypeError from len(None); now a ConfigError (mypy found it)."""
+    from controlfoley.train import Trainer
+    from controlfoley.train.distributed import init_distributed
+
+    cfg = config("backbone", write_data(tmp_path / "data"), tmp_path / "run", val_fraction=0.0)
+    trainer = Trainer(cfg, init_distributed(cfg.device))
+    assert trainer.val_ds is None
+    with pytest.raises(ConfigError, match="no validation data"):
+        trainer.validate()

@@ -198,4 +198,4 @@ def hifigan_vocoder(
     return HifiGanVocoder(mel, gen)
 
 
-hifigan_vocoder.weight_args = ("checkpoint", "trust_checkpoint")  # a saved model holds these weights (checkpoint.load_model)
+setattr(hifigan_vocoder, "weight_args", ("checkpoint", "trust_checkpoint"))  # a saved model holds these weights (checkpoint.load_model)

@@ -45,6 +45,9 @@ class MelFrontEnd(nn.Module):
     vocoders such as Griffin-Lim can invert it with the same framing.
     """
 
+    mel_basis: Tensor  # buffers (registered in __init__): the mel filterbank and the STFT window
+    window: Tensor
+
     def __init__(
         self,
         *,

@@ -130,4 +130,4 @@ def melgan_vocoder(
     return MelGANVocoder(mel, gen)
 
 
-melgan_vocoder.weight_args = ("checkpoint", "trust_checkpoint")  # a saved model holds these weights (checkpoint.load_model)
+setattr(melgan_vocoder, "weight_args", ("checkpoint", "trust_checkpoint"))  # a saved model holds these weights (checkpoint.load_model)

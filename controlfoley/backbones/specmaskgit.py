@@ -16,7 +16,7 @@ Paper numbers (SpecMaskFoley sec. 4.2): 24 blocks, D=768, 8 heads, FFN 3072, ~17
 """
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import torch
 import torch.nn.functional as F
@@ -115,7 +115,7 @@ class SpecMaskGIT(nn.Module):
         self.grid = (int(grid[0]), int(grid[1]))
         self.n_tokens = self.grid[0] * self.grid[1]
         self.dim, self.depth, self.heads, self.ffn_dim, self.cond_dim = dim, depth, heads, ffn_dim, cond_dim
-        self._block_kwargs = dict(dim=dim, heads=heads, ffn_dim=ffn_dim, fused_attn=fused_attn, norm_eps=norm_eps)
+        self._block_kwargs: dict[str, Any] = dict(dim=dim, heads=heads, ffn_dim=ffn_dim, fused_attn=fused_attn, norm_eps=norm_eps)
         self.tok_emb = nn.Embedding(vocab_size, dim)
         self.pos_emb = nn.Parameter(torch.zeros(1, self.n_tokens, dim))
         self.mask_emb = nn.Parameter(torch.zeros(dim))  # the learned "unconditional mask"
@@ -132,7 +132,7 @@ class SpecMaskGIT(nn.Module):
     def set_fused_attn(self, fused: bool) -> None:
         for m in self.modules():
             if isinstance(m, Attention):
-                m.fused = fused
+                setattr(m, "fused", fused)  # Final to TorchScript (a constant once scripted), which this sets before
 
     def reset_parameters(self) -> None:
         nn.init.trunc_normal_(self.pos_emb, std=0.02)

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from controlfoley._static import BackboneModule
 from controlfoley.errors import ConfigError
 from controlfoley.typing import Float, Tensor
 
@@ -61,7 +62,7 @@ class ControlNet(nn.Module):
         self.outs = nn.ModuleList(zero_linear(dim, dim) for _ in blocks)
 
     @classmethod
-    def from_backbone(cls, backbone: nn.Module, n_blocks: int, injection: str = "aligned") -> "ControlNet":
+    def from_backbone(cls, backbone: BackboneModule, n_blocks: int, injection: str = "aligned") -> "ControlNet":
         n_backbone = len(backbone.blocks)
         injection_map(n_blocks, n_backbone, injection)  # validate before copying
         blocks = nn.ModuleList(backbone.new_block() for _ in range(n_blocks))
@@ -70,7 +71,7 @@ class ControlNet(nn.Module):
         return net
 
     @torch.no_grad()
-    def copy_from(self, backbone: nn.Module) -> None:
+    def copy_from(self, backbone: BackboneModule) -> None:
         """(Re)initialise the copied blocks from the backbone's first blocks, strictly."""
         for i, blk in enumerate(self.blocks):
             blk.load_state_dict(backbone.blocks[i].state_dict(), strict=True)

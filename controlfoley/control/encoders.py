@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from controlfoley._registry import CONTROL_ENCODERS, EXTRACTORS
-from controlfoley._static import ModelModule
-from controlfoley.errors import ShapeError
+from controlfoley._static import ControlEncoderModule, ModelModule
+from controlfoley.errors import ConfigError, ShapeError
 from controlfoley.typing import Float, Tensor
 
-__all__ = ["SyncClipEncoder", "SyncOnlyEncoder", "check_feature", "check_widths", "feature_dims", "SYNC_FPS", "CLIP_FPS"]
+__all__ = ["SyncClipEncoder", "SyncOnlyEncoder", "check_feature", "check_widths", "control_encoder_of", "feature_dims", "SYNC_FPS", "CLIP_FPS"]
 
 # the paper's feature rates: sec. 4.2's 240 Synchformer and 80 CLIP frames per 10 s clip (sec. 3.2
 # says "25 Hz" for Synchformer; 24 is what the frame counts give, as in MMAudio); `feature_fps` declares them
@@ -33,6 +33,18 @@ def feature_dims(encoder: nn.Module) -> dict[str, int]:
     """Feature key -> width a control encoder expects, from its optional `feature_dims` (empty if it
     declares none: its features are then checked only when it reads them)."""
     return {str(k): int(v) for k, v in dict(getattr(encoder, "feature_dims", None) or {}).items()}
+
+
+def control_encoder_of(model: ModelModule) -> ControlEncoderModule:
+    """`model.control_encoder`, for a model with video control (`has_control`: build_model makes the
+    control encoder, aligner and ControlNet together); a ConfigError naming the model if it has none."""
+    enc = model.control_encoder
+    if enc is None:
+        raise ConfigError(
+            f"model {model.config.name!r} has no control encoder, so it takes no video features (a backbone alone, "
+            "or its control encoder removed after building)"
+        )
+    return enc
 
 
 def _dim_hint(name: str, want: int) -> str:
@@ -60,7 +72,7 @@ def check_widths(
     """Extractors whose widths `model` cannot take fail here, once, before any video is read.
     `video`: feature key -> (extractor name, width); `text`: (text extractor name, width);
     `taker` names the model in the message ("preset 'x'"), `error` is the caller's error class."""
-    dims = feature_dims(model.control_encoder) if getattr(model, "has_control", False) else {}
+    dims = feature_dims(control_encoder_of(model)) if getattr(model, "has_control", False) else {}
     for key, (name, got) in video.items():
         want = dims.get(key)
         if want is not None and int(got) != want:

@@ -61,9 +61,10 @@ class ClapTextEncoder(nn.Module):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        self.dim = int(model.config.projection_dim)
+        config: Any = model.config  # a transformers ClapConfig / ClapTextConfig
+        self.dim = int(config.projection_dim)
         # RoBERTa's positions start after the padding index: max_position_embeddings - 2 tokens fit
-        self.max_length = min(int(max_length), int(model.config.max_position_embeddings) - 2)
+        self.max_length = min(int(max_length), int(config.max_position_embeddings) - 2)
         self.normalize, self.output_key = bool(normalize), output_key
 
     @torch.no_grad()
@@ -151,7 +152,7 @@ def clap_transformers(
     return ClapTextEncoder(model.to(device), tokenizer, normalize=normalize, max_length=max_length, output_key=output_key)
 
 
-clap_transformers.width_from = "its weights: use another CLAP checkpoint"  # named by width errors (control.encoders.check_widths)
+setattr(clap_transformers, "width_from", "its weights: use another CLAP checkpoint")  # named by width errors (control.encoders.check_widths)
 
 
 class ClapAudioEncoder(nn.Module):
@@ -164,7 +165,8 @@ class ClapAudioEncoder(nn.Module):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.feature_extractor = feature_extractor
-        self.dim = int(model.config.projection_dim)
+        config: Any = model.config  # a transformers ClapConfig / ClapAudioConfig
+        self.dim = int(config.projection_dim)
         self.sample_rate = int(feature_extractor.sampling_rate)
         self.normalize, self.output_key = bool(normalize), output_key
 
@@ -227,4 +229,4 @@ def clap_audio_transformers(
     return ClapAudioEncoder(model.to(device), features, normalize=normalize, output_key=output_key)
 
 
-clap_audio_transformers.width_from = "its weights: use another CLAP checkpoint"
+setattr(clap_audio_transformers, "width_from", "its weights: use another CLAP checkpoint")

@@ -150,8 +150,8 @@ class Extraction:
             taker=f"preset {preset!r}",
             error=DataError,
         )
-        has_control = self.model.has_control
-        self.control_keys: tuple[str, ...] = tuple(str(k) for k in self.model.control_encoder.required_features) if has_control else ()
+        enc = self.model.control_encoder if self.model.has_control else None
+        self.control_keys: tuple[str, ...] = tuple(str(k) for k in enc.required_features) if enc is not None else ()
         missing = self.missing_control_features(keys)
         if self.video and missing:  # some video features, not all: meant for the controlnet recipe, which would refuse it
             warnings.warn(
@@ -273,6 +273,7 @@ def _audio_prompt(ex: "Extraction", wav: Tensor) -> Tensor:
     """The CLAP audio embedding of a clip's audio over the model's window (what its tokens cover)."""
     if wav.numel() == 0:
         raise DataError("the audio is empty: there is nothing for the CLAP audio tower to embed")
+    assert ex.clap is not None  # both callers check it is a CLAP audio tower (_embeds_audio)
     return ex.clap.encode_audio(wav[: ex.model.n_samples].float()[None], ex.model.sample_rate)[0]
 
 
@@ -494,7 +495,7 @@ def extract_files(
     if tags is not None and ex.clap is None:  # e.g. the mel-only extraction of a tagged list
         warnings.warn("the tags are not stored: no CLAP-like extractor encodes them (--clap NAME)", stacklevel=2)
         tags = None
-    if tags is not None and _embeds_audio(ex.clap):
+    if tags is not None and ex.clap is not None and _embeds_audio(ex.clap):  # (not None: tags were dropped just above otherwise)
         warnings.warn(f"the tags are not used: {ex.clap.name} embeds each clip's own audio (the paper's training prompt)", stacklevel=2)
         tags = None
     sr = ex.model.sample_rate
@@ -543,6 +544,7 @@ def extract_files(
         )
     encoded: dict[str, Tensor] = {}  # tag string -> its vector, when a fixed vocabulary let them all be encoded up front
     if tags is not None:  # an untagged line of a tagged list: no prompt (a zero vector: the recipes use the unconditional mask)
+        assert ex.clap is not None  # tags without a CLAP-like extractor were dropped above
         untagged = [i for i, t in enumerate(tags) if not t.strip()]
         if untagged:
             warnings.warn(
@@ -551,7 +553,7 @@ def extract_files(
                 stacklevel=2,
             )
             encoded[""] = torch.zeros(int(ex.clap.dim))
-    if tags is not None and getattr(ex.clap, "tags", None) is not None:  # a fixed vocabulary: check every line now
+    if tags is not None and ex.clap is not None and getattr(ex.clap, "tags", None) is not None:  # a fixed vocabulary: check every line now
         bad: dict[str, str] = {}
         for t in dict.fromkeys(t for t in tags if t.strip()):
             try:
@@ -567,6 +569,7 @@ def extract_files(
             )
 
     def encode_tags(i: int) -> Tensor:
+        assert tags is not None and ex.clap is not None  # called only with tags, which were dropped above without a CLAP-like extractor
         if not tags[i].strip():
             return encoded[""]
         if tags[i] in encoded:

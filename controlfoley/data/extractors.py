@@ -108,6 +108,7 @@ class SyncFeatureExtractor(nn.Module):
 
     name = "synthetic_sync"
     output_key = "sync"
+    proj: Tensor  # buffer (registered in __init__)
 
     def __init__(self, dim: int = 128, seed: int = 0, grid: int = 8, fps: float = 24.0, gain: float = 2.0) -> None:
         super().__init__()
@@ -132,6 +133,7 @@ class ClipFeatureExtractor(nn.Module):
 
     name = "synthetic_clip"
     output_key = "clip"
+    proj: Tensor  # buffer (registered in __init__)
 
     def __init__(self, dim: int = 64, seed: int = 1, levels: int = 4, fps: float = 8.0) -> None:
         super().__init__()
@@ -151,6 +153,7 @@ class TagEncoder(nn.Module):
     name = "synthetic_clap"
     output_key = "clap"
     fps = None
+    vectors: Tensor  # buffer (registered in __init__): n_tags c
 
     def __init__(self, dim: int = 64, seed: int = 2, tags: Sequence[str] = CLASS_NAMES) -> None:
         super().__init__()

@@ -92,6 +92,8 @@ class OpenClipExtractor(nn.Module):
     """Per-frame CLIP image embeddings [t, d] from an open_clip model (see the module docstring)."""
 
     name = "clip_openclip"
+    mean: Tensor  # buffers (registered in __init__)
+    std: Tensor
 
     def __init__(
         self,
@@ -103,8 +105,8 @@ class OpenClipExtractor(nn.Module):
         batch_size: int = 32,
     ) -> None:
         super().__init__()
-        self.model = model.eval().requires_grad_(False)
-        visual = model.visual
+        self.model: Any = model.eval().requires_grad_(False)  # an open_clip CLIP (encode_image): untyped to us
+        visual: Any = model.visual  # its image tower: image_size, output_dim, preprocess_cfg
         size = visual.image_size
         self.frame_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         cfg = getattr(visual, "preprocess_cfg", None) or {}
@@ -169,7 +171,7 @@ def clip_openclip(
     return OpenClipExtractor(model, fps=fps, output_key=output_key, normalize=normalize, batch_size=batch_size)
 
 
-clip_openclip.width_from = "its weights: use another CLIP checkpoint"  # named by width errors (control.encoders.check_widths)
+setattr(clip_openclip, "width_from", "its weights: use another CLIP checkpoint")  # named by width errors (control.encoders.check_widths)
 
 
 # -- precomputed features ------------------------------------------------------------------------
@@ -331,8 +333,8 @@ def synchformer_precomputed(
     return PrecomputedFeatures(root, name="synchformer_precomputed", key=key, output_key=output_key, fps=fps, dim=dim, ids_tsv=ids_tsv)
 
 
-synchformer_precomputed.width_from = "its feature files"  # named by width errors (control.encoders.check_widths)
-synchformer_precomputed.precomputed = True  # features of given files only: never a default for new videos (pipeline_parts)
+setattr(synchformer_precomputed, "width_from", "its feature files")  # named by width errors (control.encoders.check_widths)
+setattr(synchformer_precomputed, "precomputed", True)  # features of given files only: never a default for new videos (pipeline_parts)
 
 
 @EXTRACTORS.register("clip_precomputed")
@@ -349,5 +351,5 @@ def clip_precomputed(
     return PrecomputedFeatures(root, name="clip_precomputed", key=key, output_key=output_key, fps=fps, dim=dim, ids_tsv=ids_tsv)
 
 
-clip_precomputed.width_from = "its feature files"  # named by width errors (control.encoders.check_widths)
-clip_precomputed.precomputed = True
+setattr(clip_precomputed, "width_from", "its feature files")  # named by width errors (control.encoders.check_widths)
+setattr(clip_precomputed, "precomputed", True)

@@ -372,7 +372,7 @@ def specvqgan(
         z_channels=z_channels, embed_dim=embed_dim, n_embed=n_embed, in_channels=in_channels, out_ch=out_ch,
         norm_groups=norm_groups,
     )
-    shared = dict(ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions,
+    shared: dict[str, Any] = dict(ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions,
                   resolution=resolution, z_channels=z_channels, dropout=dropout, groups=norm_groups)
     encoder = Encoder(in_channels=in_channels, double_z=double_z, **shared)
     decoder = Decoder(out_ch=out_ch, **shared)
@@ -383,5 +383,5 @@ def specvqgan(
     return model
 
 
-specvqgan.weight_args = ("checkpoint", "trust_checkpoint")  # a saved model holds these weights (checkpoint.load_model)
-specvqgan.weights_mel = "specvqgan"  # the official codebooks were trained on SpecVQGAN's own mel (build_model warns otherwise)
+setattr(specvqgan, "weight_args", ("checkpoint", "trust_checkpoint"))  # a saved model holds these weights (checkpoint.load_model)
+setattr(specvqgan, "weights_mel", "specvqgan")  # the official codebooks were trained on SpecVQGAN's own mel (build_model warns otherwise)

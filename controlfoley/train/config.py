@@ -45,7 +45,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -100,10 +100,10 @@ class RecipeError(RegistryError, ConfigError):
     how to load the plugin that registers one); a ConfigError, as a refused setting, and a RegistryError."""
 
 
-def recipe_class(name: str) -> type:
+def recipe_class(name: str) -> type[Any]:
     """The Recipe subclass registered as `name` (RecipeError when none is)."""
     try:
-        return RECIPES.get(name)
+        return cast("type[Any]", RECIPES.get(name))  # the registry's check (_check_recipe) takes Recipe subclasses only
     except RegistryError as e:
         raise RecipeError(str(e)) from None
 
@@ -477,7 +477,7 @@ class TrainConfig:
         defaults = recipe_defaults(recipe)
         steps = fields.get("steps")
         warmup = defaults["warmup_steps"]
-        if fields.get("warmup_steps") is None and isinstance(steps, numbers.Integral) and not isinstance(steps, (bool, np.bool_)) and 1 <= steps < defaults["steps"]:
+        if fields.get("warmup_steps") is None and isinstance(steps, numbers.Integral) and not isinstance(steps, (bool, np.bool_)) and 1 <= int(steps) < defaults["steps"]:
             # a run shorter than the recipe keeps its warm-up fraction (2% for the ControlNet)
             defaults["warmup_steps"] = round(int(steps) * warmup / defaults["steps"])
         fields = {k: v for k, v in fields.items() if not (k == "warmup_steps" and v is None)}

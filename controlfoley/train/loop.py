@@ -39,7 +39,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import numpy as np
 import torch
@@ -176,7 +176,8 @@ class Trainer:
             warn_shared_clips(self.train_ds, self.val_ds)
         self.recipe.fit_to_data(self.model, self.train_ds)
         # the checkpoints record which extractors made the features it reads, so that generate can use the same ones
-        reads = {"clap", *(self.model.control_encoder.required_features if self.model.has_control else ())}
+        enc = self.model.control_encoder if self.model.has_control else None
+        reads = {"clap", *(enc.required_features if enc is not None else ())}
         self.model.feature_record = {k: v for k, v in feature_record(self.train_ds.index.info).items() if k in reads}
         # what the run's checkpoints record as trained: what it loaded trained, and what it trains
         here = {n for n, m in self.model.named_children() if any(p.requires_grad for p in m.parameters())}
@@ -231,7 +232,7 @@ class Trainer:
         compared as settings can: refusing would leave, for every such edit, only a hand-edited
         config.json or a new run. The checkpoints then hold training by both versions, which the
         warning says, naming the file; config.json records the code loaded now (`_record_run`)."""
-        changes = plugin_changes(saved.plugins, cfg.plugins)
+        changes = plugin_changes(saved.plugins, cfg.plugins or ())  # (never None: TrainConfig fills it in)
         if changes and self.info.is_main:
             warnings.warn(
                 f"--resume: the code of recipe {cfg.recipe!r} is not what {self.run_dir.config_path} recorded: {'; '.join(changes)}. The run "
@@ -274,6 +275,7 @@ class Trainer:
             source = resolve_model_file(cfg.init)
             load_parts(self.model, source, cfg.init_parts)  # records which of them were trained
             trained = self.model.trained_parts
+            assert trained is not None  # load_parts just recorded a set
             untrained = [p for p in cfg.init_parts if p not in trained]
             if untrained and self.info.is_main:
                 fix = "init from the run that trained them (e.g. a backbone run for the controlnet recipe)"
@@ -318,9 +320,10 @@ class Trainer:
             # buffers (mel filterbanks, frozen statistics) are equal on every rank: no sync per forward;
             # newer torch names this forward_sync_buffers and deprecates broadcast_buffers
             no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers"
-            module = DistributedDataParallel(objective, device_ids=ids, **{no_sync: False})
+            sync_off: dict[str, Any] = {no_sync: False}
+            module = DistributedDataParallel(objective, device_ids=ids, **sync_off)
         if self.cfg.compile:
-            module = torch.compile(module)
+            module = cast(nn.Module, torch.compile(module))  # an OptimizedModule (a Module) for a Module; the stubs say Callable
         return module
 
     # -- the loop --------------------------------------------------------------------------------
@@ -443,7 +446,8 @@ class Trainer:
             batch = {k: v.to(info.device, non_blocking=True) for k, v in batch.items()}
             args = self._plan_args(plan, self.sampler.rows(micro))
             sync = micro == cfg.grad_accum - 1 or not info.distributed
-            with contextlib.nullcontext() if sync else self.module.no_sync():
+            # not sync: a distributed run, so a DDP (under torch.compile its wrapper, which forwards no_sync)
+            with contextlib.nullcontext() if sync else cast(DistributedDataParallel, self.module).no_sync():
                 with self._autocast():
                     loss, stats = self.module(batch, *args)
                 (loss * (info.world_size / plan.denom)).backward()
@@ -500,6 +504,8 @@ class Trainer:
         others in the collective): None as soon as a SIGTERM is pending, so that a preempted run
         checkpoints and stops within its grace period instead of finishing a long validation first."""
         cfg, info, ds = self.cfg, self.info, self.val_ds
+        if ds is None:
+            raise ConfigError("this run has no validation data (val_fraction 0 and no val_data): there is nothing to validate on")
         mine = list(range(info.rank, min(len(ds), cfg.val_max_clips), info.world_size))
         size = max(1, cfg.batch_size // (info.world_size * cfg.grad_accum))
         chunks = [mine[i : i + size] for i in range(0, len(mine), size)]

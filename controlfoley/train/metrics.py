@@ -38,7 +38,7 @@ def read_metrics(path: str | Path, split: str | None = None) -> list[dict[str, A
     yet, gives []. Anything else (a folder that is no run, another file, a missing folder) is a
     TrainingError."""
     p = _metrics_file(Path(path))
-    rows = []
+    rows: list[dict[str, Any]] = []
     if not p.is_file():
         return rows
     for line in p.read_text(encoding="utf-8").splitlines():

@@ -106,11 +106,11 @@ def _same_tokenizer(a: str, b: str) -> tuple[bool, str]:
     """(same?, how it was decided: for the warning)."""
     if _origins(Path(a)) & _origins(Path(b)):
         return True, "same path"
-    files = [_model_file(Path(p)) for p in (a, b)]
-    if None in files:
-        gone = b if files[1] is None else a
+    fa, fb = _model_file(Path(a)), _model_file(Path(b))
+    if fa is None or fb is None:
+        gone = b if fb is None else a
         return False, f"compared by path only: {gone} no longer holds a model, so the weights could not be compared"
-    if all(f.suffix == ".safetensors" for f in files) and _equal_tokenizers(files[0], files[1]):
+    if fa.suffix == ".safetensors" and fb.suffix == ".safetensors" and _equal_tokenizers(fa, fb):
         return True, "equal weights"
     return False, "other paths, and other tokenizer weights"
 

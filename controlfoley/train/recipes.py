@@ -33,18 +33,21 @@ import dataclasses
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from controlfoley._registry import RECIPES, RegistryError
+from controlfoley._static import TokenizerModule
 from controlfoley.config import ConfigError
+from controlfoley.control.encoders import control_encoder_of
 from controlfoley.data.dataset import ShardDataset, require_features
 from controlfoley.errors import DataError, ShapeError
 from controlfoley.model import SpecMaskFoley, masked_token_mask
 from controlfoley.train.adversarial import PatchDiscriminator, hinge_losses
 from controlfoley.train.config import BUILTIN_RECIPES, TrainConfig, option_specs, recipe_class
+from controlfoley.tokenizers.base import RestartableTokenizer
 from controlfoley.typing import Bool, Float, Tensor
 
 __all__ = [
@@ -70,7 +73,7 @@ class StepPlan:
 class TokenizerObjective(nn.Module):
     """Reconstruction + VQ (+ optional adversarial) loss of the tokenizer, summed over the clips of a micro-batch."""
 
-    def __init__(self, tokenizer: nn.Module, l1_weight: float, l2_weight: float, vq_weight: float, disc: PatchDiscriminator | None = None) -> None:
+    def __init__(self, tokenizer: TokenizerModule, l1_weight: float, l2_weight: float, vq_weight: float, disc: PatchDiscriminator | None = None) -> None:
         super().__init__()
         self.tokenizer, self.disc = tokenizer, disc
         self.l1_weight, self.l2_weight, self.vq_weight = l1_weight, l2_weight, vq_weight
@@ -101,7 +104,8 @@ class TokenizerObjective(nn.Module):
         """Restart the codebook entries that no clip of the whole step selects: all of this rank's
         micro-batches (and, inside `restart_dead_codes`, all ranks), so a step with gradient
         accumulation makes the same decision as one big batch, once per optimizer step."""
-        return self.tokenizer.restart_dead_codes([b["mel"].float() for b in batches], torch.Generator().manual_seed(seed))
+        tokenizer = cast(RestartableTokenizer, self.tokenizer)  # TokenizerRecipe checks it is one when restarts are on
+        return tokenizer.restart_dead_codes([b["mel"].float() for b in batches], torch.Generator().manual_seed(seed))
 
 
 class MaskedTokenObjective(nn.Module):
@@ -111,7 +115,7 @@ class MaskedTokenObjective(nn.Module):
         super().__init__()
         self.model = model
         self.use_control = use_control
-        self.control_keys = tuple(model.control_encoder.required_features) if use_control else ()
+        self.control_keys = tuple(control_encoder_of(model).required_features) if use_control else ()
 
     def forward(self, batch: dict[str, Tensor], mask: Bool[Tensor, "b l"], cond_on: Bool[Tensor, " b"]) -> tuple[Float[Tensor, ""], dict[str, Tensor]]:
         model = self.model
@@ -287,7 +291,8 @@ class TokenizerRecipe(Recipe):
         return TokenizerObjective(model.tokenizer, cfg.l1_weight, cfg.l2_weight, cfg.vq_weight, disc)
 
     def aux_modules(self, objective: nn.Module) -> dict[str, nn.Module]:
-        return {} if objective.disc is None else {"disc": objective.disc}
+        disc = cast(TokenizerObjective, objective).disc  # this recipe's objective()
+        return {} if disc is None else {"disc": disc}
 
     def plan(self, cfg: TrainConfig, model: SpecMaskFoley, step: int, batch: int) -> StepPlan:
         on = cfg.adv_weight if step >= cfg.adv_start_step else 0.0
@@ -303,7 +308,7 @@ class TokenizerRecipe(Recipe):
 
     def before_step(self, objective: nn.Module, batches: list[dict[str, Tensor]], plan: StepPlan) -> dict[str, Tensor]:
         seed = int(plan.rows["restart_seed"][0])
-        moved = objective.restart_codes(batches, seed) if seed >= 0 and objective.training else 0
+        moved = cast(TokenizerObjective, objective).restart_codes(batches, seed) if seed >= 0 and objective.training else 0  # this recipe's objective()
         # every rank moved the same codes; count them once in the sum over ranks
         first = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
         return {"codes_restarted": torch.tensor(float(moved if first else 0))}
@@ -335,7 +340,7 @@ class MaskedTokenRecipe(Recipe):
     def needed_keys(self, model: SpecMaskFoley, ds: ShardDataset) -> tuple[str, ...]:
         keys = ["tokens", *(k for k in ("clap",) if k in ds.index.features)]
         if self.use_control:
-            keys += list(model.control_encoder.required_features)
+            keys += list(control_encoder_of(model).required_features)
         return tuple(keys)
 
     def check_data(self, model: SpecMaskFoley, ds: ShardDataset) -> None:
@@ -394,12 +399,12 @@ class ControlNetRecipe(MaskedTokenRecipe):
 
     def check_data(self, model: SpecMaskFoley, ds: ShardDataset) -> None:
         super().check_data(model, ds)
-        keys = tuple(model.control_encoder.required_features)
+        keys = tuple(control_encoder_of(model).required_features)
         require_features(ds, {k: None for k in keys}, hint="Extract the video features with `controlfoley extract`.")
         first = ds[0]
         try:  # one clip through the control encoder: feature widths of another preset fail here
             with torch.no_grad():
-                model.control_encoder({k: first[k].float()[None].to(model.device) for k in keys})
+                control_encoder_of(model)({k: first[k].float()[None].to(model.device) for k in keys})
         except ShapeError as e:
             raise DataError(f"dataset {ds.root}: its video features do not fit this model: {e}") from e
 

@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from controlfoley._io import atomic_write_text, remove_stale_temps, write_failure
 from controlfoley._static import ModelModule

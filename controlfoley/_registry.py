@@ -111,6 +111,9 @@ def _env_plugins() -> list[str]:
     return [p.strip() for p in os.environ.get(PLUGIN_ENV, "").split(",") if p.strip()]
 
 
+PLUGIN_MODULE_PREFIX = "controlfoley_plugin_"  # the module name a plugin imported from its path gets
+
+
 def load_plugins(*specs: str, source: str = "load_plugins") -> list[str]:
     """Import the modules that register user parts: each spec is a module name (`my_pkg.parts`,
     importable from sys.path) or a path to a `.py` file. A module already imported is not run
@@ -146,7 +149,7 @@ def _import_plugin(spec: str, source: str) -> str:
         loaded = _loaded_from(path)
         if loaded is not None:  # already imported (by path, or by its module name): not run again
             return loaded
-        name = "controlfoley_plugin_" + "".join(c if c.isalnum() else "_" for c in str(path))
+        name = PLUGIN_MODULE_PREFIX + "".join(c if c.isalnum() else "_" for c in str(path))
         loader_spec = importlib.util.spec_from_file_location(name, path)
         assert loader_spec is not None and loader_spec.loader is not None
         module = importlib.util.module_from_spec(loader_spec)

@@ -340,6 +340,38 @@ def test_a_resumed_run_loads_the_plugin_its_config_records_and_warns_when_it_cha
     assert json.loads((run / "config.json").read_text())["plugins"][0]["sha256"] == hashlib.sha256(plugin.read_bytes()).hexdigest()
 
 
+def test_a_recipe_imported_by_module_name_is_resumed_by_it(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], scratch_recipes: list[str]
+) -> None:
+    """`--plugin my_pkg.recipes`, a package module with a relative import: the run records the
+    module's name beside its file, and a resume imports it by name (from its path alone, its
+    relative import fails)."""
+    pkg = tmp_path / "pkgroot" / "mypkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helper.py").write_text("WARMUP = 1\n")
+    (pkg / "recipes.py").write_text(
+        "from controlfoley import RECIPES\nfrom controlfoley.train.recipes import ControlNetRecipe\n\nfrom .helper import WARMUP\n\n\n"
+        "@RECIPES.register('pkg_recipe')\nclass PkgRecipe(ControlNetRecipe):\n    defaults = {'warmup_steps': WARMUP}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgroot"))
+    monkeypatch.setenv(PLUGIN_ENV, "")
+    scratch_recipes.append("pkg_recipe")
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="controlnet recipe without --init"):
+        assert train_main([*cli_args("pkg_recipe", data, run, "--plugin", "mypkg.recipes", steps=3), "--stop-at", "1"]) == 0
+    [record] = json.loads((run / "config.json").read_text())["plugins"]
+    assert record["module"] == "mypkg.recipes" and record["path"] == str((pkg / "recipes.py").resolve())
+    RECIPES.unregister("pkg_recipe")  # as in a new shell
+    for mod in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
+        del sys.modules[mod]
+    monkeypatch.setenv(PLUGIN_ENV, "")
+    capsys.readouterr()
+    assert train_main(["pkg_recipe", "--out", str(run), "--resume", "--stop-at", "2"]) == 0, capsys.readouterr().err
+    assert "--resume: loading plugin mypkg.recipes, which" in capsys.readouterr().err
+    assert read_metrics(run, "train")[-1]["step"] == 2
+
+
 def test_a_resumed_run_whose_plugin_is_gone_names_the_recorded_file_and_the_fix(
     data: Path, tmp_path: Path, plugin_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

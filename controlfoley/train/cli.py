@@ -36,6 +36,7 @@ with the code as it is now (`controlfoley.train.loop`'s resume warns, naming the
 
 import argparse
 import dataclasses
+import importlib.util
 import inspect
 import json
 import os
@@ -426,6 +427,14 @@ def _resume_out(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _importable(module: str) -> bool:
+    """Whether `module` can be imported by name from here (its top package is on sys.path)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is not there, or a bad name
+        return False
+
+
 def _load_run_plugins(argv: Sequence[str]) -> None:
     """`--resume` of a run whose recipe no loaded plugin registers: import the plugin files its
     config.json records (one line on stderr from rank 0 says which; every rank imports them, each
@@ -433,7 +442,7 @@ def _load_run_plugins(argv: Sequence[str]) -> None:
     for the processes the run starts, as --plugin does. A recorded file that is gone is a
     RecipeError naming it and the --plugin fix. Anything else (no --resume, no config.json, a run
     that records no plugin) is left to the checks that follow, which name it."""
-    from controlfoley._registry import PLUGIN_ENV, _env_plugins, load_plugins
+    from controlfoley._registry import PLUGIN_ENV, _env_plugins, load_plugins, plugin_path
 
     out = _resume_out(argv)
     if out is None:
@@ -446,10 +455,13 @@ def _load_run_plugins(argv: Sequence[str]) -> None:
     name, records = (d.get("recipe"), d.get("plugins")) if isinstance(d, dict) else (None, None)
     if not isinstance(name, str) or name in RECIPES or not isinstance(records, list):
         return
-    paths = [r["path"] for r in records if isinstance(r, dict) and isinstance(r.get("path"), str)]
-    if not paths:
+    records = [r for r in records if isinstance(r, dict) and isinstance(r.get("path"), str)]
+    if not records:
         return
-    gone = [p for p in paths if not Path(p).is_file()]
+    # a module imported by name is imported so again where it still can be (a package's relative
+    # imports need it), else from its file
+    paths = [m if isinstance(m := r.get("module"), str) and _importable(m) else r["path"] for r in records]
+    gone = [p for p in paths if plugin_path(p) is not None and not Path(p).is_file()]
     if gone:
         raise RecipeError(
             f"--resume: the run in {out} uses recipe {name!r}, which plugin file {', '.join(gone)} registered ({saved} records it), and "

@@ -49,7 +49,7 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
-from controlfoley._registry import RECIPES, RegistryError, is_a, simple_types
+from controlfoley._registry import PLUGIN_MODULE_PREFIX, RECIPES, RegistryError, is_a, simple_types
 from controlfoley.config import ConfigError, Part, SamplerConfig
 from controlfoley.train.schedule import WarmupCosine, scaled_lr
 
@@ -304,7 +304,10 @@ def _sha256(path: Path) -> str:
 def recipe_plugins(name: str) -> tuple[dict[str, str], ...]:
     """{"path", "sha256"} of each file that defines a class of recipe `name` outside the library
     (its plugin, and the plugins of the recipes it derives from, those first: the order to load
-    them); () for the built-ins. A class without a source file (typed at a prompt) adds nothing."""
+    them); () for the built-ins. A class without a source file (typed at a prompt) adds nothing.
+    A module imported by name (`--plugin my_pkg.recipes`, an entry point) also records its
+    "module": a resume imports it so (a package module's relative imports fail when it is run
+    from its path alone)."""
     out: list[dict[str, str]] = []
     for klass in reversed(recipe_class(name).__mro__):
         if klass.__module__.split(".")[0] in ("controlfoley", "builtins", "abc"):
@@ -314,7 +317,10 @@ def recipe_plugins(name: str) -> tuple[dict[str, str], ...]:
             continue
         path = Path(file).resolve()
         if path.is_file() and all(r["path"] != str(path) for r in out):
-            out.append({"path": str(path), "sha256": _sha256(path)})
+            record = {"path": str(path), "sha256": _sha256(path)}
+            if klass.__module__ != "__main__" and not klass.__module__.startswith(PLUGIN_MODULE_PREFIX):  # imported by name
+                record["module"] = klass.__module__
+            out.append(record)
     return tuple(out)
 
 
@@ -552,16 +558,19 @@ def _check_types(cfg: "TrainConfig") -> None:
 
 
 def _checked_plugins(records: Any) -> tuple[dict[str, str], ...]:
-    """A plugins record as config.json holds it: a list of {"path": str, "sha256": str}."""
+    """A plugins record as config.json holds it: a list of {"path": str, "sha256": str} (and
+    "module": str for a module imported by name)."""
     ok = isinstance(records, (list, tuple)) and all(
-        isinstance(r, Mapping) and isinstance(r.get("path"), str) and isinstance(r.get("sha256"), str) for r in records
+        isinstance(r, Mapping) and isinstance(r.get("path"), str) and isinstance(r.get("sha256"), str)
+        and isinstance(r.get("module", ""), str)
+        for r in records
     )
     if not ok:
         raise ConfigError(
             f"train config: plugins is a record of the recipe's files, a list of {{\"path\": ..., \"sha256\": ...}}, got {records!r}; "
             "delete it (the run records the plugin it loads)"
         )
-    return tuple({"path": r["path"], "sha256": r["sha256"]} for r in records)
+    return tuple({k: str(r[k]) for k in ("path", "sha256", "module") if k in r} for r in records)
 
 
 def _json_overrides(preset: str, overrides: Mapping[str, Any]) -> dict[str, Any]:

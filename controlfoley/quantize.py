@@ -229,7 +229,7 @@ def block_input_bounds(block: nn.Module) -> dict[str, float]:
             block.get_submodule(n) for n in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2", "mlp.act")
         )
     except AttributeError as e:
-        raise ConfigError(f"static fp8 scales need SpecMaskGIT-style blocks (norm1, attn.qkv/proj, norm2, mlp.fc1/act/fc2): {e}") from None
+        raise ConfigError(f"static fp8 scales need SpecMaskGIT-style blocks (norm1, attn.qkv/proj, norm2, mlp.fc1/act/fc2): {e}; use granularity 'row'") from None
     if not (isinstance(n1, nn.LayerNorm) and isinstance(n2, nn.LayerNorm) and type(act) is nn.GELU):
         raise ConfigError("static fp8 scales need layer norms before attention and MLP and a GELU MLP; use granularity 'row'")
     # the bounds read each projection's weight and bias: a plain nn.Linear's (quantize_fp8 swaps only those)

@@ -279,7 +279,7 @@ def test_static_fp8_linear_is_close_within_its_bound_and_refuses_a_missing_one()
 def test_static_scales_refuse_a_block_they_cannot_bound():
     from controlfoley.quantize import block_input_bounds
 
-    with pytest.raises(ConfigError, match="SpecMaskGIT-style blocks"):
+    with pytest.raises(ConfigError, match="SpecMaskGIT-style blocks.*; use granularity 'row'"):
         block_input_bounds(nn.TransformerEncoderLayer(32, 2, 64))
 
 

@@ -372,6 +372,38 @@ def test_a_recipe_imported_by_module_name_is_resumed_by_it(
     assert read_metrics(run, "train")[-1]["step"] == 2
 
 
+def test_a_run_records_the_plugin_of_its_models_parts_and_a_resume_loads_it(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A built-in recipe with a plugin's part (here a guidance rule): config.json records the part's
+    file, and --resume without --plugin loads it before rebuilding the model (it failed with
+    'unknown guidance')."""
+    from controlfoley import GUIDANCE
+
+    plugin = (tmp_path / "myguide.py").resolve()
+    plugin.write_text(
+        "from controlfoley import GUIDANCE\nfrom controlfoley.guidance import MultiCFG\n\n\n@GUIDANCE.register('my_multi')\n"
+        "def my_multi(*, scale: float = 3.0, schedule: str = 'linear') -> MultiCFG:\n    return MultiCFG(scale=scale, schedule=schedule)\n"
+    )
+    monkeypatch.setenv(PLUGIN_ENV, "")
+    run = tmp_path / "run"
+    try:
+        assert train_main([*cli_args("backbone", data, run, "--plugin", str(plugin), "--model", "guidance=my_multi", steps=3), "--stop-at", "1"]) == 0
+        records = json.loads((run / "config.json").read_text())["plugins"]
+        assert [r["path"] for r in records] == [str(plugin)]
+        GUIDANCE.unregister("my_multi")  # as in a new shell
+        for mod in [m for m, v in sys.modules.items() if getattr(v, "__file__", None) == str(plugin)]:
+            del sys.modules[mod]
+        monkeypatch.setenv(PLUGIN_ENV, "")
+        capsys.readouterr()
+        assert train_main(["backbone", "--out", str(run), "--resume", "--stop-at", "2"]) == 0, capsys.readouterr().err
+        assert f"--resume: loading plugin {plugin}, which {run / 'config.json'} records for its model's parts" in capsys.readouterr().err
+        assert read_metrics(run, "train")[-1]["step"] == 2
+    finally:
+        if "my_multi" in GUIDANCE:
+            GUIDANCE.unregister("my_multi")
+
+
 def test_a_resumed_run_whose_plugin_is_gone_names_the_recorded_file_and_the_fix(
     data: Path, tmp_path: Path, plugin_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -384,7 +416,7 @@ def test_a_resumed_run_whose_plugin_is_gone_names_the_recorded_file_and_the_fix(
     _new_process(plugin, monkeypatch)
     assert train_main([NAME, "--out", str(run), "--resume"]) == 2
     err = capsys.readouterr().err
-    assert f"error: --resume: the run in {run} uses recipe {NAME!r}, which plugin file {plugin} registered ({run / 'config.json'} records it)" in err
+    assert f"error: --resume: the run in {run} uses code of recipe {NAME!r} from plugin file {plugin} ({run / 'config.json'} records it)" in err
     assert f"controlfoley train {NAME} --out {run} --resume --plugin NEW/PATH.py (or set {PLUGIN_ENV})" in err and "Traceback" not in err
     monkeypatch.setenv("LOCAL_RANK", "1")  # under torchrun: every rank stops, one per node says it
     assert train_main([NAME, "--out", str(run), "--resume"]) == 2 and capsys.readouterr().err == ""

@@ -436,13 +436,14 @@ def _importable(module: str) -> bool:
 
 
 def _load_run_plugins(argv: Sequence[str]) -> None:
-    """`--resume` of a run whose recipe no loaded plugin registers: import the plugin files its
-    config.json records (one line on stderr from rank 0 says which; every rank imports them, each
-    reading the same config.json, so all run the same code), and put them in CONTROLFOLEY_PLUGINS
-    for the processes the run starts, as --plugin does. A recorded file that is gone is a
-    RecipeError naming it and the --plugin fix. Anything else (no --resume, no config.json, a run
-    that records no plugin) is left to the checks that follow, which name it."""
-    from controlfoley._registry import PLUGIN_ENV, _env_plugins, load_plugins, plugin_path
+    """`--resume`: import the plugins the run's config.json records that are not loaded yet (its
+    recipe's, and its model's registered parts': a built-in recipe with a plugin's backbone, too;
+    one line on stderr from rank 0 says which; every rank imports them, each reading the same
+    config.json, so all run the same code), and put them in CONTROLFOLEY_PLUGINS for the processes
+    the run starts, as --plugin does. A recorded file that is gone is a RecipeError naming it and
+    the --plugin fix. Anything else (no --resume, no config.json, a run that records no plugin) is
+    left to the checks that follow, which name it."""
+    from controlfoley._registry import PLUGIN_ENV, _env_plugins, _loaded_from, load_plugins, plugin_path
 
     out = _resume_out(argv)
     if out is None:
@@ -453,23 +454,31 @@ def _load_run_plugins(argv: Sequence[str]) -> None:
     except (OSError, ValueError):
         return
     name, records = (d.get("recipe"), d.get("plugins")) if isinstance(d, dict) else (None, None)
-    if not isinstance(name, str) or name in RECIPES or not isinstance(records, list):
+    if not isinstance(name, str) or not isinstance(records, list):
         return
-    records = [r for r in records if isinstance(r, dict) and isinstance(r.get("path"), str)]
-    if not records:
+    records = [
+        r for r in records
+        if isinstance(r, dict) and isinstance(r.get("path"), str) and r.get("module") not in sys.modules and _loaded_from(Path(r["path"])) is None
+    ]  # fmt: skip
+    if not records:  # all loaded already (by --plugin, the environment, or an import)
         return
+    what = f"recipe {name!r}" if name not in RECIPES else "its model's parts"
     # a module imported by name is imported so again where it still can be (a package's relative
     # imports need it), else from its file
     paths = [m if isinstance(m := r.get("module"), str) and _importable(m) else r["path"] for r in records]
     gone = [p for p in paths if plugin_path(p) is not None and not Path(p).is_file()]
-    if gone:
+    if gone and name in RECIPES:  # the recipe is loaded (from a new place, say): the loop compares the code, and a
+        paths = [p for p in paths if p not in gone]  # part still missing is named by the registry when the model is built
+        if not paths:
+            return
+    elif gone:
         raise RecipeError(
-            f"--resume: the run in {out} uses recipe {name!r}, which plugin file {', '.join(gone)} registered ({saved} records it), and "
+            f"--resume: the run in {out} uses code of {what} from plugin file {', '.join(gone)} ({saved} records it), and "
             f"{'that file is' if len(gone) == 1 else 'those files are'} gone. Give {'its' if len(gone) == 1 else 'their'} new place: "
             f"controlfoley train {name} --out {out} --resume --plugin NEW/PATH.py (or set {PLUGIN_ENV})"
         )
     if _rank() == 0:
-        print(f"--resume: loading plugin {', '.join(paths)}, which {saved} records for recipe {name!r}", file=sys.stderr, flush=True)
+        print(f"--resume: loading plugin {', '.join(paths)}, which {saved} records for {what}", file=sys.stderr, flush=True)
     load_plugins(*paths, source=f"the plugins {saved} records")
     os.environ[PLUGIN_ENV] = ",".join([*_env_plugins(), *(p for p in paths if p not in _env_plugins())])
     if name not in RECIPES:

@@ -301,25 +301,35 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def recipe_plugins(name: str) -> tuple[dict[str, str], ...]:
+def recipe_plugins(name: str, model: Any = None) -> tuple[dict[str, str], ...]:
     """{"path", "sha256"} of each file that defines a class of recipe `name` outside the library
     (its plugin, and the plugins of the recipes it derives from, those first: the order to load
     them); () for the built-ins. A class without a source file (typed at a prompt) adds nothing.
     A module imported by name (`--plugin my_pkg.recipes`, an entry point) also records its
     "module": a resume imports it so (a package module's relative imports fail when it is run
-    from its path alone)."""
+    from its path alone). With `model` (the run's ModelConfig), also the files of the registered
+    parts it names that come from outside the library (a plugin's backbone, aligner, guidance
+    rule...), which a resume must load before it rebuilds the model."""
     out: list[dict[str, str]] = []
-    for klass in reversed(recipe_class(name).__mro__):
-        if klass.__module__.split(".")[0] in ("controlfoley", "builtins", "abc"):
+    modules = [klass.__module__ for klass in reversed(recipe_class(name).__mro__)]
+    if model is not None:
+        from controlfoley.config import Part, part_registries
+
+        for field_name, registry in part_registries().items():
+            part = getattr(model, field_name, None)
+            if isinstance(part, Part) and part.name in registry:
+                modules.append(str(getattr(registry.get(part.name), "__module__", "") or ""))
+    for module in modules:
+        if not module or module.split(".")[0] in ("controlfoley", "builtins", "abc"):
             continue
-        file = getattr(sys.modules.get(klass.__module__), "__file__", None)
+        file = getattr(sys.modules.get(module), "__file__", None)
         if not file:
             continue
         path = Path(file).resolve()
         if path.is_file() and all(r["path"] != str(path) for r in out):
             record = {"path": str(path), "sha256": _sha256(path)}
-            if klass.__module__ != "__main__" and not klass.__module__.startswith(PLUGIN_MODULE_PREFIX):  # imported by name
-                record["module"] = klass.__module__
+            if module != "__main__" and not module.startswith(PLUGIN_MODULE_PREFIX):  # imported by name
+                record["module"] = module
             out.append(record)
     return tuple(out)
 

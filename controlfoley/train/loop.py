@@ -53,10 +53,10 @@ from controlfoley.builder import build_model, build_without_weight_files, model_
 from controlfoley.checkpoint import check_state_dict, feature_record, load_parts
 from controlfoley.config import ConfigError
 from controlfoley.data.dataset import ShardedSampler, collate
-from controlfoley.errors import CheckpointError, TrainingError, user_stacklevel
+from controlfoley.errors import CheckpointError, ControlFoleyError, TrainingError, user_stacklevel
 from controlfoley.model import SpecMaskFoley
 from controlfoley.train.checkpoints import RunDir, TrainState, longer_run_hint, nothing_to_resume_message, resolve_model_file, restore_rng
-from controlfoley.train.config import PluginChangedWarning, TrainConfig, plugin_changes
+from controlfoley.train.config import PluginChangedWarning, TrainConfig, plugin_changes, recipe_plugins
 from controlfoley.train.datasets import DATA_RECORD, check_batch_fits, check_same_data, open_datasets, warn_shared_clips
 from controlfoley.train.distributed import DistInfo, agree_before_training, all_reduce_sum, barrier, init_distributed, mark_reported, shutdown
 from controlfoley.train.interrupt import TrainingInterrupted, interrupt_pending, steps_running, terminate_as_interrupt
@@ -216,13 +216,15 @@ class Trainer:
                     f"--resume continues the run in {rd.root} with its own settings, but these differ: {lines}. "
                     f"Drop those flags, or start a new --out.{longer}"
                 )
-            cfg = cfg.replace(plugins=None)  # recorded anew from the code loaded now (a config read back from config.json holds the old record)
+            cfg = cfg.replace(plugins=_code_record(cfg))  # anew from the code loaded now (a config read back from config.json holds the old record)
             self._warn_changed_plugins(saved, cfg)
         elif rd.latest_dir() is not None:
             raise TrainingError(
                 f"{rd.root} already holds a run with checkpoints; pass --resume to continue it (Python: train(cfg, resume=True)), "
                 "or choose another --out"
             )
+        else:
+            cfg = cfg.replace(plugins=_code_record(cfg))
         return cfg  # written to config.json once every check passed (`_record_run`): a refused run changes nothing
 
     def _warn_changed_plugins(self, saved: TrainConfig, cfg: TrainConfig) -> None:
@@ -536,6 +538,16 @@ class Trainer:
                 self.run_dir.save(step, self.model, self.optimizer, self.names, self.cfg.keep_last, extra, aux=aux)
             except CheckpointError as e:  # a full disk mid-run: what is intact, and how to go on
                 raise self.run_dir.write_stopped(f"checkpoint {step}", str(e)) from e
+
+
+def _code_record(cfg: TrainConfig) -> tuple[dict[str, str], ...]:
+    """The files of the run's code from outside the library: the recipe's and those of the model's
+    registered parts (`recipe_plugins`), which config.json records so that --resume loads them."""
+    try:
+        model = model_config(cfg.preset, **cfg.model_overrides)
+    except ControlFoleyError:  # building the model names what is wrong with it
+        model = None
+    return recipe_plugins(cfg.recipe, model)
 
 
 def _wide(device: torch.device) -> torch.dtype:

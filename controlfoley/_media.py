@@ -108,11 +108,7 @@ def open_output(tmp: Path, target: Path) -> av.container.OutputContainer:
 def _is_picture(stream: av.stream.Stream) -> bool:
     """A still picture stored as a video stream: cover art (an .m4a's or .mp3's album art, a
     Matroska attachment), which decodes to one frame, or none, and has no timeline."""
-    # Stream.disposition and its flag enum: PyAV >= 15; older ones cannot tell, and the first video
-    # stream is taken, as before
-    flag = getattr(getattr(av.stream, "Disposition", None), "attached_pic", None)
-    disposition = getattr(stream, "disposition", None)
-    return flag is not None and disposition is not None and bool(disposition & flag)
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)  # PyAV >= 15 (the pin is >= 18.1)
 
 
 def moving_video(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:

@@ -217,7 +217,7 @@ def _keep_display(vin: av.video.stream.VideoStream, vout: av.video.stream.VideoS
     """A re-encoded video shown as its source is: the display rotation (a phone's portrait video
     stored landscape) and the pixel aspect ratio (anamorphic DV, 16:9 DVD) go with it; a copied
     stream keeps both in its parameters already."""
-    if rotation % 360 and hasattr(vout, "set_display_rotation"):  # PyAV >= 14
+    if rotation % 360:
         vout.set_display_rotation(rotation)
     sar = vin.sample_aspect_ratio or vin.codec_context.sample_aspect_ratio
     if sar and sar != 1:

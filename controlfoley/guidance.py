@@ -113,7 +113,7 @@ def check_rule(rule: GuidanceRule, where: str) -> None:
     `combine` overridden, a finite `scale` and a known `schedule` (set by `GuidanceRule.__init__`).
     Checked when a model is built and when `generate` is given a rule, so that a broken user rule
     fails there, named, not inside the first sampling step (an AttributeError on a string
-    condition, an empty NotImplementedError, or torch.cat of no rows)."""
+    condition, the base class's combine raising with no message, or torch.cat of no rows)."""
     where = f"{where} ({type(rule).__name__})"
     conds = getattr(rule, "conditions", None)
     if not isinstance(conds, (tuple, list)) or not conds or not all(isinstance(c, Condition) for c in conds):

@@ -10,7 +10,8 @@ Features
   a float rate is read as the fraction it stands for (29.97 -> 2997/100, 30000/1001 stays itself).
   Optional resize by libswscale (area filter).
 - `resample_frames` / `frame_indices`: the same rule for frames already in memory.
-- `read_audio_track(path, sample_rate)`: mono float32, resampled by libswresample.
+- `read_audio_track(path, sample_rate)`: mono float32, resampled by libswresample; with `max_seconds`
+  only the start is decoded (a clip's window of a long video), the same samples as a whole read gives.
 - `write_video`: MP4 (libx264, else mpeg4; yuv420p; AAC audio), packets interleaved by time.
 - `mux_audio`: copies the video stream's packets unchanged (stream remux), adds the new audio as
   AAC, drops the old audio; re-encodes the video only when the output container cannot hold its
@@ -211,6 +212,14 @@ def _to_rgb(frame: av.VideoFrame, hw: tuple[int, int] | None) -> np.ndarray:
     return rgb_frame.reformat(height=hw[0], width=hw[1], interpolation="AREA").to_ndarray()
 
 
+_AUDIO_MARGIN_S = Fraction(1, 10)  # decoded past a bounded read's window: see read_audio_track
+
+
+def _check_max_seconds(max_seconds: float | None) -> None:
+    if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
+        raise ValueError(f"max_seconds must be positive and finite (seconds from the start), got {max_seconds}")
+
+
 def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | None = None, max_seconds: float | None = None) -> Frames:
     """Decode the first video stream at a fixed rate `fps` (see the module docstring for the rule).
 
@@ -221,8 +230,7 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
     read no further (memory and time bounded by the window, not the video; the end of the file is
     then not checked for truncation). A shorter one is read whole, as without it.
     """
-    if max_seconds is not None and not max_seconds > 0:
-        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+    _check_max_seconds(max_seconds)
     hw, p, rate = _parse_size(size), Path(path), rate_fraction(fps)
     limit = None if max_seconds is None else Fraction(max_seconds)
     with open_input(p) as c:
@@ -280,13 +288,24 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
     return Frames(frames=frames, fps=float(fps), duration_s=float(duration))
 
 
-def read_audio_track(path: PathLike, sample_rate: int) -> Float[Tensor, "s"]:
+def read_audio_track(path: PathLike, sample_rate: int, *, max_seconds: float | None = None) -> Float[Tensor, "s"]:
     """The first audio stream as mono float32 at `sample_rate` (the mean of its channels, as
     `controlfoley.audio.io.load_audio` mixes files; trimmed to the stream's duration). In a file
     with video, time 0 is the first video frame: audio that starts later is preceded by silence,
-    audio before the first frame is dropped."""
+    audio before the first frame is dropped.
+
+    `max_seconds`: the first round(max_seconds x sample_rate) samples of that read (all of it where
+    it is shorter), decoding the file only that far (a dataset clip's window of a long video: memory
+    and time bounded by the window, not the video). Decoding goes on for 0.1 s of the stream past
+    the window's end before the resampler is flushed: libswresample's filter reaches some taps
+    (milliseconds) past each output sample, and its flush makes up the input past the last decoded
+    one, so without the margin the window's last samples would differ from those of a whole read.
+    With it they are the same samples.
+    """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    _check_max_seconds(max_seconds)
+    limit = None if max_seconds is None else round(max_seconds * sample_rate)
     p = Path(path)
     with open_input(p) as c:
         if not c.streams.audio:
@@ -294,6 +313,15 @@ def read_audio_track(path: PathLike, sample_rate: int) -> Float[Tensor, "s"]:
         s = c.streams.audio[0]
         if s.codec_context is None:
             raise MediaError(f"{p}: unsupported audio codec (this FFmpeg build has no decoder for it)")
+        # time 0 is the first video frame, as read_frames and generate's outputs count it: an audio
+        # stream that starts later (cut or re-muxed files, MPEG-TS) is shifted to match
+        video = moving_video(c)  # (not an audio file's cover picture)
+        video_start = video.start_time * video.time_base if video is not None and video.start_time is not None and video.time_base else None
+
+        def shift_of(first: Fraction | None) -> int:
+            """Samples of silence before the audio (negative: audio samples dropped before the first frame)."""
+            return 0 if video_start is None or first is None else round((first - video_start) * sample_rate)
+
         # packed float in each frame's own channel layout, then the mean of the channels: the same
         # mono mix soundfile-read audio gets (FFmpeg's own mono downmix is 3 dB louder for stereo).
         # Packed, not planar: PyAV 18's planar frames of 8+ channels report a plane too many, and
@@ -303,19 +331,18 @@ def read_audio_track(path: PathLike, sample_rate: int) -> Float[Tensor, "s"]:
         def mono(g: av.AudioFrame) -> np.ndarray:
             return g.to_ndarray().reshape(-1, g.layout.nb_channels).mean(axis=1)
 
-        chunks, first = [], None
+        chunks, first, decoded = [], None, Fraction(0)  # decoded: seconds of the stream's samples so far
         for f in c.decode(s):
             if first is None and f.pts is not None and f.time_base:
                 first = Fraction(f.pts) * f.time_base
             chunks += [mono(g) for g in resampler.resample(f)]
+            if limit is not None:  # the stream's samples the window needs (fewer where it starts late), and the margin
+                decoded += Fraction(f.samples, f.sample_rate)
+                if decoded >= Fraction(limit - shift_of(first), sample_rate) + _AUDIO_MARGIN_S:
+                    break
         chunks += [mono(g) for g in resampler.resample(None)]
         declared = round(s.duration * s.time_base * sample_rate) if s.duration and s.time_base else 0
-        # time 0 is the first video frame, as read_frames and generate's outputs count it: an audio
-        # stream that starts later (cut or re-muxed files, MPEG-TS) is shifted to match
-        video = moving_video(c)  # (not an audio file's cover picture)
-        shift = 0
-        if video is not None and video.start_time is not None and video.time_base and first is not None:
-            shift = round((first - video.start_time * video.time_base) * sample_rate)
+        shift = shift_of(first)
     if not chunks or sum(len(x) for x in chunks) == 0:
         raise MediaError(f"{p}: the audio track holds no samples")
     wav = np.concatenate(chunks).astype(np.float32)
@@ -325,4 +352,6 @@ def read_audio_track(path: PathLike, sample_rate: int) -> Float[Tensor, "s"]:
         wav = np.concatenate([np.zeros(shift, np.float32), wav])
     elif shift < 0:  # starts before the first frame: what comes before it is not part of the video
         wav = wav[-shift:]
+    if limit is not None:
+        wav = wav[:limit]
     return torch.from_numpy(wav)

@@ -2,6 +2,7 @@
 a bad input, skipped with --skip-bad) with a message naming the file, its list line and the fix."""
 
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -550,3 +551,48 @@ def test_files_takes_folders_and_all_skipped_names_why(tmp_path: Path, capsys: p
     assert extract_main([*base, "--files", str(media / "bad.wav"), "--out", str(tmp_path / "bad"), "--skip-bad"]) == 2
     err = capsys.readouterr().err
     assert "all 1 input(s) were skipped" in err and "bad.wav" in err and "skipped.tsv" in err
+
+
+def _noise_video(path: Path, seconds: float, sr: int = 44100) -> Path:
+    """A 4 fps MP4 whose AAC track at `sr` (resampled when read at the models' 22.05 kHz) is noise."""
+    from controlfoley.video import write_video
+
+    audio = 0.2 * torch.randn(int(seconds * sr), generator=torch.Generator().manual_seed(1))
+    return write_video(path, torch.zeros(max(1, round(seconds * 4)), 32, 48, 3, dtype=torch.uint8), 4.0, audio=audio, sample_rate=sr)
+
+
+def test_a_videos_audio_is_read_only_as_far_as_the_clip_and_its_features_are_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Extraction decoded a long video's whole audio track (memory growing with the video) for one
+    window: now it reads 1.5 windows (the window, and enough to count a long clip), and the stored
+    tokens and mel are those of a whole read; the long-clip warning says it read no further."""
+    import controlfoley.video
+    from controlfoley.data.extract import Extraction, extract_files
+
+    ex = Extraction("specmaskgit_tiny", mel=True)
+    files = [str(_noise_video(tmp_path / "long.mp4", 3 * ex.window_s)), str(_noise_video(tmp_path / "fits.mp4", 1.2 * ex.window_s))]
+    real = controlfoley.video.read_audio_track
+    asked: list[float | None] = []
+
+    def bounded(path: Any, sample_rate: int, **kwargs: Any) -> torch.Tensor:
+        asked.append(kwargs.get("max_seconds"))
+        return real(path, sample_rate, **kwargs)
+
+    def whole(path: Any, sample_rate: int, **kwargs: Any) -> torch.Tensor:
+        return real(path, sample_rate)
+
+    seen: dict[str, list[str]] = {}
+    for name, read in (("bounded", bounded), ("whole", whole)):
+        with monkeypatch.context() as m, warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            m.setattr(controlfoley.video, "read_audio_track", read)
+            extract_files(tmp_path / name, ex, files, ids=["long.mp4", "fits.mp4"])
+        seen[name] = [str(w.message) for w in rec if "windows long or longer" in str(w.message)]
+    window = ex.window_samples
+    assert len(asked) == 2 and all(s is not None and round(s * 22050) == math.ceil(1.5 * window) for s in asked)
+    a, b = ShardDataset(tmp_path / "bounded"), ShardDataset(tmp_path / "whole")
+    for i in range(2):
+        for key in ("tokens", "mel"):
+            assert torch.equal(a[i][key], b[i][key]), (a.clip_id(i), key)
+    cap_s = math.ceil(1.5 * window) / 22050
+    assert len(seen["bounded"]) == 1 and f"'long.mp4' ({cap_s:.1f} s or more)" in seen["bounded"][0] and "fits.mp4" not in seen["bounded"][0]
+    assert len(seen["whole"]) == 1 and f"'long.mp4' ({3 * ex.window_s:.1f} s)" in seen["whole"][0]

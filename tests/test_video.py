@@ -421,6 +421,67 @@ def test_max_seconds_reads_only_the_start_of_a_long_video(tmp_path: Path) -> Non
         video.read_frames(full, 10.0, max_seconds=0)
 
 
+def _chirp_video(path: Path, seconds: float, sr: int = 44100) -> Path:
+    """A 24 fps MP4 whose AAC track at `sr` is a rising chirp plus noise: every resampled sample differs."""
+    n = int(seconds * sr)
+    t = torch.arange(n) / sr
+    noise = 0.1 * torch.randn(n, generator=torch.Generator().manual_seed(0))
+    audio = (0.3 * torch.sin(2 * math.pi * (200 * t + 1500 * t**2)) + noise).float()
+    return video.write_video(path, _blocky_frames(round(seconds * 24)), 24.0, audio=audio, sample_rate=sr)
+
+
+def test_max_seconds_reads_the_start_of_the_audio_track(tmp_path: Path) -> None:
+    """A bounded read gives the first round(max_seconds x rate) samples of the whole read (all of it
+    past the end), on the video clock also where the audio starts after or before the first frame.
+    Tolerance: the same decoded samples through the same resampler filter give the same float32
+    samples (bit-identical here), so 1e-6 admits float rounding only; without the 0.1 s margin the
+    last samples of the 1.3 s window differ by about 6e-4 (the resampler's flush edge)."""
+    sr = 22050
+    chirp = _chirp_video(tmp_path / "chirp.mp4", 3.0)  # 44.1 kHz: resampled to 22.05 kHz
+    late = _with_audio(tmp_path / "late.mkv", 4.0, 0.5, 3.0, 0.3, sr=44100)  # silence before 0.5 s
+    early = _with_audio(tmp_path / "early.mkv", 4.0, -0.2, 3.0, 0.5, sr=44100)  # its first 0.2 s dropped
+    for path in (chirp, late, early):
+        whole = video.read_audio_track(path, sr)
+        for seconds in (0.3, 0.5, 1.3, 0.123456, 2.95, 60.0):  # 1.3 s and 0.123456 s are on no video frame nor AAC frame
+            start = video.read_audio_track(path, sr, max_seconds=seconds)
+            assert start.shape[0] == min(round(seconds * sr), whole.shape[0]), (path.name, seconds)
+            torch.testing.assert_close(start, whole[: start.shape[0]], rtol=0, atol=1e-6, msg=lambda m: f"{path.name} {seconds} s: {m}")
+    assert video.read_audio_track(late, sr, max_seconds=0.3).abs().max() == 0  # the window ends before the audio starts
+
+
+def test_max_seconds_stops_decoding_the_audio_track(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An extraction window of a long video decoded the whole audio track (its memory grows with the
+    video): the decoded samples (each goes through the resampler) stop 0.1 s past the window, give
+    or take one AAC frame."""
+    path = _chirp_video(tmp_path / "long.mp4", 8.0)
+    fed: list[int] = []
+    real = av.AudioResampler
+
+    class Counting:
+        def __init__(self, **kwargs: Any) -> None:
+            self.resampler = real(**kwargs)
+
+        def resample(self, frame: av.AudioFrame | None) -> list[av.AudioFrame]:
+            fed.append(0 if frame is None else frame.samples)
+            return self.resampler.resample(frame)
+
+    monkeypatch.setattr(av, "AudioResampler", Counting)
+    assert video.read_audio_track(path, 22050, max_seconds=1.0).shape[0] == 22050
+    assert 1.05 * 44100 <= sum(fed) <= 1.1 * 44100 + 2 * 1024
+    fed.clear()
+    video.read_audio_track(path, 22050)
+    assert sum(fed) >= 7.9 * 44100  # the counter sees a whole read
+
+
+@pytest.mark.parametrize("seconds", [0, -1.0, float("nan"), float("inf")])
+def test_max_seconds_must_be_positive_and_finite(tmp_path: Path, seconds: float) -> None:
+    path = video.write_video(tmp_path / "v.mp4", _blocky_frames(4), 24.0, audio=torch.zeros(22050), sample_rate=22050)
+    with pytest.raises(ValueError, match="max_seconds must be positive and finite"):
+        video.read_audio_track(path, 22050, max_seconds=seconds)
+    with pytest.raises(ValueError, match="max_seconds must be positive and finite"):  # inf was an OverflowError
+        video.read_frames(path, 24.0, max_seconds=seconds)
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
 def test_a_slideshow_ends_with_its_last_frame(tmp_path: Path, suffix: str) -> None:
     """Frames 2 s apart whose last one is shown for 40 ms, as the file and its header say: the video

@@ -11,6 +11,8 @@ Features
   clip (240 Synchformer and 80 CLIP frames) while its audio window is 848 frames = 9.85 s:
   `video_seconds=10` (`--video-seconds 10`) reproduces that. Clips 1.5 windows long or longer (only
   their first window stored) and shorter than 90% of it (mostly padding) are counted in a warning.
+  A video file is decoded only that far, its frames to `video_seconds` and its audio track to 1.5
+  windows (memory and time bounded by the window, not the video).
 - Sources: `extract_synthetic` renders clips of `SyntheticWorld` (CLAP-like vector from the clip's
   class ids, the audio-prompt role); `extract_files` reads video files (PyAV: audio track and frames
   at each extractor's rate) or audio files (no video features, so refused, or with `skip_bad`
@@ -374,6 +376,12 @@ class _Lengths:
 
     LONG, SHORT = 1.5, 0.9  # in windows: half a window or more unused; a tenth of the window or more padded
 
+    @classmethod
+    def read_samples(cls, window: int) -> int:
+        """How much of a video's audio track is read for a clip: its window, and far enough past it to
+        tell a long clip (the rest is not decoded, so such a clip's length is known only as at least this)."""
+        return math.ceil(cls.LONG * window)
+
     def __init__(self, window: int) -> None:
         self.window = window
         self.long: list[tuple[str, int]] = []
@@ -389,7 +397,9 @@ class _Lengths:
         rate = self.window / window_s
 
         def shown(clips: list[tuple[str, int]]) -> str:
-            return ", ".join(f"{c!r} ({n / rate:.1f} s)" for c, n in clips[:3]) + (f" and {len(clips) - 3} more" if len(clips) > 3 else "")
+            at_least = self.read_samples(self.window)  # a video read no further: it may be much longer
+            parts = [f"{c!r} ({n / rate:.1f} s{' or more' if n == at_least else ''})" for c, n in clips[:3]]
+            return ", ".join(parts) + (f" and {len(clips) - 3} more" if len(clips) > 3 else "")
 
         if self.long:
             warnings.warn(
@@ -585,7 +595,8 @@ def extract_files(
         clap = encode_tags(i) if tags is not None else None
         if is_audio[i] and ex.video:  # only with skip_bad: listed in skipped.tsv, unread
             raise DataError(f"{no_video}, or remove it from the inputs")
-        wav = load_audio(p, sr) if is_audio[i] else read_audio_track(p, sr)
+        # a video's audio track only as far as the clip (and the count of long clips) needs: the same samples as a whole read
+        wav = load_audio(p, sr) if is_audio[i] else read_audio_track(p, sr, max_seconds=_Lengths.read_samples(ex.window_samples) / sr)
         if ex.clap is not None and _embeds_audio(ex.clap):
             clap = _audio_prompt(ex, wav)
         video = None if (is_audio[i] or not ex.video) else VideoSource(lambda fps: read_frames(p, fps, max_seconds=ex.video_s).frames, p)

@@ -183,7 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", action="store_true", help="(CUDA) capture the whole sampling loop as one CUDA graph")
     p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: the model's)")
     p.add_argument("--guidance", default=None, metavar="NAME[,ARG=VALUE...]", help="a GUIDANCE rule replacing the model's, as `generate --guidance` takes it (default: the model's)")
-    p.add_argument("--cfg-scale", type=float, default=None, help="final CFG scale (default: the model's; 0 samples unguided, one row per step)")
+    p.add_argument("--cfg-scale", type=float, default=None, help="final CFG scale (default: the model's; 0 samples the unconditional logits alone, one row per step)")
     p.add_argument(
         "--guidance-every", type=int, default=1, metavar="N",
         help="every condition set of the guidance rule at every N-th step only (generate(guidance_every=N), an approximation; default 1: the paper's sampler)",

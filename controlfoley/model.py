@@ -422,7 +422,7 @@ class SpecMaskFoley(nn.Module):
           multi-CFG), e.g. `GUIDANCE.build("cfg_video", scale=2.0)`, or a GUIDANCE name ("cfg_video")
           built with its defaults; it says which of video/text it needs.
         - `cfg_scale`: the final CFG scale of the rule's schedule (default the rule's own `scale`, 3.0); 0
-          samples unguided, and a negative scale steers away from the conditions (allowed: a research knob).
+          samples the unconditional logits alone (no video, no text: eq. 1 at s = 0), and a negative scale steers away from the conditions (allowed: a research knob).
         - `steps`: MaskGIT steps (default `config.sampler.steps`, 12).
         - `temperature`: Gumbel choice temperature, annealed to 0 (default `config.sampler.temperature`, 9.0).
         - `control_scale`: multiplies every ControlNet residual (diffusers'

@@ -5,8 +5,9 @@ At step k of K, with r = (k+1)/K:
 - confidence = log p(sampled token) + temperature * (1 - r) * Gumbel noise (the "choice"
   temperature, 9.0 in SpecMaskFoley, annealed linearly to 0); tokens already known have
   confidence +inf;
-- the number left masked is floor(N * gamma(r)) clamped to [1, masked_now - 1] (0 after the last
-  step), N the number of tokens that were unknown at the start; the least confident are re-masked.
+- the number left masked is max(1, min(masked_now - 1, floor(N * gamma(r)))) (0 after the last
+  step: with fewer unknown tokens than steps the last one waits for the last step's full CFG scale
+  rather than being drawn early at a small one), N the number of tokens that were unknown at the start; the least confident are re-masked.
   gamma is the mask schedule, a function registered by name in `MASK_SCHEDULES` (cosine by default;
   linear, square, cubic, or your own), the same one the masked-token training objective draws from.
 
@@ -198,7 +199,9 @@ def masked_count(step: int, n_steps: int, n_unknown: Int[Tensor, " b"], masked_n
         target = torch.floor(n_unknown.cpu().double() * ratio).long().to(n_unknown.device)
     else:
         target = torch.floor(n_unknown.double() * ratio).long()
-    return torch.minimum(target.clamp(min=1), (masked_now - 1).clamp(min=0))
+    # google-research/maskgit: max(1, min(masked_now - 1, target)): when the two bounds cross (one token
+    # masked before the last step) it stays masked, and is decided at the last step; never more than masked_now
+    return torch.minimum(torch.minimum(target, masked_now - 1).clamp(min=1), masked_now)
 
 
 def _gumbel(shape: torch.Size, generator: Generators, device: torch.device, uniforms: Uniforms | None = None) -> Tensor:

@@ -24,7 +24,7 @@ def reference_counts(n: int, steps: int) -> list[int]:
         else:
             r = (k + 1) / steps
             nxt = math.floor(n * math.cos(math.pi / 2 * r))
-            nxt = min(max(nxt, 1), left - 1)
+            nxt = min(max(min(nxt, left - 1), 1), left)  # google-research/maskgit: max(1, min(left - 1, nxt))
         out.append(max(nxt, 0))
         left = out[-1]
     return out
@@ -64,7 +64,7 @@ def test_masked_count_vectorised_matches_scalar():
         got = masked_count(k, 12, n_unknown, masked_now)
         for i in range(3):
             r = (k + 1) / 12
-            exp = 0 if k == 11 else min(max(math.floor(int(n_unknown[i]) * math.cos(math.pi / 2 * r)), 1), int(masked_now[i]) - 1)
+            exp = 0 if k == 11 else max(1, min(math.floor(int(n_unknown[i]) * math.cos(math.pi / 2 * r)), int(masked_now[i]) - 1))
             assert int(got[i]) == max(exp, 0)
         masked_now = got
 
@@ -82,7 +82,7 @@ def test_each_mask_schedule_keeps_its_fraction_masked(schedule, gamma):
     counts, masked = [int(m.sum()) for m in rec.masks[1:]], n
     want = []
     for k in range(steps - 1):
-        masked = min(max(math.floor(n * gamma((k + 1) / steps)), 1), masked - 1)
+        masked = max(1, min(math.floor(n * gamma((k + 1) / steps)), masked - 1))
         want.append(masked)
     assert counts == want[: len(counts)] and len(counts) == steps - 1
 
@@ -271,9 +271,11 @@ def test_the_mask_schedule_counts_only_the_tokens_unknown_at_the_start() -> None
 
 
 def test_a_step_whose_target_rounds_to_zero_still_keeps_one_token_masked():
-    """Before the last step at least one token stays masked (the reference's clamp): with 3 unknown
-    tokens, step 10 of 12 has floor(3 * 0.13) = 0 as its target, and keeps 1."""
+    """Before the last step at least one token stays masked (google-research/maskgit's clamp,
+    max(1, min(masked_now - 1, target))): with 3 unknown tokens, step 10 of 12 has floor(3 * 0.13) = 0
+    as its target, and keeps 1 (also when only 1 is masked: it waits for the last step)."""
     assert masked_count(10, 12, torch.tensor([3]), torch.tensor([3])).tolist() == [1]
+    assert masked_count(10, 12, torch.tensor([3]), torch.tensor([1])).tolist() == [1]
     assert masked_count(11, 12, torch.tensor([3]), torch.tensor([1])).tolist() == [0]  # the last step unmasks all
 
 
@@ -485,3 +487,15 @@ def test_a_checkpoint_with_a_plugin_schedule_names_where_it_came_from(tmp_path) 
         from_pretrained(tmp_path / "m.safetensors")
     with registered(MASK_SCHEDULES, "test_saved", sqrt_schedule):
         assert from_pretrained(tmp_path / "m.safetensors").sampler.mask_schedule == "test_saved"
+
+
+def test_with_fewer_unknown_tokens_than_steps_the_last_one_waits_for_the_last_step():
+    """google-research/maskgit's clamp, max(1, min(masked_now - 1, target)): before the last step
+    one token stays masked even when that means no progress, so it is decided at the last step (full
+    CFG scale, no choice noise), not early at a small scale. 5 unknown tokens, 12 steps."""
+    counts, left = [], torch.tensor([5])
+    for k in range(12):
+        left = masked_count(k, 12, torch.tensor([5]), left)
+        counts.append(int(left))
+    assert counts == [4, 3, 2, 1, 1, 1, 1, 1, 1, 1, 1, 0]
+    assert masked_count(3, 12, torch.tensor([5]), torch.tensor([0])).tolist() == [0]  # nothing masked: nothing to re-mask

@@ -20,6 +20,7 @@ import logging
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -166,7 +167,21 @@ class SpecMaskFoley(nn.Module):
         return [m for m in (self.control_encoder, self.aligner, self.controlnet) if m is not None]
 
     def freeze_backbone(self) -> "SpecMaskFoley":
-        """The paper's ControlNet recipe: backbone (and tokenizer, vocoder) frozen, control parts trainable."""
+        """The paper's ControlNet recipe: backbone (and tokenizer, vocoder) frozen, control parts trainable.
+
+        Warns when the ControlNet is untrained (its zero-initialised linears still zero) but its
+        blocks are not the backbone's first blocks: backbone weights loaded by hand
+        (`model.backbone.load_state_dict(...)`) after the model was built leave the branch a copy of
+        the weights it was built with, and the paper's ControlNet starts from the pretrained ones
+        (`from_pretrained`, `controlfoley.checkpoint.load_parts` and the CLI's `--init` copy them again)."""
+        net = self.controlnet
+        if net is not None and net.untrained() and net.differs_from(self.backbone):
+            warnings.warn(
+                "the ControlNet is untrained but its blocks are not a copy of the backbone's first blocks (backbone weights loaded "
+                "after the model was built?): it would train from other weights than the paper's initialisation; call "
+                "model.controlnet.copy_from(model.backbone) first, or load the backbone with controlfoley.checkpoint.load_parts or from_pretrained, which copy it",
+                stacklevel=2,
+            )
         self.requires_grad_(False)
         for m in self.control_modules():
             m.requires_grad_(True)

@@ -1021,3 +1021,26 @@ def test_a_model_whose_control_encoder_was_removed_says_so(micro_model):
         micro_model.encode_control(x["features"])
     with pytest.raises(ConfigError, match="has no control encoder"):
         control_encoder_of(micro_model)
+
+
+def test_freeze_backbone_warns_when_an_untrained_controlnet_is_not_a_copy_of_the_backbone():
+    """Backbone weights loaded by hand after build_model leave the ControlNet a copy of the weights it
+    was built with; the paper's ControlNet starts from the pretrained backbone, so training it warns
+    and names the fix. A copy, or a trained ControlNet (non-zero linears), does not warn."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = build_model("specmaskfoley_tiny", **micro_overrides())
+    torch.manual_seed(1)
+    other = build_model("specmaskfoley_tiny", **micro_overrides())
+    model.backbone.load_state_dict(other.backbone.state_dict())  # "pretrained" weights, loaded by hand
+    with pytest.warns(UserWarning, match=r"not a copy of the backbone.*model\.controlnet\.copy_from\(model\.backbone\)"):
+        model.freeze_backbone()
+    model.controlnet.copy_from(model.backbone)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.freeze_backbone()
+        with torch.no_grad():
+            model.backbone.blocks[0].norm1.weight.add_(1.0)  # differs again, but the branch is trained now
+            model.controlnet.outs[0].weight.add_(0.01)
+        model.freeze_backbone()

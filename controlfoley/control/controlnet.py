@@ -71,6 +71,20 @@ class ControlNet(nn.Module):
         return net
 
     @torch.no_grad()
+    def untrained(self) -> bool:
+        """Whether every zero-initialised linear is still zero: the branch adds nothing yet."""
+        return all(not lin.weight.any() and not lin.bias.any() for lin in (self.cond_in, *self.outs))
+
+    @torch.no_grad()
+    def differs_from(self, backbone: BackboneModule) -> bool:
+        """Whether a copied block is no longer equal to the backbone block it was copied from."""
+        for i, blk in enumerate(self.blocks):
+            theirs = backbone.blocks[i].state_dict()
+            if any(not torch.equal(v, theirs[k]) for k, v in blk.state_dict().items()):
+                return True
+        return False
+
+    @torch.no_grad()
     def copy_from(self, backbone: BackboneModule) -> None:
         """(Re)initialise the copied blocks from the backbone's first blocks, strictly."""
         for i, blk in enumerate(self.blocks):

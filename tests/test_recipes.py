@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+import torch
+from conftest import micro_overrides
 from test_train import write_data
 from test_train_usability import cli_args
 
-from controlfoley import RECIPES, RegistryError
+from controlfoley import RECIPES, RegistryError, build_model
 from controlfoley._registry import PLUGIN_ENV, PluginError, load_plugins
 from controlfoley.cli import main as cli_main
 from controlfoley.config import ConfigError
@@ -639,3 +641,45 @@ def test_a_recipe_derived_from_a_recipe_with_options_adds_its_own_and_keeps_the_
     for klass in (Replacing, Dropping):
         with pytest.raises(RegistryError, match=r"replaces Parent.Options instead of deriving from it.*class Options\(Parent.Options\)"):
             RECIPES.register(f"{klass.__name__.lower()}_recipe")(klass)
+
+
+# -- the ControlNet recipe trains the rows multi-CFG samples with (paper sec. 3.4, eq. 1) --------
+# l_u = backbone alone with the unconditional mask; l_v = ControlNet + unconditional mask (the 90% of
+# steps whose CLAP is dropped); l_tv = ControlNet + CLAP conditional mask (the other 10%).
+def test_training_rows_are_the_multi_cfg_rows() -> None:
+    from controlfoley.model import _RowPlan, masked_token_mask
+
+    torch.manual_seed(0)
+    model = build_model("specmaskfoley_tiny", **micro_overrides()).eval()
+    with torch.no_grad():  # a trained-looking ControlNet: its zero-initialised linears made non-zero
+        for p in [*model.controlnet.outs.parameters(), *model.controlnet.cond_in.parameters()]:
+            p.normal_(0, 0.02)
+    b = 3
+    codes = torch.randint(0, model.backbone.vocab_size, (b, model.n_tokens))
+    mask = masked_token_mask(b, model.n_tokens, torch.Generator().manual_seed(1), torch.device("cpu"))
+    enc = model.control_encoder
+    feats = {"sync": torch.randn(b, 12, enc.sync_dim), "clip": torch.randn(b, 4, enc.clip_dim)}
+    clap = torch.randn(b, model.backbone.cond_dim)
+    control = model.encode_control(feats)
+    rows = _RowPlan(model.guidance.conditions, b, clap, None, control, torch.device("cpu"))
+    with torch.no_grad():
+        l_u, l_v, l_tv = model(codes.repeat(3, 1), mask.repeat(3, 1), **rows.kwargs).split(b)
+        dropped = model(codes, mask, cond=clap, cond_on=torch.zeros(b, dtype=torch.bool), control=control)
+        kept = model(codes, mask, cond=clap, cond_on=torch.ones(b, dtype=torch.bool), control=control)
+        alone = model.backbone(codes, mask)
+    torch.testing.assert_close(l_u, alone)
+    torch.testing.assert_close(l_v, dropped)
+    torch.testing.assert_close(l_tv, kept)
+    assert not torch.allclose(l_v, l_u)
+
+
+def test_the_controlnet_plan_drops_clap_for_whole_steps_at_the_paper_rate() -> None:
+    model = build_model("specmaskfoley_tiny", **micro_overrides())
+    cfg = TrainConfig.for_recipe("controlnet", preset="specmaskfoley_tiny", data="d", out="o")
+    recipe = get_recipe("controlnet")
+    drops = []
+    for step in range(1000):
+        on = recipe.plan(cfg, model, step, 8).rows["cond_on"]
+        assert bool((on == on[0]).all())  # one draw per step ("90% of the training steps")
+        drops.append(float(~on[0]))
+    assert 0.86 < sum(drops) / len(drops) < 0.94

@@ -75,7 +75,7 @@ ONLY="${*:-1 2 3 6 0 5 4 7}"  # the steps to run, in this order
 for n in $ONLY; do
     case $n in
     0) # with the suite's runtime type checks (jaxtyping + beartype, carried as a wheel), as CI runs them
-       step 200 "0. CUDA tests" $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_pipeline.py tests/test_quantize.py \
+       step 200 "0. CUDA tests" $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_pipeline.py tests/test_quantize.py tests/test_model.py \
            tests/test_fast_paths.py::test_gelu_epilogue_logits_stay_within_bf16_noise_on_cuda -k "cuda or graph" ;;
     1) step 40 "1. ceilings" $PY benchmarks/ceilings.py --device "$DEVICE" --markdown ;;
     2) step 100 "2. batch 1, eager and whole-loop graph" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --decode-runs 2 --markdown \

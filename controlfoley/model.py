@@ -323,7 +323,7 @@ class SpecMaskFoley(nn.Module):
         `codes` [b, F, T] int token maps (`encode_audio` / a dataset's "tokens"); `features` the
         video features as for `generate`; `cond` [b, c] CLAP-like embeddings, each row kept with
         probability 1 - `uncond_prob` (the rest train the unconditional mask); `generator` a
-        torch.Generator for the masks; `mask_schedule` the name of the schedule the masked fraction is
+        torch.Generator for the masks (drawn on its device, then moved to the model's); `mask_schedule` the name of the schedule the masked fraction is
         drawn from (`masked_token_mask`), by default the sampler's (`model.sampler.mask_schedule`), as
         MaskGIT trains with the schedule it samples with. A model with a ControlNet and no `features`
         trains without video (the backbone's loss), with a warning."""
@@ -349,10 +349,12 @@ class SpecMaskFoley(nn.Module):
             log.warning("loss: no features given, so the ControlNet gets no video and this is the backbone's loss; pass features=...")
         _same_batch({"codes": codes, "features": control, "cond": cond})
         schedule = self.sampler.mask_schedule if mask_schedule is None else mask_schedule
-        mask = masked_token_mask(b, self.n_tokens, generator, flat.device, schedule)
+        # drawn where the generator lives (a CPU generator with a CUDA model: the same masks as on the CPU)
+        draw_on = flat.device if generator is None else generator.device
+        mask = masked_token_mask(b, self.n_tokens, generator, draw_on, schedule).to(flat.device)
         cond_on = None
         if cond is not None:
-            cond_on = torch.rand(b, generator=generator, device=flat.device) >= uncond_prob
+            cond_on = (torch.rand(b, generator=generator, device=draw_on) >= uncond_prob).to(flat.device)
         ce, correct = self.masked_cross_entropy(flat, mask, cond=cond, cond_on=cond_on, control=control)
         n = mask.sum()
         loss = ce / n

@@ -1044,3 +1044,16 @@ def test_freeze_backbone_warns_when_an_untrained_controlnet_is_not_a_copy_of_the
             model.backbone.blocks[0].norm1.weight.add_(1.0)  # differs again, but the branch is trained now
             model.controlnet.outs[0].weight.add_(0.01)
         model.freeze_backbone()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_check.sh step 0 runs it)")
+def test_loss_with_a_cpu_generator_on_a_cuda_model_draws_the_cpu_masks(micro_model):
+    """model.loss(generator=torch.Generator()) on a CUDA model: the masks come from the CPU generator
+    (torch.rand on a CUDA device refuses a CPU generator), the same masks and loss as on the CPU."""
+    x = micro_inputs(micro_model)
+    cpu = micro_model.loss(x["codes"], features=x["features"], cond=x["text"], generator=torch.Generator().manual_seed(3))[1]
+    model = micro_model.cuda()
+    feats = {k: v.cuda() for k, v in x["features"].items()}
+    gpu = model.loss(x["codes"].cuda(), features=feats, cond=x["text"].cuda(), generator=torch.Generator().manual_seed(3))[1]
+    assert gpu["mask_frac"] == cpu["mask_frac"]
+    assert abs(gpu["loss"] - cpu["loss"]) < 1e-3 * max(1.0, abs(cpu["loss"]))

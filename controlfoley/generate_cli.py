@@ -5,7 +5,7 @@
         [--guidance-every 1] [--seed 0] [--format wav|flac] [--overlap 0.25] [--join crossfade|decode_once]
         [--extractor KEY=NAME[,ARG=VALUE...]] [--text-encoder NAME[,ARG=VALUE...]]
         [--vocoder NAME[,ARG=VALUE...]] [--device cpu] [--precision auto|fp32|bf16|bf16-weights]
-        [--cuda-graph] [--overwrite]
+        [--cuda-graph] [--overwrite] [--skip-existing]
 
 Features
 - A folder among the inputs stands for the video files directly in it (.mp4 .mov .mkv .webm ...).
@@ -13,6 +13,16 @@ Features
   by packet (re-encoded only where MP4 cannot hold its codec) beside the new AAC audio track. Both
   files are written to temporary names and renamed only when both are complete, so a failure leaves
   no partial file. Two inputs with one stem get `<stem>-2`, ...
+- A pair is committed in three steps: its generate.json entry is marked as being written
+  ("pending", "writing"), the two files are renamed into place, the entry is completed. A run
+  killed (SIGKILL, the out-of-memory killer) in between leaves the mark, whatever mix of old, new and missing
+  files it left: `--skip-existing` makes that pair again (without needing `--overwrite`), never
+  keeps it, and `controlfoley evaluate` reports the entry as unfinished instead of scoring it. The
+  temporary files a killed run left for the outputs a run makes or keeps are removed when it starts.
+- Ctrl-C and SIGTERM (a scheduler's preemption) stop the run at once, dropping the file in progress
+  (its temporary files removed; a signal while a pair is committed waits the milliseconds until it
+  is complete and recorded), print the summary so far and how to go on (the same command with
+  `--skip-existing`), and exit 130 / 143.
 - DIR/generate.json records, per output, the video it was made from and the settings that made it
   (model, prompt, steps, CFG scale, guidance, seed, precision, ...), so `controlfoley evaluate DIR`
   scores each output against its own source without `--reference`, repeated stems included. It is
@@ -28,7 +38,8 @@ Features
   taking files mid-run, missing or mis-shaped precomputed features) prints one line `error: FILE: reason` and the run
   goes on; a summary table (file, duration, windows, time, status, written) ends the run.
 - Exit code: 0 when every file succeeded, 1 when any failed, 2 for a bad command line, device,
-  model, extractor, vocoder, prompt or output folder (nothing generated).
+  model, extractor, vocoder, prompt or output folder (nothing generated), 128 + the signal's number
+  when stopped by Ctrl-C (130) or SIGTERM (143).
 - `--vocoder NAME,...` naming the model's own vocoder keeps the model's settings for it and changes
   only the given ones (`--vocoder griffinlim,n_iter=4` on a tiny preset keeps inverse="pinv");
   another name builds that vocoder from the given settings alone.
@@ -43,6 +54,8 @@ import functools
 import hashlib
 import logging
 import math
+import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -115,8 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--skip-existing", action="store_true",
         help="keep the outputs that --out's generate.json records as made from the same, unchanged video with the same settings "
-             "(the model file, prompt, seed, steps, ...), and generate the rest: an interrupted run goes on where it stopped. "
-             "An existing output made otherwise is still refused unless --overwrite is given too",
+             "(the model file, prompt, seed, steps, ...), and generate the rest: an interrupted run goes on where it stopped "
+             "(a pair it left half-written is made again). An existing output made otherwise is still refused unless --overwrite is given too",
     )  # fmt: skip
     p.add_argument(
         "--precision", choices=("auto", "fp32", "bf16", "bf16-weights"), default="auto",
@@ -299,12 +312,139 @@ def claim_outputs(out: Path, video: Path, paths: tuple[Path, Path]) -> tuple[Pat
     return out / f"{name}{audio_path.suffix}", out / f"{name}.mp4"
 
 
+def _begin_writing(out: Path, video: Path, paths: tuple[Path, Path]) -> Any:
+    """Mark the pair's entry in OUT/generate.json as being written ("pending" and "writing", with the
+    two file names), under the folder's lock, just before the pair's renames: from here until
+    `_record` completes the entry, the files on disk may be any mix of old, new and missing, and a
+    run killed in between leaves the mark (--skip-existing makes the pair again, `evaluate` does not
+    score it). Returns the entry it replaced, for `_undo_writing`."""
+    entry = {"source": str(video.resolve()), "pending": True, "writing": True, "audio": paths[0].name, "video": paths[1].name}
+    with _folder_lock(out):
+        return _write_record(out, paths[1].stem, entry)
+
+
+def _undo_writing(out: Path, video: Path, paths: tuple[Path, Path], previous: Any) -> None:
+    """The renames were undone (the files are as they were before `_begin_writing`): its entry back
+    (the earlier run's, or this run's claim), unless another run has changed it since. A record that
+    cannot be read or written keeps the mark (the pair is then made again: safe)."""
+    from controlfoley.errors import MediaError
+
+    source, name = str(video.resolve()), paths[1].stem
+    with contextlib.suppress(OSError, MediaError), _folder_lock(out):
+        entry = read_manifest(out, raw=True).get(name)
+        if isinstance(entry, dict) and entry.get("writing") and entry.get("source") == source:
+            _write_record(out, name, previous if isinstance(previous, dict) else {"source": source, "pending": True})
+
+
+def _half_written(entry: dict[str, Any], video: Path) -> bool:
+    """Whether `entry` marks its pair as being written from `video` when its run stopped (see
+    `_begin_writing`): the files under its name are that run's, in any state."""
+    return bool(entry.get("pending") and entry.get("writing")) and entry.get("source") == str(video.resolve())
+
+
+# what a killed run leaves in --out for an output NAME: atomic_path's temporary files (".NAME.tmp-" +
+# mkstemp's 8 characters + the suffix; nested where the writer is itself atomic, as mux_audio and
+# save_audio are: "..NAME.tmp-abcdefgh.tmp-ijklmnop.mp4"), and the hard link a replaced video is kept
+# under until both renames are done (".NAME.mp4.old-" + 8 hex digits); and a temporary generate.json
+_TEMP_STEM = re.compile(r"\A\.(?P<stem>.+)\.tmp-[a-z0-9_]{8}\Z")
+_VIDEO_BACKUP = re.compile(r"\A\.(?P<name>.+)\.mp4\.old-[0-9a-f]{8}\Z")
+_RECORD_TEMP = re.compile(r"\A\.generate\.tmp-[a-z0-9_]{8}\.json\Z")
+
+
+def _leftover_for(filename: str, names: set[str]) -> bool:
+    """Whether `filename` is a temporary file of a writer of one of the outputs `names`."""
+    if m := _VIDEO_BACKUP.match(filename):
+        return m["name"] in names
+    stem, dot, suffix = filename.rpartition(".")
+    if not dot or suffix not in ("wav", "flac", "mp4"):
+        return False
+    while m := _TEMP_STEM.match(stem):  # unwrapped one atomic_path at a time
+        stem = m["stem"]
+        if stem in names:
+            return True
+    return False
+
+
+def _remove_leftovers(out: Path, names: set[str]) -> list[str]:
+    """Remove the temporary files a killed run left in OUT for the outputs `names` (the ones this
+    run makes or keeps: a run writing other names into OUT at once keeps its own) and a temporary
+    generate.json, under the folder's lock (generate.json is only written under it). Returns the
+    names removed."""
+    import os
+
+    removed = []
+    with _folder_lock(out):
+        for entry in os.scandir(out):
+            if not (_leftover_for(entry.name, names) or _RECORD_TEMP.match(entry.name)):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+    return sorted(removed)
+
+
+class _Interrupted(KeyboardInterrupt):
+    """The run stopped by a signal: SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class _Interrupts:
+    """SIGINT and SIGTERM while generate runs: `_Interrupted` at once (the file in progress is
+    dropped: atomic writes leave no partial file), except while a pair is committed (`committing`:
+    its record marked, its two renames, its record completed; milliseconds), where the signal is
+    acted on once the pair is complete and recorded. A second signal there stops at once (the
+    pair's mark then stays: it is made again). Installed from the main thread only, and only over
+    the default handlers (a caller's own stay in charge)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.deferred: int | None = None
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.depth and self.deferred is None:
+            self.deferred = signum
+            return
+        raise _Interrupted(signum)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        import threading
+
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+                if signal.getsignal(sig) is default:
+                    previous[sig] = signal.signal(sig, self._handler)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    @contextlib.contextmanager
+    def committing(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if not self.depth and self.deferred is not None:
+                signum, self.deferred = self.deferred, None
+                raise _Interrupted(signum)
+
+
 def _check_outputs(
-    videos: Sequence[Path], pairs: Sequence[tuple[Path, Path]], *, overwrite: bool, why: Callable[[Path, tuple[Path, Path]], str] | None = None
+    videos: Sequence[Path], pairs: Sequence[tuple[Path, Path]], *, overwrite: bool, why: Callable[[Path, tuple[Path, Path]], str] | None = None,
+    unfinished: frozenset[Path] = frozenset(),
 ) -> None:
     """Before any sampling: no output replaces an input (its own or another's: --overwrite does not
     allow that); existing outputs only with --overwrite, naming what made them (and, with
-    --skip-existing, `why(video, paths)` it was not kept)."""
+    --skip-existing, `why(video, paths)` it was not kept), or where their video output is among
+    `unfinished` (the pairs --skip-existing makes again: a stopped run left them half-written)."""
     from controlfoley.errors import MediaError
 
     inputs = {video.resolve(): video for video in videos}
@@ -314,7 +454,7 @@ def _check_outputs(
             if hit is not None:
                 whose = "its own input" if hit == video else f"the input video {hit} (given in this run)"
                 raise MediaError(f"output {path} (for {video}) would replace {whose}; choose another --out")
-    existing = [(video, paths, path) for video, paths in zip(videos, pairs, strict=True) for path in paths if path.exists()]
+    existing = [(video, paths, path) for video, paths in zip(videos, pairs, strict=True) if paths[1] not in unfinished for path in paths if path.exists()]
     if existing and not overwrite:
         video, paths, first = existing[0]
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
@@ -325,16 +465,26 @@ def _check_outputs(
             )
         entry = read_manifest_or_empty(first.parent).get(first.stem)
         made = f", made from {entry['source']} by an earlier run" if entry and entry.get("source") else ", not recorded as generate's output"
+        if entry and entry.get("source") and entry.get("pending"):
+            made = (
+                f", left half-written by a run from {entry['source']} that was stopped" if entry.get("writing")
+                else f", not recorded as complete (a run from {entry['source']} that was stopped had reserved its name)"
+            )  # fmt: skip
         raise MediaError(
             f"output {first} already exists{made}{more}; pass --overwrite to replace it, --skip-existing to keep what an interrupted run "
-            "with these settings made, or choose another --out"
+            "with these settings made (and make the rest), or choose another --out"
         )
 
 
-def _write(video: Path, result: Any, audio_path: Path, video_path: Path) -> None:
-    """Both outputs, or neither: each goes to a temporary name; once both are complete the video is
-    renamed into place, then the audio. If the audio's rename fails, the video's is undone: a new
-    video is removed, a replaced one restored from a hard link kept until both are in place."""
+def _write(
+    video: Path, result: Any, audio_path: Path, video_path: Path, *, begin: Callable[[], None] | None = None, undo: Callable[[], None] | None = None
+) -> None:
+    """Both outputs, or neither: each goes to a temporary name; once both are complete, `begin()`
+    runs (generate marks the pair's record as being written), then the video is renamed into place,
+    then the audio. If the audio's rename fails, the video's is undone: a new video is removed, a
+    replaced one restored from a hard link kept until both are in place; where that put the files
+    back as they were, `undo()` runs (the record's mark is taken back). Where it could not (no hard
+    links on this file system), the mark stays: the pair counts as unfinished."""
     import os
     import secrets
 
@@ -342,7 +492,7 @@ def _write(video: Path, result: Any, audio_path: Path, video_path: Path) -> None
     from controlfoley.audio.io import save_audio
     from controlfoley.video import mux_audio
 
-    existed, backup, video_in_place = video_path.exists(), None, False
+    existed, backup, video_in_place, begun = video_path.exists(), None, False, False
     try:
         with atomic_path(audio_path) as tmp_audio:
             with atomic_path(video_path) as tmp_video:
@@ -354,12 +504,20 @@ def _write(video: Path, result: Any, audio_path: Path, video_path: Path) -> None
                         os.link(video_path, backup)
                     except OSError:  # no hard links on this file system: a failed audio rename leaves the new video
                         backup = None
+                if begin is not None:
+                    begin()
+                begun = True
             video_in_place = True
     except BaseException:
+        restored = not video_in_place
         if video_in_place and backup is not None:
             os.replace(backup, video_path)
+            backup, restored = None, True
         elif video_in_place and not existed:
             video_path.unlink(missing_ok=True)
+            restored = True
+        if restored and begun and undo is not None:
+            undo()
         raise
     finally:
         if backup is not None:
@@ -379,12 +537,13 @@ def _failed(row: dict[str, Any], video: Path, e: BaseException) -> None:
         row["status"] = f"error: {video}: unexpected {type(e).__name__}: {one_line(e)} (a bug; the traceback is above)"
 
 
-def _run_batch(pipe: Any, args: argparse.Namespace, items: Sequence[tuple[Path, tuple[Path, Path]]]) -> list[dict[str, Any]]:
-    """Foley for a batch of files, one summary row each: every file's features are read (a file
-    that fails there fails alone), the rest sample together (`FoleyPipeline.generate_many`; if that
-    fails, each samples alone, so that only the file at fault fails), then each is written and
-    recorded. A row's time is its own reading and writing plus its share of the batch's sampling."""
-    rows, ready = [], []
+def _run_batch(pipe: Any, args: argparse.Namespace, items: Sequence[tuple[Path, tuple[Path, Path]]], rows: list[dict[str, Any]]) -> None:
+    """Foley for a batch of files, one summary row each (appended to `rows` as each file starts: a
+    run stopped midway has the rows so far): every file's features are read (a file that fails
+    there fails alone), the rest sample together (`FoleyPipeline.generate_many`; if that fails, each
+    samples alone, so that only the file at fault fails), then each is written and recorded. A
+    row's time is its own reading and writing plus its share of the batch's sampling."""
+    ready = []
     settings = dict(steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed, guidance=args.rule, guidance_every=args.guidance_every, control_scale=args.control_scale)
     for video, paths in items:
         row: dict[str, Any] = {"file": str(video), "duration": None, "windows": None, "time": 0.0}
@@ -419,22 +578,37 @@ def _run_batch(pipe: Any, args: argparse.Namespace, items: Sequence[tuple[Path, 
         try:
             result = results[k] if results is not None else pipe.generate(streams, duration, args.prompt, args.negative_prompt, **settings)
             row.update(duration=result.duration_s, windows=len(result.windows))
-            try:
-                _write(video, result, *paths)
-            except OSError as e:  # a full disk, a folder gone read-only: named, with how to go on
-                from controlfoley._io import write_failure
-                from controlfoley.errors import MediaError
-
-                raise MediaError(
-                    write_failure(e.filename or paths[0], e, fix="choose a writable --out", folder=args.out)
-                    + "; the outputs written so far are kept: run the same command again with --skip-existing to make the rest"
-                ) from e
-            row["status"], row["output"] = "ok", f"{paths[0].name}, {paths[1].name}"
-            _record(args, pipe, video, paths, result.duration_s)
+            _commit(args, pipe, video, paths, result, row)
         except Exception as e:  # noqa: BLE001  (sorted by _failed)
             _failed(row, video, e)
         row["time"] += time.perf_counter() - t0
-    return rows
+
+
+def _commit(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path, Path], result: Any, row: dict[str, Any]) -> None:
+    """Write one file's pair and record it. From the moment its record is marked as being written
+    (`_begin_writing`, once both temporary files are complete) until the complete entry is written,
+    a SIGINT or SIGTERM waits (`_Interrupts.committing`): a stopped run leaves the pair complete and
+    recorded, or as it was. A SIGKILL there leaves the mark, and the pair is made again."""
+    interrupts: _Interrupts = args.interrupts
+    with contextlib.ExitStack() as stack:
+        previous: list[Any] = []
+
+        def begin() -> None:
+            stack.enter_context(interrupts.committing())
+            previous.append(_begin_writing(args.out, video, paths))
+
+        try:
+            _write(video, result, *paths, begin=begin, undo=lambda: _undo_writing(args.out, video, paths, previous[0] if previous else None))
+        except OSError as e:  # a full disk, a folder gone read-only: named, with how to go on
+            from controlfoley._io import write_failure
+            from controlfoley.errors import MediaError
+
+            raise MediaError(
+                write_failure(e.filename or paths[0], e, fix="choose a writable --out", folder=args.out)
+                + "; the outputs written so far are kept: run the same command again with --skip-existing to make the rest"
+            ) from e
+        _record(args, pipe, video, paths, result.duration_s)
+        row["status"], row["output"] = "ok", f"{paths[0].name}, {paths[1].name}"
 
 
 def read_manifest(folder: Path, *, raw: bool = False) -> dict[str, Any]:
@@ -467,6 +641,11 @@ def read_manifest(folder: Path, *, raw: bool = False) -> dict[str, Any]:
         else:  # a relative path (a hand-edited record) is read from the record's folder
             src = Path(entry["source"])
             entries[name] = {**entry, "source": entry["source"] if src.is_absolute() else str((Path(folder) / src).resolve())}
+            if entry.get("pending"):  # claimed, or being written, when the run stopped: its files (if any) are no output
+                entries[name]["problem"] = (
+                    f"generate did not finish it (its entry in {path} is pending: its run was stopped, or failed on it); "
+                    "run that generate command again with --skip-existing to make it"
+                )
     return entries
 
 
@@ -546,7 +725,10 @@ def _record(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path,
     try:
         update_record(args.out, paths[1].stem, entry)
     except OSError as e:
-        log.warning("cannot write %s (%s): the outputs for %s are complete, but `controlfoley evaluate` will need --reference", args.out / MANIFEST, one_line(e), video)
+        log.warning(
+            "cannot write %s (%s): the outputs for %s are complete, but the record still marks them unfinished: `controlfoley evaluate` "
+            "will need --reference, and --skip-existing makes them again", args.out / MANIFEST, one_line(e), video,
+        )  # fmt: skip
 
 
 def _settings(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
@@ -585,6 +767,8 @@ def _not_kept(entry: dict[str, Any], video: Path, paths: tuple[Path, Path], now:
     """--skip-existing: why the outputs `entry` (OUT/generate.json's record of `paths`) records are
     not kept for `video` with settings `now`, or None when they are: complete, both on disk, made
     from this very source (same path; same size, and same time or SHA-256) with these settings."""
+    if _half_written(entry, video):
+        return "a run that was stopped left it half-written"
     if not entry or entry.get("pending") or "problem" in entry:
         return "its record in generate.json is missing or unfinished"
     if entry.get("source") != str(video.resolve()):
@@ -609,8 +793,9 @@ def update_record(folder: Path, name: str, entry: dict[str, Any]) -> None:
         _write_record(Path(folder), name, entry)
 
 
-def _write_record(folder: Path, name: str, entry: dict[str, Any]) -> None:
-    """update_record's read-change-write, for a caller that holds the folder's lock."""
+def _write_record(folder: Path, name: str, entry: dict[str, Any]) -> Any:
+    """update_record's read-change-write, for a caller that holds the folder's lock; returns the
+    entry `name` had (as written), or None."""
     import datetime
     import json
     import os
@@ -627,9 +812,11 @@ def _write_record(folder: Path, name: str, entry: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             os.replace(path, aside)
         entries = {}
+    previous = entries.get(name)
     entries[name] = entry
     text = json.dumps({"format": _MANIFEST_FORMAT, "outputs": dict(sorted(entries.items()))}, indent=2, ensure_ascii=False) + "\n"
     atomic_write_text(path, text)
+    return previous
 
 
 @contextlib.contextmanager
@@ -650,8 +837,9 @@ def _folder_lock(folder: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The end-of-run summary: one row per input file."""
+def format_table(rows: Sequence[dict[str, Any]], total: int | None = None) -> str:
+    """The end-of-run summary: one row per input file (`total`: the files of a run stopped before
+    it reached them all)."""
     head = ("file", "duration", "windows", "time", "status", "written")
     body = [
         (
@@ -659,7 +847,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             "-" if r["duration"] is None else f"{r['duration']:.2f} s",
             "-" if r["windows"] is None else str(r["windows"]),
             f"{r['time']:.1f} s",
-            r["status"] if r["status"] in ("ok", "kept") else "error",
+            r["status"] if r["status"] in ("ok", "kept", "interrupted") else "error",
             r.get("output", "-"),  # a repeated stem is written as <stem>-2, <stem>-3, ...
         )
         for r in rows
@@ -668,12 +856,23 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in (head, *body)]
     ok = sum(r["status"] in ("ok", "kept") for r in rows)
     kept = sum(r["status"] == "kept" for r in rows)
-    return "\n".join([*lines, f"{ok} of {len(rows)} files ok" + (f" ({kept} kept from an earlier run)" if kept else "")])
+    return "\n".join([*lines, f"{ok} of {len(rows) if total is None else total} files ok" + (f" ({kept} kept from an earlier run)" if kept else "")])
 
 
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    args.interrupts = _Interrupts()
+    with args.interrupts.installed():
+        try:
+            return _main(args)
+        except KeyboardInterrupt as e:  # before the first file (loading the model, the checks): nothing written
+            signum = getattr(e, "signum", signal.SIGINT)
+            print(f"interrupted ({signal.Signals(signum).name}) before any file was generated: nothing was written", file=sys.stderr)
+            return 128 + signum
+
+
+def _main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from controlfoley.errors import ControlFoleyError, RegistryError, one_line
@@ -689,39 +888,65 @@ def main(argv: Sequence[str]) -> int:
         extractors, vocoder = _extractor_specs(args.extractor), _vocoder_spec(args.vocoder)
         pipe = _build_pipeline(args, extractors, vocoder)  # a bad name or file is reported before a clash of outputs
         args.sampled_rule = _quietly_sampled_rule(pipe, args)  # for the record (its warnings come when sampling, not before a refusal)
+        names = {p[1].stem for p in pairs}
         kept: list[dict[str, Any]] = []
         why: Callable[[Path, tuple[Path, Path]], str] | None = None
+        redo: frozenset[Path] = frozenset()
         if args.skip_existing:  # outputs this very run would make, already made: kept, not made again
             record, now = read_manifest_or_empty(args.out), _settings(args, pipe)
             entries = [record.get(p[1].stem) or {} for p in pairs]
             reasons = [_not_kept(e, v, p, now) for e, v, p in zip(entries, videos, pairs, strict=True)]
             kept = [_kept_row(e, v, p) for e, v, p, r in zip(entries, videos, pairs, reasons, strict=True) if r is None]
             not_kept = {(v, p[1]): r for v, p, r in zip(videos, pairs, reasons, strict=True) if r is not None}
+            # a pair a stopped run left half-written (its mark in the record): made again, no --overwrite needed
+            redo = frozenset(p[1] for e, v, p in zip(entries, videos, pairs, strict=True) if _half_written(e, v))
             left = [(v, p) for v, p, r in zip(videos, pairs, reasons, strict=True) if r is not None]
             videos, pairs = [v for v, _ in left], [p for _, p in left]
             why = lambda v, p: not_kept[(v, p[1])]  # noqa: E731  (what _check_outputs says of an existing output not kept)
-        _check_outputs(videos, pairs, overwrite=args.overwrite, why=why)
+        _check_outputs(videos, pairs, overwrite=args.overwrite, why=why, unfinished=redo)
         from controlfoley.data.real_extractors import check_unique_stems
 
         check_unique_stems(list(pipe.extractors.values()), videos)  # precomputed features are found by file stem
         # last, as nothing else failed: a folder no file can be written to fails every file alike (exit 2, no
         # sampling); it is made here if missing, and checked again per file (a disk can fill mid-run)
         check_writable_folder(args.out, "--out")
+        leftovers = _remove_leftovers(args.out, names)  # a killed run's temporary files for these outputs
     except (ControlFoleyError, RegistryError, ValueError, OSError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    if leftovers:
+        some = ", ".join(leftovers[:3]) + (" ..." if len(leftovers) > 3 else "")
+        print(f"removed {len(leftovers)} temporary file(s) a stopped run left in {args.out} ({some})", file=sys.stderr)
     rows: list[dict[str, Any]] = list(kept)
     if kept:
         print(f"{len(kept)} of {len(kept) + len(videos)} files already made with these settings (--skip-existing): kept", file=sys.stderr)
+    if redo:
+        print(f"{len(redo)} file(s) a stopped run left half-written (--skip-existing): made again", file=sys.stderr)
     items = list(zip(videos, pairs, strict=True))
-    batch = pipe._batch_size(args.batch_size)
-    with tqdm(total=len(items), desc="generate", unit="file", disable=None) as bar:
-        for c in range(0, len(items), batch):
-            for row in _run_batch(pipe, args, items[c : c + batch]):
-                if row["status"] != "ok":
-                    tqdm.write(row["status"], file=sys.stderr)
-                rows.append(row)
-                bar.update(1)
+    total, batch = len(rows) + len(items), pipe._batch_size(args.batch_size)
+    try:
+        with tqdm(total=len(items), desc="generate", unit="file", disable=None) as bar:
+            for c in range(0, len(items), batch):
+                start = len(rows)
+                _run_batch(pipe, args, items[c : c + batch], rows)
+                for row in rows[start:]:
+                    if row["status"] != "ok":
+                        tqdm.write(row["status"], file=sys.stderr)
+                    bar.update(1)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (_Interrupted): the files made so far are complete and recorded
+        signum = getattr(e, "signum", signal.SIGINT)
+        for row in rows:
+            row.setdefault("status", "interrupted")
+        print(format_table(rows, total=total))
+        done = sum(r["status"] in ("ok", "kept") for r in rows)
+        stopped = [Path(r["file"]).name for r in rows if r["status"] == "interrupted"]
+        dropped = f"{', '.join(stopped)} not written (no partial output is left)" if stopped else "the file in progress was completed first"
+        again = "run the same command again" if args.skip_existing else "run the same command again with --skip-existing"
+        print(
+            f"interrupted ({signal.Signals(signum).name}): {done} of {total} files made, {dropped}; {again} to keep those made "
+            "and make the rest", file=sys.stderr,
+        )  # fmt: skip
+        return 128 + signum
     print(format_table(rows))
     return 0 if all(r["status"] in ("ok", "kept") for r in rows) else 1
 

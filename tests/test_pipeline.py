@@ -1598,3 +1598,144 @@ def test_a_refused_command_line_prints_no_sampling_warning(
     caplog.clear()
     assert cli.main(argv) == 2 and "already exists" in capsys.readouterr().err  # refused: nothing samples
     assert "no prompt" not in caplog.text
+
+
+# -- generate stopped midway: SIGKILL, SIGTERM, Ctrl-C -------------------------------------------
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL in-process: the run is abandoned (what its cleanup then does is not looked at)."""
+
+
+@pytest.fixture(scope="module")
+def clean_pair(model_file: Path, media: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the seed-0 pair of `tiny`, made by an uninterrupted run."""
+    out = tmp_path_factory.mktemp("clean") / "out"
+    assert cli.main(["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--steps", "1"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("before", ["nothing", "a pair of other settings"])
+@pytest.mark.parametrize("kill_at", ["the video's rename", "the audio's rename", "the record"])
+def test_a_run_killed_while_writing_a_pair_leaves_it_to_be_made_again(
+    model_file: Path, media: dict[str, Path], clean_pair: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill_at: str, before: str
+) -> None:
+    """SIGKILL at each point of writing a pair (its two renames, its record): the folder as the kill
+    leaves it (copied at that very moment) is resumed with --skip-existing and the seed-0 settings.
+    The pair is never kept as it was left (before, a new MP4 beside the old WAV, or a seed-3 pair
+    recorded as seed 0, were kept), is made again without --overwrite (before, refused: "its record
+    is unfinished, add --overwrite"), `evaluate` does not score it meanwhile, and the killed run's
+    temporary files are removed (before, they stayed for ever), a concurrent run's are not."""
+    import shutil
+
+    from controlfoley import generate_cli
+    from controlfoley.evaluate_cli import _pairs
+    from controlfoley.generate_cli import read_manifest
+
+    out, killed = tmp_path / "out", tmp_path / "killed"
+    argv = ["generate", str(media["tiny"]), "--model", str(model_file), "--steps", "1"]
+    if before != "nothing":  # the seed-0 pair, replaced by a run with --seed 3 that is killed
+        shutil.copytree(clean_pair, out)
+        argv_killed = [*argv, "--out", str(out), "--overwrite", "--seed", "3"]
+    else:
+        argv_killed = [*argv, "--out", str(out)]
+
+    def kill() -> None:
+        shutil.copytree(out, killed)
+        raise _Killed
+
+    real_replace, real_record = os.replace, generate_cli._record
+    with monkeypatch.context() as m:
+        if kill_at == "the record":
+            m.setattr(generate_cli, "_record", lambda *a: kill() if not killed.exists() else real_record(*a))
+        else:
+            target = out / ("tiny.mp4" if kill_at == "the video's rename" else "tiny.wav")
+            m.setattr(os, "replace", lambda src, dst, *a, **k: kill() if Path(dst) == target else real_replace(src, dst, *a, **k))
+        with pytest.raises(_Killed):
+            cli.main(argv_killed)
+    assert "problem" in read_manifest(killed)["tiny"]  # evaluate names it, rather than scoring what is there
+    if (killed / "tiny.wav").exists() or (killed / "tiny.mp4").exists():
+        [(name, _, _, problem)] = _pairs(killed, None)[0]
+        assert name == "tiny" and problem is not None and "--skip-existing" in problem
+    (killed / ".other.tmp-abcd1234.wav").write_bytes(b"")  # another run's, writing another name into the folder now
+    (killed / ".generate.tmp-abcd1234.json").write_bytes(b"")  # a record write killed midway (it is written under the lock)
+    (killed / "..tiny.tmp-abcd1234.tmp-efgh5678.mp4").write_bytes(b"")  # mux_audio's own, inside the pair's: a kill while muxing
+    calls = _count_sampling(monkeypatch)
+    assert cli.main([*argv, "--out", str(killed), "--skip-existing"]) == 0
+    assert [Path(c[1][0]).name for c in calls if c[0] == "read"] == ["tiny.mp4"]  # made again
+    for name in ("tiny.wav", "tiny.mp4"):
+        assert (killed / name).read_bytes() == (clean_pair / name).read_bytes(), name  # the seed-0 pair, whole
+    assert "problem" not in read_manifest(killed)["tiny"] and read_manifest(killed)["tiny"]["settings"]["seed"] == 0
+    assert _outputs(killed) == [".other.tmp-abcd1234.wav", "generate.json", "tiny.mp4", "tiny.wav"]
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_replacement_that_fails_between_its_renames_keeps_the_old_pair_or_marks_it(
+    model_file: Path, media: dict[str, Path], clean_pair: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hard_links: bool
+) -> None:
+    """--overwrite --seed 3 over the seed-0 pair, the disk full at the audio's rename: where the old
+    video comes back (hard links), the old pair and its record stand, and --skip-existing keeps it.
+    Without hard links the new video stays beside the old audio: its record stays marked, and
+    --skip-existing makes the pair again (before, it kept the new MP4 beside the old WAV)."""
+    import shutil
+
+    from conftest import failing_replace
+
+    out = tmp_path / "out"
+    shutil.copytree(clean_pair, out)
+    argv = ["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--steps", "1"]
+    with monkeypatch.context() as m:
+        failing_replace(m, lambda src, dst: dst == out / "tiny.wav")
+        if not hard_links:
+            m.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(OSError(1, "Operation not permitted")))
+        assert cli.main([*argv, "--overwrite", "--seed", "3"]) == 1
+    assert (out / "tiny.wav").read_bytes() == (clean_pair / "tiny.wav").read_bytes()
+    assert ((out / "tiny.mp4").read_bytes() == (clean_pair / "tiny.mp4").read_bytes()) is hard_links
+    calls = _count_sampling(monkeypatch)
+    assert cli.main([*argv, "--skip-existing"]) == 0
+    assert [Path(c[1][0]).name for c in calls if c[0] == "read"] == ([] if hard_links else ["tiny.mp4"])
+    assert all((out / n).read_bytes() == (clean_pair / n).read_bytes() for n in ("tiny.wav", "tiny.mp4"))
+
+
+@pytest.mark.parametrize("sig, during", [("SIGINT", "sampling"), ("SIGTERM", "sampling"), ("SIGTERM", "the renames")])
+def test_ctrl_c_or_sigterm_stops_cleanly_and_says_how_to_go_on(
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, sig: str, during: str
+) -> None:
+    """A signal while the second of two files samples: that file is dropped (no partial or temporary
+    file), the first stays made and recorded, the run ends with the table, how to go on and 128 + the
+    signal's number (before: SIGTERM killed it on the spot, temporary files and a half-written pair
+    left, no word; Ctrl-C ended in a traceback). One between the second file's renames waits until
+    that pair is complete and recorded."""
+    import shutil
+    import signal
+
+    signum = getattr(signal, sig)
+    second = shutil.copy(media["tiny"], tmp_path / "second.mp4")
+    out = tmp_path / "out"
+    argv = ["generate", str(media["tiny"]), str(second), "--model", str(model_file), "--out", str(out), "--steps", "1", "--batch-size", "1"]
+
+    def send() -> None:
+        if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+            pytest.fail(f"generate has no {sig} handler: {sig} would end it at once, with no cleanup or summary")
+        signal.raise_signal(signum)
+
+    with monkeypatch.context() as m:
+        if during == "sampling":
+            read = FoleyPipeline.read_features
+            m.setattr(FoleyPipeline, "read_features", lambda self, v, *a, **k: send() if Path(v) == second else read(self, v, *a, **k))
+        else:
+            real = os.replace
+            m.setattr(os, "replace", lambda src, dst, *a, **k: (send(), real(src, dst, *a, **k))[1] if Path(dst) == out / "second.wav" else real(src, dst, *a, **k))
+        assert cli.main(argv) == 128 + signum
+    captured = capsys.readouterr()
+    assert f"interrupted ({sig}): " in captured.err and "run the same command again with --skip-existing" in captured.err
+    assert signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler)  # the handlers are put back
+    from controlfoley.generate_cli import read_manifest
+
+    made = ["tiny"] if during == "sampling" else ["second", "tiny"]
+    assert _outputs(out) == ["generate.json", *sorted(f"{n}.{x}" for n in made for x in ("mp4", "wav"))]  # nothing else: no temporary file
+    assert [n for n, e in read_manifest(out).items() if "problem" not in e] == made
+    assert "1 of 2 files ok" in captured.out if during == "sampling" else "2 of 2 files ok" in captured.out
+    calls = _count_sampling(monkeypatch)
+    assert cli.main([*argv, "--skip-existing"]) == 0
+    assert [Path(c[1][0]).name for c in calls if c[0] == "read"] == (["second.mp4"] if during == "sampling" else [])

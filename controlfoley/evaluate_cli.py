@@ -157,7 +157,8 @@ def _pairs_from_record(generated: Path) -> tuple[list[tuple[str, Path, Path | No
         elif entry is None:
             rows.append((stem, gen.files[stem], None, f"{stem} is not in {generated / MANIFEST}; score it with --reference"))
         elif "problem" in entry:
-            rows.append((stem, gen.files[stem], None, f"{entry['problem']}; repair it, or score the file with --reference"))
+            fix = "" if entry.get("pending") else "; repair it, or score the file with --reference"  # a pending entry's problem says how to finish it
+            rows.append((stem, gen.files[stem], None, f"{entry['problem']}{fix}"))
         elif Path(entry["source"]).is_dir():
             rows.append((stem, gen.files[stem], None, f"its source {entry['source']} (from {MANIFEST}) is a folder, not a video; repair the entry"))
         elif not Path(entry["source"]).is_file():

@@ -222,6 +222,34 @@ def test_a_preflight_failure_stops_every_rank_and_is_printed_by_the_lowest_rank_
     assert r0[2] == r1[2] == "ok"
 
 
+def _start_worker(rank: int, init_file: str, out_dir: str) -> None:
+    from controlfoley.train.distributed import DistInfo, agree_before_training, reported_by
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    info, results = DistInfo(rank, 2, rank, torch.device("cpu")), []
+    try:
+        for starts in ((4, 4), (4, 0)):
+            try:
+                agree_before_training(info, None, starts[rank])
+                results.append("ok")
+            except Exception as e:
+                results.append(f"{type(e).__name__}|{e}|{reported_by(e)}")
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results), encoding="utf-8")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_that_would_start_at_different_steps_all_stop(tmp_path: Path) -> None:
+    """Each rank reads the run folder itself: a rank that sees no checkpoint (--out on a node's own
+    disk, or --auto-resume where one node does not see config.json yet) would train from step 0
+    while rank 0 resumes, with other data, in the same DDP: every rank stops, naming the cause."""
+    assert run_ranks(_start_worker, str(tmp_path / "init"), str(tmp_path)) == [0, 0]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text(encoding="utf-8")) for r in range(2))
+    assert r0[0] == r1[0] == "ok"
+    assert r0[1].startswith("TrainingError|the ranks do not agree where the run stands: rank 0 at step 4, rank 1 at step 0")
+    assert "a file system all nodes share" in r0[1] and r0[1].endswith("|None") and r1[1] == r0[1][: -len("None")] + "0"
+
+
 def test_only_global_rank_zero_is_main_on_every_node() -> None:
     """Local rank 0 of a second node (global rank 4 of 8) must not write checkpoints or metrics."""
     from controlfoley.train.distributed import DistInfo
@@ -240,7 +268,7 @@ def test_a_rank_that_did_not_fail_names_the_lowest_failing_rank(monkeypatch: pyt
     from controlfoley.train.distributed import DistInfo, agree_before_training, reported_by
 
     def fake_gather(box: list, mine: object) -> None:
-        box[:] = [None, "DataError: bad shard 1", "DataError: bad shard 2"]
+        box[:] = [(None, None), ("DataError: bad shard 1", None), ("DataError: bad shard 2", None)]  # (failure, start step) per rank
 
     monkeypatch.setattr(dist_mod.tdist, "all_gather_object", fake_gather)
     info = DistInfo(rank=0, world_size=3, local_rank=0, device=torch.device("cpu"))

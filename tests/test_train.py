@@ -664,6 +664,50 @@ def test_resume_restores_the_global_random_state(tmp_path: Path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_each_cuda_rank_resumes_the_generator_rank_0_drew_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun rank 0 saves the states of every CUDA device it sees but draws (dropout) only on
+    its own; every rank seeded and drew alike, so rank 1's device must go on from rank 0's own
+    device's state, not from rank 0's untouched copy of device 1 (its seed state: the masks of the
+    first steps again). Faked CUDA: two devices whose states tell them apart."""
+    from controlfoley.train.checkpoints import capture_rng, restore_rng
+
+    drawn, untouched = torch.tensor([7, 7], dtype=torch.uint8), torch.tensor([1, 1], dtype=torch.uint8)
+    now: dict[int, torch.Tensor] = {}
+
+    def set_one(state: torch.Tensor, device: Any = "cuda") -> None:
+        now[int(device)] = state
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [drawn.clone(), untouched.clone()])  # as rank 0 sees them
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: [set_one(s, i) for i, s in enumerate(states)])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_one)
+    tensors, meta = capture_rng(torch.device("cuda", 0))  # rank 0 writes the checkpoint
+    restore_rng(tensors, meta, torch.device("cuda", 1))  # rank 1 resumes
+    assert torch.equal(now[1], drawn)
+    restore_rng(tensors, meta, torch.device("cuda", 0))  # rank 0 (and a one-process run) as before
+    assert torch.equal(now[0], drawn)
+
+
+def test_a_run_resolves_its_model_config_once(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record of the run's code and the model it builds come from one resolution of the preset and
+    its overrides, on a start and on a resume."""
+    import controlfoley.train.loop as loop
+
+    calls: list[str] = []
+    resolve = loop.model_config
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        calls.append(args[0])
+        return resolve(*args, **kw)
+
+    monkeypatch.setattr(loop, "model_config", counted)
+    train(config("backbone", data, tmp_path / "run", steps=2), stop_at=1)
+    assert calls == ["specmaskfoley_tiny"]
+    train(config("backbone", data, tmp_path / "run", steps=2), resume=True)
+    assert calls == ["specmaskfoley_tiny"] * 2
+
+
 def test_without_the_latest_pointer_the_newest_complete_checkpoint_is_resumed(tmp_path: Path) -> None:
     """Resuming from an older checkpoint re-runs the later steps to the same weights, so only the
     folder chosen shows the difference."""

@@ -704,8 +704,11 @@ def test_resume_removes_the_temporary_files_of_killed_writes_and_only_those(data
     run = tmp_path / "run"
     train(config("backbone", data, run, steps=4), stop_at=2)
     step = run / "checkpoints" / "step-00000002"
-    stale = [step / ".model.tmp-k2_9zq0a.safetensors", run / ".config.tmp-abcdefgh.json", run / "checkpoints" / ".latest.tmp-0123abcd"]
-    kept = [step / ".model.tmp-short.safetensors", run / "notes.tmp-abcdefgh.txt", run / ".mine.tmp-ABCDEFGH.json", run / "keep.safetensors"]
+    # and safetensors' own writer's: `.tmp` + 6 letters or digits (a kill while the final model was written)
+    stale = [step / ".model.tmp-k2_9zq0a.safetensors", run / ".config.tmp-abcdefgh.json", run / "checkpoints" / ".latest.tmp-0123abcd",
+             run / ".tmpAb3dE9", step / ".tmplyHihi"]  # fmt: skip
+    kept = [step / ".model.tmp-short.safetensors", run / "notes.tmp-abcdefgh.txt", run / ".mine.tmp-ABCDEFGH.json", run / "keep.safetensors",
+            run / ".tmpshort", run / ".tmpTooLong7", run / ".tmp-ab_cd"]  # fmt: skip
     for p in stale + kept:
         p.write_bytes(b"x" * 100)
     (run / ".dir.tmp-abcdefgh").mkdir()
@@ -713,3 +716,80 @@ def test_resume_removes_the_temporary_files_of_killed_writes_and_only_those(data
     train(config("backbone", data, run, steps=4), resume=True)
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in kept) and (run / ".dir.tmp-abcdefgh").is_dir()
+
+
+# -- preempted, rescheduled and moved runs ---------------------------------------------------------
+def test_a_rescheduled_job_may_split_its_global_batch_otherwise(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A job rescheduled on fewer GPUs needs more micro-batches per step to fit: --grad-accum (like
+    the number of processes) only splits the run's global batch, so --resume takes it, says what it
+    changes, and the run ends as an uninterrupted one up to float rounding; a split that does not
+    divide the batch names the --grad-accum values that do (--batch-size stays the run's)."""
+    train(config("backbone", data, tmp_path / "full"))
+    run = tmp_path / "run"
+    train(config("backbone", data, run), stop_at=2)
+    capsys.readouterr()
+    assert train_main(cli_args("backbone", data, run, "--resume", "--grad-accum", "2", "--stop-at", "4")) == 0
+    err = capsys.readouterr().err
+    assert "resuming" in err and "on 1 process x 2 micro-batches (until now 1 process x 1 micro-batch): the same global batch of 4" in err
+    assert train_main(cli_args("backbone", data, run, "--resume", "--grad-accum", "3")) == 2
+    err = capsys.readouterr().err
+    assert "global batch of 4 clips (--batch-size, fixed for the run) does not split over 1 process x --grad-accum 3" in err
+    assert "resume with --grad-accum 1, 2, 4" in err
+    assert train_main(cli_args("backbone", data, run, "--resume", "--grad-accum", "1")) == 0
+    full, resumed = final_state(tmp_path / "full"), final_state(run)
+    assert all(torch.allclose(full[k], resumed[k], atol=1e-6, rtol=1e-5) for k in full)
+    assert losses(tmp_path / "full") == pytest.approx(losses(run), rel=1e-6) and len(losses(run)) == 6
+
+
+def test_auto_resume_starts_a_run_and_its_restarts_resume_it(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """torchrun --max-restarts and SLURM --requeue run a job again with the command line that
+    started it: with --auto-resume that line starts the run, resumes it after a kill (bit-identical
+    to a run never stopped) and, once it finished, says so; train(cfg, resume="auto") alike."""
+    train(config("backbone", data, tmp_path / "full"))
+    run = tmp_path / "run"
+    line = cli_args("backbone", data, run, "--auto-resume")
+    assert train_main([*line, "--stop-at", "2"]) == 0  # the first start, "killed" after step 2
+    assert "resuming" not in capsys.readouterr().err
+    assert train_main(line) == 0  # the restart
+    assert f"resuming {run} at step 2 of 6" in capsys.readouterr().err
+    full, resumed = final_state(tmp_path / "full"), final_state(run)
+    assert all(torch.equal(full[k], resumed[k]) for k in full) and losses(tmp_path / "full") == losses(run)
+    assert train_main(line) == 0 and "already finished at step 6" in capsys.readouterr().err  # a requeue after the end
+    with pytest.raises(SystemExit):  # one or the other
+        train_main([*line, "--resume"])
+    py = tmp_path / "py"
+    assert train(config("backbone", data, py), resume="auto", stop_at=2)["step"] == 2
+    assert train(config("backbone", data, py), resume="auto")["step"] == 6
+
+
+def test_a_config_file_given_on_resume_counts_as_its_flags(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A requeued job's command line often carries --config: the same file resumes, and one edited
+    to change the run is refused, naming the file and its fields (it was silently ignored)."""
+    run, file = tmp_path / "run", tmp_path / "cfg.json"
+    file.write_text(json.dumps({"base_lr": 0.002, "log_every": 2}), encoding="utf-8")
+    assert train_main(cli_args("backbone", data, run, "--config", str(file), "--stop-at", "2")) == 0
+    assert train_main(cli_args("backbone", data, run, "--config", str(file), "--resume", "--stop-at", "4")) == 0
+    file.write_text(json.dumps({"base_lr": 0.01, "batch_size": 4}), encoding="utf-8")
+    capsys.readouterr()
+    assert train_main(cli_args("backbone", data, run, "--config", str(file), "--resume")) == 2
+    err = capsys.readouterr().err
+    assert f"--config {file} sets others: base_lr: run 0.002 vs file 0.01. Drop --config" in err
+    assert json.loads((run / "config.json").read_text(encoding="utf-8"))["base_lr"] == 0.002
+
+
+def test_a_relative_data_folder_resumed_from_elsewhere_is_named_with_the_fix(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """config.json holds --data as given: a relative path, from the folder the run was started in.
+    A resume from another folder (a job script that cd's elsewhere) names that, and --data PATH,
+    instead of the reader's "dataset folder not found ... create it with extract"."""
+    shutil.copytree(data, tmp_path / "proj" / "ds")
+    monkeypatch.chdir(tmp_path / "proj")
+    train(config("backbone", Path("ds"), Path("run"), steps=4), stop_at=2)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert train_main(["backbone", "--out", "proj/run", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"the run's --data ds (its config.json), a path relative to the folder the run was started from, is not found from {tmp_path}" in err
+    assert "--data PATH" in err and "extract" not in err
+    assert train_main(["backbone", "--out", "proj/run", "--resume", "--data", "proj/ds"]) == 0

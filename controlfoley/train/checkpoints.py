@@ -15,7 +15,15 @@ Layout::
 - Each file is written atomically (temporary file, fsync, rename) and `latest` is replaced last,
   so a reader only ever follows `latest` to a complete checkpoint; older ones beyond `keep_last`
   are deleted after that.
-- RNG states saved: torch CPU, every CUDA device, numpy's global and Python's `random`.
+- RNG states saved: torch CPU, every CUDA device, numpy's global and Python's `random`, from
+  rank 0; every rank restores them. That is each rank's own state: every rank seeds the generators
+  alike and the built-in recipes draw alike on every rank (their random choices come from
+  (seed, step) generators, `recipes.step_generator`; dropout draws by shape), so all ranks hold the
+  same states (a recipe that draws from the global generators differently per rank resumes, but
+  not bit for bit: draw from `step_generator`). A CUDA rank's own device gets the state of rank 0's
+  own device (saved with its index), not rank 0's copy of that device, which rank 0 never drew from.
+- Each checkpoint records the split it was trained with (processes x micro-batches,
+  `TrainState.split`): a resume on another split says so (same steps, float rounding apart).
 - `resolve_model_file(path)`: a checkpoint file, a checkpoint folder or a run folder -> model file.
 - `nothing_to_resume_message`, `longer_run_hint`: what to say when --resume has no step left to run
   (a run's length is part of the run, so training longer is a new run initialised from it).
@@ -30,6 +38,7 @@ import fcntl
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import warnings
@@ -41,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from controlfoley._io import atomic_write_text, remove_stale_temps, write_failure
+from controlfoley._io import TEMP_NAME, atomic_write_text, remove_stale_temps, write_failure
 from controlfoley._static import ModelModule
 from controlfoley.checkpoint import CONFIG_KEY, read_state_dict, save_model, save_state_dict, trained_parts
 from controlfoley.errors import CheckpointError, TrainingError, user_stacklevel
@@ -52,6 +61,7 @@ __all__ = ["RunDir", "TrainState", "capture_rng", "restore_rng", "resolve_model_
 STATE_KEY = "controlfoley_train_state"
 _HELD_LOCKS: set[int] = set()  # run-folder lock descriptors this process holds
 _LOCKED_ROOTS: set[str] = set()  # the run folders (real paths) whose lock this process holds
+_SAFETENSORS_TEMP = re.compile(r"\A\.tmp[A-Za-z0-9]{6}\Z")  # safetensors.torch.save_file's temporary file (Rust's tempfile crate)
 _WRITABLE = "choose a writable folder (another --out), or make this one writable again"  # a run file's fix when not a full disk
 
 
@@ -79,10 +89,12 @@ class TrainState:
     rng: dict[str, Any]
     path: Path
     aux: dict[str, torch.Tensor]  # trained modules outside the model (e.g. the discriminator), by name
+    split: tuple[int, int] | None = None  # (processes, micro-batches per step) it was trained with; None: not recorded
 
 
-def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors, JSON-able values) of every global RNG a training step could touch."""
+def capture_rng(device: torch.device | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, JSON-able values) of every global RNG a training step could touch; `device`: the
+    one this process trains on (a CUDA one's index is recorded, for `restore_rng`)."""
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -91,19 +103,32 @@ def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
     version, py_state, py_gauss = random.getstate()
     tensors["rng.python"] = torch.tensor(py_state, dtype=torch.int64)
-    meta = {"numpy": [name, int(pos), int(has_gauss), float(gauss)], "python": [version, py_gauss]}
+    meta: dict[str, Any] = {"numpy": [name, int(pos), int(has_gauss), float(gauss)], "python": [version, py_gauss]}
+    if device is not None and device.type == "cuda" and f"rng.cuda.{_cuda_index(device)}" in tensors:
+        meta["cuda_device"] = _cuda_index(device)
     return tensors, meta
 
 
-def restore_rng(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+def restore_rng(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], device: torch.device | None = None) -> None:
+    """Set the global generators to a checkpoint's states. `device`: the one this process trains on;
+    a CUDA one gets the state of the device the checkpoint's writer trained on (under torchrun
+    rank 0 saves, and another rank's device must continue as rank 0's did, not from rank 0's
+    untouched copy of that device)."""
     torch.set_rng_state(tensors["rng.torch"])
     cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+        own = tensors.get(f"rng.cuda.{meta.get('cuda_device')}")
+        if own is not None and device is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(own, _cuda_index(device))
     name, pos, has_gauss, gauss = meta["numpy"]
     np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
     version, py_gauss = meta["python"]
     random.setstate((int(version), tuple(int(x) for x in tensors["rng.python"].tolist()), py_gauss))
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def _flatten_optimizer(sd: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[Any]]:
@@ -284,14 +309,15 @@ class RunDir:
 
     def remove_stale_temps(self) -> list[Path]:
         """Remove what killed writes left: `atomic_path`'s temporary files (named exactly
-        `.NAME.tmp-` + 8 random characters + `.EXT`) in the run folder, `checkpoints/` and each `checkpoints/step-*/`
-        (a model's is as large as the model). Only while this process holds the run's lock (no
-        other trainer can be writing them); without it (a file system without locks) nothing is
-        removed. Returns the files removed."""
+        `.NAME.tmp-` + 8 random characters + `.EXT`) and those of safetensors' own writer, which
+        fills `.tmp` + 6 random letters or digits next to the target before renaming it there, in the
+        run folder, `checkpoints/` and each `checkpoints/step-*/` (either is as large as the model
+        it holds). Only while this process holds the run's lock (no other trainer can be writing
+        them); without it (a file system without locks) nothing is removed. Returns the files removed."""
         if os.path.realpath(self.root) not in _LOCKED_ROOTS:
             return []
         folders = [self.root, self.ckpt_root, *(p for p in sorted(self.ckpt_root.glob("step-*")) if p.is_dir() and not p.is_symlink())]
-        return [f for folder in folders for f in remove_stale_temps(folder)]
+        return [f for folder in folders for pattern in (TEMP_NAME, _SAFETENSORS_TEMP) for f in remove_stale_temps(folder, pattern=pattern)]
 
     def write_failed(self, what: str, path: Path, error: BaseException) -> TrainingError:
         """The error for a run file (`what`, at `path`) that could not be written: the file and why,
@@ -356,14 +382,16 @@ class RunDir:
         extra: Mapping[str, Any],
         *,
         aux: Mapping[str, torch.Tensor] | None = None,
+        device: torch.device | None = None,
     ) -> Path:
-        """Write checkpoint `step` (model, then state), then move `latest` to it, then prune."""
+        """Write checkpoint `step` (model, then state), then move `latest` to it, then prune.
+        `device`: the one this process trains on (`capture_rng`)."""
         name = f"step-{step:08d}"
         d = self.ckpt_root / name
         info = json.dumps({"step": step, **extra})
         save_model(model, d / "model.safetensors", extra_metadata={STATE_KEY: info})
         opt_tensors, groups = _flatten_optimizer(optimizer.state_dict())
-        rng_tensors, rng_meta = capture_rng()
+        rng_tensors, rng_meta = capture_rng(device)
         meta = {STATE_KEY: json.dumps({"step": step, "param_groups": groups, "param_names": param_names, "rng": rng_meta, **extra})}
         aux_tensors = {f"aux.{k}": v for k, v in (aux or {}).items()}
         save_state_dict(d / "state.safetensors", {**opt_tensors, **rng_tensors, **aux_tensors}, meta)
@@ -395,7 +423,8 @@ class RunDir:
         rng_tensors = {k: v for k, v in tensors.items() if k.startswith("rng.")}
         opt = _unflatten_optimizer(tensors, info["param_groups"])
         aux = {k[4:]: v for k, v in tensors.items() if k.startswith("aux.")}
-        return TrainState(int(info["step"]), opt, list(info["param_names"]), {"tensors": rng_tensors, "meta": info["rng"]}, d, aux)
+        split = (int(info["world_size"]), int(info["grad_accum"])) if "world_size" in info and "grad_accum" in info else None
+        return TrainState(int(info["step"]), opt, list(info["param_names"]), {"tensors": rng_tensors, "meta": info["rng"]}, d, aux, split)
 
     def load_model_weights(self, d: Path, model: ModelModule) -> None:
         """Load a checkpoint's weights, refusing one saved from another model config."""

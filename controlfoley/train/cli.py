@@ -10,7 +10,10 @@ Every `TrainConfig` field is a flag (`--batch-size`, `--warmup-steps`, `--no-shu
 so is every option a recipe declares in its `Options` dataclass (`--label-smoothing 0.1`: parsed
 to the option's type, a bad value named; `recipe_options` in the config).
 Precedence: the recipe's defaults < `--config file.json` < flags. With `--resume` the run's own
-config.json replaces the first two, and a flag that would change the run is refused.
+config.json replaces the recipe's defaults, and a flag or a --config value that would change the
+run is refused (the same values are fine, so the command that started a run resumes it).
+`--auto-resume` resumes when --out holds a run and starts it otherwise: one command line for a
+job's first start and its restarts (torchrun --max-restarts, SLURM --requeue).
 `--model KEY=JSON` passes a model override (`--model backbone='{"depth": 2}'`).
 `--print-config` prints the resolved config as JSON and exits, after checking that the model config
 it names resolves (preset, part names, --model overrides); values derived from others (the
@@ -92,7 +95,13 @@ def _add_config_flags(p: argparse.ArgumentParser, recipe: str) -> None:
     _add_option_flags(p, recipe)
     p.add_argument("--config", dest="config_file", default=None, help="JSON file of TrainConfig fields")
     p.add_argument("--model", dest="model_overrides", action="append", default=[], metavar="KEY=JSON", help="model override, e.g. backbone='{\"depth\": 2}'")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    how.add_argument(
+        "--auto-resume", action="store_true",
+        help="continue the run in --out if it holds one, else start it: one command line for a job's first start and its restarts "
+        "(torchrun --max-restarts, SLURM --requeue)",
+    )  # fmt: skip
     p.add_argument("--stop-at", type=int, default=None, help="stop this invocation after that step (with a checkpoint)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit (the preset, part names and --model overrides are checked first)")
 
@@ -200,8 +209,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return _resolve(args)[0]
 
 
-def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
-    """The TrainConfig, and the --config file's fields as used (read once; {} without a file)."""
+def _resuming(args: argparse.Namespace) -> bool:
+    """--resume, or --auto-resume where --out holds a run (its config.json; every torchrun rank
+    decides alike, since rank 0 writes config.json only after every rank joined the run)."""
+    if getattr(args, "resume", False):
+        return True
+    out = getattr(args, "out", None)
+    return bool(getattr(args, "auto_resume", False)) and out is not None and (Path(out) / "config.json").is_file()
+
+
+def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any], TrainConfig | None]:
+    """The TrainConfig, the --config file's fields as used (read once; {} without a file), and on
+    resume the run's own config (its config.json, read once)."""
     given = {}
     for f in dataclasses.fields(TrainConfig):
         v = getattr(args, f.name, None)
@@ -211,28 +230,52 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
     if args.model_overrides:
         given["model_overrides"] = _model_overrides(args.model_overrides)
     options = _flag_options(args)  # merged into the run's or the --config file's options, one by one
-    if args.resume:
+    file_fields = _config_file(args)
+    if _resuming(args):
         if "out" not in given:
             raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
         saved = Path(given["out"]) / "config.json"
         if not saved.is_file():
             raise ConfigError(f"--resume: {saved} does not exist; there is no run to continue in {given['out']}")
+        recorded = saved.read_text(encoding="utf-8")
         try:
-            base = TrainConfig.from_json(saved.read_text(encoding="utf-8")).to_dict()
+            run = TrainConfig.from_json(recorded)
         except RecipeError as e:  # a plugin's recipe whose plugin is not loaded now
             try:
-                named = json.loads(saved.read_text(encoding="utf-8")).get("recipe")
-            except (OSError, ValueError, AttributeError):
+                named = json.loads(recorded).get("recipe")
+            except (ValueError, AttributeError):
                 named = None
             text = re.sub(r" Did you mean [^?]*\?", "", str(e)) if named else str(e)  # its "did you mean" would offer the name just typed
             what = f"recipe {named!r}, which is not registered" if named else "a recipe that is not registered"
             raise RecipeError(f"--resume: the run in {given['out']} uses {what} (load the plugin that registered it): {text}") from None
+        base = run.to_dict()
         if base["recipe"] != args.recipe:
             raise ConfigError(f"--resume: the run in {given['out']} uses recipe {base['recipe']!r}, not {args.recipe!r}")
         del base["plugins"]  # recorded anew: where the recipe's code is now (train() warns when it changed)
-        if options:
-            given["recipe_options"] = {**base["recipe_options"], **options}
-        return TrainConfig.from_dict({**base, **given}), {}
+        file_fields.pop("plugins", None)
+        # a --config file counts as its flags: a value that differs from the run's is refused (named as the file's)
+        in_file = file_fields.get("recipe_options")
+        in_file = in_file if isinstance(in_file, dict) else {}
+        if file_fields:
+            clash = run.resume_conflicts(TrainConfig.from_dict({**base, **file_fields, "recipe_options": {**base["recipe_options"], **in_file}}))
+            if clash:
+                lines = ", ".join(f"{k}: run {a!r} vs file {b!r}" for k, (a, b) in clash.items())
+                raise ConfigError(
+                    f"--resume continues the run in {given['out']} with its own settings (its config.json), but --config {args.config_file} "
+                    f"sets others: {lines}. Drop --config (or those fields), or start a new --out"
+                )
+        if options or in_file:
+            given["recipe_options"] = {**base["recipe_options"], **in_file, **options}
+        return TrainConfig.from_dict({**base, **file_fields, **given}), file_fields, run
+    if options:
+        in_file = file_fields.get("recipe_options")
+        given["recipe_options"] = {**(in_file if isinstance(in_file, dict) else {}), **options}
+    return TrainConfig.for_recipe(args.recipe, **{**file_fields, **given}), file_fields, None
+
+
+def _config_file(args: argparse.Namespace) -> dict[str, Any]:
+    """The --config file's fields ({} without one): a JSON object written for this recipe; a
+    warm-up --print-config noted as derived is left out (derived again)."""
     file_fields: dict[str, Any] = {}
     if args.config_file:
         path = Path(args.config_file)
@@ -253,17 +296,14 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
             )
         if "warmup_steps" in _derived(file_fields):  # --print-config's note: it follows the steps
             file_fields.pop("warmup_steps", None)
-    if options:
-        in_file = file_fields.get("recipe_options")
-        given["recipe_options"] = {**(in_file if isinstance(in_file, dict) else {}), **options}
-    return TrainConfig.for_recipe(args.recipe, **{**file_fields, **given}), file_fields
+    return file_fields
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     from controlfoley.train.loop import train
 
     try:
-        cfg, file_fields = _resolve(args)
+        cfg, file_fields, saved = _resolve(args)
         if args.print_config:  # the model config it names resolves (part names, overrides), as a real run checks first
             from controlfoley.builder import model_config
 
@@ -286,14 +326,15 @@ def run_from_args(args: argparse.Namespace) -> int:
     from controlfoley.train.loop import checked_stop_at
 
     checked_stop_at(args.stop_at)  # before "nothing to do" can be said of it
-    if args.resume:
-        done = _nothing_to_resume(cfg, args.stop_at)
+    resume = saved is not None
+    if saved is not None:
+        done = _nothing_to_resume(cfg, args.stop_at, saved)
         if done is not None:
             if rank0:
                 print(done, file=sys.stderr)
             return 0
     try:
-        result = train(cfg, resume=args.resume, stop_at=args.stop_at)
+        result = train(cfg, resume=resume, stop_at=args.stop_at)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (TrainingInterrupted): every rank gets it
         signum = getattr(e, "signum", signal.SIGINT)
         if rank0:
@@ -320,18 +361,18 @@ def _say_interrupted(cfg: TrainConfig, how: str, written: Path | None = None) ->
         print(f"\ninterrupted{how}: checkpoints are written atomically, so {latest} is intact; continue with the same command and --resume", file=sys.stderr)
 
 
-def _nothing_to_resume(cfg: TrainConfig, stop_at: int | None) -> str | None:
+def _nothing_to_resume(cfg: TrainConfig, stop_at: int | None, saved: TrainConfig) -> str | None:
     """The message when the run is already where this invocation would stop (and, if finished, has
-    its final model), said before building anything; None: train() goes on."""
+    its final model), said before building anything; None: train() goes on. `saved`: the run's
+    config.json as `_resolve` read it."""
     from controlfoley.train.checkpoints import RunDir, checkpoint_step, nothing_to_resume_message
 
     run = RunDir(cfg.out)
     try:
         latest = run.latest_dir()
-        saved = TrainConfig.from_json(run.config_path.read_text(encoding="utf-8")) if run.config_path.is_file() else None
     except (ControlFoleyError, OSError):
-        return None  # train() names what is wrong with the checkpoints or the config
-    if saved is not None and saved.resume_conflicts(cfg):
+        return None  # train() names what is wrong with the checkpoints
+    if saved.resume_conflicts(cfg):
         return None  # flags the run would refuse: train() names them, rather than "nothing to do" accepting them
     step = -1 if latest is None else checkpoint_step(latest)
     finished = step >= cfg.steps and run.final_model.is_file()
@@ -346,7 +387,7 @@ def _printed_config(cfg: TrainConfig, args: argparse.Namespace, file_fields: dic
     printed config reused with another --steps gets that run's warm-up, not this one's).
     `file_fields`: the --config file as `_resolve` used it (a derived warmup_steps already dropped)."""
     d = json.loads(cfg.to_json())
-    if args.resume or args.warmup_steps is not None:  # the run's own value, or one given: nothing derived
+    if _resuming(args) or args.warmup_steps is not None:  # the run's own value, or one given: nothing derived
         return json.dumps(d, indent=2, sort_keys=True)
     if "warmup_steps" not in file_fields:  # not in the file, or there only as derived: derived here too
         d[DERIVED_KEY] = {
@@ -415,9 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _resume_out(argv: Sequence[str]) -> str | None:
-    """The --out of a command line with --resume (before any `--`), else None."""
+    """The --out of a command line with --resume or --auto-resume (before any `--`), else None."""
     argv = list(argv)[: argv.index("--")] if "--" in argv else list(argv)
-    if "--resume" not in argv:
+    if "--resume" not in argv and "--auto-resume" not in argv:
         return None
     for i, a in enumerate(argv):
         if a == "--out" and i + 1 < len(argv):

@@ -19,8 +19,9 @@
   builds the same part, a `SamplerConfig` its fields (`_json_overrides`).
 - `from_dict` skips the `_derived` note that `--print-config` adds (see `controlfoley.train.cli`).
 - `resume_conflicts(other)`: fields that must not change when a run is resumed (everything but
-  the operational ones in `RESUME_MUTABLE`), so that a resumed run is the same run; a recipe
-  option is named on its own (`recipe_options.NAME`).
+  the operational ones in `RESUME_MUTABLE`, `grad_accum` among them: like the number of processes
+  it only splits the global batch), so that a resumed run is the same run; a recipe option is
+  named on its own (`recipe_options.NAME`).
 - `recipe_options`: the recipe's own settings, declared by its `Options` dataclass
   (`recipe_option_specs`): typed, each with a default, each a `controlfoley train` flag. The
   config holds every one of them (defaults filled in, values checked: by type, then by the
@@ -362,9 +363,12 @@ DERIVED_KEY = "_derived"  # --print-config: {field: why} for values derived from
 # folder after a move): never a conflict
 # `plugins` is a record of where the recipe's code is now, not a setting: a resume whose plugin moved
 # (or changed: `plugin_changes`, a warning) records the new one
+# `grad_accum` splits the global batch (`batch_size`, which may not change), as the number of
+# processes does: a job rescheduled on fewer GPUs resumes with more micro-batches per step to fit in
+# memory, and the steps are the same up to float rounding (every loss is normalised globally)
 RESUME_MUTABLE = frozenset(
     {"out", "data", "val_data", "num_workers", "log_every", "val_every", "ckpt_every", "keep_last", "verify_data", "device", "tensorboard", "progress",
-     "plugins"}
+     "plugins", "grad_accum"}
 )  # fmt: skip
 
 
@@ -384,7 +388,7 @@ class TrainConfig:
     trainable: tuple[str, ...] | None = None  # backbone/controlnet: the parts this run trains instead of the recipe's (e.g. aligner alone, or backbone,controlnet to unfreeze the backbone)
     steps: int = 140_000  # optimizer steps in the whole run (the schedule's length)
     batch_size: int = 64  # global batch: all ranks and accumulation micro-batches together
-    grad_accum: int = 1  # micro-batches per optimizer step (per rank)
+    grad_accum: int = 1  # micro-batches per optimizer step (per rank); it splits the global batch, so --resume may change it (e.g. on fewer GPUs)
     base_lr: float = 1e-3  # LR at batch lr_reference_batch (sec. 4.2: 1e-3)
     lr_reference_batch: int = 256  # peak LR = base_lr x batch_size / lr_reference_batch
     warmup_steps: int = 2_800  # linear warm-up steps, then cosine (the paper's ControlNet recipe, sec. 4.2: 2.8K of 140K)

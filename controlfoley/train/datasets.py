@@ -8,6 +8,9 @@
   Returns the record to write as data.json once every check passed (None: keep the run's).
 - `check_batch_fits(cfg, train_ds, val_ds)`: one global batch must fit in the training clips; the
   error says how many the validation split took.
+- `check_batch_split(cfg, world_size, resuming)`: the global batch must split evenly over the
+  processes and micro-batches; on resume (where --batch-size is the run's) the error names the
+  --grad-accum values, or else the process counts, that split it.
 """
 
 import json
@@ -21,7 +24,7 @@ from controlfoley.model import SpecMaskFoley
 from controlfoley.train.config import TrainConfig
 from controlfoley.train.recipes import Recipe
 
-__all__ = ["open_datasets", "check_same_data", "check_batch_fits", "warn_shared_clips", "DATA_RECORD"]
+__all__ = ["open_datasets", "check_same_data", "check_batch_fits", "check_batch_split", "warn_shared_clips", "DATA_RECORD"]
 
 VAL_SPLIT_SEED = 20_240_917  # fixed, so the held-out clips do not change with the training seed
 DATA_RECORD = "data.json"
@@ -111,3 +114,29 @@ def check_batch_fits(cfg: TrainConfig, train_ds: ShardDataset, val_ds: ShardData
             "(or give a separate --val-data), lower --batch-size, or add data"
         )
     raise DataError(f"dataset {cfg.data} has {n} clips, fewer than one global batch of {cfg.batch_size}; lower --batch-size or add data")
+
+
+def check_batch_split(cfg: TrainConfig, world_size: int, resuming: bool) -> None:
+    """A DataError unless the global batch (`batch_size`) splits into `world_size` processes x
+    `grad_accum` micro-batches of equal size. A resumed run keeps its batch size (the schedule and
+    the data order depend on it) but may change both factors: the error names those that fit."""
+    b, a, w = cfg.batch_size, cfg.grad_accum, world_size
+    if b % (w * a) == 0:
+        return
+    procs = "process" if w == 1 else "processes"
+    if not resuming:
+        raise DataError(
+            f"--batch-size {b} (the global batch: all processes and micro-batches together) does not split over {w} {procs} x "
+            f"--grad-accum {a} = {w * a}; change --batch-size or --grad-accum (or the number of processes)"
+        )
+    fits = [k for k in range(1, b // w + 1) if b % (w * k) == 0] if b % w == 0 else []
+    if fits:
+        shown = ", ".join(str(k) for k in fits[:6]) + (", ..." if len(fits) > 6 else "")
+        fix = f"resume with --grad-accum {shown} (a larger one: smaller micro-batches, less memory), or another number of processes"
+    else:
+        counts = [n for n in range(1, b + 1) if b % n == 0]
+        fix = f"no --grad-accum does with {w} {procs}: resume with a number of processes that divides {b} ({', '.join(map(str, counts[:8]))}{', ...' if len(counts) > 8 else ''})"
+    raise DataError(
+        f"--resume: this run's global batch of {b} clips (--batch-size, fixed for the run) does not split over {w} {procs} x "
+        f"--grad-accum {a} = {w * a}; {fix}. The steps stay the same: the data order and random masks follow the step, not the split"
+    )

@@ -8,8 +8,9 @@
 - `all_reduce_sum`: sums tensors over ranks (identity in a single process).
 - Only rank 0 logs and writes checkpoints (`DistInfo.is_main`); `barrier` keeps ranks together
   around those writes.
-- `agree_before_training(info, failure)`: after the pre-flight checks every rank learns whether any
-  rank failed, so all stop together. Each message is printed once, by the lowest rank that hit it:
+- `agree_before_training(info, failure, start_step)`: after the pre-flight checks every rank learns
+  whether any rank failed, so all stop together; and whether all start at the same step (a rank
+  that reads another run folder, a node's own disk, would train other steps than rank 0). Each message is printed once, by the lowest rank that hit it:
   an error the others share is marked `mark_reported(error, rank)` and the CLI stays quiet about
   it on the other ranks (`reported_by`), while an error only one rank hits is still printed there.
 """
@@ -107,24 +108,36 @@ def shutdown(info: DistInfo) -> None:
         tdist.destroy_process_group()
 
 
-def agree_before_training(info: DistInfo, failure: Exception | None) -> None:
+def agree_before_training(info: DistInfo, failure: Exception | None, start_step: int | None = None) -> None:
     """Raise on every rank when any rank's pre-flight checks failed (`failure`: this rank's). A rank
     that did not fail raises a TrainingError naming the first that did; a rank left going on would
-    wait forever in DDP's first broadcast for ranks that had stopped."""
+    wait forever in DDP's first broadcast for ranks that had stopped. Then, with `start_step` (the
+    step this rank starts at: 0, or the checkpoint's it resumes), a TrainingError on every rank
+    when they differ: each rank reads the run folder itself, and one that sees another (--out on a
+    node's local disk, a file system that shows it late) would silently train other steps on other
+    data while DDP averages its gradients with the rest."""
     if not info.distributed:
         if failure is not None:
             raise failure
         return
     mine = None if failure is None else _describe(failure)
-    box: list[str | None] = [None] * info.world_size
-    tdist.all_gather_object(box, mine)
-    failed = [(r, m) for r, m in enumerate(box) if m is not None]
+    box: list[tuple[str | None, int | None]] = [(None, None)] * info.world_size
+    tdist.all_gather_object(box, (mine, start_step))
+    failed = [(r, m) for r, (m, _) in enumerate(box) if m is not None]
     if failure is not None:
         first = next(r for r, m in failed if m == mine)
         raise failure if first == info.rank else mark_reported(failure, first)
     if failed:
         r, m = failed[0]
         raise mark_reported(TrainingError(f"rank {r} stopped before training: {m}"), r)
+    starts = [s for _, s in box]
+    if len(set(starts)) > 1:
+        shown = ", ".join(f"rank {r} at step {s}" for r, s in enumerate(starts) if r == 0 or s != starts[0])
+        error = TrainingError(
+            f"the ranks do not agree where the run stands: {shown} (each reads the run folder's checkpoints itself). Every rank must "
+            "see the same --out: a folder on a file system all nodes share, not a node's local disk"
+        )
+        raise error if info.is_main else mark_reported(error, 0)
 
 
 def _describe(error: Exception) -> str:

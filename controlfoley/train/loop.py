@@ -21,7 +21,14 @@ Features
   step: parameters and the last checkpoint are untouched.
 - Deterministic: data order and random masks are functions of (seed, step) (see `recipes` and
   `ShardedSampler`), RNG states are saved, so resuming after a kill reproduces an uninterrupted
-  run bit for bit on CPU.
+  run bit for bit on CPU. The global batch may be split otherwise on resume (another number of
+  processes, another `grad_accum`: a job rescheduled on fewer GPUs): the same steps up to float
+  rounding, which the resume line says; a split that does not divide the batch is refused with
+  the `grad_accum` values that do (`check_batch_split`). Under torchrun every rank must start at
+  the same step (`agree_before_training`: a rank reading another run folder stops them all).
+- `train(cfg, resume="auto")` (`--auto-resume`): resume when `cfg.out` holds a run, else start it:
+  one call for a job's first start and its restarts. On resume a recorded relative --data that is
+  not found from here is named as such, with the fix (`_check_recorded_data`).
 - Rank 0 alone logs (tqdm bar with loss, LR, clips/s, or with `progress=False` a plain line per
   log step for batch jobs; metrics.jsonl; TensorBoard) and writes
   checkpoints; validation is sharded over ranks and summed.
@@ -39,7 +46,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, Literal, NoReturn, cast
 
 import numpy as np
 import torch
@@ -51,13 +58,13 @@ from tqdm.auto import tqdm
 from controlfoley._io import atomic_write_text
 from controlfoley.builder import build_model, build_without_weight_files, model_config, weight_file_parts
 from controlfoley.checkpoint import check_state_dict, feature_record, load_parts
-from controlfoley.config import ConfigError
+from controlfoley.config import ConfigError, ModelConfig
 from controlfoley.data.dataset import ShardedSampler, collate
 from controlfoley.errors import CheckpointError, ControlFoleyError, TrainingError, user_stacklevel
 from controlfoley.model import SpecMaskFoley
 from controlfoley.train.checkpoints import RunDir, TrainState, longer_run_hint, nothing_to_resume_message, resolve_model_file, restore_rng
 from controlfoley.train.config import PluginChangedWarning, TrainConfig, plugin_changes, recipe_plugins
-from controlfoley.train.datasets import DATA_RECORD, check_batch_fits, check_same_data, open_datasets, warn_shared_clips
+from controlfoley.train.datasets import DATA_RECORD, check_batch_fits, check_batch_split, check_same_data, open_datasets, warn_shared_clips
 from controlfoley.train.distributed import DistInfo, agree_before_training, all_reduce_sum, barrier, init_distributed, mark_reported, shutdown
 from controlfoley.train.interrupt import TrainingInterrupted, interrupt_pending, steps_running, terminate_as_interrupt
 from controlfoley.train.metrics import MetricsLogger
@@ -73,12 +80,18 @@ def checked_stop_at(stop_at: Any) -> None:  # a validator: it takes anything
         raise ConfigError(f"stop_at (--stop-at) must be a step >= 1 (this invocation ends after it, with a checkpoint), got {stop_at!r}")
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, stop_at: int | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, resume: bool | Literal["auto"] = False, stop_at: int | None = None) -> dict[str, Any]:
     """Run (or resume) a training run; returns the last train and validation metrics.
 
+    `resume="auto"`: resume the run in `cfg.out` if it holds one (its config.json), else start it
+    (one call for a job's first start and its restarts; `--auto-resume`).
     `stop_at`: end this invocation after that many optimizer steps (with a checkpoint) without
     changing the schedule; `--resume` continues later."""
     checked_stop_at(stop_at)
+    if resume == "auto":
+        resume = RunDir(cfg.out).config_path.is_file()
+    elif not isinstance(resume, bool):
+        raise ConfigError(f"resume must be True, False or 'auto', got {resume!r}")
     started = not torch.distributed.is_initialized()
     info = init_distributed(cfg.device)
     trainer = None
@@ -130,7 +143,8 @@ class Trainer:
             self._preflight(cfg, resume)
         except Exception as e:
             failure = e
-        agree_before_training(info, failure)  # any rank failed: all stop here (none waits in DDP's broadcast)
+        # any rank failed: all stop here (none waits in DDP's broadcast); and all start at the same step
+        agree_before_training(info, failure, getattr(self, "start_step", None))
         self._record_run()
         self.module = self._wrap(self.objective)
         self.schedule = self.cfg.lr_schedule()
@@ -142,10 +156,12 @@ class Trainer:
         _seed_everything(cfg.seed)
         self.recipe: Recipe = get_recipe(cfg.recipe)
         ckpt_dir = self.run_dir.latest_dir(say=info.is_main) if resume else None
+        # resolved once, in _settle_config (None there: resolving it again raises what is wrong with it)
+        resolved = self._model_config if self._model_config is not None else model_config(cfg.preset, **cfg.model_overrides)
         if ckpt_dir is not None:  # its checkpoint holds every weight: no part's weights file is read again
-            self.model: SpecMaskFoley = build_without_weight_files(model_config(cfg.preset, **cfg.model_overrides))[0]
+            self.model: SpecMaskFoley = build_without_weight_files(resolved)[0]
         else:
-            self.model = build_model(model_config(cfg.preset, **cfg.model_overrides))  # a config: untrained on purpose, no advice
+            self.model = build_model(resolved)  # a config: untrained on purpose, no advice
         self._resumed_from = ckpt_dir
         if resume and ckpt_dir is None and info.is_main:
             warnings.warn(f"--resume: {self.run_dir.root} has no checkpoint yet (killed before its first); starting it from step 0", stacklevel=user_stacklevel())
@@ -196,6 +212,7 @@ class Trainer:
         if ckpt_dir is not None:
             self._restore(self.run_dir.load_state(ckpt_dir))
         check_batch_fits(cfg, self.train_ds, self.val_ds)
+        check_batch_split(cfg, info.world_size, resuming=resume)  # on resume --batch-size is the run's: the fix is the split
         self.sampler = ShardedSampler(
             len(self.train_ds), cfg.batch_size, world_size=info.world_size, rank=info.rank, micro_batches=cfg.grad_accum,
             seed=cfg.seed, shuffle=cfg.shuffle, start_step=self.start_step, stop_step=cfg.steps,
@@ -204,6 +221,10 @@ class Trainer:
     # -- set-up ----------------------------------------------------------------------------------
     def _settle_config(self, cfg: TrainConfig, resume: bool) -> TrainConfig:
         rd = self.run_dir
+        try:  # resolved once: the code record reads its parts, _preflight builds it
+            self._model_config: ModelConfig | None = model_config(cfg.preset, **cfg.model_overrides)
+        except ControlFoleyError:  # building the model names what is wrong with it
+            self._model_config = None
         if resume:
             if not rd.config_path.is_file():
                 raise TrainingError(f"nothing to resume in {rd.root}: it has no config.json. Start the run without --resume.")
@@ -216,15 +237,16 @@ class Trainer:
                     f"--resume continues the run in {rd.root} with its own settings, but these differ: {lines}. "
                     f"Drop those flags, or start a new --out.{longer}"
                 )
-            cfg = cfg.replace(plugins=_code_record(cfg))  # anew from the code loaded now (a config read back from config.json holds the old record)
+            cfg = cfg.replace(plugins=recipe_plugins(cfg.recipe, self._model_config))  # anew from the code loaded now (a config read back from config.json holds the old record)
             self._warn_changed_plugins(saved, cfg)
+            _check_recorded_data(saved, cfg)
         elif rd.latest_dir() is not None:
             raise TrainingError(
                 f"{rd.root} already holds a run with checkpoints; pass --resume to continue it (Python: train(cfg, resume=True)), "
                 "or choose another --out"
             )
         else:
-            cfg = cfg.replace(plugins=_code_record(cfg))
+            cfg = cfg.replace(plugins=recipe_plugins(cfg.recipe, self._model_config))  # the files of its recipe and of its model's registered parts
         return cfg  # written to config.json once every check passed (`_record_run`): a refused run changes nothing
 
     def _warn_changed_plugins(self, saved: TrainConfig, cfg: TrainConfig) -> None:
@@ -310,8 +332,9 @@ class Trainer:
             check_state_dict(module, sub, f"{name} in {state.path}")
             module.load_state_dict(sub, strict=True)
         self.optimizer.load_state_dict(state.optimizer)
-        restore_rng(state.rng["tensors"], state.rng["meta"])
+        restore_rng(state.rng["tensors"], state.rng["meta"], self.info.device)
         self.start_step = state.step
+        self._resumed_split = state.split
         if self.info.is_main:
             self.run_dir.drop_after(state.step)
 
@@ -336,7 +359,7 @@ class Trainer:
         if self.start_step >= stop:
             return self._nothing_to_do(stop_at, result)
         if info.is_main and getattr(self, "_resumed_from", None) is not None:  # say where it goes on (after a kill, nothing else does)
-            print(f"{cfg.recipe}: resuming {self.run_dir.root} at step {self.start_step} of {cfg.steps}, from {self._resumed_from}", file=sys.stderr, flush=True)
+            print(f"{cfg.recipe}: resuming {self.run_dir.root} at step {self.start_step} of {cfg.steps}, from {self._resumed_from}{self._split_note()}", file=sys.stderr, flush=True)
         log = MetricsLogger(self.run_dir.metrics_path, enabled=info.is_main, tensorboard=cfg.tensorboard, resume_step=self.start_step)
         bar = tqdm(total=cfg.steps, initial=self.start_step, disable=not (info.is_main and cfg.progress), dynamic_ncols=True, desc=cfg.recipe)
         plain = info.is_main and not cfg.progress
@@ -392,6 +415,21 @@ class Trainer:
             log.close()
         barrier(info)
         return result
+
+    def _split_note(self) -> str:
+        """On a resume with another number of processes or of micro-batches than the checkpoint's
+        (a job rescheduled on fewer or more GPUs): what that changes. Nothing else says it."""
+        then, now = getattr(self, "_resumed_split", None), (self.info.world_size, self.cfg.grad_accum)
+        if then is None or then == now:
+            return ""
+
+        def split(w: int, a: int) -> str:
+            return f"{w} process{'es' if w != 1 else ''} x {a} micro-batch{'es' if a != 1 else ''}"
+
+        return (
+            f", on {split(*now)} (until now {split(*then)}): the same global batch of {self.cfg.batch_size} clips and data order per "
+            "step, split otherwise, so the run goes on as it would have up to float rounding, not bit for bit"
+        )
 
     def _signalled_anywhere(self) -> bool:
         """Whether a SIGTERM is pending in this process, or under torchrun in any rank (a collective:
@@ -532,22 +570,32 @@ class Trainer:
 
     def _checkpoint(self, step: int) -> None:
         if self.info.is_main:
-            extra = {"recipe": self.cfg.recipe, "preset": self.cfg.preset}
+            extra = {"recipe": self.cfg.recipe, "preset": self.cfg.preset, "world_size": self.info.world_size, "grad_accum": self.cfg.grad_accum}
             aux = {f"{name}.{k}": v for name, m in self.aux.items() for k, v in m.state_dict().items()}
             try:
-                self.run_dir.save(step, self.model, self.optimizer, self.names, self.cfg.keep_last, extra, aux=aux)
+                self.run_dir.save(step, self.model, self.optimizer, self.names, self.cfg.keep_last, extra, aux=aux, device=self.info.device)
             except CheckpointError as e:  # a full disk mid-run: what is intact, and how to go on
                 raise self.run_dir.write_stopped(f"checkpoint {step}", str(e)) from e
 
 
-def _code_record(cfg: TrainConfig) -> tuple[dict[str, str], ...]:
-    """The files of the run's code from outside the library: the recipe's and those of the model's
-    registered parts (`recipe_plugins`), which config.json records so that --resume loads them."""
-    try:
-        model = model_config(cfg.preset, **cfg.model_overrides)
-    except ControlFoleyError:  # building the model names what is wrong with it
-        model = None
-    return recipe_plugins(cfg.recipe, model)
+def _check_recorded_data(saved: TrainConfig, cfg: TrainConfig) -> None:
+    """On resume, a dataset folder taken from config.json (no flag gave another) that is not found
+    from here: named as the run's record, relative to where the run was started when it is
+    relative, with the fix (not the dataset reader's "create it with extract", which the data
+    needs no more than a moved job does)."""
+    for name in ("data", "val_data"):
+        value = getattr(cfg, name)
+        if value is None or value != getattr(saved, name) or Path(value).exists():
+            continue
+        flag = "--" + name.replace("_", "-")
+        if Path(value).is_absolute():
+            where = " is not found (moved?). Give"
+        else:
+            where = f", a path relative to the folder the run was started from, is not found from {Path.cwd()}. Resume from that folder, or give"
+        raise TrainingError(
+            f"--resume: the run's {flag} {value} (its config.json){where} the dataset's path now: {flag} PATH (the data may move; "
+            "the run checks it is the same)"
+        )
 
 
 def _wide(device: torch.device) -> torch.dtype:

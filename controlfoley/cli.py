@@ -5,7 +5,7 @@
                                                   (a preset, or a checkpoint file, folder or training run)
     controlfoley list [KIND]                      registered names (presets, aligners, guidance, ...)
     controlfoley demo [--out DIR]                 the embedded demo (default outputs/demo)
-    controlfoley generate VIDEO|FOLDER... --out DIR   foley for video files
+    controlfoley generate VIDEO|FOLDER... --model M --out DIR   foley for video files
     controlfoley evaluate GENERATED [--reference ORIGINALS]   score foley against the original soundtracks
                                                   (default: the sources GENERATED/generate.json records)
     controlfoley extract ...                      fill a feature dataset

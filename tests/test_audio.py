@@ -589,3 +589,192 @@ def test_a_format_libsndfile_refuses_is_named_not_called_a_full_disk(tmp_path) -
     assert f"cannot write {tmp_path / 'x.flac'} as FLAC" in msg and "sample rate" in msg
     assert ".tmp-" not in msg and "writable" not in msg and "disk is full" not in msg
     assert list(tmp_path.iterdir()) == []
+
+
+# -- the layouts written down from the upstream code ---------------------------------------------
+# Weight norm as torch.nn.utils.weight_norm(module) (dim 0) leaves `bias`, `weight_g` ([w.shape[0], 1, 1])
+# and `weight_v` (the weight's shape); a ConvTranspose1d weight is [in, out, k], so its g is [in, 1, 1].
+def _wn(out: dict[str, tuple[int, ...]], name: str, weight: tuple[int, int, int], n_bias: int) -> None:
+    out[f"{name}.weight_g"], out[f"{name}.weight_v"], out[f"{name}.bias"] = (weight[0], 1, 1), weight, (n_bias,)
+
+
+# Derived by reading jik876/hifi-gan models.py at commit 0ddee25de32f806719ca91e98e3514d312408aef
+# (Generator: conv_pre = weight_norm(Conv1d(80, C, 7)); ups[i] = weight_norm(ConvTranspose1d(C/2^i,
+# C/2^(i+1), k, u)); resblocks[i*len(kernels)+j] = ResBlock1 (convs1 / convs2, three convs each) or
+# ResBlock2 (convs, two convs) at C/2^(i+1) channels; conv_post = weight_norm(Conv1d(ch, 1, 7))) and
+# its train.py, which saves g_<step> as {'generator': generator.state_dict()} (the unwrapped module).
+# Configs from its README / config_v1, v2, v3 .json.
+_HIFIGAN_CONFIGS = {
+    "v1": dict(upsample_rates=(8, 8, 2, 2), upsample_kernel_sizes=(16, 16, 4, 4), upsample_initial_channel=512, resblock="1",
+               resblock_kernel_sizes=(3, 7, 11), resblock_dilation_sizes=((1, 3, 5),) * 3),
+    "v2": dict(upsample_rates=(8, 8, 2, 2), upsample_kernel_sizes=(16, 16, 4, 4), upsample_initial_channel=128, resblock="1",
+               resblock_kernel_sizes=(3, 7, 11), resblock_dilation_sizes=((1, 3, 5),) * 3),
+    "v3": dict(upsample_rates=(8, 8, 4), upsample_kernel_sizes=(16, 16, 8), upsample_initial_channel=256, resblock="2",
+               resblock_kernel_sizes=(3, 5, 7), resblock_dilation_sizes=((1, 2), (2, 6), (3, 12))),
+}  # fmt: skip
+
+
+def _upstream_hifigan_layout(cfg: dict) -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {}
+    c = cfg["upsample_initial_channel"]
+    _wn(out, "conv_pre", (c, 80, 7), c)
+    for i, (u, k) in enumerate(zip(cfg["upsample_rates"], cfg["upsample_kernel_sizes"])):
+        _wn(out, f"ups.{i}", (c >> i, c >> (i + 1), k), c >> (i + 1))
+    n = len(cfg["resblock_kernel_sizes"])
+    for i in range(len(cfg["upsample_rates"])):
+        ch = c >> (i + 1)
+        for j, k in enumerate(cfg["resblock_kernel_sizes"]):
+            names = [f"convs1.{m}" for m in range(3)] + [f"convs2.{m}" for m in range(3)] if cfg["resblock"] == "1" else ["convs.0", "convs.1"]
+            for name in names:
+                _wn(out, f"resblocks.{i * n + j}.{name}", (ch, ch, k), ch)
+    _wn(out, "conv_post", (1, c >> len(cfg["upsample_rates"]), 7), 1)
+    return out
+
+
+@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
+def test_hifigan_generator_has_exactly_the_upstream_layout(version: str) -> None:
+    want = _upstream_hifigan_layout(_HIFIGAN_CONFIGS[version])
+    if version == "v1":
+        assert len(want) == 234 and round(sum(math.prod(s) for s in want.values()) / 1e6, 2) == 13.94  # the reference's numbers
+    gen = HifiGanGenerator(n_mels=80, **_HIFIGAN_CONFIGS[version])
+    assert {k: tuple(v.shape) for k, v in gen.state_dict().items()} == want
+
+
+def test_a_hifigan_file_in_the_upstream_layout_loads_strictly(tmp_path) -> None:
+    g = torch.Generator().manual_seed(0)
+    sd = {k: torch.rand(s, generator=g) + 0.5 for k, s in _upstream_hifigan_layout(_HIFIGAN_CONFIGS["v1"]).items()}
+    torch.save({"generator": sd}, tmp_path / "g_02500000")
+    voc = hifigan_vocoder(mel=HifiGanMel(), checkpoint=str(tmp_path / "g_02500000"))
+    got = voc.generator.state_dict()
+    assert got.keys() == sd.keys() and all(torch.equal(got[k], v) for k, v in sd.items())
+
+
+# Derived by reading SpecVQGAN's MelGAN vocoder, vocoder/modules.py Generator(input_size, ngf,
+# n_residual_layers) with ratios [8, 8, 2, 2] (the same file as copied in
+# karchkha/MelSpec_GPT_VQVAE at commit 648f3ac28500c3858ef21c506a337709c3c1faa2), and SpecVQGAN's
+# train.py VocoderMelGan, which builds Generator(80, 32, 3) from args.yml and load_state_dict()s
+# the plain state dict in best_netG.pt. One nn.Sequential `model`: [ReflectionPad1d(3), WNConv1d(in,
+# 16 ngf, 7)], per ratio r [LeakyReLU, WNConvTranspose1d(m, m/2, 2r, stride r), n_residual_layers x
+# ResnetBlock(m/2, 3**j)], then [LeakyReLU, ReflectionPad1d(3), WNConv1d(ngf, 1, 7), Tanh];
+# ResnetBlock: block = Sequential(LeakyReLU, ReflectionPad1d, WNConv1d(dim, dim, 3), LeakyReLU,
+# WNConv1d(dim, dim, 1)), shortcut = WNConv1d(dim, dim, 1).
+def _upstream_melgan_layout(n_mels: int = 80, ngf: int = 32, n_residual_layers: int = 3, ratios: tuple[int, ...] = (8, 8, 2, 2)) -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {}
+    mult = 2 ** len(ratios)
+    _wn(out, "model.1", (mult * ngf, n_mels, 7), mult * ngf)
+    i = 2
+    for r in ratios:
+        dim = mult * ngf // 2
+        _wn(out, f"model.{i + 1}", (mult * ngf, dim, 2 * r), dim)
+        for j in range(n_residual_layers):
+            block = f"model.{i + 2 + j}"
+            _wn(out, f"{block}.block.2", (dim, dim, 3), dim)
+            _wn(out, f"{block}.block.4", (dim, dim, 1), dim)
+            _wn(out, f"{block}.shortcut", (dim, dim, 1), dim)
+        i += 2 + n_residual_layers
+        mult //= 2
+    _wn(out, f"model.{i + 2}", (1, ngf, 7), 1)
+    return out
+
+
+def test_melgan_generator_has_exactly_the_upstream_layout(tmp_path) -> None:
+    want = _upstream_melgan_layout()
+    assert len(want) == 126 and round(sum(math.prod(s) for s in want.values()) / 1e6, 2) == 4.27  # the reference's numbers
+    gen = MelGANGenerator(n_mels=80, ngf=32, n_residual_layers=3, ratios=(8, 8, 2, 2))
+    assert {k: tuple(v.shape) for k, v in gen.state_dict().items()} == want
+    g = torch.Generator().manual_seed(0)
+    sd = {k: torch.rand(s, generator=g) + 0.5 for k, s in want.items()}
+    torch.save(sd, tmp_path / "best_netG.pt")  # a plain state dict, as SpecVQGAN ships it
+    got = melgan_vocoder(mel=SpecVQGANMel(), checkpoint=str(tmp_path / "best_netG.pt")).generator.state_dict()
+    assert got.keys() == sd.keys() and all(torch.equal(got[k], v) for k, v in sd.items())
+
+
+# Derived by reading NVIDIA/BigVGAN bigvgan.py at commit 4dbc17bc01a59f2c2bca2c19d44c48f6d7eaec64 (the
+# same code as the PyPI package bigvgan 2.4.1, module bigvgan/bigvgan.py): conv_pre = weight_norm(Conv1d(
+# num_mels, C, 7)); ups[i] = ModuleList([weight_norm(ConvTranspose1d(C/2^i, C/2^(i+1), k, u))]) (so
+# `ups.i.0.*`); resblocks[i*3+j] = AMPBlock1 with convs1 / convs2 (three convs each) and 6 `activations`,
+# each Activation1d(act=Snake(alpha) | SnakeBeta(alpha, beta)) with persistent buffers `upsample.filter`
+# and `downsample.lowpass.filter` (alias_free_activation/torch/{resample,filter}.py: kaiser sinc
+# [1, 1, 12]); activation_post the same; conv_post = weight_norm(Conv1d(ch, 1, 7, bias=use_bias_at_final));
+# the release file bigvgan_generator.pt is {"generator": state_dict} (BigVGAN._save_pretrained).
+# Configs from its configs/*.json (read in perennialtech/BigVGAN at commit fc6eba9ffbb4454846d81e02b6e5b4e9bc7e5f13).
+_BIGVGAN_CONFIGS = {
+    "bigvgan_base_22khz_80band": dict(upsample_rates=[8, 8, 2, 2], upsample_kernel_sizes=[16, 16, 4, 4], upsample_initial_channel=512),
+    "bigvgan_v2_22khz_80band_256x": dict(upsample_rates=[4, 4, 2, 2, 2, 2], upsample_kernel_sizes=[8, 8, 4, 4, 4, 4], upsample_initial_channel=1536,
+                                         use_tanh_at_final=False, use_bias_at_final=False, fmax=None),
+}  # fmt: skip
+
+
+def _bigvgan_config(name: str) -> dict:
+    common = dict(resblock="1", resblock_kernel_sizes=[3, 7, 11], resblock_dilation_sizes=[[1, 3, 5]] * 3, activation="snakebeta", snake_logscale=True,
+                  num_mels=80, num_freq=1025, n_fft=1024, hop_size=256, win_size=1024, sampling_rate=22050, fmin=0, fmax=8000)  # fmt: skip
+    return {**common, **_BIGVGAN_CONFIGS[name]}
+
+
+def _upstream_bigvgan_layout(h: dict) -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {}
+    c = h["upsample_initial_channel"]
+
+    def act(name: str, ch: int) -> None:
+        out[f"{name}.act.alpha"] = out[f"{name}.act.beta"] = (ch,)  # snakebeta
+        out[f"{name}.upsample.filter"] = out[f"{name}.downsample.lowpass.filter"] = (1, 1, 12)
+
+    _wn(out, "conv_pre", (c, h["num_mels"], 7), c)
+    for i, (u, k) in enumerate(zip(h["upsample_rates"], h["upsample_kernel_sizes"])):
+        _wn(out, f"ups.{i}.0", (c >> i, c >> (i + 1), k), c >> (i + 1))
+    for i in range(len(h["upsample_rates"])):
+        ch = c >> (i + 1)
+        for j, k in enumerate(h["resblock_kernel_sizes"]):
+            for m in range(3):
+                _wn(out, f"resblocks.{i * 3 + j}.convs1.{m}", (ch, ch, k), ch)
+                _wn(out, f"resblocks.{i * 3 + j}.convs2.{m}", (ch, ch, k), ch)
+            for a in range(6):
+                act(f"resblocks.{i * 3 + j}.activations.{a}", ch)
+    last = c >> len(h["upsample_rates"])
+    act("activation_post", last)
+    _wn(out, "conv_post", (1, last, 7), 1)
+    if not h.get("use_bias_at_final", True):
+        del out["conv_post.bias"]
+    return out
+
+
+def test_bigvgan_release_layout_loads_through_the_real_package(tmp_path) -> None:
+    """With the `bigvgan` package installed (not in CI): its generator has the upstream layout
+    written down above (526 tensors for the 14M base model, 783 for the 112M v2 model), and a
+    release folder in that layout, or with weight norm folded into plain weights (what upstream's
+    from_pretrained falls back to), gives the generator's own waveform."""
+    bigvgan = pytest.importorskip("bigvgan", reason="the optional bigvgan package is not installed")
+    for name, count in (("bigvgan_base_22khz_80band", 526), ("bigvgan_v2_22khz_80band_256x", 783)):
+        h = _bigvgan_config(name)
+        want = _upstream_bigvgan_layout(h)
+        assert len(want) == count
+        with warnings.catch_warnings(), torch.device("meta"):  # shapes only: no memory, no time
+            warnings.simplefilter("ignore")  # torch's classic weight_norm is deprecated; the package uses it
+            gen = bigvgan.BigVGAN(bigvgan.env.AttrDict(dict(h)))
+        assert {k: tuple(v.shape) for k, v in gen.state_dict().items()} == want, name
+    mel_fe = HifiGanMel()
+    folder = tmp_path / "release"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(h := _bigvgan_config("bigvgan_base_22khz_80band")))
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gen = bigvgan.BigVGAN(bigvgan.env.AttrDict(dict(h)))
+    torch.save({"generator": gen.state_dict()}, folder / "bigvgan_generator.pt")
+    mel = torch.rand(1, 80, 6) * 2 - 1
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gen.remove_weight_norm()
+    with torch.no_grad():
+        want_wav = gen.eval()(mel_fe.denormalize(mel))[:, 0]
+    folded = tmp_path / "folded"
+    folded.mkdir()
+    (folded / "config.json").write_text(json.dumps(h))
+    torch.save({"generator": gen.state_dict()}, folded / "bigvgan_generator.pt")
+    for f in (folder, folded):
+        torch.manual_seed(1)  # another init: only the file can make the outputs agree
+        voc = bigvgan_vocoder(mel=mel_fe, folder=str(f))
+        with torch.no_grad():
+            assert torch.allclose(voc(mel), want_wav, atol=1e-5), f.name

@@ -264,3 +264,37 @@ def test_an_untagged_line_of_a_tagged_list_is_stored_without_a_prompt(clap_dirs:
     ds = ShardDataset(tmp_path / "ds")
     vectors = [ds[i]["clap"].float() for i in range(2)]
     assert sum(bool((v == 0).all()) for v in vectors) == 1 and sum(bool(v.abs().sum() > 0) for v in vectors) == 1
+
+
+def test_a_folder_without_the_derived_constant_buffers_loads_the_same(clap_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """transformers' CLAP keeps three constant buffers in its state dict (modeling_clap.py:
+    ClapTextEmbeddings.position_ids = arange, .token_type_ids = zeros; ClapAudioSelfAttention
+    .relative_position_index, computed from the window size). Checkpoints saved where they were not
+    persistent, or converted from LAION-CLAP (diffusers' conversion scripts list
+    text_model.embeddings.token_type_ids as expected missing), lack them; transformers rebuilds them
+    exactly, so such a folder is no random-weights risk and loads to the same embeddings. A missing
+    trained buffer (the audio BatchNorm's running statistics) is still refused."""
+    weights = load_file(str(clap_dirs["full"] / "model.safetensors"))
+    constants = [k for k in weights if k.endswith((".position_ids", ".token_type_ids", ".relative_position_index"))]
+    assert {k.rsplit(".", 1)[1] for k in constants} == {"position_ids", "token_type_ids", "relative_position_index"}
+
+    def folder(name: str, drop: list[str]) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        for f in clap_dirs["full"].iterdir():
+            (d / f.name).write_bytes(f.read_bytes())
+        save_file({k: v for k, v in weights.items() if k not in drop}, str(d / "model.safetensors"), metadata={"format": "pt"})
+        return d
+
+    lean = folder("lean", constants)
+    texts = ["a dog barks", "rain"]
+    want_text = EXTRACTORS.build("clap_transformers", folder=str(clap_dirs["full"])).encode_text(texts)
+    assert torch.allclose(EXTRACTORS.build("clap_transformers", folder=str(lean)).encode_text(texts), want_text, atol=1e-6)
+    torch.manual_seed(0)
+    wavs = 0.1 * torch.randn(1, 48000)
+    want_audio = EXTRACTORS.build("clap_audio_transformers", folder=str(clap_dirs["full"])).encode_audio(wavs, 48000)
+    got_audio = EXTRACTORS.build("clap_audio_transformers", folder=str(lean)).encode_audio(wavs, 48000)
+    assert torch.allclose(got_audio, want_audio, atol=1e-6)
+    stats = folder("no_stats", [k for k in weights if k.endswith("batch_norm.running_mean")])
+    with pytest.raises(CheckpointError, match=r"lacks 1 weight\(s\) of the CLAP audio tower .*running_mean"):
+        EXTRACTORS.build("clap_audio_transformers", folder=str(stats))

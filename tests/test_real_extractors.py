@@ -231,3 +231,31 @@ def test_extraction_refuses_inputs_whose_precomputed_features_would_be_one_file(
     with pytest.raises(ConfigError, match=rf"share one: {a / 'clipvid.mp4'} and {b / 'clipvid.mp4'}"):
         extract_files(tmp_path / "ds", ex, [str(a / "clipvid.mp4"), str(b / "clipvid.mp4")])
     assert not (tmp_path / "ds").exists()
+
+
+def test_openclip_extractor_takes_a_timm_image_tower(tmp_path: Path) -> None:
+    """open_clip builds some architectures' image towers through timm (ConvNeXt, SigLIP: the JSON
+    config names `timm_model_name`; open_clip/timm_model.py TimmModel), and such a tower has
+    `image_size` but no `output_dim`. The extractor still loads, with the width its embeddings have."""
+    open_clip = pytest.importorskip("open_clip", reason="open_clip_torch is not installed (pip install 'controlfoley[clip]')")
+    pytest.importorskip("timm", reason="timm is not installed")
+    cfg = {
+        "embed_dim": 12,
+        "vision_cfg": {"timm_model_name": "test_convnext", "timm_model_pretrained": False, "timm_pool": "", "timm_proj": "linear", "image_size": 32},
+        "text_cfg": {"context_length": 16, "vocab_size": 500, "width": 32, "heads": 2, "layers": 1},
+    }
+    config = tmp_path / "cf-tiny-timm-clip.json"
+    config.write_text(json.dumps(cfg))
+    open_clip.add_model_config(str(config))
+    torch.manual_seed(0)
+    model = open_clip.create_model("cf-tiny-timm-clip").eval()
+    assert not hasattr(model.visual, "output_dim")  # what the extractor must cope with
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    ext = EXTRACTORS.build("clip_openclip", weights=str(tmp_path / "w.safetensors"), model_config=str(config))
+    assert (ext.dim, ext.frame_size) == (12, 32)
+    frames = torch.randint(0, 256, (3, 32, 32, 3), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    feats = ext(frames)
+    mean, std = torch.tensor(open_clip.OPENAI_DATASET_MEAN), torch.tensor(open_clip.OPENAI_DATASET_STD)
+    with torch.no_grad():
+        want = F.normalize(model.encode_image((frames.permute(0, 3, 1, 2).float() / 255 - mean[:, None, None]) / std[:, None, None]), dim=-1)
+    assert feats.shape == (3, 12) and torch.allclose(feats, want, atol=1e-5)

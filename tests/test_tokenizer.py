@@ -479,3 +479,121 @@ def test_a_bare_pickle_of_any_protocol_is_named_a_pytorch_pickle(tmp_path, proto
     for read in (read_state_dict, read_metadata):
         with pytest.raises(CheckpointError, match=r"is a PyTorch pickle \(\.ckpt / \.pt\)"):
             read(path)
+
+
+# -- the layout written down from the upstream code ----------------------------------------------
+# Derived by reading v-iashin/SpecVQGAN at commit 5bc54f30eb89f82d129aa36ae3f1e90b60e73952:
+#   specvqgan/models/vqgan.py (VQModel: encoder, decoder, loss, quantize = VectorQuantizer(n_embed,
+#     embed_dim), quant_conv = Conv2d(z_channels, embed_dim, 1), post_quant_conv = Conv2d(embed_dim,
+#     z_channels, 1)), specvqgan/modules/vqvae/quantize.py (one nn.Embedding named `embedding`),
+#   specvqgan/modules/diffusionmodules/model.py (Encoder / Decoder with temb_ch = 0: no temb_proj;
+#     ResnetBlock norm1, conv1 3x3, norm2, conv2 3x3, nin_shortcut 1x1 only when channels change;
+#     AttnBlock norm, q, k, v, proj_out 1x1; attention where curr_res is in attn_resolutions, the
+#     encoder halving curr_res after each level but the last, the decoder starting from
+#     resolution // 2**(levels-1) and doubling it after each level but level 0; `up` prepended so
+#     that up[i] is level i; downsample / upsample `.conv` 3x3, absent at the last / first level),
+#   configs/vggsound_codebook.yaml (the official codebook's settings), and train.py's Lightning
+#   checkpoint, whose ["state_dict"] also holds the loss modules under `loss.`.
+# Written out independently of controlfoley's own modules, so a renamed or reshaped tensor there
+# fails here rather than at a user's first official load.
+def _upstream_specvqgan_layout(
+    *, ch: int = 128, ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4), num_res_blocks: int = 2, attn_resolutions: tuple[int, ...] = (53,),
+    resolution: int = 848, z_channels: int = 256, embed_dim: int = 256, n_embed: int = 1024, in_channels: int = 1, out_ch: int = 1,
+    **_: object,
+) -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {}
+
+    def conv(name: str, cout: int, cin: int, k: int) -> None:
+        out[f"{name}.weight"], out[f"{name}.bias"] = (cout, cin, k, k), (cout,)
+
+    def norm(name: str, c: int) -> None:
+        out[f"{name}.weight"], out[f"{name}.bias"] = (c,), (c,)
+
+    def resnet(name: str, cin: int, cout: int) -> None:
+        norm(f"{name}.norm1", cin)
+        conv(f"{name}.conv1", cout, cin, 3)
+        norm(f"{name}.norm2", cout)
+        conv(f"{name}.conv2", cout, cout, 3)
+        if cin != cout:
+            conv(f"{name}.nin_shortcut", cout, cin, 1)
+
+    def attn(name: str, c: int) -> None:
+        norm(f"{name}.norm", c)
+        for p in ("q", "k", "v", "proj_out"):
+            conv(f"{name}.{p}", c, c, 1)
+
+    def mid(name: str, c: int) -> None:
+        resnet(f"{name}.block_1", c, c)
+        attn(f"{name}.attn_1", c)
+        resnet(f"{name}.block_2", c, c)
+
+    levels = len(ch_mult)
+    in_mult = (1, *ch_mult)
+    conv("encoder.conv_in", ch, in_channels, 3)
+    res = resolution
+    for i in range(levels):
+        block_in, block_out = ch * in_mult[i], ch * ch_mult[i]
+        for j in range(num_res_blocks):
+            resnet(f"encoder.down.{i}.block.{j}", block_in, block_out)
+            block_in = block_out
+            if res in attn_resolutions:
+                attn(f"encoder.down.{i}.attn.{j}", block_in)
+        if i != levels - 1:
+            conv(f"encoder.down.{i}.downsample.conv", block_in, block_in, 3)
+            res //= 2
+    mid("encoder.mid", block_in)
+    norm("encoder.norm_out", block_in)
+    conv("encoder.conv_out", z_channels, block_in, 3)  # double_z False in the official config
+
+    block_in, res = ch * ch_mult[-1], resolution // 2 ** (levels - 1)
+    conv("decoder.conv_in", block_in, z_channels, 3)
+    mid("decoder.mid", block_in)
+    for i in reversed(range(levels)):
+        block_out = ch * ch_mult[i]
+        for j in range(num_res_blocks + 1):
+            resnet(f"decoder.up.{i}.block.{j}", block_in, block_out)
+            block_in = block_out
+            if res in attn_resolutions:
+                attn(f"decoder.up.{i}.attn.{j}", block_in)
+        if i != 0:
+            conv(f"decoder.up.{i}.upsample.conv", block_in, block_in, 3)
+            res *= 2
+    norm("decoder.norm_out", block_in)
+    conv("decoder.conv_out", out_ch, block_in, 3)
+
+    out["quantize.embedding.weight"] = (n_embed, embed_dim)
+    conv("quant_conv", embed_dim, z_channels, 1)
+    conv("post_quant_conv", z_channels, embed_dim, 1)
+    return out
+
+
+def test_the_model_has_exactly_the_upstream_codebook_layout(full: SpecVQGAN, tiny: SpecVQGAN) -> None:
+    """Every key and shape of the official VGGSound codebook, derived from the upstream code (see
+    `_upstream_specvqgan_layout`), is the model's, and nothing else is: with the official settings
+    and with the small test ones."""
+    want = _upstream_specvqgan_layout()
+    assert len(want) == 343 and sum(math.prod(s) for s in want.values()) == 72_137_089  # the reference's 343 tensors, 72.14M
+    assert {k: tuple(v.shape) for k, v in full.state_dict().items()} == want
+    assert {k: tuple(v.shape) for k, v in tiny.state_dict().items()} == _upstream_specvqgan_layout(**TINY)
+
+
+def test_a_checkpoint_in_the_upstream_layout_loads_strictly(tmp_path: Path) -> None:
+    """A Lightning checkpoint built from the upstream layout alone (its `state_dict` with the
+    `loss.perceptual_loss.*` / `loss.discriminator.*` modules beside the model, and Lightning's
+    top-level entries) loads into the builder's model tensor for tensor."""
+    g = torch.Generator().manual_seed(0)
+    sd = {k: torch.randn(s, generator=g) for k, s in _upstream_specvqgan_layout(**TINY).items()}
+    extras = {
+        "loss.logvar": torch.zeros(()),
+        "loss.perceptual_loss.scaling_layer.shift": torch.zeros(1, 1, 1, 1),
+        "loss.perceptual_loss.net.slice1.0.weight": torch.zeros(64, 1, 3, 3),
+        "loss.perceptual_loss.lin0.model.1.weight": torch.zeros(1, 64, 1, 1),
+        "loss.discriminator.main.0.weight": torch.zeros(64, 1, 4, 4),
+        "loss.discriminator.main.2.running_mean": torch.zeros(128),
+    }
+    ckpt = {"epoch": 11, "global_step": 40_000, "pytorch-lightning_version": "1.2.10", "state_dict": {**sd, **extras},
+            "optimizer_states": [{"state": {}, "param_groups": []}], "lr_schedulers": []}  # fmt: skip
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    model = load_official_checkpoint(tmp_path / "last.ckpt", **TINY)
+    got = model.state_dict()
+    assert got.keys() == sd.keys() and all(torch.equal(got[k], v) for k, v in sd.items())

@@ -27,6 +27,7 @@ import contextlib
 import io
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -218,7 +219,9 @@ def bigvgan_vocoder(*, mel: MelFrontEnd, folder: str, trust_checkpoint: bool = F
     check_hifigan_pairing(mel, "bigvgan")
     hparams = _HParams(_bigvgan_config(path, mel))
     pkg = require("bigvgan", extra="bigvgan", purpose="the BigVGAN vocoder")
-    generator = pkg.BigVGAN(hparams, use_cuda_kernel=use_cuda_kernel)
+    with warnings.catch_warnings():  # the package builds with torch's classic weight_norm, deprecated (FutureWarning) on every build
+        warnings.filterwarnings("ignore", message=r".*weight_norm.* is deprecated", category=FutureWarning)
+        generator = pkg.BigVGAN(hparams, use_cuda_kernel=use_cuda_kernel)
     state = load_legacy_checkpoint(path / "bigvgan_generator.pt", trust=trust_checkpoint)
     source = str(path / "bigvgan_generator.pt")
     if not isinstance(state, dict) or not isinstance(state.get("generator"), dict):

@@ -7,7 +7,9 @@ layout `save_pretrained` writes (`config.json`, `model.safetensors`, tokenizer f
 of `laion/clap-htsat-unfused` or `laion/larger_clap_general` made on a machine with network. A full
 `ClapModel` folder works: its audio tower is not loaded. Nothing is downloaded
 (`local_files_only=True`); a checkpoint that lacks any text-tower weight is refused, since
-transformers would otherwise fill the gap with random weights.
+transformers would otherwise fill the gap with random weights (the constant buffers it rebuilds
+exactly, `position_ids`, `token_type_ids` and the audio tower's `relative_position_index`, may be
+absent: files converted from LAION-CLAP lack `token_type_ids`).
 
 Embeddings are the projected text features, unit-normalised (as LAION-CLAP's
 `get_text_embedding` and transformers' `ClapModel.get_text_features` give them; `normalize=False`
@@ -49,6 +51,9 @@ __all__ = ["ClapTextEncoder", "clap_transformers", "ClapAudioEncoder", "clap_aud
 
 _MODEL_TYPES = ("clap", "clap_text_model")  # a full ClapModel folder, or a text tower saved alone
 _AUDIO_MODEL_TYPES = ("clap", "clap_audio_model")  # a full ClapModel folder, or an audio tower saved alone
+# buffers of transformers' CLAP whose values follow from the config (ClapTextEmbeddings.position_ids
+# and .token_type_ids, ClapAudioSelfAttention.relative_position_index), not from training
+_DERIVED_BUFFERS = (".position_ids", ".token_type_ids", ".relative_position_index")
 
 
 class ClapTextEncoder(nn.Module):
@@ -107,7 +112,11 @@ def _load_tower(transformers: Any, path: Path, name: str, tower: str, model_cls:
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise CheckpointError(f"{name}: {path} does not load as a CLAP {tower} model with {helper} ({first})") from e
-    missing = sorted(info.get("missing_keys") or ()) + sorted(str(k) for k in info.get("mismatched_keys") or ())
+    # derived constants (position ids, zero token types, Swin relative position index) are rebuilt
+    # exactly by transformers: a file without them, saved where they were not persistent or
+    # converted from LAION-CLAP, risks no random weights
+    missing = sorted(k for k in info.get("missing_keys") or () if not str(k).endswith(_DERIVED_BUFFERS))
+    missing += sorted(str(k) for k in info.get("mismatched_keys") or ())
     if missing:
         raise CheckpointError(
             f"{name}: {path} lacks {len(missing)} weight(s) of the CLAP {tower} tower (e.g. {', '.join(missing[:3])}); "

@@ -6,10 +6,12 @@ No machine of this project reaches a model hub, so every extractor here reads LO
   built by name (default "ViT-H-14-378-quickgelu", 1024-d, the architecture of open_clip's `dfn5b`
   tag) and loaded strictly from a local weights file (`.safetensors`, or a pickle read with
   `weights_only=True` by open_clip). A custom architecture comes from a local open_clip JSON config
-  (`model_config=`, registered under the file's stem). Frames are resized to the tower's square
-  input (bicubic, antialiased, aspect not kept: the CLIP stream is averaged over time in
-  SpecMaskFoley sec. 3.2, so crops matter little), normalised with the model's mean/std and encoded
-  in batches; rows are unit-normalised unless `normalize=False`. Needs `pip install 'controlfoley[clip]'`.
+  (`model_config=`, registered under the file's stem); an image tower open_clip builds through
+  timm (e.g. ConvNeXt) has no `output_dim`, so its width is read off one embedding. Frames are
+  resized to the tower's square input (bicubic, antialiased, aspect not kept: the CLIP stream is
+  averaged over time in SpecMaskFoley sec. 3.2, so crops matter little), normalised with the
+  model's mean/std and encoded in batches; rows are unit-normalised unless `normalize=False`.
+  Needs `pip install 'controlfoley[clip]'`.
 - "synchformer_precomputed" / "clip_precomputed" (`PrecomputedFeatures`): features computed
   elsewhere, found per video by the video's file stem, in one of these layouts under `root`:
     1. `ROOT/<stem>.safetensors`: the tensor named `key`, or the file's only tensor; [t, d].
@@ -112,9 +114,19 @@ class OpenClipExtractor(nn.Module):
         cfg = getattr(visual, "preprocess_cfg", None) or {}
         self.register_buffer("mean", torch.tensor(cfg.get("mean", _OPENAI_MEAN)).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", _OPENAI_STD)).view(1, 3, 1, 1), persistent=False)
-        self.dim = int(visual.output_dim)
+        # open_clip's own towers (VisionTransformer, ModifiedResNet) record their width as
+        # `output_dim`; a tower it builds through timm (TimmModel: ConvNeXt, SigLIP, ...) does not,
+        # so its width is read off one embedding
+        width = getattr(visual, "output_dim", None)
+        self.dim = int(width) if width is not None else self._probe_width()
         self.fps, self.output_key = float(fps), output_key
         self.normalize, self.batch_size = normalize, int(batch_size)
+
+    @torch.no_grad()
+    def _probe_width(self) -> int:
+        param = next(self.model.parameters())
+        s = self.frame_size
+        return int(self.model.encode_image(torch.zeros(1, 3, s, s, device=param.device, dtype=param.dtype)).shape[-1])
 
     @torch.no_grad()
     def forward(self, frames: UInt8[Tensor, "t h w 3"]) -> Float[Tensor, "t d"]:

@@ -151,7 +151,8 @@ def from_scratch_generate(model, x, rule, steps, seeds, known_mask, control_scal
     combined on logits by eq. 1 (or single CFG) at the scale s_k = 3 k / (K - 1) (at s_k = 0: l_u alone);
     tokens drawn by Gumbel-max from the guided log-probs; confidence log p(sampled) + T (1 - r) g,
     known tokens +inf; floor(N cos(pi/2 r)) left masked, N the row's unknown tokens at the start,
-    clamped to [1, masked_now - 1] (torch.clamp's order), 0 after the last step. Row i draws from
+    max(1, min(masked_now - 1, .)) as google-research/maskgit clamps it (one token waits for the last
+    step when fewer are unknown than steps), 0 after the last step. Row i draws from
     its own generator, [l, v] then [l] uniforms per step, as at batch 1."""
     control = model.encode_control(x["features"])
     n, v, b = model.n_tokens, model.backbone.vocab_size, len(seeds)
@@ -186,7 +187,8 @@ def from_scratch_generate(model, x, rule, steps, seeds, known_mask, control_scal
             r = (k + 1) / steps
             conf = logp.gather(-1, sampled[:, None])[:, 0] + temperature * (1.0 - r) * gumbel(torch.rand(n, generator=g))
             conf = torch.where(mask, conf, torch.tensor(math.inf))
-            left = 0 if k == steps - 1 else min(max(math.floor(n0 * math.cos(math.pi / 2 * r)), 1), max(int(mask.sum()) - 1, 0))
+            masked_now = int(mask.sum())  # google-research/maskgit: max(1, min(masked_now - 1, target)), at most masked_now
+            left = 0 if k == steps - 1 else min(max(min(math.floor(n0 * math.cos(math.pi / 2 * r)), masked_now - 1), 1), masked_now)
             mask = torch.zeros(n, dtype=torch.bool).index_fill(0, conf.argsort(stable=True)[:left], True)
             codes = sampled
         rows.append(codes)
@@ -195,7 +197,7 @@ def from_scratch_generate(model, x, rule, steps, seeds, known_mask, control_scal
 
 @pytest.mark.parametrize(
     ("rule", "control_scale", "frac", "steps"),
-    [("multi", 1.0, 0.0, 12), ("multi", 0.5, 0.6, 7), ("cfg_text_video", 1.0, 0.3, 5)],
+    [("multi", 1.0, 0.0, 12), ("multi", 0.5, 0.6, 7), ("cfg_text_video", 1.0, 0.3, 5), ("multi", 1.0, 0.97, 12)],  # the last: 3-7 unknown < 12 steps
 )
 @pytest.mark.parametrize("options", [{"static_shapes": True, "prune_rows": False}, {"static_shapes": False}], ids=["plain", "fast"])
 def test_generate_is_a_from_scratch_maskgit_decoder_row_by_row(model, rule, control_scale, frac, steps, options):

@@ -777,6 +777,17 @@ def test_a_config_file_given_on_resume_counts_as_its_flags(data: Path, tmp_path:
     assert json.loads((run / "config.json").read_text(encoding="utf-8"))["base_lr"] == 0.002
 
 
+def test_the_line_that_started_a_run_resumes_it_when_a_flag_overrides_its_config_file(data: Path, tmp_path: Path) -> None:
+    """--auto-resume reruns the job's own line: a --config value that a flag of that line overrode
+    is the flag's, not a conflict with the run (it was refused as 'run 0.005 vs file 0.002')."""
+    run, file = tmp_path / "run", tmp_path / "cfg.json"
+    file.write_text(json.dumps({"base_lr": 0.002, "log_every": 2}), encoding="utf-8")
+    line = [*cli_args("backbone", data, run, "--config", str(file), "--base-lr", "0.005", "--auto-resume")]
+    assert train_main([*line, "--stop-at", "2"]) == 0
+    assert train_main([*line, "--stop-at", "4"]) == 0
+    assert json.loads((run / "config.json").read_text(encoding="utf-8"))["base_lr"] == 0.005
+
+
 def test_a_relative_data_folder_resumed_from_elsewhere_is_named_with_the_fix(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

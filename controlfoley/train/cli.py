@@ -253,11 +253,13 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any], Tra
             raise ConfigError(f"--resume: the run in {given['out']} uses recipe {base['recipe']!r}, not {args.recipe!r}")
         del base["plugins"]  # recorded anew: where the recipe's code is now (train() warns when it changed)
         file_fields.pop("plugins", None)
-        # a --config file counts as its flags: a value that differs from the run's is refused (named as the file's)
+        # a --config file counts as its flags: a value that differs from the run's is refused (named as the file's);
+        # one a flag overrides is not the file's to check (the line that started the run resumes it: --auto-resume)
         in_file = file_fields.get("recipe_options")
-        in_file = in_file if isinstance(in_file, dict) else {}
-        if file_fields:
-            clash = run.resume_conflicts(TrainConfig.from_dict({**base, **file_fields, "recipe_options": {**base["recipe_options"], **in_file}}))
+        in_file = {k: v for k, v in in_file.items() if k not in options} if isinstance(in_file, dict) else {}
+        checked = {k: v for k, v in file_fields.items() if k not in given and k != "recipe_options"}
+        if checked or in_file:
+            clash = run.resume_conflicts(TrainConfig.from_dict({**base, **checked, "recipe_options": {**base["recipe_options"], **in_file}}))
             if clash:
                 lines = ", ".join(f"{k}: run {a!r} vs file {b!r}" for k, (a, b) in clash.items())
                 raise ConfigError(
@@ -266,7 +268,7 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any], Tra
                 )
         if options or in_file:
             given["recipe_options"] = {**base["recipe_options"], **in_file, **options}
-        return TrainConfig.from_dict({**base, **file_fields, **given}), file_fields, run
+        return TrainConfig.from_dict({**base, **checked, **given}), file_fields, run
     if options:
         in_file = file_fields.get("recipe_options")
         given["recipe_options"] = {**(in_file if isinstance(in_file, dict) else {}), **options}
@@ -338,18 +340,21 @@ def run_from_args(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (TrainingInterrupted): every rank gets it
         signum = getattr(e, "signum", signal.SIGINT)
         if rank0:
-            _say_interrupted(cfg, "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}", getattr(e, "checkpoint", None))
+            again = "the same command" if (args.resume or getattr(args, "auto_resume", False)) else "the same command and --resume"
+            _say_interrupted(cfg, "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}", getattr(e, "checkpoint", None), again)
         return 128 + int(signum)
     if rank0:
         print(json.dumps(result, default=float))
     return 0
 
 
-def _say_interrupted(cfg: TrainConfig, how: str, written: Path | None = None) -> None:
+def _say_interrupted(cfg: TrainConfig, how: str, written: Path | None = None, again: str = "the same command and --resume") -> None:
+    """What a stopped run says: what is intact, and `again`, the command that goes on (with
+    --auto-resume or --resume given: the same command; --resume and --auto-resume exclude each other)."""
     from controlfoley.train.checkpoints import RunDir
 
     if written is not None:
-        print(f"\ninterrupted{how}: the step in progress finished and {written} was written; continue with the same command and --resume", file=sys.stderr)
+        print(f"\ninterrupted{how}: the step in progress finished and {written} was written; continue with {again}", file=sys.stderr)
         return
     try:
         latest = RunDir(cfg.out).latest_dir()
@@ -358,7 +363,7 @@ def _say_interrupted(cfg: TrainConfig, how: str, written: Path | None = None) ->
     if latest is None:
         print(f"\ninterrupted{how} before the first checkpoint: nothing to resume; the same command starts the run again", file=sys.stderr)
     else:
-        print(f"\ninterrupted{how}: checkpoints are written atomically, so {latest} is intact; continue with the same command and --resume", file=sys.stderr)
+        print(f"\ninterrupted{how}: checkpoints are written atomically, so {latest} is intact; continue with {again}", file=sys.stderr)
 
 
 def _nothing_to_resume(cfg: TrainConfig, stop_at: int | None, saved: TrainConfig) -> str | None:

@@ -34,7 +34,7 @@ from controlfoley.backbones.base import check_logits
 from controlfoley.config import ConfigError, ModelConfig
 from controlfoley.control.controlnet import ControlNet
 from controlfoley.control.encoders import feature_dims
-from controlfoley.errors import ShapeError
+from controlfoley.errors import ShapeError, user_stacklevel
 from controlfoley.fast import GuidedStep, checked_every, onednn_linear, precision, zero_scale_conditions
 from controlfoley.guidance import UNCOND, Condition, GuidanceRule, check_rule
 from controlfoley.sampling import Generators, MaskGITSampler, StepCallback, check_generators, get_mask_schedule
@@ -175,12 +175,14 @@ class SpecMaskFoley(nn.Module):
         the weights it was built with, and the paper's ControlNet starts from the pretrained ones
         (`from_pretrained`, `controlfoley.checkpoint.load_parts` and the CLI's `--init` copy them again)."""
         net = self.controlnet
-        if net is not None and net.untrained() and net.differs_from(self.backbone):
+        one_rank = not torch.distributed.is_available() or not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+        if net is not None and one_rank and net.untrained() and net.differs_from(self.backbone):
             warnings.warn(
                 "the ControlNet is untrained but its blocks are not a copy of the backbone's first blocks (backbone weights loaded "
-                "after the model was built?): it would train from other weights than the paper's initialisation; call "
-                "model.controlnet.copy_from(model.backbone) first, or load the backbone with controlfoley.checkpoint.load_parts or from_pretrained, which copy it",
-                stacklevel=2,
+                "by hand after the model was built?): it would train from other weights than the paper's initialisation; call "
+                "model.controlnet.copy_from(model.backbone) first (controlfoley.checkpoint.load_parts and from_pretrained copy it "
+                "when they load a backbone)",
+                stacklevel=user_stacklevel(),
             )
         self.requires_grad_(False)
         for m in self.control_modules():

@@ -1057,3 +1057,42 @@ def test_loss_with_a_cpu_generator_on_a_cuda_model_draws_the_cpu_masks(micro_mod
     gpu = model.loss(x["codes"].cuda(), features=feats, cond=x["text"].cuda(), generator=torch.Generator().manual_seed(3))[1]
     assert gpu["mask_frac"] == cpu["mask_frac"]
     assert abs(gpu["loss"] - cpu["loss"]) < 1e-3 * max(1.0, abs(cpu["loss"]))
+
+
+def test_from_pretrained_recopies_an_untrained_controlnet_saved_beside_a_trained_backbone(tmp_path):
+    """A backbone-recipe run of a preset with a ControlNet saves the ControlNet untouched: a copy of
+    the random initial backbone. Loading it starts the ControlNet from the loaded backbone (the
+    paper's initialisation), so training it does not warn; a trained ControlNet is loaded as saved."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = build_model("specmaskfoley_tiny", **micro_overrides())
+    with torch.no_grad():  # "trained" backbone; the ControlNet still the build-time copy
+        for p in model.backbone.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.save(tmp_path / "bb.safetensors")
+    loaded = from_pretrained(tmp_path / "bb.safetensors")
+    assert not loaded.controlnet.differs_from(loaded.backbone)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded.freeze_backbone()
+    with torch.no_grad():
+        model.controlnet.outs[0].weight.add_(0.01)  # trained: kept as saved
+    model.save(tmp_path / "cn.safetensors")
+    again = from_pretrained(tmp_path / "cn.safetensors")
+    assert again.controlnet.differs_from(again.backbone)
+    assert torch.equal(again.controlnet.blocks[0].norm1.weight, model.controlnet.blocks[0].norm1.weight)
+
+
+def test_differs_from_compares_tensors_only():
+    """A block with extra state (a quantised or fp8 block's get_extra_state: not a tensor) is
+    compared by its tensors, without failing (freeze_backbone, and so the ControlNet recipe, calls it)."""
+    torch.manual_seed(0)
+    model = build_model("specmaskfoley_tiny", **micro_overrides())
+    for blk in (*model.controlnet.blocks, *model.backbone.blocks):
+        blk.__class__ = type("WithExtraState", (type(blk),), {"get_extra_state": lambda self: {"scale": 1.0}, "set_extra_state": lambda self, state: None})
+    assert "_extra_state" in model.controlnet.blocks[0].state_dict()
+    assert not model.controlnet.differs_from(model.backbone)
+    with torch.no_grad():
+        model.backbone.blocks[1].norm1.weight.add_(1.0)
+    assert model.controlnet.differs_from(model.backbone)

@@ -72,16 +72,22 @@ class ControlNet(nn.Module):
 
     @torch.no_grad()
     def untrained(self) -> bool:
-        """Whether every zero-initialised linear is still zero: the branch adds nothing yet."""
-        return all(not lin.weight.any() and not lin.bias.any() for lin in (self.cond_in, *self.outs))
+        """Whether every zero-initialised linear is still zero: the branch adds nothing yet (False
+        where that cannot be read: a linear replaced by another kind of module)."""
+        params = [getattr(lin, name, None) for lin in (self.cond_in, *self.outs) for name in ("weight", "bias")]
+        return all(isinstance(p, Tensor) and not p.any() for p in params)
 
     @torch.no_grad()
     def differs_from(self, backbone: BackboneModule) -> bool:
-        """Whether a copied block is no longer equal to the backbone block it was copied from."""
+        """Whether a copied block's tensors are no longer equal to those of the backbone block it
+        was copied from (entries that are not tensors, such as a quantised block's extra state, or
+        that one side lacks, are not compared)."""
         for i, blk in enumerate(self.blocks):
             theirs = backbone.blocks[i].state_dict()
-            if any(not torch.equal(v, theirs[k]) for k, v in blk.state_dict().items()):
-                return True
+            for k, v in blk.state_dict().items():
+                other = theirs.get(k)
+                if isinstance(v, Tensor) and isinstance(other, Tensor) and (v.shape != other.shape or not torch.equal(v, other.to(v.device))):
+                    return True
         return False
 
     @torch.no_grad()

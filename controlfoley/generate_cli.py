@@ -18,11 +18,14 @@ Features
   killed (SIGKILL, the out-of-memory killer) in between leaves the mark, whatever mix of old, new and missing
   files it left: `--skip-existing` makes that pair again (without needing `--overwrite`), never
   keeps it, and `controlfoley evaluate` reports the entry as unfinished instead of scoring it. The
-  temporary files a killed run left for the outputs a run makes or keeps are removed when it starts.
+  temporary files a killed run left for the outputs a run makes or keeps are removed when it starts,
+  never those of a run writing into DIR at the same time: each run holds a hidden run file in DIR
+  locked while it lives (`.generate.run-*.lock`, removed when it ends), and a temporary file changed
+  after a live run began is left for a later run.
 - Ctrl-C and SIGTERM (a scheduler's preemption) stop the run at once, dropping the file in progress
   (its temporary files removed; a signal while a pair is committed waits the milliseconds until it
-  is complete and recorded), print the summary so far and how to go on (the same command with
-  `--skip-existing`), and exit 130 / 143.
+  is complete and recorded, and a second one there stops at once, leaving the pair's mark), print
+  the summary so far and how to go on (the same command with `--skip-existing`), and exit 130 / 143.
 - DIR/generate.json records, per output, the video it was made from and the settings that made it
   (model, prompt, steps, CFG scale, guidance, seed, precision, ...), so `controlfoley evaluate DIR`
   scores each output against its own source without `--reference`, repeated stems included. It is
@@ -345,10 +348,12 @@ def _half_written(entry: dict[str, Any], video: Path) -> bool:
 # what a killed run leaves in --out for an output NAME: atomic_path's temporary files (".NAME.tmp-" +
 # mkstemp's 8 characters + the suffix; nested where the writer is itself atomic, as mux_audio and
 # save_audio are: "..NAME.tmp-abcdefgh.tmp-ijklmnop.mp4"), and the hard link a replaced video is kept
-# under until both renames are done (".NAME.mp4.old-" + 8 hex digits); and a temporary generate.json
+# under until both renames are done (".NAME.mp4.old-" + 8 hex digits); and a temporary generate.json,
+# and the file a run holds locked while it lives (".generate.run-" + mkstemp's 8 characters + ".lock")
 _TEMP_STEM = re.compile(r"\A\.(?P<stem>.+)\.tmp-[a-z0-9_]{8}\Z")
 _VIDEO_BACKUP = re.compile(r"\A\.(?P<name>.+)\.mp4\.old-[0-9a-f]{8}\Z")
 _RECORD_TEMP = re.compile(r"\A\.generate\.tmp-[a-z0-9_]{8}\.json\Z")
+_RUN_LOCK = re.compile(r"\A\.generate\.run-[a-z0-9_]{8}\.lock\Z")
 
 
 def _leftover_for(filename: str, names: set[str]) -> bool:
@@ -365,23 +370,94 @@ def _leftover_for(filename: str, names: set[str]) -> bool:
     return False
 
 
-def _remove_leftovers(out: Path, names: set[str]) -> list[str]:
+def _remove_leftovers(out: Path, names: set[str], stack: contextlib.ExitStack) -> list[str]:
     """Remove the temporary files a killed run left in OUT for the outputs `names` (the ones this
-    run makes or keeps: a run writing other names into OUT at once keeps its own) and a temporary
-    generate.json, under the folder's lock (generate.json is only written under it). Returns the
-    names removed."""
+    run makes or keeps: a run writing other names into OUT keeps its own), a temporary
+    generate.json, and the run files of killed runs; and start this run's own run file, held in
+    `stack` (until the run ends). All under the folder's lock. Returns the names removed.
+
+    Which files are a killed run's: every generate run holds, from here until it ends, an flock on
+    its own hidden run file in OUT (".generate.run-XXXXXXXX.lock", made under the folder's lock and
+    removed when the run ends; one a killed run left is unlocked, so it is removed here), and makes
+    all its temporary files after it. So a temporary file is removed only where it was last changed
+    (its ctime: a write, a rename or a hard link all set it) before the run file of every other run
+    that is live in OUT now was made: a live run's own, whatever their age (a long mux leaves a
+    finished WAV untouched for a while), are never removed; a killed run's are, unless a run that
+    started before it died is still live (then a later run removes them). A record temporary file
+    is always removed: generate.json is only written under the lock held here. Without flock
+    (Windows), no run is seen as live: as before, all are removed."""
     import os
 
     removed = []
     with _folder_lock(out):
+        ours = _hold_run_file(out, stack)
+        ours = None if ours is None else os.path.basename(ours)
+        live_since = math.inf  # when the oldest other live run began (its run file's ctime)
         for entry in os.scandir(out):
-            if not (_leftover_for(entry.name, names) or _RECORD_TEMP.match(entry.name)):
+            if _RUN_LOCK.match(entry.name) and entry.name != ours:
+                since = _live_since(entry.path)
+                if since is not None:
+                    live_since = min(live_since, since)
+                    continue
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+        for entry in os.scandir(out):
+            record_temp = bool(_RECORD_TEMP.match(entry.name))
+            if not (record_temp or _leftover_for(entry.name, names)):
                 continue
             with contextlib.suppress(OSError):
-                if entry.is_file(follow_symlinks=False):
+                if entry.is_file(follow_symlinks=False) and (record_temp or entry.stat(follow_symlinks=False).st_ctime < live_since):
                     os.unlink(entry.path)
                     removed.append(entry.name)
     return sorted(removed)
+
+
+def _hold_run_file(out: Path, stack: contextlib.ExitStack) -> str | None:
+    """This run's run file in OUT (see `_remove_leftovers`), flocked until `stack` closes, then
+    removed; its path (None without flock). Made under the folder's lock, so that no other run
+    sees it unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no run files
+        return None
+    import os
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix=".generate.run-", suffix=".lock", dir=out)
+    stack.callback(os.close, fd)  # (last: the lock goes with it)
+    stack.callback(lambda: Path(path).unlink(missing_ok=True))
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return path
+
+
+def _live_since(path: str) -> float | None:
+    """When the run holding the run file `path` began (the file's ctime), or None when no run holds
+    it (its run was killed: the flock went with it). One that cannot be opened or locked here (another
+    user's; a file system that cannot tell) counts as live."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no run is seen as live
+        return None
+    import os
+
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:  # its run just ended
+        return None
+    except OSError:
+        try:
+            return os.stat(path).st_ctime
+        except OSError:
+            return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a live run
+            return os.fstat(fd).st_ctime
+        return None
+    finally:
+        os.close(fd)
 
 
 class _Interrupted(KeyboardInterrupt):
@@ -481,10 +557,13 @@ def _write(
 ) -> None:
     """Both outputs, or neither: each goes to a temporary name; once both are complete, `begin()`
     runs (generate marks the pair's record as being written), then the video is renamed into place,
-    then the audio. If the audio's rename fails, the video's is undone: a new video is removed, a
-    replaced one restored from a hard link kept until both are in place; where that put the files
-    back as they were, `undo()` runs (the record's mark is taken back). Where it could not (no hard
-    links on this file system), the mark stays: the pair counts as unfinished."""
+    then the audio. If the audio's rename fails (an error, not a signal), the video's is undone: a
+    new video is removed, a replaced one restored from a hard link kept until both are in place;
+    where the files on disk are then as they were (neither new file in place: each checked by its
+    inode, not inferred from where the error came), `undo()` runs (the record's mark is taken
+    back). Where they are not (no hard links on this file system), and after a signal that stops
+    the run midway (a second Ctrl-C or SIGTERM while the pair is committed: nothing is put back),
+    the mark stays: the pair counts as unfinished, whatever mix of old and new files it left."""
     import os
     import secrets
 
@@ -492,12 +571,21 @@ def _write(
     from controlfoley.audio.io import save_audio
     from controlfoley.video import mux_audio
 
-    existed, backup, video_in_place, begun = video_path.exists(), None, False, False
+    def inode(path: Path) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    existed, backup, begun = video_path.exists(), None, False
+    new: dict[Path, tuple[int, int] | None] = {}  # each output -> the inode of its complete temporary file
     try:
         with atomic_path(audio_path) as tmp_audio:
             with atomic_path(video_path) as tmp_video:
                 save_audio(tmp_audio, result.wav, result.sample_rate)
                 mux_audio(video, result.wav, result.sample_rate, tmp_video)
+                new = {audio_path: inode(tmp_audio), video_path: inode(tmp_video)}  # a rename keeps the inode
                 if existed:
                     backup = video_path.with_name(f".{video_path.name}.old-{secrets.token_hex(4)}")
                     try:
@@ -507,16 +595,16 @@ def _write(
                 if begin is not None:
                     begin()
                 begun = True
-            video_in_place = True
-    except BaseException:
-        restored = not video_in_place
-        if video_in_place and backup is not None:
-            os.replace(backup, video_path)
-            backup, restored = None, True
-        elif video_in_place and not existed:
-            video_path.unlink(missing_ok=True)
-            restored = True
-        if restored and begun and undo is not None:
+    except Exception:
+        placed = {path for path, ino in new.items() if ino is not None and inode(path) == ino}  # the new files in place
+        if placed == {video_path}:  # the audio's rename failed: the video's undone
+            if backup is not None:
+                os.replace(backup, video_path)
+                backup, placed = None, set()
+            elif not existed:
+                video_path.unlink(missing_ok=True)
+                placed = set()
+        if begun and not placed and undo is not None:  # the files as they were before begin(): its mark taken back
             undo()
         raise
     finally:
@@ -588,7 +676,8 @@ def _commit(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path,
     """Write one file's pair and record it. From the moment its record is marked as being written
     (`_begin_writing`, once both temporary files are complete) until the complete entry is written,
     a SIGINT or SIGTERM waits (`_Interrupts.committing`): a stopped run leaves the pair complete and
-    recorded, or as it was. A SIGKILL there leaves the mark, and the pair is made again."""
+    recorded, or as it was. A SIGKILL there, or a second signal, leaves the mark, and the pair is
+    made again."""
     interrupts: _Interrupts = args.interrupts
     with contextlib.ExitStack() as stack:
         previous: list[Any] = []
@@ -860,19 +949,33 @@ def format_table(rows: Sequence[dict[str, Any]], total: int | None = None) -> st
 
 
 def main(argv: Sequence[str]) -> int:
+    """Run `controlfoley generate` with the command line `argv` (without the program name); returns
+    the exit code (see the module's docstring). Ctrl-C (SIGINT) and SIGTERM do not raise
+    KeyboardInterrupt out of here: the run stops, says so, and returns 128 + the signal's number
+    (130, 143), so a Python caller that calls main() in a loop should check the code it returns
+    and stop on those."""
     args = _parser().parse_args(list(argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     args.interrupts = _Interrupts()
-    with args.interrupts.installed():
+    args.progress = None  # (rows, total) once files are generated: what an interrupt here can say was made
+    with args.interrupts.installed(), contextlib.ExitStack() as stack:
         try:
-            return _main(args)
-        except KeyboardInterrupt as e:  # before the first file (loading the model, the checks): nothing written
+            return _main(args, stack)
+        except KeyboardInterrupt as e:  # in the checks, or a second one while the summary prints (or in the final table)
             signum = getattr(e, "signum", signal.SIGINT)
-            print(f"interrupted ({signal.Signals(signum).name}) before any file was generated: nothing was written", file=sys.stderr)
+            name = signal.Signals(signum).name
+            if args.progress is None:  # loading the model, the checks: no file started
+                print(f"interrupted ({name}) before any file was generated: nothing was written", file=sys.stderr)
+            else:
+                rows, total = args.progress
+                done = sum(r.get("status") in ("ok", "kept") for r in rows)
+                again = "run the same command again" if args.skip_existing else "run the same command again with --skip-existing"
+                rest = f"; {again} to keep those made and make the rest" if done < total else ""
+                print(f"interrupted ({name}): {done} of {total} files made{rest}", file=sys.stderr)
             return 128 + signum
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from tqdm import tqdm
 
     from controlfoley.errors import ControlFoleyError, RegistryError, one_line
@@ -910,7 +1013,7 @@ def _main(args: argparse.Namespace) -> int:
         # last, as nothing else failed: a folder no file can be written to fails every file alike (exit 2, no
         # sampling); it is made here if missing, and checked again per file (a disk can fill mid-run)
         check_writable_folder(args.out, "--out")
-        leftovers = _remove_leftovers(args.out, names)  # a killed run's temporary files for these outputs
+        leftovers = _remove_leftovers(args.out, names, stack)  # a killed run's temporary files for these outputs
     except (ControlFoleyError, RegistryError, ValueError, OSError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
@@ -924,6 +1027,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"{len(redo)} file(s) a stopped run left half-written (--skip-existing): made again", file=sys.stderr)
     items = list(zip(videos, pairs, strict=True))
     total, batch = len(rows) + len(items), pipe._batch_size(args.batch_size)
+    args.progress = rows, total
     try:
         with tqdm(total=len(items), desc="generate", unit="file", disable=None) as bar:
             for c in range(0, len(items), batch):

@@ -1739,3 +1739,136 @@ def test_ctrl_c_or_sigterm_stops_cleanly_and_says_how_to_go_on(
     calls = _count_sampling(monkeypatch)
     assert cli.main([*argv, "--skip-existing"]) == 0
     assert [Path(c[1][0]).name for c in calls if c[0] == "read"] == (["second.mp4"] if during == "sampling" else [])
+
+
+@pytest.mark.parametrize("second_after", ["tiny.mp4", "tiny.wav"])
+def test_a_second_signal_after_a_rename_leaves_the_pair_marked_not_recorded_as_before(
+    model_file: Path, media: dict[str, Path], clean_pair: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    second_after: str,
+) -> None:
+    """--overwrite --seed 3 over the seed-0 pair: a SIGTERM at the video's rename waits (the pair is
+    being committed), a second one lands just after the real rename of `second_after` (as in the
+    directory's fsync that follows it). The run stops at once and the mark stays: --skip-existing
+    makes the pair again, whole (before, the old complete entry was put back as though the renames
+    had been undone, beside a new file: a seed-3 WAV or MP4 with the seed-0 other, recorded as
+    seed 0, kept by --skip-existing)."""
+    import shutil
+    import signal
+
+    from controlfoley.generate_cli import read_manifest
+
+    out = tmp_path / "out"
+    shutil.copytree(clean_pair, out)
+    argv = ["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--steps", "1"]
+    real, sent = os.replace, []
+
+    def replace(src: Any, dst: Any, *a: Any, **k: Any) -> None:
+        ours = Path(src).name.startswith(".tiny.tmp-") and Path(dst).parent == out  # a pair's rename (not a backup's, nor a writer's own)
+        if ours and Path(dst).name == "tiny.mp4" and not sent:
+            sent.append("first")
+            signal.raise_signal(signal.SIGTERM)  # deferred: the pair is being committed
+        real(src, dst, *a, **k)
+        if ours and Path(dst).name == second_after and len(sent) == 1:
+            sent.append("second")
+            signal.raise_signal(signal.SIGTERM)  # stops at once
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        assert cli.main([*argv, "--overwrite", "--seed", "3"]) == 128 + signal.SIGTERM
+    assert sent == ["first", "second"]
+    capsys.readouterr()
+    entry = read_manifest(out, raw=True)["tiny"]
+    assert entry.get("writing") and entry.get("pending"), entry  # the mark stays, whatever the files are
+    calls = _count_sampling(monkeypatch)
+    assert cli.main([*argv, "--skip-existing"]) == 0
+    assert [Path(c[1][0]).name for c in calls if c[0] == "read"] == ["tiny.mp4"]  # made again, not kept
+    for name in ("tiny.wav", "tiny.mp4"):
+        assert (out / name).read_bytes() == (clean_pair / name).read_bytes(), name  # both from seed 0
+    assert read_manifest(out)["tiny"]["settings"]["seed"] == 0 and "problem" not in read_manifest(out)["tiny"]
+
+
+def test_a_run_starting_beside_a_live_one_removes_a_killed_runs_temporary_files_not_the_live_ones(
+    model_file: Path, media: dict[str, Path], clean_pair: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run A (--overwrite --seed 3) is writing `tiny` into --out: its WAV is finished and its MP4 is
+    being muxed (long enough for its files to look old: their mtime is set far back). Run B starts
+    in the same --out, keeping `tiny` and making `second`: it removes the temporary file a killed
+    run left for `second` before A began, and leaves A's alone, so A completes its pair (before, B
+    removed A's finished WAV: A's file failed, "cannot write tiny.wav")."""
+    import shutil
+    import threading
+    import time
+
+    from controlfoley import video
+    from controlfoley.generate_cli import read_manifest
+
+    out = tmp_path / "out"
+    shutil.copytree(clean_pair, out)
+    second = shutil.copy(media["tiny"], tmp_path / "second.mp4")
+    stale = out / ".second.tmp-abcd1234.wav"  # a killed run's, from before A began
+    stale.write_bytes(b"killed")
+    time.sleep(0.05)  # (a file's times are kept to a clock tick)
+    base = ["generate", "--model", str(model_file), "--out", str(out), "--steps", "1"]
+    muxing, go, code = threading.Event(), threading.Event(), []
+    real_mux = video.mux_audio
+
+    def mux(*a: Any, **k: Any) -> Any:
+        if threading.current_thread() is not threading.main_thread():  # run A's: paused mid-mux
+            muxing.set()
+            assert go.wait(120)
+        return real_mux(*a, **k)
+
+    monkeypatch.setattr(video, "mux_audio", mux)
+    run_a = threading.Thread(target=lambda: code.append(cli.main([*base[:1], str(media["tiny"]), *base[1:], "--overwrite", "--seed", "3"])))
+    run_a.start()
+    try:
+        assert muxing.wait(120)
+        live = sorted((p for p in out.iterdir() if p.name.startswith(".tiny.tmp-")), key=lambda p: p.suffix)
+        assert [p.suffix for p in live] == [".mp4", ".wav"], live  # A's: its finished WAV, its MP4 being written
+        for p in live:
+            os.utime(p, (1.0, 1.0))  # written long ago, as far as their mtime says
+        assert cli.main([*base[:1], str(media["tiny"]), str(second), *base[1:], "--skip-existing"]) == 0  # run B
+        assert "removed 1 temporary file(s) a stopped run left" in capsys.readouterr().err
+        assert not stale.exists() and all(p.exists() for p in live)
+    finally:
+        go.set()
+        run_a.join(120)
+    assert code == [0]
+    entry = read_manifest(out)["tiny"]
+    assert entry["settings"]["seed"] == 3 and "problem" not in entry  # A's pair, complete
+    assert (out / "tiny.wav").read_bytes() != (clean_pair / "tiny.wav").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["generate.json", "second.mp4", "second.wav", "tiny.mp4", "tiny.wav"]  # no run file left
+
+
+@pytest.mark.parametrize("where", ["the final table", "the summary of a first Ctrl-C"])
+def test_a_ctrl_c_after_files_were_made_does_not_say_nothing_was_written(
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Ctrl-C while the final table prints, or a second one while a first one's summary prints: the
+    run says how many files it made (before: "before any file was generated: nothing was written",
+    with the files made and recorded)."""
+    import shutil
+    import signal
+
+    from controlfoley import generate_cli
+
+    def table(*a: Any, **k: Any) -> str:
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    videos = [str(media["tiny"])]
+    with monkeypatch.context() as m:
+        m.setattr(generate_cli, "format_table", table)
+        if where != "the final table":
+            second = shutil.copy(media["tiny"], tmp_path / "second.mp4")
+            videos.append(str(second))
+            read = FoleyPipeline.read_features
+            m.setattr(FoleyPipeline, "read_features", lambda self, v, *a, **k: signal.raise_signal(signal.SIGINT) if Path(v) == second else read(self, v, *a, **k))
+        assert cli.main(["generate", *videos, "--model", str(model_file), "--out", str(out), "--steps", "1", "--batch-size", "1"]) == 130
+    err = capsys.readouterr().err
+    assert "nothing was written" not in err
+    if where == "the final table":
+        assert "interrupted (SIGINT): 1 of 1 files made\n" in err
+    else:
+        assert "interrupted (SIGINT): 1 of 2 files made; run the same command again with --skip-existing to keep those made and make the rest" in err
+    assert (out / "tiny.wav").is_file() and (out / "tiny.mp4").is_file()

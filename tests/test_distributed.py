@@ -195,15 +195,21 @@ def test_a_locked_run_stops_every_rank(tmp_path: Path) -> None:
     assert results[0] == results[1] and f"cannot use {tmp_path / 'afile'} as the run folder (--out)" in results[0]
 
 
-def _agree_worker(rank: int, init_file: str, out_dir: str) -> None:
+def _agree_worker(rank: int, init_file: str, out_dir: str, case: str = "failures") -> None:
+    """agree_before_training on each rank, for each case in turn ("failures": which ranks fail the
+    pre-flight checks; "starts": the step each rank would start at); one result line per case."""
     from controlfoley.train.distributed import DistInfo, agree_before_training, reported_by
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     info, results = DistInfo(rank, 2, rank, torch.device("cpu")), []
+    if case == "failures":
+        calls = [(DataError("bad shard") if rank in failing else None, None) for failing in ((1,), (0, 1), ())]
+    else:
+        calls = [(None, starts[rank]) for starts in ((4, 4), (4, 0))]
     try:
-        for failing in ((1,), (0, 1), ()):
+        for failure, start in calls:
             try:
-                agree_before_training(info, DataError("bad shard") if rank in failing else None)
+                agree_before_training(info, failure, start)
                 results.append("ok")
             except Exception as e:
                 results.append(f"{type(e).__name__}|{e}|{reported_by(e)}")
@@ -222,28 +228,11 @@ def test_a_preflight_failure_stops_every_rank_and_is_printed_by_the_lowest_rank_
     assert r0[2] == r1[2] == "ok"
 
 
-def _start_worker(rank: int, init_file: str, out_dir: str) -> None:
-    from controlfoley.train.distributed import DistInfo, agree_before_training, reported_by
-
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    info, results = DistInfo(rank, 2, rank, torch.device("cpu")), []
-    try:
-        for starts in ((4, 4), (4, 0)):
-            try:
-                agree_before_training(info, None, starts[rank])
-                results.append("ok")
-            except Exception as e:
-                results.append(f"{type(e).__name__}|{e}|{reported_by(e)}")
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results), encoding="utf-8")
-    finally:
-        torch.distributed.destroy_process_group()
-
-
 def test_ranks_that_would_start_at_different_steps_all_stop(tmp_path: Path) -> None:
     """Each rank reads the run folder itself: a rank that sees no checkpoint (--out on a node's own
     disk, or --auto-resume where one node does not see config.json yet) would train from step 0
     while rank 0 resumes, with other data, in the same DDP: every rank stops, naming the cause."""
-    assert run_ranks(_start_worker, str(tmp_path / "init"), str(tmp_path)) == [0, 0]
+    assert run_ranks(_agree_worker, str(tmp_path / "init"), str(tmp_path), "starts") == [0, 0]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text(encoding="utf-8")) for r in range(2))
     assert r0[0] == r1[0] == "ok"
     assert r0[1].startswith("TrainingError|the ranks do not agree where the run stands: rank 0 at step 4, rank 1 at step 0")

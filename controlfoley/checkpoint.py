@@ -465,14 +465,10 @@ def load_parts(model: ModelModule, path: str | os.PathLike[str], parts: Iterable
 
 
 def _recopy_controlnet(model: ModelModule, loaded: set[str]) -> None:
-    """A backbone loaded without a trained ControlNet: the ControlNet was copied from the built
-    (random) backbone, or the file holds an untrained one (a backbone-recipe run of a preset with a
-    ControlNet saves its untouched copy of the random initial backbone), and must start as a copy of
-    the loaded backbone (its zero-initialised linears keep the model's output unchanged until it trains)."""
+    """A backbone loaded without its ControlNet: the ControlNet was copied from the built (random)
+    backbone and must start as a copy of the loaded one (its zero-initialised linears keep the
+    model's output unchanged until it trains)."""
     controlnet = getattr(model, "controlnet", None)
-    if "backbone" not in loaded or controlnet is None:
-        return
-    untrained = getattr(controlnet, "untrained", None)
-    if "controlnet" not in loaded or (callable(untrained) and untrained() and controlnet.differs_from(model.backbone)):
+    if "backbone" in loaded and "controlnet" not in loaded and controlnet is not None:
         controlnet.copy_from(model.backbone)
 

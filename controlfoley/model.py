@@ -172,16 +172,18 @@ class SpecMaskFoley(nn.Module):
         Warns when the ControlNet is untrained (its zero-initialised linears still zero) but its
         blocks are not the backbone's first blocks: backbone weights loaded by hand
         (`model.backbone.load_state_dict(...)`) after the model was built leave the branch a copy of
-        the weights it was built with, and the paper's ControlNet starts from the pretrained ones
-        (`from_pretrained`, `controlfoley.checkpoint.load_parts` and the CLI's `--init` copy them again)."""
+        the weights it was built with, and a backbone run's file holds its untrained ControlNet as it
+        was built; the paper's ControlNet starts from the pretrained backbone (the CLI's `--init` and
+        `controlfoley.checkpoint.load_parts(model, path, ["backbone"])` copy it again; `from_pretrained`
+        loads a file's ControlNet as saved)."""
         net = self.controlnet
         one_rank = not torch.distributed.is_available() or not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
         if net is not None and one_rank and net.untrained() and net.differs_from(self.backbone):
             warnings.warn(
                 "the ControlNet is untrained but its blocks are not a copy of the backbone's first blocks (backbone weights loaded "
                 "by hand after the model was built?): it would train from other weights than the paper's initialisation; call "
-                "model.controlnet.copy_from(model.backbone) first (controlfoley.checkpoint.load_parts and from_pretrained copy it "
-                "when they load a backbone)",
+                "model.controlnet.copy_from(model.backbone) first (the CLI's --init and controlfoley.checkpoint.load_parts(model, PATH, "
+                "['backbone']) copy it; from_pretrained keeps a file's own ControlNet)",
                 stacklevel=user_stacklevel(),
             )
         self.requires_grad_(False)

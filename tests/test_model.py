@@ -1059,11 +1059,14 @@ def test_loss_with_a_cpu_generator_on_a_cuda_model_draws_the_cpu_masks(micro_mod
     assert abs(gpu["loss"] - cpu["loss"]) < 1e-3 * max(1.0, abs(cpu["loss"]))
 
 
-def test_from_pretrained_recopies_an_untrained_controlnet_saved_beside_a_trained_backbone(tmp_path):
+def test_a_backbone_runs_file_loads_as_saved_and_its_untrained_controlnet_is_warned_about(tmp_path):
     """A backbone-recipe run of a preset with a ControlNet saves the ControlNet untouched: a copy of
-    the random initial backbone. Loading it starts the ControlNet from the loaded backbone (the
-    paper's initialisation), so training it does not warn; a trained ControlNet is loaded as saved."""
+    the random initial backbone. from_pretrained loads the file as saved (its weights, bit for bit);
+    training that ControlNet warns, naming copy_from, after which it does not; load_parts of the
+    backbone alone (the CLI's --init) copies it."""
     import warnings
+
+    from controlfoley.checkpoint import load_parts
 
     torch.manual_seed(0)
     model = build_model("specmaskfoley_tiny", **micro_overrides())
@@ -1072,16 +1075,16 @@ def test_from_pretrained_recopies_an_untrained_controlnet_saved_beside_a_trained
             p.add_(0.01 * torch.randn_like(p))
     model.save(tmp_path / "bb.safetensors")
     loaded = from_pretrained(tmp_path / "bb.safetensors")
-    assert not loaded.controlnet.differs_from(loaded.backbone)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    with pytest.warns(UserWarning, match=r"model\.controlnet\.copy_from\(model\.backbone\)"):
+        loaded.freeze_backbone()
+    loaded.controlnet.copy_from(loaded.backbone)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loaded.freeze_backbone()
-    with torch.no_grad():
-        model.controlnet.outs[0].weight.add_(0.01)  # trained: kept as saved
-    model.save(tmp_path / "cn.safetensors")
-    again = from_pretrained(tmp_path / "cn.safetensors")
-    assert again.controlnet.differs_from(again.backbone)
-    assert torch.equal(again.controlnet.blocks[0].norm1.weight, model.controlnet.blocks[0].norm1.weight)
+    fresh = build_model("specmaskfoley_tiny", **micro_overrides())
+    load_parts(fresh, tmp_path / "bb.safetensors", ["backbone"])
+    assert not fresh.controlnet.differs_from(fresh.backbone)
 
 
 def test_differs_from_compares_tensors_only():

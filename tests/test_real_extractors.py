@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import sys
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,40 @@ def test_openclip_extractor_matches_open_clip_on_preprocessed_frames(tiny_clip: 
     assert torch.allclose(feats, want, atol=1e-5)
     legacy = EXTRACTORS.build("clip_openclip", weights=str(tiny_clip["pt"]), model_name="cf-tiny-clip", batch_size=2)
     assert torch.allclose(legacy(frames), feats, atol=1e-5)  # a pickle (weights_only) loads the same; batching changes nothing
+
+
+def test_openclip_normalises_frames_as_the_weights_tag_was_trained(tiny_clip: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local file names no pretrained tag, so open_clip normalises with OpenAI's mean/std: wrong
+    for SigLIP-style weights (0.5). tag= takes the tag's; without it, the one normalisation all the
+    architecture's tags share; where they disagree, OpenAI's with a warning naming tag=."""
+    import open_clip
+
+    half = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    cfgs = {"webli": half, "openai": {"mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD}}
+    tags: list[str] = []
+    monkeypatch.setattr(open_clip, "list_pretrained_tags_by_model", lambda name: list(tags) if name == "cf-tiny-clip" else [])
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda name, tag: cfgs[tag])
+
+    def build(**kw: Any) -> Any:
+        return EXTRACTORS.build("clip_openclip", weights=str(tiny_clip["weights"]), model_config=str(tiny_clip["config"]), **kw)
+
+    frames = torch.randint(0, 256, (3, 32, 32, 3), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    plain = build()  # no tags known: open_clip's own (OpenAI's), as before
+    assert torch.allclose(plain.mean.flatten(), torch.tensor(open_clip.OPENAI_DATASET_MEAN))
+    tags[:] = ["webli", "openai"]
+    tagged = build(tag="webli")
+    assert torch.equal(tagged.mean.flatten(), torch.full((3,), 0.5)) and torch.equal(tagged.std.flatten(), torch.full((3,), 0.5))
+    x = frames.permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        want = F.normalize(tagged.model.encode_image((x - 0.5) / 0.5), dim=-1)
+    assert torch.allclose(tagged(frames), want, atol=1e-5) and not torch.allclose(plain(frames), want, atol=1e-3)
+    with pytest.raises(ConfigError, match=r"no pretrained tag 'laion' for 'cf-tiny-clip' \(its tags: webli, openai\)"):
+        build(tag="laion")
+    with pytest.warns(UserWarning, match=r"normalise images differently.*tag=NAME"):
+        mixed = build()
+    assert torch.allclose(mixed.mean.flatten(), torch.tensor(open_clip.OPENAI_DATASET_MEAN))
+    tags[:] = ["webli"]
+    assert torch.equal(build().mean.flatten(), torch.full((3,), 0.5))  # every tag of it agrees
 
 
 def test_openclip_extractor_errors_name_the_fix(tiny_clip: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,8 +9,10 @@ No machine of this project reaches a model hub, so every extractor here reads LO
   (`model_config=`, registered under the file's stem); an image tower open_clip builds through
   timm (e.g. ConvNeXt) has no `output_dim`, so its width is read off one embedding. Frames are
   resized to the tower's square input (bicubic, antialiased, aspect not kept: the CLIP stream is
-  averaged over time in SpecMaskFoley sec. 3.2, so crops matter little), normalised with the
-  model's mean/std and encoded in batches; rows are unit-normalised unless `normalize=False`.
+  averaged over time in SpecMaskFoley sec. 3.2, so crops matter little), normalised as the
+  weights were trained (`tag=` names the weights' open_clip tag, e.g. "webli" for SigLIP: a local
+  file names none; without it, the architecture's config, else the mean/std all its tags share,
+  else OpenAI's) and encoded in batches; rows are unit-normalised unless `normalize=False`.
   Needs `pip install 'controlfoley[clip]'`.
 - "synchformer_precomputed" / "clip_precomputed" (`PrecomputedFeatures`): features computed
   elsewhere, found per video by the video's file stem, in one of these layouts under `root`:
@@ -105,6 +107,7 @@ class OpenClipExtractor(nn.Module):
         output_key: str = "clip",
         normalize: bool = True,
         batch_size: int = 32,
+        mean_std: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         self.model: Any = model.eval().requires_grad_(False)  # an open_clip CLIP (encode_image): untyped to us
@@ -112,8 +115,9 @@ class OpenClipExtractor(nn.Module):
         size = visual.image_size
         self.frame_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         cfg = getattr(visual, "preprocess_cfg", None) or {}
-        self.register_buffer("mean", torch.tensor(cfg.get("mean", _OPENAI_MEAN)).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.get("std", _OPENAI_STD)).view(1, 3, 1, 1), persistent=False)
+        mean, std = mean_std if mean_std is not None else (cfg.get("mean", _OPENAI_MEAN), cfg.get("std", _OPENAI_STD))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         # open_clip's own towers (VisionTransformer, ModifiedResNet) record their width as
         # `output_dim`; a tower it builds through timm (TimmModel: ConvNeXt, SigLIP, ...) does not,
         # so its width is read off one embedding
@@ -166,8 +170,15 @@ def clip_openclip(
     normalize: bool = True,
     batch_size: int = 32,
     device: str = "cpu",
+    tag: str | None = None,
 ) -> OpenClipExtractor:
-    """CLIP image features through open_clip from a LOCAL weights file (no download)."""
+    """CLIP image features through open_clip from a LOCAL weights file (no download).
+
+    The frames are normalised as the weights were trained: open_clip records that per pretrained
+    tag, which a local file does not name, so `tag=` (e.g. "webli" for a SigLIP file) takes the
+    tag's mean/std. Without it: the architecture's own config where it sets them, else the one
+    normalisation all of open_clip's tags of the architecture share (SigLIP's 0.5), else OpenAI's,
+    with a warning where the architecture's tags disagree."""
     open_clip = require("open_clip", extra="clip", purpose="the clip_openclip feature extractor")
     name = _register_openclip_config(open_clip, model_config, model_name)
     if name not in open_clip.list_models():
@@ -180,7 +191,42 @@ def clip_openclip(
     except (RuntimeError, KeyError, ValueError, OSError, AssertionError) as e:  # open_clip asserts on some mismatches
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"clip_openclip: {path} does not load into open_clip {name!r} ({first})") from e
-    return OpenClipExtractor(model, fps=fps, output_key=output_key, normalize=normalize, batch_size=batch_size)
+    mean_std = _openclip_normalisation(open_clip, name, tag, getattr(model.visual, "preprocess_cfg", None) or {})
+    return OpenClipExtractor(model, fps=fps, output_key=output_key, normalize=normalize, batch_size=batch_size, mean_std=mean_std)
+
+
+def _openclip_normalisation(open_clip: Any, name: str, tag: str | None, own: dict[str, Any]) -> tuple[Sequence[float], Sequence[float]] | None:
+    """The image mean/std for open_clip architecture `name` loaded from a local file (see
+    `clip_openclip`), or None to keep what open_clip set on the model."""
+    tags = list(open_clip.list_pretrained_tags_by_model(name))
+
+    def of(t: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        c = open_clip.get_pretrained_cfg(name, t) or {}
+        return tuple(c.get("mean", _OPENAI_MEAN)), tuple(c.get("std", _OPENAI_STD))
+
+    if tag is not None:
+        if tag not in tags:
+            raise ConfigError(
+                f"clip_openclip: open_clip knows no pretrained tag {tag!r} for {name!r} (its tags: {', '.join(tags) or 'none'}); "
+                "tag= names the weights' tag, for the image normalisation they were trained with"
+            )
+        return of(tag)
+    if (tuple(own.get("mean", _OPENAI_MEAN)), tuple(own.get("std", _OPENAI_STD))) != (_OPENAI_MEAN, _OPENAI_STD):
+        return None  # the architecture's own config sets them
+    known = {of(t) for t in tags}
+    if len(known) == 1:
+        return known.pop()
+    if len(known) > 1:
+        import warnings
+
+        from controlfoley.errors import user_stacklevel
+
+        warnings.warn(
+            f"clip_openclip: open_clip's tags of {name!r} normalise images differently ({', '.join(tags)}); using OpenAI's mean/std. "
+            "Give the weights' tag (tag=NAME) to normalise as they were trained",
+            stacklevel=user_stacklevel(),
+        )
+    return None
 
 
 setattr(clip_openclip, "width_from", "its weights: use another CLIP checkpoint")  # named by width errors (control.encoders.check_widths)

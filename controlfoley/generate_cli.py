@@ -377,7 +377,7 @@ def _remove_leftovers(out: Path, names: set[str], stack: contextlib.ExitStack) -
     `stack` (until the run ends). All under the folder's lock. Returns the names removed.
 
     Which files are a killed run's: every generate run holds, from here until it ends, an flock on
-    its own hidden run file in OUT (".generate.run-XXXXXXXX.lock", made under the folder's lock and
+    its own hidden run file in OUT (".generate.run-" + 8 random characters + ".lock", made under the folder's lock and
     removed when the run ends; one a killed run left is unlocked, so it is removed here), and makes
     all its temporary files after it. So a temporary file is removed only where it was last changed
     (its ctime: a write, a rename or a hard link all set it) before the run file of every other run

@@ -1023,6 +1023,19 @@ def test_a_model_whose_control_encoder_was_removed_says_so(micro_model):
         control_encoder_of(micro_model)
 
 
+def warns_until_copied(model):
+    """freeze_backbone warns that the untrained ControlNet is not a copy of the backbone, naming
+    copy_from; after model.controlnet.copy_from(model.backbone) it does not."""
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"not a copy of the backbone.*model\.controlnet\.copy_from\(model\.backbone\)"):
+        model.freeze_backbone()
+    model.controlnet.copy_from(model.backbone)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.freeze_backbone()
+
+
 def test_freeze_backbone_warns_when_an_untrained_controlnet_is_not_a_copy_of_the_backbone():
     """Backbone weights loaded by hand after build_model leave the ControlNet a copy of the weights it
     was built with; the paper's ControlNet starts from the pretrained backbone, so training it warns
@@ -1034,12 +1047,9 @@ def test_freeze_backbone_warns_when_an_untrained_controlnet_is_not_a_copy_of_the
     torch.manual_seed(1)
     other = build_model("specmaskfoley_tiny", **micro_overrides())
     model.backbone.load_state_dict(other.backbone.state_dict())  # "pretrained" weights, loaded by hand
-    with pytest.warns(UserWarning, match=r"not a copy of the backbone.*model\.controlnet\.copy_from\(model\.backbone\)"):
-        model.freeze_backbone()
-    model.controlnet.copy_from(model.backbone)
+    warns_until_copied(model)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model.freeze_backbone()
         with torch.no_grad():
             model.backbone.blocks[0].norm1.weight.add_(1.0)  # differs again, but the branch is trained now
             model.controlnet.outs[0].weight.add_(0.01)
@@ -1064,8 +1074,6 @@ def test_a_backbone_runs_file_loads_as_saved_and_its_untrained_controlnet_is_war
     the random initial backbone. from_pretrained loads the file as saved (its weights, bit for bit);
     training that ControlNet warns, naming copy_from, after which it does not; load_parts of the
     backbone alone (the CLI's --init) copies it."""
-    import warnings
-
     from controlfoley.checkpoint import load_parts
 
     torch.manual_seed(0)
@@ -1076,12 +1084,7 @@ def test_a_backbone_runs_file_loads_as_saved_and_its_untrained_controlnet_is_war
     model.save(tmp_path / "bb.safetensors")
     loaded = from_pretrained(tmp_path / "bb.safetensors")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
-    with pytest.warns(UserWarning, match=r"model\.controlnet\.copy_from\(model\.backbone\)"):
-        loaded.freeze_backbone()
-    loaded.controlnet.copy_from(loaded.backbone)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        loaded.freeze_backbone()
+    warns_until_copied(loaded)
     fresh = build_model("specmaskfoley_tiny", **micro_overrides())
     load_parts(fresh, tmp_path / "bb.safetensors", ["backbone"])
     assert not fresh.controlnet.differs_from(fresh.backbone)

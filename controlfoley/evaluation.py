@@ -5,11 +5,15 @@ Features
   each (`AudioEventClassifier`, templates of the world's class sounds), scored against the clip's
   true events by `onset_metrics`: the DeSync analogue `desync_s` (per true event, the distance to the
   nearest generated onset of its class, capped at 2 s, which is also what a missing class costs),
-  `desync_miss_frac`, onset precision / recall / F1 within 0.1 s (class-agnostic `_any` and
-  class-aware `_cls`), and `class_accuracy` of the matched generated events.
+  `desync_miss_frac`, `desync_hit_s` (the mean distance over the events that were not missed),
+  onset precision / recall / F1 within 0.1 s (class-agnostic `_any` and class-aware `_cls`), and
+  `class_accuracy` of the matched generated events.
 - `evaluate_clips(generated_wavs, clips, sample_rate)`: the same over a list of clips, pooled as
   micro averages (counts summed over clips, then ratios), plus `fd`: the Frechet distance between
-  the generated set and the clips' own audio on the fixed `AudioEmbedding` (NaN with fewer than 2 clips).
+  the generated set and the clips' own audio on the fixed `AudioEmbedding` (NaN with fewer than 2 clips),
+  and both sets' levels (`generated_dbfs`, `reference_dbfs`, of the pooled energy): the FD and the
+  onset detector read levels, so a model that is quiet scores worse on both (a pure gain g adds
+  16 (ln g)^2 to the FD: -3 dB costs about 1.9).
   Nothing reads the model's tokens: a tokenizer, sampler or vocoder problem shows up in the scores.
 - `evaluate_against_reference(generated_wavs, reference_wavs, sample_rate)`: for audio without known
   events (real videos): the reference's own detected onsets stand for the true events, so the
@@ -44,7 +48,7 @@ from controlfoley.metrics.classify import AudioEventClassifier, classify_events
 from controlfoley.metrics._common import as_numpy_wave
 from controlfoley.metrics.frechet import AudioEmbedding, frechet_distance
 from controlfoley.metrics.onsets import OnsetParams, detect_onsets
-from controlfoley.metrics.scores import COUNT_KEYS, MAX_OFFSET_S, TOLERANCE_S, onset_metrics, pool_onset_metrics
+from controlfoley.metrics.scores import COUNT_KEYS, MAX_OFFSET_S, SUM_KEYS, TOLERANCE_S, onset_metrics, pool_onset_metrics
 from controlfoley.typing import Float, Tensor
 
 __all__ = [
@@ -125,8 +129,12 @@ def evaluate_clips(
     else:
         fd = math.nan  # a covariance needs two clips per set
     scores = {k: v for k, v in pooled.items() if k not in COUNT_KEYS}
-    counts = {k: int(pooled[k]) for k in COUNT_KEYS}  # counts as ints (the scores are floats)
-    return {"n_clips": len(clips), **scores, "fd": fd, **counts}
+    counts = {k: pooled[k] if k in SUM_KEYS else int(pooled[k]) for k in COUNT_KEYS}  # counts as ints, sums of seconds as floats
+    levels = {
+        "generated_dbfs": _pooled_level([level_dbfs(w) for w in generated_wavs]),
+        "reference_dbfs": _pooled_level([level_dbfs(c.audio) for c in clips]),
+    }
+    return {"n_clips": len(clips), **scores, "fd": fd, **levels, **counts}
 
 
 # Scores that need classes; a reference comparison has none (every onset is "class 0"), so
@@ -280,7 +288,7 @@ def pool_reference_metrics(per_pair: Sequence[Mapping[str, float]]) -> dict[str,
     counts = {k: pooled[k] for k in COUNT_KEYS if k not in _CLASS_KEYS}
     _undefined_as_nan(scores, counts["n_true"], counts["n_pred"])
     levels = {k: _pooled_level([m[k] for m in per_pair]) for k in ("generated_dbfs", "reference_dbfs") if per_pair and all(k in m for m in per_pair)}
-    return {"n_clips": len(per_pair), **scores, **levels, **{k: int(v) for k, v in counts.items()}}
+    return {"n_clips": len(per_pair), **scores, **levels, **{k: v if k in SUM_KEYS else int(v) for k, v in counts.items()}}
 
 
 def _undefined_as_nan(scores: dict[str, float], n_true: float | int, n_pred: float | int) -> None:

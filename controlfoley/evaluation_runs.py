@@ -20,7 +20,10 @@ from controlfoley._static import ModelModule
 
 __all__ = ["score_synthetic", "evaluate_variants", "write_results", "install_shipped_weights", "load_run_model", "clip_inputs", "TABLE_COLUMNS"]
 
-TABLE_COLUMNS = ("variant", "desync_s", "desync_miss_frac", "recall_any", "precision_any", "f1_cls", "class_accuracy", "fd", "sec_per_clip")
+TABLE_COLUMNS = (
+    "variant", "desync_s", "desync_miss_frac", "desync_hit_s", "recall_any", "precision_any", "f1_cls", "class_accuracy", "fd",
+    "generated_dbfs", "sec_per_clip",
+)  # fmt: skip
 
 
 def load_run_model(run: str | Path, **overrides: Any) -> ModelModule:
@@ -73,11 +76,17 @@ def _scored(make: Callable[[], list[torch.Tensor]], clips: Sequence[Any]) -> dic
     wavs = make()
     dt = (time.time() - t0) / len(clips)
     n = min(w.shape[0] for w in wavs)
+    bad = [i for i, w in enumerate(wavs) if not bool(torch.isfinite(w[:n]).all())]
+    if bad:  # a row of NaN, not an error that would lose the rows after it (and the runs' minutes)
+        print(f"  warning: {len(bad)} of {len(clips)} generated waveforms hold NaN or Inf samples (clips {bad[:5]}); their row is n/a", flush=True)
+        return {"n_clips": len(clips), "n_nonfinite": len(bad), "sec_per_clip": dt}
     return {**evaluate_clips([w[:n].cpu() for w in wavs], clips, clips[0].sample_rate), "sec_per_clip": dt}
 
 
 def _row(name: str, make: Callable[[], list[torch.Tensor]], clips: Sequence[Any]) -> dict[str, Any]:
     scores = _scored(make, clips)
+    if "n_nonfinite" in scores:
+        return {"variant": f"{name} (not scored: {scores['n_nonfinite']} clips NaN/Inf)", **scores}
     print(f"  {name:<44} desync {scores['desync_s']:.3f} s  f1_cls {scores['f1_cls']:.3f}  fd {scores['fd']:.2f}", flush=True)
     return {"variant": name, **scores}
 
@@ -122,7 +131,7 @@ def evaluate_variants(out: Path, bb_run: Path, cn_runs: dict[str, Path], *, n_te
     from controlfoley.evaluation import format_table
 
     ft = load_run_model(cn_runs["ft"])
-    world = SyntheticWorld(seed=0, duration_s=ft.n_samples / ft.sample_rate)
+    world = SyntheticWorld(seed=0, duration_s=ft.n_samples / ft.sample_rate, sample_rate=ft.sample_rate)
     clips = [world.clip(i) for i in world.split("test", n_test)]
     plain = load_run_model(cn_runs["plain1d"])
     backbone = load_run_model(bb_run)
@@ -149,14 +158,18 @@ def evaluate_variants(out: Path, bb_run: Path, cn_runs: dict[str, Path], *, n_te
 
         rows.append(_row(f"FT, multi-CFG, {steps} steps", with_steps, clips))
     table = format_table(rows, TABLE_COLUMNS)
-    return {"rows": rows, "table": table, "n_test": n_test, "world_seed": 0}
+    return {"rows": rows, "table": table, "n_test": n_test, "world_seed": 0, "batch": batch}
 
 
 def write_results(report: dict[str, Any], out: Path, results: str | Path | None) -> None:
     header = (
         f"Synthetic world (seed 0), {report['n_test']} held-out test clips, scale `{report.get('scale')}`, "
         f"training {report.get('train_minutes')} min on this machine. Produced by "
-        f"`controlfoley experiment synthetic --scale {report.get('scale')}`.\n\n"
+        f"`controlfoley experiment synthetic --scale {report.get('scale')}`. desync_hit_s: the mean offset over the "
+        f"events not missed (desync_s = 2 x desync_miss_frac + (1 - desync_miss_frac) x desync_hit_s); generated_dbfs: "
+        f"the generated audio's level (the true audio's is in the first row; FD and onset detection depend on it); "
+        f"sec_per_clip: wall time per clip at batch {report.get('batch', '?')} on this machine's CPU, features -> tokens -> "
+        f"mel -> waveform (the true-audio row generates nothing).\n\n"
     )
     text = header + report["table"] + "\n"
     atomic_write_text(out / "results.md", text)

@@ -143,6 +143,47 @@ def test_onset_metrics_wrong_class_is_a_miss():
     assert m["class_accuracy"] == 0.5
 
 
+def test_desync_splits_into_misses_and_the_timing_of_hits():
+    """desync_hit_s: the mean distance over the events whose class was found within the cap, so a
+    capped desync_s can be read: desync_s = cap x miss_frac + (1 - miss_frac) x desync_hit_s."""
+    m = onset_metrics([Event(1.0, 0), Event(3.0, 2), Event(5.0, 1)], [1.3, 3.05, 5.0], [0, 2, 3])
+    assert m["desync_miss_frac"] == pytest.approx(1 / 3)  # no class-1 onset at all
+    assert m["desync_hit_s"] == pytest.approx((0.3 + 0.05) / 2)
+    assert m["desync_s"] == pytest.approx(2.0 * m["desync_miss_frac"] + (1 - m["desync_miss_frac"]) * m["desync_hit_s"])
+    assert math.isnan(onset_metrics([Event(1.0, 0)], [1.0], [1])["desync_hit_s"])  # all missed: undefined
+    pooled = pool_onset_metrics([m, onset_metrics([Event(2.0, 0)], [2.1], [0])])
+    assert pooled["desync_hit_s"] == pytest.approx((0.3 + 0.05 + 0.1) / 3)
+    assert pooled["desync_hit_sum_s"] == pytest.approx(0.45)  # a sum of seconds
+
+
+def test_evaluate_clips_reports_levels_and_sums_as_seconds(clips):
+    """The FD and onset detection read levels, so the scores come with both sides' levels; a gain
+    of 1/2 shows as -6.02 dB. The summed seconds stay floats (they were cut to ints)."""
+    pair = clips[:2]
+    full = evaluate_clips([c.audio for c in pair], pair, SR)
+    half = evaluate_clips([0.5 * c.audio for c in pair], pair, SR)
+    assert full["generated_dbfs"] == pytest.approx(full["reference_dbfs"])
+    assert half["generated_dbfs"] - full["generated_dbfs"] == pytest.approx(20 * math.log10(0.5), abs=1e-3)
+    assert half["reference_dbfs"] == full["reference_dbfs"]
+    assert isinstance(full["desync_sum_s"], float) and full["desync_sum_s"] == pytest.approx(full["desync_s"] * full["n_true"])
+    assert isinstance(full["n_true"], int)
+
+
+def test_a_row_of_nonfinite_audio_is_not_scored_and_the_table_goes_on(clips, capsys):
+    """One variant generating NaN must not stop the evaluation of the others (after the minutes of
+    training behind them): its row says it was not scored."""
+    from controlfoley.evaluation_runs import TABLE_COLUMNS, _row
+
+    pair = clips[:2]
+    bad = _row("broken", lambda: [c.audio.clone().fill_(math.nan) for c in pair], pair)
+    good = _row("truth", lambda: [c.audio for c in pair], pair)
+    assert "not scored: 2 clips NaN/Inf" in bad["variant"] and "desync_s" not in bad
+    assert "NaN or Inf" in capsys.readouterr().out
+    assert good["fd"] == pytest.approx(0.0, abs=1e-3)
+    table = format_table([bad, good], TABLE_COLUMNS)
+    assert "not scored" in table.splitlines()[2] and "truth" in table.splitlines()[3]
+
+
 def test_onset_metrics_outside_tolerance_and_cap():
     m = onset_metrics([Event(1.0, 0)], [1.5], [0])
     assert m["desync_s"] == pytest.approx(0.5) and m["recall_cls"] == 0.0 and m["precision_any"] == 0.0
@@ -226,6 +267,20 @@ def test_frechet_grows_with_a_shift(shape, scale):
     # a pure shift leaves the covariance alone: FD = |shift|^2 exactly
     assert shifts[0] == pytest.approx(float((scale * v).square().sum()), rel=1e-4)
     assert shifts[1] > shifts[0]
+
+
+def test_frechet_matches_the_textbook_formula():
+    """FD = |mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)), sample covariances (N - 1), as
+    scipy computes it; the library takes the square root through symmetric eigendecompositions."""
+    from scipy import linalg
+
+    for n_a, n_b, d, seed in ((60, 45, 8, 0), (40, 40, 16, 1), (200, 150, 48, 2)):
+        a, b = _gaussian(n_a, d, seed).double(), (_gaussian(n_b, d, seed + 100) * 1.5).double()
+        mu_a, mu_b = a.mean(0).numpy(), b.mean(0).numpy()
+        ca, cb = np.cov(a.numpy(), rowvar=False), np.cov(b.numpy(), rowvar=False)
+        root = linalg.sqrtm(ca @ cb).real
+        want = float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2 * root))
+        assert frechet_distance(a.float(), b.float()) == pytest.approx(want, rel=1e-4), (n_a, n_b, d)
 
 
 def test_frechet_needs_two_rows():
@@ -409,7 +464,8 @@ def test_score_synthetic_scores_a_model_in_code_repeatably() -> None:
     a = score_synthetic(m, 2, steps=2)
     b = score_synthetic(m, 2, steps=2)
     assert a["n_clips"] == 2 and {"desync_s", "f1_any", "f1_cls", "fd", "sec_per_clip"} <= set(a)
-    assert {k: v for k, v in a.items() if k != "sec_per_clip"} == {k: v for k, v in b.items() if k != "sec_per_clip"}
+    same = [k for k in a if k != "sec_per_clip" and not (a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])))]
+    assert set(a) == set(b) and not same, same  # NaN where undefined (desync_hit_s when every event was missed)
     seen = []
     real = type(m).generate
     try:

@@ -8,7 +8,11 @@ Definitions (T = true events (t_i, c_i); G = generated onsets (g_j, k_j) with th
   SpecMaskFoley averages those predictions), so the metric lives on the same [0, 2] s scale and one
   missing event cannot dominate. `desync_miss_frac` = fraction of true events with d_i = max_offset_s
   (no onset of their class within max_offset_s; 0.0 when there are no true events), reported so that
-  a capped mean is never read without knowing how much of it was capped.
+  a capped mean is never read without knowing how much of it was capped. `desync_hit_s` = mean of d_i
+  over the true events that were not missed: the timing error where the right class was found at
+  all (NaN when every event was missed). A missed event costs max_offset_s exactly, so
+  desync_s = miss_frac x max_offset_s + (1 - miss_frac) x desync_hit_s: a large desync_s with a large
+  miss fraction says "wrong or missing sounds", not "late sounds".
 - Matching: one-to-one between true events and generated onsets with |t_i - g_j| <= tolerance
   (inclusive, default 0.1 s), of maximum size. Class-agnostic uses all pairs; class-aware only pairs
   with k_j = c_i. On a line with one shared tolerance the greedy sweep over both sorted lists finds a
@@ -32,12 +36,13 @@ from collections.abc import Mapping, Sequence
 from controlfoley.data.synthetic import Event
 from controlfoley.errors import ShapeError
 
-__all__ = ["MAX_OFFSET_S", "TOLERANCE_S", "count_matches", "onset_metrics", "pool_onset_metrics", "COUNT_KEYS"]
+__all__ = ["MAX_OFFSET_S", "TOLERANCE_S", "count_matches", "onset_metrics", "pool_onset_metrics", "COUNT_KEYS", "SUM_KEYS"]
 
 MAX_OFFSET_S = 2.0  # Synchformer's offset range is [-2, 2] s
 TOLERANCE_S = 0.1  # an onset within 100 ms of a true one counts as hitting it
 _EPS = 1e-9  # the tolerance is inclusive despite float error in t - g
-COUNT_KEYS = ("n_true", "n_pred", "matched_any", "matched_cls", "desync_sum_s", "n_desync_miss")
+COUNT_KEYS = ("n_true", "n_pred", "matched_any", "matched_cls", "desync_sum_s", "n_desync_miss", "desync_hit_sum_s")
+SUM_KEYS = frozenset({"desync_sum_s", "desync_hit_sum_s"})  # the counts that are sums of seconds, not integers
 
 
 def _check_times(times: Sequence[float], what: str) -> None:
@@ -87,6 +92,8 @@ def _ratios(counts: Mapping[str, float]) -> dict[str, float]:
         "desync_s": counts["desync_sum_s"] / n_true if n_true > 0 else 0.0,
         "desync_miss_frac": counts["n_desync_miss"] / n_true if n_true > 0 else 0.0,
     }
+    hits = n_true - counts["n_desync_miss"]
+    out["desync_hit_s"] = counts["desync_hit_sum_s"] / hits if hits > 0 else math.nan
     for tag in ("any", "cls"):
         m = counts[f"matched_{tag}"]
         out[f"precision_{tag}"] = _ratio(m, n_pred)
@@ -134,6 +141,7 @@ def onset_metrics(
         "matched_cls": float(matched_cls),
         "desync_sum_s": float(sum(distances)),
         "n_desync_miss": float(sum(d >= max_offset_s for d in distances)),
+        "desync_hit_sum_s": float(sum(d for d in distances if d < max_offset_s)),
     }
     return {**_ratios(counts), **counts}
 

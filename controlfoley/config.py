@@ -17,6 +17,7 @@ Overrides (`ModelConfig.override`, and so `build_model(preset, **overrides)`):
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,8 +172,8 @@ class SamplerConfig:
             raise ConfigError(f"sampler.temperature must be a number, got {self.temperature!r}")
         if not (1 <= int(self.steps) <= 1024):
             raise ConfigError(f"sampler.steps must be in [1, 1024], got {self.steps}")
-        if self.temperature < 0:
-            raise ConfigError(f"sampler.temperature must be >= 0, got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:  # NaN compares False
+            raise ConfigError(f"sampler.temperature must be a finite number >= 0 (0: greedy choice), got {self.temperature}")
         if not isinstance(self.mask_schedule, str) or not self.mask_schedule:
             # the name itself is looked up in MASK_SCHEDULES when the sampler is built (build_model), so a
             # schedule a plugin registers after this config is made works, and an unknown one lists them all

@@ -38,7 +38,7 @@ from controlfoley.errors import ShapeError, user_stacklevel
 from controlfoley.fast import GuidedStep, checked_every, onednn_linear, precision, zero_scale_conditions
 from controlfoley.guidance import UNCOND, Condition, GuidanceRule, check_rule
 from controlfoley.sampling import Generators, MaskGITSampler, StepCallback, check_generators, get_mask_schedule
-from controlfoley.typing import Bool, Float, Int, Tensor
+from controlfoley.typing import Bool, Float, Int, Integer, Tensor
 
 log = logging.getLogger("controlfoley.model")
 
@@ -314,7 +314,7 @@ class SpecMaskFoley(nn.Module):
     # -- training objective ----------------------------------------------------------------------
     def loss(
         self,
-        codes: Int[Tensor, "b f t"],
+        codes: Integer[Tensor, "b f t"],
         *,
         features: Mapping[str, Tensor] | None = None,
         cond: Float[Tensor, "b c"] | None = None,
@@ -391,9 +391,10 @@ class SpecMaskFoley(nn.Module):
         if codes.ndim != 3 or tuple(codes.shape[1:]) != self.grid:
             raise ShapeError(f"codes must be [batch, {self.grid[0]}, {self.grid[1]}] for this model, got {list(codes.shape)}")
         v = self.backbone.vocab_size
+        codes = _long_codes(codes, "codes")  # before the range check: 256 overflows a uint8 comparison
         if codes.numel() and (codes.min() < 0 or codes.max() >= v):
             raise ShapeError(f"token ids must be in [0, {v}), got range [{int(codes.min())}, {int(codes.max())}]")
-        return codes.reshape(codes.shape[0], -1).long()
+        return codes.reshape(codes.shape[0], -1)
 
     # -- sampling -------------------------------------------------------------------------------
     @_in_eval_mode
@@ -409,7 +410,7 @@ class SpecMaskFoley(nn.Module):
         cfg_scale: float | None = None,
         temperature: float | None = None,
         guidance: GuidanceRule | str | None = None,
-        known_codes: Int[Tensor, "b f t"] | None = None,
+        known_codes: Integer[Tensor, "b f t"] | None = None,
         known_mask: Bool[Tensor, "b f t"] | None = None,
         generator: Generators = None,
         dtype: torch.dtype | None = None,
@@ -427,7 +428,9 @@ class SpecMaskFoley(nn.Module):
 
         Conditions (give at least one; their batch sizes must agree):
         - `features`: video features, a dict of [b, t, d] tensors keyed by the control encoder's
-          `required_features` (e.g. {"sync": ..., "clip": ...}); `text`: CLAP-like embeddings [b, c];
+          `required_features` (e.g. {"sync": ..., "clip": ...}); `text`: CLAP-like embeddings [b, c]
+          (an all-zero row is no prompt, as a dataset stores an untagged clip and training reads it:
+          that row's text rows take the unconditional mask, with a warning);
           `negative_text` [b, c] replaces the unconditional mask in the unconditional rows of a
           guided rule (cfg, multi): the term guidance steers away from. At a step whose CFG scale
           is 0 (the first of the paper's 0 -> 3 schedule) there is no guidance, and the tokens
@@ -480,6 +483,7 @@ class SpecMaskFoley(nn.Module):
         video-only CFG); a rule of one condition set is unchanged. What it does to quality is measured in
         benchmarks/RESULTS.md (`benchmarks/sampler_quality.py`)."""
         rule = self.resolve_guidance(guidance)
+        _check_flags(compile=compile, prune_rows=prune_rows, cuda_graph=cuda_graph)
         self.sampler.settings(steps, temperature)  # bad settings fail now, before any work
         if callback is not None and not callable(callback):
             raise ConfigError(f"callback must be a function (step, n_steps, codes, mask), got {type(callback).__name__}")
@@ -493,6 +497,7 @@ class SpecMaskFoley(nn.Module):
         _check_inputs(cfg_scale, known_codes, known_mask)
         guidance_every = checked_guidance_every(guidance_every, rule)  # a plain int from here (numpy ints too)
         text, negative_text = self._as_text(text), self._as_text(negative_text, "negative_text")
+        _warn_zero_rows(text, negative_text)
         control = self.encode_control(features) if (features is not None and self.has_control) else None
         b = _batch_of(control, text, known_codes, batch_size, negative_text)
         generator = check_generators(generator, b, self.device)
@@ -519,7 +524,7 @@ class SpecMaskFoley(nn.Module):
             control_scale=1.0 if control_scale is None else control_scale,
         )
         # on the model's device, both: the sampler indexes one with the other (CPU tokens and a CUDA mask would not mix)
-        known = None if known_codes is None else known_codes.reshape(b, -1).to(self.device)
+        known = None if known_codes is None else known_codes.reshape(b, -1).to(self.device).long()
         known_at = None if known_mask is None else known_mask.reshape(b, -1).to(self.device)
         return self._sample(step, b, known, known_at, generator, steps, temperature, dtype, compile, onednn, cuda_graph, callback)
 
@@ -589,10 +594,10 @@ class SpecMaskFoley(nn.Module):
             log.warning("text is ignored: guidance %s has no text condition (use 'multi' or 'cfg_text_video' to follow it)", rule)
 
     @torch.no_grad()
-    def decode(self, codes: Int[Tensor, "b f t"]) -> Float[Tensor, "b m n"]:
+    def decode(self, codes: Integer[Tensor, "b f t"]) -> Float[Tensor, "b m n"]:
         """Token map -> normalised mel."""
         _require_tensor(codes, "codes", "[batch, F, T] int token ids")
-        return self.tokenizer.decode(codes)
+        return self.tokenizer.decode(_long_codes(codes, "codes"))
 
     @torch.no_grad()
     def vocode(self, mel: Float[Tensor, "b m n"]) -> Float[Tensor, "b s"]:
@@ -646,7 +651,17 @@ class SpecMaskFoley(nn.Module):
         """Mel windows [b, n_mels, n_frames] -> tokens [b, F, T] through the tokenizer, checked: a
         tokenizer whose codes are not [b, F, T] of this model's grid, integers in its codebook, fails
         here naming it (not later as data "extracted for another preset")."""
-        _require_tensor(mel, "mel", f"[batch, {int(self.mel.n_mels)}, frames] normalised mel")
+        n_mels, n = int(self.mel.n_mels), self.config.n_frames
+        _require_tensor(mel, "mel", f"[batch, {n_mels}, {n}] normalised mel")
+        if mel.ndim != 3 or mel.shape[1] != n_mels or mel.shape[2] != n or not mel.is_floating_point():
+            hint = (
+                f"; crop or pad its frames to {n} (pad with -1.0, the normalised floor), as encode_audio does for a waveform"
+                if mel.ndim == 3 and mel.shape[1] == n_mels and mel.is_floating_point() else ""
+            )
+            raise ShapeError(
+                f"encode_mel takes float mel windows [batch, {n_mels}, {n}] (one model window of the normalised mel, "
+                f"model.mel's output), got a {mel.dtype} tensor of shape {list(mel.shape)}{hint}"
+            )
         codes = self.tokenizer.encode(mel.to(param_dtype(self.tokenizer, mel.dtype)))  # a bf16 / fp16 model's own dtype
         want = (mel.shape[0], *self.grid)
         name = self.config.tokenizer.name
@@ -711,13 +726,15 @@ class _RowPlan:
     ) -> None:
         self.n_sets = len(conditions)
         cond_rows, cond_on, ctrl_on = [], [], []
+        off = torch.zeros(b, dtype=torch.bool, device=device)
         for c in conditions:
             # the subtracted term of a guided rule only: alone (no guidance, or a scale-0 step) the
             # unconditional rows stay unconditional rather than sampling toward the negative prompt
             use_neg = c == UNCOND and negative is not None and len(conditions) > 1
             src = text if c.text else (negative if use_neg else None)
             cond_rows.append(src if src is not None else _zeros_like_cond(text, negative, b, device))
-            cond_on.append(torch.full((b,), c.text or use_neg, dtype=torch.bool, device=device))
+            # an all-zero row is "no prompt", as in training (SpecMaskFoley.loss): the unconditional mask
+            cond_on.append(off if src is None else (src.abs().amax(-1) > 0).to(device))
             ctrl_on.append(torch.full((b,), c.video, dtype=torch.bool, device=device))
         any_cond = text is not None or negative is not None
         on = torch.cat(ctrl_on)
@@ -739,6 +756,26 @@ class _RowPlan:
             "control": None if kw["control"] is None or not bool(on.any()) else kw["control"][-b:],
             "control_on": on,
         }
+
+
+def _warn_zero_rows(text: Tensor | None, negative: Tensor | None) -> None:
+    """Say so where a text or negative row is all zeros: the model reads it as no prompt (a dataset
+    stores an untagged clip that way and training gives it the unconditional mask), so a text rule
+    samples that row with its text rows unconditional, not as the rule without text would."""
+    for what, t in (("text", text), ("negative_text", negative)):
+        if t is None:
+            continue
+        zero = torch.nonzero(t.abs().amax(-1) == 0).flatten().tolist()
+        if zero:
+            fix = (
+                "for the paper's no-prompt sampling give those videos text=None and guidance=model.resolve_guidance().without_text() "
+                "(FoleyPipeline does this)" if what == "text" else "those rows have no negative prompt"
+            )
+            warnings.warn(
+                f"{what} rows {zero[:8]}{' ...' if len(zero) > 8 else ''} are all zeros, which the model reads as no prompt "
+                f"(as in training: a clip stored without one); they take the unconditional mask; {fix}",
+                stacklevel=user_stacklevel(),
+            )
 
 
 def _zeros_like_cond(text: Tensor | None, negative: Tensor | None, b: int, device: torch.device) -> Tensor | None:
@@ -823,6 +860,21 @@ def _require_tensor(x: Any, what: str, shape: str) -> None:
         raise ShapeError(f"{what} must be a torch.Tensor {shape}, got {type(x).__name__} (torch.as_tensor(...) converts arrays)")
 
 
+def _check_flags(**flags: Any) -> None:
+    """On/off arguments are bools: a string such as "no" is truthy, and compile="no" compiled."""
+    for name, v in flags.items():
+        if not isinstance(v, bool):
+            raise ConfigError(f"{name} must be True or False, got {type(v).__name__} {v!r}")
+
+
+def _long_codes(codes: Tensor, what: str) -> Tensor:
+    """Integer token ids as int64: a uint8 / int8 map (a compact dataset's) compared with a
+    codebook size of 256 or more overflows in its own dtype, and embeddings take int64."""
+    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        raise ShapeError(f"{what} must be integer token ids, got {codes.dtype}; token maps come from generate / encode_audio")
+    return codes.long()
+
+
 def _same_batch(named: Mapping[str, Tensor | int | None]) -> set[int]:
     """The batch sizes of the named inputs (tensors, or an int batch_size), which must agree: a
     ShapeError names each input's."""
@@ -854,6 +906,7 @@ def from_pretrained(
     torch device: "cpu", "cpu:0", "cuda:1", torch.device(...)), in eval mode (`.train()` to fine-tune)."""
     from controlfoley.checkpoint import load_model
 
+    _check_flags(strict=strict)
     return load_model(path_or_preset, strict=strict, map_location=device_name(map_location), **overrides)
 
 

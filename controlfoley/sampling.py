@@ -337,7 +337,7 @@ class MaskGITSampler:
                 f"known_codes and known_mask must both be [{batch}, {n_tokens}] (flat token sequences), "
                 f"got {list(known_codes.shape)} and {list(known_mask.shape)}"
             )
-        known = known_codes[known_mask]
+        known = known_codes[known_mask].long()  # int64 first: 256 overflows a uint8 comparison
         if known.numel() and (known.min() < 0 or known.max() >= vocab_size):
             raise ShapeError(f"known token ids must be in [0, {vocab_size}), got range [{known.min()}, {known.max()}]")
         codes = torch.where(known_mask.to(device), known_codes.to(device).long(), codes)

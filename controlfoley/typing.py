@@ -8,10 +8,10 @@ opt-in elsewhere with `CONTROLFOLEY_TYPECHECK=1`, which `controlfoley/__init__.p
 importing torch) to install jaxtyping's import hook before the package's modules load. Off by default: no wrappers sit in the hot path.
 """
 
-from jaxtyping import Bool, Float, Int, Shaped
+from jaxtyping import Bool, Float, Int, Integer, Shaped
 from torch import Tensor
 
-__all__ = ["Bool", "Float", "Int", "Shaped", "Tensor", "TYPECHECKER", "install_typecheck_hook"]
+__all__ = ["Bool", "Float", "Int", "Integer", "Shaped", "Tensor", "TYPECHECKER", "install_typecheck_hook"]
 
 # jaxtyping's checker, as the expression it evaluates (also in pyproject.toml's pytest addopts):
 # beartype with PEP 484's numeric tower, so an int passes where a float is annotated

@@ -1102,3 +1102,89 @@ def test_differs_from_compares_tensors_only():
     with torch.no_grad():
         model.backbone.blocks[1].norm1.weight.add_(1.0)
     assert model.controlnet.differs_from(model.backbone)
+
+
+def test_an_all_zero_text_row_is_no_prompt_in_sampling_as_in_training(micro_model, monkeypatch) -> None:
+    """A dataset stores an untagged clip's CLAP row as zeros and training gives it the unconditional
+    mask (loss); generate gave it cond_on=True, the projection of a zero vector, an input the model
+    never trained on. Now the zero row is unprompted in every text row, and a warning says so."""
+    seen = {}
+    orig = micro_model.backbone.embed
+
+    def spy(codes, mask, cond=None, cond_on=None):
+        seen["cond_on"] = cond_on.clone()
+        return orig(codes, mask, cond, cond_on)
+
+    monkeypatch.setattr(micro_model.backbone, "embed", spy)
+    x = micro_inputs(micro_model, b=2)
+    text = x["text"].clone()
+    text[1] = 0.0
+    with pytest.warns(UserWarning, match=r"text rows \[1\] are all zeros, which the model reads as no prompt.*without_text"):
+        micro_model.generate(x["features"], text, steps=1, generator=torch.Generator().manual_seed(0))
+    # multi-CFG rows: [uncond (b), video (b), text_video (b)]; row 1 of text_video is unprompted
+    assert seen["cond_on"].tolist() == [False, False, False, False, True, False]
+    neg = torch.randn_like(text)
+    neg[0] = 0.0
+    with pytest.warns(UserWarning, match=r"negative_text rows \[0\]"):
+        micro_model.generate(x["features"], x["text"], negative_text=neg, steps=1, generator=torch.Generator().manual_seed(0))
+    assert seen["cond_on"].tolist() == [False, True, False, False, True, True]
+
+
+def test_compact_integer_token_maps_are_read_as_token_ids(micro_model, monkeypatch) -> None:
+    """uint8 / int8 maps (a compact dataset's): the range check compared them with the vocabulary
+    size in their own dtype (256 overflows) and refused in-range ids; decode failed inside torch.
+    The library's own messages are checked with the runtime type checks off, as users run."""
+    from jaxtyping import config
+
+    monkeypatch.setattr(config, "jaxtyping_disable", True)
+    v = micro_model.backbone.vocab_size
+    codes = torch.randint(0, min(v, 128), (2, *micro_model.grid), generator=torch.Generator().manual_seed(0))
+    x = micro_inputs(micro_model, b=2)
+    want = micro_model.loss(codes, features=x["features"], cond=x["text"], generator=torch.Generator().manual_seed(1))
+    for dt in (torch.uint8, torch.int8, torch.int16):
+        got = micro_model.loss(codes.to(dt), features=x["features"], cond=x["text"], generator=torch.Generator().manual_seed(1))
+        assert torch.equal(got[0], want[0]), dt
+        assert torch.equal(micro_model.decode(codes.to(dt)), micro_model.decode(codes)), dt
+        known = torch.zeros_like(codes, dtype=torch.bool)
+        known[:, 0] = True
+        out = micro_model.generate(x["features"], x["text"], steps=2, known_codes=codes.to(dt), known_mask=known, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(out[known], codes[known]), dt
+    with pytest.raises(ShapeError, match="integer token ids, got torch.float32"):
+        micro_model.decode(codes.float())
+
+
+def test_encode_mel_names_a_window_of_the_wrong_length_and_a_non_float_mel(micro_model, monkeypatch) -> None:
+    from jaxtyping import config
+
+    monkeypatch.setattr(config, "jaxtyping_disable", True)  # the library's messages, as users see them
+    n_mels, n = int(micro_model.mel.n_mels), micro_model.config.n_frames
+    with pytest.raises(ShapeError, match=rf"encode_mel takes float mel windows \[batch, {n_mels}, {n}\].*crop or pad its frames to {n}"):
+        micro_model.encode_mel(torch.zeros(1, n_mels, n // 2))
+    for bad in (torch.zeros(1, n_mels, n, dtype=torch.long), torch.zeros(1, n_mels, n, dtype=torch.bool)):
+        with pytest.raises(ShapeError, match=f"got a {bad.dtype} tensor"):
+            micro_model.encode_mel(bad)
+    assert micro_model.encode_mel(torch.zeros(1, n_mels, n) - 1.0).shape == (1, *micro_model.grid)
+
+
+def test_on_off_arguments_take_bools_only(micro_model, tmp_path, monkeypatch) -> None:
+    """"no" is truthy: generate(compile="no") compiled (22 s), strict="no" loaded strictly."""
+    from jaxtyping import config
+
+    monkeypatch.setattr(config, "jaxtyping_disable", True)  # the library's messages, as users see them
+    x = micro_inputs(micro_model, b=1)
+    for flag in ("compile", "prune_rows", "cuda_graph"):
+        with pytest.raises(ConfigError, match=f"{flag} must be True or False, got str 'no'"):
+            micro_model.generate(x["features"], x["text"], steps=1, **{flag: "no"})
+    path = micro_model.save(tmp_path / "m.safetensors")
+    with pytest.raises(ConfigError, match="strict must be True or False"):
+        from_pretrained(path, strict="no")
+
+
+def test_a_non_finite_sampler_temperature_is_refused_when_the_config_is_made() -> None:
+    from controlfoley.config import SamplerConfig
+
+    for t in (float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="sampler.temperature must be a finite number >= 0"):
+            SamplerConfig(temperature=t)
+    with pytest.raises(ConfigError, match="sampler.temperature"):
+        build_model("specmaskfoley_tiny", sampler={"temperature": float("inf")})

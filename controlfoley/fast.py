@@ -53,8 +53,10 @@ results are summed in another order than MKL's, so logits differ ~1e-6 from the 
 
 import contextlib
 import contextvars
+import copy
 import functools
 import inspect
+import math
 import numbers
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -459,6 +461,16 @@ def checked_every(value: Any) -> int:  # a validator: it takes anything
     return int(value)
 
 
+def _own_schedule(rule: GuidanceRule, scale: float) -> GuidanceRule | None:
+    """A copy of `rule` at `scale` when its class overrides `scale_at` (a schedule of its own,
+    which reads `self.scale`); None for the built-in schedules."""
+    if getattr(type(rule), "scale_at", GuidanceRule.scale_at) is GuidanceRule.scale_at:
+        return None
+    own = copy.copy(rule)
+    own.scale = scale
+    return own
+
+
 class GuidedStep:
     """Guided logits for one MaskGIT step: `(codes, mask, k, n_steps) -> [b, l, v]`."""
 
@@ -480,6 +492,7 @@ class GuidedStep:
     ) -> None:
         device = model.device
         self.model, self.rule, self.scale = model, rule, float(scale)
+        self._own_schedule = _own_schedule(rule, self.scale)
         self.control_scale = float(control_scale)  # the ControlNet's residuals times this (1: as trained)
         self.rows = _Rows(rows, n_sets)
         self.zero_rows = None if zero_scale_rows is None else _Rows(zero_scale_rows, 1)
@@ -499,6 +512,16 @@ class GuidedStep:
         # CUDA graphs reuse their output buffers; each step's logits are consumed before the next
         # step, which is what marking a new step tells the graph tree
         self.mark_step = compile and not captured and device.type == "cuda"
+
+    def scale_at(self, k: int, n_steps: int) -> float:
+        """The CFG scale of step `k`: the rule's schedule at `generate`'s scale (the rule's own
+        `scale_at` where it overrides it, called on a copy of the rule holding that scale)."""
+        if self._own_schedule is None:
+            return scale_at(k, n_steps, self.scale, self.rule.schedule)
+        s = self._own_schedule.scale_at(k, n_steps)
+        if isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(s):
+            raise ConfigError(f"guidance {self.rule}.scale_at({k}, {n_steps}) returned {s!r}; it must return a finite number (the CFG scale of that step)")
+        return float(s)
 
     def inputs(self) -> dict[str, Tensor]:
         """The tensors the steps read besides codes and mask (condition rows, aligned video), by name."""
@@ -525,7 +548,7 @@ class GuidedStep:
         return x if index is None else x.gather(1, index[..., None].expand(-1, -1, x.shape[2]))
 
     def __call__(self, codes: Int[Tensor, "b l"], mask: Bool[Tensor, "b l"], k: int, n_steps: int) -> Float[Tensor, "b l v"]:
-        s = scale_at(k, n_steps, self.scale, self.rule.schedule)
+        s = self.scale_at(k, n_steps)
         index = None if self.static_shapes else masked_index(mask)
         if k == 0:
             self._offsets, self._age = None, 0

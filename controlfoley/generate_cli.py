@@ -764,6 +764,19 @@ def _same_source(entry: dict[str, Any], video: Path) -> bool:
     return bool(was.get("sha256")) and was["sha256"] == _sha256(str(video), now["bytes"], now["mtime"])
 
 
+def _weights_file(path: Path) -> Path:
+    """The file the weights were read from: a run or checkpoint folder given as --model resolved
+    to its model file (the folder itself has no stamp, so a retrained run's outputs were kept)."""
+    if not path.is_dir():
+        return path
+    from controlfoley.train.checkpoints import resolve_model_file
+
+    try:
+        return Path(resolve_model_file(path))
+    except Exception:  # loaded a moment ago; if it cannot be resolved now, the folder is recorded (no stamp)
+        return path
+
+
 def _model_stamp(model_file: str | None) -> dict[str, Any] | None:
     """Size, time and SHA-256 of the checkpoint that sampled (None for a preset without a file)."""
     if not model_file or not Path(model_file).is_file():
@@ -828,7 +841,7 @@ def _settings(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
     model = pipe.model
     rule = args.sampled_rule  # what sampled (a no-prompt fallback included), worked out once in main
     model_file = getattr(model, "loaded_from", None)
-    model_file = str(Path(model_file).resolve()) if model_file else None
+    model_file = str(_weights_file(Path(model_file)).resolve()) if model_file else None
     settings = {
         "model": args.model, "model_file": model_file, "model_file_stamp": _model_stamp(model_file),
         "prompt": args.prompt, "negative_prompt": args.negative_prompt,

@@ -15,6 +15,9 @@ the steps between full ones and reuses the others' offsets from it (controlfoley
 
 Scale schedules map step k of K to a scale: `linear` rises from 0 at the first step to `scale` at
 the last (the paper's "CFG scale linearly increasing from 0 to 3 across the 12 steps"), `constant`.
+A rule of one's own may override `scale_at(step, n_steps)` for another schedule; it reads
+`self.scale`, which `generate(cfg_scale=...)` replaces (the sampler calls it on a copy of the rule
+holding that scale). A step whose scale is 0 runs the unconditional rows alone (`prune_rows`).
 """
 
 import math
@@ -103,8 +106,11 @@ class GuidanceRule:
         return CFG("video", self.scale, self.schedule)
 
     def __repr__(self) -> str:
+        """Its class, scale, schedule, conditions and every other setting it holds (a rule's own
+        arguments: `generate --skip-existing` compares rules by this)."""
         conds = ", ".join(c.label for c in self.conditions)
-        return f"{type(self).__name__}(scale={self.scale}, schedule={self.schedule!r}, conditions=[{conds}])"
+        own = "".join(f", {k}={v!r}" for k, v in vars(self).items() if k not in ("scale", "schedule", "conditions"))
+        return f"{type(self).__name__}(scale={self.scale}, schedule={self.schedule!r}, conditions=[{conds}]{own})"
 
 
 def check_rule(rule: GuidanceRule, where: str) -> None:

@@ -167,6 +167,46 @@ def test_guidance_scale_zero_gives_uncond_and_multi_is_eq1():
     assert scale_at(5, 12, 3.0, "constant") == 3.0
 
 
+def test_a_rule_s_own_scale_at_is_the_schedule_generate_samples_with(micro_model, monkeypatch):
+    """A rule overriding scale_at (a schedule of its own) was never called: the sampler used the
+    module's linear/constant schedule. It is now called, on a copy holding generate's cfg_scale."""
+    from controlfoley.guidance import MultiCFG
+
+    seen: list[tuple[int, int, float]] = []
+    scales: list[float] = []
+
+    class Cosine(MultiCFG):
+        def scale_at(self, step: int, n_steps: int) -> float:
+            seen.append((step, n_steps, self.scale))
+            return self.scale * (1 - math.cos(math.pi * step / (n_steps - 1))) / 2
+
+    rule = Cosine(scale=2.0)
+    real = rule.combine
+    monkeypatch.setattr(Cosine, "combine", lambda self, logits, s: scales.append(s) or real(logits, s))
+    x = micro_inputs(micro_model, b=1)
+    micro_model.generate(x["features"], x["text"], steps=4, guidance=rule, cfg_scale=5.0, generator=torch.Generator().manual_seed(0))
+    assert seen == [(k, 4, 5.0) for k in range(4)] and rule.scale == 2.0  # generate's scale, on a copy
+    # (the spy's combine is not a known linear rule, so step 0 runs every row too, combined at scale 0)
+    assert scales == pytest.approx([5.0 * (1 - math.cos(math.pi * k / 3)) / 2 for k in range(4)])
+    monkeypatch.setattr(Cosine, "scale_at", lambda self, step, n_steps: float("nan"))
+    with pytest.raises(Exception, match=r"scale_at\(0, 4\) returned nan; it must return a finite number"):
+        micro_model.generate(x["features"], x["text"], steps=4, guidance=rule, generator=torch.Generator().manual_seed(0))
+
+
+def test_a_rule_s_repr_holds_its_own_settings():
+    """generate --skip-existing compares rules by repr: a rule's own arguments must be in it."""
+    from controlfoley.guidance import MultiCFG
+
+    class Weighted(MultiCFG):
+        def __init__(self, video_weight: float = 1.0, **kw) -> None:
+            super().__init__(**kw)
+            self.video_weight = video_weight
+
+    assert "video_weight=0.5" in repr(Weighted(0.5)) and repr(Weighted(0.5)) != repr(Weighted(2.0))
+    assert repr(GUIDANCE.build("multi")) == "MultiCFG(scale=3.0, schedule='linear', conditions=[uncond, video, text_video])"
+    assert repr(GUIDANCE.build("cfg_video")) == "CFG(scale=3.0, schedule='linear', conditions=[uncond, video])"
+
+
 @pytest.mark.parametrize("rule", ["multi", "cfg_video", "cfg_text_video", "none"])
 def test_one_batched_forward_per_step(micro_model, rule, monkeypatch):
     calls = []

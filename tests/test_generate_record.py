@@ -1,0 +1,60 @@
+"""What `generate --skip-existing` compares to keep an earlier output: the weights actually read
+(a run folder given as --model included) and a guidance rule's own arguments."""
+
+from pathlib import Path
+
+import pytest
+from conftest import registered
+from pipeline_helpers import as_trained, micro_model
+
+from controlfoley import GUIDANCE, cli
+from controlfoley.data.synthetic import SyntheticWorld, write_clip_mp4
+from controlfoley.generate_cli import read_manifest
+from controlfoley.guidance import MultiCFG
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_clip_mp4(SyntheticWorld().clip(5, duration_s=2.0), tmp_path_factory.mktemp("media") / "tiny.mp4")
+
+
+def test_a_run_folder_given_as_model_is_stamped_by_its_weights_file(video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The folder itself has no stamp: the record held null, and after the run's weights changed
+    --skip-existing kept the old model's outputs."""
+    run = tmp_path / "run"
+    run.mkdir()
+    as_trained(micro_model(seed=0)).save(run / "model.safetensors")
+    argv = ["generate", str(video), "--model", str(run), "--out", str(tmp_path / "out"), "--steps", "1"]
+    assert cli.main(argv) == 0
+    settings = read_manifest(tmp_path / "out")["tiny"]["settings"]
+    assert settings["model_file"] == str((run / "model.safetensors").resolve()) and settings["model_file_stamp"]["sha256"]
+    assert cli.main([*argv, "--skip-existing"]) == 0  # the same weights: kept
+    as_trained(micro_model(seed=1)).save(run / "model.safetensors")  # retrained
+    capsys.readouterr()
+    assert cli.main([*argv, "--skip-existing"]) == 2
+    assert "it was made with other settings (model_file_stamp:" in capsys.readouterr().err
+
+
+class Weighted(MultiCFG):
+    """Multi-CFG with the video term weighted: a rule with an argument of its own."""
+
+    def __init__(self, video_weight: float = 1.0, scale: float = 3.0, schedule: str = "linear") -> None:
+        super().__init__(scale, schedule)
+        self.video_weight = video_weight
+
+    def combine(self, logits, scale):  # type: ignore[no-untyped-def]
+        l_u, l_v, l_tv = logits
+        return l_u + scale * ((l_tv - l_u) + self.video_weight * (l_v - l_u))
+
+
+def test_a_guidance_rule_s_own_arguments_decide_whether_an_output_is_kept(video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "m.safetensors"
+    as_trained(micro_model()).save(model)
+    argv = ["generate", str(video), "--model", str(model), "--out", str(tmp_path / "out"), "--steps", "1", "--prompt", "knock"]
+    with registered(GUIDANCE, "weighted_test", lambda **kw: Weighted(**kw)):
+        assert cli.main([*argv, "--guidance", "weighted_test,video_weight=0.5"]) == 0
+        assert "video_weight=0.5" in read_manifest(tmp_path / "out")["tiny"]["settings"]["guidance"]
+        assert cli.main([*argv, "--guidance", "weighted_test,video_weight=0.5", "--skip-existing"]) == 0
+        capsys.readouterr()
+        assert cli.main([*argv, "--guidance", "weighted_test,video_weight=2.0", "--skip-existing"]) == 2
+        assert "video_weight=0.5" in capsys.readouterr().err

@@ -12,23 +12,40 @@ MelGAN, BigVGAN) and controlfoley's own top-level part names.
 """
 
 import json
+import zipfile
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["Kind", "identify", "identify_container", "adapt_names", "strip_prefix", "mismatch_advice"]
+__all__ = ["Kind", "identify", "identify_container", "adapt_names", "strip_prefix", "mismatch_advice", "is_torch_pickle"]
 
 
 class Kind(NamedTuple):
     key: str  # "specvqgan", "hifigan", "melgan", "bigvgan", "controlfoley", "gan_training_state"
     label: str  # what the file is, as a phrase
     how: str  # where it loads (PATH stands for the file as a Python string, PATH_JSON as a JSON one)
+    pickled_how: str = ""  # where a PyTorch pickle (torch.save) of it loads, when not where `how` says
 
     def advice(self, path: object) -> str:
-        """`how` for this file."""
-        return self.how.replace("PATH_JSON", json.dumps(str(path))).replace("PATH", repr(str(path)))
+        """`how` for this file (`pickled_how` where the kind has one and the file is a PyTorch pickle)."""
+        how = self.pickled_how if self.pickled_how and is_torch_pickle(path) else self.how
+        return how.replace("PATH_JSON", json.dumps(str(path))).replace("PATH", repr(str(path)))
+
+
+def is_torch_pickle(path: object) -> bool:
+    """torch.save's zip archive (it holds a data.pkl), or a bare pickle (0x80, protocol 2 to 5);
+    False for anything else, and for a path that cannot be read."""
+    try:
+        with open(str(path), "rb") as f:
+            head = f.read(2)
+        if head == b"PK":
+            with zipfile.ZipFile(str(path)) as z:
+                return any(n.endswith("data.pkl") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 _KINDS = {
@@ -36,6 +53,11 @@ _KINDS = {
         "controlfoley", "a controlfoley model checkpoint",
         "load it with controlfoley.from_pretrained(PATH) (one part of it: controlfoley.checkpoint.load_parts(model, PATH, ['tokenizer']); "
         "a tokenizer run for extraction: controlfoley extract --tokenizer PATH)",
+        # a torch.save'd state dict holds no config: from_pretrained cannot read it, the model it came from can
+        "it holds the weights without the config a controlfoley checkpoint carries; convert it once: "
+        "m = controlfoley.build_model(PRESET) (the preset and overrides it was built with); "
+        "m.load_state_dict(torch.load(PATH, weights_only=True)); m.save('model.safetensors'); "
+        "then controlfoley.from_pretrained('model.safetensors') loads it",
     ),  # fmt: skip
     "specvqgan": Kind(
         "specvqgan", "an official SpecVQGAN codebook (the tokenizer)",

@@ -397,6 +397,11 @@ def _resolve_config(config: "str | os.PathLike[str] | Mapping[str, Any] | ModelC
         return ModelConfig.from_dict(config)
     if isinstance(config, str) and config in PRESETS:  # a registered name is the preset, also where a folder of that name exists
         return get_preset(config)
+    if isinstance(config, str) and not config.strip():  # not the current folder, which Path("") is
+        raise ConfigError(
+            f"build_model({config!r}): the preset name is empty; give one of {', '.join(PRESETS.names())} (controlfoley.list_presets() "
+            "in Python, `controlfoley list presets` on the command line), a .json config file, a config dict or a ModelConfig"
+        )
     path = Path(config) if isinstance(config, (str, os.PathLike)) else None
     if path is not None and path.suffix == ".json":
         try:

@@ -10,7 +10,6 @@ Writes are atomic (temporary file + rename).
 import json
 import os
 import warnings
-import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from controlfoley._ckpt_kind import is_torch_pickle
 from controlfoley._io import atomic_path, write_failure
 from controlfoley._registry import MASK_SCHEDULES, RegistryError
 from controlfoley._static import ModelModule
@@ -42,7 +42,9 @@ FORMAT_VERSION = "1"
 
 
 def save_state_dict(path: str | os.PathLike[str], state: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Path:
-    """Atomically write tensors (made contiguous, on CPU) with string metadata."""
+    """Atomically write tensors (made contiguous, on CPU) with string metadata (anything else in
+    it is a ConfigError naming the key)."""
+    _check_metadata(metadata, "metadata")
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     try:
@@ -68,13 +70,12 @@ def read_state_dict(path: str | os.PathLike[str], map_location: str | torch.devi
 
 def _unreadable(path: Path, e: Exception) -> CheckpointError:
     """The error for a file safetensors cannot read: a PyTorch pickle is named, with how to load one."""
-    if _is_torch_pickle(path):
+    if is_torch_pickle(path):
         known = _pickle_kind(path)
         if known is not None:
-            return CheckpointError(
-                f"{path} is a PyTorch pickle, not a controlfoley (safetensors) checkpoint: it is {known.label}; "
-                + known.advice(path)
-            )
+            # a controlfoley model's state dict (torch.save(model.state_dict(), ...)): its advice converts it
+            label = "the state dict of a controlfoley model (torch.save)" if known.key == "controlfoley" else known.label
+            return CheckpointError(f"{path} is a PyTorch pickle, not a controlfoley (safetensors) checkpoint: it is {label}; " + known.advice(path))
         return CheckpointError(
             f"{path} is a PyTorch pickle (.ckpt / .pt), not a controlfoley (safetensors) checkpoint. An official SpecVQGAN "
             f"codebook is loaded by the tokenizer's builder, with SpecVQGAN's own mel: build_model(..., mel='specvqgan', "
@@ -94,19 +95,6 @@ def _pickle_kind(path: Path) -> Any:
         return identify_container(load_legacy_checkpoint(path, trust=False))
     except Exception:  # noqa: BLE001  only for a better message: the generic one stands
         return None
-
-
-def _is_torch_pickle(path: Path) -> bool:
-    """torch.save's zip archive (it holds a data.pkl), or a bare pickle (0x80, protocol 2 to 5)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-        if head == b"PK":
-            with zipfile.ZipFile(path) as z:
-                return any(n.endswith("data.pkl") for n in z.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -145,9 +133,44 @@ def _resolve_file(path: str | os.PathLike[str]) -> Path:
 _OTHER_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".npz", ".h5")
 
 
+# the metadata keys save_model writes itself: `extra_metadata` may not replace them (the file would not load)
+RESERVED_KEYS = (FORMAT_KEY, CONFIG_KEY, TRAINED_KEY, PARTS_KEY, DEFAULTS_KEY, FEATURES_KEY)
+
+
+def _check_metadata(metadata: Any, arg: str) -> None:
+    """A ConfigError naming `arg` unless `metadata` is a mapping of strings to strings (safetensors
+    stores nothing else): numbers are refused rather than converted, so that what is read back
+    (a str) is what was given."""
+    if not isinstance(metadata, Mapping):
+        raise ConfigError(f"{arg} must be a dict of strings, e.g. {{'epoch': '3'}}, got {type(metadata).__name__}")
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{arg} keys must be strings, got {key!r} ({type(key).__name__}); use {str(key)!r}")
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"{arg}[{key!r}] is {value!r} ({type(value).__name__}); a checkpoint's metadata holds strings: pass one, e.g. "
+                f"{{{key!r}: {str(value)!r}}} (json.dumps a list or dict, and json.loads it when read back)"
+            )
+
+
 def save_model(model: ModelModule, path: str | os.PathLike[str], *, extra_metadata: Mapping[str, str] | None = None) -> Path:
     """Save a SpecMaskFoley model: all parameters and persistent buffers, config in metadata, to
-    `path` (a .safetensors file) or `path/model.safetensors` (any other path is a folder)."""
+    `path` (a .safetensors file) or `path/model.safetensors` (any other path is a folder).
+    `extra_metadata`: more str -> str pairs to store (`read_metadata` returns them); a value that is
+    not a str (a number: str() or json.dumps it) and a key the library writes itself
+    (`RESERVED_KEYS`, e.g. controlfoley_config) are ConfigErrors, before anything is written."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(
+            f"save takes a .safetensors file or a folder (a str or os.PathLike, e.g. 'model.safetensors'), got {path!r} ({type(path).__name__})"
+        )
+    if extra_metadata is not None:
+        _check_metadata(extra_metadata, "extra_metadata")
+        taken = [k for k in extra_metadata if k in RESERVED_KEYS]
+        if taken:
+            raise ConfigError(
+                f"extra_metadata key(s) {taken} are the library's own (it writes {', '.join(RESERVED_KEYS)}; replacing one makes "
+                "a file that does not load); give your key(s) another name"
+            )
     path = Path(path)
     if path.suffix.lower() in _OTHER_WEIGHT_SUFFIXES:  # it would become a folder named like a file
         raise CheckpointError(
@@ -393,6 +416,8 @@ def load_model(
                 f"  The override(s) {', '.join(blamed)} build parts the checkpoint's weights do not fit: drop them to load it "
                 "as saved, or pass strict=False to load what fits and keep the rest as built"
             )
+        else:
+            fix = _partial_file_advice(p, state, own)
         check_state_dict(model, state, str(p), own=own, fix=fix)
     else:
         state = _loose_state(state, str(p), own)
@@ -416,6 +441,28 @@ def load_model(
     return model.to(map_location).eval()  # for inference, as loaded models are (call .train() to fine-tune)
 
 
+def _partial_file_advice(path: Path, state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> str | None:
+    """A file that holds some of the model's parts whole and none of the others (a tokenizer run
+    writes mel and tokenizer alone): the parts it holds, and how to load those; None otherwise
+    (check_state_dict's own advice stands)."""
+    held = sorted({k.split(".")[0] for k in state})
+    absent = sorted({k.split(".")[0] for k in own} - set(held))
+    if not held or not absent:
+        return None
+    wanted = [part for part in held if any(k.split(".")[0] == part for k in own)] or held
+    fix = (
+        f"  {path} holds only the part(s) {', '.join(held)}, not {', '.join(absent)}, so it is no whole model"
+        f"{' (a tokenizer run writes its tokenizer alone)' if 'tokenizer' in held else ''}: load what it holds into a model you build, "
+        f"model = build_model(PRESET); controlfoley.checkpoint.load_parts(model, {str(path)!r}, {wanted!r})"
+    )
+    if "tokenizer" in held:
+        fix += (
+            f"; for extraction, controlfoley extract --tokenizer {path} "
+            f"(Python: controlfoley.data.extract.Extraction(PRESET, tokenizer={str(path)!r}))"
+        )
+    return fix + f"; to train from it, --init {path} --init-parts {','.join(wanted)}"
+
+
 def _loose_state(state: Mapping[str, torch.Tensor], what: str, own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """strict=False: the weights of `state` that fit the model's `own`, and a warning counting what
     keeps the built model's weights (missing or mis-shaped keys) and what the checkpoint holds that
@@ -434,14 +481,15 @@ def _loose_state(state: Mapping[str, torch.Tensor], what: str, own: Mapping[str,
     return fits
 
 
-def load_parts(model: ModelModule, path: str | os.PathLike[str], parts: Iterable[str]) -> list[str]:
-    """Load the named parts (top-level submodules such as 'tokenizer', 'backbone') from a checkpoint.
+def load_parts(model: ModelModule, path: str | os.PathLike[str], parts: str | Iterable[str]) -> list[str]:
+    """Load the named parts (top-level submodules such as 'tokenizer', 'backbone') from a checkpoint;
+    `parts` is a list of names, or one name as a str ("backbone" is ["backbone"]).
 
     Each part must match strictly. If the backbone is loaded and the ControlNet is not, the
     ControlNet is re-copied from the new backbone (it must start as a copy of the *pretrained* blocks).
     """
     state, meta = read_state_dict(path)
-    parts = list(parts)
+    parts = [parts] if isinstance(parts, str) else list(parts)
     for part in parts:
         sub = getattr(model, part, None)
         if not isinstance(sub, nn.Module):

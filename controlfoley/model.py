@@ -684,7 +684,8 @@ class SpecMaskFoley(nn.Module):
         model.safetensors), atomically: an interrupted save leaves the old file intact. The file holds
         every parameter and persistent buffer, and in its metadata the config (`from_pretrained`
         rebuilds the model from it), the parts recorded as trained (`trained_parts`) and where user
-        parts came from. `extra_metadata`: more string pairs to store. Returns the file's path.
+        parts came from. `extra_metadata`: more str -> str pairs to store (other values, and the library's own keys
+        such as controlfoley_config, are ConfigErrors). Returns the file's path.
         A model with fp8 block linears (`quantize_fp8`) cannot be saved: save before quantizing."""
         from controlfoley.checkpoint import save_model
 

@@ -123,3 +123,79 @@ def test_backbone_block_is_timms_vit_block(fused):
     x = torch.randn(2, backbone.n_tokens, backbone.dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+# -- checkpoints of parts, and what a save stores ------------------------------------------------------
+def test_a_pickled_state_dict_is_told_how_to_convert_it_and_the_recipe_works(tmp_path):
+    """from_pretrained of torch.save(model.state_dict()) advised from_pretrained, the call that had
+    just failed; it now gives the conversion, which loads."""
+    from controlfoley import build_model, from_pretrained
+    from controlfoley.errors import CheckpointError
+
+    path = tmp_path / "model.pt"
+    torch.save(build_model("specmaskfoley_tiny").state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"model\.pt is a PyTorch pickle, not a controlfoley \(safetensors\) checkpoint: it is the state dict of a "
+                       r"controlfoley model \(torch\.save\).*m = controlfoley\.build_model\(PRESET\).*m\.load_state_dict\(torch\.load\('.*model\.pt', "
+                       r"weights_only=True\)\); m\.save\('model\.safetensors'\)") as e:
+        from_pretrained(path)
+    assert f"from_pretrained({str(path)!r})" not in str(e.value)
+    m = build_model("specmaskfoley_tiny")
+    m.load_state_dict(torch.load(path, weights_only=True))
+    m.save(tmp_path / "model.safetensors")
+    assert from_pretrained(tmp_path / "model.safetensors").config == m.config
+
+
+def test_a_file_of_some_parts_names_them_and_load_parts_takes_one_name(tmp_path):
+    """A tokenizer run's file (its tokenizer alone) given to from_pretrained names the parts it holds
+    and how to load them (load_parts, extract --tokenizer, --init) instead of 'from_pretrained';
+    load_parts(model, path, "tokenizer") is ["tokenizer"], not its characters."""
+    from safetensors.torch import save_file
+
+    from controlfoley import build_model, from_pretrained
+    from controlfoley.checkpoint import load_parts, read_metadata, read_state_dict
+    from controlfoley.errors import CheckpointError
+
+    whole = build_model("specmaskfoley_tiny").save(tmp_path / "whole.safetensors")
+    state, _ = read_state_dict(whole)
+    part = tmp_path / "tok.safetensors"
+    save_file({k: v for k, v in state.items() if k.startswith("tokenizer.")}, str(part), metadata=read_metadata(whole))
+    with pytest.raises(CheckpointError, match=r"tok\.safetensors holds only the part\(s\) tokenizer, not aligner, backbone, control_encoder, controlnet, so it is "
+                       r"no whole model \(a tokenizer run writes its tokenizer alone\): .*model = build_model\(PRESET\); "
+                       r"controlfoley\.checkpoint\.load_parts\(model, '.*tok\.safetensors', \['tokenizer'\]\); for extraction, controlfoley extract "
+                       r"--tokenizer .*tok\.safetensors .*; to train from it, --init .*tok\.safetensors --init-parts tokenizer$") as e:
+        from_pretrained(part)
+    assert "Build the model from the checkpoint's own config" not in str(e.value)
+    model = build_model("specmaskfoley_tiny")
+    assert load_parts(model, part, "tokenizer") == ["tokenizer"]
+    assert all(torch.equal(v, state["tokenizer." + k]) for k, v in model.tokenizer.state_dict().items())
+    with pytest.raises(CheckpointError, match=r"model has no part 'tokenizr'"):  # one name, named whole
+        load_parts(model, part, "tokenizr")
+
+
+def test_save_refuses_metadata_it_cannot_store_or_keys_the_library_writes_and_a_target_that_is_no_path(tmp_path, monkeypatch):
+    """extra_metadata={'epoch': 3} failed inside safetensors, model.save(None) inside pathlib, and a
+    key the library writes itself (controlfoley_config) saved a file that no longer loaded. (With the
+    suite's runtime type checks off, as users run: they would refuse the wrong types first.)"""
+    from jaxtyping import config as typecheck_config
+
+    from controlfoley import build_model, from_pretrained
+    from controlfoley.checkpoint import read_metadata
+    from controlfoley.config import ConfigError
+    from controlfoley.errors import CheckpointError
+
+    monkeypatch.setattr(typecheck_config, "jaxtyping_disable", True)
+    model = build_model("specmaskfoley_tiny")
+    target = tmp_path / "m.safetensors"
+    with pytest.raises(ConfigError, match=r"^extra_metadata\['epoch'\] is 3 \(int\); a checkpoint's metadata holds strings: pass one, e\.g\. \{'epoch': '3'\}"):
+        model.save(target, extra_metadata={"epoch": 3})
+    with pytest.raises(ConfigError, match=r"^extra_metadata keys must be strings, got 3 \(int\)"):
+        model.save(target, extra_metadata={3: "x"})
+    for key in ("controlfoley_config", "controlfoley_trained", "controlfoley_format"):
+        with pytest.raises(ConfigError, match=rf"^extra_metadata key\(s\) \['{key}'\] are the library's own .*give your key\(s\) another name$"):
+            model.save(target, extra_metadata={key: "{}"})
+    for bad in (None, 3):
+        with pytest.raises(CheckpointError, match=rf"^save takes a \.safetensors file or a folder .*got {bad} \({type(bad).__name__}\)$"):
+            model.save(bad)
+    assert not target.exists()
+    model.save(target, extra_metadata={"epoch": "3", "controlfoley_train_state": "{}"})  # keys of the user's (and the training loop's) own
+    assert read_metadata(target)["epoch"] == "3" and from_pretrained(target).config == model.config

@@ -382,3 +382,12 @@ def test_info_with_overrides_still_says_what_the_weights_are(tmp_path) -> None:
     path = tmp_path / "v.json"
     path.write_text(build_model("specmaskfoley_tiny").config.to_json())
     assert info(str(path)).splitlines()[1].startswith("weights: untrained")
+
+
+def test_an_empty_preset_name_says_it_is_empty_and_how_to_list_the_presets() -> None:
+    """build_model("") read "" as the current folder: "that is a file or folder"."""
+    for name in ("", "  "):
+        with pytest.raises(ConfigError, match=rf"^build_model\({name!r}\): the preset name is empty; give one of .*specmaskfoley_tiny.* "
+                           r"\(controlfoley\.list_presets\(\) in Python, `controlfoley list presets` on the command line\)") as e:
+            build_model(name)
+        assert "file or folder" not in str(e.value)

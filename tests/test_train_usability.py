@@ -210,6 +210,54 @@ def test_errors_name_their_cause(data: Path, tmp_path: Path) -> None:
         train(config("backbone", data, tmp_path / "r4", val_data=str(afile)))
 
 
+
+def test_optimiser_numbers_are_refused_as_given_naming_the_flag_and_the_range(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NaN, inf or negative learning rates, betas outside [0, 1) or not numbers, a negative weight
+    decay and a seed the run cannot seed torch with are ConfigErrors when the config is made (torch
+    named the scaled LR, overflowed on the seed, or trained on with the negative decay), from Python
+    and from the command line, before any run folder. (With the suite's runtime type checks off, as
+    users run: they would refuse betas="x" first.)"""
+    from jaxtyping import config as typecheck_config
+
+    monkeypatch.setattr(typecheck_config, "jaxtyping_disable", True)
+    refused: list[tuple[dict[str, Any], str]] = [
+        (dict(base_lr=float("nan")), r"base_lr \(--base-lr\) must be a finite number >= 0, got nan$"),
+        (dict(base_lr=-1.0), r"base_lr \(--base-lr\) must be a finite number >= 0, got -1.0$"),  # as typed, not x batch / 256
+        (dict(min_lr=float("inf")), r"min_lr \(--min-lr\) must be a finite number >= 0, got inf$"),
+        (dict(min_lr=1.0), r"min_lr \(--min-lr\) is 1.0, above the peak LR 1.25e-05 \(base_lr 0.0008 x batch_size 4 / lr_reference_batch 256\)"),
+        (dict(weight_decay=-1.0), r"weight_decay \(--weight-decay\) must be a finite number >= 0, got -1.0$"),
+        (dict(betas=(1.5, 0.9)), r"betas \(--betas\) must be two numbers, each in \[0, 1\), e.g. --betas 0.9,0.999; got \(1.5, 0.9\)$"),
+        (dict(betas="x"), r"betas \(--betas\) must be two numbers.*got 'x'$"),
+        (dict(betas=0.9), r"betas \(--betas\) must be two numbers.*got 0.9$"),
+        (dict(seed=2**70), r"seed \(--seed\) must be in \[-2\*\*40, 2\*\*40\] .*got 1180591620717411303424; pick a smaller seed$"),
+    ]
+    for kw, message in refused:
+        with pytest.raises(ConfigError, match="^train config: " + message):
+            config("tokenizer", data, tmp_path / "run", **kw)
+    edge = config("tokenizer", data, tmp_path / "run", base_lr=0, min_lr=0.0, weight_decay=0, betas=[0, 0.5], seed=-(2**40))
+    assert (edge.base_lr, edge.betas, edge.seed) == (0.0, (0.0, 0.5), -(2**40))
+    for flag, value in (("--base-lr", "nan"), ("--min-lr", "-1"), ("--weight-decay", "-1"), ("--betas", "1.5,0.9"), ("--seed", str(2**70))):
+        assert train_main(cli_args("tokenizer", data, tmp_path / "cli", flag, value)) == 2
+        assert f"error: train config: {flag[2:].replace('-', '_')} ({flag})" in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()
+
+
+def test_read_metrics_refuses_a_split_that_is_neither_logged_nor_in_the_file(tmp_path: Path) -> None:
+    """A typo in `split` is named with the splits there are, not read as a run with no lines."""
+    file = tmp_path / "metrics.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in ({"step": 1, "split": "train", "loss": 1.0}, {"step": 1, "split": "probe", "x": 2.0})))
+    assert [r["loss"] for r in read_metrics(file, "train")] == [1.0]
+    assert read_metrics(file, "val") == []  # a split the loop logs (at each validation), none yet
+    assert [r["x"] for r in read_metrics(file, "probe")] == [2.0]  # one the file holds
+    assert len(read_metrics(file)) == 2
+    with pytest.raises(TrainingError, match=r"^read_metrics: no split 'trian' in .*metrics.jsonl \(did you mean 'train'\?\); the training loop logs 'train', 'val' and this file holds 'probe', 'train'"):
+        read_metrics(file, "trian")
+    with pytest.raises(TrainingError, match=r"no split 'trian' in .*; the training loop logs 'train', 'val' and this file holds no lines yet"):
+        read_metrics(tmp_path / "later" / "metrics.jsonl", "trian")
+
+
 # -- 6. SIGTERM -------------------------------------------------------------------------------------
 def test_sigterm_checkpoints_the_step_in_progress_and_resuming_ends_as_an_uninterrupted_run(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -38,6 +38,7 @@ import difflib
 import hashlib
 import inspect
 import json
+import math
 import numbers
 import os
 import re
@@ -357,6 +358,10 @@ def plugin_changes(recorded: Any, now: Sequence[Mapping[str, str]]) -> list[str]
     return out
 
 
+# the seeds a run takes: it seeds torch generators with (seed x 1,000,003 + step) x 7 + stream
+# (`recipes.step_generator`), which must stay within what torch.Generator.manual_seed takes
+SEED_MIN, SEED_MAX = -(2**40), 2**40
+
 DERIVED_KEY = "_derived"  # --print-config: {field: why} for values derived from others (not fields)
 
 # `out` is the run's folder itself, however it is spelled (runs/a, runs/a/, an absolute path, the
@@ -394,7 +399,7 @@ class TrainConfig:
     warmup_steps: int = 2_800  # linear warm-up steps, then cosine (the paper's ControlNet recipe, sec. 4.2: 2.8K of 140K)
     min_lr: float = 0.0  # LR at the end of the cosine
     weight_decay: float = 0.01  # AdamW, on weights of rank >= 2 only
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW; each in [0, 1)
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     uncond_prob: float = 0.9  # backbone/controlnet: probability the CLAP condition is replaced by the unconditional mask
     uncond_per: str = "step"  # backbone/controlnet: "step": one draw per optimizer step; "sample": one per clip
@@ -408,7 +413,7 @@ class TrainConfig:
     codebook_restart_until: int = 1_000_000_000  # tokenizer: no restarts from this step on (let codes settle)
     precision: str = "auto"  # auto, fp32 or bf16; auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the training objective
-    seed: int = 0
+    seed: int = 0  # data order, masks and initialisation; in [-2**40, 2**40]
     shuffle: bool = True
     num_workers: int = 2  # DataLoader worker processes
     log_every: int = 10
@@ -449,7 +454,7 @@ class TrainConfig:
                     f"train config: the {self.recipe} recipe reads stored tokens, so the tokenizer gets no gradient; drop it from trainable "
                     "(train it with the tokenizer recipe)"
                 )
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        object.__setattr__(self, "betas", _checked_betas(self.betas))
         recipe_class(self.recipe)  # registered (else RecipeError: the registered names, how to load a plugin)
         object.__setattr__(self, "recipe_options", _checked_options(self.recipe, self.recipe_options))
         object.__setattr__(self, "plugins", _checked_plugins(self.plugins) if self.plugins is not None else recipe_plugins(self.recipe))
@@ -475,8 +480,21 @@ class TrainConfig:
             )
         if self.disc_channels < 1:
             raise ConfigError(f"train config: disc_channels must be >= 1, got {self.disc_channels}")
-        if len(self.betas) != 2:
-            raise ConfigError(f"train config: betas must be two numbers, got {self.betas}")
+        # the optimiser's numbers, as given (torch would name the scaled LR, or train on with a negative decay)
+        for name in ("base_lr", "min_lr", "weight_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"train config: {name} (--{name.replace('_', '-')}) must be a finite number >= 0, got {value}")
+        if self.min_lr > self.peak_lr:
+            raise ConfigError(
+                f"train config: min_lr (--min-lr) is {self.min_lr}, above the peak LR {self.peak_lr:g} (base_lr {self.base_lr} x batch_size "
+                f"{self.batch_size} / lr_reference_batch {self.lr_reference_batch}) that the cosine decays from; lower --min-lr or raise --base-lr"
+            )
+        if not SEED_MIN <= self.seed <= SEED_MAX:
+            raise ConfigError(
+                f"train config: seed (--seed) must be in [-2**40, 2**40] (the run seeds torch generators with numbers derived from it), "
+                f"got {self.seed}; pick a smaller seed"
+            )
 
     # -- derived values ------------------------------------------------------------------------
     @property
@@ -523,7 +541,7 @@ class TrainConfig:
             raise ConfigError(f"train config needs {missing} (e.g. --preset, --data, --out on the command line)")
         kw = {k: v.item() if isinstance(v, np.generic) else v for k, v in d.items()}  # numpy scalars: Python numbers
         for name in ("betas", "init_parts"):
-            if name in kw:
+            if name in kw and isinstance(kw[name], list):  # JSON's lists; anything else is the field's check's to name
                 kw[name] = tuple(kw[name])
         return cls(**kw)
 
@@ -569,6 +587,15 @@ def _check_types(cfg: "TrainConfig") -> None:
             object.__setattr__(cfg, f.name, int(value))
         elif str in want and isinstance(value, os.PathLike):
             object.__setattr__(cfg, f.name, os.fspath(value))
+
+
+def _checked_betas(betas: Any) -> tuple[float, float]:
+    """AdamW's betas as floats: two real numbers, each in [0, 1) (a ConfigError naming --betas otherwise)."""
+    values = tuple(betas) if isinstance(betas, (Sequence, np.ndarray)) and not isinstance(betas, (str, bytes)) else ()
+    ok = len(values) == 2 and all(isinstance(b, numbers.Real) and not isinstance(b, (bool, np.bool_)) and 0.0 <= float(b) < 1.0 for b in values)
+    if not ok:
+        raise ConfigError(f"train config: betas (--betas) must be two numbers, each in [0, 1), e.g. --betas 0.9,0.999; got {betas!r}")
+    return float(values[0]), float(values[1])
 
 
 def _checked_plugins(records: Any) -> tuple[dict[str, str], ...]:

@@ -1,7 +1,8 @@
 """Training metrics: one JSON object per line in RUN/metrics.jsonl, and TensorBoard events when installed.
 
 - Lines look like `{"step": 100, "split": "train", "loss": 5.41, "lr": 0.00025, "clips_per_s": 812.0, "time": 1.7e9}`.
-- `read_metrics(run_or_file, split)`: the lines back, from the run folder or the file itself.
+- `read_metrics(run_or_file, split)`: the lines back, from the run folder or the file itself; a
+  split that is neither "train", "val" nor one the file holds is an error (a typo, not an empty run).
 - On resume the file is cut back to the checkpoint's step (atomically), so a run that was killed
   and resumed has the same lines as one that was not.
 - TensorBoard (`RUN/tb/`) through `torch.utils.tensorboard` when the `tensorboard` package is
@@ -15,6 +16,7 @@ stops the run with a TrainingError naming the file, the fix and how to go on (--
 """
 
 import contextlib
+import difflib
 import json
 import math
 import time
@@ -26,9 +28,10 @@ from typing import Any
 from controlfoley._io import atomic_write_text, write_failure
 from controlfoley.errors import MissingDependencyError, TrainingError, require, user_stacklevel
 
-__all__ = ["MetricsLogger", "read_metrics", "METRICS_FILE"]
+__all__ = ["MetricsLogger", "read_metrics", "METRICS_FILE", "SPLITS"]
 
 METRICS_FILE = "metrics.jsonl"
+SPLITS = ("train", "val")  # what the training loop logs: "train" every --log-every step, "val" at each validation
 _RUN_MARKS = ("config.json", "checkpoints", "model.safetensors")  # what a run folder holds besides metrics
 
 
@@ -36,19 +39,30 @@ def read_metrics(path: str | Path, split: str | None = None) -> list[dict[str, A
     """Lines of a run's metrics (optionally one split); a torn last line is skipped. `path` is the
     run folder or its metrics.jsonl; a run that has logged nothing yet, or a .jsonl file not written
     yet, gives []. Anything else (a folder that is no run, another file, a missing folder) is a
-    TrainingError."""
+    TrainingError, as is a `split` that is neither one the training loop logs (SPLITS: "train",
+    "val") nor one the file holds (a typo would read as a run with no lines)."""
     p = _metrics_file(Path(path))
     rows: list[dict[str, Any]] = []
-    if not p.is_file():
+    if p.is_file():
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    if split is None:
         return rows
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if split is None or row.get("split") == split:
-            rows.append(row)
-    return rows
+    held = sorted({str(r["split"]) for r in rows if "split" in r})
+    if split not in SPLITS and split not in held:
+        known = sorted({*SPLITS, *held})
+        close = difflib.get_close_matches(str(split), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TrainingError(
+            f"read_metrics: no split {split!r} in {p}{hint}; the training loop logs {', '.join(map(repr, SPLITS))} "
+            f"and this file holds {', '.join(map(repr, held)) or 'no lines yet'}; split=None reads every line"
+        )
+    return [r for r in rows if r.get("split") == split]
 
 
 def _metrics_file(p: Path) -> Path:

@@ -36,7 +36,7 @@ from controlfoley._registry import (
 from controlfoley.backbones.base import BACKBONE_MEMBERS, CONTROL_MEMBERS
 from controlfoley.config import ConfigError, ModelConfig, Part, part_registries
 from controlfoley.control.controlnet import ControlNet
-from controlfoley.errors import ControlFoleyError, RandomWeightsWarning, ShapeError, one_line
+from controlfoley.errors import ControlFoleyError, RandomWeightsWarning, ShapeError, check_callable, one_line
 from controlfoley.guidance import GuidanceRule, check_rule
 from controlfoley.model import SpecMaskFoley
 from controlfoley.presets import PRESETS, PRETRAINED, get_preset
@@ -121,6 +121,10 @@ def _check_backbone(name: str, bb: Any, vocab_size: int, control: bool) -> None:
         raise ConfigError(f"{where} has vocab_size {bb.vocab_size} but the tokenizer's codebook has {vocab_size}; accept vocab_size in its builder")
     if control and not (isinstance(bb.blocks, nn.ModuleList) and len(bb.blocks) > 0):
         raise ConfigError(f"{where}.blocks must be a non-empty nn.ModuleList (the ControlNet copies its first blocks), got {type(bb.blocks).__name__}")
+    # called as the model calls them (controlfoley.backbones.base.Backbone): a wrong signature is named now, not mid-training
+    check_callable(bb.embed, f"{where}.embed", "embed(codes, mask, cond, cond_on)", None, None, None, None)
+    check_callable(bb.forward_blocks, f"{where}.forward_blocks", "forward_blocks(x, residuals)", None, None)
+    check_callable(bb.logits, f"{where}.logits", "logits(h, index)", None, None)
 
 
 def _check_control_encoder(name: str, enc: Any) -> int:
@@ -254,7 +258,12 @@ def build_model(
         enc = _build_part(CONTROL_ENCODERS, enc_part)
         enc_dim = _check_control_encoder(enc_part.name, enc)
         parts["control_encoder"] = enc
+        check_callable(getattr(enc, "forward", enc), f"control_encoder {enc_part.name!r} ({type(enc).__name__}).forward", "forward(features) (a dict of [b, t, d] streams)", {})
         parts["aligner"] = _build_part(ALIGNERS, aligner_part, in_dim=enc_dim, out_dim=backbone.dim, grid=list(grid))
+        check_callable(
+            getattr(parts["aligner"], "forward", parts["aligner"]), f"aligner {aligner_part.name!r} ({type(parts['aligner']).__name__}).forward",
+            "forward(x) ([b, t, d] features; the grid is a builder argument)", None,
+        )
         parts["controlnet"] = ControlNet.from_backbone(backbone, **_controlnet_kwargs(controlnet_part))
     vocoder = _build_part(VOCODERS, cfg.vocoder, mel=mel)
     _check_vocoder(cfg.vocoder.name, vocoder, mel)

@@ -151,7 +151,8 @@ def info(preset: str, overrides: Mapping[str, Any] | None = None) -> str:
         recipe = "backbone" if "backbone" in recorded else "tokenizer"
     get_recipe(recipe).prepare(model)  # trainable as that recipe trains
     rows = model.parameter_table()
-    lines = [f"{label}: grid {model.grid[0]}x{model.grid[1]} tokens over {model.config.n_frames} mel frames", _trained_line(loaded, recorded), ""]
+    lines = [f"{label}: grid {model.grid[0]}x{model.grid[1]} tokens over {model.config.n_frames} mel frames", _trained_line(loaded, recorded)]
+    lines += [*_run_lines(preset), ""]
     lines.append(f"{'part':<16}{'params':>10}{'trainable':>11}{'frozen':>10}   (trainable / frozen: as the {recipe} recipe trains it)")
     for r in rows:
         lines.append(f"{r['part']:<16}{_fmt(r['params'])}{_fmt(r['trainable']):>11}{_fmt(r['frozen']):>10}")
@@ -172,6 +173,21 @@ def info(preset: str, overrides: Mapping[str, Any] | None = None) -> str:
         lines.append(f"  backbone+control  {_fmt(total)}   paper ~300M (tokenizer and vocoder not counted, as in the paper)")
         lines += ["", *_explain(model, trainable)]
     return "\n".join(lines)
+
+
+def _run_lines(path: str) -> list[str]:
+    """For a training run's folder: its recipe and where its code came from (the plugin files its
+    config.json records, and whether each is still there and unchanged: what --resume loads)."""
+    import json
+
+    file = Path(path) / "config.json"
+    try:
+        d = json.loads(file.read_text(encoding="utf-8")) if Path(path).is_dir() else None
+    except (OSError, ValueError):
+        return []
+    if not (isinstance(d, dict) and {"recipe", "preset", "data", "out"} <= d.keys()):
+        return []
+    return [f"training run: recipe {d.get('recipe')!r}{_run_recipe_origin(d)}"]
 
 
 def _parts_lines(cfg: "ModelConfig") -> list[str]:

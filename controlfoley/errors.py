@@ -24,6 +24,7 @@ __all__ = [
     "RandomWeightsWarning",
     "require",
     "strip_ansi",
+    "check_callable",
 ]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour codes (torch bolds parts of some messages)
@@ -133,3 +134,20 @@ def require(module: str, extra: str | None = None, purpose: str = "") -> ModuleT
         pkg = f"controlfoley[{extra}]" if extra else module
         what = f" for {purpose}" if purpose else ""
         raise MissingDependencyError(f"{module} is needed{what} but is not installed ({e}). Install it: pip install '{pkg}'") from e
+
+
+def check_callable(fn: object, where: str, contract: str, *args: object, **kwargs: object) -> None:
+    """A ConfigError when `fn` cannot be called as the contract calls it (`args` positionally,
+    `kwargs` by name; placeholders, nothing runs): a user part's `forward(x, grid)` or
+    `combine(logits)` is named when the model is built, not as a TypeError mid-training. A callable
+    whose signature cannot be read (a builtin) passes."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where} takes {sig} but is called as {contract} ({e}); give it that signature") from None

@@ -25,7 +25,7 @@ import numbers
 from typing import NamedTuple
 
 from controlfoley._registry import GUIDANCE
-from controlfoley.errors import ConfigError
+from controlfoley.errors import ConfigError, check_callable
 from controlfoley.typing import Float, Tensor
 
 __all__ = [
@@ -131,6 +131,9 @@ def check_rule(rule: GuidanceRule, where: str) -> None:
         )
     if getattr(type(rule), "combine", None) is GuidanceRule.combine:
         raise ConfigError(f"{where} does not define combine(logits, scale): the logits of its {len(conds)} condition set(s), in order, -> guided logits")
+    check_callable(rule.combine, f"{where}.combine", "combine(logits, scale)", None, None)
+    if getattr(type(rule), "scale_at", GuidanceRule.scale_at) is not GuidanceRule.scale_at:
+        check_callable(rule.scale_at, f"{where}.scale_at", "scale_at(step, n_steps)", None, None)
     scale, schedule = getattr(rule, "scale", None), getattr(rule, "schedule", None)
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or schedule not in SCALE_SCHEDULES:
         raise ConfigError(

@@ -1188,3 +1188,54 @@ def test_a_non_finite_sampler_temperature_is_refused_when_the_config_is_made() -
             SamplerConfig(temperature=t)
     with pytest.raises(ConfigError, match="sampler.temperature"):
         build_model("specmaskfoley_tiny", sampler={"temperature": float("inf")})
+
+
+def test_parts_called_with_another_signature_are_named_when_the_model_is_built():
+    """An aligner's forward(x, grid) (the grid is a builder argument), a control encoder's
+    forward(sync, clip), a backbone's embed without cond_on and a guidance rule's combine(logits)
+    were TypeErrors mid-training or at the first generate (a bad combine even trained)."""
+    from conftest import registered
+
+    from controlfoley import ALIGNERS, BACKBONES, CONTROL_ENCODERS
+    from controlfoley.backbones.specmaskgit import specmaskgit
+    from controlfoley.control.aligners import Plain1DAligner
+    from controlfoley.control.encoders import SyncOnlyEncoder
+    from controlfoley.guidance import MultiCFG
+
+    class GridAligner(Plain1DAligner):
+        def forward(self, x, grid):  # type: ignore[override]
+            return super().forward(x)
+
+    class TwoStreams(SyncOnlyEncoder):
+        def forward(self, sync, clip):  # type: ignore[override]
+            return super().forward({"sync": sync})
+
+    class OneArgCombine(MultiCFG):
+        def combine(self, logits):  # type: ignore[override]
+            return logits[0]
+
+    def grid_aligner(*, in_dim, out_dim, grid):
+        return GridAligner(in_dim, out_dim, tuple(grid))
+
+    def two_streams(*, sync_dim=768):
+        return TwoStreams(sync_dim)
+
+    def one_arg(*, scale=3.0, schedule="linear"):
+        return OneArgCombine(scale, schedule)
+
+    def no_cond_on(*, vocab_size, grid, dim=768, depth=24, heads=8, ffn_dim=3072, cond_dim=512):
+        bb = specmaskgit(vocab_size=vocab_size, grid=grid, dim=dim, depth=depth, heads=heads, ffn_dim=ffn_dim, cond_dim=cond_dim)
+        real = bb.embed
+        bb.embed = lambda codes, mask, cond=None: real(codes, mask, cond)
+        return bb
+
+    cases = [
+        (ALIGNERS, grid_aligner, "aligner", r"aligner 'grid_aligner' \(GridAligner\)\.forward takes \(x, grid\) but is called as forward\(x\)"),
+        (CONTROL_ENCODERS, two_streams, "control_encoder", r"\.forward takes \(sync, clip\) but is called as forward\(features\)"),
+        (GUIDANCE, one_arg, "guidance", r"combine takes \(logits\) but is called as combine\(logits, scale\)"),
+        (BACKBONES, no_cond_on, "backbone", r"\.embed takes \(codes, mask, cond=None\) but is called as embed\(codes, mask, cond, cond_on\)"),
+    ]
+    for registry, builder, key, message in cases:
+        with registered(registry, builder.__name__, builder):
+            with pytest.raises(ConfigError, match=message):
+                build_model("specmaskfoley_tiny", **{key: builder.__name__})

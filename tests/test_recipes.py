@@ -401,6 +401,12 @@ def test_a_run_records_the_plugin_of_its_models_parts_and_a_resume_loads_it(
         assert train_main(["backbone", "--out", str(run), "--resume", "--stop-at", "2"]) == 0, capsys.readouterr().err
         assert f"--resume: loading plugin {plugin}, which {run / 'config.json'} records for its model's parts" in capsys.readouterr().err
         assert read_metrics(run, "train")[-1]["step"] == 2
+        # `controlfoley info RUN` shows where the run's code came from, and whether it is still there
+        assert cli_main(["info", str(run)]) == 0
+        assert f"training run: recipe 'backbone', from plugin {plugin} (as recorded)" in capsys.readouterr().out
+        plugin.write_text(plugin.read_text() + "\n# edited\n")
+        assert cli_main(["info", str(run)]) == 0
+        assert f"from plugin {plugin} (changed since the run recorded it)" in capsys.readouterr().out
     finally:
         if "my_multi" in GUIDANCE:
             GUIDANCE.unregister("my_multi")

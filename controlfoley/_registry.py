@@ -18,7 +18,9 @@ the module that registers a part before it can use it by name. `load_plugins("my
 does that from Python; on the first lookup of any registry, the modules named in the
 `CONTROLFOLEY_PLUGINS` environment variable (module names or .py paths, comma-separated) and the
 entry points of group `controlfoley.plugins` of installed packages are imported too; the
-`controlfoley --plugin X` option sets that variable.
+`controlfoley --plugin X` option sets that variable. A plugin given as a .py path is imported with
+its own folder on sys.path while it runs (as `python FILE.py` has it), so it can import a module
+beside it.
 """
 
 import difflib
@@ -154,11 +156,18 @@ def _import_plugin(spec: str, source: str) -> str:
         assert loader_spec is not None and loader_spec.loader is not None
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[name] = module
+        folder = str(path.parent)
+        added = folder not in sys.path
+        if added:  # its own folder, as `python FILE.py` has it: a module beside it imports (`import helpers`)
+            sys.path.insert(0, folder)
         try:
             loader_spec.loader.exec_module(module)
         except Exception as e:
             del sys.modules[name]
             raise PluginError(f"plugin file {str(path)!r} (from {source}) failed to import{_where(e)}: {type(e).__name__}: {e}") from e
+        finally:
+            if added and folder in sys.path:
+                sys.path.remove(folder)
         return name
     module_name = spec.split(":")[0]  # entry points may name an attribute: "pkg.mod:obj"
     try:

@@ -196,14 +196,13 @@ def test_resume_refuses_a_list_with_a_new_clip_before_the_finished_ones(tmp_path
 
 def test_extract_takes_generates_key_form_of_extractor(tmp_path: Path) -> None:
     """`--extractor KEY=NAME,...` (how generate spells it) works in extract too: KEY becomes the
-    extractor's output_key where it takes one; the plain NAME,... form is unchanged."""
+    extractor's output_key (its builder's argument, or set on the built extractor); the plain
+    NAME,... form is unchanged."""
     from controlfoley.data.extract import _extractor_spec, extract_main
 
     assert _extractor_spec("clip=clip_precomputed,root=/f,dim=12") == ("clip_precomputed", {"root": "/f", "dim": 12, "output_key": "clip"})
     assert _extractor_spec("clip_precomputed,root=/f") == ("clip_precomputed", {"root": "/f"})
-    assert _extractor_spec("sync=synthetic_sync") == ("synthetic_sync", {})  # a fixed key: nothing to pass
-    with pytest.raises(ConfigError, match=r"synthetic_sync always writes its own feature, not 'clip'.*an extractor writing 'clip' \("):
-        _extractor_spec("clip=synthetic_sync,dim=4")  # it would write sync, not clip
+    assert _extractor_spec("sync=synthetic_sync") == ("synthetic_sync", {"output_key": "sync"})  # set on the built extractor
     video = _video_with_audio(tmp_path / "v.mp4")
     listing = tmp_path / "list.tsv"
     listing.write_text(f"{video}\n", encoding="utf-8")
@@ -596,3 +595,57 @@ def test_a_videos_audio_is_read_only_as_far_as_the_clip_and_its_features_are_unc
     cap_s = math.ceil(1.5 * window) / 22050
     assert len(seen["bounded"]) == 1 and f"'long.mp4' ({cap_s:.1f} s or more)" in seen["bounded"][0] and "fits.mp4" not in seen["bounded"][0]
     assert len(seen["whole"]) == 1 and f"'long.mp4' ({3 * ex.window_s:.1f} s)" in seen["whole"][0]
+
+
+class _Motion:
+    """A user's frame extractor: `output_key` a class attribute, no builder argument for it."""
+
+    name, output_key, fps = "test_noannot", "sync", 24.0
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames.float().mean((1, 2, 3))[:, None].expand(-1, self.dim) / 255
+
+
+class _Fixed(_Motion):
+    """One whose feature key cannot change (a read-only property)."""
+
+    name = "test_fixed"
+
+    @property
+    def output_key(self) -> str:  # type: ignore[override]
+        return "sync"
+
+
+def test_extract_takes_plugin_extractors_as_generate_does(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A plugin extractor whose builder has no return annotation, or no output_key argument, was
+    refused with "NAME always writes its own feature, not 'sync'" (the key was read off the
+    builder's signature), though `generate --extractor motion=NAME` takes it: now the built
+    extractor writes KEY. One whose output_key cannot be set is still refused, naming the fix."""
+    from conftest import registered
+
+    from controlfoley import EXTRACTORS
+    from controlfoley.data.extract import extract_main
+
+    def no_annotation(*, dim: int = 24):
+        return _Motion(dim)
+
+    base = ["--preset", "specmaskfoley_tiny", "--synthetic", "2", "--model", 'control_encoder={"sync_dim": 24, "clip_dim": 12}']
+    with registered(EXTRACTORS, "test_noannot", no_annotation), registered(EXTRACTORS, "test_fixed", lambda *, dim=24: _Fixed(dim)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the untrained tokenizer's, and (for motion) the missing control features'
+            assert extract_main([*base, "--extractor", "sync=test_noannot", "--extractor", "clip=synthetic_clip,dim=12", "--out", str(tmp_path / "a")]) == 0
+            assert extract_main([*base, "--extractor", "motion=test_noannot", "--out", str(tmp_path / "b")]) == 0
+        assert {"sync", "clip"} <= set(ShardDataset(tmp_path / "a").keys)
+        info = json.loads((tmp_path / "b" / "index.json").read_text())["info"]["features"]
+        assert set(ShardDataset(tmp_path / "b").keys) == {"tokens", "motion"}
+        assert info == {"motion": {"extractor": "test_noannot", "args": {}, "fps": 24.0, "dim": 24}}  # args: the builder's only
+        capsys.readouterr()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert extract_main([*base, "--extractor", "motion=test_fixed", "--out", str(tmp_path / "c")]) == 2
+        err = capsys.readouterr().err
+        assert "error: extractor test_fixed writes its own feature 'sync' and its output_key cannot be set to 'motion'" in err
+        assert "give this one's builder an output_key argument" in err and "Traceback" not in err

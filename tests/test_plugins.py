@@ -647,3 +647,90 @@ def test_user_guidance_rules_mel_front_ends_and_vocoders_must_keep_their_contrac
         mel = m.decode(x["codes"])
         with pytest.raises(ShapeError, match=r"vocoder ChannelVoc turned mel \[2, 80, 512\] into \[2, 1, 131072\].*\[batch, samples\].*wav\[:, 0\]"):
             m.vocode(mel)
+
+
+def test_a_resume_whose_parts_plugin_is_gone_names_the_file_the_parts_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A built-in recipe with a plugin's part, the plugin file gone: --resume warned that "the code
+    of recipe 'backbone'" had changed, then failed with a bare "unknown guidance 'gone_multi'". Now
+    the error names the file, the part it provided and --plugin NEW/PATH.py, with a checkpoint (its
+    record of the parts) and before the first one (config.json's overrides); the new place resumes."""
+    from test_train_usability import cli_args
+
+    from controlfoley import GUIDANCE
+    from controlfoley.train.cli import main as train_main
+
+    plugin = (tmp_path / "mine" / "myguide.py").resolve()
+    plugin.parent.mkdir()
+    plugin.write_text(
+        "from controlfoley import GUIDANCE\nfrom controlfoley.guidance import MultiCFG\n\n\n@GUIDANCE.register('gone_multi')\n"
+        "def gone_multi(*, scale: float = 3.0, schedule: str = 'linear') -> MultiCFG:\n    return MultiCFG(scale=scale, schedule=schedule)\n"
+    )
+    data = write_data(tmp_path / "ds")
+    monkeypatch.setenv(PLUGIN_ENV, "")
+    run, early = tmp_path / "run", tmp_path / "early"
+
+    def forget() -> None:  # as in a new shell
+        if "gone_multi" in GUIDANCE:
+            GUIDANCE.unregister("gone_multi")
+        for mod in [m for m, v in sys.modules.items() if getattr(v, "__file__", None) in (str(plugin), str(moved))]:
+            del sys.modules[mod]
+        monkeypatch.setenv(PLUGIN_ENV, "")
+
+    moved = tmp_path / "elsewhere.py"
+    try:
+        args = cli_args("backbone", data, run, "--plugin", str(plugin), "--model", "guidance=gone_multi", steps=3)
+        assert train_main([*args, "--stop-at", "1"]) == 0
+        early.mkdir()
+        (early / "config.json").write_text((run / "config.json").read_text())  # as a run killed before its first checkpoint leaves it
+        plugin.rename(moved)
+        for out in (run, early):
+            forget()
+            assert train_main(["backbone", "--out", str(out), "--resume", "--stop-at", "2"]) == 2
+            err = capsys.readouterr().err
+            assert f"error: --resume: the run in {out} uses code of guidance 'gone_multi' from plugin file {plugin} ({out / 'config.json'} records it)" in err
+            assert f"that file is gone. Give its new place: controlfoley train backbone --out {out} --resume --plugin NEW/PATH.py" in err
+            assert "unknown guidance" not in err and "the code of recipe" not in err and "Traceback" not in err
+        forget()
+        assert train_main(["backbone", "--out", str(run), "--resume", "--stop-at", "2", "--plugin", str(moved)]) == 0, capsys.readouterr().err
+        assert read_metrics(run, "train")[-1]["step"] == 2
+    finally:
+        forget()
+
+
+def test_plugin_code_names_the_recipe_or_the_parts_a_plugin_provides() -> None:
+    """What the --resume warnings about a run's plugin files name: the recipe only when it is a
+    plugin's, else the model's parts registered outside the library ("the code of recipe
+    'controlnet'" was said of a file that held only an aligner)."""
+    from controlfoley import GUIDANCE
+    from controlfoley.builder import model_config
+    from controlfoley.guidance import MultiCFG
+    from controlfoley.train.provenance import plugin_code
+
+    with registered(GUIDANCE, "test_code_multi", lambda *, scale=3.0, schedule="linear": MultiCFG(scale=scale, schedule=schedule)):
+        cfg = model_config("specmaskfoley_tiny", guidance="test_code_multi")
+        assert plugin_code("controlnet", cfg) == "guidance 'test_code_multi'"
+    assert plugin_code("controlnet", model_config("specmaskfoley_tiny")) == "recipe 'controlnet'"  # the library's code: as before
+
+
+def test_a_plugin_file_imports_a_module_beside_it(tmp_path: Path) -> None:
+    """A plugin file's own folder is on sys.path while it is imported, as for `python FILE.py`
+    (it failed with "No module named 'sib_helpers'"), and only then."""
+    folder = tmp_path / "sib"
+    folder.mkdir()
+    (folder / "sib_helpers.py").write_text("KERNEL = 5\n")
+    (folder / "plug.py").write_text(
+        "from controlfoley import ALIGNERS\nfrom controlfoley.control.aligners import ft\nfrom sib_helpers import KERNEL\n\n\n"
+        "@ALIGNERS.register('sib_aligner')\ndef sib_aligner(*, in_dim: int, out_dim: int, grid: list):\n"
+        "    return ft(in_dim=in_dim, out_dim=out_dim, grid=grid, kernel_size=KERNEL)\n"
+    )
+    before = list(sys.path)
+    try:
+        load_plugins(str(folder / "plug.py"))
+        assert "sib_aligner" in ALIGNERS and sys.path == before
+    finally:
+        if "sib_aligner" in ALIGNERS:
+            ALIGNERS.unregister("sib_aligner")
+        for mod in [m for m, v in sys.modules.items() if str(getattr(v, "__file__", "") or "").startswith(str(folder))]:
+            del sys.modules[mod]

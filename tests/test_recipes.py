@@ -407,6 +407,9 @@ def test_a_run_records_the_plugin_of_its_models_parts_and_a_resume_loads_it(
         plugin.write_text(plugin.read_text() + "\n# edited\n")
         assert cli_main(["info", str(run)]) == 0
         assert f"from plugin {plugin} (changed since the run recorded it)" in capsys.readouterr().out
+        # resumed with the edited file: the warning names what the file provides (a part), not the built-in recipe
+        with pytest.warns(PluginChangedWarning, match=r"--resume: the code of guidance 'my_multi' is not what"):
+            assert train_main(["backbone", "--out", str(run), "--resume", "--stop-at", "3"]) == 0, capsys.readouterr().err
     finally:
         if "my_multi" in GUIDANCE:
             GUIDANCE.unregister("my_multi")

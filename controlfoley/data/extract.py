@@ -49,10 +49,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from controlfoley._io import atomic_write_text, check_writable_folder
-from controlfoley._registry import EXTRACTORS
-from controlfoley.config import ConfigError, parse_overrides, parse_spec
+from controlfoley.config import parse_overrides, parse_spec
 from controlfoley.control.encoders import check_widths
-from controlfoley.data.extractors import PATH_ARGS, build_extractor
+from controlfoley.data.extractors import PATH_ARGS, build_extractor, extractors_writing, takes_output_key
 from controlfoley.data.shards import INDEX_FILE, PROGRESS_FILE, ShardIndex, ShardWriter
 from controlfoley.errors import ControlFoleyError, DataError, MediaError, one_line, user_stacklevel
 from controlfoley.typing import Tensor
@@ -82,22 +81,6 @@ Item = tuple[str, Callable[[], Loaded]]  # clip id, and what reads or renders th
 class ListError(DataError):
     """A wrong entry of the input list (tags the text extractor cannot encode): the list is fixed,
     so `skip_bad`, which leaves out unreadable media, does not skip it."""
-
-
-def extractors_writing(key: str) -> list[str]:
-    """Registered EXTRACTORS whose features go under `key` by default (the builder's `output_key`
-    default, or the `output_key` of the class it returns), for hints."""
-    names = []
-    for name in EXTRACTORS.names():
-        try:
-            sig = EXTRACTORS.signature(name)
-        except (TypeError, ValueError):
-            continue
-        p = sig.parameters.get("output_key")
-        out = p.default if p is not None and isinstance(p.default, str) else getattr(sig.return_annotation, "output_key", None)
-        if out == key:
-            names.append(name)
-    return names
 
 
 def _extractor_hint(keys: Sequence[str]) -> str:
@@ -262,7 +245,8 @@ def _spec_args(spec: Any) -> dict[str, Any]:
     from another working directory still finds its files."""
     if isinstance(spec, str) or spec is None:
         return {}
-    args = {k: os.path.abspath(os.path.expanduser(v)) if k in PATH_ARGS and isinstance(v, str) and v else v for k, v in dict(spec[1]).items()}
+    given = {k: v for k, v in dict(spec[1]).items() if k != "output_key" or takes_output_key(spec[0])}  # else set on the object: not an argument
+    args = {k: os.path.abspath(os.path.expanduser(v)) if k in PATH_ARGS and isinstance(v, str) and v else v for k, v in given.items()}
     return json.loads(json.dumps(args, default=str))
 
 
@@ -697,18 +681,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extractor_spec(item: str) -> tuple[str, dict[str, Any]]:
     """--extractor NAME[,ARG=VALUE...], or generate's form KEY=NAME[,ARG=VALUE...] (KEY: the feature
-    it writes, passed on as output_key), so that one spelling works in both commands."""
+    it writes, passed on as output_key: to a builder that takes it, else set on the built extractor,
+    as generate does), so that one spelling, and the same extractors, work in both commands."""
     from controlfoley._registry import EXTRACTORS
 
     head, _, rest = item.partition(",")
     key, sep, name = head.partition("=")
     if sep and key.isidentifier() and name in EXTRACTORS:
         name, kwargs = parse_spec(name + ("," + rest if rest else ""))
-        if "output_key" in EXTRACTORS.accepted_args(name):
-            return name, {**kwargs, "output_key": key}
-        if name not in extractors_writing(key):  # a fixed key (the synthetic ones), and not this one
-            raise ConfigError(f"--extractor {item!r}: {name} always writes its own feature, not {key!r}; drop '{key}=', or use {_extractor_hint([key])}")
-        return name, kwargs
+        return name, {**kwargs, "output_key": key}  # to its builder, or set on the built extractor (`build_extractor`)
     return parse_spec(item)
 
 

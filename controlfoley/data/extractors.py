@@ -55,6 +55,7 @@ __all__ = [
     "synthetic_features",
     "ExtractorSpec",
     "build_extractor",
+    "extractors_writing",
 ]
 
 PATH_ARGS = ("root", "weights", "folder", "checkpoint", "ids_tsv")  # extractor arguments naming files (recorded absolute)
@@ -62,12 +63,62 @@ PATH_ARGS = ("root", "weights", "folder", "checkpoint", "ids_tsv")  # extractor 
 ExtractorSpec = str | tuple[str, Mapping[str, Any]] | Any  # a name, (name, kwargs), or a built extractor
 
 
+def takes_output_key(name: str) -> bool:
+    """Whether EXTRACTORS builder `name` takes an `output_key` argument (or any keyword argument)."""
+    sig = EXTRACTORS.signature(name)
+    return "output_key" in EXTRACTORS.accepted_args(name) or any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def extractors_writing(key: str) -> list[str]:
+    """Registered EXTRACTORS whose features go under `key` by default (the builder's `output_key`
+    default, or the `output_key` of the class it returns or is), for hints; a builder that declares
+    neither is not built to find out (it may load weights), so it is left out."""
+    names = []
+    for name in EXTRACTORS.names():
+        try:
+            sig = EXTRACTORS.signature(name)
+        except (TypeError, ValueError):
+            continue
+        p = sig.parameters.get("output_key")
+        builder = EXTRACTORS.get(name)
+        made = builder if isinstance(builder, type) else sig.return_annotation
+        out = p.default if p is not None and isinstance(p.default, str) else getattr(made, "output_key", None)
+        if out == key:
+            names.append(name)
+    return names
+
+
 def build_extractor(spec: ExtractorSpec) -> Any:
-    """An extractor from an EXTRACTORS name, a (name, builder kwargs) pair, or a built object (as is)."""
+    """An extractor from an EXTRACTORS name, a (name, builder kwargs) pair, or a built object (as is).
+    An `output_key` among the kwargs (the feature the extractor is to write: `--extractor KEY=NAME`)
+    goes to a builder that takes it; for one that does not, it is set on the built extractor, as
+    `generate` files any extractor under the key it is given. An extractor whose `output_key`
+    cannot be set is a ConfigError."""
     if isinstance(spec, str):
         return EXTRACTORS.build(spec)
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
-        return EXTRACTORS.build(spec[0], **dict(spec[1]))
+        name, kwargs = spec[0], dict(spec[1])
+        key = kwargs.get("output_key")
+        if key is None or takes_output_key(name):
+            ext = EXTRACTORS.build(name, **kwargs)
+        else:
+            del kwargs["output_key"]
+            ext = EXTRACTORS.build(name, **kwargs)
+        if key is not None and getattr(ext, "output_key", None) != key:
+            try:
+                ext.output_key = key
+            except AttributeError as e:  # a read-only property, __slots__ without it
+                why = f" ({e})"
+            else:
+                why = "" if getattr(ext, "output_key", None) == key else f" (it reads {getattr(ext, 'output_key', None)!r} after being set)"
+            if why:
+                writers = extractors_writing(str(key))
+                raise ConfigError(
+                    f"extractor {name} writes its own feature {getattr(ext, 'output_key', None)!r} and its output_key cannot be set to "
+                    f"{key!r}{why}; use an extractor writing {key!r}{' (' + ', '.join(writers) + ')' if writers else ''}, or give "
+                    "this one's builder an output_key argument"
+                )
+        return ext
     return spec
 
 

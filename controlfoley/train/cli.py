@@ -32,9 +32,10 @@ loaded plugin registers gets the registry's error (the registered names, how to 
 not argparse's "invalid choice".
 A run's config.json records the plugin files its recipe came from (`TrainConfig.plugins`): `--resume`
 of a run whose recipe no loaded plugin registers loads them (saying so in one line; every torchrun
-rank alike, each from the same config.json), or, where one is gone, names it and the `--plugin`
-fix. A recorded file whose contents changed since is a warning, not a refusal: the run goes on
-with the code as it is now (`controlfoley.train.loop`'s resume warns, naming the file).
+rank alike, each from the same config.json), or, where one is gone and what it provided (the
+recipe, or the model's parts) is not registered now, names it, those, and the `--plugin` fix. A
+recorded file whose contents changed since is a warning, not a refusal: the run goes on with the
+code as it is now (`controlfoley.train.loop`'s resume warns, naming the file).
 """
 
 import argparse
@@ -486,8 +487,9 @@ def _load_run_plugins(argv: Sequence[str]) -> None:
     recipe's, and its model's registered parts': a built-in recipe with a plugin's backbone, too;
     one line on stderr from rank 0 says which; every rank imports them, each reading the same
     config.json, so all run the same code), and put them in CONTROLFOLEY_PLUGINS for the processes
-    the run starts, as --plugin does. A recorded file that is gone is a RecipeError naming it and
-    the --plugin fix. Anything else (no --resume, no config.json, a run that records no plugin) is
+    the run starts, as --plugin does. A recorded file that is gone, where its recipe or a model part
+    it provided is not registered now (`_parts_from`), is a RecipeError naming the file, what it
+    provided (the recipe; a part's kind and name) and the --plugin fix. Anything else (no --resume, no config.json, a run that records no plugin) is
     left to the checks that follow, which name it."""
     from controlfoley._registry import PLUGIN_ENV, _env_plugins, _loaded_from, load_plugins, plugin_path
 
@@ -513,13 +515,15 @@ def _load_run_plugins(argv: Sequence[str]) -> None:
     # imports need it), else from its file
     paths = [m if isinstance(m := r.get("module"), str) and _importable(m) else r["path"] for r in records]
     gone = [p for p in paths if plugin_path(p) is not None and not Path(p).is_file()]
-    if gone and name in RECIPES:  # the recipe is loaded (from a new place, say): the loop compares the code, and a
-        paths = [p for p in paths if p not in gone]  # part still missing is named by the registry when the model is built
+    parts = _parts_from(gone, Path(out), d) if gone else []  # what the gone files provided that nothing registers now
+    if gone and name in RECIPES and not parts:  # the recipe and parts are loaded (from a new place, say): the loop compares the code
+        paths = [p for p in paths if p not in gone]
         if not paths:
             return
     elif gone:
+        provided = ([] if name in RECIPES else [f"recipe {name!r}"]) + parts
         raise RecipeError(
-            f"--resume: the run in {out} uses code of {what} from plugin file {', '.join(gone)} ({saved} records it), and "
+            f"--resume: the run in {out} uses code of {' and '.join(provided)} from plugin file {', '.join(gone)} ({saved} records it), and "
             f"{'that file is' if len(gone) == 1 else 'those files are'} gone. Give {'its' if len(gone) == 1 else 'their'} new place: "
             f"controlfoley train {name} --out {out} --resume --plugin NEW/PATH.py (or set {PLUGIN_ENV})"
         )
@@ -533,3 +537,40 @@ def _load_run_plugins(argv: Sequence[str]) -> None:
             f"registers no recipe of that name now (renamed?). Registered: {', '.join(_recipe_names())}. Load the plugin that "
             "registers it with --plugin FILE.py"
         )
+
+
+def _parts_from(gone: Sequence[str], out: Path, saved: dict[str, Any]) -> list[str]:
+    """"aligner 'interp_rows'", ... for each model part of the run in `out` that no registry holds now
+    and that came from one of the `gone` plugin files: as the latest checkpoint records its parts
+    (their names, and the file each user part came from), else, before the first checkpoint, the
+    part names of config.json's model overrides (from any of the gone files)."""
+    from controlfoley.checkpoint import CONFIG_KEY, PARTS_KEY
+    from controlfoley.config import part_registries
+    from controlfoley.train.checkpoints import RunDir
+
+    from safetensors import SafetensorError, safe_open
+
+    names: dict[str, Any] = {}
+    origins: dict[str, Any] | None = None
+    try:
+        latest = RunDir(out).latest_dir()
+        if latest is not None:
+            with safe_open(str(latest / "model.safetensors"), framework="pt") as f:
+                meta = f.metadata() or {}
+            names = json.loads(meta.get(CONFIG_KEY, "{}"))
+            origins = json.loads(meta.get(PARTS_KEY, "{}"))
+    except (ControlFoleyError, OSError, ValueError, SafetensorError):  # no checkpoint that reads: config.json's overrides
+        names, origins = {}, None
+    if not isinstance(names, dict) or not names:
+        overrides = saved.get("model_overrides")
+        names = overrides if isinstance(overrides, dict) else {}
+    out_parts = []
+    for field, registry in part_registries().items():
+        value = names.get(field)
+        part = value.get("name") if isinstance(value, dict) else value
+        if not isinstance(part, str) or part in registry:
+            continue
+        came_from = origins.get(field) if isinstance(origins, dict) else None
+        if came_from is None or any(str(g) in str(came_from) for g in gone):
+            out_parts.append(f"{registry.kind} {part!r}")
+    return out_parts

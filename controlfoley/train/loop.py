@@ -256,10 +256,12 @@ class Trainer:
         compared as settings can: refusing would leave, for every such edit, only a hand-edited
         config.json or a new run. The checkpoints then hold training by both versions, which the
         warning says, naming the file; config.json records the code loaded now (`_record_run`)."""
+        from controlfoley.train.provenance import plugin_code
+
         changes = plugin_changes(saved.plugins, cfg.plugins or ())  # (never None: TrainConfig fills it in)
         if changes and self.info.is_main:
             warnings.warn(
-                f"--resume: the code of recipe {cfg.recipe!r} is not what {self.run_dir.config_path} recorded: {'; '.join(changes)}. The run "
+                f"--resume: the code of {plugin_code(cfg.recipe, self._model_config)} is not what {self.run_dir.config_path} recorded: {'; '.join(changes)}. The run "
                 "goes on with the code as it is now (its checkpoints so far were trained with the earlier one); config.json now records this code",
                 PluginChangedWarning,
                 stacklevel=user_stacklevel(),

@@ -15,6 +15,9 @@ resolves to, and, for a run that loaded its tokenizer (config.json: --init with 
 so on back; else when both model files hold equal tokenizer tensors. A path the index records that
 no longer exists can only be compared by path, and the warning says so. A dataset whose index
 records no `tokenizer` at all (written by ShardWriter directly, as the tests do) is not checked.
+
+`plugin_code(recipe, model_config)` names, for messages about a run's plugin files, what of the run
+comes from outside the library: its recipe, its model's registered parts (kind and name), or both.
 """
 
 import json
@@ -29,7 +32,7 @@ from controlfoley.config import ModelConfig
 from controlfoley.errors import ControlFoleyError
 from controlfoley.train.config import known_base
 
-__all__ = ["TokenProvenanceWarning", "warn_token_provenance", "token_provenance_problems"]
+__all__ = ["TokenProvenanceWarning", "warn_token_provenance", "token_provenance_problems", "plugin_code"]
 
 _MAX_HOPS = 8  # runs initialised from runs: a chain this long is a loop
 
@@ -184,3 +187,20 @@ def _equal_tokenizers(a: Path, b: Path) -> bool:
 
 def _equal(x: torch.Tensor, y: torch.Tensor) -> bool:
     return x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)
+
+
+def plugin_code(recipe: str, model_config: ModelConfig | None = None) -> str:
+    """What of a run the plugin code loaded now provides, for messages: "recipe 'x'", "guidance
+    'y'" (a part of `model_config` registered outside the library), or both joined by "and";
+    "recipe 'x'" when nothing does (the library's own code)."""
+    from controlfoley.config import Part, part_registries
+    from controlfoley.train.config import recipe_plugins
+
+    what = [f"recipe {recipe!r}"] if recipe_plugins(recipe) else []
+    for field, registry in part_registries().items() if model_config is not None else ():
+        part = getattr(model_config, field, None)
+        if isinstance(part, Part) and part.name in registry:
+            module = str(getattr(registry.get(part.name), "__module__", "") or "")
+            if module.split(".")[0] not in ("controlfoley", "builtins", "abc"):
+                what.append(f"{registry.kind} {part.name!r}")
+    return " and ".join(what) or f"recipe {recipe!r}"

@@ -16,6 +16,7 @@ Overrides (`ModelConfig.override`, and so `build_model(preset, **overrides)`):
 """
 
 import dataclasses
+import difflib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -291,8 +292,10 @@ class ModelConfig:
             elif key in ("n_frames", "name"):
                 changes[key] = value
             else:
+                fields = sorted((*_PART_FIELDS, "sampler", "n_frames", "name"))
+                close = difflib.get_close_matches(str(key), fields, n=1)
                 raise ConfigError(
-                    f"unknown override {key!r}; fields you can override: {sorted((*_PART_FIELDS, 'sampler', 'n_frames', 'name'))}"
+                    f"unknown override {key!r}{f' (did you mean {close[0]!r}?)' if close else ''}; fields you can override: {fields}"
                 )
         removed = [f for f in _OPTIONAL_PARTS if f in changes and changes[f] is None]
         if removed and len(removed) < len(_OPTIONAL_PARTS) and all(getattr(self, f) is not None for f in _OPTIONAL_PARTS):

@@ -32,8 +32,10 @@ def test_sampler_override_and_bad_fields():
     assert cfg.sampler.steps == 16 and cfg.sampler.temperature == 9.0
     with pytest.raises(ConfigError, match="unknown sampler field"):
         cfg.override(sampler={"stepz": 3})
-    with pytest.raises(ConfigError, match="unknown override 'bakbone'"):
+    with pytest.raises(ConfigError, match=r"unknown override 'bakbone' \(did you mean 'backbone'\?\)"):
         cfg.override(bakbone={})
+    with pytest.raises(ConfigError, match=r"unknown override 'alinger' \(did you mean 'aligner'\?\)"):
+        build_model("specmaskfoley_tiny", alinger="ft")
     with pytest.raises(ConfigError, match="steps"):
         cfg.override(sampler={"steps": 0})
 

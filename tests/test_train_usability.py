@@ -241,6 +241,8 @@ def test_optimiser_numbers_are_refused_as_given_naming_the_flag_and_the_range(
     for flag, value in (("--base-lr", "nan"), ("--min-lr", "-1"), ("--weight-decay", "-1"), ("--betas", "1.5,0.9"), ("--seed", str(2**70))):
         assert train_main(cli_args("tokenizer", data, tmp_path / "cli", flag, value)) == 2
         assert f"error: train config: {flag[2:].replace('-', '_')} ({flag})" in capsys.readouterr().err
+    assert train_main(cli_args("tokenizer", data, tmp_path / "cli", "--betas", "x")) == 2  # was a raw ValueError from float()
+    assert "error: --betas takes comma-separated numbers, e.g. --betas 0.9,0.999; got 'x'" in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
 
 

@@ -198,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _parse_value(name: str, raw: str) -> Any:
     if name in ("init_parts", "trainable"):
         return tuple(x.strip() for x in raw.split(",") if x.strip())
-    return tuple(float(x) for x in raw.split(","))
+    try:
+        return tuple(float(x) for x in raw.split(","))
+    except ValueError:
+        raise ConfigError(f"--{name.replace('_', '-')} takes comma-separated numbers, e.g. --betas 0.9,0.999; got {raw!r}") from None
 
 
 def _model_overrides(items: Sequence[str]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ Writes are atomic (temporary file + rename).
 import json
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -306,22 +306,29 @@ def _blamed_overrides(overrides: Mapping[str, Any], state: Mapping[str, torch.Te
     return sorted(k for k in overrides if k in parts or k in ("n_frames", "mel"))
 
 
-def _part_config_hint(meta: Mapping[str, str], model: ModelModule, part: str) -> str:
-    """Where a part's weights do not fit because the checkpoint built it differently: the flag
-    that builds it like the checkpoint did."""
+def _part_config_hint(meta: Mapping[str, str], model: ModelModule, parts: Sequence[str]) -> str:
+    """Where parts' weights do not fit because the checkpoint built them differently: each one's
+    builder and settings there and here, and the flags that build all of them like the checkpoint
+    did (one message for every part, not one part per attempt)."""
     try:
-        theirs = getattr(config_from_metadata(meta, Path("?")), part, None)
+        cfg = config_from_metadata(meta, Path("?"))
     except (CheckpointError, ValueError):
         return ""
-    ours = getattr(getattr(model, "config", None), part, None)
-    if theirs is None or theirs == ours:
+    lines, flags, kwargs = [], [], []
+    for part in parts:
+        theirs, ours = getattr(cfg, part, None), getattr(getattr(model, "config", None), part, None)
+        if theirs is None or theirs == ours:
+            continue
+        spec = json.dumps({"name": theirs.name, **theirs.kwargs})
+        lines.append(
+            f"\n  The checkpoint's {part} is {theirs.name!r} {theirs.kwargs}, this model's is {getattr(ours, 'name', None)!r} {getattr(ours, 'kwargs', {})}."
+        )
+        flags.append(f"--model {part}='{spec}'")
+        kwargs.append(f"{part}={spec}")
+    if not lines:
         return ""
-    spec = json.dumps({"name": theirs.name, **theirs.kwargs})
-    return (
-        f"\n  The checkpoint's {part} is {theirs.name!r} {theirs.kwargs}, this model's is "
-        f"{getattr(ours, 'name', None)!r} {getattr(ours, 'kwargs', {})}. Build it like the checkpoint: "
-        f"--model {part}='{spec}' on the command line, build_model(..., {part}={spec}) in Python."
-    )
+    what = "it" if len(lines) == 1 else "them"
+    return "".join(lines) + f"\n  Build {what} like the checkpoint: {' '.join(flags)} on the command line, build_model(..., {', '.join(kwargs)}) in Python."
 
 
 def _with_saved_defaults(cfg: ModelConfig, meta: Mapping[str, str], where: Path) -> ModelConfig:
@@ -490,7 +497,8 @@ def load_parts(model: ModelModule, path: str | os.PathLike[str], parts: str | It
     """
     state, meta = read_state_dict(path)
     parts = [parts] if isinstance(parts, str) else list(parts)
-    for part in parts:
+    checked, failed = [], []
+    for part in parts:  # every part checked before any loads: a mismatch leaves the model as it was
         sub = getattr(model, part, None)
         if not isinstance(sub, nn.Module):
             have = [n for n, _ in model.named_children()]
@@ -502,7 +510,12 @@ def load_parts(model: ModelModule, path: str | os.PathLike[str], parts: str | It
         try:
             check_state_dict(sub, sub_state, f"{part} in {path}")
         except CheckpointError as e:
-            raise CheckpointError(f"{e}{_part_config_hint(meta, model, part)}") from None
+            failed.append((part, e))
+        checked.append((sub, sub_state))
+    if failed:
+        others = f" (and {', '.join(p for p, _ in failed[1:])}, which do not fit either)" if len(failed) > 1 else ""
+        raise CheckpointError(f"{failed[0][1]}{others}{_part_config_hint(meta, model, [p for p, _ in failed])}") from None
+    for sub, sub_state in checked:
         sub.load_state_dict(sub_state, strict=True)
     src = trained_parts(meta)
     # a checkpoint that records nothing (older ones, converted official weights) is taken as trained

@@ -199,3 +199,24 @@ def test_save_refuses_metadata_it_cannot_store_or_keys_the_library_writes_and_a_
     assert not target.exists()
     model.save(target, extra_metadata={"epoch": "3", "controlfoley_train_state": "{}"})  # keys of the user's (and the training loop's) own
     assert read_metadata(target)["epoch"] == "3" and from_pretrained(target).config == model.config
+
+
+def test_load_parts_names_every_part_built_otherwise_and_loads_none_on_a_mismatch(tmp_path):
+    """--init / load_parts from a checkpoint whose tokenizer and backbone were built with other
+    settings: one error gives the flags for both (it named one part per attempt), and the model is
+    left as it was (the parts before the failing one were loaded)."""
+    from controlfoley import build_model
+    from controlfoley.checkpoint import load_parts
+    from controlfoley.errors import CheckpointError
+
+    theirs = build_model("specmaskfoley_tiny", tokenizer={"embed_dim": 16}, backbone={"depth": 3})
+    path = theirs.save(tmp_path / "theirs.safetensors")
+    ours = build_model("specmaskfoley_tiny")
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    with pytest.raises(CheckpointError) as err:
+        load_parts(ours, path, ["aligner", "tokenizer", "backbone"])  # the aligner fits: it was loaded before the tokenizer failed
+    msg = str(err.value)
+    assert "(and backbone, which do not fit either)" in msg
+    assert "--model tokenizer='{\"name\": \"specvqgan\"" in msg and "--model backbone='{\"name\": \"specmaskgit\"" in msg
+    assert "Build them like the checkpoint:" in msg and '"depth": 3' in msg and '"embed_dim": 16' in msg
+    assert all(torch.equal(v, before[k]) for k, v in ours.state_dict().items())

@@ -18,6 +18,7 @@ per-track DURATION tag (HH:MM:SS.nnnnnnnnn).
 
 import contextlib
 import math
+import numbers
 import os
 import re
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from pathlib import Path
 import av
 
 from controlfoley._io import atomic_path, final_path, write_failure
-from controlfoley.errors import MediaError
+from controlfoley.errors import ConfigError, MediaError
 
 __all__ = ["PathLike", "VIDEO_SUFFIXES", "video_files", "open_input", "atomic_output", "open_output", "moving_video", "video_stream", "check_complete", "check_covered", "stated_duration", "check_fps", "rate_fraction"]
 
@@ -94,7 +95,9 @@ def atomic_output(path: Path) -> Iterator[Path]:
     except OSError as e:  # named by the file it becomes (`path` may be another atomic_path's temporary file)
         raise MediaError(write_failure(path, e, fix="choose a writable output folder")) from None
     except av.FFmpegError as e:
-        raise MediaError(f"cannot write {final_path(path)}: FFmpeg failed while muxing ({_reason(e)}); try an .mp4 output") from None
+        target = final_path(path)
+        fix = "" if target.suffix.lower() == ".mp4" else "; try an .mp4 output"
+        raise MediaError(f"cannot write {target}: FFmpeg failed while muxing ({_reason(e)}){fix}") from None
 
 
 def open_output(tmp: Path, target: Path) -> av.container.OutputContainer:
@@ -186,9 +189,11 @@ def check_covered(path: Path, container: av.container.InputContainer, stream: av
         )
 
 
-def check_fps(fps: float) -> None:
-    if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a positive finite number, got {fps}")
+def check_fps(fps: object) -> None:  # a validator: it takes anything
+    """A frame rate: a positive finite number (frames per second), else a ConfigError."""
+    rate = float(fps) if isinstance(fps, numbers.Real) and not isinstance(fps, bool) else math.nan
+    if not (math.isfinite(rate) and rate > 0):
+        raise ConfigError(f"fps is a frame rate in frames per second, a positive finite number such as 24; got {fps!r}")
 
 
 def rate_fraction(fps: float) -> Fraction:

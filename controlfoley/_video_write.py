@@ -15,6 +15,7 @@ AAC encoder (1024-sample frames).
 """
 
 import logging
+import numbers
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -38,6 +39,7 @@ from controlfoley._media import (
     rate_fraction,
     video_stream,
 )
+from controlfoley.errors import ConfigError, ShapeError
 from controlfoley.typing import Float, Tensor
 
 __all__ = ["MuxResult", "write_video", "mux_audio"]
@@ -74,13 +76,42 @@ def _add_audio_stream(c: av.container.OutputContainer, sample_rate: int) -> av.a
     return s
 
 
+def _checked_audio(audio: object, sample_rate: object, caller: str) -> tuple[Tensor, int]:  # a validator: it takes anything
+    """(audio as a tensor, sample rate as an int) for an AAC track, checked before any file is
+    opened: a float mono waveform [s] (a torch tensor, or a numpy array: converted), finite, at a
+    rate the AAC encoder takes."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0:
+        raise ConfigError(f"{caller}: sample_rate is in Hz, a positive int such as 22050; got {sample_rate!r}")
+    rates = av.codec.Codec(_AUDIO_CODEC, "w").audio_rates  # None: the encoder does not say
+    if rates and int(sample_rate) not in rates:
+        raise ConfigError(
+            f"{caller}: the AAC audio track takes the sample rates {', '.join(map(str, sorted(rates)))} Hz, got {int(sample_rate)}; "
+            "resample the waveform to one of them (e.g. librosa.resample(wav, orig_sr=SR, target_sr=22050))"
+        )
+    if isinstance(audio, np.ndarray):
+        audio = torch.from_numpy(np.ascontiguousarray(audio))
+    if not isinstance(audio, torch.Tensor):
+        raise ShapeError(f"{caller}: audio is a float mono waveform [samples], a torch tensor or numpy array; got {type(audio).__name__}")
+    if audio.ndim != 1 or audio.shape[0] == 0:
+        shape = tuple(audio.shape)
+        fix = (
+            "drop the channel axis (wav[0])" if audio.ndim == 2 and 1 in shape and audio.numel()
+            else "mix the channels to mono (wav.mean(0) for [channels, samples])" if audio.ndim == 2 and audio.numel()
+            else "give at least one sample" if audio.numel() == 0 else "give [samples]"
+        )  # fmt: skip
+        raise ShapeError(f"{caller}: audio must be a non-empty mono waveform [samples], got shape {shape}; {fix}")
+    if not audio.is_floating_point():
+        raise ShapeError(f"{caller}: audio must be float samples in [-1, 1], got {audio.dtype}; for 16-bit PCM use wav / 32768")
+    return audio, int(sample_rate)
+
+
 def _encode_audio(s: av.audio.stream.AudioStream, audio: Float[Tensor, "s"], sample_rate: int, start: int = 0) -> list[av.Packet]:
     """AAC packets of `audio`, its first sample presented at `start` (in samples)."""
     if audio.ndim != 1 or audio.shape[0] == 0:
-        raise ValueError(f"audio must be a non-empty mono waveform [s], got shape {tuple(audio.shape)}")
+        raise ShapeError(f"audio must be a non-empty mono waveform [s], got shape {tuple(audio.shape)}")
     wav = audio.detach().to("cpu", torch.float32).numpy()
     if not np.isfinite(wav).all():
-        raise ValueError("audio holds NaN or infinite samples")
+        raise ShapeError("audio holds NaN or infinite samples; replace them (torch.nan_to_num(wav)) or check what made it")
     wav = np.clip(wav, -1.0, 1.0)[None, :]
     packets: list[av.Packet] = []
     for i in range(0, wav.shape[1], _AAC_FRAME):
@@ -120,20 +151,23 @@ def write_video(
     frames: UInt8[Tensor, "n h w 3"],
     fps: float,
     *,
-    audio: Float[Tensor, "s"] | None = None,
+    audio: Float[Tensor, "s"] | np.ndarray | None = None,
     sample_rate: int | None = None,
     crf: int = 15,
 ) -> Path:
-    """Write frames (and an optional mono audio track) as a video file, atomically.
+    """Write frames (and an optional mono audio track: float samples, a tensor or numpy array, at a
+    sample rate the AAC encoder takes, as for `mux_audio`) as a video file, atomically.
 
     The container follows the suffix (.mp4, .m4v, .mov or .mkv). yuv420p needs even sizes, so an odd height
     or width is padded by repeating the last row or column. `crf` is libx264's quality (lower is better).
     """
     check_fps(fps)
     if frames.shape[0] == 0:
-        raise ValueError("write_video needs at least one frame")
+        raise ShapeError("write_video needs at least one frame")
     if (audio is None) != (sample_rate is None):
-        raise ValueError("give audio and sample_rate together")
+        raise ConfigError("write_video: give audio and sample_rate together (or neither, for a silent video)")
+    if audio is not None:
+        audio, sample_rate = _checked_audio(audio, sample_rate, "write_video")
     images = frames.detach().cpu().numpy()
     pad_h, pad_w = images.shape[1] % 2, images.shape[2] % 2
     images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
@@ -224,7 +258,7 @@ def _keep_display(vin: av.video.stream.VideoStream, vout: av.video.stream.VideoS
         vout.codec_context.sample_aspect_ratio = sar
 
 
-def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"], sample_rate: int, out_path: PathLike) -> MuxResult:
+def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"] | np.ndarray, sample_rate: int, out_path: PathLike) -> MuxResult:
     """Replace the audio of `video_path` by `audio` (mono, AAC) and write `out_path` atomically.
 
     The first video stream is copied packet by packet (no re-encode) when the output container can
@@ -232,9 +266,11 @@ def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"], sample_rate: int,
     Other streams (old audio, subtitles, data) are dropped. `out_path` may equal `video_path`.
     The video keeps its timestamps, and the audio starts with its first frame (time 0 of
     `read_frames`, where the generated waveform starts), also when that is not at 0 s.
+    `audio`: float samples in [-1, 1], a torch tensor or a numpy array; `sample_rate` (Hz) one the
+    AAC encoder takes (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, ...): a ShapeError or
+    ConfigError says which, before any file is opened.
     """
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    audio, sample_rate = _checked_audio(audio, sample_rate, "mux_audio")
     src, target = Path(video_path), Path(out_path)
     check_video_output(target)
     first, rotation = _first_frame(src)

@@ -61,7 +61,7 @@ from controlfoley._static import ModelModule
 from controlfoley.config import ConfigError
 from controlfoley.control.encoders import control_encoder_of
 from controlfoley.data.extractors import ExtractorSpec, build_extractor
-from controlfoley.errors import MediaError, RandomWeightsWarning, ShapeError
+from controlfoley.errors import MediaError, RandomWeightsWarning, ShapeError, user_stacklevel
 from controlfoley.guidance import GuidanceRule
 from controlfoley.model import checked_control_scale, checked_guidance_every, run_vocoder
 from controlfoley.typing import Float, Int, Tensor
@@ -69,10 +69,10 @@ from controlfoley.pipeline_parts import (
     Prompt,
     build_vocoder,
     check_extractor_widths,
+    checked_prompt,
     checked_seed,
     choose_extractors,
     default_extractors,
-    is_prompt,
     prompt_text,
     require_control,
     require_trained,
@@ -241,19 +241,28 @@ class FoleyPipeline:
             raise ConfigError(f"extractors must cover exactly the model's video features {sorted(need)}, got {sorted(extractors)}")
         if isinstance(frame_size, bool) or not isinstance(frame_size, int) or frame_size < 1:
             raise ConfigError(f"frame_size is the side of the decoded square frames in pixels, an int >= 1; got {frame_size!r}")
+        if feature_frames is not None and not isinstance(feature_frames, Mapping):
+            raise ConfigError(
+                f"feature_frames is a dict {{feature key: rows per window}} for {sorted(need)} (e.g. {{'sync': 240}}), got {type(feature_frames).__name__}"
+            )
         for key, n in (feature_frames or {}).items():
             if key not in need:
                 raise ConfigError(f"feature_frames names {key!r}, not a video feature of this model ({sorted(need)})")
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ConfigError(f"feature_frames[{key!r}] is a number of feature rows per window, an int >= 1; got {n!r}")
-        if not 0.0 <= overlap < 1.0:
-            raise ConfigError(f"overlap is a fraction of the window in [0, 1), got {overlap}")
-        if join not in JOINS:
+        if isinstance(overlap, bool) or not isinstance(cast(Any, overlap), numbers.Real) or not 0.0 <= overlap < 1.0:  # cast: mypy counts no float a Real
+            raise ConfigError(f"overlap is a fraction of the window in [0, 1), a float such as 0.25; got {overlap!r}")
+        if not isinstance(join, str) or join not in JOINS:
             raise ConfigError(f"join must be one of {JOINS}, got {join!r}")
-        if precision not in PRECISIONS:
+        if not isinstance(precision, str) or precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         if cuda_graph and model.device.type != "cuda":
             raise ConfigError(f"cuda_graph=True needs the model on a CUDA device; it is on {model.device}. Drop cuda_graph or load with map_location='cuda'")
+        if vocoder is not None and not isinstance(vocoder, (str, Mapping, nn.Module)):
+            raise ConfigError(
+                f"vocoder is a VOCODERS name ('griffinlim'), a dict {{'name': ..., **kwargs}} or a module (None: the model's own), "
+                f"got {type(vocoder).__name__} {vocoder!r}"
+            )
         if progress is not None and not isinstance(progress, bool):
             raise ConfigError(f"progress is True, False or None (a terminal only), got {progress!r}")
         self.precision, self.cuda_graph, self.progress = precision, bool(cuda_graph), progress
@@ -390,7 +399,9 @@ class FoleyPipeline:
         """
         if isinstance(video_path, (str, os.PathLike)):
             self._batch_size(batch_size)  # checked, though one video has nothing to batch
-            seed = checked_seed(seed)  # before the video is read
+            checked_prompt(prompt)  # before the video is read, as in the list form
+            checked_prompt(negative_prompt, "negative_prompt")
+            seed = checked_seed(seed)
             guidance_every = checked_guidance_every(guidance_every)
             checked_control_scale(control_scale)
             streams, duration = self.read_features(video_path)
@@ -423,25 +434,28 @@ class FoleyPipeline:
         finishes (not in the list's order: videos sample grouped by their conditions, longest first),
         so that each can be saved and dropped at once and a file that fails to decode costs only
         itself and what follows, not the results before it. The arguments and results are those of
-        `__call__` with a list::
+        `__call__` with a list (one path alone is refused with a ConfigError: pass [path], or call
+        `pipe(path)`)::
 
             for i, result in pipe.iterate(videos, seed=0):
                 result.save(f"out/{Path(videos[i]).stem}.wav")
         """
         args, settings = self._plan_videos(
-            videos, prompt, negative_prompt, seed, guidance, batch_size, steps=steps, cfg_scale=cfg_scale, temperature=temperature,
+            videos, prompt, negative_prompt, seed, guidance, batch_size, call="iterate", steps=steps, cfg_scale=cfg_scale, temperature=temperature,
             guidance_every=guidance_every, control_scale=control_scale,
         )  # fmt: skip
         return self._iterate(*args, **settings)
 
     def _plan_videos(
-        self, videos: Any, prompt: Any, negative_prompt: Any, seed: Any, guidance: Any, batch_size: Any, **settings: Any
+        self, videos: Any, prompt: Any, negative_prompt: Any, seed: Any, guidance: Any, batch_size: Any, *, call: str = "a pipeline call",
+        **settings: Any,
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """A list call's arguments checked and every file probed (missing, unreadable, audio-only or
-        a still image: refused before anything samples): `_iterate`'s arguments and settings."""
+        a still image: refused before anything samples): `_iterate`'s arguments and settings.
+        `call` names the method in errors."""
         from controlfoley.video import probe
 
-        videos = _video_list(videos)
+        videos = _video_list(videos, call)
         prompts, negatives, seeds = _per_video_conditions(len(videos), prompt, negative_prompt, seed)
         settings["guidance_every"] = checked_guidance_every(settings["guidance_every"])
         checked_control_scale(settings["control_scale"])
@@ -547,8 +561,16 @@ class FoleyPipeline:
         guidance_every: int = 1,
         control_scale: float | None = None,
     ) -> FoleyResult:
-        """Sample all windows from whole-video feature streams {key: [t, d]} (see `read_features`).
-        `seed=None` draws a fresh seed, returned in `FoleyResult.seed`; the other settings as in `__call__`."""
+        """Sample all windows from whole-video feature streams {key: [t, d]} (see `read_features`):
+        one float torch.Tensor per video feature of the pipeline's extractors, its rows at that
+        extractor's `fps`, and `duration_s` (seconds, > 0) the audio to make. Streams that cover
+        less of `duration_s` than `read_features` would (short by more than one row and 0.5 s) are
+        warned about: the rest is conditioned on their last row, repeated. Bad streams raise
+        ShapeError, a bad duration ConfigError. `seed=None` draws a fresh seed, returned in
+        `FoleyResult.seed`; the other settings as in `__call__`."""
+        duration_s = self._check_streams(streams, duration_s, "streams")
+        checked_prompt(prompt)
+        checked_prompt(negative_prompt, "negative_prompt")
         seed = checked_seed(seed)
         return self._generate(
             [lambda: (streams, duration_s)], [prompt], [negative_prompt], [seed], guidance, 1, [float(duration_s)], steps=steps, cfg_scale=cfg_scale,
@@ -572,15 +594,54 @@ class FoleyPipeline:
     ) -> list[FoleyResult]:
         """`generate` for several videos' (streams, duration) pairs (each as `read_features` returns
         it), sampled `batch_size` at a time; per-video `prompt` / `negative_prompt` / `seed` lists
-        and the result of each as in `__call__` with a list of videos."""
+        and the result of each as in `__call__` with a list of videos; the streams and durations are
+        checked as in `generate`."""
         if isinstance(inputs, Mapping) or not isinstance(inputs, Sequence) or not all(isinstance(x, tuple) and len(x) == 2 for x in inputs):
             raise ConfigError("generate_many takes a list of (streams, duration_s) pairs, as read_features returns them; for one video use generate")
+        inputs = [(x, self._check_streams(x, d, f"inputs[{i}]")) for i, (x, d) in enumerate(inputs)]
         prompts, negatives, seeds = _per_video_conditions(len(inputs), prompt, negative_prompt, seed)
         loaders = [lambda x=x: x for x in inputs]
         return self._generate(
             loaders, prompts, negatives, seeds, guidance, self._batch_size(batch_size), [float(d) for _, d in inputs], steps=steps,
             cfg_scale=cfg_scale, temperature=temperature, guidance_every=guidance_every, control_scale=control_scale,
         )
+
+    def _check_streams(self, streams: Any, duration_s: Any, what: str) -> float:  # a validator: it takes anything
+        """`generate`'s whole-video streams checked (`what` names them in errors): a float tensor
+        [t >= 1, d] for each of the extractors' keys; returns `duration_s` as a float, checked to
+        be a positive finite number of seconds. Streams that end well before `duration_s` are
+        warned about: one row short (the floor of duration x fps) is what `read_features` can give,
+        and 0.5 s more (the mismatch `FoleyResult.save_video` warns about) is left to rounding."""
+        duration = float(duration_s) if isinstance(duration_s, numbers.Real) and not isinstance(duration_s, bool) else math.nan
+        if not (math.isfinite(duration) and duration > 0):
+            raise ConfigError(f"duration_s is the audio's length in seconds, a positive finite number (read_features returns it), got {duration_s!r}")
+        need = sorted(self.extractors)
+        if not isinstance(streams, Mapping) or set(streams) != set(need):
+            got = sorted(map(str, streams)) if isinstance(streams, Mapping) else type(streams).__name__
+            raise ShapeError(f"{what} must be a dict of whole-video feature streams {{key: [frames, dim]}} for {need}, as read_features returns it; got {got}")
+        short = []
+        for key in need:
+            x = streams[key]
+            if not isinstance(x, Tensor):
+                raise ShapeError(f"{what}[{key!r}] must be a torch.Tensor [frames, dim], got {type(x).__name__}; convert it with torch.as_tensor(x)")
+            if not x.is_floating_point():
+                raise ShapeError(f"{what}[{key!r}] must be a float tensor [frames, dim], got {x.dtype}")
+            if x.ndim != 2:
+                fix = "drop the batch axis (stream[0])" if x.ndim == 3 and x.shape[0] == 1 else "generate_many([(streams, duration_s), ...]) takes several videos" if x.ndim == 3 else "give [frames, dim]"
+                raise ShapeError(f"{what}[{key!r}] is {list(x.shape)}; generate takes whole-video streams as read_features returns them, [frames, dim]: {fix}")
+            if x.shape[0] == 0:
+                raise ShapeError(f"{what}[{key!r}] has no rows ({list(x.shape)}); give the video's features, at least one frame (read_features(path))")
+            fps = float(self.extractors[key].fps)
+            covered = x.shape[0] / fps
+            if covered < duration - 1.0 / fps - 0.5:
+                short.append(f"{what}[{key!r}] covers {covered:.2f} s ({x.shape[0]} rows at {fps:g} fps)")
+        if short:
+            warnings.warn(
+                f"{'; '.join(short)} but duration_s is {duration:.2f} s: the rest is conditioned on the last row repeated (a still "
+                "picture, no new onsets); pass the whole video's features (read_features) or a duration_s they cover",
+                stacklevel=user_stacklevel(),
+            )
+        return duration
 
     def _generate(self, *args: Any, **kwargs: Any) -> list[FoleyResult]:
         """`_iterate`'s results in the order of the videos."""
@@ -824,16 +885,19 @@ class _Job:
     seed: int
 
 
-def _video_list(videos: Any) -> list[str | os.PathLike[str]]:  # a validator: it takes anything
-    """A pipeline call's list of video paths, checked."""
+def _video_list(videos: Any, call: str = "a pipeline call") -> list[str | os.PathLike[str]]:  # a validator: it takes anything
+    """A list call's video paths, checked (`call` names the method in errors). One path where a list
+    is expected is refused: a string is a sequence, of its characters."""
+    if isinstance(videos, (str, os.PathLike)):
+        raise ConfigError(f"{call} takes a list of video paths, got one {type(videos).__name__} ({str(videos)!r}); for one video pass [path] or call pipe(path)")
     if isinstance(videos, (bytes, Mapping)) or not isinstance(videos, Sequence):
-        raise TypeError(
-            f"a pipeline call takes a video path or a list of them, got {type(videos).__name__}; "
+        raise ConfigError(
+            f"{call} takes {'a list of video paths' if call == 'iterate' else 'a video path or a list of them'}, got {type(videos).__name__}; "
             "for decoded features use pipe.generate(streams, duration) or pipe.generate_many([...])"
         )
     bad = [type(v).__name__ for v in videos if not isinstance(v, (str, os.PathLike))]
     if bad:
-        raise TypeError(f"a pipeline call takes a list of video paths (str or Path), got a list holding {', '.join(sorted(set(bad)))}")
+        raise ConfigError(f"{call} takes a list of video paths (str or Path), got a list holding {', '.join(sorted(set(bad)))}")
     if not videos:
         raise ConfigError("the list of videos is empty: give at least one path")
     return list(videos)
@@ -859,8 +923,7 @@ def _per_video_conditions(n: int, prompt: Any, negative_prompt: Any, seed: Any) 
     prompts, negatives = _per_video(prompt, n, "prompt", one_for_all), _per_video(negative_prompt, n, "negative_prompt", one_for_all)
     for name, items in (("prompt", prompts), ("negative_prompt", negatives)):
         for i, p in enumerate(items):
-            if not (p is None or is_prompt(p)):
-                raise ConfigError(f"{name}[{i}]: a prompt is a comma-separated string, a list of tag strings or None, got {p!r}")
+            checked_prompt(p, f"{name}[{i}]")
     seeds = _per_video(seed, n, "seed", lambda s: not isinstance(s, (list, tuple)))
     return prompts, negatives, [checked_seed(s, "seed" if not isinstance(seed, (list, tuple)) else f"seed[{i}]") for i, s in enumerate(seeds)]
 

@@ -7,7 +7,7 @@
   tokenizer, backbone or ControlNet, is refused (it would follow no video, or make noise).
 - `check_extractor_widths`: extractors of a width the model cannot take fail once, at construction.
 - `build_vocoder`: a vocoder override (a VOCODERS name, {"name": ..., **kwargs} or a module).
-- `prompt_text` / `checked_seed`: prompts as one comma-separated string; seeds checked or drawn.
+- `checked_prompt` / `prompt_text` / `checked_seed`: prompts checked, as one comma-separated string; seeds checked or drawn.
 """
 
 import logging
@@ -26,7 +26,7 @@ from controlfoley.data.extractors import PATH_ARGS, ExtractorSpec
 
 log = logging.getLogger("controlfoley.pipeline")
 
-__all__ = ["choose_extractors", "default_extractors", "recorded_extractors", "recorded_text_encoder", "require_control", "require_trained", "check_extractor_widths", "build_vocoder", "is_prompt", "prompt_text", "checked_seed"]
+__all__ = ["choose_extractors", "default_extractors", "recorded_extractors", "recorded_text_encoder", "require_control", "require_trained", "check_extractor_widths", "build_vocoder", "is_prompt", "checked_prompt", "prompt_text", "checked_seed"]
 
 Prompt = str | Sequence[str]  # "bell, thud" or ["bell", "thud"]
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # the seeds torch.Generator.manual_seed takes (a negative one wraps modulo 2**64)
@@ -180,13 +180,21 @@ def is_prompt(value: Any) -> bool:  # a validator: it takes anything
     return isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(t, str) for t in value))
 
 
-def prompt_text(prompt: Prompt | None) -> str | None:
-    """A prompt as one comma-separated string: ["bell", "thud"] -> "bell, thud"; a string unchanged."""
+def checked_prompt(prompt: Any, arg: str = "prompt") -> Any:  # a validator: it takes anything
+    """`prompt` as given where it is one (a string, a list/tuple of tag strings, or None), else a
+    ConfigError naming `arg`."""
+    if prompt is None or is_prompt(prompt):
+        return prompt
+    raise ConfigError(f"{arg}: a prompt is a comma-separated string, a list of tag strings or None, got {prompt!r}")
+
+
+def prompt_text(prompt: Prompt | None, arg: str = "prompt") -> str | None:
+    """A prompt as one comma-separated string: ["bell", "thud"] -> "bell, thud"; a string unchanged.
+    Anything else is a ConfigError naming `arg`."""
+    prompt = checked_prompt(prompt, arg)
     if prompt is None or isinstance(prompt, str):
         return prompt
-    if is_prompt(prompt):
-        return ", ".join(t.strip() for t in prompt if t.strip())
-    raise TypeError(f"a prompt is a comma-separated string or a list of tag strings, got {prompt!r}")
+    return ", ".join(t.strip() for t in prompt if t.strip())
 
 
 def check_extractor_widths(model: ModelModule, extractors: Mapping[str, Any], text_encoder: Any | None) -> None:

@@ -23,7 +23,9 @@ Features
   refuses a file whose decoded video is clearly shorter than the duration its header states (cut
   short mid-stream: shorter by more than max(0.5 s, 10 %), checked where the header declares no
   frame count). Outputs are written through `controlfoley._io.atomic_path`, so no partial file is
-  ever left behind.
+  ever left behind. A bad argument (a frame rate, size or sample rate out of range, an audio track
+  that is not a float mono waveform, a sample rate AAC cannot hold) raises a `ConfigError` or
+  `ShapeError` naming it before any file is opened (both derive from ValueError, as before).
 
 The writers live in `controlfoley._video_write` and the shared opening/error plumbing in
 `controlfoley._media`; this module is the public face of all three.
@@ -44,9 +46,9 @@ import numpy as np
 import torch
 from jaxtyping import UInt8
 
-from controlfoley._media import PathLike, check_complete, check_covered, moving_video, open_input, rate_fraction, stated_duration, video_stream
+from controlfoley._media import PathLike, check_complete, check_covered, check_fps, moving_video, open_input, rate_fraction, stated_duration, video_stream
 from controlfoley._video_write import MuxResult, mux_audio, write_video
-from controlfoley.errors import MediaError
+from controlfoley.errors import ConfigError, MediaError, ShapeError
 from controlfoley.typing import Float, Tensor
 
 __all__ = [
@@ -131,7 +133,7 @@ def frame_indices(times_s: Sequence[float], duration_s: float, fps: float, *, to
     `read_frames`; `tol_s` lets a frame count as shown that far ahead of its timestamp.
     """
     if not times_s:
-        raise ValueError("frame_indices needs at least one source frame time")
+        raise ShapeError("frame_indices needs at least one source frame time")
     ts = [Fraction(t) for t in times_s]
     return _pick(ts, Fraction(duration_s), rate_fraction(fps), Fraction(tol_s))
 
@@ -139,7 +141,7 @@ def frame_indices(times_s: Sequence[float], duration_s: float, fps: float, *, to
 def resample_frames(frames: UInt8[Tensor, "n h w 3"], src_fps: float, fps: float) -> UInt8[Tensor, "m h w 3"]:
     """Constant-rate frames in memory resampled to `fps` by the rule of `read_frames`."""
     if frames.shape[0] == 0:
-        raise ValueError("resample_frames needs at least one frame")
+        raise ShapeError("resample_frames needs at least one frame")
     n, src = frames.shape[0], rate_fraction(src_fps)
     idx = _pick([Fraction(i) / src for i in range(n)], Fraction(n) / src, rate_fraction(fps), Fraction(0))
     return frames[torch.tensor(idx, dtype=torch.long)]
@@ -193,7 +195,7 @@ def _parse_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
         return None
     h, w = (size, size) if isinstance(size, int) else size
     if h <= 0 or w <= 0:
-        raise ValueError(f"size must be positive, got {size}")
+        raise ConfigError(f"size is the frames' side in pixels (an int) or (height, width), each >= 1; got {size}")
     return h, w
 
 
@@ -217,7 +219,7 @@ _AUDIO_MARGIN_S = Fraction(1, 10)  # decoded past a bounded read's window: see r
 
 def _check_max_seconds(max_seconds: float | None) -> None:
     if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
-        raise ValueError(f"max_seconds must be positive and finite (seconds from the start), got {max_seconds}")
+        raise ConfigError(f"max_seconds must be positive and finite (seconds from the start), got {max_seconds}")
 
 
 def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | None = None, max_seconds: float | None = None) -> Frames:
@@ -231,6 +233,7 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
     then not checked for truncation). A shorter one is read whole, as without it.
     """
     _check_max_seconds(max_seconds)
+    check_fps(fps)  # a bad rate named before rate_fraction sees it
     hw, p, rate = _parse_size(size), Path(path), rate_fraction(fps)
     limit = None if max_seconds is None else Fraction(max_seconds)
     with open_input(p) as c:
@@ -303,7 +306,7 @@ def read_audio_track(path: PathLike, sample_rate: int, *, max_seconds: float | N
     With it they are the same samples.
     """
     if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        raise ConfigError(f"read_audio_track: sample_rate must be positive (Hz), got {sample_rate}")
     _check_max_seconds(max_seconds)
     limit = None if max_seconds is None else round(max_seconds * sample_rate)
     p = Path(path)

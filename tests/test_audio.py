@@ -165,9 +165,44 @@ def test_load_mono_stereo_and_resample(tmp_path) -> None:
 
 
 def test_save_clips_pcm(tmp_path) -> None:
-    path = save_audio(tmp_path / "c.wav", torch.tensor([2.0, -3.0, 0.5] * 100), SR)
+    with pytest.warns(UserWarning, match=r"peaks at 3, past full scale .* clips 67% of its samples .* normalise it first \(wav / wav.abs\(\).max\(\)\)"):
+        path = save_audio(tmp_path / "c.wav", torch.tensor([2.0, -3.0, 0.5] * 100), SR)
     back = load_audio(path, SR)
     assert back.max() <= 1.0 and back.min() >= -1.0 and back[0] > 0.99  # clipped, not wrapped around
+
+
+def test_save_audio_warns_only_where_clipping_is_audible(tmp_path) -> None:
+    """A peak of 5 was hard-clipped to a square wave without a word; a rounding's overshoot
+    (1.005) or float samples (kept as they are) say nothing."""
+    with pytest.warns(UserWarning, match="peaks at 5") as caught:
+        save_audio(tmp_path / "loud.flac", torch.sin(torch.arange(SR) / 10.0) * 5.0, SR)
+    assert caught[0].filename == __file__  # the user's line, not the library's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_audio(tmp_path / "edge.wav", torch.tensor([1.005, -0.5] * 50), SR)
+        save_audio(tmp_path / "float.wav", torch.tensor([3.0, -0.5] * 50), SR, subtype="FLOAT")
+
+
+def test_save_and_load_audio_name_bad_arguments(tmp_path) -> None:
+    """[samples, channels] was written as 22050 channels ("Format not recognised"), numpy arrays
+    failed on .dim(), a str sample rate on a comparison; each is named now (numpy is taken)."""
+    import inspect
+
+    save, load = inspect.unwrap(save_audio), inspect.unwrap(load_audio)  # past the suite's runtime type checks: what users meet
+    with pytest.raises(ShapeError, match=r"got shape \(22050, 2\): this looks like \[samples, channels\] \(soundfile's layout\); pass wav.T"):
+        save(tmp_path / "st.wav", torch.zeros(SR, 2), SR)
+    stereo = torch.stack([torch.full((100,), 0.5), torch.full((100,), -0.25)])
+    torch.testing.assert_close(load_audio(save(tmp_path / "np.wav", stereo.numpy().astype(np.float64), SR, "FLOAT"), SR, mono=False), stereo)
+    torch.testing.assert_close(load_audio(save(tmp_path / "t.wav", stereo.T.numpy().T, SR, "FLOAT"), SR, mono=False), stereo)  # a non-contiguous array
+    with pytest.raises(ShapeError, match="torch tensor or numpy array, got list"):
+        save(tmp_path / "l.wav", [0.0, 0.1], SR)
+    for rate in ("22050", 22050.0, True, 0, -1, None):
+        with pytest.raises(ConfigError, match=r"save_audio: sample_rate is in Hz, a positive int such as 22050; got"):
+            save(tmp_path / "r.wav", stereo, rate)
+        with pytest.raises(ConfigError, match=r"load_audio: sample_rate is in Hz, a positive int"):
+            load(tmp_path / "np.wav", rate)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["np.wav", "t.wav"]
+    assert load(tmp_path / "np.wav", np.int64(SR)).shape == (100,)  # numpy ints are ints
 
 
 def test_io_errors(tmp_path) -> None:

@@ -23,7 +23,7 @@ from pipeline_helpers import as_trained, bad_media, micro_model, write_frames
 
 from controlfoley import cli
 from controlfoley.data.synthetic import SyntheticWorld, write_clip_mp4
-from controlfoley.errors import ConfigError, MediaError
+from controlfoley.errors import ConfigError, MediaError, ShapeError
 from controlfoley._registry import RegistryError
 from controlfoley.pipeline import FoleyPipeline, crossfade_join, default_extractors, plan_windows
 
@@ -135,9 +135,9 @@ def test_a_fresh_seed_is_returned_and_results_save_themselves(pipe: FoleyPipelin
     with av.open(str(out)) as c:
         assert [s.type for s in c.streams] == ["video", "audio"] and c.streams.audio[0].rate == SR
     call = inspect.unwrap(FoleyPipeline.__call__)  # past the suite's runtime type checks: what users meet
-    with pytest.raises(TypeError, match="takes a video path or a list of them, got int"):
+    with pytest.raises(ConfigError, match="takes a video path or a list of them, got int"):
         call(pipe, 3)
-    with pytest.raises(TypeError, match="list of video paths .* holding Tensor"):
+    with pytest.raises(ConfigError, match="list of video paths .* holding Tensor"):
         call(pipe, [media["tiny"], torch.zeros(3)])
     with pytest.raises(ConfigError, match="seed must be an int"):
         call(pipe, media["tiny"], steps=2, seed=1.5)
@@ -725,7 +725,7 @@ def test_prompt_takes_a_list_of_tags(pipe: FoleyPipeline, media: dict[str, Path]
     from controlfoley.pipeline_parts import prompt_text
 
     for bad in (7, ["bell", 3]):
-        with pytest.raises(TypeError, match="a prompt is a comma-separated string or a list of tag strings"):
+        with pytest.raises(ConfigError, match="a prompt is a comma-separated string, a list of tag strings or None"):
             inspect.unwrap(prompt_text)(bad)
 
 
@@ -1468,7 +1468,8 @@ def test_a_list_of_videos_samples_together_and_each_is_what_it_gets_alone(media:
     many = p.generate_many(streams, [None, "bell, thud"], seed=[1, 2], steps=2, batch_size=2)
     assert all(torch.equal(a.codes, b.codes) for a, b in zip(alone[:2], many, strict=True))
     short_feats = ({k: x[:50] for k, x in streams[0][0].items()}, streams[0][1])  # features shorter than the video: the last row holds
-    one, two = p.generate(*short_feats, seed=1, steps=2), p.generate_many([short_feats, streams[0]], seed=1, steps=2, batch_size=2)
+    with pytest.warns(UserWarning, match=r"(streams|inputs\[0\])\['sync'\] covers 2.08 s .* the rest is conditioned on the last row repeated"):
+        one, two = p.generate(*short_feats, seed=1, steps=2), p.generate_many([short_feats, streams[0]], seed=1, steps=2, batch_size=2)
     assert torch.equal(one.codes, two[0].codes) and torch.equal(two[1].codes, p.generate(*streams[0], seed=1, steps=2).codes)
     got = dict(p.iterate(videos[:3], prompts[:3], seed=seeds[:3], steps=2, batch_size=2))  # as each batch finishes
     assert sorted(got) == [0, 1, 2] and all(torch.equal(got[i].codes, alone[i].codes) for i in range(3))
@@ -1508,6 +1509,91 @@ def test_a_list_of_videos_is_checked_before_any_video_samples(media: dict[str, P
         inspect.unwrap(FoleyPipeline.sample_tokens)(p, p.plan(duration), streams, None, None, None, seed=None)
     with pytest.raises(ConfigError, match="list of .streams, duration_s. pairs"):
         inspect.unwrap(FoleyPipeline.generate_many)(p, p.read_features(media["tiny"]))  # one pair, not a list of them
+
+
+def test_iterate_refuses_one_path_where_a_list_is_expected(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """iterate("clip.mp4") went through the path one character at a time ("/: is a folder")."""
+    p = _pipeline(micro_model())
+    monkeypatch.setattr(p.model, "generate", lambda *a, **kw: pytest.fail("sampled"))
+    iterate, call = inspect.unwrap(FoleyPipeline.iterate), inspect.unwrap(FoleyPipeline.__call__)  # past the suite's runtime type checks
+    for one in (str(media["tiny"]), media["tiny"]):
+        with pytest.raises(ConfigError, match=r"iterate takes a list of video paths, got one (str|PosixPath) .*; for one video pass \[path\] or call pipe\(path\)"):
+            iterate(p, one)
+    with pytest.raises(ConfigError, match=r"a pipeline call takes a list of video paths \(str or Path\), got a list holding int"):
+        call(p, [media["tiny"], 3])
+    with pytest.raises(ConfigError, match="iterate takes a list of video paths, got int; for decoded features use pipe.generate"):
+        iterate(p, 3)
+
+
+def test_generate_checks_its_streams_and_duration_before_sampling(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streams with a batch axis were reported as [1, t, t, d] (made by the padding), no rows and
+    numpy arrays failed inside torch, duration '3' inside the window planner."""
+    p = _pipeline(micro_model())
+    streams, duration = p.read_features(media["tiny"])
+    sampled: list[object] = []
+    monkeypatch.setattr(p, "_generate", lambda *a, **kw: sampled.append(a) or ["result"] * len(a[0]))
+    generate, many = inspect.unwrap(FoleyPipeline.generate), inspect.unwrap(FoleyPipeline.generate_many)  # past the suite's runtime type checks
+    with_ = lambda **kw: {**streams, **kw}  # noqa: E731
+    bad_streams = [
+        (with_(sync=streams["sync"][None]), r"streams\['sync'\] is \[1, \d+, 24\]; .*\[frames, dim\]: drop the batch axis \(stream\[0\]\)"),
+        (with_(sync=streams["sync"][None].expand(2, -1, -1)), r"streams\['sync'\] is \[2, .*generate_many"),
+        (with_(sync=streams["sync"][:0]), r"streams\['sync'\] has no rows \(\[0, 24\]\)"),
+        (with_(sync=streams["sync"].numpy()), r"streams\['sync'\] must be a torch.Tensor \[frames, dim\], got ndarray; convert it with torch.as_tensor"),
+        (with_(sync=streams["sync"].long()), r"streams\['sync'\] must be a float tensor"),
+        ({"sync": streams["sync"]}, r"streams must be a dict of whole-video feature streams .* for \['clip', 'sync'\]"),
+    ]
+    for bad, message in bad_streams:
+        with pytest.raises(ShapeError, match=message):
+            generate(p, bad, duration)
+    for d in ("3", True, 0.0, -1.0, float("nan"), float("inf"), None):
+        with pytest.raises(ConfigError, match="duration_s is the audio's length in seconds, a positive finite number"):
+            generate(p, streams, d)
+    with pytest.raises(ShapeError, match=r"inputs\[1\]\['sync'\] is \[1, "):
+        many(p, [(streams, duration), (with_(sync=streams["sync"][None]), duration)])
+    with pytest.raises(ConfigError, match="duration_s is the audio's length"):
+        many(p, [(streams, "3")])
+    assert not sampled
+    # streams that end well before duration_s: said, naming both durations; read_features' own are not
+    with pytest.warns(UserWarning, match=r"streams\['sync'\] covers 5.92 s \(142 rows at 24 fps\) but duration_s is 30.00 s: the rest is conditioned on the last row"):
+        generate(p, streams, 30.0)
+    with pytest.warns(UserWarning, match=r"inputs\[0\]\['clip'\] covers"):
+        many(p, [(streams, 30.0)])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(p, streams, duration)
+        generate(p, {k: x[: math.floor(duration * p.extractors[k].fps)] for k, x in streams.items()}, duration)  # a frame short: no warning
+        generate(p, streams, 5.92 + 1 / 24 + 0.49)  # short by less than a row and 0.5 s
+    assert len(sampled) == 5 and sampled[-1][6] == [5.92 + 1 / 24 + 0.49]  # the duration goes on as a float
+
+
+def test_arguments_of_the_wrong_type_are_config_errors(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """pipe(path, prompt=3) was a TypeError (the list form a ConfigError); overlap='0.25',
+    feature_frames=[...] and vocoder=3 failed inside the constructor with builtin errors."""
+    m = micro_model()
+    p = _pipeline(m)
+    monkeypatch.setattr(p, "read_features", lambda *a: pytest.fail("the video was read before the prompt was checked"))
+    call = inspect.unwrap(FoleyPipeline.__call__)  # past the suite's runtime type checks: what users meet
+    with pytest.raises(ConfigError, match=r"^prompt: a prompt is a comma-separated string, a list of tag strings or None, got 3$"):
+        call(p, media["tiny"], prompt=3)
+    with pytest.raises(ConfigError, match=r"^negative_prompt: a prompt is .* got \['buzz', 3\]$"):
+        call(p, media["tiny"], negative_prompt=["buzz", 3])
+    streams = {"sync": torch.zeros(5, 24), "clip": torch.zeros(2, 12)}
+    with pytest.raises(ConfigError, match="^prompt: a prompt is"):
+        inspect.unwrap(FoleyPipeline.generate)(p, streams, 0.5, 3)
+    extractors, text = default_extractors(m)
+    make = lambda **kw: inspect.unwrap(FoleyPipeline.__init__)(FoleyPipeline.__new__(FoleyPipeline), m, extractors, text, **kw)  # noqa: E731
+    for kwargs, message in [
+        ({"overlap": "0.25"}, r"overlap is a fraction of the window in \[0, 1\), a float such as 0.25; got '0.25'"),
+        ({"overlap": True}, "overlap is a fraction"),
+        ({"feature_frames": [142, 47]}, r"feature_frames is a dict \{feature key: rows per window\} for \['clip', 'sync'\] .* got list"),
+        ({"vocoder": 3}, r"vocoder is a VOCODERS name \('griffinlim'\), a dict \{'name': ..., \*\*kwargs\} or a module .* got int 3"),
+        ({"precision": ["bf16"]}, "precision must be one of"),
+        ({"join": None}, "join must be one of"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            make(**kwargs)
 
 
 def test_cli_batches_give_the_files_each_gets_alone(model_file: Path, media: dict[str, Path], tmp_path: Path) -> None:

@@ -566,6 +566,48 @@ def test_argument_errors() -> None:
         video.write_video("x.mp4", frames, 24.0, audio=torch.zeros(10))
 
 
+def test_argument_errors_are_the_librarys_and_name_the_fix(tmp_path: Path) -> None:
+    """read_frames(fps=0) and mux_audio(wav [1, s]) raised bare ValueErrors, a numpy waveform an
+    AttributeError, and sample_rate=7 "FFmpeg failed while muxing; try an .mp4 output" for an .mp4."""
+    import inspect
+
+    from controlfoley.errors import ConfigError, ControlFoleyError, ShapeError
+
+    src = video.write_video(tmp_path / "src.mp4", _blocky_frames(4), 24.0)
+    out = tmp_path / "out.mp4"
+    read_frames, mux = inspect.unwrap(video.read_frames), inspect.unwrap(video.mux_audio)  # past the suite's runtime type checks
+    for fps in (0, -24.0, float("nan"), "24", True):
+        with pytest.raises(ConfigError, match=r"fps is a frame rate in frames per second, a positive finite number such as 24; got"):
+            read_frames(src, fps)
+    with pytest.raises(ShapeError, match=r"mux_audio: audio must be a non-empty mono waveform \[samples\], got shape \(1, 22050\); drop the channel axis \(wav\[0\]\)"):
+        mux(src, torch.zeros(1, 22050), 22050, out)
+    with pytest.raises(ShapeError, match=r"got shape \(2, 22050\); mix the channels to mono"):
+        mux(src, torch.zeros(2, 22050), 22050, out)
+    with pytest.raises(ShapeError, match="audio must be float samples in \\[-1, 1\\], got torch.int16"):
+        mux(src, torch.zeros(22050, dtype=torch.int16), 22050, out)
+    with pytest.raises(ConfigError, match=r"mux_audio: the AAC audio track takes the sample rates 7350, 8000, .* 22050, .* 96000 Hz, got 7; resample"):
+        mux(src, torch.zeros(100), 7, out)
+    with pytest.raises(ConfigError, match="write_video: the AAC audio track takes the sample rates"):
+        video.write_video(tmp_path / "w.mp4", _blocky_frames(4), 24.0, audio=torch.zeros(100), sample_rate=7)
+    for rate in ("22050", 0, True):
+        with pytest.raises(ConfigError, match="mux_audio: sample_rate is in Hz, a positive int"):
+            mux(src, torch.zeros(100), rate, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.mp4"]  # refused before any file was opened
+    result = mux(src, np.zeros(22050, np.float64), 22050, out)  # a numpy waveform is taken
+    assert result.path == out and video.probe(out).has_audio
+    assert issubclass(ShapeError, ControlFoleyError) and issubclass(ConfigError, ValueError)  # older `except ValueError` clauses hold
+
+
+def test_a_muxing_failure_suggests_an_mp4_only_for_other_containers(tmp_path: Path) -> None:
+    from controlfoley._media import atomic_output
+
+    for name, suggests in (("out.mp4", False), ("out.mov", True)):
+        with pytest.raises(MediaError, match="FFmpeg failed while muxing") as e:
+            with atomic_output(tmp_path / name):
+                raise av.error.InvalidDataError(22, "Invalid argument")
+        assert ("try an .mp4 output" in str(e.value)) is suggests, str(e.value)
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc (no file can be made there, even as root)")
 def test_check_writable_folder_probes_the_folder_itself() -> None:
     """The probe file goes into the folder checked, not the system temp folder."""

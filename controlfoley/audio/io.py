@@ -5,13 +5,17 @@ Features
   samples, channels averaged to mono unless `mono=False`, resampled with soxr (librosa's "soxr_hq") when the
   file's rate differs. Missing, unreadable or empty files raise MediaError with a one-line reason.
 - `save_audio(path, wav, sample_rate)`: WAV or FLAC chosen by the extension, written atomically (temporary
-  file + rename, `controlfoley._io.atomic_path`), 16-bit PCM by default. Integer PCM cannot hold values past
-  full scale, so samples are clipped to [-1, 1] for PCM subtypes (float WAV keeps them).
+  file + rename, `controlfoley._io.atomic_path`), 16-bit PCM by default; a torch tensor or a numpy array,
+  [s] or [channels, s] (soundfile's [s, channels] layout is refused with the fix, wav.T). Integer PCM cannot
+  hold values past full scale, so samples are clipped to [-1, 1] for PCM subtypes (float WAV keeps them),
+  with a warning where the peak is clearly past full scale (> 1.01: not a rounding's overshoot).
 
 References: soundfile (libsndfile bindings); librosa.resample with python-soxr.
 """
 
+import numbers
 import os
+import warnings
 from pathlib import Path
 
 import librosa
@@ -20,7 +24,7 @@ import soundfile as sf
 import torch
 
 from controlfoley._io import atomic_path, final_path, write_failure
-from controlfoley.errors import MediaError
+from controlfoley.errors import ConfigError, MediaError, ShapeError, user_stacklevel
 from controlfoley.typing import Float, Shaped, Tensor
 
 __all__ = ["load_audio", "save_audio", "WRITE_FORMATS"]
@@ -28,13 +32,20 @@ __all__ = ["load_audio", "save_audio", "WRITE_FORMATS"]
 # extension -> (libsndfile format, default subtype)
 WRITE_FORMATS: dict[str, tuple[str, str]] = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16")}
 _SAMPLE_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+_MAX_CHANNELS = 8  # more "channels" than this, fewer than samples: a [samples, channels] array
+_CLIP_WARN_PEAK = 1.01  # a peak past this is clipped audibly, not a resampler's or a sum's rounding past 1.0
+
+
+def _checked_rate(sample_rate: object, caller: str) -> int:  # a validator: it takes anything
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0:
+        raise ConfigError(f"{caller}: sample_rate is in Hz, a positive int such as 22050; got {sample_rate!r}")
+    return int(sample_rate)
 
 
 def load_audio(path: str | os.PathLike[str], sample_rate: int, mono: bool = True) -> Float[Tensor, "*ch s"]:
     """Read an audio file as float32 at `sample_rate`: [s] when `mono`, else [channels, s]."""
     path = Path(path)
-    if sample_rate <= 0:
-        raise MediaError(f"load_audio: sample_rate must be positive, got {sample_rate}")
+    sample_rate = _checked_rate(sample_rate, "load_audio")
     if not path.is_file():
         raise MediaError(f"audio file not found: {path}")
     try:
@@ -54,11 +65,14 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int, mono: bool = True
 
 
 def save_audio(
-    path: str | os.PathLike[str], wav: Shaped[Tensor, "*ch s"], sample_rate: int, subtype: str | None = None
+    path: str | os.PathLike[str], wav: Shaped[Tensor, "*ch s"] | np.ndarray, sample_rate: int, subtype: str | None = None
 ) -> Path:
     """Write [s] or [channels, s] samples in [-1, 1] to a .wav or .flac file atomically; returns the path.
 
-    `subtype` is a libsndfile subtype name ("PCM_16", "PCM_24", "FLOAT" for WAV); default 16-bit PCM.
+    `wav`: a float torch tensor, or a numpy array (converted). [samples, channels] (soundfile's layout,
+    up to 8 channels) is refused with a ShapeError: pass wav.T. `sample_rate`: a positive int (Hz).
+    `subtype` is a libsndfile subtype name ("PCM_16", "PCM_24", "FLOAT" for WAV); default 16-bit PCM,
+    which clips samples to [-1, 1]: a peak past 1.01 is warned about (normalise first: wav / wav.abs().max()).
     """
     path = Path(path)
     fmt = WRITE_FORMATS.get(path.suffix.lower())
@@ -66,8 +80,16 @@ def save_audio(
         raise MediaError(
             f"cannot write audio to {path}: unknown extension {path.suffix!r}. save_audio writes {', '.join(WRITE_FORMATS)}."
         )
-    if sample_rate <= 0:
-        raise MediaError(f"save_audio: sample_rate must be positive, got {sample_rate}")
+    sample_rate = _checked_rate(sample_rate, "save_audio")
+    if isinstance(wav, np.ndarray):
+        wav = torch.from_numpy(np.ascontiguousarray(wav))
+    if not isinstance(wav, torch.Tensor):
+        raise ShapeError(f"save_audio takes a float waveform [s] or [channels, s] as a torch tensor or numpy array, got {type(wav).__name__}")
+    if wav.dim() == 2 and wav.shape[1] <= _MAX_CHANNELS < wav.shape[0]:
+        raise ShapeError(
+            f"save_audio takes [s] or [channels, s], got shape {tuple(wav.shape)}: this looks like [samples, channels] "
+            "(soundfile's layout); pass wav.T"
+        )
     if wav.dim() not in (1, 2) or wav.shape[-1] == 0:
         raise MediaError(f"save_audio expects a non-empty waveform [s] or [channels, s], got shape {tuple(wav.shape)}")
     if not wav.is_floating_point() or not bool(torch.isfinite(wav).all()):
@@ -78,6 +100,14 @@ def save_audio(
         raise MediaError(f"{container} cannot hold subtype {subtype!r}; try one of {sorted(sf.available_subtypes(container))}")
     y = wav.detach().to("cpu", torch.float32).reshape(-1, wav.shape[-1]).numpy().T  # [s, channels]
     if subtype.startswith("PCM"):
+        peak = float(np.abs(y).max())
+        if peak > _CLIP_WARN_PEAK:  # hard clipping distorts: say so rather than write a square wave silently
+            warnings.warn(
+                f"save_audio: the waveform peaks at {peak:.3g}, past full scale (1.0): {subtype} clips "
+                f"{100.0 * float((np.abs(y) > 1.0).mean()):.0f}% of its samples to [-1, 1] in {final_path(path)}; "
+                "normalise it first (wav / wav.abs().max()) or write float samples (subtype='FLOAT', .wav)",
+                stacklevel=user_stacklevel(),
+            )
         y = np.clip(y, -1.0, 1.0)  # libsndfile would wrap out-of-range values around for integer PCM
     try:
         with atomic_path(path) as tmp:

@@ -258,6 +258,44 @@ def _user_parts(cfg: ModelConfig) -> dict[str, str]:
     return out
 
 
+def _plugin_advice(recorded: str) -> str:
+    """Where a checkpoint's unregistered parts came from (`_user_parts`' record, grouped by origin)
+    and how to load them: the plugin file by name, `(gone)` where it no longer exists; a part
+    registered in a script run as __main__ cannot be loaded by running that script again."""
+    try:
+        user = json.loads(recorded)
+    except ValueError:
+        user = {}
+    by_origin: dict[str, list[str]] = {}
+    for field, origin in (user.items() if isinstance(user, dict) else ()):
+        by_origin.setdefault(str(origin), []).append(str(field))
+    generic = "Load the module that registers it: `controlfoley --plugin FILE ...` on the command line, `import` it or controlfoley.load_plugins(FILE) in Python"
+    if not by_origin:
+        return ". " + generic
+    said, fixes = [], []
+    for origin, fields in by_origin.items():
+        file = origin.removeprefix("the plugin file ")
+        if origin.startswith("__main__ (") and origin.endswith(")"):
+            file = origin[len("__main__ (") : -1]
+            said.append(f"its {', '.join(fields)} came from the script {file}, run as __main__")
+            fixes.append(
+                f"move the registration of its {', '.join(fields)} out of {file} into a module of its own and load that "
+                "(`controlfoley --plugin MODULE.py ...`, or import it; loading the script itself would run it), or guard the "
+                "script's body with `if __name__ == \"__main__\":`"
+            )
+            continue
+        gone = " (gone)" if origin.startswith("the plugin file ") and not Path(file).is_file() else ""
+        said.append(f"its {', '.join(fields)} came from {origin}{gone}")
+        if origin.startswith("the plugin file "):
+            fixes.append(
+                f"`controlfoley --plugin {file} ...` (Python: controlfoley.load_plugins({file!r}))" if not gone
+                else "give the file's new place: `controlfoley --plugin NEW/PATH.py ...` (Python: controlfoley.load_plugins('NEW/PATH.py'))"
+            )
+        else:
+            fixes.append(f"import {origin.split(' (')[0]} (or `controlfoley --plugin {origin.split(' (')[0]} ...`)")
+    return "; when it was saved, " + "; ".join(said) + ". Load it: " + "; ".join(fixes)
+
+
 def config_from_metadata(meta: Mapping[str, str], path: Path) -> ModelConfig:
     if CONFIG_KEY not in meta:
         raise CheckpointError(f"{path} has no controlfoley config in its metadata; it was not written by controlfoley.save")
@@ -398,11 +436,8 @@ def load_model(
     except RegistryError as e:
         if _registered(cfg):  # a bad argument, not a missing plugin
             raise
-        user = json.loads(meta.get(PARTS_KEY, "{}"))
-        where = "; when it was saved, " + ", ".join(f"its {k} came from {v}" for k, v in user.items()) if user else ""
         raise CheckpointError(
-            f"{p} needs a part that is not registered here ({str(e).split('. Register your own')[0]}){where}. Load the module that registers it: "
-            "`controlfoley --plugin FILE ...` on the command line, `import` it or controlfoley.load_plugins(FILE) in Python"
+            f"{p} needs a part that is not registered here ({str(e).split('. Register your own')[0]}){_plugin_advice(meta.get(PARTS_KEY, '{}'))}"
         ) from e
     except ConfigError as e:
         if not overrides:

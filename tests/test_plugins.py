@@ -734,3 +734,24 @@ def test_a_plugin_file_imports_a_module_beside_it(tmp_path: Path) -> None:
             ALIGNERS.unregister("sib_aligner")
         for mod in [m for m, v in sys.modules.items() if str(getattr(v, "__file__", "") or "").startswith(str(folder))]:
             del sys.modules[mod]
+
+
+def test_a_checkpoint_s_missing_parts_are_grouped_by_file_and_a_script_s_are_not_told_to_run_it(tmp_path):
+    """The advice named the same plugin file once per part, said `--plugin FILE` instead of the file,
+    did not say when it was gone, and for parts registered in a script (__main__) advised loading
+    the script, which runs it (a training script trains)."""
+    import json
+
+    from controlfoley.checkpoint import _plugin_advice
+
+    here = tmp_path / "my_parts.py"
+    here.write_text("")
+    gone = tmp_path / "old_parts.py"
+    advice = _plugin_advice(json.dumps({"aligner": f"the plugin file {here}", "backbone": f"the plugin file {here}", "vocoder": f"the plugin file {gone}"}))
+    assert advice.count(str(here)) == 3  # once where it came from, twice in the fix (CLI and Python)
+    assert f"its aligner, backbone came from the plugin file {here}" in advice and f"`controlfoley --plugin {here} ...`" in advice
+    assert f"its vocoder came from the plugin file {gone} (gone)" in advice and "--plugin NEW/PATH.py" in advice
+    script = _plugin_advice(json.dumps({"aligner": f"__main__ ({tmp_path / 'train.py'})"}))
+    assert f"its aligner came from the script {tmp_path / 'train.py'}, run as __main__" in script
+    assert "move the registration of its aligner out of" in script and 'if __name__ == "__main__":' in script
+    assert "Load the module that registers it" in _plugin_advice("{}")

@@ -484,7 +484,8 @@ class FoleyPipeline:
         for key, ext in self.extractors.items():
             rows = self._rows_needed(plan, key, ext.fps)
             if key in frames:
-                streams[key] = _extend(ext(_extend(frames[key], rows)), rows)
+                given = _extend(frames[key], rows)
+                streams[key] = _extend(_checked_rows(ext, key, ext(given), given.shape[0]), rows)
             else:
                 streams[key] = self._precomputed(ext, video_path, duration, rows)
         return streams, duration
@@ -883,6 +884,24 @@ class _Job:
     text: Tensor | None  # [1, c]
     negative: Tensor | None  # [1, c]
     seed: int
+
+
+def _checked_rows(ext: Any, key: str, out: Any, n_frames: int) -> Tensor:
+    """An extractor's output for `n_frames` frames: a float tensor [n_frames, dim] (its declared
+    `dim`), else a ShapeError naming the extractor (the video was fine: blaming it sent users to
+    their files)."""
+    name = getattr(ext, "name", type(ext).__name__)
+    dim = getattr(ext, "dim", None)
+    ok = isinstance(out, Tensor) and out.ndim == 2 and out.is_floating_point() and out.shape[0] == n_frames
+    if ok and isinstance(dim, int) and not isinstance(dim, bool) and out.shape[1] != dim:
+        ok = False
+    if not ok:
+        got = f"{list(out.shape)} {out.dtype}" if isinstance(out, Tensor) else type(out).__name__
+        raise ShapeError(
+            f"extractor {name!r} (feature {key!r}) returned {got} for {n_frames} frames; an extractor returns float "
+            f"features [frames, dim] = [{n_frames}, {dim}] (its declared dim): fix the extractor, or its dim"
+        )
+    return cast(Tensor, out)
 
 
 def _video_list(videos: Any, call: str = "a pipeline call") -> list[str | os.PathLike[str]]:  # a validator: it takes anything

@@ -1958,3 +1958,25 @@ def test_a_ctrl_c_after_files_were_made_does_not_say_nothing_was_written(
     else:
         assert "interrupted (SIGINT): 1 of 2 files made; run the same command again with --skip-existing to keep those made and make the rest" in err
     assert (out / "tiny.wav").is_file() and (out / "tiny.mp4").is_file()
+
+
+def test_an_extractor_returning_another_width_than_it_declares_is_named_not_the_video(media: dict[str, Path]) -> None:
+    """It was reported as the video's fault ("VIDEO: video feature 'sync' must be [batch, frames,
+    128]"), on every file in turn."""
+    from controlfoley.data.extractors import build_extractor
+
+    model = micro_model()
+    extractors, text = default_extractors(model)
+    real = build_extractor(extractors["sync"])
+
+    class Narrow:
+        name, fps, dim, output_key = "narrow", real.fps, real.dim, "sync"
+
+        def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+            return real(frames)[:, :-1]
+
+    pipe = FoleyPipeline(model, {**extractors, "sync": Narrow()}, text)
+    with pytest.raises(ShapeError, match=rf"extractor 'narrow' \(feature 'sync'\) returned \[\d+, {real.dim - 1}\] torch.float32 for \d+ frames.*fix the extractor, or its dim"):
+        pipe.read_features(media["tiny"])
+    ok = _pipeline(model).read_features(media["tiny"])[0]
+    assert ok["sync"].shape[1] == real.dim

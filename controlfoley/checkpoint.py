@@ -427,7 +427,8 @@ def load_model(
                 f"{name} is neither a checkpoint file/folder nor a preset that ships weights ({', '.join(sorted(PRETRAINED))}){hint}"
             )
         p = bundled
-    state, meta = read_state_dict(p, map_location)
+    weights = _resolve_file(p)  # the file read (a run's latest checkpoint, once): what loaded_from records
+    state, meta = read_state_dict(weights, map_location)
     cfg = _with_saved_defaults(config_from_metadata(meta, p), meta, p)
     # built without reading the parts' weights files (this file holds their weights), except the
     # parts (`fresh`) given a new weights file by the overrides: those keep that file's weights
@@ -479,7 +480,7 @@ def load_model(
         recorded = (set(recorded) - kept) | set(fresh)
     model.trained_parts = recorded
     model.feature_record = feature_record(meta)
-    model.loaded_from = str(p)  # a checkpoint's weights, even one that records no trained parts (older files)
+    model.loaded_from = str(weights)  # the file whose weights these are (a folder's model file, as read), even one that records no trained parts
     return model.to(map_location).eval()  # for inference, as loaded models are (call .train() to fine-tune)
 
 

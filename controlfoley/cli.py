@@ -75,25 +75,10 @@ def _refuse_run_config(path: Path) -> None:
 def _run_recipe_origin(d: Mapping[str, Any]) -> str:
     """", from plugin FILE (as recorded | changed since | gone), options {...}" for a run's config
     (`TrainConfig.plugins`, `recipe_options`): what `--resume` will load, and whether it still can."""
-    import hashlib
-
     out = ""
-    records = d.get("plugins")
-    if isinstance(records, list):
-        shown = []
-        for r in records:
-            if not (isinstance(r, dict) and isinstance(r.get("path"), str)):
-                continue
-            file = Path(r["path"])
-            if not file.is_file():
-                state = "gone: --resume needs --plugin NEW/PATH.py"
-            elif hashlib.sha256(file.read_bytes()).hexdigest() != r.get("sha256"):
-                state = "changed since the run recorded it"
-            else:
-                state = "as recorded"
-            shown.append(f"{file} ({state})")
-        if shown:
-            out += f", from plugin {', '.join(shown)}"
+    shown = _plugin_states(d)
+    if shown:
+        out += f", from plugin {', '.join(shown)}"
     options = d.get("recipe_options")
     if isinstance(options, dict) and options:
         out += f", options {', '.join(f'{k}={v!r}' for k, v in options.items())}"
@@ -142,7 +127,15 @@ def info(preset: str, overrides: Mapping[str, Any] | None = None) -> str:
     (file, folder or training run: the table of its own config), with the parts it records as trained."""
     from controlfoley.train.recipes import get_recipe
 
-    built, label = model_from_arg(preset, overrides)
+    from controlfoley.errors import ControlFoleyError
+
+    try:
+        built, label = model_from_arg(preset, overrides)
+    except ControlFoleyError as e:  # a run with no checkpoint yet, or whose plugin is gone: still say what it records
+        run = _run_lines(preset)
+        if run:
+            e.args = (f"{e}\n  {run[0]}", *e.args[1:])
+        raise
     model = cast("SpecMaskFoley", built)  # what model_from_arg gives (`object` only to keep this module's imports light)
     recorded = getattr(model, "trained_parts", None)
     recipe = "controlnet" if model.has_control else "backbone"
@@ -187,7 +180,32 @@ def _run_lines(path: str) -> list[str]:
         return []
     if not (isinstance(d, dict) and {"recipe", "preset", "data", "out"} <= d.keys()):
         return []
-    return [f"training run: recipe {d.get('recipe')!r}{_run_recipe_origin(d)}"]
+    line = f"training run: recipe {d.get('recipe')!r}"
+    states = _plugin_states(d)
+    if states:
+        line += f"; plugin files it records (what --resume loads, for its recipe or its model's parts): {', '.join(states)}"
+    return [line]
+
+
+def _plugin_states(d: Mapping[str, Any]) -> list[str]:
+    """"FILE (as recorded | changed since the run recorded it | gone: ...)" for each plugin file a
+    run's config.json records (`TrainConfig.plugins`)."""
+    import hashlib
+
+    records = d.get("plugins")
+    shown = []
+    for r in records if isinstance(records, list) else ():
+        if not (isinstance(r, dict) and isinstance(r.get("path"), str)):
+            continue
+        file = Path(r["path"])
+        if not file.is_file():
+            state = "gone: --resume needs --plugin NEW/PATH.py"
+        elif hashlib.sha256(file.read_bytes()).hexdigest() != r.get("sha256"):
+            state = "changed since the run recorded it"
+        else:
+            state = "as recorded"
+        shown.append(f"{file} ({state})")
+    return shown
 
 
 def _parts_lines(cfg: "ModelConfig") -> list[str]:

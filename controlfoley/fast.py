@@ -466,8 +466,13 @@ def _own_schedule(rule: GuidanceRule, scale: float) -> GuidanceRule | None:
     which reads `self.scale`); None for the built-in schedules."""
     if getattr(type(rule), "scale_at", GuidanceRule.scale_at) is GuidanceRule.scale_at:
         return None
+    if scale == rule.scale:
+        return rule  # its own scale: called as it is
     own = copy.copy(rule)
-    own.scale = scale
+    try:
+        own.scale = scale
+    except AttributeError:  # a read-only property
+        raise ConfigError(f"guidance {rule} has a schedule of its own (scale_at) and a scale that cannot be set, so cfg_scale={scale} cannot replace it; leave cfg_scale out, or build the rule with that scale") from None
     return own
 
 

@@ -764,19 +764,6 @@ def _same_source(entry: dict[str, Any], video: Path) -> bool:
     return bool(was.get("sha256")) and was["sha256"] == _sha256(str(video), now["bytes"], now["mtime"])
 
 
-def _weights_file(path: Path) -> Path:
-    """The file the weights were read from: a run or checkpoint folder given as --model resolved
-    to its model file (the folder itself has no stamp, so a retrained run's outputs were kept)."""
-    if not path.is_dir():
-        return path
-    from controlfoley.train.checkpoints import resolve_model_file
-
-    try:
-        return Path(resolve_model_file(path))
-    except Exception:  # loaded a moment ago; if it cannot be resolved now, the folder is recorded (no stamp)
-        return path
-
-
 def _model_stamp(model_file: str | None) -> dict[str, Any] | None:
     """Size, time and SHA-256 of the checkpoint that sampled (None for a preset without a file)."""
     if not model_file or not Path(model_file).is_file():
@@ -841,9 +828,10 @@ def _settings(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
     model = pipe.model
     rule = args.sampled_rule  # what sampled (a no-prompt fallback included), worked out once in main
     model_file = getattr(model, "loaded_from", None)
-    model_file = str(_weights_file(Path(model_file)).resolve()) if model_file else None
+    model_file = str(Path(model_file).resolve()) if model_file else None  # the file read, also for a run folder (load_model)
     settings = {
-        "model": args.model, "model_file": model_file, "model_file_stamp": _model_stamp(model_file),
+        "model": args.model, "model_file": model_file,
+        "model_file_stamp": args.model_stamp if hasattr(args, "model_stamp") else _model_stamp(model_file),
         "prompt": args.prompt, "negative_prompt": args.negative_prompt,
         "steps": args.steps or model.sampler.steps, "cfg_scale": args.cfg_scale if args.cfg_scale is not None else rule.scale,
         "guidance": repr(rule), "guidance_every": args.guidance_every, "seed": args.seed, "precision": args.precision,
@@ -1004,6 +992,9 @@ def _main(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         extractors, vocoder = _extractor_specs(args.extractor), _vocoder_spec(args.vocoder)
         pipe = _build_pipeline(args, extractors, vocoder)  # a bad name or file is reported before a clash of outputs
         args.sampled_rule = _quietly_sampled_rule(pipe, args)  # for the record (its warnings come when sampling, not before a refusal)
+        loaded = getattr(pipe.model, "loaded_from", None)
+        # the weights' stamp as loaded: a file replaced while this runs (a run still training) must not stamp outputs it did not make
+        args.model_stamp = _model_stamp(str(Path(loaded).resolve()) if loaded else None)
         names = {p[1].stem for p in pairs}
         kept: list[dict[str, Any]] = []
         why: Callable[[Path, tuple[Path, Path]], str] | None = None

@@ -40,6 +40,7 @@ from controlfoley._registry import MASK_SCHEDULES
 from controlfoley._static import ModelModule
 from controlfoley.errors import ConfigError
 from controlfoley.fast import GuidedStep, precision, sampling_dtype
+from controlfoley.guidance import fingerprint
 from controlfoley.sampling import Generators, PredrawnUniforms
 from controlfoley.typing import Bool, Int, Tensor
 
@@ -170,7 +171,7 @@ def _weights_key(model: ModelModule) -> tuple[Any, ...]:
 def _graph_key(model: ModelModule, step: GuidedStep, codes: Tensor, steps: int, temperature: float, dtype: Any, compile: bool) -> tuple[Any, ...]:
     """Everything besides the copied inputs that the captured loop depends on."""
     rule = step.rule
-    rule_key = (type(rule), tuple(sorted((k, repr(v)) for k, v in vars(rule).items())))
+    rule_key = (type(rule), tuple(sorted((k, fingerprint(v)) for k, v in vars(rule).items())))  # a large tensor's repr is elided
     inputs = tuple((k, tuple(v.shape), v.dtype) for k, v in step.inputs().items())
     sampler = model.sampler
     # module switches a captured graph bakes in: math attention (`fused`), fc1 + GELU as one GEMM (`gelu_epilogue`)

@@ -20,6 +20,7 @@ A rule of one's own may override `scale_at(step, n_steps)` for another schedule;
 holding that scale). A step whose scale is 0 runs the unconditional rows alone (`prune_rows`).
 """
 
+import inspect
 import math
 import numbers
 from typing import NamedTuple
@@ -106,11 +107,45 @@ class GuidanceRule:
         return CFG("video", self.scale, self.schedule)
 
     def __repr__(self) -> str:
-        """Its class, scale, schedule, conditions and every other setting it holds (a rule's own
-        arguments: `generate --skip-existing` compares rules by this)."""
+        """Its class, scale, schedule, conditions and the other arguments of its class's __init__
+        that it keeps as attributes of the same name (`generate --skip-existing` compares rules by
+        this; state it sets while sampling is left out). Tensors and modules show as a digest of
+        their values, so different weights never read alike and a large one stays one line."""
         conds = ", ".join(c.label for c in self.conditions)
-        own = "".join(f", {k}={v!r}" for k, v in vars(self).items() if k not in ("scale", "schedule", "conditions"))
+        try:
+            params = inspect.signature(type(self).__init__).parameters
+        except (TypeError, ValueError):
+            params = {}  # type: ignore[assignment]
+        named = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in ("self", "scale", "schedule", "conditions")]
+        own = "".join(f", {n}={fingerprint(getattr(self, n))}" for n in named if n in vars(self))
         return f"{type(self).__name__}(scale={self.scale}, schedule={self.schedule!r}, conditions=[{conds}]{own})"
+
+
+def fingerprint(value: object) -> str:
+    """A setting as one short line that tells values apart: its repr, or for a tensor, a module or
+    a long repr, its kind and shape with a SHA-256 digest of its values (torch elides the middle of
+    a large tensor's repr, so two different ones could read the same)."""
+    import hashlib
+
+    import torch
+    from torch import nn
+
+    def digest(tensors: list[Tensor]) -> str:
+        h = hashlib.sha256()
+        for t in tensors:
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    if isinstance(value, torch.Tensor):
+        return f"tensor({list(value.shape)}, {value.dtype}, sha256:{digest([value])})"
+    if isinstance(value, nn.Module):
+        return f"{type(value).__name__}(sha256:{digest(list(value.state_dict().values()))})"
+    text = repr(value)
+    if len(text) > 200 or "\n" in text:
+        return f"{type(value).__name__}(sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]})"
+    return text
 
 
 def check_rule(rule: GuidanceRule, where: str) -> None:

@@ -862,9 +862,11 @@ def _require_tensor(x: Any, what: str, shape: str) -> None:
 
 
 def _check_flags(**flags: Any) -> None:
-    """On/off arguments are bools: a string such as "no" is truthy, and compile="no" compiled."""
+    """On/off arguments are bools (numpy's too): a string such as "no" is truthy, and compile="no" compiled."""
+    import numpy as np
+
     for name, v in flags.items():
-        if not isinstance(v, bool):
+        if not isinstance(v, (bool, np.bool_)):
             raise ConfigError(f"{name} must be True or False, got {type(v).__name__} {v!r}")
 
 

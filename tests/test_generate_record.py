@@ -58,3 +58,29 @@ def test_a_guidance_rule_s_own_arguments_decide_whether_an_output_is_kept(video:
         capsys.readouterr()
         assert cli.main([*argv, "--guidance", "weighted_test,video_weight=2.0", "--skip-existing"]) == 2
         assert "video_weight=0.5" in capsys.readouterr().err
+
+
+def test_outputs_are_stamped_with_the_weights_that_made_them_not_a_file_replaced_since(
+    video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run still training replaces its model file while generate runs: the record held the new
+    file's stamp for outputs the old weights made."""
+    import hashlib
+
+    from controlfoley.pipeline import FoleyPipeline
+
+    run = tmp_path / "run"
+    run.mkdir()
+    as_trained(micro_model(seed=0)).save(run / "model.safetensors")
+    loaded_sha = hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()
+    real = FoleyPipeline._finish
+
+    def finish_then_retrain(self, job, codes):  # type: ignore[no-untyped-def]
+        out = real(self, job, codes)
+        as_trained(micro_model(seed=1)).save(run / "model.safetensors")  # the run saves newer weights meanwhile
+        return out
+
+    monkeypatch.setattr(FoleyPipeline, "_finish", finish_then_retrain)
+    assert cli.main(["generate", str(video), "--model", str(run), "--out", str(tmp_path / "out"), "--steps", "1"]) == 0
+    stamp = read_manifest(tmp_path / "out")["tiny"]["settings"]["model_file_stamp"]
+    assert stamp["sha256"] == loaded_sha != hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()

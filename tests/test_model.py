@@ -1178,6 +1178,9 @@ def test_on_off_arguments_take_bools_only(micro_model, tmp_path, monkeypatch) ->
     path = micro_model.save(tmp_path / "m.safetensors")
     with pytest.raises(ConfigError, match="strict must be True or False"):
         from_pretrained(path, strict="no")
+    import numpy as np
+
+    micro_model.generate(x["features"], x["text"], steps=1, prune_rows=np.bool_(False))  # numpy's bools are bools
 
 
 def test_a_non_finite_sampler_temperature_is_refused_when_the_config_is_made() -> None:

@@ -403,10 +403,10 @@ def test_a_run_records_the_plugin_of_its_models_parts_and_a_resume_loads_it(
         assert read_metrics(run, "train")[-1]["step"] == 2
         # `controlfoley info RUN` shows where the run's code came from, and whether it is still there
         assert cli_main(["info", str(run)]) == 0
-        assert f"training run: recipe 'backbone', from plugin {plugin} (as recorded)" in capsys.readouterr().out
+        assert f"training run: recipe 'backbone'; plugin files it records (what --resume loads, for its recipe or its model's parts): {plugin} (as recorded)" in capsys.readouterr().out
         plugin.write_text(plugin.read_text() + "\n# edited\n")
         assert cli_main(["info", str(run)]) == 0
-        assert f"from plugin {plugin} (changed since the run recorded it)" in capsys.readouterr().out
+        assert f"{plugin} (changed since the run recorded it)" in capsys.readouterr().out
         # resumed with the edited file: the warning names what the file provides (a part), not the built-in recipe
         with pytest.warns(PluginChangedWarning, match=r"--resume: the code of guidance 'my_multi' is not what"):
             assert train_main(["backbone", "--out", str(run), "--resume", "--stop-at", "3"]) == 0, capsys.readouterr().err
@@ -432,6 +432,9 @@ def test_a_resumed_run_whose_plugin_is_gone_names_the_recorded_file_and_the_fix(
     monkeypatch.setenv("LOCAL_RANK", "1")  # under torchrun: every rank stops, one per node says it
     assert train_main([NAME, "--out", str(run), "--resume"]) == 2 and capsys.readouterr().err == ""
     monkeypatch.delenv("LOCAL_RANK")
+    # `controlfoley info RUN` (no checkpoint yet: no model to show) still says what it records, and that it is gone
+    assert cli_main(["info", str(run)]) == 2
+    assert f"training run: recipe {NAME!r}; plugin files it records (what --resume loads, for its recipe or its model's parts): {plugin} (gone" in capsys.readouterr().err
     # `controlfoley info` of the run's config says where its recipe came from, and that it is gone
     assert cli_main(["info", str(run / "config.json")]) == 2
     err = capsys.readouterr().err

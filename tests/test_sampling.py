@@ -188,6 +188,17 @@ def test_a_rule_s_own_scale_at_is_the_schedule_generate_samples_with(micro_model
     assert seen == [(k, 4, 5.0) for k in range(4)] and rule.scale == 2.0  # generate's scale, on a copy
     # (the spy's combine is not a known linear rule, so step 0 runs every row too, combined at scale 0)
     assert scales == pytest.approx([5.0 * (1 - math.cos(math.pi * k / 3)) / 2 for k in range(4)])
+    class Fixed(Cosine):  # a read-only scale: sampled as it is; cfg_scale cannot replace it
+        scale = property(lambda self: 2.0)  # type: ignore[assignment]
+
+        def __init__(self) -> None:
+            self.schedule, self.conditions = "linear", MultiCFG.conditions
+
+    seen.clear()
+    micro_model.generate(x["features"], x["text"], steps=4, guidance=Fixed(), generator=torch.Generator().manual_seed(0))
+    assert [s for _, _, s in seen] == [2.0] * 4
+    with pytest.raises(Exception, match=r"a scale that cannot be set, so cfg_scale=5.0 cannot replace it"):
+        micro_model.generate(x["features"], x["text"], steps=4, guidance=Fixed(), cfg_scale=5.0, generator=torch.Generator().manual_seed(0))
     monkeypatch.setattr(Cosine, "scale_at", lambda self, step, n_steps: float("nan"))
     with pytest.raises(Exception, match=r"scale_at\(0, 4\) returned nan; it must return a finite number"):
         micro_model.generate(x["features"], x["text"], steps=4, guidance=rule, generator=torch.Generator().manual_seed(0))
@@ -203,6 +214,19 @@ def test_a_rule_s_repr_holds_its_own_settings():
             self.video_weight = video_weight
 
     assert "video_weight=0.5" in repr(Weighted(0.5)) and repr(Weighted(0.5)) != repr(Weighted(2.0))
+    rule = Weighted(0.5)
+    rule._steps_seen = 3  # state set while sampling: not a setting, so an output is still kept
+    assert repr(rule) == repr(Weighted(0.5))
+
+    class Tabled(MultiCFG):
+        def __init__(self, table: torch.Tensor, scale: float = 3.0) -> None:
+            super().__init__(scale)
+            self.table = table
+
+    a, b = torch.zeros(2000), torch.zeros(2000)
+    b[1000] = 1.0  # where torch's repr of a large tensor elides the values
+    assert repr(a) == repr(b) and repr(Tabled(a)) != repr(Tabled(b))
+    assert repr(Tabled(a)) == repr(Tabled(a.clone())) and "\n" not in repr(Tabled(a)) and len(repr(Tabled(a))) < 200
     assert repr(GUIDANCE.build("multi")) == "MultiCFG(scale=3.0, schedule='linear', conditions=[uncond, video, text_video])"
     assert repr(GUIDANCE.build("cfg_video")) == "CFG(scale=3.0, schedule='linear', conditions=[uncond, video])"
 

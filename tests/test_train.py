@@ -551,7 +551,7 @@ def test_checkpoint_from_another_preset_is_refused(data: Path, tmp_path: Path) -
     with pytest.raises(TrainingError, match="model_overrides"):
         train(config("backbone", data, run, steps=2, model_overrides={**micro_overrides(), "backbone": {"dim": 48}}), resume=True)
     other = {**micro_overrides(), "backbone": {**micro_overrides()["backbone"], "depth": 2}}
-    with pytest.raises(CheckpointError, match="backbone.*Build it like the checkpoint: --model backbone='"):
+    with pytest.raises(CheckpointError, match="(?s)backbone.*Build it like the checkpoint: --model backbone='"):
         train(config("controlnet", data, tmp_path / "cn", model_overrides=other, init=str(run)))
     # a checkpoint of another model placed in a run folder: refused on resume
     run2 = tmp_path / "run2"

@@ -231,13 +231,23 @@ def test_optimiser_numbers_are_refused_as_given_naming_the_flag_and_the_range(
         (dict(betas=(1.5, 0.9)), r"betas \(--betas\) must be two numbers, each in \[0, 1\), e.g. --betas 0.9,0.999; got \(1.5, 0.9\)$"),
         (dict(betas="x"), r"betas \(--betas\) must be two numbers.*got 'x'$"),
         (dict(betas=0.9), r"betas \(--betas\) must be two numbers.*got 0.9$"),
-        (dict(seed=2**70), r"seed \(--seed\) must be in \[-2\*\*40, 2\*\*40\] .*got 1180591620717411303424; pick a smaller seed$"),
+        (dict(seed=2**70), r"seed \(--seed\) must be in \[-1317620623831, 2635241243368\] .*got 1180591620717411303424; pick a smaller seed$"),
     ]
     for kw, message in refused:
         with pytest.raises(ConfigError, match="^train config: " + message):
             config("tokenizer", data, tmp_path / "run", **kw)
-    edge = config("tokenizer", data, tmp_path / "run", base_lr=0, min_lr=0.0, weight_decay=0, betas=[0, 0.5], seed=-(2**40))
-    assert (edge.base_lr, edge.betas, edge.seed) == (0.0, (0.0, 0.5), -(2**40))
+    edge = config("tokenizer", data, tmp_path / "run", base_lr=0, min_lr=0.0, weight_decay=0, betas=[0, 0.5], seed=-1317620623831)
+    assert (edge.base_lr, edge.betas, edge.seed) == (0.0, (0.0, 0.5), -1317620623831)
+    assert config("tokenizer", data, tmp_path / "run", seed=1_764_300_000_000).seed == 1_764_300_000_000  # a millisecond timestamp, as before
+    from controlfoley.train.config import SEED_MAX, TrainConfig
+    from controlfoley.train.recipes import step_generator
+
+    step_generator(SEED_MAX, 2**32, stream=7)  # the largest seed still seeds the last generator a run may draw
+    with pytest.raises((RuntimeError, ValueError)):
+        step_generator(SEED_MAX + 10**6, 2**32, stream=7)  # (the limit is torch's, not a guess)
+    # a config.json's init_parts written as the flag spells it: parts, not characters
+    d = {**edge.to_dict(), "init_parts": "tokenizer,backbone"}
+    assert TrainConfig.from_dict(d).init_parts == ("tokenizer", "backbone")
     for flag, value in (("--base-lr", "nan"), ("--min-lr", "-1"), ("--weight-decay", "-1"), ("--betas", "1.5,0.9"), ("--seed", str(2**70))):
         assert train_main(cli_args("tokenizer", data, tmp_path / "cli", flag, value)) == 2
         assert f"error: train config: {flag[2:].replace('-', '_')} ({flag})" in capsys.readouterr().err

@@ -37,9 +37,11 @@ _CLIP_WARN_PEAK = 1.01  # a peak past this is clipped audibly, not a resampler's
 
 
 def _checked_rate(sample_rate: object, caller: str) -> int:  # a validator: it takes anything
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0:
-        raise ConfigError(f"{caller}: sample_rate is in Hz, a positive int such as 22050; got {sample_rate!r}")
-    return int(sample_rate)
+    """A sample rate in Hz: a positive whole number (22050, or 22050.0 as librosa returns one)."""
+    whole = isinstance(sample_rate, numbers.Integral) or (isinstance(sample_rate, numbers.Real) and float(sample_rate).is_integer())
+    if isinstance(sample_rate, bool) or not whole or float(sample_rate) <= 0:  # type: ignore[arg-type]
+        raise ConfigError(f"{caller}: sample_rate is in Hz, a positive whole number such as 22050; got {sample_rate!r}")
+    return int(sample_rate)  # type: ignore[call-overload]
 
 
 def load_audio(path: str | os.PathLike[str], sample_rate: int, mono: bool = True) -> Float[Tensor, "*ch s"]:
@@ -104,7 +106,7 @@ def save_audio(
         if peak > _CLIP_WARN_PEAK:  # hard clipping distorts: say so rather than write a square wave silently
             warnings.warn(
                 f"save_audio: the waveform peaks at {peak:.3g}, past full scale (1.0): {subtype} clips "
-                f"{100.0 * float((np.abs(y) > 1.0).mean()):.0f}% of its samples to [-1, 1] in {final_path(path)}; "
+                f"{int((np.abs(y) > 1.0).sum())} of its {y.size} samples to [-1, 1] in {final_path(path)}; "
                 "normalise it first (wav / wav.abs().max()) or write float samples (subtype='FLOAT', .wav)",
                 stacklevel=user_stacklevel(),
             )

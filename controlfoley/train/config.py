@@ -359,8 +359,10 @@ def plugin_changes(recorded: Any, now: Sequence[Mapping[str, str]]) -> list[str]
 
 
 # the seeds a run takes: it seeds torch generators with (seed x 1,000,003 + step) x 7 + stream
-# (`recipes.step_generator`), which must stay within what torch.Generator.manual_seed takes
-SEED_MIN, SEED_MAX = -(2**40), 2**40
+# (`recipes.step_generator`), which must stay within what torch.Generator.manual_seed takes,
+# [-2**63, 2**64), for steps up to 2**32: about +-1.3e12 and 2.6e12 (a millisecond timestamp fits)
+SEED_MIN = -(2**63 // 7) // 1_000_003 + 1
+SEED_MAX = ((2**64 - 1) // 7 - 2**32 - 7) // 1_000_003
 
 DERIVED_KEY = "_derived"  # --print-config: {field: why} for values derived from others (not fields)
 
@@ -413,7 +415,7 @@ class TrainConfig:
     codebook_restart_until: int = 1_000_000_000  # tokenizer: no restarts from this step on (let codes settle)
     precision: str = "auto"  # auto, fp32 or bf16; auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the training objective
-    seed: int = 0  # data order, masks and initialisation; in [-2**40, 2**40]
+    seed: int = 0  # data order, masks and initialisation; from about -1.3e12 to 2.6e12 (a millisecond timestamp fits)
     shuffle: bool = True
     num_workers: int = 2  # DataLoader worker processes
     log_every: int = 10
@@ -492,8 +494,8 @@ class TrainConfig:
             )
         if not SEED_MIN <= self.seed <= SEED_MAX:
             raise ConfigError(
-                f"train config: seed (--seed) must be in [-2**40, 2**40] (the run seeds torch generators with numbers derived from it), "
-                f"got {self.seed}; pick a smaller seed"
+                f"train config: seed (--seed) must be in [{SEED_MIN}, {SEED_MAX}] (the run seeds torch generators with numbers derived "
+                f"from it), got {self.seed}; pick a smaller seed"
             )
 
     # -- derived values ------------------------------------------------------------------------
@@ -543,6 +545,8 @@ class TrainConfig:
         for name in ("betas", "init_parts"):
             if name in kw and isinstance(kw[name], list):  # JSON's lists; anything else is the field's check's to name
                 kw[name] = tuple(kw[name])
+        if isinstance(kw.get("init_parts"), str):  # "tokenizer,backbone" as the flag spells it (a str is not split into characters)
+            kw["init_parts"] = tuple(x.strip() for x in kw["init_parts"].split(",") if x.strip())
         return cls(**kw)
 
     def to_json(self) -> str:

@@ -200,7 +200,7 @@ def test_help_and_print_config_explain_the_derived_warm_up(tmp_path: Path, capsy
 def test_errors_name_their_cause(data: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"has 16 clips and --val-fraction 0.5 holds 8 of them out for validation, which leaves 8 to train on, fewer than one global batch of 12"):
         train(config("backbone", data, tmp_path / "r1", batch_size=12, val_fraction=0.5))
-    with pytest.raises(ConfigError, match=r"^train config: num_workers \(--num-workers\) is -1; it must be 0 or more$"):
+    with pytest.raises(ConfigError, match=r"^train config: num_workers \(--num-workers\) is -1; it must be a finite number, 0 or more$"):
         config("backbone", data, tmp_path / "r2", num_workers=-1)
     with pytest.raises(DataError, match=rf"--data {re.escape(str(data / 'index.json'))} is a file, not a dataset folder; give its folder: --data {re.escape(str(data))}\. .*`controlfoley extract"):
         train(config("backbone", data / "index.json", tmp_path / "r3"))
@@ -231,6 +231,8 @@ def test_optimiser_numbers_are_refused_as_given_naming_the_flag_and_the_range(
         (dict(betas=(1.5, 0.9)), r"betas \(--betas\) must be two numbers, each in \[0, 1\), e.g. --betas 0.9,0.999; got \(1.5, 0.9\)$"),
         (dict(betas="x"), r"betas \(--betas\) must be two numbers.*got 'x'$"),
         (dict(betas=0.9), r"betas \(--betas\) must be two numbers.*got 0.9$"),
+        (dict(grad_clip=float("nan")), r"grad_clip \(--grad-clip\) is nan; it must be a finite number, 0 or more$"),
+        (dict(adv_weight=float("inf")), r"adv_weight \(--adv-weight\) is inf; it must be a finite number, 0 or more$"),
         (dict(seed=2**70), r"seed \(--seed\) must be in \[-1317620623831, 2635241243368\] .*got 1180591620717411303424; pick a smaller seed$"),
     ]
     for kw, message in refused:

@@ -472,10 +472,12 @@ class TrainConfig:
             raise ConfigError(f"train config: uncond_prob (--uncond-prob) must be in [0, 1], got {self.uncond_prob}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"train config: val_fraction (--val-fraction) must be in [0, 1) (some data must be left to train on), got {self.val_fraction}")
-        negative = [k for k in ("val_every", "num_workers", "grad_clip", "adv_weight", "adv_start_step") if getattr(self, k) < 0]
+        # "not >= 0": NaN compares False with everything, so a NaN clip or weight is named too (it trained on, or made NaN)
+        negative = [k for k in ("val_every", "num_workers", "grad_clip", "adv_weight", "adv_start_step") if not getattr(self, k) >= 0]
+        negative += [k for k in ("grad_clip", "adv_weight") if k not in negative and not math.isfinite(getattr(self, k))]
         if negative:
             what = ", ".join(f"{k} (--{k.replace('_', '-')}) is {getattr(self, k)}" for k in negative)
-            raise ConfigError(f"train config: {what}; {'it' if len(negative) == 1 else 'each'} must be 0 or more")
+            raise ConfigError(f"train config: {what}; {'it' if len(negative) == 1 else 'each'} must be a finite number, 0 or more")
         if self.init is not None and not self.init_parts:
             raise ConfigError(
                 f"train config: init={self.init!r} is given but init_parts is empty; name the parts to load, e.g. --init-parts tokenizer,backbone"

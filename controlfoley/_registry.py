@@ -411,7 +411,14 @@ def _class_site(cls: type) -> tuple[str, int] | None:
 
 
 def _qualname(fn: Callable[..., Any]) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+    """Where a builder is defined, for messages: module.name, or for a plugin file loaded by path
+    (its module name is made up) or code with no module (exec, a notebook cell), its file."""
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", repr(fn))
+    code = getattr(fn, "__code__", None)
+    if (module is None or str(module).startswith("controlfoley_plugin_")) and code is not None:
+        return f"{name} in {code.co_filename}"
+    return f"{module or '?'}.{name}"
 
 
 TOKENIZERS: Registry[Any] = Registry("tokenizer", "TOKENIZERS")

@@ -272,7 +272,8 @@ def test_one_plugin_by_path_and_by_module_name_registers_once(tmp_path: Path, mo
 
         assert load_plugins("my_parts_x", str(tmp_path / "my_parts_x.py"))[1] in sys.modules
         assert "my_al_x" in ALIGNERS
-        with pytest.raises(RegistryError, match="already registered"):  # a different builder under the name still fails
+        # a different builder under the name still fails, naming the file of the first (not its made-up module name)
+        with pytest.raises(RegistryError, match=rf"already registered \(by my_al_x in {re.escape(str(tmp_path / 'my_parts_x.py'))}\)"):
             ALIGNERS.register("my_al_x")(lambda **kw: None)
     finally:
         ALIGNERS.unregister("my_al_x")

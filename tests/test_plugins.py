@@ -268,12 +268,14 @@ def test_one_plugin_by_path_and_by_module_name_registers_once(tmp_path: Path, mo
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         load_plugins(str(tmp_path / "my_parts_x.py"))
+        # another builder under the name fails, naming the file of the first (not its made-up module name)
+        with pytest.raises(RegistryError, match=rf"already registered \(by my_al_x in {re.escape(str(tmp_path / 'my_parts_x.py'))}\)"):
+            ALIGNERS.register("my_al_x")(lambda **kw: None)
         import my_parts_x  # noqa: F401  (runs the file a second time, under its own name)
 
         assert load_plugins("my_parts_x", str(tmp_path / "my_parts_x.py"))[1] in sys.modules
         assert "my_al_x" in ALIGNERS
-        # a different builder under the name still fails, naming the file of the first (not its made-up module name)
-        with pytest.raises(RegistryError, match=rf"already registered \(by my_al_x in {re.escape(str(tmp_path / 'my_parts_x.py'))}\)"):
+        with pytest.raises(RegistryError, match=r"already registered \(by my_parts_x\.my_al_x\)"):  # a different builder still fails
             ALIGNERS.register("my_al_x")(lambda **kw: None)
     finally:
         ALIGNERS.unregister("my_al_x")

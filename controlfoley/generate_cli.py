@@ -867,11 +867,18 @@ def _not_kept(entry: dict[str, Any], video: Path, paths: tuple[Path, Path], now:
         return f"{video} changed since it was made (its size or content)"
     if (entry.get("audio"), entry.get("video")) != (paths[0].name, paths[1].name) or not (paths[0].is_file() and paths[1].is_file()):
         return "one of its two outputs is missing"
-    was = entry.get("settings") or {}
+    was, now = _as_compared(entry.get("settings") or {}), _as_compared(now)
     keys = sorted(k for k in set(was) | set(now) if k not in _NOT_COMPARED and was.get(k) != now.get(k))
     if not keys:
         return None
     return "it was made with other settings (" + ", ".join(f"{k}: {was.get(k)!r} then, {now.get(k)!r} now" for k in keys[:3]) + (", ..." if len(keys) > 3 else "") + ")"
+
+
+def _as_compared(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings as --skip-existing compares them: the model file by its content (SHA-256), not its
+    size and time (a model file saved again with the same weights is the same model)."""
+    stamp = settings.get("model_file_stamp")
+    return {**settings, "model_file_stamp": stamp.get("sha256") if isinstance(stamp, dict) else stamp}
 
 
 def update_record(folder: Path, name: str, entry: dict[str, Any]) -> None:

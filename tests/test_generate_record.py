@@ -29,6 +29,11 @@ def test_a_run_folder_given_as_model_is_stamped_by_its_weights_file(video: Path,
     settings = read_manifest(tmp_path / "out")["tiny"]["settings"]
     assert settings["model_file"] == str((run / "model.safetensors").resolve()) and settings["model_file_stamp"]["sha256"]
     assert cli.main([*argv, "--skip-existing"]) == 0  # the same weights: kept
+    import os
+
+    st = os.stat(run / "model.safetensors")
+    os.utime(run / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert cli.main([*argv, "--skip-existing"]) == 0  # touched (a copy, a checkout): the same content, still kept
     as_trained(micro_model(seed=1)).save(run / "model.safetensors")  # retrained
     capsys.readouterr()
     assert cli.main([*argv, "--skip-existing"]) == 2

@@ -1783,9 +1783,25 @@ def test_a_replacement_that_fails_between_its_renames_keeps_the_old_pair_or_mark
     assert all((out / n).read_bytes() == (clean_pair / n).read_bytes() for n in ("tiny.wav", "tiny.mp4"))
 
 
+@pytest.fixture
+def default_signals() -> Any:
+    """SIGINT and SIGTERM at Python's defaults for the test: a suite started in the background by a
+    shell without job control inherits SIGINT ignored, and generate rightly leaves an ignored signal
+    alone (a raised SIGINT then does nothing, and the test would measure the shell, not generate)."""
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for s, h in before.items():
+        signal.signal(s, h)
+
+
 @pytest.mark.parametrize("sig, during", [("SIGINT", "sampling"), ("SIGTERM", "sampling"), ("SIGTERM", "the renames")])
 def test_ctrl_c_or_sigterm_stops_cleanly_and_says_how_to_go_on(
-    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, sig: str, during: str
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, sig: str, during: str,
+    default_signals: None,
 ) -> None:
     """A signal while the second of two files samples: that file is dropped (no partial or temporary
     file), the first stays made and recorded, the run ends with the table, how to go on and 128 + the
@@ -1830,7 +1846,7 @@ def test_ctrl_c_or_sigterm_stops_cleanly_and_says_how_to_go_on(
 @pytest.mark.parametrize("second_after", ["tiny.mp4", "tiny.wav"])
 def test_a_second_signal_after_a_rename_leaves_the_pair_marked_not_recorded_as_before(
     model_file: Path, media: dict[str, Path], clean_pair: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    second_after: str,
+    second_after: str, default_signals: None,
 ) -> None:
     """--overwrite --seed 3 over the seed-0 pair: a SIGTERM at the video's rename waits (the pair is
     being committed), a second one lands just after the real rename of `second_after` (as in the
@@ -1928,7 +1944,8 @@ def test_a_run_starting_beside_a_live_one_removes_a_killed_runs_temporary_files_
 
 @pytest.mark.parametrize("where", ["the final table", "the summary of a first Ctrl-C"])
 def test_a_ctrl_c_after_files_were_made_does_not_say_nothing_was_written(
-    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, where: str
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, where: str,
+    default_signals: None,
 ) -> None:
     """Ctrl-C while the final table prints, or a second one while a first one's summary prints: the
     run says how many files it made (before: "before any file was generated: nothing was written",

@@ -224,4 +224,7 @@ def build_vocoder(spec: str | Mapping[str, Any] | nn.Module | None, model: Model
     own = model.config.vocoder
     if name == own.name:
         kwargs = {**own.kwargs, **kwargs}
-    return VOCODERS.build(name, mel=model.mel, **kwargs).to(model.device)  # beside the model it decodes for
+    VOCODERS.get(name)  # an unknown name: the registry's error, listing the registered ones
+    # the model's mel is wired in (as build_model does) where the builder takes one, and not offered as a setting in errors
+    wired = {"mel": model.mel} if "mel" in VOCODERS.accepted_args(name) else {}
+    return VOCODERS.build(name, tuple(wired), **wired, **kwargs).to(model.device)  # beside the model it decodes for

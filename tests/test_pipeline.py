@@ -1997,3 +1997,23 @@ def test_an_extractor_returning_another_width_than_it_declares_is_named_not_the_
         pipe.read_features(media["tiny"])
     ok = _pipeline(model).read_features(media["tiny"])[0]
     assert ok["sync"].shape[1] == real.dim
+
+
+def test_a_vocoder_override_wires_in_the_model_s_mel_and_does_not_offer_it_as_a_setting() -> None:
+    """`--vocoder NAME,ARG=V` with a typo listed the wired-in `mel` among the settings to give, and
+    a user vocoder whose builder takes no mel got "unknown argument mel"."""
+    from controlfoley import VOCODERS
+    from controlfoley._registry import ArgumentError
+    from controlfoley.audio.vocoders import GriffinLimVocoder
+    from controlfoley.pipeline_parts import build_vocoder
+    from conftest import registered
+
+    model = micro_model()
+    with pytest.raises(ArgumentError, match=r"did you mean 'n_iter'\?\)\. It accepts: n_iter, .* \(mel filled in from the other parts\)$"):
+        build_vocoder({"name": "griffinlim", "n_itr": 4}, model)
+
+    def own_mel(*, sample_rate: int = 22050) -> torch.nn.Module:
+        return GriffinLimVocoder(model.mel)
+
+    with registered(VOCODERS, "own_mel_test", own_mel):
+        assert isinstance(build_vocoder("own_mel_test", model), GriffinLimVocoder)

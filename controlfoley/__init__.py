@@ -93,7 +93,10 @@ __all__ = [
 def __getattr__(name: str) -> _Any:
     if name in _LAZY:
         return getattr(_importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'controlfoley' has no attribute {name!r}")
+    import difflib as _difflib
+
+    close = _difflib.get_close_matches(name, [*globals(), *_LAZY], n=1)
+    raise AttributeError(f"module 'controlfoley' has no attribute {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
 def __dir__() -> list[str]:

@@ -391,3 +391,12 @@ def test_an_empty_preset_name_says_it_is_empty_and_how_to_list_the_presets() -> 
                            r"\(controlfoley\.list_presets\(\) in Python, `controlfoley list presets` on the command line\)") as e:
             build_model(name)
         assert "file or folder" not in str(e.value)
+
+
+def test_a_mistyped_package_attribute_gets_a_did_you_mean() -> None:
+    import controlfoley
+
+    with pytest.raises(AttributeError, match=r"no attribute 'ALINGERS'; did you mean 'ALIGNERS'\?"):
+        controlfoley.ALINGERS  # noqa: B018
+    with pytest.raises(AttributeError, match=r"no attribute 'zzz_not_a_name'$"):
+        controlfoley.zzz_not_a_name  # noqa: B018

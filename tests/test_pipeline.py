@@ -1552,6 +1552,8 @@ def test_generate_checks_its_streams_and_duration_before_sampling(media: dict[st
         many(p, [(streams, duration), (with_(sync=streams["sync"][None]), duration)])
     with pytest.raises(ConfigError, match="duration_s is the audio's length"):
         many(p, [(streams, "3")])
+    with pytest.raises(ConfigError, match=r"duration_s is 0.001 s, less than one token column \(0.\d+ s\) of audio"):
+        generate(p, streams, 0.001)  # as read_features refuses a still image
     assert not sampled
     # streams that end well before duration_s: said, naming both durations; read_features' own are not
     with pytest.warns(UserWarning, match=r"streams\['sync'\] covers 5.92 s \(142 rows at 24 fps\) but duration_s is 30.00 s: the rest is conditioned on the last row"):

@@ -3,8 +3,10 @@
 Each variant generates audio for the same held-out clips (same seeds), from the generated waveform
 (tokens -> tokenizer decoder -> mel -> vocoder) the metrics of `controlfoley.evaluation` are computed:
 DeSync analogue, onset precision/recall/F1, class accuracy, Frechet distance on a fixed embedding.
-Two reference rows bound what any model can reach: the true audio, and the true audio's tokens
-decoded and vocoded (the tokenizer + vocoder ceiling).
+Three reference rows bound what any model can reach: the true audio, other clips' true audio (what
+real but unrelated sound scores: chance level for the onset scores, and the FD floor of two real
+samples, which the first row's 0 hides), and the true audio's tokens decoded and vocoded (the
+tokenizer + vocoder ceiling).
 """
 
 import json
@@ -135,8 +137,11 @@ def evaluate_variants(out: Path, bb_run: Path, cn_runs: dict[str, Path], *, n_te
     clips = [world.clip(i) for i in world.split("test", n_test)]
     plain = load_run_model(cn_runs["plain1d"])
     backbone = load_run_model(bb_run)
+    others = [world.clip(i) for i in world.split("val", n_test)]
     rows = [
         _row("reference: true audio", lambda: [c.audio for c in clips], clips),
+        # chance: real audio of other clips, so the onset scores of unrelated sounds and the FD floor of two real samples
+        _row("reference: other clips' true audio (chance)", lambda: [c.audio for c in others], clips),
         _row("reference: true tokens -> decoder -> vocoder", lambda: _reconstruct(ft, clips), clips),
         _row("backbone + tag prompt, no video (CFG text)", lambda: _generate_rows(backbone, clips, batch), clips),
         _row("ControlNet + FT-Aligner, multi-CFG, 12 steps", lambda: _generate_rows(ft, clips, batch), clips),

@@ -20,6 +20,8 @@ def test_experiment_smoke_scale_runs_every_stage(tmp_path):
     names = [r["variant"] for r in report["rows"]]
     assert names[0] == "reference: true audio" and any("plain 1-D" in n for n in names)
     assert report["rows"][0]["desync_s"] < 0.05  # the metric itself works on true audio
+    chance = report["rows"][1]  # other clips' real audio: chance-level onsets, the FD floor of two real samples
+    assert names[1] == "reference: other clips' true audio (chance)" and chance["recall_any"] < report["rows"][0]["recall_any"]
     for run in ("run_tokenizer", "run_backbone", "run_controlnet_ft", "run_controlnet_plain1d"):
         done = json.loads((tmp_path / "exp" / run / "done.json").read_text())
         assert done["scale"] == "smoke" and done["settings"]["steps"] == 3 and "train" in done["metrics"]

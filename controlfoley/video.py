@@ -35,6 +35,7 @@ of the MP4/Matroska containers (ISO/IEC 14496-12).
 """
 
 import math
+import numbers
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -193,10 +194,10 @@ def _parse_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     """(height, width) or None; an int means a square."""
     if size is None:
         return None
-    h, w = (size, size) if isinstance(size, int) else size
-    if h <= 0 or w <= 0:
-        raise ConfigError(f"size is the frames' side in pixels (an int) or (height, width), each >= 1; got {size}")
-    return h, w
+    pair = (size, size) if isinstance(size, numbers.Integral) else tuple(size) if isinstance(size, (tuple, list)) else ()
+    if len(pair) != 2 or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) and x > 0 for x in pair):
+        raise ConfigError(f"size is the frames' side in pixels (an int) or (height, width), each >= 1; got {size!r}")
+    return int(pair[0]), int(pair[1])
 
 
 def _to_rgb(frame: av.VideoFrame, hw: tuple[int, int] | None) -> np.ndarray:
@@ -218,8 +219,9 @@ _AUDIO_MARGIN_S = Fraction(1, 10)  # decoded past a bounded read's window: see r
 
 
 def _check_max_seconds(max_seconds: float | None) -> None:
-    if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
-        raise ConfigError(f"max_seconds must be positive and finite (seconds from the start), got {max_seconds}")
+    real = isinstance(max_seconds, numbers.Real) and not isinstance(max_seconds, bool)
+    if max_seconds is not None and not (real and math.isfinite(max_seconds) and max_seconds > 0):
+        raise ConfigError(f"max_seconds must be positive and finite (seconds from the start, a number), got {max_seconds!r}")
 
 
 def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | None = None, max_seconds: float | None = None) -> Frames:
@@ -305,8 +307,10 @@ def read_audio_track(path: PathLike, sample_rate: int, *, max_seconds: float | N
     one, so without the margin the window's last samples would differ from those of a whole read.
     With it they are the same samples.
     """
-    if sample_rate <= 0:
-        raise ConfigError(f"read_audio_track: sample_rate must be positive (Hz), got {sample_rate}")
+    whole = isinstance(sample_rate, numbers.Real) and not isinstance(sample_rate, bool) and float(sample_rate).is_integer()
+    if not whole or sample_rate <= 0:  # a str or 22050.5 failed deep inside the resampler
+        raise ConfigError(f"read_audio_track: sample_rate must be a positive whole number (Hz), got {sample_rate!r}")
+    sample_rate = int(sample_rate)
     _check_max_seconds(max_seconds)
     limit = None if max_seconds is None else round(max_seconds * sample_rate)
     p = Path(path)

@@ -473,8 +473,11 @@ def test_max_seconds_stops_decoding_the_audio_track(tmp_path: Path, monkeypatch:
     assert sum(fed) >= 7.9 * 44100  # the counter sees a whole read
 
 
-@pytest.mark.parametrize("seconds", [0, -1.0, float("nan"), float("inf")])
-def test_max_seconds_must_be_positive_and_finite(tmp_path: Path, seconds: float) -> None:
+@pytest.mark.parametrize("seconds", [0, -1.0, float("nan"), float("inf"), "3", True])
+def test_max_seconds_must_be_positive_and_finite(tmp_path: Path, seconds: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jaxtyping import config
+
+    monkeypatch.setattr(config, "jaxtyping_disable", True)  # the library's own messages, as users see them
     path = video.write_video(tmp_path / "v.mp4", _blocky_frames(4), 24.0, audio=torch.zeros(22050), sample_rate=22050)
     with pytest.raises(ValueError, match="max_seconds must be positive and finite"):
         video.read_audio_track(path, 22050, max_seconds=seconds)
@@ -722,3 +725,23 @@ def test_an_os_error_inside_atomic_path_names_the_target(tmp_path: Path) -> None
         with atomic_path(out):
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "input.mp4"))
     assert e.value.filename == str(tmp_path / "input.mp4") and list(tmp_path.iterdir()) == []
+
+
+def test_read_frames_and_read_audio_track_name_arguments_of_the_wrong_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A str size or sample rate was a TypeError from a comparison deep inside; a whole float rate
+    (22050.0, as librosa gives) is still taken."""
+    from jaxtyping import config
+
+    from controlfoley.errors import ConfigError
+
+    monkeypatch.setattr(config, "jaxtyping_disable", True)  # the library's own messages, as users see them
+
+    path = video.write_video(tmp_path / "v.mp4", _blocky_frames(4), 24.0, audio=torch.zeros(22050), sample_rate=22050)
+    for size in ("64", (64,), (64, "48"), 0, True):
+        with pytest.raises(ConfigError, match=r"size is the frames' side in pixels \(an int\) or \(height, width\), each >= 1"):
+            video.read_frames(path, 24.0, size=size)
+    assert video.read_frames(path, 24.0, size=[16, 24]).frames.shape[1:3] == (16, 24)
+    for rate in ("22050", 22050.5, 0, True):
+        with pytest.raises(ConfigError, match="read_audio_track: sample_rate must be a positive whole number"):
+            video.read_audio_track(path, rate)
+    assert video.read_audio_track(path, 22050.0).shape == video.read_audio_track(path, 22050).shape

@@ -5,7 +5,10 @@ rate and device-memory copy bandwidth (docs: ../.library/device/METHOD.md "two n
   capability >= 8.9, tensor-wise and row-wise scales) matrix product on random data, median of timed runs
   with CUDA events after warm-up; a device-to-device copy of `--copy-gib` GiB, counting bytes read
   plus bytes written.
-- CPU: the same matrix products at a smaller n (the build machines have 2 cores).
+- CPU: the same matrix products at a smaller n (the build machines have 2 cores). `torch.mm` runs
+  MKL's GEMM (AVX2 kernels on AMD CPUs); the library's CPU linears run oneDNN instead
+  (`controlfoley.fast.OneDNNLinear`), so oneDNN's linear is timed too, at n and at the shape of a
+  paper-preset sampling step's fc1 (795 rows = 3 guidance rows x 265 tokens, 768 -> 3072).
 
 Usage: python benchmarks/ceilings.py [--device cuda] [--n 8192]
 """
@@ -58,6 +61,14 @@ def main() -> None:
         b = torch.randn(n, n, device=device, dtype=dtype)
         s = timed(functools.partial(torch.mm, a, b), device, runs=10 if device.type == "cuda" else 3)
         rows.append([f"{str(dtype).removeprefix('torch.')} matmul {n}^3", fmt(2 * n**3 / s / 1e12), "TFLOP/s"])
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():  # the GEMM the library's CPU linears run
+        for dtype in (torch.bfloat16, torch.float32):
+            for rows_, k, m in ((n, n, n), (795, 768, 3072)):
+                x = torch.randn(rows_, k, dtype=dtype)
+                w, bias = torch.randn(m, k, dtype=dtype), torch.zeros(m, dtype=dtype)
+                fn = functools.partial(torch.ops.mkldnn._linear_pointwise, x, w, bias, "none", [], "")
+                s = timed(fn, device, runs=5)
+                rows.append([f"{str(dtype).removeprefix('torch.')} oneDNN linear {rows_}x{k}x{m}", fmt(2 * rows_ * k * m / s / 1e12), "TFLOP/s"])
     if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9):  # fp8 tensor cores (Ada, Hopper)
         a8 = torch.randn(n, n, device=device).to(torch.float8_e4m3fn)
         b8 = torch.randn(n, n, device=device).to(torch.float8_e4m3fn).t()  # column-major, as _scaled_mm wants

@@ -9,7 +9,8 @@ Importing the package is light (no torch): the modules behind `_LAZY` (the model
 error classes, ...) load on first use of one of their names; `dir(controlfoley)` lists them too.
 """
 
-import importlib as _importlib  # private names: dir(controlfoley) lists the library, not its imports
+import difflib as _difflib  # private names: dir(controlfoley) lists the library, not its imports
+import importlib as _importlib
 import os as _os
 from typing import Any as _Any
 
@@ -93,9 +94,7 @@ __all__ = [
 def __getattr__(name: str) -> _Any:
     if name in _LAZY:
         return getattr(_importlib.import_module(_LAZY[name]), name)
-    import difflib as _difflib
-
-    close = _difflib.get_close_matches(name, [*globals(), *_LAZY], n=1)
+    close = [] if name.startswith("_") else _difflib.get_close_matches(name, [n for n in (*globals(), *_LAZY) if not n.startswith("_")], n=1)
     raise AttributeError(f"module 'controlfoley' has no attribute {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
 
 

@@ -415,9 +415,10 @@ def _qualname(fn: Callable[..., Any]) -> str:
     (its module name is made up) or code with no module (exec, a notebook cell), its file."""
     module = getattr(fn, "__module__", None)
     name = getattr(fn, "__qualname__", repr(fn))
-    code = getattr(fn, "__code__", None)
-    if (module is None or str(module).startswith("controlfoley_plugin_")) and code is not None:
-        return f"{name} in {code.co_filename}"
+    code = getattr(fn, "__code__", None)  # a function's; a class has none, its module's file stands in
+    file = code.co_filename if code is not None else getattr(sys.modules.get(str(module)), "__file__", None)
+    if (module is None or str(module).startswith("controlfoley_plugin_")) and file:
+        return f"{name} in {file}"
     return f"{module or '?'}.{name}"
 
 

@@ -3,10 +3,10 @@
 Each variant generates audio for the same held-out clips (same seeds), from the generated waveform
 (tokens -> tokenizer decoder -> mel -> vocoder) the metrics of `controlfoley.evaluation` are computed:
 DeSync analogue, onset precision/recall/F1, class accuracy, Frechet distance on a fixed embedding.
-Three reference rows bound what any model can reach: the true audio, other clips' true audio (what
-real but unrelated sound scores: chance level for the onset scores, and the FD floor of two real
-samples, which the first row's 0 hides), and the true audio's tokens decoded and vocoded (the
-tokenizer + vocoder ceiling).
+Three reference rows frame the models' rows: the true audio (the best any model can score), other
+clips' true audio (what real but unrelated sound scores: chance level for the onset scores, and the
+FD floor of two real samples, which the first row's 0 hides), and the true audio's tokens decoded
+and vocoded (the tokenizer + vocoder ceiling).
 """
 
 import json

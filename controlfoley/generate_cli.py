@@ -878,7 +878,9 @@ def _as_compared(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings as --skip-existing compares them: the model file by its content (SHA-256), not its
     size and time (a model file saved again with the same weights is the same model)."""
     stamp = settings.get("model_file_stamp")
-    return {**settings, "model_file_stamp": stamp.get("sha256") if isinstance(stamp, dict) else stamp}
+    if isinstance(stamp, dict):  # a record without a hash (none was taken): said so, not read as "no model file"
+        stamp = stamp.get("sha256") or "(no SHA-256 recorded)"
+    return {**settings, "model_file_stamp": stamp}
 
 
 def update_record(folder: Path, name: str, entry: dict[str, Any]) -> None:

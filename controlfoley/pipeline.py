@@ -614,11 +614,12 @@ class FoleyPipeline:
         warned about: one row short (the floor of duration x fps) is what `read_features` can give,
         and 0.5 s more (the mismatch `FoleyResult.save_video` warns about) is left to rounding."""
         duration = float(duration_s) if isinstance(duration_s, numbers.Real) and not isinstance(duration_s, bool) else math.nan
+        where = "" if what == "streams" else f"{what}: "  # generate_many names the pair
         if not (math.isfinite(duration) and duration > 0):
-            raise ConfigError(f"duration_s is the audio's length in seconds, a positive finite number (read_features returns it), got {duration_s!r}")
+            raise ConfigError(f"{where}duration_s is the audio's length in seconds, a positive finite number (read_features returns it), got {duration_s!r}")
         col_s = self.col_samples / self.model.sample_rate
         if duration < col_s:  # as read_features refuses a still image: less than one token column of audio
-            raise ConfigError(f"duration_s is {duration:g} s, less than one token column ({col_s:.3f} s) of audio; give the video's duration (read_features returns it)")
+            raise ConfigError(f"{where}duration_s is {duration:g} s, less than one token column ({col_s:.3f} s) of audio; give the video's duration (read_features returns it)")
         need = sorted(self.extractors)
         if not isinstance(streams, Mapping) or set(streams) != set(need):
             got = sorted(map(str, streams)) if isinstance(streams, Mapping) else type(streams).__name__

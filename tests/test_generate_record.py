@@ -89,3 +89,12 @@ def test_outputs_are_stamped_with_the_weights_that_made_them_not_a_file_replaced
     assert cli.main(["generate", str(video), "--model", str(run), "--out", str(tmp_path / "out"), "--steps", "1"]) == 0
     stamp = read_manifest(tmp_path / "out")["tiny"]["settings"]["model_file_stamp"]
     assert stamp["sha256"] == loaded_sha != hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_a_record_without_the_model_s_hash_says_so_when_compared() -> None:
+    """An older record whose model stamp holds no SHA-256 read as 'model_file_stamp: None then'."""
+    from controlfoley.generate_cli import _as_compared
+
+    assert _as_compared({"model_file_stamp": {"bytes": 10, "mtime": 1.0}})["model_file_stamp"] == "(no SHA-256 recorded)"
+    assert _as_compared({"model_file_stamp": {"bytes": 10, "mtime": 1.0, "sha256": "ab"}})["model_file_stamp"] == "ab"
+    assert _as_compared({"model_file_stamp": None})["model_file_stamp"] is None  # a preset without a file

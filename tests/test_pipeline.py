@@ -1550,7 +1550,7 @@ def test_generate_checks_its_streams_and_duration_before_sampling(media: dict[st
             generate(p, streams, d)
     with pytest.raises(ShapeError, match=r"inputs\[1\]\['sync'\] is \[1, "):
         many(p, [(streams, duration), (with_(sync=streams["sync"][None]), duration)])
-    with pytest.raises(ConfigError, match="duration_s is the audio's length"):
+    with pytest.raises(ConfigError, match=r"^inputs\[0\]: duration_s is the audio's length"):
         many(p, [(streams, "3")])
     with pytest.raises(ConfigError, match=r"duration_s is 0.001 s, less than one token column \(0.\d+ s\) of audio"):
         generate(p, streams, 0.001)  # as read_features refuses a still image
@@ -2019,3 +2019,9 @@ def test_a_vocoder_override_wires_in_the_model_s_mel_and_does_not_offer_it_as_a_
 
     with registered(VOCODERS, "own_mel_test", own_mel):
         assert isinstance(build_vocoder("own_mel_test", model), GriffinLimVocoder)
+
+    def any_kwargs(**kw: object) -> torch.nn.Module:  # takes the mel through **kwargs, as before
+        return GriffinLimVocoder(kw["mel"])  # type: ignore[arg-type]
+
+    with registered(VOCODERS, "kwargs_mel_test", any_kwargs):
+        assert isinstance(build_vocoder("kwargs_mel_test", model), GriffinLimVocoder)

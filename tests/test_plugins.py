@@ -758,3 +758,19 @@ def test_a_checkpoint_s_missing_parts_are_grouped_by_file_and_a_script_s_are_not
     assert f"its aligner came from the script {tmp_path / 'train.py'}, run as __main__" in script
     assert "move the registration of its aligner out of" in script and 'if __name__ == "__main__":' in script
     assert "Load the module that registers it" in _plugin_advice("{}")
+
+
+def test_a_duplicate_of_a_class_from_a_plugin_file_names_the_file(tmp_path: Path) -> None:
+    """A class builder (recipes are classes) has no __code__: the message showed the made-up module
+    name of a plugin loaded by path."""
+    plugin = tmp_path / "cls_parts.py"
+    plugin.write_text(
+        "from controlfoley import ALIGNERS\nfrom controlfoley.control.aligners import Plain1DAligner\n\n\n"
+        "@ALIGNERS.register('cls_al_test')\nclass ClsAl(Plain1DAligner):\n    pass\n"
+    )
+    try:
+        load_plugins(str(plugin))
+        with pytest.raises(RegistryError, match=rf"already registered \(by ClsAl in {re.escape(str(plugin))}\)"):
+            ALIGNERS.register("cls_al_test")(lambda **kw: None)
+    finally:
+        ALIGNERS.unregister("cls_al_test")

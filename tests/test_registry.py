@@ -400,3 +400,6 @@ def test_a_mistyped_package_attribute_gets_a_did_you_mean() -> None:
         controlfoley.ALINGERS  # noqa: B018
     with pytest.raises(AttributeError, match=r"no attribute 'zzz_not_a_name'$"):
         controlfoley.zzz_not_a_name  # noqa: B018
+    with pytest.raises(AttributeError, match=r"no attribute 'os'$"):  # not its private import _os
+        controlfoley.os  # noqa: B018
+    assert not hasattr(controlfoley, "__wrapped__")  # probes (inspect, doctest) get a plain AttributeError

@@ -299,6 +299,10 @@ class Registry(Generic[T]):
     def accepted_args(self, name: str) -> dict[str, inspect.Parameter]:
         return _keyword_args(_signature(self.get(name)))
 
+    def takes(self, name: str, arg: str) -> bool:
+        """Whether entry `name`'s builder takes keyword `arg`: by name, or through **kwargs."""
+        return arg in self.accepted_args(name) or any(p.kind == p.VAR_KEYWORD for p in self.signature(name).parameters.values())
+
     def build(self, name: str, wired: Collection[str] = (), /, **kwargs: Any) -> T:
         """Build entry `name` with keyword arguments; an unknown, missing or mistyped argument is an
         ArgumentError naming it. `wired`: arguments the caller fills in from other parts (build_model's

@@ -138,7 +138,7 @@ def require(module: str, extra: str | None = None, purpose: str = "") -> ModuleT
 
 def check_callable(fn: object, where: str, contract: str, *args: object, **kwargs: object) -> None:
     """A ConfigError when `fn` cannot be called as the contract calls it (`args` positionally,
-    `kwargs` by name; placeholders, nothing runs): a user part's `forward(x, grid)` or
+    `kwargs` by name: stand-in values, only bound to the signature, never called): a user part's `forward(x, grid)` or
     `combine(logits)` is named when the model is built, not as a TypeError mid-training. A callable
     whose signature cannot be read (a builtin) passes."""
     import inspect

@@ -226,6 +226,5 @@ def build_vocoder(spec: str | Mapping[str, Any] | nn.Module | None, model: Model
         kwargs = {**own.kwargs, **kwargs}
     VOCODERS.get(name)  # an unknown name: the registry's error, listing the registered ones
     # the model's mel is wired in (as build_model does) where the builder takes one, and not offered as a setting in errors
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in VOCODERS.signature(name).parameters.values())
-    wired = {"mel": model.mel} if ("mel" in VOCODERS.accepted_args(name) or takes_any) else {}
+    wired = {"mel": model.mel} if VOCODERS.takes(name, "mel") else {}
     return VOCODERS.build(name, tuple(wired), **wired, **kwargs).to(model.device)  # beside the model it decodes for

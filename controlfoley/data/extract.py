@@ -51,7 +51,8 @@ from tqdm.auto import tqdm
 from controlfoley._io import atomic_write_text, check_writable_folder
 from controlfoley.config import parse_overrides, parse_spec
 from controlfoley.control.encoders import check_widths
-from controlfoley.data.extractors import PATH_ARGS, build_extractor, extractors_writing, takes_output_key
+from controlfoley._registry import EXTRACTORS
+from controlfoley.data.extractors import PATH_ARGS, build_extractor, extractors_writing
 from controlfoley.data.shards import INDEX_FILE, PROGRESS_FILE, ShardIndex, ShardWriter
 from controlfoley.errors import ControlFoleyError, DataError, MediaError, one_line, user_stacklevel
 from controlfoley.typing import Tensor
@@ -245,7 +246,7 @@ def _spec_args(spec: Any) -> dict[str, Any]:
     from another working directory still finds its files."""
     if isinstance(spec, str) or spec is None:
         return {}
-    given = {k: v for k, v in dict(spec[1]).items() if k != "output_key" or takes_output_key(spec[0])}  # else set on the object: not an argument
+    given = {k: v for k, v in dict(spec[1]).items() if k != "output_key" or EXTRACTORS.takes(spec[0], "output_key")}  # else set on the object: not an argument
     args = {k: os.path.abspath(os.path.expanduser(v)) if k in PATH_ARGS and isinstance(v, str) and v else v for k, v in given.items()}
     return json.loads(json.dumps(args, default=str))
 
@@ -683,8 +684,6 @@ def _extractor_spec(item: str) -> tuple[str, dict[str, Any]]:
     """--extractor NAME[,ARG=VALUE...], or generate's form KEY=NAME[,ARG=VALUE...] (KEY: the feature
     it writes, passed on as output_key: to a builder that takes it, else set on the built extractor,
     as generate does), so that one spelling, and the same extractors, work in both commands."""
-    from controlfoley._registry import EXTRACTORS
-
     head, _, rest = item.partition(",")
     key, sep, name = head.partition("=")
     if sep and key.isidentifier() and name in EXTRACTORS:

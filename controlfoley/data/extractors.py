@@ -63,12 +63,6 @@ PATH_ARGS = ("root", "weights", "folder", "checkpoint", "ids_tsv")  # extractor 
 ExtractorSpec = str | tuple[str, Mapping[str, Any]] | Any  # a name, (name, kwargs), or a built extractor
 
 
-def takes_output_key(name: str) -> bool:
-    """Whether EXTRACTORS builder `name` takes an `output_key` argument (or any keyword argument)."""
-    sig = EXTRACTORS.signature(name)
-    return "output_key" in EXTRACTORS.accepted_args(name) or any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
-
-
 def extractors_writing(key: str) -> list[str]:
     """Registered EXTRACTORS whose features go under `key` by default (the builder's `output_key`
     default, or the `output_key` of the class it returns or is), for hints; a builder that declares
@@ -99,7 +93,7 @@ def build_extractor(spec: ExtractorSpec) -> Any:
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
         name, kwargs = spec[0], dict(spec[1])
         key = kwargs.get("output_key")
-        if key is None or takes_output_key(name):
+        if key is None or EXTRACTORS.takes(name, "output_key"):
             ext = EXTRACTORS.build(name, **kwargs)
         else:
             del kwargs["output_key"]

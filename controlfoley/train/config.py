@@ -303,6 +303,26 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _outside_library(module: str) -> bool:
+    """Whether code of `module` is a user's (a plugin's, a script's), not the library's or Python's."""
+    return bool(module) and module.split(".")[0] not in ("controlfoley", "builtins", "abc")
+
+
+def user_parts(model: Any) -> list[tuple[str, str, str]]:
+    """(registry kind, part name, builder's module) for each registered part of ModelConfig `model`
+    whose builder comes from outside the library: what its plugin files provide."""
+    from controlfoley.config import Part, part_registries
+
+    out = []
+    for field_name, registry in part_registries().items():
+        part = getattr(model, field_name, None)
+        if isinstance(part, Part) and part.name in registry:
+            module = str(getattr(registry.get(part.name), "__module__", "") or "")
+            if _outside_library(module):
+                out.append((registry.kind, part.name, module))
+    return out
+
+
 def recipe_plugins(name: str, model: Any = None) -> tuple[dict[str, str], ...]:
     """{"path", "sha256"} of each file that defines a class of recipe `name` outside the library
     (its plugin, and the plugins of the recipes it derives from, those first: the order to load
@@ -314,15 +334,9 @@ def recipe_plugins(name: str, model: Any = None) -> tuple[dict[str, str], ...]:
     rule...), which a resume must load before it rebuilds the model."""
     out: list[dict[str, str]] = []
     modules = [klass.__module__ for klass in reversed(recipe_class(name).__mro__)]
-    if model is not None:
-        from controlfoley.config import Part, part_registries
-
-        for field_name, registry in part_registries().items():
-            part = getattr(model, field_name, None)
-            if isinstance(part, Part) and part.name in registry:
-                modules.append(str(getattr(registry.get(part.name), "__module__", "") or ""))
+    modules += [module for _, _, module in user_parts(model)] if model is not None else []
     for module in modules:
-        if not module or module.split(".")[0] in ("controlfoley", "builtins", "abc"):
+        if not _outside_library(module):
             continue
         file = getattr(sys.modules.get(module), "__file__", None)
         if not file:

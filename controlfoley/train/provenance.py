@@ -193,14 +193,8 @@ def plugin_code(recipe: str, model_config: ModelConfig | None = None) -> str:
     """What of a run the plugin code loaded now provides, for messages: "recipe 'x'", "guidance
     'y'" (a part of `model_config` registered outside the library), or both joined by "and";
     "recipe 'x'" when nothing does (the library's own code)."""
-    from controlfoley.config import Part, part_registries
-    from controlfoley.train.config import recipe_plugins
+    from controlfoley.train.config import recipe_plugins, user_parts
 
     what = [f"recipe {recipe!r}"] if recipe_plugins(recipe) else []
-    for field, registry in part_registries().items() if model_config is not None else ():
-        part = getattr(model_config, field, None)
-        if isinstance(part, Part) and part.name in registry:
-            module = str(getattr(registry.get(part.name), "__module__", "") or "")
-            if module.split(".")[0] not in ("controlfoley", "builtins", "abc"):
-                what.append(f"{registry.kind} {part.name!r}")
+    what += [f"{kind} {name!r}" for kind, name, _ in (user_parts(model_config) if model_config is not None else [])]
     return " and ".join(what) or f"recipe {recipe!r}"

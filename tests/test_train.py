@@ -708,6 +708,25 @@ def test_a_run_resolves_its_model_config_once(data: Path, tmp_path: Path, monkey
     assert calls == ["specmaskfoley_tiny"] * 2
 
 
+def test_a_kill_between_a_checkpoint_and_its_pointer_loses_no_step(data: Path, tmp_path: Path) -> None:
+    """A kill after step 4's two files were written, before `latest` was moved to it (the pointer
+    still names step 2): --resume continues from step 4, says so, leaves its files as they were
+    (before, it resumed from step 2, deleted step 4 and trained steps 3-4 again), and ends
+    bit-identical to an uninterrupted run."""
+    train(config("backbone", data, tmp_path / "full"))
+    cfg = config("backbone", data, tmp_path / "split", keep_last=3)
+    train(cfg, stop_at=4)
+    ckpts = tmp_path / "split" / "checkpoints"
+    (ckpts / "latest").write_text("step-00000002", encoding="utf-8")  # as the kill left it
+    inode = (ckpts / "step-00000004" / "model.safetensors").stat().st_ino
+    with pytest.warns(UserWarning, match="points to step-00000002, but step-00000004 is complete and newer .*resuming from step-00000004"):
+        train(cfg, resume=True)
+    assert (ckpts / "step-00000004" / "model.safetensors").stat().st_ino == inode  # read, not deleted and written again
+    full, split = final_state(tmp_path / "full"), final_state(tmp_path / "split")
+    assert all(torch.equal(full[k], split[k]) for k in full)
+    assert losses(tmp_path / "full") == losses(tmp_path / "split")
+
+
 def test_without_the_latest_pointer_the_newest_complete_checkpoint_is_resumed(tmp_path: Path) -> None:
     """Resuming from an older checkpoint re-runs the later steps to the same weights, so only the
     folder chosen shows the difference."""

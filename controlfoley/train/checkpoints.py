@@ -14,7 +14,8 @@ Layout::
 
 - Each file is written atomically (temporary file, fsync, rename) and `latest` is replaced last,
   so a reader only ever follows `latest` to a complete checkpoint; older ones beyond `keep_last`
-  are deleted after that.
+  are deleted after that. A resume takes the newest complete checkpoint (`RunDir.latest_dir`):
+  a kill after a checkpoint's files and before its pointer loses no step.
 - RNG states saved: torch CPU, every CUDA device, numpy's global and Python's `random`, from
   rank 0; every rank restores them. That is each rank's own state: every rank seeds the generators
   alike and the built-in recipes draw alike on every rank (their random choices come from
@@ -344,15 +345,23 @@ class RunDir:
         return TrainingError(f"{what} could not be written: {reason}. {then[0].upper()}{then[1:]}")
 
     def latest_dir(self, *, say: bool = False) -> Path | None:
-        """The checkpoint a resume continues from: the one `latest` points to; if that one is gone
-        or incomplete, or the pointer is missing, the newest complete checkpoint (with a warning
-        when `say`: the caller resumes from it); None when the run has none."""
+        """The checkpoint a resume continues from: the newest complete one. That is the one `latest`
+        points to, unless a kill came between a checkpoint's last file and the pointer (`save`):
+        then the newer, complete one is taken. If the pointer's is gone or incomplete, or the
+        pointer is missing, the newest complete checkpoint too. Each of these warns when `say`
+        (the caller resumes from it). None when the run has none."""
         pointer = self.ckpt_root / "latest"
         complete = self._complete_dirs()
         if pointer.is_file():
             d = self.ckpt_root / pointer.read_text(encoding="utf-8").strip()
             if d in complete:
-                return d
+                if d != complete[-1] and say:
+                    warnings.warn(
+                        f"{pointer} points to {d.name}, but {complete[-1].name} is complete and newer (the run was stopped after "
+                        f"writing it, before moving the pointer); resuming from {complete[-1].name}",
+                        stacklevel=user_stacklevel(),
+                    )
+                return complete[-1]
             if not complete:
                 raise CheckpointError(
                     f"{pointer} points to {d}, which is missing or incomplete, and no other checkpoint is complete; "

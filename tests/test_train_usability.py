@@ -245,8 +245,8 @@ def test_optimiser_numbers_are_refused_as_given_naming_the_flag_and_the_range(
     from controlfoley.train.recipes import step_generator
 
     step_generator(SEED_MAX, 2**32, stream=7)  # the largest seed still seeds the last generator a run may draw
-    with pytest.raises((RuntimeError, ValueError)):
-        step_generator(SEED_MAX + 10**6, 2**32, stream=7)  # (the limit is torch's, not a guess)
+    with pytest.raises(ValueError, match="Overflow when unpacking long"):
+        step_generator(SEED_MAX + 1, 2**32, stream=7)  # one more does not (the limit is torch's, not a guess)
     # a config.json's init_parts written as the flag spells it: parts, not characters
     d = {**edge.to_dict(), "init_parts": "tokenizer,backbone"}
     assert TrainConfig.from_dict(d).init_parts == ("tokenizer", "backbone")
@@ -433,16 +433,15 @@ def test_sigterm_and_preflight_errors_under_torchrun_stop_every_rank_with_one_me
     try:
         _wait_for_steps(proc, run)
         os.killpg(proc.pid, signal.SIGTERM)
-        t0 = time.time()
         _, err = proc.communicate(timeout=120)
-        took = time.time() - t0
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert err.count("interrupted by SIGTERM") == 1, err[-4000:]
     step = read_metrics(run, "train")[-1]["step"]
     assert (run / "checkpoints" / "latest").read_text() == f"step-{step:08d}", err[-4000:]
-    assert took < 25, f"the ranks took {took:.0f} s to stop (torchrun kills them after 30): {err[-3000:]}"
+    # the ranks stopped by themselves: torchrun's agent did not have to SIGKILL one after its grace period
+    assert "Unable to shutdown process" not in err and "forcefully exiting" not in err, err[-3000:]
     bad = subprocess.run([*torchrun, *cli_args("backbone", tmp_path / "missing", tmp_path / "r2")], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode != 0 and bad.stderr.count("dataset folder not found") == 1, bad.stderr[-4000:]
 
@@ -686,7 +685,7 @@ def test_training_warnings_point_at_the_callers_line(data: Path, tmp_path: Path)
     [
         ("config.json", 1, 28, "the run's config", "nothing was recorded yet; then run the same command again"),
         ("data.json", 1, 28, "the run's data record", "no checkpoint was written yet; then continue with the same command and --resume"),
-        ("latest", 2, 28, "checkpoint 4", "step-00000002, is intact; then continue with the same command and --resume"),
+        ("latest", 2, 28, "the 'latest' pointer to checkpoint 4", "step-00000004, is intact; then continue with the same command and --resume"),
         ("config.json", 1, 13, "the run's config", "nothing was recorded yet"),
     ],
 )

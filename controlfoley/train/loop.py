@@ -577,7 +577,8 @@ class Trainer:
             try:
                 self.run_dir.save(step, self.model, self.optimizer, self.names, self.cfg.keep_last, extra, aux=aux, device=self.info.device)
             except CheckpointError as e:  # a full disk mid-run: what is intact, and how to go on
-                raise self.run_dir.write_stopped(f"checkpoint {step}", str(e)) from e
+                done = self.run_dir.latest_dir() == self.run_dir.ckpt_root / f"step-{step:08d}"  # only its pointer failed: resumed from
+                raise self.run_dir.write_stopped(f"the 'latest' pointer to checkpoint {step}" if done else f"checkpoint {step}", str(e)) from e
 
 
 def _check_recorded_data(saved: TrainConfig, cfg: TrainConfig) -> None:

@@ -11,7 +11,8 @@ Overrides (`ModelConfig.override`, and so `build_model(preset, **overrides)`):
 - `aligner=Part("plain1d", {...})`: replace the part whole; `control_encoder=None, aligner=None,
   controlnet=None` (together): remove the optional video parts, leaving the backbone alone (a
   guidance rule that reads video then becomes 'cfg_text' at its scale and schedule, as in the
-  backbone-alone presets, unless `guidance=` is given in the same call);
+  backbone-alone presets, unless `guidance=` is given in the same call; a rule given for a model
+  without video parts that reads video is refused, since such a model could not sample it);
 - `sampler={"steps": 16}` or `n_frames=512` for the plain fields.
 """
 
@@ -306,7 +307,10 @@ class ModelConfig:
             )
         if removed and "guidance" not in overrides and self.has_control:
             changes["guidance"] = _guidance_without_video(self.guidance, registries.get("guidance"))
-        return dataclasses.replace(self, **changes)
+        result = dataclasses.replace(self, **changes)
+        if "guidance" in overrides and not result.has_control:
+            _check_guidance_without_video(result.guidance, registries.get("guidance"), removed=bool(removed))
+        return result
 
 
 def _guidance_without_video(part: Part, registry: Any) -> Part:
@@ -325,6 +329,22 @@ def _guidance_without_video(part: Part, registry: Any) -> Part:
     if isinstance(rule, NoGuidance):  # unguided stays unguided, on the condition left (text)
         return Part("none", {"condition": "text"})
     return Part("cfg_text", {"scale": float(rule.scale), "schedule": str(rule.schedule)})  # the built rule's, defaults included
+
+
+def _check_guidance_without_video(part: Part, registry: Any, *, removed: bool) -> None:
+    """A guidance rule given explicitly for a model without video parts must not read video: such a
+    model would build and then refuse every `generate` (said here, where the choice is made)."""
+    try:
+        rule = registry.build(part.name, **part.kwargs)
+    except Exception:  # noqa: BLE001  a broken rule fails, named, when the model is built
+        return
+    if getattr(rule, "needs_video", False):
+        why = "this override removes the video parts" if removed else "this model has no video parts (a backbone alone)"
+        raise ConfigError(
+            f"guidance {part.name!r} reads video features, but {why}, so it could not sample; give a rule without video "
+            "('cfg_text', or 'none' with condition='text' or 'uncond'), or leave guidance= out"
+            + (" (it then becomes 'cfg_text' at the rule's scale)" if removed else "")
+        )
 
 
 def _override_part(key: str, old: Part | None, value: Any, registry: Any) -> Part | None:

@@ -36,7 +36,7 @@ from controlfoley.control.controlnet import ControlNet
 from controlfoley.control.encoders import feature_dims
 from controlfoley.errors import ShapeError, user_stacklevel
 from controlfoley.fast import GuidedStep, checked_every, onednn_linear, precision, zero_scale_conditions
-from controlfoley.guidance import UNCOND, Condition, GuidanceRule, check_rule
+from controlfoley.guidance import UNCOND, Condition, GuidanceRule, NoGuidance, check_rule
 from controlfoley.sampling import Generators, MaskGITSampler, StepCallback, check_generators, get_mask_schedule
 from controlfoley.typing import Bool, Float, Int, Integer, Tensor
 
@@ -512,6 +512,8 @@ class SpecMaskFoley(nn.Module):
         rows = _RowPlan(rule.conditions, b, text, negative_text, control, self.device)
         if negative_text is not None and len(rule.conditions) < 2:
             log.warning("negative_text is ignored: guidance %s has no unconditional term to replace (use cfg or multi)", rule)
+        if cfg_scale is not None and getattr(type(rule), "combine", None) is NoGuidance.combine:  # its logits as they are, at any scale
+            log.warning("cfg_scale=%s is ignored: guidance %s samples one condition set unguided, which no scale changes (use cfg or multi)", cfg_scale, rule)
         # a negative prompt makes the scale-0 rows a need, not a saving: at s = 0 the rule's value is
         # its unconditional term, which must be the unconditional model's, not the negative prompt's
         zero = zero_scale_conditions(rule) if (prune_rows or negative_text is not None) else None

@@ -280,6 +280,25 @@ def test_a_rule_without_guidance_ignores_a_negative_prompt_and_says_so(model, ca
     assert torch.equal(got, model.generate(None, None, batch_size=2, guidance=alone, steps=3, generator=torch.Generator().manual_seed(0)))
 
 
+def test_a_rule_without_guidance_ignores_cfg_scale_and_says_so(model, caplog):
+    """guidance='none' samples one condition set as it is: a cfg_scale changes nothing, which a
+    sweep over rules and scales would otherwise show as distinct rows; said once per call. A CFG
+    rule's cfg_scale is not warned about (and does change the tokens)."""
+    import logging
+
+    x = micro_inputs(model, b=2)
+    alone = GUIDANCE.build("none")
+    with caplog.at_level(logging.WARNING, logger="controlfoley.model"):
+        got = fast_generate(model, x, alone, 3, 0, cfg_scale=5.0)
+    assert caplog.text.count("cfg_scale=5.0 is ignored: guidance NoGuidance(") == 1, caplog.text
+    assert torch.equal(got, fast_generate(model, x, alone, 3, 0))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="controlfoley.model"):
+        scaled = fast_generate(model, x, "cfg_video", 3, 0, cfg_scale=5.0)
+    assert "cfg_scale" not in caplog.text
+    assert not torch.equal(scaled, fast_generate(model, x, "cfg_video", 3, 0, cfg_scale=0.5))
+
+
 def test_zero_scale_conditions_only_for_rules_linear_in_scale():
     assert zero_scale_conditions(GUIDANCE.build("multi")) == (UNCOND,)
     assert zero_scale_conditions(GUIDANCE.build("cfg_video")) == (UNCOND,)

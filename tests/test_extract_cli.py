@@ -649,3 +649,62 @@ def test_extract_takes_plugin_extractors_as_generate_does(tmp_path: Path, capsys
         err = capsys.readouterr().err
         assert "error: extractor test_fixed writes its own feature 'sync' and its output_key cannot be set to 'motion'" in err
         assert "give this one's builder an output_key argument" in err and "Traceback" not in err
+
+
+def test_a_preset_named_as_tokenizer_is_recorded_as_its_weights_and_a_run_from_it_is_not_warned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--tokenizer specmaskfoley_synthetic` (a preset's name standing for its shipped weights) is
+    recorded as those weights' file and the name, not as a path of that name under the folder
+    extract ran in: a run initialised from the preset (or its file) from another folder is not
+    warned; one with another tokenizer still is, with advice naming the preset. A real folder of
+    that name is recorded as before, and an older index's made-up path reads as the preset."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from controlfoley.builder import model_config
+    from controlfoley.data.extract import Extraction, extract_synthetic
+    from controlfoley.presets import pretrained_path
+    from controlfoley.train.config import TrainConfig
+    from controlfoley.train.provenance import token_provenance_problems
+
+    name = "specmaskfoley_synthetic"
+    shipped = pretrained_path(name)
+    assert shipped is not None
+    (tmp_path / "extract_here").mkdir()
+    monkeypatch.chdir(tmp_path / "extract_here")
+    ds = tmp_path / "ds"
+    extract_synthetic(ds, Extraction(name, tokenizer=name), n_clips=2)
+    info = ShardDataset(ds).info
+    assert info["tokenizer"] == str(shipped.resolve()) and info["tokenizer_preset"] == name
+
+    monkeypatch.chdir(tmp_path)  # training runs elsewhere
+    config = model_config(name)
+
+    def problems(recipe: str, init: str | None, record: dict[str, Any] = info) -> list[str]:
+        cfg = TrainConfig.for_recipe(recipe, preset=name, data=str(ds), out="o", init=init)
+        return token_provenance_problems(cfg, config, ds, record)
+
+    for recipe in ("backbone", "controlnet"):
+        assert problems(recipe, name) == [] and problems(recipe, str(shipped)) == []
+    # another tokenizer: the shipped weights with one tokenizer tensor changed
+    other = tmp_path / "other.safetensors"
+    with safe_open(str(shipped), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    key = next(k for k in tensors if k.startswith("tokenizer.") and tensors[k].is_floating_point())
+    tensors[key] = tensors[key] + 1
+    save_file(tensors, str(other), metadata=meta)
+    (problem,) = problems("backbone", str(other))
+    assert f"came from the tokenizer of preset {name} (its shipped weights, {shipped.resolve()})" in problem
+    assert "other paths, and other tokenizer weights" in problem and f"Train with --init {name}," in problem
+    (problem,) = problems("backbone", None)
+    assert "this run's tokenizer is random" in problem and f"Train with --init {name}." in problem
+    # an index written before: the name as a path under extract's folder (there is none) reads as the preset
+    old = {**info, "tokenizer": str(tmp_path / "extract_here" / name)}
+    del old["tokenizer_preset"]
+    assert problems("controlnet", name, old) == []
+    (problem,) = problems("backbone", str(other), old)
+    assert f"preset {name} (its shipped weights" in problem and "no longer holds a model" not in problem
+    # a real folder of that name is what the name loads there: recorded as its path, as any path
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "model.safetensors").write_bytes(other.read_bytes())
+    ex = Extraction(name, tokenizer=name)
+    assert ex.tokenizer_source == str((tmp_path / name).resolve()) and "tokenizer_preset" not in ex.info("x")

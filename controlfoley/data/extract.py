@@ -22,9 +22,12 @@ Features
   file and line). Extractors that give only some of the preset's control features are warned about
   up front, and `extract_main` ends by saying which recipes the dataset serves for the preset.
 - The tokenizer's weights come from a checkpoint (`tokenizer=`: a file, checkpoint folder or run
-  folder of the `tokenizer` recipe); without one the codes of an untrained tokenizer are stored
+  folder of the `tokenizer` recipe, or the name of a preset that ships weights, e.g.
+  `specmaskfoley_synthetic`); without one the codes of an untrained tokenizer are stored
   and a warning says so, except with `mel=True` (mels for the tokenizer recipe, where that is
   expected; the tokens' provenance still records it, and training a backbone on them warns).
+  The info's `tokenizer` records the resolved path given (for a preset name: its shipped weights
+  file, with the name in `tokenizer_preset`), else null (see `controlfoley.train.provenance`).
 - `extract_main(argv)`: the `controlfoley extract` command (see `build_parser`).
 
 References: SpecMaskFoley sec. 4.2 (10 s at 22.05 kHz -> 848 frames -> 5 x 53 tokens; Synchformer
@@ -111,13 +114,17 @@ class Extraction:
         from controlfoley.builder import build_model, model_config, weight_file
         from controlfoley.checkpoint import load_parts
         from controlfoley.train.checkpoints import resolve_model_file
+        from controlfoley.train.provenance import shipped_preset
 
         with torch.random.fork_rng(devices=[]):  # the same untrained weights in every run: a resumed extraction matches
             torch.manual_seed(0)
             self.model = build_model(model_config(preset, **(model_overrides or {}))).eval().to(device)  # untrained on purpose
         built_from = weight_file(self.model.config, "tokenizer")  # e.g. an official SpecVQGAN codebook
-        if tokenizer is not None:
-            load_parts(self.model, resolve_model_file(tokenizer), ["tokenizer"])
+        # a preset name that ships weights (where no file or folder has that name) stands for them
+        self.tokenizer_preset = shipped_preset(tokenizer)
+        model_file = None if tokenizer is None else resolve_model_file(tokenizer)
+        if model_file is not None:
+            load_parts(self.model, model_file, ["tokenizer"])
         elif built_from is None and not mel:  # nor did its builder load trained weights
             warnings.warn("no tokenizer checkpoint given: tokens come from an untrained tokenizer (train one with the tokenizer recipe)", stacklevel=2)
         elif built_from is None:  # `--mel` for the tokenizer recipe (README step 1): expected, so no warning
@@ -151,7 +158,9 @@ class Extraction:
         self.video_s = self.window_s if video_seconds is None else float(video_seconds)
         if self.video_s <= 0:
             raise DataError(f"video_seconds must be positive, got {video_seconds}")
-        source = tokenizer if tokenizer is not None else built_from
+        # recorded in the index (train.provenance compares it with a run's tokenizer): the path given, or
+        # for a preset name its shipped weights file (the name alone would read as a path under the cwd)
+        source = model_file if self.tokenizer_preset is not None else tokenizer if tokenizer is not None else built_from
         self.tokenizer_source = None if source is None else str(Path(source).resolve())
 
     def info(self, source: str) -> dict[str, Any]:
@@ -170,6 +179,7 @@ class Extraction:
             "window_s": self.window_s,
             "video_s": self.video_s,
             "tokenizer": self.tokenizer_source,
+            **({} if self.tokenizer_preset is None else {"tokenizer_preset": self.tokenizer_preset}),
             "model": self.model.config.to_dict(),
             "features": feats,
             "source": source,
@@ -653,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--list", dest="list_file", help="text file: one path per line (relative ones from the list's folder), optional TAB + tags")
     p.add_argument("--split", default="train", help="synthetic split: train, val or test")
     p.add_argument("--world-seed", type=int, default=0)
-    p.add_argument("--tokenizer", default=None, help="checkpoint (file, folder or run) with trained tokenizer weights")
+    p.add_argument("--tokenizer", default=None, help="checkpoint (file, folder or run) with trained tokenizer weights, or a preset that ships them (specmaskfoley_synthetic)")
     p.add_argument(
         "--model", dest="model_overrides", action="append", default=[], metavar="KEY=JSON",
         help="model override, as for `controlfoley train` (e.g. tokenizer=my_tokenizer, with --plugin FILE registering it)",

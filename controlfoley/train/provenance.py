@@ -1,9 +1,13 @@
 """Where a dataset's tokens came from, against the tokenizer a backbone or ControlNet run holds.
 
 `controlfoley extract` records in index.json's info `tokenizer`: the resolved path of the tokenizer
-checkpoint it was given (--tokenizer: a file, checkpoint folder or run folder), else of the weights
-file the preset's tokenizer is built from (an official SpecVQGAN codebook), else null: the tokens
-came from an untrained tokenizer. A model trained on tokens decodes them with its own tokenizer, so
+checkpoint it was given (--tokenizer: a file, checkpoint folder or run folder; for the name of a
+preset that ships weights, `shipped_preset`, the path of those weights, with the name in
+`tokenizer_preset`), else of the weights file the preset's tokenizer is built from (an official
+SpecVQGAN codebook), else null: the tokens came from an untrained tokenizer. Older extractions
+recorded a preset name as that name under the folder they ran in (no such path): such a record,
+like a `tokenizer_preset` one whose weights file is gone (a moved installation), is read as the
+preset's shipped weights. A model trained on tokens decodes them with its own tokenizer, so
 training on an untrained tokenizer's tokens, or on another tokenizer's, gives a model whose output
 is noise, and nothing fails on the way. `warn_token_provenance` says so, once per run
 (`TokenProvenanceWarning`, a UserWarning; a warning, since tests and smoke runs do this on purpose).
@@ -32,7 +36,7 @@ from controlfoley.config import ModelConfig
 from controlfoley.errors import ControlFoleyError
 from controlfoley.train.config import known_base
 
-__all__ = ["TokenProvenanceWarning", "warn_token_provenance", "token_provenance_problems", "plugin_code"]
+__all__ = ["TokenProvenanceWarning", "warn_token_provenance", "token_provenance_problems", "shipped_preset", "plugin_code"]
 
 _MAX_HOPS = 8  # runs initialised from runs: a chain this long is a loop
 
@@ -57,7 +61,7 @@ def token_provenance_problems(cfg: Any, model_config: ModelConfig, root: Path, i
     """What is wrong with where dataset `root`'s tokens came from, for run config `cfg` (empty: nothing)."""
     if "tokenizer" not in info:
         return []
-    made_by, mine = info["tokenizer"], _run_tokenizer(cfg, model_config)
+    (made_by, preset), mine = _recorded(info), _run_tokenizer(cfg, model_config)
     extract = "`controlfoley extract --tokenizer TOKENIZER_RUN ...` (a run of the tokenizer recipe)"
     if made_by is None:
         also = "" if mine is None else f", not the tokenizer this run loads from {mine}"
@@ -66,21 +70,52 @@ def token_provenance_problems(cfg: Any, model_config: ModelConfig, root: Path, i
             f"extracted without --tokenizer{also}), so this {cfg.recipe} run learns codes that decode to noise. Re-extract it "
             f"with {extract} and train with --init TOKENIZER_RUN."
         ]
-    init_fix = f"--init {made_by}" if known_base(cfg.recipe) == "backbone" else f"--init BACKBONE_RUN, a backbone run trained on these tokens (its tokenizer from {made_by})"
+    origin = f"in {made_by}" if preset is None else f"of preset {preset} (its shipped weights, {made_by})"
+    named = made_by if preset is None else preset  # what --init takes for it
+    init_fix = f"--init {named}" if known_base(cfg.recipe) == "backbone" else f"--init BACKBONE_RUN, a backbone run trained on these tokens (its tokenizer from {named})"
     if mine is None or _never_trained(mine):
         why = "no --init that loads a tokenizer" if mine is None else f"{mine} records its tokenizer as never trained"
         return [
-            f"dataset {root}: its tokens came from the tokenizer in {made_by}, but this run's tokenizer is random ({why}) "
+            f"dataset {root}: its tokens came from the tokenizer {origin}, but this run's tokenizer is random ({why}) "
             f"and its model.safetensors will hold that random tokenizer, which decodes the tokens to noise. Train with {init_fix}."
         ]
     same, how = _same_tokenizer(mine, made_by)
     if same:
         return []
     return [
-        f"dataset {root}: its tokens came from the tokenizer in {made_by}, but this run's tokenizer comes from {mine} "
+        f"dataset {root}: its tokens came from the tokenizer {origin}, but this run's tokenizer comes from {mine} "
         f"({how}); a model decodes tokens only with the tokenizer that made them. Train with {init_fix}, or re-extract "
         f"the dataset with `controlfoley extract --tokenizer {mine} ...`."
     ]
+
+
+def shipped_preset(source: str | Path | None) -> str | None:
+    """The preset whose shipped weights `source` names (a preset name that ships weights, where no
+    file or folder has that name: what `--init` and `extract --tokenizer` load, as
+    `resolve_model_file` reads it); None for a path or nothing."""
+    from controlfoley.presets import PRETRAINED
+
+    if source is None or str(source) not in PRETRAINED:
+        return None
+    return None if Path(source).exists() else str(source)
+
+
+def _recorded(info: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(the path a dataset's tokens are recorded to come from, the preset whose shipped weights
+    those are or None); None, None: an untrained tokenizer."""
+    from controlfoley.presets import PRETRAINED, pretrained_path
+
+    made_by = info["tokenizer"]
+    if made_by is None:
+        return None, None
+    made_by, preset = str(made_by), info.get("tokenizer_preset")
+    if not (isinstance(preset, str) and preset in PRETRAINED):
+        old = Path(made_by)  # an older extraction's `--tokenizer PRESET`: PRESET under the folder it ran in
+        preset = old.name if old.name in PRETRAINED and not old.exists() else None
+    if preset is not None and _model_file(Path(made_by)) is None:  # that record, or the weights moved
+        shipped = pretrained_path(preset)
+        made_by = made_by if shipped is None else str(shipped.resolve())
+    return made_by, preset
 
 
 def _run_tokenizer(cfg: Any, model_config: ModelConfig) -> str | None:

@@ -1,6 +1,7 @@
 """Evaluating trained models on held-out synthetic clips: the rows of the learning-proof table.
 
-Each variant generates audio for the same held-out clips (same seeds), from the generated waveform
+Each variant generates audio for the same held-out clips, each clip with its own seed (the same
+noise for every variant and at any batch size), from the generated waveform
 (tokens -> tokenizer decoder -> mel -> vocoder) the metrics of `controlfoley.evaluation` are computed:
 DeSync analogue, onset precision/recall/F1, class accuracy, Frechet distance on a fixed embedding.
 Three reference rows frame the models' rows: the true audio (the best any model can score), other
@@ -9,9 +10,13 @@ FD floor of two real samples, which the first row's 0 hides), and the true audio
 and vocoded (the tokenizer + vocoder ceiling).
 """
 
+import hashlib
 import json
+import numbers
+import os
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,20 @@ import torch
 from controlfoley._io import atomic_write_text
 from controlfoley._static import ModelModule
 
-__all__ = ["score_synthetic", "evaluate_variants", "write_results", "install_shipped_weights", "load_run_model", "clip_inputs", "TABLE_COLUMNS"]
+__all__ = [
+    "score_synthetic", "evaluate_variants", "write_results", "install_shipped_weights", "load_run_model", "clip_inputs", "TABLE_COLUMNS",
+    "CLIP_SEED", "EXPERIMENT_LABELS", "MixedTokenizersWarning",
+]  # fmt: skip
+
+CLIP_SEED = 1000  # held-out clip k (0, 1, ... in the list scored) is sampled with a generator seeded CLIP_SEED + k
+
+# The rows of `controlfoley experiment`'s two ControlNet runs, by their names in evaluate_variants' cn_runs
+EXPERIMENT_LABELS = {"ft": "ControlNet + FT-Aligner, multi-CFG, 12 steps", "plain1d": "ControlNet + plain 1-D aligner, multi-CFG"}
+
+
+class MixedTokenizersWarning(UserWarning):
+    """evaluate_variants was given runs whose tokenizers differ: their rows compare the tokenizers as
+    well as the models. `warnings.simplefilter("error", MixedTokenizersWarning)` makes it an error."""
 
 TABLE_COLUMNS = (
     "variant", "desync_s", "desync_miss_frac", "desync_hit_s", "recall_any", "precision_any", "f1_cls", "class_accuracy", "fd",
@@ -58,7 +76,11 @@ def _generate_rows(model: ModelModule, clips: Sequence[Any], batch: int, **kw: A
         sl = slice(i, i + batch)
         f = {k: v[sl] for k, v in features.items()} if (model.has_control and rule.needs_video) else None
         t = text[sl] if rule.needs_text else None
-        codes = model.generate(f, t, batch_size=len(text[sl]), generator=torch.Generator(model.device).manual_seed(1000 + i), **kw)
+        n = len(text[sl])
+        # one generator per clip (generate: row j draws from generator j alone, the sample it gives at
+        # batch 1), so a clip meets the same noise whatever the batch it falls in
+        gens = [torch.Generator(model.device).manual_seed(CLIP_SEED + k) for k in range(i, i + n)]
+        codes = model.generate(f, t, batch_size=n, generator=gens, **kw)
         wavs.extend(model.vocode(model.decode(codes)).float())
     return wavs
 
@@ -93,26 +115,37 @@ def _row(name: str, make: Callable[[], list[torch.Tensor]], clips: Sequence[Any]
     return {"variant": name, **scores}
 
 
+def _check_counts(**counts: tuple[Any, int]) -> None:
+    """Each count an int (not a bool) >= its least value; else a ConfigError naming it."""
+    from controlfoley.errors import ConfigError
+
+    for name, (v, low) in counts.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+            why = " (the FD compares two sets of clips)" if low == 2 else ""
+            raise ConfigError(f"{name} must be an int >= {low}, got {v!r}{why}")
+
+
 def score_synthetic(model: ModelModule, n_clips: int = 40, *, batch: int = 16, world_seed: int = 0, **generate_kwargs: Any) -> dict[str, Any]:
     """Score `model` on `n_clips` held-out clips of the synthetic world (the test split the shipped
-    model and `controlfoley experiment` use, at the model's window): generate (each batch seeded
-    1000 + its first index, so variants meet the same noise), decode, vocode, then the metrics of
-    `controlfoley.evaluation.evaluate_clips` (desync, onset precision / recall / F1, class scores,
-    FD). `generate_kwargs` go to `model.generate`: guidance=, steps=, cfg_scale=, control_scale=...
-    Returns those scores plus `sec_per_clip`; `format_table([row, ...])` prints several.
+    model and `controlfoley experiment` use, at the model's window): generate, decode, vocode, then
+    the metrics of `controlfoley.evaluation.evaluate_clips` (desync, onset precision / recall / F1,
+    class scores, FD). `generate_kwargs` go to `model.generate`: guidance=, steps=, cfg_scale=,
+    control_scale=... Returns those scores plus `sec_per_clip`; `format_table([row, ...])` prints several.
+
+    Seeding: clip k of the n_clips (k = 0, 1, ...) is sampled with its own generator, seeded
+    CLIP_SEED + k (1000 + k), so every variant meets the same noise on the same clip, and `batch`
+    (how many clips are generated at once) changes only the speed: the tokens are those of the clip
+    sampled alone (up to the rounding of batched matrix products). The first k clips are the same
+    at any n_clips.
 
     >>> from controlfoley import from_pretrained
     >>> m = from_pretrained("specmaskfoley_synthetic")
     >>> rows = [{"variant": g, **score_synthetic(m, 16, guidance=g)} for g in ("multi", "cfg_video")]
     """
-    import numbers
-
     from controlfoley.data.synthetic import SyntheticWorld
     from controlfoley.errors import ConfigError
 
-    for name, v, low in (("n_clips", n_clips, 2), ("batch", batch, 1)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
-            raise ConfigError(f"{name} must be an int >= {low}, got {v!r}" + (" (the FD compares two sets of clips)" if name == "n_clips" else ""))
+    _check_counts(n_clips=(n_clips, 2), batch=(batch, 1))
     if not getattr(model, "has_control", False):
         raise ConfigError("score_synthetic scores a model that follows video (with a ControlNet); this one is a backbone alone")
     taken = sorted({"generator", "batch_size", "features", "text"} & set(generate_kwargs))
@@ -127,43 +160,153 @@ def score_synthetic(model: ModelModule, n_clips: int = 40, *, batch: int = 16, w
         model.train(was_training)  # scored mid-training: dropout and the rest as they were
 
 
-def evaluate_variants(out: Path, bb_run: Path, cn_runs: dict[str, Path], *, n_test: int, batch: int = 16) -> dict[str, Any]:
-    """Every row of the table; the FT model also gives the CFG and steps ablations."""
+def _tokenizer_fingerprint(model: ModelModule) -> str:
+    """A hash of the tokenizer's weights (floats compared as float32, so an fp16 copy of a tokenizer,
+    as the shipped weights are, matches the run it came from)."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.tokenizer.state_dict().items()):
+        v = v.detach().cpu()
+        h.update(f"{k}{tuple(v.shape)}".encode())
+        h.update((v.float() if v.is_floating_point() else v).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _checked_runs(bb_run: Any, cn_runs: Any, ablate: Any) -> dict[str, Path]:
+    """cn_runs as {name: Path}, in its order; a TypeError / ConfigError that says what is expected."""
+    from controlfoley.errors import ConfigError
+
+    expected = 'a dict of named ControlNet run folders, e.g. {"ft": Path("runs/cn_ft"), "plain1d": Path("runs/cn_plain1d")}'
+    if not isinstance(bb_run, (str, os.PathLike)):
+        raise TypeError(f"bb_run must be the backbone run's folder (a str or Path), got {type(bb_run).__name__}")
+    if not isinstance(cn_runs, Mapping):
+        raise TypeError(f"cn_runs must be {expected}; got {type(cn_runs).__name__}")
+    bad = [repr(k) for k, v in cn_runs.items() if not isinstance(k, str) or not isinstance(v, (str, os.PathLike))]
+    if bad:
+        raise TypeError(f"cn_runs must be {expected}: names (str) to folders (str or Path); not so for {', '.join(bad)}")
+    if not cn_runs:
+        raise ConfigError(f"cn_runs is empty: give at least one ControlNet run, as {expected}")
+    if ablate is not None and ablate not in cn_runs:
+        raise ConfigError(
+            f"cn_runs has no run named {ablate!r} (ablate={ablate!r}: the run that also gets the guidance and steps rows); it has "
+            f"{', '.join(repr(k) for k in cn_runs)}. Name one of them with ablate=, add a {ablate!r} run, or pass ablate=None for no such rows"
+        )
+    return {k: Path(v) for k, v in cn_runs.items()}
+
+
+def evaluate_variants(
+    bb_run: str | Path, cn_runs: Mapping[str, str | Path], *, n_test: int, batch: int = 16, ablate: str | None = "ft"
+) -> dict[str, Any]:
+    """Score trained runs side by side on the same held-out clips: the rows of `controlfoley
+    experiment`'s table, for any ControlNet runs you name.
+
+    - `bb_run`: the backbone run folder (`controlfoley train --recipe backbone`); its row generates
+      from the clips' tag prompts alone, without video.
+    - `cn_runs`: ControlNet runs by name, {name: run folder} (any number, at least one); each gets a
+      row with its model's own sampling settings. The experiment's names keep its labels
+      (`EXPERIMENT_LABELS`: "ft" -> "ControlNet + FT-Aligner, multi-CFG, 12 steps", "plain1d" ->
+      "ControlNet + plain 1-D aligner, multi-CFG"); another name gives "ControlNet NAME, GUIDANCE, N steps".
+      A run folder may also be a checkpoint folder or file (as `load_run_model` takes it).
+    - `n_test`: held-out clips scored (the synthetic world's test split, seed 0, at the window of
+      the first ControlNet run; all runs must share that window and sample rate), at least 2.
+    - `batch`: clips generated at once; a speed setting only (see `score_synthetic`'s seeding).
+    - `ablate`: the run (a name in `cn_runs`, default "ft") that also gets the guidance rows
+      (video-only CFG, text&video-only CFG, no guidance) and the steps rows (4, 8, 16 MaskGIT
+      steps), labelled "FT, ..." for "ft" and "NAME, ..." otherwise; None for none of them. A
+      name that is not in `cn_runs` is a ConfigError listing the names there.
+
+    Rows, in this order: three references (the true audio; other clips' true audio, i.e. chance
+    and the FD floor of two real samples; the true audio's tokens through the first ControlNet
+    run's tokenizer decoder and vocoder, the ceiling), the backbone, each ControlNet run in
+    `cn_runs`' order, then `ablate`'s guidance and steps rows. Every row scores the same clips, and
+    every generating row gives clip k the same noise (a generator seeded 1000 + k, as
+    `score_synthetic`), so rows differ only by model and settings.
+
+    When the runs' tokenizers differ (compared by their weights), a MixedTokenizersWarning names
+    them: each row still decodes with its own model's tokenizer, but the rows then compare the
+    tokenizers too, and the ceiling row is the first ControlNet run's tokenizer only.
+
+    Returns {"rows": [dict of TABLE_COLUMNS per row], "table": the markdown table, "n_test",
+    "world_seed": 0, "batch", "runs": {"backbone": folder, "controlnet": {NAME: folder, ...}}};
+    nothing is written (`write_results(report, out, results)` writes results.md / results.json).
+
+    >>> report = evaluate_variants("runs/bb", {"ft": "runs/cn_ft", "mine": "runs/cn_mine"}, n_test=40)
+    >>> print(report["table"])
+    """
+    from controlfoley import GUIDANCE
     from controlfoley.data.synthetic import SyntheticWorld
+    from controlfoley.errors import ConfigError, user_stacklevel
     from controlfoley.evaluation import format_table
 
-    ft = load_run_model(cn_runs["ft"])
-    world = SyntheticWorld(seed=0, duration_s=ft.n_samples / ft.sample_rate, sample_rate=ft.sample_rate)
-    clips = [world.clip(i) for i in world.split("test", n_test)]
-    plain = load_run_model(cn_runs["plain1d"])
+    runs = _checked_runs(bb_run, cn_runs, ablate)
+    _check_counts(n_test=(n_test, 2), batch=(batch, 1))
+    n_test, batch = int(n_test), int(batch)
+    models = {name: load_run_model(path) for name, path in runs.items()}
     backbone = load_run_model(bb_run)
+    no_control = [f"{name!r} ({runs[name]})" for name, m in models.items() if not getattr(m, "has_control", False)]
+    if no_control:
+        raise ConfigError(f"cn_runs holds runs without a ControlNet: {', '.join(no_control)}; a backbone run goes in bb_run")
+    if getattr(backbone, "has_control", False):
+        raise ConfigError(
+            f"bb_run {bb_run} has a ControlNet, but its row is the backbone without video: give the backbone run "
+            "it was trained from, and this run in cn_runs"
+        )
+    first = next(iter(models.values()))
+    where = {"backbone": Path(bb_run), **{f"{name!r}": path for name, path in runs.items()}}
+    everyone = {"backbone": backbone, **{f"{name!r}": m for name, m in models.items()}}
+    windows = {(m.n_samples, m.sample_rate) for m in everyone.values()}
+    if len(windows) > 1:
+        shown = "; ".join(f"{who} ({where[who]}): {m.n_samples} samples at {m.sample_rate} Hz" for who, m in everyone.items())
+        raise ConfigError(f"the runs generate audio of different lengths or sample rates, so they cannot score the same clips: {shown}")
+    by_tokenizer: dict[str, list[str]] = {}
+    for who, m in everyone.items():
+        by_tokenizer.setdefault(_tokenizer_fingerprint(m), []).append(who)
+    if len(by_tokenizer) > 1:
+        groups = " | ".join(", ".join(f"{who} ({where[who]})" for who in group) for group in by_tokenizer.values())
+        warnings.warn(
+            f"the runs decode with {len(by_tokenizer)} different tokenizers (runs sharing one are grouped: {groups}); their rows "
+            "compare the tokenizers as well as the models, and the 'true tokens' row is the first ControlNet run's tokenizer. "
+            "Train the runs from one tokenizer (--init the backbone run) for rows that differ only by model",
+            MixedTokenizersWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+    world = SyntheticWorld(seed=0, duration_s=first.n_samples / first.sample_rate, sample_rate=first.sample_rate)
+    clips = [world.clip(i) for i in world.split("test", n_test)]
     others = [world.clip(i) for i in world.split("val", n_test)]
     rows = [
         _row("reference: true audio", lambda: [c.audio for c in clips], clips),
         # chance: real audio of other clips, so the onset scores of unrelated sounds and the FD floor of two real samples
         _row("reference: other clips' true audio (chance)", lambda: [c.audio for c in others], clips),
-        _row("reference: true tokens -> decoder -> vocoder", lambda: _reconstruct(ft, clips), clips),
+        _row("reference: true tokens -> decoder -> vocoder", lambda: _reconstruct(first, clips), clips),
         _row("backbone + tag prompt, no video (CFG text)", lambda: _generate_rows(backbone, clips, batch), clips),
-        _row("ControlNet + FT-Aligner, multi-CFG, 12 steps", lambda: _generate_rows(ft, clips, batch), clips),
-        _row("ControlNet + plain 1-D aligner, multi-CFG", lambda: _generate_rows(plain, clips, batch), clips),
     ]
-    from controlfoley import GUIDANCE
-
     # defs, not lambdas with a default argument (which a type checker cannot match to a zero-argument callable)
-    for label, rule in (("CFG video only (w/o l_tv)", "cfg_video"), ("CFG text&video only (w/o l_v)", "cfg_text_video"), ("no guidance (l_tv)", "none")):
+    for name, model in models.items():
+        label = EXPERIMENT_LABELS.get(name) or f"ControlNet {name}, {model.config.guidance.name}, {model.config.sampler.steps} steps"
 
-        def with_rule(r: str = rule) -> list[torch.Tensor]:
-            return _generate_rows(ft, clips, batch, guidance=GUIDANCE.build(r))
+        def as_trained(m: ModelModule = model) -> list[torch.Tensor]:
+            return _generate_rows(m, clips, batch)
 
-        rows.append(_row(f"FT, {label}", with_rule, clips))
-    for steps in (4, 8, 16):
+        rows.append(_row(label, as_trained, clips))
+    if ablate is not None:
+        target = models[ablate]
+        # the experiment's labels for its "ft" run; another run's own name and guidance
+        prefix, rule_name = ("FT", "multi-CFG") if ablate == "ft" else (ablate, target.config.guidance.name)
+        for label, rule in (("CFG video only (w/o l_tv)", "cfg_video"), ("CFG text&video only (w/o l_v)", "cfg_text_video"), ("no guidance (l_tv)", "none")):
 
-        def with_steps(s: int = steps) -> list[torch.Tensor]:
-            return _generate_rows(ft, clips, batch, steps=s)
+            def with_rule(r: str = rule) -> list[torch.Tensor]:
+                return _generate_rows(target, clips, batch, guidance=GUIDANCE.build(r))
 
-        rows.append(_row(f"FT, multi-CFG, {steps} steps", with_steps, clips))
+            rows.append(_row(f"{prefix}, {label}", with_rule, clips))
+        for steps in (4, 8, 16):
+
+            def with_steps(s: int = steps) -> list[torch.Tensor]:
+                return _generate_rows(target, clips, batch, steps=s)
+
+            rows.append(_row(f"{prefix}, {rule_name}, {steps} steps", with_steps, clips))
     table = format_table(rows, TABLE_COLUMNS)
-    return {"rows": rows, "table": table, "n_test": n_test, "world_seed": 0, "batch": batch}
+    runs_made = {"backbone": str(bb_run), "controlnet": {name: str(path) for name, path in runs.items()}}
+    return {"rows": rows, "table": table, "n_test": n_test, "world_seed": 0, "batch": batch, "runs": runs_made}
 
 
 def write_results(report: dict[str, Any], out: Path, results: str | Path | None) -> None:

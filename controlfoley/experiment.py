@@ -318,7 +318,7 @@ def run_synthetic(out: str | Path, scale_name: str = "full", *, results: str | P
         )  # fmt: skip
     train_s = time.time() - t0
     _log(f"training done in {train_s / 60:.1f} min; evaluating on {scale.n_test} held-out clips")
-    report = evaluate_variants(out, bb_run, cn_runs, n_test=scale.n_test)
+    report = evaluate_variants(bb_run, cn_runs, n_test=scale.n_test)
     report["train_minutes"] = round(train_s / 60, 1)
     report["scale"] = scale_name
     write_results(report, out, results)

@@ -481,3 +481,33 @@ def test_score_synthetic_scores_a_model_in_code_repeatably() -> None:
     m.train()
     score_synthetic(m, 2, steps=1)
     assert m.training  # scored mid-training: the mode is given back
+
+
+def test_score_synthetic_gives_each_clip_its_own_noise_at_any_batch() -> None:
+    """Clip k is sampled with a generator of its own (seeded CLIP_SEED + k), so `batch` is a speed
+    setting: the same tokens for every clip, and the same scores, at batch 2 or 4 (before, each
+    batch drew from one generator, so the clips' noise, and the scores, changed with the batch)."""
+    from controlfoley import from_pretrained
+    from controlfoley.evaluation_runs import score_synthetic
+
+    m = from_pretrained("specmaskfoley_synthetic")
+    real = type(m).generate
+    scores, tokens = {}, {}
+    for batch in (2, 4):
+        seen: list[torch.Tensor] = []
+
+        def generate(self, *x, **kw):
+            codes = real(self, *x, **kw)
+            seen.append(codes)
+            return codes
+
+        try:
+            type(m).generate = generate
+            scores[batch] = score_synthetic(m, 4, batch=batch, steps=2)
+        finally:
+            type(m).generate = real
+        assert [len(c) for c in seen] == [min(batch, 4 - i) for i in range(0, 4, batch)]  # the batches it asked for
+        tokens[batch] = torch.cat(seen)
+    assert torch.equal(tokens[2], tokens[4])
+    differ = [k for k, v in scores[4].items() if k != "sec_per_clip" and not (v == pytest.approx(scores[2][k], rel=1e-4, abs=1e-6, nan_ok=True))]
+    assert not differ, differ

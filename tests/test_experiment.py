@@ -350,3 +350,110 @@ def test_evaluation_row_reports_seconds_per_clip(monkeypatch: pytest.MonkeyPatch
     clips = [types.SimpleNamespace(sample_rate=16000)] * 4
     row = evaluation_runs._row("v", lambda: [torch.zeros(10)] * 4, clips)
     assert row["sec_per_clip"] == pytest.approx(2.0)  # 8 s over 4 clips
+
+
+def _fake_run(tokenizer: torch.nn.Module, *, control: bool = True, n_samples: int = 131072, guidance: str = "multi") -> torch.nn.Module:
+    """What evaluate_variants reads of a loaded run, before the rows generate (stubbed here)."""
+    import types
+
+    run = torch.nn.Module()
+    run.tokenizer = tokenizer
+    run.has_control, run.n_samples, run.sample_rate = control, n_samples, 22050
+    run.config = types.SimpleNamespace(guidance=types.SimpleNamespace(name=guidance), sampler=types.SimpleNamespace(steps=12))
+    return run
+
+
+def _fake_runs(monkeypatch: pytest.MonkeyPatch, runs: dict) -> None:
+    """load_run_model gives runs[folder]; every row is scored without generating anything."""
+    from controlfoley import evaluation_runs
+
+    monkeypatch.setattr(evaluation_runs, "load_run_model", lambda run: runs[str(run)])
+    monkeypatch.setattr(evaluation_runs, "_scored", lambda make, clips: {"n_clips": len(clips), "desync_s": 0.0, "f1_cls": 0.0, "fd": 0.0})
+
+
+def test_evaluate_variants_scores_any_named_runs_in_a_stable_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any number of named ControlNet runs, one row each in the dict's order after the references and
+    the backbone; the experiment's names keep its labels; `ablate` picks the run of the guidance and
+    steps rows (default "ft", as the experiment's table); runs sharing a tokenizer give no warning."""
+    import inspect
+    import warnings
+
+    from controlfoley.evaluation_runs import EXPERIMENT_LABELS, MixedTokenizersWarning, evaluate_variants
+
+    assert list(inspect.signature(evaluate_variants).parameters) == ["bb_run", "cn_runs", "n_test", "batch", "ablate"]
+    tok = torch.nn.Linear(3, 2)
+    _fake_runs(monkeypatch, {"bb": _fake_run(tok, control=False), "ft": _fake_run(tok), "p1": _fake_run(tok), "mine": _fake_run(tok, guidance="cfg_video")})
+    refs = ["reference: true audio", "reference: other clips' true audio (chance)", "reference: true tokens -> decoder -> vocoder"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MixedTokenizersWarning)
+        report = evaluate_variants("bb", {"ft": "ft", "plain1d": "p1", "mine": Path("mine")}, n_test=2)
+        names = [r["variant"] for r in report["rows"]]
+        assert names == [
+            *refs, "backbone + tag prompt, no video (CFG text)", EXPERIMENT_LABELS["ft"], EXPERIMENT_LABELS["plain1d"],
+            "ControlNet mine, cfg_video, 12 steps", "FT, CFG video only (w/o l_tv)", "FT, CFG text&video only (w/o l_v)",
+            "FT, no guidance (l_tv)", "FT, multi-CFG, 4 steps", "FT, multi-CFG, 8 steps", "FT, multi-CFG, 16 steps",
+        ]  # fmt: skip
+        assert report["runs"] == {"backbone": "bb", "controlnet": {"ft": "ft", "plain1d": "p1", "mine": "mine"}}
+        assert report["table"].count("\n| ") == len(names)  # the header's separator, then one line per row
+        names = [r["variant"] for r in evaluate_variants("bb", {"mine": "mine", "ft": "ft"}, n_test=2, ablate="mine")["rows"]]
+        assert names[4:6] == ["ControlNet mine, cfg_video, 12 steps", EXPERIMENT_LABELS["ft"]]
+        assert names[6] == "mine, CFG video only (w/o l_tv)" and names[-1] == "mine, cfg_video, 16 steps"
+        assert len(evaluate_variants("bb", {"mine": "mine"}, n_test=2, ablate=None)["rows"]) == 5
+
+
+def test_evaluate_variants_names_runs_of_other_tokenizers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs decoding with other tokenizers (compared by weights; an fp16 copy is the same one) are
+    scored, with a warning naming them; a ControlNet run as the backbone, a backbone among the
+    ControlNet runs, or runs of other windows are refused by name."""
+    from controlfoley.evaluation_runs import MixedTokenizersWarning, _tokenizer_fingerprint, evaluate_variants
+
+    import copy
+
+    torch.manual_seed(0)
+    tok, other = torch.nn.Linear(3, 2).half().float(), torch.nn.Linear(3, 2)  # tok: as a run fine-tuned from fp16 shipped weights
+    same = _tokenizer_fingerprint(_fake_run(tok))  # type: ignore[arg-type]
+    assert same == _tokenizer_fingerprint(_fake_run(copy.deepcopy(tok).half())) != _tokenizer_fingerprint(_fake_run(other))  # type: ignore[arg-type]
+    _fake_runs(monkeypatch, {
+        "runs/bb": _fake_run(other, control=False), "runs/ft": _fake_run(tok), "runs/p1": _fake_run(tok), "runs/cn": _fake_run(tok),
+        "runs/short": _fake_run(tok, n_samples=65536),
+    })  # fmt: skip
+    with pytest.warns(MixedTokenizersWarning, match=r"2 different tokenizers .*: backbone \(runs/bb\) \| 'ft' \(runs/ft\), 'plain1d' \(runs/p1\)\);"):
+        report = evaluate_variants("runs/bb", {"ft": "runs/ft", "plain1d": "runs/p1"}, n_test=2)
+    assert len(report["rows"]) == 12  # scored all the same
+    with pytest.raises(ConfigError, match=r"bb_run runs/cn has a ControlNet"):
+        evaluate_variants("runs/cn", {"ft": "runs/ft"}, n_test=2)
+    with pytest.raises(ConfigError, match=r"cn_runs holds runs without a ControlNet: 'ft' \(runs/bb\)"):
+        evaluate_variants("runs/bb", {"ft": "runs/bb"}, n_test=2)
+    with pytest.raises(ConfigError, match=r"different lengths .*'short' \(runs/short\): 65536 samples"):
+        evaluate_variants("runs/bb", {"ft": "runs/ft", "short": "runs/short"}, n_test=2)
+
+
+def test_evaluate_variants_says_what_it_expects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wrong names, kinds or counts are refused before any run is loaded, with what to pass instead."""
+    from controlfoley.evaluation_runs import _checked_runs, evaluate_variants
+
+    def no_load(run):
+        raise AssertionError("a run was loaded")
+
+    monkeypatch.setattr("controlfoley.evaluation_runs.load_run_model", no_load)
+    with pytest.raises(ConfigError, match=r"cn_runs has no run named 'ft' .*it has 'paper', 'plain1d', 'cn1'\. Name one of them with ablate="):
+        evaluate_variants("bb", {"paper": "a", "plain1d": "b", "cn1": "c"}, n_test=4)
+    with pytest.raises(ConfigError, match="no run named 'mine'"):
+        evaluate_variants("bb", {"ft": "a"}, n_test=4, ablate="mine")
+    # wrong kinds: a TypeError (under pytest the runtime type checker's, first; without it, these)
+    for args, phrase in (
+        (("bb", Path("runs/ft")), r"cn_runs must be a dict of named ControlNet run folders, e\.g\. \{\"ft\": .*; got PosixPath"),
+        (("bb", {"ft": 3}), "not so for 'ft'"),
+        (({"ft": "a"}, {"ft": "a"}), "bb_run must be the backbone run's folder"),
+    ):
+        with pytest.raises(TypeError, match=phrase):
+            _checked_runs(*args, "ft")
+        with pytest.raises(TypeError):
+            evaluate_variants(*args, n_test=4)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="cn_runs is empty"):
+        evaluate_variants("bb", {}, n_test=4)
+    with pytest.raises(TypeError):  # the old (out, bb_run, cn_runs) form: `out` is gone (nothing was written there)
+        evaluate_variants(Path("out"), Path("bb"), {"ft": "a"}, n_test=4)  # type: ignore[call-arg, misc]
+    for bad in ({"n_test": 1}, {"n_test": 4, "batch": 0}, {"n_test": True}):
+        with pytest.raises(ConfigError, match="must be an int >="):
+            evaluate_variants("bb", {"ft": "a"}, **bad)  # type: ignore[arg-type]

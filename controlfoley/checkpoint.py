@@ -10,7 +10,7 @@ Writes are atomic (temporary file + rename).
 import json
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -464,17 +464,18 @@ def load_model(
         check_state_dict(model, state, str(p), own=own, fix=fix)
     else:
         state = _loose_state(state, str(p), own)
-    for key in overrides:  # a part switched to another builder whose weights fit the old one's names and shapes
-        old, new = getattr(cfg, key, None), getattr(model.config, key, None)
-        if isinstance(old, Part) and isinstance(new, Part) and old.name != new.name and key not in fresh and any(k.startswith(key + ".") for k in state):
-            warnings.warn(
-                f"from_pretrained({p}): {key} is now {new.name!r} but the checkpoint trained {old.name!r}; its weights "
-                f"load into the new part where names and shapes agree, which may not mean the same thing",
-                stacklevel=3,
-            )
+    if overrides:  # a part built otherwise (another builder, other settings) whose weights still fit by names and shapes
+        loaded = {k.split(".")[0] for k in state}
+        _warn_trained_otherwise(
+            f"from_pretrained({p})", _trained_otherwise(meta, cfg, model.config, [f for f in _PART_FIELDS if f in loaded and f not in fresh]),
+            lambda key, old: f"retrain {key} as it is now, or drop the {key} override to use it as trained",
+        )
     model.load_state_dict(state, strict=False)  # every key was checked above (strict), or chosen (loose)
     _recopy_controlnet(model, {k.split(".")[0] for k in state})
     recorded = trained_parts(meta)
+    # a part built otherwise but holding all of its trained weights stays recorded as trained (the
+    # warning above says what changed): the record says trained or built weights, which generate's and
+    # training's checks read ("never trained", "random weights", a ControlNet whose output layers are zero)
     if recorded is not None:  # a part with any key left at its built weights is not the checkpoint's trained one
         kept = {k.split(".")[0] for k in own if k not in state}
         recorded = (set(recorded) - kept) | set(fresh)
@@ -482,6 +483,90 @@ def load_model(
     model.feature_record = feature_record(meta)
     model.loaded_from = str(weights)  # the file whose weights these are (a folder's model file, as read), even one that records no trained parts
     return model.to(map_location).eval()  # for inference, as loaded models are (call .train() to fine-tune)
+
+
+_PART_FIELDS = (*part_registries(), "controlnet")  # the config fields that are parts (the ControlNet has no registry)
+# settings that choose how a part computes, not what its weights mean: a change is not "trained otherwise"
+_KERNEL_ONLY_ARGS = frozenset({"fused_attn"})  # the backbone's attention kernel (SDPA or the math path: the same function)
+
+
+def _trained_otherwise(meta: Mapping[str, str], theirs: ModelConfig, ours: ModelConfig, fields: Iterable[str]) -> list[tuple[str, Part, Part, list[str]]]:
+    """(field, the checkpoint's part, the model's, its changed settings "arg: old -> new") for each of
+    `fields` (parts whose weights load from the checkpoint) that the model builds with another builder
+    or other settings than the checkpoint recorded. Settings are compared with the builders' defaults
+    filled in (the checkpoint's recorded ones for its side), so that a default spelled out is no change;
+    a builder's weight-file arguments (`weight_args`: the checkpoint holds those weights) are not
+    compared, nor `_KERNEL_ONLY_ARGS` (which kernel computes the same function). Any other difference
+    counts (guidance and sampler, the sampling-time choices, hold no weights)."""
+    try:
+        recorded = json.loads(meta.get(DEFAULTS_KEY, "null"))
+    except ValueError:
+        recorded = None
+    from controlfoley.builder import builder_defaults
+
+    their_defaults = recorded if isinstance(recorded, dict) else builder_defaults(theirs)
+    our_defaults = builder_defaults(ours)
+    out = []
+    for key in fields:
+        old, new = getattr(theirs, key, None), getattr(ours, key, None)
+        if not isinstance(old, Part) or not isinstance(new, Part) or old == new:
+            continue
+        switched = old.name != new.name  # another builder: its defaults are not comparable, only what was set
+        a = _settings(key, old, {} if switched else their_defaults.get(key) or {})
+        b = _settings(key, new, {} if switched else our_defaults.get(key) or {})
+        missing = object()
+        changed = [
+            f"{arg}: {_shown(a.get(arg, missing), missing)} -> {_shown(b.get(arg, missing), missing)}"
+            for arg in sorted(set(a) | set(b))
+            if a.get(arg, missing) != b.get(arg, missing) and arg not in _KERNEL_ONLY_ARGS
+        ]
+        if switched or changed:
+            out.append((key, old, new, changed))
+    return out
+
+
+def _settings(key: str, part: Part, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """`part`'s settings over `defaults`, less its builder's weight-file arguments; the ControlNet's
+    as its builder resolves them."""
+    from controlfoley.builder import _controlnet_kwargs, weight_args
+
+    if key == "controlnet":
+        try:
+            return _controlnet_kwargs(part)
+        except ConfigError:
+            return dict(part.kwargs)
+    registry = part_registries().get(key)
+    skip = set(weight_args(registry, part)) if registry is not None else set()
+    return {k: v for k, v in {**defaults, **part.kwargs}.items() if k not in skip}
+
+
+def _spec(key: str, part: Part) -> str:
+    """`part` as the JSON that builds it, less its weight-file arguments (a checkpoint holds those weights)."""
+    from controlfoley.builder import weight_args
+
+    registry = part_registries().get(key)
+    skip = set(weight_args(registry, part)) if registry is not None else set()
+    return json.dumps({"name": part.name, **{k: v for k, v in part.kwargs.items() if k not in skip}})
+
+
+def _shown(value: Any, missing: object) -> str:
+    return "(default)" if value is missing else repr(value)
+
+
+def _warn_trained_otherwise(label: str, found: Sequence[tuple[str, Part, Part, list[str]]], fix: Callable[[str, Part], str]) -> None:
+    """One warning per part of `_trained_otherwise`, at the user's call: what the checkpoint trained,
+    what changed, and `fix(key, checkpoint's part)`."""
+    for key, old, new, changed in found:
+        detail = f" ({'; '.join(changed)})" if changed else ""
+        if old.name != new.name:
+            what = f"{key} is now {new.name!r} but the checkpoint trained {old.name!r}{detail}"
+        else:
+            what = f"{key} is {new.name!r} with other settings than the checkpoint trained it with{detail}"
+        warnings.warn(
+            f"{label}: {what}; its weights load into the {'new ' if old.name != new.name else ''}part where names and shapes "
+            f"agree, which may not mean the same thing (the model will not behave as trained): {fix(key, old)}",
+            stacklevel=user_stacklevel(),
+        )
 
 
 def _partial_file_advice(path: Path, state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> str | None:
@@ -524,12 +609,16 @@ def _loose_state(state: Mapping[str, torch.Tensor], what: str, own: Mapping[str,
     return fits
 
 
-def load_parts(model: ModelModule, path: str | os.PathLike[str], parts: str | Iterable[str]) -> list[str]:
+def load_parts(model: ModelModule, path: str | os.PathLike[str], parts: str | Iterable[str], *, label: str | None = None) -> list[str]:
     """Load the named parts (top-level submodules such as 'tokenizer', 'backbone') from a checkpoint;
     `parts` is a list of names, or one name as a str ("backbone" is ["backbone"]).
 
     Each part must match strictly. If the backbone is loaded and the ControlNet is not, the
     ControlNet is re-copied from the new backbone (it must start as a copy of the *pretrained* blocks).
+    A part that the model builds otherwise than the checkpoint did (another builder, or other
+    settings) but whose weights fit warns, as from_pretrained's overrides do; `label` names the
+    load in that warning (default "load_parts(PATH)"; training passes "--init PATH"). Such a part
+    stays recorded as trained (`trained_parts`): its weights are trained ones, not built ones.
     """
     state, meta = read_state_dict(path)
     parts = [parts] if isinstance(parts, str) else list(parts)
@@ -551,6 +640,19 @@ def load_parts(model: ModelModule, path: str | os.PathLike[str], parts: str | It
     if failed:
         others = f" (and {', '.join(p for p, _ in failed[1:])}, which do not fit either)" if len(failed) > 1 else ""
         raise CheckpointError(f"{failed[0][1]}{others}{_part_config_hint(meta, model, [p for p, _ in failed])}") from None
+    try:  # a part built otherwise than the checkpoint's (another builder, other settings) whose weights fit by names and shapes
+        theirs: ModelConfig | None = config_from_metadata(meta, Path(path))
+    except (CheckpointError, ValueError):  # no (readable) config recorded: nothing to compare
+        theirs = None
+    ours = getattr(model, "config", None)
+    if theirs is not None and isinstance(ours, ModelConfig):
+        _warn_trained_otherwise(
+            label or f"load_parts({path})", _trained_otherwise(meta, theirs, ours, [p for p in parts if p in _PART_FIELDS]),
+            lambda key, old: (
+                f"train {key} as it is now (this load only starts it from those weights), or build it as the checkpoint did, "
+                f"{key}={_spec(key, old)} (--model {key}='{_spec(key, old)}' on the command line), to load it as trained"
+            ),
+        )
     for sub, sub_state in checked:
         sub.load_state_dict(sub_state, strict=True)
     src = trained_parts(meta)

@@ -1,5 +1,7 @@
 """Registry-driven: every registered part builds, runs forward and (where it has parameters) backward."""
 
+import re
+
 import pytest
 import torch
 
@@ -220,3 +222,88 @@ def test_load_parts_names_every_part_built_otherwise_and_loads_none_on_a_mismatc
     assert "--model tokenizer='{\"name\": \"specvqgan\"" in msg and "--model backbone='{\"name\": \"specmaskgit\"" in msg
     assert "Build them like the checkpoint:" in msg and '"depth": 3' in msg and '"embed_dim": 16' in msg
     assert all(torch.equal(v, before[k]) for k, v in ours.state_dict().items())
+
+
+def _part_warnings(call):
+    """(result of `call()`, the warnings it gave that say a loaded part was built otherwise)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = call()
+    return out, [w for w in seen if "may not mean the same thing" in str(w.message)]
+
+
+def test_from_pretrained_warns_of_each_loaded_part_built_with_other_settings(micro_model, tmp_path):
+    """An override that keeps a part's builder but changes its settings (the ControlNet's injection,
+    the backbone's heads) loaded the trained weights silently, as only a builder switch warned: one
+    warning per part, at the caller's line, naming old -> new and the fix. The part stays recorded as
+    trained (its weights are the trained ones); sampling-time settings, parts not loaded from the
+    file and a default spelled out do not warn."""
+    from controlfoley import from_pretrained
+
+    micro_model.trained_parts = {"tokenizer", "backbone", "control_encoder", "aligner", "controlnet"}
+    path = micro_model.save(tmp_path / "m.safetensors")
+    m, seen = _part_warnings(lambda: from_pretrained(path, controlnet={"injection": "interval"}))
+    assert len(seen) == 1 and seen[0].filename == __file__, [str(w.message) for w in seen]
+    assert re.fullmatch(
+        r"from_pretrained\(.*m\.safetensors\): controlnet is 'copy' with other settings than the checkpoint trained it with "
+        r"\(injection: 'aligned' -> 'interval'\); its weights load into the part where names and shapes agree, which may not mean "
+        r"the same thing \(the model will not behave as trained\): retrain controlnet as it is now, or drop the controlnet override "
+        r"to use it as trained",
+        str(seen[0].message),
+    )
+    assert m.trained_parts == micro_model.trained_parts  # trained weights, in a part built otherwise: the warning says so
+    _, seen = _part_warnings(lambda: from_pretrained(path, aligner="plain1d", backbone={"heads": 4}))  # a switch and a setting: one each
+    said = sorted(str(w.message) for w in seen)
+    assert len(said) == 2 and all(w.filename == __file__ for w in seen), said
+    assert "aligner is now 'plain1d' but the checkpoint trained 'ft'" in said[0]
+    assert "backbone is 'specmaskgit' with other settings than the checkpoint trained it with (heads: 2 -> 4)" in said[1]
+    for quiet in ({}, {"guidance": "cfg_text"}, {"sampler": {"steps": 2}}, {"vocoder": {"n_iter": 4}}, {"backbone": {"heads": 2}},
+                  {"backbone": {"fused_attn": False}}):  # the attention kernel, not what the weights mean
+        assert _part_warnings(lambda: from_pretrained(path, **quiet))[1] == [], quiet
+
+
+def test_load_parts_and_init_warn_of_each_part_built_otherwise(micro_model, tmp_path):
+    """load_parts / --init into a model whose aligner was switched and whose ControlNet injects
+    otherwise gave no warning at all (from_pretrained warned of the switch): the same rule, one
+    warning per part, with the checkpoint's part to build instead. Into the same config: none."""
+    from conftest import micro_overrides
+
+    from controlfoley import build_model
+    from controlfoley.checkpoint import load_parts
+    from controlfoley.data.shards import ShardWriter
+    from controlfoley.train import TrainConfig, train
+
+    micro_model.trained_parts = {"tokenizer", "backbone", "control_encoder", "aligner", "controlnet"}
+    path = micro_model.save(tmp_path / "m.safetensors")
+    every = ["tokenizer", "backbone", "control_encoder", "aligner", "controlnet"]
+    assert _part_warnings(lambda: load_parts(build_model("specmaskfoley_tiny", **micro_overrides()), path, every))[1] == []
+    variant = {**micro_overrides(), "aligner": "plain1d", "controlnet": {"n_blocks": 2, "injection": "interval"}}
+    model = build_model("specmaskfoley_tiny", **variant)
+    _, seen = _part_warnings(lambda: load_parts(model, path, every))
+    said = sorted(str(w.message) for w in seen)
+    assert len(said) == 2 and all(w.filename == __file__ for w in seen), said
+    assert said[0].startswith(f"load_parts({path}): aligner is now 'plain1d' but the checkpoint trained 'ft'")
+    assert re.search(
+        r"controlnet is 'copy' with other settings than the checkpoint trained it with \(injection: 'aligned' -> 'interval'\); .*"
+        r"build it as the checkpoint did, controlnet=\{\"name\": \"copy\", \"injection\": \"aligned\", \"n_blocks\": 2\} \(--model "
+        r"controlnet='\{\"name\": \"copy\", \"injection\": \"aligned\", \"n_blocks\": 2\}' on the command line\), to load it as trained$",
+        said[1],
+    )
+    assert model.trained_parts == set(every)
+    # --init: the same warnings, named by the flag, at the user's train(...) call
+    grid, vocab = model.grid, model.tokenizer.codebook_size
+    g = torch.Generator().manual_seed(0)
+    with ShardWriter(tmp_path / "ds", shard_size=4, info={"grid": list(grid), "codebook_size": vocab}) as w:
+        for i in range(4):
+            w.add(f"c{i}", {"tokens": torch.randint(0, vocab, grid, generator=g), "sync": torch.randn(12, 24, generator=g),
+                            "clip": torch.randn(4, 12, generator=g), "clap": torch.randn(16, generator=g)})  # fmt: skip
+    cfg = TrainConfig.for_recipe(
+        "controlnet", preset="specmaskfoley_tiny", data=str(tmp_path / "ds"), out=str(tmp_path / "run"), model_overrides=variant, steps=1,
+        batch_size=2, warmup_steps=0, val_fraction=0.0, num_workers=0, progress=False, tensorboard=False, init=str(path), init_parts=tuple(every),
+    )  # fmt: skip
+    _, seen = _part_warnings(lambda: train(cfg))
+    said = sorted(str(w.message) for w in seen)
+    assert len(said) == 2 and all(w.filename == __file__ for w in seen), said
+    assert said[0].startswith(f"--init {path}: aligner is now 'plain1d'") and said[1].startswith(f"--init {path}: controlnet is 'copy' with other settings")

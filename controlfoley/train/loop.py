@@ -299,7 +299,10 @@ class Trainer:
             self.run_dir.load_model_weights(ckpt_dir, self.model)
         elif cfg.init is not None:
             source = resolve_model_file(cfg.init)
-            load_parts(self.model, source, cfg.init_parts)  # records which of them were trained
+            with warnings.catch_warnings():  # (a part built otherwise than the checkpoint's warns, from rank 0 alone)
+                if not self.info.is_main:
+                    warnings.simplefilter("ignore")
+                load_parts(self.model, source, cfg.init_parts, label=f"--init {cfg.init}")  # records which of them were trained
             trained = self.model.trained_parts
             assert trained is not None  # load_parts just recorded a set
             untrained = [p for p in cfg.init_parts if p not in trained]

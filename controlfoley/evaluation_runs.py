@@ -171,6 +171,23 @@ def _tokenizer_fingerprint(model: ModelModule) -> str:
     return h.hexdigest()[:16]
 
 
+def _is_experiment_run(name: str, model: ModelModule) -> bool:
+    """Whether run `name` is one of the experiment's: named "ft" / "plain1d" and built so (that
+    aligner, multi-CFG, 12 steps), so that its row may carry the experiment's label."""
+    cfg = model.config
+    aligner = getattr(cfg.aligner, "name", None)
+    return name in EXPERIMENT_LABELS and aligner == name and cfg.guidance.name == "multi" and cfg.sampler.steps == 12
+
+
+def _run_label(name: str, model: ModelModule) -> str:
+    """A ControlNet run's row label: the experiment's for its own runs, else the run's name and how it
+    samples (aligner, guidance, steps), read from its model, not guessed from its name."""
+    if _is_experiment_run(name, model):
+        return EXPERIMENT_LABELS[name]
+    cfg = model.config
+    return f"ControlNet {name} ({getattr(cfg.aligner, 'name', None)} aligner), {cfg.guidance.name}, {cfg.sampler.steps} steps"
+
+
 def _checked_runs(bb_run: Any, cn_runs: Any, ablate: Any) -> dict[str, Path]:
     """cn_runs as {name: Path}, in its order; a TypeError / ConfigError that says what is expected."""
     from controlfoley.errors import ConfigError
@@ -204,15 +221,17 @@ def evaluate_variants(
     - `cn_runs`: ControlNet runs by name, {name: run folder} (any number, at least one); each gets a
       row with its model's own sampling settings. The experiment's names keep its labels
       (`EXPERIMENT_LABELS`: "ft" -> "ControlNet + FT-Aligner, multi-CFG, 12 steps", "plain1d" ->
-      "ControlNet + plain 1-D aligner, multi-CFG"); another name gives "ControlNet NAME, GUIDANCE, N steps".
+      "ControlNet + plain 1-D aligner, multi-CFG") where the run is built so (that aligner,
+      multi-CFG, 12 steps); any other run gives "ControlNet NAME (ALIGNER aligner), GUIDANCE, N steps",
+      read from its model.
       A run folder may also be a checkpoint folder or file (as `load_run_model` takes it).
     - `n_test`: held-out clips scored (the synthetic world's test split, seed 0, at the window of
       the first ControlNet run; all runs must share that window and sample rate), at least 2.
     - `batch`: clips generated at once; a speed setting only (see `score_synthetic`'s seeding).
     - `ablate`: the run (a name in `cn_runs`, default "ft") that also gets the guidance rows
       (video-only CFG, text&video-only CFG, no guidance) and the steps rows (4, 8, 16 MaskGIT
-      steps), labelled "FT, ..." for "ft" and "NAME, ..." otherwise; None for none of them. A
-      name that is not in `cn_runs` is a ConfigError listing the names there.
+      steps), labelled "FT, ..." for the experiment's "ft" run and "NAME, ..." otherwise; None for
+      none. A name that is not in `cn_runs` is a ConfigError listing the names there.
 
     Rows, in this order: three references (the true audio; other clips' true audio, i.e. chance
     and the FD floor of two real samples; the true audio's tokens through the first ControlNet
@@ -282,7 +301,7 @@ def evaluate_variants(
     ]
     # defs, not lambdas with a default argument (which a type checker cannot match to a zero-argument callable)
     for name, model in models.items():
-        label = EXPERIMENT_LABELS.get(name) or f"ControlNet {name}, {model.config.guidance.name}, {model.config.sampler.steps} steps"
+        label = _run_label(name, model)
 
         def as_trained(m: ModelModule = model) -> list[torch.Tensor]:
             return _generate_rows(m, clips, batch)
@@ -290,8 +309,8 @@ def evaluate_variants(
         rows.append(_row(label, as_trained, clips))
     if ablate is not None:
         target = models[ablate]
-        # the experiment's labels for its "ft" run; another run's own name and guidance
-        prefix, rule_name = ("FT", "multi-CFG") if ablate == "ft" else (ablate, target.config.guidance.name)
+        # the experiment's labels for its "ft" run (when it is the experiment's model); another run's own name and guidance
+        prefix, rule_name = ("FT", "multi-CFG") if _is_experiment_run(ablate, target) else (ablate, target.config.guidance.name)
         for label, rule in (("CFG video only (w/o l_tv)", "cfg_video"), ("CFG text&video only (w/o l_v)", "cfg_text_video"), ("no guidance (l_tv)", "none")):
 
             def with_rule(r: str = rule) -> list[torch.Tensor]:

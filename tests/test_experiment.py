@@ -352,14 +352,18 @@ def test_evaluation_row_reports_seconds_per_clip(monkeypatch: pytest.MonkeyPatch
     assert row["sec_per_clip"] == pytest.approx(2.0)  # 8 s over 4 clips
 
 
-def _fake_run(tokenizer: torch.nn.Module, *, control: bool = True, n_samples: int = 131072, guidance: str = "multi") -> torch.nn.Module:
+def _fake_run(
+    tokenizer: torch.nn.Module, *, control: bool = True, n_samples: int = 131072, guidance: str = "multi", aligner: str = "ft"
+) -> torch.nn.Module:
     """What evaluate_variants reads of a loaded run, before the rows generate (stubbed here)."""
     import types
 
     run = torch.nn.Module()
     run.tokenizer = tokenizer
     run.has_control, run.n_samples, run.sample_rate = control, n_samples, 22050
-    run.config = types.SimpleNamespace(guidance=types.SimpleNamespace(name=guidance), sampler=types.SimpleNamespace(steps=12))
+    run.config = types.SimpleNamespace(
+        guidance=types.SimpleNamespace(name=guidance), sampler=types.SimpleNamespace(steps=12), aligner=types.SimpleNamespace(name=aligner)
+    )
     return run
 
 
@@ -382,7 +386,8 @@ def test_evaluate_variants_scores_any_named_runs_in_a_stable_order(monkeypatch: 
 
     assert list(inspect.signature(evaluate_variants).parameters) == ["bb_run", "cn_runs", "n_test", "batch", "ablate"]
     tok = torch.nn.Linear(3, 2)
-    _fake_runs(monkeypatch, {"bb": _fake_run(tok, control=False), "ft": _fake_run(tok), "p1": _fake_run(tok), "mine": _fake_run(tok, guidance="cfg_video")})
+    _fake_runs(monkeypatch, {"bb": _fake_run(tok, control=False), "ft": _fake_run(tok), "p1": _fake_run(tok, aligner="plain1d"), "mine": _fake_run(tok, guidance="cfg_video"),
+                            "ft_cfgv": _fake_run(tok, guidance="cfg_video")})  # fmt: skip
     refs = ["reference: true audio", "reference: other clips' true audio (chance)", "reference: true tokens -> decoder -> vocoder"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", MixedTokenizersWarning)
@@ -390,15 +395,18 @@ def test_evaluate_variants_scores_any_named_runs_in_a_stable_order(monkeypatch: 
         names = [r["variant"] for r in report["rows"]]
         assert names == [
             *refs, "backbone + tag prompt, no video (CFG text)", EXPERIMENT_LABELS["ft"], EXPERIMENT_LABELS["plain1d"],
-            "ControlNet mine, cfg_video, 12 steps", "FT, CFG video only (w/o l_tv)", "FT, CFG text&video only (w/o l_v)",
+            "ControlNet mine (ft aligner), cfg_video, 12 steps", "FT, CFG video only (w/o l_tv)", "FT, CFG text&video only (w/o l_v)",
             "FT, no guidance (l_tv)", "FT, multi-CFG, 4 steps", "FT, multi-CFG, 8 steps", "FT, multi-CFG, 16 steps",
         ]  # fmt: skip
         assert report["runs"] == {"backbone": "bb", "controlnet": {"ft": "ft", "plain1d": "p1", "mine": "mine"}}
         assert report["table"].count("\n| ") == len(names)  # the header's separator, then one line per row
         names = [r["variant"] for r in evaluate_variants("bb", {"mine": "mine", "ft": "ft"}, n_test=2, ablate="mine")["rows"]]
-        assert names[4:6] == ["ControlNet mine, cfg_video, 12 steps", EXPERIMENT_LABELS["ft"]]
+        assert names[4:6] == ["ControlNet mine (ft aligner), cfg_video, 12 steps", EXPERIMENT_LABELS["ft"]]
         assert names[6] == "mine, CFG video only (w/o l_tv)" and names[-1] == "mine, cfg_video, 16 steps"
         assert len(evaluate_variants("bb", {"mine": "mine"}, n_test=2, ablate=None)["rows"]) == 5
+        # a run named like the experiment's but built otherwise is labelled by its model, not its name
+        names = [r["variant"] for r in evaluate_variants("bb", {"ft": "ft_cfgv"}, n_test=2)["rows"]]
+        assert names[4] == "ControlNet ft (ft aligner), cfg_video, 12 steps" and names[-1] == "ft, cfg_video, 16 steps", names
 
 
 def test_evaluate_variants_names_runs_of_other_tokenizers(monkeypatch: pytest.MonkeyPatch) -> None:

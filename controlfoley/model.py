@@ -510,10 +510,14 @@ class SpecMaskFoley(nn.Module):
         self._check_rule_inputs(rule, features, control, text)
         scale = rule.scale if cfg_scale is None else float(cfg_scale)
         rows = _RowPlan(rule.conditions, b, text, negative_text, control, self.device)
+        # said once per model and setting: a pipeline calls generate once per window of every video
         if negative_text is not None and len(rule.conditions) < 2:
-            log.warning("negative_text is ignored: guidance %s has no unconditional term to replace (use cfg or multi)", rule)
+            self._say_once(("negative_text", repr(rule)), "negative_text is ignored: guidance %s has no unconditional term to replace (use cfg or multi)", rule)
         if cfg_scale is not None and getattr(type(rule), "combine", None) is NoGuidance.combine:  # its logits as they are, at any scale
-            log.warning("cfg_scale=%s is ignored: guidance %s samples one condition set unguided, which no scale changes (use cfg or multi)", cfg_scale, rule)
+            self._say_once(
+                ("cfg_scale", repr(rule), float(cfg_scale)),
+                "cfg_scale=%s is ignored: guidance %s samples one condition set unguided, which no scale changes (use cfg or multi)", cfg_scale, rule,
+            )
         # a negative prompt makes the scale-0 rows a need, not a saving: at s = 0 the rule's value is
         # its unconditional term, which must be the unconditional model's, not the negative prompt's
         zero = zero_scale_conditions(rule) if (prune_rows or negative_text is not None) else None
@@ -574,6 +578,13 @@ class SpecMaskFoley(nn.Module):
             raise ConfigError(f"guidance must be a GuidanceRule or a GUIDANCE name, got {type(guidance).__name__}")
         check_rule(guidance, "guidance")
         return guidance
+
+    def _say_once(self, key: tuple[Any, ...], msg: str, *args: Any) -> None:
+        """log.warning(msg, *args) the first time this model meets `key`, then not again."""
+        said: set[tuple[Any, ...]] = self.__dict__.setdefault("_said_once", set())
+        if key not in said:
+            said.add(key)
+            log.warning(msg, *args)
 
     def _check_rule_inputs(self, rule: GuidanceRule, features: Any, control: Tensor | None, text: Tensor | None) -> None:
         """A condition the rule needs and was not given fails, naming the rule that fits what was

@@ -293,6 +293,11 @@ def test_a_rule_without_guidance_ignores_cfg_scale_and_says_so(model, caplog):
     assert caplog.text.count("cfg_scale=5.0 is ignored: guidance NoGuidance(") == 1, caplog.text
     assert torch.equal(got, fast_generate(model, x, alone, 3, 0))
     caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="controlfoley.model"):  # once per model and setting (a pipeline calls once per window)
+        fast_generate(model, x, alone, 3, 1, cfg_scale=5.0)
+        fast_generate(model, x, alone, 3, 1, cfg_scale=4.0)
+    assert "cfg_scale=5.0" not in caplog.text and caplog.text.count("cfg_scale=4.0 is ignored") == 1, caplog.text
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="controlfoley.model"):
         scaled = fast_generate(model, x, "cfg_video", 3, 0, cfg_scale=5.0)
     assert "cfg_scale" not in caplog.text

@@ -211,8 +211,8 @@ def build_model(
     - a dict changes settings and keeps the others; a "name" key switches the builder as well;
     - a `Part(name, kwargs)` replaces the part whole; None removes the optional video parts
       (control_encoder, aligner and controlnet together: the backbone alone; a guidance rule
-      reading video becomes 'cfg_text' at its scale, unless guidance= is given too: one that
-      reads video is then refused, as for any model without video parts);
+      reading video becomes 'cfg_text' at its scale, unless guidance= names a rule too: one that
+      reads video is then warned about, as for any model without video parts);
     - `sampler` takes a dict of `SamplerConfig` fields (steps, temperature, mask_schedule) and
       `n_frames` an int (mel frames per window).
     Values that follow from other parts (vocabulary, widths, token grid, the vocoder's mel) are

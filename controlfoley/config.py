@@ -11,8 +11,9 @@ Overrides (`ModelConfig.override`, and so `build_model(preset, **overrides)`):
 - `aligner=Part("plain1d", {...})`: replace the part whole; `control_encoder=None, aligner=None,
   controlnet=None` (together): remove the optional video parts, leaving the backbone alone (a
   guidance rule that reads video then becomes 'cfg_text' at its scale and schedule, as in the
-  backbone-alone presets, unless `guidance=` is given in the same call; a rule given for a model
-  without video parts that reads video is refused, since such a model could not sample it);
+  backbone-alone presets, unless `guidance=` names another rule in the same call (a dict of
+  settings alone, `guidance={"scale": 5.0}`, sets the scale of that 'cfg_text'); a rule given for a
+  model without video parts that reads video is warned about, since its generate will refuse it);
 - `sampler={"steps": 16}` or `n_frames=512` for the plain fields.
 """
 
@@ -305,11 +306,13 @@ class ModelConfig:
                 f"{', '.join(removed)} removed alone: control_encoder, aligner and controlnet come together; for the backbone alone "
                 f"remove all three (add {rest}: build_model(..., control_encoder=None, aligner=None, controlnet=None))"
             )
-        if removed and "guidance" not in overrides and self.has_control:
-            changes["guidance"] = _guidance_without_video(self.guidance, registries.get("guidance"))
+        given = overrides.get("guidance")
+        settings_only = isinstance(given, Mapping) and "name" not in given  # {"scale": 5.0}: the rule's settings, not a rule
+        if removed and ("guidance" not in overrides or settings_only) and self.has_control:
+            changes["guidance"] = _guidance_without_video(changes.get("guidance", self.guidance), registries.get("guidance"))
         result = dataclasses.replace(self, **changes)
         if "guidance" in overrides and not result.has_control:
-            _check_guidance_without_video(result.guidance, registries.get("guidance"), removed=bool(removed))
+            _warn_guidance_without_video(result.guidance, registries.get("guidance"), removed=bool(removed))
         return result
 
 
@@ -331,19 +334,25 @@ def _guidance_without_video(part: Part, registry: Any) -> Part:
     return Part("cfg_text", {"scale": float(rule.scale), "schedule": str(rule.schedule)})  # the built rule's, defaults included
 
 
-def _check_guidance_without_video(part: Part, registry: Any, *, removed: bool) -> None:
-    """A guidance rule given explicitly for a model without video parts must not read video: such a
-    model would build and then refuse every `generate` (said here, where the choice is made)."""
+def _warn_guidance_without_video(part: Part, registry: Any, *, removed: bool) -> None:
+    """A guidance rule given for a model without video parts that reads video: said where the choice
+    is made, since every `generate` of that model will refuse it. A warning, not an error: such a
+    model still trains (the backbone recipe never samples), and a run recorded with it resumes."""
     try:
         rule = registry.build(part.name, **part.kwargs)
     except Exception:  # noqa: BLE001  a broken rule fails, named, when the model is built
         return
     if getattr(rule, "needs_video", False):
+        import warnings
+
+        from controlfoley.errors import user_stacklevel
+
         why = "this override removes the video parts" if removed else "this model has no video parts (a backbone alone)"
-        raise ConfigError(
-            f"guidance {part.name!r} reads video features, but {why}, so it could not sample; give a rule without video "
-            "('cfg_text', or 'none' with condition='text' or 'uncond'), or leave guidance= out"
-            + (" (it then becomes 'cfg_text' at the rule's scale)" if removed else "")
+        warnings.warn(
+            f"guidance {part.name!r} reads video features, but {why}: the model builds and trains, but its generate will refuse "
+            "that rule; give a rule without video ('cfg_text', or 'none' with condition='text' or 'uncond'), or leave guidance= out"
+            + (" (it then becomes 'cfg_text' at the rule's scale; guidance={'scale': ...} sets that scale)" if removed else ""),
+            stacklevel=user_stacklevel(),
         )
 
 

@@ -52,20 +52,24 @@ def test_control_parts_come_together():
 def test_removing_the_video_parts_moves_a_video_rule_to_text_cfg():
     """The backbone alone cannot sample multi-CFG or cfg_video (no ControlNet): removing the video
     parts makes such a rule text-only CFG at its scale and schedule, as the backbone-alone presets
-    have it; a rule without video given in the same call is kept, and one that reads video is
-    refused there (the model would build, then refuse every generate)."""
+    have it, and a dict of settings alone sets that rule's scale; a rule named in the same call is
+    kept, with a warning where it reads video (the model trains, but its generate refuses it)."""
     base = get_preset("specmaskfoley").override(guidance={"scale": 2.5})
     alone = base.override(controlnet=None, aligner=None, control_encoder=None)
     assert alone.guidance == Part("cfg_text", {"scale": 2.5, "schedule": base.guidance.kwargs["schedule"]})
     assert alone.guidance.name == get_preset("specmaskgit").guidance.name
     kept = base.override(guidance=Part("none", {"condition": "text"}), controlnet=None, aligner=None, control_encoder=None)
     assert kept.guidance == Part("none", {"condition": "text"})
-    # given with the removal, a rule that reads video is refused here: the model would build and refuse every generate
-    with pytest.raises(ConfigError, match=r"guidance 'multi' reads video features, but this override removes the video parts.*leave guidance= out \(it then becomes 'cfg_text'"):
-        base.override(guidance="multi", controlnet=None, aligner=None, control_encoder=None)
-    with pytest.raises(ConfigError, match=r"guidance 'none' reads video features"):  # 'none' samples text_video by default
+    # a dict of settings alone, given with the removal, sets the scale of the text-only CFG it becomes
+    scaled = base.override(guidance={"scale": 5.0}, controlnet=None, aligner=None, control_encoder=None)
+    assert scaled.guidance == Part("cfg_text", {"scale": 5.0, "schedule": base.guidance.kwargs["schedule"]})
+    # a rule named with the removal that reads video is kept, and said where it is asked: its generate will refuse it
+    with pytest.warns(UserWarning, match=r"guidance 'multi' reads video features, but this override removes the video parts.*leave guidance= out \(it then becomes 'cfg_text'") as seen:
+        kept_multi = base.override(guidance="multi", controlnet=None, aligner=None, control_encoder=None)
+    assert kept_multi.guidance.name == "multi" and all(w.filename == __file__ for w in seen)
+    with pytest.warns(UserWarning, match=r"guidance 'none' reads video features"):  # 'none' samples text_video by default
         base.override(guidance="none", controlnet=None, aligner=None, control_encoder=None)
-    with pytest.raises(ConfigError, match=r"guidance 'cfg_video' reads video features, but this model has no video parts \(a backbone alone\)"):
+    with pytest.warns(UserWarning, match=r"guidance 'cfg_video' reads video features, but this model has no video parts \(a backbone alone\)"):
         get_preset("specmaskgit").override(guidance="cfg_video")
     unguided = base.override(guidance=Part("none", {"condition": "video"})).override(controlnet=None, aligner=None, control_encoder=None)
     assert unguided.guidance == Part("none", {"condition": "text"})  # unguided stays unguided (not CFG at scale 3)

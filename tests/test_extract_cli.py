@@ -708,3 +708,32 @@ def test_a_preset_named_as_tokenizer_is_recorded_as_its_weights_and_a_run_from_i
     (tmp_path / name / "model.safetensors").write_bytes(other.read_bytes())
     ex = Extraction(name, tokenizer=name)
     assert ex.tokenizer_source == str((tmp_path / name).resolve()) and "tokenizer_preset" not in ex.info("x")
+
+
+def test_an_extraction_interrupted_before_the_preset_record_resumes_with_the_same_command(tmp_path: Path) -> None:
+    """An extraction started by an older version with `--tokenizer specmaskfoley_synthetic` recorded
+    the name as a path under its folder; resumed now (the same command, which records the weights
+    file and `tokenizer_preset`), it is the same tokenizer and continues. Another tokenizer is
+    still 'other settings'."""
+    from controlfoley.presets import pretrained_path
+
+    shipped = pretrained_path("specmaskfoley_synthetic")
+    assert shipped is not None
+    base = {"grid": [5, 53], "codebook_size": 64}
+    old = {**base, "tokenizer": str(tmp_path / "specmaskfoley_synthetic")}  # as the older version wrote it
+    new = {**base, "tokenizer": str(shipped.resolve()), "tokenizer_preset": "specmaskfoley_synthetic"}
+    codes = {"tokens": torch.zeros(5, 53, dtype=torch.int16)}
+
+    def interrupted(root: Path) -> None:
+        w = ShardWriter(root, shard_size=1, info=old)
+        w.add("a", codes)
+        w.add("b", codes)  # both shards are finished and recorded; then the process dies (no close)
+
+    interrupted(tmp_path / "ds")
+    with ShardWriter(tmp_path / "ds", shard_size=1, info=new, resume=True) as w:
+        w.add("c", codes)
+    ds = ShardDataset(tmp_path / "ds")
+    assert [ds.clip_id(i) for i in range(len(ds))] == ["a", "b", "c"]  # the interrupted shards kept, the new clip added
+    interrupted(tmp_path / "other")
+    with pytest.raises(DataError, match="other settings .*tokenizer"):
+        ShardWriter(tmp_path / "other", shard_size=1, info={**base, "tokenizer": str(tmp_path / "my_tokenizer_run")}, resume=True)

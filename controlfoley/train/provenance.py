@@ -36,7 +36,7 @@ from controlfoley.config import ModelConfig
 from controlfoley.errors import ControlFoleyError
 from controlfoley.train.config import known_base
 
-__all__ = ["TokenProvenanceWarning", "warn_token_provenance", "token_provenance_problems", "shipped_preset", "plugin_code"]
+__all__ = ["TokenProvenanceWarning", "warn_token_provenance", "token_provenance_problems", "shipped_preset", "same_token_source", "plugin_code"]
 
 _MAX_HOPS = 8  # runs initialised from runs: a chain this long is a loop
 
@@ -98,6 +98,15 @@ def shipped_preset(source: str | Path | None) -> str | None:
     if source is None or str(source) not in PRETRAINED:
         return None
     return None if Path(source).exists() else str(source)
+
+
+def same_token_source(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two extraction records (index.json infos) name the same tokenizer weights: equal
+    records, or a shipped preset recorded the old way (its name as a path under the folder the
+    extraction ran in) and the new (its weights file, with `tokenizer_preset`)."""
+    if "tokenizer" not in a or "tokenizer" not in b:
+        return "tokenizer" not in a and "tokenizer" not in b
+    return _recorded(a) == _recorded(b)
 
 
 def _recorded(info: Mapping[str, Any]) -> tuple[str | None, str | None]:

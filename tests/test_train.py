@@ -719,7 +719,7 @@ def test_a_kill_between_a_checkpoint_and_its_pointer_loses_no_step(data: Path, t
     ckpts = tmp_path / "split" / "checkpoints"
     (ckpts / "latest").write_text("step-00000002", encoding="utf-8")  # as the kill left it
     inode = (ckpts / "step-00000004" / "model.safetensors").stat().st_ino
-    with pytest.warns(UserWarning, match="points to step-00000002, but step-00000004 is complete and newer .*resuming from step-00000004"):
+    with pytest.warns(UserWarning, match="points to step-00000002, but step-00000004 is complete and newer .*resuming from step-00000004. To go back to step-00000002 instead, delete the newer step folders"):
         train(cfg, resume=True)
     assert (ckpts / "step-00000004" / "model.safetensors").stat().st_ino == inode  # read, not deleted and written again
     full, split = final_state(tmp_path / "full"), final_state(tmp_path / "split")

@@ -15,7 +15,8 @@ Layout::
 - Each file is written atomically (temporary file, fsync, rename) and `latest` is replaced last,
   so a reader only ever follows `latest` to a complete checkpoint; older ones beyond `keep_last`
   are deleted after that. A resume takes the newest complete checkpoint (`RunDir.latest_dir`):
-  a kill after a checkpoint's files and before its pointer loses no step.
+  a kill after a checkpoint's files and before its pointer loses no step. To roll a run back to
+  an older checkpoint, delete the newer step folders (editing `latest` is not enough).
 - RNG states saved: torch CPU, every CUDA device, numpy's global and Python's `random`, from
   rank 0; every rank restores them. That is each rank's own state: every rank seeds the generators
   alike and the built-in recipes draw alike on every rank (their random choices come from
@@ -357,8 +358,9 @@ class RunDir:
             if d in complete:
                 if d != complete[-1] and say:
                     warnings.warn(
-                        f"{pointer} points to {d.name}, but {complete[-1].name} is complete and newer (the run was stopped after "
-                        f"writing it, before moving the pointer); resuming from {complete[-1].name}",
+                        f"{pointer} points to {d.name}, but {complete[-1].name} is complete and newer (a run stopped after writing "
+                        f"it, before moving the pointer); resuming from {complete[-1].name}. To go back to {d.name} instead, delete "
+                        f"the newer step folders",
                         stacklevel=user_stacklevel(),
                     )
                 return complete[-1]

@@ -369,17 +369,24 @@ def _part_config_hint(meta: Mapping[str, str], model: ModelModule, parts: Sequen
     return "".join(lines) + f"\n  Build {what} like the checkpoint: {' '.join(flags)} on the command line, build_model(..., {', '.join(kwargs)}) in Python."
 
 
+def _saved_defaults(meta: Mapping[str, str]) -> dict[str, Any] | None:
+    """The builder defaults a checkpoint recorded at save time ({field: {arg: value}}); None when it
+    records none (older files) or the record does not read."""
+    try:
+        saved = json.loads(meta[DEFAULTS_KEY]) if DEFAULTS_KEY in meta else None
+    except ValueError:
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def _with_saved_defaults(cfg: ModelConfig, meta: Mapping[str, str], where: Path) -> ModelConfig:
     """`cfg` with the builder defaults recorded at save time made explicit where a builder's default
     has changed since (a plugin edited, a library update): the checkpoint's model is rebuilt, and a
     warning names each change. Parts whose builder is not registered are left to the loader's error."""
     from controlfoley.builder import builder_defaults
 
-    try:
-        saved = json.loads(meta.get(DEFAULTS_KEY, "{}"))
-    except ValueError:
-        return cfg
-    if not isinstance(saved, dict) or not saved:
+    saved = _saved_defaults(meta)
+    if not saved:
         return cfg
     if not _registered(cfg):
         return cfg
@@ -498,13 +505,10 @@ def _trained_otherwise(meta: Mapping[str, str], theirs: ModelConfig, ours: Model
     a builder's weight-file arguments (`weight_args`: the checkpoint holds those weights) are not
     compared, nor `_KERNEL_ONLY_ARGS` (which kernel computes the same function). Any other difference
     counts (guidance and sampler, the sampling-time choices, hold no weights)."""
-    try:
-        recorded = json.loads(meta.get(DEFAULTS_KEY, "null"))
-    except ValueError:
-        recorded = None
     from controlfoley.builder import builder_defaults
 
-    their_defaults = recorded if isinstance(recorded, dict) else builder_defaults(theirs)
+    recorded = _saved_defaults(meta)
+    their_defaults = recorded if recorded is not None else builder_defaults(theirs)
     our_defaults = builder_defaults(ours)
     out = []
     for key in fields:
@@ -525,27 +529,32 @@ def _trained_otherwise(meta: Mapping[str, str], theirs: ModelConfig, ours: Model
     return out
 
 
+def _weight_file_args(key: str, part: Part) -> tuple[str, ...]:
+    """The arguments of `part`'s builder that name a weights file (`builder.weight_args`): a
+    checkpoint holds those weights, so they are not settings of what it trained."""
+    from controlfoley.builder import weight_args
+
+    registry = part_registries().get(key)
+    return weight_args(registry, part) if registry is not None else ()
+
+
 def _settings(key: str, part: Part, defaults: Mapping[str, Any]) -> dict[str, Any]:
     """`part`'s settings over `defaults`, less its builder's weight-file arguments; the ControlNet's
     as its builder resolves them."""
-    from controlfoley.builder import _controlnet_kwargs, weight_args
+    from controlfoley.builder import _controlnet_kwargs
 
     if key == "controlnet":
         try:
             return _controlnet_kwargs(part)
         except ConfigError:
             return dict(part.kwargs)
-    registry = part_registries().get(key)
-    skip = set(weight_args(registry, part)) if registry is not None else set()
+    skip = _weight_file_args(key, part)
     return {k: v for k, v in {**defaults, **part.kwargs}.items() if k not in skip}
 
 
 def _spec(key: str, part: Part) -> str:
     """`part` as the JSON that builds it, less its weight-file arguments (a checkpoint holds those weights)."""
-    from controlfoley.builder import weight_args
-
-    registry = part_registries().get(key)
-    skip = set(weight_args(registry, part)) if registry is not None else set()
+    skip = _weight_file_args(key, part)
     return json.dumps({"name": part.name, **{k: v for k, v in part.kwargs.items() if k not in skip}})
 
 

@@ -10,7 +10,6 @@ FD floor of two real samples, which the first row's 0 hides), and the true audio
 and vocoded (the tokenizer + vocoder ceiling).
 """
 
-import hashlib
 import json
 import numbers
 import os
@@ -163,12 +162,10 @@ def score_synthetic(model: ModelModule, n_clips: int = 40, *, batch: int = 16, w
 def _tokenizer_fingerprint(model: ModelModule) -> str:
     """A hash of the tokenizer's weights (floats compared as float32, so an fp16 copy of a tokenizer,
     as the shipped weights are, matches the run it came from)."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.tokenizer.state_dict().items()):
-        v = v.detach().cpu()
-        h.update(f"{k}{tuple(v.shape)}".encode())
-        h.update((v.float() if v.is_floating_point() else v).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    from controlfoley.guidance import tensor_digest
+
+    state = model.tokenizer.state_dict()
+    return tensor_digest(state[k].float() if state[k].is_floating_point() else state[k] for k in sorted(state))
 
 
 def _is_experiment_run(name: str, model: ModelModule) -> bool:

@@ -23,6 +23,7 @@ holding that scale). A step whose scale is 0 runs the unconditional rows alone (
 import inspect
 import math
 import numbers
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from controlfoley._registry import GUIDANCE
@@ -121,6 +122,20 @@ class GuidanceRule:
         return f"{type(self).__name__}(scale={self.scale}, schedule={self.schedule!r}, conditions=[{conds}]{own})"
 
 
+def tensor_digest(tensors: Iterable[Tensor]) -> str:
+    """16 hex digits of a SHA-256 over the tensors' dtypes, shapes and bytes, in order."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def fingerprint(value: object) -> str:
     """A setting as one short line that tells values apart: its repr, or for a tensor, a module or
     a long repr, its kind and shape with a SHA-256 digest of its values (torch elides the middle of
@@ -130,18 +145,10 @@ def fingerprint(value: object) -> str:
     import torch
     from torch import nn
 
-    def digest(tensors: list[Tensor]) -> str:
-        h = hashlib.sha256()
-        for t in tensors:
-            t = t.detach().to("cpu").contiguous()
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()[:16]
-
     if isinstance(value, torch.Tensor):
-        return f"tensor({list(value.shape)}, {value.dtype}, sha256:{digest([value])})"
+        return f"tensor({list(value.shape)}, {value.dtype}, sha256:{tensor_digest([value])})"
     if isinstance(value, nn.Module):
-        return f"{type(value).__name__}(sha256:{digest(list(value.state_dict().values()))})"
+        return f"{type(value).__name__}(sha256:{tensor_digest(value.state_dict().values())})"
     text = repr(value)
     if len(text) > 200 or "\n" in text:
         return f"{type(value).__name__}(sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]})"

@@ -113,8 +113,7 @@ class Extraction:
     ) -> None:
         from controlfoley.builder import build_model, model_config, weight_file
         from controlfoley.checkpoint import load_parts
-        from controlfoley.train.checkpoints import resolve_model_file
-        from controlfoley.train.provenance import shipped_preset
+        from controlfoley.train.checkpoints import resolve_model_file, shipped_preset
 
         with torch.random.fork_rng(devices=[]):  # the same untrained weights in every run: a resumed extraction matches
             torch.manual_seed(0)

@@ -267,16 +267,6 @@ def _as_tensor(clip_id: str, key: str, value: Any) -> torch.Tensor:
     )
 
 
-_TOKEN_SOURCE_KEYS = frozenset({"tokenizer", "tokenizer_preset"})  # where the tokens came from (controlfoley.train.provenance)
-
-
-def _same_token_source(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether two extraction records name the same tokenizer weights, however each version wrote it."""
-    from controlfoley.train.provenance import same_token_source  # (train imports data: imported when needed)
-
-    return same_token_source(a, b)
-
-
 class ShardWriter:
     """Write clips into shards of `shard_size`; `close()` flushes the last shard and writes the index.
 
@@ -413,8 +403,11 @@ class ShardWriter:
             raise DataError(f"{path} is not a valid progress record ({type(e).__name__}: {e}); start again with overwrite=True (--overwrite)") from e
         mine = json.loads(json.dumps(self.info))  # as it reads back (tuples become lists)
         diff = sorted(k for k in set(info) | set(mine) if info.get(k) != mine.get(k))
-        if diff and set(diff) <= _TOKEN_SOURCE_KEYS and _same_token_source(info, mine):
-            diff = []  # the same tokenizer weights, recorded as an older version did (a preset's name as a path)
+        if diff:
+            from controlfoley.train.provenance import TOKEN_SOURCE_KEYS, same_token_source  # (train imports data: imported here)
+
+            if set(diff) <= TOKEN_SOURCE_KEYS and same_token_source(info, mine):
+                diff = []  # the same tokenizer weights, recorded as an older version did (a preset's name as a path)
         if diff:
             shown = [  # a short value is shown then and now (e.g. the inputs: "27 files (ids and tags digest ...)"), a long one named
                 f"{k}: {info.get(k)!r} then, {mine.get(k)!r} now" if all(isinstance(v, (str, int, float, type(None))) for v in (info.get(k), mine.get(k))) else k

@@ -58,7 +58,7 @@ from controlfoley.checkpoint import CONFIG_KEY, read_state_dict, save_model, sav
 from controlfoley.errors import CheckpointError, TrainingError, user_stacklevel
 from controlfoley.presets import PRETRAINED, pretrained_path
 
-__all__ = ["RunDir", "TrainState", "capture_rng", "restore_rng", "resolve_model_file", "longer_run_hint", "nothing_to_resume_message", "checkpoint_step"]
+__all__ = ["RunDir", "TrainState", "capture_rng", "restore_rng", "resolve_model_file", "shipped_preset", "longer_run_hint", "nothing_to_resume_message", "checkpoint_step"]
 
 STATE_KEY = "controlfoley_train_state"
 _HELD_LOCKS: set[int] = set()  # run-folder lock descriptors this process holds
@@ -155,13 +155,22 @@ def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], groups: list[Any])
     return {"state": state, "param_groups": groups}
 
 
+def shipped_preset(source: str | Path | None) -> str | None:
+    """The preset whose shipped weights `source` names (a preset name that ships weights, where no
+    file or folder has that name: what `--init` and `extract --tokenizer` load, `resolve_model_file`);
+    None for a path or nothing."""
+    if source is None or str(source) not in PRETRAINED:
+        return None
+    return None if Path(source).exists() else str(source)
+
+
 def resolve_model_file(path: str | Path) -> Path:
     """A model file from a checkpoint file, a checkpoint folder, or a run folder (its final model,
     else its latest checkpoint); also a run's `checkpoints` folder or its `latest` pointer file, and
     the name of a preset that ships weights (`specmaskfoley_synthetic`: `--init` and `extract
     --tokenizer` fine-tune from or tokenize with them), where no file or folder has that name."""
     p = Path(path)
-    if not p.exists() and str(path) in PRETRAINED:
+    if shipped_preset(path) is not None:
         shipped = pretrained_path(str(path))
         if shipped is None:
             raise CheckpointError(f"the weights of preset {path} are missing from this installation ({PRETRAINED[str(path)]}); reinstall controlfoley")
@@ -378,6 +387,14 @@ class RunDir:
             return complete[-1]
         return None
 
+    def step_dir(self, step: int) -> Path:
+        """The folder of checkpoint `step` (written or not)."""
+        return self.ckpt_root / f"step-{step:08d}"
+
+    def is_complete(self, step: int) -> bool:
+        """Whether checkpoint `step` holds both its files (each written atomically)."""
+        return self.step_dir(step) in self._complete_dirs()
+
     def _complete_dirs(self) -> list[Path]:
         """step-* folders holding both files (each written atomically), oldest first."""
         dirs = [p for p in self.ckpt_root.glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
@@ -397,8 +414,8 @@ class RunDir:
     ) -> Path:
         """Write checkpoint `step` (model, then state), then move `latest` to it, then prune.
         `device`: the one this process trains on (`capture_rng`)."""
-        name = f"step-{step:08d}"
-        d = self.ckpt_root / name
+        d = self.step_dir(step)
+        name = d.name
         info = json.dumps({"step": step, **extra})
         save_model(model, d / "model.safetensors", extra_metadata={STATE_KEY: info})
         opt_tensors, groups = _flatten_optimizer(optimizer.state_dict())

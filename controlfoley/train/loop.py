@@ -453,7 +453,7 @@ class Trainer:
         if not written:
             self._checkpoint(done)
         barrier(self.info)
-        raise TrainingInterrupted(signal.SIGTERM, checkpoint=self.run_dir.ckpt_root / f"step-{done:08d}")
+        raise TrainingInterrupted(signal.SIGTERM, checkpoint=self.run_dir.step_dir(done))
 
     def _nothing_to_do(self, stop_at: int | None, result: dict[str, Any]) -> dict[str, Any]:
         """Resumed at or past where this invocation stops: say so (a run that finished has no
@@ -580,7 +580,7 @@ class Trainer:
             try:
                 self.run_dir.save(step, self.model, self.optimizer, self.names, self.cfg.keep_last, extra, aux=aux, device=self.info.device)
             except CheckpointError as e:  # a full disk mid-run: what is intact, and how to go on
-                done = self.run_dir.latest_dir() == self.run_dir.ckpt_root / f"step-{step:08d}"  # only its pointer failed: resumed from
+                done = self.run_dir.is_complete(step)  # only its pointer failed: a resume continues from it
                 raise self.run_dir.write_stopped(f"the 'latest' pointer to checkpoint {step}" if done else f"checkpoint {step}", str(e)) from e
 
 

@@ -2,7 +2,7 @@
 
 `controlfoley extract` records in index.json's info `tokenizer`: the resolved path of the tokenizer
 checkpoint it was given (--tokenizer: a file, checkpoint folder or run folder; for the name of a
-preset that ships weights, `shipped_preset`, the path of those weights, with the name in
+preset that ships weights, `train.checkpoints.shipped_preset`, the path of those weights, with the name in
 `tokenizer_preset`), else of the weights file the preset's tokenizer is built from (an official
 SpecVQGAN codebook), else null: the tokens came from an untrained tokenizer. Older extractions
 recorded a preset name as that name under the folder they ran in (no such path): such a record,
@@ -36,7 +36,7 @@ from controlfoley.config import ModelConfig
 from controlfoley.errors import ControlFoleyError
 from controlfoley.train.config import known_base
 
-__all__ = ["TokenProvenanceWarning", "warn_token_provenance", "token_provenance_problems", "shipped_preset", "same_token_source", "plugin_code"]
+__all__ = ["TokenProvenanceWarning", "warn_token_provenance", "token_provenance_problems", "same_token_source", "TOKEN_SOURCE_KEYS", "plugin_code"]
 
 _MAX_HOPS = 8  # runs initialised from runs: a chain this long is a loop
 
@@ -89,15 +89,7 @@ def token_provenance_problems(cfg: Any, model_config: ModelConfig, root: Path, i
     ]
 
 
-def shipped_preset(source: str | Path | None) -> str | None:
-    """The preset whose shipped weights `source` names (a preset name that ships weights, where no
-    file or folder has that name: what `--init` and `extract --tokenizer` load, as
-    `resolve_model_file` reads it); None for a path or nothing."""
-    from controlfoley.presets import PRETRAINED
-
-    if source is None or str(source) not in PRETRAINED:
-        return None
-    return None if Path(source).exists() else str(source)
+TOKEN_SOURCE_KEYS = frozenset({"tokenizer", "tokenizer_preset"})  # the keys of an extraction record that say where its tokens came from
 
 
 def same_token_source(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

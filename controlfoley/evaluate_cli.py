@@ -32,8 +32,13 @@ waveforms and the reference's stand for the true events:
   quieter than -45 dBFS are not detected and the embedding reads log-mel levels. A mean level
   difference over 10 dB gets a warning, and a silent side (below -90 dBFS) a warning naming it, and
   naming each silent file (the first five, then a count) when only some are.
-A score with nothing to measure (no onsets in the reference) prints "n/a", per file and pooled;
-the pooled levels are those of the pooled energy (a silent file does not drag them to -240 dB).
+The summary pools the onsets of all files (a micro average: counts summed, then the ratios), so
+`precision_any` is all matched onsets / all generated onsets and a file with more onsets weighs
+more; it is not the mean of the file rows. A score with nothing to measure prints "n/a" (JSON: null),
+per file and pooled, never 0: precision without generated onsets; desync and recall without
+reference onsets; f1 without either. A file's n/a adds its counts, not an n/a, to the summary, which
+is n/a only where no file had anything to measure. The pooled levels are those of the pooled energy
+(a silent file does not drag them to -240 dB).
 
 Output: a markdown table per file and a summary table on stdout; `--out FILE.json` also writes both
 (written atomically; NaN as null, counts as integers). A file that cannot be read, or a generated

@@ -26,6 +26,14 @@ Features
   naming its pairs (`silence_warnings`: one line per side, the first five names and a count).
   `controlfoley evaluate` runs it on folders of files.
 - `format_table(rows)`: a markdown table of result rows (one dict per system), for RESULTS.md.
+- Over many clips every onset score is a micro average, per event: the counts (matches, onsets,
+  true events, summed distances) are summed over the clips and the ratios taken of the sums, so
+  precision is all matches / all generated onsets and a clip with more events weighs more; the mean
+  of the per-clip scores (a macro average) is computed nowhere. A score with nothing to measure is
+  NaN, per clip and pooled alike (precision without generated onsets; recall, desync_s and
+  desync_miss_frac without true events; f1 without either; class_accuracy without matches): never
+  0.0. A clip's NaN does not reach the pooled score (its counts do), which is NaN only when the
+  whole set has nothing to measure. `format_table` prints NaN as "n/a".
 - Definitions in full: controlfoley.metrics.scores (onset scores), controlfoley.metrics.onsets
   (detector parameters), controlfoley.metrics.classify (templates), controlfoley.metrics.frechet.
 
@@ -45,7 +53,7 @@ import numpy as np
 from controlfoley.data.synthetic import Event, SyntheticClip, class_sound
 from controlfoley.errors import ShapeError, user_stacklevel
 from controlfoley.metrics.classify import AudioEventClassifier, classify_events
-from controlfoley.metrics._common import as_numpy_wave
+from controlfoley.metrics._common import as_numpy_wave, checked_rate
 from controlfoley.metrics.frechet import AudioEmbedding, frechet_distance
 from controlfoley.metrics.onsets import OnsetParams, detect_onsets
 from controlfoley.metrics.scores import COUNT_KEYS, MAX_OFFSET_S, SUM_KEYS, TOLERANCE_S, onset_metrics, pool_onset_metrics
@@ -115,6 +123,7 @@ def evaluate_clips(
         raise ShapeError(f"got {len(generated_wavs)} generated waveforms for {len(clips)} clips; pair them one to one")
     if not clips:
         raise ShapeError("evaluate_clips needs at least one clip")
+    sample_rate = checked_rate(sample_rate, "evaluate_clips")
     rates = {c.sample_rate for c in clips}
     if rates != {sample_rate}:
         raise ShapeError(f"generated audio is at {sample_rate} Hz but the clips are at {sorted(rates)} Hz; resample first")
@@ -146,16 +155,22 @@ EVAL_RATE = 22050
 
 
 def _at_eval_rate(wav: Wave, sample_rate: int) -> np.ndarray:
+    """`wav` resampled to `EVAL_RATE` from `sample_rate` (an int its caller checked, `_checked_rates`)."""
     y = as_numpy_wave(wav)
-    if sample_rate <= 0:
-        raise ShapeError(f"sample_rate must be positive, got {sample_rate}")
     if sample_rate == EVAL_RATE:
         return y
     return librosa.resample(y, orig_sr=sample_rate, target_sr=EVAL_RATE, res_type="soxr_hq").astype(np.float32)
 
 
-def _common_length(generated: Wave, reference: Wave, sample_rate: int, reference_rate: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    g, r = _at_eval_rate(generated, sample_rate), _at_eval_rate(reference, sample_rate if reference_rate is None else reference_rate)
+def _checked_rates(sample_rate: object, reference_sample_rate: object, caller: str) -> tuple[int, int]:
+    """(generated, reference) rates as ints, checked by the library's rule (`controlfoley.audio.io`:
+    a positive whole number of Hz); the reference's is `sample_rate` where it is None."""
+    rate = checked_rate(sample_rate, caller)
+    return rate, rate if reference_sample_rate is None else checked_rate(reference_sample_rate, f"{caller} (reference_sample_rate)")
+
+
+def _common_length(generated: Wave, reference: Wave, sample_rate: int, reference_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    g, r = _at_eval_rate(generated, sample_rate), _at_eval_rate(reference, reference_rate)
     n = min(g.size, r.size)
     return g[:n], r[:n]
 
@@ -179,12 +194,15 @@ def reference_pair_metrics(
     or the reference at `reference_sample_rate` where given: a 44.1 kHz original beside 22.05 kHz output).
 
     Both are resampled to `EVAL_RATE` and cut to the shorter length; the reference's detected onsets
-    play the true events. A score with nothing to measure is NaN here (desync and recall without
-    reference onsets, precision without generated ones), not the 0.0 the pooled ratios use; the
-    counts are kept for pooling. `generated_dbfs` / `reference_dbfs`: their RMS levels (the scores
-    depend on level: onsets quieter than -45 dBFS are not detected, see `OnsetParams`).
+    play the true events. A score with nothing to measure is NaN (desync and recall without
+    reference onsets, precision without generated ones, f1 without either), as everywhere in
+    `controlfoley.metrics.scores`; the counts are kept for pooling (`pool_reference_metrics`).
+    `generated_dbfs` / `reference_dbfs`: their RMS levels (the scores depend on level: onsets
+    quieter than -45 dBFS are not detected, see `OnsetParams`). The rates are positive whole
+    numbers of Hz; another is a SampleRateError (a ShapeError and a ConfigError).
     """
-    return _pair_scores(*_common_length(generated, reference, sample_rate, reference_sample_rate), tolerance, max_offset_s)
+    rate, reference_rate = _checked_rates(sample_rate, reference_sample_rate, "reference_pair_metrics")
+    return _pair_scores(*_common_length(generated, reference, rate, reference_rate), tolerance, max_offset_s)
 
 
 def _pair_scores(g: np.ndarray, r: np.ndarray, tolerance: float, max_offset_s: float) -> dict[str, float]:
@@ -193,7 +211,6 @@ def _pair_scores(g: np.ndarray, r: np.ndarray, tolerance: float, max_offset_s: f
     pred = detect_onsets(g, EVAL_RATE)
     scores = onset_metrics(true, pred, [0] * len(pred), tolerance=tolerance, max_offset_s=max_offset_s)
     out = {k: v for k, v in scores.items() if k not in _CLASS_KEYS}
-    _undefined_as_nan(out, len(true), len(pred))
     return {**out, "generated_dbfs": level_dbfs(g), "reference_dbfs": level_dbfs(r)}
 
 
@@ -207,8 +224,9 @@ def evaluate_against_reference(
     max_offset_s: float = MAX_OFFSET_S,
     reference_sample_rate: int | None = None,
 ) -> dict[str, float | int]:
-    """`reference_pair_metrics` pooled over paired lists (micro averages), plus `fd` between the sets.
-    The references are at `sample_rate` too unless `reference_sample_rate` says otherwise.
+    """`reference_pair_metrics` pooled over paired lists (micro averages: per onset, not per pair; see
+    `pool_reference_metrics`), plus `fd` between the sets. The references are at `sample_rate` too
+    unless `reference_sample_rate` says otherwise.
 
     `n_true` counts the reference onsets, `n_pred` the generated ones. `fd` is NaN with fewer than
     two pairs (a covariance needs two clips per set); pairs shorter than the embedding's mel window
@@ -221,7 +239,8 @@ def evaluate_against_reference(
     emb = embedding or AudioEmbedding(EVAL_RATE)
     if emb.sample_rate != EVAL_RATE:
         raise ShapeError(f"the embedding works at {emb.sample_rate} Hz but the comparison runs at {EVAL_RATE} Hz; build AudioEmbedding({EVAL_RATE})")
-    pairs = [_common_length(g, r, sample_rate, reference_sample_rate) for g, r in zip(generated_wavs, reference_wavs, strict=True)]
+    rate, reference_rate = _checked_rates(sample_rate, reference_sample_rate, "evaluate_against_reference")
+    pairs = [_common_length(g, r, rate, reference_rate) for g, r in zip(generated_wavs, reference_wavs, strict=True)]
     per_pair = [_pair_scores(g, r, tolerance, max_offset_s) for g, r in pairs]
     for message in silence_warnings(per_pair, [f"pair {i}" for i in range(len(per_pair))]):
         warnings.warn(message, stacklevel=user_stacklevel())
@@ -279,26 +298,16 @@ def reference_fd(pairs: Sequence[tuple[np.ndarray, np.ndarray]], embedding: Audi
 
 
 def pool_reference_metrics(per_pair: Sequence[Mapping[str, float]]) -> dict[str, float | int]:
-    """Micro averages of `reference_pair_metrics` results (their counts summed, ratios recomputed,
-    so `desync_s` is the mean over all reference onsets, not over files; NaN where nothing was
-    there to measure), the levels of the pooled energy, with `n_clips` first;
-    `evaluate_against_reference` adds `fd`."""
+    """Micro averages of `reference_pair_metrics` results (their counts summed, ratios recomputed:
+    `desync_s` is the mean over all reference onsets, not over files, and `precision_any` all
+    matches / all generated onsets, not the mean of the files' precisions; a file's NaN adds its
+    counts, not a NaN; NaN only where the whole set had nothing to measure), the levels of the
+    pooled energy, with `n_clips` first; `evaluate_against_reference` adds `fd`."""
     pooled = pool_onset_metrics([{**m, "matched_cls": 0.0} for m in per_pair])
     scores = {k: v for k, v in pooled.items() if k not in COUNT_KEYS and k not in _CLASS_KEYS}
     counts = {k: pooled[k] for k in COUNT_KEYS if k not in _CLASS_KEYS}
-    _undefined_as_nan(scores, counts["n_true"], counts["n_pred"])
     levels = {k: _pooled_level([m[k] for m in per_pair]) for k in ("generated_dbfs", "reference_dbfs") if per_pair and all(k in m for m in per_pair)}
     return {"n_clips": len(per_pair), **scores, **levels, **{k: v if k in SUM_KEYS else int(v) for k, v in counts.items()}}
-
-
-def _undefined_as_nan(scores: dict[str, float], n_true: float | int, n_pred: float | int) -> None:
-    """Scores with nothing to measure as NaN ("n/a"), not the 0.0 of the mir_eval convention."""
-    if n_true == 0:
-        scores.update(desync_s=math.nan, desync_miss_frac=math.nan, recall_any=math.nan)
-    if n_pred == 0:
-        scores["precision_any"] = math.nan
-    if n_true == 0 and n_pred == 0:
-        scores["f1_any"] = math.nan
 
 
 def _pooled_level(levels_db: Sequence[float]) -> float:

@@ -4,6 +4,8 @@ Each variant generates audio for the same held-out clips, each clip with its own
 noise for every variant and at any batch size), from the generated waveform
 (tokens -> tokenizer decoder -> mel -> vocoder) the metrics of `controlfoley.evaluation` are computed:
 DeSync analogue, onset precision/recall/F1, class accuracy, Frechet distance on a fixed embedding.
+Each row's onset scores pool the events of all its clips (micro averages: counts summed over the
+clips, then the ratios; not the mean of per-clip scores), "n/a" where nothing was there to measure.
 Three reference rows frame the models' rows: the true audio (the best any model can score), other
 clips' true audio (what real but unrelated sound scores: chance level for the onset scores, and the
 FD floor of two real samples, which the first row's 0 hides), and the true audio's tokens decoded
@@ -128,8 +130,9 @@ def score_synthetic(model: ModelModule, n_clips: int = 40, *, batch: int = 16, w
     """Score `model` on `n_clips` held-out clips of the synthetic world (the test split the shipped
     model and `controlfoley experiment` use, at the model's window): generate, decode, vocode, then
     the metrics of `controlfoley.evaluation.evaluate_clips` (desync, onset precision / recall / F1,
-    class scores, FD). `generate_kwargs` go to `model.generate`: guidance=, steps=, cfg_scale=,
-    control_scale=... Returns those scores plus `sec_per_clip`; `format_table([row, ...])` prints several.
+    class scores, pooled per event over the clips; FD). `generate_kwargs` go to `model.generate`:
+    guidance=, steps=, cfg_scale=, control_scale=... Returns those scores plus `sec_per_clip`;
+    `format_table([row, ...])` prints several.
 
     Seeding: clip k of the n_clips (k = 0, 1, ...) is sampled with its own generator, seeded
     CLIP_SEED + k (1000 + k), so every variant meets the same noise on the same clip, and `batch`

@@ -427,6 +427,35 @@ def test_each_silent_file_is_named_when_only_some_are(clips, tmp_path, capsys):
     assert said[1].startswith("warning: 1 of 3 generated clips is silent (below -90 dBFS): c; no onsets can be detected in it")
 
 
+def test_the_summary_pools_onsets_and_says_so(clips, tmp_path, capsys):
+    """The summary is a micro average (every file's onsets pooled), as --help now says; a file with no
+    generated onsets has precision n/a (null), and adds its counts, not an n/a or a 0, to the summary."""
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    save_audio(gen / "a.wav", torch.as_tensor(clips[0].audio), SR)  # its own soundtrack: every onset found
+    save_audio(gen / "b.wav", torch.zeros_like(torch.as_tensor(clips[1].audio)), SR)  # nothing generated
+    for name, c in zip("ab", clips, strict=False):
+        save_audio(ref / f"{name}.wav", torch.as_tensor(c.audio), SR)
+    out_json = tmp_path / "scores.json"
+    rc, _, err = _run(capsys, str(gen), "--reference", str(ref), "--out", str(out_json))
+    assert rc == 0, err
+    report = json.loads(out_json.read_text())
+    a, b = sorted(report["files"], key=lambda r: r["file"])
+    assert b["n_pred"] == 0 and b["precision_any"] is None and b["recall_any"] == 0.0 and b["f1_any"] == 0.0
+    assert a["precision_any"] == a["recall_any"] == 1.0 and a["n_true"] != b["n_true"]  # 2 and 5 onsets
+    s, tp = report["summary"], a["matched_any"] + b["matched_any"]
+    assert s["precision_any"] == pytest.approx(tp / (a["n_pred"] + b["n_pred"])) == 1.0
+    assert s["recall_any"] == pytest.approx(tp / (a["n_true"] + b["n_true"]))  # 2 / 7, not the files' mean 0.5
+    assert s["f1_any"] == pytest.approx(2 * tp / (a["n_pred"] + b["n_pred"] + a["n_true"] + b["n_true"]))
+    assert s["desync_s"] == pytest.approx((a["desync_sum_s"] + b["desync_sum_s"]) / (a["n_true"] + b["n_true"]))
+    with pytest.raises(SystemExit):
+        cli_main(["evaluate", "--help"])
+    helped = " ".join(capsys.readouterr().out.split())
+    assert "The summary pools the onsets of all files (a micro average" in helped and "not the mean of the file rows" in helped
+    assert "precision without generated onsets" in helped
+
+
 def test_silence_warnings_name_a_few_and_count_the_rest():
     from controlfoley.evaluation import silence_warnings
 

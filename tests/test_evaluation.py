@@ -198,8 +198,8 @@ def test_onset_metrics_extra_onsets_and_tolerance_edge():
     assert m["precision_cls"] == pytest.approx(1 / 3) and m["recall_cls"] == 1.0
     assert m["f1_cls"] == pytest.approx(2 * 1 / (3 + 1))
     assert m["desync_s"] == pytest.approx(0.1)
-    empty = onset_metrics([], [], [])
-    assert empty["desync_s"] == 0.0 and empty["f1_any"] == 0.0
+    empty = onset_metrics([], [], [])  # nothing to measure: undefined (NaN), not 0.0
+    assert all(math.isnan(empty[k]) for k in ("desync_s", "desync_miss_frac", "precision_any", "recall_any", "f1_any", "f1_cls"))
 
 
 def test_pool_onset_metrics_is_a_micro_average():
@@ -338,6 +338,96 @@ def test_precision_is_nan_when_the_generated_audio_has_no_onsets() -> None:
     assert math.isnan(m["precision_any"]) and m["recall_any"] == 0.0
 
 
+def _nan_or(value: float, expected: float) -> bool:
+    return math.isnan(value) if math.isnan(expected) else value == pytest.approx(expected)
+
+
+def test_undefined_scores_are_nan_per_clip_everywhere() -> None:
+    """One convention for a ratio with nothing to measure: NaN, per clip, in onset_metrics as in the
+    reference comparison (onset_metrics gave 0.0 for precision without generated onsets, recall and
+    desync without true events, where reference_pair_metrics gave NaN)."""
+    no_pred = onset_metrics([Event(1.0, 0), Event(2.0, 0), Event(3.0, 0)], [], [])  # tp 0, fp 0, fn 3
+    assert math.isnan(no_pred["precision_any"]) and math.isnan(no_pred["precision_cls"])
+    assert no_pred["recall_any"] == 0.0 and no_pred["f1_any"] == 0.0  # all missed: defined, and 0
+    assert no_pred["desync_s"] == 2.0 and no_pred["desync_miss_frac"] == 1.0
+    no_true = onset_metrics([], [1.0, 2.0], [0, 0])  # tp 0, fp 2, fn 0
+    assert no_true["precision_any"] == 0.0 and no_true["f1_any"] == 0.0  # all false alarms: defined, and 0
+    assert all(math.isnan(no_true[k]) for k in ("recall_any", "recall_cls", "desync_s", "desync_miss_frac", "desync_hit_s"))
+    assert math.isnan(no_true["class_accuracy"])
+
+
+def test_pooled_scores_are_micro_averages_with_one_undefined_convention(clips) -> None:
+    """Two clips, one without generated onsets: the pooled scores are ratios of the summed counts
+    (per event), the same in pool_onset_metrics and pool_reference_metrics; a clip's NaN adds its
+    counts, not a NaN; the pooled score is NaN only when the whole set has nothing to measure, in
+    evaluate_clips as in evaluate_against_reference (evaluate_clips said 0.0 there)."""
+    import warnings
+
+    from controlfoley.evaluation import evaluate_against_reference, pool_reference_metrics
+
+    a = onset_metrics([Event(1.0, 0), Event(2.0, 0)], [1.02, 3.5], [0, 0])  # tp 1, fp 1, fn 1
+    b = onset_metrics([Event(1.0, 0), Event(2.0, 0), Event(3.0, 0)], [], [])  # tp 0, fp 0, fn 3
+    assert (a["precision_any"], a["recall_any"], a["f1_any"]) == (0.5, 0.5, 0.5) and math.isnan(b["precision_any"])
+    # pooled: tp 1, fp 1, fn 4; desync per true event: 0.02, 0.98 (2.0 to 1.02), then three capped misses
+    expected = {"precision_any": 1 / 2, "recall_any": 1 / 5, "f1_any": 2 * 1 / (2 + 5), "desync_s": (0.02 + 0.98 + 3 * 2.0) / 5}
+    onsets = pool_onset_metrics([a, b])
+    reference = pool_reference_metrics([{**m, "generated_dbfs": -20.0, "reference_dbfs": -20.0} for m in (a, b)])
+    for key, value in expected.items():
+        assert onsets[key] == pytest.approx(value) and reference[key] == pytest.approx(value), key
+    assert onsets["recall_any"] != pytest.approx((a["recall_any"] + b["recall_any"]) / 2)  # not the per-clip mean (0.25)
+    nothing = [b, onset_metrics([Event(0.5, 0)], [], [])]  # no generated onset in any clip
+    for pooled in (pool_onset_metrics(nothing), pool_reference_metrics([{**m, "generated_dbfs": -20.0, "reference_dbfs": -20.0} for m in nothing])):
+        assert math.isnan(pooled["precision_any"]) and pooled["recall_any"] == 0.0 and pooled["f1_any"] == 0.0
+
+    pair = clips[:2]
+    silent = [torch.zeros_like(c.audio) for c in pair]
+    per_clip = evaluate_clip(silent[0], pair[0])
+    assert per_clip["n_pred"] == 0 and math.isnan(per_clip["precision_any"]) and per_clip["recall_any"] == 0.0
+    synthetic = evaluate_clips(silent, pair, SR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the silent generated side is warned about
+        real = evaluate_against_reference(silent, [c.audio for c in pair], SR)
+    assert synthetic["n_true"] == real["n_true"] > 0 and synthetic["n_pred"] == real["n_pred"] == 0
+    for key in ("precision_any", "recall_any", "f1_any", "desync_s", "desync_miss_frac"):
+        assert _nan_or(synthetic[key], real[key]), (key, synthetic[key], real[key])
+    assert math.isnan(synthetic["precision_any"]) and math.isnan(synthetic["precision_cls"])
+    assert "| n/a |" in format_table([synthetic], ["precision_any"])
+
+
+def test_sample_rates_are_checked_by_the_librarys_rule(clips, monkeypatch) -> None:
+    """detect_onsets, reference_pair_metrics, evaluate_against_reference and evaluate_clips check a
+    rate as load_audio does (controlfoley.audio.io._checked_rate): detect_onsets took 22050.5; the
+    reference comparison took True (resampling from 1 Hz), 22050.5 and NaN, and met None with a
+    TypeError; evaluate_clips called None a rate to resample from. The error is a ShapeError, as
+    before, and a ConfigError, as for load_audio."""
+    from jaxtyping import config
+
+    from controlfoley.config import ConfigError
+    from controlfoley.evaluation import evaluate_against_reference, reference_pair_metrics
+
+    monkeypatch.setattr(config, "jaxtyping_disable", True)  # the library's own messages, as users see them
+    rule = "sample_rate is in Hz, a positive whole number such as 22050; got "
+    wav = np.zeros(SR, np.float32)
+    short = np.zeros(64, np.float32)
+    for rate in (22050.5, True, math.nan, "22050", None, 0):
+        with pytest.raises(ShapeError, match=r"^detect_onsets: " + rule) as caught:
+            detect_onsets(wav, rate)
+        assert isinstance(caught.value, ConfigError)
+        with pytest.raises(ShapeError, match=r"^reference_pair_metrics: " + rule) as caught:
+            reference_pair_metrics(short, short, rate)
+        assert isinstance(caught.value, ConfigError)
+    with pytest.raises(ShapeError, match=r"^reference_pair_metrics \(reference_sample_rate\): " + rule + "0"):
+        reference_pair_metrics(short, short, SR, reference_sample_rate=0)
+    with pytest.raises(ShapeError, match=r"^evaluate_against_reference: " + rule + "None"):
+        evaluate_against_reference([short, short], [short, short], None)  # type: ignore[arg-type]
+    with pytest.raises(ShapeError, match=r"^evaluate_clips: " + rule + "None"):
+        evaluate_clips([clips[0].audio], clips[:1], None)  # type: ignore[arg-type]
+    with pytest.raises(ShapeError, match=r"takes \(wav, sample_rate\), got the waveform second and 22050 first; swap them"):
+        detect_onsets(SR, wav)  # type: ignore[arg-type]  # the swap is named before the rate is checked
+    assert detect_onsets(wav, 22050.0) == detect_onsets(wav, np.int64(SR)) == []  # whole numbers of any type
+    assert reference_pair_metrics(short, short, float(SR))["n_true"] == 0
+
+
 # -- inputs users get wrong (past the suite's runtime type checks: what users meet) ---------------
 
 
@@ -445,7 +535,7 @@ def test_detect_onsets_names_a_missing_or_swapped_sample_rate():
 
     detect = inspect.unwrap(detect_onsets)
     wav = np.zeros(SR, np.float32)
-    with pytest.raises(ShapeError, match=r"sample_rate must be a positive number of samples per second \(e\.g\. 22050\), got None"):
+    with pytest.raises(ShapeError, match=r"detect_onsets: sample_rate is in Hz, a positive whole number such as 22050; got None"):
         detect(wav, None)
     with pytest.raises(ShapeError, match=r"takes \(wav, sample_rate\), got the waveform second and 22050 first; swap them"):
         detect(SR, wav)

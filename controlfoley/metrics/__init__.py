@@ -3,7 +3,8 @@
 Features
 - `detect_onsets` / `OnsetParams` (onsets.py): spectral-flux onsets tuned for percussive events.
 - `AudioEventClassifier` / `classify_events` (classify.py): fixed template classifier on the model's mel.
-- `onset_metrics` / `pool_onset_metrics` (scores.py): DeSync analogue, onset P/R/F1, class accuracy.
+- `onset_metrics` / `pool_onset_metrics` (scores.py): DeSync analogue, onset P/R/F1, class accuracy;
+  pooled per event (micro averages), NaN where there is nothing to measure (never 0.0).
 - `AudioEmbedding` / `frechet_distance` (frechet.py): fixed log-mel statistics and the Frechet distance.
 `controlfoley.evaluation` puts them together over clips of the synthetic world.
 

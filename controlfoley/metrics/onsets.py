@@ -15,8 +15,6 @@ Boeck, Krebs & Schedl, "Evaluating the Online Capabilities of Onset Detection Me
 the peak-picking rule behind `librosa.onset.onset_detect`; McFee et al., librosa.
 """
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import librosa
@@ -24,7 +22,7 @@ import numpy as np
 import torch
 
 from controlfoley.errors import ShapeError
-from controlfoley.metrics._common import as_numpy_wave
+from controlfoley.metrics._common import as_numpy_wave, checked_rate
 from controlfoley.typing import Float, Tensor
 
 __all__ = ["OnsetParams", "detect_onsets"]
@@ -72,12 +70,14 @@ def detect_onsets(
     9.2 ms late (338 events of 100 test clips; the flux peak trails a sharp attack by about 1.3 hops),
     with no spurious onset; through the mel and Griffin-Lim about 5 ms late. Two hits closer than
     `params.wait_s` are reported as one onset.
+
+    `sample_rate`: a positive whole number of Hz (22050, or 22050.0 as librosa returns one); anything
+    else is a SampleRateError (a ShapeError and a ConfigError); the arguments given the other way
+    round are a ShapeError that says to swap them.
     """
     if isinstance(sample_rate, (np.ndarray, torch.Tensor)) and not isinstance(wav, (np.ndarray, torch.Tensor)):
         raise ShapeError(f"detect_onsets takes (wav, sample_rate), got the waveform second and {wav!r} first; swap them: detect_onsets(wav, sample_rate)")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real) or not (math.isfinite(sample_rate) and sample_rate > 0):
-        got = repr(sample_rate) if isinstance(sample_rate, numbers.Real) or sample_rate is None else type(sample_rate).__name__
-        raise ShapeError(f"detect_onsets: sample_rate must be a positive number of samples per second (e.g. 22050), got {got}")
+    sample_rate = checked_rate(sample_rate, "detect_onsets")  # the library's rule: a positive whole number of Hz
     y = as_numpy_wave(wav)
     hop = params.hop_length
     if y.size < params.n_fft:

@@ -3,11 +3,11 @@
 Definitions (T = true events (t_i, c_i); G = generated onsets (g_j, k_j) with their classified class)
 - Class-aware distance of a true event: d_i = min(max_offset_s, min over j with k_j = c_i of |t_i - g_j|),
   and d_i = max_offset_s when no generated onset has class c_i: a wrong-class onset does not count.
-  `desync_s` = mean of d_i over true events (0.0 when there are none). max_offset_s defaults to
+  `desync_s` = mean of d_i over true events (NaN when there are none). max_offset_s defaults to
   2.0 s, the largest offset Synchformer's offset classifier can report (the DeSync of MMAudio and
   SpecMaskFoley averages those predictions), so the metric lives on the same [0, 2] s scale and one
   missing event cannot dominate. `desync_miss_frac` = fraction of true events with d_i = max_offset_s
-  (no onset of their class within max_offset_s; 0.0 when there are no true events), reported so that
+  (no onset of their class within max_offset_s; NaN when there are no true events), reported so that
   a capped mean is never read without knowing how much of it was capped. `desync_hit_s` = mean of d_i
   over the true events that were not missed: the timing error where the right class was found at
   all (NaN when every event was missed). A missed event costs max_offset_s exactly, so
@@ -17,13 +17,24 @@ Definitions (T = true events (t_i, c_i); G = generated onsets (g_j, k_j) with th
   (inclusive, default 0.1 s), of maximum size. Class-agnostic uses all pairs; class-aware only pairs
   with k_j = c_i. On a line with one shared tolerance the greedy sweep over both sorted lists finds a
   maximum matching (each candidate set is an interval whose ends grow with t_i).
-- precision = matches / |G|, recall = matches / |T|, f1 = 2 matches / (|G| + |T|); each is 0.0 when
-  its denominator is 0 (the mir_eval convention). Suffix `_any` = class-agnostic, `_cls` = class-aware.
+- precision = matches / |G|, recall = matches / |T|, f1 = 2 matches / (|G| + |T|) (= 2 tp / (2 tp + fp + fn),
+  equal to 2 P R / (P + R) wherever that is defined). Suffix `_any` = class-agnostic, `_cls` = class-aware.
 - `class_accuracy` = class-aware matches / class-agnostic matches: the share of onset matches that
-  survive requiring the right class (a class-aware matching is also an agnostic one, so it is in [0, 1]);
-  NaN when nothing matched at all (undefined, not zero).
-- `pool_onset_metrics` sums the counts of many clips and recomputes every ratio from the sums (micro
-  average), so clips with more events weigh more and per-clip 0/0 cases disappear.
+  survive requiring the right class (a class-aware matching is also an agnostic one, so it is in [0, 1]).
+- Undefined is NaN, never 0.0, in every score: a ratio whose denominator is 0 has nothing to measure.
+  No generated onsets: precision NaN (recall and f1 are 0.0 when there were true events: all missed).
+  No true events: recall, desync_s and desync_miss_frac NaN (precision and f1 are 0.0 when something
+  was generated: all false alarms). Neither: f1 NaN too. Nothing matched: class_accuracy NaN; every
+  event missed: desync_hit_s NaN. This is scikit-learn's `zero_division=np.nan` (with its f1 =
+  2 tp / (2 tp + fp + fn), undefined only when all three are 0); mir_eval.onset.f_measure instead
+  returns 0.0 for all three when either list is empty. Tables print NaN as "n/a", JSON as null.
+- Averaging is per event (a micro average), never per clip: `pool_onset_metrics` sums the counts of
+  many clips (matches, onsets, true events, summed distances) and recomputes every ratio from the
+  sums, so a clip with more events weighs more, and a clip's undefined (NaN) score adds its counts
+  (zeros, where it had nothing) instead of a NaN or a 0.0 to the pooled value: precision over clips
+  is all matches / all generated onsets. A pooled score is NaN only when the whole set has nothing to
+  measure (no generated onset in any clip, for precision). The mean of the per-clip scores (a macro
+  average) is not computed anywhere.
 
 References: DeSync as in MMAudio (Cheng et al., CVPR 2025) and SpecMaskFoley (Table 1), computed there
 with Synchformer (Iashin et al., ICASSP 2024); onset P/R/F with a tolerance window as in mir_eval.onset
@@ -82,25 +93,24 @@ def _class_distance(event: Event, pred_onsets: Sequence[float], pred_classes: Se
 
 
 def _ratio(num: float, den: float) -> float:
-    return num / den if den > 0 else 0.0
+    """num / den; NaN when den is 0: nothing to measure is undefined, not a score of 0."""
+    return num / den if den > 0 else math.nan
 
 
 def _ratios(counts: Mapping[str, float]) -> dict[str, float]:
+    """Every score from the counts (one clip's, or the sums of many): the same rules either way."""
     n_true, n_pred = counts["n_true"], counts["n_pred"]
-    # no true events: nothing can be out of sync, and nothing can be missed
     out = {
-        "desync_s": counts["desync_sum_s"] / n_true if n_true > 0 else 0.0,
-        "desync_miss_frac": counts["n_desync_miss"] / n_true if n_true > 0 else 0.0,
+        "desync_s": _ratio(counts["desync_sum_s"], n_true),
+        "desync_miss_frac": _ratio(counts["n_desync_miss"], n_true),
+        "desync_hit_s": _ratio(counts["desync_hit_sum_s"], n_true - counts["n_desync_miss"]),
     }
-    hits = n_true - counts["n_desync_miss"]
-    out["desync_hit_s"] = counts["desync_hit_sum_s"] / hits if hits > 0 else math.nan
     for tag in ("any", "cls"):
         m = counts[f"matched_{tag}"]
         out[f"precision_{tag}"] = _ratio(m, n_pred)
         out[f"recall_{tag}"] = _ratio(m, n_true)
         out[f"f1_{tag}"] = _ratio(2 * m, n_pred + n_true)
-    any_ = counts["matched_any"]
-    out["class_accuracy"] = counts["matched_cls"] / any_ if any_ > 0 else math.nan
+    out["class_accuracy"] = _ratio(counts["matched_cls"], counts["matched_any"])
     return out
 
 
@@ -111,7 +121,8 @@ def onset_metrics(
     tolerance: float = TOLERANCE_S,
     max_offset_s: float = MAX_OFFSET_S,
 ) -> dict[str, float]:
-    """Scores of one clip (see the module docstring), plus the counts `pool_onset_metrics` sums."""
+    """Scores of one clip (see the module docstring; NaN where undefined: precision without generated
+    onsets, recall and desync without true events), plus the counts `pool_onset_metrics` sums."""
     if len(pred_onsets) != len(pred_classes):
         raise ShapeError(f"{len(pred_onsets)} generated onsets but {len(pred_classes)} classes; give one class per onset")
     if not (math.isfinite(tolerance) and tolerance >= 0 and math.isfinite(max_offset_s) and max_offset_s > 0):  # NaN compares False
@@ -147,7 +158,8 @@ def onset_metrics(
 
 
 def pool_onset_metrics(per_clip: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """Micro-average over clips: sum the counts of `onset_metrics` results, recompute the ratios."""
+    """Micro average over clips (per event, not per clip): sum the counts of `onset_metrics` results,
+    recompute the ratios from the sums (NaN only where the sums leave nothing to measure)."""
     for i, m in enumerate(per_clip):
         missing = [key for key in COUNT_KEYS if key not in m] if isinstance(m, Mapping) else list(COUNT_KEYS)
         if missing:

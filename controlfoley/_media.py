@@ -5,8 +5,9 @@ Features
   while the container is open become one-line `MediaError`s naming the file.
 - `atomic_output` / `open_output`: outputs go through `controlfoley._io.atomic_path`; OS and FFmpeg
   errors become `MediaError`s and the temporary file is removed.
-- `VIDEO_SUFFIXES` / `video_files(folder)`: the video files directly in a folder (what `generate` and
-  `evaluate` take a folder argument to mean).
+- `VIDEO_SUFFIXES`: the video files a folder argument of `evaluate` and `extract` stands for (besides
+  audio files); `GENERATE_SUFFIXES` / `video_files(folder)`: those and animated GIFs, the files directly
+  in a folder that `generate` takes.
 - `video_stream`, `check_complete`, `check_covered`: no video stream (an audio file's cover picture
   does not count: `moving_video`), undecodable codec, files cut short (an index that points past
   the end of the file, fewer frames than the header declares, or, where it declares no frame count,
@@ -30,17 +31,22 @@ import av
 from controlfoley._io import atomic_path, final_path, write_failure
 from controlfoley.errors import ConfigError, MediaError
 
-__all__ = ["PathLike", "VIDEO_SUFFIXES", "video_files", "open_input", "atomic_output", "open_output", "moving_video", "video_stream", "check_complete", "check_covered", "stated_duration", "check_fps", "rate_fraction"]
+__all__ = ["PathLike", "VIDEO_SUFFIXES", "GENERATE_SUFFIXES", "video_files", "open_input", "atomic_output", "open_output", "moving_video", "video_stream", "check_complete", "check_covered", "stated_duration", "check_fps", "rate_fraction"]
 
 PathLike = str | os.PathLike[str]
 
-# video containers FFmpeg reads that a folder argument picks up (compared in lower case)
+# video containers FFmpeg reads that a folder argument picks up (compared in lower case): files that
+# can hold a soundtrack, which `evaluate` scores and `extract` trains on
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mpg", ".mpeg"})
+# what a folder among `generate`'s inputs stands for: those and animated GIFs, pictures without a
+# soundtrack (foley for one is what generate makes; evaluate and extract would find no audio in it)
+GENERATE_SUFFIXES = VIDEO_SUFFIXES | {".gif"}
 
 
 def video_files(folder: Path) -> list[Path]:
-    """The video files directly in `folder` (not in subfolders; hidden files left out), sorted by name."""
-    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in VIDEO_SUFFIXES)
+    """The files directly in `folder` that `generate` takes (GENERATE_SUFFIXES; not in subfolders,
+    hidden files left out), sorted by name."""
+    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in GENERATE_SUFFIXES)
 
 
 def _reason(e: BaseException) -> str:

@@ -2,7 +2,8 @@
 
 Features
 - `write_video`: MP4 (libx264 if PyAV has it, else mpeg4; yuv420p; mono AAC audio), packets muxed
-  in time order, written atomically.
+  in time order, written atomically. The AAC track holds samples in [-1, 1]: a waveform past full
+  scale (peak > 1.01) is clipped with a warning, as `save_audio` does (also in `mux_audio`).
 - `mux_audio`: stream remux of the first video stream (packets copied, no re-encode), the new audio
   encoded as AAC, old audio and other streams dropped; the video is re-encoded only when the output
   container cannot hold its codec, or is an MP4 whose codec common players do not read from MP4
@@ -15,7 +16,6 @@ AAC encoder (1024-sample frames).
 """
 
 import logging
-import numbers
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -39,6 +39,7 @@ from controlfoley._media import (
     rate_fraction,
     video_stream,
 )
+from controlfoley.audio.io import _checked_rate, _warn_clipping
 from controlfoley.errors import ConfigError, ShapeError
 from controlfoley.typing import Float, Tensor
 
@@ -49,6 +50,7 @@ _MP4_PLAYABLE = frozenset({"h264", "hevc", "mpeg4", "av1", "vp9"})  # video code
 
 _AUDIO_CODEC: Final = "aac"  # Final: a Literal to type checkers, so PyAV's add_stream types the stream as audio
 _AAC_FRAME = 1024  # samples per AAC frame; FFmpeg's encoder takes exactly this many per frame
+_CLIP_FIX = "normalise it first (wav / wav.abs().max())"  # an AAC track past full scale: decoders clip it, so _encode_audio does
 
 
 @dataclass(frozen=True)
@@ -78,14 +80,14 @@ def _add_audio_stream(c: av.container.OutputContainer, sample_rate: int) -> av.a
 
 def _checked_audio(audio: object, sample_rate: object, caller: str) -> tuple[Tensor, int]:  # a validator: it takes anything
     """(audio as a tensor, sample rate as an int) for an AAC track, checked before any file is
-    opened: a float mono waveform [s] (a torch tensor, or a numpy array: converted), finite, at a
-    rate the AAC encoder takes."""
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0:
-        raise ConfigError(f"{caller}: sample_rate is in Hz, a positive int such as 22050; got {sample_rate!r}")
+    opened: a float mono waveform [s] (a torch tensor, or a numpy array: converted), at a rate
+    (a positive whole number, as `save_audio` takes it) the AAC encoder takes. NaN and infinite
+    samples are refused by `_encode_audio`."""
+    rate = _checked_rate(sample_rate, caller)
     rates = av.codec.Codec(_AUDIO_CODEC, "w").audio_rates  # None: the encoder does not say
-    if rates and int(sample_rate) not in rates:
+    if rates and rate not in rates:
         raise ConfigError(
-            f"{caller}: the AAC audio track takes the sample rates {', '.join(map(str, sorted(rates)))} Hz, got {int(sample_rate)}; "
+            f"{caller}: the AAC audio track takes the sample rates {', '.join(map(str, sorted(rates)))} Hz, got {rate}; "
             "resample the waveform to one of them (e.g. librosa.resample(wav, orig_sr=SR, target_sr=22050))"
         )
     if isinstance(audio, np.ndarray):
@@ -102,7 +104,7 @@ def _checked_audio(audio: object, sample_rate: object, caller: str) -> tuple[Ten
         raise ShapeError(f"{caller}: audio must be a non-empty mono waveform [samples], got shape {shape}; {fix}")
     if not audio.is_floating_point():
         raise ShapeError(f"{caller}: audio must be float samples in [-1, 1], got {audio.dtype}; for 16-bit PCM use wav / 32768")
-    return audio, int(sample_rate)
+    return audio, rate
 
 
 def _encode_audio(s: av.audio.stream.AudioStream, audio: Float[Tensor, "s"], sample_rate: int, start: int = 0) -> list[av.Packet]:
@@ -158,6 +160,7 @@ def write_video(
     """Write frames (and an optional mono audio track: float samples, a tensor or numpy array, at a
     sample rate the AAC encoder takes, as for `mux_audio`) as a video file, atomically.
 
+    Samples past full scale are clipped to [-1, 1], with a warning where the peak passes 1.01.
     The container follows the suffix (.mp4, .m4v, .mov or .mkv). yuv420p needs even sizes, so an odd height
     or width is padded by repeating the last row or column. `crf` is libx264's quality (lower is better).
     """
@@ -173,6 +176,8 @@ def write_video(
     images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     target = Path(path)
     check_video_output(target)
+    if audio is not None:
+        _warn_clipping(audio, "write_video", "the AAC track", target, _CLIP_FIX)
     with atomic_output(target) as tmp, open_output(tmp, target) as c:
         vs = _add_video_stream(c, rate_fraction(fps), images.shape[2], images.shape[1], crf)
         apkts = _encode_audio(_add_audio_stream(c, sample_rate), audio, sample_rate) if audio is not None and sample_rate else []
@@ -266,13 +271,15 @@ def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"] | np.ndarray, samp
     Other streams (old audio, subtitles, data) are dropped. `out_path` may equal `video_path`.
     The video keeps its timestamps, and the audio starts with its first frame (time 0 of
     `read_frames`, where the generated waveform starts), also when that is not at 0 s.
-    `audio`: float samples in [-1, 1], a torch tensor or a numpy array; `sample_rate` (Hz) one the
+    `audio`: float samples in [-1, 1] (clipped there, with a warning where the peak passes 1.01),
+    a torch tensor or a numpy array; `sample_rate` (Hz, a positive whole number) one the
     AAC encoder takes (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, ...): a ShapeError or
     ConfigError says which, before any file is opened.
     """
     audio, sample_rate = _checked_audio(audio, sample_rate, "mux_audio")
     src, target = Path(video_path), Path(out_path)
     check_video_output(target)
+    _warn_clipping(audio, "mux_audio", "the AAC track", target, _CLIP_FIX)
     first, rotation = _first_frame(src)
     start = round(first * sample_rate)
     with open_input(src) as inp:

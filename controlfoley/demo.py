@@ -122,10 +122,9 @@ def _check_index(index: int) -> None:
 
 def run_demo(out: Path, model: str | None = None, index: int = 7, seed: int = 0) -> dict[str, object]:
     """`model` None: the shipped specmaskfoley_synthetic weights (an untrained model if they are missing)."""
-    from controlfoley.audio.io import save_audio
     from controlfoley.data.synthetic import SyntheticWorld
     from controlfoley.evaluation import detect_onsets, evaluate_clip, world_classifier
-    from controlfoley.video import mux_audio, write_video
+    from controlfoley.video import write_video
 
     t0 = time.time()
     _check_index(index)  # the cheap checks first, before the model loads
@@ -138,8 +137,8 @@ def run_demo(out: Path, model: str | None = None, index: int = 7, seed: int = 0)
     video_in = write_video(out / "input_silent.mp4", clip.frames, clip.fps)
     print(f"rendered held-out clip {index} of the test split: {len(clip.events)} events ({clip.prompt}), {clip.duration_s:.2f} s")
     result = pipe(video_in, prompt=clip.prompt, seed=seed)
-    wav_path = save_audio(out / "foley.wav", result.wav, result.sample_rate)
-    mp4_path = mux_audio(video_in, result.wav, result.sample_rate, out / "foley.mp4").path
+    wav_path = result.save(out / "foley.wav")  # the pipeline reported any clipping once; these say nothing more
+    mp4_path = result.save_video(video_in, out / "foley.mp4")
     sr = result.sample_rate
     onsets = detect_onsets(result.wav, sr)
     scores = evaluate_clip(result.wav, clip, world_classifier(len(clip.class_names), sr))

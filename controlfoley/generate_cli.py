@@ -8,7 +8,7 @@
         [--cuda-graph] [--overwrite] [--skip-existing]
 
 Features
-- A folder among the inputs stands for the video files directly in it (.mp4 .mov .mkv .webm ...).
+- A folder among the inputs stands for the video files directly in it (.mp4 .mov .mkv .webm ... .gif).
 - Per video: DIR/<stem>.wav (or .flac) and DIR/<stem>.mp4, the original video stream copied packet
   by packet (re-encoded only where MP4 cannot hold its codec) beside the new AAC audio track. Both
   files are written to temporary names and renamed only when both are complete, so a failure leaves
@@ -244,7 +244,7 @@ def read_manifest_or_empty(folder: Path) -> dict[str, dict[str, Any]]:
 def _expand_folders(items: Sequence[str]) -> list[str]:
     """A folder among the inputs stands for the video files directly in it (sorted by name), less
     the ones its generate.json records as outputs of an earlier run into it."""
-    from controlfoley._media import VIDEO_SUFFIXES, video_files
+    from controlfoley._media import GENERATE_SUFFIXES, video_files
 
     out: list[str] = []
     for item in items:
@@ -258,7 +258,7 @@ def _expand_folders(items: Sequence[str]) -> list[str]:
             log.warning("%s: skipping %d video(s) its %s records as generated (%s); give them by name to use them as inputs", item, len(ours), MANIFEST, ", ".join(f.name for f in ours[:3]) + (" ..." if len(ours) > 3 else ""))
             found = [f for f in found if f.name not in made]
         if not found:
-            raise ValueError(f"{item} is a folder with no video files in it ({' '.join(sorted(VIDEO_SUFFIXES))}); give video files or a folder of them")
+            raise ValueError(f"{item} is a folder with no video files in it ({' '.join(sorted(GENERATE_SUFFIXES))}); give video files or a folder of them")
         out += [str(f) for f in found]
     return out
 
@@ -697,7 +697,24 @@ def _commit(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path,
                 + "; the outputs written so far are kept: run the same command again with --skip-existing to make the rest"
             ) from e
         _record(args, pipe, video, paths, result.duration_s)
+        _report_clipping(args, video, paths, result.wav)
         row["status"], row["output"] = "ok", f"{paths[0].name}, {paths[1].name}"
+
+
+def _report_clipping(args: argparse.Namespace, video: Path, paths: tuple[Path, Path], wav: Any) -> None:
+    """One warning for a file whose waveform peaks past full scale, naming it and its outputs (the
+    pipeline and the writers leave it to this: `_caller_reports_clipping`)."""
+    from controlfoley.audio.io import _clipping
+
+    clip = _clipping(wav)
+    if clip is not None:
+        peak, n, size = clip
+        fix = "Try a better-trained --model" + (", or leave --vocoder out (the model's own vocoder)" if args.vocoder else "")
+        log.warning(
+            "%s: the generated waveform peaks at %.3g, past full scale (1.0): %s and %s hold %d of its %d samples (%.0f%%) clipped "
+            "to [-1, 1], a distorted sound; an under-trained model or vocoder? %s",
+            video, peak, paths[0].name, paths[1].name, n, size, 100.0 * n / size, fix,
+        )  # fmt: skip
 
 
 def read_manifest(folder: Path, *, raw: bool = False) -> dict[str, Any]:
@@ -988,6 +1005,7 @@ def main(argv: Sequence[str]) -> int:
 def _main(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     from tqdm import tqdm
 
+    from controlfoley.audio.io import _caller_reports_clipping
     from controlfoley.errors import ControlFoleyError, RegistryError, one_line
 
     try:  # every check of the command line runs once, cheapest first, before any sampling
@@ -1045,7 +1063,8 @@ def _main(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         with tqdm(total=len(items), desc="generate", unit="file", disable=None) as bar:
             for c in range(0, len(items), batch):
                 start = len(rows)
-                _run_batch(pipe, args, items[c : c + batch], rows)
+                with _caller_reports_clipping():  # a clipped waveform: said once per file, by _commit, naming it
+                    _run_batch(pipe, args, items[c : c + batch], rows)
                 for row in rows[start:]:
                     if row["status"] != "ok":
                         tqdm.write(row["status"], file=sys.stderr)

@@ -641,12 +641,13 @@ class SpecMaskFoley(nn.Module):
                 hint = "this looks like [samples, channels] (soundfile's layout): pass wav.T for channels as the batch, or wav.mean(-1)[None] for mono"
             raise ShapeError(f"encode_audio takes float waveforms [batch, samples] at {self.sample_rate} Hz, got {got}; {hint}")
         if sample_rate is not None:
-            if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate < 1:
-                raise ConfigError(f"sample_rate must be a positive int (Hz), got {sample_rate!r}")
-            if int(sample_rate) != self.sample_rate:
+            from controlfoley.audio.io import _checked_rate
+
+            sample_rate = _checked_rate(sample_rate, "encode_audio")  # the library's one rule: a positive whole number of Hz
+            if sample_rate != self.sample_rate:
                 import librosa
 
-                y = librosa.resample(wav.detach().cpu().float().numpy(), orig_sr=int(sample_rate), target_sr=self.sample_rate, res_type="soxr_hq", axis=-1)
+                y = librosa.resample(wav.detach().cpu().float().numpy(), orig_sr=sample_rate, target_sr=self.sample_rate, res_type="soxr_hq", axis=-1)
                 wav = torch.from_numpy(y).to(wav.device, wav.dtype)
         peak = float(wav.abs().max()) if wav.numel() else 0.0
         if peak > 2.0:  # a little over 1 is real audio (inter-sample peaks); 32767 is int16 scale

@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from controlfoley._static import ModelModule
+from controlfoley.audio.io import _unreported_clipping
 from controlfoley.config import ConfigError
 from controlfoley.control.encoders import control_encoder_of
 from controlfoley.data.extractors import ExtractorSpec, build_extractor
@@ -127,10 +128,13 @@ class FoleyResult:
     seed: int | None = None  # the seed that drew it (pass it back for the same result)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the waveform to a .wav or .flac file, atomically (16-bit PCM); returns the path."""
-        from controlfoley.audio.io import save_audio
+        """Write the waveform to a .wav or .flac file, atomically (16-bit PCM); returns the path.
+        Samples past full scale are clipped to [-1, 1] without a second word: the pipeline that
+        made the result said so."""
+        from controlfoley.audio.io import _caller_reports_clipping, save_audio
 
-        return save_audio(path, self.wav, self.sample_rate)
+        with _caller_reports_clipping():
+            return save_audio(path, self.wav, self.sample_rate)
 
     def save_video(self, video_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, replace_input: bool = False) -> Path:
         """Write `video_path`'s video with this waveform as its only audio track to `out_path`
@@ -139,6 +143,7 @@ class FoleyResult:
         Writing over `video_path` itself (its own audio lost) needs `replace_input=True`. A video
         whose duration differs from this result's by more than 0.5 s (another video than the one
         it was made from?) is logged as a warning. Returns `out_path`."""
+        from controlfoley.audio.io import _caller_reports_clipping
         from controlfoley.errors import MediaError
         from controlfoley.video import mux_audio, probe
 
@@ -154,7 +159,8 @@ class FoleyResult:
                 "%s is %.2f s long but this result is %.2f s: its audio track will %s (was the result made from another video?)",
                 src, info.duration_s, self.duration_s, "end early" if info.duration_s > self.duration_s else "run past the picture",
             )  # fmt: skip
-        mux_audio(src, self.wav, self.sample_rate, out)
+        with _caller_reports_clipping():  # a waveform past full scale: the pipeline that made it said so
+            mux_audio(src, self.wav, self.sample_rate, out)
         return out
 
 
@@ -738,13 +744,16 @@ class FoleyPipeline:
         mel = self.decode(codes, plan)
         with torch.no_grad():  # a vocoder override is called directly: no autograd graph through it (not inference_mode: users get a plain tensor)
             wav = run_vocoder(self.vocoder, mel[None])[0, : plan.n_samples].cpu()
-        peak = float(wav.abs().max()) if wav.numel() else 0.0
-        if peak > 1.0:  # 16-bit files clip it: say so rather than write a square wave silently
+        clip = _unreported_clipping(wav)
+        if clip is not None:  # said here, once per clip: FoleyResult.save / save_video do not say it again
+            peak, n, size = clip
             log.warning(
-                "the waveform peaks at %.3g, beyond full scale: 16-bit outputs clip it (%.0f%% of samples); an under-trained "
-                "decoder or vocoder? (FoleyResult.wav keeps the values; save to float WAV with controlfoley.audio.io.save_audio(..., subtype='FLOAT'))",
-                peak, 100.0 * float((wav.abs() > 1.0).float().mean()),
-            )
+                "the waveform peaks at %.3g, past full scale (1.0): saved as 16-bit audio (FoleyResult.save) or in a video "
+                "(save_video), %d of its %d samples (%.0f%%) are clipped to [-1, 1], a distorted sound; an under-trained decoder "
+                "or vocoder? FoleyResult.wav keeps the values: normalise them (wav / wav.abs().max()) or write float samples "
+                "(controlfoley.audio.io.save_audio(path, result.wav, result.sample_rate, subtype='FLOAT'))",
+                peak, n, size, 100.0 * n / size,
+            )  # fmt: skip
         n_mel = math.ceil(plan.n_samples / self.model.mel.hop_length)
         return FoleyResult(wav, plan.sample_rate, mel[:, :n_mel].cpu(), codes.cpu(), job.duration_s, plan.windows, job.seed)
 

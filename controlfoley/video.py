@@ -49,6 +49,7 @@ from jaxtyping import UInt8
 
 from controlfoley._media import PathLike, check_complete, check_covered, check_fps, moving_video, open_input, rate_fraction, stated_duration, video_stream
 from controlfoley._video_write import MuxResult, mux_audio, write_video
+from controlfoley.audio.io import _checked_rate
 from controlfoley.errors import ConfigError, MediaError, ShapeError
 from controlfoley.typing import Float, Tensor
 
@@ -307,10 +308,7 @@ def read_audio_track(path: PathLike, sample_rate: int, *, max_seconds: float | N
     one, so without the margin the window's last samples would differ from those of a whole read.
     With it they are the same samples.
     """
-    whole = isinstance(sample_rate, numbers.Real) and not isinstance(sample_rate, bool) and float(sample_rate).is_integer()
-    if not whole or sample_rate <= 0:  # a str or 22050.5 failed deep inside the resampler
-        raise ConfigError(f"read_audio_track: sample_rate must be a positive whole number (Hz), got {sample_rate!r}")
-    sample_rate = int(sample_rate)
+    sample_rate = _checked_rate(sample_rate, "read_audio_track")  # a str or 22050.5 failed deep inside the resampler
     _check_max_seconds(max_seconds)
     limit = None if max_seconds is None else round(max_seconds * sample_rate)
     p = Path(path)

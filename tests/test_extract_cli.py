@@ -225,6 +225,29 @@ def test_recorded_extractor_paths_are_absolute(tmp_path: Path, monkeypatch: pyte
     assert args == {"root": str(tmp_path / "feats"), "dim": 12, "ids_tsv": os.path.expanduser("~/ids.tsv")}
 
 
+def test_extraction_expands_a_tilde_in_its_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Extraction(tokenizer="~/tok.safetensors") was "no model checkpoint at ~/tok.safetensors", and
+    an extractor's root=~/feats "feature folder ~/feats does not exist" (the dataset's record had it
+    expanded): a shell does not expand `~` in `--tokenizer=~/...` or `--extractor clip=NAME,root=~/...`,
+    nor Python in a string. Both are expanded now, and recorded expanded."""
+    import shutil
+
+    from controlfoley.data.extract import Extraction
+    from controlfoley.presets import pretrained_path
+
+    home = tmp_path / "home"
+    (home / "feats").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    shipped = pretrained_path("specmaskfoley_synthetic")
+    assert shipped is not None
+    shutil.copy(shipped, home / "tok.safetensors")
+    clip = ("clip_precomputed", {"root": "~/feats", "dim": 64})
+    ex = Extraction("specmaskfoley_synthetic", tokenizer="~/tok.safetensors", extractors=["synthetic_sync", clip], mel=True)
+    assert ex.tokenizer_source == str((home / "tok.safetensors").resolve()) and ex.info("x")["tokenizer"] == ex.tokenizer_source
+    assert ex.video[1].root == home / "feats" and ex.info("x")["features"]["clip"]["args"]["root"] == str(home / "feats")
+
+
 def test_whitespace_tags_are_no_prompt(tmp_path: Path) -> None:
     """Tags of only spaces (the Python API takes them as given) are an untagged line: a warning and
     the all-zero clap vector, not a lookup of '' in the vocabulary."""

@@ -880,7 +880,7 @@ def test_encode_audio_resamples_a_waveform_at_another_rate(micro_model) -> None:
     same = (resampled == native).float().mean().item()
     assert same > 0.8, same
     assert (wrong == native).float().mean().item() < same
-    with pytest.raises(ConfigError, match="sample_rate must be a positive int"):
+    with pytest.raises(ConfigError, match="encode_audio: sample_rate is in Hz, a positive whole number"):
         m.encode_audio(tone[None], sample_rate=0)
 
 

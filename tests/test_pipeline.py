@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -562,6 +563,41 @@ def test_cli_takes_a_folder_of_videos(model_file: Path, media: dict[str, Path], 
     assert f"{empty} is a folder with no video files in it" in capsys.readouterr().err  # not the model's error: checked first
 
 
+def _gif(path: Path, n: int = 20, fps: int = 10) -> Path:
+    """An animated GIF (PyAV's gif encoder): a bright bar sweeping over a dark picture."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("gif", rate=fps)
+        s.width, s.height, s.pix_fmt = 64, 48, "rgb8"
+        for i in range(n):
+            img = np.zeros((48, 64, 3), np.uint8)
+            img[:, (3 * i) % 64 :] = 200
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            for pkt in s.encode(frame):
+                c.mux(pkt)
+        for pkt in s.encode(None):
+            c.mux(pkt)
+    return path
+
+
+def test_cli_takes_the_gifs_of_a_folder(model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A .gif given by name was taken, but a folder's GIFs were left out (the folder counted as one
+    without videos). A folder now stands for its GIFs too; the foley MP4 holds the GIF re-encoded as
+    H.264 with the new audio. evaluate and extract, which read a file's soundtrack, still pass GIFs by."""
+    from controlfoley._media import VIDEO_SUFFIXES, video_files
+    from controlfoley.video import probe
+
+    folder = tmp_path / "gifs"
+    folder.mkdir()
+    _gif(folder / "Sweep.GIF")
+    assert [f.name for f in video_files(folder)] == ["Sweep.GIF"] and ".gif" not in VIDEO_SUFFIXES
+    out = tmp_path / "out"
+    assert cli.main(["generate", str(folder), "--model", str(model_file), "--out", str(out), "--steps", "2"]) == 0
+    assert _outputs(out) == ["Sweep.mp4", "Sweep.wav", "generate.json"] and "1 of 1 files ok" in capsys.readouterr().out
+    info = probe(out / "Sweep.mp4")
+    assert info.codec == "h264" and info.has_audio and info.n_frames == 20
+
+
 @cuda
 @pytest.mark.parametrize("precision", ["auto", "bf16-weights"])
 def test_cuda_cli_generate_with_cuda_graph(model_file: Path, media: dict[str, Path], tmp_path: Path, precision: str) -> None:
@@ -1005,7 +1041,59 @@ def test_a_waveform_beyond_full_scale_is_reported(media: dict[str, Path], caplog
     with caplog.at_level(logging.WARNING, logger="controlfoley.pipeline"):
         out = p(media["tiny"], steps=2)
     assert float(out.wav.abs().max()) > 1.0
-    assert re.search(r"peaks at [\d.]+, beyond full scale: 16-bit outputs clip it \(\d+% of samples\)", caplog.text)
+    assert re.search(r"peaks at [\d.]+, past full scale \(1.0\): saved as 16-bit audio .* \d+ of its \d+ samples \(\d+%\) are clipped", caplog.text)
+
+
+def _clipping_reports(caught: list[warnings.WarningMessage], caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Every report of a waveform past full scale: warnings and log records."""
+    said = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
+    return [m for m in said if "past full scale" in m or "beyond full scale" in m]
+
+
+def test_a_clipped_clip_is_reported_once_through_generation_and_saving(
+    media: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waveform past full scale was reported twice: by the pipeline (a log line) and again by
+    save_audio (a warning) when the result was saved. It is said once per clip, by the pipeline,
+    with what happened and the fix; saving the result as audio and as video adds nothing. save_audio
+    called directly on the same waveform still warns."""
+    from controlfoley.audio.io import save_audio
+
+    p = _pipeline(micro_model())
+    real = p.vocoder.forward
+    monkeypatch.setattr(p.vocoder, "forward", lambda mel: 3.0 * real(mel) + 2.0)  # an over-loud vocoder
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        result = p(media["tiny"], steps=2)
+        result.save(tmp_path / "out.wav")
+        result.save_video(media["tiny"], tmp_path / "out.mp4")
+    (report,) = _clipping_reports(caught, caplog)
+    assert report.startswith("the waveform peaks at ") and "are clipped to [-1, 1], a distorted sound" in report
+    assert "subtype='FLOAT'" in report and "wav / wav.abs().max()" in report  # the fix
+    with pytest.warns(UserWarning, match=r"save_audio: the waveform peaks at .* past full scale"):
+        save_audio(tmp_path / "direct.wav", result.wav, result.sample_rate)  # not through the pipeline: warned
+
+
+def test_cli_reports_a_clipped_file_once_naming_it(
+    model_file: Path, media: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`generate` said it twice per file (the pipeline's line, without the file's name, and
+    save_audio's warning, with the user's advice to pass subtype='FLOAT'); now once per file, naming
+    the video and its two outputs."""
+    import controlfoley.pipeline as pipeline_module
+
+    real = pipeline_module.run_vocoder
+    monkeypatch.setattr(pipeline_module, "run_vocoder", lambda vocoder, mel: 3.0 * real(vocoder, mel) + 2.0)
+    (tmp_path / "a.mp4").write_bytes(media["tiny"].read_bytes())
+    (tmp_path / "b.mp4").write_bytes(media["tiny"].read_bytes())
+    out = tmp_path / "out"
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        assert cli.main(["generate", str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"), "--model", str(model_file), "--out", str(out), "--steps", "2"]) == 0
+    reports = _clipping_reports(caught, caplog)
+    assert len(reports) == 2, reports
+    for name, report in zip("ab", sorted(reports), strict=True):
+        assert report.startswith(f"{tmp_path / name}.mp4: the generated waveform peaks at ") and f"{name}.wav and {name}.mp4 hold" in report
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -2,6 +2,7 @@
 
 import logging
 import math
+import re
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -569,6 +570,52 @@ def test_argument_errors() -> None:
         video.write_video("x.mp4", frames, 24.0, audio=torch.zeros(10))
 
 
+def test_every_sample_rate_takes_one_rule_and_says_it_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """save_audio, load_audio, read_audio_track, write_video and mux_audio take the same sample
+    rates (a positive whole number: an int, a numpy integer, a whole float such as 22050.0) and
+    refuse the same ones in the same words. write_video and mux_audio refused 22050.0, which
+    read_audio_track and save_audio took, and each said it its own way."""
+    from jaxtyping import config
+
+    from controlfoley.audio.io import load_audio, save_audio
+    from controlfoley.errors import ConfigError
+
+    monkeypatch.setattr(config, "jaxtyping_disable", True)  # the library's own checks, as users meet them
+    src = video.write_video(tmp_path / "src.mp4", _blocky_frames(4), 24.0, audio=torch.zeros(4410), sample_rate=22050)
+    wav = save_audio(tmp_path / "a.wav", torch.zeros(100), 22050)
+    calls = {
+        "save_audio": lambda r: save_audio(tmp_path / "b.wav", torch.zeros(100), r),
+        "load_audio": lambda r: load_audio(wav, r),
+        "read_audio_track": lambda r: video.read_audio_track(src, r),
+        "write_video": lambda r: video.write_video(tmp_path / "w.mp4", _blocky_frames(2), 24.0, audio=torch.zeros(100), sample_rate=r),
+        "mux_audio": lambda r: video.mux_audio(src, torch.zeros(100), r, tmp_path / "m.mp4"),
+    }
+    for name, call in calls.items():
+        for rate in (22050, 22050.0, np.int64(22050), np.float32(22050.0)):
+            call(rate)  # taken
+        for rate in ("22050", 22050.5, 0, -22050, True, float("inf"), *([None] if name != "write_video" else [])):  # write_video: None is no audio
+            with pytest.raises(ConfigError, match=rf"^{name}: sample_rate is in Hz, a positive whole number such as 22050; got {re.escape(repr(rate))}$"):
+                call(rate)
+
+
+def test_an_aac_track_past_full_scale_is_warned_about_as_save_audio_does(tmp_path: Path) -> None:
+    """write_video and mux_audio clip the AAC track's samples to [-1, 1]: a peak past 1.01 (a
+    square wave, not a rounding's overshoot) was clipped without a word; it is now warned about at
+    the user's line, naming the file and the fix, as save_audio does for 16-bit PCM."""
+    import warnings
+
+    loud = torch.sin(torch.arange(4410) / 10.0) * 3.0
+    with pytest.warns(UserWarning, match=r"^write_video: the waveform peaks at 3, past full scale \(1.0\): the AAC track clips \d+ of its 4410 samples to \[-1, 1\] in .*w.mp4; normalise it first") as caught:
+        src = video.write_video(tmp_path / "w.mp4", _blocky_frames(4), 24.0, audio=loud, sample_rate=22050)
+    assert len(caught) == 1 and caught[0].filename == __file__
+    with pytest.warns(UserWarning, match=r"^mux_audio: the waveform peaks at 3, .* in .*m.mp4; normalise it first \(wav / wav.abs\(\).max\(\)\)") as caught:
+        video.mux_audio(src, loud.numpy(), 22050, tmp_path / "m.mp4")
+    assert len(caught) == 1 and caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        video.mux_audio(src, torch.tensor([1.005, -0.5] * 50), 22050, tmp_path / "edge.mp4")  # a rounding's overshoot: nothing said
+
+
 def test_argument_errors_are_the_librarys_and_name_the_fix(tmp_path: Path) -> None:
     """read_frames(fps=0) and mux_audio(wav [1, s]) raised bare ValueErrors, a numpy waveform an
     AttributeError, and sample_rate=7 "FFmpeg failed while muxing; try an .mp4 output" for an .mp4."""
@@ -593,7 +640,7 @@ def test_argument_errors_are_the_librarys_and_name_the_fix(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="write_video: the AAC audio track takes the sample rates"):
         video.write_video(tmp_path / "w.mp4", _blocky_frames(4), 24.0, audio=torch.zeros(100), sample_rate=7)
     for rate in ("22050", 0, True):
-        with pytest.raises(ConfigError, match="mux_audio: sample_rate is in Hz, a positive int"):
+        with pytest.raises(ConfigError, match="mux_audio: sample_rate is in Hz, a positive whole number such as 22050"):
             mux(src, torch.zeros(100), rate, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.mp4"]  # refused before any file was opened
     result = mux(src, np.zeros(22050, np.float64), 22050, out)  # a numpy waveform is taken
@@ -742,6 +789,6 @@ def test_read_frames_and_read_audio_track_name_arguments_of_the_wrong_type(tmp_p
             video.read_frames(path, 24.0, size=size)
     assert video.read_frames(path, 24.0, size=[16, 24]).frames.shape[1:3] == (16, 24)
     for rate in ("22050", 22050.5, 0, True):
-        with pytest.raises(ConfigError, match="read_audio_track: sample_rate must be a positive whole number"):
+        with pytest.raises(ConfigError, match="read_audio_track: sample_rate is in Hz, a positive whole number such as 22050"):
             video.read_audio_track(path, rate)
     assert video.read_audio_track(path, 22050.0).shape == video.read_audio_track(path, 22050).shape

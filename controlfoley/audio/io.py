@@ -8,14 +8,19 @@ Features
   file + rename, `controlfoley._io.atomic_path`), 16-bit PCM by default; a torch tensor or a numpy array,
   [s] or [channels, s] (soundfile's [s, channels] layout is refused with the fix, wav.T). Integer PCM cannot
   hold values past full scale, so samples are clipped to [-1, 1] for PCM subtypes (float WAV keeps them),
-  with a warning where the peak is clearly past full scale (> 1.01: not a rounding's overshoot).
+  with a warning where the peak is clearly past full scale (> 1.01: not a rounding's overshoot), as
+  `write_video` / `mux_audio` warn for their AAC track; within `_caller_reports_clipping()` the caller
+  says it instead (the pipeline, once per clip; `controlfoley generate`, once per file).
 
 References: soundfile (libsndfile bindings); librosa.resample with python-soxr.
 """
 
+import contextlib
 import numbers
 import os
 import warnings
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 import librosa
@@ -34,14 +39,61 @@ WRITE_FORMATS: dict[str, tuple[str, str]] = {".wav": ("WAV", "PCM_16"), ".flac":
 _SAMPLE_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
 _MAX_CHANNELS = 8  # more "channels" than this, fewer than samples: a [samples, channels] array
 _CLIP_WARN_PEAK = 1.01  # a peak past this is clipped audibly, not a resampler's or a sum's rounding past 1.0
+# True within _caller_reports_clipping(): the writers leave the clipping warning to their caller
+_CALLER_REPORTS: ContextVar[bool] = ContextVar("controlfoley_caller_reports_clipping", default=False)
 
 
 def _checked_rate(sample_rate: object, caller: str) -> int:  # a validator: it takes anything
-    """A sample rate in Hz: a positive whole number (22050, or 22050.0 as librosa returns one)."""
+    """A sample rate in Hz: a positive whole number (22050, a numpy integer, or a whole float such as
+    22050.0), returned as an int; anything else (a bool, a str, 22050.5, 0, a negative) is a
+    ConfigError naming `caller`. The one rule of save_audio, load_audio, read_audio_track,
+    write_video and mux_audio."""
     whole = isinstance(sample_rate, numbers.Integral) or (isinstance(sample_rate, numbers.Real) and float(sample_rate).is_integer())
     if isinstance(sample_rate, bool) or not whole or float(sample_rate) <= 0:  # type: ignore[arg-type]
         raise ConfigError(f"{caller}: sample_rate is in Hz, a positive whole number such as 22050; got {sample_rate!r}")
     return int(sample_rate)  # type: ignore[call-overload]
+
+
+def _clipping(samples: Tensor | np.ndarray) -> tuple[float, int, int] | None:
+    """(peak, samples past full scale, samples) of a waveform whose clipping to [-1, 1] is audible
+    (peak > 1.01, not a rounding's overshoot); None for one within full scale (or holding NaN)."""
+    y = torch.as_tensor(samples).detach()
+    peak = float(y.abs().max()) if y.numel() else 0.0
+    if not peak > _CLIP_WARN_PEAK:  # NaN too: refused by the writers, not warned about
+        return None
+    return peak, int((y.abs() > 1.0).sum()), y.numel()
+
+
+def _unreported_clipping(samples: Tensor | np.ndarray) -> tuple[float, int, int] | None:
+    """`_clipping`, but None within `_caller_reports_clipping()`: what a writer (or the pipeline) is to say."""
+    return None if _CALLER_REPORTS.get() else _clipping(samples)
+
+
+@contextlib.contextmanager
+def _caller_reports_clipping() -> Iterator[None]:
+    """Within it, a waveform past full scale is not warned about by `save_audio`, `write_video`,
+    `mux_audio` nor the pipeline's `_finish`: the caller says it once, its own way
+    (`FoleyResult.save` / `save_video`: the pipeline that made the result said it;
+    `controlfoley generate`: once per file, naming it). Per thread and task (a ContextVar)."""
+    token = _CALLER_REPORTS.set(True)
+    try:
+        yield
+    finally:
+        _CALLER_REPORTS.reset(token)
+
+
+def _warn_clipping(samples: Tensor | np.ndarray, caller: str, what: str, path: Path, fix: str) -> None:
+    """The writers' warning that `what` (a PCM subtype, "the AAC track") clips `samples` to
+    [-1, 1] in `path` (named as it will be, not as a temporary file), with `fix`; none where the
+    clipping is inaudible or the caller reports it (`_caller_reports_clipping`)."""
+    clip = _unreported_clipping(samples)
+    if clip is not None:  # hard clipping distorts: say so rather than write a square wave silently
+        peak, n, size = clip
+        warnings.warn(
+            f"{caller}: the waveform peaks at {peak:.3g}, past full scale (1.0): {what} clips {n} of its {size} samples "
+            f"to [-1, 1] in {final_path(path)}; {fix}",
+            stacklevel=user_stacklevel(),
+        )
 
 
 def load_audio(path: str | os.PathLike[str], sample_rate: int, mono: bool = True) -> Float[Tensor, "*ch s"]:
@@ -102,14 +154,8 @@ def save_audio(
         raise MediaError(f"{container} cannot hold subtype {subtype!r}; try one of {sorted(sf.available_subtypes(container))}")
     y = wav.detach().to("cpu", torch.float32).reshape(-1, wav.shape[-1]).numpy().T  # [s, channels]
     if subtype.startswith("PCM"):
-        peak = float(np.abs(y).max())
-        if peak > _CLIP_WARN_PEAK:  # hard clipping distorts: say so rather than write a square wave silently
-            warnings.warn(
-                f"save_audio: the waveform peaks at {peak:.3g}, past full scale (1.0): {subtype} clips "
-                f"{int((np.abs(y) > 1.0).sum())} of its {y.size} samples to [-1, 1] in {final_path(path)}; "
-                "normalise it first (wav / wav.abs().max()) or write float samples (subtype='FLOAT', .wav)",
-                stacklevel=user_stacklevel(),
-            )
+        fix = "normalise it first (wav / wav.abs().max()) or write float samples (subtype='FLOAT', .wav)"
+        _warn_clipping(y, "save_audio", subtype, path, fix)
         y = np.clip(y, -1.0, 1.0)  # libsndfile would wrap out-of-range values around for integer PCM
     try:
         with atomic_path(path) as tmp:

@@ -22,10 +22,11 @@ Features
   file and line). Extractors that give only some of the preset's control features are warned about
   up front, and `extract_main` ends by saying which recipes the dataset serves for the preset.
 - The tokenizer's weights come from a checkpoint (`tokenizer=`: a file, checkpoint folder or run
-  folder of the `tokenizer` recipe, or the name of a preset that ships weights, e.g.
-  `specmaskfoley_synthetic`); without one the codes of an untrained tokenizer are stored
-  and a warning says so, except with `mel=True` (mels for the tokenizer recipe, where that is
-  expected; the tokens' provenance still records it, and training a backbone on them warns).
+  folder of the `tokenizer` recipe, a leading `~` expanded as in the extractors' file arguments, or
+  the name of a preset that ships weights, e.g. `specmaskfoley_synthetic`); without one the codes
+  of an untrained tokenizer are stored and a warning says so, except with `mel=True` (mels for the
+  tokenizer recipe, where that is expected; the tokens' provenance still records it, and training a
+  backbone on them warns).
   The info's `tokenizer` records the resolved path given (for a preset name: its shipped weights
   file, with the name in `tokenizer_preset`), else null (see `controlfoley.train.provenance`).
 - `extract_main(argv)`: the `controlfoley extract` command (see `build_parser`).
@@ -119,6 +120,7 @@ class Extraction:
             torch.manual_seed(0)
             self.model = build_model(model_config(preset, **(model_overrides or {}))).eval().to(device)  # untrained on purpose
         built_from = weight_file(self.model.config, "tokenizer")  # e.g. an official SpecVQGAN codebook
+        tokenizer = None if tokenizer is None else os.path.expanduser(os.fspath(tokenizer))  # ~/runs/tok, as a shell expands it
         # a preset name that ships weights (where no file or folder has that name) stands for them
         self.tokenizer_preset = shipped_preset(tokenizer)
         model_file = None if tokenizer is None else resolve_model_file(tokenizer)

@@ -30,7 +30,9 @@ References: Synchformer (Iashin et al., 2024), CLIP (Radford et al., 2021), CLAP
 """
 
 import math
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -82,16 +84,24 @@ def extractors_writing(key: str) -> list[str]:
     return names
 
 
+def _expanded(path: Any) -> Any:
+    """A path argument with a leading `~` (or `~user`) expanded; anything else as it is."""
+    if isinstance(path, str):
+        return os.path.expanduser(path)
+    return path.expanduser() if isinstance(path, Path) else path
+
+
 def build_extractor(spec: ExtractorSpec) -> Any:
     """An extractor from an EXTRACTORS name, a (name, builder kwargs) pair, or a built object (as is).
     An `output_key` among the kwargs (the feature the extractor is to write: `--extractor KEY=NAME`)
     goes to a builder that takes it; for one that does not, it is set on the built extractor, as
     `generate` files any extractor under the key it is given. An extractor whose `output_key`
-    cannot be set is a ConfigError."""
+    cannot be set is a ConfigError. The file arguments (PATH_ARGS: root=~/feats) get `~` expanded,
+    as a shell would (it does not inside `--extractor sync=NAME,root=~/feats`)."""
     if isinstance(spec, str):
         return EXTRACTORS.build(spec)
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
-        name, kwargs = spec[0], dict(spec[1])
+        name, kwargs = spec[0], {k: _expanded(v) if k in PATH_ARGS else v for k, v in dict(spec[1]).items()}
         key = kwargs.get("output_key")
         if key is None or EXTRACTORS.takes(name, "output_key"):
             ext = EXTRACTORS.build(name, **kwargs)

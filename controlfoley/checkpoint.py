@@ -4,6 +4,11 @@
 - `load_parts`: load only some parts (tokenizer, backbone, ...) from a file, e.g. a pretrained
   backbone into a fresh SpecMaskFoley; the ControlNet copy is re-synchronised from the new backbone.
 - Every mismatch (missing or unexpected keys, shapes) is a CheckpointError that names the keys.
+- A part loaded into a model that builds it otherwise than its weights were trained (another builder,
+  other settings: `_trained_otherwise`) warns, and the model remembers what the part was trained as
+  (`model.trained_as`); a save writes that record (TRAINED_AS_KEY), so loading the saved file warns
+  again, until the part is trained as it is built (a training run's checkpoint drops it) or loaded
+  into a model built as it was trained.
 Writes are atomic (temporary file + rename).
 """
 
@@ -11,8 +16,9 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -28,8 +34,8 @@ from controlfoley.errors import CheckpointError, user_stacklevel
 
 __all__ = [
     "save_model", "load_model", "load_parts", "save_state_dict", "read_state_dict", "check_state_dict", "trained_parts", "read_metadata",
-    "feature_record",
-    "CONFIG_KEY", "TRAINED_KEY",
+    "feature_record", "trained_as", "trained_as_lines",
+    "CONFIG_KEY", "TRAINED_KEY", "TRAINED_AS_KEY",
 ]  # fmt: skip
 
 CONFIG_KEY = "controlfoley_config"
@@ -38,6 +44,10 @@ PARTS_KEY = "controlfoley_user_parts"  # JSON {config field: "module (file)"} of
 FORMAT_KEY = "controlfoley_format"
 DEFAULTS_KEY = "controlfoley_builder_defaults"  # JSON {field: {arg: value}}: builder defaults the config relied on
 FEATURES_KEY = "controlfoley_features"  # JSON {feature key: {"extractor", "args", "dim"}}: what the training data's features came from
+# JSON {part: {"name", "given", "settings", "blocks" (the ControlNet's), "source", "changed"}}: the trained parts whose
+# weights were trained with another builder or other settings than this file's config builds them with (`trained_as`);
+# absent: every trained part was trained as the config builds it (as in files from before the record)
+TRAINED_AS_KEY = "controlfoley_trained_as"
 FORMAT_VERSION = "1"
 
 
@@ -134,7 +144,7 @@ _OTHER_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".npz", ".h5")
 
 
 # the metadata keys save_model writes itself: `extra_metadata` may not replace them (the file would not load)
-RESERVED_KEYS = (FORMAT_KEY, CONFIG_KEY, TRAINED_KEY, PARTS_KEY, DEFAULTS_KEY, FEATURES_KEY)
+RESERVED_KEYS = (FORMAT_KEY, CONFIG_KEY, TRAINED_KEY, PARTS_KEY, DEFAULTS_KEY, FEATURES_KEY, TRAINED_AS_KEY)
 
 
 def _check_metadata(metadata: Any, arg: str) -> None:
@@ -190,6 +200,11 @@ def save_model(model: ModelModule, path: str | os.PathLike[str], *, extra_metada
     trained = getattr(model, "trained_parts", None)
     if trained is not None:
         meta[TRAINED_KEY] = json.dumps(sorted(trained))
+        # what parts loaded with other settings were trained as (`trained_as`): only trained parts (another's weights are
+        # built ones), and only with a record of what was trained (None: weights from elsewhere, load_state_dict)
+        otherwise = {k: v for k, v in (getattr(model, "trained_as", None) or {}).items() if k in trained}
+        if otherwise:
+            meta[TRAINED_AS_KEY] = json.dumps(otherwise, sort_keys=True)
     features = getattr(model, "feature_record", None)
     if features:
         meta[FEATURES_KEY] = json.dumps(features, sort_keys=True)
@@ -238,6 +253,48 @@ def feature_record(meta: Mapping[str, str] | Mapping[str, Any]) -> dict[str, dic
 def trained_parts(meta: Mapping[str, str]) -> set[str] | None:
     """The parts a checkpoint records as trained; None for a checkpoint that records nothing."""
     return set(json.loads(meta[TRAINED_KEY])) if TRAINED_KEY in meta else None
+
+
+def trained_as(meta: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """{part: record} of the trained parts whose weights were trained with another builder or other
+    settings than the checkpoint's config builds them with (TRAINED_AS_KEY; `model.trained_as` holds
+    the same for a loaded model): "name", "given" and "settings" (its builder, the settings it was
+    given, the same with the builder's defaults), for the ControlNet "blocks" (the backbone that built
+    its copied blocks, alike), "source" (the file the weights came from) and "changed" ("arg: trained
+    -> built" lines). {} for a file without the record (older files, and any whose parts are trained
+    as built); an entry that does not read is left out, as if trained as built."""
+    return {key: entry for key, (_, entry) in _read_trained_as(meta).items()}
+
+
+def trained_as_lines(record: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per part of a `trained_as` record, for `controlfoley info`: what changed since its
+    weights were trained, and what they were trained as."""
+    lines = []
+    for key, entry in sorted(record.items()):
+        old = _TrainedAs.from_json(entry)
+        if old is None:
+            continue
+        changed = [str(c) for c in entry.get("changed") or ()]
+        detail = f" ({'; '.join(changed)})" if changed else ""
+        lines.append(
+            f"trained otherwise: {key} is built otherwise than its weights were trained{detail}; trained as {key}={old.spec()} "
+            f"(weights from {entry.get('source', '?')}): it will not behave as trained"
+        )
+    return lines
+
+
+def _read_trained_as(meta: Mapping[str, str]) -> dict[str, tuple["_TrainedAs", dict[str, Any]]]:
+    """TRAINED_AS_KEY read: {part: (what it was trained as, its record entry)}; {} when absent or unreadable."""
+    try:
+        raw = json.loads(meta[TRAINED_AS_KEY]) if TRAINED_AS_KEY in meta else {}
+    except ValueError:
+        return {}
+    out = {}
+    for key, entry in (raw.items() if isinstance(raw, dict) else ()):
+        old = _TrainedAs.from_json(entry)
+        if old is not None and isinstance(key, str):
+            out[key] = (old, dict(entry))
+    return out
 
 
 def _user_parts(cfg: ModelConfig) -> dict[str, str]:
@@ -469,14 +526,22 @@ def load_model(
         else:
             fix = _partial_file_advice(p, state, own)
         check_state_dict(model, state, str(p), own=own, fix=fix)
-    else:
-        state = _loose_state(state, str(p), own)
-    if overrides:  # a part built otherwise (another builder, other settings) whose weights still fit by names and shapes
-        loaded = {k.split(".")[0] for k in state}
-        _warn_trained_otherwise(
-            f"from_pretrained({p})", _trained_otherwise(meta, cfg, model.config, [f for f in _PART_FIELDS if f in loaded and f not in fresh]),
-            lambda key, old: f"retrain {key} as it is now, or drop the {key} override to use it as trained",
-        )
+        fits = state
+    else:  # the weights that fit: names and shapes
+        fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    found: list[_Otherwise] = []
+    if overrides or TRAINED_AS_KEY in meta:  # a part built otherwise (another builder, other settings) whose weights still fit by names and shapes
+        loaded = {k.split(".")[0] for k in fits}
+        found = _trained_otherwise(meta, cfg, model.config, [f for f in _PART_FIELDS if f in loaded and f not in fresh])
+    if not strict:  # what keeps its built weights: for a part built otherwise in its own warning (one per part), the rest here
+        told = {f.key for f in found}
+        rest = _loose_counts(state, fits, own, lambda part: part not in told)
+        if rest:
+            warnings.warn(f"{p} loaded with strict=False: {rest}", stacklevel=user_stacklevel())
+    _warn_trained_otherwise(
+        f"from_pretrained({p})", found, _retrain_or_override, loose=None if strict else lambda parts: _loose_counts(state, fits, own, parts.__contains__)
+    )
+    state = fits
     model.load_state_dict(state, strict=False)  # every key was checked above (strict), or chosen (loose)
     _recopy_controlnet(model, {k.split(".")[0] for k in state})
     recorded = trained_parts(meta)
@@ -487,6 +552,9 @@ def load_model(
         kept = {k.split(".")[0] for k in own if k not in state}
         recorded = (set(recorded) - kept) | set(fresh)
     model.trained_parts = recorded
+    # what each part built otherwise was trained as (`trained_as`): a save writes it, so the file warns when loaded
+    # too; not for a part that is not trained (kept built weights): what it was trained as no longer matters
+    _set_trained_as(model, {f.key: f.entry(str(weights)) for f in found if recorded is None or f.key in recorded})
     model.feature_record = feature_record(meta)
     model.loaded_from = str(weights)  # the file whose weights these are (a folder's model file, as read), even one that records no trained parts
     return model.to(map_location).eval()  # for inference, as loaded models are (call .train() to fine-tune)
@@ -495,37 +563,144 @@ def load_model(
 _PART_FIELDS = (*part_registries(), "controlnet")  # the config fields that are parts (the ControlNet has no registry)
 # settings that choose how a part computes, not what its weights mean: a change is not "trained otherwise"
 _KERNEL_ONLY_ARGS = frozenset({"fused_attn"})  # the backbone's attention kernel (SDPA or the math path: the same function)
+# backbone settings that do not reach its blocks (`new_block()`, which also builds the ControlNet's copies): how many
+# blocks it stacks, the width of the text condition it projects; any other (heads, ffn_dim, a plugin's own) is taken to
+# shape the blocks, so that a ControlNet whose copied blocks change with it is named with the backbone
+_NOT_BLOCK_ARGS = frozenset({"depth", "cond_dim"})
+_MISSING: Any = object()  # a setting one side does not have
 
 
-def _trained_otherwise(meta: Mapping[str, str], theirs: ModelConfig, ours: ModelConfig, fields: Iterable[str]) -> list[tuple[str, Part, Part, list[str]]]:
-    """(field, the checkpoint's part, the model's, its changed settings "arg: old -> new") for each of
-    `fields` (parts whose weights load from the checkpoint) that the model builds with another builder
-    or other settings than the checkpoint recorded. Settings are compared with the builders' defaults
-    filled in (the checkpoint's recorded ones for its side), so that a default spelled out is no change;
-    a builder's weight-file arguments (`weight_args`: the checkpoint holds those weights) are not
-    compared, nor `_KERNEL_ONLY_ARGS` (which kernel computes the same function). Any other difference
-    counts (guidance and sampler, the sampling-time choices, hold no weights)."""
+@dataclass(frozen=True)
+class _TrainedAs:
+    """A part as a config builds it, or as its weights were trained: its builder, the settings it is
+    given (less its builder's weight-file arguments: a checkpoint holds those weights) and the same with
+    the builder's defaults filled in (what is compared, so that a default spelled out is no change);
+    for the ControlNet, `blocks`: the backbone whose `new_block()` builds its copied blocks (their head
+    split and widths are the backbone's settings, not the ControlNet's own)."""
+
+    name: str
+    given: dict[str, Any]
+    settings: dict[str, Any]
+    blocks: "_TrainedAs | None" = None
+
+    def spec(self) -> str:
+        """The part as the JSON that builds it (a --model value, a build_model keyword)."""
+        return json.dumps({"name": self.name, **self.given})
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "given": self.given, "settings": self.settings}
+        if self.blocks is not None:
+            out["blocks"] = self.blocks.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, d: Any) -> "_TrainedAs | None":
+        """A record entry read back; None for one that does not read (edited, damaged)."""
+        if not (isinstance(d, Mapping) and isinstance(d.get("name"), str) and isinstance(d.get("given"), dict) and isinstance(d.get("settings"), dict)):
+            return None
+        blocks = cls.from_json(d["blocks"]) if d.get("blocks") is not None else None
+        if d.get("blocks") is not None and blocks is None:
+            return None
+        return cls(d["name"], dict(d["given"]), dict(d["settings"]), blocks)
+
+
+class _Otherwise(NamedTuple):
+    """A loaded part that the model builds otherwise than its weights were trained (`_trained_otherwise`)."""
+
+    key: str  # its config field
+    old: _TrainedAs  # what its weights were trained as
+    new: _TrainedAs  # what the model builds
+    changed: list[tuple[str, Any, Any]]  # (setting, trained, built) of its own settings
+    blocks: list[tuple[str, Any, Any]]  # the ControlNet's copied blocks: the backbone's settings that shape them
+    recorded: str | None  # the file the checkpoint's record names (TRAINED_AS_KEY); None: its own config trained it
+
+    @property
+    def switched(self) -> bool:
+        return self.old.name != self.new.name
+
+    def lines(self) -> list[str]:
+        """Each change as "setting: trained -> built" (the ControlNet's copied blocks named as such)."""
+        own = [_change(c) for c in self.changed]
+        if self.blocks:
+            own.append(f"its copied blocks, which the backbone builds: {', '.join(_change(c) for c in self.blocks)}")
+        return own
+
+    def entry(self, source: str) -> dict[str, Any]:
+        """Its TRAINED_AS_KEY record: what it was trained as, the file the weights came from (`source`,
+        or the one an earlier record named), and what changed."""
+        return {**self.old.to_json(), "source": self.recorded or source, "changed": self.lines()}
+
+
+def _change(c: tuple[str, Any, Any]) -> str:
+    return f"{c[0]}: {_shown(c[1])} -> {_shown(c[2])}"
+
+
+def _shown(value: Any) -> str:
+    return "(default)" if value is _MISSING else repr(value)
+
+
+def _built_as(cfg: ModelConfig, key: str, defaults: Mapping[str, Any]) -> _TrainedAs | None:
+    """Part `key` of `cfg` as a `_TrainedAs` (`defaults`: the builders' defaults, {field: {arg: value}});
+    None where `cfg` has no such part."""
+    part = getattr(cfg, key, None)
+    if not isinstance(part, Part):
+        return None
+    skip = _weight_file_args(key, part)
+    given = {k: v for k, v in part.kwargs.items() if k not in skip}
+    blocks = _built_as(cfg, "backbone", defaults) if key == "controlnet" else None
+    return _TrainedAs(part.name, given, _settings(key, part, defaults.get(key) or {}), blocks)
+
+
+def _changes(old: _TrainedAs, new: _TrainedAs, skip: frozenset[str] = frozenset()) -> list[tuple[str, Any, Any]]:
+    """(setting, old, new) for each setting that differs, but `skip` and `_KERNEL_ONLY_ARGS`: with the
+    defaults filled in for one builder; only what was given for another (its defaults are not comparable)."""
+    a, b = (old.given, new.given) if old.name != new.name else (old.settings, new.settings)
+    return [
+        (arg, a.get(arg, _MISSING), b.get(arg, _MISSING))
+        for arg in sorted(set(a) | set(b))
+        if a.get(arg, _MISSING) != b.get(arg, _MISSING) and arg not in _KERNEL_ONLY_ARGS and arg not in skip
+    ]
+
+
+def _block_changes(old: _TrainedAs, new: _TrainedAs) -> list[tuple[str, Any, Any]]:
+    """What changed in the backbone settings that shape the ControlNet's copied blocks (another
+    backbone builder: that alone)."""
+    if old.blocks is None or new.blocks is None:
+        return []
+    if old.blocks.name != new.blocks.name:
+        return [("backbone", old.blocks.name, new.blocks.name)]
+    return _changes(old.blocks, new.blocks, skip=_NOT_BLOCK_ARGS)
+
+
+def _trained_otherwise(meta: Mapping[str, str], theirs: ModelConfig, ours: ModelConfig, fields: Iterable[str]) -> list[_Otherwise]:
+    """Each of `fields` (parts whose weights load from the checkpoint) that the model builds with
+    another builder or other settings than its weights were trained with: what the checkpoint's
+    record (TRAINED_AS_KEY) says for the part, else the checkpoint's config. Settings are compared
+    with the builders' defaults filled in (the checkpoint's recorded ones for its side), so that a
+    default spelled out is no change; a builder's weight-file arguments (`weight_args`: the checkpoint
+    holds those weights) are not compared, nor `_KERNEL_ONLY_ARGS` (which kernel computes the same
+    function). Any other difference counts (guidance and sampler, the sampling-time choices, hold no
+    weights). The ControlNet also counts the backbone settings that shape its copied blocks."""
     from controlfoley.builder import builder_defaults
 
     recorded = _saved_defaults(meta)
     their_defaults = recorded if recorded is not None else builder_defaults(theirs)
     our_defaults = builder_defaults(ours)
+    record = _read_trained_as(meta)
     out = []
     for key in fields:
-        old, new = getattr(theirs, key, None), getattr(ours, key, None)
-        if not isinstance(old, Part) or not isinstance(new, Part) or old == new:
+        new = _built_as(ours, key, our_defaults)
+        old: _TrainedAs | None
+        if key in record:  # loaded into a part built otherwise and saved: the record says what it was trained as
+            old, entry = record[key]
+            source: str | None = str(entry.get("source") or "an earlier checkpoint")
+        else:
+            old, source = _built_as(theirs, key, their_defaults), None
+        if old is None or new is None:
             continue
-        switched = old.name != new.name  # another builder: its defaults are not comparable, only what was set
-        a = _settings(key, old, {} if switched else their_defaults.get(key) or {})
-        b = _settings(key, new, {} if switched else our_defaults.get(key) or {})
-        missing = object()
-        changed = [
-            f"{arg}: {_shown(a.get(arg, missing), missing)} -> {_shown(b.get(arg, missing), missing)}"
-            for arg in sorted(set(a) | set(b))
-            if a.get(arg, missing) != b.get(arg, missing) and arg not in _KERNEL_ONLY_ARGS
-        ]
-        if switched or changed:
-            out.append((key, old, new, changed))
+        found = _Otherwise(key, old, new, _changes(old, new), _block_changes(old, new), source)
+        if found.switched or found.changed or found.blocks:
+            out.append(found)
     return out
 
 
@@ -552,30 +727,117 @@ def _settings(key: str, part: Part, defaults: Mapping[str, Any]) -> dict[str, An
     return {k: v for k, v in {**defaults, **part.kwargs}.items() if k not in skip}
 
 
-def _spec(key: str, part: Part) -> str:
-    """`part` as the JSON that builds it, less its weight-file arguments (a checkpoint holds those weights)."""
-    skip = _weight_file_args(key, part)
-    return json.dumps({"name": part.name, **{k: v for k, v in part.kwargs.items() if k not in skip}})
+def _warning_groups(found: Sequence[_Otherwise]) -> list[list[_Otherwise]]:
+    """The parts of `found` as they are warned of: one warning per part, except a ControlNet whose only
+    change is its copied blocks' (the backbone's settings), named in the backbone's warning when that
+    part is also found, by the same source (both from the checkpoint's config, or both by its record)."""
+    backbone = next((f for f in found if f.key == "backbone"), None)
+
+    def follows(f: _Otherwise) -> bool:
+        return f.key == "controlnet" and not f.switched and not f.changed and backbone is not None and backbone.recorded == f.recorded
+
+    followers = [f for f in found if follows(f)]
+    return [[f, *(followers if f.key == "backbone" else [])] for f in found if not follows(f)]
 
 
-def _shown(value: Any, missing: object) -> str:
-    return "(default)" if value is missing else repr(value)
-
-
-def _warn_trained_otherwise(label: str, found: Sequence[tuple[str, Part, Part, list[str]]], fix: Callable[[str, Part], str]) -> None:
-    """One warning per part of `_trained_otherwise`, at the user's call: what the checkpoint trained,
-    what changed, and `fix(key, checkpoint's part)`."""
-    for key, old, new, changed in found:
-        detail = f" ({'; '.join(changed)})" if changed else ""
-        if old.name != new.name:
-            what = f"{key} is now {new.name!r} but the checkpoint trained {old.name!r}{detail}"
+def _warn_trained_otherwise(
+    label: str,
+    found: Sequence[_Otherwise],
+    fix: Callable[[Sequence[_Otherwise]], str],
+    loose: Callable[[set[str]], str | None] | None = None,
+) -> None:
+    """One warning per part of `_trained_otherwise` (a ControlNet that follows the backbone's changed
+    settings in the backbone's: `_warning_groups`), at the user's call: what its weights were trained as
+    (naming the file whose record says so), what changed, `loose(parts)` (a strict=False load: what of
+    them keeps its built weights, in the same warning rather than a second one) and `fix(group)`."""
+    for group in _warning_groups(found):
+        head = group[0]
+        what = _said(head)
+        for f in group[1:]:  # the ControlNet, whose copied blocks follow the backbone's settings
+            detail = f" ({', '.join(_change(c) for c in f.blocks)})" if set(map(_change, f.blocks)) - set(map(_change, head.changed)) else ""
+            what += f", as are the controlnet's copied blocks, which the backbone builds{detail}"
+        if head.recorded is not None:
+            what += (
+                f"; the checkpoint records this: {'its' if len(group) == 1 else 'their'} weights came from {head.recorded} and were "
+                "loaded with other settings before it was saved"
+            )
+        counts = loose({f.key for f in group}) if loose is not None else None
+        if counts:
+            what += f"; loaded with strict=False: {counts}"
+        if len(group) > 1:
+            where = "their weights load into the parts"
         else:
-            what = f"{key} is {new.name!r} with other settings than the checkpoint trained it with{detail}"
+            where = f"its weights load into the {'new ' if head.switched else ''}part"
         warnings.warn(
-            f"{label}: {what}; its weights load into the {'new ' if old.name != new.name else ''}part where names and shapes "
-            f"agree, which may not mean the same thing (the model will not behave as trained): {fix(key, old)}",
+            f"{label}: {what}; {where} where names and shapes agree, which may not mean the same thing (the model will not behave "
+            f"as trained): {fix(group)}",
             stacklevel=user_stacklevel(),
         )
+
+
+def _said(f: _Otherwise) -> str:
+    """What changed in part `f` since its weights were trained."""
+    detail = f" ({'; '.join(f.lines())})" if f.lines() else ""
+    if f.recorded is None:
+        if f.switched:
+            return f"{f.key} is now {f.new.name!r} but the checkpoint trained {f.old.name!r}{detail}"
+        return f"{f.key} is {f.new.name!r} with other settings than the checkpoint trained it with{detail}"
+    if f.switched:
+        return f"{f.key} is now {f.new.name!r} but its weights were trained as {f.old.name!r}{detail}"
+    return f"{f.key} is {f.new.name!r} with other settings than its weights were trained with{detail}"
+
+
+def _plural(group: Sequence[_Otherwise]) -> tuple[str, str, str]:
+    """(the parts' names, "it is" / "they are", "it" / "them")."""
+    names = " and ".join(f.key for f in group)
+    return (names, "it is", "it") if len(group) == 1 else (names, "they are", "them")
+
+
+def _restoring(group: Sequence[_Otherwise]) -> dict[str, dict[str, Any]]:
+    """{field: override} that builds `group`'s parts as their weights were trained: the trained values
+    of what changed (the whole part for another builder; the backbone's for the ControlNet's blocks).
+    A setting the trained part did not have cannot be given back this way and is left out."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in group:
+        for key, old, new, changes in ((f.key, f.old, f.new, f.changed), ("backbone", f.old.blocks, f.new.blocks, f.blocks)):
+            if old is None or new is None or not changes:
+                continue
+            if old.name != new.name:
+                out[key] = {"name": old.name, **old.given}
+            else:
+                out.setdefault(key, {}).update({arg: was for arg, was, _ in changes if was is not _MISSING})
+    return out
+
+
+def _retrain_or_override(group: Sequence[_Otherwise]) -> str:
+    """from_pretrained's fix: retrain, or drop the override(s) that changed the parts (build them as the
+    checkpoint's record says they were trained, where it is the record that says so)."""
+    names, are, them = _plural(group)
+    if all(f.recorded is None for f in group):
+        blamed = sorted({f.key for f in group if f.switched or f.changed} | {"backbone" for f in group if f.blocks})
+        return f"retrain {names} as {are} now, or drop the {' and '.join(blamed)} override{'s' if len(blamed) > 1 else ''} to use {them} as trained"
+    given = ", ".join(f"{key}={value!r}" for key, value in _restoring(group).items())
+    trained = "it was" if len(group) == 1 else "they were"
+    return f"retrain {names} as {are} now, or load {them} with {given} (the settings {trained} trained with) to use {them} as trained"
+
+
+def _train_or_build(group: Sequence[_Otherwise]) -> str:
+    """load_parts' / --init's fix: train the parts as they are, or build them as their weights were trained."""
+    names, are, them = _plural(group)
+    specs: dict[str, str] = {}
+    for f in group:
+        if f.switched or f.changed:
+            specs[f.key] = f.old.spec()
+        if f.blocks and f.old.blocks is not None:
+            specs["backbone"] = f.old.blocks.spec()
+    built = "it" if list(specs) == [group[0].key] and len(group) == 1 else " and ".join(f"the {key}" for key in specs)
+    how = "as the checkpoint did" if all(f.recorded is None for f in group) else f"as {'its' if len(group) == 1 else 'their'} weights were trained"
+    keywords = ", ".join(f"{key}={spec}" for key, spec in specs.items())
+    flags = " ".join(f"--model {key}='{spec}'" for key, spec in specs.items())
+    return (
+        f"train {names} as {are} now (this load only starts {them} from those weights), or build {built} {how}, {keywords} "
+        f"({flags} on the command line), to load {them} as trained"
+    )
 
 
 def _partial_file_advice(path: Path, state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> str | None:
@@ -600,22 +862,30 @@ def _partial_file_advice(path: Path, state: Mapping[str, torch.Tensor], own: Map
     return fix + f"; to train from it, --init {path} --init-parts {','.join(wanted)}"
 
 
-def _loose_state(state: Mapping[str, torch.Tensor], what: str, own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """strict=False: the weights of `state` that fit the model's `own`, and a warning counting what
-    keeps the built model's weights (missing or mis-shaped keys) and what the checkpoint holds that
-    the model has not."""
-    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    kept = sorted(k for k in own if k not in fits)
-    unused = sorted(k for k in state if k not in fits)
-    if kept or unused:
-        parts = sorted({k.split(".")[0] for k in kept})
-        warnings.warn(
-            f"{what} loaded with strict=False: {len(fits)} tensors loaded; {len(kept)} of the model's keep their built "
-            f"(untrained) weights{' (in ' + ', '.join(parts) + ')' if parts else ''}, e.g. {', '.join(kept[:3]) or '-'}; "
-            f"{len(unused)} of the checkpoint's are not used, e.g. {', '.join(unused[:3]) or '-'}",
-            stacklevel=3,
-        )
-    return fits
+def _loose_counts(
+    state: Mapping[str, torch.Tensor], fits: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], include: Callable[[str], bool]
+) -> str | None:
+    """strict=False, for the parts `include` takes (by top-level name): how many tensors of `state`
+    load (`fits`), which of the model's `own` keep their built weights (missing or mis-shaped keys) and
+    which of the checkpoint's are not used; None when all of theirs load and none keeps built weights."""
+    kept = sorted(k for k in own if k not in fits and include(k.split(".")[0]))
+    unused = sorted(k for k in state if k not in fits and include(k.split(".")[0]))
+    if not kept and not unused:
+        return None
+    loaded = sum(1 for k in fits if include(k.split(".")[0]))
+    parts = sorted({k.split(".")[0] for k in kept})
+    said = [f"{loaded} tensors loaded"]
+    if kept:
+        said.append(f"{len(kept)} of the model's keep their built (untrained) weights (in {', '.join(parts)}), e.g. {', '.join(kept[:3])}")
+    if unused:
+        said.append(f"{len(unused)} of the checkpoint's are not used, e.g. {', '.join(unused[:3])}")
+    return "; ".join(said)
+
+
+def _set_trained_as(model: Any, record: Mapping[str, Mapping[str, Any]]) -> None:
+    """`model.trained_as`: {part: TRAINED_AS_KEY record entry} of the parts it holds trained weights of
+    that it builds otherwise than they were trained (save_model writes it)."""
+    model.trained_as = {key: dict(entry) for key, entry in sorted(record.items())}
 
 
 def load_parts(model: ModelModule, path: str | os.PathLike[str], parts: str | Iterable[str], *, label: str | None = None) -> list[str]:
@@ -627,7 +897,9 @@ def load_parts(model: ModelModule, path: str | os.PathLike[str], parts: str | It
     A part that the model builds otherwise than the checkpoint did (another builder, or other
     settings) but whose weights fit warns, as from_pretrained's overrides do; `label` names the
     load in that warning (default "load_parts(PATH)"; training passes "--init PATH"). Such a part
-    stays recorded as trained (`trained_parts`): its weights are trained ones, not built ones.
+    stays recorded as trained (`trained_parts`): its weights are trained ones, not built ones; what it
+    was trained as goes into `model.trained_as` (a save writes it, and loading that file warns again),
+    as does a record the checkpoint holds for a part that this model still builds otherwise.
     """
     state, meta = read_state_dict(path)
     parts = [parts] if isinstance(parts, str) else list(parts)
@@ -654,20 +926,22 @@ def load_parts(model: ModelModule, path: str | os.PathLike[str], parts: str | It
     except (CheckpointError, ValueError):  # no (readable) config recorded: nothing to compare
         theirs = None
     ours = getattr(model, "config", None)
+    found: list[_Otherwise] = []
     if theirs is not None and isinstance(ours, ModelConfig):
-        _warn_trained_otherwise(
-            label or f"load_parts({path})", _trained_otherwise(meta, theirs, ours, [p for p in parts if p in _PART_FIELDS]),
-            lambda key, old: (
-                f"train {key} as it is now (this load only starts it from those weights), or build it as the checkpoint did, "
-                f"{key}={_spec(key, old)} (--model {key}='{_spec(key, old)}' on the command line), to load it as trained"
-            ),
-        )
+        found = _trained_otherwise(meta, theirs, ours, [p for p in parts if p in _PART_FIELDS])
+        _warn_trained_otherwise(label or f"load_parts({path})", found, _train_or_build)
     for sub, sub_state in checked:
         sub.load_state_dict(sub_state, strict=True)
     src = trained_parts(meta)
     # a checkpoint that records nothing (older ones, converted official weights) is taken as trained
     loaded = set(parts) if src is None else src & set(parts)
     model.trained_parts = set(getattr(model, "trained_parts", None) or ()) | loaded
+    # what the loaded parts were trained as, where the model builds them otherwise (a save writes it); an
+    # earlier record of a part whose weights this load replaced is gone (the ControlNet's too, when re-copied)
+    record = {k: v for k, v in (getattr(model, "trained_as", None) or {}).items() if k not in parts}
+    if "backbone" in parts and "controlnet" not in parts:
+        record.pop("controlnet", None)
+    _set_trained_as(model, {**record, **{f.key: f.entry(str(Path(path))) for f in found if f.key in loaded}})
     _recopy_controlnet(model, set(parts))
     return parts
 

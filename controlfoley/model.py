@@ -88,8 +88,11 @@ class SpecMaskFoley(nn.Module):
 
     # set after building, read with getattr (a model built here has none of them): which parts were
     # trained (None: unknown), by the checkpoint loader, load_state_dict and the training loop; the
-    # extractors that made the training features; the file the weights came from (checkpoint.load_model)
+    # extractors that made the training features; the file the weights came from (checkpoint.load_model);
+    # the parts built otherwise than their loaded weights were trained, and what they were trained as
+    # (checkpoint.TRAINED_AS_KEY: save writes it, so a file saved from such a model warns when loaded)
     trained_parts: set[str] | None
+    trained_as: dict[str, dict[str, Any]]
     feature_record: dict[str, dict[str, Any]]
     loaded_from: str
 
@@ -125,9 +128,11 @@ class SpecMaskFoley(nn.Module):
     def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
         """`nn.Module.load_state_dict`; weights set this way come from elsewhere, so what they
         trained is unknown: `trained_parts` becomes None (a checkpoint saved next records nothing
-        and is taken as it is). `from_pretrained` and the training loop set their own record."""
+        and is taken as it is), and what loaded weights were trained as (`trained_as`) no longer
+        applies. `from_pretrained` and the training loop set their own record."""
         out = super().load_state_dict(*args, **kwargs)
         self.trained_parts = None
+        self.trained_as = {}
         return out
 
     # -- properties ------------------------------------------------------------------------------

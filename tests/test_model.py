@@ -2,6 +2,8 @@
 
 import functools
 import os
+import re
+import warnings
 
 import pytest
 import torch
@@ -495,6 +497,201 @@ def test_loose_loading_and_switched_parts_say_what_they_did(micro_model, tmp_pat
         with pytest.raises(CheckpointError):  # the switch cannot load: an error, and no warning first
             from_pretrained(path, control_encoder="sync_only")
     assert not [w for w in seen if "is now" in str(w.message)]
+
+
+_EVERY_PART = {"tokenizer", "backbone", "control_encoder", "aligner", "controlnet"}
+
+
+def _built_otherwise(call):
+    """(result of `call()`, every warning it gave, those that say a loaded part is built otherwise)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = call()
+    return out, seen, [str(w.message) for w in seen if "may not mean the same thing" in str(w.message)]
+
+
+def test_a_part_loaded_with_other_settings_stays_recorded_so_when_saved_again(micro_model, tmp_path) -> None:
+    """A model loaded with a part built otherwise (the ControlNet's injection) and saved recorded the
+    part simply as trained: loading the new file said nothing, and generate / info took it as trained
+    as built. The file records what the part was trained as (TRAINED_AS_KEY, trained_parts unchanged
+    in meaning); loading it (from_pretrained, load_parts) warns again, naming the file the weights came
+    from and the settings they were trained with, until the part is built as it was trained."""
+    import json
+
+    from controlfoley.checkpoint import TRAINED_AS_KEY, TRAINED_KEY, load_parts, read_metadata, trained_as, trained_as_lines
+
+    micro_model.trained_parts = set(_EVERY_PART)
+    path = micro_model.save(tmp_path / "m.safetensors")
+    with pytest.warns(UserWarning, match=r"controlnet is 'copy' with other settings than the checkpoint trained it with \(injection: 'aligned' -> 'interval'\)"):
+        changed = from_pretrained(path, controlnet={"injection": "interval"})
+    saved = changed.save_pretrained(tmp_path / "again")
+    meta = read_metadata(saved)
+    assert json.loads(meta[TRAINED_KEY]) == sorted(_EVERY_PART)  # trained weights still: what generate's checks read
+    record = trained_as(meta)
+    assert list(record) == ["controlnet"] and record["controlnet"]["source"] == str(path), meta[TRAINED_AS_KEY]
+    assert record["controlnet"]["settings"] == {"injection": "aligned", "n_blocks": 2}
+    assert record["controlnet"]["changed"] == ["injection: 'aligned' -> 'interval'"]
+    assert trained_as_lines(record) == [
+        "trained otherwise: controlnet is built otherwise than its weights were trained (injection: 'aligned' -> 'interval'); trained "
+        f'as controlnet={{"name": "copy", "injection": "aligned", "n_blocks": 2}} (weights from {path}): it will not behave as trained'
+    ]
+    said = (
+        r"from_pretrained\(.*again\): controlnet is 'copy' with other settings than its weights were trained with \(injection: "
+        rf"'aligned' -> 'interval'\); the checkpoint records this: its weights came from {re.escape(str(path))} and were loaded with "
+        r"other settings before it was saved; its weights load into the part where names and shapes agree, which may not mean the "
+        r"same thing \(the model will not behave as trained\): retrain controlnet as it is now, or load it with controlnet=\{'injection': "
+        r"'aligned'\} \(the settings it was trained with\) to use it as trained"
+    )
+    with pytest.warns(UserWarning, match=said):
+        reloaded = from_pretrained(tmp_path / "again")
+    assert reloaded.trained_parts == _EVERY_PART and reloaded.trained_as == record  # saved again, it says the same
+    assert trained_as(read_metadata(reloaded.save(tmp_path / "third.safetensors"))) == record
+    # load_parts / --init: the same, with the part as it was trained to build
+    into = build_model("specmaskfoley_tiny", **{**micro_overrides(), "controlnet": {"n_blocks": 2, "injection": "interval"}})
+    with pytest.warns(UserWarning, match=r"load_parts\(.*again.*\): controlnet is 'copy' with other settings than its weights were trained "
+                      r"with \(injection: 'aligned' -> 'interval'\); the checkpoint records this: .*build it as its weights were trained, "
+                      r'controlnet=\{"name": "copy", "injection": "aligned", "n_blocks": 2\}'):  # fmt: skip
+        load_parts(into, saved, sorted(_EVERY_PART))
+    assert into.trained_as == record
+    # built as it was trained: no warning, and no record left to save
+    restored, _, told = _built_otherwise(lambda: from_pretrained(tmp_path / "again", controlnet={"injection": "aligned"}))
+    assert told == [] and restored.trained_as == {} and restored.trained_parts == _EVERY_PART
+    assert TRAINED_AS_KEY not in read_metadata(restored.save(tmp_path / "restored.safetensors"))
+    # `controlfoley info FILE` lists it (and nothing for the file built as trained)
+    from controlfoley.cli import info
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the load's own warning, checked above
+        shown = info(str(saved))
+    assert trained_as_lines(record)[0] in shown.splitlines()
+    assert "trained otherwise" not in info(str(tmp_path / "restored.safetensors"))
+
+
+def test_a_file_without_the_record_loads_as_before(micro_model, tmp_path) -> None:
+    """Files written before TRAINED_AS_KEY (and any whose parts are trained as built): no record, no
+    warning, nothing recorded on the model; a record dropped from a file's metadata leaves it loading
+    as a file of the older format did, trained parts as they were."""
+    from safetensors.torch import load_file, save_file
+
+    from controlfoley.checkpoint import TRAINED_AS_KEY, read_metadata, trained_as
+
+    micro_model.trained_parts = set(_EVERY_PART)
+    path = micro_model.save(tmp_path / "m.safetensors")
+    assert TRAINED_AS_KEY not in read_metadata(path) and trained_as(read_metadata(path)) == {}
+    model, seen, _ = _built_otherwise(lambda: from_pretrained(path))
+    assert [str(w.message) for w in seen] == [] and model.trained_as == {} and model.trained_parts == _EVERY_PART
+    with pytest.warns(UserWarning, match="other settings than the checkpoint trained it with"):
+        changed = from_pretrained(path, backbone={"heads": 4})
+    meta = read_metadata(changed.save(tmp_path / "changed.safetensors"))
+    assert TRAINED_AS_KEY in meta
+    del meta[TRAINED_AS_KEY]  # as an older version of the library wrote it
+    save_file(load_file(tmp_path / "changed.safetensors"), tmp_path / "old.safetensors", metadata=meta)
+    old, seen, _ = _built_otherwise(lambda: from_pretrained(tmp_path / "old.safetensors"))
+    assert [str(w.message) for w in seen] == [] and old.trained_as == {} and old.trained_parts == _EVERY_PART
+
+
+def test_a_run_that_trains_a_part_drops_its_record_and_keeps_the_frozen_ones(micro_model, tmp_path) -> None:
+    """--init into a model whose backbone (frozen by the ControlNet recipe) and ControlNet (trained)
+    are built otherwise: the run's checkpoints and final model record the backbone as trained with
+    its old heads, not the ControlNet, which the run trained as it is built. A resume carries the
+    backbone's record on; loading the final model warns of the backbone alone."""
+    from controlfoley.checkpoint import read_metadata, trained_as
+    from controlfoley.data.shards import ShardWriter
+    from controlfoley.train import TrainConfig, train
+    from controlfoley.train.checkpoints import RunDir
+
+    micro_model.trained_parts = set(_EVERY_PART)
+    path = micro_model.save(tmp_path / "m.safetensors")
+    variant = {**micro_overrides(), "backbone": {**micro_overrides()["backbone"], "heads": 4}, "controlnet": {"n_blocks": 2, "injection": "interval"}}
+    grid, vocab = micro_model.grid, micro_model.tokenizer.codebook_size
+    g = torch.Generator().manual_seed(0)
+    with ShardWriter(tmp_path / "ds", shard_size=4, info={"grid": list(grid), "codebook_size": vocab}) as w:
+        for i in range(4):
+            w.add(f"c{i}", {"tokens": torch.randint(0, vocab, grid, generator=g), "sync": torch.randn(12, 24, generator=g),
+                            "clip": torch.randn(4, 12, generator=g), "clap": torch.randn(16, generator=g)})  # fmt: skip
+    cfg = TrainConfig.for_recipe(
+        "controlnet", preset="specmaskfoley_tiny", data=str(tmp_path / "ds"), out=str(tmp_path / "run"), model_overrides=variant, steps=2,
+        batch_size=2, warmup_steps=0, val_fraction=0.0, num_workers=0, progress=False, tensorboard=False, init=str(path),
+        init_parts=tuple(sorted(_EVERY_PART)), ckpt_every=1,
+    )  # fmt: skip
+    _, _, told = _built_otherwise(lambda: train(cfg, stop_at=1))
+    told.sort()
+    assert len(told) == 2 and "backbone is 'specmaskgit' with other settings than the checkpoint trained it with (heads: 2 -> 4)" in told[0], told
+    assert re.search(
+        r"controlnet is 'copy' with other settings than the checkpoint trained it with \(injection: 'aligned' -> 'interval'; its copied blocks, "
+        r"which the backbone builds: heads: 2 -> 4\); .*or build the controlnet and the backbone as the checkpoint did, controlnet=",
+        told[1],
+    )
+    first = trained_as(read_metadata(RunDir(tmp_path / "run").step_dir(1) / "model.safetensors"))
+    assert list(first) == ["backbone"] and first["backbone"]["settings"]["heads"] == 2 and first["backbone"]["source"] == str(path)
+    train(cfg, resume=True)  # the resumed run's checkpoints and final model still say it
+    assert trained_as(read_metadata(RunDir(tmp_path / "run").step_dir(2) / "model.safetensors")) == first
+    assert trained_as(read_metadata(tmp_path / "run" / "model.safetensors")) == first
+    _, _, told = _built_otherwise(lambda: from_pretrained(tmp_path / "run"))
+    assert len(told) == 1 and told[0].startswith(f"from_pretrained({tmp_path / 'run'}): backbone is 'specmaskgit' with other settings than its weights were trained with (heads: 2 -> 4); the checkpoint records this")
+    assert "controlnet" not in told[0]  # trained by the run with the blocks the backbone builds now
+
+
+def test_strict_false_with_other_settings_warns_once_per_part(micro_model, tmp_path) -> None:
+    """strict=False with a part built otherwise gave two warnings for it (what keeps its built
+    weights, and that it was trained otherwise): one per part now, saying both; the other parts'
+    count stays in the strict=False warning of its own, and a part that fits is warned of alone."""
+    micro_model.trained_parts = set(_EVERY_PART)
+    path = micro_model.save(tmp_path / "m.safetensors")
+    deeper, seen, told = _built_otherwise(lambda: from_pretrained(path, strict=False, backbone={"depth": 4}))
+    about = [str(w.message) for w in seen if "backbone" in str(w.message)]
+    assert len(seen) == 1 and about == told, [str(w.message) for w in seen]
+    assert re.search(
+        r"backbone is 'specmaskgit' with other settings than the checkpoint trained it with \(depth: 3 -> 4\); loaded with strict=False: "
+        r"\d+ tensors loaded; 12 of the model's keep their built \(untrained\) weights \(in backbone\), e.g. backbone.blocks.3[^;]*; "
+        r"its weights load into the part where names and shapes agree.*drop the backbone override",
+        told[0],
+    )
+    assert deeper.trained_parts == _EVERY_PART - {"backbone"} and deeper.trained_as == {}  # built weights in it: not a trained part
+    _, seen, told = _built_otherwise(lambda: from_pretrained(path, strict=False, backbone={"depth": 4}, aligner="plain1d"))
+    assert len(seen) == 2 and len(told) == 2, [str(w.message) for w in seen]
+    assert sum("backbone" in t for t in told) == 1 and sum("aligner" in t for t in told) == 1
+    # parts the model lacks: their unused weights in the strict=False warning of the rest, the backbone's in its own
+    _, seen, told = _built_otherwise(
+        lambda: from_pretrained(path, strict=False, backbone={"depth": 4}, controlnet=None, control_encoder=None, aligner=None, guidance="cfg_text")
+    )
+    rest = [str(w.message) for w in seen if str(w.message) not in told]
+    assert len(told) == 1 and "(depth: 3 -> 4); loaded with strict=False" in told[0] and "controlnet" not in told[0], told
+    assert len(rest) == 1 and re.search(r"m.safetensors loaded with strict=False: \d+ tensors loaded; "
+                                        r"\d+ of the checkpoint's are not used, e.g. aligner", rest[0]), rest
+
+
+def test_a_backbone_override_names_the_controlnet_blocks_it_builds(tmp_path) -> None:
+    """The ControlNet's copied blocks are built by the backbone (new_block): an override of the
+    backbone's heads changes them too, but the warning named the backbone alone. It names both (one
+    warning), a backbone setting that does not shape the blocks names the backbone alone, and a
+    ControlNet loaded alone into a backbone built otherwise is warned of itself."""
+    from controlfoley.checkpoint import load_parts
+
+    model = build_model("specmaskfoley_tiny")
+    model.trained_parts = set(_EVERY_PART)
+    heads = model.config.backbone.kwargs["heads"]
+    path = model.save(tmp_path / "tiny.safetensors")
+    _, _, told = _built_otherwise(lambda: from_pretrained(path, backbone={"heads": heads * 2}))
+    assert len(told) == 1, told
+    assert re.search(
+        rf"backbone is 'specmaskgit' with other settings than the checkpoint trained it with \(heads: {heads} -> {heads * 2}\), as are the "
+        r"controlnet's copied blocks, which the backbone builds; their weights load into the parts where names and shapes agree.*: retrain "
+        r"backbone and controlnet as they are now, or drop the backbone override to use them as trained$",
+        told[0],
+    )
+    with pytest.warns(UserWarning, match=r"as are the controlnet's copied blocks"):
+        changed = from_pretrained(path, backbone={"heads": heads * 2})
+    assert set(changed.trained_as) == {"backbone", "controlnet"}
+    _, _, told = _built_otherwise(lambda: from_pretrained(path, strict=False, backbone={"depth": model.backbone.depth + 1}))
+    assert len(told) == 1 and told[0].count("controlnet") == 0, told  # the number of blocks: the ControlNet copies the first ones alike
+    into = build_model("specmaskfoley_tiny", backbone={"heads": heads * 2})
+    with pytest.warns(UserWarning, match=rf"load_parts\(.*\): controlnet is 'copy' with other settings than the checkpoint trained it with "
+                      rf"\(its copied blocks, which the backbone builds: heads: {heads} -> {heads * 2}\); .*build the backbone as the checkpoint "
+                      rf"did, backbone=\{{\"name\": \"specmaskgit\", .*\"heads\": {heads}"):  # fmt: skip
+        load_parts(into, path, ["controlnet"])
 
 
 def test_saving_to_another_weights_format_is_refused(micro_model, tmp_path) -> None:

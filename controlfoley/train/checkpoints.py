@@ -26,6 +26,10 @@ Layout::
   own device (saved with its index), not rank 0's copy of that device, which rank 0 never drew from.
 - Each checkpoint records the split it was trained with (processes x micro-batches,
   `TrainState.split`): a resume on another split says so (same steps, float rounding apart).
+- A part the run trains is trained as the model builds it: a checkpoint drops its record of having
+  been trained with other settings (`model.trained_as`, from an --init that loaded it into a part
+  built otherwise; `forget_retrained`); the parts the run leaves frozen keep theirs, so loading the
+  run's model still says they will not behave as trained.
 - `resolve_model_file(path)`: a checkpoint file, a checkpoint folder or a run folder -> model file.
 - `nothing_to_resume_message`, `longer_run_hint`: what to say when --resume has no step left to run
   (a run's length is part of the run, so training longer is a new run initialised from it).
@@ -54,11 +58,14 @@ import torch
 
 from controlfoley._io import TEMP_NAME, atomic_write_text, remove_stale_temps, write_failure
 from controlfoley._static import ModelModule
-from controlfoley.checkpoint import CONFIG_KEY, read_state_dict, save_model, save_state_dict, trained_parts
+from controlfoley.checkpoint import CONFIG_KEY, read_state_dict, save_model, save_state_dict, trained_as, trained_parts
 from controlfoley.errors import CheckpointError, TrainingError, user_stacklevel
 from controlfoley.presets import PRETRAINED, pretrained_path
 
-__all__ = ["RunDir", "TrainState", "capture_rng", "restore_rng", "resolve_model_file", "shipped_preset", "longer_run_hint", "nothing_to_resume_message", "checkpoint_step"]
+__all__ = [
+    "RunDir", "TrainState", "capture_rng", "restore_rng", "resolve_model_file", "shipped_preset", "longer_run_hint", "nothing_to_resume_message",
+    "checkpoint_step", "forget_retrained",
+]  # fmt: skip
 
 STATE_KEY = "controlfoley_train_state"
 _HELD_LOCKS: set[int] = set()  # run-folder lock descriptors this process holds
@@ -153,6 +160,19 @@ def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], groups: list[Any])
         if "betas" in g:
             g["betas"] = tuple(g["betas"])
     return {"state": state, "param_groups": groups}
+
+
+def forget_retrained(model: ModelModule) -> None:
+    """Drop from `model.trained_as` (what parts loaded into a part built otherwise were trained as) the
+    parts it trains now (any parameter with requires_grad, as the run records them trained): their
+    weights are trained as the model builds them from here on. Called before each checkpoint, so the
+    checkpoints and the final model (saved after the last checkpoint) record only frozen parts."""
+    record = getattr(model, "trained_as", None)
+    if not record:
+        return
+    training = {name for name, part in model.named_children() if any(p.requires_grad for p in part.parameters())}
+    if training & set(record):  # (setattr: model.py does not declare the attribute, and nn.Module's __setattr__ types a Tensor or Module)
+        model.trained_as = {k: v for k, v in record.items() if k not in training}
 
 
 def shipped_preset(source: str | Path | None) -> str | None:
@@ -417,6 +437,7 @@ class RunDir:
         d = self.step_dir(step)
         name = d.name
         info = json.dumps({"step": step, **extra})
+        forget_retrained(model)  # what the run trains is trained as built now: no record of other settings
         save_model(model, d / "model.safetensors", extra_metadata={STATE_KEY: info})
         opt_tensors, groups = _flatten_optimizer(optimizer.state_dict())
         rng_tensors, rng_meta = capture_rng(device)
@@ -474,3 +495,4 @@ class RunDir:
         check_state_dict(model, state, str(d))
         model.load_state_dict(state, strict=True)
         model.trained_parts = trained_parts(meta)
+        model.trained_as = trained_as(meta)  # the frozen parts' record of other settings goes on into the next checkpoints

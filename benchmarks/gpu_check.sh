@@ -20,7 +20,7 @@
 #   0. the CUDA-only tests (captured loop = eager tokens for fp32 / bf16 / fp8 / compiled; the
 #      pipeline and `generate --cuda-graph` on CUDA)
 #   5. batch 1, compiled inside the whole-loop graph: bf16 model, fp8 model
-#   4. ControlNet training step at batch 64 (frozen backbone vs all-grad reference)
+#   4. ControlNet training step at batch 64 (frozen backbone vs all-grad reference, and frozen with activation checkpointing)
 #   7. torch.profiler of one batch-64 call, eager: bf16 model (plain, GELU epilogue), fp8 model (static scales)
 #   8. batch 64 with attention restricted to the flash, then the memory-efficient SDPA backend
 #   9. torch.profiler of one batch-64 call, compiled: bf16 model, fp8 model (static scales)
@@ -82,7 +82,7 @@ for n in $ONLY; do
            --paths reference library library_bf16 $GRAPH1 $FP8_1 ;;
     3) step 130 "3. batch $BIG_BATCH, eager and whole-loop graph" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
            --paths reference library_bf16 library_bf16_native $GRAPH64 $FP8_64 ;;
-    4) step 70 "4. training step, batch $BIG_BATCH" $PY benchmarks/train_speed.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --steps 5 --markdown ;;
+    4) step 110 "4. training step, batch $BIG_BATCH" $PY benchmarks/train_speed.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --steps 5 --markdown ;;
     5) step 120 "5. batch 1, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --no-decode --markdown \
            --paths library_bf16_native $COMPILED ${FP8_COMPILED%% *} ;;
     6) step 300 "6. batch $BIG_BATCH, compiled" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \

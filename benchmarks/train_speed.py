@@ -6,6 +6,9 @@ Variants (same model, inputs and optimizer):
   injection point to reach the ControlNet; autograd computes and keeps no weight gradients for
   frozen parameters, and records nothing before the first injection (the embedding and block 0
   do not depend on a trainable parameter).
+- frozen_ckpt: frozen, with `model.enable_activation_checkpointing()` (`--activation-checkpointing`):
+  each backbone and ControlNet block keeps only its input and recomputes the rest in the backward
+  pass. The same gradients; the table's "vs frozen" columns give its time and memory over frozen's.
 - reference: every parameter requires grad, so the backward computes and keeps backbone weight
   gradients; the optimizer steps only the control parameters (the result is the same training).
 
@@ -26,6 +29,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from _common import environment, fmt, median, print_table, sync  # first: sets OMP_WAIT_POLICY
 
@@ -33,7 +37,7 @@ import torch
 from controlfoley import build_model
 from controlfoley.model import SpecMaskFoley
 
-VARIANTS = ("frozen", "reference")
+VARIANTS = ("frozen", "frozen_ckpt", "reference")
 
 
 def make_batch(model: SpecMaskFoley, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -52,10 +56,11 @@ def make_batch(model: SpecMaskFoley, batch: int, device: torch.device) -> dict[s
 def prepare(variant: str, preset: str, device: torch.device) -> tuple[SpecMaskFoley, torch.optim.Optimizer]:
     torch.manual_seed(0)
     model = build_model(preset).to(device).train()
-    if variant == "frozen":
+    if variant in ("frozen", "frozen_ckpt"):
         model.freeze_backbone()
     else:
         model.requires_grad_(True)
+    model.enable_activation_checkpointing(variant == "frozen_ckpt")
     control = [p for m in model.control_modules() for p in m.parameters()]
     return model, torch.optim.AdamW(control, lr=1e-4)
 
@@ -91,7 +96,29 @@ def probe(variant: str, preset: str, batch: int, steps: int, device: torch.devic
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024  # KiB -> MiB on Linux
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"wall": median(wall), "cpu": median(cpu), "peak_mib": peak, "trainable": trainable, "params": sum(p.numel() for p in model.parameters())}
+    saved = saved_for_backward_mib(model, step)
+    return {"wall": median(wall), "cpu": median(cpu), "peak_mib": peak, "trainable": trainable, "params": sum(p.numel() for p in model.parameters()),
+            "saved_mib": saved}  # fmt: skip
+
+
+def saved_for_backward_mib(model: SpecMaskFoley, step: Callable[[], None]) -> float:
+    """MiB that autograd keeps for the backward pass of one step (an untimed extra step): the
+    storages of every tensor saved for backward (`torch.autograd.graph.saved_tensors_hooks`), each
+    counted once, less the model's parameters (held anyway). Deterministic and the same on any
+    device, unlike peak memory: a device-independent measure of what activation checkpointing saves
+    (under bf16 autocast on CUDA most of it is half as large)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(storages.values()) / 2**20
 
 
 def run_probe(variant: str, args: argparse.Namespace, preset: str, batch: int) -> dict[str, float]:
@@ -121,15 +148,22 @@ def main() -> None:
     for preset in args.preset:
         for batch in args.batch:
             res = {v: run_probe(v, args, preset, batch) for v in VARIANTS}
-            ref = res["reference"]
+            ref, frozen = res["reference"], res["frozen"]
             for v, r in res.items():
                 rows.append([preset, batch, v, f"{r['trainable'] / 1e6:.1f}M / {r['params'] / 1e6:.1f}M", fmt(r["wall"]), fmt(batch / r["wall"]),
-                             fmt(r["cpu"]), fmt(ref["wall"] / r["wall"]), fmt(ref["cpu"] / r["cpu"]), f"{r['peak_mib']:.0f}"])
+                             fmt(r["cpu"]), fmt(ref["wall"] / r["wall"]), fmt(ref["cpu"] / r["cpu"]), f"{r['peak_mib']:.0f}",
+                             fmt(r["wall"] / frozen["wall"]), _ratio(r["peak_mib"], frozen["peak_mib"]), f"{r['saved_mib']:.0f}",
+                             _ratio(r["saved_mib"], frozen["saved_mib"])])
             print(f"  {preset} batch {batch}: " + ", ".join(f"{v} {fmt(r['wall'])} s/step" for v, r in res.items()), flush=True)
     mem = "peak CUDA MiB above model" if device.type == "cuda" else "peak RSS growth MiB"
     print(f"\n{environment(device)}\n")
-    print_table(["preset", "batch", "variant", "requires grad / params", "s/step", "clips/s", "CPU s/step", "speedup (wall)", "speedup (CPU s)", mem],
-                rows, markdown=args.markdown)
+    print_table(["preset", "batch", "variant", "requires grad / params", "s/step", "clips/s", "CPU s/step", "speedup (wall)", "speedup (CPU s)", mem,
+                 "s/step vs frozen", "memory vs frozen", "saved for backward MiB", "saved vs frozen"], rows, markdown=args.markdown)
+
+
+def _ratio(a: float, b: float) -> str:
+    """a / b, or "-" where b is not positive (a CPU peak RSS that did not grow)."""
+    return fmt(a / b) if b > 0 else "-"
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from controlfoley._static import BackboneModule, ControlEncoderModule, MelModule, TokenizerModule, VocoderModule
-from controlfoley.backbones.base import check_logits
+from controlfoley.backbones.base import check_logits, recompute_blocks, recomputes
 from controlfoley.config import ConfigError, ModelConfig
 from controlfoley.control.controlnet import ControlNet
 from controlfoley.control.encoders import feature_dims
@@ -195,6 +195,46 @@ class SpecMaskFoley(nn.Module):
         for m in self.control_modules():
             m.requires_grad_(True)
         return self
+
+    def enable_activation_checkpointing(self, enabled: bool = True) -> "SpecMaskFoley":
+        """Recompute each transformer block's activations (backbone and ControlNet) in the backward
+        pass instead of keeping them (torchtune's `enable_activation_checkpointing`, diffusers'
+        `enable_gradient_checkpointing`): a training step keeps one block input per block where it
+        kept every intermediate (attention, the 4x-wide MLP), and runs the blocks' forward twice.
+        The same gradients; for a batch that does not fit otherwise, fewer `grad_accum` steps.
+
+        It applies where a block is in training mode with grad enabled, so sampling (`generate`:
+        eval and inference mode) and validation are unchanged. The module tree and `state_dict` keys
+        stay as they are (`backbones.base.RecomputedForward`). A setting of this object, not of its
+        weights: `save` does not record it (a loaded model has it off), deepcopy keeps it. A part
+        without a `blocks` ModuleList or Sequential (optional in the Backbone contract for a model
+        without video) is refused, named, before any block is changed."""
+        parts: list[tuple[str, str, nn.Module]] = [("backbone", self.config.backbone.name, self.backbone)]
+        if self.controlnet is not None:
+            parts.append(("controlnet", "controlnet", self.controlnet))
+        found = []
+        for part, name, module in parts:
+            blocks = getattr(module, "blocks", None)
+            if isinstance(blocks, (nn.ModuleList, nn.Sequential)) and len(blocks) > 0:
+                found.append(blocks)
+            elif enabled:  # (switching off: a part without blocks has nothing on)
+                got = "has no `blocks`" if blocks is None else f"has `blocks` = {type(blocks).__name__}"
+                got += " (empty)" if isinstance(blocks, nn.Module) else ""
+                raise ConfigError(
+                    f"activation checkpointing recomputes each block of `blocks`, but {part} {name!r} ({type(module).__name__}) {got}; "
+                    "give it `blocks`, an nn.ModuleList of the blocks its forward_blocks calls in turn (controlfoley.backbones.base.Backbone), "
+                    "or train without activation checkpointing"
+                )
+        for blocks in found:
+            recompute_blocks(blocks, enabled)
+        return self
+
+    @property
+    def activation_checkpointing(self) -> bool:
+        """Whether every transformer block recomputes its activations in the backward pass
+        (`enable_activation_checkpointing`)."""
+        parts: list[nn.Module] = [self.backbone] + ([self.controlnet] if self.controlnet is not None else [])
+        return all(isinstance(blocks := getattr(m, "blocks", None), nn.Module) and recomputes(blocks) for m in parts)
 
     # -- the network -----------------------------------------------------------------------------
     def encode_control(self, features: Mapping[str, Tensor]) -> Float[Tensor, "b l d"]:

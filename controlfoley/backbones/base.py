@@ -14,19 +14,25 @@ Notable features:
   A backbone-only model (no video) does not use them.
 - Optional `cond_proj`: the module only a text condition reaches; the backbone recipe freezes it
   when the dataset has no text embeddings (so it is not decayed towards zero for nothing).
+- Activation checkpointing (`SpecMaskFoley.enable_activation_checkpointing`) needs `blocks` too:
+  `recompute_blocks` makes each block recompute its activations in the backward pass, for any
+  `forward_blocks` that calls its blocks (`blk(x)` or `blk.forward(x)`).
 
 Builders receive `vocab_size` (the tokenizer's codebook) and `grid` (its token grid (F, T)).
 """
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from controlfoley.errors import ShapeError
 from controlfoley.typing import Bool, Float, Int, Tensor
 
-__all__ = ["Backbone", "BACKBONE_MEMBERS", "CONTROL_MEMBERS", "check_logits"]
+__all__ = ["Backbone", "BACKBONE_MEMBERS", "CONTROL_MEMBERS", "RecomputedForward", "check_logits", "recompute_blocks", "recomputes"]
 
 BACKBONE_MEMBERS = ("vocab_size", "dim", "cond_dim", "embed", "forward_blocks", "logits")
 CONTROL_MEMBERS = ("blocks", "new_block")  # what the ControlNet copies
@@ -95,3 +101,47 @@ def check_logits(backbone: Any, name: str, logits: Any, rows: int, positions: in
     else:
         hint = ""
     raise ShapeError(f"{where}.logits returned {got}; it must return [rows, positions, vocab_size] = {list(want)}{hint}")
+
+
+class RecomputedForward:
+    """A block's forward that keeps only its inputs for the backward pass and recomputes the rest
+    there (activation checkpointing: torch.utils.checkpoint, non-reentrant, which restores the RNG
+    state for dropout and replays autocast), when the block is in training mode with grad enabled;
+    otherwise the block's own forward, unchanged (sampling, validation, inference mode).
+
+    Set on the block instance as its `forward` (`recompute_blocks`), which `nn.Module.__call__`
+    looks up: the module tree, the state_dict keys (checkpoints, strict loads, the ControlNet's
+    copy of the backbone blocks) and the block's class stay as they are, unlike torch's
+    checkpoint_wrapper, which adds a module level to every key. A plain object that holds its
+    block, so deepcopy and pickle carry it with the block. `inner`: a forward already set on the
+    instance (by other code), run inside, and put back when checkpointing is switched off."""
+
+    def __init__(self, block: nn.Module, inner: Callable[..., Any] | None = None) -> None:
+        self.block, self.inner = block, inner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        block = self.block
+        forward = self.inner if self.inner is not None else functools.partial(type(block).forward, block)
+        if block.training and torch.is_grad_enabled():
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+
+def recompute_blocks(blocks: nn.Module, enabled: bool = True) -> None:
+    """Switch activation checkpointing of every block in `blocks` (a ModuleList) on or off;
+    switching it on twice wraps nothing twice."""
+    for blk in blocks.children():
+        current = blk.__dict__.get("forward")
+        if isinstance(current, RecomputedForward):
+            if not enabled and current.inner is None:
+                delattr(blk, "forward")  # the class's forward again
+            elif not enabled:
+                setattr(blk, "forward", current.inner)
+        elif enabled:
+            setattr(blk, "forward", RecomputedForward(blk, current))
+
+
+def recomputes(blocks: nn.Module) -> bool:
+    """Whether every block of `blocks` recomputes its activations in the backward pass."""
+    children = list(blocks.children())
+    return bool(children) and all(isinstance(b.__dict__.get("forward"), RecomputedForward) for b in children)

@@ -20,8 +20,9 @@
 - `from_dict` skips the `_derived` note that `--print-config` adds (see `controlfoley.train.cli`).
 - `resume_conflicts(other)`: fields that must not change when a run is resumed (everything but
   the operational ones in `RESUME_MUTABLE`, `grad_accum` among them: like the number of processes
-  it only splits the global batch), so that a resumed run is the same run; a recipe option is
-  named on its own (`recipe_options.NAME`).
+  it only splits the global batch; and `activation_checkpointing`, which only trades memory for
+  time), so that a resumed run is the same run; a recipe option is named on its own
+  (`recipe_options.NAME`).
 - `recipe_options`: the recipe's own settings, declared by its `Options` dataclass
   (`recipe_option_specs`): typed, each with a default, each a `controlfoley train` flag. The
   config holds every one of them (defaults filled in, values checked: by type, then by the
@@ -387,9 +388,11 @@ DERIVED_KEY = "_derived"  # --print-config: {field: why} for values derived from
 # `grad_accum` splits the global batch (`batch_size`, which may not change), as the number of
 # processes does: a job rescheduled on fewer GPUs resumes with more micro-batches per step to fit in
 # memory, and the steps are the same up to float rounding (every loss is normalised globally)
+# `activation_checkpointing` trades memory for time and computes the same gradients: a job
+# rescheduled on a smaller GPU may switch it on
 RESUME_MUTABLE = frozenset(
     {"out", "data", "val_data", "num_workers", "log_every", "val_every", "ckpt_every", "keep_last", "verify_data", "device", "tensorboard", "progress",
-     "plugins", "grad_accum"}
+     "plugins", "grad_accum", "activation_checkpointing"}
 )  # fmt: skip
 
 
@@ -429,6 +432,7 @@ class TrainConfig:
     codebook_restart_until: int = 1_000_000_000  # tokenizer: no restarts from this step on (let codes settle)
     precision: str = "auto"  # auto, fp32 or bf16; auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the training objective
+    activation_checkpointing: bool = False  # backbone/controlnet: recompute each transformer block's activations in the backward pass instead of keeping them (less memory, one more forward of the blocks; the same gradients)
     seed: int = 0  # data order, masks and initialisation; from about -1.3e12 to 2.6e12 (a millisecond timestamp fits)
     shuffle: bool = True
     num_workers: int = 2  # DataLoader worker processes
@@ -472,6 +476,11 @@ class TrainConfig:
                 )
         object.__setattr__(self, "betas", _checked_betas(self.betas))
         recipe_class(self.recipe)  # registered (else RecipeError: the registered names, how to load a plugin)
+        if self.activation_checkpointing and recipe_base(self.recipe) == "tokenizer":
+            raise ConfigError(
+                f"train config: activation_checkpointing (--activation-checkpointing) recomputes the transformer blocks of the backbone "
+                f"and ControlNet, for the backbone and controlnet recipes; the {self.recipe} recipe trains the tokenizer, which has none. Drop it"
+            )
         object.__setattr__(self, "recipe_options", _checked_options(self.recipe, self.recipe_options))
         object.__setattr__(self, "plugins", _checked_plugins(self.plugins) if self.plugins is not None else recipe_plugins(self.recipe))
         _check_choice("precision", self.precision, PRECISIONS)

@@ -16,7 +16,9 @@ Features
   are in its collectives).
 - AdamW over the trainable parameters only (weight decay on tensors of rank >= 2), the LR set from
   `WarmupCosine` at every step, gradient accumulation (DDP `no_sync` on all but the last
-  micro-batch), global-norm gradient clipping, bf16 autocast on CUDA, optional torch.compile.
+  micro-batch), global-norm gradient clipping, bf16 autocast on CUDA, optional torch.compile,
+  optional activation checkpointing of the transformer blocks (`--activation-checkpointing`: less
+  memory for one more forward of the blocks; it may be switched on or off on resume).
 - A non-finite loss or gradient norm stops the run with a TrainingError before the optimizer
   step: parameters and the last checkpoint are untouched.
 - Deterministic: data order and random masks are functions of (seed, step) (see `recipes` and
@@ -183,6 +185,8 @@ class Trainer:
                     "Add controlnet to trainable, or --init a run that trained it (--init-parts ...,controlnet)",
                     stacklevel=user_stacklevel(),
                 )
+        if cfg.activation_checkpointing:  # before the objective holds the model; a backbone without `blocks` is named here
+            self.model.enable_activation_checkpointing()
         self.model.to(info.device)
         self.train_ds, self.val_ds = open_datasets(cfg, self.recipe, self.model)
         self._data_record = check_same_data(cfg, self.run_dir.root, self.train_ds, self.val_ds, resume)

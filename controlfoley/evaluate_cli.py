@@ -42,9 +42,12 @@ is n/a only where no file had anything to measure. The pooled levels are those o
 
 Output: a markdown table per file and a summary table on stdout; `--out FILE.json` also writes both
 (written atomically; NaN as null, counts as integers). A file that cannot be read, or a generated
-file with no reference, is reported on its own line and the others are still scored. Exit code: 0
-when every generated file was scored, 1 when any was not, 2 for a bad command line (an unwritable
---out included, checked before any file is read) or nothing to score.
+file with no reference, is reported on its own line and the others are still scored. Without
+--reference, an output whose recorded source has no soundtrack (a silent video, an animated GIF:
+generate makes foley for them) has nothing to be scored against: it is listed as skipped
+(`n_skipped`), not failed. Exit code: 0 when every generated file was scored or skipped, 1 when any
+failed, 2 for a bad command line (an unwritable --out included, checked before any file is read)
+or nothing to score.
 """
 
 import argparse
@@ -70,7 +73,7 @@ LENGTH_WARN_S = 0.5  # a pair whose lengths differ by more is scored on the over
 LEVEL_WARN_DB = 10.0  # mean levels further apart than this get a warning
 _SUMMARY_COLUMNS = ("n_clips", "desync_s", "desync_miss_frac", "precision_any", "recall_any", "f1_any", "fd", "n_true", "n_pred", "generated_dbfs", "reference_dbfs")
 _FILE_COLUMNS = ("file", "seconds", "n_true", "n_pred", "desync_s", "f1_any", "generated_dbfs", "reference_dbfs", "status")
-_COUNTS = ("n_clips", "n_true", "n_pred", "matched_any", "n_desync_miss", "n_files", "n_failed", "n_reference_unused")
+_COUNTS = ("n_clips", "n_true", "n_pred", "matched_any", "n_desync_miss", "n_files", "n_failed", "n_skipped", "n_reference_unused")
 
 
 class _Usage(Exception):
@@ -134,8 +137,29 @@ def pair_files(generated: Path, reference: Path) -> tuple[list[tuple[str, Path, 
     return rows, unused
 
 
+class _NoSoundtrack(str):
+    """A pair's problem that is not a failure: its source has no soundtrack to score against (a
+    silent video or an animated GIF that `generate` made foley for). Listed as skipped; it does not
+    count in `n_failed` nor make the exit code 1."""
+
+
+def _has_soundtrack(source: Path) -> bool:
+    """Whether `source` holds an audio track (a GIF never does; a file that cannot be probed is
+    left to the read, which names its problem)."""
+    from controlfoley.errors import MediaError
+    from controlfoley.video import probe
+
+    if source.suffix.lower() == ".gif":
+        return False
+    try:
+        return probe(source).has_audio
+    except (MediaError, OSError):
+        return True
+
+
 def _pairs_from_record(generated: Path) -> tuple[list[tuple[str, Path, Path | None, str | None]], int, str | None]:
-    """Pairs from GENERATED/generate.json: each output with the video `generate` made it from."""
+    """Pairs from GENERATED/generate.json: each output with the video `generate` made it from (one
+    without a soundtrack is skipped: `_NoSoundtrack`)."""
     from controlfoley.errors import MediaError
     from controlfoley.generate_cli import MANIFEST, read_manifest
 
@@ -168,6 +192,8 @@ def _pairs_from_record(generated: Path) -> tuple[list[tuple[str, Path, Path | No
             rows.append((stem, gen.files[stem], None, f"its source {entry['source']} (from {MANIFEST}) is a folder, not a video; repair the entry"))
         elif not Path(entry["source"]).is_file():
             rows.append((stem, gen.files[stem], None, f"its source {entry['source']} (from {MANIFEST}) is gone; score it with --reference"))
+        elif not _has_soundtrack(Path(entry["source"])):
+            rows.append((stem, gen.files[stem], None, _NoSoundtrack(f"its source {entry['source']} has no soundtrack to score against (a silent video or GIF)")))
         else:
             rows.append((stem, gen.files[stem], Path(entry["source"]), None))
             if _changed_since(entry):
@@ -321,8 +347,15 @@ def evaluate_main(argv: Sequence[str]) -> int:
     scored: list[tuple[Any, Any]] = []
     per_pair: list[dict[str, float]] = []
     scored_names: list[str] = []
+    skipped = 0
     for name, gen_path, ref_path, problem in tqdm(rows, desc="evaluate", unit="file", disable=None):
         row: dict[str, Any] = {"file": name, "generated": str(gen_path), "reference": None if ref_path is None else str(ref_path)}
+        if isinstance(problem, _NoSoundtrack):  # nothing to compare with: not a failure
+            row["status"] = f"skipped: {problem}"
+            tqdm.write(f"note: {name}: skipped: {problem}", file=sys.stderr)
+            files.append(row)
+            skipped += 1
+            continue
         try:
             if problem is not None:
                 raise ControlFoleyError(problem)
@@ -344,7 +377,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
         files.append(row)
 
     print(format_table(files, _FILE_COLUMNS))
-    summary: dict[str, Any] = {"n_files": len(files), "n_failed": len(files) - len(scored), "n_reference_unused": unused}
+    summary: dict[str, Any] = {"n_files": len(files), "n_failed": len(files) - len(scored) - skipped, "n_skipped": skipped, "n_reference_unused": unused}
     if scored:
         embedding = AudioEmbedding(sr)
         short = sum(min(len(g), len(r)) < embedding.mel.min_samples for g, r in scored)
@@ -381,4 +414,4 @@ def evaluate_main(argv: Sequence[str]) -> int:
     if not scored:
         print("error: no generated file could be scored (see the lines above)", file=sys.stderr)
         return 2
-    return 0 if len(scored) == len(files) else 1
+    return 0 if len(scored) + skipped == len(files) else 1

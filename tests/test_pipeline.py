@@ -580,10 +580,15 @@ def _gif(path: Path, n: int = 20, fps: int = 10) -> Path:
     return path
 
 
-def test_cli_takes_the_gifs_of_a_folder(model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_takes_the_gifs_of_a_folder(model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A .gif given by name was taken, but a folder's GIFs were left out (the folder counted as one
     without videos). A folder now stands for its GIFs too; the foley MP4 holds the GIF re-encoded as
-    H.264 with the new audio. evaluate and extract, which read a file's soundtrack, still pass GIFs by."""
+    H.264 with the new audio. extract and a --reference folder, which read a file's soundtrack, still
+    pass GIFs by; `evaluate OUT` (pairs from generate.json) lists the GIF's output as skipped, with
+    nothing to score it against, not as a failure: the same commands exited 1 before."""
+    import json
+    import shutil
+
     from controlfoley._media import VIDEO_SUFFIXES, video_files
     from controlfoley.video import probe
 
@@ -591,11 +596,20 @@ def test_cli_takes_the_gifs_of_a_folder(model_file: Path, tmp_path: Path, capsys
     folder.mkdir()
     _gif(folder / "Sweep.GIF")
     assert [f.name for f in video_files(folder)] == ["Sweep.GIF"] and ".gif" not in VIDEO_SUFFIXES
+    shutil.copy(media["tiny"], folder / "withaudio.mp4")
+    assert probe(folder / "withaudio.mp4").has_audio
     out = tmp_path / "out"
     assert cli.main(["generate", str(folder), "--model", str(model_file), "--out", str(out), "--steps", "2"]) == 0
-    assert _outputs(out) == ["Sweep.mp4", "Sweep.wav", "generate.json"] and "1 of 1 files ok" in capsys.readouterr().out
+    assert _outputs(out) == ["Sweep.mp4", "Sweep.wav", "generate.json", "withaudio.mp4", "withaudio.wav"]
+    assert "2 of 2 files ok" in capsys.readouterr().out
     info = probe(out / "Sweep.mp4")
     assert info.codec == "h264" and info.has_audio and info.n_frames == 20
+    report = tmp_path / "scores.json"
+    assert cli.main(["evaluate", str(out), "--out", str(report)]) == 0
+    assert "note: Sweep: skipped: its source" in capsys.readouterr().err
+    scores = json.loads(report.read_text())
+    assert scores["summary"]["n_failed"] == 0 and scores["summary"]["n_skipped"] == 1 and scores["summary"]["n_clips"] == 1
+    assert [f["status"].split(":")[0] for f in scores["files"]] == ["skipped", "ok"]
 
 
 @cuda

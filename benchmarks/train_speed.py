@@ -106,7 +106,8 @@ def saved_for_backward_mib(model: SpecMaskFoley, step: Callable[[], None]) -> fl
     storages of every tensor saved for backward (`torch.autograd.graph.saved_tensors_hooks`), each
     counted once, less the model's parameters (held anyway). Deterministic and the same on any
     device, unlike peak memory: a device-independent measure of what activation checkpointing saves
-    (under bf16 autocast on CUDA most of it is half as large)."""
+    (this script runs fp32 without autocast; under bf16 autocast, as `controlfoley train` runs on
+    CUDA, most of it would be half as large)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages: dict[int, int] = {}
 

@@ -43,6 +43,7 @@ References: SpecMaskFoley (shared/reference/specmaskfoley-paper.txt), MaskGIT in
 al. 2022, sec. 3.2 / image extrapolation), docs/DESIGN.md sections 1-3.
 """
 
+import contextlib
 import functools
 import logging
 import math
@@ -113,6 +114,11 @@ def sampling_parts_to_bf16(model: ModelModule) -> None:
 # -- the pipeline -------------------------------------------------------------------------------
 
 
+def _stamp(wav: Tensor) -> tuple[int, int]:
+    """Which tensor, at which in-place version: equal only for the very waveform, unmodified."""
+    return id(wav), wav._version
+
+
 @dataclass(frozen=True)
 class FoleyResult:
     """What a pipeline call returns: the waveform for the whole video, its mel and tokens, the
@@ -127,13 +133,24 @@ class FoleyResult:
     windows: tuple[Window, ...]
     seed: int | None = None  # the seed that drew it (pass it back for the same result)
 
+    def _clipping_said(self) -> contextlib.AbstractContextManager[None]:
+        """Within it the writers do not warn that this waveform clips: where the pipeline that made
+        the result checked this very waveform (and said so if it clips), unchanged since (not
+        modified in place, not another tensor: `_stamp`). A waveform changed after, or a result
+        built by hand, is warned about by the writer as any other."""
+        from controlfoley.audio.io import _caller_reports_clipping
+
+        said = getattr(self, "_checked", None) == _stamp(self.wav)
+        return _caller_reports_clipping() if said else contextlib.nullcontext()
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the waveform to a .wav or .flac file, atomically (16-bit PCM); returns the path.
-        Samples past full scale are clipped to [-1, 1] without a second word: the pipeline that
-        made the result said so."""
-        from controlfoley.audio.io import _caller_reports_clipping, save_audio
+        Samples past full scale are clipped to [-1, 1] without a second word where the pipeline
+        that made the result said so (its waveform unchanged since); with `save_audio`'s warning
+        otherwise."""
+        from controlfoley.audio.io import save_audio
 
-        with _caller_reports_clipping():
+        with self._clipping_said():
             return save_audio(path, self.wav, self.sample_rate)
 
     def save_video(self, video_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, replace_input: bool = False) -> Path:
@@ -143,7 +160,6 @@ class FoleyResult:
         Writing over `video_path` itself (its own audio lost) needs `replace_input=True`. A video
         whose duration differs from this result's by more than 0.5 s (another video than the one
         it was made from?) is logged as a warning. Returns `out_path`."""
-        from controlfoley.audio.io import _caller_reports_clipping
         from controlfoley.errors import MediaError
         from controlfoley.video import mux_audio, probe
 
@@ -159,7 +175,7 @@ class FoleyResult:
                 "%s is %.2f s long but this result is %.2f s: its audio track will %s (was the result made from another video?)",
                 src, info.duration_s, self.duration_s, "end early" if info.duration_s > self.duration_s else "run past the picture",
             )  # fmt: skip
-        with _caller_reports_clipping():  # a waveform past full scale: the pipeline that made it said so
+        with self._clipping_said():  # a waveform past full scale: the pipeline that made it said so
             mux_audio(src, self.wav, self.sample_rate, out)
         return out
 
@@ -755,7 +771,9 @@ class FoleyPipeline:
                 peak, n, size, 100.0 * n / size,
             )  # fmt: skip
         n_mel = math.ceil(plan.n_samples / self.model.mel.hop_length)
-        return FoleyResult(wav, plan.sample_rate, mel[:, :n_mel].cpu(), codes.cpu(), job.duration_s, plan.windows, job.seed)
+        result = FoleyResult(wav, plan.sample_rate, mel[:, :n_mel].cpu(), codes.cpu(), job.duration_s, plan.windows, job.seed)
+        object.__setattr__(result, "_checked", _stamp(wav))  # checked for clipping above: save / save_video need not say it again
+        return result
 
     def sample_tokens(
         self,

@@ -1,6 +1,7 @@
 """Foley pipeline: window plans and time mapping, continuation by inpainting, input frame rates,
 the `generate` CLI with bad input, and (slow, with shipped weights) seams and onsets on a long video."""
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -1086,6 +1087,19 @@ def test_a_clipped_clip_is_reported_once_through_generation_and_saving(
     assert "subtype='FLOAT'" in report and "wav / wav.abs().max()" in report  # the fix
     with pytest.warns(UserWarning, match=r"save_audio: the waveform peaks at .* past full scale"):
         save_audio(tmp_path / "direct.wav", result.wav, result.sample_rate)  # not through the pipeline: warned
+    # a result whose waveform changed after the pipeline checked it (in place, or another tensor) is
+    # not one the pipeline spoke of: its writers warn as save_audio does
+    quiet = p(media["tiny"], steps=2)
+    quiet.wav.mul_(0.1)  # now within full scale: nothing to say
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet.save(tmp_path / "quiet.wav")
+    assert not [w for w in caught if "past full scale" in str(w.message)]
+    quiet.wav.mul_(40.0)  # loud again, after the pipeline's check
+    with pytest.warns(UserWarning, match=r"save_audio: the waveform peaks at .* past full scale"):
+        quiet.save(tmp_path / "loud.wav")
+    with pytest.warns(UserWarning, match=r"mux_audio: the waveform peaks at .* past full scale"):
+        dataclasses.replace(result, wav=result.wav.clone()).save_video(media["tiny"], tmp_path / "other.mp4")
 
 
 def test_cli_reports_a_clipped_file_once_naming_it(

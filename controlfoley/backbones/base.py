@@ -21,7 +21,9 @@ Notable features:
 Builders receive `vocab_size` (the tokenizer's codebook) and `grid` (its token grid (F, T)).
 """
 
+import copy
 import functools
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -112,12 +114,33 @@ class RecomputedForward:
     Set on the block instance as its `forward` (`recompute_blocks`), which `nn.Module.__call__`
     looks up: the module tree, the state_dict keys (checkpoints, strict loads, the ControlNet's
     copy of the backbone blocks) and the block's class stay as they are, unlike torch's
-    checkpoint_wrapper, which adds a module level to every key. A plain object that holds its
-    block, so deepcopy and pickle carry it with the block. `inner`: a forward already set on the
-    instance (by other code), run inside, and put back when checkpointing is switched off."""
+    checkpoint_wrapper, which adds a module level to every key. It holds its block by a weak
+    reference: a strong one would make every block a reference cycle, whose weights `del model`
+    would not free until the garbage collector's next full pass (GPU memory a notebook or a
+    process training several models expects back at once). deepcopy and pickle carry it with the
+    block (`__deepcopy__`, `__reduce__`). `inner`: a forward already set on the instance (by other
+    code), run inside, and put back when checkpointing is switched off."""
 
     def __init__(self, block: nn.Module, inner: Callable[..., Any] | None = None) -> None:
-        self.block, self.inner = block, inner
+        self._block, self.inner = weakref.ref(block), inner
+
+    @property
+    def block(self) -> nn.Module:
+        block = self._block()
+        if block is None:  # only reachable by holding this object past its block
+            raise RuntimeError("RecomputedForward: its block no longer exists")
+        return block
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "RecomputedForward":
+        # within a deepcopy of the block (its __dict__ holds this), the copy of the block is in memo already
+        block = self.block
+        new_block = memo.get(id(block))
+        if new_block is None:  # this object copied on its own: with a copy of its block
+            new_block = copy.deepcopy(block, memo)
+        return RecomputedForward(new_block, copy.deepcopy(self.inner, memo))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RecomputedForward, (self.block, self.inner))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         block = self.block

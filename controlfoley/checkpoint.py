@@ -423,7 +423,10 @@ def _part_config_hint(meta: Mapping[str, str], model: ModelModule, parts: Sequen
     if not lines:
         return ""
     what = "it" if len(lines) == 1 else "them"
-    return "".join(lines) + f"\n  Build {what} like the checkpoint: {' '.join(flags)} on the command line, build_model(..., {', '.join(kwargs)}) in Python."
+    return "".join(lines) + (
+        f"\n  Build {what} like the checkpoint: {' '.join(flags)} on the command line, build_model(..., {', '.join(kwargs)}) in Python"
+        " (controlfoley train: --preset CHECKPOINT builds the whole model as the checkpoint records it)."
+    )
 
 
 def _saved_defaults(meta: Mapping[str, str]) -> dict[str, Any] | None:
@@ -836,7 +839,7 @@ def _train_or_build(group: Sequence[_Otherwise]) -> str:
     flags = " ".join(f"--model {key}='{spec}'" for key, spec in specs.items())
     return (
         f"train {names} as {are} now (this load only starts {them} from those weights), or build {built} {how}, {keywords} "
-        f"({flags} on the command line), to load {them} as trained"
+        f"({flags} on the command line, or controlfoley train --preset CHECKPOINT), to load {them} as trained"
     )
 
 

@@ -288,7 +288,7 @@ def test_load_parts_and_init_warn_of_each_part_built_otherwise(micro_model, tmp_
     assert re.search(
         r"controlnet is 'copy' with other settings than the checkpoint trained it with \(injection: 'aligned' -> 'interval'\); .*"
         r"build it as the checkpoint did, controlnet=\{\"name\": \"copy\", \"injection\": \"aligned\", \"n_blocks\": 2\} \(--model "
-        r"controlnet='\{\"name\": \"copy\", \"injection\": \"aligned\", \"n_blocks\": 2\}' on the command line\), to load it as trained$",
+        r"controlnet='\{\"name\": \"copy\", \"injection\": \"aligned\", \"n_blocks\": 2\}' on the command line, or controlfoley train --preset CHECKPOINT\), to load it as trained$",
         said[1],
     )
     assert model.trained_parts == set(every)

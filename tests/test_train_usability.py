@@ -865,3 +865,133 @@ def test_a_relative_data_folder_resumed_from_elsewhere_is_named_with_the_fix(
     assert f"the run's --data ds (its config.json), a path relative to the folder the run was started from, is not found from {tmp_path}" in err
     assert "--data PATH" in err and "extract" not in err
     assert train_main(["backbone", "--out", "proj/run", "--resume", "--data", "proj/ds"]) == 0
+
+
+# -- 9. a run as the next stage's preset: --preset RUN, or --init RUN alone ----------------------------
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TOK_1D = {"name": "conv1d_vq", "hidden": 16, "embed_dim": 16, "n_embed": 64}  # examples/tokenizer_1d.py's, micro: grid 1 x 32, 64 codes
+VIDEO = {"control_encoder": {"name": "synchformer_clip", "sync_dim": 24, "clip_dim": 12}, "aligner": "ft", "controlnet": {"name": "copy", "n_blocks": 2}}
+
+
+def stage_args(recipe: str, data: Path, out: Path, *extra: str, steps: int = 2) -> list[str]:
+    """cli_args without --preset and --model: what the next stage of a chain types."""
+    return [recipe, "--data", str(data), "--out", str(out), "--steps", str(steps), "--batch-size", "4", "--warmup-steps", "0", "--log-every", "1",
+            "--ckpt-every", "1", "--val-every", "0", "--num-workers", "0", "--no-progress", "--no-tensorboard", *extra]  # fmt: skip
+
+
+def model_flags(overrides: dict[str, Any]) -> list[str]:
+    return [a for k, v in overrides.items() for a in ("--model", f"{k}={json.dumps(v)}")]
+
+
+def _forget_tokenizer_1d() -> None:
+    """As in a process that never loaded examples/tokenizer_1d.py."""
+    from controlfoley import TOKENIZERS
+
+    if "conv1d_vq" in TOKENIZERS:
+        TOKENIZERS.unregister("conv1d_vq")
+    for mod in [m for m, v in sys.modules.items() if getattr(v, "__file__", None) == str(EXAMPLES / "tokenizer_1d.py")]:
+        del sys.modules[mod]
+
+
+@pytest.fixture
+def tokenizer_1d(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """examples/tokenizer_1d.py, not loaded (a test loads it with --plugin); forgotten after the test,
+    and the environment variable --plugin sets restored."""
+    from controlfoley._registry import PLUGIN_ENV
+
+    monkeypatch.setenv(PLUGIN_ENV, "")
+    monkeypatch.delenv(PLUGIN_ENV)
+    _forget_tokenizer_1d()
+    yield str(EXAMPLES / "tokenizer_1d.py")
+    _forget_tokenizer_1d()
+
+
+def _recorded(run: Path) -> Any:
+    """The model config a run's latest checkpoint records."""
+    from controlfoley.checkpoint import config_from_metadata, read_metadata
+    from controlfoley.train.checkpoints import resolve_model_file
+
+    file = resolve_model_file(run)
+    return config_from_metadata(read_metadata(file), file)
+
+
+def test_each_stage_builds_the_model_of_the_run_it_starts_from_without_repeating_its_model_flags(
+    tokenizer_1d: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tokenizer -> backbone -> controlnet, the first on specmaskgit_tiny with a plugin's tokenizer
+    and a smaller backbone: the backbone stage is `--init TOK` alone (its preset: that run's model),
+    the controlnet stage `--preset BB` with --model flags that add the video parts on top. Each builds
+    what the repeated flags build, config.json holds the preset and the overrides (no path), and the
+    run resumes with the source run gone. Without the plugin, or without the video parts, the error
+    names the fix."""
+    from controlfoley.builder import model_config
+
+    ds = write_data(tmp_path / "ds", n=8, mel=True, grid=(1, 32))
+    tok, bb, cn = tmp_path / "tok", tmp_path / "bb", tmp_path / "cn"
+    first = {"tokenizer": TOK_1D, "backbone": micro_overrides()["backbone"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the recipes' advice (no --init, untracked tokens): not what is tested here
+        assert train_main(stage_args("tokenizer", ds, tok, "--plugin", tokenizer_1d, "--preset", "specmaskgit_tiny", *model_flags(first), steps=1)) == 0
+        _forget_tokenizer_1d()  # a new process: the plugin is named, with the flag that loads it
+        capsys.readouterr()
+        assert train_main(stage_args("backbone", ds, bb, "--init", str(tok))) == 2
+        err = capsys.readouterr().err
+        assert f"--init {tok} (whose model this run builds, without --preset): its model needs a part that is not registered here (tokenizer 'conv1d_vq')" in err
+        assert f"--plugin {tokenizer_1d}" in err
+        assert train_main(stage_args("backbone", ds, bb, "--plugin", tokenizer_1d, "--init", str(tok))) == 0
+        saved = json.loads((bb / "config.json").read_text(encoding="utf-8"))
+        assert saved["preset"] == "specmaskgit_tiny" and saved["init"] == str(tok)
+        assert model_config(saved["preset"], **saved["model_overrides"]) == model_config("specmaskgit_tiny", **first) == _recorded(bb)
+        # the controlnet recipe needs video parts that a specmaskgit model lacks: the flags that add them
+        assert train_main(stage_args("controlnet", ds, cn, "--preset", str(bb), "--init", str(bb))) == 2
+        err = capsys.readouterr().err
+        assert "has no video parts (control_encoder, aligner, controlnet), and the controlnet recipe trains the ControlNet" in err
+        assert "--model control_encoder='{\"name\": \"synchformer_clip\"" in err and "(those of preset 'specmaskfoley_tiny'" in err
+        line = stage_args("controlnet", ds, cn, "--preset", str(bb), "--init", str(bb), *model_flags(VIDEO), steps=3)
+        assert train_main([*line, "--stop-at", "1"]) == 0
+        saved = json.loads((cn / "config.json").read_text(encoding="utf-8"))
+        repeated = {**first, **VIDEO}  # what the flags of every stage, repeated, build
+        assert saved["preset"] == "specmaskgit_tiny" and str(bb) not in json.dumps(saved["model_overrides"])
+        assert model_config(saved["preset"], **saved["model_overrides"]) == model_config("specmaskgit_tiny", **repeated) == _recorded(cn)
+        assert [r["path"] for r in saved["plugins"]] == [str(Path(tokenizer_1d).resolve())]  # its own resume loads it
+        assert train_main([*line, "--auto-resume", "--stop-at", "2"]) == 0  # the line that started it resumes it
+        shutil.rmtree(bb)  # the run is self-contained: its resume does not read the run it started from
+        shutil.rmtree(tok)
+        assert train_main(["controlnet", "--out", str(cn), "--resume"]) == 0
+    assert read_metrics(cn, "train")[-1]["step"] == 3
+
+
+def test_init_alone_gives_the_preset_and_model_flags_go_on_top_of_it(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--init RUN without --preset builds that run's model (--model flags on top, as with --preset
+    RUN); the line that started such a run resumes it; a --preset that is neither a preset nor a
+    readable checkpoint says both, and the Python API takes a run as the preset too."""
+    from controlfoley.builder import model_config
+
+    bb, cn = tmp_path / "bb", tmp_path / "cn"
+    assert train_main(cli_args("backbone", data, bb, steps=2)) == 0  # specmaskfoley_tiny with micro overrides
+    capsys.readouterr()
+    line = stage_args("controlnet", data, cn, "--init", str(bb), "--model", "controlnet.n_blocks=1", "--model", "aligner=plain1d", steps=2)
+    assert train_main([*line, "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    want = model_config("specmaskfoley_tiny", **{**micro_overrides(), "controlnet": {"n_blocks": 1}, "aligner": "plain1d"})
+    assert printed["preset"] == "specmaskfoley_tiny" and model_config(printed["preset"], **printed["model_overrides"]) == want
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert train_main([*line, "--stop-at", "1"]) == 0
+        assert train_main([*line, "--auto-resume"]) == 0  # the same line, its preset defaulting to --init's model again
+    assert _recorded(cn) == want and read_metrics(cn, "train")[-1]["step"] == 2
+    # Python: a run as the preset, flags on top
+    cfg = config("controlnet", data, tmp_path / "py", preset=str(bb), model_overrides={"aligner": "plain1d"})
+    assert model_config(cfg.preset, **cfg.model_overrides) == model_config("specmaskfoley_tiny", **{**micro_overrides(), "aligner": "plain1d"})
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+    # neither a preset nor a readable checkpoint: both named, and how to list the presets
+    (tmp_path / "not_a_run").mkdir()
+    for bad, why in ((tmp_path / "typo", "does not exist"), (tmp_path / "not_a_run", "no model checkpoint at")):
+        assert train_main(stage_args("controlnet", data, cn.with_name("x"), "--preset", str(bad))) == 2
+        err = capsys.readouterr().err
+        assert f"--preset {bad} is neither a registered preset nor a" in err and why in err, err
+        assert "`controlfoley list presets`" in err and "a training run folder, a checkpoint folder or a .safetensors file" in err
+    assert train_main(stage_args("controlnet", data, cn.with_name("x"), "--preset", str(bb / "config.json"))) == 2
+    assert f"a training run's config.json, not a model config; give the run's folder, --preset {bb}" in capsys.readouterr().err
+    assert train_main(stage_args("controlnet", data, cn.with_name("x"))) == 2
+    assert "needs ['preset']" in capsys.readouterr().err

@@ -15,6 +15,10 @@ run is refused (the same values are fine, so the command that started a run resu
 `--auto-resume` resumes when --out holds a run and starts it otherwise: one command line for a
 job's first start and its restarts (torchrun --max-restarts, SLURM --requeue).
 `--model KEY=JSON` passes a model override (`--model backbone='{"depth": 2}'`).
+`--preset` also takes a run folder or a checkpoint (file or folder): the model it records, its
+preset and overrides (a plugin's parts need their `--plugin`), with the --model flags on top; without
+`--preset`, `--init RUN` gives it. config.json records the preset's name and the merged overrides,
+so the run is resumed without the run it started from (`TrainConfig`, `preset_from_checkpoint`).
 `--print-config` prints the resolved config as JSON and exits, after checking that the model config
 it names resolves (preset, part names, --model overrides); values derived from others (the
 warm-up, from --steps) carry a note under "_derived", and a --config file with that note derives
@@ -272,11 +276,28 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any], Tra
                 )
         if options or in_file:
             given["recipe_options"] = {**base["recipe_options"], **in_file, **options}
+        _default_preset_as_started(given, file_fields, {**base, **checked}, run)
         return TrainConfig.from_dict({**base, **checked, **given}), file_fields, run
     if options:
         in_file = file_fields.get("recipe_options")
         given["recipe_options"] = {**(in_file if isinstance(in_file, dict) else {}), **options}
     return TrainConfig.for_recipe(args.recipe, **{**file_fields, **given}), file_fields, None
+
+
+def _default_preset_as_started(given: dict[str, Any], file_fields: dict[str, Any], base: dict[str, Any], run: TrainConfig) -> None:
+    """On resume, a line without --preset (flags or --config) but with --init and --model flags is the
+    line that started a run whose preset defaulted to --init's model, the flags on top: the preset is
+    that again (in `given`), where it resolves to the run's own preset and overrides; else (a run
+    started with a --preset NAME) the run's preset stays, as before, with those flags over it."""
+    line = {**file_fields, **given}
+    if "model_overrides" not in given or line.get("preset") is not None or line.get("init") is None:
+        return
+    try:
+        started = TrainConfig.from_dict({**base, **given, "preset": line["init"]})
+    except (ConfigError, RegistryError, ControlFoleyError):
+        return  # the run's preset with the flags: any conflict is named as before
+    if (started.preset, started.model_overrides) == (run.preset, run.model_overrides):
+        given["preset"] = line["init"]
 
 
 def _config_file(args: argparse.Namespace) -> dict[str, Any]:

@@ -17,6 +17,10 @@
 - `to_json` / `from_json`; unknown fields are a ConfigError naming the known ones.
 - `model_overrides` holds JSON values (config.json stores them): a `Part` becomes the dict that
   builds the same part, a `SamplerConfig` its fields (`_json_overrides`).
+- `preset` may name a run folder or a checkpoint (file or folder) instead of a preset: the model
+  config it records, with `model_overrides` on top, stored as the preset it came from and the
+  overrides that build it (`preset_from_checkpoint`): config.json is self-contained, a resume does
+  not read the checkpoint. Without a preset, `from_dict` takes `init`'s (the run a stage starts from).
 - `from_dict` skips the `_derived` note that `--print-config` adds (see `controlfoley.train.cli`).
 - `resume_conflicts(other)`: fields that must not change when a run is resumed (everything but
   the operational ones in `RESUME_MUTABLE`, `grad_accum` among them: like the number of processes
@@ -399,7 +403,7 @@ RESUME_MUTABLE = frozenset(
 @dataclass(frozen=True)
 class TrainConfig:
     recipe: str  # tokenizer | backbone | controlnet | a recipe a plugin registers (RECIPES)
-    preset: str  # model preset (controlfoley.presets), built with `model_overrides`
+    preset: str  # model preset (controlfoley list presets) that `model_overrides` (--model) change; or a run folder or checkpoint: the model it records, --model on top (config.json stores its preset and the merged overrides); default: --init's model
     data: str  # dataset folder (controlfoley.data.shards format)
     out: str  # run folder: config.json, metrics.jsonl, checkpoints/
     model_overrides: Mapping[str, Any] = field(default_factory=dict)  # build_model(preset, **model_overrides)
@@ -448,6 +452,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
+        if is_checkpoint_source(self.preset):  # a run or checkpoint: the preset and overrides of the model it records, flags on top
+            flag = "--init" if self.init is not None and self.preset == self.init else "--preset"  # (from_dict's default: --init's model)
+            preset, merged = preset_from_checkpoint(self.preset, self.model_overrides, recipe=self.recipe, flag=flag)
+            object.__setattr__(self, "preset", preset)
+            object.__setattr__(self, "model_overrides", merged)
         try:  # JSON values, as config.json stores them: a tuple given in Python compares equal on resume
             overrides = json.loads(json.dumps(_json_overrides(self.preset, self.model_overrides)))
         except (TypeError, ValueError) as e:
@@ -563,9 +572,12 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown train config field(s) {unknown}; known fields: {sorted(known)}")
+        if d.get("preset") is None and isinstance(d.get("init"), (str, os.PathLike)):
+            d["preset"] = os.fspath(d["init"])  # without a preset, the model of the run (or checkpoint, or shipped preset) it starts from
         missing = sorted(k for k in ("recipe", "preset", "data", "out") if d.get(k) is None)
         if missing:
-            raise ConfigError(f"train config needs {missing} (e.g. --preset, --data, --out on the command line)")
+            hint = " (or --init RUN alone for the preset: the model that run trained)" if "preset" in missing else ""
+            raise ConfigError(f"train config needs {missing} (e.g. --preset, --data, --out on the command line){hint}")
         kw = {k: v.item() if isinstance(v, np.generic) else v for k, v in d.items()}  # numpy scalars: Python numbers
         for name in ("betas", "init_parts"):
             if name in kw and isinstance(kw[name], list):  # JSON's lists; anything else is the field's check's to name
@@ -681,6 +693,176 @@ def _part_as_dict(preset: str, key: str, part: Part) -> dict[str, Any]:
             f"model_overrides={{{key!r}: {json.dumps({**as_dict, **dict.fromkeys(unset, '...')})}}}"
         )
     return {"name": part.name, **defaults, **part.kwargs}
+
+
+# -- a checkpoint as the preset: the model config it records, as a preset name and overrides ---------
+_MODEL_PART_FIELDS = ("mel", "tokenizer", "backbone", "guidance", "vocoder", "control_encoder", "aligner", "controlnet")
+_VIDEO_PARTS = ("control_encoder", "aligner", "controlnet")
+_SOURCE_KINDS = "a training run folder, a checkpoint folder or a .safetensors file"
+
+
+def is_checkpoint_source(preset: str) -> bool:
+    """Whether `preset` names a checkpoint rather than a preset: not a registered preset name (a
+    registered name is the preset, also where a folder of that name exists, as build_model has it),
+    not a .json model config (build_model reads those), and an existing file or folder, or spelled
+    as a path (a separator, a .safetensors suffix)."""
+    from controlfoley._registry import PRESETS  # (its first lookup registers the built-in presets)
+
+    if preset in PRESETS:
+        return False
+    p = Path(preset)
+    if p.suffix == ".json" and not _is_run_config(p):
+        return False
+    return p.exists() or p.suffix == ".safetensors" or "/" in preset or os.sep in preset
+
+
+def _is_run_config(p: Path) -> bool:
+    """A training run's config.json (what `--preset RUN/config.json` means to name: the run)."""
+    try:
+        d = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(d, dict) and {"recipe", "preset", "data", "out"} <= d.keys()
+
+
+def preset_from_checkpoint(
+    source: str, overrides: Mapping[str, Any], *, recipe: str | None = None, flag: str = "--preset"
+) -> tuple[str, dict[str, Any]]:
+    """The model config the checkpoint `source` (a run folder, a checkpoint file or folder: what
+    `resolve_model_file` takes) records, with `overrides` applied on top, as (preset name, JSON
+    overrides of that preset): what a TrainConfig stores, so that the run's config.json builds the
+    same model without the checkpoint (a resume does not need it to exist). A ConfigError names a
+    source that is neither a preset nor a readable checkpoint, a recorded model whose preset is not
+    registered, parts that are not registered (the plugin file each came from, and `--plugin`), and,
+    for a recipe based on `controlnet`, a recorded model without video parts (the flags that add them).
+    `flag`: how messages name the source (`--init` where the preset defaults to it)."""
+    from controlfoley.builder import model_config
+    from controlfoley.checkpoint import PARTS_KEY, _plugin_advice, _registered, config_from_metadata, read_metadata
+    from controlfoley.errors import ControlFoleyError
+    from controlfoley.train.checkpoints import resolve_model_file
+
+    what = f"{flag} {source}" + (" (whose model this run builds, without --preset)" if flag == "--init" else "")
+    p = Path(source)
+    both = f"give {'--preset ' if flag == '--init' else ''}a preset name (`controlfoley list presets`) or {_SOURCE_KINDS} whose model to build"
+    if not p.exists():
+        raise ConfigError(f"{what} is neither a registered preset nor a checkpoint: {p} does not exist; {both}")
+    if _is_run_config(p):
+        raise ConfigError(f"{what} is a training run's config.json, not a model config; give the run's folder, {flag} {p.parent}")
+    try:
+        file = resolve_model_file(p)
+        meta = read_metadata(file)
+        recorded = config_from_metadata(meta, file)
+    except (ControlFoleyError, OSError) as e:
+        raise ConfigError(f"{what} is neither a registered preset nor a readable checkpoint ({e}); {both}") from None
+    if not _registered(recorded):
+        raise ConfigError(
+            f"{what}: its model needs a part that is not registered here ({_unregistered(recorded)})"
+            f"{_plugin_advice(meta.get(PARTS_KEY, '{}'))}"
+        )
+    try:
+        cfg = model_config(recorded, **overrides) if overrides else recorded
+    except (ConfigError, RegistryError) as e:
+        raise ConfigError(f"{what}: the --model override(s) {', '.join(overrides)} do not apply to the model {file} records: {e}") from None
+    base = _recorded_preset(cfg, what, file)
+    out = _as_overrides(base, cfg, what)
+    if recipe is not None:
+        _check_video_parts(cfg, recipe, what, base)
+    return base, out
+
+
+def _unregistered(cfg: Any) -> str:
+    from controlfoley.checkpoint import _registry_parts
+
+    return ", ".join(f"{registry.kind} {name!r}" for _, name, registry in _registry_parts(cfg) if name not in registry)
+
+
+def _recorded_preset(cfg: Any, what: str, file: Path) -> str:
+    """The registered preset the model config came from (its `name`), or a ConfigError."""
+    from controlfoley._registry import PRESETS
+
+    if cfg.name in PRESETS:
+        return str(cfg.name)
+    fix = "give the model yourself: --preset NAME with the --model flags of its parts (`controlfoley info " + str(file) + "` lists them)"
+    if cfg.name in ("custom", "", None):
+        raise ConfigError(f"{what}: the model {file} records was not built from a preset (its config is named {cfg.name!r}); {fix}")
+    raise ConfigError(
+        f"{what}: the model {file} records was built from preset {cfg.name!r}, which is not registered here; load the plugin that "
+        f"registers it (--plugin FILE), or {fix}"
+    )
+
+
+def _as_overrides(base: str, cfg: Any, what: str) -> dict[str, Any]:
+    """JSON overrides that turn preset `base` into `cfg` (only what differs): each part that differs as
+    the dict that builds it (`_part_as_dict`: the builder's defaults for settings of the preset's part
+    that cfg's lacks), n_frames, the sampler's fields. Checked: `base` with them builds `cfg`."""
+    from controlfoley.builder import model_config
+
+    preset = model_config(base)
+    out: dict[str, Any] = {}
+    for key in _MODEL_PART_FIELDS:
+        mine, theirs = getattr(cfg, key), getattr(preset, key)
+        if mine != theirs:
+            out[key] = None if mine is None else _part_as_dict(base, key, mine)
+    if cfg.n_frames != preset.n_frames:
+        out["n_frames"] = cfg.n_frames
+    if cfg.sampler != preset.sampler:
+        out["sampler"] = dataclasses.asdict(cfg.sampler)
+    out = json.loads(json.dumps(out))
+    rebuilt = model_config(base, **out)
+    differ = [key for key in _MODEL_PART_FIELDS if not _same_part(getattr(rebuilt, key), getattr(cfg, key), out.get(key))]
+    differ += [key for key in ("n_frames", "sampler") if getattr(rebuilt, key) != getattr(cfg, key)]
+    if differ:  # not expected: the overrides' merge rules leave no other case
+        raise ConfigError(
+            f"{what}: its model cannot be written as preset {base!r} with overrides ({', '.join(differ)} differ); give the model "
+            "yourself, --preset NAME with --model flags"
+        )
+    return out
+
+
+def _same_part(built: Any, want: Any, override: Any) -> bool:
+    """`built` is `want`, up to the builder defaults `_part_as_dict` spelled out in `override`."""
+    if built is None or want is None:
+        return built is want
+    filled = {k: v for k, v in override.items() if k != "name" and k not in want.kwargs} if isinstance(override, dict) else {}
+    return bool(built == Part(want.name, {**filled, **want.kwargs}))
+
+
+def _check_video_parts(cfg: Any, recipe: str, what: str, base: str) -> None:
+    """A recipe based on `controlnet` needs the video parts; a model recorded without them (a
+    backbone run on a `specmaskgit*` preset) gets the flags that add those of a preset that has them."""
+    try:
+        needs = recipe_base(recipe) == "controlnet"
+    except RecipeError:
+        return  # named where the recipe is checked
+    if not needs or cfg.controlnet is not None:
+        return
+    example = _video_example(cfg)
+    flags = " ".join(f"--model {k}='{json.dumps(v)}'" for k, v in example[1].items()) if example else ""
+    add = (
+        f"add them on top with {flags} (those of preset {example[0]!r}; the control encoder's widths must be those of your features)"
+        if example else "add them on top with --model control_encoder=... --model aligner=... --model controlnet=..."
+    )
+    raise ConfigError(
+        f"{what}: the model it records (preset {base!r} with its overrides) has no video parts ({', '.join(_VIDEO_PARTS)}), and the "
+        f"{recipe} recipe trains the ControlNet; {add}"
+    )
+
+
+def _video_example(cfg: Any) -> tuple[str, dict[str, Any]] | None:
+    """(preset, {part: spec}) of the video parts of a registered preset with the same number of mel
+    frames (the shortest name first: `specmaskfoley_tiny` for a `specmaskgit_tiny` model)."""
+    from controlfoley._registry import PRESETS
+    from controlfoley.builder import model_config
+    from controlfoley.errors import ControlFoleyError
+
+    for name in sorted(PRESETS.names(), key=lambda n: (len(n), n)):
+        try:
+            other = model_config(name)
+        except (ControlFoleyError, OSError):
+            continue
+        if other.controlnet is not None and other.n_frames == cfg.n_frames:
+            return name, {k: {"name": getattr(other, k).name, **getattr(other, k).kwargs} for k in _VIDEO_PARTS}
+    return None
 
 
 def _jsonable(value: Any) -> bool:

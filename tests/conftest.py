@@ -42,6 +42,20 @@ def micro_inputs(model, b: int = 2, seed: int = 0) -> dict:
     }
 
 
+def micro_token_data(folder: Path, model: Any, n: int = 4) -> Path:
+    """A token dataset of `n` random clips for a micro model (`micro_model()`): its grid and codebook,
+    sync / clip features and CLAP embeddings at the micro control encoder's widths."""
+    from controlfoley.data.shards import ShardWriter
+
+    grid, vocab = model.grid, model.tokenizer.codebook_size
+    g = torch.Generator().manual_seed(0)
+    with ShardWriter(folder, shard_size=4, info={"grid": list(grid), "codebook_size": vocab}) as w:
+        for i in range(n):
+            w.add(f"c{i}", {"tokens": torch.randint(0, vocab, grid, generator=g), "sync": torch.randn(12, 24, generator=g),
+                            "clip": torch.randn(4, 12, generator=g), "clap": torch.randn(16, generator=g)})  # fmt: skip
+    return folder
+
+
 @contextlib.contextmanager
 def registered(registry: Any, name: str, builder: Any) -> Iterator[None]:
     """`builder` registered under `name` for the block, unregistered after."""

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import micro_inputs, micro_overrides
+from conftest import micro_inputs, micro_overrides, micro_token_data
 from controlfoley import GUIDANCE, build_model, from_pretrained
 from controlfoley.errors import CheckpointError, ConfigError, ShapeError
 
@@ -598,19 +598,13 @@ def test_a_run_that_trains_a_part_drops_its_record_and_keeps_the_frozen_ones(mic
     its old heads, not the ControlNet, which the run trained as it is built. A resume carries the
     backbone's record on; loading the final model warns of the backbone alone."""
     from controlfoley.checkpoint import read_metadata, trained_as
-    from controlfoley.data.shards import ShardWriter
     from controlfoley.train import TrainConfig, train
     from controlfoley.train.checkpoints import RunDir
 
     micro_model.trained_parts = set(_EVERY_PART)
     path = micro_model.save(tmp_path / "m.safetensors")
     variant = {**micro_overrides(), "backbone": {**micro_overrides()["backbone"], "heads": 4}, "controlnet": {"n_blocks": 2, "injection": "interval"}}
-    grid, vocab = micro_model.grid, micro_model.tokenizer.codebook_size
-    g = torch.Generator().manual_seed(0)
-    with ShardWriter(tmp_path / "ds", shard_size=4, info={"grid": list(grid), "codebook_size": vocab}) as w:
-        for i in range(4):
-            w.add(f"c{i}", {"tokens": torch.randint(0, vocab, grid, generator=g), "sync": torch.randn(12, 24, generator=g),
-                            "clip": torch.randn(4, 12, generator=g), "clap": torch.randn(16, generator=g)})  # fmt: skip
+    micro_token_data(tmp_path / "ds", micro_model)
     cfg = TrainConfig.for_recipe(
         "controlnet", preset="specmaskfoley_tiny", data=str(tmp_path / "ds"), out=str(tmp_path / "run"), model_overrides=variant, steps=2,
         batch_size=2, warmup_steps=0, val_fraction=0.0, num_workers=0, progress=False, tensorboard=False, init=str(path),
@@ -1005,8 +999,6 @@ def test_wrong_inputs_to_generate_loss_and_audio_calls_are_named(micro_model, ca
     which would otherwise answer first): found by an audit of the public API."""
     import inspect
     import logging
-
-    import numpy as np
 
     m = micro_model
     unwrap = lambda name: functools.partial(inspect.unwrap(getattr(type(m), name)), m)  # noqa: E731

@@ -268,11 +268,10 @@ def test_load_parts_and_init_warn_of_each_part_built_otherwise(micro_model, tmp_
     """load_parts / --init into a model whose aligner was switched and whose ControlNet injects
     otherwise gave no warning at all (from_pretrained warned of the switch): the same rule, one
     warning per part, with the checkpoint's part to build instead. Into the same config: none."""
-    from conftest import micro_overrides
+    from conftest import micro_overrides, micro_token_data
 
     from controlfoley import build_model
     from controlfoley.checkpoint import load_parts
-    from controlfoley.data.shards import ShardWriter
     from controlfoley.train import TrainConfig, train
 
     micro_model.trained_parts = {"tokenizer", "backbone", "control_encoder", "aligner", "controlnet"}
@@ -293,12 +292,7 @@ def test_load_parts_and_init_warn_of_each_part_built_otherwise(micro_model, tmp_
     )
     assert model.trained_parts == set(every)
     # --init: the same warnings, named by the flag, at the user's train(...) call
-    grid, vocab = model.grid, model.tokenizer.codebook_size
-    g = torch.Generator().manual_seed(0)
-    with ShardWriter(tmp_path / "ds", shard_size=4, info={"grid": list(grid), "codebook_size": vocab}) as w:
-        for i in range(4):
-            w.add(f"c{i}", {"tokens": torch.randint(0, vocab, grid, generator=g), "sync": torch.randn(12, 24, generator=g),
-                            "clip": torch.randn(4, 12, generator=g), "clap": torch.randn(16, generator=g)})  # fmt: skip
+    micro_token_data(tmp_path / "ds", model)
     cfg = TrainConfig.for_recipe(
         "controlnet", preset="specmaskfoley_tiny", data=str(tmp_path / "ds"), out=str(tmp_path / "run"), model_overrides=variant, steps=1,
         batch_size=2, warmup_steps=0, val_fraction=0.0, num_workers=0, progress=False, tensorboard=False, init=str(path), init_parts=tuple(every),

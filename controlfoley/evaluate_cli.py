@@ -411,6 +411,13 @@ def evaluate_main(argv: Sequence[str]) -> int:
             print(f"error: cannot write {args.out}: {one_line(e)}; choose a writable path", file=sys.stderr)
             return 2
         print(f"wrote {args.out}")
+    if not scored and skipped and skipped == len(files):
+        print(
+            f"error: nothing to score: all {skipped} output(s) were skipped, their sources have no soundtrack; score them with "
+            "--reference FOLDER, the original audio or videos with sound of the same names",
+            file=sys.stderr,
+        )
+        return 2
     if not scored:
         print("error: no generated file could be scored (see the lines above)", file=sys.stderr)
         return 2

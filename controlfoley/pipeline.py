@@ -114,9 +114,11 @@ def sampling_parts_to_bf16(model: ModelModule) -> None:
 # -- the pipeline -------------------------------------------------------------------------------
 
 
-def _stamp(wav: Tensor) -> tuple[int, int]:
-    """Which tensor, at which in-place version: equal only for the very waveform, unmodified."""
-    return id(wav), wav._version
+def _stamp(wav: Tensor) -> tuple[int, int | None]:
+    """Which tensor, at which in-place version: equal only for the very waveform, unmodified. A
+    tensor made under torch.inference_mode() keeps no version counter (reading it raises): its
+    identity alone (it cannot be changed in place outside inference mode)."""
+    return id(wav), None if wav.is_inference() else wav._version
 
 
 @dataclass(frozen=True)

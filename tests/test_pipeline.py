@@ -611,6 +611,11 @@ def test_cli_takes_the_gifs_of_a_folder(model_file: Path, media: dict[str, Path]
     scores = json.loads(report.read_text())
     assert scores["summary"]["n_failed"] == 0 and scores["summary"]["n_skipped"] == 1 and scores["summary"]["n_clips"] == 1
     assert [f["status"].split(":")[0] for f in scores["files"]] == ["skipped", "ok"]
+    # only outputs of sources without a soundtrack: nothing to score, said so with the fix
+    (out / "withaudio.wav").unlink()
+    (out / "withaudio.mp4").unlink()
+    assert cli.main(["evaluate", str(out)]) == 2
+    assert "nothing to score: all 1 output(s) were skipped, their sources have no soundtrack; score them with --reference" in capsys.readouterr().err
 
 
 @cuda
@@ -1100,6 +1105,15 @@ def test_a_clipped_clip_is_reported_once_through_generation_and_saving(
         quiet.save(tmp_path / "loud.wav")
     with pytest.warns(UserWarning, match=r"mux_audio: the waveform peaks at .* past full scale"):
         dataclasses.replace(result, wav=result.wav.clone()).save_video(media["tiny"], tmp_path / "other.mp4")
+    # under torch.inference_mode() (tensors without a version counter): made, said once, saved quietly
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        caplog.clear()
+        with torch.inference_mode():
+            inferred = p(media["tiny"], steps=2)
+        assert inferred.wav.is_inference()
+        inferred.save(tmp_path / "inferred.wav")
+    assert len(_clipping_reports(caught, caplog)) == 1
 
 
 def test_cli_reports_a_clipped_file_once_naming_it(

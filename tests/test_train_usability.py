@@ -957,7 +957,7 @@ def test_each_stage_builds_the_model_of_the_run_it_starts_from_without_repeating
         assert train_main([*line, "--auto-resume", "--stop-at", "2"]) == 0  # the line that started it resumes it
         shutil.rmtree(bb)  # the run is self-contained: its resume does not read the run it started from
         shutil.rmtree(tok)
-        assert train_main(["controlnet", "--out", str(cn), "--resume"]) == 0
+        assert train_main([*line, "--auto-resume"]) == 0  # not even the line that started it, naming the run that is gone
     assert read_metrics(cn, "train")[-1]["step"] == 3
 
 
@@ -995,3 +995,24 @@ def test_init_alone_gives_the_preset_and_model_flags_go_on_top_of_it(data: Path,
     assert f"a training run's config.json, not a model config; give the run's folder, --preset {bb}" in capsys.readouterr().err
     assert train_main(stage_args("controlnet", data, cn.with_name("x"))) == 2
     assert "needs ['preset']" in capsys.readouterr().err
+    # given both, a missing run is named by the flag it was given with
+    assert train_main(stage_args("controlnet", data, cn.with_name("x"), "--preset", str(tmp_path / "typo"), "--init", str(tmp_path / "typo"))) == 2
+    assert f"--preset {tmp_path / 'typo'} is neither a registered preset nor a checkpoint" in capsys.readouterr().err
+    # an empty preset (an unset $PRESET) is the registry's error, not the current folder's model
+    for empty in (["--preset", ""], ["--init", ""]):
+        assert train_main(stage_args("controlnet", data, cn.with_name("x"), *empty)) == 2
+        err = capsys.readouterr().err
+        assert "the preset name is empty" in err or "needs ['preset']" in err, err
+    # a run folder named like a registered preset: --init alone builds what --init loads, the run
+    shutil.copytree(bb, tmp_path / "specmaskfoley_synthetic")
+    with contextlib.chdir(tmp_path):
+        assert train_main([*stage_args("controlnet", data, Path("named"), "--init", "specmaskfoley_synthetic"), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["preset"] == "specmaskfoley_tiny"
+    # the line that started a run whose preset came from --init resumes it with that run gone
+    again = stage_args("controlnet", data, tmp_path / "cn2", "--init", str(bb), "--model", "aligner=plain1d", steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert train_main([*again, "--stop-at", "1"]) == 0
+        shutil.move(bb, tmp_path / "moved")
+        assert train_main([*again, "--auto-resume"]) == 0
+    assert read_metrics(tmp_path / "cn2", "train")[-1]["step"] == 2

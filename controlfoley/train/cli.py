@@ -276,7 +276,8 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any], Tra
                 )
         if options or in_file:
             given["recipe_options"] = {**base["recipe_options"], **in_file, **options}
-        _default_preset_as_started(given, file_fields, {**base, **checked}, run)
+        if not _source_gone(given, checked, run):
+            _default_preset_as_started(given, file_fields, {**base, **checked}, run)
         return TrainConfig.from_dict({**base, **checked, **given}), file_fields, run
     if options:
         in_file = file_fields.get("recipe_options")
@@ -293,11 +294,35 @@ def _default_preset_as_started(given: dict[str, Any], file_fields: dict[str, Any
     if "model_overrides" not in given or line.get("preset") is not None or line.get("init") is None:
         return
     try:
-        started = TrainConfig.from_dict({**base, **given, "preset": line["init"]})
+        started = TrainConfig.from_dict({**base, **given, "preset": None})  # the preset as from_dict defaults it from --init
     except (ConfigError, RegistryError, ControlFoleyError):
         return  # the run's preset with the flags: any conflict is named as before
     if (started.preset, started.model_overrides) == (run.preset, run.model_overrides):
-        given["preset"] = line["init"]
+        given["preset"], given["model_overrides"] = started.preset, started.model_overrides
+
+
+def _source_gone(given: dict[str, Any], checked: dict[str, Any], run: TrainConfig) -> bool:
+    """On resume, where the line's --preset RUN (or, without --preset, the --init RUN that stood for
+    it, --model flags given) names a run or checkpoint that is gone (moved, deleted): the run's own
+    recorded model stands for it, with the line's --model flags on top (a change they make is then
+    named as a conflict, as any other), so the line that started the run still resumes it, as
+    config.json, which holds no path, promises. True where it did so (in `given`)."""
+    from controlfoley._registry import PRESETS
+    from controlfoley.builder import model_config
+    from controlfoley.train.config import _as_overrides
+
+    line = {**checked, **given}
+    source = line.get("preset")
+    if source is None and ("model_overrides" not in given or line.get("init") is None):
+        return False
+    source = os.fspath(source if source is not None else line["init"])
+    if not source.strip() or source in PRESETS or source.endswith(".json") or Path(source).exists():
+        return False  # a preset, a model config, or a source that is there: read as when the run started
+    flags = line.get("model_overrides") or {}
+    cfg = model_config(model_config(run.preset, **run.model_overrides), **flags) if flags else None
+    given["preset"] = run.preset
+    given["model_overrides"] = dict(run.model_overrides) if cfg is None else _as_overrides(run.preset, cfg, f"--resume of {run.out}")
+    return True
 
 
 def _config_file(args: argparse.Namespace) -> dict[str, Any]:

@@ -453,8 +453,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         if is_checkpoint_source(self.preset):  # a run or checkpoint: the preset and overrides of the model it records, flags on top
-            flag = "--init" if self.init is not None and self.preset == self.init else "--preset"  # (from_dict's default: --init's model)
-            preset, merged = preset_from_checkpoint(self.preset, self.model_overrides, recipe=self.recipe, flag=flag)
+            preset, merged = preset_from_checkpoint(self.preset, self.model_overrides, recipe=self.recipe)
             object.__setattr__(self, "preset", preset)
             object.__setattr__(self, "model_overrides", merged)
         try:  # JSON values, as config.json stores them: a tuple given in Python compares equal on resume
@@ -572,8 +571,17 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown train config field(s) {unknown}; known fields: {sorted(known)}")
-        if d.get("preset") is None and isinstance(d.get("init"), (str, os.PathLike)):
-            d["preset"] = os.fspath(d["init"])  # without a preset, the model of the run (or checkpoint, or shipped preset) it starts from
+        init = d.get("init")
+        if d.get("preset") is None and isinstance(init, (str, os.PathLike)) and os.fspath(init).strip():
+            # without a preset, the model of what --init loads: a run or checkpoint (a folder named like a preset
+            # included, as resolve_model_file reads it), else a preset's name (a shipped one's weights)
+            source = os.fspath(init)
+            if Path(source).exists() or is_checkpoint_source(source):
+                d["preset"], d["model_overrides"] = preset_from_checkpoint(
+                    source, dict(d.get("model_overrides") or {}), recipe=d.get("recipe"), flag="--init"
+                )
+            else:
+                d["preset"] = source
         missing = sorted(k for k in ("recipe", "preset", "data", "out") if d.get(k) is None)
         if missing:
             hint = " (or --init RUN alone for the preset: the model that run trained)" if "preset" in missing else ""
@@ -705,10 +713,11 @@ def is_checkpoint_source(preset: str) -> bool:
     """Whether `preset` names a checkpoint rather than a preset: not a registered preset name (a
     registered name is the preset, also where a folder of that name exists, as build_model has it),
     not a .json model config (build_model reads those), and an existing file or folder, or spelled
-    as a path (a separator, a .safetensors suffix)."""
+    as a path (a separator, a .safetensors suffix). Not an empty or blank name (which the preset
+    registry refuses, naming the presets; `Path("")` would be the current folder)."""
     from controlfoley._registry import PRESETS  # (its first lookup registers the built-in presets)
 
-    if preset in PRESETS:
+    if not preset.strip() or preset in PRESETS:
         return False
     p = Path(preset)
     if p.suffix == ".json" and not _is_run_config(p):

@@ -114,11 +114,14 @@ def sampling_parts_to_bf16(model: ModelModule) -> None:
 # -- the pipeline -------------------------------------------------------------------------------
 
 
-def _stamp(wav: Tensor) -> tuple[int, int | None]:
+def _stamp(wav: Tensor) -> tuple[int, int | None, float | None]:
     """Which tensor, at which in-place version: equal only for the very waveform, unmodified. A
     tensor made under torch.inference_mode() keeps no version counter (reading it raises): its
-    identity alone (it cannot be changed in place outside inference mode)."""
-    return id(wav), None if wav.is_inference() else wav._version
+    identity and its peak (a change in place, possible only within inference mode, that makes it
+    clip changes the peak)."""
+    if wav.is_inference():
+        return id(wav), None, float(wav.abs().max()) if wav.numel() else 0.0
+    return id(wav), wav._version, None
 
 
 @dataclass(frozen=True)

@@ -1114,6 +1114,10 @@ def test_a_clipped_clip_is_reported_once_through_generation_and_saving(
         assert inferred.wav.is_inference()
         inferred.save(tmp_path / "inferred.wav")
     assert len(_clipping_reports(caught, caplog)) == 1
+    with torch.inference_mode():  # changed in place (possible only here) after the pipeline's check: warned
+        inferred.wav.mul_(0.1).mul_(40.0)
+    with pytest.warns(UserWarning, match=r"save_audio: the waveform peaks at .* past full scale"):
+        inferred.save(tmp_path / "inferred_louder.wav")
 
 
 def test_cli_reports_a_clipped_file_once_naming_it(

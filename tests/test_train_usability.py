@@ -1014,5 +1014,21 @@ def test_init_alone_gives_the_preset_and_model_flags_go_on_top_of_it(data: Path,
         warnings.simplefilter("ignore")
         assert train_main([*again, "--stop-at", "1"]) == 0
         shutil.move(bb, tmp_path / "moved")
+    with pytest.warns(UserWarning, match=r"--resume: .*bb, the run or checkpoint this run was built from, is gone; the run resumes with the model"):
         assert train_main([*again, "--auto-resume"]) == 0
     assert read_metrics(tmp_path / "cn2", "train")[-1]["step"] == 2
+    # a run started with --preset NAME, its --init gone: the starting line without --preset resumes it (the
+    # same model, spelled by the flags), and a mistyped preset on resume is still named, not taken for a gone run
+    src = tmp_path / "moved"
+    named = cli_args("controlnet", data, tmp_path / "cn3", "--init", str(src), steps=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert train_main([*named, "--stop-at", "1"]) == 0
+        shutil.move(src, tmp_path / "moved_again")
+        unnamed = [a for i, a in enumerate(named) if a != "--preset" and (i == 0 or named[i - 1] != "--preset")]
+        assert train_main([*unnamed, "--auto-resume", "--stop-at", "2"]) == 0
+        capsys.readouterr()
+        typo = [("specmaskfoley_tiy" if a == "specmaskfoley_tiny" else a) for a in named]
+        assert train_main([*typo, "--auto-resume"]) == 2
+    assert "preset: run 'specmaskfoley_tiny' vs now 'specmaskfoley_tiy'" in capsys.readouterr().err
+    assert read_metrics(tmp_path / "cn3", "train")[-1]["step"] == 2

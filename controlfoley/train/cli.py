@@ -266,6 +266,7 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any], Tra
         in_file = file_fields.get("recipe_options")
         in_file = {k: v for k, v in in_file.items() if k not in options} if isinstance(in_file, dict) else {}
         checked = {k: v for k, v in file_fields.items() if k not in given and k != "recipe_options"}
+        gone = _source_gone(given, checked, run)  # before the --config check, which would read a gone --preset in the file
         if checked or in_file:
             clash = run.resume_conflicts(TrainConfig.from_dict({**base, **checked, "recipe_options": {**base["recipe_options"], **in_file}}))
             if clash:
@@ -276,7 +277,7 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any], Tra
                 )
         if options or in_file:
             given["recipe_options"] = {**base["recipe_options"], **in_file, **options}
-        if not _source_gone(given, checked, run):
+        if not gone:
             _default_preset_as_started(given, file_fields, {**base, **checked}, run)
         return TrainConfig.from_dict({**base, **checked, **given}), file_fields, run
     if options:
@@ -302,26 +303,39 @@ def _default_preset_as_started(given: dict[str, Any], file_fields: dict[str, Any
 
 
 def _source_gone(given: dict[str, Any], checked: dict[str, Any], run: TrainConfig) -> bool:
-    """On resume, where the line's --preset RUN (or, without --preset, the --init RUN that stood for
-    it, --model flags given) names a run or checkpoint that is gone (moved, deleted): the run's own
-    recorded model stands for it, with the line's --model flags on top (a change they make is then
-    named as a conflict, as any other), so the line that started the run still resumes it, as
-    config.json, which holds no path, promises. True where it did so (in `given`)."""
-    from controlfoley._registry import PRESETS
+    """On resume, where the line's --preset RUN (a flag or the --config file's; or, without
+    --preset, the --init RUN that stood for it, --model flags given) names a run or checkpoint that
+    is gone (moved, deleted): the run's own recorded model stands for it, with the line's --model
+    flags on top (a change they make is then named as a conflict, as any other), so the line that
+    started the run still resumes it, as config.json, which holds no path, promises; said in a
+    warning. Only a source spelled as a path (`is_checkpoint_source`: a separator, .safetensors):
+    a bare name that is no preset (a typo, a plugin's preset not loaded) is named as before. True
+    where it did so (in `given`; the file's preset and overrides then are not its to check)."""
+    import warnings
+
     from controlfoley.builder import model_config
-    from controlfoley.train.config import _as_overrides
+    from controlfoley.errors import user_stacklevel
+    from controlfoley.train.config import _as_overrides, is_checkpoint_source
 
     line = {**checked, **given}
     source = line.get("preset")
     if source is None and ("model_overrides" not in given or line.get("init") is None):
         return False
     source = os.fspath(source if source is not None else line["init"])
-    if not source.strip() or source in PRESETS or source.endswith(".json") or Path(source).exists():
-        return False  # a preset, a model config, or a source that is there: read as when the run started
+    if not is_checkpoint_source(source) or Path(source).exists():
+        return False  # a preset (or a typo of one), a model config, or a source that is there: read as when the run started
     flags = line.get("model_overrides") or {}
-    cfg = model_config(model_config(run.preset, **run.model_overrides), **flags) if flags else None
-    given["preset"] = run.preset
-    given["model_overrides"] = dict(run.model_overrides) if cfg is None else _as_overrides(run.preset, cfg, f"--resume of {run.out}")
+    recorded = model_config(run.preset, **run.model_overrides)
+    cfg = model_config(recorded, **flags) if flags else recorded
+    given["preset"] = run.preset  # the run's own spelling where the flags change nothing (compared as written)
+    given["model_overrides"] = dict(run.model_overrides) if cfg == recorded else _as_overrides(run.preset, cfg, f"--resume of {run.out}")
+    checked.pop("preset", None)
+    checked.pop("model_overrides", None)
+    warnings.warn(
+        f"--resume: {source}, the run or checkpoint this run was built from, is gone; the run resumes with the model its "
+        f"config.json records (preset {run.preset!r} and its overrides){', the --model flags on top' if flags else ''}",
+        stacklevel=user_stacklevel(),
+    )
     return True
 
 

@@ -1032,3 +1032,13 @@ def test_init_alone_gives_the_preset_and_model_flags_go_on_top_of_it(data: Path,
         assert train_main([*typo, "--auto-resume"]) == 2
     assert "preset: run 'specmaskfoley_tiny' vs now 'specmaskfoley_tiy'" in capsys.readouterr().err
     assert read_metrics(tmp_path / "cn3", "train")[-1]["step"] == 2
+    # the preset in a --config file: the same line resumes once that run is gone
+    src = tmp_path / "moved_again"
+    (tmp_path / "cfg.json").write_text(json.dumps({"preset": str(src)}), encoding="utf-8")
+    filed = stage_args("controlnet", data, tmp_path / "cn4", "--config", str(tmp_path / "cfg.json"), "--init", str(src), steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert train_main([*filed, "--stop-at", "1"]) == 0
+        shutil.move(src, tmp_path / "moved_thrice")
+        assert train_main([*filed, "--auto-resume"]) == 0
+    assert read_metrics(tmp_path / "cn4", "train")[-1]["step"] == 2

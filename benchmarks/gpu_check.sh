@@ -28,12 +28,13 @@
 #  12. generate(guidance_every=2, 3): CUDA tests of the captured loop, batch 1 and 64 in a graph
 #  13. the pipeline over 16 ten-second videos (paper preset, random weights): batch 1 vs 16 videos/s, and
 #      whether batch 16 gives every video its batch-1 tokens on this GPU (the CPU's equality is tested)
+#  14. step 4 under bf16 autocast (`controlfoley train`'s precision on CUDA), the three variants
 #  10. batch 64, compiled inside the whole-loop graph with inductor's max-autotune (387 s on an H200,
 #      run I: no gain over the default compile; autotuning compiles for minutes: `... gpu_check.sh 10`)
 # Full run (the default steps 1 2 3 6 0 5 4 7): 452 s on an H100 (2026-11-27, run E in RESULTS.md) before the
 # GELU-epilogue and static-fp8 paths were added. Run G (same card, 61855a4): step 3 74 s, step 6 240 s
 # (five compiled paths), step 0 ~150 s; so the default list now needs more than one 600-s call: run
-# `3 6 0` first and the rest on the still-warm machine. Steps 8-13 are not in the default list;
+# `3 6 0` first and the rest on the still-warm machine. Steps 8-14 are not in the default list;
 # step 10 autotunes ~10-20 s per GEMM shape (387 s in all, run I). Smoke test on a CPU machine (no graph or fp8-graph paths there):
 #     DEVICE=cpu PRESET=specmaskfoley_tiny BIG_BATCH=4 PY=.venv/bin/python bash benchmarks/gpu_check.sh 1 2 3 4 6 7
 set -uo pipefail
@@ -113,7 +114,10 @@ for n in $ONLY; do
            --paths library_bf16_native_graph library_bf16_native_graph_every2 library_bf16_native_graph_every3 ;;
     13) step 240 "13. pipeline over videos, batch 1 vs 16" $PY benchmarks/pipeline_batch.py --device "$DEVICE" --preset "$PRESET" \
            --videos 16 --seconds 10 --batch 1 16 --runs 2 --markdown ;;
-    *) echo "unknown step $n (steps: 0-13)" >&2 ;;
+    14) # step 4 under bf16 autocast, as `controlfoley train` runs on CUDA: the memory activation checkpointing saves there
+       step 110 "14. training step, batch $BIG_BATCH, bf16 autocast" $PY benchmarks/train_speed.py --device "$DEVICE" --preset "$PRESET" \
+           --batch "$BIG_BATCH" --steps 5 --precision bf16 --markdown ;;
+    *) echo "unknown step $n (steps: 0-14)" >&2 ;;
     esac
 done
 cat "$log"

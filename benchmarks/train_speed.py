@@ -17,10 +17,14 @@ A step is `model.loss` (random codes, video features and CLAP vector; masked-tok
 peak memory is its own: on CUDA `torch.cuda.max_memory_allocated`, on the CPU the growth of the
 process's peak RSS (ru_maxrss) from just before the first step to the end (gradients, optimizer
 state and activations above the loaded model). Step times are the median after one warm-up step.
+`--precision fp32` (the default) runs the step in fp32; `--precision bf16` under bf16 autocast, as
+`controlfoley train` runs it on CUDA (its `--precision auto`), so that its memory is what training
+takes there.
 
 Usage
   python benchmarks/train_speed.py --preset specmaskfoley_tiny --batch 8 --steps 10
   python benchmarks/train_speed.py --preset specmaskfoley --batch 2 --steps 3
+  python benchmarks/train_speed.py --device cuda --preset specmaskfoley --batch 64 --steps 5 --precision bf16
 """
 
 import argparse
@@ -65,14 +69,15 @@ def prepare(variant: str, preset: str, device: torch.device) -> tuple[SpecMaskFo
     return model, torch.optim.AdamW(control, lr=1e-4)
 
 
-def probe(variant: str, preset: str, batch: int, steps: int, device: torch.device) -> dict[str, float]:
+def probe(variant: str, preset: str, batch: int, steps: int, device: torch.device, precision: str = "fp32") -> dict[str, float]:
     """Run in a fresh process: time `steps` training steps and measure the memory they add."""
     model, opt = prepare(variant, preset, device)
     x = make_batch(model, batch, device)
     gen = torch.Generator(device).manual_seed(0)
 
     def step() -> None:
-        loss, _ = model.loss(x["codes"], features={"sync": x["sync"], "clip": x["clip"]}, cond=x["text"], generator=gen)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):  # as the training loop's _autocast
+            loss, _ = model.loss(x["codes"], features={"sync": x["sync"], "clip": x["clip"]}, cond=x["text"], generator=gen)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -123,7 +128,8 @@ def saved_for_backward_mib(model: SpecMaskFoley, step: Callable[[], None]) -> fl
 
 
 def run_probe(variant: str, args: argparse.Namespace, preset: str, batch: int) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--probe", variant, "--preset", preset, "--batch", str(batch), "--steps", str(args.steps), "--device", args.device]
+    cmd = [sys.executable, __file__, "--probe", variant, "--preset", preset, "--batch", str(batch), "--steps", str(args.steps), "--device", args.device,
+           "--precision", args.precision]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:  # show the probe's own error, not only "non-zero exit status"
         sys.stderr.write(out.stdout + out.stderr)
@@ -138,13 +144,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per variant (after one warm-up step)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32, or bf16 autocast as `controlfoley train` runs on CUDA")
     ap.add_argument("--probe", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.probe:
-        print(json.dumps(probe(args.probe, args.preset[0], args.batch[0], args.steps, device)))
+        print(json.dumps(probe(args.probe, args.preset[0], args.batch[0], args.steps, device, args.precision)))
         return
-    print(environment(device), flush=True)
+    print(f"{environment(device)} | precision {args.precision}", flush=True)
     rows = []
     for preset in args.preset:
         for batch in args.batch:
@@ -157,7 +164,7 @@ def main() -> None:
                              _ratio(r["saved_mib"], frozen["saved_mib"])])
             print(f"  {preset} batch {batch}: " + ", ".join(f"{v} {fmt(r['wall'])} s/step" for v, r in res.items()), flush=True)
     mem = "peak CUDA MiB above model" if device.type == "cuda" else "peak RSS growth MiB"
-    print(f"\n{environment(device)}\n")
+    print(f"\n{environment(device)} | precision {args.precision}\n")
     print_table(["preset", "batch", "variant", "requires grad / params", "s/step", "clips/s", "CPU s/step", "speedup (wall)", "speedup (CPU s)", mem,
                  "s/step vs frozen", "memory vs frozen", "saved for backward MiB", "saved vs frozen"], rows, markdown=args.markdown)
 

@@ -111,8 +111,8 @@ def saved_for_backward_mib(model: SpecMaskFoley, step: Callable[[], None]) -> fl
     storages of every tensor saved for backward (`torch.autograd.graph.saved_tensors_hooks`), each
     counted once, less the model's parameters (held anyway). Deterministic and the same on any
     device, unlike peak memory: a device-independent measure of what activation checkpointing saves
-    (this script runs fp32 without autocast; under bf16 autocast, as `controlfoley train` runs on
-    CUDA, most of it would be half as large)."""
+    (under `--precision bf16` it includes the bf16 copies of the weights that autocast makes and
+    keeps for backward, which are real memory too)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages: dict[int, int] = {}
 

@@ -12,6 +12,7 @@ from controlfoley.config import ConfigError
 __all__ = [
     "ControlFoleyError",
     "ShapeError",
+    "SampleRateError",
     "CheckpointError",
     "MissingDependencyError",
     "MediaError",
@@ -56,6 +57,12 @@ def one_line(e: BaseException) -> str:
 
 class ShapeError(ControlFoleyError, ValueError):
     """A tensor whose shape, dtype or values do not fit (wrong grid, NaN features, token out of range)."""
+
+
+class SampleRateError(ShapeError, ConfigError):
+    """A sample rate that is not a positive whole number of Hz (the one rule of every reader, writer
+    and metric: `controlfoley.audio.io._checked_rate`): a ConfigError, an argument's value, and a
+    ShapeError, as the metrics raised for one before the rule was shared."""
 
 
 class CheckpointError(ControlFoleyError, ValueError):

@@ -50,10 +50,11 @@ from typing import Any
 import librosa
 import numpy as np
 
+from controlfoley.audio.io import _checked_rate
 from controlfoley.data.synthetic import Event, SyntheticClip, class_sound
 from controlfoley.errors import ShapeError, user_stacklevel
 from controlfoley.metrics.classify import AudioEventClassifier, classify_events
-from controlfoley.metrics._common import as_numpy_wave, checked_rate
+from controlfoley.metrics._common import as_numpy_wave
 from controlfoley.metrics.frechet import AudioEmbedding, frechet_distance
 from controlfoley.metrics.onsets import OnsetParams, detect_onsets
 from controlfoley.metrics.scores import COUNT_KEYS, MAX_OFFSET_S, SUM_KEYS, TOLERANCE_S, onset_metrics, pool_onset_metrics
@@ -123,7 +124,7 @@ def evaluate_clips(
         raise ShapeError(f"got {len(generated_wavs)} generated waveforms for {len(clips)} clips; pair them one to one")
     if not clips:
         raise ShapeError("evaluate_clips needs at least one clip")
-    sample_rate = checked_rate(sample_rate, "evaluate_clips")
+    sample_rate = _checked_rate(sample_rate, "evaluate_clips")
     rates = {c.sample_rate for c in clips}
     if rates != {sample_rate}:
         raise ShapeError(f"generated audio is at {sample_rate} Hz but the clips are at {sorted(rates)} Hz; resample first")
@@ -165,8 +166,8 @@ def _at_eval_rate(wav: Wave, sample_rate: int) -> np.ndarray:
 def _checked_rates(sample_rate: object, reference_sample_rate: object, caller: str) -> tuple[int, int]:
     """(generated, reference) rates as ints, checked by the library's rule (`controlfoley.audio.io`:
     a positive whole number of Hz); the reference's is `sample_rate` where it is None."""
-    rate = checked_rate(sample_rate, caller)
-    return rate, rate if reference_sample_rate is None else checked_rate(reference_sample_rate, f"{caller} (reference_sample_rate)")
+    rate = _checked_rate(sample_rate, caller)
+    return rate, rate if reference_sample_rate is None else _checked_rate(reference_sample_rate, f"{caller} (reference_sample_rate)")
 
 
 def _common_length(generated: Wave, reference: Wave, sample_rate: int, reference_rate: int) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,7 @@ import soundfile as sf
 import torch
 
 from controlfoley._io import atomic_path, final_path, write_failure
-from controlfoley.errors import ConfigError, MediaError, ShapeError, user_stacklevel
+from controlfoley.errors import MediaError, SampleRateError, ShapeError, user_stacklevel
 from controlfoley.typing import Float, Shaped, Tensor
 
 __all__ = ["load_audio", "save_audio", "WRITE_FORMATS"]
@@ -46,11 +46,11 @@ _CALLER_REPORTS: ContextVar[bool] = ContextVar("controlfoley_caller_reports_clip
 def _checked_rate(sample_rate: object, caller: str) -> int:  # a validator: it takes anything
     """A sample rate in Hz: a positive whole number (22050, a numpy integer, or a whole float such as
     22050.0), returned as an int; anything else (a bool, a str, 22050.5, 0, a negative) is a
-    ConfigError naming `caller`. The one rule of save_audio, load_audio, read_audio_track,
-    write_video and mux_audio."""
+    SampleRateError (a ConfigError and a ShapeError) naming `caller`. The one rule of save_audio,
+    load_audio, read_audio_track, write_video, mux_audio, encode_audio and the metrics."""
     whole = isinstance(sample_rate, numbers.Integral) or (isinstance(sample_rate, numbers.Real) and float(sample_rate).is_integer())
     if isinstance(sample_rate, bool) or not whole or float(sample_rate) <= 0:  # type: ignore[arg-type]
-        raise ConfigError(f"{caller}: sample_rate is in Hz, a positive whole number such as 22050; got {sample_rate!r}")
+        raise SampleRateError(f"{caller}: sample_rate is in Hz, a positive whole number such as 22050; got {sample_rate!r}")
     return int(sample_rate)  # type: ignore[call-overload]
 
 

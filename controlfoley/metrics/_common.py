@@ -1,31 +1,15 @@
-"""Helpers shared by the metrics: waveform coercion, sample-rate validation and the one mel every metric reads."""
+"""Helpers shared by the metrics: waveform coercion and the one mel every metric reads."""
 
 import functools
 
 import numpy as np
 import torch
 
-from controlfoley.audio.io import _checked_rate
 from controlfoley.audio.mel import HifiGanMel
-from controlfoley.errors import ConfigError, ShapeError
+from controlfoley.errors import ShapeError
 from controlfoley.typing import Float, Tensor
 
-__all__ = ["SampleRateError", "as_numpy_wave", "checked_rate", "evaluation_mel"]
-
-
-class SampleRateError(ShapeError, ConfigError):
-    """A sample rate that is not a positive whole number of Hz, given to a metric: a ConfigError, as
-    `load_audio` / `save_audio` raise for one, and a ShapeError, as the metrics raised before."""
-
-
-def checked_rate(sample_rate: object, caller: str) -> int:
-    """`sample_rate` as an int, by the rule of `controlfoley.audio.io` (a positive whole number:
-    22050, 22050.0 or a numpy integer; not a bool, 22050.5, NaN or a str), with its message naming
-    `caller`; else a SampleRateError."""
-    try:
-        return _checked_rate(sample_rate, caller)
-    except ConfigError as e:
-        raise SampleRateError(str(e)) from None
+__all__ = ["as_numpy_wave", "evaluation_mel"]
 
 
 def as_numpy_wave(wav: Float[Tensor, "s"] | Float[np.ndarray, "s"]) -> Float[np.ndarray, "s"]:

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from controlfoley.errors import ShapeError
-from controlfoley.metrics._common import as_numpy_wave, checked_rate
+from controlfoley.audio.io import _checked_rate
+from controlfoley.metrics._common import as_numpy_wave
 from controlfoley.typing import Float, Tensor
 
 __all__ = ["OnsetParams", "detect_onsets"]
@@ -77,7 +78,7 @@ def detect_onsets(
     """
     if isinstance(sample_rate, (np.ndarray, torch.Tensor)) and not isinstance(wav, (np.ndarray, torch.Tensor)):
         raise ShapeError(f"detect_onsets takes (wav, sample_rate), got the waveform second and {wav!r} first; swap them: detect_onsets(wav, sample_rate)")
-    sample_rate = checked_rate(sample_rate, "detect_onsets")  # the library's rule: a positive whole number of Hz
+    sample_rate = _checked_rate(sample_rate, "detect_onsets")  # the library's rule: a positive whole number of Hz
     y = as_numpy_wave(wav)
     hop = params.hop_length
     if y.size < params.n_fft:

@@ -57,7 +57,7 @@ from typing import Any, Literal, cast
 import numpy as np
 
 from controlfoley._registry import PLUGIN_MODULE_PREFIX, RECIPES, RegistryError, is_a, simple_types
-from controlfoley.config import ConfigError, Part, SamplerConfig
+from controlfoley.config import _OPTIONAL_PARTS, ConfigError, Part, SamplerConfig, part_registries
 from controlfoley.train.schedule import WarmupCosine, scaled_lr
 
 __all__ = [
@@ -316,8 +316,6 @@ def _outside_library(module: str) -> bool:
 def user_parts(model: Any) -> list[tuple[str, str, str]]:
     """(registry kind, part name, builder's module) for each registered part of ModelConfig `model`
     whose builder comes from outside the library: what its plugin files provide."""
-    from controlfoley.config import Part, part_registries
-
     out = []
     for field_name, registry in part_registries().items():
         part = getattr(model, field_name, None)
@@ -682,7 +680,6 @@ def _part_as_dict(preset: str, key: str, part: Part) -> dict[str, Any]:
     that the Part leaves out (a dict would keep them; the Part resets them to those defaults)."""
     as_dict = {"name": part.name, **part.kwargs}
     from controlfoley.builder import model_config
-    from controlfoley.config import part_registries
 
     try:
         merged = getattr(model_config(preset, **{key: as_dict}), key)
@@ -704,8 +701,6 @@ def _part_as_dict(preset: str, key: str, part: Part) -> dict[str, Any]:
 
 
 # -- a checkpoint as the preset: the model config it records, as a preset name and overrides ---------
-_MODEL_PART_FIELDS = ("mel", "tokenizer", "backbone", "guidance", "vocoder", "control_encoder", "aligner", "controlnet")
-_VIDEO_PARTS = ("control_encoder", "aligner", "controlnet")
 _SOURCE_KINDS = "a training run folder, a checkpoint folder or a .safetensors file"
 
 
@@ -808,7 +803,8 @@ def _as_overrides(base: str, cfg: Any, what: str) -> dict[str, Any]:
 
     preset = model_config(base)
     out: dict[str, Any] = {}
-    for key in _MODEL_PART_FIELDS:
+    fields = (*part_registries(), "controlnet")  # every part field of a ModelConfig
+    for key in fields:
         mine, theirs = getattr(cfg, key), getattr(preset, key)
         if mine != theirs:
             out[key] = None if mine is None else _part_as_dict(base, key, mine)
@@ -818,7 +814,7 @@ def _as_overrides(base: str, cfg: Any, what: str) -> dict[str, Any]:
         out["sampler"] = dataclasses.asdict(cfg.sampler)
     out = json.loads(json.dumps(out))
     rebuilt = model_config(base, **out)
-    differ = [key for key in _MODEL_PART_FIELDS if not _same_part(getattr(rebuilt, key), getattr(cfg, key), out.get(key))]
+    differ = [key for key in fields if not _same_part(getattr(rebuilt, key), getattr(cfg, key), out.get(key))]
     differ += [key for key in ("n_frames", "sampler") if getattr(rebuilt, key) != getattr(cfg, key)]
     if differ:  # not expected: the overrides' merge rules leave no other case
         raise ConfigError(
@@ -852,7 +848,7 @@ def _check_video_parts(cfg: Any, recipe: str, what: str, base: str) -> None:
         if example else "add them on top with --model control_encoder=... --model aligner=... --model controlnet=..."
     )
     raise ConfigError(
-        f"{what}: the model it records (preset {base!r} with its overrides) has no video parts ({', '.join(_VIDEO_PARTS)}), and the "
+        f"{what}: the model it records (preset {base!r} with its overrides) has no video parts ({', '.join(_OPTIONAL_PARTS)}), and the "
         f"{recipe} recipe trains the ControlNet; {add}"
     )
 
@@ -870,7 +866,7 @@ def _video_example(cfg: Any) -> tuple[str, dict[str, Any]] | None:
         except (ControlFoleyError, OSError):
             continue
         if other.controlnet is not None and other.n_frames == cfg.n_frames:
-            return name, {k: {"name": getattr(other, k).name, **getattr(other, k).kwargs} for k in _VIDEO_PARTS}
+            return name, {k: {"name": getattr(other, k).name, **getattr(other, k).kwargs} for k in _OPTIONAL_PARTS}
     return None
 
 

@@ -31,7 +31,7 @@ import av
 from controlfoley._io import atomic_path, final_path, write_failure
 from controlfoley.errors import ConfigError, MediaError
 
-__all__ = ["PathLike", "VIDEO_SUFFIXES", "GENERATE_SUFFIXES", "video_files", "open_input", "atomic_output", "open_output", "moving_video", "video_stream", "check_complete", "check_covered", "stated_duration", "check_fps", "rate_fraction"]
+__all__ = ["PathLike", "VIDEO_SUFFIXES", "GENERATE_SUFFIXES", "video_files", "open_input", "atomic_output", "open_output", "moving_video", "video_stream", "check_complete", "check_covered", "decoded_frames", "first_frame_time", "stated_duration", "check_fps", "rate_fraction"]
 
 PathLike = str | os.PathLike[str]
 
@@ -152,15 +152,51 @@ def _check_index(path: Path, stream: av.video.stream.VideoStream) -> None:
         raise MediaError(f"{path}: truncated: its index points to byte {max(ends)} but the file has only {size} bytes")
 
 
-def check_complete(path: Path, stream: av.video.stream.VideoStream, n: int) -> None:
+def decoded_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream, packets: list[int]) -> Iterator[av.VideoFrame]:
+    """The frames of `stream`, as `container.decode(stream)` gives them, counting into `packets[0]`
+    the non-empty packets read (the demuxer's last, flushing packet is empty): `check_complete`'s witness."""
+    for pkt in container.demux(stream):
+        packets[0] += pkt.size > 0
+        yield from pkt.decode()
+
+
+def first_frame_time(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> tuple[Fraction, int]:
+    """Presentation time of the first decoded frame of `stream` with a timestamp: `read_frames`' time 0,
+    where the pipeline's waveform starts and `read_audio_track` counts from. Not the stream's
+    `start_time` where the leading packets decode to nothing (an MPEG-TS capture that starts
+    mid-GOP), and not 0 for MPEG-TS (~1.4 s), stream-copied cuts, many phone and WebM files; it may
+    be negative (an edit list that FFmpeg does not hide; `mux_audio` then starts the audio at 0). With it, the display rotation its frames are tagged
+    with (degrees counterclockwise; 0: none), which a re-encoded video must keep (PyAV shows it on
+    frames, not on the stream). Decodes from where `container` stands: open it for this alone."""
+    tb = stream.time_base or Fraction(1, av.time_base)
+    rotation = None
+    for frame in container.decode(stream):
+        rotation = round(getattr(frame, "rotation", 0) or 0) if rotation is None else rotation
+        if frame.pts is not None:
+            return Fraction(frame.pts) * tb, rotation
+    return Fraction(0), rotation or 0
+
+
+def check_complete(path: Path, stream: av.video.stream.VideoStream, decoded: int, packets: int) -> None:
     """A file cut short still opens when its index comes first; its header then promises more frames.
 
-    Two frames of slack allow for decoders that drop a frame or two around edit lists.
+    `packets`: the non-empty packets the stream held, `decoded`: the frames they gave. The header's
+    count is checked against the packets, not the frames: a stream-copied cut (`ffmpeg -ss T -c copy`,
+    a phone's trim) keeps the packets back to the previous keyframe and hides their frames with an
+    edit list, and a stream that starts mid-GOP (MPEG-TS captures) holds packets that decode to
+    nothing, so both show fewer frames than their headers count, and are whole. Two packets of
+    slack allow for muxers that count a frame or two more than they store.
     """
-    if n == 0:
-        raise MediaError(f"{path}: zero-length video (the video stream holds no decodable frames)")
-    if stream.frames and n < stream.frames - 2:
-        raise MediaError(f"{path}: truncated or corrupt: only {n} of the {stream.frames} frames its header declares could be read")
+    if decoded == 0:
+        raise MediaError(
+            f"{path}: zero-length video (the video stream holds no decodable frames); "
+            "re-encode it from the original (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) or use another copy"
+        )
+    if stream.frames and packets < stream.frames - 2:
+        raise MediaError(
+            f"{path}: truncated or corrupt: the file holds only {packets} of the {stream.frames} frames its header declares; "
+            "re-download or re-copy the file, or re-encode what it holds (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) to keep the shorter video"
+        )
 
 
 def stated_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Fraction | None:

@@ -34,6 +34,8 @@ from controlfoley._media import (
     check_complete,
     check_fps,
     check_video_output,
+    decoded_frames,
+    first_frame_time,
     open_input,
     open_output,
     rate_fraction,
@@ -47,6 +49,7 @@ __all__ = ["MuxResult", "write_video", "mux_audio"]
 
 log = logging.getLogger("controlfoley.video")
 _MP4_PLAYABLE = frozenset({"h264", "hevc", "mpeg4", "av1", "vp9"})  # video codecs common players decode from MP4
+_EDIT_LIST_SUFFIXES = frozenset({".mp4", ".m4v", ".mov"})  # containers whose edit lists keep a copied cut's hidden frames hidden
 
 _AUDIO_CODEC: Final = "aac"  # Final: a Literal to type checkers, so PyAV's add_stream types the stream as audio
 _AAC_FRAME = 1024  # samples per AAC frame; FFmpeg's encoder takes exactly this many per frame
@@ -218,38 +221,34 @@ def _copied_packets(src: Path, inp: av.container.InputContainer, vin: av.video.s
         pkt.stream = vout
         n += 1
         yield pkt
-    check_complete(src, vin, n)
+    check_complete(src, vin, n, n)  # (packets that do not decode, e.g. before a mid-GOP start's first keyframe, are copied as they are)
+
+
+def _padded(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
+    """`frame` at the encoder's even size by repeating its last column / row, as `write_video` pads:
+    H.264 in 4:2:0 takes no odd size, and scaling 853 x 480 to 854 x 480 would resample (blur) every
+    pixel and change the picture's aspect. A frame of its stream's size needs nothing."""
+    if (frame.width, frame.height) == (width, height):
+        return frame
+    padded = np.pad(frame.to_ndarray(format="rgb24"), ((0, max(height - frame.height, 0)), (0, max(width - frame.width, 0)), (0, 0)), mode="edge")
+    out = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded[:height, :width], dtype=np.uint8), format="rgb24")
+    out.pts, out.time_base = frame.pts, frame.time_base
+    return out
 
 
 def _reencoded_packets(src: Path, inp: av.container.InputContainer, vin: av.video.stream.VideoStream, vout: av.video.stream.VideoStream) -> Iterator[av.Packet]:
-    n = 0
-    for frame in inp.decode(vin):
+    n, packets = 0, [0]
+    for frame in decoded_frames(inp, vin, packets):
         # to the encoder's format at limited (MPEG) range, which an untagged H.264 stream is played
         # as: a full-range source (MJPEG's yuvj420p) passed through as it is plays with its blacks
         # and whites clipped and its colours too strong
+        frame = _padded(frame, vout.codec_context.width, vout.codec_context.height)
         frame = frame.reformat(format=vout.codec_context.pix_fmt, dst_color_range=ColorRange.MPEG)
         frame.pict_type = av.video.frame.PictureType.NONE  # let the encoder choose frame types
         n += 1
         yield from vout.encode(frame)
-    check_complete(src, vin, n)
+    check_complete(src, vin, n, packets[0])
     yield from vout.encode(None)
-
-
-def _first_frame(src: Path) -> tuple[Fraction, int]:
-    """Presentation time of the first decoded video frame with a timestamp: `read_frames`' time 0,
-    where the pipeline's waveform starts. Not 0 for MPEG-TS (~1.4 s), stream-copied cuts, many
-    phone and WebM files; a negative start (an edit list) counts as 0, as `read_frames` does.
-    With it, the display rotation its frames are tagged with (degrees counterclockwise; 0: none),
-    which a re-encoded video must keep (PyAV shows it on frames, not on the stream)."""
-    with open_input(src) as inp:
-        vin = video_stream(inp, src)
-        tb = vin.time_base or Fraction(1, av.time_base)
-        rotation = None
-        for frame in inp.decode(vin):
-            rotation = round(getattr(frame, "rotation", 0) or 0) if rotation is None else rotation
-            if frame.pts is not None:
-                return max(Fraction(frame.pts) * tb, Fraction(0)), rotation
-    return Fraction(0), rotation or 0
 
 
 def _keep_display(vin: av.video.stream.VideoStream, vout: av.video.stream.VideoStream, rotation: int) -> None:
@@ -261,6 +260,16 @@ def _keep_display(vin: av.video.stream.VideoStream, vout: av.video.stream.VideoS
     sar = vin.sample_aspect_ratio or vin.codec_context.sample_aspect_ratio
     if sar and sar != 1:
         vout.codec_context.sample_aspect_ratio = sar
+
+
+def _hides_leading_frames(inp: av.container.InputContainer, vin: av.video.stream.VideoStream) -> bool:
+    """Whether the stream's first packets are flagged discard: frames an edit list hides (what
+    `ffmpeg -ss T -c copy` and phone trims keep back to the keyframe before the cut). A copy keeps
+    them hidden only in a container with edit lists (MP4, MOV); Matroska would show them."""
+    for pkt in inp.demux(vin):
+        if pkt.size:
+            return bool(pkt.is_discard)
+    return False
 
 
 def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"] | np.ndarray, sample_rate: int, out_path: PathLike) -> MuxResult:
@@ -280,26 +289,37 @@ def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"] | np.ndarray, samp
     src, target = Path(video_path), Path(out_path)
     check_video_output(target)
     _warn_clipping(audio, "mux_audio", "the AAC track", target, _CLIP_FIX)
-    first, rotation = _first_frame(src)
-    start = round(first * sample_rate)
+    with open_input(src) as inp:
+        first, rotation = first_frame_time(inp, video_stream(inp, src))
+    start = round(max(first, Fraction(0)) * sample_rate)  # (a negative first frame: the audio starts at 0)
+    hidden = False  # leading frames an edit list hides (a stream-copied cut), which a copy into Matroska would show
+    if target.suffix.lower() not in _EDIT_LIST_SUFFIXES:
+        with open_input(src) as inp:
+            hidden = _hides_leading_frames(inp, video_stream(inp, src))
     with open_input(src) as inp:
         vin = video_stream(inp, src)
         src_codec = vin.codec_context.name
         with atomic_output(target) as tmp, open_output(tmp, target) as out:
             # copy only what players read in that container: FFmpeg would also mux e.g. FFV1 into .mp4
-            copied = src_codec in out.supported_codecs and (target.suffix.lower() != ".mp4" or src_codec in _MP4_PLAYABLE)
+            playable = src_codec in out.supported_codecs and (target.suffix.lower() != ".mp4" or src_codec in _MP4_PLAYABLE)
+            copied = playable and not hidden
             if copied:
                 vout = out.add_stream_from_template(vin)
             else:
                 rate = vin.guessed_rate or vin.average_rate or Fraction(25)
                 vout = _add_video_stream(out, rate, vin.codec_context.width + vin.codec_context.width % 2, vin.codec_context.height + vin.codec_context.height % 2, 15)
-                vout.codec_context.time_base = vin.time_base or Fraction(1, av.time_base)  # None never from a demuxer; as _first_frame
+                vout.codec_context.time_base = vin.time_base or Fraction(1, av.time_base)  # None never from a demuxer; as first_frame_time
                 _keep_display(vin, vout, rotation)
             apkts = _encode_audio(_add_audio_stream(out, sample_rate), audio, sample_rate, start)
             packets = (_copied_packets if copied else _reencoded_packets)(src, inp, vin, vout)
             _mux_interleaved(out, packets, apkts)
             codec = src_codec if copied else vout.codec_context.name
-    if not copied:
-        # named by its input: `target` may be a temporary name (the CLI renames both outputs at once)
+    # named by its input: `target` may be a temporary name (the CLI renames both outputs at once)
+    if not playable:
         log.warning("%s: its video codec %r does not play from an %s file, so the video was re-encoded as %s", src, src_codec, target.suffix, codec)
+    elif hidden:
+        log.warning(
+            "%s: an edit list hides its first frames (a stream-copied cut), which an %s file cannot do, so the video was "
+            "re-encoded as %s without them; write .mp4 or .mov to copy it as it is", src, target.suffix, codec
+        )
     return MuxResult(path=target, video_copied=copied, video_codec=codec)

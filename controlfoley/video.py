@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from jaxtyping import UInt8
 
-from controlfoley._media import PathLike, check_complete, check_covered, check_fps, moving_video, open_input, rate_fraction, stated_duration, video_stream
+from controlfoley._media import PathLike, check_complete, check_covered, check_fps, decoded_frames, first_frame_time, moving_video, open_input, rate_fraction, stated_duration, video_stream
 from controlfoley._video_write import MuxResult, mux_audio, write_video
 from controlfoley.audio.io import _checked_rate
 from controlfoley.errors import ConfigError, MediaError, ShapeError
@@ -250,7 +250,8 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
         times: list[Fraction] = []
         pending: av.VideoFrame | None = None
         first_pts: int | None = None
-        for frame in c.decode(s):
+        packets = [0]  # non-empty packets read: check_complete's witness
+        for frame in decoded_frames(c, s, packets):
             if frame.pts is None:
                 t = times[-1] + gap if times else Fraction(0)
             else:
@@ -264,7 +265,7 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
                 return Frames(frames=torch.from_numpy(np.stack(out[:total])), fps=float(fps), duration_s=float(limit))
             pending = frame
             times.append(t)
-        check_complete(p, s, len(times))  # also refuses a stream without frames
+        check_complete(p, s, len(times), packets[0])  # also refuses a stream without frames
         assert pending is not None  # so a frame was decoded: the last one
         duration = _duration(times, gap)
         # the last frame's own length where the file gives it: a held last frame of variable-rate
@@ -321,7 +322,10 @@ def read_audio_track(path: PathLike, sample_rate: int, *, max_seconds: float | N
         # time 0 is the first video frame, as read_frames and generate's outputs count it: an audio
         # stream that starts later (cut or re-muxed files, MPEG-TS) is shifted to match
         video = moving_video(c)  # (not an audio file's cover picture)
-        video_start = video.start_time * video.time_base if video is not None and video.start_time is not None and video.time_base else None
+        video_start: Fraction | None = None
+        if video is not None:  # its first decoded frame, not its start_time: leading packets may decode to nothing
+            with open_input(p) as cv:
+                video_start = first_frame_time(cv, video_stream(cv, p))[0]
 
         def shift_of(first: Fraction | None) -> int:
             """Samples of silence before the audio (negative: audio samples dropped before the first frame)."""

@@ -792,3 +792,105 @@ def test_read_frames_and_read_audio_track_name_arguments_of_the_wrong_type(tmp_p
         with pytest.raises(ConfigError, match="read_audio_track: sample_rate is in Hz, a positive whole number such as 22050"):
             video.read_audio_track(path, rate)
     assert video.read_audio_track(path, 22050.0).shape == video.read_audio_track(path, 22050).shape
+
+
+def _gop_packets(n: int, gop: int) -> tuple[Any, list[av.Packet]]:
+    """Frames 0..n-1 (`_index_image`) encoded at 24 fps with a keyframe every `gop` frames and no
+    B-frames, as loose packets (time base 1/24) to mux by hand; with the encoder (its extradata)."""
+    cc = av.CodecContext.create("libx264", "w")
+    cc.width, cc.height, cc.pix_fmt = W, H, "yuv420p"
+    cc.time_base, cc.framerate, cc.gop_size = Fraction(1, 24), Fraction(24), gop
+    cc.options = {"x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0", "crf": "10"}
+    packets = [p for i in range(n) for p in cc.encode(_indexed_frame(i, i, Fraction(1, 24)))]
+    return cc, packets + list(cc.encode(None))
+
+
+def _copied_cut(path: Path, cut: int = 36) -> Path:
+    """What `ffmpeg -ss 1.5 -i IN -c copy OUT.mp4` writes from 96 frames with keyframes at 0 and 48:
+    the packets from the keyframe before the cut, shifted so that the cut is at 0, and an edit list
+    (written by FFmpeg for the negative times) that hides the 36 frames before it."""
+    cc, packets = _gop_packets(96, 48)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.codec_context.extradata, s.time_base = cc.extradata, Fraction(1, 12288)
+        for p in packets:
+            p.pts, p.dts, p.time_base, p.stream = p.pts - cut, p.dts - cut, Fraction(1, 24), s
+            c.mux(p)
+    return path
+
+
+def test_a_stream_copied_cut_is_read_and_muxed_as_players_show_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The header counts the 96 packets, 36 of them hidden: the file is whole (it was refused as
+    truncated), read from the cut, and a copy into Matroska, which has no edit lists and would show
+    the cut-away frames, is re-encoded without them, saying why."""
+    src = _copied_cut(tmp_path / "cut.mp4")
+    with av.open(str(src)) as c:
+        assert c.streams.video[0].frames == 96 and len(_decoded(src)) == 60  # the case under test
+    frames = video.read_frames(src, 24.0).frames
+    assert [_decode_index(f) for f in frames] == list(range(36, 96))
+    sr = 22050
+    wav = torch.zeros(3 * sr)
+    wav[round(10 / 24 * sr) : round(10 / 24 * sr) + 32] = 0.9  # with the 10th frame shown (index 46)
+    for suffix in (".mp4", ".mov", ".mkv"):
+        with caplog.at_level(logging.WARNING, logger="controlfoley.video"):
+            result = video.mux_audio(src, wav, sr, tmp_path / f"out{suffix}")
+        shown = _decoded(result.path)
+        assert [i for _, i in shown] == list(range(36, 96)), suffix
+        assert result.video_copied == (suffix != ".mkv")
+        assert abs(_click_time(result.path) - float(dict((i, t) for t, i in shown)[46])) < 0.005, suffix
+    assert "an edit list hides its first frames" in caplog.text and "write .mp4 or .mov" in caplog.text
+
+
+def test_a_transport_stream_starting_mid_gop_keeps_audio_and_frames_on_one_clock(tmp_path: Path) -> None:
+    """An MPEG-TS capture that starts on a P-frame: its first packets decode to nothing, so the first
+    frame shown is the next keyframe's, 0.29 s after the stream's start_time. read_audio_track counts
+    from that frame, as read_frames does (it counted from start_time: a click came 0.29 s early),
+    and mux_audio's output of such a file reads back whole (it was refused as truncated)."""
+    sr, skip = 22050, 5
+    cc, packets = _gop_packets(48, 12)
+    src = tmp_path / "midgop.ts"
+    click = torch.zeros(2 * sr)
+    at = round((20 - skip) / 24 * sr)
+    click[at : at + 32] = 0.9  # with frame 20; the audio starts with frame 5, as the video's packets
+    with av.open(str(src), "w") as c:
+        vs = c.add_stream("libx264", rate=24)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        vs.codec_context.extradata, vs.time_base = cc.extradata, Fraction(1, 90000)
+        aus = c.add_stream("aac", rate=sr)
+        aus.layout = "mono"
+        audio = []
+        for k in range(0, len(click), 1024):
+            f = av.AudioFrame.from_ndarray(click[None, k : k + 1024].numpy().copy(), format="fltp", layout="mono")
+            f.sample_rate, f.pts, f.time_base = sr, round(skip / 24 * sr) + k, Fraction(1, sr)
+            audio += aus.encode(f)
+        audio += aus.encode(None)
+        for p in packets[skip:]:
+            p.stream, p.time_base = vs, Fraction(1, 24)
+        for p in sorted(packets[skip:] + audio, key=lambda p: float(p.dts * p.time_base)):
+            c.mux(p)
+    frames = video.read_frames(src, 24.0).frames
+    first = _decode_index(frames[0])
+    assert first == 12  # the case under test: frames 5..11 do not decode
+    heard = int(torch.argmax(video.read_audio_track(src, sr).abs())) / sr
+    assert abs(heard - (20 - first) / 24) < 0.005
+    out = video.mux_audio(src, click, sr, tmp_path / "out.mp4")
+    assert [_decode_index(f) for f in video.read_frames(out.path, 24.0).frames] == [_decode_index(f) for f in frames]
+
+
+def test_an_odd_sized_video_is_padded_not_scaled_when_re_encoded(tmp_path: Path) -> None:
+    """H.264 takes no odd size: the re-encode adds a copy of the last column and row (as
+    write_video pads) instead of stretching the picture by a pixel (which blurred every frame)."""
+    src = tmp_path / "odd.webm"
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("libvpx", rate=25)
+        s.width, s.height, s.pix_fmt = 47, 31, "yuv420p"
+        img = np.zeros((31, 47, 3), np.uint8)
+        img[:, 46] = 255  # the last column white
+        _encode_all(c, s, (av.VideoFrame.from_ndarray(img, format="rgb24") for _ in range(10)))
+    result = video.mux_audio(src, torch.zeros(22050), 22050, tmp_path / "out.mp4")
+    assert not result.video_copied
+    out = video.read_frames(result.path, 25.0).frames[0].numpy().astype(int)
+    assert out.shape == (32, 48, 3)
+    white = np.where(out[..., 0].mean(0) > 128)[0].tolist()
+    assert white == [46, 47]  # the column and its copy; scaled, it was [47] alone

@@ -228,7 +228,8 @@ class FoleyPipeline:
         - `text_encoder`: the CLAP-role prompt encoder, in the same three forms; None takes no
           prompt (when `extractors` is given).
         - `vocoder`: replacing the model's own vocoder (None: `model.vocoder`): a module, a
-          VOCODERS name or {"name": ..., **kwargs}, as in `from_pretrained`.
+          VOCODERS name or {"name": ..., **kwargs}, as in `from_pretrained`; its `sample_rate`
+          must be the model's (a ConfigError names both otherwise).
         - `overlap`: fraction of a window in [0, 1) that consecutive windows of a long video share
           (the later window continues the earlier one's tokens there).
         - `join`: "crossfade" (decode each window alone, crossfade the mels over the shared columns)

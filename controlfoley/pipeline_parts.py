@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from controlfoley._static import ModelModule
+from controlfoley.builder import _check_vocoder
 from controlfoley.config import ConfigError
 from controlfoley.control.encoders import check_widths, control_encoder_of, feature_dims
 from controlfoley.data.extractors import PATH_ARGS, ExtractorSpec
@@ -213,7 +214,11 @@ def build_vocoder(spec: str | Mapping[str, Any] | nn.Module | None, model: Model
     """A vocoder override: a module as is; a name or {"name": ..., **kwargs} built on the model's mel,
     on the model's device.
     Naming the model's own vocoder merges: its config kwargs (e.g. inverse="pinv"), then the given ones."""
-    if spec is None or isinstance(spec, nn.Module):
+    if spec is None:
+        return spec
+    if isinstance(spec, nn.Module):
+        # its waveform is timed, cut and written at the model's rate: another rate would play at the wrong pitch and length
+        _check_vocoder("override", spec, model.mel)
         return spec
     from controlfoley._registry import VOCODERS
 
@@ -227,4 +232,6 @@ def build_vocoder(spec: str | Mapping[str, Any] | nn.Module | None, model: Model
     VOCODERS.get(name)  # an unknown name: the registry's error, listing the registered ones
     # the model's mel is wired in (as build_model does) where the builder takes one, and not offered as a setting in errors
     wired = {"mel": model.mel} if VOCODERS.takes(name, "mel") else {}
-    return VOCODERS.build(name, tuple(wired), **wired, **kwargs).to(model.device)  # beside the model it decodes for
+    built = VOCODERS.build(name, tuple(wired), **wired, **kwargs)
+    _check_vocoder(name, built, model.mel)
+    return built.to(model.device)  # beside the model it decodes for

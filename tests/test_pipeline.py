@@ -1557,6 +1557,27 @@ def test_a_refused_vocoder_leaves_the_users_model_as_it_was() -> None:
     assert next(m.backbone.parameters()).dtype == torch.float32
 
 
+def test_a_vocoder_at_another_sample_rate_is_refused_when_the_pipeline_is_made() -> None:
+    """The pipeline times, cuts and writes the vocoder's waveform at the model's rate: a vocoder
+    module at 44.1 kHz behind a 22.05 kHz model was taken, and its 1 kHz tone written as 500 Hz in
+    half the video's length. It is refused, naming both rates; one without a sample_rate too."""
+    m = micro_model()
+
+    class Voc44k(torch.nn.Module):
+        sample_rate = 44100
+
+        def forward(self, mel: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(mel.shape[0], mel.shape[-1] * 512)
+
+    with pytest.raises(ConfigError, match=rf"has sample_rate 44100 but the mel front end runs at {m.sample_rate} Hz"):
+        FoleyPipeline(m, vocoder=Voc44k())
+    Voc44k.sample_rate = m.sample_rate
+    assert isinstance(FoleyPipeline(m, vocoder=Voc44k()).vocoder, Voc44k)  # at the model's rate: taken
+    del Voc44k.sample_rate
+    with pytest.raises(ConfigError, match="needs an int attribute sample_rate"):
+        FoleyPipeline(m, vocoder=Voc44k())
+
+
 def test_the_progress_bar_is_closed_when_sampling_fails(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     import tqdm.auto
 

@@ -9,6 +9,9 @@
   (`model.trained_as`); a save writes that record (TRAINED_AS_KEY), so loading the saved file warns
   again, until the part is trained as it is built (a training run's checkpoint drops it) or loaded
   into a model built as it was trained.
+- A training run that keeps an exponential moving average of its weights (`--ema-decay`) writes the
+  averaged weights with EMA_KEY in the metadata (`ema_record`: its decay, warm-up, the steps it
+  averaged and the file beside it holding the raw weights; `controlfoley info` says so).
 Writes are atomic (temporary file + rename).
 """
 
@@ -34,8 +37,8 @@ from controlfoley.errors import CheckpointError, user_stacklevel
 
 __all__ = [
     "save_model", "load_model", "load_parts", "save_state_dict", "read_state_dict", "check_state_dict", "trained_parts", "read_metadata",
-    "feature_record", "trained_as", "trained_as_lines",
-    "CONFIG_KEY", "TRAINED_KEY", "TRAINED_AS_KEY",
+    "feature_record", "trained_as", "trained_as_lines", "ema_record", "ema_lines",
+    "CONFIG_KEY", "TRAINED_KEY", "TRAINED_AS_KEY", "EMA_KEY",
 ]  # fmt: skip
 
 CONFIG_KEY = "controlfoley_config"
@@ -48,6 +51,10 @@ FEATURES_KEY = "controlfoley_features"  # JSON {feature key: {"extractor", "args
 # weights were trained with another builder or other settings than this file's config builds them with (`trained_as`);
 # absent: every trained part was trained as the config builds it (as in files from before the record)
 TRAINED_AS_KEY = "controlfoley_trained_as"
+# JSON {"decay", "warmup", "step", "raw"}: the trained tensors of this file are an exponential moving average (EMA) of a
+# training run's weights (`controlfoley train --ema-decay`) over its first `step` optimizer steps; "raw": the name of the
+# file beside it holding the raw weights (the frozen parts are the same in both). Absent: the weights as trained.
+EMA_KEY = "controlfoley_ema"
 FORMAT_VERSION = "1"
 
 
@@ -281,6 +288,34 @@ def trained_as_lines(record: Mapping[str, Mapping[str, Any]]) -> list[str]:
             f"(weights from {entry.get('source', '?')}): it will not behave as trained"
         )
     return lines
+
+
+def ema_record(meta: Mapping[str, str]) -> dict[str, Any] | None:
+    """EMA_KEY read: {"decay": float, "warmup": bool, "step": int, "raw": str} when the file's trained
+    weights are an exponential moving average of a run's; None when they are the weights as trained
+    (or the record does not read)."""
+    try:
+        raw = json.loads(meta[EMA_KEY]) if EMA_KEY in meta else None
+    except ValueError:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("decay"), (int, float)):
+        return None
+    return {"decay": float(raw["decay"]), "warmup": bool(raw.get("warmup", False)), "step": int(raw.get("step", 0)), "raw": str(raw.get("raw", ""))}
+
+
+def ema_lines(meta: Mapping[str, str], path: str | os.PathLike[str]) -> list[str]:
+    """`controlfoley info`'s line for the file at `path` whose metadata is `meta`: that its trained
+    weights are an EMA (decay, warm-up, steps) and where the raw weights are; [] for weights as trained."""
+    record = ema_record(meta)
+    if record is None:
+        return []
+    warmup = ", warmed up as min(decay, (1 + step) / (10 + step))" if record["warmup"] else ""
+    raw = Path(path).parent / record["raw"] if record["raw"] else None
+    where = "" if raw is None else f"; the raw weights: {raw}{'' if raw.is_file() else ' (not there)'}"
+    return [
+        f"weights: an exponential moving average (EMA) of the trained weights, decay {record['decay']:g}{warmup}, over "
+        f"{record['step']} optimizer steps (frozen parts as they are){where}"
+    ]
 
 
 def _read_trained_as(meta: Mapping[str, str]) -> dict[str, tuple["_TrainedAs", dict[str, Any]]]:

@@ -145,10 +145,13 @@ def info(preset: str, overrides: Mapping[str, Any] | None = None) -> str:
     get_recipe(recipe).prepare(model)  # trainable as that recipe trains
     rows = model.parameter_table()
     lines = [f"{label}: grid {model.grid[0]}x{model.grid[1]} tokens over {model.config.n_frames} mel frames", _trained_line(loaded, recorded)]
-    from controlfoley.checkpoint import trained_as_lines
+    from controlfoley.checkpoint import ema_lines, read_metadata, trained_as_lines
 
     # parts built otherwise than their weights were trained (a file saved after such a load records it)
-    lines += [*trained_as_lines(getattr(model, "trained_as", None) or {}), *_run_lines(preset), ""]
+    lines += trained_as_lines(getattr(model, "trained_as", None) or {})
+    if loaded:  # weights a run averaged (--ema-decay): its metadata says so, and where the raw weights are
+        lines += ema_lines(read_metadata(model.loaded_from), model.loaded_from)
+    lines += [*_run_lines(preset), ""]
     lines.append(f"{'part':<16}{'params':>10}{'trainable':>11}{'frozen':>10}   (trainable / frozen: as the {recipe} recipe trains it)")
     for r in rows:
         lines.append(f"{r['part']:<16}{_fmt(r['params'])}{_fmt(r['trainable']):>11}{_fmt(r['frozen']):>10}")

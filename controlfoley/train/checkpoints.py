@@ -12,6 +12,23 @@ Layout::
     RUN/checkpoints/latest                   name of the newest complete checkpoint
     RUN/model.safetensors                    the final model, written when the run ends
 
+  A run that keeps an exponential moving average of its weights (`--ema-decay`, `ModelEMA`):
+
+    RUN/checkpoints/step-00001000/model_raw.safetensors   whole model, the weights as trained (what
+                                                      --resume loads; written first)
+    RUN/checkpoints/step-00001000/model.safetensors   whole model, its trained tensors the EMA
+                                                      (metadata `controlfoley_ema`, EMA_KEY), the
+                                                      frozen parts as they are: what every reader
+                                                      of a run loads (from_pretrained, generate,
+                                                      info, --init, extract --tokenizer)
+    RUN/checkpoints/step-00001000/state.safetensors   also `ema.*`: the EMA tensors in fp32, which
+                                                      --resume restores exactly
+    RUN/model_raw.safetensors, RUN/model.safetensors  the final model as trained, then the EMA
+
+  The raw weights load by naming their file (`from_pretrained("RUN/model_raw.safetensors")`);
+  the frozen parts are held by both files. A resume reads the raw weights where model.safetensors
+  records an EMA (`RunDir.raw_model_file`, by its metadata, not by which files exist).
+
 - Each file is written atomically (temporary file, fsync, rename) and `latest` is replaced last,
   so a reader only ever follows `latest` to a complete checkpoint; older ones beyond `keep_last`
   are deleted after that. A resume takes the newest complete checkpoint (`RunDir.latest_dir`):
@@ -30,6 +47,17 @@ Layout::
   been trained with other settings (`model.trained_as`, from an --init that loaded it into a part
   built otherwise; `forget_retrained`); the parts the run leaves frozen keep theirs, so loading the
   run's model still says they will not behave as trained.
+- `ModelEMA`: the EMA of the tensors the run trains in its model: every parameter with
+  requires_grad, and the floating-point persistent buffers of the parts holding one (the built-in
+  parts have none: their only buffers, the mel's, are neither persistent nor trained); not the
+  frozen parts, and not the trained modules outside the model (the tokenizer recipe's
+  discriminator, `aux.*`, is saved as trained). fp32, on the training device, updated after each
+  optimizer step (once per step under gradient accumulation) with one `torch._foreach_lerp_`.
+  Under torchrun every rank holds the same weights after each step (DDP averages the gradients and
+  each rank steps its own copy of the same optimizer), so every rank updates its EMA alike and no
+  rank communicates for it. `swapped_in()` puts the EMA into the model and the raw weights back
+  after, exactly (validation and the EMA file are written from the model itself, so its records
+  (`trained_parts`, `trained_as` after `forget_retrained`) are those of the raw file).
 - `resolve_model_file(path)`: a checkpoint file, a checkpoint folder or a run folder -> model file.
 - `nothing_to_resume_message`, `longer_run_hint`: what to say when --resume has no step left to run
   (a run's length is part of the run, so training longer is a new run initialised from it).
@@ -49,25 +77,30 @@ import shutil
 import socket
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from controlfoley._io import TEMP_NAME, atomic_write_text, remove_stale_temps, write_failure
 from controlfoley._static import ModelModule
-from controlfoley.checkpoint import CONFIG_KEY, read_state_dict, save_model, save_state_dict, trained_as, trained_parts
+from controlfoley.checkpoint import (
+    CONFIG_KEY, EMA_KEY, read_metadata, read_state_dict, save_model, save_state_dict, trained_as, trained_parts,
+)  # fmt: skip
 from controlfoley.errors import CheckpointError, TrainingError, user_stacklevel
 from controlfoley.presets import PRETRAINED, pretrained_path
 
 __all__ = [
-    "RunDir", "TrainState", "capture_rng", "restore_rng", "resolve_model_file", "shipped_preset", "longer_run_hint", "nothing_to_resume_message",
-    "checkpoint_step", "forget_retrained",
+    "RunDir", "TrainState", "ModelEMA", "capture_rng", "restore_rng", "resolve_model_file", "shipped_preset", "longer_run_hint",
+    "nothing_to_resume_message", "checkpoint_step", "forget_retrained", "MODEL_FILE", "RAW_MODEL_FILE",
 ]  # fmt: skip
 
 STATE_KEY = "controlfoley_train_state"
+MODEL_FILE = "model.safetensors"  # the model a run (or a checkpoint of it) gives its readers: the EMA where it keeps one
+RAW_MODEL_FILE = "model_raw.safetensors"  # beside it, where it is an EMA: the weights as trained, which --resume loads
 _HELD_LOCKS: set[int] = set()  # run-folder lock descriptors this process holds
 _LOCKED_ROOTS: set[str] = set()  # the run folders (real paths) whose lock this process holds
 _SAFETENSORS_TEMP = re.compile(r"\A\.tmp[A-Za-z0-9]{6}\Z")  # safetensors.torch.save_file's temporary file (Rust's tempfile crate)
@@ -99,6 +132,93 @@ class TrainState:
     path: Path
     aux: dict[str, torch.Tensor]  # trained modules outside the model (e.g. the discriminator), by name
     split: tuple[int, int] | None = None  # (processes, micro-batches per step) it was trained with; None: not recorded
+    ema: dict[str, torch.Tensor] = field(default_factory=dict)  # the EMA of the model's trained tensors (fp32), by state_dict key; {}: none kept
+
+
+class ModelEMA:
+    """An exponential moving average (EMA) of the tensors a run trains in `model`: its parameters
+    with requires_grad and the floating-point persistent buffers of the parts (top-level children)
+    holding one, each once (a tensor under two names: the first). Kept in fp32 on the tensors'
+    device; the frozen parts are not copied. `update(step)` after each optimizer step:
+    ema <- ema + (1 - decay_t) x (weights - ema), i.e. decay_t x ema + (1 - decay_t) x weights."""
+
+    def __init__(self, model: nn.Module, decay: float, *, warmup: bool = False) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise TrainingError(f"ModelEMA: decay must be in [0, 1), got {decay} (TrainConfig.ema_decay, --ema-decay, checks it)")
+        self.decay, self.warmup = float(decay), bool(warmup)
+        trained = {name for name, part in model.named_children() if any(p.requires_grad for p in part.parameters())}
+        seen: set[int] = set()
+        self.names: list[str] = []
+        self._live: list[torch.Tensor] = []  # the model's own tensors (parameters and buffers)
+        for key, t in model.state_dict(keep_vars=True).items():
+            if isinstance(t, nn.Parameter):
+                wanted = t.requires_grad
+            else:  # a persistent buffer (statistics a trained part updates itself); not a module's extra state
+                wanted = isinstance(t, torch.Tensor) and key.split(".")[0] in trained and t.is_floating_point()
+            if wanted and id(t) not in seen:
+                seen.add(id(t))
+                self.names.append(key)
+                self._live.append(t)
+        if not self._live:
+            raise TrainingError("ModelEMA: the model has no trained tensors to average (no parameter with requires_grad)")
+        with torch.no_grad():
+            self._shadow = [t.detach().to(torch.float32, copy=True) for t in self._live]
+
+    def decay_at(self, step: int) -> float:
+        """The decay of the update after optimizer step `step` (counted from 0). With `warmup`:
+        min(decay, (1 + step) / (10 + step)), the formula of TensorFlow's ExponentialMovingAverage
+        with num_updates (and of diffusers' EMAModel by default, which counts one step later and
+        copies the weights at its first update): 0.1 after the first step, 0.5 after the ninth."""
+        return min(self.decay, (1.0 + step) / (10.0 + step)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Move the EMA towards the model's tensors now, after optimizer step `step` (counted from 0)."""
+        current = [t if t.dtype == torch.float32 else t.float() for t in self._live]
+        torch._foreach_lerp_(self._shadow, current, 1.0 - self.decay_at(step))
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The EMA in the model's tensors while the block runs; after it (also on an error) the raw
+        values again, bit for bit (copies of them are held meanwhile: one more copy of the trained
+        tensors on their device)."""
+        with torch.no_grad():
+            raw = [t.detach().clone() for t in self._live]
+            torch._foreach_copy_(self._live, self._shadow)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self._live, raw)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The EMA tensors (fp32), by the model's state_dict keys."""
+        return dict(zip(self.names, self._shadow, strict=True))
+
+    def load(self, tensors: Mapping[str, torch.Tensor], where: str) -> None:
+        """Take the EMA saved in a checkpoint (`state_dict()`'s tensors) exactly; a CheckpointError
+        names the keys that differ from what this run averages."""
+        own = self.state_dict()
+        missing = [k for k in own if k not in tensors]
+        unexpected = sorted(k for k in tensors if k not in own)
+        shapes = [k for k, v in own.items() if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)]
+        if missing or unexpected or shapes:
+            said = "; ".join(
+                f"{what} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                for what, keys in (("missing", missing), ("not trained by this run", unexpected), ("of another shape", shapes))
+                if keys
+            )
+            raise CheckpointError(
+                f"the EMA of the weights in {where} does not match the tensors this run trains ({said}); was the checkpoint "
+                "written by another recipe or --trainable choice? Resume with the run's own settings, or start a new --out"
+            )
+        with torch.no_grad():
+            for shadow, key in zip(self._shadow, self.names, strict=True):
+                shadow.copy_(tensors[key].to(torch.float32))
+
+    def metadata(self, step: int) -> str:
+        """The EMA_KEY record of the model file holding this EMA after `step` optimizer steps."""
+        return json.dumps({"decay": self.decay, "warmup": self.warmup, "step": step, "raw": RAW_MODEL_FILE})
 
 
 def capture_rng(device: torch.device | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -263,7 +383,8 @@ class RunDir:
         self.ckpt_root = self.root / "checkpoints"
         self.config_path = self.root / "config.json"
         self.metrics_path = self.root / "metrics.jsonl"
-        self.final_model = self.root / "model.safetensors"
+        self.final_model = self.root / MODEL_FILE
+        self.final_raw_model = self.root / RAW_MODEL_FILE  # written where the run keeps an EMA (then final_model holds it)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -416,7 +537,8 @@ class RunDir:
         return self.step_dir(step) in self._complete_dirs()
 
     def _complete_dirs(self) -> list[Path]:
-        """step-* folders holding both files (each written atomically), oldest first."""
+        """step-* folders holding both files (each written atomically), oldest first. (A run with an
+        EMA writes model_raw.safetensors before both: a folder holding them holds it too.)"""
         dirs = [p for p in self.ckpt_root.glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
         return sorted(p for p in dirs if (p / "model.safetensors").is_file() and (p / "state.safetensors").is_file())
 
@@ -431,19 +553,26 @@ class RunDir:
         *,
         aux: Mapping[str, torch.Tensor] | None = None,
         device: torch.device | None = None,
+        ema: ModelEMA | None = None,
     ) -> Path:
         """Write checkpoint `step` (model, then state), then move `latest` to it, then prune.
-        `device`: the one this process trains on (`capture_rng`)."""
+        `device`: the one this process trains on (`capture_rng`). `ema`: the run's EMA of its
+        weights: the model as trained goes to model_raw.safetensors first, the EMA to
+        model.safetensors, its fp32 tensors to the state too (`ema.*`)."""
         d = self.step_dir(step)
         name = d.name
         info = json.dumps({"step": step, **extra})
         forget_retrained(model)  # what the run trains is trained as built now: no record of other settings
-        save_model(model, d / "model.safetensors", extra_metadata={STATE_KEY: info})
+        self._save_models(model, d, {STATE_KEY: info}, ema, step)
         opt_tensors, groups = _flatten_optimizer(optimizer.state_dict())
         rng_tensors, rng_meta = capture_rng(device)
-        meta = {STATE_KEY: json.dumps({"step": step, "param_groups": groups, "param_names": param_names, "rng": rng_meta, **extra})}
+        record: dict[str, Any] = {"step": step, "param_groups": groups, "param_names": param_names, "rng": rng_meta, **extra}
+        if ema is not None:
+            record["ema"] = {"decay": ema.decay, "warmup": ema.warmup}
+        meta = {STATE_KEY: json.dumps(record)}
         aux_tensors = {f"aux.{k}": v for k, v in (aux or {}).items()}
-        save_state_dict(d / "state.safetensors", {**opt_tensors, **rng_tensors, **aux_tensors}, meta)
+        ema_tensors = {f"ema.{k}": v for k, v in (ema.state_dict() if ema is not None else {}).items()}
+        save_state_dict(d / "state.safetensors", {**opt_tensors, **rng_tensors, **aux_tensors, **ema_tensors}, meta)
         pointer = self.ckpt_root / "latest"
         try:
             atomic_write_text(pointer, name)
@@ -451,6 +580,39 @@ class RunDir:
             raise CheckpointError(write_failure(pointer, e, fix=_WRITABLE)) from e
         self._prune(keep_last, keep=name)
         return d
+
+    def save_final(self, model: ModelModule, ema: ModelEMA | None = None, *, step: int = 0) -> Path:
+        """The run's final model (RUN/model.safetensors); with `ema` (after `step` optimizer steps), the
+        weights as trained to RUN/model_raw.safetensors first, then the EMA to model.safetensors, the
+        file whose presence marks the run finished."""
+        self._save_models(model, self.root, {}, ema, step)
+        return self.final_model
+
+    @staticmethod
+    def _save_models(model: ModelModule, folder: Path, meta: Mapping[str, str], ema: ModelEMA | None, step: int) -> None:
+        """MODEL_FILE in `folder`, atomically; with `ema`, RAW_MODEL_FILE (the weights as trained) before
+        it and the EMA in it (EMA_KEY in its metadata): both written from the model itself, so that their
+        records (trained parts, trained_as) are the same."""
+        if ema is None:
+            save_model(model, folder / MODEL_FILE, extra_metadata=meta)
+            return
+        save_model(model, folder / RAW_MODEL_FILE, extra_metadata=meta)
+        with ema.swapped_in():
+            save_model(model, folder / MODEL_FILE, extra_metadata={**meta, EMA_KEY: ema.metadata(step)})
+
+    def raw_model_file(self, d: Path) -> Path:
+        """The file of checkpoint folder `d` with the weights as trained, which a resume loads: its
+        model_raw.safetensors where its model.safetensors records an EMA (EMA_KEY), else model.safetensors."""
+        model = d / MODEL_FILE
+        if EMA_KEY not in read_metadata(model):
+            return model
+        raw = d / RAW_MODEL_FILE
+        if not raw.is_file():
+            raise CheckpointError(
+                f"{model} holds an EMA of the weights, and {raw}, the weights as trained that --resume continues from, is missing; "
+                f"restore it, or delete {d} to resume from the checkpoint before it"
+            )
+        return raw
 
     def _prune(self, keep_last: int, keep: str) -> None:
         dirs = sorted(p for p in self.ckpt_root.glob("step-*") if p.is_dir())
@@ -472,14 +634,17 @@ class RunDir:
         rng_tensors = {k: v for k, v in tensors.items() if k.startswith("rng.")}
         opt = _unflatten_optimizer(tensors, info["param_groups"])
         aux = {k[4:]: v for k, v in tensors.items() if k.startswith("aux.")}
+        ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
         split = (int(info["world_size"]), int(info["grad_accum"])) if "world_size" in info and "grad_accum" in info else None
-        return TrainState(int(info["step"]), opt, list(info["param_names"]), {"tensors": rng_tensors, "meta": info["rng"]}, d, aux, split)
+        rng = {"tensors": rng_tensors, "meta": info["rng"]}
+        return TrainState(int(info["step"]), opt, list(info["param_names"]), rng, d, aux, split, ema=ema)
 
     def load_model_weights(self, d: Path, model: ModelModule) -> None:
-        """Load a checkpoint's weights, refusing one saved from another model config."""
+        """Load a checkpoint's weights as trained (`raw_model_file`: not its EMA), refusing one saved
+        from another model config."""
         from controlfoley.checkpoint import check_state_dict
 
-        state, meta = read_state_dict(d / "model.safetensors")
+        state, meta = read_state_dict(self.raw_model_file(d))
         saved = json.loads(meta.get(CONFIG_KEY, "null"))
         # the guidance rule and sampler settings are sampling-time choices, not weights: a run whose
         # config resolves them differently (a newer library's defaults) resumes; anything else must match

@@ -392,6 +392,9 @@ DERIVED_KEY = "_derived"  # --print-config: {field: why} for values derived from
 # memory, and the steps are the same up to float rounding (every loss is normalised globally)
 # `activation_checkpointing` trades memory for time and computes the same gradients: a job
 # rescheduled on a smaller GPU may switch it on
+# `ema_decay` and `ema_warmup` are not here: the EMA of the weights is part of the run's state (its
+# checkpoints' model.safetensors hold it, and an EMA started at a resume would not be the run's);
+# switching it is refused like any setting, with the way to a new run that keeps one (`train.loop`)
 RESUME_MUTABLE = frozenset(
     {"out", "data", "val_data", "num_workers", "log_every", "val_every", "ckpt_every", "keep_last", "verify_data", "device", "tensorboard", "progress",
      "plugins", "grad_accum", "activation_checkpointing"}
@@ -422,6 +425,8 @@ class TrainConfig:
     weight_decay: float = 0.01  # AdamW, on weights of rank >= 2 only
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW; each in [0, 1)
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    ema_decay: float = 0.0  # keep an exponential moving average (EMA) of the trained weights with this decay per optimizer step, in [0, 1); 0 = none. With one, validation runs on the EMA, and model.safetensors (the run's and each checkpoint's) holds it, the raw weights beside it in model_raw.safetensors. Cannot change on --resume
+    ema_warmup: bool = False  # with --ema-decay: the decay after step t (counted from 0) is min(ema_decay, (1 + t) / (10 + t)), so the EMA follows the first steps closely instead of staying near the initial weights
     uncond_prob: float = 0.9  # backbone/controlnet: probability the CLAP condition is replaced by the unconditional mask
     uncond_per: str = "step"  # backbone/controlnet: "step": one draw per optimizer step; "sample": one per clip
     l1_weight: float = 1.0  # tokenizer: mel reconstruction L1
@@ -522,6 +527,16 @@ class TrainConfig:
             raise ConfigError(
                 f"train config: min_lr (--min-lr) is {self.min_lr}, above the peak LR {self.peak_lr:g} (base_lr {self.base_lr} x batch_size "
                 f"{self.batch_size} / lr_reference_batch {self.lr_reference_batch}) that the cosine decays from; lower --min-lr or raise --base-lr"
+            )
+        if not 0.0 <= self.ema_decay < 1.0:  # (a NaN fails this too)
+            raise ConfigError(
+                f"train config: ema_decay (--ema-decay) must be in [0, 1), got {self.ema_decay}: 0 keeps no EMA of the weights; "
+                "a decay d averages over about 1 / (1 - d) steps (0.999: about 1,000), e.g. --ema-decay 0.999"
+            )
+        if self.ema_warmup and self.ema_decay == 0.0:
+            raise ConfigError(
+                "train config: ema_warmup (--ema-warmup) warms up the decay of the EMA of the weights, and this run keeps none "
+                "(ema_decay 0): add --ema-decay (e.g. 0.999), or drop --ema-warmup"
             )
         if not SEED_MIN <= self.seed <= SEED_MAX:
             raise ConfigError(

@@ -21,6 +21,13 @@ Features
   memory for one more forward of the blocks; it may be switched on or off on resume).
 - A non-finite loss or gradient norm stops the run with a TrainingError before the optimizer
   step: parameters and the last checkpoint are untouched.
+- `--ema-decay D` keeps an exponential moving average of the trained weights (`ModelEMA`: fp32, the
+  model's trained tensors only, updated once per optimizer step, after it; every rank alike, without
+  communication, as every rank holds the same weights). Validation then runs on the EMA, swapped into
+  the model and the raw weights put back exactly after, and its metrics.jsonl line says so (`ema`: 1);
+  model.safetensors (each checkpoint's and the final one) holds the EMA, model_raw.safetensors the
+  weights as trained, which --resume continues from (`train.checkpoints`). The EMA is part of the run:
+  switching --ema-decay or --ema-warmup on resume is refused, with the way to a new run that keeps one.
 - Deterministic: data order and random masks are functions of (seed, step) (see `recipes` and
   `ShardedSampler`), RNG states are saved, so resuming after a kill reproduces an uninterrupted
   run bit for bit on CPU. The global batch may be split otherwise on resume (another number of
@@ -64,7 +71,9 @@ from controlfoley.config import ConfigError, ModelConfig
 from controlfoley.data.dataset import ShardedSampler, collate
 from controlfoley.errors import CheckpointError, ControlFoleyError, TrainingError, user_stacklevel
 from controlfoley.model import SpecMaskFoley
-from controlfoley.train.checkpoints import RunDir, TrainState, longer_run_hint, nothing_to_resume_message, resolve_model_file, restore_rng
+from controlfoley.train.checkpoints import (
+    ModelEMA, RunDir, TrainState, longer_run_hint, nothing_to_resume_message, resolve_model_file, restore_rng,
+)  # fmt: skip
 from controlfoley.train.config import PluginChangedWarning, TrainConfig, plugin_changes, recipe_plugins
 from controlfoley.train.datasets import DATA_RECORD, check_batch_fits, check_batch_split, check_same_data, open_datasets, warn_shared_clips
 from controlfoley.train.distributed import DistInfo, agree_before_training, all_reduce_sum, barrier, init_distributed, mark_reported, shutdown
@@ -212,6 +221,8 @@ class Trainer:
         if not self.params:
             raise TrainingError(f"recipe {cfg.recipe!r} left no trainable parameters in preset {cfg.preset!r}")
         self.optimizer = self._optimizer()
+        # the EMA of the model's trained tensors, from the weights the run starts with (a resume: the checkpoint's EMA, in _restore)
+        self.ema = ModelEMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema_decay > 0 else None
         self.start_step = 0
         if ckpt_dir is not None:
             self._restore(self.run_dir.load_state(ckpt_dir))
@@ -237,6 +248,12 @@ class Trainer:
             if conflicts:
                 lines = ", ".join(f"{k}: run {a!r} vs now {b!r}" for k, (a, b) in conflicts.items())
                 longer = f" To train longer, {longer_run_hint(rd.root, cfg.recipe)}." if "steps" in conflicts else ""
+                if {"ema_decay", "ema_warmup"} & set(conflicts):
+                    longer += (
+                        " The EMA of the weights (--ema-decay, --ema-warmup) is part of the run: it is kept from step 0 and its checkpoints' "
+                        "model.safetensors hold it, so it cannot be switched on, off or changed on resume. For a run that keeps another, "
+                        f"{longer_run_hint(rd.root, cfg.recipe)} and the --ema-decay you want (it averages from the weights it starts with)."
+                    )
                 raise TrainingError(
                     f"--resume continues the run in {rd.root} with its own settings, but these differ: {lines}. "
                     f"Drop those flags, or start a new --out.{longer}"
@@ -291,9 +308,10 @@ class Trainer:
             raise self.run_dir.write_failed(what, path, e) from e
 
     def _save_final(self) -> None:
-        """The final model; a full disk is a TrainingError saying how to go on (--resume writes it)."""
+        """The final model (with an EMA: the weights as trained, then the EMA in model.safetensors);
+        a full disk is a TrainingError saying how to go on (--resume writes it)."""
         try:
-            self.model.save(self.run_dir.final_model)
+            self.run_dir.save_final(self.model, self.ema, step=self.cfg.steps)
         except CheckpointError as e:
             raise self.run_dir.write_stopped("the final model", str(e)) from e
 
@@ -341,6 +359,18 @@ class Trainer:
             check_state_dict(module, sub, f"{name} in {state.path}")
             module.load_state_dict(sub, strict=True)
         self.optimizer.load_state_dict(state.optimizer)
+        if self.ema is not None:
+            if not state.ema:
+                raise CheckpointError(
+                    f"checkpoint {state.path} holds no EMA of the weights, but this run keeps one (ema_decay {self.cfg.ema_decay}): its "
+                    "config.json was changed after the checkpoint was written; put ema_decay back as the run had it, or start a new --out"
+                )
+            self.ema.load(state.ema, str(state.path / "state.safetensors"))
+        elif state.ema:
+            raise CheckpointError(
+                f"checkpoint {state.path} holds an EMA of the weights, but this run keeps none (ema_decay 0): its config.json was "
+                "changed after the checkpoint was written; put ema_decay back as the run had it, or start a new --out"
+            )
         restore_rng(state.rng["tensors"], state.rng["meta"], self.info.device)
         self.start_step = state.step
         self._resumed_split = state.split
@@ -408,8 +438,9 @@ class Trainer:
                         result["val"] = val
                         log.log(done, "val", val)
                         if plain:
-                            shown = ", ".join(f"{k} {v:.4g}" for k, v in val.items() if isinstance(v, (int, float)))
-                            print(f"{cfg.recipe} validation at step {done}: {shown}", file=sys.stderr, flush=True)
+                            shown = ", ".join(f"{k} {v:.4g}" for k, v in val.items() if isinstance(v, (int, float)) and k != "ema")
+                            of = " (of the EMA weights)" if "ema" in val else ""
+                            print(f"{cfg.recipe} validation at step {done}{of}: {shown}", file=sys.stderr, flush=True)
                     written = done % cfg.ckpt_every == 0 or done == stop
                     if written:
                         self._checkpoint(done)
@@ -514,6 +545,8 @@ class Trainer:
             error = TrainingError(self._nonfinite_message(step + 1, values))
             raise error if info.is_main else mark_reported(error, 0)  # the values are summed over ranks: all stop alike
         self.optimizer.step()
+        if self.ema is not None:  # once per optimizer step, whatever the micro-batches; every rank alike (the same weights)
+            self.ema.update(step)
         self.optimizer.zero_grad(set_to_none=True)
         return values
 
@@ -547,7 +580,9 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, *, stop_on_signal: bool = False) -> dict[str, float] | None:
-        """Validation loss over (at most val_max_clips) held-out clips, sharded over ranks.
+        """Validation loss over (at most val_max_clips) held-out clips, sharded over ranks; of the EMA
+        of the weights where the run keeps one (swapped into the model, the raw weights put back
+        exactly after), its values then with "ema": 1.0.
 
         `stop_on_signal` (one process only: under torchrun a rank that left early would leave the
         others in the collective): None as soon as a SIGTERM is pending, so that a preempted run
@@ -564,25 +599,31 @@ class Trainer:
         totals: dict[str, torch.Tensor] = {}
         self.model.eval()
         try:
-            for chunk in chunks:
-                if stop_on_signal and interrupt_pending():
-                    return None
-                batch = {k: v.to(info.device) for k, v in collate([ds[j] for j in chunk]).items()}
-                plan = self.recipe.val_plan(cfg, self.model, chunk)
-                args = [plan.rows[k].to(info.device) for k in self.recipe.objective_args]
-                with self._autocast():
-                    _, stats = self.objective(batch, *args)
-                _accumulate(totals, {k: v * weight for k, v in stats.items()})
+            with self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext():
+                for chunk in chunks:
+                    if stop_on_signal and interrupt_pending():
+                        return None
+                    batch = {k: v.to(info.device) for k, v in collate([ds[j] for j in chunk]).items()}
+                    plan = self.recipe.val_plan(cfg, self.model, chunk)
+                    args = [plan.rows[k].to(info.device) for k in self.recipe.objective_args]
+                    with self._autocast():
+                        _, stats = self.objective(batch, *args)
+                    _accumulate(totals, {k: v * weight for k, v in stats.items()})
         finally:
             self.model.train()
-        return self.recipe.summarize(self._reduce(totals))
+        values = self.recipe.summarize(self._reduce(totals))
+        if self.ema is not None:
+            values["ema"] = 1.0  # these are the EMA's (metrics.jsonl, TensorBoard's val/ema)
+        return values
 
     def _checkpoint(self, step: int) -> None:
         if self.info.is_main:
             extra = {"recipe": self.cfg.recipe, "preset": self.cfg.preset, "world_size": self.info.world_size, "grad_accum": self.cfg.grad_accum}
             aux = {f"{name}.{k}": v for name, m in self.aux.items() for k, v in m.state_dict().items()}
             try:
-                self.run_dir.save(step, self.model, self.optimizer, self.names, self.cfg.keep_last, extra, aux=aux, device=self.info.device)
+                self.run_dir.save(
+                    step, self.model, self.optimizer, self.names, self.cfg.keep_last, extra, aux=aux, device=self.info.device, ema=self.ema,
+                )  # fmt: skip
             except CheckpointError as e:  # a full disk mid-run: what is intact, and how to go on
                 done = self.run_dir.is_complete(step)  # only its pointer failed: a resume continues from it
                 raise self.run_dir.write_stopped(f"the 'latest' pointer to checkpoint {step}" if done else f"checkpoint {step}", str(e)) from e

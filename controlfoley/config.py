@@ -215,7 +215,7 @@ class ModelConfig:
     """The whole composite model. The video parts (control_encoder, aligner, controlnet) are all set
     or all None; None gives the backbone alone (SpecMaskGIT)."""
 
-    n_frames: int  # mel frames in one window: 848 = 10 s at 22.05 kHz / hop 256, cropped to a multiple of 16
+    n_frames: int  # mel frames in one window: 848 = 9.85 s at 22.05 kHz / hop 256 (10 s cropped to a multiple of 16)
     mel: Part
     tokenizer: Part
     backbone: Part

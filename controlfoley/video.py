@@ -219,6 +219,13 @@ def _to_rgb(frame: av.VideoFrame, hw: tuple[int, int] | None) -> np.ndarray:
 _AUDIO_MARGIN_S = Fraction(1, 10)  # decoded past a bounded read's window: see read_audio_track
 
 
+def seconds_fraction(seconds: float) -> Fraction:
+    """A number of seconds as the decimal it is written as: 9.1 is 91/10, not the binary float's
+    9.0999999999999996447 (a Fraction or int as it is). At 10 fps 9.1 s then holds 91 frames (a
+    window of a longer video; `controlfoley.data.extract` counts a clip's feature rows so too)."""
+    return seconds if isinstance(seconds, Fraction) else Fraction(repr(float(seconds)))
+
+
 def _check_max_seconds(max_seconds: float | None) -> None:
     real = isinstance(max_seconds, numbers.Real) and not isinstance(max_seconds, bool)
     if max_seconds is not None and not (real and math.isfinite(max_seconds) and max_seconds > 0):
@@ -238,7 +245,7 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
     _check_max_seconds(max_seconds)
     check_fps(fps)  # a bad rate named before rate_fraction sees it
     hw, p, rate = _parse_size(size), Path(path), rate_fraction(fps)
-    limit = None if max_seconds is None else Fraction(max_seconds)
+    limit = None if max_seconds is None else seconds_fraction(max_seconds)
     with open_input(p) as c:
         s = video_stream(c, p)
         s.thread_type = "AUTO"

@@ -2,6 +2,7 @@
 sampler's partition and determinism, and extraction from the synthetic world."""
 
 import json
+import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -740,3 +741,195 @@ def test_training_with_val_data_that_is_the_training_data_warns(tmp_path: Path) 
     ds = write_data(tmp_path / "ds", n=8)
     with pytest.warns(UserWarning, match=r"--val-data .*: 8 of its 8 clips have the same audio"):
         train(config("backbone", ds, tmp_path / "bb", steps=1, warmup_steps=0, val_data=str(ds)))
+
+
+def test_token_dtype_comes_from_the_codebook_and_values_the_dtype_cannot_hold_are_refused(tmp_path: Path) -> None:
+    """The tokens' dtype was chosen from the first clip's largest code: a quiet first clip made it
+    int16, and a later code >= 2**15 wrapped to a negative one without an error."""
+    with ShardWriter(tmp_path / "big", shard_size=4, info={"codebook_size": 65536}) as w:
+        w.add("quiet", {"tokens": torch.zeros(2, 3, dtype=torch.long)})
+        w.add("loud", {"tokens": torch.full((2, 3), 40000)})
+    ds = ShardDataset(tmp_path / "big", verify="sha256")
+    assert ds.index.features["tokens"].dtype == "int32" and ds[1]["tokens"].flatten().tolist() == [40000] * 6
+    with ShardWriter(tmp_path / "edge", info={"codebook_size": 32768}) as w:  # codes 0 .. 32767 fit int16
+        w.add("a", {"tokens": torch.full((2,), 32767)})
+    assert ShardIndex.load(tmp_path / "edge").features["tokens"].dtype == "int16"
+    w = ShardWriter(tmp_path / "small", info={"codebook_size": 64})
+    with pytest.raises(DataError, match=r"clip 'x': feature 'tokens' has values outside the codebook \[0, 64\) \(min 0, max 64\)"):
+        w.add("x", {"tokens": torch.tensor([0, 64])})
+    w = ShardWriter(tmp_path / "nocb", shard_size=4)  # no codebook_size: the first clip decides, later clips are checked
+    w.add("quiet", {"tokens": torch.zeros(2, 3, dtype=torch.long)})
+    with pytest.raises(DataError, match=r"clip 'loud': feature 'tokens' has values in \[40000, 40000\], outside int16 \[-32768, 32767\].*codebook_size"):
+        w.add("loud", {"tokens": torch.full((2, 3), 40000)})
+    w.add("next", {"tokens": torch.full((2, 3), 7)})
+    assert w.close().n_clips == 2 and ShardDataset(tmp_path / "nocb")[1]["tokens"].flatten().tolist() == [7] * 6
+    w = ShardWriter(tmp_path / "u8", dtypes={"label": torch.uint8})
+    with pytest.raises(DataError, match=r"feature 'label' has values in \[-1, -1\], outside uint8 \[0, 255\]"):
+        w.add("a", {"label": torch.tensor(-1)})
+
+
+def test_a_retried_close_after_a_failed_index_write_writes_the_new_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() marked itself closed before writing index.json: after a failed write (a full disk) a
+    second close() returned the index on disk, the OLD dataset's when replacing one."""
+    import errno
+
+    from controlfoley.data import shards
+
+    root = tmp_path / "ds"
+    with ShardWriter(root, shard_size=2) as w:
+        for i in range(2):
+            w.add(f"old{i}", _clip(i))
+    w = ShardWriter(root, shard_size=2, overwrite=True)
+    for i in range(5):
+        w.add(f"new{i}", _clip(i))
+    real = shards.atomic_write_text
+
+    def full(path: Any, text: str) -> None:
+        if Path(path).name == INDEX_FILE:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, text)
+
+    monkeypatch.setattr(shards, "atomic_write_text", full)
+    with pytest.raises(DataError, match="No space left on device"):
+        w.close()
+    assert ShardIndex.load(root).n_clips == 2  # the old dataset still loads
+    monkeypatch.setattr(shards, "atomic_write_text", real)  # space freed
+    index = w.close()
+    assert index.n_clips == 5 and ShardIndex.load(root).fingerprint() == index.fingerprint()
+    assert w.close() is index
+    assert sorted(p.name for p in root.iterdir()) == sorted([INDEX_FILE, *(s.file for s in index.shards)])
+
+
+def _metadata_dataset(root: Path) -> Path:
+    with ShardWriter(root, shard_size=4) as w:
+        for i in range(4):
+            w.add(f"c{i}", {"tokens": torch.full((5, 7), i)})
+        w.add("d0", {"tokens": torch.full((5, 7), 9)})
+    return root
+
+
+@pytest.mark.parametrize(
+    "old, new, expect",
+    [
+        (b'\\"c2\\"', b'\\"c1\\"', r"lists the clip id 'c1' twice"),
+        (b'\\"c1\\", ', b'\\"c1\\"x ', r"clip_ids metadata that is not valid JSON"),
+        (b'[\\"c0\\", \\"c1\\", \\"c2\\", \\"c3\\"]', b'{\\"c0\\": \\"c1\\", \\"c2\\": \\"c3\\"}', r"clip_ids metadata that is not a JSON list of strings"),
+        (b'[\\"c0\\", \\"c1\\", ', b'[\\"c0\\", 1,      ', r"clip_ids metadata that is not a JSON list of strings"),
+        (b'\\"c0\\", \\"c1\\"', b'\\"c0c1\\"      ', r"lists 3 clip ids for its 4 clips"),
+        (b'\\"c3\\"', b'\\"d0\\"', r"lists the clip id 'd0', which shard .*shard-00000\.safetensors lists too"),
+        (b'"clip_ids"', b'"clip_idz"', r"has no clip_ids metadata"),
+    ],
+)  # fmt: skip
+def test_a_shards_clip_ids_are_checked_with_its_header(tmp_path: Path, old: bytes, new: bytes, expect: str) -> None:
+    """verify('header') passed a shard whose clip_ids metadata was corrupt (same size, still valid
+    safetensors): a repeated id went on silently, and unparsable ids surfaced later, in clip_ids()
+    (train's --val-data check), as a bare JSONDecodeError naming no shard."""
+    root = _metadata_dataset(tmp_path / "ds")
+    shard = root / "shard-00000.safetensors"
+    data = shard.read_bytes()
+    assert len(old) == len(new) and data.count(old) == 1
+    shard.write_bytes(data.replace(old, new))
+    with pytest.raises(DataError, match=rf"shard .*shard-0000[01]\.safetensors.*{expect}.*Re-extract"):
+        ShardIndex.load(root).verify("header")
+    ds = ShardDataset(root, verify="none")  # read without the check: the same error, not a JSONDecodeError
+    with pytest.raises(DataError, match=rf"shard .*shard-0000[01]\.safetensors.*{expect}"):
+        ds.clip_ids()
+    if "d0" not in expect:  # (an id repeated in another shard: each shard alone is fine)
+        with pytest.raises(DataError, match=rf"shard .*shard-00000\.safetensors.*{expect}"):
+            ds.clip_id(0)
+
+
+def test_flipped_header_bytes_are_a_data_error_or_leave_the_ids_readable(tmp_path: Path) -> None:
+    """Every single-byte change of a shard's header (the size stays): verify('header') raises a
+    DataError, or passes with clip ids that read back as a list of unique ids (a changed character
+    of an id is only seen by sha256); nothing else escapes."""
+    import struct
+
+    root = _metadata_dataset(tmp_path / "ds")
+    shard = root / "shard-00000.safetensors"
+    orig = shard.read_bytes()
+    n = struct.unpack("<Q", orig[:8])[0]
+    escaped = []
+    for pos in range(8, 8 + n):
+        for val in (0x22, 0x39, 0x5C):
+            if orig[pos] == val:
+                continue
+            changed = bytearray(orig)
+            changed[pos] = val
+            shard.write_bytes(bytes(changed))
+            try:
+                ShardIndex.load(root).verify("header")
+            except DataError:
+                continue
+            except Exception as e:  # noqa: BLE001  (the finding: anything but a DataError)
+                escaped.append((pos, chr(val), type(e).__name__, str(e)[:80]))
+                continue
+            try:  # the check passed: the ids read back
+                ids = ShardDataset(root, verify="none").clip_ids()
+            except Exception as e:  # noqa: BLE001
+                escaped.append((pos, chr(val), "after a passing check: " + type(e).__name__, str(e)[:80]))
+                continue
+            assert len(set(ids)) == len(ids) == 5, (pos, chr(val), ids)
+    assert not escaped, escaped[:5]
+
+
+def test_row_digests_of_every_stored_dtype(tmp_path: Path) -> None:
+    """row_digests() called .numpy(), which has no bfloat16 (a dtype ShardWriter stores); it now
+    hashes the stored bytes, the same digests as before for the other dtypes (train compares the
+    digests of two datasets, so they must not depend on which version computed them)."""
+    import hashlib
+
+    feats = {
+        "emb": torch.bfloat16, "sync": torch.float16, "clap": torch.float32, "tokens": torch.int16, "big": torch.int32,
+        "label": torch.int64, "flag": torch.bool, "u": torch.uint8,
+    }  # fmt: skip
+    shapes: dict[str, tuple[int, ...]] = {"label": (), "flag": (3,), "u": (2, 2)}
+    with ShardWriter(tmp_path, shard_size=2, dtypes=feats) as w:
+        for i in range(3):  # clip i: 0+i, 1+i, ... (a bool: whether that is odd)
+            clip = {}
+            for k in feats:
+                shape = shapes.get(k, (4,))
+                values = torch.arange(math.prod(shape)).reshape(shape) + i
+                clip[k] = values % 2 == 1 if k == "flag" else values
+            w.add(f"c{i}", clip)
+    ds = ShardDataset(tmp_path)
+    for key, dtype in feats.items():
+        assert ds.index.features[key].torch_dtype == dtype
+        rows = [ds[i][key] for i in range(3)]
+        got = ds.row_digests(key)
+        assert len(set(got)) == (2 if key == "flag" else 3), key
+        if dtype != torch.bfloat16:  # numpy has none: the digests the old code gave for the others
+            assert got == [hashlib.sha256(r.numpy().tobytes()).hexdigest() for r in rows], key
+        assert ds.subset([2, 0]).row_digests(key) == [got[2], got[0]]
+
+
+def test_subset_indices_outside_the_view_are_refused(tmp_path: Path) -> None:
+    """subset([-1]) silently gave the last clip, subset([n]) a bare IndexError; the constructor's
+    `indices` refused both with a DataError."""
+    write_clips(tmp_path, n=5)
+    ds = ShardDataset(tmp_path)
+    for bad in ([-1], [5], [0, 7]):
+        with pytest.raises(DataError, match=r"subset indices must lie in \[0, 5\)"):
+            ds.subset(bad)
+    view = ds.subset([4, 1])
+    assert [view.clip_id(i) for i in range(2)] == ["clip-4", "clip-1"] and view.subset([1]).clip_id(0) == "clip-1"
+    with pytest.raises(DataError, match=r"subset indices must lie in \[0, 2\)"):
+        view.subset([2])
+
+
+def test_overwrite_discards_the_staged_files_of_an_interrupted_replacement(tmp_path: Path) -> None:
+    """A replacement killed after staging skipped.new.tsv left it behind through overwrite=True, and
+    the next replacement's close() installed it as its own skipped list."""
+    root = tmp_path / "ds"
+    with ShardWriter(root, shard_size=1) as w:
+        w.add("a", _clip(0))
+    w = ShardWriter(root, shard_size=1, overwrite=True)
+    w.staged("skipped.tsv").write_text("old-bad.mp4\tcannot decode\n")
+    w.add("b", _clip(1))  # one shard finished, then killed (never closed)
+    assert (root / "skipped.new.tsv").exists()
+    w = ShardWriter(root, shard_size=1, overwrite=True)
+    assert sorted(p.name for p in root.iterdir()) == [INDEX_FILE, "shard-00000.safetensors"]
+    w.staged("skipped.tsv")  # this build skips nothing
+    w.add("c", _clip(2))
+    index = w.close()
+    assert not (root / "skipped.tsv").exists() and sorted(p.name for p in root.iterdir()) == sorted([INDEX_FILE, *(s.file for s in index.shards)])

@@ -760,3 +760,230 @@ def test_an_extraction_interrupted_before_the_preset_record_resumes_with_the_sam
     interrupted(tmp_path / "other")
     with pytest.raises(DataError, match="other settings .*tokenizer"):
         ShardWriter(tmp_path / "other", shard_size=1, info={**base, "tokenizer": str(tmp_path / "my_tokenizer_run")}, resume=True)
+
+
+def test_synthetic_clips_are_rendered_at_the_models_sample_rate(tmp_path: Path) -> None:
+    """extract_synthetic rendered the world at its default 22.05 kHz whatever the model's rate and
+    stored those samples as the model's (a 16 kHz model got 5.9 s of a clip as its 8.2 s window,
+    time-stretched against the video); a rate the world cannot render is refused, naming both."""
+    from controlfoley.data.extract import Extraction, extract_synthetic
+    from controlfoley.data.synthetic import SyntheticWorld
+
+    ex = Extraction("specmaskgit_tiny", mel=True, model_overrides={"mel": {"name": "hifigan", "sample_rate": 16000}})
+    assert ex.model.sample_rate == 16000
+    extract_synthetic(tmp_path / "ds", ex, n_clips=1)
+    clip = SyntheticWorld(seed=0, duration_s=ex.window_s, sample_rate=16000).clip(0)
+    assert clip.audio.shape[0] == ex.window_samples
+    want, got = ex.audio_features([clip.audio])[0], ShardDataset(tmp_path / "ds")[0]
+    assert torch.equal(got["mel"], want["mel"].half()) and torch.equal(got["tokens"].long(), want["tokens"].long())
+    low = Extraction("specmaskgit_tiny", mel=True, model_overrides={"mel": {"name": "hifigan", "sample_rate": 8000, "fmax": 4000}})
+    with pytest.raises(DataError, match=r"sample rate is 8000 Hz.*22050 Hz.*sample_rate >= 16000.*22050 Hz.*--files"):
+        extract_synthetic(tmp_path / "low", low, n_clips=1)
+    assert not (tmp_path / "low").exists()
+
+
+class _FirstPixel:
+    """A video extractor whose feature row is the first pixel's red value of the frame it saw."""
+
+    name, output_key, fps, dim = "first_pixel", "motion", 10.0, 1
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames[:, 0, 0, :1].float()
+
+
+def test_a_window_holds_the_video_frames_read_frames_gives(tmp_path: Path) -> None:
+    """Extraction counted a window's frames as floor(video_s x fps + 1e-6), read_frames(max_seconds=)
+    with the float's exact binary value: for 9.1 s at 10 fps it wanted 91 frames of the 90 read, and
+    padded the window with a copy of the last one although the video goes on. One rule now, 9.1 s
+    as written (seconds_fraction): 91 frames, the one shown at 9.0 s the last."""
+    from controlfoley.data.extract import Extraction, VideoSource
+    from controlfoley.video import read_frames, write_video
+
+    frames = torch.stack([torch.full((16, 16, 3), 2 * i, dtype=torch.uint8) for i in range(100)])  # 10 s at 10 fps
+    video = write_video(tmp_path / "ramp.mp4", frames, 10.0)
+    ex = object.__new__(Extraction)  # only what video_features reads: the extractors and the seconds of video
+    ex.video, ex.video_s = [_FirstPixel()], 9.1
+    read = read_frames(video, 10.0, max_seconds=ex.video_s).frames
+    assert ex.n_video_frames(10.0) == read.shape[0] == 91
+    assert read[-1, 0, 0, 0].item() == frames[90, 0, 0, 0].item()  # the frame shown at 9.0 s
+    rows = ex.video_features(VideoSource(lambda fps: read_frames(video, fps, max_seconds=ex.video_s).frames, video))["motion"]
+    assert torch.equal(rows[:, 0], read[:, 0, 0, 0].float())
+
+
+class _Killed(BaseException):
+    """A kill (SIGKILL) at a chosen point of close(): nothing after it runs."""
+
+
+def _kill_close(monkeypatch: pytest.MonkeyPatch, after: str) -> None:
+    """Stop ShardWriter.close() right after it swapped in the new index ('index'), or when it
+    removes progress.json, its last step before removing the old shards ('progress')."""
+    from controlfoley.data import shards
+
+    if after == "index":
+        real_write = shards.atomic_write_text
+
+        def write(path: Any, text: str) -> None:
+            real_write(path, text)
+            if Path(path).name == shards.INDEX_FILE:
+                raise _Killed
+
+        monkeypatch.setattr(shards, "atomic_write_text", write)
+    else:
+        real_unlink = Path.unlink
+
+        def unlink(self: Path, missing_ok: bool = False) -> None:
+            if self.name == shards.PROGRESS_FILE and self.exists():  # (not overwrite's removal of a record that is not there)
+                raise _Killed
+            real_unlink(self, missing_ok=missing_ok)
+
+        monkeypatch.setattr(Path, "unlink", unlink)
+
+
+@pytest.mark.parametrize("replacing", [False, True])
+def test_a_kill_after_the_index_swap_resumes_with_the_skipped_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replacing: bool) -> None:
+    """A kill between close()'s index swap and its removal of progress.json: --resume looked for the
+    skipped list under its staged name (skipped.new.tsv, already moved into place, or never used in
+    a new folder) and failed with a false 'the inputs changed'."""
+    from controlfoley.data.extract import SKIPPED_FILE, _write
+
+    out = tmp_path / "ds"
+    common = dict(shard_size=1, batch_size=1, source="s", skip_bad=True)
+    if replacing:
+        with pytest.warns(UserWarning, match="skipped 1 clip"):
+            _write(_stub(), out, _items(["old", "z"], bad={"z"}), 2, overwrite=False, **common)
+    ids = ["a", "x", "b", "c"]
+    with monkeypatch.context() as m:
+        _kill_close(m, "progress")
+        with pytest.raises(_Killed):
+            _write(_stub(), out, _items(ids, bad={"x"}), 4, overwrite=replacing, **common)
+    assert ShardIndex.load(out).n_clips == 3 and (out / "progress.json").exists()  # the new dataset is in place
+    with pytest.warns(UserWarning, match="skipped 1 clip"):
+        index = _write(_stub(), out, _items(ids, bad={"x"}), 4, overwrite=False, resume=True, **common)
+    assert index.n_clips == 3 and index.fingerprint() == ShardIndex.load(out).fingerprint()
+    assert [line.split("\t")[0] for line in (out / SKIPPED_FILE).read_text().splitlines()] == ["x"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([SKIPPED_FILE, "index.json", *(s.file for s in index.shards)])
+
+
+@pytest.mark.parametrize("new_skips", [True, False])
+def test_a_replacement_killed_right_after_its_index_swap_gets_its_own_skipped_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_skips: bool
+) -> None:
+    """Killed before close() moved skipped.new.tsv into place (or removed the old dataset's list,
+    when the new one skipped nothing): --resume, or --overwrite again, finishes that first, so the
+    folder never lists another dataset's skipped clips."""
+    from controlfoley.data.extract import SKIPPED_FILE, _write
+    from controlfoley.data.shards import ShardWriter as Writer
+
+    out = tmp_path / "ds"
+    common = dict(shard_size=1, batch_size=1, source="s", skip_bad=True)
+    with pytest.warns(UserWarning, match="skipped 1 clip"):
+        _write(_stub(), out, _items(["old", "z"], bad={"z"}), 2, overwrite=False, **common)
+    ids, bad = ["a", "x", "b"], {"x"} if new_skips else set()
+    with monkeypatch.context() as m:
+        _kill_close(m, "index")
+        with pytest.raises(_Killed):
+            _write(_stub(), out, _items(ids, bad=bad), 3, overwrite=True, **common)
+    assert [line.split("\t")[0] for line in (out / SKIPPED_FILE).read_text().splitlines()] == ["z"]  # still the old dataset's list
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        index = _write(_stub(), out, _items(ids, bad=bad), 3, overwrite=False, resume=True, **common)
+    assert index.n_clips == (2 if new_skips else 3) and not (out / "skipped.new.tsv").exists() and not (out / "progress.json").exists()
+    listed = [line.split("\t")[0] for line in (out / SKIPPED_FILE).read_text().splitlines()] if (out / SKIPPED_FILE).exists() else None
+    assert listed == (["x"] if new_skips else None)
+    # the same kill, then --overwrite: the finished dataset gets its list before it is replaced
+    with monkeypatch.context() as m:
+        _kill_close(m, "index")
+        with pytest.raises(_Killed):
+            _write(_stub(), out, _items(["d", "y"], bad={"y"}), 2, overwrite=True, **common)
+    Writer(out, shard_size=1, overwrite=True)
+    assert [line.split("\t")[0] for line in (out / SKIPPED_FILE).read_text().splitlines()] == ["y"]
+    assert not (out / "skipped.new.tsv").exists() and not (out / "progress.json").exists()
+
+
+def test_ctrl_c_after_the_index_swap_says_the_new_dataset_is_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C between close()'s index swap and the removal of progress.json: the message called the
+    dataset in --out 'unchanged' (it is the new one) and --resume then had to finish the tidying."""
+    from controlfoley.data import shards
+    from controlfoley.data.extract import extract_main
+
+    out = tmp_path / "ds"
+    base = ["--preset", "specmaskgit_tiny", "--mel", "--shard-size", "1", "--batch-size", "1", "--out", str(out)]
+    assert extract_main([*base, "--synthetic", "2"]) == 0
+    new = [*base, "--synthetic", "3", "--world-seed", "1"]
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.name == shards.PROGRESS_FILE and self.exists():  # close()'s removal (--overwrite removes none at the start here)
+            raise KeyboardInterrupt
+        real_unlink(self, missing_ok=missing_ok)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "unlink", unlink)
+        assert extract_main([*new, "--overwrite"]) == 130
+    err = capsys.readouterr().err
+    assert "unchanged" not in err and f"the new dataset in {out} is complete and loads" in err and "--resume instead of --overwrite" in err, err
+    assert ShardIndex.load(out).n_clips == 3
+    assert extract_main([*new, "--resume"]) == 0
+    ds = ShardDataset(out, verify="sha256")
+    assert [ds.clip_id(i) for i in range(3)] == [f"synthetic-1-{i}" for i in range(3)]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["index.json", *(s.file for s in ds.index.shards)])
+
+
+def test_skip_bad_leaves_out_a_video_whose_precomputed_features_are_unusable(tmp_path: Path) -> None:
+    """A feature file holding NaN (or of the wrong width, or integers) raised a ShapeError, which
+    --skip-bad did not catch: one bad file stopped the whole extraction. It is a DataError naming
+    the file now (still a ShapeError, with the same message, for code that catches that)."""
+    import numpy as np
+
+    from controlfoley.data.extract import SKIPPED_FILE, Extraction, VideoSource, _write
+    from controlfoley.data.real_extractors import synchformer_precomputed
+    from controlfoley.errors import ShapeError
+
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    rows = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
+    np.save(feats / "ok.npy", rows)
+    np.save(feats / "wide.npy", np.zeros((20, 5), np.float32))
+    np.save(feats / "ints.npy", np.zeros((20, 4), np.int64))
+    bad = rows.copy()
+    bad[3, 1] = np.nan
+    np.save(feats / "nan.npy", bad)
+
+    class WithFeatures(type(_stub())):
+        video = [synchformer_precomputed(root=str(feats), dim=4, fps=10.0)]  # noqa: RUF012
+        video_s = 1.0
+        video_features = Extraction.video_features  # the real one
+
+    ex = WithFeatures()
+    with pytest.raises(DataError, match=r"nan\.npy: features hold NaN or infinite values; re-extract them") as e:
+        ex.video_features(VideoSource(lambda fps: torch.zeros(1), tmp_path / "nan.mp4"))
+    assert isinstance(e.value, ShapeError)
+
+    def item(name: str) -> Any:
+        return name, lambda: (torch.full((6,), 1.0), VideoSource(lambda fps: torch.zeros(1), tmp_path / f"{name}.mp4"), None)
+
+    names = ["ok", "nan", "wide", "ints", "missing"]
+    with pytest.warns(UserWarning, match="skipped 4 clip"):
+        index = _write(ex, tmp_path / "ds", [item(n) for n in names], 5, shard_size=2, batch_size=1, overwrite=False, source="s", skip_bad=True)
+    assert index.n_clips == 1 and index.features["sync"].shape == (10, 4)
+    why = dict(line.split("\t") for line in (tmp_path / "ds" / SKIPPED_FILE).read_text().splitlines())
+    assert list(why) == names[1:]
+    assert "nan.npy: features hold NaN" in why["nan"] and "wide.npy: features must be [frames, 4]" in why["wide"]
+    assert "ints.npy: features must be floating point" in why["ints"] and "no features for video missing.mp4" in why["missing"]
+    with pytest.raises(DataError, match=r"nan\.npy: features hold NaN"):  # without skip_bad: the same error stops it
+        _write(ex, tmp_path / "strict", [item(n) for n in names], 5, shard_size=2, batch_size=1, overwrite=False, source="s")
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-inf", "0", "-2"])
+def test_video_seconds_must_be_a_positive_finite_number(tmp_path: Path, capsys: pytest.CaptureFixture[str], seconds: str) -> None:
+    """--video-seconds nan and inf passed the `<= 0` check: nan failed per clip with 'cannot convert
+    float NaN to integer', inf with an uncaught OverflowError; neither named the flag."""
+    from controlfoley.data.extract import extract_main
+
+    out = tmp_path / "ds"
+    assert extract_main(["--preset", "specmaskfoley_tiny", "--synthetic", "1", "--extractors", "synthetic_sync", f"--video-seconds={seconds}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --video-seconds") and "a positive finite number of seconds" in err and err.count("\n") == 1, err
+    assert not out.exists()

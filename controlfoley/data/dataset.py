@@ -9,25 +9,26 @@ Features
 - `require_features(ds, {...})`: the per-clip shapes a recipe needs, checked against the index; a
   mismatch (grid or feature width of another preset) is a DataError naming both shapes and the fix.
 - `ShardedSampler`: a per-rank batch sampler that is a pure function of (seed, step): global batch
-  `step` is a slice of the permutation of epoch `step // steps_per_epoch` (seeded by seed + epoch,
-  like DistributedSampler), and rank r takes rows r, r + W, r + 2W, ... of it, split into micro-batches.
+  `step` is a slice of the permutation of epoch `step // steps_per_epoch` (seeded by
+  seed * 1_000_003 + epoch: `epoch_permutation`), and rank r takes rows r, r + W, r + 2W, ... of it,
+  split into micro-batches.
   The union over ranks is the single-process batch, and resuming at step k needs no saved state.
 - `collate`: stacks clips into a batch of tensors, keys unchanged.
 """
 
 import bisect
 import hashlib
-import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset, Sampler
 
-from controlfoley.data.shards import ShardIndex
+from controlfoley.data.shards import ShardIndex, check_unique_ids, parse_clip_ids
 from controlfoley.errors import DataError
 
 __all__ = ["ShardDataset", "ShardedSampler", "collate", "require_features", "epoch_permutation"]
@@ -55,9 +56,7 @@ class ShardDataset(Dataset[dict[str, torch.Tensor]]):
         self._starts = [0]
         for s in self.index.shards:
             self._starts.append(self._starts[-1] + s.n_clips)
-        self._rows = list(range(self.index.n_clips)) if indices is None else [int(i) for i in indices]
-        if self._rows and not 0 <= min(self._rows) <= max(self._rows) < self.index.n_clips:
-            raise DataError(f"subset indices must lie in [0, {self.index.n_clips}) for {self.root}")
+        self._rows = list(range(self.index.n_clips)) if indices is None else _checked_rows(indices, self.index.n_clips, self.root)
         self._handles: OrderedDict[int, Any] = OrderedDict()
         if keys is not None:
             self.keys = self.with_keys(keys).keys
@@ -74,9 +73,9 @@ class ShardDataset(Dataset[dict[str, torch.Tensor]]):
         return len(self._rows)
 
     def subset(self, indices: Sequence[int]) -> "ShardDataset":
-        """A view on some clips (indices into this dataset), sharing no open handles."""
+        """A view on some clips (indices into this view: 0 .. len - 1, no negative ones), sharing no open handles."""
         view = self._view()
-        view._rows = [self._rows[int(i)] for i in indices]
+        view._rows = [self._rows[i] for i in _checked_rows(indices, len(self), self.root)]
         return view
 
     def with_keys(self, keys: Sequence[str]) -> "ShardDataset":
@@ -145,12 +144,19 @@ class ShardDataset(Dataset[dict[str, torch.Tensor]]):
                 "with --verify-data sha256, re-extract them, and continue the run with --resume"
             )
 
+    def _shard_ids(self, shard: int) -> list[str]:
+        """The clip ids of shard `shard` (its metadata, checked: a corrupt list is a DataError naming the shard)."""
+        info = self.index.shards[shard]
+        return parse_clip_ids(self._handle(shard).metadata(), self.root / info.file, info.n_clips)
+
     def clip_ids(self) -> list[str]:
         """The id of every clip of this view, in order (from each shard's metadata: no feature is read)."""
         ids: list[str] = []
+        first_shard: dict[str, Path] = {}
         for k, shard in enumerate(self.index.shards):
-            stored = json.loads((self._handle(k).metadata() or {}).get("clip_ids", "[]"))
-            ids += [str(stored[r]) if r < len(stored) else f"{shard.file}:{r}" for r in range(shard.n_clips)]
+            stored = self._shard_ids(k)
+            check_unique_ids(stored, self.root / shard.file, first_shard)
+            ids += stored
         return [ids[r] for r in self._rows]
 
     def row_digests(self, key: str) -> list[str]:
@@ -161,19 +167,29 @@ class ShardDataset(Dataset[dict[str, torch.Tensor]]):
         digests: list[str] = []
         for k in range(len(self.index.shards)):
             values = self._handle(k).get_tensor(key).contiguous()
-            digests += [hashlib.sha256(values[r].numpy().tobytes()).hexdigest() for r in range(values.shape[0])]
+            # each row's stored bytes, as uint8 (numpy has no bfloat16): for the other dtypes the very bytes,
+            # and so the digests, that hashing the row's numpy array gave
+            rows = (values.flatten(1) if values.ndim > 1 else values.unsqueeze(1)).view(torch.uint8)
+            digests += [hashlib.sha256(rows[r].numpy().tobytes()).hexdigest() for r in range(rows.shape[0])]
         return [digests[r] for r in self._rows]
 
     def clip_id(self, i: int) -> str:
         shard, row = self._locate(int(i))
-        ids = json.loads((self._handle(shard).metadata() or {}).get("clip_ids", "[]"))
-        return str(ids[row]) if row < len(ids) else f"{self.index.shards[shard].file}:{row}"
+        return self._shard_ids(shard)[row]
 
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers receive a pickled copy; open safetensors handles cannot be pickled
         state = dict(self.__dict__)
         state["_handles"] = OrderedDict()
         return state
+
+
+def _checked_rows(indices: Sequence[int], n: int, root: Path) -> list[int]:
+    """`indices` as ints, each in [0, n), else a DataError (no silent wrap of a negative index)."""
+    rows = [int(i) for i in indices]
+    if rows and not 0 <= min(rows) <= max(rows) < n:
+        raise DataError(f"subset indices must lie in [0, {n}) for {root} (got {min(rows)} .. {max(rows)}); give indices of its clips, counted from 0")
+    return rows
 
 
 def require_features(ds: ShardDataset, shapes: Mapping[str, tuple[int, ...] | None], *, optional: Sequence[str] = (), hint: str = "") -> None:

@@ -1,21 +1,23 @@
 """Fill a training dataset (format: `controlfoley.data.shards`) from media files or the synthetic world.
 
 Features
-- Per clip: the audio window of the model (`n_frames` mel frames: 848 = 10 s for `specmaskfoley`)
-  -> mel front-end -> tokenizer codes `tokens` [F, T] (int16); optionally the mel itself (`mel`,
-  fp16, for the tokenizer recipe); one feature sequence per video extractor under its
+- Per clip: the audio window of the model (`n_frames` mel frames: 848 = 9.85 s for `specmaskfoley`)
+  -> mel front-end -> tokenizer codes `tokens` [F, T] (int16; int32 for codebooks of more than
+  32768 codes); optionally the mel itself (`mel`, fp16, for the tokenizer recipe); one feature
+  sequence per video extractor under its
   `output_key` (`sync` [t, d], `clip` [t8, d], fp16); optionally a CLAP-like embedding `clap`.
 - Fixed per-clip shapes: audio is cropped or zero-padded to the window; video is cropped to
   `video_seconds` (default: the audio window), and a shorter video repeats its last frame (a frozen
-  picture), giving floor(video_seconds x fps) frames per extractor. The paper feeds the whole 10 s
-  clip (240 Synchformer and 80 CLIP frames) while its audio window is 848 frames = 9.85 s:
+  picture), giving floor(video_seconds x fps) frames per extractor (counted as `read_frames`
+  counts them: 9.1 s at 10 fps is 91 frames). The paper feeds the whole 10 s clip (240 Synchformer and
+  80 CLIP frames) while its audio window is 848 frames = 9.85 s:
   `video_seconds=10` (`--video-seconds 10`) reproduces that. Clips 1.5 windows long or longer (only
   their first window stored) and shorter than 90% of it (mostly padding) are counted in a warning.
   A video file is decoded only that far, its frames to `video_seconds` and its audio track to 1.5
   windows (memory and time bounded by the window, not the video).
-- Sources: `extract_synthetic` renders clips of `SyntheticWorld` (CLAP-like vector from the clip's
-  class ids, the audio-prompt role); `extract_files` reads video files (PyAV: audio track and frames
-  at each extractor's rate) or audio files (no video features, so refused, or with `skip_bad`
+- Sources: `extract_synthetic` renders clips of `SyntheticWorld` at the model's sample rate
+  (CLAP-like vector from the clip's class ids, the audio-prompt role); `extract_files` reads video
+  files (PyAV: audio track and frames at each extractor's rate) or audio files (no video features, so refused, or with `skip_bad`
   skipped, when video extractors are given), with optional tags for `clap`.
 - Checked before any clip is read: inputs that do not exist (without `skip_bad`), an audio file
   among the inputs of video extractors, a clip id given twice, tags a fixed-vocabulary text extractor cannot encode (each named with its list
@@ -57,8 +59,8 @@ from controlfoley.config import parse_overrides, parse_spec
 from controlfoley.control.encoders import check_widths
 from controlfoley._registry import EXTRACTORS
 from controlfoley.data.extractors import PATH_ARGS, build_extractor, extractors_writing
-from controlfoley.data.shards import INDEX_FILE, PROGRESS_FILE, ShardIndex, ShardWriter
-from controlfoley.errors import ControlFoleyError, DataError, MediaError, one_line, user_stacklevel
+from controlfoley.data.shards import INDEX_FILE, PROGRESS_FILE, ShardIndex, ShardWriter, finished_extraction
+from controlfoley.errors import ControlFoleyError, DataError, MediaError, ShapeError, one_line, user_stacklevel
 from controlfoley.typing import Tensor
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,12 @@ class VideoSource:
 
 Loaded = tuple[Tensor, VideoSource | None, Tensor | None]  # waveform, video, clap vector
 Item = tuple[str, Callable[[], Loaded]]  # clip id, and what reads or renders the clip (skipped on resume)
+
+
+class FeatureFileError(DataError, ShapeError):
+    """A clip's precomputed feature file that cannot serve (NaN, the wrong width, integers): a bad
+    input like an unreadable video, so `skip_bad` leaves the clip out; still a ShapeError, the
+    error the extractor raised, for code that catches that."""
 
 
 class ListError(DataError):
@@ -116,6 +124,13 @@ class Extraction:
         from controlfoley.checkpoint import load_parts
         from controlfoley.train.checkpoints import resolve_model_file, shipped_preset
 
+        if video_seconds is not None:  # before the model is built; nan and inf pass a `<= 0` check
+            seconds = float(video_seconds) if isinstance(video_seconds, (int, float)) and not isinstance(video_seconds, bool) else math.nan
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise DataError(
+                    f"--video-seconds (video_seconds) must be a positive finite number of seconds of video per clip, got {video_seconds!r}; "
+                    "give e.g. 10 (the paper's clips), or leave it out for the audio window"
+                )
         with torch.random.fork_rng(devices=[]):  # the same untrained weights in every run: a resumed extraction matches
             torch.manual_seed(0)
             self.model = build_model(model_config(preset, **(model_overrides or {}))).eval().to(device)  # untrained on purpose
@@ -156,9 +171,7 @@ class Extraction:
         self.keep_mel, self.device = mel, torch.device(device)
         self.window_samples = int(self.model.n_samples)  # the audio of a clip: cropped or zero-padded to this
         self.window_s = self.model.n_samples / self.model.sample_rate
-        self.video_s = self.window_s if video_seconds is None else float(video_seconds)
-        if self.video_s <= 0:
-            raise DataError(f"video_seconds must be positive, got {video_seconds}")
+        self.video_s = self.window_s if video_seconds is None else float(video_seconds)  # (checked above)
         # recorded in the index (train.provenance compares it with a run's tokenizer): the path given, or
         # for a preset name its shipped weights file (the name alone would read as a path under the cwd)
         source = model_file if self.tokenizer_preset is not None else tokenizer if tokenizer is not None else built_from
@@ -207,7 +220,13 @@ class Extraction:
         return line
 
     def n_video_frames(self, fps: float) -> int:
-        return max(1, math.floor(self.video_s * fps + 1e-6))
+        """Rows of a feature at `fps` over `video_s` seconds: as many frames as `read_frames(max_seconds=
+        video_s)` gives from a longer video (one rule, the reader's: video_s as the decimal it is
+        written as, `seconds_fraction`, fps as `rate_fraction` reads it), so a window holds no copy of a frame the video has."""
+        from controlfoley._media import rate_fraction
+        from controlfoley.video import _total_frames, seconds_fraction
+
+        return _total_frames(seconds_fraction(self.video_s), rate_fraction(fps))
 
     @torch.no_grad()
     def audio_features(self, wavs: Sequence[Tensor]) -> list[dict[str, Tensor]]:
@@ -230,14 +249,19 @@ class Extraction:
     def video_features(self, video: VideoSource) -> dict[str, Tensor]:
         """Each extractor's features over the clip's `video_s` seconds: computed from the frames, or
         read for the video file from precomputed features (`features_for`); a short video or
-        feature file holds its last frame / row."""
+        feature file holds its last frame / row. An unusable feature file (a ShapeError of
+        `features_for`) is a FeatureFileError (a DataError: `skip_bad` leaves that clip out)."""
         out = {}
         for ext in self.video:
             want = self.n_video_frames(ext.fps)
             if hasattr(ext, "features_for"):
                 if video.path is None:
                     raise DataError(f"{ext.name} reads features precomputed for video files; it cannot serve rendered clips")
-                rows = ext.features_for(video.path).float()
+                try:
+                    rows = ext.features_for(video.path).float()
+                except ShapeError as e:  # this clip's feature file (it names it), not the extraction, is wrong
+                    shown = str(e) if video.path.stem in str(e) else f"{e} (the features of {video.path})"
+                    raise FeatureFileError(shown) from e
                 if rows.shape[0] < want:
                     rows = torch.cat([rows, rows[-1:].expand(want - rows.shape[0], -1)])
                 out[ext.output_key] = rows[:want].contiguous().cpu()
@@ -441,14 +465,24 @@ def extract_synthetic(
     overwrite: bool = False,
     resume: bool = False,
 ) -> ShardIndex:
-    """Render `n_clips` clips of split `split` of `SyntheticWorld(seed=world_seed)` into a dataset
-    (`resume`: continue an interrupted extraction into `out`)."""
+    """Render `n_clips` clips of split `split` of `SyntheticWorld(seed=world_seed)`, at the model's
+    sample rate and over its window, into a dataset (`resume`: continue an interrupted extraction
+    into `out`). A rate the world cannot render (below 16 kHz) is a DataError naming both rates."""
     from controlfoley.data.synthetic import SyntheticWorld
     from controlfoley.video import resample_frames
 
     if isinstance(n_clips, bool) or not isinstance(n_clips, int) or n_clips < 1:
         raise DataError(f"n_clips is the number of clips to render and must be positive, got {n_clips!r}")
-    world = SyntheticWorld(seed=world_seed, duration_s=ex.window_s)
+    rate = int(ex.model.sample_rate)
+    try:  # rendered at the model's rate: its window holds the clip's first window_s seconds, not a resampled stretch of them
+        world = SyntheticWorld(seed=world_seed, duration_s=ex.window_s, sample_rate=rate)
+    except ValueError as e:
+        raise DataError(
+            f"cannot render synthetic clips for preset {ex.preset!r}: its model's sample rate is {rate} Hz and the synthetic world "
+            f"(made for {SyntheticWorld.sample_rate} Hz) refuses it ({e}); extract synthetic clips with a model at a rate the world "
+            f"renders (the presets' {SyntheticWorld.sample_rate} Hz, or another of 16000 Hz or more, in --model mel=...), or extract "
+            "media files (--files / --list) for this model"
+        ) from None
 
     def load(i: int) -> Loaded:
         clip = world.clip(i)
@@ -742,11 +776,18 @@ def _extract_main(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         out = Path(args.out)
+        how = "--resume instead of --overwrite" if args.overwrite else "--resume"
+        if finished_extraction(out):  # stopped in close(), after the new index was swapped in
+            print(
+                f"\ninterrupted while tidying up: the new dataset in {out} is complete and loads; run the same command with {how} "
+                f"to finish (it removes {PROGRESS_FILE} and what the new dataset replaced)",
+                file=sys.stderr,
+            )
+            return 130
         old = f"; the dataset already in {out} is unchanged and still loads" if (out / INDEX_FILE).is_file() else ""
         if args.overwrite and not (out / PROGRESS_FILE).is_file():  # no shard of the new dataset finished: nothing to resume
             print(f"\ninterrupted before the first shard was finished{old}; start again with the same command", file=sys.stderr)
         else:
-            how = "--resume instead of --overwrite" if args.overwrite else "--resume"
             print(f"\ninterrupted: the finished shards in {out} are kept{old}; continue with the same command and {how}", file=sys.stderr)
         return 130
     shapes = ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in index.features.items())

@@ -19,11 +19,13 @@ Features
 
   Every clip has every feature, with the same per-clip shape. Clip ids live in each shard's
   safetensors metadata (`clip_ids`, a JSON list), so the index stays small at VGGSound scale.
-- Feature names the recipes read: `tokens` (int16/int32 [F, T]), `sync` (fp16 [t, ds]), `clip`
+- Feature names the recipes read: `tokens` (int16/int32 [F, T]: int16 holds a codebook of up to
+  32768 codes, `info["codebook_size"]` picks the dtype), `sync` (fp16 [t, ds]), `clip`
   (fp16 [t8, dc]), `clap` (fp32 [c]), `mel` (fp16 [m, n]), `label` (int64 []). Any other name is kept.
 - `ShardWriter` buffers clips (features as torch tensors or numpy arrays) and writes each full shard
   atomically (temporary file + rename); floating features are stored as fp16 except `clap` (fp32),
-  and a value fp16 cannot hold is a DataError.
+  and a value fp16 cannot hold is a DataError, as is an integer value its stored dtype cannot hold
+  (never cast to a wrapped one) and a token outside the info's codebook.
   After each shard it records its progress (`progress.json`, atomically), so an interrupted
   extraction continues with `resume=True` (`controlfoley extract --resume`); what it redoes is the
   clips not yet in a finished shard (fewer than `shard_size` plus one tokenizer batch).
@@ -38,7 +40,12 @@ Features
   loadable, and it needs room for both datasets until it ends. An interrupted replacement
   (`index.json` and `progress.json` together) continues with `resume=True` (`--resume`), the old
   dataset still loading until that run completes; `overwrite=True` again discards it (an unfinished
-  extraction, its shards and `progress.json`, is discarded at once by `overwrite`, not only at the end).
+  extraction, its shards, staged `*.new.*` files and `progress.json`, is discarded at once by
+  `overwrite`, not only at the end). A replacement records its staged files in `progress.json`
+  just before the swap; a kill after the swap leaves an index that lists exactly the shards
+  `progress.json` records (`finished_extraction`): the new dataset, which loads; `resume=True`
+  finishes the tidying (the staged files moved into place, the old shards removed), as does
+  `overwrite=True` before it replaces that dataset.
 - A write that fails (a full disk, a read-only folder) raises DataError naming the file and the fix
   ("the disk is full: free space, then re-run the same command with --resume"); the finished
   shards are kept. Temporary files a killed writer left (`.shard-00001.tmp-k3f9a2bq.safetensors`,
@@ -50,7 +57,9 @@ Features
   found.
 - `ShardIndex.load(dir).verify(level)` checks before training: "size" (every shard exists with its
   recorded byte size), "header" (also parses each safetensors header and checks keys, dtypes and
-  shapes against the index), "sha256" (also hashes every byte). Problems raise DataError naming the shard.
+  shapes against the index, and that its `clip_ids` metadata is a JSON list of one unique id per
+  clip, unique across the shards too), "sha256" (also hashes every byte). Problems raise DataError
+  naming the shard.
 - Shards are read lazily with `safetensors.safe_open` (memory-mapped): a dataset never has to fit in RAM.
 
 Reference: safetensors format (https://github.com/huggingface/safetensors), header = 8-byte length + JSON.
@@ -78,6 +87,7 @@ from controlfoley.errors import DataError
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "INDEX_FILE", "PROGRESS_FILE", "VERIFY_LEVELS", "FeatureSpec", "ShardInfo", "ShardIndex", "ShardWriter",
+    "finished_extraction", "parse_clip_ids", "check_unique_ids",
 ]  # fmt: skip
 
 FORMAT = "controlfoley.shards"
@@ -90,6 +100,9 @@ SHARD_PREFIX = "shard-"  # a dataset's first shards: shard-00000.safetensors, ..
 SHARD_NAME = re.compile(r"\Ashard-(?:g[0-9]+-)?[0-9]{5,}\.safetensors\Z")
 # atomic_path's temporary files of what a ShardWriter writes: "." + stem + ".tmp-" + mkstemp's 8 characters + suffix
 _TEMP_NAME = re.compile(r"\A\.(?:shard-(?:g[0-9]+-)?[0-9]{5,}|progress|index|skipped(?:\.new)?)\.tmp-[a-z0-9_]{8}\.(?:safetensors|json|tsv)\Z")
+# what staged() names a replacement's own copy of a dataset file: skipped.tsv -> skipped.new.tsv
+_STAGED_FILE = re.compile(r"\A[^./]+\.new(?:\.[^./]+)?\Z")
+STAGED_KEY = "staged"  # progress.json, written by close() before a replacement's index swap: {name: whether a new copy is staged}
 FP32_KEYS = frozenset({"clap"})  # small per clip, and cosine geometry of CLAP-like embeddings suffers in fp16
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -203,6 +216,7 @@ class ShardIndex:
             raise DataError(f"unknown verify level {level!r}; choose one of {VERIFY_LEVELS}")
         if level == "none":
             return
+        first_shard: dict[str, Path] = {}  # clip id -> the shard that lists it (ids are unique in a dataset)
         for shard in self.shards:
             path = self.root / shard.file
             if not path.is_file():
@@ -211,15 +225,17 @@ class ShardIndex:
             if size != shard.bytes:
                 raise DataError(f"shard {path} is {size} bytes but the index records {shard.bytes}: it is truncated or was overwritten. Re-extract it.")
             if level in ("header", "sha256"):
-                self._check_header(path, shard)
+                check_unique_ids(self._check_header(path, shard), path, first_shard)
             if level == "sha256" and _sha256(path) != shard.sha256:
                 raise DataError(f"shard {path} fails its sha256 check: its bytes are corrupt. Re-extract it.")
 
-    def _check_header(self, path: Path, shard: ShardInfo) -> None:
+    def _check_header(self, path: Path, shard: ShardInfo) -> list[str]:
+        """The shard's layout against the index, and its clip ids (returned)."""
         try:
             with safe_open(str(path), framework="pt") as f:
                 keys = set(f.keys())
                 layout = {k: (_ST_CODES.get(f.get_slice(k).get_dtype(), "?"), tuple(f.get_slice(k).get_shape())) for k in keys}
+                metadata = f.metadata()
         except (SafetensorError, OSError, ValueError) as e:
             raise DataError(f"shard {path} is corrupt: not a readable safetensors file ({e}). Re-extract it.") from e
         if keys != set(self.features):
@@ -228,6 +244,62 @@ class ShardIndex:
             want = (spec.dtype, (shard.n_clips, *spec.shape))
             if layout[k] != want:
                 raise DataError(f"shard {path}: feature {k!r} is {layout[k]}, the index says {want} (dtype, shape). Re-extract it.")
+        return parse_clip_ids(metadata, path, shard.n_clips)
+
+
+def parse_clip_ids(metadata: Mapping[str, str] | None, path: Path, n_clips: int) -> list[str]:
+    """The clip ids of shard `path` from its safetensors `metadata`: `clip_ids`, a JSON list of
+    `n_clips` unique strings; anything else is a DataError naming the shard and the fix."""
+    raw = (metadata or {}).get("clip_ids")
+    ids: Any = None
+    if raw is None:
+        problem = "has no clip_ids metadata"
+    else:
+        try:
+            ids = json.loads(raw)
+            problem = ""
+        except ValueError as e:
+            problem = f"has clip_ids metadata that is not valid JSON ({e})"
+    if not problem and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+        problem = "has clip_ids metadata that is not a JSON list of strings"
+    elif not problem and len(ids) != n_clips:
+        problem = f"lists {len(ids)} clip ids for its {n_clips} clips"
+    elif not problem and len(set(ids)) != len(ids):
+        problem = f"lists the clip id {next(i for k, i in enumerate(ids) if i in ids[:k])!r} twice"
+    if problem:
+        raise DataError(
+            f"shard {path} {problem}: its header is corrupt (a shard's clip_ids name its clips, each once). "
+            "Re-extract it (or restore it from a copy)"
+        )
+    return [str(i) for i in ids]
+
+
+def check_unique_ids(ids: list[str], path: Path, first_shard: dict[str, Path]) -> None:
+    """Clip ids are unique in a dataset: `ids` (of shard `path`) against those of the shards before
+    it (`first_shard`, id -> shard, which it extends); a repeat is a DataError naming both shards."""
+    for i in ids:
+        other = first_shard.setdefault(i, path)
+        if other != path:
+            raise DataError(
+                f"shard {path} lists the clip id {i!r}, which shard {other} lists too: one of their headers is corrupt (clip ids "
+                "are unique in a dataset). Re-extract them (or restore them from a copy)"
+            )
+
+
+def finished_extraction(root: str | os.PathLike[str]) -> bool:
+    """Whether `root` holds an extraction that finished but was stopped (a kill, Ctrl-C) while
+    `close()` tidied up after swapping its index in: `index.json` lists exactly the shards
+    `progress.json` records. (An interrupted replacement's progress lists shards under names the
+    old index has none of.) The index is then the new dataset's; `ShardWriter(resume=True)` (or
+    `overwrite=True`) finishes the tidying."""
+    root = Path(root)
+    try:
+        index = ShardIndex.load(root)
+        d = json.loads((root / PROGRESS_FILE).read_text(encoding="utf-8"))
+        recorded = tuple(ShardInfo(str(s["file"]), int(s["n_clips"]), int(s["bytes"]), str(s["sha256"])) for s in d["shards"])
+    except (DataError, OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(recorded) and index.shards == recorded
 
 
 def _staged_name(name: str) -> str:
@@ -244,13 +316,22 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def storage_dtype(key: str, value: torch.Tensor) -> torch.dtype:
-    """Default on-disk dtype: fp16 for float features (fp32 for `clap`), int16/int32 for tokens."""
+def _codebook_size(info: Mapping[str, Any]) -> int | None:
+    """The dataset's `info["codebook_size"]` (the number of codes), or None where it records none."""
+    size = info.get("codebook_size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
+def storage_dtype(key: str, value: torch.Tensor, codebook_size: int | None = None) -> torch.dtype:
+    """Default on-disk dtype: fp16 for float features (fp32 for `clap`); for tokens the smallest of
+    int16/int32/int64 holding every code of the codebook (`codebook_size` codes: 0 .. size - 1), or,
+    without a codebook size, holding the codes of `value` (the first clip; later clips are checked
+    against that dtype's range by the writer)."""
     if value.is_floating_point():
         return torch.float32 if key in FP32_KEYS else torch.float16
     if key == "tokens":
-        hi = int(value.max()) if value.numel() else 0
-        return torch.int16 if hi < 2**15 else torch.int32
+        hi = codebook_size - 1 if codebook_size is not None else int(value.max()) if value.numel() else 0
+        return next(d for d in (torch.int16, torch.int32, torch.int64) if hi <= torch.iinfo(d).max)
     return value.dtype
 
 
@@ -293,6 +374,12 @@ class ShardWriter:
             raise DataError(f"{self.root} is a file, not a folder: a dataset is a folder of shards; choose another folder (--out)")
         progress = self.root / PROGRESS_FILE
         has_index, has_progress = (self.root / INDEX_FILE).exists(), progress.exists()
+        finished = has_index and has_progress and finished_extraction(self.root)  # stopped in close(), after its index swap
+        if finished and not (overwrite or resume):
+            raise DataError(
+                f"{self.root} holds a finished dataset ({INDEX_FILE}, which loads) whose extraction was stopped while tidying up "
+                f"({PROGRESS_FILE} is left); pass resume=True (--resume) to finish that, or overwrite=True (--overwrite) to replace the dataset"
+            )
         if has_index and has_progress and not (overwrite or resume):
             raise DataError(
                 f"{self.root} holds a dataset ({INDEX_FILE}, which still loads) and an interrupted extraction replacing it "
@@ -320,13 +407,17 @@ class ShardWriter:
         self._ids: list[str] = []
         self._seen: set[str] = set()  # every id added: finished shards (also those found on resume) and the buffer
         self._closed = False
+        self._index: ShardIndex | None = None  # what close() wrote
         self._overwrite = overwrite
         self._recorded = 0  # finished shards recorded in progress.json (what a resumed run keeps)
-        # the finished dataset this writer replaces (its index stays until close() swaps in the new one)
-        self.replacing = has_index
-        self._old_files = self._dataset_files() if has_index else set()  # None: an index that cannot be read (its shards are kept)
+        # the finished dataset this writer replaces (its index stays until close() swaps in the new one); not
+        # a finished extraction's own index when resuming it: that resume only ends what its close() began
+        self.replacing = has_index and not (finished and resume)
+        self._old_files = self._dataset_files() if self.replacing else set()  # None: an index that cannot be read (its shards are kept)
         self._staged: set[str] = set()  # names given by staged(), moved into place by close()
         self._prefix = SHARD_PREFIX
+        if finished:  # the staged files the stopped close() had still to move into place (or the old ones to remove)
+            self._finish_staged(self._recorded_staged(progress))
         if overwrite:
             self._discard_unfinished()
             self._prefix = self._free_prefix()
@@ -352,14 +443,40 @@ class ShardWriter:
             return set()
 
     def _discard_unfinished(self) -> None:
-        """overwrite: remove an interrupted extraction (progress.json, its shards, its staged files);
-        a finished dataset's index, shards and files stay until close()."""
+        """overwrite: remove an interrupted extraction (progress.json, its shards, its staged files
+        `NAME.new.SUFFIX`, which close() would otherwise install as this build's); a finished
+        dataset's index, shards and files stay until close()."""
         keep = self._shard_files_on_disk() if self._old_files is None else self._old_files
-        for name in sorted(self._shard_files_on_disk() - keep):
+        try:
+            staged = {e.name for e in os.scandir(self.root) if _STAGED_FILE.match(e.name) and e.is_file(follow_symlinks=False)}
+        except OSError:
+            staged = set()
+        for name in sorted((self._shard_files_on_disk() - keep) | staged):
             with contextlib.suppress(OSError):
                 (self.root / name).unlink()
         with contextlib.suppress(OSError):
             (self.root / PROGRESS_FILE).unlink()
+
+    @staticmethod
+    def _recorded_staged(progress: Path) -> dict[str, bool]:
+        """The staged files close() recorded in `progress` before its index swap ({} where none)."""
+        try:
+            record = json.loads(progress.read_text(encoding="utf-8")).get(STAGED_KEY, {})
+        except (OSError, ValueError, AttributeError):
+            return {}
+        if not isinstance(record, dict):
+            return {}
+        return {k: bool(v) for k, v in record.items() if isinstance(k, str) and Path(k).name == k and k not in (".", "..")}  # names in the folder only
+
+    def _finish_staged(self, staged: Mapping[str, bool]) -> None:
+        """After a replacement's index swap: move each staged new copy into place, and remove the
+        replaced dataset's file where this build staged none (idempotent: a copy already moved stays)."""
+        for name, has_new in sorted(staged.items()):
+            with contextlib.suppress(OSError):
+                if not has_new:
+                    (self.root / name).unlink(missing_ok=True)  # the replaced dataset's; this one has none
+                elif (self.root / _staged_name(name)).exists():
+                    os.replace(self.root / _staged_name(name), self.root / name)
 
     def _free_prefix(self) -> str:
         """A shard-name prefix none of the kept shards has: shard-, else shard-g1-, shard-g2-, ..."""
@@ -473,7 +590,7 @@ class ShardWriter:
         return "an earlier clip"
 
     def _spec(self, key: str, value: torch.Tensor) -> FeatureSpec:
-        dtype = self._dtypes.get(key) or storage_dtype(key, value)
+        dtype = self._dtypes.get(key) or storage_dtype(key, value, _codebook_size(self.info))
         if dtype not in _DTYPE_NAMES:
             raise DataError(f"feature {key!r}: dtype {dtype} cannot be stored; use one of {sorted(_DTYPES)}")
         return FeatureSpec(_DTYPE_NAMES[dtype], tuple(value.shape))
@@ -492,6 +609,36 @@ class ShardWriter:
             if v.is_floating_point() and not bool(torch.isfinite(v.to(spec.torch_dtype)).all()):
                 fix = "fix the extractor" if spec.dtype == "float32" else "fix the extractor or store it as float32 (ShardWriter dtypes=...)"
                 raise DataError(f"clip {clip_id!r}: feature {k!r} has NaN/inf values or values too large for {spec.dtype}; {fix}")
+            self._check_range(clip_id, k, v, spec)
+
+    def _check_range(self, clip_id: str, key: str, value: torch.Tensor, spec: FeatureSpec) -> None:
+        """Integer values the stored dtype cannot hold (a cast would wrap them: 40000 -> -25536 in
+        int16), and tokens outside the codebook the info records (the reader calls those corrupt):
+        refused before anything is cast or buffered."""
+        if not value.numel() or value.dtype == torch.bool or value.is_floating_point():
+            return
+        lo, hi = int(value.min()), int(value.max())
+        size = _codebook_size(self.info)
+        if key == "tokens" and size is not None and (lo < 0 or hi >= size):
+            raise DataError(
+                f"clip {clip_id!r}: feature {key!r} has values outside the codebook [0, {size}) (min {lo}, max {hi}) that the "
+                "dataset's info records (codebook_size); store the codes of that tokenizer, or record its own codebook_size"
+            )
+        dtype = spec.torch_dtype
+        if dtype == torch.bool or dtype.is_floating_point:
+            return
+        limits = torch.iinfo(dtype)
+        if lo < limits.min or hi > limits.max:
+            fix = (
+                "record the tokenizer's codebook size in the writer's info (info={'codebook_size': N}), which picks the dtype for "
+                "every code, or pass dtypes={'tokens': torch.int32}"
+                if key == "tokens" and size is None
+                else f"pass a wider dtype (ShardWriter dtypes={{{key!r}: torch.int32}} or torch.int64)"
+            )
+            raise DataError(
+                f"clip {clip_id!r}: feature {key!r} has values in [{lo}, {hi}], outside {spec.dtype} [{limits.min}, {limits.max}] "
+                f"(the dtype it is stored in); {fix}"
+            )
 
     def _flush(self) -> None:
         if not self._buffer:
@@ -509,11 +656,16 @@ class ShardWriter:
         self.shards.append(ShardInfo(name, len(self._buffer), path.stat().st_size, _sha256(path)))
         self.clip_ids += self._ids
         self._buffer, self._ids = [], []
+        self._write_progress()
+
+    def _write_progress(self, staged: Mapping[str, bool] | None = None) -> None:
+        """Record the finished shards in progress.json (atomically), with close()'s staged files."""
         progress = {
             "features": {k: v.to_dict() for k, v in self.features.items()},
             "shards": [vars(s) for s in self.shards],
             "info": self.info,
             "prefix": self._prefix,
+            **({STAGED_KEY: dict(staged)} if staged else {}),
         }
         try:
             atomic_write_text(self.root / PROGRESS_FILE, json.dumps(progress))
@@ -524,28 +676,28 @@ class ShardWriter:
     def close(self) -> ShardIndex:
         """Write the last shard, then `index.json` (atomically, last: the moment a replaced dataset
         changes), then move staged files into place and remove `progress.json`, the replaced
-        dataset's shards and what killed writers left. An empty dataset is an error."""
-        if self._closed:
-            return ShardIndex.load(self.root)
+        dataset's shards and what killed writers left. An empty dataset is an error. A close()
+        that failed (a full disk) can be called again; once the index is written, it returns it."""
+        if self._index is not None:
+            return self._index
         self._flush()
-        self._closed = True
         if not self.shards:
             raise DataError(f"no clips were added to {self.root}; an empty dataset cannot be trained on")
         index = ShardIndex(self.root, self.features, tuple(self.shards), self.info)
         progress = self.root / PROGRESS_FILE
         last_write = progress.stat().st_mtime if progress.exists() else None
+        # a replacement records its staged files before the swap: a kill after it leaves progress.json
+        # saying what is still to move, which a resumed writer does (finished_extraction)
+        staged = {name: (self.root / _staged_name(name)).exists() for name in sorted(self._staged)} if self.replacing else {}
+        if staged:
+            self._write_progress(staged)
         try:
             atomic_write_text(self.root / INDEX_FILE, json.dumps(index.to_dict(), indent=1))
         except OSError as e:
             raise self.write_error(self.root / INDEX_FILE, e) from None
+        self._closed, self._index = True, index
         # the new dataset is in place: the rest only tidies (a kill here leaves progress.json; --resume finishes it)
-        for name in sorted(self._staged):
-            if self.replacing:
-                with contextlib.suppress(OSError):
-                    if (self.root / _staged_name(name)).exists():
-                        os.replace(self.root / _staged_name(name), self.root / name)
-                    else:
-                        (self.root / name).unlink(missing_ok=True)  # the replaced dataset's; this one has none
+        self._finish_staged(staged)
         progress.unlink(missing_ok=True)
         mine = {s.file for s in self.shards}
         for name in sorted(((self._old_files or set()) | self._shard_files_on_disk()) - mine):

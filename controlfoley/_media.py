@@ -177,11 +177,29 @@ def first_frame_time(container: av.container.InputContainer, stream: av.video.st
     return Fraction(0), rotation or 0
 
 
-def check_complete(path: Path, stream: av.video.stream.VideoStream, decoded: int, packets: int) -> None:
+def counted_frames(stream: av.video.stream.VideoStream) -> int:
+    """The frames the header counts, as a count of the packets the file stores (0: none stated).
+
+    An AVI's header also counts the empty chunks FFmpeg writes into a variable-rate video's gaps,
+    which no demuxer returns, so a whole file would read as truncated: where its index (idx1, at the
+    end of the file, so lost when the file is cut short) is there, the index's non-empty entries
+    count instead. Elsewhere the header's count (an MP4 sample table counts every stored sample,
+    those an edit list hides included). Call it as the file is opened: a demuxer adds index entries
+    as it reads."""
+    fmt = set(stream.container.format.name.split(",")) if stream.container is not None else set()
+    if "avi" in fmt:
+        indexed = sum(1 for e in stream.index_entries if e.size > 0)
+        if indexed >= 2:  # an index read from the file, not the one entry a demuxer makes without it
+            return min(stream.frames, indexed) if stream.frames else indexed
+    return stream.frames
+
+
+def check_complete(path: Path, declared: int, decoded: int, packets: int) -> None:
     """A file cut short still opens when its index comes first; its header then promises more frames.
 
-    `packets`: the non-empty packets the stream held, `decoded`: the frames they gave. The header's
-    count is checked against the packets, not the frames: a stream-copied cut (`ffmpeg -ss T -c copy`,
+    `declared`: `counted_frames(stream)` as the file opened (a demuxer adds index entries as it
+    reads); `packets`: the non-empty packets the stream held, `decoded`: the frames they gave. The
+    header's count is checked against the packets, not the frames: a stream-copied cut (`ffmpeg -ss T -c copy`,
     a phone's trim) keeps the packets back to the previous keyframe and hides their frames with an
     edit list, and a stream that starts mid-GOP (MPEG-TS captures) holds packets that decode to
     nothing, so both show fewer frames than their headers count, and are whole. Two packets of
@@ -192,9 +210,9 @@ def check_complete(path: Path, stream: av.video.stream.VideoStream, decoded: int
             f"{path}: zero-length video (the video stream holds no decodable frames); "
             "re-encode it from the original (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) or use another copy"
         )
-    if stream.frames and packets < stream.frames - 2:
+    if declared and packets < declared - 2:
         raise MediaError(
-            f"{path}: truncated or corrupt: the file holds only {packets} of the {stream.frames} frames its header declares; "
+            f"{path}: truncated or corrupt: the file holds only {packets} of the {declared} frames its header declares; "
             "re-download or re-copy the file, or re-encode what it holds (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) to keep the shorter video"
         )
 
@@ -215,7 +233,7 @@ def stated_duration(container: av.container.InputContainer, stream: av.video.str
     return None
 
 
-def check_covered(path: Path, container: av.container.InputContainer, stream: av.video.stream.VideoStream, covered: Fraction) -> None:
+def check_covered(path: Path, container: av.container.InputContainer, stream: av.video.stream.VideoStream, covered: Fraction, declared: int) -> None:
     """A file cut short without a frame count in its header (Matroska, WebM, FLV) still states its duration.
 
     `covered` is how long the decoded frames last. Only where no frame count is declared: a declared
@@ -223,7 +241,7 @@ def check_covered(path: Path, container: av.container.InputContainer, stream: av
     variable-frame-rate video with B-frames. Short by more than max(0.5 s, 10 %) fails: a margin no
     rounding of the last frame's length or of the stated duration comes near.
     """
-    stated = None if stream.frames else stated_duration(container, stream)
+    stated = None if declared else stated_duration(container, stream)
     if stated is not None and covered < stated - max(Fraction(1, 2), stated / 10):
         raise MediaError(
             f"{path}: truncated: the video decodes to {float(covered):.2f} s but its header states {float(stated):.2f} s; "

@@ -32,6 +32,7 @@ from controlfoley._media import (
     PathLike,
     atomic_output,
     check_complete,
+    counted_frames,
     check_fps,
     check_video_output,
     decoded_frames,
@@ -214,41 +215,59 @@ def _with_dts(packets: Iterable[av.Packet], step: int) -> Iterator[av.Packet]:
 
 
 def _copied_packets(src: Path, inp: av.container.InputContainer, vin: av.video.stream.VideoStream, vout: av.video.stream.VideoStream) -> Iterator[av.Packet]:
-    n = 0
+    n, declared = 0, counted_frames(vin)  # before any packet is read
     rate = vin.guessed_rate or vin.average_rate or Fraction(25)
     step = max(1, round(1 / (rate * vin.time_base))) if vin.time_base else 1
     for pkt in _with_dts((p for p in inp.demux(vin) if p.size), step):  # size 0: the demuxer's flush packet
         pkt.stream = vout
         n += 1
         yield pkt
-    check_complete(src, vin, n, n)  # (packets that do not decode, e.g. before a mid-GOP start's first keyframe, are copied as they are)
+    check_complete(src, declared, n, n)  # (packets that do not decode, e.g. before a mid-GOP start's first keyframe, are copied as they are)
 
 
 def _padded(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
-    """`frame` at the encoder's even size by repeating its last column / row, as `write_video` pads:
-    H.264 in 4:2:0 takes no odd size, and scaling 853 x 480 to 854 x 480 would resample (blur) every
-    pixel and change the picture's aspect. A frame of its stream's size needs nothing."""
+    """`frame` (of its stream's size) at the encoder's even size by repeating its last column / row,
+    as `write_video` pads: H.264 in 4:2:0 takes no odd size, and scaling 853 x 480 to 854 x 480 would
+    resample (blur) every pixel and change the picture's aspect. An even-sized frame needs nothing."""
     if (frame.width, frame.height) == (width, height):
         return frame
     padded = np.pad(frame.to_ndarray(format="rgb24"), ((0, max(height - frame.height, 0)), (0, max(width - frame.width, 0)), (0, 0)), mode="edge")
     out = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded[:height, :width], dtype=np.uint8), format="rgb24")
-    out.pts, out.time_base = frame.pts, frame.time_base
+    # converted back to Y'CbCr with the source's matrix (BT.709 for HD): an RGB frame of none would get
+    # swscale's BT.601, shifting an odd-sized video's colours against an even-sized one's
+    out.pts, out.time_base, out.colorspace, out.duration = frame.pts, frame.time_base, frame.colorspace, frame.duration
     return out
 
 
 def _reencoded_packets(src: Path, inp: av.container.InputContainer, vin: av.video.stream.VideoStream, vout: av.video.stream.VideoStream) -> Iterator[av.Packet]:
-    n, packets = 0, [0]
+    n, packets, declared = 0, [0], counted_frames(vin)  # (the count before any packet is read)
+    size = (vin.codec_context.width, vin.codec_context.height)  # as the stream starts (the decoder updates its context on a change)
+    shown: dict[int, int] = {}  # pts -> how long the source shows that frame (a slideshow's last: seconds)
+
+    def timed(out: Iterable[av.Packet]) -> Iterator[av.Packet]:
+        # each packet lasts as long as its source frame is shown: the encoder gives every one the
+        # nominal frame length, so a re-encoded slideshow's video ended seconds before its audio
+        for pkt in out:
+            if pkt.pts is not None and pkt.pts in shown:
+                pkt.duration = shown.pop(pkt.pts)
+            yield pkt
+
     for frame in decoded_frames(inp, vin, packets):
+        if frame.pts is not None and frame.duration:  # (PyAV >= 14; the pin is >= 18.1)
+            shown[frame.pts] = frame.duration
         # to the encoder's format at limited (MPEG) range, which an untagged H.264 stream is played
         # as: a full-range source (MJPEG's yuvj420p) passed through as it is plays with its blacks
         # and whites clipped and its colours too strong
-        frame = _padded(frame, vout.codec_context.width, vout.codec_context.height)
+        if (frame.width, frame.height) != size:
+            # a picture size that changes mid-stream (WebRTC, adaptive captures): scaled to the stream's first
+            frame = frame.reformat(width=size[0], height=size[1])
+        frame = _padded(frame, vout.codec_context.width, vout.codec_context.height)  # then the parity pixel H.264 needs
         frame = frame.reformat(format=vout.codec_context.pix_fmt, dst_color_range=ColorRange.MPEG)
         frame.pict_type = av.video.frame.PictureType.NONE  # let the encoder choose frame types
         n += 1
-        yield from vout.encode(frame)
-    check_complete(src, vin, n, packets[0])
-    yield from vout.encode(None)
+        yield from timed(vout.encode(frame))
+    check_complete(src, declared, n, packets[0])
+    yield from timed(vout.encode(None))
 
 
 def _keep_display(vin: av.video.stream.VideoStream, vout: av.video.stream.VideoStream, rotation: int) -> None:
@@ -308,6 +327,10 @@ def mux_audio(video_path: PathLike, audio: Float[Tensor, "s"] | np.ndarray, samp
             else:
                 rate = vin.guessed_rate or vin.average_rate or Fraction(25)
                 vout = _add_video_stream(out, rate, vin.codec_context.width + vin.codec_context.width % 2, vin.codec_context.height + vin.codec_context.height % 2, 15)
+                if vout.codec_context.name == "libx264":
+                    # no B-frames: packets in display order, so the last one carries how long the last frame is shown
+                    # (a slideshow's held picture: MP4 times a sample by the next one's, and the last by its duration)
+                    vout.options = {**vout.options, "bf": "0"}
                 vout.codec_context.time_base = vin.time_base or Fraction(1, av.time_base)  # None never from a demuxer; as first_frame_time
                 _keep_display(vin, vout, rotation)
             apkts = _encode_audio(_add_audio_stream(out, sample_rate), audio, sample_rate, start)

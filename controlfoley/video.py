@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from jaxtyping import UInt8
 
-from controlfoley._media import PathLike, check_complete, check_covered, check_fps, decoded_frames, first_frame_time, moving_video, open_input, rate_fraction, stated_duration, video_stream
+from controlfoley._media import PathLike, check_complete, check_covered, check_fps, counted_frames, decoded_frames, first_frame_time, moving_video, open_input, rate_fraction, stated_duration, video_stream
 from controlfoley._video_write import MuxResult, mux_audio, write_video
 from controlfoley.audio.io import _checked_rate
 from controlfoley.errors import ConfigError, MediaError, ShapeError
@@ -249,6 +249,7 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
     with open_input(p) as c:
         s = video_stream(c, p)
         s.thread_type = "AUTO"
+        declared = counted_frames(s)  # before any packet is read
         tb = s.time_base or Fraction(1, av.time_base)
         src_rate = s.guessed_rate or s.average_rate
         gap = 1 / Fraction(src_rate) if src_rate else 1 / rate  # stands in where a pts is missing
@@ -272,7 +273,7 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
                 return Frames(frames=torch.from_numpy(np.stack(out[:total])), fps=float(fps), duration_s=float(limit))
             pending = frame
             times.append(t)
-        check_complete(p, s, len(times), packets[0])  # also refuses a stream without frames
+        check_complete(p, declared, len(times), packets[0])  # also refuses a stream without frames
         assert pending is not None  # so a frame was decoded: the last one
         duration = _duration(times, gap)
         # the last frame's own length where the file gives it: a held last frame of variable-rate
@@ -294,12 +295,28 @@ def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | Non
             if min(abs(held - stated), abs(held + start - stated)) <= max(tb, Fraction(1, 1000)):
                 duration = held
         # what the decoded frames cover, generously (the held frame's whole length), with the time before the first frame
-        check_covered(p, c, s, max(duration, held) + max(Fraction(first_pts or 0) * tb, Fraction(0)))
+        check_covered(p, c, s, max(duration, held) + max(Fraction(first_pts or 0) * tb, Fraction(0)), declared)
         total = _total_frames(duration, rate)
         if total > len(out):
             out += [_to_rgb(pending, hw)] * (total - len(out))
     frames = torch.from_numpy(np.stack(out[:total]))
     return Frames(frames=frames, fps=float(fps), duration_s=float(duration))
+
+
+def _video_start(path: Path, video: av.video.stream.VideoStream) -> Fraction | None:
+    """`read_frames`' time 0 for `read_audio_track`: the first decoded frame's time (`first_frame_time`),
+    found by decoding from the start in a second opening of the file (a few packets: the time is
+    bounded by the window, not the video; no pass over the video's index). The stream's start_time
+    where the video cannot be decoded: the soundtrack alone is still read."""
+    start = video.start_time * video.time_base if video.start_time is not None and video.time_base else None
+    if video.codec_context is None:  # no decoder for the picture: its start as the file states it
+        return start
+    try:
+        with open_input(path) as c:
+            first = moving_video(c)
+            return start if first is None else first_frame_time(c, first)[0]
+    except (av.error.FFmpegError, MediaError):
+        return start
 
 
 def read_audio_track(path: PathLike, sample_rate: int, *, max_seconds: float | None = None) -> Float[Tensor, "s"]:
@@ -331,8 +348,7 @@ def read_audio_track(path: PathLike, sample_rate: int, *, max_seconds: float | N
         video = moving_video(c)  # (not an audio file's cover picture)
         video_start: Fraction | None = None
         if video is not None:  # its first decoded frame, not its start_time: leading packets may decode to nothing
-            with open_input(p) as cv:
-                video_start = first_frame_time(cv, video_stream(cv, p))[0]
+            video_start = _video_start(p, video)
 
         def shift_of(first: Fraction | None) -> int:
             """Samples of silence before the audio (negative: audio samples dropped before the first frame)."""

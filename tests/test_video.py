@@ -894,3 +894,106 @@ def test_an_odd_sized_video_is_padded_not_scaled_when_re_encoded(tmp_path: Path)
     assert out.shape == (32, 48, 3)
     white = np.where(out[..., 0].mean(0) > 128)[0].tolist()
     assert white == [46, 47]  # the column and its copy; scaled, it was [47] alone
+
+
+def _y_cb_cr(path: Path) -> tuple[int, ...]:
+    """Median Y', Cb, Cr of the first frame of an 8-bit 4:2:0 video, as stored."""
+    with av.open(str(path)) as c:
+        f = next(c.decode(c.streams.video[0]))
+        return tuple(int(np.median(np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width])) for p in f.planes[:3])
+
+
+def test_an_odd_sized_re_encode_keeps_the_colour_matrix_of_an_even_sized_one(tmp_path: Path) -> None:
+    """The padding goes through RGB: converted back with swscale's default BT.601 matrix, a BT.709
+    source's red came out (92, 104, 198) at an odd size against (80, 112, 198) at an even one."""
+    out = {}
+    for w, h in ((64, 48), (65, 49)):
+        src = tmp_path / f"red{w}.mkv"
+        with av.open(str(src), "w") as c:
+            s = c.add_stream("ffv1", rate=25)
+            s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+            s.codec_context.colorspace, s.codec_context.color_range = 1, 1  # BT.709, limited range
+            img = np.zeros((h, w, 3), np.uint8)
+            img[:] = (200, 40, 40)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p", dst_colorspace=1, dst_color_range=1)
+            _encode_all(c, s, [frame])
+        out[w] = _y_cb_cr(video.mux_audio(src, torch.zeros(22050), 22050, tmp_path / f"out{w}.mp4").path)
+    assert max(abs(a - b) for a, b in zip(out[64], out[65], strict=True)) <= 1, out
+
+
+def test_a_picture_size_that_changes_mid_stream_is_scaled_when_re_encoded(tmp_path: Path) -> None:
+    """A VP8 stream at 64x48, then 128x96 (WebRTC recordings): the later frames are scaled to the
+    stream's size, as before the odd-size padding, not cropped to their top-left corner."""
+    packets = []
+    for part, (w, h) in enumerate(((64, 48), (128, 96))):
+        cc = av.CodecContext.create("libvpx", "w")
+        cc.width, cc.height, cc.pix_fmt, cc.time_base = w, h, "yuv420p", Fraction(1, 25)
+        img = np.zeros((h, w, 3), np.uint8)
+        img[:, w // 2 :] = 255  # the right half white
+        for i in range(10):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+            f.pts = part * 10 + i
+            packets += [(p.pts, bytes(p), p.is_keyframe) for p in cc.encode(f)]
+        packets += [(p.pts, bytes(p), p.is_keyframe) for p in cc.encode(None)]
+    src = tmp_path / "switch.webm"
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("libvpx", rate=25)
+        s.width, s.height, s.pix_fmt, s.time_base = 64, 48, "yuv420p", Fraction(1, 1000)
+        for pts, data, key in packets:
+            p = av.Packet(data)
+            p.stream, p.pts, p.dts, p.time_base, p.is_keyframe = s, pts, pts, Fraction(1, 25), key
+            c.mux(p)
+    result = video.mux_audio(src, torch.zeros(22050), 22050, tmp_path / "out.mp4")
+    assert not result.video_copied
+    with av.open(str(result.path)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+    assert len(frames) == 20
+    for k in (0, 19):
+        white = np.where(frames[k][..., 0].mean(0) > 128)[0].tolist()
+        assert frames[k].shape[:2] == (48, 64) and white == list(range(32, 64)), (k, white)
+
+
+def test_an_avi_with_gaps_is_whole_and_one_cut_short_is_truncated(tmp_path: Path) -> None:
+    """FFmpeg's AVI muxer fills a variable-rate video's gaps with empty chunks that its header
+    counts and no demuxer returns: 20 frames stored, 40 declared, refused as truncated before. The
+    index (at the end of the file) counts the stored ones; a file cut short loses it, and is
+    still refused."""
+    gaps = tmp_path / "gaps.avi"
+    with av.open(str(gaps), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        _encode_all(c, s, (_indexed_frame(i, p, Fraction(1, 25)) for i, p in enumerate([*range(10), *range(30, 40)])))
+    with av.open(str(gaps)) as c:
+        assert c.streams.video[0].frames == 40  # the case under test
+    read = video.read_frames(gaps, 25.0)
+    assert read.duration_s == 1.6 and [_decode_index(f) for f in read.frames] == [*range(10)] + [9] * 20 + [*range(10, 20)]
+    full = _write_indexed(tmp_path / "full.avi", list(range(100)), Fraction(1, 25), Fraction(25), codec="mpeg4")
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(MediaError, match="truncated or corrupt: the file holds only"):
+        video.read_frames(cut, 25.0)
+
+
+def test_a_re_encoded_slideshow_keeps_its_held_last_frame(tmp_path: Path) -> None:
+    """Frames at 0, 1 and 2 s, the last shown for 3 s (a slideshow, FFV1 in Matroska): re-encoded
+    for .mp4, the video ended at 3 s, 2 s before the 5 s audio, as every packet got the nominal
+    frame length (and B-frames put another packet last)."""
+    src = tmp_path / "slides.mkv"
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("ffv1", rate=1)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.codec_context.time_base = s.time_base = Fraction(1, 1000)
+        for i, (pts, dur) in enumerate(((0, 1000), (1000, 1000), (2000, 3000))):
+            f = _indexed_frame(i, pts, Fraction(1, 1000))
+            f.duration = dur
+            for p in s.encode(f):
+                p.duration = dur
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    assert video.read_frames(src, 10.0).duration_s == 5.0  # the case under test
+    result = video.mux_audio(src, torch.zeros(22050 * 5), 22050, tmp_path / "out.mp4")
+    assert not result.video_copied
+    out = video.read_frames(result.path, 10.0)
+    assert out.duration_s == 5.0
+    assert [_decode_index(f) for f in out.frames[::10]] == [0, 1, 2, 2, 2]

@@ -671,7 +671,7 @@ class SpecMaskFoley(nn.Module):
             raise ShapeError("mel has 0 frames: nothing to vocode")
         if not bool(torch.isfinite(mel).all()):
             raise ShapeError("mel holds NaN or inf values: the vocoder would return silence; check what made it")
-        return run_vocoder(self.vocoder, mel)
+        return run_vocoder(self.vocoder, mel, hop_length=int(self.mel.hop_length))
 
     @torch.no_grad()
     def encode_audio(self, wav: Float[Tensor, "b s"], sample_rate: int | None = None) -> Int[Tensor, "b f t"]:
@@ -843,11 +843,13 @@ def _zeros_like_cond(text: Tensor | None, negative: Tensor | None, b: int, devic
     return None if ref is None else ref.new_zeros(b, ref.shape[-1])
 
 
-def run_vocoder(vocoder: nn.Module, mel: Float[Tensor, "b m n"]) -> Float[Tensor, "b s"]:
+def run_vocoder(vocoder: nn.Module, mel: Float[Tensor, "b m n"], *, hop_length: int | None = None) -> Float[Tensor, "b s"]:
     """`vocoder(mel)` as fp32, the mel cast to the vocoder's parameter dtype (fp32 for one without
     weights, such as Griffin-Lim): a bf16 model's mel goes through an fp32 vocoder and back. A
     vocoder with weights gets the mel on its own device (one kept on the CPU beside a CUDA model,
-    say); the waveform comes back on the mel's device."""
+    say); the waveform comes back on the mel's device. `hop_length`: the mel front end's; a
+    waveform more than one hop away from frames x hop samples is a ShapeError (a vocoder for another
+    hop at the same rate: its audio would be timed, cut and written as if stretched)."""
     p = next((p for p in vocoder.parameters() if p.is_floating_point()), None)
     on, dtype = (mel.device, torch.float32) if p is None else (p.device, p.dtype)
     wav = vocoder(mel.to(on, dtype))
@@ -859,6 +861,12 @@ def run_vocoder(vocoder: nn.Module, mel: Float[Tensor, "b m n"]) -> Float[Tensor
         raise ShapeError(
             f"vocoder {type(vocoder).__name__} turned mel {list(mel.shape)} into {got}; a vocoder must return float waveforms "
             f"[batch, samples] = [{mel.shape[0]}, samples] (the Vocoder protocol, controlfoley.audio.vocoders){hint}"
+        )
+    if hop_length is not None and abs(wav.shape[1] - mel.shape[-1] * hop_length) > hop_length:
+        raise ShapeError(
+            f"vocoder {type(vocoder).__name__} turned {mel.shape[-1]} mel frames into {wav.shape[1]} samples, about "
+            f"{wav.shape[1] / mel.shape[-1]:.4g} per frame, but the mel front end's hop is {hop_length} samples per frame "
+            f"({mel.shape[-1] * hop_length} samples): use a vocoder for this mel front end (its hop and sample rate)"
         )
     return wav.float().to(mel.device)
 

@@ -138,6 +138,12 @@ class FoleyResult:
     windows: tuple[Window, ...]
     seed: int | None = None  # the seed that drew it (pass it back for the same result)
 
+    def __repr__(self) -> str:  # shapes, not the tensors' values (a notebook printed the whole waveform)
+        return (
+            f"FoleyResult(wav=[{self.wav.shape[-1]}] at {self.sample_rate} Hz ({self.duration_s:.2f} s), mel={list(self.mel.shape)}, "
+            f"codes={list(self.codes.shape)}, windows={len(self.windows)}, seed={self.seed})"
+        )
+
     def _clipping_said(self) -> contextlib.AbstractContextManager[None]:
         """Within it the writers do not warn that this waveform clips: where the pipeline that made
         the result checked this very waveform (and said so if it clips), unchanged since (not
@@ -309,6 +315,22 @@ class FoleyPipeline:
         self.col_samples = self.frames_per_col * model.mel.hop_length
         self._warned_no_prompt = False
         self._fallbacks: dict[int, tuple[GuidanceRule, Any]] = {}  # id(rule) -> (rule, rule.without_text())
+
+    def __repr__(self) -> str:
+        """Its parts by name, as a diffusers pipeline prints them."""
+
+        def name(part: Any) -> str:
+            return str(getattr(part, "name", None) or type(part).__name__)
+
+        model = self.model
+        source = getattr(model, "loaded_from", None)
+        extractors = ", ".join(f"{k}: {name(e)}" for k, e in self.extractors.items())
+        return (
+            f"FoleyPipeline(model={model.config.name}"
+            f"{f' from {source}' if source else ''} on {model.device}, extractors={{{extractors}}}, "
+            f"text_encoder={None if self.text_encoder is None else name(self.text_encoder)}, vocoder={name(self.vocoder)}, "
+            f"precision={self.precision!r}, overlap={self.overlap}, join={self.join!r})"
+        )
 
     def to(self, device: str | torch.device) -> "FoleyPipeline":
         """Move the model, the vocoder and the extractors that are modules to `device`; returns self."""
@@ -765,7 +787,7 @@ class FoleyPipeline:
         plan = job.plan
         mel = self.decode(codes, plan)
         with torch.no_grad():  # a vocoder override is called directly: no autograd graph through it (not inference_mode: users get a plain tensor)
-            wav = run_vocoder(self.vocoder, mel[None])[0, : plan.n_samples].cpu()
+            wav = run_vocoder(self.vocoder, mel[None], hop_length=int(self.model.mel.hop_length))[0, : plan.n_samples].cpu()
         clip = _unreported_clipping(wav)
         if clip is not None:  # said here, once per clip: FoleyResult.save / save_video do not say it again
             peak, n, size = clip

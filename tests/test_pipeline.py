@@ -1129,7 +1129,7 @@ def test_cli_reports_a_clipped_file_once_naming_it(
     import controlfoley.pipeline as pipeline_module
 
     real = pipeline_module.run_vocoder
-    monkeypatch.setattr(pipeline_module, "run_vocoder", lambda vocoder, mel: 3.0 * real(vocoder, mel) + 2.0)
+    monkeypatch.setattr(pipeline_module, "run_vocoder", lambda vocoder, mel, **kw: 3.0 * real(vocoder, mel, **kw) + 2.0)
     (tmp_path / "a.mp4").write_bytes(media["tiny"].read_bytes())
     (tmp_path / "b.mp4").write_bytes(media["tiny"].read_bytes())
     out = tmp_path / "out"
@@ -1576,6 +1576,43 @@ def test_a_vocoder_at_another_sample_rate_is_refused_when_the_pipeline_is_made()
     del Voc44k.sample_rate
     with pytest.raises(ConfigError, match="needs an int attribute sample_rate"):
         FoleyPipeline(m, vocoder=Voc44k())
+
+
+def test_a_vocoder_for_another_hop_is_refused_when_it_runs(media: dict[str, Path]) -> None:
+    """At the model's rate but 512 samples per mel frame (the model's hop is 256): its waveform
+    was cut to the model's sample count, half of it dropped and the rest played twice as slowly.
+    The pipeline and model.vocode refuse it, naming the hop; a vocoder off by less than a hop
+    (a centred STFT's convention) is still taken."""
+    m = micro_model()
+    hop = int(m.mel.hop_length)
+
+    class Voc(torch.nn.Module):
+        sample_rate = m.sample_rate
+
+        def __init__(self, per_frame: int, extra: int = 0) -> None:
+            super().__init__()
+            self.per_frame, self.extra = per_frame, extra
+
+        def forward(self, mel: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(mel.shape[0], mel.shape[-1] * self.per_frame + self.extra)
+
+    with pytest.raises(ShapeError, match=rf"about 512 per frame, but the mel front end's hop is {hop} samples"):
+        FoleyPipeline(m, vocoder=Voc(2 * hop))(media["tiny"], seed=0)
+    assert FoleyPipeline(m, vocoder=Voc(hop, extra=-(hop // 2)))(media["tiny"], seed=0).wav.shape[-1] > 0
+    m.vocoder = Voc(2 * hop)
+    with pytest.raises(ShapeError, match="hop is"):
+        m.vocode(torch.zeros(1, int(m.mel.n_mels), 8))
+
+
+def test_a_pipeline_and_its_result_print_their_parts_not_their_tensors(media: dict[str, Path]) -> None:
+    """print(pipe) gave <FoleyPipeline object at 0x...> and print(result) every sample of the waveform."""
+    m = micro_model()
+    pipe = _pipeline(m)
+    shown = repr(pipe)
+    assert shown.startswith("FoleyPipeline(model=") and "extractors={sync: " in shown and "vocoder=" in shown and "0x" not in shown
+    result = pipe(media["tiny"], seed=3)
+    text = repr(result)
+    assert "tensor(" not in text and f"wav=[{result.wav.shape[-1]}] at {result.sample_rate} Hz" in text and "seed=3" in text
 
 
 def test_the_progress_bar_is_closed_when_sampling_fails(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -511,7 +511,8 @@ class SpecMaskFoley(nn.Module):
         step forward (CUDA graphs on CUDA);
         `static_shapes=False` vocab head on still-masked positions only (default: static on CUDA
         or when compiled); `prune_rows` (default on) only the uncond rows at steps whose CFG scale is 0, which
-        gives the same logits (l_u + 0 * (...) = l_u);
+        gives the same logits (l_u + 0 * (...) = l_u; with `guidance_every` > 1 it also moves the
+        steps that run in full, so the tokens differ a little: `controlfoley.fast`);
         `onednn` CPU linears through oneDNN with the MLP's GELU fused, bf16 weights cast (and
         packed) once per call (default: eager CPU, fp32 only on AVX-512 CPUs; see `fast.OneDNNLinear`);
         `cuda_graph` (CUDA) the whole sampling loop captured as one CUDA graph at the first call of

@@ -363,7 +363,9 @@ class MaskGITSampler:
         conf = logp.gather(-1, sampled[..., None]).squeeze(-1)
         r = (k + 1) / n_steps
         conf = conf + temperature * (1.0 - r) * _gumbel(conf.shape, generator, conf.device, uniforms)
-        conf = torch.where(mask, conf, torch.full_like(conf, math.inf))
+        # known and decided tokens are never re-masked: +inf, and a NaN confidence (non-finite guided logits, e.g. inf - inf
+        # of a bf16 overflow) counts as the least confident, not as above +inf, where argsort puts NaN
+        conf = torch.where(mask, torch.where(conf.isnan(), -math.inf, conf), math.inf)
         n_next = masked_count(k, n_steps, n_unknown, mask.sum(dim=1), self.mask_schedule)
         ranks = conf.argsort(dim=-1, stable=True).argsort(dim=-1)
         return sampled, ranks < n_next[:, None]

@@ -563,3 +563,29 @@ def test_with_fewer_unknown_tokens_than_steps_the_last_one_waits_for_the_last_st
         counts.append(int(left))
     assert counts == [4, 3, 2, 1, 1, 1, 1, 1, 1, 1, 1, 0]
     assert masked_count(3, 12, torch.tensor([5]), torch.tensor([0])).tolist() == [0]  # nothing masked: nothing to re-mask
+
+
+def test_known_tokens_stay_known_when_guided_logits_are_not_finite() -> None:
+    """A NaN confidence (non-finite logits at a masked position: an inf - inf of a bf16 overflow
+    in a CFG difference, or a user guidance rule) sorted after the known tokens' +inf, so a known
+    token was re-masked and resampled: [5, 5, ...] given came out [0, 0, 5, ...]."""
+    from controlfoley.sampling import MaskGITSampler
+
+    b, l, v = 1, 12, 8
+    known_mask = torch.zeros(b, l, dtype=torch.bool)
+    known_mask[0, :6] = True
+    known = torch.full((b, l), 5, dtype=torch.long)
+
+    def logits_fn(codes: torch.Tensor, mask: torch.Tensor, k: int, n: int) -> torch.Tensor:
+        out = torch.zeros(b, l, v)
+        out[..., 0] = 4.0  # every sampled token would be 0
+        out[0, 9:] = float("nan")  # three masked positions have NaN logits
+        return out
+
+    seen: list[torch.Tensor] = []
+    out = MaskGITSampler(steps=4).sample(
+        logits_fn, batch=b, n_tokens=l, vocab_size=v, known_codes=known, known_mask=known_mask,
+        generator=torch.Generator().manual_seed(0), callback=lambda k, n, c, m: seen.append(m[0, :6].clone()),
+    )  # fmt: skip
+    assert not any(m.any() for m in seen)  # a known position is never masked again
+    assert out[0, :6].tolist() == [5] * 6

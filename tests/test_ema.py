@@ -261,3 +261,18 @@ def test_the_flags_reach_the_config(capsys: pytest.CaptureFixture[str]) -> None:
             train_main([recipe, "--help"])
         out = capsys.readouterr().out
         assert "--ema-decay" in out and "--ema-warmup" in out
+
+
+def test_an_fp64_tensor_is_averaged_in_fp64() -> None:
+    """The EMA was kept in fp32 for every tensor: a plugin part's fp64 buffer that never changed
+    came out of the EMA (model.safetensors, validation) rounded, 1/3 as 0.3333333432674408."""
+    model = torch.nn.Module()
+    model.part = torch.nn.Linear(2, 2)
+    model.part.register_buffer("scale", torch.tensor([1 / 3], dtype=torch.float64))
+    ema = ModelEMA(model, 0.999)
+    for step in range(3):
+        ema.update(step)
+    with ema.swapped_in():
+        seen = model.part.scale.item()
+    assert seen == 1 / 3
+    assert ema.state_dict()["part.scale"].dtype == torch.float64 and ema.state_dict()["part.weight"].dtype == torch.float32

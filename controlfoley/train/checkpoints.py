@@ -135,10 +135,15 @@ class TrainState:
     ema: dict[str, torch.Tensor] = field(default_factory=dict)  # the EMA of the model's trained tensors (fp32), by state_dict key; {}: none kept
 
 
+def _ema_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The EMA's precision for a tensor of `dtype`: fp32 (bf16 / fp16 weights average in fp32), fp64 for fp64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 class ModelEMA:
     """An exponential moving average (EMA) of the tensors a run trains in `model`: its parameters
     with requires_grad and the floating-point persistent buffers of the parts (top-level children)
-    holding one, each once (a tensor under two names: the first). Kept in fp32 on the tensors'
+    holding one, each once (a tensor under two names: the first). Kept in fp32 (fp64 for fp64 tensors) on the tensors'
     device; the frozen parts are not copied. `update(step)` after each optimizer step:
     ema <- ema + (1 - decay_t) x (weights - ema), i.e. decay_t x ema + (1 - decay_t) x weights."""
 
@@ -161,8 +166,8 @@ class ModelEMA:
                 self._live.append(t)
         if not self._live:
             raise TrainingError("ModelEMA: the model has no trained tensors to average (no parameter with requires_grad)")
-        with torch.no_grad():
-            self._shadow = [t.detach().to(torch.float32, copy=True) for t in self._live]
+        with torch.no_grad():  # fp32, or the tensor's own precision where it is wider (a plugin's fp64 tensors)
+            self._shadow = [t.detach().to(_ema_dtype(t.dtype), copy=True) for t in self._live]
 
     def decay_at(self, step: int) -> float:
         """The decay of the update after optimizer step `step` (counted from 0). With `warmup`:
@@ -174,7 +179,7 @@ class ModelEMA:
     @torch.no_grad()
     def update(self, step: int) -> None:
         """Move the EMA towards the model's tensors now, after optimizer step `step` (counted from 0)."""
-        current = [t if t.dtype == torch.float32 else t.float() for t in self._live]
+        current = [t if t.dtype == e.dtype else t.to(e.dtype) for t, e in zip(self._live, self._shadow, strict=True)]
         torch._foreach_lerp_(self._shadow, current, 1.0 - self.decay_at(step))
 
     @contextlib.contextmanager
@@ -214,7 +219,7 @@ class ModelEMA:
             )
         with torch.no_grad():
             for shadow, key in zip(self._shadow, self.names, strict=True):
-                shadow.copy_(tensors[key].to(torch.float32))
+                shadow.copy_(tensors[key].to(shadow.dtype))
 
     def metadata(self, step: int) -> str:
         """The EMA_KEY record of the model file holding this EMA after `step` optimizer steps."""

@@ -308,6 +308,39 @@ def test_sigterm_checkpoints_the_step_in_progress_and_resuming_ends_as_an_uninte
     assert losses(tmp_path / "run") == losses(tmp_path / "full") and len(losses(tmp_path / "full")) == 6
 
 
+def test_sigterm_to_the_process_group_spares_the_data_loader_workers(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SLURM's scancel, systemd and torchrun's agent signal the whole process group, DataLoader
+    workers included, and torch's own worker handler dies on a SIGTERM that is not its parent's: the
+    step in progress met a dead worker, and the run stopped at the last periodic checkpoint (step 2),
+    losing the steps since. The workers ignore it now: step 3 finishes and is checkpointed, and the
+    run ends its workers itself."""
+    import multiprocessing
+    import subprocess
+
+    import controlfoley.train.loop as loop
+
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("this process already handles SIGTERM")
+    train_step = loop.Trainer._train_step
+    signalled: list[int] = []
+
+    def group_terminated_in_step_3(self: Any, step: int, batches: Any) -> dict[str, float]:
+        if step == 2:  # the group: every worker, then this process (not os.killpg: that would reach pytest's parents)
+            signalled.extend(c.pid for c in multiprocessing.active_children() if c.pid is not None)
+            # from another process, as a scheduler's comes: torch's worker handler exits quietly on its parent's SIGTERM only
+            subprocess.run(["kill", "-TERM", *map(str, signalled)], check=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return train_step(self, step, batches)
+
+    monkeypatch.setattr(loop.Trainer, "_train_step", group_terminated_in_step_3)
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(config("backbone", data, tmp_path / "run", num_workers=2))
+    assert len(signalled) == 2  # the case under test: two workers were running
+    assert not multiprocessing.active_children()  # and they ended with the run (they ignore SIGTERM: not left to the exit handler)
+    assert caught.value.checkpoint == tmp_path / "run" / "checkpoints" / "step-00000003"
+    assert [r["step"] for r in read_metrics(tmp_path / "run", "train")] == [1, 2, 3]
+
+
 def test_sigterm_during_a_validation_or_a_checkpoint_write_stops_the_run_there(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In one process a SIGTERM that comes after the step's training, during its validation (which
     can outlast a scheduler's grace period) or its periodic checkpoint write, stops the run at that

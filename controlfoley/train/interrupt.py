@@ -23,6 +23,12 @@
 - Installed from the main thread only, and only over the default handler (a caller's own, such as
   submitit's, stays in charge); the previous handler is restored afterwards. Forked children
   (DataLoader workers) ignore it: their trainer stops them.
+- DataLoader workers ignore SIGTERM (`ignore_sigterm_in_worker`, the loader's worker_init_fn):
+  torch installs its own handler in each worker, which dies on it, and a scheduler signals the
+  whole process group (SLURM's scancel, systemd, torchrun's agent on each rank's group), so the
+  step in progress met a dead worker at its next batch and the steps since the last checkpoint
+  were lost. A worker still ends with its trainer (the loader stops it, and torch's watchdog ends
+  a worker whose parent is gone).
 """
 
 import contextlib
@@ -35,7 +41,7 @@ from types import FrameType
 
 from controlfoley.errors import ControlFoleyError
 
-__all__ = ["TrainingInterrupted", "terminate_as_interrupt", "interrupt_pending", "steps_running"]
+__all__ = ["TrainingInterrupted", "terminate_as_interrupt", "interrupt_pending", "steps_running", "ignore_sigterm_in_worker"]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -52,6 +58,13 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 _received: list[int] = []  # SIGTERMs received while a handler of ours is installed
 _deferring: list[bool] = []  # non-empty while the loop's steps run (`steps_running`)
+
+
+def ignore_sigterm_in_worker(worker_id: int) -> None:
+    """A DataLoader `worker_init_fn`: the worker ignores SIGTERM (it runs after torch's own worker
+    signal handlers are set), so a signal to the process group leaves it serving the step in
+    progress while the trainer finishes that step and checkpoints it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def interrupt_pending() -> bool:

@@ -77,7 +77,7 @@ from controlfoley.train.checkpoints import (
 from controlfoley.train.config import PluginChangedWarning, TrainConfig, plugin_changes, recipe_plugins
 from controlfoley.train.datasets import DATA_RECORD, check_batch_fits, check_batch_split, check_same_data, open_datasets, warn_shared_clips
 from controlfoley.train.distributed import DistInfo, agree_before_training, all_reduce_sum, barrier, init_distributed, mark_reported, shutdown
-from controlfoley.train.interrupt import TrainingInterrupted, interrupt_pending, steps_running, terminate_as_interrupt
+from controlfoley.train.interrupt import TrainingInterrupted, ignore_sigterm_in_worker, interrupt_pending, steps_running, terminate_as_interrupt
 from controlfoley.train.metrics import MetricsLogger
 from controlfoley.train.provenance import warn_token_provenance
 from controlfoley.train.recipes import Recipe, StepPlan, get_recipe
@@ -453,6 +453,7 @@ class Trainer:
         finally:
             bar.close()
             log.close()
+            _stop_workers(batches)
         barrier(info)
         return result
 
@@ -506,6 +507,7 @@ class Trainer:
         loader = DataLoader(
             self.train_ds, batch_sampler=self.sampler, collate_fn=collate, num_workers=cfg.num_workers,
             pin_memory=self.info.device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
+            worker_init_fn=ignore_sigterm_in_worker,  # a scheduler's SIGTERM to the group must not kill the step's data
         )  # fmt: skip
         return iter(loader)
 
@@ -627,6 +629,17 @@ class Trainer:
             except CheckpointError as e:  # a full disk mid-run: what is intact, and how to go on
                 done = self.run_dir.is_complete(step)  # only its pointer failed: a resume continues from it
                 raise self.run_dir.write_stopped(f"the 'latest' pointer to checkpoint {step}" if done else f"checkpoint {step}", str(e)) from e
+
+
+def _stop_workers(batches: Iterator[Any]) -> None:
+    """End the DataLoader's worker processes now, as its iterator's garbage collection would: they
+    ignore SIGTERM (`ignore_sigterm_in_worker`), and an iterator kept alive by an exception's
+    traceback would leave them to multiprocessing's exit handler, whose SIGTERM they ignore, so a
+    preempted trainer waited for them before exiting. (`_shutdown_workers`: torch's own method of
+    the multi-process iterator; a single-process one has none.)"""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if callable(shutdown):
+        shutdown()
 
 
 def _check_recorded_data(saved: TrainConfig, cfg: TrainConfig) -> None:

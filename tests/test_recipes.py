@@ -168,7 +168,7 @@ def test_a_bad_recipe_registration_is_refused_naming_what_is_missing(scratch_rec
     class BadDefaults(ControlNetRecipe):
         defaults = {"warmup": 10}
 
-    with pytest.raises(RegistryError, match=r"defaults name unknown TrainConfig field\(s\) \['warmup'\] \('warmup': did you mean 'warmup_steps'\?\)"):
+    with pytest.raises(RegistryError, match=r"defaults name unknown TrainConfig field\(s\) \['warmup'\] \('warmup': did you mean 'ema_warmup' or 'warmup_steps'\?\)"):
         RECIPES.register("bad_defaults")(BadDefaults)
     class Mine(ControlNetRecipe):
         pass

@@ -1075,3 +1075,17 @@ def test_init_alone_gives_the_preset_and_model_flags_go_on_top_of_it(data: Path,
         shutil.move(src, tmp_path / "moved_thrice")
         assert train_main([*filed, "--auto-resume"]) == 0
     assert read_metrics(tmp_path / "cn4", "train")[-1]["step"] == 2
+
+
+def test_a_controlnet_stage_on_a_backbone_run_names_the_preset_that_adds_the_video_parts() -> None:
+    """A specmaskgit_tiny backbone run is specmaskfoley_tiny without its video parts: the error
+    gave only three long --model JSON flags, not the simpler --preset specmaskfoley_tiny (which the
+    README suggests, and which works). A model that is not that preset's gets the flags alone."""
+    from controlfoley.builder import model_config
+    from controlfoley.train.config import _check_video_parts
+
+    with pytest.raises(ConfigError, match=r"give --preset specmaskfoley_tiny \(the same model with them: .*\), or add them on top with --model"):
+        _check_video_parts(model_config("specmaskgit_tiny"), "controlnet", "--init runs/bb", "specmaskgit_tiny")
+    with pytest.raises(ConfigError, match="add them on top with --model") as other:
+        _check_video_parts(model_config("specmaskgit_tiny", backbone={"depth": 3}), "controlnet", "--init runs/bb", "specmaskgit_tiny")
+    assert "give --preset" not in str(other.value)

@@ -862,10 +862,21 @@ def _check_video_parts(cfg: Any, recipe: str, what: str, base: str) -> None:
         f"add them on top with {flags} (those of preset {example[0]!r}; the control encoder's widths must be those of your features)"
         if example else "add them on top with --model control_encoder=... --model aligner=... --model controlnet=..."
     )
+    if example and _same_audio_parts(cfg, example[0]):  # the recorded model is that preset's without its video parts
+        add = f"give --preset {example[0]} (the same model with them: what --init holds loads into it), or {add}"
     raise ConfigError(
         f"{what}: the model it records (preset {base!r} with its overrides) has no video parts ({', '.join(_OPTIONAL_PARTS)}), and the "
         f"{recipe} recipe trains the ControlNet; {add}"
     )
+
+
+def _same_audio_parts(cfg: Any, preset: str) -> bool:
+    """Whether model config `cfg` has the mel front end, tokenizer, backbone, vocoder and window of
+    `preset` (a `specmaskgit_tiny` model and `specmaskfoley_tiny`)."""
+    from controlfoley.builder import model_config
+
+    other = model_config(preset)
+    return cfg.n_frames == other.n_frames and all(getattr(cfg, k) == getattr(other, k) for k in ("mel", "tokenizer", "backbone", "vocoder"))
 
 
 def _video_example(cfg: Any) -> tuple[str, dict[str, Any]] | None:

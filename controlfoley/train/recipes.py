@@ -246,8 +246,8 @@ def check_recipe(name: str, entry: Any) -> None:
             raise RegistryError(f"{what}: {klass.__qualname__}.defaults must be a dict of TrainConfig fields, got {type(d).__name__} {d!r}")
         unknown += [k for k in d or {} if k not in known and k not in unknown]
     if unknown:
-        close = {k: difflib.get_close_matches(str(k), known, n=1) for k in unknown}
-        hint = "".join(f" ({k!r}: did you mean {c[0]!r}?)" for k, c in close.items() if c)
+        close = {k: difflib.get_close_matches(str(k), known, n=2) for k in unknown}  # 'warmup': 'ema_warmup' or 'warmup_steps'
+        hint = "".join(f" ({k!r}: did you mean {' or '.join(map(repr, c))}?)" for k, c in close.items() if c)
         own = " (the recipe's own settings are the fields of its Options dataclass)" if {"recipe_options", "plugins"} & set(unknown) else ""
         raise RegistryError(f"{what}: defaults name unknown TrainConfig field(s) {unknown}{hint}; the fields: {', '.join(known)}{own}")
 

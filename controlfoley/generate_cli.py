@@ -53,6 +53,7 @@ Features
 
 import argparse
 import contextlib
+import copy
 import functools
 import hashlib
 import logging
@@ -136,8 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--precision", choices=("auto", "fp32", "bf16", "bf16-weights"), default="auto",
-        help="token sampling precision; auto: bf16 (autocast) on CUDA, fp32 on CPU (bf16 on a CPU with AVX-512 bf16: ~1.6x faster at paper size, "
-             "no gain for the tiny presets; CPUs without bf16 units may be slower); bf16-weights: the sampling parts stored in bf16 and run "
+        help="token sampling precision; auto: bf16 (autocast) on CUDA, fp32 on CPU (always: ask for bf16 on a CPU with AVX-512 bf16, "
+             "~1.6x faster at paper size, no gain for the tiny presets; CPUs without bf16 units may be slower); bf16-weights: the sampling parts stored in bf16 and run "
              "natively, the fastest CUDA path with --cuda-graph",
     )  # fmt: skip
     p.add_argument(
@@ -837,6 +838,13 @@ def _record(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path,
         )  # fmt: skip
 
 
+def _scaled(rule: Any) -> bool:
+    """Whether --cfg-scale changes `rule` (not `none`, which samples one condition set unguided)."""
+    from controlfoley.guidance import NoGuidance
+
+    return isinstance(getattr(rule, "scale", None), float) and getattr(type(rule), "combine", None) is not NoGuidance.combine
+
+
 def _settings(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
     """The settings an output is recorded with, as resolved (the model's own steps, scale and rule
     where none was given; the extractors and text encoder used; the model file's stamp)."""
@@ -844,6 +852,9 @@ def _settings(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
 
     model = pipe.model
     rule = args.sampled_rule  # what sampled (a no-prompt fallback included), worked out once in main
+    if args.cfg_scale is not None and _scaled(rule) and rule.scale != float(args.cfg_scale):
+        rule = copy.copy(rule)  # recorded as it sampled: generate runs a copy holding --cfg-scale
+        rule.scale = float(args.cfg_scale)
     model_file = getattr(model, "loaded_from", None)
     model_file = str(Path(model_file).resolve()) if model_file else None  # the file read, also for a run folder (load_model)
     settings = {

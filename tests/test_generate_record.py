@@ -98,3 +98,16 @@ def test_a_record_without_the_model_s_hash_says_so_when_compared() -> None:
     assert _as_compared({"model_file_stamp": {"bytes": 10, "mtime": 1.0}})["model_file_stamp"] == "(no SHA-256 recorded)"
     assert _as_compared({"model_file_stamp": {"bytes": 10, "mtime": 1.0, "sha256": "ab"}})["model_file_stamp"] == "ab"
     assert _as_compared({"model_file_stamp": None})["model_file_stamp"] is None  # a preset without a file
+
+
+def test_the_recorded_guidance_rule_holds_the_scale_it_sampled_with(video: Path, tmp_path: Path) -> None:
+    """--cfg-scale replaces the rule's scale for sampling, but generate.json recorded the rule's
+    repr with its own scale (CFG(scale=3.0, ...) beside cfg_scale 0.0 and 2.0)."""
+    model = tmp_path / "m.safetensors"
+    as_trained(micro_model()).save(model)
+    for scale in ("0", "2"):
+        out = tmp_path / f"out{scale}"
+        argv = ["generate", str(video), "--model", str(model), "--out", str(out), "--steps", "1", "--guidance", "cfg_video", "--cfg-scale", scale]
+        assert cli.main(argv) == 0
+        settings = read_manifest(out)["tiny"]["settings"]
+        assert settings["cfg_scale"] == float(scale) and f"scale={float(scale)}" in settings["guidance"], settings["guidance"]

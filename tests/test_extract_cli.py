@@ -987,3 +987,15 @@ def test_video_seconds_must_be_a_positive_finite_number(tmp_path: Path, capsys: 
     err = capsys.readouterr().err
     assert err.startswith("error: --video-seconds") and "a positive finite number of seconds" in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_the_progress_bar_is_shown_on_a_terminal_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """extract drew its tqdm bar into a log file too (train has --no-progress, generate a bar on
+    a terminal only): `extract: 19%|...` lines joined by carriage returns. Not on a terminal, none."""
+    from controlfoley.data.extract import extract_main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the untrained tokenizer's advice: not what is tested here
+        assert extract_main(["--preset", "specmaskfoley_tiny", "--synthetic", "2", "--out", str(tmp_path / "d")]) == 0
+    err = capsys.readouterr().err
+    assert "extract:" not in err and "%|" not in err

@@ -351,7 +351,7 @@ def _write(
             raise writer.write_error(skipped_file, e) from None
     n_skipped = len(passed)
     lengths = _Lengths(ex.window_samples)
-    for cid, load in tqdm(it, total=total, initial=len(writer.clip_ids) + n_skipped, desc="extract", dynamic_ncols=True):
+    for cid, load in tqdm(it, total=total, initial=len(writer.clip_ids) + n_skipped, desc="extract", dynamic_ncols=True, disable=None):
         try:
             wav, video, clap = load()
             feats = ex.video_features(video) if video is not None else {}

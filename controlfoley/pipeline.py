@@ -556,8 +556,15 @@ class FoleyPipeline:
 
     def rows_per_window(self, key: str, fps: float) -> int:
         """Feature rows conditioning one window: a training clip's count unless `feature_frames` says."""
-        window_s = self.model.n_samples / self.model.sample_rate
-        return int(self.feature_frames.get(key, max(1, math.floor(window_s * fps + 1e-9))))
+        if key in self.feature_frames:
+            return int(self.feature_frames[key])
+        from fractions import Fraction
+
+        from controlfoley._media import rate_fraction
+        from controlfoley.video import _total_frames
+
+        # extraction's rule: the window as the fraction it is (n_samples / sample_rate), the rate as read_frames reads it
+        return _total_frames(Fraction(self.model.n_samples, self.model.sample_rate), rate_fraction(fps))
 
     def _rows_needed(self, plan: WindowPlan, key: str, fps: float) -> int:
         n = self.rows_per_window(key, fps)

@@ -219,20 +219,20 @@ def _to_rgb(frame: av.VideoFrame, hw: tuple[int, int] | None) -> np.ndarray:
 _AUDIO_MARGIN_S = Fraction(1, 10)  # decoded past a bounded read's window: see read_audio_track
 
 
-def seconds_fraction(seconds: float) -> Fraction:
+def seconds_fraction(seconds: float | Fraction) -> Fraction:
     """A number of seconds as the decimal it is written as: 9.1 is 91/10, not the binary float's
     9.0999999999999996447 (a Fraction or int as it is). At 10 fps 9.1 s then holds 91 frames (a
     window of a longer video; `controlfoley.data.extract` counts a clip's feature rows so too)."""
     return seconds if isinstance(seconds, Fraction) else Fraction(repr(float(seconds)))
 
 
-def _check_max_seconds(max_seconds: float | None) -> None:
+def _check_max_seconds(max_seconds: float | Fraction | None) -> None:
     real = isinstance(max_seconds, numbers.Real) and not isinstance(max_seconds, bool)
     if max_seconds is not None and not (real and math.isfinite(max_seconds) and max_seconds > 0):
         raise ConfigError(f"max_seconds must be positive and finite (seconds from the start, a number), got {max_seconds!r}")
 
 
-def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | None = None, max_seconds: float | None = None) -> Frames:
+def read_frames(path: PathLike, fps: float, *, size: int | tuple[int, int] | None = None, max_seconds: float | Fraction | None = None) -> Frames:
     """Decode the first video stream at a fixed rate `fps` (see the module docstring for the rule).
 
     `size`: resize to (size, size) for an int, (height, width) for a tuple; None keeps the source size.

@@ -4,10 +4,12 @@ a bad input, skipped with --skip-bad) with a message naming the file, its list l
 import json
 import math
 import warnings
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pytest
+import numpy as np
 import torch
 
 from controlfoley.data.dataset import ShardDataset
@@ -405,11 +407,13 @@ def _stub():
     return Stub()
 
 
-def _items(ids, bad=(), crash=None):
+def _items(ids, bad=(), crash=None, read=None):
     from controlfoley.errors import MediaError
 
     def item(cid):
         def load():
+            if read is not None:
+                read.append(cid)
             if cid in bad:
                 raise MediaError(f"{cid}: cannot be read")
             if cid == crash:
@@ -802,7 +806,7 @@ def test_a_window_holds_the_video_frames_read_frames_gives(tmp_path: Path) -> No
     frames = torch.stack([torch.full((16, 16, 3), 2 * i, dtype=torch.uint8) for i in range(100)])  # 10 s at 10 fps
     video = write_video(tmp_path / "ramp.mp4", frames, 10.0)
     ex = object.__new__(Extraction)  # only what video_features reads: the extractors and the seconds of video
-    ex.video, ex.video_s = [_FirstPixel()], 9.1
+    ex.video, ex.video_s, ex.video_span = [_FirstPixel()], 9.1, Fraction(91, 10)
     read = read_frames(video, 10.0, max_seconds=ex.video_s).frames
     assert ex.n_video_frames(10.0) == read.shape[0] == 91
     assert read[-1, 0, 0, 0].item() == frames[90, 0, 0, 0].item()  # the frame shown at 9.0 s
@@ -857,8 +861,9 @@ def test_a_kill_after_the_index_swap_resumes_with_the_skipped_list(tmp_path: Pat
         with pytest.raises(_Killed):
             _write(_stub(), out, _items(ids, bad={"x"}), 4, overwrite=replacing, **common)
     assert ShardIndex.load(out).n_clips == 3 and (out / "progress.json").exists()  # the new dataset is in place
-    with pytest.warns(UserWarning, match="skipped 1 clip"):
-        index = _write(_stub(), out, _items(ids, bad={"x"}), 4, overwrite=False, resume=True, **common)
+    read: list[str] = []  # the resume finishes the tidying and reads no clip again (a skipped one that reads now
+    index = _write(_stub(), out, _items(ids, bad={"x"}, read=read), 4, overwrite=False, resume=True, **common)  # would add a shard)
+    assert read == []
     assert index.n_clips == 3 and index.fingerprint() == ShardIndex.load(out).fingerprint()
     assert [line.split("\t")[0] for line in (out / SKIPPED_FILE).read_text().splitlines()] == ["x"]
     assert sorted(p.name for p in out.iterdir()) == sorted([SKIPPED_FILE, "index.json", *(s.file for s in index.shards)])
@@ -953,7 +958,7 @@ def test_skip_bad_leaves_out_a_video_whose_precomputed_features_are_unusable(tmp
 
     class WithFeatures(type(_stub())):
         video = [synchformer_precomputed(root=str(feats), dim=4, fps=10.0)]  # noqa: RUF012
-        video_s = 1.0
+        video_s, video_span = 1.0, Fraction(1)
         video_features = Extraction.video_features  # the real one
 
     ex = WithFeatures()
@@ -989,6 +994,18 @@ def test_video_seconds_must_be_a_positive_finite_number(tmp_path: Path, capsys: 
     assert not out.exists()
 
 
+@pytest.mark.parametrize("seconds", [np.float32(2.5), np.int64(3), Fraction(91, 10)], ids=["float32", "int64", "Fraction"])
+def test_video_seconds_takes_any_real_number(seconds: Any) -> None:
+    """The finite-number check took int and float alone: numpy scalars and Fractions, which float()
+    takes, were refused as not a positive finite number. The span is the decimal written (91/10)."""
+    from controlfoley.data.extract import Extraction
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the untrained tokenizer's advice: not what is tested here
+        ex = Extraction("specmaskfoley_tiny", extractors=["synthetic_sync"], video_seconds=seconds)
+    assert ex.video_span == Fraction(str(float(seconds))) and ex.n_video_frames(10.0) == int(ex.video_span * 10)
+
+
 def test_the_progress_bar_is_shown_on_a_terminal_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """extract drew its tqdm bar into a log file too (train has --no-progress, generate a bar on
     a terminal only): `extract: 19%|...` lines joined by carriage returns. Not on a terminal, none."""
@@ -999,3 +1016,20 @@ def test_the_progress_bar_is_shown_on_a_terminal_only(tmp_path: Path, capsys: py
         assert extract_main(["--preset", "specmaskfoley_tiny", "--synthetic", "2", "--out", str(tmp_path / "d")]) == 0
     err = capsys.readouterr().err
     assert "extract:" not in err and "%|" not in err
+
+
+def test_overwrite_keeps_a_users_own_files_named_like_a_staged_copy(tmp_path: Path) -> None:
+    """--overwrite removed every file named NAME.new[.SUFFIX] in the folder (notes.new.txt,
+    clip.new.mp4), also in one that never held a dataset: only the staged copies an interrupted
+    replacement recorded in progress.json are removed now."""
+    from controlfoley.data.extract import _write
+
+    out = tmp_path / "ds"
+    out.mkdir()
+    mine = ["notes.new.txt", "clip.new.mp4", "README.new"]
+    for name in mine:
+        (out / name).write_text("mine")
+    common = dict(shard_size=1, batch_size=1, source="s", skip_bad=True)
+    _write(_stub(), out, _items(["a", "b"]), 2, overwrite=True, **common)
+    _write(_stub(), out, _items(["a", "b", "c"]), 3, overwrite=True, **common)
+    assert all((out / name).read_text() == "mine" for name in mine)

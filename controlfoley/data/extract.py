@@ -42,11 +42,13 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +118,7 @@ class Extraction:
         clap: str | tuple[str, Mapping[str, Any]] | None = None,
         tokenizer: str | None = None,
         mel: bool = False,
-        video_seconds: float | None = None,
+        video_seconds: float | numbers.Real | None = None,  # any real number float() takes (numpy scalars, Fractions)
         device: str = "cpu",
         model_overrides: dict[str, Any] | None = None,
     ) -> None:
@@ -125,7 +127,7 @@ class Extraction:
         from controlfoley.train.checkpoints import resolve_model_file, shipped_preset
 
         if video_seconds is not None:  # before the model is built; nan and inf pass a `<= 0` check
-            seconds = float(video_seconds) if isinstance(video_seconds, (int, float)) and not isinstance(video_seconds, bool) else math.nan
+            seconds = float(video_seconds) if isinstance(video_seconds, numbers.Real) and not isinstance(video_seconds, bool) else math.nan
             if not (math.isfinite(seconds) and seconds > 0):
                 raise DataError(
                     f"--video-seconds (video_seconds) must be a positive finite number of seconds of video per clip, got {video_seconds!r}; "
@@ -172,6 +174,12 @@ class Extraction:
         self.window_samples = int(self.model.n_samples)  # the audio of a clip: cropped or zero-padded to this
         self.window_s = self.model.n_samples / self.model.sample_rate
         self.video_s = self.window_s if video_seconds is None else float(video_seconds)  # (checked above)
+        # the same span exactly, as frames are counted and read: the audio window as the fraction it is
+        # (n_samples / sample_rate: 512000 / 24000 at 24 fps is 512 frames, where the float gives 511.99...),
+        # seconds given as the decimal written (`seconds_fraction`)
+        from controlfoley.video import seconds_fraction
+
+        self.video_span: Fraction = Fraction(self.model.n_samples, self.model.sample_rate) if video_seconds is None else seconds_fraction(float(video_seconds))
         # recorded in the index (train.provenance compares it with a run's tokenizer): the path given, or
         # for a preset name its shipped weights file (the name alone would read as a path under the cwd)
         source = model_file if self.tokenizer_preset is not None else tokenizer if tokenizer is not None else built_from
@@ -224,9 +232,9 @@ class Extraction:
         video_s)` gives from a longer video (one rule, the reader's: video_s as the decimal it is
         written as, `seconds_fraction`, fps as `rate_fraction` reads it), so a window holds no copy of a frame the video has."""
         from controlfoley._media import rate_fraction
-        from controlfoley.video import _total_frames, seconds_fraction
+        from controlfoley.video import _total_frames
 
-        return _total_frames(seconds_fraction(self.video_s), rate_fraction(fps))
+        return _total_frames(self.video_span, rate_fraction(fps))
 
     @torch.no_grad()
     def audio_features(self, wavs: Sequence[Tensor]) -> list[dict[str, Tensor]]:
@@ -318,6 +326,9 @@ def _write(
     cannot be read (or cannot give the video features) is left out and listed in SKIPPED_FILE (id,
     TAB, error) instead of stopping; a ListError (a wrong list entry) stops it even so."""
     writer = ShardWriter(out, shard_size=shard_size, info=ex.info(source), overwrite=overwrite, resume=resume)
+    if writer.finished_before:  # stopped while tidying up after its index swap: the writer finished that
+        print(f"{out}: the interrupted extraction had finished its dataset; its tidying is done now", file=sys.stderr)
+        return ShardIndex.load(out)
     skipped_file = writer.staged(SKIPPED_FILE)  # skipped.new.tsv while a finished dataset (and its list) is being replaced
     skipped_lines = _skipped_lines(skipped_file) if resume else []  # "id<TAB>error" of the interrupted run
     skipped_before = {line.split("\t", 1)[0] for line in skipped_lines}
@@ -629,7 +640,7 @@ def extract_files(
         wav = load_audio(p, sr) if is_audio[i] else read_audio_track(p, sr, max_seconds=_Lengths.read_samples(ex.window_samples) / sr)
         if ex.clap is not None and _embeds_audio(ex.clap):
             clap = _audio_prompt(ex, wav)
-        video = None if (is_audio[i] or not ex.video) else VideoSource(lambda fps: read_frames(p, fps, max_seconds=ex.video_s).frames, p)
+        video = None if (is_audio[i] or not ex.video) else VideoSource(lambda fps: read_frames(p, fps, max_seconds=ex.video_span).frames, p)
         return wav, video, clap
 
     items = ((names[i], lambda i=i: load(i)) for i in range(len(files)))

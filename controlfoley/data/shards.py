@@ -40,11 +40,12 @@ Features
   loadable, and it needs room for both datasets until it ends. An interrupted replacement
   (`index.json` and `progress.json` together) continues with `resume=True` (`--resume`), the old
   dataset still loading until that run completes; `overwrite=True` again discards it (an unfinished
-  extraction, its shards, staged `*.new.*` files and `progress.json`, is discarded at once by
+  extraction, its shards, the staged files its progress.json names and `progress.json`, is discarded at once by
   `overwrite`, not only at the end). A replacement records its staged files in `progress.json`
   just before the swap; a kill after the swap leaves an index that lists exactly the shards
   `progress.json` records (`finished_extraction`): the new dataset, which loads; `resume=True`
-  finishes the tidying (the staged files moved into place, the old shards removed), as does
+  finishes the tidying (the staged files moved into place, the old shards removed) and reads no
+  clip again (`ShardWriter.finished_before`: the dataset is complete), as does
   `overwrite=True` before it replaces that dataset.
 - A write that fails (a full disk, a read-only folder) raises DataError naming the file and the fix
   ("the disk is full: free space, then re-run the same command with --resume"); the finished
@@ -100,8 +101,7 @@ SHARD_PREFIX = "shard-"  # a dataset's first shards: shard-00000.safetensors, ..
 SHARD_NAME = re.compile(r"\Ashard-(?:g[0-9]+-)?[0-9]{5,}\.safetensors\Z")
 # atomic_path's temporary files of what a ShardWriter writes: "." + stem + ".tmp-" + mkstemp's 8 characters + suffix
 _TEMP_NAME = re.compile(r"\A\.(?:shard-(?:g[0-9]+-)?[0-9]{5,}|progress|index|skipped(?:\.new)?)\.tmp-[a-z0-9_]{8}\.(?:safetensors|json|tsv)\Z")
-# what staged() names a replacement's own copy of a dataset file: skipped.tsv -> skipped.new.tsv
-_STAGED_FILE = re.compile(r"\A[^./]+\.new(?:\.[^./]+)?\Z")
+STAGED_NAMES_KEY = "staged_names"  # progress.json: the names a replacement stages (staged()), kept as NAME.new.SUFFIX until close()
 STAGED_KEY = "staged"  # progress.json, written by close() before a replacement's index swap: {name: whether a new copy is staged}
 FP32_KEYS = frozenset({"clap"})  # small per clip, and cosine geometry of CLAP-like embeddings suffers in fp16
 
@@ -416,9 +416,14 @@ class ShardWriter:
         self._old_files = self._dataset_files() if self.replacing else set()  # None: an index that cannot be read (its shards are kept)
         self._staged: set[str] = set()  # names given by staged(), moved into place by close()
         self._prefix = SHARD_PREFIX
+        # resume=True of a finished extraction: its tidying is finished here and the dataset is complete
+        # (nothing is read again: a clip it skipped that reads now would add a shard the index lacks)
+        self.finished_before = finished and resume
         if finished:  # the staged files the stopped close() had still to move into place (or the old ones to remove)
             self._finish_staged(self._recorded_staged(progress))
-        if overwrite:
+        if self.finished_before:
+            self._tidy_finished(progress)
+        elif overwrite:
             self._discard_unfinished()
             self._prefix = self._free_prefix()
         elif resume and has_progress:
@@ -426,6 +431,16 @@ class ShardWriter:
             remove_stale_temps(self.root, pattern=_TEMP_NAME, before=progress.stat().st_mtime)  # a live writer's temporary files are newer
         elif resume:
             warnings.warn(f"{self.root}: no interrupted extraction to resume (no {PROGRESS_FILE}); starting from the first clip", stacklevel=2)
+
+    def _tidy_finished(self, progress: Path) -> None:
+        """What a close() stopped after its index swap had still to do: remove the shards its index
+        does not list (the replaced dataset's), temporary files of killed writes, and progress.json."""
+        listed = {s.file for s in ShardIndex.load(self.root).shards}
+        for name in sorted(self._shard_files_on_disk() - listed):
+            with contextlib.suppress(OSError):
+                (self.root / name).unlink()
+        remove_stale_temps(self.root, pattern=_TEMP_NAME, before=progress.stat().st_mtime)
+        progress.unlink(missing_ok=True)
 
     def _dataset_files(self) -> set[str] | None:
         """The shard files the finished dataset's index lists (plain `*.safetensors` names in the
@@ -443,19 +458,26 @@ class ShardWriter:
             return set()
 
     def _discard_unfinished(self) -> None:
-        """overwrite: remove an interrupted extraction (progress.json, its shards, its staged files
-        `NAME.new.SUFFIX`, which close() would otherwise install as this build's); a finished
-        dataset's index, shards and files stay until close()."""
+        """overwrite: remove an interrupted extraction (progress.json, its shards, the staged files
+        `NAME.new.SUFFIX` its progress.json names, which close() would otherwise install as this
+        build's); a finished dataset's index, shards and files stay until close()."""
         keep = self._shard_files_on_disk() if self._old_files is None else self._old_files
-        try:
-            staged = {e.name for e in os.scandir(self.root) if _STAGED_FILE.match(e.name) and e.is_file(follow_symlinks=False)}
-        except OSError:
-            staged = set()
+        # the staged copies the interrupted build recorded (progress.json), never a user's own file named NAME.new.SUFFIX
+        staged = {_staged_name(n) for n in self._recorded_staged_names(self.root / PROGRESS_FILE)}
         for name in sorted((self._shard_files_on_disk() - keep) | staged):
             with contextlib.suppress(OSError):
                 (self.root / name).unlink()
         with contextlib.suppress(OSError):
             (self.root / PROGRESS_FILE).unlink()
+
+    @staticmethod
+    def _recorded_staged_names(progress: Path) -> set[str]:
+        """The names an interrupted build staged (`staged()`), as its progress.json records them."""
+        try:
+            names = json.loads(progress.read_text(encoding="utf-8")).get(STAGED_NAMES_KEY, [])
+        except (OSError, ValueError, AttributeError):
+            return set()
+        return {n for n in names if isinstance(n, str) and Path(n).name == n and n not in (".", "..")} if isinstance(names, list) else set()
 
     @staticmethod
     def _recorded_staged(progress: Path) -> dict[str, bool]:
@@ -665,6 +687,7 @@ class ShardWriter:
             "shards": [vars(s) for s in self.shards],
             "info": self.info,
             "prefix": self._prefix,
+            STAGED_NAMES_KEY: sorted(self._staged) if self.replacing else [],  # what --overwrite removes of an interrupted replacement
             **({STAGED_KEY: dict(staged)} if staged else {}),
         }
         try:

@@ -635,11 +635,16 @@ def _stop_workers(batches: Iterator[Any]) -> None:
     """End the DataLoader's worker processes now, as its iterator's garbage collection would: they
     ignore SIGTERM (`ignore_sigterm_in_worker`), and an iterator kept alive by an exception's
     traceback would leave them to multiprocessing's exit handler, whose SIGTERM they ignore, so a
-    preempted trainer waited for them before exiting. (`_shutdown_workers`: torch's own method of
-    the multi-process iterator; a single-process one has none.)"""
+    preempted trainer waited for them before exiting; a worker still alive after torch's shutdown
+    (stuck in a read) is killed, where torch's own fallback is the SIGTERM it ignores.
+    (`_shutdown_workers`, `_workers`: torch's multi-process iterator's; a single-process one has none.)"""
     shutdown = getattr(batches, "_shutdown_workers", None)
     if callable(shutdown):
-        shutdown()
+        shutdown()  # asks each worker to stop, joins it for a few seconds, then sends the SIGTERM they ignore
+    for worker in getattr(batches, "_workers", ()):  # one stuck in a read (a stalled network file system): killed
+        if worker.is_alive():
+            worker.kill()
+            worker.join(1.0)
 
 
 def _check_recorded_data(saved: TrainConfig, cfg: TrainConfig) -> None:

@@ -1033,3 +1033,21 @@ def test_overwrite_keeps_a_users_own_files_named_like_a_staged_copy(tmp_path: Pa
     _write(_stub(), out, _items(["a", "b"]), 2, overwrite=True, **common)
     _write(_stub(), out, _items(["a", "b", "c"]), 3, overwrite=True, **common)
     assert all((out / name).read_text() == "mine" for name in mine)
+
+
+def test_extraction_and_the_pipeline_count_a_windows_feature_rows_alike() -> None:
+    """At 24 kHz, hop 256, 2000 mel frames the window is 512000 / 24000 s, 512 frames at 24 fps.
+    Extraction counted 511 (the float 21.333... as its decimal, times 24), the pipeline 512
+    (floor(x + 1e-9)): a model trained on 511 rows sampled with 512. Both count the window as the
+    fraction it is now."""
+    from controlfoley import build_model
+    from controlfoley.data.extract import Extraction
+    from controlfoley.pipeline import FoleyPipeline
+
+    overrides = dict(mel={"sample_rate": 24000}, n_frames=2000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # untrained parts, the synthetic stand-in extractors: not what is tested here
+        pipe = FoleyPipeline(build_model("specmaskfoley_tiny", **overrides))
+        ex = Extraction("specmaskfoley_tiny", extractors=["synthetic_sync"], model_overrides=overrides)
+    assert pipe.rows_per_window("sync", 24.0) == ex.n_video_frames(24.0) == 512
+    assert pipe.rows_per_window("clip", 8.0) == ex.n_video_frames(8.0) == 170  # 170.67

@@ -1051,3 +1051,42 @@ def test_extraction_and_the_pipeline_count_a_windows_feature_rows_alike() -> Non
         ex = Extraction("specmaskfoley_tiny", extractors=["synthetic_sync"], model_overrides=overrides)
     assert pipe.rows_per_window("sync", 24.0) == ex.n_video_frames(24.0) == 512
     assert pipe.rows_per_window("clip", 8.0) == ex.n_video_frames(8.0) == 170  # 170.67
+
+
+def test_a_finished_extractions_resume_still_checks_its_settings_and_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume of an extraction killed after its index swap tidied up without checking anything:
+    another command's settings were accepted (and told 'tidying done'), and a shard the index lists
+    but the disk lacks was reported finished, its record deleted. Both are refused as any resume."""
+    from controlfoley.data.extract import _write
+
+    common = dict(shard_size=1, batch_size=1, skip_bad=True)
+    for case in ("settings", "shard"):
+        out = tmp_path / case
+        with monkeypatch.context() as m:
+            _kill_close(m, "progress")
+            with pytest.raises(_Killed):
+                _write(_stub(), out, _items(["a", "b"]), 2, overwrite=False, source="s", **common)
+        if case == "settings":
+            with pytest.raises(DataError, match="the interrupted extraction had other settings"):
+                _write(_stub(), out, _items(["a", "b"]), 2, overwrite=False, resume=True, source="other", **common)
+        else:
+            (out / ShardIndex.load(out).shards[1].file).unlink()
+            with pytest.raises(DataError, match="is missing or changed since it was written"):
+                _write(_stub(), out, _items(["a", "b"]), 2, overwrite=False, resume=True, source="s", **common)
+        assert (out / "progress.json").exists()  # nothing removed
+
+
+def test_overwrite_drops_a_staged_copy_no_record_names(tmp_path: Path) -> None:
+    """A replacement killed before its first shard leaves skipped.new.tsv and no progress.json (or
+    one an older version wrote, without staged_names): a later ShardWriter(overwrite=True) that
+    staged the name and wrote nothing installed that stale list at close()."""
+    from controlfoley.data.extract import SKIPPED_FILE, _write
+
+    out = tmp_path / "ds"
+    _write(_stub(), out, _items(["a"]), 1, overwrite=False, source="s", shard_size=1, batch_size=1)
+    (out / "skipped.new.tsv").write_text("STALE\tcannot be read\n")
+    writer = ShardWriter(out, shard_size=1, info={"source": "s"}, overwrite=True)
+    writer.staged(SKIPPED_FILE)  # this build stages the list, and skips nothing
+    writer.add("b", {"tokens": torch.zeros(2, 3, dtype=torch.long)})
+    writer.close()
+    assert not (out / SKIPPED_FILE).exists() and not (out / "skipped.new.tsv").exists()

@@ -179,7 +179,7 @@ class Extraction:
         # seconds given as the decimal written (`seconds_fraction`)
         from controlfoley.video import seconds_fraction
 
-        self.video_span: Fraction = Fraction(self.model.n_samples, self.model.sample_rate) if video_seconds is None else seconds_fraction(float(video_seconds))
+        self.video_span: Fraction = Fraction(self.model.n_samples, self.model.sample_rate) if video_seconds is None else seconds_fraction(video_seconds if isinstance(video_seconds, Fraction) else float(video_seconds))
         # recorded in the index (train.provenance compares it with a run's tokenizer): the path given, or
         # for a preset name its shipped weights file (the name alone would read as a path under the cwd)
         source = model_file if self.tokenizer_preset is not None else tokenizer if tokenizer is not None else built_from

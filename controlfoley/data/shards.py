@@ -419,6 +419,8 @@ class ShardWriter:
         # resume=True of a finished extraction: its tidying is finished here and the dataset is complete
         # (nothing is read again: a clip it skipped that reads now would add a shard the index lacks)
         self.finished_before = finished and resume
+        if self.finished_before:  # the same settings and intact shards, as any resume; refused as one otherwise
+            self._load_progress(progress)
         if finished:  # the staged files the stopped close() had still to move into place (or the old ones to remove)
             self._finish_staged(self._recorded_staged(progress))
         if self.finished_before:
@@ -514,8 +516,11 @@ class ShardWriter:
         `DIR/NAME`, or, while it replaces a finished dataset, `DIR/STEM.new.SUFFIX`, which `close()`
         moves to `DIR/NAME` right after swapping in the new index (the old dataset's `NAME` is
         removed then when the new build wrote none)."""
+        path = self.root / name if not self.replacing else self.root / _staged_name(name)
+        if self._overwrite and self.replacing and name not in self._staged:
+            path.unlink(missing_ok=True)  # a copy an interrupted replacement staged (one with no record of it): not this build's
         self._staged.add(name)
-        return self.root / name if not self.replacing else self.root / _staged_name(name)
+        return path
 
     def write_error(self, path: str | os.PathLike[str], e: BaseException) -> DataError:
         """The DataError for a write of `path` that failed with `e`: the file, why, the fix (a full

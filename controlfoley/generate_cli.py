@@ -840,9 +840,9 @@ def _record(args: argparse.Namespace, pipe: Any, video: Path, paths: tuple[Path,
 
 def _scaled(rule: Any) -> bool:
     """Whether --cfg-scale changes `rule` (not `none`, which samples one condition set unguided)."""
-    from controlfoley.guidance import NoGuidance
+    from controlfoley.guidance import ignores_scale
 
-    return isinstance(getattr(rule, "scale", None), float) and getattr(type(rule), "combine", None) is not NoGuidance.combine
+    return isinstance(getattr(rule, "scale", None), float) and not ignores_scale(rule)
 
 
 def _settings(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:

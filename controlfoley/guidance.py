@@ -38,6 +38,7 @@ __all__ = [
     "TEXT_VIDEO",
     "GuidanceRule",
     "NoGuidance",
+    "ignores_scale",
     "CFG",
     "MultiCFG",
     "scale_at",
@@ -195,6 +196,12 @@ class NoGuidance(GuidanceRule):
     def without_text(self) -> GuidanceRule:
         return NoGuidance("video")  # unguided stays unguided, on the video condition
 
+
+
+def ignores_scale(rule: GuidanceRule) -> bool:
+    """Whether `rule` combines as `none` does (one condition set's logits, unguided), so that no CFG
+    scale changes what it samples: `generate(cfg_scale=...)` says so, and records keep its scale."""
+    return getattr(type(rule), "combine", None) is NoGuidance.combine
 
 class CFG(GuidanceRule):
     """Single-condition CFG: l_u + s (l_c - l_u)."""

@@ -36,7 +36,7 @@ from controlfoley.control.controlnet import ControlNet
 from controlfoley.control.encoders import feature_dims
 from controlfoley.errors import ShapeError, user_stacklevel
 from controlfoley.fast import GuidedStep, checked_every, onednn_linear, precision, zero_scale_conditions
-from controlfoley.guidance import UNCOND, Condition, GuidanceRule, NoGuidance, check_rule
+from controlfoley.guidance import UNCOND, Condition, GuidanceRule, check_rule, ignores_scale
 from controlfoley.sampling import Generators, MaskGITSampler, StepCallback, check_generators, get_mask_schedule
 from controlfoley.typing import Bool, Float, Int, Integer, Tensor
 
@@ -559,7 +559,7 @@ class SpecMaskFoley(nn.Module):
         # said once per model and setting: a pipeline calls generate once per window of every video
         if negative_text is not None and len(rule.conditions) < 2:
             self._say_once(("negative_text", repr(rule)), "negative_text is ignored: guidance %s has no unconditional term to replace (use cfg or multi)", rule)
-        if cfg_scale is not None and getattr(type(rule), "combine", None) is NoGuidance.combine:  # its logits as they are, at any scale
+        if cfg_scale is not None and ignores_scale(rule):  # its logits as they are, at any scale
             self._say_once(
                 ("cfg_scale", repr(rule), float(cfg_scale)),
                 "cfg_scale=%s is ignored: guidance %s samples one condition set unguided, which no scale changes (use cfg or multi)", cfg_scale, rule,

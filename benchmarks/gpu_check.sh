@@ -11,7 +11,7 @@
 # Within a step, a sampling path that cannot be built or fails in its warm-up (e.g. fp8 on a GPU
 # without fp8) is reported and skipped; the others are still timed.
 #   1. ceilings: bf16 / fp32 / fp8 matrix-product rate and copy bandwidth of this card
-#   2. batch 1: naive reference vs library bf16 eager and whole-loop CUDA graph (cuda_graph=True),
+#   2. batch 1 (STEP2_PATHS: a shorter list of paths): naive reference vs library bf16 eager and whole-loop CUDA graph (cuda_graph=True),
 #      bf16 model, bf16 model with the GELU in fc1's epilogue (fuse_gelu_epilogue) and fp8 model
 #      (static scales) in a graph, + decode and Griffin-Lim
 #   3. batch 64: naive reference vs library bf16 (autocast, bf16 model, GELU epilogue), whole-loop graph, fp8 model
@@ -29,6 +29,9 @@
 #  13. the pipeline over 16 ten-second videos (paper preset, random weights): batch 1 vs 16 videos/s, and
 #      whether batch 16 gives every video its batch-1 tokens on this GPU (the CPU's equality is tested)
 #  14. step 4 under bf16 autocast (`controlfoley train`'s precision on CUDA), the three variants
+#  15. the command line end to end on the device: extract, train the ControlNet (EMA, activation checkpointing,
+#      stop and --resume, one torchrun rank), generate 16 held-out clips and score them (CPU vs device vs bf16 graph)
+#  16. the whole test suite with a GPU present (pytest-xdist, 8 workers; SUITE_LIMIT seconds, default 240)
 #  10. batch 64, compiled inside the whole-loop graph with inductor's max-autotune (387 s on an H200,
 #      run I: no gain over the default compile; autotuning compiles for minutes: `... gpu_check.sh 10`)
 # Full run (the default steps 1 2 3 6 0 5 4 7): 452 s on an H100 (2026-11-27, run E in RESULTS.md) before the
@@ -80,7 +83,7 @@ for n in $ONLY; do
            tests/test_fast_paths.py::test_gelu_epilogue_logits_stay_within_bf16_noise_on_cuda -k "cuda or graph" ;;
     1) step 40 "1. ceilings" $PY benchmarks/ceilings.py --device "$DEVICE" --markdown ;;
     2) step 100 "2. batch 1, eager and whole-loop graph" $PY $S --device "$DEVICE" --preset "$PRESET" --batch 1 --runs 10 --decode-runs 2 --markdown \
-           --paths reference library library_bf16 $GRAPH1 $FP8_1 ;;
+           --paths ${STEP2_PATHS:-reference library library_bf16 $GRAPH1 $FP8_1} ;;
     3) step 130 "3. batch $BIG_BATCH, eager and whole-loop graph" $PY $S --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --runs 3 --no-decode --markdown \
            --paths reference library_bf16 library_bf16_native $GRAPH64 $FP8_64 ;;
     4) step 110 "4. training step, batch $BIG_BATCH" $PY benchmarks/train_speed.py --device "$DEVICE" --preset "$PRESET" --batch "$BIG_BATCH" --steps 5 --markdown ;;
@@ -117,7 +120,37 @@ for n in $ONLY; do
     14) # step 4 under bf16 autocast, as `controlfoley train` runs on CUDA: the memory activation checkpointing saves there
        step 110 "14. training step, batch $BIG_BATCH, bf16 autocast" $PY benchmarks/train_speed.py --device "$DEVICE" --preset "$PRESET" \
            --batch "$BIG_BATCH" --steps 5 --precision bf16 --markdown ;;
-    *) echo "unknown step $n (steps: 0-14)" >&2 ;;
+    15) # the command line end to end on this device, as a user runs it: extract (tokenizer on the device), train the
+       # ControlNet (the device's default precision, EMA, activation checkpointing), stop and --resume, one rank under
+       # torchrun (NCCL on CUDA), then generate 16 held-out clips with the trained run, and with the shipped model
+       # on the CPU (fp32) and this device (fp32; bf16 weights in a whole-loop graph), each scored by `evaluate`
+       w=${WORK:-/tmp/gpu_cli}; rm -rf "$w"; mkdir -p "$w/clips"
+       C="$PY -m controlfoley"
+       TR="train controlnet --preset specmaskfoley_synthetic --init specmaskfoley_synthetic --data $w/ds --steps 40 --batch-size 16 --ema-decay 0.99 --activation-checkpointing --ckpt-every 10 --log-every 10 --no-progress --device $DEVICE"
+       step 120 "15. extract 64 training clips on $DEVICE" $C extract --preset specmaskfoley_synthetic --tokenizer specmaskfoley_synthetic --out "$w/ds" \
+           --synthetic 64 --split train --extractors synthetic_sync,synthetic_clip --clap synthetic_clap --device "$DEVICE"
+       step 120 "15. train to step 20 of 40, then stop" $C $TR --out "$w/run" --stop-at 20
+       step 120 "15. --resume to step 40" $C $TR --out "$w/run" --resume
+       step 60 "15. the run's info" $C info "$w/run"
+       step 120 "15. torchrun, one rank, 10 steps" $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m controlfoley $TR --steps 10 --out "$w/run_ddp"
+       step 60 "15. 16 held-out clips with sound" $PY -c "import sys; from controlfoley.data.synthetic import SyntheticWorld, write_clip_mp4
+w = SyntheticWorld(); [write_clip_mp4(w.clip(i), f'{sys.argv[1]}/clip{i:03d}.mp4') for i in w.split('test', 16)]" "$w/clips"
+       G="generate $w/clips --seed 0 --batch-size 16"
+       step 150 "15. generate, trained run, $DEVICE" $C $G --model "$w/run" --device "$DEVICE" --out "$w/gen_run"
+       step 60 "15. evaluate, trained run, $DEVICE" $C evaluate "$w/gen_run"
+       step 150 "15. generate, shipped model, cpu fp32" $C $G --model specmaskfoley_synthetic --device cpu --precision fp32 --out "$w/gen_cpu"
+       step 60 "15. evaluate, shipped model, cpu fp32" $C evaluate "$w/gen_cpu"
+       step 150 "15. generate, shipped model, $DEVICE fp32" $C $G --model specmaskfoley_synthetic --device "$DEVICE" --precision fp32 --out "$w/gen_dev32"
+       step 60 "15. evaluate, shipped model, $DEVICE fp32" $C evaluate "$w/gen_dev32"
+       if [ "$DEVICE" != cpu ]; then
+           step 150 "15. generate, shipped model, $DEVICE bf16 weights, whole-loop graph" $C $G --model specmaskfoley_synthetic --device "$DEVICE" \
+               --precision bf16-weights --cuda-graph --out "$w/gen_dev16"
+           step 60 "15. evaluate, shipped model, $DEVICE bf16 weights, graph" $C evaluate "$w/gen_dev16"
+       fi ;;
+    16) # the whole suite on a machine with CUDA (the CUDA tests run, and every other test sees a GPU present),
+       # 8 pytest-xdist workers (the image has pytest-xdist; CI runs the suite serially on 2 cores)
+       step ${SUITE_LIMIT:-240} "16. the whole test suite, 8 workers" $PY -m pytest -q -p no:cacheprovider -n 8 tests ;;
+    *) echo "unknown step $n (steps: 0-16)" >&2 ;;
     esac
 done
 cat "$log"

@@ -14,6 +14,26 @@ import torch
 torch.set_num_threads(2)
 
 
+def cpu_env(**extra: str) -> dict[str, str]:
+    """The environment for a training subprocess (torchrun's gloo ranks, the CLI under a signal): this
+    one's with the GPUs hidden, so on a machine with CUDA it trains on the CPU as CI does (see
+    `_train_on_the_cpu`), plus `extra`."""
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", **extra}
+
+
+@pytest.fixture(autouse=True)
+def _train_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training in the suite runs on the CPU where CUDA is present too: its assertions are the CPU's
+    fp32 numbers (device "auto" would pick cuda:LOCAL_RANK there, and bf16 autocast with it). The
+    CUDA paths have their own tests, skipped without a GPU, and benchmarks/gpu_check.sh step 15
+    trains, resumes and runs torchrun with --device cuda. A test that asks for a device still gets it."""
+    if torch.cuda.is_available():
+        from controlfoley.train import distributed
+
+        pick = distributed._pick_device
+        monkeypatch.setattr(distributed, "_pick_device", lambda pref, local_rank: pick("cpu" if pref == "auto" else pref, local_rank))
+
+
 def micro_overrides() -> dict:
     """Overrides that shrink specmaskfoley_tiny further, for fast unit tests (same code path)."""
     return {

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import micro_overrides
+from conftest import cpu_env, micro_overrides
 from test_train import config, final_state, losses, write_data
 
 from controlfoley.errors import DataError
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.distributed
 
 def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "controlfoley.train", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CONTROLFOLEY_TYPECHECK": "1"}
+    env = cpu_env(OMP_NUM_THREADS="1", CONTROLFOLEY_TYPECHECK="1")
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -292,3 +292,34 @@ def test_torchrun_variables_are_read_once_and_named_when_wrong(monkeypatch: pyte
         init_distributed("cpu")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert torchrun_env() == (3, 4, 1) and _ranks() == (3, 1)
+
+
+def test_each_rank_gets_a_gpu_the_machine_has_or_a_message_naming_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`torchrun --nproc_per_node=2` on a one-GPU machine: rank 1's device would be cuda:1, which
+    torch refuses only at the first transfer ("invalid device ordinal", deep in a traceback); and a
+    misspelt --device was a RuntimeError from torch.device. Faked CUDA with one GPU."""
+    from controlfoley.errors import TrainingError
+    from controlfoley.train import distributed
+    from controlfoley.train.config import ConfigError, TrainConfig
+
+    pick = distributed._pick_device  # the library's own (the suite's autouse fixture wraps it on a GPU machine)
+    monkeypatch.setattr(distributed, "_pick_device", pick)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick("auto", 0) == torch.device("cuda", 0) and pick("cuda", 0) == torch.device("cuda", 0)
+    assert pick("cuda:0", 3) == torch.device("cuda", 0) and pick("cpu", 1) == torch.device("cpu")
+    with pytest.raises(TrainingError, match=r"LOCAL_RANK=1: this rank would train on cuda:1, but this machine has 1 CUDA GPU.*--nproc_per_node=1.*--device cpu"):
+        pick("auto", 1)
+    with pytest.raises(TrainingError, match=r"LOCAL_RANK=2: .*cuda:2"):
+        pick("cuda", 2)
+    with pytest.raises(TrainingError, match=r"--device cuda:1: this machine has 1 CUDA GPU\(s\); use cuda:0 to cuda:0"):
+        pick("cuda:1", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick("auto", 1) == torch.device("cpu")
+    with pytest.raises(TrainingError, match="CUDA is not available; use --device cpu"):
+        pick("cuda", 0)
+    for bad in ("gpu", "cuda0", "CPU", "cuda:x", ""):
+        with pytest.raises(ConfigError, match=r"device \(--device\) must be auto, cpu, cuda, cuda:N or mps; got"):
+            TrainConfig.for_recipe("controlnet", preset="specmaskfoley_tiny", data="d", out="o", device=bad)
+    for good in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert TrainConfig.for_recipe("controlnet", preset="specmaskfoley_tiny", data="d", out="o", device=good).device == good

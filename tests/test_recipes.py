@@ -19,7 +19,7 @@ from typing import Literal
 
 import pytest
 import torch
-from conftest import micro_overrides
+from conftest import cpu_env, micro_overrides
 from test_train import write_data
 from test_train_usability import cli_args
 
@@ -458,8 +458,7 @@ def test_every_torchrun_rank_of_a_resumed_run_loads_its_recorded_plugin(
     run = tmp_path / "run"
     with pytest.warns(UserWarning, match="controlnet recipe without --init"):
         assert train_main([*cli_args(NAME, data, run, "--plugin", str(EXAMPLE), steps=2, ckpt_every=1), "--stop-at", "1"]) == 0
-    env = {k: v for k, v in os.environ.items() if k != PLUGIN_ENV}
-    env["OMP_NUM_THREADS"] = "1"
+    env = {k: v for k, v in cpu_env(OMP_NUM_THREADS="1").items() if k != PLUGIN_ENV}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "controlfoley.train"]
     proc = subprocess.run([*torchrun, NAME, "--out", str(run), "--resume"], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

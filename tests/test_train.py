@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import micro_overrides
+from conftest import cpu_env, micro_overrides
 
 from controlfoley.checkpoint import read_state_dict
 from controlfoley.config import ConfigError
@@ -493,7 +493,7 @@ def test_resume_after_sigkill_is_bit_identical(data: Path, tmp_path: Path) -> No
            "--num-workers", "0", "--no-progress", "--no-tensorboard"]  # fmt: skip
     for k, v in micro_overrides().items():
         cmd += ["--model", f"{k}={json.dumps(v)}"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = cpu_env(OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and len(losses(out)) < 12:

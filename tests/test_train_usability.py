@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import failing_replace, micro_overrides
+from conftest import cpu_env, failing_replace, micro_overrides
 from test_train import config, data, final_state, losses, write_data  # noqa: F401  (data: a fixture)
 
 from controlfoley.config import ConfigError, Part
@@ -436,7 +436,7 @@ def test_sigterm_to_the_cli_checkpoints_the_step_in_progress_and_names_it(data: 
     names it and --resume; the resumed run goes on from that step."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "controlfoley.train", *cli_args("backbone", data, run, steps=5000, ckpt_every=1000)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cpu_env(OMP_NUM_THREADS="1"))
     try:
         _wait_for_steps(proc, run)
         proc.send_signal(signal.SIGTERM)
@@ -460,7 +460,7 @@ def test_sigterm_and_preflight_errors_under_torchrun_stop_every_rank_with_one_me
     printed once too."""
     run = tmp_path / "run"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "controlfoley.train"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = cpu_env(OMP_NUM_THREADS="1")
     proc = subprocess.Popen([*torchrun, *cli_args("backbone", data, run, steps=5000, ckpt_every=1000)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)  # fmt: skip
     try:

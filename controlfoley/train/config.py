@@ -495,6 +495,7 @@ class TrainConfig:
         object.__setattr__(self, "recipe_options", _checked_options(self.recipe, self.recipe_options))
         object.__setattr__(self, "plugins", _checked_plugins(self.plugins) if self.plugins is not None else recipe_plugins(self.recipe))
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_device(self.device)
         _check_choice("uncond_per", self.uncond_per, ("step", "sample"))
         _check_choice("verify_data", self.verify_data, VERIFY_LEVELS)
         for name in ("steps", "batch_size", "grad_accum", "lr_reference_batch", "log_every", "ckpt_every", "keep_last", "val_max_clips"):
@@ -902,6 +903,12 @@ def _jsonable(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def _check_device(device: str) -> None:
+    """The device's spelling, here (whether this machine has it is checked where each rank picks its device)."""
+    if device != "auto" and not re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", device):  # torch's spelling, without importing torch here
+        raise ConfigError(f"train config: device (--device) must be auto, cpu, cuda, cuda:N or mps; got {device!r}")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -44,14 +44,31 @@ class DistInfo:
 
 
 def _pick_device(pref: str, local_rank: int) -> torch.device:
+    """This rank's device: `pref` ("auto", "cpu", "cuda", "cuda:N", "mps"); "auto" and "cuda" take
+    cuda:LOCAL_RANK. A device this machine lacks is a TrainingError naming the fix (torch would fail
+    later with "invalid device ordinal" from deep inside the first transfer)."""
     if pref == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(pref)
-    if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise TrainingError(f"device {pref!r} was asked for but CUDA is not available; use --device cpu")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
+            return torch.device("cpu")
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device(pref)
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise TrainingError(f"device {pref!r} was asked for but Apple MPS is not available here; use --device cpu")
+    if dev.type != "cuda":
+        return dev
+    if not torch.cuda.is_available():
+        raise TrainingError(f"device {pref!r} was asked for but CUDA is not available; use --device cpu")
+    explicit = dev.index is not None and pref != "auto"
+    dev = dev if dev.index is not None else torch.device("cuda", local_rank)
+    n = torch.cuda.device_count()
+    if dev.index >= n:
+        if explicit:
+            raise TrainingError(f"--device {pref}: this machine has {n} CUDA GPU(s); use cuda:0 to cuda:{n - 1}, or cuda (each rank its LOCAL_RANK's)")
+        raise TrainingError(
+            f"LOCAL_RANK={local_rank}: this rank would train on cuda:{local_rank}, but this machine has {n} CUDA GPU(s); "
+            f"launch at most {n} process(es) per machine (torchrun --nproc_per_node={n}), or train on the CPU with --device cpu"
+        )
     return dev
 
 

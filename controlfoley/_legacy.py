@@ -75,11 +75,32 @@ def _refusal(e: Exception) -> str:
     return found.group(1) if found else (lines[0].strip() if lines else type(e).__name__)
 
 
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length that fits the file, then a JSON object."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and 2 <= int.from_bytes(head[:8], "little") <= size - 8 and head[8:9] == b"{"
+
+
 def load_legacy_checkpoint(path: str | os.PathLike[str], *, trust: bool = False) -> Any:
-    """Load a pickled PyTorch checkpoint on the CPU, refusing arbitrary objects unless `trust=True`."""
+    """Load a pickled PyTorch checkpoint on the CPU, refusing arbitrary objects unless `trust=True`.
+    A safetensors file given here loads as its dict of tensors, as torch 2.14's `torch.load` reads
+    one (2.11's calls it a corrupt pickle), so the caller can say what the file is."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if _is_safetensors(path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except SafetensorError as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file: truncated or corrupt ({e}); re-download or re-export it") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, KeyError, EOFError... here

@@ -44,7 +44,9 @@ zero linears, tokenizer, vocoder) keeps its dtype. A quantized model is a lossy 
 only: it cannot be trained or saved; quantize after loading.
 
 Hardware: fp8 matrix products need an NVIDIA GPU of compute capability 8.9 or later (Ada, Hopper,
-Blackwell). PyTorch's CPU kernel also runs (the tests use it), but it is slower than fp32 there.
+Blackwell). PyTorch's CPU kernel also runs (the tests use it), but it is slower than fp32 there;
+where torch's CPU kernel takes one scale per operand (torch 2.11; 2.14's takes per-row scales),
+"row" scales are computed by an fp32 emulation of the same product (`_emulated_scaled_mm`).
 """
 
 import math
@@ -82,6 +84,32 @@ def fp8_supported(device: torch.device | str) -> bool:
     return False
 
 
+_CPU_ROWWISE: bool | None = None  # whether this torch's CPU _scaled_mm takes per-row scales (probed once)
+
+
+def _cpu_rowwise_scaled_mm() -> bool:
+    """Whether the CPU `_scaled_mm` takes a scale per row: torch 2.14's does, 2.11's takes one per
+    operand ("Now _scaled_mm only supports per-tensor scaling for CPU backend"). Probed when the first
+    row-wise Fp8Linear is made, so a compiled forward reads a settled flag."""
+    global _CPU_ROWWISE
+    if _CPU_ROWWISE is None:
+        a, b = torch.ones(16, 16, dtype=FP8), torch.ones(16, 16, dtype=FP8).t()
+        try:
+            torch._scaled_mm(a, b, scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.bfloat16)
+            _CPU_ROWWISE = True
+        except (RuntimeError, TypeError, NotImplementedError):
+            _CPU_ROWWISE = False
+    return _CPU_ROWWISE
+
+
+def _emulated_scaled_mm(xq: Tensor, wq_t: Tensor, scale_a: Tensor, scale_b: Tensor, bias: Tensor | None) -> Tensor:
+    """What `_scaled_mm` computes, in fp32 on the CPU: products of fp8 values are exact in fp32, the
+    sums are accumulated in fp32 as the kernel's are, then the scales, the bias and the bf16 output."""
+    with torch.autocast(xq.device.type, enabled=False):  # fp32 as written: fp16 autocast would overflow at 448 x 448 x K
+        y = (xq.float() @ wq_t.float()) * scale_a * scale_b
+    return (y if bias is None else y + bias.float()).to(torch.bfloat16)
+
+
 class Fp8Linear(nn.Module):
     """`y = x W^T + b` with W in float8_e4m3fn and x quantized per call; inference only.
 
@@ -106,6 +134,8 @@ class Fp8Linear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(shape, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.bfloat16, device=device) if bias else None)
         static = granularity == "static"
+        if granularity == "row":
+            _cpu_rowwise_scaled_mm()  # settled before any forward (a compiled one reads the flag)
         self.register_buffer("input_scale", torch.ones((), dtype=torch.float32, device=device) if static else None)
 
     @classmethod
@@ -146,7 +176,10 @@ class Fp8Linear(nn.Module):
         # 1 / scale); fp16's does not (1 / scale overflows for rows below ~0.007), so fp16 goes via fp32
         xs = x2.float() if x2.dtype == torch.float16 else x2
         xq = (xs * scale.reciprocal().to(xs.dtype)).to(FP8)
-        y = torch._scaled_mm(xq, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias, out_dtype=torch.bfloat16)
+        if x2.device.type == "cpu" and self.granularity == "row" and not _cpu_rowwise_scaled_mm():
+            y = _emulated_scaled_mm(xq, self.weight.t(), scale, self.weight_scale, self.bias)  # e.g. torch 2.11 on the CPU
+        else:
+            y = torch._scaled_mm(xq, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias, out_dtype=torch.bfloat16)
         y = y.reshape(*lead, self.out_features)
         # the dtype an nn.Linear would give: autocast's inside autocast, else x's
         dev = x.device.type

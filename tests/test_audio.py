@@ -479,6 +479,35 @@ def test_a_broken_pickle_is_called_broken_not_untrusted(tmp_path) -> None:
     assert torch.equal(load_legacy_checkpoint(tmp_path / "old.pt")["a"], torch.zeros(3))
 
 
+def test_a_safetensors_file_loads_as_its_tensors_whatever_torch_load_makes_of_it(tmp_path, monkeypatch) -> None:
+    """torch 2.14's torch.load reads a safetensors file; 2.11's raised "Weights only load failed", so a
+    controlfoley checkpoint given as a SpecVQGAN codebook was called a corrupt pickle there (seen on
+    the H200 image) instead of being named. The loader reads safetensors itself now; torch.load as
+    2.11 has it here. A cut safetensors file is called that."""
+    import pickle
+
+    from safetensors.torch import save_file
+
+    from controlfoley._legacy import load_legacy_checkpoint
+
+    def old_torch_load(*args, **kwargs):
+        raise pickle.UnpicklingError("Weights only load failed. ...")
+
+    save_file({"a": torch.arange(3.0)}, str(tmp_path / "w.safetensors"))
+    data = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-4])
+    monkeypatch.setattr(torch, "load", old_torch_load)
+    assert torch.equal(load_legacy_checkpoint(tmp_path / "w.safetensors")["a"], torch.arange(3.0))
+    with pytest.raises(CheckpointError, match=r"cut.safetensors is not a readable safetensors file: truncated or corrupt"):
+        load_legacy_checkpoint(tmp_path / "cut.safetensors")
+    from controlfoley import build_model
+    from controlfoley.tokenizers.specvqgan import load_official_checkpoint
+
+    ours = build_model("specmaskfoley_tiny").save(tmp_path / "ours.safetensors")
+    with pytest.raises(CheckpointError, match=r"ours.safetensors is a controlfoley model checkpoint, not an official SpecVQGAN codebook"):
+        load_official_checkpoint(ours)
+
+
 def test_identify_and_adapt_names_directly() -> None:
     """What a file is, from its keys (two controlfoley parts, a DDP prefix on a HiFi-GAN file), and
     the parametrised weight-norm names landing on the classic ones the right way round (original0

@@ -405,7 +405,11 @@ def test_autocast_weights_cast_once_same_tokens(model):
         with torch.profiler.profile() as prof:
             out = fast_generate(model, x, rule, 4, 7, dtype=torch.bfloat16, onednn=on)
         casts[on] = (out, sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy"))
-    assert torch.equal(casts[True][0], casts[False][0])  # the same bf16 kernels on the same inputs
+    # the same model either way: torch 2.14's CPU runs one bf16 kernel for both (all 320 tokens
+    # equal), 2.11's two that round differently (319 of 320). Not a check of the precision: fp32
+    # sampling gives these 320 tokens too (2.14); the cast count below is that check
+    agree = (casts[True][0] == casts[False][0]).float().mean().item()
+    assert agree >= 0.99, agree
     assert casts[True][1] < casts[False][1]
 
 

@@ -44,6 +44,30 @@ def test_fp8_linear_is_close_to_the_linear_it_replaces(granularity):
         assert rel_err(wrong(x), ref) > 0.5
 
 
+@pytest.mark.skipif(not quantize._cpu_rowwise_scaled_mm(), reason="this torch's CPU kernel takes no per-row scales to compare with")
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_cpu_emulation_of_row_scales_gives_the_kernels_products(monkeypatch, bias):
+    """torch 2.11's CPU _scaled_mm refuses per-row scales (the row-wise tests failed there with
+    "only supports per-tensor scaling for CPU backend"); Fp8Linear then computes the same product in
+    fp32. Against this torch's kernel: within one bf16 rounding (sums in another order)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 96, bias=bias)
+    q = Fp8Linear.from_linear(lin, "row")
+    x = torch.randn(3, 10, 64) * torch.logspace(-2, 2, 10)[:, None]
+    with torch.no_grad():
+        kernel = q(x)
+        monkeypatch.setattr(quantize, "_CPU_ROWWISE", False)  # as torch 2.11 probes
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError("Now _scaled_mm only supports per-tensor scaling for CPU backend")
+
+        monkeypatch.setattr(torch, "_scaled_mm", refuse)
+        emulated = q(x)
+    assert emulated.dtype == kernel.dtype == torch.float32 and emulated.shape == kernel.shape
+    torch.testing.assert_close(emulated, kernel, rtol=2**-8, atol=1e-6)  # bf16 output: 8 significant bits
+    assert rel_err(emulated, lin(x).detach()) < 0.06
+
+
 def test_row_scales_keep_small_tokens_and_channels_accurate():
     """Per-token activation scales and per-channel weight scales: a token 1e6 times smaller than
     another, and an output channel 1e5 times larger than the rest, stay as accurate as the others
@@ -93,9 +117,13 @@ def test_fp8_linear_output_dtype_follows_its_input_like_a_linear():
     assert torch.allclose(zero, q.bias.float().expand(2, -1))
 
 
+@pytest.mark.parametrize("emulated", [False, True], ids=["kernel", "emulated"])
 @pytest.mark.parametrize("mode", ["fp16 input", "fp16 autocast"])
-def test_fp8_linear_takes_fp16_inputs_with_small_and_zero_rows(mode):
-    """fp16 cannot hold 1 / scale of a small row (it would overflow to inf and give NaN or garbage)."""
+def test_fp8_linear_takes_fp16_inputs_with_small_and_zero_rows(mode, emulated, monkeypatch):
+    """fp16 cannot hold 1 / scale of a small row (it would overflow to inf and give NaN or garbage).
+    Emulated (torch 2.11's CPU): the fp32 product must not be autocast to fp16 (448 x 448 x 32 > 65504)."""
+    if emulated:
+        monkeypatch.setattr(quantize, "_CPU_ROWWISE", False)
     torch.manual_seed(0)
     lin = nn.Linear(32, 32)
     q = Fp8Linear.from_linear(lin)

@@ -1255,7 +1255,9 @@ def test_loss_with_a_cpu_generator_on_a_cuda_model_draws_the_cpu_masks(micro_mod
     model = micro_model.cuda()
     feats = {k: v.cuda() for k, v in x["features"].items()}
     gpu = model.loss(x["codes"].cuda(), features=feats, cond=x["text"].cuda(), generator=torch.Generator().manual_seed(3))[1]
-    assert gpu["mask_frac"] == cpu["mask_frac"]
+    # the same masks: one token more or fewer moves mask_frac by 1 / 320 here; the mean itself is summed
+    # in another order on the GPU (0.99375004 against the CPU's 0.99374998 on an H200)
+    assert gpu["mask_frac"] == pytest.approx(cpu["mask_frac"], abs=1e-6)
     assert abs(gpu["loss"] - cpu["loss"]) < 1e-3 * max(1.0, abs(cpu["loss"]))
 
 

@@ -3,6 +3,7 @@ for a block; renames that fail."""
 
 import contextlib
 import errno
+import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,7 +32,12 @@ def _train_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
         from controlfoley.train import distributed
 
         pick = distributed._pick_device
-        monkeypatch.setattr(distributed, "_pick_device", lambda pref, local_rank: pick("cpu" if pref == "auto" else pref, local_rank))
+
+        @functools.wraps(pick)  # __wrapped__: the library's own, for the tests of it
+        def on_the_cpu(pref: str, local_rank: int) -> torch.device:
+            return pick("cpu" if pref == "auto" else pref, local_rank)
+
+        monkeypatch.setattr(distributed, "_pick_device", on_the_cpu)
 
 
 def micro_overrides() -> dict:

@@ -906,9 +906,12 @@ def _jsonable(value: Any) -> bool:
 
 
 def _check_device(device: str) -> None:
-    """The device's spelling, here (whether this machine has it is checked where each rank picks its device)."""
-    if device != "auto" and not re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", device):  # torch's spelling, without importing torch here
-        raise ConfigError(f"train config: device (--device) must be auto, cpu, cuda, cuda:N or mps; got {device!r}")
+    """The device's spelling: auto, or a device type with an optional index as torch writes them
+    (cuda:1; not cuda:01, CPU or an empty string). Which types torch knows, and whether this machine
+    has the device, is checked where each rank picks its device (train.distributed), so a run
+    recorded with another type torch takes (xpu, say) still resumes, --device on top."""
+    if device != "auto" and not re.fullmatch(r"[a-z][a-z0-9_]*(:(0|[1-9][0-9]{0,3}))?", device):  # without importing torch here
+        raise ConfigError(f"train config: device (--device) must be auto, cpu, cuda, cuda:N or mps (or another device torch names); got {device!r}")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -52,7 +52,10 @@ def _pick_device(pref: str, local_rank: int) -> torch.device:
             return torch.device("cpu")
         dev = torch.device("cuda", local_rank)
     else:
-        dev = torch.device(pref)
+        try:
+            dev = torch.device(pref)
+        except (RuntimeError, TypeError):
+            raise TrainingError(f"--device {pref}: torch knows no such device; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise TrainingError(f"device {pref!r} was asked for but Apple MPS is not available here; use --device cpu")
     if dev.type != "cuda":

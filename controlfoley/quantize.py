@@ -84,21 +84,25 @@ def fp8_supported(device: torch.device | str) -> bool:
     return False
 
 
-_CPU_ROWWISE: bool | None = None  # whether this torch's CPU _scaled_mm takes per-row scales (probed once)
+def _probe_cpu_rowwise() -> bool:
+    """Whether the CPU `_scaled_mm` takes a scale per row: torch 2.14's does, 2.11's takes one per
+    operand ("Now _scaled_mm only supports per-tensor scaling for CPU backend"). Every tensor's
+    dtype and device given, so a default dtype or device (torch.device("meta") as a context, say)
+    does not change the answer; any failure means no."""
+    cpu = torch.device("cpu")
+    a = torch.ones(16, 16, dtype=FP8, device=cpu)
+    scale_a, scale_b = torch.ones(16, 1, dtype=torch.float32, device=cpu), torch.ones(1, 16, dtype=torch.float32, device=cpu)
+    try:
+        torch._scaled_mm(a, a.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=torch.bfloat16)
+    except Exception:
+        return False
+    return True
+
+
+_CPU_ROWWISE = _probe_cpu_rowwise()  # once, at import: a compiled forward (or an unpickled Fp8Linear's first) reads a settled flag
 
 
 def _cpu_rowwise_scaled_mm() -> bool:
-    """Whether the CPU `_scaled_mm` takes a scale per row: torch 2.14's does, 2.11's takes one per
-    operand ("Now _scaled_mm only supports per-tensor scaling for CPU backend"). Probed when the first
-    row-wise Fp8Linear is made, so a compiled forward reads a settled flag."""
-    global _CPU_ROWWISE
-    if _CPU_ROWWISE is None:
-        a, b = torch.ones(16, 16, dtype=FP8), torch.ones(16, 16, dtype=FP8).t()
-        try:
-            torch._scaled_mm(a, b, scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.bfloat16)
-            _CPU_ROWWISE = True
-        except (RuntimeError, TypeError, NotImplementedError):
-            _CPU_ROWWISE = False
     return _CPU_ROWWISE
 
 
@@ -134,8 +138,6 @@ class Fp8Linear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(shape, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=torch.bfloat16, device=device) if bias else None)
         static = granularity == "static"
-        if granularity == "row":
-            _cpu_rowwise_scaled_mm()  # settled before any forward (a compiled one reads the flag)
         self.register_buffer("input_scale", torch.ones((), dtype=torch.float32, device=device) if static else None)
 
     @classmethod

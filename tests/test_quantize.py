@@ -68,6 +68,22 @@ def test_the_cpu_emulation_of_row_scales_gives_the_kernels_products(monkeypatch,
     assert rel_err(emulated, lin(x).detach()) < 0.06
 
 
+def test_the_cpu_probe_ignores_the_default_dtype_and_device():
+    """The probe made its scales with torch.ones() unqualified: under a float64 default dtype torch
+    2.14 refused them (ValueError, uncaught, so every row-wise Fp8Linear failed to build), and under
+    torch.device("meta") it asked the meta kernel, which takes row scales on any torch."""
+    settled = quantize._probe_cpu_rowwise()
+    assert settled == quantize._CPU_ROWWISE
+    old = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        assert quantize._probe_cpu_rowwise() == settled
+    finally:
+        torch.set_default_dtype(old)
+    with torch.device("meta"):
+        assert quantize._probe_cpu_rowwise() == settled
+
+
 def test_row_scales_keep_small_tokens_and_channels_accurate():
     """Per-token activation scales and per-channel weight scales: a token 1e6 times smaller than
     another, and an output channel 1e5 times larger than the rest, stay as accurate as the others

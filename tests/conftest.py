@@ -5,12 +5,22 @@ import contextlib
 import errno
 import functools
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+# pytest-xdist: one numba cache per worker. librosa's kernels are numba-compiled with cache=True,
+# each into a pair of files written separately, so workers filling one cold cache at once can load
+# a mismatched pair (numba/numba#10128, open; librosa/librosa#1998). Likely why the 9 tests that run
+# librosa's onset detector failed under 14 workers on the H200 right after librosa was reinstalled
+# there (benchmarks/RESULTS.md, run J; they pass serially and under -n 2 here). Set before numba loads.
+if os.environ.get("PYTEST_XDIST_WORKER") and "NUMBA_CACHE_DIR" not in os.environ:
+    _uid = os.getuid() if hasattr(os, "getuid") else 0
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"controlfoley-numba-{_uid}-{os.environ['PYTEST_XDIST_WORKER']}")
 
 torch.set_num_threads(2)
 

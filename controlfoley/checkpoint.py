@@ -11,7 +11,8 @@
   into a model built as it was trained.
 - A training run that keeps an exponential moving average of its weights (`--ema-decay`) writes the
   averaged weights with EMA_KEY in the metadata (`ema_record`: its decay, warm-up, the steps it
-  averaged and the file beside it holding the raw weights; `controlfoley info` says so).
+  averaged and the file beside it holding the raw weights; `controlfoley info` says so), and the raw
+  weights with RAW_OF_EMA_KEY (the file beside them holding the average).
 Writes are atomic (temporary file + rename).
 """
 
@@ -38,7 +39,7 @@ from controlfoley.errors import CheckpointError, user_stacklevel
 __all__ = [
     "save_model", "load_model", "load_parts", "save_state_dict", "read_state_dict", "check_state_dict", "trained_parts", "read_metadata",
     "feature_record", "trained_as", "trained_as_lines", "ema_record", "ema_lines",
-    "CONFIG_KEY", "TRAINED_KEY", "TRAINED_AS_KEY", "EMA_KEY",
+    "CONFIG_KEY", "TRAINED_KEY", "TRAINED_AS_KEY", "EMA_KEY", "RAW_OF_EMA_KEY",
 ]  # fmt: skip
 
 CONFIG_KEY = "controlfoley_config"
@@ -55,6 +56,9 @@ TRAINED_AS_KEY = "controlfoley_trained_as"
 # training run's weights (`controlfoley train --ema-decay`) over its first `step` optimizer steps; "raw": the name of the
 # file beside it holding the raw weights (the frozen parts are the same in both). Absent: the weights as trained.
 EMA_KEY = "controlfoley_ema"
+# JSON {"ema": name, "step": int}: the other side of EMA_KEY, in the file of the raw weights (the weights as trained,
+# which --resume continues from) of a run that keeps an EMA; "ema": the file beside it holding the average.
+RAW_OF_EMA_KEY = "controlfoley_raw_of_ema"
 FORMAT_VERSION = "1"
 
 
@@ -308,13 +312,30 @@ def ema_lines(meta: Mapping[str, str], path: str | os.PathLike[str]) -> list[str
     weights are an EMA (decay, warm-up, steps) and where the raw weights are; [] for weights as trained."""
     record = ema_record(meta)
     if record is None:
-        return []
+        return _raw_of_ema_lines(meta, path)
     warmup = ", warmed up as min(decay, (1 + step) / (10 + step))" if record["warmup"] else ""
     raw = Path(path).parent / record["raw"] if record["raw"] else None
     where = "" if raw is None else f"; the raw weights: {raw}{'' if raw.is_file() else ' (not there)'}"
     return [
         f"weights: an exponential moving average (EMA) of the trained weights, decay {record['decay']:g}{warmup}, over "
         f"{record['step']} optimizer steps (frozen parts as they are){where}"
+    ]
+
+
+def _raw_of_ema_lines(meta: Mapping[str, str], path: str | os.PathLike[str]) -> list[str]:
+    """ema_lines for the raw-weights file of a run that keeps an EMA (RAW_OF_EMA_KEY); [] otherwise."""
+    try:
+        raw = json.loads(meta[RAW_OF_EMA_KEY]) if RAW_OF_EMA_KEY in meta else None
+    except ValueError:
+        return []
+    if not isinstance(raw, dict) or not isinstance(raw.get("ema"), str):
+        return []
+    ema = Path(path).parent / raw["ema"]
+    step = raw.get("step")
+    after = f" after {step} optimizer steps" if isinstance(step, int) else ""
+    return [
+        f"weights: as trained{after}, not averaged (what --resume continues from); the run's exponential moving average "
+        f"(EMA) of them, what it validates and ships: {ema}{'' if ema.is_file() else ' (not there)'}"
     ]
 
 

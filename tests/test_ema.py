@@ -16,7 +16,7 @@ from conftest import micro_overrides, micro_token_data
 from test_train import write_data
 
 from controlfoley import build_model, from_pretrained
-from controlfoley.checkpoint import EMA_KEY, TRAINED_KEY, read_state_dict
+from controlfoley.checkpoint import EMA_KEY, RAW_OF_EMA_KEY, TRAINED_KEY, read_state_dict
 from controlfoley.cli import main as cli_main
 from controlfoley.config import ConfigError
 from controlfoley.errors import CheckpointError, TrainingError
@@ -110,7 +110,9 @@ def test_only_the_trained_tensors_are_averaged_and_the_frozen_backbone_is_the_mo
     assert list(ema) == list(raw) and any(k.startswith("backbone.") for k in ema)
     assert all(torch.equal(ema[k], raw[k]) and torch.equal(ema[k], start[k]) for k in ema if k not in averaged)  # not copied, not moved
     assert any(not torch.equal(ema[k], raw[k]) for k in averaged)
-    assert {k: v for k, v in ema_meta.items() if k != EMA_KEY} == raw_meta  # the same records (trained parts, trained_as, config)
+    # the same records (trained parts, trained_as, config); each names the other (EMA_KEY, RAW_OF_EMA_KEY)
+    assert {k: v for k, v in ema_meta.items() if k != EMA_KEY} == {k: v for k, v in raw_meta.items() if k != RAW_OF_EMA_KEY}
+    assert json.loads(raw_meta[RAW_OF_EMA_KEY]) == {"ema": "model.safetensors", "step": 2} and RAW_OF_EMA_KEY not in ema_meta
     assert set(json.loads(ema_meta[TRAINED_KEY])) >= {"control_encoder", "aligner", "controlnet"}
 
 
@@ -160,8 +162,12 @@ def test_readers_of_a_run_get_the_ema_and_the_raw_weights_by_naming_their_file(e
     out = capsys.readouterr().out
     assert f"exponential moving average (EMA) of the trained weights, decay {DECAY:g}, over 3 optimizer steps" in out
     assert str(ema_run / "model_raw.safetensors") in out
-    assert cli_main(["info", str(ema_run / "model_raw.safetensors")]) == 0
-    assert "moving average" not in capsys.readouterr().out
+    # the raw file says what it is, and where the average is (it said nothing: info read like a plain model's)
+    for folder, step in ((ema_run, 3), (step_dir(ema_run, 2), 2)):
+        assert cli_main(["info", str(folder / "model_raw.safetensors")]) == 0
+        out = capsys.readouterr().out
+        assert f"weights: as trained after {step} optimizer steps, not averaged (what --resume continues from)" in out
+        assert f"moving average (EMA) of them, what it validates and ships: {folder / 'model.safetensors'}\n" in out and "decay" not in out
 
 
 def test_resume_with_an_ema_equals_the_uninterrupted_run_and_the_ema_leaves_training_alone(tokens: Path, tmp_path: Path) -> None:

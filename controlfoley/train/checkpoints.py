@@ -88,7 +88,7 @@ from torch import nn
 from controlfoley._io import TEMP_NAME, atomic_write_text, remove_stale_temps, write_failure
 from controlfoley._static import ModelModule
 from controlfoley.checkpoint import (
-    CONFIG_KEY, EMA_KEY, read_metadata, read_state_dict, save_model, save_state_dict, trained_as, trained_parts,
+    CONFIG_KEY, EMA_KEY, RAW_OF_EMA_KEY, read_metadata, read_state_dict, save_model, save_state_dict, trained_as, trained_parts,
 )  # fmt: skip
 from controlfoley.errors import CheckpointError, TrainingError, user_stacklevel
 from controlfoley.presets import PRETRAINED, pretrained_path
@@ -601,7 +601,7 @@ class RunDir:
         if ema is None:
             save_model(model, folder / MODEL_FILE, extra_metadata=meta)
             return
-        save_model(model, folder / RAW_MODEL_FILE, extra_metadata=meta)
+        save_model(model, folder / RAW_MODEL_FILE, extra_metadata={**meta, RAW_OF_EMA_KEY: json.dumps({"ema": MODEL_FILE, "step": step})})
         with ema.swapped_in():
             save_model(model, folder / MODEL_FILE, extra_metadata={**meta, EMA_KEY: ema.metadata(step)})
 

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Kind", "identify", "identify_container", "adapt_names", "strip_prefix", "mismatch_advice", "is_torch_pickle"]
+__all__ = ["Kind", "identify", "identify_container", "adapt_names", "strip_prefix", "mismatch_advice", "is_torch_pickle", "layers_beyond"]
 
 
 class Kind(NamedTuple):
@@ -159,3 +159,21 @@ def adapt_names(sd: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> dict[str
                 out[g_key], out[v_key] = g, w
                 break
     return out
+
+
+# tensor names of layers (the last part of a key), beside the model's own: a file's key ending in one
+# of them, under a module the model has, is a layer the model was built without (snake's alpha / beta too)
+_LAYER_TENSOR_NAMES = frozenset(
+    {"weight", "bias", "weight_g", "weight_v", "original0", "original1", "running_mean", "running_var", "num_batches_tracked", "alpha", "beta"}
+)
+
+
+def layers_beyond(unexpected: list[str], own: Mapping[str, Any]) -> list[str]:
+    """The unexpected keys that are layers of a bigger build of the same network, which no dropping
+    of keys fixes: under a top-level module the model has, named as a layer's tensor
+    (`decoder.up.4.attn.0.k.bias` where the model has `decoder` but no attention there;
+    `resblocks.0.convs1.2.weight_v` for a third dilation). Others (`model_ema.decay`,
+    `conv_post.extra`, an optimizer's state) are state saved beside the weights."""
+    tops = {k.split(".", 1)[0] for k in own if "." in k}
+    names = _LAYER_TENSOR_NAMES | {k.rsplit(".", 1)[-1] for k in own}
+    return [k for k in unexpected if "." in k and k.split(".", 1)[0] in tops and k.rsplit(".", 1)[-1] in names]

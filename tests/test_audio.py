@@ -352,6 +352,13 @@ def test_hifigan_checkpoint_mismatch_and_trust(tmp_path) -> None:
     torch.save({"generator": extra}, tmp_path / "extra.pt")
     with pytest.raises(CheckpointError, match=r"holds every tensor of the HiFi-GAN generator and 1 more: \['conv_post.extra'\]; drop those keys"):
         _tiny_hifigan(str(tmp_path / "extra.pt"))
+    # a bigger build's layers (a third dilation per resblock) are not state to drop: build as the file was
+    bigger = hifigan_vocoder(mel=_tiny_hifigan_mel(), **{**_TINY_HIFIGAN, "resblock_dilation_sizes": ((1, 3, 5), (1, 2, 4))}).generator.state_dict()
+    torch.save({"generator": bigger}, tmp_path / "bigger.pt")
+    with pytest.raises(CheckpointError, match=r"bigger.pt holds every tensor of the HiFi-GAN generator and \d+ more, inside its modules: \['resblocks.0.convs1.2.bias'.*"
+                       r"the file's network has layers this one was built without\. Build the vocoder with the architecture") as err:  # fmt: skip
+        _tiny_hifigan(str(tmp_path / "bigger.pt"))
+    assert "drop those keys" not in str(err.value)
     fewer = {k: v for k, v in sd.items() if k != "ups.1.bias"}
     torch.save({"generator": fewer}, tmp_path / "fewer.pt")
     with pytest.raises(CheckpointError, match=r"missing keys \['ups.1.bias'\]"):
@@ -498,6 +505,13 @@ def test_a_safetensors_file_loads_as_its_tensors_whatever_torch_load_makes_of_it
     (tmp_path / "cut.safetensors").write_bytes(data[:-4])
     monkeypatch.setattr(torch, "load", old_torch_load)
     assert torch.equal(load_legacy_checkpoint(tmp_path / "w.safetensors")["a"], torch.arange(3.0))
+    # a vocoder's .safetensors went to safetensors directly: a cut one was a raw SafetensorError without the path
+    sd = _tiny_hifigan().generator.state_dict()
+    save_file(sd, str(tmp_path / "g.safetensors"))
+    (tmp_path / "g_cut.safetensors").write_bytes((tmp_path / "g.safetensors").read_bytes()[:-100])
+    assert _tiny_hifigan(str(tmp_path / "g.safetensors")).generator.state_dict().keys() == sd.keys()
+    with pytest.raises(CheckpointError, match=r"g_cut.safetensors is not a readable safetensors file: truncated or corrupt"):
+        _tiny_hifigan(str(tmp_path / "g_cut.safetensors"))
     with pytest.raises(CheckpointError, match=r"cut.safetensors is not a readable safetensors file: truncated or corrupt"):
         load_legacy_checkpoint(tmp_path / "cut.safetensors")
     from controlfoley import build_model

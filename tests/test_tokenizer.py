@@ -245,6 +245,12 @@ def test_official_codebook_variants_and_other_files(tmp_path: Path, tiny: SpecVQ
     _save_official(tmp_path / "ema.ckpt", {**sd, "model_ema.decay": torch.tensor(0.999)})
     with pytest.raises(CheckpointError, match=r"holds every tensor of the SpecVQGAN model and 1 more \(model_ema.decay\): drop those keys"):
         load_official_checkpoint(tmp_path / "ema.ckpt", **TINY)
+    # attention built away: the file's attention tensors are layers, not state to drop (the advice said drop them)
+    _save_official(tmp_path / "attn.ckpt", sd)
+    with pytest.raises(CheckpointError, match=r"attn.ckpt holds every tensor of the SpecVQGAN model and \d+ more, inside its modules \((de|en)coder\.\S*attn.*"
+                       r"the file's network has layers this one was built without\. Build the model with the checkpoint's config \(.*attn_resolutions") as err:  # fmt: skip
+        load_official_checkpoint(tmp_path / "attn.ckpt", **{**TINY, "attn_resolutions": ()})
+    assert "drop those keys" not in str(err.value)
     ours = build_model("specmaskfoley_tiny").save(tmp_path / "ours.safetensors")
     with pytest.raises(CheckpointError, match=r"ours.safetensors is a controlfoley model checkpoint, not an official SpecVQGAN codebook.*from_pretrained"):
         load_official_checkpoint(ours, **TINY)

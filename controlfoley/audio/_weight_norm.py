@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from controlfoley._ckpt_kind import adapt_names, identify_container, mismatch_advice, strip_prefix
+from controlfoley._ckpt_kind import adapt_names, identify_container, layers_beyond, mismatch_advice, strip_prefix
 from controlfoley._legacy import load_legacy_checkpoint
 from controlfoley.errors import CheckpointError
 from controlfoley.typing import Float, Tensor
@@ -84,12 +84,7 @@ def read_state_dict(path: str | os.PathLike[str], *, trust: bool, what: str) -> 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        obj: Any = load_file(str(path))
-    else:
-        obj = load_legacy_checkpoint(path, trust=trust)
+    obj: Any = load_legacy_checkpoint(path, trust=trust)  # a safetensors file too, found by its content (a cut one is named)
     whole = obj
     if isinstance(obj, Mapping) and "generator" in obj:
         obj = obj["generator"]
@@ -118,7 +113,13 @@ def load_strict(
     if (missing or unexpected) and kind is not None and (advice := mismatch_advice(sd, kind, source)):
         raise CheckpointError(advice)
     if unexpected and not missing and not shapes:
+        layers = layers_beyond(unexpected, own)
         more = f" (+{len(unexpected) - 8} more)" if len(unexpected) > 8 else ""
+        if layers:  # tensors of modules this one has, e.g. a third dilation: the file's network is bigger, not padded
+            raise CheckpointError(
+                f"{source} holds every tensor of the {what} and {len(unexpected)} more, inside its modules: {layers[:8]}{more}: "
+                f"the file's network has layers this one was built without. {fix}"
+            )
         raise CheckpointError(
             f"{source} holds every tensor of the {what} and {len(unexpected)} more: {unexpected[:8]}{more}; drop those keys "
             "from the state dict (state saved beside the weights) and load it again"

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from controlfoley._ckpt_kind import identify_container, mismatch_advice, strip_prefix
+from controlfoley._ckpt_kind import identify_container, layers_beyond, mismatch_advice, strip_prefix
 from controlfoley._legacy import load_legacy_checkpoint
 from controlfoley._registry import TOKENIZERS
 from controlfoley.config import ConfigError
@@ -265,17 +265,19 @@ def _check_keys(expected: dict[str, Tensor], got: dict[str, Tensor], source: str
         problems.append(f"{len(mismatched)} shape mismatch(es): {_first(mismatched, 3)}")
     if (missing or unexpected) and (advice := mismatch_advice(got, "specvqgan", source)):
         raise CheckpointError(advice)
+    build = "Build the model with the checkpoint's config (ch, ch_mult, num_res_blocks, attn_resolutions, z_channels, embed_dim, n_embed, ...)."
     if unexpected and not missing and not mismatched:
+        if layers := layers_beyond(unexpected, expected):  # e.g. attention at 53 in the file, none built: not extra state
+            raise CheckpointError(
+                f"{source} holds every tensor of the SpecVQGAN model and {len(unexpected)} more, inside its modules "
+                f"({_first(layers)}): the file's network has layers this one was built without. {build}"
+            )
         raise CheckpointError(
             f"{source} holds every tensor of the SpecVQGAN model and {len(unexpected)} more ({_first(unexpected)}): "
             "drop those keys from the state dict (e.g. EMA or optimizer state saved beside the weights) and load it again"
         )
     if problems:
-        raise CheckpointError(
-            f"{source} does not match the SpecVQGAN model: " + "; ".join(problems)
-            + ". Build the model with the checkpoint's config (ch, ch_mult, num_res_blocks, z_channels, "
-            "embed_dim, n_embed, ...)."
-        )
+        raise CheckpointError(f"{source} does not match the SpecVQGAN model: " + "; ".join(problems) + ". " + build)
 
 
 def read_official_state_dict(path: str | os.PathLike[str], *, trust: bool = False) -> dict[str, Tensor]:

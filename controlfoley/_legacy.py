@@ -7,6 +7,7 @@ without trust. A file that needs other objects is refused with a message; the us
 `trust=True` after deciding the file's source is trusted.
 """
 
+import collections
 import os
 import re
 from pathlib import Path
@@ -23,6 +24,16 @@ __all__ = ["load_legacy_checkpoint"]
 # typing annotations). Under these names an inert stand-in is unpickled instead: no code of the
 # framework runs, or is needed, to read the tensors.
 _FRAMEWORK_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.", "typing.")
+
+
+# Plain container and number types an OmegaConf container pickles by name beside its framework
+# classes (its metadata's object_type / key_type, a defaultdict of flags): safe to unpickle as the
+# real types, and allowed only together with a framework's stand-ins (torch itself refuses them).
+_CONTAINER_TYPES: dict[str, type] = {
+    **{f"builtins.{t.__name__}": t for t in (dict, list, tuple, set, frozenset, int, float, complex, str, bytes, bool)},
+    "collections.defaultdict": collections.defaultdict,
+    "collections.OrderedDict": collections.OrderedDict,
+}
 
 
 class _Inert:
@@ -46,10 +57,11 @@ def _stand_ins(path: Path) -> list[tuple[type, str]] | None:
         names = find(str(path))
     except Exception:
         return None
-    if not names or not all(n.startswith(_FRAMEWORK_PREFIXES) for n in names):
+    framework = [n for n in names if n.startswith(_FRAMEWORK_PREFIXES)]
+    if not framework or not all(n in _CONTAINER_TYPES for n in names if n not in framework):
         return None
-    out = []
-    for name in names:
+    out: list[tuple[type, str]] = [(_CONTAINER_TYPES[n], n) for n in names if n not in framework]  # the real types: plain data
+    for name in framework:
         module, _, qual = name.rpartition(".")
         out.append((type(qual, (_Inert,), {"__module__": module, "__qualname__": qual}), name))
     return out

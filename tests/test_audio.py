@@ -601,6 +601,15 @@ def test_bigvgan_folders_load_through_the_adapter(tmp_path, monkeypatch, capsys)
     with pytest.raises(CheckpointError, match=r"must hold \{'generator': state_dict\}; it is a BigVGAN generator"):
         bigvgan_vocoder(mel=mel_fe, folder=str(bare))
 
+    class Reads(_StandInBigVGAN):  # as the package's generator does, first thing: a key this config.json lacks
+        def __init__(self, h, use_cuda_kernel: bool = False) -> None:
+            self.rates = h.upsample_rates
+            super().__init__(h)
+
+    fake.BigVGAN = Reads  # it was a raw AttributeError: upsample_rates
+    with pytest.raises(CheckpointError, match=r"release/config.json lacks 'upsample_rates', which the BigVGAN generator reads; give the config.json released with"):
+        bigvgan_vocoder(mel=mel_fe, folder=str(tmp_path / "release"))
+
 
 def test_save_audio_on_a_full_disk_names_the_file_it_writes_and_says_the_disk_is_full(tmp_path, monkeypatch) -> None:
     """libsndfile reports a full disk as a bare "System error." (a LibsndfileError, not an OSError):

@@ -400,6 +400,23 @@ def test_a_lightning_checkpoint_loads_without_lightning_and_without_trust(tmp_pa
     sd = read_official_state_dict(path)  # no trust needed
     assert sd.keys() == tiny.state_dict().keys() and all(torch.equal(sd[k], v) for k, v in tiny.state_dict().items())
     assert "pytorch_lightning" not in sys.modules  # nothing was imported
+    # real OmegaConf hyper-parameters also pickle plain types by name (metadata's object_type / key_type,
+    # a defaultdict): refused as 'arbitrary objects' before; they are the real types, the rest stand-ins
+    conf = tmp_path / "fake" / "omegaconf"
+    conf.mkdir()
+    (conf / "__init__.py").write_text("class DictConfig:\n    pass\n")
+    path = tmp_path / "omegaconf.ckpt"
+    subprocess.run(
+        [sys.executable, "-c",
+         "import collections, sys, torch; sys.path.insert(0, sys.argv[1]); from omegaconf import DictConfig\n"
+         "h = DictConfig(); h.__dict__.update(_metadata={'object_type': dict, 'key_type': int}, _flags=collections.defaultdict(list))\n"
+         "torch.save({'state_dict': torch.load(sys.argv[2]), 'hyper_parameters': h}, sys.argv[3])",
+         str(tmp_path / "fake"), str(tmp_path / "sd.pt"), str(path)],
+        check=True,
+    )  # fmt: skip
+    assert {"builtins.dict", "builtins.int", "collections.defaultdict", "omegaconf.DictConfig"} <= set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    sd = read_official_state_dict(path)
+    assert sd.keys() == tiny.state_dict().keys() and "omegaconf" not in sys.modules
     # a class of any other package is no stand-in: it needs trust, and trust then needs the package
     other_pkg = tmp_path / "fake2" / "thing_pkg"
     other_pkg.mkdir(parents=True)

@@ -221,7 +221,15 @@ def bigvgan_vocoder(*, mel: MelFrontEnd, folder: str, trust_checkpoint: bool = F
     pkg = require("bigvgan", extra="bigvgan", purpose="the BigVGAN vocoder")
     with warnings.catch_warnings():  # the package builds with torch's classic weight_norm, deprecated (FutureWarning) on every build
         warnings.filterwarnings("ignore", message=r".*weight_norm.* is deprecated", category=FutureWarning)
-        generator = pkg.BigVGAN(hparams, use_cuda_kernel=use_cuda_kernel)
+        try:
+            generator = pkg.BigVGAN(hparams, use_cuda_kernel=use_cuda_kernel)
+        except (AttributeError, KeyError) as e:  # a key its generator reads (h.upsample_rates, ...) is not in the file
+            key = e.args[0] if e.args else "?"
+            raise CheckpointError(
+                f"{path / 'config.json'} lacks {key!r}, which the BigVGAN generator reads; give the config.json released with "
+                "bigvgan_generator.pt (it holds upsample_rates, upsample_kernel_sizes, upsample_initial_channel, resblock, "
+                "resblock_kernel_sizes, resblock_dilation_sizes, activation, snake_logscale, ...)"
+            ) from e
     state = load_legacy_checkpoint(path / "bigvgan_generator.pt", trust=trust_checkpoint)
     source = str(path / "bigvgan_generator.pt")
     if not isinstance(state, dict) or not isinstance(state.get("generator"), dict):

@@ -35,6 +35,7 @@ Keyword-to-Caption Augmentation" (ICASSP 2023); transformers `ClapTextModelWithP
 import contextlib
 import json
 import os
+import pickle
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from controlfoley._legacy import _refusal
 from controlfoley._registry import EXTRACTORS
-from controlfoley.errors import CheckpointError, ConfigError, ShapeError, require
+from controlfoley.errors import CheckpointError, ConfigError, ShapeError, require, strip_ansi
 from controlfoley.typing import Float, Tensor
 
 __all__ = ["ClapTextEncoder", "clap_transformers", "ClapAudioEncoder", "clap_audio_transformers"]
@@ -102,21 +104,79 @@ def _quiet_transformers(transformers: Any) -> Iterator[None]:
             logging.enable_progress_bar()
 
 
+# the weights file transformers reads from a save_pretrained folder, in the order it looks for them
+_WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _weights_file(path: Path) -> Path:
+    """The weights file of folder `path` that transformers reads (the folder itself where it has none)."""
+    return next((path / f for f in _WEIGHTS_FILES if (path / f).is_file()), path)
+
+
+def _reason(e: BaseException) -> str:
+    """One plain line of a library's error: its first line, with the next where the first only
+    introduces it (torch's "Error(s) in loading state_dict for ...:")."""
+    lines = [line.strip() for line in strip_ansi(str(e)).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+
+
+def _unreadable(name: str, path: Path, e: BaseException) -> CheckpointError:
+    """The error for a weights file of folder `path` that does not read: a truncated or corrupt
+    safetensors file, a pickle torch refuses (objects besides tensors) or cannot read."""
+    file = _weights_file(path)
+    if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in _refusal(e):
+        return CheckpointError(
+            f"{name}: {file} holds Python objects besides tensors (torch.load(weights_only=True) refused: {_refusal(e)}); "
+            "transformers reads plain weights: re-save the model with save_pretrained where it loads (model.safetensors) "
+            "and copy the folder again"
+        )
+    if isinstance(e, (pickle.UnpicklingError, EOFError)):
+        return CheckpointError(
+            f"{name}: {file} is not a readable PyTorch checkpoint: truncated, corrupt or another format "
+            f"({type(e).__name__}: {_refusal(e)}); copy the checkpoint folder again"
+        )
+    return CheckpointError(f"{name}: {file} is not a readable safetensors file: truncated or corrupt ({_reason(e)}); copy the checkpoint folder again")
+
+
+def _shapes(entry: Any) -> str:
+    """'KEY: checkpoint (..) vs model (..)' for one of transformers' mismatched keys (key, file shape, model shape)."""
+    if isinstance(entry, (tuple, list)) and len(entry) == 3:
+        key, got, want = entry
+        return f"{key}: checkpoint {tuple(got)} vs model {tuple(want)}"
+    return str(entry)
+
+
 def _load_tower(transformers: Any, path: Path, name: str, tower: str, model_cls: Any, helper_cls: Any, helper: str) -> tuple[nn.Module, Any]:
     """One CLAP tower (`model_cls`) and its tokenizer or feature extractor (`helper_cls`) from a local
-    folder, quietly; a folder that does not load, or lacks a weight of the tower, is a CheckpointError."""
+    folder, quietly; a folder that does not load, a weights file that does not read, a tensor of
+    another shape than the config gives, or a missing weight of the tower, is a CheckpointError."""
+    from safetensors import SafetensorError
+
     with _quiet_transformers(transformers):
         try:
-            model, info = model_cls.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
+            # ignore_mismatched_sizes: transformers reports the tensors of another shape (in
+            # info["mismatched_keys"], named below) instead of raising with a report it logs
+            model, info = model_cls.from_pretrained(str(path), local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True)
             extra = helper_cls.from_pretrained(str(path), local_files_only=True)
+        except (SafetensorError, pickle.UnpicklingError, EOFError) as e:
+            raise _unreadable(name, path, e) from e
         except (OSError, ValueError, KeyError, RuntimeError) as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CheckpointError(f"{name}: {path} does not load as a CLAP {tower} model with {helper} ({first})") from e
+            raise CheckpointError(f"{name}: {path} does not load as a CLAP {tower} model with {helper} ({_reason(e)})") from e
     # derived constants (position ids, zero token types, Swin relative position index) are rebuilt
     # exactly by transformers: a file without them, saved where they were not persistent or
     # converted from LAION-CLAP, risks no random weights
     missing = sorted(k for k in info.get("missing_keys") or () if not str(k).endswith(_DERIVED_BUFFERS))
-    missing += sorted(str(k) for k in info.get("mismatched_keys") or ())
+    mismatched = sorted((_shapes(m) for m in info.get("mismatched_keys") or ()))
+    if mismatched:
+        lacks = f"; it also lacks {len(missing)} weight(s) of the tower (e.g. {', '.join(missing[:3])})" if missing else ""
+        more = f", ... ({len(mismatched) - 3} more)" if len(mismatched) > 3 else ""
+        raise CheckpointError(
+            f"{name}: {_weights_file(path)} does not fit the CLAP {tower} tower its config.json describes: "
+            f"{len(mismatched)} tensor(s) of another shape ({', '.join(mismatched[:3])}{more}){lacks}. "
+            "Give the config.json and weights of one checkpoint (copy the whole folder again)"
+        )
     if missing:
         raise CheckpointError(
             f"{name}: {path} lacks {len(missing)} weight(s) of the CLAP {tower} tower (e.g. {', '.join(missing[:3])}); "

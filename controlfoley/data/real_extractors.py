@@ -4,8 +4,10 @@ No machine of this project reaches a model hub, so every extractor here reads LO
 
 - "clip_openclip" (`OpenClipExtractor`, CLIP role, key "clip", 8 fps): an open_clip image tower
   built by name (default "ViT-H-14-378-quickgelu", 1024-d, the architecture of open_clip's `dfn5b`
-  tag) and loaded strictly from a local weights file (`.safetensors`, or a pickle read with
-  `weights_only=True` by open_clip). A custom architecture comes from a local open_clip JSON config
+  tag) and loaded strictly from a local weights file (`.safetensors`, a pickled state dict, or an
+  open_clip training checkpoint, read with `weights_only=True` by controlfoley's checked reader, then
+  converted as open_clip's `load_checkpoint` converts it; `.npz` / `.npy` by open_clip itself); a
+  file that does not fit is named with its missing, extra or wrong-shape tensors. A custom architecture comes from a local open_clip JSON config
   (`model_config=`, registered under the file's stem); an image tower open_clip builds through
   timm (e.g. ConvNeXt) has no `output_dim`, so its width is read off one embedding. Frames are
   resized to the tower's square input (bicubic, antialiased, aspect not kept: the CLIP stream is
@@ -41,6 +43,7 @@ tensordict `memmap_` folder layout (meta.json + one .memmap file per key).
 
 import csv
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -53,8 +56,10 @@ import torch.nn.functional as F
 from jaxtyping import UInt8
 from torch import nn
 
+from controlfoley._ckpt_kind import identify, identify_container, strip_prefix
+from controlfoley._legacy import _refusal, load_legacy_checkpoint
 from controlfoley._registry import EXTRACTORS
-from controlfoley.errors import CheckpointError, ConfigError, DataError, ShapeError, require
+from controlfoley.errors import CheckpointError, ConfigError, DataError, ShapeError, require, strip_ansi
 from controlfoley.typing import Float, Tensor
 
 __all__ = [
@@ -159,6 +164,150 @@ def _register_openclip_config(open_clip: Any, model_config: str | None, model_na
     return path.stem
 
 
+def _reason(e: BaseException) -> str:
+    """One plain line of a library's error: its first line, with the next where the first only
+    introduces it (torch's "Error(s) in loading state_dict for CLIP:")."""
+    lines = [line.strip() for line in strip_ansi(str(e)).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+
+
+def _some(items: list[str], n: int = 3) -> str:
+    more = f", ... ({len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+class _NoRandomInitNote(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" note: the model is
+    built bare here, and its weights are loaded right after."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+
+def _read_openclip_state_dict(path: Path) -> dict[str, Tensor]:
+    """The state dict in an open_clip weights file, read as open_clip reads one (a plain state dict
+    or one under "state_dict", as its training saves; a DDP `module.` prefix dropped) but through
+    `load_legacy_checkpoint`: safetensors by content, pickles with `weights_only=True`, Lightning
+    checkpoints with inert stand-ins; a file that is none of these, or holds another kind of
+    weights, is a CheckpointError naming it."""
+    try:
+        obj = load_legacy_checkpoint(path, trust=False)
+    except CheckpointError as e:
+        cause = e.__cause__
+        if isinstance(cause, Exception) and "Unsupported global" in _refusal(cause):
+            raise CheckpointError(
+                f"clip_openclip: {path} holds Python objects besides tensors (torch.load(weights_only=True) refused: {_refusal(cause)}); "
+                "this extractor reads plain weights, as open_clip does: save the model's state dict alone where the file loads "
+                "(torch.save(model.state_dict(), 'clip.pt'), or safetensors.torch.save_file) and give that file"
+            ) from e
+        raise CheckpointError(f"clip_openclip: {e}") from e
+    sd = obj["state_dict"] if isinstance(obj, dict) and "state_dict" in obj else obj
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in sd.items()):
+        known = identify_container(obj)
+        if known is not None:
+            raise CheckpointError(f"clip_openclip: {path} is {known.label}, not open_clip CLIP weights: {known.advice(path)}")
+        found = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(
+            f"clip_openclip: {path} is not an open_clip weights file: expected a dict of tensors (or one under 'state_dict'), "
+            f"found {found}; give the CLIP model's state dict (.safetensors, or a torch.save'd state dict)"
+        )
+    return strip_prefix(sd)
+
+
+def _build_openclip(open_clip: Any, name: str, device: str) -> nn.Module:
+    """open_clip architecture `name` on `device`, without weights (none downloaded: an HF text tower
+    is built from its config, as when open_clip loads a full CLIP file into it)."""
+    root, quiet = logging.getLogger(), _NoRandomInitNote()
+    root.addFilter(quiet)
+    try:
+        model: nn.Module = open_clip.create_model(name, device=device, pretrained_hf=False)
+    except (RuntimeError, KeyError, ValueError, OSError, AssertionError) as e:  # open_clip asserts on some configs
+        raise CheckpointError(f"clip_openclip: open_clip cannot build {name!r} ({_reason(e)}); check the architecture's config") from e
+    finally:
+        root.removeFilter(quiet)
+    return model
+
+
+def _as_open_clip_loads(open_clip: Any, model: nn.Module, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`sd` as open_clip's `load_checkpoint` (open_clip/factory.py) hands it to `load_state_dict`:
+    third-party layouts converted, an old text-tower naming renamed, `logit_scale` / `logit_bias`
+    reshaped or added, the position embeddings resized to the model's grid and context."""
+    factory, own = open_clip.factory, model
+    sd = dict(sd)
+    convert = getattr(factory, "convert_state_dict", None)
+    if convert is not None:
+        sd = convert(own, sd)
+    if "positional_embedding" in sd and not hasattr(own, "positional_embedding"):
+        sd = factory.convert_to_custom_text_state_dict(sd)
+    for key in ("logit_scale", "logit_bias"):
+        param = getattr(own, key, None)
+        if key in sd and param is not None and param.ndim != sd[key].ndim:
+            sd[key] = sd[key].reshape(param.shape)
+    if "logit_bias" not in sd and getattr(own, "logit_bias", None) is not None:
+        sd["logit_bias"] = torch.zeros_like(sd["logit_scale"])
+    sd.pop("text.transformer.embeddings.position_ids", None)  # rebuilt by newer transformers text towers
+    factory.resize_pos_embed(sd, own)
+    resize_text = getattr(factory, "resize_text_pos_embed", None)
+    if resize_text is not None:
+        resize_text(sd, own)
+    return sd
+
+
+def _check_openclip_keys(expected: dict[str, Tensor], got: dict[str, Tensor], path: Path, name: str) -> None:
+    """A CheckpointError naming the missing, unexpected and wrong-shape tensors of `got` (the file's
+    state dict, as open_clip would load it) against `expected` (the model's), or what file it is."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(got[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(got))
+        # torch loads a 1-d tensor into a 0-d parameter (its first value), as it did before 0.4
+        if tuple(got[k].shape) != tuple(expected[k].shape) and not (expected[k].ndim == 0 and got[k].ndim == 1)
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    what = f"clip_openclip: {path} does not load into open_clip {name!r}"
+    fix = "the architecture the weights were trained as (model_name=NAME, or model_config=JSON where open_clip lacks it)"
+    if (missing or unexpected) and (kind := identify(got)) is not None:
+        raise CheckpointError(f"clip_openclip: {path} is {kind.label}, not open_clip CLIP weights: {kind.advice(path)}")
+    if unexpected and not missing and not mismatched:
+        raise CheckpointError(
+            f"{what}: it holds every tensor of the model and {len(unexpected)} more ({_some(unexpected)}): build the extractor with "
+            f"{fix}, or, if they are state saved beside the weights, drop those keys and save the file again"
+        )
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_some(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_some(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es): {_some(mismatched)}")
+    raise CheckpointError(f"{what}: " + "; ".join(problems) + f". Build the extractor with {fix}")
+
+
+def _load_openclip(open_clip: Any, name: str, path: Path, device: str) -> nn.Module:
+    """open_clip architecture `name` with the weights of `path`, loaded as open_clip's
+    `create_model(name, pretrained=path)` loads them, after checking that they fit (see
+    `_read_openclip_state_dict`, `_check_openclip_keys`)."""
+    raw = _read_openclip_state_dict(path)
+    model = _build_openclip(open_clip, name, device)
+    try:
+        sd: dict[str, Tensor] | None = _as_open_clip_loads(open_clip, model, raw)
+        failure = ""
+    except (RuntimeError, KeyError, ValueError, AssertionError, IndexError, AttributeError, TypeError) as e:
+        sd, failure = None, _reason(e)
+    _check_openclip_keys(model.state_dict(), raw if sd is None else sd, path, name)  # names what a failed conversion lacked
+    if sd is None:
+        raise CheckpointError(f"clip_openclip: open_clip cannot convert {path} for {name!r} ({failure}); give a state dict of that architecture")
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"clip_openclip: {path} does not load into open_clip {name!r} ({_reason(e)})") from e
+    return model
+
+
 @EXTRACTORS.register("clip_openclip")
 def clip_openclip(
     *,
@@ -186,11 +335,13 @@ def clip_openclip(
     path = Path(weights)
     if not path.is_file():
         raise CheckpointError(f"clip_openclip: weights file {path} not found; this extractor loads local files only")
-    try:
-        model = open_clip.create_model(name, pretrained=str(path), device=device)
-    except (RuntimeError, KeyError, ValueError, OSError, AssertionError) as e:  # open_clip asserts on some mismatches
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"clip_openclip: {path} does not load into open_clip {name!r} ({first})") from e
+    if path.suffix in (".npz", ".npy"):  # big_vision (SigLIP) numpy weights: open_clip's own converter reads them
+        try:
+            model = open_clip.create_model(name, pretrained=str(path), device=device)
+        except (RuntimeError, KeyError, ValueError, OSError, AssertionError) as e:  # open_clip asserts on some mismatches
+            raise CheckpointError(f"clip_openclip: {path} does not load into open_clip {name!r} ({_reason(e)})") from e
+    else:
+        model = _load_openclip(open_clip, name, path, device)
     mean_std = _openclip_normalisation(open_clip, name, tag, getattr(model.visual, "preprocess_cfg", None) or {})
     return OpenClipExtractor(model, fps=fps, output_key=output_key, normalize=normalize, batch_size=batch_size, mean_std=mean_std)
 

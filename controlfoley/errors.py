@@ -25,6 +25,7 @@ __all__ = [
     "RandomWeightsWarning",
     "require",
     "strip_ansi",
+    "leading_line",
     "check_callable",
 ]
 
@@ -48,6 +49,15 @@ def mark_reported(error: BaseException, rank: int) -> BaseException:
 def reported_by(error: BaseException) -> int | None:
     """The rank that prints `error` when another rank than this one does; None: this rank prints it."""
     return getattr(error, _REPORTED_BY, None)
+
+
+def leading_line(e: BaseException) -> str:
+    """A library error's first line, with the next where the first only introduces it (torch's
+    "Error(s) in loading state_dict for CLIP:"), no terminal codes; its type's name if it says nothing."""
+    lines = [line.strip() for line in strip_ansi(str(e)).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 def one_line(e: BaseException) -> str:

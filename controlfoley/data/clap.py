@@ -46,7 +46,7 @@ from torch import nn
 
 from controlfoley._legacy import _refusal
 from controlfoley._registry import EXTRACTORS
-from controlfoley.errors import CheckpointError, ConfigError, ShapeError, require, strip_ansi
+from controlfoley.errors import CheckpointError, ConfigError, ShapeError, leading_line, require
 from controlfoley.typing import Float, Tensor
 
 __all__ = ["ClapTextEncoder", "clap_transformers", "ClapAudioEncoder", "clap_audio_transformers"]
@@ -113,15 +113,6 @@ def _weights_file(path: Path) -> Path:
     return next((path / f for f in _WEIGHTS_FILES if (path / f).is_file()), path)
 
 
-def _reason(e: BaseException) -> str:
-    """One plain line of a library's error: its first line, with the next where the first only
-    introduces it (torch's "Error(s) in loading state_dict for ...:")."""
-    lines = [line.strip() for line in strip_ansi(str(e)).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(e).__name__
-    return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
-
-
 def _unreadable(name: str, path: Path, e: BaseException) -> CheckpointError:
     """The error for a weights file of folder `path` that does not read: a truncated or corrupt
     safetensors file, a pickle torch refuses (objects besides tensors) or cannot read."""
@@ -137,7 +128,7 @@ def _unreadable(name: str, path: Path, e: BaseException) -> CheckpointError:
             f"{name}: {file} is not a readable PyTorch checkpoint: truncated, corrupt or another format "
             f"({type(e).__name__}: {_refusal(e)}); copy the checkpoint folder again"
         )
-    return CheckpointError(f"{name}: {file} is not a readable safetensors file: truncated or corrupt ({_reason(e)}); copy the checkpoint folder again")
+    return CheckpointError(f"{name}: {file} is not a readable safetensors file: truncated or corrupt ({leading_line(e)}); copy the checkpoint folder again")
 
 
 def _shapes(entry: Any) -> str:
@@ -163,7 +154,7 @@ def _load_tower(transformers: Any, path: Path, name: str, tower: str, model_cls:
         except (SafetensorError, pickle.UnpicklingError, EOFError) as e:
             raise _unreadable(name, path, e) from e
         except (OSError, ValueError, KeyError, RuntimeError) as e:
-            raise CheckpointError(f"{name}: {path} does not load as a CLAP {tower} model with {helper} ({_reason(e)})") from e
+            raise CheckpointError(f"{name}: {path} does not load as a CLAP {tower} model with {helper} ({leading_line(e)})") from e
     # derived constants (position ids, zero token types, Swin relative position index) are rebuilt
     # exactly by transformers: a file without them, saved where they were not persistent or
     # converted from LAION-CLAP, risks no random weights

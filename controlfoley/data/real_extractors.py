@@ -59,7 +59,7 @@ from torch import nn
 from controlfoley._ckpt_kind import identify, identify_container, strip_prefix
 from controlfoley._legacy import _refusal, load_legacy_checkpoint
 from controlfoley._registry import EXTRACTORS
-from controlfoley.errors import CheckpointError, ConfigError, DataError, ShapeError, require, strip_ansi
+from controlfoley.errors import CheckpointError, ConfigError, DataError, ShapeError, leading_line, require
 from controlfoley.typing import Float, Tensor
 
 __all__ = [
@@ -164,15 +164,6 @@ def _register_openclip_config(open_clip: Any, model_config: str | None, model_na
     return path.stem
 
 
-def _reason(e: BaseException) -> str:
-    """One plain line of a library's error: its first line, with the next where the first only
-    introduces it (torch's "Error(s) in loading state_dict for CLIP:")."""
-    lines = [line.strip() for line in strip_ansi(str(e)).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(e).__name__
-    return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
-
-
 def _some(items: list[str], n: int = 3) -> str:
     more = f", ... ({len(items) - n} more)" if len(items) > n else ""
     return ", ".join(items[:n]) + more
@@ -224,7 +215,7 @@ def _build_openclip(open_clip: Any, name: str, device: str) -> nn.Module:
     try:
         model: nn.Module = open_clip.create_model(name, device=device, pretrained_hf=False)
     except (RuntimeError, KeyError, ValueError, OSError, AssertionError) as e:  # open_clip asserts on some configs
-        raise CheckpointError(f"clip_openclip: open_clip cannot build {name!r} ({_reason(e)}); check the architecture's config") from e
+        raise CheckpointError(f"clip_openclip: open_clip cannot build {name!r} ({leading_line(e)}); check the architecture's config") from e
     finally:
         root.removeFilter(quiet)
     return model
@@ -297,14 +288,14 @@ def _load_openclip(open_clip: Any, name: str, path: Path, device: str) -> nn.Mod
         sd: dict[str, Tensor] | None = _as_open_clip_loads(open_clip, model, raw)
         failure = ""
     except (RuntimeError, KeyError, ValueError, AssertionError, IndexError, AttributeError, TypeError) as e:
-        sd, failure = None, _reason(e)
+        sd, failure = None, leading_line(e)
     _check_openclip_keys(model.state_dict(), raw if sd is None else sd, path, name)  # names what a failed conversion lacked
     if sd is None:
         raise CheckpointError(f"clip_openclip: open_clip cannot convert {path} for {name!r} ({failure}); give a state dict of that architecture")
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"clip_openclip: {path} does not load into open_clip {name!r} ({_reason(e)})") from e
+        raise CheckpointError(f"clip_openclip: {path} does not load into open_clip {name!r} ({leading_line(e)})") from e
     return model
 
 
@@ -339,7 +330,7 @@ def clip_openclip(
         try:
             model = open_clip.create_model(name, pretrained=str(path), device=device)
         except (RuntimeError, KeyError, ValueError, OSError, AssertionError) as e:  # open_clip asserts on some mismatches
-            raise CheckpointError(f"clip_openclip: {path} does not load into open_clip {name!r} ({_reason(e)})") from e
+            raise CheckpointError(f"clip_openclip: {path} does not load into open_clip {name!r} ({leading_line(e)})") from e
     else:
         model = _load_openclip(open_clip, name, path, device)
     mean_std = _openclip_normalisation(open_clip, name, tag, getattr(model.visual, "preprocess_cfg", None) or {})

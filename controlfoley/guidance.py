@@ -23,11 +23,12 @@ holding that scale). A step whose scale is 0 runs the unconditional rows alone (
 import inspect
 import math
 import numbers
+import warnings
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from controlfoley._registry import GUIDANCE
-from controlfoley.errors import ConfigError, check_callable
+from controlfoley.errors import ConfigError, check_callable, user_stacklevel
 from controlfoley.typing import Float, Tensor
 
 __all__ = [
@@ -76,6 +77,14 @@ def scale_at(step: int, n_steps: int, scale: float, schedule: str) -> float:
     raise ConfigError(f"unknown CFG scale schedule {schedule!r}; choose one of {SCALE_SCHEDULES}")
 
 
+def _own_scale_at(rule: object) -> bool:
+    """Whether `rule`'s class overrides GuidanceRule.scale_at (then its schedule is its own name)."""
+    return getattr(type(rule), "scale_at", None) is not GuidanceRule.scale_at
+
+
+_UNSHOWN_WARNED: set[type] = set()
+
+
 class GuidanceRule:
     """Base of guidance rules: `conditions` in a fixed order, `combine` their logits."""
 
@@ -84,7 +93,11 @@ class GuidanceRule:
     def __init__(self, scale: float = 3.0, schedule: str = "linear") -> None:
         if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
             raise ConfigError(f"a guidance rule's scale must be a finite number, got {scale!r}")
-        scale_at(0, 2, scale, schedule)  # validate the schedule name now, not mid-sampling
+        if _own_scale_at(self):  # its own scale_at reads the schedule: any name it gives itself
+            if not isinstance(schedule, str) or not schedule:
+                raise ConfigError(f"{type(self).__name__}: schedule must be a non-empty name, got {schedule!r}")
+        else:
+            scale_at(0, 2, scale, schedule)  # validate the schedule name now, not mid-sampling
         self.scale: float = float(scale)
         self.schedule: str = schedule
 
@@ -105,7 +118,14 @@ class GuidanceRule:
     def without_text(self) -> "GuidanceRule":
         """The rule `FoleyPipeline` samples with when this model rule needs text and no prompt is
         given: video-only CFG at the same scale and schedule (the paper's "CFG w/o l_tv"). A rule
-        of one's own may return another; it must not need text."""
+        of one's own may return another; it must not need text. A rule with its own scale_at and a
+        schedule of its own naming must return its own (CFG knows linear and constant only)."""
+        if self.schedule not in SCALE_SCHEDULES:
+            raise ConfigError(
+                f"{type(self).__name__} has its own schedule {self.schedule!r} (its scale_at), which the video-only CFG it falls back "
+                "to without a prompt cannot follow: define without_text(self) returning the rule to sample with when no prompt is "
+                "given (one that needs no text)"
+            )
         return CFG("video", self.scale, self.schedule)
 
     def __repr__(self) -> str:
@@ -178,10 +198,37 @@ def check_rule(rule: GuidanceRule, where: str) -> None:
     if getattr(type(rule), "scale_at", GuidanceRule.scale_at) is not GuidanceRule.scale_at:
         check_callable(rule.scale_at, f"{where}.scale_at", "scale_at(step, n_steps)", None, None)
     scale, schedule = getattr(rule, "scale", None), getattr(rule, "schedule", None)
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or schedule not in SCALE_SCHEDULES:
+    known = (isinstance(schedule, str) and bool(schedule)) if _own_scale_at(rule) else schedule in SCALE_SCHEDULES
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or not known:
         raise ConfigError(
-            f"{where} has scale={scale!r}, schedule={schedule!r}; it needs a finite scale and a schedule in {SCALE_SCHEDULES}: "
-            "call GuidanceRule.__init__(self, scale, schedule) in its __init__ (super().__init__(scale, schedule))"
+            f"{where} has scale={scale!r}, schedule={schedule!r}; it needs a finite scale and a schedule in {SCALE_SCHEDULES} "
+            "(any name where it defines its own scale_at): call GuidanceRule.__init__(self, scale, schedule) in its __init__ "
+            "(super().__init__(scale, schedule))"
+        )
+    _warn_unshown_settings(rule, where)
+
+
+def _warn_unshown_settings(rule: GuidanceRule, where: str) -> None:
+    """Once per class: __init__ arguments the rule keeps under no attribute of their name, which its
+    repr (what `generate --skip-existing` compares, and generate.json records) cannot show."""
+    cls = type(rule)
+    if cls in _UNSHOWN_WARNED:
+        return
+    _UNSHOWN_WARNED.add(cls)
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return
+    skip = ("self", "scale", "schedule", "conditions", "condition")  # the repr shows the conditions an argument picks
+    unshown = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in skip and n not in vars(rule)]
+    if unshown:
+        names = ", ".join(unshown)
+        warnings.warn(
+            f"{where} keeps its argument(s) {names} under no attribute of the same name, so its repr, which generate.json records "
+            f"and generate --skip-existing compares, does not show them (outputs made with other values would be kept): "
+            f"store them as {', '.join(f'self.{n}' for n in unshown)}",
+            UserWarning,
+            stacklevel=user_stacklevel(),
         )
 
 

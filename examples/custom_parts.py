@@ -39,11 +39,13 @@ class WeightedMultiCFG(GuidanceRule):
 
     def __init__(self, scale: float, schedule: str, video_weight: float, text_video_weight: float) -> None:
         super().__init__(scale, schedule)
-        self.wv, self.wtv = video_weight, text_video_weight
+        # under the arguments' names: the rule's repr shows them, which generate.json records and
+        # `generate --skip-existing` compares (a warning says so for an argument kept otherwise)
+        self.video_weight, self.text_video_weight = video_weight, text_video_weight
 
     def combine(self, logits: tuple[torch.Tensor, ...], scale: float) -> torch.Tensor:
         l_u, l_v, l_tv = logits
-        return l_u + scale * (self.wtv * (l_tv - l_u) + self.wv * (l_v - l_u))
+        return l_u + scale * (self.text_video_weight * (l_tv - l_u) + self.video_weight * (l_v - l_u))
 
 
 @GUIDANCE.register("multi_weighted")

@@ -652,6 +652,48 @@ def test_user_guidance_rules_mel_front_ends_and_vocoders_must_keep_their_contrac
             m.vocode(mel)
 
 
+def test_a_rule_with_its_own_scale_at_names_its_schedule_and_its_hidden_settings_are_warned_of() -> None:
+    """A rule ramping its scale its own way (scale_at) was refused for schedule='cosine' ('unknown
+    CFG scale schedule', not naming the rule), so it had to claim 'linear', which its repr, info and
+    generate.json then reported. Its no-prompt fallback must be its own. And an __init__ argument
+    kept under another name (examples/custom_parts.py kept video_weight as self.wv) is missing
+    from the repr that generate --skip-existing compares: an output made with other weights was
+    kept (seen by a walkthrough); a warning names it."""
+    import math as _math
+
+    from controlfoley import GUIDANCE
+    from controlfoley.guidance import UNCOND, VIDEO, GuidanceRule, check_rule
+
+    class Cosine(GuidanceRule):
+        conditions = (UNCOND, VIDEO)
+
+        def __init__(self, scale: float = 3.0, schedule: str = "cosine") -> None:
+            super().__init__(scale, schedule)
+
+        def scale_at(self, step: int, n_steps: int) -> float:
+            return self.scale * (1 - _math.cos(_math.pi * step / max(1, n_steps - 1))) / 2
+
+        def combine(self, logits, scale):
+            return logits[0] + scale * (logits[1] - logits[0])
+
+    rule = Cosine()
+    check_rule(rule, "guidance 'cosine'")
+    assert "schedule='cosine'" in repr(rule) and rule.scale_at(11, 12) == pytest.approx(3.0)
+    with pytest.raises(ConfigError, match=r"Cosine has its own schedule 'cosine'.*define without_text\(self\)"):
+        rule.without_text()
+    with pytest.raises(ConfigError, match=r"unknown CFG scale schedule 'cosine'"):  # the built-in schedules stay checked
+        GUIDANCE.build("cfg_video", schedule="cosine")
+
+    class Hidden(Cosine):
+        def __init__(self, scale: float = 3.0, weight: float = 1.0) -> None:
+            super().__init__(scale, "cosine")
+            self.w = weight
+
+    with pytest.warns(UserWarning, match=r"guidance 'hidden' \(Hidden\) keeps its argument\(s\) weight under no attribute.*store them as self.weight"):
+        check_rule(Hidden(weight=2.0), "guidance 'hidden'")
+    assert "2.0" not in repr(Hidden(weight=2.0))  # why: the repr cannot show it
+
+
 def test_a_resume_whose_parts_plugin_is_gone_names_the_file_the_parts_and_the_fix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

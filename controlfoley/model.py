@@ -656,7 +656,16 @@ class SpecMaskFoley(nn.Module):
     def decode(self, codes: Integer[Tensor, "b f t"]) -> Float[Tensor, "b m n"]:
         """Token map -> normalised mel."""
         _require_tensor(codes, "codes", "[batch, F, T] int token ids")
-        return self.tokenizer.decode(_long_codes(codes, "codes"))
+        mel = self.tokenizer.decode(_long_codes(codes, "codes"))
+        n_mels = int(self.mel.n_mels)
+        if not isinstance(mel, Tensor) or mel.ndim != 3 or mel.shape[0] != codes.shape[0] or mel.shape[1] != n_mels or not mel.is_floating_point():
+            # else blamed on the vocoder ("mel must be [batch, 80, frames] for this model's vocoder")
+            got = f"{list(mel.shape)} {mel.dtype}" if isinstance(mel, Tensor) else type(mel).__name__
+            raise ShapeError(
+                f"tokenizer {type(self.tokenizer).__name__}.decode turned codes {list(codes.shape)} into {got}; a tokenizer must "
+                f"decode to a float normalised mel [batch, n_mels, frames] = [{codes.shape[0]}, {n_mels}, frames] (the mel front end's n_mels)"
+            )
+        return mel
 
     @torch.no_grad()
     def vocode(self, mel: Float[Tensor, "b m n"]) -> Float[Tensor, "b s"]:
@@ -868,6 +877,13 @@ def run_vocoder(vocoder: nn.Module, mel: Float[Tensor, "b m n"], *, hop_length: 
             f"vocoder {type(vocoder).__name__} turned {mel.shape[-1]} mel frames into {wav.shape[1]} samples, about "
             f"{wav.shape[1] / mel.shape[-1]:.4g} per frame, but the mel front end's hop is {hop_length} samples per frame "
             f"({mel.shape[-1] * hop_length} samples): use a vocoder for this mel front end (its hop and sample rate)"
+        )
+    if not bool(torch.isfinite(wav).all()):  # written later as 'save_audio expects finite samples', naming neither
+        bad = "NaN" if bool(torch.isnan(wav).any()) else "infinite"
+        source = "" if bool(torch.isfinite(mel).all()) else " from a mel that already held NaN or infinite values (the tokenizer's decode)"
+        raise ShapeError(
+            f"vocoder {type(vocoder).__name__} returned {bad} samples{source}; a vocoder must return finite waveforms "
+            "(check its weights and its input range: controlfoley mels are normalised to [-1, 1])"
         )
     return wav.float().to(mel.device)
 

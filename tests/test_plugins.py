@@ -652,6 +652,32 @@ def test_user_guidance_rules_mel_front_ends_and_vocoders_must_keep_their_contrac
             m.vocode(mel)
 
 
+def test_a_tokenizer_decoding_to_another_shape_and_a_vocoder_returning_nan_are_named() -> None:
+    """A walkthrough's parts: a tokenizer whose decode gave [b, frames, n_mels] was blamed on the
+    vocoder ("mel must be [batch, 80, frames] for this model's vocoder"); a vocoder returning NaN went
+    through model.vocode, and generate then failed in save_audio naming a temporary file."""
+    from controlfoley.errors import ShapeError
+
+    torch.manual_seed(0)
+    model = build_model("specmaskfoley_tiny", **micro_overrides()).eval()
+    codes = torch.randint(0, model.backbone.vocab_size, (1, *model.grid))
+    decode = model.tokenizer.decode
+    model.tokenizer.decode = lambda c: decode(c).transpose(1, 2)  # type: ignore[method-assign]
+    with pytest.raises(ShapeError, match=rf"tokenizer SpecVQGAN.decode turned codes \[1, {model.grid[0]}, {model.grid[1]}\] into \[1, \d+, 80\].*\[1, 80, frames\]"):
+        model.decode(codes)
+    model.tokenizer.decode = decode  # type: ignore[method-assign]
+
+    class NanVoc(nn.Module):
+        sample_rate = model.sample_rate
+
+        def forward(self, mel):
+            return torch.full((mel.shape[0], mel.shape[-1] * int(model.mel.hop_length)), float("nan"))
+
+    model.vocoder = NanVoc()
+    with pytest.raises(ShapeError, match=r"vocoder NanVoc returned NaN samples; a vocoder must return finite waveforms"):
+        model.vocode(model.decode(codes))
+
+
 def test_a_rule_with_its_own_scale_at_names_its_schedule_and_its_hidden_settings_are_warned_of() -> None:
     """A rule ramping its scale its own way (scale_at) was refused for schedule='cosine' ('unknown
     CFG scale schedule', not naming the rule), so it had to claim 'linear', which its repr, info and

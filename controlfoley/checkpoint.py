@@ -404,8 +404,11 @@ def _plugin_advice(recorded: str) -> str:
                 f"`controlfoley --plugin {file} ...` (Python: controlfoley.load_plugins({file!r}))" if not gone
                 else "give the file's new place: `controlfoley --plugin NEW/PATH.py ...` (Python: controlfoley.load_plugins('NEW/PATH.py'))"
             )
-        else:
-            fixes.append(f"import {origin.split(' (')[0]} (or `controlfoley --plugin {origin.split(' (')[0]} ...`)")
+        else:  # "module (its file)": the command line imports a module by name only where it is on sys.path
+            module = origin.split(" (")[0]
+            source = origin[len(module) + 2 : -1] if origin.endswith(")") and " (" in origin else ""
+            by_file = f"`controlfoley --plugin {source} ...`" if source and Path(source).is_file() else f"`controlfoley --plugin {module} ...` with it importable"
+            fixes.append(f"import {module} in Python (or controlfoley.load_plugins); on the command line {by_file}")
     return "; when it was saved, " + "; ".join(said) + ". Load it: " + "; ".join(fixes)
 
 

@@ -825,7 +825,13 @@ def test_a_checkpoint_s_missing_parts_are_grouped_by_file_and_a_script_s_are_not
     script = _plugin_advice(json.dumps({"aligner": f"__main__ ({tmp_path / 'train.py'})"}))
     assert f"its aligner came from the script {tmp_path / 'train.py'}, run as __main__" in script
     assert "move the registration of its aligner out of" in script and 'if __name__ == "__main__":' in script
-    assert "Load the module that registers it" in _plugin_advice("{}")
+    assert "Load it" not in _plugin_advice("{}") and "Load the module that registers it" in _plugin_advice("{}")
+    # a module imported by name (saved after `import my_parts`): `--plugin my_parts` fails where it is not on
+    # sys.path (the console script's, from the module's own folder too); the recorded file works
+    imported = _plugin_advice(json.dumps({"tokenizer": f"my_parts ({here})"}))
+    assert f"import my_parts in Python (or controlfoley.load_plugins); on the command line `controlfoley --plugin {here} ...`" in imported
+    moved = _plugin_advice(json.dumps({"tokenizer": f"my_parts ({gone})"}))
+    assert "on the command line `controlfoley --plugin my_parts ...` with it importable" in moved
 
 
 def test_a_duplicate_of_a_class_from_a_plugin_file_names_the_file(tmp_path: Path) -> None:

@@ -190,6 +190,8 @@ def _check_vocoder(name: str, vocoder: Any, mel: Any) -> None:
             f"{where} has sample_rate {rate} but the mel front end runs at {mel.sample_rate} Hz; use a vocoder for "
             f"{mel.sample_rate} Hz (or a mel front end at {rate} Hz), or set sample_rate = mel.sample_rate in it"
         )
+    # called as vocoder(mel) only: a forward(mel, lengths) was a raw TypeError at the first vocode (generate: "a bug")
+    check_callable(getattr(vocoder, "forward", vocoder), f"{where}.forward", "vocoder(mel) (mel: [batch, n_mels, frames] normalised)", None)
 
 
 def _norm(v: Any) -> Any:

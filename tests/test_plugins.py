@@ -651,6 +651,14 @@ def test_user_guidance_rules_mel_front_ends_and_vocoders_must_keep_their_contrac
         with pytest.raises(ShapeError, match=r"vocoder ChannelVoc turned mel \[2, 80, 512\] into \[2, 1, 131072\].*\[batch, samples\].*wav\[:, 0\]"):
             m.vocode(mel)
 
+    class TwoArgVoc(ChannelVoc):  # a walkthrough's: built fine, then a raw TypeError at the first vocode
+        def forward(self, mel, lengths):
+            return mel.new_zeros(mel.shape[0], mel.shape[-1] * 256)
+
+    with registered(VOCODERS, "test_two_arg", lambda *, mel: TwoArgVoc()):
+        with pytest.raises(ConfigError, match=r"vocoder 'test_two_arg' \(TwoArgVoc\).forward takes \(mel, lengths\) but is called as vocoder\(mel\)"):
+            build_model("specmaskfoley_tiny", **{**micro_overrides(), "vocoder": "test_two_arg"})
+
 
 def test_a_tokenizer_decoding_to_another_shape_and_a_vocoder_returning_nan_are_named() -> None:
     """A walkthrough's parts: a tokenizer whose decode gave [b, frames, n_mels] was blamed on the

@@ -44,6 +44,7 @@ al. 2022, sec. 3.2 / image extrapolation), docs/DESIGN.md sections 1-3.
 """
 
 import contextlib
+import copy
 import functools
 import logging
 import math
@@ -314,7 +315,10 @@ class FoleyPipeline:
         self.frames_per_col = model.config.n_frames // self.window_cols
         self.col_samples = self.frames_per_col * model.mel.hop_length
         self._warned_no_prompt = False
-        self._fallbacks: dict[int, tuple[GuidanceRule, Any]] = {}  # id(rule) -> (rule, rule.without_text())
+        # (id(rule), cfg_scale) -> (rule, the rule at cfg_scale's without_text()); the fallbacks made at a cfg_scale
+        # carry the scale their rule derived from it, so generate gets no cfg_scale for them (it would override that)
+        self._fallbacks: dict[tuple[int, float | None], tuple[GuidanceRule, Any]] = {}
+        self._scaled_fallbacks: set[int] = set()
 
     def __repr__(self) -> str:
         """Its parts by name, as a diffusers pipeline prints them."""
@@ -737,7 +741,7 @@ class FoleyPipeline:
         keys = [(prompt_text(p), prompt_text(q)) for p, q in zip(prompts, negatives, strict=True)]  # each video's conditions
         for i, (p, key) in enumerate(zip(prompts, keys, strict=True)):
             if key not in conditions:  # a prompt shared by many videos is encoded (and warned about) once
-                conditions[key] = self._conditions(key[0], key[1], rule_arg)
+                conditions[key] = self._conditions(key[0], key[1], rule_arg, settings["cfg_scale"])
             text, negative, rule = conditions[key]
             if text is None and (rule or self.model.guidance).needs_text:  # a rule given by the caller that needs text, and no prompt
                 which = f"video {i} has none (prompt[{i}] is {p!r})" if len(prompts) > 1 else "none was given"
@@ -772,7 +776,10 @@ class FoleyPipeline:
                     elif steps_here != planned:  # a decoded duration other than the probed one
                         bar.total += steps_here - planned
                         bar.refresh()
-                    codes = self._sample_jobs(jobs, rule, bar, n_steps, **{**settings, "guidance_every": everies[id(r)]})
+                    here = {**settings, "guidance_every": everies[id(r)]}
+                    if rule is not None and id(rule) in self._scaled_fallbacks:  # its rule's without_text() at cfg_scale: as it is
+                        here["cfg_scale"] = None
+                    codes = self._sample_jobs(jobs, rule, bar, n_steps, **here)
                     for i, job, job_codes in zip(idx[c : c + batch_size], jobs, codes, strict=True):
                         yield i, self._finish(job, job_codes)
         finally:
@@ -894,9 +901,11 @@ class FoleyPipeline:
         return crossfade_join(mels, plan, self.frames_per_col)
 
     def _conditions(
-        self, prompt: Prompt | None, negative_prompt: Prompt | None, guidance: GuidanceRule | str | None = None
+        self, prompt: Prompt | None, negative_prompt: Prompt | None, guidance: GuidanceRule | str | None = None, cfg_scale: float | None = None
     ) -> tuple[Tensor | None, Tensor | None, GuidanceRule | None]:
-        """(text embedding, negative embedding, guidance rule override or None for the model's)."""
+        """(text embedding, negative embedding, guidance rule override or None for the model's). With
+        no prompt and a model rule that needs text: that rule at `cfg_scale` (where given), then its
+        without_text(), so a rule of one's own deriving its fallback's scale derives it from cfg_scale."""
         prompt, negative_prompt = prompt_text(prompt), prompt_text(negative_prompt)
         text = self.encode_text(prompt) if prompt else None
         negative = self.encode_text(negative_prompt) if negative_prompt else None
@@ -907,9 +916,17 @@ class FoleyPipeline:
         if guidance is not None:  # the caller's choice, as is (a rule that needs text then needs a prompt)
             return text, negative, rule
         if text is None and rule.needs_text:
-            kept = self._fallbacks.get(id(rule))
-            if kept is None or kept[0] is not rule:  # one fallback object per rule: the videos of a batched call share its rows
-                kept = self._fallbacks[id(rule)] = (rule, rule.without_text())  # video-only CFG for the built-ins; a rule of one's own may choose
+            at = None if cfg_scale is None else float(cfg_scale)
+            kept = self._fallbacks.get((id(rule), at))
+            if kept is None or kept[0] is not rule:  # one fallback object per rule and scale: the videos of a batched call share its rows
+                scaled = rule
+                if at is not None:
+                    scaled = copy.copy(rule)
+                    scaled.scale = at
+                # video-only CFG for the built-ins; a rule of one's own may choose
+                kept = self._fallbacks[(id(rule), at)] = (rule, scaled.without_text())
+                if at is not None and isinstance(kept[1], GuidanceRule):
+                    self._scaled_fallbacks.add(id(kept[1]))
             fallback = kept[1]
             if not isinstance(fallback, GuidanceRule) or fallback.needs_text:
                 raise ConfigError(

@@ -267,6 +267,39 @@ def test_a_rule_of_ones_own_chooses_its_fallback_without_a_prompt() -> None:
         p._conditions(None, None, None)
 
 
+def test_cfg_scale_reaches_a_rule_s_own_fallback_through_its_without_text(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """cfg_scale= with no prompt: the fallback was made from the rule at its own scale and then
+    overwritten with cfg_scale, so a rule deriving its fallback's scale (half of it, here) sampled at
+    cfg_scale, not at what it derives from it (a walkthrough's r7). The rule at cfg_scale gives the
+    fallback now, which samples as it is; the built-ins sample at cfg_scale as before."""
+    from controlfoley.guidance import CFG, MultiCFG
+
+    class Damped(MultiCFG):
+        def without_text(self):
+            return CFG("video", self.scale / 2, "constant")
+
+    p = _pipeline(micro_model())
+    p.model.guidance = Damped(scale=3.0)
+    rule = p._conditions(None, None, None, 4.0)[2]
+    assert rule.scale == 2.0 and rule.schedule == "constant" and p.model.guidance.scale == 3.0  # the model's rule untouched
+    assert p._conditions(None, None, None, 4.0)[2] is rule  # one object per rule and scale (a batch shares its rows)
+    sampled = []
+    real = p.model.generate
+
+    def spy(features: dict, text: object, **kw: object) -> torch.Tensor:
+        g, cs = kw.get("guidance"), kw.get("cfg_scale")
+        sampled.append(g.scale if cs is None else cs)  # the scale it samples at
+        return real(features, text, **kw)
+
+    monkeypatch.setattr(p.model, "generate", spy)
+    p(media["tiny"], steps=2, seed=1, cfg_scale=4.0)
+    assert sampled and set(sampled) == {2.0}
+    p.model.guidance = MultiCFG(scale=3.0)
+    sampled.clear()
+    p(media["tiny"], steps=2, seed=1, cfg_scale=4.0)
+    assert set(sampled) == {4.0}
+
+
 def test_long_video_windows_continue_the_previous_tokens(media: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     p = _pipeline(micro_model())
     calls = []

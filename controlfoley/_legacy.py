@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from controlfoley._ckpt_kind import is_torch_pickle
 from controlfoley.errors import CheckpointError, strip_ansi
 
 __all__ = ["load_legacy_checkpoint"]
@@ -30,7 +31,7 @@ _FRAMEWORK_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", 
 # classes (its metadata's object_type / key_type, a defaultdict of flags): safe to unpickle as the
 # real types, and allowed only together with a framework's stand-ins (torch itself refuses them).
 _CONTAINER_TYPES: dict[str, type] = {
-    **{f"builtins.{t.__name__}": t for t in (dict, list, tuple, set, frozenset, int, float, complex, str, bytes, bool)},
+    **{f"builtins.{t.__name__}": t for t in (dict, list, tuple, int, float, str, bool)},  # no bytes: str(bytes(N)) would allocate N
     "collections.defaultdict": collections.defaultdict,
     "collections.OrderedDict": collections.OrderedDict,
 }
@@ -105,7 +106,7 @@ def load_legacy_checkpoint(path: str | os.PathLike[str], *, trust: bool = False)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if _is_safetensors(path):
+    if _is_safetensors(path) or (path.suffix == ".safetensors" and not is_torch_pickle(path)):  # one cut inside its header too
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 

@@ -359,6 +359,9 @@ def test_hifigan_checkpoint_mismatch_and_trust(tmp_path) -> None:
                        r"the file's network has layers this one was built without\. Build the vocoder with the architecture") as err:  # fmt: skip
         _tiny_hifigan(str(tmp_path / "bigger.pt"))
     assert "drop those keys" not in str(err.value)
+    torch.save({"generator": {**bigger, "model_ema.decay": torch.tensor(0.9)}}, tmp_path / "bigger_ema.pt")  # layers and other state
+    with pytest.raises(CheckpointError, match=r"and 25 more, inside its modules: \[.*\] \(\+16 more\) and 1 other key\(s\): the file's network has layers"):
+        _tiny_hifigan(str(tmp_path / "bigger_ema.pt"))
     fewer = {k: v for k, v in sd.items() if k != "ups.1.bias"}
     torch.save({"generator": fewer}, tmp_path / "fewer.pt")
     with pytest.raises(CheckpointError, match=r"missing keys \['ups.1.bias'\]"):
@@ -512,6 +515,9 @@ def test_a_safetensors_file_loads_as_its_tensors_whatever_torch_load_makes_of_it
     assert _tiny_hifigan(str(tmp_path / "g.safetensors")).generator.state_dict().keys() == sd.keys()
     with pytest.raises(CheckpointError, match=r"g_cut.safetensors is not a readable safetensors file: truncated or corrupt"):
         _tiny_hifigan(str(tmp_path / "g_cut.safetensors"))
+    (tmp_path / "g_head.safetensors").write_bytes((tmp_path / "g.safetensors").read_bytes()[:5])  # cut inside its header
+    with pytest.raises(CheckpointError, match=r"g_head.safetensors is not a readable safetensors file: truncated or corrupt"):
+        _tiny_hifigan(str(tmp_path / "g_head.safetensors"))
     with pytest.raises(CheckpointError, match=r"cut.safetensors is not a readable safetensors file: truncated or corrupt"):
         load_legacy_checkpoint(tmp_path / "cut.safetensors")
     from controlfoley import build_model
@@ -608,6 +614,19 @@ def test_bigvgan_folders_load_through_the_adapter(tmp_path, monkeypatch, capsys)
 
     fake.BigVGAN = Reads  # it was a raw AttributeError: upsample_rates
     with pytest.raises(CheckpointError, match=r"release/config.json lacks 'upsample_rates', which the BigVGAN generator reads; give the config.json released with"):
+        bigvgan_vocoder(mel=mel_fe, folder=str(tmp_path / "release"))
+
+    class Refuses(_StandInBigVGAN):  # the package on a value it cannot build (activation 'relu'), and on its own attribute errors
+        def __init__(self, h, use_cuda_kernel: bool = False) -> None:
+            if h.get("activation") == "relu":
+                raise NotImplementedError("activation incorrectly specified. check the config file and look for 'activation'.")
+            raise AttributeError("'NoneType' object has no attribute 'shape'")
+
+    fake.BigVGAN = Refuses
+    with pytest.raises(CheckpointError, match=r"config.json is not a config the bigvgan package builds \(AttributeError: 'NoneType' object has no attribute"):
+        bigvgan_vocoder(mel=mel_fe, folder=str(tmp_path / "release"))  # not "lacks 'NoneType...'"
+    (tmp_path / "release" / "config.json").write_text(json.dumps({**cfg, "activation": "relu"}))
+    with pytest.raises(CheckpointError, match=r"config.json is not a config the bigvgan package builds \(NotImplementedError: activation incorrectly"):
         bigvgan_vocoder(mel=mel_fe, folder=str(tmp_path / "release"))
 
 

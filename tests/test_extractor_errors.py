@@ -152,6 +152,21 @@ def test_clip_files_that_load_give_the_same_tensors(clip: dict) -> None:
         assert set(got) == set(clip["sd"]) and all(torch.equal(got[k], v) for k, v in clip["sd"].items()), path
 
 
+def test_clip_a_batchnorm_tower_file_without_num_batches_tracked_loads(tmp_path: Path) -> None:
+    """open_clip's RN (ModifiedResNet) tower has BatchNorms; a file without their
+    num_batches_tracked (a converted or safetensors file) loaded through open_clip, which torch
+    fills in, and was refused by the first version of the key check ('19 missing key(s)': a
+    review's clip_compare)."""
+    open_clip = pytest.importorskip("open_clip", reason="open_clip_torch is not installed (pip install 'controlfoley[clip]')")
+    config = tmp_path / "cf-tiny-rn-errors.json"
+    config.write_text(json.dumps({**TINY_CLIP, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 16, "patch_size": None}}))
+    open_clip.add_model_config(str(config))
+    torch.manual_seed(0)
+    sd = {k: v.clone() for k, v in open_clip.create_model("cf-tiny-rn-errors").eval().state_dict().items() if not k.endswith("num_batches_tracked")}
+    got = EXTRACTORS.build("clip_openclip", weights=str(_save(sd, tmp_path / "rn.safetensors")), model_name="cf-tiny-rn-errors").model.state_dict()
+    assert any(k.endswith("num_batches_tracked") for k in got) and all(torch.equal(got[k], v) for k, v in sd.items())
+
+
 # -- CLAP (transformers) -------------------------------------------------------------------------
 
 
@@ -231,6 +246,23 @@ def test_clap_unreadable_weights_name_the_file(clap: Path, tmp_path: Path) -> No
                 EXTRACTORS.build(tower, folder=str(file.parent))
             text = _one_line(e)
             assert text.startswith(f"{tower}: {file} ") and phrase in text, text
+
+
+def test_clap_a_cut_shard_of_a_sharded_folder_is_the_file_named(clap: Path, tmp_path: Path) -> None:
+    """A sharded save_pretrained folder with one shard cut: the message named the index (a JSON
+    file, intact), a review's q4_clap."""
+    transformers = pytest.importorskip("transformers")
+    sharded = tmp_path / "sharded"
+    shutil.copytree(clap, sharded)
+    (sharded / "model.safetensors").unlink()
+    transformers.ClapModel.from_pretrained(str(clap)).save_pretrained(sharded, max_shard_size="100KB")
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    shard = sorted(set(index["weight_map"].values()))[0]
+    assert len(set(index["weight_map"].values())) > 1
+    (sharded / shard).write_bytes((sharded / shard).read_bytes()[:-200])
+    with pytest.raises(CheckpointError) as e:
+        EXTRACTORS.build("clap_transformers", folder=str(sharded))
+    assert _one_line(e).startswith(f"clap_transformers: {sharded / shard} is not a readable safetensors file: truncated or corrupt")
 
 
 def test_clap_folder_with_a_pickled_state_dict_loads_the_same(clap: Path, tmp_path: Path) -> None:

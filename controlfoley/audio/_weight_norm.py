@@ -116,6 +116,8 @@ def load_strict(
         layers = layers_beyond(unexpected, own)
         more = f" (+{len(unexpected) - 8} more)" if len(unexpected) > 8 else ""
         if layers:  # tensors of modules this one has, e.g. a third dilation: the file's network is bigger, not padded
+            others = len(unexpected) - len(layers)
+            more = (f" (+{len(layers) - 8} more)" if len(layers) > 8 else "") + (f" and {others} other key(s)" if others else "")
             raise CheckpointError(
                 f"{source} holds every tensor of the {what} and {len(unexpected)} more, inside its modules: {layers[:8]}{more}: "
                 f"the file's network has layers this one was built without. {fix}"

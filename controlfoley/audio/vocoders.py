@@ -45,7 +45,7 @@ from controlfoley.audio._weight_norm import load_strict
 from controlfoley.audio.hifigan import check_hifigan_pairing
 from controlfoley.audio.mel import MelFrontEnd
 from controlfoley.config import ConfigError
-from controlfoley.errors import CheckpointError, RandomWeightsWarning, require
+from controlfoley.errors import CheckpointError, RandomWeightsWarning, leading_line, require
 from controlfoley.typing import Float, Tensor
 
 __all__ = [
@@ -224,11 +224,18 @@ def bigvgan_vocoder(*, mel: MelFrontEnd, folder: str, trust_checkpoint: bool = F
         try:
             generator = pkg.BigVGAN(hparams, use_cuda_kernel=use_cuda_kernel)
         except (AttributeError, KeyError) as e:  # a key its generator reads (h.upsample_rates, ...) is not in the file
-            key = e.args[0] if e.args else "?"
+            key = e.args[0] if e.args else None
+            if not isinstance(key, str) or not key.isidentifier() or key in hparams:  # raised inside the package for another reason
+                raise CheckpointError(f"{path / 'config.json'} is not a config the bigvgan package builds ({type(e).__name__}: {leading_line(e)})") from e
             raise CheckpointError(
                 f"{path / 'config.json'} lacks {key!r}, which the BigVGAN generator reads; give the config.json released with "
                 "bigvgan_generator.pt (it holds upsample_rates, upsample_kernel_sizes, upsample_initial_channel, resblock, "
                 "resblock_kernel_sizes, resblock_dilation_sizes, activation, snake_logscale, ...)"
+            ) from e
+        except (NotImplementedError, ValueError, TypeError, IndexError) as e:  # a value it cannot build: activation 'relu', resblock '3'
+            raise CheckpointError(
+                f"{path / 'config.json'} is not a config the bigvgan package builds ({type(e).__name__}: {leading_line(e)}); "
+                "give the config.json released with bigvgan_generator.pt"
             ) from e
     state = load_legacy_checkpoint(path / "bigvgan_generator.pt", trust=trust_checkpoint)
     source = str(path / "bigvgan_generator.pt")

@@ -108,9 +108,26 @@ def _quiet_transformers(transformers: Any) -> Iterator[None]:
 _WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def _weights_file(path: Path) -> Path:
-    """The weights file of folder `path` that transformers reads (the folder itself where it has none)."""
-    return next((path / f for f in _WEIGHTS_FILES if (path / f).is_file()), path)
+def _weights_file(path: Path) -> Path | str:
+    """The weights file of folder `path` that transformers reads (the folder itself where it has none);
+    for a sharded checkpoint, the shard that does not read where one can be found ('one of the shards
+    its index lists' otherwise)."""
+    found = next((path / f for f in _WEIGHTS_FILES if (path / f).is_file()), path)
+    if found.name != "model.safetensors.index.json":
+        return found if not found.name.endswith(".index.json") else f"one of the shards {found} lists"
+    try:
+        from safetensors import safe_open
+
+        shards = sorted(set(json.loads(found.read_text())["weight_map"].values()))
+        for shard in shards:
+            try:
+                with safe_open(str(path / shard), framework="pt"):
+                    pass
+            except Exception:
+                return path / shard
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return f"one of the shards {found} lists"
 
 
 def _unreadable(name: str, path: Path, e: BaseException) -> CheckpointError:

@@ -249,7 +249,9 @@ def _as_open_clip_loads(open_clip: Any, model: nn.Module, sd: dict[str, Tensor])
 def _check_openclip_keys(expected: dict[str, Tensor], got: dict[str, Tensor], path: Path, name: str) -> None:
     """A CheckpointError naming the missing, unexpected and wrong-shape tensors of `got` (the file's
     state dict, as open_clip would load it) against `expected` (the model's), or what file it is."""
-    missing = sorted(set(expected) - set(got))
+    # BatchNorm's num_batches_tracked: torch fills it in where a state dict lacks it (open_clip's RN and
+    # other BatchNorm towers loaded such files before; a rebuilt dict carries no version metadata)
+    missing = sorted(k for k in set(expected) - set(got) if not k.endswith(".num_batches_tracked"))
     unexpected = sorted(set(got) - set(expected))
     mismatched = [
         f"{k}: checkpoint {tuple(got[k].shape)} vs model {tuple(expected[k].shape)}"

@@ -144,7 +144,9 @@ def info(preset: str, overrides: Mapping[str, Any] | None = None) -> str:
         recipe = "backbone" if "backbone" in recorded else "tokenizer"
     get_recipe(recipe).prepare(model)  # trainable as that recipe trains
     rows = model.parameter_table()
-    lines = [f"{label}: grid {model.grid[0]}x{model.grid[1]} tokens over {model.config.n_frames} mel frames", _trained_line(loaded, recorded)]
+    from controlfoley.pipeline_parts import foley_parts
+
+    lines = [f"{label}: grid {model.grid[0]}x{model.grid[1]} tokens over {model.config.n_frames} mel frames", _trained_line(loaded, recorded, foley_parts(model))]
     from controlfoley.checkpoint import ema_lines, read_metadata, trained_as_lines
 
     # parts built otherwise than their weights were trained (a file saved after such a load records it)
@@ -241,7 +243,7 @@ def _parts_lines(cfg: "ModelConfig") -> list[str]:
     return out
 
 
-def _trained_line(loaded: bool, recorded: set[str] | None) -> str:
+def _trained_line(loaded: bool, recorded: set[str] | None, needed: list[str]) -> str:
     """What the weights are: the parts a checkpoint records as trained (what generate checks)."""
     if not loaded:
         return "weights: untrained (a preset's architecture; " + (
@@ -249,8 +251,8 @@ def _trained_line(loaded: bool, recorded: set[str] | None) -> str:
         )
     if recorded is None:
         return "trained parts: not recorded (a file from before the record; generate takes it as trained)"
-    if not {"tokenizer", "backbone", "controlnet"} <= recorded:
-        missing = ", ".join(p for p in ("tokenizer", "backbone", "controlnet") if p not in recorded)
+    if not set(needed) <= recorded:
+        missing = ", ".join(p for p in needed if p not in recorded)
         return f"trained parts: {', '.join(sorted(recorded)) or 'none'} (not {missing}: generate refuses it for foley)"
     return f"trained parts: {', '.join(sorted(recorded))}"
 

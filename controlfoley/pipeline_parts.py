@@ -47,18 +47,30 @@ def require_control(model: Any) -> None:  # a validator: it takes anything
         )
 
 
+def foley_parts(model: ModelModule) -> list[str]:
+    """The parts foley needs trained: the tokenizer, the backbone and the ControlNet, and the control
+    encoder and aligner where they have weights (the ControlNet recipe trains them together; one
+    left random, e.g. loaded with other settings and strict=False, steers with noise)."""
+    parts = ["tokenizer", "backbone", "controlnet"]
+    for name in ("control_encoder", "aligner"):
+        part = getattr(model, name, None)
+        if isinstance(part, nn.Module) and any(p.numel() for p in part.parameters()):
+            parts.append(name)
+    return parts
+
+
 def require_trained(model: ModelModule, source: object) -> None:
-    """A checkpoint that records its trained parts must have trained the tokenizer, the backbone
-    and the ControlNet: a tokenizer or backbone run used for foley gives noise (checkpoints that
-    record nothing, such as older ones, are taken as they are)."""
+    """A checkpoint that records its trained parts must have trained every part of `foley_parts`:
+    a tokenizer or backbone run used for foley gives noise, and so does an aligner left random
+    (checkpoints that record nothing, such as older ones, are taken as they are)."""
     trained = getattr(model, "trained_parts", None)
-    missing = [p for p in ("tokenizer", "backbone", "controlnet") if trained is not None and p not in trained]
+    missing = [p for p in foley_parts(model) if trained is not None and p not in trained]
     if missing and trained is not None:  # (missing implies a record)
         raise ConfigError(
             f"{source}: its {', '.join(missing)} {'was' if len(missing) == 1 else 'were'} never trained "
             f"(it records trained: {', '.join(sorted(trained)) or 'nothing'}), so it would generate noise; "
             "use a 'controlnet' training run (trained on a trained backbone) or specmaskfoley_synthetic. If you trained "
-            "these weights another way, record it before saving: model.trained_parts = {'tokenizer', 'backbone', 'controlnet'}"
+            f"these weights another way, record it before saving: model.trained_parts = {set(foley_parts(model))!r}"
         )
 
 

@@ -46,7 +46,7 @@ def micro_model(seed: int = 0, **overrides: object) -> nn.Module:
 def as_trained(model: nn.Module) -> nn.Module:
     """Record a test model's parts as trained: it stands in for a trained checkpoint (a built
     model records none, and the pipeline / CLI refuse it for foley)."""
-    model.trained_parts = {"tokenizer", "backbone", "controlnet"}
+    model.trained_parts = {"tokenizer", "backbone", "control_encoder", "aligner", "controlnet"}  # what a ControlNet run records
     return model
 
 

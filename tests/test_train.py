@@ -527,8 +527,15 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore:controlnet recipe without --init")
 def test_bad_inputs_fail_before_any_step(data: Path, tmp_path: Path) -> None:
     wrong = write_data(tmp_path / "wrong", n=8, grid=(5, 16))
-    with pytest.raises(DataError, match=r"\[5, 16\].*\[5, 32\]"):
+    with pytest.raises(DataError, match=r"\[5, 16\].*\[5, 32\].*Extract the dataset for this preset \(specmaskfoley_tiny\)"):
         train(config("backbone", wrong, tmp_path / "r1"))
+    # extracted for this preset with another tokenizer (extract --model tokenizer=...), as its index records:
+    # the hint said to extract it for the preset again; it names the dataset's tokenizer as a --model flag
+    other = {"model": {"name": "specmaskfoley_tiny", "tokenizer": {"name": "frame_vq", "kwargs": {"hop": 16, "n_embed": 64}}}}
+    one_row = write_data(tmp_path / "one_row", n=8, grid=(1, 32), info=other)
+    with pytest.raises(DataError, match=r"extracted with tokenizer 'frame_vq'; this model builds tokenizer 'specvqgan': train with the dataset's "
+                       r"\(--model tokenizer='\{\"name\":\"frame_vq\",\"hop\":16,\"n_embed\":64\}'\)"):  # fmt: skip
+        train(config("backbone", one_row, tmp_path / "r1b"))
     with pytest.raises(DataError, match="no feature 'mel'"):
         train(config("tokenizer", data, tmp_path / "r2"))
     with pytest.raises(DataError, match="fewer than one global batch"):

@@ -31,6 +31,7 @@ is split over ranks and accumulation steps, and a resumed run draws the same mas
 import abc
 import dataclasses
 import difflib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -324,6 +325,25 @@ class TokenizerRecipe(Recipe):
         return {**out, "codebook_used": float(used), "codebook_frac": used / hist.numel(), "perplexity": perplexity}
 
 
+def _extracted_for_hint(model: SpecMaskFoley, ds: ShardDataset) -> str:
+    """How to make the dataset fit: where its index records a tokenizer (or mel) other than this
+    model's (extracted with --model tokenizer=..., say), train with that; else extract it anew."""
+    recorded = ds.info.get("model")
+    ours = model.config.to_dict()
+    if isinstance(recorded, dict):
+        differ = [f for f in ("mel", "tokenizer") if isinstance(recorded.get(f), dict) and recorded.get(f) != ours.get(f)]
+        if differ:
+            flat = {f: {"name": recorded[f].get("name"), **(recorded[f].get("kwargs") or {})} for f in differ}  # --model's form
+            flags = " ".join(f"--model {f}='{json.dumps(flat[f], separators=(',', ':'))}'" for f in differ)
+            theirs = ", ".join(f"{f} {recorded[f].get('name')!r}" for f in differ)
+            mine = ", ".join(f"{f} {(ours.get(f) or {}).get('name')!r}" for f in differ)
+            return (
+                f"The dataset records that it was extracted with {theirs}; this model builds {mine}: train with the dataset's "
+                f"({flags}), or extract it anew for this model (`controlfoley extract --preset {model.config.name} ...`)."
+            )
+    return f"Extract the dataset for this preset ({model.config.name}): `controlfoley extract --preset {model.config.name} ...`."
+
+
 @RECIPES.register("backbone")
 class MaskedTokenRecipe(Recipe):
     """SpecMaskGIT masked-token pretraining of the backbone on stored tokens (and CLAP-like conditions)."""
@@ -344,7 +364,7 @@ class MaskedTokenRecipe(Recipe):
         return tuple(keys)
 
     def check_data(self, model: SpecMaskFoley, ds: ShardDataset) -> None:
-        hint = f"Extract the dataset for this preset ({model.config.name}): `controlfoley extract --preset {model.config.name} ...`."
+        hint = _extracted_for_hint(model, ds)
         require_features(ds, {"tokens": model.grid, "clap": (int(model.backbone.cond_dim),)}, optional=("clap",), hint=hint)
         dtype = ds.index.features["tokens"].dtype
         if not dtype.startswith(("int", "uint")):

@@ -264,11 +264,18 @@ def evaluate_variants(
     no_control = [f"{name!r} ({runs[name]})" for name, m in models.items() if not getattr(m, "has_control", False)]
     if no_control:
         raise ConfigError(f"cn_runs holds runs without a ControlNet: {', '.join(no_control)}; a backbone run goes in bb_run")
-    if getattr(backbone, "has_control", False):
+    trained = getattr(backbone, "trained_parts", None)
+    if getattr(backbone, "has_control", False) and (trained is None or "controlnet" in trained):
         raise ConfigError(
-            f"bb_run {bb_run} has a ControlNet, but its row is the backbone without video: give the backbone run "
+            f"bb_run {bb_run} has a trained ControlNet, but its row is the backbone without video: give the backbone run "
             "it was trained from, and this run in cn_runs"
         )
+    # a backbone run of a preset with a ControlNet (train backbone with a specmaskfoley preset) holds that ControlNet
+    # untrained: its row samples text-only CFG at the model's scale, which reads no video and runs no ControlNet
+    bb_kw: dict[str, Any] = {}
+    if getattr(backbone, "has_control", False):
+        own = backbone.guidance
+        bb_kw["guidance"] = GUIDANCE.build("cfg_text", scale=own.scale, schedule=own.schedule if own.schedule in ("linear", "constant") else "linear")
     first = next(iter(models.values()))
     where = {"backbone": Path(bb_run), **{f"{name!r}": path for name, path in runs.items()}}
     everyone = {"backbone": backbone, **{f"{name!r}": m for name, m in models.items()}}
@@ -297,7 +304,7 @@ def evaluate_variants(
         # chance: real audio of other clips, so the onset scores of unrelated sounds and the FD floor of two real samples
         _row("reference: other clips' true audio (chance)", lambda: [c.audio for c in others], clips),
         _row("reference: true tokens -> decoder -> vocoder", lambda: _reconstruct(first, clips), clips),
-        _row("backbone + tag prompt, no video (CFG text)", lambda: _generate_rows(backbone, clips, batch), clips),
+        _row("backbone + tag prompt, no video (CFG text)", lambda: _generate_rows(backbone, clips, batch, **bb_kw), clips),
     ]
     # defs, not lambdas with a default argument (which a type checker cannot match to a zero-argument callable)
     for name, model in models.items():

@@ -361,6 +361,9 @@ def _fake_run(
     run = torch.nn.Module()
     run.tokenizer = tokenizer
     run.has_control, run.n_samples, run.sample_rate = control, n_samples, 22050
+    from controlfoley import GUIDANCE
+
+    run.guidance = GUIDANCE.build(guidance)
     run.config = types.SimpleNamespace(
         guidance=types.SimpleNamespace(name=guidance), sampler=types.SimpleNamespace(steps=12), aligner=types.SimpleNamespace(name=aligner)
     )
@@ -428,12 +431,19 @@ def test_evaluate_variants_names_runs_of_other_tokenizers(monkeypatch: pytest.Mo
     with pytest.warns(MixedTokenizersWarning, match=r"2 different tokenizers .*: backbone \(runs/bb\) \| 'ft' \(runs/ft\), 'plain1d' \(runs/p1\)\);"):
         report = evaluate_variants("runs/bb", {"ft": "runs/ft", "plain1d": "runs/p1"}, n_test=2)
     assert len(report["rows"]) == 12  # scored all the same
-    with pytest.raises(ConfigError, match=r"bb_run runs/cn has a ControlNet"):
+    with pytest.raises(ConfigError, match=r"bb_run runs/cn has a trained ControlNet"):
         evaluate_variants("runs/cn", {"ft": "runs/ft"}, n_test=2)
     with pytest.raises(ConfigError, match=r"cn_runs holds runs without a ControlNet: 'ft' \(runs/bb\)"):
         evaluate_variants("runs/bb", {"ft": "runs/bb"}, n_test=2)
     with pytest.raises(ConfigError, match=r"different lengths .*'short' \(runs/short\): 65536 samples"):
         evaluate_variants("runs/bb", {"ft": "runs/ft", "short": "runs/short"}, n_test=2)
+    # a backbone-recipe run of a preset with a ControlNet (train backbone --preset specmaskfoley_tiny) holds it untrained:
+    # taken as the backbone (it was refused as 'has a ControlNet'; a walkthrough's r3)
+    bb_of_cn_preset = _fake_run(other)
+    bb_of_cn_preset.trained_parts = {"tokenizer", "backbone"}
+    _fake_runs(monkeypatch, {"runs/bb_cn": bb_of_cn_preset, "runs/ft": _fake_run(tok)})
+    with pytest.warns(MixedTokenizersWarning):
+        assert len(evaluate_variants("runs/bb_cn", {"ft": "runs/ft"}, n_test=2)["rows"]) == 11  # one ControlNet run: the earlier call had two
 
 
 def test_evaluate_variants_says_what_it_expects(monkeypatch: pytest.MonkeyPatch) -> None:

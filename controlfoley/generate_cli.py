@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--guidance", default=None, metavar="NAME[,ARG=VALUE...]",
-        help="a GUIDANCE rule replacing the model's, e.g. cfg_video or cfg,condition=text_video (default: the model's own; the paper's multi-CFG for its presets)",
+        help="a GUIDANCE rule replacing the model's, e.g. cfg_video or cfg,condition=text_video (default: the model's own; the paper's multi-CFG for its presets); "
+        "the model's own rule by name keeps its settings, ARG=VALUE on top",
     )  # fmt: skip
     p.add_argument(
         "--guidance-every", type=int, default=1, metavar="N",
@@ -221,6 +222,9 @@ def _build_pipeline(args: argparse.Namespace, extractors: dict[str, Any], vocode
         from controlfoley._registry import GUIDANCE
 
         name, kwargs = parse_spec(args.guidance)
+        own = pipe.model.config.guidance
+        if own is not None and name == own.name:  # the model's own rule by name: its settings, the given ones on top (as --vocoder)
+            kwargs = {**dict(own.kwargs), **kwargs}
         args.rule = GUIDANCE.build(name, **kwargs)  # an unknown rule or argument fails now, named
         if args.rule.needs_text and not args.prompt:
             other = "none,condition=video (unguided, following the video)" if name == "none" else "cfg_video (video-only guidance)"

@@ -366,6 +366,23 @@ def _outputs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
+def test_cli_guidance_naming_the_model_s_own_rule_keeps_its_settings(media: dict[str, Path], tmp_path: Path) -> None:
+    """--guidance NAME rebuilt the model's own rule with the builder's defaults (a walkthrough's
+    video_heavy: video_weight 1.5 became 2.0), while --vocoder NAME keeps the model's vocoder's
+    settings. Now the model's rule by name keeps them, ARG=VALUE on top; another rule is built as given."""
+    import json as _json
+
+    path = as_trained(micro_model(guidance={"name": "multi", "scale": 5.0, "schedule": "constant"})).save(tmp_path / "m.safetensors")
+    recorded = {}
+    for flag in ("multi", "multi,scale=2", "cfg_video"):
+        out = tmp_path / flag.replace(",", "_").replace("=", "")
+        assert cli.main(["generate", str(media["tiny"]), "--model", str(path), "--out", str(out), "--steps", "2", "--prompt", "thud", "--guidance", flag]) == 0
+        recorded[flag] = _json.loads((out / "generate.json").read_text())["outputs"]["tiny"]["settings"]["guidance"]
+    assert recorded["multi"].startswith("MultiCFG(scale=5.0, schedule='constant'")
+    assert recorded["multi,scale=2"].startswith("MultiCFG(scale=2.0, schedule='constant'")
+    assert recorded["cfg_video"].startswith("CFG(scale=3.0, schedule='linear'")  # another rule: its builder's defaults
+
+
 def test_cli_processes_good_files_and_reports_each_bad_one(
     model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

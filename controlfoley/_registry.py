@@ -34,7 +34,7 @@ import sys
 import traceback
 import types
 import typing
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -303,10 +303,19 @@ class Registry(Generic[T]):
         """Whether entry `name`'s builder takes keyword `arg`: by name, or through **kwargs."""
         return arg in self.accepted_args(name) or any(p.kind == p.VAR_KEYWORD for p in self.signature(name).parameters.values())
 
+    def check_args(self, name: str, kwargs: Mapping[str, Any], wired: Collection[str] = ()) -> None:
+        """What `build` checks before it calls the builder, without building: an unknown or mistyped
+        argument is an ArgumentError naming it (missing ones are not checked here: build_model fills
+        some in from the other parts). For a config that is written, not built (--print-config)."""
+        self._checked(name, dict(kwargs), wired, missing=False)
+
     def build(self, name: str, wired: Collection[str] = (), /, **kwargs: Any) -> T:
         """Build entry `name` with keyword arguments; an unknown, missing or mistyped argument is an
         ArgumentError naming it. `wired`: arguments the caller fills in from other parts (build_model's
         n_mels, grid, ...), left out of the settings the error lists as accepted."""
+        return self.get(name)(**self._checked(name, kwargs, wired, missing=True))
+
+    def _checked(self, name: str, kwargs: dict[str, Any], wired: Collection[str], *, missing: bool) -> dict[str, Any]:
         fn = self.get(name)
         sig = _signature(fn)
         takes_var_kw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
@@ -322,9 +331,9 @@ class Registry(Generic[T]):
                     f"{self.kind} {name!r} got unknown argument(s) {bad}{' (' + hint + ')' if hint else ''}. "
                     f"It accepts: {', '.join(settable) or '(none)'}{filled}"
                 )
-            missing = [k for k, p in accepted.items() if p.default is p.empty and k not in kwargs]
-            if missing:
-                raise ArgumentError(f"{self.kind} {name!r} is missing required argument(s) {missing}")
+            absent = [k for k, p in accepted.items() if p.default is p.empty and k not in kwargs]
+            if absent and missing:
+                raise ArgumentError(f"{self.kind} {name!r} is missing required argument(s) {absent}")
             for k, v in list(kwargs.items()):
                 want = simple_types(accepted[k].annotation)
                 if want is not None and not is_a(v, want):
@@ -332,7 +341,7 @@ class Registry(Generic[T]):
                     raise ArgumentError(f"{self.kind} {name!r}: {k}={v!r} must be {names} (the annotation of its builder)")
                 if want is not None and float in want and int not in want and isinstance(v, numbers.Integral) and not isinstance(v, bool):
                     kwargs[k] = float(v)  # `scale=5` from a command line or JSON: the builder gets the float it declares
-        return fn(**kwargs)
+        return kwargs
 
     def __contains__(self, name: object) -> bool:
         self._load()

@@ -153,6 +153,11 @@ def test_cli_print_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert rc == 0 and cfg.steps == 7000 and cfg.grad_clip == 0.5 and cfg.base_lr == 1e-3
     assert cfg.warmup_steps == 140  # the recipe's 2% warm-up fraction of 7,000 steps
     assert cfg.init_parts == ("backbone",) and cfg.model_overrides == {"aligner": "plain1d"} and cfg.shuffle is False
+    # an override no builder takes: the run refused it, --print-config wrote it out (rc 0; a walkthrough's r8)
+    argv = ["controlnet", "--preset", "specmaskfoley", "--data", "d", "--out", "o", "--model", "guidance.video_weight=0.2", "--print-config"]
+    assert train_main(argv) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "guidance 'multi' got unknown argument(s) ['video_weight']. It accepts: scale, schedule" in out.err
 
 
 # -- recipes ---------------------------------------------------------------------------------------

@@ -372,8 +372,13 @@ def run_from_args(args: argparse.Namespace) -> int:
         cfg, file_fields, saved = _resolve(args)
         if args.print_config:  # the model config it names resolves (part names, overrides), as a real run checks first
             from controlfoley.builder import model_config
+            from controlfoley.config import part_registries
 
-            model_config(cfg.preset, **cfg.model_overrides)
+            resolved = model_config(cfg.preset, **cfg.model_overrides)
+            for field, registry in part_registries().items():  # each part's arguments as its builder takes them
+                part = getattr(resolved, field, None)
+                if part is not None:
+                    registry.check_args(part.name, part.kwargs)
     except (ConfigError, RegistryError, ControlFoleyError) as e:
         # from the flags and files alone: every rank of a node hits it alike; one per node prints it
         raise e if _local_rank() == 0 else mark_reported(e, 0)

@@ -96,6 +96,13 @@ def test_some_but_not_all_control_features_are_named_up_front_and_in_the_summary
     build_model("specmaskfoley_tiny").save(tmp_path / "tok.safetensors")  # a tokenizer checkpoint given: no such note
     assert extract_main([*base, "--extractors", "synthetic_sync,synthetic_clip", "--tokenizer", str(tmp_path / "tok.safetensors"), "--out", str(tmp_path / "tok")]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "for preset 'specmaskfoley_tiny' it serves the recipes: backbone, controlnet"
+    # --preset a checkpoint: the model it records (its tokenizer's overrides too), as train's --preset; it was refused
+    # ("that is a file or folder, not a preset"), so a chain with a 1-D tokenizer repeated --model in extract
+    small = build_model("specmaskfoley_tiny", tokenizer={"n_embed": 32}).save(tmp_path / "small.safetensors")
+    argv = ["--preset", str(small), "--tokenizer", str(small), "--synthetic", "2", "--extractors", "synthetic_sync,synthetic_clip"]
+    assert extract_main([*argv, "--out", str(tmp_path / "small")]) == 0
+    index = json.loads((tmp_path / "small" / "index.json").read_text())
+    assert index["info"]["codebook_size"] == 32 and index["info"]["preset"] == "specmaskfoley_tiny"
 
 
 def test_unknown_tags_name_the_list_line_before_any_read_even_with_skip_bad(

@@ -701,7 +701,7 @@ def _expand_folders(items: Sequence[str]) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="controlfoley extract", description="Precompute tokens and video features into a sharded dataset (docs/DATA.md).")
-    p.add_argument("--preset", required=True, help="model preset: fixes the window, mel, tokenizer grid")
+    p.add_argument("--preset", required=True, help="model preset: fixes the window, mel, tokenizer grid; or a training run or checkpoint: the model it records (its tokenizer, a 1-D one say), --model on top")
     p.add_argument("--out", required=True, help="dataset folder to create")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic", type=int, metavar="N", help="render N clips of the synthetic world")
@@ -771,9 +771,14 @@ def _extract_main(args: argparse.Namespace) -> int:
             raise DataError(str(e)) from None  # (not a media input: no --skip-bad hint)
         names: list[Any] = [n for n in args.extractors.split(",") if n]
         names += [_extractor_spec(e) for e in args.extractor]
+        preset, overrides = args.preset, parse_overrides(args.model_overrides)
+        from controlfoley.train.config import is_checkpoint_source, preset_from_checkpoint
+
+        if is_checkpoint_source(preset):  # a run or checkpoint: the model it records (a 1-D tokenizer, say), --model on top, as train's --preset
+            preset, overrides = preset_from_checkpoint(preset, overrides)
         ex = Extraction(
-            args.preset, extractors=names, clap=parse_spec(args.clap) if args.clap else None, tokenizer=args.tokenizer, mel=args.mel, video_seconds=args.video_seconds,
-            device=args.device, model_overrides=parse_overrides(args.model_overrides),
+            preset, extractors=names, clap=parse_spec(args.clap) if args.clap else None, tokenizer=args.tokenizer, mel=args.mel, video_seconds=args.video_seconds,
+            device=args.device, model_overrides=overrides,
         )  # fmt: skip
         common = dict(shard_size=args.shard_size, batch_size=args.batch_size, overwrite=args.overwrite, resume=args.resume)
         if args.synthetic is not None:

@@ -630,6 +630,10 @@ def test_checkpoints_record_what_was_trained_and_init_warns_of_untrained_parts(d
         warnings.simplefilter("error")
         train(config("controlnet", data, tmp_path / "cn", steps=1, warmup_steps=0, init=str(tmp_path / "bb")))
     assert trained_parts(read_metadata(tmp_path / "cn" / "model.safetensors")) == {"tokenizer", "backbone", "control_encoder", "aligner", "controlnet"}
+    # --trainable controlnet: the aligner and control encoder stay as built, and the ControlNet learns from them, so they
+    # are the weights it was trained with: recorded (generate requires them recorded, and refused such a run otherwise)
+    train(config("controlnet", data, tmp_path / "cn_only", steps=1, warmup_steps=0, init=str(tmp_path / "bb"), trainable=("controlnet",)))
+    assert trained_parts(read_metadata(tmp_path / "cn_only" / "model.safetensors")) == {"tokenizer", "backbone", "control_encoder", "aligner", "controlnet"}
 
 
 def _strip_record(path: Path) -> None:

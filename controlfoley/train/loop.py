@@ -211,6 +211,11 @@ class Trainer:
         # what the run's checkpoints record as trained: what it loaded trained, and what it trains
         here = {n for n, m in self.model.named_children() if any(p.requires_grad for p in m.parameters())}
         here |= set(weight_file_parts(self.model.config))  # parts whose builder loaded trained weights (an official codebook)
+        controlnet = getattr(self.model, "controlnet", None)
+        if controlnet is not None and any(p.requires_grad for p in controlnet.parameters()):
+            # the ControlNet learns from what its control encoder and aligner give, frozen ones too (--trainable controlnet):
+            # those weights are the ones it was trained with, and generate requires them recorded (pipeline_parts.foley_parts)
+            here |= {n for n in ("control_encoder", "aligner") if getattr(self.model, n, None) is not None}
         if ckpt_dir is None or getattr(self.model, "trained_parts", None) is not None:
             self.model.trained_parts = set(getattr(self.model, "trained_parts", None) or ()) | here
         # else: resumed from a checkpoint that records nothing (written before records existed): none now either

@@ -251,9 +251,13 @@ def _trained_line(loaded: bool, recorded: set[str] | None, needed: list[str]) ->
         )
     if recorded is None:
         return "trained parts: not recorded (a file from before the record; generate takes it as trained)"
+    core = [p for p in needed if p in ("tokenizer", "backbone", "controlnet")]
+    if not set(core) <= recorded:
+        missing = ", ".join(p for p in core if p not in recorded)
+        return f"trained parts: {', '.join(sorted(recorded)) or 'none'} (not {missing}: generate refuses it for foley)"
     if not set(needed) <= recorded:
         missing = ", ".join(p for p in needed if p not in recorded)
-        return f"trained parts: {', '.join(sorted(recorded)) or 'none'} (not {missing}: generate refuses it for foley)"
+        return f"trained parts: {', '.join(sorted(recorded))} (not {missing}: generate warns that it may steer with random weights)"
     return f"trained parts: {', '.join(sorted(recorded))}"
 
 

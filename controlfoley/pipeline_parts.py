@@ -14,6 +14,7 @@ import logging
 import numbers
 import os
 import secrets
+import warnings
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from controlfoley.builder import _check_vocoder
 from controlfoley.config import ConfigError
 from controlfoley.control.encoders import check_widths, control_encoder_of, feature_dims
 from controlfoley.data.extractors import PATH_ARGS, ExtractorSpec
+from controlfoley.errors import RandomWeightsWarning, user_stacklevel
 
 log = logging.getLogger("controlfoley.pipeline")
 
@@ -60,11 +62,26 @@ def foley_parts(model: ModelModule) -> list[str]:
 
 
 def require_trained(model: ModelModule, source: object) -> None:
-    """A checkpoint that records its trained parts must have trained every part of `foley_parts`:
-    a tokenizer or backbone run used for foley gives noise, and so does an aligner left random
-    (checkpoints that record nothing, such as older ones, are taken as they are)."""
+    """A checkpoint that records its trained parts must have trained the tokenizer, the backbone and
+    the ControlNet: a tokenizer or backbone run used for foley gives noise (checkpoints that record
+    nothing, such as older ones, are taken as they are). A control encoder or aligner with weights
+    that is not recorded is warned of (RandomWeightsWarning): left random by a load with other
+    settings, it steers with noise, but a --trainable controlnet run from before 2026-11-28 records
+    them so too."""
     trained = getattr(model, "trained_parts", None)
-    missing = [p for p in foley_parts(model) if trained is not None and p not in trained]
+    if trained is not None:
+        unsure = [p for p in foley_parts(model)[3:] if p not in trained]  # the control encoder, the aligner
+        if unsure and all(p in trained for p in ("tokenizer", "backbone", "controlnet")):
+            # runs with --trainable controlnet recorded them so before ee62054 (frozen as built: the ControlNet learned from them),
+            # as does a file saved after loading them with other settings (strict=False: random for the ControlNet)
+            warnings.warn(
+                f"{source}: its {', '.join(unsure)} {'is' if len(unsure) == 1 else 'are'} not recorded as trained. Fine for a ControlNet run "
+                f"with --trainable controlnet from before 2026-11-28 (the ControlNet learned from them as built); noise where "
+                f"{'it was' if len(unsure) == 1 else 'they were'} loaded with other settings than the ControlNet trained with (strict=False)",
+                RandomWeightsWarning,
+                stacklevel=user_stacklevel(),
+            )
+    missing = [p for p in ("tokenizer", "backbone", "controlnet") if trained is not None and p not in trained]
     if missing and trained is not None:  # (missing implies a record)
         raise ConfigError(
             f"{source}: its {', '.join(missing)} {'was' if len(missing) == 1 else 'were'} never trained "

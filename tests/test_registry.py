@@ -207,7 +207,7 @@ def test_info_says_what_the_weights_are(tmp_path) -> None:
     model = build_model("specmaskfoley_tiny")
     model.trained_parts = {"tokenizer"}
     table = info(str(model.save(tmp_path / "tok.safetensors")))
-    assert "trained parts: tokenizer (not backbone, controlnet, control_encoder, aligner: generate refuses it for foley)" in table
+    assert "trained parts: tokenizer (not backbone, controlnet: generate refuses it for foley)" in table
     rows = {line.split()[0]: line.split() for line in table.splitlines() if line.startswith(("tokenizer ", "controlnet "))}
     assert rows["tokenizer"][2] != "0.00M" and rows["controlnet"][2] == "0.00M" and "as the tokenizer recipe trains it" in table
     model.trained_parts = None

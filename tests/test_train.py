@@ -541,6 +541,12 @@ def test_bad_inputs_fail_before_any_step(data: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"extracted with tokenizer 'frame_vq'; this model builds tokenizer 'specvqgan': train with the dataset's "
                        r"\(--model tokenizer='\{\"name\":\"frame_vq\",\"hop\":16,\"n_embed\":64\}'\)"):  # fmt: skip
         train(config("backbone", one_row, tmp_path / "r1b"))
+    # extracted for another preset: that preset is the fix, not the tokenizer flag (a review's h2)
+    paper = write_data(tmp_path / "paper", n=8, grid=(5, 53), info={"model": {"name": "specmaskfoley", "n_frames": 848, "tokenizer": {"name": "specvqgan", "kwargs": {}}}})
+    with pytest.raises(DataError, match=r"extracted for the model 'specmaskfoley' \(848 mel frames\); this one is 'specmaskfoley_tiny' \(512\): train with --preset specmaskfoley"):
+        train(config("backbone", paper, tmp_path / "r1c"))
+    odd = write_data(tmp_path / "odd", n=8, info={"model": {"name": "specmaskfoley_tiny", "tokenizer": {"name": "specvqgan", "kwargs": ["embed_dim", 64]}}})
+    train(config("backbone", odd, tmp_path / "r1d", steps=1, warmup_steps=0))  # fits: an odd record is no reason to fail (it raised TypeError)
     with pytest.raises(DataError, match="no feature 'mel'"):
         train(config("tokenizer", data, tmp_path / "r2"))
     with pytest.raises(DataError, match="fewer than one global batch"):

@@ -326,22 +326,38 @@ class TokenizerRecipe(Recipe):
 
 
 def _extracted_for_hint(model: SpecMaskFoley, ds: ShardDataset) -> str:
-    """How to make the dataset fit: where its index records a tokenizer (or mel) other than this
-    model's (extracted with --model tokenizer=..., say), train with that; else extract it anew."""
-    recorded = ds.info.get("model")
-    ours = model.config.to_dict()
-    if isinstance(recorded, dict):
-        differ = [f for f in ("mel", "tokenizer") if isinstance(recorded.get(f), dict) and recorded.get(f) != ours.get(f)]
-        if differ:
-            flat = {f: {"name": recorded[f].get("name"), **(recorded[f].get("kwargs") or {})} for f in differ}  # --model's form
-            flags = " ".join(f"--model {f}='{json.dumps(flat[f], separators=(',', ':'))}'" for f in differ)
-            theirs = ", ".join(f"{f} {recorded[f].get('name')!r}" for f in differ)
-            mine = ", ".join(f"{f} {(ours.get(f) or {}).get('name')!r}" for f in differ)
-            return (
-                f"The dataset records that it was extracted with {theirs}; this model builds {mine}: train with the dataset's "
-                f"({flags}), or extract it anew for this model (`controlfoley extract --preset {model.config.name} ...`)."
-            )
-    return f"Extract the dataset for this preset ({model.config.name}): `controlfoley extract --preset {model.config.name} ...`."
+    """How to make the dataset fit: where its index records another model (preset or window), train
+    with that preset; where it records a tokenizer (or mel) other than this model's (extracted with
+    --model tokenizer=..., say), train with that; else extract it anew. A record it cannot read
+    gives the plain advice (the data may fit: this is computed before the check)."""
+    generic = f"Extract the dataset for this preset ({model.config.name}): `controlfoley extract --preset {model.config.name} ...`."
+    try:
+        return _recorded_hint(model.config.to_dict(), ds.info.get("model"), model.config.name) or generic
+    except (TypeError, AttributeError, ValueError):
+        return generic
+
+
+def _recorded_hint(ours: dict[str, Any], recorded: Any, preset: str) -> str | None:
+    if not isinstance(recorded, Mapping):
+        return None
+    anew = f"or extract it anew for this model (`controlfoley extract --preset {preset} ...`)"
+    if recorded.get("name") != ours.get("name") or recorded.get("n_frames") not in (None, ours.get("n_frames")):  # another preset or window
+        return (
+            f"The dataset records that it was extracted for the model {recorded.get('name')!r} ({recorded.get('n_frames')} mel frames); "
+            f"this one is {ours.get('name')!r} ({ours.get('n_frames')}): train with --preset {recorded.get('name')} (and the --model "
+            f"overrides it was extracted with), {anew}."
+        )
+    differ = [
+        f for f in ("mel", "tokenizer")
+        if isinstance(recorded.get(f), Mapping) and isinstance(recorded[f].get("kwargs") or {}, Mapping) and recorded.get(f) != ours.get(f)
+    ]  # fmt: skip
+    if not differ:
+        return None
+    flat = {f: {"name": recorded[f].get("name"), **(recorded[f].get("kwargs") or {})} for f in differ}  # --model's form
+    flags = " ".join(f"--model {f}='{json.dumps(flat[f], separators=(',', ':'))}'" for f in differ)
+    theirs = ", ".join(f"{f} {recorded[f].get('name')!r}" for f in differ)
+    mine = ", ".join(f"{f} {(ours.get(f) or {}).get('name')!r}" for f in differ)
+    return f"The dataset records that it was extracted with {theirs}; this model builds {mine}: train with the dataset's ({flags}), {anew}."
 
 
 @RECIPES.register("backbone")

@@ -331,6 +331,13 @@ def _guidance_without_video(part: Part, registry: Any) -> Part:
 
     if isinstance(rule, NoGuidance):  # unguided stays unguided, on the condition left (text)
         return Part("none", {"condition": "text"})
+    from controlfoley.guidance import SCALE_SCHEDULES
+
+    if rule.schedule not in SCALE_SCHEDULES:  # its own scale_at's schedule, which text-only CFG cannot follow
+        raise ConfigError(
+            f"guidance {part.name!r} ({type(rule).__name__}) reads video and has its own schedule {rule.schedule!r}: without the video "
+            f"parts the model samples text-only CFG, which knows {SCALE_SCHEDULES}; give the model a rule too (guidance=...)"
+        )
     return Part("cfg_text", {"scale": float(rule.scale), "schedule": str(rule.schedule)})  # the built rule's, defaults included
 
 

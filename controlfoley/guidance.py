@@ -85,6 +85,14 @@ def _own_scale_at(rule: object) -> bool:
 _UNSHOWN_WARNED: set[type] = set()
 
 
+def _kept(rule: object, name: str) -> bool:
+    """Whether `rule` keeps an attribute `name` of its own (an nn.Module rule keeps its submodules,
+    parameters and buffers outside vars(), where getattr finds them)."""
+    if name in vars(rule):
+        return True
+    return any(name in (getattr(rule, store, None) or {}) for store in ("_modules", "_parameters", "_buffers"))
+
+
 class GuidanceRule:
     """Base of guidance rules: `conditions` in a fixed order, `combine` their logits."""
 
@@ -139,7 +147,7 @@ class GuidanceRule:
         except (TypeError, ValueError):
             params = {}  # type: ignore[assignment]
         named = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in ("self", "scale", "schedule", "conditions")]
-        own = "".join(f", {n}={fingerprint(getattr(self, n))}" for n in named if n in vars(self))
+        own = "".join(f", {n}={fingerprint(getattr(self, n))}" for n in named if _kept(self, n))
         return f"{type(self).__name__}(scale={self.scale}, schedule={self.schedule!r}, conditions=[{conds}]{own})"
 
 
@@ -220,7 +228,7 @@ def _warn_unshown_settings(rule: GuidanceRule, where: str) -> None:
     except (TypeError, ValueError):
         return
     skip = ("self", "scale", "schedule", "conditions", "condition")  # the repr shows the conditions an argument picks
-    unshown = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in skip and n not in vars(rule)]
+    unshown = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in skip and not _kept(rule, n)]
     if unshown:
         names = ", ".join(unshown)
         warnings.warn(

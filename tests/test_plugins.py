@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -726,6 +727,30 @@ def test_a_rule_with_its_own_scale_at_names_its_schedule_and_its_hidden_settings
     with pytest.warns(UserWarning, match=r"guidance 'hidden' \(Hidden\) keeps its argument\(s\) weight under no attribute.*store them as self.weight"):
         check_rule(Hidden(weight=2.0), "guidance 'hidden'")
     assert "2.0" not in repr(Hidden(weight=2.0))  # why: the repr cannot show it
+
+    # an nn.Module rule keeps its submodules and parameters outside vars(): warned of wrongly, and left out of
+    # the repr, so two rules with different heads read alike (a review's g3)
+    from controlfoley.guidance import MultiCFG
+
+    class ModRule(MultiCFG, nn.Module):
+        def __init__(self, scale: float = 3.0, schedule: str = "linear", head: nn.Module | None = None) -> None:
+            nn.Module.__init__(self)
+            MultiCFG.__init__(self, scale, schedule)
+            self.head = head if head is not None else nn.Linear(2, 2)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_rule(ModRule(), "guidance 'mod'")
+    assert "head=Linear(sha256:" in repr(ModRule()) and repr(ModRule()) != repr(ModRule())  # each a new random head
+
+    # the video parts removed (a backbone-only variant): text-only CFG cannot follow the rule's own schedule; named
+    class CosineV(Cosine):
+        conditions = (UNCOND, VIDEO)
+
+    with registered(GUIDANCE, "test_cos_v", lambda scale=3.0, schedule="cosine": CosineV(scale, schedule)):
+        with pytest.raises(ConfigError, match=r"guidance 'test_cos_v' \(CosineV\) reads video and has its own schedule 'cosine'"):
+            with_video = build_model("specmaskfoley_tiny", **{**micro_overrides(), "guidance": {"name": "test_cos_v", "schedule": "cosine"}})
+            build_model(with_video.config, control_encoder=None, aligner=None, controlnet=None)  # the documented way to drop them
 
 
 def test_a_resume_whose_parts_plugin_is_gone_names_the_file_the_parts_and_the_fix(

@@ -18,6 +18,7 @@ Writes are atomic (temporary file + rename).
 
 import json
 import os
+import shlex
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -407,7 +408,14 @@ def _plugin_advice(recorded: str) -> str:
         else:  # "module (its file)": the command line imports a module by name only where it is on sys.path
             module = origin.split(" (")[0]
             source = origin[len(module) + 2 : -1] if origin.endswith(")") and " (" in origin else ""
-            by_file = f"`controlfoley --plugin {source} ...`" if source and Path(source).is_file() else f"`controlfoley --plugin {module} ...` with it importable"
+            depth = module.count(".") + (1 if Path(source).name == "__init__.py" else 0)
+            if source and Path(source).is_file() and depth == 0:  # a module of its own: its file loads by path
+                by_file = f"`controlfoley --plugin {shlex.quote(source)} ...`"
+            elif source and Path(source).is_file():  # inside a package (relative imports): by name, its package's folder on the path
+                root = Path(source).parents[depth]
+                by_file = f"`PYTHONPATH={shlex.quote(str(root))} controlfoley --plugin {module} ...`"
+            else:
+                by_file = f"`controlfoley --plugin {module} ...` with it importable"
             fixes.append(f"import {module} in Python (or controlfoley.load_plugins); on the command line {by_file}")
     return "; when it was saved, " + "; ".join(said) + ". Load it: " + "; ".join(fixes)
 

@@ -865,6 +865,14 @@ def test_a_checkpoint_s_missing_parts_are_grouped_by_file_and_a_script_s_are_not
     assert f"import my_parts in Python (or controlfoley.load_plugins); on the command line `controlfoley --plugin {here} ...`" in imported
     moved = _plugin_advice(json.dumps({"tokenizer": f"my_parts ({gone})"}))
     assert "on the command line `controlfoley --plugin my_parts ...` with it importable" in moved
+    # a module inside a package (its relative imports fail when loaded by path): by name, the package's folder on the path
+    (tmp_path / "pk" / "mypkg").mkdir(parents=True)
+    for name in ("__init__.py", "parts.py"):
+        (tmp_path / "pk" / "mypkg" / name).write_text("")
+    packaged = _plugin_advice(json.dumps({"tokenizer": f"mypkg.parts ({tmp_path / 'pk' / 'mypkg' / 'parts.py'})"}))
+    assert f"`PYTHONPATH={tmp_path / 'pk'} controlfoley --plugin mypkg.parts ...`" in packaged
+    package = _plugin_advice(json.dumps({"tokenizer": f"mypkg ({tmp_path / 'pk' / 'mypkg' / '__init__.py'})"}))
+    assert f"`PYTHONPATH={tmp_path / 'pk'} controlfoley --plugin mypkg ...`" in package
 
 
 def test_a_duplicate_of_a_class_from_a_plugin_file_names_the_file(tmp_path: Path) -> None:

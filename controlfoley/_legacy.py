@@ -99,6 +99,18 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and 2 <= int.from_bytes(head[:8], "little") <= size - 8 and head[8:9] == b"{"
 
 
+def _is_torchscript(path: Path) -> bool:
+    """torch.jit.save's zip archive: it holds code/ (and constants.pkl) beside data.pkl."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.split("/", 2)[1:2] == ["code"] for n in names) and any(n.endswith("constants.pkl") for n in names)
+
+
 def load_legacy_checkpoint(path: str | os.PathLike[str], *, trust: bool = False) -> Any:
     """Load a pickled PyTorch checkpoint on the CPU, refusing arbitrary objects unless `trust=True`.
     A safetensors file given here loads as its dict of tensors, as torch 2.14's `torch.load` reads
@@ -114,6 +126,12 @@ def load_legacy_checkpoint(path: str | os.PathLike[str], *, trust: bool = False)
             return load_file(str(path), device="cpu")
         except SafetensorError as e:
             raise CheckpointError(f"{path} is not a readable safetensors file: truncated or corrupt ({e}); re-download or re-export it") from e
+    if _is_torchscript(path):  # torch.jit.save's archive (OpenAI's released CLIP .pt files, say): whole, not broken
+        raise CheckpointError(
+            f"{path} is a TorchScript archive (torch.jit.save), not a state dict: it loads with torch.jit.load(PATH, "
+            "map_location='cpu'), which runs its code, so only where you trust it; save its .state_dict() with "
+            "torch.save or safetensors and give that file"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, KeyError, EOFError... here
@@ -139,8 +157,10 @@ def load_legacy_checkpoint(path: str | os.PathLike[str], *, trust: bool = False)
         return torch.load(path, map_location="cpu", weights_only=False)
     except ModuleNotFoundError as e:
         raise CheckpointError(
-            f"{path} pickles objects of the package {e.name!r}, which is not installed: unpickling it fully needs it "
-            f"(pip install {e.name}), or export the weights alone from where it is (torch.save(ckpt['state_dict'], ...))"
+            f"{path} pickles objects of the module {e.name!r}, which is not importable here: unpickling it fully needs the code "
+            f"that defines it (the folder of the repository it came from on PYTHONPATH, or the package that provides it: a "
+            f"module name is not always its package's name on PyPI), or export the weights alone where it loads "
+            f"(torch.save(ckpt['state_dict'], ...))"
         ) from e
     except Exception as e:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from e

@@ -528,6 +528,25 @@ def test_a_safetensors_file_loads_as_its_tensors_whatever_torch_load_makes_of_it
         load_official_checkpoint(ours)
 
 
+def test_a_torchscript_archive_is_named_as_one(tmp_path) -> None:
+    """OpenAI's released CLIP .pt files are TorchScript archives: the loader called one 'not a readable
+    PyTorch checkpoint: truncated, corrupt ... re-download or re-export it', which no download fixes (a
+    review of the loaders); torch.load also warned it was dispatching to torch.jit.load."""
+    import warnings
+
+    from controlfoley._legacy import load_legacy_checkpoint
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script's deprecation
+        torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "clip.pt"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no dispatch warning: torch.load is not called on it
+        with pytest.raises(CheckpointError, match=r"clip.pt is a TorchScript archive \(torch.jit.save\), not a state dict: .*torch.jit.load.*state_dict\(\)"):
+            load_legacy_checkpoint(tmp_path / "clip.pt")
+    torch.save({"a": torch.zeros(2)}, tmp_path / "plain.pt")  # a state dict's zip (data.pkl, no code/) is not taken for one
+    assert torch.equal(load_legacy_checkpoint(tmp_path / "plain.pt")["a"], torch.zeros(2))
+
+
 def test_identify_and_adapt_names_directly() -> None:
     """What a file is, from its keys (two controlfoley parts, a DDP prefix on a HiFi-GAN file), and
     the parametrised weight-norm names landing on the classic ones the right way round (original0

@@ -103,6 +103,8 @@ def test_some_but_not_all_control_features_are_named_up_front_and_in_the_summary
     assert extract_main([*argv, "--out", str(tmp_path / "small")]) == 0
     index = json.loads((tmp_path / "small" / "index.json").read_text())
     assert index["info"]["codebook_size"] == 32 and index["info"]["preset"] == "specmaskfoley_tiny"
+    with pytest.warns(UserWarning, match=rf"--preset {small} gives the model it records, not its weights: add --tokenizer {small}"):
+        assert extract_main([*argv[:2], *argv[4:], "--out", str(tmp_path / "small_random")]) == 0  # no --tokenizer
 
 
 def test_unknown_tags_name_the_list_line_before_any_read_even_with_skip_bad(

@@ -775,6 +775,12 @@ def _extract_main(args: argparse.Namespace) -> int:
         from controlfoley.train.config import is_checkpoint_source, preset_from_checkpoint
 
         if is_checkpoint_source(preset):  # a run or checkpoint: the model it records (a 1-D tokenizer, say), --model on top, as train's --preset
+            if args.tokenizer is None and not args.mel:  # its config, not its weights: the tokens would be a random tokenizer's
+                warnings.warn(
+                    f"--preset {args.preset} gives the model it records, not its weights: add --tokenizer {args.preset} to tokenize "
+                    "with its trained tokenizer",
+                    stacklevel=2,
+                )
             preset, overrides = preset_from_checkpoint(preset, overrides)
         ex = Extraction(
             preset, extractors=names, clap=parse_spec(args.clap) if args.clap else None, tokenizer=args.tokenizer, mel=args.mel, video_seconds=args.video_seconds,

@@ -102,10 +102,6 @@ def _probe_cpu_rowwise() -> bool:
 _CPU_ROWWISE = _probe_cpu_rowwise()  # once, at import: a compiled forward (or an unpickled Fp8Linear's first) reads a settled flag
 
 
-def _cpu_rowwise_scaled_mm() -> bool:
-    return _CPU_ROWWISE
-
-
 def _emulated_scaled_mm(xq: Tensor, wq_t: Tensor, scale_a: Tensor, scale_b: Tensor, bias: Tensor | None) -> Tensor:
     """What `_scaled_mm` computes, in fp32 on the CPU: products of fp8 values are exact in fp32, the
     sums are accumulated in fp32 as the kernel's are, then the scales, the bias and the bf16 output."""
@@ -178,7 +174,7 @@ class Fp8Linear(nn.Module):
         # 1 / scale); fp16's does not (1 / scale overflows for rows below ~0.007), so fp16 goes via fp32
         xs = x2.float() if x2.dtype == torch.float16 else x2
         xq = (xs * scale.reciprocal().to(xs.dtype)).to(FP8)
-        if x2.device.type == "cpu" and self.granularity == "row" and not _cpu_rowwise_scaled_mm():
+        if x2.device.type == "cpu" and self.granularity == "row" and not _CPU_ROWWISE:
             y = _emulated_scaled_mm(xq, self.weight.t(), scale, self.weight_scale, self.bias)  # e.g. torch 2.11 on the CPU
         else:
             y = torch._scaled_mm(xq, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias, out_dtype=torch.bfloat16)

@@ -17,14 +17,8 @@ from safetensors.torch import load_file, save_file
 from controlfoley import EXTRACTORS
 from controlfoley.data import real_extractors  # noqa: F401  (registers its extractors)
 from controlfoley.errors import CheckpointError
-
-TINY_CLIP = {
-    "embed_dim": 12,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 500, "width": 32, "heads": 2, "layers": 1},
-}
-TEXTS = ["a dog barks", "glass breaks, thud", "bell rings", "footsteps on gravel", "rain"]
-PROJ = 16
+from test_clap import TEXTS, clap_dirs  # noqa: F401  (a fixture)
+from test_real_extractors import TINY_CLIP
 
 
 class Payload:
@@ -171,28 +165,9 @@ def test_clip_a_batchnorm_tower_file_without_num_batches_tracked_loads(tmp_path:
 
 
 @pytest.fixture(scope="module")
-def clap(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with a random tiny ClapModel (both towers), its tokenizer and feature extractor."""
-    transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install 'controlfoley[clap]')")
-    from tokenizers import ByteLevelBPETokenizer
-
-    root = tmp_path_factory.mktemp("clap_errors")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(TEXTS * 5, vocab_size=300, min_frequency=1, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    bpe.save_model(str(root))
-    tok = transformers.RobertaTokenizerFast(vocab_file=str(root / "vocab.json"), merges_file=str(root / "merges.txt"))
-    text_cfg = transformers.ClapTextConfig(
-        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=40, projection_dim=PROJ,
-    )  # fmt: skip
-    audio_cfg = transformers.ClapAudioConfig(depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], hidden_size=32, patch_embeds_hidden_size=4, projection_dim=PROJ)
-    torch.manual_seed(0)
-    full = transformers.ClapModel(transformers.ClapConfig(text_config=text_cfg.to_dict(), audio_config=audio_cfg.to_dict(), projection_dim=PROJ)).eval()
-    folder = root / "full"
-    full.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    transformers.ClapFeatureExtractor(truncation="rand_trunc").save_pretrained(folder)
-    return folder
+def clap(clap_dirs: dict[str, Path]) -> Path:
+    """The random tiny ClapModel folder (both towers, tokenizer, feature extractor) of test_clap's fixture."""
+    return clap_dirs["full"]
 
 
 def _copy(clap: Path, tmp_path: Path, name: str) -> Path:

@@ -44,7 +44,7 @@ def test_fp8_linear_is_close_to_the_linear_it_replaces(granularity):
         assert rel_err(wrong(x), ref) > 0.5
 
 
-@pytest.mark.skipif(not quantize._cpu_rowwise_scaled_mm(), reason="this torch's CPU kernel takes no per-row scales to compare with")
+@pytest.mark.skipif(not quantize._CPU_ROWWISE, reason="this torch's CPU kernel takes no per-row scales to compare with")
 @pytest.mark.parametrize("bias", [True, False])
 def test_the_cpu_emulation_of_row_scales_gives_the_kernels_products(monkeypatch, bias):
     """torch 2.11's CPU _scaled_mm refuses per-row scales (the row-wise tests failed there with

@@ -151,8 +151,9 @@ w = SyntheticWorld(); [write_clip_mp4(w.clip(i), f'{sys.argv[1]}/clip{i:03d}.mp4
            step 60 "15. evaluate, shipped model, $DEVICE bf16 weights, graph" $C evaluate "$w/gen_dev16"
        fi ;;
     16) # the whole suite on a machine with CUDA (the CUDA tests run, and every other test sees a GPU present),
-       # 8 pytest-xdist workers (the image has pytest-xdist; CI runs the suite serially on 2 cores)
-       step ${SUITE_LIMIT:-240} "16. the whole test suite, 8 workers" $PY -m pytest -q -p no:cacheprovider -n 8 tests ;;
+       # WORKERS pytest-xdist workers (default 8; the image has pytest-xdist; CI runs the suite serially on 2 cores);
+       # -v so that a run the limit cuts off still names every test that finished, and how
+       step ${SUITE_LIMIT:-240} "16. the whole test suite, ${WORKERS:-8} workers" $PY -m pytest -v --tb=short -rf -p no:cacheprovider -n "${WORKERS:-8}" tests ;;
     17) # numba's cache race (run J: 9 evaluation tests failed under 14 workers, unexplained): librosa's onset
         # kernels are numba-compiled with cache=True into pairs of files written separately (numba#10128).
         # The evaluation tests under 14 workers, twice with ONE shared cold cache (run J's condition), then

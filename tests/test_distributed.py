@@ -28,13 +28,17 @@ def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess[str]:
 
 def run_ranks(target: Any, *args: Any, n: int = 2, timeout: float = 120) -> list[int | None]:
     """Run `target(rank, *args)` in `n` spawned processes; their exit codes. A rank still alive
-    after `timeout` (stuck in a collective) is killed and fails the test."""
+    after `timeout` (stuck in a collective) is killed and fails the test. The ranks see no GPU, as
+    the subprocesses of `cpu_env` (conftest's `_train_on_the_cpu` patches this process only; on a
+    one-GPU machine, rank 1 would otherwise ask for cuda:1)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=target, args=(r, *args)) for r in range(n)]
-    for p in procs:
-        p.start()
+    with pytest.MonkeyPatch.context() as env:  # a spawned child takes os.environ as it is at start()
+        env.setenv("CUDA_VISIBLE_DEVICES", "")
+        for p in procs:
+            p.start()
     for p in procs:
         p.join(timeout)
     hung = [r for r, p in enumerate(procs) if p.is_alive()]

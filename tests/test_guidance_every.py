@@ -144,12 +144,15 @@ def test_generate_gives_the_tokens_of_the_approximation_written_plainly(model, r
     opts = dict(options)
     negative = torch.randn_like(x["text"]) if opts.pop("negative", False) else None
     known = ragged_known_mask(model, 3) if opts.pop("known", False) else None
-    r = GUIDANCE.build(rule)
+    # A strong guide, so that the approximation visibly moves tokens: at the default 3.0 it moved 1 of
+    # 480 for cfg_text here, and none on an H200 machine's CPU (torch 2.11), which failed the last check
+    r = GUIDANCE.build(rule, scale=10.0)
+    exact = fast_generate(model, x, r, 8, 5, known, negative_text=negative, **opts)  # the paper's sampler
     for every in (2, 3):
         got = fast_generate(model, x, r, 8, 5, known, guidance_every=every, negative_text=negative, **opts)
         want = approx_generate(model, x, r, 8, 5, every, known, negative, prune_rows=opts.get("prune_rows", True))
         assert torch.equal(got, want), every
-    assert not torch.equal(got, fast_generate(model, x, r, 8, 5, known, negative_text=negative, **opts))  # not the paper's sampler
+        assert not torch.equal(got, exact), every  # the approximation, not the paper's sampler
 
 
 @pytest.mark.parametrize("steps", [6, 7])

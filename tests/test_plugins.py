@@ -328,6 +328,29 @@ def test_a_bad_override_when_loading_is_not_called_a_missing_plugin(tmp_path: Pa
         from_pretrained(tmp_path / "m.safetensors", aligner={"kernel_size": 3.5})
 
 
+def test_isinstance_against_a_part_protocol_sees_a_modules_submodules() -> None:
+    """`isinstance(part, Backbone)` (and the other part protocols) holds for nn.Modules on every
+    supported Python. Python 3.12 looks protocol members up with inspect.getattr_static, which does
+    not see a module's submodules (`blocks`), so the check was False for every backbone there (an
+    H200 machine's Python 3.12.3 failed the test below); `controlfoley._protocol` restores 3.11's
+    lookup for modules. On 3.11 this test passes without it."""
+    import copy
+
+    from controlfoley.audio.vocoders import Vocoder
+    from controlfoley.backbones.base import Backbone
+    from controlfoley.tokenizers.base import Tokenizer, TrainableTokenizer
+
+    model = build_model("specmaskfoley_tiny", **micro_overrides())
+    assert isinstance(model.backbone, Backbone) and isinstance(model.tokenizer, TrainableTokenizer)
+    assert isinstance(model.tokenizer, Tokenizer) and isinstance(model.vocoder, Vocoder)
+    no_blocks = copy.deepcopy(model.backbone)
+    del no_blocks.blocks  # nn.Module.__delattr__: gone from _modules
+    assert not isinstance(no_blocks, Backbone)
+    unset = copy.deepcopy(model.backbone)
+    unset.new_block = None  # a method member set to None is not implemented, as in Python's own check
+    assert not isinstance(unset, Backbone) and not isinstance(model.tokenizer, Backbone)
+
+
 def test_a_user_backbone_trains_and_samples_and_a_broken_one_is_named() -> None:
     """examples/custom_backbone.py's backbone (torch's nn.TransformerEncoderLayer), loaded as a
     plugin: it trains and samples with its ControlNet copy; broken variants are named at build."""

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from controlfoley._legacy import load_legacy_checkpoint
+from controlfoley._protocol import ModuleProtocolMeta
 from controlfoley._registry import VOCODERS
 from controlfoley.audio import hifigan, melgan  # noqa: F401  (their modules register "hifigan" and "melgan")
 from controlfoley._ckpt_kind import identify_container
@@ -85,7 +86,7 @@ def missing_weights_message(name: str, arg: str, flag: str = "--vocoder") -> str
 
 
 @runtime_checkable
-class Vocoder(Protocol):
+class Vocoder(Protocol, metaclass=ModuleProtocolMeta):
     """What the model relies on: `sample_rate` and normalised mel [b, m, n] -> waveform [b, s]."""
 
     sample_rate: int

@@ -2,9 +2,10 @@
 the BACKBONES registry).
 
 Notable features:
-- A `typing.Protocol`, checkable at run time with `isinstance(obj, Backbone)` (members exist, not
-  their signatures); no base class to inherit from. `build_model` checks it and names what is
-  missing, so a broken user backbone fails at build time, not inside a forward.
+- A `typing.Protocol`, checkable at run time with `isinstance(obj, Backbone)` on every supported
+  Python (members exist, not their signatures; `controlfoley._protocol`: Python 3.12's own check
+  misses a module's submodules); no base class to inherit from. `build_model` checks it and names
+  what is missing, so a broken user backbone fails at build time, not inside a forward.
 - Three stages, so that the ControlNet and the fast sampler can work between them: `embed`
   (tokens, mask and text condition -> hidden states), `forward_blocks` (the block loop, adding
   `residuals[i]` after block i: the ControlNet's injection points), `logits` (the vocabulary head,
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from controlfoley._protocol import ModuleProtocolMeta
 from controlfoley.errors import ShapeError
 from controlfoley.typing import Bool, Float, Int, Tensor
 
@@ -41,7 +43,7 @@ CONTROL_MEMBERS = ("blocks", "new_block")  # what the ControlNet copies
 
 
 @runtime_checkable
-class Backbone(Protocol):
+class Backbone(Protocol, metaclass=ModuleProtocolMeta):
     """Masked token model over a grid of F*T tokens (row-major, index f*T + t).
 
     Attributes:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from jaxtyping import UInt8
 from torch import nn
 
+from controlfoley._protocol import ModuleProtocolMeta
 from controlfoley._registry import EXTRACTORS
 from controlfoley.config import ConfigError
 from controlfoley.data.synthetic import CLASS_NAMES, SyntheticClip
@@ -127,7 +128,7 @@ def build_extractor(spec: ExtractorSpec) -> Any:
 
 
 @runtime_checkable
-class VideoExtractor(Protocol):
+class VideoExtractor(Protocol, metaclass=ModuleProtocolMeta):
     name: str
     output_key: str
     fps: float
@@ -137,7 +138,7 @@ class VideoExtractor(Protocol):
 
 
 @runtime_checkable
-class TextExtractor(Protocol):
+class TextExtractor(Protocol, metaclass=ModuleProtocolMeta):
     name: str
     output_key: str
     dim: int

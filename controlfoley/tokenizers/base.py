@@ -17,13 +17,14 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from controlfoley._protocol import ModuleProtocolMeta
 from controlfoley.typing import Float, Int, Tensor
 
 __all__ = ["Tokenizer", "TrainableTokenizer", "RestartableTokenizer"]
 
 
 @runtime_checkable
-class Tokenizer(Protocol):
+class Tokenizer(Protocol, metaclass=ModuleProtocolMeta):
     """Mel spectrogram <-> grid of discrete tokens.
 
     Attributes:

@@ -56,7 +56,6 @@ results are summed in another order than MKL's, so logits differ ~1e-6 from the 
 
 import contextlib
 import contextvars
-import copy
 import functools
 import inspect
 import math
@@ -73,7 +72,7 @@ from torch.overrides import TorchFunctionMode
 from controlfoley._static import ModelModule
 from controlfoley.backbones.base import check_logits
 from controlfoley.errors import ConfigError, ShapeError
-from controlfoley.guidance import CFG, UNCOND, Condition, GuidanceRule, MultiCFG, scale_at
+from controlfoley.guidance import CFG, UNCOND, Condition, GuidanceRule, MultiCFG, scale_at, with_scale
 from controlfoley.typing import Bool, Float, Int, Tensor
 
 __all__ = [
@@ -469,14 +468,7 @@ def _own_schedule(rule: GuidanceRule, scale: float) -> GuidanceRule | None:
     which reads `self.scale`); None for the built-in schedules."""
     if getattr(type(rule), "scale_at", GuidanceRule.scale_at) is GuidanceRule.scale_at:
         return None
-    if scale == rule.scale:
-        return rule  # its own scale: called as it is
-    own = copy.copy(rule)
-    try:
-        own.scale = scale
-    except AttributeError:  # a read-only property
-        raise ConfigError(f"guidance {rule} has a schedule of its own (scale_at) and a scale that cannot be set, so cfg_scale={scale} cannot replace it; leave cfg_scale out, or build the rule with that scale") from None
-    return own
+    return with_scale(rule, scale)  # its scale_at reads self.scale
 
 
 class GuidedStep:

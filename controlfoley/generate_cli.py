@@ -53,7 +53,6 @@ Features
 
 import argparse
 import contextlib
-import copy
 import functools
 import hashlib
 import logging
@@ -849,16 +848,26 @@ def _scaled(rule: Any) -> bool:
     return isinstance(getattr(rule, "scale", None), float) and not ignores_scale(rule)
 
 
+def _as_sampled(args: argparse.Namespace, pipe: Any) -> Any:
+    """The rule as it samples, for the record: `args.sampled_rule` (worked out once in main), at
+    --cfg-scale where generate runs a copy holding it. A no-prompt fallback the pipeline made from
+    the rule at --cfg-scale (its `without_text()`) samples as it is, at the scale it derived. A rule
+    whose scale cannot be set is a ConfigError naming --cfg-scale (main asks before any file)."""
+    rule = args.sampled_rule
+    if args.cfg_scale is not None and _scaled(rule) and id(rule) not in pipe._scaled_fallbacks:
+        from controlfoley.guidance import with_scale
+
+        rule = with_scale(rule, float(args.cfg_scale), "--cfg-scale")
+    return rule
+
+
 def _settings(args: argparse.Namespace, pipe: Any) -> dict[str, Any]:
     """The settings an output is recorded with, as resolved (the model's own steps, scale and rule
     where none was given; the extractors and text encoder used; the model file's stamp)."""
     import torch
 
     model = pipe.model
-    rule = args.sampled_rule  # what sampled (a no-prompt fallback included), worked out once in main
-    if args.cfg_scale is not None and _scaled(rule) and rule.scale != float(args.cfg_scale):
-        rule = copy.copy(rule)  # recorded as it sampled: generate runs a copy holding --cfg-scale
-        rule.scale = float(args.cfg_scale)
+    rule = _as_sampled(args, pipe)
     model_file = getattr(model, "loaded_from", None)
     model_file = str(Path(model_file).resolve()) if model_file else None  # the file read, also for a run folder (load_model)
     settings = {
@@ -1034,6 +1043,7 @@ def _main(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         extractors, vocoder = _extractor_specs(args.extractor), _vocoder_spec(args.vocoder)
         pipe = _build_pipeline(args, extractors, vocoder)  # a bad name or file is reported before a clash of outputs
         args.sampled_rule = _quietly_sampled_rule(pipe, args)  # for the record (its warnings come when sampling, not before a refusal)
+        _as_sampled(args, pipe)  # a rule whose scale --cfg-scale cannot set: said now, not after the first output
         loaded = getattr(pipe.model, "loaded_from", None)
         # the weights' stamp as loaded: a file replaced while this runs (a run still training) must not stamp outputs it did not make
         args.model_stamp = _model_stamp(str(Path(loaded).resolve()) if loaded else None)
@@ -1109,7 +1119,7 @@ def _quietly_sampled_rule(pipe: Any, args: argparse.Namespace) -> Any:
     level, warned = plog.level, pipe._warned_no_prompt
     plog.setLevel(logging.ERROR)
     try:
-        return pipe._conditions(args.prompt, args.negative_prompt, args.rule)[2] or pipe.model.guidance
+        return pipe._conditions(args.prompt, args.negative_prompt, args.rule, args.cfg_scale)[2] or pipe.model.guidance
     finally:
         plog.setLevel(level)
         pipe._warned_no_prompt = warned

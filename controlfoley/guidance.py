@@ -20,6 +20,7 @@ A rule of one's own may override `scale_at(step, n_steps)` for another schedule;
 holding that scale). A step whose scale is 0 runs the unconditional rows alone (`prune_rows`).
 """
 
+import copy
 import inspect
 import math
 import numbers
@@ -40,6 +41,7 @@ __all__ = [
     "GuidanceRule",
     "NoGuidance",
     "ignores_scale",
+    "with_scale",
     "CFG",
     "MultiCFG",
     "scale_at",
@@ -257,6 +259,23 @@ def ignores_scale(rule: GuidanceRule) -> bool:
     """Whether `rule` combines as `none` does (one condition set's logits, unguided), so that no CFG
     scale changes what it samples: `generate(cfg_scale=...)` says so, and records keep its scale."""
     return getattr(type(rule), "combine", None) is NoGuidance.combine
+
+def with_scale(rule: GuidanceRule, scale: float, what: str = "cfg_scale") -> GuidanceRule:
+    """`rule` at `scale`: itself when already at it, else a copy holding `scale` (what a sampler
+    reads through `scale_at`, and what a record's repr shows). A rule whose `scale` cannot be set
+    (a read-only property) is a ConfigError naming `what`, the setting that asked for the scale."""
+    if scale == rule.scale:
+        return rule
+    own = copy.copy(rule)
+    try:
+        own.scale = float(scale)
+    except AttributeError:  # a read-only property (or __slots__ without it)
+        raise ConfigError(
+            f"guidance {rule!r}: its scale cannot be set (a read-only attribute of {type(rule).__name__}), so {what} {scale:g} "
+            f"cannot replace its {rule.scale:g}; leave {what} out, or give {type(rule).__name__} a settable scale"
+        ) from None
+    return own
+
 
 class CFG(GuidanceRule):
     """Single-condition CFG: l_u + s (l_c - l_u)."""

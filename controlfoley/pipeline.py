@@ -44,7 +44,6 @@ al. 2022, sec. 3.2 / image extrapolation), docs/DESIGN.md sections 1-3.
 """
 
 import contextlib
-import copy
 import functools
 import logging
 import math
@@ -65,7 +64,7 @@ from controlfoley.config import ConfigError
 from controlfoley.control.encoders import control_encoder_of
 from controlfoley.data.extractors import ExtractorSpec, build_extractor
 from controlfoley.errors import MediaError, RandomWeightsWarning, ShapeError, user_stacklevel
-from controlfoley.guidance import GuidanceRule
+from controlfoley.guidance import GuidanceRule, with_scale
 from controlfoley.model import checked_control_scale, checked_guidance_every, run_vocoder
 from controlfoley.typing import Float, Int, Tensor
 from controlfoley.pipeline_parts import (
@@ -919,10 +918,7 @@ class FoleyPipeline:
             at = None if cfg_scale is None else float(cfg_scale)
             kept = self._fallbacks.get((id(rule), at))
             if kept is None or kept[0] is not rule:  # one fallback object per rule and scale: the videos of a batched call share its rows
-                scaled = rule
-                if at is not None:
-                    scaled = copy.copy(rule)
-                    scaled.scale = at
+                scaled = rule if at is None else with_scale(rule, at)
                 # video-only CFG for the built-ins; a rule of one's own may choose
                 kept = self._fallbacks[(id(rule), at)] = (rule, scaled.without_text())
                 if at is not None and isinstance(kept[1], GuidanceRule):

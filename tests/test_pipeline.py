@@ -383,6 +383,67 @@ def test_cli_guidance_naming_the_model_s_own_rule_keeps_its_settings(media: dict
     assert recorded["cfg_video"].startswith("CFG(scale=3.0, schedule='linear'")  # another rule: its builder's defaults
 
 
+def test_cli_records_a_no_prompt_fallback_at_the_scale_it_sampled(media: dict[str, Path], tmp_path: Path) -> None:
+    """--cfg-scale without a prompt, for a model rule whose fallback derives its scale (half, here):
+    the pipeline samples the fallback made from the rule at --cfg-scale (2.0), but the record took the
+    fallback made at the rule's own scale and wrote --cfg-scale into it (CFG(scale=4.0)). Now the
+    record is the rule that sampled."""
+    from conftest import registered
+
+    from controlfoley import GUIDANCE
+    from controlfoley.guidance import CFG, MultiCFG
+
+    class Damped(MultiCFG):
+        def without_text(self) -> CFG:
+            return CFG("video", self.scale / 2, "constant")
+
+    with registered(GUIDANCE, "test_damped", lambda scale=3.0, schedule="linear": Damped(scale=scale, schedule=schedule)):
+        path = as_trained(micro_model(guidance={"name": "test_damped"})).save(tmp_path / "m.safetensors")
+        out = tmp_path / "out"
+        assert cli.main(["generate", str(media["tiny"]), "--model", str(path), "--out", str(out), "--steps", "2", "--cfg-scale", "4"]) == 0
+    settings = json.loads((out / "generate.json").read_text())["outputs"]["tiny"]["settings"]
+    assert settings["guidance"].startswith("CFG(scale=2.0, schedule='constant', conditions=[uncond, video]") and settings["cfg_scale"] == 4.0
+
+
+def test_a_rule_whose_scale_cannot_be_set_is_named_before_any_file(
+    model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--cfg-scale for a rule with a read-only scale (a property): generate sampled at it, then
+    recording the output raised a raw AttributeError (the record's copy of the rule could not take
+    the scale); the pipeline's no-prompt fallback raised it too. Now a ConfigError names the rule and
+    the fix, before any file is read."""
+    from conftest import registered
+
+    from controlfoley import GUIDANCE
+    from controlfoley.guidance import CFG, MultiCFG
+
+    class FixedVideo(CFG):
+        scale = property(lambda self: 2.0)  # type: ignore[assignment]
+
+        def __init__(self) -> None:
+            self.schedule, self.conditions = "linear", CFG("video").conditions
+
+    class FixedMulti(MultiCFG):
+        scale = property(lambda self: 2.0)  # type: ignore[assignment]
+
+        def __init__(self) -> None:
+            self.schedule = "linear"
+
+    p = _pipeline(micro_model())
+    p.model.guidance = FixedMulti()
+    with pytest.raises(ConfigError, match=r"its scale cannot be set \(a read-only attribute of FixedMulti\), so cfg_scale 4 cannot replace its 2"):
+        p._conditions(None, None, None, 4.0)  # no prompt: the fallback from the rule at cfg_scale
+    calls = _count_sampling(monkeypatch)
+    out = tmp_path / "out"
+    with registered(GUIDANCE, "test_fixed_video", FixedVideo):
+        argv = ["generate", str(media["tiny"]), "--model", str(model_file), "--out", str(out), "--steps", "2", "--guidance", "test_fixed_video"]
+        assert cli.main([*argv, "--cfg-scale", "5"]) == 2
+        err = capsys.readouterr().err
+        assert "error: guidance FixedVideo(" in err and "so --cfg-scale 5 cannot replace its 2; leave --cfg-scale out" in err and "Traceback" not in err, err
+        assert calls == [] and _outputs(out) == []
+        assert cli.main([*argv, "--cfg-scale", "2"]) == 0  # its own scale: nothing to replace
+
+
 def test_cli_processes_good_files_and_reports_each_bad_one(
     model_file: Path, media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

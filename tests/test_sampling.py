@@ -197,7 +197,7 @@ def test_a_rule_s_own_scale_at_is_the_schedule_generate_samples_with(micro_model
     seen.clear()
     micro_model.generate(x["features"], x["text"], steps=4, guidance=Fixed(), generator=torch.Generator().manual_seed(0))
     assert [s for _, _, s in seen] == [2.0] * 4
-    with pytest.raises(ConfigError, match=r"a scale that cannot be set, so cfg_scale=5.0 cannot replace it"):
+    with pytest.raises(ConfigError, match=r"its scale cannot be set \(a read-only attribute of Fixed\), so cfg_scale 5 cannot replace its 2; leave cfg_scale out"):
         micro_model.generate(x["features"], x["text"], steps=4, guidance=Fixed(), cfg_scale=5.0, generator=torch.Generator().manual_seed(0))
     monkeypatch.setattr(Cosine, "scale_at", lambda self, step, n_steps: float("nan"))
     with pytest.raises(ConfigError, match=r"scale_at\(0, 4\) returned nan; it must return a finite number"):

@@ -165,7 +165,7 @@ def _check_schedule(name: str, gamma: Callable[..., Any]) -> None:
         values.append(v)
     if abs(values[0] - 1.0) > _CHECK_TOL or abs(values[-1]) > _CHECK_TOL:
         raise ConfigError(f"{where} gives gamma(0) = {values[0]:.6g} and gamma(1) = {values[-1]:.6g}; {fix}")
-    rs = torch.tensor(_CHECK_POINTS, dtype=torch.float32)
+    rs = torch.tensor(_CHECK_POINTS, dtype=torch.float32, device="cpu")  # on the CPU under any default device (meta cannot be read back)
     try:
         out = gamma(rs)
     except Exception as e:  # noqa: BLE001  a user function: named with its error
@@ -179,7 +179,7 @@ def _check_schedule(name: str, gamma: Callable[..., Any]) -> None:
             f"{where} must map a Tensor of ratios to a Tensor of the same shape (the training mask draws one ratio per "
             f"clip); for shape {list(rs.shape)} it gave {got}: use torch functions, e.g. torch.cos, on tensors"
         )
-    if not torch.allclose(out.double(), torch.tensor(values, dtype=torch.float64), atol=1e-4):
+    if not torch.allclose(out.double(), torch.tensor(values, dtype=torch.float64, device=out.device), atol=1e-4):
         shown = ", ".join(f"{float(a):.4g} (float: {b:.4g})" for a, b in zip(out.tolist(), values, strict=True))
         raise ConfigError(f"{where} gives other values on a Tensor of ratios than on floats at r = 0, 1/16, ..., 1: {shown}; {fix}")
 

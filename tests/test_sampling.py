@@ -400,6 +400,20 @@ def test_a_registered_mask_schedule_is_built_by_name_and_sets_the_masked_counts(
     assert seen != want(lambda r: math.cos(math.pi / 2 * r))  # the schedule changed the counts
 
 
+def test_a_model_builds_under_a_meta_default_device() -> None:
+    """`with torch.device("meta"): build_model(...)` (a model's shapes without its memory) failed on
+    the first use of a mask schedule: its check read a tensor back (.item()) that the context had
+    put on the meta device. The check now runs on the CPU under any default device."""
+    from conftest import micro_overrides, registered
+
+    from controlfoley import MASK_SCHEDULES, build_model
+
+    with registered(MASK_SCHEDULES, "test_sqrt_meta", sqrt_schedule):  # a name not yet checked in this process
+        with torch.device("meta"):
+            model = build_model("specmaskfoley_tiny", **micro_overrides(), sampler={"mask_schedule": "test_sqrt_meta"})
+    assert {p.device.type for p in model.parameters()} == {"meta"} and model.sampler.mask_schedule == "test_sqrt_meta"
+
+
 def test_a_schedule_name_is_looked_up_when_the_sampler_is_built_and_an_unknown_one_is_the_registry_error() -> None:
     """The config takes any name (a plugin may register it later); the sampler looks it up: an unknown
     name is the registry's error, with the names registered and how to register one."""

@@ -158,6 +158,15 @@ def test_cli_print_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert train_main(argv) == 2
     out = capsys.readouterr()
     assert out.out == "" and "guidance 'multi' got unknown argument(s) ['video_weight']. It accepts: scale, schedule" in out.err
+    # what only building finds (a value contradicting the one wired from another part): the run refused
+    # it at once, --print-config wrote it out. It builds on the meta device now, reading no weights file
+    argv = ["controlnet", "--preset", "specmaskfoley", "--data", "d", "--out", "o", "--model", "tokenizer.n_mels=64", "--print-config"]
+    assert train_main(argv) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "tokenizer 'specvqgan': n_mels=64 contradicts the value wired from the other parts (80)" in out.err
+    vocoder = {"name": "hifigan", "checkpoint": "/nowhere/g.pt"}
+    argv = ["controlnet", "--preset", "specmaskfoley", "--data", "d", "--out", "o", "--model", f"vocoder={json.dumps(vocoder)}", "--print-config"]
+    assert train_main(argv) == 0 and TrainConfig.from_json(capsys.readouterr().out).model_overrides["vocoder"] == vocoder
 
 
 # -- recipes ---------------------------------------------------------------------------------------

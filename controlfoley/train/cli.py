@@ -365,6 +365,23 @@ def _config_file(args: argparse.Namespace) -> dict[str, Any]:
     return file_fields
 
 
+def _build_on_meta(resolved: Any) -> None:
+    """The model of `resolved` built as the run's first step builds it, on the meta device (shapes,
+    no memory; 0.1 s for the paper preset) and without reading its parts' weights files: what only
+    building finds (a value contradicting the one wired from another part, e.g. tokenizer n_mels
+    against the mel front end's; a missing argument; a part breaking its contract) is an error of
+    --print-config too, not of the run it configures. Warnings are the run's to give."""
+    import warnings
+
+    import torch
+
+    from controlfoley.builder import build_without_weight_files
+
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        build_without_weight_files(resolved)
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     from controlfoley.train.loop import train
 
@@ -379,6 +396,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                 part = getattr(resolved, field, None)
                 if part is not None:
                     registry.check_args(part.name, part.kwargs)
+            _build_on_meta(resolved)
     except (ConfigError, RegistryError, ControlFoleyError) as e:
         # from the flags and files alone: every rank of a node hits it alike; one per node prints it
         raise e if _local_rank() == 0 else mark_reported(e, 0)

@@ -31,8 +31,8 @@
 #  14. step 4 under bf16 autocast (`controlfoley train`'s precision on CUDA), the three variants
 #  15. the command line end to end on the device: extract, train the ControlNet (EMA, activation checkpointing,
 #      stop and --resume, one torchrun rank), generate 16 held-out clips and score them (CPU vs device vs bf16 graph)
-#  16. the whole test suite with a GPU present (pytest-xdist, 8 workers; SUITE_LIMIT seconds, default 240)
-#  17. numba's cache race: the evaluation tests under 14 xdist workers with one shared cold numba cache
+#  16. the whole test suite with a GPU present (pytest-xdist, WORKERS workers, default 8; SUITE_LIMIT seconds, default 240)
+#  17. numba's cache race: the evaluation tests under WORKERS (default 14) xdist workers with one shared cold numba cache
 #      (twice), then a cold cache per worker (tests/conftest.py's fix for run J's 9 failures)
 #  18. batch 64: the reference and the path that met the target in run G (static fp8, compiled, in the graph), 5 runs
 #  10. batch 64, compiled inside the whole-loop graph with inductor's max-autotune (387 s on an H200,
@@ -160,10 +160,10 @@ w = SyntheticWorld(); [write_clip_mp4(w.clip(i), f'{sys.argv[1]}/clip{i:03d}.mp4
         # with each worker's own cold cache (what tests/conftest.py now does): a fresh TMPDIR each time.
         sel="tests/test_evaluation.py tests/test_evaluate_cli.py tests/test_pipeline.py -k evaluat"
         for try in 1 2; do
-            step 150 "17a. evaluation tests, 14 workers, one shared cold numba cache (try $try)" \
+            step 150 "17a. evaluation tests, ${WORKERS:-14} workers, one shared cold numba cache (try $try)" \
                 env NUMBA_CACHE_DIR="$(mktemp -d)" $PY -m pytest -q -p no:cacheprovider -n ${WORKERS:-14} -rf --tb=short $sel
         done
-        step 150 "17b. evaluation tests, 14 workers, a cold numba cache per worker (the conftest fix)" \
+        step 150 "17b. evaluation tests, ${WORKERS:-14} workers, a cold numba cache per worker (the conftest fix)" \
             env -u NUMBA_CACHE_DIR TMPDIR="$(mktemp -d)" $PY -m pytest -q -p no:cacheprovider -n ${WORKERS:-14} -rf --tb=short $sel ;;
     18) # the batch-64 target's path on this card beside the reference, 5 timed runs (run G2's command, H100: 107 clips/s)
         step 240 "18. batch $BIG_BATCH, the reference and static fp8 compiled in the graph" $PY $S --device "$DEVICE" --preset "$PRESET" \

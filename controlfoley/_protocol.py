@@ -26,7 +26,9 @@ class ModuleProtocolMeta(typing._ProtocolMeta):  # the metaclass of typing.Proto
         members = getattr(cls, "__protocol_attrs__", None)  # set on protocols from Python 3.12; 3.11 checks with hasattr already
         if members is None or not cls.__dict__.get("_is_protocol", False) or not isinstance(obj, nn.Module):
             return False  # a class deriving from a protocol without being one is checked by its bases only, as before
-        data: frozenset[str] = getattr(cls, "__non_callable_proto_members__", frozenset())
+        data = getattr(cls, "__non_callable_proto_members__", None)  # Python 3.13+; 3.12 has no such set
+        if data is None:
+            data = {m for m in members if not callable(getattr(cls, m, None))}  # an annotation alone or a value: a data member
         for name in members:
             try:
                 value = getattr(obj, name)

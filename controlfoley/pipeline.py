@@ -62,7 +62,7 @@ from controlfoley._static import ModelModule
 from controlfoley.audio.io import _unreported_clipping
 from controlfoley.config import ConfigError
 from controlfoley.control.encoders import control_encoder_of
-from controlfoley.data.extractors import ExtractorSpec, build_extractor
+from controlfoley.data.extractors import FRAME_SIZE, ExtractorSpec, build_extractor
 from controlfoley.errors import MediaError, RandomWeightsWarning, ShapeError, user_stacklevel
 from controlfoley.guidance import GuidanceRule, with_scale
 from controlfoley.model import checked_control_scale, checked_guidance_every, run_vocoder
@@ -215,7 +215,7 @@ class FoleyPipeline:
         *,
         overlap: float = 0.25,
         join: str = "crossfade",
-        frame_size: int = 64,
+        frame_size: int = FRAME_SIZE,
         feature_frames: Mapping[str, int] | None = None,
         precision: str = "auto",
         cuda_graph: bool = False,

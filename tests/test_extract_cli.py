@@ -687,6 +687,51 @@ def test_extract_takes_plugin_extractors_as_generate_does(tmp_path: Path, capsys
         assert "give this one's builder an output_key argument" in err and "Traceback" not in err
 
 
+def test_extraction_decodes_frames_at_the_size_generate_decodes_them(tmp_path: Path) -> None:
+    """extract decoded each video at its source size (a walkthrough: 23 GB for a 1 s 1080p clip,
+    OOM-killed; generate's peak was 0.87 GB), and so gave a frame extractor other frames in training
+    than generate gives it. Now both decode at the extractor's frame_size, else FRAME_SIZE."""
+    from conftest import registered
+
+    from controlfoley import EXTRACTORS
+    from controlfoley.data.extract import extract_main
+    from controlfoley.data.extractors import FRAME_SIZE
+    from controlfoley.pipeline import FoleyPipeline
+    from controlfoley.video import write_video
+
+    seen: dict[str, list[tuple[int, int]]] = {"plain": [], "sized": []}
+
+    class Spy(_Motion):
+        def __init__(self, dim: int, where: str) -> None:
+            super().__init__(dim)
+            self.where = where
+
+        def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+            seen[self.where].append(tuple(frames.shape[1:3]))
+            return super().__call__(frames)
+
+    class Sized(Spy):
+        frame_size = 24
+
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 255, (8, 240, 320, 3), dtype=torch.uint8, generator=g)  # 2 s at 4 fps, 320 x 240
+    audio = 0.1 * torch.randn(2 * 44100, generator=g)
+    video = write_video(tmp_path / "v.mp4", frames, 4.0, audio=audio, sample_rate=44100)
+    base = ["--preset", "specmaskfoley_tiny", "--mel", "--files", str(video)]
+    with registered(EXTRACTORS, "test_spy", lambda *, dim=24: Spy(dim, "plain")), registered(EXTRACTORS, "test_spy24", lambda *, dim=24: Sized(dim, "sized")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # short clip, features the model does not read
+            assert extract_main([*base, "--extractor", "motion=test_spy", "--extractor", "pace=test_spy24", "--out", str(tmp_path / "d")]) == 0
+        assert set(seen["plain"]) == {(FRAME_SIZE, FRAME_SIZE)} and set(seen["sized"]) == {(24, 24)}
+        pipe = object.__new__(FoleyPipeline)  # only what _decode reads: its default frame size
+        pipe.frame_size = FRAME_SIZE
+        decoded, _ = pipe._decode(video, {"motion": Spy(24, "plain"), "pace": Sized(24, "sized")})
+    assert decoded["motion"].shape[1:3] == (FRAME_SIZE, FRAME_SIZE) and decoded["pace"].shape[1:3] == (24, 24)  # generate's own
+    stored = ShardDataset(tmp_path / "d")[0]
+    want = Spy(24, "plain")(decoded["motion"])
+    assert torch.allclose(stored["motion"][: want.shape[0]].float(), want, atol=1e-3)  # the frames generate gives, as stored
+
+
 def test_a_preset_named_as_tokenizer_is_recorded_as_its_weights_and_a_run_from_it_is_not_warned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--tokenizer specmaskfoley_synthetic` (a preset's name standing for its shipped weights) is
     recorded as those weights' file and the name, not as a path of that name under the folder
@@ -819,7 +864,7 @@ def test_a_window_holds_the_video_frames_read_frames_gives(tmp_path: Path) -> No
     read = read_frames(video, 10.0, max_seconds=ex.video_s).frames
     assert ex.n_video_frames(10.0) == read.shape[0] == 91
     assert read[-1, 0, 0, 0].item() == frames[90, 0, 0, 0].item()  # the frame shown at 9.0 s
-    rows = ex.video_features(VideoSource(lambda fps: read_frames(video, fps, max_seconds=ex.video_s).frames, video))["motion"]
+    rows = ex.video_features(VideoSource(lambda fps, size: read_frames(video, fps, size=size, max_seconds=ex.video_s).frames, video))["motion"]
     assert torch.equal(rows[:, 0], read[:, 0, 0, 0].float())
 
 
@@ -972,11 +1017,11 @@ def test_skip_bad_leaves_out_a_video_whose_precomputed_features_are_unusable(tmp
 
     ex = WithFeatures()
     with pytest.raises(DataError, match=r"nan\.npy: features hold NaN or infinite values; re-extract them") as e:
-        ex.video_features(VideoSource(lambda fps: torch.zeros(1), tmp_path / "nan.mp4"))
+        ex.video_features(VideoSource(lambda fps, size: torch.zeros(1), tmp_path / "nan.mp4"))
     assert isinstance(e.value, ShapeError)
 
     def item(name: str) -> Any:
-        return name, lambda: (torch.full((6,), 1.0), VideoSource(lambda fps: torch.zeros(1), tmp_path / f"{name}.mp4"), None)
+        return name, lambda: (torch.full((6,), 1.0), VideoSource(lambda fps, size: torch.zeros(1), tmp_path / f"{name}.mp4"), None)
 
     names = ["ok", "nan", "wide", "ints", "missing"]
     with pytest.warns(UserWarning, match="skipped 4 clip"):

@@ -60,7 +60,7 @@ from controlfoley._io import atomic_write_text, check_writable_folder
 from controlfoley.config import parse_overrides, parse_spec
 from controlfoley.control.encoders import check_widths
 from controlfoley._registry import EXTRACTORS
-from controlfoley.data.extractors import PATH_ARGS, build_extractor, extractors_writing
+from controlfoley.data.extractors import FRAME_SIZE, PATH_ARGS, build_extractor, extractors_writing
 from controlfoley.data.shards import INDEX_FILE, PROGRESS_FILE, ShardIndex, ShardWriter, finished_extraction
 from controlfoley.errors import ControlFoleyError, DataError, MediaError, ShapeError, one_line, user_stacklevel
 from controlfoley.typing import Tensor
@@ -71,13 +71,13 @@ __all__ = ["Extraction", "extract_synthetic", "extract_files", "extract_main", "
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"})
 SKIPPED_FILE = "skipped.tsv"  # with skip_bad: the clips left out, one per line: id TAB error
-FrameSource = Callable[[float], Tensor]  # fps -> uint8 frames [n, h, w, 3]
+FrameSource = Callable[[float, int], Tensor]  # (fps, square side in pixels) -> uint8 frames [n, h, w, 3]
 
 
 @dataclass(frozen=True)
 class VideoSource:
-    """A clip's video: its frames at any rate, decoded on demand, and the file it came from (the
-    key of precomputed features; None for rendered clips)."""
+    """A clip's video: its frames at any rate and size, decoded on demand, and the file it came
+    from (the key of precomputed features; None for rendered clips, whose frames keep their size)."""
 
     frames_at: FrameSource
     path: Path | None = None
@@ -274,7 +274,10 @@ class Extraction:
                     rows = torch.cat([rows, rows[-1:].expand(want - rows.shape[0], -1)])
                 out[ext.output_key] = rows[:want].contiguous().cpu()
                 continue
-            frames = video.frames_at(ext.fps)
+            # decoded as generate decodes them (FoleyPipeline._decode): the extractor's frame_size, or
+            # FRAME_SIZE; the source size cost memory in proportion to it (a 1 s 1080p clip needed 23 GB)
+            # and gave the model other features in training than in generation
+            frames = video.frames_at(ext.fps, int(getattr(ext, "frame_size", FRAME_SIZE)))
             if frames.shape[0] == 0:
                 raise DataError(f"a video gave no frames at {ext.fps} fps")
             if frames.shape[0] < want:  # a short video holds its last picture
@@ -503,7 +506,7 @@ def extract_synthetic(
         elif ex.clap is not None:  # the audio-prompt role: the clip's own classes
             tags = getattr(ex.clap, "encode_tags", None)
             clap = tags(list(clip.class_ids)) if tags is not None else ex.clap.encode_text([clip.prompt])[0]
-        return clip.audio, VideoSource(lambda fps: resample_frames(clip.frames, clip.fps, fps)), clap
+        return clip.audio, VideoSource(lambda fps, size: resample_frames(clip.frames, clip.fps, fps)), clap  # rendered at the world's size
 
     items = ((f"synthetic-{world_seed}-{i}", lambda i=i: load(i)) for i in world.split(split, n_clips))
     source = synthetic_source(world_seed, split, n_clips)
@@ -640,7 +643,7 @@ def extract_files(
         wav = load_audio(p, sr) if is_audio[i] else read_audio_track(p, sr, max_seconds=_Lengths.read_samples(ex.window_samples) / sr)
         if ex.clap is not None and _embeds_audio(ex.clap):
             clap = _audio_prompt(ex, wav)
-        video = None if (is_audio[i] or not ex.video) else VideoSource(lambda fps: read_frames(p, fps, max_seconds=ex.video_span).frames, p)
+        video = None if (is_audio[i] or not ex.video) else VideoSource(lambda fps, size: read_frames(p, fps, size=size, max_seconds=ex.video_span).frames, p)
         return wav, video, clap
 
     items = ((names[i], lambda i=i: load(i)) for i in range(len(files)))

@@ -47,6 +47,7 @@ from controlfoley.data.synthetic import CLASS_NAMES, SyntheticClip
 from controlfoley.typing import Float, Tensor
 
 __all__ = [
+    "FRAME_SIZE",
     "VideoExtractor",
     "TextExtractor",
     "SyncFeatureExtractor",
@@ -126,6 +127,8 @@ def build_extractor(spec: ExtractorSpec) -> Any:
         return ext
     return spec
 
+
+FRAME_SIZE = 64  # the side of the square frames decoded for a frame extractor without a frame_size of its own (extract and generate alike)
 
 @runtime_checkable
 class VideoExtractor(Protocol, metaclass=ModuleProtocolMeta):

@@ -31,13 +31,16 @@ import av
 from controlfoley._io import atomic_path, final_path, write_failure
 from controlfoley.errors import ConfigError, MediaError
 
-__all__ = ["PathLike", "VIDEO_SUFFIXES", "GENERATE_SUFFIXES", "video_files", "open_input", "atomic_output", "open_output", "moving_video", "video_stream", "check_complete", "check_covered", "decoded_frames", "first_frame_time", "stated_duration", "check_fps", "rate_fraction"]
+__all__ = ["PathLike", "VIDEO_SUFFIXES", "GENERATE_SUFFIXES", "video_files", "left_out", "open_input", "atomic_output", "open_output", "moving_video", "video_stream", "check_complete", "check_covered", "decoded_frames", "first_frame_time", "stated_duration", "check_fps", "rate_fraction"]
 
 PathLike = str | os.PathLike[str]
 
 # video containers FFmpeg reads that a folder argument picks up (compared in lower case): files that
 # can hold a soundtrack, which `evaluate` scores and `extract` trains on
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mpg", ".mpeg"})
+VIDEO_SUFFIXES = frozenset({
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mpg", ".mpeg",
+    ".3gp", ".3g2", ".mts", ".m2ts", ".flv", ".f4v", ".wmv", ".asf", ".ogv", ".vob", ".dv", ".mxf",  # phones, camcorders, Flash, Windows, Theora
+})  # fmt: skip
 # what a folder among `generate`'s inputs stands for: those and animated GIFs, pictures without a
 # soundtrack (foley for one is what generate makes; evaluate and extract would find no audio in it)
 GENERATE_SUFFIXES = VIDEO_SUFFIXES | {".gif"}
@@ -47,6 +50,17 @@ def video_files(folder: Path) -> list[Path]:
     """The files directly in `folder` that `generate` takes (GENERATE_SUFFIXES; not in subfolders,
     hidden files left out), sorted by name."""
     return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in GENERATE_SUFFIXES)
+
+
+def left_out(folder: Path, taken: frozenset[str] | set[str], what: str) -> str | None:
+    """A warning naming the files directly in `folder` that a folder argument leaves out for their
+    suffix (not in `taken`; hidden files aside), or None: such a file was dropped without a word,
+    though named directly it may well be read (FFmpeg goes by content, not by name)."""
+    skipped = sorted(f.name for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix.lower() not in taken)
+    if not skipped:
+        return None
+    shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+    return f"{folder}: left out {len(skipped)} file(s) whose suffix is not one of the {what} types a folder stands for: {shown}; name a file directly to read it anyway"
 
 
 def _reason(e: BaseException) -> str:

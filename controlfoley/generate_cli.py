@@ -248,7 +248,7 @@ def read_manifest_or_empty(folder: Path) -> dict[str, dict[str, Any]]:
 def _expand_folders(items: Sequence[str]) -> list[str]:
     """A folder among the inputs stands for the video files directly in it (sorted by name), less
     the ones its generate.json records as outputs of an earlier run into it."""
-    from controlfoley._media import GENERATE_SUFFIXES, video_files
+    from controlfoley._media import GENERATE_SUFFIXES, left_out, video_files
 
     out: list[str] = []
     for item in items:
@@ -256,6 +256,9 @@ def _expand_folders(items: Sequence[str]) -> list[str]:
             out.append(item)
             continue
         found = video_files(Path(item))
+        others = left_out(Path(item), GENERATE_SUFFIXES | {".json", ".wav", ".flac"}, "video")  # generate.json and the outputs of a run into it: not news
+        if others:
+            log.warning("%s", others)
         made = {e.get("video") for e in read_manifest_or_empty(Path(item)).values()}
         ours = [f for f in found if f.name in made]
         if ours:

@@ -588,6 +588,54 @@ def test_files_takes_folders_and_all_skipped_names_why(tmp_path: Path, capsys: p
     assert "all 1 input(s) were skipped" in err and "bad.wav" in err and "skipped.tsv" in err
 
 
+def _aac_audio(path: Path, seconds: float = 1.0, sr: int = 44100) -> Path:
+    """An audio-only AAC file (what a phone's voice memo or an .m4a download holds), whatever `path`'s suffix."""
+    import av
+
+    samples = (0.1 * np.random.default_rng(0).standard_normal(int(seconds * sr))).astype(np.float32)[None]
+    with av.open(str(path), "w", format="mp4") as c:
+        s = c.add_stream("aac", rate=sr, layout="mono")
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.sample_rate = sr
+        for packet in [*s.encode(frame), *s.encode(None)]:
+            c.mux(packet)
+    return path
+
+
+def test_folders_take_more_media_types_name_what_they_leave_out_and_audio_is_read_by_content(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A walkthrough: a folder left out .m4a / .aac audio and .3gp / .mts / .flv video without a
+    word (and evaluate then said 'no reference' for a .MTS beside it), and an .mp3 holding AAC was
+    'cannot decode ... Is it a valid WAV/FLAC/OGG file?'. Now those suffixes count, a folder names
+    the files it leaves out, and an audio file libsndfile cannot read is read with FFmpeg."""
+    import logging
+
+    from controlfoley._media import VIDEO_SUFFIXES, left_out
+    from controlfoley.data.extract import extract_main
+    from controlfoley.generate_cli import _expand_folders
+
+    media = tmp_path / "media"
+    media.mkdir()
+    _aac_audio(media / "memo.m4a")
+    _aac_audio(media / "named.mp3")  # AAC inside, mp3 by name
+    _wav(media / "plain.wav")
+    (media / "notes.txt").write_text("not media", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        assert extract_main(["--preset", "specmaskgit_tiny", "--mel", "--files", str(media), "--out", str(tmp_path / "ds")]) == 0
+    ds = ShardDataset(tmp_path / "ds")
+    assert sorted(Path(ds.clip_id(i)).name for i in range(len(ds))) == ["memo.m4a", "named.mp3", "plain.wav"]
+    assert "left out 1 file(s) whose suffix is not one of the video and audio types a folder stands for: notes.txt" in caplog.text
+    assert {".3gp", ".mts", ".m2ts", ".flv", ".wmv", ".ogv"} <= VIDEO_SUFFIXES
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("cam.MTS", "phone.3gp", "clip.xyz", "generate.json"):
+        (videos / name).write_bytes(b"")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert [Path(f).name for f in _expand_folders([str(videos)])] == ["cam.MTS", "phone.3gp"]
+    assert "left out 1 file(s) whose suffix is not one of the video types a folder stands for: clip.xyz; name a file directly" in caplog.text
+    assert left_out(videos, VIDEO_SUFFIXES | {".xyz", ".json"}, "video") is None
+
+
 def _noise_video(path: Path, seconds: float, sr: int = 44100) -> Path:
     """A 4 fps MP4 whose AAC track at `sr` (resampled when read at the models' 22.05 kHz) is noise."""
     from controlfoley.video import write_video

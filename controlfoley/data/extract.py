@@ -69,7 +69,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Extraction", "extract_synthetic", "extract_files", "extract_main", "build_parser", "AUDIO_SUFFIXES"]
 
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"})
+SOUNDFILE_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"})  # read with soundfile (libsndfile)
+AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES | {".m4a", ".aac", ".opus", ".oga", ".wma"}  # audio files: the others read with FFmpeg
 SKIPPED_FILE = "skipped.tsv"  # with skip_bad: the clips left out, one per line: id TAB error
 FrameSource = Callable[[float, int], Tensor]  # (fps, square side in pixels) -> uint8 frames [n, h, w, 3]
 
@@ -640,7 +641,17 @@ def extract_files(
         if is_audio[i] and ex.video:  # only with skip_bad: listed in skipped.tsv, unread
             raise DataError(f"{no_video}, or remove it from the inputs")
         # a video's audio track only as far as the clip (and the count of long clips) needs: the same samples as a whole read
-        wav = load_audio(p, sr) if is_audio[i] else read_audio_track(p, sr, max_seconds=_Lengths.read_samples(ex.window_samples) / sr)
+        span = _Lengths.read_samples(ex.window_samples) / sr
+        if is_audio[i] and p.suffix.lower() in SOUNDFILE_SUFFIXES:
+            try:
+                wav = load_audio(p, sr)
+            except MediaError as first:
+                try:  # e.g. AAC in a file named .mp3: FFmpeg reads by content
+                    wav = read_audio_track(p, sr, max_seconds=span)
+                except MediaError:
+                    raise first from None  # neither reads it: libsndfile's reason, for a file of its kind
+        else:
+            wav = read_audio_track(p, sr, max_seconds=span)
         if ex.clap is not None and _embeds_audio(ex.clap):
             clap = _audio_prompt(ex, wav)
         video = None if (is_audio[i] or not ex.video) else VideoSource(lambda fps, size: read_frames(p, fps, size=size, max_seconds=ex.video_span).frames, p)
@@ -682,7 +693,7 @@ def _read_list(path: str) -> tuple[list[str], list[str] | None, list[str], list[
 def _expand_folders(items: Sequence[str]) -> list[str]:
     """--files: a folder stands for the media files directly in it (video and audio files, sorted
     by name, hidden ones left out), as `generate` reads a folder; files are kept as given."""
-    from controlfoley._media import VIDEO_SUFFIXES
+    from controlfoley._media import VIDEO_SUFFIXES, left_out
 
     out: list[str] = []
     for item in items:
@@ -693,6 +704,9 @@ def _expand_folders(items: Sequence[str]) -> list[str]:
         media = sorted(
             f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in VIDEO_SUFFIXES | AUDIO_SUFFIXES
         )
+        others = left_out(folder, VIDEO_SUFFIXES | AUDIO_SUFFIXES, "video and audio")
+        if others:
+            log.warning("%s", others)
         if not media:
             raise DataError(
                 f"--files {item}: a folder with no video or audio files directly in it ({' '.join(sorted(VIDEO_SUFFIXES | AUDIO_SUFFIXES))}); "

@@ -426,5 +426,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # `python -m controlfoley.cli`: as the `controlfoley` program
+    raise SystemExit(run())

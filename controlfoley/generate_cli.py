@@ -1134,4 +1134,9 @@ def _kept_row(entry: dict[str, Any], video: Path, paths: tuple[Path, Path]) -> d
 
 
 if __name__ == "__main__":
+    import warnings
+
+    from controlfoley.cli import _plain_warning
+
+    warnings.formatwarning = _plain_warning  # one plain line each, as the `controlfoley` program prints them
     raise SystemExit(main(sys.argv[1:]))

@@ -123,6 +123,22 @@ def test_config_round_trip_and_errors() -> None:
     assert set(cfg.resume_conflicts(cfg.replace(seed=1, preset="q"))) == {"seed", "preset"}
 
 
+def test_python_dash_m_entry_points_print_warnings_as_the_program_does(tmp_path: Path) -> None:
+    """`python -m controlfoley.cli` (what a walkthrough ran) printed each warning with Python's
+    `<frozen runpy>:88: UserWarning:` prefix and a source line; the `controlfoley` program prints
+    one plain 'warning:' line. Both entry points (and torchrun's `python -m controlfoley.train`) now
+    print as the program does."""
+    import subprocess
+    import sys
+
+    argv = ["extract", "--preset", "specmaskgit_tiny", "--synthetic", "1", "--out", str(tmp_path / "ds")]
+    for entry in ("controlfoley.cli", "controlfoley"):
+        out = subprocess.run([sys.executable, "-m", entry, *argv], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "warning: no tokenizer checkpoint given" in out.stderr and "UserWarning" not in out.stderr, out.stderr[-2000:]
+        (tmp_path / "ds").rename(tmp_path / f"ds-{entry}")
+
+
 def test_a_config_file_of_wrong_types_is_named(tmp_path: Path) -> None:
     """Run as users run it (no test-suite type checks): `"steps": "3"` in a --config file is a
     one-line error naming the field, not a TypeError traceback."""

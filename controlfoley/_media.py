@@ -31,7 +31,7 @@ import av
 from controlfoley._io import atomic_path, final_path, write_failure
 from controlfoley.errors import ConfigError, MediaError
 
-__all__ = ["PathLike", "VIDEO_SUFFIXES", "GENERATE_SUFFIXES", "video_files", "left_out", "open_input", "atomic_output", "open_output", "moving_video", "video_stream", "check_complete", "check_covered", "decoded_frames", "first_frame_time", "stated_duration", "check_fps", "rate_fraction"]
+__all__ = ["PathLike", "VIDEO_SUFFIXES", "GENERATE_SUFFIXES", "video_files", "left_out", "open_input", "atomic_output", "open_output", "moving_video", "video_stream", "check_complete", "check_covered", "check_index", "decoded_frames", "first_frame_time", "stated_duration", "check_fps", "rate_fraction"]
 
 PathLike = str | os.PathLike[str]
 
@@ -154,11 +154,11 @@ def video_stream(container: av.container.InputContainer, path: Path) -> av.video
         raise MediaError(f"{path}: has no video stream (it holds: {', '.join(kinds)})")
     if stream.codec_context is None:
         raise MediaError(f"{path}: unsupported video codec (this FFmpeg build has no decoder for it); re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
-    _check_index(path, stream)
+    check_index(path, stream)
     return stream
 
 
-def _check_index(path: Path, stream: av.video.stream.VideoStream) -> None:
+def check_index(path: Path, stream: av.video.stream.VideoStream | av.audio.stream.AudioStream) -> None:
     """A container index (MP4 sample table, Matroska cues) pointing past the end of the file: cut short."""
     ends = [e.pos + max(e.size, 0) for e in stream.index_entries if e.pos >= 0]
     size = path.stat().st_size

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from jaxtyping import UInt8
 
-from controlfoley._media import PathLike, check_complete, check_covered, check_fps, counted_frames, decoded_frames, first_frame_time, moving_video, open_input, rate_fraction, stated_duration, video_stream
+from controlfoley._media import PathLike, check_complete, check_covered, check_fps, check_index, counted_frames, decoded_frames, first_frame_time, moving_video, open_input, rate_fraction, stated_duration, video_stream
 from controlfoley._video_write import MuxResult, mux_audio, write_video
 from controlfoley.audio.io import _checked_rate
 from controlfoley.errors import ConfigError, MediaError, ShapeError
@@ -343,9 +343,12 @@ def read_audio_track(path: PathLike, sample_rate: int, *, max_seconds: float | N
         s = c.streams.audio[0]
         if s.codec_context is None:
             raise MediaError(f"{p}: unsupported audio codec (this FFmpeg build has no decoder for it)")
+        check_index(p, s)  # cut short: said so, not "holds no samples" or a shorter track (extract reads the audio first)
         # time 0 is the first video frame, as read_frames and generate's outputs count it: an audio
         # stream that starts later (cut or re-muxed files, MPEG-TS) is shifted to match
         video = moving_video(c)  # (not an audio file's cover picture)
+        if video is not None:
+            check_index(p, video)
         video_start: Fraction | None = None
         if video is not None:  # its first decoded frame, not its start_time: leading packets may decode to nothing
             video_start = _video_start(p, video)

@@ -371,6 +371,35 @@ def test_bad_inputs_raise_one_line_media_errors_and_leave_nothing(tmp_path: Path
         assert _leftovers(tmp_path) == [], name
 
 
+def test_a_cut_fragmented_mp4_is_named_truncated_when_its_audio_is_read(tmp_path: Path) -> None:
+    """A fragmented MP4 (frag_keyframe+empty_moov, as streamed recordings are written) cut at 60%:
+    read_frames named it truncated, but read_audio_track, which extract reads first, said 'the audio
+    track holds no samples' (a walkthrough). It checks the streams' index against the file size now."""
+    from controlfoley.video import read_audio_track
+
+    path = tmp_path / "frag.mp4"
+    with av.open(str(path), "w", options={"movflags": "frag_keyframe+empty_moov"}) as c:
+        v = c.add_stream("libx264", rate=24)
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        v.options = {"g": "12"}  # a fragment each half second
+        a = c.add_stream("aac", rate=22050, layout="mono")
+        frames = _blocky_frames(72)
+        _encode_all(c, v, (av.VideoFrame.from_ndarray(f.numpy(), format="rgb24") for f in frames))
+        sr, n = 22050, 3 * 22050
+
+        def chunk(k: int) -> av.AudioFrame:
+            f = av.AudioFrame.from_ndarray((0.1 * np.sin(np.arange(k, k + 1024) / 10.0)).astype(np.float32)[None], format="fltp", layout="mono")
+            f.sample_rate, f.pts, f.time_base = sr, k, Fraction(1, sr)
+            return f
+
+        _encode_all(c, a, (chunk(k) for k in range(0, n, 1024)))
+    assert read_audio_track(path, 22050).shape[0] > 2 * 22050  # whole, it reads
+    data = path.read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: int(len(data) * 0.6)])
+    with pytest.raises(MediaError, match=r"cut\.mp4: truncated: its index points to byte \d+ but the file has only \d+ bytes"):
+        read_audio_track(tmp_path / "cut.mp4", 22050)  # (the video, muxed first here, is whole: read_frames reads it)
+
+
 def _held_last_frame(src: Path, out: Path, held_ms: int) -> Path:
     """`src` remuxed with its last frame displayed for `held_ms` (variable-rate video ending on a still)."""
     with av.open(str(src)) as inp, av.open(str(out), "w") as c:

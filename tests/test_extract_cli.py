@@ -636,6 +636,24 @@ def test_folders_take_more_media_types_name_what_they_leave_out_and_audio_is_rea
     assert left_out(videos, VIDEO_SUFFIXES | {".xyz", ".json"}, "video") is None
 
 
+def test_a_video_named_as_audio_is_read_as_the_video_it_holds(tmp_path: Path) -> None:
+    """A video file named .wav was 'an audio file' by its suffix: refused with video extractors
+    ('an audio file has no video'), and 'Format not recognised' without them (libsndfile). Now a
+    file holding a moving picture gives its frames, and libsndfile's refusal falls back to FFmpeg."""
+    import shutil
+
+    from controlfoley.data.extract import extract_main
+
+    named = tmp_path / "clip.wav"
+    shutil.copy(_video_with_audio(tmp_path / "clip.mp4"), named)
+    base = ["--preset", "specmaskfoley_tiny", "--files", str(named), "--model", 'control_encoder={"sync_dim": 24, "clip_dim": 12}']
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the untrained tokenizer's
+        assert extract_main([*base, "--extractor", "synthetic_sync,dim=24", "--out", str(tmp_path / "v")]) == 0
+        assert extract_main([*base, "--mel", "--out", str(tmp_path / "m")]) == 0
+    assert "sync" in ShardDataset(tmp_path / "v").keys and len(ShardDataset(tmp_path / "m")) == 1
+
+
 def _noise_video(path: Path, seconds: float, sr: int = 44100) -> Path:
     """A 4 fps MP4 whose AAC track at `sr` (resampled when read at the models' 22.05 kHz) is noise."""
     from controlfoley.video import write_video

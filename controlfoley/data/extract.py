@@ -586,7 +586,9 @@ def extract_files(
 
     check_unique_stems(ex.video, files)  # precomputed features are found by file stem
     feature_keys = [e.output_key for e in ex.video]
-    is_audio = [Path(f).suffix.lower() in AUDIO_SUFFIXES for f in files]
+    # audio by name, unless video extractors need frames and the file holds a moving picture (a video
+    # named .wav): FFmpeg reads by content, as generate does
+    is_audio = [Path(f).suffix.lower() in AUDIO_SUFFIXES and not (ex.video and _holds_video(Path(f))) for f in files]
     audio_only = [i for i, a in enumerate(is_audio) if a] if ex.video else []
     no_video = (
         f"an audio file has no video for the features {feature_keys} the video extractors write; extract audio files into "
@@ -688,6 +690,20 @@ def _read_list(path: str) -> tuple[list[str], list[str] | None, list[str], list[
             ids.append(str(Path(f.strip())))  # as written, normalised like a path given on the command line
             where.append(f"{listing}:{n}")
     return files, (tags if any(tags) else None), ids, where
+
+
+def _holds_video(path: Path) -> bool:
+    """Whether `path` opens with a moving video stream (not a cover picture); False where it does not
+    open at all (reading it later gives that file's own error)."""
+    import av
+
+    from controlfoley._media import moving_video
+
+    try:
+        with av.open(str(path)) as c:
+            return moving_video(c) is not None
+    except (av.FFmpegError, OSError, ValueError):
+        return False
 
 
 def _expand_folders(items: Sequence[str]) -> list[str]:

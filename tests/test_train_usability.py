@@ -871,6 +871,23 @@ def test_a_config_file_given_on_resume_counts_as_its_flags(data: Path, tmp_path:
     assert json.loads((run / "config.json").read_text(encoding="utf-8"))["base_lr"] == 0.002
 
 
+def test_a_config_file_naming_the_run_folder_resumes_it(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A job driven by a printed config (`--print-config > cfg.json`, then `train RECIPE --config
+    cfg.json --auto-resume`): the file's "out" names the run, but a restart said "already holds a
+    run with checkpoints; pass --resume", and --resume "needs --out RUN_DIR" (a walkthrough). The
+    file's out now stands for --out in both."""
+    run, file = tmp_path / "run", tmp_path / "cfg.json"
+    assert train_main([*cli_args("backbone", data, run), "--print-config"]) == 0
+    file.write_text(capsys.readouterr().out, encoding="utf-8")
+    line = ["backbone", "--config", str(file), "--auto-resume"]
+    assert train_main([*line, "--stop-at", "2"]) == 0  # the first start
+    capsys.readouterr()
+    assert train_main([*line, "--stop-at", "4"]) == 0, capsys.readouterr().err  # the restart resumes
+    assert f"resuming {run} at step 2 of 6" in capsys.readouterr().err
+    assert train_main(["backbone", "--config", str(file), "--resume"]) == 0  # and --resume without --out
+    assert read_metrics(run, "train")[-1]["step"] == 6
+
+
 def test_the_line_that_started_a_run_resumes_it_when_a_flag_overrides_its_config_file(data: Path, tmp_path: Path) -> None:
     """--auto-resume reruns the job's own line: a --config value that a flag of that line overrode
     is the flag's, not a conflict with the run (it was refused as 'run 0.005 vs file 0.002')."""

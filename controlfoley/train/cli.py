@@ -217,12 +217,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return _resolve(args)[0]
 
 
-def _resuming(args: argparse.Namespace) -> bool:
-    """--resume, or --auto-resume where --out holds a run (its config.json; every torchrun rank
-    decides alike, since rank 0 writes config.json only after every rank joined the run)."""
+def _resuming(args: argparse.Namespace, out: Any = None) -> bool:
+    """--resume, or --auto-resume where the run folder (`out`: --out, else the --config file's
+    "out") holds a run (its config.json; every torchrun rank decides alike, since rank 0 writes
+    config.json only after every rank joined the run)."""
     if getattr(args, "resume", False):
         return True
-    out = getattr(args, "out", None)
+    out = out if out is not None else getattr(args, "out", None)
     return bool(getattr(args, "auto_resume", False)) and out is not None and (Path(out) / "config.json").is_file()
 
 
@@ -239,9 +240,11 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any], Tra
         given["model_overrides"] = _model_overrides(args.model_overrides)
     options = _flag_options(args)  # merged into the run's or the --config file's options, one by one
     file_fields = _config_file(args)
-    if _resuming(args):
+    if "out" not in given and isinstance(file_fields.get("out"), str) and file_fields["out"]:
+        given["out"] = file_fields["out"]  # the --config file's run folder: the line that started the run resumes it
+    if _resuming(args, given.get("out")):
         if "out" not in given:
-            raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
+            raise ConfigError("--resume needs --out RUN_DIR (the run to continue), or a --config file that names it (\"out\")")
         saved = Path(given["out"]) / "config.json"
         if not saved.is_file():
             raise ConfigError(f"--resume: {saved} does not exist; there is no run to continue in {given['out']}")
@@ -479,7 +482,7 @@ def _printed_config(cfg: TrainConfig, args: argparse.Namespace, file_fields: dic
     printed config reused with another --steps gets that run's warm-up, not this one's).
     `file_fields`: the --config file as `_resolve` used it (a derived warmup_steps already dropped)."""
     d = json.loads(cfg.to_json())
-    if _resuming(args) or args.warmup_steps is not None:  # the run's own value, or one given: nothing derived
+    if _resuming(args, cfg.out) or args.warmup_steps is not None:  # the run's own value, or one given: nothing derived
         return json.dumps(d, indent=2, sort_keys=True)
     if "warmup_steps" not in file_fields:  # not in the file, or there only as derived: derived here too
         d[DERIVED_KEY] = {

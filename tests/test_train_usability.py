@@ -1043,6 +1043,14 @@ def test_init_alone_gives_the_preset_and_model_flags_go_on_top_of_it(data: Path,
         assert "`controlfoley list presets`" in err and "a training run folder, a checkpoint folder or a .safetensors file" in err
     assert train_main(stage_args("controlnet", data, cn.with_name("x"), "--preset", str(bb / "config.json"))) == 2
     assert f"a training run's config.json, not a model config; give the run's folder, --preset {bb}" in capsys.readouterr().err
+    # as a model file (--init beside --preset, extract --tokenizer, generate --model): named so, not "header too large"
+    from controlfoley.errors import CheckpointError
+    from controlfoley.train.checkpoints import resolve_model_file
+
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(bb / 'config.json'))} is a training run's config.json, not a model file; give the run's folder, {re.escape(str(bb))}$"):
+        resolve_model_file(bb / "config.json")
+    assert train_main(stage_args("controlnet", data, cn.with_name("y"), "--preset", "specmaskfoley_tiny", "--init", str(bb / "config.json"))) == 2
+    assert "is a training run's config.json, not a model file; give the run's folder" in capsys.readouterr().err
     assert train_main(stage_args("controlnet", data, cn.with_name("x"))) == 2
     assert "needs ['preset']" in capsys.readouterr().err
     # given both, a missing run is named by the flag it was given with

@@ -323,6 +323,11 @@ def resolve_model_file(path: str | Path) -> Path:
     if _is_latest_pointer(p):  # a run's pointer file (it names a step folder), not a model
         p = p.parent.parent
     elif p.is_file():
+        if p.suffix.lower() == ".json":
+            from controlfoley.train.config import _is_run_config
+
+            if _is_run_config(p):  # read as safetensors it was "header too large ... truncated, or another format?"
+                raise CheckpointError(f"{p} is a training run's config.json, not a model file; give the run's folder, {p.parent}")
         return p
     elif p.name == "checkpoints" and p.is_dir() and not (p / "model.safetensors").is_file() and (p / "latest").is_file():
         p = p.parent  # a run's checkpoints folder

@@ -142,7 +142,20 @@ def info(preset: str, overrides: Mapping[str, Any] | None = None) -> str:
     loaded = getattr(model, "loaded_from", None) is not None  # else built untrained: a preset's record is its weights files
     if loaded and recorded and "controlnet" not in recorded:  # a tokenizer or backbone run's checkpoint: that recipe's split
         recipe = "backbone" if "backbone" in recorded else "tokenizer"
+    run_cfg = _run_config(preset) if loaded else None  # a training run's folder: the split it trained, from its config.json
+    chosen = None
+    if run_cfg is not None and isinstance(run_cfg.get("recipe"), str):
+        from controlfoley._registry import RECIPES
+
+        if run_cfg["recipe"] in RECIPES:  # (a plugin's recipe not loaded now: the guess above)
+            recipe = run_cfg["recipe"]
+            trainable = run_cfg.get("trainable")
+            chosen = [t for t in trainable if isinstance(t, str) and getattr(model, t, None) is not None] if isinstance(trainable, list) else None
     get_recipe(recipe).prepare(model)  # trainable as that recipe trains
+    if chosen is not None:  # the run's --trainable replaced the recipe's choice, as the training loop does
+        model.requires_grad_(False)
+        for part in chosen:
+            getattr(model, part).requires_grad_(True)
     rows = model.parameter_table()
     from controlfoley.pipeline_parts import foley_parts
 
@@ -154,7 +167,8 @@ def info(preset: str, overrides: Mapping[str, Any] | None = None) -> str:
     if loaded:  # weights a run averaged (--ema-decay): its metadata says so, and where the raw weights are
         lines += ema_lines(read_metadata(model.loaded_from), model.loaded_from)
     lines += [*_run_lines(preset), ""]
-    lines.append(f"{'part':<16}{'params':>10}{'trainable':>11}{'frozen':>10}   (trainable / frozen: as the {recipe} recipe trains it)")
+    how = f"as the run trained it: the {recipe} recipe with --trainable {','.join(chosen)}" if chosen is not None else f"as the {recipe} recipe trains it"
+    lines.append(f"{'part':<16}{'params':>10}{'trainable':>11}{'frozen':>10}   (trainable / frozen: {how})")
     for r in rows:
         lines.append(f"{r['part']:<16}{_fmt(r['params'])}{_fmt(r['trainable']):>11}{_fmt(r['frozen']):>10}")
     lines += ["", *_parts_lines(model.config)]
@@ -176,17 +190,23 @@ def info(preset: str, overrides: Mapping[str, Any] | None = None) -> str:
     return "\n".join(lines)
 
 
-def _run_lines(path: str) -> list[str]:
-    """For a training run's folder: its recipe and where its code came from (the plugin files its
-    config.json records, and whether each is still there and unchanged: what --resume loads)."""
+def _run_config(path: str) -> dict[str, Any] | None:
+    """A training run folder's config.json as a dict; None for anything else."""
     import json
 
     file = Path(path) / "config.json"
     try:
         d = json.loads(file.read_text(encoding="utf-8")) if Path(path).is_dir() else None
     except (OSError, ValueError):
-        return []
-    if not (isinstance(d, dict) and {"recipe", "preset", "data", "out"} <= d.keys()):
+        return None
+    return d if isinstance(d, dict) and {"recipe", "preset", "data", "out"} <= d.keys() else None
+
+
+def _run_lines(path: str) -> list[str]:
+    """For a training run's folder: its recipe and where its code came from (the plugin files its
+    config.json records, and whether each is still there and unchanged: what --resume loads)."""
+    d = _run_config(path)
+    if d is None:
         return []
     line = f"training run: recipe {d.get('recipe')!r}"
     states = _plugin_states(d)

@@ -900,6 +900,14 @@ def test_trainable_replaces_the_recipes_choice_of_parts(data: Path, tmp_path: Pa
     moved = {k.split(".")[0] for k in start if not torch.equal(al[k], start[k])}
     assert moved == {"aligner"}, moved
     assert "aligner" in trained_parts(read_metadata(tmp_path / "al" / "model.safetensors"))
+    # `controlfoley info RUN` counts what the run trained (it showed the backbone recipe's split: the
+    # backbone trainable and the aligner frozen, guessed from the parts recorded as trained)
+    from controlfoley.cli import info
+
+    shown = info(str(tmp_path / "al"))
+    rows = {r[0]: r[1:] for r in (line.split() for line in shown.splitlines()) if len(r) == 4 and r[0] in every}  # part, params, trainable, frozen
+    assert rows["backbone"][1] == "0.00M" and rows["backbone"][2] == rows["backbone"][0] != "0.00M", rows  # frozen whole
+    assert rows["controlnet"][1] == "0.00M" and "as the run trained it: the controlnet recipe with --trainable aligner" in shown
     run("both", ("backbone", "controlnet"))
     both = final_state(tmp_path / "both")
     assert {k.split(".")[0] for k in start if not torch.equal(both[k], start[k])} == {"backbone", "controlnet"}

@@ -122,6 +122,35 @@ def test_tokens_of_another_tokenizer_are_named_and_the_same_one_is_quiet(tokeniz
         train(config("controlnet", ds, tmp_path / "cn2", init=str(tmp_path / "bb_noinit"), **short))
 
 
+def test_a_run_resumed_from_another_folder_compares_the_tokenizer_its_checkpoint_holds(
+    tokenizer_runs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run started with a relative --init (runs/tok) and resumed from another folder warned that
+    its tokenizer 'comes from runs/tok (compared by path only: runs/tok no longer holds a model)'
+    though the tokens matched (a walkthrough): --init is recorded as given. The resume compares the
+    tokenizer its checkpoint holds instead; another dataset's tokens are still named."""
+    tok, tok2 = tokenizer_runs
+    proj = tmp_path / "proj"
+    shutil.copytree(tok, proj / "runs" / "tok")
+    ds = with_tokenizer(write_data(proj / "ds", n=8), str((proj / "runs" / "tok").resolve()))
+    monkeypatch.chdir(proj)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TokenProvenanceWarning)
+        train(config("backbone", Path("ds"), Path("run"), init="runs/tok", steps=4, warmup_steps=0), stop_at=2)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TokenProvenanceWarning)
+        assert train_main(["backbone", "--out", "proj/run", "--resume", "--data", "proj/ds", "--stop-at", "3"]) == 0
+    other = with_tokenizer(write_data(tmp_path / "other_ds", n=8), str(tok2.resolve()))
+    cfg = TrainConfig.from_json((proj / "run" / "config.json").read_text(encoding="utf-8"))
+    from controlfoley.builder import model_config
+    from controlfoley.data.dataset import ShardDataset
+    from controlfoley.train.provenance import token_provenance_problems
+
+    problems = token_provenance_problems(cfg, model_config(cfg.preset, **cfg.model_overrides), other, ShardDataset(other).info, resumed_from=proj / "run" / "checkpoints" / "step-00000003")
+    assert len(problems) == 1 and "other paths, and other tokenizer weights" in problems[0], problems
+
+
 # -- 3. a finished run ------------------------------------------------------------------------------
 def test_resuming_a_finished_run_says_so_and_how_to_train_longer(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"

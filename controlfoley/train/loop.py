@@ -200,7 +200,7 @@ class Trainer:
         self.train_ds, self.val_ds = open_datasets(cfg, self.recipe, self.model)
         self._data_record = check_same_data(cfg, self.run_dir.root, self.train_ds, self.val_ds, resume)
         if info.is_main and "tokens" in self.recipe.needed_keys(self.model, self.train_ds):  # the recipes that train on stored tokens
-            warn_token_provenance(cfg, self.model.config, [self.train_ds, self.val_ds], stacklevel=user_stacklevel())
+            warn_token_provenance(cfg, self.model.config, [self.train_ds, self.val_ds], stacklevel=user_stacklevel(), resumed_from=self._resumed_from)
         if info.is_main and cfg.val_data is not None and self.val_ds is not None:  # once, from rank 0 (it reads every clip's tokens)
             warn_shared_clips(self.train_ds, self.val_ds)
         self.recipe.fit_to_data(self.model, self.train_ds)

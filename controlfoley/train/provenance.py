@@ -45,23 +45,32 @@ class TokenProvenanceWarning(UserWarning):
     """A backbone or ControlNet run trains on tokens of an untrained or another tokenizer."""
 
 
-def warn_token_provenance(cfg: Any, model_config: ModelConfig, datasets: Iterable[Any], *, stacklevel: int = 2) -> None:
-    """One warning naming every dataset whose tokens do not come from the run's tokenizer."""
+def warn_token_provenance(
+    cfg: Any, model_config: ModelConfig, datasets: Iterable[Any], *, stacklevel: int = 2, resumed_from: Path | None = None
+) -> None:
+    """One warning naming every dataset whose tokens do not come from the run's tokenizer.
+    `resumed_from`: the checkpoint a resumed run continues from, which holds the tokenizer it trains
+    with (compared where the run's recorded --init is not found from here, e.g. a relative path
+    resumed from another folder)."""
     seen, problems = set(), []
     for ds in datasets:
         if ds is None or ds.root in seen:
             continue
         seen.add(ds.root)
-        problems += token_provenance_problems(cfg, model_config, ds.root, ds.info)
+        problems += token_provenance_problems(cfg, model_config, ds.root, ds.info, resumed_from=resumed_from)
     if problems:
         warnings.warn(" Also: ".join(problems), TokenProvenanceWarning, stacklevel=stacklevel + 1)
 
 
-def token_provenance_problems(cfg: Any, model_config: ModelConfig, root: Path, info: Mapping[str, Any]) -> list[str]:
+def token_provenance_problems(
+    cfg: Any, model_config: ModelConfig, root: Path, info: Mapping[str, Any], *, resumed_from: Path | None = None
+) -> list[str]:
     """What is wrong with where dataset `root`'s tokens came from, for run config `cfg` (empty: nothing)."""
     if "tokenizer" not in info:
         return []
     (made_by, preset), mine = _recorded(info), _run_tokenizer(cfg, model_config)
+    if mine is not None and resumed_from is not None and _model_file(Path(mine)) is None:
+        mine = str(resumed_from)  # its --init as recorded is not found from here: the checkpoint holds the tokenizer it loaded
     extract = "`controlfoley extract --tokenizer TOKENIZER_RUN ...` (a run of the tokenizer recipe)"
     if made_by is None:
         also = "" if mine is None else f", not the tokenizer this run loads from {mine}"

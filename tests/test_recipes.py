@@ -109,8 +109,11 @@ def test_a_user_recipe_trains_by_name_logs_its_statistic_and_resumes_only_with_i
     assert "--plugin" in err and "Did you mean" not in err  # not the name just typed
     with pytest.raises(RecipeError, match=rf"unknown recipe '{NAME}'.*--plugin"):  # the Python API's resume reads the same file
         TrainConfig.from_json((run / "config.json").read_text())
+    capsys.readouterr()
     assert cli_main(["--plugin", str(EXAMPLE), "train", NAME, "--out", str(run), "--resume"]) == 0  # with it: nothing left to do
     err = capsys.readouterr().err
+    # its "train longer" command loads the recipe's plugin, as the run's own did (it left --plugin out: 'unknown recipe')
+    assert f"`controlfoley --plugin {EXAMPLE.resolve()} train {NAME} --init {run} --init-parts" in err
     assert "already finished at step 4" in err and "--init-parts tokenizer,backbone,control_encoder,aligner,controlnet " in err  # its base's parts
 
 

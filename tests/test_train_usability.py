@@ -165,6 +165,12 @@ def test_resuming_a_finished_run_says_so_and_how_to_train_longer(data: Path, tmp
     assert f"To train longer, start a new run from this one: `controlfoley train backbone {hint}" in capsys.readouterr().err
     # the hint works
     assert train_main(cli_args("backbone", data, tmp_path / "longer", "--init", str(run), "--init-parts", "tokenizer,backbone", steps=4)) == 0
+    # fewer --steps on resume is not "train longer": --stop-at ends the run sooner, its schedule kept
+    assert train_main([*cli_args("backbone", data, tmp_path / "sooner", steps=6), "--stop-at", "2"]) == 0
+    capsys.readouterr()
+    assert train_main(["backbone", "--out", str(tmp_path / "sooner"), "--resume", "--steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "steps: run 6 vs now 4" in err and "To stop sooner, keep its --steps and give --stop-at 4" in err and "train longer" not in err
     # the Python API says it too, and writes the final model a kill between the last checkpoint and it lost
     (run / "model.safetensors").unlink()
     cfg = TrainConfig.from_json((run / "config.json").read_text(encoding="utf-8"))

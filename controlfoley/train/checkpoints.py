@@ -73,6 +73,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import socket
 import warnings
@@ -360,8 +361,15 @@ def longer_run_hint(root: str | Path, recipe: str) -> str:
     # a user recipe: the parts of the built-in it is based on; one from scratch says its own (PARTS)
     parts = ",".join(_CONTINUE_PARTS.get(known_base(recipe) or "", ())) or "PARTS"
     which = " (PARTS: the model parts it trains, comma-separated, e.g. tokenizer,backbone)" if parts == "PARTS" else ""
+    plugins = ""
+    try:  # a plugin's recipe: the command loads its file, as the run's own command did
+        from controlfoley.train.config import recipe_plugins
+
+        plugins = "".join(f"--plugin {r['module'] if r.get('module') else shlex.quote(r['path'])} " for r in recipe_plugins(recipe))
+    except Exception:  # noqa: BLE001  (a hint: a recipe that cannot be looked up here gets the command without it)
+        plugins = ""
     return (
-        f"start a new run from this one: `controlfoley train {recipe} --init {root} --init-parts {parts} --steps N --out NEW_RUN`{which} "
+        f"start a new run from this one: `controlfoley {plugins}train {recipe} --init {root} --init-parts {parts} --steps N --out NEW_RUN`{which} "
         "with the run's --data and other settings (a new run: its learning rate warms up and decays again)"
     )
 

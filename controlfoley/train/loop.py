@@ -252,7 +252,14 @@ class Trainer:
             conflicts = saved.resume_conflicts(cfg)
             if conflicts:
                 lines = ", ".join(f"{k}: run {a!r} vs now {b!r}" for k, (a, b) in conflicts.items())
-                longer = f" To train longer, {longer_run_hint(rd.root, cfg.recipe)}." if "steps" in conflicts else ""
+                longer = ""
+                if "steps" in conflicts and conflicts["steps"][1] < conflicts["steps"][0]:  # fewer: the schedule stays, --stop-at ends it sooner
+                    longer = (
+                        f" To stop sooner, keep its --steps and give --stop-at {conflicts['steps'][1]}: the run resumes, stops there with "
+                        "a checkpoint, and keeps its learning-rate schedule (--steps is part of it)."
+                    )
+                elif "steps" in conflicts:
+                    longer = f" To train longer, {longer_run_hint(rd.root, cfg.recipe)}."
                 if {"ema_decay", "ema_warmup"} & set(conflicts):
                     longer += (
                         " The EMA of the weights (--ema-decay, --ema-warmup) is part of the run: it is kept from step 0 and its checkpoints' "

@@ -141,7 +141,8 @@ def get_mask_schedule(name: str) -> Callable[[float | Tensor], float | Tensor]:
         raise ConfigError(f"a mask schedule is the name of one in controlfoley.MASK_SCHEDULES (e.g. 'cosine'), got {name!r}")
     gamma = MASK_SCHEDULES.get(name)
     if _CHECKED.get(name) is not gamma:  # first use, or the name re-registered (override=True)
-        _check_schedule(name, gamma)
+        with torch.device("cpu"):  # under any default device (meta cannot be read back): the schedule's own tensors too
+            _check_schedule(name, gamma)
         _CHECKED[name] = gamma
     return gamma
 
@@ -165,7 +166,7 @@ def _check_schedule(name: str, gamma: Callable[..., Any]) -> None:
         values.append(v)
     if abs(values[0] - 1.0) > _CHECK_TOL or abs(values[-1]) > _CHECK_TOL:
         raise ConfigError(f"{where} gives gamma(0) = {values[0]:.6g} and gamma(1) = {values[-1]:.6g}; {fix}")
-    rs = torch.tensor(_CHECK_POINTS, dtype=torch.float32, device="cpu")  # on the CPU under any default device (meta cannot be read back)
+    rs = torch.tensor(_CHECK_POINTS, dtype=torch.float32)
     try:
         out = gamma(rs)
     except Exception as e:  # noqa: BLE001  a user function: named with its error

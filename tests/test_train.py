@@ -183,6 +183,24 @@ def test_cli_print_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     vocoder = {"name": "hifigan", "checkpoint": "/nowhere/g.pt"}
     argv = ["controlnet", "--preset", "specmaskfoley", "--data", "d", "--out", "o", "--model", f"vocoder={json.dumps(vocoder)}", "--print-config"]
     assert train_main(argv) == 0 and TrainConfig.from_json(capsys.readouterr().out).model_overrides["vocoder"] == vocoder
+    # parts the run builds that cannot be built on the meta device are the run's to check, not refused (a review):
+    # a schedule making its own tensors, an aligner builder reading a value back
+    from conftest import registered
+
+    from controlfoley import ALIGNERS, MASK_SCHEDULES
+
+    ft = ALIGNERS.get("ft")
+
+    def reads_back(**kw: Any) -> Any:
+        assert float(torch.ones(1).sum().item()) == 1.0
+        return ft(**kw)
+
+    tcos = lambda r: torch.cos(torch.as_tensor(r, dtype=torch.float32) * math.pi / 2)  # noqa: E731
+    with registered(MASK_SCHEDULES, "test_tcos", tcos), registered(ALIGNERS, "test_reads_back", reads_back):
+        argv = ["controlnet", "--preset", "specmaskfoley_tiny", "--data", "d", "--out", "o", "--model", 'sampler={"mask_schedule": "test_tcos"}',
+                "--model", "aligner=test_reads_back", "--print-config"]  # fmt: skip
+        assert train_main(argv) == 0, capsys.readouterr().err
+        assert TrainConfig.from_json(capsys.readouterr().out).model_overrides["aligner"] == "test_reads_back"
 
 
 # -- recipes ---------------------------------------------------------------------------------------

@@ -149,6 +149,9 @@ def _resolve_file(path: str | os.PathLike[str]) -> Path:
         p = p / "model.safetensors"
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
+    from controlfoley.train.checkpoints import refuse_run_config
+
+    refuse_run_config(p)
     return p
 
 

@@ -310,6 +310,17 @@ def shipped_preset(source: str | Path | None) -> str | None:
     return None if Path(source).exists() else str(source)
 
 
+def refuse_run_config(p: Path) -> None:
+    """A training run's config.json given where a model file goes (--init, extract --tokenizer,
+    generate --model, from_pretrained): named, with the run's folder to give. Read as safetensors it
+    was "header too large ... truncated, or another format?". Only a .json file is read."""
+    if p.suffix.lower() == ".json" and p.is_file():
+        from controlfoley.train.config import _is_run_config
+
+        if _is_run_config(p):
+            raise CheckpointError(f"{p} is a training run's config.json, not a model file; give the run's folder, {p.parent}")
+
+
 def resolve_model_file(path: str | Path) -> Path:
     """A model file from a checkpoint file, a checkpoint folder, or a run folder (its final model,
     else its latest checkpoint); also a run's `checkpoints` folder or its `latest` pointer file, and
@@ -324,11 +335,7 @@ def resolve_model_file(path: str | Path) -> Path:
     if _is_latest_pointer(p):  # a run's pointer file (it names a step folder), not a model
         p = p.parent.parent
     elif p.is_file():
-        if p.suffix.lower() == ".json":
-            from controlfoley.train.config import _is_run_config
-
-            if _is_run_config(p):  # read as safetensors it was "header too large ... truncated, or another format?"
-                raise CheckpointError(f"{p} is a training run's config.json, not a model file; give the run's folder, {p.parent}")
+        refuse_run_config(p)
         return p
     elif p.name == "checkpoints" and p.is_dir() and not (p / "model.safetensors").is_file() and (p / "latest").is_file():
         p = p.parent  # a run's checkpoints folder

@@ -743,7 +743,7 @@ def test_extract_takes_plugin_extractors_as_generate_does(tmp_path: Path, capsys
         assert {"sync", "clip"} <= set(ShardDataset(tmp_path / "a").keys)
         info = json.loads((tmp_path / "b" / "index.json").read_text())["info"]["features"]
         assert set(ShardDataset(tmp_path / "b").keys) == {"tokens", "motion"}
-        assert info == {"motion": {"extractor": "test_noannot", "args": {}, "fps": 24.0, "dim": 24}}  # args: the builder's only
+        assert info == {"motion": {"extractor": "test_noannot", "args": {}, "fps": 24.0, "dim": 24, "decode_size": 64}}  # args: the builder's only
         capsys.readouterr()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -789,6 +789,10 @@ def test_extraction_decodes_frames_at_the_size_generate_decodes_them(tmp_path: P
             warnings.simplefilter("ignore")  # short clip, features the model does not read
             assert extract_main([*base, "--extractor", "motion=test_spy", "--extractor", "pace=test_spy24", "--out", str(tmp_path / "d")]) == 0
         assert set(seen["plain"]) == {(FRAME_SIZE, FRAME_SIZE)} and set(seen["sized"]) == {(24, 24)}
+        # recorded, so that resuming an extraction begun under the old rule (source-size frames) is refused
+        # as "other settings" (ShardWriter compares the whole record) rather than mixing the two (a review)
+        record = json.loads((tmp_path / "d" / "index.json").read_text())["info"]["features"]
+        assert (record["motion"]["decode_size"], record["pace"]["decode_size"]) == (FRAME_SIZE, 24)
         pipe = object.__new__(FoleyPipeline)  # only what _decode reads: its default frame size
         pipe.frame_size = FRAME_SIZE
         decoded, _ = pipe._decode(video, {"motion": Spy(24, "plain"), "pace": Sized(24, "sized")})

@@ -191,6 +191,9 @@ class Extraction:
         feats = {
             e.output_key: {"extractor": e.name, "args": self._args[e.output_key], "fps": float(e.fps), "dim": int(e.dim)} for e in self.video
         }
+        for e in self.video:  # a frame extractor's input: video files decoded at this square size (as generate decodes them);
+            if not hasattr(e, "features_for"):  # recorded, so that a resume of an extraction made under another rule is refused
+                feats[e.output_key]["decode_size"] = int(getattr(e, "frame_size", FRAME_SIZE))
         if self.clap is not None:
             feats[self.clap.output_key] = {"extractor": self.clap.name, "args": self._args[self.clap.output_key], "dim": int(self.clap.dim)}
         return {

@@ -59,6 +59,7 @@ __all__ = [
     "MuxResult",
     "probe",
     "read_frames",
+    "read_audio_file",
     "resample_frames",
     "frame_indices",
     "read_audio_track",
@@ -317,6 +318,22 @@ def _video_start(path: Path, video: av.video.stream.VideoStream) -> Fraction | N
             return start if first is None else first_frame_time(c, first)[0]
     except (av.error.FFmpegError, MediaError):
         return start
+
+
+def read_audio_file(path: PathLike, sample_rate: int, *, max_seconds: float | None = None) -> Float[Tensor, "s"]:
+    """An audio file as mono float32 at `sample_rate`: read with libsndfile (`load_audio`: WAV, FLAC,
+    OGG, MP3, AIFF), else with FFmpeg (`read_audio_track`), which goes by content, not by name (AAC
+    in a file named .mp3). Where neither reads it, libsndfile's error, the one for a file of its
+    kind. `max_seconds` bounds the FFmpeg read only (libsndfile reads the whole file)."""
+    from controlfoley.audio.io import load_audio
+
+    try:
+        return load_audio(path, sample_rate)
+    except MediaError as first:
+        try:
+            return read_audio_track(path, sample_rate, max_seconds=max_seconds)
+        except MediaError:
+            raise first from None
 
 
 def read_audio_track(path: PathLike, sample_rate: int, *, max_seconds: float | None = None) -> Float[Tensor, "s"]:

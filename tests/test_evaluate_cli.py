@@ -163,6 +163,17 @@ def test_evaluate_folders(folders, capsys):
     assert "| a |" in out and "1 reference file(s) had no generated file" in out
 
 
+def test_an_audio_file_libsndfile_cannot_read_is_read_with_ffmpeg(folders, tmp_path, capsys):
+    """A generated file named .mp3 that holds AAC (in an MP4 container here) failed with libsndfile's
+    'File does not exist or is not a regular file'; extract already fell back to FFmpeg (a review)."""
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    (gen / "a.mp3").write_bytes((folders / "ref" / "a.mp4").read_bytes())
+    rc, out, err = _run(capsys, str(gen), "--reference", str(folders / "ref"), "--out", str(tmp_path / "r.json"))
+    rows = {r["file"]: r for r in json.loads((tmp_path / "r.json").read_text())["files"]}
+    assert rc == 0 and rows["a"]["status"] == "ok" and rows["a"]["f1_any"] == 1.0, err
+
+
 def test_bad_files_are_reported_and_the_rest_scored(folders, tmp_path, capsys):
     gen = tmp_path / "gen"
     gen.mkdir()

@@ -542,8 +542,7 @@ def extract_files(
     inputs of video extractors (without `skip_bad`), a clip id given twice, and tags that an
     extractor with a fixed vocabulary (a `tags` attribute) cannot encode are DataErrors naming the
     files and where they were named; `skip_bad` does not skip list errors (fix the list)."""
-    from controlfoley.audio.io import load_audio
-    from controlfoley.video import read_audio_track, read_frames
+    from controlfoley.video import read_audio_file, read_audio_track, read_frames
 
     if not files:
         raise DataError("no input files given to extract")
@@ -648,13 +647,7 @@ def extract_files(
         # a video's audio track only as far as the clip (and the count of long clips) needs: the same samples as a whole read
         span = _Lengths.read_samples(ex.window_samples) / sr
         if is_audio[i] and p.suffix.lower() in SOUNDFILE_SUFFIXES:
-            try:
-                wav = load_audio(p, sr)
-            except MediaError as first:
-                try:  # e.g. AAC in a file named .mp3: FFmpeg reads by content
-                    wav = read_audio_track(p, sr, max_seconds=span)
-                except MediaError:
-                    raise first from None  # neither reads it: libsndfile's reason, for a file of its kind
+            wav = read_audio_file(p, sr, max_seconds=span)  # libsndfile, else FFmpeg (AAC named .mp3)
         else:
             wav = read_audio_track(p, sr, max_seconds=span)
         if ex.clap is not None and _embeds_audio(ex.clap):

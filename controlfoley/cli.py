@@ -144,13 +144,14 @@ def info(preset: str, overrides: Mapping[str, Any] | None = None) -> str:
         recipe = "backbone" if "backbone" in recorded else "tokenizer"
     run_cfg = _run_config(preset) if loaded else None  # a training run's folder: the split it trained, from its config.json
     chosen = None
-    if run_cfg is not None and isinstance(run_cfg.get("recipe"), str):
+    if run_cfg is not None:
         from controlfoley._registry import RECIPES
 
-        if run_cfg["recipe"] in RECIPES:  # (a plugin's recipe not loaded now: the guess above)
+        if isinstance(run_cfg.get("recipe"), str) and run_cfg["recipe"] in RECIPES:  # (a plugin's recipe not loaded now: the guess above)
             recipe = run_cfg["recipe"]
-            trainable = run_cfg.get("trainable")
-            chosen = [t for t in trainable if isinstance(t, str) and getattr(model, t, None) is not None] if isinstance(trainable, list) else None
+        trainable = run_cfg.get("trainable")  # decides the split alone, whatever the recipe
+        chosen = [t for t in trainable if isinstance(t, str) and getattr(model, t, None) is not None] if isinstance(trainable, list) else None
+        chosen = chosen or None  # none of its parts in this model (info RUN --model ...): the recipe's split
     get_recipe(recipe).prepare(model)  # trainable as that recipe trains
     if chosen is not None:  # the run's --trainable replaced the recipe's choice, as the training loop does
         model.requires_grad_(False)
@@ -167,7 +168,8 @@ def info(preset: str, overrides: Mapping[str, Any] | None = None) -> str:
     if loaded:  # weights a run averaged (--ema-decay): its metadata says so, and where the raw weights are
         lines += ema_lines(read_metadata(model.loaded_from), model.loaded_from)
     lines += [*_run_lines(preset), ""]
-    how = f"as the run trained it: the {recipe} recipe with --trainable {','.join(chosen)}" if chosen is not None else f"as the {recipe} recipe trains it"
+    ran = run_cfg.get("recipe") if run_cfg is not None else recipe  # its own recipe's name, a plugin's too
+    how = f"as the run trained it: the {ran} recipe with --trainable {','.join(chosen)}" if chosen is not None else f"as the {recipe} recipe trains it"
     lines.append(f"{'part':<16}{'params':>10}{'trainable':>11}{'frozen':>10}   (trainable / frozen: {how})")
     for r in rows:
         lines.append(f"{r['part']:<16}{_fmt(r['params'])}{_fmt(r['trainable']):>11}{_fmt(r['frozen']):>10}")

@@ -171,6 +171,9 @@ def test_resuming_a_finished_run_says_so_and_how_to_train_longer(data: Path, tmp
     assert train_main(["backbone", "--out", str(tmp_path / "sooner"), "--resume", "--steps", "4"]) == 2
     err = capsys.readouterr().err
     assert "steps: run 6 vs now 4" in err and "To stop sooner, keep its --steps and give --stop-at 4" in err and "train longer" not in err
+    assert train_main(["backbone", "--out", str(tmp_path / "sooner"), "--resume", "--steps", "2"]) == 2  # at step 2 already
+    err = capsys.readouterr().err
+    assert "It is already at step 2, at or past the 2 asked: its checkpoints so far are in" in err and "--stop-at" not in err
     # the Python API says it too, and writes the final model a kill between the last checkpoint and it lost
     (run / "model.safetensors").unlink()
     cfg = TrainConfig.from_json((run / "config.json").read_text(encoding="utf-8"))

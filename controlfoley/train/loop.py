@@ -72,7 +72,7 @@ from controlfoley.data.dataset import ShardedSampler, collate
 from controlfoley.errors import CheckpointError, ControlFoleyError, TrainingError, user_stacklevel
 from controlfoley.model import SpecMaskFoley
 from controlfoley.train.checkpoints import (
-    ModelEMA, RunDir, TrainState, longer_run_hint, nothing_to_resume_message, resolve_model_file, restore_rng,
+    ModelEMA, RunDir, TrainState, checkpoint_step, longer_run_hint, nothing_to_resume_message, resolve_model_file, restore_rng,
 )  # fmt: skip
 from controlfoley.train.config import PluginChangedWarning, TrainConfig, plugin_changes, recipe_plugins
 from controlfoley.train.datasets import DATA_RECORD, check_batch_fits, check_batch_split, check_same_data, open_datasets, warn_shared_clips
@@ -254,9 +254,14 @@ class Trainer:
                 lines = ", ".join(f"{k}: run {a!r} vs now {b!r}" for k, (a, b) in conflicts.items())
                 longer = ""
                 if "steps" in conflicts and conflicts["steps"][1] < conflicts["steps"][0]:  # fewer: the schedule stays, --stop-at ends it sooner
+                    latest = rd.latest_dir()
+                    at = checkpoint_step(latest) if latest is not None else 0
+                    want = conflicts["steps"][1]
                     longer = (
-                        f" To stop sooner, keep its --steps and give --stop-at {conflicts['steps'][1]}: the run resumes, stops there with "
+                        f" To stop sooner, keep its --steps and give --stop-at {want}: the run resumes, stops there with "
                         "a checkpoint, and keeps its learning-rate schedule (--steps is part of it)."
+                        if at < want
+                        else f" It is already at step {at}, at or past the {want} asked: its checkpoints so far are in {rd.root / 'checkpoints'} (each a model to use)."
                     )
                 elif "steps" in conflicts:
                     longer = f" To train longer, {longer_run_hint(rd.root, cfg.recipe)}."

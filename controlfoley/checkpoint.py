@@ -178,6 +178,25 @@ def _check_metadata(metadata: Any, arg: str) -> None:
             )
 
 
+def _warn_unrecorded_guidance(model: ModelModule) -> None:
+    """A rule set on `model.guidance` that its config's guidance does not build: the file records the
+    config's (a rule object has no config to record), so the loaded model would sample otherwise."""
+    from controlfoley._registry import GUIDANCE
+
+    try:
+        recorded = GUIDANCE.build(model.config.guidance.name, **model.config.guidance.kwargs)
+    except Exception:  # noqa: BLE001  (a rule the config cannot build here is for the loader to name)
+        return
+    if type(recorded) is not type(model.guidance) or repr(recorded) != repr(model.guidance):
+        warnings.warn(
+            f"model.guidance is {model.guidance!r}, but model.config.guidance ({model.config.guidance.name}"
+            f"{model.config.guidance.kwargs or ''}) builds {recorded!r}, and the file records the config: the loaded model "
+            "samples with that. To save yours, set it through the config, e.g. "
+            "model.config = model.config.override(guidance={'name': NAME, 'scale': ...}) (which also sets model.guidance)",
+            stacklevel=user_stacklevel(),
+        )
+
+
 def save_model(model: ModelModule, path: str | os.PathLike[str], *, extra_metadata: Mapping[str, str] | None = None) -> Path:
     """Save a SpecMaskFoley model: all parameters and persistent buffers, config in metadata, to
     `path` (a .safetensors file) or `path/model.safetensors` (any other path is a folder).
@@ -211,7 +230,8 @@ def save_model(model: ModelModule, path: str | os.PathLike[str], *, extra_metada
         )
     if path.suffix.lower() != ".safetensors":  # any case, as the check above: "Model.SAFETENSORS" is a file, not a folder
         path = path / "model.safetensors"
-    meta = {CONFIG_KEY: model.config.to_json(), **dict(extra_metadata or {})}
+    _warn_unrecorded_guidance(model)
+    meta = {CONFIG_KEY: model.config_as_sampling().to_json(), **dict(extra_metadata or {})}
     trained = getattr(model, "trained_parts", None)
     if trained is not None:
         meta[TRAINED_KEY] = json.dumps(sorted(trained))

@@ -14,6 +14,7 @@ MaskGIT sampler and vocoder, built from a `ModelConfig` by `build_model` (contro
 `controlfoley.builder`; `from controlfoley.model import build_model` still works.
 """
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -31,7 +32,7 @@ from torch import nn
 
 from controlfoley._static import BackboneModule, ControlEncoderModule, MelModule, TokenizerModule, VocoderModule
 from controlfoley.backbones.base import check_logits, recompute_blocks, recomputes
-from controlfoley.config import ConfigError, ModelConfig
+from controlfoley.config import ConfigError, ModelConfig, SamplerConfig
 from controlfoley.control.controlnet import ControlNet
 from controlfoley.control.encoders import feature_dims
 from controlfoley.errors import ShapeError, user_stacklevel
@@ -118,6 +119,32 @@ class SpecMaskFoley(nn.Module):
         f, t = tokenizer.grid(config.n_frames)  # (F, T): build_model checked it is two ints
         self.grid: tuple[int, int] = (f, t)
         self.n_tokens = self.grid[0] * self.grid[1]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """`model.config = model.config.override(sampler=..., guidance=...)` also rebuilds the
+        sampler and the guidance rule that `generate` reads (they were built once, so a new config
+        was saved but did not sample). The other parts are built once: a config naming other ones
+        is recorded as given (loaders set the weights files they read this way); build_model(config)
+        makes a model of them."""
+        if name == "config" and "config" in self.__dict__ and isinstance(value, ModelConfig):
+            old = self.__dict__["config"]
+            if value.sampler != old.sampler:
+                s = value.sampler
+                sampler: Any = MaskGITSampler(s.steps, s.temperature, s.mask_schedule)  # (not a Module: torch's stub types Tensor | Module)
+                super().__setattr__("sampler", sampler)
+            if value.guidance != old.guidance:
+                from controlfoley._registry import GUIDANCE
+
+                super().__setattr__("guidance", GUIDANCE.build(value.guidance.name, **value.guidance.kwargs))
+        super().__setattr__(name, value)
+
+    def config_as_sampling(self) -> ModelConfig:
+        """`config` with the sampler `generate` uses now (`model.sampler`, which code may have
+        replaced): what `save` records. A guidance rule set on `model.guidance` that the config's
+        does not build is warned about there (a rule object has no config of its own to record)."""
+        s = self.sampler
+        live = SamplerConfig(steps=int(s.steps), temperature=float(s.temperature), mask_schedule=str(s.mask_schedule))
+        return self.config if live == self.config.sampler else dataclasses.replace(self.config, sampler=live)
 
     @classmethod
     def from_pretrained(cls, path_or_preset: str | os.PathLike[str], /, **kwargs: Any) -> "SpecMaskFoley":

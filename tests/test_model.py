@@ -126,6 +126,29 @@ def test_fused_and_math_attention_agree(micro_model):
     assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_a_new_config_samples_and_a_saved_model_samples_as_the_model_did(tmp_path):
+    """Setting `model.config` left the sampler and guidance `generate` reads as built (12 steps
+    sampled after config.override(sampler={'steps': 4})), and a sampler or rule set on the model was
+    not what its file recorded, so the loaded model sampled otherwise (a walkthrough). A new config
+    now rebuilds both; save records the sampler in use, and warns of a rule the config does not build."""
+    from controlfoley.sampling import MaskGITSampler
+
+    model = build_model("specmaskfoley_tiny", **micro_overrides()).eval()
+    x = micro_inputs(model, b=1)
+    model.config = model.config.override(sampler={"steps": 4}, guidance={"name": "cfg_video", "scale": 1.5})
+    seen: list[int] = []
+    model.generate(x["features"], x["text"], generator=torch.Generator().manual_seed(0), callback=lambda k, n, c, m: seen.append(n))
+    assert seen == [4] * 4 and repr(model.guidance).startswith("CFG(scale=1.5, schedule='linear', conditions=[uncond, video]")
+    model.sampler = MaskGITSampler(5, 2.0, "linear")
+    loaded = from_pretrained(model.save(tmp_path / "m.safetensors"))
+    assert repr(loaded.sampler) == repr(model.sampler) and repr(loaded.guidance) == repr(model.guidance)
+    a = model.generate(x["features"], x["text"], generator=torch.Generator().manual_seed(1))
+    assert torch.equal(loaded.generate(x["features"], x["text"], generator=torch.Generator().manual_seed(1)), a)
+    model.guidance = GUIDANCE.build("cfg_text", scale=2.0)
+    with pytest.warns(UserWarning, match=r"model.guidance is CFG\(scale=2.0.*the file records the config.*model.config = model.config.override\(guidance="):
+        model.save(tmp_path / "m2.safetensors")
+
+
 def test_save_load_round_trip(micro_model, tmp_path):
     with torch.no_grad():
         for p in micro_model.parameters():

@@ -133,6 +133,11 @@ def precision(
     - otherwise autocast to `dtype` (default `default_dtype(device)`); fp32 runs without autocast.
     `cache=False` turns off autocast's cache of cast weights: a captured CUDA graph must not read
     cached casts, which autocast frees when its context ends."""
+    if dtype is not None and param_dtype != torch.float32 and dtype != param_dtype:  # autocast cannot run a half model in another dtype
+        raise ConfigError(
+            f"dtype={dtype} on a model whose weights are {param_dtype}: it runs in {param_dtype} (leave dtype out), or convert "
+            f"the model first ({'model.float()' if dtype == torch.float32 else f'model.to({dtype})'}; model.float() then dtype={dtype} autocasts)"
+        )
     dt = sampling_dtype(device, dtype, param_dtype)
     if dt == torch.float32 or (dtype is None and dt == param_dtype):
         yield dt

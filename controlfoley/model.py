@@ -719,6 +719,10 @@ class SpecMaskFoley(nn.Module):
         if not isinstance(wav, torch.Tensor) or wav.ndim != 2 or not wav.is_floating_point() or channels_last:
             got = f"a {wav.ndim}-D {wav.dtype} tensor of shape {list(wav.shape)}" if isinstance(wav, torch.Tensor) else type(wav).__name__
             hint = "for one clip pass wav[None]"
+            if isinstance(wav, torch.Tensor) and wav.ndim == 2 and wav.dtype in (torch.int16, torch.int32, torch.int64, torch.int8):  # the shape is right
+                hint = f"integer samples are PCM: pass floats in [-1, 1], e.g. wav.float() / {2 ** (torch.iinfo(wav.dtype).bits - 1)}"
+            elif isinstance(wav, torch.Tensor) and wav.ndim == 2 and wav.dtype == torch.uint8:
+                hint = "8-bit PCM: pass floats in [-1, 1], (wav.float() - 128) / 128"
             if channels_last:
                 hint = "this looks like [samples, channels] (soundfile's layout): pass wav.T for channels as the batch, or wav.mean(-1)[None] for mono"
             raise ShapeError(f"encode_audio takes float waveforms [batch, samples] at {self.sample_rate} Hz, got {got}; {hint}")

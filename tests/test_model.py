@@ -149,6 +149,20 @@ def test_a_new_config_samples_and_a_saved_model_samples_as_the_model_did(tmp_pat
         model.save(tmp_path / "m2.safetensors")
 
 
+def test_a_dtype_other_than_a_half_models_own_is_named() -> None:
+    """generate(dtype=bf16) on an fp16 model (and the reverse) failed inside layer_norm with torch's
+    'mixed dtype (CPU): expect parameter to have scalar type of Float', and dtype=float32 on a bf16
+    model was dropped without a word (its tokens were the bf16 ones; a walkthrough)."""
+    model = build_model("specmaskfoley_tiny", **micro_overrides()).eval()
+    x = micro_inputs(model, b=1)
+    for weights, asked in ((torch.float16, torch.bfloat16), (torch.bfloat16, torch.float16), (torch.bfloat16, torch.float32)):
+        half = build_model("specmaskfoley_tiny", **micro_overrides()).eval().to(weights)
+        with pytest.raises(ConfigError, match=rf"dtype={re.escape(str(asked))} on a model whose weights are {re.escape(str(weights))}: .*leave dtype out.*convert"):
+            half.generate(x["features"], x["text"], steps=2, dtype=asked)
+        half.generate(x["features"], x["text"], steps=2, dtype=weights)  # its own: as without dtype
+    model.generate(x["features"], x["text"], steps=2, dtype=torch.bfloat16)  # an fp32 model autocasts, as before
+
+
 def test_save_load_round_trip(micro_model, tmp_path):
     with torch.no_grad():
         for p in micro_model.parameters():
@@ -761,6 +775,9 @@ def test_a_seed_for_a_generator_and_a_1d_waveform_are_named(micro_model) -> None
     encode = inspect.unwrap(type(micro_model).encode_audio)
     with pytest.raises(ShapeError, match=r"encode_audio takes float waveforms \[batch, samples\].*got a 1-D .*pass wav\[None\]"):
         encode(micro_model, torch.zeros(micro_model.n_samples))
+    # integer PCM of the right shape: the dtype is named with its scale, not "pass wav[None]" (a walkthrough)
+    with pytest.raises(ShapeError, match=r"got a 2-D torch.int16 tensor .*integer samples are PCM: pass floats in \[-1, 1\], e.g. wav.float\(\) / 32768$"):
+        encode(micro_model, torch.zeros(1, micro_model.n_samples, dtype=torch.int16))
     assert encode(micro_model, torch.zeros(1, micro_model.n_samples)).shape == (1, *micro_model.grid)
 
 

@@ -29,21 +29,12 @@ from pathlib import Path
 import av
 
 from controlfoley._io import atomic_path, final_path, write_failure
+from controlfoley._suffixes import FFMPEG_AUDIO_SUFFIXES, GENERATE_SUFFIXES, SOUNDFILE_SUFFIXES, VIDEO_SUFFIXES
 from controlfoley.errors import ConfigError, MediaError
 
-__all__ = ["PathLike", "VIDEO_SUFFIXES", "GENERATE_SUFFIXES", "video_files", "left_out", "open_input", "atomic_output", "open_output", "moving_video", "video_stream", "check_complete", "check_covered", "check_index", "decoded_frames", "first_frame_time", "stated_duration", "check_fps", "rate_fraction"]
+__all__ = ["PathLike", "VIDEO_SUFFIXES", "SOUNDFILE_SUFFIXES", "FFMPEG_AUDIO_SUFFIXES", "GENERATE_SUFFIXES", "video_files", "left_out", "open_input", "atomic_output", "open_output", "moving_video", "video_stream", "check_complete", "check_covered", "check_index", "decoded_frames", "first_frame_time", "stated_duration", "check_fps", "rate_fraction"]
 
 PathLike = str | os.PathLike[str]
-
-# video containers FFmpeg reads that a folder argument picks up (compared in lower case): files that
-# can hold a soundtrack, which `evaluate` scores and `extract` trains on
-VIDEO_SUFFIXES = frozenset({
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mpg", ".mpeg",
-    ".3gp", ".3g2", ".mts", ".m2ts", ".flv", ".f4v", ".wmv", ".asf", ".ogv", ".vob", ".dv", ".mxf",  # phones, camcorders, Flash, Windows, Theora
-})  # fmt: skip
-# what a folder among `generate`'s inputs stands for: those and animated GIFs, pictures without a
-# soundtrack (foley for one is what generate makes; evaluate and extract would find no audio in it)
-GENERATE_SUFFIXES = VIDEO_SUFFIXES | {".gif"}
 
 
 def video_files(folder: Path) -> list[Path]:

@@ -182,9 +182,10 @@ def _warn_unrecorded_guidance(model: ModelModule) -> None:
     """A rule set on `model.guidance` that its config's guidance does not build: the file records the
     config's (a rule object has no config to record), so the loaded model would sample otherwise."""
     from controlfoley._registry import GUIDANCE
+    from controlfoley.builder import _build_part
 
     try:
-        recorded = GUIDANCE.build(model.config.guidance.name, **model.config.guidance.kwargs)
+        recorded = _build_part(GUIDANCE, model.config.guidance)  # as from_pretrained will build it
     except Exception:  # noqa: BLE001  (a rule the config cannot build here is for the loader to name)
         return
     if type(recorded) is not type(model.guidance) or repr(recorded) != repr(model.guidance):

@@ -125,7 +125,7 @@ def info(preset: str, overrides: Mapping[str, Any] | None = None) -> str:
     """A parameter table per part (frozen vs trainable under the ControlNet recipe, or for a tokenizer
     or backbone run's checkpoint under its recipe) beside the paper, for a preset or a checkpoint
     (file, folder or training run: the table of its own config), with the parts it records as trained."""
-    from controlfoley.train.recipes import get_recipe
+    from controlfoley.train.recipes import get_recipe, train_only
 
     from controlfoley.errors import ControlFoleyError
 
@@ -154,9 +154,7 @@ def info(preset: str, overrides: Mapping[str, Any] | None = None) -> str:
         chosen = chosen or None  # none of its parts in this model (info RUN --model ...): the recipe's split
     get_recipe(recipe).prepare(model)  # trainable as that recipe trains
     if chosen is not None:  # the run's --trainable replaced the recipe's choice, as the training loop does
-        model.requires_grad_(False)
-        for part in chosen:
-            getattr(model, part).requires_grad_(True)
+        train_only(model, chosen)
     rows = model.parameter_table()
     from controlfoley.pipeline_parts import foley_parts
 

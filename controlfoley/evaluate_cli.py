@@ -66,9 +66,9 @@ from controlfoley import _media
 
 __all__ = ["evaluate_main", "pair_files", "AUDIO_SUFFIXES", "VIDEO_SUFFIXES"]
 
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff"})  # read with soundfile
+AUDIO_SUFFIXES = _media.SOUNDFILE_SUFFIXES  # read with soundfile
 # read through their first audio track with PyAV: videos, and audio containers libsndfile cannot open
-VIDEO_SUFFIXES = _media.VIDEO_SUFFIXES | {".m4a", ".aac", ".opus", ".wma"}
+VIDEO_SUFFIXES = _media.VIDEO_SUFFIXES | _media.FFMPEG_AUDIO_SUFFIXES
 LENGTH_WARN_S = 0.5  # a pair whose lengths differ by more is scored on the overlap, with a warning
 LEVEL_WARN_DB = 10.0  # mean levels further apart than this get a warning
 _SUMMARY_COLUMNS = ("n_clips", "desync_s", "desync_miss_frac", "precision_any", "recall_any", "f1_any", "fd", "n_true", "n_pred", "generated_dbfs", "reference_dbfs")
@@ -264,10 +264,10 @@ def _record_hint(record: dict[str, dict[str, Any]], stem: str) -> str:
 
 def _read(path: Path, sample_rate: int, side: str) -> Any:
     from controlfoley.errors import MediaError, one_line
-    from controlfoley.video import read_audio_file, read_audio_track
+    from controlfoley.video import read_audio_file
 
     try:
-        wav = read_audio_file(path, sample_rate) if path.suffix.lower() in AUDIO_SUFFIXES else read_audio_track(path, sample_rate)
+        wav = read_audio_file(path, sample_rate)  # soundfile's kinds with libsndfile (FFmpeg where it refuses), the rest with FFmpeg
     except MediaError as e:
         raise MediaError(f"{side}: {one_line(e)}") from e
     if not bool(wav.isfinite().all()):

@@ -260,6 +260,7 @@ def ignores_scale(rule: GuidanceRule) -> bool:
     scale changes what it samples: `generate(cfg_scale=...)` says so, and records keep its scale."""
     return getattr(type(rule), "combine", None) is NoGuidance.combine
 
+
 def with_scale(rule: GuidanceRule, scale: float, what: str = "cfg_scale") -> GuidanceRule:
     """`rule` at `scale`: itself when already at it, else a copy holding `scale` (what a sampler
     reads through `scale_at`, and what a record's repr shows). A rule whose `scale` cannot be set

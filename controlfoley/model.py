@@ -134,8 +134,9 @@ class SpecMaskFoley(nn.Module):
                 super().__setattr__("sampler", sampler)
             if value.guidance != old.guidance:
                 from controlfoley._registry import GUIDANCE
+                from controlfoley.builder import _build_part
 
-                super().__setattr__("guidance", GUIDANCE.build(value.guidance.name, **value.guidance.kwargs))
+                super().__setattr__("guidance", _build_part(GUIDANCE, value.guidance))  # as build_model builds it
         super().__setattr__(name, value)
 
     def config_as_sampling(self) -> ModelConfig:

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from jaxtyping import UInt8
 
-from controlfoley._media import PathLike, check_complete, check_covered, check_fps, check_index, counted_frames, decoded_frames, first_frame_time, moving_video, open_input, rate_fraction, stated_duration, video_stream
+from controlfoley._media import SOUNDFILE_SUFFIXES, PathLike, check_complete, check_covered, check_fps, check_index, counted_frames, decoded_frames, first_frame_time, moving_video, open_input, rate_fraction, stated_duration, video_stream
 from controlfoley._video_write import MuxResult, mux_audio, write_video
 from controlfoley.audio.io import _checked_rate
 from controlfoley.errors import ConfigError, MediaError, ShapeError
@@ -321,12 +321,15 @@ def _video_start(path: Path, video: av.video.stream.VideoStream) -> Fraction | N
 
 
 def read_audio_file(path: PathLike, sample_rate: int, *, max_seconds: float | None = None) -> Float[Tensor, "s"]:
-    """An audio file as mono float32 at `sample_rate`: read with libsndfile (`load_audio`: WAV, FLAC,
-    OGG, MP3, AIFF), else with FFmpeg (`read_audio_track`), which goes by content, not by name (AAC
-    in a file named .mp3). Where neither reads it, libsndfile's error, the one for a file of its
-    kind. `max_seconds` bounds the FFmpeg read only (libsndfile reads the whole file)."""
+    """A media file's audio as mono float32 at `sample_rate`. A file named as libsndfile's kind
+    (`SOUNDFILE_SUFFIXES`: WAV, FLAC, OGG, MP3, AIFF) is read with it (`load_audio`), else with FFmpeg
+    (`read_audio_track`), which goes by content, not by name (AAC in a file named .mp3); where neither
+    reads it, libsndfile's error, the one for a file of its kind. Any other file (a video, .m4a) is
+    read with FFmpeg. `max_seconds` bounds the FFmpeg read only (libsndfile reads the whole file)."""
     from controlfoley.audio.io import load_audio
 
+    if Path(path).suffix.lower() not in SOUNDFILE_SUFFIXES:
+        return read_audio_track(path, sample_rate, max_seconds=max_seconds)
     try:
         return load_audio(path, sample_rate)
     except MediaError as first:

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from controlfoley._io import atomic_write_text, check_writable_folder
+from controlfoley._suffixes import FFMPEG_AUDIO_SUFFIXES, SOUNDFILE_SUFFIXES
 from controlfoley.config import parse_overrides, parse_spec
 from controlfoley.control.encoders import check_widths
 from controlfoley._registry import EXTRACTORS
@@ -69,8 +70,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Extraction", "extract_synthetic", "extract_files", "extract_main", "build_parser", "AUDIO_SUFFIXES"]
 
-SOUNDFILE_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"})  # read with soundfile (libsndfile)
-AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES | {".m4a", ".aac", ".opus", ".oga", ".wma"}  # audio files: the others read with FFmpeg
+AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES | FFMPEG_AUDIO_SUFFIXES  # audio files (read by video.read_audio_file)
 SKIPPED_FILE = "skipped.tsv"  # with skip_bad: the clips left out, one per line: id TAB error
 FrameSource = Callable[[float, int], Tensor]  # (fps, square side in pixels) -> uint8 frames [n, h, w, 3]
 
@@ -542,7 +542,7 @@ def extract_files(
     inputs of video extractors (without `skip_bad`), a clip id given twice, and tags that an
     extractor with a fixed vocabulary (a `tags` attribute) cannot encode are DataErrors naming the
     files and where they were named; `skip_bad` does not skip list errors (fix the list)."""
-    from controlfoley.video import read_audio_file, read_audio_track, read_frames
+    from controlfoley.video import read_audio_file, read_frames
 
     if not files:
         raise DataError("no input files given to extract")
@@ -645,11 +645,7 @@ def extract_files(
         if is_audio[i] and ex.video:  # only with skip_bad: listed in skipped.tsv, unread
             raise DataError(f"{no_video}, or remove it from the inputs")
         # a video's audio track only as far as the clip (and the count of long clips) needs: the same samples as a whole read
-        span = _Lengths.read_samples(ex.window_samples) / sr
-        if is_audio[i] and p.suffix.lower() in SOUNDFILE_SUFFIXES:
-            wav = read_audio_file(p, sr, max_seconds=span)  # libsndfile, else FFmpeg (AAC named .mp3)
-        else:
-            wav = read_audio_track(p, sr, max_seconds=span)
+        wav = read_audio_file(p, sr, max_seconds=_Lengths.read_samples(ex.window_samples) / sr)
         if ex.clap is not None and _embeds_audio(ex.clap):
             clap = _audio_prompt(ex, wav)
         video = None if (is_audio[i] or not ex.video) else VideoSource(lambda fps, size: read_frames(p, fps, size=size, max_seconds=ex.video_span).frames, p)

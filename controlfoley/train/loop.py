@@ -80,7 +80,7 @@ from controlfoley.train.distributed import DistInfo, agree_before_training, all_
 from controlfoley.train.interrupt import TrainingInterrupted, ignore_sigterm_in_worker, interrupt_pending, steps_running, terminate_as_interrupt
 from controlfoley.train.metrics import MetricsLogger
 from controlfoley.train.provenance import warn_token_provenance
-from controlfoley.train.recipes import Recipe, StepPlan, get_recipe
+from controlfoley.train.recipes import Recipe, StepPlan, get_recipe, train_only
 
 __all__ = ["train", "Trainer"]
 
@@ -182,9 +182,7 @@ class Trainer:
             missing = [p for p in cfg.trainable if getattr(self.model, p, None) is None]
             if missing:
                 raise ConfigError(f"trainable names {', '.join(missing)}, which this model ({cfg.preset}) does not have")
-            self.model.requires_grad_(False)
-            for p in cfg.trainable:
-                getattr(self.model, p).requires_grad_(True)
+            train_only(self.model, cfg.trainable)
             upstream = [p for p in ("control_encoder", "aligner") if p in cfg.trainable]
             loaded = getattr(self.model, "trained_parts", None)
             if upstream and "controlnet" not in cfg.trainable and loaded is not None and "controlnet" not in loaded and info.is_main:

@@ -32,7 +32,7 @@ import abc
 import dataclasses
 import difflib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -53,7 +53,7 @@ from controlfoley.typing import Bool, Float, Tensor
 
 __all__ = [
     "Recipe", "TokenizerRecipe", "MaskedTokenRecipe", "ControlNetRecipe", "StepPlan", "TokenizerObjective", "MaskedTokenObjective",
-    "RECIPES", "get_recipe", "check_recipe", "step_generator",
+    "RECIPES", "get_recipe", "check_recipe", "step_generator", "train_only",
 ]  # fmt: skip
 
 
@@ -443,6 +443,15 @@ class ControlNetRecipe(MaskedTokenRecipe):
                 control_encoder_of(model)({k: first[k].float()[None].to(model.device) for k in keys})
         except ShapeError as e:
             raise DataError(f"dataset {ds.root}: its video features do not fit this model: {e}") from e
+
+
+def train_only(model: nn.Module, parts: Sequence[str]) -> None:
+    """Only the model parts named in `parts` trainable (`TrainConfig.trainable`, which replaces the
+    recipe's choice): the training loop applies it after `Recipe.prepare`, `controlfoley info RUN`
+    to count a run's split."""
+    model.requires_grad_(False)
+    for part in parts:
+        getattr(model, part).requires_grad_(True)
 
 
 def get_recipe(name: str) -> Recipe:
